@@ -1,0 +1,37 @@
+# Ami: `make demo` runs the Bookinfo mesh, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-controlplane venv clean proto
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. meshctl/api/mesh.proto
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check proxy meshctl sample_apps tests bench
+	$(VENV)/bin/mypy proxy meshctl
+
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-controlplane: $(STAMP)
+	$(PY) -m bench.controlplane $(BENCH_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/meshctl demo up
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -1,0 +1,1 @@
+"""Ami sidecar proxy: the data plane (uvloop + httptools)."""

@@ -1,0 +1,1 @@
+"""Ami test suite."""
