@@ -1,0 +1,130 @@
+"""`python -m bench`: run the bench paths one at a time, print a table, write results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import nginxconf
+from bench.certs import CertPaths, generate_certs
+from bench.paths import PATHS, BuildContext
+from bench.procs import ServerSpec, cpu_plan, free_port, start_all, stop_all
+from bench.report import machine_info, results_json, table
+from bench.rounds import median_result
+from bench.runner import BenchOptions, PathResult, measure_path
+from bench.tools import ToolsMissing, ensure_tools
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument(
+        "--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}"
+    )
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per measurement (default 10, --quick 3)",
+    )
+    ap.add_argument("--quick", action="store_true", help="3 s measurements, 1 s warm-up")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=BENCH_DIR / "results.json",
+        help="where to write results (default bench/results.json)",
+    )
+    ap.add_argument(
+        "--run-dir",
+        type=Path,
+        default=BENCH_DIR / ".run",
+        help="scratch dir for configs, certs and logs (wiped first)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the path list N times, interleaved; report per-figure medians",
+    )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the load generator and servers to separate CPUs",
+    )
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.paths.split(",") if p not in PATHS]
+    if unknown:
+        ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    return args
+
+
+def _options(args: argparse.Namespace) -> BenchOptions:
+    duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
+    short = args.quick or duration < 3
+    return BenchOptions(
+        duration=duration, warmup=1.0 if short else 2.0, rate_warmup=0.5 if short else 1.0
+    )
+
+
+def _lazy_certs(run_dir: Path) -> Callable[[], CertPaths]:
+    made: list[CertPaths] = []
+
+    def get() -> CertPaths:
+        if not made:
+            made.append(generate_certs(run_dir / "certs"))
+        return made[0]
+
+    return get
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; returns the process exit code."""
+    args = _parse(argv)
+    try:
+        ensure_tools()
+    except ToolsMissing as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    opts = _options(args)
+    plan = cpu_plan(enabled=not args.no_pin)
+    run_dir = args.run_dir.resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    machine = machine_info(plan, opts, max(1, args.rounds))
+    backend_port = free_port()
+    backend_conf = run_dir / "backend.conf"
+    backend_conf.write_text(nginxconf.backend_conf(run_dir, backend_port))
+    backend = ServerSpec(
+        "backend", nginxconf.nginx_argv(run_dir, backend_conf), cost=False, ready_port=backend_port
+    )
+    ctx = BuildContext(run_dir, backend_port, free_port, _lazy_certs(run_dir))
+    names = args.paths.split(",")
+    rounds: dict[str, list[PathResult]] = {name: [] for name in names}
+    running = start_all((backend,), run_dir, plan)
+    try:
+        for round_no in range(1, max(1, args.rounds) + 1):
+            for name in names:
+                if round_no > 1 and rounds[name][0].skipped is not None:
+                    continue
+                print(f"bench: round {round_no}: {name} ...", file=sys.stderr, flush=True)
+                rounds[name].append(measure_path(PATHS[name], ctx, opts, plan))
+    finally:
+        stop_all(running)
+    results = {name: median_result(rs) for name, rs in rounds.items()}
+    print(table(results))
+    doc = results_json(results, machine)
+    if doc["ratios"]:
+        print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in doc["ratios"].items()))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 1 if any(r.error for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""nginx config files for the backend and the nginx reference proxies (one worker each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.certs import SERVER_NAME, CertPaths
+
+BODY_SIZE = 1024
+# The fixed 1 KiB response body every path returns.
+BODY = "x" * BODY_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class NginxTLS:
+    """mTLS settings: as a server (verify clients) or towards an upstream (present a cert)."""
+
+    certs: CertPaths
+
+
+def _main_block(prefix: Path, name: str, http_body: str) -> str:
+    # One worker, everything under the run dir, so a non-root run needs no system paths.
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/{name}-{kind}-tmp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""worker_processes 1;
+pid {prefix}/{name}.pid;
+error_log {prefix}/{name}.error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+{temp}
+{http_body}
+}}
+"""
+
+
+def backend_conf(prefix: Path, port: int) -> str:
+    """The backend: a keep-alive server returning the fixed 1 KiB body."""
+    body = f"""    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{BODY}";
+        }}
+    }}"""
+    return _main_block(prefix, "backend", body)
+
+
+def proxy_conf(
+    prefix: Path,
+    name: str,
+    listen_port: int,
+    upstream_port: int,
+    *,
+    listen_tls: NginxTLS | None = None,
+    upstream_tls: NginxTLS | None = None,
+) -> str:
+    """A reverse proxy with upstream keep-alive; optional mTLS on either side."""
+    listen = f"listen 127.0.0.1:{listen_port} backlog=4096"
+    server_tls = ""
+    if listen_tls is not None:
+        c = listen_tls.certs
+        listen += " ssl"
+        server_tls = f"""
+        ssl_certificate {c.server_cert};
+        ssl_certificate_key {c.server_key};
+        ssl_client_certificate {c.ca};
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:{name}:1m;"""
+    scheme = "http"
+    upstream_ssl = ""
+    if upstream_tls is not None:
+        c = upstream_tls.certs
+        scheme = "https"
+        upstream_ssl = f"""
+            proxy_ssl_certificate {c.client_cert};
+            proxy_ssl_certificate_key {c.client_key};
+            proxy_ssl_trusted_certificate {c.ca};
+            proxy_ssl_verify on;
+            proxy_ssl_name {SERVER_NAME};
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_session_reuse on;"""
+    body = f"""    upstream up {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        {listen};{server_tls}
+        location / {{
+            proxy_pass {scheme}://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;{upstream_ssl}
+        }}
+    }}"""
+    return _main_block(prefix, name, body)
+
+
+def nginx_argv(prefix: Path, conf: Path) -> tuple[str, ...]:
+    """Foreground nginx (master + one worker) on `conf`."""
+    return ("nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;")

@@ -1,0 +1,220 @@
+"""JSON Schema (draft 2020-12) of each resource kind, for editors; mirrors the parser's rules.
+
+The parser is the authority: a few checks (weights summing to 100, regexes compiling, unique
+names, minimum certificate TTL) cannot be said in JSON Schema and are only made by the parser.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from meshctl.api import fields as F
+from meshctl.api.authz import ACTIONS, AUTHZ_PATH
+from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
+from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, MTLS_MODES
+from meshctl.api.policy import LOAD_BALANCERS
+from meshctl.api.resources import API_VERSION
+from meshctl.api.rules import MATCHERS, PATH_MATCHERS, RETRY_ON
+
+Schema = dict[str, Any]
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+BASE_ID = "https://ami.mesh/schemas/v1alpha1/"
+
+
+def _obj(properties: Schema, required: tuple[str, ...] = (), **extra: Any) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema | extra
+
+
+def _str(pattern: str | None = None, **extra: Any) -> Schema:
+    schema: Schema = {"type": "string", "minLength": 1}
+    if pattern:
+        schema["pattern"] = pattern
+    return schema | extra
+
+
+def _int(minimum: int | None = None, maximum: int | None = None) -> Schema:
+    return _range({"type": "integer"}, minimum, maximum)
+
+
+def _num(minimum: float | None = None, maximum: float | None = None) -> Schema:
+    return _range({"type": "number"}, minimum, maximum)
+
+
+def _range(schema: Schema, minimum: float | None, maximum: float | None) -> Schema:
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _list(items: Schema, min_items: int = 0) -> Schema:
+    schema: Schema = {"type": "array", "items": items}
+    return schema | ({"minItems": min_items} if min_items else {})
+
+
+def _map(values: Schema, key_pattern: str | None = None) -> Schema:
+    schema: Schema = {"type": "object", "additionalProperties": values}
+    return schema | ({"propertyNames": {"pattern": key_pattern}} if key_pattern else {})
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def _duration(description: str = "") -> Schema:
+    schema: Schema = {"type": "string", "pattern": DURATION_PATTERN,
+                      "not": {"pattern": ZERO_DURATION_PATTERN}}
+    return schema | ({"description": description} if description else {})
+
+
+def _matcher(kinds: tuple[str, ...], path: bool) -> Schema:
+    text = _str("^/") if path else {"type": "string"}
+    props: Schema = {"exact": text, "prefix": _str("^/") if path else _str(),
+                     "regex": _str(), "present": {"type": "boolean"}}
+    return _obj({k: props[k] for k in kinds}, minProperties=1, maxProperties=1)
+
+
+_SERVICE = _str(F.DNS_LABEL, description="service name (DNS-1123 label)")
+_PERCENT = _num(0, 100)
+_STATUS = _int(200, 599)
+_METHOD = _str(F.METHOD)
+_HEADER_VALUES = _map({"type": "string", "pattern": F.HEADER_VALUE}, F.HEADER_NAME)
+_HEADER_EDITS = _obj({"set": _HEADER_VALUES, "add": _HEADER_VALUES,
+                      "remove": _list(_str(F.HEADER_NAME))})
+
+DEFS: Schema = {
+    "labels": _map({"type": "string", "pattern": F.LABEL_VALUE}, F.LABEL_KEY),
+    "metadata": _obj({
+        "name": _str(F.DNS_SUBDOMAIN, maxLength=253),
+        "namespace": _str(F.DNS_LABEL),
+        "labels": _ref("labels"),
+        "resourceVersion": _str(),
+    }, ("name",)),
+    "pathMatch": _matcher(PATH_MATCHERS, path=True),
+    "stringMatch": _matcher(MATCHERS, path=False),
+    "match": _obj({
+        "path": _ref("pathMatch"),
+        "method": _METHOD,
+        "methods": _list(_METHOD, 1),
+        "headers": _map(_ref("stringMatch"), F.HEADER_NAME),
+        "query": _map(_ref("stringMatch")) | {"propertyNames": {"minLength": 1}},
+    }) | {"not": {"required": ["method", "methods"]}},
+    "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
+    "retries": _obj({
+        "attempts": _int(0),
+        "perTryTimeout": _duration(),
+        "retryOn": _list({"enum": list(RETRY_ON)}, 1),
+        "retriableStatusCodes": _list(_STATUS, 1),
+        "backoff": _obj({"baseInterval": _duration(), "maxInterval": _duration()}),
+        "allowNonIdempotent": {"type": "boolean"},
+    }, ("attempts",)) | {
+        # retriableStatusCodes if and only if retryOn names retriable-status-codes
+        "dependentSchemas": {"retriableStatusCodes": {"required": ["retryOn"], "properties": {
+            "retryOn": {"contains": {"const": "retriable-status-codes"}}}}},
+        "if": {"required": ["retryOn"], "properties": {
+            "retryOn": {"contains": {"const": "retriable-status-codes"}}}},
+        "then": {"required": ["retriableStatusCodes"]}},
+    "fault": _obj({
+        "delay": _obj({"fixedDelay": _duration(), "percent": _PERCENT}, ("fixedDelay",)),
+        "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT}, ("httpStatus",)),
+    }, anyOf=[{"required": ["delay"]}, {"required": ["abort"]}]),
+    "rule": _obj({
+        "name": _str(F.DNS_SUBDOMAIN),
+        "matches": _list(_ref("match")),
+        "backends": _list(_ref("backend"), 1) | {
+            "if": {"minItems": 2}, "then": {"items": {"required": ["weight"]}},
+            "description": "weights must sum to 100 (checked by the parser)"},
+        "timeout": _duration(),
+        "retries": _ref("retries"),
+        "fault": _ref("fault"),
+        "mirror": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL),
+                        "percent": _PERCENT}),
+        "headers": _obj({"request": _HEADER_EDITS, "response": _HEADER_EDITS}),
+    }, ("backends",)),
+}
+
+_SPECS: dict[str, Schema] = {
+    "Route": _obj({"host": _SERVICE, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
+    "DestinationPolicy": _obj({
+        "host": _SERVICE,
+        "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels")},
+                              ("name", "labels"))),
+        "loadBalancer": {"enum": list(LOAD_BALANCERS)},
+        "connectionPool": _obj({
+            "maxConnections": _int(1), "maxPendingRequests": _int(0),
+            "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
+            "idleTimeout": _duration(), "connectTimeout": _duration()}),
+        "outlierDetection": _obj({
+            "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
+            "interval": _duration(), "baseEjectionTime": _duration(),
+            "maxEjectionPercent": _int(0, 100)}),
+        "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
+                           "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
+    }, ("host",)),
+    "AuthorizationPolicy": _obj({
+        "selector": _obj({"service": _SERVICE}, ("service",)),
+        "action": {"enum": list(ACTIONS)},
+        "rules": _list(_obj({
+            "from": _list(_obj({
+                "identities": _list(_str(F.SPIFFE_ID), 1),
+                "services": _list(_str(F.DNS_LABEL), 1),
+                "namespaces": _list(_str(F.DNS_LABEL), 1),
+            }, anyOf=[{"required": [k]} for k in ("identities", "services", "namespaces")]),
+                1),
+            "to": _list(_obj({"paths": _list(_str(AUTHZ_PATH), 1), "methods": _list(_METHOD, 1)},
+                             anyOf=[{"required": ["paths"]}, {"required": ["methods"]}]), 1),
+            "when": _list(_obj({"header": _str(F.HEADER_NAME),
+                                "values": _list(_str(F.HEADER_VALUE), 1)},
+                               ("header", "values")), 1),
+        })),
+    }),
+    "MeshConfig": _obj({
+        "trustDomain": _str(F.DNS_SUBDOMAIN, maxLength=253),
+        "mtls": _obj({"mode": {"enum": list(MTLS_MODES)}}),
+        "certificateTTL": _duration("at least 1m (checked by the parser)"),
+        "accessLog": {"type": "boolean"},
+        "retryBudget": _obj({"percent": _num(0, 100), "minRetriesPerSecond": _num(0)}),
+        "tracing": _obj({"sampling": _num(0, 1), "otlpEndpoint": _str(F.HOST_PORT)}),
+    }),
+    "Gateway": _obj({
+        "listen": _str(F.HOST_PORT),
+        "rules": _list(_obj({"match": _list(_ref("match")), "destination": _SERVICE},
+                            ("destination",)), 1),
+    }, ("listen", "rules")),
+}
+
+
+def schema_for(kind: str) -> Schema:
+    """The JSON Schema of one kind's documents; raises KeyError for an unknown kind."""
+    if kind not in KINDS:
+        raise KeyError(f"unknown kind {kind!r}, expected one of {', '.join(KINDS)}")
+    metadata = _ref("metadata")
+    if kind == "MeshConfig":
+        metadata = {"allOf": [metadata, {"properties": {"name": {"const": MESH_CONFIG_NAME}}}]}
+    required = ["apiVersion", "kind", "metadata"] + (["spec"] if KINDS[kind].spec_required else [])
+    return {
+        "$schema": DIALECT,
+        "$id": f"{BASE_ID}{kind.lower()}.json",
+        "title": kind,
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": API_VERSION},
+            "kind": {"const": kind},
+            "metadata": metadata,
+            "spec": copy.deepcopy(_SPECS[kind]),
+            "status": {"description": "written by the control plane; ignored on input"},
+        },
+        "$defs": copy.deepcopy(DEFS),
+    }
+
+
+def all_schemas() -> dict[str, Schema]:
+    """Every kind's schema, by kind name."""
+    return {kind: schema_for(kind) for kind in KINDS}

@@ -1,0 +1,159 @@
+"""The spec of each resource kind (Route, MeshConfig, Gateway here; the others in their modules)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshctl.api import fields as F
+from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
+from meshctl.api.fields import Fields
+from meshctl.api.policy import SERVICE, DestinationPolicySpec, parse_destination_policy
+from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
+
+MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+MESH_CONFIG_NAME = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """spec of a Route: ordered rules for requests to ``host`` (first match wins)."""
+
+    host: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries allowed per destination: ``percent`` of requests plus a floor per second."""
+
+    percent: float = 20.0
+    min_retries_per_second: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Trace sampling probability and where spans are exported (OTLP/gRPC), if anywhere."""
+
+    sampling: float = 0.01
+    otlp_endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfigSpec:
+    """spec of the one MeshConfig; ``MeshConfigSpec()`` is the default when none exists."""
+
+    trust_domain: str = "cluster.local"
+    mtls_mode: str = "STRICT"
+    certificate_ttl: float = 86400.0
+    access_log: bool = False
+    retry_budget: RetryBudget = RetryBudget()
+    tracing: Tracing = Tracing()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRule:
+    """Requests matching any block (no blocks = all) enter the mesh at ``destination``."""
+
+    matches: tuple[Match, ...]
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """spec of a Gateway: the listen address and its ordered entry rules."""
+
+    listen: str
+    rules: tuple[GatewayRule, ...]
+
+
+Spec = RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | MeshConfigSpec | GatewaySpec
+
+
+def parse_route(data: object, path: str) -> RouteSpec:
+    """Parse Route.spec."""
+    f = Fields(data, path)
+    host = f.required("host", SERVICE, "")
+    rules = f.required("rules", parse_rules, ())
+    f.finish()
+    return RouteSpec(host, rules)
+
+
+def parse_mesh_config(data: object, path: str) -> MeshConfigSpec:
+    """Parse MeshConfig.spec; every field has a default."""
+    f = Fields(data, path)
+    d = MeshConfigSpec()
+    spec = MeshConfigSpec(
+        f.value("trustDomain", F.string(F.DNS_SUBDOMAIN, "a domain like cluster.local", 253),
+                d.trust_domain),
+        f.value("mtls", _parse_mtls, d.mtls_mode),
+        f.value("certificateTTL", F.duration(minimum=60.0), d.certificate_ttl),
+        f.value("accessLog", F.boolean, d.access_log),
+        f.value("retryBudget", _parse_retry_budget, d.retry_budget),
+        f.value("tracing", _parse_tracing, d.tracing),
+    )
+    f.finish()
+    return spec
+
+
+def _parse_mtls(data: object, path: str) -> str:
+    f = Fields(data, path)
+    mode = f.value("mode", F.enum(MTLS_MODES), "STRICT")
+    f.finish()
+    return mode
+
+
+def _parse_retry_budget(data: object, path: str) -> RetryBudget:
+    f = Fields(data, path)
+    budget = RetryBudget(f.value("percent", F.number(0, 100), 20.0),
+                         f.value("minRetriesPerSecond", F.number(0), 10.0))
+    f.finish()
+    return budget
+
+
+def _parse_tracing(data: object, path: str) -> Tracing:
+    f = Fields(data, path)
+    tracing = Tracing(f.value("sampling", F.number(0, 1), 0.01),
+                      f.optional("otlpEndpoint", F.string(F.HOST_PORT, "host:port")))
+    f.finish()
+    return tracing
+
+
+def parse_gateway(data: object, path: str) -> GatewaySpec:
+    """Parse Gateway.spec."""
+    f = Fields(data, path)
+    listen = f.required("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"), "")
+    rules = f.required("rules", parse_gateway_rules, ())
+    f.finish()
+    return GatewaySpec(listen, rules)
+
+
+def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
+    """Parse gateway entry rules (Gateway.spec.rules and a proxy snapshot's gateway.rules)."""
+    return F.list_of(_parse_gateway_rule, 1, "at least one rule is required")(data, path)
+
+
+def _parse_gateway_rule(data: object, path: str) -> GatewayRule:
+    f = Fields(data, path)
+    matches = f.value("match", parse_match_blocks, ())
+    destination = f.required("destination", SERVICE, "")
+    f.finish()
+    return GatewayRule(matches, destination)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """How one kind's spec is parsed; a kind whose spec is optional parses a missing one as {}."""
+
+    name: str
+    parse: Callable[[object, str], Spec]
+    spec_required: bool = True
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("Route", parse_route),
+    Kind("DestinationPolicy", parse_destination_policy),
+    Kind("AuthorizationPolicy", parse_authorization),
+    Kind("MeshConfig", parse_mesh_config, spec_required=False),
+    Kind("Gateway", parse_gateway),
+)}

@@ -1,0 +1,177 @@
+"""DestinationPolicy: subsets by labels and the traffic policy (balancer, pool, outliers, rate)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshctl.api import fields as F
+from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.fields import Fields
+
+LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA")
+POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "rateLimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A named group of a service's endpoints: those carrying all of ``labels``."""
+
+    name: str
+    labels: Mapping[str, str]
+
+    def selects(self, endpoint_labels: Mapping[str, str]) -> bool:
+        """Whether an endpoint with ``endpoint_labels`` belongs to this subset."""
+        return all(endpoint_labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """Limits towards one destination; 0 maxRequestsPerConnection means unlimited."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests_per_connection: int = 0
+    max_concurrent_requests: int = 1024
+    idle_timeout: float = 10.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health checking: eject endpoints after consecutive errors (0 disables a counter)."""
+
+    consecutive_5xx_errors: int = 5
+    consecutive_gateway_errors: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Token bucket: ``requests_per_second`` refill, ``burst`` size, per caller or shared."""
+
+    requests_per_second: float
+    burst: int
+    per_source: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """How a destination is called; an absent block (None) means that layer is not installed."""
+
+    load_balancer: str = "LEAST_REQUEST"
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationPolicySpec:
+    """spec of a DestinationPolicy."""
+
+    host: str
+    subsets: tuple[Subset, ...] = ()
+    policy: TrafficPolicy = TrafficPolicy()
+
+    def subset(self, name: str) -> Subset | None:
+        """The subset called ``name``, if defined."""
+        return next((s for s in self.subsets if s.name == name), None)
+
+
+SERVICE = F.string(F.DNS_LABEL, "a service name (DNS-1123 label)")
+
+
+def parse_destination_policy(data: object, path: str) -> DestinationPolicySpec:
+    """Parse DestinationPolicy.spec."""
+    f = Fields(data, path)
+    host = f.required("host", SERVICE, "")
+    subsets = f.value("subsets", parse_subsets, ())
+    policy = read_policy(f)
+    f.finish()
+    return DestinationPolicySpec(host, subsets, policy)
+
+
+def parse_policy(data: object, path: str) -> TrafficPolicy:
+    """Parse a mapping holding only traffic-policy fields (a proxy snapshot's ``policy``)."""
+    f = Fields(data, path)
+    policy = read_policy(f)
+    f.finish()
+    return policy
+
+
+def read_policy(f: Fields) -> TrafficPolicy:
+    """Read the traffic-policy fields of an open mapping (so specs can add their own fields)."""
+    return TrafficPolicy(
+        f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST"),
+        f.optional("connectionPool", parse_connection_pool),
+        f.optional("outlierDetection", parse_outlier_detection),
+        f.optional("rateLimit", parse_rate_limit),
+    )
+
+
+def parse_subsets(data: object, path: str) -> tuple[Subset, ...]:
+    """Parse a list of subsets with unique names."""
+    subsets = F.list_of(_parse_subset)(data, path)
+    issues: list[Issue] = []
+    seen: dict[str, int] = {}
+    for index, subset in enumerate(subsets):
+        if subset.name in seen:
+            issues.append(Issue(None, None, f"{path}[{index}].name",
+                                f"duplicate subset '{subset.name}', "
+                                f"already defined by subsets[{seen[subset.name]}]"))
+        seen.setdefault(subset.name, index)
+    if issues:
+        raise ValidationError(issues)
+    return subsets
+
+
+def _parse_subset(data: object, path: str) -> Subset:
+    f = Fields(data, path)
+    name = f.required("name", F.string(F.DNS_LABEL, "a subset name (DNS-1123 label)"), "")
+    labels = f.required("labels", F.labels, {})
+    f.finish()
+    return Subset(name, labels)
+
+
+def parse_connection_pool(data: object, path: str) -> ConnectionPool:
+    """Parse connectionPool (every field optional)."""
+    f = Fields(data, path)
+    d = ConnectionPool()
+    pool = ConnectionPool(
+        f.value("maxConnections", F.integer(1), d.max_connections),
+        f.value("maxPendingRequests", F.integer(0), d.max_pending_requests),
+        f.value("maxRequestsPerConnection", F.integer(0), d.max_requests_per_connection),
+        f.value("maxConcurrentRequests", F.integer(1), d.max_concurrent_requests),
+        f.value("idleTimeout", F.duration(), d.idle_timeout),
+        f.value("connectTimeout", F.duration(), d.connect_timeout),
+    )
+    f.finish()
+    return pool
+
+
+def parse_outlier_detection(data: object, path: str) -> OutlierDetection:
+    """Parse outlierDetection (every field optional)."""
+    f = Fields(data, path)
+    d = OutlierDetection()
+    detection = OutlierDetection(
+        f.value("consecutive5xxErrors", F.integer(0), d.consecutive_5xx_errors),
+        f.value("consecutiveGatewayErrors", F.integer(0), d.consecutive_gateway_errors),
+        f.value("interval", F.duration(), d.interval),
+        f.value("baseEjectionTime", F.duration(), d.base_ejection_time),
+        f.value("maxEjectionPercent", F.integer(0, 100), d.max_ejection_percent),
+    )
+    f.finish()
+    return detection
+
+
+def parse_rate_limit(data: object, path: str) -> RateLimit:
+    """Parse rateLimit; burst defaults to one second's worth of requests."""
+    f = Fields(data, path)
+    rate = f.required("requestsPerSecond", F.number(0.001), 1.0)
+    burst = f.value("burst", F.integer(1), max(1, math.ceil(rate)))
+    per_source = f.value("perSource", F.boolean, False)
+    f.finish()
+    return RateLimit(rate, burst, per_source)

@@ -1,0 +1,247 @@
+"""Kubernetes-style resource documents: parse, load from YAML files, and check across documents."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshctl.api import fields as F
+from meshctl.api.errors import Issue, ValidationError, fail
+from meshctl.api.fields import Fields
+from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
+from meshctl.api.policy import DestinationPolicySpec
+
+API_VERSION = "ami.mesh/v1alpha1"
+DEFAULT_NAMESPACE = "default"
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One validated document; ``raw`` is the original mapping, ``spec`` its typed form."""
+
+    kind: str
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    resource_version: str | None
+    spec: Spec
+    raw: Mapping[str, Any] = field(compare=False, repr=False)
+    source: str | None = field(default=None, compare=False)  # file it came from, if any
+    doc: int | None = field(default=None, compare=False)  # 1-based document number in source
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(kind, namespace, name): unique within a set of resources."""
+        return (self.kind, self.namespace, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document in normal form: defaults filled into metadata, status dropped."""
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.resource_version is not None:
+            metadata["resourceVersion"] = self.resource_version
+        result: dict[str, Any] = {"apiVersion": API_VERSION, "kind": self.kind,
+                                  "metadata": metadata}
+        if "spec" in self.raw:
+            result["spec"] = copy.deepcopy(self.raw["spec"])
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Metadata:
+    name: str = ""
+    namespace: str = DEFAULT_NAMESPACE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str | None = None
+
+
+def parse_document(doc: object, source: str | None = None, index: int | None = None) -> Resource:
+    """Validate one decoded document; raises ValidationError with every issue in it."""
+    try:
+        f = Fields(doc, "")
+        f.required("apiVersion", _api_version, "")
+        kind = f.required("kind", _kind, "")
+        meta = f.required("metadata", _parse_metadata, _Metadata())
+        spec: Spec | None = None
+        if kind in KINDS:
+            info = KINDS[kind]
+            if info.spec_required:
+                spec = f.required("spec", info.parse, None)
+            else:
+                spec = f.value("spec", info.parse, None) or info.parse({}, "spec")
+            if kind == "MeshConfig" and meta.name and meta.name != MESH_CONFIG_NAME:
+                f.add("metadata.name", f"a MeshConfig must be named '{MESH_CONFIG_NAME}', "
+                      f"got '{meta.name}'")
+        else:
+            f.raw("spec")
+        f.raw("status")  # written by the control plane; ignored on input
+        f.finish()
+    except ValidationError as err:
+        raise err.located(source, index) from None
+    assert spec is not None  # finish() raised otherwise
+    raw = dict(doc) if isinstance(doc, Mapping) else {}
+    return Resource(kind, meta.name, meta.namespace, meta.labels, meta.resource_version, spec,
+                    raw, source, index)
+
+
+def _api_version(value: object, path: str) -> str:
+    if value != API_VERSION:
+        fail(path, f"unsupported {value!r}, expected {API_VERSION}")
+    return API_VERSION
+
+
+def _kind(value: object, path: str) -> str:
+    if not isinstance(value, str) or value not in KINDS:
+        fail(path, f"unknown kind {value!r}, expected one of {', '.join(KINDS)}")
+    return value
+
+
+def _parse_metadata(data: object, path: str) -> _Metadata:
+    f = Fields(data, path)
+    meta = _Metadata(
+        f.required("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name like reviews-v1", 253), ""),
+        f.value("namespace", F.string(F.DNS_LABEL, "a DNS-1123 label like default"),
+                DEFAULT_NAMESPACE),
+        f.value("labels", F.labels, {}),
+        f.optional("resourceVersion", F.string()),
+    )
+    f.finish()
+    return meta
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_documents(text: str, source: str) -> list[Resource]:
+    """Parse every document of a multi-document YAML text; raises with all issues of all docs."""
+    resources: list[Resource] = []
+    issues: list[Issue] = []
+    loader = _StrictLoader(text)
+    index = 0
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            index += 1
+            doc = loader.get_data()
+            if doc is None:
+                continue  # an empty document, e.g. after a trailing '---'
+            try:
+                resources.append(parse_document(doc, source, index))
+            except ValidationError as err:
+                issues.extend(err.issues)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        issues.append(Issue(source, max(index, 1), "",
+                            f"invalid YAML: {where}{err.problem or err.context}"))
+    except yaml.YAMLError as err:
+        issues.append(Issue(source, max(index, 1), "", f"invalid YAML: {err}"))
+    finally:
+        loader.dispose()
+    if issues:
+        raise ValidationError(issues)
+    return resources
+
+
+def yaml_files(path: Path) -> list[Path]:
+    """``path`` itself, or the *.yaml/*.yml files under it, sorted, skipping hidden ones."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValidationError([Issue(str(path), None, "", "no such file or directory")])
+    return sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def load_path(path: str | Path) -> list[Resource]:
+    """Load a file or a directory tree of YAML files; raises with all issues of all files."""
+    resources: list[Resource] = []
+    issues: list[Issue] = []
+    for file in yaml_files(Path(path)):
+        try:
+            resources.extend(load_documents(file.read_text(encoding="utf-8"), str(file)))
+        except ValidationError as err:
+            issues.extend(err.issues)
+        except (OSError, UnicodeDecodeError) as err:
+            issues.append(Issue(str(file), None, "", f"cannot read: {err}"))
+    if issues:
+        raise ValidationError(issues)
+    return resources
+
+
+def validate_set(resources: Iterable[Resource]) -> list[Issue]:
+    """Checks across documents: duplicates, conflicting hosts, unknown subsets, one MeshConfig."""
+    items = list(resources)
+    issues: list[Issue] = []
+
+    def add(r: Resource, path: str, message: str) -> None:
+        issues.append(Issue(r.source, r.doc, path, message))
+
+    first: dict[tuple[str, ...], Resource] = {}
+    for r in items:
+        claims: list[tuple[tuple[str, ...], str, str]] = [
+            (r.key, "metadata.name", f"duplicate {r.kind} {r.namespace}/{r.name}")]
+        if r.kind == "MeshConfig":
+            claims.append((("MeshConfig",), "kind", "more than one MeshConfig"))
+        if isinstance(r.spec, RouteSpec | DestinationPolicySpec):
+            claims.append(((r.kind, r.namespace, "host", r.spec.host), "spec.host",
+                           f"host {r.spec.host} already has a {r.kind}"))
+        if isinstance(r.spec, GatewaySpec):
+            claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
+                           "listen address already used by a Gateway"))
+        for claim, path, message in claims:
+            if claim in first and (claim == r.key or first[claim].key != r.key):
+                add(r, path, f"{message} ({_describe(first[claim])})")
+            first.setdefault(claim, r)
+    for r in items:
+        if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
+            issues.extend(_unknown_subsets(r, r.spec, first))
+    return issues
+
+
+def _unknown_subsets(route: Resource, spec: RouteSpec,
+                     first: Mapping[tuple[str, ...], Resource]) -> list[Issue]:
+    """Backends and mirrors naming a subset that no DestinationPolicy of that host defines."""
+    found: list[Issue] = []
+    for i, rule in enumerate(spec.rules):
+        targets = [(f"spec.rules[{i}].backends[{j}].subset", b.service, b.subset)
+                   for j, b in enumerate(rule.backends)]
+        if rule.mirror is not None:
+            targets.append((f"spec.rules[{i}].mirror.subset", rule.mirror.service,
+                            rule.mirror.subset))
+        for path, service, subset in targets:
+            host = service or spec.host
+            policy = first.get(("DestinationPolicy", route.namespace, "host", host))
+            known = ([s.name for s in policy.spec.subsets]
+                     if policy and isinstance(policy.spec, DestinationPolicySpec) else [])
+            if subset is not None and subset not in known:
+                listed = ", ".join(sorted(known)) or "none, no DestinationPolicy defines any"
+                found.append(Issue(route.source, route.doc, path,
+                                   f"unknown subset '{subset}' for host {host} (known: {listed})"))
+    return found
+
+
+def _describe(r: Resource) -> str:
+    """Where a resource was first defined, for 'duplicate' messages."""
+    name = f"{r.kind} {r.namespace}/{r.name}"
+    if r.source is None:
+        return f"see {name}"
+    return f"see {name} in {r.source}" + (f" doc {r.doc}" if r.doc is not None else "")

@@ -1,0 +1,394 @@
+"""Route rules, the format shared by Route resources and proxy snapshots, as frozen dataclasses.
+
+``parse_rules(data, path)`` is the one parser: the control plane validates resources with it and
+the proxy parses pushed snapshots with it. Pure (no I/O, stdlib only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meshctl.api import fields as F
+from meshctl.api.errors import Issue, ValidationError, fail
+from meshctl.api.fields import Fields
+
+MATCHERS = ("exact", "prefix", "regex", "present")
+PATH_MATCHERS = ("exact", "prefix", "regex")
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+# Declared retries without retryOn retry only failures where the upstream did not answer.
+DEFAULT_RETRY_ON = ("connect-failure", "gateway-error", "reset")
+
+_SERVICE = F.string(F.DNS_LABEL, "a service name (DNS-1123 label)")
+_SUBSET = F.string(F.DNS_LABEL, "a subset name (DNS-1123 label)")
+_METHOD = F.string(F.METHOD, "an upper-case HTTP method like GET")
+_PERCENT = F.number(0, 100)
+_STATUS = F.integer(200, 599)
+_HEADER_NAME = F.string(F.HEADER_NAME, "an HTTP header name")
+_HEADER_VALUE = F.string(F.HEADER_VALUE, "a header value without CR, LF or NUL")
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """One matcher: exact/prefix text, a regex (full match), or header presence."""
+
+    kind: str
+    value: str = ""
+    present: bool = True
+    pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def matches(self, actual: str | None) -> bool:
+        """Whether ``actual`` (None = absent) satisfies this matcher."""
+        if self.kind == "present":
+            return (actual is not None) == self.present
+        if actual is None:
+            return False
+        if self.kind == "exact":
+            return actual == self.value
+        if self.kind == "prefix":
+            return actual.startswith(self.value)
+        return self.pattern is not None and self.pattern.fullmatch(actual) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One match block: all of its conditions must hold (an empty block matches everything)."""
+
+    path: StringMatch | None = None
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # header names in lower case
+    query: tuple[tuple[str, StringMatch], ...] = ()
+
+    def matches(self, method: str, path: str, headers: Mapping[str, str],
+                query: Mapping[str, str]) -> bool:
+        """Whether a request matches; ``headers`` keys must be lower case."""
+        return ((self.path is None or self.path.matches(path))
+                and (not self.methods or method in self.methods)
+                and all(m.matches(headers.get(name)) for name, m in self.headers)
+                and all(m.matches(query.get(name)) for name, m in self.query))
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A weighted destination; None service = the route's host, None subset = all endpoints."""
+
+    service: str | None
+    subset: str | None
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Jittered exponential backoff between retry attempts (seconds)."""
+
+    base_interval: float = 0.025
+    max_interval: float = 0.25  # default: 10 x base_interval
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How many times and on which failures a request is retried."""
+
+    attempts: int
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    retriable_status_codes: tuple[int, ...] = ()
+    backoff: Backoff = Backoff()
+    allow_non_idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Injected latency for ``percent`` of requests."""
+
+    fixed_delay: float
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Injected error response for ``percent`` of requests."""
+
+    http_status: int
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Fault injection: a delay, an abort, or both."""
+
+    delay: Delay | None = None
+    abort: Abort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """Copy ``percent`` of requests, fire-and-forget, to another destination."""
+
+    service: str | None
+    subset: str | None
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """Header changes in one direction; names in lower case."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """Header changes on the request (to the upstream) and on the response (to the caller)."""
+
+    request: HeaderEdits = HeaderEdits()
+    response: HeaderEdits = HeaderEdits()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One route rule: if any match block holds, send to the backends with these policies."""
+
+    name: str | None
+    matches: tuple[Match, ...]
+    backends: tuple[Backend, ...]
+    timeout: float | None = None
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
+    headers: HeaderOps = HeaderOps()
+
+    def matches_request(self, method: str, path: str, headers: Mapping[str, str],
+                        query: Mapping[str, str]) -> bool:
+        """Whether any match block holds (no blocks = every request)."""
+        return not self.matches or any(m.matches(method, path, headers, query)
+                                       for m in self.matches)
+
+
+def parse_rules(data: object, path: str) -> tuple[Rule, ...]:
+    """Parse a list of rules; raises ValidationError listing every problem with its field path."""
+    rules = F.list_of(_parse_rule, 1, "at least one rule is required")(data, path)
+    issues: list[Issue] = []
+    names: dict[str, int] = {}
+    for index, rule in enumerate(rules):
+        if rule.name is not None:
+            if rule.name in names:
+                issues.append(Issue(None, None, f"{path}[{index}].name",
+                                    f"duplicate rule name '{rule.name}', "
+                                    f"already used by rules[{names[rule.name]}]"))
+            names.setdefault(rule.name, index)
+    for index, rule in enumerate(rules[:-1]):
+        if not rule.matches or any(m == Match() for m in rule.matches):
+            issues.append(Issue(None, None, f"{path}[{index + 1}]",
+                                f"unreachable: rules[{index}] matches every request"))
+            break
+    if issues:
+        raise ValidationError(issues)
+    return rules
+
+
+def parse_match_blocks(data: object, path: str) -> tuple[Match, ...]:
+    """Parse a list of match blocks (also used by Gateway rules)."""
+    return F.list_of(parse_match)(data, path)
+
+
+def parse_match(data: object, path: str) -> Match:
+    """Parse one match block."""
+    f = Fields(data, path)
+    path_match = f.optional("path", _path_matcher)
+    method = f.optional("method", _METHOD)
+    methods = f.optional("methods", F.list_of(_METHOD, 1))
+    if method is not None and methods is not None:
+        f.add(f.at("methods"), "set either method or methods, not both")
+    headers = f.value("headers", _matcher_map(lower=True), ())
+    query = f.value("query", _matcher_map(lower=False), ())
+    f.finish()
+    return Match(path_match, (method,) if method else methods or (), headers, query)
+
+
+def _path_matcher(data: object, path: str) -> StringMatch:
+    result = _matcher(data, path, PATH_MATCHERS)
+    if result.kind in ("exact", "prefix") and not result.value.startswith("/"):
+        fail(f"{path}.{result.kind}", f"must start with '/', got {result.value!r}")
+    return result
+
+
+def _header_matcher(data: object, path: str) -> StringMatch:
+    return _matcher(data, path, MATCHERS)
+
+
+def _matcher(data: object, path: str, kinds: tuple[str, ...]) -> StringMatch:
+    expected = ", ".join(kinds)
+    if not isinstance(data, Mapping) or len(data) != 1:
+        fail(path, f"expected a mapping with exactly one of {expected}, like {{exact: VALUE}}")
+    ((kind, value),) = data.items()
+    if kind not in kinds:
+        fail(path, f"unknown matcher '{kind}', expected one of {expected}")
+    where = f"{path}.{kind}"
+    if kind == "present":
+        return StringMatch("present", present=F.boolean(value, where))
+    text = F.string()(value, where) if kind != "exact" or value != "" else ""
+    if kind != "regex":
+        return StringMatch(kind, text)
+    try:
+        return StringMatch("regex", text, pattern=re.compile(text))
+    except re.error as err:
+        fail(where, f"invalid regex {text!r}: {err}")
+
+
+def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
+    key = _HEADER_NAME if lower else F.string()
+    convert = F.string_map(key, _header_matcher)
+
+    def parse(data: object, path: str) -> tuple[tuple[str, StringMatch], ...]:
+        items = convert(data, path)
+        if not lower:
+            return tuple(items.items())
+        seen: dict[str, str] = {}
+        for name in items:
+            if name.lower() in seen:
+                fail(F.join(path, name), f"duplicate header name (same as '{seen[name.lower()]}')")
+            seen[name.lower()] = name
+        return tuple((name.lower(), matcher) for name, matcher in items.items())
+
+    return parse
+
+
+def _parse_rule(data: object, path: str) -> Rule:
+    f = Fields(data, path)
+    name = f.optional("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name"))
+    matches = f.value("matches", parse_match_blocks, ())
+    backends = f.required("backends", _parse_backends, ())
+    timeout = f.optional("timeout", F.duration())
+    retries = f.optional("retries", _parse_retries)
+    fault = f.optional("fault", _parse_fault)
+    mirror = f.optional("mirror", _parse_mirror)
+    headers = f.value("headers", _parse_header_ops, HeaderOps())
+    f.finish()
+    return Rule(name, matches, backends, timeout, retries, fault, mirror, headers)
+
+
+def _parse_backend(data: object, path: str) -> tuple[str | None, str | None, int | None]:
+    f = Fields(data, path)
+    service = f.optional("service", _SERVICE)
+    subset = f.optional("subset", _SUBSET)
+    weight = f.optional("weight", F.integer(0, 100))
+    f.finish()
+    return service, subset, weight
+
+
+def _parse_backends(data: object, path: str) -> tuple[Backend, ...]:
+    items = F.list_of(_parse_backend, 1, "at least one backend is required")(data, path)
+    if len(items) == 1 and items[0][2] is None:
+        return (Backend(items[0][0], items[0][1], 100),)
+    issues: list[Issue] = []
+    seen: dict[tuple[str | None, str | None], int] = {}
+    for index, (service, subset, weight) in enumerate(items):
+        where = f"{path}[{index}]"
+        if weight is None:
+            issues.append(Issue(None, None, f"{where}.weight",
+                                "field is required when a rule has more than one backend"))
+        if (service, subset) in seen:
+            other = seen[(service, subset)]
+            if subset is not None:
+                issues.append(Issue(None, None, f"{where}.subset",
+                                    f"duplicate subset '{subset}', already in backends[{other}]"))
+            else:
+                issues.append(Issue(None, None, where, f"duplicate of backends[{other}]"))
+        seen.setdefault((service, subset), index)
+    total = sum(weight or 0 for _, _, weight in items)
+    if not issues and total != 100:
+        issues.append(Issue(None, None, path, f"weights sum to {total}, must be 100"))
+    if issues:
+        raise ValidationError(issues)
+    return tuple(Backend(service, subset, weight or 0) for service, subset, weight in items)
+
+
+def _parse_retries(data: object, path: str) -> Retries:
+    f = Fields(data, path)
+    attempts = f.required("attempts", F.integer(0), 0)
+    per_try = f.optional("perTryTimeout", F.duration())
+    retry_on = f.value("retryOn", F.list_of(F.enum(RETRY_ON), 1), DEFAULT_RETRY_ON)
+    codes = f.value("retriableStatusCodes", F.list_of(_STATUS, 1), ())
+    backoff = f.value("backoff", _parse_backoff, Backoff())
+    allow = f.value("allowNonIdempotent", F.boolean, False)
+    if codes and "retriable-status-codes" not in retry_on:
+        f.add(f.at("retriableStatusCodes"),
+              "has no effect unless retryOn contains retriable-status-codes")
+    if not codes and "retriable-status-codes" in retry_on and f.has("retryOn"):
+        f.add(f.at("retryOn"), "retriable-status-codes needs a non-empty retriableStatusCodes")
+    f.finish()
+    return Retries(attempts, per_try, retry_on, codes, backoff, allow)
+
+
+def _parse_backoff(data: object, path: str) -> Backoff:
+    f = Fields(data, path)
+    base = f.value("baseInterval", F.duration(), 0.025)
+    maximum = f.value("maxInterval", F.duration(), base * 10)
+    if maximum < base:
+        f.add(f.at("maxInterval"), "must not be shorter than baseInterval")
+    f.finish()
+    return Backoff(base, maximum)
+
+
+def _parse_fault(data: object, path: str) -> Fault:
+    f = Fields(data, path)
+    delay = f.optional("delay", _parse_delay)
+    abort = f.optional("abort", _parse_abort)
+    if not f.has("delay") and not f.has("abort"):
+        f.add(path, "set delay, abort or both")
+    f.finish()
+    return Fault(delay, abort)
+
+
+def _parse_delay(data: object, path: str) -> Delay:
+    f = Fields(data, path)
+    fixed = f.required("fixedDelay", F.duration(), 0.0)
+    percent = f.value("percent", _PERCENT, 100.0)
+    f.finish()
+    return Delay(fixed, percent)
+
+
+def _parse_abort(data: object, path: str) -> Abort:
+    f = Fields(data, path)
+    status = f.required("httpStatus", _STATUS, 0)
+    percent = f.value("percent", _PERCENT, 100.0)
+    f.finish()
+    return Abort(status, percent)
+
+
+def _parse_mirror(data: object, path: str) -> Mirror:
+    f = Fields(data, path)
+    service = f.optional("service", _SERVICE)
+    subset = f.optional("subset", _SUBSET)
+    percent = f.value("percent", _PERCENT, 100.0)
+    f.finish()
+    return Mirror(service, subset, percent)
+
+
+def _parse_header_ops(data: object, path: str) -> HeaderOps:
+    f = Fields(data, path)
+    request = f.value("request", _parse_header_edits, HeaderEdits())
+    response = f.value("response", _parse_header_edits, HeaderEdits())
+    f.finish()
+    return HeaderOps(request, response)
+
+
+def _parse_header_edits(data: object, path: str) -> HeaderEdits:
+    f = Fields(data, path)
+    values = F.string_map(_HEADER_NAME, _header_value)
+    set_ = f.value("set", values, {})
+    add = f.value("add", values, {})
+    remove = f.value("remove", F.list_of(_HEADER_NAME), ())
+    f.finish()
+    return HeaderEdits(tuple((k.lower(), v) for k, v in set_.items()),
+                       tuple((k.lower(), v) for k, v in add.items()),
+                       tuple(name.lower() for name in remove))
+
+
+def _header_value(data: object, path: str) -> str:
+    """Header values may be empty but never contain CR, LF or NUL (header injection)."""
+    return "" if data == "" else _HEADER_VALUE(data, path)

@@ -1,0 +1,155 @@
+"""The CLI's HTTP client for the control plane API (sync, stdlib urllib)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshctl.controlplane.store import KIND_PLURALS, kind_for
+
+DEFAULT_CONTROL_PLANE = "http://127.0.0.1:15080"
+
+
+def resolve_control_plane(arg: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The API base URL: ``--control-plane``, else ``$AMI_CONTROL_PLANE``, else the default."""
+    env = os.environ if env is None else env
+    url = arg or env.get("AMI_CONTROL_PLANE") or DEFAULT_CONTROL_PLANE
+    return url if "://" in url else f"http://{url}"
+
+
+class ControlPlaneError(Exception):
+    """An error answer from the API: HTTP status, reason word and the precise message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One server-sent event: ``type`` (ADDED, MODIFIED, DELETED, ERROR) and its JSON data."""
+
+    type: str
+    data: dict[str, Any]
+
+
+def _plural(kind: str) -> str:
+    canonical = kind_for(kind)
+    if canonical is None:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KIND_PLURALS)}")
+    return KIND_PLURALS[canonical]
+
+
+class ControlPlaneClient:
+    """Talks to ``meshctl serve``; writes send ``token`` as a bearer token."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _open(self, method: str, path: str, body: bytes | None = None,
+              content_type: str = "application/json", timeout: float | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base_url + path, data=body, method=method,
+                                     headers=headers)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                err = json.loads(raw)
+                raise ControlPlaneError(exc.code, err["reason"], err["error"]) from None
+            except (ValueError, KeyError, TypeError):
+                raise ControlPlaneError(exc.code, "Error", raw.decode(errors="replace")) from None
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        with self._open(method, path, data) as resp:
+            return json.loads(resp.read())
+
+    def apply(
+        self, docs: str | list[dict[str, Any]], source: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Apply YAML text or documents; each result says created, configured or unchanged."""
+        query = "?" + urllib.parse.urlencode({"source": source}) if source else ""
+        if isinstance(docs, str):
+            body, ctype = docs.encode(), "application/yaml"
+        else:
+            body, ctype = json.dumps(docs).encode(), "application/json"
+        with self._open("POST", f"/api/v1/apply{query}", body, ctype) as resp:
+            return list(json.loads(resp.read())["results"])
+
+    def get(self, kind: str, name: str | None = None,
+            namespace: str | None = "default") -> Any:
+        """One object (with ``name``), else the list in ``namespace`` (None: all namespaces)."""
+        plural = _plural(kind)
+        if name is None:
+            path = (f"/api/v1/{plural}" if namespace is None
+                    else f"/api/v1/namespaces/{_q(namespace)}/{plural}")
+            return self._json("GET", path)["items"]
+        ns = _q(namespace or "default")
+        return self._json("GET", f"/api/v1/namespaces/{ns}/{plural}/{_q(name)}")
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        ns = doc.get("metadata", {}).get("namespace", "default")
+        result: dict[str, Any] = self._json(
+            "POST", f"/api/v1/namespaces/{_q(ns)}/{_plural(doc['kind'])}", doc)
+        return result
+
+    def update(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Replace an object; a ``metadata.resourceVersion`` in ``doc`` makes it conditional."""
+        meta = doc.get("metadata", {})
+        path = (f"/api/v1/namespaces/{_q(meta.get('namespace', 'default'))}/"
+                f"{_plural(doc['kind'])}/{_q(meta['name'])}")
+        result: dict[str, Any] = self._json("PUT", path, doc)
+        return result
+
+    def delete(self, kind: str, name: str, namespace: str = "default",
+               resource_version: str | None = None) -> dict[str, Any]:
+        query = f"?resourceVersion={_q(resource_version)}" if resource_version else ""
+        path = f"/api/v1/namespaces/{_q(namespace)}/{_plural(kind)}/{_q(name)}{query}"
+        result: dict[str, Any] = self._json("DELETE", path)
+        return result
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Hand edits the control plane rejected (source, precise message, objects)."""
+        return list(self._json("GET", "/api/v1/errors")["items"])
+
+    def watch(self, kind: str | None = None, namespace: str | None = None,
+              replay: bool = False, timeout: float | None = None
+              ) -> Generator[WatchEvent, None, None]:
+        """Events as they happen; the iterator is ready once the first event or comment arrives.
+
+        ``timeout`` bounds each read (the server sends a keep-alive comment every 15 s).
+        """
+        params = {k: v for k, v in (("kind", kind), ("namespace", namespace),
+                                    ("replay", "true" if replay else None)) if v}
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        with self._open("GET", f"/api/v1/watch{query}", timeout=timeout) as resp:
+            event, data = "message", list[str]()
+            for raw in resp:
+                line = raw.decode().rstrip("\r\n")
+                if not line:
+                    if data:
+                        yield WatchEvent(event, json.loads("\n".join(data)))
+                    event, data = "message", list[str]()
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+
+
+def _q(part: str) -> str:
+    return urllib.parse.quote(part, safe="")

@@ -1,0 +1,98 @@
+"""`meshctl certs`: create the mesh CA (`init`) and show its chain of trust (`show`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from meshctl.ca import CAError, CaFiles, fingerprint, init_ca, trusted_roots
+from meshctl.ca.files import load_cert
+from meshctl.ca.spiffe import uri_sans
+
+DEFAULT_DIR = Path("certs")
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `certs init` and `certs show`; each sets `args.func(args) -> int`."""
+    certs = subparsers.add_parser("certs", help="the mesh certificate authority")
+    sub = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="create the root and intermediate CA")
+    init.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    init.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    init.add_argument("--root-cert", type=Path, help="bring your own root certificate (PEM)")
+    init.add_argument("--root-key", type=Path, help="its private key; used once, not copied")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=run_init)
+
+    show = sub.add_parser("show", help="print the intermediate and the trusted roots")
+    show.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    show.set_defaults(func=run_show)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Create the CA; a CA error is one line on stderr and exit status 1."""
+    try:
+        ca = init_ca(
+            args.dir,
+            args.trust_domain,
+            root_cert=args.root_cert,
+            root_key=args.root_key,
+            force=args.force,
+        )
+    except (CAError, ValueError) as e:
+        print(f"meshctl certs init: {e}", file=sys.stderr)
+        return 1
+    print(f"Created the mesh CA in {ca.directory} (trust domain {args.trust_domain}).")
+    if args.root_key is not None:
+        print(f"The root key {args.root_key} was not copied: keep it safe, offline.")
+    print()
+    return _print_chain(ca)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print the CA's chain of trust."""
+    return _print_chain(CaFiles(args.dir))
+
+
+def _print_chain(ca: CaFiles) -> int:
+    try:
+        intermediate = load_cert(ca.ca_cert)
+        roots = trusted_roots(ca)
+    except CAError as e:
+        print(f"meshctl certs: {e}", file=sys.stderr)
+        return 1
+    now = time.time()
+    print(_describe("intermediate (signs workload certs)", intermediate, now))
+    for i, root in enumerate(roots):
+        role = "root (signing)" if i == 0 else "root (trusted, not signing)"
+        print(_describe(role, root, now))
+    return 0
+
+
+def _describe(role: str, cert: x509.Certificate, now: float) -> str:
+    """A few aligned lines about one certificate."""
+    identity = ", ".join(uri_sans(cert)) or _common_name(cert) or "-"
+    not_after = cert.not_valid_after_utc
+    days = (not_after.timestamp() - now) / 86_400
+    left = f"{days:.0f} days left" if days >= 0 else "EXPIRED"
+    return "\n".join(
+        [
+            role,
+            f"  subject    {cert.subject.rfc4514_string() or '(empty)'}",
+            f"  identity   {identity}",
+            f"  not after  {not_after:%Y-%m-%dT%H:%M:%SZ} ({left})",
+            f"  sha256     {fingerprint(cert)}",
+            "",
+        ]
+    )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""

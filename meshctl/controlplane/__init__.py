@@ -1,0 +1,1 @@
+"""`meshctl serve`: resource store, HTTP API, reconcile loop, config push, registry, CA."""

@@ -1,0 +1,325 @@
+"""The control plane's HTTP API (aiohttp): CRUD, watch (SSE) and apply for every resource kind.
+
+Paths (``{plural}``: routes, destinationpolicies, authorizationpolicies, meshconfigs, gateways)::
+
+    GET    /api/v1/{plural}                              all namespaces
+    GET    /api/v1/namespaces/{ns}/{plural}              list
+    POST   /api/v1/namespaces/{ns}/{plural}              create (409 if it exists)
+    GET    /api/v1/namespaces/{ns}/{plural}/{name}       read (with status)
+    PUT    /api/v1/namespaces/{ns}/{plural}/{name}       update (409 on stale resourceVersion)
+    DELETE /api/v1/namespaces/{ns}/{plural}/{name}       delete (?resourceVersion= precondition)
+    POST   /api/v1/apply                                 YAML or JSON documents, all or nothing
+    GET    /api/v1/watch                                 SSE; ?kind=&namespace=&replay=
+    GET    /api/v1/errors                                hand edits the store rejected
+    GET    /openapi.json                                 OpenAPI 3.1 description
+
+Every error is ``{"error": "<words>", "reason": "NotFound|Conflict|Invalid|Unauthorized|..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.resources import Resource, load_documents, parse_document
+from meshctl.controlplane.auth import bearer_matches, is_loopback
+from meshctl.controlplane.errors import BadRequest, Invalid, NotFound, StoreError, Unauthorized
+from meshctl.controlplane.openapi import openapi_document
+from meshctl.controlplane.store import (
+    KIND_PLURALS,
+    EventType,
+    Store,
+    StoredObject,
+    Watch,
+    content_equal,
+    kind_for,
+    new_issues,
+    overlay,
+)
+
+API = "/api/v1"
+STORE = web.AppKey("store", Store)
+_WATCHES: web.AppKey[set[Watch]] = web.AppKey("watches")
+_APPLY_LOCK = web.AppKey("apply_lock", asyncio.Lock)
+_PLURAL = "{plural:" + "|".join(KIND_PLURALS.values()) + "}"
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HTTP_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed",
+                 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_api_app(
+    store: Store,
+    *,
+    token: str,
+    extra_routes: Iterable[web.AbstractRouteDef] | None = None,
+    open_reads: bool = False,
+    heartbeat: float = 15.0,
+) -> web.Application:
+    """The API as an aiohttp app; ``extra_routes`` (status, metrics, dashboard) share its auth.
+
+    Writes need ``Authorization: Bearer <token>``; reads are open to loopback peers, and to
+    every peer when ``open_reads`` is set (e.g. a dashboard published from a container).
+    """
+    app = web.Application(middlewares=[_errors_middleware, _auth_middleware(token, open_reads)])
+    app[STORE] = store
+    app[_WATCHES] = set()
+    app[_APPLY_LOCK] = asyncio.Lock()
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_post(f"{API}/apply", _apply)
+    app.router.add_get(f"{API}/watch", _watch_handler(heartbeat))
+    app.router.add_get(f"{API}/errors", _errors)
+    app.router.add_get(f"{API}/{_PLURAL}", _list)
+    collection = f"{API}/namespaces/{{ns}}/{_PLURAL}"
+    app.router.add_get(collection, _list)
+    app.router.add_post(collection, _create)
+    app.router.add_get(collection + "/{name}", _get)
+    app.router.add_put(collection + "/{name}", _update)
+    app.router.add_delete(collection + "/{name}", _delete)
+    if extra_routes is not None:
+        app.add_routes(extra_routes)
+    app.on_shutdown.append(_end_watches)
+    return app
+
+
+def json_error(status: int, reason: str, message: str) -> web.Response:
+    """The one error shape of the API."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": message, "reason": reason}, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        return json_error(exc.status, exc.reason, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, _HTTP_REASONS.get(exc.status, "Error"), exc.reason)
+
+
+def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if bearer_matches(request.headers.get("Authorization"), token):
+            return await handler(request)
+        if request.method not in _READ_METHODS:
+            raise Unauthorized("writes need 'Authorization: Bearer <token>' "
+                               "(AMI_TOKEN or .ami/token)")
+        if not (open_reads or is_loopback(request.remote)):
+            raise Unauthorized("reads from outside this machine need a bearer token")
+        return await handler(request)
+
+    return auth
+
+
+# -- reads -----------------------------------------------------------------------------------
+async def _object_json(store: Store, obj: StoredObject) -> dict[str, Any]:
+    return obj.to_dict(status=await store.status(obj.key))
+
+
+async def _list(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    kind = _kind(request)
+    objs = await store.list(kind, request.match_info.get("ns"))
+    items = [await _object_json(store, o) for o in objs]
+    return web.json_response({"apiVersion": "ami.mesh/v1alpha1", "kind": f"{kind}List",
+                              "items": items})
+
+
+async def _get(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    obj = await store.get(_kind(request), request.match_info["ns"], request.match_info["name"])
+    if obj is None:
+        raise NotFound(f"{_kind(request)} {request.match_info['ns']}/"
+                       f"{request.match_info['name']} not found")
+    return web.json_response(await _object_json(store, obj))
+
+
+async def _errors(request: web.Request) -> web.Response:
+    errors = request.app[STORE].errors()
+    return web.json_response({"items": [
+        {"source": e.source, "message": e.message, "objects": ["/".join(k) for k in e.keys]}
+        for e in errors]})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+# -- writes ----------------------------------------------------------------------------------
+async def _create(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    resource = _parse_one(await _read_body(request), request, name=None)
+    async with request.app[_APPLY_LOCK]:
+        await _check_set(store, [resource])
+        stored = await store.create(resource)
+    return web.json_response(stored.to_dict(), status=201)
+
+
+async def _update(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    doc = await _read_body(request)
+    resource = _parse_one(doc, request, name=request.match_info["name"])
+    expected = doc.get("metadata", {}).get("resourceVersion")
+    async with request.app[_APPLY_LOCK]:
+        await _check_set(store, [resource])
+        stored = await store.update(resource, expected)
+    return web.json_response(stored.to_dict())
+
+
+async def _delete(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    async with request.app[_APPLY_LOCK]:
+        gone = await store.delete(_kind(request), request.match_info["ns"],
+                                  request.match_info["name"],
+                                  request.query.get("resourceVersion"))
+    return web.json_response(gone.to_dict())
+
+
+async def _apply(request: web.Request) -> web.Response:
+    """Create or update every document; validate the whole set first and apply none if bad."""
+    store = request.app[STORE]
+    resources = _parse_many(await request.text(), request)
+    results = []
+    async with request.app[_APPLY_LOCK]:
+        await _check_set(store, resources)
+        for res in resources:
+            current = await store.get(*res.key)
+            if current is None:
+                stored, outcome = await store.create(res), "created"
+            elif content_equal(current.resource, res):
+                stored, outcome = current, "unchanged"
+            else:
+                stored = await store.update(res, current.resource_version)
+                outcome = "configured"
+            results.append({"kind": res.kind, "namespace": res.namespace, "name": res.name,
+                            "result": outcome, "resourceVersion": str(stored.resource_version)})
+    return web.json_response({"results": results})
+
+
+async def _check_set(store: Store, changes: list[Resource]) -> None:
+    """Invalid if the changes add a cross-document issue to what the store holds."""
+    current = [o.resource for o in await store.list()]
+    issues = new_issues(current, overlay(current, changes, set()))
+    if issues:
+        raise Invalid("\n".join(str(i) for i in issues))
+
+
+# -- decoding --------------------------------------------------------------------------------
+def _kind(request: web.Request) -> str:
+    kind = kind_for(request.match_info["plural"])
+    assert kind is not None  # the route pattern only admits known plurals
+    return kind
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    text = await request.text()
+    try:
+        is_json = request.content_type == "application/json"
+        doc = json.loads(text) if is_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BadRequest(f"request body is not valid JSON/YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be one resource document (a mapping)")
+    return doc
+
+
+def _parse_one(doc: dict[str, Any], request: web.Request, name: str | None) -> Resource:
+    """Parse a single-object body, checking it against the path's kind, namespace and name."""
+    kind, ns = _kind(request), request.match_info["ns"]
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        raise Invalid("request: metadata: required mapping is missing")
+    meta.setdefault("namespace", ns)
+    for field, want, got in (("kind", kind, doc.get("kind")),
+                             ("metadata.namespace", ns, meta.get("namespace")),
+                             ("metadata.name", name, meta.get("name"))):
+        if want is not None and got != want:
+            raise BadRequest(f"{field} is {got!r} but the path says {want!r}")
+    try:
+        return parse_document(doc, source="request")
+    except ValidationError as exc:
+        raise Invalid(str(exc), exc) from exc
+
+
+def _parse_many(text: str, request: web.Request) -> list[Resource]:
+    """Documents of an apply body: a YAML stream, or JSON (a list, one object, or {items})."""
+    source = request.query.get("source", "request")
+    try:
+        if request.content_type != "application/json":
+            return load_documents(text, source)
+        data = json.loads(text)
+        docs = data.get("items", [data]) if isinstance(data, dict) else data
+        if not isinstance(docs, list):
+            raise BadRequest("apply body must be a list of documents")
+        resources, issues = [], []
+        for index, doc in enumerate(docs, start=1):
+            try:
+                resources.append(parse_document(doc, source=source, index=index))
+            except ValidationError as exc:
+                issues.extend(exc.issues)
+        if issues:
+            raise ValidationError(issues)
+        return resources
+    except ValidationError as exc:
+        raise Invalid(str(exc), exc) from exc
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BadRequest(f"apply body is not valid JSON/YAML: {exc}") from exc
+
+
+# -- watch -----------------------------------------------------------------------------------
+def _watch_handler(heartbeat: float) -> Handler:
+    async def watch(request: web.Request) -> web.StreamResponse:
+        """Server-sent events; a first ``: watching`` comment says the subscription is live."""
+        word = request.query.get("kind")
+        kind = kind_for(word) if word else None
+        if word and kind is None:
+            raise BadRequest(f"unknown kind {word!r}")
+        replay = request.query.get("replay", "").lower() in ("1", "true", "yes")
+        stream = request.app[STORE].watch(kind=kind, namespace=request.query.get("namespace"),
+                                          replay=replay)
+        request.app[_WATCHES].add(stream)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        try:
+            await resp.prepare(request)
+            await resp.write(b": watching\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(stream), heartbeat)
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                if event.type is EventType.ERROR or event.object is None:
+                    head, data = "", {"error": event.error}
+                else:
+                    head = f"id: {event.object.resource_version}\n"
+                    data = event.object.to_dict()
+                frame = f"{head}event: {event.type}\ndata: {json.dumps(data)}\n\n"
+                await resp.write(frame.encode())
+        except ConnectionResetError:
+            pass  # the client went away
+        finally:
+            stream.close()
+            request.app[_WATCHES].discard(stream)
+        return resp
+
+    return watch
+
+
+async def _end_watches(app: web.Application) -> None:
+    """Close SSE streams at shutdown so their handlers return instead of holding it up."""
+    watches: set[Watch] = app[_WATCHES]
+    for stream in list(watches):
+        stream.close()

@@ -1,0 +1,93 @@
+"""`python -m proxy`: run the sidecar or the gateway (static config or control-plane mode)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from proxy.config import Address, ConfigError
+from proxy.listener import Limits
+from proxy.server import ProxyOptions
+
+_DEFAULTS = Limits()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    p.add_argument("--config", type=Path, help="static mode: a snapshot YAML file (docs/proxy.md)")
+    p.add_argument("--control-plane", help="control-plane mode: HOST:PORT of meshctl serve's gRPC")
+    p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar")
+    p.add_argument("--service", help="the service this sidecar fronts (control-plane mode)")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--labels", default="", help="comma-separated k=v labels, e.g. version=v1")
+    p.add_argument("--name", help="proxy name shown in proxy-status (default service-version-port)")
+    p.add_argument("--outbound", help="outbound listener HOST:PORT (app -> mesh)")
+    p.add_argument("--inbound", help="inbound listener HOST:PORT (mesh -> app)")
+    p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:15000)")
+    p.add_argument("--gateway-listen", help="gateway listener HOST:PORT (--mode gateway)")
+    p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
+    p.add_argument("--token-file", type=Path, help="bootstrap credential for the control plane")
+    p.add_argument("--ca-file", type=Path, help="CA bundle to verify the control plane's TLS")
+    p.add_argument("--access-log", choices=("on", "off"), help="override mesh.accessLog")
+    p.add_argument("--drain-timeout", type=float, default=20.0)
+    p.add_argument("--header-timeout", type=float, default=_DEFAULTS.header_timeout)
+    p.add_argument("--idle-timeout", type=float, default=_DEFAULTS.idle_timeout)
+    p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections)
+    p.add_argument("--max-header-bytes", type=int, default=_DEFAULTS.max_header_bytes)
+    p.add_argument("--max-request-line", type=int, default=_DEFAULTS.max_request_line)
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the arguments (and the static config) and exit")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ProxyOptions:
+    listeners: dict[str, Address] = {}
+    for kind, value in (("outbound", args.outbound), ("inbound", args.inbound),
+                        ("admin", args.admin), ("gateway", args.gateway_listen)):
+        if value:
+            listeners[kind] = Address.parse(value, f"--{kind}")
+    limits = Limits(max_request_line=args.max_request_line,
+                    max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
+                    idle_timeout=args.idle_timeout, max_connections=args.max_connections)
+    access = None if args.access_log is None else args.access_log == "on"
+    return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
+                        drain_timeout=args.drain_timeout, access_log=access)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.config and not args.control_plane:
+        print("error: give --config FILE (static mode) or --control-plane HOST:PORT",
+              file=sys.stderr)
+        return 2
+    try:
+        options = options_from_args(args)
+        if args.config:
+            from proxy.static import load_static
+
+            load_static(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print("ok")
+        return 0
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on supported platforms
+        pass
+    from proxy.run import run
+
+    return asyncio.run(run(args, options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

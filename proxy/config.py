@@ -1,0 +1,356 @@
+"""The proxy's configuration snapshot: immutable, versioned, parsed once from YAML or a push.
+
+The same `Snapshot.from_dict` reads a static `--config` file and a control-plane push, so both
+paths give the same precise errors (which become the NACK text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl.api.durations import parse_duration
+
+
+class ConfigError(ValueError):
+    """A snapshot that cannot be applied; the message names the field path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: object, path: str) -> Address:
+        if not isinstance(text, str) or ":" not in text:
+            raise ConfigError(f"{path}: expected HOST:PORT, got {text!r}")
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigError(f"{path}: port {port!r} is not a number") from None
+        if not 0 <= number <= 65535:
+            raise ConfigError(f"{path}: port {number} out of range")
+        return cls(host or "0.0.0.0", number)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: Address
+    labels: Mapping[str, str]
+    identity: str | None = None  # expected SPIFFE id of the peer when mTLS is on
+
+    @property
+    def version(self) -> str:
+        return self.labels.get("version", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    name: str
+    labels: Mapping[str, str]
+
+    def selects(self, endpoint: Endpoint) -> bool:
+        return all(endpoint.labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPoolSettings:
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests_per_connection: int = 0  # 0 = unlimited
+    max_concurrent_requests: int = 1024
+    idle_timeout: float = 10.0  # below common upstream keep-alive timeouts (aiohttp 75 s, nginx 75 s)
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierSettings:
+    consecutive_5xx: int = 0
+    consecutive_gateway: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    requests_per_second: float
+    burst: int
+    per_source: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    load_balancer: str = "LEAST_REQUEST"
+    connection_pool: ConnectionPoolSettings = field(default_factory=ConnectionPoolSettings)
+    outlier: OutlierSettings | None = None
+    rate_limit: RateLimitSettings | None = None
+    custom_pool: bool = False  # True when connectionPool was declared (enables the breaker layer)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    namespace: str
+    endpoints: tuple[Endpoint, ...]
+    subsets: tuple[Subset, ...]
+    policy: ServicePolicy
+
+    def subset(self, name: str | None) -> tuple[Endpoint, ...]:
+        if name is None:
+            return self.endpoints
+        for s in self.subsets:
+            if s.name == name:
+                return tuple(e for e in self.endpoints if s.selects(e))
+        # A subset not declared by a policy selects by the conventional `version` label.
+        return tuple(e for e in self.endpoints if e.labels.get("version") == name)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    host: str
+    rules: tuple[Any, ...]  # meshctl.api.rules.Rule
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRule:
+    matches: tuple[Any, ...]  # meshctl.api.rules.Match
+    destination: str
+
+
+def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
+    """Gateway rules: which service a request entering the mesh goes to."""
+    from meshctl.api.rules import parse_match_blocks
+
+    rules = []
+    for i, r in enumerate(_list(data, path)):
+        rp = f"{path}[{i}]"
+        rm = _mapping(r, rp)
+        dest = rm.get("destination")
+        if not isinstance(dest, str) or not dest:
+            raise ConfigError(f"{rp}.destination: required (a service name)")
+        try:
+            matches = parse_match_blocks(rm.get("match") or [], f"{rp}.match")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        rules.append(GatewayRule(matches, dest))
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    mtls: str = "DISABLE"
+    access_log: bool = False
+    retry_budget_percent: float = 20.0
+    retry_budget_min_per_second: float = 10.0
+    tracing_sampling: float = 0.0
+    trust_domain: str = "cluster.local"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    service: str = "unknown"
+    namespace: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.labels.get("version", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: str
+    node: Node
+    listeners: Mapping[str, Address]
+    app: Address | None
+    mesh: MeshSettings
+    services: Mapping[str, Service]
+    routes: Mapping[str, RouteConfig]
+    gateway_rules: tuple[GatewayRule, ...]
+    inbound: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: object) -> Snapshot:
+        return _parse_snapshot(data)
+
+
+def _mapping(data: object, path: str) -> Mapping[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _list(data: object, path: str) -> list[Any]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list, got {type(data).__name__}")
+    return data
+
+
+def _labels(data: object, path: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(data, path).items()}
+
+
+def _duration(data: Mapping[str, Any], key: str, path: str, default: float) -> float:
+    if key not in data:
+        return default
+    try:
+        return parse_duration(data[key])
+    except ValueError as exc:
+        raise ConfigError(f"{path}.{key}: {exc}") from None
+
+
+def _int(data: Mapping[str, Any], key: str, path: str, default: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{path}.{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def parse_policy(data: object, path: str) -> ServicePolicy:
+    """DestinationPolicy.spec fields (minus host and subsets) -> ServicePolicy."""
+    raw = _mapping(data, path)
+    lb = str(raw.get("loadBalancer", "LEAST_REQUEST"))
+    if lb not in ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA"):
+        raise ConfigError(f"{path}.loadBalancer: unknown load balancer {lb!r}")
+    pool_raw = raw.get("connectionPool")
+    pool = ConnectionPoolSettings()
+    if pool_raw is not None:
+        p = _mapping(pool_raw, f"{path}.connectionPool")
+        pp = f"{path}.connectionPool"
+        pool = ConnectionPoolSettings(
+            max_connections=_int(p, "maxConnections", pp, pool.max_connections),
+            max_pending_requests=_int(p, "maxPendingRequests", pp, pool.max_pending_requests),
+            max_requests_per_connection=_int(p, "maxRequestsPerConnection", pp, 0),
+            max_concurrent_requests=_int(p, "maxConcurrentRequests", pp,
+                                         pool.max_concurrent_requests),
+            idle_timeout=_duration(p, "idleTimeout", pp, pool.idle_timeout),
+            connect_timeout=_duration(p, "connectTimeout", pp, pool.connect_timeout),
+        )
+    outlier = None
+    if raw.get("outlierDetection") is not None:
+        o = _mapping(raw["outlierDetection"], f"{path}.outlierDetection")
+        op = f"{path}.outlierDetection"
+        outlier = OutlierSettings(
+            consecutive_5xx=_int(o, "consecutive5xxErrors", op, 0),
+            consecutive_gateway=_int(o, "consecutiveGatewayErrors", op, 0),
+            interval=_duration(o, "interval", op, 10.0),
+            base_ejection_time=_duration(o, "baseEjectionTime", op, 30.0),
+            max_ejection_percent=float(o.get("maxEjectionPercent", 10)),
+        )
+    rate = None
+    if raw.get("rateLimit") is not None:
+        rate = parse_rate_limit(raw["rateLimit"], f"{path}.rateLimit")
+    return ServicePolicy(lb, pool, outlier, rate, custom_pool=pool_raw is not None)
+
+
+def parse_rate_limit(data: object, path: str) -> RateLimitSettings:
+    r = _mapping(data, path)
+    rps = r.get("requestsPerSecond")
+    if not isinstance(rps, int | float) or rps <= 0:
+        raise ConfigError(f"{path}.requestsPerSecond: expected a positive number, got {rps!r}")
+    burst = _int(r, "burst", path, max(1, int(rps)))
+    return RateLimitSettings(float(rps), burst, bool(r.get("perSource", False)))
+
+
+def _parse_service(name: str, data: object, path: str) -> Service:
+    raw = _mapping(data, path)
+    endpoints = []
+    for i, e in enumerate(_list(raw.get("endpoints"), f"{path}.endpoints")):
+        ep = f"{path}.endpoints[{i}]"
+        em = _mapping(e, ep)
+        endpoints.append(Endpoint(
+            Address.parse(em.get("address"), f"{ep}.address"),
+            _labels(em.get("labels"), f"{ep}.labels"),
+            em.get("identity"),
+        ))
+    subsets = []
+    for i, s in enumerate(_list(raw.get("subsets"), f"{path}.subsets")):
+        sm = _mapping(s, f"{path}.subsets[{i}]")
+        if not sm.get("name"):
+            raise ConfigError(f"{path}.subsets[{i}].name: required")
+        subsets.append(Subset(str(sm["name"]), _labels(sm.get("labels"), f"{path}.subsets[{i}]")))
+    return Service(
+        name=name,
+        namespace=str(raw.get("namespace", "default")),
+        endpoints=tuple(endpoints),
+        subsets=tuple(subsets),
+        policy=parse_policy(raw.get("policy"), f"{path}.policy"),
+    )
+
+
+def _parse_snapshot(data: object) -> Snapshot:
+    from meshctl.api.rules import parse_rules
+
+    raw = _mapping(data, "snapshot")
+    node_raw = _mapping(raw.get("node"), "node")
+    node = Node(
+        service=str(node_raw.get("service", "unknown")),
+        namespace=str(node_raw.get("namespace", "default")),
+        labels=_labels(node_raw.get("labels"), "node.labels"),
+    )
+    listeners = {
+        str(k): Address.parse(v, f"listeners.{k}")
+        for k, v in _mapping(raw.get("listeners"), "listeners").items()
+    }
+    for k in listeners:
+        if k not in ("outbound", "inbound", "admin", "gateway"):
+            raise ConfigError(f"listeners.{k}: unknown listener (outbound, inbound, admin, gateway)")
+    mesh_raw = _mapping(raw.get("mesh"), "mesh")
+    budget = _mapping(mesh_raw.get("retryBudget"), "mesh.retryBudget")
+    tracing = _mapping(mesh_raw.get("tracing"), "mesh.tracing")
+    mtls = str(mesh_raw.get("mtls", "DISABLE"))
+    if mtls not in ("DISABLE", "PERMISSIVE", "STRICT"):
+        raise ConfigError(f"mesh.mtls: expected DISABLE, PERMISSIVE or STRICT, got {mtls!r}")
+    mesh = MeshSettings(
+        mtls=mtls,
+        access_log=bool(mesh_raw.get("accessLog", False)),
+        retry_budget_percent=float(budget.get("percent", 20.0)),
+        retry_budget_min_per_second=float(budget.get("minRetriesPerSecond", 10.0)),
+        tracing_sampling=float(tracing.get("sampling", 0.0)),
+        trust_domain=str(mesh_raw.get("trustDomain", "cluster.local")),
+    )
+    services = {
+        str(name): _parse_service(str(name), svc, f"services.{name}")
+        for name, svc in _mapping(raw.get("services"), "services").items()
+    }
+    routes: dict[str, RouteConfig] = {}
+    for i, r in enumerate(_list(raw.get("routes"), "routes")):
+        rp = f"routes[{i}]"
+        rm = _mapping(r, rp)
+        host = rm.get("host")
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"{rp}.host: required")
+        try:
+            rules = parse_rules(rm.get("rules"), f"{rp}.rules")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        routes[host] = RouteConfig(host, rules)
+    gw_raw = _mapping(raw.get("gateway"), "gateway")
+    try:
+        gateway_rules = parse_gateway_rules(gw_raw.get("rules"), "gateway.rules")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    app = Address.parse(raw["app"], "app") if raw.get("app") else None
+    return Snapshot(
+        version=str(raw.get("version", "static")),
+        node=node,
+        listeners=listeners,
+        app=app,
+        mesh=mesh,
+        services=services,
+        routes=routes,
+        gateway_rules=gateway_rules,
+        inbound=_mapping(raw.get("inbound"), "inbound"),
+    )

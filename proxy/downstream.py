@@ -1,0 +1,410 @@
+"""The client side of the proxy: one asyncio Protocol per accepted connection.
+
+It parses requests with httptools, enforces the HTTP/1.1 hardening rules (framing, header
+syntax, sizes, slow clients), keeps pipelined requests in order and hands each request to an
+`Exchange`. It decides no routing policy itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import logging
+
+import httptools
+
+from proxy.exchange import Exchange
+from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
+from proxy.reasons import local_reply
+
+if TYPE_CHECKING:
+    from proxy.listener import Listener
+    from proxy.upstream import UpstreamConnection
+
+# Header names the parser treats specially (everything else is forwarded untouched).
+_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE = range(8)
+_SPECIAL: dict[bytes, int] = {
+    b"host": _H_HOST,
+    b"connection": _H_CONNECTION,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"proxy-authorization": _H_DROP,
+    b"x-forwarded-proto": _H_DROP,
+    b"transfer-encoding": _H_TE,
+    b"expect": _H_EXPECT,
+    b"x-forwarded-for": _H_XFF,
+    b"x-request-id": _H_REQUEST_ID,
+    b"upgrade": _H_UPGRADE,
+}
+for _name in IDENTITY_HEADERS:
+    _SPECIAL[_name] = _H_DROP
+
+log = logging.getLogger("ami.proxy")
+
+_P_PIPELINE, _P_BUFFER, _P_UPSTREAM, _P_TUNNEL = 1, 2, 4, 8
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to stop parsing and answer with a reason word."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    """Parses client requests and keeps their responses in order."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b"unknown"
+        self.closed = False
+        self.draining = False
+        self.current: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self._parsing: Exchange | None = None
+        self._paused = 0
+        self._tunnel: UpstreamConnection | None = None
+        self._tunnel_preamble: list[bytes] | None = None
+        self._upgrade_requested = False
+        self._error_after_current: bytes | None = None
+        # per-request parse state
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._host: bytes | None = None
+        self._xff: bytes | None = None
+        self._has_request_id = False
+        self._chunked = False
+        self._expect_continue = False
+        self._upgrade_value: bytes | None = None
+        self._head_bytes = 0
+        self._in_head = False
+        # timestamps checked by the listener's periodic sweep (no per-request timers)
+        self.head_started = 0.0
+        self.idle_since = 0.0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = str(peer[0]).encode()
+        self.idle_since = self.loop.time()
+        if not self.listener.admit(self):
+            transport.write(local_reply("too_many_connections", close=True))
+            transport.close()
+            self.closed = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        if self._tunnel_preamble is not None:
+            self._tunnel_preamble.append(data)  # client bytes before the upstream said 101
+            self._set_pause(_P_TUNNEL, True)
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except _Reject as rej:
+            self._reject(rej.reason)
+            return
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0]:]
+            self._tunnel_preamble = [rest] if rest else []
+            return
+        except httptools.HttpParserError as exc:
+            self._reject(_parser_error_reason(str(exc)))
+            return
+        except Exception:
+            # A bug must cost one connection, never the process: log it and answer 500.
+            log.exception("internal error while handling a request")
+            self._reject("internal_error")
+            return
+        if self._in_head:
+            limits = self.listener.limits
+            if len(self._url) > limits.max_request_line:
+                self._reject("uri_too_long")
+            elif self._head_bytes > limits.max_header_bytes:
+                self._reject("headers_too_large")
+
+    def eof_received(self) -> bool | None:
+        # Half-close from the client: finish the in-flight response, then close.
+        if self.current is not None:
+            self.current.client_keep_alive = False
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.release(self)
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        for ex in (self.current, *self.pending):
+            if ex is not None:
+                ex.abort()
+                if not ex.response_started or ex.flags == "-":
+                    ex.flags = ex.flags if ex.response_started else "downstream_disconnect"
+                    self.listener.record(ex)
+        self.current = None
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        if self.current is not None:
+            self.current.downstream_write_paused(True)
+        elif self._tunnel is not None:
+            self._tunnel.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        if self.current is not None:
+            self.current.downstream_write_paused(False)
+        elif self._tunnel is not None:
+            self._tunnel.pause_reading(False)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._host = None
+        self._xff = None
+        self._has_request_id = False
+        self._chunked = False
+        self._expect_continue = False
+        self._upgrade_value = None
+        self._in_head = True
+        self._head_bytes = 0
+        self.head_started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.listener.limits.max_request_line:
+            raise _Reject("uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _SPECIAL.get(name.lower())
+        if kind is None:
+            self._headers.append((name, value))
+            return
+        if kind == _H_HOST:
+            if self._host is not None:
+                raise _Reject("bad_request")  # two Host headers: ambiguous authority
+            self._host = value
+            self._headers.append((name, value))
+        elif kind == _H_TE:
+            if value.strip().lower() != b"chunked" or self._chunked:
+                raise _Reject("request_smuggling")  # only a single "chunked" is accepted
+            self._chunked = True
+        elif kind == _H_EXPECT:
+            if value.strip().lower() == b"100-continue":
+                self._expect_continue = True
+            else:
+                self._headers.append((name, value))
+        elif kind == _H_XFF:
+            self._xff = value if self._xff is None else self._xff + b", " + value
+        elif kind == _H_REQUEST_ID:
+            self._has_request_id = True
+            self._headers.append((name, value))
+        elif kind == _H_UPGRADE:
+            self._upgrade_value = value
+        # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Reject("method_not_allowed")
+        try:
+            path, query, authority = split_target(self._url)
+        except ValueError:
+            raise _Reject("bad_request") from None
+        if authority is None:
+            if self._host is None:
+                if parser.get_http_version() != "1.0":
+                    raise _Reject("bad_request")  # HTTP/1.1 requires Host
+                authority = ""
+            else:
+                authority = self._host.decode("latin-1")
+        if path != "*":
+            path = normalize_path(path)
+        http10 = parser.get_http_version() == "1.0"
+        upgrade = parser.should_upgrade() and self._upgrade_value is not None
+        tail = self._head_tail(upgrade)
+        ex = Exchange(
+            self, method, self._url, path, query, authority, self._headers, tail,
+            self._chunked, parser.should_keep_alive() and not self.draining, http10, upgrade,
+            self._expect_continue and not http10, self.head_started,
+        )
+        if upgrade:
+            self._upgrade_requested = True
+        self._parsing = ex
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.pending.append(ex)
+            self._set_pause(_P_PIPELINE, True)
+
+    def _head_tail(self, upgrade: bool) -> list[bytes]:
+        tail = [
+            b"x-forwarded-for: " + (self._xff + b", " + self.client_ip if self._xff
+                                    else self.client_ip) + b"\r\n",
+            self.listener.forwarded_proto_line,
+        ]
+        if not self._has_request_id:
+            tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+        if self._chunked:
+            tail.append(b"transfer-encoding: chunked\r\n")
+        if upgrade and self._upgrade_value is not None:
+            tail.append(b"connection: upgrade\r\nupgrade: " + self._upgrade_value + b"\r\n")
+        return tail
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        self._parsing = None
+        self.idle_since = self.loop.time()
+        if ex is not None:
+            ex.request_complete()
+
+    # --- used by exchanges ------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...] | list[bytes]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(parts)
+
+    def pause_for_buffer(self, paused: bool) -> None:
+        self._set_pause(_P_BUFFER, paused)
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        self._set_pause(_P_UPSTREAM, paused)
+
+    def exchange_finished(self, ex: Exchange, tunnel: bool) -> None:
+        self.listener.record(ex)
+        if tunnel or self.closed:
+            return
+        if ex is not self.current:
+            return
+        self.current = None
+        self._set_pause(_P_BUFFER | _P_UPSTREAM, False)
+        if not ex.client_keep_alive or (ex.upgrade and not tunnel) or not ex.request_done:
+            self._close()
+            return
+        if self._error_after_current is not None:
+            self.write(self._error_after_current)
+            self._close()
+            return
+        self.idle_since = self.loop.time()
+        if self.pending:
+            nxt = self.pending.popleft()
+            self.current = nxt
+            if not self.pending:
+                self._set_pause(_P_PIPELINE, False)
+            nxt.start()
+        else:
+            self._set_pause(_P_PIPELINE, False)
+            if self.draining:
+                self._close()
+
+    def abort_after(self, ex: Exchange) -> None:
+        """A response failed mid-body: the client must see a truncated message, so abort."""
+        self.listener.record(ex)
+        self.current = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self._tunnel = conn
+        conn.tunnel_peer = self
+        if rest:
+            self.write(rest)
+        preamble, self._tunnel_preamble = self._tunnel_preamble or [], None
+        if preamble:
+            conn.writelines(preamble)
+        self.current = None
+        self._paused = 0
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def tunnel_write(self, data: bytes) -> None:
+        self.write(data)
+
+    def tunnel_closed(self) -> None:
+        self._tunnel = None
+        self._close()
+
+    def pause(self, paused: bool) -> None:
+        """Tunnel backpressure from the upstream side."""
+        self._set_pause(_P_TUNNEL, paused)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def check_timers(self, now: float) -> None:
+        """Called about once a second by the listener: slow headers and idle keep-alive."""
+        if self.closed or self._tunnel is not None:
+            return
+        limits = self.listener.limits
+        if self._in_head and now - self.head_started > limits.header_timeout:
+            self._reject("request_timeout")
+        elif (self.current is None and not self._in_head
+              and now - self.idle_since > limits.idle_timeout):
+            self._close()
+
+    def drain(self) -> None:
+        """Shutdown: finish the in-flight response with `connection: close`, drop idle ones."""
+        self.draining = True
+        if self.current is None and not self._in_head and self._tunnel is None:
+            self._close()
+
+    def _reject(self, reason: str) -> None:
+        reply = local_reply(reason, close=True)
+        if self.current is not None:
+            # Keep responses in order: answer after the in-flight one, and read no more.
+            self._error_after_current = reply
+            self._set_pause(_P_PIPELINE, True)
+            return
+        self.listener.record_rejection(self, reason)
+        self.write(reply)
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def _set_pause(self, bit: int, on: bool) -> None:
+        before = self._paused
+        after = before | bit if on else before & ~bit
+        if before == after or self.transport is None or self.closed:
+            self._paused = after
+            return
+        self._paused = after
+        if before == 0:
+            self.transport.pause_reading()
+        elif after == 0:
+            self.transport.resume_reading()
+
+
+def _parser_error_reason(message: str) -> str:
+    if "Content-Length" in message or "Transfer-Encoding" in message:
+        return "request_smuggling"
+    if "header" in message.lower():
+        return "invalid_header"
+    if "URL" in message or "url" in message:
+        return "bad_request"
+    return "bad_request"

@@ -1,0 +1,366 @@
+"""One request/response cycle through the proxy: route, dispatch upstream, stream both ways.
+
+The downstream protocol feeds request events in; the upstream connection feeds response events
+in; the exchange relays bytes between them with backpressure and decides, in one place, what a
+failure turns into (a local reply with a reason word, or a retry on a fresh connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from proxy.reasons import NO_FLAGS, local_reply
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+    from proxy.routing import Backend, Decision
+    from proxy.upstream import EndpointPool, UpstreamConnection
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+_MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
+
+# Response framing towards the client.
+_FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
+
+
+class Exchange:
+    """State of one request; created per request, so attributes live in slots."""
+
+    __slots__ = (
+        "_body_buffer", "_buffered", "_connect_task", "_pool_held", "_fresh_retry_used", "_frame",
+        "_interim", "_response_chunked_in", "_upstream_paused", "authority", "backend",
+        "bytes_in", "bytes_out", "chunked", "client_keep_alive", "conn", "decision",
+        "downstream", "expect_continue", "flags", "head_tail", "headers", "http10", "method",
+        "path", "pool", "query", "request_done", "response_started", "start_time", "status",
+        "target", "upgrade", "upstream_keep_alive",
+    )
+
+    def __init__(self, downstream: DownstreamProtocol, method: bytes, target: bytes, path: str,
+                 query: str, authority: str, headers: list[tuple[bytes, bytes]],
+                 head_tail: list[bytes], chunked: bool, client_keep_alive: bool, http10: bool,
+                 upgrade: bool, expect_continue: bool, start_time: float) -> None:
+        self.downstream = downstream
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.authority = authority
+        self.headers = headers
+        self.head_tail = head_tail
+        self.chunked = chunked
+        self.client_keep_alive = client_keep_alive
+        self.http10 = http10
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.start_time = start_time
+        self.decision: Decision | None = None
+        self.backend: Backend | None = None
+        self.pool: EndpointPool | None = None
+        self.conn: UpstreamConnection | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._body_buffer: list[bytes] | None = None
+        self._buffered = 0
+        self._fresh_retry_used = False
+        self._pool_held = False
+        self._frame = _FRAME_NONE
+        self._interim = False
+        self._response_chunked_in = False
+        self._upstream_paused = False
+        self.request_done = False
+        self.response_started = False
+        self.upstream_keep_alive = True
+        self.status = 0
+        self.flags = NO_FLAGS
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --- header access for matchers ---------------------------------------------------------
+    def header(self, name: str) -> str | None:
+        """First value of a request header (name lower-case); linear scan, headers are few."""
+        key = name.encode("latin-1")
+        for n, v in self.headers:
+            if len(n) == len(key) and n.lower() == key:
+                return v.decode("latin-1")
+        return None
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        decision = self.downstream.listener.router.route(self)
+        if isinstance(decision, str):
+            self.reply(decision)
+            return
+        self.decision = decision
+        if self.expect_continue:
+            self.downstream.write(_CONTINUE)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Pick a backend and an endpoint, then send on a pooled or a new connection."""
+        decision = self.decision
+        assert decision is not None
+        backend = decision.pick_backend()
+        pool = backend.pick_endpoint()
+        if pool is None:
+            self.backend = backend
+            self.reply("no_healthy_upstream")
+            return
+        self.backend = backend
+        self.pool = pool
+        self._pool_held = True
+        pool.active_requests += 1
+        conn, _ = pool.take_idle()
+        if conn is not None:
+            self._send_on(conn)
+        else:
+            self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+
+    async def _connect(self, pool: EndpointPool) -> None:
+        try:
+            conn = await pool.connect()
+        except (OSError, asyncio.TimeoutError):
+            self._connect_task = None
+            self._release_pool()
+            self.reply("upstream_connect_failure")
+            return
+        except asyncio.CancelledError:
+            return
+        self._connect_task = None
+        if self.downstream.closed:
+            pool.release(conn)
+            self._release_pool()
+            return
+        self._send_on(conn)
+
+    def _send_on(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.send(self, self._upstream_head())
+        if self._body_buffer is not None:
+            buffered, self._body_buffer = self._body_buffer, None
+            self._buffered = 0
+            conn.writelines(buffered)
+            self.downstream.pause_for_buffer(False)
+        if self.request_done and self.chunked:
+            conn.write(_LAST_CHUNK)
+
+    def _upstream_head(self) -> bytes:
+        path = self.path
+        if self.query:
+            path = f"{path}?{self.query}"
+        first = b"%s %s HTTP/1.1\r\n" % (self.method, path.encode("latin-1"))
+        parts = [first]
+        for name, value in self.headers:
+            parts.append(name + b": " + value + _CRLF)
+        parts.extend(self.head_tail)
+        if self.decision is not None:
+            parts.extend(self.decision.extra_request_headers)
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    # --- request body from the client -------------------------------------------------------
+    def request_body(self, chunk: bytes) -> None:
+        self.bytes_in += len(chunk)
+        conn = self.conn
+        if conn is not None and self._body_buffer is None:
+            if self.chunked:
+                conn.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
+            else:
+                conn.write(chunk)
+            return
+        if self.status and not self.response_started:
+            return  # a local reply is being sent; discard the rest of the body
+        framed = [b"%x\r\n" % len(chunk), chunk, _CRLF] if self.chunked else [chunk]
+        if self._body_buffer is None:
+            self._body_buffer = framed
+        else:
+            self._body_buffer.extend(framed)
+        self._buffered += len(chunk)
+        if self._buffered > _MAX_BUFFER:
+            self.downstream.pause_for_buffer(True)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.chunked and self.conn is not None and self._body_buffer is None:
+            self.conn.write(_LAST_CHUNK)
+
+    # --- response from upstream -------------------------------------------------------------
+    def expects_final_response(self) -> bool:
+        if self._interim:
+            self._interim = False
+            return True
+        return False
+
+    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> bool:
+        if status < 200 and status != 101:
+            self._interim = True  # 100/103 from upstream: we already answered Expect ourselves
+            return False
+        self.status = status
+        head_only = self.method == b"HEAD" or status in (204, 304)
+        keep = conn.parser.should_keep_alive()
+        self.upstream_keep_alive = keep
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
+        length: bytes | None = None
+        chunked_in = False
+        drop_connection_tokens: list[bytes] | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = value
+                continue
+            if lname == b"transfer-encoding":
+                chunked_in = True
+                continue
+            if lname == b"connection":
+                if status == 101:
+                    out.append(name + b": " + value + _CRLF)
+                    continue
+                drop_connection_tokens = [t.strip().lower() for t in value.split(b",")]
+                continue
+            if lname in _RESPONSE_HOP and not (status == 101 and lname == b"upgrade"):
+                continue
+            out.append(name + b": " + value + _CRLF)
+        if drop_connection_tokens:
+            out = [line for line in out
+                   if line.split(b":", 1)[0].lower() not in drop_connection_tokens]
+        decision = self.decision
+        if decision is not None and decision.response_header_ops is not None:
+            out = decision.response_header_ops.apply(out)
+        self._response_chunked_in = chunked_in
+        if status == 101:
+            self._frame = _FRAME_NONE
+        elif head_only:
+            self._frame = _FRAME_NONE
+            if length is not None:
+                out.append(b"content-length: " + length + _CRLF)
+        elif length is not None and not chunked_in:
+            self._frame = _FRAME_LENGTH
+            out.append(b"content-length: " + length + _CRLF)
+        elif self.http10:
+            self._frame = _FRAME_CLOSE  # an HTTP/1.0 client reads until close
+            self.client_keep_alive = False
+        else:
+            self._frame = _FRAME_CHUNKED
+            out.append(b"transfer-encoding: chunked\r\n")
+        if not self.client_keep_alive or self.downstream.draining:
+            out.append(b"connection: close\r\n")
+        elif self.http10:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(_CRLF)
+        self.response_started = True
+        self.downstream.write(b"".join(out))
+        return self.method == b"HEAD"
+
+    def upstream_body(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        if self._frame == _FRAME_CHUNKED:
+            self.downstream.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
+        else:
+            self.downstream.write(chunk)
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None:
+        if self._frame == _FRAME_CHUNKED:
+            self.downstream.write(_LAST_CHUNK)
+        self.conn = None
+        pool = self.pool
+        if pool is not None:
+            if self.upstream_keep_alive and self.request_done and not self._upstream_paused:
+                pool.release(conn)
+            else:
+                conn.exchange = None
+                conn.close()
+        self._release_pool()
+        self.finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: both connections become a raw byte tunnel."""
+        self.conn = None
+        conn.exchange = None
+        self._release_pool()
+        self.downstream.start_tunnel(conn, rest)
+        self.finish(tunnel=True)
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
+        conn.abort()
+        self._upstream_error(conn, reason)
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self.response_started and self._frame == _FRAME_CLOSE or (
+            self.response_started and self._frame == _FRAME_CHUNKED
+            and not self._response_chunked_in
+        ):
+            # A close-delimited upstream body ends at EOF: that is its normal completion.
+            self.upstream_keep_alive = False
+            self.upstream_complete(conn)
+            return
+        self._upstream_error(conn, "upstream_reset")
+
+    def _upstream_error(self, conn: UpstreamConnection, reason: str) -> None:
+        self.conn = None
+        if (not self.response_started and not self._fresh_retry_used and conn.requests > 1
+                and self.method in _IDEMPOTENT and not self.chunked and self.bytes_in == 0):
+            # Keep-alive race: a reused connection died before any response byte. Retry once on
+            # a fresh connection (the request had no body, so resending is exact).
+            self._fresh_retry_used = True
+            pool = self.pool
+            if pool is not None:
+                self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+                return
+        self._release_pool()
+        self.reply(reason)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self.downstream.pause_for_upstream(paused)
+
+    def downstream_write_paused(self, paused: bool) -> None:
+        self._upstream_paused = paused
+        if self.conn is not None:
+            self.conn.pause_reading(paused)
+
+    # --- ending -----------------------------------------------------------------------------
+    def reply(self, reason: str, *, status: int | None = None,
+              extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Answer locally with a reason word; abort the client if a response already started."""
+        if self.response_started:
+            self.flags = reason
+            self.client_keep_alive = False
+            self.downstream.abort_after(self)
+            return
+        close = not self.request_done or not self.client_keep_alive or self.downstream.draining
+        data = local_reply(reason, status=status, close=close, extra_headers=extra_headers)
+        from proxy.reasons import REASONS
+
+        self.status = status or REASONS[reason][0]
+        self.flags = reason
+        self.response_started = True
+        if close:
+            self.client_keep_alive = False
+        self.downstream.write(data)
+        self.finish()
+
+    def finish(self, tunnel: bool = False) -> None:
+        self.downstream.exchange_finished(self, tunnel)
+
+    def _release_pool(self) -> None:
+        if self._pool_held and self.pool is not None:
+            self._pool_held = False
+            self.pool.active_requests -= 1
+
+    def abort(self) -> None:
+        """The client went away: drop the upstream side of this request."""
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abort()
+        self._release_pool()
+
+
+_RESPONSE_HOP = frozenset({
+    b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate",
+})

@@ -1,0 +1,98 @@
+"""Header rules of a forwarding proxy: hop-by-hop stripping, path normalisation, request ids."""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import unquote
+
+# RFC 9110 §7.6.1 connection-specific fields, never forwarded (lower-case bytes).
+HOP_BY_HOP: frozenset[bytes] = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+})
+
+# Identity headers only a sidecar may set; anything a client or peer sent is dropped.
+IDENTITY_HEADERS: frozenset[bytes] = frozenset({b"x-forwarded-client-cert"})
+
+_rng = random.Random()
+
+
+def new_request_id() -> bytes:
+    """A random UUIDv4 as bytes; cheaper than uuid.uuid4() on the hot path."""
+    n = (_rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = b"%032x" % n
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The lower-case tokens of a Connection header value."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def normalize_path(path: str) -> str:
+    """RFC 3986 normalisation used before routing and authorization.
+
+    Decodes percent-encoded slashes and dots, merges repeated slashes and removes dot segments,
+    so `/public/..%2Fadmin` and `//admin` cannot slip past a prefix rule for `/admin`.
+    """
+    if "%" not in path and "//" not in path and "/." not in path:
+        return path  # already normal: the common case costs three scans
+    if "%" in path:
+        # Decode only the characters that change path structure; keep other escapes as sent.
+        for enc, dec in (("%2f", "/"), ("%2F", "/"), ("%2e", "."), ("%2E", "."),
+                         ("%5c", "/"), ("%5C", "/")):
+            path = path.replace(enc, dec)
+    segments: list[str] = []
+    for seg in path.split("/"):
+        if seg == "..":
+            if segments:
+                segments.pop()
+        elif seg and seg != ".":
+            segments.append(seg)
+    trailing = path.endswith(("/", "/.", "/..")) and bool(segments)
+    return "/" + "/".join(segments) + ("/" if trailing else "")
+
+
+def split_target(target: bytes) -> tuple[str, str, str | None]:
+    """Split a request target into (path, query, authority-or-None) for origin and absolute form."""
+    authority: str | None = None
+    if target[:1] != b"/":
+        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            rest = target.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            query_at = rest.find(b"?")
+            cut = min(i for i in (slash, query_at, len(rest)) if i >= 0)
+            authority = rest[:cut].decode("latin-1")
+            target = rest[cut:] or b"/"
+            if target[:1] == b"?":
+                target = b"/" + target
+        elif target == b"*":
+            return "*", "", None
+        else:
+            raise ValueError("request target is neither origin-form nor absolute-form")
+    text = target.decode("latin-1")
+    path, sep, query = text.partition("?")
+    if "#" in path:
+        path = path.split("#", 1)[0]
+    return path, query, authority
+
+
+def service_from_authority(authority: str) -> str:
+    """`reviews:9080` / `reviews.default.svc.cluster.local` -> `reviews` (the mesh service name)."""
+    host = authority
+    if host.startswith("["):  # IPv6 literal: keep as is, minus the port
+        return host.split("]", 1)[0] + "]"
+    colon = host.rfind(":")
+    if colon != -1:
+        host = host[:colon]
+    return host.lower()
+
+
+def short_service_name(host: str) -> str:
+    """The first DNS label of a host, the service name of `name.namespace.svc...` forms."""
+    return host.split(".", 1)[0]
+
+
+def unquote_path(path: str) -> str:
+    """Percent-decode a normalised path for policy matching on the decoded form."""
+    return unquote(path)

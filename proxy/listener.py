@@ -1,0 +1,130 @@
+"""A bound listener: its limits, its connections, its current router and how it reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from proxy.metrics import RequestStats
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+    from proxy.exchange import Exchange
+    from proxy.routing import Router
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-listener protection against slow, huge or too many clients."""
+
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+
+
+class Listener:
+    """Owns the connections of one listening socket; the router is swapped on config change."""
+
+    def __init__(self, kind: str, loop: asyncio.AbstractEventLoop, router: Router,
+                 stats: RequestStats, limits: Limits, *, tls: bool = False) -> None:
+        self.kind = kind  # outbound | inbound | gateway
+        self.loop = loop
+        self.router = router
+        self.stats = stats
+        self.limits = limits
+        self.connections: set[DownstreamProtocol] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.forwarded_proto_line = b"x-forwarded-proto: https\r\n" if tls else \
+            b"x-forwarded-proto: http\r\n"
+        self.access_log: TextIO | None = None
+        self.security = "none"
+        self.on_record: Any = None  # tap hook: called with each finished exchange
+        stats.connections_active.setdefault(kind, 0)
+        stats.connections_total.setdefault(kind, 0)
+
+    def admit(self, conn: DownstreamProtocol) -> bool:
+        if len(self.connections) >= self.limits.max_connections:
+            return False
+        self.connections.add(conn)
+        self.stats.connections_active[self.kind] += 1
+        self.stats.connections_total[self.kind] += 1
+        return True
+
+    def release(self, conn: DownstreamProtocol) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.stats.connections_active[self.kind] -= 1
+
+    def record(self, ex: Exchange) -> None:
+        """Metrics (and the access log line, when on) for one finished request."""
+        backend = ex.backend
+        duration_ms = (self.loop.time() - ex.start_time) * 1000.0
+        if backend is not None:
+            prefix = backend.metric_prefix
+            pool = ex.pool
+            version = pool.version if pool is not None else _version_of(backend)
+        else:
+            prefix = self._unrouted_prefix(ex)
+            version = "unknown"
+        self.stats.record(prefix, version, ex.status, ex.flags, self.security, duration_ms,
+                          ex.bytes_in, ex.bytes_out)
+        if self.access_log is not None:
+            self._log(ex, duration_ms, prefix)
+        if self.on_record is not None:
+            self.on_record(self, ex, duration_ms, prefix)
+
+    def record_rejection(self, conn: DownstreamProtocol, reason: str) -> None:
+        from proxy.reasons import REASONS
+
+        prefix = ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
+                  "unknown", "unknown")
+        self.stats.record(prefix, "unknown", REASONS[reason][0], reason, self.security, 0.0, 0, 0)
+
+    def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
+        from proxy.headers import service_from_authority
+
+        host = service_from_authority(ex.authority) or "unknown"
+        return ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
+                host, "unknown")
+
+    def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
+        line = {
+            "start_time": ex.start_time,
+            "listener": self.kind,
+            "method": ex.method.decode("latin-1"),
+            "path": ex.path,
+            "authority": ex.authority,
+            "status": ex.status,
+            "reason": ex.flags,
+            "duration_ms": round(duration_ms, 3),
+            "bytes_received": ex.bytes_in,
+            "bytes_sent": ex.bytes_out,
+            "request_id": ex.header("x-request-id"),
+            "source": prefix[1],
+            "destination_service": prefix[3],
+            "upstream": str(ex.backend.pools[0].address) if ex.backend and ex.backend.pools
+            else None,
+        }
+        out = self.access_log or sys.stdout
+        out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        out.flush()
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.check_timers(now)
+
+    def drain(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.drain()
+
+
+def _version_of(backend: Any) -> str:
+    pools = backend.pools
+    return pools[0].version if pools else "unknown"

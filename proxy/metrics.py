@@ -1,0 +1,170 @@
+"""Request metrics with Istio's label names, kept as plain counters and exposed at scrape time.
+
+Recording a request is a tuple key, a dict lookup and a few integer increments; the Prometheus
+objects are built only when `/metrics` is scraped (a custom collector), which keeps the
+per-request cost far below prometheus_client's labelled metrics.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+REQUEST_LABELS = (
+    "reporter", "source_workload", "source_version", "destination_service",
+    "destination_workload", "destination_version", "response_code", "response_flags",
+    "connection_security_policy",
+)
+# Istio's default buckets, so Istio dashboards port with a rename.
+DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+                       60000, 300000, 600000, 1800000, 3600000)
+BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
+
+
+class _Series:
+    __slots__ = ("count", "dur_buckets", "dur_sum", "req_buckets", "req_sum", "resp_buckets",
+                 "resp_sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.dur_sum = 0.0
+        self.dur_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.req_sum = 0
+        self.req_buckets = [0] * (len(BYTES_BUCKETS) + 1)
+        self.resp_sum = 0
+        self.resp_buckets = [0] * (len(BYTES_BUCKETS) + 1)
+
+
+class RequestStats:
+    """Counters for every (labels) combination seen; `record` is on the hot path."""
+
+    __slots__ = ("_series", "connect_failures", "connections_active", "connections_total",
+                 "counters")
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[object, ...], _Series] = {}
+        self.connections_active: dict[str, int] = {}
+        self.connections_total: dict[str, int] = {}
+        self.connect_failures: dict[str, int] = {}
+        # free-form labelled counters from policy layers: (name, labels-tuple) -> value
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
+               security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
+        key = (prefix, version, status, flags, security)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        s.count += 1
+        s.dur_sum += duration_ms
+        s.dur_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        s.req_sum += req_bytes
+        s.req_buckets[bisect_left(BYTES_BUCKETS, req_bytes)] += 1
+        s.resp_sum += resp_bytes
+        s.resp_buckets[bisect_left(BYTES_BUCKETS, resp_bytes)] += 1
+
+    def inc(self, name: str, labels: tuple[tuple[str, str], ...] = (), value: float = 1) -> None:
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0) + value
+
+    def series(self) -> Iterator[tuple[tuple[str, ...], _Series]]:
+        for (prefix, version, status, flags, security), s in self._series.items():
+            # prefix = (reporter, source_workload, source_version, destination_service,
+            #           destination_workload)
+            yield (*prefix, version, str(status), flags, security), s
+
+    def totals(self) -> dict[str, float]:
+        """A compact summary for /stats and the control plane."""
+        total = sum(s.count for s in self._series.values())
+        errors = sum(s.count for (_, _, st, _, _), s in self._series.items()
+                     if isinstance(st, int) and st >= 500)
+        return {"requests": total, "errors_5xx": errors,
+                "connections_active": sum(self.connections_active.values())}
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: RequestStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[object]:
+        stats = self.stats
+        requests = CounterMetricFamily("ami_requests", "Requests handled by the proxy.",
+                                       labels=REQUEST_LABELS)
+        duration = HistogramMetricFamily("ami_request_duration_milliseconds",
+                                         "Request duration in milliseconds.",
+                                         labels=REQUEST_LABELS)
+        req_bytes = HistogramMetricFamily("ami_request_bytes", "Request body sizes in bytes.",
+                                          labels=REQUEST_LABELS)
+        resp_bytes = HistogramMetricFamily("ami_response_bytes", "Response body sizes in bytes.",
+                                           labels=REQUEST_LABELS)
+        for labels, s in stats.series():
+            requests.add_metric(labels, s.count)
+            duration.add_metric(labels, _cumulative(DURATION_BUCKETS_MS, s.dur_buckets),
+                                s.dur_sum)
+            req_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.req_buckets), s.req_sum)
+            resp_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.resp_buckets), s.resp_sum)
+        yield from (requests, duration, req_bytes, resp_bytes)
+        active = GaugeMetricFamily("ami_downstream_connections_active",
+                                   "Open client connections per listener.", labels=["listener"])
+        opened = CounterMetricFamily("ami_downstream_connections",
+                                     "Client connections accepted per listener.",
+                                     labels=["listener"])
+        for name, value in stats.connections_active.items():
+            active.add_metric([name], value)
+        for name, value in stats.connections_total.items():
+            opened.add_metric([name], value)
+        failures = CounterMetricFamily("ami_upstream_connect_failures",
+                                       "Failed connection attempts to upstream endpoints.",
+                                       labels=["destination_service"])
+        for name, value in stats.connect_failures.items():
+            failures.add_metric([name], value)
+        yield from (active, opened, failures)
+        families: dict[str, CounterMetricFamily] = {}
+        for (name, labels), value in sorted(stats.counters.items()):
+            fam = families.get(name)
+            if fam is None:
+                fam = families[name] = CounterMetricFamily(
+                    name, _COUNTER_HELP.get(name, name), labels=[k for k, _ in labels])
+            fam.add_metric([v for _, v in labels], value)
+        yield from families.values()
+
+
+_COUNTER_HELP = {
+    "ami_retries": "Retries sent to upstreams.",
+    "ami_retry_budget_exhausted": "Retries refused because the retry budget was spent.",
+    "ami_circuit_breaker_overflow": "Requests refused by connection-pool limits.",
+    "ami_outlier_ejections": "Endpoints ejected by outlier detection.",
+    "ami_rate_limited": "Requests refused by a local rate limit.",
+    "ami_faults_injected": "Faults injected by route rules.",
+    "ami_mirrored_requests": "Requests copied to a mirror subset.",
+    "ami_authorization_denied": "Requests denied by authorization policy.",
+}
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        running += count
+        out.append((_fmt(bound), running))
+    running += counts[-1]
+    out.append(("+Inf", running))
+    return out
+
+
+def _fmt(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def build_registry(stats: RequestStats, extra: list[Collector] | None = None) -> CollectorRegistry:
+    """A registry exposing the request stats, process metrics and any extra collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(stats))
+    ProcessCollector(namespace="ami_proxy", registry=registry)
+    for collector in extra or []:
+        registry.register(collector)
+    return registry

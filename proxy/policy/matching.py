@@ -1,0 +1,120 @@
+"""Route-rule matches compiled into one fast predicate over a request view."""
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from meshctl.api.rules import Match, StringMatch
+
+ValueCheck = Callable[[str | None], bool]
+# (path check, allowed methods, header checks, query checks); None / () = no condition.
+_Block = tuple[
+    Callable[[str], bool] | None,
+    frozenset[str] | None,
+    tuple[tuple[str, ValueCheck], ...],
+    tuple[tuple[str, ValueCheck], ...],
+]
+
+
+class RequestView(Protocol):
+    """What matching reads from a request; ``path`` is already normalised."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def query(self) -> str:
+        """The raw query string, without the ``?``."""
+        ...
+
+    def header(self, name_lower: str) -> str | None:
+        """The value of a header (lower-case name), or None when absent."""
+        ...
+
+
+def parse_query(raw: str) -> dict[str, str]:
+    """Decode a query string; a repeated parameter keeps its first value, ``?flag`` is ``''``."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(raw, keep_blank_values=True):
+        params.setdefault(name, value)
+    return params
+
+
+def _value_check(m: StringMatch) -> ValueCheck:
+    """One matcher as a closure specialised to its kind (no per-call dispatch)."""
+    value = m.value
+    if m.kind == "present":
+        present = m.present
+        return lambda actual: (actual is not None) == present
+    if m.kind == "exact":
+        return lambda actual: actual == value
+    if m.kind == "prefix":
+        return lambda actual: actual is not None and actual.startswith(value)
+    if m.kind == "regex":
+        fullmatch = (m.pattern or re.compile(value)).fullmatch  # RE2/Envoy semantics: whole value
+        return lambda actual: actual is not None and fullmatch(actual) is not None
+    raise ValueError(f"unknown matcher kind {m.kind!r}")
+
+
+def _path_check(m: StringMatch) -> Callable[[str], bool]:
+    value = m.value
+    if m.kind == "exact":
+        return lambda path: path == value
+    if m.kind == "prefix":
+        return lambda path: path.startswith(value)
+    if m.kind == "regex":
+        fullmatch = (m.pattern or re.compile(value)).fullmatch
+        return lambda path: fullmatch(path) is not None
+    raise ValueError(f"matcher kind {m.kind!r} is not valid for a path")
+
+
+def _compile_block(block: Match) -> _Block:
+    return (
+        _path_check(block.path) if block.path is not None else None,
+        frozenset(block.methods) if block.methods else None,
+        tuple((name.lower(), _value_check(m)) for name, m in block.headers),
+        tuple((name, _value_check(m)) for name, m in block.query),
+    )
+
+
+def _always(request: RequestView) -> bool:
+    return True
+
+
+def compile_matches(blocks: Sequence[Match]) -> Callable[[RequestView], bool]:
+    """A predicate true when any block holds (all conditions of a block must); no blocks = all.
+
+    Compiled once per configuration; per request it does no dispatch on matcher kinds and
+    parses the query string only if a block that reaches its query conditions needs it.
+    """
+    compiled = tuple(_compile_block(b) for b in blocks)
+    if not compiled or any(c == (None, None, (), ()) for c in compiled):
+        return _always
+
+    def matches(request: RequestView) -> bool:
+        params: dict[str, str] | None = None
+        for path_check, methods, headers, query in compiled:
+            if path_check is not None and not path_check(request.path):
+                continue
+            if methods is not None and request.method not in methods:
+                continue
+            for name, check in headers:
+                if not check(request.header(name)):
+                    break
+            else:
+                if not query:
+                    return True
+                if params is None:
+                    params = parse_query(request.query)
+                for name, check in query:
+                    if not check(params.get(name)):
+                        break
+                else:
+                    return True
+        return False
+
+    return matches

@@ -1,0 +1,64 @@
+"""Reason words for every response the proxy makes itself, and the local replies that carry them.
+
+The word travels in the `x-ami-reason` response header, in the access log and in the
+`response_flags` metric label, so "why did this fail" is answered in one place.
+"""
+
+from __future__ import annotations
+
+REASON_HEADER = b"x-ami-reason"
+
+# reason word -> (status, one-line explanation used in the reply body and in docs/proxy.md)
+REASONS: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "malformed HTTP request"),
+    "request_smuggling": (400, "ambiguous message framing (Content-Length / Transfer-Encoding)"),
+    "invalid_header": (400, "invalid character or syntax in a header"),
+    "request_timeout": (408, "request headers not received in time"),
+    "uri_too_long": (414, "request line too long"),
+    "headers_too_large": (431, "request header section too large"),
+    "method_not_allowed": (405, "CONNECT is not supported"),
+    "not_authorized": (403, "denied by authorization policy"),
+    "no_route": (404, "no route for this host"),
+    "rate_limited": (429, "local rate limit exceeded"),
+    "fault_injected": (503, "fault injected by route"),
+    "upstream_connect_failure": (503, "could not connect to an upstream endpoint"),
+    "no_healthy_upstream": (503, "no healthy endpoint for the destination"),
+    "overflow": (503, "circuit breaker: connection pool limit reached"),
+    "upstream_reset": (502, "upstream closed the connection before a complete response"),
+    "upstream_protocol_error": (502, "upstream sent a malformed response"),
+    "timeout": (504, "upstream did not answer in time"),
+    "draining": (503, "proxy is shutting down"),
+    "too_many_connections": (503, "listener connection limit reached"),
+    "internal_error": (500, "internal proxy error (see the proxy log)"),
+    "downstream_disconnect": (499, "client closed the connection before the response"),
+}
+
+# Marker in the response_flags label for a request that the proxy did not answer itself.
+NO_FLAGS = "-"
+
+
+def local_reply(reason: str, *, status: int | None = None, close: bool = False,
+                extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """Serialize a complete plain-text response for a locally generated error."""
+    code, text = REASONS[reason]
+    code = status or code
+    body = f"{reason}: {text}\n".encode()
+    lines = [
+        b"HTTP/1.1 %d %s" % (code, _status_text(code)),
+        b"content-type: text/plain; charset=utf-8",
+        b"content-length: %d" % len(body),
+        REASON_HEADER + b": " + reason.encode(),
+    ]
+    lines.extend(name + b": " + value for name, value in extra_headers)
+    if close:
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _status_text(code: int) -> bytes:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(code).phrase.encode()
+    except ValueError:
+        return b"Unknown"

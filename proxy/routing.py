@@ -1,0 +1,200 @@
+"""Routing tables compiled from a snapshot: host -> ordered rules -> weighted backends.
+
+Everything here is built once per snapshot (never per request): matchers are compiled, weights
+become a picker, each backend gets its balancer and its endpoint pools. A request then costs a
+dict lookup, the rule matchers and two random draws.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from proxy.config import Service, Snapshot
+from proxy.headers import service_from_authority, short_service_name
+from proxy.policy.balancer import (
+    LeastRequestBalancer,
+    PeakEwmaBalancer,
+    RandomBalancer,
+    RoundRobinBalancer,
+)
+from proxy.policy.weighted import WeightedPicker
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.pools import PoolRegistry
+    from proxy.upstream import EndpointPool
+
+Matcher = Callable[["Exchange"], bool]
+
+
+class Backend:
+    """A concrete destination: the endpoints of one service subset and how to pick one."""
+
+    __slots__ = ("balancer", "metric_prefix", "pools", "service", "subset")
+
+    def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
+                 balancer: Any, metric_prefix: tuple[str, ...]) -> None:
+        self.service = service
+        self.subset = subset
+        self.pools = pools
+        self.balancer = balancer
+        self.metric_prefix = metric_prefix
+
+    def pick_endpoint(self) -> EndpointPool | None:
+        pools = self.pools
+        if len(pools) == 1:
+            return pools[0]
+        if not pools:
+            return None
+        picked: EndpointPool | None = self.balancer.pick(pools)
+        return picked
+
+
+class Decision:
+    """A compiled route rule: where matching requests go and what policies apply."""
+
+    __slots__ = ("backends", "extra_request_headers", "picker", "response_header_ops", "rule")
+
+    def __init__(self, backends: tuple[Backend, ...], weights: tuple[int, ...],
+                 rng: random.Random, rule: Any = None) -> None:
+        self.backends = backends
+        self.picker = WeightedPicker(weights, rng) if len(backends) > 1 else None
+        self.rule = rule
+        self.extra_request_headers: tuple[bytes, ...] = ()
+        self.response_header_ops: Any = None
+
+    def pick_backend(self) -> Backend:
+        if self.picker is None:
+            return self.backends[0]
+        return self.backends[self.picker.pick()]
+
+
+class HostRoute:
+    """The ordered rules of one host; the first matching rule wins."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: tuple[tuple[Matcher | None, Decision], ...]) -> None:
+        self.rules = rules
+
+    def select(self, ex: Exchange) -> Decision | None:
+        for matcher, decision in self.rules:
+            if matcher is None or matcher(ex):
+                return decision
+        return None
+
+
+class Router:
+    """Resolves a request to a Decision, or to a reason word for a local reply."""
+
+    __slots__ = ("_gateway", "_hosts", "_inbound")
+
+    def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
+                 gateway: tuple[tuple[Matcher | None, str], ...] | None = None) -> None:
+        self._hosts = hosts
+        self._inbound = inbound
+        self._gateway = gateway
+
+    def route(self, ex: Exchange) -> Decision | str:
+        if self._inbound is not None:
+            return self._inbound
+        if self._gateway is not None:
+            for matcher, destination in self._gateway:
+                if matcher is None or matcher(ex):
+                    host_route = self._hosts.get(destination)
+                    break
+            else:
+                return "no_route"
+        else:
+            host = service_from_authority(ex.authority)
+            host_route = self._hosts.get(host)
+            if host_route is None:
+                host_route = self._hosts.get(short_service_name(host))
+        if host_route is None:
+            return "no_route"
+        decision = host_route.select(ex)
+        return decision if decision is not None else "no_route"
+
+
+class RouterBuilder:
+    """Compiles a snapshot into the routers of each listener kind."""
+
+    def __init__(self, snapshot: Snapshot, pools: PoolRegistry, rng: random.Random,
+                 compile_matches: Callable[[Any], Matcher | None]) -> None:
+        self.snapshot = snapshot
+        self.pools = pools
+        self.rng = rng
+        self.compile_matches = compile_matches
+        self._backends: dict[tuple[str, str | None], Backend] = {}
+
+    def outbound(self, reporter: str = "source") -> Router:
+        return Router(self._host_routes(reporter))
+
+    def gateway(self) -> Router:
+        rules = tuple((self.compile_matches(r.matches), r.destination)
+                      for r in self.snapshot.gateway_rules)
+        return Router(self._host_routes("source"), gateway=rules)
+
+    def inbound(self) -> Router:
+        snap = self.snapshot
+        if snap.app is None:
+            return Router({})
+        pool = self.pools.get(snap.app, None, snap.node.version)
+        prefix = ("destination", "unknown", "unknown", snap.node.service, snap.node.service)
+        backend = Backend(snap.node.service, None, (pool,), None, prefix)
+        return Router({}, inbound=Decision((backend,), (100,), self.rng))
+
+    def _host_routes(self, reporter: str) -> dict[str, HostRoute]:
+        snap = self.snapshot
+        routes: dict[str, HostRoute] = {}
+        for name, service in snap.services.items():
+            route = snap.routes.get(name)
+            if route is None:
+                routes[name] = HostRoute(((None, Decision(
+                    (self._backend(service, None, reporter),), (100,), self.rng)),))
+        for host, route in snap.routes.items():
+            compiled = []
+            for rule in route.rules:
+                backends = []
+                for b in rule.backends:
+                    service = snap.services.get(b.service or host)
+                    if service is None:
+                        service = Service(b.service or host, "default", (), (), _default_policy())
+                    backends.append(self._backend(service, b.subset, reporter))
+                decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
+                                    self.rng, rule)
+                compiled.append((self.compile_matches(rule.matches), decision))
+            routes[host] = HostRoute(tuple(compiled))
+        return routes
+
+    def _backend(self, service: Service, subset: str | None, reporter: str) -> Backend:
+        key = (service.name, subset)
+        backend = self._backends.get(key)
+        if backend is None:
+            node = self.snapshot.node
+            pools = tuple(self.pools.get(e.address, e.identity, e.version, service.policy)
+                          for e in service.subset(subset))
+            prefix = (reporter, node.service, node.version, service.name, service.name)
+            backend = Backend(service.name, subset, pools,
+                              _balancer(service.policy.load_balancer, self.rng), prefix)
+            self._backends[key] = backend
+        return backend
+
+
+def _default_policy() -> Any:
+    from proxy.config import ServicePolicy
+
+    return ServicePolicy()
+
+
+def _balancer(kind: str, rng: random.Random) -> Any:
+    if kind == "ROUND_ROBIN":
+        return RoundRobinBalancer()
+    if kind == "RANDOM":
+        return RandomBalancer(rng)
+    if kind == "PEAK_EWMA":
+        return PeakEwmaBalancer(rng, time.monotonic)
+    return LeastRequestBalancer(rng)

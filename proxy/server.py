@@ -1,0 +1,180 @@
+"""Proxy lifecycle: bind listeners, apply snapshots, run periodic sweeps, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import Address, Snapshot
+from proxy.downstream import DownstreamProtocol
+from proxy.listener import Limits, Listener
+from proxy.metrics import RequestStats
+from proxy.pools import PoolRegistry
+from proxy.routing import Router, RouterBuilder
+
+log = logging.getLogger("ami.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """What the command line decides; the snapshot decides everything else."""
+
+    mode: str = "sidecar"  # sidecar | gateway
+    listeners: dict[str, Address] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    drain_timeout: float = 20.0
+    access_log: bool | None = None  # None: follow the snapshot's mesh.accessLog
+
+
+class ProxyServer:
+    """Owns listeners, pools and the current snapshot; `run()` serves until shutdown."""
+
+    def __init__(self, options: ProxyOptions, *, rng: random.Random | None = None) -> None:
+        self.options = options
+        self.loop = asyncio.get_running_loop()
+        self.rng = rng or random.Random()
+        self.stats = RequestStats()
+        self.pools = PoolRegistry(self.loop)
+        self.listeners: dict[str, Listener] = {}
+        self.snapshot: Snapshot | None = None
+        self.config_applied = asyncio.Event()
+        self.listeners_bound = False
+        self.identity_ready = True  # set False by the identity agent until a cert is loaded
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.access_log_enabled = False
+        self.on_snapshot: list[Callable[[Snapshot], None]] = []
+        self.extra_collectors: list[Any] = []
+        self._compile_matches = _matcher_compiler()
+
+    # --- configuration ------------------------------------------------------------------------
+    def apply(self, snapshot: Snapshot) -> None:
+        """Compile and swap in a snapshot; raises (and changes nothing) if it cannot be built."""
+        self.pools.begin()
+        builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches)
+        routers: dict[str, Router] = {}
+        for kind in self.listeners or self._listener_kinds(snapshot):
+            routers[kind] = (builder.inbound() if kind == "inbound"
+                             else builder.gateway() if kind == "gateway"
+                             else builder.outbound())
+        # Everything compiled: now swap, one assignment per listener.
+        for kind, router in routers.items():
+            if kind in self.listeners:
+                self.listeners[kind].router = router
+        self._pending_routers = routers
+        self.snapshot = snapshot
+        self.pools.retire_unused()
+        self._set_access_log(snapshot)
+        for hook in self.on_snapshot:
+            hook(snapshot)
+        self.config_applied.set()
+
+    def _set_access_log(self, snapshot: Snapshot) -> None:
+        enabled = (self.options.access_log if self.options.access_log is not None
+                   else snapshot.mesh.access_log)
+        self.set_access_log(enabled)
+
+    def set_access_log(self, enabled: bool) -> None:
+        import sys
+
+        self.access_log_enabled = enabled
+        for listener in self.listeners.values():
+            listener.access_log = sys.stdout if enabled else None
+
+    def _listener_kinds(self, snapshot: Snapshot) -> list[str]:
+        return [k for k in self._listener_addresses(snapshot) if k != "admin"]
+
+    def _listener_addresses(self, snapshot: Snapshot | None) -> dict[str, Address]:
+        addresses = dict(snapshot.listeners) if snapshot is not None else {}
+        addresses.update(self.options.listeners)
+        if self.options.mode != "gateway":
+            addresses.pop("gateway", None)
+        return addresses
+
+    # --- serving ------------------------------------------------------------------------------
+    async def start_listeners(self) -> None:
+        """Bind every data-plane listener declared on the command line or in the snapshot."""
+        routers: dict[str, Router] = getattr(self, "_pending_routers", {})
+        for kind, address in self._listener_addresses(self.snapshot).items():
+            if kind == "admin" or kind in self.listeners:
+                continue
+            listener = Listener(kind, self.loop, routers.get(kind) or Router({}), self.stats,
+                                self.options.limits)
+            listener.server = await self.loop.create_server(
+                lambda lst=listener: DownstreamProtocol(lst), address.host, address.port,
+                backlog=1024, reuse_address=True,
+            )
+            self.listeners[kind] = listener
+            log.info("listening: %s on %s", kind, address)
+        if self.snapshot is not None:
+            self.apply(self.snapshot)  # build routers for listeners bound after the snapshot
+        self.listeners_bound = True
+
+    def bound_address(self, kind: str) -> Address:
+        listener = self.listeners[kind]
+        assert listener.server is not None
+        host, port = listener.server.sockets[0].getsockname()[:2]
+        return Address(host, port)
+
+    @property
+    def ready(self) -> bool:
+        return (self.listeners_bound and self.config_applied.is_set() and self.identity_ready
+                and not self.draining)
+
+    async def run_sweeper(self) -> None:
+        """Once a second: slow headers, idle keep-alive clients, idle upstream connections."""
+        while not self.stopped.is_set():
+            try:
+                await asyncio.wait_for(self.stopped.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            now = self.loop.time()
+            for listener in self.listeners.values():
+                listener.sweep(now)
+            self.pools.sweep()
+
+    async def shutdown(self, deadline: float | None = None) -> None:
+        """Fail readiness, stop accepting, let in-flight requests finish, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: waiting up to %.1fs for in-flight requests", self.options.drain_timeout)
+        for kind, listener in self.listeners.items():
+            if kind != "outbound":  # the local app may still need the mesh while it finishes
+                listener.drain()
+        end = self.loop.time() + (deadline if deadline is not None else self.options.drain_timeout)
+        while self.loop.time() < end:
+            busy = [c for lst in self.listeners.values() if lst.kind != "outbound"
+                    for c in lst.connections if c.current is not None]
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        if "outbound" in self.listeners:
+            self.listeners["outbound"].drain()
+            while self.loop.time() < end and any(
+                    c.current is not None for c in self.listeners["outbound"].connections):
+                await asyncio.sleep(0.05)
+        for listener in self.listeners.values():
+            for conn in list(listener.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+        self.pools.close_all()
+        self.stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
+
+
+def _matcher_compiler() -> Callable[[Any], Any]:
+    from proxy.policy.matching import compile_matches
+
+    def compile_or_none(matches: Any) -> Any:
+        return compile_matches(matches) if matches else None
+
+    return compile_or_none

@@ -1,0 +1,287 @@
+"""Upstream HTTP/1.1 connections and the keep-alive pool of one endpoint.
+
+A connection carries one exchange at a time (no upstream pipelining). Pool bookkeeping is
+synchronous; the only awaitable is opening a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from proxy.config import Address
+    from proxy.exchange import Exchange
+
+
+class SkipBody(Exception):
+    """Raised from the parser callback to stop parsing after the head (HEAD responses)."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an endpoint; parses responses and hands events to the exchange."""
+
+    __slots__ = (
+        "_detached", "_headers", "_peek_sock", "_status_reason", "closed", "exchange", "idle_since",
+        "parser", "peer_identity", "pool", "requests", "transport", "tunnel_peer",
+    )
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._peek_sock: socket.socket | None = None
+        self.idle_since = 0.0
+        self.requests = 0
+        self.closed = False
+        self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
+        self.peer_identity: str | None = None
+        self._status_reason = b""
+        self._detached = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A dup of the fd lets us peek for a FIN before reusing the connection.
+                self._peek_sock = socket.socket(fileno=socket.dup(sock.fileno()))
+                self._peek_sock.setblocking(False)
+            except OSError:
+                self._peek_sock = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.tunnel_write(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the server broke protocol; do not reuse it.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except SkipBody:
+            self._reset_parser()
+            ex.upstream_complete(self)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            ex.upstream_upgraded(self, data[offset:])
+        except httptools.HttpParserError:
+            ex.upstream_failed(self, "upstream_protocol_error")
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost does the accounting
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._detach()
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.tunnel_closed()
+            self.tunnel_peer = None
+            return
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(True)
+        elif self.tunnel_peer is not None:
+            self.tunnel_peer.pause(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(False)
+        elif self.tunnel_peer is not None:
+            self.tunnel_peer.pause(False)
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._status_reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self._status_reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        assert ex is not None
+        status = self.parser.get_status_code()
+        if ex.upstream_headers(self, status, self._status_reason, self._headers):
+            raise SkipBody  # HEAD: no body follows whatever Content-Length says
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None and ex.expects_final_response():
+            return  # a 1xx interim response ended; the final one follows
+        if ex is not None:
+            ex.upstream_complete(self)
+
+    # --- used by the exchange and the pool --------------------------------------------------
+    def send(self, exchange: Exchange, head: bytes) -> None:
+        self.exchange = exchange
+        self.requests += 1
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def pause_reading(self, paused: bool) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if paused:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    def looks_alive(self) -> bool:
+        """False if the peer already sent FIN or RST while the connection sat in the pool."""
+        t = self.transport
+        if self.closed or t is None or t.is_closing():
+            return False
+        sock = self._peek_sock
+        if sock is None:
+            return True
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        # b"" is a FIN; unsolicited bytes on an idle HTTP connection are a protocol error.
+        del data
+        return False
+
+    def _reset_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+
+    def _detach(self) -> None:
+        if not self._detached:
+            self._detached = True
+            self._close_peek()  # the dup must go first or the socket stays open
+            self.pool.forget(self)
+
+    def _close_peek(self) -> None:
+        if self._peek_sock is not None:
+            self._peek_sock.close()
+            self._peek_sock = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._detach()
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        if not self.closed:
+            self.closed = True
+            self._detach()
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class EndpointPool:
+    """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
+
+    __slots__ = (
+        "active_requests", "address", "connect_timeout", "connections", "identity", "idle",
+        "idle_timeout", "loop", "max_requests_per_connection", "ssl_context",
+        "ssl_server_hostname", "version",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
+        self.loop = loop
+        self.address = address
+        self.idle: deque[UpstreamConnection] = deque()
+        self.connections = 0
+        self.active_requests = 0  # read by the least-request balancer
+        self.idle_timeout = 10.0
+        self.connect_timeout = 5.0
+        self.max_requests_per_connection = 0
+        self.ssl_context: ssl.SSLContext | None = None
+        self.ssl_server_hostname: str | None = None
+        self.version = "unknown"  # the endpoint's version label, for metrics
+        self.identity: str | None = None  # expected SPIFFE id of the peer
+
+    def take_idle(self) -> tuple[UpstreamConnection | None, bool]:
+        """A live idle connection, or None; the flag says a stale one was discarded."""
+        discarded = False
+        now = self.loop.time()
+        while self.idle:
+            conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
+            if now - conn.idle_since < self.idle_timeout and conn.looks_alive():
+                return conn, discarded
+            discarded = True
+            conn.close()
+        return None, discarded
+
+    async def connect(self) -> UpstreamConnection:
+        self.connections += 1
+        try:
+            _, proto = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.address.host, self.address.port,
+                    ssl=self.ssl_context,
+                    server_hostname=self.ssl_server_hostname if self.ssl_context else None,
+                ),
+                self.connect_timeout,
+            )
+        except BaseException:
+            self.connections -= 1
+            raise
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection whose response completed cleanly to the idle set."""
+        conn.exchange = None
+        limit = self.max_requests_per_connection
+        if conn.closed or (limit and conn.requests >= limit):
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Bookkeeping when a connection closes, whoever closed it (called once per connection)."""
+        self.connections -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections older than the idle timeout (called by a periodic task)."""
+        while self.idle and now - self.idle[0].idle_since >= self.idle_timeout:
+            self.idle.popleft().close()
+
+    def close_all(self) -> None:
+        while self.idle:
+            self.idle.pop().close()

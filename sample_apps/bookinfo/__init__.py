@@ -1,0 +1,1 @@
+"""Bookinfo, Istio's sample application, ported to Python and aiohttp."""

@@ -1,0 +1,126 @@
+"""Tests that the published JSON Schema agrees with the parser (meshctl.api.jsonschema)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.jsonschema import all_schemas, schema_for
+from meshctl.api.resources import parse_document
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "resources.md"
+
+
+def doc_examples() -> list[Any]:
+    """Every YAML document in docs/resources.md that is a resource (has an apiVersion)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return [d for block in blocks for d in yaml.safe_load_all(block)
+            if isinstance(d, dict) and "apiVersion" in d]
+
+
+def schema_accepts(document: dict[str, Any]) -> bool:
+    """Whether the JSON Schema of the document's kind accepts it."""
+    validator = jsonschema.Draft202012Validator(schema_for(document["kind"]))
+    return bool(validator.is_valid(document))
+
+
+def parser_accepts(document: dict[str, Any]) -> bool:
+    """Whether parse_document accepts the document."""
+    try:
+        parse_document(document)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_schemas_are_valid_draft_2020_12() -> None:
+    """Every kind's schema is itself a valid draft 2020-12 schema."""
+    schemas = all_schemas()
+    assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy", "MeshConfig",
+                            "Gateway"}
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_docs_cover_every_kind() -> None:
+    """docs/resources.md has at least one example of every kind."""
+    assert {d["kind"] for d in doc_examples()} == set(all_schemas())
+
+
+@pytest.mark.parametrize("document", doc_examples(), ids=lambda d: d["metadata"]["name"])
+def test_doc_examples_pass_parser_and_schema(document: dict[str, Any]) -> None:
+    """Each documented example is accepted by both the parser and the JSON Schema."""
+    parse_document(document)
+    jsonschema.validate(document, schema_for(document["kind"]),
+                        cls=jsonschema.Draft202012Validator)
+
+
+ROUTE = {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route", "metadata": {"name": "r"},
+         "spec": {"host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}}
+
+
+def with_rule(**rule: Any) -> dict[str, Any]:
+    """The ROUTE document with its only rule extended by ``rule``."""
+    return {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"backends": [{"subset": "v1"}], **rule}]}}
+
+
+@pytest.mark.parametrize("document", [
+    {**ROUTE, "apiVersion": "v1"},
+    {**ROUTE, "metadata": {"name": "Bad_Name"}},
+    {**ROUTE, "metadata": {"name": "r", "labels": {"version": 1}}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": []}},
+    {**ROUTE, "extra": 1},
+    with_rule(timeout="0s"),
+    with_rule(timeout="3"),
+    with_rule(weigth=1),
+    with_rule(backends=[{"subset": "v1", "weight": 50}, {"subset": "v2"}]),
+    with_rule(matches=[{"method": "GET", "methods": ["GET"]}]),
+    with_rule(matches=[{"path": {"prefix": "api"}}]),
+    with_rule(matches=[{"headers": {"a": {"exact": "x", "prefix": "y"}}}]),
+    with_rule(matches=[{"headers": {"a b": {"exact": "x"}}}]),
+    with_rule(retries={"attempts": 1, "retriableStatusCodes": [503]}),
+    with_rule(retries={"attempts": 1, "retryOn": ["retriable-status-codes"]}),
+    with_rule(fault={}),
+    with_rule(mirror={"percent": 101}),
+    with_rule(headers={"request": {"set": {"x": "a\nb"}}}),
+    {**ROUTE, "kind": "MeshConfig", "metadata": {"name": "mesh"}, "spec": {}},
+    {**ROUTE, "kind": "MeshConfig", "metadata": {"name": "default"},
+     "spec": {"tracing": {"sampling": 1.5}}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:70000", "rules": [
+        {"destination": "web"}]}},
+    {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"from": [{}]}]}},
+    {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"to": [{"paths": ["a"]}]}]}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "loadBalancer": "FAST"}},
+])
+def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
+    """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
+    assert not parser_accepts(document)
+    assert not schema_accepts(document)
+
+
+@pytest.mark.parametrize("document", [
+    ROUTE,
+    with_rule(matches=[{"headers": {"x": {"exact": ""}}, "query": {"q": {"present": False}}}]),
+    with_rule(retries={"attempts": 0}, timeout="1m30s"),
+    {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "default"}},
+    {**ROUTE, "kind": "AuthorizationPolicy", "spec": {}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
+    {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
+])
+def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
+    """Unusual but valid documents are accepted by the parser and the schema alike."""
+    assert parser_accepts(document)
+    assert schema_accepts(document)
+
+
+def test_unknown_kind_has_no_schema() -> None:
+    """Asking for the schema of an unknown kind raises KeyError naming the known kinds."""
+    with pytest.raises(KeyError, match="expected one of Route"):
+        schema_for("VirtualService")

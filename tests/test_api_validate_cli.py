@@ -1,0 +1,114 @@
+"""Tests for the `meshctl validate` and `meshctl schema` commands (meshctl.commands.validate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshctl.commands import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = """apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}},
+            {name: v3, labels: {version: v3}}]
+"""
+ROUTE = """apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - backends: [{subset: v1, weight: %d}, {subset: %s, weight: 10}]
+"""
+
+
+def run(*argv: str) -> int:
+    """Parse ``argv`` with a parser holding only these commands and run the chosen one."""
+    parser = argparse.ArgumentParser(prog="meshctl")
+    validate.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A consistent directory prints 'ok: N resources in PATH' and exits 0."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "route.yaml").write_text(ROUTE % (90, "v3"))
+    assert run("validate", "-f", str(tmp_path)) == 0
+    assert capsys.readouterr().out == f"ok: 2 resources in {tmp_path}\n"
+
+
+def test_validate_prints_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every error is printed on stderr with file, document and field, then a count; exit 1."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    route = tmp_path / "route.yaml"
+    route.write_text(ROUTE % (90, "v3") + "---\n" + (ROUTE % (90, "v9")).replace("reviews}", "r2}"))
+    assert run("validate", "-f", str(tmp_path / "policy.yaml"), "-f", str(route)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{route} doc 2: spec.host: host reviews already has a Route (see Route default/reviews "
+        f"in {route} doc 1)",
+        f"{route} doc 2: spec.rules[0].backends[1].subset: unknown subset 'v9' for host "
+        "reviews (known: v1, v2, v3)",
+        f"2 errors in {tmp_path / 'policy.yaml'}, {route}",
+    ]
+
+
+def test_validate_document_errors_come_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """When a document is invalid its errors are printed; cross-document checks wait for a fix."""
+    route = tmp_path / "route.yaml"
+    route.write_text(ROUTE % (91, "v9"))
+    assert run("validate", "-f", str(route)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{route} doc 1: spec.rules[0].backends: weights sum to 101, must be 100",
+        f"1 error in {route}",
+    ]
+
+
+def test_validate_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A path that does not exist is an error, not a crash."""
+    assert run("validate", "-f", str(tmp_path / "nope")) == 1
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_schema_prints_one_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """`schema route` prints the Route schema as JSON (kind names are case-insensitive)."""
+    assert run("schema", "route") == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "Route"
+
+
+def test_schema_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown kind exits 1 and lists the known kinds."""
+    assert run("schema", "Ingress") == 1
+    assert "expected one of Route" in capsys.readouterr().err
+
+
+def test_schema_writes_files(tmp_path: Path) -> None:
+    """`schema -o DIR` writes one <kind>.json per kind."""
+    assert run("schema", "-o", str(tmp_path / "out")) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["authorizationpolicy.json", "destinationpolicy.json", "gateway.json",
+                     "meshconfig.json", "route.json"]
+    assert json.loads((tmp_path / "out" / "gateway.json").read_text())["title"] == "Gateway"
+
+
+def test_validate_in_a_real_process(tmp_path: Path) -> None:
+    """Run as a separate interpreter, validate reports the error on stderr and exits 1."""
+    (tmp_path / "bad.yaml").write_text("apiVersion: ami.mesh/v1alpha1\nkind: Route\n")
+    code = ("import argparse, sys; from meshctl.commands import validate; "
+            "p = argparse.ArgumentParser(); validate.add_parser(p.add_subparsers()); "
+            "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    proc = subprocess.run([sys.executable, "-c", code, "validate", "-f", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'bad.yaml'} doc 1: metadata: field is required" in proc.stderr

@@ -1,0 +1,193 @@
+"""The benchmark harness: percentile math, the fixed-rate generator, wrk parsing, a smoke run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen import FixedRateRun
+from bench.report import ratios
+from bench.rounds import median_result
+from bench.runner import PathResult
+from bench.schedule import FixedRateSchedule
+from bench.stats import percentile, summarize
+from bench.tools import missing_tools
+from bench.wrk import parse_wrk
+
+REPO = Path(__file__).resolve().parent.parent
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:18080/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   311.84us  301.58us   4.49ms   95.49%
+    Req/Sec    74.01k    22.15k   95.15k    70.00%
+  Latency Distribution
+     50%  217.00us
+     75%  372.00us
+     90%  528.00us
+     99%    1.56ms
+  73743 requests in 1.00s, 82.56MB read
+Requests/sec:  73660.79
+Transfer/sec:     82.47MB
+"""
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """p50/p90/p99 of 1..100 are 50/90/99 and p100 is the maximum."""
+    samples = [float(i) for i in range(1, 101)]
+    assert [percentile(samples, p) for p in (50, 90, 99, 100)] == [50.0, 90.0, 99.0, 100.0]
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_summarize_sorts_and_rejects_nothing() -> None:
+    """summarize sorts its input first and returns {} for no samples."""
+    assert summarize([3.0, 1.0, 2.0, 4.0]) == {"p50": 2.0, "p90": 4.0, "p99": 4.0, "max": 4.0}
+    assert summarize([]) == {}
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_schedule_counts_due_requests_on_a_fake_clock() -> None:
+    """Request i is due at start + i/rate, and the count stops at the total."""
+    sched = FixedRateSchedule(start=10.0, rate=1000.0, total=5)
+    assert sched.due_count(9.9999) == 0
+    assert sched.due_count(10.0) == 1
+    assert sched.due_count(10.0015) == 2
+    assert sched.due_count(10.002) == 3
+    assert sched.due_count(99.0) == 5
+    assert sched.time_of(3) == pytest.approx(10.003)
+
+
+def test_parse_wrk_reads_rate_total_and_percentiles() -> None:
+    """The captured wrk report gives req/s, the request count and percentiles in ms."""
+    result = parse_wrk(WRK_OUTPUT)
+    assert result.rps == pytest.approx(73660.79)
+    assert result.requests == 73743
+    assert result.latency_ms == pytest.approx(
+        {"p50": 0.217, "p75": 0.372, "p90": 0.528, "p99": 1.56}
+    )
+    assert (result.socket_errors, result.non_2xx) == (0, 0)
+
+
+def test_parse_wrk_counts_errors_and_rejects_garbage() -> None:
+    """Socket errors and non-2xx lines are summed; text without a rate is an error."""
+    text = WRK_OUTPUT.replace(
+        "Requests/sec:",
+        "  Socket errors: connect 1, read 2, write 0, timeout 3\n"
+        "  Non-2xx or 3xx responses: 4\nRequests/sec:",
+    )
+    result = parse_wrk(text)
+    assert (result.socket_errors, result.non_2xx) == (6, 4)
+    with pytest.raises(ValueError):
+        parse_wrk("connection refused")
+
+
+def test_ratios_need_both_paths() -> None:
+    """one_hop_vs_nginx is ami-1hop rps over nginx rps, absent when a side is missing."""
+    results = {
+        "nginx": PathResult("nginx", rps=1000.0),
+        "ami-1hop": PathResult("ami-1hop", rps=800.0),
+        "nginx-pair-mtls": PathResult("nginx-pair-mtls", rps=500.0),
+    }
+    assert ratios(results) == {"one_hop_vs_nginx": pytest.approx(0.8)}
+
+
+def test_median_result_ignores_failed_rounds() -> None:
+    """Rounds combine by per-figure median over the measured rounds; errors add up."""
+    rounds = [
+        PathResult("nginx", rps=100.0, latency_ms={"p99": 3.0}, rss_mb=6.0, errors=1),
+        PathResult("nginx", error="exited under load"),
+        PathResult("nginx", rps=300.0, latency_ms={"p99": 1.0}, rss_mb=8.0),
+        PathResult("nginx", rps=200.0, latency_ms={"p99": 2.0}, rss_mb=7.0),
+    ]
+    combined = median_result(rounds)
+    assert (combined.rps, combined.latency_ms, combined.rss_mb) == (200.0, {"p99": 2.0}, 7.0)
+    assert (combined.errors, combined.rounds, combined.error) == (1, 3, None)
+    assert median_result([rounds[1]]).error == "exited under load"
+
+
+async def _stalling_server(stall_first_s: float) -> tuple[asyncio.Server, int]:
+    """HTTP server answering 200 per request; its very first response is held back."""
+    loop = asyncio.get_running_loop()
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    state = {"first": True}
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            assert isinstance(self.t, asyncio.Transport)
+            for _ in range(data.count(b"\r\n\r\n")):
+                if state["first"]:
+                    state["first"] = False
+                    loop.call_later(stall_first_s, self.t.write, response)
+                else:
+                    self.t.write(response)
+
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_fixed_rate_run_sends_every_scheduled_request() -> None:
+    """At 200 rps for 0.5 s (+0.1 s warm-up) all 120 requests complete without errors."""
+    server, port = await _stalling_server(0.0)
+    async with server:
+        result = await FixedRateRun(port, rate=200.0, connections=4, duration=0.5, warmup=0.1).run()
+    assert result["requests"] == 120
+    assert result["errors"] == 0
+    assert set(result["latency_ms"]) == {"p50", "p90", "p99", "max"}
+
+
+async def test_fixed_rate_latency_counts_from_the_scheduled_time() -> None:
+    """A 300 ms stall on the only connection shows in p90: queued requests are charged."""
+    server, port = await _stalling_server(0.3)
+    async with server:
+        result = await FixedRateRun(port, rate=100.0, connections=1, duration=0.6).run()
+    assert result["errors"] == 0
+    # 30 of 60 requests queue behind the stall (waits of 10..300 ms); measured from their
+    # actual send they would all look sub-millisecond.
+    assert result["latency_ms"]["p90"] > 100.0
+    assert result["latency_ms"]["max"] >= 290.0
+
+
+def test_smoke_run_direct_path(tmp_path: Path) -> None:
+    """`python -m bench --paths direct` writes results.json with a positive req/s."""
+    missing = missing_tools(("nginx", "wrk"))
+    if missing and os.environ.get("AMI_REQUIRE_TOOLS") != "1":
+        pytest.skip(f"missing {', '.join(missing)}")
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--paths",
+            "direct",
+            "--duration",
+            "1",
+            "--json",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"machine", "paths", "ratios"}
+    direct = doc["paths"]["direct"]
+    assert direct["rps"] > 0
+    assert set(direct["latency_ms"]) >= {"p50", "p90", "p99"}
+    assert direct["cpu_s_per_1000"] is None  # no proxy on the direct path
+    assert "direct" in proc.stdout

@@ -1,0 +1,179 @@
+"""The control plane HTTP API on a real loopback socket, driven through ControlPlaneClient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp import web
+
+from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+from meshctl.controlplane.auth import ensure_token, load_client_token
+from meshctl.controlplane.dirstore import DirStore
+from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.memstore import MemStore
+from tests.conftest_store import DEADLINE, next_event, policy_doc, route_doc
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    url: str
+    token: str
+    store: MemStore
+
+    def client(self, token: bool = True) -> ControlPlaneClient:
+        return ControlPlaneClient(self.url, self.token if token else None, timeout=DEADLINE)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    store = MemStore()
+    token = ensure_token(tmp_path / "state")
+    runner = web.AppRunner(create_api_app(store, token=token))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield Server(f"http://{host}:{port}", token, store)
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+async def test_writes_need_token_reads_do_not(server: Server) -> None:
+    """A write without the bearer token is 401 Unauthorized; loopback reads are open."""
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(server.client(token=False).create, policy_doc("reviews"))
+    assert (err.value.status, err.value.reason) == (401, "Unauthorized")
+    await asyncio.to_thread(server.client().create, policy_doc("reviews"))
+    got = await asyncio.to_thread(server.client(token=False).get, "destinationpolicies", "reviews")
+    assert got["spec"]["host"] == "reviews"
+
+
+async def test_stale_update_is_conflict(server: Server) -> None:
+    """PUT with an old metadata.resourceVersion answers 409 Conflict."""
+    client = server.client()
+    created = await asyncio.to_thread(client.create, policy_doc("reviews"))
+    newer = policy_doc("reviews", ("v1",))
+    newer["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+    await asyncio.to_thread(client.update, newer)
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(client.update, newer)  # same, now stale, version
+    assert (err.value.status, err.value.reason) == (409, "Conflict")
+    with pytest.raises(ControlPlaneError) as missing:
+        await asyncio.to_thread(client.get, "DestinationPolicy", "nope")
+    assert (missing.value.status, missing.value.reason) == (404, "NotFound")
+
+
+async def test_apply_is_idempotent(server: Server) -> None:
+    """Applying the same set twice is created then unchanged; a change is configured."""
+    client = server.client()
+    docs = [policy_doc("reviews", ("v1", "v2")), route_doc("reviews", {"v1": 100})]
+    text = yaml.safe_dump_all(docs)
+    first = await asyncio.to_thread(client.apply, text)
+    assert [r["result"] for r in first] == ["created", "created"]
+    second = await asyncio.to_thread(client.apply, docs)
+    assert [r["result"] for r in second] == ["unchanged", "unchanged"]
+    docs[1] = route_doc("reviews", {"v1": 50, "v2": 50})
+    third = await asyncio.to_thread(client.apply, docs)
+    assert [r["result"] for r in third] == ["unchanged", "configured"]
+    assert third[1]["resourceVersion"] != second[1]["resourceVersion"]
+
+
+async def test_apply_invalid_set_applies_nothing(server: Server) -> None:
+    """One bad document makes the whole apply 422 with file, doc and field; nothing is stored."""
+    client = server.client()
+    bad = route_doc("reviews", {"v1": 100})
+    bad["spec"]["rules"][0]["backends"][0]["weight"] = "lots"
+    text = yaml.safe_dump_all([policy_doc("reviews"), bad])
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(client.apply, text, source="routes.yaml")
+    assert (err.value.status, err.value.reason) == (422, "Invalid")
+    assert str(err.value).startswith("routes.yaml doc 2: spec.rules[0].backends[0].weight:")
+    dangling = route_doc("reviews", {"v3": 100})  # valid alone, unknown subset across the set
+    with pytest.raises(ControlPlaneError) as cross:
+        await asyncio.to_thread(client.apply, [policy_doc("reviews"), dangling])
+    assert "unknown subset 'v3'" in str(cross.value)
+    assert await server.store.list() == []
+
+
+async def test_watch_streams_server_sent_events(server: Server) -> None:
+    """An SSE watcher sees the replayed object, then a MODIFIED event for an apply."""
+    client = server.client()
+    await asyncio.to_thread(client.apply, [policy_doc("reviews")])
+    events = client.watch(kind="destinationpolicies", replay=True, timeout=DEADLINE)
+    first = await asyncio.to_thread(next, events)  # the replay proves the subscription is live
+    await asyncio.to_thread(client.apply, [policy_doc("reviews", ("v1",))])
+    second = await asyncio.to_thread(next, events)
+    events.close()
+    assert (first.type, second.type) == ("ADDED", "MODIFIED")
+    assert second.data["spec"]["subsets"] == [{"name": "v1", "labels": {"version": "v1"}}]
+    assert int(second.data["metadata"]["resourceVersion"]) > int(
+        first.data["metadata"]["resourceVersion"])
+
+
+async def test_openapi_describes_every_kind(server: Server) -> None:
+    """/openapi.json is an OpenAPI 3.1 document with the CRUD paths of every kind."""
+    with await asyncio.to_thread(server.client()._open, "GET", "/openapi.json") as resp:
+        doc = json.loads(resp.read())
+    assert doc["openapi"] == "3.1.0"
+    for plural in ("routes", "destinationpolicies", "authorizationpolicies", "meshconfigs",
+                   "gateways"):
+        assert set(doc["paths"][f"/api/v1/namespaces/{{ns}}/{plural}/{{name}}"]) >= {
+            "get", "put", "delete"}
+    assert "/api/v1/apply" in doc["paths"] and "/api/v1/watch" in doc["paths"]
+
+
+def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
+    """The token is created once with mode 0600 and reused on the next start."""
+    token = ensure_token(tmp_path)
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert ensure_token(tmp_path) == token and len(token) >= 32
+
+
+def test_client_finds_token_and_control_plane(tmp_path: Path) -> None:
+    """AMI_TOKEN beats ./.ami/token beats ~/.ami/token; the URL falls back to :15080."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    ensure_token(home / ".ami")
+    assert load_client_token({}, cwd, home) == (home / ".ami" / "token").read_text().strip()
+    local = ensure_token(cwd / ".ami")
+    assert load_client_token({}, cwd, home) == local
+    assert load_client_token({"AMI_TOKEN": "t0k"}, cwd, home) == "t0k"
+    assert resolve_control_plane(None, {}) == "http://127.0.0.1:15080"
+    assert resolve_control_plane(None, {"AMI_CONTROL_PLANE": "10.0.0.1:1"}) == "http://10.0.0.1:1"
+    assert resolve_control_plane("http://h:2", {"AMI_CONTROL_PLANE": "x"}) == "http://h:2"
+
+
+async def test_dirstore_rejected_edit_is_listed(tmp_path: Path) -> None:
+    """Over a DirStore, /api/v1/errors lists a rejected hand edit with its precise message."""
+    store = DirStore(tmp_path / "store")
+    await store.start()
+    runner = web.AppRunner(create_api_app(store, token="t"))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        client = ControlPlaneClient(f"http://{host}:{port}", "t", timeout=DEADLINE)
+        results = await asyncio.to_thread(client.apply, [policy_doc("reviews")])
+        assert results[0]["result"] == "created"
+        path = store.root / "destinationpolicy" / "default" / "reviews.yaml"
+        async with store.watch() as watch:
+            path.write_text(path.read_text().replace("host: reviews", "host: 'Not A Host'"))
+            (store.root / "fence.yaml").write_text(yaml.safe_dump(policy_doc("fence")))
+            await next_event(watch)
+        [error] = await asyncio.to_thread(client.errors)
+        assert error["source"] == "destinationpolicy/default/reviews.yaml"
+        assert error["message"].startswith(f"{error['source']} doc 1: spec.host:")
+        live = await asyncio.to_thread(client.get, "DestinationPolicy", "reviews")
+        assert live["spec"]["host"] == "reviews"
+        assert live["status"]["conditions"][0]["status"] == "False"
+    finally:
+        await runner.cleanup()
+        await store.close()

@@ -1,0 +1,160 @@
+"""DirStore specifics: hand edits go live, bad edits are rejected precisely, writes are atomic."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshctl.controlplane.dirstore import DirStore
+from meshctl.controlplane.errors import Conflict
+from meshctl.controlplane.store import EventType
+from tests.conftest_store import next_event, policy, policy_doc, route_doc
+
+KIND = "DestinationPolicy"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[DirStore]:
+    s = DirStore(tmp_path / "store")
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def write(path: Path, *docs: object, prefix: str = "") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prefix + yaml.safe_dump_all(docs, sort_keys=False))
+
+
+async def test_hand_written_multi_document_file_goes_live(store: DirStore) -> None:
+    """A multi-document file dropped anywhere under the root is loaded by the watcher."""
+    async with store.watch() as watch:
+        write(store.root / "team" / "reviews.yaml", policy_doc("reviews"),
+              route_doc("reviews", {"v1": 90, "v2": 10}))
+        events = [await next_event(watch), await next_event(watch)]
+    assert {(e.type, e.object.key[0]) for e in events if e.object} == {
+        (EventType.ADDED, "DestinationPolicy"), (EventType.ADDED, "Route")}
+    route = await store.get("Route", "default", "reviews")
+    assert route is not None and route.source == "team/reviews.yaml"
+
+
+async def test_invalid_edit_keeps_last_good_and_reports_precisely(store: DirStore) -> None:
+    """A schema error in a hand edit is rejected: old object live, no event, precise error."""
+    path = store.root / "reviews.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("reviews"))
+        good = (await next_event(watch)).object
+        bad = policy_doc("reviews")
+        bad["spec"]["loadBalancer"] = "FASTEST"
+        write(path, bad)
+        write(store.root / "fence.yaml", policy_doc("fence"))  # processed after the bad edit
+        event = await next_event(watch)
+    assert event.object is not None and event.object.key[2] == "fence"
+    live = await store.get(KIND, "default", "reviews")
+    assert good is not None and live is not None
+    assert live.resource_version == good.resource_version
+    [error] = store.errors()
+    assert error.source == "reviews.yaml"
+    assert error.message.startswith("reviews.yaml doc 1: spec.loadBalancer:")
+    [condition] = (await store.status(live.key))["conditions"]
+    assert (condition["type"], condition["status"]) == ("Accepted", "False")
+    assert condition["message"] == error.message
+
+
+async def test_yaml_error_then_fix(store: DirStore) -> None:
+    """Broken YAML is reported with its line; fixing the file accepts it again."""
+    path = store.root / "reviews.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("reviews"))
+        await next_event(watch)
+        path.write_text("kind: [unclosed\n")
+        write(store.root / "fence.yaml", policy_doc("fence"))
+        await next_event(watch)
+        assert "invalid YAML: line" in store.errors()[0].message
+        write(path, policy_doc("reviews", ("v1",)))
+        fixed = await next_event(watch)
+    assert fixed.type is EventType.MODIFIED and store.errors() == []
+    [condition] = (await store.status(("DestinationPolicy", "default", "reviews")))["conditions"]
+    assert condition["status"] == "True"
+
+
+async def test_cross_document_breakage_is_rejected(store: DirStore) -> None:
+    """An edit that leaves a Route pointing at a removed subset is rejected with its path."""
+    async with store.watch() as watch:
+        write(store.root / "dp.yaml", policy_doc("reviews", ("v1", "v2")))
+        write(store.root / "route.yaml", route_doc("reviews", {"v1": 50, "v2": 50}))
+        await next_event(watch)
+        await next_event(watch)
+        write(store.root / "dp.yaml", policy_doc("reviews", ("v1",)))
+        write(store.root / "fence.yaml", policy_doc("fence"))
+        await next_event(watch)
+    assert "unknown subset 'v2'" in store.errors()[0].message
+    assert "spec.rules[0].backends[1].subset" in store.errors()[0].message
+
+
+async def test_deleting_file_deletes_its_objects(store: DirStore) -> None:
+    """Removing a file by hand deletes every object it defined."""
+    path = store.root / "two.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("a"), policy_doc("b"))
+        await next_event(watch)
+        await next_event(watch)
+        path.unlink()
+        gone = {(await next_event(watch)).type for _ in range(2)}
+    assert gone == {EventType.DELETED} and await store.list() == []
+
+
+async def test_api_write_is_atomic_and_uses_layout(store: DirStore) -> None:
+    """API writes land at kind/namespace/name.yaml and leave no temp files behind."""
+    created = await store.create(policy("reviews"))
+    await store.update(policy("reviews", ("v1",)), created.resource_version)
+    path = store.root / "destinationpolicy" / "default" / "reviews.yaml"
+    assert yaml.safe_load(path.read_text())["spec"]["subsets"] == [
+        {"name": "v1", "labels": {"version": "v1"}}]
+    leftovers = [n for _, _, names in os.walk(store.root) for n in names if n.endswith(".tmp")]
+    assert leftovers == []
+    await store.delete(KIND, "default", "reviews")
+    assert not path.exists()
+
+
+async def test_api_update_keeps_other_documents_and_comments(store: DirStore) -> None:
+    """Updating an object in a hand-written multi-doc file rewrites only its document."""
+    path = store.root / "mesh.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("a"), policy_doc("b"), prefix="# owned by team-a\n")
+        await next_event(watch)
+        await next_event(watch)
+    b = await store.get(KIND, "default", "b")
+    assert b is not None
+    await store.update(policy("b", ("v3",)), b.resource_version)
+    text = path.read_text()
+    assert text.startswith("# owned by team-a\n")
+    docs = list(yaml.safe_load_all(text))
+    assert [d["spec"]["subsets"][0]["name"] for d in docs] == ["v1", "v3"]
+
+
+async def test_restart_reloads_and_keeps_versions(tmp_path: Path) -> None:
+    """After a restart objects reload from disk; unchanged keep their version, stale fails."""
+    root = tmp_path / "store"
+    first = DirStore(root, watch_files=False)
+    await first.start()
+    a = await first.create(policy("a"))
+    b = await first.create(policy("b"))
+    await first.close()
+    write(root / "destinationpolicy" / "default" / "b.yaml", policy_doc("b", ("v7",)))
+    second = DirStore(root, watch_files=False)
+    await second.start()
+    try:
+        a2, b2 = await second.get(*a.key), await second.get(*b.key)
+        assert a2 is not None and a2.resource_version == a.resource_version
+        assert b2 is not None and b2.resource_version > b.resource_version
+        with pytest.raises(Conflict):
+            await second.update(policy("b"), b.resource_version)
+    finally:
+        await second.close()
