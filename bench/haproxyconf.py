@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.tools import binary
+
 
 def haproxy_conf(listen_port: int, upstream_port: int) -> str:
     """client -> haproxy -> backend with connection reuse towards the backend."""
@@ -28,4 +30,4 @@ backend be
 
 def haproxy_argv(conf: Path) -> tuple[str, ...]:
     """Foreground haproxy (-db) on `conf`."""
-    return ("haproxy", "-db", "-f", str(conf))
+    return (binary("haproxy"), "-db", "-f", str(conf))

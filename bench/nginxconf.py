@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.certs import SERVER_NAME, CertPaths
+from bench.tools import binary
 
 BODY_SIZE = 1024
 # The fixed 1 KiB response body every path returns.
@@ -105,4 +106,4 @@ def proxy_conf(
 
 def nginx_argv(prefix: Path, conf: Path) -> tuple[str, ...]:
     """Foreground nginx (master + one worker) on `conf`."""
-    return ("nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;")
+    return (binary("nginx"), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;")

@@ -115,13 +115,24 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table(results: dict[str, PathResult]) -> str:
-    """A fixed-width text table of every path."""
-    head = ("path", "req/s", "p50 ms", "p90 ms", "p99 ms", "+p99 ms", "CPU s/1k", "RSS MB")
-    rows = [head]
+    """A fixed-width text table of every path; skipped/failed paths get a note line."""
+    head = (
+        "path",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "+p99 ms",
+        "CPU s/1k",
+        "RSS MB",
+        "errors",
+    )
+    rows: list[tuple[str, ...]] = [head]
+    notes: dict[str, str] = {}
     for name, r in results.items():
         if r.skipped is not None or r.error is not None:
-            note = f"skipped: {r.skipped}" if r.skipped else f"error: {r.error}"
-            rows.append((name, note.splitlines()[0][:90], "", "", "", "", "", ""))
+            notes[name] = f"skipped: {r.skipped}" if r.skipped else f"error: {r.error}"
+            rows.append((name,))
             continue
         lat = r.latency_ms
         rows.append(
@@ -134,18 +145,18 @@ def table(results: dict[str, PathResult]) -> str:
                 _fmt(added_p99(results, name), "+.2f"),
                 _fmt(r.cpu_s_per_1000, ".3f"),
                 _fmt(r.rss_mb, ".1f"),
+                str(r.errors),  # wrk counts a fast 502 as a request: req/s means little if > 0
             )
         )
-    widths = [max(len(row[i]) for row in rows if row[2] or i == 0) for i in range(len(head))]
+    widths = [max(len(row[i]) for row in rows if len(row) > i) for i in range(len(head))]
     lines = []
     for row in rows:
-        if not row[2] and row is not head:
-            lines.append(f"{row[0]:<{widths[0]}}  {row[1]}")
-        else:
-            lines.append(
-                "  ".join(
-                    c.rjust(w) if i else c.ljust(w)
-                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
+        if len(row) == 1:
+            lines.append(f"{row[0]:<{widths[0]}}  {notes[row[0]].splitlines()[0][:100]}")
+            continue
+        cells = (
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        lines.append("  ".join(cells))
     return "\n".join(lines)

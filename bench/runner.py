@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def _per_1000(cpu: float, requests: int) -> float | None:
 
 
 def _measure(
-    running: list[Running], entry_port: int, opts: BenchOptions, plan: CpuPlan
+    name: str, running: list[Running], entry_port: int, opts: BenchOptions, plan: CpuPlan
 ) -> PathResult:
     pids = [pid for r in running if r.spec.cost for pid in serving_pids(r.pid)]
     timeout = opts.duration + 30
@@ -94,7 +93,7 @@ def _measure(
     if dead:
         raise RuntimeError(f"exited under load: {', '.join(dead)}")
     return PathResult(
-        name="",
+        name=name,
         rps=wrk.rps,
         latency_ms=fixed["latency_ms"],
         wrk_latency_ms=wrk.latency_ms,
@@ -116,7 +115,7 @@ def measure_path(path: PathDef, ctx: BuildContext, opts: BenchOptions, plan: Cpu
         topology = path.build(ctx)
         running = start_all(topology.servers, ctx.run_dir, plan)
         wait_http_ok(topology.entry_port)  # end to end, through every hop
-        result = _measure(running, topology.entry_port, opts, plan)
+        return _measure(path.name, running, topology.entry_port, opts, plan)
     except (
         RuntimeError,
         OSError,
@@ -124,7 +123,7 @@ def measure_path(path: PathDef, ctx: BuildContext, opts: BenchOptions, plan: Cpu
         NotImplementedError,
         subprocess.TimeoutExpired,
     ) as exc:
-        return PathResult(path.name, error=str(exc))
+        logs = ", ".join(str(r.log) for r in running)
+        return PathResult(path.name, error=f"{exc}" + (f" (logs: {logs})" if logs else ""))
     finally:
         stop_all(running)
-    return dataclasses.replace(result, name=path.name)

@@ -14,10 +14,15 @@ class ToolsMissing(RuntimeError):
     """A required binary is absent and cannot be installed."""
 
 
-def missing_tools(names: tuple[str, ...] = REQUIRED) -> list[str]:
-    """Binaries not found on PATH (nginx/haproxy live in /usr/sbin, so look there too)."""
+def binary(name: str) -> str:
+    """Absolute path of a tool; nginx/haproxy live in /usr/sbin, often not on a user's PATH."""
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return [name for name in names if shutil.which(name, path=path) is None]
+    return shutil.which(name, path=path) or name
+
+
+def missing_tools(names: tuple[str, ...] = REQUIRED) -> list[str]:
+    """Tools not found on PATH, /usr/sbin or /sbin."""
+    return [name for name in names if not os.path.isabs(binary(name))]
 
 
 def ensure_tools(names: tuple[str, ...] = REQUIRED) -> None:

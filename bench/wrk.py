@@ -6,6 +6,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from bench.tools import binary
+
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 _PCT = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
@@ -58,7 +60,7 @@ def wrk_argv(
 ) -> tuple[str, ...]:
     """`wrk -t1 -c32 -dNs --latency -H 'Host: backend' http://127.0.0.1:PORT/`."""
     return (
-        "wrk",
+        binary("wrk"),
         f"-t{threads}",
         f"-c{connections}",
         f"-d{max(1, round(duration_s))}s",

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:15000)")
     p.add_argument("--gateway-listen", help="gateway listener HOST:PORT (--mode gateway)")
     p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
+    p.add_argument("--identity-dir", type=Path,
+                   help="static mode: key.pem, cert.pem, chain.pem, bundle.pem for mTLS")
     p.add_argument("--token-file", type=Path, help="bootstrap credential for the control plane")
     p.add_argument("--ca-file", type=Path, help="CA bundle to verify the control plane's TLS")
     p.add_argument("--access-log", choices=("on", "off"), help="override mesh.accessLog")

@@ -175,7 +175,8 @@ class Snapshot:
     services: Mapping[str, Service]
     routes: Mapping[str, RouteConfig]
     gateway_rules: tuple[GatewayRule, ...]
-    inbound: Mapping[str, Any]
+    authorization: tuple[Any, ...]  # meshctl.api.authz.AuthorizationPolicySpec
+    inbound_rate_limit: RateLimitSettings | None
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -343,6 +344,10 @@ def _parse_snapshot(data: object) -> Snapshot:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
+    inbound_raw = _mapping(raw.get("inbound"), "inbound")
+    authorization = _parse_authorization(inbound_raw.get("authorization"))
+    inbound_rate = (parse_rate_limit(inbound_raw["rateLimit"], "inbound.rateLimit")
+                    if inbound_raw.get("rateLimit") is not None else None)
     return Snapshot(
         version=str(raw.get("version", "static")),
         node=node,
@@ -352,5 +357,18 @@ def _parse_snapshot(data: object) -> Snapshot:
         services=services,
         routes=routes,
         gateway_rules=gateway_rules,
-        inbound=_mapping(raw.get("inbound"), "inbound"),
+        authorization=authorization,
+        inbound_rate_limit=inbound_rate,
     )
+
+
+def _parse_authorization(data: object) -> tuple[Any, ...]:
+    from meshctl.api.authz import parse_authorization
+
+    policies = []
+    for i, spec in enumerate(_list(data, "inbound.authorization")):
+        try:
+            policies.append(parse_authorization(spec, f"inbound.authorization[{i}]"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return tuple(policies)

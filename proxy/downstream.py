@@ -8,15 +8,20 @@ syntax, sizes, slow clients), keeps pipelined requests in order and hands each r
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
-
-import logging
 
 import httptools
 
 from proxy.exchange import Exchange
-from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
+from proxy.headers import (
+    IDENTITY_HEADERS,
+    connection_tokens,
+    new_request_id,
+    normalize_path,
+    split_target,
+)
 from proxy.reasons import local_reply
 
 if TYPE_CHECKING:
@@ -24,7 +29,8 @@ if TYPE_CHECKING:
     from proxy.upstream import UpstreamConnection
 
 # Header names the parser treats specially (everything else is forwarded untouched).
-_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE = range(8)
+(_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE,
+ _H_TIMEOUT, _H_PEER) = range(10)
 _SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"connection": _H_CONNECTION,
@@ -39,9 +45,13 @@ _SPECIAL: dict[bytes, int] = {
     b"x-forwarded-for": _H_XFF,
     b"x-request-id": _H_REQUEST_ID,
     b"upgrade": _H_UPGRADE,
+    b"x-ami-timeout-ms": _H_TIMEOUT,
+    b"x-ami-peer": _H_PEER,
 }
 for _name in IDENTITY_HEADERS:
     _SPECIAL[_name] = _H_DROP
+# Connection options that are not header names (or name a header that must stay: Host).
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
 
 log = logging.getLogger("ami.proxy")
 
@@ -65,6 +75,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
+        self.peer_identity: str | None = None  # verified SPIFFE id of an mTLS peer
+        self.peer_service: str | None = None
+        self.peer_namespace: str | None = None
+        self.peer_version = "unknown"
+        self.security = "none"
         self.closed = False
         self.draining = False
         self.current: Exchange | None = None
@@ -84,6 +99,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._chunked = False
         self._expect_continue = False
         self._upgrade_value: bytes | None = None
+        self._conn_tokens: list[bytes] | None = None
+        self._timeout_override: float | None = None
         self._head_bytes = 0
         self._in_head = False
         # timestamps checked by the listener's periodic sweep (no per-request timers)
@@ -97,10 +114,27 @@ class DownstreamProtocol(asyncio.Protocol):
         if peer:
             self.client_ip = str(peer[0]).encode()
         self.idle_since = self.loop.time()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._identify_peer(ssl_object)
         if not self.listener.admit(self):
             transport.write(local_reply("too_many_connections", close=True))
             transport.close()
             self.closed = True
+
+    def _identify_peer(self, ssl_object: object) -> None:
+        from proxy.identity import IdentityError
+        from proxy.tls import verify_peer
+
+        self.security = "mutual_tls"
+        try:
+            self.peer_identity = verify_peer(ssl_object, None)  # type: ignore[arg-type]
+        except IdentityError:
+            return
+        # spiffe://<trust-domain>/ns/<namespace>/sa/<service>
+        parts = self.peer_identity.split("/")
+        if len(parts) >= 7 and parts[3] == "ns" and parts[5] == "sa":
+            self.peer_namespace, self.peer_service = parts[4], parts[6]
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -180,6 +214,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self._chunked = False
         self._expect_continue = False
         self._upgrade_value = None
+        self._conn_tokens = None
+        self._timeout_override = None
         self._in_head = True
         self._head_bytes = 0
         self.head_started = self.loop.time()
@@ -215,6 +251,21 @@ class DownstreamProtocol(asyncio.Protocol):
             self._headers.append((name, value))
         elif kind == _H_UPGRADE:
             self._upgrade_value = value
+        elif kind == _H_CONNECTION:
+            # Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1); removed once the
+            # head is complete, since they may come before or after the Connection header.
+            extra = [t for t in connection_tokens(value) if t not in _CONNECTION_OPTIONS]
+            if extra:
+                self._conn_tokens = (self._conn_tokens or []) + extra
+        elif kind == _H_PEER:
+            # Peer metadata (service;version) from the calling sidecar; trusted only over mTLS.
+            if self.peer_identity is not None:
+                self.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
+        elif kind == _H_TIMEOUT:
+            try:
+                self._timeout_override = max(0.0, float(value) / 1000.0)
+            except ValueError:
+                raise _Reject("invalid_header") from None
         # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -236,6 +287,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 authority = self._host.decode("latin-1")
         if path != "*":
             path = normalize_path(path)
+        if self._conn_tokens:
+            drop = self._conn_tokens
+            self._headers = [h for h in self._headers if h[0].lower() not in drop]
         http10 = parser.get_http_version() == "1.0"
         upgrade = parser.should_upgrade() and self._upgrade_value is not None
         tail = self._head_tail(upgrade)
@@ -246,6 +300,7 @@ class DownstreamProtocol(asyncio.Protocol):
         )
         if upgrade:
             self._upgrade_requested = True
+        ex.timeout_override = self._timeout_override
         self._parsing = ex
         if self.current is None:
             self.current = ex
@@ -262,6 +317,12 @@ class DownstreamProtocol(asyncio.Protocol):
         ]
         if not self._has_request_id:
             tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+        listener = self.listener
+        if listener.peer_line:
+            tail.append(listener.peer_line)
+        if self.peer_identity is not None and listener.xfcc_by:
+            tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
+                        + self.peer_identity.encode() + b"\r\n")
         if self._chunked:
             tail.append(b"transfer-encoding: chunked\r\n")
         if upgrade and self._upgrade_value is not None:

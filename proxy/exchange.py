@@ -8,7 +8,7 @@ failure turns into (a local reply with a reason word, or a retry on a fresh conn
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.reasons import NO_FLAGS, local_reply
 
@@ -22,6 +22,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 _MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
+_MAX_REPLAY = 64 * 1024  # request body kept for retries; larger bodies are not retried
 
 # Response framing towards the client.
 _FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
@@ -31,12 +32,49 @@ class Exchange:
     """State of one request; created per request, so attributes live in slots."""
 
     __slots__ = (
-        "_body_buffer", "_buffered", "_connect_task", "_pool_held", "_fresh_retry_used", "_frame",
-        "_interim", "_response_chunked_in", "_upstream_paused", "authority", "backend",
-        "bytes_in", "bytes_out", "chunked", "client_keep_alive", "conn", "decision",
-        "downstream", "expect_continue", "flags", "head_tail", "headers", "http10", "method",
-        "path", "pool", "query", "request_done", "response_started", "start_time", "status",
-        "target", "upgrade", "upstream_keep_alive",
+        "_attempt",
+        "_attempt_timer",
+        "_body_buffer",
+        "_breaker_held",
+        "_buffered",
+        "_connect_task",
+        "_frame",
+        "_fresh_retry_used",
+        "_interim",
+        "_pool_held",
+        "_replay",
+        "_response_chunked_in",
+        "_retry_timer",
+        "_timer",
+        "_upstream_paused",
+        "_waiting",
+        "authority",
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "chunked",
+        "client_keep_alive",
+        "conn",
+        "decision",
+        "downstream",
+        "expect_continue",
+        "flags",
+        "head_tail",
+        "headers",
+        "http10",
+        "method",
+        "mirror",
+        "path",
+        "pool",
+        "query",
+        "request_done",
+        "response_started",
+        "start_time",
+        "status",
+        "target",
+        "timeout_override",
+        "upgrade",
+        "upstream_keep_alive",
     )
 
     def __init__(self, downstream: DownstreamProtocol, method: bytes, target: bytes, path: str,
@@ -66,6 +104,15 @@ class Exchange:
         self._buffered = 0
         self._fresh_retry_used = False
         self._pool_held = False
+        self._breaker_held = False
+        self._waiting = False
+        self._attempt = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._attempt_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._replay: list[bytes] | None = None
+        self.mirror: Any = None
+        self.timeout_override: float | None = None
         self._frame = _FRAME_NONE
         self._interim = False
         self._response_chunked_in = False
@@ -94,8 +141,62 @@ class Exchange:
             self.reply(decision)
             return
         self.decision = decision
+        if decision.admit is not None:
+            refusal = decision.admit(self)
+            if refusal is not None:
+                reason, status, headers = refusal
+                self.backend = decision.backends[0]
+                self.reply(reason, status=status, extra_headers=headers)
+                return
+        fault = decision.fault
+        if fault is not None:
+            delay = fault.roll_delay()
+            if delay:
+                self._count("ami_faults_injected", "delay")
+                self._timer = asyncio.get_running_loop().call_later(delay, self._after_delay)
+                return
+            if self._inject_abort():
+                return
+        self._proceed()
+
+    def _after_delay(self) -> None:
+        self._timer = None
+        if not self._inject_abort():
+            self._proceed()
+
+    def _inject_abort(self) -> bool:
+        decision = self.decision
+        assert decision is not None and decision.fault is not None
+        status = decision.fault.roll_abort()
+        if not status:
+            return False
+        self._count("ami_faults_injected", "abort")
+        self.backend = decision.backends[0]
+        self.reply("fault_injected", status=status)
+        return True
+
+    def _proceed(self) -> None:
+        decision = self.decision
+        assert decision is not None
         if self.expect_continue:
             self.downstream.write(_CONTINUE)
+        timeout = decision.timeout
+        if self.timeout_override is not None and (timeout is None
+                                                  or self.timeout_override < timeout):
+            timeout = self.timeout_override  # a request may tighten, never loosen, its timeout
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        retry = decision.retry
+        if retry is not None:
+            assert retry.state.budget is not None
+            retry.state.budget.record_request()
+            if self.method in _IDEMPOTENT or retry.allow_non_idempotent:
+                self._replay = []
+        mirror = decision.mirror
+        if mirror is not None and mirror.roll():
+            from proxy.mirror import MirrorRequest
+
+            self.mirror = MirrorRequest.start(self, mirror.backend)
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -103,28 +204,74 @@ class Exchange:
         decision = self.decision
         assert decision is not None
         backend = decision.pick_backend()
+        self.backend = backend
+        breaker = backend.state.breaker if backend.state is not None else None
+        if breaker is not None and not self._breaker_held:
+            if not breaker.try_start():
+                self._overflow(backend)
+                return
+            self._breaker_held = True
         pool = backend.pick_endpoint()
         if pool is None:
-            self.backend = backend
             self.reply("no_healthy_upstream")
             return
-        self.backend = backend
         self.pool = pool
         self._pool_held = True
         pool.active_requests += 1
+        per_try = decision.retry.per_try_timeout if decision.retry is not None else None
+        if per_try is not None:
+            self._attempt_timer = asyncio.get_running_loop().call_later(
+                per_try, self._on_attempt_timeout)
         conn, _ = pool.take_idle()
+        if conn is not None:
+            self._send_on(conn)
+        elif breaker is not None and breaker.connections_full():
+            if breaker.try_wait(self):
+                self._waiting = True  # the next released connection of this service is ours
+            else:
+                self._release_pool()
+                self._overflow(backend)
+        else:
+            self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+
+    def take_connection(self, pool: EndpointPool, conn: UpstreamConnection | None) -> None:
+        """Called by a pool when a waiting request may proceed (breaker queue)."""
+        self._waiting = False
+        if self.downstream.closed or self.status:
+            if conn is not None:
+                pool.release(conn)
+            return
+        if self.pool is not pool:
+            self._release_pool()
+            self.pool = pool
+            self._pool_held = True
+            pool.active_requests += 1
         if conn is not None:
             self._send_on(conn)
         else:
             self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
 
+    def _overflow(self, backend: Backend) -> None:
+        self._count("ami_circuit_breaker_overflow")
+        self.reply("overflow")
+
+    def _count(self, name: str, kind: str | None = None) -> None:
+        backend = self.backend or (self.decision.backends[0] if self.decision else None)
+        service = backend.service if backend is not None else "unknown"
+        labels: tuple[tuple[str, str], ...] = (("destination_service", service),)
+        if kind is not None:
+            labels += (("kind", kind),)
+        self.downstream.listener.stats.inc(name, labels)
+
     async def _connect(self, pool: EndpointPool) -> None:
         try:
             conn = await pool.connect()
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             self._connect_task = None
-            self._release_pool()
-            self.reply("upstream_connect_failure")
+            stats = self.downstream.listener.stats
+            name = self.backend.service if self.backend is not None else "unknown"
+            stats.connect_failures[name] = stats.connect_failures.get(name, 0) + 1
+            self._attempt_failed("connect-failure", "upstream_connect_failure")
             return
         except asyncio.CancelledError:
             return
@@ -138,10 +285,13 @@ class Exchange:
     def _send_on(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         conn.send(self, self._upstream_head())
+        if self._replay:
+            conn.writelines(self._replay)  # everything received so far (a retry resends it)
+        elif self._body_buffer is not None:
+            conn.writelines(self._body_buffer)
         if self._body_buffer is not None:
-            buffered, self._body_buffer = self._body_buffer, None
+            self._body_buffer = None
             self._buffered = 0
-            conn.writelines(buffered)
             self.downstream.pause_for_buffer(False)
         if self.request_done and self.chunked:
             conn.write(_LAST_CHUNK)
@@ -152,17 +302,29 @@ class Exchange:
             path = f"{path}?{self.query}"
         first = b"%s %s HTTP/1.1\r\n" % (self.method, path.encode("latin-1"))
         parts = [first]
-        for name, value in self.headers:
+        headers = self.headers
+        decision = self.decision
+        if decision is not None and decision.request_headers is not None:
+            headers = decision.request_headers.edit_pairs(headers)
+        for name, value in headers:
             parts.append(name + b": " + value + _CRLF)
         parts.extend(self.head_tail)
-        if self.decision is not None:
-            parts.extend(self.decision.extra_request_headers)
         parts.append(_CRLF)
         return b"".join(parts)
 
     # --- request body from the client -------------------------------------------------------
     def request_body(self, chunk: bytes) -> None:
         self.bytes_in += len(chunk)
+        if self.mirror is not None:
+            self.mirror.body(chunk, self.chunked)
+        replay = self._replay
+        if replay is not None:
+            if self.bytes_in > _MAX_REPLAY:
+                self._replay = None  # too large to keep: this request will not be retried
+            elif self.chunked:
+                replay.extend((b"%x\r\n" % len(chunk), chunk, _CRLF))
+            else:
+                replay.append(chunk)
         conn = self.conn
         if conn is not None and self._body_buffer is None:
             if self.chunked:
@@ -183,6 +345,8 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.request_done = True
+        if self.mirror is not None:
+            self.mirror.body_done(self.chunked)
         if self.chunked and self.conn is not None and self._body_buffer is None:
             self.conn.write(_LAST_CHUNK)
 
@@ -198,6 +362,23 @@ class Exchange:
         if status < 200 and status != 101:
             self._interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
+        decision = self.decision
+        backend = self.backend
+        if backend is not None and backend.outlier is not None and self.pool is not None:
+            backend.outlier.record(self.pool, status)
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+        if (decision is not None and decision.retry is not None
+                and decision.retry.retriable_status(status) and self._may_retry()):
+            conn.abort()  # drop this answer; the body that follows is discarded with the socket
+            self.conn = None
+            self._release_pool()
+            self._schedule_retry()
+            return False
+        if self._timer is not None:
+            self._timer.cancel()  # the route timeout covers the wait for response headers
+            self._timer = None
         self.status = status
         head_only = self.method == b"HEAD" or status in (204, 304)
         keep = conn.parser.should_keep_alive()
@@ -226,7 +407,6 @@ class Exchange:
         if drop_connection_tokens:
             out = [line for line in out
                    if line.split(b":", 1)[0].lower() not in drop_connection_tokens]
-        decision = self.decision
         if decision is not None and decision.response_header_ops is not None:
             out = decision.response_header_ops.apply(out)
         self._response_chunked_in = chunked_in
@@ -288,7 +468,7 @@ class Exchange:
         self._upstream_error(conn, reason)
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
-        if self.response_started and self._frame == _FRAME_CLOSE or (
+        if (self.response_started and self._frame == _FRAME_CLOSE) or (
             self.response_started and self._frame == _FRAME_CHUNKED
             and not self._response_chunked_in
         ):
@@ -309,8 +489,80 @@ class Exchange:
             if pool is not None:
                 self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
                 return
+        if self.response_started:
+            self._release_pool()
+            self.reply(reason)
+            return
+        self._attempt_failed("reset", reason)
+
+    def _attempt_failed(self, kind: str, reason: str) -> None:
+        """An attempt ended without a response: retry if declared and allowed, else reply."""
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+        backend = self.backend
+        if backend is not None and backend.outlier is not None and self.pool is not None:
+            backend.outlier.record(self.pool, None)
         self._release_pool()
+        retry = self.decision.retry if self.decision is not None else None
+        if retry is not None and retry.retriable_failure(kind) and self._may_retry():
+            self._schedule_retry()
+            return
         self.reply(reason)
+
+    def _may_retry(self) -> bool:
+        decision = self.decision
+        assert decision is not None and decision.retry is not None
+        retry = decision.retry
+        if self._replay is None or self._attempt >= retry.attempts or self.downstream.closed:
+            return False
+        assert retry.state.budget is not None
+        if not retry.state.budget.try_withdraw():
+            self._count("ami_retry_budget_exhausted")
+            return False
+        return True
+
+    def _schedule_retry(self) -> None:
+        decision = self.decision
+        assert decision is not None and decision.retry is not None
+        delay = decision.retry.backoff.delay(self._attempt)
+        self._attempt += 1
+        self._count("ami_retries")
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_timer = None
+        if not self.downstream.closed and not self.response_started:
+            self.dispatch()
+
+    def _on_attempt_timeout(self) -> None:
+        """Per-try timeout: give up on this attempt (the request may still be retried)."""
+        self._attempt_timer = None
+        self._drop_attempt()
+        self._attempt_failed("timeout", "timeout")
+
+    def _on_timeout(self) -> None:
+        """Route timeout: no response headers in time; answer 504 whatever else is pending."""
+        self._timer = None
+        self._drop_attempt()
+        self._release_pool()
+        self.reply("timeout")
+
+    def _drop_attempt(self) -> None:
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if self._waiting and self.backend is not None and self.backend.state is not None:
+            breaker = self.backend.state.breaker
+            if breaker is not None:
+                breaker.cancel_wait(self)
+            self._waiting = False
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
 
     def upstream_write_paused(self, paused: bool) -> None:
         self.downstream.pause_for_upstream(paused)
@@ -324,6 +576,7 @@ class Exchange:
     def reply(self, reason: str, *, status: int | None = None,
               extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer locally with a reason word; abort the client if a response already started."""
+        self._cancel_timers()
         if self.response_started:
             self.flags = reason
             self.client_keep_alive = False
@@ -342,7 +595,20 @@ class Exchange:
         self.finish()
 
     def finish(self, tunnel: bool = False) -> None:
+        self._cancel_timers()
+        if self._breaker_held:
+            self._breaker_held = False
+            if self.backend is not None and self.backend.state is not None \
+                    and self.backend.state.breaker is not None:
+                self.backend.state.breaker.finish()
         self.downstream.exchange_finished(self, tunnel)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_timer", "_attempt_timer", "_retry_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
 
     def _release_pool(self) -> None:
         if self._pool_held and self.pool is not None:
@@ -351,14 +617,14 @@ class Exchange:
 
     def abort(self) -> None:
         """The client went away: drop the upstream side of this request."""
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.abort()
+        self._cancel_timers()
+        self._drop_attempt()
         self._release_pool()
+        if self._breaker_held:
+            self._breaker_held = False
+            if self.backend is not None and self.backend.state is not None \
+                    and self.backend.state.breaker is not None:
+                self.backend.state.breaker.finish()
 
 
 _RESPONSE_HOP = frozenset({

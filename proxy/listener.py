@@ -44,6 +44,8 @@ class Listener:
         self.access_log: TextIO | None = None
         self.security = "none"
         self.on_record: Any = None  # tap hook: called with each finished exchange
+        self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
+        self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
 
@@ -64,14 +66,21 @@ class Listener:
         """Metrics (and the access log line, when on) for one finished request."""
         backend = ex.backend
         duration_ms = (self.loop.time() - ex.start_time) * 1000.0
-        if backend is not None:
+        conn = ex.downstream
+        if conn.peer_service is not None and backend is not None:
+            prefix = ("destination", conn.peer_service, conn.peer_version,
+                      *backend.metric_prefix[3:])
+            version = backend.pools[0].version if backend.pools else "unknown"
+        elif backend is not None:
             prefix = backend.metric_prefix
             pool = ex.pool
             version = pool.version if pool is not None else _version_of(backend)
         else:
             prefix = self._unrouted_prefix(ex)
             version = "unknown"
-        self.stats.record(prefix, version, ex.status, ex.flags, self.security, duration_ms,
+        security = conn.security if self.kind == "inbound" else (
+            "mutual_tls" if ex.pool is not None and ex.pool.tls is not None else "none")
+        self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                           ex.bytes_in, ex.bytes_out)
         if self.access_log is not None:
             self._log(ex, duration_ms, prefix)

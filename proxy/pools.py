@@ -18,7 +18,8 @@ class PoolRegistry:
         self.loop = loop
         self._pools: dict[tuple[str, int, str | None], EndpointPool] = {}
         self._used: set[tuple[str, int, str | None]] = set()
-        self.tls: Any = None  # TlsContexts when mTLS is on (client side)
+        self.tls: Any = None  # TlsContexts when this proxy has an identity
+        self.mtls = False  # whether the current snapshot wants mTLS to mesh endpoints
 
     def begin(self) -> None:
         """Start building a new snapshot: track which pools it uses."""
@@ -32,6 +33,7 @@ class PoolRegistry:
             pool = self._pools[key] = EndpointPool(self.loop, address)
         pool.version = version
         pool.identity = identity
+        pool.tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         if policy is not None:
             settings = policy.connection_pool
             pool.idle_timeout = settings.idle_timeout

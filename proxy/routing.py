@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.config import Service, Snapshot
 from proxy.headers import service_from_authority, short_service_name
+from proxy.layers import attach
 from proxy.policy.balancer import (
     LeastRequestBalancer,
     PeakEwmaBalancer,
@@ -23,7 +24,9 @@ from proxy.policy.balancer import (
 from proxy.policy.weighted import WeightedPicker
 
 if TYPE_CHECKING:
+    from proxy.destinations import DestinationRegistry, DestinationState
     from proxy.exchange import Exchange
+    from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
     from proxy.pools import PoolRegistry
     from proxy.upstream import EndpointPool
 
@@ -33,19 +36,22 @@ Matcher = Callable[["Exchange"], bool]
 class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
-    __slots__ = ("balancer", "metric_prefix", "pools", "service", "subset")
+    __slots__ = ("balancer", "metric_prefix", "outlier", "pools", "service", "state", "subset")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
-                 balancer: Any, metric_prefix: tuple[str, ...]) -> None:
+                 balancer: Any, metric_prefix: tuple[str, ...],
+                 state: DestinationState | None = None) -> None:
         self.service = service
         self.subset = subset
         self.pools = pools
         self.balancer = balancer
         self.metric_prefix = metric_prefix
+        self.state = state
+        self.outlier = state.outlier if state is not None else None
 
     def pick_endpoint(self) -> EndpointPool | None:
         pools = self.pools
-        if len(pools) == 1:
+        if len(pools) == 1 and self.outlier is None:
             return pools[0]
         if not pools:
             return None
@@ -56,15 +62,22 @@ class Backend:
 class Decision:
     """A compiled route rule: where matching requests go and what policies apply."""
 
-    __slots__ = ("backends", "extra_request_headers", "picker", "response_header_ops", "rule")
+    __slots__ = ("admit", "backends", "fault", "mirror", "picker", "request_headers",
+                 "response_header_ops", "retry", "rule", "timeout")
 
     def __init__(self, backends: tuple[Backend, ...], weights: tuple[int, ...],
                  rng: random.Random, rule: Any = None) -> None:
         self.backends = backends
         self.picker = WeightedPicker(weights, rng) if len(backends) > 1 else None
         self.rule = rule
-        self.extra_request_headers: tuple[bytes, ...] = ()
-        self.response_header_ops: Any = None
+        # Policies: None unless declared, so the exchange skips them at the cost of one test.
+        self.timeout: float | None = None
+        self.fault: FaultPolicy | None = None
+        self.retry: RetryPolicy | None = None
+        self.mirror: MirrorPolicy | None = None
+        self.request_headers: HeaderEditor | None = None
+        self.response_header_ops: HeaderEditor | None = None
+        self.admit: Callable[[Exchange], Any] | None = None
 
     def pick_backend(self) -> Backend:
         if self.picker is None:
@@ -123,12 +136,15 @@ class RouterBuilder:
     """Compiles a snapshot into the routers of each listener kind."""
 
     def __init__(self, snapshot: Snapshot, pools: PoolRegistry, rng: random.Random,
-                 compile_matches: Callable[[Any], Matcher | None]) -> None:
+                 compile_matches: Callable[[Any], Matcher | None],
+                 destinations: DestinationRegistry, inbound_policy: Any = None) -> None:
         self.snapshot = snapshot
         self.pools = pools
         self.rng = rng
         self.compile_matches = compile_matches
-        self._backends: dict[tuple[str, str | None], Backend] = {}
+        self.destinations = destinations
+        self.inbound_policy = inbound_policy
+        self._backends: dict[tuple[str, str | None, str], Backend] = {}
 
     def outbound(self, reporter: str = "source") -> Router:
         return Router(self._host_routes(reporter))
@@ -145,7 +161,10 @@ class RouterBuilder:
         pool = self.pools.get(snap.app, None, snap.node.version)
         prefix = ("destination", "unknown", "unknown", snap.node.service, snap.node.service)
         backend = Backend(snap.node.service, None, (pool,), None, prefix)
-        return Router({}, inbound=Decision((backend,), (100,), self.rng))
+        decision = Decision((backend,), (100,), self.rng)
+        if self.inbound_policy is not None and self.inbound_policy.needed:
+            decision.admit = self.inbound_policy.admit
+        return Router({}, inbound=decision)
 
     def _host_routes(self, reporter: str) -> dict[str, HostRoute]:
         snap = self.snapshot
@@ -166,20 +185,37 @@ class RouterBuilder:
                     backends.append(self._backend(service, b.subset, reporter))
                 decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
                                     self.rng, rule)
+                mirror = None
+                if rule.mirror is not None:
+                    msvc = snap.services.get(rule.mirror.service or host)
+                    if msvc is not None:
+                        mirror = self._backend(msvc, rule.mirror.subset, reporter)
+                attach(decision, rule, backends[0].state if backends else None, self.rng, mirror)
                 compiled.append((self.compile_matches(rule.matches), decision))
             routes[host] = HostRoute(tuple(compiled))
         return routes
 
     def _backend(self, service: Service, subset: str | None, reporter: str) -> Backend:
-        key = (service.name, subset)
+        key = (service.name, subset, reporter)
         backend = self._backends.get(key)
         if backend is None:
             node = self.snapshot.node
-            pools = tuple(self.pools.get(e.address, e.identity, e.version, service.policy)
-                          for e in service.subset(subset))
+            mesh = self.snapshot.mesh
+            all_pools = tuple(self.pools.get(e.address, e.identity, e.version, service.policy)
+                              for e in service.endpoints)
+            state = self.destinations.configure(
+                service.name,
+                service.policy.connection_pool if service.policy.custom_pool else None,
+                service.policy.outlier, all_pools, mesh.retry_budget_percent,
+                mesh.retry_budget_min_per_second)
+            chosen = {e.address for e in service.subset(subset)}
+            pools = tuple(p for p in all_pools if p.address in chosen)
             prefix = (reporter, node.service, node.version, service.name, service.name)
+            outlier = state.outlier
+            available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
             backend = Backend(service.name, subset, pools,
-                              _balancer(service.policy.load_balancer, self.rng), prefix)
+                              _balancer(service.policy.load_balancer, self.rng, available),
+                              prefix, state)
             self._backends[key] = backend
         return backend
 
@@ -190,11 +226,11 @@ def _default_policy() -> Any:
     return ServicePolicy()
 
 
-def _balancer(kind: str, rng: random.Random) -> Any:
+def _balancer(kind: str, rng: random.Random, available: Any = None) -> Any:
     if kind == "ROUND_ROBIN":
-        return RoundRobinBalancer()
+        return RoundRobinBalancer(rng, available)
     if kind == "RANDOM":
-        return RandomBalancer(rng)
+        return RandomBalancer(rng, available)
     if kind == "PEAK_EWMA":
-        return PeakEwmaBalancer(rng, time.monotonic)
-    return LeastRequestBalancer(rng)
+        return PeakEwmaBalancer(rng, time.monotonic, is_available=available)
+    return LeastRequestBalancer(rng, available)

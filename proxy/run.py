@@ -5,12 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 from proxy.admin import start_admin
 from proxy.config import Address
 from proxy.server import ProxyOptions, ProxyServer
 
 log = logging.getLogger("ami.proxy")
+
+
+def load_identity_dir(directory: Path) -> Any:
+    """Static mTLS: a workload identity from files (key.pem, cert.pem, chain.pem, bundle.pem)."""
+    from proxy.identity import WorkloadIdentity
+
+    def read(name: str, required: bool = True) -> bytes:
+        path = directory / name
+        if not path.exists() and not required:
+            return b""
+        return path.read_bytes()
+
+    return WorkloadIdentity.from_pem(read("key.pem"), read("cert.pem"),
+                                     read("chain.pem", required=False), read("bundle.pem"))
 
 
 async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
@@ -20,6 +36,8 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         from proxy.static import load_static
 
         server.apply(load_static(args.config))
+        if args.identity_dir:
+            server.set_identity(load_identity_dir(args.identity_dir))
         admin = options.listeners.get("admin") or (server.snapshot.listeners.get("admin")
                                                    if server.snapshot else None)
     else:

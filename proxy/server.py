@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import Address, Snapshot
+from proxy.destinations import DestinationRegistry
 from proxy.downstream import DownstreamProtocol
+from proxy.inbound import InboundPolicy
 from proxy.listener import Limits, Listener
 from proxy.metrics import RequestStats
+from proxy.mtls import MeshAcceptor, bind_socket
 from proxy.pools import PoolRegistry
 from proxy.routing import Router, RouterBuilder
 
@@ -40,11 +43,12 @@ class ProxyServer:
         self.rng = rng or random.Random()
         self.stats = RequestStats()
         self.pools = PoolRegistry(self.loop)
+        self.destinations = DestinationRegistry(self.stats)
         self.listeners: dict[str, Listener] = {}
         self.snapshot: Snapshot | None = None
         self.config_applied = asyncio.Event()
         self.listeners_bound = False
-        self.identity_ready = True  # set False by the identity agent until a cert is loaded
+        self.tls: Any = None  # TlsContexts once this proxy has a workload identity
         self.draining = False
         self.stopped = asyncio.Event()
         self.access_log_enabled = False
@@ -56,7 +60,12 @@ class ProxyServer:
     def apply(self, snapshot: Snapshot) -> None:
         """Compile and swap in a snapshot; raises (and changes nothing) if it cannot be built."""
         self.pools.begin()
-        builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches)
+        self.pools.mtls = snapshot.mesh.mtls != "DISABLE"
+        inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
+                                       snapshot.inbound_rate_limit, self.stats,
+                                       snapshot.node.service)
+        builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
+                                self.destinations, inbound_policy)
         routers: dict[str, Router] = {}
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"
@@ -66,6 +75,10 @@ class ProxyServer:
         for kind, router in routers.items():
             if kind in self.listeners:
                 self.listeners[kind].router = router
+        peer_line = f"x-ami-peer: {snapshot.node.service};{snapshot.node.version}\r\n".encode()
+        for listener in self.listeners.values():
+            if listener.kind != "inbound":
+                listener.peer_line = peer_line
         self._pending_routers = routers
         self.snapshot = snapshot
         self.pools.retire_unused()
@@ -73,6 +86,28 @@ class ProxyServer:
         for hook in self.on_snapshot:
             hook(snapshot)
         self.config_applied.set()
+
+    def set_identity(self, identity: Any) -> None:
+        """Install a new workload identity (first one or a renewal) without dropping anything."""
+        from proxy.tls import TlsContexts
+
+        if self.tls is None:
+            self.tls = TlsContexts(identity)
+            self.pools.tls = self.tls
+            if self.snapshot is not None:
+                self.apply(self.snapshot)  # pools now reach mesh endpoints over mTLS
+        else:
+            self.tls.update(identity)
+        for listener in self.listeners.values():
+            if listener.kind == "inbound":
+                listener.xfcc_by = identity.spiffe_id.encode()
+
+    @property
+    def identity_ready(self) -> bool:
+        """A certificate is loaded, or the mesh does not use mTLS."""
+        if self.tls is not None:
+            return True
+        return self.snapshot is not None and self.snapshot.mesh.mtls == "DISABLE"
 
     def _set_access_log(self, snapshot: Snapshot) -> None:
         enabled = (self.options.access_log if self.options.access_log is not None
@@ -105,10 +140,19 @@ class ProxyServer:
                 continue
             listener = Listener(kind, self.loop, routers.get(kind) or Router({}), self.stats,
                                 self.options.limits)
-            listener.server = await self.loop.create_server(
-                lambda lst=listener: DownstreamProtocol(lst), address.host, address.port,
-                backlog=1024, reuse_address=True,
-            )
+            if kind == "inbound" and self.tls is not None:
+                acceptor = MeshAcceptor(
+                    listener, bind_socket(address.host, address.port), self.tls,
+                    lambda: self.snapshot.mesh.mtls if self.snapshot else "STRICT",
+                    lambda lst=listener: DownstreamProtocol(lst))
+                acceptor.start()
+                listener.server = acceptor  # type: ignore[assignment]
+                listener.xfcc_by = self.tls.identity.spiffe_id.encode()
+            else:
+                listener.server = await self.loop.create_server(
+                    lambda lst=listener: DownstreamProtocol(lst), address.host, address.port,
+                    backlog=1024, reuse_address=True,
+                )
             self.listeners[kind] = listener
             log.info("listening: %s on %s", kind, address)
         if self.snapshot is not None:
@@ -131,7 +175,7 @@ class ProxyServer:
         while not self.stopped.is_set():
             try:
                 await asyncio.wait_for(self.stopped.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = self.loop.time()
             for listener in self.listeners.values():

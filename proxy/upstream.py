@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +69,16 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except SkipBody:
-            self._reset_parser()
-            ex.upstream_complete(self)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             ex.upstream_upgraded(self, data[offset:])
-        except httptools.HttpParserError:
-            ex.upstream_failed(self, "upstream_protocol_error")
+        except httptools.HttpParserError as exc:
+            # httptools wraps an exception raised in a callback in HttpParserCallbackError.
+            if isinstance(exc.__context__, SkipBody) or isinstance(exc, SkipBody):
+                self._reset_parser()
+                ex.upstream_complete(self)
+            else:
+                ex.upstream_failed(self, "upstream_protocol_error")
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost does the accounting
@@ -133,6 +134,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None and ex.expects_final_response():
             return  # a 1xx interim response ended; the final one follows
+        if self.parser.should_upgrade():
+            return  # 101: llhttp "completes" the message, then feed_data raises the upgrade
         if ex is not None:
             ex.upstream_complete(self)
 
@@ -212,9 +215,9 @@ class EndpointPool:
     """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
 
     __slots__ = (
-        "active_requests", "address", "connect_timeout", "connections", "identity", "idle",
-        "idle_timeout", "loop", "max_requests_per_connection", "ssl_context",
-        "ssl_server_hostname", "version",
+        "active_requests", "address", "breaker", "connect_timeout", "connections", "identity",
+        "idle",
+        "idle_timeout", "loop", "max_requests_per_connection", "tls", "version",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
@@ -226,8 +229,8 @@ class EndpointPool:
         self.idle_timeout = 10.0
         self.connect_timeout = 5.0
         self.max_requests_per_connection = 0
-        self.ssl_context: ssl.SSLContext | None = None
-        self.ssl_server_hostname: str | None = None
+        self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
+        self.breaker: Any = None  # the destination's Breaker when connection limits are declared
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
 
@@ -245,19 +248,35 @@ class EndpointPool:
 
     async def connect(self) -> UpstreamConnection:
         self.connections += 1
+        tls = self.tls
         try:
-            _, proto = await asyncio.wait_for(
+            transport, proto = await asyncio.wait_for(
                 self.loop.create_connection(
                     lambda: UpstreamConnection(self), self.address.host, self.address.port,
-                    ssl=self.ssl_context,
-                    server_hostname=self.ssl_server_hostname if self.ssl_context else None,
+                    ssl=tls.client if tls is not None else None,
+                    server_hostname="mesh" if tls is not None else None,  # SNI unused
                 ),
                 self.connect_timeout,
             )
         except BaseException:
             self.connections -= 1
             raise
+        if tls is not None:
+            self._check_identity(transport, proto)
         return proto
+
+    def _check_identity(self, transport: asyncio.BaseTransport,
+                        proto: UpstreamConnection) -> None:
+        """The server must be the identity expected for this endpoint, not just any mesh cert."""
+        from proxy.identity import IdentityError
+        from proxy.tls import verify_peer
+
+        expected = {self.identity} if self.identity else None
+        try:
+            proto.peer_identity = verify_peer(transport.get_extra_info("ssl_object"), expected)
+        except IdentityError as exc:
+            proto.abort()
+            raise OSError(f"upstream {self.address}: {exc}") from None
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose response completed cleanly to the idle set."""
@@ -265,6 +284,10 @@ class EndpointPool:
         limit = self.max_requests_per_connection
         if conn.closed or (limit and conn.requests >= limit):
             conn.close()
+            return
+        breaker = self.breaker
+        if breaker is not None and breaker.pending:
+            breaker.next_waiter().take_connection(self, conn)  # hand over, skip the idle set
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
@@ -276,6 +299,9 @@ class EndpointPool:
             self.idle.remove(conn)
         except ValueError:
             pass
+        breaker = self.breaker
+        if breaker is not None and breaker.pending and not breaker.connections_full():
+            breaker.next_waiter().take_connection(self, None)  # a slot freed: open a new one
 
     def sweep(self, now: float) -> None:
         """Close idle connections older than the idle timeout (called by a periodic task)."""

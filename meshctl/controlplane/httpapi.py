@@ -252,7 +252,12 @@ def _parse_one(doc: dict[str, Any], request: web.Request, name: str | None) -> R
 
 
 def _parse_many(text: str, request: web.Request) -> list[Resource]:
-    """Documents of an apply body: a YAML stream, or JSON (a list, one object, or {items})."""
+    """Documents of an apply body: a YAML stream, or JSON (a list, one object, or {items}).
+
+    A JSON ``{items, origins}`` body names each document's file: ``origins[i]`` is
+    ``{"source": "routes/reviews.yaml", "doc": 1}``, so one all-or-nothing apply of many files
+    reports errors as ``routes/reviews.yaml doc 1: ...`` (``meshctl apply`` sends this).
+    """
     source = request.query.get("source", "request")
     try:
         if request.content_type != "application/json":
@@ -261,10 +266,18 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
         docs = data.get("items", [data]) if isinstance(data, dict) else data
         if not isinstance(docs, list):
             raise BadRequest("apply body must be a list of documents")
+        origins = data.get("origins") if isinstance(data, dict) else None
+        if origins is not None and not (
+                isinstance(origins, list) and len(origins) == len(docs)
+                and all(isinstance(o, dict) and isinstance(o.get("source"), str)
+                        and isinstance(o.get("doc"), int) for o in origins)):
+            raise BadRequest("origins must list one {source, doc} per item")
         resources, issues = [], []
         for index, doc in enumerate(docs, start=1):
+            where, number = ((origins[index - 1]["source"], origins[index - 1]["doc"])
+                             if origins else (source, index))
             try:
-                resources.append(parse_document(doc, source=source, index=index))
+                resources.append(parse_document(doc, source=where, index=number))
             except ValidationError as exc:
                 issues.extend(exc.issues)
         if issues:

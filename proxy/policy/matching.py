@@ -75,7 +75,9 @@ def _path_check(m: StringMatch) -> Callable[[str], bool]:
 def _compile_block(block: Match) -> _Block:
     return (
         _path_check(block.path) if block.path is not None else None,
-        frozenset(block.methods) if block.methods else None,
+        # both str and bytes forms: the proxy hands the method over as parsed bytes
+        frozenset((*block.methods, *(m.encode() for m in block.methods))) if block.methods
+        else None,
         tuple((name.lower(), _value_check(m)) for name, m in block.headers),
         tuple((name, _value_check(m)) for name, m in block.query),
     )

@@ -1,0 +1,48 @@
+"""`meshctl`: the command line of Ami. Each module in `meshctl.commands` adds its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import meshctl
+import meshctl.commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Operate an Ami service mesh.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--control-plane", default=None,
+                        help="control plane URL (default: $AMI_CONTROL_PLANE or "
+                             "http://127.0.0.1:15080)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version = subparsers.add_parser("version", help="print the meshctl version")
+    version.set_defaults(func=lambda _args: print(f"meshctl {meshctl.__version__}") or 0)
+    for info in sorted(pkgutil.iter_modules(meshctl.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"meshctl.commands.{info.name}")
+        add = getattr(module, "add_parser", None)
+        if add is not None:
+            add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        code = func(args)
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``meshctl proxy-status``: every proxy, the config it runs, and whether it is in sync."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``proxy-status`` command."""
+    p = subparsers.add_parser(
+        "proxy-status", help="show each proxy's config version and sync state",
+        description="List the proxies connected to the control plane: service, version, "
+                    "addresses, the config version each has ACKed, and SYNCED / STALE / NACK.")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=run_proxy_status)
+
+
+def status_word(proxy: dict[str, Any]) -> str:
+    """SYNCED, STALE, NACK: <error> or DISCONNECTED for one proxy object."""
+    if proxy.get("nack"):
+        return f"NACK: {proxy['nack']}"
+    if not proxy.get("connected", True):
+        return "DISCONNECTED"
+    return "SYNCED" if proxy.get("synced") else "STALE"
+
+
+def render_table(proxies: list[dict[str, Any]]) -> str:
+    """The table form (NAME SERVICE VERSION INBOUND CONFIG STATUS LAST-ACK)."""
+    header = ("NAME", "SERVICE", "VERSION", "INBOUND", "CONFIG", "STATUS", "LAST-ACK")
+    rows = [header] + [
+        (p["name"], p["service"], p.get("version") or "-", p.get("inbound") or "-",
+         p.get("configVersion") or "-", status_word(p), p.get("lastAck") or "-")
+        for p in proxies]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
+    lines = ["   ".join([*(str(c).ljust(w) for c, w in zip(r, widths, strict=False)),
+                         str(r[-1])]).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def run_proxy_status(args: argparse.Namespace) -> int:
+    """Print the proxies; 1 if the control plane cannot be reached."""
+    client = ControlPlaneClient(resolve_control_plane(args.control_plane))
+    try:
+        body = client._json("GET", "/api/v1/proxies")
+    except ControlPlaneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach the control plane at {client.base_url}: {exc}",
+              file=sys.stderr)
+        return 1
+    proxies = list(body["proxies"])
+    if args.output == "json":
+        print(json.dumps(proxies, indent=2))
+    elif proxies:
+        print(render_table(proxies))
+    else:
+        print("no proxies connected")
+    return 0

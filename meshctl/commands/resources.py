@@ -1,0 +1,302 @@
+"""``meshctl apply``, ``get``, ``delete`` and ``describe``: resources on the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshctl import output
+from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.resources import Resource, load_documents, validate_set, yaml_files
+from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+from meshctl.controlplane.auth import load_client_token
+from meshctl.controlplane.store import KIND_PLURALS, kind_for
+
+SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
+               "mc": "MeshConfig", "gw": "Gateway"}
+KIND_HELP = "route|rt, destinationpolicy|dp, authorizationpolicy|ap, meshconfig|mc, gateway|gw"
+Command = Callable[[argparse.Namespace], int]
+
+
+def resolve_kind(word: str) -> str:
+    """The canonical kind for a singular, plural or short name (any case)."""
+    kind = kind_for(word) or SHORT_NAMES.get(word.lower())
+    if kind is None:
+        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}")
+    return kind
+
+
+def object_ref(kind: str, name: str) -> str:
+    """``route.ami.mesh/reviews``: how kubectl-style output names an object."""
+    return f"{kind.lower()}.ami.mesh/{name}"
+
+
+def make_client(args: argparse.Namespace) -> ControlPlaneClient:
+    return ControlPlaneClient(resolve_control_plane(args.control_plane), load_client_token())
+
+
+def request_json(client: ControlPlaneClient, method: str, path: str, body: Any = None,
+                 timeout: float | None = None) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON body) whatever the status; for endpoints whose error
+    answers carry data (``/api/v1/sync``'s 504) or may not exist yet (404)."""
+    headers = {"Accept": "application/json"}
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    if client.token:
+        headers["Authorization"] = f"Bearer {client.token}"
+    req = urllib.request.Request(client.base_url + path, data=data, method=method,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout or client.timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, {"error": raw.decode(errors="replace")}
+
+
+def reports_errors(command: Command) -> Command:
+    """Turn API and connection errors into one ``error: ...`` line on stderr and exit 1."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ControlPlaneError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except urllib.error.URLError as exc:
+            url = resolve_control_plane(args.control_plane)
+            print(f"error: cannot reach the control plane at {url}: {exc.reason}",
+                  file=sys.stderr)
+        except (TimeoutError, ConnectionError) as exc:
+            print(f"error: control plane did not answer: {exc}", file=sys.stderr)
+        return 1
+    return run
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register ``apply``, ``get``, ``delete`` and ``describe``."""
+    apply = subparsers.add_parser(
+        "apply", help="create or update resources from files",
+        description="Send every document of the files (directories: their *.yaml files, "
+                    "recursively, sorted) in one all-or-nothing apply; print created, "
+                    "configured or unchanged per object.")
+    _files_arg(apply, required=True)
+    apply.add_argument("--dry-run", action="store_true",
+                       help="only validate, offline (like meshctl validate)")
+    apply.set_defaults(func=run_apply)
+
+    get = subparsers.add_parser("get", help="list or show resources",
+                                description=f"KIND is one of {KIND_HELP} (singular or plural).")
+    get.add_argument("kind", type=resolve_kind, metavar="KIND")
+    get.add_argument("name", nargs="?", metavar="NAME")
+    scope = get.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", default="default")
+    scope.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-o", "--output", choices=output.OUTPUT_FORMATS, default="table")
+    get.set_defaults(func=run_get)
+
+    delete = subparsers.add_parser("delete", help="delete resources by name or by file",
+                                   description="meshctl delete KIND NAME, or -f FILE|DIR.")
+    delete.add_argument("kind", nargs="?", type=resolve_kind, metavar="KIND")
+    delete.add_argument("name", nargs="?", metavar="NAME")
+    delete.add_argument("-n", "--namespace", default="default")
+    _files_arg(delete, required=False)
+    delete.set_defaults(func=run_delete)
+
+    describe = subparsers.add_parser("describe", help="an object, its status and its proxies")
+    describe.add_argument("kind", type=resolve_kind, metavar="KIND")
+    describe.add_argument("name", metavar="NAME")
+    describe.add_argument("-n", "--namespace", default="default")
+    describe.set_defaults(func=run_describe)
+
+
+def _files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("-f", "--filename", dest="paths", action="append", required=required,
+                        metavar="FILE|DIR", help="file, directory or - for stdin (repeatable)")
+
+
+# -- apply / delete -f -----------------------------------------------------------------------
+def load_files(paths: list[str]) -> list[Resource]:
+    """Parse every document of every file (``-`` is stdin); raises with all issues of all."""
+    resources: list[Resource] = []
+    issues: list[Issue] = []
+    for path in paths:
+        try:
+            if path == "-":
+                resources.extend(load_documents(sys.stdin.read(), "<stdin>"))
+                continue
+            for file in yaml_files(Path(path)):
+                try:
+                    resources.extend(load_documents(file.read_text(encoding="utf-8"), str(file)))
+                except (OSError, UnicodeDecodeError) as err:
+                    issues.append(Issue(str(file), None, "", f"cannot read: {err}"))
+        except ValidationError as err:
+            issues.extend(err.issues)
+    if issues:
+        raise ValidationError(issues)
+    return resources
+
+
+def _print_issues(err: ValidationError) -> int:
+    for issue in err.issues:
+        print(issue, file=sys.stderr)
+    return 1
+
+
+@reports_errors
+def run_apply(args: argparse.Namespace) -> int:
+    """Documents are parsed here (exact file errors, nothing sent if any is bad); checks
+    across documents and against the store run on the server, all or nothing."""
+    try:
+        resources = load_files(args.paths)
+        if args.dry_run:
+            issues = validate_set(resources)
+            if issues:
+                raise ValidationError(issues)
+    except ValidationError as err:
+        return _print_issues(err)
+    if args.dry_run:
+        for r in resources:
+            print(f"{object_ref(r.kind, r.name)} valid (dry run, offline)")
+        return 0
+    body = {"items": [r.to_dict() for r in resources],
+            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+    status, answer = request_json(make_client(args), "POST", "/api/v1/apply", body)
+    if status != 200:
+        print(f"error: {_error_text(answer)}", file=sys.stderr)
+        return 1
+    for result in answer["results"]:
+        print(f"{object_ref(result['kind'], result['name'])} {result['result']}")
+    return 0
+
+
+def _error_text(answer: Any) -> str:
+    return str(answer.get("error", answer)) if isinstance(answer, dict) else str(answer)
+
+
+@reports_errors
+def run_delete(args: argparse.Namespace) -> int:
+    """Delete one named object, or every object declared in the files; 1 if any is missing."""
+    if args.paths:
+        if args.kind or args.name:
+            print("error: give either KIND NAME or -f, not both", file=sys.stderr)
+            return 2
+        try:
+            keys = [r.key for r in load_files(args.paths)]
+        except ValidationError as err:
+            return _print_issues(err)
+    elif args.kind and args.name:
+        keys = [(args.kind, args.namespace, args.name)]
+    else:
+        print("error: meshctl delete needs KIND NAME or -f FILE", file=sys.stderr)
+        return 2
+    client, code = make_client(args), 0
+    for kind, namespace, name in keys:
+        try:
+            client.delete(kind, name, namespace)
+            print(f"{object_ref(kind, name)} deleted")
+        except ControlPlaneError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = 1
+    return code
+
+
+# -- get / describe --------------------------------------------------------------------------
+@reports_errors
+def run_get(args: argparse.Namespace) -> int:
+    """Print one object or a list as a table (columns per kind), YAML or JSON."""
+    client = make_client(args)
+    if args.name is not None:
+        if args.all_namespaces:
+            print("error: a NAME needs one namespace (-n), not -A", file=sys.stderr)
+            return 2
+        docs = [client.get(args.kind, args.name, args.namespace)]
+    else:
+        docs = client.get(args.kind, None, None if args.all_namespaces else args.namespace)
+    if args.output == "json":
+        value = docs[0] if args.name is not None else {
+            "apiVersion": "ami.mesh/v1alpha1", "kind": "List", "items": docs}
+        sys.stdout.write(output.to_json(value))
+    elif args.output == "yaml":
+        sys.stdout.write(output.to_yaml(docs[0]) if args.name is not None
+                         else output.to_yaml_stream(docs))
+    elif not docs:
+        where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
+        print(f"No {KIND_PLURALS[args.kind]} found in {where}.", file=sys.stderr)
+    else:
+        sys.stdout.write(output.resource_table(args.kind, docs, args.all_namespaces))
+    return 0
+
+
+@reports_errors
+def run_describe(args: argparse.Namespace) -> int:
+    """The object's metadata, status conditions and spec, then every proxy's sync state."""
+    client = make_client(args)
+    doc = client.get(args.kind, args.name, args.namespace)
+    sys.stdout.write(describe_text(doc, *_proxies(client)))
+    return 0
+
+
+def _proxies(client: ControlPlaneClient) -> tuple[int | None, list[dict[str, Any]] | None]:
+    """(store version, proxies) from ``GET /api/v1/proxies``; (None, None) if unavailable."""
+    status, answer = request_json(client, "GET", "/api/v1/proxies")
+    if status != 200 or not isinstance(answer, dict):
+        return None, None
+    return answer.get("storeVersion"), list(answer.get("proxies") or [])
+
+
+def describe_text(doc: dict[str, Any], store_version: int | None,
+                  proxies: list[dict[str, Any]] | None) -> str:
+    """kubectl-describe-like text for an object and the proxies' sync state."""
+    meta = doc.get("metadata", {})
+    labels = ",".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
+    lines = [f"Name:              {meta.get('name')}",
+             f"Namespace:         {meta.get('namespace', 'default')}",
+             f"Kind:              {doc.get('kind')}",
+             f"Labels:            {labels or '<none>'}",
+             f"Resource Version:  {meta.get('resourceVersion')}",
+             f"Status:            {output.status_text(doc)}"]
+    conditions = (doc.get("status") or {}).get("conditions") or []
+    if conditions:
+        lines.append("Conditions:")
+        rows = [[str(c.get(k, "")) for k in ("type", "status", "reason", "lastTransitionTime")]
+                for c in conditions]
+        lines += _indent(output.render_table(["TYPE", "STATUS", "REASON", "SINCE"], rows))
+        lines += [f"  {c.get('type')}: {line}" for c in conditions
+                  for line in str(c.get("message") or "").splitlines()]
+    lines.append("Spec:")
+    lines += _indent(output.to_yaml(doc.get("spec") or {}))
+    if proxies is None:
+        lines.append("Proxies:           proxy status unavailable")
+    elif not proxies:
+        lines.append(f"Proxies (store version {store_version}): <none>")
+    else:
+        lines.append(f"Proxies (store version {store_version}):")
+        rows = [[str(p.get("name", "")), str(p.get("service", "")), str(p.get("version", "")),
+                 str(p.get("configVersion", "")), proxy_state(p)]
+                for p in sorted(proxies, key=lambda p: str(p.get("name", "")))]
+        lines += _indent(output.render_table(
+            ["NAME", "SERVICE", "VERSION", "CONFIG-VERSION", "STATE"], rows))
+    return "\n".join(lines) + "\n"
+
+
+def proxy_state(proxy: dict[str, Any]) -> str:
+    """``synced``, ``NACKed: <error>`` or ``stale`` for one proxy-status entry."""
+    if proxy.get("synced"):
+        return "synced"
+    error = proxy.get("error") or proxy.get("nackError")
+    return f"NACKed: {error}" if error else "stale"
+
+
+def _indent(text: str) -> list[str]:
+    return [f"  {line}" for line in text.splitlines()]

@@ -1,0 +1,51 @@
+"""``meshctl serve``: run the control plane (store, API, config distribution) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register the ``serve`` command."""
+    p = subparsers.add_parser(
+        "serve", help="run the control plane",
+        description="Run the control plane: the YAML store (--config-dir), the HTTP API, the "
+                    "gRPC config server sidecars connect to, and the reconcile loop.")
+    p.add_argument("--config-dir", type=Path, default=Path("mesh"),
+                   help="directory of resource YAML files (default ./mesh)")
+    p.add_argument("--state-dir", type=Path, default=Path(".ami"),
+                   help="API token and store state (default ./.ami)")
+    p.add_argument("--listen", default="127.0.0.1:15080", help="HTTP API HOST:PORT")
+    p.add_argument("--grpc-listen", default="127.0.0.1:15012", help="config gRPC HOST:PORT")
+    p.add_argument("--certs-dir", type=Path, default=Path("certs"), help="mesh CA directory")
+    p.add_argument("--grace", type=float, default=2.0,
+                   help="seconds a disconnected sidecar stays an endpoint (default 2)")
+    p.add_argument("--warmup", type=float, default=6.0,
+                   help="after a start, seconds to wait for sidecars to reconnect before "
+                        "pushing to those that already run a config (default 6)")
+    p.add_argument("--open-reads", action="store_true",
+                   help="allow reads without a token from other machines")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    from meshctl.controlplane.serve import ServeOptions, serve
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(config_dir=args.config_dir, state_dir=args.state_dir,
+                           listen=args.listen, grpc_listen=args.grpc_listen,
+                           certs_dir=args.certs_dir, grace=args.grace, warmup=args.warmup,
+                           open_reads=args.open_reads)
+    try:
+        return asyncio.run(serve(options))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

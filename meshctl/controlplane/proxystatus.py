@@ -1,0 +1,72 @@
+"""Proxy status over HTTP: ``GET /api/v1/proxies`` (who runs what) and ``GET /api/v1/sync``.
+
+``/api/v1/sync?storeVersion=N&timeout=S`` returns once every connected proxy has ACKed a
+snapshot computed from store revision N or later (200), or after S seconds (504, naming the
+proxies that lag). It waits on ACK events, it does not poll.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.controlplane.reconcile import PushState, Reconciler
+from meshctl.controlplane.registry import ProxyInfo, Registry
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dict[str, Any]:
+    """One proxy as ``meshctl proxy-status -o json`` prints it."""
+    state = state or PushState()
+    return {
+        "name": info.name, "service": info.service, "namespace": info.namespace,
+        "version": info.version, "labels": dict(info.labels), "mode": info.mode,
+        "inbound": info.inbound, "outbound": info.outbound, "admin": info.admin,
+        "configVersion": state.acked_version, "sentVersion": state.sent_version,
+        "synced": state.synced, "nack": state.nack, "lastAck": _rfc3339(state.last_ack),
+        "connected": connected, "ready": info.ready, "certExpiry": info.cert_expiry or None,
+    }
+
+
+def proxies_json(registry: Registry, reconciler: Reconciler) -> dict[str, Any]:
+    """The body of ``GET /api/v1/proxies``."""
+    return {"storeVersion": reconciler.revision, "proxies": [
+        proxy_json(info, reconciler.states.get(info.name), registry.connected(info.name))
+        for info in registry.proxies()]}
+
+
+def status_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteDef]:
+    """The routes to mount on the API app (they share its auth: reads open on loopback)."""
+
+    async def proxies(request: web.Request) -> web.Response:
+        return web.json_response(proxies_json(registry, reconciler))
+
+    async def sync(request: web.Request) -> web.Response:
+        try:
+            revision = int(request.query.get("storeVersion", reconciler.revision))
+            timeout = float(request.query.get("timeout", "30"))
+        except ValueError:
+            return web.json_response({"error": "storeVersion must be an integer and timeout "
+                                      "a number of seconds", "reason": "BadRequest"}, status=400)
+        start = time.monotonic()
+        lagging = await reconciler.wait_synced(revision, min(max(timeout, 0.0), 300.0))
+        elapsed = round((time.monotonic() - start) * 1000, 1)
+        connected = sum(1 for s in reconciler.states.values() if s.sender is not None)
+        if lagging:
+            return web.json_response({
+                "synced": False, "elapsed_ms": elapsed, "reason": "Timeout",
+                "error": f"{len(lagging)} proxies have not ACKed store version {revision}",
+                "lagging": [proxy_json(info, reconciler.states.get(n), True) for n in lagging
+                            if (info := registry.get(n)) is not None]}, status=504)
+        return web.json_response({"synced": True, "proxies": connected, "elapsed_ms": elapsed})
+
+    return [web.get("/api/v1/proxies", proxies), web.get("/api/v1/sync", sync)]

@@ -1,0 +1,248 @@
+"""The reconcile loop: resources + registry -> one snapshot per proxy, pushed when it changed.
+
+Level-based, on keys (proxy names): store events and registry changes only mark proxies dirty;
+a pass re-reads the store, builds each dirty proxy's snapshot and sends it only if its version
+differs from what the proxy last ACKed or was sent. Bursts are debounced: a pass starts once
+marks have been quiet for ``quiet`` seconds, and at most ``cap`` seconds after the first mark.
+
+Store revision. A snapshot records the store revision it was computed from (the highest
+``resourceVersion`` seen), so ``wait_synced(N)`` can tell when every connected proxy runs a
+config that includes a write that returned version N.
+
+Warm-up. Right after a (re)start the registry is empty until sidecars reconnect; a proxy that
+reconnects with a config it already runs is not pushed a snapshot until ``warmup`` seconds
+have passed, so it does not lose endpoints that simply have not reconnected yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from meshctl.api import mesh_pb2
+from meshctl.controlplane.registry import Registry
+from meshctl.controlplane.snapshots import SnapshotBuilder
+from meshctl.controlplane.store import EventType, Store
+
+log = logging.getLogger(__name__)
+Sender = Callable[[mesh_pb2.ConfigMessage], None]
+
+
+@dataclass(slots=True)
+class PushState:
+    """What one proxy has been sent and has accepted."""
+
+    sender: Sender | None = None  # None once the stream is gone
+    latest_version: str | None = None  # last computed
+    sent_version: str | None = None
+    sent_revision: int = 0
+    nonce: str = ""
+    acked_version: str | None = None
+    acked_revision: int = 0
+    last_ack: float | None = None  # wall clock
+    nack: str | None = None
+    held: bool = False  # warm-up: already runs a config, wait before pushing
+
+    @property
+    def synced(self) -> bool:
+        return self.acked_version is not None and self.acked_version == self.latest_version
+
+
+@dataclass(slots=True)
+class ReconcileCounters:
+    """Totals since start, for metrics (ami_controlplane_* counters)."""
+
+    passes: int = 0
+    computed: int = 0
+    pushed: int = 0
+    unchanged: int = 0
+    acks: int = 0
+    nacks: int = 0
+    errors: int = 0
+
+
+class Reconciler:
+    """Keeps every connected proxy's snapshot current; see the module docstring."""
+
+    def __init__(self, store: Store, registry: Registry, *, quiet: float = 0.1, cap: float = 1.0,
+                 warmup: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.store = store
+        self.registry = registry
+        registry.on_change = self.mark_all
+        self.quiet, self.cap, self.warmup = quiet, cap, warmup
+        self._clock, self._wall, self._sleep = clock, wall, sleep
+        self.states: dict[str, PushState] = {}
+        self.counters = ReconcileCounters()
+        self.revision = 0
+        self._dirty: set[str] = set()
+        self._all_dirty = False
+        self._kick = asyncio.Event()
+        self._last_mark = 0.0
+        self._nonces = 0
+        self._started = clock()
+        self._progress = asyncio.Event()
+
+    # -- streams -------------------------------------------------------------------------------
+    def attach(self, name: str, sender: Sender, running_version: str = "") -> None:
+        """A proxy's stream registered; ``running_version`` is the config it already runs."""
+        state = PushState(sender=sender)
+        if running_version:
+            state.sent_version = state.acked_version = running_version
+            state.held = self._clock() < self._started + self.warmup
+        self.states[name] = state
+        self.mark(name)
+
+    def detach(self, name: str, sender: Sender) -> None:
+        state = self.states.get(name)
+        if state is not None and state.sender is sender:
+            state.sender = None
+            self._notify()
+
+    def ack(self, name: str, version: str, nonce: str) -> None:
+        state = self.states.get(name)
+        if state is None or nonce != state.nonce:
+            return  # an answer to a superseded push
+        self.counters.acks += 1
+        state.acked_version, state.acked_revision = version, state.sent_revision
+        state.last_ack, state.nack = self._wall(), None
+        self._notify()
+
+    def nack(self, name: str, version: str, nonce: str, error: str) -> None:
+        state = self.states.get(name)
+        if state is None or nonce != state.nonce:
+            return
+        self.counters.nacks += 1
+        state.nack = error or "rejected (no reason given)"
+        log.warning("proxy %s rejected config %s: %s", name, version, state.nack)
+        self._notify()
+
+    # -- marking ----------------------------------------------------------------------------
+    def mark(self, name: str) -> None:
+        self._dirty.add(name)
+        self._kick_now()
+
+    def mark_all(self) -> None:
+        self._all_dirty = True
+        self._kick_now()
+
+    def _kick_now(self) -> None:
+        self._last_mark = self._clock()
+        self._kick.set()
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Watch the store and reconcile until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_store())
+            tg.create_task(self._loop())
+
+    async def _watch_store(self) -> None:
+        while True:
+            async with self.store.watch() as watch:
+                self.mark_all()  # level-based: whatever happened before this watch is re-read
+                async for event in watch:
+                    if event.type is EventType.ERROR:
+                        break  # fell behind: re-watch (and re-read everything)
+                    if event.object is not None:
+                        self.revision = max(self.revision, event.object.resource_version)
+                    self.mark_all()
+
+    async def _loop(self) -> None:
+        while True:
+            held_until = self._started + self.warmup
+            if any(s.held for s in self.states.values()) and self._clock() < held_until:
+                try:
+                    await asyncio.wait_for(self._kick.wait(), held_until - self._clock())
+                except TimeoutError:
+                    self._release_held()
+            else:
+                self._release_held()
+                await self._kick.wait()
+            await self.debounce()
+            await self.reconcile_pass()
+
+    def _release_held(self) -> None:
+        if self._clock() >= self._started + self.warmup:
+            for name, state in self.states.items():
+                if state.held:
+                    state.held = False
+                    self._dirty.add(name)
+
+    async def debounce(self) -> None:
+        """Wait until marks have been quiet for ``quiet`` s, or ``cap`` s after the first."""
+        start = self._clock()
+        while True:
+            now = self._clock()
+            deadline = min(self._last_mark + self.quiet, start + self.cap)
+            if now >= deadline:
+                break
+            await self._sleep(deadline - now)
+        self._kick.clear()
+
+    async def reconcile_pass(self) -> None:
+        """Rebuild the dirty proxies' snapshots and push those that changed."""
+        names = set(self.states) if self._all_dirty else self._dirty & set(self.states)
+        self._dirty, self._all_dirty = set(), False
+        objects = await self.store.list()
+        revision = max([self.revision, *(o.resource_version for o in objects)])
+        self.revision = revision
+        builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints())
+        self.counters.passes += 1
+        for name in [n for n, s in self.states.items()
+                     if s.sender is None and self.registry.get(n) is None]:
+            del self.states[name]  # gone from the registry too: forget it
+            names.discard(name)
+        for name in sorted(names):
+            state, info = self.states[name], self.registry.get(name)
+            if state.sender is None or info is None or state.held:
+                continue
+            try:
+                built = builder.build(info)
+            except Exception:  # a bug, not a config problem: count it, keep the others going
+                self.counters.errors += 1
+                log.exception("cannot build the snapshot of %s", name)
+                continue
+            self.counters.computed += 1
+            state.latest_version = built.version
+            if built.version == state.acked_version:
+                state.acked_revision = revision  # same content: it includes this revision
+                self.counters.unchanged += 1
+            elif built.version == state.sent_version:
+                state.sent_revision = revision
+                self.counters.unchanged += 1
+            else:
+                self._nonces += 1
+                state.nonce, state.sent_version = str(self._nonces), built.version
+                state.sent_revision = revision
+                state.sender(mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
+                                                    snapshot_json=built.data))
+                self.counters.pushed += 1
+        self._notify()
+
+    # -- waiting for convergence ---------------------------------------------------------------
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def lagging(self, revision: int) -> list[str]:
+        """Connected proxies not yet running a config computed from ``revision`` or later."""
+        return sorted(name for name, s in self.states.items() if s.sender is not None
+                      and (not s.synced or s.acked_revision < revision))
+
+    async def wait_synced(self, revision: int, timeout: float) -> list[str]:
+        """Wait until no proxy lags ``revision``; returns the laggards ([] = synced)."""
+        deadline = self._clock() + timeout
+        while lagging := self.lagging(revision):
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return lagging
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except TimeoutError:
+                return self.lagging(revision)
+        return []

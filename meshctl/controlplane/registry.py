@@ -1,0 +1,124 @@
+"""The registry: which proxies are connected, and which of them are endpoints that take traffic.
+
+An endpoint exists while its sidecar's stream is alive and the sidecar reports ready. When a
+stream drops, the proxy stays listed (disconnected) for a short grace period, so a control
+plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
+it is forgotten. Every change calls ``on_change`` (the reconciler marks every proxy dirty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyInfo:
+    """What a proxy said about itself when it registered (plus later Status reports)."""
+
+    name: str
+    service: str
+    namespace: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    inbound: str = ""
+    outbound: str = ""
+    admin: str = ""
+    mode: str = "sidecar"
+    ready: bool = False
+    cert_expiry: str = ""  # RFC 3339, "" when no certificate
+
+    @property
+    def version(self) -> str:
+        return self.labels.get("version", "unknown")
+
+    @property
+    def is_endpoint(self) -> bool:
+        """Whether other proxies may send to it: a ready sidecar with an inbound address."""
+        return self.ready and self.mode == "sidecar" and bool(self.inbound)
+
+
+@dataclass(slots=True)
+class _Entry:
+    info: ProxyInfo
+    session: int  # which stream owns the entry: a stale stream's disconnect is ignored
+    expires_at: float | None = None  # set while disconnected
+
+
+class Registry:
+    """Connected (and recently disconnected) proxies, keyed by proxy name."""
+
+    def __init__(self, *, grace: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._sessions = 0
+        self.on_change: Callable[[], None] = on_change or (lambda: None)
+        self._wake = asyncio.Event()
+
+    # -- reads -------------------------------------------------------------------------------
+    def proxies(self) -> list[ProxyInfo]:
+        """Every known proxy, sorted by name (disconnected ones until their grace ends)."""
+        return [self._entries[name].info for name in sorted(self._entries)]
+
+    def get(self, name: str) -> ProxyInfo | None:
+        entry = self._entries.get(name)
+        return entry.info if entry else None
+
+    def connected(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.expires_at is None
+
+    def endpoints(self) -> list[ProxyInfo]:
+        """Proxies that take traffic (in grace after a disconnect too), sorted by name."""
+        return [p for p in self.proxies() if p.is_endpoint]
+
+    # -- changes -----------------------------------------------------------------------------
+    def register(self, info: ProxyInfo) -> int:
+        """Add or replace a proxy; returns the session id its stream must use for later calls."""
+        self._sessions += 1
+        self._entries[info.name] = _Entry(info, self._sessions)
+        self.on_change()
+        return self._sessions
+
+    def report(self, name: str, session: int, *, ready: bool, cert_expiry: str) -> None:
+        """A Status message: readiness or certificate changed."""
+        entry = self._entries.get(name)
+        if entry is None or entry.session != session:
+            return
+        updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry)
+        if updated != entry.info:
+            entry.info = updated
+            self.on_change()
+
+    def disconnect(self, name: str, session: int) -> None:
+        """The stream ended: keep the proxy for ``grace`` seconds, then drop it."""
+        entry = self._entries.get(name)
+        if entry is None or entry.session != session:
+            return  # a newer stream already took over this name
+        entry.expires_at = self._clock() + self.grace
+        self._wake.set()
+
+    def expire(self) -> float | None:
+        """Drop proxies whose grace is over; returns seconds until the next expiry, if any."""
+        now = self._clock()
+        gone = [n for n, e in self._entries.items()
+                if e.expires_at is not None and e.expires_at <= now]
+        for name in gone:
+            del self._entries[name]
+        if gone:
+            self.on_change()
+        pending = [e.expires_at for e in self._entries.values() if e.expires_at is not None]
+        return min(pending) - now if pending else None
+
+    async def run(self) -> None:
+        """Expire disconnected proxies when their grace ends (until cancelled)."""
+        while True:
+            self._wake.clear()
+            delay = self.expire()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass

@@ -1,0 +1,151 @@
+"""Builds each proxy's snapshot (the format of docs/design.md) from resources and the registry.
+
+The parts every proxy of a namespace shares (``mesh``, ``services``, ``routes``) are serialized
+once per build and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
+re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed order (``mesh``,
+``services``, ``routes``, then the proxy's own ``gateway``, ``inbound``, ``node``) and every
+list is sorted, so equal content gives equal bytes and the version (first 12 hex digits of the
+sha256 of those bytes) changes only when the content does. Services come before the routes
+that use them; a route naming a subset with no endpoints still applies (the proxy answers
+``no_healthy_upstream``). ``app`` and ``listeners`` are not pushed: the proxy knows them from
+its command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from meshctl.api.authz import AuthorizationPolicySpec
+from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
+from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
+from meshctl.api.resources import Resource
+from meshctl.controlplane.registry import ProxyInfo
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltSnapshot:
+    """One proxy's snapshot: its content-hash version and its JSON bytes."""
+
+    version: str
+    data: bytes
+
+
+def snapshot_version(data: bytes) -> str:
+    """The content hash that names a snapshot."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _raw_spec(resource: Resource) -> dict[str, Any]:
+    spec = resource.raw.get("spec") or {}
+    return dict(json.loads(json.dumps(spec)))  # deep, JSON-safe copy
+
+
+def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
+    """MeshConfig.spec in the snapshot's ``mesh`` shape."""
+    return {
+        "mtls": spec.mtls_mode,
+        "accessLog": spec.access_log,
+        "retryBudget": {"percent": spec.retry_budget.percent,
+                        "minRetriesPerSecond": spec.retry_budget.min_retries_per_second},
+        "tracing": {"sampling": spec.tracing.sampling},
+        "trustDomain": spec.trust_domain,
+    }
+
+
+class SnapshotBuilder:
+    """Snapshots for one state of (resources, endpoints); build one per reconcile pass."""
+
+    def __init__(self, resources: Iterable[Resource], endpoints: Iterable[ProxyInfo]) -> None:
+        self._by_kind: dict[str, list[Resource]] = {}
+        for r in sorted(resources, key=lambda r: r.key):
+            self._by_kind.setdefault(r.kind, []).append(r)
+        meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
+                  if isinstance(r.spec, MeshConfigSpec)]
+        self.mesh = meshes[0] if meshes else MeshConfigSpec()
+        self._endpoints = sorted(endpoints, key=lambda p: (p.service, p.inbound, p.name))
+        self._shared: dict[str, str] = {}  # namespace -> '"mesh":..,"services":..,"routes":..'
+
+    def build(self, proxy: ProxyInfo) -> BuiltSnapshot:
+        """The snapshot for ``proxy``."""
+        own = _dumps(self._own_parts(proxy))
+        text = "{" + self._shared_part(proxy.namespace) + "," + own[1:-1] + "}"
+        data = text.encode()
+        return BuiltSnapshot(snapshot_version(data), data)
+
+    # -- shared by every proxy of a namespace ------------------------------------------------
+    def _shared_part(self, namespace: str) -> str:
+        if namespace not in self._shared:
+            parts = [("mesh", mesh_settings(self.mesh)), ("services", self._services(namespace)),
+                     ("routes", self._routes(namespace))]
+            self._shared[namespace] = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
+        return self._shared[namespace]
+
+    def _in_view(self, kind: str, namespace: str) -> list[Resource]:
+        """Resources of a kind, the proxy's own namespace last so it wins a name clash."""
+        items = self._by_kind.get(kind, [])
+        return ([r for r in items if r.namespace != namespace]
+                + [r for r in items if r.namespace == namespace])
+
+    def _services(self, namespace: str) -> dict[str, Any]:
+        policies = {r.spec.host: r for r in self._in_view("DestinationPolicy", namespace)
+                    if isinstance(r.spec, DestinationPolicySpec)}
+        services: dict[str, Any] = {}
+        for ep in self._endpoints:
+            svc = services.setdefault(ep.service, {"namespace": ep.namespace, "endpoints": []})
+            svc["endpoints"].append({
+                "address": ep.inbound, "labels": dict(ep.labels),
+                "identity": self._identity(ep.namespace, ep.service)})
+        for name, svc in services.items():
+            policy = policies.get(name)
+            if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
+                continue
+            svc["subsets"] = [{"name": s.name, "labels": dict(s.labels)}
+                              for s in policy.spec.subsets]
+            raw = _raw_spec(policy)
+            svc["policy"] = {k: raw[k] for k in POLICY_FIELDS if k in raw}
+        return services
+
+    def _routes(self, namespace: str) -> list[dict[str, Any]]:
+        routes = {r.spec.host: _raw_spec(r).get("rules", [])
+                  for r in self._in_view("Route", namespace) if isinstance(r.spec, RouteSpec)}
+        return [{"host": host, "rules": routes[host]} for host in sorted(routes)]
+
+    def _identity(self, namespace: str, service: str) -> str:
+        return f"spiffe://{self.mesh.trust_domain}/ns/{namespace}/sa/{service}"
+
+    # -- this proxy's own parts ---------------------------------------------------------------
+    def _own_parts(self, proxy: ProxyInfo) -> dict[str, Any]:
+        parts: dict[str, Any] = {
+            "node": {"service": proxy.service, "namespace": proxy.namespace,
+                     "labels": dict(proxy.labels)},
+            "inbound": self._inbound(proxy),
+        }
+        if proxy.mode == "gateway":
+            rules: list[Any] = []
+            for r in self._by_kind.get("Gateway", []):
+                if r.namespace == proxy.namespace and isinstance(r.spec, GatewaySpec):
+                    rules.extend(_raw_spec(r).get("rules", []))
+            parts["gateway"] = {"rules": rules}
+        return parts
+
+    def _inbound(self, proxy: ProxyInfo) -> dict[str, Any]:
+        inbound: dict[str, Any] = {"authorization": [
+            _raw_spec(r) for r in self._by_kind.get("AuthorizationPolicy", [])
+            if r.namespace == proxy.namespace and isinstance(r.spec, AuthorizationPolicySpec)
+            and r.spec.service in (None, proxy.service)]}
+        for r in self._by_kind.get("DestinationPolicy", []):
+            if (r.namespace == proxy.namespace and isinstance(r.spec, DestinationPolicySpec)
+                    and r.spec.host == proxy.service):
+                rate = _raw_spec(r).get("rateLimit")
+                if rate is not None:
+                    inbound["rateLimit"] = rate
+        return inbound
+

@@ -1,0 +1,1 @@
+"""`meshctl demo`: the Bookinfo mesh as local processes (topology, supervisor, traffic)."""

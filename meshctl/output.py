@@ -1,0 +1,148 @@
+"""How meshctl prints resources: kubectl-style tables per kind, YAML and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+Doc = Mapping[str, Any]
+OUTPUT_FORMATS = ("table", "yaml", "json")
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by three spaces (kubectl's layout), no trailing blanks."""
+    table = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def to_yaml(doc: Doc) -> str:
+    """One document as block YAML, keys in their wire order."""
+    return yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=False)
+
+
+def to_yaml_stream(docs: Iterable[Doc]) -> str:
+    """Documents as a ``---``-separated stream that ``meshctl apply -f`` takes back."""
+    return yaml.safe_dump_all([_plain(d) for d in docs], sort_keys=False,
+                              default_flow_style=False, explicit_start=True)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _plain(doc: Doc) -> Any:
+    return json.loads(json.dumps(doc))  # plain dicts/lists so safe_dump accepts them
+
+
+# -- fields shared by the table columns and by shift/describe ---------------------------------
+def status_text(doc: Doc) -> str:
+    """``Accepted``, or the first line of the rejection message of the Accepted condition."""
+    conditions = (doc.get("status") or {}).get("conditions") or []
+    accepted = next((c for c in conditions if c.get("type") == "Accepted"), None)
+    if accepted is None or accepted.get("status") != "False":
+        return "Accepted"
+    lines = str(accepted.get("message") or accepted.get("reason") or "rejected").splitlines()
+    more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+    return f"Rejected: {lines[0] if lines else 'rejected'}{more}"
+
+
+def backend_label(backend: Doc, host: str) -> str:
+    """How a backend is named on the command line: its subset, else its service.
+
+    A backend of another service is ``service/subset``; one without a subset is the service.
+    """
+    service, subset = backend.get("service"), backend.get("subset")
+    if subset is None:
+        return str(service or host)
+    return str(subset) if service in (None, host) else f"{service}/{subset}"
+
+
+def backend_weight(backend: Doc, backends: Sequence[Doc]) -> int:
+    """A backend's weight; a lone backend without one takes all traffic."""
+    weight = backend.get("weight")
+    return int(weight) if weight is not None else (100 if len(backends) == 1 else 0)
+
+
+def weights_text(backends: Sequence[Doc], host: str, sep: str = ",", form: str = "{}={}") -> str:
+    """``v1=90,v3=10`` (the ``meshctl shift`` syntax) for a rule's backends."""
+    return sep.join(form.format(backend_label(b, host), backend_weight(b, backends))
+                    for b in backends)
+
+
+# -- per-kind table columns --------------------------------------------------------------------
+Column = tuple[str, Callable[[Doc], str]]
+
+
+def _spec(doc: Doc) -> Mapping[str, Any]:
+    return doc.get("spec") or {}
+
+
+def _name(doc: Doc) -> str:
+    return str(doc.get("metadata", {}).get("name", ""))
+
+
+def _namespace(doc: Doc) -> str:
+    return str(doc.get("metadata", {}).get("namespace", "default"))
+
+
+def _version(doc: Doc) -> str:
+    return str(doc.get("metadata", {}).get("resourceVersion", ""))
+
+
+def _route_backends(doc: Doc) -> str:
+    rules = _spec(doc).get("rules") or []
+    return weights_text(rules[-1].get("backends") or [], _spec(doc).get("host", "")) if rules \
+        else "<none>"
+
+
+def _joined(values: Iterable[Any]) -> str:
+    text = ",".join(str(v) for v in values)
+    return text or "<none>"
+
+
+def _authz_target(doc: Doc) -> str:
+    return str((_spec(doc).get("selector") or {}).get("service", "<all>"))
+
+
+def _mtls(doc: Doc) -> str:
+    return str((_spec(doc).get("mtls") or {}).get("mode", "STRICT"))
+
+
+_KIND_COLUMNS: dict[str, list[Column]] = {
+    "Route": [("HOST", lambda d: str(_spec(d).get("host", ""))),
+              ("RULES", lambda d: str(len(_spec(d).get("rules") or []))),
+              ("BACKENDS", _route_backends)],
+    "DestinationPolicy": [
+        ("HOST", lambda d: str(_spec(d).get("host", ""))),
+        ("SUBSETS", lambda d: _joined(s.get("name") for s in _spec(d).get("subsets") or [])),
+        ("LB", lambda d: str(_spec(d).get("loadBalancer", "LEAST_REQUEST")))],
+    "AuthorizationPolicy": [
+        ("SERVICE", _authz_target),
+        ("ACTION", lambda d: str(_spec(d).get("action", "ALLOW"))),
+        ("RULES", lambda d: str(len(_spec(d).get("rules") or [])))],
+    "MeshConfig": [
+        ("MTLS", _mtls),
+        ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],
+    "Gateway": [
+        ("LISTEN", lambda d: str(_spec(d).get("listen", ""))),
+        ("DESTINATIONS", lambda d: _joined(dict.fromkeys(
+            r.get("destination") for r in _spec(d).get("rules") or [])))],
+}
+
+
+def resource_table(kind: str, docs: Sequence[Doc], all_namespaces: bool = False) -> str:
+    """The ``meshctl get`` table of ``kind``: NAME, the kind's columns, VERSION, STATUS.
+
+    VERSION is the resourceVersion (the store keeps no creation time, so there is no AGE).
+    """
+    columns: list[Column] = [("NAME", _name), *_KIND_COLUMNS[kind],
+                             ("VERSION", _version), ("STATUS", status_text)]
+    if all_namespaces:
+        columns.insert(0, ("NAMESPACE", _namespace))
+    return render_table([h for h, _ in columns], ([cell(d) for _, cell in columns] for d in docs))

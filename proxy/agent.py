@@ -1,0 +1,217 @@
+"""Control-plane mode: register with ``meshctl serve``, apply pushed snapshots, ACK or NACK them.
+
+One gRPC stream at a time. The agent registers (name, service, labels, addresses, readiness,
+and the config version it already runs so a restarted control plane need not re-push it),
+then applies every ConfigMessage: ``node`` and ``app`` are filled in locally from the command
+line, ``server.apply`` compiles it, and the agent answers ACK, or NACK with the error text
+(the proxy keeps its last good snapshot). If the stream fails the proxy keeps serving what it
+has and reconnects with full-jitter exponential backoff (0.1 s up to 5 s), forever.
+
+Readiness changes are reported with Status: after every applied snapshot (the server re-applies
+once its listeners are bound) and on a half-second check that catches the start of a drain,
+since ProxyServer has no readiness hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpc import aio
+
+from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from proxy.config import Snapshot
+from proxy.policy.backoff import Backoff
+from proxy.server import ProxyServer
+
+log = logging.getLogger("ami.proxy.agent")
+_READINESS_CHECK = 0.5
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``version=v1,team=a`` -> {"version": "v1", "team": "a"}."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--labels: {item!r} is not KEY=VALUE")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _advertised(address: str | None) -> str:
+    """An address others can reach: a wildcard host is replaced by this host's name."""
+    if not address:
+        return ""
+    host, _, port = address.rpartition(":")
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """Who this proxy is, from its command line."""
+
+    name: str
+    service: str
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    inbound: str = ""
+    outbound: str = ""
+    admin: str = ""
+    mode: str = "sidecar"
+    app: str | None = None
+    token: str = ""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AgentIdentity:
+        if not args.service:
+            raise ValueError("--service is required with --control-plane")
+        labels = parse_labels(args.labels)
+        port = next((a.rpartition(":")[2] for a in (args.inbound, args.gateway_listen,
+                                                    args.admin) if a), "0")
+        name = args.name or f"{args.service}-{labels.get('version', 'unknown')}-{port}"
+        token = args.token_file.read_text().strip() if args.token_file else ""
+        return cls(name=name, service=args.service, namespace=args.namespace, labels=labels,
+                   inbound=_advertised(args.inbound), outbound=args.outbound or "",
+                   admin=args.admin or "127.0.0.1:15000", mode=args.mode, app=args.app,
+                   token=token)
+
+    def node(self) -> dict[str, Any]:
+        return {"service": self.service, "namespace": self.namespace, "labels": self.labels}
+
+
+class ControlPlaneAgent:
+    """Keeps ``server`` configured from the control plane; see the module docstring."""
+
+    def __init__(self, server: ProxyServer, args: argparse.Namespace, *,
+                 rng: random.Random | None = None, first_config_timeout: float = 10.0) -> None:
+        self.server = server
+        self.target: str = args.control_plane
+        self.identity = AgentIdentity.from_args(args)
+        self.backoff = Backoff(0.1, 5.0, rng or random.Random())
+        self.first_config_timeout = first_config_timeout
+        self.applied_version = ""
+        self.connected = asyncio.Event()
+        self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage] | None = None
+        self._reported_ready: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+        server.on_snapshot.append(lambda _snapshot: self._report_readiness())
+
+    async def start(self) -> None:
+        """Connect in the background; return once the first snapshot is applied (or timeout)."""
+        self._task = asyncio.create_task(self.run(), name="control-plane-agent")
+        try:
+            await asyncio.wait_for(self.server.config_applied.wait(), self.first_config_timeout)
+        except TimeoutError:
+            log.warning("no config from %s after %.0fs: starting unready, still trying",
+                        self.target, self.first_config_timeout)
+
+    async def run(self) -> None:
+        """Stream, reconnect with backoff, until the server stops."""
+        stopped = asyncio.create_task(self.server.stopped.wait())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._readiness_loop())
+                connector = tg.create_task(self._connect_forever())
+                await stopped
+                connector.cancel()
+                raise _Stop
+        except* _Stop:
+            pass
+
+    async def _connect_forever(self) -> None:
+        attempt = 0
+        while True:
+            async with aio.insecure_channel(self.target, options=[
+                    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                    ("grpc.keepalive_permit_without_calls", 1)]) as channel:
+                try:
+                    if await self._stream(mesh_pb2_grpc.MeshControlStub(channel)):  # type: ignore[no-untyped-call]
+                        attempt = 0
+                except aio.AioRpcError as exc:
+                    log.warning("control plane %s: %s %s", self.target, exc.code().name,
+                                exc.details())
+            self.connected.clear()
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            log.info("reconnecting to %s in %.2fs", self.target, delay)
+            await asyncio.sleep(delay)
+
+    async def _stream(self, stub: mesh_pb2_grpc.MeshControlStub) -> bool:
+        """One stream until it ends; True if it delivered at least one snapshot."""
+        outbox: asyncio.Queue[mesh_pb2.ProxyMessage] = asyncio.Queue()
+        outbox.put_nowait(mesh_pb2.ProxyMessage(register=self._register()))
+        self._outbox = outbox
+        self._reported_ready = self.server.ready
+        received = False
+        try:
+            call = stub.StreamConfig(_drain(outbox))
+            async for message in call:
+                self.connected.set()
+                received = True
+                outbox.put_nowait(self._apply(message))
+        finally:
+            self._outbox = None
+        log.warning("control plane %s ended the stream", self.target)
+        return received
+
+    def _register(self) -> mesh_pb2.Register:
+        ident = self.identity
+        return mesh_pb2.Register(
+            name=ident.name, service=ident.service, namespace=ident.namespace,
+            labels=ident.labels, inbound=ident.inbound, outbound=ident.outbound,
+            admin=ident.admin, mode=ident.mode, token=ident.token, ready=self.server.ready,
+            config_version=self.applied_version)
+
+    def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
+        """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""
+        if message.version == self.applied_version:
+            return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=message.version,
+                                                          nonce=message.nonce))
+        try:
+            data = json.loads(message.snapshot_json)
+            if not isinstance(data, dict):
+                raise ValueError("snapshot: expected a JSON object")
+            data["version"] = message.version
+            data["node"] = self.identity.node()
+            if self.identity.app:
+                data["app"] = self.identity.app
+            self.server.apply(Snapshot.from_dict(data))
+        except Exception as exc:  # any refusal becomes the NACK text; the old snapshot stays
+            log.warning("rejected config %s: %s", message.version, exc)
+            return mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
+                version=message.version, nonce=message.nonce, error=str(exc) or repr(exc)))
+        self.applied_version = message.version
+        log.info("applied config %s", message.version)
+        return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=message.version,
+                                                      nonce=message.nonce))
+
+    def _report_readiness(self) -> None:
+        ready = self.server.ready
+        if self._outbox is not None and ready != self._reported_ready:
+            self._reported_ready = ready
+            self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(ready=ready)))
+
+    async def _readiness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_READINESS_CHECK)
+            self._report_readiness()
+
+
+class _Stop(Exception):
+    """Ends the agent's task group when the server stops."""
+
+
+async def _drain(outbox: asyncio.Queue[mesh_pb2.ProxyMessage]) -> AsyncIterator[
+        mesh_pb2.ProxyMessage]:
+    while True:
+        yield await outbox.get()

@@ -1,0 +1,142 @@
+"""Per-destination state that outlives config pushes: breaker counts, waiters, ejections, budget.
+
+Keyed by service name (and subset), so a new snapshot with the same destination keeps its
+in-flight counts, its ejected endpoints and its retry budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from proxy.policy.outlier import OutlierDetector
+from proxy.policy.retry_budget import RetryBudget
+
+if TYPE_CHECKING:
+    from proxy.config import ConnectionPoolSettings, OutlierSettings
+    from proxy.exchange import Exchange
+    from proxy.metrics import RequestStats
+    from proxy.upstream import EndpointPool
+
+
+class Breaker:
+    """Connection-pool limits of one destination (Envoy's circuit breakers)."""
+
+    __slots__ = ("active", "limits", "pending", "pools")
+
+    def __init__(self, limits: ConnectionPoolSettings) -> None:
+        self.limits = limits
+        self.active = 0
+        self.pending: deque[Exchange] = deque()
+        self.pools: tuple[EndpointPool, ...] = ()
+
+    def try_start(self) -> bool:
+        if self.active >= self.limits.max_concurrent_requests:
+            return False
+        self.active += 1
+        return True
+
+    def finish(self) -> None:
+        self.active -= 1
+
+    def connections_full(self) -> bool:
+        return sum(p.connections for p in self.pools) >= self.limits.max_connections
+
+    def try_wait(self, ex: Exchange) -> bool:
+        """Queue a request for the next free connection, unless the queue is full."""
+        if len(self.pending) >= self.limits.max_pending_requests:
+            return False
+        self.pending.append(ex)
+        return True
+
+    def cancel_wait(self, ex: Exchange) -> None:
+        try:
+            self.pending.remove(ex)
+        except ValueError:
+            pass
+
+    def next_waiter(self) -> Exchange | None:
+        return self.pending.popleft() if self.pending else None
+
+
+class DestinationState:
+    """Everything stateful about one destination service."""
+
+    __slots__ = ("breaker", "budget", "name", "outlier")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.breaker: Breaker | None = None
+        self.outlier: OutlierDetector | None = None
+        self.budget: RetryBudget | None = None
+
+
+class DestinationRegistry:
+    """Holds DestinationState per service across snapshots and applies new settings to it."""
+
+    def __init__(self, stats: RequestStats, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stats = stats
+        self.clock = clock
+        self._states: dict[str, DestinationState] = {}
+
+    def get(self, name: str) -> DestinationState:
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = DestinationState(name)
+        return state
+
+    def configure(self, name: str, pool_settings: ConnectionPoolSettings | None,
+                  outlier: OutlierSettings | None, pools: tuple[EndpointPool, ...],
+                  budget_percent: float, budget_min_per_second: float) -> DestinationState:
+        state = self.get(name)
+        if pool_settings is None:
+            state.breaker = None
+        else:
+            if state.breaker is None or state.breaker.limits != pool_settings:
+                old = state.breaker
+                state.breaker = Breaker(pool_settings)
+                if old is not None:  # keep in-flight accounting and waiters
+                    state.breaker.active = old.active
+                    state.breaker.pending = old.pending
+            state.breaker.pools = pools
+            for pool in pools:
+                pool.breaker = state.breaker
+        if outlier is None or (outlier.consecutive_5xx == 0 and outlier.consecutive_gateway == 0):
+            state.outlier = None
+        else:
+            if state.outlier is None or getattr(state.outlier, "settings", None) != outlier:
+                state.outlier = self._detector(name, outlier)
+            state.outlier.set_endpoints(pools)
+        if state.budget is None or state.budget.settings != (budget_percent,
+                                                             budget_min_per_second):
+            state.budget = _Budget(budget_percent, budget_min_per_second, self.clock)
+        return state
+
+    def _detector(self, name: str, s: OutlierSettings) -> OutlierDetector:
+        labels = (("destination_service", name),)
+        detector = _Detector(
+            s.consecutive_5xx, s.consecutive_gateway, s.interval, s.base_ejection_time,
+            s.max_ejection_percent, self.clock,
+            on_ejection=lambda _key: self.stats.inc("ami_outlier_ejections", labels),
+        )
+        detector.settings = s
+        return detector
+
+    def ejected(self) -> dict[str, int]:
+        return {n: s.outlier.ejected_count for n, s in self._states.items() if s.outlier}
+
+
+class _Budget(RetryBudget):
+    """A RetryBudget that remembers the settings it was built with."""
+
+    def __init__(self, percent: float, min_per_second: float, clock: Callable[[], float]) -> None:
+        super().__init__(percent=percent, min_per_second=min_per_second, clock=clock)
+        self.settings: Any = (percent, min_per_second)
+
+
+class _Detector(OutlierDetector):
+    """An OutlierDetector that remembers the settings it was built with."""
+
+    settings: Any = None

@@ -1,0 +1,98 @@
+"""Inbound admission: authorization policies and the local rate limit of this service.
+
+Semantics follow Istio: DENY policies are checked first; if any ALLOW policy exists a request
+must match one; with no ALLOW policy, mesh identities (any verified SPIFFE peer) are allowed
+and, in STRICT mode, nothing else reaches this point (the TLS handshake refused it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from proxy.layers import retry_after_header
+from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
+
+if TYPE_CHECKING:
+    from meshctl.api.authz import AuthorizationPolicySpec
+    from proxy.config import RateLimitSettings
+    from proxy.exchange import Exchange
+    from proxy.metrics import RequestStats
+
+Refusal = tuple[str, int | None, tuple[tuple[bytes, bytes], ...]]
+
+
+class _HeaderView(Mapping[str, str]):
+    """Lazy lower-case header lookup over an exchange, for authorization conditions."""
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+
+    def __getitem__(self, key: str) -> str:
+        value = self.ex.header(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Any:
+        return iter(n.decode("latin-1").lower() for n, _ in self.ex.headers)
+
+    def __len__(self) -> int:
+        return len(self.ex.headers)
+
+
+class InboundPolicy:
+    """Runs before a request is forwarded to the local app; returns a refusal or None."""
+
+    def __init__(self, policies: Sequence[AuthorizationPolicySpec], mtls_mode: str,
+                 rate_limit: RateLimitSettings | None, stats: RequestStats,
+                 service: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.deny = [p for p in policies if p.action == "DENY"]
+        self.allow = [p for p in policies if p.action == "ALLOW"]
+        self.mtls_mode = mtls_mode
+        self.stats = stats
+        self.labels = (("destination_service", service),)
+        self.bucket: TokenBucket | None = None
+        self.keyed: KeyedTokenBuckets | None = None
+        if rate_limit is not None:
+            if rate_limit.per_source:
+                self.keyed = KeyedTokenBuckets(rate_limit.requests_per_second, rate_limit.burst,
+                                               clock)
+            else:
+                self.bucket = TokenBucket(rate_limit.requests_per_second, rate_limit.burst, clock)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.deny or self.allow or self.bucket or self.keyed)
+
+    def admit(self, ex: Exchange) -> Refusal | None:
+        conn = ex.downstream
+        if self.deny or self.allow:
+            identity = conn.peer_identity
+            service, namespace = conn.peer_service, conn.peer_namespace
+            method = ex.method.decode("latin-1")
+            headers = _HeaderView(ex)
+            for policy in self.deny:
+                if any(r.matches(identity, service, namespace, method, ex.path, headers)
+                       for r in policy.rules):
+                    return self._deny()
+            if self.allow and not any(
+                    r.matches(identity, service, namespace, method, ex.path, headers)
+                    for p in self.allow for r in p.rules):
+                return self._deny()
+        if self.bucket is not None and not self.bucket.try_acquire():
+            return self._limited(self.bucket.retry_after())
+        if self.keyed is not None:
+            key = conn.peer_identity or conn.client_ip
+            if not self.keyed.try_acquire(key):
+                return self._limited(self.keyed.retry_after(key))
+        return None
+
+    def _deny(self) -> Refusal:
+        self.stats.inc("ami_authorization_denied", self.labels)
+        return ("not_authorized", None, ())
+
+    def _limited(self, wait: float) -> Refusal:
+        self.stats.inc("ami_rate_limited", self.labels)
+        return ("rate_limited", None, retry_after_header(wait))

@@ -1,0 +1,152 @@
+"""Traffic mirroring: a fire-and-forget copy of a request to another backend.
+
+The copy never slows or fails the primary: it is dropped if its connection is not ready to take
+the body, if its upstream pushes back, or on any error; its response is read and discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.routing import Backend
+    from proxy.upstream import EndpointPool, UpstreamConnection
+
+_MAX_BUFFER = 64 * 1024
+
+
+class MirrorRequest:
+    """The shadow exchange; implements the callbacks an UpstreamConnection makes."""
+
+    __slots__ = ("_buffer", "_buffered", "_done", "_interim", "conn", "dropped", "head",
+                 "head_only", "pool")
+
+    def __init__(self, pool: EndpointPool, head: bytes, head_only: bool) -> None:
+        self.pool = pool
+        self.head = head
+        self.head_only = head_only
+        self.conn: UpstreamConnection | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._done = False
+        self._interim = False
+        self.dropped = False
+
+    @classmethod
+    def start(cls, ex: Exchange, backend: Backend) -> MirrorRequest | None:
+        pool = backend.pick_endpoint()
+        if pool is None:
+            return None
+        ex.downstream.listener.stats.inc("ami_mirrored_requests",
+                                         (("destination_service", backend.service),))
+        mirror = cls(pool, _shadow_head(ex), ex.method == b"HEAD")
+        conn, _ = pool.take_idle()
+        if conn is not None:
+            mirror._send_on(conn)
+        else:
+            asyncio.get_running_loop().create_task(mirror._connect())
+        return mirror
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.connect()
+        except (TimeoutError, OSError):
+            self.dropped = True
+            return
+        if self.dropped:
+            self.pool.release(conn)
+            return
+        self._send_on(conn)
+
+    def _send_on(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.send(self, self.head)  # type: ignore[arg-type]  # same callback surface
+        if self._buffer:
+            conn.writelines(self._buffer)
+            self._buffer = []
+
+    # --- the primary request's body is teed here --------------------------------------------
+    def body(self, chunk: bytes, chunked: bool) -> None:
+        if self.dropped:
+            return
+        parts = [b"%x\r\n" % len(chunk), chunk, b"\r\n"] if chunked else [chunk]
+        if self.conn is None:
+            self._buffered += len(chunk)
+            if self._buffered > _MAX_BUFFER:
+                self.drop()
+            else:
+                self._buffer.extend(parts)
+            return
+        self.conn.writelines(parts)
+
+    def body_done(self, chunked: bool) -> None:
+        self._done = True
+        if chunked and not self.dropped:
+            if self.conn is None:
+                self._buffer.append(b"0\r\n\r\n")
+            else:
+                self.conn.write(b"0\r\n\r\n")
+
+    def drop(self) -> None:
+        self.dropped = True
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.abort()
+
+    # --- UpstreamConnection callbacks -------------------------------------------------------
+    def expects_final_response(self) -> bool:
+        if self._interim:
+            self._interim = False
+            return True
+        return False
+
+    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> bool:
+        if status < 200:
+            self._interim = True
+        return self.head_only
+
+    def upstream_body(self, chunk: bytes) -> None:
+        pass  # mirrored responses are discarded
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if self._done and conn.parser.should_keep_alive():
+            self.pool.release(conn)
+        else:
+            conn.exchange = None
+            conn.close()
+
+    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
+        self.conn = None
+        conn.abort()
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.drop()
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.drop()  # never let the shadow slow the primary down
+
+
+def _shadow_head(ex: Exchange) -> bytes:
+    """The primary's request head with `-shadow` added to the host (before any port)."""
+    head = ex._upstream_head()
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines[1:], 1):
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            host = value.strip()
+            base, colon, port = host.rpartition(b":")
+            if colon and port.isdigit():
+                host = base + b"-shadow:" + port
+            else:
+                host = host + b"-shadow"
+            lines[i] = name + b": " + host
+            break
+    return b"\r\n".join(lines)

@@ -1,0 +1,108 @@
+"""The inbound listener under mTLS: an accept loop that applies the mesh's current mode.
+
+STRICT hands every connection to TLS (no client certificate, no connection); PERMISSIVE peeks at
+the first byte and takes TLS (0x16, a handshake record) or plaintext on the same port; DISABLE
+is plaintext. The mode is read per connection, so a push changing it needs no rebind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+    from proxy.listener import Listener
+    from proxy.tls import TlsContexts
+
+log = logging.getLogger("ami.proxy")
+_TLS_HANDSHAKE = 0x16
+
+
+class MeshAcceptor:
+    """Accepts on a bound socket and starts each connection as TLS or plaintext."""
+
+    def __init__(self, listener: Listener, sock: socket.socket, tls: TlsContexts,
+                 mode: Callable[[], str],
+                 protocol: Callable[[], DownstreamProtocol]) -> None:
+        self.listener = listener
+        self.sock = sock
+        self.tls = tls
+        self.mode = mode
+        self.protocol = protocol
+        self.loop = listener.loop
+        self._task: asyncio.Task[None] | None = None
+        self.sockets = [sock]
+
+    def start(self) -> None:
+        self._task = self.loop.create_task(self._accept_loop())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.sock.close()
+
+    async def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = await self.loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:
+                log.warning("inbound accept failed: %s", exc)
+                await asyncio.sleep(0.01)  # e.g. EMFILE: back off instead of spinning
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.loop.create_task(self._start(conn))
+
+    async def _start(self, conn: socket.socket) -> None:
+        mode = self.mode()
+        use_tls = mode == "STRICT"
+        if mode == "PERMISSIVE":
+            try:
+                use_tls = await asyncio.wait_for(self._first_byte_is_tls(conn),
+                                                 self.listener.limits.header_timeout)
+            except (TimeoutError, OSError):
+                conn.close()
+                return
+        elif mode == "DISABLE":
+            use_tls = False
+        try:
+            await self.loop.connect_accepted_socket(
+                self.protocol, conn, ssl=self.tls.listener if use_tls else None,
+                ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
+            )
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            # A failed handshake (no cert, another CA, expired, plaintext in STRICT) ends here.
+            self.listener.stats.inc("ami_tls_handshake_failures",
+                                    (("listener", self.listener.kind),))
+            log.debug("inbound TLS handshake failed: %s", exc)
+            conn.close()
+
+    async def _first_byte_is_tls(self, conn: socket.socket) -> bool:
+        ready: asyncio.Future[None] = self.loop.create_future()
+        fd = conn.fileno()
+        self.loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(fd)
+        first = conn.recv(1, socket.MSG_PEEK)
+        if not first:
+            raise OSError("closed before the first byte")
+        return first[0] == _TLS_HANDSHAKE
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

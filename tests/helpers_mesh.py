@@ -1,0 +1,207 @@
+"""Process helpers for integration tests: control plane, sidecars and backends on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+_BACKEND = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+name = sys.argv[2].encode()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(name)))
+        self.end_headers()
+        self.wfile.write(name)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.05) -> T:
+    """Call ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, ValueError) as exc:
+            last_error = exc
+        time.sleep(interval)  # between condition checks, bounded by the deadline
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: "
+                         f"{last_error})")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None,
+             timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET a URL; (status, body) also for error statuses."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_json(url: str, method: str = "GET", body: Any = None, token: str | None = None,
+              content_type: str = "application/json", timeout: float = 10.0) -> tuple[int, Any]:
+    """A JSON request; (status, decoded body)."""
+    data = None
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@dataclass
+class MeshProcess:
+    """A child process whose output goes to a log file (shown when a test fails)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the process and wait for it; SIGKILL if it does not exit in ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def spawn(name: str, argv: list[str], log_dir: Path) -> MeshProcess:
+    """Start ``argv`` with stdout+stderr to ``log_dir/<name>.log``."""
+    log = log_dir / f"{name}.log"
+    out = log.open("ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    out.close()
+    return MeshProcess(name, proc, log)
+
+
+def start_backend(log_dir: Path, name: str, port: int | None = None,
+                  timeout: float = 10.0) -> MeshProcess:
+    """A tiny HTTP server answering every GET with ``name``."""
+    port = port or free_port()
+    proc = spawn(f"backend-{name}", [PYTHON, "-c", _BACKEND, str(port), name], log_dir)
+    proc.info["address"] = f"127.0.0.1:{port}"
+    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 200, timeout,
+             f"backend {name}")
+    return proc
+
+
+def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
+                        http_port: int | None = None, grpc_port: int | None = None,
+                        warmup: float = 6.0, grace: float = 2.0,
+                        timeout: float = 20.0) -> MeshProcess:
+    """``meshctl serve`` on free ports; ready once its API answers."""
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    config_dir = config_dir or tmp / "mesh"
+    state_dir = tmp / "state"
+    proc = spawn("controlplane", [
+        PYTHON, "-m", "meshctl", "serve", "--config-dir", str(config_dir),
+        "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{http_port}",
+        "--grpc-listen", f"127.0.0.1:{grpc_port}", "--warmup", str(warmup),
+        "--grace", str(grace)], tmp)
+    proc.info.update(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}",
+                     config_dir=config_dir, state_dir=state_dir)
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"control plane exited:\n{proc.output()}")
+        return http_get(f"http://127.0.0.1:{http_port}/api/v1/proxies")[0] == 200
+
+    wait_for(up, timeout, "the control plane API")
+    proc.info["token"] = (state_dir / "token").read_text().strip()
+    return proc
+
+
+def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str, *,
+                  app: str | None = None, mode: str = "sidecar", wait_ready: bool = True,
+                  timeout: float = 20.0, extra: list[str] | None = None) -> MeshProcess:
+    """``python -m proxy --control-plane ...`` on free ports; waits for /ready when asked."""
+    ports = {k: free_port() for k in ("inbound", "outbound", "admin")}
+    argv = [PYTHON, "-m", "proxy", "--control-plane", control_plane, "--service", service,
+            "--labels", f"version={version}", "--mode", mode,
+            "--outbound", f"127.0.0.1:{ports['outbound']}",
+            "--admin", f"127.0.0.1:{ports['admin']}"]
+    if mode == "sidecar":
+        argv += ["--inbound", f"127.0.0.1:{ports['inbound']}"]
+    if app:
+        argv += ["--app", app]
+    name = f"{service}-{version}-{ports['inbound'] if mode == 'sidecar' else ports['admin']}"
+    proc = spawn(name, argv + (extra or []), log_dir)
+    proc.info.update({k: f"127.0.0.1:{p}" for k, p in ports.items()}, name=name)
+    if wait_ready:
+        def ready() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"sidecar {name} exited:\n{proc.output()}")
+            return http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200
+
+        wait_for(ready, timeout, f"sidecar {name} ready")
+    return proc
+
+
+def proxies(control_plane: MeshProcess) -> list[dict[str, Any]]:
+    """``GET /api/v1/proxies`` of a control plane."""
+    status, body = http_json(control_plane.info["api"] + "/api/v1/proxies")
+    assert status == 200, body
+    return list(body["proxies"])
+
+
+def all_synced(control_plane: MeshProcess, names: set[str]) -> bool:
+    """Whether every named proxy is connected and has ACKed its latest snapshot."""
+    listed = {p["name"]: p for p in proxies(control_plane)}
+    return all(n in listed and listed[n]["synced"] and listed[n]["connected"] for n in names)

@@ -1,0 +1,409 @@
+"""Test harness for the proxy: run `python -m proxy --config` as a process, plus small backends.
+
+Backends run on their own event loop in a thread, so a proxy fixture (and its backends) can be
+shared by a whole test module while each async test drives clients on pytest's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+# Which source tree `python -m proxy` runs from (override to test another checkout).
+PROXY_ROOT = Path(os.environ.get("AMI_PROXY_ROOT", REPO))
+T = TypeVar("T")
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- tiny HTTP/1.1 message readers for raw-socket tests -------------------------------------
+@dataclass
+class Message:
+    """A parsed request or response: first line, headers in order, body."""
+
+    first: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        return next((v for k, v in self.headers if k.lower() == low), None)
+
+    def header_all(self, name: str) -> list[str]:
+        low = name.lower()
+        return [v for k, v in self.headers if k.lower() == low]
+
+    @property
+    def status(self) -> int:
+        return int(self.first.split(" ", 2)[1])
+
+    @property
+    def method(self) -> str:
+        return self.first.split(" ", 1)[0]
+
+    @property
+    def target(self) -> str:
+        return self.first.split(" ", 2)[1]
+
+
+async def read_head(reader: asyncio.StreamReader) -> Message | None:
+    """Read a message head; None on a clean EOF before any byte."""
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise
+    lines = raw.decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+    return Message(lines[0], headers)
+
+
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass  # trailers
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+async def read_body(reader: asyncio.StreamReader, msg: Message, *, until_close: bool) -> bytes:
+    if (msg.header("transfer-encoding") or "").lower() == "chunked":
+        return await read_chunked(reader)
+    length = msg.header("content-length")
+    if length is not None:
+        return await reader.readexactly(int(length))
+    return await reader.read() if until_close else b""
+
+
+async def read_request(reader: asyncio.StreamReader) -> Message | None:
+    """Read one request (head and body); None when the peer closed between requests."""
+    msg = await read_head(reader)
+    if msg is not None:
+        msg.body = await read_body(reader, msg, until_close=False)
+    return msg
+
+
+async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Message:
+    """Read one final response, skipping 1xx; no body for HEAD, 204 and 304."""
+    while True:
+        msg = await read_head(reader)
+        if msg is None:
+            raise ConnectionError("connection closed before a response")
+        if msg.status >= 200 or msg.status == 101:
+            break
+    if method != "HEAD" and msg.status not in (204, 304, 101):
+        msg.body = await read_body(reader, msg, until_close=True)
+    return msg
+
+
+async def roundtrip(port: int, raw: bytes, method: str = "GET") -> Message:
+    """Send raw bytes on a new connection and read one response."""
+    return (await _roundtrip(port, raw, method, wait_close=False))[0]
+
+
+async def roundtrip_close(port: int, raw: bytes, method: str = "GET") -> tuple[Message, bool]:
+    """Like `roundtrip`, plus whether the proxy closed the connection after the response."""
+    return await _roundtrip(port, raw, method, wait_close=True)
+
+
+async def _roundtrip(port: int, raw: bytes, method: str, wait_close: bool
+                     ) -> tuple[Message, bool]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        resp = await asyncio.wait_for(read_response(reader, method), 10)
+        return resp, wait_close and await at_eof(reader, 5)
+    finally:
+        writer.close()
+
+
+async def at_eof(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True if the peer closes (EOF or reset) within the timeout with no further bytes."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), timeout)
+    except asyncio.TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return data == b""
+
+
+def get(host: str, path: str = "/", extra: str = "", body: bytes = b"",
+        method: str = "GET") -> bytes:
+    """An origin-form request with a Host header (and Content-Length when a body is given)."""
+    length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT") else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}{extra}\r\n".encode() + body
+
+
+# --- backends ---------------------------------------------------------------------------------
+@dataclass
+class RawBackend:
+    """A raw asyncio server; `accepted` counts connections, `requests` collects parsed ones."""
+
+    port: int = 0
+    accepted: int = 0
+    requests: list[Message] = field(default_factory=list)
+    server: asyncio.base_events.Server | None = None
+
+
+class Backends:
+    """An event loop in a daemon thread that hosts aiohttp apps and raw socket servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+        self._raw: list[RawBackend] = []
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def aiohttp(self, app: web.Application) -> int:
+        async def start() -> int:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._runners.append(runner)
+            server = site._server
+            assert server is not None
+            return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+        return self.call(start())
+
+    def raw(self, handler: Callable[[RawBackend, asyncio.StreamReader, asyncio.StreamWriter],
+                                    Awaitable[None]]) -> RawBackend:
+        backend = RawBackend()
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            backend.accepted += 1
+            try:
+                await handler(backend, reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        async def start() -> None:
+            backend.server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+            backend.port = int(backend.server.sockets[0].getsockname()[1])
+
+        self.call(start())
+        self._raw.append(backend)
+        return backend
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+            for backend in self._raw:
+                if backend.server is not None:
+                    backend.server.close()
+
+        try:
+            self.call(stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+def echo_app() -> web.Application:
+    """Echoes what arrived as JSON; `/chunked`, `/status/N`, `/slow?s=`, `/ws` and `/bytes?n=`."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({
+            "method": request.method, "path": request.path, "raw_path": request.raw_path,
+            "version": f"{request.version.major}.{request.version.minor}",
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body": body.decode("latin-1"), "peer": request.remote,
+        })
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(5):
+            await resp.write(b"part%d;" % i)
+        await resp.write_eof()
+        return resp
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, headers={"etag": '"v1"', "x-code": str(code)})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "1")))  # the slowness under test
+        return web.Response(text="slow done")
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await sock.send_str("hello from backend")
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_route("GET", "/chunked", chunked)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/ws", ws)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+# --- the proxy process ------------------------------------------------------------------------
+def snapshot(services: dict[str, list[int]], *, outbound: int, admin: int,
+             access_log: bool = False, routes: list[dict[str, Any]] | None = None
+             ) -> dict[str, Any]:
+    """A static snapshot: each service gets one endpoint per backend port (labelled v1)."""
+    return {
+        "version": "test-1",
+        "node": {"service": "client", "labels": {"version": "v1"}},
+        "listeners": {"outbound": f"127.0.0.1:{outbound}", "admin": f"127.0.0.1:{admin}"},
+        "mesh": {"accessLog": access_log},
+        "services": {
+            name: {"endpoints": [{"address": f"127.0.0.1:{p}", "labels": {"version": "v1"}}
+                                 for p in ports]}
+            for name, ports in services.items()
+        },
+        "routes": routes or [],
+    }
+
+
+class ProxyProcess:
+    """`python -m proxy --config` on free ports; `start()` returns once `/ready` says 200."""
+
+    def __init__(self, tmp: Path, services: dict[str, list[int]], args: tuple[str, ...] = (),
+                 **snapshot_kw: Any) -> None:
+        self.outbound = free_port()
+        self.admin = free_port()
+        self.config = tmp / "proxy.yaml"
+        self.config.write_text(yaml.safe_dump(
+            snapshot(services, outbound=self.outbound, admin=self.admin, **snapshot_kw)))
+        self.stdout_path = tmp / "proxy.stdout"
+        self.stderr_path = tmp / "proxy.stderr"
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, deadline: float = 15.0) -> ProxyProcess:
+        cmd = [sys.executable, "-m", "proxy", "--config", str(self.config),
+               "--log-level", "WARNING", *self.args]
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=PROXY_ROOT, stdout=out, stderr=err)
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}: {self.stderr()}")
+            try:
+                if self.get("/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)  # polling interval of a deadline-bounded readiness wait
+        self.stop()
+        raise RuntimeError(f"proxy not ready within {deadline}s: {self.stderr()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """A blocking admin request (use from sync code or via `aget`)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), bytes(exc.read())
+
+    async def aget(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        return await asyncio.to_thread(self.get, path, method)
+
+    async def stats(self) -> dict[str, Any]:
+        status, body = await self.aget("/stats")
+        assert status == 200
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    async def metrics(self) -> str:
+        status, body = await self.aget("/metrics")
+        assert status == 200
+        return body.decode()
+
+    def vm_hwm_kb(self) -> int:
+        """Peak resident set size of the proxy process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait for exit; kill if it does not exit in time. Returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include all of `labels`."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total

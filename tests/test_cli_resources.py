@@ -1,0 +1,207 @@
+"""meshctl apply, get, delete and describe against the real HTTP API on a loopback socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meshctl.controlplane.memstore import MemStore
+from tests.test_cli_support import (
+    POLICY,
+    ROUTE,
+    TOKEN,
+    ControlPlane,
+    check_golden,
+    control_plane,
+    fake_proxies,
+    run_meshctl,
+    write,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = """apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: ingress, namespace: edge}
+spec:
+  listen: 0.0.0.0:8080
+  rules: [{destination: productpage}]
+"""
+REJECTED = {"conditions": [{
+    "type": "Accepted", "status": "False", "reason": "Invalid",
+    "lastTransitionTime": "2026-01-02T03:04:05Z",
+    "message": "mesh/routes/reviews.yaml doc 1: spec.rules[0].backends: weights sum to 101, "
+               "must be 100\nmesh/routes/reviews.yaml doc 1: spec.host: required"}]}
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMI_TOKEN", TOKEN)
+
+
+@pytest.fixture
+async def cp() -> AsyncIterator[ControlPlane]:
+    async with control_plane(MemStore()) as plane:
+        yield plane
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Path:
+    """A config dir: policies/reviews.yaml, routes/reviews.yaml (v1 90 / v2 10)."""
+    write(tmp_path / "mesh" / "policies" / "reviews.yaml", POLICY)
+    write(tmp_path / "mesh" / "routes" / "reviews.yaml", ROUTE % (90, 10))
+    return tmp_path / "mesh"
+
+
+async def test_apply_is_created_then_unchanged_then_configured(cp: ControlPlane,
+                                                               mesh: Path) -> None:
+    """Applying a directory prints created, then unchanged, then configured for the edit."""
+    assert await cp.meshctl("apply", "-f", str(mesh)) == (0, (
+        "destinationpolicy.ami.mesh/reviews created\nroute.ami.mesh/reviews created\n"), "")
+    assert (await cp.meshctl("apply", "-f", str(mesh)))[1] == (
+        "destinationpolicy.ami.mesh/reviews unchanged\nroute.ami.mesh/reviews unchanged\n")
+    write(mesh / "routes" / "reviews.yaml", ROUTE % (50, 50))
+    assert (await cp.meshctl("apply", "-f", str(mesh)))[1] == (
+        "destinationpolicy.ami.mesh/reviews unchanged\nroute.ami.mesh/reviews configured\n")
+    stored = await cp.store.get("Route", "default", "reviews")
+    assert stored is not None and stored.resource.raw["spec"]["rules"][1]["backends"][0] == {
+        "subset": "v1", "weight": 50}
+
+
+async def test_apply_reports_server_error_at_file_and_doc(cp: ControlPlane, tmp_path: Path,
+                                                          mesh: Path) -> None:
+    """A cross-document error found by the server names the file and document; none applied."""
+    await cp.meshctl("apply", "-f", str(mesh / "policies"))
+    bad = write(tmp_path / "more" / "routes.yaml",
+                GATEWAY + "---\n" + (ROUTE % (90, 10)).replace("subset: v2, weight", "subset: v9, "
+                                                                                      "weight"))
+    code, out, err = await cp.meshctl("apply", "-f", str(mesh / "policies"), "-f", str(bad))
+    assert (code, out) == (1, "")
+    assert err == (f"error: {bad} doc 2: spec.rules[1].backends[1].subset: unknown subset 'v9' "
+                   "for host reviews (known: v1, v2, v3)\n")
+    assert await cp.store.get("Gateway", "edge", "ingress") is None  # all or nothing
+
+
+async def test_apply_rejects_bad_file_locally(cp: ControlPlane, tmp_path: Path) -> None:
+    """A schema error is reported with file, document and field, and nothing is sent."""
+    bad = write(tmp_path / "r.yaml", "---\n---\n" + (ROUTE % (90, 11)))
+    code, out, err = await cp.meshctl("apply", "-f", str(bad))
+    assert (code, out) == (1, "")
+    assert err == f"{bad} doc 2: spec.rules[1].backends: weights sum to 101, must be 100\n"
+    assert await cp.store.list() == []
+
+
+async def test_apply_dry_run_is_offline(tmp_path: Path, mesh: Path) -> None:
+    """--dry-run checks the set without a control plane (the URL given is never reached)."""
+    offline = "http://127.0.0.1:9"
+    assert await run_meshctl("--control-plane", offline, "apply", "--dry-run", "-f",
+                             str(mesh)) == (0, "destinationpolicy.ami.mesh/reviews valid (dry "
+                                               "run, offline)\nroute.ami.mesh/reviews valid "
+                                               "(dry run, offline)\n", "")
+    code, _, err = await run_meshctl("--control-plane", offline, "apply", "--dry-run", "-f",
+                                     str(mesh / "routes"))
+    assert code == 1 and "unknown subset 'v1' for host reviews" in err
+
+
+async def _seed(cp: ControlPlane, mesh: Path) -> None:
+    """The mesh dir, a Gateway in namespace edge, and a rejection status on the route."""
+    write(mesh / "edge" / "gateway.yaml", GATEWAY)
+    assert (await cp.meshctl("apply", "-f", str(mesh)))[0] == 0
+    await cp.store.set_status(("Route", "default", "reviews"), REJECTED)
+
+
+async def test_get_tables_match_golden_files(cp: ControlPlane, mesh: Path) -> None:
+    """Tables per kind (short, singular and plural names alike) match the golden files."""
+    await _seed(cp, mesh)
+    routes = await cp.meshctl("get", "routes")
+    assert routes[0] == 0
+    check_golden("get_routes.txt", routes[1])
+    assert await cp.meshctl("get", "rt") == routes
+    assert await cp.meshctl("get", "Route", "reviews") == routes
+    check_golden("get_destinationpolicies.txt", (await cp.meshctl("get", "dp"))[1])
+    check_golden("get_gateways_all_namespaces.txt", (await cp.meshctl("get", "gw", "-A"))[1])
+    assert await cp.meshctl("get", "gateway") == (0, "", "No gateways found in namespace "
+                                                         "default.\n")
+
+
+async def test_get_yaml_reapplies_unchanged(cp: ControlPlane, mesh: Path,
+                                            tmp_path: Path) -> None:
+    """``get -o yaml`` output applied back is unchanged; ``-o json`` is the wire object."""
+    await _seed(cp, mesh)
+    code, text, _ = await cp.meshctl("get", "routes", "-o", "yaml")
+    assert code == 0 and text.startswith("---\napiVersion: ami.mesh/v1alpha1\nkind: Route\n")
+    dumped = write(tmp_path / "dump.yaml", text)
+    assert (await cp.meshctl("apply", "-f", str(dumped)))[1] == "route.ami.mesh/reviews unchanged\n"
+    one = json.loads((await cp.meshctl("get", "route", "reviews", "-o", "json"))[1])
+    assert (one["metadata"]["resourceVersion"], one["status"]) == ("3", REJECTED)
+    listed = json.loads((await cp.meshctl("get", "dp", "-A", "-o", "json"))[1])
+    assert (listed["kind"], [i["metadata"]["name"] for i in listed["items"]]) == ("List",
+                                                                                 ["reviews"])
+
+
+async def test_get_errors(cp: ControlPlane) -> None:
+    """A missing object is the server's message, exit 1; an unknown kind is a usage error."""
+    assert await cp.meshctl("get", "route", "nope") == (
+        1, "", "error: Route default/nope not found\n")
+    with pytest.raises(SystemExit) as usage:
+        await cp.meshctl("get", "virtualservice")
+    assert usage.value.code == 2
+
+
+async def test_unreachable_control_plane_is_one_line(tmp_path: Path) -> None:
+    """Without a control plane, the error names the URL it tried."""
+    code, _, err = await run_meshctl("--control-plane", "127.0.0.1:9", "get", "routes")
+    assert code == 1 and err.startswith("error: cannot reach the control plane at "
+                                        "http://127.0.0.1:9:")
+
+
+async def test_delete_by_name_and_by_file(cp: ControlPlane, mesh: Path) -> None:
+    """delete KIND NAME and delete -f remove objects; a missing one exits 1 with its message."""
+    await _seed(cp, mesh)
+    assert await cp.meshctl("delete", "gw", "ingress", "-n", "edge") == (
+        0, "gateway.ami.mesh/ingress deleted\n", "")
+    assert await cp.meshctl("delete", "-f", str(mesh / "routes")) == (
+        0, "route.ami.mesh/reviews deleted\n", "")
+    assert [o.key for o in await cp.store.list()] == [("DestinationPolicy", "default",
+                                                       "reviews")]
+    assert await cp.meshctl("delete", "-f", str(mesh / "routes")) == (
+        1, "", "error: Route default/reviews not found\n")
+    assert (await cp.meshctl("delete", "route"))[0] == 2
+
+
+async def test_describe_shows_status_spec_and_proxies(mesh: Path) -> None:
+    """describe prints the object, its conditions and every proxy's sync state (golden)."""
+    proxies = [{"name": "reviews-v2-1", "service": "reviews", "version": "v2",
+                "configVersion": "c0ffee", "synced": False, "error": "routes[0]: bad"},
+               {"name": "productpage-v1-1", "service": "productpage", "version": "v1",
+                "configVersion": "a1b2c3", "synced": True}]
+    async with control_plane(MemStore(), [fake_proxies(3, proxies)]) as cp:
+        await _seed(cp, mesh)
+        code, out, _ = await cp.meshctl("describe", "rt", "reviews")
+    assert code == 0
+    check_golden("describe_route.txt", out)
+
+
+async def test_describe_without_proxy_status(cp: ControlPlane, mesh: Path) -> None:
+    """When the control plane has no proxy status endpoint, describe says so and succeeds."""
+    await _seed(cp, mesh)
+    code, out, _ = await cp.meshctl("describe", "destinationpolicy", "reviews")
+    assert code == 0 and out.endswith("Proxies:           proxy status unavailable\n")
+    assert "Status:            Accepted\n" in out
+
+
+async def test_installed_meshctl_reads_env(cp: ControlPlane, mesh: Path) -> None:
+    """The installed ``meshctl get`` finds the control plane through AMI_CONTROL_PLANE."""
+    await _seed(cp, mesh)
+    env = {**os.environ, "AMI_CONTROL_PLANE": cp.url.removeprefix("http://")}
+    proc = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv" / "bin" / "meshctl"), "get", "routes", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert (proc.returncode, err) == (0, b"")
+    check_golden("get_routes.txt", out.decode())

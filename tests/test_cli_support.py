@@ -1,0 +1,127 @@
+"""Shared pieces of the meshctl CLI tests: a real API on loopback, fakes of the status
+endpoints other engineers are building, running ``meshctl.cli.main`` and golden files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.cli import main
+from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.store import Store
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("AMI_UPDATE_GOLDEN") == "1"  # regenerate instead of compare
+TOKEN = "test-token"
+DEADLINE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlane:
+    url: str
+    store: Store
+
+    async def meshctl(self, *argv: str) -> tuple[int, str, str]:
+        """Run ``meshctl --control-plane URL argv...`` in a thread: (exit code, stdout, stderr)."""
+        return await run_meshctl("--control-plane", self.url, *argv)
+
+
+async def run_meshctl(*argv: str) -> tuple[int, str, str]:
+    """``meshctl.cli.main(argv)`` off the event loop (the CLI blocks on HTTP to this loop)."""
+    def call() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+    async with asyncio.timeout(DEADLINE):
+        return await asyncio.to_thread(call)
+
+
+@contextlib.asynccontextmanager
+async def control_plane(store: Store, extra_routes: Iterable[web.AbstractRouteDef] = ()
+                        ) -> AsyncIterator[ControlPlane]:
+    """The real HTTP API over ``store`` on a free 127.0.0.1 port, write token ``TOKEN``."""
+    runner = web.AppRunner(create_api_app(store, token=TOKEN, extra_routes=list(extra_routes)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield ControlPlane(f"http://{host}:{port}", store)
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+@dataclass(slots=True)
+class FakeSync:
+    """``GET /api/v1/sync`` as its contract says; records each query it was asked."""
+
+    lagging: list[str] = field(default_factory=list)  # non-empty: answer 504 with these
+    proxies: int = 7
+    queries: list[dict[str, str]] = field(default_factory=list)
+
+    def route(self) -> web.RouteDef:
+        return web.get("/api/v1/sync", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.queries.append(dict(request.query))
+        if self.lagging:
+            return web.json_response({"synced": False, "lagging": self.lagging}, status=504)
+        return web.json_response({"synced": True, "proxies": self.proxies, "elapsed_ms": 43.2})
+
+
+def fake_proxies(store_version: int, proxies: list[dict[str, Any]]) -> web.RouteDef:
+    """``GET /api/v1/proxies`` answering a fixed list, shaped like its contract."""
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"storeVersion": store_version, "proxies": proxies})
+
+    return web.get("/api/v1/proxies", handle)
+
+
+def check_golden(name: str, actual: str) -> None:
+    """Compare with ``tests/golden/<name>``; AMI_UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = GOLDEN / name
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(actual)
+    assert actual == path.read_text(), f"differs from {path} (AMI_UPDATE_GOLDEN=1 to rewrite)"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+POLICY = """apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+    - {name: v3, labels: {version: v3}}
+"""
+
+ROUTE = """apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - name: jason
+      matches: [{headers: {end-user: {exact: jason}}}]
+      backends: [{subset: v2}]
+    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
+"""

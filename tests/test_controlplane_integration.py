@@ -1,0 +1,221 @@
+"""Real processes: meshctl serve, sidecars in control-plane mode, and tiny backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
+    MeshProcess,
+    all_synced,
+    http_get,
+    http_json,
+    proxies,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+BASE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {mtls: {mode: DISABLE}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+"""
+
+ROUTE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
+"""
+
+
+class Mesh:
+    """The processes of one test module and the ways to look at them."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[MeshProcess] = []
+        config_dir = tmp / "mesh"
+        config_dir.mkdir()
+        (config_dir / "base.yaml").write_text(BASE)
+        self.cp = start_control_plane(tmp, config_dir=config_dir, warmup=3.0)
+        for version in ("v1", "v2"):
+            backend = start_backend(tmp, f"reviews-{version}")
+            self.procs.append(backend)
+            self.procs.append(start_sidecar(tmp, self.cp.info["grpc"], "reviews", version,
+                                            app=backend.info["address"]))
+        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
+        self.procs.append(self.client)
+        self.names = {p.info["name"] for p in self.procs if "name" in p.info}
+
+    def call(self) -> tuple[int, bytes]:
+        return http_get(f"http://{self.client.info['outbound']}/", {"Host": "reviews"})
+
+    def answers(self, n: int) -> set[bytes]:
+        results = [self.call() for _ in range(n)]
+        assert all(status == 200 for status, _ in results), results
+        return {body for _, body in results}
+
+    def apply(self, text: str) -> int:
+        status, body = http_json(self.cp.info["api"] + "/api/v1/apply", "POST", text,
+                                 token=self.cp.info["token"], content_type="application/yaml")
+        assert status == 200, body
+        return max(int(r["resourceVersion"]) for r in body["results"])
+
+    def close(self) -> None:
+        for proc in [*self.procs, self.cp]:
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    m = Mesh(tmp_path_factory.mktemp("mesh"))
+    try:
+        wait_for(lambda: all_synced(m.cp, m.names), 20, "all proxies synced")
+        wait_for(lambda: len(m.answers(8)) == 2, 20, "both reviews versions reachable")
+        yield m
+    finally:
+        m.close()
+
+
+def proxy_status_json(mesh: Mesh) -> list[dict[str, Any]]:
+    out = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
+                          "proxy-status", "-o", "json"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=30, check=True)
+    return list(json.loads(out.stdout))
+
+
+def test_declared_route_steers_traffic(mesh: Mesh) -> None:
+    """A Route applied through the API sends all traffic to subset v2 once /sync says so."""
+    revision = mesh.apply(ROUTE % (0, 100))
+    status, body = http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}"
+                             "&timeout=15")
+    assert status == 200 and body["synced"] and body["proxies"] == 3, body
+    assert mesh.answers(20) == {b"reviews-v2"}
+    listed = proxy_status_json(mesh)
+    assert {p["name"] for p in listed} == mesh.names
+    assert all(p["synced"] and p["configVersion"] and p["certExpiry"] is None for p in listed)
+    assert {p["version"] for p in listed if p["service"] == "reviews"} == {"v1", "v2"}
+
+
+def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
+    """A hand edit with bad weights is rejected with a precise error and traffic is unchanged."""
+    revision = mesh.apply(ROUTE % (100, 0))
+    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
+    assert mesh.answers(10) == {b"reviews-v1"}
+    route_file = mesh.cp.info["config_dir"] / "route" / "default" / "reviews.yaml"
+    route_file.write_text(ROUTE % (60, 41))
+
+    def rejected() -> str | None:
+        items = http_json(mesh.cp.info["api"] + "/api/v1/errors")[1]["items"]
+        return next((i["message"] for i in items if i["source"].endswith("reviews.yaml")), None)
+
+    message = wait_for(rejected, 10, "the broken file to be reported")
+    assert "spec.rules[0].backends" in message and "weights sum to 101, must be 100" in message
+    assert mesh.answers(20) == {b"reviews-v1"}
+    assert all(p["synced"] for p in proxy_status_json(mesh))
+    route_file.write_text(ROUTE % (100, 0))  # repair for the next tests
+    wait_for(lambda: not rejected(), 10, "the repaired file to be accepted")
+
+
+def test_nack_is_visible_in_proxy_status(mesh: Mesh) -> None:
+    """A proxy that refuses a snapshot shows NACK with its error in proxy-status."""
+    channel = grpc.insecure_channel(mesh.cp.info["grpc"])
+    stub = mesh_pb2_grpc.MeshControlStub(channel)
+    outbox: list[mesh_pb2.ProxyMessage] = [mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
+        name="ratings-v9-1", service="ratings", labels={"version": "v9"},
+        inbound="127.0.0.1:1", admin="127.0.0.1:2"))]
+    sent = threading.Event()
+    done = threading.Event()
+
+    def requests() -> Iterator[mesh_pb2.ProxyMessage]:
+        while not done.is_set():
+            if outbox:
+                yield outbox.pop(0)
+            elif sent.wait(0.05):
+                sent.clear()
+
+    call = stub.StreamConfig(requests())
+    try:
+        first = next(iter(call))
+        outbox.append(mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
+            version=first.version, nonce=first.nonce, error="routes[0].rules: simulated")))
+        sent.set()
+
+        def nacked() -> dict[str, Any] | None:
+            return next((p for p in proxy_status_json(mesh)
+                         if p["name"] == "ratings-v9-1" and p["nack"]), None)
+
+        entry = wait_for(nacked, 10, "the NACK in proxy-status")
+        assert entry["nack"] == "routes[0].rules: simulated" and not entry["synced"]
+        table = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
+                                "proxy-status"], capture_output=True, text=True, cwd=ROOT,
+                               timeout=30, check=True).stdout
+        assert "NACK: routes[0].rules: simulated" in table
+    finally:
+        done.set()
+        call.cancel()
+        channel.close()
+
+
+def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
+    """Killing the control plane under load fails no request; a restart converges again."""
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(mesh.call()[0])
+            except OSError:
+                results.append(-1)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        wait_for(lambda: len(results) > 50, 10, "load running")
+        mesh.cp.kill()
+        seen = len(results)
+        wait_for(lambda: len(results) > seen + 50, 10, "load continuing without control plane")
+        api, grpc_addr = mesh.cp.info["api"], mesh.cp.info["grpc"]
+        mesh.cp = start_control_plane(mesh.tmp, config_dir=mesh.cp.info["config_dir"],
+                                      http_port=int(api.rpartition(":")[2]),
+                                      grpc_port=int(grpc_addr.rpartition(":")[2]), warmup=3.0)
+        wait_for(lambda: all_synced(mesh.cp, mesh.names), 30, "synced after the restart")
+        seen = len(results)
+        wait_for(lambda: len(results) > seen + 50, 10, "load after the restart")
+    finally:
+        stop.set()
+        worker.join(10)
+    assert results.count(200) == len(results), {s: results.count(s) for s in set(results)}
+    assert all(p.alive() for p in mesh.procs)
+    assert mesh.answers(10) == {b"reviews-v1"}
+    assert {p["name"] for p in proxies(mesh.cp)} == mesh.names

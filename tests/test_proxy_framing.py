@@ -1,0 +1,182 @@
+"""Message framing through the proxy: chunked, 100-continue, HEAD/204/304, close, HTTP/1.0, ws."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    echo_app,
+    get,
+    read_request,
+    read_response,
+    roundtrip,
+    roundtrip_close,
+)
+
+
+async def _close_delimited(_: RawBackend, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+    """An HTTP/1.0-style response: no length, the body ends when the connection closes."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+    for i in range(3):
+        writer.write(b"until-close-%d;" % i)
+        await writer.drain()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    backends = Backends()
+    echo = backends.aiohttp(echo_app())
+    eof = backends.raw(_close_delimited)
+    proxy = ProxyProcess(tmp_path_factory.mktemp("framing"),
+                         {"echo": [echo], "eof": [eof.port]}).start()
+    yield {"proxy": proxy, "port": proxy.outbound}
+    proxy.stop()
+    backends.close()
+
+
+async def test_chunked_request_body_is_forwarded(env: dict[str, Any]) -> None:
+    """A chunked upload arrives whole at the backend."""
+    raw = (b"POST /up HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    resp = await roundtrip(env["port"], raw)
+    assert json.loads(resp.body)["body"] == "hello world"
+
+
+async def test_chunked_response_body_is_relayed_chunked(env: dict[str, Any]) -> None:
+    """A chunked response reaches the client chunked and intact."""
+    resp = await roundtrip(env["port"], get("echo", "/chunked"))
+    assert resp.header("transfer-encoding") == "chunked"
+    assert resp.body == b"part0;part1;part2;part3;part4;"
+
+
+async def test_close_delimited_response_is_rechunked(env: dict[str, Any]) -> None:
+    """A body ended by upstream EOF is sent to an HTTP/1.1 client chunked, complete."""
+    resp = await roundtrip(env["port"], get("eof", "/"))
+    assert resp.header("transfer-encoding") == "chunked"
+    assert resp.body == b"until-close-0;until-close-1;until-close-2;"
+
+
+async def test_expect_100_continue(env: dict[str, Any]) -> None:
+    """The client gets `100 Continue` before sending its body, then the final response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(b"PUT /e HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: 4\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim.startswith(b"HTTP/1.1 100")
+    writer.write(b"data")
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert json.loads(resp.body)["body"] == "data"
+
+
+async def test_head_keeps_content_length_without_body(env: dict[str, Any]) -> None:
+    """HEAD gets the GET's Content-Length and no body; the connection stays usable."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(get("echo", "/h", method="HEAD"))
+    head = await asyncio.wait_for(read_response(reader, "HEAD"), 10)
+    assert head.status == 200 and int(head.header("content-length") or 0) > 0
+    writer.write(get("echo", "/after-head"))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert json.loads(resp.body)["path"] == "/after-head"
+
+
+@pytest.mark.parametrize("code", [204, 304])
+async def test_bodyless_statuses(env: dict[str, Any], code: int) -> None:
+    """204 and 304 carry no body and no chunked framing; the next request works."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(get("echo", f"/status/{code}"))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    assert resp.status == code and resp.header("x-code") == str(code)
+    assert resp.header("transfer-encoding") is None
+    writer.write(get("echo", "/next"))
+    nxt = await asyncio.wait_for(read_response(reader), 10)  # fails if stray body bytes came
+    writer.close()
+    assert nxt.status == 200 and json.loads(nxt.body)["path"] == "/next"
+
+
+async def test_client_connection_close(env: dict[str, Any]) -> None:
+    """`Connection: close` from the client: answered with `connection: close`, then closed."""
+    resp, closed = await roundtrip_close(env["port"], get("echo", "/", "Connection: close\r\n"))
+    assert resp.status == 200 and resp.header("connection") == "close"
+    assert closed
+
+
+async def test_upstream_connection_close_keeps_client(env: dict[str, Any]) -> None:
+    """An upstream `Connection: close` is hop-by-hop: the client connection stays open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(get("eof", "/"))
+    first = await asyncio.wait_for(read_response(reader), 10)
+    writer.write(get("echo", "/again"))
+    second = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert first.status == 200 and first.header("connection") is None
+    assert json.loads(second.body)["path"] == "/again"
+
+
+async def test_http10_client(env: dict[str, Any]) -> None:
+    """An HTTP/1.0 client gets a complete response and the proxy closes (no keep-alive asked)."""
+    resp, closed = await roundtrip_close(env["port"], b"GET /old HTTP/1.0\r\nHost: echo\r\n\r\n")
+    assert resp.status == 200 and json.loads(resp.body)["path"] == "/old"
+    assert closed
+    resp, closed = await roundtrip_close(env["port"], b"GET /chunked HTTP/1.0\r\nHost: echo\r\n\r\n")
+    assert resp.header("transfer-encoding") is None  # 1.0 cannot read chunked: close-delimited
+    assert resp.body == b"part0;part1;part2;part3;part4;" and closed
+
+
+async def test_http10_keep_alive(env: dict[str, Any]) -> None:
+    """An HTTP/1.0 client that asks for keep-alive gets it, with a length-framed response."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    for path in ("/k1", "/k2"):
+        writer.write(b"GET %s HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n"
+                     % path.encode())
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert resp.header("connection") == "keep-alive"
+        assert json.loads(resp.body)["path"] == path
+    writer.close()
+
+
+async def test_pipelined_requests_answered_in_order(env: dict[str, Any]) -> None:
+    """Ten requests written at once come back in request order, the slow one included."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    paths = [f"/p{i}" for i in range(10)]
+    paths[2] = "/slow?s=0.3"
+    writer.write(b"".join(get("echo", p) for p in paths))
+    bodies = []
+    for _ in paths:
+        bodies.append((await asyncio.wait_for(read_response(reader), 10)).body)
+    writer.close()
+    assert bodies[2] == b"slow done"
+    assert [json.loads(b)["raw_path"] for i, b in enumerate(bodies) if i != 2] == \
+        [p for i, p in enumerate(paths) if i != 2]
+
+
+async def test_websocket_upgrade_tunnels_both_ways(env: dict[str, Any]) -> None:
+    """A WebSocket handshake through the proxy works and messages flow in both directions."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"http://127.0.0.1:{env['port']}/ws", headers={"Host": "echo"}) as ws:
+        assert (await ws.receive_str(timeout=10)) == "hello from backend"
+        for text in ("one", "two" * 10000):
+            await ws.send_str(text)
+            assert (await ws.receive_str(timeout=10)) == "echo:" + text
+
+
+async def test_keep_alive_connection_serves_many_requests(env: dict[str, Any]) -> None:
+    """One client connection carries several requests and stays open between them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    for i in range(5):
+        writer.write(get("echo", f"/n{i}", body=b"x" * i, method="POST"))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert json.loads(resp.body)["body"] == "x" * i
+    writer.close()

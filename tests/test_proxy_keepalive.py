@@ -1,0 +1,115 @@
+"""Upstream keep-alive through the proxy: connection reuse and the keep-alive race."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    get,
+    read_request,
+    read_response,
+    roundtrip,
+)
+
+
+def _ok(msg_body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(msg_body), msg_body)
+
+
+async def _keep_alive(backend: RawBackend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+    """Answers every request on the connection, numbering the connection in the body."""
+    conn_no = backend.accepted
+    while (req := await read_request(reader)) is not None:
+        backend.requests.append(req)
+        writer.write(_ok(b"conn-%d %s" % (conn_no, req.body)))
+        await writer.drain()
+
+
+async def _close_after_response(backend: RawBackend, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+    """Answers one request without `Connection: close`, then closes the socket anyway."""
+    req = await read_request(reader)
+    if req is not None:
+        backend.requests.append(req)
+        writer.write(_ok(b"once " + req.body))
+        await writer.drain()
+
+
+async def _drop_second_request(backend: RawBackend, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+    """Answers the first request, then closes as soon as a second one arrives (the race)."""
+    req = await read_request(reader)
+    if req is None:
+        return
+    backend.requests.append(req)
+    writer.write(_ok(b"first " + req.body))
+    await writer.drain()
+    if await read_request(reader) is not None:
+        writer.transport.abort()  # as if the idle timer fired just as the request came in
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    backends = Backends()
+    raws = {"ka": backends.raw(_keep_alive), "closer": backends.raw(_close_after_response),
+            "racer": backends.raw(_drop_second_request)}
+    proxy = ProxyProcess(tmp_path_factory.mktemp("keepalive"),
+                         {name: [b.port] for name, b in raws.items()}).start()
+    yield {"proxy": proxy, **raws}
+    proxy.stop()
+    backends.close()
+
+
+async def test_sequential_requests_reuse_one_upstream_connection(env: dict[str, Any]) -> None:
+    """Ten requests from ten client connections ride one pooled upstream connection."""
+    proxy, backend = env["proxy"], env["ka"]
+    for i in range(10):
+        resp = await roundtrip(proxy.outbound, get("ka", f"/{i}"))
+        assert resp.body == b"conn-1 "
+    assert backend.accepted == 1
+    pools = {p["address"]: p for p in (await proxy.stats())["upstream_pools"]}
+    assert pools[f"127.0.0.1:{backend.port}"]["connections"] == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_upstream_closing_after_each_response(env: dict[str, Any], method: str) -> None:
+    """A backend that silently closes after each response never costs the client an error."""
+    backend = env["closer"]
+    before = backend.accepted
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["proxy"].outbound)
+    for i in range(5):
+        body = b"b%d" % i if method == "POST" else b""
+        writer.write(get("closer", "/", body=body, method=method))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert (resp.status, resp.body) == (200, b"once " + body)
+    writer.close()
+    assert backend.accepted - before == 5
+
+
+async def test_keep_alive_race_get_is_retried_on_fresh_connection(env: dict[str, Any]) -> None:
+    """A pooled connection that dies after a bodiless GET was sent is retried once, fresh."""
+    proxy, backend = env["proxy"], env["racer"]
+    before = backend.accepted
+    first = await roundtrip(proxy.outbound, get("racer", "/one"))
+    second = await roundtrip(proxy.outbound, get("racer", "/two"))
+    assert (first.body, second.body) == (b"first ", b"first ")
+    assert backend.accepted - before == 2
+    assert [r.target for r in backend.requests[-2:]] == ["/one", "/two"]
+
+
+async def test_keep_alive_race_post_is_not_resent(env: dict[str, Any]) -> None:
+    """A POST whose bytes already reached a dying connection is not replayed: 502 upstream_reset."""
+    proxy = env["proxy"]
+    warm = await roundtrip(proxy.outbound, get("racer", "/warm"))  # leaves a pooled connection
+    resp = await roundtrip(proxy.outbound, get("racer", "/pay", body=b"p", method="POST"))
+    assert warm.status == 200
+    assert (resp.status, resp.header("x-ami-reason")) == (502, "upstream_reset")
+    assert "/pay" not in [r.target for r in env["racer"].requests]
