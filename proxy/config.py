@@ -66,7 +66,8 @@ class ConnectionPoolSettings:
     max_pending_requests: int = 1024
     max_requests_per_connection: int = 0  # 0 = unlimited
     max_concurrent_requests: int = 1024
-    idle_timeout: float = 10.0  # below common upstream keep-alive timeouts (aiohttp 75 s, nginx 75 s)
+    # Below common upstream keep-alive timeouts (aiohttp 75 s, nginx 75 s).
+    idle_timeout: float = 10.0
     connect_timeout: float = 5.0
 
 
@@ -307,7 +308,8 @@ def _parse_snapshot(data: object) -> Snapshot:
     }
     for k in listeners:
         if k not in ("outbound", "inbound", "admin", "gateway"):
-            raise ConfigError(f"listeners.{k}: unknown listener (outbound, inbound, admin, gateway)")
+            raise ConfigError(
+                f"listeners.{k}: unknown listener (outbound, inbound, admin, gateway)")
     mesh_raw = _mapping(raw.get("mesh"), "mesh")
     budget = _mapping(mesh_raw.get("retryBudget"), "mesh.retryBudget")
     tracing = _mapping(mesh_raw.get("tracing"), "mesh.tracing")

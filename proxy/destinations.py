@@ -109,8 +109,8 @@ class DestinationRegistry:
             if state.outlier is None or getattr(state.outlier, "settings", None) != outlier:
                 state.outlier = self._detector(name, outlier)
             state.outlier.set_endpoints(pools)
-        if state.budget is None or state.budget.settings != (budget_percent,
-                                                             budget_min_per_second):
+        if not isinstance(state.budget, _Budget) or state.budget.settings != (
+                budget_percent, budget_min_per_second):
             state.budget = _Budget(budget_percent, budget_min_per_second, self.clock)
         return state
 

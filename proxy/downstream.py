@@ -118,7 +118,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if ssl_object is not None:
             self._identify_peer(ssl_object)
         if not self.listener.admit(self):
-            transport.write(local_reply("too_many_connections", close=True))
+            transport.write(local_reply("too_many_connections", close=True))  # type: ignore[attr-defined]
             transport.close()
             self.closed = True
 

@@ -19,7 +19,8 @@ _rng = random.Random()
 
 def new_request_id() -> bytes:
     """A random UUIDv4 as bytes; cheaper than uuid.uuid4() on the hot path."""
-    n = (_rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    n = _rng.getrandbits(128)
+    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
     h = b"%032x" % n
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
@@ -71,7 +72,7 @@ def split_target(target: bytes) -> tuple[str, str, str | None]:
         else:
             raise ValueError("request target is neither origin-form nor absolute-form")
     text = target.decode("latin-1")
-    path, sep, query = text.partition("?")
+    path, _, query = text.partition("?")
     if "#" in path:
         path = path.split("#", 1)[0]
     return path, query, authority

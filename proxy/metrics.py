@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 REQUEST_LABELS = (
@@ -72,16 +73,18 @@ class RequestStats:
         self.counters[key] = self.counters.get(key, 0) + value
 
     def series(self) -> Iterator[tuple[tuple[str, ...], _Series]]:
-        for (prefix, version, status, flags, security), s in self._series.items():
+        for key, s in self._series.items():
             # prefix = (reporter, source_workload, source_version, destination_service,
             #           destination_workload)
-            yield (*prefix, version, str(status), flags, security), s
+            prefix, version, status, flags, security = key
+            assert isinstance(prefix, tuple)
+            yield (*prefix, str(version), str(status), str(flags), str(security)), s
 
     def totals(self) -> dict[str, float]:
         """A compact summary for /stats and the control plane."""
         total = sum(s.count for s in self._series.values())
-        errors = sum(s.count for (_, _, st, _, _), s in self._series.items()
-                     if isinstance(st, int) and st >= 500)
+        errors = sum(s.count for key, s in self._series.items()
+                     if isinstance(key[2], int) and key[2] >= 500)
         return {"requests": total, "errors_5xx": errors,
                 "connections_active": sum(self.connections_active.values())}
 
@@ -90,7 +93,7 @@ class _StatsCollector(Collector):
     def __init__(self, stats: RequestStats) -> None:
         self.stats = stats
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         stats = self.stats
         requests = CounterMetricFamily("ami_requests", "Requests handled by the proxy.",
                                        labels=REQUEST_LABELS)
@@ -124,12 +127,12 @@ class _StatsCollector(Collector):
             failures.add_metric([name], value)
         yield from (active, opened, failures)
         families: dict[str, CounterMetricFamily] = {}
-        for (name, labels), value in sorted(stats.counters.items()):
+        for (name, label_pairs), count in sorted(stats.counters.items()):
             fam = families.get(name)
             if fam is None:
                 fam = families[name] = CounterMetricFamily(
-                    name, _COUNTER_HELP.get(name, name), labels=[k for k, _ in labels])
-            fam.add_metric([v for _, v in labels], value)
+                    name, _COUNTER_HELP.get(name, name), labels=[k for k, _ in label_pairs])
+            fam.add_metric([v for _, v in label_pairs], count)
         yield from families.values()
 
 

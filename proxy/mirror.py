@@ -143,10 +143,7 @@ def _shadow_head(ex: Exchange) -> bytes:
         if sep and name.strip().lower() == b"host":
             host = value.strip()
             base, colon, port = host.rpartition(b":")
-            if colon and port.isdigit():
-                host = base + b"-shadow:" + port
-            else:
-                host = host + b"-shadow"
-            lines[i] = name + b": " + host
+            shadow = base + b"-shadow:" + port if colon and port.isdigit() else host + b"-shadow"
+            lines[i] = name + b": " + shadow
             break
     return b"\r\n".join(lines)

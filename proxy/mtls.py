@@ -87,7 +87,11 @@ class MeshAcceptor:
     async def _first_byte_is_tls(self, conn: socket.socket) -> bool:
         ready: asyncio.Future[None] = self.loop.create_future()
         fd = conn.fileno()
-        self.loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        def on_readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_reader(fd, on_readable)
         try:
             await ready
         finally:

@@ -179,9 +179,9 @@ class RouterBuilder:
             for rule in route.rules:
                 backends = []
                 for b in rule.backends:
-                    service = snap.services.get(b.service or host)
-                    if service is None:
-                        service = Service(b.service or host, "default", (), (), _default_policy())
+                    found = snap.services.get(b.service or host)
+                    service = found if found is not None else Service(
+                        b.service or host, "default", (), (), _default_policy())
                     backends.append(self._backend(service, b.subset, reporter))
                 decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
                                     self.rng, rule)

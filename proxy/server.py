@@ -143,14 +143,13 @@ class ProxyServer:
             if kind == "inbound" and self.tls is not None:
                 acceptor = MeshAcceptor(
                     listener, bind_socket(address.host, address.port), self.tls,
-                    lambda: self.snapshot.mesh.mtls if self.snapshot else "STRICT",
-                    lambda lst=listener: DownstreamProtocol(lst))
+                    self._mtls_mode, _protocol_factory(listener))
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
                 listener.xfcc_by = self.tls.identity.spiffe_id.encode()
             else:
                 listener.server = await self.loop.create_server(
-                    lambda lst=listener: DownstreamProtocol(lst), address.host, address.port,
+                    _protocol_factory(listener), address.host, address.port,
                     backlog=1024, reuse_address=True,
                 )
             self.listeners[kind] = listener
@@ -158,6 +157,9 @@ class ProxyServer:
         if self.snapshot is not None:
             self.apply(self.snapshot)  # build routers for listeners bound after the snapshot
         self.listeners_bound = True
+
+    def _mtls_mode(self) -> str:
+        return self.snapshot.mesh.mtls if self.snapshot is not None else "STRICT"
 
     def bound_address(self, kind: str) -> Address:
         listener = self.listeners[kind]
@@ -213,6 +215,10 @@ class ProxyServer:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
+
+
+def _protocol_factory(listener: Listener) -> Callable[[], DownstreamProtocol]:
+    return lambda: DownstreamProtocol(listener)
 
 
 def _matcher_compiler() -> Callable[[Any], Any]:

@@ -176,7 +176,9 @@ async def test_delete_by_name_and_by_file(cp: ControlPlane, mesh: Path) -> None:
 async def test_describe_shows_status_spec_and_proxies(mesh: Path) -> None:
     """describe prints the object, its conditions and every proxy's sync state (golden)."""
     proxies = [{"name": "reviews-v2-1", "service": "reviews", "version": "v2",
-                "configVersion": "c0ffee", "synced": False, "error": "routes[0]: bad"},
+                "configVersion": "c0ffee", "synced": False, "nack": "routes[0]: bad"},
+               {"name": "ratings-v1-1", "service": "ratings", "version": "v1",
+                "configVersion": None, "synced": False, "nack": None},
                {"name": "productpage-v1-1", "service": "productpage", "version": "v1",
                 "configVersion": "a1b2c3", "synced": True}]
     async with control_plane(MemStore(), [fake_proxies(3, proxies)]) as cp:

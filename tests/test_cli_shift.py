@@ -82,7 +82,7 @@ def test_parse_weights_forms() -> None:
 
 def test_plan_keeps_zero_weights_and_other_services() -> None:
     """Unnamed backends drop to weight 0 but stay; another service's backend is service/subset."""
-    route = {"spec": {"host": "reviews", "rules": [{"backends": [
+    route: dict[str, Any] = {"spec": {"host": "reviews", "rules": [{"backends": [
         {"subset": "v1", "weight": 50}, {"service": "canary", "subset": "v2", "weight": 50}]}]}}
     plan = plan_shift(route, ["v1", "v3"], parse_weights("v3=100"))
     assert plan.split == (("v1", 0), ("canary/v2", 0), ("v3", 100))
@@ -145,11 +145,12 @@ async def test_same_weights_are_unchanged(cp: ControlPlane, sync: FakeSync) -> N
 
 async def test_timeout_names_lagging_proxies(cp: ControlPlane, sync: FakeSync) -> None:
     """When the sync wait times out, exit 1 and name the proxies that did not ACK."""
-    sync.lagging = ["reviews-v2-1", "productpage-v1-1"]
+    sync.lagging = [{"name": "reviews-v2-1", "nack": None},
+                    {"name": "productpage-v1-1", "nack": "routes[0]: bad"}]
     code, out, err = await cp.meshctl("shift", "reviews", "50/50", "--timeout", "2")
     assert (code, out) == (1, "")
     assert err == ("reviews: v1 50% / v2 50% — applied, but 2 not synced after 2 s: "
-                   "reviews-v2-1, productpage-v1-1\n")
+                   "reviews-v2-1, productpage-v1-1 (NACK: routes[0]: bad)\n")
 
 
 async def test_without_sync_endpoint_cannot_confirm(tmp_path: Path) -> None:

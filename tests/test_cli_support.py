@@ -66,7 +66,7 @@ async def control_plane(store: Store, extra_routes: Iterable[web.AbstractRouteDe
 class FakeSync:
     """``GET /api/v1/sync`` as its contract says; records each query it was asked."""
 
-    lagging: list[str] = field(default_factory=list)  # non-empty: answer 504 with these
+    lagging: list[dict[str, Any]] = field(default_factory=list)  # non-empty: answer 504
     proxies: int = 7
     queries: list[dict[str, str]] = field(default_factory=list)
 
@@ -76,7 +76,9 @@ class FakeSync:
     async def handle(self, request: web.Request) -> web.Response:
         self.queries.append(dict(request.query))
         if self.lagging:
-            return web.json_response({"synced": False, "lagging": self.lagging}, status=504)
+            return web.json_response({"synced": False, "reason": "Timeout", "elapsed_ms": 2000.0,
+                                      "error": f"{len(self.lagging)} proxies have not ACKed",
+                                      "lagging": self.lagging}, status=504)
         return web.json_response({"synced": True, "proxies": self.proxies, "elapsed_ms": 43.2})
 
 

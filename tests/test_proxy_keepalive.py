@@ -40,7 +40,7 @@ async def _close_after_response(backend: RawBackend, reader: asyncio.StreamReade
     if req is not None:
         backend.requests.append(req)
         writer.write(_ok(b"once " + req.body))
-        await writer.drain()
+        writer.write_eof()  # FIN right behind the response, as a server closing at once does
 
 
 async def _drop_second_request(backend: RawBackend, reader: asyncio.StreamReader,

@@ -16,6 +16,7 @@ from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.resources import Resource, load_documents, validate_set, yaml_files
 from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+from meshctl.commands.proxystatus import status_word
 from meshctl.controlplane.auth import load_client_token
 from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
@@ -283,19 +284,11 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
     else:
         lines.append(f"Proxies (store version {store_version}):")
         rows = [[str(p.get("name", "")), str(p.get("service", "")), str(p.get("version", "")),
-                 str(p.get("configVersion", "")), proxy_state(p)]
+                 str(p.get("configVersion") or "-"), status_word(p)]
                 for p in sorted(proxies, key=lambda p: str(p.get("name", "")))]
         lines += _indent(output.render_table(
-            ["NAME", "SERVICE", "VERSION", "CONFIG-VERSION", "STATE"], rows))
+            ["NAME", "SERVICE", "VERSION", "CONFIG-VERSION", "SYNC"], rows))
     return "\n".join(lines) + "\n"
-
-
-def proxy_state(proxy: dict[str, Any]) -> str:
-    """``synced``, ``NACKed: <error>`` or ``stale`` for one proxy-status entry."""
-    if proxy.get("synced"):
-        return "synced"
-    error = proxy.get("error") or proxy.get("nackError")
-    return f"NACKed: {error}" if error else "stale"
 
 
 def _indent(text: str) -> list[str]:

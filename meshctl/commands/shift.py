@@ -211,11 +211,18 @@ def wait_synced(client: ControlPlaneClient, version: str, timeout: float) -> tup
         noun = "proxy" if count == 1 else "proxies"
         return True, f"{count} {noun} synced in {float(answer.get('elapsed_ms', 0)):.0f} ms"
     if status == 504 or answer.get("synced") is False:
-        lagging = [str(p.get("name", p)) if isinstance(p, dict) else str(p)
-                   for p in answer.get("lagging") or []]
+        lagging = [_lagging_name(p) for p in answer.get("lagging") or []]
         return False, (f"but {len(lagging)} not synced after {timeout:g} s: "
                        f"{', '.join(lagging) or 'unknown'}")
     if status == 404:
         return False, "but cannot confirm the proxies synced (no /api/v1/sync on this " \
                       "control plane)"
     return False, f"but the sync check failed: HTTP {status} {answer.get('error', '')}".rstrip()
+
+
+def _lagging_name(proxy: Any) -> str:
+    """A lagging proxy's name, with its NACK error when it rejected the config."""
+    if not isinstance(proxy, dict):
+        return str(proxy)
+    nack = f" (NACK: {proxy['nack']})" if proxy.get("nack") else ""
+    return f"{proxy.get('name', '?')}{nack}"

@@ -11,7 +11,7 @@ ValueCheck = Callable[[str | None], bool]
 # (path check, allowed methods, header checks, query checks); None / () = no condition.
 _Block = tuple[
     Callable[[str], bool] | None,
-    frozenset[str] | None,
+    frozenset[str | bytes] | None,
     tuple[tuple[str, ValueCheck], ...],
     tuple[tuple[str, ValueCheck], ...],
 ]
@@ -76,7 +76,8 @@ def _compile_block(block: Match) -> _Block:
     return (
         _path_check(block.path) if block.path is not None else None,
         # both str and bytes forms: the proxy hands the method over as parsed bytes
-        frozenset((*block.methods, *(m.encode() for m in block.methods))) if block.methods
+        frozenset[str | bytes]((*block.methods, *(m.encode() for m in block.methods)))
+        if block.methods
         else None,
         tuple((name.lower(), _value_check(m)) for name, m in block.headers),
         tuple((name, _value_check(m)) for name, m in block.query),
