@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all(running)
     results = {name: median_result(rs) for name, rs in rounds.items()}
+    # A busy neighbour shows here: compare with loadavg_at_start before trusting a run.
+    machine["loadavg_at_end"] = list(os.getloadavg())
     print(table(results))
     doc = results_json(results, machine)
     if doc["ratios"]:

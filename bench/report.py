@@ -98,6 +98,7 @@ def path_json(result: PathResult) -> dict[str, Any]:
         "fixed_rate": result.fixed_rate,
         "errors": result.errors,
         "rounds": result.rounds,
+        **({"per_round": result.spread} if result.rounds > 1 else {}),
     }
 
 

@@ -36,4 +36,8 @@ def median_result(rounds: Sequence[PathResult]) -> PathResult:
         rss_mb=_median([r.rss_mb for r in ok]),
         errors=sum(r.errors for r in ok),
         rounds=len(ok),
+        spread={
+            "rps": [r.rps for r in ok if r.rps is not None],
+            "p99_ms": [r.latency_ms["p99"] for r in ok if "p99" in r.latency_ms],
+        },
     )

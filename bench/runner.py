@@ -40,6 +40,7 @@ class PathResult:
     errors: int = 0
     fixed_rate: dict[str, Any] = field(default_factory=dict)
     rounds: int = 1
+    spread: dict[str, list[float]] = field(default_factory=dict)  # per-round rps and p99
     skipped: str | None = None
     error: str | None = None
 

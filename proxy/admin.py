@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.metrics import build_registry
+from proxy.tap import TapHub, tap_handler
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -76,6 +77,7 @@ def create_admin_app(server: ProxyServer) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_post("/shutdown", shutdown)
     app.router.add_post("/logging/access", access_log)
+    app.router.add_get("/tap", tap_handler(TapHub(server)))
     return app
 
 

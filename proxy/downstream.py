@@ -156,7 +156,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self._tunnel_preamble = [rest] if rest else []
             return
         except httptools.HttpParserError as exc:
-            self._reject(_parser_error_reason(str(exc)))
+            # httptools wraps whatever a callback raised (our _Reject, or a bug) in
+            # HttpParserCallbackError and keeps the original as __context__.
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.reason)
+            elif cause is not None and not isinstance(cause, httptools.HttpParserError):
+                log.error("internal error while handling a request", exc_info=cause)
+                self._reject("internal_error")
+            else:
+                self._reject(_parser_error_reason(str(exc)))
             return
         except Exception:
             # A bug must cost one connection, never the process: log it and answer 500.

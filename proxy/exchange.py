@@ -34,6 +34,7 @@ class Exchange:
     __slots__ = (
         "_attempt",
         "_attempt_timer",
+        "_out",
         "_body_buffer",
         "_breaker_held",
         "_buffered",
@@ -111,6 +112,7 @@ class Exchange:
         self._attempt_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._replay: list[bytes] | None = None
+        self._out: list[bytes] | None = None
         self.mirror: Any = None
         self.timeout_override: float | None = None
         self._frame = _FRAME_NONE
@@ -431,19 +433,37 @@ class Exchange:
             out.append(b"connection: keep-alive\r\n")
         out.append(_CRLF)
         self.response_started = True
-        self.downstream.write(b"".join(out))
+        # Held until the end of this read so head and body leave in one write (one syscall).
+        self._out = [b"".join(out)]
         return self.method == b"HEAD"
 
     def upstream_body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
-        if self._frame == _FRAME_CHUNKED:
+        out = self._out
+        if out is not None:
+            if self._frame == _FRAME_CHUNKED:
+                out.extend((b"%x\r\n" % len(chunk), chunk, _CRLF))
+            else:
+                out.append(chunk)
+        elif self._frame == _FRAME_CHUNKED:
             self.downstream.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
         else:
             self.downstream.write(chunk)
 
+    def flush_out(self) -> None:
+        """Write what this read produced for the client (called after each upstream read)."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            self.downstream.writelines(out)
+
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         if self._frame == _FRAME_CHUNKED:
-            self.downstream.write(_LAST_CHUNK)
+            if self._out is not None:
+                self._out.append(_LAST_CHUNK)
+            else:
+                self.downstream.write(_LAST_CHUNK)
+        self.flush_out()
         self.conn = None
         pool = self.pool
         if pool is not None:
@@ -460,6 +480,7 @@ class Exchange:
         self.conn = None
         conn.exchange = None
         self._release_pool()
+        self.flush_out()
         self.downstream.start_tunnel(conn, rest)
         self.finish(tunnel=True)
 
@@ -577,6 +598,7 @@ class Exchange:
               extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer locally with a reason word; abort the client if a response already started."""
         self._cancel_timers()
+        self.flush_out()
         if self.response_started:
             self.flags = reason
             self.client_keep_alive = False

@@ -111,6 +111,9 @@ class MirrorRequest:
     def upstream_body(self, chunk: bytes) -> None:
         pass  # mirrored responses are discarded
 
+    def flush_out(self) -> None:
+        pass
+
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         self.conn = None
         if self._done and conn.parser.should_keep_alive():

@@ -194,17 +194,12 @@ class ProxyServer:
             if kind != "outbound":  # the local app may still need the mesh while it finishes
                 listener.drain()
         end = self.loop.time() + (deadline if deadline is not None else self.options.drain_timeout)
-        while self.loop.time() < end:
-            busy = [c for lst in self.listeners.values() if lst.kind != "outbound"
-                    for c in lst.connections if c.current is not None]
-            if not busy:
-                break
-            await asyncio.sleep(0.05)
+        inbound_side = [lst for lst in self.listeners.values() if lst.kind != "outbound"]
+        await asyncio.gather(*(lst.wait_quiet(end - self.loop.time()) for lst in inbound_side))
         if "outbound" in self.listeners:
-            self.listeners["outbound"].drain()
-            while self.loop.time() < end and any(
-                    c.current is not None for c in self.listeners["outbound"].connections):
-                await asyncio.sleep(0.05)
+            outbound = self.listeners["outbound"]
+            outbound.drain()
+            await outbound.wait_quiet(end - self.loop.time())
         for listener in self.listeners.values():
             for conn in list(listener.connections):
                 if conn.transport is not None:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
 
 
+_PEEK_AFTER = 0.5  # seconds idle before a pooled connection is checked for a FIN
+
+
 class SkipBody(Exception):
     """Raised from the parser callback to stop parsing after the head (HEAD responses)."""
 
@@ -240,7 +243,10 @@ class EndpointPool:
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
-            if now - conn.idle_since < self.idle_timeout and conn.looks_alive():
+            idle_for = now - conn.idle_since
+            # Peek for a FIN only after a real pause: servers close idle connections on their
+            # keep-alive timeout, not milliseconds after answering (that costs a syscall).
+            if idle_for < self.idle_timeout and (idle_for < _PEEK_AFTER or conn.looks_alive()):
                 return conn, discarded
             discarded = True
             conn.close()

@@ -167,6 +167,22 @@ def get(host: str, path: str = "/", extra: str = "", body: bytes = b"",
     return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}{extra}\r\n".encode() + body
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `predicate()` holds (checked every 10 ms), failing after `timeout` seconds."""
+    end = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
+
+
+async def close_now(backend: RawBackend, writer: asyncio.StreamWriter) -> None:
+    """Close a backend connection and count it once the FIN is out."""
+    writer.close()
+    await writer.wait_closed()
+    backend.closed += 1
+
+
 # --- backends ---------------------------------------------------------------------------------
 @dataclass
 class RawBackend:
@@ -174,6 +190,7 @@ class RawBackend:
 
     port: int = 0
     accepted: int = 0
+    closed: int = 0  # connections the handler closed itself (see `close_now`)
     requests: list[Message] = field(default_factory=list)
     server: asyncio.base_events.Server | None = None
 

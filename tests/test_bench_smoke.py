@@ -109,6 +109,7 @@ def test_median_result_ignores_failed_rounds() -> None:
     combined = median_result(rounds)
     assert (combined.rps, combined.latency_ms, combined.rss_mb) == (200.0, {"p99": 2.0}, 7.0)
     assert (combined.errors, combined.rounds, combined.error) == (1, 3, None)
+    assert combined.spread == {"rps": [100.0, 300.0, 200.0], "p99_ms": [3.0, 1.0, 2.0]}
     assert median_result([rounds[1]]).error == "exited under load"
 
 

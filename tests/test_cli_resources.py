@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,7 +176,7 @@ async def test_delete_by_name_and_by_file(cp: ControlPlane, mesh: Path) -> None:
 
 async def test_describe_shows_status_spec_and_proxies(mesh: Path) -> None:
     """describe prints the object, its conditions and every proxy's sync state (golden)."""
-    proxies = [{"name": "reviews-v2-1", "service": "reviews", "version": "v2",
+    proxies: list[dict[str, Any]] = [{"name": "reviews-v2-1", "service": "reviews", "version": "v2",
                 "configVersion": "c0ffee", "synced": False, "nack": "routes[0]: bad"},
                {"name": "ratings-v1-1", "service": "ratings", "version": "v1",
                 "configVersion": None, "synced": False, "nack": None},

@@ -12,6 +12,8 @@ from tests.proxyharness import (
     Backends,
     ProxyProcess,
     RawBackend,
+    close_now,
+    eventually,
     get,
     read_request,
     read_response,
@@ -40,7 +42,7 @@ async def _close_after_response(backend: RawBackend, reader: asyncio.StreamReade
     if req is not None:
         backend.requests.append(req)
         writer.write(_ok(b"once " + req.body))
-        writer.write_eof()  # FIN right behind the response, as a server closing at once does
+        await close_now(backend, writer)
 
 
 async def _drop_second_request(backend: RawBackend, reader: asyncio.StreamReader,
@@ -81,7 +83,7 @@ async def test_sequential_requests_reuse_one_upstream_connection(env: dict[str, 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_upstream_closing_after_each_response(env: dict[str, Any], method: str) -> None:
-    """A backend that silently closes after each response never costs the client an error."""
+    """A pooled connection the backend closed (no `Connection: close`) is not reused: no error."""
     backend = env["closer"]
     before = backend.accepted
     reader, writer = await asyncio.open_connection("127.0.0.1", env["proxy"].outbound)
@@ -90,6 +92,7 @@ async def test_upstream_closing_after_each_response(env: dict[str, Any], method:
         writer.write(get("closer", "/", body=body, method=method))
         resp = await asyncio.wait_for(read_response(reader), 10)
         assert (resp.status, resp.body) == (200, b"once " + body)
+        await eventually(lambda n=before + i + 1: backend.closed >= n)  # type: ignore[misc]
     writer.close()
     assert backend.accepted - before == 5
 

@@ -140,9 +140,10 @@ def _gateway(listen: str, outbound: str, admin: str, control_plane: str, paths: 
         ready_url=f"http://{_reach(admin)}/ready", after=after)
 
 
-def _control_plane(listen: str, grpc: str, paths: Paths) -> ProcessSpec:
+def _control_plane(listen: str, grpc: str, paths: Paths,
+                   extra: tuple[str, ...] = ()) -> ProcessSpec:
     argv = ("meshctl", "serve", "--config-dir", paths.config, "--state-dir", paths.state,
-            "--listen", listen, "--grpc-listen", grpc, "--certs-dir", paths.certs)
+            "--listen", listen, "--grpc-listen", grpc, "--certs-dir", paths.certs, *extra)
     return ProcessSpec(
         name=CONTROL_PLANE, role="controlplane", argv=argv,
         ports=(_bind("api", listen), _bind("grpc", grpc)),
@@ -173,10 +174,11 @@ def compose_topology() -> tuple[ProcessSpec, ...]:
 
     Inbound and admin bind 0.0.0.0 there: other containers call the inbound listener and
     Prometheus scrapes the admin listener; the app and the outbound listener stay on loopback.
+    The API allows reads from other containers (Prometheus, the published dashboard).
     """
     control_plane = f"{CONTROL_PLANE}:{DEFAULT_GRPC_PORT}"
     specs = [_control_plane(f"0.0.0.0:{DEFAULT_API_PORT}", f"0.0.0.0:{DEFAULT_GRPC_PORT}",
-                            COMPOSE_PATHS)]
+                            COMPOSE_PATHS, ("--open-reads",))]
     a = _Addresses("127.0.0.1:9080", "0.0.0.0:15006", "127.0.0.1:15001", "0.0.0.0:15000")
     for inst in INSTANCES:
         specs += [_sidecar(inst, a, control_plane, COMPOSE_PATHS, (CONTROL_PLANE,)),

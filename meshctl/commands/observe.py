@@ -1,0 +1,187 @@
+"""``meshctl stat | edges | top | tap | check | dashboard``: what the mesh is doing right now."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+import webbrowser
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+from meshctl import output
+from meshctl.client import ControlPlaneClient
+from meshctl.commands.resources import make_client, reports_errors, request_json
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.2f}%"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.0f}ms"
+
+
+def _get(client: ControlPlaneClient, path: str, **query: str | None) -> Any:
+    params = urlencode({k: v for k, v in query.items() if v})
+    status, body = request_json(client, "GET", path + ("?" + params if params else ""))
+    if status == 404:
+        raise SystemExit(f"error: the control plane does not serve {path} "
+                         "(observability is not enabled in this `meshctl serve`)")
+    if status != 200:
+        raise SystemExit(f"error: {path}: {body.get('error', body) if body else status}")
+    return body
+
+
+@reports_errors
+def stat(args: argparse.Namespace) -> int:
+    body = _get(make_client(args), "/api/v1/stat", service=args.service,
+                **{"from": args.source, "window": args.window})
+    if args.output == "json":
+        print(output.to_json(body))
+        return 0
+    rows = [(r["service"], r["version"], _pct(r["successRate"]), f"{r['rps']:.1f}",
+             _ms(r["p50"]), _ms(r["p95"]), _ms(r["p99"]), _pct(r["mtlsShare"]))
+            for r in body["rows"]]
+    print(output.render_table(("SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99",
+                               "MTLS"), rows))
+    return 0
+
+
+@reports_errors
+def edges(args: argparse.Namespace) -> int:
+    body = _get(make_client(args), "/api/v1/edges", window=args.window)
+    if args.output == "json":
+        print(output.to_json(body))
+        return 0
+    rows = [(f"{e['source']} ({e['sourceVersion']})",
+             f"{e['destination']} ({e['destinationVersion']})",
+             "🔒 mTLS" if e["secured"] else "plaintext", f"{e['rps']:.1f}",
+             _pct(e["successRate"]), _ms(e["p99"])) for e in body["edges"]]
+    print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99"),
+                              rows))
+    return 0
+
+
+@reports_errors
+def top(args: argparse.Namespace) -> int:
+    client = make_client(args)
+    while True:
+        body = _get(client, "/api/v1/top", service=args.service, seconds=str(args.interval))
+        rows = [(r["destination"], r["method"], r["path"], str(r["count"]),
+                 _pct(r["successRate"]), _ms(r["best"]), _ms(r["worst"]))
+                for r in body["rows"][: args.limit]]
+        table = output.render_table(("DESTINATION", "METHOD", "PATH", "COUNT", "SUCCESS",
+                                     "BEST", "WORST"), rows)
+        if args.once:
+            print(table)
+            return 0
+        print("\x1b[2J\x1b[H" + f"meshctl top {args.service} (every {args.interval}s, "
+              "Ctrl-C to stop)\n" + table, flush=True)
+
+
+def _sse(client: ControlPlaneClient, path: str) -> Iterator[dict[str, Any]]:
+    headers = {"Accept": "text/event-stream"}
+    if client.token:
+        headers["Authorization"] = f"Bearer {client.token}"
+    req = urllib.request.Request(client.base_url + path, headers=headers)
+    try:
+        resp = urllib.request.urlopen(req, timeout=None)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            message = json.loads(raw)["error"]
+        except (ValueError, KeyError):
+            message = raw.decode(errors="replace")
+        raise SystemExit(f"error: {path.split('?')[0]}: {message}") from None
+    with resp:
+        for line in resp:
+            if line.startswith(b"data: "):
+                yield json.loads(line[6:])
+
+
+@reports_errors
+def tap(args: argparse.Namespace) -> int:
+    query = urlencode({k: v for k, v in (("service", args.service), ("path", args.path),
+                                         ("method", args.method), ("n", args.n)) if v})
+    for e in _sse(make_client(args), f"/api/v1/tap?{query}"):
+        if args.output == "json":
+            print(json.dumps(e), flush=True)
+            continue
+        lock = "🔒" if e.get("tls") == "mutual_tls" else "  "
+        print(f"{lock} {e['proxy']:<24} {e['source']} -> {e['destination']}"
+              f"({e.get('destination_version', '?')}) {e['method']} {e['path']} "
+              f":status={e['status']} latency={e['duration_ms']:.1f}ms reason={e['reason']}",
+              flush=True)
+    return 0
+
+
+MARKS = {"ok": "✔", "warn": "‼", "fail": "✘"}
+
+
+@reports_errors
+def check(args: argparse.Namespace) -> int:
+    client = make_client(args)
+    worst = "ok"
+    print("Control plane")
+    try:
+        body = _get(client, "/api/v1/check")
+        print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {exc}\n"
+              "    hint: start it with `meshctl serve`, or pass --control-plane URL")
+        return 1
+    for group in body["groups"]:
+        print(group["title"])
+        for c in group["checks"]:
+            detail = f": {c['detail']}" if c["detail"] else ""
+            print(f"  {MARKS[c['state']]} {c['name']}{detail}")
+            if c["hint"]:
+                print(f"    hint: {c['hint']}")
+            if c["state"] == "fail" or (c["state"] == "warn" and worst == "ok"):
+                worst = c["state"]
+    print({"ok": "All checks passed.", "warn": "Passed with warnings.",
+           "fail": "Some checks failed."}[worst])
+    return 1 if worst == "fail" else 0
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    url = make_client(args).base_url.rstrip("/") + "/dashboard"
+    print(url)
+    if args.open:
+        webbrowser.open(url)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register stat, edges, top, tap, check and dashboard."""
+    p = subparsers.add_parser("stat", help="success rate, RPS and latency per service version")
+    p.add_argument("service", nargs="?", metavar="SERVICE")
+    p.add_argument("--from", dest="source", metavar="SERVICE", help="only calls from SERVICE")
+    p.add_argument("--window", default="30s", help="e.g. 30s, 5m (default 30s)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=stat)
+    p = subparsers.add_parser("edges", help="who calls whom, and whether the edge is mTLS")
+    p.add_argument("--window", default="30s")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=edges)
+    p = subparsers.add_parser("top", help="a live view of a service's busiest paths")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds per refresh")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--once", action="store_true", help="print one table and exit")
+    p.set_defaults(func=top)
+    p = subparsers.add_parser("tap", help="stream live requests to and from a service")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--path", default="", help="path prefix")
+    p.add_argument("--method", default="")
+    p.add_argument("-n", type=int, default=0, help="stop after N requests")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=tap)
+    p = subparsers.add_parser("check", help="is the mesh healthy? grouped checks with hints")
+    p.set_defaults(func=check)
+    p = subparsers.add_parser("dashboard", help="print (and --open) the dashboard URL")
+    p.add_argument("--open", action="store_true")
+    p.set_defaults(func=dashboard)

@@ -1,0 +1,1 @@
+"""Observability: scrape sidecar /metrics, aggregate golden metrics, serve the dashboard."""

@@ -1,0 +1,151 @@
+"""HTTP routes for ``meshctl serve`` (mount with ``create_api_app(extra_routes=...)``).
+
+    GET /api/v1/stat?service=&from=&window=30s   golden metrics per service version
+    GET /api/v1/edges?window=30s                   who calls whom, with mTLS share
+    GET /api/v1/top?service=&seconds=2             busiest paths, from a short tap (privileged)
+    GET /api/v1/tap?service=&path=&method=&n=      SSE of live requests (privileged)
+    GET /api/v1/check                              grouped health checks
+    GET /api/v1/dashboard/state                    everything the dashboard page draws
+    GET / and /dashboard                           the dashboard page; /static/* its assets
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.controlplane.auth import bearer_matches
+from meshctl.controlplane.httpapi import STORE, json_error
+from meshctl.observe.checks import all_checks
+from meshctl.observe.dashboard import dashboard_state
+from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
+from meshctl.observe.tapfanin import tap_many, top_rows
+
+STATIC = Path(__file__).parent / "static"
+MAX_WINDOW = 600.0
+
+
+class Observer:
+    """The scraper plus its background task; started by ``run()`` or lazily by a request."""
+
+    def __init__(self, source: ProxySource, *, interval: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.scraper = Scraper(source, interval=interval, clock=clock)
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Scrape until cancelled (for ``serve()``'s TaskGroup)."""
+        await self.scraper.run()
+
+    def ensure_started(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="observe")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def parse_window(text: str | None, default: float = 30.0) -> float:
+    """``30s``, ``5m``, ``1h`` or plain seconds; clamped to what the window keeps."""
+    if not text:
+        return default
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"window: expected e.g. 30s or 5m, got {text!r}") from None
+    return min(max(value, 1.0), MAX_WINDOW)
+
+
+def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteDef]:
+    """The routes; ``token`` guards tap and top (they show request paths)."""
+    scraper = observer.scraper
+
+    def privileged(request: web.Request) -> web.Response | None:
+        if bearer_matches(request.headers.get("Authorization"), token):
+            return None
+        return json_error(401, "Unauthorized", "tap needs 'Authorization: Bearer <token>' "
+                          "(AMI_TOKEN or .ami/token)")
+
+    async def stat(request: web.Request) -> web.Response:
+        observer.ensure_started()
+        q = request.query
+        window = parse_window(q.get("window"))
+        rows = scraper.window.stat(observer.clock(), window, q.get("service") or None,
+                                   q.get("from") or None)
+        return web.json_response({"window": window, "rows": [r.as_json() for r in rows]})
+
+    async def edges(request: web.Request) -> web.Response:
+        observer.ensure_started()
+        window = parse_window(request.query.get("window"))
+        rows = scraper.window.edges(observer.clock(), window)
+        return web.json_response({"window": window, "edges": [e.as_json() for e in rows]})
+
+    async def check(request: web.Request) -> web.Response:
+        body = await list_proxies(scraper.source)
+        errors = [{"source": e.source, "message": e.message} for e in request.app[STORE].errors()]
+        groups = all_checks(body, errors, time.time())
+        return web.json_response({"groups": [g.as_json() for g in groups]})
+
+    async def state(request: web.Request) -> web.Response:
+        observer.ensure_started()
+        window = parse_window(request.query.get("window"), 10.0)
+        body = await dashboard_state(scraper, request.app[STORE], observer.clock(), window)
+        return web.json_response(body)
+
+    async def tap(request: web.Request) -> web.StreamResponse:
+        denied = privileged(request)
+        if denied is not None:
+            return denied
+        q = request.query
+        limit = int(q["n"]) if q.get("n", "").isdigit() else 0
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        proxies = await list_proxies(scraper.source)
+        async with tap_many(proxies, service=q.get("service", ""), path=q.get("path", ""),
+                            method=q.get("method", "")) as events:
+            await resp.prepare(request)
+            await resp.write(b": tapping\n\n")
+            sent = 0
+            while not limit or sent < limit:
+                event = await events.get()
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                sent += 1
+        return resp
+
+    async def top(request: web.Request) -> web.Response:
+        denied = privileged(request)
+        if denied is not None:
+            return denied
+        seconds = min(max(float(request.query.get("seconds", "2")), 0.1), 10.0)
+        proxies = await list_proxies(scraper.source)
+        collected: list[dict[str, Any]] = []
+        async with tap_many(proxies, service=request.query.get("service", "")) as events:
+            deadline = asyncio.get_running_loop().time() + seconds
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    left = deadline - asyncio.get_running_loop().time()
+                    collected.append(await asyncio.wait_for(events.get(), max(left, 0.0)))
+        return web.json_response({"seconds": seconds, "rows": top_rows(collected)})
+
+    async def page(_: web.Request) -> web.FileResponse:
+        observer.ensure_started()
+        return web.FileResponse(STATIC / "index.html")
+
+    return [
+        web.get("/api/v1/stat", stat), web.get("/api/v1/edges", edges),
+        web.get("/api/v1/check", check), web.get("/api/v1/dashboard/state", state),
+        web.get("/api/v1/tap", tap), web.get("/api/v1/top", top),
+        web.get("/", page), web.get("/dashboard", page), web.static("/static", STATIC),
+    ]

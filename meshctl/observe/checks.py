@@ -1,0 +1,92 @@
+"""``meshctl check``: grouped health checks over the proxies list, store errors and certificates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+CERT_LIFETIME_S = 24 * 3600.0  # assumed lifetime when a proxy reports no issue time
+WARN_LEFT_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``meshctl check``: ok, warn or fail, with a hint when not ok."""
+
+    name: str
+    state: str  # ok | warn | fail
+    detail: str = ""
+    hint: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "state": self.state, "detail": self.detail, "hint": self.hint}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    title: str
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "checks": [c.as_json() for c in self.checks]}
+
+
+def _ts(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
+    checks: list[Check] = []
+    if not proxies:
+        checks.append(Check("proxies registered", "warn", "no proxy is connected",
+                            "start sidecars with --control-plane HOST:PORT"))
+    unsynced = [p["name"] for p in proxies if not p.get("synced")]
+    checks.append(Check("every proxy synced", "fail" if unsynced else "ok",
+                        ", ".join(unsynced), "see `meshctl proxy-status`; a proxy that stays "
+                        "unsynced is disconnected or rejected its last snapshot"
+                        if unsynced else ""))
+    nacked = [f"{p['name']}: {p['nack']}" for p in proxies if p.get("nack")]
+    checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
+                        "fix the resource named in the NACK and re-apply it" if nacked else ""))
+    return Group("Data plane", tuple(checks))
+
+
+def config_checks(errors: list[dict[str, Any]]) -> Group:
+    detail = "; ".join(f"{e.get('source', '?')}: {e.get('message', e)}" for e in errors)
+    return Group("Configuration", (Check(
+        "configuration valid", "fail" if errors else "ok", detail,
+        "fix or remove the files named above (`meshctl validate FILE` explains)"
+        if errors else ""),))
+
+
+def cert_checks(proxies: list[dict[str, Any]], now: float) -> Group:
+    checks: list[Check] = []
+    for p in proxies:
+        expiry = _ts(str(p.get("certExpiry") or ""))
+        if expiry is None:
+            continue
+        issued = _ts(str(p.get("certIssued") or "")) or expiry - CERT_LIFETIME_S
+        left = expiry - now
+        lifetime = max(expiry - issued, 1.0)
+        name = f"{p['name']} certificate"
+        if left <= 0:
+            checks.append(Check(name, "fail", "expired",
+                                "the sidecar cannot renew: check it reaches the control plane"))
+        elif left < WARN_LEFT_S or left < 0.2 * lifetime:
+            checks.append(Check(name, "warn", f"expires in {int(left // 60)} min",
+                                "rotation should have happened by now: check the sidecar log"))
+        else:
+            checks.append(Check(name, "ok", f"valid for {int(left // 3600)} h"))
+    if not checks:
+        checks.append(Check("certificates", "ok", "no proxy reported a certificate (mTLS off)"))
+    return Group("Certificates", tuple(checks))
+
+
+def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now: float
+               ) -> list[Group]:
+    """Every group after "control plane reachable" (which only the client can judge)."""
+    return [proxy_checks(proxies), config_checks(errors), cert_checks(proxies, now)]

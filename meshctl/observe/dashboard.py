@@ -1,0 +1,61 @@
+"""The JSON the dashboard polls: graph, per-service series, route splits, proxies, counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshctl.controlplane.store import Store
+from meshctl.observe.scraper import Scraper
+
+POLICY_COUNTERS = ("ami_outlier_ejections", "ami_rate_limited", "ami_circuit_breaker_overflow",
+                   "ami_retries", "ami_authorization_denied")
+
+
+async def route_splits(store: Store) -> list[dict[str, Any]]:
+    """Each Route's default (last) rule as ``[{subset, weight}]``, e.g. reviews v1 99 / v2 1."""
+    out: list[dict[str, Any]] = []
+    for stored in await store.list("Route"):
+        doc = stored.to_dict()
+        spec = doc.get("spec", {})
+        rules = spec.get("rules") or []
+        if not rules:
+            continue
+        backends = rules[-1].get("backends") or []
+        out.append({"name": doc["metadata"]["name"], "host": spec.get("host"),
+                    "resourceVersion": doc["metadata"].get("resourceVersion"),
+                    "split": [{"subset": b.get("subset") or b.get("service") or "all",
+                               "weight": b.get("weight", 100 if len(backends) == 1 else 0)}
+                              for b in backends]})
+    return out
+
+
+def counters_by_service(scraper: Scraper) -> dict[str, dict[str, float]]:
+    """Policy counters (ejections, rate-limit hits, ...) summed over each service's proxies."""
+    out: dict[str, dict[str, float]] = {}
+    for p in scraper.proxies:
+        scrape = scraper.window.latest(str(p["name"]))
+        if scrape is None:
+            continue
+        svc = out.setdefault(str(p.get("service", "?")), dict.fromkeys(POLICY_COUNTERS, 0.0))
+        for name in POLICY_COUNTERS:
+            svc[name] += scrape.counters.get(name, 0.0)
+    return out
+
+
+async def dashboard_state(scraper: Scraper, store: Store, now: float, window: float,
+                          span: float = 300.0) -> dict[str, Any]:
+    stats = scraper.window.stat(now, window)
+    services = sorted({r.service for r in stats} | {str(p.get("service")) for p in
+                                                    scraper.proxies if p.get("service")})
+    step = max(scraper.interval, span / 60)
+    return {
+        "time": now, "window": window,
+        "nodes": [r.as_json() for r in stats],
+        "edges": [e.as_json() for e in scraper.window.edges(now, window)],
+        "services": services,
+        "series": scraper.window.timelines(now, span, step),
+        "routes": await route_splits(store),
+        "proxies": scraper.proxies,
+        "scrapeErrors": scraper.errors,
+        "counters": counters_by_service(scraper),
+    }

@@ -1,0 +1,142 @@
+"""Golden metrics from counter rates: success rate, requests/s, latency quantiles, mTLS share.
+
+Quantiles follow Prometheus' ``histogram_quantile``: find the bucket holding the rank and
+interpolate linearly inside it, so ``meshctl stat`` and the Grafana panels agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from meshctl.observe.samples import (
+    CODE,
+    DST,
+    DST_VER,
+    REPORTER,
+    SECURITY,
+    SRC,
+    SRC_VER,
+    Key,
+    Scrape,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Per-second rates of one series between two scrapes: requests and cumulative buckets."""
+
+    key: Key
+    rps: float
+    buckets: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Golden:
+    """The golden signals of a group of series over a window."""
+
+    rps: float
+    success_rate: float | None
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mtls_share: float | None
+
+    def as_json(self) -> dict[str, float | None]:
+        return {"rps": round(self.rps, 3), "successRate": _r(self.success_rate),
+                "p50": _r(self.p50), "p95": _r(self.p95), "p99": _r(self.p99),
+                "mtlsShare": _r(self.mtls_share)}
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def rates(old: Scrape | None, new: Scrape) -> list[Rate]:
+    """Rates between two scrapes of one proxy; a counter that went down restarted from 0."""
+    if old is None or new.time <= old.time:
+        return []
+    span = new.time - old.time
+    out: list[Rate] = []
+    for key, count in new.requests.items():
+        before = old.requests.get(key, 0.0)
+        delta = count - before if count >= before else count
+        if delta <= 0:
+            continue
+        new_b = new.buckets.get(key, ())
+        old_b = dict(old.buckets.get(key, ()))
+        reset = count < before
+        buckets = tuple((le, ((c if reset else c - old_b.get(le, 0.0)) / span))
+                        for le, c in new_b)
+        out.append(Rate(key, delta / span, buckets))
+    return out
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """Prometheus' estimate of quantile ``q`` from cumulative ``(le, count)`` buckets."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    total = ordered[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in ordered:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le  # the estimate cannot exceed the highest finite bound
+            in_bucket = count - prev_count
+            if in_bucket <= 0:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / in_bucket
+        prev_le, prev_count = le, count
+    return prev_le
+
+
+def is_success(code: str) -> bool:
+    """5xx and "no response" (0) are failures, as in linkerd's success rate."""
+    return code.isdigit() and 0 < int(code) < 500
+
+
+def golden(group: Iterable[Rate]) -> Golden:
+    """Combine rates of many series (and proxies) into one set of golden signals."""
+    total = ok = secure = 0.0
+    merged: dict[float, float] = {}
+    for r in group:
+        total += r.rps
+        if is_success(r.key[CODE]):
+            ok += r.rps
+        if r.key[SECURITY] == "mutual_tls":
+            secure += r.rps
+        for le, c in r.buckets:
+            merged[le] = merged.get(le, 0.0) + c
+    if total <= 0:
+        return Golden(0.0, None, None, None, None, None)
+    pairs = list(merged.items())
+    return Golden(total, ok / total, histogram_quantile(0.5, pairs),
+                  histogram_quantile(0.95, pairs), histogram_quantile(0.99, pairs),
+                  secure / total)
+
+
+def one_reporter(all_rates: list[Rate]) -> list[Rate]:
+    """Count each request once: per destination service, the inbound (destination) report wins
+    over the caller's outbound (source) report when both exist."""
+    has_destination = {r.key[DST] for r in all_rates if r.key[REPORTER] == "destination"}
+    return [r for r in all_rates
+            if r.key[REPORTER] == ("destination" if r.key[DST] in has_destination else "source")]
+
+
+def group_by(all_rates: Iterable[Rate], key: Callable[[Key], tuple[str, ...]]
+             ) -> dict[tuple[str, ...], Golden]:
+    groups: dict[tuple[str, ...], list[Rate]] = {}
+    for r in all_rates:
+        groups.setdefault(key(r.key), []).append(r)
+    return {k: golden(v) for k, v in sorted(groups.items())}
+
+
+def service_key(k: Key) -> tuple[str, str]:
+    return (k[DST], k[DST_VER])
+
+
+def edge_key(k: Key) -> tuple[str, str, str, str]:
+    return (k[SRC], k[SRC_VER], k[DST], k[DST_VER])

@@ -1,0 +1,66 @@
+"""Merge the ``/tap`` streams of many sidecars into one stream (for ``meshctl tap`` and top)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+
+async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: str,
+                  out: asyncio.Queue[dict[str, Any]], connected: asyncio.Queue[str]) -> None:
+    try:
+        async with session.get(f"http://{proxy['admin']}/tap?{query}") as resp:
+            await connected.put(str(proxy["name"]))
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    event["proxy"] = proxy["name"]
+                    await out.put(event)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        await connected.put("")  # count it as settled so callers do not wait for it
+
+
+@contextlib.asynccontextmanager
+async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: str = "",
+                   method: str = "") -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+    """Tap every proxy with an admin address; yields a queue of events once all are tapping."""
+    query = urlencode({k: v for k, v in (("service", service), ("path", path),
+                                         ("method", method)) if v})
+    out: asyncio.Queue[dict[str, Any]] = asyncio.Queue(10_000)
+    connected: asyncio.Queue[str] = asyncio.Queue()
+    targets = [p for p in proxies if p.get("admin")]
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        tasks = [asyncio.create_task(_follow(session, p, query, out, connected))
+                 for p in targets]
+        try:
+            for _ in targets:  # every proxy has its hook installed (or failed) before we yield
+                await asyncio.wait_for(connected.get(), 5.0)
+            yield out
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def top_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Busiest (method, path) first: count, successes, best/worst/mean latency."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for e in events:
+        groups.setdefault((e["destination"], e["method"], e["path"]), []).append(e)
+    rows: list[dict[str, Any]] = []
+    for (dest, method, path), items in groups.items():
+        latencies = [float(e["duration_ms"]) for e in items]
+        ok = sum(1 for e in items if 0 < int(e["status"]) < 500)
+        rows.append({"destination": dest, "method": method, "path": path,
+                     "count": len(items), "successRate": ok / len(items),
+                     "best": min(latencies), "worst": max(latencies),
+                     "mean": sum(latencies) / len(latencies)})
+    rows.sort(key=lambda r: (-r["count"], r["path"]))
+    return rows

@@ -1,0 +1,109 @@
+"""``GET /tap`` on the admin listener: finished requests as server-sent events, while tapped.
+
+The ``Listener.on_record`` hook is installed only while at least one client is tapping, so an
+untapped proxy pays one ``is None`` check per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.listener import Listener
+    from proxy.server import ProxyServer
+
+QUEUE_SIZE = 1000  # events a slow tap client may lag behind before events are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class TapFilter:
+    """Which requests a tap client wants; empty fields match everything."""
+
+    service: str = ""  # matches the destination service or the source workload
+    path: str = ""  # path prefix
+    method: str = ""
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if self.service and self.service not in (event["destination"], event["source"]):
+            return False
+        if self.path and not str(event["path"]).startswith(self.path):
+            return False
+        return not self.method or event["method"] == self.method.upper()
+
+
+class TapHub:
+    """Fans finished requests out to the tap clients of one proxy."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.clients: dict[asyncio.Queue[dict[str, Any]], TapFilter] = {}
+        self.dropped = 0
+
+    def subscribe(self, tap_filter: TapFilter) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.clients[queue] = tap_filter
+        self._install(self.on_record)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self.clients.pop(queue, None)
+        if not self.clients:
+            self._install(None)
+
+    def _install(self, hook: Any) -> None:
+        for listener in self.server.listeners.values():
+            listener.on_record = hook
+
+    def on_record(self, listener: Listener, ex: Exchange, duration_ms: float,
+                  prefix: tuple[str, ...]) -> None:
+        event = {
+            "time": time.time(), "proxy": listener.kind,
+            "reporter": prefix[0], "method": ex.method.decode("latin-1"), "path": ex.path,
+            "authority": ex.authority, "status": ex.status, "reason": ex.flags,
+            "duration_ms": round(duration_ms, 3), "source": prefix[1],
+            "source_version": prefix[2], "destination": prefix[3],
+            "destination_workload": prefix[4],
+            "destination_version": ex.pool.version if ex.pool is not None else "unknown",
+            "tls": listener.security if listener.kind == "inbound" else (
+                "mutual_tls" if ex.pool is not None and ex.pool.tls is not None else "none"),
+        }
+        for queue, tap_filter in self.clients.items():
+            if tap_filter.matches(event):
+                try:
+                    queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    self.dropped += 1
+
+
+def tap_handler(hub: TapHub) -> Any:
+    """The aiohttp handler: ``?service=&path=&method=&n=``; SSE ``data:`` lines of JSON."""
+
+    async def tap(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        tap_filter = TapFilter(q.get("service", ""), q.get("path", ""), q.get("method", ""))
+        limit = int(q["n"]) if q.get("n", "").isdigit() else 0
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        await resp.write(b": tapping\n\n")  # tells the client the hook is installed
+        queue = hub.subscribe(tap_filter)
+        sent = 0
+        try:
+            while not limit or sent < limit:
+                event = await queue.get()
+                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                sent += 1
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            hub.unsubscribe(queue)
+        return resp
+
+    return tap

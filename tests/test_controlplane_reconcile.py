@@ -1,0 +1,78 @@
+"""Reconciler debounce and registry grace, on a fake clock."""
+
+from __future__ import annotations
+
+from meshctl.controlplane.memstore import MemStore
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import ProxyInfo, Registry
+
+
+class FakeClock:
+    """Time that only moves when a sleep is awaited or ``advance`` is called."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self.on_sleep: list[object] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep.pop(0)()  # type: ignore[operator]
+
+
+def reconciler(clock: FakeClock) -> Reconciler:
+    return Reconciler(MemStore(), Registry(clock=clock), quiet=0.1, cap=1.0, clock=clock,
+                      sleep=clock.sleep)
+
+
+async def test_debounce_waits_for_a_quiet_period() -> None:
+    """A single mark is reconciled after 100 ms of quiet."""
+    clock = FakeClock()
+    rec = reconciler(clock)
+    rec.mark_all()
+    await rec.debounce()
+    assert clock.sleeps == [0.1]
+
+
+async def test_debounce_restarts_on_new_marks_but_is_capped() -> None:
+    """Marks every 90 ms keep extending the wait, but never past 1 s after the first."""
+    clock = FakeClock()
+    rec = reconciler(clock)
+    rec.mark_all()
+    clock.on_sleep = [rec.mark_all] * 100  # a new mark right after every sleep
+    await rec.debounce()
+    assert abs(sum(clock.sleeps) - 1.0) < 1e-9
+    assert max(clock.sleeps) <= 0.1 and clock.sleeps[:10] == [0.1] * 10
+
+
+def test_registry_keeps_a_dropped_endpoint_for_the_grace_then_removes_it() -> None:
+    """A disconnected sidecar stays an endpoint for the grace, then goes and triggers a change."""
+    clock = FakeClock()
+    changes: list[int] = []
+    registry = Registry(grace=2.0, clock=clock, on_change=lambda: changes.append(1))
+    info = ProxyInfo(name="r1", service="reviews", inbound="127.0.0.1:1", ready=True)
+    session = registry.register(info)
+    assert [p.name for p in registry.endpoints()] == ["r1"] and len(changes) == 1
+    registry.disconnect("r1", session)
+    clock.now += 1.9
+    assert registry.expire() is not None and registry.endpoints() and len(changes) == 1
+    clock.now += 0.2
+    assert registry.expire() is None and registry.endpoints() == [] and len(changes) == 2
+
+
+def test_registry_readiness_and_stale_sessions() -> None:
+    """Only ready sidecars are endpoints; a replaced stream's disconnect is ignored."""
+    clock = FakeClock()
+    registry = Registry(grace=0.0, clock=clock)
+    old = registry.register(ProxyInfo(name="r1", service="reviews", inbound="127.0.0.1:1"))
+    assert registry.endpoints() == []
+    new = registry.register(ProxyInfo(name="r1", service="reviews", inbound="127.0.0.1:1"))
+    registry.report("r1", new, ready=True, cert_expiry="")
+    registry.disconnect("r1", old)
+    registry.expire()
+    assert [p.name for p in registry.endpoints()] == ["r1"] and registry.connected("r1")

@@ -1,0 +1,119 @@
+"""Snapshot builder: deterministic versions, services before routes, authz selection."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from meshctl.api.resources import Resource, load_documents
+from meshctl.controlplane.registry import ProxyInfo
+from meshctl.controlplane.snapshots import SnapshotBuilder
+from proxy.config import Snapshot
+
+DOCS = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  loadBalancer: ROUND_ROBIN
+  rateLimit: {requestsPerSecond: 50}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v3, labels: {version: v3}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules: [{backends: [{subset: v3}]}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: reviews-only}
+spec:
+  selector: {service: reviews}
+  rules: [{from: [{services: [productpage]}]}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: namespace-wide}
+spec:
+  action: DENY
+  rules: [{to: [{methods: [DELETE]}]}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ratings-only}
+spec:
+  selector: {service: ratings}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: main}
+spec:
+  listen: 0.0.0.0:8080
+  rules: [{destination: productpage}]
+"""
+
+
+def resources() -> list[Resource]:
+    return load_documents(DOCS, "test.yaml")
+
+
+def proxy(name: str, service: str, version: str, port: int, mode: str = "sidecar") -> ProxyInfo:
+    return ProxyInfo(name=name, service=service, labels={"version": version},
+                     inbound=f"127.0.0.1:{port}", admin="127.0.0.1:1", mode=mode, ready=True)
+
+
+REVIEWS = proxy("reviews-v1-9001", "reviews", "v1", 9001)
+PAGE = proxy("productpage-v1-9000", "productpage", "v1", 9000)
+
+
+def test_version_is_deterministic_and_content_based() -> None:
+    """The same inputs in any order give the same bytes and version; other content another."""
+    a = SnapshotBuilder(resources(), [REVIEWS, PAGE]).build(PAGE)
+    b = SnapshotBuilder(list(reversed(resources())), [PAGE, REVIEWS]).build(PAGE)
+    assert a == b and len(a.version) == 12
+    c = SnapshotBuilder(resources()[1:], [REVIEWS, PAGE]).build(PAGE)
+    assert c.version != a.version
+
+
+def test_snapshot_parses_in_the_proxy_with_services_before_routes() -> None:
+    """The pushed JSON is a valid proxy snapshot; services precede the routes that use them."""
+    built = SnapshotBuilder(resources(), [REVIEWS, PAGE]).build(PAGE)
+    text = built.data.decode()
+    assert text.index('"services"') < text.index('"routes"')
+    data = json.loads(text)
+    assert "app" not in data and "listeners" not in data
+    snap = Snapshot.from_dict(data)
+    reviews = snap.services["reviews"]
+    assert [e.address.port for e in reviews.endpoints] == [9001]
+    assert reviews.endpoints[0].identity == "spiffe://cluster.local/ns/default/sa/reviews"
+    assert [s.name for s in reviews.subsets] == ["v1", "v3"]
+    assert reviews.policy.load_balancer == "ROUND_ROBIN"
+    # The route names subset v3, which has no endpoints: it still applies.
+    assert snap.routes["reviews"].rules[0].backends[0].subset == "v3"
+    assert reviews.subset("v3") == ()
+
+
+def test_authorization_selects_own_service_and_namespace_wide() -> None:
+    """inbound.authorization holds the policies for this service and the namespace-wide ones."""
+    data = json.loads(SnapshotBuilder(resources(), [REVIEWS]).build(REVIEWS).data)
+    actions = sorted(p.get("action", "ALLOW") for p in data["inbound"]["authorization"])
+    assert actions == ["ALLOW", "DENY"]
+    assert data["inbound"]["rateLimit"] == {"requestsPerSecond": 50}
+    page = json.loads(SnapshotBuilder(resources(), [REVIEWS]).build(PAGE).data)
+    assert [p["action"] for p in page["inbound"]["authorization"]] == ["DENY"]
+    assert "rateLimit" not in page["inbound"]
+
+
+def test_gateway_gets_rules_and_unready_proxies_are_not_endpoints() -> None:
+    """A gateway proxy gets the Gateway rules; an unready sidecar is no endpoint."""
+    gw = proxy("gw", "ingress", "v1", 8080, mode="gateway")
+    unready = ProxyInfo(name="x", service="details", inbound="127.0.0.1:5", ready=False)
+    builder = SnapshotBuilder(resources(), [p for p in (REVIEWS, unready) if p.is_endpoint])
+    data = yaml.safe_load(builder.build(gw).data)
+    assert data["gateway"] == {"rules": [{"destination": "productpage"}]}
+    assert "details" not in data["services"]
+    assert "gateway" not in json.loads(builder.build(REVIEWS).data)

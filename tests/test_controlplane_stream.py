@@ -1,0 +1,160 @@
+"""Config stream protocol against the real gRPC server: register first, ACK/NACK bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from grpc import aio
+
+from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.api.resources import load_documents
+from meshctl.controlplane.memstore import MemStore
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import Registry
+from meshctl.controlplane.xds import MeshControlService, start_grpc_server
+
+ROUTE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec: {host: reviews, rules: [{backends: [{service: reviews}]}]}
+"""
+
+
+def register(name: str = "reviews-v1-1", **fields: str) -> mesh_pb2.ProxyMessage:
+    base = {"name": name, "service": "reviews", "inbound": "127.0.0.1:9001"}
+    base.update(fields)
+    return mesh_pb2.ProxyMessage(register=mesh_pb2.Register(labels={"version": "v1"}, **base))
+
+
+class FakeProxy:
+    """A client stream that checks every ConfigMessage it gets: new version, fresh nonce."""
+
+    def __init__(self, stub: mesh_pb2_grpc.MeshControlStub) -> None:
+        self.outbox: asyncio.Queue[mesh_pb2.ProxyMessage] = asyncio.Queue()
+        self.call = stub.StreamConfig(self._send())
+        self.versions: list[str] = []
+        self.nonces: set[str] = set()
+
+    async def _send(self) -> AsyncIterator[mesh_pb2.ProxyMessage]:
+        while True:
+            yield await self.outbox.get()
+
+    async def receive(self, timeout: float = 5.0) -> mesh_pb2.ConfigMessage:
+        msg = await asyncio.wait_for(self.call.read(), timeout)
+        assert msg is not aio.EOF
+        assert msg.nonce not in self.nonces, "nonce reused"
+        assert not self.versions or msg.version != self.versions[-1], "pushed an unchanged version"
+        self.nonces.add(msg.nonce)
+        self.versions.append(msg.version)
+        return msg
+
+    def answer(self, msg: mesh_pb2.ConfigMessage, error: str | None = None) -> None:
+        if error is None:
+            self.outbox.put_nowait(mesh_pb2.ProxyMessage(
+                ack=mesh_pb2.Ack(version=msg.version, nonce=msg.nonce)))
+        else:
+            self.outbox.put_nowait(mesh_pb2.ProxyMessage(
+                nack=mesh_pb2.Nack(version=msg.version, nonce=msg.nonce, error=error)))
+
+
+@dataclass
+class Plane:
+    store: MemStore
+    registry: Registry
+    reconciler: Reconciler
+    stub: mesh_pb2_grpc.MeshControlStub
+
+    async def until(self, check: object, what: str) -> None:
+        """Wait on reconciler progress events (not sleeps) until ``check()`` holds."""
+        async def loop() -> None:
+            while not check():  # type: ignore[operator]
+                await self.reconciler._progress.wait()
+        try:
+            await asyncio.wait_for(loop(), 5.0)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[Plane]:
+    store = MemStore()
+    registry = Registry(grace=0.0)
+    reconciler = Reconciler(store, registry, quiet=0.0, cap=0.0)
+    server, port = await start_grpc_server(MeshControlService(registry, reconciler),
+                                           "127.0.0.1:0")
+    task = asyncio.create_task(reconciler.run())
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Plane(store, registry, reconciler, mesh_pb2_grpc.MeshControlStub(channel))
+    finally:
+        await channel.close()
+        await server.stop(None)
+        task.cancel()
+
+
+async def test_first_message_must_be_register(plane: Plane) -> None:
+    """A stream that starts with anything but Register ends with INVALID_ARGUMENT."""
+    proxy = FakeProxy(plane.stub)
+    proxy.outbox.put_nowait(mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version="x", nonce="1")))
+    with pytest.raises(aio.AioRpcError) as info:
+        await proxy.receive()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "first message" in (info.value.details() or "")
+
+
+async def test_register_missing_fields_is_refused_by_name(plane: Plane) -> None:
+    """A Register without a service, or with a bad address, names the field in the status."""
+    for message, field in ((register(service=""), "register.service"),
+                           (register(admin="nope"), "register.admin")):
+        proxy = FakeProxy(plane.stub)
+        proxy.outbox.put_nowait(message)
+        with pytest.raises(aio.AioRpcError) as info:
+            await proxy.receive()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (info.value.details() or "")
+
+
+async def test_ack_nack_bookkeeping_and_no_push_when_unchanged(plane: Plane) -> None:
+    """ACK records the version; NACK keeps it and records the error; equal content is not sent."""
+    proxy = FakeProxy(plane.stub)
+    proxy.outbox.put_nowait(register())
+    first = await proxy.receive()
+    proxy.answer(first)
+    state = plane.reconciler.states["reviews-v1-1"]
+    await plane.until(lambda: state.acked_version == first.version, "first ACK")
+    assert state.synced and state.nack is None and state.last_ack is not None
+
+    pushed = plane.reconciler.counters.pushed
+    plane.reconciler.mark_all()
+    await plane.until(lambda: plane.reconciler.counters.unchanged > 0, "an unchanged pass")
+    assert plane.reconciler.counters.pushed == pushed
+
+    await plane.store.create(load_documents(ROUTE, "r.yaml")[0])
+    second = await proxy.receive()
+    proxy.answer(second, error="routes[0]: refused")
+    await plane.until(lambda: state.nack is not None, "the NACK")
+    assert state.nack == "routes[0]: refused"
+    assert state.acked_version == first.version and not state.synced
+    assert plane.reconciler.lagging(plane.reconciler.revision) == ["reviews-v1-1"]
+
+
+async def test_reconnect_with_running_version_is_not_pushed_again(plane: Plane) -> None:
+    """A proxy that registers with the version it runs is synced without a push."""
+    proxy = FakeProxy(plane.stub)
+    proxy.outbox.put_nowait(register())
+    first = await proxy.receive()
+    proxy.answer(first)
+    await plane.until(lambda: plane.reconciler.states["reviews-v1-1"].synced, "synced")
+    proxy.call.cancel()
+    again = FakeProxy(plane.stub)
+    again.outbox.put_nowait(register(config_version=first.version))
+    pushed = plane.reconciler.counters.pushed
+    await plane.until(lambda: plane.reconciler.states["reviews-v1-1"].sender is not None
+                      and plane.reconciler.states["reviews-v1-1"].synced, "resynced")
+    assert plane.reconciler.counters.pushed == pushed
+    assert await plane.reconciler.wait_synced(plane.reconciler.revision, 1.0) == []

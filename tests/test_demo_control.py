@@ -1,0 +1,116 @@
+"""`meshctl demo status/down` and `up --detach` failures, through the run directory."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshctl.demo import control
+from meshctl.demo.procs import http_ok, listening, pid_alive
+from meshctl.demo.runner import DemoOptions
+from meshctl.demo.state import READY, STOPPED, ProcessRecord, RunDir, RunState
+from meshctl.demo.supervisor import Timing
+from meshctl.demo.topology import Ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def orphan(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A listening process the demo 'started' whose supervisor has died (a crash, a kill -9)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline_ok = any(http_ok(f"http://127.0.0.1:{port}/", timeout=0.5) or
+                      proc.wait(timeout=0.1) is None for _ in iter(lambda: listening(port), True))
+    del deadline_ok
+    yield proc, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_down_without_a_demo_is_a_no_op(tmp_path: Path) -> None:
+    """`down` with no state says there is nothing to stop and succeeds (idempotent)."""
+    out = io.StringIO()
+    assert control.down(RunDir(tmp_path), out) == 0
+    assert "nothing to stop" in out.getvalue()
+
+
+def test_status_without_a_demo_says_so(tmp_path: Path) -> None:
+    """`status` with no state reports that the demo is not running, with exit status 1."""
+    out = io.StringIO()
+    assert control.status(RunDir(tmp_path), out) == 1
+    assert "not running" in out.getvalue()
+
+
+def record(proc: subprocess.Popen[bytes], port: int, log: str) -> ProcessRecord:
+    return ProcessRecord("ratings-v1", proc.pid, tuple(str(a) for a in proc.args),  # type: ignore[union-attr]
+                         (("app", "127.0.0.1", port),), log)
+
+
+def test_status_lists_each_process_and_down_stops_leftovers(
+        tmp_path: Path, orphan: tuple[subprocess.Popen[bytes], int]) -> None:
+    """status shows name, pid, alive, ports and log; down stops what a dead supervisor left."""
+    proc, port = orphan
+    run_dir = RunDir(tmp_path / "run")
+    dead_supervisor = 2 ** 22 + 1  # above the default pid_max: never alive
+    run_dir.write(RunState(supervisor=dead_supervisor, status=READY,
+                           processes=(record(proc, port, "/x/ratings-v1.log"),)))
+    out = io.StringIO()
+    assert control.status(run_dir, out) == 1  # supervisor gone
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("ratings-v1"))
+    assert f"{proc.pid}" in line and "yes" in line and f"app={port}" in line
+    assert "/x/ratings-v1.log" in line
+    out = io.StringIO()
+    assert control.down(run_dir, out) == 0
+    assert "no port left listening" in out.getvalue()
+    assert proc.wait(timeout=5) is not None
+    assert not listening(port)
+    state = run_dir.read()
+    assert state is not None and state.status == STOPPED
+    assert control.down(run_dir, io.StringIO()) == 0  # again: still fine
+
+
+def test_a_reused_pid_is_not_killed(tmp_path: Path,
+                                    orphan: tuple[subprocess.Popen[bytes], int]) -> None:
+    """A recorded pid whose command line is now another program's is left alone."""
+    proc, port = orphan
+    run_dir = RunDir(tmp_path / "run")
+    other = ProcessRecord("reviews-v1", proc.pid, ("/usr/bin/python3", "-m", "proxy", "--x"),
+                          (), "/x/reviews-v1.log")
+    run_dir.write(RunState(supervisor=2 ** 22 + 1, status=READY, processes=(other,)))
+    assert control.down(run_dir, io.StringIO()) == 0
+    assert pid_alive(proc.pid) and proc.poll() is None
+
+
+def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
+    """`up --detach` with the gateway port busy fails with the port and process, starting nothing."""
+    base = free_port() // 100 * 100 + 100 if free_port() < 60000 else 30000
+    ports = Ports(base=base, gateway=free_port(), api=free_port(), grpc=free_port())
+    opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs", ports=ports, traffic=False,
+                       timing=Timing(ready_timeout=10))
+    forwarded = ["--gateway-port", str(ports.gateway), "--base-port", str(ports.base),
+                 "--api-port", str(ports.api), "--grpc-port", str(ports.grpc),
+                 "--certs-dir", str(opts.certs), "--no-traffic"]
+    out = io.StringIO()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports.gateway))
+        busy.listen()
+        assert control.up_detached(opts, forwarded, out, timeout=60) == 1
+    assert f"port {ports.gateway} needed by gateway (listen) is already in use" in out.getvalue()
+    state = opts.run_dir.read()
+    assert state is not None and state.processes == ()
+    assert not pid_alive(state.supervisor)

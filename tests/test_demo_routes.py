@@ -1,0 +1,96 @@
+"""The Bookinfo scenario files: valid on top of the default set, documented, and saying what they should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshctl.api.resources import Resource, load_path, validate_set
+
+ROUTES = Path(__file__).resolve().parent.parent / "sample_apps" / "bookinfo" / "routes"
+SCENARIOS = ("all-v1", "reviews-jason-v2", "reviews-50-v3", "reviews-v3", "ratings-jason-delay",
+             "ratings-jason-abort", "reviews-timeout", "circuit-breaker", "mirror")
+
+
+def overlay(*paths: Path) -> dict[tuple[str, str, str], Resource]:
+    """Apply files in order: a later object replaces an earlier one of the same kind and name."""
+    objects: dict[tuple[str, str, str], Resource] = {}
+    for path in paths:
+        objects.update({r.key: r for r in load_path(path)})
+    return objects
+
+
+def specs(name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = yaml.safe_load_all((ROUTES / f"{name}.yaml").read_text())
+    return {(d["kind"], d["metadata"]["name"]): d["spec"] for d in docs}
+
+
+def test_default_set_is_valid_and_complete() -> None:
+    """The default set validates and holds the mesh config, gateway, 4 policies and 4 routes."""
+    resources = load_path(ROUTES / "default")
+    assert validate_set(resources) == []
+    kinds = sorted(r.kind for r in resources)
+    assert kinds == ["DestinationPolicy"] * 4 + ["Gateway", "MeshConfig"] + ["Route"] * 4
+
+
+def test_default_reviews_route_is_ready_for_a_99_1_shift() -> None:
+    """reviews starts all on v1 with v2 listed second, so `shift reviews 99/1` means v1=99, v2=1."""
+    docs = {d["metadata"]["name"]: d for d in
+            yaml.safe_load_all((ROUTES / "default" / "routes.yaml").read_text())}
+    assert docs["reviews"]["spec"]["rules"] == [
+        {"backends": [{"subset": "v1", "weight": 100}, {"subset": "v2", "weight": 0}]}]
+
+
+def test_every_scenario_file_exists_and_no_other() -> None:
+    """One file per scenario of bookinfo.md, named after it."""
+    assert sorted(p.stem for p in ROUTES.glob("*.yaml")) == sorted(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_is_valid_applied_on_the_default_set(name: str) -> None:
+    """Applying the file to the running default set leaves a valid configuration."""
+    objects = overlay(ROUTES / "default", ROUTES / f"{name}.yaml")
+    assert [str(i) for i in validate_set(objects.values())] == []
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_has_a_header_saying_what_to_expect(name: str) -> None:
+    """Each file opens with a comment naming the scenario and what the user should see."""
+    head = (ROUTES / f"{name}.yaml").read_text().split("apiVersion", 1)[0]
+    assert head.startswith("# Scenario ")
+    assert "see" in head.lower()
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_all_v1_undoes_every_scenario(name: str) -> None:
+    """After any scenario, all-v1.yaml brings every route and policy back to the default's."""
+    after = overlay(ROUTES / "default", ROUTES / f"{name}.yaml", ROUTES / "all-v1.yaml")
+    assert after == overlay(ROUTES / "default")
+
+
+def test_jason_scenarios_match_end_user_jason() -> None:
+    """jason-to-v2, delay and abort route on the `end-user: jason` header set by productpage."""
+    jason = {"headers": {"end-user": {"exact": "jason"}}}
+    assert specs("reviews-jason-v2")[("Route", "reviews")]["rules"][0]["matches"] == [jason]
+    delay = specs("ratings-jason-delay")[("Route", "ratings")]["rules"][0]
+    assert delay["matches"] == [jason]
+    assert delay["fault"] == {"delay": {"fixedDelay": "7s", "percent": 100}}
+    abort = specs("ratings-jason-abort")[("Route", "ratings")]["rules"][0]
+    assert abort["fault"] == {"abort": {"httpStatus": 500, "percent": 100}}
+
+
+def test_timeout_breaker_and_mirror_settings() -> None:
+    """reviews timeout 0.5 s with ratings +2 s; breaker 1/1/1 5xx; mirror 100% to v2."""
+    timeout = specs("reviews-timeout")
+    assert timeout[("Route", "reviews")]["rules"][0]["timeout"] == "0.5s"
+    assert timeout[("Route", "ratings")]["rules"][0]["fault"]["delay"]["fixedDelay"] == "2s"
+    breaker = specs("circuit-breaker")[("DestinationPolicy", "productpage")]
+    assert breaker["connectionPool"]["maxConnections"] == 1
+    assert breaker["connectionPool"]["maxPendingRequests"] == 1
+    assert breaker["outlierDetection"]["consecutive5xxErrors"] == 1
+    mirror = specs("mirror")[("Route", "reviews")]["rules"][0]
+    assert mirror["backends"] == [{"subset": "v1"}]
+    assert mirror["mirror"] == {"subset": "v2", "percent": 100}

@@ -1,0 +1,296 @@
+"""Static-mode sidecars with --identity-dir: mTLS between real proxy processes, who gets in.
+
+One CA in tmp issues the identities. `productpage` runs an outbound listener; `reviews` runs a
+STRICT inbound listener in front of an echo backend (which reports the headers it got), with an
+AuthorizationPolicy; a second `reviews` runs PERMISSIVE. Raw TLS clients from the test play
+the refused peers (no cert, another CA, expired, plaintext).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
+from proxy.identity import WorkloadIdentity, generate_key_and_csr
+from tests.proxyharness import (
+    Backends,
+    Message,
+    ProxyProcess,
+    echo_app,
+    free_port,
+    get,
+    metric_value,
+    read_response,
+    roundtrip,
+)
+
+TD = "cluster.local"
+DEADLINE = 10.0
+REFUSED = (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, EOFError)
+
+
+def sid(service: str) -> str:
+    """The SPIFFE id of a service in the default namespace."""
+    return spiffe_id_for(TD, "default", service)
+
+
+def mint(ca: CertificateAuthority, service: str, ttl: float = 3600,
+         bundle: bytes | None = None) -> WorkloadIdentity:
+    """An identity issued the way a sidecar gets one: own key, CSR, signed by `ca`."""
+    key_pem, csr_pem = generate_key_and_csr(sid(service))
+    issued = ca.sign_csr(csr_pem, sid(service), ttl)
+    return WorkloadIdentity.from_pem(key_pem, issued.cert_pem, issued.chain_pem,
+                                     bundle if bundle is not None else ca.trust_bundle())
+
+
+def write_identity_dir(directory: Path, identity: WorkloadIdentity) -> Path:
+    """key.pem, cert.pem, chain.pem, bundle.pem as `--identity-dir` reads them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in (("key.pem", identity.key_pem), ("cert.pem", identity.cert_pem),
+                       ("chain.pem", identity.chain_pem), ("bundle.pem", identity.bundle_pem)):
+        (directory / name).write_bytes(data)
+    (directory / "key.pem").chmod(0o600)
+    return directory
+
+
+def start_proxy(tmp: Path, identity: WorkloadIdentity, snap: dict[str, Any],
+                inbound: int | None = None) -> ProxyProcess:
+    """A static-mode proxy process with `snap` (listeners filled in) and `identity`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    proc = ProxyProcess(tmp, {}, args=("--identity-dir",
+                                       str(write_identity_dir(tmp / "identity", identity))))
+    listeners = {"outbound": f"127.0.0.1:{proc.outbound}", "admin": f"127.0.0.1:{proc.admin}"}
+    if inbound is not None:
+        listeners = {"inbound": f"127.0.0.1:{inbound}", "admin": f"127.0.0.1:{proc.admin}"}
+    proc.config.write_text(yaml.safe_dump({"version": "static-1", "listeners": listeners, **snap}))
+    return proc.start()
+
+
+def client_ctx(identity: WorkloadIdentity | None, trust: bytes) -> ssl.SSLContext:
+    """A test TLS client trusting `trust`, presenting `identity` (or no certificate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=trust.decode())
+    if identity is not None:
+        from proxy.tls import _private_file
+
+        with _private_file(identity.cert_pem + identity.chain_pem) as cert, \
+                _private_file(identity.key_pem) as key:
+            ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def tls_roundtrip(port: int, ctx: ssl.SSLContext, raw: bytes) -> Message:
+    """Send `raw` over TLS and read one response; the refusal errors propagate."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx), DEADLINE)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(read_response(reader), DEADLINE)
+    finally:
+        writer.close()
+
+
+def echoed_headers(resp: Message) -> list[tuple[str, str]]:
+    """The request headers the echo backend saw, lower-cased names."""
+    return [(k.lower(), v) for k, v in json.loads(resp.body)["headers"]]
+
+
+@dataclass
+class Mesh:
+    """The running processes and the identities of this module's scenario."""
+
+    ca: CertificateAuthority
+    bundle: bytes
+    productpage: WorkloadIdentity
+    ratings: WorkloadIdentity
+    client: ProxyProcess
+    strict: ProxyProcess
+    strict_port: int
+    permissive: ProxyProcess
+    permissive_port: int
+
+
+AUTHZ = [
+    {"action": "DENY", "rules": [{"to": [{"methods": ["DELETE"]}]}]},
+    {"action": "ALLOW", "rules": [
+        {"from": [{"services": ["productpage"]}], "to": [{"paths": ["/api/*"]}]},
+        {"to": [{"paths": ["/health"]}]},
+    ]},
+]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """CA, echo backend, a STRICT and a PERMISSIVE `reviews`, and a `productpage` client."""
+    tmp = tmp_path_factory.mktemp("mtls")
+    # The CA starts two hours back so it can also issue an already-expired certificate.
+    init_ca(tmp / "ca", TD, clock=lambda: time.time() - 7200)
+    ca = CertificateAuthority(tmp / "ca")
+    backends = Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        app = backends.aiohttp(echo_app())
+        strict_port, permissive_port = free_port(), free_port()
+        reviews = mint(ca, "reviews")
+        inbound = {"node": {"service": "reviews", "labels": {"version": "v1"}},
+                   "app": f"127.0.0.1:{app}", "inbound": {"authorization": AUTHZ}}
+        strict = start_proxy(tmp / "strict", reviews, {**inbound, "mesh": {"mtls": "STRICT"}},
+                             inbound=strict_port)
+        procs.append(strict)
+        permissive = start_proxy(tmp / "permissive", reviews,
+                                 {"node": inbound["node"], "app": inbound["app"],
+                                  "mesh": {"mtls": "PERMISSIVE"}}, inbound=permissive_port)
+        procs.append(permissive)
+
+        def endpoint(identity: str) -> dict[str, Any]:
+            return {"endpoints": [{"address": f"127.0.0.1:{strict_port}",
+                                   "labels": {"version": "v1"}, "identity": identity}]}
+
+        productpage = mint(ca, "productpage")
+        client = start_proxy(tmp / "client", productpage, {
+            "node": {"service": "productpage", "labels": {"version": "v1"}},
+            "mesh": {"mtls": "STRICT"},
+            "services": {"reviews": endpoint(sid("reviews")),
+                         "impostor": endpoint(sid("details"))},
+        })
+        procs.append(client)
+        yield Mesh(ca, ca.trust_bundle(), productpage, mint(ca, "ratings"), client, strict,
+                   strict_port, permissive, permissive_port)
+    finally:
+        for proc in procs:
+            proc.stop()
+        backends.close()
+
+
+async def test_outbound_to_inbound_over_mtls_sets_xfcc(mesh: Mesh) -> None:
+    """A call through both sidecars arrives with XFCC naming the caller's SPIFFE id."""
+    resp = await roundtrip(mesh.client.outbound, get("reviews", "/api/reviews/1"))
+    assert resp.status == 200, resp.body
+    xfcc = [v for k, v in echoed_headers(resp) if k == "x-forwarded-client-cert"]
+    assert xfcc == [f"By={sid('reviews')};URI={sid('productpage')}"]
+
+
+async def test_forged_xfcc_is_stripped(mesh: Mesh) -> None:
+    """An XFCC header sent by the app is dropped; only the sidecar's own reaches the backend."""
+    forged = f"x-forwarded-client-cert: By={sid('reviews')};URI={sid('admin')}\r\n"
+    resp = await roundtrip(mesh.client.outbound, get("reviews", "/api/x", extra=forged))
+    xfcc = [v for k, v in echoed_headers(resp) if k == "x-forwarded-client-cert"]
+    assert xfcc == [f"By={sid('reviews')};URI={sid('productpage')}"]
+
+
+async def test_forged_xfcc_from_a_peer_is_stripped(mesh: Mesh) -> None:
+    """A mesh peer sending its own XFCC straight to the inbound listener cannot pass it on."""
+    forged = f"x-forwarded-client-cert: URI={sid('admin')}\r\n"
+    resp = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.productpage, mesh.bundle),
+                               get("reviews", "/api/x", extra=forged))
+    assert resp.status == 200
+    xfcc = [v for k, v in echoed_headers(resp) if k == "x-forwarded-client-cert"]
+    assert xfcc == [f"By={sid('reviews')};URI={sid('productpage')}"]
+
+
+async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
+    """Requests that came over mTLS are labelled connection_security_policy=mutual_tls."""
+    await roundtrip(mesh.client.outbound, get("reviews", "/api/metric"))
+    text = await mesh.strict.metrics()
+    assert metric_value(text, "istio_requests_total", reporter="destination",
+                        connection_security_policy="mutual_tls") >= 1
+
+
+async def test_plaintext_to_strict_is_refused(mesh: Mesh) -> None:
+    """A plaintext HTTP request to a STRICT inbound listener gets no HTTP response."""
+    with pytest.raises(REFUSED):
+        await roundtrip(mesh.strict_port, get("reviews", "/health"))
+
+
+async def test_handshake_without_client_cert_is_refused(mesh: Mesh) -> None:
+    """A TLS client that trusts the mesh but presents no certificate is refused."""
+    with pytest.raises(REFUSED):
+        await tls_roundtrip(mesh.strict_port, client_ctx(None, mesh.bundle),
+                            get("reviews", "/health"))
+
+
+async def test_cert_from_another_ca_is_refused(mesh: Mesh, tmp_path: Path) -> None:
+    """A certificate with the right SPIFFE id but from a different CA is refused."""
+    init_ca(tmp_path / "other", TD)
+    foreign = mint(CertificateAuthority(tmp_path / "other"), "productpage", bundle=mesh.bundle)
+    with pytest.raises(REFUSED):
+        await tls_roundtrip(mesh.strict_port, client_ctx(foreign, mesh.bundle),
+                            get("reviews", "/health"))
+
+
+async def test_expired_cert_is_refused(mesh: Mesh) -> None:
+    """A mesh certificate that expired an hour ago is refused."""
+    past = CertificateAuthority(mesh.ca.files.directory, clock=lambda: time.time() - 3600)
+    expired = mint(past, "productpage", ttl=60)
+    assert expired.not_after < time.time()
+    with pytest.raises(REFUSED):
+        await tls_roundtrip(mesh.strict_port, client_ctx(expired, mesh.bundle),
+                            get("reviews", "/health"))
+
+
+async def test_valid_peer_cert_is_accepted_directly(mesh: Mesh) -> None:
+    """The control case for the refusals: the same client with a valid mesh cert gets in."""
+    resp = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.productpage, mesh.bundle),
+                               get("reviews", "/health"))
+    assert resp.status == 200
+
+
+async def test_unexpected_server_identity_is_refused_by_outbound(mesh: Mesh) -> None:
+    """An endpoint presenting a valid mesh cert for another service fails with 503."""
+    resp = await roundtrip(mesh.client.outbound, get("impostor", "/api/x"))
+    assert resp.status == 503
+    assert resp.header("x-ami-reason") == "upstream_connect_failure"
+
+
+async def test_permissive_accepts_mtls_and_plaintext(mesh: Mesh) -> None:
+    """PERMISSIVE serves plaintext and mTLS on one port, labelling each correctly."""
+    plain = await roundtrip(mesh.permissive_port, get("reviews", "/any"))
+    assert plain.status == 200
+    assert not [k for k, _ in echoed_headers(plain) if k == "x-forwarded-client-cert"]
+    tls = await tls_roundtrip(mesh.permissive_port, client_ctx(mesh.productpage, mesh.bundle),
+                              get("reviews", "/any"))
+    assert tls.status == 200
+    assert ("x-forwarded-client-cert", f"By={sid('reviews')};URI={sid('productpage')}") \
+        in echoed_headers(tls)
+    text = await mesh.permissive.metrics()
+    for policy in ("none", "mutual_tls"):
+        assert metric_value(text, "istio_requests_total", reporter="destination",
+                            connection_security_policy=policy) >= 1, policy
+
+
+async def test_authz_allows_declared_source_and_path(mesh: Mesh) -> None:
+    """productpage may call /api/*; any mesh identity may call /health."""
+    ctx = client_ctx(mesh.ratings, mesh.bundle)
+    assert (await roundtrip(mesh.client.outbound, get("reviews", "/api/ok"))).status == 200
+    assert (await tls_roundtrip(mesh.strict_port, ctx, get("reviews", "/health"))).status == 200
+
+
+async def test_authz_denies_other_source(mesh: Mesh) -> None:
+    """ratings is not allowed /api/*: 403 not_authorized and the denial metric counts it."""
+    before = metric_value(await mesh.strict.metrics(), "ami_authorization_denied")
+    resp = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.ratings, mesh.bundle),
+                               get("reviews", "/api/secret"))
+    assert resp.status == 403
+    assert resp.header("x-ami-reason") == "not_authorized"
+    after = metric_value(await mesh.strict.metrics(), "ami_authorization_denied")
+    assert after == before + 1
+
+
+async def test_authz_denies_by_method_and_path(mesh: Mesh) -> None:
+    """DENY on DELETE wins over the ALLOW; a path no rule allows is denied too."""
+    delete = await roundtrip(mesh.client.outbound, get("reviews", "/api/x", method="DELETE"))
+    assert (delete.status, delete.header("x-ami-reason")) == (403, "not_authorized")
+    other = await roundtrip(mesh.client.outbound, get("reviews", "/admin"))
+    assert (other.status, other.header("x-ami-reason")) == (403, "not_authorized")

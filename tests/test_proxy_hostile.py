@@ -1,0 +1,212 @@
+"""Hostile HTTP/1.1 input against the proxy, byte for byte over raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    at_eof,
+    echo_app,
+    get,
+    read_response,
+    roundtrip,
+    roundtrip_close,
+)
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def echo(backends: Backends) -> int:
+    return backends.aiohttp(echo_app())
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("hostile"), {"echo": [echo]}).start()
+    yield p
+    p.stop()
+
+
+SMUGGLING = {
+    "cl_and_te": b"POST / HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_and_cl": b"POST / HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Length: 4\r\n\r\n0\r\n\r\n",
+    "conflicting_cl": b"POST / HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\n"
+                      b"Content-Length: 5\r\n\r\nabcde",
+    "cl_list": b"POST / HTTP/1.1\r\nHost: echo\r\nContent-Length: 4, 5\r\n\r\nabcde",
+    "unknown_coding": b"POST / HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    "coding_list": b"POST / HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                   b"0\r\n\r\n",
+    "two_te_headers": b"POST / HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+async def test_ambiguous_framing_is_400_and_close(proxy: ProxyProcess, name: str) -> None:
+    """Requests whose body length is ambiguous get 400 and the connection is closed."""
+    resp, closed = await roundtrip_close(proxy.outbound, SMUGGLING[name])
+    assert resp.status == 400
+    assert resp.header("x-ami-reason") in ("request_smuggling", "bad_request")
+    assert closed
+
+
+BAD_HEADERS = {
+    "nul_in_value": b"GET / HTTP/1.1\r\nHost: echo\r\nX-A: a\x00b\r\n\r\n",
+    "cr_in_value": b"GET / HTTP/1.1\r\nHost: echo\r\nX-A: a\rb\r\n\r\n",
+    "lf_in_value": b"GET / HTTP/1.1\r\nHost: echo\r\nX-A: a\nX-B: b\r\n\r\n",
+    "obs_fold": b"GET / HTTP/1.1\r\nHost: echo\r\nX-A: a\r\n folded\r\n\r\n",
+    "space_before_colon": b"GET / HTTP/1.1\r\nHost: echo\r\nX-A : a\r\n\r\n",
+    "space_in_name": b"GET / HTTP/1.1\r\nHost: echo\r\nX A: a\r\n\r\n",
+    "two_hosts": b"GET / HTTP/1.1\r\nHost: echo\r\nHost: other\r\n\r\n",
+    "no_host_http11": b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_HEADERS))
+async def test_malformed_header_is_400(proxy: ProxyProcess, name: str) -> None:
+    """Control characters in values, folding and odd names are refused with 400 and close."""
+    resp, closed = await roundtrip_close(proxy.outbound, BAD_HEADERS[name])
+    assert resp.status == 400
+    assert resp.header("x-ami-reason") in ("invalid_header", "bad_request")
+    assert closed
+
+
+async def test_connect_is_refused(proxy: ProxyProcess) -> None:
+    """CONNECT tunnels are not offered: 405 `method_not_allowed`."""
+    resp = await roundtrip(proxy.outbound, b"CONNECT echo:443 HTTP/1.1\r\nHost: echo:443\r\n\r\n")
+    assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed")
+
+
+async def test_oversized_header_section_is_431(proxy: ProxyProcess) -> None:
+    """More than 64 KiB of headers gets 431 `headers_too_large`."""
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+    resp, closed = await roundtrip_close(proxy.outbound,
+                                         b"GET / HTTP/1.1\r\nHost: echo\r\n" + many + b"\r\n")
+    assert (resp.status, resp.header("x-ami-reason")) == (431, "headers_too_large")
+    assert closed
+
+
+async def test_one_huge_header_is_431(proxy: ProxyProcess) -> None:
+    """A single 70 KiB header value, sent in pieces, also gets 431."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    writer.write(b"GET / HTTP/1.1\r\nHost: echo\r\nX-Big: ")
+    try:
+        for _ in range(70):
+            writer.write(b"v" * 1024)
+            await writer.drain()
+    except ConnectionError:
+        pass  # the proxy may answer and close before the whole value is sent
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert (resp.status, resp.header("x-ami-reason")) == (431, "headers_too_large")
+
+
+async def test_long_request_line_is_414(proxy: ProxyProcess) -> None:
+    """A request target over 8 KiB gets 414 `uri_too_long` and close."""
+    resp, closed = await roundtrip_close(proxy.outbound, get("echo", "/" + "a" * 9000))
+    assert (resp.status, resp.header("x-ami-reason")) == (414, "uri_too_long")
+    assert closed
+
+
+async def test_garbage_is_400(proxy: ProxyProcess) -> None:
+    """Bytes that are not HTTP get 400 `bad_request`."""
+    resp, closed = await roundtrip_close(proxy.outbound, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+    assert (resp.status, resp.header("x-ami-reason")) == (400, "bad_request")
+    assert closed
+
+
+async def test_error_after_pipelined_request_keeps_order(proxy: ProxyProcess) -> None:
+    """A good request followed by a bad one: the good response first, then 400, then close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    writer.write(get("echo", "/slow?s=0.2") + SMUGGLING["cl_and_te"])
+    first = await asyncio.wait_for(read_response(reader), 10)
+    second = await asyncio.wait_for(read_response(reader), 10)
+    closed = await at_eof(reader, 5)
+    writer.close()
+    assert (first.status, first.body) == (200, b"slow done")
+    assert second.status == 400 and closed
+
+
+# --- limits that need their own proxy flags ---------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_limits(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("timeouts"), {"echo": [echo]},
+                     args=("--header-timeout", "1", "--idle-timeout", "1")).start()
+    yield p
+    p.stop()
+
+
+async def test_unfinished_header_section_is_408_and_close(slow_limits: ProxyProcess) -> None:
+    """A client that never finishes its headers gets 408 `request_timeout` and is closed."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", slow_limits.outbound)
+    started = loop.time()
+    writer.write(b"GET / HTTP/1.1\r\nHost: echo\r\nX-Slow: ")
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    elapsed = loop.time() - started
+    closed = await at_eof(reader, 5)
+    writer.close()
+    assert (resp.status, resp.header("x-ami-reason")) == (408, "request_timeout")
+    assert closed and 0.9 <= elapsed < 4
+
+
+async def test_idle_keep_alive_connection_is_closed(slow_limits: ProxyProcess) -> None:
+    """A kept-alive client that sends nothing more is closed after the idle timeout."""
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", slow_limits.outbound)
+    writer.write(get("echo", "/"))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    idle_from = loop.time()
+    closed = await at_eof(reader, 5)
+    writer.close()
+    assert resp.status == 200 and json.loads(resp.body)["path"] == "/"
+    assert closed and 0.9 <= loop.time() - idle_from < 4
+
+
+async def test_connection_limit(tmp_path_factory: pytest.TempPathFactory, echo: int) -> None:
+    """With `--max-connections 2` a third concurrent client gets 503 `too_many_connections`."""
+    proxy = ProxyProcess(tmp_path_factory.mktemp("maxconn"), {"echo": [echo]},
+                         args=("--max-connections", "2")).start()
+    try:
+        held = []
+        for i in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+            writer.write(get("echo", f"/held{i}"))
+            assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
+            held.append(writer)
+        resp, closed = await roundtrip_close(proxy.outbound, get("echo", "/third"))
+        assert (resp.status, resp.header("x-ami-reason")) == (503, "too_many_connections")
+        assert closed
+        held.pop().close()
+        await eventually_admitted(proxy.outbound)
+        for writer in held:
+            writer.close()
+    finally:
+        proxy.stop()
+
+
+async def eventually_admitted(port: int) -> None:
+    """Once a held connection is closed, a new client is served again (within a deadline)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while True:
+        resp = await roundtrip(port, get("echo", "/again"))
+        if resp.status == 200:
+            return
+        assert loop.time() < end, "no slot freed after closing a connection"
+        await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait

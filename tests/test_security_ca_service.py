@@ -1,0 +1,156 @@
+"""IssueCertificate: tokens decide the identity, MeshConfig the TTL, over a real TLS gRPC port."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from grpc import aio
+
+from meshctl.api import mesh_pb2
+from meshctl.api.kinds import MeshConfigSpec
+from meshctl.ca import BootstrapTokens, CertificateAuthority, fingerprint, init_ca
+from meshctl.ca.spiffe import uri_sans
+from meshctl.controlplane.ca_service import (
+    CertificateService,
+    IssueError,
+    control_plane_certificate,
+    load_or_init_ca,
+)
+from meshctl.controlplane.xds import MeshControlService, start_grpc_server
+from proxy.identity import generate_key_and_csr
+from proxy.identity_agent import grpc_issuer
+
+REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> CertificateService:
+    """A CA service over a fresh CA with a 2-minute certificate TTL."""
+    init_ca(tmp_path / "ca")
+    return CertificateService(CertificateAuthority(tmp_path / "ca"),
+                              BootstrapTokens.load(tmp_path / "ca"),
+                              lambda: MeshConfigSpec(certificate_ttl=120.0))
+
+
+def request(service: CertificateService, for_service: str, token_of: str,
+            asks_for: str = REVIEWS) -> mesh_pb2.CertificateRequest:
+    """A CSR asking for `asks_for`, claiming `for_service` with `token_of`'s token."""
+    _, csr = generate_key_and_csr(asks_for)
+    return mesh_pb2.CertificateRequest(csr_pem=csr.decode(), service=for_service,
+                                       namespace="default",
+                                       token=service.tokens.token_for("default", token_of))
+
+
+def test_issues_the_tokens_identity_whatever_the_csr_asks(service: CertificateService) -> None:
+    """A CSR asking for `admin` with reviews' token gets exactly reviews' SPIFFE id."""
+    before = time.time()
+    resp = service.issue(request(service, "reviews", "reviews",
+                                 asks_for="spiffe://cluster.local/ns/default/sa/admin"))
+    leaf, *chain = x509.load_pem_x509_certificates(resp.cert_chain_pem.encode())
+    assert uri_sans(leaf) == [REVIEWS]
+    assert chain and chain[0].subject == service.ca.ca_cert.subject
+    assert before + 120 - 2 <= leaf.not_valid_after_utc.timestamp() <= time.time() + 120
+    assert resp.not_after == leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert resp.trust_bundle_pem.encode() == service.ca.trust_bundle()
+    assert (service.issued, service.issued_by_service) == (1, {("default", "reviews"): 1})
+
+
+def test_one_services_token_cannot_get_anothers_identity(service: CertificateService) -> None:
+    """ratings' token presented for reviews is PERMISSION_DENIED and counted as refused."""
+    with pytest.raises(IssueError) as err:
+        service.issue(request(service, "reviews", "ratings"))
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert (service.issued, service.refused) == (0, 1)
+
+
+def test_missing_token_and_bad_csr_are_refused(service: CertificateService) -> None:
+    """No token is UNAUTHENTICATED; a CSR that is not one is INVALID_ARGUMENT."""
+    req = request(service, "reviews", "reviews")
+    req.token = ""
+    with pytest.raises(IssueError) as err:
+        service.issue(req)
+    assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    req = request(service, "reviews", "reviews")
+    req.csr_pem = "not a csr"
+    with pytest.raises(IssueError) as err:
+        service.issue(req)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_ttl_is_at_least_a_minute(tmp_path: Path) -> None:
+    """A MeshConfig TTL below the minimum is raised to 60 s, never issued shorter."""
+    init_ca(tmp_path / "ca")
+    svc = CertificateService(CertificateAuthority(tmp_path / "ca"),
+                             BootstrapTokens.load(tmp_path / "ca"),
+                             lambda: MeshConfigSpec(certificate_ttl=5.0))
+    leaf = x509.load_pem_x509_certificates(
+        svc.issue(request(svc, "reviews", "reviews")).cert_chain_pem.encode())[0]
+    assert leaf.not_valid_after_utc.timestamp() >= time.time() + 55
+
+
+def test_load_or_init_ca_creates_once(tmp_path: Path) -> None:
+    """A missing CA is created; the next call loads the same one rather than replacing it."""
+    first = load_or_init_ca(tmp_path / "certs", "example.org")
+    again = load_or_init_ca(tmp_path / "certs", "example.org")
+    assert first.trust_domain == "example.org"
+    assert fingerprint(first.ca_cert) == fingerprint(again.ca_cert)
+
+
+class _Servicer(MeshControlService):
+    """The config servicer with IssueCertificate delegated to the CA service (as serve wires it)."""
+
+    def __init__(self, ca_service: CertificateService) -> None:
+        self.ca_service = ca_service
+
+    async def IssueCertificate(self, request: mesh_pb2.CertificateRequest,  # type: ignore[override]
+                               context: aio.ServicerContext) -> mesh_pb2.CertificateResponse:  # type: ignore[type-arg]
+        return await self.ca_service.handle(request, context)
+
+
+@pytest.fixture
+async def tls_port(service: CertificateService) -> AsyncIterator[int]:
+    """A gRPC server over TLS with a control-plane cert from the mesh CA."""
+    creds = control_plane_certificate(service.ca, ["127.0.0.1"]).credentials()
+    server, port = await start_grpc_server(_Servicer(service), "127.0.0.1:0", creds)
+    yield port
+    await server.stop(None)
+
+
+async def test_issue_over_tls_grpc(service: CertificateService, tls_port: int,
+                                   tmp_path: Path) -> None:
+    """A sidecar verifying the control plane with the trust bundle gets its certificate."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(service.ca.trust_bundle())
+    resp = await grpc_issuer(f"127.0.0.1:{tls_port}", bundle)(
+        request(service, "reviews", "reviews"))
+    leaf = x509.load_pem_x509_certificates(resp.cert_chain_pem.encode())[0]
+    assert uri_sans(leaf) == [REVIEWS]
+
+
+async def test_wrong_token_over_grpc_is_permission_denied(
+        service: CertificateService, tls_port: int, tmp_path: Path) -> None:
+    """The refusal reaches the sidecar as a gRPC status, with no certificate."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(service.ca.trust_bundle())
+    with pytest.raises(aio.AioRpcError) as err:
+        await grpc_issuer(f"127.0.0.1:{tls_port}", bundle)(
+            request(service, "reviews", "productpage"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_control_plane_from_another_ca_is_not_trusted(
+        service: CertificateService, tls_port: int, tmp_path: Path) -> None:
+    """A sidecar with another mesh's bundle refuses this control plane (TLS fails)."""
+    init_ca(tmp_path / "other")
+    bundle = tmp_path / "other-bundle.pem"
+    bundle.write_bytes(CertificateAuthority(tmp_path / "other").trust_bundle())
+    with pytest.raises(aio.AioRpcError) as err:
+        await grpc_issuer(f"127.0.0.1:{tls_port}", bundle, timeout=3.0)(
+            request(service, "reviews", "reviews"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert service.issued == 0

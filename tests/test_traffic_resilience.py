@@ -1,0 +1,241 @@
+"""Timeouts, retries, the retry budget, circuit breaking and outlier ejection with a real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.proxyharness import Backends
+from tests.traffic_backends import (
+    TrafficBackend,
+    TrafficProxy,
+    call,
+    call_many,
+    dead_endpoint,
+    endpoints,
+    start_backend,
+    started,
+)
+
+RETRY_5XX = {"attempts": 3, "retryOn": ["5xx"]}
+
+
+def _route(host: str, service: str | None = None, **rule: Any) -> dict[str, Any]:
+    backend = {"service": service} if service else {}
+    return {"host": host, "rules": [{"backends": [backend], **rule}]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    hub = Backends()
+    b: dict[str, TrafficBackend] = {
+        "slow": start_backend(hub, delay=1.0),
+        "pt-slow": start_backend(hub, version="slow", delay=2.0),
+        "pt-fast": start_backend(hub, version="fast"),
+        "r5xx": start_backend(hub, fail_first=2, fail_status=500),
+        "rgw": start_backend(hub, fail_first=1, fail_status=502),
+        "rgw500": start_backend(hub, fail_first=1, fail_status=500),
+        "rreset": start_backend(hub, reset_first=1),
+        "rcodes": start_backend(hub, fail_first=1, fail_status=409),
+        "none": start_backend(hub, fail_first=1, fail_status=503),
+        "none-reset": start_backend(hub, reset_first=1),
+        "post": start_backend(hub, fail_first=1, fail_status=500),
+        "post-ok": start_backend(hub, fail_first=1, fail_status=500),
+        "cf-good": start_backend(hub, version="good"),
+        "budget": start_backend(hub, status=500),
+        "cb": start_backend(hub, delay=0.4),
+        "ol-good": start_backend(hub, version="good"),
+        "ol-bad": start_backend(hub, version="bad", status=500),
+    }
+    svc = {name.replace("-", ""): {"endpoints": endpoints(backend)}
+           for name, backend in b.items()}
+    svc["pertry"] = {"endpoints": endpoints(b["pt-slow"], b["pt-fast"]),
+                     "policy": {"loadBalancer": "ROUND_ROBIN"}}
+    svc["cf"] = {"endpoints": [dead_endpoint(), *endpoints(b["cf-good"])],
+                 "policy": {"loadBalancer": "ROUND_ROBIN"}}
+    svc["cb"]["policy"] = {"connectionPool": {"maxConnections": 1, "maxPendingRequests": 1}}
+    svc["ol"] = {"endpoints": endpoints(b["ol-good"], b["ol-bad"]), "policy": {
+        "loadBalancer": "ROUND_ROBIN",
+        "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s",
+                             "baseEjectionTime": "1s", "maxEjectionPercent": 50}}}
+    routes = [
+        _route("slow", timeout="300ms"),
+        _route("notimeout", "slow"),
+        _route("pertry", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
+        _route("r5xx", retries=RETRY_5XX),
+        _route("rgw", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
+        _route("rgw500", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
+        _route("rreset", retries={"attempts": 2, "retryOn": ["reset"]}),
+        _route("rcodes", retries={"attempts": 2, "retryOn": ["retriable-status-codes"],
+                                  "retriableStatusCodes": [409]}),
+        _route("post", retries=RETRY_5XX),
+        _route("postok", retries={**RETRY_5XX, "allowNonIdempotent": True}),
+        _route("cf", retries={"attempts": 1, "retryOn": ["connect-failure"]}),
+        _route("budget", retries={"attempts": 1, "retryOn": ["5xx"]}),
+    ]
+    proxy = TrafficProxy(tmp_path_factory.mktemp("resilience"), svc, routes,
+                         mesh={"retryBudget": {"percent": 20, "minRetriesPerSecond": 1}})
+    for p in started(proxy, hub):
+        yield {"proxy": p, **b}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_route_timeout_gives_504_timeout(env: dict[str, Any],
+                                               session: aiohttp.ClientSession) -> None:
+    """A 300 ms route timeout answers 504 `timeout` long before the 1 s backend does."""
+    proxy: TrafficProxy = env["proxy"]
+    reply = await call(session, proxy, "slow")
+    assert (reply.status, reply.reason) == (504, "timeout")
+    assert 0.25 < reply.elapsed < 0.9
+    assert await proxy.metric("ami_requests_total", destination_service="slow",
+                              response_code="504", response_flags="timeout") >= 1
+
+
+@pytest.mark.parametrize(("host", "header_ms", "low", "high"), [
+    ("slow", "100", 0.05, 0.25),  # tightens the route's 300 ms
+    ("slow", "5000", 0.25, 0.9),  # cannot loosen it
+    ("notimeout", "200", 0.15, 0.6),  # a route without timeout gets one
+])
+async def test_timeout_header_tightens_never_loosens(env: dict[str, Any],
+                                                     session: aiohttp.ClientSession, host: str,
+                                                     header_ms: str, low: float,
+                                                     high: float) -> None:
+    """`x-ami-timeout-ms` may shorten the route timeout for one request but never extend it."""
+    reply = await call(session, env["proxy"], host, headers={"x-ami-timeout-ms": header_ms})
+    assert (reply.status, reply.reason) == (504, "timeout")
+    assert low < reply.elapsed < high, reply.elapsed
+
+
+async def test_per_try_timeout_retries_on_another_endpoint(env: dict[str, Any],
+                                                           session: aiohttp.ClientSession
+                                                           ) -> None:
+    """A try cut by perTryTimeout is retried on the next endpoint, so every request succeeds."""
+    proxy: TrafficProxy = env["proxy"]
+    before = await proxy.metric("ami_retries_total", destination_service="pertry")
+    replies = [await call(session, proxy, "pertry") for _ in range(4)]
+    assert [r.status for r in replies] == [200] * 4
+    assert {r.version for r in replies} == {"fast"}
+    retried = [r for r in replies if r.elapsed >= 0.19]
+    assert len(retried) == 2  # round robin: every other request tried the slow endpoint first
+    assert all(r.elapsed < 1.5 for r in replies)
+    assert await proxy.metric("ami_retries_total", destination_service="pertry") == before + 2
+
+
+@pytest.mark.parametrize(("host", "tries"), [
+    ("r5xx", 3),  # 500, 500, then 200
+    ("rgw", 2),  # 502 is a gateway error
+    ("rreset", 2),  # connection reset before any answer
+    ("rcodes", 2),  # 409 is listed
+])
+async def test_retry_conditions(env: dict[str, Any], session: aiohttp.ClientSession, host: str,
+                                tries: int) -> None:
+    """Each declared retryOn condition turns early failures into a success, counted as retries."""
+    proxy: TrafficProxy = env["proxy"]
+    reply = await call(session, proxy, host)
+    assert reply.status == 200
+    assert len(env[host].requests) == tries
+    assert await proxy.metric("ami_retries_total", destination_service=host) == tries - 1
+
+
+async def test_connect_failure_is_retried(env: dict[str, Any],
+                                          session: aiohttp.ClientSession) -> None:
+    """With retryOn connect-failure, a dead endpoint's failures are retried on the live one."""
+    proxy: TrafficProxy = env["proxy"]
+    replies = [await call(session, proxy, "cf") for _ in range(4)]
+    assert [r.status for r in replies] == [200] * 4
+    assert await proxy.metric("ami_retries_total", destination_service="cf") >= 1
+
+
+async def test_gateway_error_does_not_retry_500(env: dict[str, Any],
+                                                session: aiohttp.ClientSession) -> None:
+    """retryOn gateway-error retries 502/503/504 only: a 500 reaches the client untouched."""
+    reply = await call(session, env["proxy"], "rgw500")
+    assert reply.status == 500
+    assert len(env["rgw500"].requests) == 1
+
+
+@pytest.mark.parametrize(("host", "status", "reason"), [
+    ("none", 503, None),
+    ("nonereset", 502, "upstream_reset"),
+])
+async def test_no_retries_unless_declared(env: dict[str, Any], session: aiohttp.ClientSession,
+                                          host: str, status: int, reason: str | None) -> None:
+    """Without a retries block a failed first try is the answer (one request upstream)."""
+    proxy: TrafficProxy = env["proxy"]
+    reply = await call(session, proxy, host)
+    assert (reply.status, reply.reason) == (status, reason)
+    assert len(env[host.replace("nonereset", "none-reset")].requests) == 1
+    assert await proxy.metric("ami_retries_total", destination_service=host) == 0
+
+
+async def test_post_is_retried_only_when_allowed(env: dict[str, Any],
+                                                 session: aiohttp.ClientSession) -> None:
+    """POST is not retried by default; with allowNonIdempotent it is, with its body replayed."""
+    proxy: TrafficProxy = env["proxy"]
+    plain = await call(session, proxy, "post", method="POST", data=b"order=1")
+    assert plain.status == 500 and len(env["post"].requests) == 1
+    allowed = await call(session, proxy, "postok", method="POST", data=b"order=2")
+    assert allowed.status == 200
+    assert [r.body for r in env["post-ok"].requests] == [b"order=2", b"order=2"]
+    assert await proxy.metric("ami_retries_total", destination_service="postok") == 1
+
+
+async def test_retry_budget_exhaustion_is_counted(env: dict[str, Any],
+                                                  session: aiohttp.ClientSession) -> None:
+    """Past 20% of requests + 1/s x 10 s, retries are refused and counted as budget exhausted."""
+    proxy: TrafficProxy = env["proxy"]
+    n = 60
+    replies = await call_many(session, proxy, "budget", n, concurrency=4)
+    assert all(r.status == 500 for r in replies)
+    retries = await proxy.metric("ami_retries_total", destination_service="budget")
+    exhausted = await proxy.metric("ami_retry_budget_exhausted_total",
+                                   destination_service="budget")
+    assert len(env["budget"].requests) == n + retries
+    assert retries + exhausted == n
+    assert 10 <= retries <= 0.2 * n + 10 + 1, retries
+
+
+async def test_circuit_breaker_overflow(env: dict[str, Any],
+                                        session: aiohttp.ClientSession) -> None:
+    """maxConnections 1 + maxPendingRequests 1: of 3 concurrent slow requests one overflows."""
+    proxy: TrafficProxy = env["proxy"]
+    backend: TrafficBackend = env["cb"]
+    replies = await asyncio.gather(*(call(session, proxy, "cb") for _ in range(3)))
+    statuses = sorted((r.status, r.reason) for r in replies)
+    assert statuses == [(200, None), (200, None), (503, "overflow")]
+    assert backend.connections == 1 and backend.max_active == 1
+    assert await proxy.metric("ami_circuit_breaker_overflow_total",
+                              destination_service="cb") == 1
+    assert await proxy.metric("ami_requests_total", destination_service="cb",
+                              response_flags="overflow") == 1
+
+
+async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
+                                                       session: aiohttp.ClientSession) -> None:
+    """After 2 consecutive 5xx an endpoint gets no traffic for ~1 s, then is tried again."""
+    proxy: TrafficProxy = env["proxy"]
+    bad: TrafficBackend = env["ol-bad"]
+    while len(bad.requests) < 2:  # round robin: at most 4 requests
+        await call(session, proxy, "ol")
+    ejected_at = time.monotonic()
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="ol") == 1
+    during = [await call(session, proxy, "ol") for _ in range(10)]
+    assert {(r.status, r.version) for r in during} == {(200, "good")}
+    assert len(bad.requests) == 2
+    deadline = ejected_at + 5.0
+    while len(bad.requests) == 2 and time.monotonic() < deadline:
+        await call(session, proxy, "ol")
+        await asyncio.sleep(0.02)  # pacing of a deadline-bounded poll, not a wait
+    back_after = time.monotonic() - ejected_at
+    assert len(bad.requests) == 3, "the endpoint never returned from ejection"
+    assert 0.8 < back_after < 3.0, back_after
