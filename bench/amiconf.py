@@ -47,3 +47,66 @@ def write_snapshot(path: Path, snapshot: dict[str, Any]) -> Path:
 def proxy_argv(config: Path) -> tuple[str, ...]:
     """`python -m proxy --config FILE` with this interpreter (the venv's)."""
     return (sys.executable, "-m", "proxy", "--config", str(config))
+
+
+def mesh_identities(run_dir: Path) -> dict[str, Path]:
+    """A mesh CA (meshctl.ca) and one identity dir per proxy, as `--identity-dir` expects."""
+    from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
+    from proxy.identity import generate_key_and_csr
+
+    ca_dir = run_dir / "mesh-ca"
+    if not (ca_dir / "ca-cert.pem").exists():
+        init_ca(ca_dir, force=True)
+    ca = CertificateAuthority(ca_dir)
+    dirs: dict[str, Path] = {}
+    for name in ("bench-client", BENCH_SERVICE):
+        spiffe = spiffe_id_for("cluster.local", "default", name)
+        key_pem, csr_pem = generate_key_and_csr(spiffe)
+        issued = ca.sign_csr(csr_pem, spiffe, 24 * 3600)
+        out = run_dir / f"identity-{name}"
+        out.mkdir(exist_ok=True)
+        (out / "key.pem").write_bytes(key_pem)
+        (out / "cert.pem").write_bytes(issued.cert_pem)
+        (out / "chain.pem").write_bytes(issued.chain_pem)
+        (out / "bundle.pem").write_bytes(ca.trust_bundle())
+        dirs[name] = out
+    return dirs
+
+
+# A route as a real deployment has one: a match, a timeout and a retry policy, all evaluated.
+FEATURE_RULES = [{
+    "name": "default",
+    "matches": [{"path": {"prefix": "/"}}],
+    "backends": [{"weight": 100}],
+    "timeout": "5s",
+    "retries": {"attempts": 2, "retryOn": ["connect-failure", "reset"]},
+}]
+
+
+def two_hop_snapshots(out_port: int, out_admin: int, in_port: int, in_admin: int,
+                      backend_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(outbound, inbound) snapshots: client sidecar -> mTLS -> server sidecar -> backend."""
+    mesh = {"mtls": "STRICT", "accessLog": False}
+    identity = f"spiffe://cluster.local/ns/default/sa/{BENCH_SERVICE}"
+    outbound = {
+        "version": "bench-2hop",
+        "node": {"service": "bench-client", "namespace": "default", "labels": {"version": "v1"}},
+        "listeners": {"outbound": f"127.0.0.1:{out_port}", "admin": f"127.0.0.1:{out_admin}"},
+        "mesh": mesh,
+        "services": {BENCH_SERVICE: {"endpoints": [{
+            "address": f"127.0.0.1:{in_port}", "labels": {"version": "v1"},
+            "identity": identity}]}},
+        "routes": [{"host": BENCH_SERVICE, "rules": FEATURE_RULES}],
+    }
+    inbound = {
+        "version": "bench-2hop",
+        "node": {"service": BENCH_SERVICE, "namespace": "default", "labels": {"version": "v1"}},
+        "listeners": {"inbound": f"127.0.0.1:{in_port}", "admin": f"127.0.0.1:{in_admin}"},
+        "app": f"127.0.0.1:{backend_port}",
+        "mesh": mesh,
+    }
+    return outbound, inbound
+
+
+def proxy_argv_identity(config: Path, identity_dir: Path) -> tuple[str, ...]:
+    return (*proxy_argv(config), "--identity-dir", str(identity_dir))

@@ -95,12 +95,26 @@ def build_ami_1hop(ctx: BuildContext) -> Topology:
 
 
 def _ami_mtls_pending() -> str | None:
-    return amiconf.proxy_available() or "proxy mTLS config not defined yet"
+    return amiconf.proxy_available()
 
 
 def build_ami_2hop_mtls(ctx: BuildContext) -> Topology:
-    """client -> outbound sidecar -> (mTLS) -> inbound sidecar -> backend (hook, see README)."""
-    raise NotImplementedError("ami-2hop-mtls: fill in once the proxy's mTLS config exists")
+    """client -> outbound sidecar (route, retries, timeout) -> mTLS -> inbound -> backend."""
+    ids = amiconf.mesh_identities(ctx.run_dir)
+    out_port, out_admin, in_port, in_admin = (ctx.port() for _ in range(4))
+    out_snap, in_snap = amiconf.two_hop_snapshots(out_port, out_admin, in_port, in_admin,
+                                                  ctx.backend_port)
+    inbound = amiconf.write_snapshot(ctx.run_dir / "ami-in.yaml", in_snap)
+    outbound = amiconf.write_snapshot(ctx.run_dir / "ami-out.yaml", out_snap)
+    return Topology(
+        (
+            ServerSpec("ami-inbound", amiconf.proxy_argv_identity(inbound, ids[amiconf.BENCH_SERVICE]),
+                       ready_port=in_admin, ready_path="/ready"),
+            ServerSpec("ami-outbound", amiconf.proxy_argv_identity(outbound, ids["bench-client"]),
+                       ready_port=out_admin, ready_path="/ready"),
+        ),
+        out_port,
+    )
 
 
 PATHS: dict[str, PathDef] = {

@@ -102,6 +102,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._conn_tokens: list[bytes] | None = None
         self._timeout_override: float | None = None
         self._head_bytes = 0
+        self._header_sum = 0
         self._in_head = False
         # timestamps checked by the listener's periodic sweep (no per-request timers)
         self.head_started = 0.0
@@ -227,6 +228,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._timeout_override = None
         self._in_head = True
         self._head_bytes = 0
+        self._header_sum = 0
         self.head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -235,6 +237,11 @@ class DownstreamProtocol(asyncio.Protocol):
             raise _Reject("uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # data_received counts raw bytes only after the read that began the head, so a large
+        # head arriving in one read is caught here, header by header.
+        self._header_sum += len(name) + len(value) + 4
+        if self._header_sum > self.listener.limits.max_header_bytes:
+            raise _Reject("headers_too_large")
         kind = _SPECIAL.get(name.lower())
         if kind is None:
             self._headers.append((name, value))

@@ -64,7 +64,7 @@ class TapHub:
     def on_record(self, listener: Listener, ex: Exchange, duration_ms: float,
                   prefix: tuple[str, ...]) -> None:
         event = {
-            "time": time.time(), "proxy": listener.kind,
+            "time": time.time(), "listener": listener.kind,
             "reporter": prefix[0], "method": ex.method.decode("latin-1"), "path": ex.path,
             "authority": ex.authority, "status": ex.status, "reason": ex.flags,
             "duration_ms": round(duration_ms, 3), "source": prefix[1],

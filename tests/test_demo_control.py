@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +35,12 @@ def orphan(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline_ok = any(http_ok(f"http://127.0.0.1:{port}/", timeout=0.5) or
-                      proc.wait(timeout=0.1) is None for _ in iter(lambda: listening(port), True))
-    del deadline_ok
+    deadline = time.monotonic() + 10
+    while not http_ok(f"http://127.0.0.1:{port}/"):
+        assert time.monotonic() < deadline, "fake server not ready"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.05)  # wakes early if it died
+        assert proc.poll() is None, "fake server exited"
     yield proc, port
     if proc.poll() is None:
         proc.kill()
@@ -98,8 +103,7 @@ def test_a_reused_pid_is_not_killed(tmp_path: Path,
 
 def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
     """`up --detach` with the gateway port busy fails with the port and process, starting nothing."""
-    base = free_port() // 100 * 100 + 100 if free_port() < 60000 else 30000
-    ports = Ports(base=base, gateway=free_port(), api=free_port(), grpc=free_port())
+    ports = Ports(base=41000, gateway=free_port(), api=free_port(), grpc=free_port())
     opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs", ports=ports, traffic=False,
                        timing=Timing(ready_timeout=10))
     forwarded = ["--gateway-port", str(ports.gateway), "--base-port", str(ports.base),

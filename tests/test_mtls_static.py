@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +205,7 @@ async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
     """Requests that came over mTLS are labelled connection_security_policy=mutual_tls."""
     await roundtrip(mesh.client.outbound, get("reviews", "/api/metric"))
     text = await mesh.strict.metrics()
-    assert metric_value(text, "istio_requests_total", reporter="destination",
+    assert metric_value(text, "ami_requests_total", reporter="destination",
                         connection_security_policy="mutual_tls") >= 1
 
 
@@ -266,7 +267,7 @@ async def test_permissive_accepts_mtls_and_plaintext(mesh: Mesh) -> None:
         in echoed_headers(tls)
     text = await mesh.permissive.metrics()
     for policy in ("none", "mutual_tls"):
-        assert metric_value(text, "istio_requests_total", reporter="destination",
+        assert metric_value(text, "ami_requests_total", reporter="destination",
                             connection_security_policy=policy) >= 1, policy
 
 
@@ -279,12 +280,12 @@ async def test_authz_allows_declared_source_and_path(mesh: Mesh) -> None:
 
 async def test_authz_denies_other_source(mesh: Mesh) -> None:
     """ratings is not allowed /api/*: 403 not_authorized and the denial metric counts it."""
-    before = metric_value(await mesh.strict.metrics(), "ami_authorization_denied")
+    before = metric_value(await mesh.strict.metrics(), "ami_authorization_denied_total")
     resp = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.ratings, mesh.bundle),
                                get("reviews", "/api/secret"))
     assert resp.status == 403
     assert resp.header("x-ami-reason") == "not_authorized"
-    after = metric_value(await mesh.strict.metrics(), "ami_authorization_denied")
+    after = metric_value(await mesh.strict.metrics(), "ami_authorization_denied_total")
     assert after == before + 1
 
 
@@ -294,3 +295,20 @@ async def test_authz_denies_by_method_and_path(mesh: Mesh) -> None:
     assert (delete.status, delete.header("x-ami-reason")) == (403, "not_authorized")
     other = await roundtrip(mesh.client.outbound, get("reviews", "/admin"))
     assert (other.status, other.header("x-ami-reason")) == (403, "not_authorized")
+
+
+async def test_sslscan_inbound_listener(mesh: Mesh) -> None:
+    """sslscan against the running STRICT inbound: only TLS 1.2/1.3, only AEAD ciphers."""
+    from tests.test_tls_scan import AEAD_MARKERS, SCAN_DEADLINE, enabled_protocols, sslscan
+
+    proc = await asyncio.create_subprocess_exec(
+        sslscan(), "--no-colour", "--xml=-", f"127.0.0.1:{mesh.strict_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), SCAN_DEADLINE)
+    assert proc.returncode == 0, err.decode()
+    report = ET.fromstring(out[out.index(b"<?xml"):])
+    assert enabled_protocols(report) == {"tls1.2", "tls1.3"}
+    accepted = [(c.get("sslversion"), c.get("cipher") or "") for c in report.iter("cipher")
+                if c.get("status") in ("accepted", "preferred")]
+    assert accepted, "the scanner negotiated no cipher at all"
+    assert [name for _, name in accepted if not any(m in name for m in AEAD_MARKERS)] == []

@@ -1,0 +1,131 @@
+"""Aggregation math of meshctl.observe against hand-computed histograms and rates."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+
+from meshctl.observe.checks import all_checks, cert_checks
+from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
+from meshctl.observe.samples import LABELS, Scrape, parse_scrape
+from meshctl.observe.window import ScrapeWindow
+from proxy.metrics import RequestStats, build_registry
+
+INF = float("inf")
+
+
+def key(code: str = "200", *, reporter: str = "source", src: str = "productpage",
+        dst: str = "reviews", ver: str = "v1", security: str = "none") -> tuple[str, ...]:
+    values = {"reporter": reporter, "source_workload": src, "source_version": "v1",
+              "destination_service": dst, "destination_workload": dst,
+              "destination_version": ver, "response_code": code, "response_flags": "-",
+              "connection_security_policy": security}
+    return tuple(values[name] for name in LABELS)
+
+
+def scrape(t: float, series: dict[tuple[str, ...], tuple[float, tuple[tuple[float, float], ...]]]
+           ) -> Scrape:
+    return Scrape(t, {k: c for k, (c, _) in series.items()},
+                  {k: b for k, (_, b) in series.items()})
+
+
+def test_quantile_interpolates_inside_the_bucket() -> None:
+    """p50/p95/p99 follow Prometheus' linear interpolation within the bucket holding the rank."""
+    buckets = [(1.0, 2.0), (5.0, 6.0), (10.0, 10.0), (INF, 10.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(4.0)  # 1 + 4 * (5-2)/4
+    assert histogram_quantile(0.95, buckets) == pytest.approx(9.375)  # 5 + 5 * (9.5-6)/4
+    assert histogram_quantile(0.99, buckets) == pytest.approx(9.875)
+
+
+def test_quantile_in_the_inf_bucket_is_the_highest_finite_bound() -> None:
+    """A rank that lands in +Inf is reported as the largest finite bound, never infinity."""
+    assert histogram_quantile(0.5, [(1.0, 1.0), (INF, 10.0)]) == 1.0
+    assert histogram_quantile(0.5, [(1.0, 0.0), (INF, 0.0)]) is None
+
+
+def test_rates_success_rate_and_mtls_share() -> None:
+    """Counter deltas over 10 s give rps; 5xx count as failures; mTLS share is by rate."""
+    ok, bad = key("200", security="mutual_tls"), key("503")
+    old = scrape(100.0, {ok: (100, ((5.0, 100), (INF, 100))), bad: (0, ((5.0, 0), (INF, 0)))})
+    new = scrape(110.0, {ok: (150, ((5.0, 140), (INF, 150))), bad: (10, ((5.0, 10), (INF, 10)))})
+    g = golden(rates(old, new))
+    assert g.rps == pytest.approx(6.0)
+    assert g.success_rate == pytest.approx(5 / 6)
+    assert g.mtls_share == pytest.approx(5 / 6)
+    # merged buckets per second: le=5 -> 4+1=5 of 6 total; p50 rank 3 -> 0 + 5*3/5
+    assert g.p50 == pytest.approx(3.0)
+    assert g.p99 == pytest.approx(5.0)
+
+
+def test_counter_reset_counts_from_zero() -> None:
+    """A proxy restart (counter went down) counts the new value as the delta."""
+    k = key()
+    old = scrape(0.0, {k: (100, ((INF, 100),))})
+    new = scrape(4.0, {k: (20, ((INF, 20),))})
+    (r,) = rates(old, new)
+    assert r.rps == pytest.approx(5.0)
+    assert r.buckets == ((INF, 5.0),)
+
+
+def test_destination_reports_win_over_source_reports() -> None:
+    """A request seen by both the caller's outbound and the callee's inbound is counted once."""
+    src, dst, other = key(reporter="source"), key(reporter="destination"), key(dst="ratings")
+    old = scrape(0.0, {src: (0, ((INF, 0),)), dst: (0, ((INF, 0),)), other: (0, ((INF, 0),))})
+    new = scrape(1.0, {src: (3, ((INF, 3),)), dst: (3, ((INF, 3),)), other: (2, ((INF, 2),))})
+    kept = one_reporter(rates(old, new))
+    assert sorted((r.key[0], r.key[3]) for r in kept) == [("destination", "reviews"),
+                                                          ("source", "ratings")]
+
+
+def test_window_uses_scrapes_inside_the_window_and_drops_old_ones() -> None:
+    """stat over 10 s reads only the scrapes of the last 10 s; ``keep`` prunes older ones."""
+    w = ScrapeWindow(keep=30.0)
+    k, k2 = key(ver="v1"), key(ver="v2")
+    for t, c in ((0.0, 0), (10.0, 1000), (20.0, 1010), (30.0, 1030)):
+        w.add("p", scrape(t, {k: (c, ((INF, c),)), k2: (c / 10, ((INF, c / 10),))}))
+    rows = {r.version: r.golden.rps for r in w.stat(30.0, 10.0)}
+    assert rows == {"v1": pytest.approx(2.0), "v2": pytest.approx(0.2)}
+    w.add("p", scrape(50.0, {k: (1040, ((INF, 1040),))}))
+    assert w.stat(10.0, 10.0) == []  # the 0 s and 10 s scrapes were pruned
+    assert w.edges(50.0, 30.0)[0].golden.rps == pytest.approx(1.0)  # (1040-1010)/30 s
+
+
+def test_parse_reads_the_proxy_exposition() -> None:
+    """The proxy's own /metrics text parses back to the counts and buckets it recorded."""
+    stats = RequestStats()
+    prefix = ("source", "productpage", "v1", "reviews", "reviews")
+    for ms in (0.7, 3.0, 3.0, 80.0):
+        stats.record(prefix, "v2", 200, "-", "mutual_tls", ms, 10, 100)
+    stats.record(prefix, "v2", 503, "UF", "mutual_tls", 2.0, 10, 0)
+    stats.inc("ami_outlier_ejections", (("destination_service", "reviews"),), 2)
+    s = parse_scrape(generate_latest(build_registry(stats)).decode(), 5.0)
+    ok = ("source", "productpage", "v1", "reviews", "reviews", "v2", "200", "-", "mutual_tls")
+    assert s.requests[ok] == 4
+    assert dict(s.buckets[ok])[5.0] == 3 and dict(s.buckets[ok])[INF] == 4
+    assert s.counters["ami_outlier_ejections"] == 2
+
+
+def test_certificate_checks_warn_near_expiry_and_fail_when_expired() -> None:
+    """< 1 h or < 20% of lifetime left warns; past expiry fails; healthy certs pass."""
+    now = 1_800_000_000.0
+
+    def at(ts: float) -> str:
+        from datetime import UTC, datetime
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+    proxies = [{"name": "a", "certExpiry": at(now + 20 * 3600)},
+               {"name": "b", "certExpiry": at(now + 1800)},
+               {"name": "c", "certExpiry": at(now - 1)}]
+    states = [c.state for c in cert_checks(proxies, now).checks]
+    assert states == ["ok", "warn", "fail"]
+
+
+def test_checks_flag_unsynced_nacked_and_invalid_config() -> None:
+    """An unsynced or NACKing proxy and a store error each fail with a hint."""
+    proxies = [{"name": "r1", "synced": False, "nack": "bad regex"},
+               {"name": "r2", "synced": True, "nack": None}]
+    groups = all_checks(proxies, [{"source": "mesh/x.yaml", "message": "bad"}], 0.0)
+    failed = [c for g in groups for c in g.checks if c.state == "fail"]
+    assert [c.name for c in failed] == ["every proxy synced", "no NACKs", "configuration valid"]
+    assert all(c.hint for c in failed)
+    assert "r1" in failed[0].detail and "mesh/x.yaml" in failed[2].detail
