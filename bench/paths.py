@@ -108,7 +108,8 @@ def build_ami_2hop_mtls(ctx: BuildContext) -> Topology:
     outbound = amiconf.write_snapshot(ctx.run_dir / "ami-out.yaml", out_snap)
     return Topology(
         (
-            ServerSpec("ami-inbound", amiconf.proxy_argv_identity(inbound, ids[amiconf.BENCH_SERVICE]),
+            ServerSpec("ami-inbound",
+                       amiconf.proxy_argv_identity(inbound, ids[amiconf.BENCH_SERVICE]),
                        ready_port=in_admin, ready_path="/ready"),
             ServerSpec("ami-outbound", amiconf.proxy_argv_identity(outbound, ids["bench-client"]),
                        ready_port=out_admin, ready_path="/ready"),
