@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-header-bytes", type=int, default=_DEFAULTS.max_header_bytes)
     p.add_argument("--max-request-line", type=int, default=_DEFAULTS.max_request_line)
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="OTLP/gRPC trace collector, e.g. http://jaeger:4317 "
+                        "(default $OTEL_EXPORTER_OTLP_ENDPOINT; none: no tracing)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the arguments (and the static config) and exit")
     return p

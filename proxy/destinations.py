@@ -6,6 +6,7 @@ in-flight counts, its ejected endpoints and its retry budget.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,13 +25,15 @@ if TYPE_CHECKING:
 class Breaker:
     """Connection-pool limits of one destination (Envoy's circuit breakers)."""
 
-    __slots__ = ("active", "limits", "pending", "pools")
+    __slots__ = ("active", "limits", "pending", "pools", "starting")
 
     def __init__(self, limits: ConnectionPoolSettings) -> None:
         self.limits = limits
         self.active = 0
         self.pending: deque[Exchange] = deque()
         self.pools: tuple[EndpointPool, ...] = ()
+        # Connect tasks created but not yet running (EndpointPool.connections counts the rest).
+        self.starting: set[asyncio.Task[None]] = set()
 
     def try_start(self) -> bool:
         if self.active >= self.limits.max_concurrent_requests:
@@ -42,7 +45,17 @@ class Breaker:
         self.active -= 1
 
     def connections_full(self) -> bool:
-        return sum(p.connections for p in self.pools) >= self.limits.max_connections
+        opened = sum(p.connections for p in self.pools) + len(self.starting)
+        return opened >= self.limits.max_connections
+
+    def opening(self, task: asyncio.Task[None]) -> None:
+        """Count a connect task from its creation (also if it is cancelled before it runs)."""
+        self.starting.add(task)
+        task.add_done_callback(self.starting.discard)
+
+    def started(self, task: asyncio.Task[Any] | None) -> None:
+        """The task runs: from now on its pool's connection count includes it."""
+        self.starting.discard(task)  # type: ignore[arg-type]
 
     def try_wait(self, ex: Exchange) -> bool:
         """Queue a request for the next free connection, unless the queue is full."""
@@ -100,6 +113,7 @@ class DestinationRegistry:
                 if old is not None:  # keep in-flight accounting and waiters
                     state.breaker.active = old.active
                     state.breaker.pending = old.pending
+                    state.breaker.starting = old.starting
             state.breaker.pools = pools
             for pool in pools:
                 pool.breaker = state.breaker

@@ -74,6 +74,7 @@ class Exchange:
         "status",
         "target",
         "timeout_override",
+        "trace",
         "upgrade",
         "upstream_keep_alive",
     )
@@ -115,6 +116,7 @@ class Exchange:
         self._out: list[bytes] | None = None
         self.mirror: Any = None
         self.timeout_override: float | None = None
+        self.trace: Any = None  # proxy.tracing.TracedExchange when this request is sampled
         self._frame = _FRAME_NONE
         self._interim = False
         self._response_chunked_in = False
@@ -138,6 +140,9 @@ class Exchange:
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
+        tracer = self.downstream.listener.tracer
+        if tracer is not None:
+            tracer.begin(self)  # decides sampling; only a sampled request builds spans
         decision = self.downstream.listener.router.route(self)
         if isinstance(decision, str):
             self.reply(decision)
@@ -234,7 +239,7 @@ class Exchange:
                 self._release_pool()
                 self._overflow(backend)
         else:
-            self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+            self._open_connection(pool)
 
     def take_connection(self, pool: EndpointPool, conn: UpstreamConnection | None) -> None:
         """Called by a pool when a waiting request may proceed (breaker queue)."""
@@ -251,7 +256,7 @@ class Exchange:
         if conn is not None:
             self._send_on(conn)
         else:
-            self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+            self._open_connection(pool)
 
     def _overflow(self, backend: Backend) -> None:
         self._count("ami_circuit_breaker_overflow")
@@ -265,7 +270,17 @@ class Exchange:
             labels += (("kind", kind),)
         self.downstream.listener.stats.inc(name, labels)
 
+    def _open_connection(self, pool: EndpointPool) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect(pool))
+        self._connect_task = task
+        if pool.breaker is not None:
+            # Counted against maxConnections before the task runs: requests arriving in the
+            # same loop iteration must not each see a free slot.
+            pool.breaker.opening(task)
+
     async def _connect(self, pool: EndpointPool) -> None:
+        if pool.breaker is not None:
+            pool.breaker.started(asyncio.current_task())  # pool.connect() counts it from here
         try:
             conn = await pool.connect()
         except (TimeoutError, OSError):
@@ -359,8 +374,7 @@ class Exchange:
             return True
         return False
 
-    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]]) -> bool:
+    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes) -> bool:
         if status < 200 and status != 101:
             self._interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
@@ -383,32 +397,23 @@ class Exchange:
             self._timer = None
         self.status = status
         head_only = self.method == b"HEAD" or status in (204, 304)
-        keep = conn.parser.should_keep_alive()
-        self.upstream_keep_alive = keep
+        self.upstream_keep_alive = conn.parser.should_keep_alive()
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
-        length: bytes | None = None
-        chunked_in = False
-        drop_connection_tokens: list[bytes] | None = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                length = value
-                continue
-            if lname == b"transfer-encoding":
-                chunked_in = True
-                continue
-            if lname == b"connection":
-                if status == 101:
-                    out.append(name + b": " + value + _CRLF)
-                    continue
-                drop_connection_tokens = [t.strip().lower() for t in value.split(b",")]
-                continue
-            if lname in _RESPONSE_HOP and not (status == 101 and lname == b"upgrade"):
-                continue
-            out.append(name + b": " + value + _CRLF)
-        if drop_connection_tokens:
-            out = [line for line in out
-                   if line.split(b":", 1)[0].lower() not in drop_connection_tokens]
+        out.extend(conn.header_lines)
+        length = conn.content_length
+        chunked_in = conn.transfer_encoding
+        connection = conn.connection_header
+        if status == 101:
+            if connection is not None:
+                out.append(b"connection: " + connection + _CRLF)
+            if conn.upgrade_header is not None:
+                out.append(b"upgrade: " + conn.upgrade_header + _CRLF)
+        elif connection is not None and b"," in connection or (
+                connection is not None and connection.strip().lower() not in _PLAIN_CONNECTION):
+            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            tokens = {t.strip().lower() for t in connection.split(b",")}
+            out = [out[0], *(line for line in out[1:]
+                             if line.split(b":", 1)[0].lower() not in tokens)]
         if decision is not None and decision.response_header_ops is not None:
             out = decision.response_header_ops.apply(out)
         self._response_chunked_in = chunked_in
@@ -508,7 +513,7 @@ class Exchange:
             self._fresh_retry_used = True
             pool = self.pool
             if pool is not None:
-                self._connect_task = asyncio.get_running_loop().create_task(self._connect(pool))
+                self._open_connection(pool)
                 return
         if self.response_started:
             self._release_pool()
@@ -649,6 +654,4 @@ class Exchange:
                 self.backend.state.breaker.finish()
 
 
-_RESPONSE_HOP = frozenset({
-    b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate",
-})
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})

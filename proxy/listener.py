@@ -44,6 +44,7 @@ class Listener:
         self.access_log: TextIO | None = None
         self.security = "none"
         self.on_record: Any = None  # tap hook: called with each finished exchange
+        self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         self.quiet: asyncio.Event | None = None  # set while draining, fired at zero in-flight
@@ -108,6 +109,8 @@ class Listener:
             self._log(ex, duration_ms, prefix)
         if self.on_record is not None:
             self.on_record(self, ex, duration_ms, prefix)
+        if ex.trace is not None:
+            ex.trace.end(ex)
 
     def record_rejection(self, conn: DownstreamProtocol, reason: str) -> None:
         from proxy.reasons import REASONS

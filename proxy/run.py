@@ -32,6 +32,9 @@ def load_identity_dir(directory: Path) -> Any:
 async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
     server = ProxyServer(options)
     server.install_signal_handlers()
+    from proxy.tracing import install_tracing
+
+    install_tracing(server, getattr(args, "otlp_endpoint", None))
     if args.config:
         from proxy.static import load_static
 

@@ -7,18 +7,33 @@ synchronous; the only awaitable is opening a new connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
+log = logging.getLogger("ami.proxy")
+
 if TYPE_CHECKING:
     from proxy.config import Address
     from proxy.exchange import Exchange
 
 
-_PEEK_AFTER = 0.5  # seconds idle before a pooled connection is checked for a FIN
+# Response header names handled apart from the pass-through lines (lower-case).
+_R_HOP, _R_LENGTH, _R_TE, _R_CONNECTION, _R_UPGRADE = range(5)
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    b"content-length": _R_LENGTH,
+    b"transfer-encoding": _R_TE,
+    b"connection": _R_CONNECTION,
+    b"upgrade": _R_UPGRADE,
+    b"keep-alive": _R_HOP,
+    b"proxy-connection": _R_HOP,
+    b"te": _R_HOP,
+    b"trailer": _R_HOP,
+    b"proxy-authenticate": _R_HOP,
+}
 
 
 class SkipBody(Exception):
@@ -29,7 +44,8 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; parses responses and hands events to the exchange."""
 
     __slots__ = (
-        "_detached", "_headers", "_peek_sock", "_status_reason", "closed", "exchange", "idle_since",
+        "_detached", "_peek_sock", "connection_header", "content_length", "header_lines",
+        "transfer_encoding", "upgrade_header", "_status_reason", "closed", "exchange", "idle_since",
         "parser", "peer_identity", "pool", "requests", "transport", "tunnel_peer",
     )
 
@@ -38,7 +54,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[bytes, bytes]] = []
+        # The response head being parsed: forwardable lines pre-serialized, framing apart.
+        self.header_lines: list[bytes] = []
+        self.content_length: bytes | None = None
+        self.transfer_encoding = False
+        self.connection_header: bytes | None = None
+        self.upgrade_header: bytes | None = None
         self._peek_sock: socket.socket | None = None
         self.idle_since = 0.0
         self.requests = 0
@@ -72,15 +93,20 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            ex.flush_out()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             ex.upstream_upgraded(self, data[offset:])
         except httptools.HttpParserError as exc:
             # httptools wraps an exception raised in a callback in HttpParserCallbackError.
-            if isinstance(exc.__context__, SkipBody) or isinstance(exc, SkipBody):
+            cause = exc.__context__
+            if isinstance(cause, SkipBody):
                 self._reset_parser()
+                ex.flush_out()
                 ex.upstream_complete(self)
             else:
+                if cause is not None and not isinstance(cause, httptools.HttpParserError):
+                    log.error("internal error while relaying a response", exc_info=cause)
                 ex.upstream_failed(self, "upstream_protocol_error")
 
     def eof_received(self) -> bool | None:
@@ -112,20 +138,35 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._headers = []
+        self.header_lines = []
+        self.content_length = None
+        self.transfer_encoding = False
+        self.connection_header = None
+        self.upgrade_header = None
         self._status_reason = b""
 
     def on_status(self, status: bytes) -> None:
         self._status_reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
+            self.header_lines.append(name + b": " + value + b"\r\n")
+        elif kind == _R_LENGTH:
+            self.content_length = value
+        elif kind == _R_TE:
+            self.transfer_encoding = True
+        elif kind == _R_CONNECTION:
+            self.connection_header = value
+        elif kind == _R_UPGRADE:
+            self.upgrade_header = value
+        # _R_HOP: hop-by-hop, never forwarded
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         assert ex is not None
         status = self.parser.get_status_code()
-        if ex.upstream_headers(self, status, self._status_reason, self._headers):
+        if ex.upstream_headers(self, status, self._status_reason):
             raise SkipBody  # HEAD: no body follows whatever Content-Length says
 
     def on_body(self, body: bytes) -> None:
@@ -243,10 +284,10 @@ class EndpointPool:
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
-            idle_for = now - conn.idle_since
-            # Peek for a FIN only after a real pause: servers close idle connections on their
-            # keep-alive timeout, not milliseconds after answering (that costs a syscall).
-            if idle_for < self.idle_timeout and (idle_for < _PEEK_AFTER or conn.looks_alive()):
+            # Always peek for a FIN (one non-blocking recv): a server may close right after
+            # answering without `Connection: close`, and a POST written to that connection
+            # could not be retried (tests/test_proxy_keepalive.py).
+            if now - conn.idle_since < self.idle_timeout and conn.looks_alive():
                 return conn, discarded
             discarded = True
             conn.close()

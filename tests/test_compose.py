@@ -1,4 +1,4 @@
-"""compose.yaml: generated from the demo topology, runnable commands, and accepted by docker-compose."""
+"""compose.yaml: generated from the demo topology, runnable commands, accepted by docker-compose."""
 
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_status_lists_each_process_and_down_stops_leftovers(
     assert "/x/ratings-v1.log" in line
     out = io.StringIO()
     assert control.down(run_dir, out) == 0
-    assert "no port left listening" in out.getvalue()
+    assert "stopped 1 processes; no process and no port left" in out.getvalue()
     assert proc.wait(timeout=5) is not None
     assert not listening(port)
     state = run_dir.read()
@@ -92,7 +92,7 @@ def test_status_lists_each_process_and_down_stops_leftovers(
 def test_a_reused_pid_is_not_killed(tmp_path: Path,
                                     orphan: tuple[subprocess.Popen[bytes], int]) -> None:
     """A recorded pid whose command line is now another program's is left alone."""
-    proc, port = orphan
+    proc, _ = orphan
     run_dir = RunDir(tmp_path / "run")
     other = ProcessRecord("reviews-v1", proc.pid, ("/usr/bin/python3", "-m", "proxy", "--x"),
                           (), "/x/reviews-v1.log")
@@ -102,7 +102,7 @@ def test_a_reused_pid_is_not_killed(tmp_path: Path,
 
 
 def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
-    """`up --detach` with the gateway port busy fails with the port and process, starting nothing."""
+    """`up --detach` with the gateway port busy names the port and process, starts nothing."""
     ports = Ports(base=41000, gateway=free_port(), api=free_port(), grpc=free_port())
     opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs", ports=ports, traffic=False,
                        timing=Timing(ready_timeout=10))

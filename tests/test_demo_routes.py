@@ -1,4 +1,4 @@
-"""The Bookinfo scenario files: valid on top of the default set, documented, and saying what they should."""
+"""Bookinfo scenario files: valid on top of the default set, documented, doing what they say."""
 
 from __future__ import annotations
 

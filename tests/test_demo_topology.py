@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from meshctl.demo.topology import (
     INSTANCES,
     Paths,

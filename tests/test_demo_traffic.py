@@ -16,10 +16,10 @@ def fake_gateway(seen: list[tuple[str, str | None]]) -> web.Application:
     """productpage's login contract: POST /login sets the session cookie, then redirects."""
 
     async def login(request: web.Request) -> web.Response:
-        form = await request.post()
+        user = str((await request.post())["username"])
         response = web.HTTPFound("/productpage")
-        response.set_cookie("session", f"user:{form['username']}", path="/")
-        seen.append(("login", str(form["username"])))
+        response.set_cookie("session", f"user:{user}", path="/")
+        seen.append(("login", user))
         raise response
 
     async def page(request: web.Request) -> web.Response:

@@ -211,8 +211,11 @@ async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
 
 async def test_plaintext_to_strict_is_refused(mesh: Mesh) -> None:
     """A plaintext HTTP request to a STRICT inbound listener gets no HTTP response."""
+    name = "ami_tls_handshake_failures_total"
+    before = metric_value(await mesh.strict.metrics(), name, listener="inbound")
     with pytest.raises(REFUSED):
         await roundtrip(mesh.strict_port, get("reviews", "/health"))
+    assert metric_value(await mesh.strict.metrics(), name, listener="inbound") == before + 1
 
 
 async def test_handshake_without_client_cert_is_refused(mesh: Mesh) -> None:

@@ -107,8 +107,10 @@ class _Servicer(MeshControlService):
     def __init__(self, ca_service: CertificateService) -> None:
         self.ca_service = ca_service
 
-    async def IssueCertificate(self, request: mesh_pb2.CertificateRequest,  # type: ignore[override]
-                               context: aio.ServicerContext) -> mesh_pb2.CertificateResponse:  # type: ignore[type-arg]
+    async def IssueCertificate(
+        self, request: mesh_pb2.CertificateRequest,
+        context: aio.ServicerContext[mesh_pb2.CertificateRequest, mesh_pb2.CertificateResponse],
+    ) -> mesh_pb2.CertificateResponse:
         return await self.ca_service.handle(request, context)
 
 

@@ -95,6 +95,7 @@ def down(run_dir: RunDir, out: TextIO, timeout: float = 30.0) -> int:
     if state is None:
         print("the demo is not running; nothing to stop", file=out)
         return 0
+    running = sum(1 for p in state.processes if pid_alive(p.pid, p.hint))
     if pid_alive(state.supervisor):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.supervisor, signal.SIGTERM)  # not its group: that may be a shell job
@@ -115,7 +116,8 @@ def down(run_dir: RunDir, out: TextIO, timeout: float = 30.0) -> int:
               + "; ".join([*(f"process {n}" for n in still),
                            *(f"port {p}" for p in open_ports)]), file=out)
         return 1
-    print(f"stopped {len(state.processes)} processes; no port left listening", file=out)
+    done = f"stopped {running} processes" if running else "the demo was not running"
+    print(f"{done}; no process and no port left", file=out)
     return 0
 
 

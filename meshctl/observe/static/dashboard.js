@@ -1,0 +1,179 @@
+// Ami dashboard: polls /api/v1/dashboard/state every 2 s and draws it with plain SVG.
+"use strict";
+const SVG = "http://www.w3.org/2000/svg";
+const PALETTE = ["#58a6ff", "#bc8cff", "#3fb950", "#d29922", "#f778ba", "#39c5cf"];
+
+function el(tag, attrs, text) {
+  const e = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4))
+                                   : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+const pct = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%");
+const ms = (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + " ms");
+function health(sr) {
+  if (sr === null || sr === undefined) return "idle";
+  return sr >= 0.99 ? "ok" : sr >= 0.95 ? "warn" : "bad";
+}
+
+function graphModel(state) {
+  const nodes = new Map();
+  const add = (svc, ver) => {
+    const id = svc + ":" + ver;
+    if (!nodes.has(id)) nodes.set(id, { id, svc, ver, stat: null, depth: 0 });
+    return nodes.get(id);
+  };
+  for (const p of state.proxies) if (p.service) add(p.service, p.version || "unknown");
+  for (const r of state.nodes) add(r.service, r.version).stat = r;
+  const edges = state.edges.map((e) => ({
+    from: add(e.source, e.sourceVersion), to: add(e.destination, e.destinationVersion), e }));
+  for (let i = 0; i < nodes.size; i++)  // longest-path layering (graphs are small)
+    for (const { from, to } of edges)
+      if (from !== to && to.depth < from.depth + 1) to.depth = Math.min(from.depth + 1, 8);
+  return { nodes: [...nodes.values()], edges };
+}
+
+function drawGraph(state) {
+  const svg = document.getElementById("graph");
+  svg.replaceChildren();
+  const { nodes, edges } = graphModel(state);
+  const columns = new Map();
+  for (const n of nodes) {
+    if (!columns.has(n.depth)) columns.set(n.depth, []);
+    columns.get(n.depth).push(n);
+  }
+  const depths = [...columns.keys()].sort((a, b) => a - b);
+  const W = 1000, colW = W / Math.max(depths.length, 1);
+  let H = 360;
+  for (const col of columns.values()) H = Math.max(H, col.length * 74 + 20);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  depths.forEach((d, ci) => {
+    const col = columns.get(d).sort((a, b) => a.id.localeCompare(b.id));
+    col.forEach((n, ri) => {
+      n.x = ci * colW + colW / 2 - 70;
+      n.y = (H / (col.length + 1)) * (ri + 1) - 26;
+    });
+  });
+  const defs = el("svg:defs");
+  defs.innerHTML = '<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7"' +
+    ' markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#8b93a7"/></marker>';
+  svg.append(defs);
+  for (const { from, to, e } of edges) {
+    const g = el("svg:g", { class: "edge", "data-edge": from.id + "->" + to.id });
+    const x1 = from.x + 140, y1 = from.y + 26, x2 = to.x, y2 = to.y + 26;
+    const mx = (x1 + x2) / 2;
+    g.append(el("svg:path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`,
+                              class: health(e.successRate), "marker-end": "url(#arrow)" }));
+    const label = `${e.rps.toFixed(1)} rps · ${pct(e.successRate)} · p99 ${ms(e.p99)}` +
+                  (e.secured ? " 🔒" : "");
+    g.append(el("svg:text", { x: mx, y: (y1 + y2) / 2 - 6, "text-anchor": "middle" }, label));
+    svg.append(g);
+  }
+  for (const n of nodes) {
+    const s = n.stat;
+    const g = el("svg:g", { class: "node", "data-service": n.svc, "data-version": n.ver,
+                            transform: `translate(${n.x},${n.y})` });
+    g.append(el("svg:rect", { width: 140, height: 52, rx: 8, class: health(s && s.successRate) }));
+    g.append(el("svg:text", { x: 10, y: 20, class: "name" }, `${n.svc} ${n.ver}`));
+    g.append(el("svg:text", { x: 10, y: 40 },
+                s ? `${s.rps.toFixed(1)} rps · ${pct(s.successRate)}` : "no traffic"));
+    svg.append(g);
+  }
+}
+
+function drawRoutes(state) {
+  const box = document.getElementById("routes");
+  if (!state.routes.length) return;
+  box.replaceChildren(...state.routes.map((r) => {
+    const div = el("div", { class: "route", "data-route": r.name });
+    const words = r.split.map((b) => `${b.subset} ${b.weight}%`).join(" / ");
+    div.append(el("div", {}, `${r.host}: ${words}`));
+    const bar = el("div", { class: "bar" });
+    r.split.forEach((b, i) => {
+      if (b.weight > 0)
+        bar.append(el("div", { style: `width:${b.weight}%;background:${PALETTE[i % 6]}` },
+                      b.weight >= 8 ? b.subset : ""));
+    });
+    div.append(bar);
+    return div;
+  }));
+}
+
+function sparkline(points, field, color, fmt) {
+  const wrap = el("div");
+  const vals = points.map((p) => p[field]).filter((v) => v !== null && v !== undefined);
+  const last = vals.length ? vals[vals.length - 1] : null;
+  const label = el("div", { class: "label" });
+  label.append(el("span", {}, field), el("span", {}, fmt(last)));
+  const svg = el("svg:svg", { viewBox: "0 0 300 46", preserveAspectRatio: "none" });
+  const max = Math.max(...vals, field === "successRate" ? 1 : 0.001);
+  const min = field === "successRate" ? Math.min(...vals, 0.9) : 0;
+  const xs = points.length > 1 ? 300 / (points.length - 1) : 0;
+  const pts = points.map((p, i) => p[field] === null || p[field] === undefined ? null :
+    `${(i * xs).toFixed(1)},${(44 - ((p[field] - min) / (max - min || 1)) * 40).toFixed(1)}`)
+    .filter((x) => x).join(" ");
+  svg.append(el("svg:polyline", { points: pts, stroke: color }));
+  wrap.append(label, svg);
+  return wrap;
+}
+
+function drawCharts(state) {
+  const box = document.getElementById("charts");
+  box.replaceChildren(...Object.entries(state.series).sort().map(([svc, points]) => {
+    const c = el("div", { class: "chart", "data-service": svc });
+    c.append(el("h3", {}, svc),
+             sparkline(points, "rps", "#58a6ff", (v) => (v === null ? "–" : v.toFixed(1))),
+             sparkline(points, "successRate", "#3fb950", pct),
+             sparkline(points, "p99", "#d29922", ms));
+    return c;
+  }));
+}
+
+function table(id, headers, rows) {
+  const t = document.getElementById(id);
+  const head = el("tr");
+  headers.forEach((h) => head.append(el("th", {}, h)));
+  t.replaceChildren(head, ...rows.map((r) => {
+    const tr = el("tr");
+    r.forEach((c) => tr.append(typeof c === "object" ? c : el("td", {}, c)));
+    return tr;
+  }));
+}
+
+function certLeft(expiry, now) {
+  if (!expiry) return el("td", { class: "muted" }, "–");
+  const left = (Date.parse(expiry) / 1000 - now) / 3600;
+  return el("td", { class: left < 1 ? "bad" : left < 4 ? "warn" : "ok" },
+            left < 0 ? "expired" : `${left.toFixed(1)} h left`);
+}
+
+function drawTables(state) {
+  table("proxies", ["proxy", "service", "version", "synced", "config", "certificate", "scrape"],
+    state.proxies.map((p) => [p.name, p.service || "", p.version || "",
+      el("td", { class: p.nack ? "bad" : p.synced ? "ok" : "warn" },
+         p.nack ? "NACK: " + p.nack : p.synced ? "✔ synced" : "… pending"),
+      String(p.configVersion || "–"), certLeft(p.certExpiry, state.time),
+      state.scrapeErrors[p.name] ? el("td", { class: "bad" }, "✘") : "✔"]));
+  table("counters", ["service", "ejections", "rate limited", "breaker overflow", "retries"],
+    Object.entries(state.counters).sort().map(([svc, c]) => [svc,
+      String(c.ami_outlier_ejections), String(c.ami_rate_limited),
+      String(c.ami_circuit_breaker_overflow), String(c.ami_retries)]));
+}
+
+async function refresh() {
+  const status = document.getElementById("status");
+  try {
+    const resp = await fetch("/api/v1/dashboard/state", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const state = await resp.json();
+    drawGraph(state); drawRoutes(state); drawCharts(state); drawTables(state);
+    status.textContent = `updated ${new Date(state.time * 1000).toLocaleTimeString()} · ` +
+                         `${state.proxies.length} proxies`;
+    document.body.dataset.updated = String(state.time);
+  } catch (err) {
+    status.textContent = "control plane unreachable: " + err.message;
+  }
+}
+refresh();
+setInterval(refresh, 2000);

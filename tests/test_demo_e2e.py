@@ -1,0 +1,189 @@
+"""End to end: `meshctl demo up --detach` serves Bookinfo via the gateway; `down` leaves nothing.
+
+Real processes on 127.0.0.1 (control plane, 7 proxies, 6 apps), on free ports so a demo already
+running on this machine is not disturbed. Scenario tests apply a file from
+sample_apps/bookinfo/routes/ to the running demo and check what a reader of the page sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshctl.demo.procs import listening, pid_alive, port_in_use
+from meshctl.demo.state import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES = ROOT / "sample_apps" / "bookinfo" / "routes"
+BLOCK = 62  # ports base..base+61 (see meshctl/demo/topology.py)
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    workdir: Path
+    gateway: int
+    api: int
+
+    def meshctl(self, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("AMI_TOKEN",)}
+        env["AMI_CONTROL_PLANE"] = f"http://127.0.0.1:{self.api}"
+        return subprocess.run([sys.executable, "-m", "meshctl", *args], cwd=self.workdir,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    def page(self, user: str | None = None) -> tuple[int, str, float]:
+        """Load /productpage (as `user`: log in first, send its cookie); status, HTML, seconds."""
+        headers = {}
+        if user:
+            login = urllib.request.Request(
+                f"http://127.0.0.1:{self.gateway}/login", data=f"username={user}".encode(),
+                method="POST")
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), _NoRedirect())
+            try:
+                opener.open(login, timeout=20)
+            except urllib.error.HTTPError as exc:
+                headers["Cookie"] = exc.headers["Set-Cookie"].split(";", 1)[0]
+        req = urllib.request.Request(f"http://127.0.0.1:{self.gateway}/productpage",
+                                     headers=headers)
+        started = time.monotonic()
+        try:
+            with DIRECT.open(req, timeout=30) as resp:
+                return resp.status, resp.read().decode(), time.monotonic() - started
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(), time.monotonic() - started
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_block() -> int:
+    for base in range(31000, 60000, 100):
+        if not any(port_in_use("127.0.0.1", p) for p in range(base, base + BLOCK)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    workdir = tmp_path_factory.mktemp("demo")
+    d = Demo(workdir, _free_port(), _free_port())
+    started = time.monotonic()
+    up = d.meshctl("demo", "up", "--detach", "--no-traffic", "--gateway-port", str(d.gateway),
+                   "--api-port", str(d.api), "--grpc-port", str(_free_port()),
+                   "--base-port", str(_free_block()), "--certs-dir", str(workdir / "certs"))
+    took = time.monotonic() - started
+    try:
+        assert up.returncode == 0, f"demo up failed:\n{up.stdout}\n{up.stderr}"
+        assert "Bookinfo is up" in up.stdout
+        assert took < 45, f"demo took {took:.1f} s to be ready (target 30 s)"
+        yield d
+    finally:
+        d.meshctl("demo", "down")
+
+
+def test_page_loads_through_the_gateway_on_v1(demo: Demo) -> None:
+    """The product page answers through the gateway, served by reviews-v1, without stars."""
+    status, html, _ = demo.page()
+    assert status == 200, html
+    assert "The Comedy of Errors" in html
+    assert "Reviews served by: reviews-v1" in html
+    assert "data-stars" not in html
+
+
+def test_status_lists_every_process_alive(demo: Demo) -> None:
+    """`demo status` shows the control plane, 7 proxies and 6 apps, all alive."""
+    result = demo.meshctl("demo", "status")
+    assert result.returncode == 0, result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line and line[0] != " "]
+    alive = {r[0]: r[2] for r in rows[1:]}
+    assert len(alive) == 14 and set(alive.values()) == {"yes"}, result.stdout
+
+
+def apply(demo: Demo, name: str) -> None:
+    """Apply a scenario file and wait until every proxy has ACKed it."""
+    result = demo.meshctl("apply", "-f", str(ROUTES / f"{name}.yaml"))
+    assert result.returncode == 0, result.stderr
+    url = f"http://127.0.0.1:{demo.api}/api/v1/sync?timeout=20"
+    with DIRECT.open(url, timeout=30) as resp:
+        assert json.loads(resp.read())["synced"] is True
+
+
+def test_jason_to_v2_shows_black_stars_only_to_jason(demo: Demo) -> None:
+    """reviews-jason-v2: jason sees black stars; an anonymous reader sees none."""
+    apply(demo, "reviews-jason-v2")
+    try:
+        _, html, _ = demo.page("jason")
+        assert 'data-color="black"' in html and "reviews-v2" in html
+        _, html, _ = demo.page()
+        assert "data-stars" not in html
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_jason_abort_shows_ratings_unavailable_at_once(demo: Demo) -> None:
+    """ratings-jason-abort: jason's page loads fast with the ratings error text."""
+    apply(demo, "ratings-jason-abort")
+    try:
+        status, html, took = demo.page("jason")
+        assert status == 200
+        assert "Ratings service is currently unavailable" in html
+        assert took < 2
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_reviews_v3_shows_red_stars(demo: Demo) -> None:
+    """reviews-v3: every load shows red stars."""
+    apply(demo, "reviews-v3")
+    try:
+        for _ in range(3):
+            _, html, _ = demo.page()
+            assert 'data-color="red"' in html and "reviews-v3" in html
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_jason_delay_makes_productpage_give_up_on_reviews(demo: Demo) -> None:
+    """ratings-jason-delay: after ~6 s (3 s x 2) jason's page says reviews are unavailable."""
+    apply(demo, "ratings-jason-delay")
+    try:
+        _, html, took = demo.page("jason")
+        assert "Error fetching product reviews" in html
+        assert 5.5 <= took <= 9
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_down_leaves_no_process_and_no_port(demo: Demo) -> None:
+    """`demo down` stops every process and no demo port still listens; a second down is fine."""
+    state = RunDir(demo.workdir / ".ami" / "demo").read()
+    assert state is not None
+    result = demo.meshctl("demo", "down")
+    assert result.returncode == 0, result.stdout
+    assert not pid_alive(state.supervisor)
+    assert not any(pid_alive(p.pid, p.hint) for p in state.processes)
+    assert not any(listening(port) for p in state.processes for _, _, port in p.ports)
+    assert demo.meshctl("demo", "down").returncode == 0

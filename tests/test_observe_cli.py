@@ -1,0 +1,132 @@
+"""meshctl stat/edges/top/tap/check/dashboard against real static-mode proxies and the API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.observe_harness import ObservedMesh, Traffic, send, start_observed_mesh
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]:
+    m = start_observed_mesh(Path(tmp_path_factory.mktemp("observe")))
+    m.wait_scraped()
+    pp, rv = m.proxies["productpage"], m.proxies["reviews"]
+    for _ in range(16):
+        assert send(pp, "reviews", "/reviews/1") == 200
+    for _ in range(4):
+        assert send(pp, "reviews", "/status/503") == 503
+    for _ in range(10):
+        assert send(rv, "ratings", "/ratings/1") == 200
+    m.wait_scraped(2)
+    yield m
+    m.close()
+
+
+def _json(mesh: ObservedMesh, *args: str) -> dict[str, object]:
+    out = mesh.meshctl(*args, "-o", "json")
+    assert out.returncode == 0, out.stderr
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_stat_reports_success_rate_per_service(mesh: ObservedMesh) -> None:
+    """stat -o json shows reviews at 80% success (16 of 20) and ratings at 100%."""
+    rows = {r["service"]: r for r in _json(mesh, "stat", "--window", "5m")["rows"]}  # type: ignore[union-attr]
+    assert rows["reviews"]["successRate"] == pytest.approx(0.8)
+    assert rows["ratings"]["successRate"] == 1.0
+    assert rows["reviews"]["rps"] > 0 and rows["reviews"]["p99"] is not None
+    assert rows["reviews"]["mtlsShare"] == 0.0
+
+
+def test_stat_filters_by_service_and_source_and_prints_a_table(mesh: ObservedMesh) -> None:
+    """stat SERVICE --from SOURCE keeps only that pair; the table has the columns."""
+    body = _json(mesh, "stat", "ratings", "--from", "reviews", "--window", "5m")
+    assert [(r["service"], r["version"]) for r in body["rows"]] == [("ratings", "v1")]  # type: ignore[index,union-attr]
+    table = mesh.meshctl("stat", "--window", "5m")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split()[:4] == ["SERVICE", "VERSION", "SUCCESS", "RPS"]
+    assert "80.00%" in table.stdout
+
+
+def test_edges_name_caller_and_callee(mesh: ObservedMesh) -> None:
+    """edges lists productpage->reviews and reviews->ratings as plaintext, with success rates."""
+    edges = {(e["source"], e["destination"]): e
+             for e in _json(mesh, "edges", "--window", "5m")["edges"]}  # type: ignore[union-attr]
+    assert set(edges) == {("productpage", "reviews"), ("reviews", "ratings")}
+    assert edges[("productpage", "reviews")]["successRate"] == pytest.approx(0.8)
+    assert not edges[("reviews", "ratings")]["secured"]
+
+
+def test_tap_streams_matching_requests(mesh: ObservedMesh) -> None:
+    """tap reviews --path /tapme -n 3 prints three live requests, all matching the filter."""
+    pp = mesh.proxies["productpage"]
+    with Traffic(lambda: (send(pp, "reviews", "/tapme/x"), send(pp, "ratings", "/tapme"),
+                          send(pp, "reviews", "/other"))):
+        out = mesh.meshctl("tap", "reviews", "--path", "/tapme", "-n", "3", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(events) == 3
+    assert {(e["destination"], e["path"], e["method"], e["status"]) for e in events} == {
+        ("reviews", "/tapme/x", "GET", 200)}
+    assert events[0]["proxy"] == "productpage-v1" and events[0]["source"] == "productpage"
+
+
+def test_tap_needs_the_token(mesh: ObservedMesh) -> None:
+    """Without the API token tap is refused with an error, not a stream."""
+    out = mesh.meshctl("tap", "reviews", "-n", "1", token=None)
+    assert out.returncode != 0
+    assert "Bearer" in out.stderr
+
+
+def test_top_once_shows_the_busiest_path(mesh: ObservedMesh) -> None:
+    """top --once aggregates a short tap by path, busiest first."""
+    pp = mesh.proxies["productpage"]
+    with Traffic(lambda: (send(pp, "reviews", "/busy"), send(pp, "reviews", "/busy"),
+                          send(pp, "reviews", "/quiet"))):
+        out = mesh.meshctl("top", "reviews", "--once", "--interval", "1.5")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["DESTINATION", "METHOD", "PATH"]
+    assert lines[1].split()[:3] == ["reviews", "GET", "/busy"]
+
+
+def test_check_groups_and_hints(mesh: ObservedMesh) -> None:
+    """check passes on a healthy mesh, then fails with a hint once a proxy NACKs."""
+    ok = mesh.meshctl("check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "✔ control plane reachable" in ok.stdout and "✘" not in ok.stdout
+    mesh.extra.append({"name": "details-v1", "service": "details", "synced": False,
+                       "nack": "routes[0]: bad regex", "admin": None})
+    try:
+        bad = mesh.meshctl("check")
+    finally:
+        mesh.extra.clear()
+    assert bad.returncode == 1
+    assert "✘ every proxy synced: details-v1" in bad.stdout
+    assert "✘ no NACKs: details-v1: routes[0]: bad regex" in bad.stdout
+    assert bad.stdout.count("hint:") == 2
+
+
+def test_check_reports_an_unreachable_control_plane(mesh: ObservedMesh) -> None:
+    """With nothing listening, check prints ✘ for reachability with a hint and exits 1."""
+    from tests.proxyharness import free_port
+
+    out = ObservedMesh(mesh.backends, {}, mesh.observer, mesh.store,
+                       f"http://127.0.0.1:{free_port()}").meshctl("check")
+    assert out.returncode == 1
+    assert "✘ control plane reachable" in out.stdout and "hint: start it" in out.stdout
+
+
+def test_dashboard_prints_the_url_that_serves_the_page(mesh: ObservedMesh) -> None:
+    """dashboard prints <url>/dashboard and that URL serves the HTML page."""
+    import urllib.request
+
+    out = mesh.meshctl("dashboard")
+    assert out.stdout.strip() == mesh.url + "/dashboard"
+    with urllib.request.urlopen(out.stdout.strip(), timeout=5) as resp:
+        assert b'id="graph"' in resp.read()

@@ -1,0 +1,215 @@
+"""Tracing: sampling decisions, header propagation, and one trace across two proxied hops."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import yaml
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from proxy.tracing import Tracer, incoming_context, parse_traceparent
+from sample_apps.bookinfo.forwarding import forwarded_headers
+from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port
+
+PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def fake_exchange(headers: list[tuple[bytes, bytes]]) -> Any:
+    return SimpleNamespace(headers=headers, method=b"GET", path="/p", authority="reviews",
+                           downstream=SimpleNamespace(listener=SimpleNamespace(kind="outbound")),
+                           trace=None)
+
+
+@pytest.fixture
+def memory() -> Iterator[tuple[Tracer, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Tracer(provider.get_tracer("t"), service="productpage", rng=random.Random(1)), exporter
+    provider.shutdown()
+
+
+def test_traceparent_and_b3_parsing() -> None:
+    """W3C traceparent wins; B3 headers are the fallback; junk is ignored."""
+    assert parse_traceparent(PARENT) == (0x0AF7651916CD43DD8448EB211C80319C,
+                                         0xB7AD6B7169203331, True)
+    assert parse_traceparent(b"00-zz-11-01") is None
+    b3 = [(b"X-B3-TraceId", b"463ac35c9f6413ad48485a3953bb6124"),
+          (b"X-B3-SpanId", b"a2fb4a1d1a96d312"), (b"X-B3-Sampled", b"1")]
+    assert incoming_context(b3) == ((0x463AC35C9F6413AD48485A3953BB6124, 0xA2FB4A1D1A96D312),
+                                    True)
+    assert incoming_context([(b"host", b"x")]) == (None, None)
+
+
+def test_unsampled_request_is_left_alone(memory: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """At sampling 0 a request without trace headers gets no spans and no new headers."""
+    tracer, exporter = memory
+    ex = fake_exchange([(b"host", b"reviews")])
+    tracer.begin(ex)
+    assert ex.trace is None and ex.headers == [(b"host", b"reviews")]
+    ex = fake_exchange([(b"traceparent", PARENT[:-2] + b"00")])  # caller decided: not sampled
+    tracer.sampling = 1.0
+    tracer.begin(ex)
+    assert ex.trace is None and exporter.get_finished_spans() == ()
+
+
+def test_sampled_parent_is_continued(memory: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """An incoming sampled traceparent makes a server span (its child) and a client span whose
+    id goes out in traceparent and B3 headers."""
+    tracer, exporter = memory
+    ex = fake_exchange([(b"host", b"reviews"), (b"traceparent", PARENT)])
+    tracer.begin(ex)
+    assert ex.trace is not None
+    ex.status, ex.flags, ex.backend, ex.pool = 503, "UF", None, None
+    ex.trace.end(ex)
+    client, server = exporter.get_finished_spans()
+    assert server.parent is not None and server.parent.span_id == 0xB7AD6B7169203331
+    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    assert server.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    sent = dict(ex.headers)
+    assert sent[b"traceparent"] == b"00-%032x-%016x-01" % (client.context.trace_id,
+                                                          client.context.span_id)
+    assert sent[b"x-b3-parentspanid"] == b"%016x" % server.context.span_id
+    assert not server.status.is_ok
+
+
+def test_random_draw_follows_the_sampling_rate(memory: tuple[Tracer, InMemorySpanExporter]
+                                               ) -> None:
+    """With no incoming decision, about `sampling` of the requests are traced."""
+    tracer, _ = memory
+    tracer.sampling = 0.25
+    sampled = 0
+    for _ in range(2000):
+        ex = fake_exchange([])
+        tracer.begin(ex)
+        sampled += ex.trace is not None
+    assert 400 < sampled < 600
+
+
+# --- end to end: outbound -> inbound -> app -> outbound -> inbound -> app -----------------
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An in-process OTLP/gRPC collector that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []  # (service.name, span)
+        self.arrived = asyncio.Event()
+
+    async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+        for rs in request.resource_spans:
+            service = next(a.value.string_value for a in rs.resource.attributes
+                           if a.key == "service.name")
+            for ss in rs.scope_spans:
+                self.spans.extend((service, s) for s in ss.spans)
+        self.arrived.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    server = grpc.aio.server()
+    rec = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield rec, port
+    await server.stop(None)
+
+
+def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int],
+            otlp: int) -> tuple[ProxyProcess, int]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    proxy = ProxyProcess(tmp, {}, args=("--otlp-endpoint", f"http://127.0.0.1:{otlp}"))
+    inbound = free_port()
+    snap: dict[str, Any] = {
+        "version": "t1", "node": {"service": service, "labels": {"version": "v1"}},
+        "listeners": {"outbound": f"127.0.0.1:{proxy.outbound}",
+                      "admin": f"127.0.0.1:{proxy.admin}", "inbound": f"127.0.0.1:{inbound}"},
+        "mesh": {"tracing": {"sampling": 1.0}},
+        "services": {name: {"endpoints": [{"address": f"127.0.0.1:{p}",
+                                           "labels": {"version": "v1"}}]}
+                     for name, p in services.items()},
+        "routes": [],
+    }
+    if app is not None:
+        snap["app"] = f"127.0.0.1:{app}"
+    proxy.config.write_text(yaml.safe_dump(snap))
+    return proxy.start(), inbound
+
+
+def calling_app(sidecar_outbound: dict[str, int]) -> web.Application:
+    """An app that calls ratings through its sidecar, forwarding the trace headers."""
+
+    async def handle(request: web.Request) -> web.Response:
+        headers = forwarded_headers(request.headers)
+        headers["Host"] = "ratings"
+        url = f"http://127.0.0.1:{sidecar_outbound['port']}/ratings/1"
+        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
+            return web.Response(text=f"reviews+{r.status}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    return app
+
+
+async def test_two_hops_make_one_linked_trace(tmp_path: Path,
+                                              receiver: tuple[Receiver, int]) -> None:
+    """productpage's outbound -> reviews (inbound, app, outbound) -> ratings (inbound, app)
+    yields one trace whose server/client spans chain parent to child across the sidecars."""
+    rec, otlp = receiver
+    backends = Backends()
+    procs: list[ProxyProcess] = []
+    holder: dict[str, int] = {}
+    try:
+        ratings, ratings_in = sidecar(tmp_path / "ratings", "ratings",
+                                      app=backends.aiohttp(echo_app()), services={}, otlp=otlp)
+        procs.append(ratings)
+        reviews, reviews_in = sidecar(tmp_path / "reviews", "reviews",
+                                      app=backends.aiohttp(calling_app(holder)),
+                                      services={"ratings": ratings_in}, otlp=otlp)
+        procs.append(reviews)
+        holder["port"] = reviews.outbound
+        front, _ = sidecar(tmp_path / "pp", "productpage", app=None,
+                           services={"reviews": reviews_in}, otlp=otlp)
+        procs.append(front)
+        req = urllib.request.Request(f"http://127.0.0.1:{front.outbound}/reviews/0",
+                                     headers={"Host": "reviews"})
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=10).read())
+        assert body == b"reviews+200"
+        async with asyncio.timeout(15):
+            while len(rec.spans) < 8:
+                rec.arrived.clear()
+                await rec.arrived.wait()
+    finally:
+        for p in procs:
+            p.stop()
+        backends.close()
+    spans = rec.spans
+    assert len({s.trace_id for _, s in spans}) == 1
+    by_id = {s.span_id: (svc, s) for svc, s in spans}
+    roots = [s for _, s in spans if s.parent_span_id not in by_id]
+    assert len(roots) == 1 and roots[0].parent_span_id == b""
+    # Walk the single chain from the root: server/client alternate, services in order.
+    children = {s.parent_span_id: (svc, s) for svc, s in spans}
+    chain, node = [], roots[0]
+    while node is not None:
+        chain.append((by_id[node.span_id][0], node.kind))
+        nxt = children.get(node.span_id)
+        node = nxt[1] if nxt else None
+    server, client = 2, 3  # OTLP SpanKind values
+    assert chain == [("productpage", server), ("productpage", client),
+                     ("reviews", server), ("reviews", client),
+                     ("reviews", server), ("reviews", client),
+                     ("ratings", server), ("ratings", client)]
