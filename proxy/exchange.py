@@ -34,7 +34,6 @@ class Exchange:
     __slots__ = (
         "_attempt",
         "_attempt_timer",
-        "_out",
         "_body_buffer",
         "_breaker_held",
         "_buffered",
@@ -42,6 +41,7 @@ class Exchange:
         "_frame",
         "_fresh_retry_used",
         "_interim",
+        "_out",
         "_pool_held",
         "_replay",
         "_response_chunked_in",
@@ -408,7 +408,7 @@ class Exchange:
                 out.append(b"connection: " + connection + _CRLF)
             if conn.upgrade_header is not None:
                 out.append(b"upgrade: " + conn.upgrade_header + _CRLF)
-        elif connection is not None and b"," in connection or (
+        elif (connection is not None and b"," in connection) or (
                 connection is not None and connection.strip().lower() not in _PLAIN_CONNECTION):
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             tokens = {t.strip().lower() for t in connection.split(b",")}

@@ -80,7 +80,7 @@ class Listener:
         self.check_quiet()
         try:
             await asyncio.wait_for(self.quiet.wait(), max(0.0, timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def record(self, ex: Exchange) -> None:

@@ -44,9 +44,23 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; parses responses and hands events to the exchange."""
 
     __slots__ = (
-        "_detached", "_peek_sock", "connection_header", "content_length", "header_lines",
-        "transfer_encoding", "upgrade_header", "_status_reason", "closed", "exchange", "idle_since",
-        "parser", "peer_identity", "pool", "requests", "transport", "tunnel_peer",
+        "_detached",
+        "_peek_sock",
+        "_status_reason",
+        "closed",
+        "connection_header",
+        "content_length",
+        "exchange",
+        "header_lines",
+        "idle_since",
+        "parser",
+        "peer_identity",
+        "pool",
+        "requests",
+        "transfer_encoding",
+        "transport",
+        "tunnel_peer",
+        "upgrade_header",
     )
 
     def __init__(self, pool: EndpointPool) -> None:

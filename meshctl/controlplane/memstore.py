@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -117,8 +119,13 @@ class MemStore(Store):
         return stored
 
     def _commit_delete(self, key: Key) -> StoredObject:
-        """Drop the object (and its status) and publish DELETED with its last state."""
+        """Drop the object (and its status) and publish DELETED with its last state.
+
+        The deletion takes a new store version (as in Kubernetes), so "wait until every proxy
+        has everything up to version N" also covers deletes.
+        """
         gone = self._objects.pop(key)
+        gone = dataclasses.replace(gone, resource_version=self._next_version())
         self._status.pop(key, None)
         self._hub.publish(Event(EventType.DELETED, gone))
         return gone
