@@ -11,6 +11,6 @@ RUN pip install . && pip uninstall -y ami-mesh
 COPY . .
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app ami \
-    && mkdir -p /mesh && chown ami /mesh
+    && mkdir -p /mesh/ca /mesh/controlplane /mesh/bootstrap && chown -R ami /mesh
 USER ami
 CMD ["meshctl", "--help"]

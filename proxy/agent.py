@@ -20,10 +20,11 @@ import json
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
@@ -99,6 +100,9 @@ class ControlPlaneAgent:
         self.identity = AgentIdentity.from_args(args)
         self.backoff = Backoff(0.1, 5.0, rng or random.Random())
         self.first_config_timeout = first_config_timeout
+        ca_file = getattr(args, "ca_file", None)
+        self.ca_pem: bytes | None = ca_file.read_bytes() if ca_file else None
+        self.cert_expiry: Callable[[], str] = lambda: ""  # set by run.py's identity agent
         self.applied_version = ""
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage] | None = None
@@ -130,10 +134,14 @@ class ControlPlaneAgent:
 
     async def _connect_forever(self) -> None:
         attempt = 0
+        options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
+                   ("grpc.keepalive_permit_without_calls", 1)]
         while True:
-            async with aio.insecure_channel(self.target, options=[
-                    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
-                    ("grpc.keepalive_permit_without_calls", 1)]) as channel:
+            # TLS verified with the mesh trust bundle (--ca-file); plaintext only without one.
+            channel = (aio.secure_channel(self.target, grpc.ssl_channel_credentials(
+                root_certificates=self.ca_pem), options=options) if self.ca_pem is not None
+                else aio.insecure_channel(self.target, options=options))
+            async with channel:
                 try:
                     if await self._stream(mesh_pb2_grpc.MeshControlStub(channel)):  # type: ignore[no-untyped-call]
                         attempt = 0
@@ -170,7 +178,7 @@ class ControlPlaneAgent:
             name=ident.name, service=ident.service, namespace=ident.namespace,
             labels=ident.labels, inbound=ident.inbound, outbound=ident.outbound,
             admin=ident.admin, mode=ident.mode, token=ident.token, ready=self.server.ready,
-            config_version=self.applied_version)
+            config_version=self.applied_version, cert_expiry=self.cert_expiry())
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""
@@ -195,11 +203,16 @@ class ControlPlaneAgent:
         return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=message.version,
                                                       nonce=message.nonce))
 
-    def _report_readiness(self) -> None:
+    def _report_readiness(self, force: bool = False) -> None:
         ready = self.server.ready
-        if self._outbox is not None and ready != self._reported_ready:
+        if self._outbox is not None and (force or ready != self._reported_ready):
             self._reported_ready = ready
-            self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(ready=ready)))
+            self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(
+                ready=ready, cert_expiry=self.cert_expiry())))
+
+    def certificate_changed(self) -> None:
+        """Tell the control plane the new expiry (proxy-status, `meshctl check`)."""
+        self._report_readiness(force=True)
 
     async def _readiness_loop(self) -> None:
         while True:

@@ -33,7 +33,7 @@ class Breaker:
         self.pending: deque[Exchange] = deque()
         self.pools: tuple[EndpointPool, ...] = ()
         # Connect tasks created but not yet running (EndpointPool.connections counts the rest).
-        self.starting: set[asyncio.Task[None]] = set()
+        self.starting: set[asyncio.Task[Any]] = set()
 
     def try_start(self) -> bool:
         if self.active >= self.limits.max_concurrent_requests:
@@ -48,14 +48,15 @@ class Breaker:
         opened = sum(p.connections for p in self.pools) + len(self.starting)
         return opened >= self.limits.max_connections
 
-    def opening(self, task: asyncio.Task[None]) -> None:
+    def opening(self, task: asyncio.Task[Any]) -> None:
         """Count a connect task from its creation (also if it is cancelled before it runs)."""
         self.starting.add(task)
         task.add_done_callback(self.starting.discard)
 
     def started(self, task: asyncio.Task[Any] | None) -> None:
         """The task runs: from now on its pool's connection count includes it."""
-        self.starting.discard(task)  # type: ignore[arg-type]
+        if task is not None:
+            self.starting.discard(task)
 
     def try_wait(self, ex: Exchange) -> bool:
         """Queue a request for the next free connection, unless the queue is full."""

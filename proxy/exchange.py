@@ -382,6 +382,8 @@ class Exchange:
         backend = self.backend
         if backend is not None and backend.outlier is not None and self.pool is not None:
             backend.outlier.record(self.pool, status)
+        if backend is not None and backend.ewma is not None and self.pool is not None:
+            backend.ewma.observe(self.pool, asyncio.get_running_loop().time() - self.start_time)
         if self._attempt_timer is not None:
             self._attempt_timer.cancel()
             self._attempt_timer = None

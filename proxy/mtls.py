@@ -26,8 +26,8 @@ _TLS_HANDSHAKE = 0x16
 class MeshAcceptor:
     """Accepts on a bound socket and starts each connection as TLS or plaintext."""
 
-    def __init__(self, listener: Listener, sock: socket.socket, tls: TlsContexts,
-                 mode: Callable[[], str],
+    def __init__(self, listener: Listener, sock: socket.socket,
+                 tls: Callable[[], TlsContexts | None], mode: Callable[[], str],
                  protocol: Callable[[], DownstreamProtocol]) -> None:
         self.listener = listener
         self.sock = sock
@@ -63,6 +63,8 @@ class MeshAcceptor:
     async def _start(self, conn: socket.socket) -> None:
         mode = self.mode()
         use_tls = mode == "STRICT"
+        if mode == "PERMISSIVE" and self.tls() is None:
+            mode = "DISABLE"  # nothing to offer TLS with yet; plaintext is allowed in PERMISSIVE
         if mode == "PERMISSIVE":
             try:
                 use_tls = await asyncio.wait_for(self._first_byte_is_tls(conn),
@@ -72,9 +74,16 @@ class MeshAcceptor:
                 return
         elif mode == "DISABLE":
             use_tls = False
+        contexts = self.tls()
+        if use_tls and contexts is None:
+            # No workload certificate yet: refuse rather than fall back to plaintext.
+            self.listener.stats.inc("ami_tls_handshake_failures",
+                                    (("listener", self.listener.kind),))
+            conn.close()
+            return
         try:
             await self.loop.connect_accepted_socket(
-                self.protocol, conn, ssl=self.tls.listener if use_tls else None,
+                self.protocol, conn, ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
             )
         except (TimeoutError, OSError, ssl.SSLError) as exc:

@@ -36,7 +36,8 @@ Matcher = Callable[["Exchange"], bool]
 class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
-    __slots__ = ("balancer", "metric_prefix", "outlier", "pools", "service", "state", "subset")
+    __slots__ = ("balancer", "ewma", "metric_prefix", "outlier", "pools", "service", "state",
+                 "subset")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
@@ -48,6 +49,8 @@ class Backend:
         self.metric_prefix = metric_prefix
         self.state = state
         self.outlier = state.outlier if state is not None else None
+        # PEAK_EWMA learns from response times; the exchange feeds it only when it is in use.
+        self.ewma = balancer if isinstance(balancer, PeakEwmaBalancer) else None
 
     def pick_endpoint(self) -> EndpointPool | None:
         pools = self.pools

@@ -29,6 +29,51 @@ def load_identity_dir(directory: Path) -> Any:
                                      read("chain.pem", required=False), read("bundle.pem"))
 
 
+class _IdentitySink:
+    """Installs each certificate in the server and reports its expiry to the control plane."""
+
+    def __init__(self, server: ProxyServer, agent: Any) -> None:
+        self.server = server
+        self.agent = agent
+        self.installed = asyncio.Event()
+
+    def set_identity(self, identity: Any) -> None:
+        self.server.set_identity(identity)
+        self.installed.set()
+        self.agent.certificate_changed()
+
+
+def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
+                         agent: Any) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Obtain and renew this sidecar's workload certificate over the control plane's gRPC."""
+    from proxy.identity_agent import (
+        IdentityAgent,
+        IdentityAgentConfig,
+        grpc_issuer,
+        rfc3339,
+    )
+
+    token = args.token_file.read_text().strip() if args.token_file else ""
+    if not token:
+        log.error("no --token-file: the control plane will not issue a certificate, so mTLS "
+                  "traffic (STRICT) is refused; see `meshctl certs token --service %s`",
+                  args.service)
+    sink = _IdentitySink(server, agent)
+    ident = IdentityAgent(sink, grpc_issuer(args.control_plane, args.ca_file),
+                          IdentityAgentConfig(service=args.service, namespace=args.namespace,
+                                              token=token))
+    agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
+    return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
+
+
+async def wait_for_identity(installed: asyncio.Event, timeout: float) -> None:
+    """Give the first certificate a bounded wait; listeners bind either way (unready)."""
+    try:
+        await asyncio.wait_for(installed.wait(), timeout)
+    except TimeoutError:
+        log.warning("no workload certificate yet: inbound mTLS refused until one arrives")
+
+
 async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
     server = ProxyServer(options)
     server.install_signal_handlers()
@@ -47,7 +92,9 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         from proxy.agent import ControlPlaneAgent
 
         agent = ControlPlaneAgent(server, args)
+        identity_task, installed = start_identity_agent(server, args, agent)
         await agent.start()
+        await wait_for_identity(installed, agent.first_config_timeout)
         admin = options.listeners.get("admin")
     admin = admin or Address("127.0.0.1", 15000)
     await server.start_listeners()
@@ -56,5 +103,7 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
     sweeper = asyncio.create_task(server.run_sweeper())
     await server.stopped.wait()
     sweeper.cancel()
+    if not args.config:
+        identity_task.cancel()
     await runner.cleanup()
     return 0

@@ -140,13 +140,16 @@ class ProxyServer:
                 continue
             listener = Listener(kind, self.loop, routers.get(kind) or Router({}), self.stats,
                                 self.options.limits)
-            if kind == "inbound" and self.tls is not None:
+            if kind == "inbound":
+                # Always through the acceptor: in STRICT a connection is refused until this
+                # proxy has an identity, never served in plaintext.
                 acceptor = MeshAcceptor(
-                    listener, bind_socket(address.host, address.port), self.tls,
+                    listener, bind_socket(address.host, address.port), lambda: self.tls,
                     self._mtls_mode, _protocol_factory(listener))
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
-                listener.xfcc_by = self.tls.identity.spiffe_id.encode()
+                if self.tls is not None:
+                    listener.xfcc_by = self.tls.identity.spiffe_id.encode()
             else:
                 listener.server = await self.loop.create_server(
                     _protocol_factory(listener), address.host, address.port,

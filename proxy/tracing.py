@@ -35,6 +35,7 @@ _TRACEPARENT = b"traceparent"
 _B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags")
 _DROP = frozenset((_TRACEPARENT, *_B3))
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_T_FIRST, _X_FIRST = frozenset(b"tT"), frozenset(b"xX")  # cheap pre-checks on the first byte
 
 
 def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
@@ -54,15 +55,19 @@ def parse_traceparent(value: bytes) -> tuple[int, int, bool] | None:
 def incoming_context(headers: list[tuple[bytes, bytes]]
                      ) -> tuple[tuple[int, int] | None, bool | None]:
     """The parent (trace id, span id) and its sampling decision, from W3C or B3 headers."""
-    b3: dict[bytes, bytes] = {}
+    b3: dict[bytes, bytes] | None = None
     for name, value in headers:
-        low = name.lower()
-        if low == _TRACEPARENT:
+        first = name[0] if name else 0
+        if first in _T_FIRST and len(name) == 11 and name.lower() == _TRACEPARENT:
             parsed = parse_traceparent(value)
             if parsed is not None:
                 return (parsed[0], parsed[1]), parsed[2]
-        elif low.startswith(b"x-b3-"):
-            b3[low] = value.strip()
+        elif first in _X_FIRST and name[:5].lower() == b"x-b3-":
+            if b3 is None:
+                b3 = {}
+            b3[name.lower()] = value.strip()
+    if b3 is None:  # the common case: no trace headers at all
+        return None, None
     sampled = b3.get(b"x-b3-sampled")
     decision = None if sampled is None else sampled in (b"1", b"true", b"d")
     if b3.get(b"x-b3-flags") == b"1":

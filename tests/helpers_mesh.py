@@ -150,13 +150,15 @@ def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
     grpc_port = grpc_port or free_port()
     config_dir = config_dir or tmp / "mesh"
     state_dir = tmp / "state"
+    certs_dir = tmp / "certs"
     proc = spawn("controlplane", [
         PYTHON, "-m", "meshctl", "serve", "--config-dir", str(config_dir),
         "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{http_port}",
         "--grpc-listen", f"127.0.0.1:{grpc_port}", "--warmup", str(warmup),
-        "--grace", str(grace)], tmp)
+        "--grace", str(grace), "--certs-dir", str(certs_dir)], tmp)
     proc.info.update(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}",
-                     config_dir=config_dir, state_dir=state_dir)
+                     config_dir=config_dir, state_dir=state_dir, certs_dir=certs_dir)
+    _CERTS_BY_GRPC[f"127.0.0.1:{grpc_port}"] = certs_dir
 
     def up() -> bool:
         if not proc.alive():
@@ -166,6 +168,25 @@ def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
     wait_for(up, timeout, "the control plane API")
     proc.info["token"] = (state_dir / "token").read_text().strip()
     return proc
+
+
+# Which CA directory serves a control plane's gRPC address: sidecars need its trust bundle
+# (--ca-file) and a bootstrap token for their service (--token-file), as in a real mesh.
+_CERTS_BY_GRPC: dict[str, Path] = {}
+
+
+def sidecar_credentials(log_dir: Path, control_plane: str, service: str,
+                        namespace: str = "default") -> list[str]:
+    """--ca-file/--token-file arguments for a sidecar of ``service``."""
+    from meshctl.ca import BootstrapTokens
+
+    certs_dir = _CERTS_BY_GRPC.get(control_plane)
+    if certs_dir is None:
+        return []
+    token_file = log_dir / f"token-{namespace}-{service}"
+    token_file.write_text(BootstrapTokens.load(certs_dir).token_for(namespace, service))
+    token_file.chmod(0o600)
+    return ["--ca-file", str(certs_dir / "trust-bundle.pem"), "--token-file", str(token_file)]
 
 
 def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str, *,
@@ -181,6 +202,7 @@ def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str,
         argv += ["--inbound", f"127.0.0.1:{ports['inbound']}"]
     if app:
         argv += ["--app", app]
+    argv += sidecar_credentials(log_dir, control_plane, service)
     name = f"{service}-{version}-{ports['inbound'] if mode == 'sidecar' else ports['admin']}"
     proc = spawn(name, argv + (extra or []), log_dir)
     proc.info.update({k: f"127.0.0.1:{p}" for k, p in ports.items()}, name=name)

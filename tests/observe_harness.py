@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.memstore import MemStore
 from meshctl.observe.api import Observer, observe_routes
-from tests.proxyharness import Backends, ProxyProcess, echo_app, snapshot
+from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port, snapshot
 
 TOKEN = "observe-test-token"
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,30 @@ def static_proxy(tmp: Path, service: str, routes_to: dict[str, list[int]],
     snap["node"] = {"service": service, "labels": {"version": "v1"}}
     proxy.config.write_text(yaml.safe_dump(snap))
     return proxy.start()
+
+
+def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int],
+            otlp: int | None = None, sampling: float = 0.0) -> tuple[ProxyProcess, int]:
+    """A static-mode sidecar with outbound, inbound (to ``app``) and admin listeners; returns
+    the running proxy and its inbound port."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    args = ("--otlp-endpoint", f"http://127.0.0.1:{otlp}") if otlp else ()
+    proxy = ProxyProcess(tmp, {}, args=args)
+    inbound = free_port()
+    snap: dict[str, Any] = {
+        "version": "t1", "node": {"service": service, "labels": {"version": "v1"}},
+        "listeners": {"outbound": f"127.0.0.1:{proxy.outbound}",
+                      "admin": f"127.0.0.1:{proxy.admin}", "inbound": f"127.0.0.1:{inbound}"},
+        "mesh": {"tracing": {"sampling": sampling}},
+        "services": {name: {"endpoints": [{"address": f"127.0.0.1:{p}",
+                                           "labels": {"version": "v1"}}]}
+                     for name, p in services.items()},
+        "routes": [],
+    }
+    if app is not None:
+        snap["app"] = f"127.0.0.1:{app}"
+    proxy.config.write_text(yaml.safe_dump(snap))
+    return proxy.start(), inbound
 
 
 @dataclass
@@ -107,7 +132,7 @@ async def _start(observer: Observer) -> None:
 class Traffic:
     """Sends requests in a background thread until stopped (for tap/top, which need a live flow)."""
 
-    def __init__(self, send: Callable[[], None]) -> None:
+    def __init__(self, send: Callable[[], object]) -> None:
         self._stop = threading.Event()
         self._send = send
         self._thread = threading.Thread(target=self._run, daemon=True)

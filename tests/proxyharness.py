@@ -1,7 +1,6 @@
 """Test harness for the proxy: run `python -m proxy --config` as a process, plus small backends.
 
-Backends run on their own event loop in a thread, so a proxy fixture (and its backends) can be
-shared by a whole test module while each async test drives clients on pytest's own loop.
+Backends run on an event loop in a thread, so one proxy and its backends serve a whole module.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 # Which source tree `python -m proxy` runs from (override to test another checkout).
 PROXY_ROOT = Path(os.environ.get("AMI_PROXY_ROOT", REPO))
 T = TypeVar("T")
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def free_port() -> int:
@@ -52,17 +50,9 @@ class Message:
         low = name.lower()
         return next((v for k, v in self.headers if k.lower() == low), None)
 
-    def header_all(self, name: str) -> list[str]:
-        low = name.lower()
-        return [v for k, v in self.headers if k.lower() == low]
-
     @property
     def status(self) -> int:
         return int(self.first.split(" ", 2)[1])
-
-    @property
-    def method(self) -> str:
-        return self.first.split(" ", 1)[0]
 
     @property
     def target(self) -> str:
@@ -87,7 +77,7 @@ async def read_head(reader: asyncio.StreamReader) -> Message | None:
 
 
 async def read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -130,16 +120,12 @@ async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Me
 
 async def roundtrip(port: int, raw: bytes, method: str = "GET") -> Message:
     """Send raw bytes on a new connection and read one response."""
-    return (await _roundtrip(port, raw, method, wait_close=False))[0]
+    return (await roundtrip_close(port, raw, method, wait_close=False))[0]
 
 
-async def roundtrip_close(port: int, raw: bytes, method: str = "GET") -> tuple[Message, bool]:
+async def roundtrip_close(port: int, raw: bytes, method: str = "GET", *,
+                          wait_close: bool = True) -> tuple[Message, bool]:
     """Like `roundtrip`, plus whether the proxy closed the connection after the response."""
-    return await _roundtrip(port, raw, method, wait_close=True)
-
-
-async def _roundtrip(port: int, raw: bytes, method: str, wait_close: bool
-                     ) -> tuple[Message, bool]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(raw)
@@ -153,7 +139,7 @@ async def at_eof(reader: asyncio.StreamReader, timeout: float) -> bool:
     """True if the peer closes (EOF or reset) within the timeout with no further bytes."""
     try:
         data = await asyncio.wait_for(reader.read(1), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     except ConnectionError:
         return True
@@ -215,9 +201,7 @@ class Backends:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self._runners.append(runner)
-            server = site._server
-            assert server is not None
-            return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+            return int(runner.addresses[0][1])
 
         return self.call(start())
 
@@ -355,11 +339,6 @@ class ProxyProcess:
         self.stop()
         raise RuntimeError(f"proxy not ready within {deadline}s: {self.stderr()}")
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
         """A blocking admin request (use from sync code or via `aget`)."""
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", method=method)
@@ -373,19 +352,16 @@ class ProxyProcess:
         return await asyncio.to_thread(self.get, path, method)
 
     async def stats(self) -> dict[str, Any]:
-        status, body = await self.aget("/stats")
-        assert status == 200
-        result: dict[str, Any] = json.loads(body)
+        result: dict[str, Any] = json.loads((await self.aget("/stats"))[1])
         return result
 
     async def metrics(self) -> str:
-        status, body = await self.aget("/metrics")
-        assert status == 200
-        return body.decode()
+        return (await self.aget("/metrics"))[1].decode()
 
     def vm_hwm_kb(self) -> int:
         """Peak resident set size of the proxy process, from /proc."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc status")
@@ -393,7 +369,7 @@ class ProxyProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def stdout(self) -> str:
+    def stdout(self) -> str:  # the access log, when on
         return self.stdout_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -410,8 +386,6 @@ class ProxyProcess:
                 proc.wait()
         return int(proc.returncode)
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float:

@@ -121,7 +121,8 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     assert mesh.answers(20) == {b"reviews-v2"}
     listed = proxy_status_json(mesh)
     assert {p["name"] for p in listed} == mesh.names
-    assert all(p["synced"] and p["configVersion"] and p["certExpiry"] is None for p in listed)
+    # every sidecar got its workload certificate over the control plane and reports its expiry
+    assert all(p["synced"] and p["configVersion"] and p["certExpiry"] for p in listed)
     assert {p["version"] for p in listed if p["service"] == "reviews"} == {"v1", "v2"}
 
 
@@ -147,7 +148,9 @@ def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
 
 def test_nack_is_visible_in_proxy_status(mesh: Mesh) -> None:
     """A proxy that refuses a snapshot shows NACK with its error in proxy-status."""
-    channel = grpc.insecure_channel(mesh.cp.info["grpc"])
+    roots = (mesh.cp.info["certs_dir"] / "trust-bundle.pem").read_bytes()
+    channel = grpc.secure_channel(mesh.cp.info["grpc"],
+                                  grpc.ssl_channel_credentials(root_certificates=roots))
     stub = mesh_pb2_grpc.MeshControlStub(channel)
     outbox: list[mesh_pb2.ProxyMessage] = [mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
         name="ratings-v9-1", service="ratings", labels={"version": "v9"},

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from meshctl.client import ControlPlaneClient
 from meshctl.demo.procs import listening, pid_alive, port_in_use
 from meshctl.demo.state import RunDir
 
@@ -123,10 +125,14 @@ def test_status_lists_every_process_alive(demo: Demo) -> None:
 
 
 def apply(demo: Demo, name: str) -> None:
-    """Apply a scenario file and wait until every proxy has ACKed it."""
-    result = demo.meshctl("apply", "-f", str(ROUTES / f"{name}.yaml"))
+    """Apply a scenario file and wait until every proxy has ACKed the store version it made."""
+    path = ROUTES / f"{name}.yaml"
+    result = demo.meshctl("apply", "-f", str(path))
     assert result.returncode == 0, result.stderr
-    url = f"http://127.0.0.1:{demo.api}/api/v1/sync?timeout=20"
+    client = ControlPlaneClient(f"http://127.0.0.1:{demo.api}")
+    version = max(int(client.get(d["kind"], d["metadata"]["name"])["metadata"]["resourceVersion"])
+                  for d in yaml.safe_load_all(path.read_text()))
+    url = f"http://127.0.0.1:{demo.api}/api/v1/sync?storeVersion={version}&timeout=20"
     with DIRECT.open(url, timeout=30) as resp:
         assert json.loads(resp.read())["synced"] is True
 

@@ -12,7 +12,7 @@ from meshctl.demo.topology import (
     local_topology,
 )
 
-PATHS = Paths(certs="/c", config="/cfg", state="/s", tokens="/t")
+PATHS = Paths(certs="/c", config="/cfg", state="/s", tokens="/t", trust_bundle="/c/tb.pem")
 
 
 def flag(spec: ProcessSpec, name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,16 +28,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]:
     m.close()
 
 
-def _json(mesh: ObservedMesh, *args: str) -> dict[str, object]:
+def _json(mesh: ObservedMesh, *args: str) -> dict[str, Any]:
     out = mesh.meshctl(*args, "-o", "json")
     assert out.returncode == 0, out.stderr
-    result: dict[str, object] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
 def test_stat_reports_success_rate_per_service(mesh: ObservedMesh) -> None:
     """stat -o json shows reviews at 80% success (16 of 20) and ratings at 100%."""
-    rows = {r["service"]: r for r in _json(mesh, "stat", "--window", "5m")["rows"]}  # type: ignore[union-attr]
+    rows = {r["service"]: r for r in _json(mesh, "stat", "--window", "5m")["rows"]}
     assert rows["reviews"]["successRate"] == pytest.approx(0.8)
     assert rows["ratings"]["successRate"] == 1.0
     assert rows["reviews"]["rps"] > 0 and rows["reviews"]["p99"] is not None
@@ -46,7 +47,7 @@ def test_stat_reports_success_rate_per_service(mesh: ObservedMesh) -> None:
 def test_stat_filters_by_service_and_source_and_prints_a_table(mesh: ObservedMesh) -> None:
     """stat SERVICE --from SOURCE keeps only that pair; the table has the columns."""
     body = _json(mesh, "stat", "ratings", "--from", "reviews", "--window", "5m")
-    assert [(r["service"], r["version"]) for r in body["rows"]] == [("ratings", "v1")]  # type: ignore[index,union-attr]
+    assert [(r["service"], r["version"]) for r in body["rows"]] == [("ratings", "v1")]
     table = mesh.meshctl("stat", "--window", "5m")
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split()[:4] == ["SERVICE", "VERSION", "SUCCESS", "RPS"]
@@ -56,7 +57,7 @@ def test_stat_filters_by_service_and_source_and_prints_a_table(mesh: ObservedMes
 def test_edges_name_caller_and_callee(mesh: ObservedMesh) -> None:
     """edges lists productpage->reviews and reviews->ratings as plaintext, with success rates."""
     edges = {(e["source"], e["destination"]): e
-             for e in _json(mesh, "edges", "--window", "5m")["edges"]}  # type: ignore[union-attr]
+             for e in _json(mesh, "edges", "--window", "5m")["edges"]}
     assert set(edges) == {("productpage", "reviews"), ("reviews", "ratings")}
     assert edges[("productpage", "reviews")]["successRate"] == pytest.approx(0.8)
     assert not edges[("reviews", "ratings")]["secured"]

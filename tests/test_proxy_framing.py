@@ -127,10 +127,11 @@ async def test_upstream_connection_close_keeps_client(env: dict[str, Any]) -> No
 
 async def test_http10_client(env: dict[str, Any]) -> None:
     """An HTTP/1.0 client gets a complete response and the proxy closes (no keep-alive asked)."""
-    resp, closed = await roundtrip_close(env["port"], b"GET /old HTTP/1.0\r\nHost: echo\r\n\r\n")
+    old = b"GET /old HTTP/1.0\r\nHost: echo\r\n\r\n"
+    resp, closed = await roundtrip_close(env["port"], old)
     assert resp.status == 200 and json.loads(resp.body)["path"] == "/old"
     assert closed
-    resp, closed = await roundtrip_close(env["port"], b"GET /chunked HTTP/1.0\r\nHost: echo\r\n\r\n")
+    resp, closed = await roundtrip_close(env["port"], old.replace(b"/old", b"/chunked"))
     assert resp.header("transfer-encoding") is None  # 1.0 cannot read chunked: close-delimited
     assert resp.body == b"part0;part1;part2;part3;part4;" and closed
 

@@ -90,10 +90,13 @@ async def test_route_rule_without_match_is_no_route(env: dict[str, Any]) -> None
 
 
 async def test_upstream_down_is_503_connect_failure(env: dict[str, Any]) -> None:
-    """An endpoint with nothing listening gives 503 `upstream_connect_failure`."""
+    """An endpoint with nothing listening gives 503 `upstream_connect_failure`, and is counted."""
     resp = await roundtrip(env["proxy"].outbound, get("down", "/"))
     assert resp.status == 503
     assert resp.header("x-ami-reason") == "upstream_connect_failure"
+    text = await env["proxy"].metrics()
+    assert metric_value(text, "ami_upstream_connect_failures_total",
+                        destination_service="down") >= 1
 
 
 async def test_upstream_reset_mid_response_aborts_client(env: dict[str, Any]) -> None:
@@ -165,7 +168,7 @@ async def test_request_id_added_when_absent_and_kept_when_present(env: dict[str,
 
 
 async def test_forwarded_headers_are_set(env: dict[str, Any]) -> None:
-    """x-forwarded-for is appended with the client address; x-forwarded-proto is set, not trusted."""
+    """x-forwarded-for gets the client address appended; x-forwarded-proto is set, not trusted."""
     extra = "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"
     resp = await roundtrip(env["proxy"].outbound, get("echo", "/", extra))
     headers = _echoed(resp)["headers"]

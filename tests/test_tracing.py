@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-import yaml
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,7 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.tracing import Tracer, incoming_context, parse_traceparent
 from sample_apps.bookinfo.forwarding import forwarded_headers
-from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port
+from tests.observe_harness import sidecar
+from tests.proxyharness import Backends, ProxyProcess, echo_app
 
 PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -107,7 +107,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[tuple[str, Any]] = []  # (service.name, span)
         self.arrived = asyncio.Event()
 
-    async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+    async def Export(self, request: Any, context: Any) -> Any:
         for rs in request.resource_spans:
             service = next(a.value.string_value for a in rs.resource.attributes
                            if a.key == "service.name")
@@ -121,32 +121,11 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
     server = grpc.aio.server()
     rec = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield rec, port
     await server.stop(None)
-
-
-def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int],
-            otlp: int) -> tuple[ProxyProcess, int]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    proxy = ProxyProcess(tmp, {}, args=("--otlp-endpoint", f"http://127.0.0.1:{otlp}"))
-    inbound = free_port()
-    snap: dict[str, Any] = {
-        "version": "t1", "node": {"service": service, "labels": {"version": "v1"}},
-        "listeners": {"outbound": f"127.0.0.1:{proxy.outbound}",
-                      "admin": f"127.0.0.1:{proxy.admin}", "inbound": f"127.0.0.1:{inbound}"},
-        "mesh": {"tracing": {"sampling": 1.0}},
-        "services": {name: {"endpoints": [{"address": f"127.0.0.1:{p}",
-                                           "labels": {"version": "v1"}}]}
-                     for name, p in services.items()},
-        "routes": [],
-    }
-    if app is not None:
-        snap["app"] = f"127.0.0.1:{app}"
-    proxy.config.write_text(yaml.safe_dump(snap))
-    return proxy.start(), inbound
 
 
 def calling_app(sidecar_outbound: dict[str, int]) -> web.Application:
@@ -174,15 +153,16 @@ async def test_two_hops_make_one_linked_trace(tmp_path: Path,
     holder: dict[str, int] = {}
     try:
         ratings, ratings_in = sidecar(tmp_path / "ratings", "ratings",
-                                      app=backends.aiohttp(echo_app()), services={}, otlp=otlp)
+                                      app=backends.aiohttp(echo_app()), services={}, otlp=otlp,
+                                      sampling=1.0)
         procs.append(ratings)
         reviews, reviews_in = sidecar(tmp_path / "reviews", "reviews",
                                       app=backends.aiohttp(calling_app(holder)),
-                                      services={"ratings": ratings_in}, otlp=otlp)
+                                      services={"ratings": ratings_in}, otlp=otlp, sampling=1.0)
         procs.append(reviews)
         holder["port"] = reviews.outbound
         front, _ = sidecar(tmp_path / "pp", "productpage", app=None,
-                           services={"reviews": reviews_in}, otlp=otlp)
+                           services={"reviews": reviews_in}, otlp=otlp, sampling=1.0)
         procs.append(front)
         req = urllib.request.Request(f"http://127.0.0.1:{front.outbound}/reviews/0",
                                      headers={"Host": "reviews"})

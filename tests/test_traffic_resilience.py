@@ -52,7 +52,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "ol-good": start_backend(hub, version="good"),
         "ol-bad": start_backend(hub, version="bad", status=500),
     }
-    svc = {name.replace("-", ""): {"endpoints": endpoints(backend)}
+    svc: dict[str, dict[str, Any]] = {name.replace("-", ""): {"endpoints": endpoints(backend)}
            for name, backend in b.items()}
     svc["pertry"] = {"endpoints": endpoints(b["pt-slow"], b["pt-fast"]),
                      "policy": {"loadBalancer": "ROUND_ROBIN"}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ class TrafficBackend:
     active: int = 0  # requests being handled now
     max_active: int = 0
     raw: RawBackend | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def connections(self) -> int:
@@ -60,6 +61,13 @@ class TrafficBackend:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve requests on one connection until the client closes it."""
+        self.writers.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.writers.discard(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             req = await read_request(reader)
             if req is None:
@@ -87,6 +95,18 @@ class TrafficBackend:
             await writer.drain()
 
 
+def header_values(msg: Message, name: str) -> list[str]:
+    """Every value of a header in a recorded request, in order."""
+    return [v for k, v in msg.headers if k.lower() == name.lower()]
+
+
+def method_of(msg: Message) -> str:
+    return msg.first.split(" ", 1)[0]
+
+
+_BACKENDS: dict[int, list[TrafficBackend]] = {}  # backends started per hub, closed with it
+
+
 def start_backend(hub: Backends, **behaviour: Any) -> TrafficBackend:
     """Start a TrafficBackend on a free loopback port inside the `Backends` event loop."""
     backend = TrafficBackend(**behaviour)
@@ -96,6 +116,7 @@ def start_backend(hub: Backends, **behaviour: Any) -> TrafficBackend:
         await backend.handle(reader, writer)
 
     backend.raw = hub.raw(handler)
+    _BACKENDS.setdefault(id(hub), []).append(backend)
     backend.port = backend.raw.port
     return backend
 
@@ -182,10 +203,24 @@ async def call_many(session: aiohttp.ClientSession, proxy: TrafficProxy, host: s
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+def close_backends(hub: Backends, backends: Iterable[TrafficBackend]) -> None:
+    """Close the backends' open connections (so no handler is left pending), then the hub."""
+
+    async def close_all() -> None:
+        for backend in backends:
+            for writer in list(backend.writers):
+                writer.close()
+        await asyncio.sleep(0.05)  # let the handlers see EOF and return before the loop stops
+
+    hub.call(close_all())
+    hub.close()
+
+
 def started(proxy: TrafficProxy, hub: Backends) -> Iterator[TrafficProxy]:
     """Fixture body: start the proxy, yield it, stop it and the backends."""
     try:
-        yield proxy.start()
+        proxy.start()
+        yield proxy
     finally:
         proxy.stop()
-        hub.close()
+        close_backends(hub, _BACKENDS.pop(id(hub), []))

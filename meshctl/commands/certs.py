@@ -1,8 +1,9 @@
-"""`meshctl certs`: create the mesh CA (`init`) and show its chain of trust (`show`)."""
+"""`meshctl certs`: create the mesh CA (`init`), show its chain (`show`) and proxy certs."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from meshctl.ca import CAError, CaFiles, fingerprint, init_ca, trusted_roots
+from meshctl.ca import BootstrapTokens, CAError, CaFiles, fingerprint, init_ca, trusted_roots
 from meshctl.ca.files import load_cert
 from meshctl.ca.spiffe import uri_sans
 
@@ -34,6 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
     show.set_defaults(func=run_show)
 
+    proxies = sub.add_parser("proxies", help="each proxy's workload certificate expiry")
+    proxies.set_defaults(func=run_proxies)
+
+    token = sub.add_parser("token", help="print a service's bootstrap token (for --token-file)")
+    token.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    token.add_argument("--namespace", default="default")
+    token.add_argument("--service", required=True)
+    token.set_defaults(func=run_token)
+
 
 def run_init(args: argparse.Namespace) -> int:
     """Create the CA; a CA error is one line on stderr and exit status 1."""
@@ -53,6 +63,45 @@ def run_init(args: argparse.Namespace) -> int:
         print(f"The root key {args.root_key} was not copied: keep it safe, offline.")
     print()
     return _print_chain(ca)
+
+
+def run_token(args: argparse.Namespace) -> int:
+    """Print the bootstrap token of one service: it can obtain that service's identity only."""
+    try:
+        print(BootstrapTokens.load(args.dir).token_for(args.namespace, args.service))
+    except (CAError, ValueError) as e:
+        print(f"meshctl certs token: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_proxies(args: argparse.Namespace) -> int:
+    """List each proxy's SPIFFE id and certificate expiry from `GET /api/v1/proxies`."""
+    from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+
+    client = ControlPlaneClient(resolve_control_plane(getattr(args, "control_plane", None)))
+    try:
+        proxies = client._json("GET", "/api/v1/proxies")["proxies"]
+    except (ControlPlaneError, OSError) as e:
+        print(f"meshctl certs proxies: {client.base_url}: {e}", file=sys.stderr)
+        return 1
+    now = time.time()
+    print(f"{'NAME':<28} {'NAMESPACE/SERVICE':<32} {'CERT EXPIRY':<26} LEFT")
+    for p in proxies:
+        service = f"{p.get('namespace') or 'default'}/{p['service']}"
+        expiry = p.get("certExpiry") or ""
+        print(f"{p['name']:<28} {service:<32} {expiry or '-':<26} {_left(expiry, now)}")
+    return 0
+
+
+def _left(expiry: str, now: float) -> str:
+    """Time left until an RFC 3339 expiry: '3h12m', 'EXPIRED' or '-' (no certificate)."""
+    if not expiry:
+        return "-"
+    left = dt.datetime.fromisoformat(expiry.replace("Z", "+00:00")).timestamp() - now
+    if left <= 0:
+        return "EXPIRED"
+    return f"{int(left // 3600)}h{int(left % 3600 // 60):02d}m"
 
 
 def run_show(args: argparse.Namespace) -> int:

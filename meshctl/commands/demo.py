@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meshctl.demo import control
+from meshctl.demo import control, setup
 from meshctl.demo.runner import DemoOptions, up
 from meshctl.demo.supervisor import Timing
 from meshctl.demo.topology import (
@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                        help=f"control plane config stream ({DEFAULT_GRPC_PORT})")
     start.add_argument("--certs-dir", type=Path, default=Path("certs"),
                        help="mesh CA directory, created if missing (certs)")
+    start.add_argument("--routes", type=Path, default=setup.DEFAULT_ROUTES,
+                       help="directory of resources the control plane starts with "
+                            "(sample_apps/bookinfo/routes/default)")
     start.add_argument("--no-traffic", action="store_true", help="do not generate traffic")
     start.add_argument("--timeout", type=float, default=30.0,
                        help="seconds each process (and the sync) may take to be ready (30)")
@@ -56,7 +59,8 @@ def options(args: argparse.Namespace) -> DemoOptions:
     ports = Ports(base=args.base_port, gateway=args.gateway_port, api=args.api_port,
                   grpc=args.grpc_port)
     return DemoOptions(workdir=Path.cwd(), certs=args.certs_dir.resolve(), ports=ports,
-                       traffic=not args.no_traffic, timing=Timing(ready_timeout=args.timeout))
+                       traffic=not args.no_traffic, timing=Timing(ready_timeout=args.timeout),
+                       routes=args.routes.resolve())
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -65,7 +69,8 @@ def run_up(args: argparse.Namespace) -> int:
     if args.detach:
         forwarded = ["--gateway-port", str(args.gateway_port), "--base-port", str(args.base_port),
                      "--api-port", str(args.api_port), "--grpc-port", str(args.grpc_port),
-                     "--certs-dir", str(opts.certs), "--timeout", str(args.timeout)]
+                     "--certs-dir", str(opts.certs), "--timeout", str(args.timeout),
+                     "--routes", str(opts.routes)]
         if args.no_traffic:
             forwarded.append("--no-traffic")
         return control.up_detached(opts, forwarded, sys.stdout, timeout=2 * args.timeout + 10)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from meshctl.api import mesh_pb2
 from meshctl.controlplane.registry import Registry
+from meshctl.api.kinds import MeshConfigSpec
 from meshctl.controlplane.snapshots import SnapshotBuilder
 from meshctl.controlplane.store import EventType, Store
 
@@ -79,6 +80,7 @@ class Reconciler:
         self.states: dict[str, PushState] = {}
         self.counters = ReconcileCounters()
         self.revision = 0
+        self.mesh = MeshConfigSpec()
         self._dirty: set[str] = set()
         self._all_dirty = False
         self._kick = asyncio.Event()
@@ -192,6 +194,7 @@ class Reconciler:
         revision = max([self.revision, *(o.resource_version for o in objects)])
         self.revision = revision
         builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints())
+        self.mesh = builder.mesh  # the current MeshConfig (the CA reads its certificate TTL)
         self.counters.passes += 1
         for name in [n for n, s in self.states.items()
                      if s.sender is None and self.registry.get(n) is None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,14 @@ from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
+from meshctl.ca import BootstrapTokens
+from meshctl.controlplane.ca_service import (
+    CertificateService,
+    control_plane_certificate,
+    load_or_init_ca,
+)
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
+from meshctl.observe.mount import observability
 
 log = logging.getLogger("ami.controlplane")
 
@@ -48,6 +56,15 @@ def _split(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _grpc_hosts(listen: str) -> list[str]:
+    """Names the control plane's TLS certificate must carry for sidecars to verify it."""
+    host = _split(listen)[0]
+    names = {"localhost", "127.0.0.1", socket.gethostname()}
+    if host not in ("0.0.0.0", "::"):
+        names.add(host)
+    return sorted(names)
+
+
 async def serve(options: ServeOptions,
                 on_ready: Callable[[int, int], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; ``on_ready(http_port, grpc_port)`` once both listen."""
@@ -60,8 +77,9 @@ async def serve(options: ServeOptions,
     token = ensure_token(options.state_dir)
     registry = Registry(grace=options.grace)
     reconciler = Reconciler(store, registry, warmup=options.warmup)
+    observer, observe_extra = observability(registry, reconciler, token=token)
     app = create_api_app(store, token=token, open_reads=options.open_reads,
-                         extra_routes=status_routes(registry, reconciler))
+                         extra_routes=[*status_routes(registry, reconciler), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -69,13 +87,19 @@ async def serve(options: ServeOptions,
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         http_port = runner.addresses[0][1]
+        ca = load_or_init_ca(options.certs_dir)
+        ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
+                                        lambda: reconciler.mesh)
+        credentials = options.grpc_credentials or control_plane_certificate(
+            ca, _grpc_hosts(options.grpc_listen)).credentials()
         grpc_server, grpc_port = await start_grpc_server(
-            MeshControlService(registry, reconciler), options.grpc_listen,
-            options.grpc_credentials)
+            MeshControlService(registry, reconciler, ca_service), options.grpc_listen,
+            credentials)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(registry.run(), name="registry"),
-                         tg.create_task(reconciler.run(), name="reconcile")]
+                         tg.create_task(reconciler.run(), name="reconcile"),
+                         tg.create_task(observer.run(), name="observe")]
                 log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "
                          "config dir %s", host, http_port, _split(options.grpc_listen)[0],
                          grpc_port, options.config_dir)

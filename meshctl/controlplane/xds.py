@@ -18,6 +18,7 @@ from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.ca_service import CertificateService
 from meshctl.controlplane.registry import ProxyInfo, Registry
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,13 @@ class _Mailbox:
 
 
 class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
-    """StreamConfig over the registry and the reconciler; IssueCertificate is left to the CA."""
+    """StreamConfig over the registry and the reconciler; IssueCertificate via the CA service."""
 
-    def __init__(self, registry: Registry, reconciler: Reconciler) -> None:
+    def __init__(self, registry: Registry, reconciler: Reconciler,
+                 ca_service: CertificateService | None = None) -> None:
         self.registry = registry
         self.reconciler = reconciler
+        self.ca_service = ca_service
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[mesh_pb2.ProxyMessage],
@@ -123,8 +126,11 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         self, request: mesh_pb2.CertificateRequest,
         context: aio.ServicerContext[mesh_pb2.CertificateRequest, mesh_pb2.CertificateResponse],
     ) -> mesh_pb2.CertificateResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "certificate issuance is not enabled")
-        raise AssertionError("unreachable")
+        if self.ca_service is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "certificate issuance is not enabled")
+            raise AssertionError("unreachable")
+        return await self.ca_service.handle(request, context)
 
 
 async def start_grpc_server(

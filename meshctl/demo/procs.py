@@ -76,20 +76,26 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def pid_alive(pid: int, argv_hint: str | None = None) -> bool:
-    """Whether `pid` runs (and, given a hint, its command line contains it: pids get reused)."""
+    """Whether `pid` runs (and, given a hint, its command line contains it: pids get reused).
+
+    A zombie is dead; a process whose command line already reads empty is exiting, its
+    memory freed but maybe not yet its sockets, so it still counts as alive.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return argv_hint is None
+    if _is_zombie(pid):
+        return False
     if argv_hint is None:
-        return not _is_zombie(pid)
+        return True
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
-        return not _is_zombie(pid)
-    return argv_hint in cmdline and not _is_zombie(pid)
+        return True
+    return not cmdline or argv_hint in cmdline
 
 
 def _is_zombie(pid: int) -> bool:

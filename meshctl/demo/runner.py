@@ -32,6 +32,7 @@ class DemoOptions:
     ports: Ports = field(default_factory=Ports)
     traffic: bool = True
     timing: Timing = field(default_factory=Timing)
+    routes: Path = setup.DEFAULT_ROUTES  # the resource set the control plane starts with
 
     @property
     def state_dir(self) -> Path:
@@ -69,7 +70,8 @@ async def up(opts: DemoOptions, out: TextIO) -> int:
     if setup.ensure_ca(opts.certs):
         print(f"created the mesh CA in {opts.certs}", file=out)
     setup.write_tokens(opts.certs, Path(paths.tokens))
-    setup.seed_config(Path(paths.config), gateway_listen=f"127.0.0.1:{opts.ports.gateway}")
+    setup.seed_config(Path(paths.config), gateway_listen=f"127.0.0.1:{opts.ports.gateway}",
+                      routes=opts.routes)
     state = RunState(supervisor=os.getpid(), urls=urls(opts.ports))
     run_dir.write(state)
     sup = Supervisor(local_topology(opts.ports, paths), run_dir, state, cwd=PROJECT_ROOT,

@@ -32,9 +32,11 @@ def ensure_ca(certs: Path) -> bool:
 
 
 def write_tokens(certs: Path, tokens: Path) -> None:
-    """One bootstrap-token file (0600) per service, derived from the CA's bootstrap secret."""
+    """One bootstrap-token file (0600) per service, derived from the CA's bootstrap secret,
+    and a copy of the trust bundle: what a proxy needs, without the CA's keys."""
     issuer = BootstrapTokens.load(certs)
     tokens.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(certs / "trust-bundle.pem", tokens / "trust-bundle.pem")
     for service in services():
         path = tokens / service
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -90,6 +90,7 @@ class Paths:
     config: str
     state: str
     tokens: str
+    trust_bundle: str  # roots the proxies verify the control plane's TLS with
 
     def token(self, service: str) -> str:
         return f"{self.tokens}/{service}"
@@ -110,7 +111,7 @@ def _sidecar(inst: Instance, a: _Addresses, control_plane: str, paths: Paths,
             "--labels", f"version={inst.version}", "--name", inst.name,
             "--inbound", a.inbound, "--outbound", a.outbound, "--admin", a.admin,
             "--app", a.app, "--token-file", paths.token(inst.service),
-            "--drain-timeout", DRAIN_TIMEOUT)
+            "--ca-file", paths.trust_bundle, "--drain-timeout", DRAIN_TIMEOUT)
     return ProcessSpec(
         name=f"{inst.name}-sidecar", role="sidecar", argv=argv,
         ports=tuple(_bind(what, addr) for what, addr in
@@ -133,7 +134,8 @@ def _gateway(listen: str, outbound: str, admin: str, control_plane: str, paths: 
     argv = ("python", "-m", "proxy", "--mode", "gateway", "--control-plane", control_plane,
             "--service", GATEWAY, "--namespace", NAMESPACE, "--name", GATEWAY,
             "--gateway-listen", listen, "--outbound", outbound, "--admin", admin,
-            "--token-file", paths.token(GATEWAY), "--drain-timeout", DRAIN_TIMEOUT)
+            "--token-file", paths.token(GATEWAY), "--ca-file", paths.trust_bundle,
+            "--drain-timeout", DRAIN_TIMEOUT)
     return ProcessSpec(
         name=GATEWAY, role="gateway", argv=argv,
         ports=(_bind("listen", listen), _bind("outbound", outbound), _bind("admin", admin)),
@@ -165,8 +167,11 @@ def local_topology(ports: Ports, paths: Paths) -> tuple[ProcessSpec, ...]:
     return tuple(specs)
 
 
-COMPOSE_PATHS = Paths(certs="/mesh/certs", config="/mesh/config", state="/mesh/state",
-                      tokens="/mesh/tokens")
+# Three volumes: the CA (set-up and control plane only), the control plane's files, and what
+# every proxy needs (bootstrap tokens and a copy of the trust bundle).
+COMPOSE_PATHS = Paths(certs="/mesh/ca", config="/mesh/controlplane/config",
+                      state="/mesh/controlplane/state", tokens="/mesh/bootstrap",
+                      trust_bundle="/mesh/bootstrap/trust-bundle.pem")
 
 
 def compose_topology() -> tuple[ProcessSpec, ...]:
@@ -191,7 +196,7 @@ def compose_topology() -> tuple[ProcessSpec, ...]:
 def local_paths(run_dir: Path, state_dir: Path, certs: Path) -> Paths:
     """Where the local demo keeps its CA, control-plane config and bootstrap tokens."""
     return Paths(certs=str(certs), config=str(run_dir / "config"), state=str(state_dir),
-                 tokens=str(run_dir / "tokens"))
+                 tokens=str(run_dir / "tokens"), trust_bundle=str(certs / "trust-bundle.pem"))
 
 
 def services() -> tuple[str, ...]:

@@ -45,8 +45,8 @@ function drawGraph(state) {
   }
   const depths = [...columns.keys()].sort((a, b) => a - b);
   const W = 1000, colW = W / Math.max(depths.length, 1);
-  let H = 360;
-  for (const col of columns.values()) H = Math.max(H, col.length * 74 + 20);
+  let H = 170;
+  for (const col of columns.values()) H = Math.max(H, col.length * 78 + 40);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   depths.forEach((d, ci) => {
     const col = columns.get(d).sort((a, b) => a.id.localeCompare(b.id));
@@ -109,6 +109,7 @@ function sparkline(points, field, color, fmt) {
   const svg = el("svg:svg", { viewBox: "0 0 300 46", preserveAspectRatio: "none" });
   const max = Math.max(...vals, field === "successRate" ? 1 : 0.001);
   const min = field === "successRate" ? Math.min(...vals, 0.9) : 0;
+  if (points.length === 1) points = [points[0], points[0]];  // a flat line, not nothing
   const xs = points.length > 1 ? 300 / (points.length - 1) : 0;
   const pts = points.map((p, i) => p[field] === null || p[field] === undefined ? null :
     `${(i * xs).toFixed(1)},${(44 - ((p[field] - min) / (max - min || 1)) * 40).toFixed(1)}`)

@@ -1,0 +1,313 @@
+"""`make bench-controlplane`: config propagation from an API write to every sidecar's ACK.
+
+For each size N a fresh ``meshctl serve`` starts on free ports (``--warmup 0``) with a
+DestinationPolicy and a Route for ``reviews``; N simulated sidecars (``bench.cpsim``, spread
+over worker processes) connect and sync. Each round PUTs the route with a new v1/v2 split (the
+v2 weight is the round's *marker*) and measures, from the PUT returning, until the last sim has
+ACKed a snapshot carrying that marker (sim-side CLOCK_MONOTONIC, comparable across processes);
+``GET /api/v1/sync`` gives the server's own view as a cross-check. Control plane CPU seconds
+over the rounds and its RSS (VmHWM peak, VmRSS now) come from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.procs import CpuPlan, Running, ServerSpec, cpu_plan, free_port, start, stop_all, wait_http_ok
+from bench.procstat import cpu_seconds, peak_rss_mb
+from bench.stats import summarize
+from meshctl.client import ControlPlaneClient
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results-controlplane.json"
+# (figure, sidecars, limit): the performance doc's targets
+TARGETS = (("propagation p99 ms", 100, 200.0), ("propagation p99 ms", 1000, 1000.0),
+           ("control plane RSS MB", 1000, 300.0))
+SEED = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+"""
+
+
+def route_doc(v2_weight: int) -> dict[str, Any]:
+    """The reviews Route with ``100 - w`` to v1 and ``w`` to v2 (w is the round's marker)."""
+    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route",
+            "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"host": "reviews", "rules": [{"backends": [
+                {"subset": "v1", "weight": 100 - v2_weight},
+                {"subset": "v2", "weight": v2_weight}]}]}}
+
+
+@dataclass(frozen=True, slots=True)
+class SizePlan:
+    """One size to measure: sidecars, rounds, and sims per worker process."""
+
+    sidecars: int
+    rounds: int
+    per_worker: int
+    timeout: float = 60.0
+    full_parse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """One route change: client-side time to the last ACK, and the server's sync answer."""
+
+    propagation_ms: float | None  # None: some sim never ACKed the change
+    server_ms: float | None
+    acked: int
+
+
+def _rss_now_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _get_json(url: str, timeout: float) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class Worker:
+    """A ``bench.cpsim`` process: one JSON command line in, one JSON reply line out."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls, target: str, first: int, count: int, cpus: str | None,
+                    full_parse: bool) -> Worker:
+        argv = [sys.executable, "-m", "bench.cpsim", "--target", target, "--first", str(first),
+                "--count", str(count), *(["--full-parse"] if full_parse else [])]
+        if cpus is not None:
+            argv = ["taskset", "-c", cpus, *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return cls(proc)
+
+    async def ask(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        await self.proc.stdin.drain()
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sim worker {self.proc.pid} exited ({self.proc.returncode})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10.0)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Plane:
+    """A ``meshctl serve`` subprocess on free ports, seeded with the reviews policy and route."""
+
+    def __init__(self, run_dir: Path, cpus: str | None) -> None:
+        self.http_port, self.grpc_port = free_port(), free_port()
+        config = run_dir / "mesh"
+        config.mkdir(parents=True)
+        (config / "reviews.yaml").write_text(SEED + "---\n" + json.dumps(route_doc(0)) + "\n")
+        argv = (sys.executable, "-m", "meshctl", "serve", "--config-dir", str(config),
+                "--state-dir", str(run_dir / "state"), "--listen", f"127.0.0.1:{self.http_port}",
+                "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--warmup", "0")
+        self.proc: Running = start(ServerSpec("meshctl-serve", argv), run_dir,
+                                   CpuPlan(cpus, None))
+        self.run_dir = run_dir
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        self.client: ControlPlaneClient | None = None
+
+    def wait_ready(self) -> None:
+        try:
+            wait_http_ok(self.http_port, "/api/v1/proxies", alive=self.proc.alive)
+        except RuntimeError as exc:
+            raise RuntimeError(f"meshctl serve: {exc}\n{self.proc.log_tail()}") from exc
+        token = (self.run_dir / "state" / "token").read_text().strip()
+        self.client = ControlPlaneClient(self.base, token)
+
+    def set_marker(self, marker: int) -> str:
+        """PUT the route with v2 weight ``marker``; returns the new resourceVersion."""
+        assert self.client is not None
+        stored = self.client.update(route_doc(marker))
+        return str(stored["metadata"]["resourceVersion"])
+
+    def sync_ms(self, revision: str, timeout: float) -> float | None:
+        status, body = _get_json(f"{self.base}/api/v1/sync?storeVersion={revision}"
+                                 f"&timeout={timeout:g}", timeout + 5.0)
+        return float(body["elapsed_ms"]) if status == 200 and body.get("synced") else None
+
+
+async def _round(plane: Plane, workers: list[Worker], marker: int, timeout: float
+                 ) -> RoundResult:
+    revision = await asyncio.to_thread(plane.set_marker, marker)
+    t0 = time.monotonic()
+    server = asyncio.create_task(asyncio.to_thread(plane.sync_ms, revision, timeout))
+    replies = await asyncio.gather(*(w.ask({"cmd": "marker", "value": marker,
+                                            "timeout": timeout}) for w in workers))
+    server_ms = await server
+    acked = sum(int(r["acked"]) for r in replies)
+    if any(r["waiting"] for r in replies):
+        return RoundResult(None, server_ms, acked)
+    last = max(float(r["last_ack"]) for r in replies)
+    return RoundResult(round((last - t0) * 1000.0, 2), server_ms, acked)
+
+
+async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, Any]:
+    """Run one size end to end; the JSON entry for it."""
+    cpus = cpu_plan(pin)
+    plane = Plane(run_dir, cpus.servers)
+    workers: list[Worker] = []
+    try:
+        await asyncio.to_thread(plane.wait_ready)
+        t_start = time.monotonic()
+        target = f"127.0.0.1:{plane.grpc_port}"
+        for first in range(0, plan.sidecars, plan.per_worker):
+            count = min(plan.per_worker, plan.sidecars - first)
+            workers.append(await Worker.spawn(target, first, count, cpus.loadgen,
+                                              plan.full_parse))
+        synced = await asyncio.gather(*(w.ask({"cmd": "synced", "endpoints": plan.sidecars,
+                                               "timeout": plan.timeout}) for w in workers))
+        waiting = sum(int(r["waiting"]) for r in synced)
+        if waiting:
+            errors = [e for r in synced for e in r["errors"]]
+            raise RuntimeError(f"{waiting} of {plan.sidecars} sims not synced after "
+                               f"{plan.timeout:g}s: {errors[:3]}\n{plane.proc.log_tail()}")
+        connect_s = time.monotonic() - t_start
+        sim_pids = [w.proc.pid for w in workers]
+        cpu0, sim_cpu0 = cpu_seconds([plane.proc.pid]), cpu_seconds(sim_pids)
+        rounds = [await _round(plane, workers, marker, plan.timeout)
+                  for marker in range(1, plan.rounds + 1)]
+        cpu_s = cpu_seconds([plane.proc.pid]) - cpu0
+        sim_cpu_s = cpu_seconds(sim_pids) - sim_cpu0
+        stats = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
+        return size_entry(plan, rounds, {
+            "rss_mb": round(peak_rss_mb([plane.proc.pid]), 1),
+            "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
+            "cpu_s": round(cpu_s, 2), "sim_cpu_s": round(sim_cpu_s, 2),
+            "connect_s": round(connect_s, 2), "workers": len(workers),
+            "messages": sum(int(s["messages"]) for s in stats),
+            "errors": [e for s in stats for e in s["errors"]][:5]})
+    finally:
+        await asyncio.gather(*(w.close() for w in workers))
+        stop_all([plane.proc])
+
+
+def size_entry(plan: SizePlan, rounds: list[RoundResult], extra: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The JSON for one size: propagation and server sync percentiles plus costs."""
+    prop = [r.propagation_ms for r in rounds if r.propagation_ms is not None]
+    server = [r.server_ms for r in rounds if r.server_ms is not None]
+    return {"sidecars": plan.sidecars, "rounds": len(rounds), "full_parse": plan.full_parse,
+            "complete_rounds": len(prop), "propagation_ms": summarize(prop, (50.0, 99.0)),
+            "server_sync_ms": summarize(server, (50.0, 99.0)),
+            "acked_per_round": [r.acked for r in rounds], **extra}
+
+
+def verdicts(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PASS/FAIL for each target whose size was measured (FAIL when a round never finished)."""
+    by_n = {s["sidecars"]: s for s in sizes}
+    out = []
+    for figure, n, limit in TARGETS:
+        entry = by_n.get(n)
+        if entry is None:
+            continue
+        if figure.startswith("propagation"):
+            value = entry["propagation_ms"].get("p99")
+            ok = value is not None and entry["complete_rounds"] == entry["rounds"]
+        else:
+            value, ok = entry["rss_mb"], True
+        out.append({"figure": figure, "sidecars": n, "limit": limit, "value": value,
+                    "pass": bool(ok and value is not None and value <= limit)})
+    return out
+
+
+def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
+    """The table printed at the end of a run."""
+    lines = [f"{'sidecars':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'sync p99':>9} "
+             f"{'RSS MB':>7} {'RSS now':>8} {'CPU s':>6} {'sim CPU':>8} {'connect s':>9}"]
+    for s in sizes:
+        p, q = s["propagation_ms"], s["server_sync_ms"]
+        lines.append(f"{s['sidecars']:>8} {_f(p.get('p50')):>8} {_f(p.get('p99')):>8} "
+                     f"{_f(p.get('max')):>8} {_f(q.get('p99')):>9} {s['rss_mb']:>7.1f} "
+                     f"{s['rss_now_mb']:>8.1f} {s['cpu_s']:>6.2f} {s['sim_cpu_s']:>8.2f} "
+                     f"{s['connect_s']:>9.1f}")
+    for t in targets:
+        lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  {t['figure']} at {t['sidecars']}: "
+                     f"{_f(t['value'])} (target <= {t['limit']:g})")
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.controlplane", description=__doc__)
+    parser.add_argument("--sizes", default="10,100,1000", help="sidecar counts (comma list)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="route changes per size (default 20, 10 from 1000 sidecars)")
+    parser.add_argument("--per-worker", type=int, default=500, help="sims per worker process")
+    parser.add_argument("--full-parse", action="store_true",
+                        help="sims json.loads every whole snapshot (costs them ~2 ms each at "
+                             "1000 sidecars; default: decode the routes, count endpoints)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
+    parser.add_argument("--run-dir", type=Path, default=None, help="scratch dir (default: temp)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the control plane and the sims to separate CPUs")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every size in turn, each on a fresh control plane."""
+    sizes = []
+    with tempfile.TemporaryDirectory(prefix="ami-bench-cp-") as tmp:
+        root = args.run_dir or Path(tmp)
+        for n in (int(x) for x in args.sizes.split(",")):
+            rounds = args.rounds or (10 if n >= 1000 else 20)
+            plan = SizePlan(n, rounds, args.per_worker, timeout=max(60.0, n * 0.1),
+                            full_parse=args.full_parse)
+            print(f"-- {n} sidecars, {rounds} rounds, "
+                  f"{math.ceil(n / args.per_worker)} sim process(es)", file=sys.stderr)
+            sizes.append(await measure(plan, root / f"n{n}", pin=not args.no_pin))
+    return {"sizes": sizes, "targets": verdicts(sizes)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON; exit 1 if a size failed to complete."""
+    args = parse_args(argv)
+    result = asyncio.run(run(args))
+    print(render(result["sizes"], result["targets"]))
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    incomplete = any(s["complete_rounds"] < s["rounds"] for s in result["sizes"])
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Simulated sidecars for the control-plane bench: light clients of the real config stream.
+
+Each sim opens its own channel (its own TCP connection, like a real sidecar), sends Register,
+then for every ConfigMessage checks the version is the sha256 of the bytes, ``json.loads`` the
+snapshot (no proxy parser: the sims must stay cheap so 1,000 fit in a process), notes how many
+endpoints it lists and the reviews route's v2 weight (the *marker* a bench round changes), ACKs
+it and records when. By default only the ``routes`` part is decoded (``--full-parse``: all). Run as ``python -m bench.cpsim --target HOST:PORT --first I --count N``, a
+worker answers one JSON line per command line on stdin (see ``_command``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpc import aio
+
+from meshctl.api import mesh_pb2, mesh_pb2_grpc
+
+Clock = Callable[[], float]
+# svc-N fill the mesh; every tenth pair are reviews v1/v2, the route the bench re-weights.
+_KINDS = [("reviews", "v1"), ("reviews", "v2")] + [(f"svc-{i}", "v1") for i in range(8)]
+_DECODER = json.JSONDecoder()
+_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1),  # one connection per sim
+                    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+
+
+@dataclass(frozen=True, slots=True)
+class SimIdentity:
+    """Who simulated sidecar number ``index`` says it is."""
+
+    name: str
+    service: str
+    version: str
+    inbound: str
+
+
+def sim_identity(index: int, base_port: int = 20000) -> SimIdentity:
+    """Distinct name and inbound address; services cycle through reviews v1/v2 and svc-0..7."""
+    service, version = _KINDS[index % len(_KINDS)]
+    port = base_port + index
+    return SimIdentity(f"{service}-{version}-{port}", service, version, f"127.0.0.1:{port}")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFacts:
+    """What the bench needs from a snapshot: endpoint count and the reviews v2 weight."""
+
+    endpoints: int
+    marker: int | None
+
+
+def snapshot_facts(data: bytes) -> SnapshotFacts:
+    """Parse the whole snapshot with json.loads; raises ValueError when it is not one.
+
+    At 1,000 sidecars a snapshot is ~110 KB and this takes ~2 ms: 2 s of CPU per change for
+    the fleet, more than the control plane's own work, hence ``light_snapshot_facts``.
+    """
+    snap = json.loads(data)
+    if not isinstance(snap, dict):
+        raise ValueError("snapshot: expected a JSON object")
+    endpoints = sum(len(s.get("endpoints", [])) for s in snap.get("services", {}).values())
+    return SnapshotFacts(endpoints, _marker(snap.get("routes", [])))
+
+
+def light_snapshot_facts(data: bytes) -> SnapshotFacts:
+    """Parse only ``routes`` and count endpoint addresses (~0.1 ms at 1,000 endpoints)."""
+    start = data.find(b'"routes":')
+    if start < 0:
+        raise ValueError("snapshot: no routes")
+    routes, _ = _DECODER.raw_decode(data[start + len(b'"routes":'):].decode())
+    return SnapshotFacts(data.count(b'"address":'), _marker(routes))
+
+
+def _marker(routes: Any) -> int | None:
+    """The v2 weight in the reviews route's first rule, if any."""
+    marker = None
+    for route in routes:
+        if route.get("host") == "reviews":
+            for backend in route["rules"][0].get("backends", []):
+                if backend.get("subset") == "v2":
+                    marker = int(backend.get("weight", 0))
+    return marker
+
+
+@dataclass(slots=True)
+class SimSidecar:
+    """One simulated sidecar's stream and what it received."""
+
+    ident: SimIdentity
+    clock: Clock
+    on_update: Callable[[], None]
+    parse: Callable[[bytes], SnapshotFacts] = light_snapshot_facts
+    endpoints: int = -1  # in the last snapshot ACKed
+    marker_acked: dict[int, float] = field(default_factory=dict)  # first ACK time per marker
+    messages: int = 0
+    errors: list[str] = field(default_factory=list)
+    last_version: str = ""
+
+    async def run(self, target: str) -> None:
+        """Stream until cancelled or the server ends it (recorded as an error)."""
+        async with aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
+            stub = mesh_pb2_grpc.MeshControlStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.StreamConfig()
+            ident = self.ident
+            await call.write(mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
+                name=ident.name, service=ident.service, labels={"version": ident.version},
+                inbound=ident.inbound, outbound="127.0.0.1:15001", admin="127.0.0.1:15000",
+                mode="sidecar", ready=True)))
+            try:
+                while (msg := await call.read()) is not aio.EOF:
+                    answer, facts = self._answer(msg)
+                    await call.write(answer)
+                    self._record_ack(facts)
+            except aio.AioRpcError as exc:
+                self.errors.append(f"stream: {exc.code().name} {exc.details()}")
+            else:
+                self.errors.append("stream: ended by the server")
+            self.on_update()
+
+    def _answer(self, msg: mesh_pb2.ConfigMessage
+                ) -> tuple[mesh_pb2.ProxyMessage, SnapshotFacts | None]:
+        """The ACK (or NACK) to send, and what the snapshot says when it is good."""
+        self.messages += 1
+        facts: SnapshotFacts | None = None
+        error = ""
+        if hashlib.sha256(msg.snapshot_json).hexdigest()[:12] != msg.version:
+            error = f"version {msg.version} is not the hash of the snapshot"
+        elif msg.version == self.last_version:
+            error = f"version {msg.version} pushed twice in a row"
+        else:
+            try:
+                facts = self.parse(msg.snapshot_json)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                error = f"snapshot: {exc}"
+        if error:
+            self.errors.append(error)
+            return mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
+                version=msg.version, nonce=msg.nonce, error=error)), None
+        self.last_version = msg.version
+        return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=msg.version,
+                                                      nonce=msg.nonce)), facts
+
+    def _record_ack(self, facts: SnapshotFacts | None) -> None:
+        if facts is not None:
+            self.endpoints = facts.endpoints
+            if facts.marker is not None:
+                self.marker_acked.setdefault(facts.marker, self.clock())
+        self.on_update()
+
+
+class Fleet:
+    """Sims ``first .. first+count-1`` in this process, and waits over all of them."""
+
+    def __init__(self, target: str, first: int, count: int, *, full_parse: bool = False,
+                 clock: Clock = time.monotonic) -> None:
+        self.target = target
+        self._changed = asyncio.Event()
+        parse = snapshot_facts if full_parse else light_snapshot_facts
+        self.sims = [SimSidecar(sim_identity(i), clock, self._changed.set, parse)
+                     for i in range(first, first + count)]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Open every stream (in the background)."""
+        self._tasks = [asyncio.create_task(s.run(self.target)) for s in self.sims]
+
+    async def stop(self) -> None:
+        """Cancel every stream."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wait_for(self, done: Callable[[SimSidecar], bool], timeout: float) -> int:
+        """Wait until ``done`` holds for every sim; returns how many still fail at the end."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while waiting := sum(1 for s in self.sims if not done(s)):
+            self._changed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return waiting
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return 0
+
+    def errors(self) -> list[str]:
+        """Every protocol error any sim saw (bad version, stream ended...), named by sim."""
+        return [f"{s.ident.name}: {e}" for s in self.sims for e in s.errors]
+
+
+async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
+    """``synced``: every sim ACKed a snapshot with ``endpoints`` endpoints; ``marker``: every
+    sim ACKed one with that reviews v2 weight (reply: last ACK time, CLOCK_MONOTONIC)."""
+    timeout = float(cmd.get("timeout", 30.0))
+    if cmd["cmd"] == "synced":
+        want = int(cmd["endpoints"])
+        waiting = await fleet.wait_for(lambda s: s.endpoints == want, timeout)
+        return {"waiting": waiting, "errors": fleet.errors()[:5]}
+    if cmd["cmd"] == "marker":
+        marker = int(cmd["value"])
+        waiting = await fleet.wait_for(lambda s: marker in s.marker_acked, timeout)
+        times = [s.marker_acked[marker] for s in fleet.sims if marker in s.marker_acked]
+        return {"waiting": waiting, "acked": len(times), "last_ack": max(times, default=None),
+                "first_ack": min(times, default=None), "errors": fleet.errors()[:5]}
+    if cmd["cmd"] == "stats":
+        return {"messages": sum(s.messages for s in fleet.sims), "errors": fleet.errors()[:5],
+                "error_count": len(fleet.errors())}
+    return {"error": f"unknown command {cmd['cmd']!r}"}
+
+
+async def _worker(target: str, first: int, count: int, full_parse: bool) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    fleet = Fleet(target, first, count, full_parse=full_parse)
+    fleet.start()
+    try:
+        while line := await reader.readline():
+            reply = await _command(fleet, json.loads(line))
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+    finally:
+        await fleet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: run ``--count`` sims until stdin closes."""
+    parser = argparse.ArgumentParser(prog="python -m bench.cpsim")
+    parser.add_argument("--target", required=True, help="config gRPC HOST:PORT")
+    parser.add_argument("--first", type=int, default=0, help="index of the first sim")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--full-parse", action="store_true",
+                        help="json.loads every whole snapshot (default: routes only)")
+    args = parser.parse_args(argv)
+    asyncio.run(_worker(args.target, args.first, args.count, args.full_parse))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

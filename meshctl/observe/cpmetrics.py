@@ -1,0 +1,69 @@
+"""The control plane's own ``/metrics``: connected/synced/NACKing proxies and reconcile totals.
+
+It reads attributes the reconciler already keeps (``states``, ``revision``, ``counters``),
+so adding a numeric field to ``ReconcileCounters`` (e.g. ``certificates_issued`` or
+``ack_seconds_sum``/``ack_seconds_count``) exports it as ``ami_controlplane_<field>_total``
+without touching this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_HELP = {
+    "passes": "Reconcile passes run.", "computed": "Snapshots computed.",
+    "pushed": "Snapshots pushed to proxies.", "unchanged": "Snapshots not pushed (unchanged).",
+    "acks": "Snapshots ACKed by proxies.", "nacks": "Snapshots rejected (NACKed) by proxies.",
+    "errors": "Reconcile passes that failed.",
+}
+
+
+class ControlPlaneCollector(Collector):
+    """Builds the families at scrape time from the live reconciler (no per-event cost)."""
+
+    def __init__(self, reconciler: Any) -> None:
+        self.reconciler = reconciler
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.reconciler
+        states = list(r.states.values())
+        gauges = (
+            ("proxies_connected", "Proxies with an open config stream.",
+             sum(1 for s in states if s.sender is not None)),
+            ("proxies_synced", "Connected proxies running their latest snapshot.",
+             sum(1 for s in states if s.sender is not None and s.synced)),
+            ("proxies_nacked", "Proxies whose last snapshot was rejected.",
+             sum(1 for s in states if s.nack)),
+            ("store_revision", "Highest store resourceVersion reconciled.", r.revision),
+        )
+        for name, doc, value in gauges:
+            g = GaugeMetricFamily(f"ami_controlplane_{name}", doc)
+            g.add_metric([], float(value))
+            yield g
+        counters = r.counters
+        for f in dataclasses.fields(counters):
+            value = getattr(counters, f.name)
+            if isinstance(value, int | float):
+                c = CounterMetricFamily(f"ami_controlplane_{f.name}",
+                                        _HELP.get(f.name, f.name.replace("_", " ") + "."))
+                c.add_metric([], float(value))
+                yield c
+
+
+def metrics_routes(reconciler: Any) -> list[web.RouteDef]:
+    """``GET /metrics`` for the control plane's API app."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ControlPlaneCollector(reconciler))
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/metrics", metrics)]

@@ -1,0 +1,167 @@
+"""The dashboard in headless Chromium (DevTools protocol): graph, route splits, screenshot."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.observe_harness import (
+    REPO,
+    TOKEN,
+    ObservedMesh,
+    Traffic,
+    send,
+    start_observed_mesh,
+    wait_until,
+)
+
+OUTPUT = REPO / "test-output"
+ROUTE = """
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
+"""
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
+        pytest.fail("chromium is required (AMI_REQUIRE_TOOLS=1) but not installed")
+    pytest.skip("chromium not installed")
+
+
+class Page:
+    """A DevTools protocol session on one page target."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json(timeout=15)
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise AssertionError(f"{method}: {msg['error']}")
+                result: dict[str, Any] = msg["result"]
+                return result
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
+        """Re-evaluate until truthy (the page refreshes itself every 2 s)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                value = await self.evaluate(expression)
+                if value:
+                    return value
+                await asyncio.sleep(0.2)  # poll interval, bounded by the timeout
+        raise AssertionError(what)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]:
+    m = start_observed_mesh(Path(tmp_path_factory.mktemp("dash")))
+    apply(m, 99, 1)
+    yield m
+    m.close()
+
+
+def apply(mesh: ObservedMesh, v1: int, v2: int) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(mesh.url + "/api/v1/apply", data=(ROUTE % (v1, v2)).encode(),
+                                 method="POST", headers={"Authorization": f"Bearer {TOKEN}",
+                                                         "Content-Type": "application/yaml"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    profile = tmp_path / "profile"
+    proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                             "--disable-background-networking", "--disable-component-update",
+                             "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                             "--remote-debugging-port=0", "--window-size=1400,1250",
+                             "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        await asyncio.to_thread(wait_until, lambda: port_file.exists()
+                                and port_file.read_text().strip(), 30, "chromium DevTools")
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = await resp.json()
+            ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with session.ws_connect(ws_url, max_msg_size=0) as ws:
+                yield Page(ws)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: Page) -> None:
+    """The page draws the services and edges, shows reviews v1 99% / v2 1%, then 50/50 after a
+    shift; a screenshot is saved under test-output/."""
+    pp, rv = mesh.proxies["productpage"], mesh.proxies["reviews"]
+    with Traffic(lambda: (send(pp, "reviews", "/r"), send(rv, "ratings", "/x"),
+                          send(pp, "reviews", "/status/503"))):
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=mesh.url + "/dashboard")
+        nodes = await page.wait_for(
+            "(() => { const n = [...document.querySelectorAll('#graph .node')]"
+            ".map(e => e.dataset.service); const e = document.querySelectorAll('#graph .edge');"
+            " return n.includes('ratings') && e.length >= 2 ? n : null })()", 30,
+            "graph with nodes and edges")
+        assert {"productpage", "reviews", "ratings"} <= set(nodes)
+        routes = "document.querySelector('#routes').innerText"
+        assert "reviews: v1 99% / v2 1%" in await page.wait_for(routes, 10, "routes")
+        edge = await page.evaluate("document.querySelector('[data-edge=\"productpage:v1->"
+                                   "reviews:v1\"] text').textContent")
+        assert "rps" in edge and "%" in edge and "p99" in edge
+        await asyncio.to_thread(apply, mesh, 50, 50)
+        await page.wait_for(f"{routes}.includes('v1 50% / v2 50%')", 10, "the shift")
+        # The 1-in-3 failing reviews edge is drawn as unhealthy.
+        assert await page.evaluate("document.querySelector('[data-edge=\"productpage:v1->"
+                                   "reviews:v1\"] path').getAttribute('class')") == "bad"
+        await page.wait_for("document.querySelectorAll('#charts .chart').length >= 2", 10,
+                            "charts")
+        shot = await page.call("Page.captureScreenshot", format="png")
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "dashboard.png").write_bytes(base64.b64decode(shot["data"]))
+    state = json.loads(await page.evaluate("JSON.stringify({u: document.body.dataset.updated})"))
+    assert state["u"]

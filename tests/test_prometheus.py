@@ -1,0 +1,183 @@
+"""Prometheus integration: promtool lint of /metrics, a real Prometheus scraping real proxies
+with the compose scrape config, and every Grafana dashboard query run against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.memstore import MemStore
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import Registry
+from meshctl.observe.cpmetrics import metrics_routes
+from tests.observe_harness import REPO, Traffic, send, sidecar, wait_until
+from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port
+
+DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
+VARIABLES = {"$service": "reviews", "$workload": "productpage"}
+# Panels whose series exist only once a policy fires (ejections, rate limits...).
+MAY_BE_EMPTY = {"Policy events (5 min)"}
+# Deliberate: Istio's metric name (dashboards port with a rename), so promtool's base-unit lint.
+ACCEPTED_LINTS = {'ami_request_duration_milliseconds use base unit "seconds" instead of '
+                  '"milliseconds"'}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is required (AMI_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+@dataclass
+class Mesh:
+    """productpage's sidecar calls reviews' sidecar (inbound -> echo app); a CP /metrics."""
+
+    front: ProxyProcess
+    reviews: ProxyProcess
+    cp_url: str
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = Path(tmp_path_factory.mktemp("prom"))
+    backends = Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=backends.aiohttp(echo_app()),
+                                      services={})
+        procs.append(reviews)
+        front, _ = sidecar(tmp / "pp", "productpage", app=None,
+                           services={"reviews": reviews_in})
+        procs.append(front)
+        reconciler = Reconciler(MemStore(), Registry())
+        reconciler.counters.pushed = 3
+        app = create_api_app(MemStore(), token="t", extra_routes=metrics_routes(reconciler))
+        yield Mesh(front, reviews, f"127.0.0.1:{backends.aiohttp(app)}")
+    finally:
+        for p in procs:
+            p.stop()
+        backends.close()
+
+
+def test_promtool_accepts_sidecar_and_control_plane_metrics(mesh: Mesh) -> None:
+    """`promtool check metrics` parses both /metrics bodies and finds no lint problem beyond the
+    deliberate Istio-compatible millisecond histogram."""
+    promtool = tool("promtool")
+    assert send(mesh.front, "reviews", "/x") == 200
+    for url in (f"http://127.0.0.1:{mesh.front.admin}/metrics", f"http://{mesh.cp_url}/metrics"):
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read()
+        out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                             timeout=30)
+        problems = set((out.stdout + out.stderr).decode().splitlines()) - ACCEPTED_LINTS
+        assert out.returncode in (0, 3) and not problems, (url, out.returncode, problems)
+
+
+def scrape_config(mesh: Mesh) -> dict[str, Any]:
+    """deploy/prometheus.yml (what compose runs) with our targets and a 1 s interval."""
+    config: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "ami-controlplane":
+            job["static_configs"] = [{"targets": [mesh.cp_url]}]
+        else:
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{mesh.front.admin}",
+                                                  f"127.0.0.1:{mesh.reviews.admin}"]}]
+    return config
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        for panel in doc["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for name, value in VARIABLES.items():
+                    expr = expr.replace(name, value)
+                out.append((path.stem, panel["title"], expr))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = tool("prometheus")
+    tmp = Path(tmp_path_factory.mktemp("promdata"))
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(mesh)))
+    port = free_port()
+    log = (tmp / "prometheus.log").open("wb")
+    proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp / "prometheus.log").read_text()
+        try:
+            with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_until(ready, 30, "prometheus ready")
+        with Traffic(lambda: (send(mesh.front, "reviews", "/ok"),
+                              send(mesh.front, "reviews", "/status/503"),
+                              send(mesh.front, "reviews", "/ok"),
+                              send(mesh.front, "reviews", "/ok"))):
+            wait_until(lambda: query(base, 'sum(rate(ami_requests_total{reporter='
+                                           '"destination"}[1m])) > 0'), 40, "scraped traffic")
+            wait_until(lambda: len(query(base, "ami_requests_total")) >= 4, 20, "both proxies")
+            wait_until(lambda: query(base, "count_over_time(ami_controlplane_pushed_total[1m])"
+                                           " >= 2"), 20, "two control-plane scrapes")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_success_rate_per_service_through_prometheus(prometheus: str) -> None:
+    """The service dashboard's success-rate query gives reviews' 3-in-4 success."""
+    expr = ('sum by (destination_service) (rate(ami_requests_total{reporter="destination",'
+            'response_code!~"5..|0"}[1m])) / sum by (destination_service) '
+            '(rate(ami_requests_total{reporter="destination"}[1m]))')
+    result = {r["metric"]["destination_service"]: float(r["value"][1])
+              for r in query(prometheus, expr)}
+    assert set(result) == {"reviews"}
+    assert 0.6 < result["reviews"] < 0.9  # three of every four requests succeed
+
+
+@pytest.mark.parametrize(("dashboard", "panel", "expr"), dashboard_queries(),
+                         ids=lambda v: str(v)[:40])
+def test_grafana_queries_run(prometheus: str, dashboard: str, panel: str, expr: str) -> None:
+    """Every Grafana panel query is valid PromQL and returns series from the running mesh."""
+    result = query(prometheus, expr)
+    if panel not in MAY_BE_EMPTY:
+        assert result, f"{dashboard} / {panel}: no data for {expr}"

@@ -1,0 +1,168 @@
+"""The proxy's admin listener, metrics, access log and shutdown, against a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    echo_app,
+    eventually,
+    free_port,
+    get,
+    metric_value,
+    roundtrip,
+)
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def echo(backends: Backends) -> int:
+    return backends.aiohttp(echo_app())
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("admin"), {"echo": [echo], "down": [free_port()]},
+                     args=("--access-log", "on")).start()
+    yield p
+    p.stop()
+
+
+async def test_health_ready_config_dump_and_stats(proxy: ProxyProcess) -> None:
+    """`/healthz`, `/ready`, `/config_dump` and `/stats` answer with JSON describing the proxy."""
+    status, body = await proxy.aget("/healthz")
+    assert (status, json.loads(body)) == (200, {"status": "alive"})
+    status, body = await proxy.aget("/ready")
+    assert status == 200 and json.loads(body)["config_applied"] is True
+    status, body = await proxy.aget("/config_dump")
+    dump = json.loads(body)
+    assert status == 200 and dump["version"] == "test-1"
+    assert dump["listeners"]["outbound"] == f"127.0.0.1:{proxy.outbound}"
+    assert "echo" in dump["snapshot"]["services"]
+    await roundtrip(proxy.outbound, get("echo", "/count-me"))
+    stats = await proxy.stats()
+    assert stats["requests"] >= 1 and stats["config_version"] == "test-1"
+    assert stats["access_log"] is True and isinstance(stats["upstream_pools"], list)
+
+
+async def test_request_metrics_use_istio_labels(proxy: ProxyProcess) -> None:
+    """A forwarded request and a local reply are both counted, with the reason in response_flags."""
+    await roundtrip(proxy.outbound, get("echo", "/m"))
+    await roundtrip(proxy.outbound, get("nowhere", "/m"))
+    text = await proxy.metrics()
+    ok = {"reporter": "source", "source_workload": "client", "source_version": "v1",
+          "destination_service": "echo", "destination_version": "v1", "response_code": "200",
+          "response_flags": "-", "connection_security_policy": "none"}
+    assert metric_value(text, "ami_requests_total", **ok) >= 1
+    assert metric_value(text, "ami_requests_total", response_code="404",
+                        response_flags="no_route") >= 1
+    assert metric_value(text, "ami_request_duration_milliseconds_count", **ok) >= 1
+    assert metric_value(text, "ami_response_bytes_count", **ok) >= 1
+    assert metric_value(text, "ami_downstream_connections_total", listener="outbound") >= 2
+
+
+async def test_metrics_pass_promtool(proxy: ProxyProcess) -> None:
+    """The exposition is valid for `promtool check metrics` (skipped if promtool is absent)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
+            pytest.fail("promtool is required (AMI_REQUIRE_TOOLS=1) but not installed")
+        pytest.skip("promtool not installed")
+    await roundtrip(proxy.outbound, get("echo", "/p"))
+    text = await proxy.metrics()
+    result = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"],
+                                     input=text.encode(), capture_output=True, timeout=30)
+    report = (result.stdout.decode() + result.stderr.decode()).strip()
+    # Exit 3 is "lint problems only". The one accepted lint is the Istio-compatible
+    # milliseconds unit of the duration histogram; a parse error (exit 1) or any other lint fails.
+    problems = [line for line in report.splitlines()
+                if not line.startswith('ami_request_duration_milliseconds use base unit')]
+    assert result.returncode in (0, 3) and not problems, report
+
+
+@pytest.mark.parametrize(("raw", "status", "reason"), [
+    (get("nowhere", "/"), 404, "no_route"),
+    (get("down", "/"), 503, "upstream_connect_failure"),
+    (b"GET / HTTP/1.1\r\n\r\n", 400, "bad_request"),
+    (get("echo", "/" + "a" * 9000), 414, "uri_too_long"),
+    (b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n", 405, "method_not_allowed"),
+])
+async def test_local_replies_say_why(proxy: ProxyProcess, raw: bytes, status: int,
+                                     reason: str) -> None:
+    """Every locally generated response carries x-ami-reason and names it in the body."""
+    resp = await roundtrip(proxy.outbound, raw)
+    assert (resp.status, resp.header("x-ami-reason")) == (status, reason)
+    assert resp.body.startswith(reason.encode() + b":")
+
+
+async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
+    """With `--access-log on` each request is one JSON line on stdout with status and reason."""
+    await roundtrip(proxy.outbound, get("echo", "/logged", "X-Request-Id: log-1\r\n"))
+    await roundtrip(proxy.outbound, get("nowhere", "/logged"))
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in proxy.stdout().splitlines() if x.startswith("{")]
+
+    await eventually(lambda: any(x.get("path") == "/logged" and x["status"] == 404
+                                 for x in lines()))
+    ok = next(x for x in lines() if x.get("request_id") == "log-1")
+    assert (ok["method"], ok["path"], ok["status"], ok["reason"]) == ("GET", "/logged", 200, "-")
+    assert ok["authority"] == "echo" and ok["listener"] == "outbound"
+    assert next(x for x in lines() if x["status"] == 404)["reason"] == "no_route"
+
+
+async def test_sigterm_drains_in_flight_requests(tmp_path: Path, echo: int) -> None:
+    """SIGTERM: /ready turns 503, the in-flight slow request completes, the process exits 0."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
+    try:
+        slow = asyncio.create_task(roundtrip(proxy.outbound, get("echo", "/slow?s=1.5")))
+        await eventually(lambda: _in_flight(proxy) >= 1)
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        ready_codes: list[int] = []
+
+        async def ready_is_503() -> None:
+            ready_codes.append((await proxy.aget("/ready"))[0])
+
+        while not ready_codes or ready_codes[-1] != 503:
+            await ready_is_503()
+        resp = await asyncio.wait_for(slow, 10)
+        assert (resp.status, resp.body) == (200, b"slow done")
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        proxy.stop()
+
+
+def _in_flight(proxy: ProxyProcess) -> int:
+    _, body = proxy.get("/stats")
+    return sum(p["active_requests"] for p in json.loads(body)["upstream_pools"])
+
+
+async def test_post_shutdown_exits_cleanly(tmp_path: Path, echo: int) -> None:
+    """`POST /shutdown` answers 202 and the proxy exits with status 0."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
+    try:
+        status, body = await proxy.aget("/shutdown", method="POST")
+        assert (status, json.loads(body)) == (202, {"status": "draining"})
+        assert proxy.proc is not None
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        proxy.stop()

@@ -1,0 +1,87 @@
+"""`meshctl certs proxies`: each proxy's certificate expiry from GET /api/v1/proxies."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from meshctl.ca import BootstrapTokens, init_ca
+from meshctl.commands import certs
+from tests.proxyharness import Backends
+
+
+def rfc3339(ts: float) -> str:
+    """An RFC 3339 UTC timestamp as the API reports certExpiry."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def api() -> Iterator[str]:
+    """A stand-in control plane HTTP API serving a fixed proxy list on 127.0.0.1."""
+    proxies = [
+        {"name": "reviews-v1-9083", "service": "reviews", "namespace": "default",
+         "certExpiry": rfc3339(time.time() + 3 * 3600 + 600)},
+        {"name": "ratings-v1-9084", "service": "ratings", "namespace": "shop",
+         "certExpiry": rfc3339(time.time() - 60)},
+        {"name": "gateway-1", "service": "gateway", "namespace": "default", "certExpiry": None},
+    ]
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.json_response({"storeVersion": 1, "proxies": proxies})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/proxies", handler)
+    backends = Backends()
+    try:
+        yield f"http://127.0.0.1:{backends.aiohttp(app)}"
+    finally:
+        backends.close()
+
+
+def run(*argv: str, control_plane: str) -> int:
+    """Run `meshctl certs ...` with only the certs group registered."""
+    parser = argparse.ArgumentParser(prog="meshctl")
+    certs.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.control_plane = control_plane
+    status: int = args.func(args)
+    return status
+
+
+def test_lists_each_proxy_with_expiry(api: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every proxy is listed with its expiry and time left; expired and missing are marked."""
+    assert run("certs", "proxies", control_plane=api) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "default/reviews" in rows["reviews-v1-9083"]
+    assert rows["reviews-v1-9083"].split()[-1] in ("3h09m", "3h10m")
+    assert rows["ratings-v1-9084"].split()[-1] == "EXPIRED"
+    assert rows["gateway-1"].split()[-2:] == ["-", "-"]
+
+
+def test_unreachable_control_plane_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a control plane the command exits 1 with a one-line error."""
+    from tests.proxyharness import free_port
+
+    assert run("certs", "proxies", control_plane=f"http://127.0.0.1:{free_port()}") == 1
+    assert "meshctl certs proxies" in capsys.readouterr().err
+
+
+def test_token_prints_the_services_bootstrap_token(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`certs token` prints the token that verifies for that service and no other."""
+    init_ca(tmp_path / "certs")
+    assert run("certs", "token", "--dir", str(tmp_path / "certs"), "--service", "reviews",
+               control_plane="") == 0
+    token = capsys.readouterr().out.strip()
+    tokens = BootstrapTokens.load(tmp_path / "certs")
+    assert tokens.verify(token, "default", "reviews")
+    assert not tokens.verify(token, "default", "ratings")
+    assert run("certs", "token", "--dir", str(tmp_path / "none"), "--service", "reviews",
+               control_plane="") == 1

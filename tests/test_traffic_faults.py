@@ -1,0 +1,212 @@
+"""Fault injection, mirroring and the Bookinfo scenario mechanisms through a real proxy process."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.proxyharness import Backends
+from tests.traffic_backends import (
+    TrafficBackend,
+    TrafficProxy,
+    call,
+    call_many,
+    dead_endpoint,
+    endpoints,
+    method_of,
+    start_backend,
+    started,
+)
+
+JASON = {"headers": {"end-user": {"exact": "jason"}}}
+
+
+def _jason_rule(host: str, service: str, fault: dict[str, Any]) -> dict[str, Any]:
+    return {"host": host, "rules": [
+        {"name": "jason", "matches": [JASON], "backends": [{"service": service}], "fault": fault},
+        {"backends": [{"service": service}]},
+    ]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    hub = Backends()
+    b: dict[str, TrafficBackend] = {
+        "ratings": start_backend(hub),
+        "reviews-v1": start_backend(hub, version="v1"),
+        "reviews-v2": start_backend(hub, version="v2"),
+        "slowreviews": start_backend(hub, delay=2.0),
+        "cb": start_backend(hub, delay=0.1),
+        "web": start_backend(hub, version="v1"),
+        "web-shadow": start_backend(hub, version="shadow"),
+        "slow-shadow": start_backend(hub, version="shadow", delay=2.0),
+    }
+    services = {
+        "ratings": {"endpoints": endpoints(b["ratings"])},
+        "reviews": {"endpoints": endpoints(b["reviews-v1"], b["reviews-v2"])},
+        "slowreviews": {"endpoints": endpoints(b["slowreviews"])},
+        "cb": {"endpoints": endpoints(b["cb"]), "policy": {
+            "connectionPool": {"maxConnections": 1, "maxPendingRequests": 1},
+            "outlierDetection": {"consecutive5xxErrors": 1}}},
+        "web": {"endpoints": endpoints(b["web"], b["web-shadow"])},
+        "webdown": {"endpoints": [*endpoints(b["web"]), dead_endpoint("shadow")]},
+        "webslow": {"endpoints": endpoints(b["web"], b["slow-shadow"])},
+    }
+    routes = [
+        _jason_rule("ratings", "ratings", {"delay": {"fixedDelay": "700ms"}}),
+        _jason_rule("ratings-abort", "ratings", {"abort": {"httpStatus": 500}}),
+        {"host": "ratings-half", "rules": [{"backends": [{"service": "ratings"}],
+                                            "fault": {"abort": {"httpStatus": 503,
+                                                                "percent": 50}}}]},
+        {"host": "reviews", "rules": [
+            {"matches": [JASON], "backends": [{"subset": "v2"}]},
+            {"backends": [{"subset": "v1"}]}]},
+        {"host": "reviews-timeout", "rules": [{"backends": [{"service": "slowreviews"}],
+                                               "timeout": "500ms"}]},
+        *({"host": host, "rules": [{"backends": [{"subset": "v1"}],
+                                    "mirror": {"subset": "shadow"}}]}
+          for host in ("web", "webdown", "webslow")),
+    ]
+    proxy = TrafficProxy(tmp_path_factory.mktemp("faults"), services, routes)
+    for p in started(proxy, hub):
+        yield {"proxy": p, **b}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def _eventually(check: Callable[[], bool], deadline: float = 5.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.01)  # polling interval of a deadline-bounded wait
+
+
+async def test_fault_delay_only_for_jason(env: dict[str, Any],
+                                          session: aiohttp.ClientSession) -> None:
+    """A 700 ms delay applies to `end-user: jason` only, and is counted as an injected delay."""
+    proxy: TrafficProxy = env["proxy"]
+    before = await proxy.metric("ami_faults_injected_total", destination_service="ratings",
+                                kind="delay")
+    other = await call(session, proxy, "ratings", headers={"end-user": "ann"})
+    jason = await call(session, proxy, "ratings", headers={"end-user": "jason"})
+    assert other.status == jason.status == 200
+    assert other.elapsed < 0.5 and 0.65 < jason.elapsed < 1.5, (other.elapsed, jason.elapsed)
+    assert await proxy.metric("ami_faults_injected_total", destination_service="ratings",
+                              kind="delay") == before + 1
+
+
+async def test_fault_abort_only_for_jason(env: dict[str, Any],
+                                          session: aiohttp.ClientSession) -> None:
+    """jason gets an immediate 500 `fault_injected` without reaching the backend; others pass."""
+    proxy: TrafficProxy = env["proxy"]
+    backend: TrafficBackend = env["ratings"]
+    before = len(backend.requests)
+    jason = await call(session, proxy, "ratings-abort", headers={"end-user": "jason"})
+    assert (jason.status, jason.reason) == (500, "fault_injected")
+    assert len(backend.requests) == before
+    other = await call(session, proxy, "ratings-abort", headers={"end-user": "ann"})
+    assert other.status == 200 and len(backend.requests) == before + 1
+    assert await proxy.metric("ami_faults_injected_total", kind="abort") >= 1
+    assert await proxy.metric("ami_requests_total", response_code="500",
+                              response_flags="fault_injected") >= 1
+
+
+async def test_fault_percent_is_a_share(env: dict[str, Any],
+                                        session: aiohttp.ClientSession) -> None:
+    """A 50% abort hits about half of 400 requests (binomial 4 sigma), as the counter says."""
+    proxy: TrafficProxy = env["proxy"]
+    n = 400
+    replies = await call_many(session, proxy, "ratings-half", n, concurrency=16)
+    aborted = sum(1 for r in replies if r.reason == "fault_injected")
+    assert all(r.status == 503 for r in replies if r.reason == "fault_injected")
+    assert abs(aborted - n / 2) <= 4 * math.sqrt(n / 4), aborted
+    assert await proxy.metric("ami_requests_total", destination_service="ratings",
+                              response_flags="fault_injected", response_code="503") == aborted
+
+
+async def test_mirror_sends_a_shadow_copy(env: dict[str, Any],
+                                          session: aiohttp.ClientSession) -> None:
+    """The shadow subset gets the request and body with Host `web-shadow`; the primary answers."""
+    proxy: TrafficProxy = env["proxy"]
+    shadow: TrafficBackend = env["web-shadow"]
+    reply = await call(session, proxy, "web", "/buy?x=1", method="POST", data=b"item=42")
+    assert (reply.status, reply.version) == (200, "v1")
+    await _eventually(lambda: len(shadow.requests) == 1)
+    copy = shadow.requests[0]
+    assert copy.header("host") == "web-shadow"
+    assert (method_of(copy), copy.target, copy.body) == ("POST", "/buy?x=1", b"item=42")
+    assert await proxy.metric("ami_mirrored_requests_total", destination_service="web") == 1
+
+
+@pytest.mark.parametrize("host", ["webdown", "webslow"])
+async def test_mirror_never_hurts_the_primary(env: dict[str, Any],
+                                              session: aiohttp.ClientSession, host: str) -> None:
+    """With the mirror down or 2 s slow, primary requests still succeed at full speed."""
+    proxy: TrafficProxy = env["proxy"]
+    replies = [await call(session, proxy, host, "/m") for _ in range(5)]
+    assert [(r.status, r.version) for r in replies] == [(200, "v1")] * 5
+    assert max(r.elapsed for r in replies) < 0.5
+    assert await proxy.metric("ami_mirrored_requests_total", destination_service=host) == 5
+
+
+# --- Bookinfo scenario mechanisms (docs/bookinfo.md), with shorter durations ------------------
+async def test_bookinfo_header_route(env: dict[str, Any],
+                                     session: aiohttp.ClientSession) -> None:
+    """jason-to-v2: `end-user: jason` always reaches reviews v2, everyone else v1."""
+    proxy: TrafficProxy = env["proxy"]
+    jason = [await call(session, proxy, "reviews", headers={"end-user": "jason"})
+             for _ in range(5)]
+    others = [await call(session, proxy, "reviews") for _ in range(5)]
+    assert {r.version for r in jason} == {"v2"} and {r.version for r in others} == {"v1"}
+    assert await proxy.metric("ami_requests_total", destination_service="reviews",
+                              destination_version="v2") == 5
+
+
+async def test_bookinfo_delay_beats_a_two_try_client(env: dict[str, Any],
+                                                     session: aiohttp.ClientSession) -> None:
+    """A 0.7 s delay defeats a client with 0.3 s x 2 tries; a 1 s client budget gets through."""
+    proxy: TrafficProxy = env["proxy"]
+    start = time.monotonic()
+    for _ in range(2):
+        with pytest.raises(asyncio.TimeoutError):
+            await call(session, proxy, "ratings", headers={"end-user": "jason"}, timeout=0.3)
+    assert time.monotonic() - start < 0.7  # gave up before one delayed answer could arrive
+    patient = await call(session, proxy, "ratings", headers={"end-user": "jason"}, timeout=1.5)
+    assert patient.status == 200 and patient.elapsed >= 0.65
+
+
+async def test_bookinfo_route_timeout(env: dict[str, Any],
+                                      session: aiohttp.ClientSession) -> None:
+    """A 0.5 s route timeout over a 2 s upstream: two tries answer 504 in about 1 s total."""
+    proxy: TrafficProxy = env["proxy"]
+    replies = [await call(session, proxy, "reviews-timeout") for _ in range(2)]
+    assert [(r.status, r.reason) for r in replies] == [(504, "timeout")] * 2
+    assert 0.9 < sum(r.elapsed for r in replies) < 2.0
+
+
+async def test_bookinfo_breaker_under_concurrent_clients(env: dict[str, Any],
+                                                         session: aiohttp.ClientSession
+                                                         ) -> None:
+    """1 connection + 1 pending: 3 concurrent clients see some 503 `overflow`, all counted."""
+    proxy: TrafficProxy = env["proxy"]
+
+    async def client() -> list[tuple[int, str | None]]:
+        return [((r := await call(session, proxy, "cb")).status, r.reason) for _ in range(6)]
+
+    results = Counter(x for batch in await asyncio.gather(*(client() for _ in range(3)))
+                      for x in batch)
+    assert set(results) == {(200, None), (503, "overflow")}, results
+    assert await proxy.metric("ami_circuit_breaker_overflow_total",
+                              destination_service="cb") == results[(503, "overflow")]
+    assert env["cb"].connections == 1
