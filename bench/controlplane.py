@@ -15,11 +15,13 @@ import argparse
 import asyncio
 import json
 import math
+import socket
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,20 @@ def _rss_now_mb(pid: int) -> float:
     return 0.0
 
 
+def wait_tcp(port: int, *, alive: Callable[[], bool], deadline_s: float = 30.0,
+             clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait until 127.0.0.1:port accepts connections; RuntimeError at the deadline or exit."""
+    end = clock() + deadline_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if not alive() or clock() >= end:
+                raise RuntimeError(f"127.0.0.1:{port} not listening") from None
+        time.sleep(0.05)
+
+
 def _get_json(url: str, timeout: float) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -96,10 +112,11 @@ class Worker:
         self.proc = proc
 
     @classmethod
-    async def spawn(cls, target: str, first: int, count: int, cpus: str | None,
-                    full_parse: bool) -> Worker:
+    async def spawn(cls, target: str, first: int, count: int, *, ca_file: Path,
+                    cpus: str | None, full_parse: bool) -> Worker:
         argv = [sys.executable, "-m", "bench.cpsim", "--target", target, "--first", str(first),
-                "--count", str(count), *(["--full-parse"] if full_parse else [])]
+                "--count", str(count), "--ca-file", str(ca_file),
+                *(["--full-parse"] if full_parse else [])]
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         proc = await asyncio.create_subprocess_exec(
@@ -136,7 +153,9 @@ class Plane:
         (config / "reviews.yaml").write_text(SEED + "---\n" + json.dumps(route_doc(0)) + "\n")
         argv = (sys.executable, "-m", "meshctl", "serve", "--config-dir", str(config),
                 "--state-dir", str(run_dir / "state"), "--listen", f"127.0.0.1:{self.http_port}",
-                "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--warmup", "0")
+                "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--warmup", "0",
+                "--certs-dir", str(run_dir / "certs"))
+        self.ca_file = run_dir / "certs" / "trust-bundle.pem"
         self.proc: Running = start(ServerSpec("meshctl-serve", argv), run_dir,
                                    CpuPlan(cpus, None))
         self.run_dir = run_dir
@@ -146,6 +165,7 @@ class Plane:
     def wait_ready(self) -> None:
         try:
             wait_http_ok(self.http_port, "/api/v1/proxies", alive=self.proc.alive)
+            wait_tcp(self.grpc_port, alive=self.proc.alive)  # listens after the CA is loaded
         except RuntimeError as exc:
             raise RuntimeError(f"meshctl serve: {exc}\n{self.proc.log_tail()}") from exc
         token = (self.run_dir / "state" / "token").read_text().strip()
@@ -189,8 +209,8 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         target = f"127.0.0.1:{plane.grpc_port}"
         for first in range(0, plan.sidecars, plan.per_worker):
             count = min(plan.per_worker, plan.sidecars - first)
-            workers.append(await Worker.spawn(target, first, count, cpus.loadgen,
-                                              plan.full_parse))
+            workers.append(await Worker.spawn(target, first, count, ca_file=plane.ca_file,
+                                              cpus=cpus.loadgen, full_parse=plan.full_parse))
         synced = await asyncio.gather(*(w.ask({"cmd": "synced", "endpoints": plan.sidecars,
                                                "timeout": plan.timeout}) for w in workers))
         waiting = sum(int(r["waiting"]) for r in synced)

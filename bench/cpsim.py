@@ -18,8 +18,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
@@ -104,9 +106,13 @@ class SimSidecar:
     errors: list[str] = field(default_factory=list)
     last_version: str = ""
 
-    async def run(self, target: str) -> None:
-        """Stream until cancelled or the server ends it (recorded as an error)."""
-        async with aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
+    async def run(self, target: str, ca_pem: bytes | None = None) -> None:
+        """Stream (TLS verified with ``ca_pem`` when given) until cancelled or the server ends
+        it (recorded as an error)."""
+        channel = (aio.secure_channel(target, grpc.ssl_channel_credentials(ca_pem),
+                                      options=_CHANNEL_OPTIONS) if ca_pem is not None
+                   else aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
+        async with channel:
             stub = mesh_pb2_grpc.MeshControlStub(channel)  # type: ignore[no-untyped-call]
             call = stub.StreamConfig()
             ident = self.ident
@@ -159,9 +165,9 @@ class SimSidecar:
 class Fleet:
     """Sims ``first .. first+count-1`` in this process, and waits over all of them."""
 
-    def __init__(self, target: str, first: int, count: int, *, full_parse: bool = False,
-                 clock: Clock = time.monotonic) -> None:
-        self.target = target
+    def __init__(self, target: str, first: int, count: int, *, ca_pem: bytes | None = None,
+                 full_parse: bool = False, clock: Clock = time.monotonic) -> None:
+        self.target, self.ca_pem = target, ca_pem
         self._changed = asyncio.Event()
         parse = snapshot_facts if full_parse else light_snapshot_facts
         self.sims = [SimSidecar(sim_identity(i), clock, self._changed.set, parse)
@@ -170,7 +176,7 @@ class Fleet:
 
     def start(self) -> None:
         """Open every stream (in the background)."""
-        self._tasks = [asyncio.create_task(s.run(self.target)) for s in self.sims]
+        self._tasks = [asyncio.create_task(s.run(self.target, self.ca_pem)) for s in self.sims]
 
     async def stop(self) -> None:
         """Cancel every stream."""
@@ -217,11 +223,13 @@ async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
     return {"error": f"unknown command {cmd['cmd']!r}"}
 
 
-async def _worker(target: str, first: int, count: int, full_parse: bool) -> None:
+async def _worker(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    fleet = Fleet(target, first, count, full_parse=full_parse)
+    ca_pem = args.ca_file.read_bytes() if args.ca_file else None
+    fleet = Fleet(args.target, args.first, args.count, ca_pem=ca_pem,
+                  full_parse=args.full_parse)
     fleet.start()
     try:
         while line := await reader.readline():
@@ -238,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="config gRPC HOST:PORT")
     parser.add_argument("--first", type=int, default=0, help="index of the first sim")
     parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--ca-file", type=Path, help="trust bundle: connect with TLS")
     parser.add_argument("--full-parse", action="store_true",
                         help="json.loads every whole snapshot (default: routes only)")
     args = parser.parse_args(argv)
-    asyncio.run(_worker(args.target, args.first, args.count, args.full_parse))
+    asyncio.run(_worker(args))
     return 0
 
 

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,64 @@ def test_jason_delay_makes_productpage_give_up_on_reviews(demo: Demo) -> None:
         _, html, took = demo.page("jason")
         assert "Error fetching product reviews" in html
         assert 5.5 <= took <= 9
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_shift_50_50_to_v3_shows_red_stars_about_half_the_time(demo: Demo) -> None:
+    """reviews-50-v3: of 30 loads, roughly half show red stars and the rest none."""
+    apply(demo, "reviews-50-v3")
+    try:
+        red = sum('data-color="red"' in demo.page()[1] for _ in range(30))
+        assert 5 <= red <= 25  # binomial(30, 0.5): outside this range about once in 3,000 runs
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_reviews_timeout_cuts_the_page_to_about_a_second(demo: Demo) -> None:
+    """reviews-timeout: two tries cut at 0.5 s each, then "Error fetching product reviews"."""
+    apply(demo, "reviews-timeout")
+    try:
+        _, html, took = demo.page()
+        assert "Error fetching product reviews" in html
+        assert 0.9 <= took <= 2.5
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_circuit_breaker_turns_away_concurrent_requests(demo: Demo) -> None:
+    """circuit-breaker: with 4 concurrent clients some loads get 503 `overflow`, some 200."""
+    apply(demo, "circuit-breaker")
+    try:
+        def load(_: int) -> tuple[int, str | None]:
+            req = urllib.request.Request(f"http://127.0.0.1:{demo.gateway}/productpage")
+            try:
+                with DIRECT.open(req, timeout=20) as resp:
+                    return resp.status, None
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.headers.get("x-ami-reason")
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(load, range(60)))
+        assert (200, None) in results
+        assert (503, "overflow") in results
+    finally:
+        apply(demo, "all-v1")
+
+
+def test_mirror_copies_every_load_to_v2_without_showing_it(demo: Demo) -> None:
+    """mirror: pages come from v1, and reviews-v2's log gets each request with a -shadow host."""
+    log = demo.workdir / ".ami" / "demo" / "reviews-v2.log"
+    apply(demo, "mirror")
+    try:
+        before = log.read_text().count("-shadow")
+        for _ in range(5):
+            _, html, _ = demo.page()
+            assert "Reviews served by: reviews-v1" in html
+        deadline = time.monotonic() + 10  # fire-and-forget: the copy may land just after
+        while log.read_text().count("-shadow") < before + 5:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
     finally:
         apply(demo, "all-v1")
 
