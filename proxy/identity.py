@@ -6,8 +6,6 @@ private key in memory.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -111,14 +109,6 @@ class WorkloadIdentity:
     def lifetime(self) -> float:
         """Seconds from not_before to not_after."""
         return self.not_after - self.not_before
-
-    def renew_at(self, rng: random.Random) -> float:
-        """When to renew (POSIX seconds): a random point in 50-70% of the lifetime."""
-        return self.not_before + self.lifetime * rng.uniform(RENEW_FROM, RENEW_TO)
-
-    def renew_delay(self, rng: random.Random, clock: Callable[[], float]) -> float:
-        """Seconds to wait from `clock()` until `renew_at(rng)`; 0 when already due."""
-        return max(0.0, self.renew_at(rng) - clock())
 
     def expires_in(self, now: float) -> float:
         """Seconds left until not_after at `now` (negative once expired)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import random
 from pathlib import Path
 
 import pytest
@@ -56,26 +55,11 @@ def test_identity_reads_id_and_validity(ca: CertificateAuthority) -> None:
     assert identity.lifetime == pytest.approx(660, abs=2)  # 600 s + 60 s backdating
 
 
-def test_renewal_falls_in_50_to_70_percent_with_jitter(ca: CertificateAuthority) -> None:
-    """renew_at is within 50-70% of the lifetime and varies with the random source."""
+def test_expires_in_counts_down_to_not_after(ca: CertificateAuthority) -> None:
+    """expires_in is the time left until not_after (renewal timing lives in the identity agent)."""
     identity = mint(ca, "reviews", ttl=3600)
-    rng = random.Random(7)
-    times = [identity.renew_at(rng) for _ in range(200)]
-    fractions = [(t - identity.not_before) / identity.lifetime for t in times]
-    assert min(fractions) >= 0.5 and max(fractions) <= 0.7
-    assert max(fractions) - min(fractions) > 0.15, "jitter spreads a fleet out"
-    assert identity.renew_at(random.Random(1)) == identity.renew_at(random.Random(1))
-
-
-def test_renew_delay_uses_the_injected_clock(ca: CertificateAuthority) -> None:
-    """renew_delay counts from the given clock and is zero once renewal is due."""
-    identity = mint(ca, "reviews", ttl=3600)
-    start = identity.not_before
-    assert identity.renew_delay(random.Random(3), lambda: start) == pytest.approx(
-        identity.renew_at(random.Random(3)) - start
-    )
-    assert identity.renew_delay(random.Random(3), lambda: identity.not_after) == 0.0
     assert identity.expires_in(identity.not_after - 5) == pytest.approx(5)
+
 
 
 def cert_with_uris(*uris: str) -> bytes:

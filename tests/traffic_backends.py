@@ -210,7 +210,9 @@ def close_backends(hub: Backends, backends: Iterable[TrafficBackend]) -> None:
         for backend in backends:
             for writer in list(backend.writers):
                 writer.close()
-        await asyncio.sleep(0.05)  # let the handlers see EOF and return before the loop stops
+        end = time.monotonic() + 1.0
+        while any(b.writers for b in backends) and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # deadline-bounded wait for the handlers to return
 
     hub.call(close_all())
     hub.close()
