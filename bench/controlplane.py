@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import CpuPlan, Running, ServerSpec, cpu_plan, free_port, start, stop_all, wait_http_ok
+from bench.procs import (
+    CpuPlan,
+    Running,
+    ServerSpec,
+    cpu_plan,
+    free_port,
+    start,
+    stop_all,
+    wait_http_ok,
+)
 from bench.procstat import cpu_seconds, peak_rss_mb
 from bench.stats import summarize
 from meshctl.client import ControlPlaneClient

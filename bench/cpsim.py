@@ -4,8 +4,9 @@ Each sim opens its own channel (its own TCP connection, like a real sidecar), se
 then for every ConfigMessage checks the version is the sha256 of the bytes, ``json.loads`` the
 snapshot (no proxy parser: the sims must stay cheap so 1,000 fit in a process), notes how many
 endpoints it lists and the reviews route's v2 weight (the *marker* a bench round changes), ACKs
-it and records when. By default only the ``routes`` part is decoded (``--full-parse``: all). Run as ``python -m bench.cpsim --target HOST:PORT --first I --count N``, a
-worker answers one JSON line per command line on stdin (see ``_command``).
+it and records when. By default only ``routes`` is decoded (``--full-parse``: everything).
+As ``python -m bench.cpsim --target HOST:PORT --first I --count N`` a worker process answers
+one JSON line per command line on stdin (see ``_command``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class SimSidecar:
             ident = self.ident
             await call.write(mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
                 name=ident.name, service=ident.service, labels={"version": ident.version},
-                inbound=ident.inbound, outbound="127.0.0.1:15001", admin="127.0.0.1:15000",
+                inbound=ident.inbound, outbound="127.0.0.1:15001", admin="",
                 mode="sidecar", ready=True)))
             try:
                 while (msg := await call.read()) is not aio.EOF:

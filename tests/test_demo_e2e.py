@@ -32,7 +32,7 @@ ROUTES = ROOT / "sample_apps" / "bookinfo" / "routes"
 BLOCK = 62  # ports base..base+61 (see meshctl/demo/topology.py)
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +100,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     took = time.monotonic() - started
     try:
         assert up.returncode == 0, f"demo up failed:\n{up.stdout}\n{up.stderr}"
-        assert "Bookinfo is up" in up.stdout
-        assert took < 45, f"demo took {took:.1f} s to be ready (target 30 s)"
+        assert "Bookinfo is up" in up.stdout and "mTLS STRICT" in up.stdout
+        assert took < 30, f"demo took {took:.1f} s to be ready (target: 30 s)"
         yield d
     finally:
         d.meshctl("demo", "down")

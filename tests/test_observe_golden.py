@@ -68,13 +68,17 @@ def test_counter_reset_counts_from_zero() -> None:
 
 
 def test_destination_reports_win_over_source_reports() -> None:
-    """A request seen by both the caller's outbound and the callee's inbound is counted once."""
+    """A request seen by both the caller's outbound and the callee's inbound is counted once,
+    from the inbound side for services and from the caller's side for edges."""
     src, dst, other = key(reporter="source"), key(reporter="destination"), key(dst="ratings")
     old = scrape(0.0, {src: (0, ((INF, 0),)), dst: (0, ((INF, 0),)), other: (0, ((INF, 0),))})
     new = scrape(1.0, {src: (3, ((INF, 3),)), dst: (3, ((INF, 3),)), other: (2, ((INF, 2),))})
     kept = one_reporter(rates(old, new))
     assert sorted((r.key[0], r.key[3]) for r in kept) == [("destination", "reviews"),
                                                           ("source", "ratings")]
+    by_caller = one_reporter(rates(old, new), prefer="source")  # edges: the caller's view
+    assert sorted((r.key[0], r.key[3]) for r in by_caller) == [("source", "ratings"),
+                                                               ("source", "reviews")]
 
 
 def test_window_uses_scrapes_inside_the_window_and_drops_old_ones() -> None:

@@ -151,9 +151,10 @@ def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                               send(mesh.front, "reviews", "/status/503"),
                               send(mesh.front, "reviews", "/ok"),
                               send(mesh.front, "reviews", "/ok"))):
-            wait_until(lambda: query(base, 'sum(rate(ami_requests_total{reporter='
-                                           '"destination"}[1m])) > 0'), 40, "scraped traffic")
-            wait_until(lambda: len(query(base, "ami_requests_total")) >= 4, 20, "both proxies")
+            # Both proxies' series (200 and 503, source and destination) scraped 3+ times, so
+            # every rate() has points whatever the scrape offsets of the two targets.
+            wait_until(lambda: len(query(base, "count_over_time(ami_requests_total[1m]) >= 3"))
+                       >= 4, 40, "traffic scraped from both proxies")
             wait_until(lambda: query(base, "count_over_time(ami_controlplane_pushed_total[1m])"
                                            " >= 2"), 20, "two control-plane scrapes")
         yield base

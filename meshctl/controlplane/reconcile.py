@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from meshctl.api import mesh_pb2
-from meshctl.controlplane.registry import Registry
 from meshctl.api.kinds import MeshConfigSpec
+from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.snapshots import SnapshotBuilder
 from meshctl.controlplane.store import EventType, Store
 
@@ -88,11 +88,13 @@ class Reconciler:
         self._nonces = 0
         self._started = clock()
         self._progress = asyncio.Event()
+        self._attaches = 0  # wait_synced rescans every proxy only when this moves
 
     # -- streams -------------------------------------------------------------------------------
     def attach(self, name: str, sender: Sender, running_version: str = "") -> None:
         """A proxy's stream registered; ``running_version`` is the config it already runs."""
         state = PushState(sender=sender)
+        self._attaches += 1
         if running_version:
             state.sent_version = state.acked_version = running_version
             state.held = self._clock() < self._started + self.warmup
@@ -234,13 +236,14 @@ class Reconciler:
 
     def lagging(self, revision: int) -> list[str]:
         """Connected proxies not yet running a config computed from ``revision`` or later."""
-        return sorted(name for name, s in self.states.items() if s.sender is not None
-                      and (not s.synced or s.acked_revision < revision))
+        return sorted(name for name, s in self.states.items() if _lags(s, revision))
 
     async def wait_synced(self, revision: int, timeout: float) -> list[str]:
         """Wait until no proxy lags ``revision``; returns the laggards ([] = synced)."""
         deadline = self._clock() + timeout
-        while lagging := self.lagging(revision):
+        attaches = self._attaches
+        lagging = self.lagging(revision)
+        while lagging:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return lagging
@@ -248,4 +251,13 @@ class Reconciler:
                 await asyncio.wait_for(self._progress.wait(), remaining)
             except TimeoutError:
                 return self.lagging(revision)
+            if attaches != self._attaches:  # a proxy (re)connected: rescan them all
+                attaches, lagging = self._attaches, self.lagging(revision)
+            else:  # re-check only the laggards: one ACK costs O(laggards), not O(proxies)
+                lagging = [n for n in lagging
+                           if (s := self.states.get(n)) is not None and _lags(s, revision)]
         return []
+
+
+def _lags(state: PushState, revision: int) -> bool:
+    return state.sender is not None and (not state.synced or state.acked_revision < revision)

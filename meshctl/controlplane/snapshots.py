@@ -71,21 +71,26 @@ class SnapshotBuilder:
                   if isinstance(r.spec, MeshConfigSpec)]
         self.mesh = meshes[0] if meshes else MeshConfigSpec()
         self._endpoints = sorted(endpoints, key=lambda p: (p.service, p.inbound, p.name))
-        self._shared: dict[str, str] = {}  # namespace -> '"mesh":..,"services":..,"routes":..'
+        # namespace -> ('{"mesh":..,"services":..,"routes":..,' bytes, its sha256 so far)
+        self._shared: dict[str, tuple[bytes, Any]] = {}
 
     def build(self, proxy: ProxyInfo) -> BuiltSnapshot:
         """The snapshot for ``proxy``."""
-        own = _dumps(self._own_parts(proxy))
-        text = "{" + self._shared_part(proxy.namespace) + "," + own[1:-1] + "}"
-        data = text.encode()
-        return BuiltSnapshot(snapshot_version(data), data)
+        prefix, hashed = self._shared_part(proxy.namespace)
+        own = _dumps(self._own_parts(proxy))[1:].encode()  # '"inbound":...}'
+        digest = hashed.copy()  # the shared prefix is hashed once per namespace, not per proxy
+        digest.update(own)
+        return BuiltSnapshot(digest.hexdigest()[:12], prefix + own)
 
     # -- shared by every proxy of a namespace ------------------------------------------------
-    def _shared_part(self, namespace: str) -> str:
+    def _shared_part(self, namespace: str) -> tuple[bytes, Any]:
+        """``{"mesh":..,"services":..,"routes":..,`` as bytes, and its running sha256."""
         if namespace not in self._shared:
             parts = [("mesh", mesh_settings(self.mesh)), ("services", self._services(namespace)),
                      ("routes", self._routes(namespace))]
-            self._shared[namespace] = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
+            text = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
+            prefix = ("{" + text + ",").encode()
+            self._shared[namespace] = (prefix, hashlib.sha256(prefix))
         return self._shared[namespace]
 
     def _in_view(self, kind: str, namespace: str) -> list[Resource]:

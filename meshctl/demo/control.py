@@ -13,8 +13,8 @@ from dataclasses import replace
 from typing import TextIO
 
 from meshctl.demo.procs import listening, log_tail, pid_alive, signal_group
-from meshctl.demo.runner import DemoOptions, already_running, banner
-from meshctl.demo.state import FAILED, READY, STOPPED, SUPERVISOR_LOG, ProcessRecord, RunDir
+from meshctl.demo.runner import SUPERVISOR_HINT, DemoOptions, already_running, banner
+from meshctl.demo.state import FAILED, READY, STOPPED, SUPERVISOR_LOG, RunDir
 
 
 def up_detached(opts: DemoOptions, up_args: Sequence[str], out: TextIO,
@@ -70,7 +70,7 @@ def status(run_dir: RunDir, out: TextIO) -> int:
     if state is None:
         print(f"the demo is not running (no state in {run_dir.path})", file=out)
         return 1
-    sup_alive = pid_alive(state.supervisor)
+    sup_alive = pid_alive(state.supervisor, SUPERVISOR_HINT)
     print(f"supervisor pid {state.supervisor} {'alive' if sup_alive else 'gone'}, "
           f"status {state.status}", file=out)
     for name, url in state.urls.items():
@@ -96,10 +96,10 @@ def down(run_dir: RunDir, out: TextIO, timeout: float = 30.0) -> int:
         print("the demo is not running; nothing to stop", file=out)
         return 0
     running = sum(1 for p in state.processes if pid_alive(p.pid, p.hint))
-    if pid_alive(state.supervisor):
+    if pid_alive(state.supervisor, SUPERVISOR_HINT):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.supervisor, signal.SIGTERM)  # not its group: that may be a shell job
-        _wait_gone(state.supervisor, None, time.monotonic() + timeout)
+        _wait_gone(state.supervisor, SUPERVISOR_HINT, time.monotonic() + timeout)
     leftovers = [p for p in state.processes if pid_alive(p.pid, p.hint)]
     for p in reversed(leftovers):  # the supervisor died before stopping them
         signal_group(p.pid, signal.SIGTERM)
@@ -135,7 +135,3 @@ def _wait_gone(pid: int, hint: str | None, deadline: float) -> bool:
 def _reach(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
-
-def records(run_dir: RunDir) -> tuple[ProcessRecord, ...]:
-    state = run_dir.read()
-    return state.processes if state else ()

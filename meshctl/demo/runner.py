@@ -21,6 +21,7 @@ from meshctl.demo.traffic import TrafficGenerator
 
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUPERVISOR_HINT = "meshctl"  # in the supervisor's command line, to tell it from a reused pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,8 @@ def urls(ports: Ports) -> dict[str, str]:
 def already_running(run_dir: RunDir) -> RunState | None:
     """The state of a demo whose supervisor still runs, if any."""
     state = run_dir.read()
-    if state and state.status not in (STOPPED, FAILED) and pid_alive(state.supervisor):
+    if (state and state.status not in (STOPPED, FAILED)
+            and pid_alive(state.supervisor, SUPERVISOR_HINT)):
         return state
     return None
 
@@ -184,7 +186,7 @@ def _synced(url: str) -> set[str]:
 def banner(opts: DemoOptions, took: float) -> str:
     u = urls(opts.ports)
     return f"""
-Bookinfo is up ({took:.1f} s): every sidecar ready and synced, mTLS STRICT.
+Bookinfo is up ({took:.1f} s): every sidecar ready and synced, mTLS {setup.mtls_mode(opts.routes)}.
 
   product page   {u['productpage']}   (log in as jason: top right)
   dashboard      {u['dashboard']}

@@ -66,6 +66,15 @@ def seed_config(config: Path, *, gateway_listen: str, routes: Path = DEFAULT_ROU
     return True
 
 
+def mtls_mode(routes: Path = DEFAULT_ROUTES) -> str:
+    """The mTLS mode the resource set declares (MeshConfig's default is STRICT)."""
+    for source in sorted(routes.glob("*.yaml")):
+        for doc in yaml.safe_load_all(source.read_text()):
+            if doc and doc.get("kind") == "MeshConfig":
+                return str((doc.get("spec") or {}).get("mtls", {}).get("mode", "STRICT"))
+    return "STRICT"
+
+
 def _patch(doc: dict[str, Any], gateway_listen: str, otlp: str | None) -> dict[str, Any]:
     if doc.get("kind") == "Gateway":
         doc["spec"]["listen"] = gateway_listen

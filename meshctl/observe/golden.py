@@ -118,12 +118,14 @@ def golden(group: Iterable[Rate]) -> Golden:
                   secure / total)
 
 
-def one_reporter(all_rates: list[Rate]) -> list[Rate]:
-    """Count each request once: per destination service, the inbound (destination) report wins
-    over the caller's outbound (source) report when both exist."""
-    has_destination = {r.key[DST] for r in all_rates if r.key[REPORTER] == "destination"}
+def one_reporter(all_rates: list[Rate], prefer: str = "destination") -> list[Rate]:
+    """Count each request once: per destination service, the ``prefer`` reporter's series win
+    when both the caller's outbound ("source") and the callee's inbound ("destination") exist.
+    Per service the inbound view is complete; per edge the caller knows best who it is."""
+    other = "source" if prefer == "destination" else "destination"
+    has_preferred = {r.key[DST] for r in all_rates if r.key[REPORTER] == prefer}
     return [r for r in all_rates
-            if r.key[REPORTER] == ("destination" if r.key[DST] in has_destination else "source")]
+            if r.key[REPORTER] == (prefer if r.key[DST] in has_preferred else other)]
 
 
 def group_by(all_rates: Iterable[Rate], key: Callable[[Key], tuple[str, ...]]

@@ -68,7 +68,7 @@ class ScrapeWindow:
         q = self._scrapes.get(proxy)
         return q[-1] if q else None
 
-    def rates(self, end: float, window: float) -> list[Rate]:
+    def rates(self, end: float, window: float, prefer: str = "destination") -> list[Rate]:
         """Rates per proxy between the first scrape at or after ``end - window`` and the last
         at or before ``end``, each request counted once (see ``one_reporter``)."""
         out: list[Rate] = []
@@ -77,7 +77,7 @@ class ScrapeWindow:
             hi = bisect_right(q, end, key=_time) - 1
             if hi > lo:
                 out.extend(rates(q[lo], q[hi]))
-        return one_reporter(out)
+        return one_reporter(out, prefer)
 
     def stat(self, end: float, window: float, service: str | None = None,
              source: str | None = None) -> list[StatRow]:
@@ -88,7 +88,7 @@ class ScrapeWindow:
 
     def edges(self, end: float, window: float) -> list[EdgeRow]:
         return [EdgeRow(k[0], k[1], k[2], k[3], g)
-                for k, g in group_by(self.rates(end, window), edge_key).items()]
+                for k, g in group_by(self.rates(end, window, "source"), edge_key).items()]
 
     def timelines(self, end: float, span: float, step: float
                   ) -> dict[str, list[dict[str, object]]]:

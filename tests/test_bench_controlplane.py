@@ -1,0 +1,67 @@
+"""The control-plane bench harness: snapshot facts, verdicts, and a real smoke run at N=5."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.controlplane import SizePlan, verdicts
+from bench.cpsim import light_snapshot_facts, sim_identity, snapshot_facts
+
+REPO = Path(__file__).resolve().parent.parent
+SNAPSHOT = json.dumps({
+    "mesh": {}, "services": {"reviews": {"endpoints": [
+        {"address": "127.0.0.1:1", "labels": {"version": "v1"}},
+        {"address": "127.0.0.1:2", "labels": {"version": "v2"}}]},
+        "svc-0": {"endpoints": [{"address": "127.0.0.1:3"}]}},
+    "routes": [{"host": "reviews", "rules": [{"backends": [
+        {"subset": "v1", "weight": 93}, {"subset": "v2", "weight": 7}]}]}],
+    "inbound": {"authorization": []}, "node": {"service": "svc-0"}}).encode()
+
+
+def test_full_and_light_parsing_agree() -> None:
+    """Both parsers count every endpoint and read the reviews v2 weight as the marker."""
+    assert snapshot_facts(SNAPSHOT) == light_snapshot_facts(SNAPSHOT)
+    assert snapshot_facts(SNAPSHOT).endpoints == 3
+    assert snapshot_facts(SNAPSHOT).marker == 7
+
+
+def test_sim_identities_are_distinct_and_include_both_reviews_versions() -> None:
+    """Names and inbound addresses never repeat; reviews v1 and v2 come first."""
+    idents = [sim_identity(i) for i in range(1000)]
+    assert len({i.name for i in idents}) == len({i.inbound for i in idents}) == 1000
+    assert [(i.service, i.version) for i in idents[:2]] == [("reviews", "v1"), ("reviews", "v2")]
+
+
+def test_verdicts_fail_an_incomplete_or_slow_size() -> None:
+    """A p99 over the limit, or a round that never converged, is a FAIL; RSS is compared too."""
+    fast = {"sidecars": 100, "rounds": 2, "complete_rounds": 2, "propagation_ms": {"p99": 150.0},
+            "rss_mb": 80.0}
+    lost = dict(fast, complete_rounds=1)
+    slow = {"sidecars": 1000, "rounds": 2, "complete_rounds": 2,
+            "propagation_ms": {"p99": 1500.0}, "rss_mb": 250.0}
+    assert [v["pass"] for v in verdicts([fast, slow])] == [True, False, True]
+    assert [v["pass"] for v in verdicts([lost])] == [False]
+    assert SizePlan(5, 2, 500).full_parse is False
+
+
+def test_smoke_run_every_sim_receives_every_change(tmp_path: Path) -> None:
+    """A real meshctl serve with 5 sims and 2 route changes: each change reaches all 5."""
+    out = tmp_path / "cp.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.controlplane", "--sizes", "5", "--rounds", "2",
+         "--json", str(out), "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (size,) = result["sizes"]
+    assert size["sidecars"] == 5 and size["rounds"] == size["complete_rounds"] == 2
+    assert size["acked_per_round"] == [5, 5]
+    assert size["errors"] == []
+    assert set(size["propagation_ms"]) == {"p50", "p99", "max"}
+    assert 0 < size["propagation_ms"]["p50"] <= size["propagation_ms"]["max"]
+    assert size["server_sync_ms"]["max"] > 0
+    assert size["rss_mb"] > 0 and size["cpu_s"] > 0
+    assert "5" in proc.stdout and "p99" in proc.stdout
