@@ -1,10 +1,10 @@
 """Simulated sidecars for the control-plane bench: light clients of the real config stream.
 
 Each sim opens its own channel (its own TCP connection, like a real sidecar), sends Register,
-then for every ConfigMessage checks the version is the sha256 of the bytes, ``json.loads`` the
-snapshot (no proxy parser: the sims must stay cheap so 1,000 fit in a process), notes how many
-endpoints it lists and the reviews route's v2 weight (the *marker* a bench round changes), ACKs
-it and records when. By default only ``routes`` is decoded (``--full-parse``: everything).
+then for every ConfigMessage checks the version is the sha256 of the bytes, decodes the
+snapshot's ``routes`` with json (``--full-parse``: the whole snapshot; never the proxy parser,
+the sims must stay cheap so 1,000 fit on a core), counts its endpoints, reads the reviews
+route's v2 weight (the *marker* a bench round changes), ACKs it and records when.
 As ``python -m bench.cpsim --target HOST:PORT --first I --count N`` a worker process answers
 one JSON line per command line on stdin (see ``_command``).
 """
