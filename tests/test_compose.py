@@ -95,12 +95,13 @@ def test_proxy_commands_pass_a_dry_run(capsys: pytest.CaptureFixture[str]) -> No
     capsys.readouterr()
 
 
-def test_control_plane_command_parses() -> None:
-    """`meshctl serve` has no --dry-run, so its command line is checked by meshctl's parser."""
+def test_control_plane_command_passes_a_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshctl serve ... --dry-run` accepts the control plane's command line."""
     spec = by_name(compose_topology())["controlplane"]
-    args = build_parser().parse_args(list(spec.argv[1:]))
+    args = build_parser().parse_args([*spec.argv[1:], "--dry-run"])
     assert args.command == "serve" and args.open_reads
     assert args.listen == "0.0.0.0:15080" and args.grpc_listen == "0.0.0.0:15012"
+    assert args.func(args) == 0
 
 
 def test_setup_and_waitfor_commands_pass_a_dry_run(services: dict[str, Any],

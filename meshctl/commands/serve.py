@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--open-reads", action="store_true",
                    help="allow reads without a token from other machines")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments and the config dir's resources, then exit")
     p.set_defaults(func=run_serve)
 
 
@@ -44,8 +46,33 @@ def run_serve(args: argparse.Namespace) -> int:
                            listen=args.listen, grpc_listen=args.grpc_listen,
                            certs_dir=args.certs_dir, grace=args.grace, warmup=args.warmup,
                            open_reads=args.open_reads)
+    if args.dry_run:
+        return _dry_run(args)
     try:
         return asyncio.run(serve(options))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Validate listen addresses and, if the config dir exists, every resource in it."""
+    from meshctl.api.errors import ValidationError
+    from meshctl.api.resources import load_path, validate_set
+
+    for flag, value in (("--listen", args.listen), ("--grpc-listen", args.grpc_listen)):
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            print(f"error: {flag}: expected HOST:PORT, got {value!r}", file=sys.stderr)
+            return 2
+    if args.config_dir.exists():
+        try:
+            issues = validate_set(load_path(args.config_dir))
+        except ValidationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if issues:
+            print("\n".join(f"error: {i}" for i in issues), file=sys.stderr)
+            return 1
+    print("ok")
+    return 0
