@@ -78,7 +78,7 @@ def light_snapshot_facts(data: bytes) -> SnapshotFacts:
     start = data.find(b'"routes":')
     if start < 0:
         raise ValueError("snapshot: no routes")
-    routes, _ = _DECODER.raw_decode(data[start + len(b'"routes":'):].decode())
+    routes, _ = _DECODER.raw_decode(data[start + len(b'"routes":'):].decode().lstrip())
     return SnapshotFacts(data.count(b'"address":'), _marker(routes))
 
 
