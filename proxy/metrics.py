@@ -20,9 +20,11 @@ REQUEST_LABELS = (
     "destination_workload", "destination_version", "response_code", "response_flags",
     "connection_security_policy",
 )
-# Istio's default buckets, so Istio dashboards port with a rename.
+# Istio's default bucket bounds (ms), so Istio dashboards port with a rename and a unit change.
 DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                        60000, 300000, 600000, 1800000, 3600000)
+# Recorded in milliseconds (Istio's bounds), exposed in seconds (Prometheus' base unit).
+DURATION_BUCKETS_S = tuple(b / 1000.0 for b in DURATION_BUCKETS_MS)
 BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 
 
@@ -97,8 +99,8 @@ class _StatsCollector(Collector):
         stats = self.stats
         requests = CounterMetricFamily("ami_requests", "Requests handled by the proxy.",
                                        labels=REQUEST_LABELS)
-        duration = HistogramMetricFamily("ami_request_duration_milliseconds",
-                                         "Request duration in milliseconds.",
+        duration = HistogramMetricFamily("ami_request_duration_seconds",
+                                         "Request duration in seconds.",
                                          labels=REQUEST_LABELS)
         req_bytes = HistogramMetricFamily("ami_request_bytes", "Request body sizes in bytes.",
                                           labels=REQUEST_LABELS)
@@ -106,8 +108,8 @@ class _StatsCollector(Collector):
                                            labels=REQUEST_LABELS)
         for labels, s in stats.series():
             requests.add_metric(labels, s.count)
-            duration.add_metric(labels, _cumulative(DURATION_BUCKETS_MS, s.dur_buckets),
-                                s.dur_sum)
+            duration.add_metric(labels, _cumulative(DURATION_BUCKETS_S, s.dur_buckets),
+                                s.dur_sum / 1000.0)
             req_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.req_buckets), s.req_sum)
             resp_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.resp_buckets), s.resp_sum)
         yield from (requests, duration, req_bytes, resp_bytes)

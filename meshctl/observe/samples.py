@@ -35,10 +35,10 @@ def parse_scrape(text: str, time: float) -> Scrape:
             for s in family.samples:
                 if s.name == "ami_requests_total":
                     requests[_key(s.labels)] = s.value
-        elif family.name == "ami_request_duration_milliseconds":
+        elif family.name == "ami_request_duration_seconds":
             for s in family.samples:
                 if s.name.endswith("_bucket"):
-                    le = float(s.labels["le"])
+                    le = float(s.labels["le"]) * 1000.0  # the golden metrics work in ms
                     raw_buckets.setdefault(_key(s.labels), []).append((le, s.value))
         elif family.type == "counter" and family.name.startswith("ami_"):
             counters[family.name] = sum(s.value for s in family.samples
