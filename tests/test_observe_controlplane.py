@@ -85,5 +85,10 @@ def test_check_and_metrics_and_dashboard(cp: tuple[MeshProcess, MeshProcess]) ->
     assert "✔ every proxy synced" in out.stdout
     status, body = http_get(control.info["api"] + "/metrics")
     assert status == 200 and b"ami_controlplane_proxies_connected 2.0" in body
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in body.decode().splitlines()
+              if line.startswith("ami_controlplane_") and " " in line}
+    assert values["ami_controlplane_certificates_issued_total"] >= 2  # one per sidecar
+    assert values["ami_controlplane_push_ack_seconds_count"] >= 2
+    assert 0 < values["ami_controlplane_push_ack_seconds_sum"] < 30
     status, body = http_get(control.info["api"] + "/dashboard")
     assert status == 200 and b'id="graph"' in body

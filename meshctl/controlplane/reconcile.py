@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
@@ -44,6 +45,7 @@ class PushState:
     acked_version: str | None = None
     acked_revision: int = 0
     last_ack: float | None = None  # wall clock
+    sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
     held: bool = False  # warm-up: already runs a config, wait before pushing
 
@@ -63,6 +65,8 @@ class ReconcileCounters:
     acks: int = 0
     nacks: int = 0
     errors: int = 0
+    ack_seconds_sum: float = 0.0  # push -> ACK, summed over ACKed pushes
+    ack_seconds_count: int = 0
 
 
 class Reconciler:
@@ -81,6 +85,7 @@ class Reconciler:
         self.counters = ReconcileCounters()
         self.revision = 0
         self.mesh = MeshConfigSpec()
+        self.certificates: Any = None  # the CA service, set by serve(), read by /metrics
         self._dirty: set[str] = set()
         self._all_dirty = False
         self._kick = asyncio.Event()
@@ -112,6 +117,10 @@ class Reconciler:
         if state is None or nonce != state.nonce:
             return  # an answer to a superseded push
         self.counters.acks += 1
+        if state.sent_at is not None:
+            self.counters.ack_seconds_sum += self._clock() - state.sent_at
+            self.counters.ack_seconds_count += 1
+            state.sent_at = None
         state.acked_version, state.acked_revision = version, state.sent_revision
         state.last_ack, state.nack = self._wall(), None
         self._notify()
@@ -224,6 +233,7 @@ class Reconciler:
                 self._nonces += 1
                 state.nonce, state.sent_version = str(self._nonces), built.version
                 state.sent_revision = revision
+                state.sent_at = self._clock()
                 state.sender(mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
                                                     snapshot_json=built.data))
                 self.counters.pushed += 1

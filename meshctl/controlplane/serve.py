@@ -90,6 +90,7 @@ async def serve(options: ServeOptions,
         ca = load_or_init_ca(options.certs_dir)
         ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
                                         lambda: reconciler.mesh)
+        reconciler.certificates = ca_service  # for ami_controlplane_certificates_* metrics
         credentials = options.grpc_credentials or control_plane_certificate(
             ca, _grpc_hosts(options.grpc_listen)).credentials()
         grpc_server, grpc_port = await start_grpc_server(

@@ -14,7 +14,12 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 _HELP = {
@@ -48,8 +53,22 @@ class ControlPlaneCollector(Collector):
             g.add_metric([], float(value))
             yield g
         counters = r.counters
+        ack = SummaryMetricFamily("ami_controlplane_push_ack_seconds",
+                                  "Time from pushing a snapshot to the proxy's ACK.")
+        ack.add_metric([], counters.ack_seconds_count, counters.ack_seconds_sum)
+        yield ack
+        ca = getattr(r, "certificates", None)  # the CertificateService, when serve() has one
+        if ca is not None:
+            for name, doc, value in (
+                    ("certificates_issued", "Workload certificates issued.", ca.issued),
+                    ("certificates_refused", "Certificate requests refused.", ca.refused)):
+                c = CounterMetricFamily(f"ami_controlplane_{name}", doc)
+                c.add_metric([], float(value))
+                yield c
         for f in dataclasses.fields(counters):
             value = getattr(counters, f.name)
+            if f.name.startswith("ack_seconds"):
+                continue  # exported as the summary above
             if isinstance(value, int | float):
                 c = CounterMetricFamily(f"ami_controlplane_{f.name}",
                                         _HELP.get(f.name, f.name.replace("_", " ") + "."))
