@@ -152,6 +152,7 @@ class MeshSettings:
     retry_budget_percent: float = 20.0
     retry_budget_min_per_second: float = 10.0
     tracing_sampling: float = 0.0
+    tracing_endpoint: str | None = None  # OTLP/gRPC HOST:PORT (MeshConfig tracing.otlpEndpoint)
     trust_domain: str = "cluster.local"
 
 
@@ -322,6 +323,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         retry_budget_percent=float(budget.get("percent", 20.0)),
         retry_budget_min_per_second=float(budget.get("minRetriesPerSecond", 10.0)),
         tracing_sampling=float(tracing.get("sampling", 0.0)),
+        tracing_endpoint=str(tracing["otlpEndpoint"]) if tracing.get("otlpEndpoint") else None,
         trust_domain=str(mesh_raw.get("trustDomain", "cluster.local")),
     )
     services = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,29 @@ async def wait_for_identity(installed: asyncio.Event, timeout: float) -> None:
         log.warning("no workload certificate yet: inbound mTLS refused until one arrives")
 
 
+def enable_tracing(server: ProxyServer, flag_endpoint: str | None) -> None:
+    """Load OpenTelemetry only once an OTLP endpoint is known (flag, env, or MeshConfig)."""
+    installed = False
+
+    def maybe_install(snapshot: Any) -> None:
+        nonlocal installed
+        endpoint = (flag_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    or snapshot.mesh.tracing_endpoint)
+        if endpoint and not installed:
+            from proxy.tracing import install_tracing
+
+            installed = True
+            install_tracing(server, endpoint)
+
+    server.on_snapshot.append(maybe_install)
+    if server.snapshot is not None:
+        maybe_install(server.snapshot)
+
+
 async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
     server = ProxyServer(options)
     server.install_signal_handlers()
-    from proxy.tracing import install_tracing
-
-    install_tracing(server, getattr(args, "otlp_endpoint", None))
+    enable_tracing(server, getattr(args, "otlp_endpoint", None))
     if args.config:
         from proxy.static import load_static
 

@@ -117,3 +117,19 @@ def test_gateway_gets_rules_and_unready_proxies_are_not_endpoints() -> None:
     assert data["gateway"] == {"rules": [{"destination": "productpage"}]}
     assert "details" not in data["services"]
     assert "gateway" not in json.loads(builder.build(REVIEWS).data)
+
+
+def test_mesh_config_reaches_the_proxy_settings() -> None:
+    """MeshConfig's mTLS mode, sampling and OTLP endpoint arrive in the proxy's mesh settings."""
+    mesh = load_documents("""\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec:
+  mtls: {mode: PERMISSIVE}
+  tracing: {sampling: 0.25, otlpEndpoint: "jaeger:4317"}
+""", "mesh.yaml")
+    built = SnapshotBuilder([*resources(), *mesh], [REVIEWS, PAGE]).build(PAGE)
+    settings = Snapshot.from_dict(json.loads(built.data)).mesh
+    assert (settings.mtls, settings.tracing_sampling, settings.tracing_endpoint) == (
+        "PERMISSIVE", 0.25, "jaeger:4317")

@@ -55,7 +55,9 @@ def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
         "accessLog": spec.access_log,
         "retryBudget": {"percent": spec.retry_budget.percent,
                         "minRetriesPerSecond": spec.retry_budget.min_retries_per_second},
-        "tracing": {"sampling": spec.tracing.sampling},
+        "tracing": {"sampling": spec.tracing.sampling,
+                    **({"otlpEndpoint": spec.tracing.otlp_endpoint}
+                       if spec.tracing.otlp_endpoint else {})},
         "trustDomain": spec.trust_domain,
     }
 
