@@ -44,7 +44,8 @@ function drawGraph(state) {
     columns.get(n.depth).push(n);
   }
   const depths = [...columns.keys()].sort((a, b) => a - b);
-  const W = 1000, colW = W / Math.max(depths.length, 1);
+  // Columns wide enough for a node (140) plus an edge label (~190) between columns.
+  const colW = 340, W = Math.max(1000, colW * depths.length);
   let H = 170;
   for (const col of columns.values()) H = Math.max(H, col.length * 78 + 40);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -65,21 +66,35 @@ function drawGraph(state) {
     const mx = (x1 + x2) / 2;
     g.append(el("svg:path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`,
                               class: health(e.successRate), "marker-end": "url(#arrow)" }));
-    const label = `${e.rps.toFixed(1)} rps · ${pct(e.successRate)} · p99 ${ms(e.p99)}` +
-                  (e.secured ? " 🔒" : "");
-    g.append(el("svg:text", { x: mx, y: (y1 + y2) / 2 - 6, "text-anchor": "middle" }, label));
-    svg.append(g);
+    const label = `${e.rps.toFixed(1)} rps · ${pct(e.successRate)} · p99 ${ms(e.p99)}`;
+    // Labels sit just above the arrow head: targets have distinct rows, so labels never stack.
+    const lx = x2 - 8, ly = y2 - 8;
+    const text = el("svg:text", { x: lx, y: ly, "text-anchor": "end" }, label);
+    g.append(text);
+    svg.append(g);  // in the document, so the label can be measured
+    if (e.secured) g.append(lock(lx - text.getComputedTextLength() - 14, ly - 11));
   }
   for (const n of nodes) {
     const s = n.stat;
     const g = el("svg:g", { class: "node", "data-service": n.svc, "data-version": n.ver,
                             transform: `translate(${n.x},${n.y})` });
     g.append(el("svg:rect", { width: 140, height: 52, rx: 8, class: health(s && s.successRate) }));
-    g.append(el("svg:text", { x: 10, y: 20, class: "name" }, `${n.svc} ${n.ver}`));
+    const title = n.ver && n.ver !== "unknown" ? `${n.svc} ${n.ver}` : n.svc;
+    g.append(el("svg:text", { x: 10, y: 20, class: "name" }, title));
     g.append(el("svg:text", { x: 10, y: 40 },
                 s ? `${s.rps.toFixed(1)} rps · ${pct(s.successRate)}` : "no traffic"));
     svg.append(g);
   }
+}
+
+// A padlock drawn in SVG (an emoji needs a font headless browsers often lack).
+function lock(x, y) {
+  const g = el("svg:g", { class: "lock", transform: `translate(${x},${y})` });
+  g.append(el("svg:title", {}, "mTLS"));
+  g.append(el("svg:path", { d: "M2,7 V4.5 a3,3 0 0 1 6,0 V7", fill: "none",
+                            stroke: "#7ee787", "stroke-width": 1.6 }));
+  g.append(el("svg:rect", { x: 0, y: 7, width: 10, height: 8, rx: 1.5, fill: "#7ee787" }));
+  return g;
 }
 
 function drawRoutes(state) {
