@@ -1,4 +1,4 @@
-"""Traffic features declared as resources reach real sidecars through the control plane (mTLS on)."""
+"""Traffic features declared as resources reach real sidecars via the control plane (mTLS on)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrafficMesh]:
 
 
 def test_sidecars_talk_mutual_tls_with_issued_certificates(mesh: TrafficMesh) -> None:
-    """With the default MeshConfig every hop is mTLS, using certificates the control plane issued."""
+    """With the default MeshConfig every hop is mTLS, with certificates the control plane issued."""
     wait_for(lambda: {p["name"] for p in proxies(mesh.cp) if p["certExpiry"]} == mesh.names,
              20, "every proxy reporting its certificate")
     reviews_admin = next(p for p in mesh.procs if p.info.get("name", "").startswith("reviews-v1"))

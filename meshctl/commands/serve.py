@@ -61,7 +61,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from meshctl.api.resources import load_path, validate_set
 
     for flag, value in (("--listen", args.listen), ("--grpc-listen", args.grpc_listen)):
-        host, sep, port = value.rpartition(":")
+        _, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             print(f"error: {flag}: expected HOST:PORT, got {value!r}", file=sys.stderr)
             return 2

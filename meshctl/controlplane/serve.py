@@ -18,18 +18,18 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
-from meshctl.controlplane.auth import ensure_token
-from meshctl.controlplane.dirstore import DirStore
-from meshctl.controlplane.httpapi import create_api_app
-from meshctl.controlplane.proxystatus import status_routes
-from meshctl.controlplane.reconcile import Reconciler
-from meshctl.controlplane.registry import Registry
 from meshctl.ca import BootstrapTokens
+from meshctl.controlplane.auth import ensure_token
 from meshctl.controlplane.ca_service import (
     CertificateService,
     control_plane_certificate,
     load_or_init_ca,
 )
+from meshctl.controlplane.dirstore import DirStore
+from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.proxystatus import status_routes
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
 from meshctl.observe.mount import observability
 

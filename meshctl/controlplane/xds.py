@@ -17,8 +17,8 @@ import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
-from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.ca_service import CertificateService
+from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
 
 log = logging.getLogger(__name__)
