@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshctl.api.durations import parse_duration
+from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy
 
 
 class ConfigError(ValueError):
@@ -61,48 +61,12 @@ class Subset:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionPoolSettings:
-    max_connections: int = 1024
-    max_pending_requests: int = 1024
-    max_requests_per_connection: int = 0  # 0 = unlimited
-    max_concurrent_requests: int = 1024
-    # Below common upstream keep-alive timeouts (aiohttp 75 s, nginx 75 s).
-    idle_timeout: float = 10.0
-    connect_timeout: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class OutlierSettings:
-    consecutive_5xx: int = 0
-    consecutive_gateway: int = 0
-    interval: float = 10.0
-    base_ejection_time: float = 30.0
-    max_ejection_percent: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitSettings:
-    requests_per_second: float
-    burst: int
-    per_source: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePolicy:
-    load_balancer: str = "LEAST_REQUEST"
-    connection_pool: ConnectionPoolSettings = field(default_factory=ConnectionPoolSettings)
-    outlier: OutlierSettings | None = None
-    rate_limit: RateLimitSettings | None = None
-    custom_pool: bool = False  # True when connectionPool was declared (enables the breaker layer)
-
-
-@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     namespace: str
     endpoints: tuple[Endpoint, ...]
     subsets: tuple[Subset, ...]
-    policy: ServicePolicy
+    policy: TrafficPolicy  # the DestinationPolicy's traffic policy (meshctl.api.policy)
 
     def subset(self, name: str | None) -> tuple[Endpoint, ...]:
         if name is None:
@@ -178,7 +142,7 @@ class Snapshot:
     routes: Mapping[str, RouteConfig]
     gateway_rules: tuple[GatewayRule, ...]
     authorization: tuple[Any, ...]  # meshctl.api.authz.AuthorizationPolicySpec
-    inbound_rate_limit: RateLimitSettings | None
+    inbound_rate_limit: RateLimit | None
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -205,66 +169,14 @@ def _labels(data: object, path: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in _mapping(data, path).items()}
 
 
-def _duration(data: Mapping[str, Any], key: str, path: str, default: float) -> float:
-    if key not in data:
-        return default
+def _policy(data: object, path: str) -> TrafficPolicy:
+    """A service's traffic policy: the same parser (and errors) as DestinationPolicy.spec."""
+    if data is None:
+        return TrafficPolicy()
     try:
-        return parse_duration(data[key])
+        return parse_policy(data, path)
     except ValueError as exc:
-        raise ConfigError(f"{path}.{key}: {exc}") from None
-
-
-def _int(data: Mapping[str, Any], key: str, path: str, default: int) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{path}.{key}: expected a non-negative integer, got {value!r}")
-    return value
-
-
-def parse_policy(data: object, path: str) -> ServicePolicy:
-    """DestinationPolicy.spec fields (minus host and subsets) -> ServicePolicy."""
-    raw = _mapping(data, path)
-    lb = str(raw.get("loadBalancer", "LEAST_REQUEST"))
-    if lb not in ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA"):
-        raise ConfigError(f"{path}.loadBalancer: unknown load balancer {lb!r}")
-    pool_raw = raw.get("connectionPool")
-    pool = ConnectionPoolSettings()
-    if pool_raw is not None:
-        p = _mapping(pool_raw, f"{path}.connectionPool")
-        pp = f"{path}.connectionPool"
-        pool = ConnectionPoolSettings(
-            max_connections=_int(p, "maxConnections", pp, pool.max_connections),
-            max_pending_requests=_int(p, "maxPendingRequests", pp, pool.max_pending_requests),
-            max_requests_per_connection=_int(p, "maxRequestsPerConnection", pp, 0),
-            max_concurrent_requests=_int(p, "maxConcurrentRequests", pp,
-                                         pool.max_concurrent_requests),
-            idle_timeout=_duration(p, "idleTimeout", pp, pool.idle_timeout),
-            connect_timeout=_duration(p, "connectTimeout", pp, pool.connect_timeout),
-        )
-    outlier = None
-    if raw.get("outlierDetection") is not None:
-        o = _mapping(raw["outlierDetection"], f"{path}.outlierDetection")
-        op = f"{path}.outlierDetection"
-        outlier = OutlierSettings(
-            consecutive_5xx=_int(o, "consecutive5xxErrors", op, 0),
-            consecutive_gateway=_int(o, "consecutiveGatewayErrors", op, 0),
-            interval=_duration(o, "interval", op, 10.0),
-            base_ejection_time=_duration(o, "baseEjectionTime", op, 30.0),
-            max_ejection_percent=float(o.get("maxEjectionPercent", 10)),
-        )
-    rate = None
-    if raw.get("rateLimit") is not None:
-        rate = parse_rate_limit(raw["rateLimit"], f"{path}.rateLimit")
-    return ServicePolicy(lb, pool, outlier, rate, custom_pool=pool_raw is not None)
-
-
-def parse_rate_limit(data: object, path: str) -> RateLimitSettings:
-    r = _mapping(data, path)
-    rps = r.get("requestsPerSecond")
-    if not isinstance(rps, int | float) or rps <= 0:
-        raise ConfigError(f"{path}.requestsPerSecond: expected a positive number, got {rps!r}")
-    burst = _int(r, "burst", path, max(1, int(rps)))
-    return RateLimitSettings(float(rps), burst, bool(r.get("perSource", False)))
+        raise ConfigError(str(exc)) from None
 
 
 def _parse_service(name: str, data: object, path: str) -> Service:
@@ -289,7 +201,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         namespace=str(raw.get("namespace", "default")),
         endpoints=tuple(endpoints),
         subsets=tuple(subsets),
-        policy=parse_policy(raw.get("policy"), f"{path}.policy"),
+        policy=_policy(raw.get("policy"), f"{path}.policy"),
     )
 
 
@@ -350,8 +262,8 @@ def _parse_snapshot(data: object) -> Snapshot:
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
-    inbound_rate = (parse_rate_limit(inbound_raw["rateLimit"], "inbound.rateLimit")
-                    if inbound_raw.get("rateLimit") is not None else None)
+    inbound_rate = _policy({"rateLimit": inbound_raw["rateLimit"]}, "inbound").rate_limit \
+        if inbound_raw.get("rateLimit") is not None else None
     return Snapshot(
         version=str(raw.get("version", "static")),
         node=node,

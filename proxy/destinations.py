@@ -16,7 +16,7 @@ from proxy.policy.outlier import OutlierDetector
 from proxy.policy.retry_budget import RetryBudget
 
 if TYPE_CHECKING:
-    from proxy.config import ConnectionPoolSettings, OutlierSettings
+    from meshctl.api.policy import ConnectionPool, OutlierDetection
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
     from proxy.upstream import EndpointPool
@@ -27,7 +27,7 @@ class Breaker:
 
     __slots__ = ("active", "limits", "pending", "pools", "starting")
 
-    def __init__(self, limits: ConnectionPoolSettings) -> None:
+    def __init__(self, limits: ConnectionPool) -> None:
         self.limits = limits
         self.active = 0
         self.pending: deque[Exchange] = deque()
@@ -101,8 +101,8 @@ class DestinationRegistry:
             state = self._states[name] = DestinationState(name)
         return state
 
-    def configure(self, name: str, pool_settings: ConnectionPoolSettings | None,
-                  outlier: OutlierSettings | None, pools: tuple[EndpointPool, ...],
+    def configure(self, name: str, pool_settings: ConnectionPool | None,
+                  outlier: OutlierDetection | None, pools: tuple[EndpointPool, ...],
                   budget_percent: float, budget_min_per_second: float) -> DestinationState:
         state = self.get(name)
         if pool_settings is None:
@@ -118,7 +118,8 @@ class DestinationRegistry:
             state.breaker.pools = pools
             for pool in pools:
                 pool.breaker = state.breaker
-        if outlier is None or (outlier.consecutive_5xx == 0 and outlier.consecutive_gateway == 0):
+        if outlier is None or (outlier.consecutive_5xx_errors == 0
+                               and outlier.consecutive_gateway_errors == 0):
             state.outlier = None
         else:
             if state.outlier is None or getattr(state.outlier, "settings", None) != outlier:
@@ -129,10 +130,11 @@ class DestinationRegistry:
             state.budget = _Budget(budget_percent, budget_min_per_second, self.clock)
         return state
 
-    def _detector(self, name: str, s: OutlierSettings) -> OutlierDetector:
+    def _detector(self, name: str, s: OutlierDetection) -> OutlierDetector:
         labels = (("destination_service", name),)
         detector = _Detector(
-            s.consecutive_5xx, s.consecutive_gateway, s.interval, s.base_ejection_time,
+            s.consecutive_5xx_errors, s.consecutive_gateway_errors, s.interval,
+            s.base_ejection_time,
             s.max_ejection_percent, self.clock,
             on_ejection=lambda _key: self.stats.inc("ami_outlier_ejections", labels),
         )

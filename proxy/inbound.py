@@ -16,7 +16,7 @@ from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
     from meshctl.api.authz import AuthorizationPolicySpec
-    from proxy.config import RateLimitSettings
+    from meshctl.api.policy import RateLimit
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
 
@@ -46,7 +46,7 @@ class InboundPolicy:
     """Runs before a request is forwarded to the local app; returns a refusal or None."""
 
     def __init__(self, policies: Sequence[AuthorizationPolicySpec], mtls_mode: str,
-                 rate_limit: RateLimitSettings | None, stats: RequestStats,
+                 rate_limit: RateLimit | None, stats: RequestStats,
                  service: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from meshctl.api.policy import ConnectionPool
 from proxy.upstream import EndpointPool
 
+_DEFAULT_POOL = ConnectionPool()  # idle/connect timeouts when no connectionPool is declared
+
 if TYPE_CHECKING:
-    from proxy.config import Address, ServicePolicy
+    from meshctl.api.policy import TrafficPolicy
+    from proxy.config import Address
 
 
 class PoolRegistry:
@@ -26,7 +30,7 @@ class PoolRegistry:
         self._used = set()
 
     def get(self, address: Address, identity: str | None, version: str,
-            policy: ServicePolicy | None = None) -> EndpointPool:
+            policy: TrafficPolicy | None = None) -> EndpointPool:
         key = (address.host, address.port, identity)
         pool = self._pools.get(key)
         if pool is None:
@@ -35,7 +39,7 @@ class PoolRegistry:
         pool.identity = identity
         pool.tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         if policy is not None:
-            settings = policy.connection_pool
+            settings = policy.connection_pool or _DEFAULT_POOL
             pool.idle_timeout = settings.idle_timeout
             pool.connect_timeout = settings.connect_timeout
             pool.max_requests_per_connection = settings.max_requests_per_connection

@@ -208,8 +208,8 @@ class RouterBuilder:
                               for e in service.endpoints)
             state = self.destinations.configure(
                 service.name,
-                service.policy.connection_pool if service.policy.custom_pool else None,
-                service.policy.outlier, all_pools, mesh.retry_budget_percent,
+                service.policy.connection_pool,
+                service.policy.outlier_detection, all_pools, mesh.retry_budget_percent,
                 mesh.retry_budget_min_per_second)
             chosen = {e.address for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
@@ -224,9 +224,9 @@ class RouterBuilder:
 
 
 def _default_policy() -> Any:
-    from proxy.config import ServicePolicy
+    from meshctl.api.policy import TrafficPolicy
 
-    return ServicePolicy()
+    return TrafficPolicy()
 
 
 def _balancer(kind: str, rng: random.Random, available: Any = None) -> Any:
