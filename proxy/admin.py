@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.metrics import build_registry
+from proxy.metrics import IdentityCollector, build_registry
 from proxy.tap import TapHub, tap_handler
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ SERVER_KEY: web.AppKey[ProxyServer] = web.AppKey("server")
 def create_admin_app(server: ProxyServer) -> web.Application:
     app = web.Application()
     app[SERVER_KEY] = server
-    registry = build_registry(server.stats, server.extra_collectors)
+    registry = build_registry(server.stats, [IdentityCollector(server),
+                                             *server.extra_collectors])
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -163,6 +164,25 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
 
 def _fmt(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+class IdentityCollector(Collector):
+    """The workload certificate's expiry, so an alert can fire long before it lapses."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        tls = self.server.tls
+        if tls is None:
+            return
+        identity = tls.identity
+        expiry = GaugeMetricFamily(
+            "ami_certificate_expiry_timestamp_seconds",
+            "When this proxy's workload certificate expires (POSIX seconds).",
+            labels=["spiffe_id"])
+        expiry.add_metric([identity.spiffe_id], identity.not_after)
+        yield expiry
 
 
 def build_registry(stats: RequestStats, extra: list[Collector] | None = None) -> CollectorRegistry:

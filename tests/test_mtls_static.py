@@ -209,6 +209,14 @@ async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
                         connection_security_policy="mutual_tls") >= 1
 
 
+async def test_certificate_expiry_is_exposed_for_alerting(mesh: Mesh) -> None:
+    """/metrics carries the workload certificate's expiry (alert well before it lapses)."""
+    text = await mesh.client.metrics()
+    expiry = metric_value(text, "ami_certificate_expiry_timestamp_seconds",
+                          spiffe_id=sid("productpage"))
+    assert expiry == pytest.approx(mesh.productpage.not_after, abs=1)
+
+
 async def test_plaintext_to_strict_is_refused(mesh: Mesh) -> None:
     """A plaintext HTTP request to a STRICT inbound listener gets no HTTP response."""
     name = "ami_tls_handshake_failures_total"
