@@ -52,7 +52,7 @@ async def test_weight_changes_never_fail_in_flight_requests() -> None:
             workers = [asyncio.create_task(worker(session, stop)) for _ in range(8)]
             for phase_no, (w1, w2) in enumerate(((50, 50), (0, 100)), start=1):
                 await _until_count(results, 80 * phase_no)
-                assert sum(b.active for b in backends) > 0  # the change lands mid-flight
+                await _until(lambda: sum(b.active for b in backends) > 0)  # lands mid-flight
                 phase = phase_no
                 server.apply(_snapshot(phase_no + 1, backends, w1, w2))
             await _until_count(results, 240)
@@ -71,9 +71,56 @@ async def test_weight_changes_never_fail_in_flight_requests() -> None:
         close_backends(hub, backends)
 
 
+async def _until(condition: Any, deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        assert loop.time() < end, "condition not met before the deadline"
+        await asyncio.sleep(0)  # let the event loop run the requests in flight
+
+
 async def _until_count(results: list[Any], count: int, deadline: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while len(results) < count:
         assert loop.time() < end, "load did not progress before the deadline"
         await asyncio.sleep(0.01)  # polling interval of a deadline-bounded wait
+
+
+async def test_config_push_keeps_websockets_and_keepalive_connections() -> None:
+    """A push that changes the route keeps an open WebSocket and the client's keep-alive alive."""
+    from tests.proxyharness import echo_app
+
+    hub = Backends()
+    port = hub.aiohttp(echo_app())
+    backend = [{"address": f"127.0.0.1:{port}", "labels": {"version": "v1"}}]
+
+    def snapshot(version: int, timeout: str) -> Snapshot:
+        return Snapshot.from_dict({
+            "version": f"ws-{version}", "node": {"service": "client"},
+            "services": {"echo": {"endpoints": backend}},
+            "routes": [{"host": "echo", "rules": [{"backends": [{"weight": 100}],
+                                                   "timeout": timeout}]}],
+        })
+
+    server = ProxyServer(ProxyOptions(listeners={"outbound": Address("127.0.0.1", 0)}))
+    try:
+        server.apply(snapshot(1, "5s"))
+        await server.start_listeners()
+        base = f"http://127.0.0.1:{server.bound_address('outbound').port}"
+        async with aiohttp.ClientSession(headers={"Host": "echo"}) as session:
+            async with session.ws_connect(base + "/ws") as ws:
+                assert await ws.receive_str(timeout=5) == "hello from backend"
+                await ws.send_str("before")
+                assert await ws.receive_str(timeout=5) == "echo:before"
+                async with session.get(base + "/a") as resp:
+                    assert resp.status == 200
+                server.apply(snapshot(2, "7s"))  # a real change: new routers, same pools
+                await ws.send_str("after")
+                assert await ws.receive_str(timeout=5) == "echo:after"
+                async with session.get(base + "/b") as resp:
+                    assert resp.status == 200
+            assert server.stats.connections_total["outbound"] == 2  # ws + one keep-alive
+    finally:
+        await server.shutdown(deadline=1.0)
+        hub.close()
