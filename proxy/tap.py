@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from proxy.adminhttp import Handler, Request, Response
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -71,7 +72,7 @@ class TapHub:
             "source_version": prefix[2], "destination": prefix[3],
             "destination_workload": prefix[4],
             "destination_version": ex.pool.version if ex.pool is not None else "unknown",
-            "tls": listener.security if listener.kind == "inbound" else (
+            "tls": ex.downstream.security if listener.kind == "inbound" else (
                 "mutual_tls" if ex.pool is not None and ex.pool.tls is not None else "none"),
         }
         for queue, tap_filter in self.clients.items():
@@ -82,28 +83,27 @@ class TapHub:
                     self.dropped += 1
 
 
-def tap_handler(hub: TapHub) -> Any:
-    """The aiohttp handler: ``?service=&path=&method=&n=``; SSE ``data:`` lines of JSON."""
+def tap_handler(hub: TapHub) -> Handler:
+    """The admin handler: ``?service=&path=&method=&n=``; SSE ``data:`` lines of JSON."""
 
-    async def tap(request: web.Request) -> web.StreamResponse:
+    async def tap(request: Request) -> Response:
         q = request.query
         tap_filter = TapFilter(q.get("service", ""), q.get("path", ""), q.get("method", ""))
         limit = int(q["n"]) if q.get("n", "").isdigit() else 0
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        await resp.write(b": tapping\n\n")  # tells the client the hook is installed
-        queue = hub.subscribe(tap_filter)
-        sent = 0
-        try:
-            while not limit or sent < limit:
-                event = await queue.get()
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                sent += 1
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            hub.unsubscribe(queue)
-        return resp
+
+        async def events() -> AsyncIterator[bytes]:
+            queue = hub.subscribe(tap_filter)
+            try:
+                yield b": tapping\n\n"  # tells the client the hook is installed
+                sent = 0
+                while not limit or sent < limit:
+                    event = await queue.get()
+                    yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                    sent += 1
+            finally:
+                hub.unsubscribe(queue)
+
+        return Response(content_type="text/event-stream", stream=events(),
+                        headers={"cache-control": "no-cache"})
 
     return tap
