@@ -36,6 +36,9 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
 }
 
 
+_QUICK_CLOSE = 1.0  # seconds: below any sane keep-alive timeout
+
+
 class SkipBody(Exception):
     """Raised from the parser callback to stop parsing after the head (HEAD responses)."""
 
@@ -44,6 +47,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint; parses responses and hands events to the exchange."""
 
     __slots__ = (
+        "_closed_by_us",
         "_detached",
         "_peek_sock",
         "_status_reason",
@@ -82,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.peer_identity: str | None = None
         self._status_reason = b""
         self._detached = False
+        self._closed_by_us = False
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,6 +142,8 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             self.exchange = None
             ex.upstream_lost(self)
+        elif not self._closed_by_us and self.requests:
+            self.pool.note_idle_close(self.idle_since)
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -254,6 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._peek_sock = None
 
     def close(self) -> None:
+        self._closed_by_us = True
         if not self.closed:
             self.closed = True
             self._detach()
@@ -261,6 +269,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
     def abort(self) -> None:
+        self._closed_by_us = True
         self.exchange = None
         if not self.closed:
             self.closed = True
@@ -274,8 +283,8 @@ class EndpointPool:
 
     __slots__ = (
         "active_requests", "address", "breaker", "connect_timeout", "connections", "identity",
-        "idle",
-        "idle_timeout", "loop", "max_requests_per_connection", "tls", "version",
+        "closes_quickly", "idle", "idle_timeout", "loop", "max_requests_per_connection", "tls",
+        "version",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
@@ -288,6 +297,7 @@ class EndpointPool:
         self.connect_timeout = 5.0
         self.max_requests_per_connection = 0
         self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
+        self.closes_quickly = False  # server closes idle connections right after answering
         self.breaker: Any = None  # the destination's Breaker when connection limits are declared
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
@@ -298,14 +308,22 @@ class EndpointPool:
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
-            # Always peek for a FIN (one non-blocking recv): a server may close right after
-            # answering without `Connection: close`, and a POST written to that connection
-            # could not be retried (tests/test_proxy_keepalive.py).
-            if now - conn.idle_since < self.idle_timeout and conn.looks_alive():
+            idle_for = now - conn.idle_since
+            # Peek for a FIN (a non-blocking recv) when the server may have closed meanwhile:
+            # after a pause (keep-alive timeouts are seconds), or always for a server seen
+            # closing connections right after answering without `Connection: close` (a POST
+            # written to such a connection could not be retried). Else skip the syscall.
+            if idle_for < self.idle_timeout and (
+                    (idle_for < _QUICK_CLOSE and not self.closes_quickly) or conn.looks_alive()):
                 return conn, discarded
             discarded = True
             conn.close()
         return None, discarded
+
+    def note_idle_close(self, idle_since: float) -> None:
+        """The server closed an idle connection; soon after its last answer means: peek."""
+        if self.loop.time() - idle_since < _QUICK_CLOSE:
+            self.closes_quickly = True
 
     async def connect(self) -> UpstreamConnection:
         self.connections += 1
