@@ -94,10 +94,6 @@ def build_ami_1hop(ctx: BuildContext) -> Topology:
     return Topology((spec,), port)
 
 
-def _ami_mtls_pending() -> str | None:
-    return amiconf.proxy_available()
-
-
 def build_ami_2hop_mtls(ctx: BuildContext) -> Topology:
     """client -> outbound sidecar (route, retries, timeout) -> mTLS -> inbound -> backend."""
     ids = amiconf.mesh_identities(ctx.run_dir)
@@ -137,7 +133,7 @@ PATHS: dict[str, PathDef] = {
             "ami-2hop-mtls",
             "client -> ami outbound -> mTLS -> ami inbound -> backend",
             build_ami_2hop_mtls,
-            _ami_mtls_pending,
+            amiconf.proxy_available,
         ),
     )
 }
