@@ -181,6 +181,7 @@ def _policy(data: object, path: str) -> TrafficPolicy:
 
 def _parse_service(name: str, data: object, path: str) -> Service:
     raw = _mapping(data, path)
+    service_identity = raw.get("identity")  # the service's SPIFFE id; an endpoint may override
     endpoints = []
     for i, e in enumerate(_list(raw.get("endpoints"), f"{path}.endpoints")):
         ep = f"{path}.endpoints[{i}]"
@@ -188,7 +189,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         endpoints.append(Endpoint(
             Address.parse(em.get("address"), f"{ep}.address"),
             _labels(em.get("labels"), f"{ep}.labels"),
-            em.get("identity"),
+            em.get("identity", service_identity),
         ))
     subsets = []
     for i, s in enumerate(_list(raw.get("subsets"), f"{path}.subsets")):

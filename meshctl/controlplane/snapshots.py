@@ -106,10 +106,12 @@ class SnapshotBuilder:
                     if isinstance(r.spec, DestinationPolicySpec)}
         services: dict[str, Any] = {}
         for ep in self._endpoints:
-            svc = services.setdefault(ep.service, {"namespace": ep.namespace, "endpoints": []})
-            svc["endpoints"].append({
-                "address": ep.inbound, "labels": dict(ep.labels),
-                "identity": self._identity(ep.namespace, ep.service)})
+            # The identity is the service's (one SPIFFE id per service account), stated once
+            # rather than per endpoint: at 1000 endpoints that is ~40% of the snapshot.
+            svc = services.setdefault(ep.service, {
+                "namespace": ep.namespace, "identity": self._identity(ep.namespace, ep.service),
+                "endpoints": []})
+            svc["endpoints"].append({"address": ep.inbound, "labels": dict(ep.labels)})
         for name, svc in services.items():
             policy = policies.get(name)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
