@@ -76,3 +76,30 @@ def test_registry_readiness_and_stale_sessions() -> None:
     registry.disconnect("r1", old)
     registry.expire()
     assert [p.name for p in registry.endpoints()] == ["r1"] and registry.connected("r1")
+
+
+async def test_one_snapshot_in_flight_per_proxy() -> None:
+    """A change while a push is unanswered waits; the proxy's answer releases the newer one."""
+    from meshctl.api.resources import parse_document
+
+    clock = FakeClock()
+    store = MemStore()
+    registry = Registry(clock=clock)
+    rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: list[tuple[str, str]] = []
+    registry.register(ProxyInfo(name="pp", service="productpage", inbound="127.0.0.1:1",
+                                ready=True))
+    rec.attach("pp", lambda message: sent.append((message.version, message.nonce)))
+    await rec.reconcile_pass()
+    assert len(sent) == 1
+    mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"name": "default"}, "spec": {"accessLog": True}}
+    await store.create(parse_document(mesh))
+    rec.mark_all()
+    await rec.reconcile_pass()
+    assert len(sent) == 1, "the first push is still unanswered"
+    rec.ack("pp", *sent[0])
+    await rec.reconcile_pass()
+    assert len(sent) == 2 and sent[1][0] != sent[0][0]
+    rec.ack("pp", *sent[1])
+    assert rec.states["pp"].synced

@@ -30,6 +30,8 @@ from meshctl.controlplane.snapshots import SnapshotBuilder
 from meshctl.controlplane.store import EventType, Store
 
 log = logging.getLogger(__name__)
+_ANSWER_TIMEOUT = 10.0  # seconds after which an unanswered push no longer holds back the next
+
 Sender = Callable[[mesh_pb2.ConfigMessage], None]
 
 
@@ -48,6 +50,7 @@ class PushState:
     sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
     held: bool = False  # warm-up: already runs a config, wait before pushing
+    deferred: bool = False  # a newer snapshot waits for the answer to the one in flight
 
     @property
     def synced(self) -> bool:
@@ -123,7 +126,14 @@ class Reconciler:
             state.sent_at = None
         state.acked_version, state.acked_revision = version, state.sent_revision
         state.last_ack, state.nack = self._wall(), None
+        self._answered(name, state)
         self._notify()
+
+    def _answered(self, name: str, state: PushState) -> None:
+        state.sent_at = None
+        if state.deferred:
+            state.deferred = False
+            self.mark(name)  # send the snapshot that waited for this answer
 
     def nack(self, name: str, version: str, nonce: str, error: str) -> None:
         state = self.states.get(name)
@@ -132,6 +142,7 @@ class Reconciler:
         self.counters.nacks += 1
         state.nack = error or "rejected (no reason given)"
         log.warning("proxy %s rejected config %s: %s", name, version, state.nack)
+        self._answered(name, state)
         self._notify()
 
     # -- marking ----------------------------------------------------------------------------
@@ -229,6 +240,11 @@ class Reconciler:
             elif built.version == state.sent_version:
                 state.sent_revision = revision
                 self.counters.unchanged += 1
+            elif (state.sent_at is not None
+                  and self._clock() - state.sent_at < _ANSWER_TIMEOUT):
+                # One snapshot in flight per proxy (as xDS): the newer one goes out when the
+                # proxy answers, so a burst of changes never queues many 100 KB messages.
+                state.deferred = True
             else:
                 self._nonces += 1
                 state.nonce, state.sent_version = str(self._nonces), built.version
