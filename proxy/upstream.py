@@ -282,8 +282,18 @@ class EndpointPool:
     """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
 
     __slots__ = (
-        "active_requests", "address", "breaker", "connect_timeout", "connections", "identity",
-        "closes_quickly", "idle", "idle_timeout", "loop", "max_requests_per_connection", "tls",
+        "active_requests",
+        "address",
+        "breaker",
+        "closes_quickly",
+        "connect_timeout",
+        "connections",
+        "identity",
+        "idle",
+        "idle_timeout",
+        "loop",
+        "max_requests_per_connection",
+        "tls",
         "version",
     )
 
