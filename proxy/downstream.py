@@ -54,6 +54,7 @@ for _name in IDENTITY_HEADERS:
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
 
 log = logging.getLogger("ami.proxy")
+_LINGER_SECONDS = 2.0  # how long a rejected client may keep sending before we close
 
 _P_PIPELINE, _P_BUFFER, _P_UPSTREAM, _P_TUNNEL = 1, 2, 4, 8
 
@@ -90,6 +91,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._tunnel_preamble: list[bytes] | None = None
         self._upgrade_requested = False
         self._error_after_current: bytes | None = None
+        self._lingering = False
         # per-request parse state
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -138,6 +140,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.peer_namespace, self.peer_service = parts[4], parts[6]
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a rejection: read and drop, so the client gets our answer
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
@@ -181,6 +185,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._reject("headers_too_large")
 
     def eof_received(self) -> bool | None:
+        if self._lingering:
+            self._close()
+            return False
         # Half-close from the client: finish the in-flight response, then close.
         if self.current is not None:
             self.current.client_keep_alive = False
@@ -385,7 +392,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self._error_after_current is not None:
             self.write(self._error_after_current)
-            self._close()
+            self._linger()
             return
         self.idle_since = self.loop.time()
         if self.pending:
@@ -433,7 +440,7 @@ class DownstreamProtocol(asyncio.Protocol):
     # --- lifecycle ----------------------------------------------------------------------------
     def check_timers(self, now: float) -> None:
         """Called about once a second by the listener: slow headers and idle keep-alive."""
-        if self.closed or self._tunnel is not None:
+        if self.closed or self._tunnel is not None or self._lingering:
             return
         limits = self.listener.limits
         if self._in_head and now - self.head_started > limits.header_timeout:
@@ -457,7 +464,25 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         self.listener.record_rejection(self, reason)
         self.write(reply)
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error reply without losing it.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the
+        reply before the client reads it. So: send our FIN after the reply, keep reading and
+        dropping the client's bytes, and close at its EOF or after a short deadline (nginx's
+        lingering close).
+        """
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        self._lingering = True
+        self._paused = 0
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:

@@ -100,6 +100,23 @@ async def test_oversized_header_section_is_431(proxy: ProxyProcess) -> None:
     assert closed
 
 
+async def test_rejected_client_still_sending_reads_the_whole_reply(proxy: ProxyProcess) -> None:
+    """A client that keeps sending after its 431 still reads the reply (lingering close: no RST
+    destroys it), and the proxy closes once the client is done."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: echo\r\n")
+        for i in range(120):  # ~120 KB of headers in small writes, well past the rejection
+            writer.write(b"X-H%d: %s\r\n" % (i, b"v" * 1000))
+            await writer.drain()
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert (resp.status, resp.header("x-ami-reason")) == (431, "headers_too_large")
+        writer.write_eof()
+        assert await at_eof(reader, 5)
+    finally:
+        writer.close()
+
+
 async def test_one_huge_header_is_431(proxy: ProxyProcess) -> None:
     """A single 70 KiB header value gets 431 even before the header section ends."""
     raw = b"GET / HTTP/1.1\r\nHost: echo\r\nX-Big: " + b"v" * 70_000 + b"\r\nX-Next: 1\r\n"
