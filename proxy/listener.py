@@ -42,7 +42,6 @@ class Listener:
         self.forwarded_proto_line = b"x-forwarded-proto: https\r\n" if tls else \
             b"x-forwarded-proto: http\r\n"
         self.access_log: TextIO | None = None
-        self.security = "none"
         self.on_record: Any = None  # tap hook: called with each finished exchange
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
@@ -117,7 +116,7 @@ class Listener:
 
         prefix = ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
                   "unknown", "unknown")
-        self.stats.record(prefix, "unknown", REASONS[reason][0], reason, self.security, 0.0, 0, 0)
+        self.stats.record(prefix, "unknown", REASONS[reason][0], reason, conn.security, 0.0, 0, 0)
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         from proxy.headers import service_from_authority
