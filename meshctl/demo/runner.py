@@ -192,7 +192,7 @@ Bookinfo is up ({took:.1f} s): every sidecar ready and synced, mTLS {setup.mtls_
   dashboard      {u['dashboard']}
   logs           {opts.run_dir.path}/<process>.log
 {'  traffic        ~3 page loads/s, 30% as jason' if opts.traffic else ''}
-Try next (in another terminal, from this directory):
+Try next (in another terminal, in this directory, after `source .venv/bin/activate`):
   meshctl shift reviews 99/1
   meshctl apply -f sample_apps/bookinfo/routes/ratings-jason-abort.yaml
   meshctl stat
