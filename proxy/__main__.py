@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:15000)")
     p.add_argument("--gateway-listen", help="gateway listener HOST:PORT (--mode gateway)")
     p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
+    p.add_argument("--advertise", metavar="HOST",
+                   help="host name the mesh uses to reach this proxy's inbound and admin "
+                        "listeners (default: their host; a wildcard becomes this hostname)")
     p.add_argument("--identity-dir", type=Path,
                    help="static mode: key.pem, cert.pem, chain.pem, bundle.pem for mTLS")
     p.add_argument("--token-file", type=Path, help="bootstrap credential for the control plane")

@@ -47,12 +47,15 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _advertised(address: str | None) -> str:
-    """An address others can reach: a wildcard host is replaced by this host's name."""
+def _advertised(address: str | None, host_override: str | None = None) -> str:
+    """An address others can reach: --advertise, else the listener's host, where a wildcard
+    becomes this machine's name."""
     if not address:
         return ""
     host, _, port = address.rpartition(":")
-    if host.strip("[]") in ("", "0.0.0.0", "::"):
+    if host_override:
+        host = host_override
+    elif host.strip("[]") in ("", "0.0.0.0", "::"):
         host = socket.gethostname()
     return f"{host}:{port}"
 
@@ -81,9 +84,11 @@ class AgentIdentity:
                                                     args.admin) if a), "0")
         name = args.name or f"{args.service}-{labels.get('version', 'unknown')}-{port}"
         token = args.token_file.read_text().strip() if args.token_file else ""
+        advertise = getattr(args, "advertise", None)
         return cls(name=name, service=args.service, namespace=args.namespace, labels=labels,
-                   inbound=_advertised(args.inbound), outbound=args.outbound or "",
-                   admin=args.admin or "127.0.0.1:15000", mode=args.mode, app=args.app,
+                   inbound=_advertised(args.inbound, advertise), outbound=args.outbound or "",
+                   admin=_advertised(args.admin or "127.0.0.1:15000", advertise),
+                   mode=args.mode, app=args.app,
                    token=token)
 
     def node(self) -> dict[str, Any]:

@@ -25,6 +25,14 @@ def test_identity_from_flags() -> None:
         parse_labels("version")
 
 
+def test_advertise_names_the_host_the_mesh_reaches_inbound_and_admin_at() -> None:
+    """--advertise replaces the host of both advertised addresses (compose: the app's name)."""
+    args = build_parser().parse_args([*ARGS, "--admin", "0.0.0.0:15000",
+                                      "--advertise", "reviews-v2"])
+    ident = AgentIdentity.from_args(args)
+    assert (ident.inbound, ident.admin) == ("reviews-v2:9083", "reviews-v2:15000")
+
+
 async def test_apply_acks_then_nacks_a_bad_snapshot_and_keeps_the_good_one() -> None:
     """A good push is applied with local node/app and ACKed; a bad one is NACKed with its error."""
     args = build_parser().parse_args(ARGS)

@@ -111,12 +111,20 @@ def _sidecar(inst: Instance, a: _Addresses, control_plane: str, paths: Paths,
             "--labels", f"version={inst.version}", "--name", inst.name,
             "--inbound", a.inbound, "--outbound", a.outbound, "--admin", a.admin,
             "--app", a.app, "--token-file", paths.token(inst.service),
-            "--ca-file", paths.trust_bundle, "--drain-timeout", DRAIN_TIMEOUT)
+            "--ca-file", paths.trust_bundle, "--drain-timeout", DRAIN_TIMEOUT,
+            *_advertise(a.inbound, inst.name))
     return ProcessSpec(
         name=f"{inst.name}-sidecar", role="sidecar", argv=argv,
         ports=tuple(_bind(what, addr) for what, addr in
                     (("inbound", a.inbound), ("outbound", a.outbound), ("admin", a.admin))),
         ready_url=f"http://{_reach(a.admin)}/ready", after=after)
+
+
+def _advertise(listen: str, name: str) -> tuple[str, ...]:
+    """The host the mesh reaches this proxy at: its listener's host locally; under compose
+    (0.0.0.0) the service owning the network namespace, not the container's own hostname."""
+    host = listen.rpartition(":")[0]
+    return ("--advertise", name if host == "0.0.0.0" else host)
 
 
 def _app(inst: Instance, a: _Addresses) -> ProcessSpec:
@@ -135,7 +143,7 @@ def _gateway(listen: str, outbound: str, admin: str, control_plane: str, paths: 
             "--service", GATEWAY, "--namespace", NAMESPACE, "--name", GATEWAY,
             "--gateway-listen", listen, "--outbound", outbound, "--admin", admin,
             "--token-file", paths.token(GATEWAY), "--ca-file", paths.trust_bundle,
-            "--drain-timeout", DRAIN_TIMEOUT)
+            "--drain-timeout", DRAIN_TIMEOUT, *_advertise(admin, GATEWAY))
     return ProcessSpec(
         name=GATEWAY, role="gateway", argv=argv,
         ports=(_bind("listen", listen), _bind("outbound", outbound), _bind("admin", admin)),
