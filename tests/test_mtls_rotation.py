@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from grpc import aio
 
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.ca import BootstrapTokens, CertificateAuthority, init_ca
+from meshctl.ca import (
+    BootstrapTokens,
+    CertificateAuthority,
+    add_trusted_root,
+    fingerprint,
+    init_ca,
+    retire_root,
+    rotate_root,
+)
 from meshctl.controlplane.ca_service import CertificateService, control_plane_certificate
 from meshctl.controlplane.xds import start_grpc_server
 from proxy.config import Address, Snapshot
@@ -161,3 +170,43 @@ async def test_certificates_keep_working_while_control_plane_is_down(mesh: Sidec
     assert mesh.client_agent.cert_expiry is not None
     assert mesh.client_agent.cert_expiry > time.time()
     assert not mesh.client_agent.status()["expired"]
+
+
+async def test_trust_bundle_rotates_to_a_new_root_without_losing_a_request(
+        mesh: Sidecars, tmp_path: Path) -> None:
+    """Trust old+new root, switch signing to the new root, retire the old: traffic never fails.
+
+    The documented three steps (docs/security.md); each step reaches the sidecars through their
+    ordinary renewals, so both sides always trust the root of the other's certificate.
+    """
+    ca_dir = tmp_path / "ca"
+    init_ca(tmp_path / "next")  # the new root (its own intermediate is not used)
+    new_root = (tmp_path / "next" / "root-cert.pem").read_bytes()
+    stop, statuses = asyncio.Event(), list[int]()
+    load = asyncio.create_task(traffic(mesh.outbound, stop, statuses))
+
+    async def both_renew() -> None:
+        marks = (mesh.client_agent.renewals, mesh.server_agent.renewals)
+        await until(lambda: (mesh.client_agent.renewals > marks[0]
+                             and mesh.server_agent.renewals > marks[1]) or load.done(),
+                    "a renewal on both sides")
+
+    new_fp = add_trusted_root(ca_dir, new_root)  # 1. trust both roots
+    await both_renew()
+    assert new_root.strip() in mesh.client.tls.identity.bundle_pem
+    old_fp = rotate_root(ca_dir, root_cert=tmp_path / "next" / "root-cert.pem",
+                         root_key=tmp_path / "next" / "root-key.pem")  # 2. sign with the new one
+    mesh.service.ca = CertificateAuthority(ca_dir)  # the CA service reloads its signer
+    await both_renew()
+    assert new_fp != old_fp
+    retire_root(ca_dir, old_fp)  # 3. stop trusting the old root
+    await both_renew()
+    count = len(statuses)
+    await until(lambda: len(statuses) >= count + 20 or load.done(), "traffic after the rotation")
+    stop.set()
+    await load
+    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    for identity in (mesh.client.tls.identity, mesh.server_agent.identity):
+        assert identity is not None
+        roots = [fingerprint(c) for c in x509.load_pem_x509_certificates(identity.bundle_pem)]
+        assert roots == [new_fp]  # only the new root is trusted now
