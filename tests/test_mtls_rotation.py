@@ -20,15 +20,8 @@ from cryptography import x509
 from grpc import aio
 
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.ca import (
-    BootstrapTokens,
-    CertificateAuthority,
-    add_trusted_root,
-    fingerprint,
-    init_ca,
-    retire_root,
-    rotate_root,
-)
+from meshctl.ca import BootstrapTokens, CertificateAuthority, fingerprint, init_ca
+from meshctl.cli import main as cli
 from meshctl.controlplane.ca_service import CertificateService, control_plane_certificate
 from meshctl.controlplane.xds import start_grpc_server
 from proxy.config import Address, Snapshot
@@ -191,15 +184,21 @@ async def test_trust_bundle_rotates_to_a_new_root_without_losing_a_request(
                              and mesh.server_agent.renewals > marks[1]) or load.done(),
                     "a renewal on both sides")
 
-    new_fp = add_trusted_root(ca_dir, new_root)  # 1. trust both roots
+    old_fp = fingerprint(x509.load_pem_x509_certificate(
+        (ca_dir / "root-cert.pem").read_bytes()))
+    new_fp = fingerprint(x509.load_pem_x509_certificate(new_root))
+    # 1. trust both roots
+    next_root = str(tmp_path / "next" / "root-cert.pem")
+    assert cli(["certs", "trust", next_root, "--dir", str(ca_dir)]) == 0
     await both_renew()
     assert new_root.strip() in mesh.client.tls.identity.bundle_pem
-    old_fp = rotate_root(ca_dir, root_cert=tmp_path / "next" / "root-cert.pem",
-                         root_key=tmp_path / "next" / "root-key.pem")  # 2. sign with the new one
-    mesh.service.ca = CertificateAuthority(ca_dir)  # the CA service reloads its signer
+    # 2. sign with the new root; the CA service notices the new intermediate by itself
+    assert cli(["certs", "rotate", "--dir", str(ca_dir), "--root-cert",
+                str(tmp_path / "next" / "root-cert.pem"), "--root-key",
+                str(tmp_path / "next" / "root-key.pem")]) == 0
     await both_renew()
-    assert new_fp != old_fp
-    retire_root(ca_dir, old_fp)  # 3. stop trusting the old root
+    # 3. stop trusting the old root
+    assert cli(["certs", "retire", old_fp, "--dir", str(ca_dir)]) == 0
     await both_renew()
     count = len(statuses)
     await until(lambda: len(statuses) >= count + 20 or load.done(), "traffic after the rotation")

@@ -11,7 +11,17 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from meshctl.ca import BootstrapTokens, CAError, CaFiles, fingerprint, init_ca, trusted_roots
+from meshctl.ca import (
+    BootstrapTokens,
+    CAError,
+    CaFiles,
+    add_trusted_root,
+    fingerprint,
+    init_ca,
+    retire_root,
+    rotate_root,
+    trusted_roots,
+)
 from meshctl.ca.files import load_cert
 from meshctl.ca.spiffe import uri_sans
 
@@ -44,6 +54,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token.add_argument("--service", required=True)
     token.set_defaults(func=run_token)
 
+    trust = sub.add_parser("trust", help="rotation step 1: also trust another root (PEM)")
+    trust.add_argument("root_cert", type=Path, help="the new root certificate (PEM)")
+    trust.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    trust.set_defaults(func=run_trust)
+
+    rotate = sub.add_parser("rotate", help="rotation step 2: sign with a new root "
+                                           "(generated, or --root-cert/--root-key)")
+    rotate.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    rotate.add_argument("--root-cert", type=Path, help="the new root certificate (PEM)")
+    rotate.add_argument("--root-key", type=Path, help="its private key; used once, not copied")
+    rotate.set_defaults(func=run_rotate)
+
+    retire = sub.add_parser("retire", help="rotation step 3: stop trusting an old root")
+    retire.add_argument("fingerprint", help="SHA-256 fingerprint, as `certs show` prints it")
+    retire.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
+    retire.set_defaults(func=run_retire)
+
 
 def run_init(args: argparse.Namespace) -> int:
     """Create the CA; a CA error is one line on stderr and exit status 1."""
@@ -72,6 +99,41 @@ def run_token(args: argparse.Namespace) -> int:
     except (CAError, ValueError) as e:
         print(f"meshctl certs token: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_trust(args: argparse.Namespace) -> int:
+    """Add a root to the trust bundle; sidecars get it with their next certificate."""
+    try:
+        fp = add_trusted_root(args.dir, args.root_cert.read_bytes())
+    except (CAError, OSError) as e:
+        print(f"meshctl certs trust: {e}", file=sys.stderr)
+        return 1
+    print(f"trusting root {fp}; wait for every sidecar to renew before `certs rotate`")
+    return 0
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    """Make a new root the signing root (the old one stays trusted until `certs retire`)."""
+    try:
+        old = rotate_root(args.dir, root_cert=args.root_cert, root_key=args.root_key)
+    except (CAError, OSError) as e:
+        print(f"meshctl certs rotate: {e}", file=sys.stderr)
+        return 1
+    print(f"signing with the new root; the old root {old} is still trusted. The control plane "
+          "picks the new intermediate up at its next issuance; once every sidecar has renewed, "
+          f"run `meshctl certs retire {old}`")
+    return 0
+
+
+def run_retire(args: argparse.Namespace) -> int:
+    """Remove an old root from the trust bundle."""
+    try:
+        retire_root(args.dir, args.fingerprint)
+    except (CAError, OSError) as e:
+        print(f"meshctl certs retire: {e}", file=sys.stderr)
+        return 1
+    print(f"root {args.fingerprint} is no longer trusted (sidecars drop it at their next renewal)")
     return 0
 
 

@@ -67,6 +67,7 @@ class CertificateService:
         self.ca = ca
         self.tokens = tokens
         self.mesh_config = mesh_config
+        self._signer_mtime = self._signer_stamp()
         self.issued = 0
         self.refused = 0
         self.issued_by_service: dict[tuple[str, str], int] = {}
@@ -95,6 +96,7 @@ class CertificateService:
                         namespace, request.service)
             raise IssueError(grpc.StatusCode.PERMISSION_DENIED,
                              f"the token is not valid for {namespace}/{request.service}")
+        self._reload_if_rotated()
         mesh = self.mesh_config()
         spiffe_id = spiffe_id_for(mesh.trust_domain, namespace, request.service)
         ttl = max(mesh.certificate_ttl, MIN_TTL)
@@ -110,6 +112,25 @@ class CertificateService:
             cert_chain_pem=(issued.cert_pem + issued.chain_pem).decode("ascii"),
             trust_bundle_pem=self.ca.trust_bundle().decode("ascii"),
             not_after=rfc3339(issued.not_after))
+
+    def _signer_stamp(self) -> float:
+        try:
+            return self.ca.files.ca_cert.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _reload_if_rotated(self) -> None:
+        """`meshctl certs rotate` replaced the intermediate on disk: sign with the new one."""
+        stamp = self._signer_stamp()
+        if stamp != self._signer_mtime:
+            try:
+                self.ca = CertificateAuthority(self.ca.files.directory)
+            except CAError as exc:
+                log.error("the CA directory changed but cannot be loaded: %s", exc)
+                return
+            self._signer_mtime = stamp
+            log.info("CA reloaded: signing with the intermediate now in %s",
+                     self.ca.files.directory)
 
     async def handle(
         self, request: mesh_pb2.CertificateRequest,
