@@ -89,7 +89,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self._paused = 0
         self._tunnel: UpstreamConnection | None = None
         self._tunnel_preamble: list[bytes] | None = None
-        self._upgrade_requested = False
         self._error_after_current: bytes | None = None
         self._lingering = False
         # per-request parse state
@@ -321,8 +320,6 @@ class DownstreamProtocol(asyncio.Protocol):
             self._chunked, parser.should_keep_alive() and not self.draining, http10, upgrade,
             self._expect_continue and not http10, self.head_started,
         )
-        if upgrade:
-            self._upgrade_requested = True
         ex.timeout_override = self._timeout_override
         self._parsing = ex
         if self.current is None:

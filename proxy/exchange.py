@@ -229,7 +229,7 @@ class Exchange:
         if per_try is not None:
             self._attempt_timer = asyncio.get_running_loop().call_later(
                 per_try, self._on_attempt_timeout)
-        conn, _ = pool.take_idle()
+        conn = pool.take_idle()
         if conn is not None:
             self._send_on(conn)
         elif breaker is not None and breaker.connections_full():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote
 
 # RFC 9110 §7.6.1 connection-specific fields, never forwarded (lower-case bytes).
 HOP_BY_HOP: frozenset[bytes] = frozenset({
@@ -102,8 +101,3 @@ def service_from_authority(authority: str) -> str:
 def short_service_name(host: str) -> str:
     """The first DNS label of a host, the service name of `name.namespace.svc...` forms."""
     return host.split(".", 1)[0]
-
-
-def unquote_path(path: str) -> str:
-    """Percent-decode a normalised path for policy matching on the decoded form."""
-    return unquote(path)

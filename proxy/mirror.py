@@ -42,7 +42,7 @@ class MirrorRequest:
         ex.downstream.listener.stats.inc("ami_mirrored_requests",
                                          (("destination_service", backend.service),))
         mirror = cls(pool, _shadow_head(ex), ex.method == b"HEAD")
-        conn, _ = pool.take_idle()
+        conn = pool.take_idle()
         if conn is not None:
             mirror._send_on(conn)
         else:

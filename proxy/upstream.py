@@ -312,9 +312,8 @@ class EndpointPool:
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
 
-    def take_idle(self) -> tuple[UpstreamConnection | None, bool]:
-        """A live idle connection, or None; the flag says a stale one was discarded."""
-        discarded = False
+    def take_idle(self) -> UpstreamConnection | None:
+        """A live idle connection, or None (stale ones found on the way are closed)."""
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
@@ -325,10 +324,9 @@ class EndpointPool:
             # written to such a connection could not be retried). Else skip the syscall.
             if idle_for < self.idle_timeout and (
                     (idle_for < _QUICK_CLOSE and not self.closes_quickly) or conn.looks_alive()):
-                return conn, discarded
-            discarded = True
+                return conn
             conn.close()
-        return None, discarded
+        return None
 
     def note_idle_close(self, idle_since: float) -> None:
         """The server closed an idle connection; soon after its last answer means: peek."""

@@ -227,3 +227,11 @@ def all_synced(control_plane: MeshProcess, names: set[str]) -> bool:
     """Whether every named proxy is connected and has ACKed its latest snapshot."""
     listed = {p["name"]: p for p in proxies(control_plane)}
     return all(n in listed and listed[n]["synced"] and listed[n]["connected"] for n in names)
+
+
+def apply_yaml(control_plane: MeshProcess, text: str) -> int:
+    """POST /api/v1/apply with the control plane's token; the highest resourceVersion."""
+    status, body = http_json(control_plane.info["api"] + "/api/v1/apply", "POST", text,
+                             token=control_plane.info["token"], content_type="application/yaml")
+    assert status == 200, body
+    return max(int(r["resourceVersion"]) for r in body["results"])

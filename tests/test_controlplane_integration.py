@@ -18,6 +18,7 @@ from tests.helpers_mesh import (
     ROOT,
     MeshProcess,
     all_synced,
+    apply_yaml,
     http_get,
     http_json,
     proxies,
@@ -84,10 +85,7 @@ class Mesh:
         return {body for _, body in results}
 
     def apply(self, text: str) -> int:
-        status, body = http_json(self.cp.info["api"] + "/api/v1/apply", "POST", text,
-                                 token=self.cp.info["token"], content_type="application/yaml")
-        assert status == 200, body
-        return max(int(r["resourceVersion"]) for r in body["results"])
+        return apply_yaml(self.cp, text)
 
     def close(self) -> None:
         for proc in [*self.procs, self.cp]:

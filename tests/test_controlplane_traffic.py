@@ -13,6 +13,7 @@ from tests.helpers_mesh import (
     ROOT,
     MeshProcess,
     all_synced,
+    apply_yaml,
     http_get,
     http_json,
     proxies,
@@ -77,10 +78,7 @@ class TrafficMesh:
                               env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
 
     def apply(self, text: str) -> int:
-        status, body = http_json(self.cp.info["api"] + "/api/v1/apply", "POST", text,
-                                 token=self.cp.info["token"], content_type="application/yaml")
-        assert status == 200, body
-        return max(int(r["resourceVersion"]) for r in body["results"])
+        return apply_yaml(self.cp, text)
 
     def sync(self, revision: int) -> None:
         status, body = http_json(self.cp.info["api"]
