@@ -103,3 +103,19 @@ async def test_one_snapshot_in_flight_per_proxy() -> None:
     assert len(sent) == 2 and sent[1][0] != sent[0][0]
     rec.ack("pp", *sent[1])
     assert rec.states["pp"].synced
+
+
+def test_registry_restore_lists_known_proxies_until_they_reconnect_or_the_hold_ends() -> None:
+    """Restored proxies are endpoints (disconnected) for the hold; a reconnect takes the entry."""
+    clock = FakeClock()
+    registry = Registry(grace=2.0, clock=clock)
+    r1 = ProxyInfo(name="r1", service="reviews", inbound="127.0.0.1:1", ready=True)
+    r2 = ProxyInfo(name="r2", service="reviews", inbound="127.0.0.1:2", ready=True)
+    registry.restore([r1, r2], hold=15.0)
+    assert registry.endpoints() == [r1, r2] and not registry.connected("r1")
+    registry.register(r1)
+    clock.now += 14.9
+    assert registry.expire() is not None and registry.endpoints() == [r1, r2]
+    clock.now += 0.2
+    registry.expire()
+    assert registry.endpoints() == [r1] and registry.connected("r1")

@@ -25,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--certs-dir", type=Path, default=Path("certs"), help="mesh CA directory")
     p.add_argument("--grace", type=float, default=2.0,
                    help="seconds a disconnected sidecar stays an endpoint (default 2)")
-    p.add_argument("--warmup", type=float, default=6.0,
-                   help="after a start, seconds to wait for sidecars to reconnect before "
-                        "pushing to those that already run a config (default 6)")
+    p.add_argument("--warmup", type=float, default=15.0,
+                   help="after a restart, seconds the proxies known before (saved in the "
+                        "state dir) stay endpoints while they reconnect (default 15)")
     p.add_argument("--open-reads", action="store_true",
                    help="allow reads without a token from other machines")
     p.add_argument("--log-level", default="INFO")

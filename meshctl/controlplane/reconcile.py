@@ -9,9 +9,10 @@ Store revision. A snapshot records the store revision it was computed from (the 
 ``resourceVersion`` seen), so ``wait_synced(N)`` can tell when every connected proxy runs a
 config that includes a write that returned version N.
 
-Warm-up. Right after a (re)start the registry is empty until sidecars reconnect; a proxy that
-reconnects with a config it already runs is not pushed a snapshot until ``warmup`` seconds
-have passed, so it does not lose endpoints that simply have not reconnected yet.
+Reconnects. A proxy that (re)connects announcing the config it runs counts as having ACKed it:
+if its snapshot is unchanged nothing is pushed. After a control-plane restart the registry is
+restored from its state file (registrystate), so the snapshots are unchanged and a restart
+pushes nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class PushState:
     last_ack: float | None = None  # wall clock
     sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
-    held: bool = False  # warm-up: already runs a config, wait before pushing
     deferred: bool = False  # a newer snapshot waits for the answer to the one in flight
 
     @property
@@ -76,13 +76,13 @@ class Reconciler:
     """Keeps every connected proxy's snapshot current; see the module docstring."""
 
     def __init__(self, store: Store, registry: Registry, *, quiet: float = 0.1, cap: float = 1.0,
-                 warmup: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.store = store
         self.registry = registry
         registry.on_change = self.mark_all
-        self.quiet, self.cap, self.warmup = quiet, cap, warmup
+        self.quiet, self.cap = quiet, cap
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self.states: dict[str, PushState] = {}
         self.counters = ReconcileCounters()
@@ -94,7 +94,6 @@ class Reconciler:
         self._kick = asyncio.Event()
         self._last_mark = 0.0
         self._nonces = 0
-        self._started = clock()
         self._progress = asyncio.Event()
         self._attaches = 0  # wait_synced rescans every proxy only when this moves
 
@@ -105,7 +104,6 @@ class Reconciler:
         self._attaches += 1
         if running_version:
             state.sent_version = state.acked_version = running_version
-            state.held = self._clock() < self._started + self.warmup
         self.states[name] = state
         self.mark(name)
 
@@ -178,24 +176,9 @@ class Reconciler:
 
     async def _loop(self) -> None:
         while True:
-            held_until = self._started + self.warmup
-            if any(s.held for s in self.states.values()) and self._clock() < held_until:
-                try:
-                    await asyncio.wait_for(self._kick.wait(), held_until - self._clock())
-                except TimeoutError:
-                    self._release_held()
-            else:
-                self._release_held()
-                await self._kick.wait()
+            await self._kick.wait()
             await self.debounce()
             await self.reconcile_pass()
-
-    def _release_held(self) -> None:
-        if self._clock() >= self._started + self.warmup:
-            for name, state in self.states.items():
-                if state.held:
-                    state.held = False
-                    self._dirty.add(name)
 
     async def debounce(self) -> None:
         """Wait until marks have been quiet for ``quiet`` s, or ``cap`` s after the first."""
@@ -224,7 +207,7 @@ class Reconciler:
             names.discard(name)
         for name in sorted(names):
             state, info = self.states[name], self.registry.get(name)
-            if state.sender is None or info is None or state.held:
+            if state.sender is None or info is None:
                 continue
             try:
                 built = builder.build(info)

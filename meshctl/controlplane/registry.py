@@ -3,14 +3,16 @@
 An endpoint exists while its sidecar's stream is alive and the sidecar reports ready. When a
 stream drops, the proxy stays listed (disconnected) for a short grace period, so a control
 plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
-it is forgotten. Every change calls ``on_change`` (the reconciler marks every proxy dirty).
+it is forgotten. Every change calls ``on_change`` (the reconciler marks every proxy dirty) and
+bumps ``revision`` (registrystate saves the registry so a restarted control plane can
+``restore`` it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 
@@ -56,6 +58,8 @@ class Registry:
         self._entries: dict[str, _Entry] = {}
         self._sessions = 0
         self.on_change: Callable[[], None] = on_change or (lambda: None)
+        self.revision = 0  # bumped on every change of the listed proxies
+        self.changed = asyncio.Event()  # set on every change (the state file's writer waits)
         self._wake = asyncio.Event()
 
     # -- reads -------------------------------------------------------------------------------
@@ -80,8 +84,23 @@ class Registry:
         """Add or replace a proxy; returns the session id its stream must use for later calls."""
         self._sessions += 1
         self._entries[info.name] = _Entry(info, self._sessions)
-        self.on_change()
+        self._changed()
         return self._sessions
+
+    def restore(self, infos: Iterable[ProxyInfo], hold: float) -> None:
+        """Proxies known before a restart: listed, disconnected, for ``hold`` seconds.
+
+        Their endpoints stay in every snapshot meanwhile, so the first sidecars to reconnect
+        are not sent configs missing the ones that reconnect later; a sidecar that reconnects
+        replaces its entry, one that does not is dropped when ``hold`` ends.
+        """
+        expires_at = self._clock() + hold
+        for info in infos:
+            if info.name not in self._entries:
+                self._sessions += 1
+                self._entries[info.name] = _Entry(info, self._sessions, expires_at)
+        self._changed()
+        self._wake.set()
 
     def report(self, name: str, session: int, *, ready: bool, cert_expiry: str) -> None:
         """A Status message: readiness or certificate changed."""
@@ -91,7 +110,7 @@ class Registry:
         updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry)
         if updated != entry.info:
             entry.info = updated
-            self.on_change()
+            self._changed()
 
     def disconnect(self, name: str, session: int) -> None:
         """The stream ended: keep the proxy for ``grace`` seconds, then drop it."""
@@ -109,9 +128,14 @@ class Registry:
         for name in gone:
             del self._entries[name]
         if gone:
-            self.on_change()
+            self._changed()
         pending = [e.expires_at for e in self._entries.values() if e.expires_at is not None]
         return min(pending) - now if pending else None
+
+    def _changed(self) -> None:
+        self.revision += 1
+        self.changed.set()
+        self.on_change()
 
     async def run(self) -> None:
         """Expire disconnected proxies when their grace ends (until cancelled)."""

@@ -30,6 +30,7 @@ from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
+from meshctl.controlplane.registrystate import FILE_NAME, RegistryStateFile
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
 from meshctl.observe.mount import observability
 
@@ -46,7 +47,7 @@ class ServeOptions:
     grpc_listen: str = "127.0.0.1:15012"
     certs_dir: Path = Path("certs")
     grace: float = 2.0  # registry: keep a disconnected proxy's endpoint this long
-    warmup: float = 6.0  # reconcile: after a restart, let sidecars reconnect before pushing
+    warmup: float = 15.0  # after a restart, how long proxies known before wait to reconnect
     open_reads: bool = False
     grpc_credentials: grpc.ServerCredentials | None = field(default=None, compare=False)
 
@@ -76,7 +77,9 @@ async def serve(options: ServeOptions,
     await store.start()
     token = ensure_token(options.state_dir)
     registry = Registry(grace=options.grace)
-    reconciler = Reconciler(store, registry, warmup=options.warmup)
+    registry_file = RegistryStateFile(options.state_dir / FILE_NAME, registry)
+    registry_file.restore(hold=options.warmup)
+    reconciler = Reconciler(store, registry)
     observer, observe_extra = observability(registry, reconciler, token=token)
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler), *observe_extra])
@@ -99,6 +102,7 @@ async def serve(options: ServeOptions,
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(registry.run(), name="registry"),
+                         tg.create_task(registry_file.run(), name="registry-state"),
                          tg.create_task(reconciler.run(), name="reconcile"),
                          tg.create_task(observer.run(), name="observe")]
                 log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "

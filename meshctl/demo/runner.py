@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from meshctl.controlplane.registrystate import FILE_NAME as REGISTRY_FILE
 from meshctl.demo import setup
 from meshctl.demo.procs import DIRECT, pid_alive
 from meshctl.demo.state import FAILED, READY, STOPPED, STOPPING, RunDir, RunState
@@ -74,6 +75,8 @@ async def up(opts: DemoOptions, out: TextIO) -> int:
     setup.write_tokens(opts.certs, Path(paths.tokens))
     setup.seed_config(Path(paths.config), gateway_listen=f"127.0.0.1:{opts.ports.gateway}",
                       routes=opts.routes)
+    # A fresh mesh, not a control-plane restart: an earlier demo's proxies are not restored.
+    (Path(paths.state) / REGISTRY_FILE).unlink(missing_ok=True)
     state = RunState(supervisor=os.getpid(), urls=urls(opts.ports))
     run_dir.write(state)
     sup = Supervisor(local_topology(opts.ports, paths), run_dir, state, cwd=PROJECT_ROOT,

@@ -1,0 +1,117 @@
+"""The registry's state file: saved on change, restored at start, so a restart loses no endpoint.
+
+The registry lives in memory and is rebuilt as sidecars reconnect, which takes up to their
+reconnect backoff (5 s). Without the file, a restarted control plane would send the first
+sidecars to reconnect snapshots without the endpoints of the others. With it, every proxy known
+before the restart is listed (disconnected) for ``--warmup`` seconds; see Registry.restore.
+
+The file is ``<state-dir>/registry.json`` (mode 0600), written atomically at most every
+``interval`` seconds while the registry changes, and once more on a clean stop. A missing,
+unreadable or malformed file is logged and ignored: the registry then starts empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from meshctl.controlplane.dirfiles import atomic_write
+from meshctl.controlplane.registry import ProxyInfo, Registry
+
+log = logging.getLogger(__name__)
+FILE_NAME = "registry.json"
+_FORMAT = 1
+_FIELDS = {f.name for f in fields(ProxyInfo)}
+
+
+def encode(proxies: list[ProxyInfo]) -> bytes:
+    return json.dumps({"format": _FORMAT, "proxies": [asdict(p) for p in proxies]},
+                      indent=1, sort_keys=True).encode()
+
+
+def decode(data: bytes) -> list[ProxyInfo]:
+    """The proxies in a state file; ValueError if it is not one this version wrote."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise ValueError(f"not a registry state file of format {_FORMAT}")
+    raw = doc.get("proxies")
+    if not isinstance(raw, list):
+        raise ValueError("'proxies' must be a list")
+    return [_proxy(i, item) for i, item in enumerate(raw)]
+
+
+def _proxy(index: int, item: Any) -> ProxyInfo:
+    if not isinstance(item, dict) or not {"name", "service"} <= set(item) <= _FIELDS:
+        raise ValueError(f"proxies[{index}]: not a proxy entry")
+    for key, value in item.items():
+        expected = bool if key == "ready" else dict if key == "labels" else str
+        if not isinstance(value, expected):
+            raise ValueError(f"proxies[{index}].{key}: must be a {expected.__name__}")
+    labels = item.get("labels", {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ValueError(f"proxies[{index}].labels: must map strings to strings")
+    return ProxyInfo(**item)
+
+
+class RegistryStateFile:
+    """Keeps ``path`` in step with ``registry``."""
+
+    def __init__(self, path: Path, registry: Registry, *, interval: float = 0.5) -> None:
+        self.path = path
+        self.registry = registry
+        self.interval = interval
+        self._saved_revision = -1
+
+    def restore(self, hold: float) -> int:
+        """Load the file into the registry (listed for ``hold`` s); how many proxies it held."""
+        try:
+            proxies = decode(self.path.read_bytes())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            log.warning("ignoring the registry state file %s: %s", self.path, exc)
+            return 0
+        self.registry.restore(proxies, hold)
+        self._saved_revision = self.registry.revision
+        log.info("restored %d proxies from %s; each is dropped unless it reconnects within "
+                 "%.0fs", len(proxies), self.path, hold)
+        return len(proxies)
+
+    def save(self) -> None:
+        """Write the registry now if it changed since the last save."""
+        revision = self.registry.revision
+        if revision != self._saved_revision:
+            atomic_write(self.path, encode(self.registry.proxies()), mode=0o600)
+            self._saved_revision = revision
+
+    async def run(self) -> None:
+        """Save after changes, at most every ``interval`` s, until cancelled (then once more)."""
+        try:
+            while True:
+                await self.registry.changed.wait()
+                self.registry.changed.clear()
+                await asyncio.sleep(self.interval)  # coalesce a burst of (re)registrations
+                await self._save_off_loop()
+        finally:
+            self._save_logged()
+
+    async def _save_off_loop(self) -> None:
+        revision, data = self.registry.revision, encode(self.registry.proxies())
+        if revision == self._saved_revision:
+            return
+        try:
+            await asyncio.to_thread(atomic_write, self.path, data, 0o600)  # fsync: off the loop
+        except OSError as exc:
+            log.warning("cannot save the registry state to %s: %s", self.path, exc)
+            return
+        self._saved_revision = revision
+
+    def _save_logged(self) -> None:
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("cannot save the registry state to %s: %s", self.path, exc)

@@ -1,0 +1,84 @@
+"""The registry state file: round trip, atomic 0600 writes, and bad files ignored, not fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.registrystate import RegistryStateFile, decode, encode
+
+PROXIES = [
+    ProxyInfo(name="reviews-v1-1", service="reviews", labels={"version": "v1"},
+              inbound="127.0.0.1:15006", admin="127.0.0.1:15000", ready=True,
+              cert_expiry="2026-11-27T00:00:00Z"),
+    ProxyInfo(name="gateway-1", service="gateway", mode="gateway", outbound="0.0.0.0:8080"),
+]
+
+
+def test_encode_decode_round_trip() -> None:
+    assert decode(encode(PROXIES)) == PROXIES
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (b"{not json", "Expecting property name"),
+    (b'{"format": 2, "proxies": []}', "not a registry state file"),
+    (b'{"format": 1, "proxies": {}}', "'proxies' must be a list"),
+    (b'{"format": 1, "proxies": [{"service": "x"}]}', r"proxies\[0\]: not a proxy entry"),
+    (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "evil": 1}]}',
+     r"proxies\[0\]: not a proxy entry"),
+    (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "ready": "yes"}]}',
+     r"proxies\[0\]\.ready: must be a bool"),
+    (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "labels": {"v": 1}}]}',
+     r"proxies\[0\]\.labels: must map strings to strings"),
+])
+def test_decode_rejects_what_it_did_not_write(data: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        decode(data)
+
+
+def test_save_then_restore_into_a_fresh_registry(tmp_path: Path) -> None:
+    """What one control plane saved, the next restores, listed for the hold."""
+    path = tmp_path / "state" / "registry.json"
+    before = Registry()
+    for info in PROXIES:
+        before.register(info)
+    RegistryStateFile(path, before).save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    after = Registry()
+    assert RegistryStateFile(path, after).restore(hold=15.0) == 2
+    assert after.proxies() == sorted(PROXIES, key=lambda p: p.name)
+    assert [p.name for p in after.endpoints()] == ["reviews-v1-1"]
+    assert not any(after.connected(p.name) for p in PROXIES)
+
+
+def test_a_bad_or_missing_file_leaves_the_registry_empty(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "registry.json"
+    registry = Registry()
+    assert RegistryStateFile(path, registry).restore(hold=15.0) == 0
+    path.write_bytes(b"\x00garbage")
+    assert RegistryStateFile(path, registry).restore(hold=15.0) == 0
+    assert registry.proxies() == [] and "ignoring the registry state file" in caplog.text
+
+
+async def test_run_saves_after_changes_and_once_more_when_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    registry = Registry()
+    state = RegistryStateFile(path, registry, interval=0.01)
+    task = asyncio.create_task(state.run())
+    registry.register(PROXIES[0])
+
+    async def saved(count: int) -> None:
+        while not path.exists() or len(decode(path.read_bytes())) != count:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(saved(1), 5)
+    registry.register(PROXIES[1])
+    task.cancel()  # before the coalescing interval ends: the final save still writes it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert decode(path.read_bytes()) == [PROXIES[1], PROXIES[0]]
