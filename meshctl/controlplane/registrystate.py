@@ -30,7 +30,7 @@ _FIELDS = {f.name for f in fields(ProxyInfo)}
 
 def encode(proxies: list[ProxyInfo]) -> bytes:
     return json.dumps({"format": _FORMAT, "proxies": [asdict(p) for p in proxies]},
-                      indent=1, sort_keys=True).encode()
+                      separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> list[ProxyInfo]:
