@@ -119,3 +119,30 @@ def test_registry_restore_lists_known_proxies_until_they_reconnect_or_the_hold_e
     clock.now += 0.2
     registry.expire()
     assert registry.endpoints() == [r1] and registry.connected("r1")
+
+
+async def test_a_large_pass_yields_to_the_streams_and_still_reaches_every_proxy() -> None:
+    """A pass over many proxies returns to the event loop between batches (the streams write
+    what is queued, bounding peak memory) and still sends each proxy exactly one snapshot."""
+    import asyncio
+
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: list[str] = []
+    for i in range(250):
+        name = f"p{i:03d}"
+        registry.register(ProxyInfo(name=name, service="svc", inbound=f"127.0.0.1:{1000 + i}",
+                                    ready=True))
+        rec.attach(name, lambda message, name=name: sent.append(name))
+    seen_mid_pass: list[int] = []
+
+    async def observer() -> None:
+        await asyncio.sleep(0)
+        seen_mid_pass.append(len(sent))
+
+    watcher = asyncio.create_task(observer())
+    await rec.reconcile_pass()
+    await watcher
+    assert sorted(sent) == sorted(rec.states) and len(sent) == 250
+    assert seen_mid_pass and 0 < seen_mid_pass[0] < 250

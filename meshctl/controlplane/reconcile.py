@@ -32,6 +32,7 @@ from meshctl.controlplane.store import EventType, Store
 
 log = logging.getLogger(__name__)
 _ANSWER_TIMEOUT = 10.0  # seconds after which an unanswered push no longer holds back the next
+_YIELD_EVERY = 100  # proxies built and queued between two returns to the event loop
 
 Sender = Callable[[mesh_pb2.ConfigMessage], None]
 
@@ -205,9 +206,13 @@ class Reconciler:
                      if s.sender is None and self.registry.get(n) is None]:
             del self.states[name]  # gone from the registry too: forget it
             names.discard(name)
-        for name in sorted(names):
-            state, info = self.states[name], self.registry.get(name)
-            if state.sender is None or info is None:
+        for count, name in enumerate(sorted(names), 1):
+            if count % _YIELD_EVERY == 0:
+                # Let the streams write what was queued so far: holding every proxy's message
+                # at once is what sets the control plane's peak memory in a full push.
+                await asyncio.sleep(0)
+            state, info = self.states.get(name), self.registry.get(name)
+            if state is None or state.sender is None or info is None:
                 continue
             try:
                 built = builder.build(info)
