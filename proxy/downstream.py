@@ -300,23 +300,29 @@ class DownstreamProtocol(asyncio.Protocol):
             path, query, authority = split_target(self._url)
         except ValueError:
             raise _Reject("bad_request") from None
+        http10 = parser.get_http_version() == "1.0"
         if authority is None:
             if self._host is None:
-                if parser.get_http_version() != "1.0":
+                if not http10:
                     raise _Reject("bad_request")  # HTTP/1.1 requires Host
                 authority = ""
             else:
                 authority = self._host.decode("latin-1")
+        sent_path = path
         if path != "*":
             path = normalize_path(path)
+        url = self._url
+        # The target sent upstream: the client's own bytes when already origin-form and normal
+        # (the common case), else rebuilt from the normalised path.
+        if path is not sent_path or url[:1] != b"/" or b"#" in url:
+            url = (f"{path}?{query}" if query else path).encode("latin-1")
         if self._conn_tokens:
             drop = self._conn_tokens
             self._headers = [h for h in self._headers if h[0].lower() not in drop]
-        http10 = parser.get_http_version() == "1.0"
         upgrade = parser.should_upgrade() and self._upgrade_value is not None
         tail = self._head_tail(upgrade)
         ex = Exchange(
-            self, method, self._url, path, query, authority, self._headers, tail,
+            self, method, url, path, query, authority, self._headers, tail,
             self._chunked, parser.should_keep_alive() and not self.draining, http10, upgrade,
             self._expect_continue and not http10, self.head_started,
         )
@@ -383,7 +389,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if ex is not self.current:
             return
         self.current = None
-        self._set_pause(_P_BUFFER | _P_UPSTREAM, False)
+        if self._paused:
+            self._set_pause(_P_BUFFER | _P_UPSTREAM, False)
         if not ex.client_keep_alive or (ex.upgrade and not tunnel) or not ex.request_done:
             self._close()
             return

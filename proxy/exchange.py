@@ -314,11 +314,7 @@ class Exchange:
             conn.write(_LAST_CHUNK)
 
     def _upstream_head(self) -> bytes:
-        path = self.path
-        if self.query:
-            path = f"{path}?{self.query}"
-        first = b"%s %s HTTP/1.1\r\n" % (self.method, path.encode("latin-1"))
-        parts = [first]
+        parts = [self.method + b" " + self.target + b" HTTP/1.1\r\n"]
         headers = self.headers
         decision = self.decision
         if decision is not None and decision.request_headers is not None:
@@ -633,11 +629,15 @@ class Exchange:
         self.downstream.exchange_finished(self, tunnel)
 
     def _cancel_timers(self) -> None:
-        for name in ("_timer", "_attempt_timer", "_retry_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
 
     def _release_pool(self) -> None:
         if self._pool_held and self.pool is not None:

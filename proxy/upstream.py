@@ -158,7 +158,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel_peer.pause(False)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
+    # No on_message_begin (one callback less per response): the head's state is reset by
+    # _new_message when a request is sent and after an interim (1xx) response.
+    def _new_message(self) -> None:
         self.header_lines = []
         self.content_length = None
         self.transfer_encoding = False
@@ -198,6 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.exchange
         if ex is not None and ex.expects_final_response():
+            self._new_message()
             return  # a 1xx interim response ended; the final one follows
         if self.parser.should_upgrade():
             return  # 101: llhttp "completes" the message, then feed_data raises the upgrade
@@ -208,6 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, exchange: Exchange, head: bytes) -> None:
         self.exchange = exchange
         self.requests += 1
+        self._new_message()
         assert self.transport is not None
         self.transport.write(head)
 

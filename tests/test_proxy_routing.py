@@ -114,6 +114,19 @@ async def test_upstream_reset_mid_response_aborts_client(env: dict[str, Any]) ->
                         destination_service="reset") >= 1
 
 
+@pytest.mark.parametrize(("sent", "received"), [
+    ("/x?q=a%20b&r=%2F..", "/x?q=a%20b&r=%2F.."),  # a normal target goes through byte for byte
+    ("/x?", "/x?"),
+    ("/x#frag", "/x"),  # a fragment never reaches the server
+    ("/a/../x?q=1", "/x?q=1"),  # a normalised path keeps its query
+])
+async def test_request_target_sent_upstream(env: dict[str, Any], sent: str,
+                                            received: str) -> None:
+    """The backend gets the client's target when it is already normal, else the normal form."""
+    resp = await roundtrip(env["proxy"].outbound, get("echo", sent))
+    assert _echoed(resp)["raw_path"] == received
+
+
 @pytest.mark.parametrize("path", ["/a/../b", "//b", "/a/..%2Fb", "/a/%2e%2e/b", "/./b"])
 async def test_paths_are_normalised_before_routing(env: dict[str, Any], path: str) -> None:
     """Dot segments, repeated and encoded slashes become `/b`, for the backend and route match."""
