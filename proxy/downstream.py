@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from proxy import recvbuf
 from proxy.exchange import Exchange
 from proxy.headers import (
     IDENTITY_HEADERS,
@@ -67,8 +68,13 @@ class _Reject(Exception):
         self.reason = reason
 
 
-class DownstreamProtocol(asyncio.Protocol):
-    """Parses client requests and keeps their responses in order."""
+class DownstreamProtocol(asyncio.BaseProtocol):
+    """Parses client requests and keeps their responses in order.
+
+    A plain-TCP connection (uvloop calls ``data_received``); TLS ones are TlsDownstreamProtocol.
+    Based on BaseProtocol rather than Protocol so that the TLS subclass's ``get_buffer`` is
+    honoured (uvloop treats every asyncio.Protocol instance as unbuffered).
+    """
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -138,14 +144,15 @@ class DownstreamProtocol(asyncio.Protocol):
         if len(parts) >= 7 and parts[3] == "ns" and parts[5] == "sa":
             self.peer_namespace, self.peer_service = parts[4], parts[6]
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Parse what arrived; ``data`` may be a view of the shared receive buffer."""
         if self._lingering:
             return  # after a rejection: read and drop, so the client gets our answer
         if self._tunnel is not None:
-            self._tunnel.write(data)
+            self._tunnel.write(bytes(data))
             return
         if self._tunnel_preamble is not None:
-            self._tunnel_preamble.append(data)  # client bytes before the upstream said 101
+            self._tunnel_preamble.append(bytes(data))  # client bytes before the upstream's 101
             self._set_pause(_P_TUNNEL, True)
             return
         if self._in_head:
@@ -156,7 +163,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._reject(rej.reason)
             return
         except httptools.HttpParserUpgrade as upgrade:
-            rest = data[upgrade.args[0]:]
+            rest = bytes(data[upgrade.args[0]:])
             self._tunnel_preamble = [rest] if rest else []
             return
         except httptools.HttpParserError as exc:
@@ -504,6 +511,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         elif after == 0:
             self.transport.resume_reading()
+
+
+class TlsDownstreamProtocol(DownstreamProtocol):
+    """A client connection over TLS: uvloop decrypts into the shared buffer (see recvbuf)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return recvbuf.BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(recvbuf.BUFFER[:nbytes])
 
 
 def _parser_error_reason(message: str) -> str:

@@ -14,8 +14,9 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
+
 if TYPE_CHECKING:
-    from proxy.downstream import DownstreamProtocol
     from proxy.listener import Listener
     from proxy.tls import TlsContexts
 
@@ -27,13 +28,11 @@ class MeshAcceptor:
     """Accepts on a bound socket and starts each connection as TLS or plaintext."""
 
     def __init__(self, listener: Listener, sock: socket.socket,
-                 tls: Callable[[], TlsContexts | None], mode: Callable[[], str],
-                 protocol: Callable[[], DownstreamProtocol]) -> None:
+                 tls: Callable[[], TlsContexts | None], mode: Callable[[], str]) -> None:
         self.listener = listener
         self.sock = sock
         self.tls = tls
         self.mode = mode
-        self.protocol = protocol
         self.loop = listener.loop
         self._task: asyncio.Task[None] | None = None
         self.sockets = [sock]
@@ -81,9 +80,12 @@ class MeshAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
+        listener = self.listener
+        protocol = ((lambda: TlsDownstreamProtocol(listener)) if use_tls
+                    else (lambda: DownstreamProtocol(listener)))
         try:
             await self.loop.connect_accepted_socket(
-                self.protocol, conn, ssl=contexts.listener if use_tls and contexts else None,
+                protocol, conn, ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
             )
         except (TimeoutError, OSError, ssl.SSLError) as exc:

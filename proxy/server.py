@@ -145,7 +145,7 @@ class ProxyServer:
                 # proxy has an identity, never served in plaintext.
                 acceptor = MeshAcceptor(
                     listener, bind_socket(address.host, address.port), lambda: self.tls,
-                    self._mtls_mode, _protocol_factory(listener))
+                    self._mtls_mode)
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
                 if self.tls is not None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from proxy import recvbuf
+
 log = logging.getLogger("ami.proxy")
 
 if TYPE_CHECKING:
@@ -43,8 +45,12 @@ class SkipBody(Exception):
     """Raised from the parser callback to stop parsing after the head (HEAD responses)."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One connection to an endpoint; parses responses and hands events to the exchange."""
+class UpstreamConnection(asyncio.BaseProtocol):
+    """One connection to an endpoint; parses responses and hands events to the exchange.
+
+    Plain TCP; TLS connections are TlsUpstreamConnection (BaseProtocol, not Protocol, for the
+    same reason as DownstreamProtocol).
+    """
 
     __slots__ = (
         "_closed_by_us",
@@ -101,9 +107,10 @@ class UpstreamConnection(asyncio.Protocol):
             except OSError:
                 self._peek_sock = None
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Parse what arrived; ``data`` may be a view of the shared receive buffer."""
         if self.tunnel_peer is not None:
-            self.tunnel_peer.tunnel_write(data)
+            self.tunnel_peer.tunnel_write(bytes(data))
             return
         ex = self.exchange
         if ex is None:
@@ -115,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.flush_out()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
-            ex.upstream_upgraded(self, data[offset:])
+            ex.upstream_upgraded(self, bytes(data[offset:]))
         except httptools.HttpParserError as exc:
             # httptools wraps an exception raised in a callback in HttpParserCallbackError.
             cause = exc.__context__
@@ -282,6 +289,18 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
+class TlsUpstreamConnection(UpstreamConnection):
+    """A connection to an endpoint over mTLS: uvloop decrypts into the shared buffer."""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return recvbuf.BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(recvbuf.BUFFER[:nbytes])
+
+
 class EndpointPool:
     """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
 
@@ -343,7 +362,9 @@ class EndpointPool:
         try:
             transport, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(self), self.address.host, self.address.port,
+                    lambda: (UpstreamConnection(self) if tls is None
+                             else TlsUpstreamConnection(self)),
+                    self.address.host, self.address.port,
                     ssl=tls.client if tls is not None else None,
                     server_hostname="mesh" if tls is not None else None,  # SNI unused
                 ),
