@@ -160,7 +160,7 @@ class Exchange:
             delay = fault.roll_delay()
             if delay:
                 self._count("ami_faults_injected", "delay")
-                self._timer = asyncio.get_running_loop().call_later(delay, self._after_delay)
+                self._timer = self.downstream.loop.call_later(delay, self._after_delay)
                 return
             if self._inject_abort():
                 return
@@ -192,7 +192,7 @@ class Exchange:
                                                   or self.timeout_override < timeout):
             timeout = self.timeout_override  # a request may tighten, never loosen, its timeout
         if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+            self._timer = self.downstream.loop.call_later(timeout, self._on_timeout)
         retry = decision.retry
         if retry is not None:
             assert retry.state.budget is not None
@@ -227,7 +227,7 @@ class Exchange:
         pool.active_requests += 1
         per_try = decision.retry.per_try_timeout if decision.retry is not None else None
         if per_try is not None:
-            self._attempt_timer = asyncio.get_running_loop().call_later(
+            self._attempt_timer = self.downstream.loop.call_later(
                 per_try, self._on_attempt_timeout)
         conn = pool.take_idle()
         if conn is not None:
@@ -271,7 +271,7 @@ class Exchange:
         self.downstream.listener.stats.inc(name, labels)
 
     def _open_connection(self, pool: EndpointPool) -> None:
-        task = asyncio.get_running_loop().create_task(self._connect(pool))
+        task = self.downstream.loop.create_task(self._connect(pool))
         self._connect_task = task
         if pool.breaker is not None:
             # Counted against maxConnections before the task runs: requests arriving in the
@@ -379,7 +379,7 @@ class Exchange:
         if backend is not None and backend.outlier is not None and self.pool is not None:
             backend.outlier.record(self.pool, status)
         if backend is not None and backend.ewma is not None and self.pool is not None:
-            backend.ewma.observe(self.pool, asyncio.get_running_loop().time() - self.start_time)
+            backend.ewma.observe(self.pool, self.downstream.loop.time() - self.start_time)
         if self._attempt_timer is not None:
             self._attempt_timer.cancel()
             self._attempt_timer = None
@@ -552,7 +552,7 @@ class Exchange:
         delay = decision.retry.backoff.delay(self._attempt)
         self._attempt += 1
         self._count("ami_retries")
-        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
+        self._retry_timer = self.downstream.loop.call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:
         self._retry_timer = None

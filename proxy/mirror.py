@@ -6,7 +6,6 @@ the body, if its upstream pushes back, or on any error; its response is read and
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,7 +45,7 @@ class MirrorRequest:
         if conn is not None:
             mirror._send_on(conn)
         else:
-            asyncio.get_running_loop().create_task(mirror._connect())
+            ex.downstream.loop.create_task(mirror._connect())
         return mirror
 
     async def _connect(self) -> None:
