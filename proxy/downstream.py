@@ -513,7 +513,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.transport.resume_reading()
 
 
-class TlsDownstreamProtocol(DownstreamProtocol):
+class TlsDownstreamProtocol(DownstreamProtocol, asyncio.BufferedProtocol):
     """A client connection over TLS: uvloop decrypts into the shared buffer (see recvbuf)."""
 
     def get_buffer(self, sizehint: int) -> memoryview:

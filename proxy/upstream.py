@@ -289,7 +289,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
                 self.transport.abort()
 
 
-class TlsUpstreamConnection(UpstreamConnection):
+class TlsUpstreamConnection(UpstreamConnection, asyncio.BufferedProtocol):
     """A connection to an endpoint over mTLS: uvloop decrypts into the shared buffer."""
 
     __slots__ = ()
