@@ -513,14 +513,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.transport.resume_reading()
 
 
-class TlsDownstreamProtocol(DownstreamProtocol, asyncio.BufferedProtocol):
+class TlsDownstreamProtocol(DownstreamProtocol, recvbuf.BufferedReads):
     """A client connection over TLS: uvloop decrypts into the shared buffer (see recvbuf)."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return recvbuf.BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(recvbuf.BUFFER[:nbytes])
 
 
 def _parser_error_reason(message: str) -> str:

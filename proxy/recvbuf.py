@@ -11,5 +11,22 @@ the buffer afterwards; code that keeps raw bytes (tunnels, an upgrade's leftover
 
 from __future__ import annotations
 
+import asyncio
+
 SIZE = 64 * 1024
 BUFFER = memoryview(bytearray(SIZE))
+
+
+class BufferedReads(asyncio.BufferedProtocol):
+    """Mixin for the TLS protocols: receive into BUFFER, hand each read to data_received."""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(BUFFER[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError  # provided by the protocol class listed before this mixin

@@ -289,16 +289,10 @@ class UpstreamConnection(asyncio.BaseProtocol):
                 self.transport.abort()
 
 
-class TlsUpstreamConnection(UpstreamConnection, asyncio.BufferedProtocol):
+class TlsUpstreamConnection(UpstreamConnection, recvbuf.BufferedReads):
     """A connection to an endpoint over mTLS: uvloop decrypts into the shared buffer."""
 
     __slots__ = ()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return recvbuf.BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(recvbuf.BUFFER[:nbytes])
 
 
 class EndpointPool:

@@ -82,11 +82,10 @@ class RegistryStateFile:
         return len(proxies)
 
     def save(self) -> None:
-        """Write the registry now if it changed since the last save."""
-        revision = self.registry.revision
-        if revision != self._saved_revision:
-            atomic_write(self.path, encode(self.registry.proxies()), mode=0o600)
-            self._saved_revision = revision
+        """Write the registry now if it changed since the last save (a failure is logged)."""
+        pending = self._unsaved()
+        if pending is not None:
+            self._write(*pending)
 
     async def run(self) -> None:
         """Save after changes, at most every ``interval`` s, until cancelled (then once more)."""
@@ -95,23 +94,23 @@ class RegistryStateFile:
                 await self.registry.changed.wait()
                 self.registry.changed.clear()
                 await asyncio.sleep(self.interval)  # coalesce a burst of (re)registrations
-                await self._save_off_loop()
+                pending = self._unsaved()
+                if pending is not None:
+                    await asyncio.to_thread(self._write, *pending)  # fsync: off the loop
         finally:
-            self._save_logged()
+            self.save()
 
-    async def _save_off_loop(self) -> None:
-        revision, data = self.registry.revision, encode(self.registry.proxies())
+    def _unsaved(self) -> tuple[int, bytes] | None:
+        """(revision, file bytes) when the registry changed since the last save, else None."""
+        revision = self.registry.revision
         if revision == self._saved_revision:
-            return
+            return None
+        return revision, encode(self.registry.proxies())
+
+    def _write(self, revision: int, data: bytes) -> None:
         try:
-            await asyncio.to_thread(atomic_write, self.path, data, 0o600)  # fsync: off the loop
+            atomic_write(self.path, data, mode=0o600)
         except OSError as exc:
             log.warning("cannot save the registry state to %s: %s", self.path, exc)
             return
         self._saved_revision = revision
-
-    def _save_logged(self) -> None:
-        try:
-            self.save()
-        except OSError as exc:
-            log.warning("cannot save the registry state to %s: %s", self.path, exc)
