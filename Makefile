@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-controlplane venv clean proto
+.PHONY: demo test lint bench bench-controlplane soak venv clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: $(STAMP)
 
 bench-controlplane: $(STAMP)
 	$(PY) -m bench.controlplane $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/meshctl demo up

@@ -7,11 +7,10 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import nginxconf
-from bench.certs import CertPaths, generate_certs
+from bench.certs import lazy_certs
 from bench.paths import PATHS, BuildContext
 from bench.procs import ServerSpec, cpu_plan, free_port, start_all, stop_all
 from bench.report import machine_info, results_json, table
@@ -72,17 +71,6 @@ def _options(args: argparse.Namespace) -> BenchOptions:
     )
 
 
-def _lazy_certs(run_dir: Path) -> Callable[[], CertPaths]:
-    made: list[CertPaths] = []
-
-    def get() -> CertPaths:
-        if not made:
-            made.append(generate_certs(run_dir / "certs"))
-        return made[0]
-
-    return get
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; returns the process exit code."""
     args = _parse(argv)
@@ -103,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = ServerSpec(
         "backend", nginxconf.nginx_argv(run_dir, backend_conf), cost=False, ready_port=backend_port
     )
-    ctx = BuildContext(run_dir, backend_port, free_port, _lazy_certs(run_dir))
+    ctx = BuildContext(run_dir, backend_port, free_port, lazy_certs(run_dir))
     names = args.paths.split(",")
     rounds: dict[str, list[PathResult]] = {name: [] for name in names}
     running = start_all((backend,), run_dir, plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,15 @@ def generate_certs(directory: Path) -> CertPaths:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
     return paths
+
+
+def lazy_certs(run_dir: Path) -> Callable[[], CertPaths]:
+    """Certificates generated under RUN_DIR/certs on first use (only mTLS paths need them)."""
+    made: list[CertPaths] = []
+
+    def get() -> CertPaths:
+        if not made:
+            made.append(generate_certs(run_dir / "certs"))
+        return made[0]
+
+    return get

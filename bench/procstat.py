@@ -62,3 +62,15 @@ def peak_rss_mb(pids: list[int]) -> float:
             if line.startswith("VmHWM:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024.0
+
+
+def rss_mb(pid: int) -> float | None:
+    """Current resident set (VmRSS) of pid in MiB, or None once it has exited."""
+    try:
+        lines = (_PROC / str(pid) / "status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return None
