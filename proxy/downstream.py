@@ -1,8 +1,8 @@
 """The client side of the proxy: one asyncio Protocol per accepted connection.
 
-It parses requests with httptools, enforces the HTTP/1.1 hardening rules (framing, header
-syntax, sizes, slow clients), keeps pipelined requests in order and hands each request to an
-`Exchange`. It decides no routing policy itself.
+It parses requests with httptools (the head's checks and rewrites are in `requesthead`),
+enforces sizes and slow-client limits, keeps pipelined requests in order and hands each request
+to an `Exchange`. It decides no routing policy itself.
 """
 
 from __future__ import annotations
@@ -14,58 +14,19 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from proxy import recvbuf
-from proxy.exchange import Exchange
-from proxy.headers import (
-    IDENTITY_HEADERS,
-    connection_tokens,
-    new_request_id,
-    normalize_path,
-    split_target,
-)
+from proxy import recvbuf, requesthead
 from proxy.reasons import local_reply
+from proxy.requesthead import Reject
 
 if TYPE_CHECKING:
+    from proxy.exchange import Exchange
     from proxy.listener import Listener
     from proxy.upstream import UpstreamConnection
-
-# Header names the parser treats specially (everything else is forwarded untouched).
-(_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE,
- _H_TIMEOUT, _H_PEER) = range(10)
-_SPECIAL: dict[bytes, int] = {
-    b"host": _H_HOST,
-    b"connection": _H_CONNECTION,
-    b"keep-alive": _H_DROP,
-    b"proxy-connection": _H_DROP,
-    b"te": _H_DROP,
-    b"trailer": _H_DROP,
-    b"proxy-authorization": _H_DROP,
-    b"x-forwarded-proto": _H_DROP,
-    b"transfer-encoding": _H_TE,
-    b"expect": _H_EXPECT,
-    b"x-forwarded-for": _H_XFF,
-    b"x-request-id": _H_REQUEST_ID,
-    b"upgrade": _H_UPGRADE,
-    b"x-ami-timeout-ms": _H_TIMEOUT,
-    b"x-ami-peer": _H_PEER,
-}
-for _name in IDENTITY_HEADERS:
-    _SPECIAL[_name] = _H_DROP
-# Connection options that are not header names (or name a header that must stay: Host).
-_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
 
 log = logging.getLogger("ami.proxy")
 _LINGER_SECONDS = 2.0  # how long a rejected client may keep sending before we close
 
 _P_PIPELINE, _P_BUFFER, _P_UPSTREAM, _P_TUNNEL = 1, 2, 4, 8
-
-
-class _Reject(Exception):
-    """Raised inside a parser callback to stop parsing and answer with a reason word."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class DownstreamProtocol(asyncio.BaseProtocol):
@@ -159,7 +120,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except _Reject as rej:
+        except Reject as rej:
             self._reject(rej.reason)
             return
         except httptools.HttpParserUpgrade as upgrade:
@@ -167,10 +128,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self._tunnel_preamble = [rest] if rest else []
             return
         except httptools.HttpParserError as exc:
-            # httptools wraps whatever a callback raised (our _Reject, or a bug) in
+            # httptools wraps whatever a callback raised (our Reject, or a bug) in
             # HttpParserCallbackError and keeps the original as __context__.
             cause = exc.__context__
-            if isinstance(cause, _Reject):
+            if isinstance(cause, Reject):
                 self._reject(cause.reason)
             elif cause is not None and not isinstance(cause, httptools.HttpParserError):
                 log.error("internal error while handling a request", exc_info=cause)
@@ -227,113 +188,13 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         elif self._tunnel is not None:
             self._tunnel.pause_reading(False)
 
-    # --- httptools callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._host = None
-        self._xff = None
-        self._has_request_id = False
-        self._chunked = False
-        self._expect_continue = False
-        self._upgrade_value = None
-        self._conn_tokens = None
-        self._timeout_override = None
-        self._in_head = True
-        self._head_bytes = 0
-        self._header_sum = 0
-        self.head_started = self.loop.time()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self.listener.limits.max_request_line:
-            raise _Reject("uri_too_long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # data_received counts raw bytes only after the read that began the head, so a large
-        # head arriving in one read is caught here, header by header.
-        self._header_sum += len(name) + len(value) + 4
-        if self._header_sum > self.listener.limits.max_header_bytes:
-            raise _Reject("headers_too_large")
-        kind = _SPECIAL.get(name.lower())
-        if kind is None:
-            self._headers.append((name, value))
-            return
-        if kind == _H_HOST:
-            if self._host is not None:
-                raise _Reject("bad_request")  # two Host headers: ambiguous authority
-            self._host = value
-            self._headers.append((name, value))
-        elif kind == _H_TE:
-            if value.strip().lower() != b"chunked" or self._chunked:
-                raise _Reject("request_smuggling")  # only a single "chunked" is accepted
-            self._chunked = True
-        elif kind == _H_EXPECT:
-            if value.strip().lower() == b"100-continue":
-                self._expect_continue = True
-            else:
-                self._headers.append((name, value))
-        elif kind == _H_XFF:
-            self._xff = value if self._xff is None else self._xff + b", " + value
-        elif kind == _H_REQUEST_ID:
-            self._has_request_id = True
-            self._headers.append((name, value))
-        elif kind == _H_UPGRADE:
-            self._upgrade_value = value
-        elif kind == _H_CONNECTION:
-            # Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1); removed once the
-            # head is complete, since they may come before or after the Connection header.
-            extra = [t for t in connection_tokens(value) if t not in _CONNECTION_OPTIONS]
-            if extra:
-                self._conn_tokens = (self._conn_tokens or []) + extra
-        elif kind == _H_PEER:
-            # Peer metadata (service;version) from the calling sidecar; trusted only over mTLS.
-            if self.peer_identity is not None:
-                self.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
-        elif kind == _H_TIMEOUT:
-            try:
-                self._timeout_override = max(0.0, float(value) / 1000.0)
-            except ValueError:
-                raise _Reject("invalid_header") from None
-        # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
+    # --- httptools callbacks (the head's checks live in proxy.requesthead) ------------------
+    on_message_begin = requesthead.on_message_begin
+    on_url = requesthead.on_url
+    on_header = requesthead.on_header
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        parser = self.parser
-        method = parser.get_method()
-        if method == b"CONNECT":
-            raise _Reject("method_not_allowed")
-        try:
-            path, query, authority = split_target(self._url)
-        except ValueError:
-            raise _Reject("bad_request") from None
-        http10 = parser.get_http_version() == "1.0"
-        if authority is None:
-            if self._host is None:
-                if not http10:
-                    raise _Reject("bad_request")  # HTTP/1.1 requires Host
-                authority = ""
-            else:
-                authority = self._host.decode("latin-1")
-        sent_path = path
-        if path != "*":
-            path = normalize_path(path)
-        url = self._url
-        # The target sent upstream: the client's own bytes when already origin-form and normal
-        # (the common case), else rebuilt from the normalised path.
-        if path is not sent_path or url[:1] != b"/" or b"#" in url:
-            url = (f"{path}?{query}" if query else path).encode("latin-1")
-        if self._conn_tokens:
-            drop = self._conn_tokens
-            self._headers = [h for h in self._headers if h[0].lower() not in drop]
-        upgrade = parser.should_upgrade() and self._upgrade_value is not None
-        tail = self._head_tail(upgrade)
-        ex = Exchange(
-            self, method, url, path, query, authority, self._headers, tail,
-            self._chunked, parser.should_keep_alive() and not self.draining, http10, upgrade,
-            self._expect_continue and not http10, self.head_started,
-        )
-        ex.timeout_override = self._timeout_override
+        ex = requesthead.exchange_from_head(self)
         self._parsing = ex
         if self.current is None:
             self.current = ex
@@ -341,26 +202,6 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         else:
             self.pending.append(ex)
             self._set_pause(_P_PIPELINE, True)
-
-    def _head_tail(self, upgrade: bool) -> list[bytes]:
-        tail = [
-            b"x-forwarded-for: " + (self._xff + b", " + self.client_ip if self._xff
-                                    else self.client_ip) + b"\r\n",
-            self.listener.forwarded_proto_line,
-        ]
-        if not self._has_request_id:
-            tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
-        listener = self.listener
-        if listener.peer_line:
-            tail.append(listener.peer_line)
-        if self.peer_identity is not None and listener.xfcc_by:
-            tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
-                        + self.peer_identity.encode() + b"\r\n")
-        if self._chunked:
-            tail.append(b"transfer-encoding: chunked\r\n")
-        if upgrade and self._upgrade_value is not None:
-            tail.append(b"connection: upgrade\r\nupgrade: " + self._upgrade_value + b"\r\n")
-        return tail
 
     def on_body(self, body: bytes) -> None:
         ex = self._parsing

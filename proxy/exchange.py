@@ -10,73 +10,33 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from proxy import exchangepolicy as policy
 from proxy.reasons import NO_FLAGS, local_reply
+from proxy.responsehead import FRAME_CHUNKED, FRAME_CLOSE, FRAME_NONE, client_head
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
     from proxy.routing import Backend, Decision
     from proxy.upstream import EndpointPool, UpstreamConnection
 
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 _MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
 _MAX_REPLAY = 64 * 1024  # request body kept for retries; larger bodies are not retried
-
-# Response framing towards the client.
-_FRAME_NONE, _FRAME_LENGTH, _FRAME_CHUNKED, _FRAME_CLOSE = 0, 1, 2, 3
 
 
 class Exchange:
     """State of one request; created per request, so attributes live in slots."""
 
     __slots__ = (
-        "_attempt",
-        "_attempt_timer",
-        "_body_buffer",
-        "_breaker_held",
-        "_buffered",
-        "_connect_task",
-        "_frame",
-        "_fresh_retry_used",
-        "_interim",
-        "_out",
-        "_pool_held",
-        "_replay",
-        "_response_chunked_in",
-        "_retry_timer",
-        "_timer",
-        "_upstream_paused",
-        "_waiting",
-        "authority",
-        "backend",
-        "bytes_in",
-        "bytes_out",
-        "chunked",
-        "client_keep_alive",
-        "conn",
-        "decision",
-        "downstream",
-        "expect_continue",
-        "flags",
-        "head_tail",
-        "headers",
-        "http10",
-        "method",
-        "mirror",
-        "path",
-        "pool",
-        "query",
-        "request_done",
-        "response_started",
-        "start_time",
-        "status",
-        "target",
-        "timeout_override",
-        "trace",
-        "upgrade",
-        "upstream_keep_alive",
+        "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
+        "_connect_task", "_frame", "_fresh_retry_used", "_interim", "_out", "_pool_held",
+        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_upstream_paused",
+        "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
+        "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
+        "head_tail", "headers", "http10", "method", "mirror", "path", "pool", "query",
+        "request_done", "response_started", "start_time", "status", "target",
+        "timeout_override", "trace", "upgrade", "upstream_keep_alive",
     )
 
     def __init__(self, downstream: DownstreamProtocol, method: bytes, target: bytes, path: str,
@@ -117,7 +77,7 @@ class Exchange:
         self.mirror: Any = None
         self.timeout_override: float | None = None
         self.trace: Any = None  # proxy.tracing.TracedExchange when this request is sampled
-        self._frame = _FRAME_NONE
+        self._frame = FRAME_NONE
         self._interim = False
         self._response_chunked_in = False
         self._upstream_paused = False
@@ -129,6 +89,22 @@ class Exchange:
         self.bytes_in = 0
         self.bytes_out = 0
 
+    # --- the route's policies (proxy.exchangepolicy), bound as methods ---------------------
+    start = policy.start
+    _after_delay = policy.after_delay
+    _inject_abort = policy.inject_abort
+    _proceed = policy.proceed
+    _count = policy.count
+    _upstream_error = policy.upstream_error
+    _attempt_failed = policy.attempt_failed
+    _may_retry = policy.may_retry
+    _schedule_retry = policy.schedule_retry
+    _retry_now = policy.retry_now
+    _on_attempt_timeout = policy.on_attempt_timeout
+    _on_timeout = policy.on_timeout
+    _drop_attempt = policy.drop_attempt
+    _cancel_timers = policy.cancel_timers
+
     # --- header access for matchers ---------------------------------------------------------
     def header(self, name: str) -> str | None:
         """First value of a request header (name lower-case); linear scan, headers are few."""
@@ -137,74 +113,6 @@ class Exchange:
             if len(n) == len(key) and n.lower() == key:
                 return v.decode("latin-1")
         return None
-
-    # --- start ------------------------------------------------------------------------------
-    def start(self) -> None:
-        tracer = self.downstream.listener.tracer
-        if tracer is not None:
-            tracer.begin(self)  # decides sampling; only a sampled request builds spans
-        decision = self.downstream.listener.router.route(self)
-        if isinstance(decision, str):
-            self.reply(decision)
-            return
-        self.decision = decision
-        if decision.admit is not None:
-            refusal = decision.admit(self)
-            if refusal is not None:
-                reason, status, headers = refusal
-                self.backend = decision.backends[0]
-                self.reply(reason, status=status, extra_headers=headers)
-                return
-        fault = decision.fault
-        if fault is not None:
-            delay = fault.roll_delay()
-            if delay:
-                self._count("ami_faults_injected", "delay")
-                self._timer = self.downstream.loop.call_later(delay, self._after_delay)
-                return
-            if self._inject_abort():
-                return
-        self._proceed()
-
-    def _after_delay(self) -> None:
-        self._timer = None
-        if not self._inject_abort():
-            self._proceed()
-
-    def _inject_abort(self) -> bool:
-        decision = self.decision
-        assert decision is not None and decision.fault is not None
-        status = decision.fault.roll_abort()
-        if not status:
-            return False
-        self._count("ami_faults_injected", "abort")
-        self.backend = decision.backends[0]
-        self.reply("fault_injected", status=status)
-        return True
-
-    def _proceed(self) -> None:
-        decision = self.decision
-        assert decision is not None
-        if self.expect_continue:
-            self.downstream.write(_CONTINUE)
-        timeout = decision.timeout
-        if self.timeout_override is not None and (timeout is None
-                                                  or self.timeout_override < timeout):
-            timeout = self.timeout_override  # a request may tighten, never loosen, its timeout
-        if timeout is not None:
-            self._timer = self.downstream.loop.call_later(timeout, self._on_timeout)
-        retry = decision.retry
-        if retry is not None:
-            assert retry.state.budget is not None
-            retry.state.budget.record_request()
-            if self.method in _IDEMPOTENT or retry.allow_non_idempotent:
-                self._replay = []
-        mirror = decision.mirror
-        if mirror is not None and mirror.roll():
-            from proxy.mirror import MirrorRequest
-
-            self.mirror = MirrorRequest.start(self, mirror.backend)
-        self.dispatch()
 
     def dispatch(self) -> None:
         """Pick a backend and an endpoint, then send on a pooled or a new connection."""
@@ -261,14 +169,6 @@ class Exchange:
     def _overflow(self, backend: Backend) -> None:
         self._count("ami_circuit_breaker_overflow")
         self.reply("overflow")
-
-    def _count(self, name: str, kind: str | None = None) -> None:
-        backend = self.backend or (self.decision.backends[0] if self.decision else None)
-        service = backend.service if backend is not None else "unknown"
-        labels: tuple[tuple[str, str], ...] = (("destination_service", service),)
-        if kind is not None:
-            labels += (("kind", kind),)
-        self.downstream.listener.stats.inc(name, labels)
 
     def _open_connection(self, pool: EndpointPool) -> None:
         task = self.downstream.loop.create_task(self._connect(pool))
@@ -394,61 +294,28 @@ class Exchange:
             self._timer.cancel()  # the route timeout covers the wait for response headers
             self._timer = None
         self.status = status
-        head_only = self.method == b"HEAD" or status in (204, 304)
         self.upstream_keep_alive = conn.parser.should_keep_alive()
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
-        out.extend(conn.header_lines)
-        length = conn.content_length
-        chunked_in = conn.transfer_encoding
-        connection = conn.connection_header
-        if status == 101:
-            if connection is not None:
-                out.append(b"connection: " + connection + _CRLF)
-            if conn.upgrade_header is not None:
-                out.append(b"upgrade: " + conn.upgrade_header + _CRLF)
-        elif (connection is not None and b"," in connection) or (
-                connection is not None and connection.strip().lower() not in _PLAIN_CONNECTION):
-            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            tokens = {t.strip().lower() for t in connection.split(b",")}
-            out = [out[0], *(line for line in out[1:]
-                             if line.split(b":", 1)[0].lower() not in tokens)]
-        if decision is not None and decision.response_header_ops is not None:
-            out = decision.response_header_ops.apply(out)
-        self._response_chunked_in = chunked_in
-        if status == 101:
-            self._frame = _FRAME_NONE
-        elif head_only:
-            self._frame = _FRAME_NONE
-            if length is not None:
-                out.append(b"content-length: " + length + _CRLF)
-        elif length is not None and not chunked_in:
-            self._frame = _FRAME_LENGTH
-            out.append(b"content-length: " + length + _CRLF)
-        elif self.http10:
-            self._frame = _FRAME_CLOSE  # an HTTP/1.0 client reads until close
-            self.client_keep_alive = False
-        else:
-            self._frame = _FRAME_CHUNKED
-            out.append(b"transfer-encoding: chunked\r\n")
-        if not self.client_keep_alive or self.downstream.draining:
-            out.append(b"connection: close\r\n")
-        elif self.http10:
-            out.append(b"connection: keep-alive\r\n")
-        out.append(_CRLF)
+        self._response_chunked_in = conn.transfer_encoding
+        head, self._frame = client_head(
+            conn, status, reason, head_only=self.method == b"HEAD" or status in (204, 304),
+            http10=self.http10, keep_alive=self.client_keep_alive and not self.downstream.draining,
+            edits=decision.response_header_ops if decision is not None else None)
+        if self._frame == FRAME_CLOSE:
+            self.client_keep_alive = False  # an HTTP/1.0 client reads the body until close
         self.response_started = True
         # Held until the end of this read so head and body leave in one write (one syscall).
-        self._out = [b"".join(out)]
+        self._out = [head]
         return self.method == b"HEAD"
 
     def upstream_body(self, chunk: bytes) -> None:
         self.bytes_out += len(chunk)
         out = self._out
         if out is not None:
-            if self._frame == _FRAME_CHUNKED:
+            if self._frame == FRAME_CHUNKED:
                 out.extend((b"%x\r\n" % len(chunk), chunk, _CRLF))
             else:
                 out.append(chunk)
-        elif self._frame == _FRAME_CHUNKED:
+        elif self._frame == FRAME_CHUNKED:
             self.downstream.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
         else:
             self.downstream.write(chunk)
@@ -461,7 +328,7 @@ class Exchange:
             self.downstream.writelines(out)
 
     def upstream_complete(self, conn: UpstreamConnection) -> None:
-        if self._frame == _FRAME_CHUNKED:
+        if self._frame == FRAME_CHUNKED:
             if self._out is not None:
                 self._out.append(_LAST_CHUNK)
             else:
@@ -492,8 +359,8 @@ class Exchange:
         self._upstream_error(conn, reason)
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
-        if (self.response_started and self._frame == _FRAME_CLOSE) or (
-            self.response_started and self._frame == _FRAME_CHUNKED
+        if (self.response_started and self._frame == FRAME_CLOSE) or (
+            self.response_started and self._frame == FRAME_CHUNKED
             and not self._response_chunked_in
         ):
             # A close-delimited upstream body ends at EOF: that is its normal completion.
@@ -501,92 +368,6 @@ class Exchange:
             self.upstream_complete(conn)
             return
         self._upstream_error(conn, "upstream_reset")
-
-    def _upstream_error(self, conn: UpstreamConnection, reason: str) -> None:
-        self.conn = None
-        if (not self.response_started and not self._fresh_retry_used and conn.requests > 1
-                and self.method in _IDEMPOTENT and not self.chunked and self.bytes_in == 0):
-            # Keep-alive race: a reused connection died before any response byte. Retry once on
-            # a fresh connection (the request had no body, so resending is exact).
-            self._fresh_retry_used = True
-            pool = self.pool
-            if pool is not None:
-                self._open_connection(pool)
-                return
-        if self.response_started:
-            self._release_pool()
-            self.reply(reason)
-            return
-        self._attempt_failed("reset", reason)
-
-    def _attempt_failed(self, kind: str, reason: str) -> None:
-        """An attempt ended without a response: retry if declared and allowed, else reply."""
-        if self._attempt_timer is not None:
-            self._attempt_timer.cancel()
-            self._attempt_timer = None
-        backend = self.backend
-        if backend is not None and backend.outlier is not None and self.pool is not None:
-            backend.outlier.record(self.pool, None)
-        self._release_pool()
-        retry = self.decision.retry if self.decision is not None else None
-        if retry is not None and retry.retriable_failure(kind) and self._may_retry():
-            self._schedule_retry()
-            return
-        self.reply(reason)
-
-    def _may_retry(self) -> bool:
-        decision = self.decision
-        assert decision is not None and decision.retry is not None
-        retry = decision.retry
-        if self._replay is None or self._attempt >= retry.attempts or self.downstream.closed:
-            return False
-        assert retry.state.budget is not None
-        if not retry.state.budget.try_withdraw():
-            self._count("ami_retry_budget_exhausted")
-            return False
-        return True
-
-    def _schedule_retry(self) -> None:
-        decision = self.decision
-        assert decision is not None and decision.retry is not None
-        delay = decision.retry.backoff.delay(self._attempt)
-        self._attempt += 1
-        self._count("ami_retries")
-        self._retry_timer = self.downstream.loop.call_later(delay, self._retry_now)
-
-    def _retry_now(self) -> None:
-        self._retry_timer = None
-        if not self.downstream.closed and not self.response_started:
-            self.dispatch()
-
-    def _on_attempt_timeout(self) -> None:
-        """Per-try timeout: give up on this attempt (the request may still be retried)."""
-        self._attempt_timer = None
-        self._drop_attempt()
-        self._attempt_failed("timeout", "timeout")
-
-    def _on_timeout(self) -> None:
-        """Route timeout: no response headers in time; answer 504 whatever else is pending."""
-        self._timer = None
-        self._drop_attempt()
-        self._release_pool()
-        self.reply("timeout")
-
-    def _drop_attempt(self) -> None:
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-        if self._waiting and self.backend is not None and self.backend.state is not None:
-            breaker = self.backend.state.breaker
-            if breaker is not None:
-                breaker.cancel_wait(self)
-            self._waiting = False
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
 
     def upstream_write_paused(self, paused: bool) -> None:
         self.downstream.pause_for_upstream(paused)
@@ -628,17 +409,6 @@ class Exchange:
                 self.backend.state.breaker.finish()
         self.downstream.exchange_finished(self, tunnel)
 
-    def _cancel_timers(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._attempt_timer is not None:
-            self._attempt_timer.cancel()
-            self._attempt_timer = None
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-
     def _release_pool(self) -> None:
         if self._pool_held and self.pool is not None:
             self._pool_held = False
@@ -655,5 +425,3 @@ class Exchange:
                     and self.backend.state.breaker is not None:
                 self.backend.state.breaker.finish()
 
-
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})

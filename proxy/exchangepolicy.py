@@ -1,0 +1,216 @@
+"""What a route's policies do to an exchange: admission, faults, timeouts and retries.
+
+`Exchange` binds these functions as its methods: they read the route's `Decision` and decide,
+while the exchange itself moves bytes. Before dispatch: admission (rate limits,
+authorization), fault injection, the route timeout, the retry budget, a mirror. After a failed
+attempt: a retry (conditions, attempts, budget, backoff) or a local reply.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.upstream import UpstreamConnection
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# --- before dispatch: admission, faults, timeouts, retry budget, mirror ------------------
+def start(ex: Exchange) -> None:
+    """Route the request and run the steps before dispatch; may answer locally instead."""
+    tracer = ex.downstream.listener.tracer
+    if tracer is not None:
+        tracer.begin(ex)  # decides sampling; only a sampled request builds spans
+    decision = ex.downstream.listener.router.route(ex)
+    if isinstance(decision, str):
+        ex.reply(decision)
+        return
+    ex.decision = decision
+    if decision.admit is not None:
+        refusal = decision.admit(ex)
+        if refusal is not None:
+            reason, status, headers = refusal
+            ex.backend = decision.backends[0]
+            ex.reply(reason, status=status, extra_headers=headers)
+            return
+    fault = decision.fault
+    if fault is not None:
+        delay = fault.roll_delay()
+        if delay:
+            ex._count("ami_faults_injected", "delay")
+            ex._timer = ex.downstream.loop.call_later(delay, ex._after_delay)
+            return
+        if ex._inject_abort():
+            return
+    ex._proceed()
+
+
+def after_delay(ex: Exchange) -> None:
+    """Fault delay over: maybe abort, else go on."""
+    ex._timer = None
+    if not ex._inject_abort():
+        ex._proceed()
+
+
+def inject_abort(ex: Exchange) -> bool:
+    """Roll the route's abort fault; True when it answered the request."""
+    decision = ex.decision
+    assert decision is not None and decision.fault is not None
+    status = decision.fault.roll_abort()
+    if not status:
+        return False
+    ex._count("ami_faults_injected", "abort")
+    ex.backend = decision.backends[0]
+    ex.reply("fault_injected", status=status)
+    return True
+
+
+def proceed(ex: Exchange) -> None:
+    """Arm the timeout, take part in the retry budget, start a mirror, dispatch."""
+    decision = ex.decision
+    assert decision is not None
+    if ex.expect_continue:
+        ex.downstream.write(_CONTINUE)
+    timeout = decision.timeout
+    if ex.timeout_override is not None and (timeout is None or ex.timeout_override < timeout):
+        timeout = ex.timeout_override  # a request may tighten, never loosen, its timeout
+    if timeout is not None:
+        ex._timer = ex.downstream.loop.call_later(timeout, ex._on_timeout)
+    retry = decision.retry
+    if retry is not None:
+        assert retry.state.budget is not None
+        retry.state.budget.record_request()
+        if ex.method in IDEMPOTENT or retry.allow_non_idempotent:
+            ex._replay = []
+    mirror = decision.mirror
+    if mirror is not None and mirror.roll():
+        from proxy.mirror import MirrorRequest
+
+        ex.mirror = MirrorRequest.start(ex, mirror.backend)
+    ex.dispatch()
+
+
+def count(ex: Exchange, name: str, kind: str | None = None) -> None:
+    """Count a policy event against the destination service."""
+    backend = ex.backend or (ex.decision.backends[0] if ex.decision else None)
+    service = backend.service if backend is not None else "unknown"
+    labels: tuple[tuple[str, str], ...] = (("destination_service", service),)
+    if kind is not None:
+        labels += (("kind", kind),)
+    ex.downstream.listener.stats.inc(name, labels)
+
+
+# --- after a failed attempt: retry or answer ----------------------------------------------
+def upstream_error(ex: Exchange, conn: UpstreamConnection, reason: str) -> None:
+    """The upstream connection failed: fresh-connection retry, abort, or a failed attempt."""
+    ex.conn = None
+    if (not ex.response_started and not ex._fresh_retry_used and conn.requests > 1
+            and ex.method in IDEMPOTENT and not ex.chunked and ex.bytes_in == 0):
+        # Keep-alive race: a reused connection died before any response byte. Retry once on
+        # a fresh connection (the request had no body, so resending is exact).
+        ex._fresh_retry_used = True
+        pool = ex.pool
+        if pool is not None:
+            ex._open_connection(pool)
+            return
+    if ex.response_started:
+        ex._release_pool()
+        ex.reply(reason)
+        return
+    ex._attempt_failed("reset", reason)
+
+
+def attempt_failed(ex: Exchange, kind: str, reason: str) -> None:
+    """An attempt ended without a response: retry if declared and allowed, else reply."""
+    if ex._attempt_timer is not None:
+        ex._attempt_timer.cancel()
+        ex._attempt_timer = None
+    backend = ex.backend
+    if backend is not None and backend.outlier is not None and ex.pool is not None:
+        backend.outlier.record(ex.pool, None)
+    ex._release_pool()
+    retry = ex.decision.retry if ex.decision is not None else None
+    if retry is not None and retry.retriable_failure(kind) and ex._may_retry():
+        ex._schedule_retry()
+        return
+    ex.reply(reason)
+
+
+def may_retry(ex: Exchange) -> bool:
+    """Attempts left, the body replayable, and the budget allows one more."""
+    decision = ex.decision
+    assert decision is not None and decision.retry is not None
+    retry = decision.retry
+    if ex._replay is None or ex._attempt >= retry.attempts or ex.downstream.closed:
+        return False
+    assert retry.state.budget is not None
+    if not retry.state.budget.try_withdraw():
+        ex._count("ami_retry_budget_exhausted")
+        return False
+    return True
+
+
+def schedule_retry(ex: Exchange) -> None:
+    """Dispatch again after the backoff delay."""
+    decision = ex.decision
+    assert decision is not None and decision.retry is not None
+    delay = decision.retry.backoff.delay(ex._attempt)
+    ex._attempt += 1
+    ex._count("ami_retries")
+    ex._retry_timer = ex.downstream.loop.call_later(delay, ex._retry_now)
+
+
+def retry_now(ex: Exchange) -> None:
+    """The backoff ended: dispatch unless the client left or an answer started."""
+    ex._retry_timer = None
+    if not ex.downstream.closed and not ex.response_started:
+        ex.dispatch()
+
+
+def on_attempt_timeout(ex: Exchange) -> None:
+    """Per-try timeout: give up on this attempt (the request may still be retried)."""
+    ex._attempt_timer = None
+    ex._drop_attempt()
+    ex._attempt_failed("timeout", "timeout")
+
+
+def on_timeout(ex: Exchange) -> None:
+    """Route timeout: no response headers in time; answer 504 whatever else is pending."""
+    ex._timer = None
+    ex._drop_attempt()
+    ex._release_pool()
+    ex.reply("timeout")
+
+
+def drop_attempt(ex: Exchange) -> None:
+    """Abandon the current attempt: its connect, backoff, breaker wait or connection."""
+    if ex._connect_task is not None:
+        ex._connect_task.cancel()
+        ex._connect_task = None
+    if ex._retry_timer is not None:
+        ex._retry_timer.cancel()
+        ex._retry_timer = None
+    if ex._waiting and ex.backend is not None and ex.backend.state is not None:
+        breaker = ex.backend.state.breaker
+        if breaker is not None:
+            breaker.cancel_wait(ex)
+        ex._waiting = False
+    conn, ex.conn = ex.conn, None
+    if conn is not None:
+        conn.abort()
+
+
+def cancel_timers(ex: Exchange) -> None:
+    """Cancel the route, per-try and backoff timers."""
+    if ex._timer is not None:
+        ex._timer.cancel()
+        ex._timer = None
+    if ex._attempt_timer is not None:
+        ex._attempt_timer.cancel()
+        ex._attempt_timer = None
+    if ex._retry_timer is not None:
+        ex._retry_timer.cancel()
+        ex._retry_timer = None

@@ -1,0 +1,193 @@
+"""The request head: the header checks and rewrites of the HTTP/1.1 hardening rules.
+
+`DownstreamProtocol` binds the httptools header callbacks from here. Each header is checked as
+it arrives (sizes, smuggling, duplicate Host), hop-by-hop and identity headers are dropped, and
+the finished head becomes an `Exchange` with a normalised target and the lines the proxy adds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.exchange import Exchange
+from proxy.headers import (
+    IDENTITY_HEADERS,
+    connection_tokens,
+    new_request_id,
+    normalize_path,
+    split_target,
+)
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+
+# Header names the parser treats specially (everything else is forwarded untouched).
+(_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE,
+ _H_TIMEOUT, _H_PEER) = range(10)
+_SPECIAL: dict[bytes, int] = {
+    b"host": _H_HOST,
+    b"connection": _H_CONNECTION,
+    b"keep-alive": _H_DROP,
+    b"proxy-connection": _H_DROP,
+    b"te": _H_DROP,
+    b"trailer": _H_DROP,
+    b"proxy-authorization": _H_DROP,
+    b"x-forwarded-proto": _H_DROP,
+    b"transfer-encoding": _H_TE,
+    b"expect": _H_EXPECT,
+    b"x-forwarded-for": _H_XFF,
+    b"x-request-id": _H_REQUEST_ID,
+    b"upgrade": _H_UPGRADE,
+    b"x-ami-timeout-ms": _H_TIMEOUT,
+    b"x-ami-peer": _H_PEER,
+}
+for _name in IDENTITY_HEADERS:
+    _SPECIAL[_name] = _H_DROP
+# Connection options that are not header names (or name a header that must stay: Host).
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
+
+
+class Reject(Exception):
+    """Raised inside a parser callback to stop parsing and answer with a reason word."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def on_message_begin(p: DownstreamProtocol) -> None:
+    """A new request: reset the per-request parse state."""
+    p._url = b""
+    p._headers = []
+    p._host = None
+    p._xff = None
+    p._has_request_id = False
+    p._chunked = False
+    p._expect_continue = False
+    p._upgrade_value = None
+    p._conn_tokens = None
+    p._timeout_override = None
+    p._in_head = True
+    p._head_bytes = 0
+    p._header_sum = 0
+    p.head_started = p.loop.time()
+
+
+def on_url(p: DownstreamProtocol, url: bytes) -> None:
+    """Collect the request target (it may arrive in pieces)."""
+    p._url += url
+    if len(p._url) > p.listener.limits.max_request_line:
+        raise Reject("uri_too_long")
+
+
+def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
+    """Check one header; keep it for forwarding or act on it (hop-by-hop, framing, ours)."""
+    # data_received counts raw bytes only after the read that began the head, so a large
+    # head arriving in one read is caught here, header by header.
+    p._header_sum += len(name) + len(value) + 4
+    if p._header_sum > p.listener.limits.max_header_bytes:
+        raise Reject("headers_too_large")
+    kind = _SPECIAL.get(name.lower())
+    if kind is None:
+        p._headers.append((name, value))
+        return
+    if kind == _H_HOST:
+        if p._host is not None:
+            raise Reject("bad_request")  # two Host headers: ambiguous authority
+        p._host = value
+        p._headers.append((name, value))
+    elif kind == _H_TE:
+        if value.strip().lower() != b"chunked" or p._chunked:
+            raise Reject("request_smuggling")  # only a single "chunked" is accepted
+        p._chunked = True
+    elif kind == _H_EXPECT:
+        if value.strip().lower() == b"100-continue":
+            p._expect_continue = True
+        else:
+            p._headers.append((name, value))
+    elif kind == _H_XFF:
+        p._xff = value if p._xff is None else p._xff + b", " + value
+    elif kind == _H_REQUEST_ID:
+        p._has_request_id = True
+        p._headers.append((name, value))
+    elif kind == _H_UPGRADE:
+        p._upgrade_value = value
+    elif kind == _H_CONNECTION:
+        # Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1); removed once the
+        # head is complete, since they may come before or after the Connection header.
+        extra = [t for t in connection_tokens(value) if t not in _CONNECTION_OPTIONS]
+        if extra:
+            p._conn_tokens = (p._conn_tokens or []) + extra
+    elif kind == _H_PEER:
+        # Peer metadata (service;version) from the calling sidecar; trusted only over mTLS.
+        if p.peer_identity is not None:
+            p.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
+    elif kind == _H_TIMEOUT:
+        try:
+            p._timeout_override = max(0.0, float(value) / 1000.0)
+        except ValueError:
+            raise Reject("invalid_header") from None
+    # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
+
+
+def exchange_from_head(p: DownstreamProtocol) -> Exchange:
+    """The complete head as an Exchange: method, normalised target, authority, headers."""
+    p._in_head = False
+    parser = p.parser
+    method = parser.get_method()
+    if method == b"CONNECT":
+        raise Reject("method_not_allowed")
+    try:
+        path, query, authority = split_target(p._url)
+    except ValueError:
+        raise Reject("bad_request") from None
+    http10 = parser.get_http_version() == "1.0"
+    if authority is None:
+        if p._host is None:
+            if not http10:
+                raise Reject("bad_request")  # HTTP/1.1 requires Host
+            authority = ""
+        else:
+            authority = p._host.decode("latin-1")
+    sent_path = path
+    if path != "*":
+        path = normalize_path(path)
+    url = p._url
+    # The target sent upstream: the client's own bytes when already origin-form and normal
+    # (the common case), else rebuilt from the normalised path.
+    if path is not sent_path or url[:1] != b"/" or b"#" in url:
+        url = (f"{path}?{query}" if query else path).encode("latin-1")
+    if p._conn_tokens:
+        drop = p._conn_tokens
+        p._headers = [h for h in p._headers if h[0].lower() not in drop]
+    upgrade = parser.should_upgrade() and p._upgrade_value is not None
+    tail = _head_tail(p, upgrade)
+    ex = Exchange(
+        p, method, url, path, query, authority, p._headers, tail,
+        p._chunked, parser.should_keep_alive() and not p.draining, http10, upgrade,
+        p._expect_continue and not http10, p.head_started,
+    )
+    ex.timeout_override = p._timeout_override
+    return ex
+
+
+def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
+    """Header lines the proxy adds: forwarding, request id, peer metadata, XFCC, framing."""
+    tail = [
+        b"x-forwarded-for: " + (p._xff + b", " + p.client_ip if p._xff
+                                else p.client_ip) + b"\r\n",
+        p.listener.forwarded_proto_line,
+    ]
+    if not p._has_request_id:
+        tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+    listener = p.listener
+    if listener.peer_line:
+        tail.append(listener.peer_line)
+    if p.peer_identity is not None and listener.xfcc_by:
+        tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
+                    + p.peer_identity.encode() + b"\r\n")
+    if p._chunked:
+        tail.append(b"transfer-encoding: chunked\r\n")
+    if upgrade and p._upgrade_value is not None:
+        tail.append(b"connection: upgrade\r\nupgrade: " + p._upgrade_value + b"\r\n")
+    return tail

@@ -1,0 +1,65 @@
+"""The response head the client gets: upstream headers minus hop-by-hop ones, and its framing.
+
+The body's framing towards the client is decided here once per response: as the upstream
+framed it when it gave a length, chunked when it did not, read-until-close for an HTTP/1.0
+client, none for HEAD/204/304/101.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.layers import HeaderEditor
+    from proxy.upstream import UpstreamConnection
+
+FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = 0, 1, 2, 3
+_CRLF = b"\r\n"
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
+def client_head(conn: UpstreamConnection, status: int, reason: bytes, *, head_only: bool,
+                http10: bool, keep_alive: bool, edits: HeaderEditor | None) -> tuple[bytes, int]:
+    """The head for the client and the frame of the body that follows.
+
+    `keep_alive` says whether the client connection stays open after this response;
+    FRAME_CLOSE means it cannot (an HTTP/1.0 client reading a body of unknown length).
+    """
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
+    out.extend(conn.header_lines)
+    length = conn.content_length
+    connection = conn.connection_header
+    if status == 101:
+        if connection is not None:
+            out.append(b"connection: " + connection + _CRLF)
+        if conn.upgrade_header is not None:
+            out.append(b"upgrade: " + conn.upgrade_header + _CRLF)
+    elif connection is not None and (b"," in connection
+                                     or connection.strip().lower() not in _PLAIN_CONNECTION):
+        # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+        tokens = {t.strip().lower() for t in connection.split(b",")}
+        out = [out[0], *(line for line in out[1:]
+                         if line.split(b":", 1)[0].lower() not in tokens)]
+    if edits is not None:
+        out = edits.apply(out)
+    if status == 101:
+        frame = FRAME_NONE
+    elif head_only:
+        frame = FRAME_NONE
+        if length is not None:
+            out.append(b"content-length: " + length + _CRLF)
+    elif length is not None and not conn.transfer_encoding:
+        frame = FRAME_LENGTH
+        out.append(b"content-length: " + length + _CRLF)
+    elif http10:
+        frame = FRAME_CLOSE
+        keep_alive = False
+    else:
+        frame = FRAME_CHUNKED
+        out.append(b"transfer-encoding: chunked\r\n")
+    if not keep_alive:
+        out.append(b"connection: close\r\n")
+    elif http10:
+        out.append(b"connection: keep-alive\r\n")
+    out.append(_CRLF)
+    return b"".join(out), frame
