@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("ok")
         return 0
+    from proxy.malloctune import fix_mmap_threshold
+
+    fix_mmap_threshold()
     try:
         import uvloop
 
