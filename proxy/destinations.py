@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from meshctl.api.policy import ConnectionPool, OutlierDetection
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
-    from proxy.upstream import EndpointPool
+    from proxy.pools import EndpointPool
 
 
 class Breaker:

@@ -16,8 +16,9 @@ from proxy.responsehead import FRAME_CHUNKED, FRAME_CLOSE, FRAME_NONE, client_he
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
+    from proxy.pools import EndpointPool
     from proxy.routing import Backend, Decision
-    from proxy.upstream import EndpointPool, UpstreamConnection
+    from proxy.upstream import UpstreamConnection
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"

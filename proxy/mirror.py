@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
+    from proxy.pools import EndpointPool
     from proxy.routing import Backend
-    from proxy.upstream import EndpointPool, UpstreamConnection
+    from proxy.upstream import UpstreamConnection
 
 _MAX_BUFFER = 64 * 1024
 

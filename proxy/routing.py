@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from proxy.destinations import DestinationRegistry, DestinationState
     from proxy.exchange import Exchange
     from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
-    from proxy.pools import PoolRegistry
-    from proxy.upstream import EndpointPool
+    from proxy.pools import EndpointPool, PoolRegistry
 
 Matcher = Callable[["Exchange"], bool]
 

@@ -1,7 +1,7 @@
-"""Upstream HTTP/1.1 connections and the keep-alive pool of one endpoint.
+"""Upstream HTTP/1.1 connections: response parsing and relaying to the exchange.
 
-A connection carries one exchange at a time (no upstream pipelining). Pool bookkeeping is
-synchronous; the only awaitable is opening a new connection.
+A connection carries one exchange at a time (no upstream pipelining); its endpoint's
+`proxy.pools.EndpointPool` opens it and keeps it between requests.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -19,8 +18,8 @@ from proxy import recvbuf
 log = logging.getLogger("ami.proxy")
 
 if TYPE_CHECKING:
-    from proxy.config import Address
     from proxy.exchange import Exchange
+    from proxy.pools import EndpointPool
 
 
 # Response header names handled apart from the pass-through lines (lower-case).
@@ -37,8 +36,6 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"proxy-authenticate": _R_HOP,
 }
 
-
-_QUICK_CLOSE = 1.0  # seconds: below any sane keep-alive timeout
 
 
 class SkipBody(Exception):
@@ -293,127 +290,3 @@ class TlsUpstreamConnection(UpstreamConnection, recvbuf.BufferedReads):
     """A connection to an endpoint over mTLS: uvloop decrypts into the shared buffer."""
 
     __slots__ = ()
-
-
-class EndpointPool:
-    """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
-
-    __slots__ = (
-        "active_requests",
-        "address",
-        "breaker",
-        "closes_quickly",
-        "connect_timeout",
-        "connections",
-        "identity",
-        "idle",
-        "idle_timeout",
-        "loop",
-        "max_requests_per_connection",
-        "tls",
-        "version",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
-        self.loop = loop
-        self.address = address
-        self.idle: deque[UpstreamConnection] = deque()
-        self.connections = 0
-        self.active_requests = 0  # read by the least-request balancer
-        self.idle_timeout = 10.0
-        self.connect_timeout = 5.0
-        self.max_requests_per_connection = 0
-        self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
-        self.closes_quickly = False  # server closes idle connections right after answering
-        self.breaker: Any = None  # the destination's Breaker when connection limits are declared
-        self.version = "unknown"  # the endpoint's version label, for metrics
-        self.identity: str | None = None  # expected SPIFFE id of the peer
-
-    def take_idle(self) -> UpstreamConnection | None:
-        """A live idle connection, or None (stale ones found on the way are closed)."""
-        now = self.loop.time()
-        while self.idle:
-            conn = self.idle.pop()  # LIFO: the warmest connection, least likely timed out
-            idle_for = now - conn.idle_since
-            # Peek for a FIN (a non-blocking recv) when the server may have closed meanwhile:
-            # after a pause (keep-alive timeouts are seconds), or always for a server seen
-            # closing connections right after answering without `Connection: close` (a POST
-            # written to such a connection could not be retried). Else skip the syscall.
-            if idle_for < self.idle_timeout and (
-                    (idle_for < _QUICK_CLOSE and not self.closes_quickly) or conn.looks_alive()):
-                return conn
-            conn.close()
-        return None
-
-    def note_idle_close(self, idle_since: float) -> None:
-        """The server closed an idle connection; soon after its last answer means: peek."""
-        if self.loop.time() - idle_since < _QUICK_CLOSE:
-            self.closes_quickly = True
-
-    async def connect(self) -> UpstreamConnection:
-        self.connections += 1
-        tls = self.tls
-        try:
-            transport, proto = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: (UpstreamConnection(self) if tls is None
-                             else TlsUpstreamConnection(self)),
-                    self.address.host, self.address.port,
-                    ssl=tls.client if tls is not None else None,
-                    server_hostname="mesh" if tls is not None else None,  # SNI unused
-                ),
-                self.connect_timeout,
-            )
-        except BaseException:
-            self.connections -= 1
-            raise
-        if tls is not None:
-            self._check_identity(transport, proto)
-        return proto
-
-    def _check_identity(self, transport: asyncio.BaseTransport,
-                        proto: UpstreamConnection) -> None:
-        """The server must be the identity expected for this endpoint, not just any mesh cert."""
-        from proxy.identity import IdentityError
-        from proxy.tls import verify_peer
-
-        expected = {self.identity} if self.identity else None
-        try:
-            proto.peer_identity = verify_peer(transport.get_extra_info("ssl_object"), expected)
-        except IdentityError as exc:
-            proto.abort()
-            raise OSError(f"upstream {self.address}: {exc}") from None
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return a connection whose response completed cleanly to the idle set."""
-        conn.exchange = None
-        limit = self.max_requests_per_connection
-        if conn.closed or (limit and conn.requests >= limit):
-            conn.close()
-            return
-        breaker = self.breaker
-        if breaker is not None and breaker.pending:
-            breaker.next_waiter().take_connection(self, conn)  # hand over, skip the idle set
-            return
-        conn.idle_since = self.loop.time()
-        self.idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        """Bookkeeping when a connection closes, whoever closed it (called once per connection)."""
-        self.connections -= 1
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
-        breaker = self.breaker
-        if breaker is not None and breaker.pending and not breaker.connections_full():
-            breaker.next_waiter().take_connection(self, None)  # a slot freed: open a new one
-
-    def sweep(self, now: float) -> None:
-        """Close idle connections older than the idle timeout (called by a periodic task)."""
-        while self.idle and now - self.idle[0].idle_since >= self.idle_timeout:
-            self.idle.popleft().close()
-
-    def close_all(self) -> None:
-        while self.idle:
-            self.idle.pop().close()
