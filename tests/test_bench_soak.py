@@ -49,9 +49,9 @@ async def test_churn_counts_a_refused_connection_as_unexpected() -> None:
     assert await one(free_port(), Kind("get", b"GET / HTTP/1.1\r\n\r\n", 200), 0) is False
 
 
-def test_short_soak_through_a_sidecar(tmp_path: Path) -> None:
-    """Steady load plus churn through a real sidecar: every request gets its expected answer,
-    RSS is sampled, and the sidecar holds no client connection afterwards.
+def test_short_soak_through_the_mtls_pair(tmp_path: Path) -> None:
+    """Steady load plus churn through two real sidecars with mTLS between: every request gets
+    its expected answer, RSS is sampled, and neither sidecar holds a client connection after.
 
     The growth limit is loose here: a 20-second run measures the harness, not the figure
     (`make soak` runs ten minutes with the 2 MiB limit).
@@ -61,7 +61,7 @@ def test_short_soak_through_a_sidecar(tmp_path: Path) -> None:
         pytest.skip(f"missing {', '.join(missing)}")
     out = tmp_path / "soak.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--path", "ami-1hop", "--minutes", "0.3",
+        [sys.executable, "-m", "bench.soak", "--path", "ami-2hop-mtls", "--minutes", "0.3",
          "--warmup", "5", "--interval", "1", "--rate", "200", "--churn", "16",
          "--max-growth-mb", "50", "--json", str(out), "--run-dir", str(tmp_path / "run")],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
@@ -72,6 +72,6 @@ def test_short_soak_through_a_sidecar(tmp_path: Path) -> None:
     assert doc["steady"]["requests"] == 3600 and doc["steady"]["errors"] == 0
     assert set(doc["churn_sent"]) == {k.name for k in kinds("backend")}
     assert doc["churn_failed"] == {}
-    assert doc["connections_after"] == {"ami-outbound": 0}
-    assert doc["trends"]["ami-outbound"]["samples"] >= 10
+    assert doc["connections_after"] == {"ami-inbound": 0, "ami-outbound": 0}
+    assert all(t["samples"] >= 10 for t in doc["trends"].values())
     assert "soak: PASS" in proc.stdout
