@@ -163,6 +163,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None  # see UpstreamConnection.connection_lost: frees the TLS state now
         self.listener.release(self)
         if self._tunnel is not None:
             self._tunnel.close()

@@ -137,6 +137,10 @@ class UpstreamConnection(asyncio.BaseProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # This protocol and its parser refer to each other, so only the cyclic GC frees them,
+        # late for a long-lived connection; without this the transport - and over TLS its
+        # 256 KiB buffer and OpenSSL state - would wait with them.
+        self.transport = None
         self._detach()
         if self.tunnel_peer is not None:
             self.tunnel_peer.tunnel_closed()
@@ -220,12 +224,12 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        if self.transport is not None:  # None once lost: the bytes go nowhere, like a closed socket
+            self.transport.write(data)
 
     def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
-        assert self.transport is not None
-        self.transport.writelines(parts)
+        if self.transport is not None:
+            self.transport.writelines(parts)
 
     def pause_reading(self, paused: bool) -> None:
         t = self.transport
