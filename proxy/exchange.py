@@ -271,7 +271,7 @@ class Exchange:
             return True
         return False
 
-    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes) -> bool:
+    def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200 and status != 101:
             self._interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
@@ -298,7 +298,7 @@ class Exchange:
         self.upstream_keep_alive = conn.parser.should_keep_alive()
         self._response_chunked_in = conn.transfer_encoding
         head, self._frame = client_head(
-            conn, status, reason, head_only=self.method == b"HEAD" or status in (204, 304),
+            conn, status, head_only=self.method == b"HEAD" or status in (204, 304),
             http10=self.http10, keep_alive=self.client_keep_alive and not self.downstream.draining,
             edits=decision.response_header_ops if decision is not None else None)
         if self._frame == FRAME_CLOSE:

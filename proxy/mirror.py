@@ -102,7 +102,7 @@ class MirrorRequest:
             return True
         return False
 
-    def upstream_headers(self, conn: UpstreamConnection, status: int, reason: bytes) -> bool:
+    def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200:
             self._interim = True
         return self.head_only

@@ -1,12 +1,13 @@
 """The response head the client gets: upstream headers minus hop-by-hop ones, and its framing.
 
-The body's framing towards the client is decided here once per response: as the upstream
+The status line carries the standard reason phrase. The body's framing towards the client is decided here once per response: as the upstream
 framed it when it gave a length, chunked when it did not, read-until-close for an HTTP/1.0
 client, none for HEAD/204/304/101.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,16 +17,26 @@ if TYPE_CHECKING:
 FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = 0, 1, 2, 3
 _CRLF = b"\r\n"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+# The reason phrase is not forwarded: RFC 9112 (4) has clients ignore it, and a fixed table
+# makes the status line one dict lookup (Envoy does the same).
+_STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
 
 
-def client_head(conn: UpstreamConnection, status: int, reason: bytes, *, head_only: bool,
-                http10: bool, keep_alive: bool, edits: HeaderEditor | None) -> tuple[bytes, int]:
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 <code> <standard phrase>`; an unregistered code gets an empty phrase."""
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def client_head(conn: UpstreamConnection, status: int, *, head_only: bool, http10: bool,
+                keep_alive: bool, edits: HeaderEditor | None) -> tuple[bytes, int]:
     """The head for the client and the frame of the body that follows.
 
     `keep_alive` says whether the client connection stays open after this response;
     FRAME_CLOSE means it cannot (an HTTP/1.0 client reading a body of unknown length).
     """
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"OK")]
+    line = _STATUS_LINES.get(status)
+    out = [line if line is not None else status_line(status)]
     out.extend(conn.header_lines)
     length = conn.content_length
     connection = conn.connection_header

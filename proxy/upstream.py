@@ -53,7 +53,6 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "_closed_by_us",
         "_detached",
         "_peek_sock",
-        "_status_reason",
         "closed",
         "connection_header",
         "content_length",
@@ -87,7 +86,6 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.closed = False
         self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
         self.peer_identity: str | None = None
-        self._status_reason = b""
         self._detached = False
         self._closed_by_us = False
 
@@ -166,18 +164,15 @@ class UpstreamConnection(asyncio.BaseProtocol):
             self.tunnel_peer.pause(False)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    # No on_message_begin (one callback less per response): the head's state is reset by
-    # _new_message when a request is sent and after an interim (1xx) response.
+    # No on_message_begin and no on_status (two callbacks less per response): the head's state
+    # is reset by _new_message when a request is sent and after an interim (1xx) response, and
+    # the client gets the standard reason phrase (responsehead.status_line).
     def _new_message(self) -> None:
         self.header_lines = []
         self.content_length = None
         self.transfer_encoding = False
         self.connection_header = None
         self.upgrade_header = None
-        self._status_reason = b""
-
-    def on_status(self, status: bytes) -> None:
-        self._status_reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = _RESPONSE_SPECIAL.get(name.lower())
@@ -197,7 +192,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         ex = self.exchange
         assert ex is not None
         status = self.parser.get_status_code()
-        if ex.upstream_headers(self, status, self._status_reason):
+        if ex.upstream_headers(self, status):
             raise SkipBody  # HEAD: no body follows whatever Content-Length says
 
     def on_body(self, body: bytes) -> None:

@@ -33,13 +33,24 @@ async def _close_delimited(_: RawBackend, reader: asyncio.StreamReader,
         await writer.drain()
 
 
+async def _odd_status_lines(_: RawBackend, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+    """Status lines with a made-up phrase, an empty phrase and an unregistered code."""
+    while (req := await read_request(reader)) is not None:
+        line = {"/custom": b"HTTP/1.1 404 Nothing To See\r\n", "/empty": b"HTTP/1.1 404 \r\n",
+                "/unregistered": b"HTTP/1.1 599 Whatever\r\n"}[req.target]
+        writer.write(line + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     backends = Backends()
     echo = backends.aiohttp(echo_app())
     eof = backends.raw(_close_delimited)
+    odd = backends.raw(_odd_status_lines)
     proxy = ProxyProcess(tmp_path_factory.mktemp("framing"),
-                         {"echo": [echo], "eof": [eof.port]}).start()
+                         {"echo": [echo], "eof": [eof.port], "odd": [odd.port]}).start()
     yield {"proxy": proxy, "port": proxy.outbound}
     proxy.stop()
     backends.close()
@@ -51,6 +62,18 @@ async def test_chunked_request_body_is_forwarded(env: dict[str, Any]) -> None:
            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
     resp = await roundtrip(env["port"], raw)
     assert json.loads(resp.body)["body"] == "hello world"
+
+
+@pytest.mark.parametrize(("path", "first"), [
+    ("/custom", "HTTP/1.1 404 Not Found"),
+    ("/empty", "HTTP/1.1 404 Not Found"),
+    ("/unregistered", "HTTP/1.1 599 "),
+])
+async def test_status_line_has_the_standard_phrase(env: dict[str, Any], path: str,
+                                                   first: str) -> None:
+    """The upstream's reason phrase is not forwarded; the client gets the registered one."""
+    resp = await roundtrip(env["port"], get("odd", path))
+    assert (resp.first, resp.body) == (first, b"ok")
 
 
 async def test_chunked_response_body_is_relayed_chunked(env: dict[str, Any]) -> None:
