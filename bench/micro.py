@@ -1,0 +1,188 @@
+"""The proxy's per-request Python cost, in process: real protocols and router, no sockets.
+
+`python -m bench.micro` drives a `DownstreamProtocol` and a pooled `UpstreamConnection` with
+in-memory transports, so a request costs exactly the proxy's own Python work (parsing callbacks,
+routing, policies, metrics, response framing) without syscalls or the scheduler. It is the
+figure to compare two builds of the hot path with; `make bench` gives the end-to-end ones.
+`--instructions` counts CPU instructions per request under valgrind instead of timing: slow,
+but the same on every run, so it shows a 1% change that timing noise on a shared VM hides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.amiconf import BENCH_SERVICE, FEATURE_RULES
+
+REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.encode()
+           + b"\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
+_BODY = b"x" * 1024
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 03:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n\r\n"
+            + _BODY)
+
+
+class MemoryTransport:
+    """Just enough of a uvloop transport for the protocols: writes are counted, not sent."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.first = b""  # the start of the first write (a response head, for the check)
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.written:
+            self.first = bytes(data[:16])
+        self.written += len(data)
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    resume_reading = pause_reading
+
+
+def _snapshot(variant: str) -> dict[str, Any]:
+    node = {"service": "bench-client", "namespace": "default", "labels": {"version": "v1"}}
+    mesh = {"mtls": "DISABLE", "accessLog": False}
+    services = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
+    if variant == "inbound":
+        return {"version": "micro", "node": {**node, "service": BENCH_SERVICE}, "mesh": mesh,
+                "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
+    snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
+                            "listeners": {"outbound": "127.0.0.1:0"}, "services": services}
+    if variant == "features":
+        snap["routes"] = [{"host": BENCH_SERVICE, "rules": FEATURE_RULES}]
+    return snap
+
+
+@dataclass
+class Result:
+    variant: str
+    requests: int
+    us_per_request: float  # best of the repeats
+
+
+async def measure(variant: str, requests: int, repeats: int) -> Result:
+    """Run `requests` request/response cycles `repeats` times; the best run counts."""
+    from proxy.config import Snapshot
+    from proxy.downstream import DownstreamProtocol
+    from proxy.server import ProxyOptions, ProxyServer
+    from proxy.upstream import UpstreamConnection
+
+    server = ProxyServer(ProxyOptions())
+    server.apply(Snapshot.from_dict(_snapshot(variant)))
+    await server.start_listeners()
+    kind = "inbound" if variant == "inbound" else "outbound"
+    listener = server.listeners[kind]
+    client = DownstreamProtocol(listener)
+    client_transport = MemoryTransport()
+    client.connection_made(client_transport)  # type: ignore[arg-type]
+    (pool,) = list(server.pools)
+    upstream = UpstreamConnection(pool)
+    upstream.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    pool.connections += 1
+    pool.release(upstream)
+
+    def cycle() -> None:
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+
+    cycle()
+    if not client_transport.first.startswith(b"HTTP/1.1 200 ") or upstream.exchange is not None \
+            or client_transport.written < len(_BODY):
+        raise RuntimeError(f"{variant}: no 200 through the proxy: {client_transport.first!r}")
+    best = float("inf")
+    gc.collect()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(requests):
+            cycle()
+        best = min(best, time.perf_counter() - t0)
+    if client.closed or listener.stats is None:
+        raise RuntimeError(f"{variant}: the client connection closed during the run")
+    for lst in server.listeners.values():
+        if lst.server is not None:
+            lst.server.close()
+    return Result(variant, requests, best / requests * 1e6)
+
+
+_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def instructions_per_request(variant: str, small: int = 1000, large: int = 6000) -> float:
+    """Instructions per request: two callgrind runs, the difference divided by the extra
+    requests (start-up and imports cancel out)."""
+    def refs(requests: int) -> int:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             "-m", "bench.micro", "--variants", variant, "--requests", str(requests),
+             "--repeats", "1"], capture_output=True, text=True, check=True)
+        return parse_refs(proc.stderr)
+
+    return (refs(large) - refs(small)) / (large - small)
+
+
+def parse_refs(valgrind_stderr: str) -> int:
+    """The `I refs:` total from valgrind's summary."""
+    match = _REFS.search(valgrind_stderr)
+    if match is None:
+        raise RuntimeError("no 'I refs' line in valgrind's output")
+    return int(match.group(1).replace(",", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
+    parser.add_argument("--variants", default="plain,features,inbound",
+                        help="plain (one-hop route by Host), features (route match, timeout, "
+                             "retries), inbound (server side)")
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request with valgrind (~1 min per variant)")
+    args = parser.parse_args(argv)
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+            return 2
+        for variant in args.variants.split(","):
+            print(f"{variant:10} {instructions_per_request(variant):9,.0f} instructions/request")
+        return 0
+    import uvloop
+
+    results = [uvloop.run(measure(v, args.requests, args.repeats))
+               for v in args.variants.split(",")]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results]))
+    else:
+        for r in results:
+            print(f"{r.variant:10} {r.us_per_request:6.2f} µs/request (best of {args.repeats})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
