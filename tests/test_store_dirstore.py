@@ -84,6 +84,30 @@ async def test_yaml_error_then_fix(store: DirStore) -> None:
     assert condition["status"] == "True"
 
 
+async def test_reverting_to_the_last_good_bytes_clears_the_rejection(store: DirStore) -> None:
+    """Undoing a bad edit by restoring the file byte for byte accepts it again and unblocks
+    API writes to it (the content equals what is live, so nothing else changes)."""
+    path = store.root / "reviews.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("reviews"))
+        good = (await next_event(watch)).object
+        good_bytes = path.read_bytes()
+        path.write_text("kind: [unclosed\n")
+        write(store.root / "fence.yaml", policy_doc("fence"))
+        await next_event(watch)
+        assert store.errors() != []
+        path.write_bytes(good_bytes)
+        write(store.root / "fence2.yaml", policy_doc("fence2"))
+        await next_event(watch)
+    assert store.errors() == []
+    live = await store.get(KIND, "default", "reviews")
+    assert good is not None and live is not None
+    assert live.resource_version == good.resource_version
+    [condition] = (await store.status(live.key))["conditions"]
+    assert (condition["type"], condition["status"]) == ("Accepted", "True")
+    await store.update(policy("reviews", ("v1", "v2")))  # no "invalid edit on disk" conflict
+
+
 async def test_cross_document_breakage_is_rejected(store: DirStore) -> None:
     """An edit that leaves a Route pointing at a removed subset is rejected with its path."""
     async with store.watch() as watch:

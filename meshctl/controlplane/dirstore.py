@@ -226,6 +226,9 @@ class DirStore(MemStore):
             return False
         digest = _digest(data)
         if rel in self._files and self._files[rel].digest == digest:
+            if rel in self._rejected:  # a bad edit undone: the live objects are this content
+                self._clear_rejection(rel)
+                return True
             return False
         if not force and rel in self._rejected and self._rejected[rel][0] == digest:
             return False
@@ -275,8 +278,14 @@ class DirStore(MemStore):
         for key in old - {res.key for res in resources}:
             self._commit_delete(key)
         self._files[rel] = _FileState(digest, tuple(res.key for res in resources))
-        if self._rejected.pop(rel, None) is not None:
-            log.info("%s is valid again and accepted", rel)
+        if rel in self._rejected:
+            self._clear_rejection(rel)
+
+    def _clear_rejection(self, rel: str) -> None:
+        del self._rejected[rel]
+        for key in self._files[rel].keys:
+            self._set_accepted(key, None)
+        log.info("%s is valid again and accepted", rel)
 
     def _reject(self, rel: str, digest: str, message: str) -> None:
         keys = self._files[rel].keys if rel in self._files else ()
