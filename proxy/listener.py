@@ -100,8 +100,7 @@ class Listener:
         else:
             prefix = self._unrouted_prefix(ex)
             version = "unknown"
-        security = conn.security if self.kind == "inbound" else (
-            "mutual_tls" if ex.pool is not None and ex.pool.tls is not None else "none")
+        security = conn.security if self.kind == "inbound" else outbound_security(ex)
         self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                           ex.bytes_in, ex.bytes_out)
         if self.access_log is not None:
@@ -156,6 +155,14 @@ class Listener:
             self.server.close()
         for conn in list(self.connections):
             conn.drain()
+
+
+def outbound_security(ex: Exchange) -> str:
+    """How the request left this sidecar: `unknown` when it never did (answered locally)."""
+    pool = ex.pool
+    if pool is None:
+        return "unknown"
+    return "mutual_tls" if pool.tls is not None else "none"
 
 
 def _version_of(backend: Any) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy.adminhttp import Handler, Request, Response
+from proxy.listener import outbound_security
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -72,8 +73,8 @@ class TapHub:
             "source_version": prefix[2], "destination": prefix[3],
             "destination_workload": prefix[4],
             "destination_version": ex.pool.version if ex.pool is not None else "unknown",
-            "tls": ex.downstream.security if listener.kind == "inbound" else (
-                "mutual_tls" if ex.pool is not None and ex.pool.tls is not None else "none"),
+            "tls": ex.downstream.security if listener.kind == "inbound"
+            else outbound_security(ex),
         }
         for queue, tap_filter in self.clients.items():
             if tap_filter.matches(event):

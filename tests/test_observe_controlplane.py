@@ -15,6 +15,7 @@ from tests.helpers_mesh import (
     ROOT,
     MeshProcess,
     all_synced,
+    apply_yaml,
     http_get,
     start_backend,
     start_control_plane,
@@ -92,3 +93,58 @@ def test_check_and_metrics_and_dashboard(cp: tuple[MeshProcess, MeshProcess]) ->
     assert 0 < values["ami_controlplane_push_ack_seconds_sum"] < 30
     status, body = http_get(control.info["api"] + "/dashboard")
     assert status == 200 and b'id="graph"' in body
+
+
+ABORT_FOR_JASON = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - name: jason-abort
+      matches: [{headers: {end-user: {exact: jason}}}]
+      fault: {abort: {httpStatus: 503}}
+      backends: [{subset: v1, weight: 100}]
+    - name: default
+      backends: [{subset: v1, weight: 100}]
+"""
+
+
+def test_stat_counts_replies_the_callers_sidecar_made(
+        cp: tuple[MeshProcess, MeshProcess]) -> None:
+    """Aborted requests never reach reviews' sidecar; stat must still count them (the demo's
+    fault walkthrough), and edges must not call them plaintext. Runs last: it leaves errors."""
+    control, front = cp
+    outbound = front.info["outbound"]
+    for _ in range(5):  # reviews' own sidecar reports these: its destination view exists
+        assert http_get(f"http://{outbound}/", {"Host": "reviews"})[0] == 200
+    apply_yaml(control, ABORT_FOR_JASON)
+
+    def aborting() -> bool:
+        return http_get(f"http://{outbound}/", {"Host": "reviews", "end-user": "jason"})[0] == 503
+
+    wait_for(aborting, 20, "the abort rule live in the sidecar", interval=0.2)
+    for _ in range(9):
+        assert aborting()
+
+    def failures_shown() -> bool:
+        out = meshctl(control, "stat", "reviews", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)["rows"]
+        return bool(rows) and rows[0]["successRate"] is not None and rows[0]["successRate"] < 1
+    wait_for(failures_shown, 30, "the aborts in meshctl stat", interval=0.5)
+
+    # No connection was made for them: their security is unknown, neither mTLS nor plaintext.
+    metrics = http_get(f"http://{front.info['admin']}/metrics")[1].decode()
+    [aborted] = [line for line in metrics.splitlines()
+                 if line.startswith("ami_requests_total{") and "fault_injected" in line]
+    assert 'connection_security_policy="unknown"' in aborted
+    assert aborted.endswith(" 10.0")

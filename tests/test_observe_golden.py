@@ -15,10 +15,11 @@ INF = float("inf")
 
 
 def key(code: str = "200", *, reporter: str = "source", src: str = "productpage",
-        dst: str = "reviews", ver: str = "v1", security: str = "none") -> tuple[str, ...]:
+        dst: str = "reviews", ver: str = "v1", security: str = "none",
+        flags: str = "-") -> tuple[str, ...]:
     values = {"reporter": reporter, "source_workload": src, "source_version": "v1",
               "destination_service": dst, "destination_workload": dst,
-              "destination_version": ver, "response_code": code, "response_flags": "-",
+              "destination_version": ver, "response_code": code, "response_flags": flags,
               "connection_security_policy": security}
     return tuple(values[name] for name in LABELS)
 
@@ -79,6 +80,30 @@ def test_destination_reports_win_over_source_reports() -> None:
     by_caller = one_reporter(rates(old, new), prefer="source")  # edges: the caller's view
     assert sorted((r.key[0], r.key[3]) for r in by_caller) == [("source", "ratings"),
                                                                ("source", "reviews")]
+
+
+def test_replies_the_callers_sidecar_made_count_for_the_service() -> None:
+    """An injected abort never reaches the destination's sidecar: the service's view adds the
+    caller's series for it (else stat shows 100% while callers get 503), and only for such
+    reasons, so forwarded requests are still counted once. Their security is unknown, not
+    plaintext: no connection was made."""
+    forwarded_src = key("200", reporter="source", security="mutual_tls")
+    forwarded_dst = key("200", reporter="destination", security="mutual_tls")
+    aborted = key("503", reporter="source", security="unknown", flags="fault_injected")
+    timed_out = key("504", reporter="source", security="mutual_tls", flags="timeout")
+    series = (forwarded_src, forwarded_dst, aborted, timed_out)
+    old = scrape(0.0, {k: (0, ((INF, 0),)) for k in series})
+    new = scrape(1.0, {forwarded_src: (8, ((INF, 8),)), forwarded_dst: (9, ((INF, 9),)),
+                       aborted: (1, ((INF, 1),)), timed_out: (1, ((INF, 1),))})
+    kept = one_reporter(rates(old, new))
+    assert sorted((r.key[0], r.key[7]) for r in kept) == [("destination", "-"),
+                                                          ("source", "fault_injected")]
+    g = golden(kept)
+    assert g.rps == pytest.approx(10.0)
+    assert g.success_rate == pytest.approx(0.9)
+    assert g.mtls_share == pytest.approx(1.0)  # the abort's "unknown" is left out
+    only_local = golden([r for r in kept if r.key[7] == "fault_injected"])
+    assert only_local.mtls_share is None
 
 
 def test_window_uses_scrapes_inside_the_window_and_drops_old_ones() -> None:

@@ -58,11 +58,17 @@ def edges(args: argparse.Namespace) -> int:
         return 0
     rows = [(f"{e['source']} ({e['sourceVersion']})",
              f"{e['destination']} ({e['destinationVersion']})",
-             "🔒 mTLS" if e["secured"] else "plaintext", f"{e['rps']:.1f}",
+             _security(e), f"{e['rps']:.1f}",
              _pct(e["successRate"]), _ms(e["p99"])) for e in body["edges"]]
     print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99"),
                               rows))
     return 0
+
+
+def _security(edge: dict[str, Any]) -> str:
+    if edge.get("mtlsShare") is None:
+        return "-"  # every request was answered by the caller's sidecar
+    return "🔒 mTLS" if edge["secured"] else "plaintext"
 
 
 @reports_errors

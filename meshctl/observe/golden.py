@@ -14,6 +14,7 @@ from meshctl.observe.samples import (
     CODE,
     DST,
     DST_VER,
+    FLAGS,
     REPORTER,
     SECURITY,
     SRC,
@@ -93,6 +94,12 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     return prev_le
 
 
+# Replies a caller's sidecar makes without sending anything to the destination: only the
+# source reporter sees these requests, so a service's destination-side view must add them.
+SOURCE_ONLY_FLAGS = frozenset({"fault_injected", "upstream_connect_failure",
+                               "no_healthy_upstream", "overflow"})
+
+
 def is_success(code: str) -> bool:
     """5xx and "no response" (0) are failures, as in linkerd's success rate."""
     return code.isdigit() and 0 < int(code) < 500
@@ -100,14 +107,17 @@ def is_success(code: str) -> bool:
 
 def golden(group: Iterable[Rate]) -> Golden:
     """Combine rates of many series (and proxies) into one set of golden signals."""
-    total = ok = secure = 0.0
+    total = ok = secure = known = 0.0
     merged: dict[float, float] = {}
     for r in group:
         total += r.rps
         if is_success(r.key[CODE]):
             ok += r.rps
-        if r.key[SECURITY] == "mutual_tls":
-            secure += r.rps
+        security = r.key[SECURITY]
+        if security != "unknown":  # answered by the caller's sidecar: no connection to judge
+            known += r.rps
+            if security == "mutual_tls":
+                secure += r.rps
         for le, c in r.buckets:
             merged[le] = merged.get(le, 0.0) + c
     if total <= 0:
@@ -115,17 +125,20 @@ def golden(group: Iterable[Rate]) -> Golden:
     pairs = list(merged.items())
     return Golden(total, ok / total, histogram_quantile(0.5, pairs),
                   histogram_quantile(0.95, pairs), histogram_quantile(0.99, pairs),
-                  secure / total)
+                  secure / known if known > 0 else None)
 
 
 def one_reporter(all_rates: list[Rate], prefer: str = "destination") -> list[Rate]:
     """Count each request once: per destination service, the ``prefer`` reporter's series win
     when both the caller's outbound ("source") and the callee's inbound ("destination") exist.
-    Per service the inbound view is complete; per edge the caller knows best who it is."""
+    Per service the inbound view is complete but for the requests the caller's sidecar answered
+    itself (SOURCE_ONLY_FLAGS), which are added from the source side; per edge the caller
+    knows best who it is."""
     other = "source" if prefer == "destination" else "destination"
     has_preferred = {r.key[DST] for r in all_rates if r.key[REPORTER] == prefer}
     return [r for r in all_rates
-            if r.key[REPORTER] == (prefer if r.key[DST] in has_preferred else other)]
+            if r.key[REPORTER] == (prefer if r.key[DST] in has_preferred else other)
+            or (r.key[REPORTER] == "source" and r.key[FLAGS] in SOURCE_ONLY_FLAGS)]
 
 
 def group_by(all_rates: Iterable[Rate], key: Callable[[Key], tuple[str, ...]]
