@@ -84,26 +84,35 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.client_ip = str(peer[0]).encode()
         self.idle_since = self.loop.time()
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self._identify_peer(ssl_object)
+        if ssl_object is not None and not self._identify_peer(ssl_object):
+            # Chain-valid but not a workload identity (no SPIFFE id, or several): refused like
+            # a failed handshake, before any byte is read.
+            self.listener.stats.inc("ami_tls_handshake_failures",
+                                    (("listener", self.listener.kind),))
+            transport.abort()  # type: ignore[attr-defined]
+            self.closed = True
+            return
         if not self.listener.admit(self):
             transport.write(local_reply("too_many_connections", close=True))  # type: ignore[attr-defined]
             transport.close()
             self.closed = True
 
-    def _identify_peer(self, ssl_object: object) -> None:
+    def _identify_peer(self, ssl_object: object) -> bool:
+        """Read the peer's SPIFFE id; False when its certificate does not carry exactly one."""
         from proxy.identity import IdentityError
         from proxy.tls import verify_peer
 
         self.security = "mutual_tls"
         try:
             self.peer_identity = verify_peer(ssl_object, None)  # type: ignore[arg-type]
-        except IdentityError:
-            return
+        except IdentityError as exc:
+            log.debug("inbound peer refused: %s", exc)
+            return False
         # spiffe://<trust-domain>/ns/<namespace>/sa/<service>
         parts = self.peer_identity.split("/")
         if len(parts) >= 7 and parts[3] == "ns" and parts[5] == "sa":
             self.peer_namespace, self.peer_service = parts[4], parts[6]
+        return True
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Parse what arrived; ``data`` may be a view of the shared receive buffer."""

@@ -15,11 +15,17 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
@@ -264,6 +270,53 @@ async def test_expired_cert_is_refused(mesh: Mesh) -> None:
     with pytest.raises(REFUSED):
         await tls_roundtrip(mesh.strict_port, client_ctx(expired, mesh.bundle),
                             get("reviews", "/health"))
+
+
+def odd_leaf(ca: CertificateAuthority, sans: list[x509.GeneralName]) -> Any:
+    """A client certificate the mesh CA signed but would never issue: other identity SANs.
+
+    Chain-valid, so only the proxy's identity check can stop it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "productpage")]))
+               .issuer_name(ca.ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(minutes=5))
+               .not_valid_after(now + timedelta(hours=1))
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   ca.ca_cert.public_key()), False)  # type: ignore[arg-type]
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              False))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
+    cert = builder.sign(ca._ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return SimpleNamespace(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        chain_pem=mint(ca, "productpage").chain_pem,
+        key_pem=key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize("sans", [
+    [],
+    [x509.UniformResourceIdentifier(sid("productpage")),
+     x509.UniformResourceIdentifier(sid("ratings"))],
+    [x509.UniformResourceIdentifier("https://productpage.example")],
+    [x509.DNSName("productpage")],
+], ids=["no-san", "two-spiffe-ids", "non-spiffe-uri", "dns-only"])
+async def test_mesh_signed_cert_without_exactly_one_spiffe_id_is_refused(
+        mesh: Mesh, sans: list[x509.GeneralName]) -> None:
+    """Chain of trust alone is not enough: the peer needs exactly one SPIFFE URI SAN, even
+    for a path every mesh identity may call (/health), and the refusal is counted."""
+    name = "ami_tls_handshake_failures_total"
+    before = metric_value(await mesh.strict.metrics(), name, listener="inbound")
+    with pytest.raises(REFUSED):
+        await tls_roundtrip(mesh.strict_port, client_ctx(odd_leaf(mesh.ca, sans), mesh.bundle),
+                            get("reviews", "/health"))
+    assert metric_value(await mesh.strict.metrics(), name, listener="inbound") == before + 1
 
 
 async def test_valid_peer_cert_is_accepted_directly(mesh: Mesh) -> None:
