@@ -113,9 +113,19 @@ class Listener:
     def record_rejection(self, conn: DownstreamProtocol, reason: str) -> None:
         from proxy.reasons import REASONS
 
+        status = REASONS[reason][0]
         prefix = ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
                   "unknown", "unknown")
-        self.stats.record(prefix, "unknown", REASONS[reason][0], reason, conn.security, 0.0, 0, 0)
+        self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, 0)
+        if self.access_log is not None:
+            # Hostile or broken input is what an operator greps the log for; the head was not
+            # understood, so the request's own fields are null.
+            self._write({"start_time": conn.head_started or self.loop.time(),
+                         "listener": self.kind, "method": None, "path": None,
+                         "authority": None, "status": status, "reason": reason,
+                         "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": 0,
+                         "request_id": None, "source": "unknown",
+                         "destination_service": "unknown", "upstream": None})
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         from proxy.headers import service_from_authority
@@ -142,6 +152,9 @@ class Listener:
             "upstream": str(ex.backend.pools[0].address) if ex.backend and ex.backend.pools
             else None,
         }
+        self._write(line)
+
+    def _write(self, line: dict[str, Any]) -> None:
         out = self.access_log or sys.stdout
         out.write(json.dumps(line, separators=(",", ":")) + "\n")
         out.flush()

@@ -125,6 +125,23 @@ async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
     assert next(x for x in lines() if x["status"] == 404)["reason"] == "no_route"
 
 
+@pytest.mark.parametrize(("raw", "status", "reason"), [
+    (b"GET /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 3\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", 400, "request_smuggling"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: echo\r\n\r\n", 414, "uri_too_long"),
+])
+async def test_rejected_input_is_in_the_access_log(proxy: ProxyProcess, raw: bytes, status: int,
+                                                   reason: str) -> None:
+    """A request refused before it was understood still gets its access-log line and word."""
+    resp = await roundtrip(proxy.outbound, raw)
+    assert (resp.status, resp.header("x-ami-reason")) == (status, reason)
+
+    def logged() -> bool:
+        return any(json.loads(x).get("reason") == reason and json.loads(x)["status"] == status
+                   for x in proxy.stdout().splitlines() if x.startswith("{"))
+    await eventually(logged)
+
+
 async def test_sigterm_drains_in_flight_requests(tmp_path: Path, echo: int) -> None:
     """SIGTERM: /ready turns 503, the in-flight slow request completes, the process exits 0."""
     proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
