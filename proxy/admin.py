@@ -1,4 +1,8 @@
-"""The admin listener (loopback by default): metrics, health, readiness, config dump, tap."""
+"""The admin listener (loopback by default): metrics, health, readiness, config dump, tap.
+
+Everything is readable from anywhere the listener is reachable except PRIVILEGED, which needs
+a loopback peer or the admin token the sidecar registered with the control plane.
+"""
 
 from __future__ import annotations
 
@@ -87,7 +91,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-async def start_admin(server: ProxyServer, host: str, port: int) -> AdminServer:
-    admin = AdminServer(admin_routes(server))
+# Routes that act on the proxy or show its traffic and config: loopback or the admin token.
+PRIVILEGED = frozenset({("POST", "/shutdown"), ("POST", "/logging/access"), ("GET", "/tap"),
+                        ("GET", "/config_dump")})
+
+
+async def start_admin(server: ProxyServer, host: str, port: int, *,
+                      token: str = "") -> AdminServer:
+    admin = AdminServer(admin_routes(server), privileged=PRIVILEGED, token=token)
     await admin.start(host, port)
     return admin

@@ -3,11 +3,16 @@
 The sidecar already parses HTTP with httptools, so the admin endpoints reuse it rather than load
 a web framework into every sidecar (aiohttp alone is ~14 MB of RSS). One request per connection
 (`connection: close`): the admin listener serves probes, scrapes and an occasional tap stream.
+Privileged routes (those that act or reveal traffic) answer only a loopback peer or a caller
+with the admin token, as Istio's agent keeps /quitquitquit to localhost: the listener may be
+bound to a container network so the control plane can scrape it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +33,8 @@ class Request:
     path: str
     query: dict[str, str]
     body: bytes
+    peer: str = ""  # the client's IP address
+    authorization: str = ""  # the Authorization header, if any
 
 
 @dataclass(slots=True)
@@ -50,8 +57,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 class AdminServer:
     """Routes `(METHOD, path)` to handlers; `start()` binds, `cleanup()` stops."""
 
-    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+    def __init__(self, routes: dict[tuple[str, str], Handler], *,
+                 privileged: frozenset[tuple[str, str]] = frozenset(),
+                 token: str = "") -> None:
         self.routes = routes
+        self.privileged = privileged
+        self.token = token  # "" = privileged routes are loopback-only
         self.server: asyncio.base_events.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -68,7 +79,19 @@ class AdminServer:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
+    def allowed(self, request: Request) -> bool:
+        """May this caller use a privileged route: a loopback peer, or the admin token."""
+        if _is_loopback(request.peer):
+            return True
+        scheme, _, presented = request.authorization.partition(" ")
+        return bool(self.token) and scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.strip().encode(), self.token.encode())
+
     async def handle(self, request: Request) -> Response:
+        if (request.method, request.path) in self.privileged and not self.allowed(request):
+            return json_response({"error": f"{request.method} {request.path} is privileged: "
+                                  "call it from this host (loopback) or with the admin token"},
+                                 403)
         handler = self.routes.get((request.method, request.path))
         if handler is None:
             allowed = [m for (m, p) in self.routes if p == request.path]
@@ -83,17 +106,30 @@ class AdminServer:
             return json_response({"error": "internal error (see the proxy log)"}, 500)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class _AdminProtocol(asyncio.Protocol):
     def __init__(self, server: AdminServer) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.peer = ""
         self.url = b""
+        self.authorization = b""
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if peername else ""
 
     def data_received(self, data: bytes) -> None:
         if self.task is not None:
@@ -110,6 +146,10 @@ class _AdminProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.authorization = value
+
     def on_body(self, body: bytes) -> None:
         self.body += body
         if len(self.body) > _MAX_BODY and self.transport is not None:
@@ -118,7 +158,8 @@ class _AdminProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         target = urlsplit(self.url.decode("latin-1"))
         request = Request(self.parser.get_method().decode("latin-1"), target.path,
-                          dict(parse_qsl(target.query)), bytes(self.body))
+                          dict(parse_qsl(target.query)), bytes(self.body), self.peer,
+                          self.authorization.decode("latin-1"))
         self.task = asyncio.get_running_loop().create_task(self._respond(request))
         self.server.tasks.add(self.task)
         self.task.add_done_callback(self.server.tasks.discard)

@@ -108,6 +108,8 @@ class ControlPlaneAgent:
         ca_file = getattr(args, "ca_file", None)
         self.ca_pem: bytes | None = ca_file.read_bytes() if ca_file else None
         self.cert_expiry: Callable[[], str] = lambda: ""  # set by run.py's identity agent
+        self.cert_issued: Callable[[], str] = lambda: ""
+        self.admin_token = ""  # sent in Register; the admin listener wants it from remote callers
         self.applied_version = ""
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage] | None = None
@@ -183,7 +185,8 @@ class ControlPlaneAgent:
             name=ident.name, service=ident.service, namespace=ident.namespace,
             labels=ident.labels, inbound=ident.inbound, outbound=ident.outbound,
             admin=ident.admin, mode=ident.mode, token=ident.token, ready=self.server.ready,
-            config_version=self.applied_version, cert_expiry=self.cert_expiry())
+            config_version=self.applied_version, cert_expiry=self.cert_expiry(),
+            cert_issued=self.cert_issued(), admin_token=self.admin_token)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""
@@ -213,7 +216,7 @@ class ControlPlaneAgent:
         if self._outbox is not None and (force or ready != self._reported_ready):
             self._reported_ready = ready
             self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(
-                ready=ready, cert_expiry=self.cert_expiry())))
+                ready=ready, cert_expiry=self.cert_expiry(), cert_issued=self.cert_issued())))
 
     def certificate_changed(self) -> None:
         """Tell the control plane the new expiry (proxy-status, `meshctl check`)."""

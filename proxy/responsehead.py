@@ -1,8 +1,8 @@
 """The response head the client gets: upstream headers minus hop-by-hop ones, and its framing.
 
-The status line carries the standard reason phrase. The body's framing towards the client is decided here once per response: as the upstream
-framed it when it gave a length, chunked when it did not, read-until-close for an HTTP/1.0
-client, none for HEAD/204/304/101.
+The status line carries the standard reason phrase. The body's framing towards the client is
+decided here once per response: as the upstream framed it when it gave a length, chunked when
+it did not, read-until-close for an HTTP/1.0 client, none for HEAD/204/304/101.
 """
 
 from __future__ import annotations

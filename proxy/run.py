@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
                           IdentityAgentConfig(service=args.service, namespace=args.namespace,
                                               token=token))
     agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
+    agent.cert_issued = lambda: rfc3339(ident.identity.not_before) if ident.identity else ""
     return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
 
 
@@ -106,17 +108,24 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
             server.set_identity(load_identity_dir(args.identity_dir))
         admin = options.listeners.get("admin") or (server.snapshot.listeners.get("admin")
                                                    if server.snapshot else None)
+        admin = admin or Address("127.0.0.1", 15000)
+        await server.start_listeners()
+        runner = await start_admin(server, admin.host, admin.port)
     else:
         from proxy.agent import ControlPlaneAgent
 
         agent = ControlPlaneAgent(server, args)
+        # The control plane calls privileged admin routes (tap) with this token; it learns it
+        # over the authenticated config stream.
+        agent.admin_token = secrets.token_urlsafe(24)
+        admin = options.listeners.get("admin") or Address("127.0.0.1", 15000)
+        # Admin first: /healthz answers and /ready says what is missing while the control plane
+        # is slow or down, instead of the port being closed for the two waits below.
+        runner = await start_admin(server, admin.host, admin.port, token=agent.admin_token)
         identity_task, installed = start_identity_agent(server, args, agent)
         await agent.start()
         await wait_for_identity(installed, agent.first_config_timeout)
-        admin = options.listeners.get("admin")
-    admin = admin or Address("127.0.0.1", 15000)
-    await server.start_listeners()
-    runner = await start_admin(server, admin.host, admin.port)
+        await server.start_listeners()
     log.info("admin on %s; ready=%s", admin, server.ready)
     sweeper = asyncio.create_task(server.run_sweeper())
     await server.stopped.wait()

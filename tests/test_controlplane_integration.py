@@ -120,8 +120,10 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     assert mesh.answers(20) == {b"reviews-v2"}
     listed = proxy_status_json(mesh)
     assert {p["name"] for p in listed} == mesh.names
-    # every sidecar got its workload certificate over the control plane and reports its expiry
+    # every sidecar got its workload certificate over the control plane and reports its issue
+    # time and expiry (`meshctl check` judges the time left against that lifetime)
     assert all(p["synced"] and p["configVersion"] and p["certExpiry"] for p in listed)
+    assert all(p["certIssued"] and p["certIssued"] < p["certExpiry"] for p in listed)
     assert {p["version"] for p in listed if p["service"] == "reviews"} == {"v1", "v2"}
 
 

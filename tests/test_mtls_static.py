@@ -291,7 +291,7 @@ def odd_leaf(ca: CertificateAuthority, sans: list[x509.GeneralName]) -> Any:
                               False))
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
-    cert = builder.sign(ca._ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = builder.sign(ca._ca_key, hashes.SHA256())
     return SimpleNamespace(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         chain_pem=mint(ca, "productpage").chain_pem,

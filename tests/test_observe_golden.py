@@ -135,18 +135,25 @@ def test_parse_reads_the_proxy_exposition() -> None:
 
 
 def test_certificate_checks_warn_near_expiry_and_fail_when_expired() -> None:
-    """< 1 h or < 20% of lifetime left warns; past expiry fails; healthy certs pass."""
+    """< 20% of its own lifetime left (renewal overdue) warns, whatever the TTL; past expiry
+    fails; a proxy that does not report the issue time is judged as a 24 h certificate."""
     now = 1_800_000_000.0
 
     def at(ts: float) -> str:
         from datetime import UTC, datetime
         return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
-    proxies = [{"name": "a", "certExpiry": at(now + 20 * 3600)},
-               {"name": "b", "certExpiry": at(now + 1800)},
-               {"name": "c", "certExpiry": at(now - 1)}]
-    states = [c.state for c in cert_checks(proxies, now).checks]
-    assert states == ["ok", "warn", "fail"]
+    proxies = [
+        {"name": "day", "certIssued": at(now - 4 * 3600), "certExpiry": at(now + 20 * 3600)},
+        {"name": "hour-fresh", "certIssued": at(now - 600), "certExpiry": at(now + 3000)},
+        {"name": "hour-overdue", "certIssued": at(now - 3300), "certExpiry": at(now + 300)},
+        {"name": "week-6h-left", "certIssued": at(now - 162 * 3600),
+         "certExpiry": at(now + 6 * 3600)},
+        {"name": "unknown-issue", "certExpiry": at(now + 1800)},
+        {"name": "expired", "certIssued": at(now - 3601), "certExpiry": at(now - 1)}]
+    states = {c.name.split()[0]: c.state for c in cert_checks(proxies, now).checks}
+    assert states == {"day": "ok", "hour-fresh": "ok", "hour-overdue": "warn",
+                      "week-6h-left": "warn", "unknown-issue": "warn", "expired": "fail"}
 
 
 def test_checks_flag_unsynced_nacked_and_invalid_config() -> None:

@@ -30,6 +30,8 @@ class ProxyInfo:
     mode: str = "sidecar"
     ready: bool = False
     cert_expiry: str = ""  # RFC 3339, "" when no certificate
+    cert_issued: str = ""  # RFC 3339 not-before of that certificate
+    admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
 
     @property
     def version(self) -> str:
@@ -102,12 +104,14 @@ class Registry:
         self._changed()
         self._wake.set()
 
-    def report(self, name: str, session: int, *, ready: bool, cert_expiry: str) -> None:
+    def report(self, name: str, session: int, *, ready: bool, cert_expiry: str,
+               cert_issued: str = "") -> None:
         """A Status message: readiness or certificate changed."""
         entry = self._entries.get(name)
         if entry is None or entry.session != session:
             return
-        updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry)
+        updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry,
+                          cert_issued=cert_issued)
         if updated != entry.info:
             entry.info = updated
             self._changed()

@@ -45,7 +45,8 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
             raise RegistrationError(f"register.{field}: expected HOST:PORT, got {value!r}")
     return ProxyInfo(name=reg.name, service=reg.service, namespace=reg.namespace or "default",
                      labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound,
-                     admin=reg.admin, mode=mode, ready=reg.ready, cert_expiry=reg.cert_expiry)
+                     admin=reg.admin, mode=mode, ready=reg.ready, cert_expiry=reg.cert_expiry,
+                     cert_issued=reg.cert_issued, admin_token=reg.admin_token)
 
 
 class _Mailbox:
@@ -119,7 +120,8 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
                 self.reconciler.nack(name, n.version, n.nonce, n.error)
             elif kind == "status":
                 self.registry.report(name, session, ready=message.status.ready,
-                                     cert_expiry=message.status.cert_expiry)
+                                     cert_expiry=message.status.cert_expiry,
+                                     cert_issued=message.status.cert_issued)
             # a second Register is ignored: a proxy's identity is fixed for its stream
 
     async def IssueCertificate(

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ class Observer:
     """The scraper plus its background task; started by ``run()`` or lazily by a request."""
 
     def __init__(self, source: ProxySource, *, interval: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 admin_tokens: Callable[[], Mapping[str, str]] = dict) -> None:
         self.scraper = Scraper(source, interval=interval, clock=clock)
+        self.admin_tokens = admin_tokens  # proxy name -> token for its privileged admin routes
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
 
@@ -114,7 +116,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
                                            "Cache-Control": "no-cache"})
         proxies = await list_proxies(scraper.source)
         async with tap_many(proxies, service=q.get("service", ""), path=q.get("path", ""),
-                            method=q.get("method", "")) as events:
+                            method=q.get("method", ""),
+                            tokens=observer.admin_tokens()) as events:
             await resp.prepare(request)
             await resp.write(b": tapping\n\n")
             sent = 0
@@ -131,7 +134,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         seconds = min(max(float(request.query.get("seconds", "2")), 0.1), 10.0)
         proxies = await list_proxies(scraper.source)
         collected: list[dict[str, Any]] = []
-        async with tap_many(proxies, service=request.query.get("service", "")) as events:
+        async with tap_many(proxies, service=request.query.get("service", ""),
+                            tokens=observer.admin_tokens()) as events:
             deadline = asyncio.get_running_loop().time() + seconds
             with contextlib.suppress(TimeoutError):
                 while True:

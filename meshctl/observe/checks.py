@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 CERT_LIFETIME_S = 24 * 3600.0  # assumed lifetime when a proxy reports no issue time
-WARN_LEFT_S = 3600.0
+# Sidecars renew at 50-70% of the lifetime: with less than 20% left, renewal is overdue.
+WARN_SHARE_LEFT = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ def cert_checks(proxies: list[dict[str, Any]], now: float) -> Group:
         if left <= 0:
             checks.append(Check(name, "fail", "expired",
                                 "the sidecar cannot renew: check it reaches the control plane"))
-        elif left < WARN_LEFT_S or left < 0.2 * lifetime:
+        elif left < WARN_SHARE_LEFT * lifetime:
             checks.append(Check(name, "warn", f"expires in {int(left // 60)} min",
                                 "rotation should have happened by now: check the sidecar log"))
         else:

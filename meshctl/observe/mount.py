@@ -16,7 +16,8 @@ def observability(registry: Any, reconciler: Any, *, token: str, interval: float
     stat/edges/top/tap/check, the dashboard, and the control plane's own ``/metrics``."""
     from meshctl.controlplane.proxystatus import proxies_json
 
-    observer = Observer(lambda: proxies_json(registry, reconciler), interval=interval)
+    observer = Observer(lambda: proxies_json(registry, reconciler), interval=interval,
+                        admin_tokens=lambda: {p.name: p.admin_token for p in registry.proxies()})
     routes: list[web.AbstractRouteDef] = [*observe_routes(observer, token=token),
                                           *metrics_routes(reconciler)]
     return observer, routes

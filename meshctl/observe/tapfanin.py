@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,9 +13,14 @@ import aiohttp
 
 
 async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: str,
-                  out: asyncio.Queue[dict[str, Any]], connected: asyncio.Queue[str]) -> None:
+                  token: str, out: asyncio.Queue[dict[str, Any]],
+                  connected: asyncio.Queue[str]) -> None:
+    # /tap is privileged on a sidecar's admin listener: loopback, or the token it registered.
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with session.get(f"http://{proxy['admin']}/tap?{query}") as resp:
+        async with session.get(f"http://{proxy['admin']}/tap?{query}", headers=headers) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
             await connected.put(str(proxy["name"]))
             async for line in resp.content:
                 if line.startswith(b"data: "):
@@ -28,8 +33,13 @@ async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: 
 
 @contextlib.asynccontextmanager
 async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: str = "",
-                   method: str = "") -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
-    """Tap every proxy with an admin address; yields a queue of events once all are tapping."""
+                   method: str = "", tokens: Mapping[str, str] | None = None,
+                   ) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+    """Tap every proxy with an admin address; yields a queue of events once all are tapping.
+
+    ``tokens`` maps a proxy name to the admin token it registered (none for static proxies,
+    which then must be on this host)."""
+    tokens = tokens or {}
     query = urlencode({k: v for k, v in (("service", service), ("path", path),
                                          ("method", method)) if v})
     out: asyncio.Queue[dict[str, Any]] = asyncio.Queue(10_000)
@@ -37,7 +47,8 @@ async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: st
     targets = [p for p in proxies if p.get("admin")]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = [asyncio.create_task(_follow(session, p, query, out, connected))
+        tasks = [asyncio.create_task(_follow(session, p, query, tokens.get(str(p["name"]), ""),
+                                             out, connected))
                  for p in targets]
         try:
             for _ in targets:  # every proxy has its hook installed (or failed) before we yield

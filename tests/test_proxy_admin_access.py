@@ -1,0 +1,180 @@
+"""Who may call a sidecar's privileged admin routes: a loopback peer, or the admin token.
+
+The admin listener may be bound to a container network (compose) so the control plane can
+scrape it; /shutdown, /logging, /tap and /config_dump must still not be open to that network.
+The real-socket tests reach the listener over this host's non-loopback address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.adminhttp import AdminServer, Request, Response, json_response
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    http_get,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def _ok(_: Request) -> Response:
+    return json_response({"ok": True})
+
+
+def _server(token: str = "") -> AdminServer:
+    return AdminServer({("GET", "/metrics"): _ok, ("POST", "/shutdown"): _ok},
+                       privileged=frozenset({("POST", "/shutdown")}), token=token)
+
+
+@pytest.mark.parametrize(("peer", "authorization", "token", "status"), [
+    ("127.0.0.1", "", "", 200),              # same host: always
+    ("::1", "", "", 200),
+    ("::ffff:127.0.0.1", "", "", 200),       # IPv4 loopback on a dual-stack socket
+    ("10.0.0.7", "", "s3cret", 403),         # another container, no token
+    ("10.0.0.7", "Bearer wrong", "s3cret", 403),
+    ("10.0.0.7", "Bearer s3cret", "s3cret", 200),
+    ("10.0.0.7", "bearer s3cret", "s3cret", 200),
+    ("10.0.0.7", "Bearer ", "", 403),        # static mode has no token: loopback only
+    ("", "", "", 403),                       # unknown peer (e.g. a Unix socket): refused
+])
+async def test_privileged_route_needs_loopback_or_the_token(peer: str, authorization: str,
+                                                            token: str, status: int) -> None:
+    response = await _server(token).handle(
+        Request("POST", "/shutdown", {}, b"", peer, authorization))
+    assert response.status == status
+    if status == 403:
+        assert b"privileged" in response.body
+
+
+async def test_plain_routes_are_open_to_remote_callers() -> None:
+    """Scrapes and probes come from the control plane / kubelet: no token needed."""
+    response = await _server("s3cret").handle(Request("GET", "/metrics", {}, b"", "10.0.0.7"))
+    assert response.status == 200
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this host that is not loopback: the source of its default route,
+    else one its host name resolves to."""
+    candidates: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("203.0.113.1", 9))  # TEST-NET-3; a UDP connect sends no packet
+            candidates.append(str(s.getsockname()[0]))
+        except OSError:
+            pass
+    try:
+        candidates += [str(info[4][0]) for info in
+                       socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    return next((a for a in candidates if not a.startswith("127.")), None)
+
+
+@pytest.fixture(scope="module")
+def host_ip() -> str:
+    address = _non_loopback_address()
+    if address is None:
+        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
+            pytest.fail("no non-loopback IPv4 address on this host")
+        pytest.skip("no non-loopback IPv4 address on this host")
+    return address
+
+
+def _request(url: str, method: str = "GET", token: str = "") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, host_ip: str
+         ) -> Iterator[tuple[MeshProcess, MeshProcess, str]]:
+    """A control plane and a reviews sidecar whose admin listener is on the host's address."""
+    tmp = Path(tmp_path_factory.mktemp("adminaccess"))
+    (tmp / "mesh").mkdir()
+    (tmp / "mesh" / "mesh.yaml").write_text(
+        "apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
+        "spec: {mtls: {mode: DISABLE}}\n")
+    procs: list[MeshProcess] = []
+    try:
+        control = start_control_plane(tmp, warmup=0.0)
+        procs.append(control)
+        backend = start_backend(tmp, "reviews-v1")
+        procs.append(backend)
+        with socket.socket() as s:
+            s.bind((host_ip, 0))
+            admin = f"{host_ip}:{s.getsockname()[1]}"
+        sidecar = start_sidecar(tmp, control.info["grpc"], "reviews", "v1",
+                                app=backend.info["address"], wait_ready=False,
+                                extra=["--admin", admin])
+        procs.append(sidecar)
+        wait_for(lambda: http_get(f"http://{admin}/ready")[0] == 200, 30, "sidecar ready")
+        wait_for(lambda: all_synced(control, {sidecar.info["name"]}), 20, "sidecar synced")
+        yield control, sidecar, admin
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_remote_caller_gets_metrics_but_not_the_privileged_routes(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    _, sidecar, admin = mesh
+    assert _request(f"http://{admin}/metrics")[0] == 200
+    for method, path in (("POST", "/shutdown"), ("POST", "/logging/access?enabled=true"),
+                         ("GET", "/tap"), ("GET", "/config_dump")):
+        status, body = _request(f"http://{admin}{path}", method)
+        assert status == 403, (method, path)
+        assert "privileged" in json.loads(body)["error"]
+    assert _request(f"http://{admin}/shutdown", "POST", token="guessed")[0] == 403
+    assert sidecar.alive()
+
+
+def test_control_plane_taps_a_remote_sidecar_with_its_token(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    """`meshctl tap` through serve reaches a sidecar on another address: the control plane
+    presents the token the sidecar registered; the token is not in proxy-status."""
+    control, sidecar, admin = mesh
+    status, body = _request(control.info["api"] + "/api/v1/proxies")
+    assert status == 200
+    [listed] = [p for p in json.loads(body)["proxies"] if p["name"] == sidecar.info["name"]]
+    assert listed["admin"] == admin
+    assert "token" not in json.dumps(listed).lower()
+
+    events: list[dict[str, object]] = []
+
+    def tap() -> None:
+        req = urllib.request.Request(control.info["api"] + "/api/v1/tap?n=1&service=reviews",
+                                     headers={"Authorization": f"Bearer {control.info['token']}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            for line in resp:
+                if line.startswith(b"data: "):
+                    events.append(json.loads(line[6:]))
+                    return
+
+    tapper = threading.Thread(target=tap)
+    tapper.start()
+
+    def tapped() -> bool:
+        assert http_get(f"http://{sidecar.info['inbound']}/tapped", {"Host": "reviews"})[0] == 200
+        return bool(events)
+    wait_for(tapped, 20, "a tap event from the remote sidecar", interval=0.3)
+    tapper.join(5)
+    assert events[0]["path"] == "/tapped" and events[0]["listener"] == "inbound"
