@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
+import signal
 import sys
 
 import meshctl
@@ -39,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`meshctl stat | head -1`): stop quietly, as a shell tool
+        # killed by SIGPIPE would, and keep the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return int(code or 0)
 
 

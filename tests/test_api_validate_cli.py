@@ -88,8 +88,8 @@ def test_schema_prints_one_kind(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_schema_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown kind exits 1 and lists the known kinds."""
-    assert run("schema", "Ingress") == 1
+    """An unknown kind is a usage error (exit 2, as `get`) and lists the known kinds."""
+    assert run("schema", "Ingress") == 2
     assert "expected one of Route" in capsys.readouterr().err
 
 
@@ -112,3 +112,26 @@ def test_validate_in_a_real_process(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert f"{tmp_path / 'bad.yaml'} doc 1: metadata: field is required" in proc.stderr
+
+
+def test_closed_stdout_ends_quietly() -> None:
+    """`meshctl ... | head` whose reader is gone: exit 128+SIGPIPE, no traceback, no error."""
+    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "schema"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has written a byte
+    err = proc.stderr.read()
+    assert (proc.wait(30), err) == (141, b"")
+
+
+def test_a_broken_pipe_is_not_a_control_plane_error() -> None:
+    """The API commands' error wrapper lets it through instead of blaming the control plane
+    ("control plane did not answer: [Errno 32] Broken pipe")."""
+    from meshctl.commands.resources import reports_errors
+
+    @reports_errors
+    def prints(_: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        prints(argparse.Namespace(control_plane=None))

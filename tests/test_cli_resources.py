@@ -88,11 +88,13 @@ async def test_apply_reports_server_error_at_file_and_doc(cp: ControlPlane, tmp_
 
 
 async def test_apply_rejects_bad_file_locally(cp: ControlPlane, tmp_path: Path) -> None:
-    """A schema error is reported with file, document and field, and nothing is sent."""
+    """A schema error is reported with file, document and field (an `error:` line, like the
+    server's), and nothing is sent."""
     bad = write(tmp_path / "r.yaml", "---\n---\n" + (ROUTE % (90, 11)))
     code, out, err = await cp.meshctl("apply", "-f", str(bad))
     assert (code, out) == (1, "")
-    assert err == f"{bad} doc 2: spec.rules[1].backends: weights sum to 101, must be 100\n"
+    assert err == (f"error: {bad} doc 2: spec.rules[1].backends: weights sum to 101, "
+                   "must be 100\n")
     assert await cp.store.list() == []
 
 

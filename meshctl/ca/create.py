@@ -41,7 +41,7 @@ def init_ca(
     ca = CaFiles(directory)
     existing = [p.name for p in ca.managed() if p.exists()]
     if existing and not force:
-        raise CAExistsError(f"{directory} already holds a CA ({', '.join(existing)}); use force")
+        raise CAExistsError(f"{directory} already holds a CA ({', '.join(existing)})")
     now = clock()
     if (root_cert is None) != (root_key is None):
         raise CAError("bring both the root certificate and its key, or neither")

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from meshctl.ca import (
     BootstrapTokens,
     CAError,
+    CAExistsError,
     CaFiles,
     add_trusted_root,
     fingerprint,
@@ -82,6 +83,10 @@ def run_init(args: argparse.Namespace) -> int:
             root_key=args.root_key,
             force=args.force,
         )
+    except CAExistsError as e:
+        print(f"meshctl certs init: {e}; --force replaces it (every issued certificate then "
+              "stops being trusted)", file=sys.stderr)
+        return 1
     except (CAError, ValueError) as e:
         print(f"meshctl certs init: {e}", file=sys.stderr)
         return 1

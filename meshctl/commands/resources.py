@@ -72,6 +72,8 @@ def reports_errors(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
+        except BrokenPipeError:
+            raise  # our stdout was closed (`| head`): not the control plane's fault; see cli
         except ControlPlaneError as exc:
             print(f"error: {exc}", file=sys.stderr)
         except urllib.error.URLError as exc:
@@ -150,7 +152,7 @@ def load_files(paths: list[str]) -> list[Resource]:
 
 def _print_issues(err: ValidationError) -> int:
     for issue in err.issues:
-        print(issue, file=sys.stderr)
+        print(f"error: {issue}", file=sys.stderr)
     return 1
 
 

@@ -67,7 +67,7 @@ def run_schema(args: argparse.Namespace) -> int:
         if kind is None:
             print(f"error: unknown kind {args.kind!r}, expected one of {', '.join(KINDS)}",
                   file=sys.stderr)
-            return 1
+            return 2  # a usage error, as for `meshctl get KIND`
         schemas = {kind: schema_for(kind)}
     if args.output:
         out = Path(args.output)

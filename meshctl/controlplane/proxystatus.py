@@ -30,7 +30,9 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dic
     return {
         "name": info.name, "service": info.service, "namespace": info.namespace,
         "version": info.version, "labels": dict(info.labels), "mode": info.mode,
-        "inbound": info.inbound, "outbound": info.outbound, "admin": info.admin,
+        # null, not "", for an address a proxy does not have (a gateway has no inbound)
+        "inbound": info.inbound or None, "outbound": info.outbound or None,
+        "admin": info.admin or None,
         "configVersion": state.acked_version, "sentVersion": state.sent_version,
         "synced": state.synced, "nack": state.nack, "lastAck": _rfc3339(state.last_ack),
         "connected": connected, "ready": info.ready, "certExpiry": info.cert_expiry or None,

@@ -60,7 +60,7 @@ def config_checks(errors: list[dict[str, Any]]) -> Group:
     detail = "; ".join(f"{e.get('source', '?')}: {e.get('message', e)}" for e in errors)
     return Group("Configuration", (Check(
         "configuration valid", "fail" if errors else "ok", detail,
-        "fix or remove the files named above (`meshctl validate FILE` explains)"
+        "fix or remove the files named above (`meshctl validate -f FILE` explains)"
         if errors else ""),))
 
 
