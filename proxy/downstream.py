@@ -307,9 +307,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         limits = self.listener.limits
         if self._in_head and now - self.head_started > limits.header_timeout:
             self._reject("request_timeout")
-        elif (self.current is None and not self._in_head
-              and now - self.idle_since > limits.idle_timeout):
-            self._close()
+        elif self.current is None and not self._in_head:
+            # A connection that never began a request waits no longer than for a head: idle
+            # sockets are the cheapest way to fill the connection limit.
+            limit = limits.idle_timeout if self.head_started else limits.header_timeout
+            if now - self.idle_since > limit:
+                self._close()
 
     def drain(self) -> None:
         """Shutdown: finish the in-flight response with `connection: close`, drop idle ones."""

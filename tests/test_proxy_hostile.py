@@ -187,6 +187,24 @@ async def test_idle_keep_alive_connection_is_closed(slow_limits: ProxyProcess) -
     assert closed and 0.9 <= loop.time() - idle_from < 4
 
 
+async def test_silent_new_connection_is_closed_after_the_header_timeout(
+        tmp_path_factory: pytest.TempPathFactory, echo: int) -> None:
+    """A connection that never sends a byte is held for the header timeout, not the (longer)
+    keep-alive idle timeout: idle sockets are the cheapest way to fill the connection limit.
+    It is closed without an answer (nginx does the same): there was no request to answer."""
+    proxy = ProxyProcess(tmp_path_factory.mktemp("silent"), {"echo": [echo]},
+                         args=("--header-timeout", "1", "--idle-timeout", "60")).start()
+    try:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        opened = loop.time()
+        closed = await at_eof(reader, 10)
+        writer.close()
+        assert closed and 0.9 <= loop.time() - opened < 5
+    finally:
+        proxy.stop()
+
+
 async def test_connection_limit(tmp_path_factory: pytest.TempPathFactory, echo: int) -> None:
     """With `--max-connections 2` a third concurrent client gets 503 `too_many_connections`."""
     proxy = ProxyProcess(tmp_path_factory.mktemp("maxconn"), {"echo": [echo]},
