@@ -93,6 +93,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.closed = True
             return
         if not self.listener.admit(self):
+            self.listener.stats.inc("ami_connections_refused", (("listener", self.listener.kind),))
             transport.write(local_reply("too_many_connections", close=True))  # type: ignore[attr-defined]
             transport.close()
             self.closed = True

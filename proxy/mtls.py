@@ -36,6 +36,7 @@ class MeshAcceptor:
         self.loop = listener.loop
         self._task: asyncio.Task[None] | None = None
         self.sockets = [sock]
+        self.starting = 0  # accepted, handshake (or first-byte peek) not finished yet
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._accept_loop())
@@ -55,9 +56,22 @@ class MeshAcceptor:
                 log.warning("inbound accept failed: %s", exc)
                 await asyncio.sleep(0.01)  # e.g. EMFILE: back off instead of spinning
                 continue
+            listener = self.listener
+            if len(listener.connections) + self.starting >= listener.limits.max_connections:
+                # Handshakes in progress count too, or stalled ones would have no bound.
+                listener.stats.inc("ami_connections_refused", (("listener", listener.kind),))
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.loop.create_task(self._start(conn))
+            self.starting += 1
+            self.loop.create_task(self._start_counted(conn))
+
+    async def _start_counted(self, conn: socket.socket) -> None:
+        try:
+            await self._start(conn)
+        finally:
+            self.starting -= 1
 
     async def _start(self, conn: socket.socket) -> None:
         mode = self.mode()

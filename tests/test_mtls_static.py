@@ -71,11 +71,12 @@ def write_identity_dir(directory: Path, identity: WorkloadIdentity) -> Path:
 
 
 def start_proxy(tmp: Path, identity: WorkloadIdentity, snap: dict[str, Any],
-                inbound: int | None = None) -> ProxyProcess:
+                inbound: int | None = None, extra: tuple[str, ...] = ()) -> ProxyProcess:
     """A static-mode proxy process with `snap` (listeners filled in) and `identity`."""
     tmp.mkdir(parents=True, exist_ok=True)
     proc = ProxyProcess(tmp, {}, args=("--identity-dir",
-                                       str(write_identity_dir(tmp / "identity", identity))))
+                                       str(write_identity_dir(tmp / "identity", identity)),
+                                       *extra))
     listeners = {"outbound": f"127.0.0.1:{proc.outbound}", "admin": f"127.0.0.1:{proc.admin}"}
     if inbound is not None:
         listeners = {"inbound": f"127.0.0.1:{inbound}", "admin": f"127.0.0.1:{proc.admin}"}
@@ -317,6 +318,34 @@ async def test_mesh_signed_cert_without_exactly_one_spiffe_id_is_refused(
         await tls_roundtrip(mesh.strict_port, client_ctx(odd_leaf(mesh.ca, sans), mesh.bundle),
                             get("reviews", "/health"))
     assert metric_value(await mesh.strict.metrics(), name, listener="inbound") == before + 1
+
+
+async def test_stalled_handshakes_count_against_the_connection_limit(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """Clients that connect and never start TLS hold a slot until the handshake timeout: with
+    the limit reached a new connection is closed at once (and counted), not queued."""
+    port = free_port()
+    proxy = start_proxy(tmp_path / "limited", mint(mesh.ca, "reviews"),
+                        {"node": {"service": "reviews"}, "app": "127.0.0.1:9",
+                         "mesh": {"mtls": "STRICT"}}, inbound=port,
+                        extra=("--max-connections", "2", "--header-timeout", "30"))
+    stalled = []
+    try:
+        for _ in range(2):
+            stalled.append((await asyncio.open_connection("127.0.0.1", port))[1])
+
+        async def refused() -> float:
+            return metric_value(await proxy.metrics(), "ami_connections_refused_total",
+                                listener="inbound")
+        # The acceptor takes connections in arrival order: the two stalled ones first.
+        with pytest.raises(REFUSED):
+            await tls_roundtrip(port, client_ctx(mesh.productpage, mesh.bundle),
+                                get("reviews", "/health"))
+        assert await refused() == 1
+    finally:
+        for writer in stalled:
+            writer.close()
+        proxy.stop()
 
 
 async def test_valid_peer_cert_is_accepted_directly(mesh: Mesh) -> None:

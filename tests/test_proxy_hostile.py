@@ -14,6 +14,7 @@ from tests.proxyharness import (
     at_eof,
     echo_app,
     get,
+    metric_value,
     read_response,
     roundtrip,
     roundtrip_close,
@@ -219,6 +220,8 @@ async def test_connection_limit(tmp_path_factory: pytest.TempPathFactory, echo: 
         resp, closed = await roundtrip_close(proxy.outbound, get("echo", "/third"))
         assert (resp.status, resp.header("x-ami-reason")) == (503, "too_many_connections")
         assert closed
+        assert metric_value(await proxy.metrics(), "ami_connections_refused_total",
+                            listener="outbound") == 1
         held.pop().close()
         await eventually_admitted(proxy.outbound)
         for writer in held:
