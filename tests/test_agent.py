@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,22 @@ async def test_apply_acks_then_nacks_a_bad_snapshot_and_keeps_the_good_one() -> 
     answer = agent._apply(bad)
     assert answer.WhichOneof("kind") == "nack" and "mesh.mtls" in answer.nack.error
     assert server.snapshot.version == "v-good" and agent.applied_version == "v-good"
+
+
+def test_admin_answers_while_the_control_plane_does_not(tmp_path: Path) -> None:
+    """A sidecar whose control plane is down serves /healthz at once and /ready says what it
+    still lacks (config, certificate), instead of a closed port for its first waits (~20 s)."""
+    from tests.helpers_mesh import free_port, http_get, start_sidecar, wait_for
+
+    silent = f"127.0.0.1:{free_port()}"  # nothing listens there
+    sidecar = start_sidecar(tmp_path, silent, "reviews", "v1", app="127.0.0.1:9",
+                            wait_ready=False)
+    try:
+        admin = sidecar.info["admin"]
+        wait_for(lambda: http_get(f"http://{admin}/healthz")[0] == 200, 8, "admin /healthz")
+        status, body = http_get(f"http://{admin}/ready")
+        checks = json.loads(body)
+        assert status == 503
+        assert (checks["config_applied"], checks["certificate_loaded"]) == (False, False)
+    finally:
+        sidecar.stop()
