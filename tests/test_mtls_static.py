@@ -2,8 +2,9 @@
 
 One CA in tmp issues the identities. `productpage` runs an outbound listener; `reviews` runs a
 STRICT inbound listener in front of an echo backend (which reports the headers it got), with an
-AuthorizationPolicy; a second `reviews` runs PERMISSIVE. Raw TLS clients from the test play
-the refused peers (no cert, another CA, expired, plaintext).
+AuthorizationPolicy; a second `reviews` runs PERMISSIVE; a third runs STRICT with a DENY-only
+policy on `/admin/*`. Raw TLS clients from the test play the refused peers (no cert, another CA,
+expired, plaintext) and send request targets byte for byte (dot segments, encoded slashes).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class Mesh:
     strict_port: int
     permissive: ProxyProcess
     permissive_port: int
+    guarded: ProxyProcess
+    guarded_port: int
 
 
 AUTHZ = [
@@ -137,11 +140,14 @@ AUTHZ = [
         {"to": [{"paths": ["/health"]}]},
     ]},
 ]
+# Without an ALLOW policy every mesh identity is admitted: only this DENY guards /admin/*.
+DENY_ADMIN = [{"action": "DENY", "rules": [{"to": [{"paths": ["/admin/*"]}]}]}]
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """CA, echo backend, a STRICT and a PERMISSIVE `reviews`, and a `productpage` client."""
+    """CA, echo backend, a STRICT, a PERMISSIVE and a STRICT DENY-only `reviews`, and a
+    `productpage` client."""
     tmp = tmp_path_factory.mktemp("mtls")
     # The CA starts two hours back so it can also issue an already-expired certificate.
     init_ca(tmp / "ca", TD, clock=lambda: time.time() - 7200)
@@ -150,7 +156,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     procs: list[ProxyProcess] = []
     try:
         app = backends.aiohttp(echo_app())
-        strict_port, permissive_port = free_port(), free_port()
+        strict_port, permissive_port, guarded_port = free_port(), free_port(), free_port()
         reviews = mint(ca, "reviews")
         inbound = {"node": {"service": "reviews", "labels": {"version": "v1"}},
                    "app": f"127.0.0.1:{app}", "inbound": {"authorization": AUTHZ}}
@@ -161,6 +167,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                                  {"node": inbound["node"], "app": inbound["app"],
                                   "mesh": {"mtls": "PERMISSIVE"}}, inbound=permissive_port)
         procs.append(permissive)
+        guarded = start_proxy(tmp / "guarded", reviews,
+                              {**inbound, "inbound": {"authorization": DENY_ADMIN},
+                               "mesh": {"mtls": "STRICT"}}, inbound=guarded_port)
+        procs.append(guarded)
 
         def endpoint(identity: str) -> dict[str, Any]:
             return {"endpoints": [{"address": f"127.0.0.1:{strict_port}",
@@ -175,7 +185,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         })
         procs.append(client)
         yield Mesh(ca, ca.trust_bundle(), productpage, mint(ca, "ratings"), client, strict,
-                   strict_port, permissive, permissive_port)
+                   strict_port, permissive, permissive_port, guarded, guarded_port)
     finally:
         for proc in procs:
             proc.stop()
@@ -402,6 +412,56 @@ async def test_authz_denies_by_method_and_path(mesh: Mesh) -> None:
     assert (delete.status, delete.header("x-ami-reason")) == (403, "not_authorized")
     other = await roundtrip(mesh.client.outbound, get("reviews", "/admin"))
     assert (other.status, other.header("x-ami-reason")) == (403, "not_authorized")
+
+
+@pytest.mark.parametrize("target", [
+    "/admin/x",
+    "/public/../admin/x",
+    "/public/..%2Fadmin/x",
+    "/public/%2e%2e%2fadmin/x",
+    "//admin/x",
+    "/%2e%2e/admin/x",
+    "/./admin/x",
+    "/admin%2Fx",
+    "/public/..%5cadmin/x",
+])
+async def test_authz_deny_holds_for_non_normalised_paths(mesh: Mesh, target: str) -> None:
+    """A DENY on /admin/* also refuses dot segments, encoded slashes/dots and doubled slashes
+    that normalise to /admin/x (each would be admitted if matched as sent)."""
+    name = "ami_authorization_denied_total"
+    before = metric_value(await mesh.guarded.metrics(), name, destination_service="reviews")
+    resp = await tls_roundtrip(mesh.guarded_port, client_ctx(mesh.productpage, mesh.bundle),
+                               get("reviews", target))
+    assert (resp.status, resp.header("x-ami-reason")) == (403, "not_authorized"), resp.body
+    after = metric_value(await mesh.guarded.metrics(), name, destination_service="reviews")
+    assert after == before + 1
+
+
+async def test_authz_deny_only_policy_admits_other_paths(mesh: Mesh) -> None:
+    """The control for the above: the DENY-only policy admits the same peer elsewhere, and a
+    non-normal target reaches the app normalised."""
+    ctx = client_ctx(mesh.productpage, mesh.bundle)
+    plain = await tls_roundtrip(mesh.guarded_port, ctx, get("reviews", "/public/x"))
+    assert plain.status == 200, plain.body
+    dotted = await tls_roundtrip(mesh.guarded_port, ctx, get("reviews", "/admin/..%2Fpublic/y"))
+    assert dotted.status == 200, dotted.body
+    assert json.loads(dotted.body)["raw_path"] == "/public/y"
+
+
+@pytest.mark.parametrize("target", [
+    "/api/../admin/x",
+    "/api/..%2Fadmin/x",
+    "/api/%2e%2e/admin/x",
+    "/api/%2E%2E%2Fadmin/x",
+    "/api//../admin/x",  # repeated slashes are merged before dot segments go
+])
+async def test_authz_allow_prefix_holds_for_non_normalised_paths(mesh: Mesh,
+                                                                 target: str) -> None:
+    """An ALLOW for /api/* does not admit a target that only starts with /api/ before
+    normalisation: productpage gets 403 not_authorized for what is really /admin/x."""
+    resp = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.productpage, mesh.bundle),
+                               get("reviews", target))
+    assert (resp.status, resp.header("x-ami-reason")) == (403, "not_authorized"), resp.body
 
 
 async def test_sslscan_inbound_listener(mesh: Mesh) -> None:

@@ -1,12 +1,14 @@
-"""Upstream keep-alive through the proxy: connection reuse and the keep-alive race."""
+"""Upstream keep-alive through the proxy: connection reuse, the keep-alive race, idle timeout."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.proxyharness import (
     Backends,
@@ -58,14 +60,37 @@ async def _drop_second_request(backend: RawBackend, reader: asyncio.StreamReader
         writer.transport.abort()  # as if the idle timer fired just as the request came in
 
 
+def _keep_alive_noting_close(
+        closed_at: list[float]) -> Callable[[RawBackend, asyncio.StreamReader,
+                                             asyncio.StreamWriter], Awaitable[None]]:
+    """`_keep_alive`, plus the monotonic time at which the proxy closed the connection."""
+
+    async def handler(backend: RawBackend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        try:
+            await _keep_alive(backend, reader, writer)
+        finally:
+            closed_at.append(time.monotonic())
+
+    return handler
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     backends = Backends()
+    idle_closed: list[float] = []
+    steady_closed: list[float] = []
     raws = {"ka": backends.raw(_keep_alive), "closer": backends.raw(_close_after_response),
-            "racer": backends.raw(_drop_second_request)}
+            "racer": backends.raw(_drop_second_request),
+            "idle": backends.raw(_keep_alive_noting_close(idle_closed)),
+            "steady": backends.raw(_keep_alive_noting_close(steady_closed))}
     proxy = ProxyProcess(tmp_path_factory.mktemp("keepalive"),
-                         {name: [b.port] for name, b in raws.items()}).start()
-    yield {"proxy": proxy, **raws}
+                         {name: [b.port] for name, b in raws.items()})
+    config = yaml.safe_load(proxy.config.read_text())
+    config["services"]["idle"]["policy"] = {"connectionPool": {"idleTimeout": "1s"}}
+    proxy.config.write_text(yaml.safe_dump(config))  # `steady` keeps the 10 s default
+    proxy.start()
+    yield {"proxy": proxy, "idle_closed": idle_closed, "steady_closed": steady_closed, **raws}
     proxy.stop()
     backends.close()
 
@@ -116,3 +141,26 @@ async def test_keep_alive_race_post_is_not_resent(env: dict[str, Any]) -> None:
     assert warm.status == 200
     assert (resp.status, resp.header("x-ami-reason")) == (502, "upstream_reset")
     assert "/pay" not in [r.target for r in env["racer"].requests]
+
+
+async def test_idle_upstream_connection_is_closed_after_idle_timeout(env: dict[str, Any]) -> None:
+    """With connectionPool.idleTimeout 1s the proxy closes an idle pooled connection at the next
+    once-a-second sweep after 1 s (the backend sees EOF); the 10 s default pool keeps its own."""
+    proxy, idle, steady = env["proxy"], env["idle"], env["steady"]
+    idle_closed, steady_closed = env["idle_closed"], env["steady_closed"]
+    assert (await roundtrip(proxy.outbound, get("idle", "/a"))).body == b"conn-1 "
+    idle_since = time.monotonic()
+    assert (await roundtrip(proxy.outbound, get("steady", "/a"))).body == b"conn-1 "
+    pools = {p["address"]: p for p in (await proxy.stats())["upstream_pools"]}
+    assert pools[f"127.0.0.1:{idle.port}"]["idle"] == 1
+    await eventually(lambda: bool(idle_closed), timeout=5.0)
+    closed_after = idle_closed[0] - idle_since
+    assert 0.9 < closed_after < 3.5, closed_after  # 1 s timeout, swept once a second
+    pools = {p["address"]: p for p in (await proxy.stats())["upstream_pools"]}
+    assert (pools[f"127.0.0.1:{idle.port}"]["connections"],
+            pools[f"127.0.0.1:{idle.port}"]["idle"]) == (0, 0)
+    assert steady_closed == []
+    assert pools[f"127.0.0.1:{steady.port}"]["idle"] == 1
+    # The next request opens a fresh connection rather than trying the closed one.
+    assert (await roundtrip(proxy.outbound, get("idle", "/b"))).body == b"conn-2 "
+    assert (idle.accepted, steady.accepted) == (2, 1)

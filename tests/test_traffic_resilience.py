@@ -51,6 +51,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "cb": start_backend(hub, delay=0.4),
         "ol-good": start_backend(hub, version="good"),
         "ol-bad": start_backend(hub, version="bad", status=500),
+        "out-a": start_backend(hub, status=500),
+        "out-b": start_backend(hub, status=500),
     }
     svc: dict[str, dict[str, Any]] = {name.replace("-", ""): {"endpoints": endpoints(backend)}
            for name, backend in b.items()}
@@ -63,6 +65,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "loadBalancer": "ROUND_ROBIN",
         "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s",
                              "baseEjectionTime": "1s", "maxEjectionPercent": 50}}}
+    svc["allout"] = {"endpoints": endpoints(b["out-a"], b["out-b"]), "policy": {
+        "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
+                             "baseEjectionTime": "1m", "maxEjectionPercent": 100}}}
+    svc["empty"] = {"endpoints": []}
     routes = [
         _route("slow", timeout="300ms"),
         _route("notimeout", "slow"),
@@ -77,6 +83,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         _route("postok", retries={**RETRY_5XX, "allowNonIdempotent": True}),
         _route("cf", retries={"attempts": 1, "retryOn": ["connect-failure"]}),
         _route("budget", retries={"attempts": 1, "retryOn": ["5xx"]}),
+        {"host": "nosubset", "rules": [{"backends": [{"service": "cfgood", "subset": "v3"}]}]},
     ]
     proxy = TrafficProxy(tmp_path_factory.mktemp("resilience"), svc, routes,
                          mesh={"retryBudget": {"percent": 20, "minRetriesPerSecond": 1}})
@@ -241,3 +248,72 @@ async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
     back_after = time.monotonic() - ejected_at
     assert len(bad.requests) == 3, "the endpoint never returned from ejection"
     assert 0.8 < back_after < 3.0, back_after
+
+
+async def test_every_endpoint_ejected_gives_503_no_healthy_upstream(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """Once outlier detection has ejected both endpoints, requests get 503
+    `no_healthy_upstream` from the proxy and no endpoint is contacted."""
+    proxy: TrafficProxy = env["proxy"]
+    first = [await call(session, proxy, "allout") for _ in range(2)]
+    # Each 500 ejects its endpoint at once, so the balancer must pick the other one second.
+    assert [(r.status, r.reason) for r in first] == [(500, None), (500, None)]
+    assert (len(env["out-a"].requests), len(env["out-b"].requests)) == (1, 1)
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="allout") == 2
+    after = [await call(session, proxy, "allout") for _ in range(3)]
+    assert [(r.status, r.reason) for r in after] == [(503, "no_healthy_upstream")] * 3
+    assert all(str(r.body).startswith("no_healthy_upstream:") for r in after)
+    assert (len(env["out-a"].requests), len(env["out-b"].requests)) == (1, 1)
+    assert await proxy.metric("ami_requests_total", destination_service="allout",
+                              response_code="503", response_flags="no_healthy_upstream") == 3
+
+
+@pytest.mark.parametrize("host", [
+    "empty",  # a service with no endpoints at all
+    "nosubset",  # a route to a subset (v3) that no endpoint of the service carries
+])
+async def test_no_endpoint_gives_503_no_healthy_upstream(env: dict[str, Any],
+                                                        session: aiohttp.ClientSession,
+                                                        host: str) -> None:
+    """A destination without any endpoint answers 503 `no_healthy_upstream` with the metric flag."""
+    proxy: TrafficProxy = env["proxy"]
+    before = len(env["cf-good"].requests)
+    reply = await call(session, proxy, host)
+    assert (reply.status, reply.reason) == (503, "no_healthy_upstream")
+    assert len(env["cf-good"].requests) == before
+    service = "cfgood" if host == "nosubset" else host
+    assert await proxy.metric("ami_requests_total", destination_service=service,
+                              response_code="503", response_flags="no_healthy_upstream") == 1
+
+
+@pytest.fixture(scope="module")
+def default_budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A proxy whose MeshConfig sets no retryBudget, with a route that retries 5xx once."""
+    hub = Backends()
+    failing = start_backend(hub, status=500)
+    proxy = TrafficProxy(
+        tmp_path_factory.mktemp("default-budget"), {"failing": {"endpoints": endpoints(failing)}},
+        [_route("failing", retries={"attempts": 1, "retryOn": ["5xx"],
+                                    "backoff": {"baseInterval": "1ms"}})])
+    for p in started(proxy, hub):
+        yield {"proxy": p, "failing": failing}
+
+
+async def test_default_retry_budget_caps_retries(default_budget: dict[str, Any],
+                                                 session: aiohttp.ClientSession) -> None:
+    """Without a declared budget the default (20% of requests + 10/s over 10 s) holds: of 150
+    sequential failing requests exactly 20% x 150 + 100 = 130 are retried, 20 are refused."""
+    proxy: TrafficProxy = default_budget["proxy"]
+    n = 150
+    start = time.monotonic()
+    replies = [await call(session, proxy, "failing") for _ in range(n)]
+    elapsed = time.monotonic() - start
+    # The budget window is 9-10 s of 1 s slots; within it, sequential requests make the count
+    # exact (request k may retry while retries + 1 <= 0.2 k + 100).
+    assert elapsed < 9.0, f"{elapsed:.1f}s: the budget window rolled over, counts not exact"
+    assert all((r.status, r.reason) == (500, None) for r in replies)
+    retries = await proxy.metric("ami_retries_total", destination_service="failing")
+    exhausted = await proxy.metric("ami_retry_budget_exhausted_total",
+                                   destination_service="failing")
+    assert (retries, exhausted) == (130, 20)
+    assert len(default_budget["failing"].requests) == n + 130
