@@ -70,7 +70,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._conn_tokens: list[bytes] | None = None
         self._timeout_override: float | None = None
         self._head_bytes = 0
-        self._header_sum = 0
+        self._header_budget = 0  # header bytes still allowed in the head being parsed
         self._in_head = False
         # timestamps checked by the listener's periodic sweep (no per-request timers)
         self.head_started = 0.0
@@ -265,7 +265,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
                 self._set_pause(_P_PIPELINE, False)
             nxt.start()
         else:
-            self._set_pause(_P_PIPELINE, False)
+            if self._paused:
+                self._set_pause(_P_PIPELINE, False)
             if self.draining:
                 self._close()
 

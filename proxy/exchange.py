@@ -31,11 +31,11 @@ class Exchange:
 
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
-        "_connect_task", "_frame", "_fresh_retry_used", "_interim", "_out", "_pool_held",
+        "_connect_task", "_frame", "_fresh_retry_used", "_out", "_pool_held",
         "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_upstream_paused",
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
-        "head_tail", "headers", "http10", "method", "mirror", "path", "pool", "query",
+        "head_tail", "headers", "http10", "interim", "method", "mirror", "path", "pool", "query",
         "request_done", "response_started", "start_time", "status", "target",
         "timeout_override", "trace", "upgrade", "upstream_keep_alive",
     )
@@ -79,7 +79,7 @@ class Exchange:
         self.timeout_override: float | None = None
         self.trace: Any = None  # proxy.tracing.TracedExchange when this request is sampled
         self._frame = FRAME_NONE
-        self._interim = False
+        self.interim = False  # a 1xx arrived: the final response is still to come
         self._response_chunked_in = False
         self._upstream_paused = False
         self.request_done = False
@@ -265,15 +265,9 @@ class Exchange:
             self.conn.write(_LAST_CHUNK)
 
     # --- response from upstream -------------------------------------------------------------
-    def expects_final_response(self) -> bool:
-        if self._interim:
-            self._interim = False
-            return True
-        return False
-
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200 and status != 101:
-            self._interim = True  # 100/103 from upstream: we already answered Expect ourselves
+            self.interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
         decision = self.decision
         backend = self.backend
@@ -402,7 +396,9 @@ class Exchange:
         self.finish()
 
     def finish(self, tunnel: bool = False) -> None:
-        self._cancel_timers()
+        if self._timer is not None or self._attempt_timer is not None \
+                or self._retry_timer is not None:
+            self._cancel_timers()
         if self._breaker_held:
             self._breaker_held = False
             if self.backend is not None and self.backend.state is not None \

@@ -100,7 +100,12 @@ class Listener:
         else:
             prefix = self._unrouted_prefix(ex)
             version = "unknown"
-        security = conn.security if self.kind == "inbound" else outbound_security(ex)
+        if self.kind == "inbound":
+            security = conn.security
+        else:  # outbound_security(ex), inlined: this runs once per request
+            pool = ex.pool
+            security = ("unknown" if pool is None
+                        else "mutual_tls" if pool.tls is not None else "none")
         self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                           ex.bytes_in, ex.bytes_out)
         if self.access_log is not None:

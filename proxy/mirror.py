@@ -20,8 +20,8 @@ _MAX_BUFFER = 64 * 1024
 class MirrorRequest:
     """The shadow exchange; implements the callbacks an UpstreamConnection makes."""
 
-    __slots__ = ("_buffer", "_buffered", "_done", "_interim", "conn", "dropped", "head",
-                 "head_only", "pool")
+    __slots__ = ("_buffer", "_buffered", "_done", "conn", "dropped", "head", "head_only",
+                 "interim", "pool")
 
     def __init__(self, pool: EndpointPool, head: bytes, head_only: bool) -> None:
         self.pool = pool
@@ -31,7 +31,7 @@ class MirrorRequest:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._done = False
-        self._interim = False
+        self.interim = False
         self.dropped = False
 
     @classmethod
@@ -96,15 +96,9 @@ class MirrorRequest:
             conn.abort()
 
     # --- UpstreamConnection callbacks -------------------------------------------------------
-    def expects_final_response(self) -> bool:
-        if self._interim:
-            self._interim = False
-            return True
-        return False
-
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200:
-            self._interim = True
+            self.interim = True
         return self.head_only
 
     def upstream_body(self, chunk: bytes) -> None:

@@ -69,7 +69,7 @@ def on_message_begin(p: DownstreamProtocol) -> None:
     p._timeout_override = None
     p._in_head = True
     p._head_bytes = 0
-    p._header_sum = 0
+    p._header_budget = p.listener.limits.max_header_bytes
     p.head_started = p.loop.time()
 
 
@@ -84,8 +84,8 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
     """Check one header; keep it for forwarding or act on it (hop-by-hop, framing, ours)."""
     # data_received counts raw bytes only after the read that began the head, so a large
     # head arriving in one read is caught here, header by header.
-    p._header_sum += len(name) + len(value) + 4
-    if p._header_sum > p.listener.limits.max_header_bytes:
+    p._header_budget -= len(name) + len(value) + 4
+    if p._header_budget < 0:
         raise Reject("headers_too_large")
     kind = _SPECIAL.get(name.lower())
     if kind is None:
@@ -150,8 +150,8 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
         else:
             authority = p._host.decode("latin-1")
     sent_path = path
-    if path != "*":
-        path = normalize_path(path)
+    if ("%" in path or "//" in path or "/." in path) and path != "*":
+        path = normalize_path(path)  # the common, already-normal path skips the call
     url = p._url
     # The target sent upstream: the client's own bytes when already origin-form and normal
     # (the common case), else rebuilt from the normalised path.

@@ -202,7 +202,8 @@ class UpstreamConnection(asyncio.BaseProtocol):
 
     def on_message_complete(self) -> None:
         ex = self.exchange
-        if ex is not None and ex.expects_final_response():
+        if ex is not None and ex.interim:
+            ex.interim = False
             self._new_message()
             return  # a 1xx interim response ended; the final one follows
         if self.parser.should_upgrade():
