@@ -398,6 +398,17 @@ async def test_login_sends_end_user_and_logout_clears_it(bookinfo: Bookinfo) -> 
     assert all("end-user" not in seen.headers for seen in bookinfo.sidecar.seen)
 
 
+@pytest.mark.parametrize("name", ["a\r\nx-evil: 1", "tab\there", "x" * 65])
+async def test_login_refuses_a_name_that_cannot_be_a_header(bookinfo: Bookinfo,
+                                                             name: str) -> None:
+    """The name is sent as end-user on every call: control characters (or an endless name)
+    would break every page of that user, so login answers 400 and sets no cookie."""
+    status, text, response = await fetch(f"{bookinfo.page}/login", "POST",
+                                         data={"username": name})
+    assert status == 400 and "printable" in text
+    assert "session" not in response.cookies
+
+
 async def test_forged_session_is_not_signed_in(bookinfo: Bookinfo) -> None:
     """A session cookie not signed by productpage does not sign anyone in."""
     forged = SessionSigner(b"other-secret").dump("jason")

@@ -48,7 +48,7 @@ def test_apps_reach_the_mesh_only_through_their_own_sidecar() -> None:
             app, sidecar = specs[inst.name], specs[f"{inst.name}-sidecar"]
             assert app.environ["HTTP_PROXY"] == f"http://{flag(sidecar, '--outbound')}"
             assert flag(sidecar, "--app").endswith(f":{app.environ['PORT']}")
-            assert flag(sidecar, "--labels") == f"version={inst.version}"
+            assert flag(sidecar, "--labels") == f"app={inst.service},version={inst.version}"
             assert app.environ["SERVICE_VERSION"] == inst.version
             assert app.environ["PODNAME"] == inst.name
 

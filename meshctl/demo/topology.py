@@ -108,7 +108,7 @@ def _sidecar(inst: Instance, a: _Addresses, control_plane: str, paths: Paths,
              after: tuple[str, ...]) -> ProcessSpec:
     argv = ("python", "-m", "proxy", "--control-plane", control_plane,
             "--service", inst.service, "--namespace", NAMESPACE,
-            "--labels", f"version={inst.version}", "--name", inst.name,
+            "--labels", f"app={inst.service},version={inst.version}", "--name", inst.name,
             "--inbound", a.inbound, "--outbound", a.outbound, "--admin", a.admin,
             "--app", a.app, "--token-file", paths.token(inst.service),
             "--ca-file", paths.trust_bundle, "--drain-timeout", DRAIN_TIMEOUT,

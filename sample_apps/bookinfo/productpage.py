@@ -92,9 +92,16 @@ def _back_to_page() -> web.Response:
     return web.Response(status=302, headers={"Location": "/productpage"})
 
 
+MAX_USERNAME = 64
+
+
 async def login(request: web.Request) -> web.Response:
     form = await request.post()
     username = str(form.get("username", "")).strip()
+    # The name becomes the end-user header of every call: it must be a valid header value.
+    if len(username) > MAX_USERNAME or not username.isprintable():
+        return web.Response(status=400, text=f"user name: printable characters only, at most "
+                                             f"{MAX_USERNAME}\n")
     response = _back_to_page()
     if username:
         cookie = request.app[SIGNER].dump(username)
