@@ -184,6 +184,17 @@ def test_jason_delay_makes_productpage_give_up_on_reviews(demo: Demo) -> None:
         apply(demo, "all-v1")
 
 
+def test_jason_delay_that_fits_the_timeouts_shows_red_stars(demo: Demo) -> None:
+    """ratings-jason-delay-v3: a 2 s delay with jason on v3 is slow (~2 s) but works."""
+    apply(demo, "ratings-jason-delay-v3")
+    try:
+        _, html, took = demo.page("jason")
+        assert 'data-color="red"' in html and "Error fetching" not in html
+        assert 1.8 <= took <= 3
+    finally:
+        apply(demo, "all-v1")
+
+
 def test_shift_50_50_to_v3_shows_red_stars_about_half_the_time(demo: Demo) -> None:
     """reviews-50-v3: of 30 loads, roughly half show red stars and the rest none."""
     apply(demo, "reviews-50-v3")

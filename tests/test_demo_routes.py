@@ -12,7 +12,8 @@ from meshctl.api.resources import Resource, load_path, validate_set
 
 ROUTES = Path(__file__).resolve().parent.parent / "sample_apps" / "bookinfo" / "routes"
 SCENARIOS = ("all-v1", "reviews-jason-v2", "reviews-50-v3", "reviews-v3", "ratings-jason-delay",
-             "ratings-jason-abort", "reviews-timeout", "circuit-breaker", "mirror")
+             "ratings-jason-delay-v3", "ratings-jason-abort", "reviews-timeout",
+             "circuit-breaker", "mirror")
 
 
 def overlay(*paths: Path) -> dict[tuple[str, str, str], Resource]:
@@ -78,6 +79,12 @@ def test_jason_scenarios_match_end_user_jason() -> None:
     delay = specs("ratings-jason-delay")[("Route", "ratings")]["rules"][0]
     assert delay["matches"] == [jason]
     assert delay["fault"] == {"delay": {"fixedDelay": "7s", "percent": 100}}
+    fixed = specs("ratings-jason-delay-v3")
+    assert fixed[("Route", "reviews")]["rules"][0]["backends"] == [{"subset": "v3"}]
+    fixed_delay = fixed[("Route", "ratings")]["rules"][0]
+    assert fixed_delay["matches"] == [jason]
+    # 2 s fits in reviews v3's 2.5 s for ratings and productpage's 3 s for reviews
+    assert fixed_delay["fault"] == {"delay": {"fixedDelay": "2s", "percent": 100}}
     abort = specs("ratings-jason-abort")[("Route", "ratings")]["rules"][0]
     assert abort["fault"] == {"abort": {"httpStatus": 500, "percent": 100}}
 
