@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,3 +180,17 @@ async def test_post_shutdown_exits_cleanly(tmp_path: Path, echo: int) -> None:
         assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
     finally:
         proxy.stop()
+
+
+def test_reason_table_in_the_docs_matches_the_code() -> None:
+    """docs/proxy.md lists exactly the reason words the proxy can send, with their status."""
+    from proxy.reasons import REASONS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "proxy.md").read_text()
+    section = text.split("## Reason words", 1)[1].split("\n## ", 1)[0]
+    documented = {m[0]: m[1] for m in re.findall(r"^\| `([a-z_]+)` \| (\d+|\(none\)) \|", section,
+                                                   flags=re.M)}
+    assert set(documented) == set(REASONS)
+    for word, (status, _) in REASONS.items():
+        expected = "(none)" if word == "downstream_disconnect" else str(status)  # nothing sent
+        assert documented[word] == expected, word
