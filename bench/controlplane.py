@@ -125,6 +125,7 @@ class Worker:
                     cpus: str | None, full_parse: bool) -> Worker:
         argv = [sys.executable, "-m", "bench.cpsim", "--target", target, "--first", str(first),
                 "--count", str(count), "--ca-file", str(ca_file),
+                "--certs-dir", str(ca_file.parent),  # the CA dir holding the trust bundle
                 *(["--full-parse"] if full_parse else [])]
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]

@@ -26,6 +26,7 @@ import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.ca import BootstrapTokens
 
 Clock = Callable[[], float]
 # svc-N fill the mesh; every tenth pair are reviews v1/v2, the route the bench re-weights.
@@ -107,8 +108,9 @@ class SimSidecar:
     errors: list[str] = field(default_factory=list)
     last_version: str = ""
 
-    async def run(self, target: str, ca_pem: bytes | None = None) -> None:
-        """Stream (TLS verified with ``ca_pem`` when given) until cancelled or the server ends
+    async def run(self, target: str, ca_pem: bytes | None = None, token: str = "") -> None:
+        """Stream (TLS verified with ``ca_pem`` when given; registering with ``token``, the
+        service's bootstrap token, as a real sidecar does) until cancelled or the server ends
         it (recorded as an error)."""
         channel = (aio.secure_channel(target, grpc.ssl_channel_credentials(ca_pem),
                                       options=_CHANNEL_OPTIONS) if ca_pem is not None
@@ -120,7 +122,7 @@ class SimSidecar:
             await call.write(mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
                 name=ident.name, service=ident.service, labels={"version": ident.version},
                 inbound=ident.inbound, outbound="127.0.0.1:15001", admin="",
-                mode="sidecar", ready=True)))
+                mode="sidecar", ready=True, token=token)))
             try:
                 while (msg := await call.read()) is not aio.EOF:
                     answer, facts = self._answer(msg)
@@ -167,8 +169,9 @@ class Fleet:
     """Sims ``first .. first+count-1`` in this process, and waits over all of them."""
 
     def __init__(self, target: str, first: int, count: int, *, ca_pem: bytes | None = None,
-                 full_parse: bool = False, clock: Clock = time.monotonic) -> None:
-        self.target, self.ca_pem = target, ca_pem
+                 full_parse: bool = False, clock: Clock = time.monotonic,
+                 tokens: BootstrapTokens | None = None) -> None:
+        self.target, self.ca_pem, self.tokens = target, ca_pem, tokens
         self._changed = asyncio.Event()
         parse = snapshot_facts if full_parse else light_snapshot_facts
         self.sims = [SimSidecar(sim_identity(i), clock, self._changed.set, parse)
@@ -177,7 +180,11 @@ class Fleet:
 
     def start(self) -> None:
         """Open every stream (in the background)."""
-        self._tasks = [asyncio.create_task(s.run(self.target, self.ca_pem)) for s in self.sims]
+        self._tasks = [asyncio.create_task(s.run(self.target, self.ca_pem, self._token(s)))
+                       for s in self.sims]
+
+    def _token(self, sim: SimSidecar) -> str:
+        return self.tokens.token_for("default", sim.ident.service) if self.tokens else ""
 
     async def stop(self) -> None:
         """Cancel every stream."""
@@ -229,8 +236,9 @@ async def _worker(args: argparse.Namespace) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     ca_pem = args.ca_file.read_bytes() if args.ca_file else None
+    tokens = BootstrapTokens.load(args.certs_dir) if args.certs_dir else None
     fleet = Fleet(args.target, args.first, args.count, ca_pem=ca_pem,
-                  full_parse=args.full_parse)
+                  full_parse=args.full_parse, tokens=tokens)
     fleet.start()
     try:
         while line := await reader.readline():
@@ -248,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first sim")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--ca-file", type=Path, help="trust bundle: connect with TLS")
+    parser.add_argument("--certs-dir", type=Path,
+                        help="the mesh CA directory: register with each service's bootstrap "
+                             "token, derived from its secret")
     parser.add_argument("--full-parse", action="store_true",
                         help="json.loads every whole snapshot (default: routes only)")
     args = parser.parse_args(argv)

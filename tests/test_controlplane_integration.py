@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.ca import BootstrapTokens
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
@@ -153,9 +154,10 @@ def test_nack_is_visible_in_proxy_status(mesh: Mesh) -> None:
     channel = grpc.secure_channel(mesh.cp.info["grpc"],
                                   grpc.ssl_channel_credentials(root_certificates=roots))
     stub = mesh_pb2_grpc.MeshControlStub(channel)
+    token = BootstrapTokens.load(mesh.cp.info["certs_dir"]).token_for("default", "ratings")
     outbox: list[mesh_pb2.ProxyMessage] = [mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
         name="ratings-v9-1", service="ratings", labels={"version": "v9"},
-        inbound="127.0.0.1:1", admin="127.0.0.1:2"))]
+        inbound="127.0.0.1:1", admin="127.0.0.1:2", token=token))]
     sent = threading.Event()
     done = threading.Event()
 

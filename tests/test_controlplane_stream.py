@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +13,8 @@ from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.api.resources import load_documents
+from meshctl.ca import BootstrapTokens
+from meshctl.controlplane import xds
 from meshctl.controlplane.memstore import MemStore
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
@@ -25,10 +28,15 @@ spec: {host: reviews, rules: [{backends: [{service: reviews}]}]}
 """
 
 
-def register(name: str = "reviews-v1-1", **fields: str) -> mesh_pb2.ProxyMessage:
-    base = {"name": name, "service": "reviews", "inbound": "127.0.0.1:9001"}
+TOKENS = BootstrapTokens(b"stream-test-secret-0123456789")
+
+
+def register(name: str = "reviews-v1-1", **fields: Any) -> mesh_pb2.ProxyMessage:
+    base: dict[str, Any] = {"name": name, "service": "reviews", "inbound": "127.0.0.1:9001",
+                            "token": TOKENS.token_for("default", "reviews"),
+                            "labels": {"version": "v1"}}
     base.update(fields)
-    return mesh_pb2.ProxyMessage(register=mesh_pb2.Register(labels={"version": "v1"}, **base))
+    return mesh_pb2.ProxyMessage(register=mesh_pb2.Register(**base))
 
 
 class FakeProxy:
@@ -85,8 +93,8 @@ async def plane() -> AsyncIterator[Plane]:
     store = MemStore()
     registry = Registry(grace=0.0)
     reconciler = Reconciler(store, registry, quiet=0.0, cap=0.0)
-    server, port = await start_grpc_server(MeshControlService(registry, reconciler),
-                                           "127.0.0.1:0")
+    server, port = await start_grpc_server(
+        MeshControlService(registry, reconciler, verify_token=TOKENS.verify), "127.0.0.1:0")
     task = asyncio.create_task(reconciler.run())
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -158,3 +166,82 @@ async def test_reconnect_with_running_version_is_not_pushed_again(plane: Plane) 
                       and plane.reconciler.states["reviews-v1-1"].synced, "resynced")
     assert plane.reconciler.counters.pushed == pushed
     assert await plane.reconciler.wait_synced(plane.reconciler.revision, 1.0) == []
+
+
+async def refused(plane: Plane, message: mesh_pb2.ProxyMessage) -> aio.AioRpcError:
+    """The status a stream opened with ``message`` ends with (it must end, with no snapshot)."""
+    proxy = FakeProxy(plane.stub)
+    proxy.outbox.put_nowait(message)
+    with pytest.raises(aio.AioRpcError) as info:
+        await proxy.receive()
+    return info.value
+
+
+async def test_register_needs_the_token_of_the_service_it_claims(plane: Plane) -> None:
+    """No token, a wrong one, or another service's: no snapshot (it lists every endpoint) and
+    no registry entry (it would become an endpoint of the service)."""
+    cases = ((register(token=""), grpc.StatusCode.UNAUTHENTICATED),
+             (register(token="ami-bt-forged"), grpc.StatusCode.PERMISSION_DENIED),
+             (register(token=TOKENS.token_for("default", "ratings")),
+              grpc.StatusCode.PERMISSION_DENIED),
+             (register(token=TOKENS.token_for("other", "reviews")),
+              grpc.StatusCode.PERMISSION_DENIED))
+    for message, code in cases:
+        assert (await refused(plane, message)).code() == code
+    assert plane.registry.proxies() == []
+
+
+async def test_register_fields_are_bounded(plane: Plane) -> None:
+    """Every Register field ends up in snapshots and proxy-status: names, labels and sizes
+    follow Kubernetes' rules, so one proxy cannot bloat every snapshot (or split a log line)."""
+    for message, field in ((register(labels={"version": "v1", "x": "y" * 100_000}),
+                            "register.labels"),
+                           (register(name="reviews\nforged log line"), "register.name"),
+                           (register(service="Bad Service!"), "register.service"),
+                           (register(namespace="x/y"), "register.namespace"),
+                           (register(inbound="127.0.0.1:" + "9" * 600), "register.inbound")):
+        status = await refused(plane, message)
+        assert status.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (status.details() or ""), field
+    assert plane.registry.proxies() == []
+
+
+async def test_a_name_in_use_by_another_proxy_is_refused(plane: Plane) -> None:
+    """Two replicas with the same name: the second is refused (ALREADY_EXISTS), the first keeps
+    its stream, its entry and its pushes (a takeover would orphan it silently)."""
+    first = FakeProxy(plane.stub)
+    first.outbox.put_nowait(register())
+    first.answer(await first.receive())
+    status = await refused(plane, register(inbound="127.0.0.2:9001"))
+    assert status.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "unique --name" in (status.details() or "")
+    assert plane.registry.get("reviews-v1-1").inbound == "127.0.0.1:9001"  # type: ignore[union-attr]
+    await plane.store.create(load_documents(ROUTE, "r.yaml")[0])
+    assert (await first.receive()).version  # still pushed to
+
+
+async def test_the_same_proxy_reconnecting_replaces_its_old_stream(plane: Plane) -> None:
+    """Same name and addresses: the proxy reconnected before its old stream was seen dead; the
+    new stream gets the pushes and the old one is closed (ABORTED), not left orphaned."""
+    old = FakeProxy(plane.stub)
+    old.outbox.put_nowait(register())
+    old.answer(await old.receive())
+    new = FakeProxy(plane.stub)
+    new.outbox.put_nowait(register())
+    new.answer(await new.receive())
+    with pytest.raises(aio.AioRpcError) as info:
+        await old.receive()
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    await plane.store.create(load_documents(ROUTE, "r.yaml")[0])
+    assert (await new.receive()).version
+    assert plane.registry.connected("reviews-v1-1")
+
+
+async def test_a_stream_that_never_registers_is_closed(plane: Plane,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silent streams do not pile up: no Register within the deadline ends the stream."""
+    monkeypatch.setattr(xds, "REGISTER_DEADLINE", 0.2)
+    proxy = FakeProxy(plane.stub)  # sends nothing
+    with pytest.raises(aio.AioRpcError) as info:
+        await proxy.receive(timeout=5.0)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

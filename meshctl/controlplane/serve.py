@@ -97,7 +97,8 @@ async def serve(options: ServeOptions,
         credentials = options.grpc_credentials or control_plane_certificate(
             ca, _grpc_hosts(options.grpc_listen)).credentials()
         grpc_server, grpc_port = await start_grpc_server(
-            MeshControlService(registry, reconciler, ca_service), options.grpc_listen,
+            MeshControlService(registry, reconciler, ca_service,
+                               verify_token=ca_service.tokens.verify), options.grpc_listen,
             credentials)
         try:
             async with asyncio.TaskGroup() as tg:

@@ -1,7 +1,11 @@
 """The gRPC config server (``ami.mesh.v1.MeshControl``): one stream per proxy.
 
-Per stream: the first message must be a valid Register (else the stream ends with
-INVALID_ARGUMENT naming the missing field); then the reconciler pushes snapshots through a
+Per stream: the first message must be a valid Register, sent within REGISTER_DEADLINE (else
+the stream ends with INVALID_ARGUMENT naming the field, or DEADLINE_EXCEEDED), carrying the
+bootstrap token of the service it claims (else UNAUTHENTICATED / PERMISSION_DENIED: a snapshot
+lists every endpoint, and a registration becomes one). A name already connected from other
+addresses is refused (ALREADY_EXISTS); from the same addresses it is that proxy reconnecting,
+and its old stream is closed. Then the reconciler pushes snapshots through a
 one-slot mailbox (a newer snapshot replaces one not yet written: each is a full state) while
 ACK/NACK/Status messages are read concurrently. When the stream ends the registry starts the
 proxy's grace period. ``start_grpc_server`` takes optional TLS server credentials.
@@ -11,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc import aio
@@ -22,6 +27,15 @@ from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
 
 log = logging.getLogger(__name__)
+REGISTER_DEADLINE = 10.0  # seconds a new stream has to send its Register
+# Bounds on what a proxy may say about itself: every field ends up in snapshots, proxy-status
+# and the registry's state file (Kubernetes' limits for names and labels).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL_KEY = re.compile(r"([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+_MAX_LABELS = 64
+_MAX_FIELD = 512  # addresses, tokens, versions, timestamps
 
 
 class RegistrationError(ValueError):
@@ -33,6 +47,22 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
     for field in ("name", "service"):
         if not getattr(reg, field):
             raise RegistrationError(f"register.{field}: required")
+    if not _NAME.fullmatch(reg.name):
+        raise RegistrationError("register.name: letters, digits, '.', '_', '-', at most 253")
+    for field in ("service", "namespace"):
+        value = getattr(reg, field)
+        if value and not _DNS_LABEL.fullmatch(value):
+            raise RegistrationError(f"register.{field}: not a DNS label: {value[:64]!r}")
+    if len(reg.labels) > _MAX_LABELS:
+        raise RegistrationError(f"register.labels: at most {_MAX_LABELS}")
+    for key, value in reg.labels.items():
+        if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise RegistrationError(f"register.labels: {key[:64]!r}={value[:64]!r} is not a "
+                                    "valid label (Kubernetes rules: 63 characters, [A-Za-z0-9._-])")
+    for field in ("inbound", "outbound", "admin", "mode", "token", "cert_expiry",
+                  "config_version", "admin_token", "cert_issued"):
+        if len(getattr(reg, field)) > _MAX_FIELD:
+            raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
     mode = reg.mode or "sidecar"
     if mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {mode!r}")
@@ -72,16 +102,25 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
     """StreamConfig over the registry and the reconciler; IssueCertificate via the CA service."""
 
     def __init__(self, registry: Registry, reconciler: Reconciler,
-                 ca_service: CertificateService | None = None) -> None:
+                 ca_service: CertificateService | None = None, *,
+                 verify_token: Callable[[str, str, str], bool] | None = None) -> None:
+        """``verify_token(token, namespace, service)`` authenticates each Register; ``meshctl
+        serve`` always passes the CA's bootstrap tokens (None only in protocol unit tests)."""
         self.registry = registry
         self.reconciler = reconciler
         self.ca_service = ca_service
+        self.verify_token = verify_token
+        self._evict: dict[str, asyncio.Event] = {}  # name -> set to close its current stream
 
     async def StreamConfig(
         self, request_iterator: AsyncIterator[mesh_pb2.ProxyMessage],
         context: aio.ServicerContext[mesh_pb2.ProxyMessage, mesh_pb2.ConfigMessage],
     ) -> None:
-        first = await context.read()
+        try:
+            first = await asyncio.wait_for(context.read(), REGISTER_DEADLINE)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no Register within {REGISTER_DEADLINE:.0f}s")
         if first is aio.EOF or first.WhichOneof("kind") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message on a stream must be Register")
@@ -89,24 +128,73 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
             info = proxy_info(first.register)
         except RegistrationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._authenticate(first.register, info, context)
+        await self._claim_name(info, context)
+        evicted = self._evict[info.name] = asyncio.Event()
         mailbox = _Mailbox()
         session = self.registry.register(info)
         self.reconciler.attach(info.name, mailbox.offer, first.register.config_version)
         log.info("proxy %s (%s) connected from %s", info.name, info.service, context.peer())
         reader = asyncio.create_task(self._read(info.name, session, context))
+        replaced = asyncio.create_task(evicted.wait())
         try:
-            while not reader.done():
+            while not reader.done() and not replaced.done():
                 take = asyncio.ensure_future(mailbox.take())
-                await asyncio.wait({take, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({take, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
                 if not take.done():
                     take.cancel()
                     break
                 await context.write(take.result())
         finally:
             reader.cancel()
-            self.reconciler.detach(info.name, mailbox.offer)
+            replaced.cancel()
+            if self._evict.get(info.name) is evicted:
+                del self._evict[info.name]
+                self.reconciler.detach(info.name, mailbox.offer)
             self.registry.disconnect(info.name, session)
             log.info("proxy %s disconnected", info.name)
+        if evicted.is_set():
+            await context.abort(grpc.StatusCode.ABORTED,
+                                "replaced by a newer stream of the same proxy")
+
+    async def _authenticate(self, reg: mesh_pb2.Register, info: ProxyInfo,
+                            context: aio.ServicerContext[mesh_pb2.ProxyMessage,
+                                                         mesh_pb2.ConfigMessage]) -> None:
+        """The Register must carry the bootstrap token of the service it claims."""
+        if self.verify_token is None:
+            return
+        if not reg.token:
+            log.warning("refused proxy %s from %s: no bootstrap token", info.name, context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "register.token: required (the service's bootstrap token, "
+                                "`meshctl certs token --service NAME`)")
+        if not self.verify_token(reg.token, info.namespace, info.service):
+            log.warning("refused proxy %s from %s: bad token for %s/%s", info.name,
+                        context.peer(), info.namespace, info.service)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"register.token: not valid for {info.namespace}/{info.service}")
+
+    async def _claim_name(self, info: ProxyInfo,
+                          context: aio.ServicerContext[mesh_pb2.ProxyMessage,
+                                                       mesh_pb2.ConfigMessage]) -> None:
+        """A connected name from other addresses is another proxy: refuse the newcomer (it
+        would silently orphan the first). From the same addresses it is the same proxy
+        reconnecting before its old stream was noticed dead: close the old stream."""
+        current = self.registry.get(info.name)
+        if current is None or not self.registry.connected(info.name):
+            return
+        same = (current.service, current.inbound, current.outbound, current.admin) == (
+            info.service, info.inbound, info.outbound, info.admin)
+        if not same:
+            log.warning("refused proxy %s from %s: the name is in use by %s", info.name,
+                        context.peer(), current.inbound or current.admin)
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"proxy name {info.name!r} is in use by another proxy "
+                                f"({current.inbound or current.admin}); give each a unique "
+                                "--name")
+        old = self._evict.get(info.name)
+        if old is not None:
+            old.set()
 
     async def _read(self, name: str, session: int,
                     context: aio.ServicerContext[mesh_pb2.ProxyMessage,
