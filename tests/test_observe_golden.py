@@ -165,3 +165,42 @@ def test_checks_flag_unsynced_nacked_and_invalid_config() -> None:
     assert [c.name for c in failed] == ["every proxy synced", "no NACKs", "configuration valid"]
     assert all(c.hint for c in failed)
     assert "r1" in failed[0].detail and "mesh/x.yaml" in failed[2].detail
+
+
+async def test_scraper_refuses_an_endless_exposition() -> None:
+    """A peer answering /metrics with more than any sidecar would send is an error, not a
+    memory spike in the control plane; a normal exposition next to it is read."""
+    import aiohttp
+    from aiohttp import web
+
+    from meshctl.observe.scraper import MAX_EXPOSITION, Scraper
+
+    stats = RequestStats()
+    stats.record(("source", "productpage", "v1", "reviews", "reviews"), "v1", 200, "-",
+                 "mutual_tls", 3.0, 0, 10)
+    normal = generate_latest(build_registry(stats))
+
+    async def huge(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"#" * (MAX_EXPOSITION + 1024))
+
+    async def fine(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=normal)
+
+    app = web.Application()
+    app.router.add_get("/metrics", huge)
+    app.router.add_get("/fine/metrics", fine)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        scraper = Scraper(lambda: {"proxies": [
+            {"name": "liar", "admin": f"127.0.0.1:{port}"},
+            {"name": "ok", "admin": f"127.0.0.1:{port}/fine"}]})
+        async with aiohttp.ClientSession() as session:
+            await scraper.scrape_once(session)
+    finally:
+        await runner.cleanup()
+    assert "larger than" in scraper.errors["liar"]
+    assert "ok" not in scraper.errors

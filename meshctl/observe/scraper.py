@@ -31,6 +31,9 @@ async def list_proxies(source: ProxySource) -> list[dict[str, Any]]:
     return list(body.get("proxies", []))
 
 
+MAX_EXPOSITION = 8 << 20  # bytes read from one /metrics answer
+
+
 class Scraper:
     """Scrapes each proxy with an ``admin`` address every ``interval`` seconds."""
 
@@ -56,7 +59,13 @@ class Scraper:
         name = str(proxy["name"])
         try:
             async with session.get(f"http://{proxy['admin']}/metrics") as resp:
-                text = await resp.text()
+                # A sidecar's exposition is tens of KB; a peer sending more is not one.
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > MAX_EXPOSITION:
+                        raise ValueError(f"/metrics larger than {MAX_EXPOSITION} bytes")
+                text = body.decode("utf-8", "replace")
             self.window.add(name, parse_scrape(text, self.clock()))
             self.errors.pop(name, None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
