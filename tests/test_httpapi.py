@@ -46,6 +46,22 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await store.close()
 
 
+@pytest.fixture
+async def dir_server(tmp_path: Path) -> AsyncIterator[Server]:
+    store = DirStore(tmp_path / "store")
+    await store.start()
+    runner = web.AppRunner(create_api_app(store, token="t"))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield Server(f"http://{host}:{port}", "t", store)
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
 async def test_writes_need_token_reads_do_not(server: Server) -> None:
     """A write without the bearer token is 401 Unauthorized; loopback reads are open."""
     with pytest.raises(ControlPlaneError) as err:
@@ -177,3 +193,64 @@ async def test_dirstore_rejected_edit_is_listed(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
         await store.close()
+
+
+POLICIES = "/api/v1/namespaces/default/destinationpolicies"
+ALIASED = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: &v1 {version: v1}}
+  - {name: v1-canary, labels: *v1}
+"""
+
+
+def _billion_laughs() -> str:
+    """A valid policy whose status nests aliases 9 deep: 387 million strings once expanded."""
+    lines = ['  a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return yaml.safe_dump(policy_doc("bomb")) + "status:\n" + "\n".join(lines) + "\n"
+
+
+async def test_yaml_anchors_and_aliases_are_refused(server: Server) -> None:
+    """An alias bomb is refused at once: apply 422 naming file, doc and line; PUT 400."""
+    client = server.client()
+    text = yaml.safe_dump(policy_doc("reviews")) + "---\n" + _billion_laughs()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(client.apply, text, source="bomb.yaml")
+    assert asyncio.get_running_loop().time() - started < 2
+    assert (err.value.status, err.value.reason) == (422, "Invalid")
+    assert str(err.value).startswith("bomb.yaml doc 2: invalid YAML: line ")
+    assert "anchor '&a0' not allowed" in str(err.value)
+    assert await server.store.list() == []
+    await asyncio.to_thread(client.create, policy_doc("reviews"))
+    with pytest.raises(ControlPlaneError) as put:
+        await asyncio.to_thread(client._open, "PUT", f"{POLICIES}/reviews", ALIASED.encode(),
+                                "application/yaml")
+    assert (put.value.status, put.value.reason) == (400, "BadRequest")
+    assert "anchor '&v1' not allowed" in str(put.value) and "line 7, column 24" in str(put.value)
+
+
+async def test_hand_edit_with_an_alias_is_rejected(dir_server: Server) -> None:
+    """A hand-edited file using an alias is listed in /api/v1/errors; its last good stays."""
+    client = dir_server.client()
+    store = dir_server.store
+    assert isinstance(store, DirStore)
+    path = store.root / "reviews.yaml"
+    async with store.watch() as watch:
+        path.write_text(yaml.safe_dump(policy_doc("reviews", ("v1",))))
+        await next_event(watch)
+        path.write_text(ALIASED)
+        (store.root / "fence.yaml").write_text(yaml.safe_dump(policy_doc("fence")))
+        await next_event(watch)
+    [error] = await asyncio.to_thread(client.errors)
+    assert error["source"] == "reviews.yaml"
+    assert error["message"].startswith("reviews.yaml doc 1: invalid YAML: line 7, column 24: "
+                                       "anchor '&v1' not allowed")
+    live = await asyncio.to_thread(client.get, "DestinationPolicy", "reviews")
+    assert [s["name"] for s in live["spec"]["subsets"]] == ["v1"]
+    assert live["status"]["conditions"][0]["status"] == "False"

@@ -117,7 +117,22 @@ def _parse_metadata(data: object, path: str) -> _Metadata:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML would silently keep the last one)."""
+    """SafeLoader for resources: rejects duplicate keys (PyYAML would silently keep the last),
+    anchors and aliases.
+
+    Aliases can expand a 1 KB text into gigabytes ("billion laughs"); Kubernetes limits them
+    and resources never need them.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        anchor = getattr(event, "anchor", None)  # set on an alias and on an anchored node
+        if anchor is not None:
+            word = "alias '*" if isinstance(event, yaml.AliasEvent) else "anchor '&"
+            raise yaml.composer.ComposerError(
+                None, None, f"{word}{anchor}' not allowed: resources may not use YAML "
+                "anchors or aliases", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[object] = set()
@@ -129,6 +144,11 @@ class _StrictLoader(yaml.SafeLoader):
             if isinstance(key, Hashable):
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, under the same rules as ``load_documents``; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def load_documents(text: str, source: str) -> list[Resource]:

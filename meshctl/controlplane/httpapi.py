@@ -27,7 +27,7 @@ import yaml
 from aiohttp import web
 
 from meshctl.api.errors import ValidationError
-from meshctl.api.resources import Resource, load_documents, parse_document
+from meshctl.api.resources import Resource, load_documents, load_yaml, parse_document
 from meshctl.controlplane.auth import bearer_matches, is_loopback
 from meshctl.controlplane.errors import BadRequest, Invalid, NotFound, StoreError, Unauthorized
 from meshctl.controlplane.openapi import openapi_document
@@ -225,7 +225,7 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     text = await request.text()
     try:
         is_json = request.content_type == "application/json"
-        doc = json.loads(text) if is_json else yaml.safe_load(text)
+        doc = json.loads(text) if is_json else load_yaml(text)  # no aliases, as apply
     except (ValueError, yaml.YAMLError) as exc:
         raise BadRequest(f"request body is not valid JSON/YAML: {exc}") from exc
     if not isinstance(doc, dict):
