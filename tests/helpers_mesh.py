@@ -166,7 +166,11 @@ def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
             raise AssertionError(f"control plane exited:\n{proc.output()}")
         return http_get(f"http://127.0.0.1:{http_port}/api/v1/proxies")[0] == 200
 
-    wait_for(up, timeout, "the control plane API")
+    try:
+        wait_for(up, timeout, "the control plane API")
+    except BaseException:
+        proc.kill()  # a control plane that never came up must not outlive the test
+        raise
     proc.info["token"] = (state_dir / "token").read_text().strip()
     return proc
 

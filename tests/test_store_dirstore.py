@@ -13,6 +13,7 @@ from meshctl.controlplane.dirstore import DirStore
 from meshctl.controlplane.errors import Conflict
 from meshctl.controlplane.store import EventType
 from tests.conftest_store import next_event, policy, policy_doc, route_doc
+from tests.helpers_mesh import http_json, start_control_plane, wait_for
 
 KIND = "DestinationPolicy"
 
@@ -182,3 +183,37 @@ async def test_restart_reloads_and_keeps_versions(tmp_path: Path) -> None:
             await second.update(policy("b"), b.resource_version)
     finally:
         await second.close()
+
+
+def test_fifos_and_oversized_files_never_stall_the_control_plane(tmp_path: Path) -> None:
+    """A FIFO named *.yaml (at start or added later) and a file over 1 MiB are rejected, each
+    reported once, without blocking: a real control plane keeps answering, last good live."""
+    config = tmp_path / "mesh"
+    write(config / "reviews.yaml", policy_doc("reviews"))
+    os.mkfifo(config / "at-start.yaml")
+    cp = start_control_plane(tmp_path, config_dir=config)
+    try:
+        os.mkfifo(config / "later.yaml")
+        padded = yaml.safe_dump(policy_doc("reviews", ("v1",))) + "#" * (1 << 20) + "\n"
+        (config / ".reviews.tmp").write_text(padded)  # renamed: the watcher sees it whole
+        (config / ".reviews.tmp").rename(config / "reviews.yaml")
+
+        def rejected() -> dict[str, str] | None:
+            status, body = http_json(cp.info["api"] + "/api/v1/errors", timeout=2)
+            found = {e["source"]: e["message"] for e in body["items"]} if status == 200 else {}
+            return found if len(found) == 3 else None
+
+        errors = wait_for(rejected, 10, "three rejected files")
+        for fifo in ("at-start.yaml", "later.yaml"):
+            assert errors[fifo] == (f"{fifo}: not a regular file (a FIFO, socket or device?): "
+                                    "not read")
+        assert errors["reviews.yaml"] == (f"reviews.yaml: too large: {len(padded)} bytes, the "
+                                          "limit is 1048576 (as for an API request body)")
+        status, live = http_json(cp.info["api"] + "/api/v1/namespaces/default/"
+                                 "destinationpolicies/reviews", timeout=2)
+        assert status == 200 and len(live["spec"]["subsets"]) == 2
+        assert live["status"]["conditions"][0]["status"] == "False"
+    finally:
+        cp.stop()
+    for name in ("at-start.yaml", "later.yaml", "reviews.yaml"):
+        assert cp.output().count(f"rejected {name};") == 1, cp.output()

@@ -1,10 +1,12 @@
-"""File helpers for dirstore: atomic writes, listing YAML files, rewriting one document in place."""
+"""File helpers for dirstore: bounded reads of regular files only, atomic writes, listing YAML
+files, rewriting one document in place."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,11 @@ import yaml
 
 _DOC_START = re.compile(r"^---(?:[ \t].*)?$")
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1024 * 1024  # as the HTTP API's body limit (aiohttp's client_max_size)
+
+
+class RefusedFile(ValueError):
+    """A path that is not a regular file, or a file larger than MAX_FILE_BYTES."""
 
 
 def is_hidden(rel: Path) -> bool:
@@ -29,6 +36,27 @@ def yaml_files(root: Path) -> Iterator[Path]:
             if name.endswith(YAML_SUFFIXES) and not name.startswith("."):
                 found.append(Path(dirpath, name).relative_to(root))
     yield from sorted(found)
+
+
+def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; RefusedFile otherwise.
+
+    A FIFO, socket or device named *.yaml would block the event loop or never end: it is
+    checked before opening (without blocking) and again on the open descriptor, and no more
+    than ``limit + 1`` bytes are read. Symlinks are followed (ConfigMap mounts use them).
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise RefusedFile("not a regular file (a FIFO, socket or device?): not read")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile("not a regular file (a FIFO, socket or device?): not read")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RefusedFile(f"too large: {max(info.st_size, len(data))} bytes, the limit is "
+                          f"{limit} (as for an API request body)")
+    return data
 
 
 def fsync_dir(directory: Path) -> None:

@@ -9,8 +9,10 @@ Hand edits. A watcher (``watchfiles``) rescans on change. A file is accepted or 
 whole: a YAML or schema error, a key already defined in another file, or a cross-document issue
 the change introduces (``validate_set``) rejects it. Then its last good objects stay live,
 watchers see nothing, the error is logged, listed by ``errors()`` and written into each of its
-objects' ``status.conditions`` (``type: Accepted, status: "False"``). Deleting a file deletes
-its objects.
+objects' ``status.conditions`` (``type: Accepted, status: "False"``). A name that is not a
+regular file (a FIFO would block the event loop forever) or a file over 1 MiB (the API's body
+limit) is rejected the same way, reported once, and never read past the limit. Deleting a file
+deletes its objects.
 
 resourceVersion. One integer counter for the whole store; every change takes the next value.
 ``<state-dir>/state.json`` (default ``<root>/.ami/``) keeps the counter and, per object, its
@@ -40,8 +42,10 @@ import yaml
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import Resource, load_documents
 from meshctl.controlplane.dirfiles import (
+    RefusedFile,
     atomic_write,
     is_hidden,
+    read_file,
     remove_file,
     rewrite_document,
     yaml_files,
@@ -180,9 +184,11 @@ class DirStore(MemStore):
             raise Conflict(f"{rel} has an invalid edit on disk; fix or revert it first:\n{msg}")
         path = self.root / rel
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_file(path).decode("utf-8")
         except FileNotFoundError:
             text = ""
+        except RefusedFile as exc:  # replaced since _sync_file read it
+            raise Conflict(f"{rel}: {exc}") from exc
         replacement = None
         if obj is not None:
             replacement = yaml.safe_dump(canonical_content(obj), sort_keys=False)
@@ -217,10 +223,15 @@ class DirStore(MemStore):
     def _sync_file(self, rel: str, force: bool = False) -> bool:
         """Bring the objects of one file in line with its content; True if anything changed."""
         try:
-            data = (self.root / rel).read_bytes()
+            data = read_file(self.root / rel)
         except FileNotFoundError:
             self._rejected.pop(rel, None)
             return self._drop_file(rel)
+        except RefusedFile as exc:  # reported once (not on every rescan); last good stays
+            marker = f"refused: {exc}"
+            if rel not in self._rejected or self._rejected[rel][0] != marker:
+                self._reject(rel, marker, f"{rel}: {exc}")
+            return False
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)
             return False
