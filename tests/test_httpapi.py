@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
 
 from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
-from meshctl.controlplane.auth import ensure_token, load_client_token
+from meshctl.controlplane.auth import bearer_matches, ensure_token, load_client_token
 from meshctl.controlplane.dirstore import DirStore
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.memstore import MemStore
@@ -254,3 +257,59 @@ async def test_hand_edit_with_an_alias_is_rejected(dir_server: Server) -> None:
     live = await asyncio.to_thread(client.get, "DestinationPolicy", "reviews")
     assert [s["name"] for s in live["spec"]["subsets"]] == ["v1"]
     assert live["status"]["conditions"][0]["status"] == "False"
+
+
+def _send(server: Server, method: str, path: str, body: bytes, content_type: str,
+          authorization: bytes | str | None = None) -> tuple[int, dict[str, Any]]:
+    """A raw request; (status, JSON body): errors must be JSON too, never a text 500."""
+    auth = f"Bearer {server.token}" if authorization is None else authorization
+    req = urllib.request.Request(server.url + path, data=body, method=method,
+                                 headers={"Content-Type": content_type, "Authorization": auth})
+    try:
+        with urllib.request.urlopen(req, timeout=DEADLINE) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        assert exc.headers.get_content_type() == "application/json", exc.read()
+        return exc.code, json.loads(exc.read())
+
+
+async def test_undecodable_bodies_are_bad_requests(server: Server) -> None:
+    """A body that is not in its charset, or an unknown charset, is 400 BadRequest, not 500."""
+    text = yaml.safe_dump(policy_doc("reviews"))
+    for method, path in (("POST", "/api/v1/apply"), ("PUT", f"{POLICIES}/reviews")):
+        for body, ctype, words in (
+                ((text + "# caf\xe9\n").encode("latin-1"), "application/yaml", "not utf-8 text"),
+                (text.encode(), "application/yaml; charset=bogus",
+                 "not bogus text: unknown encoding: bogus")):
+            status, error = await asyncio.to_thread(_send, server, method, path, body, ctype)
+            assert (status, error["reason"]) == (400, "BadRequest"), (method, ctype, error)
+            assert f"request body is {words}" in error["error"]
+
+
+async def test_deeply_nested_bodies_are_refused(server: Server) -> None:
+    """5,000-deep YAML and 100,000-deep JSON are refused cleanly (YAML apply as invalid YAML
+    with its line, as every YAML error of an apply), never a RecursionError 500."""
+    deep_yaml = ("spec: " + "[" * 5000 + "]" * 5000 + "\n").encode()
+    deep_json = ("[" * 100_000 + "]" * 100_000).encode()
+    cases = [("POST", "/api/v1/apply", deep_yaml, "application/yaml", 422,
+              "request doc 1: invalid YAML: line 1, column 106: nested deeper than 100 levels"),
+             ("PUT", f"{POLICIES}/reviews", deep_yaml, "application/yaml", 400,
+              "nested deeper than 100 levels"),
+             ("POST", "/api/v1/apply", deep_json, "application/json", 400,
+              "apply body is nested too deeply"),
+             ("PUT", f"{POLICIES}/reviews", deep_json, "application/json", 400,
+              "request body is nested too deeply")]
+    for method, path, body, ctype, want, words in cases:
+        status, error = await asyncio.to_thread(_send, server, method, path, body, ctype)
+        assert status == want and words in error["error"], (method, ctype, error)
+
+
+async def test_non_ascii_bearer_token_is_unauthorized(server: Server) -> None:
+    """A bearer token with non-ASCII bytes (Latin-1 or UTF-8) is 401 Unauthorized, not 500."""
+    body = yaml.safe_dump(policy_doc("reviews")).encode()
+    for auth in ("Bearer \xe9", "Bearer \xe9".encode()):
+        status, error = await asyncio.to_thread(_send, server, "POST", "/api/v1/apply", body,
+                                                "application/yaml", auth)
+        assert (status, error["reason"]) == (401, "Unauthorized")
+    assert not bearer_matches("Bearer \udce9", "t") and bearer_matches("Bearer t", "t")
+    assert await server.store.list() == []

@@ -85,6 +85,23 @@ async def test_yaml_error_then_fix(store: DirStore) -> None:
     assert condition["status"] == "True"
 
 
+async def test_deeply_nested_edit_is_rejected_and_the_watcher_lives_on(store: DirStore) -> None:
+    """A 5,000-deep hand edit is rejected with its line (no RecursionError killing the
+    watcher): later edits still go live."""
+    path = store.root / "reviews.yaml"
+    async with store.watch() as watch:
+        write(path, policy_doc("reviews"))
+        await next_event(watch)
+        path.write_text(path.read_text() + "status: " + "[" * 5000 + "]" * 5000 + "\n")
+        write(store.root / "fence.yaml", policy_doc("fence"))
+        await next_event(watch)
+        write(store.root / "fence2.yaml", policy_doc("fence2"))
+        await next_event(watch)
+    [error] = store.errors()
+    assert error.message == ("reviews.yaml doc 1: invalid YAML: line 15, column 108: "
+                             "nested deeper than 100 levels")
+
+
 async def test_reverting_to_the_last_good_bytes_clears_the_rejection(store: DirStore) -> None:
     """Undoing a bad edit by restoring the file byte for byte accepts it again and unblocks
     API writes to it (the content equals what is live, so nothing else changes)."""

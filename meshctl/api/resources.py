@@ -116,13 +116,18 @@ def _parse_metadata(data: object, path: str) -> _Metadata:
     return meta
 
 
+MAX_DEPTH = 100  # levels of nesting a YAML resource may have; real ones have about 10
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader for resources: rejects duplicate keys (PyYAML would silently keep the last),
-    anchors and aliases.
+    anchors and aliases, and nesting deeper than MAX_DEPTH.
 
     Aliases can expand a 1 KB text into gigabytes ("billion laughs"); Kubernetes limits them
-    and resources never need them.
+    and resources never need them. Deeper nesting would exhaust Python's recursion limit.
     """
+
+    _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event: Any = self.peek_event()  # type: ignore[no-untyped-call]
@@ -132,7 +137,14 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"{word}{anchor}' not allowed: resources may not use YAML "
                 "anchors or aliases", event.start_mark)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[object] = set()

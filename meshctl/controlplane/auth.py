@@ -67,7 +67,9 @@ def bearer_matches(header: str | None, token: str) -> bool:
     if not header or not token:
         return False
     scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    # compare_digest takes str only if ASCII; a header's non-ASCII bytes arrive as surrogates
+    given = value.strip().encode("utf-8", "surrogatepass")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode())
 
 
 def is_loopback(remote: str | None) -> bool:

@@ -4,7 +4,8 @@
     ├── NotFound          404  the object does not exist
     ├── Conflict          409  it already exists, or the caller's resourceVersion is stale
     ├── Invalid           422  the document failed validation (wraps the ValidationError)
-    ├── BadRequest        400  malformed request (not JSON/YAML, kind not matching the path)
+    ├── BadRequest        400  malformed request (not text in its charset, not JSON/YAML,
+    │                          nested too deeply, kind not matching the path)
     └── Unauthorized      401  a write without the right bearer token
 """
 

@@ -188,7 +188,7 @@ async def _delete(request: web.Request) -> web.Response:
 async def _apply(request: web.Request) -> web.Response:
     """Create or update every document; validate the whole set first and apply none if bad."""
     store = request.app[STORE]
-    resources = _parse_many(await request.text(), request)
+    resources = _parse_many(await _body_text(request), request)
     results = []
     async with request.app[_APPLY_LOCK]:
         await _check_set(store, resources)
@@ -221,13 +221,24 @@ def _kind(request: web.Request) -> str:
     return kind
 
 
+async def _body_text(request: web.Request) -> str:
+    """The body decoded by its charset (request.text() would raise a 500 for a bad one)."""
+    charset = request.charset or "utf-8"
+    try:
+        return (await request.read()).decode(charset)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not {charset} text: {exc}") from exc
+
+
 async def _read_body(request: web.Request) -> dict[str, Any]:
-    text = await request.text()
+    text = await _body_text(request)
     try:
         is_json = request.content_type == "application/json"
         doc = json.loads(text) if is_json else load_yaml(text)  # no aliases, as apply
     except (ValueError, yaml.YAMLError) as exc:
         raise BadRequest(f"request body is not valid JSON/YAML: {exc}") from exc
+    except RecursionError:  # JSON nested thousands deep (the YAML loader caps nesting)
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be one resource document (a mapping)")
     return doc
@@ -287,6 +298,8 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
         raise Invalid(str(exc), exc) from exc
     except (ValueError, yaml.YAMLError) as exc:
         raise BadRequest(f"apply body is not valid JSON/YAML: {exc}") from exc
+    except RecursionError:  # JSON nested thousands deep (the YAML loader caps nesting)
+        raise BadRequest("apply body is nested too deeply") from None
 
 
 # -- watch -----------------------------------------------------------------------------------
