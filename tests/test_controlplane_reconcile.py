@@ -146,3 +146,54 @@ async def test_a_large_pass_yields_to_the_streams_and_still_reaches_every_proxy(
     await watcher
     assert sorted(sent) == sorted(rec.states) and len(sent) == 250
     assert seen_mid_pass and 0 < seen_mid_pass[0] < 250
+
+
+async def _nacked_change() -> tuple[Reconciler, MemStore, list[tuple[str, str]]]:
+    """A proxy that ACKed its first snapshot and was then pushed a MeshConfig change."""
+    from meshctl.api.resources import parse_document
+
+    clock = FakeClock()
+    store = MemStore()
+    registry = Registry(clock=clock)
+    rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: list[tuple[str, str]] = []
+    registry.register(ProxyInfo(name="pp", service="productpage", inbound="127.0.0.1:1",
+                                ready=True))
+    rec.attach("pp", lambda message: sent.append((message.version, message.nonce)))
+    await rec.reconcile_pass()
+    rec.ack("pp", *sent[0])
+    mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"name": "default"}, "spec": {"accessLog": True}}
+    await store.create(parse_document(mesh))
+    rec.mark_all()
+    await rec.reconcile_pass()
+    assert len(sent) == 2
+    return rec, store, sent
+
+
+async def test_reverting_a_nacked_change_clears_the_nack() -> None:
+    """Once a NACKed change is reverted the proxy is synced on what it runs and shows no NACK."""
+    from meshctl.controlplane.proxystatus import proxy_json
+
+    rec, store, sent = await _nacked_change()
+    rec.nack("pp", *sent[1], "mesh: bad")
+    assert rec.states["pp"].nack == "mesh: bad" and not rec.states["pp"].synced
+    await store.delete("MeshConfig", "default", "default")
+    rec.mark_all()
+    await rec.reconcile_pass()
+    state = rec.states["pp"]
+    assert len(sent) == 2, "the proxy already runs the reverted config: nothing to push"
+    assert state.synced and state.nack is None
+    info = rec.registry.get("pp")
+    assert info is not None and proxy_json(info, state, True)["nack"] is None
+
+
+async def test_a_nack_of_a_change_reverted_in_flight_is_not_kept() -> None:
+    """A NACK arriving after its change was reverted leaves the proxy synced without a NACK."""
+    rec, store, sent = await _nacked_change()
+    await store.delete("MeshConfig", "default", "default")
+    rec.mark_all()
+    await rec.reconcile_pass()
+    rec.nack("pp", *sent[1], "mesh: bad")
+    state = rec.states["pp"]
+    assert state.synced and state.nack is None and rec.counters.nacks == 1

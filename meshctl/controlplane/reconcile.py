@@ -139,8 +139,11 @@ class Reconciler:
         if state is None or nonce != state.nonce:
             return
         self.counters.nacks += 1
-        state.nack = error or "rejected (no reason given)"
-        log.warning("proxy %s rejected config %s: %s", name, version, state.nack)
+        error = error or "rejected (no reason given)"
+        log.warning("proxy %s rejected config %s: %s", name, version, error)
+        # A NACK of a push already superseded by what the proxy runs (the change was reverted
+        # while in flight) leaves nothing refused outstanding.
+        state.nack = None if state.synced else error
         self._answered(name, state)
         self._notify()
 
@@ -224,6 +227,7 @@ class Reconciler:
             state.latest_version = built.version
             if built.version == state.acked_version:
                 state.acked_revision = revision  # same content: it includes this revision
+                state.nack = None  # a NACKed change was reverted: nothing refused is pending
                 self.counters.unchanged += 1
             elif built.version == state.sent_version:
                 state.sent_revision = revision
