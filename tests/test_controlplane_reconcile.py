@@ -197,3 +197,17 @@ async def test_a_nack_of_a_change_reverted_in_flight_is_not_kept() -> None:
     rec.nack("pp", *sent[1], "mesh: bad")
     state = rec.states["pp"]
     assert state.synced and state.nack is None and rec.counters.nacks == 1
+
+
+async def test_a_change_reverted_in_flight_and_acked_is_undone() -> None:
+    """If the proxy ACKs a push whose change was reverted meanwhile, the revert is pushed."""
+    rec, store, sent = await _nacked_change()
+    await store.delete("MeshConfig", "default", "default")
+    rec.mark_all()
+    await rec.reconcile_pass()
+    assert len(sent) == 2, "nothing new to send while the proxy may still refuse the change"
+    rec.ack("pp", *sent[1])
+    await rec.reconcile_pass()
+    assert len(sent) == 3 and sent[2][0] == sent[0][0]
+    rec.ack("pp", *sent[2])
+    assert rec.states["pp"].synced

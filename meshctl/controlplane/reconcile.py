@@ -228,6 +228,10 @@ class Reconciler:
             if built.version == state.acked_version:
                 state.acked_revision = revision  # same content: it includes this revision
                 state.nack = None  # a NACKed change was reverted: nothing refused is pending
+                if state.sent_at is not None and state.sent_version != built.version:
+                    # The reverted change is still in flight: if the proxy ACKs it, it runs
+                    # what was reverted, so look again once it answers.
+                    state.deferred = True
                 self.counters.unchanged += 1
             elif built.version == state.sent_version:
                 state.sent_revision = revision
