@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from pathlib import Path
 
@@ -82,3 +83,20 @@ async def test_run_saves_after_changes_and_once_more_when_cancelled(tmp_path: Pa
     with pytest.raises(asyncio.CancelledError):
         await task
     assert decode(path.read_bytes()) == [PROXIES[1], PROXIES[0]]
+
+
+def test_restore_drops_entries_a_live_register_would_refuse(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Entries failing Register validation are dropped with a warning; good ones are restored."""
+    path = tmp_path / "registry.json"
+    doc = json.loads(encode(PROXIES))
+    doc["proxies"][1:1] = [
+        {"name": "poison", "service": "reviews", "inbound": "no-port-here", "ready": True},
+        {"name": "odd", "service": "reviews", "mode": "daemon", "inbound": "127.0.0.1:1"}]
+    path.write_text(json.dumps(doc))
+    registry = Registry()
+    assert RegistryStateFile(path, registry).restore(hold=15.0) == 2
+    assert registry.proxies() == sorted(PROXIES, key=lambda p: p.name)
+    assert ("dropping proxies[1] (poison) of the registry state file: register.inbound: "
+            "expected HOST:PORT, got 'no-port-here'") in caplog.text
+    assert "dropping proxies[2] (odd)" in caplog.text

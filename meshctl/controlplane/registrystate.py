@@ -7,7 +7,9 @@ before the restart is listed (disconnected) for ``--warmup`` seconds; see Regist
 
 The file is ``<state-dir>/registry.json`` (mode 0600), written atomically at most every
 ``interval`` seconds while the registry changes, and once more on a clean stop. A missing,
-unreadable or malformed file is logged and ignored: the registry then starts empty.
+unreadable or malformed file is logged and ignored: the registry then starts empty. An entry
+that a live Register would refuse (``xds.check_proxy``, e.g. an inbound without a port) is
+logged and dropped, the others are restored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from meshctl.controlplane.dirfiles import atomic_write
 from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.xds import RegistrationError, check_proxy
 
 log = logging.getLogger(__name__)
 FILE_NAME = "registry.json"
@@ -41,7 +44,17 @@ def decode(data: bytes) -> list[ProxyInfo]:
     raw = doc.get("proxies")
     if not isinstance(raw, list):
         raise ValueError("'proxies' must be a list")
-    return [_proxy(i, item) for i, item in enumerate(raw)]
+    proxies = []
+    for index, item in enumerate(raw):
+        info = _proxy(index, item)
+        try:
+            proxies.append(check_proxy(info))
+        except RegistrationError as exc:
+            # As a live Register would be: a poisoned entry (say an inbound without a port)
+            # listed for the warmup made every sidecar NACK every snapshot until it expired.
+            log.warning("dropping proxies[%d] (%s) of the registry state file: %s",
+                        index, info.name, exc)
+    return proxies
 
 
 def _proxy(index: int, item: Any) -> ProxyInfo:

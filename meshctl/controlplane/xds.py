@@ -42,41 +42,50 @@ class RegistrationError(ValueError):
     """A Register message the control plane cannot accept."""
 
 
-def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
-    """Validate a Register message into a ProxyInfo; raises RegistrationError."""
+def check_proxy(info: ProxyInfo) -> ProxyInfo:
+    """``info`` if a Register carrying it would be accepted, else RegistrationError
+    (registrystate checks the entries it restores with it too)."""
     for field in ("name", "service"):
-        if not getattr(reg, field):
+        if not getattr(info, field):
             raise RegistrationError(f"register.{field}: required")
-    if not _NAME.fullmatch(reg.name):
+    if not _NAME.fullmatch(info.name):
         raise RegistrationError("register.name: letters, digits, '.', '_', '-', at most 253")
     for field in ("service", "namespace"):
-        value = getattr(reg, field)
+        value = getattr(info, field)
         if value and not _DNS_LABEL.fullmatch(value):
             raise RegistrationError(f"register.{field}: not a DNS label: {value[:64]!r}")
-    if len(reg.labels) > _MAX_LABELS:
+    if len(info.labels) > _MAX_LABELS:
         raise RegistrationError(f"register.labels: at most {_MAX_LABELS}")
-    for key, value in reg.labels.items():
+    for key, value in info.labels.items():
         if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
             raise RegistrationError(f"register.labels: {key[:64]!r}={value[:64]!r} is not a "
                                     "valid label (Kubernetes rules: 63 characters, [A-Za-z0-9._-])")
-    for field in ("inbound", "outbound", "admin", "mode", "token", "cert_expiry",
-                  "config_version", "admin_token", "cert_issued"):
-        if len(getattr(reg, field)) > _MAX_FIELD:
+    for field in ("inbound", "outbound", "admin", "mode", "cert_expiry", "admin_token",
+                  "cert_issued"):
+        if len(getattr(info, field)) > _MAX_FIELD:
             raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
-    mode = reg.mode or "sidecar"
-    if mode not in ("sidecar", "gateway"):
-        raise RegistrationError(f"register.mode: expected sidecar or gateway, got {mode!r}")
-    if mode == "sidecar" and not reg.inbound:
+    if info.mode not in ("sidecar", "gateway"):
+        raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")
+    if info.mode == "sidecar" and not info.inbound:
         raise RegistrationError("register.inbound: required for a sidecar (HOST:PORT)")
     for field in ("inbound", "outbound", "admin"):
-        value = getattr(reg, field)
+        value = getattr(info, field)
         host, sep, port = value.rpartition(":")
         if value and not (sep and host and port.isdigit() and 0 < int(port) < 65536):
             raise RegistrationError(f"register.{field}: expected HOST:PORT, got {value!r}")
-    return ProxyInfo(name=reg.name, service=reg.service, namespace=reg.namespace or "default",
-                     labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound,
-                     admin=reg.admin, mode=mode, ready=reg.ready, cert_expiry=reg.cert_expiry,
-                     cert_issued=reg.cert_issued, admin_token=reg.admin_token)
+    return info
+
+
+def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
+    """Validate a Register message into a ProxyInfo; raises RegistrationError."""
+    for field in ("token", "config_version"):  # not kept in ProxyInfo: bounded here
+        if len(getattr(reg, field)) > _MAX_FIELD:
+            raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
+    return check_proxy(ProxyInfo(
+        name=reg.name, service=reg.service, namespace=reg.namespace or "default",
+        labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
+        mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
+        cert_issued=reg.cert_issued, admin_token=reg.admin_token))
 
 
 class _Mailbox:
