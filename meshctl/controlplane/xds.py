@@ -146,17 +146,19 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         log.info("proxy %s (%s) connected from %s", info.name, info.service, context.peer())
         reader = asyncio.create_task(self._read(info.name, session, context))
         replaced = asyncio.create_task(evicted.wait())
+        take: asyncio.Future[mesh_pb2.ConfigMessage] | None = None
         try:
             while not reader.done() and not replaced.done():
                 take = asyncio.ensure_future(mailbox.take())
                 await asyncio.wait({take, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
                 if not take.done():
-                    take.cancel()
                     break
                 await context.write(take.result())
         finally:
-            reader.cancel()
-            replaced.cancel()
+            # Cancelled too when the stream is (client gone): no task left pending.
+            for task in (reader, replaced, take):
+                if task is not None:
+                    task.cancel()
             if self._evict.get(info.name) is evicted:
                 del self._evict[info.name]
                 self.reconciler.detach(info.name, mailbox.offer)
