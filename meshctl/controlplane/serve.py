@@ -31,6 +31,7 @@ from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.registrystate import FILE_NAME, RegistryStateFile
+from meshctl.controlplane.slowclients import SlowClientReaper
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
 from meshctl.observe.mount import observability
 
@@ -106,6 +107,9 @@ async def serve(options: ServeOptions,
                          tg.create_task(registry_file.run(), name="registry-state"),
                          tg.create_task(reconciler.run(), name="reconcile"),
                          tg.create_task(observer.run(), name="observe")]
+                if runner.server is not None:
+                    tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
+                                                name="slow-clients"))
                 log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "
                          "config dir %s", host, http_port, _split(options.grpc_listen)[0],
                          grpc_port, options.config_dir)
