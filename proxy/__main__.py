@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from proxy.config import Address, ConfigError
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=20.0)
     p.add_argument("--header-timeout", type=float, default=_DEFAULTS.header_timeout)
     p.add_argument("--idle-timeout", type=float, default=_DEFAULTS.idle_timeout)
-    p.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections)
+    p.add_argument("--max-connections", type=int, default=None,
+                   help=f"client connections per listener (default {_DEFAULTS.max_connections}, "
+                        "or fewer if the open-file limit cannot hold that many)")
     p.add_argument("--max-header-bytes", type=int, default=_DEFAULTS.max_header_bytes)
     p.add_argument("--max-request-line", type=int, default=_DEFAULTS.max_request_line)
     p.add_argument("--log-level", default="INFO")
@@ -58,9 +61,16 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
                         ("admin", args.admin), ("gateway", args.gateway_listen)):
         if value:
             listeners[kind] = Address.parse(value, f"--{kind}")
+    for flag in ("max_request_line", "max_header_bytes", "header_timeout", "idle_timeout",
+                 "max_connections", "drain_timeout"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be greater than 0, not {value}")
     limits = Limits(max_request_line=args.max_request_line,
                     max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
-                    idle_timeout=args.idle_timeout, max_connections=args.max_connections)
+                    idle_timeout=args.idle_timeout,
+                    max_connections=_DEFAULTS.max_connections if args.max_connections is None
+                    else args.max_connections)
     access = None if args.access_log is None else args.access_log == "on"
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access)
@@ -86,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("ok")
         return 0
+    from proxy.fdlimit import fit_connection_limit, raise_open_file_limit
     from proxy.malloctune import fix_mmap_threshold
 
     fix_mmap_threshold()
+    # Two proxying listeners at most (outbound and inbound, or gateway and outbound).
+    fitted = fit_connection_limit(options.limits.max_connections, listeners=2,
+                                  open_files=raise_open_file_limit(),
+                                  chosen=args.max_connections is not None)
+    options = replace(options, limits=replace(options.limits, max_connections=fitted))
     try:
         import uvloop
 

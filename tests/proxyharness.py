@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -321,11 +322,19 @@ class ProxyProcess:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, deadline: float = 15.0) -> ProxyProcess:
+    def start(self, deadline: float = 15.0,
+              open_files: tuple[int, int] | None = None) -> ProxyProcess:
+        """``open_files``: the (soft, hard) RLIMIT_NOFILE to start the process with."""
         cmd = [sys.executable, "-m", "proxy", "--config", str(self.config),
                "--log-level", "WARNING", *self.args]
+
+        def limit_files() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=PROXY_ROOT, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(cmd, cwd=PROXY_ROOT, stdout=out, stderr=err,
+                                         preexec_fn=limit_files)
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             if self.proc.poll() is not None:

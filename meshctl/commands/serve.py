@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT."""
     from meshctl.controlplane.serve import ServeOptions, serve
+    from proxy.fdlimit import raise_open_file_limit
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,6 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
                            open_reads=args.open_reads)
     if args.dry_run:
         return _dry_run(args)
+    raise_open_file_limit()  # a stream and a scrape connection per sidecar; 1024 is too few
     try:
         return asyncio.run(serve(options))
     except OSError as exc:
