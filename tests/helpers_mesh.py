@@ -144,7 +144,7 @@ def start_backend(log_dir: Path, name: str, port: int | None = None,
 def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
                         http_port: int | None = None, grpc_port: int | None = None,
                         warmup: float | None = None, grace: float = 2.0,
-                        timeout: float = 20.0) -> MeshProcess:
+                        timeout: float = 20.0, args: tuple[str, ...] = ()) -> MeshProcess:
     """``meshctl serve`` on free ports; ready once its API answers."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
@@ -155,8 +155,8 @@ def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
         PYTHON, "-m", "meshctl", "serve", "--config-dir", str(config_dir),
         "--state-dir", str(state_dir), "--listen", f"127.0.0.1:{http_port}",
         "--grpc-listen", f"127.0.0.1:{grpc_port}", "--grace", str(grace),
-        "--certs-dir", str(certs_dir), *(["--warmup", str(warmup)] if warmup is not None else [])],
-        tmp)
+        "--certs-dir", str(certs_dir), *(["--warmup", str(warmup)] if warmup is not None else []),
+        *args], tmp)
     proc.info.update(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}",
                      config_dir=config_dir, state_dir=state_dir, certs_dir=certs_dir)
     _CERTS_BY_GRPC[f"127.0.0.1:{grpc_port}"] = certs_dir

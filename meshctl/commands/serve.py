@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,20 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "state dir) stay endpoints while they reconnect (default 15)")
     p.add_argument("--open-reads", action="store_true",
                    help="allow reads without a token from other machines")
+    p.add_argument("--max-api-connections", type=_at_least_one, default=None, metavar="N",
+                   help="HTTP API connections open at once; past it new ones get 503 "
+                        "(default 1024)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--dry-run", action="store_true",
                    help="check the arguments and the config dir's resources, then exit")
     p.set_defaults(func=run_serve)
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -47,6 +58,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            listen=args.listen, grpc_listen=args.grpc_listen,
                            certs_dir=args.certs_dir, grace=args.grace, warmup=args.warmup,
                            open_reads=args.open_reads)
+    if args.max_api_connections is not None:
+        options = replace(options, max_api_connections=args.max_api_connections)
     if args.dry_run:
         return _dry_run(args)
     raise_open_file_limit()  # a stream and a scrape connection per sidecar; 1024 is too few

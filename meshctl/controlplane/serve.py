@@ -19,6 +19,8 @@ import grpc
 from aiohttp import web
 
 from meshctl.ca import BootstrapTokens
+from meshctl.controlplane.apilisten import MAX_CONNECTIONS as MAX_API_CONNECTIONS
+from meshctl.controlplane.apilisten import listen_api
 from meshctl.controlplane.auth import ensure_token
 from meshctl.controlplane.ca_service import (
     CertificateService,
@@ -50,6 +52,7 @@ class ServeOptions:
     grace: float = 2.0  # registry: keep a disconnected proxy's endpoint this long
     warmup: float = 15.0  # after a restart, how long proxies known before wait to reconnect
     open_reads: bool = False
+    max_api_connections: int = MAX_API_CONNECTIONS
     grpc_credentials: grpc.ServerCredentials | None = field(default=None, compare=False)
 
 
@@ -86,11 +89,12 @@ async def serve(options: ServeOptions,
                          extra_routes=[*status_routes(registry, reconciler), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
+    assert runner.server is not None  # set by setup()
+    api_server: asyncio.Server | None = None
     try:
         host, port = _split(options.listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        http_port = runner.addresses[0][1]
+        api_server = await listen_api(runner.server, host, port, options.max_api_connections)
+        http_port = api_server.sockets[0].getsockname()[1]
         ca = load_or_init_ca(options.certs_dir)
         ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
                                         lambda: reconciler.mesh)
@@ -107,9 +111,8 @@ async def serve(options: ServeOptions,
                          tg.create_task(registry_file.run(), name="registry-state"),
                          tg.create_task(reconciler.run(), name="reconcile"),
                          tg.create_task(observer.run(), name="observe")]
-                if runner.server is not None:
-                    tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
-                                                name="slow-clients"))
+                tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
+                                            name="slow-clients"))
                 log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "
                          "config dir %s", host, http_port, _split(options.grpc_listen)[0],
                          grpc_port, options.config_dir)
@@ -123,6 +126,8 @@ async def serve(options: ServeOptions,
         finally:
             await grpc_server.stop(grace=None)
     finally:
+        if api_server is not None:
+            api_server.close()  # stop accepting; runner.cleanup() closes the connections
         await runner.cleanup()
         await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
