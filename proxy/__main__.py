@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from proxy.config import Address, ConfigError
 from proxy.listener import Limits
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbound", help="inbound listener HOST:PORT (mesh -> app)")
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:15000)")
     p.add_argument("--gateway-listen", help="gateway listener HOST:PORT (--mode gateway)")
+    p.add_argument("--gateway-cert", type=Path, metavar="PEM",
+                   help="--mode gateway: serve HTTPS with this certificate chain (leaf first); "
+                        "reloaded when the file changes")
+    p.add_argument("--gateway-key", type=Path, metavar="PEM",
+                   help="the private key of --gateway-cert")
     p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "
@@ -73,7 +79,24 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
                     else args.max_connections)
     access = None if args.access_log is None else args.access_log == "on"
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
-                        drain_timeout=args.drain_timeout, access_log=access)
+                        drain_timeout=args.drain_timeout, access_log=access,
+                        gateway_tls=_gateway_tls(args))
+
+
+def _gateway_tls(args: argparse.Namespace) -> Any:
+    """The gateway's HTTPS certificate, loaded (so a bad file stops the start), or None."""
+    if args.gateway_cert is None and args.gateway_key is None:
+        return None
+    if args.mode != "gateway":
+        raise ConfigError("--gateway-cert and --gateway-key need --mode gateway")
+    if args.gateway_cert is None or args.gateway_key is None:
+        raise ConfigError("--gateway-cert and --gateway-key go together")
+    from proxy.servingcert import CertificateError, ServingCertificate
+
+    try:
+        return ServingCertificate(args.gateway_cert, args.gateway_key)
+    except CertificateError as exc:
+        raise ConfigError(f"gateway certificate: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

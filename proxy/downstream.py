@@ -84,7 +84,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.client_ip = str(peer[0]).encode()
         self.idle_since = self.loop.time()
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None and not self._identify_peer(ssl_object):
+        if (ssl_object is not None and self.listener.kind == "inbound"
+                and not self._identify_peer(ssl_object)):
             # Chain-valid but not a workload identity (no SPIFFE id, or several): refused like
             # a failed handshake, before any byte is read.
             self.listener.stats.inc("ami_tls_handshake_failures",

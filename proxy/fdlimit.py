@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: nothing to raise
     resource = None  # type: ignore[assignment]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ami.proxy")
 
 RESERVED = 64  # descriptors for listeners, the loop, the control-plane stream, logs, admin
 PER_CONNECTION = 2  # a proxied client connection can hold one upstream connection too

@@ -148,8 +148,9 @@ _COUNTER_HELP = {
     "ami_faults_injected": "Faults injected by route rules.",
     "ami_mirrored_requests": "Requests copied to a mirror subset.",
     "ami_authorization_denied": "Requests denied by authorization policy.",
-    "ami_tls_handshake_failures": "Inbound connections refused during or right after the TLS "
-                                  "handshake (no or foreign certificate, no single SPIFFE id).",
+    "ami_tls_handshake_failures": "TLS connections refused during or right after the "
+                                  "handshake (inbound: no or foreign certificate, no single "
+                                  "SPIFFE id; gateway: plaintext or failed handshake).",
     "ami_connections_refused": "Client connections closed at once: the listener's connection "
                                "limit was reached.",
 }

@@ -1,8 +1,10 @@
-"""The inbound listener under mTLS: an accept loop that applies the mesh's current mode.
+"""TLS listeners: an accept loop that applies the current mode (mesh inbound, HTTPS gateway).
 
 STRICT hands every connection to TLS (no client certificate, no connection); PERMISSIVE peeks at
 the first byte and takes TLS (0x16, a handshake record) or plaintext on the same port; DISABLE
-is plaintext. The mode is read per connection, so a push changing it needs no rebind.
+is plaintext. The mode is read per connection, so a push changing it needs no rebind. The
+gateway's HTTPS listener is always STRICT, with a server certificate and no client one.
+Connections still in their handshake count against the listener's connection limit.
 """
 
 from __future__ import annotations
@@ -12,23 +14,28 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
-    from proxy.tls import TlsContexts
+
+
+class ServerTls(Protocol):
+    """What the acceptor binds with: a context that picks the current certificate itself."""
+
+    listener: ssl.SSLContext
 
 log = logging.getLogger("ami.proxy")
 _TLS_HANDSHAKE = 0x16
 
 
-class MeshAcceptor:
+class TlsAcceptor:
     """Accepts on a bound socket and starts each connection as TLS or plaintext."""
 
     def __init__(self, listener: Listener, sock: socket.socket,
-                 tls: Callable[[], TlsContexts | None], mode: Callable[[], str]) -> None:
+                 tls: Callable[[], ServerTls | None], mode: Callable[[], str]) -> None:
         self.listener = listener
         self.sock = sock
         self.tls = tls
@@ -53,7 +60,7 @@ class MeshAcceptor:
             except asyncio.CancelledError:
                 raise
             except OSError as exc:
-                log.warning("inbound accept failed: %s", exc)
+                log.warning("%s accept failed: %s", self.listener.kind, exc)
                 await asyncio.sleep(0.01)  # e.g. EMFILE: back off instead of spinning
                 continue
             listener = self.listener
@@ -106,7 +113,7 @@ class MeshAcceptor:
             # A failed handshake (no cert, another CA, expired, plaintext in STRICT) ends here.
             self.listener.stats.inc("ami_tls_handshake_failures",
                                     (("listener", self.listener.kind),))
-            log.debug("inbound TLS handshake failed: %s", exc)
+            log.debug("%s TLS handshake failed: %s", self.listener.kind, exc)
             conn.close()
 
     async def _first_byte_is_tls(self, conn: socket.socket) -> bool:

@@ -127,9 +127,12 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         await wait_for_identity(installed, agent.first_config_timeout)
         await server.start_listeners()
     log.info("admin on %s; ready=%s", admin, server.ready)
-    sweeper = asyncio.create_task(server.run_sweeper())
+    background = [asyncio.create_task(server.run_sweeper())]
+    if options.gateway_tls is not None:
+        background.append(asyncio.create_task(options.gateway_tls.watch()))
     await server.stopped.wait()
-    sweeper.cancel()
+    for task in background:
+        task.cancel()
     if not args.config:
         identity_task.cancel()
     await runner.cleanup()

@@ -16,7 +16,7 @@ from proxy.downstream import DownstreamProtocol
 from proxy.inbound import InboundPolicy
 from proxy.listener import Limits, Listener
 from proxy.metrics import RequestStats
-from proxy.mtls import MeshAcceptor, bind_socket
+from proxy.mtls import TlsAcceptor, bind_socket
 from proxy.pools import PoolRegistry
 from proxy.routing import Router, RouterBuilder
 
@@ -32,6 +32,7 @@ class ProxyOptions:
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 20.0
     access_log: bool | None = None  # None: follow the snapshot's mesh.accessLog
+    gateway_tls: Any = None  # proxy.servingcert.ServingCertificate: HTTPS on the gateway
 
 
 class ProxyServer:
@@ -138,12 +139,18 @@ class ProxyServer:
         for kind, address in self._listener_addresses(self.snapshot).items():
             if kind == "admin" or kind in self.listeners:
                 continue
+            https = kind == "gateway" and self.options.gateway_tls is not None
             listener = Listener(kind, self.loop, routers.get(kind) or Router({}), self.stats,
-                                self.options.limits)
-            if kind == "inbound":
+                                self.options.limits, tls=https)
+            if https:
+                acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
+                                       lambda: self.options.gateway_tls, lambda: "STRICT")
+                acceptor.start()
+                listener.server = acceptor  # type: ignore[assignment]
+            elif kind == "inbound":
                 # Always through the acceptor: in STRICT a connection is refused until this
                 # proxy has an identity, never served in plaintext.
-                acceptor = MeshAcceptor(
+                acceptor = TlsAcceptor(
                     listener, bind_socket(address.host, address.port), lambda: self.tls,
                     self._mtls_mode)
                 acceptor.start()

@@ -108,13 +108,19 @@ class TlsContexts:
         ssl_object.context = self._current.server
 
 
-def _context(protocol: ssl._SSLMethod, identity: WorkloadIdentity) -> ssl.SSLContext:
+def hardened_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
+    """TLS 1.2 minimum, forward-secret AEAD suites only, no compression or renegotiation."""
     ctx = ssl.SSLContext(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.set_alpn_protocols(list(ALPN))
+    return ctx
+
+
+def _context(protocol: ssl._SSLMethod, identity: WorkloadIdentity) -> ssl.SSLContext:
+    ctx = hardened_context(protocol)
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.load_verify_locations(cadata=identity.bundle_pem.decode("ascii"))
     with (
         _private_file(identity.cert_pem + identity.chain_pem) as certfile,

@@ -81,7 +81,7 @@ async def test_clients_beyond_what_descriptors_hold_get_503_not_resets(
 
 def test_fit_keeps_a_limit_that_fits_and_says_when_it_lowers_one(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="proxy.fdlimit")
+    caplog.set_level(logging.INFO, logger="ami.proxy")
     assert fit_connection_limit(10_000, listeners=2, open_files=1 << 20) == 10_000
     assert not caplog.records
     assert fit_connection_limit(10_000, listeners=2, open_files=1024) == (1024 - RESERVED) // 4

@@ -1,0 +1,105 @@
+"""The gateway's HTTPS certificate: PEM files the operator provides, reloaded when they change.
+
+Clients outside the mesh know the gateway by a DNS name, so its certificate comes from the
+operator's CA (or cert-manager, or Let's Encrypt), not from the mesh CA, and its key stays on
+the gateway's host. The files are checked every few seconds; a changed pair is loaded into a
+new context that new handshakes get (through the SNI callback, as for workload certificates),
+while open connections keep the one they started with. A pair that does not load (a key
+written before its certificate, a typo) is logged and the last good one stays in service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from proxy.tls import hardened_context
+
+log = logging.getLogger("ami.proxy")
+CHECK_EVERY = 5.0  # seconds between looks at the files' metadata
+
+
+class CertificateError(Exception):
+    """The certificate or key file cannot be read or does not make a usable pair."""
+
+
+def _stamp(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    """What changes when a file is rewritten or replaced (renamed over)."""
+    stats = [os.stat(p) for p in paths]
+    return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+
+class ServingCertificate:
+    """A server context for `cert_file` and `key_file`; `listener` is the one to bind with."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        """Load the pair; raises CertificateError naming the file and the problem."""
+        self.cert_file, self.key_file = cert_file, key_file
+        self._stamp = self._read_stamp()
+        self._current, self.not_after = self._load()
+        # Bound once; OpenSSL runs the SNI callback on every ClientHello, with or without a
+        # server name, and it hands the handshake the current context.
+        self.listener = self._load()[0]
+        self.listener.sni_callback = self._swap_in_current
+        self.reloads = 0
+
+    def _read_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        try:
+            return _stamp(self.cert_file, self.key_file)
+        except OSError as exc:
+            raise CertificateError(f"{exc.filename}: {exc.strerror}") from None
+
+    def _new_context(self) -> ssl.SSLContext:
+        ctx = hardened_context(ssl.PROTOCOL_TLS_SERVER)
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        ctx.verify_mode = ssl.CERT_NONE  # clients of the gateway are not mesh workloads
+        return ctx
+
+    def _load(self) -> tuple[ssl.SSLContext, datetime]:
+        ctx = self._new_context()
+        try:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+            leaf = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+        except (ssl.SSLError, ValueError) as exc:  # SSLError first: it is an OSError too
+            raise CertificateError(f"{self.cert_file} and {self.key_file} do not load as a "
+                                   f"PEM certificate chain and its key: {exc}") from None
+        except OSError as exc:
+            raise CertificateError(f"{exc.filename or self.cert_file}: {exc.strerror}") from None
+        return ctx, leaf.not_valid_after_utc
+
+    def _swap_in_current(self, ssl_object: ssl.SSLObject, _server_name: str | None,
+                         _ctx: ssl.SSLContext) -> None:
+        ssl_object.context = self._current
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if they changed since the last look; True if swapped in."""
+        try:
+            stamp = self._read_stamp()
+        except CertificateError as exc:
+            log.warning("gateway certificate: %s; still serving the previous one", exc)
+            return False
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp  # look at this version once, not on every check
+        try:
+            self._current, self.not_after = self._load()
+        except CertificateError as exc:
+            log.warning("gateway certificate not reloaded: %s; still serving the previous one "
+                        "(valid until %s)", exc, self.not_after.isoformat())
+            return False
+        self.reloads += 1
+        log.info("gateway certificate reloaded from %s (valid until %s)", self.cert_file,
+                 self.not_after.isoformat())
+        return True
+
+    async def watch(self, interval: float = CHECK_EVERY) -> None:
+        """Check the files every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()

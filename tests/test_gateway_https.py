@@ -1,0 +1,211 @@
+"""The gateway serves HTTPS with an operator's certificate, reloaded when its files change."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import ssl
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.proxyharness import (
+    PROXY_ROOT,
+    Backends,
+    ProxyProcess,
+    echo_app,
+    free_port,
+    get,
+    metric_value,
+    read_response,
+)
+from tests.test_tls_scan import AEAD_MARKERS, SCAN_DEADLINE, enabled_protocols, sslscan
+
+pytestmark = pytest.mark.timeout(120)
+RELOAD_DEADLINE = 20.0  # the files are looked at every 5 s
+
+
+@dataclass
+class Pem:
+    cert: bytes
+    key: bytes
+    serial: int
+
+
+def issue(name: str) -> Pem:
+    """A self-signed server certificate for 127.0.0.1 (what an operator's CA would give)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return Pem(cert.public_bytes(serialization.Encoding.PEM),
+               key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()),
+               cert.serial_number)
+
+
+def install(pem: Pem, directory: Path) -> tuple[Path, Path]:
+    """Write the pair the way cert-manager and `kubectl` secrets do: a rename over the old."""
+    paths = directory / "tls.crt", directory / "tls.key"
+    for path, data in zip(paths, (pem.cert, pem.key), strict=True):
+        tmp = path.with_suffix(".new")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[int]:
+    backends = Backends()
+    yield backends.aiohttp(echo_app())
+    backends.close()
+
+
+class Gateway:
+    """`python -m proxy --mode gateway` in static mode, HTTPS on its gateway listener."""
+
+    def __init__(self, tmp: Path, echo: int, first: Pem) -> None:
+        self.cert, self.key = install(first, tmp)
+        self.port = free_port()
+        self.proc = ProxyProcess(tmp, {"echo": [echo]}, args=(
+            "--mode", "gateway", "--gateway-cert", str(self.cert), "--gateway-key",
+            str(self.key), "--log-level", "INFO"))
+        config = yaml.safe_load(self.proc.config.read_text())
+        config["listeners"] = {"gateway": f"127.0.0.1:{self.port}",
+                               "admin": f"127.0.0.1:{self.proc.admin}"}
+        config["gateway"] = {"rules": [{"destination": "echo"}]}
+        self.proc.config.write_text(yaml.safe_dump(config))
+
+    async def connect(self, trusted: Pem) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ctx = ssl.create_default_context(cadata=trusted.cert.decode())
+        ctx.set_alpn_protocols(["h2", "http/1.1"])  # as browsers offer: h2 must not be chosen
+        return await asyncio.open_connection("127.0.0.1", self.port, ssl=ctx)
+
+    async def served_serial(self) -> int:
+        """The serial number of the certificate a new handshake gets."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        _, writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, echo: int) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path, echo, issue("first"))
+    gw.proc.start()
+    yield gw
+    gw.proc.stop()
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   path: str) -> dict[str, str]:
+    """One request on an open connection; the headers the backend saw."""
+    writer.write(get("echo", path))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    assert resp.status == 200, resp
+    return {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+
+
+async def test_https_request_reaches_the_service_as_https(gateway: Gateway) -> None:
+    first = Pem(gateway.cert.read_bytes(), b"", 0)
+    reader, writer = await gateway.connect(first)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+    seen = await exchange(reader, writer, "/productpage")
+    writer.close()
+    assert seen["x-forwarded-proto"] == "https"
+    assert "x-forwarded-client-cert" not in seen  # no mesh identity at the edge
+
+
+async def test_plaintext_to_the_https_listener_is_refused_and_counted(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(get("echo", "/"))
+    data = await asyncio.wait_for(reader.read(), 15)
+    writer.close()
+    assert not data.startswith(b"HTTP/")  # no HTTP answer in the clear
+    assert metric_value(await gateway.proc.metrics(), "ami_tls_handshake_failures_total",
+                        listener="gateway") == 1
+
+
+async def test_renewed_files_are_served_to_new_handshakes_without_dropping_open_ones(
+        gateway: Gateway, tmp_path: Path) -> None:
+    first = Pem(gateway.cert.read_bytes(), b"", await gateway.served_serial())
+    old_reader, old_writer = await gateway.connect(first)
+    await exchange(old_reader, old_writer, "/before")
+
+    broken = issue("broken")
+    install(Pem(broken.cert, issue("other").key, 0), tmp_path)  # key of another certificate
+    loop = asyncio.get_running_loop()
+    end = loop.time() + RELOAD_DEADLINE
+    while "not reloaded" not in gateway.proc.stderr():
+        assert loop.time() < end, gateway.proc.stderr()
+        await asyncio.sleep(0.2)  # polling interval of a bounded wait
+    assert await gateway.served_serial() == first.serial  # the last good pair stays
+
+    renewed = issue("renewed")
+    install(renewed, tmp_path)
+    while await gateway.served_serial() != renewed.serial:
+        assert loop.time() < end + RELOAD_DEADLINE, gateway.proc.stderr()
+        await asyncio.sleep(0.2)  # polling interval of a bounded wait
+    reader, writer = await gateway.connect(renewed)  # verifies against the new certificate
+    await exchange(reader, writer, "/after")
+    writer.close()
+    await exchange(old_reader, old_writer, "/still-open")  # the old connection lives on
+    old_writer.close()
+    assert "gateway certificate reloaded" in gateway.proc.stderr()
+
+
+async def test_scanner_finds_only_tls_1_2_and_1_3_with_aead_ciphers(gateway: Gateway) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sslscan(), "--no-colour", "--xml=-", f"127.0.0.1:{gateway.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), SCAN_DEADLINE)
+    assert proc.returncode == 0, err.decode()
+    report = ET.fromstring(out[out.index(b"<?xml"):])
+    assert enabled_protocols(report) == {"tls1.2", "tls1.3"}
+    accepted = [c.get("cipher") or "" for c in report.iter("cipher")
+                if c.get("status") in ("accepted", "preferred")]
+    assert accepted and all(any(m in name for m in AEAD_MARKERS) for name in accepted), accepted
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--mode", "gateway", "--gateway-cert", "{cert}"), "go together"),
+    (("--gateway-cert", "{cert}", "--gateway-key", "{key}"), "need --mode gateway"),
+    (("--mode", "gateway", "--gateway-cert", "{cert}", "--gateway-key", "{other}"),
+     "do not load as a PEM certificate chain and its key"),
+    (("--mode", "gateway", "--gateway-cert", "{cert}", "--gateway-key", "{missing}"),
+     "missing.key: No such file or directory"),
+])
+def test_bad_certificate_flags_stop_the_start(tmp_path: Path, extra: tuple[str, ...],
+                                               message: str) -> None:
+    cert, key = install(issue("x"), tmp_path)
+    other = tmp_path / "other.key"
+    other.write_bytes(issue("y").key)
+    config = tmp_path / "p.yaml"
+    config.write_text("version: s\n")
+    names = {"cert": cert, "key": key, "other": other, "missing": tmp_path / "missing.key"}
+    argv = [arg.format(**names) for arg in extra]
+    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config), *argv,
+                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
