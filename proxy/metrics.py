@@ -172,12 +172,18 @@ def _fmt(bound: float) -> str:
 
 
 class IdentityCollector(Collector):
-    """The workload certificate's expiry, so an alert can fire long before it lapses."""
+    """Certificate expiries (workload, HTTPS gateway), so an alert can fire before a lapse."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
+        gateway_tls = self.server.options.gateway_tls
+        if gateway_tls is not None:  # its expiry moving on is how a renewal shows
+            yield GaugeMetricFamily(
+                "ami_gateway_certificate_expiry_timestamp_seconds",
+                "When the certificate the HTTPS gateway serves expires (POSIX seconds).",
+                value=gateway_tls.not_after.timestamp())
         tls = self.server.tls
         if tls is None:
             return

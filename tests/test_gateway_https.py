@@ -42,6 +42,7 @@ class Pem:
     cert: bytes
     key: bytes
     serial: int
+    not_after: float = 0.0
 
 
 def issue(name: str) -> Pem:
@@ -60,7 +61,7 @@ def issue(name: str) -> Pem:
                key.private_bytes(serialization.Encoding.PEM,
                                  serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption()),
-               cert.serial_number)
+               cert.serial_number, cert.not_valid_after_utc.timestamp())
 
 
 def install(pem: Pem, directory: Path) -> tuple[Path, Path]:
@@ -173,6 +174,9 @@ async def test_renewed_files_are_served_to_new_handshakes_without_dropping_open_
     await exchange(old_reader, old_writer, "/still-open")  # the old connection lives on
     old_writer.close()
     assert "gateway certificate reloaded" in gateway.proc.stderr()
+    expiry = metric_value(await gateway.proc.metrics(),
+                          "ami_gateway_certificate_expiry_timestamp_seconds")
+    assert expiry == renewed.not_after
 
 
 async def test_scanner_finds_only_tls_1_2_and_1_3_with_aead_ciphers(gateway: Gateway) -> None:
