@@ -127,6 +127,7 @@ def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     binary = tool("prometheus")
     tmp = Path(tmp_path_factory.mktemp("promdata"))
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(mesh)))
+    shutil.copy(REPO / "deploy" / "alerts.yml", tmp / "alerts.yml")  # its rule_files entry
     port = free_port()
     log = (tmp / "prometheus.log").open("wb")
     proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}",
@@ -160,6 +161,38 @@ def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
+    """`promtool check rules` accepts deploy/alerts.yml; `promtool test rules` runs the cases in
+    deploy/alerts_test.yml (which alert fires, with which labels and text, and which does not)."""
+    promtool = tool("promtool")
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        out = subprocess.run([promtool, *args], cwd=REPO / "deploy", capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_prometheus_loads_the_alerts_and_one_fires_on_real_errors(prometheus: str) -> None:
+    """The real Prometheus loaded every rule, and the 503s sent through productpage's sidecar
+    (one request in four) put AmiServiceErrorRateHigh for reviews in pending (it has a `for`)."""
+    with urllib.request.urlopen(prometheus + "/api/v1/rules", timeout=10) as resp:
+        groups = json.loads(resp.read())["data"]["groups"]
+    loaded = {rule["name"] for group in groups for rule in group["rules"]}
+    declared = {rule["alert"] for group in yaml.safe_load(
+        (REPO / "deploy" / "alerts.yml").read_text())["groups"] for rule in group["rules"]}
+    assert loaded == declared and len(declared) == 9
+    assert all(rule["health"] == "ok" for group in groups for rule in group["rules"]), groups
+
+    def error_alert() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(prometheus + "/api/v1/alerts", timeout=10) as resp:
+            alerts: list[dict[str, Any]] = json.loads(resp.read())["data"]["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == "AmiServiceErrorRateHigh"]
+
+    wait_until(error_alert, 20, "the error-rate alert to be evaluated")
+    (alert,) = error_alert()
+    assert alert["labels"]["destination_service"] == "reviews"
+    assert alert["state"] in ("pending", "firing")
 
 
 def test_success_rate_per_service_through_prometheus(prometheus: str) -> None:

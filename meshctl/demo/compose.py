@@ -101,7 +101,8 @@ def _observability() -> dict[str, Any]:
     return {
         "prometheus": {
             "image": "prom/prometheus:v2.53.0",
-            "volumes": ["./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
+            "volumes": ["./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+                        "./deploy/alerts.yml:/etc/prometheus/alerts.yml:ro"],
             "ports": ["127.0.0.1:9090:9090"]},
         "grafana": {
             "image": "grafana/grafana:11.1.0",
