@@ -205,6 +205,8 @@ class Exchange:
         conn.send(self, self._upstream_head())
         if self._replay:
             conn.writelines(self._replay)  # everything received so far (a retry resends it)
+            if self.bytes_in > _MAX_REPLAY:
+                self._replay = None  # sent whole once more; too large for another retry
         elif self._body_buffer is not None:
             conn.writelines(self._body_buffer)
         if self._body_buffer is not None:
@@ -233,8 +235,11 @@ class Exchange:
             self.mirror.body(chunk, self.chunked)
         replay = self._replay
         if replay is not None:
-            if self.bytes_in > _MAX_REPLAY:
-                self._replay = None  # too large to keep: this request will not be retried
+            if self.bytes_in > _MAX_REPLAY and (self.conn is not None or not self._attempt):
+                # Too large to keep: this request will not be retried. (Not while a retry
+                # waits for its connection: it was promised the whole body, and what is
+                # held until then is bounded by the client pause of _MAX_BUFFER.)
+                self._replay = None
             elif self.chunked:
                 replay.extend((b"%x\r\n" % len(chunk), chunk, _CRLF))
             else:

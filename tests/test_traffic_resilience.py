@@ -317,3 +317,98 @@ async def test_default_retry_budget_caps_retries(default_budget: dict[str, Any],
                                    destination_service="failing")
     assert (retries, exhausted) == (130, 20)
     assert len(default_budget["failing"].requests) == n + 130
+
+
+# --- a retry that waits while the rest of a streamed body arrives ----------------------------
+@pytest.fixture
+def replay_env(tmp_path: Any) -> Iterator[dict[str, Any]]:
+    """`rb`: one raw endpoint behind maxConnections 1 that fails the first PUT with 503 once
+    told to and holds `GET /block` until told to; every request is mirrored to `rbshadow`."""
+    from tests.proxyharness import RawBackend, read_body, read_head
+
+    hub = Backends()
+    fail_put, release_block = hub.call(_events(2))
+    puts: list[Any] = []
+
+    async def handler(raw: RawBackend, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while (head := await read_head(reader)) is not None:
+            raw.requests.append(head)
+            if head.target == "/block":
+                await release_block.wait()
+            elif not puts:
+                puts.append(head)
+                await fail_put.wait()  # answer before reading the body, then close
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
+                             b"connection: close\r\n\r\n")
+                await writer.drain()
+                return
+            else:
+                head.body = await read_body(reader, head, until_close=False)
+                puts.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+
+    main = hub.raw(handler)
+    shadow = start_backend(hub, version="shadow")
+    services = {
+        "rb": {"endpoints": [{"address": f"127.0.0.1:{main.port}", "labels": {"version": "v1"}}],
+               "policy": {"connectionPool": {"maxConnections": 1, "maxPendingRequests": 10}}},
+        "rbshadow": {"endpoints": endpoints(shadow)},
+    }
+    routes = [{"host": "rb", "rules": [{
+        "backends": [{}], "mirror": {"service": "rbshadow"},
+        "retries": {"attempts": 1, "retryOn": ["5xx"], "backoff": {"baseInterval": "1ms"}}}]}]
+    proxy = TrafficProxy(tmp_path, services, routes)
+    for p in started(proxy, hub):
+        yield {"proxy": p, "hub": hub, "main": main, "shadow": shadow, "puts": puts,
+               "fail_put": fail_put, "release_block": release_block}
+
+
+async def _events(n: int) -> list[asyncio.Event]:
+    return [asyncio.Event() for _ in range(n)]
+
+
+async def test_retry_waiting_for_a_connection_resends_the_whole_streamed_body(
+        replay_env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """A PUT whose first try failed after 40 KiB of its body went out, and whose retry waits
+    for a connection while the next 30 KiB arrive (past the 64 KiB replay limit), must reach
+    the endpoint whole on the retry: the retry was promised the first 40 KiB."""
+    from tests.proxyharness import eventually, read_response
+
+    proxy: TrafficProxy = replay_env["proxy"]
+    hub: Backends = replay_env["hub"]
+    main, shadow, puts = replay_env["main"], replay_env["shadow"], replay_env["puts"]
+    first, second = b"a" * 40_000, b"b" * 30_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(b"PUT /upload HTTP/1.1\r\nHost: rb\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n%s\r\n" % (len(first), first))
+        await eventually(lambda: len(main.requests) == 1)
+        blocker = asyncio.create_task(call(session, proxy, "rb", "/block"))
+
+        async def pool_active() -> int:
+            pools = (await proxy.stats())["upstream_pools"]
+            return sum(p["active_requests"] for p in pools if p["address"].endswith(
+                f":{main.port}"))
+
+        end = time.monotonic() + 5
+        while await pool_active() != 2:  # the PUT in flight, the blocker queued for the slot
+            assert time.monotonic() < end, "the blocker never queued"
+        # The 503 frees the only connection slot: the queued blocker takes it, so the PUT's
+        # retry has to wait for a connection.
+        hub.loop.call_soon_threadsafe(replay_env["fail_put"].set)
+        await eventually(lambda: len(main.requests) == 2 and main.requests[1].target == "/block")
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(second), second))
+        # The mirror is fed from the same call that handles each body chunk: once the shadow
+        # has the whole body, the proxy has taken in all of it while the retry still waits.
+        await eventually(lambda: any(r.first.startswith("PUT") for r in shadow.requests))
+        assert [r.body for r in shadow.requests if r.first.startswith("PUT")] == [first + second]
+        hub.loop.call_soon_threadsafe(replay_env["release_block"].set)
+        response = await asyncio.wait_for(read_response(reader), 10)
+        assert (await blocker).status == 200
+    finally:
+        writer.close()
+    assert response.status == 200
+    assert len(puts) == 2
+    assert puts[1].body == first + second
