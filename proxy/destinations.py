@@ -74,6 +74,25 @@ class Breaker:
     def next_waiter(self) -> Exchange | None:
         return self.pending.popleft() if self.pending else None
 
+    def waiter_for(self, pool: EndpointPool) -> Exchange | None:
+        """The first queued request that may use a connection to ``pool`` (an endpoint of its
+        backend, not ejected), taken off the queue; None if no queued request may."""
+        for ex in self.pending:
+            backend = ex.backend
+            if backend is not None and backend.serves(pool):
+                self.pending.remove(ex)
+                return ex
+        return None
+
+    def close_idle(self) -> bool:
+        """Close one idle connection of this destination to make room for a new one (to
+        another endpoint); True if that left a free slot for the caller."""
+        for pool in self.pools:
+            if pool.idle:
+                pool.idle.popleft().close()  # the coldest; its slot may go to an earlier waiter
+                return not self.connections_full()
+        return False
+
 
 class DestinationState:
     """Everything stateful about one destination service."""

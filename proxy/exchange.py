@@ -141,7 +141,8 @@ class Exchange:
         conn = pool.take_idle()
         if conn is not None:
             self._send_on(conn)
-        elif breaker is not None and breaker.connections_full():
+        elif (breaker is not None and breaker.connections_full()
+              and not breaker.close_idle()):
             if breaker.try_wait(self):
                 self._waiting = True  # the next released connection of this service is ours
             else:
@@ -150,22 +151,26 @@ class Exchange:
         else:
             self._open_connection(pool)
 
-    def take_connection(self, pool: EndpointPool, conn: UpstreamConnection | None) -> None:
-        """Called by a pool when a waiting request may proceed (breaker queue)."""
+    def take_connection(self, conn: UpstreamConnection | None) -> None:
+        """Called by a pool when this request, queued by the breaker, may proceed: on `conn`,
+        a released connection to an endpoint of its backend, or (None: a slot freed) on a new
+        connection to the endpoint it picked."""
         self._waiting = False
         if self.downstream.closed or self.status:
             if conn is not None:
-                pool.release(conn)
+                conn.pool.release(conn)
             return
+        if conn is None:
+            assert self.pool is not None
+            self._open_connection(self.pool)
+            return
+        pool = conn.pool
         if self.pool is not pool:
             self._release_pool()
             self.pool = pool
             self._pool_held = True
             pool.active_requests += 1
-        if conn is not None:
-            self._send_on(conn)
-        else:
-            self._open_connection(pool)
+        self._send_on(conn)
 
     def _overflow(self, backend: Backend) -> None:
         self._count("ami_circuit_breaker_overflow")

@@ -118,7 +118,13 @@ class EndpointPool:
             return
         breaker = self.breaker
         if breaker is not None and breaker.pending:
-            breaker.next_waiter().take_connection(self, conn)  # hand over, skip the idle set
+            waiter = breaker.waiter_for(self)
+            if waiter is not None:
+                waiter.take_connection(conn)  # hand over, skip the idle set
+            else:
+                # The queued requests go to other endpoints (another subset, or this one is
+                # ejected): closing frees the slot for them (see forget).
+                conn.close()
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
@@ -132,7 +138,7 @@ class EndpointPool:
             pass
         breaker = self.breaker
         if breaker is not None and breaker.pending and not breaker.connections_full():
-            breaker.next_waiter().take_connection(self, None)  # a slot freed: open a new one
+            breaker.next_waiter().take_connection(None)  # a slot freed: open a new one
 
     def sweep(self, now: float) -> None:
         """Close idle connections older than the idle timeout (called by a periodic task)."""

@@ -60,6 +60,10 @@ class Backend:
         picked: EndpointPool | None = self.balancer.pick(pools)
         return picked
 
+    def serves(self, pool: EndpointPool) -> bool:
+        """Whether a request for this backend may be sent to ``pool`` now."""
+        return pool in self.pools and (self.outlier is None or not self.outlier.is_ejected(pool))
+
 
 class Decision:
     """A compiled route rule: where matching requests go and what policies apply."""

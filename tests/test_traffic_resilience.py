@@ -53,6 +53,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "ol-bad": start_backend(hub, version="bad", status=500),
         "out-a": start_backend(hub, status=500),
         "out-b": start_backend(hub, status=500),
+        "cbs-v1": start_backend(hub, version="v1"),
+        "cbs-v2": start_backend(hub, version="v2", delay=0.5),
+        "cbi-v1": start_backend(hub, version="v1"),
+        "cbi-v2": start_backend(hub, version="v2"),
     }
     svc: dict[str, dict[str, Any]] = {name.replace("-", ""): {"endpoints": endpoints(backend)}
            for name, backend in b.items()}
@@ -69,6 +73,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
                              "baseEjectionTime": "1m", "maxEjectionPercent": 100}}}
     svc["empty"] = {"endpoints": []}
+    subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
+    for name in ("cbs", "cbi"):  # one connection for the whole service, two subsets
+        svc[name] = {"endpoints": endpoints(b[f"{name}-v1"], b[f"{name}-v2"]),
+                     "subsets": subsets, "policy": {"connectionPool": {
+                         "maxConnections": 1, "maxPendingRequests": 5, "idleTimeout": "60s"}}}
     routes = [
         _route("slow", timeout="300ms"),
         _route("notimeout", "slow"),
@@ -84,6 +93,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         _route("cf", retries={"attempts": 1, "retryOn": ["connect-failure"]}),
         _route("budget", retries={"attempts": 1, "retryOn": ["5xx"]}),
         {"host": "nosubset", "rules": [{"backends": [{"service": "cfgood", "subset": "v3"}]}]},
+        *({"host": name, "rules": [
+            {"matches": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "backends": [{"subset": "v2"}]},
+            {"backends": [{"subset": "v1"}], "timeout": "3s"}]} for name in ("cbs", "cbi")),
     ]
     proxy = TrafficProxy(tmp_path_factory.mktemp("resilience"), svc, routes,
                          mesh={"retryBudget": {"percent": 20, "minRetriesPerSecond": 1}})
@@ -227,6 +240,32 @@ async def test_circuit_breaker_overflow(env: dict[str, Any],
                               destination_service="cb") == 1
     assert await proxy.metric("ami_requests_total", destination_service="cb",
                               response_flags="overflow") == 1
+
+
+async def test_breaker_queue_keeps_each_request_in_its_subset(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """With one connection for the service, a v1 request queued behind a v2 request is not
+    handed the v2 connection when it frees up: it still reaches v1."""
+    proxy: TrafficProxy = env["proxy"]
+    v2: TrafficBackend = env["cbs-v2"]
+    jason = asyncio.create_task(call(session, proxy, "cbs", headers={"end-user": "jason"}))
+    end = time.monotonic() + 5
+    while v2.active == 0:
+        assert time.monotonic() < end, "the v2 request never arrived"
+        await asyncio.sleep(0.01)  # pacing of a deadline-bounded poll, not a wait
+    other = await call(session, proxy, "cbs")  # queued: the only connection is v2's
+    assert ((await jason).version, other.version) == ("v2", "v1")
+    assert [len(env[f"cbs-{v}"].requests) for v in ("v1", "v2")] == [1, 1]
+
+
+async def test_idle_connection_to_another_subset_does_not_block(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """With one connection for the service, the idle keep-alive connection left by a v2
+    request gives way to a v1 request instead of making it wait for the idle timeout."""
+    proxy: TrafficProxy = env["proxy"]
+    first = await call(session, proxy, "cbi", headers={"end-user": "jason"})
+    second = await call(session, proxy, "cbi")  # route timeout 3 s, idle timeout 60 s
+    assert [(r.status, r.version) for r in (first, second)] == [(200, "v2"), (200, "v1")]
 
 
 async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
