@@ -32,7 +32,7 @@ class Exchange:
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
         "_connect_task", "_frame", "_fresh_retry_used", "_out", "_pool_held",
-        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_upstream_paused",
+        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_tried", "_upstream_paused",
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
         "head_tail", "headers", "http10", "interim", "method", "mirror", "path", "pool", "query",
@@ -74,6 +74,7 @@ class Exchange:
         self._attempt_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._replay: list[bytes] | None = None
+        self._tried: list[EndpointPool] | None = None  # endpoints of earlier tries (retries)
         self._out: list[bytes] | None = None
         self.mirror: Any = None
         self.timeout_override: float | None = None
@@ -127,7 +128,8 @@ class Exchange:
                 self._overflow(backend)
                 return
             self._breaker_held = True
-        pool = backend.pick_endpoint()
+        tried = self._tried
+        pool = backend.pick_endpoint() if tried is None else backend.pick_untried_endpoint(tried)
         if pool is None:
             self.reply("no_healthy_upstream")
             return

@@ -158,6 +158,11 @@ def schedule_retry(ex: Exchange) -> None:
     decision = ex.decision
     assert decision is not None and decision.retry is not None
     delay = decision.retry.backoff.delay(ex._attempt)
+    if ex.pool is not None:  # the retry avoids the endpoints already tried (if it can)
+        if ex._tried is None:
+            ex._tried = [ex.pool]
+        else:
+            ex._tried.append(ex.pool)
     ex._attempt += 1
     ex._count("ami_retries")
     ex._retry_timer = ex.downstream.loop.call_later(delay, ex._retry_now)

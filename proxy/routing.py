@@ -60,6 +60,14 @@ class Backend:
         picked: EndpointPool | None = self.balancer.pick(pools)
         return picked
 
+    def pick_untried_endpoint(self, tried: list[EndpointPool]) -> EndpointPool | None:
+        """For a retry: an endpoint not in ``tried`` if the balancer has one, else any."""
+        if len(self.pools) > 1 and self.balancer is not None:
+            picked: EndpointPool | None = self.balancer.pick(self.pools, tried)
+            if picked is not None:
+                return picked
+        return self.pick_endpoint()
+
     def serves(self, pool: EndpointPool) -> bool:
         """Whether a request for this backend may be sent to ``pool`` now."""
         return pool in self.pools and (self.outlier is None or not self.outlier.is_ejected(pool))

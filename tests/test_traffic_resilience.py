@@ -53,6 +53,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "ol-bad": start_backend(hub, version="bad", status=500),
         "out-a": start_backend(hub, status=500),
         "out-b": start_backend(hub, status=500),
+        "hung": start_backend(hub, version="hung", delay=5.0),
+        "hung-ok": start_backend(hub, version="ok"),
         "cbs-v1": start_backend(hub, version="v1"),
         "cbs-v2": start_backend(hub, version="v2", delay=0.5),
         "cbi-v1": start_backend(hub, version="v1"),
@@ -72,6 +74,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     svc["allout"] = {"endpoints": endpoints(b["out-a"], b["out-b"]), "policy": {
         "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
                              "baseEjectionTime": "1m", "maxEjectionPercent": 100}}}
+    svc["hung"] = {"endpoints": endpoints(b["hung"], b["hung-ok"])}  # LEAST_REQUEST
     svc["empty"] = {"endpoints": []}
     subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
     for name in ("cbs", "cbi"):  # one connection for the whole service, two subsets
@@ -82,6 +85,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         _route("slow", timeout="300ms"),
         _route("notimeout", "slow"),
         _route("pertry", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
+        _route("hung", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
         _route("r5xx", retries=RETRY_5XX),
         _route("rgw", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
         _route("rgw500", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
@@ -151,6 +155,17 @@ async def test_per_try_timeout_retries_on_another_endpoint(env: dict[str, Any],
     assert all(r.elapsed < 1.5 for r in replies)
     after = await proxy.metric("ami_retries_total", destination_service="pertry")
     assert after == before + len(retried)
+
+
+async def test_retry_goes_to_an_endpoint_not_tried_yet(env: dict[str, Any],
+                                                    session: aiohttp.ClientSession) -> None:
+    """With the default balancer, a retry after a hung try goes to the other endpoint (as
+    Istio's previous-hosts predicate): perTryTimeout + 1 retry means every request succeeds."""
+    proxy: TrafficProxy = env["proxy"]
+    replies = [await call(session, proxy, "hung") for _ in range(20)]
+    assert [(r.status, r.version) for r in replies] == [(200, "ok")] * 20
+    retries = await proxy.metric("ami_retries_total", destination_service="hung")
+    assert retries == len(env["hung"].requests) >= 1
 
 
 @pytest.mark.parametrize(("host", "tries"), [
