@@ -47,15 +47,22 @@ class InboundPolicy:
 
     def __init__(self, policies: Sequence[AuthorizationPolicySpec], mtls_mode: str,
                  rate_limit: RateLimit | None, stats: RequestStats,
-                 service: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 service: str, clock: Callable[[], float] = time.monotonic,
+                 previous: InboundPolicy | None = None) -> None:
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
         self.mtls_mode = mtls_mode
         self.stats = stats
         self.labels = (("destination_service", service),)
+        self.rate_limit = rate_limit
         self.bucket: TokenBucket | None = None
         self.keyed: KeyedTokenBuckets | None = None
-        if rate_limit is not None:
+        if (previous is not None and rate_limit is not None
+                and previous.rate_limit == rate_limit and previous.labels == self.labels):
+            # Same limit as the policy being replaced: keep its buckets, so a config push
+            # neither refills a drained bucket nor forgets the per-source ones.
+            self.bucket, self.keyed = previous.bucket, previous.keyed
+        elif rate_limit is not None:
             if rate_limit.per_source:
                 self.keyed = KeyedTokenBuckets(rate_limit.requests_per_second, rate_limit.burst,
                                                clock)

@@ -56,6 +56,7 @@ class ProxyServer:
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
         self.extra_collectors: list[Any] = []
         self._compile_matches = _matcher_compiler()
+        self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
 
     # --- configuration ------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> None:
@@ -64,7 +65,7 @@ class ProxyServer:
         self.pools.mtls = snapshot.mesh.mtls != "DISABLE"
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
                                        snapshot.inbound_rate_limit, self.stats,
-                                       snapshot.node.service)
+                                       snapshot.node.service, previous=self._inbound_policy)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy)
         routers: dict[str, Router] = {}
@@ -81,6 +82,7 @@ class ProxyServer:
             if listener.kind != "inbound":
                 listener.peer_line = peer_line
         self._pending_routers = routers
+        self._inbound_policy = inbound_policy
         self.snapshot = snapshot
         self.pools.retire_unused()
         self._set_access_log(snapshot)

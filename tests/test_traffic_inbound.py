@@ -71,3 +71,46 @@ async def test_rate_limit_answers_429_with_retry_after(env: dict[str, Any],
         await asyncio.sleep(0.05)  # pacing of a deadline-bounded poll, not a wait
     assert await proxy.metric("ami_rate_limited_total", destination_service="ratings") == (
         before + len(limited) + rejected_while_waiting)
+
+
+async def test_rate_limit_bucket_survives_a_config_push() -> None:
+    """A push (here: a new snapshot version with the same rate limit) does not refill the
+    bucket: a drained limit stays drained, as a caller cannot be allowed a new burst each
+    time something anywhere in the mesh changes."""
+    from proxy.config import Address, Snapshot
+    from proxy.server import ProxyOptions, ProxyServer
+    from tests.traffic_backends import close_backends
+
+    hub = Backends()
+    app = start_backend(hub)
+
+    def snapshot(version: int) -> Snapshot:
+        return Snapshot.from_dict({
+            "version": f"rl-{version}", "node": {"service": "ratings"}, "app": app.address,
+            "mesh": {"mtls": "DISABLE"},
+            "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 2}}})
+
+    server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", 0)}))
+    try:
+        server.apply(snapshot(1))
+        await server.start_listeners()
+        url = f"http://127.0.0.1:{server.bound_address('inbound').port}/r"
+        async with aiohttp.ClientSession() as session:
+
+            async def status() -> int:
+                async with session.get(url, headers={"Host": "ratings"}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert [await status() for _ in range(3)] == [200, 200, 429]
+            server.apply(snapshot(2))
+            assert await status() == 429
+            server.apply(Snapshot.from_dict({  # a changed limit is a new bucket
+                "version": "rl-3", "node": {"service": "ratings"}, "app": app.address,
+                "mesh": {"mtls": "DISABLE"},
+                "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 1}}}))
+            assert [await status() for _ in range(2)] == [200, 429]
+        assert len(app.requests) == 3
+    finally:
+        await server.shutdown(deadline=1.0)
+        close_backends(hub, [app])
