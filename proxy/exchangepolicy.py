@@ -185,6 +185,10 @@ def on_attempt_timeout(ex: Exchange) -> None:
 def on_timeout(ex: Exchange) -> None:
     """Route timeout: no response headers in time; answer 504 whatever else is pending."""
     ex._timer = None
+    backend = ex.backend
+    if (backend is not None and backend.outlier is not None and ex.pool is not None
+            and (ex.conn is not None or ex._connect_task is not None)):
+        backend.outlier.record(ex.pool, None)  # the endpoint did not answer (Envoy: as a 504)
     ex._drop_attempt()
     ex._release_pool()
     ex.reply("timeout")

@@ -55,6 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "out-b": start_backend(hub, status=500),
         "hung": start_backend(hub, version="hung", delay=5.0),
         "hung-ok": start_backend(hub, version="ok"),
+        "to-hung": start_backend(hub, version="hung", delay=5.0),
+        "to-ok": start_backend(hub, version="ok"),
         "cbs-v1": start_backend(hub, version="v1"),
         "cbs-v2": start_backend(hub, version="v2", delay=0.5),
         "cbi-v1": start_backend(hub, version="v1"),
@@ -75,6 +77,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
                              "baseEjectionTime": "1m", "maxEjectionPercent": 100}}}
     svc["hung"] = {"endpoints": endpoints(b["hung"], b["hung-ok"])}  # LEAST_REQUEST
+    svc["to"] = {"endpoints": endpoints(b["to-hung"], b["to-ok"]), "policy": {
+        "loadBalancer": "ROUND_ROBIN",
+        "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s",
+                             "baseEjectionTime": "1m", "maxEjectionPercent": 50}}}
     svc["empty"] = {"endpoints": []}
     subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
     for name in ("cbs", "cbi"):  # one connection for the whole service, two subsets
@@ -86,6 +92,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         _route("notimeout", "slow"),
         _route("pertry", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
         _route("hung", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
+        _route("to", timeout="200ms"),
         _route("r5xx", retries=RETRY_5XX),
         _route("rgw", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
         _route("rgw500", retries={"attempts": 2, "retryOn": ["gateway-error"]}),
@@ -302,6 +309,22 @@ async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
     back_after = time.monotonic() - ejected_at
     assert len(bad.requests) == 3, "the endpoint never returned from ejection"
     assert 0.8 < back_after < 3.0, back_after
+
+
+async def test_route_timeouts_count_toward_ejection(env: dict[str, Any],
+                                                  session: aiohttp.ClientSession) -> None:
+    """A route timeout (504 `timeout`) counts as an error of the endpoint that did not answer
+    (as Envoy's local-origin timeout): two in a row eject the hung endpoint."""
+    proxy: TrafficProxy = env["proxy"]
+    hung: TrafficBackend = env["to-hung"]
+    replies = []
+    while len(hung.requests) < 2:  # round robin: at most 4 requests
+        replies.append(await call(session, proxy, "to"))
+    assert {(r.status, r.reason) for r in replies} == {(504, "timeout"), (200, None)}
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="to") == 1
+    after = [await call(session, proxy, "to") for _ in range(6)]
+    assert {(r.status, r.version) for r in after} == {(200, "ok")}
+    assert len(hung.requests) == 2
 
 
 async def test_every_endpoint_ejected_gives_503_no_healthy_upstream(
