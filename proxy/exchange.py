@@ -32,7 +32,8 @@ class Exchange:
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
         "_connect_task", "_frame", "_fresh_retry_used", "_out", "_pool_held",
-        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_tried", "_upstream_paused",
+        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_tried", "_try_start",
+        "_upstream_paused",
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
         "head_tail", "headers", "http10", "interim", "method", "mirror", "path", "pool", "query",
@@ -75,6 +76,7 @@ class Exchange:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._replay: list[bytes] | None = None
         self._tried: list[EndpointPool] | None = None  # endpoints of earlier tries (retries)
+        self._try_start = start_time  # when the current try was dispatched (PEAK_EWMA only)
         self._out: list[bytes] | None = None
         self.mirror: Any = None
         self.timeout_override: float | None = None
@@ -136,6 +138,8 @@ class Exchange:
         self.pool = pool
         self._pool_held = True
         pool.active_requests += 1
+        if backend.ewma is not None:
+            self._try_start = self.downstream.loop.time()  # the latency sample is this try's
         per_try = decision.retry.per_try_timeout if decision.retry is not None else None
         if per_try is not None:
             self._attempt_timer = self.downstream.loop.call_later(
@@ -286,7 +290,7 @@ class Exchange:
         if backend is not None and backend.outlier is not None and self.pool is not None:
             backend.outlier.record(self.pool, status)
         if backend is not None and backend.ewma is not None and self.pool is not None:
-            backend.ewma.observe(self.pool, self.downstream.loop.time() - self.start_time)
+            backend.ewma.observe(self.pool, self.downstream.loop.time() - self._try_start)
         if self._attempt_timer is not None:
             self._attempt_timer.cancel()
             self._attempt_timer = None

@@ -129,8 +129,11 @@ def attempt_failed(ex: Exchange, kind: str, reason: str) -> None:
         ex._attempt_timer.cancel()
         ex._attempt_timer = None
     backend = ex.backend
-    if backend is not None and backend.outlier is not None and ex.pool is not None:
-        backend.outlier.record(ex.pool, None)
+    if backend is not None and ex.pool is not None:
+        if backend.outlier is not None:
+            backend.outlier.record(ex.pool, None)
+        if backend.ewma is not None:
+            backend.ewma.observe_failure(ex.pool, ex.downstream.loop.time() - ex._try_start)
     ex._release_pool()
     retry = ex.decision.retry if ex.decision is not None else None
     if retry is not None and retry.retriable_failure(kind) and ex._may_retry():
@@ -186,9 +189,13 @@ def on_timeout(ex: Exchange) -> None:
     """Route timeout: no response headers in time; answer 504 whatever else is pending."""
     ex._timer = None
     backend = ex.backend
-    if (backend is not None and backend.outlier is not None and ex.pool is not None
+    if (backend is not None and ex.pool is not None
             and (ex.conn is not None or ex._connect_task is not None)):
-        backend.outlier.record(ex.pool, None)  # the endpoint did not answer (Envoy: as a 504)
+        # The endpoint did not answer in time (Envoy counts it as a 504).
+        if backend.outlier is not None:
+            backend.outlier.record(ex.pool, None)
+        if backend.ewma is not None:
+            backend.ewma.observe_failure(ex.pool, ex.downstream.loop.time() - ex._try_start)
     ex._drop_attempt()
     ex._release_pool()
     ex.reply("timeout")

@@ -127,6 +127,19 @@ def test_peak_ewma_takes_peaks_at_once_and_decays_slowly() -> None:
     assert balancer.rtt_estimate(ep) == pytest.approx(0.5 * 0.36788 + 0.1 * 0.63212, rel=1e-4)
 
 
+def test_peak_ewma_failures_only_raise_the_estimate() -> None:
+    """A slow failure is a peak; a fast one (refused, reset at once) lowers nothing."""
+    clock = FakeClock()
+    balancer = PeakEwmaBalancer[Ep](random.Random(1), clock, tau=10.0, default_rtt=0.03)
+    ep = Ep("a")
+    balancer.observe_failure(ep, 0.2)
+    assert balancer.rtt_estimate(ep) == pytest.approx(0.2)
+    clock.advance(10.0)
+    before = balancer.rtt_estimate(ep)
+    balancer.observe_failure(ep, 0.001)
+    assert balancer.rtt_estimate(ep) == pytest.approx(before)
+
+
 def test_peak_ewma_avoids_slow_endpoint() -> None:
     """An endpoint with a much higher RTT is picked far less than fast ones."""
     clock = FakeClock()

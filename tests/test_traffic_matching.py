@@ -45,6 +45,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     rr = [start_backend(hub, version="a"), start_backend(hub, version="b")]
     lr = [start_backend(hub, version="slow", delay=0.3), start_backend(hub, version="fast")]
     ewma = [start_backend(hub, version="slow", delay=0.1), start_backend(hub, version="fast")]
+    ewma_hung = [start_backend(hub, version="hung", delay=5.0), start_backend(hub, version="ok")]
     hdr = start_backend(hub)
     services = {
         "shop": {"endpoints": endpoints(*shop.values())},
@@ -54,6 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "rr": {"endpoints": endpoints(*rr), "policy": {"loadBalancer": "ROUND_ROBIN"}},
         "lr": {"endpoints": endpoints(*lr), "policy": {"loadBalancer": "LEAST_REQUEST"}},
         "ewma": {"endpoints": endpoints(*ewma), "policy": {"loadBalancer": "PEAK_EWMA"}},
+        "ewmahung": {"endpoints": endpoints(*ewma_hung),
+                     "policy": {"loadBalancer": "PEAK_EWMA"}},
         "hdr": {"endpoints": endpoints(hdr)},
     }
     routes: list[dict[str, Any]] = [
@@ -64,6 +67,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ]},
         {"host": "split", "rules": [{"backends": [{"subset": "v1", "weight": 90},
                                                   {"subset": "v2", "weight": 10}]}]},
+        {"host": "ewmahung", "rules": [{"backends": [{}], "timeout": "3s",
+                                        "retries": {"attempts": 1, "perTryTimeout": "200ms"}}]},
         {"host": "hdr", "rules": [{"backends": [{}], "headers": {
             "request": {"set": {"x-env": "demo"}, "add": {"x-trace": "1"},
                         "remove": ["x-debug"]},
@@ -73,7 +78,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proxy = TrafficProxy(tmp_path_factory.mktemp("matching"), services, routes)
     for p in started(proxy, hub):
         yield {"proxy": p, "shop": shop, "split": split, "rr": rr, "lr": lr, "ewma": ewma,
-               "hdr": hdr}
+               "hdr": hdr, "ewmahung": ewma_hung}
 
 
 @pytest.fixture
@@ -182,6 +187,17 @@ async def test_peak_ewma_learns_the_slow_endpoint(env: dict[str, Any],
     assert all(r.status == 200 for r in replies)
     # Least-request would split sequential traffic 50/50; EWMA tries the slow one rarely.
     assert len(slow.requests) <= 5, len(slow.requests)
+
+
+async def test_peak_ewma_learns_from_each_try_not_from_the_whole_request(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """A try cut by perTryTimeout teaches PEAK_EWMA that its endpoint is slow, and the retry's
+    endpoint is measured by its own answer, not by the time the failed try took before it."""
+    proxy: TrafficProxy = env["proxy"]
+    hung, _ok = env["ewmahung"]
+    replies = [await call(session, proxy, "ewmahung") for _ in range(10)]
+    assert [(r.status, r.version) for r in replies] == [(200, "ok")] * 10
+    assert len(hung.requests) <= 2, len(hung.requests)
 
 
 async def test_header_edits_on_request_and_response(env: dict[str, Any],

@@ -131,6 +131,13 @@ class PeakEwmaBalancer(_PowerOfTwo[E]):
         """Feed one measured round-trip time (seconds) of ``endpoint``."""
         self._update(endpoint, rtt)
 
+    def observe_failure(self, endpoint: E, elapsed: float) -> None:
+        """A try of ``endpoint`` that failed (timeout, reset, refused) after ``elapsed`` seconds:
+        a peak if slower than the estimate, else ignored (failing fast is not answering fast)."""
+        state = self._rtts.get(endpoint)
+        if state is None or elapsed > state.estimate:
+            self._update(endpoint, elapsed)
+
     def rtt_estimate(self, endpoint: E) -> float:
         """The current (decayed) RTT estimate of ``endpoint``."""
         return self._update(endpoint, 0.0)
