@@ -6,6 +6,7 @@ the body, if its upstream pushes back, or on any error; its response is read and
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,8 +21,8 @@ _MAX_BUFFER = 64 * 1024
 class MirrorRequest:
     """The shadow exchange; implements the callbacks an UpstreamConnection makes."""
 
-    __slots__ = ("_buffer", "_buffered", "_done", "conn", "dropped", "head", "head_only",
-                 "interim", "pool")
+    __slots__ = ("_buffer", "_buffered", "_done", "_timer", "conn", "dropped", "head",
+                 "head_only", "interim", "pool")
 
     def __init__(self, pool: EndpointPool, head: bytes, head_only: bool) -> None:
         self.pool = pool
@@ -33,6 +34,7 @@ class MirrorRequest:
         self._done = False
         self.interim = False
         self.dropped = False
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def start(cls, ex: Exchange, backend: Backend) -> MirrorRequest | None:
@@ -42,6 +44,10 @@ class MirrorRequest:
         ex.downstream.listener.stats.inc("ami_mirrored_requests",
                                          (("destination_service", backend.service),))
         mirror = cls(pool, _shadow_head(ex), ex.method == b"HEAD")
+        decision = ex.decision
+        if decision is not None and decision.timeout is not None:
+            # As Envoy: the copy gets the route's timeout, so hung copies cannot pile up.
+            mirror._timer = ex.downstream.loop.call_later(decision.timeout, mirror.drop)
         conn = pool.take_idle()
         if conn is not None:
             mirror._send_on(conn)
@@ -91,6 +97,7 @@ class MirrorRequest:
 
     def drop(self) -> None:
         self.dropped = True
+        self._end()
         if self.conn is not None:
             conn, self.conn = self.conn, None
             conn.abort()
@@ -107,8 +114,14 @@ class MirrorRequest:
     def flush_out(self) -> None:
         pass
 
+    def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         self.conn = None
+        self._end()
         if self._done and conn.parser.should_keep_alive():
             self.pool.release(conn)
         else:
@@ -117,10 +130,12 @@ class MirrorRequest:
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
         self.conn = None
+        self._end()
         conn.abort()
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         self.conn = None
+        self._end()
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         self.drop()

@@ -47,6 +47,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "web": start_backend(hub, version="v1"),
         "web-shadow": start_backend(hub, version="shadow"),
         "slow-shadow": start_backend(hub, version="shadow", delay=2.0),
+        "hung-shadow": start_backend(hub, version="shadow", delay=30.0),
     }
     services = {
         "ratings": {"endpoints": endpoints(b["ratings"])},
@@ -58,6 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "web": {"endpoints": endpoints(b["web"], b["web-shadow"])},
         "webdown": {"endpoints": [*endpoints(b["web"]), dead_endpoint("shadow")]},
         "webslow": {"endpoints": endpoints(b["web"], b["slow-shadow"])},
+        "webhung": {"endpoints": endpoints(b["web"], b["hung-shadow"])},
     }
     routes = [
         _jason_rule("ratings", "ratings", {"delay": {"fixedDelay": "700ms"}}),
@@ -73,6 +75,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         *({"host": host, "rules": [{"backends": [{"subset": "v1"}],
                                     "mirror": {"subset": "shadow"}}]}
           for host in ("web", "webdown", "webslow")),
+        {"host": "webhung", "rules": [{"backends": [{"subset": "v1"}], "timeout": "300ms",
+                                       "mirror": {"subset": "shadow"}}]},
     ]
     proxy = TrafficProxy(tmp_path_factory.mktemp("faults"), services, routes)
     for p in started(proxy, hub):
@@ -158,6 +162,26 @@ async def test_mirror_never_hurts_the_primary(env: dict[str, Any],
     assert [(r.status, r.version) for r in replies] == [(200, "v1")] * 5
     assert max(r.elapsed for r in replies) < 0.5
     assert await proxy.metric("ami_mirrored_requests_total", destination_service=host) == 5
+
+
+async def test_mirror_is_abandoned_at_the_route_timeout(env: dict[str, Any],
+                                                      session: aiohttp.ClientSession) -> None:
+    """A shadow that never answers does not keep the copy's connection open past the route
+    timeout (as Envoy, whose shadow requests use the route's timeout): hung copies cannot
+    pile up connections in the sidecar."""
+    proxy: TrafficProxy = env["proxy"]
+    shadow: TrafficBackend = env["hung-shadow"]
+    replies = [await call(session, proxy, "webhung", "/m") for _ in range(3)]
+    assert [(r.status, r.version) for r in replies] == [(200, "v1")] * 3
+    await _eventually(lambda: len(shadow.requests) == 3)
+
+    async def shadow_connections() -> int:
+        pools = (await proxy.stats())["upstream_pools"]
+        return sum(p["connections"] for p in pools if p["address"] == shadow.address)
+
+    end = time.monotonic() + 5.0
+    while await shadow_connections():
+        assert time.monotonic() < end, "the copies' connections stayed open"
 
 
 # --- Bookinfo scenario mechanisms (docs/bookinfo.md), with shorter durations ------------------
