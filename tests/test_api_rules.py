@@ -127,6 +127,14 @@ def test_retry_defaults_are_conservative() -> None:
     ("[{backends: [{subset: v1}], headers: {request: {set: {x-a: \"a\\r\\nb: c\"}}}}]",
      ["spec.rules[0].headers.request.set.x-a: invalid value 'a\\r\\nb: c', expected a header "
       "value without CR, LF or NUL"]),
+    ("[{backends: [{subset: v1}], headers: {request: {set: {Content-Length: \"0\"}}, "
+     "response: {add: {transfer-encoding: chunked}, remove: [connection]}}}]",
+     ["spec.rules[0].headers.request.set.Content-Length: 'content-length' frames the message "
+      "or is hop-by-hop; the proxy sets it and it cannot be edited",
+      "spec.rules[0].headers.response.add.transfer-encoding: 'transfer-encoding' frames the "
+      "message or is hop-by-hop; the proxy sets it and it cannot be edited",
+      "spec.rules[0].headers.response.remove[0]: 'connection' frames the message or is "
+      "hop-by-hop; the proxy sets it and it cannot be edited"]),
     ("[{backends: [{subset: v1}]}, {backends: [{subset: v2}]}]",
      ["spec.rules[1]: unreachable: rules[0] matches every request"]),
     ("[{name: a, backends: [{}], matches: [{method: GET}]}, {name: a, backends: [{}]}]",

@@ -27,6 +27,19 @@ _PERCENT = F.number(0, 100)
 _STATUS = F.integer(200, 599)
 _HEADER_NAME = F.string(F.HEADER_NAME, "an HTTP header name")
 _HEADER_VALUE = F.string(F.HEADER_VALUE, "a header value without CR, LF or NUL")
+# Framing and hop-by-hop headers: the proxy writes them for each hop. A route editing them
+# would desynchronise the message (`set: {content-length: "0"}` turned a request body into a
+# second request on the upstream connection, past every policy of the caller).
+_NOT_EDITABLE = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                           "proxy-connection", "te", "trailer", "upgrade"})
+
+
+def _editable_header_name(data: object, path: str) -> str:
+    name = _HEADER_NAME(data, path)
+    if name.lower() in _NOT_EDITABLE:
+        fail(path, f"'{name.lower()}' frames the message or is hop-by-hop; the proxy sets it "
+                   "and it cannot be edited")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,10 +392,10 @@ def _parse_header_ops(data: object, path: str) -> HeaderOps:
 
 def _parse_header_edits(data: object, path: str) -> HeaderEdits:
     f = Fields(data, path)
-    values = F.string_map(_HEADER_NAME, _header_value)
+    values = F.string_map(_editable_header_name, _header_value)
     set_ = f.value("set", values, {})
     add = f.value("add", values, {})
-    remove = f.value("remove", F.list_of(_HEADER_NAME), ())
+    remove = f.value("remove", F.list_of(_editable_header_name), ())
     f.finish()
     return HeaderEdits(tuple((k.lower(), v) for k, v in set_.items()),
                        tuple((k.lower(), v) for k, v in add.items()),
