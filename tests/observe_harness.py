@@ -90,6 +90,9 @@ class ObservedMesh:
         wait_until(lambda: self.observer.scraper.scrapes >= start + passes, timeout,
                    "the observer to scrape")
 
+    def start_observer(self) -> None:
+        self.backends.call(_start(self.observer))
+
     def close(self) -> None:
         for p in self.proxies.values():
             p.stop()
@@ -108,7 +111,10 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_observed_mesh(tmp: Path, interval: float = 0.3) -> ObservedMesh:
+def start_observed_mesh(tmp: Path, interval: float = 0.3, *, observe: bool = True
+                        ) -> ObservedMesh:
+    """The mesh, scraped from the start, or, with ``observe=False``, only once
+    ``mesh.start_observer()`` is called (or an API request starts it)."""
     backends = Backends()
     echo = backends.aiohttp(echo_app())
     proxies = {
@@ -121,7 +127,8 @@ def start_observed_mesh(tmp: Path, interval: float = 0.3) -> ObservedMesh:
     app = create_api_app(mesh.store, token=TOKEN,
                          extra_routes=observe_routes(mesh.observer, token=TOKEN))
     mesh.url = f"http://127.0.0.1:{backends.aiohttp(app)}"
-    backends.call(_start(mesh.observer))
+    if observe:
+        mesh.start_observer()
     return mesh
 
 

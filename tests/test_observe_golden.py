@@ -204,3 +204,17 @@ async def test_scraper_refuses_an_endless_exposition() -> None:
         await runner.cleanup()
     assert "larger than" in scraper.errors["liar"]
     assert "ok" not in scraper.errors
+
+
+def test_a_restart_between_scrapes_is_seen_by_the_process_start_time() -> None:
+    """A proxy that restarted and already counted more than before (the counter did not go
+    down): its new process start time marks the reset, and nothing before it is lost."""
+    k = key()
+    w = ScrapeWindow(keep=600.0)
+    w.add("p", Scrape(100.0, {k: 10}, {k: ((INF, 10),)}, start_time=50.0))
+    w.add("p", Scrape(102.0, {k: 30}, {k: ((INF, 30),)}, start_time=50.0))
+    w.add("p", Scrape(104.0, {k: 45}, {k: ((INF, 45),)}, start_time=103.0))
+    (r,) = w.rates(104.0, 600.0)
+    # 10 before the first scrape (started at 50 s), 20 more, then 45 after the restart
+    assert r.rps * (104.0 - 50.0) == pytest.approx(75.0)
+    assert r.buckets == ((INF, pytest.approx(75.0 / 54.0)),)

@@ -6,8 +6,9 @@ interpolate linearly inside it, so ``meshctl stat`` and the Grafana panels agree
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from meshctl.observe.samples import (
@@ -56,22 +57,36 @@ def _r(value: float | None) -> float | None:
 
 def rates(old: Scrape | None, new: Scrape) -> list[Rate]:
     """Rates between two scrapes of one proxy; a counter that went down restarted from 0."""
-    if old is None or new.time <= old.time:
+    if old is None:
         return []
-    span = new.time - old.time
-    out: list[Rate] = []
-    for key, count in new.requests.items():
-        before = old.requests.get(key, 0.0)
-        delta = count - before if count >= before else count
-        if delta <= 0:
-            continue
-        new_b = new.buckets.get(key, ())
-        old_b = dict(old.buckets.get(key, ()))
-        reset = count < before
-        buckets = tuple((le, ((c if reset else c - old_b.get(le, 0.0)) / span))
-                        for le, c in new_b)
-        out.append(Rate(key, delta / span, buckets))
-    return out
+    return rates_over([old, new])
+
+
+def rates_over(scrapes: Sequence[Scrape]) -> list[Rate]:
+    """Rates over consecutive scrapes of one proxy, first to last (like Prometheus' ``rate``):
+    the increase is summed pair by pair, so a restart in between (a counter that went down,
+    or a new process start time) loses nothing before it and counts from 0 after it."""
+    if len(scrapes) < 2 or scrapes[-1].time <= scrapes[0].time:
+        return []
+    span = scrapes[-1].time - scrapes[0].time
+    counts: dict[Key, float] = {}
+    buckets: dict[Key, dict[float, float]] = {}
+    for old, new in itertools.pairwise(scrapes):
+        restarted = (old.start_time is not None and new.start_time is not None
+                     and new.start_time != old.start_time)
+        for key, count in new.requests.items():
+            before = 0.0 if restarted else old.requests.get(key, 0.0)
+            reset = count < before
+            delta = count if reset else count - before
+            if delta <= 0:
+                continue
+            counts[key] = counts.get(key, 0.0) + delta
+            old_b = {} if restarted or reset else dict(old.buckets.get(key, ()))
+            acc = buckets.setdefault(key, {})
+            for le, c in new.buckets.get(key, ()):
+                acc[le] = acc.get(le, 0.0) + c - old_b.get(le, 0.0)
+    return [Rate(key, delta / span, tuple((le, c / span) for le, c in sorted(buckets[key].items())))
+            for key, delta in counts.items()]
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:

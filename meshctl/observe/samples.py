@@ -12,6 +12,7 @@ LABELS = ("reporter", "source_workload", "source_version", "destination_service"
           "destination_workload", "destination_version", "response_code", "response_flags",
           "connection_security_policy")
 Key = tuple[str, ...]
+START_TIME = "ami_proxy_process_start_time_seconds"  # prometheus_client's ProcessCollector
 Buckets = tuple[tuple[float, float], ...]  # (upper bound, cumulative count), +Inf last
 
 
@@ -23,13 +24,17 @@ class Scrape:
     requests: dict[Key, float] = field(default_factory=dict)
     buckets: dict[Key, Buckets] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)  # other ami_* counters, summed
+    # the proxy process' start (POSIX seconds), when it exports it: a change is a restart
+    start_time: float | None = None
 
 
 def parse_scrape(text: str, time: float) -> Scrape:
-    """Read ``ami_requests_total``, the duration histogram and the policy counters."""
+    """Read ``ami_requests_total``, the duration histogram, the policy counters and the
+    process start time."""
     requests: dict[Key, float] = {}
     raw_buckets: dict[Key, list[tuple[float, float]]] = {}
     counters: dict[str, float] = {}
+    start_time: float | None = None
     for family in text_string_to_metric_families(text):
         if family.name == "ami_requests":
             for s in family.samples:
@@ -40,11 +45,13 @@ def parse_scrape(text: str, time: float) -> Scrape:
                 if s.name.endswith("_bucket"):
                     le = float(s.labels["le"]) * 1000.0  # the golden metrics work in ms
                     raw_buckets.setdefault(_key(s.labels), []).append((le, s.value))
+        elif family.name == START_TIME:
+            start_time = next((s.value for s in family.samples), None)
         elif family.type == "counter" and family.name.startswith("ami_"):
             counters[family.name] = sum(s.value for s in family.samples
                                         if s.name.endswith("_total"))
     buckets = {k: tuple(sorted(v)) for k, v in raw_buckets.items()}
-    return Scrape(time, requests, buckets, counters)
+    return Scrape(time, requests, buckets, counters, start_time)
 
 
 def _key(labels: dict[str, str]) -> Key:

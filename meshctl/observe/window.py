@@ -11,7 +11,7 @@ from meshctl.observe.golden import (
     edge_key,
     group_by,
     one_reporter,
-    rates,
+    rates_over,
     service_key,
 )
 from meshctl.observe.samples import DST, SRC, Scrape
@@ -55,6 +55,13 @@ class ScrapeWindow:
 
     def add(self, proxy: str, scrape: Scrape) -> None:
         q = self._scrapes.setdefault(proxy, [])
+        start = scrape.start_time
+        if (start is not None and scrape.time - self.keep < start < scrape.time
+                and (not q or (q[-1].start_time != start and q[-1].time < start))):
+            # The process started inside the window (first seen, or restarted since the last
+            # scrape): every request it counted so far happened since then, so begin from an
+            # all-zero scrape at its start instead of losing them to the first scrape.
+            q.append(Scrape(start, start_time=start))
         q.append(scrape)
         if q[0].time < scrape.time - self.keep:
             del q[:bisect_left(q, scrape.time - self.keep, key=_time)]
@@ -69,14 +76,14 @@ class ScrapeWindow:
         return q[-1] if q else None
 
     def rates(self, end: float, window: float, prefer: str = "destination") -> list[Rate]:
-        """Rates per proxy between the first scrape at or after ``end - window`` and the last
-        at or before ``end``, each request counted once (see ``one_reporter``)."""
+        """Rates per proxy over its scrapes from the first at or after ``end - window`` to the
+        last at or before ``end``, each request counted once (see ``one_reporter``)."""
         out: list[Rate] = []
         for q in self._scrapes.values():
             lo = bisect_left(q, end - window, key=_time)
             hi = bisect_right(q, end, key=_time) - 1
             if hi > lo:
-                out.extend(rates(q[lo], q[hi]))
+                out.extend(rates_over(q[lo:hi + 1]))
         return one_reporter(out, prefer)
 
     def stat(self, end: float, window: float, service: str | None = None,

@@ -1,0 +1,79 @@
+"""The numbers meshctl stat prints match the requests really sent through real proxies, also
+when they were sent before the control plane first scraped a proxy, or around a restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.observe_harness import ObservedMesh, send, start_observed_mesh
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _stat(mesh: ObservedMesh, *args: str) -> dict[str, dict[str, Any]]:
+    out = mesh.meshctl("stat", *args, "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return {r["service"]: r for r in json.loads(out.stdout)["rows"]}
+
+
+def _counted(mesh: ObservedMesh, service: str, window: float = 300.0) -> float:
+    """How many requests to ``service`` the observer's window holds (rate x its span)."""
+    w = mesh.observer.scraper.window
+    now = mesh.observer.clock()
+    total = 0.0
+    for name in list(w._scrapes):  # one proxy at a time: its span is its own
+        q = [s for s in w._scrapes[name] if s.time >= now - window]
+        if len(q) > 1:
+            from meshctl.observe.golden import rates_over
+            total += sum(r.rps for r in rates_over(q) if r.key[3] == service) \
+                * (q[-1].time - q[0].time)
+    return total
+
+
+def _mix(mesh: ObservedMesh, ok: int, failed: int) -> None:
+    pp = mesh.proxies["productpage"]
+    for _ in range(ok):
+        assert send(pp, "reviews", "/reviews/1") == 200
+    for _ in range(failed):
+        assert send(pp, "reviews", "/status/503") == 503
+
+
+def test_requests_before_the_first_scrape_are_counted(tmp_path: Path) -> None:
+    """A proxy that served requests before the control plane's first scrape of it: stat shows
+    them (the first scrape is not a silent baseline that swallows them)."""
+    mesh = start_observed_mesh(tmp_path, observe=False)
+    try:
+        _mix(mesh, 8, 2)
+        mesh.start_observer()
+        mesh.wait_scraped(2)
+        rows = _stat(mesh, "--window", "5m")
+        assert "reviews" in rows, rows
+        assert rows["reviews"]["successRate"] == pytest.approx(0.8)
+        assert _counted(mesh, "reviews") == pytest.approx(10.0)
+    finally:
+        mesh.close()
+
+
+def test_a_restart_inside_the_window_loses_nothing(tmp_path: Path) -> None:
+    """8 OK + 2 failed, the caller's proxy restarts, 4 OK: the window holds all 14 requests
+    (12/14 success), not just the 4 counted since the restart."""
+    mesh = start_observed_mesh(tmp_path)
+    try:
+        mesh.wait_scraped()
+        _mix(mesh, 8, 2)
+        mesh.wait_scraped(2)
+        pp = mesh.proxies["productpage"]
+        pp.stop()
+        mesh.wait_scraped()  # one scrape that finds it down
+        pp.start()
+        _mix(mesh, 4, 0)
+        mesh.wait_scraped(2)
+        rows = _stat(mesh, "--window", "5m")
+        assert rows["reviews"]["successRate"] == pytest.approx(12 / 14, abs=1e-4)
+        assert _counted(mesh, "reviews") == pytest.approx(14.0)
+    finally:
+        mesh.close()
