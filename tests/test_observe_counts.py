@@ -77,3 +77,22 @@ def test_a_restart_inside_the_window_loses_nothing(tmp_path: Path) -> None:
         assert _counted(mesh, "reviews") == pytest.approx(14.0)
     finally:
         mesh.close()
+
+
+async def test_one_scrape_loop_when_serve_runs_the_observer() -> None:
+    """`meshctl serve` runs observer.run() itself; a stat or dashboard request must not start a
+    second scrape loop beside it (every sidecar scraped twice per interval)."""
+    import asyncio
+
+    from meshctl.observe.api import Observer
+
+    observer = Observer(lambda: {"proxies": []}, interval=30.0)
+    task = asyncio.create_task(observer.run(), name="observe")
+    await asyncio.sleep(0)  # let it start, as in serve()'s TaskGroup
+    try:
+        observer.ensure_started()  # what every stat/edges/dashboard request does
+        loops = [t for t in asyncio.all_tasks() if t.get_name() == "observe"]
+        assert loops == [task]
+    finally:
+        await observer.close()
+        task.cancel()

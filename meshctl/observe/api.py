@@ -45,6 +45,8 @@ class Observer:
 
     async def run(self) -> None:
         """Scrape until cancelled (for ``serve()``'s TaskGroup)."""
+        # Known to ensure_started, so a request does not start a second scrape loop beside it.
+        self._task = asyncio.current_task()
         await self.scraper.run()
 
     def ensure_started(self) -> None:
