@@ -96,3 +96,41 @@ async def test_one_scrape_loop_when_serve_runs_the_observer() -> None:
     finally:
         await observer.close()
         task.cancel()
+
+
+async def test_top_counts_each_request_once(tmp_path: Path) -> None:
+    """productpage's sidecar -> reviews' sidecar -> app: each request is tapped twice (outbound
+    and inbound); top's COUNT and SUCCESS must be per request: 6 OK + 2 failed = 8, 75%."""
+    import asyncio
+
+    from meshctl.observe.tapfanin import tap_many, top_rows
+    from tests.observe_harness import sidecar
+    from tests.proxyharness import Backends, echo_app
+
+    backends = Backends()
+    procs = []
+    try:
+        reviews, reviews_in = sidecar(tmp_path / "rv", "reviews",
+                                      app=backends.aiohttp(echo_app()), services={})
+        procs.append(reviews)
+        front, _ = sidecar(tmp_path / "pp", "productpage", app=None,
+                           services={"reviews": reviews_in})
+        procs.append(front)
+        listed = [{"name": n, "admin": f"127.0.0.1:{p.admin}"}
+                  for n, p in (("productpage-v1", front), ("reviews-v1", reviews))]
+        sent = [*(["/top/ok"] * 6), *(["/status/503"] * 2)]
+        async with tap_many(listed, service="reviews") as events:  # both are tapping now
+            codes = [await asyncio.to_thread(send, front, "reviews", path) for path in sent]
+            assert codes == [200] * 6 + [503] * 2
+            got = []
+            async with asyncio.timeout(10):
+                while len(got) < 2 * len(sent):  # every request, from both sidecars
+                    got.append(await events.get())
+        rows = {r["path"]: r for r in top_rows(got)}
+        assert rows["/top/ok"]["count"] == 6 and rows["/status/503"]["count"] == 2
+        assert rows["/status/503"]["successRate"] == 0.0
+        assert sum(r["count"] for r in rows.values()) == len(sent)
+    finally:
+        for p in procs:
+            p.stop()
+        backends.close()

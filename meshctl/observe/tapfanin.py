@@ -11,6 +11,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from meshctl.observe.golden import SOURCE_ONLY_FLAGS
+
 
 async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: str,
                   token: str, out: asyncio.Queue[dict[str, Any]],
@@ -60,10 +62,25 @@ async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: st
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def once_each(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each request once: a request between two sidecars is tapped twice, by the caller's
+    outbound (``reporter`` source) and the callee's inbound (destination). As for ``stat``,
+    the inbound events of a destination (service and version) win, plus the caller's replies
+    that never reached it (``SOURCE_ONLY_FLAGS``); callees without a tapped sidecar keep the
+    caller's events."""
+    inbound = {(e["destination"], e.get("destination_version")) for e in events
+               if e.get("reporter") == "destination"}
+    return [e for e in events
+            if (e.get("reporter") == "destination")
+            == ((e["destination"], e.get("destination_version")) in inbound)
+            or (e.get("reporter") == "source" and e.get("reason") in SOURCE_ONLY_FLAGS)]
+
+
 def top_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Busiest (method, path) first: count, successes, best/worst/mean latency."""
+    """Busiest (method, path) first: count, successes, best/worst/mean latency; each request
+    counted once (see ``once_each``)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for e in events:
+    for e in once_each(events):
         groups.setdefault((e["destination"], e["method"], e["path"]), []).append(e)
     rows: list[dict[str, Any]] = []
     for (dest, method, path), items in groups.items():
