@@ -131,3 +131,23 @@ def test_dashboard_prints_the_url_that_serves_the_page(mesh: ObservedMesh) -> No
     assert out.stdout.strip() == mesh.url + "/dashboard"
     with urllib.request.urlopen(out.stdout.strip(), timeout=5) as resp:
         assert b'id="graph"' in resp.read()
+
+
+def test_top_and_tap_survive_a_hung_sidecar(mesh: ObservedMesh) -> None:
+    """A sidecar that accepts connections but never answers (here: SIGSTOPped) must not turn
+    top and tap into errors: the other sidecars' requests are still shown."""
+    import signal
+
+    pp, rv = mesh.proxies["productpage"], mesh.proxies["reviews"]
+    assert rv.proc is not None
+    rv.proc.send_signal(signal.SIGSTOP)
+    try:
+        with Traffic(lambda: send(pp, "reviews", "/while-hung")):
+            top = mesh.meshctl("top", "reviews", "--once", "--interval", "1")
+            tap = mesh.meshctl("tap", "reviews", "--path", "/while-hung", "-n", "2", "-o", "json")
+    finally:
+        rv.proc.send_signal(signal.SIGCONT)
+    assert top.returncode == 0, top.stderr
+    assert "/while-hung" in top.stdout
+    assert tap.returncode == 0, tap.stderr
+    assert [json.loads(line)["path"] for line in tap.stdout.splitlines()] == ["/while-hung"] * 2

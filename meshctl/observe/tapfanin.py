@@ -13,6 +13,8 @@ import aiohttp
 
 from meshctl.observe.golden import SOURCE_ONLY_FLAGS
 
+TAP_SETUP_TIMEOUT = 5.0  # seconds to wait for every sidecar to start tapping
+
 
 async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: str,
                   token: str, out: asyncio.Queue[dict[str, Any]],
@@ -53,8 +55,13 @@ async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: st
                                              out, connected))
                  for p in targets]
         try:
-            for _ in targets:  # every proxy has its hook installed (or failed) before we yield
-                await asyncio.wait_for(connected.get(), 5.0)
+            # Every proxy has its hook installed (or failed) before we yield - but a sidecar
+            # that accepts and never answers (hung, stopped) must not take the others down:
+            # past the deadline, go on with those tapping (a late one still joins).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAP_SETUP_TIMEOUT):
+                    for _ in targets:
+                        await connected.get()
             yield out
         finally:
             for task in tasks:
