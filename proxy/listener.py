@@ -151,11 +151,11 @@ class Listener:
             "duration_ms": round(duration_ms, 3),
             "bytes_received": ex.bytes_in,
             "bytes_sent": ex.bytes_out,
-            "request_id": ex.header("x-request-id"),
+            "request_id": ex.header("x-request-id") or _added_request_id(ex),
             "source": prefix[1],
             "destination_service": prefix[3],
-            "upstream": str(ex.backend.pools[0].address) if ex.backend and ex.backend.pools
-            else None,
+            # the endpoint this request went to (the last attempt's), not the subset's first
+            "upstream": str(ex.pool.address) if ex.pool is not None else None,
         }
         self._write(line)
 
@@ -173,6 +173,14 @@ class Listener:
             self.server.close()
         for conn in list(self.connections):
             conn.drain()
+
+
+def _added_request_id(ex: Exchange) -> str | None:
+    """The x-request-id this proxy generated for a request that came without one."""
+    for line in ex.head_tail:
+        if line.startswith(b"x-request-id: "):
+            return line[14:].rstrip().decode("latin-1")
+    return None
 
 
 def outbound_security(ex: Exchange) -> str:

@@ -126,6 +126,45 @@ async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
     assert next(x for x in lines() if x["status"] == 404)["reason"] == "no_route"
 
 
+def _named_app(name: str) -> Any:
+    """Answers with its own name and the x-request-id it received."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"name": name, "rid": request.headers.get("x-request-id")})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    return app
+
+
+async def test_access_log_names_the_endpoint_used_and_the_request_id_sent(
+        tmp_path: Path, backends: Backends) -> None:
+    """Two endpoints behind one service: each access-log line's `upstream` is the endpoint that
+    answered (not the subset's first), and `request_id` is the id the proxy generated and sent
+    upstream when the client sent none (the id every later hop logs)."""
+    ports = {name: backends.aiohttp(_named_app(name)) for name in ("a", "b")}
+    proxy = ProxyProcess(tmp_path, {"pair": list(ports.values())},
+                         args=("--access-log", "on")).start()
+    try:
+        answers = []
+        for i in range(4):
+            resp = await roundtrip(proxy.outbound, get("pair", f"/pair/{i}"))
+            assert resp.status == 200
+            answers.append(json.loads(resp.body))
+        assert {a["name"] for a in answers} == {"a", "b"}  # both endpoints served
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in proxy.stdout().splitlines()
+                    if x.startswith("{") and "/pair/" in x]
+        await eventually(lambda: len(lines()) == 4)
+        for line, answer in zip(sorted(lines(), key=lambda x: x["path"]), answers, strict=True):
+            assert line["upstream"] == f"127.0.0.1:{ports[answer['name']]}"
+            assert answer["rid"] and line["request_id"] == answer["rid"]
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.parametrize(("raw", "status", "reason"), [
     (b"GET /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n", 400, "request_smuggling"),
