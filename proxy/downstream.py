@@ -183,7 +183,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             if ex is not None:
                 ex.abort()
                 if not ex.response_started or ex.flags == "-":
-                    ex.flags = ex.flags if ex.response_started else "downstream_disconnect"
+                    # Before the response, or in the middle of its body: either way the client
+                    # did not get it all (a started response keeps the status it was sent with).
+                    ex.flags = "downstream_disconnect"
                     self.listener.record(ex)
         self.current = None
         self.pending.clear()

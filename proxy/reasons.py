@@ -29,7 +29,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "timeout": (504, "upstream did not answer in time"),
     "too_many_connections": (503, "listener connection limit reached"),
     "internal_error": (500, "internal proxy error (see the proxy log)"),
-    "downstream_disconnect": (499, "client closed the connection before the response"),
+    "downstream_disconnect": (499, "client closed the connection before the response "
+                                   "or during its body"),
 }
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.

@@ -165,6 +165,47 @@ async def test_access_log_names_the_endpoint_used_and_the_request_id_sent(
         proxy.stop()
 
 
+async def test_a_client_gone_mid_body_is_not_a_complete_response(
+        tmp_path: Path, backends: Backends) -> None:
+    """The client resets the connection halfway through a streamed body: the access log and the
+    metrics say `downstream_disconnect` (with the 200 already sent), not `-` as for a response
+    delivered whole, and the connection gauge returns to 0."""
+    import socket
+    import struct
+
+    async def stream(_b: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        await reader.read()  # the rest never comes: the proxy drops this upstream
+
+    raw = backends.raw(stream)
+    proxy = ProxyProcess(tmp_path, {"stream": [raw.port]}, args=("--access-log", "on")).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        writer.write(get("stream", "/cut"))
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(500)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST: gone for good, not a half-close
+
+        def logged() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in proxy.stdout().splitlines()
+                    if x.startswith("{") and '"/cut"' in x]
+        await eventually(lambda: bool(logged()))
+        [line] = logged()
+        assert (line["status"], line["reason"]) == (200, "downstream_disconnect")
+        text = await proxy.metrics()
+        assert metric_value(text, "ami_requests_total", destination_service="stream",
+                            response_code="200", response_flags="downstream_disconnect") == 1
+        assert metric_value(text, "ami_requests_total", destination_service="stream",
+                            response_flags="-") == 0
+        assert metric_value(text, "ami_downstream_connections_active", listener="outbound") == 0
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.parametrize(("raw", "status", "reason"), [
     (b"GET /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n", 400, "request_smuggling"),
