@@ -401,10 +401,11 @@ class Exchange:
             return
         close = not self.request_done or not self.client_keep_alive or self.downstream.draining
         data = local_reply(reason, status=status, close=close, extra_headers=extra_headers)
-        from proxy.reasons import REASONS
+        from proxy.reasons import REASONS, body_length
 
         self.status = status or REASONS[reason][0]
         self.flags = reason
+        self.bytes_out = body_length(reason)
         self.response_started = True
         if close:
             self.client_keep_alive = False

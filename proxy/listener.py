@@ -116,19 +116,20 @@ class Listener:
             ex.trace.end(ex)
 
     def record_rejection(self, conn: DownstreamProtocol, reason: str) -> None:
-        from proxy.reasons import REASONS
+        from proxy.reasons import REASONS, body_length
 
         status = REASONS[reason][0]
+        sent = body_length(reason)
         prefix = ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
                   "unknown", "unknown")
-        self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, 0)
+        self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
         if self.access_log is not None:
             # Hostile or broken input is what an operator greps the log for; the head was not
             # understood, so the request's own fields are null.
             self._write({"start_time": conn.head_started or self.loop.time(),
                          "listener": self.kind, "method": None, "path": None,
                          "authority": None, "status": status, "reason": reason,
-                         "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": 0,
+                         "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": sent,
                          "request_id": None, "source": "unknown",
                          "destination_service": "unknown", "upstream": None})
 

@@ -37,6 +37,11 @@ REASONS: dict[str, tuple[int, str]] = {
 NO_FLAGS = "-"
 
 
+def body_length(reason: str) -> int:
+    """Bytes in the body of ``local_reply(reason)`` (the access log's and metrics' body bytes)."""
+    return len(f"{reason}: {REASONS[reason][1]}\n".encode())
+
+
 def local_reply(reason: str, *, status: int | None = None, close: bool = False,
                 extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
     """Serialize a complete plain-text response for a locally generated error."""

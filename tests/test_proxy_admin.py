@@ -126,6 +126,24 @@ async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
     assert next(x for x in lines() if x["status"] == 404)["reason"] == "no_route"
 
 
+async def test_local_replies_count_the_body_they_send(proxy: ProxyProcess) -> None:
+    """A reply the proxy makes itself has a body (`no_route: ...`): bytes_sent in the access
+    log and ami_response_bytes count it, as for an upstream's body."""
+    before = metric_value(await proxy.metrics(), "ami_response_bytes_sum",
+                          response_flags="no_route")
+    resp = await roundtrip(proxy.outbound, get("nowhere", "/bytes-of-a-local-reply"))
+    assert resp.status == 404 and resp.body
+
+    def line() -> dict[str, Any] | None:
+        return next((json.loads(x) for x in proxy.stdout().splitlines()
+                     if x.startswith("{") and "/bytes-of-a-local-reply" in x), None)
+    await eventually(lambda: line() is not None)
+    assert line()["bytes_sent"] == len(resp.body)  # type: ignore[index]
+    after = metric_value(await proxy.metrics(), "ami_response_bytes_sum",
+                         response_flags="no_route")
+    assert after - before == len(resp.body)
+
+
 def _named_app(name: str) -> Any:
     """Answers with its own name and the x-request-id it received."""
     from aiohttp import web
