@@ -35,6 +35,7 @@ _TRACEPARENT = b"traceparent"
 _B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags")
 _DROP = frozenset((_TRACEPARENT, *_B3))
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = b"x-b3-sampled: 0\r\n"  # B3's "do not sample", honoured by Envoy and Ami
 _T_FIRST, _X_FIRST = frozenset(b"tT"), frozenset(b"xX")  # cheap pre-checks on the first byte
 
 
@@ -117,6 +118,11 @@ class Tracer:
         parent, decision = incoming_context(ex.headers)
         if decision is None:
             decision = self.sampling > 0 and self.rng.random() < self.sampling
+            if not decision:
+                # This hop made the decision: pass it on, so that the next sidecars follow it
+                # instead of each drawing again and starting traces in the middle of the chain.
+                ex.head_tail.append(_NOT_SAMPLED)
+                return
         if decision:
             ex.trace = self._spans(ex, parent)
 

@@ -30,7 +30,7 @@ PARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def fake_exchange(headers: list[tuple[bytes, bytes]]) -> Any:
     return SimpleNamespace(headers=headers, method=b"GET", path="/p", authority="reviews",
                            downstream=SimpleNamespace(listener=SimpleNamespace(kind="outbound")),
-                           trace=None)
+                           trace=None, head_tail=[])
 
 
 @pytest.fixture
@@ -55,11 +55,13 @@ def test_traceparent_and_b3_parsing() -> None:
 
 
 def test_unsampled_request_is_left_alone(memory: tuple[Tracer, InMemorySpanExporter]) -> None:
-    """At sampling 0 a request without trace headers gets no spans and no new headers."""
+    """At sampling 0 a request without trace headers gets no spans, only the decision for the
+    next hops (``x-b3-sampled: 0``)."""
     tracer, exporter = memory
     ex = fake_exchange([(b"host", b"reviews")])
     tracer.begin(ex)
     assert ex.trace is None and ex.headers == [(b"host", b"reviews")]
+    assert ex.head_tail == [b"x-b3-sampled: 0\r\n"]
     ex = fake_exchange([(b"traceparent", PARENT[:-2] + b"00")])  # caller decided: not sampled
     tracer.sampling = 1.0
     tracer.begin(ex)
@@ -193,3 +195,46 @@ async def test_two_hops_make_one_linked_trace(tmp_path: Path,
                      ("reviews", server), ("reviews", client),
                      ("reviews", server), ("reviews", client),
                      ("ratings", server), ("ratings", client)]
+
+
+async def test_an_unsampled_decision_is_followed_by_the_next_hops(
+        tmp_path: Path, receiver: tuple[Receiver, int]) -> None:
+    """The first sidecar draws "not sampled"; the next sidecar (sampling 1.0) must follow that
+    decision rather than draw again and start a trace in the middle of the chain. So the app
+    behind it gets ``x-b3-sampled: 0`` and no traceparent, and no span is exported for it."""
+    import json
+
+    rec, otlp = receiver
+    backends = Backends()
+    procs: list[ProxyProcess] = []
+    try:
+        reviews, reviews_in = sidecar(tmp_path / "reviews", "reviews",
+                                      app=backends.aiohttp(echo_app()), services={}, otlp=otlp,
+                                      sampling=1.0)
+        procs.append(reviews)
+        front, _ = sidecar(tmp_path / "pp", "productpage", app=None,
+                           services={"reviews": reviews_in}, otlp=otlp, sampling=0.0)
+        procs.append(front)
+
+        def fetch(headers: dict[str, str]) -> dict[str, str]:
+            req = urllib.request.Request(f"http://127.0.0.1:{front.outbound}/r",
+                                         headers={"Host": "reviews", **headers})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return {k.lower(): v for k, v in json.loads(resp.read())["headers"]}
+
+        seen = await asyncio.to_thread(fetch, {})
+        assert seen.get("x-b3-sampled") == "0" and "traceparent" not in seen
+        # A sampled marker request afterwards: once its spans are in, anything the first
+        # request produced (spans end and export in order) would be too.
+        marked = await asyncio.to_thread(fetch, {"traceparent": PARENT.decode()})
+        assert marked["traceparent"] != PARENT.decode()
+        async with asyncio.timeout(15):
+            while len(rec.spans) < 4:
+                rec.arrived.clear()
+                await rec.arrived.wait()
+    finally:
+        for p in procs:
+            p.stop()
+        backends.close()
+    marker = bytes.fromhex(PARENT.split(b"-")[1].decode())
+    assert {s.trace_id for _, s in rec.spans} == {marker}
