@@ -122,6 +122,12 @@ def start_observed_mesh(tmp: Path, interval: float = 0.3, *, observe: bool = Tru
                                     {"reviews": [echo], "ratings": [echo]}),
         "reviews": static_proxy(tmp / "rv", "reviews", {"ratings": [echo]}),
     }
+    return observe_proxies(backends, proxies, interval, observe=observe)
+
+
+def observe_proxies(backends: Backends, proxies: dict[str, ProxyProcess], interval: float = 0.3, *,
+            observe: bool = True) -> ObservedMesh:
+    """The API with observability over ``proxies`` (keyed by the service each one is)."""
     mesh = ObservedMesh(backends, proxies, None, MemStore(), "")  # type: ignore[arg-type]
     mesh.observer = Observer(mesh.proxy_list, interval=interval)
     app = create_api_app(mesh.store, token=TOKEN,

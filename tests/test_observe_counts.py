@@ -134,3 +134,29 @@ async def test_top_counts_each_request_once(tmp_path: Path) -> None:
         for p in procs:
             p.stop()
         backends.close()
+
+
+def test_dashboard_policy_events_are_the_destination_services(tmp_path: Path) -> None:
+    """The caller's sidecar retries reviews twice (2 x 500, then 200): the dashboard's policy
+    events show 2 retries for reviews - the service they were about - not for the caller."""
+    import urllib.request
+
+    from tests.observe_harness import observe_proxies
+    from tests.proxyharness import Backends
+    from tests.traffic_backends import TrafficProxy, endpoints, start_backend
+
+    hub = Backends()
+    flaky = start_backend(hub, fail_first=2, fail_status=500)
+    proxy = TrafficProxy(tmp_path, {"reviews": {"endpoints": endpoints(flaky)}},
+                         [{"host": "reviews", "rules": [{"backends": [{}], "retries": {
+                             "attempts": 3, "retryOn": ["5xx"]}}]}]).start()
+    mesh = observe_proxies(hub, {"client": proxy})
+    try:
+        assert send(proxy, "reviews", "/") == 200
+        mesh.wait_scraped(2)
+        with urllib.request.urlopen(mesh.url + "/api/v1/dashboard/state", timeout=10) as resp:
+            counters = json.loads(resp.read())["counters"]
+        assert counters["reviews"]["ami_retries"] == 2
+        assert counters["client"]["ami_retries"] == 0
+    finally:
+        mesh.close()

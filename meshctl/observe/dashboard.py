@@ -30,15 +30,27 @@ async def route_splits(store: Store) -> list[dict[str, Any]]:
 
 
 def counters_by_service(scraper: Scraper) -> dict[str, dict[str, float]]:
-    """Policy counters (ejections, rate-limit hits, ...) summed over each service's proxies."""
+    """Policy counters (ejections, rate-limit hits, ...) per service they were about: the
+    metrics' ``destination_service`` label, summed over every proxy that counted them (the
+    retries and ejections a caller's sidecar made towards reviews are reviews' events). A
+    counter without that label is the reporting proxy's own service's."""
     out: dict[str, dict[str, float]] = {}
+
+    def row(service: str) -> dict[str, float]:
+        return out.setdefault(service, dict.fromkeys(POLICY_COUNTERS, 0.0))
+
     for p in scraper.proxies:
         scrape = scraper.window.latest(str(p["name"]))
         if scrape is None:
             continue
-        svc = out.setdefault(str(p.get("service", "?")), dict.fromkeys(POLICY_COUNTERS, 0.0))
+        own = row(str(p.get("service", "?")))
         for name in POLICY_COUNTERS:
-            svc[name] += scrape.counters.get(name, 0.0)
+            labelled = 0.0
+            for dst, counts in scrape.by_service.items():
+                if name in counts:
+                    row(dst)[name] += counts[name]
+                    labelled += counts[name]
+            own[name] += scrape.counters.get(name, 0.0) - labelled
     return out
 
 

@@ -26,6 +26,8 @@ class Scrape:
     counters: dict[str, float] = field(default_factory=dict)  # other ami_* counters, summed
     # the proxy process' start (POSIX seconds), when it exports it: a change is a restart
     start_time: float | None = None
+    # the same counters per destination_service label, for those that have one
+    by_service: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def parse_scrape(text: str, time: float) -> Scrape:
@@ -34,6 +36,7 @@ def parse_scrape(text: str, time: float) -> Scrape:
     requests: dict[Key, float] = {}
     raw_buckets: dict[Key, list[tuple[float, float]]] = {}
     counters: dict[str, float] = {}
+    by_service: dict[str, dict[str, float]] = {}
     start_time: float | None = None
     for family in text_string_to_metric_families(text):
         if family.name == "ami_requests":
@@ -50,8 +53,13 @@ def parse_scrape(text: str, time: float) -> Scrape:
         elif family.type == "counter" and family.name.startswith("ami_"):
             counters[family.name] = sum(s.value for s in family.samples
                                         if s.name.endswith("_total"))
+            for s in family.samples:
+                dst = s.labels.get("destination_service")
+                if dst is not None and s.name.endswith("_total"):
+                    per = by_service.setdefault(dst, {})
+                    per[family.name] = per.get(family.name, 0.0) + s.value
     buckets = {k: tuple(sorted(v)) for k, v in raw_buckets.items()}
-    return Scrape(time, requests, buckets, counters, start_time)
+    return Scrape(time, requests, buckets, counters, start_time, by_service)
 
 
 def _key(labels: dict[str, str]) -> Key:
