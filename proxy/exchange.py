@@ -400,12 +400,14 @@ class Exchange:
             self.downstream.abort_after(self)
             return
         close = not self.request_done or not self.client_keep_alive or self.downstream.draining
-        data = local_reply(reason, status=status, close=close, extra_headers=extra_headers)
+        head = self.method == b"HEAD"
+        data = local_reply(reason, status=status, close=close, extra_headers=extra_headers,
+                           head=head)
         from proxy.reasons import REASONS, body_length
 
         self.status = status or REASONS[reason][0]
         self.flags = reason
-        self.bytes_out = body_length(reason)
+        self.bytes_out = 0 if head else body_length(reason)
         self.response_started = True
         if close:
             self.client_keep_alive = False

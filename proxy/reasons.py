@@ -43,8 +43,11 @@ def body_length(reason: str) -> int:
 
 
 def local_reply(reason: str, *, status: int | None = None, close: bool = False,
-                extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-    """Serialize a complete plain-text response for a locally generated error."""
+                extra_headers: tuple[tuple[bytes, bytes], ...] = (), head: bool = False) -> bytes:
+    """Serialize a complete plain-text response for a locally generated error.
+
+    ``head``: the answer to a HEAD request, whose headers describe a body that is not sent.
+    """
     code, text = REASONS[reason]
     code = status or code
     body = f"{reason}: {text}\n".encode()
@@ -57,7 +60,7 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
     lines.extend(name + b": " + value for name, value in extra_headers)
     if close:
         lines.append(b"connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 
 def _status_text(code: int) -> bytes:

@@ -15,6 +15,7 @@ from tests.proxyharness import (
     ProxyProcess,
     RawBackend,
     echo_app,
+    free_port,
     get,
     read_request,
     read_response,
@@ -50,7 +51,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     eof = backends.raw(_close_delimited)
     odd = backends.raw(_odd_status_lines)
     proxy = ProxyProcess(tmp_path_factory.mktemp("framing"),
-                         {"echo": [echo], "eof": [eof.port], "odd": [odd.port]}).start()
+                         {"echo": [echo], "eof": [eof.port], "odd": [odd.port],
+                          "dead": [free_port()]}).start()  # nothing listens there
     yield {"proxy": proxy, "port": proxy.outbound}
     proxy.stop()
     backends.close()
@@ -113,6 +115,21 @@ async def test_head_keeps_content_length_without_body(env: dict[str, Any]) -> No
     resp = await asyncio.wait_for(read_response(reader), 10)
     writer.close()
     assert json.loads(resp.body)["path"] == "/after-head"
+
+
+async def test_local_reply_to_head_has_no_body(env: dict[str, Any]) -> None:
+    """A reply the proxy makes itself (503 upstream_connect_failure) to a HEAD keeps its
+    Content-Length but sends no body: the next response on the kept-alive connection must not
+    start inside one."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(get("dead", "/h", method="HEAD"))
+    head = await asyncio.wait_for(read_response(reader, "HEAD"), 10)
+    assert (head.status, head.header("x-ami-reason")) == (503, "upstream_connect_failure")
+    assert int(head.header("content-length") or 0) > 0 and head.header("connection") is None
+    writer.write(get("echo", "/after-local-head"))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    assert json.loads(resp.body)["path"] == "/after-local-head"
 
 
 @pytest.mark.parametrize("code", [204, 304])
