@@ -56,7 +56,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._paused = 0
         self._tunnel: UpstreamConnection | None = None
         self._tunnel_preamble: list[bytes] | None = None
-        self._error_after_current: bytes | None = None
+        self._error_after_current: str | None = None  # reason of a pipelined rejection
         self._lingering = False
         # per-request parse state
         self._url = b""
@@ -257,8 +257,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self._close()
             return
         if self._error_after_current is not None:
-            self.write(self._error_after_current)
-            self._linger()
+            self._answer_rejection(self._error_after_current)
             return
         self.idle_since = self.loop.time()
         if self.pending:
@@ -326,14 +325,16 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self._close()
 
     def _reject(self, reason: str) -> None:
-        reply = local_reply(reason, close=True)
         if self.current is not None:
             # Keep responses in order: answer after the in-flight one, and read no more.
-            self._error_after_current = reply
+            self._error_after_current = reason
             self._set_pause(_P_PIPELINE, True)
             return
+        self._answer_rejection(reason)
+
+    def _answer_rejection(self, reason: str) -> None:
         self.listener.record_rejection(self, reason)
-        self.write(reply)
+        self.write(local_reply(reason, close=True))
         self._linger()
 
     def _linger(self) -> None:

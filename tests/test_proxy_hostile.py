@@ -142,6 +142,8 @@ async def test_garbage_is_400(proxy: ProxyProcess) -> None:
 
 async def test_error_after_pipelined_request_keeps_order(proxy: ProxyProcess) -> None:
     """A good request followed by a bad one: the good response first, then 400, then close."""
+    smuggled_before = metric_value(await proxy.metrics(), "ami_requests_total",
+                                   response_flags="request_smuggling")
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
     writer.write(get("echo", "/slow?s=0.2") + SMUGGLING["cl_and_te"])
     first = await asyncio.wait_for(read_response(reader), 10)
@@ -150,6 +152,9 @@ async def test_error_after_pipelined_request_keeps_order(proxy: ProxyProcess) ->
     writer.close()
     assert (first.status, first.body) == (200, b"slow done")
     assert second.status == 400 and closed
+    # Counted like any rejection, though answered later.
+    assert metric_value(await proxy.metrics(), "ami_requests_total",
+                        response_flags="request_smuggling") == smuggled_before + 1
 
 
 # --- limits that need their own proxy flags ---------------------------------------------------
