@@ -6,15 +6,26 @@ paths give the same precise errors (which become the NACK text).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshctl.api.errors import ValidationError
 from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy
 
 
 class ConfigError(ValueError):
     """A snapshot that cannot be applied; the message names the field path."""
+
+
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """The shared parsers of meshctl.api raise ValidationError: reported as ConfigError."""
+    try:
+        yield
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +96,6 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayRule:
-    matches: tuple[Any, ...]  # meshctl.api.rules.Match
-    destination: str
-
-
-def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
-    """Gateway rules: which service a request entering the mesh goes to."""
-    from meshctl.api.rules import parse_match_blocks
-
-    rules = []
-    for i, r in enumerate(_list(data, path)):
-        rp = f"{path}[{i}]"
-        rm = _mapping(r, rp)
-        dest = rm.get("destination")
-        if not isinstance(dest, str) or not dest:
-            raise ConfigError(f"{rp}.destination: required (a service name)")
-        try:
-            matches = parse_match_blocks(rm.get("match") or [], f"{rp}.match")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        rules.append(GatewayRule(matches, dest))
-    return tuple(rules)
-
-
-@dataclass(frozen=True, slots=True)
 class MeshSettings:
     mtls: str = "DISABLE"
     access_log: bool = False
@@ -140,7 +126,7 @@ class Snapshot:
     mesh: MeshSettings
     services: Mapping[str, Service]
     routes: Mapping[str, RouteConfig]
-    gateway_rules: tuple[GatewayRule, ...]
+    gateway_rules: tuple[Any, ...]  # meshctl.api.kinds.GatewayRule
     authorization: tuple[Any, ...]  # meshctl.api.authz.AuthorizationPolicySpec
     inbound_rate_limit: RateLimit | None
 
@@ -173,10 +159,8 @@ def _policy(data: object, path: str) -> TrafficPolicy:
     """A service's traffic policy: the same parser (and errors) as DestinationPolicy.spec."""
     if data is None:
         return TrafficPolicy()
-    try:
+    with _config_errors():
         return parse_policy(data, path)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _parse_service(name: str, data: object, path: str) -> Service:
@@ -250,16 +234,16 @@ def _parse_snapshot(data: object) -> Snapshot:
         host = rm.get("host")
         if not isinstance(host, str) or not host:
             raise ConfigError(f"{rp}.host: required")
-        try:
+        with _config_errors():
             rules = parse_rules(rm.get("rules"), f"{rp}.rules")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
         routes[host] = RouteConfig(host, rules)
     gw_raw = _mapping(raw.get("gateway"), "gateway")
-    try:
-        gateway_rules = parse_gateway_rules(gw_raw.get("rules"), "gateway.rules")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    gateway_rules: tuple[Any, ...] = ()
+    if gw_raw.get("rules"):  # none, or [] from a control plane with no Gateway in the namespace
+        from meshctl.api.kinds import parse_gateway_rules  # the Gateway resource's own parser
+
+        with _config_errors():
+            gateway_rules = parse_gateway_rules(gw_raw["rules"], "gateway.rules")
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
@@ -284,8 +268,6 @@ def _parse_authorization(data: object) -> tuple[Any, ...]:
 
     policies = []
     for i, spec in enumerate(_list(data, "inbound.authorization")):
-        try:
+        with _config_errors():
             policies.append(parse_authorization(spec, f"inbound.authorization[{i}]"))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
     return tuple(policies)

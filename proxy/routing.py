@@ -164,7 +164,7 @@ class RouterBuilder:
         return Router(self._host_routes(reporter))
 
     def gateway(self) -> Router:
-        rules = tuple((self.compile_matches(r.matches), r.destination)
+        rules = tuple((_for_hosts(r.hosts, self.compile_matches(r.matches)), r.destination)
                       for r in self.snapshot.gateway_rules)
         return Router(self._host_routes("source"), gateway=rules)
 
@@ -232,6 +232,23 @@ class RouterBuilder:
                               prefix, state)
             self._backends[key] = backend
         return backend
+
+
+def _for_hosts(hosts: tuple[str, ...], matcher: Matcher | None) -> Matcher | None:
+    """``matcher``, restricted to requests whose authority (port and final dot dropped) is
+    one of ``hosts``: exact names, or `*.suffix` for any name ending in `.suffix`."""
+    if not hosts:
+        return matcher
+    names = frozenset(h for h in hosts if not h.startswith("*."))
+    suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
+
+    def match(ex: Exchange) -> bool:
+        host = service_from_authority(ex.authority).rstrip(".")
+        if host not in names and not (suffixes and host.endswith(suffixes)):
+            return False
+        return matcher is None or matcher(ex)
+
+    return match
 
 
 def _default_policy() -> Any:

@@ -194,3 +194,24 @@ async def test_identity_headers_from_client_are_dropped(env: dict[str, Any]) -> 
     resp = await roundtrip(env["proxy"].outbound,
                               get("echo", "/", "X-Forwarded-Client-Cert: By=spiffe://evil\r\n"))
     assert "x-forwarded-client-cert" not in {k.lower() for k, _ in _echoed(resp)["headers"]}
+
+
+@pytest.mark.parametrize(("snippet", "message"), [
+    ("routes: [{host: web, rules: [{backends: [{weigth: 3}]}]}]",
+     "routes[0].rules[0].backends[0].weigth: unknown field, did you mean 'weight'?"),
+    ("services: {web: {endpoints: [{address: '127.0.0.1:1'}], policy: {loadBalancer: FAST}}}",
+     "services.web.policy.loadBalancer"),
+    ("inbound: {authorization: [{action: MAYBE}]}", "inbound.authorization[0].action"),
+    ("gateway: {rules: [{hosts: ['*'], destination: web}]}", "gateway.rules[0].hosts[0]"),
+])
+def test_static_config_errors_name_the_field_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet: str, message: str) -> None:
+    """Every part of a static config is checked by the resources' own parsers; their errors
+    are one `error:` line with the field path and exit status 2, never a traceback."""
+    from proxy.__main__ import main
+
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"version: s\n{snippet}\n")
+    assert main(["--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}: ") and message in err and "Traceback" not in err

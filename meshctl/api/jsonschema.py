@@ -12,7 +12,7 @@ from typing import Any
 from meshctl.api import fields as F
 from meshctl.api.authz import ACTIONS, AUTHZ_PATH
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
-from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, MTLS_MODES
+from meshctl.api.kinds import GATEWAY_HOST, KINDS, MESH_CONFIG_NAME, MTLS_MODES
 from meshctl.api.policy import LOAD_BALANCERS
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import MATCHERS, PATH_MATCHERS, RETRY_ON
@@ -183,8 +183,8 @@ _SPECS: dict[str, Schema] = {
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),
-        "rules": _list(_obj({"match": _list(_ref("match")), "destination": _SERVICE},
-                            ("destination",)), 1),
+        "rules": _list(_obj({"hosts": _list(_str(GATEWAY_HOST)), "match": _list(_ref("match")),
+                             "destination": _SERVICE}, ("destination",)), 1),
     }, ("listen", "rules")),
 }
 

@@ -53,10 +53,12 @@ class MeshConfigSpec:
 
 @dataclass(frozen=True, slots=True)
 class GatewayRule:
-    """Requests matching any block (no blocks = all) enter the mesh at ``destination``."""
+    """Requests for one of ``hosts`` (none = any) matching any block (none = all) enter the
+    mesh at ``destination``."""
 
     matches: tuple[Match, ...]
     destination: str
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +135,18 @@ def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
     return F.list_of(_parse_gateway_rule, 1, "at least one rule is required")(data, path)
 
 
+# A DNS name, or `*.` and a DNS suffix (any name ending in it), as Istio's Gateway hosts.
+GATEWAY_HOST = r"^(\*\.)?" + F.DNS_SUBDOMAIN[1:]
+_GATEWAY_HOST = F.string(GATEWAY_HOST, "a lower-case DNS name, or *. and a DNS suffix")
+
+
 def _parse_gateway_rule(data: object, path: str) -> GatewayRule:
     f = Fields(data, path)
+    hosts = f.value("hosts", F.list_of(_GATEWAY_HOST), ())
     matches = f.value("match", parse_match_blocks, ())
     destination = f.required("destination", SERVICE, "")
     f.finish()
-    return GatewayRule(matches, destination)
+    return GatewayRule(matches, destination, hosts)
 
 
 @dataclass(frozen=True, slots=True)

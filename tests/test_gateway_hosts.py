@@ -1,0 +1,93 @@
+"""Gateway rules by host name (`hosts`), as Istio's Gateway hosts: exact names and `*.suffix`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp import web
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.resources import load_documents
+from proxy.config import ConfigError, Snapshot
+from tests.proxyharness import Backends, ProxyProcess, free_port, get, read_response
+
+
+def named_app(name: str) -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"app": name, "host": request.headers.get("Host")})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+@pytest.fixture(scope="module")
+def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    backends = Backends()
+    shop, blog, fallback = (backends.aiohttp(named_app(n)) for n in ("shop", "blog", "any"))
+    proc = ProxyProcess(tmp_path_factory.mktemp("gwhosts"),
+                        {"shop": [shop], "blog": [blog], "fallback": [fallback]},
+                        args=("--mode", "gateway"))
+    port = free_port()
+    config = yaml.safe_load(proc.config.read_text())
+    config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{proc.admin}"}
+    config["gateway"] = {"rules": [
+        {"hosts": ["shop.example.com"], "destination": "shop"},
+        {"hosts": ["*.blog.example.com", "blog.example.com"],
+         "match": [{"path": {"prefix": "/posts"}}], "destination": "blog"},
+        {"hosts": ["*.example.org"], "destination": "fallback"},
+    ]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    yield port
+    proc.stop()
+    backends.close()
+
+
+@pytest.mark.parametrize(("host", "path", "expected"), [
+    ("shop.example.com", "/", "shop"),
+    ("shop.example.com:8080", "/cart", "shop"),  # the port is not part of the name
+    ("SHOP.Example.com.", "/", "shop"),  # case and a final dot neither
+    ("blog.example.com", "/posts/1", "blog"),
+    ("eu.blog.example.com", "/posts/1", "blog"),  # *.suffix: any name ending in it
+    ("a.b.example.org", "/", "any"),
+    ("blog.example.com", "/about", 404),  # host matches, path does not
+    ("example.org", "/", 404),  # *.example.org needs a label before the suffix
+    ("shop.example.com.evil.net", "/", 404),
+    ("other.example.com", "/", 404),
+])
+async def test_requests_enter_by_host_name(gateway_port: int, host: str, path: str,
+                                           expected: str | int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+    writer.write(get(host, path))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    if isinstance(expected, int):
+        assert (resp.status, resp.header("x-ami-reason")) == (expected, "no_route")
+    else:
+        assert resp.status == 200 and json.loads(resp.body) == {"app": expected, "host": host}
+
+
+def test_a_gateway_resource_refuses_a_host_that_is_not_a_name(tmp_path: Path) -> None:
+    text = ("apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
+            "spec:\n  listen: 0.0.0.0:8080\n  rules:\n"
+            "    - {hosts: [shop.example.com, 'x*.example.com'], destination: shop}\n")
+    with pytest.raises(ValidationError) as caught:
+        load_documents(text, "gw.yaml")
+    assert "spec.rules[0].hosts[1]" in str(caught.value)
+    assert "*. and a DNS suffix" in str(caught.value)
+
+
+def test_the_snapshot_parses_gateway_rules_like_the_resource() -> None:
+    """One parser for both: the snapshot's gateway.rules get the same checks and fields."""
+    rules = Snapshot.from_dict({"gateway": {"rules": [
+        {"hosts": ["*.example.com"], "destination": "web"}]}}).gateway_rules
+    assert rules[0].hosts == ("*.example.com",) and rules[0].destination == "web"
+    assert Snapshot.from_dict({"gateway": {"rules": []}}).gateway_rules == ()
+    with pytest.raises(ConfigError, match=r"gateway.rules\[0\].destination"):
+        Snapshot.from_dict({"gateway": {"rules": [{"hosts": ["a.example"]}]}})
