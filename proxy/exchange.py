@@ -31,7 +31,7 @@ class Exchange:
 
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
-        "_connect_task", "_frame", "_fresh_retry_used", "_out", "_pool_held",
+        "_connect_task", "_failover_used", "_frame", "_fresh_retry_used", "_out", "_pool_held",
         "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_tried", "_try_start",
         "_upstream_paused",
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
@@ -67,6 +67,7 @@ class Exchange:
         self._body_buffer: list[bytes] | None = None
         self._buffered = 0
         self._fresh_retry_used = False
+        self._failover_used = False
         self._pool_held = False
         self._breaker_held = False
         self._waiting = False
@@ -101,6 +102,7 @@ class Exchange:
     _count = policy.count
     _upstream_error = policy.upstream_error
     _attempt_failed = policy.attempt_failed
+    _connect_failover = policy.connect_failover
     _may_retry = policy.may_retry
     _schedule_retry = policy.schedule_retry
     _retry_now = policy.retry_now

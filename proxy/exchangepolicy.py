@@ -139,7 +139,45 @@ def attempt_failed(ex: Exchange, kind: str, reason: str) -> None:
     if retry is not None and retry.retriable_failure(kind) and ex._may_retry():
         ex._schedule_retry()
         return
+    if kind == "connect-failure" and ex._connect_failover():
+        return
     ex.reply(reason)
+
+
+def connect_failover(ex: Exchange) -> bool:
+    """A connection could not be opened: send the request to another endpoint, once.
+
+    Nothing reached the failed endpoint (the body received so far is still held), so this is
+    safe for every method and is not a retry: no retry policy or budget is involved. It hides
+    an endpoint that went away (sidecar stopped or killed) until the config drops it.
+    """
+    backend = ex.backend
+    failed = ex.pool
+    if (ex._failover_used or backend is None or len(backend.pools) < 2
+            or ex.downstream.closed or ex.response_started):
+        return False
+    pool = backend.balancer.pick(backend.pools, (failed, *(ex._tried or ())))
+    if pool is None:
+        return False
+    conn = pool.take_idle()
+    if conn is None and pool.breaker is not None and pool.breaker.connections_full():
+        return False  # no queueing here: the connection limit holds
+    ex._failover_used = True
+    ex.pool = pool
+    ex._pool_held = True
+    pool.active_requests += 1
+    if backend.ewma is not None:
+        ex._try_start = ex.downstream.loop.time()  # this try's latency, not the failed one's
+    decision = ex.decision
+    per_try = decision.retry.per_try_timeout if decision is not None and \
+        decision.retry is not None else None
+    if per_try is not None:
+        ex._attempt_timer = ex.downstream.loop.call_later(per_try, ex._on_attempt_timeout)
+    if conn is not None:
+        ex._send_on(conn)
+    else:
+        ex._open_connection(pool)
+    return True
 
 
 def may_retry(ex: Exchange) -> bool:

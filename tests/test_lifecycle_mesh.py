@@ -1,0 +1,151 @@
+"""Real processes: endpoints going away under steady keep-alive load, as a rolling update or a
+crash does it. The caller's sidecar must not fail requests for an endpoint that is gone."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    http_get,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(240)
+LOADERS = 4
+
+BASE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+class Mesh:
+    """A control plane, three reviews instances (backend + sidecar) and a caller's sidecar."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[MeshProcess] = []
+        (tmp / "mesh").mkdir()
+        (tmp / "mesh" / "base.yaml").write_text(BASE)
+        self.cp = start_control_plane(tmp, config_dir=tmp / "mesh")
+        self.reviews: list[MeshProcess] = []
+        for i in range(3):
+            backend = start_backend(tmp, f"reviews-{i}")
+            sidecar = start_sidecar(tmp, self.cp.info["grpc"], "reviews", "v1",
+                                    app=backend.info["address"])
+            self.procs += [backend, sidecar]
+            self.reviews.append(sidecar)
+        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
+        self.procs.append(self.client)
+
+    def endpoints(self) -> set[str]:
+        """The reviews endpoints in the caller's running config."""
+        _, body = http_get(f"http://{self.client.info['admin']}/config_dump")
+        snapshot = json.loads(body)["snapshot"]
+        addresses = (e["address"] for e in snapshot["services"]["reviews"]["endpoints"])
+        return {a if isinstance(a, str) else f"{a['host']}:{a['port']}" for a in addresses}
+
+    def close(self) -> None:
+        for proc in [*self.procs, self.cp]:
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    m = Mesh(tmp_path_factory.mktemp("lifecycle"))
+    try:
+        names = {p.info["name"] for p in m.procs if "name" in p.info}
+        wait_for(lambda: all_synced(m.cp, names), 30, "all proxies synced")
+        wait_for(lambda: len(m.endpoints()) == 3, 20, "three reviews endpoints")
+        yield m
+    finally:
+        m.close()
+
+
+class Load:
+    """LOADERS threads, each sending GETs on one keep-alive connection to the caller's sidecar."""
+
+    def __init__(self, outbound: str) -> None:
+        self.host, port = outbound.rsplit(":", 1)
+        self.port = int(port)
+        self.statuses: list[int] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(LOADERS)]
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", "/", headers={"Host": "reviews"})
+                resp = conn.getresponse()
+                resp.read()
+                self.statuses.append(resp.status)
+                if resp.status != 200:
+                    self.failures.append(f"{resp.status} {resp.getheader('x-ami-reason')}")
+            except (OSError, http.client.HTTPException) as exc:
+                self.statuses.append(-1)
+                self.failures.append(type(exc).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
+        conn.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(20)
+
+    def more(self, n: int, timeout: float = 30) -> None:
+        seen = len(self.statuses)
+        wait_for(lambda: len(self.statuses) >= seen + n, timeout, f"{n} more requests")
+
+
+def _gone(mesh: Mesh, victim: MeshProcess, sig: int) -> Load:
+    inbound = victim.info["inbound"]
+    assert inbound in mesh.endpoints()
+    with Load(mesh.client.info["outbound"]) as load:
+        load.more(200)
+        victim.proc.send_signal(sig)
+        victim.proc.wait(30)
+        load.more(100)
+        # The control plane drops the endpoint (stream ended, not ready) and the caller gets
+        # a snapshot without it; the load goes on meanwhile.
+        wait_for(lambda: inbound not in mesh.endpoints(), 30, "the endpoint removed")
+        load.more(100)
+    return load
+
+
+def test_sigterm_of_an_endpoint_under_load_fails_nothing(mesh: Mesh) -> None:
+    """A rolling update stops one instance: its sidecar drains and exits; no request fails."""
+    load = _gone(mesh, mesh.reviews[0], signal.SIGTERM)
+    assert mesh.reviews[0].proc.returncode == 0
+    assert load.failures == [], Counter(load.failures)
+
+
+def test_sigkill_of_an_endpoint_under_load_fails_only_what_it_held(mesh: Mesh) -> None:
+    """A crashed sidecar can lose the requests it was serving (at most one per client
+    connection), never the ones sent after it died: those go to the live endpoints."""
+    load = _gone(mesh, mesh.reviews[1], signal.SIGKILL)
+    assert not any("upstream_connect_failure" in f for f in load.failures), \
+        Counter(load.failures)
+    assert len(load.failures) <= LOADERS, Counter(load.failures)
