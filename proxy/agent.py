@@ -8,8 +8,10 @@ line, ``server.apply`` compiles it, and the agent answers ACK, or NACK with the 
 has and reconnects with full-jitter exponential backoff (0.1 s up to 5 s), forever.
 
 Readiness changes are reported with Status: after every applied snapshot (the server re-applies
-once its listeners are bound) and on a half-second check that catches the start of a drain,
-since ProxyServer has no readiness hook.
+once its listeners are bound), when a drain starts (SIGTERM, /shutdown), and on a half-second
+check. A stopping proxy ends its stream cleanly (half-close after the queued messages) and
+waits up to 2 s for the control plane to close it, so its "not ready" arrives before the stream
+ends and the control plane drops the endpoint at once rather than after its --grace.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from proxy.server import ProxyServer
 
 log = logging.getLogger("ami.proxy.agent")
 _READINESS_CHECK = 0.5
+_GOODBYE = 2.0  # seconds a stopping proxy waits for the control plane to end its stream
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -112,10 +115,13 @@ class ControlPlaneAgent:
         self.admin_token = ""  # sent in Register; the admin listener wants it from remote callers
         self.applied_version = ""
         self.connected = asyncio.Event()
-        self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage] | None = None
+        self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None] | None = None
         self._reported_ready: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stream_ended: asyncio.Event | None = None
         server.on_snapshot.append(lambda _snapshot: self._report_readiness())
+        server.on_drain.append(self._report_readiness)
 
     async def start(self) -> None:
         """Connect in the background; return once the first snapshot is applied (or timeout)."""
@@ -134,16 +140,39 @@ class ControlPlaneAgent:
                 tg.create_task(self._readiness_loop())
                 connector = tg.create_task(self._connect_forever())
                 await stopped
+                await self._goodbye()
                 connector.cancel()
                 raise _Stop
         except* _Stop:
+            pass
+
+    async def finish(self, timeout: float = _GOODBYE + 1.0) -> None:
+        """Wait (bounded) for the agent to say goodbye once the server has stopped."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+
+    async def _goodbye(self) -> None:
+        """End the stream cleanly, after what is queued (the drain's "not ready" Status), so
+        the control plane drops this endpoint at once instead of after its --grace."""
+        self._stopping = True
+        outbox, ended = self._outbox, self._stream_ended
+        if outbox is None or ended is None:
+            return
+        self._report_readiness()
+        outbox.put_nowait(None)  # _drain ends the request stream (half-close)
+        try:
+            await asyncio.wait_for(ended.wait(), _GOODBYE)
+        except TimeoutError:
             pass
 
     async def _connect_forever(self) -> None:
         attempt = 0
         options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                    ("grpc.keepalive_permit_without_calls", 1)]
-        while True:
+        while not self._stopping:
             # TLS verified with the mesh trust bundle (--ca-file); plaintext only without one.
             channel = (aio.secure_channel(self.target, grpc.ssl_channel_credentials(
                 root_certificates=self.ca_pem), options=options) if self.ca_pem is not None
@@ -163,9 +192,10 @@ class ControlPlaneAgent:
 
     async def _stream(self, stub: mesh_pb2_grpc.MeshControlStub) -> bool:
         """One stream until it ends; True if it delivered at least one snapshot."""
-        outbox: asyncio.Queue[mesh_pb2.ProxyMessage] = asyncio.Queue()
+        outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None] = asyncio.Queue()
         outbox.put_nowait(mesh_pb2.ProxyMessage(register=self._register()))
         self._outbox = outbox
+        ended = self._stream_ended = asyncio.Event()
         self._reported_ready = self.server.ready
         received = False
         try:
@@ -173,9 +203,11 @@ class ControlPlaneAgent:
             async for message in call:
                 self.connected.set()
                 received = True
-                outbox.put_nowait(self._apply(message))
+                if not self._stopping:
+                    outbox.put_nowait(self._apply(message))
         finally:
             self._outbox = None
+            ended.set()
         log.warning("control plane %s ended the stream", self.target)
         return received
 
@@ -232,7 +264,7 @@ class _Stop(Exception):
     """Ends the agent's task group when the server stops."""
 
 
-async def _drain(outbox: asyncio.Queue[mesh_pb2.ProxyMessage]) -> AsyncIterator[
+async def _drain(outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None]) -> AsyncIterator[
         mesh_pb2.ProxyMessage]:
-    while True:
-        yield await outbox.get()
+    while (message := await outbox.get()) is not None:
+        yield message

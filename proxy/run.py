@@ -135,5 +135,6 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         task.cancel()
     if not args.config:
         identity_task.cancel()
+        await agent.finish()
     await runner.cleanup()
     return 0

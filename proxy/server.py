@@ -54,6 +54,7 @@ class ProxyServer:
         self.stopped = asyncio.Event()
         self.access_log_enabled = False
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
+        self.on_drain: list[Callable[[], None]] = []  # called once when the drain starts
         self.extra_collectors: list[Any] = []
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
@@ -201,6 +202,8 @@ class ProxyServer:
         if self.draining:
             return
         self.draining = True
+        for hook in self.on_drain:
+            hook()  # the control-plane agent reports "not ready" now, not at its next check
         log.info("draining: waiting up to %.1fs for in-flight requests", self.options.drain_timeout)
         for kind, listener in self.listeners.items():
             if kind != "outbound":  # the local app may still need the mesh while it finishes

@@ -17,6 +17,7 @@ from tests.helpers_mesh import (
     MeshProcess,
     all_synced,
     http_get,
+    proxies,
     start_backend,
     start_control_plane,
     start_sidecar,
@@ -149,3 +150,35 @@ def test_sigkill_of_an_endpoint_under_load_fails_only_what_it_held(mesh: Mesh) -
     assert not any("upstream_connect_failure" in f for f in load.failures), \
         Counter(load.failures)
     assert len(load.failures) <= LOADERS, Counter(load.failures)
+
+
+def test_a_stopped_sidecar_leaves_the_endpoints_at_once_not_after_the_grace(
+        tmp_path: Path) -> None:
+    """SIGTERM: the sidecar reports "not ready" as its drain starts and ends its stream after
+    that, so the control plane drops it from every snapshot at once. The grace (kept for a
+    dropped stream that may come back) is 60 s here: waiting it out would fail the wait."""
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "base.yaml").write_text(BASE.replace("STRICT", "DISABLE"))
+    cp = start_control_plane(tmp_path, config_dir=tmp_path / "mesh", grace=60.0)
+    procs = [cp]
+    try:
+        backend = start_backend(tmp_path, "reviews")
+        procs.append(backend)
+        victim = start_sidecar(tmp_path, cp.info["grpc"], "reviews", "v1",
+                               app=backend.info["address"])
+        procs.append(victim)
+        caller = start_sidecar(tmp_path, cp.info["grpc"], "productpage", "v1")
+        procs.append(caller)
+
+        def services() -> dict[str, object]:
+            _, body = http_get(f"http://{caller.info['admin']}/config_dump")
+            return dict(json.loads(body)["snapshot"]["services"])
+
+        wait_for(lambda: "reviews" in services(), 20, "reviews in the caller's config")
+        assert victim.stop() == 0
+        wait_for(lambda: "reviews" not in services(), 20, "reviews dropped from the config")
+        listed = next(p for p in proxies(cp) if p["name"] == victim.info["name"])
+        assert (listed["connected"], listed["ready"]) == (False, False)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
