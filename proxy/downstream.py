@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ami.proxy")
 _LINGER_SECONDS = 2.0  # how long a rejected client may keep sending before we close
+# While draining, an idle keep-alive connection is closed once idle this long: past the 1 s
+# after which a caller's sidecar checks a pooled connection for a FIN before reusing it
+# (proxy.pools._QUICK_CLOSE), so a caller never writes a request into our close.
+_DRAIN_IDLE = 2.0
 
 _P_PIPELINE, _P_BUFFER, _P_UPSTREAM, _P_TUNNEL = 1, 2, 4, 8
 
@@ -266,11 +270,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             if not self.pending:
                 self._set_pause(_P_PIPELINE, False)
             nxt.start()
-        else:
-            if self._paused:
-                self._set_pause(_P_PIPELINE, False)
-            if self.draining:
-                self._close()
+        elif self._paused:
+            self._set_pause(_P_PIPELINE, False)
+        # Draining, yet this response promised keep-alive (its head left before the drain
+        # began): the client may reuse the connection at once, so it is not closed under it
+        # here; its next request is answered with `connection: close`, or the sweep closes it
+        # once idle for _DRAIN_IDLE.
 
     def abort_after(self, ex: Exchange) -> None:
         """A response failed mid-body: the client must see a truncated message, so abort."""
@@ -315,13 +320,19 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             # A connection that never began a request waits no longer than for a head: idle
             # sockets are the cheapest way to fill the connection limit.
             limit = limits.idle_timeout if self.head_started else limits.header_timeout
-            if now - self.idle_since > limit:
+            if self.draining:
+                limit = min(limit, _DRAIN_IDLE)
+            if now - self.idle_since >= limit:
                 self._close()
 
     def drain(self) -> None:
-        """Shutdown: finish the in-flight response with `connection: close`, drop idle ones."""
+        """Shutdown: the in-flight response, and the answer to a request still arriving on an
+        idle keep-alive connection, carry `connection: close`; a connection idle for
+        _DRAIN_IDLE is closed (here or by the sweep). Closing every idle connection at once
+        raced callers that were reusing one that very moment: their request met our FIN."""
         self.draining = True
-        if self.current is None and not self._in_head and self._tunnel is None:
+        if (self.current is None and not self._in_head and self._tunnel is None
+                and self.loop.time() - self.idle_since >= _DRAIN_IDLE):
             self._close()
 
     def _reject(self, reason: str) -> None:

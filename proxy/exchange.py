@@ -309,12 +309,15 @@ class Exchange:
         self.status = status
         self.upstream_keep_alive = conn.parser.should_keep_alive()
         self._response_chunked_in = conn.transfer_encoding
+        draining = self.downstream.draining
         head, self._frame = client_head(
             conn, status, head_only=self.method == b"HEAD" or status in (204, 304),
-            http10=self.http10, keep_alive=self.client_keep_alive and not self.downstream.draining,
+            http10=self.http10, keep_alive=self.client_keep_alive and not draining,
             edits=decision.response_header_ops if decision is not None else None)
-        if self._frame == FRAME_CLOSE:
-            self.client_keep_alive = False  # an HTTP/1.0 client reads the body until close
+        if draining or self._frame == FRAME_CLOSE:
+            # The head says `connection: close` (draining), or an HTTP/1.0 client reads the
+            # body until close: either way the connection ends with this response.
+            self.client_keep_alive = False
         self.response_started = True
         # Held until the end of this read so head and body leave in one write (one syscall).
         self._out = [head]

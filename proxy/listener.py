@@ -46,7 +46,7 @@ class Listener:
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
-        self.quiet: asyncio.Event | None = None  # set while draining, fired at zero in-flight
+        self.quiet: asyncio.Event | None = None  # set while draining, fired at zero connections
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
 
@@ -65,16 +65,14 @@ class Listener:
         if self.quiet is not None:
             self.check_quiet()
 
-    def busy(self) -> bool:
-        return any(c.current is not None for c in self.connections)
-
     def check_quiet(self) -> None:
         """Called while draining whenever a request ends or a connection closes."""
-        if self.quiet is not None and not self.busy():
+        if self.quiet is not None and not self.connections:
             self.quiet.set()
 
     async def wait_quiet(self, timeout: float) -> None:
-        """Wait until no request is in flight on this listener, or the timeout passes."""
+        """Wait until this listener has no connection left (each closes after its in-flight
+        response or once idle while draining), or the timeout passes."""
         self.quiet = asyncio.Event()
         self.check_quiet()
         try:
@@ -84,8 +82,6 @@ class Listener:
 
     def record(self, ex: Exchange) -> None:
         """Metrics (and the access log line, when on) for one finished request."""
-        if self.quiet is not None:
-            self.loop.call_soon(self.check_quiet)
         backend = ex.backend
         duration_ms = (self.loop.time() - ex.start_time) * 1000.0
         conn = ex.downstream

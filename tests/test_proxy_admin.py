@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,16 @@ import pytest
 from tests.proxyharness import (
     Backends,
     ProxyProcess,
+    RawBackend,
+    at_eof,
     echo_app,
     eventually,
     free_port,
     get,
     metric_value,
+    read_head,
+    read_request,
+    read_response,
     roundtrip,
 )
 
@@ -292,3 +298,87 @@ def test_reason_table_in_the_docs_matches_the_code() -> None:
     for word, (status, _) in REASONS.items():
         expected = "(none)" if word == "downstream_disconnect" else str(status)  # nothing sent
         assert documented[word] == expected, word
+
+
+async def test_draining_keeps_an_idle_keep_alive_connection_for_its_next_request(
+        tmp_path: Path, echo: int) -> None:
+    """SIGTERM does not close a keep-alive connection that has just been used: the client's
+    next request on it (it may be writing it this very moment) is answered, with
+    `connection: close`, then the connection closes and the proxy exits 0 (zero connections)."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(get("echo", "/first"))
+        first = await asyncio.wait_for(read_response(reader), 10)
+        assert first.status == 200 and first.header("connection") is None
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        while (await proxy.aget("/ready"))[0] != 503:
+            pass  # each /ready is a round trip; the drain has started once it says 503
+        writer.write(get("echo", "/second"))
+        second = await asyncio.wait_for(read_response(reader), 10)
+        assert (second.status, second.header("connection")) == (200, "close")
+        assert await at_eof(reader, 10)
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        writer.close()
+        proxy.stop()
+
+
+async def test_draining_closes_an_idle_connection_and_exits(tmp_path: Path, echo: int) -> None:
+    """A keep-alive client that sends nothing more is closed while draining (well before the
+    20 s drain deadline the test waits on), and the proxy then exits 0."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(get("echo", "/"))
+        assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert await at_eof(reader, 15)
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        writer.close()
+        proxy.stop()
+
+
+async def test_a_response_begun_before_the_drain_does_not_close_the_connection_under_the_client(
+        tmp_path: Path, backends: Backends) -> None:
+    """The head of a response left with keep-alive, then SIGTERM, then its body: the client
+    rightly reuses the connection at once. Its next request must be answered (with
+    `connection: close`), not met by a close (a POST there would be lost as 502 upstream_reset
+    by a caller's sidecar, since the server may have acted on it)."""
+    gate = threading.Event()
+
+    async def head_then_gated_body(raw: RawBackend, reader: asyncio.StreamReader,
+                                   writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+            await writer.drain()
+            if req.target == "/gated":
+                await asyncio.to_thread(gate.wait, 10)
+            writer.write(b"done")
+            await writer.drain()
+
+    upstream = backends.raw(head_then_gated_body)
+    proxy = ProxyProcess(tmp_path, {"gated": [upstream.port]}).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(get("gated", "/gated"))
+        head = await asyncio.wait_for(read_head(reader), 10)
+        assert head is not None and head.header("connection") is None
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        while (await proxy.aget("/ready"))[0] != 503:
+            pass  # each /ready is a round trip; the drain has started once it says 503
+        gate.set()
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"done"
+        writer.write(get("gated", "/next", body=b"order=1", method="POST"))
+        nxt = await asyncio.wait_for(read_response(reader), 10)
+        assert (nxt.status, nxt.header("connection"), nxt.body) == (200, "close", b"done")
+        assert await at_eof(reader, 10)
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        gate.set()
+        writer.close()
+        proxy.stop()
