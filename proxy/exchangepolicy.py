@@ -29,11 +29,11 @@ def start(ex: Exchange) -> None:
         ex.reply(decision)
         return
     ex.decision = decision
-    if decision.admit is not None:
+    if decision.admit is not None:  # authorization, rate limit, a rewrite or a redirect
         refusal = decision.admit(ex)
         if refusal is not None:
             reason, status, headers = refusal
-            ex.backend = decision.backends[0]
+            ex.backend = decision.backends[0] if decision.backends else None
             ex.reply(reason, status=status, extra_headers=headers)
             return
     fault = decision.fault

@@ -1,4 +1,5 @@
-"""Route-rule policies compiled once per snapshot: faults, retries, mirroring, header edits.
+"""Route-rule policies compiled once per snapshot: faults, retries, mirroring, header edits,
+rewrites and redirects.
 
 Each object is attached to a `Decision` only when its rule declares it, so an unconfigured
 policy costs nothing per request (the exchange tests one attribute for None).
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.policy.backoff import Backoff
 
 if TYPE_CHECKING:
-    from meshctl.api.rules import Fault, HeaderEdits, Retries
+    from meshctl.api.rules import Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
     from proxy.destinations import DestinationState
+    from proxy.exchange import Exchange
     from proxy.routing import Backend
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -130,15 +133,86 @@ def retry_after_header(seconds: float) -> tuple[tuple[bytes, bytes], ...]:
     return ((b"retry-after", str(max(1, math.ceil(seconds))).encode()),)
 
 
+class RewritePolicy:
+    """The path sent upstream: ``uri`` in place of the rule's matched path prefix.
+
+    Run before dispatch (the decision's ``admit`` step, always letting the request through), so
+    retries and mirrors send the rewritten target. With no prefix in the rule's matches, or
+    none the path starts with, the whole path is replaced; the query is kept. A prefix
+    replaced by a ``uri`` ending in '/' does not leave a double slash (`/api` + `/x` under
+    `uri: /` is `/x`).
+    """
+
+    __slots__ = ("prefixes", "uri")
+
+    def __init__(self, uri: str, matches: tuple[Match, ...]) -> None:
+        self.uri = uri
+        self.prefixes = tuple(m.path.value for m in matches
+                              if m.path is not None and m.path.kind == "prefix")
+
+    def __call__(self, ex: Exchange) -> None:
+        path, uri = ex.path, self.uri
+        for prefix in self.prefixes:
+            if path.startswith(prefix):
+                rest = path[len(prefix):]
+                path = uri + rest[1:] if uri.endswith("/") and rest.startswith("/") else uri + rest
+                break
+        else:
+            path = uri
+        ex.target = (f"{path}?{ex.query}" if ex.query else path).encode("latin-1")
+
+
+class RedirectPolicy:
+    """Answers with a redirect: the request's own URL with the rule's parts put in."""
+
+    __slots__ = ("authority", "code", "port", "scheme", "uri")
+
+    def __init__(self, redirect: Redirect) -> None:
+        self.uri = redirect.uri
+        self.authority = redirect.authority
+        self.scheme = redirect.scheme
+        self.port = redirect.port
+        self.code = redirect.code
+
+    def __call__(self, ex: Exchange) -> tuple[str, int, tuple[tuple[bytes, bytes], ...]]:
+        scheme = ex.downstream.listener.scheme
+        host = self.authority or ex.authority
+        if self.port is not None:
+            host = f"{_without_port(host)}:{self.port}"
+        elif self.scheme is not None and self.scheme != scheme:
+            host = _without_port(host)  # the old scheme's port means nothing to the new one
+        path = self.uri or ex.path
+        location = f"{self.scheme or scheme}://{host}{path}" + (f"?{ex.query}" if ex.query
+                                                                  else "")
+        return "redirect", self.code, ((b"location", location.encode("latin-1")),)
+
+
+def _without_port(authority: str) -> str:
+    if authority.startswith("["):  # IPv6 literal
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if ":" in authority else authority
+
+
 def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random.Random,
            mirror_backend: Backend | None) -> None:
     """Compile the declared policies of `rule` onto `decision`."""
     decision.timeout = rule.timeout
+    if rule.redirect is not None:
+        decision.admit = RedirectPolicy(rule.redirect)
+        return  # a redirect rule has nothing else (validation makes sure)
     if rule.fault is not None:
         decision.fault = FaultPolicy(rule.fault, rng)
     if rule.retries is not None and rule.retries.attempts > 0 and state is not None:
         decision.retry = RetryPolicy(rule.retries, state, rng)
     if rule.mirror is not None and mirror_backend is not None:
         decision.mirror = MirrorPolicy(mirror_backend, rule.mirror.percent, rng)
-    decision.request_headers = HeaderEditor.build(rule.headers.request)
+    request_edits = rule.headers.request
+    rewrite: Rewrite | None = rule.rewrite
+    if rewrite is not None:
+        if rewrite.uri is not None:
+            decision.admit = RewritePolicy(rewrite.uri, rule.matches)
+        if rewrite.authority is not None:  # the Host header, set like any header edit
+            request_edits = replace(request_edits,
+                                    set=(*request_edits.set, ("host", rewrite.authority)))
+    decision.request_headers = HeaderEditor.build(request_edits)
     decision.response_header_ops = HeaderEditor.build(rule.headers.response)

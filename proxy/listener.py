@@ -39,8 +39,8 @@ class Listener:
         self.limits = limits
         self.connections: set[DownstreamProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
-        self.forwarded_proto_line = b"x-forwarded-proto: https\r\n" if tls else \
-            b"x-forwarded-proto: http\r\n"
+        self.scheme = "https" if tls else "http"  # as clients of this listener see it
+        self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
         self.access_log: TextIO | None = None
         self.on_record: Any = None  # tap hook: called with each finished exchange
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured

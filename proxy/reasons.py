@@ -17,6 +17,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "uri_too_long": (414, "request line too long"),
     "headers_too_large": (431, "request header section too large"),
     "method_not_allowed": (405, "CONNECT is not supported"),
+    "redirect": (301, "redirected by a route rule (see Location)"),
     "not_authorized": (403, "denied by authorization policy"),
     "no_route": (404, "no route for this host"),
     "rate_limited": (429, "local rate limit exceeded"),

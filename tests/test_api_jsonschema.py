@@ -90,6 +90,19 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     with_rule(fault={}),
     with_rule(mirror={"percent": 101}),
     with_rule(headers={"request": {"set": {"x": "a\nb"}}}),
+    with_rule(rewrite={}),
+    with_rule(rewrite={"uri": "no-slash"}),
+    with_rule(redirect={"scheme": "https"}),  # a redirect rule has no backends
+    {**ROUTE, "spec": {"host": "reviews", "rules": [{"redirect": {}}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"uri": "/x", "redirectCode": 200}}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"scheme": "ftp"}}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"port": 0}}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"uri": "/x"}, "timeout": "1s"}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [{"matches": [{"method": "GET"}]}]}},
     {**ROUTE, "kind": "MeshConfig", "metadata": {"name": "mesh"}, "spec": {}},
     {**ROUTE, "kind": "MeshConfig", "metadata": {"name": "default"},
      "spec": {"tracing": {"sampling": 1.5}}},
@@ -113,6 +126,13 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
+    with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"matches": [{"path": {"prefix": "/old"}}],
+         "redirect": {"uri": "/new", "redirectCode": 308}},
+        {"backends": [{"subset": "v1"}]}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"scheme": "https", "port": 8443, "authority": "a.example"}}]}},
 ])
 def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
     """Unusual but valid documents are accepted by the parser and the schema alike."""

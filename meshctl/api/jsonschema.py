@@ -15,7 +15,15 @@ from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.kinds import GATEWAY_HOST, KINDS, MESH_CONFIG_NAME, MTLS_MODES
 from meshctl.api.policy import LOAD_BALANCERS
 from meshctl.api.resources import API_VERSION
-from meshctl.api.rules import MATCHERS, PATH_MATCHERS, RETRY_ON
+from meshctl.api.rules import (
+    AUTHORITY,
+    MATCHERS,
+    PATH_MATCHERS,
+    REDIRECT_CODES,
+    RETRY_ON,
+    SCHEMES,
+    URI_PATH,
+)
 
 Schema = dict[str, Any]
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -135,7 +143,18 @@ DEFS: Schema = {
         "mirror": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL),
                         "percent": _PERCENT}),
         "headers": _obj({"request": _HEADER_EDITS, "response": _HEADER_EDITS}),
-    }, ("backends",)),
+        "rewrite": _obj({"uri": _str(URI_PATH), "authority": _str(AUTHORITY)},
+                        anyOf=[{"required": ["uri"]}, {"required": ["authority"]}]),
+        "redirect": _obj({"uri": _str(URI_PATH), "authority": _str(AUTHORITY),
+                          "scheme": {"enum": list(SCHEMES)}, "port": _int(1, 65535),
+                          "redirectCode": {"enum": list(REDIRECT_CODES)}},
+                         anyOf=[{"required": [k]} for k in ("uri", "authority", "scheme", "port")]),
+    }) | {
+        # forward to backends, or answer with a redirect and nothing else
+        "oneOf": [{"required": ["backends"], "not": {"required": ["redirect"]}},
+                  {"required": ["redirect"], "not": {"anyOf": [
+                      {"required": [k]} for k in ("backends", "timeout", "retries", "fault",
+                                                  "mirror", "headers", "rewrite")]}}]},
 }
 
 _SPECS: dict[str, Schema] = {

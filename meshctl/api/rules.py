@@ -162,8 +162,29 @@ class HeaderOps:
 
 
 @dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What the request looks like upstream: ``uri`` replaces the prefix that matched (the
+    whole path if no prefix did), ``authority`` the Host header."""
+
+    uri: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Answer with a redirect instead of forwarding; unset parts keep the request's own."""
+
+    uri: str | None = None
+    authority: str | None = None
+    scheme: str | None = None
+    port: int | None = None
+    code: int = 301
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One route rule: if any match block holds, send to the backends with these policies."""
+    """One route rule: if any match block holds, send to the backends with these policies
+    (or, with ``redirect``, answer with a redirect)."""
 
     name: str | None
     matches: tuple[Match, ...]
@@ -173,6 +194,8 @@ class Rule:
     fault: Fault | None = None
     mirror: Mirror | None = None
     headers: HeaderOps = HeaderOps()
+    rewrite: Rewrite | None = None
+    redirect: Redirect | None = None
 
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
                         query: Mapping[str, str]) -> bool:
@@ -270,18 +293,70 @@ def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
     return parse
 
 
+# What a rule that redirects cannot have: it forwards nothing.
+_FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite")
+
+
 def _parse_rule(data: object, path: str) -> Rule:
     f = Fields(data, path)
     name = f.optional("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name"))
     matches = f.value("matches", parse_match_blocks, ())
-    backends = f.required("backends", _parse_backends, ())
+    redirect = f.optional("redirect", _parse_redirect)
+    if f.has("redirect"):
+        for key in _FORWARDING_ONLY:
+            if f.has(key):
+                f.add(f.at(key), "a rule with a redirect answers the request itself: "
+                                 f"remove {key} or the redirect")
+    backends = f.value("backends", _parse_backends, ()) if f.has("redirect") else \
+        f.required("backends", _parse_backends, ())
     timeout = f.optional("timeout", F.duration())
     retries = f.optional("retries", _parse_retries)
     fault = f.optional("fault", _parse_fault)
     mirror = f.optional("mirror", _parse_mirror)
     headers = f.value("headers", _parse_header_ops, HeaderOps())
+    rewrite = f.optional("rewrite", _parse_rewrite)
     f.finish()
-    return Rule(name, matches, backends, timeout, retries, fault, mirror, headers)
+    return Rule(name, matches, backends, timeout, retries, fault, mirror, headers, rewrite,
+                redirect)
+
+
+# A path as the request line carries it: starts with '/', no space, query or fragment.
+URI_PATH = r"^/[^\s?#]*$"
+_URI = F.string(URI_PATH, "a path starting with '/' (no spaces, '?' or '#')")
+AUTHORITY = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
+_AUTHORITY = F.string(AUTHORITY, "a host name, with an optional :port")
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+SCHEMES = ("http", "https")
+
+
+def _parse_rewrite(data: object, path: str) -> Rewrite:
+    f = Fields(data, path)
+    uri = f.optional("uri", _URI)
+    authority = f.optional("authority", _AUTHORITY)
+    if not f.has("uri") and not f.has("authority"):
+        f.add(path, "set uri, authority or both")
+    f.finish()
+    return Rewrite(uri, authority)
+
+
+def _parse_redirect(data: object, path: str) -> Redirect:
+    f = Fields(data, path)
+    uri = f.optional("uri", _URI)
+    authority = f.optional("authority", _AUTHORITY)
+    scheme = f.optional("scheme", F.enum(SCHEMES))
+    port = f.optional("port", F.integer(1, 65535))
+    code = f.value("redirectCode", _redirect_code, 301)
+    if not any(f.has(k) for k in ("uri", "authority", "scheme", "port")):
+        f.add(path, "set at least one of uri, authority, scheme, port")
+    f.finish()
+    return Redirect(uri, authority, scheme, port, code)
+
+
+def _redirect_code(data: object, path: str) -> int:
+    code = F.integer()(data, path)
+    if code not in REDIRECT_CODES:
+        fail(path, f"must be one of {', '.join(map(str, REDIRECT_CODES))}, got {code}")
+    return code
 
 
 def _parse_backend(data: object, path: str) -> tuple[str | None, str | None, int | None]:

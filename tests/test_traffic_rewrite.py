@@ -1,0 +1,103 @@
+"""Route rewrites (path prefix, Host) and redirects through a real proxy process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshctl.commands.shift import ShiftRefused, Weights, plan_shift
+from tests.proxyharness import Backends, get, roundtrip
+from tests.traffic_backends import TrafficProxy, endpoints, start_backend, started
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    hub = Backends()
+    api = start_backend(hub)
+    services = {"api": {"endpoints": endpoints(api)}, "site": {"endpoints": endpoints(api)}}
+    routes: list[dict[str, Any]] = [
+        {"host": "api", "rules": [
+            {"matches": [{"path": {"prefix": "/api/v1/reviews"}},
+                         {"path": {"prefix": "/legacy"}}],
+             "rewrite": {"uri": "/reviews"}, "backends": [{}]},
+            {"matches": [{"path": {"prefix": "/strip"}}],
+             "rewrite": {"uri": "/", "authority": "internal.example:9080"}, "backends": [{}]},
+            {"matches": [{"path": {"exact": "/health"}}], "rewrite": {"uri": "/ready"},
+             "backends": [{}]},
+            {"backends": [{}]},
+        ]},
+        {"host": "site", "rules": [
+            {"matches": [{"path": {"prefix": "/old"}}],
+             "redirect": {"uri": "/new", "redirectCode": 308}},
+            {"matches": [{"path": {"prefix": "/secure"}}],
+             "redirect": {"scheme": "https", "port": 8443}},
+            {"matches": [{"path": {"prefix": "/moved"}}],
+             "redirect": {"authority": "elsewhere.example", "scheme": "https"}},
+            {"backends": [{}]},
+        ]},
+    ]
+    proxy = TrafficProxy(tmp_path_factory.mktemp("rewrite"), services, routes)
+    for p in started(proxy, hub):
+        yield {"proxy": p, "api": api}
+
+
+@pytest.mark.parametrize(("sent", "upstream"), [
+    ("/api/v1/reviews/7?lang=fr", "/reviews/7?lang=fr"),  # the matched prefix is replaced
+    ("/api/v1/reviews", "/reviews"),
+    ("/legacy/7", "/reviews/7"),  # whichever of the rule's prefixes matched
+    ("/strip/x/y", "/x/y"),  # `uri: /` leaves no double slash
+    ("/strip", "/"),
+    ("/health?probe=1", "/ready?probe=1"),  # no prefix matched: the whole path
+    ("/untouched/path", "/untouched/path"),  # a rule without rewrite
+])
+async def test_rewrite_changes_the_path_sent_upstream(env: dict[str, Any], sent: str,
+                                                      upstream: str) -> None:
+    api = env["api"]
+    before = len(api.requests)
+    resp = await roundtrip(env["proxy"].outbound, get("api", sent))
+    assert resp.status == 200
+    (request,) = api.requests[before:]
+    assert request.target == upstream
+
+
+async def test_rewrite_authority_sets_the_host_header(env: dict[str, Any]) -> None:
+    api = env["api"]
+    before = len(api.requests)
+    assert (await roundtrip(env["proxy"].outbound, get("api", "/strip/a"))).status == 200
+    assert api.hosts()[before:] == ["internal.example:9080"]
+    assert (await roundtrip(env["proxy"].outbound, get("api", "/legacy/1"))).status == 200
+    assert api.hosts()[-1] == "api"  # other rules keep the caller's Host
+
+
+@pytest.mark.parametrize(("host", "sent", "code", "location"), [
+    ("site", "/old/page?x=1", 308, "http://site/new?x=1"),  # uri replaces the path; query kept
+    ("site:8080", "/secure/a", 301, "https://site:8443/secure/a"),
+    ("site:8080", "/moved/b", 301, "https://elsewhere.example/moved/b"),
+])
+async def test_redirect_answers_with_location(env: dict[str, Any], host: str, sent: str,
+                                              code: int, location: str) -> None:
+    api = env["api"]
+    before = len(api.requests)
+    resp = await roundtrip(env["proxy"].outbound, get(host, sent))
+    assert (resp.status, resp.header("location")) == (code, location)
+    assert resp.header("x-ami-reason") == "redirect"
+    assert len(api.requests) == before  # nothing was forwarded
+    resp = await roundtrip(env["proxy"].outbound, get(host, sent, method="HEAD"), method="HEAD")
+    assert resp.status == code and resp.body == b""
+
+
+async def test_redirects_are_counted_with_their_reason(env: dict[str, Any]) -> None:
+    proxy: TrafficProxy = env["proxy"]
+    before = await proxy.metric("ami_requests_total", response_flags="redirect",
+                                response_code="308", destination_service="site")
+    assert (await roundtrip(proxy.outbound, get("site", "/old"))).status == 308
+    assert await proxy.metric("ami_requests_total", response_flags="redirect",
+                              response_code="308", destination_service="site") == before + 1
+
+
+def test_shift_refuses_a_rule_that_redirects() -> None:
+    route = {"spec": {"host": "site", "rules": [{"redirect": {"uri": "/new"}}]}}
+    with pytest.raises(ShiftRefused, match="answers with a redirect"):
+        plan_shift(route, ["v1"], Weights(positional=(100,)))
