@@ -101,3 +101,12 @@ def test_shift_refuses_a_rule_that_redirects() -> None:
     route = {"spec": {"host": "site", "rules": [{"redirect": {"uri": "/new"}}]}}
     with pytest.raises(ShiftRefused, match="answers with a redirect"):
         plan_shift(route, ["v1"], Weights(positional=(100,)))
+
+
+def test_get_shows_a_redirect_default_rule() -> None:
+    from meshctl.output import resource_table
+
+    doc = {"kind": "Route", "metadata": {"name": "site", "resourceVersion": "3"},
+           "spec": {"host": "site", "rules": [{"redirect": {"uri": "/new"}}]}}
+    (header, row) = resource_table("Route", [doc]).splitlines()
+    assert row.split()[:4] == ["site", "site", "1", "(redirect)"], (header, row)
