@@ -35,6 +35,7 @@ class EndpointPool:
         "idle_timeout",
         "loop",
         "max_requests_per_connection",
+        "retired",
         "tls",
         "version",
     )
@@ -51,6 +52,7 @@ class EndpointPool:
         self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
         self.closes_quickly = False  # server closes idle connections right after answering
         self.breaker: Any = None  # the destination's Breaker when connection limits are declared
+        self.retired = False  # the endpoint left the config: connections close when released
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
 
@@ -113,7 +115,7 @@ class EndpointPool:
         """Return a connection whose response completed cleanly to the idle set."""
         conn.exchange = None
         limit = self.max_requests_per_connection
-        if conn.closed or (limit and conn.requests >= limit):
+        if conn.closed or self.retired or (limit and conn.requests >= limit):
             conn.close()
             return
         breaker = self.breaker
@@ -184,7 +186,9 @@ class PoolRegistry:
     def retire_unused(self) -> None:
         """After a snapshot swap: close idle connections of endpoints no longer referenced."""
         for key in [k for k in self._pools if k not in self._used]:
-            self._pools.pop(key).close_all()
+            pool = self._pools.pop(key)
+            pool.retired = True  # connections busy now are closed when their request ends
+            pool.close_all()
 
     def sweep(self) -> None:
         now = self.loop.time()

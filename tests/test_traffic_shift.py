@@ -124,3 +124,38 @@ async def test_config_push_keeps_websockets_and_keepalive_connections() -> None:
     finally:
         await server.shutdown(deadline=1.0)
         hub.close()
+
+
+async def test_connection_to_an_endpoint_removed_mid_request_closes_when_it_ends() -> None:
+    """An endpoint leaves the config while a request to it is in flight: the request completes,
+    then its connection is closed instead of idling for ever in a pool nobody sweeps."""
+    hub = Backends()
+    leaving, staying = start_backend(hub, delay=0.5), start_backend(hub, version="v2")
+
+    def snapshot(version: int, *backends: TrafficBackend) -> Snapshot:
+        return Snapshot.from_dict({"version": f"rm-{version}", "node": {"service": "client"},
+                                   "services": {"svc": {"endpoints": endpoints(*backends)}}})
+
+    server = ProxyServer(ProxyOptions(listeners={"outbound": Address("127.0.0.1", 0)}))
+    try:
+        server.apply(snapshot(1, leaving))
+        await server.start_listeners()
+        url = f"http://127.0.0.1:{server.bound_address('outbound').port}/slow"
+        async with aiohttp.ClientSession(headers={"Host": "svc"}) as session:
+            request = asyncio.create_task(session.get(url))
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 5
+            while not leaving.active:  # the request has reached the leaving endpoint
+                assert loop.time() < end
+                await asyncio.sleep(0.01)  # polling interval of a deadline-bounded wait
+            server.apply(snapshot(2, staying))
+            async with await request as resp:
+                assert resp.status == 200 and resp.headers["x-version"] == "v1"
+            while leaving.writers:  # well before any idle timeout (10 s)
+                assert loop.time() < end, "the removed endpoint's connection stayed open"
+                await asyncio.sleep(0.01)  # polling interval of a deadline-bounded wait
+            async with session.get(url) as resp:
+                assert resp.headers["x-version"] == "v2"
+    finally:
+        await server.shutdown(deadline=1.0)
+        close_backends(hub, [leaving, staying])
