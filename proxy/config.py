@@ -104,6 +104,7 @@ class MeshSettings:
     tracing_sampling: float = 0.0
     tracing_endpoint: str | None = None  # OTLP/gRPC HOST:PORT (MeshConfig tracing.otlpEndpoint)
     trust_domain: str = "cluster.local"
+    allow_any_outbound: bool = False  # outboundTrafficPolicy ALLOW_ANY: unknown hosts pass through
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +215,11 @@ def _parse_snapshot(data: object) -> Snapshot:
     mtls = str(mesh_raw.get("mtls", "DISABLE"))
     if mtls not in ("DISABLE", "PERMISSIVE", "STRICT"):
         raise ConfigError(f"mesh.mtls: expected DISABLE, PERMISSIVE or STRICT, got {mtls!r}")
+    outbound = _mapping(mesh_raw.get("outboundTrafficPolicy"), "mesh.outboundTrafficPolicy")
+    outbound_mode = str(outbound.get("mode", "REGISTRY_ONLY"))
+    if outbound_mode not in ("REGISTRY_ONLY", "ALLOW_ANY"):
+        raise ConfigError("mesh.outboundTrafficPolicy.mode: expected REGISTRY_ONLY or "
+                          f"ALLOW_ANY, got {outbound_mode!r}")
     mesh = MeshSettings(
         mtls=mtls,
         access_log=bool(mesh_raw.get("accessLog", False)),
@@ -222,6 +228,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         tracing_sampling=float(tracing.get("sampling", 0.0)),
         tracing_endpoint=str(tracing["otlpEndpoint"]) if tracing.get("otlpEndpoint") else None,
         trust_domain=str(mesh_raw.get("trustDomain", "cluster.local")),
+        allow_any_outbound=outbound_mode == "ALLOW_ANY",
     )
     services = {
         str(name): _parse_service(str(name), svc, f"services.{name}")

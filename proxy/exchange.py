@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
+_CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
 _MAX_REPLAY = 64 * 1024  # request body kept for retries; larger bodies are not retried
 
@@ -207,6 +208,9 @@ class Exchange:
         except asyncio.CancelledError:
             return
         self._connect_task = None
+        if self.method == b"CONNECT":  # checked here, off the pooled path: tunnels never reuse
+            self._open_tunnel(conn)
+            return
         if self.downstream.closed:
             pool.release(conn)
             self._release_pool()
@@ -360,6 +364,17 @@ class Exchange:
                 conn.close()
         self._release_pool()
         self.finish()
+
+    def _open_tunnel(self, conn: UpstreamConnection) -> None:
+        """CONNECT: the connection to the outside host is open; it carries the tunnel now."""
+        if self.downstream.closed:  # the client left: this connection is no one's (no reuse)
+            conn.close()
+            self._release_pool()
+            return
+        self.status = 200
+        self.response_started = True
+        self.downstream.write(_CONNECT_ESTABLISHED)
+        self.upstream_upgraded(conn, b"")
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """101 Switching Protocols: both connections become a raw byte tunnel."""

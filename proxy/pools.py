@@ -183,6 +183,23 @@ class PoolRegistry:
         self._used.add(key)
         return pool
 
+    def external(self, address: Address, tunnel: bool) -> EndpointPool:
+        """The pool of a host outside the mesh (plain TCP; tunnels apart from HTTP reuse)."""
+        key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*")
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = EndpointPool(self.loop, address)
+            pool.version = "unknown"
+        return pool
+
+    def forget(self, pool: EndpointPool) -> None:
+        """Drop a pool before its snapshot ends (an outside host no longer remembered)."""
+        for key, known in list(self._pools.items()):
+            if known is pool:
+                del self._pools[key]
+                pool.retired = True
+                pool.close_all()
+
     def retire_unused(self) -> None:
         """After a snapshot swap: close idle connections of endpoints no longer referenced."""
         for key in [k for k in self._pools if k not in self._used]:

@@ -16,7 +16,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "request headers not received in time"),
     "uri_too_long": (414, "request line too long"),
     "headers_too_large": (431, "request header section too large"),
-    "method_not_allowed": (405, "CONNECT is not supported"),
+    "method_not_allowed": (405, "CONNECT needs outboundTrafficPolicy ALLOW_ANY"),
     "redirect": (301, "redirected by a route rule (see Location)"),
     "not_authorized": (403, "denied by authorization policy"),
     "no_route": (404, "no route for this host"),

@@ -136,7 +136,7 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     parser = p.parser
     method = parser.get_method()
     if method == b"CONNECT":
-        raise Reject("method_not_allowed")
+        return _connect_exchange(p)
     try:
         path, query, authority = split_target(p._url)
     except ValueError:
@@ -171,6 +171,17 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     )
     ex.timeout_override = p._timeout_override
     return ex
+
+
+def _connect_exchange(p: DownstreamProtocol) -> Exchange:
+    """`CONNECT host:port`: a tunnel to a host outside the mesh, if the mesh allows those."""
+    if p.listener.router.passthrough is None:
+        raise Reject("method_not_allowed")
+    authority = p._url.decode("latin-1")
+    # No keep-alive: once the tunnel is up the connection carries the tunnel's bytes only,
+    # and if it cannot be made the answer ends the connection.
+    return Exchange(p, b"CONNECT", p._url, "", "", authority, p._headers, [], False, False,
+                    p.parser.get_http_version() == "1.0", False, False, p.head_started)
 
 
 def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from proxy.config import Service, Snapshot
 from proxy.headers import service_from_authority, short_service_name
 from proxy.layers import attach
+from proxy.passthrough import PASSTHROUGH, Passthrough
 from proxy.policy.balancer import (
     LeastRequestBalancer,
     PeakEwmaBalancer,
@@ -117,17 +118,22 @@ class HostRoute:
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "passthrough")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
-                 gateway: tuple[tuple[Matcher | None, str], ...] | None = None) -> None:
+                 gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
+                 passthrough: Passthrough | None = None) -> None:
         self._hosts = hosts
         self._inbound = inbound
         self._gateway = gateway
+        self.passthrough = passthrough  # outside hosts (ALLOW_ANY, outbound listener only)
 
     def route(self, ex: Exchange) -> Decision | str:
         if self._inbound is not None:
             return self._inbound
+        passthrough = self.passthrough
+        if passthrough is not None and ex.method == b"CONNECT":
+            return passthrough.route(ex)
         if self._gateway is not None:
             for matcher, destination in self._gateway:
                 if matcher is None or matcher(ex):
@@ -141,7 +147,7 @@ class Router:
             if host_route is None:
                 host_route = self._hosts.get(short_service_name(host))
         if host_route is None:
-            return "no_route"
+            return "no_route" if passthrough is None else passthrough.route(ex)
         decision = host_route.select(ex)
         return decision if decision is not None else "no_route"
 
@@ -160,8 +166,13 @@ class RouterBuilder:
         self.inbound_policy = inbound_policy
         self._backends: dict[tuple[str, str | None, str], Backend] = {}
 
-    def outbound(self, reporter: str = "source") -> Router:
-        return Router(self._host_routes(reporter))
+    def outbound(self, own_ports: Callable[[], set[int]] | None = None) -> Router:
+        passthrough = None
+        if self.snapshot.mesh.allow_any_outbound and own_ports is not None:
+            node = self.snapshot.node
+            prefix = ("source", node.service, node.version, PASSTHROUGH, PASSTHROUGH)
+            passthrough = Passthrough(self.pools, self.rng, prefix, own_ports)
+        return Router(self._host_routes("source"), passthrough=passthrough)
 
     def gateway(self) -> Router:
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(r.matches)), r.destination)

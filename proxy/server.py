@@ -73,7 +73,7 @@ class ProxyServer:
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"
                              else builder.gateway() if kind == "gateway"
-                             else builder.outbound())
+                             else builder.outbound(self._proxy_ports))
         # Everything compiled: now swap, one assignment per listener.
         for kind, router in routers.items():
             if kind in self.listeners:
@@ -170,6 +170,14 @@ class ProxyServer:
         if self.snapshot is not None:
             self.apply(self.snapshot)  # build routers for listeners bound after the snapshot
         self.listeners_bound = True
+
+    def _proxy_ports(self) -> set[int]:
+        """Ports this proxy takes requests on: a passthrough to one of them would loop."""
+        ports: set[int] = set()
+        for listener in self.listeners.values():
+            if listener.kind in ("outbound", "gateway") and listener.server is not None:
+                ports.update(sock.getsockname()[1] for sock in listener.server.sockets)
+        return ports
 
     def _mtls_mode(self) -> str:
         return self.snapshot.mesh.mtls if self.snapshot is not None else "STRICT"

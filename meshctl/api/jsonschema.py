@@ -12,7 +12,13 @@ from typing import Any
 from meshctl.api import fields as F
 from meshctl.api.authz import ACTIONS, AUTHZ_PATH
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
-from meshctl.api.kinds import GATEWAY_HOST, KINDS, MESH_CONFIG_NAME, MTLS_MODES
+from meshctl.api.kinds import (
+    GATEWAY_HOST,
+    KINDS,
+    MESH_CONFIG_NAME,
+    MTLS_MODES,
+    OUTBOUND_TRAFFIC_MODES,
+)
 from meshctl.api.policy import LOAD_BALANCERS
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
@@ -199,6 +205,8 @@ _SPECS: dict[str, Schema] = {
         "accessLog": {"type": "boolean"},
         "retryBudget": _obj({"percent": _num(0, 100), "minRetriesPerSecond": _num(0)}),
         "tracing": _obj({"sampling": _num(0, 1), "otlpEndpoint": _str(F.HOST_PORT)}),
+        "outboundTrafficPolicy": _obj({"mode": {"enum": list(OUTBOUND_TRAFFIC_MODES)}},
+                                      ("mode",)),
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),

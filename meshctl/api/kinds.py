@@ -49,6 +49,7 @@ class MeshConfigSpec:
     access_log: bool = False
     retry_budget: RetryBudget = RetryBudget()
     tracing: Tracing = Tracing()
+    outbound_traffic: str = "REGISTRY_ONLY"  # or ALLOW_ANY: hosts outside the mesh too
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +94,20 @@ def parse_mesh_config(data: object, path: str) -> MeshConfigSpec:
         f.value("accessLog", F.boolean, d.access_log),
         f.value("retryBudget", _parse_retry_budget, d.retry_budget),
         f.value("tracing", _parse_tracing, d.tracing),
+        f.value("outboundTrafficPolicy", _parse_outbound_traffic, d.outbound_traffic),
     )
     f.finish()
     return spec
+
+
+OUTBOUND_TRAFFIC_MODES = ("REGISTRY_ONLY", "ALLOW_ANY")
+
+
+def _parse_outbound_traffic(data: object, path: str) -> str:
+    f = Fields(data, path)
+    mode = f.required("mode", F.enum(OUTBOUND_TRAFFIC_MODES), "REGISTRY_ONLY")
+    f.finish()
+    return mode
 
 
 def _parse_mtls(data: object, path: str) -> str:

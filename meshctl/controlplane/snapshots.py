@@ -59,6 +59,7 @@ def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
                     **({"otlpEndpoint": spec.tracing.otlp_endpoint}
                        if spec.tracing.otlp_endpoint else {})},
         "trustDomain": spec.trust_domain,
+        "outboundTrafficPolicy": {"mode": spec.outbound_traffic},
     }
 
 
