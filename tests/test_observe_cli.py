@@ -151,3 +151,27 @@ def test_top_and_tap_survive_a_hung_sidecar(mesh: ObservedMesh) -> None:
     assert "/while-hung" in top.stdout
     assert tap.returncode == 0, tap.stderr
     assert [json.loads(line)["path"] for line in tap.stdout.splitlines()] == ["/while-hung"] * 2
+
+
+def test_proxy_config_shows_what_a_sidecar_runs(mesh: ObservedMesh) -> None:
+    """proxy-config NAME: the routes and endpoints productpage's sidecar compiled, fetched from
+    its admin listener through the control plane; -o json is the sidecar's own dump."""
+    dump = _json(mesh, "proxy-config", "productpage-v1")
+    assert dump["snapshot"]["node"]["service"] == "productpage"
+    reviews = dump["snapshot"]["services"]["reviews"]["endpoints"][0]["address"]
+    table = mesh.meshctl("proxy-config", "productpage-v1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == f"Config version:  {dump['version']}"
+    assert "Node:            default/productpage (version=v1)" in lines
+    endpoint_row = next(line.split() for line in lines if line.startswith("reviews ")
+                        and f":{reviews['port']}" in line)
+    assert endpoint_row[:3] == ["reviews", f"127.0.0.1:{reviews['port']}", "v1"]
+    assert any(line.split()[:3] == ["reviews", "-", "*"] for line in lines)  # no Route: all
+
+
+def test_proxy_config_errors(mesh: ObservedMesh) -> None:
+    unknown = mesh.meshctl("proxy-config", "nobody-v1")
+    assert unknown.returncode == 1 and "no proxy named 'nobody-v1'" in unknown.stderr
+    no_token = mesh.meshctl("proxy-config", "productpage-v1", token=None)
+    assert no_token.returncode == 1 and "Bearer" in no_token.stderr

@@ -5,6 +5,7 @@
     GET /api/v1/top?service=&seconds=2             busiest paths, from a short tap (privileged)
     GET /api/v1/tap?service=&path=&method=&n=      SSE of live requests (privileged)
     GET /api/v1/check                              grouped health checks
+    GET /api/v1/proxies/{name}/config_dump         a sidecar's running config (privileged)
     GET /api/v1/dashboard/state                    everything the dashboard page draws
     GET / and /dashboard                           the dashboard page; /static/* its assets
 """
@@ -24,6 +25,7 @@ from aiohttp import web
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
 from meshctl.observe.checks import all_checks
+from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
 from meshctl.observe.tapfanin import tap_many, top_rows
@@ -79,7 +81,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
     def privileged(request: web.Request) -> web.Response | None:
         if bearer_matches(request.headers.get("Authorization"), token):
             return None
-        return json_error(401, "Unauthorized", "tap needs 'Authorization: Bearer <token>' "
+        return json_error(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' "
                           "(AMI_TOKEN or .ami/token)")
 
     async def stat(request: web.Request) -> web.Response:
@@ -145,6 +147,25 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
                     collected.append(await asyncio.wait_for(events.get(), max(left, 0.0)))
         return web.json_response({"seconds": seconds, "rows": top_rows(collected)})
 
+    async def config_dump(request: web.Request) -> web.Response:
+        denied = privileged(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        proxy = next((p for p in await list_proxies(scraper.source) if p.get("name") == name),
+                     None)
+        if proxy is None:
+            return json_error(404, "NotFound", f"no proxy named {name!r} (meshctl proxy-status "
+                                               "lists them)")
+        if not proxy.get("admin"):
+            return json_error(409, "Conflict", f"proxy {name!r} registered no admin address")
+        try:
+            dump = await fetch_config_dump(str(proxy["admin"]),
+                                           observer.admin_tokens().get(name, ""))
+        except DumpUnavailable as exc:
+            return json_error(502, "BadGateway", f"proxy {name!r}: {exc}")
+        return web.json_response(dump)
+
     async def page(_: web.Request) -> web.FileResponse:
         observer.ensure_started()
         return web.FileResponse(STATIC / "index.html")
@@ -153,5 +174,6 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         web.get("/api/v1/stat", stat), web.get("/api/v1/edges", edges),
         web.get("/api/v1/check", check), web.get("/api/v1/dashboard/state", state),
         web.get("/api/v1/tap", tap), web.get("/api/v1/top", top),
+        web.get("/api/v1/proxies/{name}/config_dump", config_dump),
         web.get("/", page), web.get("/dashboard", page), web.static("/static", STATIC),
     ]

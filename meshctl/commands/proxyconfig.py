@@ -1,0 +1,138 @@
+"""``meshctl proxy-config NAME``: the configuration one sidecar is running, as it sees it.
+
+Like ``istioctl proxy-config``: what the proxy compiled from its last applied snapshot
+(listeners, mesh settings, routes, services and endpoints, authorization), fetched from its
+admin listener through the control plane. Privileged (the API token), since it lists the whole
+topology that proxy can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+from urllib.parse import quote
+
+from meshctl import output
+from meshctl.commands.resources import make_client, reports_errors, request_json
+
+
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register ``proxy-config``."""
+    p = subparsers.add_parser(
+        "proxy-config", help="show the configuration one proxy is running",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="proxy name, as meshctl proxy-status lists it")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=run_proxy_config)
+
+
+@reports_errors
+def run_proxy_config(args: argparse.Namespace) -> int:
+    """Print the proxy's running config; 1 when it cannot be had."""
+    status, body = request_json(make_client(args), "GET",
+                                f"/api/v1/proxies/{quote(args.name, safe='')}/config_dump")
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) and body else status
+        raise SystemExit(f"error: {message}")
+    if args.output == "json":
+        print(output.to_json(body))
+    elif args.output == "yaml":
+        print(output.to_yaml(body), end="")
+    else:
+        print(render(body))
+    return 0
+
+
+def render(dump: dict[str, Any]) -> str:
+    """The readable summary: one block per part of the snapshot."""
+    snap = dump.get("snapshot") or {}
+    if not snap:
+        return "no configuration applied yet"
+    node, mesh = snap.get("node") or {}, snap.get("mesh") or {}
+    labels = ",".join(f"{k}={v}" for k, v in sorted((node.get("labels") or {}).items()))
+    listeners = ", ".join(f"{k} {v}" for k, v in sorted((dump.get("listeners") or {}).items()))
+    lines = [
+        f"Config version:  {dump.get('version')}",
+        f"Node:            {node.get('namespace')}/{node.get('service')} ({labels or 'no labels'})",
+        f"Listeners:       {listeners or '-'}",
+        f"Mesh:            mTLS {mesh.get('mtls')} · trust domain {mesh.get('trust_domain')} · "
+        f"outside hosts {'ALLOW_ANY' if mesh.get('allow_any_outbound') else 'REGISTRY_ONLY'} · "
+        f"access log {'on' if mesh.get('access_log') else 'off'}",
+        "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS", _endpoints(snap).rstrip("\n"),
+    ]
+    gateway = snap.get("gateway_rules") or []
+    if gateway:
+        lines += ["", "GATEWAY RULES", _gateway(gateway).rstrip("\n")]
+    authorization = snap.get("authorization") or []
+    if authorization:
+        lines += ["", f"AUTHORIZATION: {len(authorization)} policies "
+                      "(-o yaml shows them)"]
+    return "\n".join(lines)
+
+
+def _routes(snap: dict[str, Any]) -> str:
+    rows = []
+    routed = set()
+    for host, route in sorted((snap.get("routes") or {}).items()):
+        routed.add(host)
+        for index, rule in enumerate(route.get("rules") or []):
+            rows.append((host, rule.get("name") or f"#{index}", _matches(rule),
+                         _action(rule, host)))
+    for name in sorted(set(snap.get("services") or {}) - routed):
+        rows.append((name, "-", "*", f"{name} (all endpoints)"))
+    return output.render_table(("HOST", "RULE", "MATCH", "ACTION"), rows) if rows else "(none)"
+
+
+def _matches(rule: dict[str, Any]) -> str:
+    blocks = []
+    for block in rule.get("matches") or []:
+        parts = []
+        path = block.get("path")
+        if path:
+            parts.append(f"path {path['kind']} {path['value']}")
+        if block.get("methods"):
+            parts.append("method " + "|".join(block["methods"]))
+        for kind, items in (("header", block.get("headers")), ("query", block.get("query"))):
+            for name, matcher in items or []:
+                value = (("present" if matcher.get("present") else "absent")
+                         if matcher.get("kind") == "present"
+                         else f"{matcher['kind']} {matcher['value']}")
+                parts.append(f"{kind} {name} {value}")
+        blocks.append(" & ".join(parts) or "*")
+    return " or ".join(blocks) or "*"
+
+
+def _action(rule: dict[str, Any], host: str) -> str:
+    redirect = rule.get("redirect")
+    if redirect:
+        parts = [f"{k}={redirect[k]}" for k in ("scheme", "authority", "port", "uri")
+                 if redirect.get(k) is not None]
+        return f"redirect {redirect.get('code', 301)} " + " ".join(parts)
+    backends = rule.get("backends") or []
+    split = ", ".join(
+        f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "
+        f"{b.get('weight', 100)}%" for b in backends)
+    extras = [name for name in ("timeout", "retries", "fault", "mirror", "rewrite")
+              if rule.get(name)]
+    return split + (f" (+{', '.join(extras)})" if extras else "")
+
+
+def _endpoints(snap: dict[str, Any]) -> str:
+    rows = []
+    for name, service in sorted((snap.get("services") or {}).items()):
+        for endpoint in service.get("endpoints") or []:
+            address = endpoint.get("address") or {}
+            labels = endpoint.get("labels") or {}
+            rows.append((name, f"{address.get('host')}:{address.get('port')}",
+                         str(labels.get("version", "-")), endpoint.get("identity") or "-"))
+        if not service.get("endpoints"):
+            rows.append((name, "(none)", "-", "-"))
+    return output.render_table(("SERVICE", "ADDRESS", "VERSION", "IDENTITY"), rows) \
+        if rows else "(none)"
+
+
+def _gateway(rules: list[dict[str, Any]]) -> str:
+    rows = [(",".join(r.get("hosts") or []) or "*",
+             _matches({"matches": r.get("matches")}), str(r.get("destination")))
+            for r in rules]
+    return output.render_table(("HOSTS", "MATCH", "DESTINATION"), rows)

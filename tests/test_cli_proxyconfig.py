@@ -1,0 +1,50 @@
+"""meshctl proxy-config's summary of a sidecar's config dump (the dump of a real snapshot)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from meshctl.commands.proxyconfig import render
+from proxy.admin import _jsonable
+from proxy.config import Snapshot
+
+
+def test_summary_names_every_rule_and_what_it_does() -> None:
+    snap = Snapshot.from_dict({
+        "version": "v7", "node": {"service": "productpage", "labels": {"version": "v1"}},
+        "mesh": {"mtls": "STRICT", "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}},
+        "services": {"reviews": {"endpoints": [
+            {"address": "10.0.0.5:15006", "labels": {"version": "v2"},
+             "identity": "spiffe://cluster.local/ns/default/sa/reviews"}]},
+            "ratings": {"endpoints": []}},
+        "routes": [{"host": "reviews", "rules": [
+            {"name": "jason", "matches": [{"headers": {"end-user": {"exact": "jason"}},
+                                           "path": {"prefix": "/api"}}, {"method": "DELETE"}],
+             "backends": [{"subset": "v2"}], "timeout": "2s", "rewrite": {"uri": "/"}},
+            {"matches": [{"path": {"exact": "/old"}}], "redirect": {"uri": "/new"}},
+            {"backends": [{"subset": "v1", "weight": 90}, {"subset": "v3", "weight": 10}]}]}],
+    })
+    dump = {"version": "v7", "snapshot": _jsonable(dataclasses.asdict(snap)),
+            "listeners": {"outbound": "127.0.0.1:15001"}}
+    lines = render(dump).splitlines()
+    assert "Node:            default/productpage (version=v1)" in lines
+    assert "Mesh:            mTLS STRICT · trust domain cluster.local · outside hosts " \
+           "ALLOW_ANY · access log off" in lines
+    rules = [line.split("   ") for line in lines if line.startswith("reviews ")][:3]
+    assert [[cell.strip() for cell in row if cell.strip()] for row in rules] == [
+        ["reviews", "jason", "path prefix /api & header end-user exact jason or method DELETE",
+         "reviews/v2 100% (+timeout, rewrite)"],
+        ["reviews", "#1", "path exact /old", "redirect 301 uri=/new"],
+        ["reviews", "#2", "*", "reviews/v1 90%, reviews/v3 10%"],
+    ]
+    assert any(line.split() == ["ratings", "-", "*", "ratings", "(all", "endpoints)"]
+               for line in lines)
+    assert any(line.split() == ["reviews", "10.0.0.5:15006", "v2",
+                                "spiffe://cluster.local/ns/default/sa/reviews"]
+               for line in lines)
+    assert any(line.split() == ["ratings", "(none)", "-", "-"] for line in lines)
+
+
+def test_nothing_applied_yet() -> None:
+    assert render({"version": None, "snapshot": None, "listeners": {}}) == \
+        "no configuration applied yet"
