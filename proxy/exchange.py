@@ -134,7 +134,8 @@ class Exchange:
                 return
             self._breaker_held = True
         tried = self._tried
-        pool = backend.pick_endpoint() if tried is None else backend.pick_untried_endpoint(tried)
+        pool = backend.pick_endpoint(self) if tried is None \
+            else backend.pick_untried_endpoint(tried, self)
         if pool is None:
             self.reply("no_healthy_upstream")
             return

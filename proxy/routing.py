@@ -20,6 +20,7 @@ from proxy.policy.balancer import (
     LeastRequestBalancer,
     PeakEwmaBalancer,
     RandomBalancer,
+    RingHashBalancer,
     RoundRobinBalancer,
 )
 from proxy.policy.weighted import WeightedPicker
@@ -36,12 +37,13 @@ Matcher = Callable[["Exchange"], bool]
 class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
-    __slots__ = ("balancer", "ewma", "metric_prefix", "outlier", "pools", "service", "state",
-                 "subset")
+    __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "pools", "service",
+                 "state", "subset")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
-                 state: DestinationState | None = None) -> None:
+                 state: DestinationState | None = None,
+                 hash_key: Callable[[Exchange], str | None] | None = None) -> None:
         self.service = service
         self.subset = subset
         self.pools = pools
@@ -51,23 +53,31 @@ class Backend:
         self.outlier = state.outlier if state is not None else None
         # PEAK_EWMA learns from response times; the exchange feeds it only when it is in use.
         self.ewma = balancer if isinstance(balancer, PeakEwmaBalancer) else None
+        self.hash_key = hash_key  # CONSISTENT_HASH: the request's key (None: no key, any pick)
 
-    def pick_endpoint(self) -> EndpointPool | None:
+    def pick_endpoint(self, ex: Exchange | None = None,
+                      exclude: list[EndpointPool] | None = None) -> EndpointPool | None:
         pools = self.pools
         if len(pools) == 1 and self.outlier is None:
             return pools[0]
         if not pools:
             return None
-        picked: EndpointPool | None = self.balancer.pick(pools)
+        if self.hash_key is not None and ex is not None:
+            key = self.hash_key(ex)
+            if key is not None:
+                by_key: EndpointPool | None = self.balancer.pick_by_key(key, exclude)
+                return by_key
+        picked: EndpointPool | None = self.balancer.pick(pools, exclude)
         return picked
 
-    def pick_untried_endpoint(self, tried: list[EndpointPool]) -> EndpointPool | None:
+    def pick_untried_endpoint(self, tried: list[EndpointPool],
+                              ex: Exchange | None = None) -> EndpointPool | None:
         """For a retry: an endpoint not in ``tried`` if the balancer has one, else any."""
         if len(self.pools) > 1 and self.balancer is not None:
-            picked: EndpointPool | None = self.balancer.pick(self.pools, tried)
+            picked = self.pick_endpoint(ex, tried)
             if picked is not None:
                 return picked
-        return self.pick_endpoint()
+        return self.pick_endpoint(ex)
 
     def serves(self, pool: EndpointPool) -> bool:
         """Whether a request for this backend may be sent to ``pool`` now."""
@@ -238,9 +248,14 @@ class RouterBuilder:
             prefix = (reporter, node.service, node.version, service.name, service.name)
             outlier = state.outlier
             available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
-            backend = Backend(service.name, subset, pools,
-                              _balancer(service.policy.load_balancer, self.rng, available),
-                              prefix, state)
+            policy = service.policy
+            if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
+                balancer: Any = RingHashBalancer(pools, lambda p: str(p.address), self.rng,
+                                                 available)
+                hash_key = _hash_key(policy.consistent_hash)
+            else:
+                balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
+            backend = Backend(service.name, subset, pools, balancer, prefix, state, hash_key)
             self._backends[key] = backend
         return backend
 
@@ -260,6 +275,23 @@ def _for_hosts(hosts: tuple[str, ...], matcher: Matcher | None) -> Matcher | Non
         return matcher is None or matcher(ex)
 
     return match
+
+
+def _hash_key(spec: Any) -> Callable[[Exchange], str | None]:
+    """What a CONSISTENT_HASH destination keys requests by (meshctl.api.policy.ConsistentHash)."""
+    name = spec.name
+    if spec.kind == "header":
+        return lambda ex: ex.header(name)
+    if spec.kind == "queryParameter":
+        def parameter(ex: Exchange) -> str | None:
+            for pair in ex.query.split("&"):
+                key, _, value = pair.partition("=")
+                if key == name:
+                    return value
+            return None
+
+        return parameter
+    return lambda ex: ex.downstream.client_ip.decode("latin-1")  # sourceIp
 
 
 def _default_policy() -> Any:

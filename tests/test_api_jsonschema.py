@@ -111,6 +111,15 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"from": [{}]}]}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"to": [{"paths": ["a"]}]}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "loadBalancer": "FAST"}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r",
+                                                    "loadBalancer": "CONSISTENT_HASH"}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r",
+                                                    "consistentHash": {"header": "x"}}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "loadBalancer": "CONSISTENT_HASH",
+        "consistentHash": {"header": "x", "sourceIp": True}}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "loadBalancer": "CONSISTENT_HASH", "consistentHash": {"sourceIp": False}}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -127,6 +136,9 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
     with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "loadBalancer": "CONSISTENT_HASH",
+        "consistentHash": {"queryParameter": "session"}}},
     {**ROUTE, "spec": {"host": "reviews", "rules": [
         {"matches": [{"path": {"prefix": "/old"}}],
          "redirect": {"uri": "/new", "redirectCode": 308}},

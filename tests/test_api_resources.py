@@ -110,7 +110,7 @@ def test_every_kind_parses_to_its_spec_type() -> None:
      ["r.yaml doc 1: metadata.labels.version: expected a string, got an integer (quote it: \"1\")",
       "r.yaml doc 1: spec.subsets[1].name: duplicate subset 'v1', already defined by subsets[0]",
       "r.yaml doc 1: spec.loadBalancer: unknown value 'FASTEST', expected one of LEAST_REQUEST, "
-      "ROUND_ROBIN, RANDOM, PEAK_EWMA"]),
+      "ROUND_ROBIN, RANDOM, PEAK_EWMA, CONSISTENT_HASH"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
      "spec: {action: PERMIT, rules: [{from: [{}], to: [{paths: ['/a*b']}]}]}",
      ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY",

@@ -13,7 +13,9 @@ from proxy.policy.balancer import (
     LeastRequestBalancer,
     PeakEwmaBalancer,
     RandomBalancer,
+    RingHashBalancer,
     RoundRobinBalancer,
+    ring_hash,
 )
 from tests.fakes import FakeClock
 
@@ -174,3 +176,53 @@ def test_peak_ewma_retain_forgets_removed_endpoints() -> None:
     balancer.retain([kept])
     assert balancer.rtt_estimate(gone) == pytest.approx(0.03)
     assert balancer.rtt_estimate(kept) == pytest.approx(5.0)
+
+
+# --- consistent hashing ---------------------------------------------------------------------
+def ring(endpoints: list[Ep], available: bool = False) -> RingHashBalancer[Ep]:
+    return RingHashBalancer(endpoints, lambda e: e.name, random.Random(1),
+                            healthy if available else None)
+
+
+def test_ring_hash_is_the_same_in_every_process() -> None:
+    """Every caller's sidecar must send a key to the same endpoint: no per-process salt."""
+    assert ring_hash("alice") == 0x4DEAEC0CCE54DA89  # computed once, in another process
+
+
+def test_a_key_keeps_its_endpoint_and_keys_spread() -> None:
+    eps = [Ep("a"), Ep("b"), Ep("c")]
+    bal = ring(eps)
+    owners = {f"user-{i}": bal.pick_by_key(f"user-{i}") for i in range(3000)}
+    assert all(bal.pick_by_key(k) is ep for k, ep in owners.items())
+    shares = Counter(ep.name for ep in owners.values() if ep is not None)
+    assert set(shares) == {"a", "b", "c"} and min(shares.values()) > 600  # ~1000 each
+
+
+def test_removing_an_endpoint_moves_only_its_keys() -> None:
+    eps = [Ep("a"), Ep("b"), Ep("c"), Ep("d")]
+    before = {f"k{i}": ring(eps).pick_by_key(f"k{i}") for i in range(2000)}
+    after_ring = ring(eps[:3])  # d leaves
+    moved = [k for k, ep in before.items() if ep is not None and ep.name != "d"
+             and after_ring.pick_by_key(k) is not ep]
+    assert moved == []
+    assert all(after_ring.pick_by_key(k) is not None for k in before)
+
+
+def test_an_unavailable_owner_hands_its_keys_to_the_next_and_gets_them_back() -> None:
+    eps = [Ep("a"), Ep("b"), Ep("c")]
+    bal = ring(eps, available=True)
+    keys = [f"s{i}" for i in range(300)]
+    owners = {k: bal.pick_by_key(k) for k in keys}
+    eps[0].healthy = False
+    during = {k: bal.pick_by_key(k) for k in keys}
+    assert all(ep is not None and ep.name != "a" for ep in during.values())
+    assert all(during[k] is owners[k] for k in keys if owners[k] is not eps[0])
+    eps[0].healthy = True
+    assert {k: bal.pick_by_key(k) for k in keys} == owners
+    assert bal.pick_by_key("s1", exclude=[owners["s1"]]) is not owners["s1"]  # a retry moves on
+
+
+def test_no_endpoint_or_no_key() -> None:
+    assert ring([]).pick_by_key("x") is None
+    eps = [Ep("a"), Ep("b")]
+    assert ring(eps).pick(eps) in eps  # a request without a key: any endpoint

@@ -170,6 +170,9 @@ _SPECS: dict[str, Schema] = {
         "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels")},
                               ("name", "labels"))),
         "loadBalancer": {"enum": list(LOAD_BALANCERS)},
+        "consistentHash": _obj({"header": _str(F.HEADER_NAME),
+                                "queryParameter": _str(r"^[^\s&=#]+$"),
+                                "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
         "connectionPool": _obj({
             "maxConnections": _int(1), "maxPendingRequests": _int(0),
             "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
@@ -180,7 +183,12 @@ _SPECS: dict[str, Schema] = {
             "maxEjectionPercent": _int(0, 100)}),
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
-    }, ("host",)),
+    }, ("host",)) | {
+        # consistentHash if and only if loadBalancer is CONSISTENT_HASH
+        "if": {"required": ["loadBalancer"],
+               "properties": {"loadBalancer": {"const": "CONSISTENT_HASH"}}},
+        "then": {"required": ["consistentHash"]},
+        "else": {"not": {"required": ["consistentHash"]}}},
     "AuthorizationPolicy": _obj({
         "selector": _obj({"service": _SERVICE}, ("service",)),
         "action": {"enum": list(ACTIONS)},

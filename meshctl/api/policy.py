@@ -10,8 +10,10 @@ from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.fields import Fields
 
-LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA")
-POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "rateLimit")
+LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA", "CONSISTENT_HASH")
+POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection",
+                 "rateLimit")
+HASH_KEYS = ("header", "queryParameter", "sourceIp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,14 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsistentHash:
+    """What CONSISTENT_HASH keys a request by: a header, a query parameter or the client IP."""
+
+    kind: str  # header | queryParameter | sourceIp
+    name: str = ""  # the header (lower case) or parameter name
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     """How a destination is called; an absent block (None) means that layer is not installed."""
 
@@ -66,6 +76,7 @@ class TrafficPolicy:
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
     rate_limit: RateLimit | None = None
+    consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +115,39 @@ def parse_policy(data: object, path: str) -> TrafficPolicy:
 
 def read_policy(f: Fields) -> TrafficPolicy:
     """Read the traffic-policy fields of an open mapping (so specs can add their own fields)."""
+    balancer = f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST")
+    hashing = f.optional("consistentHash", parse_consistent_hash)
+    if balancer == "CONSISTENT_HASH" and not f.has("consistentHash"):
+        f.add(f.at("consistentHash"), "CONSISTENT_HASH needs consistentHash: one of "
+                                      "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}")
+    elif f.has("consistentHash") and balancer != "CONSISTENT_HASH":
+        f.add(f.at("consistentHash"), "has no effect unless loadBalancer is CONSISTENT_HASH")
     return TrafficPolicy(
-        f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST"),
+        balancer,
         f.optional("connectionPool", parse_connection_pool),
         f.optional("outlierDetection", parse_outlier_detection),
         f.optional("rateLimit", parse_rate_limit),
+        hashing,
     )
+
+
+def parse_consistent_hash(data: object, path: str) -> ConsistentHash:
+    """Exactly one of {header: NAME}, {queryParameter: NAME}, {sourceIp: true}."""
+    f = Fields(data, path)
+    header = f.optional("header", F.string(F.HEADER_NAME, "an HTTP header name"))
+    parameter = f.optional("queryParameter", F.string(r"^[^\s&=#]+$", "a query parameter name"))
+    source_ip = f.optional("sourceIp", F.boolean)
+    given = [k for k in HASH_KEYS if f.has(k)]
+    if len(given) != 1:
+        f.add(path, "set exactly one of header, queryParameter, sourceIp")
+    elif source_ip is False:
+        f.add(f.at("sourceIp"), "must be true (or leave it out)")
+    f.finish()
+    if header is not None:
+        return ConsistentHash("header", header.lower())
+    if parameter is not None:
+        return ConsistentHash("queryParameter", parameter)
+    return ConsistentHash("sourceIp")
 
 
 def parse_subsets(data: object, path: str) -> tuple[Subset, ...]:

@@ -1,5 +1,8 @@
-"""Load balancers picking one endpoint per request: least-request, round robin, random, EWMA."""
+"""Load balancers picking one endpoint per request: least-request, round robin, random, EWMA,
+consistent hash."""
 
+import bisect
+import hashlib
 import math
 import random
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -210,3 +213,50 @@ class RandomBalancer(_Filtered[E]):
             return endpoint
         eligible = self._eligible(endpoints, exclude)
         return self._rng.choice(eligible) if eligible else None
+
+
+def ring_hash(text: str) -> int:
+    """A 64-bit hash that is the same in every process (Python's hash() is salted per process,
+    and every caller's sidecar must send a key to the same endpoint)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"),
+                                          digest_size=8).digest(), "big")
+
+
+class RingHashBalancer(_Filtered[E]):
+    """Consistent hashing (Envoy's ring hash): a request's key picks the endpoint that owns the
+    key's point on a ring of ``points`` virtual nodes per endpoint, so the same key keeps the
+    same endpoint, and adding or removing an endpoint moves only about 1/n of the keys. An
+    ejected or excluded owner passes the key on to the next endpoint round the ring. A request
+    without a key (the header absent) gets a random endpoint.
+    """
+
+    __slots__ = ("_owners", "_points", "_random")
+
+    def __init__(self, endpoints: Sequence[E], name_of: Callable[[E], str], rng: random.Random,
+                 is_available: Callable[[E], bool] | None = None, points: int = 128) -> None:
+        super().__init__(is_available)
+        ring = sorted((ring_hash(f"{name_of(e)}#{i}"), k)
+                      for k, e in enumerate(endpoints) for i in range(points))
+        self._points = [h for h, _ in ring]
+        self._owners = [endpoints[k] for _, k in ring]
+        self._random = RandomBalancer(rng, is_available)
+
+    def pick(self, endpoints: Sequence[E], exclude: Container[E] | None = None) -> E | None:
+        """No key: any eligible endpoint."""
+        return self._random.pick(endpoints, exclude)
+
+    def pick_by_key(self, key: str, exclude: Container[E] | None = None) -> E | None:
+        """The eligible endpoint owning ``key``, or None when there is none."""
+        owners = self._owners
+        if not owners:
+            return None
+        start = bisect.bisect(self._points, ring_hash(key))
+        tried: set[int] = set()
+        for step in range(len(owners)):
+            endpoint = owners[(start + step) % len(owners)]
+            if id(endpoint) in tried:
+                continue
+            if self._ok(endpoint, exclude):
+                return endpoint
+            tried.add(id(endpoint))
+        return None
