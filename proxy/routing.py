@@ -185,8 +185,10 @@ class RouterBuilder:
         return Router(self._host_routes("source"), passthrough=passthrough)
 
     def gateway(self) -> Router:
-        rules = tuple((_for_hosts(r.hosts, self.compile_matches(r.matches)), r.destination)
-                      for r in self.snapshot.gateway_rules)
+        node = self.snapshot.node
+        rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
+                      for r in self.snapshot.gateway_rules
+                      if (blocks := _own_blocks(r.matches, node)) is not None)
         return Router(self._host_routes("source"), gateway=rules)
 
     def inbound(self) -> Router:
@@ -209,9 +211,13 @@ class RouterBuilder:
             if route is None:
                 routes[name] = HostRoute(((None, Decision(
                     (self._backend(service, None, reporter),), (100,), self.rng)),))
+        node = snap.node
         for host, route in snap.routes.items():
             compiled = []
             for rule in route.rules:
+                blocks = _own_blocks(rule.matches, node)
+                if blocks is None:
+                    continue  # no block accepts this proxy as a source: the rule is not ours
                 backends = []
                 for b in rule.backends:
                     found = snap.services.get(b.service or host)
@@ -226,7 +232,7 @@ class RouterBuilder:
                     if msvc is not None:
                         mirror = self._backend(msvc, rule.mirror.subset, reporter)
                 attach(decision, rule, backends[0].state if backends else None, self.rng, mirror)
-                compiled.append((self.compile_matches(rule.matches), decision))
+                compiled.append((self.compile_matches(blocks), decision))
             routes[host] = HostRoute(tuple(compiled))
         return routes
 
@@ -258,6 +264,13 @@ class RouterBuilder:
             backend = Backend(service.name, subset, pools, balancer, prefix, state, hash_key)
             self._backends[key] = backend
         return backend
+
+
+def _own_blocks(matches: tuple[Any, ...], node: Any) -> tuple[Any, ...] | None:
+    """The match blocks whose sourceLabels / sourceNamespace accept this proxy (settled once
+    per config, not per request); None when blocks were declared and none does."""
+    blocks = tuple(m for m in matches if m.applies_to(node.namespace, node.labels))
+    return None if matches and not blocks else blocks
 
 
 def _for_hosts(hosts: tuple[str, ...], matcher: Matcher | None) -> Matcher | None:

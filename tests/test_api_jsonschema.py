@@ -91,6 +91,8 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     with_rule(mirror={"percent": 101}),
     with_rule(headers={"request": {"set": {"x": "a\nb"}}}),
     with_rule(rewrite={}),
+    with_rule(matches=[{"sourceNamespace": "Not_A_Namespace"}]),
+    with_rule(matches=[{"sourceLabels": {"app": 7}}]),
     with_rule(rewrite={"uri": "no-slash"}),
     with_rule(redirect={"scheme": "https"}),  # a redirect rule has no backends
     {**ROUTE, "spec": {"host": "reviews", "rules": [{"redirect": {}}]}},
@@ -136,6 +138,7 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
     with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),
+    with_rule(matches=[{"sourceLabels": {"app": "gateway"}, "sourceNamespace": "edge"}]),
     {**ROUTE, "kind": "DestinationPolicy", "spec": {
         "host": "r", "loadBalancer": "CONSISTENT_HASH",
         "consistentHash": {"queryParameter": "session"}}},

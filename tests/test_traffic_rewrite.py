@@ -110,3 +110,32 @@ def test_get_shows_a_redirect_default_rule() -> None:
            "spec": {"host": "site", "rules": [{"redirect": {"uri": "/new"}}]}}
     (header, row) = resource_table("Route", [doc]).splitlines()
     assert row.split()[:4] == ["site", "site", "1", "(redirect)"], (header, row)
+
+
+async def test_source_labels_pick_rules_per_calling_proxy(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same Route in two sidecars: the gateway-labelled one redirects plain HTTP to HTTPS,
+    the other forwards; a sourceNamespace rule applies to the proxy in that namespace only."""
+    hub = Backends()
+    site = start_backend(hub)
+    routes: list[dict[str, Any]] = [{"host": "site", "rules": [
+        {"matches": [{"sourceLabels": {"app": "gateway"}}], "redirect": {"scheme": "https"}},
+        {"matches": [{"sourceNamespace": "batch", "path": {"prefix": "/jobs"}}],
+         "rewrite": {"uri": "/batch-jobs"}, "backends": [{}]},
+        {"backends": [{}]}]}]
+    services = {"site": {"endpoints": endpoints(site)}}
+    edge = TrafficProxy(tmp_path_factory.mktemp("edge"), services, routes, node={
+        "service": "gateway", "namespace": "edge", "labels": {"app": "gateway"}})
+    batch = TrafficProxy(tmp_path_factory.mktemp("batch"), services, routes, node={
+        "service": "cron", "namespace": "batch", "labels": {"app": "cron"}})
+    edge.start()
+    try:
+        for proxy in started(batch, hub):
+            resp = await roundtrip(edge.outbound, get("site", "/jobs/1"))
+            assert (resp.status, resp.header("location")) == (301, "https://site/jobs/1")
+            assert (await roundtrip(proxy.outbound, get("site", "/jobs/1"))).status == 200
+            assert site.requests[-1].target == "/batch-jobs/1"
+            assert (await roundtrip(proxy.outbound, get("site", "/other"))).status == 200
+            assert site.requests[-1].target == "/other"
+    finally:
+        edge.stop()

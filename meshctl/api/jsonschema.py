@@ -117,6 +117,8 @@ DEFS: Schema = {
         "methods": _list(_METHOD, 1),
         "headers": _map(_ref("stringMatch"), F.HEADER_NAME),
         "query": _map(_ref("stringMatch")) | {"propertyNames": {"minLength": 1}},
+        "sourceLabels": _ref("labels"),
+        "sourceNamespace": _str(F.DNS_LABEL),
     }) | {"not": {"required": ["method", "methods"]}},
     "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
     "retries": _obj({

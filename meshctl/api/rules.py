@@ -72,6 +72,14 @@ class Match:
     methods: tuple[str, ...] = ()
     headers: tuple[tuple[str, StringMatch], ...] = ()  # header names in lower case
     query: tuple[tuple[str, StringMatch], ...] = ()
+    # Who is calling: decided once per proxy when its config is compiled, not per request.
+    source_labels: tuple[tuple[str, str], ...] = ()
+    source_namespace: str | None = None
+
+    def applies_to(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        """Whether a proxy in ``namespace`` with ``labels`` is a source this block accepts."""
+        return ((self.source_namespace is None or self.source_namespace == namespace)
+                and all(labels.get(k) == v for k, v in self.source_labels))
 
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
@@ -241,8 +249,11 @@ def parse_match(data: object, path: str) -> Match:
         f.add(f.at("methods"), "set either method or methods, not both")
     headers = f.value("headers", _matcher_map(lower=True), ())
     query = f.value("query", _matcher_map(lower=False), ())
+    source_labels = f.value("sourceLabels", F.labels, {})
+    source_namespace = f.optional("sourceNamespace", F.string(F.DNS_LABEL, "a namespace"))
     f.finish()
-    return Match(path_match, (method,) if method else methods or (), headers, query)
+    return Match(path_match, (method,) if method else methods or (), headers, query,
+                 tuple(sorted(source_labels.items())), source_namespace)
 
 
 def _path_matcher(data: object, path: str) -> StringMatch:
