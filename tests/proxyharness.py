@@ -234,6 +234,12 @@ class Backends:
             for backend in self._raw:
                 if backend.server is not None:
                     backend.server.close()
+            # Connection handlers still waiting on a socket end here, not as "Task was
+            # destroyed but it is pending" when the loop stops under them.
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         try:
             self.call(stop())
