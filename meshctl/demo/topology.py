@@ -141,6 +141,7 @@ def _gateway(listen: str, outbound: str, admin: str, control_plane: str, paths: 
              after: tuple[str, ...]) -> ProcessSpec:
     argv = ("python", "-m", "proxy", "--mode", "gateway", "--control-plane", control_plane,
             "--service", GATEWAY, "--namespace", NAMESPACE, "--name", GATEWAY,
+            "--labels", f"app={GATEWAY}",  # so Route rules can single it out (sourceLabels)
             "--gateway-listen", listen, "--outbound", outbound, "--admin", admin,
             "--token-file", paths.token(GATEWAY), "--ca-file", paths.trust_bundle,
             "--drain-timeout", DRAIN_TIMEOUT, *_advertise(admin, GATEWAY))
