@@ -9,7 +9,6 @@ import json
 import ssl
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests.proxyharness import (
     metric_value,
     read_response,
 )
-from tests.test_tls_scan import AEAD_MARKERS, SCAN_DEADLINE, enabled_protocols, sslscan
+from tests.test_tls_scan import AEAD_MARKERS, accepted_ciphers, enabled_protocols, scan_port
 
 pytestmark = pytest.mark.timeout(120)
 RELOAD_DEADLINE = 20.0  # the files are looked at every 5 s
@@ -180,15 +179,9 @@ async def test_renewed_files_are_served_to_new_handshakes_without_dropping_open_
 
 
 async def test_scanner_finds_only_tls_1_2_and_1_3_with_aead_ciphers(gateway: Gateway) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sslscan(), "--no-colour", "--xml=-", f"127.0.0.1:{gateway.port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), SCAN_DEADLINE)
-    assert proc.returncode == 0, err.decode()
-    report = ET.fromstring(out[out.index(b"<?xml"):])
+    report = await scan_port(gateway.port)
     assert enabled_protocols(report) == {"tls1.2", "tls1.3"}
-    accepted = [c.get("cipher") or "" for c in report.iter("cipher")
-                if c.get("status") in ("accepted", "preferred")]
+    accepted = [name for _, name in accepted_ciphers(report)]
     assert accepted and all(any(m in name for m in AEAD_MARKERS) for name in accepted), accepted
 
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import ssl
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -466,16 +465,10 @@ async def test_authz_allow_prefix_holds_for_non_normalised_paths(mesh: Mesh,
 
 async def test_sslscan_inbound_listener(mesh: Mesh) -> None:
     """sslscan against the running STRICT inbound: only TLS 1.2/1.3, only AEAD ciphers."""
-    from tests.test_tls_scan import AEAD_MARKERS, SCAN_DEADLINE, enabled_protocols, sslscan
+    from tests.test_tls_scan import AEAD_MARKERS, accepted_ciphers, enabled_protocols, scan_port
 
-    proc = await asyncio.create_subprocess_exec(
-        sslscan(), "--no-colour", "--xml=-", f"127.0.0.1:{mesh.strict_port}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), SCAN_DEADLINE)
-    assert proc.returncode == 0, err.decode()
-    report = ET.fromstring(out[out.index(b"<?xml"):])
+    report = await scan_port(mesh.strict_port)
     assert enabled_protocols(report) == {"tls1.2", "tls1.3"}
-    accepted = [(c.get("sslversion"), c.get("cipher") or "") for c in report.iter("cipher")
-                if c.get("status") in ("accepted", "preferred")]
+    accepted = accepted_ciphers(report)
     assert accepted, "the scanner negotiated no cipher at all"
     assert [name for _, name in accepted if not any(m in name for m in AEAD_MARKERS)] == []
