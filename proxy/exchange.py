@@ -38,7 +38,7 @@ class Exchange:
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
         "head_tail", "headers", "http10", "interim", "method", "mirror", "path", "pool", "query",
-        "request_done", "response_started", "start_time", "status", "target",
+        "request_done", "response_edits", "response_started", "start_time", "status", "target",
         "timeout_override", "trace", "upgrade", "upstream_keep_alive",
     )
 
@@ -61,6 +61,7 @@ class Exchange:
         self.expect_continue = expect_continue
         self.start_time = start_time
         self.decision: Decision | None = None
+        self.response_edits: Any = None  # the rule's response header edits (CORS: this one's)
         self.backend: Backend | None = None
         self.pool: EndpointPool | None = None
         self.conn: UpstreamConnection | None = None
@@ -318,7 +319,7 @@ class Exchange:
         head, self._frame = client_head(
             conn, status, head_only=self.method == b"HEAD" or status in (204, 304),
             http10=self.http10, keep_alive=self.client_keep_alive and not draining,
-            edits=decision.response_header_ops if decision is not None else None)
+            edits=self.response_edits)
         if draining or self._frame == FRAME_CLOSE:
             # The head says `connection: close` (draining), or an HTTP/1.0 client reads the
             # body until close: either way the connection ends with this response.

@@ -29,6 +29,7 @@ def start(ex: Exchange) -> None:
         ex.reply(decision)
         return
     ex.decision = decision
+    ex.response_edits = decision.response_header_ops
     if decision.admit is not None:  # authorization, rate limit, a rewrite or a redirect
         refusal = decision.admit(ex)
         if refusal is not None:

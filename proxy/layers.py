@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from proxy.policy.backoff import Backoff
 
 if TYPE_CHECKING:
-    from meshctl.api.rules import Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
+    from meshctl.api.rules import Cors, Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
     from proxy.destinations import DestinationState
     from proxy.exchange import Exchange
     from proxy.routing import Backend
@@ -187,6 +188,80 @@ class RedirectPolicy:
         return "redirect", self.code, ((b"location", location.encode("latin-1")),)
 
 
+class CorsPolicy:
+    """Cross-origin requests from browsers, as Envoy's CORS filter: a preflight from an allowed
+    origin is answered here (`cors_preflight`, 200, never forwarded); a request from an
+    allowed origin gets the allow headers on its response. Other origins pass through as if
+    there were no policy, so the browser refuses them. Runs before the rule's other
+    pre-dispatch step (a rewrite), which it then calls.
+    """
+
+    __slots__ = ("credentials", "expose", "headers", "max_age", "methods", "origins", "then",
+                 "wildcard")
+
+    def __init__(self, cors: Cors, then: Callable[[Exchange], Any] | None) -> None:
+        self.origins = cors.allow_origins
+        self.wildcard = any(o.kind == "exact" and o.value == "*" for o in self.origins)
+        self.methods = ", ".join(cors.allow_methods).encode()
+        self.headers = ", ".join(cors.allow_headers).encode()
+        self.expose = ", ".join(cors.expose_headers).encode()
+        self.max_age = str(int(cors.max_age)).encode() if cors.max_age is not None else b""
+        self.credentials = cors.allow_credentials
+        self.then = then
+
+    def __call__(self, ex: Exchange) -> Any:
+        origin = ex.header("origin")
+        if origin is not None and (self.wildcard or any(o.matches(origin)
+                                                        for o in self.origins)):
+            allow = self._allow_lines(origin)
+            if ex.method == b"OPTIONS" and ex.header("access-control-request-method"):
+                extra = [*allow]
+                for name, value in ((b"access-control-allow-methods", self.methods),
+                                    (b"access-control-allow-headers", self.headers),
+                                    (b"access-control-max-age", self.max_age)):
+                    if value:
+                        extra.append((name, value))
+                return "cors_preflight", 200, tuple(extra)
+            if self.expose:
+                allow.append((b"access-control-expose-headers", self.expose))
+            decision = ex.decision
+            ex.response_edits = _CorsHeaders(
+                decision.response_header_ops if decision is not None else None, allow)
+        return self.then(ex) if self.then is not None else None
+
+    def _allow_lines(self, origin: str) -> list[tuple[bytes, bytes]]:
+        # A wildcard without credentials answers "*"; otherwise the origin itself, which makes
+        # the answer depend on Origin: caches must keep one per origin (Vary).
+        value = b"*" if self.wildcard and not self.credentials else origin.encode("latin-1")
+        lines = [(b"access-control-allow-origin", value), (b"vary", b"origin")]
+        if self.credentials:
+            lines.append((b"access-control-allow-credentials", b"true"))
+        return lines
+
+
+_CORS_RESPONSE_HEADERS = frozenset({b"access-control-allow-origin",
+                                    b"access-control-allow-credentials",
+                                    b"access-control-expose-headers"})
+
+
+class _CorsHeaders:
+    """One response's header edits: the rule's own, then the CORS answer (replacing any the
+    upstream sent)."""
+
+    __slots__ = ("base", "lines")
+
+    def __init__(self, base: HeaderEditor | None, lines: list[tuple[bytes, bytes]]) -> None:
+        self.base = base
+        self.lines = lines
+
+    def apply(self, lines: list[bytes]) -> list[bytes]:
+        out = self.base.apply(lines) if self.base is not None else lines
+        out = [out[0], *(line for line in out[1:]
+                         if line.split(b":", 1)[0].strip().lower() not in _CORS_RESPONSE_HEADERS)]
+        out.extend(n + b": " + v + b"\r\n" for n, v in self.lines)
+        return out
+
+
 def _without_port(authority: str) -> str:
     if authority.startswith("["):  # IPv6 literal
         return authority.split("]", 1)[0] + "]"
@@ -214,5 +289,7 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
         if rewrite.authority is not None:  # the Host header, set like any header edit
             request_edits = replace(request_edits,
                                     set=(*request_edits.set, ("host", rewrite.authority)))
+    if rule.cors is not None:
+        decision.admit = CorsPolicy(rule.cors, decision.admit)
     decision.request_headers = HeaderEditor.build(request_edits)
     decision.response_header_ops = HeaderEditor.build(rule.headers.response)

@@ -18,6 +18,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "headers_too_large": (431, "request header section too large"),
     "method_not_allowed": (405, "CONNECT needs outboundTrafficPolicy ALLOW_ANY"),
     "redirect": (301, "redirected by a route rule (see Location)"),
+    "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
     "not_authorized": (403, "denied by authorization policy"),
     "no_route": (404, "no route for this host"),
     "rate_limited": (429, "local rate limit exceeded"),

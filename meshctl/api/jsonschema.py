@@ -111,6 +111,7 @@ DEFS: Schema = {
     }, ("name",)),
     "pathMatch": _matcher(PATH_MATCHERS, path=True),
     "stringMatch": _matcher(MATCHERS, path=False),
+    "originMatch": _matcher(PATH_MATCHERS, path=False),
     "match": _obj({
         "path": _ref("pathMatch"),
         "method": _METHOD,
@@ -153,6 +154,10 @@ DEFS: Schema = {
         "headers": _obj({"request": _HEADER_EDITS, "response": _HEADER_EDITS}),
         "rewrite": _obj({"uri": _str(URI_PATH), "authority": _str(AUTHORITY)},
                         anyOf=[{"required": ["uri"]}, {"required": ["authority"]}]),
+        "cors": _obj({"allowOrigins": _list(_ref("originMatch"), 1),
+                      "allowMethods": _list(_METHOD), "allowHeaders": _list(_str(F.HEADER_NAME)),
+                      "exposeHeaders": _list(_str(F.HEADER_NAME)), "maxAge": _duration(),
+                      "allowCredentials": {"type": "boolean"}}, ("allowOrigins",)),
         "redirect": _obj({"uri": _str(URI_PATH), "authority": _str(AUTHORITY),
                           "scheme": {"enum": list(SCHEMES)}, "port": _int(1, 65535),
                           "redirectCode": {"enum": list(REDIRECT_CODES)}},
@@ -162,7 +167,7 @@ DEFS: Schema = {
         "oneOf": [{"required": ["backends"], "not": {"required": ["redirect"]}},
                   {"required": ["redirect"], "not": {"anyOf": [
                       {"required": [k]} for k in ("backends", "timeout", "retries", "fault",
-                                                  "mirror", "headers", "rewrite")]}}]},
+                                                  "mirror", "headers", "rewrite", "cors")]}}]},
 }
 
 _SPECS: dict[str, Schema] = {

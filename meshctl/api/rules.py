@@ -190,6 +190,18 @@ class Redirect:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """Cross-origin access for browsers, answered by the sidecar (as Istio's CorsPolicy)."""
+
+    allow_origins: tuple[StringMatch, ...]
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None
+    allow_credentials: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One route rule: if any match block holds, send to the backends with these policies
     (or, with ``redirect``, answer with a redirect)."""
@@ -204,6 +216,7 @@ class Rule:
     headers: HeaderOps = HeaderOps()
     rewrite: Rewrite | None = None
     redirect: Redirect | None = None
+    cors: Cors | None = None
 
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
                         query: Mapping[str, str]) -> bool:
@@ -305,7 +318,8 @@ def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
 
 
 # What a rule that redirects cannot have: it forwards nothing.
-_FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite")
+_FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite",
+                    "cors")
 
 
 def _parse_rule(data: object, path: str) -> Rule:
@@ -326,9 +340,28 @@ def _parse_rule(data: object, path: str) -> Rule:
     mirror = f.optional("mirror", _parse_mirror)
     headers = f.value("headers", _parse_header_ops, HeaderOps())
     rewrite = f.optional("rewrite", _parse_rewrite)
+    cors = f.optional("cors", _parse_cors)
     f.finish()
     return Rule(name, matches, backends, timeout, retries, fault, mirror, headers, rewrite,
-                redirect)
+                redirect, cors)
+
+
+def _parse_cors(data: object, path: str) -> Cors:
+    f = Fields(data, path)
+    origins = f.required("allowOrigins", F.list_of(_origin_matcher, 1), ())
+    methods = f.value("allowMethods", F.list_of(_METHOD), ())
+    allow_headers = f.value("allowHeaders", F.list_of(_HEADER_NAME), ())
+    expose = f.value("exposeHeaders", F.list_of(_HEADER_NAME), ())
+    max_age = f.optional("maxAge", F.duration())
+    credentials = f.value("allowCredentials", F.boolean, False)
+    f.finish()
+    return Cors(origins, methods, tuple(h.lower() for h in allow_headers),
+                tuple(h.lower() for h in expose), max_age, credentials)
+
+
+def _origin_matcher(data: object, path: str) -> StringMatch:
+    """`{exact: https://a.example}`, `{prefix: ...}`, `{regex: ...}`, or `{exact: "*"}`."""
+    return _matcher(data, path, PATH_MATCHERS)
 
 
 # A path as the request line carries it: starts with '/', no space, query or fragment.
