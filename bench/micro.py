@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -140,7 +141,9 @@ def instructions_per_request(variant: str, small: int = 1000, large: int = 6000)
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              "-m", "bench.micro", "--variants", variant, "--requests", str(requests),
-             "--repeats", "1"], capture_output=True, text=True, check=True)
+             "--repeats", "1"], capture_output=True, text=True, check=True,
+            # One string-hash seed: set and dict layouts, and so the count, repeat exactly.
+            env={**os.environ, "PYTHONHASHSEED": "0"})
         return parse_refs(proc.stderr)
 
     return (refs(large) - refs(small)) / (large - small)
