@@ -176,7 +176,8 @@ def run_apply(args: argparse.Namespace) -> int:
             "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
     status, answer = request_json(make_client(args), "POST", "/api/v1/apply", body)
     if status != 200:
-        print(f"error: {_error_text(answer)}", file=sys.stderr)
+        for line in _error_text(answer).splitlines() or [f"HTTP {status}"]:
+            print(f"error: {line}", file=sys.stderr)
         return 1
     for result in answer["results"]:
         print(f"{object_ref(result['kind'], result['name'])} {result['result']}")

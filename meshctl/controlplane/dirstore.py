@@ -146,7 +146,7 @@ class DirStore(MemStore):
     # -- API writes: check, validate, write atomically, then commit ------------------------
     async def create(self, obj: Resource) -> StoredObject:
         async with self._lock:
-            rel = self._home(obj)
+            rel = self._home(obj.key)
             self._sync_file(rel)
             self._check_create(obj)
             await self._write(rel, obj.key, obj)
@@ -172,16 +172,30 @@ class DirStore(MemStore):
             await self._write(current.source, key, None)
             return current
 
-    def _home(self, obj: Resource) -> str:
-        for segment in (obj.namespace, obj.name):
-            if not _PATH_SEGMENT.match(segment):
-                raise Invalid(f"{obj.kind} {obj.namespace}/{obj.name}: not a valid name")
-        return f"{obj.kind.lower()}/{obj.namespace}/{obj.name}.yaml"
+    async def check_write(self, key: Key) -> None:
+        """Conflict if the file holding ``key`` (or its home, for a new object) has a rejected
+        hand edit, judged on the file as it is now (re-read, as a write would)."""
+        async with self._lock:
+            current = self._objects.get(key)
+            rel = current.source if current is not None else self._home(key)
+            if self._sync_file(rel):
+                self._save_state()
+            self._check_not_rejected(rel)
 
-    async def _write(self, rel: str, key: Key, obj: Resource | None) -> None:
+    def _home(self, key: Key) -> str:
+        kind, namespace, name = key
+        for segment in (namespace, name):
+            if not _PATH_SEGMENT.match(segment):
+                raise Invalid(f"{kind} {namespace}/{name}: not a valid name")
+        return f"{kind.lower()}/{namespace}/{name}.yaml"
+
+    def _check_not_rejected(self, rel: str) -> None:
         if rel in self._rejected:
             msg = self._rejected[rel][1].message
             raise Conflict(f"{rel} has an invalid edit on disk; fix or revert it first:\n{msg}")
+
+    async def _write(self, rel: str, key: Key, obj: Resource | None) -> None:
+        self._check_not_rejected(rel)
         path = self.root / rel
         try:
             text = read_file(path).decode("utf-8")

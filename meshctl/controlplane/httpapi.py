@@ -29,7 +29,14 @@ from aiohttp import web
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import Resource, load_documents, load_yaml, parse_document
 from meshctl.controlplane.auth import bearer_matches, is_loopback
-from meshctl.controlplane.errors import BadRequest, Invalid, NotFound, StoreError, Unauthorized
+from meshctl.controlplane.errors import (
+    BadRequest,
+    Conflict,
+    Invalid,
+    NotFound,
+    StoreError,
+    Unauthorized,
+)
 from meshctl.controlplane.openapi import openapi_document
 from meshctl.controlplane.store import (
     KIND_PLURALS,
@@ -192,8 +199,8 @@ async def _apply(request: web.Request) -> web.Response:
     results = []
     async with request.app[_APPLY_LOCK]:
         await _check_set(store, resources)
-        for res in resources:
-            current = await store.get(*res.key)
+        plan = await _plan_apply(store, resources)
+        for res, current in plan:
             if current is None:
                 stored, outcome = await store.create(res), "created"
             elif content_equal(current.resource, res):
@@ -204,6 +211,41 @@ async def _apply(request: web.Request) -> web.Response:
             results.append({"kind": res.kind, "namespace": res.namespace, "name": res.name,
                             "result": outcome, "resourceVersion": str(stored.resource_version)})
     return web.json_response({"results": results})
+
+
+async def _plan_apply(store: Store, resources: list[Resource]
+                      ) -> list[tuple[Resource, StoredObject | None]]:
+    """Each resource with the object it replaces; Conflict, before anything is written, if
+    any write would be refused (all or nothing).
+
+    A document carrying ``metadata.resourceVersion`` (e.g. saved from ``meshctl get -o yaml``)
+    changes the object only if it still has that version, as kubectl's apply: otherwise a
+    concurrent change would be silently undone. Re-applying the same content is no change.
+    """
+    plan: list[tuple[Resource, StoredObject | None]] = []
+    problems: list[str] = []
+    for res in resources:
+        where = f"{res.source} doc {res.doc}: " if res.source and res.doc else ""
+        current = await store.get(*res.key)
+        if current is not None and content_equal(current.resource, res):
+            plan.append((res, current))
+            continue
+        try:
+            await store.check_write(res.key)
+        except StoreError as exc:
+            problems.append(f"{where}{res.kind} {res.namespace}/{res.name}: {exc}")
+            continue
+        current = await store.get(*res.key)  # check_write may have re-read the store's source
+        expected = res.resource_version
+        if current is not None and expected and expected != str(current.resource_version):
+            problems.append(
+                f"{where}{res.kind} {res.namespace}/{res.name} changed since resourceVersion "
+                f"{expected} (now {current.resource_version}): get it again and re-apply your "
+                "edit, or leave out metadata.resourceVersion to overwrite")
+        plan.append((res, current))
+    if problems:
+        raise Conflict("\n".join(problems))
+    return plan
 
 
 async def _check_set(store: Store, changes: list[Resource]) -> None:

@@ -238,6 +238,12 @@ class Store(abc.ABC):
     async def set_status(self, key: Key, status: Mapping[str, Any]) -> None:
         """Replace the object's status; NotFound if the object does not exist."""
 
+    async def check_write(self, key: Key) -> None:  # noqa: B027 - optional hook
+        """Raise (a StoreError) if a create/update/delete of ``key`` would be refused for a
+        reason of the store's own, not of the content (dirstore: the file that holds, or would
+        hold, the object has a rejected hand edit). Lets a multi-object apply refuse before
+        writing anything; no-op by default."""
+
     def errors(self) -> SourceErrors:
         """Documents the store could not accept (hand edits that failed validation)."""
         return []

@@ -1,0 +1,113 @@
+"""The meshctl CLI as a user runs it: a subprocess against a real `meshctl serve` (directory
+store, HTTP API) on loopback. Each test uses its own namespace so they share one control plane."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
+    MeshProcess,
+    http_json,
+    start_control_plane,
+    wait_for,
+)
+from tests.test_cli_support import write
+
+POLICY = """apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: %(name)s%(ns)s}
+spec: {action: %(action)s, rules: [{from: [{services: [x]}]}]}
+"""
+
+
+def policy(name: str, namespace: str | None = None, action: str = "DENY") -> str:
+    ns = f", namespace: {namespace}" if namespace else ""
+    return POLICY % {"name": name, "ns": ns, "action": action}
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshProcess]:
+    proc = start_control_plane(tmp_path_factory.mktemp("cliserve"), warmup=0.0)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def meshctl(cp: MeshProcess, *argv: str, stdin: str | None = None,
+            env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
+    """``python -m meshctl --control-plane URL argv...``: (exit code, stdout, stderr)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_")}
+    full_env.update(AMI_TOKEN=cp.info["token"], AMI_CONTROL_PLANE=cp.info["api"],
+                    PYTHONPATH=str(ROOT))
+    full_env.update(env or {})
+    done = subprocess.run([PYTHON, "-m", "meshctl", *argv], input=stdin, capture_output=True,
+                          text=True, env=full_env, cwd=cwd or ROOT, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def api(cp: MeshProcess, path: str, method: str = "GET", body: Any = None,
+        content_type: str = "application/json") -> tuple[int, Any]:
+    return http_json(cp.info["api"] + path, method, body, token=cp.info["token"],
+                     content_type=content_type)
+
+
+def get(cp: MeshProcess, namespace: str, name: str, plural: str = "authorizationpolicies"
+        ) -> Any:
+    status, body = api(cp, f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+    return body if status == 200 else None
+
+
+def store_file(cp: MeshProcess, rel: str) -> Path:
+    return Path(cp.info["config_dir"]) / rel
+
+
+def test_apply_of_a_stale_copy_is_a_conflict_not_a_lost_update(cp: MeshProcess,
+                                                                tmp_path: Path) -> None:
+    """`get -o yaml > f`, someone else changes the object, `apply -f f` after editing f: the
+    resourceVersion in f is stale, so the apply is refused (409) instead of silently undoing
+    the other change; the error names the file and document."""
+    assert meshctl(cp, "apply", "-f", "-", stdin=policy("stale", "t-stale"))[0] == 0
+    code, saved, _ = meshctl(cp, "get", "ap", "stale", "-n", "t-stale", "-o", "yaml")
+    assert code == 0 and "resourceVersion" in saved
+    # another writer: the same policy, now ALLOW
+    assert meshctl(cp, "apply", "-f", "-", stdin=policy("stale", "t-stale", "ALLOW"))[1] == (
+        "authorizationpolicy.ami.mesh/stale configured\n")
+    edited = write(tmp_path / "stale.yaml", saved.replace("- x\n", "- y\n"))
+    assert edited.read_text() != saved
+    code, out, err = meshctl(cp, "apply", "-f", str(edited))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: {edited} doc 1: AuthorizationPolicy t-stale/stale changed "
+                          "since resourceVersion"), err
+    assert get(cp, "t-stale", "stale")["spec"]["action"] == "ALLOW"  # the other change stays
+    # the same file applied unchanged is fine: nothing would be lost
+    fresh = meshctl(cp, "get", "ap", "stale", "-n", "t-stale", "-o", "yaml")[1]
+    assert meshctl(cp, "apply", "-f", "-", stdin=fresh)[1] == (
+        "authorizationpolicy.ami.mesh/stale unchanged\n")
+
+
+def test_apply_is_all_or_nothing_when_a_target_file_has_a_rejected_edit(
+        cp: MeshProcess, tmp_path: Path) -> None:
+    """One object of an apply lives in a file whose hand edit was rejected: nothing of the
+    apply is written (not even the objects before it), and the error says which document."""
+    assert meshctl(cp, "apply", "-f", "-", stdin=policy("held", "t-atomic"))[0] == 0
+    path = store_file(cp, "authorizationpolicy/t-atomic/held.yaml")
+    path.write_text(path.read_text() + "garbage: [\n")
+    wait_for(lambda: "Rejected" in meshctl(cp, "get", "ap", "-n", "t-atomic")[1], 15,
+             "the bad hand edit to be rejected")
+    both = write(tmp_path / "both.yaml", policy("fresh", "t-atomic") + "---\n"
+                 + policy("held", "t-atomic", "ALLOW"))
+    code, out, err = meshctl(cp, "apply", "-f", str(both))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: {both} doc 2: AuthorizationPolicy t-atomic/held:"), err
+    assert "has an invalid edit on disk" in err
+    assert get(cp, "t-atomic", "fresh") is None
+    assert not store_file(cp, "authorizationpolicy/t-atomic/fresh.yaml").exists()
