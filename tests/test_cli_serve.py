@@ -111,3 +111,30 @@ def test_apply_is_all_or_nothing_when_a_target_file_has_a_rejected_edit(
     assert "has an invalid edit on disk" in err
     assert get(cp, "t-atomic", "fresh") is None
     assert not store_file(cp, "authorizationpolicy/t-atomic/fresh.yaml").exists()
+
+
+def test_namespace_flag_of_apply_and_delete_by_file(cp: MeshProcess, tmp_path: Path) -> None:
+    """As kubectl: `-n NS` puts the file's documents without a namespace in NS, and a document
+    that names another namespace is refused; `delete -f -n NS` never deletes in `default`."""
+    plain = write(tmp_path / "p.yaml", policy("nsflag"))
+    assert meshctl(cp, "apply", "-f", str(plain)) == (
+        0, "authorizationpolicy.ami.mesh/nsflag created\n", "")
+    assert meshctl(cp, "apply", "-n", "t-ns", "-f", str(plain)) == (
+        0, "authorizationpolicy.ami.mesh/nsflag created\n", "")
+    assert get(cp, "t-ns", "nsflag") is not None
+    assert meshctl(cp, "delete", "-f", str(plain), "-n", "t-ns") == (
+        0, "authorizationpolicy.ami.mesh/nsflag deleted\n", "")
+    assert get(cp, "t-ns", "nsflag") is None
+    assert get(cp, "default", "nsflag") is not None  # not the one in default
+    code, out, err = meshctl(cp, "delete", "-f", str(plain), "-n", "t-ns")
+    assert (code, out) == (1, "")
+    assert err == "error: AuthorizationPolicy t-ns/nsflag not found\n"
+    elsewhere = write(tmp_path / "q.yaml", policy("nsflag", "default"))
+    for command in ("apply", "delete"):
+        code, out, err = meshctl(cp, command, "-n", "t-ns", "-f", str(elsewhere))
+        assert (code, out) == (1, "")
+        assert err == (f"error: {elsewhere} doc 1: metadata.namespace: 'default' does not "
+                       "match -n t-ns\n")
+    assert get(cp, "default", "nsflag") is not None
+    assert meshctl(cp, "delete", "-f", str(plain))[0] == 0
+    assert get(cp, "default", "nsflag") is None

@@ -14,7 +14,13 @@ from typing import Any
 
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
-from meshctl.api.resources import Resource, load_documents, validate_set, yaml_files
+from meshctl.api.resources import (
+    Resource,
+    load_documents,
+    parse_document,
+    validate_set,
+    yaml_files,
+)
 from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
 from meshctl.commands.proxystatus import status_word
 from meshctl.controlplane.auth import load_client_token
@@ -94,6 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "recursively, sorted) in one all-or-nothing apply; print created, "
                     "configured or unchanged per object.")
     _files_arg(apply, required=True)
+    _namespace_for_files_arg(apply)
     apply.add_argument("--dry-run", action="store_true",
                        help="only validate, offline (like meshctl validate)")
     apply.set_defaults(func=run_apply)
@@ -112,8 +119,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                                    description="meshctl delete KIND NAME, or -f FILE|DIR.")
     delete.add_argument("kind", nargs="?", type=resolve_kind, metavar="KIND")
     delete.add_argument("name", nargs="?", metavar="NAME")
-    delete.add_argument("-n", "--namespace", default="default")
     _files_arg(delete, required=False)
+    _namespace_for_files_arg(delete)
     delete.set_defaults(func=run_delete)
 
     describe = subparsers.add_parser("describe", help="an object, its status and its proxies")
@@ -128,9 +135,19 @@ def _files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
                         metavar="FILE|DIR", help="file, directory or - for stdin (repeatable)")
 
 
+def _namespace_for_files_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", default=None,
+                        help="namespace of the documents that name none (default: default); "
+                             "a document naming another one is refused")
+
+
 # -- apply / delete -f -----------------------------------------------------------------------
-def load_files(paths: list[str]) -> list[Resource]:
-    """Parse every document of every file (``-`` is stdin); raises with all issues of all."""
+def load_files(paths: list[str], namespace: str | None = None) -> list[Resource]:
+    """Parse every document of every file (``-`` is stdin); raises with all issues of all.
+
+    With ``namespace`` (``-n``), documents without ``metadata.namespace`` are in it and a
+    document naming another namespace is an issue, as with kubectl.
+    """
     resources: list[Resource] = []
     issues: list[Issue] = []
     for path in paths:
@@ -145,9 +162,30 @@ def load_files(paths: list[str]) -> list[Resource]:
                     issues.append(Issue(str(file), None, "", f"cannot read: {err}"))
         except ValidationError as err:
             issues.extend(err.issues)
+    if namespace is not None:
+        resources = [placed for r in resources
+                     if (placed := _in_namespace(r, namespace, issues)) is not None]
     if issues:
         raise ValidationError(issues)
     return resources
+
+
+def _in_namespace(resource: Resource, namespace: str, issues: list[Issue]) -> Resource | None:
+    """``resource`` in ``namespace`` (from ``-n``); None, with an issue, if it names another."""
+    meta = resource.raw.get("metadata") or {}
+    declared = meta.get("namespace")
+    if declared is None:
+        doc = {**resource.raw, "metadata": {**meta, "namespace": namespace}}
+        try:
+            return parse_document(doc, resource.source, resource.doc)
+        except ValidationError as err:
+            issues.extend(err.issues)
+            return None
+    if declared != namespace:
+        issues.append(Issue(resource.source, resource.doc, "metadata.namespace",
+                            f"{declared!r} does not match -n {namespace}"))
+        return None
+    return resource
 
 
 def _print_issues(err: ValidationError) -> int:
@@ -161,7 +199,7 @@ def run_apply(args: argparse.Namespace) -> int:
     """Documents are parsed here (exact file errors, nothing sent if any is bad); checks
     across documents and against the store run on the server, all or nothing."""
     try:
-        resources = load_files(args.paths)
+        resources = load_files(args.paths, args.namespace)
         if args.dry_run:
             issues = validate_set(resources)
             if issues:
@@ -196,11 +234,11 @@ def run_delete(args: argparse.Namespace) -> int:
             print("error: give either KIND NAME or -f, not both", file=sys.stderr)
             return 2
         try:
-            keys = [r.key for r in load_files(args.paths)]
+            keys = [r.key for r in load_files(args.paths, args.namespace)]
         except ValidationError as err:
             return _print_issues(err)
     elif args.kind and args.name:
-        keys = [(args.kind, args.namespace, args.name)]
+        keys = [(args.kind, args.namespace or "default", args.name)]
     else:
         print("error: meshctl delete needs KIND NAME or -f FILE", file=sys.stderr)
         return 2
