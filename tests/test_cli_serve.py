@@ -4,6 +4,7 @@ store, HTTP API) on loopback. Each test uses its own namespace so they share one
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.helpers_mesh import (
     PYTHON,
     ROOT,
     MeshProcess,
+    free_port,
     http_json,
     start_control_plane,
     wait_for,
@@ -138,3 +140,45 @@ def test_namespace_flag_of_apply_and_delete_by_file(cp: MeshProcess, tmp_path: P
     assert get(cp, "default", "nsflag") is not None
     assert meshctl(cp, "delete", "-f", str(plain))[0] == 0
     assert get(cp, "default", "nsflag") is None
+
+
+def _local_address() -> str | None:
+    """A non-loopback address of this machine, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_proxy_status_sends_the_token_to_a_remote_control_plane(tmp_path: Path) -> None:
+    """Reads from another machine need the token: proxy-status must send it like get does."""
+    address = _local_address()
+    if address is None:
+        pytest.skip("no non-loopback address to reach the control plane from 'outside'")
+    port = free_port()
+    remote = start_control_plane(tmp_path, http_port=port, warmup=0.0,
+                                 args=("--listen", f"0.0.0.0:{port}"))
+    try:
+        remote.info["api"] = f"http://{address}:{port}"
+        assert meshctl(remote, "get", "rt")[0] == 0
+        assert meshctl(remote, "proxy-status", "-o", "json") == (0, "[]\n", "")
+        code, out, err = meshctl(remote, "proxy-status", env={"AMI_TOKEN": "wrong"})
+        assert (code, out) == (1, "")
+        assert err.startswith("error: ") and "token" in err
+    finally:
+        remote.stop()
+
+
+def test_unreachable_control_plane_reads_alike_for_every_command(tmp_path: Path) -> None:
+    """The one documented line, exit 1, for proxy-status as for get."""
+    down = MeshProcess("none", subprocess.Popen(["true"]), tmp_path / "none.log",
+                       {"api": f"http://127.0.0.1:{free_port()}", "token": "x"})
+    down.proc.wait()
+    url = down.info["api"]
+    for command in (["get", "rt"], ["proxy-status"]):
+        assert meshctl(down, *command) == (
+            1, "", f"error: cannot reach the control plane at {url}: [Errno 111] Connection "
+                   "refused\n")

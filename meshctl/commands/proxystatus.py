@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
-
-from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -43,22 +40,21 @@ def render_table(proxies: list[dict[str, Any]]) -> str:
 
 
 def run_proxy_status(args: argparse.Namespace) -> int:
-    """Print the proxies; 1 if the control plane cannot be reached."""
-    client = ControlPlaneClient(resolve_control_plane(args.control_plane))
-    try:
-        body = client._json("GET", "/api/v1/proxies")
-    except ControlPlaneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot reach the control plane at {client.base_url}: {exc}",
-              file=sys.stderr)
-        return 1
-    proxies = list(body["proxies"])
-    if args.output == "json":
-        print(json.dumps(proxies, indent=2))
-    elif proxies:
-        print(render_table(proxies))
-    else:
-        print("no proxies connected")
-    return 0
+    """Print the proxies; 1 if the control plane cannot be reached or refuses."""
+    # imported here: commands.resources imports status_word from this module
+    from meshctl.commands.resources import make_client, reports_errors
+
+    @reports_errors
+    def run(args: argparse.Namespace) -> int:
+        # with the token: reads from another machine need it, as for `meshctl get`
+        body = make_client(args)._json("GET", "/api/v1/proxies")
+        proxies = list(body["proxies"])
+        if args.output == "json":
+            print(json.dumps(proxies, indent=2))
+        elif proxies:
+            print(render_table(proxies))
+        else:
+            print("no proxies connected")
+        return 0
+
+    return run(args)
