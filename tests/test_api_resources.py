@@ -138,6 +138,29 @@ def test_documents_are_numbered_in_a_multi_document_file() -> None:
     assert len(load_documents(f"{POLICY}\n---\n{ROUTE}\n---\n", "x.yaml")) == 2
 
 
+def test_a_list_document_stands_for_its_items_only_when_asked() -> None:
+    """`kind: List` (meshctl get -o json of a list) is expanded for apply (lists=True), its
+    items' issues located at items[i]; elsewhere (the config dir) it is an unknown kind."""
+    bad_route = ROUTE.replace("weight: 50}, {subset: v3", "weight: 51}, {subset: v3")
+    listed = {"apiVersion": "ami.mesh/v1alpha1", "kind": "List",
+              "items": [doc(POLICY), doc(bad_route)]}
+    text = "---\n" + POLICY + "---\n" + yaml.safe_dump(listed)
+    with pytest.raises(ValidationError) as err:
+        load_documents(text, "l.yaml", lists=True)
+    assert [str(i) for i in err.value.issues] == [
+        "l.yaml doc 2: items[1].spec.rules[0].backends: weights sum to 101, must be 100"]
+    listed["items"] = [doc(ROUTE)]
+    text = POLICY + "---\n" + yaml.safe_dump(listed)
+    assert [r.key for r in load_documents(text, "l.yaml", lists=True)] == [
+        ("DestinationPolicy", "default", "reviews"), ("Route", "default", "reviews")]
+    assert any("unknown kind 'List'" in line for line in issues_of(text))
+    assert issues_of("kind: List\nitems: 3\n", "l.yaml") != []
+    with pytest.raises(ValidationError) as err:
+        load_documents("kind: List\nitems: 3\n", "l.yaml", lists=True)
+    assert [str(i) for i in err.value.issues] == [
+        "l.yaml doc 1: items: a List needs a list of items"]
+
+
 def test_yaml_syntax_error_names_file_and_line() -> None:
     """A YAML syntax error is reported with the file, document, line and column."""
     assert issues_of(f"{POLICY}---\nkind: Route\nmetadata: {{name: [a}}\n") == [

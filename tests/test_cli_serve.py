@@ -3,6 +3,7 @@ store, HTTP API) on loopback. Each test uses its own namespace so they share one
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -182,3 +183,17 @@ def test_unreachable_control_plane_reads_alike_for_every_command(tmp_path: Path)
         assert meshctl(down, *command) == (
             1, "", f"error: cannot reach the control plane at {url}: [Errno 111] Connection "
                    "refused\n")
+
+
+def test_get_json_list_round_trips_through_apply(cp: MeshProcess) -> None:
+    """`get -o json` of a list is a kind: List document; apply takes it back, unchanged."""
+    for name in ("lista", "listb"):
+        assert meshctl(cp, "apply", "-f", "-", stdin=policy(name, "t-list"))[0] == 0
+    code, listed, _ = meshctl(cp, "get", "ap", "-n", "t-list", "-o", "json")
+    assert code == 0 and json.loads(listed)["kind"] == "List"
+    assert meshctl(cp, "apply", "-f", "-", stdin=listed) == (
+        0, "authorizationpolicy.ami.mesh/lista unchanged\n"
+           "authorizationpolicy.ami.mesh/listb unchanged\n", "")
+    assert meshctl(cp, "delete", "-f", "-", stdin=listed)[0] == 0
+    assert meshctl(cp, "get", "ap", "-n", "t-list", "-o", "json")[1] == (
+        '{\n  "apiVersion": "ami.mesh/v1alpha1",\n  "kind": "List",\n  "items": []\n}\n')

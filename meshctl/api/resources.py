@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,12 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)
 
 
-def load_documents(text: str, source: str) -> list[Resource]:
-    """Parse every document of a multi-document YAML text; raises with all issues of all docs."""
+def load_documents(text: str, source: str, lists: bool = False) -> list[Resource]:
+    """Parse every document of a multi-document YAML text; raises with all issues of all docs.
+
+    With ``lists``, a ``kind: List`` document (what ``meshctl get -o json`` prints for a list,
+    or kubectl's) stands for its ``items``; their issues are located at ``items[i]``.
+    """
     resources: list[Resource] = []
     issues: list[Issue] = []
     loader = _StrictLoader(text)
@@ -175,6 +180,9 @@ def load_documents(text: str, source: str) -> list[Resource]:
             doc = loader.get_data()
             if doc is None:
                 continue  # an empty document, e.g. after a trailing '---'
+            if lists and isinstance(doc, dict) and doc.get("kind") == "List":
+                resources.extend(_list_items(doc, source, index, issues))
+                continue
             try:
                 resources.append(parse_document(doc, source, index))
             except ValidationError as err:
@@ -190,6 +198,24 @@ def load_documents(text: str, source: str) -> list[Resource]:
         loader.dispose()
     if issues:
         raise ValidationError(issues)
+    return resources
+
+
+def _list_items(doc: Mapping[str, Any], source: str, index: int,
+                issues: list[Issue]) -> list[Resource]:
+    """The resources of a ``kind: List`` document; issues go to ``issues``."""
+    items = doc.get("items")
+    if not isinstance(items, list):
+        issues.append(Issue(source, index, "items", "a List needs a list of items"))
+        return []
+    resources = []
+    for i, item in enumerate(items):
+        try:
+            resources.append(parse_document(item, source, index))
+        except ValidationError as err:
+            issues.extend(dataclasses.replace(
+                issue, path=f"items[{i}].{issue.path}" if issue.path else f"items[{i}]")
+                for issue in err.issues)
     return resources
 
 

@@ -153,11 +153,12 @@ def load_files(paths: list[str], namespace: str | None = None) -> list[Resource]
     for path in paths:
         try:
             if path == "-":
-                resources.extend(load_documents(sys.stdin.read(), "<stdin>"))
+                resources.extend(load_documents(sys.stdin.read(), "<stdin>", lists=True))
                 continue
             for file in yaml_files(Path(path)):
                 try:
-                    resources.extend(load_documents(file.read_text(encoding="utf-8"), str(file)))
+                    resources.extend(load_documents(file.read_text(encoding="utf-8"), str(file),
+                                                    lists=True))
                 except (OSError, UnicodeDecodeError) as err:
                     issues.append(Issue(str(file), None, "", f"cannot read: {err}"))
         except ValidationError as err:

@@ -314,7 +314,7 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
     source = request.query.get("source", "request")
     try:
         if request.content_type != "application/json":
-            return load_documents(text, source)
+            return load_documents(text, source, lists=True)
         data = json.loads(text)
         docs = data.get("items", [data]) if isinstance(data, dict) else data
         if not isinstance(docs, list):
