@@ -197,3 +197,20 @@ def test_get_json_list_round_trips_through_apply(cp: MeshProcess) -> None:
     assert meshctl(cp, "delete", "-f", "-", stdin=listed)[0] == 0
     assert meshctl(cp, "get", "ap", "-n", "t-list", "-o", "json")[1] == (
         '{\n  "apiVersion": "ami.mesh/v1alpha1",\n  "kind": "List",\n  "items": []\n}\n')
+
+
+def test_configmap_style_symlink_swap_is_picked_up(cp: MeshProcess) -> None:
+    """A Kubernetes ConfigMap volume updates by re-pointing the `..data` symlink (every
+    visible file is a symlink through it): the store must see the new content."""
+    root = store_file(cp, "cm")
+    (root / "..v1").mkdir(parents=True)
+    (root / "..v1" / "cm.yaml").write_text(policy("cmpol", "t-cm"))
+    (root / "..data").symlink_to("..v1")
+    (root / "cm.yaml").symlink_to("..data/cm.yaml")
+    wait_for(lambda: get(cp, "t-cm", "cmpol"), 15, "the ConfigMap file to be loaded")
+    (root / "..v2").mkdir()
+    (root / "..v2" / "cm.yaml").write_text(policy("cmpol", "t-cm", "ALLOW"))
+    (root / "..data_tmp").symlink_to("..v2")
+    os.replace(root / "..data_tmp", root / "..data")
+    wait_for(lambda: get(cp, "t-cm", "cmpol")["spec"]["action"] == "ALLOW", 15,
+             "the swapped ConfigMap content to go live")

@@ -3,7 +3,9 @@
 Layout. Objects written through the API go to ``<root>/<kind-lowercase>/<namespace>/<name>.yaml``;
 any other visible ``*.yaml``/``*.yml`` under the root (multi-document files too) is loaded as
 well, and an API update rewrites the object's document in whichever file holds it, keeping the
-other documents' text and comments. Dot-files and dot-directories are ignored.
+other documents' text and comments. Dot-files and dot-directories are ignored, except that a
+change under a ``..`` name (a Kubernetes ConfigMap volume's ``..data`` symlink swap) triggers a
+rescan of the visible files, which are symlinks through it.
 
 Hand edits. A watcher (``watchfiles``) rescans on change. A file is accepted or rejected as a
 whole: a YAML or schema error, a key already defined in another file, or a cross-document issue
@@ -365,8 +367,13 @@ class DirStore(MemStore):
 
     # -- the file watcher ------------------------------------------------------------------
     def _relevant(self, change: watchfiles.Change, path: str) -> bool:
+        """Visible paths, the probe, and Kubernetes' atomic-writer entries: a ConfigMap or
+        Secret volume updates by re-pointing its ``..data`` symlink to a new ``..<timestamp>``
+        directory, and every visible file is a symlink through it, so only hidden ``..``
+        names change when the content does."""
         rel = Path(path).relative_to(self.root) if path.startswith(str(self.root)) else Path(path)
-        return str(rel) == _PROBE or not is_hidden(rel)
+        return (str(rel) == _PROBE or not is_hidden(rel)
+                or any(part.startswith("..") for part in rel.parts))
 
     async def _watch_loop(self, ready: asyncio.Event) -> None:
         try:
