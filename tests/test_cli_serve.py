@@ -7,6 +7,8 @@ import json
 import os
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,16 @@ def test_configmap_style_symlink_swap_is_picked_up(cp: MeshProcess) -> None:
     os.replace(root / "..data_tmp", root / "..data")
     wait_for(lambda: get(cp, "t-cm", "cmpol")["spec"]["action"] == "ALLOW", 15,
              "the swapped ConfigMap content to go live")
+
+
+def test_method_not_allowed_says_which_methods_are(cp: MeshProcess) -> None:
+    """A 405 carries the Allow header HTTP requires (RFC 9110 15.5.6), in the API's JSON
+    error shape."""
+    url = cp.info["api"] + "/api/v1/namespaces/default/routes/reviews"
+    req = urllib.request.Request(url, method="PATCH", data=b"{}", headers={
+        "Authorization": f"Bearer {cp.info['token']}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 405
+    assert set(err.value.headers["Allow"].split(",")) >= {"GET", "PUT", "DELETE"}
+    assert json.loads(err.value.read())["reason"] == "MethodNotAllowed"

@@ -110,7 +110,10 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, _HTTP_REASONS.get(exc.status, "Error"), exc.reason)
+        resp = json_error(exc.status, _HTTP_REASONS.get(exc.status, "Error"), exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods the resource takes
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
