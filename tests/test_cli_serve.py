@@ -229,3 +229,12 @@ def test_method_not_allowed_says_which_methods_are(cp: MeshProcess) -> None:
     assert err.value.code == 405
     assert set(err.value.headers["Allow"].split(",")) >= {"GET", "PUT", "DELETE"}
     assert json.loads(err.value.read())["reason"] == "MethodNotAllowed"
+
+
+def test_apply_without_documents_is_an_error(cp: MeshProcess, tmp_path: Path) -> None:
+    """As kubectl's 'no objects passed to apply': an empty directory is most likely a typo."""
+    (tmp_path / "empty").mkdir()
+    assert meshctl(cp, "apply", "-f", str(tmp_path / "empty")) == (
+        1, "", "error: no objects passed to apply\n")
+    assert meshctl(cp, "apply", "-f", "-", stdin="---\n# nothing\n") == (
+        1, "", "error: no objects passed to apply\n")

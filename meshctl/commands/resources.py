@@ -207,6 +207,9 @@ def run_apply(args: argparse.Namespace) -> int:
                 raise ValidationError(issues)
     except ValidationError as err:
         return _print_issues(err)
+    if not resources:  # as kubectl: an empty directory or stream is most likely a mistake
+        print("error: no objects passed to apply", file=sys.stderr)
+        return 1
     if args.dry_run:
         for r in resources:
             print(f"{object_ref(r.kind, r.name)} valid (dry run, offline)")
