@@ -238,3 +238,16 @@ def test_apply_without_documents_is_an_error(cp: MeshProcess, tmp_path: Path) ->
         1, "", "error: no objects passed to apply\n")
     assert meshctl(cp, "apply", "-f", "-", stdin="---\n# nothing\n") == (
         1, "", "error: no objects passed to apply\n")
+
+
+def test_write_without_or_with_a_wrong_token_says_which(cp: MeshProcess, tmp_path: Path) -> None:
+    """No token found: say that writes need one and where meshctl looks. A token that is not
+    the control plane's: say so, rather than claim none was sent."""
+    env = {"AMI_TOKEN": "", "HOME": str(tmp_path)}
+    assert meshctl(cp, "delete", "ap", "nothing", env=env, cwd=tmp_path) == (
+        1, "", "error: writes need 'Authorization: Bearer <token>' (AMI_TOKEN or .ami/token)\n")
+    code, out, err = meshctl(cp, "delete", "ap", "nothing", env={"AMI_TOKEN": "wrong"})
+    assert (code, out) == (1, "")
+    assert err.startswith("error: the bearer token sent is not this control plane's"), err
+    assert meshctl(cp, "get", "ap", "nothing", env={"AMI_TOKEN": "wrong"})[2] == (
+        "error: AuthorizationPolicy default/nothing not found\n")  # loopback reads stay open

@@ -119,12 +119,18 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if bearer_matches(request.headers.get("Authorization"), token):
+        header = request.headers.get("Authorization")
+        if bearer_matches(header, token):
             return await handler(request)
+        needed = (request.method not in _READ_METHODS
+                  or not (open_reads or is_loopback(request.remote)))
+        if needed and header:
+            raise Unauthorized("the bearer token sent is not this control plane's: use the "
+                               "token in its <state-dir>/token (AMI_TOKEN or .ami/token)")
         if request.method not in _READ_METHODS:
             raise Unauthorized("writes need 'Authorization: Bearer <token>' "
                                "(AMI_TOKEN or .ami/token)")
-        if not (open_reads or is_loopback(request.remote)):
+        if needed:
             raise Unauthorized("reads from outside this machine need a bearer token")
         return await handler(request)
 
