@@ -87,6 +87,15 @@ def test_schema_prints_one_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(capsys.readouterr().out)["title"] == "Route"
 
 
+def test_schema_takes_every_kind_name_get_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """As docs/cli.md says for every KIND: singular, plural or short name, any case."""
+    for word, title in (("rt", "Route"), ("Routes", "Route"), ("dp", "DestinationPolicy"),
+                        ("authorizationpolicies", "AuthorizationPolicy"), ("MC", "MeshConfig"),
+                        ("gw", "Gateway")):
+        assert run("schema", word) == 0, word
+        assert json.loads(capsys.readouterr().out)["title"] == title
+
+
 def test_schema_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown kind is a usage error (exit 2, as `get`) and lists the known kinds."""
     assert run("schema", "Ingress") == 2

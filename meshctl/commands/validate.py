@@ -12,6 +12,7 @@ from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import all_schemas, schema_for
 from meshctl.api.kinds import KINDS
 from meshctl.api.resources import load_path, validate_set
+from meshctl.commands.resources import KIND_HELP, resolve_kind
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "schema", help="print the JSON Schema of resource kinds",
         description="Print the JSON Schema (draft 2020-12) of one kind, or of all kinds.")
     schema.add_argument("kind", nargs="?", metavar="KIND",
-                        help=f"one of {', '.join(KINDS)} (case-insensitive); default all")
+                        help=f"one of {KIND_HELP} (any case, singular or plural); default all")
     schema.add_argument("-o", "--output", metavar="DIR",
                         help="write <kind>.json files into DIR instead of printing")
     schema.set_defaults(func=run_schema)
@@ -63,10 +64,11 @@ def run_schema(args: argparse.Namespace) -> int:
     if args.kind is None:
         schemas = all_schemas()
     else:
-        kind = {k.lower(): k for k in KINDS}.get(args.kind.lower())
-        if kind is None:
-            print(f"error: unknown kind {args.kind!r}, expected one of {', '.join(KINDS)}",
-                  file=sys.stderr)
+        try:  # any case of the singular, plural or short name, as for `meshctl get KIND`
+            kind = resolve_kind(args.kind)
+        except argparse.ArgumentTypeError:
+            print(f"error: unknown kind {args.kind!r}, expected one of {', '.join(KINDS)} "
+                  f"({KIND_HELP})", file=sys.stderr)
             return 2  # a usage error, as for `meshctl get KIND`
         schemas = {kind: schema_for(kind)}
     if args.output:
