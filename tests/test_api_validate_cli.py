@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import subprocess
 import sys
@@ -79,6 +80,14 @@ def test_validate_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str
     """A path that does not exist is an error, not a crash."""
     assert run("validate", "-f", str(tmp_path / "nope")) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_validate_reads_stdin(monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`-f -` reads stdin, as for apply (`meshctl get rt x -o yaml | meshctl validate -f -`)."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(ROUTE % (91, "v2")))
+    assert run("validate", "-f", "-") == 1
+    assert capsys.readouterr().err.startswith("<stdin> doc 1: spec.rules[")
 
 
 def test_schema_prints_one_kind(capsys: pytest.CaptureFixture[str]) -> None:

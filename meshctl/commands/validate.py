@@ -11,7 +11,7 @@ from typing import Any
 from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import all_schemas, schema_for
 from meshctl.api.kinds import KINDS
-from meshctl.api.resources import load_path, validate_set
+from meshctl.api.resources import load_documents, load_path, validate_set
 from meshctl.commands.resources import KIND_HELP, resolve_kind
 
 
@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Check resource YAML files (a file or a directory tree) without a control "
                     "plane: every document, then the set as a whole.")
     validate.add_argument("-f", "--filename", dest="paths", action="append", required=True,
-                          metavar="FILE|DIR", help="file or directory (repeatable)")
+                          metavar="FILE|DIR|-",
+                          help="file, directory or - for stdin (repeatable)")
     validate.set_defaults(func=run_validate)
 
     schema = subparsers.add_parser(
@@ -44,7 +45,8 @@ def run_validate(args: argparse.Namespace) -> int:
     issues = []
     for path in args.paths:
         try:
-            resources.extend(load_path(path))
+            resources.extend(load_documents(sys.stdin.read(), "<stdin>") if path == "-"
+                             else load_path(path))
         except ValidationError as err:
             issues.extend(err.issues)
     if not issues:  # cross-document checks on a partial set would report follow-on noise
