@@ -251,3 +251,40 @@ def test_write_without_or_with_a_wrong_token_says_which(cp: MeshProcess, tmp_pat
     assert err.startswith("error: the bearer token sent is not this control plane's"), err
     assert meshctl(cp, "get", "ap", "nothing", env={"AMI_TOKEN": "wrong"})[2] == (
         "error: AuthorizationPolicy default/nothing not found\n")  # loopback reads stay open
+
+
+RATE_LIMIT = """apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: %(name)s, namespace: t-inf}
+spec: {host: %(name)s, rateLimit: {requestsPerSecond: %(rate)s}}
+"""
+
+
+def test_non_finite_numbers_are_validation_errors_everywhere(cp: MeshProcess,
+                                                             tmp_path: Path) -> None:
+    """`.inf`/`.nan` (YAML) and 1e400 (JSON) are not numbers a resource can hold: a
+    validation error with its field, not a traceback in meshctl, a 500 from the API, or a
+    hand edit that stops the config dir's watcher for good."""
+    for rate in (".inf", ".nan", "-.inf"):
+        bad = write(tmp_path / "inf.yaml", RATE_LIMIT % {"name": "inf", "rate": rate})
+        for command in ("validate", "apply"):
+            code, out, err = meshctl(cp, command, "-f", str(bad))
+            assert (code, out) == (1, ""), (command, rate, err)
+            assert "spec.rateLimit.requestsPerSecond: expected a finite number" in err, err
+            assert "Traceback" not in err
+    body = json.dumps({"apiVersion": "ami.mesh/v1alpha1", "kind": "DestinationPolicy",
+                       "metadata": {"name": "inf", "namespace": "t-inf"},
+                       "spec": {"host": "inf", "rateLimit": {"requestsPerSecond": 7}}}
+                      ).replace(": 7", ": 1e400")  # JSON's spelling of a number too large
+    status, answer = api(cp, "/api/v1/apply", "POST", body)
+    assert (status, answer["reason"]) == (422, "Invalid"), answer
+    # a hand edit in the config dir: rejected, and the watcher keeps going
+    store_file(cp, "t-inf/inf.yaml").parent.mkdir(parents=True, exist_ok=True)
+    store_file(cp, "t-inf/inf.yaml").write_text(RATE_LIMIT % {"name": "inf", "rate": ".inf"})
+    wait_for(lambda: any(e["source"] == "t-inf/inf.yaml" and "finite" in e["message"]
+                         for e in api(cp, "/api/v1/errors")[1]["items"]), 15,
+             "the hand edit to be rejected")
+    store_file(cp, "t-inf/ok.yaml").write_text(RATE_LIMIT % {"name": "ok", "rate": "5"})
+    wait_for(lambda: get(cp, "t-inf", "ok", "destinationpolicies"), 15,
+             "a later hand edit to be picked up")
+    store_file(cp, "t-inf/inf.yaml").unlink()

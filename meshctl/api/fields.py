@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -73,6 +74,8 @@ def number(minimum: float | None = None, maximum: float | None = None) -> Conv[f
     def convert(value: object, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(path, f"expected a number, got {describe(value)}")
+        if not math.isfinite(value):  # YAML .inf/.nan, JSON 1e400: no range check holds them
+            fail(path, f"expected a finite number, got {value}")
         _check_range(value, minimum, maximum, path)
         return float(value)
 
