@@ -234,3 +234,30 @@ def test_fifos_and_oversized_files_never_stall_the_control_plane(tmp_path: Path)
         cp.stop()
     for name in ("at-start.yaml", "later.yaml", "reviews.yaml"):
         assert cp.output().count(f"rejected {name};") == 1, cp.output()
+
+
+async def test_a_checker_crash_rejects_that_file_and_the_watcher_goes_on(
+        store: DirStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception while checking one hand-edited file (a validator bug, as
+    `requestsPerSecond: .inf` once was) rejects that file; it does not end the file watcher,
+    so later edits still go live."""
+    import meshctl.controlplane.dirstore as dirstore
+
+    real = dirstore.load_documents
+
+    def crashing(text: str, source: str, lists: bool = False) -> list:  # type: ignore[type-arg]
+        if "crash-me" in text:
+            raise OverflowError("cannot convert float infinity to integer")
+        return real(text, source)
+
+    monkeypatch.setattr(dirstore, "load_documents", crashing)
+    async with store.watch() as watch:
+        write(store.root / "bad.yaml", policy_doc("crash-me"))
+        write(store.root / "fence.yaml", policy_doc("fence"))
+        event = await next_event(watch)
+        assert event.object is not None and event.object.key[2] == "fence"
+        [error] = store.errors()
+        assert error.source == "bad.yaml" and "OverflowError" in error.message
+        write(store.root / "later.yaml", policy_doc("later"))
+        event = await next_event(watch)
+    assert event.object is not None and event.object.key[2] == "later"

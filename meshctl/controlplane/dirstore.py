@@ -264,6 +264,11 @@ class DirStore(MemStore):
         except (Invalid, UnicodeDecodeError) as exc:
             self._reject(rel, digest, str(exc))
             return False
+        except Exception as exc:  # a checker bug must cost this file, not the whole watcher
+            log.exception("unexpected error checking %s", rel)
+            self._reject(rel, digest, f"{rel}: could not be checked (a bug; the control "
+                                      f"plane's log has the details): {exc!r}")
+            return False
         self._accept(rel, digest, resources)
         return True
 
@@ -384,7 +389,11 @@ class DirStore(MemStore):
                 if any(Path(p).name == _PROBE for _, p in changes):
                     ready.set()
                 async with self._lock:
-                    self._sync_all()
+                    try:
+                        self._sync_all()
+                    except Exception:  # keep watching: the next change rescans everything
+                        log.exception("rescan of %s failed; retrying on the next change",
+                                      self.root)
         except Exception:
             log.exception("file watcher failed; hand edits are no longer picked up")
 
