@@ -313,3 +313,18 @@ async def test_non_ascii_bearer_token_is_unauthorized(server: Server) -> None:
         assert (status, error["reason"]) == (401, "Unauthorized")
     assert not bearer_matches("Bearer \udce9", "t") and bearer_matches("Bearer t", "t")
     assert await server.store.list() == []
+
+
+async def test_an_unexpected_error_keeps_the_json_error_shape(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a handler (here: the store raising what it should not) is a 500 in the API's
+    one error shape, which clients parse, not aiohttp's text/plain 'Server got itself in
+    trouble'; the details go to the log."""
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(server.store, "list", broken)
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(server.client().get, "Route", None, "default")
+    assert (err.value.status, err.value.reason) == (500, "InternalError")
+    assert "OverflowError" in str(err.value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -50,6 +51,7 @@ from meshctl.controlplane.store import (
     overlay,
 )
 
+log = logging.getLogger(__name__)
 API = "/api/v1"
 STORE = web.AppKey("store", Store)
 _WATCHES: web.AppKey[set[Watch]] = web.AppKey("watches")
@@ -114,6 +116,14 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         if "Allow" in exc.headers:  # a 405 must say which methods the resource takes
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise  # the client went away: nobody to answer
+    except Exception as exc:  # a bug: still the API's JSON error shape, details in the log
+        if request.writer.output_size:
+            raise  # a streaming answer already started: aiohttp ends the connection
+        log.exception("%s %s failed", request.method, request.path)
+        return json_error(500, "InternalError", f"internal error ({type(exc).__name__}); "
+                                                "the control plane's log has the details")
 
 
 def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
