@@ -288,3 +288,29 @@ def test_non_finite_numbers_are_validation_errors_everywhere(cp: MeshProcess,
     wait_for(lambda: get(cp, "t-inf", "ok", "destinationpolicies"), 15,
              "a later hand edit to be picked up")
     store_file(cp, "t-inf/inf.yaml").unlink()
+
+
+def test_a_rejected_hand_edit_goes_live_once_an_apply_resolves_it(cp: MeshProcess,
+                                                                   tmp_path: Path) -> None:
+    """A hand-written route naming a subset no policy defines yet is rejected; once `meshctl
+    apply` adds that policy the file is valid and must go live: the store ends up with what
+    the files say, and the (now wrong) error goes away."""
+    route = store_file(cp, "t-later/shop-route.yaml")
+    route.parent.mkdir(parents=True, exist_ok=True)
+    route.write_text("apiVersion: ami.mesh/v1alpha1\nkind: Route\n"
+                     "metadata: {name: shop, namespace: t-later}\n"
+                     "spec: {host: shop, rules: [{backends: [{subset: v1}]}]}\n")
+
+    def rejection() -> list[str]:
+        return [e["message"] for e in api(cp, "/api/v1/errors")[1]["items"]
+                if e["source"] == "t-later/shop-route.yaml"]
+
+    assert "unknown subset 'v1'" in wait_for(lambda: "".join(rejection()), 15,
+                                             "the route file to be rejected")
+    policy_file = write(tmp_path / "dp.yaml", (
+        "apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\n"
+        "metadata: {name: shop, namespace: t-later}\n"
+        "spec: {host: shop, subsets: [{name: v1, labels: {version: v1}}]}\n"))
+    assert meshctl(cp, "apply", "-f", str(policy_file))[0] == 0
+    wait_for(lambda: get(cp, "t-later", "shop", "routes"), 15, "the route file to go live")
+    assert rejection() == []

@@ -217,6 +217,7 @@ class DirStore(MemStore):
             data = new_text.encode()
             await asyncio.to_thread(atomic_write, path, data)
             self._accept(rel, _digest(data), resources)
+        self._recheck_rejected()  # e.g. a hand-written route waiting for this policy's subset
         self._save_state()
 
     # -- reconciling memory with the directory ---------------------------------------------
@@ -230,11 +231,16 @@ class DirStore(MemStore):
             del self._rejected[rel]
         for rel in sorted(on_disk):
             changed |= self._sync_file(rel)
-        dirty = changed
-        while changed and self._rejected:  # a rejection may have been caused by another file
-            changed = any([self._sync_file(rel, force=True) for rel in sorted(self._rejected)])
-        if dirty:
+        if changed:
+            self._recheck_rejected()
             self._save_state()
+
+    def _recheck_rejected(self) -> None:
+        """Judge rejected files again after a change elsewhere: a rejection may have been
+        caused by another file (a duplicate, a subset no policy defined yet)."""
+        changed = True
+        while changed and self._rejected:
+            changed = any([self._sync_file(rel, force=True) for rel in sorted(self._rejected)])
 
     def _sync_file(self, rel: str, force: bool = False) -> bool:
         """Bring the objects of one file in line with its content; True if anything changed."""
