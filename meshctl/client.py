@@ -72,12 +72,33 @@ class ControlPlaneClient:
                 err = json.loads(raw)
                 raise ControlPlaneError(exc.code, err["reason"], err["error"]) from None
             except (ValueError, KeyError, TypeError):
-                raise ControlPlaneError(exc.code, "Error", raw.decode(errors="replace")) from None
+                raise ControlPlaneError(exc.code, "Error", self.not_the_api(exc.code)) from None
+
+    def not_the_api(self, status: int) -> str:
+        """What to say when ``base_url`` answers, but not as the control plane's API would
+        (an HTML page, another service's port)."""
+        return (f"{self.base_url} answered HTTP {status} but not as the Ami control plane API "
+                "does; is it the control plane's --listen address (--control-plane, "
+                "AMI_CONTROL_PLANE)?")
+
+    def field(self, answer: dict[str, Any], key: str, kind: type) -> Any:
+        """``answer[key]``, which must be a ``kind``; else the base URL is not the API."""
+        value = answer.get(key)
+        if not isinstance(value, kind):
+            raise ControlPlaneError(200, "Error", self.not_the_api(200))
+        return value
 
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         with self._open(method, path, data) as resp:
-            return json.loads(resp.read())
+            try:
+                answer = json.loads(resp.read())
+            except ValueError:
+                raise ControlPlaneError(resp.status, "Error",
+                                        self.not_the_api(resp.status)) from None
+        if not isinstance(answer, dict):
+            raise ControlPlaneError(resp.status, "Error", self.not_the_api(resp.status))
+        return answer
 
     def apply(
         self, docs: str | list[dict[str, Any]], source: str | None = None
@@ -98,7 +119,7 @@ class ControlPlaneClient:
         if name is None:
             path = (f"/api/v1/{plural}" if namespace is None
                     else f"/api/v1/namespaces/{_q(namespace)}/{plural}")
-            return self._json("GET", path)["items"]
+            return self.field(self._json("GET", path), "items", list)
         ns = _q(namespace or "default")
         return self._json("GET", f"/api/v1/namespaces/{ns}/{plural}/{_q(name)}")
 
@@ -125,7 +146,7 @@ class ControlPlaneClient:
 
     def errors(self) -> list[dict[str, Any]]:
         """Hand edits the control plane rejected (source, precise message, objects)."""
-        return list(self._json("GET", "/api/v1/errors")["items"])
+        return list(self.field(self._json("GET", "/api/v1/errors"), "items", list))
 
     def watch(self, kind: str | None = None, namespace: str | None = None,
               replay: bool = False, timeout: float | None = None

@@ -20,6 +20,7 @@ from tests.helpers_mesh import (
     ROOT,
     MeshProcess,
     free_port,
+    http_get,
     http_json,
     start_control_plane,
     wait_for,
@@ -314,3 +315,30 @@ def test_a_rejected_hand_edit_goes_live_once_an_apply_resolves_it(cp: MeshProces
     assert meshctl(cp, "apply", "-f", str(policy_file))[0] == 0
     wait_for(lambda: get(cp, "t-later", "shop", "routes"), 15, "the route file to go live")
     assert rejection() == []
+
+
+def test_an_address_that_is_not_the_control_plane_is_one_clear_line(tmp_path: Path) -> None:
+    """`--control-plane` pointing at another HTTP service (the gateway's port, a web page):
+    one `error:` line saying the address is not the control plane's API, exit 1; never a
+    JSON traceback nor a whole HTML page on stderr."""
+    site = tmp_path / "site"
+    (site / "api" / "v1" / "namespaces" / "default" / "routes").mkdir(parents=True)
+    (site / "api" / "v1" / "namespaces" / "default" / "routes" / "index.html").write_text(
+        "<html><body>a web page</body></html>\n")
+    (site / "api" / "v1" / "proxies").write_text('{"hello": "world"}\n')
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                              cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = MeshProcess("web", server, tmp_path / "web.log",
+                        {"api": f"http://127.0.0.1:{port}", "token": "x"})
+    try:
+        wait_for(lambda: http_get(other.info["api"] + "/")[0] == 200, 15, "the web server")
+        (tmp_path / "p.yaml").write_text(policy("p"))
+        for argv in (["get", "rt"], ["get", "rt", "reviews"], ["proxy-status"],
+                     ["apply", "-f", str(tmp_path / "p.yaml")], ["delete", "rt", "x"]):
+            code, out, err = meshctl(other, *argv)
+            assert (code, out) == (1, ""), (argv, err)
+            assert err.startswith(f"error: http://127.0.0.1:{port} answered HTTP "), (argv, err)
+            assert "not as the Ami control plane API does" in err and err.count("\n") == 1, err
+    finally:
+        other.stop()

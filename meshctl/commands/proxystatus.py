@@ -47,8 +47,8 @@ def run_proxy_status(args: argparse.Namespace) -> int:
     @reports_errors
     def run(args: argparse.Namespace) -> int:
         # with the token: reads from another machine need it, as for `meshctl get`
-        body = make_client(args)._json("GET", "/api/v1/proxies")
-        proxies = list(body["proxies"])
+        client = make_client(args)
+        proxies = list(client.field(client._json("GET", "/api/v1/proxies"), "proxies", list))
         if args.output == "json":
             print(json.dumps(proxies, indent=2))
         elif proxies:

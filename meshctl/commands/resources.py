@@ -68,8 +68,8 @@ def request_json(client: ControlPlaneClient, method: str, path: str, body: Any =
         status, raw = exc.code, exc.read()
     try:
         return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, {"error": raw.decode(errors="replace")}
+    except ValueError:  # an HTML page, another service: say so in one line, not the page
+        return status, {"error": client.not_the_api(status)}
 
 
 def reports_errors(command: Command) -> Command:
@@ -216,12 +216,13 @@ def run_apply(args: argparse.Namespace) -> int:
         return 0
     body = {"items": [r.to_dict() for r in resources],
             "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
-    status, answer = request_json(make_client(args), "POST", "/api/v1/apply", body)
+    client = make_client(args)
+    status, answer = request_json(client, "POST", "/api/v1/apply", body)
     if status != 200:
         for line in _error_text(answer).splitlines() or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
         return 1
-    for result in answer["results"]:
+    for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
         print(f"{object_ref(result['kind'], result['name'])} {result['result']}")
     return 0
 
