@@ -342,3 +342,25 @@ def test_an_address_that_is_not_the_control_plane_is_one_clear_line(tmp_path: Pa
             assert "not as the Ami control plane API does" in err and err.count("\n") == 1, err
     finally:
         other.stop()
+
+
+def test_apply_order_of_files_does_not_matter(cp: MeshProcess, tmp_path: Path) -> None:
+    """A route and the policy defining its subset, given route first: the set is valid as a
+    whole, so the apply succeeds (the config dir store used to judge the route alone, before
+    the policy was written, and refuse it)."""
+    route = write(tmp_path / "route.yaml", (
+        "apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: cart, namespace: t-order}\n"
+        "spec: {host: cart, rules: [{backends: [{subset: v1, weight: 100}, "
+        "{subset: v2, weight: 0}]}]}\n"))
+    dp = write(tmp_path / "dp.yaml", (
+        "apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\n"
+        "metadata: {name: cart, namespace: t-order}\nspec: {host: cart, subsets: "
+        "[{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}\n"))
+    assert meshctl(cp, "apply", "-f", str(route), "-f", str(dp)) == (
+        0, "route.ami.mesh/cart created\ndestinationpolicy.ami.mesh/cart created\n", "")
+    # and back: v2 leaves the policy and the route together, policy first
+    dp.write_text(dp.read_text().replace(", {name: v2, labels: {version: v2}}", ""))
+    route.write_text(route.read_text().replace("weight: 100}, {subset: v2, weight: 0}",
+                                               "weight: 100}"))
+    assert meshctl(cp, "apply", "-f", str(dp), "-f", str(route)) == (
+        0, "destinationpolicy.ami.mesh/cart configured\nroute.ami.mesh/cart configured\n", "")

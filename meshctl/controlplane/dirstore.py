@@ -32,7 +32,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +116,7 @@ class DirStore(MemStore):
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[Resource] = []  # see Store.batch
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,6 +175,14 @@ class DirStore(MemStore):
             await self._write(current.source, key, None)
             return current
 
+    @contextlib.contextmanager
+    def batch(self, resources: Sequence[Resource]) -> Iterator[None]:
+        self._batch = list(resources)
+        try:
+            yield
+        finally:
+            self._batch = []
+
     async def check_write(self, key: Key) -> None:
         """Conflict if the file holding ``key`` (or its home, for a new object) has a rejected
         hand edit, judged on the file as it is now (re-read, as a write would)."""
@@ -213,7 +222,8 @@ class DirStore(MemStore):
             await asyncio.to_thread(remove_file, path)
             self._drop_file(rel)
         else:
-            resources = self._evaluate(rel, new_text)  # raises before anything is written
+            # raises before anything is written; the rest of an apply counts as written
+            resources = self._evaluate(rel, new_text, self._batch)
             data = new_text.encode()
             await asyncio.to_thread(atomic_write, path, data)
             self._accept(rel, _digest(data), resources)
@@ -278,8 +288,10 @@ class DirStore(MemStore):
         self._accept(rel, digest, resources)
         return True
 
-    def _evaluate(self, rel: str, text: str) -> list[Resource]:
-        """Parse and check a file's new content against the rest of the store; raise Invalid."""
+    def _evaluate(self, rel: str, text: str, batch: list[Resource] | None = None
+                  ) -> list[Resource]:
+        """Parse and check a file's new content against the rest of the store, as it will be
+        once ``batch`` (the other documents of the same apply) is written; raise Invalid."""
         try:
             resources = load_documents(text, rel)
         except ValidationError as exc:
@@ -298,7 +310,8 @@ class DirStore(MemStore):
         if not problems:
             old = set(self._files[rel].keys) if rel in self._files else set()
             current = [o.resource for o in self._objects.values()]
-            candidate = overlay(current, resources, old - seen)
+            rest_of_batch = [r for r in batch or () if r.key not in seen]
+            candidate = overlay(overlay(current, rest_of_batch, set()), resources, old - seen)
             problems = [str(issue) for issue in new_issues(current, candidate)]
         if problems:
             raise Invalid("\n".join(problems))

@@ -219,16 +219,18 @@ async def _apply(request: web.Request) -> web.Response:
     async with request.app[_APPLY_LOCK]:
         await _check_set(store, resources)
         plan = await _plan_apply(store, resources)
-        for res, current in plan:
-            if current is None:
-                stored, outcome = await store.create(res), "created"
-            elif content_equal(current.resource, res):
-                stored, outcome = current, "unchanged"
-            else:
-                stored = await store.update(res, current.resource_version)
-                outcome = "configured"
-            results.append({"kind": res.kind, "namespace": res.namespace, "name": res.name,
-                            "result": outcome, "resourceVersion": str(stored.resource_version)})
+        with store.batch(resources):  # checked as a whole above: written in any order
+            for res, current in plan:
+                if current is None:
+                    stored, outcome = await store.create(res), "created"
+                elif content_equal(current.resource, res):
+                    stored, outcome = current, "unchanged"
+                else:
+                    stored = await store.update(res, current.resource_version)
+                    outcome = "configured"
+                results.append({"kind": res.kind, "namespace": res.namespace,
+                                "name": res.name, "result": outcome,
+                                "resourceVersion": str(stored.resource_version)})
     return web.json_response({"results": results})
 
 

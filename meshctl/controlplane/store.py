@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import enum
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -243,6 +244,14 @@ class Store(abc.ABC):
         reason of the store's own, not of the content (dirstore: the file that holds, or would
         hold, the object has a rejected hand edit). Lets a multi-object apply refuse before
         writing anything; no-op by default."""
+
+    @contextlib.contextmanager
+    def batch(self, resources: Sequence[Resource]) -> Iterator[None]:
+        """The writes made inside are one change, already checked as a whole (an apply of
+        several documents): a store that checks consistency per write judges each against
+        the state once all of ``resources`` are written, not the partial state in between
+        (a route's new subset may come from a policy written after it). No-op by default."""
+        yield
 
     def errors(self) -> SourceErrors:
         """Documents the store could not accept (hand edits that failed validation)."""
