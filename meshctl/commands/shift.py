@@ -98,8 +98,10 @@ def plan_shift(route: dict[str, Any], subsets: Sequence[str], weights: Weights,
         if len(weights.positional) != len(backends):
             labels = ", ".join(label for label, _ in before)
             raise ShiftRefused(
-                f"{len(weights.positional)} weights given but {where} of {host} has "
-                f"{len(backends)} backends ({labels}); give one weight per backend in that "
+                f"{len(weights.positional)} weight{'' if len(weights.positional) == 1 else 's'}"
+                f" given but {where} of {host} has "
+                f"{len(backends)} backend{'' if len(backends) == 1 else 's'} ({labels}); "
+                "give one weight per backend in that "
                 "order, or name them like v1=90,v2=10")
         for backend, weight in zip(backends, weights.positional, strict=True):
             backend["weight"] = weight
