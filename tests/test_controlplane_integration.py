@@ -132,6 +132,8 @@ def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
     """A hand edit with bad weights is rejected with a precise error and traffic is unchanged."""
     revision = mesh.apply(ROUTE % (100, 0))
     assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
+    for bad in ("nan", "inf", "soon"):  # a timeout that is no number of seconds
+        assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?timeout={bad}")[0] == 400
     assert mesh.answers(10) == {b"reviews-v1"}
     route_file = mesh.cp.info["config_dir"] / "route" / "default" / "reviews.yaml"
     route_file.write_text(ROUTE % (60, 41))

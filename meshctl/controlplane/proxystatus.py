@@ -7,6 +7,7 @@ proxies that lag). It waits on ACK events, it does not poll.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +58,8 @@ def status_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteD
         try:
             revision = int(request.query.get("storeVersion", reconciler.revision))
             timeout = float(request.query.get("timeout", "30"))
+            if not math.isfinite(timeout):  # nan slips through min/max, inf means nothing
+                raise ValueError(timeout)
         except ValueError:
             return web.json_response({"error": "storeVersion must be an integer and timeout "
                                       "a number of seconds", "reason": "BadRequest"}, status=400)
