@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 # RFC 9110 §7.6.1 connection-specific fields, never forwarded (lower-case bytes).
 HOP_BY_HOP: frozenset[bytes] = frozenset({
@@ -39,19 +40,32 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _decode_escape(m: re.Match[str]) -> str:
+    char = chr(int(m.group(1), 16))
+    if char in _UNRESERVED:
+        return char
+    if char in "/\\":
+        return "/"
+    return m.group(0)
+
+
 def normalize_path(path: str) -> str:
     """RFC 3986 normalisation used before routing and authorization.
 
-    Decodes percent-encoded slashes and dots, merges repeated slashes and removes dot segments,
-    so `/public/..%2Fadmin` and `//admin` cannot slip past a prefix rule for `/admin`.
+    Decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2: letters, digits, `-`,
+    `.`, `_`, `~`) and slashes (`%2F`, and `%5C` as `/`), merges repeated slashes and removes
+    dot segments, so `/public/..%2Fadmin`, `//admin` and `/%61dmin` (which the app decodes to
+    `/admin`) cannot slip past a prefix rule for `/admin`. Other escapes stay as sent: decoding
+    them (`%3F`, `%20`, `%25`) would change the request target the app receives.
     """
     if "%" not in path and "//" not in path and "/." not in path:
         return path  # already normal: the common case costs three scans
     if "%" in path:
-        # Decode only the characters that change path structure; keep other escapes as sent.
-        for enc, dec in (("%2f", "/"), ("%2F", "/"), ("%2e", "."), ("%2E", "."),
-                         ("%5c", "/"), ("%5C", "/")):
-            path = path.replace(enc, dec)
+        path = _ESCAPE.sub(_decode_escape, path)  # one pass: `%2561` stays `%2561`
     segments: list[str] = []
     for seg in path.split("/"):
         if seg == "..":

@@ -423,10 +423,14 @@ async def test_authz_denies_by_method_and_path(mesh: Mesh) -> None:
     "/./admin/x",
     "/admin%2Fx",
     "/public/..%5cadmin/x",
+    "/%61dmin/x",
+    "/adm%69n/x",
+    "/public/%2e%2e/%61dmin/x",
 ])
 async def test_authz_deny_holds_for_non_normalised_paths(mesh: Mesh, target: str) -> None:
-    """A DENY on /admin/* also refuses dot segments, encoded slashes/dots and doubled slashes
-    that normalise to /admin/x (each would be admitted if matched as sent)."""
+    """A DENY on /admin/* also refuses dot segments, encoded slashes/dots, encoded letters
+    (which the app decodes) and doubled slashes that normalise to /admin/x (each would be
+    admitted if matched as sent)."""
     name = "ami_authorization_denied_total"
     before = metric_value(await mesh.guarded.metrics(), name, destination_service="reviews")
     resp = await tls_roundtrip(mesh.guarded_port, client_ctx(mesh.productpage, mesh.bundle),
