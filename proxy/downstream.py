@@ -54,6 +54,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.security = "none"
         self.closed = False
         self.draining = False
+        self.plaintext_refused = False  # plaintext on an inbound listener that turned STRICT
         self.current: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self._parsing: Exchange | None = None
@@ -92,6 +93,13 @@ class DownstreamProtocol(asyncio.BaseProtocol):
                 and not self._identify_peer(ssl_object)):
             # Chain-valid but not a workload identity (no SPIFFE id, or several): refused like
             # a failed handshake, before any byte is read.
+            self.listener.stats.inc("ami_tls_handshake_failures",
+                                    (("listener", self.listener.kind),))
+            transport.abort()  # type: ignore[attr-defined]
+            self.closed = True
+            return
+        if ssl_object is None and not self.listener.plaintext_allowed:
+            # Plaintext that got past the acceptor while the mesh turned STRICT.
             self.listener.stats.inc("ami_tls_handshake_failures",
                                     (("listener", self.listener.kind),))
             transport.abort()  # type: ignore[attr-defined]
@@ -212,6 +220,13 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     on_header = requesthead.on_header
 
     def on_headers_complete(self) -> None:
+        if self.plaintext_refused:
+            # The listener turned STRICT: no new request on this plaintext connection. It
+            # closes now, or after the response in flight (read no more meanwhile).
+            self._set_pause(_P_PIPELINE, True)
+            if self.current is None:
+                self._close()
+            return
         ex = requesthead.exchange_from_head(self)
         self._parsing = ex
         if self.current is None:
@@ -257,7 +272,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.current = None
         if self._paused:
             self._set_pause(_P_BUFFER | _P_UPSTREAM, False)
-        if not ex.client_keep_alive or (ex.upgrade and not tunnel) or not ex.request_done:
+        if (not ex.client_keep_alive or (ex.upgrade and not tunnel) or not ex.request_done
+                or self.plaintext_refused):
             self._close()
             return
         if self._error_after_current is not None:
@@ -333,6 +349,14 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.draining = True
         if (self.current is None and not self._in_head and self._tunnel is None
                 and self.loop.time() - self.idle_since >= _DRAIN_IDLE):
+            self._close()
+
+    def refuse_plaintext(self) -> None:
+        """See `Listener.refuse_plaintext`: close when idle, else after the response in flight
+        (which then says `connection: close`); no further request is read."""
+        self.plaintext_refused = True
+        self.draining = True
+        if self.current is None and self._tunnel is None and self._tunnel_preamble is None:
             self._close()
 
     def _reject(self, reason: str) -> None:

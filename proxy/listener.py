@@ -47,6 +47,8 @@ class Listener:
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         self.quiet: asyncio.Event | None = None  # set while draining, fired at zero connections
+        # inbound in STRICT: a plaintext connection is refused, even one accepted before
+        self.plaintext_allowed = True
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
 
@@ -161,6 +163,20 @@ class Listener:
         out.write(json.dumps(line, separators=(",", ":")) + "\n")
         out.flush()
 
+    def refuse_plaintext(self, grace: float) -> None:
+        """The mesh turned STRICT: no plaintext connection carries another request.
+
+        Idle ones close now; one with a request in flight (it began under the old mode)
+        closes after its response, or after `grace` seconds (a stream or a tunnel) at most.
+        Plaintext connections accepted from now on are refused like a failed handshake.
+        """
+        self.plaintext_allowed = False
+        refused = [conn for conn in self.connections if conn.security == "none"]
+        for conn in refused:
+            conn.refuse_plaintext()
+        if refused:
+            self.loop.call_later(grace, _abort_all, refused)
+
     def sweep(self, now: float) -> None:
         for conn in list(self.connections):
             conn.check_timers(now)
@@ -170,6 +186,12 @@ class Listener:
             self.server.close()
         for conn in list(self.connections):
             conn.drain()
+
+
+def _abort_all(conns: list[DownstreamProtocol]) -> None:
+    for conn in conns:
+        if not conn.closed and conn.transport is not None:
+            conn.transport.abort()
 
 
 def _added_request_id(ex: Exchange) -> str | None:

@@ -153,12 +153,13 @@ class EndpointPool:
 
 
 class PoolRegistry:
-    """One EndpointPool per (address, expected identity); unused pools close when retired."""
+    """One EndpointPool per (address, expected identity, mTLS or not); unused pools close when
+    retired."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._pools: dict[tuple[str, int, str | None], EndpointPool] = {}
-        self._used: set[tuple[str, int, str | None]] = set()
+        self._pools: dict[tuple[str, int, str | None, bool], EndpointPool] = {}
+        self._used: set[tuple[str, int, str | None, bool]] = set()
         self.tls: Any = None  # TlsContexts when this proxy has an identity
         self.mtls = False  # whether the current snapshot wants mTLS to mesh endpoints
 
@@ -168,13 +169,16 @@ class PoolRegistry:
 
     def get(self, address: Address, identity: str | None, version: str,
             policy: TrafficPolicy | None = None) -> EndpointPool:
-        key = (address.host, address.port, identity)
+        tls = self.tls if (self.tls is not None and identity and self.mtls) else None
+        # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
+        # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
+        key = (address.host, address.port, identity, tls is not None)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = EndpointPool(self.loop, address)
         pool.version = version
         pool.identity = identity
-        pool.tls = self.tls if (self.tls is not None and identity and self.mtls) else None
+        pool.tls = tls
         if policy is not None:
             settings = policy.connection_pool or _DEFAULT_POOL
             pool.idle_timeout = settings.idle_timeout
@@ -185,7 +189,7 @@ class PoolRegistry:
 
     def external(self, address: Address, tunnel: bool) -> EndpointPool:
         """The pool of a host outside the mesh (plain TCP; tunnels apart from HTTP reuse)."""
-        key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*")
+        key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*", False)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = EndpointPool(self.loop, address)

@@ -82,6 +82,13 @@ class ProxyServer:
         for listener in self.listeners.values():
             if listener.kind != "inbound":
                 listener.peer_line = peer_line
+        inbound = self.listeners.get("inbound")
+        if inbound is not None:
+            if snapshot.mesh.mtls == "STRICT":
+                if inbound.plaintext_allowed:
+                    inbound.refuse_plaintext(self.options.drain_timeout)
+            else:
+                inbound.plaintext_allowed = True
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
         self.snapshot = snapshot

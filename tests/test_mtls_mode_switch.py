@@ -1,0 +1,209 @@
+"""A push changing `mesh.mtls` on running sidecars: no plaintext survives a switch to mTLS.
+
+In-process sidecars (ProxyServer, real sockets and handshakes on 127.0.0.1) with identities
+minted by a CA in tmp; a push is `ProxyServer.apply` of a new snapshot, as the control-plane
+agent does. The echo backend reports the headers it got: `x-forwarded-client-cert` is present
+only for requests that arrived over mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from meshctl.ca import CertificateAuthority, init_ca
+from proxy.config import Address, Snapshot
+from proxy.server import ProxyOptions, ProxyServer
+from tests.proxyharness import Backends, Message, echo_app, free_port, get, read_response
+from tests.test_mtls_static import client_ctx, mint, sid
+
+DEADLINE = 10.0
+REFUSED = (ConnectionError, asyncio.IncompleteReadError, EOFError)
+
+
+@dataclass
+class Pair:
+    """productpage (outbound) -> reviews (inbound) -> echo app."""
+
+    ca: CertificateAuthority
+    backends: Backends
+    reviews: ProxyServer
+    productpage: ProxyServer
+    inbound: int
+    outbound: int
+    app: int
+    versions: list[int]
+
+    def push_reviews(self, mode: str) -> None:
+        self.versions[0] += 1
+        self.reviews.apply(Snapshot.from_dict({
+            "version": f"r{self.versions[0]}", "node": {"service": "reviews"},
+            "app": f"127.0.0.1:{self.app}", "mesh": {"mtls": mode}}))
+
+    def push_productpage(self, mode: str) -> None:
+        self.versions[1] += 1
+        self.productpage.apply(Snapshot.from_dict({
+            "version": f"p{self.versions[1]}", "node": {"service": "productpage"},
+            "mesh": {"mtls": mode},
+            "services": {"reviews": {"endpoints": [
+                {"address": f"127.0.0.1:{self.inbound}", "identity": sid("reviews")}]}}}))
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    init_ca(tmp_path / "ca")
+    ca = CertificateAuthority(tmp_path / "ca")
+    backends = Backends()
+    servers: list[ProxyServer] = []
+    try:
+        app = backends.aiohttp(echo_app())
+        inbound, outbound = free_port(), free_port()
+        reviews = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", inbound)}))
+        productpage = ProxyServer(ProxyOptions(
+            listeners={"outbound": Address("127.0.0.1", outbound)}))
+        pair = Pair(ca, backends, reviews, productpage, inbound, outbound, app, [0, 0])
+        pair.push_reviews("PERMISSIVE")
+        pair.push_productpage("DISABLE")
+        for server, service in ((reviews, "reviews"), (productpage, "productpage")):
+            server.set_identity(mint(ca, service))
+            await server.start_listeners()
+            servers.append(server)
+        yield pair
+    finally:
+        for server in servers:
+            await server.shutdown(deadline=1.0)
+        backends.close()
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+              path: str) -> Message:
+    writer.write(get("reviews", path))
+    await writer.drain()
+    return await asyncio.wait_for(read_response(reader), DEADLINE)
+
+
+def xfcc(resp: Message) -> list[str]:
+    return [v for k, v in json.loads(resp.body)["headers"]
+            if k.lower() == "x-forwarded-client-cert"]
+
+
+async def until(condition: Callable[[], Any], what: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
+
+
+@pytest.mark.parametrize("before", ["PERMISSIVE", "DISABLE"])
+async def test_plaintext_connection_is_closed_when_inbound_turns_strict(
+        pair: Pair, before: str) -> None:
+    """A plaintext keep-alive connection admitted before the switch carries no request after
+    it: an idle one is closed at once, and nothing more is served on it."""
+    pair.push_reviews(before)
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        first = await ask(reader, writer, "/before")
+        assert first.status == 200 and xfcc(first) == []
+        pair.push_reviews("STRICT")
+        with pytest.raises(REFUSED):
+            await ask(reader, writer, "/after")
+    finally:
+        writer.close()
+    # mTLS still gets in, on a new connection.
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", pair.inbound, ssl=client_ctx(mint(pair.ca, "ratings"), pair.ca.trust_bundle()))
+    try:
+        resp = await ask(reader, writer, "/tls")
+        assert resp.status == 200 and xfcc(resp) == [f"By={sid('reviews')};URI={sid('ratings')}"]
+    finally:
+        writer.close()
+
+
+async def test_request_in_flight_at_the_switch_finishes_and_closes_the_connection(
+        pair: Pair) -> None:
+    """The plaintext request being served when STRICT arrives completes (it began under the
+    old mode), with `connection: close`; a request pipelined behind it is not served."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def held(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        await release.wait()
+        return web.Response(text="held done")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", held)
+    pair.app = pair.backends.aiohttp(app)
+    pair.push_reviews("PERMISSIVE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        writer.write(get("reviews", "/held"))
+        await writer.drain()
+        await until(lambda: seen == ["/held"], "the request to reach the app")
+        pair.push_reviews("STRICT")
+        writer.write(get("reviews", "/pipelined"))
+        await writer.drain()
+        pair.backends.loop.call_soon_threadsafe(release.set)
+        resp = await asyncio.wait_for(read_response(reader), DEADLINE)
+        assert (resp.status, resp.body) == (200, b"held done")
+        assert (resp.header("connection") or "").lower() == "close"
+        with pytest.raises(REFUSED):
+            await asyncio.wait_for(read_response(reader), DEADLINE)
+    finally:
+        writer.close()
+    assert seen == ["/held"]
+
+
+async def test_plaintext_stream_is_closed_after_the_grace_period(pair: Pair) -> None:
+    """A plaintext response that never ends (a stream) is cut once the drain grace passes."""
+    # the grace (--drain-timeout): how long a plaintext stream may go on after the switch
+    pair.reviews.options = replace(pair.reviews.options, drain_timeout=0.2)
+    release = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"tick\n")
+        await release.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", endless)
+    pair.app = pair.backends.aiohttp(app)
+    pair.push_reviews("PERMISSIVE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        writer.write(get("reviews", "/stream"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"tick\n"), DEADLINE)
+        assert head.startswith(b"HTTP/1.1 200")
+        pair.push_reviews("STRICT")
+        rest = await asyncio.wait_for(reader.read(), DEADLINE)  # EOF once the grace is over
+        assert b"tick" not in rest
+    finally:
+        writer.close()
+        pair.backends.loop.call_soon_threadsafe(release.set)
+
+
+async def test_outbound_stops_reusing_plaintext_connections_once_mtls_is_on(pair: Pair) -> None:
+    """productpage switches DISABLE -> PERMISSIVE (mTLS to mesh endpoints): its next request
+    goes over mTLS, not over the pooled plaintext connection (reviews, PERMISSIVE, would
+    take either, so only the caller's side decides here)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound)
+    try:
+        plain = await ask(reader, writer, "/plain")
+        assert plain.status == 200 and xfcc(plain) == []
+        pair.push_productpage("PERMISSIVE")
+        secured = await ask(reader, writer, "/secured")
+        assert secured.status == 200
+        assert xfcc(secured) == [f"By={sid('reviews')};URI={sid('productpage')}"]
+    finally:
+        writer.close()
