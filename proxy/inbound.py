@@ -8,8 +8,8 @@ and, in STRICT mode, nothing else reaches this point (the TLS handshake refused 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
@@ -23,23 +23,14 @@ if TYPE_CHECKING:
 Refusal = tuple[str, int | None, tuple[tuple[bytes, bytes], ...]]
 
 
-class _HeaderView(Mapping[str, str]):
-    """Lazy lower-case header lookup over an exchange, for authorization conditions."""
+def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
+    """Every value of a request header (lower-case name), in order, for `when` conditions."""
+    def values(name: str) -> list[str]:
+        key = name.encode("latin-1")
+        return [v.decode("latin-1") for n, v in ex.headers
+                if len(n) == len(key) and n.lower() == key]
 
-    def __init__(self, ex: Exchange) -> None:
-        self.ex = ex
-
-    def __getitem__(self, key: str) -> str:
-        value = self.ex.header(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __iter__(self) -> Any:
-        return iter(n.decode("latin-1").lower() for n, _ in self.ex.headers)
-
-    def __len__(self) -> int:
-        return len(self.ex.headers)
+    return values
 
 
 class InboundPolicy:
@@ -79,9 +70,10 @@ class InboundPolicy:
             identity = conn.peer_identity
             service, namespace = conn.peer_service, conn.peer_namespace
             method = ex.method.decode("latin-1")
-            headers = _HeaderView(ex)
+            headers = _header_values(ex)
             for policy in self.deny:
-                if any(r.matches(identity, service, namespace, method, ex.path, headers)
+                if any(r.matches(identity, service, namespace, method, ex.path, headers,
+                                 deny=True)
                        for r in policy.rules):
                     return self._deny()
             if self.allow and not any(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
@@ -48,6 +48,19 @@ class Condition:
     header: str
     values: tuple[str, ...]
 
+    def matches(self, sent: Sequence[str], deny: bool) -> bool:
+        """Whether the header's values as sent (each occurrence, in order) match.
+
+        A header sent more than once is ambiguous (the app may read any of its values), so
+        the answer is the one that refuses: a DENY condition holds if any value is listed, an
+        ALLOW condition only if every value is. An absent header matches neither.
+        """
+        if not sent:
+            return False
+        if deny:
+            return any(v in self.values for v in sent)
+        return all(v in self.values for v in sent)
+
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationRule:
@@ -58,12 +71,14 @@ class AuthorizationRule:
     conditions: tuple[Condition, ...] = ()
 
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
-                method: str, path: str, headers: Mapping[str, str]) -> bool:
-        """Whether a request from this caller matches this rule."""
+                method: str, path: str, headers: Callable[[str], Sequence[str]],
+                deny: bool = False) -> bool:
+        """Whether a request from this caller matches this rule of an ALLOW (or ``deny``)
+        policy; ``headers(name)`` gives every value of a lower-case header name, in order."""
         return ((not self.sources
                  or any(s.matches(identity, service, namespace) for s in self.sources))
                 and (not self.operations or any(o.matches(method, path) for o in self.operations))
-                and all(headers.get(c.header) in c.values for c in self.conditions))
+                and all(c.matches(headers(c.header), deny) for c in self.conditions))
 
 
 @dataclass(frozen=True, slots=True)

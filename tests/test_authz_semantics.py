@@ -1,0 +1,119 @@
+"""AuthorizationPolicy semantics an Istio user relies on, through a real PERMISSIVE sidecar.
+
+One static-mode `reviews` sidecar (real process, mTLS from a CA in tmp) in PERMISSIVE mode, so
+both plaintext callers (no identity) and mTLS peers reach the policies:
+
+- DENY from service `ratings`; DENY when `x-user: mallory`;
+- ALLOW `/open/*` to anyone; ALLOW anything from `productpage`; ALLOW `/alice/*` when
+  `x-user: alice`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from meshctl.ca import CertificateAuthority, init_ca
+from tests.proxyharness import Backends, Message, ProxyProcess, echo_app, free_port, get, roundtrip
+from tests.test_mtls_static import TD, client_ctx, mint, start_proxy, tls_roundtrip
+
+POLICIES = [
+    {"action": "DENY", "rules": [{"from": [{"services": ["ratings"]}]}]},
+    {"action": "DENY", "rules": [{"when": [{"header": "x-user", "values": ["mallory"]}]}]},
+    {"action": "ALLOW", "rules": [
+        {"to": [{"paths": ["/open/*"]}]},
+        {"from": [{"services": ["productpage"]}]},
+        {"to": [{"paths": ["/alice/*"]}], "when": [{"header": "X-User", "values": ["alice"]}]},
+    ]},
+]
+
+
+@dataclass
+class Env:
+    ca: CertificateAuthority
+    proxy: ProxyProcess
+    port: int
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("authz")
+    init_ca(tmp / "ca", TD)
+    ca = CertificateAuthority(tmp / "ca")
+    backends = Backends()
+    proxy: ProxyProcess | None = None
+    try:
+        app = backends.aiohttp(echo_app())
+        port = free_port()
+        proxy = start_proxy(tmp / "reviews", mint(ca, "reviews"), {
+            "node": {"service": "reviews"}, "app": f"127.0.0.1:{app}",
+            "mesh": {"mtls": "PERMISSIVE"}, "inbound": {"authorization": POLICIES}},
+            inbound=port)
+        yield Env(ca, proxy, port)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        backends.close()
+
+
+async def plain(env: Env, path: str, extra: str = "") -> Message:
+    return await roundtrip(env.port, get("reviews", path, extra=extra))
+
+
+async def as_service(env: Env, service: str, path: str, extra: str = "") -> Message:
+    ctx = client_ctx(mint(env.ca, service), env.ca.trust_bundle())
+    return await tls_roundtrip(env.port, ctx, get("reviews", path, extra=extra))
+
+
+def verdict(resp: Message) -> tuple[int, str | None]:
+    return resp.status, resp.header("x-ami-reason")
+
+
+DENIED = (403, "not_authorized")
+ALLOWED = (200, None)
+
+
+async def test_allow_rule_without_source_admits_plaintext(env: Env) -> None:
+    """A rule with no `from` matches every caller, a plaintext one included (as in Istio)."""
+    assert verdict(await plain(env, "/open/x")) == ALLOWED
+
+
+async def test_allow_by_identity_never_matches_plaintext(env: Env) -> None:
+    """A plaintext caller has no identity: an ALLOW `from` cannot match it, so with ALLOW
+    policies present it is refused wherever only identity-based rules admit."""
+    assert verdict(await plain(env, "/private")) == DENIED
+    assert verdict(await as_service(env, "productpage", "/private")) == ALLOWED
+
+
+async def test_deny_by_identity_does_not_match_plaintext(env: Env) -> None:
+    """Istio's well-known pitfall, kept: a DENY `from` a service refuses that service over mTLS
+    but cannot match a plaintext caller (it has no identity to compare), so in PERMISSIVE
+    plaintext passes such a DENY. STRICT, or ALLOW rules with `from`, shut plaintext out."""
+    assert verdict(await as_service(env, "ratings", "/open/x")) == DENIED
+    assert verdict(await plain(env, "/open/x")) == ALLOWED
+
+
+async def test_when_header_name_is_case_insensitive(env: Env) -> None:
+    """`when` names a header in any case; the request may send it in any case."""
+    assert verdict(await plain(env, "/alice/x", "X-USER: alice\r\n")) == ALLOWED
+    assert verdict(await plain(env, "/alice/x", "x-user: bob\r\n")) == DENIED
+    assert verdict(await plain(env, "/alice/x")) == DENIED  # absent header: no match
+
+
+@pytest.mark.parametrize("order", [("alice", "mallory"), ("mallory", "alice")])
+async def test_deny_condition_matches_any_value_of_a_repeated_header(
+        env: Env, order: tuple[str, str]) -> None:
+    """A header sent twice matches a DENY condition if any of its values is listed: the app
+    may read either value, so a DENY cannot be dodged by putting an innocent one first."""
+    extra = "".join(f"x-user: {v}\r\n" for v in order)
+    assert verdict(await plain(env, "/open/x", extra)) == DENIED
+
+
+async def test_allow_condition_needs_every_value_of_a_repeated_header(env: Env) -> None:
+    """A header sent twice matches an ALLOW condition only if all its values are listed: an
+    allowed first value does not vouch for a second one the app may read instead."""
+    assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nx-user: bob\r\n")) == DENIED
+    assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nX-User: alice\r\n")) == ALLOWED
+
