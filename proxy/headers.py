@@ -11,8 +11,20 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
 
-# Identity headers only a sidecar may set; anything a client or peer sent is dropped.
-IDENTITY_HEADERS: frozenset[bytes] = frozenset({b"x-forwarded-client-cert"})
+def _spellings(name: bytes) -> set[bytes]:
+    """`name` with each `-` as `-` or `_`: WSGI/CGI servers (HTTP_X_FORWARDED_CLIENT_CERT)
+    and some frameworks treat both the same, so a forged `x_forwarded_client_cert` would
+    reach the app as the sidecar's header."""
+    first, *rest = name.split(b"-")
+    out = {first}
+    for part in rest:
+        out = {done + sep + part for done in out for sep in (b"-", b"_")}
+    return out
+
+
+# Identity headers only a sidecar may set; anything a client or peer sent is dropped, in every
+# spelling an app could read as the same header.
+IDENTITY_HEADERS: frozenset[bytes] = frozenset(_spellings(b"x-forwarded-client-cert"))
 
 def _request_id_batch(n: int = 256) -> list[bytes]:
     """n random UUIDv4s from one urandom call; amortised, an id costs a list pop."""

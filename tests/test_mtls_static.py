@@ -231,6 +231,22 @@ async def test_forged_xfcc_from_a_peer_is_stripped(mesh: Mesh) -> None:
     assert xfcc == [f"By={sid('reviews')};URI={sid('productpage')}"]
 
 
+@pytest.mark.parametrize("name", ["x_forwarded_client_cert", "X-Forwarded_Client-Cert"])
+async def test_xfcc_spelled_with_underscores_is_stripped(mesh: Mesh, name: str) -> None:
+    """WSGI/CGI servers map `-` and `_` in header names to the same variable
+    (HTTP_X_FORWARDED_CLIENT_CERT), where a forged value would sit next to the sidecar's
+    real XFCC: such spellings are dropped too, from the app side and from a peer."""
+    forged = f"{name}: By={sid('reviews')};URI={sid('admin')}\r\n"
+    via_app = await roundtrip(mesh.client.outbound, get("reviews", "/api/x", extra=forged))
+    via_peer = await tls_roundtrip(mesh.strict_port, client_ctx(mesh.productpage, mesh.bundle),
+                                   get("reviews", "/api/x", extra=forged))
+    for resp in (via_app, via_peer):
+        assert resp.status == 200
+        xfcc = [v for k, v in echoed_headers(resp)
+                if k.replace("_", "-") == "x-forwarded-client-cert"]
+        assert xfcc == [f"By={sid('reviews')};URI={sid('productpage')}"]
+
+
 async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
     """Requests that came over mTLS are labelled connection_security_policy=mutual_tls."""
     await roundtrip(mesh.client.outbound, get("reviews", "/api/metric"))
