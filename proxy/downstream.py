@@ -122,9 +122,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         except IdentityError as exc:
             log.debug("inbound peer refused: %s", exc)
             return False
-        # spiffe://<trust-domain>/ns/<namespace>/sa/<service>
+        # spiffe://<trust-domain>/ns/<namespace>/sa/<service>, exactly: an id that merely
+        # contains these segments (…/sa/<service>/more) names no service or namespace.
         parts = self.peer_identity.split("/")
-        if len(parts) >= 7 and parts[3] == "ns" and parts[5] == "sa":
+        if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa" and parts[4] and parts[6]:
             self.peer_namespace, self.peer_service = parts[4], parts[6]
         return True
 

@@ -345,6 +345,22 @@ async def test_mesh_signed_cert_without_exactly_one_spiffe_id_is_refused(
     assert metric_value(await mesh.strict.metrics(), name, listener="inbound") == before + 1
 
 
+@pytest.mark.parametrize("uri", [
+    f"{sid('productpage')}/extra",
+    "spiffe://cluster.local/ns/default/sa/productpage/sa/productpage",
+    "spiffe://cluster.local/x/ns/default/sa/productpage",
+], ids=["extra-segment", "repeated-sa", "prefixed"])
+async def test_source_service_is_read_only_from_an_exact_workload_id(
+        mesh: Mesh, uri: str) -> None:
+    """`services`/`namespaces` come from an id of the exact form .../ns/<ns>/sa/<service>: a
+    chain-valid certificate whose id merely contains those segments is no `productpage` for an
+    ALLOW `from services: [productpage]` (it still gets the paths any identity may call)."""
+    ctx = client_ctx(odd_leaf(mesh.ca, [x509.UniformResourceIdentifier(uri)]), mesh.bundle)
+    resp = await tls_roundtrip(mesh.strict_port, ctx, get("reviews", "/api/x"))
+    assert (resp.status, resp.header("x-ami-reason")) == (403, "not_authorized"), resp.body
+    assert (await tls_roundtrip(mesh.strict_port, ctx, get("reviews", "/health"))).status == 200
+
+
 async def test_stalled_handshakes_count_against_the_connection_limit(
         mesh: Mesh, tmp_path: Path) -> None:
     """Clients that connect and never start TLS hold a slot until the handshake timeout: with
