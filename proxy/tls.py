@@ -32,6 +32,11 @@ def server_context(
     ctx = _context(ssl.PROTOCOL_TLS_SERVER, identity)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # No session resumption: a resumed session skips verifying the client's certificate, so a
+    # peer could return with a certificate that has since expired or whose root was retired.
+    # Sidecars never resume (every connection is a full handshake) and pool their connections.
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     return ctx
 
 

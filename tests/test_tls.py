@@ -330,6 +330,41 @@ async def test_listener_picks_up_a_new_trust_bundle(
         writer.close()
 
 
+def _greeting(port: int, ctx: ssl.SSLContext,
+              session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSession | None]:
+    """Connect on a blocking socket offering `session`; the greeting line and the session."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw, \
+            ctx.wrap_socket(raw, session=session) as tls:
+        return tls.recv(200), tls.session
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_retired_root_cannot_resume_a_session(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, version: ssl.TLSVersion
+) -> None:
+    """Once a root leaves the bundle, a peer it signed cannot get back in by resuming a TLS
+    session (resumption skips chain verification): server contexts offer no resumption."""
+    server = mint(ca, "reviews")
+    both = ca.trust_bundle() + other_ca.trust_bundle()
+    contexts = TlsContexts(
+        WorkloadIdentity.from_pem(server.key_pem, server.cert_pem, server.chain_pem, both))
+    client = client_context(mint(other_ca, "productpage", bundle=ca.trust_bundle()))
+    client.maximum_version = version
+    async with mesh_server(contexts.listener) as srv:
+        greeting, session = await asyncio.to_thread(_greeting, srv.port, client)
+        assert greeting == f"hello {PRODUCTPAGE}\n".encode()
+        assert (await srv.next()).peer == PRODUCTPAGE
+        contexts.update(server)  # the other root is retired
+        try:
+            greeting, _ = await asyncio.to_thread(_greeting, srv.port, client, session)
+        except (ssl.SSLError, OSError):
+            greeting = b""
+        assert greeting == b""
+        assert "local issuer" in verify_error(await srv.next())
+
+
 async def test_old_and_new_roots_interoperate_after_root_rotation(tmp_path: Path) -> None:
     """During the overlap a cert under the old root and one under the new root accept each other."""
     old_ca = new_ca(tmp_path / "ca")
