@@ -40,6 +40,9 @@ class InboundPolicy:
                  rate_limit: RateLimit | None, stats: RequestStats,
                  service: str, clock: Callable[[], float] = time.monotonic,
                  previous: InboundPolicy | None = None) -> None:
+        # The control plane sends only this service's policies; a static config may list
+        # policies for other services too, and those do not apply here.
+        policies = [p for p in policies if p.service in (None, service)]
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
         self.mtls_mode = mtls_mode

@@ -3,6 +3,7 @@
 One static-mode `reviews` sidecar (real process, mTLS from a CA in tmp) in PERMISSIVE mode, so
 both plaintext callers (no identity) and mTLS peers reach the policies:
 
+- DENY everything, for service `ratings` only (not this sidecar's service);
 - DENY from service `ratings`; DENY when `x-user: mallory`;
 - ALLOW `/open/*` to anyone; ALLOW anything from `productpage`; ALLOW `/alice/*` when
   `x-user: alice`.
@@ -20,6 +21,8 @@ from tests.proxyharness import Backends, Message, ProxyProcess, echo_app, free_p
 from tests.test_mtls_static import TD, client_ctx, mint, start_proxy, tls_roundtrip
 
 POLICIES = [
+    # for another service: must not apply here (a static config may list it)
+    {"selector": {"service": "ratings"}, "action": "DENY", "rules": [{}]},
     {"action": "DENY", "rules": [{"from": [{"services": ["ratings"]}]}]},
     {"action": "DENY", "rules": [{"when": [{"header": "x-user", "values": ["mallory"]}]}]},
     {"action": "ALLOW", "rules": [
@@ -78,6 +81,12 @@ ALLOWED = (200, None)
 async def test_allow_rule_without_source_admits_plaintext(env: Env) -> None:
     """A rule with no `from` matches every caller, a plaintext one included (as in Istio)."""
     assert verdict(await plain(env, "/open/x")) == ALLOWED
+
+
+async def test_policy_selecting_another_service_does_not_apply(env: Env) -> None:
+    """`selector.service: ratings` is not about `reviews`, even when its sidecar's config
+    lists it (static mode): its DENY-everything is not applied here."""
+    assert verdict(await as_service(env, "productpage", "/open/x")) == ALLOWED
 
 
 async def test_allow_by_identity_never_matches_plaintext(env: Env) -> None:
