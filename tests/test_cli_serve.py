@@ -364,3 +364,37 @@ def test_apply_order_of_files_does_not_matter(cp: MeshProcess, tmp_path: Path) -
                                                "weight: 100}"))
     assert meshctl(cp, "apply", "-f", str(dp), "-f", str(route)) == (
         0, "destinationpolicy.ami.mesh/cart configured\nroute.ami.mesh/cart configured\n", "")
+
+
+MESH = """apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews, namespace: %(ns)s}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews, namespace: %(ns)s}
+spec:
+  host: reviews
+  rules: [{backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]}]
+"""
+
+
+def test_delete_refuses_to_leave_a_route_without_its_subsets(cp: MeshProcess,
+                                                              tmp_path: Path) -> None:
+    """Deleting the DestinationPolicy a Route's subsets come from would send that traffic to
+    503s: refused, naming what uses it, until the Route goes first; `delete -f` of both works
+    whatever order the file has (Routes are deleted first)."""
+    ns = "delref"
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MESH % {"ns": ns})
+    assert meshctl(cp, "apply", "-f", str(path))[0] == 0
+    code, _, err = meshctl(cp, "delete", "destinationpolicy", "reviews", "-n", ns)
+    assert code == 1 and "unknown subset 'v1'" in err and "first" in err, err
+    assert get(cp, ns, "reviews", "destinationpolicies")["spec"]["host"] == "reviews"
+    code, out, err = meshctl(cp, "delete", "-f", str(path))  # the policy comes first in the file
+    assert code == 0, err
+    assert out.splitlines() == ["route.ami.mesh/reviews deleted",
+                                "destinationpolicy.ami.mesh/reviews deleted"]

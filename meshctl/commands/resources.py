@@ -242,6 +242,9 @@ def run_delete(args: argparse.Namespace) -> int:
             keys = [r.key for r in load_files(args.paths, args.namespace)]
         except ValidationError as err:
             return _print_issues(err)
+        # Routes before the DestinationPolicies whose subsets they use: each delete must
+        # leave a consistent mesh, so the users go first.
+        keys.sort(key=lambda k: k[0] != "Route")
     elif args.kind and args.name:
         keys = [(args.kind, args.namespace or "default", args.name)]
     else:

@@ -204,10 +204,17 @@ async def _update(request: web.Request) -> web.Response:
 
 async def _delete(request: web.Request) -> web.Response:
     store = request.app[STORE]
+    key = (_kind(request), request.match_info["ns"], request.match_info["name"])
     async with request.app[_APPLY_LOCK]:
-        gone = await store.delete(_kind(request), request.match_info["ns"],
-                                  request.match_info["name"],
-                                  request.query.get("resourceVersion"))
+        # A delete is a change like any other: it may not leave a Route naming subsets that
+        # no DestinationPolicy defines any more (that traffic would get 503s).
+        current = [o.resource for o in await store.list()]
+        issues = new_issues(current, overlay(current, [], {key}))
+        if issues:
+            raise Invalid(f"deleting {key[0]} {key[1]}/{key[2]} would leave: "
+                          + "; ".join(str(i) for i in issues)
+                          + " (change or delete what uses it first)")
+        gone = await store.delete(*key, request.query.get("resourceVersion"))
     return web.json_response(gone.to_dict())
 
 
