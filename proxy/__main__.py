@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=20.0)
     p.add_argument("--header-timeout", type=float, default=_DEFAULTS.header_timeout)
     p.add_argument("--idle-timeout", type=float, default=_DEFAULTS.idle_timeout)
+    p.add_argument("--stream-idle-timeout", type=float, default=_DEFAULTS.stream_idle_timeout,
+                   help="reset a request when no byte moved either way for this long "
+                        f"(default {_DEFAULTS.stream_idle_timeout:g} s; 0: never)")
     p.add_argument("--max-connections", type=int, default=None,
                    help=f"client connections per listener (default {_DEFAULTS.max_connections}, "
                         "or fewer if the open-file limit cannot hold that many)")
@@ -70,11 +73,15 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     for flag in ("max_request_line", "max_header_bytes", "header_timeout", "idle_timeout",
                  "max_connections", "drain_timeout"):
         value = getattr(args, flag)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # `not >` also refuses nan
             raise ConfigError(f"--{flag.replace('_', '-')} must be greater than 0, not {value}")
+    if not args.stream_idle_timeout >= 0:  # also refuses nan
+        raise ConfigError("--stream-idle-timeout must be 0 (off) or more, "
+                          f"not {args.stream_idle_timeout}")
     limits = Limits(max_request_line=args.max_request_line,
                     max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
                     idle_timeout=args.idle_timeout,
+                    stream_idle_timeout=args.stream_idle_timeout,
                     max_connections=_DEFAULTS.max_connections if args.max_connections is None
                     else args.max_connections)
     access = None if args.access_log is None else args.access_log == "on"

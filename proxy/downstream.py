@@ -80,6 +80,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         # timestamps checked by the listener's periodic sweep (no per-request timers)
         self.head_started = 0.0
         self.idle_since = 0.0
+        # the in-flight exchange's progress (bytes either way) as last seen by the sweep
+        self._watched: Exchange | None = None
+        self._watched_progress = 0
+        self._watched_since = 0.0
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -327,10 +331,18 @@ class DownstreamProtocol(asyncio.BaseProtocol):
 
     # --- lifecycle ----------------------------------------------------------------------------
     def check_timers(self, now: float) -> None:
-        """Called about once a second by the listener: slow headers and idle keep-alive."""
+        """Called about once a second by the listener: slow headers, idle keep-alive and
+        stalled requests."""
         if self.closed or self._tunnel is not None or self._lingering:
             return
         limits = self.listener.limits
+        if self.current is not None:
+            if limits.stream_idle_timeout:
+                self._check_stream_idle(self.current, now, limits.stream_idle_timeout)
+                if self.closed:
+                    return
+        elif self._watched is not None:
+            self._watched = None  # not kept alive by an idle keep-alive connection
         if self._in_head and now - self.head_started > limits.header_timeout:
             self._reject("request_timeout")
         elif self.current is None and not self._in_head:
@@ -341,6 +353,20 @@ class DownstreamProtocol(asyncio.BaseProtocol):
                 limit = min(limit, _DRAIN_IDLE)
             if now - self.idle_since >= limit:
                 self._close()
+
+    def _check_stream_idle(self, ex: Exchange, now: float, limit: float) -> None:
+        """Reset the in-flight request once no byte has moved either way for `limit` seconds.
+
+        Progress is read from the byte counters the exchange keeps anyway, so the request path
+        pays nothing for this timeout. While a route timeout waits for the response head, that
+        timeout decides instead (it may be the longer one, on purpose).
+        """
+        progress = ex.bytes_in + ex.bytes_out + ex.status
+        if ex is not self._watched or progress != self._watched_progress:
+            self._watched, self._watched_progress, self._watched_since = ex, progress, now
+        elif now - self._watched_since >= limit and not ex.awaiting_route_timeout():
+            self._watched = None
+            ex.stream_idle()
 
     def drain(self) -> None:
         """Shutdown: the in-flight response, and the answer to a request still arriving on an

@@ -33,7 +33,8 @@ class Exchange:
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
         "_connect_task", "_failover_used", "_frame", "_fresh_retry_used", "_out", "_pool_held",
-        "_replay", "_response_chunked_in", "_retry_timer", "_timer", "_tried", "_try_start",
+        "_replay", "_response_chunked_in", "_retry_timer", "_route_timeout", "_timer", "_tried",
+        "_try_start",
         "_upstream_paused",
         "_waiting", "authority", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
@@ -75,6 +76,7 @@ class Exchange:
         self._waiting = False
         self._attempt = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._route_timeout: float | None = None  # armed when the request's last byte is in
         self._attempt_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._replay: list[bytes] | None = None
@@ -110,6 +112,7 @@ class Exchange:
     _retry_now = policy.retry_now
     _on_attempt_timeout = policy.on_attempt_timeout
     _on_timeout = policy.on_timeout
+    stream_idle = policy.on_stream_idle
     _drop_attempt = policy.drop_attempt
     _cancel_timers = policy.cancel_timers
 
@@ -283,10 +286,22 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.request_done = True
+        timeout = self._route_timeout
+        if timeout is not None:
+            # The route timeout runs from the end of the request, as in Envoy: a slow upload
+            # is not the upstream's delay. (Not once a response has started: it covers the
+            # wait for the head only.)
+            self._route_timeout = None
+            if not self.response_started:
+                self._timer = self.downstream.loop.call_later(timeout, self._on_timeout)
         if self.mirror is not None:
             self.mirror.body_done(self.chunked)
         if self.chunked and self.conn is not None and self._body_buffer is None:
             self.conn.write(_LAST_CHUNK)
+
+    def awaiting_route_timeout(self) -> bool:
+        """The route timeout is running: the wait for the response head is its to decide."""
+        return self._timer is not None and not self.response_started
 
     # --- response from upstream -------------------------------------------------------------
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:

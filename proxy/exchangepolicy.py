@@ -79,7 +79,10 @@ def proceed(ex: Exchange) -> None:
     if ex.timeout_override is not None and (timeout is None or ex.timeout_override < timeout):
         timeout = ex.timeout_override  # a request may tighten, never loosen, its timeout
     if timeout is not None:
-        ex._timer = ex.downstream.loop.call_later(timeout, ex._on_timeout)
+        if ex.request_done:
+            ex._timer = ex.downstream.loop.call_later(timeout, ex._on_timeout)
+        else:
+            ex._route_timeout = timeout  # started by Exchange.request_complete
     retry = decision.retry
     if retry is not None:
         assert retry.state.budget is not None
@@ -227,17 +230,36 @@ def on_attempt_timeout(ex: Exchange) -> None:
 def on_timeout(ex: Exchange) -> None:
     """Route timeout: no response headers in time; answer 504 whatever else is pending."""
     ex._timer = None
+    _record_unanswered(ex)
+    ex._drop_attempt()
+    ex._release_pool()
+    ex.reply("timeout")
+
+
+def on_stream_idle(ex: Exchange) -> None:
+    """No byte moved either way for the stream idle timeout (Envoy's stream_idle_timeout).
+
+    A client that stopped sending its body gets 408; a request whose upstream stopped
+    answering gets 504 (and counts against the endpoint, like a route timeout); a response
+    already under way is cut short, so the client sees a truncated message.
+    """
+    if ex.request_done and not ex.response_started:
+        _record_unanswered(ex)
+    ex._drop_attempt()
+    ex._release_pool()
+    client_stalled = not ex.request_done and not ex.response_started
+    ex.reply("stream_idle_timeout", status=408 if client_stalled else None)
+
+
+def _record_unanswered(ex: Exchange) -> None:
+    """The endpoint being asked did not answer in time (Envoy counts it as a 504)."""
     backend = ex.backend
     if (backend is not None and ex.pool is not None
             and (ex.conn is not None or ex._connect_task is not None)):
-        # The endpoint did not answer in time (Envoy counts it as a 504).
         if backend.outlier is not None:
             backend.outlier.record(ex.pool, None)
         if backend.ewma is not None:
             backend.ewma.observe_failure(ex.pool, ex.downstream.loop.time() - ex._try_start)
-    ex._drop_attempt()
-    ex._release_pool()
-    ex.reply("timeout")
 
 
 def drop_attempt(ex: Exchange) -> None:

@@ -25,6 +25,9 @@ class Limits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 10_000
+    # No byte either way on an in-flight request for this long: reset it (Envoy's
+    # stream_idle_timeout). 0 turns it off.
+    stream_idle_timeout: float = 300.0
 
 
 class Listener:

@@ -29,6 +29,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "upstream_reset": (502, "upstream closed the connection before a complete response"),
     "upstream_protocol_error": (502, "upstream sent a malformed response"),
     "timeout": (504, "upstream did not answer in time"),
+    "stream_idle_timeout": (504, "no byte moved either way within the stream idle timeout"),
     "too_many_connections": (503, "listener connection limit reached"),
     "internal_error": (500, "internal proxy error (see the proxy log)"),
     "downstream_disconnect": (499, "client closed the connection before the response "
