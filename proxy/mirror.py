@@ -45,9 +45,13 @@ class MirrorRequest:
                                          (("destination_service", backend.service),))
         mirror = cls(pool, _shadow_head(ex), ex.method == b"HEAD")
         decision = ex.decision
-        if decision is not None and decision.timeout is not None:
-            # As Envoy: the copy gets the route's timeout, so hung copies cannot pile up.
-            mirror._timer = ex.downstream.loop.call_later(decision.timeout, mirror.drop)
+        # As Envoy: the copy gets the route's timeout, so hung copies cannot pile up; without
+        # one, the stream idle timeout bounds the whole copy (a shadow is never waited for).
+        timeout = decision.timeout if decision is not None else None
+        if timeout is None:
+            timeout = ex.downstream.listener.limits.stream_idle_timeout or None
+        if timeout is not None:
+            mirror._timer = ex.downstream.loop.call_later(timeout, mirror.drop)
         conn = pool.take_idle()
         if conn is not None:
             mirror._send_on(conn)

@@ -7,8 +7,10 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,9 @@ from tests.proxyharness import (
     metric_value,
     read_head,
     read_response,
+    roundtrip,
 )
+from tests.traffic_backends import TrafficProxy
 
 IDLE = 1.0  # --stream-idle-timeout of the proxy under test; the sweep runs once a second
 
@@ -56,9 +60,20 @@ async def stalling_backend(backend: RawBackend, reader: asyncio.StreamReader,
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    hub = Backends()
-    raw = hub.raw(stalling_backend)
+def hub() -> Iterator[Backends]:
+    backends = Backends()
+    yield backends
+    backends.close()
+
+
+@pytest.fixture(scope="module")
+def raw(hub: Backends) -> RawBackend:
+    return hub.raw(stalling_backend)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, hub: Backends,
+          raw: RawBackend) -> Iterator[ProxyProcess]:
     echo = hub.aiohttp(echo_app())
     routes = [
         {"host": "timed", "rules": [{"backends": [{"service": "echo"}], "timeout": "1s"}]},
@@ -69,7 +84,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
                      args=("--stream-idle-timeout", str(IDLE)), routes=routes).start()
     yield p
     p.stop()
-    hub.close()
 
 
 async def _flags(proxy: ProxyProcess, reason: str, code: str) -> float:
@@ -149,6 +163,37 @@ async def test_route_timeout_starts_when_the_request_is_complete(proxy: ProxyPro
     writer.close()
     assert resp.status == 200, resp
     assert json.loads(resp.body)["body"] == "abcdefgh"
+
+
+async def test_a_mirror_without_timeout_is_bounded_by_it(tmp_path: Path, hub: Backends,
+                                                         raw: RawBackend) -> None:
+    """A copy to a shadow that never answers, on a route without a timeout, is dropped after
+    the stream idle timeout (it used to hold its connection for as long as the shadow did)."""
+    echo = hub.aiohttp(echo_app())
+    services: dict[str, Any] = {"web": {"endpoints": [
+        {"address": f"127.0.0.1:{echo}", "labels": {"version": "v1"}},
+        {"address": f"127.0.0.1:{raw.port}", "labels": {"version": "shadow"}}]}}
+    routes = [{"host": "web", "rules": [{"backends": [{"subset": "v1"}],
+                                         "mirror": {"subset": "shadow"}}]}]
+    proxy = TrafficProxy(tmp_path, services, routes)
+    proxy.args = ("--stream-idle-timeout", str(IDLE))
+    proxy.start()
+    try:
+        resp = await roundtrip(proxy.outbound, get("web", "/stall-head"))
+        assert resp.status == 200
+
+        async def shadow_connections() -> int:
+            pools = (await proxy.stats())["upstream_pools"]
+            return sum(p["connections"] for p in pools
+                       if p["address"] == f"127.0.0.1:{raw.port}")
+
+        end = time.monotonic() + 10
+        while await shadow_connections() == 0:  # the copy is on its way
+            assert time.monotonic() < end, "the mirror never connected"
+        while await shadow_connections():
+            assert time.monotonic() < end, "the copy's connection stayed open"
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.parametrize("value", ["-1", "nan"])
