@@ -69,15 +69,19 @@ def normalize_path(path: str) -> str:
     """RFC 3986 normalisation used before routing and authorization.
 
     Decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2: letters, digits, `-`,
-    `.`, `_`, `~`) and slashes (`%2F`, and `%5C` as `/`), merges repeated slashes and removes
-    dot segments, so `/public/..%2Fadmin`, `//admin` and `/%61dmin` (which the app decodes to
-    `/admin`) cannot slip past a prefix rule for `/admin`. Other escapes stay as sent: decoding
-    them (`%3F`, `%20`, `%25`) would change the request target the app receives.
+    `.`, `_`, `~`) and slashes (`%2F`, and `%5C` as `/`), turns backslashes into slashes (as
+    Envoy's normalize_path: many servers treat `\` as a separator), merges repeated slashes
+    and removes dot segments, so `/public/..%2Fadmin`, `//admin`, `/public\..\admin` and
+    `/%61dmin` (which the app decodes to `/admin`) cannot slip past a prefix rule for
+    `/admin`. Other escapes stay as sent: decoding them (`%3F`, `%20`, `%25`) would change the
+    request target the app receives.
     """
-    if "%" not in path and "//" not in path and "/." not in path:
-        return path  # already normal: the common case costs three scans
+    if "%" not in path and "//" not in path and "/." not in path and "\\" not in path:
+        return path  # already normal: the common case costs four scans
     if "%" in path:
         path = _ESCAPE.sub(_decode_escape, path)  # one pass: `%2561` stays `%2561`
+    if "\\" in path:
+        path = path.replace("\\", "/")
     segments: list[str] = []
     for seg in path.split("/"):
         if seg == "..":

@@ -150,7 +150,7 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
         else:
             authority = p._host.decode("latin-1")
     sent_path = path
-    if ("%" in path or "//" in path or "/." in path) and path != "*":
+    if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
         path = normalize_path(path)  # the common, already-normal path skips the call
     url = p._url
     # The target sent upstream: the client's own bytes when already origin-form and normal

@@ -494,6 +494,8 @@ async def test_authz_denies_by_method_and_path(mesh: Mesh) -> None:
     "/%61dmin/x",
     "/adm%69n/x",
     "/public/%2e%2e/%61dmin/x",
+    "/public\\..\\admin/x",
+    "/admin\\x",
 ])
 async def test_authz_deny_holds_for_non_normalised_paths(mesh: Mesh, target: str) -> None:
     """A DENY on /admin/* also refuses dot segments, encoded slashes/dots, encoded letters

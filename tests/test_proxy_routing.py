@@ -129,9 +129,10 @@ async def test_request_target_sent_upstream(env: dict[str, Any], sent: str,
     assert _echoed(resp)["raw_path"] == received
 
 
-@pytest.mark.parametrize("path", ["/a/../b", "//b", "/a/..%2Fb", "/a/%2e%2e/b", "/./b", "/%62"])
+@pytest.mark.parametrize("path", ["/a/../b", "//b", "/a/..%2Fb", "/a/%2e%2e/b", "/./b", "/%62",
+                                  "/a\\..\\b", "/\\b", "/a/..\\b"])
 async def test_paths_are_normalised_before_routing(env: dict[str, Any], path: str) -> None:
-    """Dot segments, repeated and encoded slashes, an encoded letter become `/b`, for the
+    """Dot segments, repeated, encoded and back slashes, an encoded letter become `/b`, for the
     backend and route match."""
     resp = await roundtrip(env["proxy"].outbound, get("echo", path))
     assert _echoed(resp)["raw_path"] == "/b"
