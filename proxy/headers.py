@@ -66,7 +66,7 @@ def _decode_escape(m: re.Match[str]) -> str:
 
 
 def normalize_path(path: str) -> str:
-    """RFC 3986 normalisation used before routing and authorization.
+    r"""RFC 3986 normalisation used before routing and authorization.
 
     Decodes percent-encoded unreserved characters (RFC 3986 6.2.2.2: letters, digits, `-`,
     `.`, `_`, `~`) and slashes (`%2F`, and `%5C` as `/`), turns backslashes into slashes (as
