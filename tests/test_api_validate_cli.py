@@ -76,6 +76,16 @@ def test_validate_document_errors_come_first(
     ]
 
 
+def test_validate_nothing_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory without any document fails (exit 1), as `meshctl apply` does, not 'ok: 0'."""
+    (tmp_path / "notes.txt").write_text(POLICY)
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    assert run("validate", "-f", str(tmp_path)) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"error: no objects to validate in {tmp_path}\n"
+
+
 def test_validate_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A path that does not exist is an error, not a crash."""
     assert run("validate", "-f", str(tmp_path / "nope")) == 1

@@ -51,6 +51,11 @@ def run_validate(args: argparse.Namespace) -> int:
             issues.extend(err.issues)
     if not issues:  # cross-document checks on a partial set would report follow-on noise
         issues.extend(validate_set(resources))
+    if not issues and not resources:
+        # As `meshctl apply`: no document at all (an empty directory, files named *.txt, an
+        # empty stream) is most likely a mistake, and must not pass a CI check as "ok".
+        print(f"error: no objects to validate in {', '.join(args.paths)}", file=sys.stderr)
+        return 1
     if issues:
         for issue in issues:
             print(issue, file=sys.stderr)
