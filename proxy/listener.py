@@ -121,8 +121,7 @@ class Listener:
 
         status = REASONS[reason][0]
         sent = body_length(reason)
-        prefix = ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
-                  "unknown", "unknown")
+        prefix = (*self._source_labels(conn), "unknown", "unknown")
         self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
         if self.access_log is not None:
             # Hostile or broken input is what an operator greps the log for; the head was not
@@ -138,8 +137,17 @@ class Listener:
         from proxy.headers import service_from_authority
 
         host = service_from_authority(ex.authority) or "unknown"
-        return ("source" if self.kind != "inbound" else "destination", "unknown", "unknown",
-                host, "unknown")
+        return (*self._source_labels(ex.downstream), host, "unknown")
+
+    def _source_labels(self, conn: DownstreamProtocol) -> tuple[str, str, str]:
+        """Reporter and caller for a request that reached no backend: on an outbound or
+        gateway listener the caller is this proxy's own workload (Istio reports the client
+        for its BlackHole 404s too); inbound, the verified peer when there is one."""
+        if self.kind != "inbound":
+            return ("source", *self.router.source)
+        if conn.peer_service is not None:
+            return ("destination", conn.peer_service, conn.peer_version)
+        return ("destination", "unknown", "unknown")
 
     def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
         line = {

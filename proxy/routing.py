@@ -128,15 +128,19 @@ class HostRoute:
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "passthrough")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "passthrough", "source")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
-                 passthrough: Passthrough | None = None) -> None:
+                 passthrough: Passthrough | None = None,
+                 source: tuple[str, str] = ("unknown", "unknown")) -> None:
         self._hosts = hosts
         self._inbound = inbound
         self._gateway = gateway
         self.passthrough = passthrough  # outside hosts (ALLOW_ANY, outbound listener only)
+        # (workload, version) of the caller, for requests that get no backend (outbound and
+        # gateway: this proxy's own node)
+        self.source = source
 
     def route(self, ex: Exchange) -> Decision | str:
         if self._inbound is not None:
@@ -182,14 +186,17 @@ class RouterBuilder:
             node = self.snapshot.node
             prefix = ("source", node.service, node.version, PASSTHROUGH, PASSTHROUGH)
             passthrough = Passthrough(self.pools, self.rng, prefix, own_ports)
-        return Router(self._host_routes("source"), passthrough=passthrough)
+        node = self.snapshot.node
+        return Router(self._host_routes("source"), passthrough=passthrough,
+                      source=(node.service, node.version))
 
     def gateway(self) -> Router:
         node = self.snapshot.node
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
                       for r in self.snapshot.gateway_rules
                       if (blocks := _own_blocks(r.matches, node)) is not None)
-        return Router(self._host_routes("source"), gateway=rules)
+        return Router(self._host_routes("source"), gateway=rules,
+                      source=(node.service, node.version))
 
     def inbound(self) -> Router:
         snap = self.snapshot

@@ -79,8 +79,10 @@ async def test_request_metrics_use_istio_labels(proxy: ProxyProcess) -> None:
           "destination_service": "echo", "destination_version": "v1", "response_code": "200",
           "response_flags": "-", "connection_security_policy": "none"}
     assert metric_value(text, "ami_requests_total", **ok) >= 1
+    # Unrouted, yet the caller is known: this sidecar's own workload (as Istio's BlackHole).
     assert metric_value(text, "ami_requests_total", response_code="404",
-                        response_flags="no_route") >= 1
+                        response_flags="no_route", source_workload="client",
+                        source_version="v1", destination_service="nowhere") >= 1
     assert metric_value(text, "ami_request_duration_seconds_count", **ok) >= 1
     assert metric_value(text, "ami_response_bytes_count", **ok) >= 1
     assert metric_value(text, "ami_downstream_connections_total", listener="outbound") >= 2
@@ -114,6 +116,8 @@ async def test_local_replies_say_why(proxy: ProxyProcess, raw: bytes, status: in
     resp = await roundtrip(proxy.outbound, raw)
     assert (resp.status, resp.header("x-ami-reason")) == (status, reason)
     assert resp.body.startswith(reason.encode() + b":")
+    assert metric_value(await proxy.metrics(), "ami_requests_total", response_flags=reason,
+                        source_workload="client") >= 1  # the caller is this sidecar's app
 
 
 async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
