@@ -136,6 +136,68 @@ class Snapshot:
         return _parse_snapshot(data)
 
 
+# The keys the snapshot parser reads where it reads a mapping itself (rules, policies and
+# authorization have the resource parsers, which refuse unknown keys on their own). A hand-
+# written static file is checked against them; a control plane's push is not, so that a newer
+# control plane's snapshot still loads.
+_KNOWN: dict[str, frozenset[str]] = {
+    "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
+                   "app", "inbound"}),
+    "node": frozenset({"service", "namespace", "labels"}),
+    "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
+                       "outboundTrafficPolicy"}),
+    "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
+    "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
+    "mesh.outboundTrafficPolicy": frozenset({"mode"}),
+    "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy"}),
+    "endpoint": frozenset({"address", "labels", "identity"}),
+    "subset": frozenset({"name", "labels"}),
+    "route": frozenset({"host", "rules"}),
+    "gateway": frozenset({"rules"}),
+    "inbound": frozenset({"authorization", "rateLimit"}),
+}
+
+
+def check_known_keys(data: object) -> None:
+    """Refuse keys a hand-written snapshot misspelt (`endpoint:`, `acessLog:`), which would
+    otherwise be ignored without a word; names the path and the closest known key."""
+    def check(obj: object, kind: str, path: str) -> None:
+        if not isinstance(obj, Mapping):
+            return  # the parser reports the wrong type
+        for key in obj:
+            if str(key) not in _KNOWN[kind]:
+                from difflib import get_close_matches
+
+                where = f"{path}.{key}" if path else str(key)
+                close = get_close_matches(str(key), sorted(_KNOWN[kind]), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else \
+                    f"expected one of {', '.join(sorted(_KNOWN[kind]))}"
+                raise ConfigError(f"{where}: unknown field, {hint}")  # as the resource parsers
+
+    check(data, "", "")
+    if not isinstance(data, Mapping):
+        return
+    for kind in ("node", "mesh", "gateway", "inbound"):
+        check(data.get(kind), kind, kind)
+    mesh = data.get("mesh")
+    if isinstance(mesh, Mapping):
+        for sub in ("retryBudget", "tracing", "outboundTrafficPolicy"):
+            check(mesh.get(sub), f"mesh.{sub}", f"mesh.{sub}")
+    services = data.get("services")
+    if isinstance(services, Mapping):
+        for name, svc in services.items():
+            check(svc, "service", f"services.{name}")
+            if not isinstance(svc, Mapping):
+                continue
+            for field, kind in (("endpoints", "endpoint"), ("subsets", "subset")):
+                items = svc.get(field)
+                for i, item in enumerate(items if isinstance(items, list) else ()):
+                    check(item, kind, f"services.{name}.{field}[{i}]")
+    routes = data.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else ()):
+        check(route, "route", f"routes[{i}]")
+
+
 def _mapping(data: object, path: str) -> Mapping[str, Any]:
     if data is None:
         return {}

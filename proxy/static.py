@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.config import ConfigError, Snapshot
+from proxy.config import ConfigError, Snapshot, check_known_keys
 
 
 def load_static(path: Path) -> Snapshot:
@@ -15,6 +15,7 @@ def load_static(path: Path) -> Snapshot:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     try:
+        check_known_keys(data)  # first: `hosts:` is a typo, better said than `host: required`
         return Snapshot.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -207,6 +207,15 @@ async def test_identity_headers_from_client_are_dropped(env: dict[str, Any]) -> 
      "services.web.policy.loadBalancer"),
     ("inbound: {authorization: [{action: MAYBE}]}", "inbound.authorization[0].action"),
     ("gateway: {rules: [{hosts: ['*'], destination: web}]}", "gateway.rules[0].hosts[0]"),
+    # keys the snapshot parser reads itself: a typo is refused too, not ignored
+    ("mesh: {acessLog: true}", "mesh.acessLog: unknown field, did you mean 'accessLog'?"),
+    ("services: {web: {endpoint: [{address: '127.0.0.1:1'}]}}",
+     "services.web.endpoint: unknown field, did you mean 'endpoints'?"),
+    ("services: {web: {endpoints: [{address: '127.0.0.1:1', label: {version: v1}}]}}",
+     "services.web.endpoints[0].label: unknown field, did you mean 'labels'?"),
+    ("routes: [{hosts: web, rules: []}]", "routes[0].hosts: unknown field"),
+    ("listener: {outbound: '127.0.0.1:1'}", "listener: unknown field, did you mean 'listeners'?"),
+    ("mesh: {tracing: {sampleRate: 1}}", "mesh.tracing.sampleRate: unknown field, expected one of"),
 ])
 def test_static_config_errors_name_the_field_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], snippet: str, message: str) -> None:
