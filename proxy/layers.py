@@ -135,29 +135,40 @@ def retry_after_header(seconds: float) -> tuple[tuple[bytes, bytes], ...]:
 
 
 class RewritePolicy:
-    """The path sent upstream: ``uri`` in place of the rule's matched path prefix.
+    """The path sent upstream: ``uri`` in place of the path prefix that matched.
 
     Run before dispatch (the decision's ``admit`` step, always letting the request through), so
-    retries and mirrors send the rewritten target. With no prefix in the rule's matches, or
-    none the path starts with, the whole path is replaced; the query is kept. A prefix
-    replaced by a ``uri`` ending in '/' does not leave a double slash (`/api` + `/x` under
-    `uri: /` is `/x`).
+    retries and mirrors send the rewritten target. The prefix is the one of the match block the
+    request matched (the first that holds, as the router tries them): when that block matched
+    on an exact path, a regex or no path, the whole path is replaced, as Istio's HTTPRewrite.
+    The query is kept. A prefix replaced by a ``uri`` ending in '/' does not leave a double
+    slash (`/api` + `/x` under `uri: /` is `/x`).
     """
 
-    __slots__ = ("prefixes", "uri")
+    __slots__ = ("blocks", "uri")
 
     def __init__(self, uri: str, matches: tuple[Match, ...]) -> None:
+        from proxy.policy.matching import compile_matches
+
         self.uri = uri
-        self.prefixes = tuple(m.path.value for m in matches
-                              if m.path is not None and m.path.kind == "prefix")
+        # Per block: its own predicate (None when it is the only block, so it is the one that
+        # matched) and the prefix it matched on (None: exact, regex or no path condition).
+        # (The router calls its compiled matchers with the exchange the same way.)
+        self.blocks: tuple[tuple[Callable[[Any], bool] | None, str | None], ...] = tuple(
+            (compile_matches((m,)) if len(matches) > 1 else None,
+             m.path.value if m.path is not None and m.path.kind == "prefix" else None)
+            for m in matches)
 
     def __call__(self, ex: Exchange) -> None:
         path, uri = ex.path, self.uri
-        for prefix in self.prefixes:
-            if path.startswith(prefix):
-                rest = path[len(prefix):]
-                path = uri + rest[1:] if uri.endswith("/") and rest.startswith("/") else uri + rest
+        prefix = None
+        for check, block_prefix in self.blocks:
+            if check is None or check(ex):
+                prefix = block_prefix
                 break
+        if prefix is not None and path.startswith(prefix):
+            rest = path[len(prefix):]
+            path = uri + rest[1:] if uri.endswith("/") and rest.startswith("/") else uri + rest
         else:
             path = uri
         ex.target = (f"{path}?{ex.query}" if ex.query else path).encode("latin-1")
@@ -269,8 +280,9 @@ def _without_port(authority: str) -> str:
 
 
 def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random.Random,
-           mirror_backend: Backend | None) -> None:
-    """Compile the declared policies of `rule` onto `decision`."""
+           mirror_backend: Backend | None, matches: tuple[Match, ...] | None = None) -> None:
+    """Compile the declared policies of `rule` onto `decision`; ``matches``: the rule's match
+    blocks this proxy applies (default: all of them)."""
     decision.timeout = rule.timeout
     if rule.redirect is not None:
         decision.admit = RedirectPolicy(rule.redirect)
@@ -285,7 +297,8 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
     rewrite: Rewrite | None = rule.rewrite
     if rewrite is not None:
         if rewrite.uri is not None:
-            decision.admit = RewritePolicy(rewrite.uri, rule.matches)
+            decision.admit = RewritePolicy(
+                rewrite.uri, rule.matches if matches is None else matches)
         if rewrite.authority is not None:  # the Host header, set like any header edit
             request_edits = replace(request_edits,
                                     set=(*request_edits.set, ("host", rewrite.authority)))

@@ -238,7 +238,8 @@ class RouterBuilder:
                     msvc = snap.services.get(rule.mirror.service or host)
                     if msvc is not None:
                         mirror = self._backend(msvc, rule.mirror.subset, reporter)
-                attach(decision, rule, backends[0].state if backends else None, self.rng, mirror)
+                attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
+                       blocks)
                 compiled.append((self.compile_matches(blocks), decision))
             routes[host] = HostRoute(tuple(compiled))
         return routes

@@ -26,6 +26,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
              "rewrite": {"uri": "/", "authority": "internal.example:9080"}, "backends": [{}]},
             {"matches": [{"path": {"exact": "/health"}}], "rewrite": {"uri": "/ready"},
              "backends": [{}]},
+            # Blocks of several kinds: the block that matched decides what is replaced.
+            {"matches": [{"path": {"prefix": "/v"}, "methods": ["POST"]},
+                         {"path": {"exact": "/v/status"}},
+                         {"path": {"regex": "/v/[0-9]+"}},
+                         {"path": {"prefix": "/v/"}, "headers": {"x-beta": {"exact": "1"}}}],
+             "rewrite": {"uri": "/w"}, "backends": [{}]},
             {"backends": [{}]},
         ]},
         {"host": "site", "rules": [
@@ -51,6 +57,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ("/strip", "/"),
     ("/health?probe=1", "/ready?probe=1"),  # no prefix matched: the whole path
     ("/untouched/path", "/untouched/path"),  # a rule without rewrite
+    ("/v/status?a=1", "/w?a=1"),  # an exact block matched (not the prefix block before it)
+    ("/v/42", "/w"),  # a regex block matched: the whole path
 ])
 async def test_rewrite_changes_the_path_sent_upstream(env: dict[str, Any], sent: str,
                                                       upstream: str) -> None:
@@ -60,6 +68,15 @@ async def test_rewrite_changes_the_path_sent_upstream(env: dict[str, Any], sent:
     assert resp.status == 200
     (request,) = api.requests[before:]
     assert request.target == upstream
+
+
+async def test_rewrite_replaces_the_prefix_of_the_block_that_matched(
+        env: dict[str, Any]) -> None:
+    api = env["api"]
+    resp = await roundtrip(env["proxy"].outbound, get("api", "/v/x", method="POST"))
+    assert resp.status == 200 and api.requests[-1].target == "/w/x"  # POST: prefix /v
+    resp = await roundtrip(env["proxy"].outbound, get("api", "/v/x", extra="x-beta: 1\r\n"))
+    assert resp.status == 200 and api.requests[-1].target == "/wx"  # prefix /v/, as Envoy
 
 
 async def test_rewrite_authority_sets_the_host_header(env: dict[str, Any]) -> None:
