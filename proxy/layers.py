@@ -191,8 +191,10 @@ class RedirectPolicy:
         host = self.authority or ex.authority
         if self.port is not None:
             host = f"{_without_port(host)}:{self.port}"
-        elif self.scheme is not None and self.scheme != scheme:
-            host = _without_port(host)  # the old scheme's port means nothing to the new one
+        elif self.scheme is not None and self.scheme != scheme and self.authority is None:
+            # The port the request came to means nothing to the new scheme (a port written
+            # in the rule's own authority is meant for it, and stays).
+            host = _without_port(host)
         path = self.uri or ex.path
         location = f"{self.scheme or scheme}://{host}{path}" + (f"?{ex.query}" if ex.query
                                                                   else "")

@@ -41,6 +41,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
              "redirect": {"scheme": "https", "port": 8443}},
             {"matches": [{"path": {"prefix": "/moved"}}],
              "redirect": {"authority": "elsewhere.example", "scheme": "https"}},
+            {"matches": [{"path": {"prefix": "/port-in-authority"}}],
+             "redirect": {"authority": "secure.example:8443", "scheme": "https"}},
             {"backends": [{}]},
         ]},
     ]
@@ -92,6 +94,9 @@ async def test_rewrite_authority_sets_the_host_header(env: dict[str, Any]) -> No
     ("site", "/old/page?x=1", 308, "http://site/new?x=1"),  # uri replaces the path; query kept
     ("site:8080", "/secure/a", 301, "https://site:8443/secure/a"),
     ("site:8080", "/moved/b", 301, "https://elsewhere.example/moved/b"),
+    # the rule's own authority keeps its port when the scheme changes
+    ("site:8080", "/port-in-authority/c?q", 301,
+     "https://secure.example:8443/port-in-authority/c?q"),
 ])
 async def test_redirect_answers_with_location(env: dict[str, Any], host: str, sent: str,
                                               code: int, location: str) -> None:
