@@ -98,6 +98,15 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     with_rule(matches=[{"sourceNamespace": "Not_A_Namespace"}]),
     with_rule(matches=[{"sourceLabels": {"app": 7}}]),
     with_rule(rewrite={"uri": "no-slash"}),
+    with_rule(rewrite={"uri": "/\u65e5\u672c"}),  # not ASCII: percent-encode it
+    with_rule(rewrite={"uri": "/a\tb"}),
+    with_rule(rewrite={"authority": "api.internal:99999"}),
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"uri": "/x\u0000y"}}]}},  # a NUL in the Location header
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"uri": "/caf\u00e9"}}]}},
+    {**ROUTE, "spec": {"host": "reviews", "rules": [
+        {"redirect": {"authority": "a.example:65536"}}]}},
     with_rule(redirect={"scheme": "https"}),  # a redirect rule has no backends
     {**ROUTE, "spec": {"host": "reviews", "rules": [{"redirect": {}}]}},
     {**ROUTE, "spec": {"host": "reviews", "rules": [
@@ -142,6 +151,7 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
     with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),
+    with_rule(rewrite={"uri": "/caf%C3%A9/a;b=1,c@d:e!$&'()*+~_.-"}),
     with_rule(matches=[{"sourceLabels": {"app": "gateway"}, "sourceNamespace": "edge"}]),
     with_rule(cors={"allowOrigins": [{"exact": "*"}, {"regex": "https://.*[.]example"}],
                     "allowMethods": ["GET", "POST"], "allowHeaders": ["x-token"],

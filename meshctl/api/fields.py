@@ -27,6 +27,7 @@ HEADER_VALUE = r"^[^\r\n\x00]*$"
 METHOD = r"^[A-Z]+$"
 SPIFFE_ID = r"^spiffe://[-a-zA-Z0-9._]+(/[^\s]*)?$"
 _PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+PORT = _PORT  # a port number (0-65535) as a regex fragment
 HOST_PORT = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):" + _PORT + "$"
 
 

@@ -364,10 +364,13 @@ def _origin_matcher(data: object, path: str) -> StringMatch:
     return _matcher(data, path, PATH_MATCHERS)
 
 
-# A path as the request line carries it: starts with '/', no space, query or fragment.
-URI_PATH = r"^/[^\s?#]*$"
-_URI = F.string(URI_PATH, "a path starting with '/' (no spaces, '?' or '#')")
-AUTHORITY = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
+# A path as the request line carries it: starts with '/', then visible ASCII other than the
+# query's '?' and the fragment's '#' (anything else percent-encoded: it is sent in a request
+# line or a Location header, where other bytes are not allowed).
+URI_PATH = r'^/[!-"$->@-~]*$'
+_URI = F.string(URI_PATH, "a path starting with '/', in visible ASCII without '?' or '#' "
+                          "(percent-encode other characters)")
+AUTHORITY = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:" + F.PORT + r")?$"
 _AUTHORITY = F.string(AUTHORITY, "a host name, with an optional :port")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 SCHEMES = ("http", "https")
