@@ -53,7 +53,10 @@ class Passthrough:
         from proxy.routing import Backend, Decision
 
         # Tunnels get their own pool: a connection that carried HTTP is no tunnel's to take.
-        pool = self.pools.external(address, tunnel)
+        # The check above catches the obvious spellings early; the pool checks where each
+        # connection really arrived (another name or spelling of this host: a hostname,
+        # `[::ffff:127.0.0.1]`, `2130706433`, the host's own address).
+        pool = self.pools.external(address, tunnel, self.own_ports)
         decision = Decision((Backend(PASSTHROUGH, None, (pool,), None, self.metric_prefix),),
                             (100,), self.rng)
         self._decisions[key] = decision

@@ -6,7 +6,9 @@ Pool bookkeeping is synchronous; the only awaitable is opening a new connection.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.policy import ConnectionPool
@@ -34,6 +36,7 @@ class EndpointPool:
         "idle",
         "idle_timeout",
         "loop",
+        "loop_ports",
         "max_requests_per_connection",
         "retired",
         "tls",
@@ -55,6 +58,9 @@ class EndpointPool:
         self.retired = False  # the endpoint left the config: connections close when released
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
+        # An outside host (passthrough): this proxy's own listening ports, which a connection
+        # must not reach (a request loop, whatever name or address spelling led there).
+        self.loop_ports: Callable[[], set[int]] | None = None
 
     def take_idle(self) -> UpstreamConnection | None:
         """A live idle connection, or None (stale ones found on the way are closed)."""
@@ -96,7 +102,28 @@ class EndpointPool:
             raise
         if tls is not None:
             self._check_identity(transport, proto)
+        if self.loop_ports is not None:
+            self._check_not_self(transport, proto, self.loop_ports())
         return proto
+
+    def _check_not_self(self, transport: asyncio.BaseTransport, proto: UpstreamConnection,
+                        ports: set[int]) -> None:
+        """Refuse a connection that reached one of this proxy's own listeners: its peer port is
+        one of ours and its peer address is this host (a loopback address, or the address the
+        connection comes from, as for any other address of this host)."""
+        peer = transport.get_extra_info("peername")
+        if not peer or peer[1] not in ports:
+            return
+        here = transport.get_extra_info("sockname")
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return
+        mapped = getattr(address, "ipv4_mapped", None)
+        if (mapped or address).is_loopback or (here and here[0] == peer[0]):
+            proto.abort()
+            raise OSError(f"outside host {self.address.host}:{self.address.port} is this "
+                          "proxy itself (a request loop)")
 
     def _check_identity(self, transport: asyncio.BaseTransport,
                         proto: UpstreamConnection) -> None:
@@ -187,13 +214,16 @@ class PoolRegistry:
         self._used.add(key)
         return pool
 
-    def external(self, address: Address, tunnel: bool) -> EndpointPool:
-        """The pool of a host outside the mesh (plain TCP; tunnels apart from HTTP reuse)."""
+    def external(self, address: Address, tunnel: bool,
+                 own_ports: Callable[[], set[int]] | None = None) -> EndpointPool:
+        """The pool of a host outside the mesh (plain TCP; tunnels apart from HTTP reuse);
+        its connections may not reach ``own_ports`` on this host."""
         key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*", False)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = EndpointPool(self.loop, address)
             pool.version = "unknown"
+        pool.loop_ports = own_ports
         return pool
 
     def forget(self, pool: EndpointPool) -> None:

@@ -137,6 +137,22 @@ async def test_a_request_to_the_proxy_itself_is_not_looped(allow_any: TrafficPro
     assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route")
 
 
+@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "[::ffff:127.0.0.1]"])
+async def test_other_spellings_of_the_proxy_itself_are_not_looped(allow_any: TrafficProxy,
+                                                                  host: str) -> None:
+    """Names the early check cannot know (127.0.0.1 as a number, in octal, IPv4-mapped) are
+    caught where the connection arrives: one refused connection, not one per loop turn until
+    the descriptors run out."""
+    before = await allow_any.metric("ami_downstream_connections_total", listener="outbound")
+    for raw in (get(f"{host}:{allow_any.outbound}", "/"),
+                f"CONNECT {host}:{allow_any.outbound} HTTP/1.1\r\nHost: x\r\n\r\n".encode()):
+        resp = await roundtrip(allow_any.outbound, raw)
+        assert (resp.status, resp.header("x-ami-reason")) == (503, "upstream_connect_failure")
+    # the client's connection and the refused one, each at most twice (connect failover)
+    assert await allow_any.metric("ami_downstream_connections_total",
+                                  listener="outbound") - before <= 6
+
+
 async def test_registry_only_refuses_outside_hosts(registry_only: TrafficProxy,
                                                    outside: dict[str, Any]) -> None:
     resp = await roundtrip(registry_only.outbound, get(f"localhost:{outside['http']}", "/"))
