@@ -209,8 +209,8 @@ class CorsPolicy:
     pre-dispatch step (a rewrite), which it then calls.
     """
 
-    __slots__ = ("credentials", "expose", "headers", "max_age", "methods", "origins", "then",
-                 "wildcard")
+    __slots__ = ("credentials", "expose", "headers", "max_age", "methods", "origins", "static",
+                 "then", "wildcard")
 
     def __init__(self, cors: Cors, then: Callable[[Exchange], Any] | None) -> None:
         self.origins = cors.allow_origins
@@ -220,6 +220,8 @@ class CorsPolicy:
         self.expose = ", ".join(cors.expose_headers).encode()
         self.max_age = str(int(cors.max_age)).encode() if cors.max_age is not None else b""
         self.credentials = cors.allow_credentials
+        # Every origin gets the same answer (`*`): responses do not vary by Origin.
+        self.static = self.wildcard and not self.credentials
         self.then = then
 
     def __call__(self, ex: Exchange) -> Any:
@@ -240,6 +242,12 @@ class CorsPolicy:
             decision = ex.decision
             ex.response_edits = _CorsHeaders(
                 decision.response_header_ops if decision is not None else None, allow)
+        elif not self.static:
+            # No allow headers for this request, yet its answer depends on Origin: a cache
+            # must not give it to a browser from an allowed origin (Fetch, CORS and caches).
+            decision = ex.decision
+            ex.response_edits = _VaryOrigin(
+                decision.response_header_ops if decision is not None else None)
         return self.then(ex) if self.then is not None else None
 
     def _allow_lines(self, origin: str) -> list[tuple[bytes, bytes]]:
@@ -272,6 +280,21 @@ class _CorsHeaders:
         out = [out[0], *(line for line in out[1:]
                          if line.split(b":", 1)[0].strip().lower() not in _CORS_RESPONSE_HEADERS)]
         out.extend(n + b": " + v + b"\r\n" for n, v in self.lines)
+        return out
+
+
+class _VaryOrigin:
+    """One response's header edits: the rule's own, then `vary: origin` (a CORS rule's answer
+    to a request it gave no allow headers)."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: HeaderEditor | None) -> None:
+        self.base = base
+
+    def apply(self, lines: list[bytes]) -> list[bytes]:
+        out = self.base.apply(lines) if self.base is not None else list(lines)
+        out.append(b"vary: origin\r\n")
         return out
 
 

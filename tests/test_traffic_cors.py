@@ -72,6 +72,7 @@ async def test_other_origins_get_no_cors_headers(env: dict[str, Any], origin: st
     resp = await roundtrip(env["proxy"].outbound,
                            get("api", "/v1/items", extra=f"Origin: {origin}\r\n"))
     assert resp.status == 200 and resp.header("access-control-allow-origin") is None
+    assert resp.header("vary") == "origin"  # a cache must not give it to an allowed origin
     before = len(env["api"].requests)
     resp = await roundtrip(env["proxy"].outbound, preflight("api", "/v1/items", origin))
     assert resp.header("x-ami-reason") is None  # passed on, as if there were no policy
@@ -87,3 +88,17 @@ async def test_a_wildcard_answers_star_and_other_rules_have_no_cors(
     resp = await roundtrip(env["proxy"].outbound,
                            get("api", "/other", extra="Origin: https://shop.example\r\n"))
     assert resp.header("access-control-allow-origin") is None
+
+
+async def test_answers_without_allow_headers_vary_by_origin(env: dict[str, Any]) -> None:
+    """A response without allow headers (no Origin sent) stored by a cache must not be given
+    to a browser from an allowed origin, which would then be refused: `vary: origin`. A
+    wildcard policy answers every origin alike, so its responses do not vary."""
+    resp = await roundtrip(env["proxy"].outbound, get("api", "/v1/items"))
+    assert resp.status == 200 and resp.header("access-control-allow-origin") is None
+    assert resp.header("vary") == "origin"
+    assert resp.header("x-edge") == "1"  # the rule's own response edits still apply
+    resp = await roundtrip(env["proxy"].outbound, get("open", "/"))
+    assert resp.status == 200 and resp.header("vary") is None
+    resp = await roundtrip(env["proxy"].outbound, get("api", "/other"))  # rule without cors
+    assert resp.header("vary") is None
