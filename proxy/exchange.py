@@ -438,6 +438,11 @@ class Exchange:
             return
         close = not self.request_done or not self.client_keep_alive or self.downstream.draining
         head = self.method == b"HEAD"
+        edits = self.response_edits
+        if edits is not None and edits.local:
+            # A CORS rule's allow headers: the browser may read this answer too (a 503 or a
+            # 504 from here, not a network error), as with Envoy's CORS filter.
+            extra_headers = (*extra_headers, *edits.local)
         data = local_reply(reason, status=status, close=close, extra_headers=extra_headers,
                            head=head)
         from proxy.reasons import REASONS, body_length

@@ -100,6 +100,7 @@ class HeaderEditor:
     """Set / add / remove headers on a list of (name, value) pairs or serialized lines."""
 
     __slots__ = ("add", "remove", "set")
+    local: tuple[tuple[bytes, bytes], ...] = ()  # headers for local replies too (CORS only)
 
     def __init__(self, edits: HeaderEdits) -> None:
         self.set = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in edits.set)
@@ -269,11 +270,12 @@ class _CorsHeaders:
     """One response's header edits: the rule's own, then the CORS answer (replacing any the
     upstream sent)."""
 
-    __slots__ = ("base", "lines")
+    __slots__ = ("base", "lines", "local")
 
     def __init__(self, base: HeaderEditor | None, lines: list[tuple[bytes, bytes]]) -> None:
         self.base = base
         self.lines = lines
+        self.local = tuple(lines)  # a local reply (timeout, overflow...) gets them too
 
     def apply(self, lines: list[bytes]) -> list[bytes]:
         out = self.base.apply(lines) if self.base is not None else lines
@@ -288,6 +290,7 @@ class _VaryOrigin:
     to a request it gave no allow headers)."""
 
     __slots__ = ("base",)
+    local = ((b"vary", b"origin"),)
 
     def __init__(self, base: HeaderEditor | None) -> None:
         self.base = base

@@ -24,6 +24,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             {"matches": [{"path": {"prefix": "/v1"}}], "cors": cors,
              "rewrite": {"uri": "/"}, "backends": [{}],
              "headers": {"response": {"set": {"x-edge": "1"}}}},
+            {"matches": [{"path": {"prefix": "/broken"}}], "cors": cors, "backends": [{}],
+             "fault": {"abort": {"httpStatus": 503, "percent": 100}}},
             {"backends": [{}]}]},
         {"host": "open", "rules": [{"cors": {"allowOrigins": [{"exact": "*"}]},
                                     "backends": [{}]}]},
@@ -102,3 +104,17 @@ async def test_answers_without_allow_headers_vary_by_origin(env: dict[str, Any])
     assert resp.status == 200 and resp.header("vary") is None
     resp = await roundtrip(env["proxy"].outbound, get("api", "/other"))  # rule without cors
     assert resp.header("vary") is None
+
+
+async def test_local_replies_carry_the_allow_headers(env: dict[str, Any]) -> None:
+    """An answer the sidecar makes itself (here an injected 503) is readable by the browser
+    code of an allowed origin, as with Envoy's CORS filter, instead of a network error."""
+    resp = await roundtrip(env["proxy"].outbound,
+                           get("api", "/broken", extra="Origin: https://shop.example\r\n"))
+    assert (resp.status, resp.header("x-ami-reason")) == (503, "fault_injected")
+    assert resp.header("access-control-allow-origin") == "https://shop.example"
+    assert resp.header("access-control-allow-credentials") == "true"
+    assert resp.header("vary") == "origin"
+    resp = await roundtrip(env["proxy"].outbound, get("api", "/broken"))
+    assert resp.status == 503 and resp.header("access-control-allow-origin") is None
+    assert resp.header("vary") == "origin"
