@@ -48,3 +48,24 @@ def test_summary_names_every_rule_and_what_it_does() -> None:
 def test_nothing_applied_yet() -> None:
     assert render({"version": None, "snapshot": None, "listeners": {}}) == \
         "no configuration applied yet"
+
+
+def test_rules_for_other_sources_are_left_out_as_the_proxy_does() -> None:
+    """A rule only the gateway applies (sourceLabels) is not in productpage's running config,
+    and a block for another namespace is not one of its matches."""
+    snap = Snapshot.from_dict({
+        "version": "v8", "node": {"service": "productpage", "labels": {"app": "productpage"}},
+        "services": {"site": {"endpoints": []}},
+        "routes": [{"host": "site", "rules": [
+            {"matches": [{"sourceLabels": {"app": "gateway"}}],
+             "redirect": {"scheme": "https"}},
+            {"matches": [{"sourceNamespace": "batch", "path": {"prefix": "/jobs"}},
+                         {"sourceLabels": {"app": "productpage"}, "path": {"prefix": "/pp"}}],
+             "cors": {"allowOrigins": [{"exact": "*"}]}, "backends": [{}]},
+            {"backends": [{}]}]}],
+    })
+    dump = {"version": "v8", "snapshot": _jsonable(dataclasses.asdict(snap)), "listeners": {}}
+    rows = [[cell.strip() for cell in line.split("   ") if cell.strip()]
+            for line in render(dump).splitlines() if line.startswith("site ")]
+    assert rows[:2] == [["site", "#1", "path prefix /pp", "site 100% (+cors)"],
+                        ["site", "#2", "*", "site 100%"]]

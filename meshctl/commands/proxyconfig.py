@@ -73,14 +73,28 @@ def render(dump: dict[str, Any]) -> str:
 def _routes(snap: dict[str, Any]) -> str:
     rows = []
     routed = set()
+    node = snap.get("node") or {}
     for host, route in sorted((snap.get("routes") or {}).items()):
         routed.add(host)
         for index, rule in enumerate(route.get("rules") or []):
-            rows.append((host, rule.get("name") or f"#{index}", _matches(rule),
+            blocks = rule.get("matches") or []
+            own = [b for b in blocks if _accepts(b, node)]
+            if blocks and not own:
+                continue  # for other sources only: this proxy left the rule out
+            rows.append((host, rule.get("name") or f"#{index}", _matches({"matches": own}),
                          _action(rule, host)))
     for name in sorted(set(snap.get("services") or {}) - routed):
         rows.append((name, "-", "*", f"{name} (all endpoints)"))
     return output.render_table(("HOST", "RULE", "MATCH", "ACTION"), rows) if rows else "(none)"
+
+
+def _accepts(block: dict[str, Any], node: dict[str, Any]) -> bool:
+    """Whether a match block's sourceLabels / sourceNamespace accept this proxy (as the proxy
+    decides when it compiles the snapshot: blocks that do not are not in its config)."""
+    namespace = block.get("source_namespace")
+    labels = node.get("labels") or {}
+    return ((namespace is None or namespace == node.get("namespace"))
+            and all(labels.get(k) == v for k, v in block.get("source_labels") or []))
 
 
 def _matches(rule: dict[str, Any]) -> str:
@@ -112,7 +126,7 @@ def _action(rule: dict[str, Any], host: str) -> str:
     split = ", ".join(
         f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "
         f"{b.get('weight', 100)}%" for b in backends)
-    extras = [name for name in ("timeout", "retries", "fault", "mirror", "rewrite")
+    extras = [name for name in ("timeout", "retries", "fault", "mirror", "rewrite", "cors")
               if rule.get(name)]
     return split + (f" (+{', '.join(extras)})" if extras else "")
 
