@@ -236,7 +236,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._parsing = ex
         if self.current is None:
             self.current = ex
-            ex.start()
+            try:
+                ex.start()
+            except Exception:
+                # A bug in a step: answer it. (Left to the parser's handler, the error would
+                # wait behind the in-flight request, which is this one, forever.)
+                ex.internal_error()
         else:
             self.pending.append(ex)
             self._set_pause(_P_PIPELINE, True)
@@ -290,7 +295,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.current = nxt
             if not self.pending:
                 self._set_pause(_P_PIPELINE, False)
-            nxt.start()
+            try:
+                nxt.start()
+            except Exception:
+                nxt.internal_error()
         elif self._paused:
             self._set_pause(_P_PIPELINE, False)
         # Draining, yet this response promised keep-alive (its head left before the drain

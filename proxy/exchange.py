@@ -113,6 +113,7 @@ class Exchange:
     _on_attempt_timeout = policy.on_attempt_timeout
     _on_timeout = policy.on_timeout
     stream_idle = policy.on_stream_idle
+    internal_error = policy.internal_error
     _drop_attempt = policy.drop_attempt
     _cancel_timers = policy.cancel_timers
 
@@ -174,17 +175,20 @@ class Exchange:
             if conn is not None:
                 conn.pool.release(conn)
             return
-        if conn is None:
-            assert self.pool is not None
-            self._open_connection(self.pool)
-            return
-        pool = conn.pool
-        if self.pool is not pool:
-            self._release_pool()
-            self.pool = pool
-            self._pool_held = True
-            pool.active_requests += 1
-        self._send_on(conn)
+        try:
+            if conn is None:
+                assert self.pool is not None
+                self._open_connection(self.pool)
+                return
+            pool = conn.pool
+            if self.pool is not pool:
+                self._release_pool()
+                self.pool = pool
+                self._pool_held = True
+                pool.active_requests += 1
+            self._send_on(conn)
+        except Exception:  # raised into another request's release otherwise
+            self.internal_error()
 
     def _overflow(self, backend: Backend) -> None:
         self._count("ami_circuit_breaker_overflow")
@@ -213,14 +217,18 @@ class Exchange:
         except asyncio.CancelledError:
             return
         self._connect_task = None
-        if self.method == b"CONNECT":  # checked here, off the pooled path: tunnels never reuse
-            self._open_tunnel(conn)
-            return
-        if self.downstream.closed:
-            pool.release(conn)
-            self._release_pool()
-            return
-        self._send_on(conn)
+        try:
+            if self.method == b"CONNECT":  # checked here, off the pooled path: no reuse
+                self._open_tunnel(conn)
+                return
+            if self.downstream.closed:
+                pool.release(conn)
+                self._release_pool()
+                return
+            self._send_on(conn)
+        except Exception:
+            self.conn = self.conn or conn  # dropped with the attempt
+            self.internal_error()
 
     def _send_on(self, conn: UpstreamConnection) -> None:
         self.conn = conn

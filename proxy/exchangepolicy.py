@@ -8,14 +8,45 @@ attempt: a retry (conditions, attempts, budget, backoff) or a local reply.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.upstream import UpstreamConnection
 
+log = logging.getLogger("ami.proxy")
+
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def internal_error(ex: Exchange) -> None:
+    """A step of this request raised (a bug): log it and answer 500 `internal_error`, or cut
+    a response already under way, so the client is never left waiting for nothing."""
+    log.exception("internal error while handling a request")
+    try:
+        ex._cancel_timers()
+        ex._drop_attempt()
+        ex._release_pool()
+        ex.reply("internal_error")
+    except Exception:
+        log.exception("internal error while answering it; closing the connection")
+        ex.downstream.abort_after(ex)
+
+
+def guarded(step: Callable[[Exchange], None]) -> Callable[[Exchange], None]:
+    """For steps run from the event loop (timers, tasks): a bug answers `internal_error`
+    instead of being logged by asyncio while the client waits forever."""
+    @functools.wraps(step)
+    def run(ex: Exchange) -> None:
+        try:
+            step(ex)
+        except Exception:
+            internal_error(ex)
+    return run
 
 
 # --- before dispatch: admission, faults, timeouts, retry budget, mirror ------------------
@@ -49,6 +80,7 @@ def start(ex: Exchange) -> None:
     ex._proceed()
 
 
+@guarded
 def after_delay(ex: Exchange) -> None:
     """Fault delay over: maybe abort, else go on."""
     ex._timer = None
@@ -213,6 +245,7 @@ def schedule_retry(ex: Exchange) -> None:
     ex._retry_timer = ex.downstream.loop.call_later(delay, ex._retry_now)
 
 
+@guarded
 def retry_now(ex: Exchange) -> None:
     """The backoff ended: dispatch unless the client left or an answer started."""
     ex._retry_timer = None
@@ -220,6 +253,7 @@ def retry_now(ex: Exchange) -> None:
         ex.dispatch()
 
 
+@guarded
 def on_attempt_timeout(ex: Exchange) -> None:
     """Per-try timeout: give up on this attempt (the request may still be retried)."""
     ex._attempt_timer = None
@@ -227,6 +261,7 @@ def on_attempt_timeout(ex: Exchange) -> None:
     ex._attempt_failed("timeout", "timeout")
 
 
+@guarded
 def on_timeout(ex: Exchange) -> None:
     """Route timeout: no response headers in time; answer 504 whatever else is pending."""
     ex._timer = None
@@ -236,6 +271,7 @@ def on_timeout(ex: Exchange) -> None:
     ex.reply("timeout")
 
 
+@guarded
 def on_stream_idle(ex: Exchange) -> None:
     """No byte moved either way for the stream idle timeout (Envoy's stream_idle_timeout).
 
