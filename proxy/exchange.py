@@ -444,6 +444,10 @@ class Exchange:
             self.client_keep_alive = False
             self.downstream.abort_after(self)
             return
+        if not self.request_done and not self.chunked and not self._declares_body():
+            # Answered from the head alone (a redirect, a preflight, a 404...): no body follows
+            # it, so the connection stays usable, as for any response.
+            self.request_done = True
         close = not self.request_done or not self.client_keep_alive or self.downstream.draining
         head = self.method == b"HEAD"
         edits = self.response_edits
@@ -463,6 +467,13 @@ class Exchange:
             self.client_keep_alive = False
         self.downstream.write(data)
         self.finish()
+
+    def _declares_body(self) -> bool:
+        """A Content-Length other than 0 (chunked bodies are `self.chunked`)."""
+        for name, value in self.headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                return value.strip() != b"0"
+        return False
 
     def finish(self, tunnel: bool = False) -> None:
         if self._timer is not None or self._attempt_timer is not None \

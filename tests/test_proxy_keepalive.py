@@ -164,3 +164,23 @@ async def test_idle_upstream_connection_is_closed_after_idle_timeout(env: dict[s
     # The next request opens a fresh connection rather than trying the closed one.
     assert (await roundtrip(proxy.outbound, get("idle", "/b"))).body == b"conn-2 "
     assert (idle.accepted, steady.accepted) == (2, 1)
+
+
+async def test_a_local_reply_to_a_bodyless_request_keeps_the_connection(
+        env: dict[str, Any]) -> None:
+    """A 404 `no_route` (like a redirect or a CORS preflight) answered from the head alone
+    leaves the client's connection open for its next request; browsers and pooled clients
+    reconnected after every such answer before. A reply before a declared body is read
+    still closes: the unread body would be taken for the next request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["proxy"].outbound)
+    try:
+        for target in ("nowhere", "nowhere-either", "ka"):
+            writer.write(get(target, "/again"))
+            resp = await asyncio.wait_for(read_response(reader), 10)
+            assert resp.header("connection") != "close", resp
+        assert resp.status == 200  # the last one, on the same connection
+        writer.write(get("nowhere", "/", body=b"0123456789", method="POST"))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert (resp.status, resp.header("connection")) == (404, "close")
+    finally:
+        writer.close()
