@@ -42,6 +42,10 @@ class SkipBody(Exception):
     """Raised from the parser callback to stop parsing after the head (HEAD responses)."""
 
 
+class StrayBytes(Exception):
+    """Raised from the parser callback when bytes follow the complete response in one read."""
+
+
 class UpstreamConnection(asyncio.BaseProtocol):
     """One connection to an endpoint; parses responses and hands events to the exchange.
 
@@ -52,6 +56,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
     __slots__ = (
         "_closed_by_us",
         "_detached",
+        "_done",
         "_peek_sock",
         "closed",
         "connection_header",
@@ -88,6 +93,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.peer_identity: str | None = None
         self._detached = False
         self._closed_by_us = False
+        self._done = False  # the final response ended in the read being parsed
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,21 +120,44 @@ class UpstreamConnection(asyncio.BaseProtocol):
             return
         try:
             self.parser.feed_data(data)
-            ex.flush_out()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             ex.upstream_upgraded(self, bytes(data[offset:]))
+            return
         except httptools.HttpParserError as exc:
-            # httptools wraps an exception raised in a callback in HttpParserCallbackError.
-            cause = exc.__context__
-            if isinstance(cause, SkipBody):
-                self._reset_parser()
-                ex.flush_out()
+            self._parse_error(ex, exc)
+            return
+        if self._done:
+            # Completed only now that the whole read is parsed: the connection may go back to
+            # the pool, even to a pipelined request of the same client, at once.
+            self._done = False
+            if self.exchange is ex:
                 ex.upstream_complete(self)
+        else:
+            ex.flush_out()
+
+    def _parse_error(self, ex: Exchange, exc: httptools.HttpParserError) -> None:
+        # httptools wraps an exception raised in a callback in HttpParserCallbackError.
+        cause = exc.__context__
+        if isinstance(cause, SkipBody):
+            self._reset_parser()
+            ex.flush_out()
+            ex.upstream_complete(self)
+        elif isinstance(cause, StrayBytes) or self._done:
+            # More bytes after the complete response, in the same read: the server broke
+            # protocol (a body on a 204/304, a second, unrequested response...). The client
+            # has its whole response; the connection is not reused, so the rest is parsed by
+            # no one, and never taken for the answer to the next request.
+            self._done = False
+            ex.upstream_keep_alive = False
+            if self.exchange is ex:
+                ex.upstream_complete(self)
+        else:
+            if cause is not None and not isinstance(cause, httptools.HttpParserError):
+                log.error("internal error while relaying a response", exc_info=cause)
             else:
-                if cause is not None and not isinstance(cause, httptools.HttpParserError):
-                    log.error("internal error while relaying a response", exc_info=cause)
-                ex.upstream_failed(self, "upstream_protocol_error")
+                log.debug("malformed response from %s: %s", self.pool.address, cause or exc)
+            ex.upstream_failed(self, "upstream_protocol_error")
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost does the accounting
@@ -164,10 +193,11 @@ class UpstreamConnection(asyncio.BaseProtocol):
             self.tunnel_peer.pause(False)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    # No on_message_begin and no on_status (two callbacks less per response): the head's state
-    # is reset by _new_message when a request is sent and after an interim (1xx) response, and
-    # the client gets the standard reason phrase (responsehead.status_line).
-    def _new_message(self) -> None:
+    # No on_status (one callback less per response): the client gets the standard reason
+    # phrase (responsehead.status_line).
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise StrayBytes  # this connection carries one exchange at a time: no one asked
         self.header_lines = []
         self.content_length = None
         self.transfer_encoding = False
@@ -204,18 +234,16 @@ class UpstreamConnection(asyncio.BaseProtocol):
         ex = self.exchange
         if ex is not None and ex.interim:
             ex.interim = False
-            self._new_message()
             return  # a 1xx interim response ended; the final one follows
         if self.parser.should_upgrade():
             return  # 101: llhttp "completes" the message, then feed_data raises the upgrade
         if ex is not None:
-            ex.upstream_complete(self)
+            self._done = True  # data_received completes the exchange once the read is parsed
 
     # --- used by the exchange and the pool --------------------------------------------------
     def send(self, exchange: Exchange, head: bytes) -> None:
         self.exchange = exchange
         self.requests += 1
-        self._new_message()
         assert self.transport is not None
         self.transport.write(head)
 

@@ -1,0 +1,122 @@
+"""A hostile or broken upstream, byte for byte: what the client gets and what the pool keeps.
+
+Each backend is a raw socket server that answers every request with the canned bytes for its
+path, on one keep-alive connection for as long as the proxy keeps it; `accepted` tells whether
+the proxy reused a connection or opened a new one, and `requests` lists (connection, path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    get,
+    read_response,
+)
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+CANNED: dict[str, bytes] = {
+    "/ok": OK,
+    # A complete response, then a second one nobody asked for, in the same write.
+    "/extra": OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!",
+    "/extra-garbage": OK + b"garbage",
+    "/extra-crlf": OK + b"\r\n",  # a stray CRLF between messages is tolerated (RFC 9112 2.2)
+    "/204-body": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    "/304-chunked": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+async def _canned(backend: RawBackend, reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> None:
+    conn = backend.accepted
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        target = head.split(b" ", 2)[1].decode()
+        backend.requests.append((conn, target))  # type: ignore[arg-type]  # all we need here
+        if target == "/slow-real":
+            # Answers a beat later, so stray bytes of the previous answer arrive first.
+            await asyncio.sleep(0.2)  # the upstream's own latency, not a wait of the test
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+        else:
+            writer.write(CANNED[target])
+        await writer.drain()
+
+
+SERVICES = ("pipelined", "stray", "crlf")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    backends = Backends()
+    raw = {name: backends.raw(_canned) for name in SERVICES}
+    proxy = ProxyProcess(tmp_path_factory.mktemp("hostile-upstream"),
+                         {name: [b.port] for name, b in raw.items()}).start()
+    yield {"proxy": proxy, **raw}
+    proxy.stop()
+    backends.close()
+
+
+async def _exchange(port: int, raw: bytes, count: int = 1,
+                    method: str = "GET") -> tuple[list[Any], asyncio.StreamReader,
+                                                  asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    responses = [await asyncio.wait_for(read_response(reader, method), 10) for _ in range(count)]
+    return responses, reader, writer
+
+
+async def test_extra_response_is_not_given_to_a_pipelined_request(env: dict[str, Any]) -> None:
+    """Bytes after a complete response, in the same read, belong to no request: a pipelined
+    request that takes the pooled connection at once must get its own answer, not them."""
+    proxy, backend = env["proxy"], env["pipelined"]
+    (first, second), _, writer = await _exchange(
+        proxy.outbound, get("pipelined", "/extra") + get("pipelined", "/slow-real"), count=2)
+    writer.close()
+    assert (first.status, first.body) == (200, b"ok")
+    assert (second.status, second.body) == (200, b"real")
+    assert backend.accepted == 2  # the connection that sent the extra bytes was not reused
+    assert "internal error" not in proxy.stderr()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/extra", 200), ("/extra-garbage", 200),
+                                            ("/204-body", 204), ("/304-chunked", 304)])
+async def test_stray_bytes_after_a_response_close_only_the_upstream(env: dict[str, Any],
+                                                                    path: str, status: int) -> None:
+    """The client gets its complete response and keeps its connection; the upstream connection
+    that broke protocol is closed rather than pooled."""
+    proxy, backend = env["proxy"], env["stray"]
+    (resp,), reader, writer = await _exchange(proxy.outbound, get("stray", path))
+    try:
+        assert (resp.status, resp.header("x-ami-reason")) == (status, None)
+        assert resp.body == (b"ok" if status == 200 else b"")
+        writer.write(get("stray", "/ok"))  # same client connection: it is still good
+        nxt = await asyncio.wait_for(read_response(reader), 10)
+        assert (nxt.status, nxt.body) == (200, b"ok")
+    finally:
+        writer.close()
+    (conn, _), (next_conn, next_path) = backend.requests[-2:]
+    assert next_path == "/ok" and next_conn != conn  # that connection took no more requests
+    assert "internal error" not in proxy.stderr()
+
+
+async def test_stray_crlf_keeps_the_connection(env: dict[str, Any]) -> None:
+    """Only a CRLF after the response: harmless, the connection is reused."""
+    proxy, backend = env["proxy"], env["crlf"]
+    (resp,), reader, writer = await _exchange(proxy.outbound, get("crlf", "/extra-crlf"))
+    try:
+        writer.write(get("crlf", "/ok"))
+        nxt = await asyncio.wait_for(read_response(reader), 10)
+    finally:
+        writer.close()
+    assert (resp.status, nxt.status, backend.accepted) == (200, 200, 1)
+
+
