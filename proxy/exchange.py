@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import exchangepolicy as policy
 from proxy.reasons import NO_FLAGS, local_reply
-from proxy.responsehead import FRAME_CHUNKED, FRAME_CLOSE, FRAME_NONE, client_head
+from proxy.responsehead import (
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_NONE,
+    check_interim,
+    client_head,
+)
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
@@ -313,7 +319,9 @@ class Exchange:
 
     # --- response from upstream -------------------------------------------------------------
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
-        if status < 200 and status != 101:
+        if status < 200 and (status != 101 or not self.upgrade
+                             or not conn.parser.should_upgrade()):
+            check_interim(conn, status, self.upgrade)  # raises unless a head-only 1xx
             self.interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
         decision = self.decision

@@ -15,11 +15,32 @@ if TYPE_CHECKING:
     from proxy.upstream import UpstreamConnection
 
 FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = 0, 1, 2, 3
+
+
+class UpstreamProtocolError(Exception):
+    """Raised from a response-parsing callback: the upstream broke HTTP/1.1 (answered with
+    `502 upstream_protocol_error`, like a response llhttp itself rejects)."""
 _CRLF = b"\r\n"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 # The reason phrase is not forwarded: RFC 9112 (4) has clients ignore it, and a fixed table
 # makes the status line one dict lookup (Envoy does the same).
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
+
+
+def check_interim(conn: UpstreamConnection, status: int, upgrade_requested: bool) -> None:
+    """A status below 200 other than a 101 that completes an upgrade: an interim (1xx) response,
+    which ends with its head (RFC 9110 15.2), or an error."""
+    if status < 100:
+        raise UpstreamProtocolError(f"status {status}")
+    if status == 101:
+        # Only in answer to an Upgrade request, and with Upgrade and Connection: upgrade
+        # (RFC 9110 15.2.2); else the client would get a protocol switch it never asked for.
+        raise UpstreamProtocolError("101 without an upgrade" if upgrade_requested
+                                    else "101 to a request without Upgrade")
+    if conn.transfer_encoding or conn.content_length not in (None, b"0"):
+        # llhttp would read a body here (all 1xx but 100, 102 and 103), which has no place to
+        # go but the client connection, in front of the final response's head.
+        raise UpstreamProtocolError(f"{status} with a body")
 
 
 def status_line(status: int) -> bytes:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from proxy import recvbuf
+from proxy.responsehead import UpstreamProtocolError
 
 log = logging.getLogger("ami.proxy")
 
@@ -153,7 +154,8 @@ class UpstreamConnection(asyncio.BaseProtocol):
             if self.exchange is ex:
                 ex.upstream_complete(self)
         else:
-            if cause is not None and not isinstance(cause, httptools.HttpParserError):
+            if cause is not None and not isinstance(
+                    cause, (httptools.HttpParserError, UpstreamProtocolError)):
                 log.error("internal error while relaying a response", exc_info=cause)
             else:
                 log.debug("malformed response from %s: %s", self.pool.address, cause or exc)

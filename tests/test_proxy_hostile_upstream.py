@@ -18,6 +18,7 @@ from tests.proxyharness import (
     ProxyProcess,
     RawBackend,
     get,
+    metric_value,
     read_response,
 )
 
@@ -32,6 +33,18 @@ CANNED: dict[str, bytes] = {
     "/204-body": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
     "/304-chunked": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"
                     b"5\r\nhello\r\n0\r\n\r\n",
+    # Interim responses end with their head; these carry a body that went to the client raw.
+    "/1xx-length": b"HTTP/1.1 150 Odd\r\nContent-Length: 5\r\n\r\nEVIL!" + OK,
+    "/1xx-chunked": b"HTTP/1.1 199 Odd\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\nEVIL!\r\n0\r\n\r\n" + OK,
+    "/status-099": b"HTTP/1.1 099 Odd\r\nContent-Length: 5\r\n\r\nEVIL!" + OK,
+    # A protocol switch the request never asked for (no Upgrade header in it).
+    "/101-bare": b"HTTP/1.1 101 Switching Protocols\r\n\r\nRAW",
+    "/101-upgrade": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\nRAW",
+    # A few interim responses before the final one are fine (and not forwarded).
+    "/1xx-then-ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                    b"Link: </a.css>; rel=preload\r\n\r\n" * 20 + OK,
 }
 
 
@@ -51,7 +64,7 @@ async def _canned(backend: RawBackend, reader: asyncio.StreamReader,
         await writer.drain()
 
 
-SERVICES = ("pipelined", "stray", "crlf")
+SERVICES = ("pipelined", "stray", "crlf", "interim")
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +133,31 @@ async def test_stray_crlf_keeps_the_connection(env: dict[str, Any]) -> None:
     assert (resp.status, nxt.status, backend.accepted) == (200, 200, 1)
 
 
+
+@pytest.mark.parametrize("path", ["/1xx-length", "/1xx-chunked", "/status-099", "/101-bare",
+                                  "/101-upgrade"])
+async def test_bad_interim_response_is_502(env: dict[str, Any], path: str) -> None:
+    """A 1xx with a body, a status below 100, or a 101 to a request that asked for no upgrade:
+    502 upstream_protocol_error, with no upstream byte in front of it, and the client
+    connection still serves requests."""
+    proxy = env["proxy"]
+    (resp,), reader, writer = await _exchange(proxy.outbound, get("interim", path))
+    try:
+        assert resp.first == "HTTP/1.1 502 Bad Gateway"  # nothing before the head
+        assert resp.header("x-ami-reason") == "upstream_protocol_error"
+        assert b"EVIL" not in resp.body and b"RAW" not in resp.body
+        writer.write(get("interim", "/ok"))
+        nxt = await asyncio.wait_for(read_response(reader), 10)
+        assert (nxt.status, nxt.body) == (200, b"ok")
+    finally:
+        writer.close()
+    assert metric_value(await proxy.metrics(), "ami_requests_total",
+                        destination_service="interim", response_code="502",
+                        response_flags="upstream_protocol_error") >= 1
+
+
+async def test_interim_responses_before_the_final_one(env: dict[str, Any]) -> None:
+    """100 and 103 responses (head only) are dropped and the final response relayed."""
+    (resp,), _, writer = await _exchange(env["proxy"].outbound, get("interim", "/1xx-then-ok"))
+    writer.close()
+    assert (resp.first, resp.body) == ("HTTP/1.1 200 OK", b"ok")
