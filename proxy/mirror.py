@@ -22,7 +22,7 @@ class MirrorRequest:
     """The shadow exchange; implements the callbacks an UpstreamConnection makes."""
 
     __slots__ = ("_buffer", "_buffered", "_done", "_timer", "conn", "dropped", "head",
-                 "head_only", "interim", "pool")
+                 "head_only", "interim", "pool", "response_started")
 
     def __init__(self, pool: EndpointPool, head: bytes, head_only: bool) -> None:
         self.pool = pool
@@ -33,6 +33,7 @@ class MirrorRequest:
         self._buffered = 0
         self._done = False
         self.interim = False
+        self.response_started = False  # the final response head arrived
         self.dropped = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -110,6 +111,8 @@ class MirrorRequest:
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200:
             self.interim = True
+        else:
+            self.response_started = True
         return self.head_only
 
     def upstream_body(self, chunk: bytes) -> None:

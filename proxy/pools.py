@@ -15,6 +15,7 @@ from meshctl.api.policy import ConnectionPool
 from proxy.upstream import TlsUpstreamConnection, UpstreamConnection
 
 _QUICK_CLOSE = 1.0  # seconds: below any sane keep-alive timeout
+_MAX_HEAD_BYTES = 64 * 1024  # proxy.listener.Limits.max_header_bytes's default
 _DEFAULT_POOL = ConnectionPool()  # idle/connect timeouts when no connectionPool is declared
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class EndpointPool:
         "idle_timeout",
         "loop",
         "loop_ports",
+        "max_head_bytes",
         "max_requests_per_connection",
         "retired",
         "tls",
@@ -61,6 +63,7 @@ class EndpointPool:
         # An outside host (passthrough): this proxy's own listening ports, which a connection
         # must not reach (a request loop, whatever name or address spelling led there).
         self.loop_ports: Callable[[], set[int]] | None = None
+        self.max_head_bytes = _MAX_HEAD_BYTES  # response head, 1xx ones included, per request
 
     def take_idle(self) -> UpstreamConnection | None:
         """A live idle connection, or None (stale ones found on the way are closed)."""
@@ -183,8 +186,10 @@ class PoolRegistry:
     """One EndpointPool per (address, expected identity, mTLS or not); unused pools close when
     retired."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 max_head_bytes: int = _MAX_HEAD_BYTES) -> None:
         self.loop = loop
+        self.max_head_bytes = max_head_bytes
         self._pools: dict[tuple[str, int, str | None, bool], EndpointPool] = {}
         self._used: set[tuple[str, int, str | None, bool]] = set()
         self.tls: Any = None  # TlsContexts when this proxy has an identity
@@ -202,7 +207,7 @@ class PoolRegistry:
         key = (address.host, address.port, identity, tls is not None)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = EndpointPool(self.loop, address)
+            pool = self._pools[key] = self._new_pool(address)
         pool.version = version
         pool.identity = identity
         pool.tls = tls
@@ -221,9 +226,14 @@ class PoolRegistry:
         key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*", False)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = EndpointPool(self.loop, address)
+            pool = self._pools[key] = self._new_pool(address)
             pool.version = "unknown"
         pool.loop_ports = own_ports
+        return pool
+
+    def _new_pool(self, address: Address) -> EndpointPool:
+        pool = EndpointPool(self.loop, address)
+        pool.max_head_bytes = self.max_head_bytes
         return pool
 
     def forget(self, pool: EndpointPool) -> None:

@@ -43,7 +43,8 @@ class ProxyServer:
         self.loop = asyncio.get_running_loop()
         self.rng = rng or random.Random()
         self.stats = RequestStats()
-        self.pools = PoolRegistry(self.loop)
+        # A response head is held to the same size as a request head (--max-header-bytes).
+        self.pools = PoolRegistry(self.loop, max_head_bytes=options.limits.max_header_bytes)
         self.destinations = DestinationRegistry(self.stats)
         self.listeners: dict[str, Listener] = {}
         self.snapshot: Snapshot | None = None

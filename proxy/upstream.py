@@ -63,6 +63,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "connection_header",
         "content_length",
         "exchange",
+        "head_bytes",
         "header_lines",
         "idle_since",
         "parser",
@@ -95,6 +96,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self._detached = False
         self._closed_by_us = False
         self._done = False  # the final response ended in the read being parsed
+        self.head_bytes = 0  # bytes read before the final response head was complete
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,6 +138,14 @@ class UpstreamConnection(asyncio.BaseProtocol):
                 ex.upstream_complete(self)
         else:
             ex.flush_out()
+            if not ex.response_started and self.exchange is ex:
+                # The head is still arriving (or 1xx ones keep coming): bounded like a
+                # request's, whatever the upstream sends, so memory is too.
+                self.head_bytes += len(data)
+                if self.head_bytes > self.pool.max_head_bytes:
+                    log.debug("response head from %s over %d bytes", self.pool.address,
+                              self.pool.max_head_bytes)
+                    ex.upstream_failed(self, "upstream_protocol_error")
 
     def _parse_error(self, ex: Exchange, exc: httptools.HttpParserError) -> None:
         # httptools wraps an exception raised in a callback in HttpParserCallbackError.
@@ -246,6 +256,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
     def send(self, exchange: Exchange, head: bytes) -> None:
         self.exchange = exchange
         self.requests += 1
+        self.head_bytes = 0
         assert self.transport is not None
         self.transport.write(head)
 
