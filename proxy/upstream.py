@@ -223,6 +223,11 @@ class UpstreamConnection(asyncio.BaseProtocol):
         elif kind == _R_LENGTH:
             self.content_length = value
         elif kind == _R_TE:
+            if self.transfer_encoding or value.strip().lower() != b"chunked":
+                # Another coding (gzip, chunked / chunked, gzip / gzip: read until close) would
+                # be lost, since Transfer-Encoding is hop-by-hop here and the body re-chunked,
+                # or end in a truncated message. Refused like the request side does (Envoy too).
+                raise UpstreamProtocolError(b"transfer-encoding: " + value)
             self.transfer_encoding = True
         elif kind == _R_CONNECTION:
             self.connection_header = value

@@ -42,6 +42,16 @@ CANNED: dict[str, bytes] = {
     "/101-bare": b"HTTP/1.1 101 Switching Protocols\r\n\r\nRAW",
     "/101-upgrade": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                     b"Connection: Upgrade\r\n\r\nRAW",
+    # Transfer codings other than one chunked: the coding would be dropped, or the body end at
+    # close (a truncated message).
+    "/te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZIP",
+    "/te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                        b"4\r\nGZIP\r\n0\r\n\r\n",
+    "/te-chunked-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nGZIP",
+    "/te-twice": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+    "/te-chunked-caps": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                        b"2\r\nok\r\n0\r\n\r\n",
     # A few interim responses before the final one are fine (and not forwarded).
     "/1xx-then-ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
                     b"Link: </a.css>; rel=preload\r\n\r\n" * 20 + OK,
@@ -86,7 +96,7 @@ async def _endless_head(backend: RawBackend, reader: asyncio.StreamReader,
     backend.closed += 1  # got to the end: the proxy read it all
 
 
-SERVICES = ("pipelined", "stray", "crlf", "interim")
+SERVICES = ("pipelined", "stray", "crlf", "interim", "coding")
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +208,19 @@ async def test_endless_response_head_is_502(env: dict[str, Any], path: str) -> N
     assert backend.closed == 0  # the upstream never got to write its whole head
     # Well under the 8 MiB offered (the 431 side of this: test_proxy_hostile).
     assert proxy.vm_hwm_kb() < 80_000
+
+
+@pytest.mark.parametrize("path", ["/te-gzip", "/te-gzip-chunked", "/te-chunked-gzip",
+                                  "/te-twice"])
+async def test_transfer_coding_other_than_chunked_is_502(env: dict[str, Any], path: str) -> None:
+    """Transfer-Encoding other than one `chunked` (what the proxy refuses from clients too) is
+    502 upstream_protocol_error, not a body with its coding silently dropped or cut off."""
+    (resp,), _, writer = await _exchange(env["proxy"].outbound, get("coding", path))
+    writer.close()
+    assert (resp.status, resp.header("x-ami-reason")) == (502, "upstream_protocol_error")
+
+
+async def test_chunked_in_any_case_is_relayed(env: dict[str, Any]) -> None:
+    (resp,), _, writer = await _exchange(env["proxy"].outbound, get("coding", "/te-chunked-caps"))
+    writer.close()
+    assert (resp.status, resp.header("transfer-encoding"), resp.body) == (200, "chunked", b"ok")
