@@ -282,8 +282,13 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.current = None
         if self._paused:
             self._set_pause(_P_BUFFER | _P_UPSTREAM, False)
-        if (not ex.client_keep_alive or (ex.upgrade and not tunnel) or not ex.request_done
-                or self.plaintext_refused):
+        if not ex.request_done:
+            # An early response: the client may still be sending its body; closing now with
+            # that unread would make the kernel reset the connection, maybe before the client
+            # read the response.
+            self._linger()
+            return
+        if not ex.client_keep_alive or (ex.upgrade and not tunnel) or self.plaintext_refused:
             self._close()
             return
         if self._error_after_current is not None:

@@ -346,14 +346,15 @@ class Exchange:
         self.status = status
         self.upstream_keep_alive = conn.parser.should_keep_alive()
         self._response_chunked_in = conn.transfer_encoding
-        draining = self.downstream.draining
+        # An early response (the request body still arriving, e.g. a 413) ends the client
+        # connection too: the rest of the body is not read, so the head says so (as Envoy's).
+        keep_alive = self.client_keep_alive and self.request_done and not self.downstream.draining
         head, self._frame = client_head(
             conn, status, head_only=self.method == b"HEAD" or status in (204, 304),
-            http10=self.http10, keep_alive=self.client_keep_alive and not draining,
-            edits=self.response_edits)
-        if draining or self._frame == FRAME_CLOSE:
-            # The head says `connection: close` (draining), or an HTTP/1.0 client reads the
-            # body until close: either way the connection ends with this response.
+            http10=self.http10, keep_alive=keep_alive, edits=self.response_edits)
+        if not keep_alive or self._frame == FRAME_CLOSE:
+            # The head says `connection: close`, or an HTTP/1.0 client reads the body until
+            # close: either way the connection ends with this response.
             self.client_keep_alive = False
         self.response_started = True
         # Held until the end of this read so head and body leave in one write (one syscall).

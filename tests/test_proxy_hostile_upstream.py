@@ -17,6 +17,7 @@ from tests.proxyharness import (
     Backends,
     ProxyProcess,
     RawBackend,
+    at_eof,
     get,
     metric_value,
     read_response,
@@ -65,7 +66,11 @@ async def _canned(backend: RawBackend, reader: asyncio.StreamReader,
         head = await reader.readuntil(b"\r\n\r\n")
         target = head.split(b" ", 2)[1].decode()
         backend.requests.append((conn, target))  # type: ignore[arg-type]  # all we need here
-        if target == "/slow-real":
+        if target == "/early":
+            # Answers as soon as the head is in, the body unread (as a server refusing an
+            # upload does), and keeps the connection open.
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        elif target == "/slow-real":
             # Answers a beat later, so stray bytes of the previous answer arrive first.
             await asyncio.sleep(0.2)  # the upstream's own latency, not a wait of the test
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
@@ -96,7 +101,7 @@ async def _endless_head(backend: RawBackend, reader: asyncio.StreamReader,
     backend.closed += 1  # got to the end: the proxy read it all
 
 
-SERVICES = ("pipelined", "stray", "crlf", "interim", "coding")
+SERVICES = ("pipelined", "stray", "crlf", "interim", "coding", "early")
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +229,23 @@ async def test_chunked_in_any_case_is_relayed(env: dict[str, Any]) -> None:
     (resp,), _, writer = await _exchange(env["proxy"].outbound, get("coding", "/te-chunked-caps"))
     writer.close()
     assert (resp.status, resp.header("transfer-encoding"), resp.body) == (200, "chunked", b"ok")
+
+
+async def test_early_response_says_close_and_lingers(env: dict[str, Any]) -> None:
+    """An upstream answering before the request body is complete (413): the client gets the
+    answer with `connection: close` (the proxy will not read the rest of the body), may go on
+    sending without a reset destroying the answer, and the connection then closes."""
+    proxy, backend = env["proxy"], env["early"]
+    head = b"POST /early HTTP/1.1\r\nHost: early\r\nContent-Length: 10000000\r\n\r\n"
+    (resp,), reader, writer = await _exchange(proxy.outbound, head + b"x" * 1000)
+    try:
+        assert (resp.status, resp.body, resp.header("x-ami-reason")) == (413, b"big", None)
+        assert resp.header("connection") == "close"
+        for _ in range(50):  # the client is still uploading, unaware
+            writer.write(b"x" * 4096)
+            await writer.drain()
+        writer.write_eof()
+        assert await at_eof(reader, 5)
+    finally:
+        writer.close()
+    assert backend.accepted == 1
