@@ -135,6 +135,12 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("LISTEN", lambda d: str(_spec(d).get("listen", ""))),
         ("DESTINATIONS", lambda d: _joined(dict.fromkeys(
             r.get("destination") for r in _spec(d).get("rules") or [])))],
+    "ExternalService": [
+        ("HOSTS", lambda d: _joined(_spec(d).get("hosts") or [])),
+        ("PORTS", lambda d: _joined(f"{p.get('number')}/{p.get('protocol')}"
+                                    for p in _spec(d).get("ports") or [])),
+        ("ENDPOINTS", lambda d: _joined(e.get("address") for e in _spec(d).get("endpoints") or [])
+         if _spec(d).get("endpoints") else "(DNS)")],
 }
 
 

@@ -43,7 +43,7 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     """Every kind's schema is itself a valid draft 2020-12 schema."""
     schemas = all_schemas()
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy", "MeshConfig",
-                            "Gateway"}
+                            "Gateway", "ExternalService"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -135,6 +135,23 @@ def with_rule(**rule: Any) -> dict[str, Any]:
         "consistentHash": {"header": "x", "sourceIp": True}}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {
         "host": "r", "loadBalancer": "CONSISTENT_HASH", "consistentHash": {"sourceIp": False}}},
+    {**ROUTE, "kind": "Route", "spec": {"host": "API.example.com", "rules": [{"backends": [{}]}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {"hosts": [], "ports": [{"number": 80,
+                                                                          "protocol": "HTTP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {"hosts": ["a.example"], "ports": []}},
+    {**ROUTE, "kind": "ExternalService", "spec": {"hosts": ["a.example"],
+                                                  "ports": [{"number": 80}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["a.example"], "ports": [{"number": 0, "protocol": "HTTP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["a.example"], "ports": [{"number": 80, "protocol": "UDP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["*"], "ports": [{"number": 80, "protocol": "HTTP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["a.example", "a.example"], "ports": [{"number": 80, "protocol": "HTTP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["a.example"], "ports": [{"number": 80, "protocol": "HTTP"}],
+        "endpoints": [{"address": "not an address"}]}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -166,6 +183,16 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         {"backends": [{"subset": "v1"}]}]}},
     {**ROUTE, "spec": {"host": "reviews", "rules": [
         {"redirect": {"scheme": "https", "port": 8443, "authority": "a.example"}}]}},
+    {**ROUTE, "spec": {"host": "api.github.com", "rules": [{"backends": [{}], "timeout": "1s"}]}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "api.github.com"}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["api.github.com", "*.example.com"],
+        "ports": [{"number": 443, "protocol": "TLS"}, {"number": 80, "protocol": "HTTP"},
+                  {"number": 8443, "protocol": "HTTPS"}, {"number": 5432, "protocol": "TCP"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["db.internal"], "ports": [{"number": 5432, "protocol": "TCP"}],
+        "endpoints": [{"address": "203.0.113.7"}, {"address": "2001:db8::7"},
+                      {"address": "db-1.example.net"}]}},
 ])
 def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
     """Unusual but valid documents are accepted by the parser and the schema alike."""

@@ -12,6 +12,7 @@ from typing import Any
 from meshctl.api import fields as F
 from meshctl.api.authz import ACTIONS, AUTHZ_PATH
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
+from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
 from meshctl.api.kinds import (
     GATEWAY_HOST,
     KINDS,
@@ -94,6 +95,8 @@ def _matcher(kinds: tuple[str, ...], path: bool) -> Schema:
 
 
 _SERVICE = _str(F.DNS_LABEL, description="service name (DNS-1123 label)")
+_HOST = _str(F.DNS_SUBDOMAIN, maxLength=253,
+             description="service name, or the DNS name of an ExternalService host")
 _PERCENT = _num(0, 100)
 _STATUS = _int(200, 599)
 _METHOD = _str(F.METHOD)
@@ -171,9 +174,9 @@ DEFS: Schema = {
 }
 
 _SPECS: dict[str, Schema] = {
-    "Route": _obj({"host": _SERVICE, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
+    "Route": _obj({"host": _HOST, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
     "DestinationPolicy": _obj({
-        "host": _SERVICE,
+        "host": _HOST,
         "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels")},
                               ("name", "labels"))),
         "loadBalancer": {"enum": list(LOAD_BALANCERS)},
@@ -228,6 +231,13 @@ _SPECS: dict[str, Schema] = {
         "rules": _list(_obj({"hosts": _list(_str(GATEWAY_HOST)), "match": _list(_ref("match")),
                              "destination": _SERVICE}, ("destination",)), 1),
     }, ("listen", "rules")),
+    "ExternalService": _obj({
+        "hosts": _list(_str(EXTERNAL_HOST, maxLength=253), 1) | {"uniqueItems": True},
+        "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)}},
+                            ("number", "protocol")), 1),
+        "endpoints": _list(_obj({"address": _str(ENDPOINT_ADDRESS, maxLength=253)},
+                                ("address",))),
+    }, ("hosts", "ports")),
 }
 
 

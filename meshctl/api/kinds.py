@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from meshctl.api import fields as F
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
+from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
-from meshctl.api.policy import SERVICE, DestinationPolicySpec, parse_destination_policy
+from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
 
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
@@ -70,13 +71,14 @@ class GatewaySpec:
     rules: tuple[GatewayRule, ...]
 
 
-Spec = RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | MeshConfigSpec | GatewaySpec
+Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | MeshConfigSpec | GatewaySpec
+        | ExternalServiceSpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
     """Parse Route.spec."""
     f = Fields(data, path)
-    host = f.required("host", SERVICE, "")
+    host = f.required("host", HOST, "")
     rules = f.required("rules", parse_rules, ())
     f.finish()
     return RouteSpec(host, rules)
@@ -176,4 +178,5 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("AuthorizationPolicy", parse_authorization),
     Kind("MeshConfig", parse_mesh_config, spec_required=False),
     Kind("Gateway", parse_gateway),
+    Kind("ExternalService", parse_external_service),
 )}

@@ -93,12 +93,15 @@ class DestinationPolicySpec:
 
 
 SERVICE = F.string(F.DNS_LABEL, "a service name (DNS-1123 label)")
+# What a Route or a DestinationPolicy is for: a mesh service, or an ExternalService host.
+HOST = F.string(F.DNS_SUBDOMAIN, "a service name, or the DNS name of an ExternalService host",
+                253)
 
 
 def parse_destination_policy(data: object, path: str) -> DestinationPolicySpec:
     """Parse DestinationPolicy.spec."""
     f = Fields(data, path)
-    host = f.required("host", SERVICE, "")
+    host = f.required("host", HOST, "")
     subsets = f.value("subsets", parse_subsets, ())
     policy = read_policy(f)
     f.finish()

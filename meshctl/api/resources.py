@@ -13,6 +13,7 @@ import yaml
 
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError, fail
+from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
 from meshctl.api.policy import DestinationPolicySpec
@@ -262,6 +263,10 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, RouteSpec | DestinationPolicySpec):
             claims.append(((r.kind, r.namespace, "host", r.spec.host), "spec.host",
                            f"host {r.spec.host} already has a {r.kind}"))
+        if isinstance(r.spec, ExternalServiceSpec):
+            claims.extend(((r.kind, r.namespace, "host", host), f"spec.hosts[{i}]",
+                           f"host {host} already has an ExternalService")
+                          for i, host in enumerate(r.spec.hosts))
         if isinstance(r.spec, GatewaySpec):
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))

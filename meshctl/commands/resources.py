@@ -27,8 +27,9 @@ from meshctl.controlplane.auth import load_client_token
 from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
-               "mc": "MeshConfig", "gw": "Gateway"}
-KIND_HELP = "route|rt, destinationpolicy|dp, authorizationpolicy|ap, meshconfig|mc, gateway|gw"
+               "mc": "MeshConfig", "gw": "Gateway", "es": "ExternalService"}
+KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, meshconfig|mc, gateway|gw, "
+             "externalservice|es")
 Command = Callable[[argparse.Namespace], int]
 
 

@@ -26,6 +26,7 @@ KIND_PLURALS: dict[str, str] = {
     "AuthorizationPolicy": "authorizationpolicies",
     "MeshConfig": "meshconfigs",
     "Gateway": "gateways",
+    "ExternalService": "externalservices",
 }
 _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 

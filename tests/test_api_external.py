@@ -1,0 +1,77 @@
+"""ExternalService documents: the parser's own checks (those JSON Schema cannot say) and the
+checks across documents, with file, document and field path in every message."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.external import ExternalPort, ExternalServiceSpec
+from meshctl.api.resources import load_documents, validate_set
+
+HEAD = "apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: %s}\n"
+
+
+def issues_of(text: str) -> list[str]:
+    try:
+        resources = load_documents(text, "es.yaml")
+    except ValidationError as err:
+        return [str(i) for i in err.issues]
+    return [str(i) for i in validate_set(resources)]
+
+
+def test_a_full_document_parses() -> None:
+    [r] = load_documents(HEAD % "github" + "spec:\n  hosts: [api.github.com]\n"
+                         "  ports: [{number: 443, protocol: TLS}, {number: 80, protocol: HTTP}]\n"
+                         "  endpoints: [{address: 203.0.113.7}]\n", "es.yaml")
+    assert r.spec == ExternalServiceSpec(("api.github.com",), (
+        ExternalPort(443, "TLS"), ExternalPort(80, "HTTP")), ("203.0.113.7",))
+    assert r.spec.ports[0].tunnel and not r.spec.ports[1].tunnel
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("{hosts: [a.example, a.example], ports: [{number: 80, protocol: HTTP}]}",
+     ["es.yaml doc 1: spec.hosts[1]: duplicate host a.example"]),
+    ("{hosts: [a.example], ports: [{number: 80, protocol: HTTP}, {number: 80, protocol: TLS}]}",
+     ["es.yaml doc 1: spec.ports[1].number: duplicate port 80"]),
+    ("{hosts: [a.example], ports: [{number: 80, protocol: HTTP}],"
+     " endpoints: [{address: 10.0.0.1}, {address: 10.0.0.1}]}",
+     ["es.yaml doc 1: spec.endpoints[1].address: duplicate endpoint 10.0.0.1"]),
+    ("{hosts: ['*.example.com'], ports: [{number: 443, protocol: TLS}],"
+     " endpoints: [{address: 10.0.0.1}]}",
+     ["es.yaml doc 1: spec.hosts[0]: a wildcard host (*.example.com) cannot have endpoints: "
+      "the requested name is resolved when connecting; declare it in an ExternalService of "
+      "its own"]),
+    ("{hosts: [a.example], ports: [{number: 80, protocol: HTTP}],"
+     " endpoints: [{address: 'fe80::1::2'}]}",
+     ["es.yaml doc 1: spec.endpoints[0].address: invalid value 'fe80::1::2', expected an IP "
+      "address or a DNS name"]),
+    ("{hosts: [A.example], ports: [{number: 80, protocl: HTTP}]}",
+     ["es.yaml doc 1: spec.hosts[0]: invalid value 'A.example', expected a lower-case DNS name "
+      "like api.example.com, or *. and a DNS suffix",
+      "es.yaml doc 1: spec.ports[0].protocol: field is required",
+      "es.yaml doc 1: spec.ports[0].protocl: unknown field, did you mean 'protocol'?"]),
+])
+def test_invalid_documents_name_the_field(spec: str, expected: list[str]) -> None:
+    assert issues_of(HEAD % "a" + f"spec: {spec}\n") == expected
+
+
+def test_a_host_is_declared_once_per_namespace() -> None:
+    ports = "  ports: [{number: 80, protocol: HTTP}]\n"
+    text = (HEAD % "a" + "spec:\n  hosts: [a.example, b.example]\n" + ports + "---\n"
+            + HEAD % "b" + "spec:\n  hosts: [c.example, b.example]\n" + ports + "---\n"
+            + (HEAD % "c").replace("{name: c}", "{name: c, namespace: other}")
+            + "spec:\n  hosts: [b.example]\n" + ports)
+    assert issues_of(text) == [
+        "es.yaml doc 2: spec.hosts[1]: host b.example already has an ExternalService "
+        "(see ExternalService default/a in es.yaml doc 1)"]
+
+
+def test_routes_and_policies_take_dns_names_and_need_no_declaration() -> None:
+    """A Route for a host that no ExternalService declares is fine, as for a mesh service with
+    no endpoints yet."""
+    text = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: gh}\n"
+            "spec: {host: api.github.com, rules: [{backends: [{}], timeout: 2s}]}\n---\n"
+            "apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: gh}\n"
+            "spec: {host: api.github.com, connectionPool: {maxConnections: 4}}\n")
+    assert issues_of(text) == []
