@@ -6,6 +6,7 @@ paths give the same precise errors (which become the NACK text).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalHost:
+    """A host outside the mesh declared by an ExternalService (snapshot ``external``)."""
+
+    host: str  # an exact DNS name, or `*.suffix`
+    namespace: str
+    resource: str  # the ExternalService's name, for logs
+    ports: tuple[tuple[int, str], ...]  # (number, protocol: HTTP, HTTPS, TLS or TCP)
+    endpoints: tuple[str, ...]  # fixed addresses; empty: the host name is resolved (DNS)
+    policy: TrafficPolicy  # the host's DestinationPolicy, if any
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     host: str
     rules: tuple[Any, ...]  # meshctl.api.rules.Rule
@@ -130,6 +147,7 @@ class Snapshot:
     gateway_rules: tuple[Any, ...]  # meshctl.api.kinds.GatewayRule
     authorization: tuple[Any, ...]  # meshctl.api.authz.AuthorizationPolicySpec
     inbound_rate_limit: RateLimit | None
+    external: Mapping[str, ExternalHost] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -318,6 +336,10 @@ def _parse_snapshot(data: object) -> Snapshot:
     authorization = _parse_authorization(inbound_raw.get("authorization"))
     inbound_rate = _policy({"rateLimit": inbound_raw["rateLimit"]}, "inbound").rate_limit \
         if inbound_raw.get("rateLimit") is not None else None
+    external = {
+        str(host): _parse_external(str(host), e, f"external.{host}")
+        for host, e in _mapping(raw.get("external"), "external").items()
+    }
     return Snapshot(
         version=str(raw.get("version", "static")),
         node=node,
@@ -329,7 +351,29 @@ def _parse_snapshot(data: object) -> Snapshot:
         gateway_rules=gateway_rules,
         authorization=authorization,
         inbound_rate_limit=inbound_rate,
+        external=external,
     )
+
+
+def _parse_external(host: str, data: object, path: str) -> ExternalHost:
+    from meshctl.api.external import EXTERNAL_HOST, PROTOCOLS
+
+    if not re.fullmatch(EXTERNAL_HOST, host):
+        raise ConfigError(f"{path}: not a DNS name or *. and a DNS suffix")
+    raw = _mapping(data, path)
+    ports = []
+    for i, p in enumerate(_list(raw.get("ports"), f"{path}.ports")):
+        pm = _mapping(p, f"{path}.ports[{i}]")
+        number, protocol = pm.get("number"), pm.get("protocol", "HTTP")
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+            raise ConfigError(f"{path}.ports[{i}].number: expected a port, got {number!r}")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{path}.ports[{i}].protocol: expected one of "
+                              f"{', '.join(PROTOCOLS)}, got {protocol!r}")
+        ports.append((number, str(protocol)))
+    endpoints = tuple(str(e) for e in _list(raw.get("endpoints"), f"{path}.endpoints"))
+    return ExternalHost(host, str(raw.get("namespace", "default")), str(raw.get("name", host)),
+                        tuple(ports), endpoints, _policy(raw.get("policy"), f"{path}.policy"))
 
 
 def _parse_authorization(data: object) -> tuple[Any, ...]:

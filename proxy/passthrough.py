@@ -1,4 +1,5 @@
-"""Hosts outside the mesh, with MeshConfig `outboundTrafficPolicy: {mode: ALLOW_ANY}`.
+"""Hosts outside the mesh, with MeshConfig `outboundTrafficPolicy: {mode: ALLOW_ANY}`, and the
+hosts of a wildcard ExternalService (`*.example.com`, labelled with the pattern instead).
 
 Like Istio's PassthroughCluster: on the outbound listener, a host that is no mesh service is
 reached directly (its name resolved when connecting), with no route policy, and labelled
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from proxy.config import Address
 
 if TYPE_CHECKING:
+    from meshctl.api.policy import TrafficPolicy
     from proxy.exchange import Exchange
     from proxy.pools import PoolRegistry
     from proxy.routing import Decision
@@ -30,11 +32,13 @@ class Passthrough:
     """Decisions for outside hosts, made on first use and kept for the snapshot's life."""
 
     def __init__(self, pools: PoolRegistry, rng: random.Random,
-                 metric_prefix: tuple[str, ...], own_ports: Callable[[], set[int]]) -> None:
+                 metric_prefix: tuple[str, ...], own_ports: Callable[[], set[int]],
+                 policy: TrafficPolicy | None = None) -> None:
         self.pools = pools
         self.rng = rng
         self.metric_prefix = metric_prefix
         self.own_ports = own_ports
+        self.policy = policy  # a wildcard ExternalService's DestinationPolicy (timeouts)
         self._decisions: OrderedDict[tuple[str, bool], Decision] = OrderedDict()
 
     def route(self, ex: Exchange) -> Decision | str:
@@ -44,7 +48,7 @@ class Passthrough:
         if decision is not None:
             self._decisions.move_to_end(key)
             return decision
-        address = _address(key[0], 443 if tunnel else 80)
+        address = authority_address(key[0], 443 if tunnel else 80)
         if address is None:
             return "bad_request"
         if address.port in self.own_ports() and (
@@ -56,8 +60,9 @@ class Passthrough:
         # The check above catches the obvious spellings early; the pool checks where each
         # connection really arrived (another name or spelling of this host: a hostname,
         # `[::ffff:127.0.0.1]`, `2130706433`, the host's own address).
-        pool = self.pools.external(address, tunnel, self.own_ports)
-        decision = Decision((Backend(PASSTHROUGH, None, (pool,), None, self.metric_prefix),),
+        pool = self.pools.external(address, tunnel, self.own_ports, self.policy)
+        decision = Decision((Backend(self.metric_prefix[3], None, (pool,), None,
+                                     self.metric_prefix),),
                             (100,), self.rng)
         self._decisions[key] = decision
         if len(self._decisions) > MAX_DESTINATIONS:
@@ -66,7 +71,7 @@ class Passthrough:
         return decision
 
 
-def _address(authority: str, default_port: int) -> Address | None:
+def authority_address(authority: str, default_port: int) -> Address | None:
     """host[:port] of an authority (IPv6 in brackets); None when it is not one."""
     host, port = authority, default_port
     if authority.startswith("["):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from meshctl.api.policy import ConnectionPool
 from proxy.upstream import TlsUpstreamConnection, UpstreamConnection
 
+log = logging.getLogger("ami.proxy")
 _QUICK_CLOSE = 1.0  # seconds: below any sane keep-alive timeout
 _MAX_HEAD_BYTES = 64 * 1024  # proxy.listener.Limits.max_header_bytes's default
 _DEFAULT_POOL = ConnectionPool()  # idle/connect timeouts when no connectionPool is declared
@@ -100,6 +103,13 @@ class EndpointPool:
                 ),
                 self.connect_timeout,
             )
+        except socket.gaierror as exc:
+            self.connections -= 1
+            # Resolution runs off the event loop (the loop's getaddrinfo: a thread); a name
+            # that does not resolve is a connect failure like a refused port, said plainly.
+            log.warning("cannot resolve %s (endpoint %s): %s", self.address.host,
+                        self.address, exc.strerror or exc)
+            raise
         except BaseException:
             self.connections -= 1
             raise
@@ -200,11 +210,16 @@ class PoolRegistry:
         self._used = set()
 
     def get(self, address: Address, identity: str | None, version: str,
-            policy: TrafficPolicy | None = None) -> EndpointPool:
+            policy: TrafficPolicy | None = None, *, external: bool = False,
+            tunnel: bool = False) -> EndpointPool:
+        """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
+        TCP, and a pool of its own for CONNECT tunnels (``tunnel``)."""
         tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
-        key = (address.host, address.port, identity, tls is not None)
+        key = (address.host, address.port,
+               ("*external-tunnel*" if tunnel else "*external*") if external else identity,
+               tls is not None)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
@@ -220,14 +235,19 @@ class PoolRegistry:
         return pool
 
     def external(self, address: Address, tunnel: bool,
-                 own_ports: Callable[[], set[int]] | None = None) -> EndpointPool:
-        """The pool of a host outside the mesh (plain TCP; tunnels apart from HTTP reuse);
-        its connections may not reach ``own_ports`` on this host."""
+                 own_ports: Callable[[], set[int]] | None = None,
+                 policy: TrafficPolicy | None = None) -> EndpointPool:
+        """The pool of a host outside the mesh named by a request (ALLOW_ANY, a wildcard
+        ExternalService): plain TCP; tunnels apart from HTTP reuse. Its connections may
+        not reach ``own_ports`` on this host."""
         key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*", False)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
             pool.version = "unknown"
+            if policy is not None and policy.connection_pool is not None:
+                pool.idle_timeout = policy.connection_pool.idle_timeout
+                pool.connect_timeout = policy.connection_pool.connect_timeout
         pool.loop_ports = own_ports
         return pool
 

@@ -16,7 +16,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "request headers not received in time"),
     "uri_too_long": (414, "request line too long"),
     "headers_too_large": (431, "request header section too large"),
-    "method_not_allowed": (405, "CONNECT needs outboundTrafficPolicy ALLOW_ANY"),
+    "method_not_allowed": (405, "CONNECT needs an ExternalService port or ALLOW_ANY"),
     "redirect": (301, "redirected by a route rule (see Location)"),
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
     "not_authorized": (403, "denied by authorization policy"),

@@ -174,8 +174,8 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
 
 
 def _connect_exchange(p: DownstreamProtocol) -> Exchange:
-    """`CONNECT host:port`: a tunnel to a host outside the mesh, if the mesh allows those."""
-    if p.listener.router.passthrough is None:
+    """`CONNECT host:port`: a tunnel to a host outside the mesh, if the mesh allows any."""
+    if p.listener.router.egress is None:
         raise Reject("method_not_allowed")
     authority = p._url.decode("latin-1")
     # No keep-alive: once the tunnel is up the connection carries the tunnel's bytes only,

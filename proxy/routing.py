@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
-from proxy.config import Service, Snapshot
+from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
+from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority, short_service_name
 from proxy.layers import attach
 from proxy.passthrough import PASSTHROUGH, Passthrough
@@ -125,19 +126,46 @@ class HostRoute:
         return None
 
 
+class ExternalHostRoute(HostRoute):
+    """An ExternalService host: the rules of the request's port (HTTP ports only)."""
+
+    __slots__ = ("fallback", "ports")
+
+    def __init__(self, ports: Mapping[int, HostRoute], fallback: Passthrough | None) -> None:
+        super().__init__(())
+        self.ports = ports
+        self.fallback = fallback  # ALLOW_ANY: an undeclared port of the host passes through
+
+    def select(self, ex: Exchange) -> Decision | None:
+        authority = ex.authority
+        colon = authority.rfind(":")
+        port = int(authority[colon + 1:]) if colon > authority.rfind("]") \
+            and authority[colon + 1:].isdigit() else (80 if colon < 0 else -1)
+        route = self.ports.get(port)
+        if route is not None:
+            return route.select(ex)
+        if self.fallback is not None:
+            decision = self.fallback.route(ex)
+            return decision if isinstance(decision, Decision) else None
+        return None
+
+
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "passthrough", "source")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "egress", "source")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
-                 passthrough: Passthrough | None = None,
+                 egress: Egress | None = None,
                  source: tuple[str, str] = ("unknown", "unknown")) -> None:
         self._hosts = hosts
         self._inbound = inbound
         self._gateway = gateway
-        self.passthrough = passthrough  # outside hosts (ALLOW_ANY, outbound listener only)
+        # Hosts outside the mesh (ExternalServices, ALLOW_ANY; outbound listener only). Exact
+        # ExternalService hosts with HTTP ports are in ``hosts`` (ExternalHostRoute): a request
+        # for a mesh service never gets here.
+        self.egress = egress
         # (workload, version) of the caller, for requests that get no backend (outbound and
         # gateway: this proxy's own node)
         self.source = source
@@ -145,9 +173,9 @@ class Router:
     def route(self, ex: Exchange) -> Decision | str:
         if self._inbound is not None:
             return self._inbound
-        passthrough = self.passthrough
-        if passthrough is not None and ex.method == b"CONNECT":
-            return passthrough.route(ex)
+        egress = self.egress
+        if egress is not None and ex.method == b"CONNECT":
+            return egress.connect(ex)
         if self._gateway is not None:
             for matcher, destination in self._gateway:
                 if matcher is None or matcher(ex):
@@ -161,7 +189,7 @@ class Router:
             if host_route is None:
                 host_route = self._hosts.get(short_service_name(host))
         if host_route is None:
-            return "no_route" if passthrough is None else passthrough.route(ex)
+            return "no_route" if egress is None else egress.other(ex)
         decision = host_route.select(ex)
         return decision if decision is not None else "no_route"
 
@@ -181,14 +209,65 @@ class RouterBuilder:
         self._backends: dict[tuple[str, str | None, str], Backend] = {}
 
     def outbound(self, own_ports: Callable[[], set[int]] | None = None) -> Router:
+        snap = self.snapshot
+        ports = own_ports if own_ports is not None else set
         passthrough = None
-        if self.snapshot.mesh.allow_any_outbound and own_ports is not None:
-            node = self.snapshot.node
-            prefix = ("source", node.service, node.version, PASSTHROUGH, PASSTHROUGH)
-            passthrough = Passthrough(self.pools, self.rng, prefix, own_ports)
+        if snap.mesh.allow_any_outbound and own_ports is not None:
+            passthrough = Passthrough(self.pools, self.rng, self._prefix(PASSTHROUGH), own_ports)
+        # A mesh service of the same name wins over an ExternalService host.
+        external = {h: e for h, e in snap.external.items() if h not in snap.services}
+        hosts = self._host_routes("source", skip=external)
+        if not external and passthrough is None:
+            return Router(hosts, source=(snap.node.service, snap.node.version))
+        tunnels: dict[tuple[str, int], Decision] = {}
+        wildcards = []
+        for host, ext in sorted(external.items()):
+            if ext.wildcard:
+                wildcards.append(Wildcard(ext, Passthrough(
+                    self.pools, self.rng, self._prefix(host), ports, ext.policy)))
+                continue
+            http, tunnel = self._external(ext)
+            if http:
+                hosts[host] = ExternalHostRoute(http, passthrough)
+            tunnels.update(((host, port), d) for port, d in tunnel.items())
+        return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough),
+                      source=(snap.node.service, snap.node.version))
+
+    def _prefix(self, destination: str) -> tuple[str, ...]:
         node = self.snapshot.node
-        return Router(self._host_routes("source"), passthrough=passthrough,
-                      source=(node.service, node.version))
+        return ("source", node.service, node.version, destination, destination)
+
+    def _external(self, ext: ExternalHost) -> tuple[dict[int, HostRoute], dict[int, Decision]]:
+        """An exact ExternalService host: the routes of its HTTP ports, the tunnel decision of
+        each other port. Its endpoints are reached in plaintext (mTLS needs a sidecar there);
+        one DestinationState (limits, ejections, budget) covers all its HTTP ports."""
+        snap, host, policy = self.snapshot, ext.host, ext.policy
+        addresses = ext.endpoints or (host,)
+        http_pools = {port: tuple(self.pools.get(Address(a, port), None, "unknown", policy,
+                                                 external=True) for a in addresses)
+                      for port, protocol in ext.ports if protocol == "HTTP"}
+        all_pools = tuple(p for pools in http_pools.values() for p in pools)
+        state = self.destinations.configure(
+            host, policy.connection_pool, policy.outlier_detection, all_pools,
+            snap.mesh.retry_budget_percent, snap.mesh.retry_budget_min_per_second)
+        prefix = self._prefix(host)
+        routes: dict[int, HostRoute] = {}
+        for port, pools in http_pools.items():
+            backend = self._make_backend(host, None, pools, policy, state, prefix)
+            route = snap.routes.get(host)
+            if route is None:
+                routes[port] = HostRoute(((None, Decision((backend,), (100,), self.rng)),))
+            else:
+                routes[port] = self._compile_route(host, route, "source", backend)
+        tunnels = {}
+        for port, protocol in ext.ports:
+            if protocol != "HTTP":
+                pools = tuple(self.pools.get(Address(a, port), None, "unknown", policy,
+                                             external=True, tunnel=True) for a in addresses)
+                balancer = _balancer(policy.load_balancer, self.rng) if len(pools) > 1 else None
+                tunnels[port] = Decision(
+                    (Backend(host, None, pools, balancer, prefix),), (100,), self.rng)
+        return routes, tunnels
 
     def gateway(self) -> Router:
         node = self.snapshot.node
@@ -210,7 +289,8 @@ class RouterBuilder:
             decision.admit = self.inbound_policy.admit
         return Router({}, inbound=decision)
 
-    def _host_routes(self, reporter: str) -> dict[str, HostRoute]:
+    def _host_routes(self, reporter: str, skip: Container[str] = ()) -> dict[str, HostRoute]:
+        """Every mesh service and every Route; routes of ``skip`` hosts are compiled apart."""
         snap = self.snapshot
         routes: dict[str, HostRoute] = {}
         for name, service in snap.services.items():
@@ -218,31 +298,43 @@ class RouterBuilder:
             if route is None:
                 routes[name] = HostRoute(((None, Decision(
                     (self._backend(service, None, reporter),), (100,), self.rng)),))
-        node = snap.node
         for host, route in snap.routes.items():
-            compiled = []
-            for rule in route.rules:
-                blocks = _own_blocks(rule.matches, node)
-                if blocks is None:
-                    continue  # no block accepts this proxy as a source: the rule is not ours
-                backends = []
-                for b in rule.backends:
-                    found = snap.services.get(b.service or host)
-                    service = found if found is not None else Service(
-                        b.service or host, "default", (), (), _default_policy())
-                    backends.append(self._backend(service, b.subset, reporter))
-                decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
-                                    self.rng, rule)
-                mirror = None
-                if rule.mirror is not None:
-                    msvc = snap.services.get(rule.mirror.service or host)
-                    if msvc is not None:
-                        mirror = self._backend(msvc, rule.mirror.subset, reporter)
-                attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
-                       blocks)
-                compiled.append((self.compile_matches(blocks), decision))
-            routes[host] = HostRoute(tuple(compiled))
+            if host not in skip:
+                routes[host] = self._compile_route(host, route, reporter)
         return routes
+
+    def _compile_route(self, host: str, route: RouteConfig, reporter: str,
+                       own: Backend | None = None) -> HostRoute:
+        """A Route's rules; ``own``: the backend of the route's host itself when that is no
+        mesh service (an ExternalService port)."""
+        snap = self.snapshot
+        compiled = []
+        for rule in route.rules:
+            blocks = _own_blocks(rule.matches, snap.node)
+            if blocks is None:
+                continue  # no block accepts this proxy as a source: the rule is not ours
+            backends = []
+            for b in rule.backends:
+                if own is not None and (b.service or host) == host:
+                    # No endpoint of an outside host has labels: a subset selects none.
+                    backends.append(own if b.subset is None else Backend(
+                        host, b.subset, (), None, own.metric_prefix, own.state))
+                    continue
+                found = snap.services.get(b.service or host)
+                service = found if found is not None else Service(
+                    b.service or host, "default", (), (), _default_policy())
+                backends.append(self._backend(service, b.subset, reporter))
+            decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
+                                self.rng, rule)
+            mirror = None
+            if rule.mirror is not None:
+                msvc = snap.services.get(rule.mirror.service or host)
+                if msvc is not None:
+                    mirror = self._backend(msvc, rule.mirror.subset, reporter)
+            attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
+                   blocks)
+            compiled.append((self.compile_matches(blocks), decision))
+        return HostRoute(tuple(compiled))
 
     def _backend(self, service: Service, subset: str | None, reporter: str) -> Backend:
         key = (service.name, subset, reporter)
@@ -260,18 +352,23 @@ class RouterBuilder:
             chosen = {e.address for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
             prefix = (reporter, node.service, node.version, service.name, service.name)
-            outlier = state.outlier
-            available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
-            policy = service.policy
-            if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
-                balancer: Any = RingHashBalancer(pools, lambda p: str(p.address), self.rng,
-                                                 available)
-                hash_key = _hash_key(policy.consistent_hash)
-            else:
-                balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
-            backend = Backend(service.name, subset, pools, balancer, prefix, state, hash_key)
+            backend = self._make_backend(service.name, subset, pools, service.policy, state,
+                                         prefix)
             self._backends[key] = backend
         return backend
+
+    def _make_backend(self, name: str, subset: str | None, pools: tuple[EndpointPool, ...],
+                      policy: Any, state: DestinationState | None,
+                      prefix: tuple[str, ...]) -> Backend:
+        outlier = state.outlier if state is not None else None
+        available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
+        if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
+            balancer: Any = RingHashBalancer(pools, lambda p: str(p.address), self.rng,
+                                             available)
+            hash_key = _hash_key(policy.consistent_hash)
+        else:
+            balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
+        return Backend(name, subset, pools, balancer, prefix, state, hash_key)
 
 
 def _own_blocks(matches: tuple[Any, ...], node: Any) -> tuple[Any, ...] | None:

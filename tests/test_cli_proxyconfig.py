@@ -69,3 +69,22 @@ def test_rules_for_other_sources_are_left_out_as_the_proxy_does() -> None:
             for line in render(dump).splitlines() if line.startswith("site ")]
     assert rows[:2] == [["site", "#1", "path prefix /pp", "site 100% (+cors)"],
                         ["site", "#2", "*", "site 100%"]]
+
+
+def test_summary_lists_external_services() -> None:
+    snap = Snapshot.from_dict({
+        "version": "v8", "node": {"service": "productpage"},
+        "external": {
+            "api.github.com": {"namespace": "default", "name": "github",
+                               "ports": [{"number": 443, "protocol": "TLS"},
+                                         {"number": 80, "protocol": "HTTP"}]},
+            "db.internal": {"namespace": "data", "name": "db", "endpoints": ["10.0.0.7"],
+                            "ports": [{"number": 5432, "protocol": "TCP"}]}},
+    })
+    dump = {"version": "v8", "snapshot": _jsonable(dataclasses.asdict(snap)), "listeners": {}}
+    lines = render(dump).splitlines()
+    block = lines[lines.index("EXTERNAL SERVICES") + 1:]
+    assert block[0].split() == ["HOST", "PORTS", "ENDPOINTS", "EXTERNALSERVICE"]
+    assert block[1].split() == ["api.github.com", "443/TLS,80/HTTP", "(DNS:", "the", "host",
+                                "name)", "default/github"]
+    assert block[2].split() == ["db.internal", "5432/TCP", "10.0.0.7", "data/db"]

@@ -1,7 +1,8 @@
 """``meshctl proxy-config NAME``: the configuration one sidecar is running, as it sees it.
 
 Like ``istioctl proxy-config``: what the proxy compiled from its last applied snapshot
-(listeners, mesh settings, routes, services and endpoints, authorization), fetched from its
+(listeners, mesh settings, routes, services and endpoints, external services,
+authorization), fetched from its
 admin listener through the control plane. Privileged (the API token), since it lists the whole
 topology that proxy can reach.
 """
@@ -60,6 +61,9 @@ def render(dump: dict[str, Any]) -> str:
         f"access log {'on' if mesh.get('access_log') else 'off'}",
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS", _endpoints(snap).rstrip("\n"),
     ]
+    external = snap.get("external") or {}
+    if external:
+        lines += ["", "EXTERNAL SERVICES", _external(external).rstrip("\n")]
     gateway = snap.get("gateway_rules") or []
     if gateway:
         lines += ["", "GATEWAY RULES", _gateway(gateway).rstrip("\n")]
@@ -143,6 +147,14 @@ def _endpoints(snap: dict[str, Any]) -> str:
             rows.append((name, "(none)", "-", "-"))
     return output.render_table(("SERVICE", "ADDRESS", "VERSION", "IDENTITY"), rows) \
         if rows else "(none)"
+
+
+def _external(hosts: dict[str, Any]) -> str:
+    rows = [(host, ",".join(f"{number}/{protocol}" for number, protocol in e.get("ports") or []),
+             ",".join(e.get("endpoints") or []) or "(DNS: the host name)",
+             f"{e.get('namespace')}/{e.get('resource')}")
+            for host, e in sorted(hosts.items())]
+    return output.render_table(("HOST", "PORTS", "ENDPOINTS", "EXTERNALSERVICE"), rows)
 
 
 def _gateway(rules: list[dict[str, Any]]) -> str:

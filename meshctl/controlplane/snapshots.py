@@ -3,7 +3,8 @@
 The parts every proxy of a namespace shares (``mesh``, ``services``, ``routes``) are serialized
 once per build and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
 re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed order (``mesh``,
-``services``, ``routes``, then the proxy's own ``gateway``, ``inbound``, ``node``) and every
+``services``, ``routes``, ``external`` when an ExternalService exists, then the proxy's own
+``gateway``, ``inbound``, ``node``) and every
 list is sorted, so equal content gives equal bytes and the version (first 12 hex digits of the
 sha256 of those bytes) changes only when the content does. Services come before the routes
 that use them; a route naming a subset with no endpoints still applies (the proxy answers
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl.api.authz import AuthorizationPolicySpec
+from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
 from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
 from meshctl.api.resources import Resource
@@ -91,6 +93,9 @@ class SnapshotBuilder:
         if namespace not in self._shared:
             parts = [("mesh", mesh_settings(self.mesh)), ("services", self._services(namespace)),
                      ("routes", self._routes(namespace))]
+            external = self._external(namespace)
+            if external:  # absent when none is declared: such snapshots keep their bytes
+                parts.append(("external", external))
             text = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
             prefix = ("{" + text + ",").encode()
             self._shared[namespace] = (prefix, hashlib.sha256(prefix))
@@ -127,6 +132,27 @@ class SnapshotBuilder:
         routes = {r.spec.host: _raw_spec(r).get("rules", [])
                   for r in self._in_view("Route", namespace) if isinstance(r.spec, RouteSpec)}
         return [{"host": host, "rules": routes[host]} for host in sorted(routes)]
+
+    def _external(self, namespace: str) -> dict[str, Any]:
+        """ExternalService hosts: ports, fixed addresses (none: DNS) and the host's policy."""
+        policies = {r.spec.host: r for r in self._in_view("DestinationPolicy", namespace)
+                    if isinstance(r.spec, DestinationPolicySpec)}
+        external: dict[str, Any] = {}
+        for r in self._in_view("ExternalService", namespace):
+            if not isinstance(r.spec, ExternalServiceSpec):
+                continue
+            for host in r.spec.hosts:
+                entry: dict[str, Any] = {
+                    "namespace": r.namespace, "name": r.name,
+                    "ports": [{"number": p.number, "protocol": p.protocol}
+                              for p in r.spec.ports],
+                    "endpoints": list(r.spec.endpoints)}
+                policy = policies.get(host)
+                if policy is not None:
+                    raw = _raw_spec(policy)
+                    entry["policy"] = {k: raw[k] for k in POLICY_FIELDS if k in raw}
+                external[host] = entry
+        return external
 
     def _identity(self, namespace: str, service: str) -> str:
         return f"spiffe://{self.mesh.trust_domain}/ns/{namespace}/sa/{service}"

@@ -1,0 +1,81 @@
+"""Hosts outside the mesh on the outbound listener: ExternalService declarations and ALLOW_ANY.
+
+Built once per snapshot (`RouterBuilder.outbound`); the router asks it only about requests no
+mesh route took, so mesh traffic never pays for it:
+
+- `CONNECT host:port` opens a tunnel when an ExternalService declares the host with that port
+  as HTTPS, TLS or TCP (exact names first, then `*.suffix` wildcards), else passes through
+  under ALLOW_ANY, else is refused (405 `method_not_allowed`, as without ExternalServices).
+- A plain-HTTP request for a host no route knows goes to a wildcard ExternalService declaring
+  its port as HTTP, else passes through under ALLOW_ANY, else gets 404 `no_route`.
+
+Exact ExternalService hosts with HTTP ports are not here: they sit in the router's host table
+(`routing.ExternalHostRoute`), where Routes and DestinationPolicies apply to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.passthrough import Passthrough, authority_address
+
+if TYPE_CHECKING:
+    from proxy.config import ExternalHost
+    from proxy.exchange import Exchange
+    from proxy.routing import Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """A `*.suffix` ExternalService: any name ending in `.suffix`, resolved when connecting,
+    labelled with the pattern (so the metric series stay few)."""
+
+    host: ExternalHost
+    reach: Passthrough  # decisions per requested name, made on first use
+
+    def takes(self, name: str, port: int, tunnel: bool) -> bool:
+        return name.endswith(self.host.host[1:]) and any(
+            number == port and (protocol != "HTTP") == tunnel
+            for number, protocol in self.host.ports)
+
+
+class Egress:
+    """Where requests for hosts outside the mesh go (see the module docstring)."""
+
+    __slots__ = ("passthrough", "tunnels", "wildcards")
+
+    def __init__(self, tunnels: dict[tuple[str, int], Decision], wildcards: tuple[Wildcard, ...],
+                 passthrough: Passthrough | None) -> None:
+        self.tunnels = tunnels  # (exact host, port) -> the tunnel's decision
+        self.wildcards = wildcards
+        self.passthrough = passthrough  # ALLOW_ANY
+
+    def connect(self, ex: Exchange) -> Decision | str:
+        """A `CONNECT host:port` request."""
+        address = authority_address(ex.authority.lower(), 443)
+        if address is None:
+            return "bad_request"
+        name = address.host.rstrip(".")
+        decision = self.tunnels.get((name, address.port))
+        if decision is not None:
+            return decision
+        for wildcard in self.wildcards:
+            if wildcard.takes(name, address.port, True):
+                return wildcard.reach.route(ex)
+        if self.passthrough is not None:
+            return self.passthrough.route(ex)
+        return "method_not_allowed"
+
+    def other(self, ex: Exchange) -> Decision | str:
+        """A plain-HTTP request for a host that no mesh route or exact ExternalService takes."""
+        if self.wildcards:
+            address = authority_address(ex.authority.lower(), 80)
+            if address is not None:
+                name = address.host.rstrip(".")
+                for wildcard in self.wildcards:
+                    if wildcard.takes(name, address.port, False):
+                        return wildcard.reach.route(ex)
+        if self.passthrough is not None:
+            return self.passthrough.route(ex)
+        return "no_route"

@@ -1,0 +1,147 @@
+"""ExternalService through a real control plane and real sidecars (mTLS STRICT, the default,
+REGISTRY_ONLY): local servers stand in for the outside hosts, reached by a declared name."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
+    MeshProcess,
+    all_synced,
+    apply_yaml,
+    http_get,
+    http_json,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+DECLARED = """\
+apiVersion: ami.mesh/v1alpha1
+kind: ExternalService
+metadata: {{name: partner}}
+spec:
+  hosts: [api.partner.test]
+  ports: [{{number: {api}, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: ExternalService
+metadata: {{name: hung}}
+spec:
+  hosts: [hung.partner.test]
+  ports: [{{number: {hung}, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {{name: hung}}
+spec:
+  host: hung.partner.test
+  rules: [{{backends: [{{}}], timeout: 300ms}}]
+"""
+
+
+class EgressMesh:
+    """A control plane, an outside HTTP server, a server that never answers, and a client
+    sidecar with no ExternalService applied yet."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.procs: list[MeshProcess] = []
+        (tmp / "mesh").mkdir()
+        self.cp = start_control_plane(tmp, warmup=0.0)
+        self.api = start_backend(tmp, "partner-api")
+        self.procs.append(self.api)
+        self.api_port = int(self.api.info["address"].rpartition(":")[2])
+        self.hung = socket.socket()  # accepts connections (backlog), never answers
+        self.hung.bind(("127.0.0.1", 0))
+        self.hung.listen(8)
+        self.hung_port = int(self.hung.getsockname()[1])
+        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
+        self.procs.append(self.client)
+
+    def call(self, host: str) -> tuple[int, bytes]:
+        return http_get(f"http://{self.client.info['outbound']}/", {"Host": host})
+
+    def apply(self, text: str) -> None:
+        revision = apply_yaml(self.cp, text)
+        status, body = http_json(self.cp.info["api"]
+                                 + f"/api/v1/sync?storeVersion={revision}&timeout=15")
+        assert status == 200 and body["synced"], body
+
+    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
+                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressMesh]:
+    m = EgressMesh(tmp_path_factory.mktemp("egress"))
+    try:
+        wait_for(lambda: all_synced(m.cp, {m.client.info["name"]}), 30, "the sidecar synced")
+        yield m
+    finally:
+        for proc in [*m.procs, m.cp]:
+            proc.stop()
+        m.hung.close()
+
+
+def test_declared_hosts_pass_and_others_are_refused(mesh: EgressMesh) -> None:
+    api = f"api.partner.test:{mesh.api_port}"
+    status, body = mesh.call(api)
+    assert (status, b"no_route" in body) == (404, True), "REGISTRY_ONLY: refused before"
+    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    # Plaintext to the outside host although the mesh is STRICT mTLS: no sidecar there.
+    assert mesh.call(api) == (200, b"partner-api")
+    status, body = mesh.call(f"other.partner.test:{mesh.api_port}")
+    assert status == 404 and b"no_route" in body
+    status, body = mesh.call(f"api.partner.test:{mesh.api_port + 1}")  # undeclared port
+    assert status == 404 and b"no_route" in body
+
+
+def test_a_route_timeout_applies_to_an_external_host(mesh: EgressMesh) -> None:
+    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    status, body = mesh.call(f"hung.partner.test:{mesh.hung_port}")
+    assert status == 504 and b"timeout" in body
+
+
+def test_metrics_and_meshctl_name_the_external_host(mesh: EgressMesh) -> None:
+    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    assert mesh.call(f"api.partner.test:{mesh.api_port}")[0] == 200
+    _, metrics = http_get(f"http://{mesh.client.info['admin']}/metrics")
+    assert any('destination_service="api.partner.test"' in line and 'response_code="200"' in line
+               and 'connection_security_policy="none"' in line
+               for line in metrics.decode().splitlines() if line.startswith("ami_requests_total"))
+    listed = mesh.meshctl("get", "es")
+    assert listed.returncode == 0, listed.stderr
+    assert ["partner", "api.partner.test", f"{mesh.api_port}/HTTP", "127.0.0.1"] == \
+        next(line.split() for line in listed.stdout.splitlines()
+             if line.startswith("partner "))[:4]
+    assert "hung" in mesh.meshctl("get", "externalservices").stdout
+    config = mesh.meshctl("proxy-config", mesh.client.info["name"])
+    assert config.returncode == 0, config.stderr
+    assert "EXTERNAL SERVICES" in config.stdout
+    assert any(line.split()[:3] == ["api.partner.test", f"{mesh.api_port}/HTTP", "127.0.0.1"]
+               for line in config.stdout.splitlines())
+    stat = mesh.meshctl("stat")
+    assert stat.returncode == 0, stat.stderr
+    assert "api.partner.test" in stat.stdout, stat.stdout
+
+
+def test_deleting_the_external_service_restores_the_refusal(mesh: EgressMesh) -> None:
+    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    deleted = mesh.meshctl("delete", "externalservice", "partner")
+    assert deleted.returncode == 0, deleted.stderr
+    wait_for(lambda: mesh.call(f"api.partner.test:{mesh.api_port}")[0] == 404, 15,
+             "the sidecar refusing the host again")

@@ -1,0 +1,178 @@
+"""ExternalService: outside hosts a REGISTRY_ONLY mesh may reach, through a real proxy process
+running a static snapshot with an ``external`` part (what the control plane pushes; the
+control-plane path is tests/test_controlplane_external.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.proxyharness import Backends, eventually, get, read_response, roundtrip
+from tests.test_gateway_https import issue
+from tests.traffic_backends import (
+    TrafficBackend,
+    TrafficProxy,
+    endpoints,
+    start_backend,
+    started,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _connect(target: str) -> bytes:
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+
+
+class Outside:
+    """Servers standing in for hosts outside the mesh: plain HTTP ones and one HTTPS."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.hub = Backends()
+        self.api = start_backend(self.hub, version="api")
+        self.slow = start_backend(self.hub, version="slow", delay=2.0)
+        self.named = start_backend(self.hub, version="named")
+        pem = issue("outside")
+        (tmp / "c.pem").write_bytes(pem.cert)
+        (tmp / "k.pem").write_bytes(pem.key)
+        self.ca = pem.cert
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\n"
+                         b"secret")
+            await writer.drain()
+            writer.close()
+
+        async def start() -> int:
+            server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
+            return int(server.sockets[0].getsockname()[1])
+
+        self.https = self.hub.call(start())
+
+
+def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
+    return {
+        # a real-looking name, reached at a fixed address
+        "api.example.test": {"ports": [{"number": outside.api.port, "protocol": "HTTP"},
+                                       {"number": outside.https, "protocol": "TLS"}],
+                             "endpoints": ["127.0.0.1"]},
+        "slow.example.test": {"ports": [{"number": outside.slow.port, "protocol": "HTTP"}],
+                              "endpoints": ["127.0.0.1"]},
+        # no endpoints: the name is resolved when connecting
+        "localhost": {"ports": [{"number": outside.named.port, "protocol": "HTTP"}]},
+        "nowhere.invalid": {"ports": [{"number": 80, "protocol": "HTTP"}]},
+        # a wildcard, resolved by the requested name (here an IPv4 literal ending in .0.0.1)
+        "*.0.0.1": {"ports": [{"number": outside.https, "protocol": "TLS"}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
+    servers = Outside(Path(tmp_path_factory.mktemp("outside")))
+    yield servers
+    servers.hub.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, outside: Outside) -> Iterator[TrafficProxy]:
+    hub = Backends()
+    web = start_backend(hub, version="web")
+    routes = [{"host": "slow.example.test", "rules": [{"backends": [{}], "timeout": "300ms"}]},
+              {"host": "api.example.test", "rules": [
+                  {"matches": [{"path": {"prefix": "/teapot"}}], "backends": [{}],
+                   "fault": {"abort": {"httpStatus": 418}}},
+                  {"backends": [{}], "headers": {"request": {"set": {"x-via": "mesh"}}}}]}]
+    yield from started(TrafficProxy(Path(tmp_path_factory.mktemp("proxy")),
+                                    {"web": {"endpoints": endpoints(web)}}, routes,
+                                    external=_external(outside, web)), hub)
+
+
+async def test_a_declared_host_and_http_port_is_forwarded(proxy: TrafficProxy,
+                                                          outside: Outside) -> None:
+    port = outside.api.port
+    # origin-form with the Host, and absolute-form (what an HTTP_PROXY client sends)
+    for raw in (get(f"api.example.test:{port}", "/a?x=1"),
+                f"GET http://api.example.test:{port}/a?x=1 HTTP/1.1\r\n"
+                f"Host: api.example.test:{port}\r\n\r\n".encode()):
+        resp = await roundtrip(proxy.outbound, raw)
+        assert resp.status == 200, resp.body
+        body = json.loads(resp.body)
+        assert (body["version"], body["path"]) == ("api", "/a?x=1")
+    seen = outside.api.requests[-1]
+    assert seen.header("x-via") == "mesh"  # the Route's header edit applied
+    assert (await roundtrip(proxy.outbound, get("web", "/"))).status == 200  # mesh as before
+    assert await proxy.metric("ami_requests_total", destination_service="api.example.test",
+                              response_code="200") >= 2
+
+
+async def test_routes_apply_to_an_external_host(proxy: TrafficProxy, outside: Outside) -> None:
+    resp = await roundtrip(proxy.outbound, get(f"api.example.test:{outside.api.port}", "/teapot"))
+    assert (resp.status, resp.header("x-ami-reason")) == (418, "fault_injected")
+    resp = await roundtrip(proxy.outbound, get(f"slow.example.test:{outside.slow.port}", "/"))
+    assert (resp.status, resp.header("x-ami-reason")) == (504, "timeout")
+    assert await proxy.metric("ami_requests_total", destination_service="slow.example.test",
+                              response_code="504") >= 1
+
+
+async def test_undeclared_hosts_and_ports_keep_the_refusal(proxy: TrafficProxy,
+                                                           outside: Outside) -> None:
+    for host in ("other.example.test", f"api.example.test:{outside.api.port + 1}",
+                 f"api.example.test:{outside.https}"):  # a TLS port is no HTTP port
+        resp = await roundtrip(proxy.outbound, get(host, "/"))
+        assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route"), host
+    for target in (f"other.example.test:{outside.https}", f"api.example.test:{outside.api.port}",
+                   f"api.example.test:{outside.https + 1}"):
+        resp = await roundtrip(proxy.outbound, _connect(target))
+        assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed"), target
+
+
+async def test_a_host_without_endpoints_is_resolved_by_name(proxy: TrafficProxy,
+                                                            outside: Outside) -> None:
+    resp = await roundtrip(proxy.outbound, get(f"localhost:{outside.named.port}", "/n"))
+    assert resp.status == 200 and json.loads(resp.body)["version"] == "named"
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_failure(proxy: TrafficProxy) -> None:
+    resp = await roundtrip(proxy.outbound, get("nowhere.invalid", "/"))
+    assert (resp.status, resp.header("x-ami-reason")) == (503, "upstream_connect_failure")
+    await eventually(lambda: "cannot resolve nowhere.invalid" in proxy.stderr())
+
+
+async def _https_through(proxy: TrafficProxy, outside: Outside, target: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(_connect(target))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+        ctx = ssl.create_default_context(cadata=outside.ca.decode())
+        await writer.start_tls(ctx, server_hostname="127.0.0.1")
+        writer.write(b"GET / HTTP/1.1\r\nHost: outside\r\n\r\n")
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert resp.status == 200
+        return resp.body
+    finally:
+        writer.close()
+
+
+async def test_connect_to_a_declared_tls_port_tunnels(proxy: TrafficProxy,
+                                                      outside: Outside) -> None:
+    """TLS end to end between the client and the outside host, through the tunnel."""
+    labels = {"destination_service": "api.example.test", "response_code": "200"}
+    before = await proxy.metric("ami_requests_total", **labels)
+    assert await _https_through(proxy, outside, f"api.example.test:{outside.https}") == b"secret"
+    assert await proxy.metric("ami_requests_total", **labels) == before + 1
+
+
+async def test_a_wildcard_host_tunnels_to_the_requested_name(proxy: TrafficProxy,
+                                                             outside: Outside) -> None:
+    assert await _https_through(proxy, outside, f"127.0.0.1:{outside.https}") == b"secret"
+    assert await proxy.metric("ami_requests_total", destination_service="*.0.0.1") >= 1
