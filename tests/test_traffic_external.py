@@ -38,6 +38,7 @@ class Outside:
         self.api = start_backend(self.hub, version="api")
         self.slow = start_backend(self.hub, version="slow", delay=2.0)
         self.named = start_backend(self.hub, version="named")
+        self.pooled = start_backend(self.hub, version="pooled", delay=0.5)
         pem = issue("outside")
         (tmp / "c.pem").write_bytes(pem.cert)
         (tmp / "k.pem").write_bytes(pem.key)
@@ -70,6 +71,10 @@ def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
         # no endpoints: the name is resolved when connecting
         "localhost": {"ports": [{"number": outside.named.port, "protocol": "HTTP"}]},
         "nowhere.invalid": {"ports": [{"number": 80, "protocol": "HTTP"}]},
+        # with a DestinationPolicy: one request at a time
+        "pooled.example.test": {"ports": [{"number": outside.pooled.port, "protocol": "HTTP"}],
+                                "endpoints": ["127.0.0.1"],
+                                "policy": {"connectionPool": {"maxConcurrentRequests": 1}}},
         # a wildcard, resolved by the requested name (here an IPv4 literal ending in .0.0.1)
         "*.0.0.1": {"ports": [{"number": outside.https, "protocol": "TLS"}]},
     }
@@ -135,6 +140,17 @@ async def test_undeclared_hosts_and_ports_keep_the_refusal(proxy: TrafficProxy,
         assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed"), target
 
 
+async def test_a_destination_policy_limits_an_external_host(proxy: TrafficProxy,
+                                                            outside: Outside) -> None:
+    host = get(f"pooled.example.test:{outside.pooled.port}", "/")
+    first, second = await asyncio.gather(roundtrip(proxy.outbound, host),
+                                         roundtrip(proxy.outbound, host))
+    assert sorted((r.status, r.header("x-ami-reason")) for r in (first, second)) == [
+        (200, None), (503, "overflow")]
+    assert await proxy.metric("ami_circuit_breaker_overflow_total",
+                              destination_service="pooled.example.test") == 1
+
+
 async def test_a_host_without_endpoints_is_resolved_by_name(proxy: TrafficProxy,
                                                             outside: Outside) -> None:
     resp = await roundtrip(proxy.outbound, get(f"localhost:{outside.named.port}", "/n"))
@@ -176,3 +192,41 @@ async def test_a_wildcard_host_tunnels_to_the_requested_name(proxy: TrafficProxy
                                                              outside: Outside) -> None:
     assert await _https_through(proxy, outside, f"127.0.0.1:{outside.https}") == b"secret"
     assert await proxy.metric("ami_requests_total", destination_service="*.0.0.1") >= 1
+
+
+@pytest.fixture(scope="module")
+def allow_any(tmp_path_factory: pytest.TempPathFactory,
+              outside: Outside) -> Iterator[TrafficProxy]:
+    hub = Backends()
+    web = start_backend(hub, version="web")
+    external = {"api.example.test": {"ports": [{"number": outside.api.port, "protocol": "HTTP"}],
+                                     "endpoints": ["127.0.0.1"]}}
+    yield from started(TrafficProxy(Path(tmp_path_factory.mktemp("any")),
+                                    {"web": {"endpoints": endpoints(web)}}, [],
+                                    mesh={"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}},
+                                    external=external), hub)
+
+
+async def test_under_allow_any_declared_hosts_keep_their_name(allow_any: TrafficProxy,
+                                                              outside: Outside) -> None:
+    """Declared ports go to the declared endpoints, under the host's label; anything else
+    passes through, as ALLOW_ANY does without ExternalServices."""
+    resp = await roundtrip(allow_any.outbound, get(f"api.example.test:{outside.api.port}", "/"))
+    assert resp.status == 200
+    assert await allow_any.metric("ami_requests_total",
+                                  destination_service="api.example.test") == 1
+    # another host: passed through, under the passthrough label
+    resp = await roundtrip(allow_any.outbound, get(f"localhost:{outside.named.port}", "/"))
+    assert resp.status == 200 and json.loads(resp.body)["version"] == "named"
+    assert await allow_any.metric("ami_requests_total", destination_service="passthrough") == 1
+    # an undeclared port of the declared host: passed through too (this name resolves nowhere,
+    # so the passthrough's answer is a connect failure, not the 404 of REGISTRY_ONLY)
+    resp = await roundtrip(allow_any.outbound, get(f"api.example.test:{outside.https}", "/"))
+    assert (resp.status, resp.header("x-ami-reason")) == (503, "upstream_connect_failure")
+    assert await allow_any.metric("ami_requests_total", destination_service="passthrough") == 2
+    # an undeclared CONNECT target: tunnelled by the passthrough
+    reader, writer = await asyncio.open_connection("127.0.0.1", allow_any.outbound)
+    writer.write(_connect(f"127.0.0.1:{outside.https}"))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
