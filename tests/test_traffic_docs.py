@@ -26,5 +26,5 @@ def test_every_feature_has_an_example() -> None:
 def test_examples_parse(block: str) -> None:
     """Each example block parses as resources without any validation issue."""
     resources = load_documents(block, str(DOCS))
-    assert resources and all(r.kind in ("Route", "DestinationPolicy", "MeshConfig")
-                             for r in resources)
+    assert resources and all(r.kind in ("Route", "DestinationPolicy", "MeshConfig",
+                                        "ExternalService") for r in resources)
