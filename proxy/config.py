@@ -160,7 +160,7 @@ class Snapshot:
 # control plane's snapshot still loads.
 _KNOWN: dict[str, frozenset[str]] = {
     "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
-                   "app", "inbound"}),
+                   "app", "inbound", "external"}),
     "node": frozenset({"service", "namespace", "labels"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
                        "outboundTrafficPolicy"}),
@@ -171,6 +171,8 @@ _KNOWN: dict[str, frozenset[str]] = {
     "endpoint": frozenset({"address", "labels", "identity"}),
     "subset": frozenset({"name", "labels"}),
     "route": frozenset({"host", "rules"}),
+    "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
+    "external port": frozenset({"number", "protocol"}),
     "gateway": frozenset({"rules"}),
     "inbound": frozenset({"authorization", "rateLimit"}),
 }
@@ -214,6 +216,13 @@ def check_known_keys(data: object) -> None:
     routes = data.get("routes")
     for i, route in enumerate(routes if isinstance(routes, list) else ()):
         check(route, "route", f"routes[{i}]")
+    external = data.get("external")
+    if isinstance(external, Mapping):
+        for host, ext in external.items():
+            check(ext, "external", f"external.{host}")
+            ports = ext.get("ports") if isinstance(ext, Mapping) else None
+            for i, port in enumerate(ports if isinstance(ports, list) else ()):
+                check(port, "external port", f"external.{host}.ports[{i}]")
 
 
 def _mapping(data: object, path: str) -> Mapping[str, Any]:
