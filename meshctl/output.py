@@ -128,6 +128,11 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("SERVICE", _authz_target),
         ("ACTION", lambda d: str(_spec(d).get("action", "ALLOW"))),
         ("RULES", lambda d: str(len(_spec(d).get("rules") or [])))],
+    "RequestAuthentication": [
+        ("SERVICE", _authz_target),
+        ("ISSUERS", lambda d: _joined(r.get("issuer") for r in _spec(d).get("jwtRules") or [])),
+        ("KEYS", lambda d: _joined("uri" if "jwksUri" in r else "inline"
+                                   for r in _spec(d).get("jwtRules") or []))],
     "MeshConfig": [
         ("MTLS", _mtls),
         ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],

@@ -42,8 +42,8 @@ def parser_accepts(document: dict[str, Any]) -> bool:
 def test_schemas_are_valid_draft_2020_12() -> None:
     """Every kind's schema is itself a valid draft 2020-12 schema."""
     schemas = all_schemas()
-    assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy", "MeshConfig",
-                            "Gateway", "ExternalService"}
+    assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
+                            "RequestAuthentication", "MeshConfig", "Gateway", "ExternalService"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 

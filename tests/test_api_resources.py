@@ -94,7 +94,8 @@ def test_every_kind_parses_to_its_spec_type() -> None:
      ["r.yaml doc 1: apiVersion: unsupported 'v1', expected ami.mesh/v1alpha1"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: VirtualService\nmetadata: {name: a}\nspec: {}",
      ["r.yaml doc 1: kind: unknown kind 'VirtualService', expected one of Route, "
-      "DestinationPolicy, AuthorizationPolicy, MeshConfig, Gateway, ExternalService"]),
+      "DestinationPolicy, AuthorizationPolicy, RequestAuthentication, MeshConfig, Gateway, "
+      "ExternalService"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: Reviews_1}\n",
      ["r.yaml doc 1: metadata.name: invalid value 'Reviews_1', expected a DNS-1123 name like "
       "reviews-v1",
@@ -114,7 +115,8 @@ def test_every_kind_parses_to_its_spec_type() -> None:
     ("apiVersion: ami.mesh/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
      "spec: {action: PERMIT, rules: [{from: [{}], to: [{paths: ['/a*b']}]}]}",
      ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY",
-      "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, services, namespaces",
+      "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, services, namespaces, "
+      "requestPrincipals, notRequestPrincipals",
       "r.yaml doc 1: spec.rules[0].to[0].paths[0]: invalid value '/a*b', expected '/exact', "
       "'/prefix/*' or '*'"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: a}\n"

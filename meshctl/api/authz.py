@@ -1,8 +1,9 @@
-"""AuthorizationPolicy: which callers (SPIFFE identity, service, namespace) may do what."""
+"""AuthorizationPolicy: which callers (SPIFFE identity, service, namespace, end user) may do
+what."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
@@ -12,6 +13,12 @@ ACTIONS = ("ALLOW", "DENY")
 AUTHZ_PATH = r"^(\*|/[^*]*\*?)$"
 
 _NAME = F.string(F.DNS_LABEL, "a DNS-1123 label")
+# '<issuer>/<subject>' of a verified JWT, exactly, or with one '*' at the start or the end
+# ('*' alone: any principal, i.e. a request carrying a valid token).
+PRINCIPAL = r"^(\*|\*?[^*\s]+|[^*\s]+\*)$"
+CLAIM = r"^[^\s]+$"
+
+Claims = Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +28,31 @@ class Source:
     identities: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()  # '<iss>/<sub>' patterns of the end user's JWT
+    not_request_principals: tuple[str, ...] = ()
 
-    def matches(self, identity: str | None, service: str | None, namespace: str | None) -> bool:
-        """Whether a caller with these attributes (None = unknown, e.g. plaintext) matches."""
-        return all(not allowed or value in allowed for allowed, value in (
+    def matches(self, identity: str | None, service: str | None, namespace: str | None,
+                principal: str | None = None) -> bool:
+        """Whether a caller with these attributes (None = unknown, e.g. plaintext, or no
+        token) matches."""
+        return (all(not allowed or value in allowed for allowed, value in (
             (self.identities, identity), (self.services, service), (self.namespaces, namespace)))
+            and (not self.request_principals
+                 or any(principal_matches(p, principal) for p in self.request_principals))
+            and not any(principal_matches(p, principal) for p in self.not_request_principals))
+
+
+def principal_matches(pattern: str, principal: str | None) -> bool:
+    """A requestPrincipals pattern: exact, 'prefix*', '*suffix', or '*' (any principal)."""
+    if principal is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return principal.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return principal.endswith(pattern[1:])
+    return principal == pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +70,12 @@ class Operation:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """A request header (lower-case name) that must have one of ``values``."""
+    """A request header (lower-case name), or a claim of the verified JWT (``claim``), that
+    must have one of ``values``."""
 
     header: str
     values: tuple[str, ...]
+    claim: str | None = None
 
     def matches(self, sent: Sequence[str], deny: bool) -> bool:
         """Whether the header's values as sent (each occurrence, in order) match.
@@ -61,6 +90,19 @@ class Condition:
             return any(v in self.values for v in sent)
         return all(v in self.values for v in sent)
 
+    def matches_claims(self, claims: Claims | None) -> bool:
+        """Whether the token's claim has one of the values: a string claim equal to one, a
+        list claim (groups, scopes) containing one. No token, or no such claim, matches
+        neither an ALLOW nor a DENY condition (as Istio)."""
+        if claims is None:
+            return False
+        value = claims.get(self.claim or "")
+        if isinstance(value, str):
+            return value in self.values
+        if isinstance(value, list):
+            return any(isinstance(v, str) and v in self.values for v in value)
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationRule:
@@ -72,13 +114,23 @@ class AuthorizationRule:
 
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
                 method: str, path: str, headers: Callable[[str], Sequence[str]],
-                deny: bool = False) -> bool:
+                deny: bool = False, principal: str | None = None,
+                claims: Claims | None = None) -> bool:
         """Whether a request from this caller matches this rule of an ALLOW (or ``deny``)
-        policy; ``headers(name)`` gives every value of a lower-case header name, in order."""
+        policy; ``headers(name)`` gives every value of a lower-case header name, in order;
+        ``principal`` and ``claims`` come from the request's verified JWT, if any."""
         return ((not self.sources
-                 or any(s.matches(identity, service, namespace) for s in self.sources))
+                 or any(s.matches(identity, service, namespace, principal)
+                        for s in self.sources))
                 and (not self.operations or any(o.matches(method, path) for o in self.operations))
-                and all(c.matches(headers(c.header), deny) for c in self.conditions))
+                and all(c.matches_claims(claims) if c.claim is not None
+                        else c.matches(headers(c.header), deny) for c in self.conditions))
+
+    @property
+    def uses_token(self) -> bool:
+        """Whether the rule reads the request's JWT (principals or claims)."""
+        return (any(s.request_principals or s.not_request_principals for s in self.sources)
+                or any(c.claim is not None for c in self.conditions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +192,14 @@ def _parse_source(data: object, path: str) -> Source:
         1), ())
     services = f.value("services", F.list_of(_NAME, 1), ())
     namespaces = f.value("namespaces", F.list_of(_NAME, 1), ())
-    _non_empty(f, ("identities", "services", "namespaces"))
+    principal = F.string(PRINCIPAL, "'<issuer>/<subject>', with at most one '*' at its start "
+                                    "or end, or '*'")
+    principals = f.value("requestPrincipals", F.list_of(principal, 1), ())
+    not_principals = f.value("notRequestPrincipals", F.list_of(principal, 1), ())
+    _non_empty(f, ("identities", "services", "namespaces", "requestPrincipals",
+                   "notRequestPrincipals"))
     f.finish()
-    return Source(identities, services, namespaces)
+    return Source(identities, services, namespaces, principals, not_principals)
 
 
 def _parse_operation(data: object, path: str) -> Operation:
@@ -158,7 +215,11 @@ def _parse_operation(data: object, path: str) -> Operation:
 
 def _parse_condition(data: object, path: str) -> Condition:
     f = Fields(data, path)
-    header = f.required("header", F.string(F.HEADER_NAME, "an HTTP header name"), "")
-    values = f.required("values", F.list_of(F.string(F.HEADER_VALUE, "a header value"), 1), ())
+    header = f.optional("header", F.string(F.HEADER_NAME, "an HTTP header name"))
+    claim = f.optional("claim", F.string(CLAIM, "a claim name without spaces, like groups"))
+    if f.has("header") == f.has("claim"):
+        f.add(f.path, "set one of header (a request header) and claim (a claim of the "
+                      "request's JWT)")
+    values = f.required("values", F.list_of(F.string(F.HEADER_VALUE, "a value"), 1), ())
     f.finish()
-    return Condition(header.lower(), values)
+    return Condition((header or "").lower(), values, claim)

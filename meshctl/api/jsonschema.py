@@ -10,7 +10,8 @@ import copy
 from typing import Any
 
 from meshctl.api import fields as F
-from meshctl.api.authz import ACTIONS, AUTHZ_PATH
+from meshctl.api.authn import JWKS_URI
+from meshctl.api.authz import ACTIONS, AUTHZ_PATH, CLAIM, PRINCIPAL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
 from meshctl.api.kinds import (
@@ -207,14 +208,34 @@ _SPECS: dict[str, Schema] = {
                 "identities": _list(_str(F.SPIFFE_ID), 1),
                 "services": _list(_str(F.DNS_LABEL), 1),
                 "namespaces": _list(_str(F.DNS_LABEL), 1),
-            }, anyOf=[{"required": [k]} for k in ("identities", "services", "namespaces")]),
+                "requestPrincipals": _list(_str(PRINCIPAL), 1),
+                "notRequestPrincipals": _list(_str(PRINCIPAL), 1),
+            }, anyOf=[{"required": [k]} for k in ("identities", "services", "namespaces",
+                                                  "requestPrincipals", "notRequestPrincipals")]),
                 1),
             "to": _list(_obj({"paths": _list(_str(AUTHZ_PATH), 1), "methods": _list(_METHOD, 1)},
                              anyOf=[{"required": ["paths"]}, {"required": ["methods"]}]), 1),
-            "when": _list(_obj({"header": _str(F.HEADER_NAME),
+            "when": _list(_obj({"header": _str(F.HEADER_NAME), "claim": _str(CLAIM),
                                 "values": _list(_str(F.HEADER_VALUE), 1)},
-                               ("header", "values")), 1),
+                               ("values",), oneOf=[{"required": ["header"]},
+                                                   {"required": ["claim"]}]), 1),
         })),
+    }),
+    "RequestAuthentication": _obj({
+        "selector": _obj({"service": _SERVICE}, ("service",)),
+        "jwtRules": _list(_obj({
+            "issuer": _str(F.HEADER_VALUE),
+            "audiences": _list(_str(F.HEADER_VALUE)),
+            "jwks": _str(description="a JWK Set as a JSON string: RSA, EC (P-256/384/521) or "
+                                     "OKP (Ed25519/Ed448) public keys (checked by the parser)"),
+            "jwksUri": _str(JWKS_URI),
+            "fromHeaders": _list(_obj({"name": _str(F.HEADER_NAME),
+                                       "prefix": {"type": "string",
+                                                  "pattern": F.HEADER_VALUE}}, ("name",)), 1),
+            "fromParams": _list(_str(r"^[^\s&=#]+$"), 1),
+            "forwardOriginalToken": {"type": "boolean"},
+            "outputPayloadToHeader": _str(F.HEADER_NAME),
+        }, ("issuer",), oneOf=[{"required": ["jwks"]}, {"required": ["jwksUri"]}])),
     }),
     "MeshConfig": _obj({
         "trustDomain": _str(F.DNS_SUBDOMAIN, maxLength=253),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
+from meshctl.api.authn import RequestAuthenticationSpec, parse_request_authentication
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
@@ -71,8 +72,8 @@ class GatewaySpec:
     rules: tuple[GatewayRule, ...]
 
 
-Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | MeshConfigSpec | GatewaySpec
-        | ExternalServiceSpec)
+Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
+        | MeshConfigSpec | GatewaySpec | ExternalServiceSpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -176,6 +177,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Route", parse_route),
     Kind("DestinationPolicy", parse_destination_policy),
     Kind("AuthorizationPolicy", parse_authorization),
+    Kind("RequestAuthentication", parse_request_authentication),
     Kind("MeshConfig", parse_mesh_config, spec_required=False),
     Kind("Gateway", parse_gateway),
     Kind("ExternalService", parse_external_service),

@@ -27,9 +27,10 @@ from meshctl.controlplane.auth import load_client_token
 from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
-               "mc": "MeshConfig", "gw": "Gateway", "es": "ExternalService"}
-KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, meshconfig|mc, gateway|gw, "
-             "externalservice|es")
+               "ra": "RequestAuthentication", "mc": "MeshConfig", "gw": "Gateway",
+               "es": "ExternalService"}
+KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
+             "requestauthentication|ra, meshconfig|mc, gateway|gw, externalservice|es")
 Command = Callable[[argparse.Namespace], int]
 
 

@@ -24,6 +24,7 @@ KIND_PLURALS: dict[str, str] = {
     "Route": "routes",
     "DestinationPolicy": "destinationpolicies",
     "AuthorizationPolicy": "authorizationpolicies",
+    "RequestAuthentication": "requestauthentications",
     "MeshConfig": "meshconfigs",
     "Gateway": "gateways",
     "ExternalService": "externalservices",
