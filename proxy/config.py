@@ -148,6 +148,8 @@ class Snapshot:
     authorization: tuple[Any, ...]  # meshctl.api.authz.AuthorizationPolicySpec
     inbound_rate_limit: RateLimit | None
     external: Mapping[str, ExternalHost] = field(default_factory=dict)
+    # meshctl.api.authn.RequestAuthenticationSpec, keys inline (the control plane fetched them)
+    authentication: tuple[Any, ...] = ()
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -343,6 +345,7 @@ def _parse_snapshot(data: object) -> Snapshot:
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
+    authentication = _parse_authentication(inbound_raw.get("authentication"))
     inbound_rate = _policy({"rateLimit": inbound_raw["rateLimit"]}, "inbound").rate_limit \
         if inbound_raw.get("rateLimit") is not None else None
     external = {
@@ -361,6 +364,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         authorization=authorization,
         inbound_rate_limit=inbound_rate,
         external=external,
+        authentication=authentication,
     )
 
 
@@ -392,4 +396,20 @@ def _parse_authorization(data: object) -> tuple[Any, ...]:
     for i, spec in enumerate(_list(data, "inbound.authorization")):
         with _config_errors():
             policies.append(parse_authorization(spec, f"inbound.authorization[{i}]"))
+    return tuple(policies)
+
+
+def _parse_authentication(data: object) -> tuple[Any, ...]:
+    from meshctl.api.authn import parse_snapshot_authentication
+
+    policies = []
+    for i, spec in enumerate(_list(data, "inbound.authentication")):
+        path = f"inbound.authentication[{i}]"
+        with _config_errors():
+            policy = parse_snapshot_authentication(spec, path)
+        for j, rule in enumerate(policy.jwt_rules):
+            if rule.jwks is None:
+                raise ConfigError(f"{path}.jwtRules[{j}].jwksUri: a sidecar fetches no keys; "
+                                  "give them inline as jwks (the control plane does so)")
+        policies.append(policy)
     return tuple(policies)

@@ -1,26 +1,33 @@
-"""Inbound admission: authorization policies and the local rate limit of this service.
+"""Inbound admission: end-user JWTs, authorization policies and the local rate limit of this
+service (or, at the gateway, the policies that select the gateway).
 
-Semantics follow Istio: DENY policies are checked first; if any ALLOW policy exists a request
-must match one; with no ALLOW policy, mesh identities (any verified SPIFFE peer) are allowed
-and, in STRICT mode, nothing else reaches this point (the TLS handshake refused it).
+Semantics follow Istio: a token, if the request carries one and a RequestAuthentication
+applies, must verify (else 401 ``jwt_invalid``) and gives the request its principal; then DENY
+policies are checked; if any ALLOW policy exists a request must match one; with no ALLOW
+policy, mesh identities (any verified SPIFFE peer) are allowed and, in STRICT mode, nothing
+else reaches this point (the TLS handshake refused it).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
+    from meshctl.api.authn import RequestAuthenticationSpec
     from meshctl.api.authz import AuthorizationPolicySpec
     from meshctl.api.policy import RateLimit
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
 
 Refusal = tuple[str, int | None, tuple[tuple[bytes, bytes], ...]]
+log = logging.getLogger("ami.proxy.inbound")
 
 
 def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
@@ -39,10 +46,19 @@ class InboundPolicy:
     def __init__(self, policies: Sequence[AuthorizationPolicySpec], mtls_mode: str,
                  rate_limit: RateLimit | None, stats: RequestStats,
                  service: str, clock: Callable[[], float] = time.monotonic,
-                 previous: InboundPolicy | None = None) -> None:
+                 previous: InboundPolicy | None = None,
+                 authentication: Sequence[RequestAuthenticationSpec] = (),
+                 gateway: bool = False) -> None:
         # The control plane sends only this service's policies; a static config may list
-        # policies for other services too, and those do not apply here.
-        policies = [p for p in policies if p.service in (None, service)]
+        # policies for other services too, and those do not apply here. At the gateway only
+        # the policies that name it apply (a namespace-wide one is about the sidecars).
+        applies = (lambda p: p.service == service) if gateway \
+            else (lambda p: p.service in (None, service))
+        policies = [p for p in policies if applies(p)]
+        authn = [a for a in authentication if applies(a) and a.jwt_rules]
+        self.authn = JwtAuthenticator(authn) if authn else None
+        if gateway:
+            rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
         self.mtls_mode = mtls_mode
@@ -65,10 +81,21 @@ class InboundPolicy:
 
     @property
     def needed(self) -> bool:
-        return bool(self.deny or self.allow or self.bucket or self.keyed)
+        return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn)
 
     def admit(self, ex: Exchange) -> Refusal | None:
         conn = ex.downstream
+        principal: str | None = None
+        claims = None
+        if self.authn is not None:
+            try:
+                found = self.authn.authenticate(ex)
+            except InvalidToken as err:
+                log.debug("%s %s: JWT refused: %s", ex.method.decode("latin-1"), ex.path, err)
+                self.stats.inc("ami_jwt_invalid", self.labels)
+                return ("jwt_invalid", None, WWW_AUTHENTICATE)
+            if found is not None:
+                principal, claims = found
         if self.deny or self.allow:
             identity = conn.peer_identity
             service, namespace = conn.peer_service, conn.peer_namespace
@@ -76,11 +103,12 @@ class InboundPolicy:
             headers = _header_values(ex)
             for policy in self.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
-                                 deny=True)
+                                 True, principal, claims)
                        for r in policy.rules):
                     return self._deny()
             if self.allow and not any(
-                    r.matches(identity, service, namespace, method, ex.path, headers)
+                    r.matches(identity, service, namespace, method, ex.path, headers,
+                              False, principal, claims)
                     for p in self.allow for r in p.rules):
                 return self._deny()
         if self.bucket is not None and not self.bucket.try_acquire():

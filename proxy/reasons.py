@@ -19,6 +19,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "CONNECT needs an ExternalService port or ALLOW_ANY"),
     "redirect": (301, "redirected by a route rule (see Location)"),
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
+    "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
     "not_authorized": (403, "denied by authorization policy"),
     "no_route": (404, "no route for this host"),
     "rate_limited": (429, "local rate limit exceeded"),

@@ -199,13 +199,15 @@ class RouterBuilder:
 
     def __init__(self, snapshot: Snapshot, pools: PoolRegistry, rng: random.Random,
                  compile_matches: Callable[[Any], Matcher | None],
-                 destinations: DestinationRegistry, inbound_policy: Any = None) -> None:
+                 destinations: DestinationRegistry, inbound_policy: Any = None,
+                 gateway_policy: Any = None) -> None:
         self.snapshot = snapshot
         self.pools = pools
         self.rng = rng
         self.compile_matches = compile_matches
         self.destinations = destinations
         self.inbound_policy = inbound_policy
+        self.gateway_policy = gateway_policy  # the policies selecting the gateway's service
         self._backends: dict[tuple[str, str | None, str], Backend] = {}
 
     def outbound(self, own_ports: Callable[[], set[int]] | None = None) -> Router:
@@ -274,8 +276,15 @@ class RouterBuilder:
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
                       for r in self.snapshot.gateway_rules
                       if (blocks := _own_blocks(r.matches, node)) is not None)
-        return Router(self._host_routes("source"), gateway=rules,
-                      source=(node.service, node.version))
+        routes = self._host_routes("source")
+        policy = self.gateway_policy
+        if policy is not None and policy.needed:
+            # Admission runs first on every rule this router owns (its decisions are its own,
+            # compiled for it), so routes without a policy keep their plain decisions.
+            for host_route in routes.values():
+                for _, decision in host_route.rules:
+                    decision.admit = _admit_first(policy.admit, decision.admit)
+        return Router(routes, gateway=rules, source=(node.service, node.version))
 
     def inbound(self) -> Router:
         snap = self.snapshot
@@ -369,6 +378,19 @@ class RouterBuilder:
         else:
             balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
         return Backend(name, subset, pools, balancer, prefix, state, hash_key)
+
+
+def _admit_first(admit: Callable[[Exchange], Any],
+                 then: Callable[[Exchange], Any] | None) -> Callable[[Exchange], Any]:
+    """``admit``, then (if it let the request through) the rule's own step, if any."""
+    if then is None:
+        return admit
+
+    def both(ex: Exchange) -> Any:
+        refusal = admit(ex)
+        return refusal if refusal is not None else then(ex)
+
+    return both
 
 
 def _own_blocks(matches: tuple[Any, ...], node: Any) -> tuple[Any, ...] | None:

@@ -67,9 +67,16 @@ class ProxyServer:
         self.pools.mtls = snapshot.mesh.mtls != "DISABLE"
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
                                        snapshot.inbound_rate_limit, self.stats,
-                                       snapshot.node.service, previous=self._inbound_policy)
+                                       snapshot.node.service, previous=self._inbound_policy,
+                                       authentication=snapshot.authentication)
+        gateway_policy = None
+        if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
+            gateway_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls, None,
+                                           self.stats, snapshot.node.service,
+                                           authentication=snapshot.authentication,
+                                           gateway=True)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
-                                self.destinations, inbound_policy)
+                                self.destinations, inbound_policy, gateway_policy)
         routers: dict[str, Router] = {}
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"

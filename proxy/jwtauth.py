@@ -1,0 +1,198 @@
+"""End-user authentication: the JWTs of the RequestAuthentication policies that apply here.
+
+Built once per snapshot (the JWK Sets are parsed into key objects then, never per request) and
+run only by a listener that has such a policy, so other traffic pays nothing. Istio's
+semantics: a request without a token passes with no principal; a request with a token that
+does not verify is refused (``jwt_invalid``, 401). Signatures are checked by PyJWT, with the
+algorithms that belong to the key the token names: never ``none``, never HMAC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+if TYPE_CHECKING:
+    from meshctl.api.authn import JwtRule, RequestAuthenticationSpec
+    from proxy.exchange import Exchange
+
+log = logging.getLogger("ami.proxy.jwt")
+
+CLOCK_SKEW = 60.0  # seconds of leeway on exp / nbf / iat, as Envoy's jwt_authn default
+MAX_TOKEN = 16384  # bytes: a longer "token" is refused before any parsing
+
+WWW_AUTHENTICATE = ((b"www-authenticate", b'Bearer error="invalid_token"'),)
+
+
+class InvalidToken(Exception):
+    """A token was presented and does not verify; the message says why (debug log)."""
+
+
+@dataclass(slots=True)
+class _Issuer:
+    rule: JwtRule
+    by_kid: dict[str, list[tuple[Any, tuple[str, ...]]]] = field(default_factory=dict)
+    keys: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Location:
+    """Where tokens are looked for: a header (lower-case name, prefix) or a query parameter."""
+
+    header: bytes | None
+    prefix: str
+    param: str | None
+    issuers: dict[str, _Issuer] = field(default_factory=dict)
+
+
+Authenticated = tuple[str, Mapping[str, Any]]  # (principal '<iss>/<sub>', claims)
+
+
+class JwtAuthenticator:
+    """Finds, verifies and strips the request's JWT; see the module docstring."""
+
+    def __init__(self, specs: Sequence[RequestAuthenticationSpec]) -> None:
+        from meshctl.api.authn import load_key, parse_jwks
+
+        self.locations: list[_Location] = []
+        issuers: dict[str, _Issuer] = {}
+        found: dict[tuple[bytes | None, str, str | None], _Location] = {}
+        self.output_headers: set[bytes] = set()
+        for spec in specs:
+            for rule in spec.jwt_rules:
+                if rule.issuer in issuers:
+                    continue  # the first rule of an issuer wins (policies are sorted by name)
+                issuer = issuers[rule.issuer] = _Issuer(rule)
+                for key, algorithms in parse_jwks(rule.jwks or '{"keys": []}', "jwks",
+                                                  allow_empty=True):
+                    entry = (load_key(key, algorithms[0]), algorithms)
+                    issuer.keys.append(entry)
+                    if isinstance(key.get("kid"), str):
+                        issuer.by_kid.setdefault(key["kid"], []).append(entry)
+                places: list[tuple[bytes | None, str, str | None]] = [
+                    (h.name.encode("latin-1"), h.prefix, None) for h in rule.from_headers]
+                places += [(None, "", p) for p in rule.from_params]
+                for place in places:
+                    loc = found.get(place)
+                    if loc is None:
+                        loc = found[place] = _Location(*place)
+                        self.locations.append(loc)
+                    loc.issuers[rule.issuer] = issuer
+                if rule.output_payload_to_header:
+                    self.output_headers.add(rule.output_payload_to_header.encode("latin-1"))
+        self.header_names = frozenset(loc.header for loc in self.locations if loc.header)
+        self.uses_params = any(loc.param is not None for loc in self.locations)
+
+    def authenticate(self, ex: Exchange) -> Authenticated | None:
+        """The request's principal and claims, or None when it has no token; raises
+        InvalidToken for one that does not verify. Edits the headers sent to the app: the
+        token's header is removed (unless forwardOriginalToken) and outputPayloadToHeader is
+        set from the verified token, never from the client."""
+        found: list[tuple[str, _Location]] = []
+        if self.header_names:
+            for loc in self.locations:
+                if loc.header is None:
+                    continue
+                tokens = _header_tokens(ex.headers, loc.header, loc.prefix)
+                if len(tokens) > 1:
+                    raise InvalidToken(f"more than one token in {loc.header.decode()}")
+                if tokens:
+                    found.append((tokens[0], loc))
+        if self.uses_params and ex.query:
+            params = _query_params(ex.query)
+            for loc in self.locations:
+                if loc.param is None:
+                    continue
+                values = params.get(loc.param, [])
+                if len(values) > 1:
+                    raise InvalidToken(f"more than one token in parameter {loc.param}")
+                if values:
+                    found.append((values[0], loc))
+        if len({token for token, _ in found}) > 1:
+            raise InvalidToken("more than one token in the request")
+        if not found:
+            if self.output_headers:
+                ex.headers = [(n, v) for n, v in ex.headers
+                              if n.lower() not in self.output_headers]
+            return None
+        token = found[0][0]
+        issuer, claims = self._verify(token, [loc for _, loc in found])
+        rule = issuer.rule
+        drop = set(self.output_headers)
+        if not rule.forward_original_token:
+            drop.update(loc.header for _, loc in found if loc.header is not None)
+        headers = [(n, v) for n, v in ex.headers if n.lower() not in drop] if drop \
+            else ex.headers
+        if rule.output_payload_to_header:
+            headers.append((rule.output_payload_to_header.encode("latin-1"),
+                            token.split(".")[1].encode("ascii")))
+        ex.headers = headers
+        return f"{claims['iss']}/{claims.get('sub', '')}", claims
+
+    def _verify(self, token: str, locations: list[_Location]) -> tuple[_Issuer, dict[str, Any]]:
+        import jwt
+
+        if len(token) > MAX_TOKEN:
+            raise InvalidToken("token too long")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as err:
+            raise InvalidToken(f"malformed token: {err}") from None
+        iss = unverified.get("iss")
+        issuer = next((loc.issuers[iss] for loc in locations
+                       if isinstance(iss, str) and iss in loc.issuers), None)
+        if issuer is None:
+            raise InvalidToken(f"issuer {iss!r} not accepted here")
+        alg, kid = header.get("alg"), header.get("kid")
+        if kid is not None:
+            candidates = issuer.by_kid.get(kid) if isinstance(kid, str) else None
+            if not candidates:
+                raise InvalidToken(f"unknown kid {kid!r}")
+        else:
+            candidates = issuer.keys
+        rule = issuer.rule
+        last: Exception = InvalidToken(f"no key of {rule.issuer} verifies alg {alg!r}")
+        for key, algorithms in candidates:
+            if alg not in algorithms:
+                continue
+            try:
+                claims = jwt.decode(token, key, algorithms=[alg], issuer=rule.issuer,
+                                    audience=list(rule.audiences) or None,
+                                    leeway=CLOCK_SKEW,
+                                    options={"verify_aud": bool(rule.audiences)})
+            except jwt.PyJWTError as err:
+                last = err
+                continue
+            if not isinstance(claims.get("sub", ""), str):
+                raise InvalidToken("sub is not a string")
+            return issuer, claims
+        raise InvalidToken(str(last))
+
+
+def _header_tokens(headers: list[tuple[bytes, bytes]], name: bytes, prefix: str) -> list[str]:
+    """Tokens in every occurrence of header ``name`` that starts with ``prefix`` (its case
+    ignored, as the Bearer scheme's); a value without the prefix holds no token."""
+    out = []
+    size = len(name)
+    low = prefix.lower()
+    for n, v in headers:
+        if len(n) == size and n.lower() == name:
+            text = v.decode("latin-1")
+            if text[:len(low)].lower() == low:
+                token = text[len(low):].strip()
+                if token:
+                    out.append(token)
+    return out
+
+
+def _query_params(query: str) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if value:
+            params.setdefault(unquote_plus(name), []).append(unquote_plus(value))
+    return params
