@@ -34,10 +34,23 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--max-api-connections", type=_at_least_one, default=None, metavar="N",
                    help="HTTP API connections open at once; past it new ones get 503 "
                         "(default 1024)")
+    p.add_argument("--jwks-refresh", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="how often each RequestAuthentication jwksUri is fetched again "
+                        "(default 1200, as istiod); a failed fetch keeps the last good keys")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--dry-run", action="store_true",
                    help="check the arguments and the config dir's resources, then exit")
     p.set_defaults(func=run_serve)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def _at_least_one(text: str) -> int:
@@ -60,6 +73,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            open_reads=args.open_reads)
     if args.max_api_connections is not None:
         options = replace(options, max_api_connections=args.max_api_connections)
+    if args.jwks_refresh is not None:
+        options = replace(options, jwks_refresh=args.jwks_refresh)
     if args.dry_run:
         return _dry_run(args)
     raise_open_file_limit()  # a stream and a scrape connection per sidecar; 1024 is too few

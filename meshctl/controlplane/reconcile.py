@@ -27,7 +27,7 @@ from typing import Any
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
 from meshctl.controlplane.registry import Registry
-from meshctl.controlplane.snapshots import SnapshotBuilder
+from meshctl.controlplane.snapshots import SnapshotBuilder, jwks_uris
 from meshctl.controlplane.store import EventType, Store
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class ReconcileCounters:
     acks: int = 0
     nacks: int = 0
     errors: int = 0
+    jwks_fetches: int = 0  # RequestAuthentication jwksUri fetches (meshctl.controlplane.jwks)
+    jwks_fetch_failures: int = 0
     ack_seconds_sum: float = 0.0  # push -> ACK, summed over ACKed pushes
     ack_seconds_count: int = 0
 
@@ -90,6 +92,7 @@ class Reconciler:
         self.revision = 0
         self.mesh = MeshConfigSpec()
         self.certificates: Any = None  # the CA service, set by serve(), read by /metrics
+        self.jwks: Any = None  # JwksCache of jwksUri keys, set by serve()
         self._dirty: set[str] = set()
         self._all_dirty = False
         self._kick = asyncio.Event()
@@ -202,7 +205,11 @@ class Reconciler:
         objects = await self.store.list()
         revision = max([self.revision, *(o.resource_version for o in objects)])
         self.revision = revision
-        builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints())
+        jwks = self.jwks
+        if jwks is not None:
+            jwks.want(jwks_uris((o.resource, o.resource_version) for o in objects))
+        builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints(),
+                                  jwks.jwks if jwks is not None else None)
         self.mesh = builder.mesh  # the current MeshConfig (the CA reads its certificate TTL)
         self.counters.passes += 1
         for name in [n for n, s in self.states.items()

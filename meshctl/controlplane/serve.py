@@ -29,6 +29,7 @@ from meshctl.controlplane.ca_service import (
 )
 from meshctl.controlplane.dirstore import DirStore
 from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.jwks import DEFAULT_REFRESH, JwksCache
 from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
@@ -53,6 +54,7 @@ class ServeOptions:
     warmup: float = 15.0  # after a restart, how long proxies known before wait to reconnect
     open_reads: bool = False
     max_api_connections: int = MAX_API_CONNECTIONS
+    jwks_refresh: float = DEFAULT_REFRESH  # seconds between refetches of each jwksUri
     grpc_credentials: grpc.ServerCredentials | None = field(default=None, compare=False)
 
 
@@ -84,6 +86,9 @@ async def serve(options: ServeOptions,
     registry_file = RegistryStateFile(options.state_dir / FILE_NAME, registry)
     registry_file.restore(hold=options.warmup)
     reconciler = Reconciler(store, registry)
+    jwks = JwksCache(refresh=options.jwks_refresh, on_change=reconciler.mark_all,
+                     counters=reconciler.counters)
+    reconciler.jwks = jwks
     observer, observe_extra = observability(registry, reconciler, token=token)
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler), *observe_extra])
@@ -110,7 +115,8 @@ async def serve(options: ServeOptions,
                 tasks = [tg.create_task(registry.run(), name="registry"),
                          tg.create_task(registry_file.run(), name="registry-state"),
                          tg.create_task(reconciler.run(), name="reconcile"),
-                         tg.create_task(observer.run(), name="observe")]
+                         tg.create_task(observer.run(), name="observe"),
+                         tg.create_task(jwks.run(), name="jwks")]
                 tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
                                             name="slow-clients"))
                 log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "

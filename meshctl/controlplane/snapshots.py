@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
@@ -65,10 +66,25 @@ def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
     }
 
 
+def jwks_uris(objects: Iterable[tuple[Resource, int]]) -> dict[str, int]:
+    """Each jwksUri that a RequestAuthentication among (resource, resourceVersion) names, with
+    the newest resourceVersion naming it (what JwksCache.want takes)."""
+    uris: dict[str, int] = {}
+    for resource, version in objects:
+        if isinstance(resource.spec, RequestAuthenticationSpec):
+            for rule in resource.spec.jwt_rules:
+                if rule.jwks_uri is not None:
+                    uris[rule.jwks_uri] = max(uris.get(rule.jwks_uri, 0), version)
+    return uris
+
+
 class SnapshotBuilder:
     """Snapshots for one state of (resources, endpoints); build one per reconcile pass."""
 
-    def __init__(self, resources: Iterable[Resource], endpoints: Iterable[ProxyInfo]) -> None:
+    def __init__(self, resources: Iterable[Resource], endpoints: Iterable[ProxyInfo],
+                 jwks: Callable[[str], str] | None = None) -> None:
+        # jwks(uri): the JWK Set the control plane fetched for a jwksUri (JwksCache.jwks)
+        self._jwks = jwks or (lambda uri: '{"keys":[]}')
         self._by_kind: dict[str, list[Resource]] = {}
         for r in sorted(resources, key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
@@ -173,10 +189,20 @@ class SnapshotBuilder:
         return parts
 
     def _inbound(self, proxy: ProxyInfo) -> dict[str, Any]:
+        # A gateway enforces only the policies that select it by service; a namespace-wide
+        # one is about the namespace's sidecars.
+        selects = ((lambda s: s == proxy.service) if proxy.mode == "gateway"
+                   else (lambda s: s in (None, proxy.service)))
         inbound: dict[str, Any] = {"authorization": [
             _raw_spec(r) for r in self._by_kind.get("AuthorizationPolicy", [])
             if r.namespace == proxy.namespace and isinstance(r.spec, AuthorizationPolicySpec)
-            and r.spec.service in (None, proxy.service)]}
+            and selects(r.spec.service)]}
+        authentication = [
+            self._inline_keys(_raw_spec(r)) for r in self._by_kind.get("RequestAuthentication", [])
+            if r.namespace == proxy.namespace and isinstance(r.spec, RequestAuthenticationSpec)
+            and selects(r.spec.service)]
+        if authentication:  # absent otherwise: snapshots without one keep their bytes
+            inbound["authentication"] = authentication
         for r in self._by_kind.get("DestinationPolicy", []):
             if (r.namespace == proxy.namespace and isinstance(r.spec, DestinationPolicySpec)
                     and r.spec.host == proxy.service):
@@ -185,3 +211,13 @@ class SnapshotBuilder:
                     inbound["rateLimit"] = rate
         return inbound
 
+
+
+    def _inline_keys(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A RequestAuthentication spec as sidecars get it: each jwksUri replaced by the keys
+        fetched from it (an empty set until a fetch succeeds)."""
+        for rule in spec.get("jwtRules") or []:
+            uri = rule.pop("jwksUri", None)
+            if isinstance(uri, str):
+                rule["jwks"] = self._jwks(uri)
+        return spec

@@ -27,6 +27,8 @@ _HELP = {
     "pushed": "Snapshots pushed to proxies.", "unchanged": "Snapshots not pushed (unchanged).",
     "acks": "Snapshots ACKed by proxies.", "nacks": "Snapshots rejected (NACKed) by proxies.",
     "errors": "Reconcile passes that failed.",
+    "jwks_fetches": "RequestAuthentication jwksUri fetches.",
+    "jwks_fetch_failures": "jwksUri fetches that failed (the last good keys stay in use).",
 }
 
 
