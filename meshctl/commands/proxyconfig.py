@@ -67,6 +67,11 @@ def render(dump: dict[str, Any]) -> str:
     gateway = snap.get("gateway_rules") or []
     if gateway:
         lines += ["", "GATEWAY RULES", _gateway(gateway).rstrip("\n")]
+    authentication = snap.get("authentication") or []
+    if authentication:
+        issuers = [str(r.get("issuer")) for a in authentication for r in a.get("jwt_rules") or []]
+        lines += ["", f"AUTHENTICATION: issuers {', '.join(issuers)} "
+                      "(RequestAuthentication; -o yaml shows the keys)"]
     authorization = snap.get("authorization") or []
     if authorization:
         lines += ["", f"AUTHORIZATION: {len(authorization)} policies "
