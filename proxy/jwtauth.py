@@ -10,6 +10,7 @@ algorithms that belong to the key the token names: never ``none``, never HMAC.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ log = logging.getLogger("ami.proxy.jwt")
 
 CLOCK_SKEW = 60.0  # seconds of leeway on exp / nbf / iat, as Envoy's jwt_authn default
 MAX_TOKEN = 16384  # bytes: a longer "token" is refused before any parsing
+CACHE_SIZE = 256  # verified tokens kept per snapshot (as Envoy's jwt_cache), oldest out first
 
 WWW_AUTHENTICATE = ((b"www-authenticate", b'Bearer error="invalid_token"'),)
 
@@ -85,6 +87,10 @@ class JwtAuthenticator:
                     self.output_headers.add(rule.output_payload_to_header.encode("latin-1"))
         self.header_names = frozenset(loc.header for loc in self.locations if loc.header)
         self.uses_params = any(loc.param is not None for loc in self.locations)
+        # token -> (issuer, claims) of tokens verified with these keys: a client sends the same
+        # token many times, and a signature check costs far more than the request
+        self._verified: dict[str, tuple[_Issuer, dict[str, Any]]] = {}
+        self.clock = time.time
 
     def authenticate(self, ex: Exchange) -> Authenticated | None:
         """The request's principal and claims, or None when it has no token; raises
@@ -133,15 +139,34 @@ class JwtAuthenticator:
         return f"{claims['iss']}/{claims.get('sub', '')}", claims
 
     def _verify(self, token: str, locations: list[_Location]) -> tuple[_Issuer, dict[str, Any]]:
+        cached = self._verified.get(token)
+        if cached is not None:
+            issuer, claims = cached
+            exp = claims.get("exp")
+            if isinstance(exp, int | float) and self.clock() > exp + CLOCK_SKEW:
+                del self._verified[token]
+                raise InvalidToken("Signature has expired")
+            if any(loc.issuers.get(claims["iss"]) is issuer for loc in locations):
+                return cached
+            # else found where its issuer is not accepted: verified again below, and refused
+        verified = self._verify_signed(token, locations)
+        if len(self._verified) >= CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = verified
+        return verified
+
+    def _verify_signed(self, token: str, locations: list[_Location],
+                       ) -> tuple[_Issuer, dict[str, Any]]:
         import jwt
 
         if len(token) > MAX_TOKEN:
             raise InvalidToken("token too long")
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            unverified_all = jwt.api_jwt.decode_complete(token,
+                                                         options={"verify_signature": False})
         except jwt.PyJWTError as err:
             raise InvalidToken(f"malformed token: {err}") from None
+        header, unverified = unverified_all["header"], unverified_all["payload"]
         iss = unverified.get("iss")
         issuer = next((loc.issuers[iss] for loc in locations
                        if isinstance(iss, str) and iss in loc.issuers), None)

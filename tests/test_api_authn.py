@@ -172,3 +172,32 @@ async def test_jwks_cache_fetches_on_change_refreshes_and_keeps_last_good_keys()
         assert cache.jwks("u") == EMPTY_JWKS
     finally:
         task.cancel()
+
+
+def test_a_cached_token_is_refused_once_expired() -> None:
+    """Verified tokens are cached per snapshot; a hit still checks exp (with the skew)."""
+    import time
+
+    import jwt
+
+    from meshctl.api.authn import parse_request_authentication
+    from proxy.jwtauth import CLOCK_SKEW, InvalidToken, JwtAuthenticator
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    authn = JwtAuthenticator([parse_request_authentication(
+        {"jwtRules": [{"issuer": "i", "jwks": jwks(
+            {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k"})}]}, "spec")])
+    now = time.time()
+    token = jwt.encode({"iss": "i", "sub": "s", "exp": int(now) + 10}, key, algorithm="ES256",
+                       headers={"kid": "k"})
+
+    class Exchange:
+        def __init__(self) -> None:
+            self.headers = [(b"authorization", b"Bearer " + token.encode())]
+            self.query = ""
+
+    assert authn.authenticate(Exchange()) is not None  # type: ignore[arg-type]
+    assert authn.authenticate(Exchange()) is not None  # type: ignore[arg-type]  # cached
+    authn.clock = lambda: now + 11 + CLOCK_SKEW
+    with pytest.raises(InvalidToken):
+        authn.authenticate(Exchange())  # type: ignore[arg-type]

@@ -39,7 +39,9 @@ class Source:
             (self.identities, identity), (self.services, service), (self.namespaces, namespace)))
             and (not self.request_principals
                  or any(principal_matches(p, principal) for p in self.request_principals))
-            and not any(principal_matches(p, principal) for p in self.not_request_principals))
+            and (not self.not_request_principals
+                 or not any(principal_matches(p, principal)
+                            for p in self.not_request_principals)))
 
 
 def principal_matches(pattern: str, principal: str | None) -> bool:
