@@ -176,7 +176,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol"}),
     "gateway": frozenset({"rules"}),
-    "inbound": frozenset({"authorization", "rateLimit"}),
+    "inbound": frozenset({"authorization", "authentication", "rateLimit"}),
 }
 
 
