@@ -126,7 +126,11 @@ def test_retry_defaults_are_conservative() -> None:
      ["spec.rules[0].retries.attempts: field is required"]),
     ("[{backends: [{subset: v1}], headers: {request: {set: {x-a: \"a\\r\\nb: c\"}}}}]",
      ["spec.rules[0].headers.request.set.x-a: invalid value 'a\\r\\nb: c', expected a header "
-      "value without CR, LF or NUL"]),
+      "value: visible ASCII, spaces and tabs (or latin-1 letters), no control characters"]),
+    # the sidecar writes it as latin-1: the whole config would be refused by every sidecar
+    ("[{backends: [{subset: v1}], headers: {response: {add: {x-city: \"東京\"}}}}]",
+     ["spec.rules[0].headers.response.add.x-city: invalid value '東京', expected a header "
+      "value: visible ASCII, spaces and tabs (or latin-1 letters), no control characters"]),
     ("[{backends: [{subset: v1}], headers: {request: {set: {Content-Length: \"0\"}}, "
      "response: {add: {transfer-encoding: chunked}, remove: [connection]}}}]",
      ["spec.rules[0].headers.request.set.Content-Length: 'content-length' frames the message "

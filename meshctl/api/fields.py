@@ -24,6 +24,9 @@ LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a
 LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 HEADER_NAME = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
 HEADER_VALUE = r"^[^\r\n\x00]*$"
+# A value the proxy writes into a header itself: what HTTP allows (tab, visible ASCII, space,
+# obs-text 0x80-0xFF), so it encodes as latin-1 on the wire.
+HEADER_FIELD_VALUE = r"^[\t\x20-\x7e\x80-\xff]*$"
 METHOD = r"^[A-Z]+$"
 SPIFFE_ID = r"^spiffe://[-a-zA-Z0-9._]+(/[^\s]*)?$"
 _PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"

@@ -101,7 +101,7 @@ _HOST = _str(F.DNS_SUBDOMAIN, maxLength=253,
 _PERCENT = _num(0, 100)
 _STATUS = _int(200, 599)
 _METHOD = _str(F.METHOD)
-_HEADER_VALUES = _map({"type": "string", "pattern": F.HEADER_VALUE}, F.HEADER_NAME)
+_HEADER_VALUES = _map({"type": "string", "pattern": F.HEADER_FIELD_VALUE}, F.HEADER_NAME)
 _HEADER_EDITS = _obj({"set": _HEADER_VALUES, "add": _HEADER_VALUES,
                       "remove": _list(_str(F.HEADER_NAME))})
 

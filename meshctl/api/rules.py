@@ -26,7 +26,8 @@ _METHOD = F.string(F.METHOD, "an upper-case HTTP method like GET")
 _PERCENT = F.number(0, 100)
 _STATUS = F.integer(200, 599)
 _HEADER_NAME = F.string(F.HEADER_NAME, "an HTTP header name")
-_HEADER_VALUE = F.string(F.HEADER_VALUE, "a header value without CR, LF or NUL")
+_HEADER_VALUE = F.string(F.HEADER_FIELD_VALUE, "a header value: visible ASCII, spaces and tabs "
+                         "(or latin-1 letters), no control characters")
 # Framing and hop-by-hop headers: the proxy writes them for each hop. A route editing them
 # would desynchronise the message (`set: {content-length: "0"}` turned a request body into a
 # second request on the upstream connection, past every policy of the caller).
@@ -525,5 +526,6 @@ def _parse_header_edits(data: object, path: str) -> HeaderEdits:
 
 
 def _header_value(data: object, path: str) -> str:
-    """Header values may be empty but never contain CR, LF or NUL (header injection)."""
+    """Header values may be empty but never contain CR, LF, NUL (header injection) or what
+    latin-1 cannot encode (the sidecar could not write it: its whole config would be refused)."""
     return "" if data == "" else _HEADER_VALUE(data, path)
