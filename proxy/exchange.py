@@ -261,6 +261,11 @@ class Exchange:
         for name, value in headers:
             parts.append(name + b": " + value + _CRLF)
         parts.extend(self.head_tail)
+        pool = self.pool
+        if pool is not None and pool.tls is not None:
+            # Who is calling (`x-ami-peer`), for the next sidecar: only over mTLS, where it is
+            # believed; never to a plaintext hop, let alone a host outside the mesh.
+            parts.append(self.downstream.listener.peer_line)
         parts.append(_CRLF)
         return b"".join(parts)
 

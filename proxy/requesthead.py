@@ -185,7 +185,8 @@ def _connect_exchange(p: DownstreamProtocol) -> Exchange:
 
 
 def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
-    """Header lines the proxy adds: forwarding, request id, peer metadata, XFCC, framing."""
+    """Header lines the proxy adds: forwarding, request id, XFCC, framing (the peer metadata
+    is added per upstream connection, by Exchange._upstream_head)."""
     tail = [
         b"x-forwarded-for: " + (p._xff + b", " + p.client_ip if p._xff
                                 else p.client_ip) + b"\r\n",
@@ -194,8 +195,6 @@ def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
     if not p._has_request_id:
         tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
     listener = p.listener
-    if listener.peer_line:
-        tail.append(listener.peer_line)
     if p.peer_identity is not None and listener.xfcc_by:
         tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
                     + p.peer_identity.encode() + b"\r\n")

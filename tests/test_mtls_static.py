@@ -254,6 +254,9 @@ async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
     text = await mesh.strict.metrics()
     assert metric_value(text, "ami_requests_total", reporter="destination",
                         connection_security_policy="mutual_tls") >= 1
+    # the caller's version comes from its sidecar's x-ami-peer, sent (and believed) over mTLS
+    assert metric_value(text, "ami_requests_total", reporter="destination",
+                        source_workload="productpage", source_version="v1") >= 1
 
 
 async def test_certificate_expiry_is_exposed_for_alerting(mesh: Mesh) -> None:

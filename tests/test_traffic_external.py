@@ -114,6 +114,8 @@ async def test_a_declared_host_and_http_port_is_forwarded(proxy: TrafficProxy,
         assert (body["version"], body["path"]) == ("api", "/a?x=1")
     seen = outside.api.requests[-1]
     assert seen.header("x-via") == "mesh"  # the Route's header edit applied
+    # the caller's service and version are the mesh's business, not an outside host's
+    assert seen.header("x-ami-peer") is None
     assert (await roundtrip(proxy.outbound, get("web", "/"))).status == 200  # mesh as before
     assert await proxy.metric("ami_requests_total", destination_service="api.example.test",
                               response_code="200") >= 2
