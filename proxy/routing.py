@@ -271,12 +271,14 @@ class RouterBuilder:
                     (Backend(host, None, pools, balancer, prefix),), (100,), self.rng)
         return routes, tunnels
 
-    def gateway(self) -> Router:
+    def gateway(self, scheme: str = "http") -> Router:
+        """``scheme``: what the gateway's clients speak (`https` with a serving certificate),
+        for match blocks with a `scheme` condition."""
         node = self.snapshot.node
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
                       for r in self.snapshot.gateway_rules
-                      if (blocks := _own_blocks(r.matches, node)) is not None)
-        routes = self._host_routes("source")
+                      if (blocks := _own_blocks(r.matches, node, scheme)) is not None)
+        routes = self._host_routes("source", scheme=scheme)
         policy = self.gateway_policy
         if policy is not None and policy.needed:
             # Admission runs first on every rule this router owns (its decisions are its own,
@@ -298,7 +300,8 @@ class RouterBuilder:
             decision.admit = self.inbound_policy.admit
         return Router({}, inbound=decision)
 
-    def _host_routes(self, reporter: str, skip: Container[str] = ()) -> dict[str, HostRoute]:
+    def _host_routes(self, reporter: str, skip: Container[str] = (),
+                     scheme: str = "http") -> dict[str, HostRoute]:
         """Every mesh service and every Route; routes of ``skip`` hosts are compiled apart."""
         snap = self.snapshot
         routes: dict[str, HostRoute] = {}
@@ -309,17 +312,17 @@ class RouterBuilder:
                     (self._backend(service, None, reporter),), (100,), self.rng)),))
         for host, route in snap.routes.items():
             if host not in skip:
-                routes[host] = self._compile_route(host, route, reporter)
+                routes[host] = self._compile_route(host, route, reporter, scheme=scheme)
         return routes
 
     def _compile_route(self, host: str, route: RouteConfig, reporter: str,
-                       own: Backend | None = None) -> HostRoute:
+                       own: Backend | None = None, scheme: str = "http") -> HostRoute:
         """A Route's rules; ``own``: the backend of the route's host itself when that is no
         mesh service (an ExternalService port)."""
         snap = self.snapshot
         compiled = []
         for rule in route.rules:
-            blocks = _own_blocks(rule.matches, snap.node)
+            blocks = _own_blocks(rule.matches, snap.node, scheme)
             if blocks is None:
                 continue  # no block accepts this proxy as a source: the rule is not ours
             backends = []
@@ -393,10 +396,12 @@ def _admit_first(admit: Callable[[Exchange], Any],
     return both
 
 
-def _own_blocks(matches: tuple[Any, ...], node: Any) -> tuple[Any, ...] | None:
-    """The match blocks whose sourceLabels / sourceNamespace accept this proxy (settled once
-    per config, not per request); None when blocks were declared and none does."""
-    blocks = tuple(m for m in matches if m.applies_to(node.namespace, node.labels))
+def _own_blocks(matches: tuple[Any, ...], node: Any,
+                scheme: str = "http") -> tuple[Any, ...] | None:
+    """The match blocks whose sourceLabels / sourceNamespace / scheme accept this proxy's
+    listener (settled once per config, not per request); None when blocks were declared and
+    none does."""
+    blocks = tuple(m for m in matches if m.applies_to(node.namespace, node.labels, scheme))
     return None if matches and not blocks else blocks
 
 

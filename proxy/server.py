@@ -80,7 +80,8 @@ class ProxyServer:
         routers: dict[str, Router] = {}
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"
-                             else builder.gateway() if kind == "gateway"
+                             else builder.gateway("http" if self.options.gateway_tls is None
+                                                  else "https") if kind == "gateway"
                              else builder.outbound(self._proxy_ports))
         # Everything compiled: now swap, one assignment per listener.
         for kind, router in routers.items():

@@ -127,6 +127,8 @@ def test_retry_defaults_are_conservative() -> None:
     ("[{backends: [{subset: v1}], headers: {request: {set: {x-a: \"a\\r\\nb: c\"}}}}]",
      ["spec.rules[0].headers.request.set.x-a: invalid value 'a\\r\\nb: c', expected a header "
       "value: visible ASCII, spaces and tabs (or latin-1 letters), no control characters"]),
+    ("[{matches: [{scheme: {exact: ftp}}], backends: [{subset: v1}]}]",
+     ["spec.rules[0].matches[0].scheme.exact: expected http or https, got 'ftp'"]),
     # the sidecar writes it as latin-1: the whole config would be refused by every sidecar
     ("[{backends: [{subset: v1}], headers: {response: {add: {x-city: \"東京\"}}}}]",
      ["spec.rules[0].headers.response.add.x-city: invalid value '東京', expected a header "

@@ -206,3 +206,39 @@ def test_bad_certificate_flags_stop_the_start(tmp_path: Path, extra: tuple[str, 
                            "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+async def test_scheme_match_redirects_plain_http_only(tmp_path: Path, echo: int) -> None:
+    """`matches: [{scheme: {exact: http}}]` + `redirect: {scheme: https}`: the plain gateway
+    sends visitors to HTTPS, the HTTPS gateway with the very same Route serves them (a rule
+    restricted by sourceLabels alone redirected on both: a loop)."""
+    route = {"host": "echo", "rules": [
+        {"matches": [{"scheme": {"exact": "http"}}], "redirect": {"scheme": "https"}},
+        {"backends": [{}]}]}
+    for name in ("https", "http"):
+        (tmp_path / name).mkdir()
+    secure = Gateway(tmp_path / "https", echo, issue("scheme"))
+    config = yaml.safe_load(secure.proc.config.read_text())
+    secure.proc.config.write_text(yaml.safe_dump({**config, "routes": [route]}))
+    plain_port = free_port()
+    plain = ProxyProcess(tmp_path / "http", {"echo": [echo]}, args=("--mode", "gateway"))
+    config = yaml.safe_load(plain.config.read_text())
+    config["listeners"] = {"gateway": f"127.0.0.1:{plain_port}",
+                           "admin": f"127.0.0.1:{plain.admin}"}
+    plain.config.write_text(yaml.safe_dump({**config, "routes": [route],
+                                            "gateway": {"rules": [{"destination": "echo"}]}}))
+    secure.proc.start()
+    plain.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", plain_port)
+        writer.write(get("echo", "/page?q=1"))
+        moved = await asyncio.wait_for(read_response(reader), 10)
+        writer.close()
+        assert (moved.status, moved.header("location")) == (301, "https://echo/page?q=1")
+        reader, writer = await secure.connect(Pem(secure.cert.read_bytes(), b"", 0))
+        seen = await exchange(reader, writer, "/page?q=1")  # 200, no redirect
+        writer.close()
+        assert seen["x-forwarded-proto"] == "https"
+    finally:
+        plain.stop()
+        secure.proc.stop()

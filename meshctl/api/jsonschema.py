@@ -124,6 +124,7 @@ DEFS: Schema = {
         "query": _map(_ref("stringMatch")) | {"propertyNames": {"minLength": 1}},
         "sourceLabels": _ref("labels"),
         "sourceNamespace": _str(F.DNS_LABEL),
+        "scheme": _ref("stringMatch"),
     }) | {"not": {"required": ["method", "methods"]}},
     "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
     "retries": _obj({

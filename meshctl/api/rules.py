@@ -76,11 +76,17 @@ class Match:
     # Who is calling: decided once per proxy when its config is compiled, not per request.
     source_labels: tuple[tuple[str, str], ...] = ()
     source_namespace: str | None = None
+    # The scheme the caller used (`http`, or `https` at an HTTPS gateway): also settled when a
+    # listener's routes are compiled, since a listener has one scheme.
+    scheme: StringMatch | None = None
 
-    def applies_to(self, namespace: str, labels: Mapping[str, str]) -> bool:
-        """Whether a proxy in ``namespace`` with ``labels`` is a source this block accepts."""
+    def applies_to(self, namespace: str, labels: Mapping[str, str],
+                   scheme: str = "http") -> bool:
+        """Whether a proxy in ``namespace`` with ``labels``, on a listener for ``scheme``, is
+        a source this block accepts."""
         return ((self.source_namespace is None or self.source_namespace == namespace)
-                and all(labels.get(k) == v for k, v in self.source_labels))
+                and all(labels.get(k) == v for k, v in self.source_labels)
+                and (self.scheme is None or self.scheme.matches(scheme)))
 
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
@@ -265,9 +271,17 @@ def parse_match(data: object, path: str) -> Match:
     query = f.value("query", _matcher_map(lower=False), ())
     source_labels = f.value("sourceLabels", F.labels, {})
     source_namespace = f.optional("sourceNamespace", F.string(F.DNS_LABEL, "a namespace"))
+    scheme = f.optional("scheme", _scheme_matcher)
     f.finish()
     return Match(path_match, (method,) if method else methods or (), headers, query,
-                 tuple(sorted(source_labels.items())), source_namespace)
+                 tuple(sorted(source_labels.items())), source_namespace, scheme)
+
+
+def _scheme_matcher(data: object, path: str) -> StringMatch:
+    result = _matcher(data, path, ("exact", "prefix", "regex"))
+    if result.kind == "exact" and result.value not in ("http", "https"):
+        fail(f"{path}.exact", f"expected http or https, got {result.value!r}")
+    return result
 
 
 def _path_matcher(data: object, path: str) -> StringMatch:

@@ -115,6 +115,9 @@ def _matches(rule: dict[str, Any]) -> str:
             parts.append(f"path {path['kind']} {path['value']}")
         if block.get("methods"):
             parts.append("method " + "|".join(block["methods"]))
+        scheme = block.get("scheme")
+        if scheme:  # settled per listener: shown, since the table is not per listener
+            parts.append(f"scheme {scheme['kind']} {scheme['value']}")
         for kind, items in (("header", block.get("headers")), ("query", block.get("query"))):
             for name, matcher in items or []:
                 value = (("present" if matcher.get("present") else "absent")
