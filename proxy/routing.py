@@ -407,8 +407,9 @@ def _own_blocks(matches: tuple[Any, ...], node: Any,
 
 def _for_hosts(hosts: tuple[str, ...], matcher: Matcher | None) -> Matcher | None:
     """``matcher``, restricted to requests whose authority (port and final dot dropped) is
-    one of ``hosts``: exact names, or `*.suffix` for any name ending in `.suffix`."""
-    if not hosts:
+    one of ``hosts``: exact names, or `*.suffix` for any name ending in `.suffix` (`*`, or no
+    hosts at all: any)."""
+    if not hosts or "*" in hosts:
         return matcher
     names = frozenset(h for h in hosts if not h.startswith("*."))
     suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))

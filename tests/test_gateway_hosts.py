@@ -41,6 +41,7 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         {"hosts": ["*.blog.example.com", "blog.example.com"],
          "match": [{"path": {"prefix": "/posts"}}], "destination": "blog"},
         {"hosts": ["*.example.org"], "destination": "fallback"},
+        {"hosts": ["*"], "match": [{"path": {"prefix": "/anyhost"}}], "destination": "fallback"},
     ]}
     proc.config.write_text(yaml.safe_dump(config))
     proc.start()
@@ -60,6 +61,8 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     ("example.org", "/", 404),  # *.example.org needs a label before the suffix
     ("shop.example.com.evil.net", "/", 404),
     ("other.example.com", "/", 404),
+    ("other.example.com", "/anyhost/x", "any"),  # `*`, as in Istio: any host
+    ("10.0.0.1:8080", "/anyhost", "any"),
 ])
 async def test_requests_enter_by_host_name(gateway_port: int, host: str, path: str,
                                            expected: str | int) -> None:
@@ -80,7 +83,7 @@ def test_a_gateway_resource_refuses_a_host_that_is_not_a_name(tmp_path: Path) ->
     with pytest.raises(ValidationError) as caught:
         load_documents(text, "gw.yaml")
     assert "spec.rules[0].hosts[1]" in str(caught.value)
-    assert "*. and a DNS suffix" in str(caught.value)
+    assert "*. and a DNS suffix, or * for any host" in str(caught.value)
 
 
 def test_the_snapshot_parses_gateway_rules_like_the_resource() -> None:

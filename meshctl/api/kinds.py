@@ -150,9 +150,11 @@ def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
     return F.list_of(_parse_gateway_rule, 1, "at least one rule is required")(data, path)
 
 
-# A DNS name, or `*.` and a DNS suffix (any name ending in it), as Istio's Gateway hosts.
-GATEWAY_HOST = r"^(\*\.)?" + F.DNS_SUBDOMAIN[1:]
-_GATEWAY_HOST = F.string(GATEWAY_HOST, "a lower-case DNS name, or *. and a DNS suffix")
+# A DNS name, `*.` and a DNS suffix (any name ending in it), or `*` (any host), as Istio's
+# Gateway hosts.
+GATEWAY_HOST = r"^(\*|(\*\.)?" + F.DNS_SUBDOMAIN[1:-1] + r")$"
+_GATEWAY_HOST = F.string(GATEWAY_HOST,
+                         "a lower-case DNS name, *. and a DNS suffix, or * for any host")
 
 
 def _parse_gateway_rule(data: object, path: str) -> GatewayRule:
