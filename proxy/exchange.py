@@ -452,7 +452,12 @@ class Exchange:
               extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """Answer locally with a reason word; abort the client if a response already started."""
         self._cancel_timers()
-        self.flush_out()
+        if self._out is not None:
+            # The response head is still held (until the end of the read it arrived in), so
+            # nothing reached the client yet: it gets a clean answer, not a truncated one
+            # (a malformed first chunk in the head's own read, say).
+            self._out = None
+            self.response_started = False
         if self.response_started:
             self.flags = reason
             self.client_keep_alive = False

@@ -53,6 +53,8 @@ CANNED: dict[str, bytes] = {
                  b"Transfer-Encoding: chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
     "/te-chunked-caps": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
                         b"2\r\nok\r\n0\r\n\r\n",
+    # A malformed body in the same read as the head: nothing was sent to the client yet.
+    "/bad-first-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nEVIL\r\n",
     # A few interim responses before the final one are fine (and not forwarded).
     "/1xx-then-ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
                     b"Link: </a.css>; rel=preload\r\n\r\n" * 20 + OK,
@@ -249,3 +251,18 @@ async def test_early_response_says_close_and_lingers(env: dict[str, Any]) -> Non
     finally:
         writer.close()
     assert backend.accepted == 1
+
+
+async def test_bad_body_in_the_head_s_own_read_is_a_clean_502(env: dict[str, Any]) -> None:
+    """The head is held until the end of its read: when that same read brings a malformed
+    chunk, the client gets a whole 502 rather than a 200 head and a cut connection."""
+    (resp,), reader, writer = await _exchange(env["proxy"].outbound,
+                                              get("coding", "/bad-first-chunk"))
+    try:
+        assert (resp.status, resp.header("x-ami-reason")) == (502, "upstream_protocol_error")
+        assert b"EVIL" not in resp.body
+        writer.write(get("coding", "/ok"))  # the client connection still serves requests
+        nxt = await asyncio.wait_for(read_response(reader), 10)
+        assert (nxt.status, nxt.body) == (200, b"ok")
+    finally:
+        writer.close()
