@@ -143,10 +143,12 @@ def count(ex: Exchange, name: str, kind: str | None = None) -> None:
 def upstream_error(ex: Exchange, conn: UpstreamConnection, reason: str) -> None:
     """The upstream connection failed: fresh-connection retry, abort, or a failed attempt."""
     ex.conn = None
-    if (not ex.response_started and not ex._fresh_retry_used and conn.requests > 1
-            and ex.method in IDEMPOTENT and not ex.chunked and ex.bytes_in == 0):
+    if (reason == "upstream_reset" and not ex.response_started and not ex._fresh_retry_used
+            and conn.requests > 1 and ex.method in IDEMPOTENT and not ex.chunked
+            and ex.bytes_in == 0):
         # Keep-alive race: a reused connection died before any response byte. Retry once on
-        # a fresh connection (the request had no body, so resending is exact).
+        # a fresh connection (the request had no body, so resending is exact). Not for a
+        # malformed answer: the server did answer, and would only be asked twice.
         ex._fresh_retry_used = True
         pool = ex.pool
         if pool is not None:

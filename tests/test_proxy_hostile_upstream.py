@@ -55,6 +55,7 @@ CANNED: dict[str, bytes] = {
                         b"2\r\nok\r\n0\r\n\r\n",
     # A malformed body in the same read as the head: nothing was sent to the client yet.
     "/bad-first-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nEVIL\r\n",
+    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
     # A few interim responses before the final one are fine (and not forwarded).
     "/1xx-then-ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
                     b"Link: </a.css>; rel=preload\r\n\r\n" * 20 + OK,
@@ -103,7 +104,7 @@ async def _endless_head(backend: RawBackend, reader: asyncio.StreamReader,
     backend.closed += 1  # got to the end: the proxy read it all
 
 
-SERVICES = ("pipelined", "stray", "crlf", "interim", "coding", "early")
+SERVICES = ("pipelined", "stray", "crlf", "interim", "coding", "early", "garbage")
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +267,16 @@ async def test_bad_body_in_the_head_s_own_read_is_a_clean_502(env: dict[str, Any
         assert (nxt.status, nxt.body) == (200, b"ok")
     finally:
         writer.close()
+
+
+async def test_a_malformed_answer_on_a_reused_connection_is_not_asked_again(
+        env: dict[str, Any]) -> None:
+    """The fresh-connection retry is for the keep-alive race (a pooled connection that closed
+    before answering); a server that answered garbage answered: the request is not sent twice."""
+    proxy, backend = env["proxy"], env["garbage"]
+    (ok, bad), _, writer = await _exchange(
+        proxy.outbound, get("garbage", "/ok") + get("garbage", "/garbage"), count=2)
+    writer.close()
+    assert ok.status == 200  # and its connection went back to the pool, reused for /garbage
+    assert (bad.status, bad.header("x-ami-reason")) == (502, "upstream_protocol_error")
+    assert [path for _, path in backend.requests].count("/garbage") == 1
