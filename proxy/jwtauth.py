@@ -10,6 +10,7 @@ algorithms that belong to the key the token names: never ``none``, never HMAC.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,10 +143,15 @@ class JwtAuthenticator:
         cached = self._verified.get(token)
         if cached is not None:
             issuer, claims = cached
-            exp = claims.get("exp")
-            if isinstance(exp, int | float) and self.clock() > exp + CLOCK_SKEW:
+            # checked as numbers when the token was verified (_verify_signed); here again,
+            # the token may have been cached before its exp (or the clock stepped back)
+            now = self.clock()
+            exp, nbf = claims.get("exp"), claims.get("nbf")
+            if exp is not None and now >= exp + CLOCK_SKEW:
                 del self._verified[token]
                 raise InvalidToken("Signature has expired")
+            if nbf is not None and now < nbf - CLOCK_SKEW:
+                raise InvalidToken("The token is not yet valid (nbf)")
             if any(loc.issuers.get(claims["iss"]) is issuer for loc in locations):
                 return cached
             # else found where its issuer is not accepted: verified again below, and refused
@@ -194,8 +200,18 @@ class JwtAuthenticator:
                 continue
             if not isinstance(claims.get("sub", ""), str):
                 raise InvalidToken("sub is not a string")
+            for name in ("exp", "nbf", "iat"):
+                # PyJWT takes int(value), so "exp": "1700000000" would pass there, and then
+                # never expire in the cache; RFC 7519 says a NumericDate is a JSON number
+                if name in claims and not _numeric_date(claims[name]):
+                    raise InvalidToken(f"{name} is not a NumericDate (a JSON number)")
             return issuer, claims
         raise InvalidToken(str(last))
+
+
+def _numeric_date(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _header_tokens(headers: list[tuple[bytes, bytes]], name: bytes, prefix: str) -> list[str]:

@@ -307,6 +307,9 @@ PITFALLS = {
     "bad signature": lambda m: token(m, "r1", key=rsa_key()),
     "expired": lambda m: token(m, "r1", exp=int(time.time()) - 120),
     "not yet valid": lambda m: token(m, "r1", nbf=int(time.time()) + 300),
+    # PyJWT int()s these, so a string once passed, and then never expired in the token cache
+    "exp a string": lambda m: token(m, "r1", exp=str(int(time.time()) + 300)),
+    "nbf a string": lambda m: token(m, "r1", nbf=str(int(time.time()) - 10)),
     "wrong issuer": lambda m: token(m, "r1", iss="https://evil.test"),
     "wrong audience": lambda m: token(m, "r1", aud="other"),
     "unknown kid": lambda m: token(m, "nope", key=m.keys["r1"], alg="RS256"),
