@@ -8,13 +8,15 @@ import json
 from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from meshctl.api.authn import MAX_JWKS_BYTES
 from meshctl.api.authz import Source, principal_matches
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import load_documents
-from meshctl.controlplane.jwks import EMPTY_JWKS, JwksCache, usable_jwks
+from meshctl.controlplane.jwks import EMPTY_JWKS, JwksCache, JwksFetchError, http_fetch, usable_jwks
 from proxy.config import ConfigError, Snapshot
 
 RSA_JWK = {**json.loads(RSAAlgorithm.to_jwk(
@@ -201,3 +203,39 @@ def test_a_cached_token_is_refused_once_expired() -> None:
     authn.clock = lambda: now + 11 + CLOCK_SKEW
     with pytest.raises(InvalidToken):
         authn.authenticate(Exchange())  # type: ignore[arg-type]
+
+
+async def test_http_fetch_reads_a_set_sent_in_chunks_and_caps_the_size() -> None:
+    """A real HTTP server on 127.0.0.1 sends the set in small chunks (as a large provider set
+    arrives over the network): all of it is read, not the first chunk; a body over the cap
+    is refused however it is sent."""
+    keys = [{**RSA_JWK, "kid": f"k{i}"} for i in range(30)]
+    body = jwks(*keys).encode()
+    big = b" " * (MAX_JWKS_BYTES + 10)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        data = big if request.path == "/big" else body
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for i in range(0, len(data), 4096):
+            await resp.write(data[i:i + 4096])
+            await asyncio.sleep(0)  # let each chunk go out on its own
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/jwks", chunked)
+    app.router.add_get("/big", chunked)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        got = await http_fetch(f"http://127.0.0.1:{port}/jwks")
+        assert got == body
+        assert len(json.loads(usable_jwks(got))["keys"]) == 30
+        with pytest.raises(JwksFetchError, match="larger than"):
+            await http_fetch(f"http://127.0.0.1:{port}/big")
+    finally:
+        await runner.cleanup()

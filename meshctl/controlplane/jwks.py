@@ -65,10 +65,17 @@ async def http_fetch(uri: str, timeout: float = 10.0) -> bytes:
                         headers={"Accept": "application/json"}) as resp:
         if resp.status != 200:
             raise JwksFetchError(f"HTTP {resp.status}")
-        body = await resp.content.read(MAX_JWKS_BYTES + 1)
+        # read(n) gives what has arrived, up to n bytes, not n bytes: read to the end (or
+        # just past the cap), else a set sent in several chunks is cut and "not JSON"
+        body = bytearray()
+        while len(body) <= MAX_JWKS_BYTES:
+            chunk = await resp.content.read(MAX_JWKS_BYTES + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         if len(body) > MAX_JWKS_BYTES:
             raise JwksFetchError(f"larger than {MAX_JWKS_BYTES} bytes")
-        return body
+        return bytes(body)
 
 
 class JwksCache:
