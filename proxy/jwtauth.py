@@ -34,7 +34,7 @@ class InvalidToken(Exception):
     """A token was presented and does not verify; the message says why (debug log)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity
 class _Issuer:
     rule: JwtRule
     by_kid: dict[str, list[tuple[Any, tuple[str, ...]]]] = field(default_factory=dict)
@@ -48,7 +48,7 @@ class _Location:
     header: bytes | None
     prefix: str
     param: str | None
-    issuers: dict[str, _Issuer] = field(default_factory=dict)
+    issuers: dict[str, list[_Issuer]] = field(default_factory=dict)  # iss -> its rules here
 
 
 Authenticated = tuple[str, Mapping[str, Any]]  # (principal '<iss>/<sub>', claims)
@@ -61,14 +61,15 @@ class JwtAuthenticator:
         from meshctl.api.authn import load_key, parse_jwks
 
         self.locations: list[_Location] = []
-        issuers: dict[str, _Issuer] = {}
         found: dict[tuple[bytes | None, str, str | None], _Location] = {}
         self.output_headers: set[bytes] = set()
         for spec in specs:
             for rule in spec.jwt_rules:
-                if rule.issuer in issuers:
-                    continue  # the first rule of an issuer wins (policies are sorted by name)
-                issuer = issuers[rule.issuer] = _Issuer(rule)
+                # Every rule counts, even of an issuer another rule (or policy) names too: a
+                # token is accepted if one of its issuer's rules where it was found verifies
+                # it (Envoy's requires_any over Istio's per-rule providers). Dropping the later
+                # rule left its locations unchecked and its output header forgeable.
+                issuer = _Issuer(rule)
                 for key, algorithms in parse_jwks(rule.jwks or '{"keys": []}', "jwks",
                                                   allow_empty=True):
                     entry = (load_key(key, algorithms[0]), algorithms)
@@ -83,7 +84,7 @@ class JwtAuthenticator:
                     if loc is None:
                         loc = found[place] = _Location(*place)
                         self.locations.append(loc)
-                    loc.issuers[rule.issuer] = issuer
+                    loc.issuers.setdefault(rule.issuer, []).append(issuer)
                 if rule.output_payload_to_header:
                     self.output_headers.add(rule.output_payload_to_header.encode("latin-1"))
         self.header_names = frozenset(loc.header for loc in self.locations if loc.header)
@@ -152,7 +153,7 @@ class JwtAuthenticator:
                 raise InvalidToken("Signature has expired")
             if nbf is not None and now < nbf - CLOCK_SKEW:
                 raise InvalidToken("The token is not yet valid (nbf)")
-            if any(loc.issuers.get(claims["iss"]) is issuer for loc in locations):
+            if any(issuer in loc.issuers.get(claims["iss"], ()) for loc in locations):
                 return cached
             # else found where its issuer is not accepted: verified again below, and refused
         verified = self._verify_signed(token, locations)
@@ -174,38 +175,44 @@ class JwtAuthenticator:
             raise InvalidToken(f"malformed token: {err}") from None
         header, unverified = unverified_all["header"], unverified_all["payload"]
         iss = unverified.get("iss")
-        issuer = next((loc.issuers[iss] for loc in locations
-                       if isinstance(iss, str) and iss in loc.issuers), None)
-        if issuer is None:
+        rules: list[_Issuer] = []
+        if isinstance(iss, str):
+            for loc in locations:
+                rules += [i for i in loc.issuers.get(iss, ()) if i not in rules]
+        if not rules:
             raise InvalidToken(f"issuer {iss!r} not accepted here")
         alg, kid = header.get("alg"), header.get("kid")
-        if kid is not None:
-            candidates = issuer.by_kid.get(kid) if isinstance(kid, str) else None
-            if not candidates:
-                raise InvalidToken(f"unknown kid {kid!r}")
-        else:
-            candidates = issuer.keys
-        rule = issuer.rule
-        last: Exception = InvalidToken(f"no key of {rule.issuer} verifies alg {alg!r}")
-        for key, algorithms in candidates:
-            if alg not in algorithms:
-                continue
-            try:
-                claims = jwt.decode(token, key, algorithms=[alg], issuer=rule.issuer,
-                                    audience=list(rule.audiences) or None,
-                                    leeway=CLOCK_SKEW,
-                                    options={"verify_aud": bool(rule.audiences)})
-            except jwt.PyJWTError as err:
-                last = err
-                continue
-            if not isinstance(claims.get("sub", ""), str):
-                raise InvalidToken("sub is not a string")
-            for name in ("exp", "nbf", "iat"):
-                # PyJWT takes int(value), so "exp": "1700000000" would pass there, and then
-                # never expire in the cache; RFC 7519 says a NumericDate is a JSON number
-                if name in claims and not _numeric_date(claims[name]):
-                    raise InvalidToken(f"{name} is not a NumericDate (a JSON number)")
-            return issuer, claims
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken(f"unknown kid {kid!r}")
+        last: Exception = InvalidToken(f"no key of {iss} verifies alg {alg!r}")
+        for issuer in rules:
+            rule = issuer.rule
+            if kid is not None:
+                candidates = issuer.by_kid.get(kid, [])
+                if not candidates:
+                    last = InvalidToken(f"unknown kid {kid!r}")
+                    continue
+            else:
+                candidates = issuer.keys
+            for key, algorithms in candidates:
+                if alg not in algorithms:
+                    continue
+                try:
+                    claims = jwt.decode(token, key, algorithms=[alg], issuer=rule.issuer,
+                                        audience=list(rule.audiences) or None,
+                                        leeway=CLOCK_SKEW,
+                                        options={"verify_aud": bool(rule.audiences)})
+                except jwt.PyJWTError as err:
+                    last = err
+                    continue
+                if not isinstance(claims.get("sub", ""), str):
+                    raise InvalidToken("sub is not a string")
+                for name in ("exp", "nbf", "iat"):
+                    # PyJWT takes int(value), so "exp": "1700000000" would pass there, and
+                    # then never expire in the cache; RFC 7519: a NumericDate is a JSON number
+                    if name in claims and not _numeric_date(claims[name]):
+                        raise InvalidToken(f"{name} is not a NumericDate (a JSON number)")
+                return issuer, claims
         raise InvalidToken(str(last))
 
 

@@ -5,6 +5,8 @@ sidecar, a gateway, and a JWKS server on 127.0.0.1 for `jwksUri` (keys made in t
 - `reviews-jwt`: issuer https://idp.test with inline keys (RSA kid r1, EC kid e1), audience
   bookinfo, payload to `x-jwt-payload`; issuer https://rotating.test from the jwksUri,
   forwardOriginalToken.
+- `a-mesh-jwt`, namespace-wide, sorted first: the same issuer https://idp.test from header
+  `x-idp-token`, no audience; both rules of the issuer apply (neither hides the other).
 - DENY `/secure/*` from notRequestPrincipals ["*"] (a token is required there); DENY
   principal https://idp.test/mallory; DENY `/admin/*` when claim groups has `guests`.
 - The gateway: its own RequestAuthentication and a DENY notRequestPrincipals ["*"] on
@@ -115,6 +117,15 @@ spec:
     - issuer: {ROTATING}
       jwksUri: {jwks_uri}
       forwardOriginalToken: true
+---
+apiVersion: ami.mesh/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: a-mesh-jwt}}
+spec:
+  jwtRules:
+    - issuer: {IDP}
+      jwks: '{inline}'
+      fromHeaders: [{{name: x-idp-token}}]
 ---
 apiVersion: ami.mesh/v1alpha1
 kind: AuthorizationPolicy
@@ -264,6 +275,30 @@ def test_no_token_passes_without_principal_and_payload_header_cannot_be_forged(
     seen = app_headers(body)
     assert "x-jwt-payload" not in seen
     assert seen["authorization"] == "Basic dXNlcjpwdw=="  # not a Bearer token: left alone
+
+
+def test_two_policies_naming_one_issuer_both_apply(mesh: Mesh) -> None:
+    """`a-mesh-jwt` (namespace-wide) and `reviews-jwt` both name https://idp.test: the token
+    is checked wherever either looks for it, and each rule's own settings hold. Before, the
+    first policy by name won for the issuer and the other's rule was dropped: `x-jwt-payload`
+    was neither set nor stripped (forgeable) and a token in x-idp-token was never checked."""
+    tok = token(mesh, "r1")
+    status, _, body = call(mesh, "/open", tok, {"x-jwt-payload": "forged"})
+    assert status == 200, body
+    assert app_headers(body)["x-jwt-payload"] == tok.split(".")[1]
+    assert refused(call(mesh, "/open", headers={"x-idp-token": token(mesh, "r1", key=rsa_key())}))
+    # a-mesh-jwt has no audience: a token for another audience passes from its header only,
+    # with its principal (mallory is denied), and without x-jwt-payload (not its rule)
+    other = token(mesh, "r1", aud="other")
+    assert refused(call(mesh, "/open", other))
+    status, _, body = call(mesh, "/open", headers={"x-idp-token": other,
+                                                  "x-jwt-payload": "forged"})
+    assert status == 200, body
+    seen = app_headers(body)
+    assert "x-idp-token" not in seen and "x-jwt-payload" not in seen
+    status, _, _ = call(mesh, "/open", headers={"x-idp-token": token(mesh, "r1", aud="other",
+                                                                     sub="mallory")})
+    assert status == 403
 
 
 def test_deny_not_request_principals_requires_a_token(mesh: Mesh) -> None:

@@ -69,7 +69,8 @@ def render(dump: dict[str, Any]) -> str:
         lines += ["", "GATEWAY RULES", _gateway(gateway).rstrip("\n")]
     authentication = snap.get("authentication") or []
     if authentication:
-        issuers = [str(r.get("issuer")) for a in authentication for r in a.get("jwt_rules") or []]
+        issuers = list(dict.fromkeys(  # an issuer may have rules in several policies
+            str(r.get("issuer")) for a in authentication for r in a.get("jwt_rules") or []))
         lines += ["", f"AUTHENTICATION: issuers {', '.join(issuers)} "
                       "(RequestAuthentication; -o yaml shows the keys)"]
     authorization = snap.get("authorization") or []
