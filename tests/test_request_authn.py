@@ -296,6 +296,8 @@ def test_two_policies_naming_one_issuer_both_apply(mesh: Mesh) -> None:
     assert status == 200, body
     seen = app_headers(body)
     assert "x-idp-token" not in seen and "x-jwt-payload" not in seen
+    # now cached as verified by a-mesh-jwt's rule: that does not carry to reviews-jwt's
+    assert refused(call(mesh, "/open", other))
     status, _, _ = call(mesh, "/open", headers={"x-idp-token": token(mesh, "r1", aud="other",
                                                                      sub="mallory")})
     assert status == 403
