@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from meshctl.observe.checks import all_checks, cert_checks
+from meshctl.observe.checks import all_checks, cert_checks, jwks_checks
 from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
 from meshctl.observe.samples import LABELS, Scrape, parse_scrape
 from meshctl.observe.window import ScrapeWindow
@@ -218,3 +218,15 @@ def test_a_restart_between_scrapes_is_seen_by_the_process_start_time() -> None:
     # 10 before the first scrape (started at 50 s), 20 more, then 45 after the restart
     assert r.rps * (104.0 - 50.0) == pytest.approx(75.0)
     assert r.buckets == ((INF, pytest.approx(75.0 / 54.0)),)
+
+
+def test_jwks_checks_fail_only_without_any_keys() -> None:
+    """A jwksUri never fetched refuses every token of its issuer: fail; a failed refetch with
+    keys held is a warning; no RequestAuthentication with jwksUri: no group at all."""
+    assert jwks_checks({}) == []
+    (group,) = jwks_checks({"https://a/jwks": (True, None), "https://b/jwks": (True, "HTTP 500"),
+                            "https://c/jwks": (False, "timeout"), "https://d/jwks": (False, None)})
+    assert [(c.name, c.state) for c in group.checks] == [
+        ("https://a/jwks", "ok"), ("https://b/jwks", "warn"), ("https://c/jwks", "fail"),
+        ("https://d/jwks", "warn")]
+    assert "never fetched: timeout" in group.checks[2].detail

@@ -97,6 +97,10 @@ class JwksCache:
         """The last good JWK Set of ``uri`` (canonical JSON), or an empty set."""
         return self._keys.get(uri, EMPTY_JWKS)
 
+    def status(self) -> dict[str, tuple[bool, str | None]]:
+        """Each URI resources name: whether keys are held, and the last fetch error."""
+        return {uri: (uri in self._keys, self.errors.get(uri)) for uri in self._wanted}
+
     def want(self, uris: Mapping[str, int]) -> None:
         """The URIs resources name now, each with the newest resourceVersion naming it: a new
         URI, or one named by a changed resource, is fetched at once; others are forgotten."""

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
-from meshctl.observe.checks import all_checks
+from meshctl.observe.checks import Group, all_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
@@ -39,9 +39,11 @@ class Observer:
 
     def __init__(self, source: ProxySource, *, interval: float = 2.0,
                  clock: Callable[[], float] = time.time,
-                 admin_tokens: Callable[[], Mapping[str, str]] = dict) -> None:
+                 admin_tokens: Callable[[], Mapping[str, str]] = dict,
+                 extra_checks: Callable[[], list[Group]] = list) -> None:
         self.scraper = Scraper(source, interval=interval, clock=clock)
         self.admin_tokens = admin_tokens  # proxy name -> token for its privileged admin routes
+        self.extra_checks = extra_checks  # check groups from the control plane's own state
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
 
@@ -101,7 +103,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
     async def check(request: web.Request) -> web.Response:
         body = await list_proxies(scraper.source)
         errors = [{"source": e.source, "message": e.message} for e in request.app[STORE].errors()]
-        groups = all_checks(body, errors, time.time())
+        groups = [*all_checks(body, errors, time.time()), *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 
     async def state(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""``meshctl check``: grouped health checks over the proxies list, store errors and certificates."""
+"""``meshctl check``: grouped health checks over the proxies list, store errors, certificates
+and the control plane's end-user authentication keys."""
 
 from __future__ import annotations
 
@@ -85,6 +86,27 @@ def cert_checks(proxies: list[dict[str, Any]], now: float) -> Group:
     if not checks:
         checks.append(Check("certificates", "ok", "no proxy reported a certificate (mTLS off)"))
     return Group("Certificates", tuple(checks))
+
+
+def jwks_checks(status: dict[str, tuple[bool, str | None]]) -> list[Group]:
+    """One check per RequestAuthentication ``jwksUri`` (``status``: URI -> (keys held, last
+    error)); no group when no resource names one."""
+    checks = []
+    for uri, (held, error) in sorted(status.items()):
+        if error is None and held:
+            checks.append(Check(uri, "ok", "keys fetched"))
+        elif error is None:
+            checks.append(Check(uri, "warn", "not fetched yet",
+                                "the control plane fetches it at once; look again in a moment"))
+        elif held:
+            checks.append(Check(uri, "warn", f"last fetch failed: {error}",
+                                "tokens are checked with the keys fetched before; fix the URL "
+                                "or the identity provider before those keys are rotated"))
+        else:
+            checks.append(Check(uri, "fail", f"never fetched: {error}",
+                                "every token of its issuer gets 401 jwt_invalid until a fetch "
+                                "succeeds: check the URL and that the control plane reaches it"))
+    return [Group("End-user authentication (jwksUri)", tuple(checks))] if checks else []
 
 
 def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now: float
