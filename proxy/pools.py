@@ -211,9 +211,11 @@ class PoolRegistry:
 
     def get(self, address: Address, identity: str | None, version: str,
             policy: TrafficPolicy | None = None, *, external: bool = False,
-            tunnel: bool = False) -> EndpointPool:
+            tunnel: bool = False,
+            loop_ports: Callable[[], set[int]] | None = None) -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
-        TCP, and a pool of its own for CONNECT tunnels (``tunnel``)."""
+        TCP, and a pool of its own for CONNECT tunnels (``tunnel``), whose connections may not
+        reach ``loop_ports`` on this host."""
         tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
@@ -226,6 +228,7 @@ class PoolRegistry:
         pool.version = version
         pool.identity = identity
         pool.tls = tls
+        pool.loop_ports = loop_ports
         if policy is not None:
             settings = policy.connection_pool or _DEFAULT_POOL
             pool.idle_timeout = settings.idle_timeout

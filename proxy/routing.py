@@ -228,7 +228,7 @@ class RouterBuilder:
                 wildcards.append(Wildcard(ext, Passthrough(
                     self.pools, self.rng, self._prefix(host), ports, ext.policy)))
                 continue
-            http, tunnel = self._external(ext)
+            http, tunnel = self._external(ext, ports)
             if http:
                 hosts[host] = ExternalHostRoute(http, passthrough)
             tunnels.update(((host, port), d) for port, d in tunnel.items())
@@ -239,14 +239,18 @@ class RouterBuilder:
         node = self.snapshot.node
         return ("source", node.service, node.version, destination, destination)
 
-    def _external(self, ext: ExternalHost) -> tuple[dict[int, HostRoute], dict[int, Decision]]:
+    def _external(self, ext: ExternalHost, own_ports: Callable[[], set[int]],
+                  ) -> tuple[dict[int, HostRoute], dict[int, Decision]]:
         """An exact ExternalService host: the routes of its HTTP ports, the tunnel decision of
         each other port. Its endpoints are reached in plaintext (mTLS needs a sidecar there);
-        one DestinationState (limits, ejections, budget) covers all its HTTP ports."""
+        one DestinationState (limits, ejections, budget) covers all its HTTP ports. Like a
+        passthrough's, its connections may not reach ``own_ports`` on this host (an endpoint
+        or a name that is this proxy's own listener: a request loop)."""
         snap, host, policy = self.snapshot, ext.host, ext.policy
         addresses = ext.endpoints or (host,)
         http_pools = {port: tuple(self.pools.get(Address(a, port), None, "unknown", policy,
-                                                 external=True) for a in addresses)
+                                                 external=True, loop_ports=own_ports)
+                                  for a in addresses)
                       for port, protocol in ext.ports if protocol == "HTTP"}
         all_pools = tuple(p for pools in http_pools.values() for p in pools)
         state = self.destinations.configure(
@@ -265,7 +269,8 @@ class RouterBuilder:
         for port, protocol in ext.ports:
             if protocol != "HTTP":
                 pools = tuple(self.pools.get(Address(a, port), None, "unknown", policy,
-                                             external=True, tunnel=True) for a in addresses)
+                                             external=True, tunnel=True, loop_ports=own_ports)
+                              for a in addresses)
                 balancer = _balancer(policy.load_balancer, self.rng) if len(pools) > 1 else None
                 tunnels[port] = Decision(
                     (Backend(host, None, pools, balancer, prefix),), (100,), self.rng)

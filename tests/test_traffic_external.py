@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.proxyharness import Backends, eventually, get, read_response, roundtrip
 from tests.test_gateway_https import issue
@@ -232,3 +233,44 @@ async def test_under_allow_any_declared_hosts_keep_their_name(allow_any: Traffic
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200")
+
+
+@pytest.fixture(scope="module")
+def misdeclared(tmp_path_factory: pytest.TempPathFactory,
+                outside: Outside) -> Iterator[TrafficProxy]:
+    """ExternalServices pointing where they should not: at this sidecar's own outbound port."""
+    hub = Backends()
+    web = start_backend(hub, version="web")
+    proxy = TrafficProxy(Path(tmp_path_factory.mktemp("misdeclared")),
+                         {"web": {"endpoints": endpoints(web)}}, [])
+    config = yaml.safe_load(proxy.config.read_text())
+    config["external"] = {
+        # an endpoint, or a name, that is this sidecar's own outbound listener
+        "self.example.test": {"ports": [{"number": proxy.outbound, "protocol": "HTTP"},
+                                        {"number": proxy.admin, "protocol": "HTTP"}],
+                              "endpoints": ["127.0.0.1"]},
+        "localhost": {"ports": [{"number": proxy.outbound, "protocol": "TLS"}]},
+    }
+    proxy.config.write_text(yaml.safe_dump(config))
+    yield from started(proxy, hub)
+
+
+async def test_an_external_host_that_is_the_sidecar_itself_is_not_looped(
+        misdeclared: TrafficProxy) -> None:
+    """As for ALLOW_ANY: an ExternalService endpoint (or name) that is the sidecar's own outbound
+    listener is refused where the connection arrives, instead of each turn of the loop opening
+    two more descriptors until there are none left."""
+    proxy = misdeclared
+    before = await proxy.metric("ami_downstream_connections_total", listener="outbound")
+    for raw in (get(f"self.example.test:{proxy.outbound}", "/"),
+                _connect(f"localhost:{proxy.outbound}")):
+        resp = await roundtrip(proxy.outbound, raw)
+        assert (resp.status, resp.header("x-ami-reason")) == (503, "upstream_connect_failure")
+    # the client's connection and the refused one, each at most twice (connect failover)
+    assert await proxy.metric("ami_downstream_connections_total",
+                              listener="outbound") - before <= 6
+    assert await proxy.metric("ami_upstream_connect_failures_total",
+                              destination_service="self.example.test") >= 1
+    # the admin port is no listener taking requests to forward: reached, as declared
+    resp = await roundtrip(proxy.outbound, get(f"self.example.test:{proxy.admin}", "/ready"))
+    assert resp.status == 200
