@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
+from meshctl.api.external import is_mesh_name
 from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority, short_service_name
@@ -216,8 +217,9 @@ class RouterBuilder:
         passthrough = None
         if snap.mesh.allow_any_outbound and own_ports is not None:
             passthrough = Passthrough(self.pools, self.rng, self._prefix(PASSTHROUGH), own_ports)
-        # A mesh service of the same name wins over an ExternalService host.
-        external = {h: e for h, e in snap.external.items() if h not in snap.services}
+        # A mesh service wins over an ExternalService host naming it (see _names_mesh_service).
+        external = {h: e for h, e in snap.external.items()
+                    if not _names_mesh_service(h, snap.services)}
         hosts = self._host_routes("source", skip=external)
         if not external and passthrough is None:
             return Router(hosts, source=(snap.node.service, snap.node.version))
@@ -386,6 +388,19 @@ class RouterBuilder:
         else:
             balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
         return Backend(name, subset, pools, balancer, prefix, state, hash_key)
+
+
+def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:
+    """Whether an ExternalService host is a mesh service's own name, which the router would
+    otherwise look up before the service's (exact hosts first) and send in plaintext to the
+    ExternalService's endpoints: `reviews`, `reviews.<its namespace>` and longer forms, or any
+    `name.namespace.svc...` (a mesh name even while that service has no endpoint), or a
+    wildcard over such names (`*.svc.cluster.local`, `*.default.svc.cluster.local`)."""
+    if host in services or is_mesh_name(host):
+        return True
+    labels = host.split(".")
+    service = services.get(labels[0])
+    return service is not None and len(labels) > 1 and labels[1] == service.namespace
 
 
 def _admit_first(admit: Callable[[Exchange], Any],

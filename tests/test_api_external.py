@@ -51,6 +51,13 @@ def test_a_full_document_parses() -> None:
       "like api.example.com, or *. and a DNS suffix",
       "es.yaml doc 1: spec.ports[0].protocol: field is required",
       "es.yaml doc 1: spec.ports[0].protocl: unknown field, did you mean 'protocol'?"]),
+    ("{hosts: [reviews.default.svc.cluster.local, reviews.default.svc, '*.svc.cluster.local',"
+     " '*.default.svc.cluster.local', svc.example.com, reviews.svc.example.com],"
+     " ports: [{number: 80, protocol: HTTP}]}",
+     [f"es.yaml doc 1: spec.hosts[{i}]: {host} is a mesh service name (name.namespace.svc...), "
+      "not an outside host: mesh services are reached over mTLS by their own name"
+      for i, host in enumerate(["reviews.default.svc.cluster.local", "reviews.default.svc",
+                                "*.svc.cluster.local", "*.default.svc.cluster.local"])]),
 ])
 def test_invalid_documents_name_the_field(spec: str, expected: list[str]) -> None:
     assert issues_of(HEAD % "a" + f"spec: {spec}\n") == expected

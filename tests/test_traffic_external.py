@@ -238,9 +238,12 @@ async def test_under_allow_any_declared_hosts_keep_their_name(allow_any: Traffic
 @pytest.fixture(scope="module")
 def misdeclared(tmp_path_factory: pytest.TempPathFactory,
                 outside: Outside) -> Iterator[TrafficProxy]:
-    """ExternalServices pointing where they should not: at this sidecar's own outbound port."""
+    """ExternalServices pointing where they should not: at this sidecar's own outbound port,
+    or claiming a mesh service's name (declared in any namespace, seen by every sidecar) to send
+    its callers, in plaintext, elsewhere."""
     hub = Backends()
     web = start_backend(hub, version="web")
+    elsewhere = start_backend(hub, version="elsewhere")
     proxy = TrafficProxy(Path(tmp_path_factory.mktemp("misdeclared")),
                          {"web": {"endpoints": endpoints(web)}}, [])
     config = yaml.safe_load(proxy.config.read_text())
@@ -250,7 +253,17 @@ def misdeclared(tmp_path_factory: pytest.TempPathFactory,
                                         {"number": proxy.admin, "protocol": "HTTP"}],
                               "endpoints": ["127.0.0.1"]},
         "localhost": {"ports": [{"number": proxy.outbound, "protocol": "TLS"}]},
+        # the mesh service web (namespace default) by its longer names
+        **{name: {"ports": [{"number": 80, "protocol": "HTTP"},
+                            {"number": elsewhere.port, "protocol": "HTTP"},
+                            {"number": 443, "protocol": "TLS"}],
+                  "endpoints": ["127.0.0.1"]}
+           for name in ("web.default", "web.default.svc.cluster.local",
+                        "ratings.default.svc.cluster.local")},
+        "*.default.svc.cluster.local": {"ports": [{"number": elsewhere.port, "protocol": "HTTP"},
+                                                  {"number": 443, "protocol": "TLS"}]},
     }
+    proxy.elsewhere = elsewhere.port  # type: ignore[attr-defined]
     proxy.config.write_text(yaml.safe_dump(config))
     yield from started(proxy, hub)
 
@@ -274,3 +287,22 @@ async def test_an_external_host_that_is_the_sidecar_itself_is_not_looped(
     # the admin port is no listener taking requests to forward: reached, as declared
     resp = await roundtrip(proxy.outbound, get(f"self.example.test:{proxy.admin}", "/ready"))
     assert resp.status == 200
+
+
+async def test_an_external_host_cannot_take_a_mesh_service_name(
+        misdeclared: TrafficProxy) -> None:
+    """`web.default.svc.cluster.local` is the mesh service web: its callers keep reaching web
+    (over mTLS when on), not an ExternalService's endpoint in plaintext. Nor does any
+    `name.namespace.svc...` form (ratings has no endpoint here) go to an outside host."""
+    proxy, port = misdeclared, misdeclared.elsewhere  # type: ignore[attr-defined]
+    for host in ("web.default", "web.default.svc.cluster.local", f"web.default:{port}",
+                 f"web.default.svc.cluster.local:{port}"):
+        resp = await roundtrip(proxy.outbound, get(host, "/"))
+        assert resp.status == 200 and json.loads(resp.body)["version"] == "web", host
+    for host in ("ratings.default.svc.cluster.local", f"ratings.default.svc.cluster.local:{port}"):
+        resp = await roundtrip(proxy.outbound, get(host, "/"))
+        assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route"), host
+    for target in ("web.default.svc.cluster.local:443", "web.default:443",
+                   "ratings.default.svc.cluster.local:443", "x.default.svc.cluster.local:443"):
+        resp = await roundtrip(proxy.outbound, _connect(target))
+        assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed"), target

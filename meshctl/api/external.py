@@ -55,6 +55,11 @@ def parse_external_service(data: object, path: str) -> ExternalServiceSpec:
     _unique(f, "hosts", hosts, "host")
     _unique(f, "ports", [p.number for p in ports], "port", ".number")
     _unique(f, "endpoints", endpoints, "endpoint", ".address")
+    for i, host in enumerate(hosts):
+        if is_mesh_name(host):
+            f.add(f"{f.at('hosts')}[{i}]",
+                  f"{host} is a mesh service name (name.namespace.svc...), not an outside host: "
+                  "mesh services are reached over mTLS by their own name")
     if endpoints:
         for i, host in enumerate(hosts):
             if host.startswith("*."):
@@ -63,6 +68,15 @@ def parse_external_service(data: object, path: str) -> ExternalServiceSpec:
                       "resolved when connecting; declare it in an ExternalService of its own")
     f.finish()
     return ExternalServiceSpec(hosts, ports, endpoints)
+
+
+def is_mesh_name(host: str) -> bool:
+    """`name.namespace.svc...`, the form mesh services are named by, or a wildcard over such
+    names (`*.svc.cluster.local`, `*.default.svc.cluster.local`)."""
+    labels = host.split(".")
+    if labels[0] == "*":
+        return "svc" in labels[1:3]
+    return len(labels) > 2 and labels[2] == "svc"
 
 
 _HOST = F.string(EXTERNAL_HOST, "a lower-case DNS name like api.example.com, or *. and a DNS "
