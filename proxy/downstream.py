@@ -323,6 +323,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         conn.tunnel_peer = self
         if rest:
             self.write(rest)
+        if conn.early:  # a CONNECT tunnel's server spoke first: its bytes, in order
+            self.write(b"".join(conn.early))
+            conn.early = []
+            conn.pause_reading(False)
         preamble, self._tunnel_preamble = self._tunnel_preamble or [], None
         if preamble:
             conn.writelines(preamble)

@@ -45,6 +45,7 @@ class EndpointPool:
         "max_requests_per_connection",
         "retired",
         "tls",
+        "tunnel",
         "version",
     )
 
@@ -61,6 +62,10 @@ class EndpointPool:
         self.closes_quickly = False  # server closes idle connections right after answering
         self.breaker: Any = None  # the destination's Breaker when connection limits are declared
         self.retired = False  # the endpoint left the config: connections close when released
+        # Connections for CONNECT tunnels: what a server that speaks first (a banner: SSH,
+        # SMTP, MySQL) sends before the tunnel is joined is kept for it, not taken for a
+        # server breaking HTTP on an idle connection (UpstreamConnection.early).
+        self.tunnel = False
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
         # An outside host (passthrough): this proxy's own listening ports, which a connection
@@ -228,6 +233,7 @@ class PoolRegistry:
         pool.version = version
         pool.identity = identity
         pool.tls = tls
+        pool.tunnel = tunnel
         pool.loop_ports = loop_ports
         if policy is not None:
             settings = policy.connection_pool or _DEFAULT_POOL
@@ -252,6 +258,7 @@ class PoolRegistry:
                 pool.idle_timeout = policy.connection_pool.idle_timeout
                 pool.connect_timeout = policy.connection_pool.connect_timeout
         pool.loop_ports = own_ports
+        pool.tunnel = tunnel
         return pool
 
     def _new_pool(self, address: Address) -> EndpointPool:

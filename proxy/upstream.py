@@ -62,6 +62,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "closed",
         "connection_header",
         "content_length",
+        "early",
         "exchange",
         "head_bytes",
         "header_lines",
@@ -92,6 +93,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.requests = 0
         self.closed = False
         self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
+        self.early: list[bytes] = []  # a tunnel server's bytes before the tunnel was joined
         self.peer_identity: str | None = None
         self._detached = False
         self._closed_by_us = False
@@ -118,6 +120,12 @@ class UpstreamConnection(asyncio.BaseProtocol):
             return
         ex = self.exchange
         if ex is None:
+            if self.pool.tunnel and self.transport is not None:
+                # A CONNECT tunnel's server speaking first (a banner), before the tunnel is
+                # joined to its client: kept for it (start_tunnel), no more read till then.
+                self.early.append(bytes(data))
+                self.transport.pause_reading()
+                return
             # Bytes on an idle connection: the server broke protocol; do not reuse it.
             self.close()
             return

@@ -60,6 +60,19 @@ class Outside:
 
         self.https = self.hub.call(start())
 
+        async def greeter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """A server that speaks first (SSH, SMTP, MySQL), then echoes a line."""
+            writer.write(b"220 hello\r\n")
+            writer.write(await reader.readline())
+            await writer.drain()
+            writer.close()
+
+        async def serve(handler: Any) -> int:
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            return int(server.sockets[0].getsockname()[1])
+
+        self.greeter = self.hub.call(serve(greeter))
+
 
 def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
     return {
@@ -76,6 +89,9 @@ def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
         "pooled.example.test": {"ports": [{"number": outside.pooled.port, "protocol": "HTTP"}],
                                 "endpoints": ["127.0.0.1"],
                                 "policy": {"connectionPool": {"maxConcurrentRequests": 1}}},
+        # raw TCP through CONNECT
+        "tcp.example.test": {"ports": [{"number": outside.greeter, "protocol": "TCP"}],
+                             "endpoints": ["127.0.0.1"]},
         # a wildcard, resolved by the requested name (here an IPv4 literal ending in .0.0.1)
         "*.0.0.1": {"ports": [{"number": outside.https, "protocol": "TLS"}]},
     }
@@ -195,6 +211,28 @@ async def test_a_wildcard_host_tunnels_to_the_requested_name(proxy: TrafficProxy
                                                              outside: Outside) -> None:
     assert await _https_through(proxy, outside, f"127.0.0.1:{outside.https}") == b"secret"
     assert await proxy.metric("ami_requests_total", destination_service="*.0.0.1") >= 1
+
+
+async def _tunnel(proxy: TrafficProxy, target: str,
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    writer.write(_connect(target))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+    return reader, writer
+
+
+async def test_a_server_that_speaks_first_is_heard_through_a_tunnel(
+        proxy: TrafficProxy, outside: Outside) -> None:
+    """The server's banner may arrive before the tunnel is joined to the client: it waits for
+    the tunnel rather than being taken for an idle HTTP connection's garbage (which closed
+    the connection: the client saw an empty tunnel)."""
+    for _ in range(5):
+        reader, writer = await _tunnel(proxy, f"tcp.example.test:{outside.greeter}")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"220 hello\r\n"
+        writer.write(b"ping\n")
+        assert await asyncio.wait_for(reader.read(), 10) == b"ping\n"
+        writer.close()
 
 
 @pytest.fixture(scope="module")
