@@ -183,6 +183,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if self._lingering:
             self._close()
             return False
+        if self._tunnel is not None:  # the tunnel's far end may still answer
+            return self._tunnel.half_close(self.transport, from_client=True)
         # Half-close from the client: finish the in-flight response, then close.
         if self.current is not None:
             self.current.client_keep_alive = False

@@ -59,6 +59,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "_detached",
         "_done",
         "_peek_sock",
+        "_tunnel_eof",
         "closed",
         "connection_header",
         "content_length",
@@ -94,6 +95,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.closed = False
         self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
         self.early: list[bytes] = []  # a tunnel server's bytes before the tunnel was joined
+        self._tunnel_eof = False  # one end of the tunnel has half-closed (see half_close)
         self.peer_identity: str | None = None
         self._detached = False
         self._closed_by_us = False
@@ -180,7 +182,23 @@ class UpstreamConnection(asyncio.BaseProtocol):
             ex.upstream_failed(self, "upstream_protocol_error")
 
     def eof_received(self) -> bool | None:
+        peer = self.tunnel_peer
+        if peer is not None:
+            return self.half_close(peer.transport, from_client=False)
         return False  # close the transport; connection_lost does the accounting
+
+    def half_close(self, client: asyncio.Transport | None, from_client: bool) -> bool:
+        """A FIN from one end of this tunnel: pass it on and keep the other direction open, as
+        TCP lets either end finish sending first (Envoy's tcp_proxy does the same). False, to
+        close (and with it the other end), once both ends have finished, or when either side
+        cannot half-close (TLS)."""
+        own = self.transport
+        if (self._tunnel_eof or own is None or client is None or not own.can_write_eof()
+                or not client.can_write_eof()):
+            return False
+        self._tunnel_eof = True
+        (own if from_client else client).write_eof()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

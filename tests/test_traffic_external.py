@@ -72,6 +72,23 @@ class Outside:
             return int(server.sockets[0].getsockname()[1])
 
         self.greeter = self.hub.call(serve(greeter))
+        self.heard: list[bytes] = []  # what the half-closing server read after its own FIN
+
+        async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """A one-shot protocol: the request ends at the client's FIN, then the answer."""
+            data = await reader.read()
+            writer.write(b"got %d bytes" % len(data))
+            writer.close()
+
+        async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """Says its piece and half-closes, then still listens until the client is done."""
+            writer.write(b"banner")
+            writer.write_eof()
+            self.heard.append(await reader.read())
+            writer.close()
+
+        self.until_eof = self.hub.call(serve(until_eof))
+        self.banner = self.hub.call(serve(banner))
 
 
 def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
@@ -90,7 +107,9 @@ def _external(outside: Outside, mesh_backend: TrafficBackend) -> dict[str, Any]:
                                 "endpoints": ["127.0.0.1"],
                                 "policy": {"connectionPool": {"maxConcurrentRequests": 1}}},
         # raw TCP through CONNECT
-        "tcp.example.test": {"ports": [{"number": outside.greeter, "protocol": "TCP"}],
+        "tcp.example.test": {"ports": [{"number": outside.greeter, "protocol": "TCP"},
+                                       {"number": outside.until_eof, "protocol": "TCP"},
+                                       {"number": outside.banner, "protocol": "TCP"}],
                              "endpoints": ["127.0.0.1"]},
         # a wildcard, resolved by the requested name (here an IPv4 literal ending in .0.0.1)
         "*.0.0.1": {"ports": [{"number": outside.https, "protocol": "TLS"}]},
@@ -233,6 +252,29 @@ async def test_a_server_that_speaks_first_is_heard_through_a_tunnel(
         writer.write(b"ping\n")
         assert await asyncio.wait_for(reader.read(), 10) == b"ping\n"
         writer.close()
+
+
+async def test_a_tunnel_carries_a_half_close_each_way(proxy: TrafficProxy,
+                                                      outside: Outside) -> None:
+    """A TCP tunnel passes a FIN on and keeps the other direction open (as Envoy's tcp_proxy):
+    a client that ends its request with a half-close still gets the answer, and a server that
+    half-closes after its banner still hears the client. The tunnel closed at either FIN."""
+    reader, writer = await _tunnel(proxy, f"tcp.example.test:{outside.until_eof}")
+    writer.write(b"hello")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 10) == b"got 5 bytes"
+    writer.close()
+    reader, writer = await _tunnel(proxy, f"tcp.example.test:{outside.banner}")
+    assert await asyncio.wait_for(reader.read(), 10) == b"banner"  # up to the server's FIN
+    writer.write(b"bye")
+    writer.write_eof()
+    await eventually(lambda: outside.heard == [b"bye"])
+    writer.close()
+    # both directions ended: the sidecar let go of both tunnels' connections
+    deadline = asyncio.get_running_loop().time() + 5
+    while await proxy.metric("ami_downstream_connections_active", listener="outbound") > 0:
+        assert asyncio.get_running_loop().time() < deadline, "a tunnel's connection stayed"
+        await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
 
 
 @pytest.fixture(scope="module")
