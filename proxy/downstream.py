@@ -323,6 +323,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
         self._tunnel = conn
         conn.tunnel_peer = self
+        if conn.pool.tunnels is not None:  # an ExternalService's: closed if it is withdrawn
+            conn.pool.tunnels.add(conn)
         if rest:
             self.write(rest)
         if conn.early:  # a CONNECT tunnel's server spoke first: its bytes, in order

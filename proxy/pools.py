@@ -46,6 +46,7 @@ class EndpointPool:
         "retired",
         "tls",
         "tunnel",
+        "tunnels",
         "version",
     )
 
@@ -66,6 +67,10 @@ class EndpointPool:
         # SMTP, MySQL) sends before the tunnel is joined is kept for it, not taken for a
         # server breaking HTTP on an idle connection (UpstreamConnection.early).
         self.tunnel = False
+        # An ExternalService's tunnel pool: its open tunnels, closed when the pool is retired
+        # (the ExternalService deleted or changed), as a declaration withdrawn must not stay
+        # open for as long as a client cares to keep a tunnel.
+        self.tunnels: set[UpstreamConnection] | None = None
         self.version = "unknown"  # the endpoint's version label, for metrics
         self.identity: str | None = None  # expected SPIFFE id of the peer
         # An outside host (passthrough): this proxy's own listening ports, which a connection
@@ -179,6 +184,8 @@ class EndpointPool:
     def forget(self, conn: UpstreamConnection) -> None:
         """Bookkeeping when a connection closes, whoever closed it (called once per connection)."""
         self.connections -= 1
+        if self.tunnels:
+            self.tunnels.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
@@ -234,6 +241,8 @@ class PoolRegistry:
         pool.identity = identity
         pool.tls = tls
         pool.tunnel = tunnel
+        if tunnel and pool.tunnels is None:
+            pool.tunnels = set()
         pool.loop_ports = loop_ports
         if policy is not None:
             settings = policy.connection_pool or _DEFAULT_POOL
@@ -280,6 +289,8 @@ class PoolRegistry:
             pool = self._pools.pop(key)
             pool.retired = True  # connections busy now are closed when their request ends
             pool.close_all()
+            for conn in list(pool.tunnels or ()):  # an ExternalService's, withdrawn: now
+                conn.close()
 
     def sweep(self) -> None:
         now = self.loop.time()

@@ -145,3 +145,26 @@ def test_deleting_the_external_service_restores_the_refusal(mesh: EgressMesh) ->
     assert deleted.returncode == 0, deleted.stderr
     wait_for(lambda: mesh.call(f"api.partner.test:{mesh.api_port}")[0] == 404, 15,
              "the sidecar refusing the host again")
+
+
+def test_deleting_an_external_service_closes_its_open_tunnels(mesh: EgressMesh) -> None:
+    """A withdrawn declaration does not stay open as long as a client keeps its tunnel: the
+    sidecar closes the tunnels to a deleted ExternalService's ports (Istio drains them with the
+    listener's filter chain)."""
+    mesh.apply("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: db}\n"
+               f"spec: {{hosts: [db.partner.test], ports: [{{number: {mesh.hung_port}, "
+               "protocol: TCP}], endpoints: [{address: 127.0.0.1}]}\n")
+    host, _, port = mesh.client.info["outbound"].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as tunnel:
+        target = f"db.partner.test:{mesh.hung_port}"
+        tunnel.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += tunnel.recv(1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        deleted = mesh.meshctl("delete", "externalservice", "db")
+        assert deleted.returncode == 0, deleted.stderr
+        tunnel.settimeout(15)  # the deadline: EOF must come well before
+        assert tunnel.recv(1) == b"", "the tunnel outlived its ExternalService"
+    status, body = mesh.call(f"db.partner.test:{mesh.hung_port}")
+    assert status == 404 and b"no_route" in body
