@@ -429,7 +429,7 @@ def test_jwks_uri_rotation_and_fetch_failure_keep_working_keys(mesh: Mesh) -> No
                  >= failures + 2, 20, "failed refetches counted")
         assert call(mesh, "/open", u2)[0] == 200, "the last good keys are kept"
         assert "fetch failed (HTTP 500); keeping the last good keys" in mesh.cp.output()
-        code, out, _ = meshctl(mesh, "check")  # says so, before the old keys are rotated out
+        _, out, _ = meshctl(mesh, "check")  # says so, before the old keys are rotated out
         assert "last fetch failed: HTTP 500" in out and "End-user authentication" in out, out
     finally:
         mesh.jwks.status = 200
