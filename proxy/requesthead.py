@@ -149,6 +149,8 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
             authority = ""
         else:
             authority = p._host.decode("latin-1")
+    elif p._host is None or p._host.decode("latin-1") != authority:
+        _host_from_target(p, authority)
     sent_path = path
     if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
         path = normalize_path(path)  # the common, already-normal path skips the call
@@ -182,6 +184,17 @@ def _connect_exchange(p: DownstreamProtocol) -> Exchange:
     # and if it cannot be made the answer ends the connection.
     return Exchange(p, b"CONNECT", p._url, "", "", authority, p._headers, [], False, False,
                     p.parser.get_http_version() == "1.0", False, False, p.head_started)
+
+
+def _host_from_target(p: DownstreamProtocol, authority: str) -> None:
+    """Absolute-form (`GET http://reviews/x`, an HTTP_PROXY client): the request goes where the
+    target says, so the upstream gets that as its Host too, in place of a different or missing
+    one (RFC 9112 3.2.2: a proxy ignores the received Host and replaces it)."""
+    host = authority.encode("latin-1")
+    headers = [h for h in p._headers if h[0].lower() != b"host"]
+    headers.insert(0, (b"Host", host))
+    p._headers = headers
+    p._host = host
 
 
 def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:

@@ -74,6 +74,17 @@ async def test_absolute_form_is_routed_by_authority(env: dict[str, Any]) -> None
     assert dict(data["headers"])["Host"] == "echo.default.svc.cluster.local"
 
 
+@pytest.mark.parametrize("host_line", ["Host: elsewhere.example\r\n", "", "HOST: Echo\r\n"])
+async def test_absolute_form_target_is_the_host_upstream(env: dict[str, Any],
+                                                        host_line: str) -> None:
+    """RFC 9112 3.2.2: with an absolute-form target the proxy ignores the received Host and
+    sends the target's: the app sees where the request really went, one Host, never two."""
+    raw = f"GET http://echo:9080/abs HTTP/1.1\r\n{host_line}\r\n".encode()
+    data = _echoed(await roundtrip(env["proxy"].outbound, raw))
+    assert data["path"] == "/abs"
+    assert [v for k, v in data["headers"] if k.lower() == "host"] == ["echo:9080"]
+
+
 async def test_unknown_host_is_404_no_route(env: dict[str, Any]) -> None:
     """A Host that names no service gets a local 404 saying `no_route`."""
     resp = await roundtrip(env["proxy"].outbound, get("nosuch", "/"))
