@@ -279,7 +279,7 @@ def parse_match(data: object, path: str) -> Match:
 
 def _scheme_matcher(data: object, path: str) -> StringMatch:
     result = _matcher(data, path, ("exact", "prefix", "regex"))
-    if result.kind == "exact" and result.value not in ("http", "https"):
+    if result.kind == "exact" and result.value not in SCHEMES:
         fail(f"{path}.exact", f"expected http or https, got {result.value!r}")
     return result
 
