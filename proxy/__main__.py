@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The HTTP/2 codec logs every header it (de)compresses at DEBUG: noise that would cost
+    # more than the request itself.
+    for name in ("hpack", "h2"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
     if not args.config and not args.control_plane:
         print("error: give --config FILE (static mode) or --control-plane HOST:PORT",
               file=sys.stderr)

@@ -114,6 +114,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             transport.write(local_reply("too_many_connections", close=True))  # type: ignore[attr-defined]
             transport.close()
             self.closed = True
+            return
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            from proxy.h2downstream import take_over
+
+            take_over(self, b"", tls=True)  # a sidecar carrying HTTP/2 requests (gRPC)
 
     def _identify_peer(self, ssl_object: object) -> bool:
         """Read the peer's SPIFFE id; False when its certificate does not carry exactly one."""
@@ -164,7 +169,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             elif cause is not None and not isinstance(cause, httptools.HttpParserError):
                 log.error("internal error while handling a request", exc_info=cause)
                 self._reject("internal_error")
-            else:
+            elif not self._http2(data):
                 self._reject(_parser_error_reason(str(exc)))
             return
         except Exception:
@@ -178,6 +183,18 @@ class DownstreamProtocol(asyncio.BaseProtocol):
                 self._reject("uri_too_long")
             elif self._head_bytes > limits.max_header_bytes:
                 self._reject("headers_too_large")
+
+    def _http2(self, data: bytes | memoryview) -> bool:
+        """httptools stopped at `PRI * HTTP/2.0`: a client speaking HTTP/2 with prior
+        knowledge (gRPC in plaintext). Taken over when the preface opens this read and no
+        HTTP/1.1 request is in flight; else it is the 400 it was."""
+        from proxy.h2downstream import PREFACE, take_over
+
+        if (self.current is not None or self.pending or self.closed
+                or bytes(data[:18]) != PREFACE[:18]):
+            return False
+        take_over(self, bytes(data), tls=isinstance(self, TlsDownstreamProtocol))
+        return True
 
     def eof_received(self) -> bool | None:
         if self._lingering:

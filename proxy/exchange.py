@@ -49,6 +49,8 @@ class Exchange:
         "timeout_override", "trace", "upgrade", "upstream_keep_alive",
     )
 
+    mirrorable = True  # a mirror copy of it can be sent (HTTP/1.1)
+
     def __init__(self, downstream: DownstreamProtocol, method: bytes, target: bytes, path: str,
                  query: str, authority: str, headers: list[tuple[bytes, bytes]],
                  head_tail: list[bytes], chunked: bool, client_keep_alive: bool, http10: bool,
@@ -159,7 +161,7 @@ class Exchange:
         if per_try is not None:
             self._attempt_timer = self.downstream.loop.call_later(
                 per_try, self._on_attempt_timeout)
-        conn = pool.take_idle()
+        conn = self._idle_connection(pool)
         if conn is not None:
             self._send_on(conn)
         elif (breaker is not None and breaker.connections_full()
@@ -171,6 +173,10 @@ class Exchange:
                 self._overflow(backend)
         else:
             self._open_connection(pool)
+
+    def _idle_connection(self, pool: EndpointPool) -> UpstreamConnection | None:
+        """A pooled connection ready for this request (HTTP/2 exchanges take another kind)."""
+        return pool.take_idle()
 
     def take_connection(self, conn: UpstreamConnection | None) -> None:
         """Called by a pool when this request, queued by the breaker, may proceed: on `conn`,

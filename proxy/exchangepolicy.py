@@ -122,7 +122,7 @@ def proceed(ex: Exchange) -> None:
         if ex.method in IDEMPOTENT or retry.allow_non_idempotent:
             ex._replay = []
     mirror = decision.mirror
-    if mirror is not None and mirror.roll():
+    if mirror is not None and ex.mirrorable and mirror.roll():
         from proxy.mirror import MirrorRequest
 
         ex.mirror = MirrorRequest.start(ex, mirror.backend)
@@ -197,7 +197,7 @@ def connect_failover(ex: Exchange) -> bool:
     pool = backend.balancer.pick(backend.pools, (failed, *(ex._tried or ())))
     if pool is None:
         return False
-    conn = pool.take_idle()
+    conn = ex._idle_connection(pool)
     if conn is None and pool.breaker is not None and pool.breaker.connections_full():
         return False  # no queueing here: the connection limit holds
     ex._failover_used = True

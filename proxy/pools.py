@@ -24,6 +24,7 @@ _DEFAULT_POOL = ConnectionPool()  # idle/connect timeouts when no connectionPool
 if TYPE_CHECKING:
     from meshctl.api.policy import TrafficPolicy
     from proxy.config import Address
+    from proxy.h2upstream import H2UpstreamConnection
 
 
 class EndpointPool:
@@ -36,6 +37,7 @@ class EndpointPool:
         "closes_quickly",
         "connect_timeout",
         "connections",
+        "h2",
         "identity",
         "idle",
         "idle_timeout",
@@ -54,6 +56,8 @@ class EndpointPool:
         self.loop = loop
         self.address = address
         self.idle: deque[UpstreamConnection] = deque()
+        # HTTP/2 connections (requests that came over HTTP/2), each carrying many streams
+        self.h2: list[H2UpstreamConnection] = []
         self.connections = 0
         self.active_requests = 0  # read by the least-request balancer
         self.idle_timeout = 10.0
@@ -100,15 +104,53 @@ class EndpointPool:
             self.closes_quickly = True
 
     async def connect(self) -> UpstreamConnection:
+        tls = self.tls
+        conn: UpstreamConnection = await self._connect(
+            (lambda: UpstreamConnection(self)) if tls is None
+            else (lambda: TlsUpstreamConnection(self)),
+            tls.client if tls is not None else None)
+        return conn
+
+    def take_h2(self) -> H2UpstreamConnection | None:
+        """An HTTP/2 connection with room for another stream, or None."""
+        for conn in self.h2:
+            if conn.has_room():
+                return conn
+        return None
+
+    async def connect_h2(self) -> H2UpstreamConnection:
+        """A new HTTP/2 connection: h2c, or mTLS where the server must agree to ALPN `h2`."""
+        from proxy.h2upstream import H2UpstreamConnection, TlsH2UpstreamConnection
+
+        tls = self.tls
+        conn: H2UpstreamConnection = await self._connect(
+            (lambda: H2UpstreamConnection(self)) if tls is None
+            else (lambda: TlsH2UpstreamConnection(self)),
+            tls.client_h2 if tls is not None else None)
+        if tls is not None and conn.transport is not None:
+            ssl_object = conn.transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                conn.abort()
+                raise OSError(f"upstream {self.address} does not speak HTTP/2 (ALPN)")
+        conn.ready = True  # (listed in self.h2 since connection_made, not offered until now)
+        return conn
+
+    def forget_h2(self, conn: H2UpstreamConnection) -> None:
+        """An HTTP/2 connection closed (bookkeeping done once, whoever calls first)."""
+        try:
+            self.h2.remove(conn)
+        except ValueError:
+            return
+        self.connections -= 1
+
+    async def _connect(self, factory: Callable[[], Any], ssl_context: Any) -> Any:
         self.connections += 1
         tls = self.tls
         try:
             transport, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: (UpstreamConnection(self) if tls is None
-                             else TlsUpstreamConnection(self)),
-                    self.address.host, self.address.port,
-                    ssl=tls.client if tls is not None else None,
+                    factory, self.address.host, self.address.port,
+                    ssl=ssl_context,
                     server_hostname="mesh" if tls is not None else None,  # SNI unused
                 ),
                 self.connect_timeout,
@@ -129,7 +171,7 @@ class EndpointPool:
             self._check_not_self(transport, proto, self.loop_ports())
         return proto
 
-    def _check_not_self(self, transport: asyncio.BaseTransport, proto: UpstreamConnection,
+    def _check_not_self(self, transport: asyncio.BaseTransport, proto: Any,
                         ports: set[int]) -> None:
         """Refuse a connection that reached one of this proxy's own listeners: its peer port is
         one of ours and its peer address is this host (a loopback address, or the address the
@@ -148,8 +190,7 @@ class EndpointPool:
             raise OSError(f"outside host {self.address.host}:{self.address.port} is this "
                           "proxy itself (a request loop)")
 
-    def _check_identity(self, transport: asyncio.BaseTransport,
-                        proto: UpstreamConnection) -> None:
+    def _check_identity(self, transport: asyncio.BaseTransport, proto: Any) -> None:
         """The server must be the identity expected for this endpoint, not just any mesh cert."""
         from proxy.identity import IdentityError
         from proxy.tls import verify_peer
@@ -198,10 +239,17 @@ class EndpointPool:
         """Close idle connections older than the idle timeout (called by a periodic task)."""
         while self.idle and now - self.idle[0].idle_since >= self.idle_timeout:
             self.idle.popleft().close()
+        for conn in self.h2:
+            if not conn.streams and now - conn.idle_since >= self.idle_timeout:
+                conn.close()  # (removes itself from self.h2: this loop ends here)
+                break
 
     def close_all(self) -> None:
         while self.idle:
             self.idle.pop().close()
+        for conn in list(self.h2):
+            if not conn.streams:
+                conn.close()  # busy ones close when their last stream ends (retired)
 
 
 class PoolRegistry:

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from proxy.identity import IdentityError, WorkloadIdentity, peer_spiffe_id
 
 ALPN = ("http/1.1",)
+# A sidecar's inbound listener also speaks HTTP/2, to the sidecars that carry HTTP/2 requests
+# (their connections offer `h2` alone; HTTP/1.1 ones offer `http/1.1` alone).
+MESH_SERVER_ALPN = ("h2", "http/1.1")
+H2_ALPN = ("h2",)
 # TLS 1.2 suites: forward secret and AEAD only. TLS 1.3 suites are all AEAD already.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _USE_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
@@ -30,6 +34,7 @@ def server_context(
 ) -> ssl.SSLContext:
     """A server context presenting `identity`; clients must present a mesh cert unless told not."""
     ctx = _context(ssl.PROTOCOL_TLS_SERVER, identity)
+    ctx.set_alpn_protocols(list(MESH_SERVER_ALPN))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     # No session resumption: a resumed session skips verifying the client's certificate, so a
@@ -40,9 +45,12 @@ def server_context(
     return ctx
 
 
-def client_context(identity: WorkloadIdentity) -> ssl.SSLContext:
-    """A client context presenting `identity` and verifying the server's chain (not its name)."""
+def client_context(identity: WorkloadIdentity, *, h2: bool = False) -> ssl.SSLContext:
+    """A client context presenting `identity` and verifying the server's chain (not its name);
+    `h2`: for HTTP/2 connections (ALPN `h2` only)."""
     ctx = _context(ssl.PROTOCOL_TLS_CLIENT, identity)
+    if h2:
+        ctx.set_alpn_protocols(list(H2_ALPN))
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
@@ -67,6 +75,7 @@ class _Contexts:
     identity: WorkloadIdentity
     server: ssl.SSLContext
     client: ssl.SSLContext
+    client_h2: ssl.SSLContext
 
 
 class TlsContexts:
@@ -99,13 +108,19 @@ class TlsContexts:
         """The current client context (read it per connection to pick up renewals)."""
         return self._current.client
 
+    @property
+    def client_h2(self) -> ssl.SSLContext:
+        """The current client context for HTTP/2 connections."""
+        return self._current.client_h2
+
     def update(self, identity: WorkloadIdentity) -> None:
         """Switch to a renewed identity (or trust bundle); on error the old contexts stay."""
         self._current = self._build(identity)
 
     def _build(self, identity: WorkloadIdentity) -> _Contexts:
         server = server_context(identity, require_client_cert=self._require_client_cert)
-        return _Contexts(identity, server, client_context(identity))
+        return _Contexts(identity, server, client_context(identity),
+                         client_context(identity, h2=True))
 
     def _swap_in_current(
         self, ssl_object: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext

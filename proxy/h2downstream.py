@@ -1,0 +1,429 @@
+"""The client side over HTTP/2: one protocol per connection, one `H2Stream` per request.
+
+A listener's connection becomes HTTP/2 when it opens with the prior-knowledge preface (h2c,
+what gRPC clients send in plaintext) or when TLS negotiated ALPN `h2` (sidecar to sidecar);
+`DownstreamProtocol` hands it over. Each stream's request becomes an `H2Exchange`. The same
+listener limits hold: header size, idle connections, stream idle timeout, draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import h2.events as ev
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from proxy import recvbuf
+from proxy.h2flow import Headers, StreamOut
+from proxy.h2upstream import configure
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+    from proxy.h2exchange import H2Exchange
+    from proxy.listener import Listener
+
+log = logging.getLogger("ami.proxy")
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAMS = 256  # concurrent streams a client may open on one connection
+_DRAIN_IDLE = 2.0  # as proxy.downstream's
+
+
+class H2Stream:
+    """One request stream: what its exchange holds as `downstream`."""
+
+    __slots__ = ("closed", "exchange", "out", "paused", "session", "stream_id", "unacked")
+
+    def __init__(self, session: H2DownstreamProtocol, stream_id: int) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.exchange: H2Exchange | None = None
+        self.out = StreamOut(session.h2, stream_id, self._blocked)
+        self.closed = False  # reset, or its connection gone
+        self.paused = 0  # bits: the exchange buffers (1), the upstream cannot take more (2)
+        self.unacked = 0
+
+    # what an exchange reads from its downstream
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.session.loop
+
+    @property
+    def listener(self) -> Listener:
+        return self.session.listener
+
+    @property
+    def draining(self) -> bool:
+        return self.session.draining
+
+    @property
+    def client_ip(self) -> bytes:
+        return self.session.client_ip
+
+    @property
+    def peer_identity(self) -> str | None:
+        return self.session.peer_identity
+
+    @property
+    def peer_service(self) -> str | None:
+        return self.session.peer_service
+
+    @property
+    def peer_namespace(self) -> str | None:
+        return self.session.peer_namespace
+
+    @property
+    def peer_version(self) -> str:
+        return self.session.peer_version
+
+    @peer_version.setter
+    def peer_version(self, value: str) -> None:
+        self.session.peer_version = value
+
+    @property
+    def security(self) -> str:
+        return self.session.security
+
+    # what an exchange calls
+    def send_headers(self, headers: Headers, end_stream: bool) -> None:
+        if self.closed:
+            return
+        self.session.h2.send_headers(self.stream_id, headers, end_stream=end_stream)
+        if end_stream:
+            self.out.ended = True
+        self.session.flush()
+
+    def send_data(self, chunk: bytes) -> None:
+        if not self.closed:
+            self.out.data(chunk)
+            self.session.flush()
+
+    def end(self, trailers: Headers | None = None) -> None:
+        if not self.closed:
+            self.out.end(trailers)
+            self.session.flush()
+
+    def pause_for_buffer(self, paused: bool) -> None:
+        self._pause(1, paused)
+
+    def pause_for_upstream(self, paused: bool) -> None:
+        self._pause(2, paused)
+
+    def abort_after(self, ex: H2Exchange) -> None:
+        """The response broke off mid-body: reset the stream so the client sees it cut."""
+        self.listener.record(ex)
+        self.session.reset(self, ErrorCodes.INTERNAL_ERROR)
+
+    def exchange_finished(self, ex: H2Exchange, tunnel: bool) -> None:
+        self.listener.record(ex)
+        session = self.session
+        if not ex.request_done and not self.closed and self.out.ended:
+            # Answered before the request's end (a 413, a refusal): the client stops sending
+            # on NO_ERROR (RFC 9113 8.1) and the response stays intact.
+            session.reset(self, ErrorCodes.NO_ERROR)
+        else:
+            session.stream_done(self)
+
+    def _pause(self, bit: int, on: bool) -> None:
+        self.paused = self.paused | bit if on else self.paused & ~bit
+        if not self.paused and self.unacked:
+            self.session.ack(self.stream_id, self.unacked)
+            self.unacked = 0
+            self.session.flush()
+
+    def _blocked(self, blocked: bool) -> None:
+        """The client's window is full (or open again): hold (resume) the upstream's reads."""
+        ex = self.exchange
+        if ex is not None:
+            ex.downstream_write_paused(blocked)
+
+
+class H2DownstreamProtocol(asyncio.Protocol):
+    """An HTTP/2 client connection: streams in, exchanges out, flow control both ways."""
+
+    def __init__(self, listener: Listener, h1: DownstreamProtocol) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport = h1.transport
+        self.client_ip = h1.client_ip
+        self.peer_identity = h1.peer_identity
+        self.peer_service = h1.peer_service
+        self.peer_namespace = h1.peer_namespace
+        self.peer_version = h1.peer_version
+        self.security = h1.security
+        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.streams: dict[int, H2Stream] = {}
+        self.closed = False
+        self.draining = False
+        self.idle_since = self.loop.time()
+        self.head_started = self.idle_since  # (read by Listener.record_rejection)
+        # stream idle timeout: per stream, the progress last seen by the sweep and since when
+        self._watch: dict[int, tuple[int, float]] = {}
+
+    def take_over(self, h1: DownstreamProtocol, data: bytes) -> None:
+        """Become the connection's protocol and read what arrived so far."""
+        connections = self.listener.connections
+        connections.discard(h1)  # counted once: this replaces it
+        connections.add(self)  # type: ignore[arg-type]
+        configure(self.h2, max_header_bytes=self.listener.limits.max_header_bytes,
+                  max_streams=MAX_STREAMS)
+        if self.transport is not None:
+            self.transport.set_protocol(self)
+        self.data_received(data)
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(bytes(data))
+        except H2Error as exc:
+            log.info("HTTP/2 client broke the protocol: %s", exc)
+            self.listener.record_rejection(self, "bad_request")  # type: ignore[arg-type]
+            self.flush()
+            self._close()
+            return
+        for event in events:
+            try:
+                self._event(event)
+            except Exception:
+                log.exception("internal error while handling an HTTP/2 request")
+                stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+                if stream is not None and stream.exchange is not None:
+                    stream.exchange.internal_error()
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.listener.release(self)  # type: ignore[arg-type]
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.closed = True
+            self._client_gone(stream)
+
+    def pause_writing(self) -> None:
+        for stream in self.streams.values():
+            if stream.exchange is not None:
+                stream.exchange.downstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.exchange is not None and not stream.out.blocked:
+                stream.exchange.downstream_write_paused(False)
+
+    # --- events -----------------------------------------------------------------------------
+    def _event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is ev.DataReceived:
+            stream = self.streams.get(event.stream_id)
+            size = event.flow_controlled_length
+            if stream is None or stream.exchange is None:
+                self.ack(event.stream_id, size)
+                return
+            if stream.paused:
+                stream.unacked += size
+            else:
+                self.ack(event.stream_id, size)
+            self.idle_since = self.loop.time()
+            stream.exchange.request_body(event.data)
+            if event.stream_ended is not None:
+                stream.exchange.request_complete()
+        elif kind is ev.RequestReceived:
+            self._request(event)
+        elif kind is ev.TrailersReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.exchange is not None:
+                stream.exchange.request_trailers = list(event.headers)
+                stream.exchange.request_complete()
+        elif kind is ev.WindowUpdated:
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.out.pump()
+            else:
+                for stream in list(self.streams.values()):
+                    stream.out.pump()
+        elif kind is ev.StreamReset:
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.closed = True
+                self._client_gone(stream)
+        elif kind is ev.ConnectionTerminated:
+            self.draining = True  # the client sends no new stream; finish the open ones
+            if not self.streams:
+                self._close()
+
+    def _request(self, event: Any) -> None:
+        from proxy.h2exchange import exchange_from_headers
+
+        now = self.loop.time()
+        self.idle_since = now
+        stream = H2Stream(self, event.stream_id)
+        self.streams[event.stream_id] = stream
+        ex = exchange_from_headers(stream, event.headers, now)
+        if isinstance(ex, str):
+            self._refuse(stream, ex)
+            return
+        stream.exchange = ex
+        if event.stream_ended is not None:
+            ex.request_done = True  # no body: the route timeout runs from now
+        try:
+            ex.start()
+        except Exception:
+            ex.internal_error()
+            return
+
+    def _refuse(self, stream: H2Stream, reason: str) -> None:
+        """A request refused from its head alone: answered on its stream, the rest go on."""
+        self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
+        from proxy.reasons import REASON_HEADER, REASONS
+
+        code, text = REASONS[reason]
+        body = f"{reason}: {text}\n".encode()
+        self.h2.send_headers(stream.stream_id, [
+            (b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)), (REASON_HEADER, reason.encode())])
+        stream.out.data(body)
+        stream.out.end()
+        self.streams.pop(stream.stream_id, None)
+        if not stream.out.ended:
+            return
+        try:
+            self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+        except H2Error:
+            pass  # the client had already ended it
+
+    def _client_gone(self, stream: H2Stream) -> None:
+        """The client reset the stream or left: drop its request (recorded as a disconnect)."""
+        ex = stream.exchange
+        stream.exchange = None
+        self._watch.pop(stream.stream_id, None)
+        if ex is None or ex.downstream is not stream:
+            return
+        finished = ex.status and ex.response_started and stream.out.ended
+        if finished:
+            return
+        ex.abort()
+        if not ex.response_started or ex.flags == "-":
+            ex.flags = "downstream_disconnect"
+            self.listener.record(ex)
+
+    # --- used by streams --------------------------------------------------------------------
+    def ack(self, stream_id: int, size: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except H2Error:
+            pass  # the stream closed meanwhile
+
+    def reset(self, stream: H2Stream, code: int) -> None:
+        stream.closed = True
+        stream.exchange = None
+        self.streams.pop(stream.stream_id, None)
+        self._watch.pop(stream.stream_id, None)
+        try:
+            self.h2.reset_stream(stream.stream_id, code)
+        except H2Error:
+            pass
+        self.flush()
+        self._maybe_done()
+
+    def stream_done(self, stream: H2Stream) -> None:
+        """The response has been handed over (maybe still waiting for window)."""
+        stream.exchange = None
+        if stream.out.ended:
+            self.streams.pop(stream.stream_id, None)
+        self._watch.pop(stream.stream_id, None)
+        self._maybe_done()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _maybe_done(self) -> None:
+        self.idle_since = self.loop.time()
+        if self.draining and not self._busy():
+            self._close()
+
+    def _busy(self) -> bool:
+        return any(not s.out.ended or s.exchange is not None for s in self.streams.values())
+
+    # --- lifecycle (the listener's sweep, drain and mode changes) ---------------------------
+    def check_timers(self, now: float) -> None:
+        if self.closed:
+            return
+        for stream_id, stream in list(self.streams.items()):
+            if stream.out.ended and stream.exchange is None:
+                self.streams.pop(stream_id, None)  # sent in full meanwhile
+        limits = self.listener.limits
+        if not self.streams:
+            limit = _DRAIN_IDLE if self.draining else limits.idle_timeout
+            if now - self.idle_since >= limit:
+                self._goaway_close()
+            return
+        if limits.stream_idle_timeout:
+            self._check_stream_idle(now, limits.stream_idle_timeout)
+
+    def _check_stream_idle(self, now: float, limit: float) -> None:
+        """As DownstreamProtocol._check_stream_idle, for every open stream."""
+        watch = self._watch
+        for stream_id, stream in list(self.streams.items()):
+            ex = stream.exchange
+            if ex is None:
+                continue
+            progress = ex.bytes_in + ex.bytes_out + ex.status
+            seen = watch.get(stream_id)
+            if seen is None or seen[0] != progress:
+                watch[stream_id] = (progress, now)
+            elif now - seen[1] >= limit and not ex.awaiting_route_timeout():
+                del watch[stream_id]
+                ex.stream_idle()
+
+    def drain(self) -> None:
+        """Shutdown: GOAWAY (no new stream), then close once the open ones are answered."""
+        self.draining = True
+        try:
+            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+        except H2Error:
+            pass
+        self.flush()
+        if not self._busy():
+            self._close()
+
+    def refuse_plaintext(self) -> None:
+        if self.security == "none":
+            self.drain()
+
+    def _goaway_close(self) -> None:
+        try:
+            self.h2.close_connection()
+        except H2Error:
+            pass
+        self.flush()
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class TlsH2DownstreamProtocol(H2DownstreamProtocol, recvbuf.BufferedReads):
+    """The same over TLS: uvloop decrypts into the shared buffer."""
+
+
+def take_over(h1: DownstreamProtocol, data: bytes, tls: bool) -> None:
+    """Switch the connection `h1` was reading to HTTP/2, feeding it `data`."""
+    cls = TlsH2DownstreamProtocol if tls else H2DownstreamProtocol
+    proto = cls(h1.listener, h1)
+    h1.closed = True  # it reads nothing more; the new protocol owns the transport
+    proto.take_over(h1, data)

@@ -1,0 +1,359 @@
+"""One HTTP/2 request through the proxy: the same route policies, HTTP/2 on both sides.
+
+`H2Exchange` keeps everything `Exchange` decides (routing, admission, faults, timeouts,
+retries, balancing, outlier detection, metrics) and replaces how bytes move: headers and DATA
+frames on a client stream (`proxy.h2downstream.H2Stream`) and on an upstream stream
+(`proxy.h2upstream.H2UpstreamStream`), trailers passed through (gRPC's status lives there).
+A gRPC request answered by the proxy gets a gRPC answer: a trailers-only response whose
+`grpc-status` maps the HTTP status as gRPC's own mapping does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from proxy.exchange import Exchange
+from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
+from proxy.reasons import REASON_HEADER, REASONS
+
+if TYPE_CHECKING:
+    from proxy.h2downstream import H2Stream
+    from proxy.h2flow import Headers
+    from proxy.h2upstream import H2UpstreamConnection, H2UpstreamStream
+    from proxy.pools import EndpointPool
+
+# HTTP status of a local reply -> gRPC status code (gRPC's "HTTP to gRPC status code mapping").
+_GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+_GRPC_INTERNAL = 13
+
+# Request headers not forwarded: hop-by-hop ones HTTP/2 lets through (h2 itself refuses the
+# connection-specific ones), headers only this proxy may set, and the caller's identity claims.
+_DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
+                   b"proxy-connection", b"expect", *IDENTITY_HEADERS})
+
+
+class H2Exchange(Exchange):
+    """An Exchange whose client and upstream are HTTP/2 streams."""
+
+    __slots__ = ("grpc", "grpc_status", "request_trailers", "scheme")
+
+    downstream: H2Stream  # type: ignore[assignment]
+    mirrorable = False  # mirrors copy HTTP/1.1 requests only
+
+    def __init__(self, stream: H2Stream, method: bytes, target: bytes, path: str, query: str,
+                 authority: str, headers: Headers, head_tail: list[bytes], scheme: bytes,
+                 grpc: bool, start_time: float) -> None:
+        super().__init__(stream, method, target, path, query, authority,  # type: ignore[arg-type]
+                         headers, head_tail, False, True, False, False, False, start_time)
+        self.scheme = scheme
+        self.grpc = grpc
+        self.grpc_status: str | None = None  # from the response's trailers (or trailers-only)
+        self.request_trailers: Headers | None = None
+
+    # --- upstream connections: HTTP/2 ones, shared by many requests -------------------------
+    def _idle_connection(self, pool: EndpointPool) -> Any:
+        return pool.take_h2()
+
+    def _open_connection(self, pool: EndpointPool) -> None:
+        self._connect_task = self.downstream.loop.create_task(self._connect_h2(pool))
+
+    async def _connect_h2(self, pool: EndpointPool) -> None:
+        import asyncio
+
+        try:
+            conn = await pool.connect_h2()
+        except (TimeoutError, OSError):
+            self._connect_task = None
+            stats = self.downstream.listener.stats
+            name = self.backend.service if self.backend is not None else "unknown"
+            stats.connect_failures[name] = stats.connect_failures.get(name, 0) + 1
+            self._attempt_failed("connect-failure", "upstream_connect_failure")
+            return
+        except asyncio.CancelledError:
+            return
+        self._connect_task = None
+        try:
+            if self.downstream.closed:
+                self._release_pool()
+                return
+            self._send_on(conn)
+        except Exception:
+            self.internal_error()
+
+    def take_connection(self, conn: Any) -> None:
+        """The circuit breaker let this request go: an HTTP/1.1 connection handed over is
+        given back (this request needs an HTTP/2 one)."""
+        if conn is not None:
+            conn.pool.release(conn)
+        super().take_connection(None)
+
+    def _send_on(self, conn: H2UpstreamConnection) -> None:  # type: ignore[override]
+        stream = conn.open_stream(self)
+        self.conn = stream  # type: ignore[assignment]
+        held = self._replay or self._body_buffer
+        end = self.request_done and not held and self.request_trailers is None
+        stream.send_headers(self._upstream_headers(stream), end)
+        if self._replay:
+            stream.writelines(self._replay)
+            if self.bytes_in > 64 * 1024:
+                self._replay = None  # as Exchange._send_on: too large for another retry
+        elif self._body_buffer is not None:
+            stream.writelines(self._body_buffer)
+        if self._body_buffer is not None:
+            self._body_buffer = None
+            self._buffered = 0
+            self.downstream.pause_for_buffer(False)
+        if self.request_done and not end:
+            stream.end(self.request_trailers)
+
+    def _upstream_headers(self, stream: H2UpstreamStream) -> Headers:
+        headers = self.headers
+        decision = self.decision
+        if decision is not None and decision.request_headers is not None:
+            headers = decision.request_headers.edit_pairs(headers)
+        authority = self.authority.encode("latin-1")
+        out: Headers = []
+        for name, value in headers:
+            name = name.lower()
+            if name == b"host":
+                authority = value  # a rewrite's authority lands here
+            else:
+                out.append((name, value))
+        lines = self.head_tail
+        if stream.pool.tls is not None:
+            lines = [*lines, self.downstream.listener.peer_line]  # see Exchange._upstream_head
+        for line in lines:
+            name, _, value = line.partition(b":")
+            out.append((name.lower(), value.strip()))
+        return [(b":method", self.method), (b":scheme", self.scheme),
+                (b":authority", authority), (b":path", self.target), *out]
+
+    # --- request body and trailers from the client ------------------------------------------
+    def request_complete(self) -> None:
+        super().request_complete()
+        stream = self.conn
+        if stream is not None and self._body_buffer is None:
+            stream.end(self.request_trailers)  # type: ignore[attr-defined]
+
+    # --- the upstream's answer --------------------------------------------------------------
+    def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
+                         end_stream: bool) -> None:
+        status = 0
+        out: Headers = [(b":status", b"")]
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+                out[0] = (name, value)
+            elif name[:1] != b":":
+                out.append((name, value))
+                if end_stream and name == b"grpc-status":
+                    self.grpc_status = value.decode("latin-1")
+        backend = self.backend
+        pool = self.pool
+        if backend is not None and pool is not None:
+            if backend.outlier is not None:
+                backend.outlier.record(pool, status)
+            if backend.ewma is not None:
+                backend.ewma.observe(pool, self.downstream.loop.time() - self._try_start)
+        if self._attempt_timer is not None:
+            self._attempt_timer.cancel()
+            self._attempt_timer = None
+        decision = self.decision
+        if (decision is not None and decision.retry is not None
+                and decision.retry.retriable_status(status) and self._may_retry()):
+            stream.abort()  # drop this answer
+            self.conn = None
+            self._release_pool()
+            self._schedule_retry()
+            return
+        if self._timer is not None:
+            self._timer.cancel()  # the route timeout covers the wait for response headers
+            self._timer = None
+        self.status = status
+        edits = self.response_edits
+        if edits is not None:
+            out = [out[0], *((n.lower(), v) for n, v in edits.edit_pairs(out[1:]))]
+        self.response_started = True
+        self.downstream.send_headers(out, end_stream)
+
+    def h2_response_data(self, chunk: bytes) -> None:
+        self.bytes_out += len(chunk)
+        self.downstream.send_data(chunk)
+
+    def h2_response_trailers(self, headers: Headers) -> None:
+        for name, value in headers:
+            if name == b"grpc-status":
+                self.grpc_status = value.decode("latin-1")
+        self.downstream.end(headers)
+
+    def h2_response_end(self, stream: H2UpstreamStream) -> None:
+        self.downstream.end()
+        self.conn = None
+        self._release_pool()
+        self.finish()
+
+    def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
+        """The server reset the stream, or refused it (GOAWAY, REFUSED_STREAM)."""
+        pool = self.pool
+        if (stream.unprocessed and not self.response_started and not self._fresh_retry_used
+                and pool is not None and (self.bytes_in == 0 or self._replay is not None)):
+            # Never processed by the server, so sending it again is exact and safe for any
+            # method (Envoy does the same), on a connection that takes new streams.
+            self._fresh_retry_used = True
+            self.conn = None
+            conn = pool.take_h2()
+            if conn is not None:
+                self._send_on(conn)
+            else:
+                self._open_connection(pool)
+            return
+        self._upstream_error(stream, "upstream_reset")  # type: ignore[arg-type]
+
+    def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
+        self._upstream_error(stream, reason)  # type: ignore[arg-type]
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self.downstream.pause_for_upstream(paused)
+
+    def downstream_write_paused(self, paused: bool) -> None:
+        self._upstream_paused = paused
+        if self.conn is not None:
+            self.conn.pause_reading(paused)
+
+    # --- answers of the proxy's own ---------------------------------------------------------
+    def reply(self, reason: str, *, status: int | None = None,
+              extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """A local reply as HTTP/2 (gRPC-shaped for gRPC); a reset if a response started."""
+        self._cancel_timers()
+        if self.response_started:
+            self.flags = reason
+            self.downstream.abort_after(self)
+            return
+        code, text = REASONS[reason]
+        code = status or code
+        edits = self.response_edits
+        if edits is not None and edits.local:
+            extra_headers = (*extra_headers, *edits.local)
+        extra = [(n.lower(), v) for n, v in extra_headers]
+        reason_header = (REASON_HEADER, reason.encode())
+        self.status = code
+        self.flags = reason
+        self.response_started = True
+        if self.grpc:
+            grpc_code = _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0
+            self.grpc_status = str(grpc_code)
+            message = quote(f"{reason}: {text}", safe=" :;,()/'-").encode()
+            self.downstream.send_headers(
+                [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                 (b"grpc-status", self.grpc_status.encode()), (b"grpc-message", message),
+                 reason_header, *extra], True)
+            self.bytes_out = 0
+        else:
+            body = f"{reason}: {text}\n".encode()
+            head_only = self.method == b"HEAD"
+            self.downstream.send_headers(
+                [(b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
+                 (b"content-length", b"%d" % len(body)), reason_header, *extra], head_only)
+            if not head_only:
+                self.downstream.send_data(body)
+                self.downstream.end()
+            self.bytes_out = 0 if head_only else len(body)
+        self.finish()
+
+
+def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:
+    """A client's request HEADERS as an H2Exchange, or the reason word it is refused with.
+
+    The `h2` library has checked the block (pseudo-headers, no connection-specific headers,
+    lower-case names); here are the proxy's own rules, as for HTTP/1.1 in `requesthead`.
+    """
+    from proxy.requesthead import (
+        _H_DROP,
+        _H_PEER,
+        _H_REQUEST_ID,
+        _H_TIMEOUT,
+        _H_XFF,
+        _SPECIAL,
+    )
+
+    listener = stream.listener
+    budget = listener.limits.max_header_bytes
+    method = path_bytes = scheme = authority = host = None
+    xff: bytes | None = None
+    has_request_id = False
+    timeout_override: float | None = None
+    grpc = False
+    kept: Headers = []
+    for name, value in headers:
+        budget -= len(name) + len(value) + 4
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path_bytes = value
+            elif name == b":scheme":
+                scheme = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if name == b"host":
+            host = value
+            continue
+        if name in _DROP:
+            continue
+        if name == b"te":
+            kept.append((name, value))  # `trailers`, gRPC's (h2 lets no other value in)
+            continue
+        kind = _SPECIAL.get(name)
+        if kind is None or kind == _H_REQUEST_ID:
+            if name == b"content-type" and value.startswith(b"application/grpc"):
+                grpc = True
+            has_request_id = has_request_id or kind == _H_REQUEST_ID
+            kept.append((name, value))
+        elif kind == _H_XFF:
+            xff = value if xff is None else xff + b", " + value
+        elif kind == _H_PEER:
+            if stream.peer_identity is not None:
+                stream.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
+        elif kind == _H_TIMEOUT:
+            try:
+                timeout_override = max(0.0, float(value) / 1000.0)
+            except ValueError:
+                return "invalid_header"
+        elif kind != _H_DROP:
+            kept.append((name, value))
+    if budget < 0:
+        return "headers_too_large"
+    if method is None or method == b"CONNECT":
+        return "method_not_allowed"  # (extended CONNECT, RFC 8441, is not offered)
+    if authority is None:
+        authority = host
+    elif host is not None and host != authority:
+        return "bad_request"  # two different authorities: which one is routed is ambiguous
+    if authority is None or path_bytes is None:
+        return "bad_request"
+    if len(path_bytes) > listener.limits.max_request_line:
+        return "uri_too_long"
+    try:
+        path, query, _ = split_target(path_bytes)
+    except ValueError:
+        return "bad_request"
+    sent_path = path
+    if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
+        path = normalize_path(path)
+    target = path_bytes
+    if path is not sent_path or target[:1] != b"/" or target.find(b"#") >= 0:
+        target = (f"{path}?{query}" if query else path).encode("latin-1")
+    kept.insert(0, (b"host", authority))  # routing and header edits see the authority as Host
+    tail = [b"x-forwarded-for: " + (xff + b", " + stream.client_ip if xff else stream.client_ip)
+            + b"\r\n", listener.forwarded_proto_line]
+    if not has_request_id:
+        tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+    if stream.peer_identity is not None and listener.xfcc_by:
+        tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
+                    + stream.peer_identity.encode() + b"\r\n")
+    ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,
+                    tail, scheme or b"http", grpc, now)
+    ex.timeout_override = timeout_override
+    return ex
