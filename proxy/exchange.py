@@ -50,6 +50,12 @@ class Exchange:
     )
 
     mirrorable = True  # a mirror copy of it can be sent (HTTP/1.1)
+    grpc = False  # a gRPC call (H2Exchange)
+    grpc_status: str | None = None  # its grpc-status, once known
+
+    @property
+    def protocol(self) -> str:
+        return "HTTP/1.0" if self.http10 else "HTTP/1.1"
 
     def __init__(self, downstream: DownstreamProtocol, method: bytes, target: bytes, path: str,
                  query: str, authority: str, headers: list[tuple[bytes, bytes]],

@@ -119,7 +119,9 @@ def proceed(ex: Exchange) -> None:
     if retry is not None:
         assert retry.state.budget is not None
         retry.state.budget.record_request()
-        if ex.method in IDEMPOTENT or retry.allow_non_idempotent:
+        if (ex.method in IDEMPOTENT or retry.allow_non_idempotent
+                or (ex.grpc and retry.grpc_codes)):
+            # (A route that names gRPC conditions retries gRPC calls, all POSTs, as Envoy.)
             ex._replay = []
     mirror = decision.mirror
     if mirror is not None and ex.mirrorable and mirror.roll():

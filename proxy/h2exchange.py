@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # HTTP status of a local reply -> gRPC status code (gRPC's "HTTP to gRPC status code mapping").
 _GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 _GRPC_INTERNAL = 13
+# grpc-status of a trailers-only answer -> the HTTP status outlier detection counts (Envoy's).
+_HTTP_OF_GRPC = {"1": 499, "3": 400, "4": 504, "5": 404, "7": 403, "8": 429, "12": 501,
+                 "14": 503, "16": 401}
 
 # Request headers not forwarded: hop-by-hop ones HTTP/2 lets through (h2 itself refuses the
 # connection-specific ones), headers only this proxy may set, and the caller's identity claims.
@@ -50,6 +53,10 @@ class H2Exchange(Exchange):
         self.grpc = grpc
         self.grpc_status: str | None = None  # from the response's trailers (or trailers-only)
         self.request_trailers: Headers | None = None
+
+    @property
+    def protocol(self) -> str:
+        return "HTTP/2"
 
     # --- upstream connections: HTTP/2 ones, shared by many requests -------------------------
     def _idle_connection(self, pool: EndpointPool) -> Any:
@@ -140,6 +147,7 @@ class H2Exchange(Exchange):
     def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
                          end_stream: bool) -> None:
         status = 0
+        self.grpc_status = None
         out: Headers = [(b":status", b"")]
         for name, value in headers:
             if name == b":status":
@@ -153,15 +161,20 @@ class H2Exchange(Exchange):
         pool = self.pool
         if backend is not None and pool is not None:
             if backend.outlier is not None:
-                backend.outlier.record(pool, status)
+                # A gRPC failure comes as a 200: outlier detection sees what it means.
+                seen = _HTTP_OF_GRPC.get(self.grpc_status, 500) \
+                    if self.grpc_status is not None and self.grpc_status != "0" else status
+                backend.outlier.record(pool, seen)
             if backend.ewma is not None:
                 backend.ewma.observe(pool, self.downstream.loop.time() - self._try_start)
         if self._attempt_timer is not None:
             self._attempt_timer.cancel()
             self._attempt_timer = None
         decision = self.decision
-        if (decision is not None and decision.retry is not None
-                and decision.retry.retriable_status(status) and self._may_retry()):
+        retry = decision.retry if decision is not None else None
+        if retry is not None and (
+                retry.retriable_status(status)
+                or (end_stream and self.grpc_status in retry.grpc_codes)) and self._may_retry():
             stream.abort()  # drop this answer
             self.conn = None
             self._release_pool()

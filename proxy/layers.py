@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from meshctl.api.rules import GRPC_RETRY_ON
 from proxy.policy.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class FaultPolicy:
 class RetryPolicy:
     """When and how often to retry a failed attempt, within the destination's budget."""
 
-    __slots__ = ("allow_non_idempotent", "attempts", "backoff", "codes", "on_5xx",
+    __slots__ = ("allow_non_idempotent", "attempts", "backoff", "codes", "grpc_codes", "on_5xx",
                  "on_connect_failure", "on_gateway", "on_reset", "per_try_timeout", "state")
 
     def __init__(self, retries: Retries, state: DestinationState, rng: random.Random) -> None:
@@ -62,6 +63,9 @@ class RetryPolicy:
         self.on_reset = "reset" in on
         self.on_connect_failure = "connect-failure" in on
         self.codes = frozenset(retries.retriable_status_codes)
+        # grpc-status values (as sent, text) that a trailers-only answer is retried on
+        self.grpc_codes = frozenset(str(GRPC_RETRY_ON[name]) for name in on
+                                    if name in GRPC_RETRY_ON)
         self.backoff = Backoff(retries.backoff.base_interval, retries.backoff.max_interval, rng)
         self.allow_non_idempotent = retries.allow_non_idempotent
         self.state = state

@@ -140,6 +140,7 @@ class _StatsCollector(Collector):
 
 
 _COUNTER_HELP = {
+    "ami_grpc_requests": "gRPC calls by grpc-status ('' when the call ended without one).",
     "ami_retries": "Retries sent to upstreams.",
     "ami_retry_budget_exhausted": "Retries refused because the retry budget was spent.",
     "ami_circuit_breaker_overflow": "Requests refused by connection-pool limits.",

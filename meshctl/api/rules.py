@@ -16,7 +16,11 @@ from meshctl.api.fields import Fields
 
 MATCHERS = ("exact", "prefix", "regex", "present")
 PATH_MATCHERS = ("exact", "prefix", "regex")
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes")
+# gRPC conditions (a trailers-only answer with this grpc-status), as Envoy's and Istio's.
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8,
+                 "internal": 13, "unavailable": 14}
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
+            *GRPC_RETRY_ON)
 # Declared retries without retryOn retry only failures where the upstream did not answer.
 DEFAULT_RETRY_ON = ("connect-failure", "gateway-error", "reset")
 
