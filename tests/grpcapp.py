@@ -3,8 +3,9 @@
 Methods take and return raw bytes (identity serializers) under the service `ami.test.Echo`:
 `Unary` echoes its request and the caller's metadata, `Stream` answers with N messages,
 `Collect` joins a client stream, `Chat` echoes a bidirectional stream, `Fail` answers the
-gRPC status named in its request, `Slow` waits the seconds it is given, and `Big` returns
-that many bytes.
+gRPC status named in its request, `Flaky` fails with UNAVAILABLE the first time it sees a
+request and succeeds after, `Slow` waits the seconds it is given (counting the calls cancelled
+meanwhile), and `Big` returns that many bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class EchoServer:
     def __init__(self, name: str = "echo") -> None:
         self.name = name  # answered in every reply, so tests see which instance answered
         self.calls = 0
+        self.cancelled = 0
+        self.sleeping = 0  # Slow calls in their sleep now
+        self.seen: set[bytes] = set()
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -45,6 +49,7 @@ class EchoServer:
                 self._chat, _identity, _identity),
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail, _identity, _identity),
             "Slow": grpc.unary_unary_rpc_method_handler(self._slow, _identity, _identity),
+            "Flaky": grpc.unary_unary_rpc_method_handler(self._flaky, _identity, _identity),
             "Big": grpc.unary_unary_rpc_method_handler(self._big, _identity, _identity),
         }
         self.server.add_generic_rpc_handlers(
@@ -86,9 +91,23 @@ class EchoServer:
         await context.abort(grpc.StatusCode[request.decode()], f"{self.name} failed on purpose")
         return b""  # not reached: abort raises
 
+    async def _flaky(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.calls += 1
+        if request not in self.seen:
+            self.seen.add(request)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "first try fails")
+        return self.name.encode()
+
     async def _slow(self, request: bytes, context: Any) -> bytes:
         self.calls += 1
-        await asyncio.sleep(float(request))
+        self.sleeping += 1
+        try:
+            await asyncio.sleep(float(request))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.sleeping -= 1
         return self.name.encode()
 
     async def _big(self, request: bytes, context: Any) -> bytes:
