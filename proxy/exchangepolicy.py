@@ -120,11 +120,11 @@ def proceed(ex: Exchange) -> None:
         assert retry.state.budget is not None
         retry.state.budget.record_request()
         if (ex.method in IDEMPOTENT or retry.allow_non_idempotent
-                or (ex.grpc and retry.grpc_codes)):
+                or (ex.http2 and retry.grpc_codes and ex.grpc)):  # type: ignore[attr-defined]
             # (A route that names gRPC conditions retries gRPC calls, all POSTs, as Envoy.)
             ex._replay = []
     mirror = decision.mirror
-    if mirror is not None and ex.mirrorable and mirror.roll():
+    if mirror is not None and not ex.http2 and mirror.roll():
         from proxy.mirror import MirrorRequest
 
         ex.mirror = MirrorRequest.start(ex, mirror.backend)
@@ -199,7 +199,7 @@ def connect_failover(ex: Exchange) -> bool:
     pool = backend.balancer.pick(backend.pools, (failed, *(ex._tried or ())))
     if pool is None:
         return False
-    conn = ex._idle_connection(pool)
+    conn = pool.take_idle() if not ex.http2 else pool.take_h2()
     if conn is None and pool.breaker is not None and pool.breaker.connections_full():
         return False  # no queueing here: the connection limit holds
     ex._failover_used = True

@@ -42,7 +42,6 @@ class H2Exchange(Exchange):
     __slots__ = ("grpc", "grpc_status", "request_trailers", "scheme")
 
     downstream: H2Stream  # type: ignore[assignment]
-    mirrorable = False  # mirrors copy HTTP/1.1 requests only
 
     def __init__(self, stream: H2Stream, method: bytes, target: bytes, path: str, query: str,
                  authority: str, headers: Headers, head_tail: list[bytes], scheme: bytes,
@@ -50,6 +49,7 @@ class H2Exchange(Exchange):
         super().__init__(stream, method, target, path, query, authority,  # type: ignore[arg-type]
                          headers, head_tail, False, True, False, False, False, start_time)
         self.scheme = scheme
+        self.http2 = True
         self.grpc = grpc
         self.grpc_status: str | None = None  # from the response's trailers (or trailers-only)
         self.request_trailers: Headers | None = None
@@ -59,9 +59,6 @@ class H2Exchange(Exchange):
         return "HTTP/2"
 
     # --- upstream connections: HTTP/2 ones, shared by many requests -------------------------
-    def _idle_connection(self, pool: EndpointPool) -> Any:
-        return pool.take_h2()
-
     def _open_connection(self, pool: EndpointPool) -> None:
         self._connect_task = self.downstream.loop.create_task(self._connect_h2(pool))
 

@@ -109,11 +109,11 @@ class Listener:
                         else "mutual_tls" if pool.tls is not None else "none")
         self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                           ex.bytes_in, ex.bytes_out)
-        if ex.grpc:
+        if ex.http2 and ex.grpc:  # type: ignore[attr-defined]  # (an H2Exchange)
             self.stats.inc("ami_grpc_requests", (
                 ("reporter", prefix[0]), ("source_workload", prefix[1]),
                 ("destination_service", prefix[3]),
-                ("grpc_response_status", ex.grpc_status or "")))
+                ("grpc_response_status", ex.grpc_status or "")))  # type: ignore[attr-defined]
         if self.access_log is not None:
             self._log(ex, duration_ms, prefix)
         if self.on_record is not None:
@@ -172,7 +172,8 @@ class Listener:
             # the endpoint this request went to (the last attempt's), not the subset's first
             "upstream": str(ex.pool.address) if ex.pool is not None else None,
             "protocol": ex.protocol,
-            "grpc_status": ex.grpc_status,  # null unless a gRPC call got one
+            # null unless a gRPC call got one
+            "grpc_status": ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
         }
         self._write(line)
 
