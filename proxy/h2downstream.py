@@ -18,7 +18,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
-from proxy import recvbuf
+from proxy import h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
 from proxy.h2upstream import configure
 
@@ -159,6 +159,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.draining = False
+        self.last_stream: int | None = None  # the id of our graceful GOAWAY, once sent
         self.idle_since = self.loop.time()
         self.head_started = self.idle_since  # (read by Listener.record_rejection)
         # stream idle timeout: per stream, the progress last seen by the sweep and since when
@@ -261,10 +262,16 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.draining = True  # the client sends no new stream; finish the open ones
             if not self.streams:
                 self._close()
+            else:
+                h2guard.keep_open(self.h2)
 
     def _request(self, event: Any) -> None:
         from proxy.h2exchange import exchange_from_headers
 
+        if self.last_stream is not None and event.stream_id > self.last_stream:
+            # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.
+            self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         now = self.loop.time()
         self.idle_since = now
         stream = H2Stream(self, event.stream_id)
@@ -391,11 +398,10 @@ class H2DownstreamProtocol(asyncio.Protocol):
     def drain(self) -> None:
         """Shutdown: GOAWAY (no new stream), then close once the open ones are answered."""
         self.draining = True
-        try:
-            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
-        except H2Error:
-            pass
-        self.flush()
+        if self.last_stream is None and not self.closed and self.transport is not None:
+            # (h2's close_connection would refuse the open streams' frames from now on)
+            self.last_stream = self.h2.highest_inbound_stream_id
+            self.transport.write(h2guard.goaway(self.h2, self.last_stream))
         if not self._busy():
             self._close()
 

@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
-from proxy import recvbuf
+from proxy import h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
 
 if TYPE_CHECKING:
@@ -275,6 +275,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                     ex.h2_upstream_reset(stream)
             if not self.streams:
                 self.close()
+            else:
+                h2guard.keep_open(self.h2)  # the streams up to `last` may still finish
 
     def _ended(self, stream: H2UpstreamStream) -> None:
         ex, stream.exchange = stream.exchange, None

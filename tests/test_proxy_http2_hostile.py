@@ -1,0 +1,425 @@
+"""Hostile HTTP/2 input against the proxy, frame by frame over raw sockets.
+
+The client here builds frames itself (hyperframe, hpack), so it sends exactly what an attacker
+would, and reads what the proxy answers frame by frame. The upstream is a small h2 server
+(h2 library) that counts the streams it saw opened and reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from hpack import Decoder, Encoder
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+from tests.proxyharness import Backends, ProxyProcess, eventually
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+Headers = list[tuple[bytes, bytes]]
+
+
+# --- the upstream: an h2 server that answers by path ----------------------------------------
+@dataclass
+class H2Backend:
+    """`/big?n=N` N bytes, `/slow?s=S` after S seconds, `/hang` never, `/goaway?n=N` N bytes
+    with a graceful GOAWAY sent after the head; anything else: the request as JSON."""
+
+    port: int = 0
+    opened: int = 0  # streams whose HEADERS arrived
+    reset: int = 0  # streams the proxy reset
+    active: set[tuple[int, int]] = field(default_factory=set)  # (connection, stream) open
+    server: asyncio.base_events.Server | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        cid = id(writer)
+        tasks: set[asyncio.Task[None]] = set()
+        bodies: dict[int, bytearray] = {}
+        pending: dict[int, list[bytes]] = {}  # held DATA beyond the window
+        import h2.events as ev
+
+        def flush() -> None:
+            writer.write(conn.data_to_send())
+
+        def send(sid: int, data: bytes, end: bool) -> None:
+            pending.setdefault(sid, []).append(data)
+            pump(sid, end)
+
+        def pump(sid: int, end: bool = False) -> None:
+            chunks = pending.get(sid)
+            while chunks:
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if room <= 0:
+                    flush()
+                    return
+                head, chunks[0] = chunks[0][:room], chunks[0][room:]
+                conn.send_data(sid, head)
+                if not chunks[0]:
+                    chunks.pop(0)
+            if end or chunks == []:
+                pending.pop(sid, None)
+                conn.end_stream(sid)
+                self.active.discard((cid, sid))
+            flush()
+
+        async def answer(sid: int, headers: Headers) -> None:
+            h = dict(headers)
+            path, _, query = h[b":path"].decode().partition("?")
+            args = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+            if path == "/hang":
+                return
+            if path == "/slow":
+                await asyncio.sleep(float(args.get("s", "1")))  # the slowness under test
+            if path in ("/big", "/goaway"):
+                conn.send_headers(sid, [(b":status", b"200")])
+                if path == "/goaway":
+                    # graceful: this stream may finish, no new one (h2's close_connection
+                    # would refuse to send anything more, so the frame goes out as is)
+                    flush()
+                    frame = GoAwayFrame(0, last_stream_id=sid, error_code=0)
+                    writer.write(frame.serialize())
+                    await asyncio.sleep(0.05)  # the body comes after the GOAWAY
+                send(sid, b"x" * int(args.get("n", "1000")), True)
+                return
+            body = json.dumps({"path": h[b":path"].decode(), "method": h[b":method"].decode(),
+                               "authority": h.get(b":authority", b"").decode(),
+                               "body": bytes(bodies.get(sid, b"")).decode("latin-1"),
+                               "headers": [[k.decode(), v.decode()] for k, v in headers]})
+            conn.send_headers(sid, [(b":status", b"200"),
+                                    (b"content-type", b"application/json")])
+            send(sid, body.encode(), True)
+
+        requests: dict[int, Headers] = {}
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, ev.RequestReceived):
+                        self.opened += 1
+                        self.active.add((cid, event.stream_id))
+                        requests[event.stream_id] = list(event.headers)
+                        if event.stream_ended is not None:
+                            tasks.add(asyncio.ensure_future(
+                                answer(event.stream_id, requests[event.stream_id])))
+                    elif isinstance(event, ev.DataReceived):
+                        bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length,
+                                                       event.stream_id)
+                        if event.stream_ended is not None:
+                            tasks.add(asyncio.ensure_future(
+                                answer(event.stream_id, requests[event.stream_id])))
+                    elif isinstance(event, ev.StreamReset):
+                        self.reset += 1
+                        self.active.discard((cid, event.stream_id))
+                        pending.pop(event.stream_id, None)
+                    elif isinstance(event, ev.WindowUpdated):
+                        for sid in list(pending):
+                            pump(sid)
+                flush()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for key in [k for k in self.active if k[0] == cid]:
+                self.active.discard(key)
+
+
+def start_h2_backend(backends: Backends) -> H2Backend:
+    backend = H2Backend()
+
+    async def start() -> None:
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await backend.serve(reader, writer)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        backend.server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        backend.port = int(backend.server.sockets[0].getsockname()[1])
+
+    backends.call(start())
+    return backend
+
+
+# --- the client: raw frames -----------------------------------------------------------------
+class Peer:
+    """A raw HTTP/2 client: sends the frames it is told to, records what comes back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.encoder = Encoder()
+        self.decoder = Decoder()
+        self.decoder.max_header_list_size = 1 << 30
+        self.buf = b""
+        self.heads: dict[int, list[Headers]] = {}  # every header block (response, trailers)
+        self.data: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}
+        self.goaway: GoAwayFrame | None = None
+        self.eof = False
+        self.auto_window = True
+        self.received = 0
+        self._block: tuple[int, bytes, set[str]] | None = None
+
+    @classmethod
+    async def open(cls, port: int, settings: dict[int, int] | None = None,
+                   preface: bytes = PREFACE) -> Peer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        peer = cls(reader, writer)
+        frame = SettingsFrame(0)
+        frame.settings = settings or {}
+        writer.write(preface + frame.serialize())
+        return peer
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # sending
+    def send(self, *frames: Frame) -> None:
+        self.writer.write(b"".join(f.serialize() for f in frames))
+
+    def request(self, sid: int, path: str = "/", *, method: str = "GET",
+                authority: str | None = "echo", extra: Headers = (),  # type: ignore[assignment]
+                end_stream: bool = True, pseudo: Headers | None = None) -> None:
+        headers = pseudo if pseudo is not None else [
+            (b":method", method.encode()), (b":scheme", b"http"), (b":path", path.encode())]
+        if authority is not None and pseudo is None:
+            headers.append((b":authority", authority.encode()))
+        frame = HeadersFrame(sid)
+        frame.data = self.encoder.encode([*headers, *extra])
+        frame.flags.add("END_HEADERS")
+        if end_stream:
+            frame.flags.add("END_STREAM")
+        self.send(frame)
+
+    def rst(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
+        self.send(RstStreamFrame(sid, error_code=code))
+
+    # reading
+    async def read_until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Read frames until `done()` holds (or EOF, or the deadline: then fail)."""
+        end = asyncio.get_running_loop().time() + timeout
+        while not done():
+            if self.eof:
+                raise AssertionError("connection closed before the condition held")
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"condition not met within {timeout}s")
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), left)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                continue
+            self.buf += chunk
+            self._parse()
+
+    async def closed(self, timeout: float = 10.0) -> bool:
+        """Read until the proxy closes the connection; True if it did within the timeout."""
+        try:
+            await self.read_until(lambda: self.eof, timeout)
+        except AssertionError:
+            return False
+        return True
+
+    def _parse(self) -> None:
+        while len(self.buf) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
+            if len(self.buf) < 9 + length:
+                return
+            frame.parse_body(memoryview(self.buf[9:9 + length]))
+            self.buf = self.buf[9 + length:]
+            self._frame(frame)
+
+    def _frame(self, frame: Frame) -> None:
+        sid = frame.stream_id
+        if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            self.send(SettingsFrame(0, flags=["ACK"]))
+        elif isinstance(frame, HeadersFrame):
+            self._block = (sid, frame.data, set(frame.flags))
+            if "END_HEADERS" in frame.flags:
+                self._headers_done()
+        elif isinstance(frame, ContinuationFrame):
+            assert self._block is not None
+            sid0, data, flags = self._block
+            self._block = (sid0, data + frame.data, flags)
+            if "END_HEADERS" in frame.flags:
+                self._headers_done()
+        elif isinstance(frame, DataFrame):
+            self.data.setdefault(sid, bytearray()).extend(frame.data)
+            self.received += frame.flow_controlled_length
+            if "END_STREAM" in frame.flags:
+                self.ended.add(sid)
+            if self.auto_window and frame.flow_controlled_length:
+                self.send(WindowUpdateFrame(0, window_increment=frame.flow_controlled_length))
+                if "END_STREAM" not in frame.flags:
+                    self.send(WindowUpdateFrame(
+                        sid, window_increment=frame.flow_controlled_length))
+        elif isinstance(frame, RstStreamFrame):
+            self.resets[sid] = frame.error_code
+        elif isinstance(frame, GoAwayFrame):
+            self.goaway = frame
+        elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
+            self.send(PingFrame(0, opaque_data=frame.opaque_data, flags=["ACK"]))
+
+    def _headers_done(self) -> None:
+        assert self._block is not None
+        sid, data, flags = self._block
+        self._block = None
+        self.heads.setdefault(sid, []).append(list(self.decoder.decode(data, raw=True)))
+        if "END_STREAM" in flags:
+            self.ended.add(sid)
+
+    # results
+    def status(self, sid: int) -> int | None:
+        heads = self.heads.get(sid)
+        return int(dict(heads[0])[b":status"]) if heads else None
+
+    def header(self, sid: int, name: bytes) -> bytes | None:
+        for block in self.heads.get(sid, ()):
+            for k, v in block:
+                if k == name:
+                    return v
+        return None
+
+    def finished(self, sid: int) -> bool:
+        return sid in self.ended or sid in self.resets
+
+    async def response(self, sid: int, timeout: float = 10.0) -> tuple[int | None, bytes]:
+        await self.read_until(lambda: self.finished(sid), timeout)
+        return self.status(sid), bytes(self.data.get(sid, b""))
+
+    def json(self, sid: int) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(bytes(self.data[sid]))
+        return result
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def upstream(backends: Backends) -> H2Backend:
+    return start_h2_backend(backends)
+
+
+# `/admin` is refused at the route (as a DENY would): a path must be normalised before it is
+# matched, or `/x/../admin` reaches the upstream's /admin.
+ROUTES = [{"host": "echo", "rules": [
+    {"matches": [{"path": {"prefix": "/admin"}}], "backends": [{"service": "echo"}],
+     "fault": {"abort": {"httpStatus": 403}}},
+    {"backends": [{"service": "echo"}]}]}]
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Backend) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("h2hostile"), {"echo": [upstream.port]},
+                     args=("--stream-idle-timeout", "2", "--idle-timeout", "3"),
+                     routes=ROUTES).start()
+    yield p
+    p.stop()
+
+
+async def served(proxy: ProxyProcess, peer: Peer | None = None, sid: int = 1) -> None:
+    """The proxy still answers: on `peer`'s connection (stream `sid`) or a new one."""
+    own = peer is None
+    if peer is None:
+        peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(sid, "/ok")
+        status, _ = await peer.response(sid)
+        assert status == 200
+    finally:
+        if own:
+            peer.close()
+
+
+# --- the tests ------------------------------------------------------------------------------
+async def test_plain_request_is_served(proxy: ProxyProcess) -> None:
+    """The harness itself: a request over prior-knowledge h2c reaches the upstream."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/hello?x=1")
+        status, _ = await peer.response(1)
+        assert status == 200
+        assert peer.json(1)["path"] == "/hello?x=1"
+    finally:
+        peer.close()
+
+
+def goaway_code(peer: Peer) -> int | None:
+    return peer.goaway.error_code if peer.goaway is not None else None
+
+
+async def test_sigterm_finishes_streams_in_flight(tmp_path: Path, upstream: H2Backend) -> None:
+    """SIGTERM with HTTP/2 streams in flight: GOAWAY, the streams still finish (their body and
+    a request body still being sent), then the proxy exits."""
+    proxy = ProxyProcess(tmp_path, {"echo": [upstream.port]}).start()
+    try:
+        peer = await Peer.open(proxy.outbound)
+        peer.request(1, "/slow?s=1.5")
+        peer.request(3, "/upload", method="POST", end_stream=False)
+        await eventually(lambda: len(upstream.active) >= 2)
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        await peer.read_until(lambda: peer.goaway is not None)
+        assert goaway_code(peer) == ErrorCodes.NO_ERROR
+        assert peer.goaway.last_stream_id == 3
+        peer.send(DataFrame(3, data=b"rest of the body", flags=["END_STREAM"]))
+        peer.send(PingFrame(0, opaque_data=b"12345678"))
+        peer.request(5, "/late")  # after the GOAWAY: not processed
+        await peer.read_until(lambda: peer.finished(1) and peer.finished(3) and peer.finished(5))
+        assert (peer.status(1), peer.status(3)) == (200, 200)
+        assert peer.json(3)["body"] == "rest of the body"
+        assert peer.resets.get(5) == ErrorCodes.REFUSED_STREAM or peer.status(5) is None
+        assert await peer.closed()
+        peer.close()
+        assert await asyncio.to_thread(proxy.proc.wait, 15) == 0
+    finally:
+        proxy.stop()
+
+
+async def test_upstream_goaway_lets_the_stream_finish(proxy: ProxyProcess) -> None:
+    """An upstream that says GOAWAY (NO_ERROR, this stream included) and then sends the body:
+    the response arrives whole, and the next request goes on a new upstream connection."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/goaway?n=300000")
+        status, body = await peer.response(1)
+        assert (status, len(body), 1 in peer.resets) == (200, 300000, False)
+        await served(proxy, peer, 3)
+    finally:
+        peer.close()
