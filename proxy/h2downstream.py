@@ -17,6 +17,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
 
 from proxy import h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("ami.proxy")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAMS = 256  # concurrent streams a client may open on one connection
+# Rapid reset (CVE-2023-44487), as Envoy's overload settings: once a connection has opened
+# this many streams (or before, once half of this many were reset), more than half of them
+# reset by the client before their response ended (within a second of opening) is an attack.
+_PREMATURE_RESET_STREAMS = 500  # Envoy's premature_reset_total_stream_count
+_PREMATURE_RESET_LIFETIME = 1.0  # Envoy's premature_reset_min_stream_lifetime_seconds
 _DRAIN_IDLE = 2.0  # as proxy.downstream's
 
 
@@ -160,6 +166,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.last_stream: int | None = None  # the id of our graceful GOAWAY, once sent
+        self.opened = 0  # streams the client opened, and those it reset prematurely
+        self.premature_resets = 0
         self.idle_since = self.loop.time()
         self.head_started = self.idle_since  # (read by Listener.record_rejection)
         # stream idle timeout: per stream, the progress last seen by the sweep and since when
@@ -172,6 +180,12 @@ class H2DownstreamProtocol(asyncio.Protocol):
         connections.add(self)  # type: ignore[arg-type]
         configure(self.h2, max_header_bytes=self.listener.limits.max_header_bytes,
                   max_streams=MAX_STREAMS)
+        # Announced: MAX_STREAMS. h2 would end the whole connection above it (TooManyStreams),
+        # where RFC 9113 5.1.2 lets a stream alone be refused (_request does): h2's own check
+        # is moved out to a client ignoring the limit by far.
+        values = {SettingCodes(k): v for k, v in self.h2.local_settings.items()}
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * MAX_STREAMS
+        self.h2.local_settings = Settings(client=False, initial_values=values)
         if self.transport is not None:
             self.transport.set_protocol(self)
         self.data_received(data)
@@ -189,6 +203,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self._close()
             return
         for event in events:
+            if self.closed:
+                return  # cut off (a flood): what the client sent after that is not acted on
             try:
                 self._event(event)
             except Exception:
@@ -257,7 +273,13 @@ class H2DownstreamProtocol(asyncio.Protocol):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.closed = True
+                ex = stream.exchange
+                if not stream.out.ended and (
+                        ex is None
+                        or self.loop.time() - ex.start_time < _PREMATURE_RESET_LIFETIME):
+                    self.premature_resets += 1
                 self._client_gone(stream)
+                self._check_resets()
         elif kind is ev.ConnectionTerminated:
             self.draining = True  # the client sends no new stream; finish the open ones
             if not self.streams:
@@ -270,6 +292,12 @@ class H2DownstreamProtocol(asyncio.Protocol):
 
         if self.last_stream is not None and event.stream_id > self.last_stream:
             # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.
+            self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.opened += 1
+        if self.h2.open_inbound_streams > MAX_STREAMS:
+            # Above SETTINGS_MAX_CONCURRENT_STREAMS (sent before our SETTINGS arrived, or
+            # ignoring them): refused unprocessed, the client may retry it.
             self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
             return
         now = self.loop.time()
@@ -308,6 +336,26 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
         except H2Error:
             pass  # the client had already ended it
+
+    def _check_resets(self) -> None:
+        """Rapid reset: most streams reset by the client before their answer (Envoy's rule)."""
+        limit = _PREMATURE_RESET_STREAMS
+        resets = self.premature_resets * 2
+        if resets < limit if self.opened < limit else resets <= self.opened:
+            return
+        log.warning("HTTP/2 client %s reset %d of %d streams prematurely: closing",
+                    self.client_ip.decode(), self.premature_resets, self.opened)
+        self.listener.stats.inc("ami_http2_flood_closes", (
+            ("listener", self.listener.kind), ("kind", "premature_reset")))
+        self._calm_close()
+
+    def _calm_close(self) -> None:
+        """An abusive client: GOAWAY ENHANCE_YOUR_CALM, and close (open streams end too)."""
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(h2guard.goaway(self.h2, self.h2.highest_inbound_stream_id,
+                                            ErrorCodes.ENHANCE_YOUR_CALM))
+        self._close()
 
     def _client_gone(self, stream: H2Stream) -> None:
         """The client reset the stream or left: drop its request (recorded as a disconnect)."""

@@ -156,6 +156,9 @@ _COUNTER_HELP = {
                                   "SPIFFE id; gateway: plaintext or failed handshake).",
     "ami_connections_refused": "Client connections closed at once: the listener's connection "
                                "limit was reached.",
+    "ami_http2_flood_closes": "HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM, "
+                              "by kind of abuse (premature_reset: rapid reset; "
+                              "unread_output: control frames or answers it does not read).",
 }
 
 

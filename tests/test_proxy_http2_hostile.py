@@ -32,7 +32,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tests.proxyharness import Backends, ProxyProcess, eventually
+from tests.proxyharness import Backends, ProxyProcess, eventually, metric_value
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
@@ -382,6 +382,93 @@ async def test_plain_request_is_served(proxy: ProxyProcess) -> None:
 
 def goaway_code(peer: Peer) -> int | None:
     return peer.goaway.error_code if peer.goaway is not None else None
+
+
+async def test_rapid_reset_gets_goaway_enhance_your_calm(proxy: ProxyProcess,
+                                                         upstream: H2Backend) -> None:
+    """Streams opened and reset at once, over and over: after enough of them, mostly reset
+    before their answer, the proxy says GOAWAY ENHANCE_YOUR_CALM and closes; the upstream
+    streams those requests opened are all cancelled; other clients are still served."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        sid = 1
+        for _ in range(40):  # up to 2000 streams, in batches of 50
+            for _ in range(50):
+                peer.request(sid, "/hang")
+                peer.rst(sid)
+                sid += 2
+            try:
+                await peer.writer.drain()
+                await peer.read_until(lambda: peer.goaway is not None, 0.05)
+            except AssertionError:
+                pass  # no GOAWAY yet: another batch
+            except ConnectionError:
+                break  # cut off (with a reset, the GOAWAY may be lost)
+            if peer.goaway is not None or peer.eof:
+                break
+        assert await peer.closed()
+        # (a reset may destroy the GOAWAY in flight: the counter below is the proof)
+        assert goaway_code(peer) in (None, ErrorCodes.ENHANCE_YOUR_CALM)
+        assert sid < 1200  # cut off well before the client stopped on its own
+    finally:
+        peer.close()
+    await eventually(lambda: not upstream.active)
+    await served(proxy)
+    assert metric_value(await proxy.metrics(), "ami_http2_flood_closes_total",
+                        kind="premature_reset") >= 1
+
+
+async def test_some_resets_are_tolerated(proxy: ProxyProcess) -> None:
+    """A client that cancels a minority of its calls is a normal client: never cut off."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        answered = []
+        for sid in range(1, 2 * 240, 2):
+            if sid % 6 == 1:
+                peer.request(sid, "/hang")
+                peer.rst(sid)
+            else:
+                peer.request(sid, "/ok")
+                answered.append(sid)
+        await peer.read_until(lambda: all(peer.finished(s) for s in answered))
+        assert all(peer.status(s) == 200 for s in answered)
+        assert peer.goaway is None
+        await served(proxy, peer, 2 * 240 + 1)
+    finally:
+        peer.close()
+
+
+async def test_reset_cancels_the_upstream_stream(proxy: ProxyProcess,
+                                                 upstream: H2Backend) -> None:
+    """A client's RST_STREAM reaches the upstream stream its request opened."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        before = upstream.reset
+        opened = upstream.opened
+        peer.request(1, "/hang")
+        await eventually(lambda: upstream.opened > opened)
+        peer.rst(1)
+        await eventually(lambda: upstream.reset > before and not upstream.active)
+        await served(proxy, peer, 3)
+    finally:
+        peer.close()
+
+
+async def test_streams_beyond_the_limit_are_refused(proxy: ProxyProcess) -> None:
+    """Above SETTINGS_MAX_CONCURRENT_STREAMS (256) a new stream gets REFUSED_STREAM (the client
+    may retry it); the streams below the limit are all answered."""
+    peer = await Peer.open(proxy.outbound)
+    sids = list(range(1, 2 * 300, 2))
+    try:
+        for sid in sids:
+            peer.request(sid, "/slow?s=1")
+        await peer.read_until(lambda: all(peer.finished(s) for s in sids), 30)
+        refused = [s for s in sids if peer.resets.get(s) == ErrorCodes.REFUSED_STREAM]
+        assert len(refused) == 300 - 256
+        assert all(peer.status(s) == 200 and s in peer.ended for s in sids if s not in refused)
+        assert peer.goaway is None
+    finally:
+        peer.close()
 
 
 async def test_sigterm_finishes_streams_in_flight(tmp_path: Path, upstream: H2Backend) -> None:
