@@ -36,6 +36,12 @@ MAX_STREAMS = 256  # concurrent streams a client may open on one connection
 # reset by the client before their response ended (within a second of opening) is an attack.
 _PREMATURE_RESET_STREAMS = 500  # Envoy's premature_reset_total_stream_count
 _PREMATURE_RESET_LIFETIME = 1.0  # Envoy's premature_reset_min_stream_lifetime_seconds
+# A client that does not read what it makes us send (PING and SETTINGS acks, resets, answers):
+# while the transport is above its high-water mark, at most this many control frames answered
+# (Envoy's max_outbound_control_frames), and at most this much unread output as the client
+# sends more (above what a client's own flow-control window lets through).
+_MAX_UNREAD_CONTROL = 1000
+_MAX_UNREAD_OUTPUT = 16 * 1024 * 1024
 _DRAIN_IDLE = 2.0  # as proxy.downstream's
 
 
@@ -144,7 +150,7 @@ class H2Stream:
     def _blocked(self, blocked: bool) -> None:
         """The client's window is full (or open again): hold (resume) the upstream's reads."""
         ex = self.exchange
-        if ex is not None:
+        if ex is not None and (blocked or not self.session.write_paused):
             ex.downstream_write_paused(blocked)
 
 
@@ -167,6 +173,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.draining = False
         self.last_stream: int | None = None  # the id of our graceful GOAWAY, once sent
         self.opened = 0  # streams the client opened, and those it reset prematurely
+        self.write_paused = False  # the transport is above its high-water mark
+        self.unread_control = 0  # control frames answered since
         self.premature_resets = 0
         self.idle_since = self.loop.time()
         self.head_started = self.idle_since  # (read by Listener.record_rejection)
@@ -213,6 +221,22 @@ class H2DownstreamProtocol(asyncio.Protocol):
                 if stream is not None and stream.exchange is not None:
                     stream.exchange.internal_error()
         self.flush()
+        if self.write_paused:
+            self._check_unread(events)
+
+    def _check_unread(self, events: list[Any]) -> None:
+        """A client that sends but does not read: cut off before its answers pile up."""
+        self.unread_control += sum(type(e) in _CONTROL_EVENTS for e in events)
+        transport = self.transport
+        if transport is None or self.closed or (
+                self.unread_control <= _MAX_UNREAD_CONTROL
+                and transport.get_write_buffer_size() <= _MAX_UNREAD_OUTPUT):
+            return
+        log.warning("HTTP/2 client %s does not read what it asks for: closing",
+                    self.client_ip.decode())
+        self.listener.stats.inc("ami_http2_flood_closes", (
+            ("listener", self.listener.kind), ("kind", "unread_output")))
+        self._calm_close(abort=True)
 
     def eof_received(self) -> bool | None:
         return False
@@ -228,11 +252,14 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self._client_gone(stream)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         for stream in self.streams.values():
             if stream.exchange is not None:
                 stream.exchange.downstream_write_paused(True)
 
     def resume_writing(self) -> None:
+        self.write_paused = False
+        self.unread_control = 0
         for stream in list(self.streams.values()):
             if stream.exchange is not None and not stream.out.blocked:
                 stream.exchange.downstream_write_paused(False)
@@ -309,6 +336,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self._refuse(stream, ex)
             return
         stream.exchange = ex
+        if self.write_paused:
+            ex.downstream_write_paused(True)  # the client is not reading: neither do we
         if event.stream_ended is not None:
             ex.request_done = True  # no body: the route timeout runs from now
         try:
@@ -349,13 +378,19 @@ class H2DownstreamProtocol(asyncio.Protocol):
             ("listener", self.listener.kind), ("kind", "premature_reset")))
         self._calm_close()
 
-    def _calm_close(self) -> None:
-        """An abusive client: GOAWAY ENHANCE_YOUR_CALM, and close (open streams end too)."""
-        if self.closed or self.transport is None:
+    def _calm_close(self, abort: bool = False) -> None:
+        """An abusive client: GOAWAY ENHANCE_YOUR_CALM, and close (open streams end too);
+        at once when it does not read, else once the GOAWAY is out (or after a grace)."""
+        transport = self.transport
+        if self.closed or transport is None:
             return
-        self.transport.write(h2guard.goaway(self.h2, self.h2.highest_inbound_stream_id,
-                                            ErrorCodes.ENHANCE_YOUR_CALM))
+        transport.write(h2guard.goaway(self.h2, self.h2.highest_inbound_stream_id,
+                                       ErrorCodes.ENHANCE_YOUR_CALM))
         self._close()
+        if abort:
+            transport.abort()
+        else:
+            self.loop.call_later(_DRAIN_IDLE, _abort_unless_lost, self)
 
     def _client_gone(self, stream: H2Stream) -> None:
         """The client reset the stream or left: drop its request (recorded as a disconnect)."""
@@ -434,11 +469,20 @@ class H2DownstreamProtocol(asyncio.Protocol):
         for stream_id, stream in list(self.streams.items()):
             ex = stream.exchange
             if ex is None:
-                continue
-            progress = ex.bytes_in + ex.bytes_out + ex.status
+                if stream.out.ended:
+                    continue
+                # Answered in full by the upstream, held for a client that opens no window:
+                # its progress is what it still holds.
+                progress = -1 - stream.out.held_bytes
+            else:
+                progress = ex.bytes_in + ex.bytes_out + ex.status
             seen = watch.get(stream_id)
             if seen is None or seen[0] != progress:
                 watch[stream_id] = (progress, now)
+            elif ex is None:
+                if now - seen[1] >= limit:
+                    del watch[stream_id]
+                    self.reset(stream, ErrorCodes.CANCEL)
             elif now - seen[1] >= limit and not ex.awaiting_route_timeout():
                 del watch[stream_id]
                 ex.stream_idle()
@@ -469,6 +513,14 @@ class H2DownstreamProtocol(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
+
+
+_CONTROL_EVENTS = frozenset({ev.PingReceived, ev.RemoteSettingsChanged})
+
+
+def _abort_unless_lost(session: H2DownstreamProtocol) -> None:
+    if session.transport is not None:
+        session.transport.abort()  # the client did not read the GOAWAY: its buffer goes now
 
 
 class TlsH2DownstreamProtocol(H2DownstreamProtocol, recvbuf.BufferedReads):

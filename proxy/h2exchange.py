@@ -95,6 +95,8 @@ class H2Exchange(Exchange):
     def _send_on(self, conn: H2UpstreamConnection) -> None:  # type: ignore[override]
         stream = conn.open_stream(self)
         self.conn = stream  # type: ignore[assignment]
+        if self._upstream_paused:
+            stream.pause_reading(True)  # the client is not reading: this stream waits too
         held = self._replay or self._body_buffer
         end = self.request_done and not held and self.request_trailers is None
         stream.send_headers(self._upstream_headers(stream), end)

@@ -34,6 +34,10 @@ class StreamOut:
     def blocked(self) -> bool:
         return bool(self._held)
 
+    @property
+    def held_bytes(self) -> int:
+        return sum(len(view) for view in self._held)
+
     def data(self, chunk: bytes) -> None:
         """Send `chunk` as far as the window allows; hold the rest."""
         if self.ended or not chunk:

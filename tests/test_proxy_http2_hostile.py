@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +385,7 @@ def goaway_code(peer: Peer) -> int | None:
     return peer.goaway.error_code if peer.goaway is not None else None
 
 
+# 1. rapid reset (CVE-2023-44487)
 async def test_rapid_reset_gets_goaway_enhance_your_calm(proxy: ProxyProcess,
                                                          upstream: H2Backend) -> None:
     """Streams opened and reset at once, over and over: after enough of them, mostly reset
@@ -454,6 +456,53 @@ async def test_reset_cancels_the_upstream_stream(proxy: ProxyProcess,
         peer.close()
 
 
+# 2. control-frame floods
+async def flood_closes(proxy: ProxyProcess) -> float:
+    """ami_http2_flood_closes_total{kind=unread_output}, waiting out a proxy busy with a flood
+    (its admin listener shares the event loop)."""
+    end = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            return metric_value(await proxy.metrics(), "ami_http2_flood_closes_total",
+                                kind="unread_output")
+        except OSError:
+            assert asyncio.get_running_loop().time() < end, "admin listener never answered"
+
+
+async def test_ping_flood_without_reading_is_cut_off(proxy: ProxyProcess) -> None:
+    """PING frames sent fast by a client that never reads the acks: once the proxy's output
+    backs up (past what the kernel buffers hold), the connection is cut, not megabytes of
+    acks queued in the proxy. (SETTINGS acks count the same; at 9 bytes each, filling the
+    kernel's buffers first takes too long for a test.)"""
+    before = await flood_closes(proxy)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up quickly
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.outbound))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    peer = Peer(reader, writer)
+    frame = PingFrame(0, opaque_data=b"floodpin")
+    batch = frame.serialize() * 1000
+    writer.write(PREFACE + SettingsFrame(0).serialize())
+    try:
+        for _ in range(300):  # 300 000 frames, about 5 MB, more than the kernel buffers hold
+            writer.write(batch)
+            await asyncio.wait_for(writer.drain(), 10)
+        # never reading: the proxy's acks back up while it works through the frames
+        end = asyncio.get_running_loop().time() + 60
+        while await flood_closes(proxy) == before:
+            assert asyncio.get_running_loop().time() < end, "never cut off"
+            await asyncio.sleep(0.1)  # poll interval of a deadline-bounded wait
+        assert await peer.closed()
+    except ConnectionError:
+        pass  # cut off while still sending: as good
+    finally:
+        writer.close()
+    assert await flood_closes(proxy) == before + 1
+    await served(proxy)
+
+
+# 4. too many streams
 async def test_streams_beyond_the_limit_are_refused(proxy: ProxyProcess) -> None:
     """Above SETTINGS_MAX_CONCURRENT_STREAMS (256) a new stream gets REFUSED_STREAM (the client
     may retry it); the streams below the limit are all answered."""
@@ -471,6 +520,48 @@ async def test_streams_beyond_the_limit_are_refused(proxy: ProxyProcess) -> None
         peer.close()
 
 
+# 5. slow and idle clients
+async def test_zero_window_client_is_reset_after_stream_idle(proxy: ProxyProcess,
+                                                             upstream: H2Backend) -> None:
+    """A client that opens no window: a response the upstream finished (held by the proxy)
+    and one it could not finish (held back by flow control) are both reset once the stream
+    idle timeout passes; the connection then closes once idle."""
+    peer = await Peer.open(proxy.outbound, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    peer.auto_window = False
+    try:
+        peer.request(1, "/big?n=100000")  # fits the proxy's upstream window: upstream done
+        peer.request(3, "/big?n=20000000")  # does not: the upstream waits for window
+        await peer.read_until(lambda: 1 in peer.resets and 3 in peer.resets, 15)
+        assert peer.received == 0
+        assert await peer.closed(15)
+    finally:
+        peer.close()
+    await eventually(lambda: not upstream.active)
+
+
+async def test_idle_connection_is_closed(proxy: ProxyProcess) -> None:
+    """An HTTP/2 connection with no stream closes after the idle timeout, with a GOAWAY."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        await served(proxy, peer, 1)
+        assert await peer.closed(15)
+        assert goaway_code(peer) == ErrorCodes.NO_ERROR
+    finally:
+        peer.close()
+
+
+async def test_preface_only_connection_is_closed(proxy: ProxyProcess) -> None:
+    """The preface and then nothing (not even SETTINGS): closed after the idle timeout."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(PREFACE)
+        peer = Peer(reader, writer)
+        assert await peer.closed(15)
+    finally:
+        writer.close()
+
+
+# 7. drain
 async def test_sigterm_finishes_streams_in_flight(tmp_path: Path, upstream: H2Backend) -> None:
     """SIGTERM with HTTP/2 streams in flight: GOAWAY, the streams still finish (their body and
     a request body still being sent), then the proxy exits."""
@@ -499,6 +590,7 @@ async def test_sigterm_finishes_streams_in_flight(tmp_path: Path, upstream: H2Ba
         proxy.stop()
 
 
+# 8. the upstream's graceful GOAWAY
 async def test_upstream_goaway_lets_the_stream_finish(proxy: ProxyProcess) -> None:
     """An upstream that says GOAWAY (NO_ERROR, this stream included) and then sends the body:
     the response arrives whole, and the next request goes on a new upstream connection."""
