@@ -36,16 +36,24 @@ CONNECTION_WINDOW = 16 * STREAM_WINDOW
 
 def configure(h2: H2Connection, *, max_header_bytes: int,
               max_streams: int | None = None) -> None:
-    """Settings both sides announce: receive windows and the header list size."""
+    """Settings both sides announce: receive windows and the header list size.
+
+    HPACK's limit is twice `max_header_bytes`: it counts 32 bytes per header where the proxy's
+    own check (which answers 431 on the stream alone) counts 4, so a block of many small
+    headers gets that 431 instead of an error ending the connection. Set on the decoder at
+    once, since h2 would only apply it when the peer acknowledges our SETTINGS.
+    """
+    hpack_limit = 2 * max_header_bytes
     settings: dict[SettingCodes, int] = {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        SettingCodes.MAX_HEADER_LIST_SIZE: max_header_bytes,
+        SettingCodes.MAX_HEADER_LIST_SIZE: hpack_limit,
         SettingCodes.ENABLE_PUSH: 0,
     }
     if max_streams is not None:
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = max_streams
     h2.local_settings = Settings(client=h2.config.client_side, initial_values=settings)
     h2.initiate_connection()
+    h2.decoder.max_header_list_size = hpack_limit
     h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
 
 
