@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import h2.events as ev
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
@@ -167,7 +166,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.peer_namespace = h1.peer_namespace
         self.peer_version = h1.peer_version
         self.security = h1.security
-        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.draining = False
@@ -311,8 +310,6 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.draining = True  # the client sends no new stream; finish the open ones
             if not self.streams:
                 self._close()
-            else:
-                h2guard.keep_open(self.h2)
 
     def _request(self, event: Any) -> None:
         from proxy.h2exchange import exchange_from_headers

@@ -3,19 +3,18 @@
 Graceful GOAWAY: h2 moves its connection to CLOSED as soon as it sends or receives a GOAWAY,
 and from then on refuses every frame either way (python-hyper/h2#1181), although RFC 9113 6.8
 lets the streams up to the GOAWAY's last stream id finish. So a graceful GOAWAY is written
-here as a raw frame, leaving h2's state alone, and after a received one h2 is put back in the
-open state while streams remain.
+here as a raw frame, leaving h2's state alone, and a received graceful one leaves it open
+(`MeshH2Connection`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from h2.connection import ConnectionState
+from h2.connection import H2Connection
+from h2.errors import _error_code_from_int
+from h2.events import ConnectionTerminated
 from hyperframe.frame import GoAwayFrame
-
-if TYPE_CHECKING:
-    from h2.connection import H2Connection
 
 
 def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
@@ -24,8 +23,20 @@ def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
     return h2.data_to_send() + frame.serialize()
 
 
-def keep_open(h2: H2Connection) -> None:
-    """After a received GOAWAY: let the streams it spared finish (h2 would refuse their
-    frames). Opening new streams is the caller's to avoid."""
-    h2.state_machine.state = (ConnectionState.CLIENT_OPEN if h2.config.client_side
-                              else ConnectionState.SERVER_OPEN)
+class MeshH2Connection(H2Connection):
+    """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one.
+
+    h2 closes the connection on any GOAWAY it receives and clears what it had queued to send,
+    so frames for the streams the GOAWAY spares that arrive in the same read (a server saying
+    goodbye after its answers, as nginx does every 1000 requests) were protocol errors, and
+    our queued frames were lost. Here the state stays open; the owner opens no new stream.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:
+        if frame.error_code != 0:
+            return super()._receive_goaway_frame(frame)
+        event = ConnectionTerminated()
+        event.error_code = _error_code_from_int(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]

@@ -118,7 +118,7 @@ class H2UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.loop = pool.loop
-        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=True, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.closed = False
@@ -283,8 +283,6 @@ class H2UpstreamConnection(asyncio.Protocol):
                     ex.h2_upstream_reset(stream)
             if not self.streams:
                 self.close()
-            else:
-                h2guard.keep_open(self.h2)  # the streams up to `last` may still finish
 
     def _ended(self, stream: H2UpstreamStream) -> None:
         ex, stream.exchange = stream.exchange, None

@@ -93,6 +93,15 @@ class H2Backend:
                 return
             if path == "/slow":
                 await asyncio.sleep(float(args.get("s", "1")))  # the slowness under test
+            if path == "/goaway-first":
+                # a graceful GOAWAY sparing this stream, then its answer, in one write (nginx
+                # says goodbye this way after keepalive_requests answers)
+                conn.send_headers(sid, [(b":status", b"200")])
+                conn.send_data(sid, b"ok", end_stream=True)
+                frame = GoAwayFrame(0, last_stream_id=sid, error_code=0)
+                writer.write(frame.serialize() + conn.data_to_send())
+                self.active.discard((cid, sid))
+                return
             if path in ("/big", "/goaway"):
                 conn.send_headers(sid, [(b":status", b"200")])
                 if path == "/goaway":
@@ -599,6 +608,18 @@ async def test_upstream_goaway_lets_the_stream_finish(proxy: ProxyProcess) -> No
         peer.request(1, "/goaway?n=300000")
         status, body = await peer.response(1)
         assert (status, len(body), 1 in peer.resets) == (200, 300000, False)
+        await served(proxy, peer, 3)
+    finally:
+        peer.close()
+
+
+async def test_upstream_goaway_before_the_answer_in_one_read(proxy: ProxyProcess) -> None:
+    """GOAWAY (NO_ERROR) and then the spared stream's answer in the same read: the answer is
+    relayed (h2 alone took the frames after a GOAWAY for a protocol error: a 502)."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/goaway-first")
+        assert await peer.response(1) == (200, b"ok")
         await served(proxy, peer, 3)
     finally:
         peer.close()
