@@ -169,6 +169,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
+        self.flush_due = False  # a flush_now is scheduled for this loop iteration
         self.draining = False
         self.last_stream: int | None = None  # the id of our graceful GOAWAY, once sent
         self.opened = 0  # streams the client opened, and those it reset prematurely
@@ -206,7 +207,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         except H2Error as exc:
             log.info("HTTP/2 client broke the protocol: %s", exc)
             self.listener.record_rejection(self, "bad_request")  # type: ignore[arg-type]
-            self.flush()
+            self.flush_now()
             self._close()
             return
         for event in events:
@@ -219,7 +220,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
                 stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
                 if stream is not None and stream.exchange is not None:
                     stream.exchange.internal_error()
-        self.flush()
+        self.flush_now()
         if self.write_paused:
             self._check_unread(events)
 
@@ -432,6 +433,14 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self._maybe_done()
 
     def flush(self) -> None:
+        """Send what h2 has queued, at the end of this loop iteration: a request's head, body
+        and end (and other streams' frames) leave in one write, not one write per frame."""
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -503,7 +512,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.h2.close_connection()
         except H2Error:
             pass
-        self.flush()
+        self.flush_now()
         self._close()
 
     def _close(self) -> None:

@@ -122,6 +122,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.closed = False
+        self.flush_due = False  # a flush_now is scheduled for this loop iteration
         self.ready = False  # connected and its server checked (identity, ALPN)
         self.goaway = False  # the server said it takes no new stream
         self.idle_since = self.loop.time()
@@ -139,7 +140,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             events = self.h2.receive_data(bytes(data))
         except H2Error as exc:
             log.info("upstream %s broke HTTP/2: %s", self.pool.address, exc)
-            self.flush()
+            self.flush_now()
             self._fail_all("upstream_protocol_error")
             return
         for event in events:
@@ -196,6 +197,14 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._stream_gone()
 
     def flush(self) -> None:
+        """Send what h2 has queued, at the end of this loop iteration: a request's head, body
+        and end (and other streams' frames) leave in one write, not one write per frame."""
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -208,7 +217,7 @@ class H2UpstreamConnection(asyncio.Protocol):
                 self.h2.close_connection()
             except H2Error:
                 pass
-            self.flush()
+            self.flush_now()
             if self.transport is not None:
                 self.transport.close()
             self.pool.forget_h2(self)
