@@ -517,6 +517,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.flush_now()  # what this iteration queued (the last answer) goes first
             self.closed = True
             self.transport.close()
 
