@@ -33,6 +33,8 @@ class EchoServer:
         self.cancelled = 0
         self.sleeping = 0  # Slow calls in their sleep now
         self.seen: set[bytes] = set()
+        self.down = False  # every Unary call fails with UNAVAILABLE (trailers-only)
+        self.received: list[bytes] = []  # Unary requests, in order
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -64,6 +66,9 @@ class EchoServer:
 
     async def _unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         self.calls += 1
+        self.received.append(request)
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is down")
         metadata = {k: v for k, v in context.invocation_metadata() or ()
                     if isinstance(v, str)}
         await context.send_initial_metadata((("x-served-by", self.name),))
