@@ -288,6 +288,13 @@ class _CorsHeaders:
         out.extend(n + b": " + v + b"\r\n" for n, v in self.lines)
         return out
 
+    def edit_pairs(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The same on (name, value) pairs (an HTTP/2 response)."""
+        out = self.base.edit_pairs(headers) if self.base is not None else headers
+        out = [(n, v) for n, v in out if n.lower() not in _CORS_RESPONSE_HEADERS]
+        out.extend(self.lines)
+        return out
+
 
 class _VaryOrigin:
     """One response's header edits: the rule's own, then `vary: origin` (a CORS rule's answer
@@ -302,6 +309,12 @@ class _VaryOrigin:
     def apply(self, lines: list[bytes]) -> list[bytes]:
         out = self.base.apply(lines) if self.base is not None else list(lines)
         out.append(b"vary: origin\r\n")
+        return out
+
+    def edit_pairs(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The same on (name, value) pairs (an HTTP/2 response)."""
+        out = self.base.edit_pairs(headers) if self.base is not None else list(headers)
+        out.append((b"vary", b"origin"))
         return out
 
 

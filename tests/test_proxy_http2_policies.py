@@ -364,6 +364,20 @@ async def test_redirect(env: Env) -> None:
     assert resp.get("location") == "http://there/moved"
 
 
+async def test_cors_on_http2(env: Env) -> None:
+    origin = ("origin", "https://app.example")
+    simple = await h2_request(env.port, "cors", "/c", headers=[origin])
+    assert simple.status == 200
+    assert simple.get("access-control-allow-origin") == "https://app.example"
+    preflight = await h2_request(env.port, "cors", "/c", method="OPTIONS", headers=[
+        origin, ("access-control-request-method", "POST")])
+    assert preflight.status == 200
+    assert preflight.get("access-control-allow-methods") == "GET, POST"
+    other = await h2_request(env.port, "cors", "/c", headers=[("origin", "https://evil")])
+    assert other.status == 200 and other.get("access-control-allow-origin") is None
+    assert other.get("vary") == "origin"
+
+
 async def test_header_edits_go_out_lower_case(env: Env) -> None:
     resp = await h2_request(env.port, "hdr", "/h", headers=[("x-drop-me", "1")])
     assert resp.status == 200
