@@ -39,7 +39,7 @@ _DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
 class H2Exchange(Exchange):
     """An Exchange whose client and upstream are HTTP/2 streams."""
 
-    __slots__ = ("grpc", "grpc_status", "request_trailers", "scheme")
+    __slots__ = ("_outlier_pending", "grpc", "grpc_status", "request_trailers", "scheme")
 
     downstream: H2Stream  # type: ignore[assignment]
 
@@ -53,6 +53,8 @@ class H2Exchange(Exchange):
         self.grpc = grpc
         self.grpc_status: str | None = None  # from the response's trailers (or trailers-only)
         self.request_trailers: Headers | None = None
+        # A gRPC answer's outcome is in its trailers: outlier detection waits for them.
+        self._outlier_pending = False
 
     @property
     def protocol(self) -> str:
@@ -160,10 +162,11 @@ class H2Exchange(Exchange):
         pool = self.pool
         if backend is not None and pool is not None:
             if backend.outlier is not None:
-                # A gRPC failure comes as a 200: outlier detection sees what it means.
-                seen = _HTTP_OF_GRPC.get(self.grpc_status, 500) \
-                    if self.grpc_status is not None and self.grpc_status != "0" else status
-                backend.outlier.record(pool, seen)
+                if self.grpc and not end_stream and status == 200:
+                    self._outlier_pending = True  # recorded with the trailers (as Envoy)
+                else:
+                    # A gRPC failure comes as a 200: outlier detection sees what it means.
+                    backend.outlier.record(pool, _outlier_status(self.grpc_status, status))
             if backend.ewma is not None:
                 backend.ewma.observe(pool, self.downstream.loop.time() - self._try_start)
         if self._attempt_timer is not None:
@@ -197,13 +200,23 @@ class H2Exchange(Exchange):
         for name, value in headers:
             if name == b"grpc-status":
                 self.grpc_status = value.decode("latin-1")
+        if self._outlier_pending:
+            self._record_outlier(_outlier_status(self.grpc_status, self.status))
         self.downstream.end(headers)
 
     def h2_response_end(self, stream: H2UpstreamStream) -> None:
+        if self._outlier_pending:
+            self._record_outlier(self.status)  # ended without trailers: as its status says
         self.downstream.end()
         self.conn = None
         self._release_pool()
         self.finish()
+
+    def _record_outlier(self, status: int | None) -> None:
+        self._outlier_pending = False
+        backend, pool = self.backend, self.pool
+        if backend is not None and backend.outlier is not None and pool is not None:
+            backend.outlier.record(pool, status)
 
     def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
         """The server reset the stream, or refused it (GOAWAY, REFUSED_STREAM)."""
@@ -220,9 +233,13 @@ class H2Exchange(Exchange):
             else:
                 self._open_connection(pool)
             return
+        if self._outlier_pending:
+            self._record_outlier(None)  # reset mid-answer: a failure of the endpoint
         self._upstream_error(stream, "upstream_reset")  # type: ignore[arg-type]
 
     def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
+        if self._outlier_pending:
+            self._record_outlier(None)  # cut off mid-answer: a failure of the endpoint
         self._upstream_error(stream, reason)  # type: ignore[arg-type]
 
     def upstream_write_paused(self, paused: bool) -> None:
@@ -272,6 +289,13 @@ class H2Exchange(Exchange):
                 self.downstream.end()
             self.bytes_out = 0 if head_only else len(body)
         self.finish()
+
+
+def _outlier_status(grpc_status: str | None, status: int) -> int:
+    """The HTTP status outlier detection counts for an answer (gRPC failures mapped)."""
+    if grpc_status is None or grpc_status == "0":
+        return status
+    return _HTTP_OF_GRPC.get(grpc_status, 500)
 
 
 def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:

@@ -285,6 +285,20 @@ async def test_outlier_detection_ejects_a_grpc_unavailable_endpoint(env: Env) ->
     assert set(answers) == {"g1"}
 
 
+async def test_outlier_detection_sees_grpc_status_in_trailers(env: Env) -> None:
+    """UNAVAILABLE after a response message (grpc-status in trailers, not trailers-only)
+    counts as a failure of the endpoint too, as in Envoy."""
+    async with H2Client(env.port) as client:
+        for i in range(6):
+            await client.request("ollate", f"/l/{i}", method="POST", headers=GRPC,
+                                 body=GRPC_MESSAGE)
+        assert await env.metric("ami_outlier_ejections_total",
+                                destination_service="ollate") == 1
+        answers = [await client.request("ollate", "/after", method="POST", headers=GRPC,
+                                        body=GRPC_MESSAGE) for _ in range(4)]
+    assert {a.get("x-served-by") for a in answers} == {"b"}
+
+
 @pytest.mark.parametrize("host", ["lr", "ewma"])
 async def test_least_loaded_balancing_per_request(env: Env, host: str) -> None:
     """LEAST_REQUEST and PEAK_EWMA weigh in-flight requests per HTTP/2 stream: with one
