@@ -74,12 +74,13 @@ class Breaker:
     def next_waiter(self) -> Exchange | None:
         return self.pending.popleft() if self.pending else None
 
-    def waiter_for(self, pool: EndpointPool) -> Exchange | None:
+    def waiter_for(self, pool: EndpointPool, http2: bool = False) -> Exchange | None:
         """The first queued request that may use a connection to ``pool`` (an endpoint of its
-        backend, not ejected), taken off the queue; None if no queued request may."""
+        backend, not ejected) of its protocol (``http2``: a stream on an HTTP/2 connection),
+        taken off the queue; None if no queued request may."""
         for ex in self.pending:
             backend = ex.backend
-            if backend is not None and backend.serves(pool):
+            if ex.http2 is http2 and backend is not None and backend.serves(pool):
                 self.pending.remove(ex)
                 return ex
         return None

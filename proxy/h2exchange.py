@@ -10,7 +10,7 @@ A gRPC request answered by the proxy gets a gRPC answer: a trailers-only respons
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from proxy.exchange import Exchange
@@ -68,7 +68,9 @@ class H2Exchange(Exchange):
         import asyncio
 
         try:
-            conn = await pool.connect_h2()
+            # shared with the requests arriving while it opens (shielded: one leaving does
+            # not cancel it for the others)
+            conn = await asyncio.shield(pool.connect_h2_shared())
         except (TimeoutError, OSError):
             self._connect_task = None
             stats = self.downstream.listener.stats
@@ -83,16 +85,28 @@ class H2Exchange(Exchange):
             if self.downstream.closed:
                 self._release_pool()
                 return
+            if not conn.has_room():  # the requests that waited with this one filled it
+                self._no_room(pool)
+                return
             self._send_on(conn)
         except Exception:
             self.internal_error()
 
-    def take_connection(self, conn: Any) -> None:
-        """The circuit breaker let this request go: an HTTP/1.1 connection handed over is
-        given back (this request needs an HTTP/2 one)."""
+    def _no_room(self, pool: EndpointPool) -> None:
+        """No stream free on the endpoint's connections: another one, else wait (breaker)."""
+        conn = pool.take_h2()
         if conn is not None:
-            conn.pool.release(conn)
-        super().take_connection(None)
+            self._send_on(conn)
+            return
+        breaker = pool.breaker
+        if breaker is None or not breaker.connections_full():
+            self._open_connection(pool)
+        elif breaker.try_wait(self):
+            self._waiting = True
+        else:
+            self._release_pool()
+            assert self.backend is not None
+            self._overflow(self.backend)
 
     def _send_on(self, conn: H2UpstreamConnection) -> None:  # type: ignore[override]
         stream = conn.open_stream(self)

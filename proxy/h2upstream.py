@@ -227,6 +227,9 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._fail_all("upstream_reset")
 
     def _stream_gone(self) -> None:
+        pool = self.pool
+        if pool.breaker is not None and pool.breaker.pending:
+            pool.h2_room(self)  # a request queued by maxConnections may have this stream
         if not self.streams:
             self.idle_since = self.loop.time()
             if self.goaway or self.pool.retired:

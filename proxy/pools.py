@@ -38,6 +38,7 @@ class EndpointPool:
         "connect_timeout",
         "connections",
         "h2",
+        "h2_connecting",
         "identity",
         "idle",
         "idle_timeout",
@@ -58,6 +59,9 @@ class EndpointPool:
         self.idle: deque[UpstreamConnection] = deque()
         # HTTP/2 connections (requests that came over HTTP/2), each carrying many streams
         self.h2: list[H2UpstreamConnection] = []
+        # The HTTP/2 connection being opened: requests arriving meanwhile wait for it rather
+        # than each opening one (a burst of calls on a cold pool would open one apiece).
+        self.h2_connecting: asyncio.Task[H2UpstreamConnection] | None = None
         self.connections = 0
         self.active_requests = 0  # read by the least-request balancer
         self.idle_timeout = 10.0
@@ -134,6 +138,36 @@ class EndpointPool:
                 raise OSError(f"upstream {self.address} does not speak HTTP/2 (ALPN)")
         conn.ready = True  # (listed in self.h2 since connection_made, not offered until now)
         return conn
+
+    def connect_h2_shared(self) -> asyncio.Task[H2UpstreamConnection]:
+        """The HTTP/2 connection being opened to this endpoint, or a new one (counted against
+        the destination's maxConnections from now, as `Exchange._open_connection` does)."""
+        task = self.h2_connecting
+        if task is None:
+            task = self.h2_connecting = self.loop.create_task(self._connect_h2_shared())
+            task.add_done_callback(_retrieve)
+            if self.breaker is not None:
+                self.breaker.opening(task)
+        return task
+
+    async def _connect_h2_shared(self) -> H2UpstreamConnection:
+        if self.breaker is not None:
+            self.breaker.started(asyncio.current_task())  # connect_h2 counts it from here
+        try:
+            conn = await self.connect_h2()
+        finally:
+            self.h2_connecting = None
+        self.h2_room(conn)
+        return conn
+
+    def h2_room(self, conn: H2UpstreamConnection) -> None:
+        """`conn` may take another stream: give it to requests the breaker queued."""
+        breaker = self.breaker
+        while breaker is not None and breaker.pending and conn.has_room():
+            waiter = breaker.waiter_for(self, http2=True)
+            if waiter is None:
+                return
+            waiter.take_connection(conn)
 
     def forget_h2(self, conn: H2UpstreamConnection) -> None:
         """An HTTP/2 connection closed (bookkeeping done once, whoever calls first)."""
@@ -250,6 +284,12 @@ class EndpointPool:
         for conn in list(self.h2):
             if not conn.streams:
                 conn.close()  # busy ones close when their last stream ends (retired)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A shared connect whose requests all went away: its failure is nobody's to log."""
+    if not task.cancelled():
+        task.exception()
 
 
 class PoolRegistry:

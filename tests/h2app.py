@@ -246,10 +246,14 @@ class H2Client:
         if self.writer is not None:
             self.writer.close()
 
-    async def request(self, authority: str, path: str = "/", method: str = "GET",
-                      headers: Headers | list[tuple[str, str]] = (),  # type: ignore[assignment]
-                      body: bytes = b"", trailers: Headers | None = None,
-                      timeout: float = 10.0) -> Response:
+    async def request(self, authority: str, path: str = "/", timeout: float = 10.0,
+                      **kw: Any) -> Response:
+        return await asyncio.wait_for(self.send(authority, path, **kw), timeout)
+
+    def send(self, authority: str, path: str = "/", method: str = "GET",
+             headers: Headers | list[tuple[str, str]] = (),  # type: ignore[assignment]
+             body: bytes = b"", trailers: Headers | None = None) -> asyncio.Future[Response]:
+        """Send a request now; its response when the future is done."""
         sid = self.h2.get_next_available_stream_id()
         extra = [(n.encode() if isinstance(n, str) else n, v.encode() if isinstance(v, str)
                   else v) for n, v in headers]
@@ -263,7 +267,7 @@ class H2Client:
         if trailers is not None:
             self.h2.send_headers(sid, trailers, end_stream=True)
         self._flush()
-        return await asyncio.wait_for(future, timeout)
+        return future
 
     def cancel(self, stream_id: int) -> None:
         self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)

@@ -271,6 +271,31 @@ async def test_max_concurrent_requests_overflows(env: Env) -> None:
                             destination_service="cbreq") == 1
 
 
+async def test_max_connections_holds_for_concurrent_http2_requests(env: Env) -> None:
+    """maxConnections: 1 — twenty requests arriving at once share one HTTP/2 connection."""
+    async with H2Client(env.port) as client:
+        answers = await asyncio.gather(*(client.request("cbconn", f"/c/{i}")
+                                         for i in range(20)))
+    assert {a.status for a in answers} == {200}
+    assert env.s["cc"].connections == 1
+
+
+async def test_pending_request_gets_the_stream_freed(env: Env) -> None:
+    """One connection allowed, its server taking one stream at a time: a second request
+    waits (maxPendingRequests: 1) and goes when the first stream ends; a third overflows."""
+    async with H2Client(env.port) as client:
+        first = asyncio.create_task(client.request("cbpend", "/slow/0.5"))
+        await eventually(lambda: len(env.s["one"].requests) == 1, DEADLINE)
+        # (sent in this order on one connection: the second is queued, the third finds
+        # the queue full)
+        second = client.send("cbpend", "/second")
+        third = await client.request("cbpend", "/third")
+        assert (third.status, third.get("x-ami-reason")) == (503, "overflow")
+        assert (await first).status == 200
+        assert (await asyncio.wait_for(second, DEADLINE)).status == 200
+    assert env.s["one"].connections == 1
+
+
 # --- outlier detection and balancing ------------------------------------------------------
 async def test_outlier_detection_ejects_a_grpc_unavailable_endpoint(env: Env) -> None:
     async with channel(env.port, "ol") as ch:
