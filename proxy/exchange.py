@@ -109,7 +109,7 @@ class Exchange:
         self.flags = NO_FLAGS
         self.bytes_in = 0
         self.bytes_out = 0
-        # H2Exchange: HTTP/2 both sides (and no mirror copy: those are HTTP/1.1). A slot, not
+        # H2Exchange: HTTP/2 both sides (and its mirror copies HTTP/2 ones). A slot, not
         # a class attribute: Python 3.11 reads a class attribute through an instance ~10x
         # slower than a slot, and this is read on every request.
         self.http2 = False

@@ -124,10 +124,15 @@ def proceed(ex: Exchange) -> None:
             # (A route that names gRPC conditions retries gRPC calls, all POSTs, as Envoy.)
             ex._replay = []
     mirror = decision.mirror
-    if mirror is not None and not ex.http2 and mirror.roll():
-        from proxy.mirror import MirrorRequest
+    if mirror is not None and mirror.roll():
+        if ex.http2:  # an HTTP/2 copy of an HTTP/2 request (gRPC servers speak nothing else)
+            from proxy.h2mirror import H2MirrorRequest
 
-        ex.mirror = MirrorRequest.start(ex, mirror.backend)
+            ex.mirror = H2MirrorRequest.start(ex, mirror.backend)  # type: ignore[arg-type]
+        else:
+            from proxy.mirror import MirrorRequest
+
+            ex.mirror = MirrorRequest.start(ex, mirror.backend)
     ex.dispatch()
 
 

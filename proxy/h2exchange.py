@@ -115,7 +115,7 @@ class H2Exchange(Exchange):
             stream.pause_reading(True)  # the client is not reading: this stream waits too
         held = self._replay or self._body_buffer
         end = self.request_done and not held and self.request_trailers is None
-        stream.send_headers(self._upstream_headers(stream), end)
+        stream.send_headers(self._upstream_headers(stream.pool), end)
         if self._replay:
             stream.writelines(self._replay)
             if self.bytes_in > 64 * 1024:
@@ -129,7 +129,7 @@ class H2Exchange(Exchange):
         if self.request_done and not end:
             stream.end(self.request_trailers)
 
-    def _upstream_headers(self, stream: H2UpstreamStream) -> Headers:
+    def _upstream_headers(self, pool: EndpointPool) -> Headers:
         headers = self.headers
         decision = self.decision
         if decision is not None and decision.request_headers is not None:
@@ -143,7 +143,7 @@ class H2Exchange(Exchange):
             else:
                 out.append((name, value))
         lines = self.head_tail
-        if stream.pool.tls is not None:
+        if pool.tls is not None:
             lines = [*lines, self.downstream.listener.peer_line]  # see Exchange._upstream_head
         for line in lines:
             name, _, value = line.partition(b":")

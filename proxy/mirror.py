@@ -159,9 +159,12 @@ def _shadow_head(ex: Exchange) -> bytes:
     for i, line in enumerate(lines[1:], 1):
         name, sep, value = line.partition(b":")
         if sep and name.strip().lower() == b"host":
-            host = value.strip()
-            base, colon, port = host.rpartition(b":")
-            shadow = base + b"-shadow:" + port if colon and port.isdigit() else host + b"-shadow"
-            lines[i] = name + b": " + shadow
+            lines[i] = name + b": " + shadow_host(value.strip())
             break
     return b"\r\n".join(lines)
+
+
+def shadow_host(host: bytes) -> bytes:
+    """`host` with `-shadow` added before any port: where a mirrored copy says it goes."""
+    base, colon, port = host.rpartition(b":")
+    return base + b"-shadow:" + port if colon and port.isdigit() else host + b"-shadow"

@@ -480,6 +480,42 @@ async def test_grpc_metrics_by_status(env: Env) -> None:
 
 
 # --- mirroring ----------------------------------------------------------------------------
+async def test_grpc_call_is_mirrored(env: Env) -> None:
+    """A route mirror copies the gRPC call over HTTP/2 to the shadow service, whose server
+    receives it with the `-shadow` authority; the client gets the primary's answer."""
+    async with channel(env.port, "mirrored") as ch:
+        answer = json.loads(await method(ch, "Unary")(b"copied", timeout=DEADLINE))
+    assert answer["server"] == "g1"
+    shadow = env.s["gshadow"]
+    await eventually(lambda: b"copied" in shadow.received, DEADLINE)
+    assert await env.metric("ami_mirrored_requests_total",
+                            destination_service="shadowsvc") >= 1
+
+
+async def test_http2_request_with_body_is_mirrored(env: Env) -> None:
+    resp = await h2_request(env.port, "mirrorh2", "/m/1", method="POST", body=b"teed")
+    assert resp.status == 200 and resp.get("x-served-by") == "a"
+    shadow = env.s["shadow"]
+    await eventually(lambda: any(r.path == "/m/1" for r in shadow.requests), DEADLINE)
+    copy = next(r for r in shadow.requests if r.path == "/m/1")
+    await eventually(lambda: copy.body == b"teed", DEADLINE)
+    assert copy.get(":authority") == "mirrorh2-shadow"
+    assert copy.get(":method") == "POST"
+
+
+async def test_mirror_never_affects_the_primary(env: Env) -> None:
+    """The shadow server hangs: the primary is answered anyway, and the copy is dropped."""
+    shadow = env.s["shadow"]
+    shadow.hang_all = True
+    try:
+        resp = await h2_request(env.port, "mirrorh2", "/m/hung")
+        assert resp.status == 200 and resp.get("x-served-by") == "a"
+        await eventually(lambda: shadow.hanging == 1, DEADLINE)
+        await eventually(lambda: shadow.hanging == 0, DEADLINE)  # dropped (stream idle)
+    finally:
+        shadow.hang_all = False
+
+
 # --- inbound: authorization, JWT, rate limit ----------------------------------------------
 IDP = "https://idp.test"
 

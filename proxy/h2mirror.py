@@ -1,0 +1,163 @@
+"""Traffic mirroring for HTTP/2 requests: the copy is an HTTP/2 stream too.
+
+As `proxy.mirror.MirrorRequest` (the HTTP/1.1 copy): the same `-shadow` authority, the same
+bounds (the route's timeout or else the stream idle timeout, 64 KiB of body held while the
+connection opens), the body and trailers teed as they arrive, the answer read and discarded.
+The copy never slows or fails the primary: it is dropped when its stream would have to wait
+for window or its connection pushes back, and on any error. Its stream runs on the mirror
+backend's endpoint pool (`EndpointPool.take_h2` / `connect_h2_shared`), outside any breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from proxy.mirror import shadow_host
+
+if TYPE_CHECKING:
+    from proxy.h2exchange import H2Exchange
+    from proxy.h2flow import Headers
+    from proxy.h2upstream import H2UpstreamConnection, H2UpstreamStream
+    from proxy.pools import EndpointPool
+    from proxy.routing import Backend
+
+_MAX_BUFFER = 64 * 1024
+
+
+class H2MirrorRequest:
+    """The shadow stream; implements the callbacks an H2UpstreamStream makes."""
+
+    __slots__ = ("_buffer", "_buffered", "_done", "_timer", "dropped", "headers", "pool",
+                 "source", "stream", "trailers")
+
+    def __init__(self, pool: EndpointPool, headers: Headers, source: H2Exchange) -> None:
+        self.pool = pool
+        self.headers = headers
+        self.source: H2Exchange | None = source  # until its request ends (for its trailers)
+        self.stream: H2UpstreamStream | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._done = False
+        self.trailers: Headers | None = None
+        self.dropped = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def start(cls, ex: H2Exchange, backend: Backend) -> H2MirrorRequest | None:
+        pool = backend.pick_endpoint()
+        if pool is None:
+            return None
+        ex.downstream.listener.stats.inc("ami_mirrored_requests",
+                                         (("destination_service", backend.service),))
+        headers = ex._upstream_headers(pool)
+        headers[2] = (b":authority", shadow_host(headers[2][1]))
+        mirror = cls(pool, headers, ex)
+        decision = ex.decision
+        timeout = decision.timeout if decision is not None else None
+        if timeout is None:
+            timeout = ex.downstream.listener.limits.stream_idle_timeout or None
+        loop = ex.downstream.loop
+        if timeout is not None:
+            mirror._timer = loop.call_later(timeout, mirror.drop)
+        if ex.request_done:
+            mirror.body_done(False)
+        conn = pool.take_h2()
+        if conn is not None:
+            mirror._send_on(conn)
+        else:
+            loop.create_task(mirror._connect())
+        return mirror
+
+    async def _connect(self) -> None:
+        try:
+            conn = await asyncio.shield(self.pool.connect_h2_shared())
+        except (TimeoutError, OSError, asyncio.CancelledError):
+            self.drop()
+            return
+        if self.dropped:
+            return  # (the connection stays in the pool for others)
+        if not conn.has_room():
+            self.drop()
+            return
+        self._send_on(conn)
+
+    def _send_on(self, conn: H2UpstreamConnection) -> None:
+        stream = conn.open_stream(self)  # type: ignore[arg-type]  # same callback surface
+        self.stream = stream
+        buffer, self._buffer = self._buffer, []
+        end_now = self._done and not buffer and self.trailers is None
+        stream.send_headers(self.headers, end_now)
+        if buffer and not self.dropped:
+            stream.writelines(buffer)
+        if self._done and not end_now and not self.dropped:
+            stream.end(self.trailers)
+
+    # --- the primary request's body is teed here --------------------------------------------
+    def body(self, chunk: bytes, chunked: bool) -> None:
+        if self.dropped:
+            return
+        if self.stream is None:
+            self._buffered += len(chunk)
+            if self._buffered > _MAX_BUFFER:
+                self.drop()
+            else:
+                self._buffer.append(chunk)
+            return
+        self.stream.write(chunk)
+
+    def body_done(self, chunked: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        source, self.source = self.source, None
+        if source is not None:
+            self.trailers = source.request_trailers
+        if self.stream is not None and not self.dropped:
+            self.stream.end(self.trailers)
+
+    def drop(self) -> None:
+        self.dropped = True
+        self.source = None
+        self._buffer = []
+        self._end()
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.abort()
+
+    def _end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- H2UpstreamStream callbacks: the answer is discarded ----------------------------------
+    def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
+                         end_stream: bool) -> None:
+        pass
+
+    def h2_response_data(self, chunk: bytes) -> None:
+        pass
+
+    def h2_response_trailers(self, headers: Headers) -> None:
+        pass
+
+    def h2_response_end(self, stream: H2UpstreamStream) -> None:
+        self.stream = None
+        if not self._done:
+            self.drop()  # answered before the request's end: the rest is not sent
+        self._end()
+
+    def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
+        self.stream = None
+        self.drop()
+
+    def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
+        self.stream = None
+        self.drop()
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.drop()  # never let the shadow slow the primary down (nor hold its body)
+
+    def internal_error(self) -> None:
+        self.drop()
