@@ -75,6 +75,8 @@ class TapHub:
             "destination_version": ex.pool.version if ex.pool is not None else "unknown",
             "tls": ex.downstream.security if listener.kind == "inbound"
             else outbound_security(ex),
+            "protocol": ex.protocol,
+            "grpc_status": ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
         }
         for queue, tap_filter in self.clients.items():
             if tap_filter.matches(event):

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.grpcapp import EchoServer, channel, method
@@ -145,3 +146,23 @@ async def test_stat_counts_grpc_calls(mesh: GrpcMesh) -> None:
                                   for r in rows) and sum(r["rps"] for r in rows) > 0
 
     wait_for(listed, 30, "meshctl stat listing greeter")
+
+
+async def test_tap_shows_grpc_status(mesh: GrpcMesh) -> None:
+    """`meshctl tap` lists gRPC calls with their protocol and grpc-status."""
+    port = int(mesh.client.info["outbound"].rsplit(":", 1)[1])
+    tapped = asyncio.ensure_future(asyncio.to_thread(
+        mesh.meshctl, "tap", "greeter", "--path", "/ami.test.Echo/Fail", "-n", "2", "-o",
+        "json"))
+    async with channel(port, "greeter") as ch:
+        fail = method(ch, "Fail")
+        end = asyncio.get_running_loop().time() + 30
+        while not tapped.done() and asyncio.get_running_loop().time() < end:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await fail(b"NOT_FOUND", timeout=DEADLINE)
+    done = await tapped
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(events) == 2
+    assert all(e["protocol"] == "HTTP/2" and e["grpc_status"] == "5" and e["status"] == 200
+               for e in events), events

@@ -119,9 +119,16 @@ def tap(args: argparse.Namespace) -> int:
         lock = "🔒" if e.get("tls") == "mutual_tls" else "  "
         print(f"{lock} {e['proxy']:<24} {e['source']} -> {e['destination']}"
               f"({e.get('destination_version', '?')}) {e['method']} {e['path']} "
-              f":status={e['status']} latency={e['duration_ms']:.1f}ms reason={e['reason']}",
+              f":status={e['status']}{_grpc(e)} latency={e['duration_ms']:.1f}ms "
+              f"reason={e['reason']}",
               flush=True)
     return 0
+
+
+def _grpc(event: dict[str, Any]) -> str:
+    """` grpc-status=N` for a gRPC call (as Linkerd's tap shows it), else nothing."""
+    status = event.get("grpc_status")
+    return f" grpc-status={status}" if status is not None else ""
 
 
 MARKS = {"ok": "✔", "warn": "‼", "fail": "✘"}
