@@ -18,7 +18,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
-from proxy import h2guard, recvbuf
+from proxy import h2flow, h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
 from proxy.h2upstream import configure
 
@@ -269,18 +269,13 @@ class H2DownstreamProtocol(asyncio.Protocol):
         kind = type(event)
         if kind is ev.DataReceived:
             stream = self.streams.get(event.stream_id)
-            size = event.flow_controlled_length
-            if stream is None or stream.exchange is None:
-                self.ack(event.stream_id, size)
+            ex = h2flow.received(self, stream, event.stream_id, event.flow_controlled_length)
+            if ex is None:
                 return
-            if stream.paused:
-                stream.unacked += size
-            else:
-                self.ack(event.stream_id, size)
             self.idle_since = self.loop.time()
-            stream.exchange.request_body(event.data)
+            ex.request_body(event.data)
             if event.stream_ended is not None:
-                stream.exchange.request_complete()
+                ex.request_complete()
         elif kind is ev.RequestReceived:
             self._request(event)
         elif kind is ev.TrailersReceived:

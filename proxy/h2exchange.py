@@ -256,14 +256,6 @@ class H2Exchange(Exchange):
             self._record_outlier(None)  # cut off mid-answer: a failure of the endpoint
         self._upstream_error(stream, reason)  # type: ignore[arg-type]
 
-    def upstream_write_paused(self, paused: bool) -> None:
-        self.downstream.pause_for_upstream(paused)
-
-    def downstream_write_paused(self, paused: bool) -> None:
-        self._upstream_paused = paused
-        if self.conn is not None:
-            self.conn.pause_reading(paused)
-
     # --- answers of the proxy's own ---------------------------------------------------------
     def reply(self, reason: str, *, status: int | None = None,
               extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

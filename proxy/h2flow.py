@@ -94,3 +94,16 @@ class StreamOut:
             self.h2.send_headers(self.stream_id, trailers, end_stream=True)
         else:
             self.h2.end_stream(self.stream_id)
+
+
+def received(owner: Any, stream: Any, stream_id: int, size: int) -> Any:
+    """Flow control for DATA that arrived on `stream` (of connection `owner`): the window goes
+    back at once, or when the stream's reader resumes if it is paused (its backpressure).
+    Returns the exchange that reads the stream; None when none does any more (the window then
+    goes back at once)."""
+    ex = stream.exchange if stream is not None else None
+    if ex is None or not stream.paused:
+        owner.ack(stream_id, size)
+    else:
+        stream.unacked += size
+    return ex

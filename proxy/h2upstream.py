@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
-from proxy import h2guard, recvbuf
+from proxy import h2flow, h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
 
 if TYPE_CHECKING:
@@ -244,16 +244,11 @@ class H2UpstreamConnection(asyncio.Protocol):
         kind = type(event)
         if kind is ev.DataReceived:
             stream = self.streams.get(event.stream_id)
-            size = event.flow_controlled_length
-            if stream is None or stream.exchange is None:
-                self.ack(event.stream_id, size)
+            ex = h2flow.received(self, stream, event.stream_id, event.flow_controlled_length)
+            if ex is None:
                 return
-            if stream.paused:
-                stream.unacked += size
-            else:
-                self.ack(event.stream_id, size)
-            stream.exchange.h2_response_data(event.data)
-            if event.stream_ended is not None:
+            ex.h2_response_data(event.data)
+            if event.stream_ended is not None and stream is not None:
                 self._ended(stream)
         elif kind is ev.ResponseReceived:
             stream = self.streams.get(event.stream_id)
