@@ -40,14 +40,25 @@ http {{
 """
 
 
-def backend_conf(prefix: Path, port: int) -> str:
-    """The backend: a keep-alive server returning the fixed 1 KiB body."""
-    body = f"""    server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
-        location / {{
+def backend_conf(prefix: Path, port: int, h2_port: int | None = None) -> str:
+    """The backend: a keep-alive server returning the fixed 1 KiB body.
+
+    With `h2_port`, the same worker also serves the body over HTTP/2 cleartext (h2c, prior
+    knowledge only: nginx 1.22 answers nothing else on a plaintext `http2` listener).
+    """
+    location = f"""        location / {{
             default_type text/plain;
             return 200 "{BODY}";
-        }}
+        }}"""
+    body = f"""    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+{location}
+    }}"""
+    if h2_port is not None:
+        body += f"""
+    server {{
+        listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096;
+{location}
     }}"""
     return _main_block(prefix, "backend", body)
 
@@ -99,6 +110,62 @@ def proxy_conf(
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering on;{upstream_ssl}
+        }}
+    }}"""
+    return _main_block(prefix, name, body)
+
+
+def grpc_proxy_conf(
+    prefix: Path,
+    name: str,
+    listen_port: int,
+    upstream_port: int,
+    *,
+    listen_tls: NginxTLS | None = None,
+    upstream_tls: NginxTLS | None = None,
+) -> str:
+    """An HTTP/2 reverse proxy: `listen ... http2`, `grpc_pass` to an HTTP/2 upstream.
+
+    `proxy_pass` speaks HTTP/1.x upstream only; nginx's one HTTP/2 client is the gRPC module,
+    which forwards any request and response (it checks no gRPC framing), so a plain GET
+    returning the 1 KiB body goes through it as HTTP/2 on both sides, with upstream keep-alive.
+    With `listen_tls` the listener is TLS with ALPN h2 and verifies clients; with
+    `upstream_tls` the upstream connection is `grpcs://` (TLS, ALPN h2) with a client cert.
+    """
+    listen = f"listen 127.0.0.1:{listen_port}"
+    listen += " ssl http2 backlog=4096" if listen_tls is not None else " http2 backlog=4096"
+    server_tls = ""
+    if listen_tls is not None:
+        c = listen_tls.certs
+        server_tls = f"""
+        ssl_certificate {c.server_cert};
+        ssl_certificate_key {c.server_key};
+        ssl_client_certificate {c.ca};
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:{name}:1m;"""
+    scheme = "grpc"
+    upstream_ssl = ""
+    if upstream_tls is not None:
+        c = upstream_tls.certs
+        scheme = "grpcs"
+        upstream_ssl = f"""
+            grpc_ssl_certificate {c.client_cert};
+            grpc_ssl_certificate_key {c.client_key};
+            grpc_ssl_trusted_certificate {c.ca};
+            grpc_ssl_verify on;
+            grpc_ssl_name {SERVER_NAME};
+            grpc_ssl_protocols TLSv1.3;
+            grpc_ssl_session_reuse on;"""
+    body = f"""    upstream up {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        {listen};{server_tls}
+        location / {{
+            grpc_pass {scheme}://up;{upstream_ssl}
         }}
     }}"""
     return _main_block(prefix, name, body)

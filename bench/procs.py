@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.h2probe import h2_status
+
 Clock = Callable[[], float]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,7 @@ class ServerSpec:
     cost: bool = True
     ready_port: int | None = None  # an HTTP port that answers 200 on `ready_path` once up
     ready_path: str = "/"
+    ready_h2: bool = False  # probe `ready_port` with HTTP/2 (h2c prior knowledge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +87,15 @@ def wait_http_ok(
     alive: Callable[[], bool] = lambda: True,
     clock: Clock = time.monotonic,
     pause: Callable[[float], None] = time.sleep,
+    h2: bool = False,
 ) -> None:
-    """Poll GET path until 200; raise RuntimeError at the deadline or if `alive()` turns False."""
+    """Poll GET path until 200; raise RuntimeError at the deadline or if `alive()` turns False.
+
+    `h2`: send the GET as HTTP/2 over cleartext (prior knowledge) instead of HTTP/1.1.
+    """
     end = clock() + deadline_s
     while True:
-        status = http_status(port, path)
+        status = h2_status(port, path) if h2 else http_status(port, path)
         if status == 200:
             return
         if not alive():
@@ -158,7 +165,9 @@ def start_all(specs: tuple[ServerSpec, ...], run_dir: Path, plan: CpuPlan) -> li
             running.append(proc)
             if spec.ready_port is not None:
                 try:
-                    wait_http_ok(spec.ready_port, spec.ready_path, alive=proc.alive)
+                    wait_http_ok(
+                        spec.ready_port, spec.ready_path, alive=proc.alive, h2=spec.ready_h2
+                    )
                 except RuntimeError as exc:
                     raise RuntimeError(f"{spec.name}: {exc}\n{proc.log_tail()}") from exc
     except BaseException:

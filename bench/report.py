@@ -15,7 +15,14 @@ from bench.runner import BenchOptions, PathResult
 RPS_RATIOS = {
     "one_hop_vs_nginx": ("ami-1hop", "nginx"),
     "two_hop_mtls_vs_nginx": ("ami-2hop-mtls", "nginx-pair-mtls"),
+    # HTTP/2 (h2load): against nginx answering h2c itself, the analogue of `direct` ...
+    "h2_one_hop_vs_nginx": ("ami-1hop-h2", "nginx-h2c"),
+    # ... and against nginx proxying h2 to h2 (grpc_pass), the analogue of one_hop_vs_nginx.
+    "h2_one_hop_vs_nginx_proxy": ("ami-1hop-h2", "nginx-h2-proxy"),
+    "h2_two_hop_mtls_vs_nginx": ("ami-2hop-h2-mtls", "nginx-pair-h2-mtls"),
 }
+# The floor each protocol's added p99 is measured against (same load generator).
+P99_FLOOR = {"http/1.1": "direct", "h2": "nginx-h2c"}
 ADDED_P99_RATIOS = {"two_hop_added_p99_vs_nginx_pair": ("ami-2hop-mtls", "nginx-pair-mtls")}
 
 
@@ -50,20 +57,29 @@ def machine_info(plan: CpuPlan, opts: BenchOptions, rounds: int = 1) -> dict[str
             "nginx": _version(["nginx", "-v"]),
             "haproxy": _version(["haproxy", "-v"]),
             "wrk": _version(["wrk", "--version"]),
+            "h2load": _version(["h2load", "--version"]),
         },
         "settings": {
             "duration_s": opts.duration,
             "rounds": rounds,
             "wrk": f"-t1 -c{opts.wrk_connections}",
             "fixed_rate": f"{opts.rate:g} rps, {opts.rate_connections} connections, 1 KiB body",
+            "h2load": f"-t1 -c{opts.h2_connections} -m{opts.h2_streams}",
+            "h2_fixed_rate": (
+                f"h2load -c{opts.rate_connections} -m{opts.h2_rate_streams} "
+                f"--rps={opts.rate / opts.rate_connections:g} (per connection), latency from the "
+                "actual send, 10 ms pacing"
+            ),
         },
     }
 
 
 def added_p99(results: dict[str, PathResult], name: str) -> float | None:
-    """p99 at the fixed rate over direct's p99, when both were measured."""
-    path, direct = results.get(name), results.get("direct")
-    if path is None or direct is None or name == "direct":
+    """p99 at the fixed rate over the floor's p99 (`direct`; `nginx-h2c` for HTTP/2)."""
+    path = results.get(name)
+    floor = P99_FLOOR.get(path.protocol, "direct") if path is not None else "direct"
+    direct = results.get(floor)
+    if path is None or direct is None or name == floor:
         return None
     if "p99" not in path.latency_ms or "p99" not in direct.latency_ms:
         return None
@@ -99,6 +115,11 @@ def path_json(result: PathResult) -> dict[str, Any]:
         "errors": result.errors,
         "rounds": result.rounds,
         **({"per_round": result.spread} if result.rounds > 1 else {}),
+        **(
+            {"protocol": "h2", "h2load_latency_ms": result.h2load_latency_ms}
+            if result.protocol == "h2"
+            else {}
+        ),
     }
 
 

@@ -31,6 +31,7 @@ def median_result(rounds: Sequence[PathResult]) -> PathResult:
         rps=_median([r.rps for r in ok]),
         latency_ms=_median_map([r.latency_ms for r in ok]),
         wrk_latency_ms=_median_map([r.wrk_latency_ms for r in ok]),
+        h2load_latency_ms=_median_map([r.h2load_latency_ms for r in ok]),
         cpu_s_per_1000=_median([r.cpu_s_per_1000 for r in ok]),
         cpu_s_per_1000_saturated=_median([r.cpu_s_per_1000_saturated for r in ok]),
         rss_mb=_median([r.rss_mb for r in ok]),

@@ -1,4 +1,7 @@
-"""Measuring one bench path: start it, warm up, wrk for throughput, fixed rate for latency."""
+"""Measuring one bench path: start it, warm up, wrk for throughput, fixed rate for latency.
+
+HTTP/2 paths do the same steps with h2load (`_measure_h2`).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,14 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bench.h2load import H2loadResult, h2load_argv, read_log, run_h2load
 from bench.paths import BuildContext, PathDef
 from bench.procs import CpuPlan, Running, child_env, start_all, stop_all, wait_http_ok
 from bench.procstat import cpu_seconds, peak_rss_mb, serving_pids
+from bench.stats import summarize
 from bench.wrk import WrkResult, run_wrk, wrk_argv
 
 
@@ -24,6 +30,12 @@ class BenchOptions:
     rate: float = 1000.0
     rate_connections: int = 16
     rate_warmup: float = 1.0
+    # HTTP/2 paths (h2load): as many requests in flight as wrk's 32, multiplexed.
+    h2_connections: int = 4
+    h2_streams: int = 8
+    # The paced run: `rate` over `rate_connections` connections, each allowed this many streams
+    # (so a slow answer never holds the next request back behind a stream limit).
+    h2_rate_streams: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,8 @@ class PathResult:
     spread: dict[str, list[float]] = field(default_factory=dict)  # per-round rps and p99
     skipped: str | None = None
     error: str | None = None
+    protocol: str = "http/1.1"  # "h2" for the HTTP/2 paths
+    h2load_latency_ms: dict[str, float] = field(default_factory=dict)  # min/max/mean/sd
 
 
 def _fixed_rate(port: int, opts: BenchOptions, plan: CpuPlan) -> dict[str, Any]:
@@ -106,6 +120,67 @@ def _measure(
     )
 
 
+def _h2_fixed_rate(
+    port: int, opts: BenchOptions, plan: CpuPlan, log: Path
+) -> tuple[H2loadResult, dict[str, float]]:
+    """h2load --rps: `rate` req/s in all; percentiles from its per-request log.
+
+    One run of warm-up + duration (h2load's own --warm-up-time leaves its requests out of the
+    count, while the CPU reading covers them); the log's first `rate_warmup` s are dropped.
+    """
+    log.unlink(missing_ok=True)  # h2load appends
+    argv = h2load_argv(
+        port,
+        opts.duration + opts.rate_warmup,
+        connections=opts.rate_connections,
+        streams=opts.h2_rate_streams,
+        rps_per_connection=opts.rate / opts.rate_connections,
+        log_file=log,
+    )
+    result = run_h2load(plan.wrap(argv, plan.loadgen), opts.duration + opts.rate_warmup + 30)
+    return result, summarize(read_log(log, skip_s=opts.rate_warmup))
+
+
+def _measure_h2(
+    name: str,
+    running: list[Running],
+    entry_port: int,
+    opts: BenchOptions,
+    plan: CpuPlan,
+    run_dir: Path,
+) -> PathResult:
+    pids = [pid for r in running if r.spec.cost for pid in serving_pids(r.pid)]
+    timeout = opts.duration + opts.warmup + 30
+
+    def load(duration: float) -> H2loadResult:
+        argv = h2load_argv(
+            entry_port, duration, connections=opts.h2_connections, streams=opts.h2_streams
+        )
+        return run_h2load(plan.wrap(argv, plan.loadgen), timeout)
+
+    load(opts.warmup)
+    cpu0 = cpu_seconds(pids)
+    sat = load(opts.duration)
+    cpu1 = cpu_seconds(pids)
+    fixed, latency = _h2_fixed_rate(entry_port, opts, plan, run_dir / f"{name}.h2load.log")
+    cpu2 = cpu_seconds(pids)
+    dead = [r.spec.name for r in running if not r.alive()]
+    if dead:
+        raise RuntimeError(f"exited under load: {', '.join(dead)}")
+    return PathResult(
+        name=name,
+        rps=sat.rps,
+        latency_ms=latency,
+        cpu_s_per_1000=_per_1000(cpu2 - cpu1, fixed.requests) if pids else None,
+        cpu_s_per_1000_saturated=_per_1000(cpu1 - cpu0, sat.requests) if pids else None,
+        rss_mb=peak_rss_mb(pids) if pids else None,
+        errors=sat.failed + sat.non_2xx + fixed.failed + fixed.non_2xx,
+        fixed_rate={"requests": fixed.requests, "achieved_rps": fixed.rps},
+        protocol="h2",
+        h2load_latency_ms=sat.latency_ms,
+    )
+
+
 def measure_path(path: PathDef, ctx: BuildContext, opts: BenchOptions, plan: CpuPlan) -> PathResult:
     """Run one path end to end; a failure becomes `error`, never an exception."""
     reason = path.unavailable()
@@ -115,7 +190,9 @@ def measure_path(path: PathDef, ctx: BuildContext, opts: BenchOptions, plan: Cpu
     try:
         topology = path.build(ctx)
         running = start_all(topology.servers, ctx.run_dir, plan)
-        wait_http_ok(topology.entry_port)  # end to end, through every hop
+        wait_http_ok(topology.entry_port, h2=path.h2)  # end to end, through every hop
+        if path.h2:
+            return _measure_h2(path.name, running, topology.entry_port, opts, plan, ctx.run_dir)
         return _measure(path.name, running, topology.entry_port, opts, plan)
     except (
         RuntimeError,

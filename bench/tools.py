@@ -1,4 +1,4 @@
-"""Making sure the reference servers and wrk are installed (apt-get when running as root)."""
+"""Making sure the reference servers, wrk and h2load are installed (apt-get when root)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import subprocess
 
 REQUIRED = ("nginx", "haproxy", "wrk")
 APT_PACKAGES = ("nginx-light", "haproxy", "wrk")
+# h2load (HTTP/2 load) is needed only when an HTTP/2 path is selected.
+H2_TOOLS = ("h2load",)
+PACKAGE_OF = {
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+}
 
 
 class ToolsMissing(RuntimeError):
@@ -30,12 +38,15 @@ def ensure_tools(names: tuple[str, ...] = REQUIRED) -> None:
     missing = missing_tools(names)
     if not missing:
         return
+    packages = list(APT_PACKAGES) + [
+        PACKAGE_OF[n] for n in names if n in PACKAGE_OF and PACKAGE_OF[n] not in APT_PACKAGES
+    ]
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise ToolsMissing(
             f"missing {', '.join(missing)}; install them with: "
-            f"sudo apt-get install -y {' '.join(APT_PACKAGES)}"
+            f"sudo apt-get install -y {' '.join(packages)}"
         )
-    subprocess.run(["apt-get", "install", "-y", *APT_PACKAGES], check=True)
+    subprocess.run(["apt-get", "install", "-y", *packages], check=True)
     still = missing_tools(names)
     if still:
         raise ToolsMissing(f"still missing after apt-get install: {', '.join(still)}")

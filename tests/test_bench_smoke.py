@@ -1,4 +1,5 @@
-"""The benchmark harness: percentile math, the fixed-rate generator, wrk parsing, a smoke run."""
+"""The benchmark harness: percentile math, the fixed-rate generator, wrk and h2load parsing,
+smoke runs of the HTTP/1.1 and HTTP/2 paths."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.h2load import h2load_argv, parse_h2load, read_log
 from bench.loadgen import FixedRateRun
-from bench.report import ratios
+from bench.report import added_p99, ratios
 from bench.rounds import median_result
 from bench.runner import PathResult
 from bench.schedule import FixedRateSchedule
@@ -35,6 +37,25 @@ WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:18080/
   73743 requests in 1.00s, 82.56MB read
 Requests/sec:  73660.79
 Transfer/sec:     82.47MB
+"""
+
+H2LOAD_OUTPUT = """starting benchmark...
+spawning thread #0: 4 total client(s). Timing-based test with 0.5s of warm-up time and 1s of \
+main duration for measurements.
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 1.50s, 42829.00 req/s, 44.67MB/s
+requests: 42829 total, 42829 started, 42829 done, 42829 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 42830 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 44.67MB (46843187) total, 3.06MB (3204709) headers (space savings 49.01%), 60.77MB \
+(63721472) data
+                     min         max         mean         sd        +/- sd
+time for request:       41us      3.97ms       720us       305us    73.78%
+time for connect:        0us         0us         0us         0us     0.00%
+time to 1st byte:        0us         0us         0us         0us     0.00%
+req/s           :   10576.01    10846.60    10706.04      110.64    50.00%
 """
 
 
@@ -86,6 +107,57 @@ def test_parse_wrk_counts_errors_and_rejects_garbage() -> None:
     assert (result.socket_errors, result.non_2xx) == (6, 4)
     with pytest.raises(ValueError):
         parse_wrk("connection refused")
+
+
+def test_parse_h2load_reads_rate_counts_and_request_times() -> None:
+    """h2load's report gives req/s, done requests, failures and min/max/mean/sd (no percentiles)."""
+    result = parse_h2load(H2LOAD_OUTPUT)
+    assert (result.rps, result.requests, result.failed, result.non_2xx) == (42829.0, 42829, 0, 0)
+    assert result.latency_ms == pytest.approx(
+        {"min": 0.041, "max": 3.97, "mean": 0.72, "sd": 0.305}
+    )
+    bad = H2LOAD_OUTPUT.replace("0 failed", "7 failed").replace("0 4xx, 0 5xx", "2 4xx, 3 5xx")
+    assert (parse_h2load(bad).failed, parse_h2load(bad).non_2xx) == (7, 5)
+    with pytest.raises(ValueError):
+        parse_h2load("connect to 127.0.0.1 failed")
+
+
+def test_h2load_argv_uses_millisecond_durations_and_the_authority() -> None:
+    """Fractional durations go as `NNNms` (h2load rejects "1.5"); Ami routes by :authority."""
+    argv = h2load_argv(8080, 1.5, connections=16, streams=32, rps_per_connection=62.5,
+                       log_file=Path("/tmp/x.log"))
+    assert argv[1:6] == ("-t1", "-c16", "-m32", "-D", "1500ms")
+    assert "--rps=62.5" in argv and "/tmp/x.log" in argv
+    assert argv[-3:] == ("-H", ":authority: backend", "http://127.0.0.1:8080/")
+    assert "--warm-up-time" in h2load_argv(8080, 3, warmup_s=0.5)
+
+
+def test_read_log_drops_the_warm_up_and_failures(tmp_path: Path) -> None:
+    """Latencies (µs -> ms) of 2xx lines sent at least skip_s after the first request."""
+    log = tmp_path / "h2load.log"
+    t0 = 1_700_000_000_000_000
+    log.write_text(
+        f"{t0}\t200\t9000\n"  # warm-up
+        f"{t0 + 600_000}\t200\t250\n"
+        f"{t0 + 700_000}\t503\t100\n"  # not a 2xx
+        f"{t0 + 800_000}\t200\t1500\n"
+    )
+    assert read_log(log, skip_s=0.5) == [0.25, 1.5]
+    assert len(read_log(log)) == 3
+
+
+def test_h2_ratio_and_added_p99_use_the_h2_floor() -> None:
+    """h2_one_hop_vs_nginx = ami-1hop-h2 / nginx-h2c; an h2 path's +p99 is over nginx-h2c's."""
+    results = {
+        "direct": PathResult("direct", rps=9000.0, latency_ms={"p99": 0.5}),
+        "nginx-h2c": PathResult("nginx-h2c", rps=4000.0, latency_ms={"p99": 2.0}, protocol="h2"),
+        "ami-1hop-h2": PathResult(
+            "ami-1hop-h2", rps=1000.0, latency_ms={"p99": 5.0}, protocol="h2"
+        ),
+    }
+    assert ratios(results) == {"h2_one_hop_vs_nginx": pytest.approx(0.25)}
+    assert added_p99(results, "ami-1hop-h2") == pytest.approx(3.0)
+    assert added_p99(results, "nginx-h2c") is None
 
 
 def test_ratios_need_both_paths() -> None:
@@ -192,3 +264,51 @@ def test_smoke_run_direct_path(tmp_path: Path) -> None:
     assert set(direct["latency_ms"]) >= {"p50", "p90", "p99"}
     assert direct["cpu_s_per_1000"] is None  # no proxy on the direct path
     assert "direct" in proc.stdout
+
+
+H2_PATHS = ("nginx-h2c", "nginx-h2-proxy", "nginx-pair-h2-mtls", "ami-1hop-h2", "ami-2hop-h2-mtls")
+
+
+def test_smoke_run_h2_paths(tmp_path: Path) -> None:
+    """Every HTTP/2 path runs briefly under h2load and reports req/s, percentiles and no errors."""
+    missing = missing_tools(("nginx", "wrk", "h2load"))
+    if missing and os.environ.get("AMI_REQUIRE_TOOLS") != "1":
+        pytest.skip(f"missing {', '.join(missing)}")
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--paths",
+            ",".join(H2_PATHS),
+            "--duration",
+            "1",
+            "--json",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    for name in H2_PATHS:
+        path = doc["paths"][name]
+        assert "skipped" not in path and "error" not in path, (name, path)
+        assert path["protocol"] == "h2"
+        assert path["rps"] > 0, name
+        assert path["errors"] == 0, (name, path)
+        assert set(path["latency_ms"]) >= {"p50", "p90", "p99"}, name
+        assert set(path["h2load_latency_ms"]) == {"min", "max", "mean", "sd"}, name
+    assert doc["paths"]["nginx-h2c"]["cpu_s_per_1000"] is None  # the backend itself
+    assert doc["paths"]["ami-1hop-h2"]["cpu_s_per_1000"] > 0
+    assert set(doc["ratios"]) == {
+        "h2_one_hop_vs_nginx",
+        "h2_one_hop_vs_nginx_proxy",
+        "h2_two_hop_mtls_vs_nginx",
+    }
