@@ -24,7 +24,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument(
-        "--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}"
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of: {', '.join(PATHS)}; `h1` and `h2` stand for all the "
+        "HTTP/1.1 (wrk) or HTTP/2 (h2load) paths",
     )
     ap.add_argument(
         "--duration",
@@ -57,6 +60,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="do not pin the load generator and servers to separate CPUs",
     )
     args = ap.parse_args(argv)
+    groups = {
+        "h1": [name for name, p in PATHS.items() if not p.h2],
+        "h2": [name for name, p in PATHS.items() if p.h2],
+    }
+    args.paths = ",".join(
+        dict.fromkeys(n for p in args.paths.split(",") for n in groups.get(p, [p]))
+    )
     unknown = [p for p in args.paths.split(",") if p not in PATHS]
     if unknown:
         ap.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
