@@ -107,13 +107,14 @@ class Listener:
             pool = ex.pool
             security = ("unknown" if pool is None
                         else "mutual_tls" if pool.tls is not None else "none")
-        self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
-                          ex.bytes_in, ex.bytes_out)
         if ex.http2 and ex.grpc:  # type: ignore[attr-defined]  # (an H2Exchange)
-            self.stats.inc("ami_grpc_requests", (
-                ("reporter", prefix[0]), ("source_workload", prefix[1]),
-                ("destination_service", prefix[3]),
-                ("grpc_response_status", ex.grpc_status or "")))  # type: ignore[attr-defined]
+            # a gRPC call: its grpc-status is a label too ("" when it ended without one)
+            self.stats.record_grpc(prefix, version, ex.status, ex.flags, security,
+                                   duration_ms, ex.bytes_in, ex.bytes_out,
+                                   ex.grpc_status or "")  # type: ignore[attr-defined]
+        else:
+            self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
+                              ex.bytes_in, ex.bytes_out)
         if self.access_log is not None:
             self._log(ex, duration_ms, prefix)
         if self.on_record is not None:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 REQUEST_LABELS = (
     "reporter", "source_workload", "source_version", "destination_service",
     "destination_workload", "destination_version", "response_code", "response_flags",
-    "connection_security_policy",
+    "connection_security_policy", "grpc_response_status",
 )
 # Istio's default bucket bounds (ms), so Istio dashboards port with a rename and a unit change.
 DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
@@ -59,7 +59,30 @@ class RequestStats:
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
+        # (_add's body, inline: this runs once per request and a call costs a few percent
+        # of the metrics' cost)
         key = (prefix, version, status, flags, security)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        s.count += 1
+        s.dur_sum += duration_ms
+        s.dur_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        s.req_sum += req_bytes
+        s.req_buckets[bisect_left(BYTES_BUCKETS, req_bytes)] += 1
+        s.resp_sum += resp_bytes
+        s.resp_buckets[bisect_left(BYTES_BUCKETS, resp_bytes)] += 1
+
+    def record_grpc(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
+                    security: str, duration_ms: float, req_bytes: int, resp_bytes: int,
+                    grpc: str) -> None:
+        """A gRPC call: `grpc` is its grpc-status, Istio's `grpc_response_status` label
+        (empty for every other request, whose key has no sixth part)."""
+        self._add((prefix, version, status, flags, security, grpc), duration_ms, req_bytes,
+                  resp_bytes)
+
+    def _add(self, key: tuple[object, ...], duration_ms: float, req_bytes: int,
+             resp_bytes: int) -> None:
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series()
@@ -79,9 +102,10 @@ class RequestStats:
         for key, s in self._series.items():
             # prefix = (reporter, source_workload, source_version, destination_service,
             #           destination_workload)
-            prefix, version, status, flags, security = key
+            prefix, version, status, flags, security = key[:5]
+            grpc = key[5] if len(key) > 5 else ""  # only gRPC calls' keys have it
             assert isinstance(prefix, tuple)
-            yield (*prefix, str(version), str(status), str(flags), str(security)), s
+            yield (*prefix, str(version), str(status), str(flags), str(security), str(grpc)), s
 
     def totals(self) -> dict[str, float]:
         """A compact summary for /stats and the control plane."""
@@ -140,7 +164,6 @@ class _StatsCollector(Collector):
 
 
 _COUNTER_HELP = {
-    "ami_grpc_requests": "gRPC calls by grpc-status ('' when the call ended without one).",
     "ami_retries": "Retries sent to upstreams.",
     "ami_retry_budget_exhausted": "Retries refused because the retry budget was spent.",
     "ami_circuit_breaker_overflow": "Requests refused by connection-pool limits.",

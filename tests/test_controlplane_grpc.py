@@ -166,3 +166,25 @@ async def test_tap_shows_grpc_status(mesh: GrpcMesh) -> None:
     assert len(events) == 2
     assert all(e["protocol"] == "HTTP/2" and e["grpc_status"] == "5" and e["status"] == 200
                for e in events), events
+
+
+async def test_stat_counts_grpc_failures_as_failures(mesh: GrpcMesh) -> None:
+    """A call the server fails (HTTP 200, grpc-status 5) lowers the success rate, as in
+    Linkerd: 10 good calls and 10 failed ones on v1 give about 50%."""
+    done = mesh.meshctl("shift", "greeter", "100/0")
+    assert done.returncode == 0, done.stderr
+    port = int(mesh.client.info["outbound"].rsplit(":", 1)[1])
+    async with channel(port, "greeter") as ch:
+        for _ in range(10):
+            await method(ch, "Unary")(b"ok", timeout=DEADLINE)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await method(ch, "Fail")(b"NOT_FOUND", timeout=DEADLINE)
+
+    def rate() -> float | None:
+        done = mesh.meshctl("stat", "greeter", "--window", "5s", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        rows = [r for r in json.loads(done.stdout)["rows"] if r["version"] == "v1"]
+        return rows[0]["successRate"] if rows else None
+
+    wait_for(lambda: (r := rate()) is not None and 0.2 < r < 0.8, 30,
+             "a success rate between 20% and 80% for greeter v1")

@@ -16,11 +16,11 @@ INF = float("inf")
 
 def key(code: str = "200", *, reporter: str = "source", src: str = "productpage",
         dst: str = "reviews", ver: str = "v1", security: str = "none",
-        flags: str = "-") -> tuple[str, ...]:
+        flags: str = "-", grpc: str = "") -> tuple[str, ...]:
     values = {"reporter": reporter, "source_workload": src, "source_version": "v1",
               "destination_service": dst, "destination_workload": dst,
               "destination_version": ver, "response_code": code, "response_flags": flags,
-              "connection_security_policy": security}
+              "connection_security_policy": security, "grpc_response_status": grpc}
     return tuple(values[name] for name in LABELS)
 
 
@@ -42,6 +42,16 @@ def test_quantile_in_the_inf_bucket_is_the_highest_finite_bound() -> None:
     """A rank that lands in +Inf is reported as the largest finite bound, never infinity."""
     assert histogram_quantile(0.5, [(1.0, 1.0), (INF, 10.0)]) == 1.0
     assert histogram_quantile(0.5, [(1.0, 0.0), (INF, 0.0)]) is None
+
+
+def test_a_failed_grpc_call_is_a_failure() -> None:
+    """HTTP 200 with grpc-status 14 is a failure; grpc-status 0 and plain HTTP successes are
+    not (Linkerd's classification)."""
+    ok, grpc_ok, grpc_bad = key("200"), key("200", grpc="0"), key("200", grpc="14")
+    empty = ((5.0, 0.0), (INF, 0.0))
+    old = scrape(100.0, {ok: (0, empty), grpc_ok: (0, empty), grpc_bad: (0, empty)})
+    new = scrape(110.0, {ok: (10, empty), grpc_ok: (20, empty), grpc_bad: (10, empty)})
+    assert golden(rates(old, new)).success_rate == pytest.approx(30 / 40)
 
 
 def test_rates_success_rate_and_mtls_share() -> None:
@@ -126,11 +136,14 @@ def test_parse_reads_the_proxy_exposition() -> None:
     for ms in (0.7, 3.0, 3.0, 80.0):
         stats.record(prefix, "v2", 200, "-", "mutual_tls", ms, 10, 100)
     stats.record(prefix, "v2", 503, "UF", "mutual_tls", 2.0, 10, 0)
+    stats.record_grpc(prefix, "v2", 200, "-", "mutual_tls", 1.0, 10, 0, "14")  # a failed call
     stats.inc("ami_outlier_ejections", (("destination_service", "reviews"),), 2)
     s = parse_scrape(generate_latest(build_registry(stats)).decode(), 5.0)
-    ok = ("source", "productpage", "v1", "reviews", "reviews", "v2", "200", "-", "mutual_tls")
+    ok = ("source", "productpage", "v1", "reviews", "reviews", "v2", "200", "-", "mutual_tls",
+          "")
     assert s.requests[ok] == 4
     assert dict(s.buckets[ok])[5.0] == 3 and dict(s.buckets[ok])[INF] == 4
+    assert s.requests[(*ok[:-1], "14")] == 1
     assert s.counters["ami_outlier_ejections"] == 2
 
 

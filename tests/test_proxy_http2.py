@@ -239,9 +239,9 @@ async def test_metrics_and_access_log(env: Env) -> None:
     text = await env.proxy.metrics()
     assert metric_value(text, "ami_requests_total", destination_service="echo",
                         response_code="200", reporter="source") >= 2
-    assert metric_value(text, "ami_grpc_requests_total", destination_service="echo",
-                        grpc_response_status="7") >= 1
-    assert metric_value(text, "ami_grpc_requests_total", destination_service="echo",
+    assert metric_value(text, "ami_requests_total", destination_service="echo",
+                        response_code="200", grpc_response_status="7") >= 1
+    assert metric_value(text, "ami_requests_total", destination_service="echo",
                         grpc_response_status="0") >= 1
     lines = [json.loads(line) for line in env.proxy.stdout().splitlines()
              if line.startswith("{")]

@@ -475,7 +475,7 @@ async def test_tap_and_metrics_see_http2_requests(env: Env) -> None:
 async def test_grpc_metrics_by_status(env: Env) -> None:
     async with H2Client(env.port) as client:
         await client.request("ollate", "/m", method="POST", headers=GRPC, body=GRPC_MESSAGE)
-    assert await env.metric("ami_grpc_requests_total", destination_service="ollate",
+    assert await env.metric("ami_requests_total", destination_service="ollate",
                             grpc_response_status="14") >= 1
 
 

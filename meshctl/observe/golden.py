@@ -16,6 +16,7 @@ from meshctl.observe.samples import (
     DST,
     DST_VER,
     FLAGS,
+    GRPC,
     REPORTER,
     SECURITY,
     SRC,
@@ -115,9 +116,10 @@ SOURCE_ONLY_FLAGS = frozenset({"fault_injected", "upstream_connect_failure",
                                "no_healthy_upstream", "overflow"})
 
 
-def is_success(code: str) -> bool:
-    """5xx and "no response" (0) are failures, as in linkerd's success rate."""
-    return code.isdigit() and 0 < int(code) < 500
+def is_success(code: str, grpc: str = "") -> bool:
+    """5xx and "no response" (0) are failures, as in linkerd's success rate, and so is a gRPC
+    call whose grpc-status is not 0 (OK), whatever its HTTP status (Linkerd's gRPC class)."""
+    return code.isdigit() and 0 < int(code) < 500 and grpc in ("", "0")
 
 
 def golden(group: Iterable[Rate]) -> Golden:
@@ -126,7 +128,7 @@ def golden(group: Iterable[Rate]) -> Golden:
     merged: dict[float, float] = {}
     for r in group:
         total += r.rps
-        if is_success(r.key[CODE]):
+        if is_success(r.key[CODE], r.key[GRPC]):
             ok += r.rps
         security = r.key[SECURITY]
         if security != "unknown":  # answered by the caller's sidecar: no connection to judge

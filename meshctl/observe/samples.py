@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 # Index of each label in a series key; the order of proxy.metrics.REQUEST_LABELS.
-REPORTER, SRC, SRC_VER, DST, DST_WL, DST_VER, CODE, FLAGS, SECURITY = range(9)
+REPORTER, SRC, SRC_VER, DST, DST_WL, DST_VER, CODE, FLAGS, SECURITY, GRPC = range(10)
 LABELS = ("reporter", "source_workload", "source_version", "destination_service",
           "destination_workload", "destination_version", "response_code", "response_flags",
-          "connection_security_policy")
+          "connection_security_policy", "grpc_response_status")
 Key = tuple[str, ...]
 START_TIME = "ami_proxy_process_start_time_seconds"  # prometheus_client's ProcessCollector
 Buckets = tuple[tuple[float, float], ...]  # (upper bound, cumulative count), +Inf last

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from meshctl.observe.golden import SOURCE_ONLY_FLAGS
+from meshctl.observe.golden import SOURCE_ONLY_FLAGS, is_success
 
 TAP_SETUP_TIMEOUT = 5.0  # seconds to wait for every sidecar to start tapping
 
@@ -92,7 +92,8 @@ def top_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for (dest, method, path), items in groups.items():
         latencies = [float(e["duration_ms"]) for e in items]
-        ok = sum(1 for e in items if 0 < int(e["status"]) < 500)
+        ok = sum(1 for e in items
+                 if is_success(str(e["status"]), e.get("grpc_status") or ""))
         rows.append({"destination": dest, "method": method, "path": path,
                      "count": len(items), "successRate": ok / len(items),
                      "best": min(latencies), "worst": max(latencies),
