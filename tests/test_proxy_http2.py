@@ -343,3 +343,29 @@ async def test_authorization_denies_a_grpc_method(pair: Pair) -> None:
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _reason(err.value) == "not_authorized"
     assert pair.app.calls == before
+
+
+async def test_grpc_enters_through_the_gateway(env: Env, tmp_path: Path) -> None:
+    """A gRPC client outside the mesh reaches a service through the plaintext gateway (h2c),
+    routed by the gateway's host and path rules."""
+    proc = ProxyProcess(tmp_path, {}, args=("--mode", "gateway"))
+    port = free_port()
+    proc.config.write_text(yaml.safe_dump({
+        "version": "gw-1", "node": {"service": "gateway", "labels": {"version": "v1"}},
+        "listeners": {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{proc.admin}"},
+        "services": {"echo": {"endpoints": [_endpoint(env.v2.port, "v2")]}},
+        "gateway": {"rules": [{"hosts": ["api.example.com"],
+                               "match": [{"path": {"prefix": "/ami.test.Echo/"}}],
+                               "destination": "echo"}]},
+    }))
+    proc.start()
+    try:
+        async with channel(port, "api.example.com") as ch:
+            answer = json.loads(await method(ch, "Unary")(b"in", timeout=DEADLINE))
+        async with channel(port, "other.example.com") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await method(ch, "Unary")(b"in", timeout=DEADLINE)
+    finally:
+        proc.stop()
+    assert answer["server"] == "v2" and answer["request"] == "in"
+    assert (err.value.code(), _reason(err.value)) == (grpc.StatusCode.UNIMPLEMENTED, "no_route")
