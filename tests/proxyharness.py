@@ -338,9 +338,12 @@ class ProxyProcess:
             if open_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
 
+        # No preexec_fn unless needed: with one, the child runs Python between fork and exec,
+        # and a gRPC library with threads in this process (the gRPC tests' servers) aborts
+        # there (its fork handlers); without, CPython uses vfork and runs none of them.
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(cmd, cwd=PROXY_ROOT, stdout=out, stderr=err,
-                                         preexec_fn=limit_files)
+                                         preexec_fn=limit_files if open_files else None)
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             if self.proc.poll() is not None:
