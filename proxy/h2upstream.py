@@ -123,7 +123,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.streams: dict[int, H2UpstreamStream] = {}
         self.closed = False
         self.flush_due = False  # a flush_now is scheduled for this loop iteration
-        self.ready = False  # connected and its server checked (identity, ALPN)
+        self.ready = False  # connected and its server checked (identity, ALPN, SETTINGS)
+        # The server's first SETTINGS (its stream limit): streams wait for it, or a server
+        # allowing fewer than h2's default would refuse the ones beyond.
+        self.settings_seen: asyncio.Future[None] = self.loop.create_future()
         self.goaway = False  # the server said it takes no new stream
         self.idle_since = self.loop.time()
         self.peer_identity: str | None = None
@@ -262,6 +265,9 @@ class H2UpstreamConnection(asyncio.Protocol):
             if stream is not None and stream.exchange is not None:
                 stream.exchange.h2_response_trailers(event.headers)
                 self._ended(stream)
+        elif kind is ev.RemoteSettingsChanged:
+            if not self.settings_seen.done():
+                self.settings_seen.set_result(None)
         elif kind is ev.WindowUpdated:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -298,6 +304,9 @@ class H2UpstreamConnection(asyncio.Protocol):
             ex.h2_response_end(stream)
 
     def _fail_all(self, reason: str) -> None:
+        if not self.settings_seen.done():
+            self.settings_seen.set_exception(ConnectionError(f"upstream closed: {reason}"))
+            self.settings_seen.exception()  # (retrieved: a failed connect is reported once)
         if not self.closed:
             self.closed = True
             if self.transport is not None:

@@ -136,6 +136,11 @@ class EndpointPool:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
                 conn.abort()
                 raise OSError(f"upstream {self.address} does not speak HTTP/2 (ALPN)")
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.settings_seen), self.connect_timeout)
+        except TimeoutError:
+            conn.abort()
+            raise OSError(f"upstream {self.address} sent no HTTP/2 SETTINGS") from None
         conn.ready = True  # (listed in self.h2 since connection_made, not offered until now)
         return conn
 

@@ -27,8 +27,9 @@ def _identity(data: bytes) -> bytes:
 class EchoServer:
     """`grpc.aio` server on 127.0.0.1:<port> (h2c), counting the calls it received."""
 
-    def __init__(self, name: str = "echo") -> None:
+    def __init__(self, name: str = "echo", options: tuple[tuple[str, Any], ...] = ()) -> None:
         self.name = name  # answered in every reply, so tests see which instance answered
+        self.options = options  # grpc.aio.server options, e.g. grpc.max_concurrent_streams
         self.calls = 0
         self.cancelled = 0
         self.sleeping = 0  # Slow calls in their sleep now
@@ -39,7 +40,7 @@ class EchoServer:
         self.port = 0
 
     async def start(self) -> EchoServer:
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=self.options)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(
                 self._unary, _identity, _identity),

@@ -369,3 +369,18 @@ async def test_grpc_enters_through_the_gateway(env: Env, tmp_path: Path) -> None
         proc.stop()
     assert answer["server"] == "v2" and answer["request"] == "in"
     assert (err.value.code(), _reason(err.value)) == (grpc.StatusCode.UNIMPLEMENTED, "no_route")
+
+
+async def test_a_server_taking_one_stream_at_a_time(tmp_path: Path) -> None:
+    """A server whose SETTINGS allow one stream per connection: ten concurrent calls all
+    succeed (streams it refuses unprocessed are sent again, on more connections)."""
+    server = await EchoServer("narrow", options=(("grpc.max_concurrent_streams", 1),)).start()
+    proc = ProxyProcess(tmp_path, {"narrow": [server.port]}).start()
+    try:
+        async with channel(proc.outbound, "narrow") as ch:
+            slow = method(ch, "Slow")
+            answers = await asyncio.gather(*(slow(b"0.2", timeout=DEADLINE) for _ in range(10)))
+    finally:
+        proc.stop()
+        await server.stop()
+    assert answers == [b"narrow"] * 10
