@@ -111,7 +111,12 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         p._has_request_id = True
         p._headers.append((name, value))
     elif kind == _H_UPGRADE:
-        p._upgrade_value = value
+        # Only WebSocket is tunnelled (as Envoy's default upgrade_configs). Any other upgrade,
+        # `h2c` above all, is not forwarded: tunnelled, it would carry later requests past
+        # every per-request policy (h2c smuggling). Such a request is answered as HTTP/1.1,
+        # then the connection closes (exchange_from_head).
+        if b"websocket" in connection_tokens(value):
+            p._upgrade_value = value
     elif kind == _H_CONNECTION:
         # Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1); removed once the
         # head is complete, since they may come before or after the Connection header.
@@ -164,11 +169,16 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     if p._conn_tokens:
         drop = p._conn_tokens
         p._headers = [h for h in p._headers if h[0].lower() not in drop]
-    upgrade = parser.should_upgrade() and p._upgrade_value is not None
+    keep_alive = parser.should_keep_alive() and not p.draining
+    upgrade = parser.should_upgrade()
+    if upgrade and p._upgrade_value is None:
+        # An upgrade not offered: the parser stopped after this head, so the connection
+        # ends with this response.
+        upgrade = keep_alive = False
     tail = _head_tail(p, upgrade)
     ex = Exchange(
-        p, method, url, path, query, authority, p._headers, tail,
-        p._chunked, parser.should_keep_alive() and not p.draining, http10, upgrade,
+        p, method, url, path, query, authority, p._headers, tail, p._chunked, keep_alive,
+        http10, upgrade,
         p._expect_continue and not http10, p.head_started,
     )
     ex.timeout_override = p._timeout_override

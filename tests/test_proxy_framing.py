@@ -14,6 +14,7 @@ from tests.proxyharness import (
     Backends,
     ProxyProcess,
     RawBackend,
+    at_eof,
     echo_app,
     free_port,
     get,
@@ -220,4 +221,20 @@ async def test_keep_alive_connection_serves_many_requests(env: dict[str, Any]) -
         writer.write(get("echo", f"/n{i}", body=b"x" * i, method="POST"))
         resp = await asyncio.wait_for(read_response(reader), 10)
         assert json.loads(resp.body)["body"] == "x" * i
+    writer.close()
+
+
+async def test_h2c_upgrade_is_not_tunnelled(env: dict[str, Any]) -> None:
+    """`Upgrade: h2c` is not forwarded (h2c smuggling: a tunnel to an h2c-capable app would
+    carry later requests past every per-request policy): the request is answered as
+    HTTP/1.1, the upstream never sees the upgrade headers, and the connection closes."""
+    raw = (b"GET /smuggle HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(raw)
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    assert resp.status == 200 and resp.header("connection") == "close"
+    sent = {name.lower() for name, _ in json.loads(resp.body)["headers"]}
+    assert not sent & {"upgrade", "http2-settings", "connection"}
+    assert await at_eof(reader, 5)
     writer.close()
