@@ -299,6 +299,16 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def _ended(self, stream: H2UpstreamStream) -> None:
         ex, stream.exchange = stream.exchange, None
+        if not stream.out.ended and self.streams.get(stream.stream_id) is stream:
+            # Answered before our request's end (RFC 9113 8.1: an early 413, a gRPC call the
+            # server ended first): the rest of the request is not sent. Unless the server resets
+            # it, h2 keeps the stream half-open for good, counted against the server's
+            # SETTINGS_MAX_CONCURRENT_STREAMS, and the connection fails new streams at the limit.
+            try:
+                self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+            except H2Error:
+                pass
+            self.flush()
         self._finished(stream)
         if ex is not None:
             ex.h2_response_end(stream)

@@ -1,0 +1,162 @@
+"""HTTP/2 bookkeeping that must empty itself: per-stream state left behind when a stream ends
+in an unusual order. The proxy runs in-process so its tables can be read directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h2.events as ev
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.settings import SettingCodes, Settings
+
+from tests.proxyharness import eventually
+
+DEADLINE = 10.0
+Headers = list[tuple[bytes, bytes]]
+
+
+class RawServer(asyncio.Protocol):
+    """An h2c server by path: `/early` is answered in full on its HEADERS (before the request
+    ends, and never reset afterwards); `/big` gets 60 KB once the request ended; else 200."""
+
+    max_streams = 2
+
+    def __init__(self) -> None:
+        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.paths: dict[int, bytes] = {}
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        self.h2.initiate_connection()
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            if isinstance(event, ev.RequestReceived):
+                path = dict(event.headers)[b":path"]
+                self.paths[event.stream_id] = path
+                if path == b"/early":
+                    self.h2.send_headers(event.stream_id, [(b":status", b"200")],
+                                         end_stream=True)
+            elif isinstance(event, ev.DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, ev.StreamEnded):
+                path = self.paths.get(event.stream_id)
+                if path == b"/early":
+                    continue
+                self.h2.send_headers(event.stream_id, [(b":status", b"200")])
+                for _ in range(4 if path == b"/big" else 1):
+                    self.h2.send_data(event.stream_id, b"x" * 15000)
+                self.h2.end_stream(event.stream_id)
+        assert self.transport is not None
+        self.transport.write(self.h2.data_to_send())
+
+
+class RawClient(asyncio.Protocol):
+    """An h2c client whose receive window and reading are under the test's control."""
+
+    def __init__(self, window: int = 65535) -> None:
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.window = window
+        self.reading = True  # give received DATA back as window
+        self.status: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.local_settings = Settings(client=True, initial_values={
+            SettingCodes.INITIAL_WINDOW_SIZE: self.window})
+        self.h2.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            if isinstance(event, ev.ResponseReceived):
+                self.status[event.stream_id] = dict(event.headers)[b":status"]
+            elif isinstance(event, ev.DataReceived) and self.reading:
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, ev.StreamEnded | ev.StreamReset):
+                self.ended.add(event.stream_id)
+        self.flush()
+
+    def request(self, path: str, *, body: bytes = b"", end: bool = True) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                   (b":authority", b"svc"), (b":path", path.encode())],
+                             end_stream=end and not body)
+        if body:
+            self.h2.send_data(sid, body, end_stream=end)
+        self.flush()
+        return sid
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+
+class Env:
+    def __init__(self, server: Any, port: int) -> None:
+        self.server = server
+        self.port = port
+
+    async def client(self, **kw: Any) -> RawClient:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: RawClient(**kw), "127.0.0.1", self.port)
+        await eventually(lambda: self.session_count() >= 1, DEADLINE)
+        return client
+
+    def sessions(self) -> list[Any]:
+        from proxy.h2downstream import H2DownstreamProtocol
+
+        return [c for c in self.server.listeners["outbound"].connections
+                if isinstance(c, H2DownstreamProtocol)]
+
+    def session_count(self) -> int:
+        return len(self.sessions())
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    from proxy.config import Address, Snapshot
+    from proxy.listener import Limits
+    from proxy.server import ProxyOptions, ProxyServer
+
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(RawServer, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    server = ProxyServer(ProxyOptions(listeners={"outbound": Address("127.0.0.1", 0)},
+                                      limits=Limits(stream_idle_timeout=5.0)))
+    server.apply(Snapshot.from_dict({
+        "version": "1", "node": {"service": "client"}, "listeners": {"outbound": "127.0.0.1:0"},
+        "services": {"svc": {"endpoints": [{"address": f"127.0.0.1:{port}"}]}}}))
+    try:
+        await server.start_listeners()
+        yield Env(server, server.bound_address("outbound").port)
+    finally:
+        await server.shutdown(deadline=1.0)
+        upstream.close()
+
+
+async def test_answer_before_the_request_end_frees_the_upstream_stream(env: Env) -> None:
+    """A server answering in full before the request's end, without resetting the stream (RFC
+    9113 8.1 allows it): the proxy resets its side, so the stream no longer counts against the
+    server's SETTINGS_MAX_CONCURRENT_STREAMS (2 here) and later requests still get through."""
+    client = await env.client()
+    for _ in range(2 * RawServer.max_streams + 1):
+        sid = client.request("/early", body=b"part of a body", end=False)
+        await eventually(lambda sid=sid: sid in client.ended, DEADLINE)
+        assert client.status[sid] == b"200"
+    conns = [c for pool in env.server.pools for c in pool.h2]
+    assert len(conns) == 1
+    await eventually(lambda: conns[0].h2.open_outbound_streams == 0, DEADLINE)
