@@ -455,6 +455,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         for stream_id, stream in list(self.streams.items()):
             if stream.out.ended and stream.exchange is None:
                 self.streams.pop(stream_id, None)  # sent in full meanwhile
+                self._watch.pop(stream_id, None)  # (watched while it waited for window)
         limits = self.listener.limits
         if not self.streams:
             limit = _DRAIN_IDLE if self.draining else limits.idle_timeout

@@ -160,3 +160,25 @@ async def test_answer_before_the_request_end_frees_the_upstream_stream(env: Env)
     conns = [c for pool in env.server.pools for c in pool.h2]
     assert len(conns) == 1
     await eventually(lambda: conns[0].h2.open_outbound_streams == 0, DEADLINE)
+
+
+async def test_response_held_for_window_leaves_no_stream_idle_watch(env: Env) -> None:
+    """A response the upstream finished while the client's window held part of it back: the
+    stream idle sweep watches it meanwhile, and forgets it once the client read it all."""
+    client = await env.client(window=1000)
+    client.reading = False  # the window stays shut: the answer waits in the proxy
+    sid = client.request("/big")
+    (session,) = env.sessions()
+    await eventually(lambda: sid in session.streams and session.streams[sid].exchange is None,
+                     DEADLINE)  # the exchange has finished; its answer is held
+    loop = asyncio.get_running_loop()
+    session.check_timers(loop.time())
+    assert sid in session._watch
+    client.reading = True
+    client.h2.increment_flow_control_window(1 << 20)
+    client.h2.increment_flow_control_window(1 << 20, sid)
+    client.flush()
+    await eventually(lambda: sid in client.ended, DEADLINE)
+    session.check_timers(loop.time())
+    assert not session.streams
+    assert not session._watch
