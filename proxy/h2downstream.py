@@ -287,10 +287,10 @@ class H2DownstreamProtocol(asyncio.Protocol):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    stream.out.pump()
+                    self._pump(stream)
             else:
                 for stream in list(self.streams.values()):
-                    stream.out.pump()
+                    self._pump(stream)
         elif kind is ev.StreamReset:
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
@@ -306,6 +306,18 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.draining = True  # the client sends no new stream; finish the open ones
             if not self.streams:
                 self._close()
+
+    def _pump(self, stream: H2Stream) -> None:
+        stream.out.pump()
+        if stream.out.ended and stream.exchange is None:
+            self._held_sent(stream)
+
+    def _held_sent(self, stream: H2Stream) -> None:
+        """An answer held for the client's window is out in full, its exchange long finished:
+        the stream is done here. A client still sending its request is told to stop, as when
+        the answer went at once (RFC 9113 8.1); else h2 would keep the stream half-open, counted
+        against MAX_STREAMS, for as long as the client does not end it."""
+        self.reset(stream, ErrorCodes.NO_ERROR)  # (sends nothing if the client had ended it)
 
     def _request(self, event: Any) -> None:
         from proxy.h2exchange import exchange_from_headers
@@ -452,10 +464,9 @@ class H2DownstreamProtocol(asyncio.Protocol):
     def check_timers(self, now: float) -> None:
         if self.closed:
             return
-        for stream_id, stream in list(self.streams.items()):
+        for stream in list(self.streams.values()):
             if stream.out.ended and stream.exchange is None:
-                self.streams.pop(stream_id, None)  # sent in full meanwhile
-                self._watch.pop(stream_id, None)  # (watched while it waited for window)
+                self._held_sent(stream)  # sent in full meanwhile
         limits = self.listener.limits
         if not self.streams:
             limit = _DRAIN_IDLE if self.draining else limits.idle_timeout

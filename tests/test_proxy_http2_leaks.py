@@ -21,7 +21,8 @@ Headers = list[tuple[bytes, bytes]]
 
 class RawServer(asyncio.Protocol):
     """An h2c server by path: `/early` is answered in full on its HEADERS (before the request
-    ends, and never reset afterwards); `/big` gets 60 KB once the request ended; else 200."""
+    ends, and never reset afterwards), `/early-big` too with 60 KB; `/big` gets 60 KB once the
+    request ended; else 100 bytes."""
 
     max_streams = 2
 
@@ -45,12 +46,17 @@ class RawServer(asyncio.Protocol):
                 if path == b"/early":
                     self.h2.send_headers(event.stream_id, [(b":status", b"200")],
                                          end_stream=True)
+                elif path == b"/early-big":
+                    self.h2.send_headers(event.stream_id, [(b":status", b"200")])
+                    for _ in range(4):
+                        self.h2.send_data(event.stream_id, b"x" * 15000)
+                    self.h2.end_stream(event.stream_id)
             elif isinstance(event, ev.DataReceived):
                 self.h2.acknowledge_received_data(event.flow_controlled_length,
                                                   event.stream_id)
             elif isinstance(event, ev.StreamEnded):
                 path = self.paths.get(event.stream_id)
-                if path == b"/early":
+                if path in (b"/early", b"/early-big"):
                     continue
                 self.h2.send_headers(event.stream_id, [(b":status", b"200")])
                 for _ in range(4 if path == b"/big" else 1):
@@ -182,3 +188,23 @@ async def test_response_held_for_window_leaves_no_stream_idle_watch(env: Env) ->
     session.check_timers(loop.time())
     assert not session.streams
     assert not session._watch
+
+
+async def test_early_answer_held_for_window_ends_the_client_stream(env: Env) -> None:
+    """An answer complete before the request's end but held for the client's window: once it
+    is out, the client is told to stop sending (RST_STREAM NO_ERROR, as for an answer sent at
+    once), so the stream does not stay half-open on the client connection."""
+    client = await env.client(window=1000)
+    client.reading = False
+    sid = client.request("/early-big", body=b"part of a body", end=False)
+    (session,) = env.sessions()
+    await eventually(lambda: sid in session.streams and session.streams[sid].exchange is None,
+                     DEADLINE)
+    client.reading = True
+    client.h2.increment_flow_control_window(1 << 20)
+    client.h2.increment_flow_control_window(1 << 20, sid)
+    client.flush()
+    await eventually(lambda: client.status.get(sid) == b"200" and sid in client.ended, DEADLINE)
+    session.check_timers(asyncio.get_running_loop().time())
+    assert not session.streams and not session._watch
+    await eventually(lambda: session.h2.open_inbound_streams == 0, DEADLINE)
