@@ -16,6 +16,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import _error_code_from_int
 from h2.events import ConnectionTerminated
+from h2.stream import StreamClosedBy
 from hpack import Encoder
 from hyperframe.frame import GoAwayFrame
 
@@ -36,8 +37,16 @@ class _PlainEncoder(Encoder):
 
 
 class MeshH2Connection(H2Connection):
-    """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, and HPACK without
-    Huffman coding (`_PlainEncoder`).
+    """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, HPACK without
+    Huffman coding (`_PlainEncoder`), and a bounded memory of closed streams.
+
+    Closed streams: h2 remembers how each closed stream ended, for the last 65536 of them (an
+    ordered dict, ~120 bytes a stream: ~8 MB on every long-lived connection, both sides, once
+    it has carried that many requests). It only tells a late frame on a stream we reset (a
+    stream error: RST_STREAM) from a frame on one that ended normally (a connection error);
+    RFC 9113 5.1 lets that period be limited. Here the last `MAX_CLOSED_STREAMS` are kept, and
+    a frame on a stream closed before them is a stream error, as for a reset one: a peer's
+    late frame never ends the whole connection.
 
     h2 closes the connection on any GOAWAY it receives and clears what it had queued to send,
     so frames for the streams the GOAWAY spares that arrive in the same read (a server saying
@@ -45,9 +54,20 @@ class MeshH2Connection(H2Connection):
     our queued frames were lost. Here the state stays open; the owner opens no new stream.
     """
 
+    MAX_CLOSED_STREAMS = 1024
+
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
         self.encoder = _PlainEncoder()
+
+    def _stream_closed_by(self, stream_id: int) -> StreamClosedBy | None:
+        closed_by = super()._stream_closed_by(stream_id)
+        if closed_by is None and stream_id not in self.streams and (
+                len(self._closed_streams) >= self.MAX_CLOSED_STREAMS):
+            # Forgotten (or skipped by the peer, which h2 also reports as None): treated as
+            # reset by us, so a late frame gets RST_STREAM STREAM_CLOSED, not a GOAWAY.
+            return StreamClosedBy.SEND_RST_STREAM
+        return closed_by
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:
         if frame.error_code != 0:

@@ -208,3 +208,36 @@ async def test_early_answer_held_for_window_ends_the_client_stream(env: Env) -> 
     session.check_timers(asyncio.get_running_loop().time())
     assert not session.streams and not session._watch
     await eventually(lambda: session.h2.open_inbound_streams == 0, DEADLINE)
+
+
+def test_closed_streams_are_remembered_within_a_bound() -> None:
+    """h2 remembered the last 65536 closed streams of every connection (~8 MB once a long-lived
+    connection carried that many requests); the proxy's connections keep a bounded number, and
+    a late frame on a stream closed before those is a stream error, not the connection's end."""
+    from hyperframe.frame import HeadersFrame
+
+    from proxy.h2guard import MeshH2Connection
+
+    server = MeshH2Connection(H2Configuration(client_side=False, header_encoding=None))
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    streams = 3000
+    for _ in range(streams):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, head, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(b":status", b"204")], end_stream=True)
+        client.receive_data(server.data_to_send())
+    assert server.open_inbound_streams == 0  # (h2 moves closed streams to its memory here)
+    assert len(server.streams) + len(server._closed_streams) <= streams // 2
+    late = HeadersFrame(1)  # trailers on the very first stream, long forgotten
+    late.data = client.encoder.encode([(b"x-late", b"1")])
+    late.flags.add("END_HEADERS")
+    late.flags.add("END_STREAM")
+    events = server.receive_data(late.serialize())
+    assert not [e for e in events if isinstance(e, ev.ConnectionTerminated)]
+    assert server.state_machine.state.name != "CLOSED"
