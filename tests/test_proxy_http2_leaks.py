@@ -4,6 +4,8 @@ in an unusual order. The proxy runs in-process so its tables can be read directl
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +13,7 @@ import h2.events as ev
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from tests.proxyharness import eventually
@@ -95,15 +98,21 @@ class RawClient(asyncio.Protocol):
                 self.ended.add(event.stream_id)
         self.flush()
 
-    def request(self, path: str, *, body: bytes = b"", end: bool = True) -> int:
+    def request(self, path: str, *, body: bytes = b"", end: bool = True,
+                authority: bytes = b"svc") -> int:
         sid = self.h2.get_next_available_stream_id()
         self.h2.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
-                                   (b":authority", b"svc"), (b":path", path.encode())],
+                                   (b":authority", authority), (b":path", path.encode())],
                              end_stream=end and not body)
         if body:
             self.h2.send_data(sid, body, end_stream=end)
         self.flush()
         return sid
+
+    def reset(self, sid: int) -> None:
+        self.h2.reset_stream(sid, ErrorCodes.CANCEL)
+        self.ended.add(sid)
+        self.flush()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -241,3 +250,48 @@ def test_closed_streams_are_remembered_within_a_bound() -> None:
     events = server.receive_data(late.serialize())
     assert not [e for e in events if isinstance(e, ev.ConnectionTerminated)]
     assert server.state_machine.state.name != "CLOSED"
+
+
+async def test_a_long_lived_connection_keeps_nothing_per_request(env: Env) -> None:
+    """Thousands of requests on one client connection, ending every which way (answered,
+    answered before the request's end, reset by the client, answered by the proxy itself):
+    nothing is left per request on either side, and once the client leaves, nothing at all."""
+    from proxy.h2guard import MeshH2Connection
+
+    client = await env.client()
+    (session,) = env.sessions()
+    bound = MeshH2Connection.MAX_CLOSED_STREAMS
+    rounds = 2 * bound // 40 + 1
+    for _ in range(rounds):
+        sids = [client.request("/") for _ in range(36)]
+        sids.append(client.request("/early", body=b"x", end=False))
+        sids.append(client.request("/", authority=b"nosuch"))  # a local 404
+        cancelled = client.request("/", body=b"x", end=False)  # the upstream waits for more
+        await asyncio.sleep(0)
+        client.reset(cancelled)
+        sids.append(client.request("/big", body=b"x" * 10000))
+        await eventually(lambda sids=sids: all(s in client.ended for s in sids), DEADLINE)
+    conns = [c for pool in env.server.pools for c in pool.h2]  # (2 streams each at most)
+    await eventually(lambda s=session: not s.streams and not any(c.streams for c in conns),
+                     DEADLINE)
+    assert not session._watch
+    assert session.h2.open_inbound_streams == 0
+    assert all(c.h2.open_outbound_streams == 0 for c in conns)
+    for h2 in (session.h2, *(c.h2 for c in conns)):  # 2 * bound requests: more than remembered
+        assert len(h2.streams) + len(h2._closed_streams) <= bound
+    assert all(pool.active_requests == 0 for pool in env.server.pools)
+
+    session_ref = weakref.ref(session)
+    del session
+    assert client.transport is not None
+    client.transport.close()
+    await eventually(lambda: env.session_count() == 0, DEADLINE)
+
+    def swept() -> bool:  # (a sweep closes one idle upstream connection of a pool)
+        for pool in env.server.pools:
+            pool.sweep(asyncio.get_running_loop().time() + 3600)
+        return all(p.connections == 0 and not p.h2 for p in env.server.pools)
+
+    await eventually(swept, DEADLINE)
+    gc.collect()
+    assert session_ref() is None
