@@ -10,10 +10,11 @@ A gRPC request answered by the proxy gets a gRPC answer: a trailers-only respons
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from proxy.exchange import Exchange
+from proxy.exchange import _MAX_REPLAY, Exchange
 from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
 from proxy.reasons import REASON_HEADER, REASONS
 
@@ -65,8 +66,6 @@ class H2Exchange(Exchange):
         self._connect_task = self.downstream.loop.create_task(self._connect_h2(pool))
 
     async def _connect_h2(self, pool: EndpointPool) -> None:
-        import asyncio
-
         try:
             # shared with the requests arriving while it opens (shielded: one leaving does
             # not cancel it for the others)
@@ -118,7 +117,7 @@ class H2Exchange(Exchange):
         stream.send_headers(self._upstream_headers(stream.pool), end)
         if self._replay:
             stream.writelines(self._replay)
-            if self.bytes_in > 64 * 1024:
+            if self.bytes_in > _MAX_REPLAY:
                 self._replay = None  # as Exchange._send_on: too large for another retry
         elif self._body_buffer is not None:
             stream.writelines(self._body_buffer)
