@@ -225,11 +225,7 @@ class Exchange:
         try:
             conn = await pool.connect()
         except (TimeoutError, OSError):
-            self._connect_task = None
-            stats = self.downstream.listener.stats
-            name = self.backend.service if self.backend is not None else "unknown"
-            stats.connect_failures[name] = stats.connect_failures.get(name, 0) + 1
-            self._attempt_failed("connect-failure", "upstream_connect_failure")
+            self._connect_failed()
             return
         except asyncio.CancelledError:
             return
@@ -246,6 +242,14 @@ class Exchange:
         except Exception:
             self.conn = self.conn or conn  # dropped with the attempt
             self.internal_error()
+
+    def _connect_failed(self) -> None:
+        """No connection could be opened: counted, then retried, failed over or answered."""
+        self._connect_task = None
+        stats = self.downstream.listener.stats
+        name = self.backend.service if self.backend is not None else "unknown"
+        stats.connect_failures[name] = stats.connect_failures.get(name, 0) + 1
+        self._attempt_failed("connect-failure", "upstream_connect_failure")
 
     def _send_on(self, conn: UpstreamConnection) -> None:
         self.conn = conn

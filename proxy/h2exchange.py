@@ -71,11 +71,7 @@ class H2Exchange(Exchange):
             # not cancel it for the others)
             conn = await asyncio.shield(pool.connect_h2_shared())
         except (TimeoutError, OSError):
-            self._connect_task = None
-            stats = self.downstream.listener.stats
-            name = self.backend.service if self.backend is not None else "unknown"
-            stats.connect_failures[name] = stats.connect_failures.get(name, 0) + 1
-            self._attempt_failed("connect-failure", "upstream_connect_failure")
+            self._connect_failed()
             return
         except asyncio.CancelledError:
             return
