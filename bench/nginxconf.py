@@ -74,30 +74,11 @@ def proxy_conf(
 ) -> str:
     """A reverse proxy with upstream keep-alive; optional mTLS on either side."""
     listen = f"listen 127.0.0.1:{listen_port} backlog=4096"
-    server_tls = ""
     if listen_tls is not None:
-        c = listen_tls.certs
         listen += " ssl"
-        server_tls = f"""
-        ssl_certificate {c.server_cert};
-        ssl_certificate_key {c.server_key};
-        ssl_client_certificate {c.ca};
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
-        ssl_session_cache shared:{name}:1m;"""
-    scheme = "http"
-    upstream_ssl = ""
-    if upstream_tls is not None:
-        c = upstream_tls.certs
-        scheme = "https"
-        upstream_ssl = f"""
-            proxy_ssl_certificate {c.client_cert};
-            proxy_ssl_certificate_key {c.client_key};
-            proxy_ssl_trusted_certificate {c.ca};
-            proxy_ssl_verify on;
-            proxy_ssl_name {SERVER_NAME};
-            proxy_ssl_protocols TLSv1.3;
-            proxy_ssl_session_reuse on;"""
+    server_tls = _server_tls(listen_tls, name)
+    scheme = "https" if upstream_tls is not None else "http"
+    upstream_ssl = _upstream_tls(upstream_tls, "proxy")
     body = f"""    upstream up {{
         server 127.0.0.1:{upstream_port};
         keepalive 64;
@@ -134,29 +115,9 @@ def grpc_proxy_conf(
     """
     listen = f"listen 127.0.0.1:{listen_port}"
     listen += " ssl http2 backlog=4096" if listen_tls is not None else " http2 backlog=4096"
-    server_tls = ""
-    if listen_tls is not None:
-        c = listen_tls.certs
-        server_tls = f"""
-        ssl_certificate {c.server_cert};
-        ssl_certificate_key {c.server_key};
-        ssl_client_certificate {c.ca};
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
-        ssl_session_cache shared:{name}:1m;"""
-    scheme = "grpc"
-    upstream_ssl = ""
-    if upstream_tls is not None:
-        c = upstream_tls.certs
-        scheme = "grpcs"
-        upstream_ssl = f"""
-            grpc_ssl_certificate {c.client_cert};
-            grpc_ssl_certificate_key {c.client_key};
-            grpc_ssl_trusted_certificate {c.ca};
-            grpc_ssl_verify on;
-            grpc_ssl_name {SERVER_NAME};
-            grpc_ssl_protocols TLSv1.3;
-            grpc_ssl_session_reuse on;"""
+    server_tls = _server_tls(listen_tls, name)
+    scheme = "grpcs" if upstream_tls is not None else "grpc"
+    upstream_ssl = _upstream_tls(upstream_tls, "grpc")
     body = f"""    upstream up {{
         server 127.0.0.1:{upstream_port};
         keepalive 64;
@@ -169,6 +130,35 @@ def grpc_proxy_conf(
         }}
     }}"""
     return _main_block(prefix, name, body)
+
+
+def _server_tls(listen_tls: NginxTLS | None, name: str) -> str:
+    """A TLS listener's directives: TLS 1.3, client certificates verified."""
+    if listen_tls is None:
+        return ""
+    c = listen_tls.certs
+    return f"""
+        ssl_certificate {c.server_cert};
+        ssl_certificate_key {c.server_key};
+        ssl_client_certificate {c.ca};
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:{name}:1m;"""
+
+
+def _upstream_tls(upstream_tls: NginxTLS | None, module: str) -> str:
+    """mTLS to the upstream for `proxy_pass` (`module` "proxy") or `grpc_pass` ("grpc")."""
+    if upstream_tls is None:
+        return ""
+    c = upstream_tls.certs
+    return f"""
+            {module}_ssl_certificate {c.client_cert};
+            {module}_ssl_certificate_key {c.client_key};
+            {module}_ssl_trusted_certificate {c.ca};
+            {module}_ssl_verify on;
+            {module}_ssl_name {SERVER_NAME};
+            {module}_ssl_protocols TLSv1.3;
+            {module}_ssl_session_reuse on;"""
 
 
 def nginx_argv(prefix: Path, conf: Path) -> tuple[str, ...]:
