@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from proxy.appprobe import ProbeSpec
 from proxy.config import Address, ConfigError
 from proxy.listener import Limits
 from proxy.server import ProxyOptions
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-key", type=Path, metavar="PEM",
                    help="the private key of --gateway-cert")
     p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
+    p.add_argument("--app-probe", default="tcp", metavar="tcp|none|/PATH",
+                   help="control-plane mode: how to tell the app serves, so its endpoint is "
+                        "published only then: a TCP connect to --app (default), an HTTP GET "
+                        "of /PATH answering 2xx/3xx, or none")
+    p.add_argument("--app-probe-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between app probes once it serves (default 1; 0.2 until then)")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "
                         "listeners (default: their host; a wildcard becomes this hostname)")
@@ -87,7 +94,19 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     access = None if args.access_log is None else args.access_log == "on"
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access,
-                        gateway_tls=_gateway_tls(args))
+                        gateway_tls=_gateway_tls(args), app_probe=_app_probe(args))
+
+
+def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:
+    """How to probe the local app, or None when there is none to probe (or no registry)."""
+    try:
+        spec = ProbeSpec.parse(args.app_probe, args.app_probe_interval)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not (args.app and args.control_plane and args.mode == "sidecar") or spec.kind == "none":
+        return None
+    Address.parse(args.app, "--app")  # a bad --app stops the start with a clear error
+    return spec
 
 
 def _gateway_tls(args: argparse.Namespace) -> Any:

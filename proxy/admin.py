@@ -32,12 +32,17 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         return json_response({"status": "alive"})
 
     async def ready(_: Request) -> Response:
-        checks = {
+        checks: dict[str, Any] = {
             "listeners_bound": server.listeners_bound,
             "config_applied": server.config_applied.is_set(),
             "certificate_loaded": server.identity_ready,
             "draining": server.draining,
         }
+        if server.app_probe is not None:
+            # Informational: the proxy's readiness is its own; the control plane publishes the
+            # endpoint only while the app serves too.
+            checks["app"] = server.app_probe.state
+            checks["app_error"] = server.app_probe.last_error or None
         return json_response(checks, 200 if server.ready else 503)
 
     async def config_dump(_: Request) -> Response:

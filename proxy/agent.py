@@ -8,10 +8,11 @@ line, ``server.apply`` compiles it, and the agent answers ACK, or NACK with the 
 has and reconnects with full-jitter exponential backoff (0.1 s up to 5 s), forever.
 
 Readiness changes are reported with Status: after every applied snapshot (the server re-applies
-once its listeners are bound), when a drain starts (SIGTERM, /shutdown), and on a half-second
-check. A stopping proxy ends its stream cleanly (half-close after the queued messages) and
-waits up to 2 s for the control plane to close it, so its "not ready" arrives before the stream
-ends and the control plane drops the endpoint at once rather than after its --grace.
+once its listeners are bound), when a drain starts (SIGTERM, /shutdown), when the app's probe
+changes state (``app_health``, proxy/appprobe.py), and on a half-second check. A stopping
+proxy ends its stream cleanly (half-close after the queued messages) and waits up to 2 s for
+the control plane to close it, so its "not ready" arrives before the stream ends and the
+control plane drops the endpoint at once rather than after its --grace.
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ class ControlPlaneAgent:
         self.ca_pem: bytes | None = ca_file.read_bytes() if ca_file else None
         self.cert_expiry: Callable[[], str] = lambda: ""  # set by run.py's identity agent
         self.cert_issued: Callable[[], str] = lambda: ""
+        self.app_health: Callable[[], str] = lambda: ""  # set by run.py when it probes the app
         self.admin_token = ""  # sent in Register; the admin listener wants it from remote callers
         self.applied_version = ""
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None] | None = None
-        self._reported_ready: bool | None = None
+        self._reported: tuple[bool, str] | None = None  # (ready, app_health) last sent
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stream_ended: asyncio.Event | None = None
@@ -193,10 +195,10 @@ class ControlPlaneAgent:
     async def _stream(self, stub: mesh_pb2_grpc.MeshControlStub) -> bool:
         """One stream until it ends; True if it delivered at least one snapshot."""
         outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None] = asyncio.Queue()
-        outbox.put_nowait(mesh_pb2.ProxyMessage(register=self._register()))
+        self._reported = (self.server.ready, self.app_health())
+        outbox.put_nowait(mesh_pb2.ProxyMessage(register=self._register(*self._reported)))
         self._outbox = outbox
         ended = self._stream_ended = asyncio.Event()
-        self._reported_ready = self.server.ready
         received = False
         try:
             call = stub.StreamConfig(_drain(outbox))
@@ -211,14 +213,15 @@ class ControlPlaneAgent:
         log.warning("control plane %s ended the stream", self.target)
         return received
 
-    def _register(self) -> mesh_pb2.Register:
+    def _register(self, ready: bool, app_health: str) -> mesh_pb2.Register:
         ident = self.identity
         return mesh_pb2.Register(
             name=ident.name, service=ident.service, namespace=ident.namespace,
             labels=ident.labels, inbound=ident.inbound, outbound=ident.outbound,
-            admin=ident.admin, mode=ident.mode, token=ident.token, ready=self.server.ready,
+            admin=ident.admin, mode=ident.mode, token=ident.token, ready=ready,
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
-            cert_issued=self.cert_issued(), admin_token=self.admin_token)
+            cert_issued=self.cert_issued(), admin_token=self.admin_token,
+            app_health=app_health)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""
@@ -244,11 +247,16 @@ class ControlPlaneAgent:
                                                       nonce=message.nonce))
 
     def _report_readiness(self, force: bool = False) -> None:
-        ready = self.server.ready
-        if self._outbox is not None and (force or ready != self._reported_ready):
-            self._reported_ready = ready
+        state = (self.server.ready, self.app_health())
+        if self._outbox is not None and (force or state != self._reported):
+            self._reported = state
             self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(
-                ready=ready, cert_expiry=self.cert_expiry(), cert_issued=self.cert_issued())))
+                ready=state[0], cert_expiry=self.cert_expiry(), cert_issued=self.cert_issued(),
+                app_health=state[1])))
+
+    def app_health_changed(self, _state: str) -> None:
+        """The app probe flipped: tell the control plane now, not at the next check."""
+        self._report_readiness()
 
     def certificate_changed(self) -> None:
         """Tell the control plane the new expiry (proxy-status, `meshctl check`)."""

@@ -69,6 +69,20 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
     return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
 
 
+def start_app_probe(server: ProxyServer, args: argparse.Namespace,
+                    agent: Any) -> asyncio.Task[None] | None:
+    """Probe the local app (--app-probe) and report its state with the agent's Status."""
+    spec = server.options.app_probe
+    if spec is None:
+        return None
+    from proxy.appprobe import AppProbe
+
+    probe = AppProbe(Address.parse(args.app, "--app"), spec, agent.app_health_changed)
+    server.app_probe = probe
+    agent.app_health = lambda: probe.state
+    return asyncio.create_task(probe.run(), name="app-probe")
+
+
 async def wait_for_identity(installed: asyncio.Event, timeout: float) -> None:
     """Give the first certificate a bounded wait; listeners bind either way (unready)."""
     try:
@@ -123,6 +137,7 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         # is slow or down, instead of the port being closed for the two waits below.
         runner = await start_admin(server, admin.host, admin.port, token=agent.admin_token)
         identity_task, installed = start_identity_agent(server, args, agent)
+        probe_task = start_app_probe(server, args, agent)
         await agent.start()
         await wait_for_identity(installed, agent.first_config_timeout)
         await server.start_listeners()
@@ -135,6 +150,8 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         task.cancel()
     if not args.config:
         identity_task.cancel()
+        if probe_task is not None:
+            probe_task.cancel()
         await agent.finish()
     await runner.cleanup()
     return 0

@@ -33,6 +33,7 @@ class ProxyOptions:
     drain_timeout: float = 20.0
     access_log: bool | None = None  # None: follow the snapshot's mesh.accessLog
     gateway_tls: Any = None  # proxy.servingcert.ServingCertificate: HTTPS on the gateway
+    app_probe: Any = None  # proxy.appprobe.ProbeSpec: how the agent tells the app serves
 
 
 class ProxyServer:
@@ -52,6 +53,7 @@ class ProxyServer:
         self.listeners_bound = False
         self.tls: Any = None  # TlsContexts once this proxy has a workload identity
         self.draining = False
+        self.app_probe: Any = None  # proxy.appprobe.AppProbe, in control-plane mode with --app
         self.stopped = asyncio.Event()
         self.access_log_enabled = False
         self.on_snapshot: list[Callable[[Snapshot], None]] = []

@@ -119,6 +119,24 @@ def test_gateway_gets_rules_and_unready_proxies_are_not_endpoints() -> None:
     assert "gateway" not in json.loads(builder.build(REVIEWS).data)
 
 
+def test_a_service_whose_sidecars_take_no_traffic_is_listed_without_endpoints() -> None:
+    """An idle sidecar (unready, or its app not serving) keeps its service known, with no
+    endpoint, so callers get 503 no_healthy_upstream rather than 404 no_route; a gateway
+    declares no service, and a service with one serving endpoint keeps only that one."""
+    from dataclasses import replace
+
+    app_down = replace(proxy("details-v1", "details", "v1", 9002), app_health="not_serving")
+    assert not app_down.is_endpoint and replace(app_down, app_health="serving").is_endpoint
+    reviews_v2_down = replace(proxy("reviews-v2", "reviews", "v2", 9003), ready=False)
+    gw = proxy("gw", "ingress", "v1", 8080, mode="gateway")
+    builder = SnapshotBuilder(resources(), [REVIEWS],
+                              idle=[app_down, reviews_v2_down, replace(gw, ready=False)])
+    snap = Snapshot.from_dict(json.loads(builder.build(PAGE).data))
+    assert snap.services["details"].endpoints == ()
+    assert [e.address.port for e in snap.services["reviews"].endpoints] == [9001]
+    assert "ingress" not in snap.services
+
+
 def test_mesh_config_reaches_the_proxy_settings() -> None:
     """MeshConfig's mTLS mode, sampling and OTLP endpoint arrive in the proxy's mesh settings."""
     mesh = load_documents("""\

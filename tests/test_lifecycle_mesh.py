@@ -174,9 +174,15 @@ def test_a_stopped_sidecar_leaves_the_endpoints_at_once_not_after_the_grace(
             _, body = http_get(f"http://{caller.info['admin']}/config_dump")
             return dict(json.loads(body)["snapshot"]["services"])
 
-        wait_for(lambda: "reviews" in services(), 20, "reviews in the caller's config")
+        def endpoints() -> list[object]:
+            reviews = services().get("reviews")
+            return list(reviews["endpoints"]) if isinstance(reviews, dict) else []
+
+        wait_for(endpoints, 20, "reviews' endpoint in the caller's config")
         assert victim.stop() == 0
-        wait_for(lambda: "reviews" not in services(), 20, "reviews dropped from the config")
+        # The service stays listed while its sidecar is (answering 503 no_healthy_upstream,
+        # not 404), but without the endpoint.
+        wait_for(lambda: not endpoints(), 20, "reviews' endpoint dropped from the config")
         listed = next(p for p in proxies(cp) if p["name"] == victim.info["name"])
         assert (listed["connected"], listed["ready"]) == (False, False)
     finally:

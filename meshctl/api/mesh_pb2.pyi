@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Register(_message.Message):
-    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued")
+    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Register(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     ADMIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CERT_ISSUED_FIELD_NUMBER: _ClassVar[int]
+    APP_HEALTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     namespace: str
@@ -43,7 +44,8 @@ class Register(_message.Message):
     config_version: str
     admin_token: str
     cert_issued: str
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ...) -> None: ...
+    app_health: str
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce")
@@ -64,14 +66,16 @@ class Nack(_message.Message):
     def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("ready", "cert_expiry", "cert_issued")
+    __slots__ = ("ready", "cert_expiry", "cert_issued", "app_health")
     READY_FIELD_NUMBER: _ClassVar[int]
     CERT_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     CERT_ISSUED_FIELD_NUMBER: _ClassVar[int]
+    APP_HEALTH_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     cert_expiry: str
     cert_issued: str
-    def __init__(self, ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., cert_issued: _Optional[str] = ...) -> None: ...
+    app_health: str
+    def __init__(self, ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ...) -> None: ...
 
 class ProxyMessage(_message.Message):
     __slots__ = ("register", "ack", "nack", "status")

@@ -17,6 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run_proxy_status)
 
 
+# The app's probed state: NOT-SERVING means its endpoint is withdrawn from the mesh.
+APP_WORDS = {"serving": "SERVING", "not_serving": "NOT-SERVING"}
+
+
 def status_word(proxy: dict[str, Any]) -> str:
     """SYNCED, STALE, NACK: <error> or DISCONNECTED for one proxy object."""
     if proxy.get("nack"):
@@ -27,11 +31,12 @@ def status_word(proxy: dict[str, Any]) -> str:
 
 
 def render_table(proxies: list[dict[str, Any]]) -> str:
-    """The table form (NAME SERVICE VERSION INBOUND CONFIG STATUS LAST-ACK)."""
-    header = ("NAME", "SERVICE", "VERSION", "INBOUND", "CONFIG", "STATUS", "LAST-ACK")
+    """The table form (NAME SERVICE VERSION INBOUND APP CONFIG STATUS LAST-ACK)."""
+    header = ("NAME", "SERVICE", "VERSION", "INBOUND", "APP", "CONFIG", "STATUS", "LAST-ACK")
     rows = [header] + [
         (p["name"], p["service"], p.get("version") or "-", p.get("inbound") or "-",
-         p.get("configVersion") or "-", status_word(p), p.get("lastAck") or "-")
+         APP_WORDS.get(p.get("app") or "", "-"), p.get("configVersion") or "-", status_word(p),
+         p.get("lastAck") or "-")
         for p in proxies]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
     lines = ["   ".join([*(str(c).ljust(w) for c, w in zip(r, widths, strict=False)),

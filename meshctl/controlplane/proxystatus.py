@@ -38,6 +38,7 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dic
         "synced": state.synced, "nack": state.nack, "lastAck": _rfc3339(state.last_ack),
         "connected": connected, "ready": info.ready, "certExpiry": info.cert_expiry or None,
         "certIssued": info.cert_issued or None,
+        "app": info.app_health or None,
     }
 
 

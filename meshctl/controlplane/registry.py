@@ -1,6 +1,7 @@
 """The registry: which proxies are connected, and which of them are endpoints that take traffic.
 
-An endpoint exists while its sidecar's stream is alive and the sidecar reports ready. When a
+An endpoint exists while its sidecar's stream is alive, the sidecar reports ready and its app
+is not reported as not serving (the sidecar probes it: proxy/appprobe.py). When a
 stream drops, the proxy stays listed (disconnected) for a short grace period, so a control
 plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
 it is forgotten. Every change calls ``on_change`` (the reconciler marks every proxy dirty) and
@@ -31,6 +32,7 @@ class ProxyInfo:
     ready: bool = False
     cert_expiry: str = ""  # RFC 3339, "" when no certificate
     cert_issued: str = ""  # RFC 3339 not-before of that certificate
+    app_health: str = ""  # serving | not_serving; "" when the sidecar does not probe its app
     admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
 
     @property
@@ -39,8 +41,10 @@ class ProxyInfo:
 
     @property
     def is_endpoint(self) -> bool:
-        """Whether other proxies may send to it: a ready sidecar with an inbound address."""
-        return self.ready and self.mode == "sidecar" and bool(self.inbound)
+        """Whether other proxies may send to it: a ready sidecar with an inbound address, whose
+        app is serving (or not probed)."""
+        return (self.ready and self.mode == "sidecar" and bool(self.inbound)
+                and self.app_health != "not_serving")
 
 
 @dataclass(slots=True)
@@ -81,6 +85,10 @@ class Registry:
         """Proxies that take traffic (in grace after a disconnect too), sorted by name."""
         return [p for p in self.proxies() if p.is_endpoint]
 
+    def idle_sidecars(self) -> list[ProxyInfo]:
+        """Sidecars listed but not taking traffic: unready, draining, or their app not serving."""
+        return [p for p in self.proxies() if p.mode == "sidecar" and not p.is_endpoint]
+
     # -- changes -----------------------------------------------------------------------------
     def register(self, info: ProxyInfo) -> int:
         """Add or replace a proxy; returns the session id its stream must use for later calls."""
@@ -105,13 +113,13 @@ class Registry:
         self._wake.set()
 
     def report(self, name: str, session: int, *, ready: bool, cert_expiry: str,
-               cert_issued: str = "") -> None:
-        """A Status message: readiness or certificate changed."""
+               cert_issued: str = "", app_health: str = "") -> None:
+        """A Status message: readiness, the app's health or the certificate changed."""
         entry = self._entries.get(name)
         if entry is None or entry.session != session:
             return
         updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry,
-                          cert_issued=cert_issued)
+                          cert_issued=cert_issued, app_health=app_health)
         if updated != entry.info:
             entry.info = updated
             self._changed()

@@ -82,9 +82,14 @@ class SnapshotBuilder:
     """Snapshots for one state of (resources, endpoints); build one per reconcile pass."""
 
     def __init__(self, resources: Iterable[Resource], endpoints: Iterable[ProxyInfo],
-                 jwks: Callable[[str], str] | None = None) -> None:
+                 jwks: Callable[[str], str] | None = None, *,
+                 idle: Iterable[ProxyInfo] = ()) -> None:
         # jwks(uri): the JWK Set the control plane fetched for a jwksUri (JwksCache.jwks)
         self._jwks = jwks or (lambda uri: '{"keys":[]}')
+        # Sidecars registered but taking no traffic (unready, draining, app not serving): their
+        # service is listed even with no endpoint, so a caller gets 503 no_healthy_upstream,
+        # as from a Kubernetes Service without ready pods, not 404 no_route.
+        self._idle = sorted({(p.service, p.namespace) for p in idle if p.mode == "sidecar"})
         self._by_kind: dict[str, list[Resource]] = {}
         for r in sorted(resources, key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
@@ -134,6 +139,9 @@ class SnapshotBuilder:
                 "namespace": ep.namespace, "identity": self._identity(ep.namespace, ep.service),
                 "endpoints": []})
             svc["endpoints"].append({"address": ep.inbound, "labels": dict(ep.labels)})
+        for service, ns in self._idle:
+            services.setdefault(service, {"namespace": ns, "identity": self._identity(ns, service),
+                                          "endpoints": []})
         for name, svc in services.items():
             policy = policies.get(name)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):

@@ -36,6 +36,7 @@ _LABEL_KEY = re.compile(r"([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,6
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
 _MAX_LABELS = 64
 _MAX_FIELD = 512  # addresses, tokens, versions, timestamps
+_APP_HEALTH = ("", "serving", "not_serving")
 
 
 class RegistrationError(ValueError):
@@ -66,6 +67,9 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
             raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
     if info.mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")
+    if info.app_health not in _APP_HEALTH:
+        raise RegistrationError("register.app_health: expected serving, not_serving or empty, "
+                                f"got {info.app_health[:64]!r}")
     if info.mode == "sidecar" and not info.inbound:
         raise RegistrationError("register.inbound: required for a sidecar (HOST:PORT)")
     for field in ("inbound", "outbound", "admin"):
@@ -85,7 +89,7 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         name=reg.name, service=reg.service, namespace=reg.namespace or "default",
         labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
-        cert_issued=reg.cert_issued, admin_token=reg.admin_token))
+        cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health))
 
 
 class _Mailbox:
@@ -218,9 +222,15 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
                 n = message.nack
                 self.reconciler.nack(name, n.version, n.nonce, n.error)
             elif kind == "status":
-                self.registry.report(name, session, ready=message.status.ready,
-                                     cert_expiry=message.status.cert_expiry,
-                                     cert_issued=message.status.cert_issued)
+                status = message.status
+                if status.app_health not in _APP_HEALTH:
+                    log.warning("proxy %s: ignoring a Status with app_health %r", name,
+                                status.app_health[:64])
+                    continue
+                self.registry.report(name, session, ready=status.ready,
+                                     cert_expiry=status.cert_expiry,
+                                     cert_issued=status.cert_issued,
+                                     app_health=status.app_health)
             # a second Register is ignored: a proxy's identity is fixed for its stream
 
     async def IssueCertificate(

@@ -176,20 +176,23 @@ async def _wait_synced(opts: DemoOptions, sup: Supervisor) -> None:
 
 
 def _synced(url: str) -> set[str]:
-    """Names of the proxies the control plane reports as connected, ready and synced."""
+    """Names of the proxies the control plane reports as connected, ready and synced, with their
+    app serving (so every endpoint is published before the demo says it is up)."""
     try:
         with DIRECT.open(url, timeout=2) as resp:
             body: dict[str, Any] = json.loads(resp.read())
     except (OSError, ValueError):
         return set()
     return {p.get("name", "") for p in body.get("proxies", [])
-            if p.get("synced") and p.get("ready", True) and p.get("connected", True)}
+            if p.get("synced") and p.get("ready", True) and p.get("connected", True)
+            and p.get("app") != "not_serving"}
 
 
 def banner(opts: DemoOptions, took: float) -> str:
     u = urls(opts.ports)
     return f"""
-Bookinfo is up ({took:.1f} s): every sidecar ready and synced, mTLS {setup.mtls_mode(opts.routes)}.
+Bookinfo is up ({took:.1f} s): every sidecar ready and synced, every app serving,
+mTLS {setup.mtls_mode(opts.routes)}.
 
   product page   {u['productpage']}   (log in as jason: top right)
   dashboard      {u['dashboard']}

@@ -51,6 +51,11 @@ def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
                         ", ".join(unsynced), "see `meshctl proxy-status`; a proxy that stays "
                         "unsynced is disconnected or rejected its last snapshot"
                         if unsynced else ""))
+    idle = [p["name"] for p in proxies if p.get("app") == "not_serving"]
+    checks.append(Check("every app serving", "warn" if idle else "ok", ", ".join(idle),
+                        "their endpoints are withdrawn until the app answers its sidecar's "
+                        "probe (--app-probe); see `curl <admin>/ready` for the probe's error"
+                        if idle else ""))
     nacked = [f"{p['name']}: {p['nack']}" for p in proxies if p.get("nack")]
     checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
                         "fix the resource named in the NACK and re-apply it" if nacked else ""))
