@@ -200,6 +200,12 @@ def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     to reconnect are not sent snapshots missing the ones still in their reconnect backoff: it
     pushes nothing at all, since every proxy's snapshot comes out unchanged.
     """
+    # A proxy of an earlier test that is still listed changes everyone's snapshot when it
+    # leaves (its service goes too), and a restart could restore it: wait until the saved
+    # registry holds exactly this mesh's proxies.
+    saved = mesh.cp.info["state_dir"] / "registry.json"
+    wait_for(lambda: {p["name"] for p in json.loads(saved.read_text())["proxies"]} == mesh.names,
+             20, "the saved registry to hold only this mesh's proxies")
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
     results: list[int] = []
     failures: list[bytes] = []
