@@ -211,3 +211,38 @@ async def test_a_change_reverted_in_flight_and_acked_is_undone() -> None:
     assert len(sent) == 3 and sent[2][0] == sent[0][0]
     rec.ack("pp", *sent[2])
     assert rec.states["pp"].synced
+
+
+async def test_a_proxy_is_not_synced_while_a_change_waits_to_be_computed_for_it() -> None:
+    """An ACK of the last snapshot does not make a proxy synced while a registry change (here
+    another sidecar's app starting to serve) is marked but not yet computed into its snapshot:
+    `meshctl demo up` and `proxy-status` would otherwise say SYNCED before the endpoint is in."""
+    from meshctl.controlplane.proxystatus import proxies_json
+
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    registry.on_change = rec.mark_all
+    sent: list[tuple[str, str]] = []
+    registry.register(ProxyInfo(name="pp", service="productpage", inbound="127.0.0.1:1",
+                                ready=True))
+    rec.attach("pp", lambda message: sent.append((message.version, message.nonce)))
+    await rec.reconcile_pass()
+    rec.ack("pp", *sent[-1])
+
+    def synced() -> bool:
+        return bool(proxies_json(registry, rec)["proxies"][0]["synced"])
+
+    assert synced()
+    session = registry.register(ProxyInfo(name="r1", service="reviews", inbound="127.0.0.1:2",
+                                          ready=True, app_health="not_serving"))
+    assert not synced()  # marked, not computed
+    await rec.reconcile_pass()
+    assert not synced()  # computed and pushed (reviews listed without endpoints), not ACKed
+    rec.ack("pp", *sent[-1])
+    assert synced()
+    registry.report("r1", session, ready=True, cert_expiry="", app_health="serving")
+    assert not synced()
+    await rec.reconcile_pass()
+    rec.ack("pp", *sent[-1])
+    assert synced() and len(sent) == 3

@@ -25,8 +25,10 @@ def _rfc3339(ts: float | None) -> str | None:
         "+00:00", "Z")
 
 
-def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dict[str, Any]:
-    """One proxy as ``meshctl proxy-status -o json`` prints it."""
+def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
+               pending: bool = False) -> dict[str, Any]:
+    """One proxy as ``meshctl proxy-status -o json`` prints it; ``pending``: a change is yet
+    to be computed into its snapshot, so it is not synced even if it ACKed the last one."""
     state = state or PushState()
     return {
         "name": info.name, "service": info.service, "namespace": info.namespace,
@@ -35,7 +37,8 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dic
         "inbound": info.inbound or None, "outbound": info.outbound or None,
         "admin": info.admin or None,
         "configVersion": state.acked_version, "sentVersion": state.sent_version,
-        "synced": state.synced, "nack": state.nack, "lastAck": _rfc3339(state.last_ack),
+        "synced": state.synced and not pending, "nack": state.nack,
+        "lastAck": _rfc3339(state.last_ack),
         "connected": connected, "ready": info.ready, "certExpiry": info.cert_expiry or None,
         "certIssued": info.cert_issued or None,
         "app": info.app_health or None,
@@ -45,7 +48,8 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool) -> dic
 def proxies_json(registry: Registry, reconciler: Reconciler) -> dict[str, Any]:
     """The body of ``GET /api/v1/proxies``."""
     return {"storeVersion": reconciler.revision, "proxies": [
-        proxy_json(info, reconciler.states.get(info.name), registry.connected(info.name))
+        proxy_json(info, reconciler.states.get(info.name), registry.connected(info.name),
+                   reconciler.pending(info.name))
         for info in registry.proxies()]}
 
 

@@ -95,6 +95,7 @@ class Reconciler:
         self.jwks: Any = None  # JwksCache of jwksUri keys, set by serve()
         self._dirty: set[str] = set()
         self._all_dirty = False
+        self._in_pass: set[str] = set()  # marked proxies the running pass has not computed yet
         self._kick = asyncio.Event()
         self._last_mark = 0.0
         self._nonces = 0
@@ -202,6 +203,19 @@ class Reconciler:
         """Rebuild the dirty proxies' snapshots and push those that changed."""
         names = set(self.states) if self._all_dirty else self._dirty & set(self.states)
         self._dirty, self._all_dirty = set(), False
+        self._in_pass = set(names)
+        try:
+            await self._compute_and_push(names)
+        finally:
+            self._in_pass = set()
+        self._notify()
+
+    def pending(self, name: str) -> bool:
+        """Whether a change (a resource, an endpoint) is yet to be computed into ``name``'s
+        snapshot: its ACK of the current one does not mean it runs the latest state."""
+        return self._all_dirty or name in self._dirty or name in self._in_pass
+
+    async def _compute_and_push(self, names: set[str]) -> None:
         objects = await self.store.list()
         revision = max([self.revision, *(o.resource_version for o in objects)])
         self.revision = revision
@@ -232,6 +246,7 @@ class Reconciler:
                 log.exception("cannot build the snapshot of %s", name)
                 continue
             self.counters.computed += 1
+            self._in_pass.discard(name)
             state.latest_version = built.version
             if built.version == state.acked_version:
                 state.acked_revision = revision  # same content: it includes this revision
@@ -257,7 +272,6 @@ class Reconciler:
                 state.sender(mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
                                                     snapshot_json=built.data))
                 self.counters.pushed += 1
-        self._notify()
 
     # -- waiting for convergence ---------------------------------------------------------------
     def _notify(self) -> None:
