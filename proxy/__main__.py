@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.appprobe import ProbeSpec
-from proxy.config import Address, ConfigError
+from proxy.config import APP_PROTOCOLS, Address, ConfigError
 from proxy.listener import Limits
 from proxy.server import ProxyOptions
 
@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "of /PATH answering 2xx/3xx, or none")
     p.add_argument("--app-probe-interval", type=float, default=1.0, metavar="SECONDS",
                    help="seconds between app probes once it serves (default 1; 0.2 until then)")
+    p.add_argument("--app-protocol", choices=APP_PROTOCOLS, default=None,
+                   help="what the local app speaks: auto (the client's protocol; HTTP/1.1 "
+                        "once the app answers HTTP/2 in HTTP/1.1), http1 (HTTP/2 requests "
+                        "are sent as HTTP/1.1), http2 (h2c only: HTTP/1.1 requests are "
+                        "refused); default: the static config's appProtocol, else auto")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "
                         "listeners (default: their host; a wildcard becomes this hostname)")
@@ -94,7 +99,8 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     access = None if args.access_log is None else args.access_log == "on"
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access,
-                        gateway_tls=_gateway_tls(args), app_probe=_app_probe(args))
+                        gateway_tls=_gateway_tls(args), app_probe=_app_probe(args),
+                        app_protocol=args.app_protocol)
 
 
 def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:

@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """A snapshot that cannot be applied; the message names the field path."""
 
 
+# What the local app speaks (`appProtocol`, `--app-protocol`): `auto` keeps the client's
+# protocol (an app found to answer HTTP/2 in HTTP/1.1 gets HTTP/1.1 from then on), `http1`
+# downgrades HTTP/2 requests, `http2` (h2c only, a gRPC server) refuses HTTP/1.1 ones.
+APP_PROTOCOLS = ("auto", "http1", "http2")
+
+
 @contextmanager
 def _config_errors() -> Iterator[None]:
     """The shared parsers of meshctl.api raise ValidationError: reported as ConfigError."""
@@ -150,6 +156,7 @@ class Snapshot:
     external: Mapping[str, ExternalHost] = field(default_factory=dict)
     # meshctl.api.authn.RequestAuthenticationSpec, keys inline (the control plane fetched them)
     authentication: tuple[Any, ...] = ()
+    app_protocol: str = "auto"  # one of APP_PROTOCOLS
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -162,7 +169,7 @@ class Snapshot:
 # control plane's snapshot still loads.
 _KNOWN: dict[str, frozenset[str]] = {
     "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
-                   "app", "inbound", "external"}),
+                   "app", "appProtocol", "inbound", "external"}),
     "node": frozenset({"service", "namespace", "labels"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
                        "outboundTrafficPolicy"}),
@@ -343,6 +350,10 @@ def _parse_snapshot(data: object) -> Snapshot:
         with _config_errors():
             gateway_rules = parse_gateway_rules(gw_raw["rules"], "gateway.rules")
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
+    app_protocol = raw.get("appProtocol", "auto")
+    if app_protocol not in APP_PROTOCOLS:
+        raise ConfigError(f"appProtocol: expected one of {', '.join(APP_PROTOCOLS)}, "
+                          f"got {app_protocol!r}")
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
     authentication = _parse_authentication(inbound_raw.get("authentication"))
@@ -365,6 +376,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         inbound_rate_limit=inbound_rate,
         external=external,
         authentication=authentication,
+        app_protocol=app_protocol,
     )
 
 

@@ -80,7 +80,7 @@ class Breaker:
         taken off the queue; None if no queued request may."""
         for ex in self.pending:
             backend = ex.backend
-            if ex.http2 is http2 and backend is not None and backend.serves(pool):
+            if ex.upstream_h2 is http2 and backend is not None and backend.serves(pool):
                 self.pending.remove(ex)
                 return ex
         return None

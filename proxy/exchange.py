@@ -51,6 +51,10 @@ class Exchange:
     )
 
 
+    # The current attempt's upstream speaks HTTP/2 (an H2Exchange's slot; read off the hot
+    # path only, by the breaker's queue).
+    upstream_h2 = False
+
     @property
     def protocol(self) -> str:
         return "HTTP/1.0" if self.http10 else "HTTP/1.1"
@@ -170,9 +174,15 @@ class Exchange:
             self._attempt_timer = self.downstream.loop.call_later(
                 per_try, self._on_attempt_timeout)
         # (a flag rather than an overridden method: a call per request costs the HTTP/1.1 path)
-        conn = pool.take_idle() if not self.http2 else pool.take_h2()
+        conn: Any
+        if not self.http2:
+            conn = pool.take_idle()
+        elif not self.choose_upstream(pool):  # H2Exchange: HTTP/2 or HTTP/1.1 to this endpoint
+            return  # answered: it cannot go there
+        else:
+            conn = pool.take_h2() if self.upstream_h2 else pool.take_idle()
         if conn is not None:
-            self._send_on(conn)  # type: ignore[arg-type]  # H2Exchange: opens a stream on it
+            self._send_on(conn)  # H2Exchange: opens a stream on an HTTP/2 one
         elif (breaker is not None and breaker.connections_full()
               and not breaker.close_idle()):
             if breaker.try_wait(self):
@@ -206,6 +216,14 @@ class Exchange:
             self._send_on(conn)
         except Exception:  # raised into another request's release otherwise
             self.internal_error()
+
+    def choose_upstream(self, pool: EndpointPool) -> bool:
+        """(H2Exchange's; an HTTP/1.1 request always goes as HTTP/1.1.)"""
+        return True
+
+    def h1_response_head(self, conn: UpstreamConnection, status: int) -> bool:
+        """(H2Exchange's: an HTTP/1.1 answer to an HTTP/2 request.)"""
+        raise NotImplementedError
 
     def _overflow(self, backend: Backend) -> None:
         self._count("ami_circuit_breaker_overflow")
@@ -366,6 +384,8 @@ class Exchange:
         self.status = status
         self.upstream_keep_alive = conn.parser.should_keep_alive()
         self._response_chunked_in = conn.transfer_encoding
+        if self.http2:
+            return self.h1_response_head(conn, status)  # H2Exchange: downgraded, see h2downgrade
         # An early response (the request body still arriving, e.g. a 413) ends the client
         # connection too: the rest of the body is not read, so the head says so (as Envoy's).
         keep_alive = self.client_keep_alive and self.request_done and not self.downstream.draining

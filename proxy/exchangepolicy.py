@@ -204,7 +204,12 @@ def connect_failover(ex: Exchange) -> bool:
     pool = backend.balancer.pick(backend.pools, (failed, *(ex._tried or ())))
     if pool is None:
         return False
-    conn = pool.take_idle() if not ex.http2 else pool.take_h2()
+    if not ex.http2:
+        conn = pool.take_idle()
+    elif not ex.choose_upstream(pool):
+        return True  # answered: the request cannot go there
+    else:
+        conn = pool.take_h2() if ex.upstream_h2 else pool.take_idle()
     if conn is None and pool.breaker is not None and pool.breaker.connections_full():
         return False  # no queueing here: the connection limit holds
     ex._failover_used = True

@@ -1,11 +1,12 @@
-"""One HTTP/2 request through the proxy: the same route policies, HTTP/2 on both sides.
+"""One HTTP/2 request through the proxy: the same route policies, HTTP/2 to the client.
 
 `H2Exchange` keeps everything `Exchange` decides (routing, admission, faults, timeouts,
 retries, balancing, outlier detection, metrics) and replaces how bytes move: headers and DATA
 frames on a client stream (`proxy.h2downstream.H2Stream`) and on an upstream stream
-(`proxy.h2upstream.H2UpstreamStream`), trailers passed through (gRPC's status lives there).
-A gRPC request answered by the proxy gets a gRPC answer: a trailers-only response whose
-`grpc-status` maps the HTTP status as gRPC's own mapping does.
+(`proxy.h2upstream.H2UpstreamStream`), trailers passed through (gRPC's status lives there);
+or, to an endpoint that speaks HTTP/1.1 only, `Exchange`'s HTTP/1.1 upstream with the
+translation of `proxy.h2downgrade`. A gRPC request answered by the proxy gets a gRPC answer:
+a trailers-only response whose `grpc-status` maps the HTTP status as gRPC's own mapping does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from proxy.exchange import _MAX_REPLAY, Exchange
+from proxy import h2downgrade as downgrade
+from proxy.exchange import _LAST_CHUNK, _MAX_REPLAY, Exchange
+from proxy.h2upstream import Http1Answer
 from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
 from proxy.reasons import REASON_HEADER, REASONS
 
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 
 # HTTP status of a local reply -> gRPC status code (gRPC's "HTTP to gRPC status code mapping").
 _GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+# ... except where the reason says more: a call the destination cannot serve is UNIMPLEMENTED
+# (not UNAVAILABLE, which clients would retry in vain).
+_GRPC_OF_REASON = {"protocol_mismatch": 12}
 _GRPC_INTERNAL = 13
 # grpc-status of a trailers-only answer -> the HTTP status outlier detection counts (Envoy's).
 _HTTP_OF_GRPC = {"1": 499, "3": 400, "4": 504, "5": 404, "7": 403, "8": 429, "12": 501,
@@ -40,7 +46,8 @@ _DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
 class H2Exchange(Exchange):
     """An Exchange whose client and upstream are HTTP/2 streams."""
 
-    __slots__ = ("_outlier_pending", "grpc", "grpc_status", "request_trailers", "scheme")
+    __slots__ = ("_outlier_pending", "chunk_h1", "grpc", "grpc_status", "held_head",
+                 "request_trailers", "scheme", "upstream_h2")
 
     downstream: H2Stream  # type: ignore[assignment]
 
@@ -56,13 +63,28 @@ class H2Exchange(Exchange):
         self.request_trailers: Headers | None = None
         # A gRPC answer's outcome is in its trailers: outlier detection waits for them.
         self._outlier_pending = False
+        # This attempt's upstream: HTTP/2, or HTTP/1.1 (proxy.h2downgrade) with the body
+        # chunked (`chunk_h1`) and the response head held until the end of a read.
+        self.upstream_h2 = True
+        self.chunk_h1 = False
+        self.held_head: Headers | None = None
 
     @property
     def protocol(self) -> str:
         return "HTTP/2"
 
+    # --- to an endpoint that speaks HTTP/1.1 only (proxy.h2downgrade) ------------------------
+    choose_upstream = downgrade.choose_upstream
+    h1_response_head = downgrade.h1_response_head
+    upstream_body = downgrade.h1_response_body
+    flush_out = downgrade.h1_flush
+    upstream_complete = downgrade.h1_response_complete
+
     # --- upstream connections: HTTP/2 ones, shared by many requests -------------------------
     def _open_connection(self, pool: EndpointPool) -> None:
+        if not self.upstream_h2:
+            Exchange._open_connection(self, pool)
+            return
         self._connect_task = self.downstream.loop.create_task(self._connect_h2(pool))
 
     async def _connect_h2(self, pool: EndpointPool) -> None:
@@ -70,6 +92,9 @@ class H2Exchange(Exchange):
             # shared with the requests arriving while it opens (shielded: one leaving does
             # not cancel it for the others)
             conn = await asyncio.shield(pool.connect_h2_shared())
+        except Http1Answer:
+            self._answered_in_http1(pool)
+            return
         except (TimeoutError, OSError):
             self._connect_failed()
             return
@@ -86,6 +111,21 @@ class H2Exchange(Exchange):
             self._send_on(conn)
         except Exception:
             self.internal_error()
+
+    def _answered_in_http1(self, pool: EndpointPool) -> None:
+        """The endpoint answered our HTTP/2 preface in HTTP/1.1: the request goes as HTTP/1.1
+        if the pool learned that (`auto`), nothing having reached the app; else an error."""
+        self._connect_task = None
+        if self.downstream.closed:
+            self._release_pool()
+        elif not pool.h1_only:  # declared `http2`, or a sidecar: it is wrong, not us
+            self._attempt_failed("reset", "upstream_protocol_error")
+        elif self.choose_upstream(pool):
+            conn = pool.take_idle()
+            if conn is not None:
+                self._send_on(conn)  # type: ignore[arg-type]
+            else:
+                Exchange._open_connection(self, pool)
 
     def _no_room(self, pool: EndpointPool) -> None:
         """No stream free on the endpoint's connections: another one, else wait (breaker)."""
@@ -104,6 +144,9 @@ class H2Exchange(Exchange):
             self._overflow(self.backend)
 
     def _send_on(self, conn: H2UpstreamConnection) -> None:  # type: ignore[override]
+        if not self.upstream_h2:
+            downgrade.send_h1(self, conn)  # type: ignore[arg-type]  # an UpstreamConnection
+            return
         stream = conn.open_stream(self)
         self.conn = stream  # type: ignore[assignment]
         if self._upstream_paused:
@@ -147,11 +190,20 @@ class H2Exchange(Exchange):
                 (b":authority", authority), (b":path", self.target), *out]
 
     # --- request body and trailers from the client ------------------------------------------
+    def request_body(self, chunk: bytes) -> None:
+        if self.chunk_h1 and self.conn is not None and self._body_buffer is None:
+            downgrade.h1_request_chunk(self, chunk)  # framed for HTTP/1.1
+        else:
+            super().request_body(chunk)
+
     def request_complete(self) -> None:
         super().request_complete()
         stream = self.conn
         if stream is not None and self._body_buffer is None:
-            stream.end(self.request_trailers)  # type: ignore[attr-defined]
+            if self.upstream_h2:
+                stream.end(self.request_trailers)  # type: ignore[attr-defined]
+            elif self.chunk_h1:
+                stream.write(_LAST_CHUNK)  # (trailers cannot follow on this hop)
 
     # --- the upstream's answer --------------------------------------------------------------
     def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
@@ -256,6 +308,11 @@ class H2Exchange(Exchange):
               extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         """A local reply as HTTP/2 (gRPC-shaped for gRPC); a reset if a response started."""
         self._cancel_timers()
+        if self.held_head is not None:
+            # An HTTP/1.1 answer's head still held (see h2downgrade): nothing reached the
+            # client, so it gets a clean answer.
+            self.held_head = self._out = None
+            self.response_started = False
         if self.response_started:
             self.flags = reason
             self.downstream.abort_after(self)
@@ -271,7 +328,8 @@ class H2Exchange(Exchange):
         self.flags = reason
         self.response_started = True
         if self.grpc:
-            grpc_code = _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0
+            grpc_code = _GRPC_OF_REASON.get(reason) or (
+                _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0)
             self.grpc_status = str(grpc_code)
             message = quote(f"{reason}: {text}", safe=" :;,()/'-").encode()
             self.downstream.send_headers(

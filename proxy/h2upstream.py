@@ -1,8 +1,8 @@
 """Upstream HTTP/2 connections: many requests at once on one connection to an endpoint.
 
-Used for requests that arrived over HTTP/2 (gRPC above all): the protocol a client speaks is
-kept to the app, as Linkerd does. Between sidecars the connection is mTLS with ALPN `h2`; to
-the local app it is h2c (prior knowledge). The endpoint's `EndpointPool` keeps these
+Used for requests that arrived over HTTP/2 (gRPC above all), unless the endpoint speaks
+HTTP/1.1 only (`proxy.h2downgrade`). Between sidecars the connection is mTLS with ALPN `h2`;
+to the local app it is h2c (prior knowledge). The endpoint's `EndpointPool` keeps these
 connections apart from its HTTP/1.1 ones and opens another when the server's
 SETTINGS_MAX_CONCURRENT_STREAMS is reached.
 """
@@ -32,6 +32,11 @@ log = logging.getLogger("ami.proxy")
 # read (the client-facing side's backpressure decides when we do); the connection 16 of them.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 16 * STREAM_WINDOW
+
+
+class Http1Answer(ConnectionError):
+    """The server answered our HTTP/2 preface in HTTP/1.x (`HTTP/1.1 400`, `505`...): it
+    speaks HTTP/1.1 only (EndpointPool.connect_h2 may learn that)."""
 
 
 def configure(h2: H2Connection, *, max_header_bytes: int,
@@ -139,6 +144,11 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes | memoryview) -> None:
+        if not self.ready and bytes(data[:7]) == b"HTTP/1." and not self.settings_seen.done():
+            # An HTTP/1.x server's answer to the preface (`PRI * HTTP/2.0`), not HTTP/2.
+            self._fail_all("upstream_protocol_error",
+                           Http1Answer(f"{self.pool.address} answered in HTTP/1"))
+            return
         try:
             events = self.h2.receive_data(bytes(data))
         except H2Error as exc:
@@ -313,9 +323,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             ex.h2_response_end(stream)
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, error: ConnectionError | None = None) -> None:
         if not self.settings_seen.done():
-            self.settings_seen.set_exception(ConnectionError(f"upstream closed: {reason}"))
+            self.settings_seen.set_exception(
+                error or ConnectionError(f"upstream closed: {reason}"))
             self.settings_seen.exception()  # (retrieved: a failed connect is reported once)
         if not self.closed:
             self.closed = True

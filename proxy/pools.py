@@ -37,6 +37,7 @@ class EndpointPool:
         "closes_quickly",
         "connect_timeout",
         "connections",
+        "h1_only",
         "h2",
         "h2_connecting",
         "identity",
@@ -46,6 +47,7 @@ class EndpointPool:
         "loop_ports",
         "max_head_bytes",
         "max_requests_per_connection",
+        "protocol",
         "retired",
         "tls",
         "tunnel",
@@ -85,6 +87,17 @@ class EndpointPool:
         # must not reach (a request loop, whatever name or address spelling led there).
         self.loop_ports: Callable[[], set[int]] | None = None
         self.max_head_bytes = _MAX_HEAD_BYTES  # response head, 1xx ones included, per request
+        # What the endpoint speaks, as declared (proxy.config.APP_PROTOCOLS), and whether an
+        # HTTP/2 request goes to it as HTTP/1.1: declared `http1`, or `auto` and found to
+        # answer HTTP/2 in HTTP/1.1 (kept while the declaration stays the same).
+        self.protocol = "auto"
+        self.h1_only = False
+
+    def declare(self, protocol: str) -> None:
+        """Set what the endpoint speaks; a new declaration forgets what was learned."""
+        if protocol != self.protocol:
+            self.protocol = protocol
+            self.h1_only = protocol == "http1"
 
     def take_idle(self) -> UpstreamConnection | None:
         """A live idle connection, or None (stale ones found on the way are closed)."""
@@ -124,7 +137,7 @@ class EndpointPool:
 
     async def connect_h2(self) -> H2UpstreamConnection:
         """A new HTTP/2 connection: h2c, or mTLS where the server must agree to ALPN `h2`."""
-        from proxy.h2upstream import H2UpstreamConnection, TlsH2UpstreamConnection
+        from proxy.h2upstream import H2UpstreamConnection, Http1Answer, TlsH2UpstreamConnection
 
         tls = self.tls
         conn: H2UpstreamConnection = await self._connect(
@@ -141,6 +154,12 @@ class EndpointPool:
         except TimeoutError:
             conn.abort()
             raise OSError(f"upstream {self.address} sent no HTTP/2 SETTINGS") from None
+        except Http1Answer:
+            if self.protocol == "auto" and tls is None and not self.h1_only:
+                self.h1_only = True
+                log.info("%s answered HTTP/2 in HTTP/1.1: HTTP/2 requests go to it as "
+                         "HTTP/1.1 from now on", self.address)
+            raise
         conn.ready = True  # (listed in self.h2 since connection_made, not offered until now)
         return conn
 
@@ -317,10 +336,11 @@ class PoolRegistry:
     def get(self, address: Address, identity: str | None, version: str,
             policy: TrafficPolicy | None = None, *, external: bool = False,
             tunnel: bool = False,
-            loop_ports: Callable[[], set[int]] | None = None) -> EndpointPool:
+            loop_ports: Callable[[], set[int]] | None = None,
+            protocol: str = "auto") -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
         TCP, and a pool of its own for CONNECT tunnels (``tunnel``), whose connections may not
-        reach ``loop_ports`` on this host."""
+        reach ``loop_ports`` on this host. ``protocol``: what the endpoint speaks."""
         tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
@@ -337,6 +357,7 @@ class PoolRegistry:
         if tunnel and pool.tunnels is None:
             pool.tunnels = set()
         pool.loop_ports = loop_ports
+        pool.declare(protocol)
         if policy is not None:
             settings = policy.connection_pool or _DEFAULT_POOL
             pool.idle_timeout = settings.idle_timeout
@@ -356,6 +377,7 @@ class PoolRegistry:
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
             pool.version = "unknown"
+            pool.declare("http1")  # a host outside the mesh, in plaintext: HTTP/1.1
             if policy is not None and policy.connection_pool is not None:
                 pool.idle_timeout = policy.connection_pool.idle_timeout
                 pool.connect_timeout = policy.connection_pool.connect_timeout

@@ -29,6 +29,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "overflow": (503, "circuit breaker: connection pool limit reached"),
     "upstream_reset": (502, "upstream closed the connection before a complete response"),
     "upstream_protocol_error": (502, "upstream sent a malformed response"),
+    "protocol_mismatch": (502, "the destination does not speak this request's protocol "
+                               "(its appProtocol)"),
     "timeout": (504, "upstream did not answer in time"),
     "stream_idle_timeout": (504, "no byte moved either way within the stream idle timeout"),
     "too_many_connections": (503, "listener connection limit reached"),

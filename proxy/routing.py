@@ -251,7 +251,8 @@ class RouterBuilder:
         snap, host, policy = self.snapshot, ext.host, ext.policy
         addresses = ext.endpoints or (host,)
         http_pools = {port: tuple(self.pools.get(Address(a, port), None, "unknown", policy,
-                                                 external=True, loop_ports=own_ports)
+                                                 external=True, loop_ports=own_ports,
+                                                 protocol="http1")
                                   for a in addresses)
                       for port, protocol in ext.ports if protocol == "HTTP"}
         all_pools = tuple(p for pools in http_pools.values() for p in pools)
@@ -299,12 +300,17 @@ class RouterBuilder:
         snap = self.snapshot
         if snap.app is None:
             return Router({})
-        pool = self.pools.get(snap.app, None, snap.node.version)
+        pool = self.pools.get(snap.app, None, snap.node.version, protocol=snap.app_protocol)
         prefix = ("destination", "unknown", "unknown", snap.node.service, snap.node.service)
         backend = Backend(snap.node.service, None, (pool,), None, prefix)
         decision = Decision((backend,), (100,), self.rng)
         if self.inbound_policy is not None and self.inbound_policy.needed:
             decision.admit = self.inbound_policy.admit
+        if snap.app_protocol == "http2":
+            # An h2c-only app (a gRPC server): an HTTP/1.1 request would reach it as bytes
+            # it cannot parse; refused in words instead (after authorization, as any answer).
+            decision.admit = _admit_first(decision.admit, _refuse_http1) \
+                if decision.admit is not None else _refuse_http1
         return Router({}, inbound=decision)
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
@@ -401,6 +407,11 @@ def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:
     labels = host.split(".")
     service = services.get(labels[0])
     return service is not None and len(labels) > 1 and labels[1] == service.namespace
+
+
+def _refuse_http1(ex: Exchange) -> Any:
+    """An HTTP/1.1 request to an app declared `http2`: `protocol_mismatch`."""
+    return None if ex.http2 else ("protocol_mismatch", None, ())
 
 
 def _admit_first(admit: Callable[[Exchange], Any],

@@ -7,7 +7,7 @@ import logging
 import random
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.config import Address, Snapshot
@@ -34,6 +34,7 @@ class ProxyOptions:
     access_log: bool | None = None  # None: follow the snapshot's mesh.accessLog
     gateway_tls: Any = None  # proxy.servingcert.ServingCertificate: HTTPS on the gateway
     app_probe: Any = None  # proxy.appprobe.ProbeSpec: how the agent tells the app serves
+    app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
 
 
 class ProxyServer:
@@ -65,6 +66,8 @@ class ProxyServer:
     # --- configuration ------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> None:
         """Compile and swap in a snapshot; raises (and changes nothing) if it cannot be built."""
+        if self.options.app_protocol is not None:
+            snapshot = replace(snapshot, app_protocol=self.options.app_protocol)
         self.pools.begin()
         self.pools.mtls = snapshot.mesh.mtls != "DISABLE"
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
