@@ -320,7 +320,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.reset(stream, ErrorCodes.NO_ERROR)  # (sends nothing if the client had ended it)
 
     def _request(self, event: Any) -> None:
-        from proxy.h2exchange import exchange_from_headers
+        from proxy.h2requesthead import exchange_from_headers
 
         if self.last_stream is not None and event.stream_id > self.last_stream:
             # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.

@@ -18,7 +18,6 @@ from urllib.parse import quote
 from proxy import h2downgrade as downgrade
 from proxy.exchange import _LAST_CHUNK, _MAX_REPLAY, Exchange
 from proxy.h2upstream import Http1Answer
-from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
 from proxy.reasons import REASON_HEADER, REASONS
 
 if TYPE_CHECKING:
@@ -36,12 +35,6 @@ _GRPC_INTERNAL = 13
 # grpc-status of a trailers-only answer -> the HTTP status outlier detection counts (Envoy's).
 _HTTP_OF_GRPC = {"1": 499, "3": 400, "4": 504, "5": 404, "7": 403, "8": 429, "12": 501,
                  "14": 503, "16": 401}
-
-# Request headers not forwarded: hop-by-hop ones HTTP/2 lets through (h2 itself refuses the
-# connection-specific ones), headers only this proxy may set, and the caller's identity claims.
-_DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
-                   b"proxy-connection", b"expect", *IDENTITY_HEADERS})
-
 
 class H2Exchange(Exchange):
     """An Exchange whose client and upstream are HTTP/2 streams."""
@@ -355,100 +348,3 @@ def _outlier_status(grpc_status: str | None, status: int) -> int:
     if grpc_status is None or grpc_status == "0":
         return status
     return _HTTP_OF_GRPC.get(grpc_status, 500)
-
-
-def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:
-    """A client's request HEADERS as an H2Exchange, or the reason word it is refused with.
-
-    The `h2` library has checked the block (pseudo-headers, no connection-specific headers,
-    lower-case names); here are the proxy's own rules, as for HTTP/1.1 in `requesthead`.
-    """
-    from proxy.requesthead import (
-        _H_DROP,
-        _H_PEER,
-        _H_REQUEST_ID,
-        _H_TIMEOUT,
-        _H_XFF,
-        _SPECIAL,
-    )
-
-    listener = stream.listener
-    budget = listener.limits.max_header_bytes
-    method = path_bytes = scheme = authority = host = None
-    xff: bytes | None = None
-    has_request_id = False
-    timeout_override: float | None = None
-    grpc = False
-    kept: Headers = []
-    for name, value in headers:
-        budget -= len(name) + len(value) + 4
-        if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path_bytes = value
-            elif name == b":scheme":
-                scheme = value
-            elif name == b":authority":
-                authority = value
-            continue
-        if name == b"host":
-            host = value
-            continue
-        if name in _DROP:
-            continue
-        if name == b"te":
-            kept.append((name, value))  # `trailers`, gRPC's (h2 lets no other value in)
-            continue
-        kind = _SPECIAL.get(name)
-        if kind is None or kind == _H_REQUEST_ID:
-            if name == b"content-type" and value.startswith(b"application/grpc"):
-                grpc = True
-            has_request_id = has_request_id or kind == _H_REQUEST_ID
-            kept.append((name, value))
-        elif kind == _H_XFF:
-            xff = value if xff is None else xff + b", " + value
-        elif kind == _H_PEER:
-            if stream.peer_identity is not None:
-                stream.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
-        elif kind == _H_TIMEOUT:
-            try:
-                timeout_override = max(0.0, float(value) / 1000.0)
-            except ValueError:
-                return "invalid_header"
-        elif kind != _H_DROP:
-            kept.append((name, value))
-    if budget < 0:
-        return "headers_too_large"
-    if method is None or method == b"CONNECT":
-        return "method_not_allowed"  # (extended CONNECT, RFC 8441, is not offered)
-    if authority is None:
-        authority = host
-    elif host is not None and host != authority:
-        return "bad_request"  # two different authorities: which one is routed is ambiguous
-    if authority is None or path_bytes is None:
-        return "bad_request"
-    if len(path_bytes) > listener.limits.max_request_line:
-        return "uri_too_long"
-    try:
-        path, query, _ = split_target(path_bytes)
-    except ValueError:
-        return "bad_request"
-    sent_path = path
-    if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
-        path = normalize_path(path)
-    target = path_bytes
-    if path is not sent_path or target[:1] != b"/" or target.find(b"#") >= 0:
-        target = (f"{path}?{query}" if query else path).encode("latin-1")
-    kept.insert(0, (b"host", authority))  # routing and header edits see the authority as Host
-    tail = [b"x-forwarded-for: " + (xff + b", " + stream.client_ip if xff else stream.client_ip)
-            + b"\r\n", listener.forwarded_proto_line]
-    if not has_request_id:
-        tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
-    if stream.peer_identity is not None and listener.xfcc_by:
-        tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
-                    + stream.peer_identity.encode() + b"\r\n")
-    ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,
-                    tail, scheme or b"http", grpc, now)
-    ex.timeout_override = timeout_override
-    return ex
