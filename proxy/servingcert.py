@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from proxy.tls import hardened_context
+from proxy.tls import GATEWAY_ALPN, hardened_context
 
 log = logging.getLogger("ami.proxy")
 CHECK_EVERY = 5.0  # seconds between looks at the files' metadata
@@ -59,6 +59,7 @@ class ServingCertificate:
         ctx = hardened_context(ssl.PROTOCOL_TLS_SERVER)
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
         ctx.verify_mode = ssl.CERT_NONE  # clients of the gateway are not mesh workloads
+        ctx.set_alpn_protocols(list(GATEWAY_ALPN))
         return ctx
 
     def _load(self) -> tuple[ssl.SSLContext, datetime]:

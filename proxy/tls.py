@@ -24,6 +24,8 @@ ALPN = ("http/1.1",)
 # (their connections offer `h2` alone; HTTP/1.1 ones offer `http/1.1` alone).
 MESH_SERVER_ALPN = ("h2", "http/1.1")
 H2_ALPN = ("h2",)
+# The HTTPS gateway: browsers get HTTP/2 (the app's sidecar downgrades it for an HTTP/1.1 app).
+GATEWAY_ALPN = ("h2", "http/1.1")
 # TLS 1.2 suites: forward secret and AEAD only. TLS 1.3 suites are all AEAD already.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _USE_MEMFD = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")

@@ -95,9 +95,10 @@ class Gateway:
         config["gateway"] = {"rules": [{"destination": "echo"}]}
         self.proc.config.write_text(yaml.safe_dump(config))
 
-    async def connect(self, trusted: Pem) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self, trusted: Pem, alpn: tuple[str, ...] = ("http/1.1",),
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         ctx = ssl.create_default_context(cadata=trusted.cert.decode())
-        ctx.set_alpn_protocols(["h2", "http/1.1"])  # as browsers offer: h2 must not be chosen
+        ctx.set_alpn_protocols(list(alpn))
         return await asyncio.open_connection("127.0.0.1", self.port, ssl=ctx)
 
     async def served_serial(self) -> int:
@@ -135,6 +136,29 @@ async def test_https_request_reaches_the_service_as_https(gateway: Gateway) -> N
     writer.close()
     assert seen["x-forwarded-proto"] == "https"
     assert "x-forwarded-client-cert" not in seen  # no mesh identity at the edge
+
+
+async def test_browsers_get_http2_and_reach_an_http1_app(gateway: Gateway) -> None:
+    """Offered `h2` and `http/1.1`, as browsers do, the gateway picks `h2`; curl --http2
+    gets pages over it from an app that speaks HTTP/1.1 only (the request is downgraded on
+    the last hop), one TLS connection for several requests."""
+    first = Pem(gateway.cert.read_bytes(), b"", 0)
+    _, writer = await gateway.connect(first, ("h2", "http/1.1"))
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    writer.close()
+    url = f"https://127.0.0.1:{gateway.port}"
+    done = await asyncio.to_thread(subprocess.run, [
+        "curl", "-sS", "--http2", "--cacert", str(gateway.cert), "--max-time", "10",
+        "-w", "\n%{http_version} %{num_connects}\n", f"{url}/productpage",
+        "--next", "--http2", "--cacert", str(gateway.cert), "-w", "\n%{http_version}\n",
+        "-I", f"{url}/static/app.css"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    page, version, head, version_head = done.stdout.split("\n", 3)
+    seen = json.loads(page)
+    assert version.split() == ["2", "1"] and version_head.rstrip().endswith("2")
+    assert (seen["path"], seen["version"]) == ("/productpage", "1.1")
+    assert dict((k.lower(), v) for k, v in seen["headers"])["x-forwarded-proto"] == "https"
+    assert head.startswith("HTTP/2 200")
 
 
 async def test_plaintext_to_the_https_listener_is_refused_and_counted(gateway: Gateway) -> None:
