@@ -77,6 +77,7 @@ class AgentIdentity:
     admin: str = ""
     mode: str = "sidecar"
     app: str | None = None
+    app_protocol: str = ""  # --app-protocol as proxy-status shows it ("" for a gateway)
     token: str = ""
 
     @classmethod
@@ -93,6 +94,8 @@ class AgentIdentity:
                    inbound=_advertised(args.inbound, advertise), outbound=args.outbound or "",
                    admin=_advertised(args.admin or "127.0.0.1:15000", advertise),
                    mode=args.mode, app=args.app,
+                   app_protocol="" if args.mode == "gateway"
+                   else getattr(args, "app_protocol", None) or "auto",
                    token=token)
 
     def node(self) -> dict[str, Any]:
@@ -221,7 +224,7 @@ class ControlPlaneAgent:
             admin=ident.admin, mode=ident.mode, token=ident.token, ready=ready,
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
             cert_issued=self.cert_issued(), admin_token=self.admin_token,
-            app_health=app_health)
+            app_health=app_health, app_protocol=self.identity.app_protocol)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""

@@ -72,8 +72,9 @@ class Mesh:
         for version in ("v1", "v2"):
             backend = start_backend(tmp, f"reviews-{version}")
             self.procs.append(backend)
-            self.procs.append(start_sidecar(tmp, self.cp.info["grpc"], "reviews", version,
-                                            app=backend.info["address"]))
+            self.procs.append(start_sidecar(
+                tmp, self.cp.info["grpc"], "reviews", version, app=backend.info["address"],
+                extra=["--app-protocol", "http1"] if version == "v2" else None))
         self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
         self.procs.append(self.client)
         self.names = {p.info["name"] for p in self.procs if "name" in p.info}
@@ -126,6 +127,9 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     assert all(p["synced"] and p["configVersion"] and p["certExpiry"] for p in listed)
     assert all(p["certIssued"] and p["certIssued"] < p["certExpiry"] for p in listed)
     assert {p["version"] for p in listed if p["service"] == "reviews"} == {"v1", "v2"}
+    # what each sidecar's app speaks, as --app-protocol said (auto when not given)
+    assert sorted((p["service"], p["version"], p["appProtocol"]) for p in listed) == [
+        ("productpage", "v1", "auto"), ("reviews", "v1", "auto"), ("reviews", "v2", "http1")]
 
 
 def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:

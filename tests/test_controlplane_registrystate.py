@@ -15,13 +15,22 @@ from meshctl.controlplane.registrystate import RegistryStateFile, decode, encode
 PROXIES = [
     ProxyInfo(name="reviews-v1-1", service="reviews", labels={"version": "v1"},
               inbound="127.0.0.1:15006", admin="127.0.0.1:15000", ready=True,
-              cert_expiry="2026-11-27T00:00:00Z"),
+              cert_expiry="2026-11-27T00:00:00Z", app_protocol="http1"),
     ProxyInfo(name="gateway-1", service="gateway", mode="gateway", outbound="0.0.0.0:8080"),
 ]
 
 
 def test_encode_decode_round_trip() -> None:
     assert decode(encode(PROXIES)) == PROXIES
+
+
+def test_an_unknown_app_protocol_is_refused_as_a_register_would_be() -> None:
+    """`app_protocol` (Register field 16) is auto, http1, http2, or empty for a gateway."""
+    from meshctl.controlplane.xds import RegistrationError, check_proxy
+
+    with pytest.raises(RegistrationError, match=r"register\.app_protocol"):
+        check_proxy(ProxyInfo(name="web-v1-1", service="web", inbound="127.0.0.1:1",
+                              app_protocol="h3"))
 
 
 @pytest.mark.parametrize(("data", "error"), [

@@ -42,6 +42,7 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
         "connected": connected, "ready": info.ready, "certExpiry": info.cert_expiry or None,
         "certIssued": info.cert_issued or None,
         "app": info.app_health or None,
+        "appProtocol": info.app_protocol or None,
     }
 
 

@@ -65,6 +65,9 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
                   "cert_issued"):
         if len(getattr(info, field)) > _MAX_FIELD:
             raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
+    if info.app_protocol not in ("", "auto", "http1", "http2"):
+        raise RegistrationError("register.app_protocol: expected auto, http1 or http2, got "
+                                f"{info.app_protocol[:64]!r}")
     if info.mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")
     if info.app_health not in _APP_HEALTH:
@@ -89,7 +92,8 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         name=reg.name, service=reg.service, namespace=reg.namespace or "default",
         labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
-        cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health))
+        cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health,
+        app_protocol=reg.app_protocol))
 
 
 class _Mailbox:
