@@ -275,6 +275,18 @@ async def test_a_retry_replays_the_body_to_the_http1_app(
     assert metric_value(await direct.metrics(), "ami_retries_total") == 2
 
 
+async def test_request_trailers_are_dropped_on_the_http1_hop(
+        direct: ProxyProcess, app: tuple[App, int]) -> None:
+    """HTTP/1.1 cannot carry a request's trailers here: the body arrives whole, chunked, and
+    the trailers stay behind (as Envoy's HTTP/1 codec does by default)."""
+    async with H2Client(direct.outbound) as client:
+        resp = await client.request("web", "/with-trailers", method="POST", body=b"data",
+                                    trailers=[(b"x-checksum", b"abc")])
+    seen = resp.json()
+    assert resp.status == 200 and seen["body"] == "data"
+    assert "x-checksum" not in dict(seen["headers"])
+
+
 async def test_a_route_timeout_answers_504(direct: ProxyProcess) -> None:
     """The route's timeout holds for a downgraded request."""
     resp = await h2_request(direct.outbound, "web", "/slow?s=5")
