@@ -112,6 +112,9 @@ def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:
     if not (args.app and args.control_plane and args.mode == "sidecar") or spec.kind == "none":
         return None
     Address.parse(args.app, "--app")  # a bad --app stops the start with a clear error
+    if spec.kind == "http" and args.app_protocol == "http2":
+        raise ConfigError("--app-probe /PATH sends an HTTP/1.1 GET, which an --app-protocol "
+                          "http2 app cannot answer: probe it with tcp")
     return spec
 
 
