@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from proxy import recvbuf, requesthead
+from proxy import meshtunnel, recvbuf, requesthead
 from proxy.reasons import local_reply
 from proxy.requesthead import Reject
 
@@ -61,6 +61,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._paused = 0
         self._tunnel: UpstreamConnection | None = None
         self._tunnel_preamble: list[bytes] | None = None
+        # CONNECT to a mesh service (proxy.meshtunnel): its authority once answered, then,
+        # inside the tunnel, the authority of requests that name none
+        self.mesh_connect: bytes | None = None
+        self.tunnel_host: bytes | None = None
         self._error_after_current: str | None = None  # reason of a pipelined rejection
         self._lingering = False
         # per-request parse state
@@ -159,6 +163,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         except httptools.HttpParserUpgrade as upgrade:
             rest = bytes(data[upgrade.args[0]:])
             self._tunnel_preamble = [rest] if rest else []
+            if self.mesh_connect is not None:  # a CONNECT into the mesh, answered already
+                self.loop.call_soon(meshtunnel.enter, self)
             return
         except httptools.HttpParserError as exc:
             # httptools wraps whatever a callback raised (our Reject, or a bug) in
@@ -169,6 +175,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             elif cause is not None and not isinstance(cause, httptools.HttpParserError):
                 log.error("internal error while handling a request", exc_info=cause)
                 self._reject("internal_error")
+            elif (self.tunnel_host is not None and self.current is None
+                  and bytes(data[:2]) == meshtunnel.TLS_RECORD):
+                meshtunnel.refuse_tls(self)
             elif not self._http2(data):
                 self._reject(_parser_error_reason(str(exc)))
             return

@@ -67,6 +67,15 @@ class Egress:
             return self.passthrough.route(ex)
         return "method_not_allowed"
 
+    def declares_tunnel(self, authority: str) -> bool:
+        """Whether an ExternalService declares `CONNECT authority` (TLS or TCP port)."""
+        address = authority_address(authority.lower(), 443)
+        if address is None:
+            return False
+        name = address.host.rstrip(".")
+        return (name, address.port) in self.tunnels or any(
+            w.takes(name, address.port, True) for w in self.wildcards)
+
     def other(self, ex: Exchange) -> Decision | str:
         """A plain-HTTP request for a host that no mesh route or exact ExternalService takes."""
         if self.wildcards:

@@ -122,12 +122,12 @@ class Listener:
         if ex.trace is not None:
             ex.trace.end(ex)
 
-    def record_rejection(self, conn: DownstreamProtocol, reason: str) -> None:
-        from proxy.reasons import REASONS, body_length
+    def record_rejection(self, conn: DownstreamProtocol, reason: str,
+                         destination: str = "unknown") -> None:
+        from proxy.reasons import NOT_SENT, REASONS, body_length
 
-        status = REASONS[reason][0]
-        sent = body_length(reason)
-        prefix = (*self._source_labels(conn), "unknown", "unknown")
+        status, sent = (0, 0) if reason in NOT_SENT else (REASONS[reason][0], body_length(reason))
+        prefix = (*self._source_labels(conn), destination, "unknown")
         self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
         if self.access_log is not None:
             # Hostile or broken input is what an operator greps the log for; the head was not
@@ -137,7 +137,7 @@ class Listener:
                          "authority": None, "status": status, "reason": reason,
                          "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": sent,
                          "request_id": None, "source": "unknown",
-                         "destination_service": "unknown", "upstream": None})
+                         "destination_service": destination, "upstream": None})
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         from proxy.headers import service_from_authority

@@ -16,7 +16,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "request headers not received in time"),
     "uri_too_long": (414, "request line too long"),
     "headers_too_large": (431, "request header section too large"),
-    "method_not_allowed": (405, "CONNECT needs an ExternalService port or ALLOW_ANY"),
+    "method_not_allowed": (405, "CONNECT needs a mesh service, an ExternalService port "
+                                "or ALLOW_ANY (outbound listener only)"),
     "redirect": (301, "redirected by a route rule (see Location)"),
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
     "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
@@ -37,7 +38,12 @@ REASONS: dict[str, tuple[int, str]] = {
     "internal_error": (500, "internal proxy error (see the proxy log)"),
     "downstream_disconnect": (499, "client closed the connection before the response "
                                    "or during its body"),
+    "tls_in_tunnel": (400, "TLS inside a CONNECT tunnel to a mesh service: the mesh does the "
+                           "TLS, the app speaks plaintext to its sidecar"),
 }
+
+# Reasons that end a connection without any answer (logs and metrics only: response_code 0).
+NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel"})
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"

@@ -149,9 +149,13 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     http10 = parser.get_http_version() == "1.0"
     if authority is None:
         if p._host is None:
-            if not http10:
+            if p.tunnel_host is not None:  # in a CONNECT tunnel: the CONNECT's authority
+                authority = p.tunnel_host.decode("latin-1")
+                _host_from_target(p, authority)
+            elif not http10:
                 raise Reject("bad_request")  # HTTP/1.1 requires Host
-            authority = ""
+            else:
+                authority = ""
         else:
             authority = p._host.decode("latin-1")
     elif p._host is None or p._host.decode("latin-1") != authority:
@@ -186,10 +190,16 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
 
 
 def _connect_exchange(p: DownstreamProtocol) -> Exchange:
-    """`CONNECT host:port`: a tunnel to a host outside the mesh, if the mesh allows any."""
+    """`CONNECT host:port`: into the mesh (proxy.meshtunnel) when the host is a mesh service,
+    else a byte tunnel to a host outside the mesh, if an ExternalService or ALLOW_ANY allows."""
+    from proxy import meshtunnel
+
+    authority = p._url.decode("latin-1")
+    into_mesh = meshtunnel.connect_exchange(p, authority)
+    if into_mesh is not None:
+        return into_mesh
     if p.listener.router.egress is None:
         raise Reject("method_not_allowed")
-    authority = p._url.decode("latin-1")
     # No keep-alive: once the tunnel is up the connection carries the tunnel's bytes only,
     # and if it cannot be made the answer ends the connection.
     return Exchange(p, b"CONNECT", p._url, "", "", authority, p._headers, [], False, False,

@@ -154,13 +154,15 @@ class ExternalHostRoute(HostRoute):
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "egress", "source")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "egress", "source")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
                  egress: Egress | None = None,
-                 source: tuple[str, str] = ("unknown", "unknown")) -> None:
+                 source: tuple[str, str] = ("unknown", "unknown"),
+                 namespaces: Mapping[str, str] | None = None) -> None:
         self._hosts = hosts
+        self._namespaces = namespaces or {}  # mesh service -> its namespace (outbound)
         self._inbound = inbound
         self._gateway = gateway
         # Hosts outside the mesh (ExternalServices, ALLOW_ANY; outbound listener only). Exact
@@ -194,6 +196,26 @@ class Router:
         decision = host_route.select(ex)
         return decision if decision is not None else "no_route"
 
+    def tunnels_into_mesh(self, authority: str) -> bool:
+        """Whether `CONNECT authority` opens a tunnel whose requests this router takes (its
+        host is a mesh service or a Route's host, as `Host` routing finds it), rather than a
+        byte tunnel out of the mesh. Outbound only. A name outside the mesh is not taken by
+        its first label (`reviews.example.com`: an outside host, not `reviews`), and an
+        ExternalService declaring the host and port for TLS or TCP keeps it (egress's)."""
+        if self._inbound is not None or self._gateway is not None:
+            return False
+        host = service_from_authority(authority)
+        host_route = self._hosts.get(host)
+        if host_route is None:
+            name, _, rest = host.partition(".")
+            if rest.partition(".")[0] != self._namespaces.get(name) and not is_mesh_name(host):
+                return False
+            host_route = self._hosts.get(name)
+        if host_route is None or isinstance(host_route, ExternalHostRoute):
+            return False
+        egress = self.egress
+        return egress is None or not egress.declares_tunnel(authority)
+
 
 class RouterBuilder:
     """Compiles a snapshot into the routers of each listener kind."""
@@ -221,8 +243,10 @@ class RouterBuilder:
         external = {h: e for h, e in snap.external.items()
                     if not _names_mesh_service(h, snap.services)}
         hosts = self._host_routes("source", skip=external)
+        source = (snap.node.service, snap.node.version)
+        namespaces = {name: s.namespace for name, s in snap.services.items()}
         if not external and passthrough is None:
-            return Router(hosts, source=(snap.node.service, snap.node.version))
+            return Router(hosts, source=source, namespaces=namespaces)
         tunnels: dict[tuple[str, int], Decision] = {}
         wildcards = []
         for host, ext in sorted(external.items()):
@@ -235,7 +259,7 @@ class RouterBuilder:
                 hosts[host] = ExternalHostRoute(http, passthrough)
             tunnels.update(((host, port), d) for port, d in tunnel.items())
         return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough),
-                      source=(snap.node.service, snap.node.version))
+                      source=source, namespaces=namespaces)
 
     def _prefix(self, destination: str) -> tuple[str, ...]:
         node = self.snapshot.node

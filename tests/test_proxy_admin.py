@@ -294,7 +294,7 @@ async def test_post_shutdown_exits_cleanly(tmp_path: Path, echo: int) -> None:
 
 def test_reason_table_in_the_docs_matches_the_code() -> None:
     """docs/proxy.md lists exactly the reason words the proxy can send, with their status."""
-    from proxy.reasons import REASONS
+    from proxy.reasons import NOT_SENT, REASONS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "proxy.md").read_text()
     section = text.split("## Reason words", 1)[1].split("\n## ", 1)[0]
@@ -302,7 +302,7 @@ def test_reason_table_in_the_docs_matches_the_code() -> None:
                                                    flags=re.M)}
     assert set(documented) == set(REASONS)
     for word, (status, _) in REASONS.items():
-        expected = "(none)" if word == "downstream_disconnect" else str(status)  # nothing sent
+        expected = "(none)" if word in NOT_SENT else str(status)  # nothing sent
         assert documented[word] == expected, word
 
 

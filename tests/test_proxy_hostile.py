@@ -86,9 +86,11 @@ async def test_malformed_header_is_400(proxy: ProxyProcess, name: str) -> None:
     assert closed
 
 
-async def test_connect_is_refused(proxy: ProxyProcess) -> None:
-    """CONNECT tunnels are not offered: 405 `method_not_allowed`."""
-    resp = await roundtrip(proxy.outbound, b"CONNECT echo:443 HTTP/1.1\r\nHost: echo:443\r\n\r\n")
+async def test_connect_outside_the_mesh_is_refused(proxy: ProxyProcess) -> None:
+    """CONNECT to a host that is no mesh service (no ExternalService, no ALLOW_ANY) is not
+    tunnelled: 405 `method_not_allowed`. (Into the mesh: tests/test_proxy_connect.py.)"""
+    resp = await roundtrip(proxy.outbound,
+                           b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
     assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed")
 
 

@@ -382,7 +382,18 @@ async def test_an_external_host_cannot_take_a_mesh_service_name(
     for host in ("ratings.default.svc.cluster.local", f"ratings.default.svc.cluster.local:{port}"):
         resp = await roundtrip(proxy.outbound, get(host, "/"))
         assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route"), host
-    for target in ("web.default.svc.cluster.local:443", "web.default:443",
-                   "ratings.default.svc.cluster.local:443", "x.default.svc.cluster.local:443"):
+    for target in ("web.default.svc.cluster.local:443", "web.default:443"):
+        # CONNECT to the mesh service: a tunnel into the mesh (its requests go to web), never
+        # a byte tunnel to the ExternalService's endpoint
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        try:
+            writer.write(_connect(target) + b"GET / HTTP/1.1\r\n\r\n")
+            established = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            resp = await asyncio.wait_for(read_response(reader), 10)
+        finally:
+            writer.close()
+        assert established.startswith(b"HTTP/1.1 200 "), target
+        assert resp.status == 200 and json.loads(resp.body)["version"] == "web", target
+    for target in ("ratings.default.svc.cluster.local:443", "x.default.svc.cluster.local:443"):
         resp = await roundtrip(proxy.outbound, _connect(target))
         assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed"), target

@@ -1,0 +1,82 @@
+"""`CONNECT` to a mesh service on the outbound listener: the tunnel is read as a new client.
+
+gRPC clients honouring `grpc_proxy`/`http_proxy` (and `curl -p`) open `CONNECT reviews:9080`
+and speak inside it. After `200 Connection Established` the same connection is parsed afresh,
+HTTP/1.1 or HTTP/2 prior knowledge, by the listener's own protocols: every request in the
+tunnel is routed by its own authority and goes through every check a direct request does
+(the CONNECT's authority only stands in for a missing HTTP/1.1 `Host`; HTTP/2 requests always
+carry `:authority`). It stays one connection of the listener for limits, timeouts and drain.
+TLS inside is refused: the mesh does the TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy.exchange import _CONNECT_ESTABLISHED, Exchange
+from proxy.headers import service_from_authority
+from proxy.passthrough import authority_address
+from proxy.requesthead import Reject
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+
+log = logging.getLogger("ami.proxy")
+TLS_RECORD = b"\x16\x03"  # a TLS handshake record (ClientHello), any TLS version
+
+
+class MeshConnect(Exchange):
+    """The CONNECT request: answered when its turn comes (after any request pipelined before
+    it), never routed or recorded itself; the requests in its tunnel are."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        p = self.downstream
+        p.write(_CONNECT_ESTABLISHED)
+        p.current = None
+        p.idle_since = p.loop.time()
+        p.mesh_connect = self.authority.encode("latin-1")
+        if p._tunnel_preamble is not None:  # the parser stopped at this CONNECT long ago
+            p.loop.call_soon(enter, p)
+        # else: answered from inside the CONNECT head's own parse; DownstreamProtocol calls
+        # enter once the parser has stopped there (HttpParserUpgrade)
+
+
+def connect_exchange(p: DownstreamProtocol, authority: str) -> MeshConnect | None:
+    """A MeshConnect when `CONNECT authority` tunnels into the mesh, else None (egress's)."""
+    if p.listener.kind != "outbound" or not p.listener.router.tunnels_into_mesh(authority):
+        return None
+    if authority_address(authority, 0) is None:
+        raise Reject("bad_request")  # no port (RFC 9110 9.3.6: CONNECT names host:port)
+    return MeshConnect(p, b"CONNECT", p._url, "", "", authority, p._headers, [], False, False,
+                       p.parser.get_http_version() == "1.0", False, False, p.head_started)
+
+
+def enter(p: DownstreamProtocol) -> None:
+    """Read the connection afresh, from the bytes that followed the CONNECT head (held, with
+    reading paused, until now). Run from the loop, not from inside the parser's handling of
+    the CONNECT: an error in these bytes is theirs, not chained to the CONNECT's upgrade."""
+    if p.closed or p.transport is None:
+        return
+    p.tunnel_host, p.mesh_connect = p.mesh_connect, None
+    p.parser = httptools.HttpRequestParser(p)
+    preamble, p._tunnel_preamble = p._tunnel_preamble or [], None
+    p._paused = 0
+    p.transport.resume_reading()
+    if preamble:
+        p.data_received(b"".join(preamble))
+
+
+def refuse_tls(p: DownstreamProtocol) -> None:
+    """The app began TLS inside the tunnel: closed, never passed on (mTLS is the mesh's; the
+    app must speak plaintext to its sidecar). Logged, and counted as `tls_in_tunnel`."""
+    host = (p.tunnel_host or b"").decode("latin-1")
+    log.warning("%s began TLS inside a CONNECT tunnel to mesh service %s: closed (the mesh "
+                "does the TLS; the app must speak plain http/h2c to its sidecar)",
+                p.client_ip.decode(), host)
+    p.listener.record_rejection(p, "tls_in_tunnel", service_from_authority(host))
+    p._close()
