@@ -211,6 +211,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             return False
         if self._tunnel is not None:  # the tunnel's far end may still answer
             return self._tunnel.half_close(self.transport, from_client=True)
+        if self._parsing is not None:
+            # In the middle of a request body: it can never complete, so the client is gone,
+            # as after a reset (Envoy treats a client's FIN on HTTP as a close too). Left open,
+            # the request would hold both connections until the stream idle timeout.
+            self._close()
+            return False
         # Half-close from the client: finish the in-flight response, then close.
         if self.current is not None:
             self.current.client_keep_alive = False

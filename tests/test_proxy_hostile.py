@@ -120,6 +120,36 @@ async def test_rejected_client_still_sending_reads_the_whole_reply(proxy: ProxyP
         writer.close()
 
 
+async def test_a_client_ending_its_half_mid_body_is_gone_not_waited_for(
+        proxy: ProxyProcess) -> None:
+    """A FIN in the middle of a request body: the body can never complete, so the request
+    ends at once as `downstream_disconnect` (and its upstream connection with it) instead of
+    waiting for the stream idle timeout; a FIN after a whole request still gets its answer."""
+    before = metric_value(await proxy.metrics(), "ami_requests_total",
+                          response_flags="downstream_disconnect")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 100\r\n\r\n"
+                     + b"x" * 10)
+        await writer.drain()
+        writer.write_eof()
+        assert await at_eof(reader, 5)
+    finally:
+        writer.close()
+    after = metric_value(await proxy.metrics(), "ami_requests_total",
+                         response_flags="downstream_disconnect")
+    assert after == before + 1
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 3\r\n\r\nabc")
+        writer.write_eof()
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert resp.status == 200 and json.loads(resp.body)["body"] == "abc"
+    finally:
+        writer.close()
+
+
 async def test_one_huge_header_is_431(proxy: ProxyProcess) -> None:
     """A single 70 KiB header value gets 431 even before the header section ends."""
     raw = b"GET / HTTP/1.1\r\nHost: echo\r\nX-Big: " + b"v" * 70_000 + b"\r\nX-Next: 1\r\n"
