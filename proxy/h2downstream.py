@@ -197,6 +197,12 @@ class H2DownstreamProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.set_protocol(self)
         self.data_received(data)
+        if h1.plaintext_refused:
+            self.refuse_plaintext()
+        elif h1.draining and not self.closed:
+            # The listener drained before this connection spoke: the streams of this first
+            # read are served, then GOAWAY and close (else it lingered to the drain deadline).
+            self.drain()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def data_received(self, data: bytes | memoryview) -> None:

@@ -11,6 +11,8 @@ import asyncio
 import json
 import signal
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -597,6 +599,42 @@ async def test_sigterm_finishes_streams_in_flight(tmp_path: Path, upstream: H2Ba
         assert await asyncio.to_thread(proxy.proc.wait, 15) == 0
     finally:
         proxy.stop()
+
+
+async def test_a_connection_turning_http2_during_a_drain_is_drained_too(
+        tmp_path: Path, upstream: H2Backend) -> None:
+    """A connection accepted before SIGTERM whose client sends the HTTP/2 preface after it
+    (within the 2 s an idle connection is left during a drain): the request that came with the
+    preface is served, then GOAWAY and close, long before the 20 s drain deadline; a request
+    sent later would get GOAWAY's last stream below its id, safe to retry elsewhere."""
+    proxy = ProxyProcess(tmp_path, {"echo": [upstream.port]}, ("--drain-timeout", "20")).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: _ready_status(proxy.admin) == 503)
+        peer = Peer(reader, writer)
+        first = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+        first.data = peer.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                          (b":path", b"/ok"), (b":authority", b"echo")])
+        # As gRPC clients do: the preface, SETTINGS and the first request in one write.
+        writer.write(PREFACE + SettingsFrame(0).serialize() + first.serialize())
+        await peer.read_until(lambda: peer.goaway is not None and peer.finished(1), timeout=5)
+        assert peer.status(1) == 200 and goaway_code(peer) == ErrorCodes.NO_ERROR
+        assert peer.goaway is not None and peer.goaway.last_stream_id == 1
+        assert await peer.closed()
+        peer.close()
+        assert await asyncio.to_thread(proxy.proc.wait, 15) == 0
+    finally:
+        proxy.stop()
+
+
+def _ready_status(admin: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 # 8. the upstream's graceful GOAWAY
