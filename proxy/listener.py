@@ -136,8 +136,9 @@ class Listener:
                          "listener": self.kind, "method": None, "path": None,
                          "authority": None, "status": status, "reason": reason,
                          "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": sent,
-                         "request_id": None, "source": "unknown",
-                         "destination_service": destination, "upstream": None})
+                         "request_id": None, "source": prefix[1],
+                         "destination_service": destination, "upstream": None,
+                         "protocol": None, "grpc_status": None})
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         from proxy.headers import service_from_authority

@@ -285,7 +285,9 @@ async def test_tls_inside_the_tunnel_is_refused(mesh: Mesh) -> None:
     assert metric_value(text, "ami_requests_total", response_flags="tls_in_tunnel",
                         destination_service="echo", response_code="0") == 1
     assert "began TLS inside a CONNECT tunnel to mesh service echo:443" in mesh.client.stderr()
-    assert {"reason": "tls_in_tunnel", "status": 0}.items() <= access_log(mesh.client)[-1].items()
+    # the caller is known (this sidecar's workload), as in the metric's source labels
+    assert {"reason": "tls_in_tunnel", "status": 0, "source": "productpage",
+            "destination_service": "echo"}.items() <= access_log(mesh.client)[-1].items()
     await settled(mesh.client)
 
 
