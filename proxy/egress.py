@@ -76,6 +76,10 @@ class Egress:
         return (name, address.port) in self.tunnels or any(
             w.takes(name, address.port, True) for w in self.wildcards)
 
+    def allows_tunnel(self, authority: str) -> bool:
+        """Whether `CONNECT authority` would still open a tunnel (declared, or ALLOW_ANY)."""
+        return self.passthrough is not None or self.declares_tunnel(authority)
+
     def other(self, ex: Exchange) -> Decision | str:
         """A plain-HTTP request for a host that no mesh route or exact ExternalService takes."""
         if self.wildcards:

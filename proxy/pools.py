@@ -383,6 +383,8 @@ class PoolRegistry:
                 pool.connect_timeout = policy.connection_pool.connect_timeout
         pool.loop_ports = own_ports
         pool.tunnel = tunnel
+        if tunnel and pool.tunnels is None:
+            pool.tunnels = set()  # closed once no declaration allows them (retire_unused)
         return pool
 
     def _new_pool(self, address: Address) -> EndpointPool:
@@ -398,10 +400,19 @@ class PoolRegistry:
                 pool.retired = True
                 pool.close_all()
 
-    def retire_unused(self) -> None:
-        """After a snapshot swap: close idle connections of endpoints no longer referenced."""
+    def retire_unused(self, tunnel_allowed: Callable[[Address], bool] = lambda _a: False,
+                      ) -> None:
+        """After a snapshot swap: close idle connections of endpoints no longer referenced.
+
+        An outside host's tunnel pool (a wildcard ExternalService, ALLOW_ANY) is referenced by
+        no snapshot: its open tunnels stay while `tunnel_allowed` says the new snapshot would
+        still open them (the pool is then kept, to be asked again at the next swap), and are
+        closed when not, as those of a withdrawn exact ExternalService are."""
         for key in [k for k in self._pools if k not in self._used]:
-            pool = self._pools.pop(key)
+            pool = self._pools[key]
+            if key[2] == "*tunnel*" and pool.tunnels and tunnel_allowed(pool.address):
+                continue
+            del self._pools[key]
             pool.retired = True  # connections busy now are closed when their request ends
             pool.close_all()
             for conn in list(pool.tunnels or ()):  # an ExternalService's, withdrawn: now

@@ -37,6 +37,14 @@ class ProxyOptions:
     app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
 
 
+def _tunnel_check(outbound: Router | None) -> Callable[[Address], bool]:
+    """Whether the outbound router would still open `CONNECT address` to an outside host."""
+    egress = outbound.egress if outbound is not None else None
+    if egress is None:
+        return lambda _address: False
+    return lambda a: egress.allows_tunnel(f"[{a.host}]:{a.port}" if ":" in a.host else str(a))
+
+
 class ProxyServer:
     """Owns listeners, pools and the current snapshot; `run()` serves until shutdown."""
 
@@ -106,7 +114,7 @@ class ProxyServer:
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
         self.snapshot = snapshot
-        self.pools.retire_unused()
+        self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self._set_access_log(snapshot)
         for hook in self.on_snapshot:
             hook(snapshot)

@@ -168,3 +168,55 @@ def test_deleting_an_external_service_closes_its_open_tunnels(mesh: EgressMesh) 
         assert tunnel.recv(1) == b"", "the tunnel outlived its ExternalService"
     status, body = mesh.call(f"db.partner.test:{mesh.hung_port}")
     assert status == 404 and b"no_route" in body
+
+
+def test_deleting_a_wildcard_external_service_closes_its_open_tunnels(
+        mesh: EgressMesh) -> None:
+    """A wildcard's tunnels go to hosts no snapshot names: they stay open across unrelated
+    config changes while the wildcard still allows them, and close once it is deleted."""
+    wildcard = ("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: wild}\n"
+                # resolved by the requested name: an IPv4 literal ending in .0.0.1
+                f"spec: {{hosts: ['*.0.0.1'], ports: [{{number: {mesh.api_port}, "
+                "protocol: TCP}]}\n")
+    mesh.apply(wildcard)
+    host, _, port = mesh.client.info["outbound"].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as tunnel:
+        target = f"127.0.0.1:{mesh.api_port}"
+        tunnel.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert _read_head(tunnel).startswith(b"HTTP/1.1 200")
+
+        def through_the_tunnel() -> bytes:
+            tunnel.sendall(b"GET / HTTP/1.1\r\nHost: partner\r\n\r\n")
+            head = _read_head(tunnel)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            return _read_exactly(tunnel, length)
+
+        assert through_the_tunnel() == b"partner-api"
+        mesh.apply("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: "
+                   "{name: unrelated}\nspec: {hosts: [unrelated.partner.test], ports: "
+                   "[{number: 1, protocol: TCP}], endpoints: [{address: 127.0.0.1}]}\n")
+        assert through_the_tunnel() == b"partner-api"  # still allowed: still open
+        for name in ("wild", "unrelated"):
+            deleted = mesh.meshctl("delete", "externalservice", name)
+            assert deleted.returncode == 0, deleted.stderr
+        tunnel.settimeout(15)  # the deadline: EOF must come well before
+        assert tunnel.recv(1) == b"", "the tunnel outlived its wildcard ExternalService"
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"closed after {head!r}"
+        head += byte
+    return head
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "closed mid-body"
+        data += chunk
+    return data
