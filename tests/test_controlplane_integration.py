@@ -278,3 +278,32 @@ def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     # Proxies of earlier tests that never come back stay listed, disconnected, for --warmup.
     assert {p["name"] for p in proxies(mesh.cp) if p["connected"]} == mesh.names
 
+
+def test_restart_that_pushes_keeps_the_route(mesh: Mesh) -> None:
+    """A restart whose restored registry changes every snapshot pushes twice under load (when
+    a stale idle proxy is restored, and when it is dropped after --warmup) and no answer
+    strays from the Route: a zero-weight subset gets nothing, no snapshot lacks the Route.
+    """
+    revision = mesh.apply(ROUTE % (100, 0))
+    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
+    with Load(mesh) as load:
+        load.more(50, "load running")
+        mesh.cp.kill()
+        # A sidecar listed but never ready, as one that went away just before the crash: its
+        # service appears (no endpoint) in every snapshot, until --warmup drops it.
+        saved = mesh.cp.info["state_dir"] / "registry.json"
+        state = json.loads(saved.read_text())
+        state["proxies"].append({"name": "ratings-v9-stale", "service": "ratings",
+                                 "labels": {"version": "v9"}, "inbound": "127.0.0.1:1",
+                                 "admin": "127.0.0.1:2", "ready": False})
+        saved.write_text(json.dumps(state))
+        restart_control_plane(mesh, warmup=10.0)  # well above the 5 s longest reconnect backoff
+        wait_for(lambda: all_synced(mesh.cp, mesh.names) and pushed(mesh) >= 3, 30,
+                 "the restored idle proxy's service pushed to every sidecar")
+        wait_for(lambda: "ratings-v9-stale" not in {p["name"] for p in proxies(mesh.cp)}, 30,
+                 "the stale proxy dropped after --warmup")
+        wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced without it")
+        load.more(50, "load after the drop")
+    assert pushed(mesh) >= 6  # both changes reached all three sidecars
+    assert not load.unexpected(b"reviews-v1"), load.unexpected(b"reviews-v1")
