@@ -261,3 +261,65 @@ async def test_a_checker_crash_rejects_that_file_and_the_watcher_goes_on(
         write(store.root / "later.yaml", policy_doc("later"))
         event = await next_event(watch)
     assert event.object is not None and event.object.key[2] == "later"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_file_read_empty_mid_write_keeps_its_objects(tmp_path: Path) -> None:
+    """An editor truncating a file before writing it: read while empty, the file's objects
+    stay (no event) until it is still empty `empty_settle` seconds later; written back in
+    the meantime, nothing happened at all."""
+    clock = _Clock()
+    store = DirStore(tmp_path / "store", watch_files=False, monotonic=clock)
+    await store.start()
+    try:
+        path = store.root / "one.yaml"
+        async with store.watch() as watch:
+            write(path, policy_doc("a"), policy_doc("b"))
+            await store.rescan()
+            assert {(await next_event(watch)).type for _ in range(2)} == {EventType.ADDED}
+            content = path.read_bytes()
+            versions = sorted(o.resource_version for o in await store.list())
+            path.write_bytes(b"")  # the truncation, before the editor's write
+            await store.rescan()
+            clock.now += 0.9
+            await store.rescan()
+            assert sorted(o.resource.name for o in await store.list()) == ["a", "b"]
+            path.write_bytes(content)  # the write lands
+            await store.rescan()
+            clock.now += 5
+            await store.rescan()
+            # nothing changed at all: no write, no new resourceVersion
+            assert sorted(o.resource_version for o in await store.list()) == versions
+
+            path.write_text("# emptied on purpose\n")  # a deliberate emptying is believed...
+            await store.rescan()
+            assert len(await store.list()) == 2
+            clock.now += 1.0  # ...once it is still empty a settle later
+            await store.rescan()
+            assert {(await next_event(watch)).type for _ in range(2)} == {EventType.DELETED}
+            assert await store.list() == []
+    finally:
+        await store.close()
+
+
+async def test_an_emptied_file_is_rescanned_by_itself_after_the_settle(tmp_path: Path) -> None:
+    """With the watcher: the look again after the settle needs no further change."""
+    store = DirStore(tmp_path / "store", empty_settle=0.3)
+    await store.start()
+    try:
+        path = store.root / "one.yaml"
+        async with store.watch() as watch:
+            write(path, policy_doc("a"))
+            assert (await next_event(watch)).type == EventType.ADDED
+            path.write_bytes(b"")
+            assert (await next_event(watch)).type == EventType.DELETED
+        assert await store.list() == []
+    finally:
+        await store.close()

@@ -14,7 +14,10 @@ watchers see nothing, the error is logged, listed by ``errors()`` and written in
 objects' ``status.conditions`` (``type: Accepted, status: "False"``). A name that is not a
 regular file (a FIFO would block the event loop forever) or a file over 1 MiB (the API's body
 limit) is rejected the same way, reported once, and never read past the limit. Deleting a file
-deletes its objects.
+deletes its objects. A file that still exists but now holds no document, where it held some,
+is taken at its word only if it still holds none ``empty_settle`` seconds later: an editor that
+truncates a file and then writes it leaves it empty for a moment, and read then, every object
+of the file would be deleted (a Route's traffic spread over every subset) until the write.
 
 resourceVersion. One integer counter for the whole store; every change takes the next value.
 ``<state-dir>/state.json`` (default ``<root>/.ami/``) keeps the counter and, per object, its
@@ -103,6 +106,8 @@ class DirStore(MemStore):
         watch_files: bool = True,
         debounce_ms: int = 200,
         max_backlog: int = 10_000,
+        empty_settle: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(max_backlog=max_backlog)
         self.root = Path(root).resolve()
@@ -117,6 +122,11 @@ class DirStore(MemStore):
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batch: list[Resource] = []  # see Store.batch
+        self._empty_settle = empty_settle
+        self._monotonic = monotonic
+        self._emptied: dict[str, float] = {}  # file -> when it was first read empty
+        self._rescan_timer: asyncio.TimerHandle | None = None
+        self._rescan_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,8 +143,31 @@ class DirStore(MemStore):
             async with self._lock:  # edits made before the watcher was live
                 self._sync_all()
 
+    async def rescan(self) -> None:
+        """Read the whole directory again now (the watcher does on every change)."""
+        async with self._lock:
+            self._sync_all()
+
+    def _rescan_later(self, delay: float) -> None:
+        if self._rescan_timer is not None or self._stop.is_set():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        def fire() -> None:
+            self._rescan_timer = None
+            self._rescan_task = loop.create_task(self.rescan(), name="dirstore-rescan")
+
+        self._rescan_timer = loop.call_later(delay, fire)
+
     async def close(self) -> None:
         self._stop.set()
+        if self._rescan_timer is not None:
+            self._rescan_timer.cancel()
+        if self._rescan_task is not None:
+            await asyncio.gather(self._rescan_task, return_exceptions=True)
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=5)
@@ -258,6 +291,7 @@ class DirStore(MemStore):
             data = read_file(self.root / rel)
         except FileNotFoundError:
             self._rejected.pop(rel, None)
+            self._emptied.pop(rel, None)
             return self._drop_file(rel)
         except RefusedFile as exc:  # reported once (not on every rescan); last good stays
             marker = f"refused: {exc}"
@@ -269,6 +303,7 @@ class DirStore(MemStore):
             return False
         digest = _digest(data)
         if rel in self._files and self._files[rel].digest == digest:
+            self._emptied.pop(rel, None)  # emptied, then written back as it was
             if rel in self._rejected:  # a bad edit undone: the live objects are this content
                 self._clear_rejection(rel)
                 return True
@@ -285,6 +320,13 @@ class DirStore(MemStore):
             self._reject(rel, digest, f"{rel}: could not be checked (a bug; the control "
                                       f"plane's log has the details): {exc!r}")
             return False
+        if not resources and rel in self._files and self._files[rel].keys:
+            now = self._monotonic()
+            first = self._emptied.setdefault(rel, now)
+            if now - first < self._empty_settle:  # maybe mid-write: look again, then believe it
+                self._rescan_later(first + self._empty_settle - now)
+                return False
+        self._emptied.pop(rel, None)
         self._accept(rel, digest, resources)
         return True
 
