@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from proxy.exchange import _CRLF, _LAST_CHUNK, _MAX_REPLAY
 from proxy.responsehead import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from proxy.pools import EndpointPool
     from proxy.upstream import UpstreamConnection
 
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_MAX_REPLAY = 64 * 1024  # as proxy.exchange's
 # What an HTTP/1.1 request line can carry: a method that is a token, a target of visible
 # ASCII (HTTP/2 lets a space or a DEL through in :path and :method; on a request line they
 # would let the client write a line of its choosing).

@@ -11,8 +11,10 @@ meanwhile), and `Big` returns that many bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -134,3 +136,29 @@ def method(ch: grpc.aio.Channel, name: str, kind: str = "unary_unary") -> Any:
     factory = getattr(ch, kind)
     return factory(f"/{SERVICE}/{name}", request_serializer=_identity,
                    response_deserializer=_identity)
+
+
+@contextlib.contextmanager
+def serving_in_thread(*servers: EchoServer, deadline: float = 10.0) -> Iterator[None]:
+    """Run `servers` on an event loop of their own thread (the tests' loops stay free to be
+    blocked or closed), and stop them on exit."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        for server in servers:
+            loop.run_until_complete(server.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(deadline), "the gRPC servers did not start"
+    try:
+        yield
+    finally:
+        for server in servers:
+            asyncio.run_coroutine_threadsafe(server.stop(), loop).result(deadline)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(deadline)

@@ -20,7 +20,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 import yaml
 
 from meshctl.ca import CertificateAuthority, init_ca
-from tests.grpcapp import EchoServer
+from tests.grpcapp import EchoServer, serving_in_thread
 from tests.proxyharness import (
     REPO,
     Backends,
@@ -59,22 +58,14 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """productpage's sidecar -> mTLS -> reviews' sidecar -> the gRPC app; `echo` and `other`
     are plain HTTP apps reached from productpage's sidecar, `echo` with a route policy."""
-    tmp: Path = tmp_path_factory.mktemp("connect")
+    app = EchoServer("reviews")
+    with serving_in_thread(app, deadline=DEADLINE):
+        yield from _mesh(tmp_path_factory.mktemp("connect"), app)
+
+
+def _mesh(tmp: Path, app: EchoServer) -> Iterator[Mesh]:
     init_ca(tmp / "ca", TD, clock=lambda: time.time() - 60)
     ca = CertificateAuthority(tmp / "ca")
-    loop = asyncio.new_event_loop()
-    app = EchoServer("reviews")
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(app.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(DEADLINE)
     backends = Backends()
     echo = backends.aiohttp(echo_app())
     inbound_port = free_port()
@@ -109,9 +100,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         for proc in procs:
             proc.stop()
         backends.close()
-        asyncio.run_coroutine_threadsafe(app.stop(), loop).result(DEADLINE)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(DEADLINE)
 
 
 async def tunnel(port: int, authority: str, after: bytes = b""

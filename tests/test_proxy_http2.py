@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from meshctl.ca import CertificateAuthority, init_ca
-from tests.grpcapp import EchoServer, channel, method
+from tests.grpcapp import EchoServer, channel, method, serving_in_thread
 from tests.proxyharness import ProxyProcess, eventually, free_port, get, metric_value, roundtrip
 from tests.test_mtls_static import TD, mint, sid, start_proxy
 
@@ -53,22 +53,13 @@ def _endpoint(port: int, version: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    loop = asyncio.new_event_loop()  # the servers live on a loop of their own thread
-    import threading
-
     v1, v2 = EchoServer("v1"), EchoServer("v2")
-    started = threading.Event()
+    with serving_in_thread(v1, v2, deadline=DEADLINE):
+        yield from _env(tmp_path_factory, v1, v2)
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(v1.start())
-        loop.run_until_complete(v2.start())
-        started.set()
-        loop.run_forever()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(DEADLINE)
+def _env(tmp_path_factory: pytest.TempPathFactory, v1: EchoServer, v2: EchoServer
+         ) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("http2")
     proxy = ProxyProcess(tmp, {}, args=("--access-log", "on"))
     both = [_endpoint(v1.port, "v1"), _endpoint(v2.port, "v2")]
@@ -100,12 +91,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ],
     }))
     proxy.start()
-    yield Env(v1, v2, proxy)
-    proxy.stop()
-    for server in (v1, v2):
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(DEADLINE)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(DEADLINE)
+    try:
+        yield Env(v1, v2, proxy)
+    finally:
+        proxy.stop()
 
 
 async def test_unary_call_keeps_metadata_and_trailers(env: Env) -> None:
@@ -267,24 +256,14 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """`productpage`'s sidecar (outbound) -> mTLS -> `reviews`' sidecar (STRICT inbound, an
     AuthorizationPolicy) -> the gRPC app."""
-    import threading
+    app = EchoServer("reviews")
+    with serving_in_thread(app, deadline=DEADLINE):
+        yield from _pair(tmp_path_factory.mktemp("h2mtls"), app)
 
-    tmp: Path = tmp_path_factory.mktemp("h2mtls")
+
+def _pair(tmp: Path, app: EchoServer) -> Iterator[Pair]:
     init_ca(tmp / "ca", TD, clock=lambda: time.time() - 60)
     ca = CertificateAuthority(tmp / "ca")
-    loop = asyncio.new_event_loop()
-    app = EchoServer("reviews")
-    started = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(app.start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(DEADLINE)
     inbound_port = free_port()
     procs: list[ProxyProcess] = []
     try:
@@ -307,9 +286,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     finally:
         for proc in procs:
             proc.stop()
-        asyncio.run_coroutine_threadsafe(app.stop(), loop).result(DEADLINE)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(DEADLINE)
 
 
 async def test_grpc_crosses_the_mtls_hop(pair: Pair) -> None:
