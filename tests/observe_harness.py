@@ -74,7 +74,8 @@ class ObservedMesh:
     def proxy_list(self) -> dict[str, Any]:
         listed = [{"name": f"{svc}-v1", "service": svc, "version": "v1",
                    "admin": f"127.0.0.1:{p.admin}", "synced": True, "nack": None,
-                   "connected": True, "ready": True, "certExpiry": None}
+                   "connected": True, "ready": True, "certExpiry": None,
+                   "app": "serving"}
                   for svc, p in self.proxies.items()]
         return {"storeVersion": 1, "proxies": listed + self.extra}
 

@@ -138,6 +138,9 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
     """The page draws the services and edges, shows reviews v1 99% / v2 1%, then 50/50 after a
     shift; a screenshot is saved under test-output/."""
     pp, rv = mesh.proxies["productpage"], mesh.proxies["reviews"]
+    # a sidecar whose app fails its probe (not scraped: no admin address)
+    mesh.extra.append({"name": "ratings-v1", "service": "ratings", "version": "v1",
+                       "synced": True, "nack": None, "admin": None, "app": "not_serving"})
     with Traffic(lambda: (send(pp, "reviews", "/r"), send(rv, "ratings", "/x"),
                           send(pp, "reviews", "/status/503"))):
         await page.call("Page.enable")
@@ -160,6 +163,12 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
                                    "reviews:v1\"] path').getAttribute('class')") == "bad"
         await page.wait_for("document.querySelectorAll('#charts .chart').length >= 2", 10,
                             "charts")
+        # each proxy's app probe, as proxy-status has it
+        rows = await page.evaluate("JSON.stringify([...document.querySelectorAll("
+                                   "'#proxies tr')].map(r => r.innerText))")
+        assert any("productpage-v1" in r and "✔ serving" in r for r in json.loads(rows))
+        assert any("ratings-v1" in r and "✘ not serving" in r for r in json.loads(rows))
+        mesh.extra.clear()
         shot = await page.call("Page.captureScreenshot", format="png")
     OUTPUT.mkdir(exist_ok=True)
     (OUTPUT / "dashboard.png").write_bytes(base64.b64decode(shot["data"]))

@@ -164,9 +164,17 @@ function certLeft(expiry, now) {
             left < 0 ? "expired" : `${left.toFixed(1)} h left`);
 }
 
+// The sidecar's app probe: a NOT SERVING app's endpoint is withdrawn from the mesh.
+function appState(app) {
+  if (app === "serving") return el("td", { class: "ok" }, "✔ serving");
+  if (app === "not_serving") return el("td", { class: "bad" }, "✘ not serving");
+  return el("td", { class: "muted" }, "–");
+}
+
 function drawTables(state) {
-  table("proxies", ["proxy", "service", "version", "synced", "config", "certificate", "scrape"],
-    state.proxies.map((p) => [p.name, p.service || "", p.version || "",
+  table("proxies", ["proxy", "service", "version", "app", "synced", "config", "certificate",
+                    "scrape"],
+    state.proxies.map((p) => [p.name, p.service || "", p.version || "", appState(p.app),
       el("td", { class: p.nack ? "bad" : p.synced ? "ok" : "warn" },
          p.nack ? "NACK: " + p.nack : p.synced ? "✔ synced" : "… pending"),
       String(p.configVersion || "–"), certLeft(p.certExpiry, state.time),
