@@ -48,7 +48,7 @@ class InboundPolicy:
                  service: str, clock: Callable[[], float] = time.monotonic,
                  previous: InboundPolicy | None = None,
                  authentication: Sequence[RequestAuthenticationSpec] = (),
-                 gateway: bool = False) -> None:
+                 gateway: bool = False, port: int = 0) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -62,6 +62,7 @@ class InboundPolicy:
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
         self.mtls_mode = mtls_mode
+        self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats
         self.labels = (("destination_service", service),)
         self.rate_limit = rate_limit
@@ -103,12 +104,12 @@ class InboundPolicy:
             headers = _header_values(ex)
             for policy in self.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
-                                 True, principal, claims)
+                                 True, principal, claims, self.port)
                        for r in policy.rules):
                     return self._deny()
             if self.allow and not any(
                     r.matches(identity, service, namespace, method, ex.path, headers,
-                              False, principal, claims)
+                              False, principal, claims, self.port)
                     for p in self.allow for r in p.rules):
                 return self._deny()
         if self.bucket is not None and not self.bucket.try_acquire():
@@ -118,6 +119,24 @@ class InboundPolicy:
             if not self.keyed.try_acquire(key):
                 return self._limited(self.keyed.retry_after(key))
         return None
+
+    def admit_connection(self, identity: str | None, service: str | None,
+                         namespace: str | None) -> bool:
+        """Whether a TCP connection from this peer may reach the app (Istio's TCP semantics,
+        `AuthorizationRule.matches_connection`); a refusal is counted. JWTs and the rate
+        limit are about requests, so a connection meets neither."""
+        port = self.port
+        for policy in self.deny:
+            if any(r.matches_connection(identity, service, namespace, port, True)
+                   for r in policy.rules):
+                self._deny()
+                return False
+        if self.allow and not any(
+                r.matches_connection(identity, service, namespace, port)
+                for p in self.allow for r in p.rules):
+            self._deny()
+            return False
+        return True
 
     def _deny(self) -> Refusal:
         self.stats.inc("ami_authorization_denied", self.labels)

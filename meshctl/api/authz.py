@@ -43,6 +43,17 @@ class Source:
                  or not any(principal_matches(p, principal)
                             for p in self.not_request_principals)))
 
+    def matches_peer(self, identity: str | None, service: str | None,
+                     namespace: str | None) -> bool:
+        """The peer fields alone (identities, services, namespaces): a TCP connection's."""
+        return all(not allowed or value in allowed for allowed, value in (
+            (self.identities, identity), (self.services, service), (self.namespaces, namespace)))
+
+    @property
+    def http_only(self) -> bool:
+        """Whether it names an end user (a JWT's principal), which only a request carries."""
+        return bool(self.request_principals or self.not_request_principals)
+
 
 def principal_matches(pattern: str, principal: str | None) -> bool:
     """A requestPrincipals pattern: exact, 'prefix*', '*suffix', or '*' (any principal)."""
@@ -59,15 +70,23 @@ def principal_matches(pattern: str, principal: str | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """What is requested: paths ('/exact', '/prefix/*', '*') and methods (empty = any)."""
+    """What is requested: paths ('/exact', '/prefix/*', '*'), methods and the destination's
+    port (its app's; empty = any)."""
 
     paths: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
 
-    def matches(self, method: str, path: str) -> bool:
-        """Whether a request with ``method`` and normalised ``path`` matches."""
+    def matches(self, method: str, path: str, port: int = 0) -> bool:
+        """Whether a request with ``method`` and normalised ``path`` to ``port`` matches."""
         return ((not self.methods or method in self.methods)
-                and (not self.paths or any(_path_matches(p, path) for p in self.paths)))
+                and (not self.paths or any(_path_matches(p, path) for p in self.paths))
+                and (not self.ports or port in self.ports))
+
+    @property
+    def http_only(self) -> bool:
+        """Whether it names paths or methods, which only a request has."""
+        return bool(self.paths or self.methods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +136,37 @@ class AuthorizationRule:
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
                 method: str, path: str, headers: Callable[[str], Sequence[str]],
                 deny: bool = False, principal: str | None = None,
-                claims: Claims | None = None) -> bool:
+                claims: Claims | None = None, port: int = 0) -> bool:
         """Whether a request from this caller matches this rule of an ALLOW (or ``deny``)
         policy; ``headers(name)`` gives every value of a lower-case header name, in order;
-        ``principal`` and ``claims`` come from the request's verified JWT, if any."""
+        ``principal`` and ``claims`` come from the request's verified JWT, if any; ``port``
+        is the destination app's."""
         return ((not self.sources
                  or any(s.matches(identity, service, namespace, principal)
                         for s in self.sources))
-                and (not self.operations or any(o.matches(method, path) for o in self.operations))
+                and (not self.operations
+                     or any(o.matches(method, path, port) for o in self.operations))
                 and all(c.matches_claims(claims) if c.claim is not None
                         else c.matches(headers(c.header), deny) for c in self.conditions))
+
+    @property
+    def http_only(self) -> bool:
+        """Whether the rule names anything only an HTTP request has: paths, methods, `when`
+        conditions (headers, JWT claims), requestPrincipals."""
+        return bool(self.conditions or any(s.http_only for s in self.sources)
+                    or any(o.http_only for o in self.operations))
+
+    def matches_connection(self, identity: str | None, service: str | None,
+                           namespace: str | None, port: int, deny: bool = False) -> bool:
+        """Whether a TCP connection (a peer, a port, no request) matches, as Istio decides for
+        TCP: an ALLOW rule with an HTTP-only field matches no connection; a DENY rule is
+        checked without its HTTP-only fields, so it refuses more, never less."""
+        if not deny and self.http_only:
+            return False
+        return ((not self.sources
+                 or any(s.matches_peer(identity, service, namespace) for s in self.sources))
+                and (not self.operations
+                     or any(not o.ports or port in o.ports for o in self.operations)))
 
     @property
     def uses_token(self) -> bool:
@@ -210,9 +250,10 @@ def _parse_operation(data: object, path: str) -> Operation:
         F.string(AUTHZ_PATH, "'/exact', '/prefix/*' or '*'"), 1), ())
     methods = f.value("methods", F.list_of(
         F.string(F.METHOD, "an upper-case HTTP method like GET"), 1), ())
-    _non_empty(f, ("paths", "methods"))
+    ports = f.value("ports", F.list_of(F.integer(1, 65535), 1), ())
+    _non_empty(f, ("paths", "methods", "ports"))
     f.finish()
-    return Operation(paths, methods)
+    return Operation(paths, methods, ports)
 
 
 def _parse_condition(data: object, path: str) -> Condition:
