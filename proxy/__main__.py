@@ -47,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the local app speaks: auto (the client's protocol; HTTP/1.1 "
                         "once the app answers HTTP/2 in HTTP/1.1), http1 (HTTP/2 requests "
                         "are sent as HTTP/1.1), http2 (h2c only: HTTP/1.1 requests are "
-                        "refused); default: the static config's appProtocol, else auto")
+                        "refused), tcp (opaque bytes: a database, a cache; reached per "
+                        "connection); default: the static config's appProtocol, else auto")
+    p.add_argument("--tcp-upstream", action="append", default=[],
+                   metavar="LOCAL_HOST:PORT=SERVICE[:PORT]",
+                   help="listen on LOCAL_HOST:PORT and send each connection to the TCP "
+                        "service SERVICE over mTLS (repeatable), e.g. "
+                        "127.0.0.1:15432=postgres:5432")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "
                         "listeners (default: their host; a wildcard becomes this hostname)")
@@ -97,10 +103,13 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
                     max_connections=_DEFAULTS.max_connections if args.max_connections is None
                     else args.max_connections)
     access = None if args.access_log is None else args.access_log == "on"
+    from proxy.tcpupstream import TcpUpstreamSpec
+
+    tcp_upstreams = tuple(TcpUpstreamSpec.parse(text) for text in args.tcp_upstream)
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access,
                         gateway_tls=_gateway_tls(args), app_probe=_app_probe(args),
-                        app_protocol=args.app_protocol)
+                        app_protocol=args.app_protocol, tcp_upstreams=tcp_upstreams)
 
 
 def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:
@@ -112,9 +121,9 @@ def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:
     if not (args.app and args.control_plane and args.mode == "sidecar") or spec.kind == "none":
         return None
     Address.parse(args.app, "--app")  # a bad --app stops the start with a clear error
-    if spec.kind == "http" and args.app_protocol == "http2":
+    if spec.kind == "http" and args.app_protocol in ("http2", "tcp"):
         raise ConfigError("--app-probe /PATH sends an HTTP/1.1 GET, which an --app-protocol "
-                          "http2 app cannot answer: probe it with tcp")
+                          f"{args.app_protocol} app cannot answer: probe it with tcp")
     return spec
 
 

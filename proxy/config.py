@@ -22,8 +22,10 @@ class ConfigError(ValueError):
 
 # What the local app speaks (`appProtocol`, `--app-protocol`): `auto` keeps the client's
 # protocol (an app found to answer HTTP/2 in HTTP/1.1 gets HTTP/1.1 from then on), `http1`
-# downgrades HTTP/2 requests, `http2` (h2c only, a gRPC server) refuses HTTP/1.1 ones.
-APP_PROTOCOLS = ("auto", "http1", "http2")
+# downgrades HTTP/2 requests, `http2` (h2c only, a gRPC server) refuses HTTP/1.1 ones, `tcp`
+# (opaque bytes: a database, a cache) takes `ami-tcp` connections only (proxy.tcpinbound).
+APP_PROTOCOLS = ("auto", "http1", "http2", "tcp")
+SERVICE_PROTOCOLS = ("http", "tcp")  # a snapshot service's `protocol`
 
 
 @contextmanager
@@ -85,6 +87,7 @@ class Service:
     endpoints: tuple[Endpoint, ...]
     subsets: tuple[Subset, ...]
     policy: TrafficPolicy  # the DestinationPolicy's traffic policy (meshctl.api.policy)
+    protocol: str = "http"  # `tcp`: its apps are TCP services (reached per connection)
 
     def subset(self, name: str | None) -> tuple[Endpoint, ...]:
         if name is None:
@@ -176,7 +179,8 @@ _KNOWN: dict[str, frozenset[str]] = {
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
-    "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy"}),
+    "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
+                          "protocol"}),
     "endpoint": frozenset({"address", "labels", "identity"}),
     "subset": frozenset({"name", "labels"}),
     "route": frozenset({"host", "rules"}),
@@ -280,12 +284,16 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         if not sm.get("name"):
             raise ConfigError(f"{path}.subsets[{i}].name: required")
         subsets.append(Subset(str(sm["name"]), _labels(sm.get("labels"), f"{path}.subsets[{i}]")))
+    protocol = raw.get("protocol", "http")
+    if protocol not in SERVICE_PROTOCOLS:
+        raise ConfigError(f"{path}.protocol: expected http or tcp, got {protocol!r}")
     return Service(
         name=name,
         namespace=str(raw.get("namespace", "default")),
         endpoints=tuple(endpoints),
         subsets=tuple(subsets),
         policy=_policy(raw.get("policy"), f"{path}.policy"),
+        protocol=protocol,
     )
 
 

@@ -21,6 +21,7 @@ from proxy.requesthead import Reject
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.listener import Listener
+    from proxy.tcpclient import TcpTarget
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("ami.proxy")
@@ -65,6 +66,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         # inside the tunnel, the authority of requests that name none
         self.mesh_connect: bytes | None = None
         self.tunnel_host: bytes | None = None
+        self.tcp_connect: TcpTarget | None = None  # CONNECT to a TCP service (its target)
         self._error_after_current: str | None = None  # reason of a pipelined rejection
         self._lingering = False
         # per-request parse state
@@ -119,10 +121,16 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             transport.close()
             self.closed = True
             return
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-            from proxy.h2downstream import take_over
+        if ssl_object is not None:
+            alpn = ssl_object.selected_alpn_protocol()
+            if alpn == "h2":
+                from proxy.h2downstream import take_over
 
-            take_over(self, b"", tls=True)  # a sidecar carrying HTTP/2 requests (gRPC)
+                take_over(self, b"", tls=True)  # a sidecar carrying HTTP/2 requests (gRPC)
+            elif alpn == "ami-tcp" and self.listener.kind == "inbound":
+                from proxy import tcpinbound
+
+                tcpinbound.take_over(self)  # a sidecar carrying a TCP service's bytes
 
     def _identify_peer(self, ssl_object: object) -> bool:
         """Read the peer's SPIFFE id; False when its certificate does not carry exactly one."""

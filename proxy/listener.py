@@ -52,6 +52,7 @@ class Listener:
         self.quiet: asyncio.Event | None = None  # set while draining, fired at zero connections
         # inbound in STRICT: a plaintext connection is refused, even one accepted before
         self.plaintext_allowed = True
+        self.tcp: Any = None  # inbound: proxy.tcpinbound.TcpInbound while the app is `tcp`
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
 

@@ -6,7 +6,8 @@ HTTP/1.1 or HTTP/2 prior knowledge, by the listener's own protocols: every reque
 tunnel is routed by its own authority and goes through every check a direct request does
 (the CONNECT's authority only stands in for a missing HTTP/1.1 `Host`; HTTP/2 requests always
 carry `:authority`). It stays one connection of the listener for limits, timeouts and drain.
-TLS inside is refused: the mesh does the TLS.
+TLS inside is refused: the mesh does the TLS. To a TCP service (`protocol: tcp`) the tunnel
+is a byte stream to the service instead (proxy.tcpclient), as a `--tcp-upstream` port's.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from proxy.exchange import _CONNECT_ESTABLISHED, Exchange
 from proxy.headers import service_from_authority
 from proxy.passthrough import authority_address
 from proxy.requesthead import Reject
+from proxy.tcpclient import find_target, open_session
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
+    from proxy.tcpclient import TcpTarget
 
 log = logging.getLogger("ami.proxy")
 TLS_RECORD = b"\x16\x03"  # a TLS handshake record (ClientHello), any TLS version
@@ -48,10 +51,15 @@ class MeshConnect(Exchange):
 
 def connect_exchange(p: DownstreamProtocol, authority: str) -> MeshConnect | None:
     """A MeshConnect when `CONNECT authority` tunnels into the mesh, else None (egress's)."""
-    if p.listener.kind != "outbound" or not p.listener.router.tunnels_into_mesh(authority):
+    if p.listener.kind != "outbound":
+        return None
+    router = p.listener.router
+    tcp = find_target(router.tcp, authority) if router.tcp else None
+    if tcp is None and not router.tunnels_into_mesh(authority):
         return None
     if authority_address(authority, 0) is None:
         raise Reject("bad_request")  # no port (RFC 9110 9.3.6: CONNECT names host:port)
+    p.tcp_connect = tcp
     return MeshConnect(p, b"CONNECT", p._url, "", "", authority, p._headers, [], False, False,
                        p.parser.get_http_version() == "1.0", False, False, p.head_started)
 
@@ -62,6 +70,9 @@ def enter(p: DownstreamProtocol) -> None:
     the CONNECT: an error in these bytes is theirs, not chained to the CONNECT's upgrade."""
     if p.closed or p.transport is None:
         return
+    if p.tcp_connect is not None:
+        enter_tcp(p, p.tcp_connect)
+        return
     p.tunnel_host, p.mesh_connect = p.mesh_connect, None
     p.parser = httptools.HttpRequestParser(p)
     preamble, p._tunnel_preamble = p._tunnel_preamble or [], None
@@ -69,6 +80,31 @@ def enter(p: DownstreamProtocol) -> None:
     p.transport.resume_reading()
     if preamble:
         p.data_received(b"".join(preamble))
+
+
+def enter_tcp(p: DownstreamProtocol, target: TcpTarget) -> None:
+    """The tunnel to a TCP service: the connection is a TCP session from now on, sent to an
+    endpoint of the service as a `--tcp-upstream` connection is; it stays one connection of
+    the listener (its limit, its drain) until it ends."""
+    from proxy.tcprelay import AppEnd, TcpSession
+
+    listener, transport = p.listener, p.transport
+    assert transport is not None
+    session = TcpSession(listener.stats, True, "outbound", p.loop)
+    session.authority = (p.mesh_connect or b"").decode("latin-1")
+    session.log_out = listener.access_log
+    session.early = b"".join(p._tunnel_preamble or ())  # sent on once the service answered
+    p._tunnel_preamble, p.mesh_connect, p.closed = None, None, True
+
+    def end(_session: TcpSession) -> None:
+        p.transport = None
+        listener.release(p)
+
+    session.on_end = end
+    app = AppEnd(session)
+    transport.set_protocol(app)
+    app.connection_made(transport)
+    p.loop.create_task(open_session(session, target))
 
 
 def refuse_tls(p: DownstreamProtocol) -> None:

@@ -47,7 +47,7 @@ class RequestStats:
     """Counters for every (labels) combination seen; `record` is on the hot path."""
 
     __slots__ = ("_series", "connect_failures", "connections_active", "connections_total",
-                 "counters")
+                 "counters", "tcp_live")
 
     def __init__(self) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
@@ -56,6 +56,9 @@ class RequestStats:
         self.connect_failures: dict[str, int] = {}
         # free-form labelled counters from policy layers: (name, labels-tuple) -> value
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        # open TCP connections (proxy.tcprelay.TcpSession): their bytes so far are added to
+        # the counters at scrape time, so a long-lived connection does not show 0 till it ends
+        self.tcp_live: set[Any] = set()
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
@@ -153,6 +156,8 @@ class _StatsCollector(Collector):
         for name, value in stats.connect_failures.items():
             failures.add_metric([name], value)
         yield from (active, opened, failures)
+        for session in list(stats.tcp_live):
+            session.flush()
         families: dict[str, CounterMetricFamily] = {}
         for (name, label_pairs), count in sorted(stats.counters.items()):
             fam = families.get(name)
@@ -179,6 +184,10 @@ _COUNTER_HELP = {
                                   "SPIFFE id; gateway: plaintext or failed handshake).",
     "ami_connections_refused": "Client connections closed at once: the listener's connection "
                                "limit was reached.",
+    "ami_tcp_connections_opened": "TCP connections opened to or from a TCP service.",
+    "ami_tcp_connections_closed": "TCP connections of a TCP service closed.",
+    "ami_tcp_received_bytes": "Bytes of TCP connections from the caller to the destination.",
+    "ami_tcp_sent_bytes": "Bytes of TCP connections from the destination to the caller.",
     "ami_http2_flood_closes": "HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM, "
                               "by kind of abuse (premature_reset: rapid reset; "
                               "unread_output: control frames or answers it does not read).",

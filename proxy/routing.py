@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
     from proxy.pools import EndpointPool, PoolRegistry
+    from proxy.tcpclient import TcpTarget
 
 Matcher = Callable[["Exchange"], bool]
 
@@ -154,14 +155,17 @@ class ExternalHostRoute(HostRoute):
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "egress", "source")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "egress", "source", "tcp")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
                  egress: Egress | None = None,
                  source: tuple[str, str] = ("unknown", "unknown"),
-                 namespaces: Mapping[str, str] | None = None) -> None:
+                 namespaces: Mapping[str, str] | None = None,
+                 tcp: Mapping[str, TcpTarget] | None = None) -> None:
         self._hosts = hosts
+        # TCP services (outbound): `CONNECT db:5432` to one is a byte tunnel (proxy.tcpclient)
+        self.tcp = tcp or {}
         self._namespaces = namespaces or {}  # mesh service -> its namespace (outbound)
         self._inbound = inbound
         self._gateway = gateway
@@ -232,6 +236,20 @@ class RouterBuilder:
         self.inbound_policy = inbound_policy
         self.gateway_policy = gateway_policy  # the policies selecting the gateway's service
         self._backends: dict[tuple[str, str | None, str], Backend] = {}
+        self._tcp: dict[str, TcpTarget] | None = None
+
+    def tcp_targets(self) -> dict[str, TcpTarget]:
+        """The snapshot's TCP services, as callers reach them (built once per snapshot)."""
+        if self._tcp is None:
+            from proxy.tcpclient import TcpTarget
+
+            node = self.snapshot.node
+            self._tcp = {name: TcpTarget(name, self._backend(service, None, "source"),
+                                         (node.service, node.version),
+                                         node.version.encode("ascii", "replace"))
+                         for name, service in self.snapshot.services.items()
+                         if service.protocol == "tcp"}
+        return self._tcp
 
     def outbound(self, own_ports: Callable[[], set[int]] | None = None) -> Router:
         snap = self.snapshot
@@ -245,8 +263,9 @@ class RouterBuilder:
         hosts = self._host_routes("source", skip=external)
         source = (snap.node.service, snap.node.version)
         namespaces = {name: s.namespace for name, s in snap.services.items()}
+        tcp = self.tcp_targets()
         if not external and passthrough is None:
-            return Router(hosts, source=source, namespaces=namespaces)
+            return Router(hosts, source=source, namespaces=namespaces, tcp=tcp)
         tunnels: dict[tuple[str, int], Decision] = {}
         wildcards = []
         for host, ext in sorted(external.items()):
@@ -259,7 +278,7 @@ class RouterBuilder:
                 hosts[host] = ExternalHostRoute(http, passthrough)
             tunnels.update(((host, port), d) for port, d in tunnel.items())
         return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough),
-                      source=source, namespaces=namespaces)
+                      source=source, namespaces=namespaces, tcp=tcp)
 
     def _prefix(self, destination: str) -> tuple[str, ...]:
         node = self.snapshot.node
@@ -330,7 +349,10 @@ class RouterBuilder:
         decision = Decision((backend,), (100,), self.rng)
         if self.inbound_policy is not None and self.inbound_policy.needed:
             decision.admit = self.inbound_policy.admit
-        if snap.app_protocol == "http2":
+        if snap.app_protocol == "tcp":
+            # A TCP app (a database): HTTP would reach it as bytes it cannot parse.
+            decision.admit = _refuse_http
+        elif snap.app_protocol == "http2":
             # An h2c-only app (a gRPC server): an HTTP/1.1 request would reach it as bytes
             # it cannot parse; refused in words instead (after authorization, as any answer).
             decision.admit = _admit_first(decision.admit, _refuse_http1) \
@@ -344,11 +366,17 @@ class RouterBuilder:
         routes: dict[str, HostRoute] = {}
         for name, service in snap.services.items():
             route = snap.routes.get(name)
-            if route is None:
+            if service.protocol == "tcp":
+                # Reached per connection (`--tcp-upstream`, CONNECT), never by a request.
+                refused = Decision((self._backend(service, None, reporter),), (100,), self.rng)
+                refused.admit = _refuse_http
+                routes[name] = HostRoute(((None, refused),))
+            elif route is None:
                 routes[name] = HostRoute(((None, Decision(
                     (self._backend(service, None, reporter),), (100,), self.rng)),))
         for host, route in snap.routes.items():
-            if host not in skip:
+            tcp = host in snap.services and snap.services[host].protocol == "tcp"
+            if host not in skip and not tcp:  # (a TCP service is no request's: no Route)
                 routes[host] = self._compile_route(host, route, reporter, scheme=scheme)
         return routes
 
@@ -431,6 +459,11 @@ def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:
     labels = host.split(".")
     service = services.get(labels[0])
     return service is not None and len(labels) > 1 and labels[1] == service.namespace
+
+
+def _refuse_http(ex: Exchange) -> Any:
+    """An HTTP request for a TCP service (or to a `tcp` app): `protocol_mismatch`."""
+    return ("protocol_mismatch", None, ())
 
 
 def _refuse_http1(ex: Exchange) -> Any:

@@ -35,6 +35,7 @@ class ProxyOptions:
     gateway_tls: Any = None  # proxy.servingcert.ServingCertificate: HTTPS on the gateway
     app_probe: Any = None  # proxy.appprobe.ProbeSpec: how the agent tells the app serves
     app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
+    tcp_upstreams: tuple[Any, ...] = ()  # proxy.tcpupstream.TcpUpstreamSpec per --tcp-upstream
 
 
 def _tunnel_check(outbound: Router | None) -> Callable[[Address], bool]:
@@ -70,6 +71,8 @@ class ProxyServer:
         self.extra_collectors: list[Any] = []
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
+        self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
+        self.tcp_listeners: list[Any] = []  # proxy.tcpupstream.TcpUpstreamListener
 
     # --- configuration ------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> None:
@@ -81,7 +84,8 @@ class ProxyServer:
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
-                                       authentication=snapshot.authentication)
+                                       authentication=snapshot.authentication,
+                                       port=snapshot.app.port if snapshot.app else 0)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
             gateway_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls, None,
@@ -104,8 +108,10 @@ class ProxyServer:
         for listener in self.listeners.values():
             if listener.kind != "inbound":
                 listener.peer_line = peer_line
+        tcp_targets = builder.tcp_targets()
         inbound = self.listeners.get("inbound")
         if inbound is not None:
+            inbound.tcp = _tcp_inbound(snapshot, inbound_policy, self.pools)
             if snapshot.mesh.mtls == "STRICT":
                 if inbound.plaintext_allowed:
                     inbound.refuse_plaintext(self.options.drain_timeout)
@@ -113,6 +119,7 @@ class ProxyServer:
                 inbound.plaintext_allowed = True
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
+        self.tcp_targets = tcp_targets
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self._set_access_log(snapshot)
@@ -153,6 +160,8 @@ class ProxyServer:
         self.access_log_enabled = enabled
         for listener in self.listeners.values():
             listener.access_log = sys.stdout if enabled else None
+        for tcp in self.tcp_listeners:
+            tcp.access_log = sys.stdout if enabled else None
 
     def _listener_kinds(self, snapshot: Snapshot) -> list[str]:
         return [k for k in self._listener_addresses(snapshot) if k != "admin"]
@@ -196,9 +205,22 @@ class ProxyServer:
                 )
             self.listeners[kind] = listener
             log.info("listening: %s on %s", kind, address)
+        if not self.tcp_listeners:
+            await self._start_tcp_upstreams()
         if self.snapshot is not None:
             self.apply(self.snapshot)  # build routers for listeners bound after the snapshot
         self.listeners_bound = True
+
+    async def _start_tcp_upstreams(self) -> None:
+        """Bind each --tcp-upstream port (proxy.tcpupstream)."""
+        from proxy.tcpupstream import TcpUpstreamListener
+
+        for spec in self.options.tcp_upstreams:
+            listener = TcpUpstreamListener(spec, self.stats, lambda: self.tcp_targets,
+                                           self.options.limits.max_connections)
+            await listener.start(self.loop)
+            self.tcp_listeners.append(listener)
+            log.info("listening: tcp upstream %s on %s", spec.service, spec.listen)
 
     def _proxy_ports(self) -> set[int]:
         """Ports this proxy takes requests on: a passthrough to one of them would loop."""
@@ -248,10 +270,14 @@ class ProxyServer:
         end = self.loop.time() + (deadline if deadline is not None else self.options.drain_timeout)
         inbound_side = [lst for lst in self.listeners.values() if lst.kind != "outbound"]
         await asyncio.gather(*(lst.wait_quiet(end - self.loop.time()) for lst in inbound_side))
+        for tcp in self.tcp_listeners:  # the app's own side, as the outbound listener
+            tcp.close()
         if "outbound" in self.listeners:
             outbound = self.listeners["outbound"]
             outbound.drain()
             await outbound.wait_quiet(end - self.loop.time())
+        for tcp in self.tcp_listeners:
+            tcp.close_all()
         for listener in self.listeners.values():
             for conn in list(listener.connections):
                 if conn.transport is not None:
@@ -262,6 +288,15 @@ class ProxyServer:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.loop.create_task(self.shutdown()))
+
+
+def _tcp_inbound(snapshot: Snapshot, policy: InboundPolicy, pools: PoolRegistry) -> Any:
+    """What the inbound listener takes `ami-tcp` connections with: only for a `tcp` app."""
+    if snapshot.app_protocol != "tcp" or snapshot.app is None:
+        return None
+    from proxy.tcpinbound import TcpInbound
+
+    return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version)
 
 
 def _protocol_factory(listener: Listener) -> Callable[[], DownstreamProtocol]:

@@ -22,8 +22,10 @@ from proxy.identity import IdentityError, WorkloadIdentity, peer_spiffe_id
 ALPN = ("http/1.1",)
 # A sidecar's inbound listener also speaks HTTP/2, to the sidecars that carry HTTP/2 requests
 # (their connections offer `h2` alone; HTTP/1.1 ones offer `http/1.1` alone).
-MESH_SERVER_ALPN = ("h2", "http/1.1")
+# `ami-tcp`: a TCP service's bytes (proxy.tcpwire), offered by callers reaching one.
+MESH_SERVER_ALPN = ("h2", "http/1.1", "ami-tcp")
 H2_ALPN = ("h2",)
+TCP_ALPN = ("ami-tcp",)
 # The HTTPS gateway: browsers get HTTP/2 (the app's sidecar downgrades it for an HTTP/1.1 app).
 GATEWAY_ALPN = ("h2", "http/1.1")
 # TLS 1.2 suites: forward secret and AEAD only. TLS 1.3 suites are all AEAD already.
@@ -47,12 +49,15 @@ def server_context(
     return ctx
 
 
-def client_context(identity: WorkloadIdentity, *, h2: bool = False) -> ssl.SSLContext:
+def client_context(identity: WorkloadIdentity, *, h2: bool = False,
+                   tcp: bool = False) -> ssl.SSLContext:
     """A client context presenting `identity` and verifying the server's chain (not its name);
-    `h2`: for HTTP/2 connections (ALPN `h2` only)."""
+    `h2`: for HTTP/2 connections (ALPN `h2` only); `tcp`: for TCP services (`ami-tcp`)."""
     ctx = _context(ssl.PROTOCOL_TLS_CLIENT, identity)
     if h2:
         ctx.set_alpn_protocols(list(H2_ALPN))
+    elif tcp:
+        ctx.set_alpn_protocols(list(TCP_ALPN))
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
@@ -78,6 +83,7 @@ class _Contexts:
     server: ssl.SSLContext
     client: ssl.SSLContext
     client_h2: ssl.SSLContext
+    client_tcp: ssl.SSLContext
 
 
 class TlsContexts:
@@ -115,6 +121,11 @@ class TlsContexts:
         """The current client context for HTTP/2 connections."""
         return self._current.client_h2
 
+    @property
+    def client_tcp(self) -> ssl.SSLContext:
+        """The current client context for TCP services' connections (ALPN `ami-tcp`)."""
+        return self._current.client_tcp
+
     def update(self, identity: WorkloadIdentity) -> None:
         """Switch to a renewed identity (or trust bundle); on error the old contexts stay."""
         self._current = self._build(identity)
@@ -122,7 +133,7 @@ class TlsContexts:
     def _build(self, identity: WorkloadIdentity) -> _Contexts:
         server = server_context(identity, require_client_cert=self._require_client_cert)
         return _Contexts(identity, server, client_context(identity),
-                         client_context(identity, h2=True))
+                         client_context(identity, h2=True), client_context(identity, tcp=True))
 
     def _swap_in_current(
         self, ssl_object: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext

@@ -151,3 +151,25 @@ spec:
     settings = Snapshot.from_dict(json.loads(built.data)).mesh
     assert (settings.mtls, settings.tracing_sampling, settings.tracing_endpoint) == (
         "PERMISSIVE", 0.25, "jaeger:4317")
+
+
+def test_a_service_is_tcp_when_all_its_sidecars_declare_tcp() -> None:
+    """Sidecars declaring `--app-protocol tcp` make their service `protocol: tcp` in every
+    snapshot; while some declare tcp and others not (a rollout), the service stays HTTP and
+    only the sidecars that speak HTTP are its endpoints: neither protocol is sent to an app
+    that does not speak it."""
+    from dataclasses import replace
+
+    db = [replace(proxy(f"db-{v}", "db", v, port), app_protocol="tcp")
+          for v, port in (("v1", 9101), ("v2", 9102))]
+    snap = Snapshot.from_dict(json.loads(SnapshotBuilder(resources(), db).build(PAGE).data))
+    assert snap.services["db"].protocol == "tcp"
+    assert [e.address.port for e in snap.services["db"].endpoints] == [9101, 9102]
+    mixed = [db[0], replace(db[1], app_protocol="auto")]
+    data = json.loads(SnapshotBuilder(resources(), mixed).build(PAGE).data)
+    assert "protocol" not in data["services"]["db"]
+    assert [e["address"] for e in data["services"]["db"]["endpoints"]] == ["127.0.0.1:9102"]
+    idle_http = SnapshotBuilder(resources(), db[:1], idle=[replace(db[1], app_protocol="http1",
+                                                                    ready=False)])
+    data = json.loads(idle_http.build(PAGE).data)
+    assert "protocol" not in data["services"]["db"] and data["services"]["db"]["endpoints"] == []

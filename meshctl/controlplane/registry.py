@@ -33,7 +33,7 @@ class ProxyInfo:
     cert_expiry: str = ""  # RFC 3339, "" when no certificate
     cert_issued: str = ""  # RFC 3339 not-before of that certificate
     app_health: str = ""  # serving | not_serving; "" when the sidecar does not probe its app
-    app_protocol: str = ""  # what its app speaks (auto, http1, http2); "" for a gateway
+    app_protocol: str = ""  # what its app speaks (auto, http1, http2, tcp); "" for a gateway
     admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
 
     @property

@@ -89,7 +89,8 @@ class SnapshotBuilder:
         # Sidecars registered but taking no traffic (unready, draining, app not serving): their
         # service is listed even with no endpoint, so a caller gets 503 no_healthy_upstream,
         # as from a Kubernetes Service without ready pods, not 404 no_route.
-        self._idle = sorted({(p.service, p.namespace) for p in idle if p.mode == "sidecar"})
+        idle = [p for p in idle if p.mode == "sidecar"]
+        self._idle = sorted({(p.service, p.namespace) for p in idle})
         self._by_kind: dict[str, list[Resource]] = {}
         for r in sorted(resources, key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
@@ -97,6 +98,11 @@ class SnapshotBuilder:
                   if isinstance(r.spec, MeshConfigSpec)]
         self.mesh = meshes[0] if meshes else MeshConfigSpec()
         self._endpoints = sorted(endpoints, key=lambda p: (p.service, p.inbound, p.name))
+        # Whether each service's sidecars declare a TCP app (--app-protocol tcp): all of them
+        # (True), none (False), or some (a rollout changing it: both in the set).
+        self._tcp: dict[str, set[bool]] = {}
+        for p in (*self._endpoints, *idle):
+            self._tcp.setdefault(p.service, set()).add(p.app_protocol == "tcp")
         # namespace -> ('{"mesh":..,"services":..,"routes":..,' bytes, its sha256 so far)
         self._shared: dict[str, tuple[bytes, Any]] = {}
 
@@ -133,6 +139,11 @@ class SnapshotBuilder:
                     if isinstance(r.spec, DestinationPolicySpec)}
         services: dict[str, Any] = {}
         for ep in self._endpoints:
+            if ep.app_protocol == "tcp" and self._tcp[ep.service] != {True}:
+                # Some of the service's sidecars declare tcp, others not: it stays an HTTP
+                # service, served by those that speak HTTP, until they all agree. (A TCP app
+                # sent HTTP requests, or an HTTP app sent opaque bytes, would both break.)
+                continue
             # The identity is the service's (one SPIFFE id per service account), stated once
             # rather than per endpoint: at 1000 endpoints that is ~40% of the snapshot.
             svc = services.setdefault(ep.service, {
@@ -143,6 +154,8 @@ class SnapshotBuilder:
             services.setdefault(service, {"namespace": ns, "identity": self._identity(ns, service),
                                           "endpoints": []})
         for name, svc in services.items():
+            if self._tcp.get(name) == {True}:
+                svc["protocol"] = "tcp"  # absent for HTTP: such snapshots keep their bytes
             policy = policies.get(name)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
                 continue

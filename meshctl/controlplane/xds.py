@@ -65,8 +65,8 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
                   "cert_issued"):
         if len(getattr(info, field)) > _MAX_FIELD:
             raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
-    if info.app_protocol not in ("", "auto", "http1", "http2"):
-        raise RegistrationError("register.app_protocol: expected auto, http1 or http2, got "
+    if info.app_protocol not in ("", "auto", "http1", "http2", "tcp"):
+        raise RegistrationError("register.app_protocol: expected auto, http1, http2 or tcp, got "
                                 f"{info.app_protocol[:64]!r}")
     if info.mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")

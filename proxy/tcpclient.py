@@ -1,0 +1,154 @@
+"""The caller's side of a TCP service: pick an endpoint per connection, open `ami-tcp` mTLS to
+it, and join it to the app's connection (proxy.tcprelay).
+
+Endpoints are balanced per connection by the service's DestinationPolicy `loadBalancer` (a
+connection counts as an active request: LEAST_REQUEST is least-connections), skipping ones
+outlier detection ejected. A connection that cannot be opened (refused, `connectTimeout`, TLS
+failure, or the destination's sidecar answering `upstream_connect_failure` because its app is
+down) is retried on another endpoint before any byte of the app is sent, up to 3 endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.tcprelay import MeshEnd, TcpSession, answer_word
+from proxy.tcpwire import first_frame
+
+if TYPE_CHECKING:
+    from proxy.pools import EndpointPool
+    from proxy.routing import Backend
+
+log = logging.getLogger("ami.proxy.tcp")
+MAX_ATTEMPTS = 3
+# Answers after which another endpoint may be tried: nothing reached the app.
+_RETRIABLE = frozenset({"upstream_connect_failure", "protocol_mismatch"})
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTarget:
+    """A TCP service as callers reach it: its endpoints and how to choose one."""
+
+    service: str
+    backend: Backend
+    source: tuple[str, str]  # this proxy's (workload, version)
+    version: bytes  # the hello: this proxy's version label
+
+
+def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None:
+    """The TCP service a name means (`db`, `db.ns`, `db.ns.svc.cluster.local`, with a port)."""
+    from proxy.headers import service_from_authority, short_service_name
+
+    host = service_from_authority(name)
+    return targets.get(host) or targets.get(short_service_name(host))
+
+
+async def open_session(session: TcpSession, target: TcpTarget) -> None:
+    """Connect ``session`` (its app end attached, paused) to an endpoint of ``target``; on
+    failure the app's connection is closed and the reason recorded."""
+    backend = target.backend
+    base = ("source", *target.source, target.service, target.service)
+    tried: list[EndpointPool] = []
+    reason = "no_healthy_upstream"
+    for _ in range(MAX_ATTEMPTS):
+        pool = backend.pick_endpoint(None, tried) if tried else backend.pick_endpoint()
+        if pool is None or pool in tried:
+            break
+        tried.append(pool)
+        if session.app is None:  # the app gave up meanwhile
+            session.close()
+            return
+        reason = await _connect(session, pool, target.version)
+        if backend.outlier is not None:
+            backend.outlier.record(pool, 200 if reason == "ok" else None)
+        if reason == "ok":
+            pool.active_requests += 1  # released when the session ends
+            session.on_end = _releasing(pool, session.on_end)
+            session.upstream = str(pool.address)
+            session.opened((*base, pool.version, "mutual_tls"))
+            if session.app is None:
+                session.close()
+            else:
+                session.join()
+            return
+        if reason not in _RETRIABLE:
+            break
+    session.opened((*base, tried[-1].version if tried else "unknown",
+                    "mutual_tls" if tried else "unknown"))
+    session.fail(reason)
+
+
+def _releasing(pool: EndpointPool, then: Callable[[TcpSession], None] | None,
+               ) -> Callable[[TcpSession], None]:
+    """An end hook: the endpoint's connection count goes down, then ``then`` runs."""
+    def end(session: TcpSession) -> None:
+        pool.active_requests -= 1
+        if then is not None:
+            then(session)
+
+    return end
+
+
+async def _connect(session: TcpSession, pool: EndpointPool, version: bytes) -> str:
+    """Open `ami-tcp` to ``pool``'s endpoint and read its answer: `ok` or a reason word."""
+    tls = pool.tls
+    if tls is None:
+        log.warning("TCP service endpoint %s: TCP services need mTLS between sidecars (mesh "
+                    "mtls PERMISSIVE or STRICT, and a workload certificate)", pool.address)
+        return "upstream_connect_failure"
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bytes] = loop.create_future()
+
+    def on_answer(payload: bytes) -> None:
+        if not answered.done():
+            answered.set_result(payload)
+
+    session.on_answer = on_answer
+    session.new_attempt()
+    end = MeshEnd(session)
+    transport = None
+    try:
+        async with asyncio.timeout(pool.connect_timeout):
+            transport, _ = await loop.create_connection(
+                lambda: end, pool.address.host, pool.address.port,
+                ssl=tls.client_tcp, server_hostname="mesh")
+            problem = _check_peer(transport, pool)
+            if problem is not None:
+                log.warning("TCP service endpoint %s: %s", pool.address, problem)
+                word = "protocol_mismatch" if "ALPN" in problem else "upstream_connect_failure"
+            else:
+                transport.write(first_frame(version))
+                word = answer_word(await answered)
+    except (OSError, TimeoutError) as exc:
+        log.debug("TCP service endpoint %s: %s", pool.address, exc)
+        word = "upstream_connect_failure"
+    finally:
+        session.on_answer = None
+    if word != "ok":
+        end.session = None  # its close is no longer the session's
+        session.mesh = None
+        if transport is not None:
+            transport.abort()
+    return word
+
+
+def _check_peer(transport: asyncio.BaseTransport, pool: EndpointPool) -> str | None:
+    """Why the endpoint is not the sidecar expected, speaking `ami-tcp`; None when it is."""
+    from proxy.identity import IdentityError
+    from proxy.tcpwire import ALPN_TCP
+    from proxy.tls import verify_peer
+
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return "no TLS"
+    try:
+        verify_peer(ssl_object, {pool.identity} if pool.identity else None)
+    except IdentityError as exc:
+        return str(exc)
+    if ssl_object.selected_alpn_protocol() != ALPN_TCP:
+        return "its sidecar does not speak ami-tcp (ALPN): not declared --app-protocol tcp?"
+    return None

@@ -1,0 +1,94 @@
+"""The destination's side of a TCP service: an `ami-tcp` mTLS connection on the inbound
+listener is authorized once, as a connection, then piped to the local app (proxy.tcprelay).
+
+Only a sidecar whose app is declared `tcp` takes such connections: on any other, `ami-tcp`
+would carry bytes past the HTTP app's per-request policies, so it is refused
+(`protocol_mismatch`). The connection stays one of the listener's (its limit, its drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.tcprelay import AppEnd, MeshEnd, TcpSession
+from proxy.tcpwire import OK
+
+if TYPE_CHECKING:
+    from proxy.config import Address
+    from proxy.downstream import DownstreamProtocol
+    from proxy.inbound import InboundPolicy
+
+log = logging.getLogger("ami.proxy.tcp")
+_VERSION = re.compile(rb"[A-Za-z0-9._-]{1,63}")  # a label value, as the control plane checks
+
+
+@dataclass(frozen=True, slots=True)
+class TcpInbound:
+    """What the inbound listener takes TCP connections with, per snapshot (app declared tcp)."""
+
+    app: Address
+    policy: InboundPolicy
+    service: str
+    version: str
+    connect_timeout: float = 5.0
+
+
+def take_over(p: DownstreamProtocol) -> None:
+    """An `ami-tcp` connection was accepted: it is a TCP session from now on."""
+    listener, transport = p.listener, p.transport
+    assert transport is not None
+    p.closed = True  # never parsed as HTTP; the listener's sweep and drain leave it alone
+    session = TcpSession(listener.stats, False, "inbound", p.loop)
+    session.log_out = listener.access_log
+    session.mesh = transport
+    target: TcpInbound | None = listener.tcp
+
+    def end(_session: TcpSession) -> None:
+        p.transport = None
+        listener.release(p)
+
+    def hello(payload: bytes) -> None:
+        version = payload.decode("ascii") if _VERSION.fullmatch(payload) else "unknown"
+        service = target.service if target is not None else listener.router.source[0]
+        session.opened(("destination", p.peer_service or "unknown", version, service, service,
+                        target.version if target is not None else "unknown", p.security))
+        if target is None:
+            refuse("protocol_mismatch")
+        elif not target.policy.admit_connection(p.peer_identity, p.peer_service,
+                                                p.peer_namespace):
+            refuse("not_authorized")
+        else:
+            session.upstream = str(target.app)
+            p.loop.create_task(connect_app(target))
+
+    def refuse(reason: str) -> None:
+        session.answer(reason.encode())
+        session.fail(reason)
+
+    async def connect_app(target: TcpInbound) -> None:
+        try:
+            await asyncio.wait_for(p.loop.create_connection(
+                lambda: AppEnd(session), target.app.host, target.app.port),
+                target.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.debug("TCP app %s: %s", target.app, exc)
+            refuse("upstream_connect_failure")
+            return
+        if session.mesh is None:  # the caller went away meanwhile
+            session.close()
+            return
+        session.answer(OK)
+        session.join()
+
+    def no_hello() -> None:
+        if not session.labels:
+            session.fail("request_timeout")
+
+    session.on_hello = hello
+    session.on_end = end
+    transport.set_protocol(MeshEnd(session))
+    p.loop.call_later(listener.limits.header_timeout, no_hello)

@@ -1,0 +1,332 @@
+"""TCP services in the mesh: a real TCP server behind an `--app-protocol tcp` sidecar, reached
+by an app through its sidecar's `--tcp-upstream` port (or CONNECT), over mTLS STRICT issued by
+a real control plane; authorization per connection, Istio's TCP metrics on both sidecars."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_mesh import (
+    PYTHON,
+    MeshProcess,
+    all_synced,
+    apply_yaml,
+    free_port,
+    http_get,
+    http_json,
+    spawn,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+from tests.proxyharness import metric_value
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 10.0
+
+
+def start_tcp_app(log_dir: Path, name: str) -> MeshProcess:
+    port = free_port()
+    proc = spawn(f"tcpapp-{name}", [PYTHON, "-m", "tests.tcpapp", str(port), name], log_dir)
+    proc.info["address"] = f"127.0.0.1:{port}"
+    wait_for(lambda: "listening" in proc.output(), TIMEOUT, f"tcp app {name}")
+    return proc
+
+
+class TcpMesh:
+    """A control plane (mTLS STRICT), `db` v1 and v2 (TCP apps behind `tcp` sidecars) and a
+    `web` sidecar whose app reaches db on a local port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        (tmp / "mesh").mkdir()
+        self.cp = start_control_plane(tmp, warmup=0.0)
+        self.apps: dict[str, MeshProcess] = {}
+        self.db: dict[str, MeshProcess] = {}
+        for version in ("v1", "v2"):
+            app = self.apps[version] = start_tcp_app(tmp, f"db-{version}")
+            # --app-probe none: the endpoint stays published while its app is down, so the
+            # failover tests see a sidecar whose app refuses (as in the probe's 3-s window).
+            self.db[version] = start_sidecar(
+                tmp, self.cp.info["grpc"], "db", version, app=app.info["address"],
+                extra=["--app-protocol", "tcp", "--app-probe", "none", "--access-log", "on"])
+        self.local = free_port()
+        self.web = start_sidecar(tmp, self.cp.info["grpc"], "web", "v1", extra=[
+            "--tcp-upstream", f"127.0.0.1:{self.local}=db:5432", "--access-log", "on"])
+        self.names = {p.info["name"] for p in (*self.db.values(), self.web)}
+        wait_for(self.db_is_tcp, 20, "db published as a TCP service with both endpoints")
+
+    def db_is_tcp(self) -> bool:
+        status, dump = http_json(f"http://{self.web.info['admin']}/config_dump")
+        service = dump["snapshot"]["services"].get("db") if status == 200 else None
+        return bool(service and service["protocol"] == "tcp"
+                    and len(service["endpoints"]) == 2)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.local), timeout=TIMEOUT)
+
+    def apply(self, text: str) -> None:
+        apply_yaml(self.cp, text)
+        wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
+
+    def delete_policy(self, name: str) -> None:
+        status, body = http_json(
+            f"{self.cp.info['api']}/api/v1/namespaces/default/authorizationpolicies/{name}",
+            "DELETE", token=self.cp.info["token"])
+        assert status in (200, 404), body
+        wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
+
+    def metrics(self, proc: MeshProcess) -> str:
+        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpMesh]:
+    tmp = tmp_path_factory.mktemp("tcpmesh")
+    m = TcpMesh(tmp)
+    try:
+        yield m
+    finally:
+        for proc in (m.web, *m.db.values(), *m.apps.values(), m.cp):
+            proc.stop()
+
+
+def read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def banner(sock: socket.socket) -> str:
+    """The answering instance: `db-v1` or `db-v2` (the server speaks first)."""
+    line = read_line(sock)
+    assert line.startswith(b"hello from "), line
+    return line[len(b"hello from "):-1].decode()
+
+
+def test_server_speaks_first_and_bytes_go_both_ways(mesh: TcpMesh) -> None:
+    """The server's banner arrives before the client sends anything; what the client sends
+    comes back; the client's FIN reaches the server, whose answer and FIN come back."""
+    with mesh.connect() as sock:
+        assert banner(sock) in ("db-v1", "db-v2")
+        sock.sendall(b"ping\n")
+        assert read_line(sock) == b"ping\n"
+        sock.shutdown(socket.SHUT_WR)  # half-close: the answer still comes
+        assert read_to_eof(sock) == b"bye 5\n"
+
+
+def test_a_large_transfer_both_ways_with_backpressure(mesh: TcpMesh) -> None:
+    """32 MiB sent while the echo is read: every byte comes back, in order."""
+    payload = bytes(range(256)) * (32 * 4096)
+    received = bytearray()
+    with mesh.connect() as sock:
+        banner(sock)
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received += read_to_eof(sock)
+        sender.join(TIMEOUT)
+    assert bytes(received[:len(payload)]) == payload
+    assert bytes(received[len(payload):]) == b"bye %d\n" % len(payload)
+
+
+def test_the_server_half_closes_and_still_reads(mesh: TcpMesh) -> None:
+    """The server's FIN reaches the client, which may go on sending: the server reads it."""
+    with mesh.connect() as sock:
+        name = banner(sock)
+        sock.sendall(b"shutdown\n")
+        assert read_to_eof(sock) == b"closing\n"
+        sock.sendall(b"12345")
+        sock.shutdown(socket.SHUT_WR)
+    app = mesh.apps[name.removeprefix("db-")]
+    wait_for(lambda: "after-shutdown 5" in app.output(), TIMEOUT, "the server's read")
+
+
+def test_connections_are_balanced_across_endpoints(mesh: TcpMesh) -> None:
+    """Each connection picks an endpoint: both versions answer over a few connections."""
+    seen = set()
+    for _ in range(12):
+        with mesh.connect() as sock:
+            seen.add(banner(sock))
+    assert seen == {"db-v1", "db-v2"}
+
+
+def test_connect_to_a_tcp_service_is_a_byte_tunnel(mesh: TcpMesh) -> None:
+    """`CONNECT db:5432` on the outbound listener: 200, then the service's bytes."""
+    host, port = mesh.web.info["outbound"].split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nearly\n")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert banner(sock) in ("db-v1", "db-v2")
+        assert read_line(sock) == b"early\n"  # sent before the answer: held, not lost
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == b"bye 6\n"
+
+
+def test_http_to_a_tcp_service_is_protocol_mismatch(mesh: TcpMesh) -> None:
+    """A plain HTTP request for db is refused by the caller's sidecar, in words."""
+    status, body = http_get(f"http://{mesh.web.info['outbound']}/", {"Host": "db"})
+    assert status == 502 and body.startswith(b"protocol_mismatch"), (status, body)
+
+
+def test_the_app_closing_closes_the_client_cleanly(mesh: TcpMesh) -> None:
+    """The server closing its connection reaches the client as a FIN, not a reset."""
+    with mesh.connect() as sock:
+        banner(sock)
+        sock.sendall(b"quit\n")
+        assert read_to_eof(sock) == b""  # an EOF: a reset would raise ConnectionResetError
+
+
+ALLOW_OTHER = """\
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db-access}
+spec:
+  selector: {service: db}
+  action: ALLOW
+  rules:
+    - from: [{services: [%s]}]
+      to: [{ports: [%d]}]
+"""
+
+DENY_GET_FROM_WEB = """\
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db-deny}
+spec:
+  selector: {service: db}
+  action: DENY
+  rules:
+    - from: [{services: [web]}]
+      to: [{methods: [GET]}]
+"""
+
+
+def refused(mesh: TcpMesh) -> bool:
+    """A connection closed before any byte of the server's."""
+    with mesh.connect() as sock:
+        return read_to_eof(sock) == b""
+
+
+def test_authorization_allows_and_denies_by_source_service(mesh: TcpMesh) -> None:
+    """ALLOW from another service: web's connections are closed unanswered and counted;
+    ALLOW from web on the app's port: they pass; a DENY rule naming HTTP methods still
+    denies web's connections (Istio's TCP rule: HTTP-only fields are ignored in DENY)."""
+    app_port = int(mesh.apps["v1"].info["address"].rsplit(":", 1)[1])
+    v2_port = int(mesh.apps["v2"].info["address"].rsplit(":", 1)[1])
+    mesh.apply(ALLOW_OTHER % ("reviews", app_port))
+    assert refused(mesh) and refused(mesh)
+    denied = sum(metric_value(mesh.metrics(p), "ami_authorization_denied_total",
+                              destination_service="db") for p in mesh.db.values())
+    assert denied >= 2
+    mesh.apply(ALLOW_OTHER % ("web", app_port))  # db-v2's app is on another port: denied
+    names = set()
+    for _ in range(8):
+        with mesh.connect() as sock:
+            data = read_line(sock)
+            if data:
+                names.add(data)
+    assert names == {b"hello from db-v1\n"}, names
+    mesh.delete_policy("db-access")
+    mesh.apply(DENY_GET_FROM_WEB)
+    assert refused(mesh) and refused(mesh)
+    mesh.delete_policy("db-deny")
+    with mesh.connect() as sock:
+        banner(sock)
+    assert v2_port != app_port
+
+
+def test_tcp_metrics_on_both_sidecars_and_nothing_left_open(mesh: TcpMesh) -> None:
+    """Istio's four TCP metrics with the request metrics' labels, reporter source on web and
+    destination on db; once every connection ended, none is left open anywhere."""
+    with mesh.connect() as sock:
+        version = banner(sock).removeprefix("db-")
+        sock.sendall(b"x" * 1000)
+        assert len(sock.recv(4096)) > 0
+        sock.shutdown(socket.SHUT_WR)
+        read_to_eof(sock)
+    labels = {"source_workload": "web", "source_version": "v1", "destination_service": "db",
+              "destination_workload": "db", "destination_version": version,
+              "connection_security_policy": "mutual_tls", "response_flags": "-"}
+
+    def counted() -> bool:
+        web = mesh.metrics(mesh.web)
+        db = mesh.metrics(mesh.db[version])
+        return all(metric_value(text, name, reporter=reporter, **labels) > 0
+                   for text, reporter in ((web, "source"), (db, "destination"))
+                   for name in ("ami_tcp_connections_opened_total",
+                                "ami_tcp_connections_closed_total",
+                                "ami_tcp_received_bytes_total", "ami_tcp_sent_bytes_total"))
+
+    wait_for(counted, TIMEOUT, "TCP metrics on both sidecars")
+
+    def all_closed() -> bool:
+        web = mesh.metrics(mesh.web)
+        if metric_value(web, "ami_downstream_connections_active", listener="tcp_upstream"):
+            return False
+        texts = [mesh.metrics(p) for p in (mesh.web, *mesh.db.values())]
+        opened = sum(metric_value(t, "ami_tcp_connections_opened_total") for t in texts)
+        closed = sum(metric_value(t, "ami_tcp_connections_closed_total") for t in texts)
+        inbound = sum(metric_value(mesh.metrics(p), "ami_downstream_connections_active",
+                                   listener="inbound") for p in mesh.db.values())
+        return opened == closed and inbound == 0
+
+    wait_for(all_closed, TIMEOUT, "every TCP connection closed")
+    _status, stats = http_json(f"http://{mesh.web.info['admin']}/stats")
+    assert all(p["active_requests"] == 0 for p in stats["upstream_pools"]), stats
+
+
+def test_promtool_accepts_the_tcp_metrics(mesh: TcpMesh) -> None:
+    """`promtool check metrics` finds nothing wrong in a sidecar's exposition with them."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    text = mesh.metrics(mesh.web)
+    assert "ami_tcp_connections_opened_total" in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_endpoint_whose_app_is_down_is_failed_over(mesh: TcpMesh) -> None:
+    """db-v2's app stops (its sidecar stays published): every connection still reaches
+    db-v1, before any byte was sent; with both apps down the client's connection is closed
+    unanswered, counted as `upstream_connect_failure`."""
+    mesh.apps["v2"].stop()
+    for _ in range(8):
+        with mesh.connect() as sock:
+            assert banner(sock) == "db-v1"
+    mesh.apps["v1"].stop()
+    assert refused(mesh)
+    wait_for(lambda: metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
+                                  reporter="source",
+                                  response_flags="upstream_connect_failure") >= 1,
+             TIMEOUT, "the failure counted on web")
