@@ -212,9 +212,10 @@ def test_a_bad_probe_flag_stops_the_start_with_a_clear_error() -> None:
     assert "--app-probe: expected tcp, none or an absolute path" in done.stderr
 
 
-def test_an_http_probe_of_an_http2_only_app_is_refused_at_start() -> None:
+@pytest.mark.parametrize("protocol", ["http2", "tcp"])
+def test_an_http_probe_of_an_app_without_http1_is_refused_at_start(protocol: str) -> None:
     done = subprocess.run([PYTHON, "-m", "proxy", "--control-plane", "127.0.0.1:1",
                            "--service", "x", "--inbound", "127.0.0.1:0", "--app",
-                           "127.0.0.1:9", "--app-probe", "/healthz", "--app-protocol", "http2",
+                           "127.0.0.1:9", "--app-probe", "/healthz", "--app-protocol", protocol,
                            "--dry-run"], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert done.returncode == 2 and "probe it with tcp" in done.stderr, done.stderr
