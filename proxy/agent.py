@@ -203,8 +203,8 @@ class ControlPlaneAgent:
         self._outbox = outbox
         ended = self._stream_ended = asyncio.Event()
         received = False
+        call = stub.StreamConfig(_drain(outbox))
         try:
-            call = stub.StreamConfig(_drain(outbox))
             async for message in call:
                 self.connected.set()
                 received = True
@@ -213,6 +213,10 @@ class ControlPlaneAgent:
         finally:
             self._outbox = None
             ended.set()
+            # gRPC's task feeding the stream from _drain outlives a failed call; end it, or it
+            # waits on the outbox until collected ("Task was destroyed but it is pending!").
+            outbox.put_nowait(None)
+            call.cancel()
         log.warning("control plane %s ended the stream", self.target)
         return received
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from grpc import aio
 
-from meshctl.api import mesh_pb2
+from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.controlplane.xds import start_grpc_server
 from proxy.__main__ import build_parser, options_from_args
 from proxy.agent import AgentIdentity, ControlPlaneAgent, parse_labels
 from proxy.server import ProxyServer
@@ -70,3 +75,41 @@ def test_admin_answers_while_the_control_plane_does_not(tmp_path: Path) -> None:
         assert (checks["config_applied"], checks["certificate_loaded"]) == (False, False)
     finally:
         sidecar.stop()
+
+
+class _OneSnapshotThenUnavailable(mesh_pb2_grpc.MeshControlServicer):
+    """Reads the Register, pushes one snapshot, then fails the stream as a dying server does."""
+
+    async def StreamConfig(self, request_iterator: Any, context: Any) -> Any:
+        first = await request_iterator.__anext__()
+        assert first.WhichOneof("kind") == "register"
+        yield mesh_pb2.ConfigMessage(version="v1", nonce="1", snapshot_json=json.dumps(
+            {"services": {}}).encode())
+        await request_iterator.__anext__()  # the ACK
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+
+async def test_a_broken_stream_leaves_no_task_behind() -> None:
+    """When the control plane fails the stream, gRPC's task feeding it our messages ends too.
+    It used to wait on the outbox forever, and was logged as "Task was destroyed but it is
+    pending!" (and the generator's aclose() as an error) once the call was collected."""
+    cp, port = await start_grpc_server(_OneSnapshotThenUnavailable(), "127.0.0.1:0")
+    args = build_parser().parse_args(["--control-plane", f"127.0.0.1:{port}", *ARGS[2:]])
+    agent = ControlPlaneAgent(ProxyServer(options_from_args(args)), args)
+    try:
+        async with aio.insecure_channel(args.control_plane) as channel:
+            with pytest.raises(aio.AioRpcError, match="going away"):
+                await agent._stream(mesh_pb2_grpc.MeshControlStub(channel))  # type: ignore[no-untyped-call]
+            assert agent.applied_version == "v1"
+
+            def feeders() -> list[asyncio.Task[Any]]:
+                return [t for t in asyncio.all_tasks() if not t.done()
+                        and "_consume_request_iterator" in repr(t.get_coro())]
+
+            for _ in range(50):  # a few loop turns for the feeder to see the end of the outbox
+                if not feeders():
+                    break
+                await asyncio.sleep(0.01)
+            assert feeders() == []
+    finally:
+        await cp.stop(None)
