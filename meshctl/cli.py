@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control-plane", default=None,
                         help="control plane URL (default: $AMI_CONTROL_PLANE or "
                              "http://127.0.0.1:15080)")
+    parser.add_argument("--ca-file", default=None,
+                        help="roots to verify an https:// control plane with (default: "
+                             "$AMI_CA_FILE, else ./certs/trust-bundle.pem if present, else the "
+                             "system's)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     version = subparsers.add_parser("version", help="print the meshctl version")
     version.set_defaults(func=lambda _args: print(f"meshctl {meshctl.__version__}") or 0)

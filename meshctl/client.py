@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meshctl.controlplane.store import KIND_PLURALS, kind_for
@@ -21,6 +23,25 @@ def resolve_control_plane(arg: str | None, env: Mapping[str, str] | None = None)
     env = os.environ if env is None else env
     url = arg or env.get("AMI_CONTROL_PLANE") or DEFAULT_CONTROL_PLANE
     return url if "://" in url else f"http://{url}"
+
+
+def resolve_ca_file(arg: str | None, env: Mapping[str, str] | None = None,
+                    cwd: Path | None = None) -> str | None:
+    """The roots an ``https://`` control plane is verified with: ``--ca-file``, else
+    ``$AMI_CA_FILE``, else ``./certs/trust-bundle.pem`` (the mesh CA's, as ``meshctl certs
+    init`` writes it), else None: the system's roots (an ``--api-cert`` from a public CA)."""
+    env = os.environ if env is None else env
+    if arg or env.get("AMI_CA_FILE"):
+        return arg or env["AMI_CA_FILE"]
+    bundle = (cwd or Path.cwd()) / "certs" / "trust-bundle.pem"
+    return str(bundle) if bundle.is_file() else None
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """TLS 1.2 or later, the server's name checked, against ``ca_file`` or the system roots."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 class ControlPlaneError(Exception):
@@ -50,10 +71,17 @@ def _plural(kind: str) -> str:
 class ControlPlaneClient:
     """Talks to ``meshctl serve``; writes send ``token`` as a bearer token."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0,
+                 ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.ssl_context = (client_ssl_context(resolve_ca_file(ca_file))
+                            if self.base_url.startswith("https://") else None)
+
+    def urlopen(self, req: urllib.request.Request, timeout: float | None) -> Any:
+        """``urllib.request.urlopen`` with this client's TLS settings (for https:// URLs)."""
+        return urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context)
 
     def _open(self, method: str, path: str, body: bytes | None = None,
               content_type: str = "application/json", timeout: float | None = None) -> Any:
@@ -65,7 +93,7 @@ class ControlPlaneClient:
         req = urllib.request.Request(self.base_url + path, data=body, method=method,
                                      headers=headers)
         try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+            return self.urlopen(req, timeout or self.timeout)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:

@@ -1,4 +1,6 @@
-"""The gateway's HTTPS certificate: PEM files the operator provides, reloaded when they change.
+"""An HTTPS certificate from PEM files the operator provides, reloaded when they change.
+
+Used by the gateway (`--gateway-cert`) and by the control plane's API (`--api-cert`).
 
 Clients outside the mesh know the gateway by a DNS name, so its certificate comes from the
 operator's CA (or cert-manager, or Let's Encrypt), not from the mesh CA, and its key stays on
@@ -38,9 +40,11 @@ def _stamp(*paths: Path) -> tuple[tuple[int, int, int], ...]:
 class ServingCertificate:
     """A server context for `cert_file` and `key_file`; `listener` is the one to bind with."""
 
-    def __init__(self, cert_file: Path, key_file: Path) -> None:
+    def __init__(self, cert_file: Path, key_file: Path, *,
+                 alpn: tuple[str, ...] = GATEWAY_ALPN, name: str = "gateway certificate") -> None:
         """Load the pair; raises CertificateError naming the file and the problem."""
         self.cert_file, self.key_file = cert_file, key_file
+        self.alpn, self.name = alpn, name
         self._stamp = self._read_stamp()
         self._current, self.not_after = self._load()
         # Bound once; OpenSSL runs the SNI callback on every ClientHello, with or without a
@@ -59,7 +63,7 @@ class ServingCertificate:
         ctx = hardened_context(ssl.PROTOCOL_TLS_SERVER)
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
         ctx.verify_mode = ssl.CERT_NONE  # clients of the gateway are not mesh workloads
-        ctx.set_alpn_protocols(list(GATEWAY_ALPN))
+        ctx.set_alpn_protocols(list(self.alpn))
         return ctx
 
     def _load(self) -> tuple[ssl.SSLContext, datetime]:
@@ -83,7 +87,7 @@ class ServingCertificate:
         try:
             stamp = self._read_stamp()
         except CertificateError as exc:
-            log.warning("gateway certificate: %s; still serving the previous one", exc)
+            log.warning("%s: %s; still serving the previous one", self.name, exc)
             return False
         if stamp == self._stamp:
             return False
@@ -91,11 +95,11 @@ class ServingCertificate:
         try:
             self._current, self.not_after = self._load()
         except CertificateError as exc:
-            log.warning("gateway certificate not reloaded: %s; still serving the previous one "
-                        "(valid until %s)", exc, self.not_after.isoformat())
+            log.warning("%s not reloaded: %s; still serving the previous one (valid until %s)",
+                        self.name, exc, self.not_after.isoformat())
             return False
         self.reloads += 1
-        log.info("gateway certificate reloaded from %s (valid until %s)", self.cert_file,
+        log.info("%s reloaded from %s (valid until %s)", self.name, self.cert_file,
                  self.not_after.isoformat())
         return True
 

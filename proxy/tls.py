@@ -151,15 +151,17 @@ def hardened_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
     return ctx
 
 
+def load_pem_pair(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load a certificate chain and its key held in memory (see the module docstring)."""
+    with _private_file(chain_pem) as certfile, _private_file(key_pem) as keyfile:
+        ctx.load_cert_chain(certfile, keyfile)
+
+
 def _context(protocol: ssl._SSLMethod, identity: WorkloadIdentity) -> ssl.SSLContext:
     ctx = hardened_context(protocol)
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.load_verify_locations(cadata=identity.bundle_pem.decode("ascii"))
-    with (
-        _private_file(identity.cert_pem + identity.chain_pem) as certfile,
-        _private_file(identity.key_pem) as keyfile,
-    ):
-        ctx.load_cert_chain(certfile, keyfile)
+    load_pem_pair(ctx, identity.cert_pem + identity.chain_pem, identity.key_pem)
     return ctx
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,13 +158,19 @@ def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
         "--grpc-listen", f"127.0.0.1:{grpc_port}", "--grace", str(grace),
         "--certs-dir", str(certs_dir), *(["--warmup", str(warmup)] if warmup is not None else []),
         *args], tmp)
-    proc.info.update(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}",
+    scheme = "https" if "--api-tls" in args or "--api-cert" in args else "http"
+    proc.info.update(api=f"{scheme}://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}",
                      config_dir=config_dir, state_dir=state_dir, certs_dir=certs_dir)
     _CERTS_BY_GRPC[f"127.0.0.1:{grpc_port}"] = certs_dir
 
     def up() -> bool:
         if not proc.alive():
             raise AssertionError(f"control plane exited:\n{proc.output()}")
+        if scheme == "https":  # up once it accepts connections; the test checks the TLS
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", http_port), timeout=1):
+                return (certs_dir / "trust-bundle.pem").is_file()
+            return False
         return http_get(f"http://127.0.0.1:{http_port}/api/v1/proxies")[0] == 200
 
     try:

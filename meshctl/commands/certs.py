@@ -146,7 +146,8 @@ def run_proxies(args: argparse.Namespace) -> int:
     """List each proxy's SPIFFE id and certificate expiry from `GET /api/v1/proxies`."""
     from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
 
-    client = ControlPlaneClient(resolve_control_plane(getattr(args, "control_plane", None)))
+    client = ControlPlaneClient(resolve_control_plane(getattr(args, "control_plane", None)),
+                                ca_file=getattr(args, "ca_file", None))
     try:
         proxies = client._json("GET", "/api/v1/proxies")["proxies"]
     except (ControlPlaneError, OSError) as e:

@@ -94,7 +94,7 @@ def _sse(client: ControlPlaneClient, path: str) -> Iterator[dict[str, Any]]:
         headers["Authorization"] = f"Bearer {client.token}"
     req = urllib.request.Request(client.base_url + path, headers=headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=None)
+        resp = client.urlopen(req, None)
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -48,7 +49,8 @@ def object_ref(kind: str, name: str) -> str:
 
 
 def make_client(args: argparse.Namespace) -> ControlPlaneClient:
-    return ControlPlaneClient(resolve_control_plane(args.control_plane), load_client_token())
+    return ControlPlaneClient(resolve_control_plane(args.control_plane), load_client_token(),
+                              ca_file=getattr(args, "ca_file", None))
 
 
 def request_json(client: ControlPlaneClient, method: str, path: str, body: Any = None,
@@ -64,7 +66,7 @@ def request_json(client: ControlPlaneClient, method: str, path: str, body: Any =
     req = urllib.request.Request(client.base_url + path, data=data, method=method,
                                  headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout or client.timeout) as resp:
+        with client.urlopen(req, timeout or client.timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -86,10 +88,16 @@ def reports_errors(command: Command) -> Command:
             print(f"error: {exc}", file=sys.stderr)
         except urllib.error.URLError as exc:
             url = resolve_control_plane(args.control_plane)
-            print(f"error: cannot reach the control plane at {url}: {exc.reason}",
+            hint = ("; give the mesh trust bundle (certs/trust-bundle.pem) with --ca-file or "
+                    "AMI_CA_FILE" if isinstance(exc.reason, ssl.SSLCertVerificationError)
+                    else "")
+            print(f"error: cannot reach the control plane at {url}: {exc.reason}{hint}",
                   file=sys.stderr)
         except (TimeoutError, ConnectionError) as exc:
-            print(f"error: control plane did not answer: {exc}", file=sys.stderr)
+            url = resolve_control_plane(args.control_plane)
+            hint = (f"; if it serves HTTPS (--api-tls), use https://{url[7:]}"
+                    if url.startswith("http://") and isinstance(exc, ConnectionError) else "")
+            print(f"error: control plane did not answer: {exc}{hint}", file=sys.stderr)
         return 1
     return run
 

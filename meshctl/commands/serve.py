@@ -29,6 +29,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--warmup", type=float, default=15.0,
                    help="after a restart, seconds the proxies known before (saved in the "
                         "state dir) stay endpoints while they reconnect (default 15)")
+    p.add_argument("--api-tls", action="store_true",
+                   help="serve the HTTP API over HTTPS with a certificate from the mesh CA "
+                        "(renewed by itself; meshctl verifies it with certs/trust-bundle.pem)")
+    p.add_argument("--api-cert", type=Path, default=None, metavar="PEM",
+                   help="serve the HTTP API over HTTPS with this certificate chain instead "
+                        "(reloaded when the file changes); needs --api-key")
+    p.add_argument("--api-key", type=Path, default=None, metavar="PEM",
+                   help="the private key of --api-cert")
+    p.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="a DNS name or IP clients reach the control plane by, added to its "
+                        "certificate (gRPC and --api-tls); repeatable (default: localhost, "
+                        "127.0.0.1, the host name and the listen addresses)")
     p.add_argument("--open-reads", action="store_true",
                    help="allow reads without a token from other machines")
     p.add_argument("--max-api-connections", type=_at_least_one, default=None, metavar="N",
@@ -64,13 +76,19 @@ def run_serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT."""
     from meshctl.controlplane.serve import ServeOptions, serve
     from proxy.fdlimit import raise_open_file_limit
+    from proxy.servingcert import CertificateError
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServeOptions(config_dir=args.config_dir, state_dir=args.state_dir,
                            listen=args.listen, grpc_listen=args.grpc_listen,
                            certs_dir=args.certs_dir, grace=args.grace, warmup=args.warmup,
-                           open_reads=args.open_reads)
+                           open_reads=args.open_reads, api_tls=args.api_tls,
+                           api_cert=args.api_cert, api_key=args.api_key,
+                           tls_names=tuple(args.tls_name))
+    if (args.api_cert is None) != (args.api_key is None):
+        print("error: --api-cert and --api-key go together", file=sys.stderr)
+        return 2
     if args.max_api_connections is not None:
         options = replace(options, max_api_connections=args.max_api_connections)
     if args.jwks_refresh is not None:
@@ -80,7 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
     raise_open_file_limit()  # a stream and a scrape connection per sidecar; 1024 is too few
     try:
         return asyncio.run(serve(options))
-    except OSError as exc:
+    except (OSError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl as ssl_module
 
 from aiohttp import web
 
@@ -42,8 +43,10 @@ class _Refusal(asyncio.Protocol):
 
 
 async def listen_api(server: web.Server, host: str, port: int,
-                     max_connections: int = MAX_CONNECTIONS) -> asyncio.Server:
-    """Serve ``server`` (an AppRunner's) on host:port, refusing connections past the cap."""
+                     max_connections: int = MAX_CONNECTIONS, *,
+                     ssl: ssl_module.SSLContext | None = None) -> asyncio.Server:
+    """Serve ``server`` (an AppRunner's) on host:port, refusing connections past the cap;
+    over TLS with ``ssl``."""
 
     def protocol() -> asyncio.BaseProtocol:
         if len(server.connections) >= max_connections:
@@ -51,4 +54,4 @@ async def listen_api(server: web.Server, host: str, port: int,
         return server()
 
     return await asyncio.get_running_loop().create_server(protocol, host, port,
-                                                          reuse_address=True)
+                                                          reuse_address=True, ssl=ssl)

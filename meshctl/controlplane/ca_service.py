@@ -162,6 +162,8 @@ class ServerCertificate:
     key_pem: bytes
     chain_pem: bytes
     bundle_pem: bytes
+    issued_at: float = 0.0  # POSIX seconds
+    not_after: float = 0.0
 
     def credentials(self) -> grpc.ServerCredentials:
         """gRPC server credentials (no client certificate: sidecars authenticate by token)."""
@@ -201,4 +203,4 @@ def control_plane_certificate(ca: CertificateAuthority, hosts: Iterable[str],
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     chain = ca_files.cert_pem(cert) + ca_files.cert_pem(ca.ca_cert)
-    return ServerCertificate(key_pem, chain, ca.trust_bundle())
+    return ServerCertificate(key_pem, chain, ca.trust_bundle(), now, not_after)

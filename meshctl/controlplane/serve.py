@@ -22,11 +22,7 @@ from meshctl.ca import BootstrapTokens
 from meshctl.controlplane.apilisten import MAX_CONNECTIONS as MAX_API_CONNECTIONS
 from meshctl.controlplane.apilisten import listen_api
 from meshctl.controlplane.auth import ensure_token
-from meshctl.controlplane.ca_service import (
-    CertificateService,
-    control_plane_certificate,
-    load_or_init_ca,
-)
+from meshctl.controlplane.ca_service import CertificateService, load_or_init_ca
 from meshctl.controlplane.dirstore import DirStore
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.jwks import DEFAULT_REFRESH, JwksCache
@@ -34,9 +30,11 @@ from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.registrystate import FILE_NAME, RegistryStateFile
+from meshctl.controlplane.servercert import RenewingServerCertificate
 from meshctl.controlplane.slowclients import SlowClientReaper
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
 from meshctl.observe.mount import observability
+from proxy.servingcert import ServingCertificate
 
 log = logging.getLogger("ami.controlplane")
 
@@ -55,6 +53,10 @@ class ServeOptions:
     open_reads: bool = False
     max_api_connections: int = MAX_API_CONNECTIONS
     jwks_refresh: float = DEFAULT_REFRESH  # seconds between refetches of each jwksUri
+    api_tls: bool = False  # serve the HTTP API over HTTPS with a certificate from the mesh CA
+    api_cert: Path | None = None  # ... or with this certificate chain and key (PEM)
+    api_key: Path | None = None
+    tls_names: tuple[str, ...] = ()  # more names for the control plane's own certificate
     grpc_credentials: grpc.ServerCredentials | None = field(default=None, compare=False)
 
 
@@ -63,8 +65,8 @@ def _split(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _grpc_hosts(listen: str) -> list[str]:
-    """Names the control plane's TLS certificate must carry for sidecars to verify it."""
+def _tls_names(listen: str) -> list[str]:
+    """Names a control-plane TLS certificate must carry for clients to verify it."""
     host = _split(listen)[0]
     names = {"localhost", "127.0.0.1", socket.gethostname()}
     if host not in ("0.0.0.0", "::"):
@@ -97,15 +99,23 @@ async def serve(options: ServeOptions,
     assert runner.server is not None  # set by setup()
     api_server: asyncio.Server | None = None
     try:
-        host, port = _split(options.listen)
-        api_server = await listen_api(runner.server, host, port, options.max_api_connections)
-        http_port = api_server.sockets[0].getsockname()[1]
         ca = load_or_init_ca(options.certs_dir)
+        own_cert = RenewingServerCertificate(
+            ca, sorted({*_tls_names(options.grpc_listen), *_tls_names(options.listen),
+                        *options.tls_names}))
+        api_cert = (ServingCertificate(options.api_cert, options.api_key, alpn=("http/1.1",),
+                                       name="API certificate")
+                    if options.api_cert is not None and options.api_key is not None else None)
+        api_tls = (api_cert.listener if api_cert is not None
+                   else own_cert.api_context() if options.api_tls else None)
+        host, port = _split(options.listen)
+        api_server = await listen_api(runner.server, host, port, options.max_api_connections,
+                                      ssl=api_tls)
+        http_port = api_server.sockets[0].getsockname()[1]
         ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
                                         lambda: reconciler.mesh)
         reconciler.certificates = ca_service  # for ami_controlplane_certificates_* metrics
-        credentials = options.grpc_credentials or control_plane_certificate(
-            ca, _grpc_hosts(options.grpc_listen)).credentials()
+        credentials = options.grpc_credentials or own_cert.grpc_credentials()
         grpc_server, grpc_port = await start_grpc_server(
             MeshControlService(registry, reconciler, ca_service,
                                verify_token=ca_service.tokens.verify), options.grpc_listen,
@@ -119,9 +129,11 @@ async def serve(options: ServeOptions,
                          tg.create_task(jwks.run(), name="jwks")]
                 tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
                                             name="slow-clients"))
-                log.info("control plane: API on http://%s:%d, config gRPC on %s:%d, "
-                         "config dir %s", host, http_port, _split(options.grpc_listen)[0],
-                         grpc_port, options.config_dir)
+                if api_cert is not None:
+                    tasks.append(tg.create_task(api_cert.watch(), name="api-certificate"))
+                log.info("control plane: API on %s://%s:%d, config gRPC on %s:%d, "
+                         "config dir %s", "https" if api_tls else "http", host, http_port,
+                         _split(options.grpc_listen)[0], grpc_port, options.config_dir)
                 if on_ready is not None:
                     on_ready(http_port, grpc_port)
                 await stop.wait()
