@@ -8,6 +8,8 @@ tunnel is routed by its own authority and goes through every check a direct requ
 carry `:authority`). It stays one connection of the listener for limits, timeouts and drain.
 TLS inside is refused: the mesh does the TLS. To a TCP service (`protocol: tcp`) the tunnel
 is a byte stream to the service instead (proxy.tcpclient), as a `--tcp-upstream` port's.
+`CONNECT` to a declared HTTP port of an ExternalService host is read the same way, so that
+its Route (timeouts, retries, faults) applies inside the tunnel too.
 """
 
 from __future__ import annotations

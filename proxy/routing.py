@@ -17,7 +17,7 @@ from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority, short_service_name
 from proxy.layers import attach
-from proxy.passthrough import PASSTHROUGH, Passthrough
+from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
 from proxy.policy.balancer import (
     LeastRequestBalancer,
     PeakEwmaBalancer,
@@ -205,11 +205,16 @@ class Router:
         host is a mesh service or a Route's host, as `Host` routing finds it), rather than a
         byte tunnel out of the mesh. Outbound only. A name outside the mesh is not taken by
         its first label (`reviews.example.com`: an outside host, not `reviews`), and an
-        ExternalService declaring the host and port for TLS or TCP keeps it (egress's)."""
+        ExternalService declaring the host and port for TLS or TCP keeps it (egress's). A
+        declared HTTP port of an ExternalService host is taken too: its Route applies to the
+        requests in the tunnel as to direct ones, instead of a byte tunnel bypassing it."""
         if self._inbound is not None or self._gateway is not None:
             return False
         host = service_from_authority(authority)
         host_route = self._hosts.get(host)
+        if isinstance(host_route, ExternalHostRoute):
+            address = authority_address(authority, 0)
+            return address is not None and address.port in host_route.ports
         if host_route is None:
             name, _, rest = host.partition(".")
             if rest.partition(".")[0] != self._namespaces.get(name) and not is_mesh_name(host):

@@ -172,10 +172,47 @@ async def test_undeclared_hosts_and_ports_keep_the_refusal(proxy: TrafficProxy,
                  f"api.example.test:{outside.https}"):  # a TLS port is no HTTP port
         resp = await roundtrip(proxy.outbound, get(host, "/"))
         assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route"), host
-    for target in (f"other.example.test:{outside.https}", f"api.example.test:{outside.api.port}",
+    for target in (f"other.example.test:{outside.https}",
                    f"api.example.test:{outside.https + 1}"):
         resp = await roundtrip(proxy.outbound, _connect(target))
         assert (resp.status, resp.header("x-ami-reason")) == (405, "method_not_allowed"), target
+
+
+async def connect_then(port: int, target: str, *requests: bytes) -> list[bytes]:
+    """CONNECT ``target`` through the outbound listener on ``port``, then send each request
+    inside the tunnel; the 200 head, then each answer's head and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_connect(target))
+        answers = [await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)]
+        for request in requests:
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            answers.append(head + await asyncio.wait_for(reader.readexactly(length), 10))
+        return answers
+    finally:
+        writer.close()
+
+
+async def test_connect_to_a_declared_http_port_keeps_the_route(proxy: TrafficProxy,
+                                                               outside: Outside) -> None:
+    """`CONNECT api.example.test:PORT` (an HTTP port; what a gRPC or other client honouring
+    http_proxy sends) is read as HTTP: the host's Route applies to every request in the
+    tunnel, as to a direct request, where it used to be refused (or, under ALLOW_ANY,
+    tunnelled as bytes around the Route)."""
+    target = f"api.example.test:{outside.api.port}"
+    before = await proxy.metric("ami_requests_total", destination_service="api.example.test",
+                                response_code="418")
+    established, teapot, plain = await connect_then(
+        proxy.outbound, target, get(target, "/teapot"), get(target, "/inside"))
+    assert established.startswith(b"HTTP/1.1 200")
+    assert teapot.startswith(b"HTTP/1.1 418") and b"x-ami-reason: fault_injected" in teapot
+    assert plain.startswith(b"HTTP/1.1 200") and b'"path": "/inside"' in plain
+    assert outside.api.requests[-1].header("x-via") == "mesh"  # the Route's header edit
+    assert await proxy.metric("ami_requests_total", destination_service="api.example.test",
+                              response_code="418") == before + 1
 
 
 async def test_a_destination_policy_limits_an_external_host(proxy: TrafficProxy,
@@ -307,6 +344,12 @@ async def test_under_allow_any_declared_hosts_keep_their_name(allow_any: Traffic
     resp = await roundtrip(allow_any.outbound, get(f"api.example.test:{outside.https}", "/"))
     assert (resp.status, resp.header("x-ami-reason")) == (503, "upstream_connect_failure")
     assert await allow_any.metric("ami_requests_total", destination_service="passthrough") == 2
+    # CONNECT to the declared HTTP port: read as HTTP, counted under the host, not tunnelled
+    target = f"api.example.test:{outside.api.port}"
+    established, answer = await connect_then(allow_any.outbound, target, get(target, "/t"))
+    assert established.startswith(b"HTTP/1.1 200") and answer.startswith(b"HTTP/1.1 200")
+    assert await allow_any.metric("ami_requests_total",
+                                  destination_service="api.example.test") == 2
     # an undeclared CONNECT target: tunnelled by the passthrough
     reader, writer = await asyncio.open_connection("127.0.0.1", allow_any.outbound)
     writer.write(_connect(f"127.0.0.1:{outside.https}"))
