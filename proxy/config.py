@@ -109,6 +109,9 @@ class ExternalHost:
     ports: tuple[tuple[int, str], ...]  # (number, protocol: HTTP, HTTPS, TLS or TCP)
     endpoints: tuple[str, ...]  # fixed addresses; empty: the host name is resolved (DNS)
     policy: TrafficPolicy  # the host's DestinationPolicy, if any
+    # A port reached on another port of the endpoints (targetPort), e.g. 80 -> 443 when the
+    # sidecar originates TLS for an app speaking plain HTTP (policy.tls)
+    target_ports: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def wildcard(self) -> bool:
@@ -185,7 +188,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "subset": frozenset({"name", "labels"}),
     "route": frozenset({"host", "rules"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
-    "external port": frozenset({"number", "protocol"}),
+    "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules"}),
     "inbound": frozenset({"authorization", "authentication", "rateLimit"}),
 }
@@ -395,6 +398,7 @@ def _parse_external(host: str, data: object, path: str) -> ExternalHost:
         raise ConfigError(f"{path}: not a DNS name or *. and a DNS suffix")
     raw = _mapping(data, path)
     ports = []
+    target_ports: dict[int, int] = {}
     for i, p in enumerate(_list(raw.get("ports"), f"{path}.ports")):
         pm = _mapping(p, f"{path}.ports[{i}]")
         number, protocol = pm.get("number"), pm.get("protocol", "HTTP")
@@ -404,9 +408,15 @@ def _parse_external(host: str, data: object, path: str) -> ExternalHost:
             raise ConfigError(f"{path}.ports[{i}].protocol: expected one of "
                               f"{', '.join(PROTOCOLS)}, got {protocol!r}")
         ports.append((number, str(protocol)))
+        target = pm.get("targetPort", number)
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 < target < 65536:
+            raise ConfigError(f"{path}.ports[{i}].targetPort: expected a port, got {target!r}")
+        if target != number:
+            target_ports[number] = target
     endpoints = tuple(str(e) for e in _list(raw.get("endpoints"), f"{path}.endpoints"))
     return ExternalHost(host, str(raw.get("namespace", "default")), str(raw.get("name", host)),
-                        tuple(ports), endpoints, _policy(raw.get("policy"), f"{path}.policy"))
+                        tuple(ports), endpoints, _policy(raw.get("policy"), f"{path}.policy"),
+                        target_ports)
 
 
 def _parse_authorization(data: object) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from meshctl.api.policy import TrafficPolicy
     from proxy.config import Address
     from proxy.h2upstream import H2UpstreamConnection
+    from proxy.origination import Origination
 
 
 class EndpointPool:
@@ -47,6 +49,7 @@ class EndpointPool:
         "loop_ports",
         "max_head_bytes",
         "max_requests_per_connection",
+        "origination",
         "protocol",
         "retired",
         "tls",
@@ -70,6 +73,8 @@ class EndpointPool:
         self.connect_timeout = 5.0
         self.max_requests_per_connection = 0
         self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
+        # An outside host this sidecar opens TLS to (proxy.origination): not mTLS, no identity
+        self.origination: Origination | None = None
         self.closes_quickly = False  # server closes idle connections right after answering
         self.breaker: Any = None  # the destination's Breaker when connection limits are declared
         self.retired = False  # the endpoint left the config: connections close when released
@@ -121,11 +126,12 @@ class EndpointPool:
             self.closes_quickly = True
 
     async def connect(self) -> UpstreamConnection:
-        tls = self.tls
+        tls, origination = self.tls, self.origination
+        context = (tls.client if tls is not None
+                   else origination.context if origination is not None else None)
         conn: UpstreamConnection = await self._connect(
-            (lambda: UpstreamConnection(self)) if tls is None
-            else (lambda: TlsUpstreamConnection(self)),
-            tls.client if tls is not None else None)
+            (lambda: UpstreamConnection(self)) if context is None
+            else (lambda: TlsUpstreamConnection(self)), context)
         return conn
 
     def take_h2(self) -> H2UpstreamConnection | None:
@@ -203,16 +209,26 @@ class EndpointPool:
 
     async def _connect(self, factory: Callable[[], Any], ssl_context: Any) -> Any:
         self.connections += 1
-        tls = self.tls
+        tls, origination = self.tls, self.origination
         try:
             transport, proto = await asyncio.wait_for(
                 self.loop.create_connection(
                     factory, self.address.host, self.address.port,
                     ssl=ssl_context,
-                    server_hostname="mesh" if tls is not None else None,  # SNI unused
+                    # mTLS: SNI unused (peers are checked by SPIFFE id); origination: the
+                    # name sent and verified
+                    server_hostname="mesh" if tls is not None else (
+                        origination.server_name if origination is not None else None),
                 ),
                 self.connect_timeout,
             )
+        except ssl.SSLError as exc:
+            self.connections -= 1
+            if origination is not None:  # the outside host's certificate, not the mesh's
+                log.warning("TLS to %s (endpoint %s) failed: %s", origination.server_name,
+                            self.address, getattr(exc, "verify_message", None) or exc.reason
+                            or exc)
+            raise
         except socket.gaierror as exc:
             self.connections -= 1
             # Resolution runs off the event loop (the loop's getaddrinfo: a thread); a name
@@ -337,22 +353,25 @@ class PoolRegistry:
             policy: TrafficPolicy | None = None, *, external: bool = False,
             tunnel: bool = False,
             loop_ports: Callable[[], set[int]] | None = None,
-            protocol: str = "auto") -> EndpointPool:
+            protocol: str = "auto", origination: Origination | None = None) -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
-        TCP, and a pool of its own for CONNECT tunnels (``tunnel``), whose connections may not
-        reach ``loop_ports`` on this host. ``protocol``: what the endpoint speaks."""
+        TCP or TLS it originates (``origination``), and a pool of its own for CONNECT tunnels
+        (``tunnel``), whose connections may not reach ``loop_ports`` on this host.
+        ``protocol``: what the endpoint speaks."""
         tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
-        key = (address.host, address.port,
-               ("*external-tunnel*" if tunnel else "*external*") if external else identity,
-               tls is not None)
+        # Likewise for TLS origination and the name it verifies.
+        kind = ("*external-tunnel*" if tunnel else origination.key if origination is not None
+                else "*external*")
+        key = (address.host, address.port, kind if external else identity, tls is not None)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
         pool.version = version
         pool.identity = identity
         pool.tls = tls
+        pool.origination = origination
         pool.tunnel = tunnel
         if tunnel and pool.tunnels is None:
             pool.tunnels = set()

@@ -17,6 +17,7 @@ from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority, short_service_name
 from proxy.layers import attach
+from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
 from proxy.policy.balancer import (
     LeastRequestBalancer,
@@ -292,15 +293,20 @@ class RouterBuilder:
     def _external(self, ext: ExternalHost, own_ports: Callable[[], set[int]],
                   ) -> tuple[dict[int, HostRoute], dict[int, Decision]]:
         """An exact ExternalService host: the routes of its HTTP ports, the tunnel decision of
-        each other port. Its endpoints are reached in plaintext (mTLS needs a sidecar there);
+        each other port, each reaching the endpoints on its targetPort. Its endpoints are
+        reached in plaintext (mTLS needs a sidecar there), or over TLS this sidecar
+        originates when the host's DestinationPolicy says `tls: {mode: SIMPLE}`;
         one DestinationState (limits, ejections, budget) covers all its HTTP ports. Like a
         passthrough's, its connections may not reach ``own_ports`` on this host (an endpoint
         or a name that is this proxy's own listener: a request loop)."""
         snap, host, policy = self.snapshot, ext.host, ext.policy
         addresses = ext.endpoints or (host,)
-        http_pools = {port: tuple(self.pools.get(Address(a, port), None, "unknown", policy,
-                                                 external=True, loop_ports=own_ports,
-                                                 protocol="http1")
+        targets = ext.target_ports
+        origination = origination_for(host, policy.tls)  # TLS for the app's plain HTTP
+        http_pools = {port: tuple(self.pools.get(Address(a, targets.get(port, port)), None,
+                                                 "unknown", policy, external=True,
+                                                 loop_ports=own_ports, protocol="http1",
+                                                 origination=origination)
                                   for a in addresses)
                       for port, protocol in ext.ports if protocol == "HTTP"}
         all_pools = tuple(p for pools in http_pools.values() for p in pools)
@@ -319,8 +325,9 @@ class RouterBuilder:
         tunnels = {}
         for port, protocol in ext.ports:
             if protocol != "HTTP":
-                pools = tuple(self.pools.get(Address(a, port), None, "unknown", policy,
-                                             external=True, tunnel=True, loop_ports=own_ports)
+                pools = tuple(self.pools.get(Address(a, targets.get(port, port)), None,
+                                             "unknown", policy, external=True, tunnel=True,
+                                             loop_ports=own_ports)
                               for a in addresses)
                 balancer = _balancer(policy.load_balancer, self.rng) if len(pools) > 1 else None
                 tunnels[port] = Decision(

@@ -7,6 +7,7 @@ import pytest
 
 from meshctl.api.errors import ValidationError
 from meshctl.api.external import ExternalPort, ExternalServiceSpec
+from meshctl.api.policy import ClientTLS
 from meshctl.api.resources import load_documents, validate_set
 
 HEAD = "apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: %s}\n"
@@ -61,6 +62,33 @@ def test_a_full_document_parses() -> None:
 ])
 def test_invalid_documents_name_the_field(spec: str, expected: list[str]) -> None:
     assert issues_of(HEAD % "a" + f"spec: {spec}\n") == expected
+
+
+def test_target_port_and_tls_origination_parse() -> None:
+    """An HTTP port reached on another port (`targetPort`), with the host's DestinationPolicy
+    asking the sidecar to originate TLS there (Istio's egress TLS origination)."""
+    [es, dp] = load_documents(
+        HEAD % "github" + "spec:\n  hosts: [api.github.com]\n"
+        "  ports: [{number: 80, protocol: HTTP, targetPort: 443}]\n---\n"
+        "apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: gh}\n"
+        "spec: {host: api.github.com, tls: {mode: SIMPLE, sni: api.github.com,"
+        " caCertificates: /etc/ssl/certs/ca-certificates.crt}}\n", "es.yaml")
+    assert es.spec.ports == (ExternalPort(80, "HTTP", 443),)
+    assert dp.spec.policy.tls == ClientTLS("SIMPLE", "api.github.com",
+                                           "/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.mark.parametrize(("tls", "expected"), [
+    ("{mode: MUTUAL}", "spec.tls.mode: unknown value 'MUTUAL', expected one of DISABLE, SIMPLE"),
+    ("{caCertificates: roots.pem}", "spec.tls.caCertificates: invalid value 'roots.pem', "
+                                    "expected an absolute path to a PEM file on the sidecar's "
+                                    "host"),
+    ("{sni: 'not a name'}", "spec.tls.sni: invalid value 'not a name', expected a DNS name"),
+])
+def test_tls_settings_are_checked(tls: str, expected: str) -> None:
+    assert issues_of("apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: "
+                     f"{{name: gh}}\nspec: {{host: api.github.com, tls: {tls}}}\n") == [
+        f"es.yaml doc 1: {expected}"]
 
 
 def test_a_host_is_declared_once_per_namespace() -> None:

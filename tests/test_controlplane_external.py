@@ -3,6 +3,7 @@ REGISTRY_ONLY): local servers stand in for the outside hosts, reached by a decla
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -220,3 +221,62 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
         assert chunk, "closed mid-body"
         data += chunk
     return data
+
+
+def test_tls_origination_from_resources_and_a_refused_ca_file(mesh: EgressMesh,
+                                                              tmp_path: Path) -> None:
+    """ExternalService port 80 with `targetPort` and a DestinationPolicy `tls: {mode: SIMPLE}`:
+    the app's plain `http://secure.partner.test/` reaches an HTTPS server through the sidecar.
+    A caCertificates file the sidecar cannot read is NACKed, the error in proxy-status, and
+    the last good config keeps serving."""
+    import http.server
+    import ssl
+    import threading
+
+    from tests.test_traffic_tls_origination import self_signed
+
+    cert, key = self_signed(tmp_path, "secure.partner.test")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"over {self.connection.version()}".encode()  # type: ignore[attr-defined]
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    declared = ("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: sec}\n"
+                "spec:\n  hosts: [secure.partner.test]\n"
+                f"  ports: [{{number: 80, protocol: HTTP, targetPort: {server.server_port}}}]\n"
+                "  endpoints: [{address: 127.0.0.1}]\n---\n"
+                "apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: sec}\n"
+                "spec:\n  host: secure.partner.test\n"
+                "  tls: {mode: SIMPLE, caCertificates: %s}\n")
+    try:
+        mesh.apply(declared % cert)
+        assert mesh.call("secure.partner.test") == (200, b"over TLSv1.3")
+        missing = tmp_path / "gone.pem"
+        apply_yaml(mesh.cp, declared % missing)
+
+        def nacked() -> str:
+            out = mesh.meshctl("proxy-status", "-o", "json")
+            assert out.returncode == 0, out.stderr
+            [status] = [p for p in json.loads(out.stdout)
+                        if p["name"] == mesh.client.info["name"]]
+            return str(status["nack"] or "")
+
+        wait_for(lambda: "gone.pem" in nacked(), 15, "the NACK in proxy-status")
+        assert f"tls.caCertificates {missing}: No such file or directory" in nacked()
+        assert mesh.call("secure.partner.test") == (200, b"over TLSv1.3")  # still the last good
+    finally:
+        mesh.meshctl("delete", "destinationpolicy", "sec")
+        mesh.meshctl("delete", "externalservice", "sec")
+        server.shutdown()

@@ -30,6 +30,7 @@ class ExternalPort:
 
     number: int
     protocol: str
+    target_port: int | None = None  # the port the endpoints are reached on; default: number
 
     @property
     def tunnel(self) -> bool:
@@ -86,7 +87,8 @@ _HOST = F.string(EXTERNAL_HOST, "a lower-case DNS name like api.example.com, or 
 def _parse_port(data: object, path: str) -> ExternalPort:
     f = Fields(data, path)
     port = ExternalPort(f.required("number", F.integer(1, 65535), 0),
-                        f.required("protocol", F.enum(PROTOCOLS), HTTP))
+                        f.required("protocol", F.enum(PROTOCOLS), HTTP),
+                        f.optional("targetPort", F.integer(1, 65535)))
     f.finish()
     return port
 

@@ -21,7 +21,7 @@ from meshctl.api.kinds import (
     MTLS_MODES,
     OUTBOUND_TRAFFIC_MODES,
 )
-from meshctl.api.policy import LOAD_BALANCERS
+from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
@@ -195,6 +195,8 @@ _SPECS: dict[str, Schema] = {
             "maxEjectionPercent": _int(0, 100)}),
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
+        "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
+                     "caCertificates": _str(r"^/.*")}),
     }, ("host",)) | {
         # consistentHash if and only if loadBalancer is CONSISTENT_HASH
         "if": {"required": ["loadBalancer"],
@@ -257,8 +259,8 @@ _SPECS: dict[str, Schema] = {
     }, ("listen", "rules")),
     "ExternalService": _obj({
         "hosts": _list(_str(EXTERNAL_HOST, maxLength=253), 1) | {"uniqueItems": True},
-        "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)}},
-                            ("number", "protocol")), 1),
+        "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)},
+                             "targetPort": _int(1, 65535)}, ("number", "protocol")), 1),
         "endpoints": _list(_obj({"address": _str(ENDPOINT_ADDRESS, maxLength=253)},
                                 ("address",))),
     }, ("hosts", "ports")),

@@ -12,7 +12,8 @@ from meshctl.api.fields import Fields
 
 LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA", "CONSISTENT_HASH")
 POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection",
-                 "rateLimit")
+                 "rateLimit", "tls")
+TLS_MODES = ("DISABLE", "SIMPLE")
 HASH_KEYS = ("header", "queryParameter", "sourceIp")
 
 
@@ -69,6 +70,15 @@ class ConsistentHash:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """TLS a sidecar originates to a host outside the mesh (Istio's ClientTLSSettings)."""
+
+    mode: str = "SIMPLE"  # SIMPLE: TLS, the server verified; DISABLE: plaintext
+    sni: str | None = None  # the server name sent and verified; default: the host asked for
+    ca_certificates: str | None = None  # a PEM file on the sidecar's host; default: the system's
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     """How a destination is called; an absent block (None) means that layer is not installed."""
 
@@ -77,6 +87,7 @@ class TrafficPolicy:
     outlier_detection: OutlierDetection | None = None
     rate_limit: RateLimit | None = None
     consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
+    tls: ClientTLS | None = None  # ExternalService hosts only: mesh hops are mTLS anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +142,20 @@ def read_policy(f: Fields) -> TrafficPolicy:
         f.optional("outlierDetection", parse_outlier_detection),
         f.optional("rateLimit", parse_rate_limit),
         hashing,
+        f.optional("tls", parse_client_tls),
     )
+
+
+def parse_client_tls(data: object, path: str) -> ClientTLS:
+    """tls: {mode: SIMPLE|DISABLE, sni: NAME, caCertificates: /path/to/roots.pem}."""
+    f = Fields(data, path)
+    tls = ClientTLS(
+        f.value("mode", F.enum(TLS_MODES), "SIMPLE"),
+        f.optional("sni", F.string(F.DNS_SUBDOMAIN, "a DNS name", 253)),
+        f.optional("caCertificates", F.string(r"^/.*", "an absolute path to a PEM file on the "
+                                                      "sidecar's host", 4096)))
+    f.finish()
+    return tls
 
 
 def parse_consistent_hash(data: object, path: str) -> ConsistentHash:

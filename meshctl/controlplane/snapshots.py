@@ -181,7 +181,8 @@ class SnapshotBuilder:
             for host in r.spec.hosts:
                 entry: dict[str, Any] = {
                     "namespace": r.namespace, "name": r.name,
-                    "ports": [{"number": p.number, "protocol": p.protocol}
+                    "ports": [{"number": p.number, "protocol": p.protocol,
+                               **({"targetPort": p.target_port} if p.target_port else {})}
                               for p in r.spec.ports],
                     "endpoints": list(r.spec.endpoints)}
                 policy = policies.get(host)

@@ -1,0 +1,180 @@
+"""TLS origination: an app's plain HTTP to an ExternalService host leaves its sidecar as TLS
+(DestinationPolicy `tls: {mode: SIMPLE}`, ExternalService `targetPort`), through a real proxy
+process and a real HTTPS server standing in for the outside host."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.proxyharness import Backends
+from tests.traffic_backends import TrafficProxy, call, started
+
+pytestmark = pytest.mark.timeout(60)
+NAME = "secure.example.test"  # the name in the outside host's certificate
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` and its key, self-signed (the file is also its CA file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+class OutsideHttps:
+    """An HTTPS server (keep-alive) that says what it saw: SNI, TLS version, connection."""
+
+    def __init__(self, hub: Backends, cert: Path, key: Path) -> None:
+        self.server_names: list[str | None] = []
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        ctx.sni_callback = lambda sock, name, _ctx: self.server_names.append(name)
+
+        async def answer(request: web.Request) -> web.Response:
+            transport = request.transport
+            assert transport is not None
+            ssl_object = transport.get_extra_info("ssl_object")
+            return web.json_response({
+                "path": request.path_qs, "tls": ssl_object.version(),
+                "connection": id(transport), "host": request.host,
+                "via": request.headers.get("x-via")})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+
+        async def start() -> int:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+            await site.start()
+            self.runner = runner
+            return int(runner.addresses[0][1])
+
+        self.hub = hub
+        self.port = hub.call(start())
+
+    def close(self) -> None:
+        self.hub.call(self.runner.cleanup())
+
+
+def _external(port: int, **tls: Any) -> dict[str, Any]:
+    return {"ports": [{"number": 80, "protocol": "HTTP", "targetPort": port}],
+            "endpoints": ["127.0.0.1"], "policy": {"tls": {"mode": "SIMPLE", **tls}}}
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OutsideHttps, Path]]:
+    tmp = tmp_path_factory.mktemp("outside")
+    cert, key = self_signed(tmp, NAME)
+    hub = Backends()
+    server = OutsideHttps(hub, cert, key)
+    yield server, cert
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory,
+          outside: tuple[OutsideHttps, Path]) -> Iterator[TrafficProxy]:
+    server, ca = outside
+    other_tmp = tmp_path_factory.mktemp("other-ca")
+    other_ca, _ = self_signed(other_tmp, NAME)  # the right name, another key: an impostor's
+    external = {
+        # the name the app calls is the certificate's: SNI and verification default to it
+        NAME: _external(server.port, caCertificates=str(ca)),
+        # another name for the same server, verified as the name in its certificate (sni)
+        "alias.example.test": _external(server.port, caCertificates=str(ca), sni=NAME),
+        # a CA that did not sign the server's certificate
+        "impostor.example.test": _external(server.port, caCertificates=str(other_ca), sni=NAME),
+        # verified by the name asked for, which the certificate does not carry
+        "wrong-name.example.test": _external(server.port, caCertificates=str(ca)),
+        # the system's roots (no caCertificates): a private CA's certificate is refused
+        "public.example.test": _external(server.port, sni=NAME),
+    }
+    routes = [{"host": NAME, "rules": [{"backends": [{}],
+                                        "headers": {"request": {"set": {"x-via": "mesh"}}}}]}]
+    hub = Backends()
+    yield from started(TrafficProxy(Path(tmp_path_factory.mktemp("proxy")), {}, routes,
+                                    external=external), hub)
+
+
+async def test_plain_http_from_the_app_leaves_as_verified_tls(
+        proxy: TrafficProxy, outside: tuple[OutsideHttps, Path]) -> None:
+    """`http://secure.example.test/` from the app: TLS 1.3 to the host's port 443 (here its
+    targetPort), SNI the host's name, one kept-alive TLS connection for several requests, the
+    host's Route applied, counted under the host."""
+    server, _ = outside
+    async with aiohttp.ClientSession() as session:
+        replies = [await call(session, proxy, NAME, f"/r{i}?q=1") for i in range(3)]
+    assert [r.status for r in replies] == [200, 200, 200], replies
+    bodies = [r.body for r in replies]
+    assert all(isinstance(b, dict) and b["tls"] == "TLSv1.3" for b in bodies), bodies
+    assert [b["path"] for b in bodies] == ["/r0?q=1", "/r1?q=1", "/r2?q=1"]  # type: ignore[index]
+    assert len({b["connection"] for b in bodies}) == 1  # type: ignore[index]
+    assert bodies[0]["via"] == "mesh"  # type: ignore[index]
+    assert bodies[0]["host"] == NAME  # type: ignore[index]
+    assert NAME in server.server_names
+    assert await proxy.metric("ami_requests_total", destination_service=NAME,
+                              response_code="200") == 3
+
+
+async def test_sni_names_the_certificate_for_another_host_name(
+        proxy: TrafficProxy, outside: tuple[OutsideHttps, Path]) -> None:
+    async with aiohttp.ClientSession() as session:
+        reply = await call(session, proxy, "alias.example.test", "/a")
+    assert reply.status == 200 and isinstance(reply.body, dict)
+    assert reply.body["tls"] == "TLSv1.3"
+
+
+@pytest.mark.parametrize("host", ["impostor.example.test", "wrong-name.example.test",
+                                  "public.example.test"])
+async def test_a_certificate_that_does_not_verify_is_a_connect_failure(
+        proxy: TrafficProxy, host: str) -> None:
+    """Another CA, a name the certificate lacks, a private CA against the system roots: 503
+    upstream_connect_failure, nothing sent, and the sidecar's log says why."""
+    seen = len(proxy.stderr())
+    async with aiohttp.ClientSession() as session:
+        reply = await call(session, proxy, host, "/secret")
+    assert (reply.status, reply.reason) == (503, "upstream_connect_failure")
+    assert await proxy.metric("ami_upstream_connect_failures_total",
+                              destination_service=host) >= 1
+    why = {"impostor.example.test": f"TLS to {NAME} (endpoint 127.0.0.1:",
+           "wrong-name.example.test": "TLS to wrong-name.example.test (endpoint 127.0.0.1:",
+           "public.example.test": f"TLS to {NAME} (endpoint 127.0.0.1:"}[host]
+    said = proxy.stderr()[seen:]
+    assert why in said, said
+    assert ("Hostname mismatch, certificate is not valid for 'wrong-name.example.test'"
+            if host.startswith("wrong") else "failed: self-signed certificate") in said, said
+
+
+def test_a_missing_ca_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    """A caCertificates file the sidecar cannot read: the config is refused, naming the file
+    (from the control plane, the same error is the NACK shown by proxy-status)."""
+    missing = tmp_path / "nope.pem"
+    proxy = TrafficProxy(tmp_path, {}, [], external={NAME: _external(443, caCertificates=str(
+        missing))})
+    with pytest.raises(RuntimeError, match="proxy exited") as err:
+        proxy.start()
+    assert f"tls.caCertificates {missing}: No such file or directory" in str(err.value)
