@@ -1,4 +1,5 @@
-"""Parse one sidecar's Prometheus exposition into the request series the aggregations need."""
+"""Parse one sidecar's Prometheus exposition into the request and TCP series the aggregations
+need."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ LABELS = ("reporter", "source_workload", "source_version", "destination_service"
 Key = tuple[str, ...]
 START_TIME = "ami_proxy_process_start_time_seconds"  # prometheus_client's ProcessCollector
 Buckets = tuple[tuple[float, float], ...]  # (upper bound, cumulative count), +Inf last
+# A TCP series key: the request key's first six labels (same indices: REPORTER ... DST_VER),
+# then connection_security_policy; response_flags is summed away, since a connection is
+# counted opened and closed under different flags when it fails after opening.
+TCP_LABELS = (*LABELS[:6], "connection_security_policy")
+TCP_SECURITY = 6
+# The ami_tcp_* counters, in the order of a TcpCounts tuple.
+TCP_COUNTERS = ("ami_tcp_connections_opened", "ami_tcp_connections_closed",
+                "ami_tcp_received_bytes", "ami_tcp_sent_bytes")
+OPENED, CLOSED, RECEIVED, SENT = range(4)
+TcpCounts = tuple[float, float, float, float]
+NO_TCP: TcpCounts = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +40,20 @@ class Scrape:
     start_time: float | None = None
     # the same counters per destination_service label, for those that have one
     by_service: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the ami_tcp_* counters per TCP series (see TCP_LABELS), as (opened, closed, received,
+    # sent)
+    tcp: dict[Key, TcpCounts] = field(default_factory=dict)
 
 
 def parse_scrape(text: str, time: float) -> Scrape:
-    """Read ``ami_requests_total``, the duration histogram, the policy counters and the
-    process start time."""
+    """Read ``ami_requests_total``, the duration histogram, the ``ami_tcp_*`` counters, the
+    policy counters and the process start time."""
     requests: dict[Key, float] = {}
     raw_buckets: dict[Key, list[tuple[float, float]]] = {}
     counters: dict[str, float] = {}
     by_service: dict[str, dict[str, float]] = {}
     start_time: float | None = None
+    tcp: dict[Key, list[float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "ami_requests":
             for s in family.samples:
@@ -51,6 +67,12 @@ def parse_scrape(text: str, time: float) -> Scrape:
         elif family.name == START_TIME:
             start_time = next((s.value for s in family.samples), None)
         elif family.type == "counter" and family.name.startswith("ami_"):
+            if family.name in TCP_COUNTERS:
+                index = TCP_COUNTERS.index(family.name)
+                for s in family.samples:
+                    if s.name.endswith("_total"):
+                        key = tuple(s.labels.get(name, "") for name in TCP_LABELS)
+                        tcp.setdefault(key, [0.0, 0.0, 0.0, 0.0])[index] += s.value
             counters[family.name] = sum(s.value for s in family.samples
                                         if s.name.endswith("_total"))
             for s in family.samples:
@@ -59,7 +81,8 @@ def parse_scrape(text: str, time: float) -> Scrape:
                     per = by_service.setdefault(dst, {})
                     per[family.name] = per.get(family.name, 0.0) + s.value
     buckets = {k: tuple(sorted(v)) for k, v in raw_buckets.items()}
-    return Scrape(time, requests, buckets, counters, start_time, by_service)
+    return Scrape(time, requests, buckets, counters, start_time, by_service,
+                  {k: (v[0], v[1], v[2], v[3]) for k, v in tcp.items()})
 
 
 def _key(labels: dict[str, str]) -> Key:

@@ -1,4 +1,5 @@
-"""A short in-memory window of scrapes per proxy, and golden metrics over any part of it."""
+"""A short in-memory window of scrapes per proxy, and golden (and TCP) metrics over any part of
+it."""
 
 from __future__ import annotations
 
@@ -15,18 +16,30 @@ from meshctl.observe.golden import (
     service_key,
 )
 from meshctl.observe.samples import DST, SRC, Scrape
+from meshctl.observe.tcpstats import (
+    NO_TCP_JSON,
+    TcpFigures,
+    TcpSeries,
+    one_tcp_reporter,
+    tcp_group_by,
+    tcp_over,
+)
+
+IDLE = Golden(0.0, None, None, None, None, None)  # the HTTP figures of a TCP-only row
 
 
 @dataclass(frozen=True, slots=True)
 class StatRow:
-    """One service version's golden metrics."""
+    """One service version's golden metrics, and its TCP figures when it has TCP traffic."""
 
     service: str
     version: str
     golden: Golden
+    tcp: TcpFigures | None = None
 
     def as_json(self) -> dict[str, object]:
-        return {"service": self.service, "version": self.version, **self.golden.as_json()}
+        return {"service": self.service, "version": self.version, **self.golden.as_json(),
+                **_tcp_json(self.tcp)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +51,21 @@ class EdgeRow:
     destination: str
     destination_version: str
     golden: Golden
+    tcp: TcpFigures | None = None
 
     def as_json(self) -> dict[str, object]:
         share = self.golden.mtls_share
+        # secured: every request that made a connection, and every TCP connection, was mTLS
+        secured = ((share is not None or self.tcp is not None)
+                   and (share is None or share >= 0.999)
+                   and (self.tcp is None or self.tcp.mtls))
         return {"source": self.source, "sourceVersion": self.source_version,
                 "destination": self.destination, "destinationVersion": self.destination_version,
-                "secured": share is not None and share >= 0.999, **self.golden.as_json()}
+                "secured": secured, **self.golden.as_json(), **_tcp_json(self.tcp)}
+
+
+def _tcp_json(tcp: TcpFigures | None) -> dict[str, float | int | None]:
+    return NO_TCP_JSON if tcp is None else tcp.as_json()
 
 
 class ScrapeWindow:
@@ -86,16 +108,33 @@ class ScrapeWindow:
                 out.extend(rates_over(q[lo:hi + 1]))
         return one_reporter(out, prefer)
 
+    def tcp(self, end: float, window: float, prefer: str = "destination") -> list[TcpSeries]:
+        """TCP series per proxy over the same scrapes as ``rates`` (open connections need only
+        the last one), each connection counted once (see ``one_tcp_reporter``)."""
+        out: list[TcpSeries] = []
+        for q in self._scrapes.values():
+            lo = bisect_left(q, end - window, key=_time)
+            hi = bisect_right(q, end, key=_time) - 1
+            if hi >= lo:
+                out.extend(tcp_over(q[lo:hi + 1]))
+        return one_tcp_reporter(out, prefer)
+
     def stat(self, end: float, window: float, service: str | None = None,
              source: str | None = None) -> list[StatRow]:
-        selected = [r for r in self.rates(end, window)
-                    if (service is None or r.key[DST] == service)
-                    and (source is None or r.key[SRC] == source)]
-        return [StatRow(svc, ver, g) for (svc, ver), g in group_by(selected, service_key).items()]
+        def wanted(key: tuple[str, ...]) -> bool:
+            return ((service is None or key[DST] == service)
+                    and (source is None or key[SRC] == source))
+
+        http = group_by([r for r in self.rates(end, window) if wanted(r.key)], service_key)
+        tcp = tcp_group_by([s for s in self.tcp(end, window) if wanted(s.key)], service_key)
+        return [StatRow(k[0], k[1], http.get(k, IDLE), tcp.get(k))
+                for k in sorted(http.keys() | tcp.keys())]
 
     def edges(self, end: float, window: float) -> list[EdgeRow]:
-        return [EdgeRow(k[0], k[1], k[2], k[3], g)
-                for k, g in group_by(self.rates(end, window, "source"), edge_key).items()]
+        http = group_by(self.rates(end, window, "source"), edge_key)
+        tcp = tcp_group_by(self.tcp(end, window, "source"), edge_key)
+        return [EdgeRow(k[0], k[1], k[2], k[3], http.get(k, IDLE), tcp.get(k))
+                for k in sorted(http.keys() | tcp.keys())]
 
     def timelines(self, end: float, span: float, step: float
                   ) -> dict[str, list[dict[str, object]]]:
@@ -104,9 +143,17 @@ class ScrapeWindow:
         count = int(span // step)
         for i in range(count + 1):
             t = end - (count - i) * step
-            for (svc,), g in group_by(self.rates(t, step * 2), lambda k: (k[DST],)).items():
-                out.setdefault(svc, []).append({"t": round(t, 3), **g.as_json()})
+            http = group_by(self.rates(t, step * 2), _service_only)
+            tcp = tcp_group_by(self.tcp(t, step * 2), _service_only)
+            for k in sorted(http.keys() | tcp.keys()):
+                out.setdefault(k[0], []).append({"t": round(t, 3),
+                                                 **http.get(k, IDLE).as_json(),
+                                                 **_tcp_json(tcp.get(k))})
         return out
+
+
+def _service_only(k: tuple[str, ...]) -> tuple[str]:
+    return (k[DST],)
 
 
 def _time(s: Scrape) -> float:
