@@ -24,6 +24,20 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value):.0f}ms"
 
 
+def _bytes(value: Any) -> str:
+    """Bytes per second, in B, kB or MB (powers of 1000)."""
+    if value is None:
+        return "-"
+    rate = float(value)
+    if rate < 1e3:
+        return f"{rate:.0f}B/s"
+    return f"{rate / 1e3:.1f}kB/s" if rate < 1e6 else f"{rate / 1e6:.1f}MB/s"
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None else str(int(value))
+
+
 def _get(client: ControlPlaneClient, path: str, **query: str | None) -> Any:
     params = urlencode({k: v for k, v in query.items() if v})
     status, body = request_json(client, "GET", path + ("?" + params if params else ""))
@@ -42,11 +56,22 @@ def stat(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(output.to_json(body))
         return 0
-    rows = [(r["service"], r["version"], _pct(r["successRate"]), f"{r['rps']:.1f}",
-             _ms(r["p50"]), _ms(r["p95"]), _ms(r["p99"]), _pct(r["mtlsShare"]))
-            for r in body["rows"]]
-    print(output.render_table(("SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99",
-                               "MTLS"), rows))
+    headers = ["SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99", "MTLS",
+               "TCP_CONN"]
+    wide = args.output == "wide"
+    if wide:
+        headers += ["READ_BYTES/SEC", "WRITE_BYTES/SEC"]
+    rows = []
+    for r in body["rows"]:
+        # A row with TCP traffic only has no requests: "-" rather than a 0.0 that looks
+        # like an idle HTTP service.
+        rps = "-" if r["rps"] == 0 and r.get("tcpConnections") is not None else f"{r['rps']:.1f}"
+        row = [r["service"], r["version"], _pct(r["successRate"]), rps, _ms(r["p50"]),
+               _ms(r["p95"]), _ms(r["p99"]), _pct(r["mtlsShare"]), _count(r.get("tcpConnections"))]
+        if wide:
+            row += [_bytes(r.get("tcpReadBytesPerSec")), _bytes(r.get("tcpWriteBytesPerSec"))]
+        rows.append(row)
+    print(output.render_table(headers, rows))
     return 0
 
 
@@ -57,16 +82,17 @@ def edges(args: argparse.Namespace) -> int:
         print(output.to_json(body))
         return 0
     rows = [(f"{e['source']} ({e['sourceVersion']})",
-             f"{e['destination']} ({e['destinationVersion']})",
-             _security(e), f"{e['rps']:.1f}",
-             _pct(e["successRate"]), _ms(e["p99"])) for e in body["edges"]]
-    print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99"),
-                              rows))
+             f"{e['destination']} ({e['destinationVersion']})", _security(e),
+             "-" if e["rps"] == 0 and e.get("tcpConnections") is not None else f"{e['rps']:.1f}",
+             _pct(e["successRate"]), _ms(e["p99"]), _count(e.get("tcpConnections")))
+            for e in body["edges"]]
+    print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99",
+                               "TCP_CONN"), rows))
     return 0
 
 
 def _security(edge: dict[str, Any]) -> str:
-    if edge.get("mtlsShare") is None:
+    if edge.get("mtlsShare") is None and edge.get("tcpConnections") is None:
         return "-"  # every request was answered by the caller's sidecar
     return "🔒 mTLS" if edge["secured"] else "plaintext"
 
@@ -170,11 +196,13 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register stat, edges, top, tap, check and dashboard."""
-    p = subparsers.add_parser("stat", help="success rate, RPS and latency per service version")
+    p = subparsers.add_parser("stat", help="success rate, RPS, latency and TCP connections "
+                              "per service version")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--from", dest="source", metavar="SERVICE", help="only calls from SERVICE")
     p.add_argument("--window", default="30s", help="e.g. 30s, 5m (default 30s)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
+                   help="wide: also TCP bytes/s read and written")
     p.set_defaults(func=stat)
     p = subparsers.add_parser("edges", help="who calls whom, and whether the edge is mTLS")
     p.add_argument("--window", default="30s")

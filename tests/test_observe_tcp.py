@@ -1,0 +1,174 @@
+"""TCP services in `meshctl stat`, `edges` and `check` from a real `meshctl serve`: a real TCP
+server behind an `--app-protocol tcp` sidecar, reached through a caller's `--tcp-upstream`
+port over mTLS, next to an HTTP service, with real connections held open through them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
+    MeshProcess,
+    all_synced,
+    free_port,
+    http_get,
+    http_json,
+    spawn,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 10.0
+
+
+def start_tcp_app(log_dir: Path, name: str) -> MeshProcess:
+    """tests/tcpapp.py: a banner, then an echo of every byte."""
+    port = free_port()
+    proc = spawn(f"tcpapp-{name}", [PYTHON, "-m", "tests.tcpapp", str(port), name], log_dir)
+    proc.info["address"] = f"127.0.0.1:{port}"
+    wait_for(lambda: "listening" in proc.output(), TIMEOUT, f"tcp app {name}")
+    return proc
+
+
+@dataclass
+class Mesh:
+    """`web` calls `reviews` over HTTP and `db` (a TCP service) on a local port."""
+
+    tmp: Path
+    cp: MeshProcess
+    web: MeshProcess
+    db_port: int
+    procs: list[MeshProcess]
+
+    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, AMI_TOKEN=self.cp.info["token"])
+        return subprocess.run([sys.executable, "-m", "meshctl", "--control-plane",
+                               self.cp.info["api"], *args], capture_output=True, text=True,
+                              timeout=30, env=env, cwd=ROOT)
+
+    def json(self, *args: str) -> Any:
+        out = self.meshctl(*args, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def connect(self) -> socket.socket:
+        """A connection to db through web's sidecar, past db's banner."""
+        sock = socket.create_connection(("127.0.0.1", self.db_port), timeout=TIMEOUT)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += sock.recv(1)
+        assert line == b"hello from db\n", line
+        return sock
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("tcpobs")
+    (tmp / "mesh").mkdir()
+    procs: list[MeshProcess] = []
+    try:
+        cp = start_control_plane(tmp, warmup=0.0)
+        procs.append(cp)
+        db_app = start_tcp_app(tmp, "db")
+        procs.append(db_app)
+        db = start_sidecar(tmp, cp.info["grpc"], "db", "v1", app=db_app.info["address"],
+                           extra=["--app-protocol", "tcp"])
+        procs.append(db)
+        backend = start_backend(tmp, "reviews-v1")
+        procs.append(backend)
+        reviews = start_sidecar(tmp, cp.info["grpc"], "reviews", "v1",
+                                app=backend.info["address"])
+        procs.append(reviews)
+        db_port = free_port()
+        web = start_sidecar(tmp, cp.info["grpc"], "web", "v1",
+                            extra=["--tcp-upstream", f"127.0.0.1:{db_port}=db:5432"])
+        procs.append(web)
+        names = {p.info["name"] for p in (db, reviews, web)}
+        wait_for(lambda: all_synced(cp, names), 20, "sidecars synced")
+
+        def db_is_tcp() -> bool:
+            status, dump = http_json(f"http://{web.info['admin']}/config_dump")
+            service = dump["snapshot"]["services"].get("db") if status == 200 else None
+            return bool(service and service.get("protocol") == "tcp" and service["endpoints"])
+
+        wait_for(db_is_tcp, 20, "db published as a TCP service")
+        yield Mesh(tmp, cp, web, db_port, procs)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> None:
+    """Two connections held open through the mesh: stat shows db with 2 open connections and
+    the bytes read and written (JSON, table and wide table), "-" for its HTTP figures, and
+    reviews beside it with its requests and "-" for TCP; closing one connection leaves 1."""
+    assert http_get(f"http://{mesh.web.info['outbound']}/", {"Host": "reviews"})[0] == 200
+    first, second = mesh.connect(), mesh.connect()
+    try:
+        for sock in (first, second):
+            sock.sendall(b"x" * 999 + b"\n")
+            echoed = b""
+            while len(echoed) < 1000:
+                echoed += sock.recv(65536)
+
+        def db_row(expected: int) -> dict[str, Any] | None:
+            rows = {r["service"]: r for r in mesh.json("stat", "--window", "5m")["rows"]}
+            db = rows.get("db")
+            return rows if db and db["tcpConnections"] == expected else None
+
+        rows = wait_for(lambda: db_row(2), 30, "db with 2 open connections", interval=0.5)
+        db, reviews = rows["db"], rows["reviews"]
+        assert db["version"] == "v1"
+        # read: what callers sent (2000 bytes); write: the banners, the echo (+ 2 x 14, 2000)
+        assert 0 < db["tcpReadBytesPerSec"] < db["tcpWriteBytesPerSec"]
+        assert db["rps"] == 0 and db["successRate"] is None and db["mtlsShare"] is None
+        assert reviews["successRate"] == 1.0 and reviews["tcpConnections"] is None
+
+        table = mesh.meshctl("stat", "--window", "5m")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].split() == ["SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99",
+                                    "MTLS", "TCP_CONN"]
+        cells = {line.split()[0]: line.split() for line in lines[1:] if line}
+        assert cells["db"] == ["db", "v1", "-", "-", "-", "-", "-", "-", "2"]
+        assert cells["reviews"][2] == "100.00%" and cells["reviews"][-1] == "-"
+        wide = mesh.meshctl("stat", "db", "--window", "5m", "-o", "wide")
+        assert wide.returncode == 0, wide.stderr
+        head, row = wide.stdout.split("\n")[:2]
+        assert head.split()[-3:] == ["TCP_CONN", "READ_BYTES/SEC", "WRITE_BYTES/SEC"]
+        assert row.split()[-3] == "2" and all(c.endswith("B/s") for c in row.split()[-2:])
+
+        # edges: the caller's view of the same connections, mTLS
+        edges = {(e["source"], e["destination"]): e
+                 for e in mesh.json("edges", "--window", "5m")["edges"]}
+        assert edges[("web", "db")]["tcpConnections"] == 2 and edges[("web", "db")]["secured"]
+        assert edges[("web", "reviews")]["tcpConnections"] is None
+        edge_table = mesh.meshctl("edges", "--window", "5m")
+        assert edge_table.returncode == 0, edge_table.stderr
+        web_db = next(line for line in edge_table.stdout.splitlines() if "db (v1)" in line)
+        assert "🔒 mTLS" in web_db and web_db.split()[-1] == "2"
+
+        first.shutdown(socket.SHUT_WR)
+        while first.recv(65536):  # the server's `bye`, then its FIN
+            pass
+        first.close()
+        wait_for(lambda: db_row(1), 30, "db with 1 open connection", interval=0.5)
+        by_caller = mesh.json("stat", "db", "--from", "web", "--window", "5m")["rows"]
+        assert [(r["service"], r["tcpConnections"]) for r in by_caller] == [("db", 1)]
+    finally:
+        first.close()
+        second.close()
