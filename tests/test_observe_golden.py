@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from meshctl.observe.checks import all_checks, cert_checks, jwks_checks
+from meshctl.observe.checks import all_checks, cert_checks, jwks_checks, protocol_check
 from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
 from meshctl.observe.samples import LABELS, Scrape, parse_scrape
 from meshctl.observe.window import ScrapeWindow
@@ -178,6 +178,25 @@ def test_checks_flag_unsynced_nacked_and_invalid_config() -> None:
     assert [c.name for c in failed] == ["every proxy synced", "no NACKs", "configuration valid"]
     assert all(c.hint for c in failed)
     assert "r1" in failed[0].detail and "mesh/x.yaml" in failed[2].detail
+
+
+def test_check_warns_about_a_service_whose_sidecars_disagree_on_tcp() -> None:
+    """Some of db's sidecars declare tcp, others not: a warning naming the service and the
+    proxies on each side; services that agree (whatever their HTTP flavour) and gateways do
+    not count."""
+    proxies = [
+        {"name": "db-a", "service": "db", "mode": "sidecar", "appProtocol": "tcp"},
+        {"name": "db-b", "service": "db", "mode": "sidecar", "appProtocol": "auto"},
+        {"name": "db-c", "service": "db", "mode": "sidecar", "appProtocol": "tcp"},
+        {"name": "cache-a", "service": "cache", "mode": "sidecar", "appProtocol": "tcp"},
+        {"name": "web-a", "service": "web", "mode": "sidecar", "appProtocol": "http1"},
+        {"name": "web-b", "service": "web", "mode": "sidecar", "appProtocol": "http2"},
+        {"name": "gw", "service": "web", "mode": "gateway", "appProtocol": None}]
+    check = protocol_check(proxies)
+    assert (check.state, check.detail) == ("warn", "db: tcp on db-a, db-c, http on db-b")
+    assert "--app-protocol" in check.hint
+    assert protocol_check(proxies[3:]).state == "ok"
+    assert check in all_checks(proxies, [], 0.0)[0].checks
 
 
 async def test_scraper_refuses_an_endless_exposition() -> None:

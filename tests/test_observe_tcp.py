@@ -172,3 +172,26 @@ def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> N
     finally:
         first.close()
         second.close()
+
+
+def test_check_warns_when_the_sidecars_of_a_service_disagree_on_tcp(mesh: Mesh) -> None:
+    """Two sidecars of `cache`, one `--app-protocol tcp` and one not: `meshctl check` names the
+    service and both proxies (a warning: exit 0); the mesh before had no such warning."""
+    before = mesh.meshctl("check")
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert "✔ one protocol per service" in before.stdout
+    app = start_tcp_app(mesh.tmp, "cache")
+    tcp = start_sidecar(mesh.tmp, mesh.cp.info["grpc"], "cache", "v1", app=app.info["address"],
+                        extra=["--app-protocol", "tcp"])
+    http = start_sidecar(mesh.tmp, mesh.cp.info["grpc"], "cache", "v2", app=app.info["address"])
+    try:
+        wait_for(lambda: all_synced(mesh.cp, {tcp.info["name"], http.info["name"]}), 20,
+                 "cache sidecars synced")
+        out = mesh.meshctl("check")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (f"‼ one protocol per service: cache: tcp on {tcp.info['name']}, "
+                f"http on {http.info['name']}") in out.stdout
+        assert "--app-protocol" in out.stdout and "Passed with warnings." in out.stdout
+    finally:
+        for proc in (http, tcp, app):
+            proc.stop()

@@ -59,7 +59,29 @@ def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
     nacked = [f"{p['name']}: {p['nack']}" for p in proxies if p.get("nack")]
     checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
                         "fix the resource named in the NACK and re-apply it" if nacked else ""))
+    checks.append(protocol_check(proxies))
     return Group("Data plane", tuple(checks))
+
+
+def protocol_check(proxies: list[dict[str, Any]]) -> Check:
+    """A service whose sidecars disagree on ``--app-protocol tcp``: the control plane keeps it
+    HTTP and leaves the tcp ones out of every snapshot (snapshots.py), so they take no traffic.
+    Grouped by service name, as the snapshots group endpoints."""
+    by_service: dict[str, dict[str, list[str]]] = {}
+    for p in proxies:
+        if p.get("mode", "sidecar") == "sidecar" and p.get("service"):
+            protocol = "tcp" if p.get("appProtocol") == "tcp" else "http"
+            by_service.setdefault(str(p["service"]), {}).setdefault(protocol, []).append(
+                str(p["name"]))
+    mixed = {svc: names for svc, names in sorted(by_service.items()) if len(names) == 2}
+    if not mixed:
+        return Check("one protocol per service", "ok")
+    detail = "; ".join(f"{svc}: tcp on {', '.join(sorted(n['tcp']))}, "
+                       f"http on {', '.join(sorted(n['http']))}" for svc, n in mixed.items())
+    return Check("one protocol per service", "warn", detail,
+                 "such a service stays HTTP, served by its http sidecars only; its tcp "
+                 "sidecars take no traffic until every sidecar of the service runs with the "
+                 "same --app-protocol (finish or roll back the change)")
 
 
 def config_checks(errors: list[dict[str, Any]]) -> Group:
