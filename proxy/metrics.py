@@ -47,7 +47,7 @@ class RequestStats:
     """Counters for every (labels) combination seen; `record` is on the hot path."""
 
     __slots__ = ("_series", "connect_failures", "connections_active", "connections_total",
-                 "counters", "tcp_live")
+                 "counters", "tcp_live", "tcp_tap")
 
     def __init__(self) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
@@ -59,6 +59,8 @@ class RequestStats:
         # open TCP connections (proxy.tcprelay.TcpSession): their bytes so far are added to
         # the counters at scrape time, so a long-lived connection does not show 0 till it ends
         self.tcp_live: set[Any] = set()
+        # the tap's hook for each TCP connection that ends (proxy.tap), None while untapped
+        self.tcp_tap: Any = None
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:

@@ -1,7 +1,9 @@
-"""``GET /tap`` on the admin listener: finished requests as server-sent events, while tapped.
+"""``GET /tap`` on the admin listener: finished requests and TCP connections as server-sent
+events, while tapped.
 
-The ``Listener.on_record`` hook is installed only while at least one client is tapping, so an
-untapped proxy pays one ``is None`` check per request.
+The ``Listener.on_record`` hook (and ``RequestStats.tcp_tap``, for TCP connections as they
+end) is installed only while at least one client is tapping, so an untapped proxy pays one
+``is None`` check per request or connection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.listener import Listener
     from proxy.server import ProxyServer
+    from proxy.tcprelay import TcpSession
 
 QUEUE_SIZE = 1000  # events a slow tap client may lag behind before events are dropped
 
@@ -35,6 +38,8 @@ class TapFilter:
     def matches(self, event: dict[str, Any]) -> bool:
         if self.service and self.service not in (event["destination"], event["source"]):
             return False
+        if event["path"] is None:  # a TCP connection: no path or method to match
+            return not (self.path or self.method)
         if self.path and not str(event["path"]).startswith(self.path):
             return False
         return not self.method or event["method"] == self.method.upper()
@@ -62,6 +67,7 @@ class TapHub:
     def _install(self, hook: Any) -> None:
         for listener in self.server.listeners.values():
             listener.on_record = hook
+        self.server.stats.tcp_tap = None if hook is None else self.on_tcp
 
     def on_record(self, listener: Listener, ex: Exchange, duration_ms: float,
                   prefix: tuple[str, ...]) -> None:
@@ -78,6 +84,25 @@ class TapHub:
             "protocol": ex.protocol,
             "grpc_status": ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
         }
+        self._publish(event)
+
+    def on_tcp(self, session: TcpSession) -> None:
+        """One TCP connection that ended, in the shape of a request's event (method, path and
+        status null) with the bytes each way, as its access-log line."""
+        labels = session.labels or ("source" if session.client else "destination",
+                                    *("unknown",) * 6)
+        self._publish({
+            "time": time.time(), "listener": session.listener, "reporter": labels[0],
+            "method": None, "path": None, "authority": session.authority, "status": None,
+            "reason": session.flags,
+            "duration_ms": round((asyncio.get_running_loop().time() - session.start) * 1000, 3),
+            "source": labels[1], "source_version": labels[2], "destination": labels[3],
+            "destination_workload": labels[4], "destination_version": labels[5],
+            "tls": labels[6], "protocol": "TCP", "grpc_status": None,
+            "bytes_received": session.request_bytes, "bytes_sent": session.response_bytes,
+        })
+
+    def _publish(self, event: dict[str, Any]) -> None:
         for queue, tap_filter in self.clients.items():
             if tap_filter.matches(event):
                 try:

@@ -217,6 +217,9 @@ class TcpSession:
             self.stats.inc("ami_tcp_connections_closed", self._label_pairs())
         if self.log_out is not None:
             self._log()
+        tap = self.stats.tcp_tap
+        if tap is not None:
+            tap(self)
         if self.on_end is not None:
             self.on_end(self)
 

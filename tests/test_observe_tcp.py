@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from meshctl.observe.tapfanin import top_rows
+from proxy.tap import TapFilter
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
@@ -195,3 +198,58 @@ def test_check_warns_when_the_sidecars_of_a_service_disagree_on_tcp(mesh: Mesh) 
     finally:
         for proc in (http, tcp, app):
             proc.stop()
+
+
+def test_tap_shows_each_tcp_connection_as_it_ends(mesh: Mesh) -> None:
+    """`meshctl tap db` streams one event per connection from each sidecar (web's as source,
+    db's as destination) with the bytes each way; a path filter leaves connections out, and
+    `top`, which ranks paths, ignores them."""
+    stop = threading.Event()
+
+    def connections() -> None:
+        while not stop.is_set():
+            with mesh.connect() as sock:
+                sock.sendall(b"ping\n")
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
+
+    env = dict(os.environ, AMI_TOKEN=mesh.cp.info["token"])
+    tap = subprocess.Popen([sys.executable, "-m", "meshctl", "--control-plane",
+                            mesh.cp.info["api"], "tap", "db", "-o", "json"],
+                           stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    sender = threading.Thread(target=connections, daemon=True)
+    sender.start()
+    seen: dict[str, dict[str, Any]] = {}
+    deadline = threading.Timer(30, tap.kill)  # ends the blocking reads below if need be
+    deadline.start()
+    try:
+        assert tap.stdout is not None
+        for line in tap.stdout:  # until an event from each sidecar
+            event = json.loads(line)
+            seen.setdefault(event["reporter"], event)
+            if len(seen) == 2:
+                break
+        text = mesh.meshctl("tap", "db", "-n", "1")
+    finally:
+        deadline.cancel()
+        tap.kill()
+        tap.wait(10)
+        stop.set()
+        sender.join(TIMEOUT)
+    assert text.returncode == 0, text.stderr
+    assert "web -> db(v1) TCP :received=5B sent=25B duration=" in text.stdout
+    assert set(seen) == {"source", "destination"}, "no event from one of the sidecars"
+    for reporter, event in seen.items():
+        assert event["protocol"] == "TCP" and event["method"] is None, event
+        assert (event["source"], event["destination"], event["destination_version"]) == (
+            "web", "db", "v1")
+        # 5 bytes to db; its banner (14), the echo (5) and `bye 5` (6) back
+        assert (event["bytes_received"], event["bytes_sent"]) == (5, 25), event
+        assert event["tls"] == "mutual_tls" and event["reason"] == "-"
+        assert event["proxy"].startswith("web-" if reporter == "source" else "db-")
+
+    with_path = TapFilter(service="db", path="/")
+    assert not with_path.matches({**seen["source"]})
+    assert TapFilter(service="db").matches(seen["source"])
+    assert top_rows(list(seen.values())) == []

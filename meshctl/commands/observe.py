@@ -143,11 +143,14 @@ def tap(args: argparse.Namespace) -> int:
             print(json.dumps(e), flush=True)
             continue
         lock = "🔒" if e.get("tls") == "mutual_tls" else "  "
+        if e.get("protocol") == "TCP":  # one connection, at its end
+            what = (f"TCP :received={e['bytes_received']}B sent={e['bytes_sent']}B "
+                    f"duration={e['duration_ms']:.1f}ms")
+        else:
+            what = (f"{e['method']} {e['path']} :status={e['status']}{_grpc(e)} "
+                    f"latency={e['duration_ms']:.1f}ms")
         print(f"{lock} {e['proxy']:<24} {e['source']} -> {e['destination']}"
-              f"({e.get('destination_version', '?')}) {e['method']} {e['path']} "
-              f":status={e['status']}{_grpc(e)} latency={e['duration_ms']:.1f}ms "
-              f"reason={e['reason']}",
-              flush=True)
+              f"({e.get('destination_version', '?')}) {what} reason={e['reason']}", flush=True)
     return 0
 
 
@@ -214,7 +217,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--once", action="store_true", help="print one table and exit")
     p.set_defaults(func=top)
-    p = subparsers.add_parser("tap", help="stream live requests to and from a service")
+    p = subparsers.add_parser("tap", help="stream live requests (and TCP connections, as they "
+                              "end) to and from a service")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--path", default="", help="path prefix")
     p.add_argument("--method", default="")

@@ -85,9 +85,9 @@ def once_each(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def top_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Busiest (method, path) first: count, successes, best/worst/mean latency; each request
-    counted once (see ``once_each``)."""
+    counted once (see ``once_each``). TCP connections, which have no path, are left out."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for e in once_each(events):
+    for e in once_each([e for e in events if e.get("protocol") != "TCP"]):
         groups.setdefault((e["destination"], e["method"], e["path"]), []).append(e)
     rows: list[dict[str, Any]] = []
     for (dest, method, path), items in groups.items():
