@@ -25,6 +25,7 @@ from tests.observe_harness import (
     start_observed_mesh,
     wait_until,
 )
+from tests.tcp_observe_harness import Mesh, tcp_mesh
 
 OUTPUT = REPO / "test-output"
 ROUTE = """
@@ -174,3 +175,44 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
     (OUTPUT / "dashboard.png").write_bytes(base64.b64decode(shot["data"]))
     state = json.loads(await page.evaluate("JSON.stringify({u: document.body.dataset.updated})"))
     assert state["u"]
+
+
+@pytest.fixture(scope="module")
+def tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    with tcp_mesh(Path(tmp_path_factory.mktemp("dashtcp"))) as m:
+        yield m
+
+
+async def test_dashboard_shows_tcp_services(tcp: Mesh, page: Page) -> None:
+    """With two connections held open to db (a TCP service) through a real `meshctl serve`
+    mesh, db's node, the web -> db edge (🔒) and db's chart show its open connections and
+    bytes/s; a screenshot is saved under test-output/."""
+    connections = [await asyncio.to_thread(tcp.connect) for _ in range(2)]
+    try:
+        for sock in connections:
+            await asyncio.to_thread(sock.sendall, b"ping\n")
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=tcp.cp.info["api"] + "/dashboard")
+        node = await page.wait_for(
+            "(() => { const n = document.querySelector('#graph .node[data-service=\"db\"]');"
+            " return n && n.textContent.includes('2 conns') ? n.textContent : null })()", 30,
+            "db's node with 2 open connections")
+        assert "B/s" in node
+        edge = "document.querySelector('[data-edge=\"web:v1->db:v1\"]')"
+        label = await page.wait_for(f"{edge} && {edge}.querySelector('text').textContent", 10,
+                                    "the web -> db edge")
+        assert "2 conns" in label and "B/s" in label
+        assert await page.evaluate(f"{edge}.querySelector('.lock') !== null")  # mTLS
+        assert await page.evaluate(f"{edge}.querySelector('path').getAttribute('class')") == "tcp"
+        chart = "document.querySelector('#charts .chart[data-service=\"db\"]')"
+        fields = await page.wait_for(
+            f"{chart} && [...{chart}.querySelectorAll('[data-field]')].map(e => e.dataset.field)",
+            10, "db's chart")
+        assert fields == ["tcpConnections", "tcpReadBytesPerSec", "tcpWriteBytesPerSec"]
+        assert "open connections" in await page.evaluate(f"{chart}.innerText")
+        shot = await page.call("Page.captureScreenshot", format="png")
+    finally:
+        for sock in connections:
+            sock.close()
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "dashboard-tcp.png").write_bytes(base64.b64decode(shot["data"]))

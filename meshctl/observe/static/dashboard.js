@@ -16,6 +16,15 @@ function health(sr) {
   if (sr === null || sr === undefined) return "idle";
   return sr >= 0.99 ? "ok" : sr >= 0.95 ? "warn" : "bad";
 }
+const bytes = (v) => (v === null || v === undefined ? "–" : v < 1e3 ? v.toFixed(0) + " B/s"
+  : v < 1e6 ? (v / 1e3).toFixed(1) + " kB/s" : (v / 1e6).toFixed(1) + " MB/s");
+// A row (stat node, edge, chart point) with TCP traffic and no requests: show its connections.
+const tcpOnly = (r) => r.rps === 0 && r.tcpConnections !== null && r.tcpConnections !== undefined;
+const tcpWords = (r) =>
+  `${r.tcpConnections} conn${r.tcpConnections === 1 ? "" : "s"} · ` +
+  bytes(r.tcpReadBytesPerSec + r.tcpWriteBytesPerSec);
+// TCP has no success rate to judge: drawn in the accent colour, never as failing or idle.
+const style = (r) => (r && tcpOnly(r) ? "tcp" : health(r && r.successRate));
 
 function graphModel(state) {
   const nodes = new Map();
@@ -65,8 +74,9 @@ function drawGraph(state) {
     const x1 = from.x + 140, y1 = from.y + 26, x2 = to.x, y2 = to.y + 26;
     const mx = (x1 + x2) / 2;
     g.append(el("svg:path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`,
-                              class: health(e.successRate), "marker-end": "url(#arrow)" }));
-    const label = `${e.rps.toFixed(1)} rps · ${pct(e.successRate)} · p99 ${ms(e.p99)}`;
+                              class: style(e), "marker-end": "url(#arrow)" }));
+    const label = tcpOnly(e) ? tcpWords(e)
+      : `${e.rps.toFixed(1)} rps · ${pct(e.successRate)} · p99 ${ms(e.p99)}`;
     // Labels sit just above the arrow head: targets have distinct rows, so labels never stack.
     const lx = x2 - 8, ly = y2 - 8;
     const text = el("svg:text", { x: lx, y: ly, "text-anchor": "end" }, label);
@@ -78,11 +88,12 @@ function drawGraph(state) {
     const s = n.stat;
     const g = el("svg:g", { class: "node", "data-service": n.svc, "data-version": n.ver,
                             transform: `translate(${n.x},${n.y})` });
-    g.append(el("svg:rect", { width: 140, height: 52, rx: 8, class: health(s && s.successRate) }));
+    g.append(el("svg:rect", { width: 140, height: 52, rx: 8, class: style(s) }));
     const title = n.ver && n.ver !== "unknown" ? `${n.svc} ${n.ver}` : n.svc;
     g.append(el("svg:text", { x: 10, y: 20, class: "name" }, title));
     g.append(el("svg:text", { x: 10, y: 40 },
-                s ? `${s.rps.toFixed(1)} rps · ${pct(s.successRate)}` : "no traffic"));
+                !s ? "no traffic" : tcpOnly(s) ? tcpWords(s)
+                  : `${s.rps.toFixed(1)} rps · ${pct(s.successRate)}`));
     svg.append(g);
   }
 }
@@ -115,12 +126,12 @@ function drawRoutes(state) {
   }));
 }
 
-function sparkline(points, field, color, fmt) {
-  const wrap = el("div");
+function sparkline(points, field, color, fmt, name) {
+  const wrap = el("div", { "data-field": field });
   const vals = points.map((p) => p[field]).filter((v) => v !== null && v !== undefined);
   const last = vals.length ? vals[vals.length - 1] : null;
   const label = el("div", { class: "label" });
-  label.append(el("span", {}, field), el("span", {}, fmt(last)));
+  label.append(el("span", {}, name || field), el("span", {}, fmt(last)));
   const svg = el("svg:svg", { viewBox: "0 0 300 46", preserveAspectRatio: "none" });
   const max = Math.max(...vals, field === "successRate" ? 1 : 0.001);
   const min = field === "successRate" ? Math.min(...vals, 0.9) : 0;
@@ -138,10 +149,18 @@ function drawCharts(state) {
   const box = document.getElementById("charts");
   box.replaceChildren(...Object.entries(state.series).sort().map(([svc, points]) => {
     const c = el("div", { class: "chart", "data-service": svc });
-    c.append(el("h3", {}, svc),
-             sparkline(points, "rps", "#58a6ff", (v) => (v === null ? "–" : v.toFixed(1))),
-             sparkline(points, "successRate", "#3fb950", pct),
-             sparkline(points, "p99", "#d29922", ms));
+    const tcp = points.some((p) => p.tcpConnections !== null && p.tcpConnections !== undefined);
+    const http = !tcp || points.some((p) => p.rps > 0);
+    c.append(el("h3", {}, tcp && !http ? `${svc} · TCP` : svc));
+    if (http)
+      c.append(sparkline(points, "rps", "#58a6ff", (v) => (v === null ? "–" : v.toFixed(1))),
+               sparkline(points, "successRate", "#3fb950", pct),
+               sparkline(points, "p99", "#d29922", ms));
+    if (tcp)
+      c.append(sparkline(points, "tcpConnections", "#58a6ff",
+                         (v) => (v === null ? "–" : String(v)), "open connections"),
+               sparkline(points, "tcpReadBytesPerSec", "#bc8cff", bytes, "read"),
+               sparkline(points, "tcpWriteBytesPerSec", "#39c5cf", bytes, "written"));
     return c;
   }));
 }
