@@ -46,13 +46,16 @@ def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> N
         def db_row(expected: int) -> dict[str, Any] | None:
             rows = {r["service"]: r for r in mesh.json("stat", "--window", "5m")["rows"]}
             db = rows.get("db")
-            return rows if db and db["tcpConnections"] == expected else None
+            # once a scrape saw all the bytes: read, what callers sent (2 x 1000); written,
+            # the banners and the echo (2 x 14 + 2 x 1000)
+            return rows if (db and db["tcpConnections"] == expected
+                            and 0 < db["tcpReadBytesPerSec"] < db["tcpWriteBytesPerSec"]
+                            ) else None
 
-        rows = wait_for(lambda: db_row(2), 30, "db with 2 open connections", interval=0.5)
+        rows = wait_for(lambda: db_row(2), 30, "db with 2 open connections and their bytes",
+                        interval=0.5)
         db, reviews = rows["db"], rows["reviews"]
         assert db["version"] == "v1"
-        # read: what callers sent (2000 bytes); write: the banners, the echo (+ 2 x 14, 2000)
-        assert 0 < db["tcpReadBytesPerSec"] < db["tcpWriteBytesPerSec"]
         assert db["rps"] == 0 and db["successRate"] is None and db["mtlsShare"] is None
         assert reviews["successRate"] == 1.0 and reviews["tcpConnections"] is None
 
