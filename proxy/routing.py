@@ -250,12 +250,36 @@ class RouterBuilder:
             from proxy.tcpclient import TcpTarget
 
             node = self.snapshot.node
-            self._tcp = {name: TcpTarget(name, self._backend(service, None, "source"),
+            self._tcp = {name: TcpTarget(name, self._tcp_decision(service),
                                          (node.service, node.version),
                                          node.version.encode("ascii", "replace"))
                          for name, service in self.snapshot.services.items()
                          if service.protocol == "tcp"}
         return self._tcp
+
+    def _tcp_decision(self, service: Service) -> Decision:
+        """Where this proxy's connections to a TCP service go: the weighted backends of the
+        first rule of its Route that applies to a connection, else the whole service (as
+        Istio's default TCP route). A rule applies unless it has an HTTP-only action, or all
+        its match blocks are for other sources or name an HTTP-only condition (a request's
+        path, headers... which a connection has none of). Settled here, once per snapshot:
+        a connection has nothing else to match."""
+        snap = self.snapshot
+        route = snap.routes.get(service.name)
+        for rule in route.rules if route is not None else ():
+            blocks = _own_blocks(rule.matches, snap.node)
+            if (rule.http_actions or blocks is None
+                    or (blocks and all(b.http_conditions for b in blocks))):
+                continue
+            backends = []
+            for b in rule.backends:
+                found = snap.services.get(b.service or service.name)
+                backends.append(self._backend(found if found is not None else Service(
+                    b.service or service.name, "default", (), (), _default_policy()),
+                    b.subset, "source"))
+            return Decision(tuple(backends), tuple(b.weight for b in rule.backends), self.rng,
+                            rule)
+        return Decision((self._backend(service, None, "source"),), (100,), self.rng)
 
     def outbound(self, own_ports: Callable[[], set[int]] | None = None) -> Router:
         snap = self.snapshot

@@ -1,11 +1,13 @@
 """The caller's side of a TCP service: pick an endpoint per connection, open `ami-tcp` mTLS to
 it, and join it to the app's connection (proxy.tcprelay).
 
-Endpoints are balanced per connection by the service's DestinationPolicy `loadBalancer` (a
-connection counts as an active request: LEAST_REQUEST is least-connections), skipping ones
-outlier detection ejected. A connection that cannot be opened (refused, `connectTimeout`, TLS
-failure, or the destination's sidecar answering `upstream_connect_failure` because its app is
-down) is retried on another endpoint before any byte of the app is sent, up to 3 endpoints.
+Each connection picks a backend (a subset) by the weights of the service's Route, if it has
+one for connections (proxy.routing.RouterBuilder._tcp_decision), then an endpoint of it by the
+DestinationPolicy `loadBalancer` (a connection counts as an active request: LEAST_REQUEST is
+least-connections), skipping ones outlier detection ejected. A connection that cannot be opened
+(refused, `connectTimeout`, TLS failure, or the destination's sidecar answering
+`upstream_connect_failure` because its app is down) is retried on another endpoint of the same
+backend before any byte of the app is sent, up to 3 endpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from proxy.tcpwire import first_frame
 
 if TYPE_CHECKING:
     from proxy.pools import EndpointPool
-    from proxy.routing import Backend
+    from proxy.routing import Decision
 
 log = logging.getLogger("ami.proxy.tcp")
 MAX_ATTEMPTS = 3
@@ -31,10 +33,10 @@ _RETRIABLE = frozenset({"upstream_connect_failure", "protocol_mismatch"})
 
 @dataclass(frozen=True, slots=True)
 class TcpTarget:
-    """A TCP service as callers reach it: its endpoints and how to choose one."""
+    """A TCP service as callers reach it: its backends by weight, and how to choose one."""
 
     service: str
-    backend: Backend
+    decision: Decision  # the Route rule for connections (or the whole service), its weights
     source: tuple[str, str]  # this proxy's (workload, version)
     version: bytes  # the hello: this proxy's version label
 
@@ -50,8 +52,8 @@ def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None
 async def open_session(session: TcpSession, target: TcpTarget) -> None:
     """Connect ``session`` (its app end attached, paused) to an endpoint of ``target``; on
     failure the app's connection is closed and the reason recorded."""
-    backend = target.backend
-    base = ("source", *target.source, target.service, target.service)
+    backend = target.decision.pick_backend()
+    base = ("source", *target.source, backend.service, backend.service)
     tried: list[EndpointPool] = []
     reason = "no_healthy_upstream"
     for _ in range(MAX_ATTEMPTS):

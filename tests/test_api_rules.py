@@ -211,3 +211,22 @@ def test_weights_are_accepted_iff_they_sum_to_100(weights: list[int]) -> None:
     else:
         assert sum(weights) == 100
         assert [b.weight for b in rule.backends] == weights
+
+
+def test_http_only_fields_name_what_a_tcp_connection_never_sees() -> None:
+    """Path, methods, headers, query and scheme conditions and every HTTP action are listed
+    with their field path; sourceLabels, sourceNamespace and backends are not."""
+    from meshctl.api.rules import http_only_fields
+
+    rules = parse_rules(yaml.safe_load(FULL_RULE), "spec.rules")
+    assert http_only_fields(rules) == [
+        "spec.rules[0].matches[0].path", "spec.rules[0].matches[0].methods",
+        "spec.rules[0].matches[0].headers", "spec.rules[0].matches[0].query",
+        "spec.rules[0].timeout", "spec.rules[0].retries", "spec.rules[0].fault",
+        "spec.rules[0].mirror", "spec.rules[0].headers"]
+    plain = parse_rules(yaml.safe_load("""
+- matches: [{sourceLabels: {app: web}, sourceNamespace: shop}, {scheme: {exact: https}}]
+  backends: [{subset: v1, weight: 80}, {service: other, weight: 20}]
+- backends: [{subset: v1}]
+"""), "spec.rules")
+    assert http_only_fields(plain) == ["spec.rules[0].matches[1].scheme"]

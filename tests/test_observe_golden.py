@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from meshctl.observe.checks import all_checks, cert_checks, jwks_checks, protocol_check
+from meshctl.observe.checks import (
+    all_checks,
+    cert_checks,
+    jwks_checks,
+    protocol_check,
+    tcp_route_checks,
+)
 from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
 from meshctl.observe.samples import LABELS, Scrape, parse_scrape
 from meshctl.observe.window import ScrapeWindow
@@ -262,3 +268,50 @@ def test_jwks_checks_fail_only_without_any_keys() -> None:
         ("https://a/jwks", "ok"), ("https://b/jwks", "warn"), ("https://c/jwks", "fail"),
         ("https://d/jwks", "warn")]
     assert "never fetched: timeout" in group.checks[2].detail
+
+
+def test_tcp_route_checks_warn_of_http_only_fields_on_tcp_services_only() -> None:
+    """A Route of a service whose every sidecar is `tcp` is checked: HTTP-only fields warn,
+    with their paths; a clean one is ok; an HTTP service's Route, or one of a service still
+    changing protocol (some sidecars tcp, some not), gives no check at all."""
+    from meshctl.api.resources import load_documents
+
+    routes = load_documents("""\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: db}
+spec:
+  host: db
+  rules: [{backends: [{subset: v1}], timeout: 1s}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: cache}
+spec:
+  host: cache
+  rules: [{backends: [{subset: v1}]}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules: [{backends: [{subset: v1}], timeout: 1s}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: queue}
+spec:
+  host: queue
+  rules: [{backends: [{subset: v1}], timeout: 1s}]
+""", "routes.yaml")
+    proxies = [{"service": "db", "appProtocol": "tcp"}, {"service": "cache", "appProtocol": "tcp"},
+               {"service": "reviews", "appProtocol": "auto"},
+               {"service": "queue", "appProtocol": "tcp"}, {"service": "queue"},
+               {"service": "gw", "mode": "gateway"}]
+    (group,) = tcp_route_checks(routes, proxies)
+    assert [(c.name, c.state) for c in group.checks] == [
+        ("Route default/cache (TCP service cache)", "ok"),
+        ("Route default/db (TCP service db)", "warn")]
+    assert "spec.rules[0].timeout" in group.checks[1].detail and group.checks[1].hint
+    assert tcp_route_checks(routes, proxies[2:]) == []

@@ -92,6 +92,14 @@ class Match:
                 and all(labels.get(k) == v for k, v in self.source_labels)
                 and (self.scheme is None or self.scheme.matches(scheme)))
 
+    @property
+    def http_conditions(self) -> tuple[str, ...]:
+        """The fields of this block only an HTTP request has (a TCP connection never
+        matches them); sourceLabels and sourceNamespace are not among them."""
+        return tuple(name for name, value in (
+            ("path", self.path), ("methods", self.methods), ("headers", self.headers),
+            ("query", self.query), ("scheme", self.scheme)) if value)
+
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
         """Whether a request matches; ``headers`` keys must be lower case."""
@@ -229,11 +237,32 @@ class Rule:
     redirect: Redirect | None = None
     cors: Cors | None = None
 
+    @property
+    def http_actions(self) -> tuple[str, ...]:
+        """The fields of this rule that act on HTTP requests only; a rule with any of them
+        does not apply to a TCP connection."""
+        return tuple(name for name, value in (
+            ("timeout", self.timeout), ("retries", self.retries), ("fault", self.fault),
+            ("mirror", self.mirror), ("headers", self.headers != HeaderOps()),
+            ("rewrite", self.rewrite), ("redirect", self.redirect), ("cors", self.cors))
+            if value)
+
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
                         query: Mapping[str, str]) -> bool:
         """Whether any match block holds (no blocks = every request)."""
         return not self.matches or any(m.matches(method, path, headers, query)
                                        for m in self.matches)
+
+
+def http_only_fields(rules: tuple[Rule, ...], path: str = "spec.rules") -> list[str]:
+    """Field paths of ``rules`` that a TCP service's connections never see: HTTP-only match
+    conditions and actions (see docs/traffic.md, TCP services)."""
+    found = []
+    for i, rule in enumerate(rules):
+        found += [f"{path}[{i}].matches[{j}].{name}" for j, block in enumerate(rule.matches)
+                  for name in block.http_conditions]
+        found += [f"{path}[{i}].{name}" for name in rule.http_actions]
+    return found
 
 
 def parse_rules(data: object, path: str) -> tuple[Rule, ...]:

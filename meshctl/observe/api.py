@@ -24,7 +24,7 @@ from aiohttp import web
 
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
-from meshctl.observe.checks import Group, all_checks
+from meshctl.observe.checks import Group, all_checks, tcp_route_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
@@ -102,8 +102,11 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
 
     async def check(request: web.Request) -> web.Response:
         body = await list_proxies(scraper.source)
-        errors = [{"source": e.source, "message": e.message} for e in request.app[STORE].errors()]
-        groups = [*all_checks(body, errors, time.time()), *observer.extra_checks()]
+        store = request.app[STORE]
+        errors = [{"source": e.source, "message": e.message} for e in store.errors()]
+        routes = [o.resource for o in await store.list("Route")]
+        groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
+                  *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 
     async def state(request: web.Request) -> web.Response:

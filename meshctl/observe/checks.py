@@ -136,6 +136,40 @@ def jwks_checks(status: dict[str, tuple[bool, str | None]]) -> list[Group]:
     return [Group("End-user authentication (jwksUri)", tuple(checks))] if checks else []
 
 
+def tcp_services(proxies: list[dict[str, Any]]) -> set[str]:
+    """Services whose every sidecar declares a TCP app (as the snapshots mark them)."""
+    declared: dict[str, set[bool]] = {}
+    for p in proxies:
+        if p.get("mode", "sidecar") == "sidecar" and p.get("service"):
+            declared.setdefault(str(p["service"]), set()).add(p.get("appProtocol") == "tcp")
+    return {name for name, kinds in declared.items() if kinds == {True}}
+
+
+def tcp_route_checks(routes: list[Any], proxies: list[dict[str, Any]]) -> list[Group]:
+    """One check per Route of a TCP service: warns of the HTTP-only fields that its
+    connections never see (``routes``: Resources with a RouteSpec); no group when no Route
+    is for a TCP service."""
+    from meshctl.api.rules import http_only_fields
+
+    tcp = tcp_services(proxies)
+    checks = []
+    for route in sorted(routes, key=lambda r: (r.namespace, r.name)):
+        host = route.spec.host
+        if host not in tcp:
+            continue
+        name = f"Route {route.namespace}/{route.name} (TCP service {host})"
+        ignored = http_only_fields(route.spec.rules)
+        if not ignored:
+            checks.append(Check(name, "ok", "every rule applies to connections"))
+            continue
+        checks.append(Check(
+            name, "warn", "HTTP-only, not applied to its TCP connections: " + ", ".join(ignored),
+            "a connection has no request: a rule with an HTTP-only action, or whose match "
+            "blocks all have HTTP-only conditions, does not apply to it (docs/traffic.md, TCP "
+            "services); remove those fields or rules"))
+    return [Group("Routes of TCP services", tuple(checks))] if checks else []
+
+
 def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now: float
                ) -> list[Group]:
     """Every group after "control plane reachable" (which only the client can judge)."""

@@ -1,0 +1,149 @@
+"""Routes for TCP services, with real sidecars, control plane and TCP servers: a Route's
+weighted subsets chosen per connection (and `meshctl shift` moving new connections only),
+which rules apply to a connection, and `meshctl check` naming the fields that do not."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers_mesh import PYTHON, wait_for
+from tests.proxyharness import metric_value
+from tests.test_tcp_services import TIMEOUT, TcpMesh, banner, read_line, read_to_eof
+
+pytestmark = pytest.mark.timeout(240)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SUBSETS = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: db}
+spec:
+  host: db
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+"""
+
+ROUTE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: db}
+spec:
+  host: db
+  rules:
+%s"""
+
+ALL_V1 = ROUTE % """\
+    - backends:
+        - {subset: v1, weight: 100}
+        - {subset: v2, weight: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpMesh]:
+    m = TcpMesh(tmp_path_factory.mktemp("tcproutes"))
+    try:
+        m.apply(SUBSETS)
+        yield m
+    finally:
+        for proc in (m.web, *m.db.values(), *m.apps.values(), m.cp):
+            proc.stop()
+
+
+def meshctl(mesh: TcpMesh, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AMI_TOKEN": mesh.cp.info["token"]}
+    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
+                           *argv], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=60)
+
+
+def versions(mesh: TcpMesh, count: int) -> set[str]:
+    """Which db versions answer ``count`` new connections."""
+    seen = set()
+    for _ in range(count):
+        with mesh.connect() as sock:
+            seen.add(banner(sock))
+    return seen
+
+
+def test_shift_moves_new_connections_and_leaves_open_ones(mesh: TcpMesh) -> None:
+    """A Route 100/0 sends every connection to v1; `meshctl shift db 0/100` sends every new
+    one to v2, while a connection opened before the shift stays on v1 and keeps working;
+    named weights (`v1=100`) shift back."""
+    mesh.apply(ALL_V1)
+    assert versions(mesh, 10) == {"db-v1"}
+    with mesh.connect() as held:
+        assert banner(held) == "db-v1"
+        done = meshctl(mesh, "shift", "db", "0/100", "--timeout", "20")
+        assert done.returncode == 0, done.stderr
+        assert "db: v1 0% / v2 100% — applied" in done.stdout, done.stdout
+        assert versions(mesh, 10) == {"db-v2"}
+        held.sendall(b"still here\n")  # not moved: the same v1 server echoes it
+        assert read_line(held) == b"still here\n"
+        held.shutdown(socket.SHUT_WR)
+        assert read_to_eof(held) == b"bye 11\n"
+    done = meshctl(mesh, "shift", "db", "v1=100")
+    assert done.returncode == 0, done.stderr
+    assert versions(mesh, 10) == {"db-v1"}
+
+
+def test_only_rules_without_http_fields_apply_to_connections(mesh: TcpMesh) -> None:
+    """Rules with an HTTP-only match (headers, path) or action (timeout) are passed over, a
+    rule whose sourceLabels exclude this caller too; a block of sourceLabels alone takes the
+    connection (here, to v2); `meshctl check` names each HTTP-only field."""
+    mesh.apply(ROUTE % """\
+    - name: by-header
+      matches: [{headers: {x-user: {exact: jason}}}]
+      backends: [{subset: v1}]
+    - name: timed
+      matches: [{sourceLabels: {version: v1}}]
+      timeout: 2s
+      backends: [{subset: v1}]
+    - name: other-callers
+      matches: [{sourceLabels: {version: v9}}]
+      backends: [{subset: v1}]
+    - name: web
+      matches: [{path: {prefix: /}}, {sourceLabels: {version: v1}}]
+      backends: [{subset: v2}]
+""")
+    assert versions(mesh, 10) == {"db-v2"}
+    done = meshctl(mesh, "check")
+    lines = [line for line in done.stdout.splitlines() if "db" in line]
+    text = "\n".join(lines)
+    for field in ("spec.rules[0].matches[0].headers", "spec.rules[1].timeout",
+                  "spec.rules[3].matches[0].path"):
+        assert field in text, done.stdout
+    assert "TCP" in text, done.stdout
+
+
+def test_a_route_with_no_rule_for_connections_leaves_the_whole_service(
+        mesh: TcpMesh) -> None:
+    """When no rule applies to a connection, it goes to any endpoint of the service, as
+    without a Route (Istio's default TCP route), rather than being refused."""
+    mesh.apply(ROUTE % """\
+    - matches: [{headers: {x-user: {exact: jason}}}]
+      backends: [{subset: v1}]
+    - backends: [{subset: v1}]
+      retries: {attempts: 2}
+""")
+    wait_for(lambda: versions(mesh, 4) == {"db-v1", "db-v2"}, TIMEOUT,
+             "connections reaching both versions")
+
+
+def test_a_subset_without_endpoints_is_no_healthy_upstream(mesh: TcpMesh) -> None:
+    """A Route to a subset no endpoint is in: the connection is closed unanswered, never
+    sent to another subset, and counted as `no_healthy_upstream`."""
+    mesh.apply(SUBSETS + "    - {name: v3, labels: {version: v3}}\n---\n"
+               + ROUTE % "    - backends: [{subset: v3}]\n")
+    with mesh.connect() as sock:
+        assert read_to_eof(sock) == b""
+    wait_for(lambda: metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
+                                  destination_service="db",
+                                  response_flags="no_healthy_upstream") >= 1,
+             TIMEOUT, "the refusal counted on web")
