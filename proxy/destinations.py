@@ -98,13 +98,16 @@ class Breaker:
 class DestinationState:
     """Everything stateful about one destination service."""
 
-    __slots__ = ("breaker", "budget", "name", "outlier")
+    __slots__ = ("breaker", "budget", "name", "outlier", "tcp_connections")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.breaker: Breaker | None = None
         self.outlier: OutlierDetector | None = None
         self.budget: RetryBudget | None = None
+        # A TCP service's connections from this proxy, opening or open: what its
+        # maxConnections caps (here, not on the Breaker, which a new limit replaces).
+        self.tcp_connections = 0
 
 
 class DestinationRegistry:

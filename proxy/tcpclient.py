@@ -7,7 +7,9 @@ DestinationPolicy `loadBalancer` (a connection counts as an active request: LEAS
 least-connections), skipping ones outlier detection ejected. A connection that cannot be opened
 (refused, `connectTimeout`, TLS failure, or the destination's sidecar answering
 `upstream_connect_failure` because its app is down) is retried on another endpoint of the same
-backend before any byte of the app is sent, up to 3 endpoints.
+backend before any byte of the app is sent, up to 3 endpoints. `connectionPool.maxConnections`
+caps this proxy's connections to the service, opening or open, as Envoy's per-cluster breaker:
+one over it is closed unanswered, `overflow`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from proxy.tcprelay import MeshEnd, TcpSession, answer_word
 from proxy.tcpwire import first_frame
 
 if TYPE_CHECKING:
+    from proxy.destinations import DestinationState
     from proxy.pools import EndpointPool
     from proxy.routing import Decision
 
@@ -52,8 +55,20 @@ def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None
 async def open_session(session: TcpSession, target: TcpTarget) -> None:
     """Connect ``session`` (its app end attached, paused) to an endpoint of ``target``; on
     failure the app's connection is closed and the reason recorded."""
+    if session.ended:
+        return  # the app left before this task ran
     backend = target.decision.pick_backend()
     base = ("source", *target.source, backend.service, backend.service)
+    state = backend.state
+    if state is not None and state.breaker is not None:
+        if state.tcp_connections >= state.breaker.limits.max_connections:
+            session.stats.inc("ami_circuit_breaker_overflow",
+                              (("destination_service", backend.service),))
+            session.opened((*base, "unknown", "unknown"))
+            session.fail("overflow")
+            return
+        state.tcp_connections += 1  # released when the session ends
+        session.on_end = _counted(state, session.on_end)
     tried: list[EndpointPool] = []
     reason = "no_healthy_upstream"
     for _ in range(MAX_ATTEMPTS):
@@ -61,27 +76,35 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
         if pool is None or pool in tried:
             break
         tried.append(pool)
-        if session.app is None:  # the app gave up meanwhile
-            session.close()
-            return
         reason = await _connect(session, pool, target.version)
         if backend.outlier is not None:
             backend.outlier.record(pool, 200 if reason == "ok" else None)
+        if session.ended:  # the app left meanwhile (its end hooks ran): close the peer too
+            session.close()
+            return
         if reason == "ok":
             pool.active_requests += 1  # released when the session ends
             session.on_end = _releasing(pool, session.on_end)
             session.upstream = str(pool.address)
             session.opened((*base, pool.version, "mutual_tls"))
-            if session.app is None:
-                session.close()
-            else:
-                session.join()
+            session.join()
             return
         if reason not in _RETRIABLE:
             break
     session.opened((*base, tried[-1].version if tried else "unknown",
                     "mutual_tls" if tried else "unknown"))
     session.fail(reason)
+
+
+def _counted(state: DestinationState, then: Callable[[TcpSession], None] | None,
+             ) -> Callable[[TcpSession], None]:
+    """An end hook: the service's connection count (maxConnections) goes down, then ``then``."""
+    def end(session: TcpSession) -> None:
+        state.tcp_connections -= 1
+        if then is not None:
+            then(session)
+
+    return end
 
 
 def _releasing(pool: EndpointPool, then: Callable[[TcpSession], None] | None,

@@ -224,6 +224,11 @@ class TcpSession:
             self.on_end(self)
 
     @property
+    def ended(self) -> bool:
+        """Whether the connection ended (recorded, its end hooks run)."""
+        return self._recorded
+
+    @property
     def request_bytes(self) -> int:
         """Bytes from caller to destination (Istio's received bytes)."""
         return self.app_bytes if self.client else self.mesh_bytes

@@ -147,3 +147,54 @@ def test_a_subset_without_endpoints_is_no_healthy_upstream(mesh: TcpMesh) -> Non
                                   destination_service="db",
                                   response_flags="no_healthy_upstream") >= 1,
              TIMEOUT, "the refusal counted on web")
+
+
+def limited(max_connections: int) -> str:
+    return (SUBSETS + f"  connectionPool: {{maxConnections: {max_connections}}}\n---\n"
+            + ALL_V1)
+
+
+def refused(mesh: TcpMesh) -> bool:
+    """A new connection closed before any byte of the server's."""
+    with mesh.connect() as sock:
+        return read_to_eof(sock) == b""
+
+
+def test_max_connections_refuses_the_connection_over_the_limit(mesh: TcpMesh) -> None:
+    """`connectionPool.maxConnections: 2`: with two connections open a third is closed
+    without a byte, `overflow` in the metrics and the access log; once one ends a new one
+    passes; raising the limit counts the connections already open."""
+    mesh.apply(limited(2))
+    first, second = mesh.connect(), mesh.connect()
+    try:
+        assert banner(first) == banner(second) == "db-v1"
+        assert refused(mesh)
+        web = mesh.metrics(mesh.web)
+        assert metric_value(web, "ami_circuit_breaker_overflow_total",
+                            destination_service="db") >= 1
+        wait_for(lambda: metric_value(mesh.metrics(mesh.web),
+                                      "ami_tcp_connections_closed_total", reporter="source",
+                                      destination_service="db", response_flags="overflow"),
+                 TIMEOUT, "the overflow counted on web")
+        wait_for(lambda: '"reason":"overflow"' in mesh.web.output(), TIMEOUT,
+                 "the overflow in web's access log")
+        second.shutdown(socket.SHUT_WR)
+        assert read_to_eof(second) == b"bye 0\n"
+        second.close()
+
+        def reconnect() -> socket.socket | None:
+            sock = mesh.connect()
+            if read_line(sock) == b"hello from db-v1\n":
+                return sock
+            sock.close()  # refused: the ended one is not released yet
+            return None
+
+        second = wait_for(reconnect, TIMEOUT, "a connection once one ended")
+        mesh.apply(limited(3))  # a new Breaker: the two open connections still count
+        with mesh.connect() as third:
+            assert banner(third) == "db-v1"
+            assert refused(mesh)
+    finally:
+        first.close()
+        second.close()
+    mesh.apply(ALL_V1)  # the policy without limits, for the tests that follow
