@@ -7,9 +7,10 @@ tunnel is routed by its own authority and goes through every check a direct requ
 (the CONNECT's authority only stands in for a missing HTTP/1.1 `Host`; HTTP/2 requests always
 carry `:authority`). It stays one connection of the listener for limits, timeouts and drain.
 TLS inside is refused: the mesh does the TLS. To a TCP service (`protocol: tcp`) the tunnel
-is a byte stream to the service instead (proxy.tcpclient), as a `--tcp-upstream` port's.
-`CONNECT` to a declared HTTP port of an ExternalService host is read the same way, so that
-its Route (timeouts, retries, faults) applies inside the tunnel too.
+is a byte stream to the service instead (proxy.tcpclient), as a `--tcp-upstream` port's,
+answered `200` only once an endpoint accepted it. `CONNECT` to a declared HTTP port of an
+ExternalService host is read as HTTP too, so that its Route (timeouts, retries, faults)
+applies inside the tunnel.
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ TLS_RECORD = b"\x16\x03"  # a TLS handshake record (ClientHello), any TLS versio
 
 class MeshConnect(Exchange):
     """The CONNECT request: answered when its turn comes (after any request pipelined before
-    it), never routed or recorded itself; the requests in its tunnel are."""
+    it), never routed or recorded itself; the requests in its tunnel are. To a TCP service the
+    answer waits for an endpoint to accept (`503` and the reason word when none does), as
+    Envoy's CONNECT termination: the tunnel's TCP session records it."""
 
     __slots__ = ()
 
     def start(self) -> None:
         p = self.downstream
-        p.write(_CONNECT_ESTABLISHED)
+        if p.tcp_connect is None:
+            p.write(_CONNECT_ESTABLISHED)
         p.current = None
         p.idle_since = p.loop.time()
         p.mesh_connect = self.authority.encode("latin-1")
@@ -96,6 +100,7 @@ def enter_tcp(p: DownstreamProtocol, target: TcpTarget) -> None:
     session.authority = (p.mesh_connect or b"").decode("latin-1")
     session.log_out = listener.access_log
     session.early = b"".join(p._tunnel_preamble or ())  # sent on once the service answered
+    session.connect_answer = _CONNECT_ESTABLISHED
     p._tunnel_preamble, p.mesh_connect, p.closed = None, None, True
 
     def end(_session: TcpSession) -> None:

@@ -37,6 +37,7 @@ class TcpSession:
         "app_fin",
         "authority",
         "client",
+        "connect_answer",
         "early",
         "flags",
         "labels",
@@ -73,6 +74,9 @@ class TcpSession:
         self.authority: str | None = None  # what the caller asked for (client role)
         self.upstream: str | None = None  # the endpoint, or the local app
         self.early = b""  # the app's bytes read before the join (after a CONNECT's head)
+        # A CONNECT's `200`, owed until an endpoint accepted (then written before any byte of
+        # the peer's); None once written, or for a connection that is no CONNECT tunnel.
+        self.connect_answer: bytes | None = None
         self.log_out: Any = None  # the access log's stream, when on
         self.on_end: Callable[[TcpSession], None] | None = None
         self.on_hello: Callable[[bytes], None] | None = None  # server role: the caller's hello
@@ -134,6 +138,9 @@ class TcpSession:
 
     # --- mesh side ------------------------------------------------------------------------
     def _first(self, payload: bytes) -> None:
+        if self.connect_answer is not None and payload == OK and self.app is not None:
+            self.app.write(self.connect_answer)  # before the bytes after `ok` (a banner)
+            self.connect_answer = None
         handler = self.on_answer if self.client else self.on_hello
         if handler is not None:
             handler(payload)
@@ -196,6 +203,9 @@ class TcpSession:
         if self.flags == "-":
             self.flags = reason
         if self.app is not None:
+            if self.connect_answer is not None:  # a CONNECT still unanswered: say why
+                self.connect_answer = None
+                self.app.write(_refusal(reason))
             self.app.close()
         if self.mesh is not None:
             self.mesh.close()
@@ -331,6 +341,14 @@ class MeshEnd(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.session is not None:
             self.session.mesh_write_paused(False)
+
+
+def _refusal(reason: str) -> bytes:
+    """The HTTP answer to a CONNECT whose connection failed for ``reason`` (a word the peer
+    sent that is no reason of ours: `upstream_connect_failure`)."""
+    from proxy.reasons import REASONS, local_reply
+
+    return local_reply(reason if reason in REASONS else "upstream_connect_failure", close=True)
 
 
 def answer_word(payload: bytes) -> str:

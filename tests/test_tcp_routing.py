@@ -198,3 +198,51 @@ def test_max_connections_refuses_the_connection_over_the_limit(mesh: TcpMesh) ->
         first.close()
         second.close()
     mesh.apply(ALL_V1)  # the policy without limits, for the tests that follow
+
+
+def connect_tunnel(mesh: TcpMesh) -> tuple[socket.socket, bytes]:
+    """A `CONNECT db:5432` (a line sent right behind it) on web's outbound listener: the socket
+    and the answer's head."""
+    host, port = mesh.web.info["outbound"].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    sock.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\nearly\n")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    return sock, head
+
+
+def connect_refused(mesh: TcpMesh, reason: str) -> None:
+    """CONNECT is answered 503 with ``reason`` in x-ami-reason and the body, then closed."""
+    sock, head = connect_tunnel(mesh)
+    with sock:
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert f"\r\nx-ami-reason: {reason}\r\n".encode() in head, head
+        assert read_to_eof(sock).startswith(reason.encode() + b": ")
+
+
+def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
+        mesh: TcpMesh) -> None:
+    """CONNECT to db: `200` only once an endpoint accepted (its banner right after); a 503
+    with the reason word instead when none can: a subset without endpoints
+    (`no_healthy_upstream`), the connection limit reached (`overflow`), the only endpoint of
+    the subset refusing (`upstream_connect_failure`: no failover to another subset)."""
+    mesh.apply(ALL_V1)
+    sock, head = connect_tunnel(mesh)
+    with sock:
+        assert head == b"HTTP/1.1 200 Connection Established\r\n\r\n"
+        assert banner(sock) == "db-v1"
+        assert read_line(sock) == b"early\n"  # sent before the answer: kept
+    mesh.apply(SUBSETS + "    - {name: v3, labels: {version: v3}}\n---\n"
+               + ROUTE % "    - backends: [{subset: v3}]\n")
+    connect_refused(mesh, "no_healthy_upstream")
+    mesh.apply(limited(1))
+    with mesh.connect() as held:
+        assert banner(held) == "db-v1"
+        connect_refused(mesh, "overflow")
+    mesh.apply(ALL_V1)
+    mesh.apps["v1"].stop()  # (the last test of the module: its apps are not restarted)
+    connect_refused(mesh, "upstream_connect_failure")
+    assert refused(mesh)  # and the --tcp-upstream port closes its connection unanswered
