@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,28 @@ def test_only_rules_without_http_fields_apply_to_connections(mesh: TcpMesh) -> N
                   "spec.rules[3].matches[0].path"):
         assert field in text, done.stdout
     assert "TCP" in text, done.stdout
+
+
+def test_meshctl_apply_warns_of_http_only_fields_on_a_tcp_service(
+        mesh: TcpMesh, tmp_path: Path) -> None:
+    """`meshctl apply` of a Route for db with HTTP-only fields applies it and warns, naming
+    each field; a Route without any applies silently."""
+    path = tmp_path / "db.yaml"
+    path.write_text(ROUTE % """\
+    - matches: [{sourceLabels: {version: v1}}]
+      backends: [{subset: v2}]
+      retries: {attempts: 2}
+    - backends: [{subset: v1}]
+""")
+    done = meshctl(mesh, "apply", "-f", str(path))
+    assert done.returncode == 0 and done.stdout == "route.ami.mesh/db configured\n", done
+    assert done.stderr == (
+        "warning: Route default/db: db is a TCP service, whose connections never see these "
+        "HTTP-only fields: spec.rules[0].retries (the rules with them do not apply to "
+        "connections; see docs/traffic.md#tcp-services)\n")
+    path.write_text(ALL_V1)
+    done = meshctl(mesh, "apply", "-f", str(path))
+    assert (done.returncode, done.stderr) == (0, ""), done
 
 
 def test_a_route_with_no_rule_for_connections_leaves_the_whole_service(

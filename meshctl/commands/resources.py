@@ -234,7 +234,26 @@ def run_apply(args: argparse.Namespace) -> int:
         return 1
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
         print(f"{object_ref(result['kind'], result['name'])} {result['result']}")
+    for warning in _tcp_route_warnings(client, resources):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _tcp_route_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
+    """Applied Routes of TCP services with fields their connections never see; the proxies
+    are asked which services are TCP only when some Route has such a field."""
+    from meshctl.api.kinds import RouteSpec
+    from meshctl.api.rules import http_only_fields
+    from meshctl.observe.checks import tcp_route_warnings
+
+    routes = [r for r in resources
+              if isinstance(r.spec, RouteSpec) and http_only_fields(r.spec.rules)]
+    if not routes:
+        return []
+    status, answer = request_json(client, "GET", "/api/v1/proxies")
+    if status != 200 or not isinstance(answer, dict):
+        return []
+    return tcp_route_warnings(routes, list(answer.get("proxies") or []))
 
 
 def _error_text(answer: Any) -> str:

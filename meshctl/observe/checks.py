@@ -145,20 +145,23 @@ def tcp_services(proxies: list[dict[str, Any]]) -> set[str]:
     return {name for name, kinds in declared.items() if kinds == {True}}
 
 
+def _tcp_routes(routes: list[Any], proxies: list[dict[str, Any]]
+                ) -> list[tuple[Any, list[str]]]:
+    """(Route, its HTTP-only field paths) for each Route whose host is a TCP service."""
+    from meshctl.api.rules import http_only_fields
+
+    tcp = tcp_services(proxies)
+    return [(r, http_only_fields(r.spec.rules))
+            for r in sorted(routes, key=lambda r: (r.namespace, r.name)) if r.spec.host in tcp]
+
+
 def tcp_route_checks(routes: list[Any], proxies: list[dict[str, Any]]) -> list[Group]:
     """One check per Route of a TCP service: warns of the HTTP-only fields that its
     connections never see (``routes``: Resources with a RouteSpec); no group when no Route
     is for a TCP service."""
-    from meshctl.api.rules import http_only_fields
-
-    tcp = tcp_services(proxies)
     checks = []
-    for route in sorted(routes, key=lambda r: (r.namespace, r.name)):
-        host = route.spec.host
-        if host not in tcp:
-            continue
-        name = f"Route {route.namespace}/{route.name} (TCP service {host})"
-        ignored = http_only_fields(route.spec.rules)
+    for route, ignored in _tcp_routes(routes, proxies):
+        name = f"Route {route.namespace}/{route.name} (TCP service {route.spec.host})"
         if not ignored:
             checks.append(Check(name, "ok", "every rule applies to connections"))
             continue
@@ -168,6 +171,15 @@ def tcp_route_checks(routes: list[Any], proxies: list[dict[str, Any]]) -> list[G
             "blocks all have HTTP-only conditions, does not apply to it (docs/traffic.md, TCP "
             "services); remove those fields or rules"))
     return [Group("Routes of TCP services", tuple(checks))] if checks else []
+
+
+def tcp_route_warnings(routes: list[Any], proxies: list[dict[str, Any]]) -> list[str]:
+    """``meshctl apply``'s warnings: the applied Routes of TCP services with HTTP-only
+    fields, and those fields."""
+    return [f"Route {r.namespace}/{r.name}: {r.spec.host} is a TCP service, whose connections "
+            f"never see these HTTP-only fields: {', '.join(ignored)} (the rules with them do "
+            "not apply to connections; see docs/traffic.md#tcp-services)"
+            for r, ignored in _tcp_routes(routes, proxies) if ignored]
 
 
 def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now: float
