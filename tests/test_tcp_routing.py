@@ -14,7 +14,14 @@ import pytest
 
 from tests.helpers_mesh import PYTHON, wait_for
 from tests.proxyharness import metric_value
-from tests.test_tcp_services import TIMEOUT, TcpMesh, banner, read_line, read_to_eof
+from tests.test_tcp_services import (
+    ALLOW_OTHER,
+    TIMEOUT,
+    TcpMesh,
+    banner,
+    read_line,
+    read_to_eof,
+)
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,11 +244,12 @@ def connect_tunnel(mesh: TcpMesh) -> tuple[socket.socket, bytes]:
     return sock, head
 
 
-def connect_refused(mesh: TcpMesh, reason: str) -> None:
-    """CONNECT is answered 503 with ``reason`` in x-ami-reason and the body, then closed."""
+def connect_refused(mesh: TcpMesh, reason: str, status: int = 503) -> None:
+    """CONNECT is answered ``status`` with ``reason`` in x-ami-reason and the body, then
+    closed."""
     sock, head = connect_tunnel(mesh)
     with sock:
-        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
         assert f"\r\nx-ami-reason: {reason}\r\n".encode() in head, head
         assert read_to_eof(sock).startswith(reason.encode() + b": ")
 
@@ -251,7 +259,8 @@ def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
     """CONNECT to db: `200` only once an endpoint accepted (its banner right after); a 503
     with the reason word instead when none can: a subset without endpoints
     (`no_healthy_upstream`), the connection limit reached (`overflow`), the only endpoint of
-    the subset refusing (`upstream_connect_failure`: no failover to another subset)."""
+    the subset refusing (`upstream_connect_failure`: no failover to another subset); a 403
+    when the destination's authorization refuses the caller (`not_authorized`)."""
     mesh.apply(ALL_V1)
     sock, head = connect_tunnel(mesh)
     with sock:
@@ -266,6 +275,9 @@ def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
         assert banner(held) == "db-v1"
         connect_refused(mesh, "overflow")
     mesh.apply(ALL_V1)
+    mesh.apply(ALLOW_OTHER % ("reviews", 1))
+    connect_refused(mesh, "not_authorized", 403)
+    mesh.delete_policy("db-access")
     mesh.apps["v1"].stop()  # (the last test of the module: its apps are not restarted)
     connect_refused(mesh, "upstream_connect_failure")
     assert refused(mesh)  # and the --tcp-upstream port closes its connection unanswered
