@@ -195,6 +195,9 @@ def test_max_connections_refuses_the_connection_over_the_limit(mesh: TcpMesh) ->
     without a byte, `overflow` in the metrics and the access log; once one ends a new one
     passes; raising the limit counts the connections already open."""
     mesh.apply(limited(2))
+    wait_for(lambda: not metric_value(mesh.metrics(mesh.web), "ami_downstream_connections_active",
+                                      listener="tcp_upstream"),
+             TIMEOUT, "the earlier tests' connections ended")
     first, second = mesh.connect(), mesh.connect()
     try:
         assert banner(first) == banner(second) == "db-v1"
@@ -267,6 +270,8 @@ def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
         assert head == b"HTTP/1.1 200 Connection Established\r\n\r\n"
         assert banner(sock) == "db-v1"
         assert read_line(sock) == b"early\n"  # sent before the answer: kept
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == b"bye 6\n"  # ended: it no longer counts for the limit
     mesh.apply(SUBSETS + "    - {name: v3, labels: {version: v3}}\n---\n"
                + ROUTE % "    - backends: [{subset: v3}]\n")
     connect_refused(mesh, "no_healthy_upstream")
