@@ -359,6 +359,19 @@ class UpstreamConnection(asyncio.BaseProtocol):
 
 
 class TlsUpstreamConnection(UpstreamConnection, recvbuf.BufferedReads):
-    """A connection to an endpoint over mTLS: uvloop decrypts into the shared buffer."""
+    """A connection to an endpoint over mTLS (or TLS this sidecar originates to an outside
+    host): uvloop decrypts into the shared buffer."""
 
     __slots__ = ()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        origination = self.pool.origination
+        if origination is not None and (exc is not None or self.exchange is not None):
+            # An outside host ending the session by an error, or under a request, says why
+            # nowhere else: log it. (A host wanting a client certificate ends a TLS 1.3
+            # session only after the handshake: an alert, a close or a reset.)
+            why = ("closed under a request" if exc is None else getattr(exc, "reason", None)
+                   or (exc.strerror if isinstance(exc, OSError) else None) or exc)
+            log.warning("TLS to %s (endpoint %s) ended: %s", origination.server_name,
+                        self.pool.address, why)
+        super().connection_lost(exc)

@@ -79,7 +79,11 @@ def test_target_port_and_tls_origination_parse() -> None:
 
 
 @pytest.mark.parametrize(("tls", "expected"), [
-    ("{mode: MUTUAL}", "spec.tls.mode: unknown value 'MUTUAL', expected one of DISABLE, SIMPLE"),
+    ("{mode: ISTIO_MUTUAL}", "spec.tls.mode: unknown value 'ISTIO_MUTUAL', expected one of "
+                             "DISABLE, SIMPLE, MUTUAL"),
+    ("{mode: MUTUAL, privateKey: /k.pem}",
+     "spec.tls.clientCertificate: MUTUAL needs clientCertificate and privateKey"),
+    ("{clientCertificate: /c.pem}", "spec.tls.clientCertificate: only with mode MUTUAL"),
     ("{caCertificates: roots.pem}", "spec.tls.caCertificates: invalid value 'roots.pem', "
                                     "expected an absolute path to a PEM file on the sidecar's "
                                     "host"),

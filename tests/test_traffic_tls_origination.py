@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.proxyharness import Backends
+from tests.proxyharness import Backends, eventually
 from tests.traffic_backends import TrafficProxy, call, started
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,20 +47,26 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 class OutsideHttps:
     """An HTTPS server (keep-alive) that says what it saw: SNI, TLS version, connection."""
 
-    def __init__(self, hub: Backends, cert: Path, key: Path) -> None:
+    def __init__(self, hub: Backends, cert: Path, key: Path,
+                 client_ca: Path | None = None) -> None:
         self.server_names: list[str | None] = []
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
         ctx.sni_callback = lambda sock, name, _ctx: self.server_names.append(name)
+        if client_ca is not None:  # a partner that wants its callers' certificates
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
 
         async def answer(request: web.Request) -> web.Response:
             transport = request.transport
             assert transport is not None
             ssl_object = transport.get_extra_info("ssl_object")
+            peer = ssl_object.getpeercert() or {}
             return web.json_response({
                 "path": request.path_qs, "tls": ssl_object.version(),
                 "connection": id(transport), "host": request.host,
-                "via": request.headers.get("x-via")})
+                "via": request.headers.get("x-via"),
+                "client": dict(x[0] for x in peer.get("subject", ())).get("commonName")})
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", answer)
@@ -96,9 +102,24 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OutsideH
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory,
-          outside: tuple[OutsideHttps, Path]) -> Iterator[TrafficProxy]:
+def partner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OutsideHttps, Path]]:
+    """An HTTPS server requiring a client certificate; ours is in its trust (self-signed)."""
+    tmp = tmp_path_factory.mktemp("partner")
+    cert, key = self_signed(tmp, "partner.example.test")
+    client_cert, _ = self_signed(tmp, "client.mesh.test")
+    hub = Backends()
+    server = OutsideHttps(hub, cert, key, client_ca=client_cert)
+    yield server, tmp
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, outside: tuple[OutsideHttps, Path],
+          partner: tuple[OutsideHttps, Path]) -> Iterator[TrafficProxy]:
     server, ca = outside
+    partner_server, partner_dir = partner
+    mutual = {"caCertificates": str(partner_dir / "partner.example.test.pem"),
+              "sni": "partner.example.test"}
     other_tmp = tmp_path_factory.mktemp("other-ca")
     other_ca, _ = self_signed(other_tmp, NAME)  # the right name, another key: an impostor's
     external = {
@@ -112,7 +133,14 @@ def proxy(tmp_path_factory: pytest.TempPathFactory,
         "wrong-name.example.test": _external(server.port, caCertificates=str(ca)),
         # the system's roots (no caCertificates): a private CA's certificate is refused
         "public.example.test": _external(server.port, sni=NAME),
+        # MUTUAL: with our client certificate; SIMPLE to the same partner: without
+        "partner.example.test": _external(
+            partner_server.port, **mutual, clientCertificate=str(
+                partner_dir / "client.mesh.test.pem"),
+            privateKey=str(partner_dir / "client.mesh.test.key")),
+        "no-cert.example.test": _external(partner_server.port, **mutual),
     }
+    external["partner.example.test"]["policy"]["tls"]["mode"] = "MUTUAL"
     routes = [{"host": NAME, "rules": [{"backends": [{}],
                                         "headers": {"request": {"set": {"x-via": "mesh"}}}}]}]
     hub = Backends()
@@ -167,6 +195,27 @@ async def test_a_certificate_that_does_not_verify_is_a_connect_failure(
     assert why in said, said
     assert ("Hostname mismatch, certificate is not valid for 'wrong-name.example.test'"
             if host.startswith("wrong") else "failed: self-signed certificate") in said, said
+
+
+async def test_mutual_presents_the_client_certificate(proxy: TrafficProxy) -> None:
+    """`mode: MUTUAL` presents `clientCertificate` to a partner requiring one. The same
+    partner refuses a SIMPLE origination (no certificate): TLS 1.3 says so only after the
+    handshake, so the request fails as `502 upstream_reset`, and the log says what ended it
+    (the alert, or the reset that follows it)."""
+    seen = len(proxy.stderr())
+    async with aiohttp.ClientSession() as session:
+        reply = await call(session, proxy, "partner.example.test", "/m")
+        refused = await call(session, proxy, "no-cert.example.test", "/m")
+    assert reply.status == 200 and isinstance(reply.body, dict), reply
+    assert reply.body["client"] == "client.mesh.test"
+    assert (refused.status, refused.reason) == (502, "upstream_reset"), refused
+    # (logged when the connection is gone, which may be just after the answer)
+    await eventually(lambda: "TLS to partner.example.test (endpoint 127.0.0.1:"
+                     in proxy.stderr()[seen:])
+    said = proxy.stderr()[seen:]
+    assert any(f"ended: {why}" in said for why in (
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED", "Connection reset by peer",
+        "closed under a request")), said
 
 
 def test_a_missing_ca_file_is_refused_with_its_path(tmp_path: Path) -> None:

@@ -196,7 +196,13 @@ _SPECS: dict[str, Schema] = {
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
         "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
-                     "caCertificates": _str(r"^/.*")}),
+                     "caCertificates": _str(r"^/.*"), "clientCertificate": _str(r"^/.*"),
+                     "privateKey": _str(r"^/.*")}) | {
+            # clientCertificate and privateKey if and only if mode is MUTUAL
+            "if": {"required": ["mode"], "properties": {"mode": {"const": "MUTUAL"}}},
+            "then": {"required": ["clientCertificate", "privateKey"]},
+            "else": {"not": {"anyOf": [{"required": ["clientCertificate"]},
+                                       {"required": ["privateKey"]}]}}},
     }, ("host",)) | {
         # consistentHash if and only if loadBalancer is CONSISTENT_HASH
         "if": {"required": ["loadBalancer"],

@@ -13,7 +13,7 @@ from meshctl.api.fields import Fields
 LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA", "CONSISTENT_HASH")
 POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection",
                  "rateLimit", "tls")
-TLS_MODES = ("DISABLE", "SIMPLE")
+TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL")
 HASH_KEYS = ("header", "queryParameter", "sourceIp")
 
 
@@ -73,9 +73,11 @@ class ConsistentHash:
 class ClientTLS:
     """TLS a sidecar originates to a host outside the mesh (Istio's ClientTLSSettings)."""
 
-    mode: str = "SIMPLE"  # SIMPLE: TLS, the server verified; DISABLE: plaintext
+    mode: str = "SIMPLE"  # SIMPLE: TLS, the server verified; MUTUAL: and a client certificate
     sni: str | None = None  # the server name sent and verified; default: the host asked for
     ca_certificates: str | None = None  # a PEM file on the sidecar's host; default: the system's
+    client_certificate: str | None = None  # MUTUAL: PEM files on the sidecar's host
+    private_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +148,25 @@ def read_policy(f: Fields) -> TrafficPolicy:
     )
 
 
+_PEM_PATH = F.string(r"^/.*", "an absolute path to a PEM file on the sidecar's host", 4096)
+
+
 def parse_client_tls(data: object, path: str) -> ClientTLS:
-    """tls: {mode: SIMPLE|DISABLE, sni: NAME, caCertificates: /path/to/roots.pem}."""
+    """tls: {mode: SIMPLE|MUTUAL|DISABLE, sni: NAME, caCertificates: /path/to/roots.pem,
+    clientCertificate: /path/cert.pem, privateKey: /path/key.pem (MUTUAL)}."""
     f = Fields(data, path)
     tls = ClientTLS(
         f.value("mode", F.enum(TLS_MODES), "SIMPLE"),
         f.optional("sni", F.string(F.DNS_SUBDOMAIN, "a DNS name", 253)),
-        f.optional("caCertificates", F.string(r"^/.*", "an absolute path to a PEM file on the "
-                                                      "sidecar's host", 4096)))
+        f.optional("caCertificates", _PEM_PATH),
+        f.optional("clientCertificate", _PEM_PATH),
+        f.optional("privateKey", _PEM_PATH))
+    mutual = tls.mode == "MUTUAL"
+    for key in ("clientCertificate", "privateKey"):
+        if mutual and not f.has(key):
+            f.add(f.at(key), "MUTUAL needs clientCertificate and privateKey")
+        elif f.has(key) and not mutual:
+            f.add(f.at(key), "only with mode MUTUAL")
     f.finish()
     return tls
 
