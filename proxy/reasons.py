@@ -40,10 +40,13 @@ REASONS: dict[str, tuple[int, str]] = {
                                    "or during its body"),
     "tls_in_tunnel": (400, "TLS inside a CONNECT tunnel to a mesh service: the mesh does the "
                            "TLS, the app speaks plaintext to its sidecar"),
+    "idle_timeout": (0, "a TCP service's connection moved no byte either way for its "
+                        "DestinationPolicy connectionPool.tcpIdleTimeout (1h by default): "
+                        "closed at both apps"),
 }
 
 # Reasons that end a connection without any answer (logs and metrics only: response_code 0).
-NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel"})
+NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel", "idle_timeout"})
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"

@@ -42,6 +42,7 @@ class TcpTarget:
     decision: Decision  # the Route rule for connections (or the whole service), its weights
     source: tuple[str, str]  # this proxy's (workload, version)
     version: bytes  # the hello: this proxy's version label
+    idle_timeout: float = 3600.0  # connectionPool.tcpIdleTimeout; 0: never
 
 
 def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None:
@@ -87,7 +88,12 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
             session.on_end = _releasing(pool, session.on_end)
             session.upstream = str(pool.address)
             session.opened((*base, pool.version, "mutual_tls"))
-            session.join()
+            if session.app is None:
+                session.close()
+            else:
+                session.join()
+                if target.idle_timeout:
+                    session.watch_idle(target.idle_timeout)
             return
         if reason not in _RETRIABLE:
             break

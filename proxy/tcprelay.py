@@ -20,6 +20,7 @@ from proxy.tcpwire import FIN, HEADER, OK, FrameReader, WireError, first_frame
 
 if TYPE_CHECKING:
     from proxy.metrics import RequestStats
+    from proxy.tcpidle import IdleTimer
 
 log = logging.getLogger("ami.proxy.tcp")
 _P_START, _P_PEER = 1, 2  # why the app socket is not read: not joined yet, peer backed up
@@ -40,6 +41,7 @@ class TcpSession:
         "connect_answer",
         "early",
         "flags",
+        "idle",
         "labels",
         "listener",
         "log_out",
@@ -82,6 +84,7 @@ class TcpSession:
         self.on_hello: Callable[[bytes], None] | None = None  # server role: the caller's hello
         self.on_answer: Callable[[bytes], None] | None = None  # client role: the answer
         self.reader = FrameReader(self._first, self._from_mesh, self._mesh_eof)
+        self.idle: IdleTimer | None = None  # client role: the idle timeout, once joined
         self._app_paused = 0
         self._flushed = (0, 0)
         self._recorded = False
@@ -104,6 +107,12 @@ class TcpSession:
         if self.early:
             early, self.early = self.early, b""
             self.from_app(early)
+
+    def watch_idle(self, timeout: float) -> None:
+        """Client role: end the connection once idle for ``timeout`` seconds (proxy.tcpidle)."""
+        from proxy.tcpidle import IdleTimer
+
+        self.idle = IdleTimer(self, timeout, asyncio.get_running_loop())
 
     def new_attempt(self) -> None:
         """Client role: a fresh peer connection (failover), whose answer is read afresh."""
@@ -221,6 +230,8 @@ class TcpSession:
         if self._recorded:
             return
         self._recorded = True
+        if self.idle is not None:
+            self.idle.cancel()
         self.stats.tcp_live.discard(self)
         if self.labels:
             self.flush()

@@ -1,7 +1,8 @@
 """A real TCP server for the TCP-service tests: `python -m tests.tcpapp PORT NAME`.
 
 It speaks first (a banner, `hello from NAME\\n`, as SMTP, MySQL or SSH servers do), then echoes
-every byte back. At the client's FIN it answers `bye N\\n` (N: bytes it received) and closes.
+every byte back. At the client's FIN it prints `eof N` on stdout and answers `bye N\\n` (N: bytes
+it received), then closes.
 The line `shutdown\\n` makes it half-close instead (`closing\\n`, then its FIN) and keep reading:
 at the client's FIN it prints `after-shutdown N` (bytes read since) on stdout. `quit\\n` closes
 the connection at once.
@@ -38,7 +39,11 @@ def serve(conn: socket.socket, name: bytes) -> None:
         if half_closed:
             print(f"after-shutdown {after}", flush=True)
         else:
-            conn.sendall(b"bye %d\n" % received)
+            print(f"eof {received}", flush=True)
+            try:
+                conn.sendall(b"bye %d\n" % received)
+            except OSError:
+                pass  # the client's side closed for good (a sidecar's idle timeout)
 
 
 def main() -> None:

@@ -126,6 +126,10 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"from": [{}]}]}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"to": [{"paths": ["a"]}]}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "loadBalancer": "FAST"}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "connectionPool": {
+        "idleTimeout": "0s"}}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "connectionPool": {
+        "tcpIdleTimeout": "-1s"}}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r",
                                                     "loadBalancer": "CONSISTENT_HASH"}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r",
@@ -185,6 +189,10 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         {"redirect": {"scheme": "https", "port": 8443, "authority": "a.example"}}]}},
     {**ROUTE, "spec": {"host": "api.github.com", "rules": [{"backends": [{}], "timeout": "1s"}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "api.github.com"}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {
+        "tcpIdleTimeout": "0s"}}},  # never
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {
+        "tcpIdleTimeout": "1h30m"}}},
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["api.github.com", "*.example.com"],
         "ports": [{"number": 443, "protocol": "TLS"}, {"number": 80, "protocol": "HTTP"},

@@ -82,6 +82,10 @@ def test_every_kind_parses_to_its_spec_type() -> None:
     assert isinstance(pool.spec, DestinationPolicySpec)
     assert pool.spec.policy.connection_pool == ConnectionPool(max_connections=1)
     assert pool.spec.policy.outlier_detection is None
+    assert pool.spec.policy.connection_pool.tcp_idle_timeout == 3600.0  # Istio's default
+    never = parse_document(doc(meta + "kind: DestinationPolicy\n"
+                               "spec: {host: db, connectionPool: {tcpIdleTimeout: 0s}}"))
+    assert never.spec.policy.connection_pool == ConnectionPool(tcp_idle_timeout=0.0)
     authz = parse_document(doc(meta + "kind: AuthorizationPolicy\nspec: {}"))
     assert authz.spec == AuthorizationPolicySpec(None, "ALLOW", ())
     gateway = parse_document(doc(meta + "kind: Gateway\n"
@@ -112,6 +116,14 @@ def test_every_kind_parses_to_its_spec_type() -> None:
       "r.yaml doc 1: spec.subsets[1].name: duplicate subset 'v1', already defined by subsets[0]",
       "r.yaml doc 1: spec.loadBalancer: unknown value 'FASTEST', expected one of LEAST_REQUEST, "
       "ROUND_ROBIN, RANDOM, PEAK_EWMA, CONSISTENT_HASH"]),
+    ("apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: a}\n"
+     "spec: {host: a, connectionPool: {idleTimeout: 0s, tcpIdleTimeout: 90}}",
+     ["r.yaml doc 1: spec.connectionPool.idleTimeout: must be a positive duration, got 0s",
+      "r.yaml doc 1: spec.connectionPool.tcpIdleTimeout: expected a duration string like "
+      "'250ms' or '3s', got 90"]),
+    ("apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: a}\n"
+     "spec: {host: a, connectionPool: {tcpIdleTimeout: -1s}}",
+     ["r.yaml doc 1: spec.connectionPool.tcpIdleTimeout: duration '-1s' must not be negative"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
      "spec: {action: PERMIT, rules: [{from: [{}], to: [{paths: ['/a*b']}]}]}",
      ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +76,9 @@ class TcpMesh:
         apply_yaml(self.cp, text)
         wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
 
-    def delete_policy(self, name: str) -> None:
+    def delete_policy(self, name: str, kind: str = "authorizationpolicies") -> None:
         status, body = http_json(
-            f"{self.cp.info['api']}/api/v1/namespaces/default/authorizationpolicies/{name}",
+            f"{self.cp.info['api']}/api/v1/namespaces/default/{kind}/{name}",
             "DELETE", token=self.cp.info["token"])
         assert status in (200, 404), body
         wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
@@ -200,6 +201,57 @@ def test_the_app_closing_closes_the_client_cleanly(mesh: TcpMesh) -> None:
         banner(sock)
         sock.sendall(b"quit\n")
         assert read_to_eof(sock) == b""  # an EOF: a reset would raise ConnectionResetError
+
+
+IDLE_TIMEOUT = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: db}
+spec:
+  host: db
+  connectionPool: {tcpIdleTimeout: 500ms}
+"""
+
+
+@pytest.fixture
+def short_idle_timeout(mesh: TcpMesh) -> Iterator[None]:
+    mesh.apply(IDLE_TIMEOUT)
+    try:
+        yield
+    finally:
+        mesh.delete_policy("db", "destinationpolicies")
+
+
+@pytest.mark.usefixtures("short_idle_timeout")
+def test_an_idle_connection_is_closed_at_both_apps(mesh: TcpMesh) -> None:
+    """With `tcpIdleTimeout: 500ms` a connection that moves no byte is closed by the caller's
+    sidecar: the client reads an EOF, the server sees the FIN, and web counts and logs the
+    connection as `idle_timeout`."""
+    with mesh.connect() as sock:
+        app = mesh.apps[banner(sock).removeprefix("db-")]
+        eofs = app.output().count("eof ")
+        assert read_to_eof(sock) == b""  # an EOF within the socket's timeout, not a reset
+    wait_for(lambda: app.output().count("eof ") > eofs, TIMEOUT, "the server saw the FIN")
+    wait_for(lambda: metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
+                                  reporter="source", response_flags="idle_timeout") >= 1,
+             TIMEOUT, "the idle timeout counted on web")
+    assert '"reason":"idle_timeout"' in mesh.web.output()
+
+
+@pytest.mark.usefixtures("short_idle_timeout")
+def test_traffic_keeps_a_connection_open_past_the_idle_timeout(mesh: TcpMesh) -> None:
+    """A byte echoed every 50 ms keeps the connection for four idle timeouts of 500 ms: every
+    byte comes back and the server's count at the end has them all."""
+    with mesh.connect() as sock:
+        banner(sock)
+        sent, end = 0, time.monotonic() + 2.0
+        while time.monotonic() < end:
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"x"
+            sent += 1
+            time.sleep(0.05)  # the traffic's pace, not a wait for something to happen
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == b"bye %d\n" % sent
 
 
 ALLOW_OTHER = """\

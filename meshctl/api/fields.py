@@ -132,16 +132,20 @@ def enum(choices: tuple[str, ...]) -> Conv[str]:
     return convert
 
 
-def duration(minimum: float = 0.0) -> Conv[float]:
-    """A positive duration string (seconds), at least ``minimum`` seconds when given."""
+def duration(minimum: float = 0.0, *, zero: str = "") -> Conv[float]:
+    """A positive duration string (seconds), at least ``minimum`` seconds when given; with
+    ``zero`` (what it means, e.g. "never"), `0s` is allowed too."""
 
     def convert(value: object, path: str) -> float:
         try:
             seconds = parse_duration(value)  # type: ignore[arg-type]  # checked inside
         except ValueError as err:
             fail(path, str(err))
+        if seconds == 0 and zero:
+            return 0.0
         if seconds <= 0:
-            fail(path, f"must be a positive duration, got {value}")
+            fail(path, f"must be a positive duration{f' or 0s ({zero})' if zero else ''}, "
+                       f"got {value}")
         if seconds < minimum:
             fail(path, f"must be at least {format_duration(minimum)}, got {value}")
         return seconds

@@ -82,9 +82,10 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/$defs/{name}"}
 
 
-def _duration(description: str = "") -> Schema:
-    schema: Schema = {"type": "string", "pattern": DURATION_PATTERN,
-                      "not": {"pattern": ZERO_DURATION_PATTERN}}
+def _duration(description: str = "", *, zero: bool = False) -> Schema:
+    schema: Schema = {"type": "string", "pattern": DURATION_PATTERN}
+    if not zero:
+        schema["not"] = {"pattern": ZERO_DURATION_PATTERN}
     return schema | ({"description": description} if description else {})
 
 
@@ -188,7 +189,8 @@ _SPECS: dict[str, Schema] = {
         "connectionPool": _obj({
             "maxConnections": _int(1), "maxPendingRequests": _int(0),
             "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
-            "idleTimeout": _duration(), "connectTimeout": _duration()}),
+            "idleTimeout": _duration(), "connectTimeout": _duration(),
+            "tcpIdleTimeout": _duration("a TCP service's connection; 0s: never", zero=True)}),
         "outlierDetection": _obj({
             "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
             "interval": _duration(), "baseEjectionTime": _duration(),

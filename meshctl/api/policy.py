@@ -31,14 +31,16 @@ class Subset:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionPool:
-    """Limits towards one destination; 0 maxRequestsPerConnection means unlimited."""
+    """Limits towards one destination; 0 maxRequestsPerConnection means unlimited, 0
+    tcpIdleTimeout never."""
 
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests_per_connection: int = 0
     max_concurrent_requests: int = 1024
-    idle_timeout: float = 10.0
+    idle_timeout: float = 10.0  # a pooled HTTP connection's
     connect_timeout: float = 5.0
+    tcp_idle_timeout: float = 3600.0  # a TCP service's connection's (Istio's tcp.idleTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ def parse_connection_pool(data: object, path: str) -> ConnectionPool:
         f.value("maxConcurrentRequests", F.integer(1), d.max_concurrent_requests),
         f.value("idleTimeout", F.duration(), d.idle_timeout),
         f.value("connectTimeout", F.duration(), d.connect_timeout),
+        f.value("tcpIdleTimeout", F.duration(zero="never"), d.tcp_idle_timeout),
     )
     f.finish()
     return pool
