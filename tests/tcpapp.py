@@ -6,6 +6,8 @@ it received), then closes.
 The line `shutdown\\n` makes it half-close instead (`closing\\n`, then its FIN) and keep reading:
 at the client's FIN it prints `after-shutdown N` (bytes read since) on stdout. `quit\\n` closes
 the connection at once.
+
+`start_tcp_app` starts it from a test; `banner`, `read_line` and `read_to_eof` read from it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.helpers_mesh import MeshProcess
 
 
 def serve(conn: socket.socket, name: bytes) -> None:
@@ -53,6 +60,41 @@ def main() -> None:
     while True:
         conn, _ = server.accept()
         threading.Thread(target=serve, args=(conn, name), daemon=True).start()
+
+
+def start_tcp_app(log_dir: Path, name: str, timeout: float = 10.0) -> MeshProcess:
+    """This server, as `NAME`, on a free loopback port (`info["address"]`), once listening."""
+    from tests.helpers_mesh import PYTHON, free_port, spawn, wait_for
+
+    port = free_port()
+    proc = spawn(f"tcpapp-{name}", [PYTHON, "-m", "tests.tcpapp", str(port), name], log_dir)
+    proc.info["address"] = f"127.0.0.1:{port}"
+    wait_for(lambda: "listening" in proc.output(), timeout, f"tcp app {name}")
+    return proc
+
+
+def read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def banner(sock: socket.socket) -> str:
+    """The answering instance's NAME (the server speaks first)."""
+    line = read_line(sock)
+    assert line.startswith(b"hello from "), line
+    return line[len(b"hello from "):-1].decode()
 
 
 if __name__ == "__main__":

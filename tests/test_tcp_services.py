@@ -14,30 +14,21 @@ from pathlib import Path
 import pytest
 
 from tests.helpers_mesh import (
-    PYTHON,
     MeshProcess,
     all_synced,
     apply_yaml,
     free_port,
     http_get,
     http_json,
-    spawn,
     start_control_plane,
     start_sidecar,
     wait_for,
 )
 from tests.proxyharness import metric_value
+from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
-
-
-def start_tcp_app(log_dir: Path, name: str) -> MeshProcess:
-    port = free_port()
-    proc = spawn(f"tcpapp-{name}", [PYTHON, "-m", "tests.tcpapp", str(port), name], log_dir)
-    proc.info["address"] = f"127.0.0.1:{port}"
-    wait_for(lambda: "listening" in proc.output(), TIMEOUT, f"tcp app {name}")
-    return proc
 
 
 class TcpMesh:
@@ -97,30 +88,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpMesh]:
     finally:
         for proc in (m.web, *m.db.values(), *m.apps.values(), m.cp):
             proc.stop()
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
-def banner(sock: socket.socket) -> str:
-    """The answering instance: `db-v1` or `db-v2` (the server speaks first)."""
-    line = read_line(sock)
-    assert line.startswith(b"hello from "), line
-    return line[len(b"hello from "):-1].decode()
 
 
 def test_server_speaks_first_and_bytes_go_both_ways(mesh: TcpMesh) -> None:
