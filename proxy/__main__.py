@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp-upstream", action="append", default=[],
                    metavar="LOCAL_HOST:PORT=SERVICE[:PORT]",
                    help="listen on LOCAL_HOST:PORT and send each connection to the TCP "
-                        "service SERVICE over mTLS (repeatable), e.g. "
+                        "service SERVICE over mTLS (plaintext when the mesh's mTLS is off; "
+                        "repeatable), e.g. "
                         "127.0.0.1:15432=postgres:5432")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "

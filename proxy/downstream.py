@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.listener import Listener
     from proxy.tcpclient import TcpTarget
+    from proxy.tcprelay import TcpSession
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("ami.proxy")
@@ -67,6 +68,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.mesh_connect: bytes | None = None
         self.tunnel_host: bytes | None = None
         self.tcp_connect: TcpTarget | None = None  # CONNECT to a TCP service (its target)
+        self.tcp_session: TcpSession | None = None  # inbound: an `ami-tcp` connection's
         self._error_after_current: str | None = None  # reason of a pipelined rejection
         self._lingering = False
         # per-request parse state
@@ -186,7 +188,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             elif (self.tunnel_host is not None and self.current is None
                   and bytes(data[:2]) == meshtunnel.TLS_RECORD):
                 meshtunnel.refuse_tls(self)
-            elif not self._http2(data):
+            elif not self._http2(data) and not self._plaintext_tcp(data):
                 self._reject(_parser_error_reason(str(exc)))
             return
         except Exception:
@@ -211,6 +213,23 @@ class DownstreamProtocol(asyncio.BaseProtocol):
                 or bytes(data[:18]) != PREFACE[:18]):
             return False
         take_over(self, bytes(data), tls=isinstance(self, TlsDownstreamProtocol))
+        return True
+
+    def _plaintext_tcp(self, data: bytes | memoryview) -> bool:
+        """httptools stopped at the NUL of `ami-tcp`'s plaintext preamble (proxy.tcpwire): a
+        caller's sidecar without mTLS carrying a TCP service's bytes. Taken over only on the
+        inbound listener, in plaintext, when the preamble opens this read and no request is in
+        flight (proxy.tcpinbound refuses it unless the app is `tcp`); else it is the 400 it
+        was."""
+        from proxy.tcpwire import PREAMBLE
+
+        if (self.listener.kind != "inbound" or self.security != "none"
+                or self.current is not None or self.pending or self.closed
+                or bytes(data[:len(PREAMBLE)]) != PREAMBLE):
+            return False
+        from proxy import tcpinbound
+
+        tcpinbound.take_over(self, bytes(data[len(PREAMBLE):]))
         return True
 
     def eof_received(self) -> bool | None:

@@ -189,7 +189,8 @@ class Listener:
         """The mesh turned STRICT: no plaintext connection carries another request.
 
         Idle ones close now; one with a request in flight (it began under the old mode)
-        closes after its response, or after `grace` seconds (a stream or a tunnel) at most.
+        closes after its response, or after `grace` seconds (a stream, a tunnel or a TCP
+        service's connection) at most.
         Plaintext connections accepted from now on are refused like a failed handshake.
         """
         self.plaintext_allowed = False
@@ -212,7 +213,8 @@ class Listener:
 
 def _abort_all(conns: list[DownstreamProtocol]) -> None:
     for conn in conns:
-        if not conn.closed and conn.transport is not None:
+        # (a TCP session's connection is `closed` to HTTP from its start, yet open)
+        if conn.transport is not None and (not conn.closed or conn.tcp_session is not None):
             conn.transport.abort()
 
 

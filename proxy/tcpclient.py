@@ -1,5 +1,6 @@
-"""The caller's side of a TCP service: pick an endpoint per connection, open `ami-tcp` mTLS to
-it, and join it to the app's connection (proxy.tcprelay).
+"""The caller's side of a TCP service: pick an endpoint per connection, open `ami-tcp` to it
+(mTLS, or plaintext when the endpoint's pool has no mTLS: mesh `DISABLE`, no certificate), and
+join it to the app's connection (proxy.tcprelay).
 
 Each connection picks a backend (a subset) by the weights of the service's Route, if it has
 one for connections (proxy.routing.RouterBuilder._tcp_decision), then an endpoint of it by the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.tcprelay import MeshEnd, TcpSession, answer_word
-from proxy.tcpwire import first_frame
+from proxy.tcpwire import PREAMBLE, first_frame
 
 if TYPE_CHECKING:
     from proxy.destinations import DestinationState
@@ -87,7 +88,7 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
             pool.active_requests += 1  # released when the session ends
             session.on_end = _releasing(pool, session.on_end)
             session.upstream = str(pool.address)
-            session.opened((*base, pool.version, "mutual_tls"))
+            session.opened((*base, pool.version, _security(pool)))
             if session.app is None:
                 session.close()
             else:
@@ -98,7 +99,7 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
         if reason not in _RETRIABLE:
             break
     session.opened((*base, tried[-1].version if tried else "unknown",
-                    "mutual_tls" if tried else "unknown"))
+                    _security(tried[-1]) if tried else "unknown"))
     session.fail(reason)
 
 
@@ -111,6 +112,11 @@ def _counted(state: DestinationState, then: Callable[[TcpSession], None] | None,
             then(session)
 
     return end
+
+
+def _security(pool: EndpointPool) -> str:
+    """The connection_security_policy label of a connection to ``pool``'s endpoint."""
+    return "mutual_tls" if pool.tls is not None else "none"
 
 
 def _releasing(pool: EndpointPool, then: Callable[[TcpSession], None] | None,
@@ -127,10 +133,6 @@ def _releasing(pool: EndpointPool, then: Callable[[TcpSession], None] | None,
 async def _connect(session: TcpSession, pool: EndpointPool, version: bytes) -> str:
     """Open `ami-tcp` to ``pool``'s endpoint and read its answer: `ok` or a reason word."""
     tls = pool.tls
-    if tls is None:
-        log.warning("TCP service endpoint %s: TCP services need mTLS between sidecars (mesh "
-                    "mtls PERMISSIVE or STRICT, and a workload certificate)", pool.address)
-        return "upstream_connect_failure"
     loop = asyncio.get_running_loop()
     answered: asyncio.Future[bytes] = loop.create_future()
 
@@ -146,13 +148,15 @@ async def _connect(session: TcpSession, pool: EndpointPool, version: bytes) -> s
         async with asyncio.timeout(pool.connect_timeout):
             transport, _ = await loop.create_connection(
                 lambda: end, pool.address.host, pool.address.port,
-                ssl=tls.client_tcp, server_hostname="mesh")
-            problem = _check_peer(transport, pool)
+                ssl=tls.client_tcp if tls is not None else None,
+                server_hostname="mesh" if tls is not None else None)
+            problem = _check_peer(transport, pool) if tls is not None else None
             if problem is not None:
                 log.warning("TCP service endpoint %s: %s", pool.address, problem)
                 word = "protocol_mismatch" if "ALPN" in problem else "upstream_connect_failure"
             else:
-                transport.write(first_frame(version))
+                # in plaintext, the preamble tells the inbound listener what follows
+                transport.write((PREAMBLE if tls is None else b"") + first_frame(version))
                 word = answer_word(await answered)
     except (OSError, TimeoutError) as exc:
         log.debug("TCP service endpoint %s: %s", pool.address, exc)

@@ -1,5 +1,6 @@
-"""The destination's side of a TCP service: an `ami-tcp` mTLS connection on the inbound
-listener is authorized once, as a connection, then piped to the local app (proxy.tcprelay).
+"""The destination's side of a TCP service: an `ami-tcp` connection on the inbound listener
+(mTLS, or plaintext opened by the preamble where the mesh allows plaintext) is authorized once,
+as a connection, then piped to the local app (proxy.tcprelay).
 
 Only a sidecar whose app is declared `tcp` takes such connections: on any other, `ami-tcp`
 would carry bytes past the HTTP app's per-request policies, so it is refused
@@ -37,12 +38,13 @@ class TcpInbound:
     connect_timeout: float = 5.0
 
 
-def take_over(p: DownstreamProtocol) -> None:
-    """An `ami-tcp` connection was accepted: it is a TCP session from now on."""
+def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
+    """An `ami-tcp` connection was accepted: it is a TCP session from now on. ``early``: what
+    followed a plaintext connection's preamble in its first read."""
     listener, transport = p.listener, p.transport
     assert transport is not None
     p.closed = True  # never parsed as HTTP; the listener's sweep and drain leave it alone
-    session = TcpSession(listener.stats, False, "inbound", p.loop)
+    session = p.tcp_session = TcpSession(listener.stats, False, "inbound", p.loop)
     session.log_out = listener.access_log
     session.mesh = transport
     target: TcpInbound | None = listener.tcp
@@ -52,7 +54,9 @@ def take_over(p: DownstreamProtocol) -> None:
         listener.release(p)
 
     def hello(payload: bytes) -> None:
-        version = payload.decode("ascii") if _VERSION.fullmatch(payload) else "unknown"
+        # the caller's version label, believed over mTLS only (as HTTP's `x-ami-peer`)
+        version = (payload.decode("ascii") if p.peer_identity is not None
+                   and _VERSION.fullmatch(payload) else "unknown")
         service = target.service if target is not None else listener.router.source[0]
         session.opened(("destination", p.peer_service or "unknown", version, service, service,
                         target.version if target is not None else "unknown", p.security))
@@ -92,3 +96,5 @@ def take_over(p: DownstreamProtocol) -> None:
     session.on_end = end
     transport.set_protocol(MeshEnd(session))
     p.loop.call_later(listener.limits.header_timeout, no_hello)
+    if early:
+        session.from_mesh(early)

@@ -1,4 +1,5 @@
-"""The `ami-tcp` wire between two sidecars: an app's byte stream in frames, over mTLS.
+"""The `ami-tcp` wire between two sidecars: an app's byte stream in frames, over mTLS (or, with
+mTLS off, in plaintext after a preamble).
 
 TLS cannot half-close (a close_notify ends both directions in uvloop and CPython alike), yet TCP
 apps rely on it (a client sends its request and shuts down its write side, then reads the
@@ -7,6 +8,11 @@ many bytes; a frame of length 0 is the sender's FIN. The first frame each way sa
 whether: the caller's is its version label (its service and namespace are its certificate's),
 the answer is `ok` or the reason word that refused the connection (`not_authorized`,
 `upstream_connect_failure`, ...), after which the server closes. The ALPN id is `ami-tcp`.
+
+Without mTLS (mesh `DISABLE`, or a caller without a certificate under `PERMISSIVE`) the same
+frames go in plaintext, opened by PREAMBLE: its NUL first byte is no TLS record (0x16) and no
+HTTP method, so the inbound listener's HTTP parser stops at once and the listener recognises
+it, as it does HTTP/2's prior-knowledge preface.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import struct
 from collections.abc import Callable
 
 ALPN_TCP = "ami-tcp"
+PREAMBLE = b"\x00ami-tcp/1\r\n"  # a plaintext `ami-tcp` connection's first bytes
 HEADER = struct.Struct(">I")
 FIN = HEADER.pack(0)
 OK = b"ok"
