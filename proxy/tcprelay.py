@@ -232,6 +232,7 @@ class TcpSession:
         self._recorded = True
         if self.idle is not None:
             self.idle.cancel()
+            self.idle = None  # no cycle left between the two
         self.stats.tcp_live.discard(self)
         if self.labels:
             self.flush()
