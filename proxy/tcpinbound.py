@@ -50,7 +50,7 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
     target: TcpInbound | None = listener.tcp
 
     def end(_session: TcpSession) -> None:
-        p.transport = None
+        p.transport = p.tcp_session = None
         listener.release(p)
 
     def hello(payload: bytes) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proxy.tcpwire import PREAMBLE, first_frame
 from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
@@ -211,10 +212,15 @@ def test_the_preamble_never_reaches_an_http_app(mesh: ModesMesh) -> None:
 
 
 def test_plain_http_to_a_tcp_apps_sidecar_is_still_refused(mesh: ModesMesh) -> None:
-    """A plaintext HTTP request straight to db's inbound listener: `502 protocol_mismatch`."""
+    """A plaintext HTTP request straight to db's inbound listener: `502 protocol_mismatch`;
+    the preamble sent to an outbound listener is no HTTP request either: `400`."""
     mesh.mode("PERMISSIVE")
     status, body = http_get(f"http://{mesh.db.info['inbound']}/", {"Host": "db"})
     assert status == 502 and body.startswith(b"protocol_mismatch"), (status, body)
+    host, port = mesh.web.info["outbound"].split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(PREAMBLE + first_frame(b"v1"))
+        assert read_to_eof(sock).startswith(b"HTTP/1.1 400 ")
 
 
 def test_disable_carries_the_bytes_in_plaintext(mesh: ModesMesh) -> None:
