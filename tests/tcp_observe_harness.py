@@ -16,29 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers_mesh import (
-    PYTHON,
     ROOT,
     MeshProcess,
     all_synced,
     free_port,
     http_json,
-    spawn,
     start_backend,
     start_control_plane,
     start_sidecar,
     wait_for,
 )
+from tests.tcpapp import start_tcp_app
 
 TIMEOUT = 10.0
-
-
-def start_tcp_app(log_dir: Path, name: str) -> MeshProcess:
-    """tests/tcpapp.py: a banner, then an echo of every byte."""
-    port = free_port()
-    proc = spawn(f"tcpapp-{name}", [PYTHON, "-m", "tests.tcpapp", str(port), name], log_dir)
-    proc.info["address"] = f"127.0.0.1:{port}"
-    wait_for(lambda: "listening" in proc.output(), TIMEOUT, f"tcp app {name}")
-    return proc
+__all__ = ["TIMEOUT", "Mesh", "start_tcp_app", "tcp_mesh"]
 
 
 @dataclass
