@@ -3,7 +3,9 @@
 STRICT hands every connection to TLS (no client certificate, no connection); PERMISSIVE peeks at
 the first byte and takes TLS (0x16, a handshake record) or plaintext on the same port; DISABLE
 is plaintext. The mode is read per connection, so a push changing it needs no rebind. The
-gateway's HTTPS listener is always STRICT, with a server certificate and no client one.
+gateway's HTTPS listener is always STRICT, with a server certificate and no client one; the
+admin listener is PERMISSIVE once the proxy has an identity (mTLS for the control plane,
+plaintext for probes and Prometheus), with protocols of its own.
 Connections still in their handshake count against the listener's connection limit.
 """
 
@@ -13,13 +15,14 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
 
 if TYPE_CHECKING:
-    from proxy.listener import Listener
+    from proxy.listener import Limits, Listener
+    from proxy.metrics import RequestStats
 
 
 class ServerTls(Protocol):
@@ -27,19 +30,42 @@ class ServerTls(Protocol):
 
     listener: ssl.SSLContext
 
+
+class Accepting(Protocol):
+    """What the acceptor reads of the listener it accepts for (proxy.listener.Listener)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def stats(self) -> RequestStats: ...
+    @property
+    def connections(self) -> Sized: ...
+
+
 log = logging.getLogger("ami.proxy")
 _TLS_HANDSHAKE = 0x16
 
 
 class TlsAcceptor:
-    """Accepts on a bound socket and starts each connection as TLS or plaintext."""
+    """Accepts on a bound socket and starts each connection as TLS or plaintext.
 
-    def __init__(self, listener: Listener, sock: socket.socket,
-                 tls: Callable[[], ServerTls | None], mode: Callable[[], str]) -> None:
+    `plain`/`secure` make the protocol of a plaintext/TLS connection (`downstream_protocols`
+    gives the data plane's)."""
+
+    def __init__(self, listener: Accepting, sock: socket.socket,
+                 tls: Callable[[], ServerTls | None], mode: Callable[[], str], *,
+                 plain: Callable[[], asyncio.BaseProtocol],
+                 secure: Callable[[], asyncio.BaseProtocol]) -> None:
         self.listener = listener
         self.sock = sock
         self.tls = tls
         self.mode = mode
+        self.plain = plain
+        self.secure = secure
         self.loop = listener.loop
         self._task: asyncio.Task[None] | None = None
         self.sockets = [sock]
@@ -86,12 +112,11 @@ class TlsAcceptor:
         if mode == "PERMISSIVE" and self.tls() is None:
             mode = "DISABLE"  # nothing to offer TLS with yet; plaintext is allowed in PERMISSIVE
         if mode == "PERMISSIVE":
-            try:
-                use_tls = await asyncio.wait_for(self._first_byte_is_tls(conn),
-                                                 self.listener.limits.header_timeout)
-            except (TimeoutError, OSError):
+            first_is_tls = await self._first_byte_is_tls(conn)
+            if first_is_tls is None:
                 conn.close()
                 return
+            use_tls = first_is_tls
         elif mode == "DISABLE":
             use_tls = False
         contexts = self.tls()
@@ -101,12 +126,10 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
-        listener = self.listener
-        protocol = ((lambda: TlsDownstreamProtocol(listener)) if use_tls
-                    else (lambda: DownstreamProtocol(listener)))
         try:
             await self.loop.connect_accepted_socket(
-                protocol, conn, ssl=contexts.listener if use_tls and contexts else None,
+                self.secure if use_tls else self.plain, conn,
+                ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
             )
         except (TimeoutError, OSError, ssl.SSLError) as exc:
@@ -116,7 +139,23 @@ class TlsAcceptor:
             log.debug("%s TLS handshake failed: %s", self.listener.kind, exc)
             conn.close()
 
-    async def _first_byte_is_tls(self, conn: socket.socket) -> bool:
+    async def _first_byte_is_tls(self, conn: socket.socket) -> bool | None:
+        """Whether the client's first byte starts a TLS handshake; None if it closed or sent
+        nothing within the header timeout."""
+        try:
+            # Usually the first bytes came with the connection: no reader, future or timer.
+            return _is_tls(conn.recv(1, socket.MSG_PEEK))
+        except BlockingIOError:
+            pass
+        except OSError:
+            return None
+        try:
+            return await asyncio.wait_for(self._wait_first_byte(conn),
+                                          self.listener.limits.header_timeout)
+        except (TimeoutError, OSError):
+            return None
+
+    async def _wait_first_byte(self, conn: socket.socket) -> bool:
         ready: asyncio.Future[None] = self.loop.create_future()
         fd = conn.fileno()
         def on_readable() -> None:
@@ -128,10 +167,19 @@ class TlsAcceptor:
             await ready
         finally:
             self.loop.remove_reader(fd)
-        first = conn.recv(1, socket.MSG_PEEK)
-        if not first:
-            raise OSError("closed before the first byte")
-        return first[0] == _TLS_HANDSHAKE
+        return _is_tls(conn.recv(1, socket.MSG_PEEK))
+
+
+def _is_tls(first: bytes) -> bool:
+    if not first:
+        raise OSError("closed before the first byte")
+    return first[0] == _TLS_HANDSHAKE
+
+
+def downstream_protocols(listener: Listener) -> dict[str, Callable[[], asyncio.BaseProtocol]]:
+    """`plain` and `secure` for a data-plane listener's acceptor."""
+    return {"plain": lambda: DownstreamProtocol(listener),
+            "secure": lambda: TlsDownstreamProtocol(listener)}
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -16,7 +16,7 @@ from proxy.downstream import DownstreamProtocol
 from proxy.inbound import InboundPolicy
 from proxy.listener import Limits, Listener
 from proxy.metrics import RequestStats
-from proxy.mtls import TlsAcceptor, bind_socket
+from proxy.mtls import TlsAcceptor, bind_socket, downstream_protocols
 from proxy.pools import PoolRegistry
 from proxy.routing import Router, RouterBuilder
 
@@ -185,7 +185,8 @@ class ProxyServer:
                                 self.options.limits, tls=https)
             if https:
                 acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
-                                       lambda: self.options.gateway_tls, lambda: "STRICT")
+                                       lambda: self.options.gateway_tls, lambda: "STRICT",
+                                       **downstream_protocols(listener))
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
             elif kind == "inbound":
@@ -193,7 +194,7 @@ class ProxyServer:
                 # proxy has an identity, never served in plaintext.
                 acceptor = TlsAcceptor(
                     listener, bind_socket(address.host, address.port), lambda: self.tls,
-                    self._mtls_mode)
+                    self._mtls_mode, **downstream_protocols(listener))
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
                 if self.tls is not None:
