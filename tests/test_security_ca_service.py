@@ -156,3 +156,33 @@ async def test_control_plane_from_another_ca_is_not_trusted(
             request(service, "reviews", "reviews"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert service.issued == 0
+
+
+def test_control_plane_certificate_is_accepted_as_a_client_certificate(
+        service: CertificateService) -> None:
+    """A sidecar's TLS server context (client certificate required, X509_STRICT) completes a
+    handshake with the control plane presenting its certificate (it calls the sidecars' admin
+    listeners over mTLS) and reads its SPIFFE id. Before, the certificate was serverAuth only,
+    without the authority key id a strict verifier wants, and this handshake failed."""
+    import socket
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxy.tls import load_pem_pair, server_context, verify_peer
+    from tests.test_mtls_static import mint
+
+    own = control_plane_certificate(service.ca, ["127.0.0.1"])
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cadata=service.ca.trust_bundle().decode())
+    load_pem_pair(client, own.chain_pem, own.key_pem)
+    a, b = socket.socketpair()
+    with a, b, ThreadPoolExecutor(1) as pool, \
+            server_context(mint(service.ca, "reviews")).wrap_socket(a, server_side=True,
+                                                                   do_handshake_on_connect=False
+                                                                   ) as sidecar, \
+            client.wrap_socket(b, do_handshake_on_connect=False) as control_plane:
+        done = pool.submit(sidecar.do_handshake)
+        control_plane.do_handshake()
+        done.result(timeout=10)
+        assert verify_peer(sidecar, None) == "spiffe://cluster.local/ns/ami-system/sa/meshctl"

@@ -107,7 +107,7 @@ def make_intermediate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(_aki(root_cert), critical=False)
+        .add_extension(authority_key_id(root_cert), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
@@ -166,7 +166,7 @@ def make_workload_cert(
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_aki(issuer_cert), critical=False)
+        .add_extension(authority_key_id(issuer_cert), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
         )
@@ -174,7 +174,9 @@ def make_workload_cert(
     )
 
 
-def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI of a certificate `issuer` signs (strict verifiers, OpenSSL's X509_STRICT among
+    them, refuse a certificate without one)."""
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

@@ -35,7 +35,7 @@ from meshctl.ca import (
     spiffe_id_for,
 )
 from meshctl.ca import files as ca_files
-from meshctl.ca.builders import CLOCK_SKEW, new_key, utc
+from meshctl.ca.builders import CLOCK_SKEW, authority_key_id, new_key, utc
 
 log = logging.getLogger("ami.controlplane.ca")
 # The control plane's own identity, next to the workloads' (never issued to a sidecar: service
@@ -172,10 +172,11 @@ class ServerCertificate:
 
 def control_plane_certificate(ca: CertificateAuthority, hosts: Iterable[str],
                               *, clock: Callable[[], float] = time.time) -> ServerCertificate:
-    """A server certificate for `hosts` (DNS names or IPs) signed by the mesh intermediate.
+    """A certificate for `hosts` (DNS names or IPs) signed by the mesh intermediate.
 
     gRPC checks the target host name, so unlike workload certs this one carries DNS/IP SANs
-    next to its SPIFFE id (the intermediate's name constraint restricts URIs only).
+    next to its SPIFFE id (the intermediate's name constraint restricts URIs only). It is a
+    client certificate too: the control plane presents it to sidecars' admin listeners.
     """
     key = new_key()
     now = clock()
@@ -196,7 +197,12 @@ def control_plane_certificate(ca: CertificateAuthority, hosts: Iterable[str],
         .not_valid_before(utc(max(now - CLOCK_SKEW, ca.ca_cert.not_valid_before_utc.timestamp())))
         .not_valid_after(utc(not_after))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        # Key ids: sidecars verify it as a client certificate with X509_STRICT, which needs AKI.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(authority_key_id(ca.ca_cert), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=True)
         .sign(ca_files.load_signing_key(ca.files.ca_key), hashes.SHA256())
     )
