@@ -1,7 +1,8 @@
 """The admin listener (loopback by default): metrics, health, readiness, config dump, tap.
 
-Everything is readable from anywhere the listener is reachable except PRIVILEGED, which needs
-a loopback peer or the admin token the sidecar registered with the control plane.
+Everything is readable from anywhere the listener is reachable except PRIVILEGED, which answers
+a loopback peer and the control plane (over mTLS once the sidecar has a certificate, with the
+admin token it registered): proxy/adminauth.py.
 """
 
 from __future__ import annotations
@@ -96,13 +97,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# Routes that act on the proxy or show its traffic and config: loopback or the admin token.
+# Routes that act on the proxy or show its traffic and config: loopback or the control plane.
 PRIVILEGED = frozenset({("POST", "/shutdown"), ("POST", "/logging/access"), ("GET", "/tap"),
                         ("GET", "/config_dump")})
 
 
 async def start_admin(server: ProxyServer, host: str, port: int, *,
-                      token: str = "") -> AdminServer:
-    admin = AdminServer(admin_routes(server), privileged=PRIVILEGED, token=token)
+                      token: str = "", mtls: bool = True) -> AdminServer:
+    """Bind the admin listener; with `mtls` it takes mTLS too once the proxy has an identity
+    (a static proxy without one passes False: it never gets one, plaintext stays as cheap)."""
+    admin = AdminServer(admin_routes(server), privileged=PRIVILEGED, token=token,
+                        tls=(lambda: server.tls) if mtls else None, stats=server.stats,
+                        limits=server.options.limits)
     await admin.start(host, port)
     return admin

@@ -3,25 +3,32 @@
 The sidecar already parses HTTP with httptools, so the admin endpoints reuse it rather than load
 a web framework into every sidecar (aiohttp alone is ~14 MB of RSS). One request per connection
 (`connection: close`): the admin listener serves probes, scrapes and an occasional tap stream.
-Privileged routes (those that act or reveal traffic) answer only a loopback peer or a caller
-with the admin token, as Istio's agent keeps /quitquitquit to localhost: the listener may be
-bound to a container network so the control plane can scrape it.
+Privileged routes (those that act or reveal traffic) answer only the callers `AdminAccess`
+allows (proxy/adminauth.py), as Istio's agent keeps /quitquitquit to localhost: the listener
+may be bound to a container network so the control plane can scrape it. Given the proxy's TLS
+contexts, the port takes mTLS too (the first byte decides, as PERMISSIVE inbound does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httptools
+
+from proxy.adminauth import AdminAccess
+from proxy.listener import Limits
+from proxy.metrics import RequestStats
+from proxy.mtls import TlsAcceptor, bind_socket
+
+if TYPE_CHECKING:
+    from proxy.tls import TlsContexts
 
 log = logging.getLogger("ami.proxy.admin")
 _MAX_BODY = 1 << 20
@@ -35,6 +42,7 @@ class Request:
     body: bytes
     peer: str = ""  # the client's IP address
     authorization: str = ""  # the Authorization header, if any
+    peer_id: str | None = None  # the client's SPIFFE id over mTLS; None in plaintext
 
 
 @dataclass(slots=True)
@@ -55,21 +63,46 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class AdminServer:
-    """Routes `(METHOD, path)` to handlers; `start()` binds, `cleanup()` stops."""
+    """Routes `(METHOD, path)` to handlers; `start()` binds, `cleanup()` stops.
+
+    `tls()` gives the proxy's current TLS contexts (None until it has an identity): with it the
+    port also takes mTLS, presenting the workload certificate and requiring a mesh one."""
+
+    kind = "admin"  # for the acceptor's metrics (listener="admin")
 
     def __init__(self, routes: dict[tuple[str, str], Handler], *,
                  privileged: frozenset[tuple[str, str]] = frozenset(),
-                 token: str = "") -> None:
+                 token: str = "", tls: Callable[[], TlsContexts | None] | None = None,
+                 stats: RequestStats | None = None, limits: Limits | None = None) -> None:
         self.routes = routes
         self.privileged = privileged
-        self.token = token  # "" = privileged routes are loopback-only
-        self.server: asyncio.base_events.Server | None = None
+        self.tls = tls
+        self.access = AdminAccess(token, self._own_id)
+        self.stats = stats or RequestStats()
+        self.limits = limits or Limits()
+        self.connections: set[_AdminProtocol] = set()
+        self.server: asyncio.base_events.Server | TlsAcceptor | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def _own_id(self) -> str | None:
+        contexts = self.tls() if self.tls is not None else None
+        return contexts.identity.spiffe_id if contexts is not None else None
+
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _AdminProtocol(self), host, port,
-                                               reuse_address=True)
+        if self.tls is None:
+            self.server = await self.loop.create_server(lambda: _AdminProtocol(self), host,
+                                                        port, reuse_address=True)
+            return
+        # TLS (0x16 first) or plaintext on one port; plaintext only while tls() is None.
+        acceptor = TlsAcceptor(self, bind_socket(host, port), self.tls, lambda: "PERMISSIVE",
+                               plain=lambda: _AdminProtocol(self),
+                               secure=lambda: _AdminProtocol(self))
+        acceptor.start()
+        self.server = acceptor
 
     async def cleanup(self) -> None:
         if self.server is not None:
@@ -79,19 +112,13 @@ class AdminServer:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def allowed(self, request: Request) -> bool:
-        """May this caller use a privileged route: a loopback peer, or the admin token."""
-        if _is_loopback(request.peer):
-            return True
-        scheme, _, presented = request.authorization.partition(" ")
-        return bool(self.token) and scheme.lower() == "bearer" and hmac.compare_digest(
-            presented.strip().encode(), self.token.encode())
-
     async def handle(self, request: Request) -> Response:
-        if (request.method, request.path) in self.privileged and not self.allowed(request):
-            return json_response({"error": f"{request.method} {request.path} is privileged: "
-                                  "call it from this host (loopback) or with the admin token"},
-                                 403)
+        if (request.method, request.path) in self.privileged:
+            refusal = self.access.refusal(request.peer, request.authorization, request.peer_id)
+            if refusal is not None:
+                return json_response(
+                    {"error": f"{request.method} {request.path} is privileged: {refusal}",
+                     "reason": "not_authorized"}, 403)
         handler = self.routes.get((request.method, request.path))
         if handler is None:
             allowed = [m for (m, p) in self.routes if p == request.path]
@@ -106,21 +133,13 @@ class AdminServer:
             return json_response({"error": "internal error (see the proxy log)"}, 500)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 class _AdminProtocol(asyncio.Protocol):
     def __init__(self, server: AdminServer) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.peer_id: str | None = None
         self.url = b""
         self.authorization = b""
         self.body = bytearray()
@@ -130,6 +149,20 @@ class _AdminProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            from proxy.identity import IdentityError  # loads cryptography: only with mTLS
+            from proxy.tls import verify_peer
+
+            try:
+                self.peer_id = verify_peer(ssl_object, None)
+            except IdentityError as exc:
+                # Chain-valid but not a workload identity: refused as the inbound does.
+                log.debug("admin mTLS peer refused: %s", exc)
+                self.server.stats.inc("ami_tls_handshake_failures", (("listener", "admin"),))
+                transport.close()
+                return
+        self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.task is not None:
@@ -140,6 +173,7 @@ class _AdminProtocol(asyncio.Protocol):
             self._write(json_response({"error": "malformed request"}, 400))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
         if self.task is not None:
             self.task.cancel()  # ends a streaming response whose client went away
 
@@ -159,7 +193,7 @@ class _AdminProtocol(asyncio.Protocol):
         target = urlsplit(self.url.decode("latin-1"))
         request = Request(self.parser.get_method().decode("latin-1"), target.path,
                           dict(parse_qsl(target.query)), bytes(self.body), self.peer,
-                          self.authorization.decode("latin-1"))
+                          self.authorization.decode("latin-1"), self.peer_id)
         self.task = asyncio.get_running_loop().create_task(self._respond(request))
         self.server.tasks.add(self.task)
         self.task.add_done_callback(self.server.tasks.discard)

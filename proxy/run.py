@@ -124,7 +124,7 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
                                                    if server.snapshot else None)
         admin = admin or Address("127.0.0.1", 15000)
         await server.start_listeners()
-        runner = await start_admin(server, admin.host, admin.port)
+        runner = await start_admin(server, admin.host, admin.port, mtls=server.tls is not None)
     else:
         from proxy.agent import ControlPlaneAgent
 

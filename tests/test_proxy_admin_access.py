@@ -1,8 +1,10 @@
-"""Who may call a sidecar's privileged admin routes: a loopback peer, or the admin token.
+"""Who may call a sidecar's privileged admin routes: a loopback peer, or the control plane.
 
 The admin listener may be bound to a container network (compose) so the control plane can
 scrape it; /shutdown, /logging, /tap and /config_dump must still not be open to that network.
-The real-socket tests reach the listener over this host's non-loopback address.
+Over mTLS (once the sidecar has a certificate) they answer the control plane's SPIFFE id with
+the admin token, and no other identity. The real-socket tests reach the listener over this
+host's non-loopback address.
 """
 
 from __future__ import annotations
@@ -10,23 +12,32 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from meshctl.ca import CertificateAuthority
+from meshctl.controlplane.ca_service import control_plane_certificate
 from proxy.adminhttp import AdminServer, Request, Response, json_response
+from proxy.tls import load_pem_pair
 from tests.helpers_mesh import (
     MeshProcess,
     all_synced,
     http_get,
+    proxies,
     start_backend,
     start_control_plane,
     start_sidecar,
     wait_for,
 )
+from tests.proxyharness import metric_value
+from tests.test_mtls_static import mint
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,9 +46,17 @@ async def _ok(_: Request) -> Response:
     return json_response({"ok": True})
 
 
-def _server(token: str = "") -> AdminServer:
+CP = "spiffe://cluster.local/ns/ami-system/sa/meshctl"
+OTHER = "spiffe://cluster.local/ns/default/sa/productpage"
+
+
+def _server(token: str = "", own_id: str | None = None) -> AdminServer:
+    """An admin server; `own_id`: the SPIFFE id of the certificate the sidecar has, if any."""
+    contexts = None if own_id is None else SimpleNamespace(
+        identity=SimpleNamespace(spiffe_id=own_id))
     return AdminServer({("GET", "/metrics"): _ok, ("POST", "/shutdown"): _ok},
-                       privileged=frozenset({("POST", "/shutdown")}), token=token)
+                       privileged=frozenset({("POST", "/shutdown")}), token=token,
+                       tls=lambda: contexts)  # type: ignore[arg-type, return-value]
 
 
 @pytest.mark.parametrize(("peer", "authorization", "token", "status"), [
@@ -58,6 +77,32 @@ async def test_privileged_route_needs_loopback_or_the_token(peer: str, authoriza
     assert response.status == status
     if status == 403:
         assert b"privileged" in response.body
+
+
+OWN = "spiffe://cluster.local/ns/default/sa/reviews"
+
+
+@pytest.mark.parametrize(("peer", "authorization", "peer_id", "token", "status", "says"), [
+    # over mTLS: the control plane's identity, with the token too
+    ("10.0.0.9", "Bearer s3cret", CP, "s3cret", 200, ""),
+    ("10.0.0.9", "", CP, "s3cret", 403, "admin token"),
+    ("10.0.0.9", "Bearer wrong", CP, "s3cret", 403, "admin token"),
+    ("10.0.0.9", "Bearer s3cret", OTHER, "s3cret", 403, "only the control plane"),
+    ("127.0.0.1", "Bearer s3cret", OTHER, "s3cret", 403, "only the control plane"),
+    ("10.0.0.9", "Bearer s3cret", "spiffe://elsewhere/ns/ami-system/sa/meshctl", "s3cret", 403,
+     "only the control plane"),  # another trust domain's control plane
+    ("10.0.0.9", "Bearer ", CP, "", 403, "static mode"),
+    ("127.0.0.1", "", None, "s3cret", 200, ""),  # plaintext on the host
+])
+async def test_with_a_certificate_privileged_routes_answer_the_control_plane_over_mtls(
+        peer: str, authorization: str, peer_id: str | None, token: str, status: int,
+        says: str) -> None:
+    response = await _server(token, own_id=OWN).handle(
+        Request("POST", "/shutdown", {}, b"", peer, authorization, peer_id))
+    assert response.status == status
+    if status == 403:
+        body = json.loads(response.body)
+        assert says in body["error"] and body["reason"] == "not_authorized"
 
 
 async def test_plain_routes_are_open_to_remote_callers() -> None:
@@ -128,6 +173,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, host_ip: str
         procs.append(sidecar)
         wait_for(lambda: http_get(f"http://{admin}/ready")[0] == 200, 30, "sidecar ready")
         wait_for(lambda: all_synced(control, {sidecar.info["name"]}), 20, "sidecar synced")
+        # The control plane calls it over mTLS once it knows the sidecar has a certificate
+        # (DISABLE is about traffic between sidecars: they get one all the same).
+        wait_for(lambda: all(p["certExpiry"] for p in proxies(control)), 20,
+                 "the sidecar's certificate in the registry")
         yield control, sidecar, admin
     finally:
         for p in reversed(procs):
@@ -178,3 +227,79 @@ def test_control_plane_taps_a_remote_sidecar_with_its_token(
     wait_for(tapped, 20, "a tap event from the remote sidecar", interval=0.3)
     tapper.join(5)
     assert events[0]["path"] == "/tapped" and events[0]["listener"] == "inbound"
+
+
+def _admin_token(control: MeshProcess, name: str) -> str:
+    """The admin token a sidecar registered, as the control plane keeps it (registry.json)."""
+    def token() -> str:
+        doc = json.loads((control.info["state_dir"] / "registry.json").read_text())
+        return next((p["admin_token"] for p in doc["proxies"] if p["name"] == name), "")
+    return wait_for(token, 20, "the admin token in registry.json")
+
+
+def _client(control: MeshProcess, cert: tuple[bytes, bytes] | None) -> ssl.SSLContext:
+    """A TLS client trusting the mesh roots, presenting `cert` (chain, key) or no certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(control.info["certs_dir"] / "trust-bundle.pem"))
+    if cert is not None:
+        load_pem_pair(ctx, *cert)
+    return ctx
+
+
+def _tls_request(admin: str, ctx: ssl.SSLContext, method: str, path: str,
+                 token: str = "") -> tuple[int, dict[str, Any]]:
+    """One request over TLS to `admin`; (status, JSON body). Refusals raise."""
+    host, _, port = admin.rpartition(":")
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        tls.sendall(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}"
+                    "Content-Length: 0\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    if not data:
+        raise ConnectionError("closed without an answer")
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_over_mtls_only_the_control_plane_identity_with_the_token_is_let_in(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    """On the TLS side of the admin port: the control plane's certificate and the token get
+    the config dump; another mesh identity is refused even with the token; the control
+    plane's certificate without the token is refused too; plain routes answer anyone."""
+    control, sidecar, admin = mesh
+    token = _admin_token(control, sidecar.info["name"])
+    ca = CertificateAuthority(control.info["certs_dir"])
+    own = control_plane_certificate(ca, [])
+    as_control_plane = _client(control, (own.chain_pem, own.key_pem))
+    status, dump = _tls_request(admin, as_control_plane, "GET", "/config_dump", token)
+    assert status == 200 and dump["version"]
+
+    productpage = mint(ca, "productpage")
+    as_productpage = _client(control, (productpage.cert_pem + productpage.chain_pem,
+                                       productpage.key_pem))
+    status, body = _tls_request(admin, as_productpage, "GET", "/config_dump", token)
+    assert status == 403
+    assert "only the control plane (spiffe://cluster.local/ns/ami-system/sa/meshctl)" \
+        in body["error"] and productpage.spiffe_id in body["error"]
+    assert _tls_request(admin, as_control_plane, "GET", "/config_dump")[0] == 403
+    assert _tls_request(admin, as_productpage, "GET", "/stats")[0] == 200
+
+
+def test_a_tls_client_without_a_certificate_gets_no_answer(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    """The TLS side requires a mesh client certificate: the handshake is refused (counted
+    as ami_tls_handshake_failures_total{listener="admin"}), not even /metrics answers."""
+    control, _, admin = mesh
+
+    def failures() -> float:
+        return metric_value(_request(f"http://{admin}/metrics")[1].decode(),
+                            "ami_tls_handshake_failures_total", listener="admin")
+
+    before = failures()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls_request(admin, _client(control, None), "GET", "/metrics")
+    wait_for(lambda: failures() > before, 10, "the refused handshake in the metrics")

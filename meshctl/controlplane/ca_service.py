@@ -36,11 +36,11 @@ from meshctl.ca import (
 )
 from meshctl.ca import files as ca_files
 from meshctl.ca.builders import CLOCK_SKEW, authority_key_id, new_key, utc
+from proxy.adminauth import CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE
 
 log = logging.getLogger("ami.controlplane.ca")
-# The control plane's own identity, next to the workloads' (never issued to a sidecar: service
-# names are DNS labels and this namespace is reserved by convention).
-CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE = "ami-system", "meshctl"
+# The control plane's own identity is spiffe://<td>/ns/CONTROL_PLANE_NAMESPACE/sa/..._SERVICE,
+# defined beside the sidecar's admin rules (proxy/adminauth.py), which take it alone over mTLS.
 CONTROL_PLANE_CERT_LIFETIME = 30 * 86_400.0
 
 
