@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from meshctl.controlplane.ca_service import control_plane_certificate
 from proxy.adminhttp import AdminServer, Request, Response, json_response
 from proxy.tls import load_pem_pair
 from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
     MeshProcess,
     all_synced,
     http_get,
@@ -303,3 +306,30 @@ def test_a_tls_client_without_a_certificate_gets_no_answer(
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _tls_request(admin, _client(control, None), "GET", "/metrics")
     wait_for(lambda: failures() > before, 10, "the refused handshake in the metrics")
+
+
+def test_meshctl_proxy_config_and_stat_reach_a_remote_sidecar_over_mtls(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    """`meshctl proxy-config` (the privileged /config_dump, which the control plane fetches
+    over mTLS) and `meshctl stat` (scrapes, over mTLS too) work for a sidecar on another
+    host."""
+    control, sidecar, _ = mesh
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMI_")},
+           "AMI_TOKEN": control.info["token"], "AMI_CONTROL_PLANE": control.info["api"]}
+
+    def meshctl(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "meshctl", *argv, "-o", "json"], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    dump = meshctl("proxy-config", sidecar.info["name"])
+    assert dump.returncode == 0, dump.stderr
+    assert json.loads(dump.stdout)["listeners"]["inbound"] == sidecar.info["inbound"]
+
+    def served_by_reviews() -> bool:
+        assert http_get(f"http://{sidecar.info['inbound']}/stat",
+                        {"Host": "reviews"})[0] == 200
+        stat = meshctl("stat", "reviews", "--window", "1m")
+        assert stat.returncode == 0, stat.stderr
+        return any(r["service"] == "reviews" and r["rps"] > 0
+                   for r in json.loads(stat.stdout)["rows"])
+    wait_for(served_by_reviews, 30, "reviews in meshctl stat", interval=0.5)

@@ -19,6 +19,7 @@ import grpc
 from aiohttp import web
 
 from meshctl.ca import BootstrapTokens
+from meshctl.controlplane.admintls import AdminTls
 from meshctl.controlplane.apilisten import MAX_CONNECTIONS as MAX_API_CONNECTIONS
 from meshctl.controlplane.apilisten import listen_api
 from meshctl.controlplane.auth import ensure_token
@@ -77,6 +78,10 @@ def _tls_names(listen: str) -> list[str]:
 async def serve(options: ServeOptions,
                 on_ready: Callable[[int, int], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; ``on_ready(http_port, grpc_port)`` once both listen."""
+    ca = load_or_init_ca(options.certs_dir)
+    own_cert = RenewingServerCertificate(
+        ca, sorted({*_tls_names(options.grpc_listen), *_tls_names(options.listen),
+                    *options.tls_names}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,7 +96,9 @@ async def serve(options: ServeOptions,
     jwks = JwksCache(refresh=options.jwks_refresh, on_change=reconciler.mark_all,
                      counters=reconciler.counters)
     reconciler.jwks = jwks
-    observer, observe_extra = observability(registry, reconciler, token=token)
+    # Sidecars' admin listeners are called over mTLS with the control plane's certificate.
+    observer, observe_extra = observability(registry, reconciler, token=token,
+                                            admin_tls=AdminTls(own_cert, ca))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)
@@ -99,10 +106,6 @@ async def serve(options: ServeOptions,
     assert runner.server is not None  # set by setup()
     api_server: asyncio.Server | None = None
     try:
-        ca = load_or_init_ca(options.certs_dir)
-        own_cert = RenewingServerCertificate(
-            ca, sorted({*_tls_names(options.grpc_listen), *_tls_names(options.listen),
-                        *options.tls_names}))
         api_cert = (ServingCertificate(options.api_cert, options.api_key, alpn=("http/1.1",),
                                        name="API certificate")
                     if options.api_cert is not None and options.api_key is not None else None)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
+from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.checks import Group, all_checks, tcp_route_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
@@ -39,10 +40,10 @@ class Observer:
 
     def __init__(self, source: ProxySource, *, interval: float = 2.0,
                  clock: Callable[[], float] = time.time,
-                 admin_tokens: Callable[[], Mapping[str, str]] = dict,
+                 admin: AdminCaller | None = None,
                  extra_checks: Callable[[], list[Group]] = list) -> None:
-        self.scraper = Scraper(source, interval=interval, clock=clock)
-        self.admin_tokens = admin_tokens  # proxy name -> token for its privileged admin routes
+        self.admin = admin or AdminCaller()  # how each proxy's admin listener is reached
+        self.scraper = Scraper(source, interval=interval, clock=clock, admin=self.admin)
         self.extra_checks = extra_checks  # check groups from the control plane's own state
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -126,7 +127,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         proxies = await list_proxies(scraper.source)
         async with tap_many(proxies, service=q.get("service", ""), path=q.get("path", ""),
                             method=q.get("method", ""),
-                            tokens=observer.admin_tokens()) as events:
+                            admin=observer.admin) as events:
             await resp.prepare(request)
             await resp.write(b": tapping\n\n")
             sent = 0
@@ -144,7 +145,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         proxies = await list_proxies(scraper.source)
         collected: list[dict[str, Any]] = []
         async with tap_many(proxies, service=request.query.get("service", ""),
-                            tokens=observer.admin_tokens()) as events:
+                            admin=observer.admin) as events:
             deadline = asyncio.get_running_loop().time() + seconds
             with contextlib.suppress(TimeoutError):
                 while True:
@@ -165,8 +166,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         if not proxy.get("admin"):
             return json_error(409, "Conflict", f"proxy {name!r} registered no admin address")
         try:
-            dump = await fetch_config_dump(str(proxy["admin"]),
-                                           observer.admin_tokens().get(name, ""))
+            dump = await fetch_config_dump(observer.admin.call(proxy))
         except DumpUnavailable as exc:
             return json_error(502, "BadGateway", f"proxy {name!r}: {exc}")
         return web.json_response(dump)

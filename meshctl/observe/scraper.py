@@ -2,6 +2,7 @@
 
 Why scraping: the admin endpoint already exists on every sidecar (Prometheus scrapes the same
 one), so the config stream stays config-only and the control plane needs no new protocol.
+A sidecar with a certificate is scraped over mTLS (admincall.py): the numbers come from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.samples import parse_scrape
 from meshctl.observe.window import ScrapeWindow
 
@@ -38,8 +40,10 @@ class Scraper:
     """Scrapes each proxy with an ``admin`` address every ``interval`` seconds."""
 
     def __init__(self, source: ProxySource, *, interval: float = 2.0, keep: float = 600.0,
-                 clock: Callable[[], float] = time.time, timeout: float = 1.5) -> None:
+                 clock: Callable[[], float] = time.time, timeout: float = 1.5,
+                 admin: AdminCaller | None = None) -> None:
         self.source = source
+        self.admin = admin or AdminCaller()
         self.interval = interval
         self.clock = clock
         self.timeout = timeout
@@ -58,7 +62,8 @@ class Scraper:
     async def _scrape(self, session: aiohttp.ClientSession, proxy: dict[str, Any]) -> None:
         name = str(proxy["name"])
         try:
-            async with session.get(f"http://{proxy['admin']}/metrics") as resp:
+            call = self.admin.call(proxy)
+            async with session.get(call.url("/metrics"), ssl=call.context) as resp:
                 # A sidecar's exposition is tens of KB; a peer sending more is not one.
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(1 << 16):

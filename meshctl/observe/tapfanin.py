@@ -5,24 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 
+from meshctl.observe.admincall import AdminCall, AdminCaller
 from meshctl.observe.golden import SOURCE_ONLY_FLAGS, is_success
 
 TAP_SETUP_TIMEOUT = 5.0  # seconds to wait for every sidecar to start tapping
 
 
-async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: str,
-                  token: str, out: asyncio.Queue[dict[str, Any]],
+async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], admin: AdminCall,
+                  query: str, out: asyncio.Queue[dict[str, Any]],
                   connected: asyncio.Queue[str]) -> None:
-    # /tap is privileged on a sidecar's admin listener: loopback, or the token it registered.
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # /tap is privileged on a sidecar's admin listener: mTLS as the control plane with the
+    # token it registered, or loopback (admincall.py).
     try:
-        async with session.get(f"http://{proxy['admin']}/tap?{query}", headers=headers) as resp:
+        if admin.refusal:
+            raise ValueError(admin.refusal)
+        async with session.get(admin.url(f"/tap?{query}"), headers=admin.headers,
+                               ssl=admin.context) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
             await connected.put(str(proxy["name"]))
@@ -37,13 +41,12 @@ async def _follow(session: aiohttp.ClientSession, proxy: dict[str, Any], query: 
 
 @contextlib.asynccontextmanager
 async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: str = "",
-                   method: str = "", tokens: Mapping[str, str] | None = None,
+                   method: str = "", admin: AdminCaller | None = None,
                    ) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
     """Tap every proxy with an admin address; yields a queue of events once all are tapping.
 
-    ``tokens`` maps a proxy name to the admin token it registered (none for static proxies,
-    which then must be on this host)."""
-    tokens = tokens or {}
+    ``admin`` says how to reach each (default: plaintext, no token: proxies on this host)."""
+    admin = admin or AdminCaller()
     query = urlencode({k: v for k, v in (("service", service), ("path", path),
                                          ("method", method)) if v})
     out: asyncio.Queue[dict[str, Any]] = asyncio.Queue(10_000)
@@ -51,8 +54,7 @@ async def tap_many(proxies: list[dict[str, Any]], *, service: str = "", path: st
     targets = [p for p in proxies if p.get("admin")]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks = [asyncio.create_task(_follow(session, p, query, tokens.get(str(p["name"]), ""),
-                                             out, connected))
+        tasks = [asyncio.create_task(_follow(session, p, admin.call(p), query, out, connected))
                  for p in targets]
         try:
             # Every proxy has its hook installed (or failed) before we yield - but a sidecar
