@@ -3,7 +3,9 @@
 - Over mTLS (the admin port also speaks TLS once the sidecar has a certificate): the control
   plane's SPIFFE id only, and it must present the admin token too (defence in depth). Any
   other mesh identity is refused, even with the token; so is a loopback caller over TLS.
-- In plaintext: a loopback peer (an operator's `curl` on the host), or the admin token.
+- In plaintext: a loopback peer (an operator's `curl` on the host). From another host, only
+  while the sidecar has no certificate, and with the admin token; once it has one, the token
+  is refused in plaintext, where anyone on the path could read it and then replay it.
 A static-mode proxy has no token: its privileged routes answer loopback only.
 """
 
@@ -49,6 +51,9 @@ class AdminAccess:
             return None
         if is_loopback(peer):
             return None
+        if own is not None:
+            return ("from another host it answers only the control plane over mTLS (the admin "
+                    "token is not taken in plaintext); call it from this host (loopback)")
         if not self._token_matches(authorization):
             return "call it from this host (loopback) or with the admin token"
         return None

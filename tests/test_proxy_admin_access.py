@@ -2,9 +2,9 @@
 
 The admin listener may be bound to a container network (compose) so the control plane can
 scrape it; /shutdown, /logging, /tap and /config_dump must still not be open to that network.
-Over mTLS (once the sidecar has a certificate) they answer the control plane's SPIFFE id with
-the admin token, and no other identity. The real-socket tests reach the listener over this
-host's non-loopback address.
+Once the sidecar has a certificate the control plane calls them over mTLS (its SPIFFE id and
+the admin token), and the token alone, in plaintext, is refused: anyone on the path could read
+it. The real-socket tests reach the listener over this host's non-loopback address.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def _server(token: str = "", own_id: str | None = None) -> AdminServer:
 ])
 async def test_privileged_route_needs_loopback_or_the_token(peer: str, authorization: str,
                                                             token: str, status: int) -> None:
+    """A sidecar without a certificate (no --token-file; static mode has no token either)."""
     response = await _server(token).handle(
         Request("POST", "/shutdown", {}, b"", peer, authorization))
     assert response.status == status
@@ -95,7 +96,9 @@ OWN = "spiffe://cluster.local/ns/default/sa/reviews"
     ("10.0.0.9", "Bearer s3cret", "spiffe://elsewhere/ns/ami-system/sa/meshctl", "s3cret", 403,
      "only the control plane"),  # another trust domain's control plane
     ("10.0.0.9", "Bearer ", CP, "", 403, "static mode"),
-    ("127.0.0.1", "", None, "s3cret", 200, ""),  # plaintext on the host
+    # in plaintext, once the sidecar has a certificate: loopback only, the token is useless
+    ("10.0.0.7", "Bearer s3cret", None, "s3cret", 403, "over mTLS"),
+    ("127.0.0.1", "", None, "s3cret", 200, ""),
 ])
 async def test_with_a_certificate_privileged_routes_answer_the_control_plane_over_mtls(
         peer: str, authorization: str, peer_id: str | None, token: str, status: int,
@@ -266,6 +269,22 @@ def _tls_request(admin: str, ctx: ssl.SSLContext, method: str, path: str,
         raise ConnectionError("closed without an answer")
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+def test_plaintext_token_from_another_host_is_refused_once_the_sidecar_has_a_certificate(
+        mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
+    """Sniffed off the network, the admin token is useless: in plaintext, from another host,
+    even the right one gets 403 (use mTLS); the sidecar keeps running."""
+    control, sidecar, admin = mesh
+    token = _admin_token(control, sidecar.info["name"])
+    for method, path in (("GET", "/config_dump"), ("GET", "/tap"), ("POST", "/shutdown")):
+        status, body = _request(f"http://{admin}{path}", method, token=token)
+        assert status == 403, (method, path)
+        assert "over mTLS" in json.loads(body)["error"]
+    assert sidecar.alive()
+    # Prometheus and probes keep plaintext.
+    assert _request(f"http://{admin}/metrics")[0] == 200
+    assert _request(f"http://{admin}/ready")[0] == 200
 
 
 def test_over_mtls_only_the_control_plane_identity_with_the_token_is_let_in(
