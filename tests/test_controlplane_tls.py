@@ -122,6 +122,36 @@ async def test_own_certificate_is_renewed_for_new_grpc_and_api_connections(
         await grpc_server.stop(None)
 
 
+async def test_a_rotated_ca_signs_the_next_handshake_certificate(tmp_path: Path) -> None:
+    """After `meshctl certs rotate` (a new root and intermediate) and the old root retired,
+    the next handshake gets a certificate from the new intermediate, which clients holding
+    only the new bundle verify, rather than one chaining to the old root until half its 30
+    days passed."""
+    from meshctl.ca import BootstrapTokens
+    from meshctl.ca.rotation import retire_root, rotate_root
+    from meshctl.controlplane.ca_service import CertificateService
+
+    directory = tmp_path / "certs"
+    init_ca(directory)
+    bundle = directory / "trust-bundle.pem"
+    service = CertificateService(CertificateAuthority(directory), BootstrapTokens.load(directory))
+    own = RenewingServerCertificate(service.current_ca, ["localhost"])
+
+    async def close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    api = await asyncio.start_server(close, "127.0.0.1", 0, ssl=own.api_context())
+    port = api.sockets[0].getsockname()[1]
+    try:
+        before = await in_thread(server_cert_serial, port, bundle, "http/1.1")
+        assert own.renewals == 0  # nothing changed: nothing issued
+        retire_root(directory, rotate_root(directory))  # clients now trust the new root only
+        after = await in_thread(server_cert_serial, port, bundle, "http/1.1")  # verified
+        assert after != before and own.renewals == 1
+    finally:
+        api.close()
+
+
 def meshctl(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_")}

@@ -113,6 +113,11 @@ class CertificateService:
             trust_bundle_pem=self.ca.trust_bundle().decode("ascii"),
             not_after=rfc3339(issued.not_after))
 
+    def current_ca(self) -> CertificateAuthority:
+        """The CA as it is on disk now (reloaded after `meshctl certs rotate`)."""
+        self._reload_if_rotated()
+        return self.ca
+
     def _signer_stamp(self) -> float:
         try:
             return self.ca.files.ca_cert.stat().st_mtime

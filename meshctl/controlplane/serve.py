@@ -79,9 +79,13 @@ async def serve(options: ServeOptions,
                 on_ready: Callable[[int, int], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; ``on_ready(http_port, grpc_port)`` once both listen."""
     ca = load_or_init_ca(options.certs_dir)
+    ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
+                                    lambda: reconciler.mesh)
+    # Signed by the CA as it is on disk now (ca_service reloads it after `meshctl certs
+    # rotate`), so a rotation reaches the control plane's own certificate too.
     own_cert = RenewingServerCertificate(
-        ca, sorted({*_tls_names(options.grpc_listen), *_tls_names(options.listen),
-                    *options.tls_names}))
+        ca_service.current_ca, sorted({*_tls_names(options.grpc_listen),
+                                       *_tls_names(options.listen), *options.tls_names}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,8 +119,6 @@ async def serve(options: ServeOptions,
         api_server = await listen_api(runner.server, host, port, options.max_api_connections,
                                       ssl=api_tls)
         http_port = api_server.sockets[0].getsockname()[1]
-        ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
-                                        lambda: reconciler.mesh)
         reconciler.certificates = ca_service  # for ami_controlplane_certificates_* metrics
         credentials = options.grpc_credentials or own_cert.grpc_credentials()
         grpc_server, grpc_port = await start_grpc_server(

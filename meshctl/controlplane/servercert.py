@@ -29,11 +29,15 @@ RETRY_AFTER = 60.0  # seconds before trying again when issuing failed (CA key un
 class RenewingServerCertificate:
     """The current server certificate for ``hosts``; ``renew_if_due`` issues the next one."""
 
-    def __init__(self, ca: CertificateAuthority, hosts: Iterable[str], *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._ca, self._hosts, self._clock = ca, list(hosts), clock
+    def __init__(self, ca: CertificateAuthority | Callable[[], CertificateAuthority],
+                 hosts: Iterable[str], *, clock: Callable[[], float] = time.time) -> None:
+        """``ca``: the signer, or a function giving the current one (a rotated CA: the next
+        handshake gets a certificate from the new intermediate, not after half a lifetime)."""
+        self._ca_now = ca if callable(ca) else (lambda: ca)
+        self._hosts, self._clock = list(hosts), clock
         self._lock = threading.Lock()
-        self.current = control_plane_certificate(ca, self._hosts, clock=clock)
+        self._signer = self._ca_now()
+        self.current = control_plane_certificate(self._signer, self._hosts, clock=clock)
         self._renew_at = self._due(self.current)
         self.renewals = 0
         self._api: tuple[ServerCertificate, ssl.SSLContext] | None = None
@@ -43,17 +47,20 @@ class RenewingServerCertificate:
         return cert.issued_at + RENEW_AT * (cert.not_after - cert.issued_at)
 
     def renew_if_due(self) -> bool:
-        """Issue a new certificate if half the current one's lifetime has passed."""
+        """Issue a new certificate if half the current one's lifetime has passed, or the CA
+        was rotated."""
         with self._lock:
             now = self._clock()
-            if now < self._renew_at:
+            signer = self._ca_now()
+            if now < self._renew_at and signer is self._signer:
                 return False
             try:
-                self.current = control_plane_certificate(self._ca, self._hosts, clock=self._clock)
+                self.current = control_plane_certificate(signer, self._hosts, clock=self._clock)
+                self._signer = signer
             except Exception as exc:  # keep serving the old one; say why
                 log.warning("control-plane certificate not renewed: %s; retrying in %.0fs",
                             exc, RETRY_AFTER)
-                self._renew_at = now + RETRY_AFTER
+                self._renew_at, self._signer = now + RETRY_AFTER, signer
                 return False
             self._renew_at = self._due(self.current)
             self.renewals += 1
