@@ -27,11 +27,13 @@ def _identity(data: bytes) -> bytes:
 
 
 class EchoServer:
-    """`grpc.aio` server on 127.0.0.1:<port> (h2c), counting the calls it received."""
+    """`grpc.aio` server on 127.0.0.1:<port> (h2c, or TLS), counting the calls it received."""
 
-    def __init__(self, name: str = "echo", options: tuple[tuple[str, Any], ...] = ()) -> None:
+    def __init__(self, name: str = "echo", options: tuple[tuple[str, Any], ...] = (),
+                 tls: tuple[bytes, bytes] | None = None) -> None:
         self.name = name  # answered in every reply, so tests see which instance answered
         self.options = options  # grpc.aio.server options, e.g. grpc.max_concurrent_streams
+        self.tls = tls  # (private key, certificate chain) PEM: serve TLS (ALPN h2), not h2c
         self.calls = 0
         self.cancelled = 0
         self.sleeping = 0  # Slow calls in their sleep now
@@ -59,7 +61,11 @@ class EchoServer:
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if self.tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port(
+                "127.0.0.1:0", grpc.ssl_server_credentials((self.tls,)))
         await self.server.start()
         return self
 

@@ -1,7 +1,7 @@
 """A plain (non-gRPC) HTTP/2 server and client on the `h2` library, for the policy tests.
 
-`H2Server` is an h2c (prior knowledge) server that records every request it gets (pseudo-
-headers, headers, body, trailers) and answers by path:
+`H2Server` is an h2c (prior knowledge) server (or h2 over TLS, given a context) that records
+every request it gets (pseudo-headers, headers, body, trailers) and answers by path:
   /status/<code>       that status;
   /fail-once/<key>     503 the first time it sees <key>, then 200;
   /reset-once/<key>    RST_STREAM the first time it sees <key>, then 200;
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +64,10 @@ class H2Server:
     """An h2c server on 127.0.0.1 (start it on the loop it will live on)."""
 
     def __init__(self, name: str, always: int | None = None, *, hang_all: bool = False,
-                 late_grpc: str | None = None, max_streams: int | None = None) -> None:
+                 late_grpc: str | None = None, max_streams: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name
+        self.ssl_context = ssl_context  # serve TLS (the context's ALPN) instead of h2c
         self.always = always
         self.hang_all = hang_all  # every request is held unanswered
         self.late_grpc = late_grpc  # every request answered as /late-grpc/<this>
@@ -79,7 +82,8 @@ class H2Server:
 
     async def start(self) -> H2Server:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _ServerConn(self), "127.0.0.1", 0)
+        self.server = await loop.create_server(lambda: _ServerConn(self), "127.0.0.1", 0,
+                                               ssl=self.ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
