@@ -7,7 +7,7 @@ mesh route took, so mesh traffic never pays for it:
   as HTTPS, TLS or TCP (exact names first, then `*.suffix` wildcards), else passes through
   under ALLOW_ANY, else is refused (405 `method_not_allowed`, as without ExternalServices).
 - A plain-HTTP request for a host no route knows goes to a wildcard ExternalService declaring
-  its port as HTTP, else passes through under ALLOW_ANY, else gets 404 `no_route`.
+  its port as HTTP (or HTTP2, GRPC), else passes through under ALLOW_ANY, else gets 404 `no_route`.
 
 Exact ExternalService hosts with HTTP ports are not here: they sit in the router's host table
 (`routing.ExternalHostRoute`), where Routes and DestinationPolicies apply to them.
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshctl.api.external import TUNNEL_PROTOCOLS
 from proxy.passthrough import Passthrough, authority_address
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Wildcard:
 
     def takes(self, name: str, port: int, tunnel: bool) -> bool:
         return name.endswith(self.host.host[1:]) and any(
-            number == port and (protocol != "HTTP") == tunnel
+            number == port and (protocol in TUNNEL_PROTOCOLS) == tunnel
             for number, protocol in self.host.ports)
 
 

@@ -179,7 +179,9 @@ class H2Exchange(Exchange):
         for line in lines:
             name, _, value = line.partition(b":")
             out.append((name.lower(), value.strip()))
-        return [(b":method", self.method), (b":scheme", self.scheme),
+        # TLS this sidecar opens to an outside host: the request is https from here on
+        scheme = self.scheme if pool.origination is None else b"https"
+        return [(b":method", self.method), (b":scheme", scheme),
                 (b":authority", authority), (b":path", self.target), *out]
 
     # --- request body and trailers from the client ------------------------------------------

@@ -22,6 +22,7 @@ from h2.settings import SettingCodes, Settings
 
 from proxy import h2flow, h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
+from proxy.origination import log_ended
 
 if TYPE_CHECKING:
     from proxy.h2exchange import H2Exchange
@@ -342,4 +343,14 @@ class H2UpstreamConnection(asyncio.Protocol):
 
 
 class TlsH2UpstreamConnection(H2UpstreamConnection, recvbuf.BufferedReads):
-    """The same over mTLS (ALPN h2): uvloop decrypts into the shared buffer."""
+    """The same over mTLS, or TLS this sidecar originates to an outside host (ALPN h2):
+    uvloop decrypts into the shared buffer."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        origination = self.pool.origination
+        # Ended by the outside host (not by us) with an error, under requests, or before its
+        # SETTINGS (requests wait for them: a host wanting a client certificate, say)
+        if origination is not None and not self.closed and (
+                exc is not None or self.streams or not self.ready):
+            log_ended(origination, self.pool.address, exc)
+        super().connection_lost(exc)

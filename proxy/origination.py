@@ -5,16 +5,20 @@ client certificate for hosts that want one): the app calls
 `http://api.example.com/...` through its sidecar, the sidecar connects with TLS (the server's
 certificate verified against the system roots or `caCertificates`, its name against `sni` or
 the host), and so Routes, retries, timeouts and per-request metrics apply to what would
-otherwise be an opaque HTTPS tunnel.
+otherwise be an opaque HTTPS tunnel. For an `HTTP2`/`GRPC` port the app speaks h2c and the
+sidecar offers ALPN `h2` alone (a server choosing anything else is a connect failure).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 
 from meshctl.api.policy import ClientTLS
-from proxy.tls import ALPN
+from proxy.tls import ALPN, H2_ALPN
+
+log = logging.getLogger("ami.proxy")
 
 
 class OriginationError(ValueError):
@@ -28,16 +32,18 @@ class Origination:
     context: ssl.SSLContext
     server_name: str
     files: str  # the CA file ("" for the system's roots) and the client certificate (MUTUAL)
+    http2: bool = False  # ALPN `h2` (an HTTP2/GRPC port), else `http/1.1`
 
     @property
     def key(self) -> str:
         """What makes pools differ (part of their key): connections verified otherwise are
         not shared, and a changed setting gets new connections."""
-        return f"*external-tls:{self.server_name}:{self.files}*"
+        return f"*external-tls{'-h2' if self.http2 else ''}:{self.server_name}:{self.files}*"
 
 
-def origination_for(host: str, tls: ClientTLS | None) -> Origination | None:
-    """The Origination a host's `tls` asks for, or None for plaintext."""
+def origination_for(host: str, tls: ClientTLS | None, http2: bool = False) -> Origination | None:
+    """The Origination a host's `tls` asks for (``http2``: offering ALPN `h2`, for HTTP/2 to
+    the host), or None for plaintext."""
     if tls is None or tls.mode == "DISABLE":
         return None
     try:
@@ -53,6 +59,28 @@ def origination_for(host: str, tls: ClientTLS | None) -> Origination | None:
                 f"tls.clientCertificate {tls.client_certificate} and tls.privateKey "
                 f"{tls.private_key}: {getattr(exc, 'strerror', None) or exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(ALPN))  # HTTP/1.1: what the sidecar speaks to outside hosts
+    # What the sidecar speaks to the host: HTTP/1.1, or HTTP/2 alone (no fallback: a gRPC
+    # call cannot be carried over HTTP/1.1)
+    context.set_alpn_protocols(list(H2_ALPN if http2 else ALPN))
     return Origination(context, tls.sni or host,
-                       f"{tls.ca_certificates or ''}:{tls.client_certificate or ''}")
+                       f"{tls.ca_certificates or ''}:{tls.client_certificate or ''}", http2)
+
+
+def check_h2(origination: Origination, address: object, ssl_object: ssl.SSLObject | None,
+             ) -> None:
+    """Raise OSError, logged, when the outside host did not choose ALPN `h2`."""
+    chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+    if chosen != "h2":
+        log.warning("TLS to %s (endpoint %s): the server does not speak HTTP/2 (ALPN h2 "
+                    "offered, %s chosen)", origination.server_name, address,
+                    chosen or "none")
+        raise OSError(f"outside host {address} does not speak HTTP/2 (ALPN)")
+
+
+def log_ended(origination: Origination, address: object, exc: Exception | None) -> None:
+    """An outside host ended a TLS session by an error, or under a request: said nowhere else.
+    (A host wanting a client certificate ends a TLS 1.3 session only after the handshake:
+    an alert, a close or a reset.)"""
+    why = ("closed under a request" if exc is None else getattr(exc, "reason", None)
+           or (exc.strerror if isinstance(exc, OSError) else None) or exc)
+    log.warning("TLS to %s (endpoint %s) ended: %s", origination.server_name, address, why)

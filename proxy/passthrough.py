@@ -33,12 +33,14 @@ class Passthrough:
 
     def __init__(self, pools: PoolRegistry, rng: random.Random,
                  metric_prefix: tuple[str, ...], own_ports: Callable[[], set[int]],
-                 policy: TrafficPolicy | None = None) -> None:
+                 policy: TrafficPolicy | None = None,
+                 http2_ports: frozenset[int] = frozenset()) -> None:
         self.pools = pools
         self.rng = rng
         self.metric_prefix = metric_prefix
         self.own_ports = own_ports
         self.policy = policy  # a wildcard ExternalService's DestinationPolicy (timeouts)
+        self.http2_ports = http2_ports  # a wildcard's HTTP2/GRPC ports: HTTP/2 upstream
         self._decisions: OrderedDict[tuple[str, bool], Decision] = OrderedDict()
 
     def route(self, ex: Exchange) -> Decision | str:
@@ -54,16 +56,19 @@ class Passthrough:
         if address.port in self.own_ports() and (
                 address.host in _LOCAL_HOSTS or address.host.startswith("127.")):
             return "no_route"  # this proxy itself: a request loop, not a destination
-        from proxy.routing import Backend, Decision
+        from proxy.routing import Backend, Decision, refuse_http1
 
         # Tunnels get their own pool: a connection that carried HTTP is no tunnel's to take.
         # The check above catches the obvious spellings early; the pool checks where each
         # connection really arrived (another name or spelling of this host: a hostname,
         # `[::ffff:127.0.0.1]`, `2130706433`, the host's own address).
-        pool = self.pools.external(address, tunnel, self.own_ports, self.policy)
+        http2 = not tunnel and address.port in self.http2_ports
+        pool = self.pools.external(address, tunnel, self.own_ports, self.policy, http2)
         decision = Decision((Backend(self.metric_prefix[3], None, (pool,), None,
                                      self.metric_prefix),),
                             (100,), self.rng)
+        if http2:
+            decision.admit = refuse_http1
         self._decisions[key] = decision
         if len(self._decisions) > MAX_DESTINATIONS:
             _, old = self._decisions.popitem(last=False)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.policy import ConnectionPool
+from proxy.origination import check_h2
 from proxy.upstream import TlsUpstreamConnection, UpstreamConnection
 
 log = logging.getLogger("ami.proxy")
@@ -142,17 +143,25 @@ class EndpointPool:
         return None
 
     async def connect_h2(self) -> H2UpstreamConnection:
-        """A new HTTP/2 connection: h2c, or mTLS where the server must agree to ALPN `h2`."""
+        """A new HTTP/2 connection: h2c, or mTLS (or TLS this sidecar originates to an outside
+        host) where the server must agree to ALPN `h2`."""
         from proxy.h2upstream import H2UpstreamConnection, Http1Answer, TlsH2UpstreamConnection
 
-        tls = self.tls
+        tls, origination = self.tls, self.origination
+        context = (tls.client_h2 if tls is not None
+                   else origination.context if origination is not None else None)
         conn: H2UpstreamConnection = await self._connect(
-            (lambda: H2UpstreamConnection(self)) if tls is None
-            else (lambda: TlsH2UpstreamConnection(self)),
-            tls.client_h2 if tls is not None else None)
-        if tls is not None and conn.transport is not None:
+            (lambda: H2UpstreamConnection(self)) if context is None
+            else (lambda: TlsH2UpstreamConnection(self)), context)
+        if context is not None and conn.transport is not None:
             ssl_object = conn.transport.get_extra_info("ssl_object")
-            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            if origination is not None:
+                try:
+                    check_h2(origination, self.address, ssl_object)
+                except OSError:
+                    conn.abort()
+                    raise
+            elif ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
                 conn.abort()
                 raise OSError(f"upstream {self.address} does not speak HTTP/2 (ALPN)")
         try:
@@ -363,7 +372,7 @@ class PoolRegistry:
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
         # Likewise for TLS origination and the name it verifies.
         kind = ("*external-tunnel*" if tunnel else origination.key if origination is not None
-                else "*external*")
+                else "*external-h2*" if protocol == "http2" else "*external*")
         key = (address.host, address.port, kind if external else identity, tls is not None)
         pool = self._pools.get(key)
         if pool is None:
@@ -387,16 +396,18 @@ class PoolRegistry:
 
     def external(self, address: Address, tunnel: bool,
                  own_ports: Callable[[], set[int]] | None = None,
-                 policy: TrafficPolicy | None = None) -> EndpointPool:
+                 policy: TrafficPolicy | None = None, http2: bool = False) -> EndpointPool:
         """The pool of a host outside the mesh named by a request (ALLOW_ANY, a wildcard
         ExternalService): plain TCP; tunnels apart from HTTP reuse. Its connections may
-        not reach ``own_ports`` on this host."""
-        key = (address.host, address.port, "*tunnel*" if tunnel else "*passthrough*", False)
+        not reach ``own_ports`` on this host. ``http2``: h2c (a wildcard's HTTP2/GRPC port)."""
+        kind = "*tunnel*" if tunnel else "*passthrough-h2*" if http2 else "*passthrough*"
+        key = (address.host, address.port, kind, False)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
             pool.version = "unknown"
-            pool.declare("http1")  # a host outside the mesh, in plaintext: HTTP/1.1
+            # a host outside the mesh, in plaintext: HTTP/1.1, unless declared HTTP/2
+            pool.declare("http2" if http2 else "http1")
             if policy is not None and policy.connection_pool is not None:
                 pool.idle_timeout = policy.connection_pool.idle_timeout
                 pool.connect_timeout = policy.connection_pool.connect_timeout

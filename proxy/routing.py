@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshctl.api.external import is_mesh_name
+from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority, short_service_name
@@ -301,8 +301,9 @@ class RouterBuilder:
         wildcards = []
         for host, ext in sorted(external.items()):
             if ext.wildcard:
+                http2 = frozenset(n for n, protocol in ext.ports if protocol in HTTP2_PROTOCOLS)
                 wildcards.append(Wildcard(ext, Passthrough(
-                    self.pools, self.rng, self._prefix(host), ports, ext.policy)))
+                    self.pools, self.rng, self._prefix(host), ports, ext.policy, http2)))
                 continue
             http, tunnel = self._external(ext, ports)
             if http:
@@ -327,13 +328,15 @@ class RouterBuilder:
         snap, host, policy = self.snapshot, ext.host, ext.policy
         addresses = ext.endpoints or (host,)
         targets = ext.target_ports
-        origination = origination_for(host, policy.tls)  # TLS for the app's plain HTTP
-        http_pools = {port: tuple(self.pools.get(Address(a, targets.get(port, port)), None,
-                                                 "unknown", policy, external=True,
-                                                 loop_ports=own_ports, protocol="http1",
-                                                 origination=origination)
-                                  for a in addresses)
-                      for port, protocol in ext.ports if protocol == "HTTP"}
+        http2 = {port for port, protocol in ext.ports if protocol in HTTP2_PROTOCOLS}
+        # TLS for the app's plain HTTP (ALPN http/1.1), and for its h2c (ALPN h2)
+        origination = origination_for(host, policy.tls)
+        origination_h2 = origination_for(host, policy.tls, http2=True) if http2 else None
+        http_pools = {port: tuple(self.pools.get(
+            Address(a, targets.get(port, port)), None, "unknown", policy, external=True,
+            loop_ports=own_ports, protocol="http2" if port in http2 else "http1",
+            origination=origination_h2 if port in http2 else origination) for a in addresses)
+            for port, protocol in ext.ports if protocol not in TUNNEL_PROTOCOLS}
         all_pools = tuple(p for pools in http_pools.values() for p in pools)
         state = self.destinations.configure(
             host, policy.connection_pool, policy.outlier_detection, all_pools,
@@ -347,9 +350,11 @@ class RouterBuilder:
                 routes[port] = HostRoute(((None, Decision((backend,), (100,), self.rng)),))
             else:
                 routes[port] = self._compile_route(host, route, "source", backend)
+            if port in http2:
+                _refuse_http1_to(routes[port], host)
         tunnels = {}
         for port, protocol in ext.ports:
-            if protocol != "HTTP":
+            if protocol in TUNNEL_PROTOCOLS:
                 pools = tuple(self.pools.get(Address(a, targets.get(port, port)), None,
                                              "unknown", policy, external=True, tunnel=True,
                                              loop_ports=own_ports)
@@ -392,8 +397,8 @@ class RouterBuilder:
         elif snap.app_protocol == "http2":
             # An h2c-only app (a gRPC server): an HTTP/1.1 request would reach it as bytes
             # it cannot parse; refused in words instead (after authorization, as any answer).
-            decision.admit = _admit_first(decision.admit, _refuse_http1) \
-                if decision.admit is not None else _refuse_http1
+            decision.admit = _admit_first(decision.admit, refuse_http1) \
+                if decision.admit is not None else refuse_http1
         return Router({}, inbound=decision)
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
@@ -503,9 +508,19 @@ def _refuse_http(ex: Exchange) -> Any:
     return ("protocol_mismatch", None, ())
 
 
-def _refuse_http1(ex: Exchange) -> Any:
-    """An HTTP/1.1 request to an app declared `http2`: `protocol_mismatch`."""
+def refuse_http1(ex: Exchange) -> Any:
+    """An HTTP/1.1 request to an app declared `http2`, or to an outside host's HTTP2/GRPC
+    port: `protocol_mismatch` (HTTP/1.1 is not upgraded to HTTP/2 upstream)."""
     return None if ex.http2 else ("protocol_mismatch", None, ())
+
+
+def _refuse_http1_to(route: HostRoute, host: str) -> None:
+    """An HTTP2/GRPC port of an outside host: its rules sending requests to the host refuse
+    HTTP/1.1 ones (after their own admission step: a redirect or CORS answer still comes)."""
+    for _, decision in route.rules:
+        if any(b.service == host for b in decision.backends):
+            decision.admit = refuse_http1 if decision.admit is None \
+                else _admit_first(decision.admit, refuse_http1)
 
 
 def _admit_first(admit: Callable[[Exchange], Any],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from proxy import recvbuf
+from proxy.origination import log_ended
 from proxy.responsehead import UpstreamProtocolError
 
 log = logging.getLogger("ami.proxy")
@@ -367,11 +368,5 @@ class TlsUpstreamConnection(UpstreamConnection, recvbuf.BufferedReads):
     def connection_lost(self, exc: Exception | None) -> None:
         origination = self.pool.origination
         if origination is not None and (exc is not None or self.exchange is not None):
-            # An outside host ending the session by an error, or under a request, says why
-            # nowhere else: log it. (A host wanting a client certificate ends a TLS 1.3
-            # session only after the handshake: an alert, a close or a reset.)
-            why = ("closed under a request" if exc is None else getattr(exc, "reason", None)
-                   or (exc.strerror if isinstance(exc, OSError) else None) or exc)
-            log.warning("TLS to %s (endpoint %s) ended: %s", origination.server_name,
-                        self.pool.address, why)
+            log_ended(origination, self.pool.address, exc)
         super().connection_lost(exc)

@@ -78,6 +78,21 @@ def test_target_port_and_tls_origination_parse() -> None:
                                            "/etc/ssl/certs/ca-certificates.crt")
 
 
+def test_http2_and_grpc_ports_parse() -> None:
+    """`HTTP2` and `GRPC` ports (requests proxied as HTTP/2), and a clear error for a
+    protocol spelt otherwise."""
+    [es] = load_documents(
+        HEAD % "grpc-api" + "spec:\n  hosts: [grpc.example.com]\n"
+        "  ports: [{number: 50051, protocol: GRPC}, {number: 8080, protocol: HTTP2,"
+        " targetPort: 443}]\n", "es.yaml")
+    assert es.spec.ports == (ExternalPort(50051, "GRPC"), ExternalPort(8080, "HTTP2", 443))
+    assert not any(p.tunnel for p in es.spec.ports)
+    assert issues_of(HEAD % "a" + "spec: {hosts: [a.example], ports: [{number: 80, protocol:"
+                                  " grpc}]}\n") == [
+        "es.yaml doc 1: spec.ports[0].protocol: unknown value 'grpc', expected one of HTTP, "
+        "HTTP2, GRPC, HTTPS, TLS, TCP"]
+
+
 @pytest.mark.parametrize(("tls", "expected"), [
     ("{mode: ISTIO_MUTUAL}", "spec.tls.mode: unknown value 'ISTIO_MUTUAL', expected one of "
                              "DISABLE, SIMPLE, MUTUAL"),

@@ -150,6 +150,8 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["a.example"], "ports": [{"number": 80, "protocol": "UDP"}]}},
     {**ROUTE, "kind": "ExternalService", "spec": {
+        "hosts": ["a.example"], "ports": [{"number": 80, "protocol": "grpc"}]}},
+    {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["*"], "ports": [{"number": 80, "protocol": "HTTP"}]}},
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["a.example", "a.example"], "ports": [{"number": 80, "protocol": "HTTP"}]}},
@@ -196,7 +198,9 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["api.github.com", "*.example.com"],
         "ports": [{"number": 443, "protocol": "TLS"}, {"number": 80, "protocol": "HTTP"},
-                  {"number": 8443, "protocol": "HTTPS"}, {"number": 5432, "protocol": "TCP"}]}},
+                  {"number": 8443, "protocol": "HTTPS"}, {"number": 5432, "protocol": "TCP"},
+                  {"number": 50051, "protocol": "GRPC"},
+                  {"number": 8080, "protocol": "HTTP2", "targetPort": 443}]}},
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["db.internal"], "ports": [{"number": 5432, "protocol": "TCP"}],
         "endpoints": [{"address": "203.0.113.7"}, {"address": "2001:db8::7"},

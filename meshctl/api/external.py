@@ -16,7 +16,10 @@ from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
 
 HTTP = "HTTP"
-PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
+PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP")
+# Proxied as HTTP/2 (h2c, or h2 over TLS the sidecar originates). GRPC says the calls are
+# gRPC and is proxied exactly as HTTP2 (as in Istio, where both make an HTTP/2 cluster).
+HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC"})
 TUNNEL_PROTOCOLS = frozenset({"HTTPS", "TLS", "TCP"})  # reached through CONNECT, as bytes
 # A lower-case DNS name, or `*.` and a DNS suffix (any name ending in it), as Gateway hosts.
 EXTERNAL_HOST = r"^(\*\.)?" + F.DNS_SUBDOMAIN[1:]
