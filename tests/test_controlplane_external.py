@@ -9,8 +9,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from tests.grpcapp import EchoServer, channel, method, serving_in_thread
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
@@ -24,6 +26,8 @@ from tests.helpers_mesh import (
     start_sidecar,
     wait_for,
 )
+from tests.proxyharness import metric_value
+from tests.test_traffic_tls_origination import self_signed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -233,8 +237,6 @@ def test_tls_origination_from_resources_and_a_refused_ca_file(mesh: EgressMesh,
     import ssl
     import threading
 
-    from tests.test_traffic_tls_origination import self_signed
-
     cert, key = self_signed(tmp_path, "secure.partner.test")
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -280,3 +282,68 @@ def test_tls_origination_from_resources_and_a_refused_ca_file(mesh: EgressMesh,
         mesh.meshctl("delete", "destinationpolicy", "sec")
         mesh.meshctl("delete", "externalservice", "sec")
         server.shutdown()
+
+
+GRPC_DECLARED = """\
+apiVersion: ami.mesh/v1alpha1
+kind: ExternalService
+metadata: {{name: speech}}
+spec:
+  hosts: [secure.partner.test]
+  ports: [{{number: 50051, protocol: GRPC, targetPort: {port}}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {{name: speech}}
+spec:
+  host: secure.partner.test
+  tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {{name: speech}}
+spec:
+  host: secure.partner.test
+  rules:
+    - matches: [{{path: {{exact: /ami.test.Echo/Slow}}}}]
+      backends: [{{}}]
+      timeout: 300ms
+    - backends: [{{}}]
+      retries: {{attempts: 2, retryOn: [unavailable]}}
+"""
+
+
+async def test_grpc_to_an_outside_host_with_tls_origination(mesh: EgressMesh,
+                                                            tmp_path: Path) -> None:
+    """ExternalService `GRPC` port, DestinationPolicy `tls` and a Route, through the control
+    plane: a grpcio app's h2c calls reach a gRPC server behind TLS (ALPN h2), the Route's
+    retry and timeout apply per call, and the calls are counted under the host with their
+    grpc-status."""
+    cert, key = self_signed(tmp_path, "secure.partner.test")
+    server = EchoServer("outside", tls=(key.read_bytes(), cert.read_bytes()))
+    with serving_in_thread(server):
+        try:
+            mesh.apply(GRPC_DECLARED.format(port=server.port, ca=cert))
+            async with channel(int(mesh.client.info["outbound"].rpartition(":")[2]),
+                               "secure.partner.test:50051") as ch:
+                answer = json.loads(await method(ch, "Unary")(b"hi", timeout=10))
+                streamed = [m async for m in method(ch, "Stream", "unary_stream")(
+                    b"2", timeout=10)]
+                flaky = await method(ch, "Flaky")(b"once", timeout=10)  # retried once
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await method(ch, "Slow")(b"5", timeout=10)
+        finally:
+            for kind in ("route", "destinationpolicy", "externalservice"):
+                mesh.meshctl("delete", kind, "speech")
+    assert answer["server"] == "outside"
+    assert streamed == [b"outside-0", b"outside-1"] and flaky == b"outside"
+    assert server.calls == 5  # Unary, Stream, Flaky twice, Slow
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "timeout" in (err.value.details() or "")
+    _, metrics = http_get(f"http://{mesh.client.info['admin']}/metrics")
+    labels = {"destination_service": "secure.partner.test", "connection_security_policy": "none"}
+    assert metric_value(metrics.decode(), "ami_requests_total", grpc_response_status="0",
+                        **labels) == 3
+    assert metric_value(metrics.decode(), "ami_requests_total", response_code="504",
+                        response_flags="timeout", **labels) == 1
