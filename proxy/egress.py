@@ -6,6 +6,7 @@ mesh route took, so mesh traffic never pays for it:
 - `CONNECT host:port` opens a tunnel when an ExternalService declares the host with that port
   as HTTPS, TLS or TCP (exact names first, then `*.suffix` wildcards), else passes through
   under ALLOW_ANY, else is refused (405 `method_not_allowed`, as without ExternalServices).
+  To a port declared for HTTP it is read as HTTP instead (`Router.tunnels_into_mesh`).
 - A plain-HTTP request for a host no route knows goes to a wildcard ExternalService declaring
   its port as HTTP (or HTTP2, GRPC), else passes through under ALLOW_ANY, else gets 404 `no_route`.
 
@@ -76,6 +77,16 @@ class Egress:
         name = address.host.rstrip(".")
         return (name, address.port) in self.tunnels or any(
             w.takes(name, address.port, True) for w in self.wildcards)
+
+    def declares_http(self, authority: str) -> bool:
+        """Whether a wildcard ExternalService declares `authority`'s port as an HTTP one (and
+        no exact host keeps it as a tunnel): `CONNECT authority` is then read as HTTP."""
+        address = authority_address(authority.lower(), 443)
+        if address is None:
+            return False
+        name = address.host.rstrip(".")
+        return (name, address.port) not in self.tunnels and any(
+            w.takes(name, address.port, False) for w in self.wildcards)
 
     def allows_tunnel(self, authority: str) -> bool:
         """Whether `CONNECT authority` would still open a tunnel (declared, or ALLOW_ANY)."""

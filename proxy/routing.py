@@ -207,8 +207,9 @@ class Router:
         byte tunnel out of the mesh. Outbound only. A name outside the mesh is not taken by
         its first label (`reviews.example.com`: an outside host, not `reviews`), and an
         ExternalService declaring the host and port for TLS or TCP keeps it (egress's). A
-        declared HTTP port of an ExternalService host is taken too: its Route applies to the
-        requests in the tunnel as to direct ones, instead of a byte tunnel bypassing it."""
+        declared HTTP port (HTTP, HTTP2, GRPC) of an ExternalService host, exact or wildcard,
+        is taken too: its requests are routed one by one (an exact host's Route applies) as
+        direct ones are, instead of a byte tunnel bypassing that."""
         if self._inbound is not None or self._gateway is not None:
             return False
         host = service_from_authority(authority)
@@ -216,14 +217,14 @@ class Router:
         if isinstance(host_route, ExternalHostRoute):
             address = authority_address(authority, 0)
             return address is not None and address.port in host_route.ports
+        egress = self.egress
         if host_route is None:
             name, _, rest = host.partition(".")
             if rest.partition(".")[0] != self._namespaces.get(name) and not is_mesh_name(host):
-                return False
+                return egress is not None and egress.declares_http(authority)
             host_route = self._hosts.get(name)
         if host_route is None or isinstance(host_route, ExternalHostRoute):
             return False
-        egress = self.egress
         return egress is None or not egress.declares_tunnel(authority)
 
 

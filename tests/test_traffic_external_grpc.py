@@ -278,3 +278,15 @@ async def test_grpc_proxy_tunnels_are_read_as_http2(proxy: TrafficProxy) -> None
     assert result["chat"] == ["echo:m0", "echo:m1", "echo:m2"]
     assert await proxy.metric("ami_requests_total", destination_service=NAME,
                               grpc_response_status="0") >= before + 3
+
+
+async def test_grpc_proxy_to_a_wildcard_grpc_port(proxy: TrafficProxy, outside: Outside) -> None:
+    """`CONNECT 127.0.0.1:PORT` (grpc_proxy) to a wildcard's GRPC port is read as HTTP/2 too,
+    each call counted under the pattern (it used to be refused: 405)."""
+    before = await proxy.metric("ami_requests_total", destination_service="*.0.0.1",
+                                grpc_response_status="0")
+    result = await asyncio.to_thread(_grpc_app, proxy, f"127.0.0.1:{outside.plain.port}")
+    assert result["unary"]["server"] == "plain"
+    assert result["chat"] == ["echo:m0", "echo:m1", "echo:m2"]
+    assert await proxy.metric("ami_requests_total", destination_service="*.0.0.1",
+                              grpc_response_status="0") >= before + 3
