@@ -2,9 +2,10 @@
 
 Used for requests that arrived over HTTP/2 (gRPC above all), unless the endpoint speaks
 HTTP/1.1 only (`proxy.h2downgrade`). Between sidecars the connection is mTLS with ALPN `h2`;
-to the local app it is h2c (prior knowledge). The endpoint's `EndpointPool` keeps these
-connections apart from its HTTP/1.1 ones and opens another when the server's
-SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+to the local app it is h2c (prior knowledge); to an outside host's HTTP2/GRPC port h2c, or
+TLS with ALPN `h2` when the sidecar originates it (`proxy.origination`). The endpoint's
+`EndpointPool` keeps these connections apart from its HTTP/1.1 ones and opens another when
+the server's SETTINGS_MAX_CONCURRENT_STREAMS is reached.
 """
 
 from __future__ import annotations

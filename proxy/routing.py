@@ -319,9 +319,10 @@ class RouterBuilder:
 
     def _external(self, ext: ExternalHost, own_ports: Callable[[], set[int]],
                   ) -> tuple[dict[int, HostRoute], dict[int, Decision]]:
-        """An exact ExternalService host: the routes of its HTTP ports, the tunnel decision of
-        each other port, each reaching the endpoints on its targetPort. Its endpoints are
-        reached in plaintext (mTLS needs a sidecar there), or over TLS this sidecar
+        """An exact ExternalService host: the routes of its HTTP ports (HTTP/1.1 to the
+        endpoints, HTTP/2 for HTTP2 and GRPC ones, which refuse HTTP/1.1 requests), the tunnel
+        decision of each other port, each reaching the endpoints on its targetPort. Its
+        endpoints are reached in plaintext (mTLS needs a sidecar there), or over TLS this sidecar
         originates when the host's DestinationPolicy says `tls: {mode: SIMPLE}`;
         one DestinationState (limits, ejections, budget) covers all its HTTP ports. Like a
         passthrough's, its connections may not reach ``own_ports`` on this host (an endpoint
