@@ -118,8 +118,14 @@ def refuse_tls(p: DownstreamProtocol) -> None:
     """The app began TLS inside the tunnel: closed, never passed on (mTLS is the mesh's; the
     app must speak plaintext to its sidecar). Logged, and counted as `tls_in_tunnel`."""
     host = (p.tunnel_host or b"").decode("latin-1")
-    log.warning("%s began TLS inside a CONNECT tunnel to mesh service %s: closed (the mesh "
-                "does the TLS; the app must speak plain http/h2c to its sidecar)",
-                p.client_ip.decode(), host)
+    if p.listener.router.is_mesh_host(host):
+        log.warning("%s began TLS inside a CONNECT tunnel to mesh service %s: closed (the "
+                    "mesh does the TLS; the app must speak plain http/h2c to its sidecar)",
+                    p.client_ip.decode(), host)
+    else:
+        log.warning("%s began TLS inside a CONNECT tunnel to %s, an HTTP port of an "
+                    "ExternalService: closed (the sidecar reads it as HTTP; declare the port "
+                    "TLS for the app's own TLS, or let the sidecar open it: DestinationPolicy "
+                    "tls)", p.client_ip.decode(), host)
     p.listener.record_rejection(p, "tls_in_tunnel", service_from_authority(host))
     p._close()

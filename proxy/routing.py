@@ -201,6 +201,14 @@ class Router:
         decision = host_route.select(ex)
         return decision if decision is not None else "no_route"
 
+    def is_mesh_host(self, authority: str) -> bool:
+        """Whether ``authority``'s host is a mesh service or Route host, not an outside host."""
+        host = service_from_authority(authority)
+        found = self._hosts.get(host)
+        if found is None:  # `reviews.default`, ... or an outside host a wildcard declares
+            found = self._hosts.get(host.partition(".")[0])
+        return found is not None and not isinstance(found, ExternalHostRoute)
+
     def tunnels_into_mesh(self, authority: str) -> bool:
         """Whether `CONNECT authority` opens a tunnel whose requests this router takes (its
         host is a mesh service or a Route's host, as `Host` routing finds it), rather than a

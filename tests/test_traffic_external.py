@@ -215,6 +215,24 @@ async def test_connect_to_a_declared_http_port_keeps_the_route(proxy: TrafficPro
                               response_code="418") == before + 1
 
 
+async def test_tls_inside_a_tunnel_to_an_http_port_is_refused_with_the_way_out(
+        proxy: TrafficProxy, outside: Outside) -> None:
+    """An app beginning TLS in a CONNECT tunnel to a declared HTTP port (read as HTTP): closed
+    without a byte reaching the host, and the log says how to do it instead."""
+    seen = len(proxy.stderr())
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(_connect(f"api.example.test:{outside.api.port}"))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(
+            b"HTTP/1.1 200")
+        writer.write(b"\x16\x03\x01\x00\x05hello")  # a TLS record header and a bit
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    await eventually(lambda: "an HTTP port of an ExternalService" in proxy.stderr()[seen:])
+    assert "DestinationPolicy tls" in proxy.stderr()[seen:]
+
+
 async def test_a_destination_policy_limits_an_external_host(proxy: TrafficProxy,
                                                             outside: Outside) -> None:
     host = get(f"pooled.example.test:{outside.pooled.port}", "/")
