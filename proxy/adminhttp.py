@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ami.proxy.admin")
 _MAX_BODY = 1 << 20
+# Admin connections open at once: probes, a scrape, a few taps. Past it a new one gets 503,
+# so a client opening thousands cannot take the descriptors the data path needs.
+MAX_ADMIN_CONNECTIONS = 256
+_LINGER = 2.0  # seconds a refused client has to close after its answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +137,22 @@ class AdminServer:
             return json_response({"error": "internal error (see the proxy log)"}, 500)
 
 
+class _Refused:
+    """Stands in for the response task of a refused connection: nothing more is served."""
+
+    @staticmethod
+    def cancel() -> None:
+        pass
+
+
+_REFUSED: Any = _Refused()
+
+
 class _AdminProtocol(asyncio.Protocol):
+    """One request per connection, under the listener's limits: its head within
+    `header_timeout` (else 408) and `max_header_bytes` (else 431), its target within
+    `max_request_line` (else 414), its body within 1 MiB, as the data listeners do."""
+
     def __init__(self, server: AdminServer) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
@@ -142,11 +161,20 @@ class _AdminProtocol(asyncio.Protocol):
         self.peer_id: str | None = None
         self.url = b""
         self.authorization = b""
+        self.head_bytes = 0
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= MAX_ADMIN_CONNECTIONS:
+            self._refuse(json_response({"error": f"{MAX_ADMIN_CONNECTIONS} admin connections "
+                                                 "are open; retry shortly",
+                                        "reason": "too_many_connections"}, 503))
+            return
+        self.timer = asyncio.get_running_loop().call_later(
+            self.server.limits.header_timeout, self._too_slow)
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
         ssl_object = transport.get_extra_info("ssl_object")
@@ -165,31 +193,68 @@ class _AdminProtocol(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.task is not None:
+        if self.task is not None or self.transport is None or self.transport.is_closing():
             return  # one request per connection; anything after it is ignored
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._write(json_response({"error": "malformed request"}, 400))
+            self._refuse(json_response({"error": "malformed request"}, 400))
+
+    def eof_received(self) -> bool | None:
+        return False  # the client is done sending: close (after any answer being written)
+
+    def _refuse(self, response: Response) -> None:
+        """Answer an unwanted request, then stop reading it: half-close and let the client
+        close (bounded), so the unread rest of its request does not turn the close into a
+        reset that would lose the answer."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.task is not None:
+            return
+        self.task = _REFUSED  # nothing more is parsed or answered
+        self._write_head(response)
+        transport.write(response.body)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
         if self.task is not None:
             self.task.cancel()  # ends a streaming response whose client went away
 
+    def _too_slow(self) -> None:
+        self.timer = None
+        self._refuse(json_response({"error": "request head not received in time",
+                                    "reason": "request_timeout"}, 408))
+
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.server.limits.max_request_line:
+            self._refuse(json_response({"error": "request target too long"}, 414))
+            raise httptools.HttpParserCallbackError("request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > self.server.limits.max_header_bytes:
+            self._refuse(json_response({"error": "request header section too large"}, 431))
+            raise httptools.HttpParserCallbackError("header section too large")
         if name.lower() == b"authorization":
             self.authorization = value
 
     def on_body(self, body: bytes) -> None:
         self.body += body
-        if len(self.body) > _MAX_BODY and self.transport is not None:
-            self.transport.close()
+        if len(self.body) > _MAX_BODY:
+            self._refuse(json_response({"error": "request body over 1 MiB"}, 413))
+            raise httptools.HttpParserCallbackError("request body too large")
 
     def on_message_complete(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         target = urlsplit(self.url.decode("latin-1"))
         request = Request(self.parser.get_method().decode("latin-1"), target.path,
                           dict(parse_qsl(target.query)), bytes(self.body), self.peer,

@@ -388,3 +388,67 @@ async def test_a_response_begun_before_the_drain_does_not_close_the_connection_u
         gate.set()
         writer.close()
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_admin(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
+    """A proxy with a short header timeout and small head limits, which its admin obeys too."""
+    p = ProxyProcess(tmp_path_factory.mktemp("admin-limits"), {"echo": [echo]},
+                     args=("--header-timeout", "0.5", "--max-request-line", "1024",
+                           "--max-header-bytes", "4096")).start()
+    yield p
+    p.stop()
+
+
+async def admin_exchange(proxy: ProxyProcess, raw: bytes) -> bytes:
+    """Send ``raw`` to the admin listener; everything it answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.admin)
+    try:
+        writer.write(raw)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_admin_closes_a_slow_request_head(strict_admin: ProxyProcess) -> None:
+    """A client that never finishes its request head (slowloris) gets 408 and is closed
+    after the header timeout, instead of holding an admin connection forever."""
+    answer = await admin_exchange(strict_admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"reason": "request_timeout"' in answer
+    silent = await admin_exchange(strict_admin, b"")  # not even a byte
+    assert silent.startswith(b"HTTP/1.1 408 "), silent
+
+
+async def test_admin_refuses_oversized_heads(strict_admin: ProxyProcess) -> None:
+    """A request target past --max-request-line gets 414, a header section past
+    --max-header-bytes 431: the admin listener buffers no more than the data listeners."""
+    long_target = await admin_exchange(
+        strict_admin, b"GET /" + b"a" * 2048 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert long_target.startswith(b"HTTP/1.1 414 "), long_target
+    many_headers = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 100) for i in range(60))
+    big_head = await admin_exchange(
+        strict_admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + many_headers + b"\r\n")
+    assert big_head.startswith(b"HTTP/1.1 431 "), big_head
+    status, _ = await strict_admin.aget("/healthz")
+    assert status == 200  # and the listener still serves
+
+
+async def test_admin_caps_its_open_connections(strict_admin: ProxyProcess) -> None:
+    """Past MAX_ADMIN_CONNECTIONS open at once, a new admin connection gets 503
+    too_many_connections; once they close, probes are answered again."""
+    from proxy.adminhttp import MAX_ADMIN_CONNECTIONS
+
+    held = [await asyncio.open_connection("127.0.0.1", strict_admin.admin)
+            for _ in range(MAX_ADMIN_CONNECTIONS)]
+    try:
+        answer = await admin_exchange(strict_admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"too_many_connections" in answer
+    finally:
+        for _, writer in held:
+            writer.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (status := (await strict_admin.aget("/healthz"))[0]) != 200:
+        assert asyncio.get_running_loop().time() < deadline, status
+        await asyncio.sleep(0.05)  # the proxy sees the closes within a few loop turns
