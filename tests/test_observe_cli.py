@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.observe_harness import ObservedMesh, Traffic, send, start_observed_mesh
+from tests.observe_harness import (
+    TOKEN,
+    ObservedMesh,
+    Traffic,
+    send,
+    start_observed_mesh,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +85,26 @@ def test_tap_streams_matching_requests(mesh: ObservedMesh) -> None:
     assert {(e["destination"], e["path"], e["method"], e["status"]) for e in events} == {
         ("reviews", "/tapme/x", "GET", 200)}
     assert events[0]["proxy"] == "productpage-v1" and events[0]["source"] == "productpage"
+
+
+def test_a_tap_client_going_away_ends_the_stream_quietly(
+        mesh: ObservedMesh, caplog: pytest.LogCaptureFixture) -> None:
+    """`meshctl tap ... | head -1`: the reader closes, the API's next write fails; the tap
+    ends there, with no 'Error handling request' traceback in the control plane's log."""
+    pp = mesh.proxies["productpage"]
+    with Traffic(lambda: send(pp, "reviews", "/gone")):
+        tap = subprocess.Popen([sys.executable, "-m", "meshctl", "--control-plane", mesh.url,
+                                "tap", "reviews", "-o", "json"], stdout=subprocess.PIPE,
+                               text=True, env=dict(os.environ, AMI_TOKEN=TOKEN), cwd="/")
+        try:
+            assert tap.stdout is not None
+            assert json.loads(tap.stdout.readline())["path"] == "/gone"
+        finally:
+            tap.kill()  # the client goes away mid-stream
+            tap.wait(10)
+        seen = mesh.observer.scraper.scrapes  # (traffic goes on: the API writes again)
+        wait_until(lambda: mesh.observer.scraper.scrapes >= seen + 2, 10, "more traffic")
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"], caplog.text
 
 
 def test_tap_needs_the_token(mesh: ObservedMesh) -> None:

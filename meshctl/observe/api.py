@@ -129,12 +129,15 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
                             method=q.get("method", ""),
                             admin=observer.admin) as events:
             await resp.prepare(request)
-            await resp.write(b": tapping\n\n")
-            sent = 0
-            while not limit or sent < limit:
-                event = await events.get()
-                await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                sent += 1
+            # The client going away (`meshctl tap | head`, a closed dashboard) ends the stream:
+            # that is how a tap ends, not an error to log with a traceback.
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write(b": tapping\n\n")
+                sent = 0
+                while not limit or sent < limit:
+                    event = await events.get()
+                    await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    sent += 1
         return resp
 
     async def top(request: web.Request) -> web.Response:
