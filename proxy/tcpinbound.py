@@ -53,13 +53,16 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
         p.transport = p.tcp_session = None
         listener.release(p)
 
+    def labels(version: str) -> tuple[str, ...]:
+        service = target.service if target is not None else listener.router.source[0]
+        return ("destination", p.peer_service or "unknown", version, service, service,
+                target.version if target is not None else "unknown", p.security)
+
     def hello(payload: bytes) -> None:
         # the caller's version label, believed over mTLS only (as HTTP's `x-ami-peer`)
         version = (payload.decode("ascii") if p.peer_identity is not None
                    and _VERSION.fullmatch(payload) else "unknown")
-        service = target.service if target is not None else listener.router.source[0]
-        session.opened(("destination", p.peer_service or "unknown", version, service, service,
-                        target.version if target is not None else "unknown", p.security))
+        session.opened(labels(version))
         if target is None:
             refuse("protocol_mismatch")
         elif not target.policy.admit_connection(p.peer_identity, p.peer_service,
@@ -70,7 +73,12 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
             p.loop.create_task(connect_app(target))
 
     def refuse(reason: str) -> None:
-        session.answer(reason.encode())
+        """End the connection for ``reason``: answered with it while no answer was sent (the
+        caller's sidecar reads it as the answer frame), counted under whatever is known."""
+        if not session.labels:
+            session.opened(labels("unknown"))
+        if not session.answered:
+            session.answer(reason.encode())
         session.fail(reason)
 
     async def connect_app(target: TcpInbound) -> None:
@@ -89,10 +97,11 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
         session.join()
 
     def no_hello() -> None:
-        if not session.labels:
-            session.fail("request_timeout")
+        if not session.labels and not session.ended:
+            refuse("request_timeout")  # a slow or silent caller, as HTTP's slow headers
 
     session.on_hello = hello
+    session.on_refuse = refuse
     session.on_end = end
     transport.set_protocol(MeshEnd(session))
     p.loop.call_later(listener.limits.header_timeout, no_hello)

@@ -33,6 +33,7 @@ class TcpSession:
         "_app_paused",
         "_flushed",
         "_recorded",
+        "answered",
         "app",
         "app_bytes",
         "app_fin",
@@ -51,6 +52,7 @@ class TcpSession:
         "on_answer",
         "on_end",
         "on_hello",
+        "on_refuse",
         "reader",
         "start",
         "stats",
@@ -83,6 +85,9 @@ class TcpSession:
         self.on_end: Callable[[TcpSession], None] | None = None
         self.on_hello: Callable[[bytes], None] | None = None  # server role: the caller's hello
         self.on_answer: Callable[[bytes], None] | None = None  # client role: the answer
+        # server role: how to end the connection for a reason (answering it if still owed)
+        self.on_refuse: Callable[[str], None] | None = None
+        self.answered = False  # server role: the answer frame was sent
         self.reader = FrameReader(self._first, self._from_mesh, self._mesh_eof)
         self.idle: IdleTimer | None = None  # client role: the idle timeout, once joined
         self._app_paused = 0
@@ -172,8 +177,12 @@ class TcpSession:
         try:
             self.reader.feed(data)
         except WireError as exc:
-            log.warning("peer sidecar broke the ami-tcp framing: %s", exc)
-            self.fail("upstream_protocol_error" if self.client else "bad_request")
+            if self.client:
+                log.warning("peer sidecar broke the ami-tcp framing: %s", exc)
+                self.fail("upstream_protocol_error")
+            else:  # anyone reaching the inbound port may send garbage: the metrics tell
+                log.debug("caller broke the ami-tcp framing: %s", exc)
+                (self.on_refuse or self.fail)("bad_request")
 
     def mesh_lost(self) -> None:
         self.mesh = None
@@ -184,6 +193,7 @@ class TcpSession:
 
     def answer(self, word: bytes) -> None:
         """Server role: the answer frame (`ok`, or a reason word before closing)."""
+        self.answered = True
         if self.mesh is not None:
             self.mesh.write(first_frame(word))
 

@@ -1,0 +1,345 @@
+"""Hostile peers against the inbound listener of a TCP app's sidecar: raw sockets speaking
+`ami-tcp` badly, in plaintext after the preamble (as anyone who reaches the port under
+PERMISSIVE can) and over mTLS. Each is closed with a reason in the metrics and the access log,
+the app never sees a byte of garbage, memory stays bounded, and nothing is left open."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshctl.ca import CertificateAuthority, init_ca
+from proxy.tcpwire import FIN, HEADER, PREAMBLE, first_frame
+from tests.helpers_mesh import MeshProcess, wait_for
+from tests.proxyharness import ProxyProcess, free_port, metric_value
+from tests.tcpapp import start_tcp_app
+from tests.test_mtls_static import TD, client_ctx, mint, start_proxy
+
+pytestmark = pytest.mark.timeout(120)
+TIMEOUT = 10.0
+HEADER_TIMEOUT = 1.0  # the db sidecar's --header-timeout: how long a hello may take
+MAX_CONNECTIONS = 6  # the db sidecar's --max-connections
+
+
+@dataclass
+class Db:
+    """A TCP app (tests.tcpapp: a banner, then an echo) behind a static PERMISSIVE sidecar."""
+
+    sidecar: ProxyProcess
+    inbound: int
+    app: MeshProcess
+    ca: CertificateAuthority
+
+    def metrics(self) -> str:
+        return self.sidecar.get("/metrics")[1].decode()
+
+    def closed(self, flags: str) -> float:
+        return metric_value(self.metrics(), "ami_tcp_connections_closed_total",
+                            reporter="destination", response_flags=flags)
+
+    def open_now(self) -> tuple[float, float]:
+        """Open inbound connections, and TCP sessions opened but not closed."""
+        text = self.metrics()
+        return (metric_value(text, "ami_downstream_connections_active", listener="inbound"),
+                metric_value(text, "ami_tcp_connections_opened_total")
+                - metric_value(text, "ami_tcp_connections_closed_total"))
+
+    def fds(self) -> int:
+        assert self.sidecar.proc is not None
+        return len(os.listdir(f"/proc/{self.sidecar.proc.pid}/fd"))
+
+    def rss_kb(self) -> int:
+        assert self.sidecar.proc is not None
+        for line in Path(f"/proc/{self.sidecar.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.sidecar.stdout().splitlines()
+                if line.startswith("{")]
+
+    def app_eofs(self) -> list[int]:
+        """What the app received on each connection that ended (its `eof N` lines)."""
+        return [int(line.split()[1]) for line in self.app.output().splitlines()
+                if line.startswith("eof ")]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
+    tmp = tmp_path_factory.mktemp("tcphostile")
+    init_ca(tmp / "ca", TD)
+    ca = CertificateAuthority(tmp / "ca")
+    app = start_tcp_app(tmp, "db")
+    inbound = free_port()
+    sidecar = None
+    try:
+        sidecar = start_proxy(tmp / "db", mint(ca, "db"), {
+            "node": {"service": "db", "labels": {"version": "v1"}},
+            "app": app.info["address"], "appProtocol": "tcp",
+            "mesh": {"mtls": "PERMISSIVE", "accessLog": True}},
+            inbound=inbound, extra=("--header-timeout", str(HEADER_TIMEOUT),
+                                    "--max-connections", str(MAX_CONNECTIONS)))
+        yield Db(sidecar, inbound, app, ca)
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        app.stop()
+
+
+@pytest.fixture
+def baseline(db: Db) -> Iterator[None]:
+    """Each test ends as it began: nothing open on the sidecar, /ready 200, and a
+    well-behaved caller still served."""
+    wait_for(lambda: db.open_now() == (0, 0), TIMEOUT, "no connection open before the test")
+    fds = db.fds()
+    yield
+    wait_for(lambda: db.open_now() == (0, 0), TIMEOUT, "every connection closed")
+    wait_for(lambda: db.fds() <= fds, TIMEOUT, "the sidecar's sockets closed")
+    assert db.sidecar.get("/ready")[0] == 200
+    with Peer.open(db) as peer:
+        peer.well_behaved()
+
+
+class Peer:
+    """A raw `ami-tcp` caller: plaintext after the preamble (or mTLS, ALPN `ami-tcp`)."""
+
+    def __init__(self, sock: socket.socket, preamble: bytes) -> None:
+        self.sock = sock
+        self.preamble = preamble  # what opens the stream: PREAMBLE in plaintext
+        self.pending = b""  # the app's bytes read, not yet asked for
+
+    @classmethod
+    def open(cls, db: Db, tls: ssl.SSLContext | None = None) -> Peer:
+        sock = socket.create_connection(("127.0.0.1", db.inbound), timeout=TIMEOUT)
+        if tls is None:
+            return cls(sock, PREAMBLE)
+        return cls(tls.wrap_socket(sock), b"")
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def hello(self, label: bytes = b"v1") -> None:
+        self.send(self.preamble + first_frame(label))
+
+    def frame(self, data: bytes) -> None:
+        self.send(HEADER.pack(len(data)) + data)
+
+    def read_exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError(f"closed after {data!r}")
+            data += chunk
+        return data
+
+    def read_frame(self) -> bytes:
+        (length,) = HEADER.unpack(self.read_exact(4))
+        return self.read_exact(length)
+
+    def read_payload(self, n: int) -> bytes:
+        """``n`` bytes of the app's, from however many frames."""
+        while len(self.pending) < n:
+            frame = self.read_frame()
+            assert frame, f"a FIN after {self.pending!r}"
+            self.pending += frame
+        data, self.pending = self.pending[:n], self.pending[n:]
+        return data
+
+    def read_fin(self) -> None:
+        """The app's FIN, after nothing more of its bytes."""
+        assert self.pending == b""
+        assert self.read_frame() == b""
+
+    def at_eof(self) -> bytes:
+        """Whatever comes until the sidecar closes (a reset counts as a close)."""
+        data = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        return data
+
+    def well_behaved(self) -> None:
+        """A whole exchange: `ok`, the banner, an echo, a half-close and the app's answer."""
+        self.hello()
+        assert self.read_frame() == b"ok"
+        assert self.read_payload(len(b"hello from db\n")) == b"hello from db\n"
+        self.frame(b"ping\n")
+        assert self.read_payload(5) == b"ping\n"
+        self.send(FIN)
+        assert self.read_payload(len(b"bye 5\n")) == b"bye 5\n"
+        self.read_fin()
+        assert self.at_eof() == b""
+
+
+def refused(db: Db, flags: str, before: float) -> None:
+    wait_for(lambda: db.closed(flags) > before, TIMEOUT, f"a connection counted {flags}")
+
+
+@pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize(("name", "hello"), [
+    ("too long", HEADER.pack(257) + b"x" * 257),
+    ("10 KB", HEADER.pack(10_000) + b"v" * 10_000),
+    ("zero-length", FIN),
+    ("4 GiB", HEADER.pack(0xFFFFFFFF) + b"v1"),
+    ("a TLS ClientHello", bytes.fromhex("160301020001")),
+    ("HTTP", b"GET / HTTP/1.1\r\nHost: db\r\n\r\n"),
+])
+def test_a_bad_hello_is_answered_bad_request_and_reaches_no_app(db: Db, name: str,
+                                                                hello: bytes) -> None:
+    """A first frame over 256 bytes, an empty one, or bytes that are no frame at all after
+    the preamble: the answer is `bad_request` and the close; the app is never dialled; the
+    connection is counted and logged `bad_request`."""
+    before, eofs = db.closed("bad_request"), len(db.app_eofs())
+    with Peer.open(db) as peer:
+        peer.send(PREAMBLE + hello)
+        assert peer.read_frame() == b"bad_request"
+        assert peer.at_eof() == b""
+    refused(db, "bad_request", before)
+    assert len(db.app_eofs()) == eofs
+    line = db.log_lines()[-1]
+    assert (line["reason"], line["protocol"], line["upstream"]) == ("bad_request", "TCP", None)
+
+
+@pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize(("name", "sent"), [
+    ("nothing after the preamble", PREAMBLE),
+    ("half a header", PREAMBLE + HEADER.pack(2)[:2]),
+    ("half a hello", PREAMBLE + HEADER.pack(10) + b"v1"),
+])
+def test_a_caller_that_stalls_before_its_hello_is_closed_after_the_header_timeout(
+        db: Db, name: str, sent: bytes) -> None:
+    """Slowloris on the hello: after --header-timeout the caller is answered
+    `request_timeout` and closed, as a slow HTTP head is; counted and logged."""
+    before = db.closed("request_timeout")
+    with Peer.open(db) as peer:
+        peer.send(sent)
+        start = time.monotonic()
+        assert peer.read_frame() == b"request_timeout"
+        assert peer.at_eof() == b""
+        assert time.monotonic() - start >= HEADER_TIMEOUT * 0.9  # not before its time
+    refused(db, "request_timeout", before)
+    assert db.log_lines()[-1]["reason"] == "request_timeout"
+
+
+def connected(db: Db, peer: Peer, early: bytes = b"", label: bytes = b"v1") -> None:
+    """The hello (and ``early``, in the same write), `ok`, then the app's banner."""
+    peer.send(peer.preamble + first_frame(label) + early)
+    assert peer.read_frame() == b"ok"
+    assert peer.read_payload(len(b"hello from db\n")) == b"hello from db\n"
+
+
+@pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize("after", [HEADER.pack(4) + b"evil", FIN])
+def test_anything_after_the_callers_fin_ends_the_connection(db: Db, after: bytes) -> None:
+    """A data frame or a second FIN after the caller's FIN breaks the framing: the connection
+    ends `bad_request`; the app saw exactly the bytes before the FIN."""
+    before, eofs = db.closed("bad_request"), len(db.app_eofs())
+    with Peer.open(db) as peer:
+        connected(db, peer)
+        peer.send(HEADER.pack(5) + b"ping\n" + FIN + after)  # one write: read at once
+        peer.at_eof()
+    refused(db, "bad_request", before)
+    wait_for(lambda: len(db.app_eofs()) > eofs, TIMEOUT, "the app's connection ended")
+    assert db.app_eofs()[-1] == 5
+
+
+@pytest.mark.usefixtures("baseline")
+def test_a_4_gib_frame_is_relayed_as_it_trickles_in(db: Db) -> None:
+    """A data frame announcing 2^32-1 bytes: nothing is reserved for it, each byte goes on to
+    the app as it arrives (the app's echo comes back)."""
+    rss = db.rss_kb()
+    with Peer.open(db) as peer:
+        connected(db, peer)
+        peer.send(HEADER.pack(0xFFFFFFFF))
+        for piece in (b"a", b"bc", b"def\n"):
+            peer.send(piece)
+            assert peer.read_payload(len(piece)) == piece
+    assert db.rss_kb() - rss < 16_000
+
+
+def mtls(db: Db, service: str = "web") -> ssl.SSLContext:
+    """A client context with a mesh identity, offering ALPN `ami-tcp` as a sidecar does."""
+    ctx = client_ctx(mint(db.ca, service), db.ca.trust_bundle())
+    ctx.set_alpn_protocols(["ami-tcp"])
+    return ctx
+
+
+@pytest.mark.usefixtures("baseline")
+def test_over_mtls_a_hello_that_is_no_version_label_is_unknown(db: Db) -> None:
+    """A caller with a mesh identity whose hello is no version label (control characters):
+    its connection is served, its version is `unknown` in the metrics, never its bytes."""
+    before = metric_value(db.metrics(), "ami_tcp_connections_closed_total",
+                          source_workload="web", source_version="unknown",
+                          connection_security_policy="mutual_tls", response_flags="-")
+    with Peer.open(db, mtls(db)) as peer:
+        connected(db, peer, label=b"v1\r\n\x00}")
+        peer.frame(b"ping\n")
+        assert peer.read_payload(5) == b"ping\n"
+    wait_for(lambda: metric_value(db.metrics(), "ami_tcp_connections_closed_total",
+                                  source_workload="web", source_version="unknown",
+                                  connection_security_policy="mutual_tls",
+                                  response_flags="-") > before,
+             TIMEOUT, "the connection counted under version unknown")
+    assert "\\r" not in db.metrics() and "\\u0000" not in db.sidecar.stdout()
+
+
+@pytest.mark.usefixtures("baseline")
+def test_over_mtls_a_bad_hello_is_bad_request_too(db: Db) -> None:
+    """The framing is checked the same for a caller with a mesh identity."""
+    before = db.closed("bad_request")
+    with Peer.open(db, mtls(db)) as peer:
+        peer.send(HEADER.pack(10_000) + b"v" * 10_000)
+        assert peer.read_frame() == b"bad_request"
+        assert peer.at_eof() == b""
+    refused(db, "bad_request", before)
+
+
+@pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize("held", ["served", "stalled in the hello"])
+def test_connections_beyond_max_connections_are_refused(db: Db, held: str) -> None:
+    """With --max-connections connections open (served, or slowloris callers that sent only
+    the preamble), one more is closed at once without a byte, counted in
+    `ami_connections_refused_total{listener="inbound"}`; once one ends, a caller gets in."""
+    refusals = metric_value(db.metrics(), "ami_connections_refused_total", listener="inbound")
+    peers = [Peer.open(db) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for peer in peers:
+            if held == "served":
+                connected(db, peer)
+            else:
+                peer.send(PREAMBLE)
+        wait_for(lambda: db.open_now()[0] == MAX_CONNECTIONS, TIMEOUT, "all admitted")
+        with Peer.open(db) as extra:
+            extra.hello()
+            assert extra.at_eof() == b""
+        assert metric_value(db.metrics(), "ami_connections_refused_total",
+                            listener="inbound") == refusals + 1
+        if held == "served":
+            peers.pop().sock.close()
+        else:  # the header timeout frees them all
+            for peer in peers:
+                assert peer.read_frame() == b"request_timeout"
+        wait_for(lambda: db.open_now()[0] < MAX_CONNECTIONS, TIMEOUT, "a connection ended")
+        with Peer.open(db) as peer:
+            peer.well_behaved()
+    finally:
+        for peer in peers:
+            peer.sock.close()
