@@ -70,6 +70,9 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
             refuse("not_authorized")
         else:
             session.upstream = str(target.app)
+            # The caller waits for `ok` before sending its app's bytes; what a peer sends
+            # sooner is kept for the app (proxy.tcprelay), and no more is read meanwhile.
+            session.hold_mesh()
             p.loop.create_task(connect_app(target))
 
     def refuse(reason: str) -> None:
@@ -107,3 +110,4 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
     p.loop.call_later(listener.limits.header_timeout, no_hello)
     if early:
         session.from_mesh(early)
+

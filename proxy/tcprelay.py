@@ -42,6 +42,7 @@ class TcpSession:
         "connect_answer",
         "early",
         "flags",
+        "held",
         "idle",
         "labels",
         "listener",
@@ -88,6 +89,9 @@ class TcpSession:
         # server role: how to end the connection for a reason (answering it if still owed)
         self.on_refuse: Callable[[str], None] | None = None
         self.answered = False  # server role: the answer frame was sent
+        # server role: the peer's bytes read before the app's connection was up (None: none
+        # are held, the app is connected or the connection is refused)
+        self.held: list[bytes] | None = None
         self.reader = FrameReader(self._first, self._from_mesh, self._mesh_eof)
         self.idle: IdleTimer | None = None  # client role: the idle timeout, once joined
         self._app_paused = 0
@@ -106,12 +110,29 @@ class TcpSession:
         self.app = transport
         self._pause_app(_P_START, True)
 
+    def hold_mesh(self) -> None:
+        """Server role, the hello accepted: until `join`, read no more of the peer, and keep
+        what it sent after the hello (at most the rest of one read) for the app."""
+        self.held = []
+        if self.mesh is not None:
+            self.mesh.pause_reading()
+
     def join(self) -> None:
         """Both ends are up (the answer was `ok`): read the app from now on."""
         self._pause_app(_P_START, False)
         if self.early:
             early, self.early = self.early, b""
             self.from_app(early)
+        held = self.held
+        if held is not None:  # server role: read the peer again, its early bytes first
+            self.held = None
+            mesh = self.mesh
+            if mesh is not None and not mesh.is_closing():
+                mesh.resume_reading()  # before writing: a full app socket pauses it again
+            for chunk in held:
+                self._from_mesh(chunk)
+            if self.mesh_fin:
+                self._mesh_eof()
 
     def watch_idle(self, timeout: float) -> None:
         """Client role: end the connection once idle for ``timeout`` seconds (proxy.tcpidle)."""
@@ -164,6 +185,8 @@ class TcpSession:
         if app is not None:
             self.mesh_bytes += len(chunk)
             app.write(chunk)
+        elif self.held is not None:
+            self.held.append(chunk)
 
     def _mesh_eof(self) -> None:
         self.mesh_fin = True

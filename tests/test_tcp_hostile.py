@@ -247,6 +247,18 @@ def connected(db: Db, peer: Peer, early: bytes = b"", label: bytes = b"v1") -> N
 
 
 @pytest.mark.usefixtures("baseline")
+def test_bytes_sent_before_the_answer_reach_the_app(db: Db) -> None:
+    """A caller that does not wait for `ok`: its frames and FIN sent behind the hello are
+    kept until the app is connected, then delivered, in order."""
+    with Peer.open(db) as peer:
+        connected(db, peer, HEADER.pack(6) + b"early\n" + FIN)
+        assert peer.read_payload(6) == b"early\n"
+        assert peer.read_payload(len(b"bye 6\n")) == b"bye 6\n"
+        peer.read_fin()
+    wait_for(lambda: 6 in db.app_eofs(), TIMEOUT, "the app saw the bytes and the FIN")
+
+
+@pytest.mark.usefixtures("baseline")
 @pytest.mark.parametrize("after", [HEADER.pack(4) + b"evil", FIN])
 def test_anything_after_the_callers_fin_ends_the_connection(db: Db, after: bytes) -> None:
     """A data frame or a second FIN after the caller's FIN breaks the framing: the connection
