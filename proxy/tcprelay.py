@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from proxy.tcpflush import close_flushing
 from proxy.tcpwire import FIN, HEADER, OK, FrameReader, WireError, first_frame
 
 if TYPE_CHECKING:
@@ -244,22 +245,17 @@ class TcpSession:
         """End the connection for ``reason`` (a reason word: its `response_flags`)."""
         if self.flags == "-":
             self.flags = reason
-        if self.app is not None:
-            if self.connect_answer is not None:  # a CONNECT still unanswered: say why
-                self.connect_answer = None
-                self.app.write(_refusal(reason))
-            self.app.close()
-        if self.mesh is not None:
-            self.mesh.close()
+        if self.app is not None and self.connect_answer is not None:
+            self.connect_answer = None  # a CONNECT still unanswered: say why
+            self.app.write(_refusal(reason))
         self.close()
 
     def close(self) -> None:
-        """Close both ends (each flushes what it holds) and record the connection, once."""
-        app, mesh = self.app, self.mesh
-        if app is not None and not app.is_closing():
-            app.close()
-        if mesh is not None and not mesh.is_closing():
-            mesh.close()
+        """Close both ends (each flushes what it holds, within proxy.tcpflush's grace) and
+        record the connection, once."""
+        for end in (self.app, self.mesh):
+            if end is not None and not end.is_closing():
+                close_flushing(end)
         if self._recorded:
             return
         self._recorded = True

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from meshctl.ca import CertificateAuthority, init_ca
+from proxy.tcpflush import FLUSH_GRACE
 from proxy.tcpwire import FIN, HEADER, PREAMBLE, first_frame
 from tests.helpers_mesh import MeshProcess, wait_for
 from tests.proxyharness import ProxyProcess, free_port, metric_value
@@ -52,9 +53,26 @@ class Db:
                 metric_value(text, "ami_tcp_connections_opened_total")
                 - metric_value(text, "ami_tcp_connections_closed_total"))
 
-    def fds(self) -> int:
+    def sockets(self) -> list[tuple[int, int]]:
+        """The sidecar's open sockets of TCP connections, from callers or to the app: (local,
+        remote) ports, whatever their state (a closed socket still flushing counts)."""
         assert self.sidecar.proc is not None
-        return len(os.listdir(f"/proc/{self.sidecar.proc.pid}/fd"))
+        fd_dir = Path(f"/proc/{self.sidecar.proc.pid}/fd")
+        inodes = set()
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        app_port = int(self.app.info["address"].rsplit(":", 1)[1])
+        found = []
+        for local, remote, state, inode in tcp_table():
+            if inode in inodes and state != "0A" and (local == self.inbound
+                                                      or remote == app_port):
+                found.append((local, remote))
+        return found
 
     def rss_kb(self) -> int:
         assert self.sidecar.proc is not None
@@ -100,10 +118,10 @@ def baseline(db: Db) -> Iterator[None]:
     """Each test ends as it began: nothing open on the sidecar, /ready 200, and a
     well-behaved caller still served."""
     wait_for(lambda: db.open_now() == (0, 0), TIMEOUT, "no connection open before the test")
-    fds = db.fds()
     yield
     wait_for(lambda: db.open_now() == (0, 0), TIMEOUT, "every connection closed")
-    wait_for(lambda: db.fds() <= fds, TIMEOUT, "the sidecar's sockets closed")
+    # (a socket whose reader stopped reading is reset after the flush grace)
+    wait_for(lambda: not db.sockets(), TIMEOUT + FLUSH_GRACE, "the sidecar's sockets closed")
     assert db.sidecar.get("/ready")[0] == 200
     with Peer.open(db) as peer:
         peer.well_behaved()
@@ -187,6 +205,14 @@ class Peer:
         assert self.read_payload(len(b"bye 5\n")) == b"bye 5\n"
         self.read_fin()
         assert self.at_eof() == b""
+
+
+def tcp_table() -> Iterator[tuple[int, int, str, str]]:
+    """/proc/net/tcp: (local port, remote port, state, inode) per IPv4 socket."""
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        yield (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
+               fields[3], fields[9])
 
 
 def refused(db: Db, flags: str, before: float) -> None:
@@ -322,6 +348,30 @@ def test_over_mtls_a_bad_hello_is_bad_request_too(db: Db) -> None:
         assert peer.read_frame() == b"bad_request"
         assert peer.at_eof() == b""
     refused(db, "bad_request", before)
+
+
+STALL = 3.0  # a send blocked this long: the sidecar stopped reading the caller
+FLOOD = 256 << 20
+
+
+@pytest.mark.usefixtures("baseline")
+def test_a_caller_that_stops_reading_is_held_back_not_buffered(db: Db) -> None:
+    """The caller sends and never reads; the app echoes everything. End to end backpressure
+    (caller <- sidecar <- app, then app <- sidecar <- caller) stops the caller's sends long
+    before 256 MiB, and the sidecar's memory does not grow with what was sent."""
+    rss = db.rss_kb()
+    block = HEADER.pack(1 << 16) + bytes(1 << 16)
+    sent = 0
+    with Peer.open(db) as peer:
+        connected(db, peer)
+        peer.sock.settimeout(STALL)
+        with pytest.raises(TimeoutError):
+            while sent < FLOOD:
+                peer.send(block)
+                sent += len(block)
+        grown = db.rss_kb() - rss
+    assert sent < FLOOD // 4, sent
+    assert grown < 32_000, (grown, sent)
 
 
 @pytest.mark.usefixtures("baseline")
