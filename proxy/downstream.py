@@ -219,17 +219,21 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         """httptools stopped at the NUL of `ami-tcp`'s plaintext preamble (proxy.tcpwire): a
         caller's sidecar without mTLS carrying a TCP service's bytes. Taken over only on the
         inbound listener, in plaintext, when the preamble opens this read and no request is in
-        flight (proxy.tcpinbound refuses it unless the app is `tcp`); else it is the 400 it
-        was."""
+        flight (proxy.tcpinbound refuses it unless the app is `tcp`), or when this read is the
+        start of the preamble (the rest is awaited); else it is the 400 it was."""
         from proxy.tcpwire import PREAMBLE
 
+        head = bytes(data[:len(PREAMBLE)])
         if (self.listener.kind != "inbound" or self.security != "none"
                 or self.current is not None or self.pending or self.closed
-                or bytes(data[:len(PREAMBLE)]) != PREAMBLE):
+                or not PREAMBLE.startswith(head)):
             return False
         from proxy import tcpinbound
 
-        tcpinbound.take_over(self, bytes(data[len(PREAMBLE):]))
+        if head == PREAMBLE:
+            tcpinbound.take_over(self, bytes(data[len(PREAMBLE):]))
+        else:  # the preamble split across reads: its rest is awaited
+            tcpinbound.await_preamble(self, head)
         return True
 
     def eof_received(self) -> bool | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxy.tcprelay import AppEnd, MeshEnd, TcpSession
-from proxy.tcpwire import OK
+from proxy.tcpwire import OK, PREAMBLE
 
 if TYPE_CHECKING:
     from proxy.config import Address
@@ -111,3 +111,39 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
     if early:
         session.from_mesh(early)
 
+
+def await_preamble(p: DownstreamProtocol, head: bytes) -> None:
+    """A plaintext connection's first read was only the start of the preamble (TCP may split
+    it anywhere): the rest is read here, then the connection is `ami-tcp`, or the 400 it
+    would have been. One that stalls gets the listener's `408 request_timeout` after
+    `--header-timeout`, as a slow HTTP head does."""
+    assert p.transport is not None
+    p.transport.set_protocol(_Preamble(p, head))
+
+
+class _Preamble(asyncio.Protocol):
+    """Reads the rest of a split preamble for ``p``, which stays the connection's owner."""
+
+    def __init__(self, p: DownstreamProtocol, head: bytes) -> None:
+        self.p = p
+        self.head = head
+
+    def data_received(self, data: bytes) -> None:
+        p, head = self.p, self.head + data
+        if p._lingering:  # timed out (408) meanwhile: read and dropped
+            return
+        self.head = head
+        if len(head) < len(PREAMBLE) and PREAMBLE.startswith(head):
+            return
+        assert p.transport is not None
+        p.transport.set_protocol(p)
+        if head.startswith(PREAMBLE):
+            take_over(p, head[len(PREAMBLE):])
+        else:
+            p._reject("bad_request")  # no preamble after all: what httptools stopped at
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.p.connection_lost(exc)

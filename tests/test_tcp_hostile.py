@@ -151,6 +151,13 @@ class Peer:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def send_read(self, data: bytes) -> None:
+        """Send ``data`` and return once the sidecar has read it (its socket's receive queue
+        in /proc/net/tcp is empty), so that what is sent next is another read."""
+        self.sock.sendall(data)
+        here, there = self.sock.getsockname()[1], self.sock.getpeername()[1]
+        wait_for(lambda: unread(there, here) == 0, TIMEOUT, "the sidecar read the bytes")
+
     def hello(self, label: bytes = b"v1") -> None:
         self.send(self.preamble + first_frame(label))
 
@@ -213,6 +220,16 @@ def tcp_table() -> Iterator[tuple[int, int, str, str]]:
         fields = row.split()
         yield (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16),
                fields[3], fields[9])
+
+
+def unread(local: int, remote: int) -> int | None:
+    """Bytes waiting in the receive queue of the loopback socket local -> remote."""
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)) == (
+                local, remote):
+            return int(fields[4].split(":")[1], 16)
+    return None
 
 
 def refused(db: Db, flags: str, before: float) -> None:
@@ -405,3 +422,43 @@ def test_connections_beyond_max_connections_are_refused(db: Db, held: str) -> No
     finally:
         for peer in peers:
             peer.sock.close()
+
+
+@pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize("cut", [1, 4, 11])
+def test_a_preamble_split_across_reads_is_still_ami_tcp(db: Db, cut: int) -> None:
+    """TCP may deliver the preamble in pieces: the first read holding only its start is not
+    refused as HTTP, the rest is awaited and the connection served."""
+    with Peer.open(db) as peer:
+        peer.send_read(PREAMBLE[:cut])
+        peer.preamble = PREAMBLE[cut:]
+        peer.well_behaved()
+
+
+@pytest.mark.usefixtures("baseline")
+def test_a_split_preamble_that_goes_wrong_is_a_400(db: Db) -> None:
+    """The start of the preamble, then bytes that are not its rest: `400 bad_request`, as
+    any other request that is no HTTP."""
+    with Peer.open(db) as peer:
+        peer.send_read(PREAMBLE[:4])
+        peer.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert peer.at_eof().startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.usefixtures("baseline")
+def test_part_of_the_preamble_then_nothing_is_closed_after_the_header_timeout(db: Db) -> None:
+    """A caller stalling inside the preamble holds its connection no longer than a slow HTTP
+    head: after --header-timeout it gets `408 request_timeout` (it is not known yet to be
+    anything but HTTP) and the close; the rest of the preamble sent after that opens
+    nothing."""
+    with Peer.open(db) as peer:
+        peer.send_read(PREAMBLE[:5])
+        start = time.monotonic()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += peer.sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert time.monotonic() - start >= HEADER_TIMEOUT * 0.9
+        peer.send(PREAMBLE[5:] + first_frame(b"v1"))
+        assert b"ok" not in peer.at_eof()
+    assert db.log_lines()[-1]["reason"] == "request_timeout"
