@@ -317,6 +317,20 @@ def test_anything_after_the_callers_fin_ends_the_connection(db: Db, after: bytes
 
 
 @pytest.mark.usefixtures("baseline")
+def test_a_frame_header_split_across_reads_mid_stream_is_waited_for(db: Db) -> None:
+    """After the answer, half a frame header then a pause is just a quiet connection: the
+    app gets nothing of it, and the frame once complete."""
+    with Peer.open(db) as peer:
+        connected(db, peer)
+        peer.send_read(HEADER.pack(5)[:3])
+        peer.send(HEADER.pack(5)[3:] + b"ping\n")
+        assert peer.read_payload(5) == b"ping\n"
+        peer.send(FIN)
+        assert peer.read_payload(len(b"bye 5\n")) == b"bye 5\n"
+        peer.read_fin()
+
+
+@pytest.mark.usefixtures("baseline")
 def test_a_4_gib_frame_is_relayed_as_it_trickles_in(db: Db) -> None:
     """A data frame announcing 2^32-1 bytes: nothing is reserved for it, each byte goes on to
     the app as it arrives (the app's echo comes back)."""
