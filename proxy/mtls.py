@@ -101,12 +101,13 @@ class TlsAcceptor:
             self.loop.create_task(self._start_counted(conn))
 
     async def _start_counted(self, conn: socket.socket) -> None:
+        pending = _Starting(self)
         try:
-            await self._start(conn)
+            await self._start(conn, pending)
         finally:
-            self.starting -= 1
+            pending.done()
 
-    async def _start(self, conn: socket.socket) -> None:
+    async def _start(self, conn: socket.socket, pending: _Starting) -> None:
         mode = self.mode()
         use_tls = mode == "STRICT"
         if mode == "PERMISSIVE" and self.tls() is None:
@@ -127,8 +128,11 @@ class TlsAcceptor:
             conn.close()
             return
         try:
+            # Plaintext: the listener counts the connection from connection_made on (its
+            # admit() is the hard limit). TLS: the protocol is made before the handshake, so
+            # the connection stays counted here until the handshake ended.
             await self.loop.connect_accepted_socket(
-                self.secure if use_tls else self.plain, conn,
+                self.secure if use_tls else pending.made(self.plain), conn,
                 ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
             )
@@ -168,6 +172,30 @@ class TlsAcceptor:
         finally:
             self.loop.remove_reader(fd)
         return _is_tls(conn.recv(1, socket.MSG_PEEK))
+
+
+class _Starting:
+    """One connection counted in its acceptor's `starting` until its plaintext protocol is
+    made: from then on the listener counts it (connection_made), which may happen before the
+    accepting task resumes. Counted in both meanwhile, a burst of plaintext connections was
+    refused below --max-connections."""
+
+    __slots__ = ("acceptor",)
+
+    def __init__(self, acceptor: TlsAcceptor) -> None:
+        self.acceptor: TlsAcceptor | None = acceptor
+
+    def made(self, factory: Callable[[], asyncio.BaseProtocol]
+             ) -> Callable[[], asyncio.BaseProtocol]:
+        def make() -> asyncio.BaseProtocol:
+            self.done()
+            return factory()
+        return make
+
+    def done(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.starting -= 1
+            self.acceptor = None
 
 
 def _is_tls(first: bytes) -> bool:
