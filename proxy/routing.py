@@ -262,7 +262,7 @@ class RouterBuilder:
             self._tcp = {name: TcpTarget(name, self._tcp_decision(service),
                                          (node.service, node.version),
                                          node.version.encode("ascii", "replace"),
-                                         _tcp_idle_timeout(service.policy))
+                                         tcp_idle_timeout(service.policy))
                          for name, service in self.snapshot.services.items()
                          if service.protocol == "tcp"}
         return self._tcp
@@ -596,11 +596,12 @@ def _default_policy() -> Any:
     return TrafficPolicy()
 
 
-def _tcp_idle_timeout(policy: Any) -> float:
+def tcp_idle_timeout(policy: Any) -> float:
     """A TCP service's idle timeout: its connectionPool's, else the default (1 h)."""
     from meshctl.api.policy import ConnectionPool
 
-    return float((policy.connection_pool or ConnectionPool()).tcp_idle_timeout)
+    pool = policy.connection_pool if policy is not None else None
+    return float((pool or ConnectionPool()).tcp_idle_timeout)
 
 
 def _balancer(kind: str, rng: random.Random, available: Any = None) -> Any:

@@ -295,9 +295,16 @@ def _tcp_inbound(snapshot: Snapshot, policy: InboundPolicy, pools: PoolRegistry)
     """What the inbound listener takes `ami-tcp` connections with: only for a `tcp` app."""
     if snapshot.app_protocol != "tcp" or snapshot.app is None:
         return None
+    from proxy.routing import tcp_idle_timeout
     from proxy.tcpinbound import TcpInbound
 
-    return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version)
+    # The service's own connectionPool.tcpIdleTimeout (1 h by default) bounds its idle
+    # connections here too, as Envoy's inbound TCP proxy does: a plaintext caller without a
+    # sidecar (PERMISSIVE) has no caller-side timer to end them.
+    own = snapshot.services.get(snapshot.node.service)
+    idle = tcp_idle_timeout(own.policy) if own is not None else tcp_idle_timeout(None)
+    return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version,
+                      idle_timeout=idle)
 
 
 def _protocol_factory(listener: Listener) -> Callable[[], DownstreamProtocol]:

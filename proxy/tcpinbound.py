@@ -36,6 +36,7 @@ class TcpInbound:
     service: str
     version: str
     connect_timeout: float = 5.0
+    idle_timeout: float = 3600.0  # the service's connectionPool.tcpIdleTimeout; 0: never
 
 
 def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
@@ -98,6 +99,8 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
             return
         session.answer(OK)
         session.join()
+        if target.idle_timeout:
+            session.watch_idle(target.idle_timeout)
 
     def no_hello() -> None:
         if not session.labels and not session.ended:

@@ -136,7 +136,7 @@ class TcpSession:
                 self._mesh_eof()
 
     def watch_idle(self, timeout: float) -> None:
-        """Client role: end the connection once idle for ``timeout`` seconds (proxy.tcpidle)."""
+        """End the connection once idle for ``timeout`` seconds (proxy.tcpidle)."""
         from proxy.tcpidle import IdleTimer
 
         self.idle = IdleTimer(self, timeout, asyncio.get_running_loop())

@@ -476,3 +476,37 @@ def test_part_of_the_preamble_then_nothing_is_closed_after_the_header_timeout(db
         peer.send(PREAMBLE[5:] + first_frame(b"v1"))
         assert b"ok" not in peer.at_eof()
     assert db.log_lines()[-1]["reason"] == "request_timeout"
+
+
+def test_an_idle_caller_is_closed_by_the_destination_too(tmp_path: Path) -> None:
+    """A plaintext caller without a sidecar has no caller-side idle timer: the destination's
+    sidecar ends its connection once idle for the service's own tcpIdleTimeout (1 h by
+    default, as Envoy's inbound TCP proxy), counting `idle_timeout`; traffic keeps it open."""
+    init_ca(tmp_path / "ca", TD)
+    app = start_tcp_app(tmp_path, "db")
+    inbound = free_port()
+    idle = 1.0
+    sidecar = start_proxy(tmp_path / "db", mint(CertificateAuthority(tmp_path / "ca"), "db"), {
+        "node": {"service": "db", "labels": {"version": "v1"}},
+        "app": app.info["address"], "appProtocol": "tcp", "mesh": {"mtls": "PERMISSIVE"},
+        "services": {"db": {"endpoints": [], "protocol": "tcp",
+                            "policy": {"connectionPool": {"tcpIdleTimeout": f"{idle}s"}}}}},
+        inbound=inbound)
+    db = Db(sidecar, inbound, app, CertificateAuthority(tmp_path / "ca"))
+    try:
+        with Peer.open(db) as busy, Peer.open(db) as quiet:
+            connected(db, busy)
+            connected(db, quiet)
+            start = time.monotonic()
+            while time.monotonic() - start < 3 * idle:  # bytes every idle/5: never idle
+                busy.frame(b"x\n")
+                assert busy.read_payload(2) == b"x\n"
+                time.sleep(idle / 5)  # the pace of a live connection, not a wait
+            assert quiet.at_eof() == b""  # closed (its idle timeout passed long ago)
+            busy.frame(b"still\n")
+            assert busy.read_payload(6) == b"still\n"
+        assert metric_value(db.metrics(), "ami_tcp_connections_closed_total",
+                            response_flags="idle_timeout") == 1
+    finally:
+        sidecar.stop()
+        app.stop()
