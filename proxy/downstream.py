@@ -188,7 +188,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             elif (self.tunnel_host is not None and self.current is None
                   and bytes(data[:2]) == meshtunnel.TLS_RECORD):
                 meshtunnel.refuse_tls(self)
-            elif not self._http2(data) and not self._plaintext_tcp(data):
+            elif not self._http2(data, str(exc)) and not self._plaintext_tcp(data):
                 self._reject(_parser_error_reason(str(exc)))
             return
         except Exception:
@@ -203,15 +203,20 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             elif self._head_bytes > limits.max_header_bytes:
                 self._reject("headers_too_large")
 
-    def _http2(self, data: bytes | memoryview) -> bool:
+    def _http2(self, data: bytes | memoryview, error: str) -> bool:
         """httptools stopped at `PRI * HTTP/2.0`: a client speaking HTTP/2 with prior
-        knowledge (gRPC in plaintext). Taken over when the preface opens this read and no
-        HTTP/1.1 request is in flight; else it is the 400 it was."""
+        knowledge (gRPC in plaintext). Taken over when the preface opens this read, or this
+        read holds the end of the preface whose start came in earlier reads (TCP may cut it
+        anywhere), and no HTTP/1.1 request is in flight; else it is the 400 it was."""
         from proxy.h2downstream import PREFACE, take_over
 
-        if (self.current is not None or self.pending or self.closed
-                or bytes(data[:18]) != PREFACE[:18]):
+        if self.current is not None or self.pending or self.closed:
             return False
+        if bytes(data[:18]) != PREFACE[:18]:
+            cut = _preface_cut(bytes(data[:len(PREFACE)])) if "PRI" in error else None
+            if cut is None:
+                return False
+            data = PREFACE + bytes(data[cut:])
         take_over(self, bytes(data), tls=isinstance(self, TlsDownstreamProtocol))
         return True
 
@@ -521,6 +526,19 @@ class DownstreamProtocol(asyncio.BaseProtocol):
 
 class TlsDownstreamProtocol(DownstreamProtocol, recvbuf.BufferedReads):
     """A client connection over TLS: uvloop decrypts into the shared buffer (see recvbuf)."""
+
+
+def _preface_cut(head: bytes) -> int | None:
+    """Where the preface ends in a read that holds only its end: httptools pauses at `PRI`
+    once it consumed the whole preface, its start from earlier reads. The longest end of
+    the preface that opens the read (what follows, a frame header, never starts with its
+    characters); None when the read opens with none."""
+    from proxy.h2downstream import PREFACE
+
+    for k in range(min(len(head), len(PREFACE) - 1), 0, -1):
+        if head[:k] == PREFACE[-k:]:
+            return k
+    return None
 
 
 def _parser_error_reason(message: str) -> str:

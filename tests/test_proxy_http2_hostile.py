@@ -726,6 +726,31 @@ async def test_hpack_bomb_is_refused(proxy: ProxyProcess) -> None:
 
 
 # 6. malformed requests
+@pytest.mark.parametrize("cut", [3, 16, 17, 20])
+async def test_a_preface_split_across_reads_is_still_http2(proxy: ProxyProcess,
+                                                           cut: int) -> None:
+    """TCP may deliver the preface in pieces: a first read holding only the start of its
+    `PRI` line is not a 400, the connection is HTTP/2 once the rest arrives."""
+    from tests.test_tcp_hostile import unread
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    peer = Peer(reader, writer)
+    try:
+        writer.write(PREFACE[:cut])
+        await writer.drain()
+        here, there = writer.get_extra_info("sockname")[1], proxy.outbound
+        end = asyncio.get_running_loop().time() + 10
+        while unread(there, here) != 0:  # the proxy read the first piece: the next is a read
+            assert asyncio.get_running_loop().time() < end, "the proxy never read"
+            await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
+        writer.write(PREFACE[cut:] + SettingsFrame(0).serialize())
+        peer.request(1, "/split")
+        status, _ = await peer.response(1)
+        assert status == 200 and peer.json(1)["path"] == "/split"
+    finally:
+        peer.close()
+
+
 async def test_bad_preface_closes(proxy: ProxyProcess) -> None:
     """`PRI * HTTP/2.0` with a wrong rest of the preface: closed, nothing else happens."""
     peer = await Peer.open(proxy.outbound, preface=b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
