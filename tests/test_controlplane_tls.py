@@ -191,6 +191,9 @@ def test_meshctl_talks_to_an_https_api_and_verifies_it(tls_cp: MeshProcess,
     assert by_env.returncode == 0, by_env.stderr
     assert [r["metadata"]["name"] for r in json.loads(by_env.stdout)["items"]] == ["reviews"]
 
+    checked = meshctl("--control-plane", api, "--ca-file", str(bundle), "check")
+    assert "✔ API over TLS: https on 127.0.0.1:" in checked.stdout, checked.stdout
+
     # From the directory holding certs/ (as after `meshctl certs init`), nothing to pass.
     by_cwd = meshctl("--control-plane", api, "get", "routes", cwd=tls_cp.info["certs_dir"].parent)
     assert by_cwd.returncode == 0 and "reviews" in by_cwd.stdout, by_cwd.stderr

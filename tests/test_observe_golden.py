@@ -315,3 +315,17 @@ spec:
         ("Route default/db (TCP service db)", "warn")]
     assert "spec.rules[0].timeout" in group.checks[1].detail and group.checks[1].hint
     assert tcp_route_checks(routes, proxies[2:]) == []
+
+
+@pytest.mark.parametrize(("listen", "tls", "state"), [
+    ("127.0.0.1:15080", False, "ok"), ("[::1]:15080", False, "ok"),
+    ("0.0.0.0:15080", True, "ok"), ("0.0.0.0:15080", False, "warn"),
+    ("10.0.0.5:15080", False, "warn")])
+def test_api_transport_check(listen: str, tls: bool, state: str) -> None:
+    """Plain HTTP is fine on loopback; reachable from a network it is a warning with the fix."""
+    from meshctl.observe.checks import api_transport_check
+
+    [check] = api_transport_check(listen, tls).checks
+    assert check.state == state
+    if state == "warn":
+        assert "--api-tls" in check.hint and listen in check.detail

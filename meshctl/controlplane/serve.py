@@ -101,8 +101,9 @@ async def serve(options: ServeOptions,
                      counters=reconciler.counters)
     reconciler.jwks = jwks
     # Sidecars' admin listeners are called over mTLS with the control plane's certificate.
-    observer, observe_extra = observability(registry, reconciler, token=token,
-                                            admin_tls=AdminTls(own_cert, ca))
+    observer, observe_extra = observability(
+        registry, reconciler, token=token, admin_tls=AdminTls(own_cert, ca),
+        api=(options.listen, options.api_tls or options.api_cert is not None))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)

@@ -1,5 +1,5 @@
-"""``meshctl check``: grouped health checks over the proxies list, store errors, certificates
-and the control plane's end-user authentication keys."""
+"""``meshctl check``: grouped health checks over the proxies list, store errors, certificates,
+the control plane's end-user authentication keys and how its API is served."""
 
 from __future__ import annotations
 
@@ -186,3 +186,19 @@ def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now:
                ) -> list[Group]:
     """Every group after "control plane reachable" (which only the client can judge)."""
     return [proxy_checks(proxies), config_checks(errors), cert_checks(proxies, now)]
+
+
+def api_transport_check(listen: str, tls: bool) -> Group:
+    """Whether the API's bearer tokens and tap data can cross a network in clear: served over
+    HTTPS, or bound to loopback only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if tls:
+        check = Check("API over TLS", "ok", f"https on {listen}")
+    elif host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
+        check = Check("API over TLS", "ok", f"plain http on loopback only ({listen})")
+    else:
+        check = Check("API over TLS", "warn",
+                      f"plain http on {listen}: tokens and tap data cross the network in clear",
+                      "meshctl serve --api-tls (or --api-cert/--api-key), and give clients "
+                      "https:// with AMI_CA_FILE")
+    return Group("Control plane", (check,))

@@ -15,17 +15,19 @@ if TYPE_CHECKING:
 
 
 def observability(registry: Any, reconciler: Any, *, token: str, interval: float = 2.0,
-                  admin_tls: AdminTls | None = None
+                  admin_tls: AdminTls | None = None, api: tuple[str, bool] | None = None
                   ) -> tuple[Observer, list[web.AbstractRouteDef]]:
     """The observer (run ``observer.run()`` in the serve TaskGroup) and the routes to mount:
     stat/edges/top/tap/check, the dashboard, and the control plane's own ``/metrics``.
-    ``admin_tls``: the control plane's client certificate for sidecars' admin listeners."""
+    ``admin_tls``: the control plane's client certificate for sidecars' admin listeners;
+    ``api``: where the API listens and whether over TLS, for `meshctl check`."""
     from meshctl.controlplane.proxystatus import proxies_json
-    from meshctl.observe.checks import jwks_checks
+    from meshctl.observe.checks import api_transport_check, jwks_checks
 
     def extra_checks() -> list[Any]:
         jwks = getattr(reconciler, "jwks", None)
-        return jwks_checks(jwks.status()) if jwks is not None else []
+        groups = jwks_checks(jwks.status()) if jwks is not None else []
+        return [*groups, api_transport_check(*api)] if api is not None else groups
 
     def admin_token(name: str) -> str:
         info = registry.get(name)
