@@ -192,7 +192,10 @@ def test_meshctl_talks_to_an_https_api_and_verifies_it(tls_cp: MeshProcess,
     assert [r["metadata"]["name"] for r in json.loads(by_env.stdout)["items"]] == ["reviews"]
 
     checked = meshctl("--control-plane", api, "--ca-file", str(bundle), "check")
-    assert "✔ API over TLS: https on 127.0.0.1:" in checked.stdout, checked.stdout
+    assert checked.stdout.splitlines()[:3] == [
+        "Control plane", f"  ✔ control plane reachable at {api}",
+        f"  ✔ API over TLS: https on 127.0.0.1:{api.rpartition(':')[2]}"], checked.stdout
+    assert checked.stdout.count("Control plane") == 1
 
     # From the directory holding certs/ (as after `meshctl certs init`), nothing to pass.
     by_cwd = meshctl("--control-plane", api, "get", "routes", cwd=tls_cp.info["certs_dir"].parent)

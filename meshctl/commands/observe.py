@@ -175,8 +175,11 @@ def check(args: argparse.Namespace) -> int:
         print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {exc}\n"
               "    hint: start it with `meshctl serve`, or pass --control-plane URL")
         return 1
-    for group in body["groups"]:
-        print(group["title"])
+    # The control plane's own group (how its API is served) goes under the line above.
+    groups = sorted(body["groups"], key=lambda g: g["title"] != "Control plane")
+    for i, group in enumerate(groups):
+        if group["title"] != "Control plane" or i:
+            print(group["title"])
         for c in group["checks"]:
             detail = f": {c['detail']}" if c["detail"] else ""
             print(f"  {MARKS[c['state']]} {c['name']}{detail}")
