@@ -57,7 +57,8 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         body: dict[str, Any] = dict(server.stats.totals())
         body["upstream_pools"] = [
             {"address": str(p.address), "version": p.version, "connections": p.connections,
-             "idle": len(p.idle), "active_requests": p.active_requests}
+             "idle": len(p.idle), "active_requests": p.active_requests,
+             **({"subset": p.subset} if p.subset is not None else {})}
             for p in server.pools
         ]
         body["config_version"] = server.snapshot.version if server.snapshot else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl.api.errors import ValidationError
-from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy
+from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy, parse_subset_policy
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,10 @@ class Endpoint:
 class Subset:
     name: str
     labels: Mapping[str, str]
+    # A subset that sets policy fields of its own: the service's policy with them (merged once,
+    # here) for traffic routed to it, and a destination of its own (proxy.routing). None: the
+    # service's policy and destination.
+    policy: TrafficPolicy | None = None
 
     def selects(self, endpoint: Endpoint) -> bool:
         return all(endpoint.labels.get(k) == v for k, v in self.labels.items())
@@ -97,6 +101,13 @@ class Service:
                 return tuple(e for e in self.endpoints if s.selects(e))
         # A subset not declared by a policy selects by the conventional `version` label.
         return tuple(e for e in self.endpoints if e.labels.get("version") == name)
+
+    def subset_policy(self, name: str | None) -> TrafficPolicy | None:
+        """The merged policy of subset ``name`` if it sets policy fields of its own."""
+        for s in self.subsets if name is not None else ():
+            if s.name == name:
+                return s.policy
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +196,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
                           "protocol"}),
     "endpoint": frozenset({"address", "labels", "identity"}),
-    "subset": frozenset({"name", "labels"}),
+    "subset": frozenset({"name", "labels", "policy"}),
     "route": frozenset({"host", "rules"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
@@ -281,12 +292,19 @@ def _parse_service(name: str, data: object, path: str) -> Service:
             _labels(em.get("labels"), f"{ep}.labels"),
             em.get("identity", service_identity),
         ))
+    policy = _policy(raw.get("policy"), f"{path}.policy")
     subsets = []
     for i, s in enumerate(_list(raw.get("subsets"), f"{path}.subsets")):
-        sm = _mapping(s, f"{path}.subsets[{i}]")
+        sp = f"{path}.subsets[{i}]"
+        sm = _mapping(s, sp)
         if not sm.get("name"):
-            raise ConfigError(f"{path}.subsets[{i}].name: required")
-        subsets.append(Subset(str(sm["name"]), _labels(sm.get("labels"), f"{path}.subsets[{i}]")))
+            raise ConfigError(f"{sp}.name: required")
+        own = None
+        if sm.get("policy") is not None:
+            with _config_errors():
+                own = parse_subset_policy(sm["policy"], f"{sp}.policy")
+        subsets.append(Subset(str(sm["name"]), _labels(sm.get("labels"), sp),
+                              own.over(policy) if own is not None else None))
     protocol = raw.get("protocol", "http")
     if protocol not in SERVICE_PROTOCOLS:
         raise ConfigError(f"{path}.protocol: expected http or tcp, got {protocol!r}")
@@ -295,7 +313,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         namespace=str(raw.get("namespace", "default")),
         endpoints=tuple(endpoints),
         subsets=tuple(subsets),
-        policy=_policy(raw.get("policy"), f"{path}.policy"),
+        policy=policy,
         protocol=protocol,
     )
 

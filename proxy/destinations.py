@@ -1,6 +1,7 @@
 """Per-destination state that outlives config pushes: breaker counts, waiters, ejections, budget.
 
-Keyed by service name (and subset), so a new snapshot with the same destination keeps its
+Keyed by service name, and subset for a subset with policy fields of its own (a destination of
+its own, as Envoy's subset cluster), so a new snapshot with the same destination keeps its
 in-flight counts, its ejected endpoints and its retry budget.
 """
 
@@ -96,12 +97,13 @@ class Breaker:
 
 
 class DestinationState:
-    """Everything stateful about one destination service."""
+    """Everything stateful about one destination: a service, or a subset with its own policy."""
 
-    __slots__ = ("breaker", "budget", "name", "outlier", "tcp_connections")
+    __slots__ = ("breaker", "budget", "name", "outlier", "subset", "tcp_connections")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, subset: str | None = None) -> None:
         self.name = name
+        self.subset = subset
         self.breaker: Breaker | None = None
         self.outlier: OutlierDetector | None = None
         self.budget: RetryBudget | None = None
@@ -116,18 +118,21 @@ class DestinationRegistry:
     def __init__(self, stats: RequestStats, clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
         self.clock = clock
-        self._states: dict[str, DestinationState] = {}
+        self._states: dict[tuple[str, str | None], DestinationState] = {}
 
-    def get(self, name: str) -> DestinationState:
-        state = self._states.get(name)
+    def get(self, name: str, subset: str | None = None) -> DestinationState:
+        """The state of service ``name``, or of its ``subset`` that is a destination of its
+        own (the service's is apart)."""
+        state = self._states.get((name, subset))
         if state is None:
-            state = self._states[name] = DestinationState(name)
+            state = self._states[(name, subset)] = DestinationState(name, subset)
         return state
 
     def configure(self, name: str, pool_settings: ConnectionPool | None,
                   outlier: OutlierDetection | None, pools: tuple[EndpointPool, ...],
-                  budget_percent: float, budget_min_per_second: float) -> DestinationState:
-        state = self.get(name)
+                  budget_percent: float, budget_min_per_second: float,
+                  subset: str | None = None) -> DestinationState:
+        state = self.get(name, subset)
         if pool_settings is None:
             state.breaker = None
         else:
@@ -154,18 +159,24 @@ class DestinationRegistry:
         return state
 
     def _detector(self, name: str, s: OutlierDetection) -> OutlierDetector:
-        labels = (("destination_service", name),)
+        def ejected(pool: Any) -> None:
+            # the endpoint's version: which side of a canary is being ejected
+            self.stats.inc("ami_outlier_ejections", (("destination_service", name),
+                                                     ("destination_version", pool.version)))
+
         detector = _Detector(
             s.consecutive_5xx_errors, s.consecutive_gateway_errors, s.interval,
             s.base_ejection_time,
             s.max_ejection_percent, self.clock,
-            on_ejection=lambda _key: self.stats.inc("ami_outlier_ejections", labels),
+            on_ejection=ejected,
         )
         detector.settings = s
         return detector
 
     def ejected(self) -> dict[str, int]:
-        return {n: s.outlier.ejected_count for n, s in self._states.items() if s.outlier}
+        """Ejected endpoints per destination: `reviews`, or `reviews/v2` for a subset's own."""
+        return {n if sub is None else f"{n}/{sub}": s.outlier.ejected_count
+                for (n, sub), s in self._states.items() if s.outlier}
 
 
 class _Budget(RetryBudget):

@@ -53,6 +53,7 @@ class EndpointPool:
         "origination",
         "protocol",
         "retired",
+        "subset",
         "tls",
         "tunnel",
         "tunnels",
@@ -88,6 +89,9 @@ class EndpointPool:
         # open for as long as a client cares to keep a tunnel.
         self.tunnels: set[UpstreamConnection] | None = None
         self.version = "unknown"  # the endpoint's version label, for metrics
+        # The subset whose own destination (its own policy) this pool is, apart from the pool
+        # of the same endpoint that the service's destination uses; None: the service's.
+        self.subset: str | None = None
         self.identity: str | None = None  # expected SPIFFE id of the peer
         # An outside host (passthrough): this proxy's own listening ports, which a connection
         # must not reach (a request loop, whatever name or address spelling led there).
@@ -341,16 +345,20 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+# (host, port, identity or kind, mTLS, (service, subset) of a subset's own destination)
+_Key = tuple[str, int, str | None, bool, tuple[str, str] | None]
+
+
 class PoolRegistry:
-    """One EndpointPool per (address, expected identity, mTLS or not); unused pools close when
-    retired."""
+    """One EndpointPool per (address, expected identity, mTLS or not, and the subset whose own
+    destination it serves, if any); unused pools close when retired."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  max_head_bytes: int = _MAX_HEAD_BYTES) -> None:
         self.loop = loop
         self.max_head_bytes = max_head_bytes
-        self._pools: dict[tuple[str, int, str | None, bool], EndpointPool] = {}
-        self._used: set[tuple[str, int, str | None, bool]] = set()
+        self._pools: dict[_Key, EndpointPool] = {}
+        self._used: set[_Key] = set()
         self.tls: Any = None  # TlsContexts when this proxy has an identity
         self.mtls = False  # whether the current snapshot wants mTLS to mesh endpoints
 
@@ -362,21 +370,25 @@ class PoolRegistry:
             policy: TrafficPolicy | None = None, *, external: bool = False,
             tunnel: bool = False,
             loop_ports: Callable[[], set[int]] | None = None,
-            protocol: str = "auto", origination: Origination | None = None) -> EndpointPool:
+            protocol: str = "auto", origination: Origination | None = None,
+            owner: tuple[str, str] | None = None) -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
         TCP or TLS it originates (``origination``), and a pool of its own for CONNECT tunnels
         (``tunnel``), whose connections may not reach ``loop_ports`` on this host.
-        ``protocol``: what the endpoint speaks."""
+        ``protocol``: what the endpoint speaks. ``owner``: (service, subset) of a subset with
+        its own policy, whose connections (and their limits, timeouts) are its own."""
         tls = self.tls if (self.tls is not None and identity and self.mtls) else None
         # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
         # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
         # Likewise for TLS origination and the name it verifies.
         kind = ("*external-tunnel*" if tunnel else origination.key if origination is not None
                 else "*external-h2*" if protocol == "http2" else "*external*")
-        key = (address.host, address.port, kind if external else identity, tls is not None)
+        key = (address.host, address.port, kind if external else identity, tls is not None,
+               owner)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
+            pool.subset = owner[1] if owner is not None else None
         pool.version = version
         pool.identity = identity
         pool.tls = tls
@@ -401,7 +413,7 @@ class PoolRegistry:
         ExternalService): plain TCP; tunnels apart from HTTP reuse. Its connections may
         not reach ``own_ports`` on this host. ``http2``: h2c (a wildcard's HTTP2/GRPC port)."""
         kind = "*tunnel*" if tunnel else "*passthrough-h2*" if http2 else "*passthrough*"
-        key = (address.host, address.port, kind, False)
+        key = (address.host, address.port, kind, False, None)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)

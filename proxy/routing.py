@@ -471,18 +471,23 @@ class RouterBuilder:
         if backend is None:
             node = self.snapshot.node
             mesh = self.snapshot.mesh
-            all_pools = tuple(self.pools.get(e.address, e.identity, e.version, service.policy)
-                              for e in service.endpoints)
+            policy = service.subset_policy(subset)
+            if policy is None:  # the service's destination, shared by its other subsets
+                policy, owner, members = service.policy, None, service.endpoints
+            else:  # a subset with a policy of its own: its own pools, limits and ejections,
+                # as Envoy's subset cluster
+                assert subset is not None
+                owner, members = (service.name, subset), service.subset(subset)
+            all_pools = tuple(self.pools.get(e.address, e.identity, e.version, policy,
+                                             owner=owner) for e in members)
             state = self.destinations.configure(
-                service.name,
-                service.policy.connection_pool,
-                service.policy.outlier_detection, all_pools, mesh.retry_budget_percent,
-                mesh.retry_budget_min_per_second)
+                service.name, policy.connection_pool, policy.outlier_detection, all_pools,
+                mesh.retry_budget_percent, mesh.retry_budget_min_per_second,
+                subset if owner is not None else None)
             chosen = {e.address for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
             prefix = (reporter, node.service, node.version, service.name, service.name)
-            backend = self._make_backend(service.name, subset, pools, service.policy, state,
-                                         prefix)
+            backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
             self._backends[key] = backend
         return backend
 

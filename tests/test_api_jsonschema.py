@@ -139,6 +139,15 @@ def with_rule(**rule: Any) -> dict[str, Any]:
         "consistentHash": {"header": "x", "sourceIp": True}}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {
         "host": "r", "loadBalancer": "CONSISTENT_HASH", "consistentHash": {"sourceIp": False}}},
+    *({**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "subsets": [
+        {"name": "v2", "labels": {"version": "v2"}, **own}]}} for own in (
+        {"rateLimit": {"requestsPerSecond": 1}},  # enforced by the destination: not per subset
+        {"tls": {"mode": "SIMPLE"}},
+        {"trafficPolicy": {"loadBalancer": "RANDOM"}},  # Istio's nesting: the fields are flat
+        {"consistentHash": {"header": "x"}},  # without its own loadBalancer CONSISTENT_HASH
+        {"loadBalancer": "CONSISTENT_HASH"},
+        {"connectionPool": {"maxConnections": 0}},
+        {"outlierDetection": {"maxEjectionPercent": 101}})),
     {**ROUTE, "kind": "Route", "spec": {"host": "API.example.com", "rules": [{"backends": [{}]}]}},
     {**ROUTE, "kind": "ExternalService", "spec": {"hosts": [], "ports": [{"number": 80,
                                                                           "protocol": "HTTP"}]}},
@@ -191,6 +200,14 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         {"redirect": {"scheme": "https", "port": 8443, "authority": "a.example"}}]}},
     {**ROUTE, "spec": {"host": "api.github.com", "rules": [{"backends": [{}], "timeout": "1s"}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "api.github.com"}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "loadBalancer": "CONSISTENT_HASH", "consistentHash": {"sourceIp": True},
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                    {"name": "v2", "labels": {"version": "v2"}, "loadBalancer": "ROUND_ROBIN",
+                     "connectionPool": {"maxConnections": 1, "maxPendingRequests": 0},
+                     "outlierDetection": {"consecutive5xxErrors": 1}},
+                    {"name": "v3", "labels": {"version": "v3"}, "loadBalancer": "CONSISTENT_HASH",
+                     "consistentHash": {"header": "x-user"}}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {
         "tcpIdleTimeout": "0s"}}},  # never
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {

@@ -39,6 +39,9 @@ class TrafficBackend:
     fail_status: int = 503
     reset_first: int = 0  # the first N requests get the connection closed without an answer
     delay: float = 0.0  # seconds before answering (the slowness under test)
+    # Requests wait for it to be set before being answered: in flight until the test says so
+    # (create it in the hub's loop; set it with hub.loop.call_soon_threadsafe(gate.set)).
+    gate: asyncio.Event | None = None
     port: int = 0
     requests: list[Message] = field(default_factory=list)
     active: int = 0  # requests being handled now
@@ -82,6 +85,8 @@ class TrafficBackend:
             try:
                 if self.delay:
                     await asyncio.sleep(self.delay)  # the slowness under test, not a wait
+                if self.gate is not None:
+                    await self.gate.wait()
             finally:
                 self.active -= 1
             status = self.fail_status if seen <= self.reset_first + self.fail_first \

@@ -176,25 +176,36 @@ DEFS: Schema = {
                                                   "mirror", "headers", "rewrite", "cors")]}}]},
 }
 
+# The policy fields a DestinationPolicy's subset may set too (each replacing the host's).
+_SUBSET_POLICY: Schema = {
+    "loadBalancer": {"enum": list(LOAD_BALANCERS)},
+    "consistentHash": _obj({"header": _str(F.HEADER_NAME),
+                            "queryParameter": _str(r"^[^\s&=#]+$"),
+                            "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
+    "connectionPool": _obj({
+        "maxConnections": _int(1), "maxPendingRequests": _int(0),
+        "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
+        "idleTimeout": _duration(), "connectTimeout": _duration(),
+        "tcpIdleTimeout": _duration("a TCP service's connection; 0s: never", zero=True)}),
+    "outlierDetection": _obj({
+        "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
+        "interval": _duration(), "baseEjectionTime": _duration(),
+        "maxEjectionPercent": _int(0, 100)}),
+}
+# consistentHash if and only if loadBalancer (in the same mapping) is CONSISTENT_HASH
+_BALANCER_RULE: Schema = {
+    "if": {"required": ["loadBalancer"],
+           "properties": {"loadBalancer": {"const": "CONSISTENT_HASH"}}},
+    "then": {"required": ["consistentHash"]},
+    "else": {"not": {"required": ["consistentHash"]}}}
+
 _SPECS: dict[str, Schema] = {
     "Route": _obj({"host": _HOST, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
     "DestinationPolicy": _obj({
         "host": _HOST,
-        "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels")},
-                              ("name", "labels"))),
-        "loadBalancer": {"enum": list(LOAD_BALANCERS)},
-        "consistentHash": _obj({"header": _str(F.HEADER_NAME),
-                                "queryParameter": _str(r"^[^\s&=#]+$"),
-                                "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
-        "connectionPool": _obj({
-            "maxConnections": _int(1), "maxPendingRequests": _int(0),
-            "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
-            "idleTimeout": _duration(), "connectTimeout": _duration(),
-            "tcpIdleTimeout": _duration("a TCP service's connection; 0s: never", zero=True)}),
-        "outlierDetection": _obj({
-            "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
-            "interval": _duration(), "baseEjectionTime": _duration(),
-            "maxEjectionPercent": _int(0, 100)}),
+        "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels"),
+                               **_SUBSET_POLICY}, ("name", "labels")) | _BALANCER_RULE),
+        **_SUBSET_POLICY,
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
         "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
@@ -205,12 +216,7 @@ _SPECS: dict[str, Schema] = {
             "then": {"required": ["clientCertificate", "privateKey"]},
             "else": {"not": {"anyOf": [{"required": ["clientCertificate"]},
                                        {"required": ["privateKey"]}]}}},
-    }, ("host",)) | {
-        # consistentHash if and only if loadBalancer is CONSISTENT_HASH
-        "if": {"required": ["loadBalancer"],
-               "properties": {"loadBalancer": {"const": "CONSISTENT_HASH"}}},
-        "then": {"required": ["consistentHash"]},
-        "else": {"not": {"required": ["consistentHash"]}}},
+    }, ("host",)) | _BALANCER_RULE,
     "AuthorizationPolicy": _obj({
         "selector": _obj({"service": _SERVICE}, ("service",)),
         "action": {"enum": list(ACTIONS)},

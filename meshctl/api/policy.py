@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError
@@ -15,14 +15,28 @@ POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDet
                  "rateLimit", "tls")
 TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL")
 HASH_KEYS = ("header", "queryParameter", "sourceIp")
+# The policy fields a subset may set for itself (Istio's subsets[].trafficPolicy, flat as the
+# spec's own); rateLimit and tls stay with the host (see _NOT_IN_SUBSET).
+SUBSET_POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection")
+_NOT_IN_SUBSET = {
+    "rateLimit": "not per subset: the destination's sidecars enforce it for every caller, "
+                 "whatever subset a Route sent the request to; set it at the top of spec",
+    "tls": "not per subset: it is for ExternalService hosts, whose endpoints no subset "
+           "selects; set it at the top of spec",
+    "trafficPolicy": "a subset takes the policy fields themselves, without trafficPolicy: "
+                     "{name, labels, loadBalancer, consistentHash, connectionPool, "
+                     "outlierDetection}",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Subset:
-    """A named group of a service's endpoints: those carrying all of ``labels``."""
+    """A named group of a service's endpoints: those carrying all of ``labels``; ``policy``:
+    the policy fields it sets itself, if any."""
 
     name: str
     labels: Mapping[str, str]
+    policy: SubsetPolicy | None = None
 
     def selects(self, endpoint_labels: Mapping[str, str]) -> bool:
         """Whether an endpoint with ``endpoint_labels`` belongs to this subset."""
@@ -95,6 +109,31 @@ class TrafficPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class SubsetPolicy:
+    """The policy fields a subset sets (None: the host's). Each replaces the host's whole
+    field, as Istio merges a subset's trafficPolicy: a subset's ``connectionPool`` is the
+    whole pool (its unset limits at their defaults, not the host's); ``load_balancer`` comes
+    with its own ``consistent_hash``."""
+
+    load_balancer: str | None = None
+    consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    def over(self, host: TrafficPolicy) -> TrafficPolicy:
+        """The policy of traffic routed to the subset: ``host``'s, with this one's fields."""
+        policy = host
+        if self.load_balancer is not None:
+            policy = replace(policy, load_balancer=self.load_balancer,
+                             consistent_hash=self.consistent_hash)
+        if self.connection_pool is not None:
+            policy = replace(policy, connection_pool=self.connection_pool)
+        if self.outlier_detection is not None:
+            policy = replace(policy, outlier_detection=self.outlier_detection)
+        return policy
+
+
+@dataclass(frozen=True, slots=True)
 class DestinationPolicySpec:
     """spec of a DestinationPolicy."""
 
@@ -133,13 +172,7 @@ def parse_policy(data: object, path: str) -> TrafficPolicy:
 
 def read_policy(f: Fields) -> TrafficPolicy:
     """Read the traffic-policy fields of an open mapping (so specs can add their own fields)."""
-    balancer = f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST")
-    hashing = f.optional("consistentHash", parse_consistent_hash)
-    if balancer == "CONSISTENT_HASH" and not f.has("consistentHash"):
-        f.add(f.at("consistentHash"), "CONSISTENT_HASH needs consistentHash: one of "
-                                      "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}")
-    elif f.has("consistentHash") and balancer != "CONSISTENT_HASH":
-        f.add(f.at("consistentHash"), "has no effect unless loadBalancer is CONSISTENT_HASH")
+    balancer, hashing = _read_balancer(f)
     return TrafficPolicy(
         balancer,
         f.optional("connectionPool", parse_connection_pool),
@@ -148,6 +181,43 @@ def read_policy(f: Fields) -> TrafficPolicy:
         hashing,
         f.optional("tls", parse_client_tls),
     )
+
+
+def _read_balancer(f: Fields, subset: bool = False) -> tuple[str, ConsistentHash | None]:
+    """loadBalancer and consistentHash, which go together (one without the other is refused)."""
+    balancer = f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST")
+    hashing = f.optional("consistentHash", parse_consistent_hash)
+    if balancer == "CONSISTENT_HASH" and not f.has("consistentHash"):
+        f.add(f.at("consistentHash"), "CONSISTENT_HASH needs consistentHash: one of "
+                                      "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}")
+    elif f.has("consistentHash") and balancer != "CONSISTENT_HASH":
+        f.add(f.at("consistentHash"), "has no effect unless loadBalancer is CONSISTENT_HASH"
+              + (" in this subset (a subset's loadBalancer replaces the host's loadBalancer "
+                 "and consistentHash together)" if subset else ""))
+    return balancer, hashing
+
+
+def read_subset_policy(f: Fields) -> SubsetPolicy | None:
+    """Read the policy fields a subset entry sets for itself (None: it sets none)."""
+    for key, why in _NOT_IN_SUBSET.items():
+        if f.has(key):
+            f.add(f.at(key), why)
+    if not any(f.has(k) for k in SUBSET_POLICY_FIELDS):
+        return None
+    balancing = f.has("loadBalancer") or f.has("consistentHash")
+    balancer, hashing = _read_balancer(f, subset=True) if balancing else (None, None)
+    return SubsetPolicy(balancer, hashing,
+                        f.optional("connectionPool", parse_connection_pool),
+                        f.optional("outlierDetection", parse_outlier_detection))
+
+
+def parse_subset_policy(data: object, path: str) -> SubsetPolicy | None:
+    """Parse a mapping holding only a subset's policy fields (a proxy snapshot's subset
+    ``policy``)."""
+    f = Fields(data, path)
+    policy = read_subset_policy(f)
+    f.finish()
+    return policy
 
 
 _PEM_PATH = F.string(r"^/.*", "an absolute path to a PEM file on the sidecar's host", 4096)
@@ -212,8 +282,9 @@ def _parse_subset(data: object, path: str) -> Subset:
     f = Fields(data, path)
     name = f.required("name", F.string(F.DNS_LABEL, "a subset name (DNS-1123 label)"), "")
     labels = f.required("labels", F.labels, {})
+    policy = read_subset_policy(f)
     f.finish()
-    return Subset(name, labels)
+    return Subset(name, labels, policy)
 
 
 def parse_connection_pool(data: object, path: str) -> ConnectionPool:

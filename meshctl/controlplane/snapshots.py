@@ -24,7 +24,12 @@ from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
-from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
+from meshctl.api.policy import (
+    POLICY_FIELDS,
+    SUBSET_POLICY_FIELDS,
+    DestinationPolicySpec,
+    Subset,
+)
 from meshctl.api.resources import Resource
 from meshctl.controlplane.registry import ProxyInfo
 
@@ -49,6 +54,15 @@ def _dumps(value: Any) -> str:
 def _raw_spec(resource: Resource) -> dict[str, Any]:
     spec = resource.raw.get("spec") or {}
     return dict(json.loads(json.dumps(spec)))  # deep, JSON-safe copy
+
+
+def _subset(subset: Subset, raw: dict[str, Any]) -> dict[str, Any]:
+    """A DestinationPolicy subset in the snapshot: its policy fields, if it sets any, under
+    ``policy`` (absent otherwise: such snapshots keep their bytes)."""
+    entry: dict[str, Any] = {"name": subset.name, "labels": dict(subset.labels)}
+    if subset.policy is not None:
+        entry["policy"] = {k: raw[k] for k in SUBSET_POLICY_FIELDS if k in raw}
+    return entry
 
 
 def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
@@ -159,9 +173,9 @@ class SnapshotBuilder:
             policy = policies.get(name)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
                 continue
-            svc["subsets"] = [{"name": s.name, "labels": dict(s.labels)}
-                              for s in policy.spec.subsets]
             raw = _raw_spec(policy)
+            svc["subsets"] = [_subset(s, raw_subset) for s, raw_subset
+                              in zip(policy.spec.subsets, raw.get("subsets") or [], strict=True)]
             svc["policy"] = {k: raw[k] for k in POLICY_FIELDS if k in raw}
         return services
 
