@@ -42,7 +42,7 @@ class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
     __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "pools", "service",
-                 "state", "subset")
+                 "state", "subset", "tcp_idle_timeout")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
@@ -58,6 +58,8 @@ class Backend:
         # PEAK_EWMA learns from response times; the exchange feeds it only when it is in use.
         self.ewma = balancer if isinstance(balancer, PeakEwmaBalancer) else None
         self.hash_key = hash_key  # CONSISTENT_HASH: the request's key (None: no key, any pick)
+        # A subset's own connectionPool.tcpIdleTimeout (None: its TCP service's, TcpTarget's)
+        self.tcp_idle_timeout: float | None = None
 
     def pick_endpoint(self, ex: Exchange | None = None,
                       exclude: list[EndpointPool] | None = None) -> EndpointPool | None:
@@ -488,6 +490,8 @@ class RouterBuilder:
             pools = tuple(p for p in all_pools if p.address in chosen)
             prefix = (reporter, node.service, node.version, service.name, service.name)
             backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
+            if owner is not None and service.protocol == "tcp":
+                backend.tcp_idle_timeout = _tcp_idle_timeout(policy)
             self._backends[key] = backend
         return backend
 

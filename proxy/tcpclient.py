@@ -93,8 +93,11 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
                 session.close()
             else:
                 session.join()
-                if target.idle_timeout:
-                    session.watch_idle(target.idle_timeout)
+                idle = backend.tcp_idle_timeout
+                if idle is None:  # (a subset with its own connectionPool has its own)
+                    idle = target.idle_timeout
+                if idle:
+                    session.watch_idle(idle)
             return
         if reason not in _RETRIABLE:
             break

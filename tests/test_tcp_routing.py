@@ -257,6 +257,33 @@ def connect_refused(mesh: TcpMesh, reason: str, status: int = 503) -> None:
         assert read_to_eof(sock).startswith(reason.encode() + b": ")
 
 
+def own_v2_pool(pool: str) -> str:
+    """SUBSETS with v2 setting its own ``connectionPool``, and a Route sending db to v2."""
+    return (SUBSETS.replace("    - {name: v2, labels: {version: v2}}\n",
+                            "    - name: v2\n      labels: {version: v2}\n"
+                            f"      connectionPool: {pool}\n")
+            + "---\n" + ROUTE % "    - backends: [{subset: v2}]\n")
+
+
+def test_a_subset_with_its_own_connection_pool_limits_its_connections(mesh: TcpMesh) -> None:
+    """Subset v2 sets its own connectionPool: `maxConnections: 1` refuses a second connection
+    routed to v2 (`overflow`), `tcpIdleTimeout: 500ms` closes an idle one; the service itself
+    (no connectionPool) still takes two connections at once to v1."""
+    mesh.apply(own_v2_pool("{maxConnections: 1}"))
+    with mesh.connect() as held:
+        assert banner(held) == "db-v2"
+        assert refused(mesh)
+        held.shutdown(socket.SHUT_WR)
+        assert read_to_eof(held) == b"bye 0\n"
+    mesh.apply(own_v2_pool("{tcpIdleTimeout: 500ms}"))
+    with mesh.connect() as idle:
+        assert banner(idle) == "db-v2"
+        assert read_to_eof(idle) == b""  # an EOF within the socket's timeout (1 h otherwise)
+    mesh.apply(SUBSETS + "---\n" + ALL_V1)
+    with mesh.connect() as first, mesh.connect() as second:
+        assert banner(first) == banner(second) == "db-v1"
+
+
 def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
         mesh: TcpMesh) -> None:
     """CONNECT to db: `200` only once an endpoint accepted (its banner right after); a 503
