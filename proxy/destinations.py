@@ -153,9 +153,13 @@ class DestinationRegistry:
             if state.outlier is None or getattr(state.outlier, "settings", None) != outlier:
                 state.outlier = self._detector(name, outlier)
             state.outlier.set_endpoints(pools)
-        if not isinstance(state.budget, _Budget) or state.budget.settings != (
+        # One retry budget per service, its subsets' own destinations included: a rule's
+        # retries draw on its first backend's, which a split must not make depend on order.
+        service = self.get(name)
+        if not isinstance(service.budget, _Budget) or service.budget.settings != (
                 budget_percent, budget_min_per_second):
-            state.budget = _Budget(budget_percent, budget_min_per_second, self.clock)
+            service.budget = _Budget(budget_percent, budget_min_per_second, self.clock)
+        state.budget = service.budget
         return state
 
     def _detector(self, name: str, s: OutlierDetection) -> OutlierDetector:

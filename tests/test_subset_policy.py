@@ -170,7 +170,8 @@ def test_a_static_snapshot_subset_policy_is_checked() -> None:
 # --- what the proxy compiles ------------------------------------------------------------------
 async def test_a_subset_with_its_own_policy_is_a_destination_of_its_own() -> None:
     """v2 (own policy) gets its own state and its own pools (not the service's, whose pool of
-    the same endpoint stays apart); v1 (no policy) shares the service's state and pools."""
+    the same endpoint stays apart), but the service's retry budget; v1 (no policy) shares the
+    service's state and pools."""
     snap = Snapshot.from_dict(built(DOCS))
     pools = PoolRegistry(asyncio.get_running_loop())
     destinations = DestinationRegistry(RequestStats())
@@ -182,6 +183,7 @@ async def test_a_subset_with_its_own_policy_is_a_destination_of_its_own() -> Non
     assert v2.state is not whole.state and v2.state is not None
     assert v2.state.breaker is not None and v2.state.breaker.limits.max_connections == 1
     assert (v2.state.name, v2.state.subset) == ("reviews", "v2")
+    assert v2.state.budget is whole.state.budget is not None
     v2_pool, = v2.pools
     shared = next(p for p in whole.pools if p.address == v2_pool.address)
     assert v2_pool is not shared and (v2_pool.subset, shared.subset) == ("v2", None)
