@@ -491,7 +491,7 @@ class RouterBuilder:
             prefix = (reporter, node.service, node.version, service.name, service.name)
             backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
             if owner is not None and service.protocol == "tcp":
-                backend.tcp_idle_timeout = _tcp_idle_timeout(policy)
+                backend.tcp_idle_timeout = tcp_idle_timeout(policy)
             self._backends[key] = backend
         return backend
 
