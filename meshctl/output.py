@@ -133,6 +133,9 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("ISSUERS", lambda d: _joined(r.get("issuer") for r in _spec(d).get("jwtRules") or [])),
         ("KEYS", lambda d: _joined("uri" if "jwksUri" in r else "inline"
                                    for r in _spec(d).get("jwtRules") or []))],
+    "PeerAuthentication": [
+        ("SERVICE", _authz_target),
+        ("MTLS", lambda d: str((_spec(d).get("mtls") or {}).get("mode", "UNSET")))],
     "MeshConfig": [
         ("MTLS", _mtls),
         ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],

@@ -43,7 +43,8 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     """Every kind's schema is itself a valid draft 2020-12 schema."""
     schemas = all_schemas()
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
-                            "RequestAuthentication", "MeshConfig", "Gateway", "ExternalService"}
+                            "RequestAuthentication", "PeerAuthentication", "MeshConfig",
+                            "Gateway", "ExternalService"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -124,6 +125,12 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:70000", "rules": [
         {"destination": "web"}]}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"from": [{}]}]}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {"mode": "OFF"}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {"mode": "strict"}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"service": "Reviews"}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"matchLabels": {"a": "b"}}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"portLevelMtls": {}}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"to": [{"paths": ["a"]}]}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "loadBalancer": "FAST"}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "connectionPool": {
@@ -180,6 +187,10 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     with_rule(retries={"attempts": 0}, timeout="1m30s"),
     {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "default"}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {}},  # UNSET, namespace-wide: a no-op
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {}}},
+    {**ROUTE, "kind": "PeerAuthentication",
+     "spec": {"selector": {"service": "legacy"}, "mtls": {"mode": "UNSET"}}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
     with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),

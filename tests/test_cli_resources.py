@@ -32,6 +32,16 @@ spec:
   listen: 0.0.0.0:8080
   rules: [{destination: productpage}]
 """
+PEER_AUTHENTICATIONS = """apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {name: legacy, namespace: default}
+spec: {selector: {service: legacy}, mtls: {mode: PERMISSIVE}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {name: default, namespace: edge}
+spec: {}
+"""
 REJECTED = {"conditions": [{
     "type": "Accepted", "status": "False", "reason": "Invalid",
     "lastTransitionTime": "2026-01-02T03:04:05Z",
@@ -129,6 +139,20 @@ async def test_get_tables_match_golden_files(cp: ControlPlane, mesh: Path) -> No
     check_golden("get_gateways_all_namespaces.txt", (await cp.meshctl("get", "gw", "-A"))[1])
     assert await cp.meshctl("get", "gateway") == (0, "", "No gateways found in namespace "
                                                          "default.\n")
+
+
+async def test_peer_authentications_are_listed_by_every_name(cp: ControlPlane,
+                                                             tmp_path: Path) -> None:
+    """PeerAuthentication is a kind like the others: applied, then listed under its plural,
+    singular and short name with its service (`<all>`: the namespace) and mode (`UNSET` when
+    none is set)."""
+    path = write(tmp_path / "pa.yaml", PEER_AUTHENTICATIONS)
+    assert (await cp.meshctl("apply", "-f", str(path)))[0] == 0
+    listed = await cp.meshctl("get", "pa", "-A")
+    assert listed[0] == 0
+    check_golden("get_peerauthentications_all_namespaces.txt", listed[1])
+    assert await cp.meshctl("get", "peerauthentications", "-A") == listed
+    assert await cp.meshctl("get", "PeerAuthentication", "-A") == listed
 
 
 async def test_get_yaml_reapplies_unchanged(cp: ControlPlane, mesh: Path,

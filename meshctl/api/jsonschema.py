@@ -21,6 +21,7 @@ from meshctl.api.kinds import (
     MTLS_MODES,
     OUTBOUND_TRAFFIC_MODES,
 )
+from meshctl.api.peerauthn import PEER_MODES
 from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
@@ -255,6 +256,10 @@ _SPECS: dict[str, Schema] = {
             "forwardOriginalToken": {"type": "boolean"},
             "outputPayloadToHeader": _str(F.HEADER_NAME),
         }, ("issuer",), oneOf=[{"required": ["jwks"]}, {"required": ["jwksUri"]}])),
+    }),
+    "PeerAuthentication": _obj({
+        "selector": _obj({"service": _SERVICE}, ("service",)),
+        "mtls": _obj({"mode": {"enum": list(PEER_MODES)}}),
     }),
     "MeshConfig": _obj({
         "trustDomain": _str(F.DNS_SUBDOMAIN, maxLength=253),

@@ -10,6 +10,7 @@ from meshctl.api.authn import RequestAuthenticationSpec, parse_request_authentic
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
+from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
 
@@ -73,7 +74,7 @@ class GatewaySpec:
 
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
-        | MeshConfigSpec | GatewaySpec | ExternalServiceSpec)
+        | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -180,6 +181,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("DestinationPolicy", parse_destination_policy),
     Kind("AuthorizationPolicy", parse_authorization),
     Kind("RequestAuthentication", parse_request_authentication),
+    Kind("PeerAuthentication", parse_peer_authentication),
     Kind("MeshConfig", parse_mesh_config, spec_required=False),
     Kind("Gateway", parse_gateway),
     Kind("ExternalService", parse_external_service),

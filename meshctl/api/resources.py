@@ -16,6 +16,7 @@ from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
+from meshctl.api.peerauthn import PeerAuthenticationSpec
 from meshctl.api.policy import DestinationPolicySpec
 
 API_VERSION = "ami.mesh/v1alpha1"
@@ -247,7 +248,8 @@ def load_path(path: str | Path) -> list[Resource]:
 
 
 def validate_set(resources: Iterable[Resource]) -> list[Issue]:
-    """Checks across documents: duplicates, conflicting hosts, unknown subsets, one MeshConfig."""
+    """Checks across documents: duplicates, conflicting hosts, unknown subsets, one MeshConfig,
+    one PeerAuthentication per service and per namespace."""
     items = list(resources)
     issues: list[Issue] = []
 
@@ -270,6 +272,8 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, GatewaySpec):
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+        if isinstance(r.spec, PeerAuthenticationSpec):
+            claims.append(_peer_authentication_claim(r, r.spec))
         for claim, path, message in claims:
             if claim in first and (claim == r.key or first[claim].key != r.key):
                 add(r, path, f"{message} ({_describe(first[claim])})")
@@ -278,6 +282,19 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
     return issues
+
+
+def _peer_authentication_claim(r: Resource, spec: PeerAuthenticationSpec
+                               ) -> tuple[tuple[str, ...], str, str]:
+    """One PeerAuthentication per service and one namespace-wide one per namespace: two at
+    the same level would leave the mode to chance."""
+    if spec.service is None:
+        return (("PeerAuthentication", r.namespace, "selector", ""), "spec.selector",
+                f"namespace {r.namespace} already has a namespace-wide PeerAuthentication "
+                "(one without selector)")
+    return (("PeerAuthentication", r.namespace, "selector", spec.service),
+            "spec.selector.service",
+            f"service {spec.service} already has a PeerAuthentication")
 
 
 def _unknown_subsets(route: Resource, spec: RouteSpec,

@@ -28,10 +28,11 @@ from meshctl.controlplane.auth import load_client_token
 from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
-               "ra": "RequestAuthentication", "mc": "MeshConfig", "gw": "Gateway",
-               "es": "ExternalService"}
+               "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
+               "gw": "Gateway", "es": "ExternalService"}
 KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
-             "requestauthentication|ra, meshconfig|mc, gateway|gw, externalservice|es")
+             "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
+             "externalservice|es")
 Command = Callable[[argparse.Namespace], int]
 
 

@@ -1,7 +1,7 @@
 """The control plane's HTTP API (aiohttp): CRUD, watch (SSE) and apply for every resource kind.
 
 Paths (``{plural}``: routes, destinationpolicies, authorizationpolicies,
-requestauthentications, meshconfigs, gateways, externalservices)::
+requestauthentications, peerauthentications, meshconfigs, gateways, externalservices)::
 
     GET    /api/v1/{plural}                              all namespaces
     GET    /api/v1/namespaces/{ns}/{plural}              list

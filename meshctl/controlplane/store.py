@@ -25,6 +25,7 @@ KIND_PLURALS: dict[str, str] = {
     "DestinationPolicy": "destinationpolicies",
     "AuthorizationPolicy": "authorizationpolicies",
     "RequestAuthentication": "requestauthentications",
+    "PeerAuthentication": "peerauthentications",
     "MeshConfig": "meshconfigs",
     "Gateway": "gateways",
     "ExternalService": "externalservices",

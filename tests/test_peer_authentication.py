@@ -1,0 +1,144 @@
+"""PeerAuthentication without processes: parsing, validation across documents, the effective
+mode (service > namespace > mesh, UNSET inherits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
+from meshctl.api.resources import Resource, load_documents, validate_set
+
+
+def peer_auth(name: str, mode: str | None, service: str | None = None,
+              namespace: str = "default") -> str:
+    spec = []
+    if service is not None:
+        spec.append(f"selector: {{service: {service}}}")
+    if mode is not None:
+        spec.append(f"mtls: {{mode: {mode}}}")
+    return (f"apiVersion: ami.mesh/v1alpha1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+            f"spec: {{{', '.join(spec)}}}\n")
+
+
+def mesh_config(mode: str) -> str:
+    return ("apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
+            f"spec: {{mtls: {{mode: {mode}}}}}\n")
+
+
+def load(*texts: str) -> list[Resource]:
+    return [r for n, text in enumerate(texts, 1) for r in load_documents(text, f"f{n}.yaml")]
+
+
+# -- parsing and validation ------------------------------------------------------------------
+
+def test_spec_parses_selector_and_mode_with_unset_as_default() -> None:
+    """`selector.service` picks one service (absent: the namespace); `mtls.mode` defaults to
+    UNSET, as Istio's."""
+    [one, whole, empty] = load(peer_auth("a", "PERMISSIVE", "legacy"),
+                               peer_auth("b", "DISABLE", namespace="edge"),
+                               peer_auth("c", None))
+    assert one.spec == PeerAuthenticationSpec("legacy", "PERMISSIVE")
+    assert (whole.namespace, whole.spec) == ("edge", PeerAuthenticationSpec(None, "DISABLE"))
+    assert empty.spec == PeerAuthenticationSpec(None, "UNSET")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (peer_auth("a", "MUTUAL"), "f1.yaml doc 1: spec.mtls.mode: unknown value 'MUTUAL', "
+                               "expected one of STRICT, PERMISSIVE, DISABLE, UNSET"),
+    (peer_auth("a", "strict"), "f1.yaml doc 1: spec.mtls.mode: unknown value 'strict', "
+                               "expected one of STRICT, PERMISSIVE, DISABLE, UNSET"),
+    (peer_auth("a", "STRICT", "Legacy_1"), "f1.yaml doc 1: spec.selector.service: "),
+    (peer_auth("a", "STRICT").replace("spec: {", "spec: {portLevelMtls: {}, "),
+     "f1.yaml doc 1: spec.portLevelMtls: unknown field"),
+    (peer_auth("a", "STRICT").replace("spec: {", "spec: {selector: {matchLabels: {a: b}}, "),
+     "f1.yaml doc 1: spec.selector.matchLabels: unknown field, expected one of service"),
+])
+def test_bad_documents_name_the_field(text: str, expected: str) -> None:
+    """A mode that is not one of the four (spelt exactly), a bad service name, Istio fields
+    Ami has no equivalent for: refused with file, document and field path."""
+    with pytest.raises(ValidationError) as err:
+        load(text)
+    assert any(str(i).startswith(expected) for i in err.value.issues), str(err.value)
+
+
+def test_one_namespace_wide_and_one_per_service_per_namespace() -> None:
+    """Two namespace-wide PeerAuthentications in one namespace, or two for one service, are
+    refused (which one applied would be left to chance), naming the first; the same in other
+    namespaces, or a namespace-wide one beside a per-service one, is fine."""
+    assert validate_set(load(
+        peer_auth("ns", "STRICT"), peer_auth("legacy", "PERMISSIVE", "legacy"),
+        peer_auth("ns", "DISABLE", namespace="edge"),
+        peer_auth("legacy", "DISABLE", "legacy", namespace="edge"))) == []
+    issues = [str(i) for i in validate_set(load(
+        peer_auth("ns", "STRICT"), peer_auth("ns-too", "PERMISSIVE"),
+        peer_auth("a", "PERMISSIVE", "legacy") + "---\n" + peer_auth("b", "UNSET", "legacy")))]
+    assert issues == [
+        "f2.yaml doc 1: spec.selector: namespace default already has a namespace-wide "
+        "PeerAuthentication (one without selector) (see PeerAuthentication default/ns in "
+        "f1.yaml doc 1)",
+        "f3.yaml doc 2: spec.selector.service: service legacy already has a "
+        "PeerAuthentication (see PeerAuthentication default/a in f3.yaml doc 1)"]
+
+
+def test_meshctl_validate_reports_both_mistakes(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshctl validate` on a directory: an unknown mode in one file, a second namespace-wide
+    PeerAuthentication in another, each with its file, document and field; exit 1."""
+    from tests.test_api_validate_cli import run
+
+    (tmp_path / "a.yaml").write_text(peer_auth("ns", "STRICT") + "---\n"
+                                     + peer_auth("ns-again", "PERMISSIVE"))
+    (tmp_path / "b.yaml").write_text(peer_auth("legacy", "PERMISIVE", "legacy"))
+    assert run("validate", "-f", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'b.yaml'} doc 1: spec.mtls.mode: unknown value 'PERMISIVE', expected "
+            "one of STRICT, PERMISSIVE, DISABLE, UNSET") in err
+    (tmp_path / "b.yaml").unlink()
+    assert run("validate", "-f", str(tmp_path)) == 1
+    assert (f"{tmp_path / 'a.yaml'} doc 2: spec.selector: namespace default already has a "
+            "namespace-wide PeerAuthentication") in capsys.readouterr().err
+
+
+# -- the effective mode ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mesh, namespace, service, expected", [
+    ("STRICT", None, None, "STRICT"),
+    ("STRICT", None, "PERMISSIVE", "PERMISSIVE"),
+    ("STRICT", "DISABLE", None, "DISABLE"),
+    ("STRICT", "DISABLE", "STRICT", "STRICT"),          # service > namespace
+    ("DISABLE", "PERMISSIVE", "UNSET", "PERMISSIVE"),   # UNSET: the namespace's
+    ("PERMISSIVE", "UNSET", "UNSET", "PERMISSIVE"),     # ... and then the mesh's
+    ("DISABLE", None, "STRICT", "STRICT"),
+])
+def test_effective_mode_is_service_then_namespace_then_mesh(
+        mesh: str, namespace: str | None, service: str | None, expected: str) -> None:
+    """The service's own mode wins over its namespace's, which wins over the mesh's; UNSET
+    at a level defers to the next."""
+    declared = []
+    if namespace is not None:
+        declared.append(("default", PeerAuthenticationSpec(None, namespace)))
+    if service is not None:
+        declared.append(("default", PeerAuthenticationSpec("legacy", service)))
+    modes = MtlsModes(mesh, declared)
+    assert modes.mode("default", "legacy") == expected
+    # Other services take the namespace's; other namespaces the mesh's.
+    assert modes.mode("default", "reviews") == (
+        namespace if namespace not in (None, "UNSET") else mesh)
+    assert modes.mode("edge", "legacy") == mesh
+
+
+def test_decided_by_names_the_level_and_a_gateway_skips_the_namespace() -> None:
+    """`decided_by` tells which level decides (None: the mesh); a gateway heeds only the one
+    naming its own service, as for AuthorizationPolicy."""
+    modes = MtlsModes("STRICT", [("default", PeerAuthenticationSpec(None, "PERMISSIVE")),
+                                 ("default", PeerAuthenticationSpec("legacy", "DISABLE"))])
+    assert modes.decided_by("default", "legacy") == ("default", "legacy")
+    assert modes.decided_by("default", "reviews") == ("default", None)
+    assert modes.decided_by("edge", "reviews") is None
+    assert modes.mode("default", "ingress", namespace_wide=False) == "STRICT"
+    assert modes.mode("default", "legacy", namespace_wide=False) == "DISABLE"
+    assert not MtlsModes("STRICT", [("default", PeerAuthenticationSpec(None, "UNSET"))])
