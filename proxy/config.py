@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 # (opaque bytes: a database, a cache) takes `ami-tcp` connections only (proxy.tcpinbound).
 APP_PROTOCOLS = ("auto", "http1", "http2", "tcp")
 SERVICE_PROTOCOLS = ("http", "tcp")  # a snapshot service's `protocol`
+MTLS_MODES = ("DISABLE", "PERMISSIVE", "STRICT")  # mesh.mtls, a service's and inbound.mtls
 
 
 @contextmanager
@@ -92,6 +93,9 @@ class Service:
     subsets: tuple[Subset, ...]
     policy: TrafficPolicy  # the DestinationPolicy's traffic policy (meshctl.api.policy)
     protocol: str = "http"  # `tcp`: its apps are TCP services (reached per connection)
+    # What its sidecars accept when it differs from mesh.mtls (a PeerAuthentication); None:
+    # the mesh's. Callers send plaintext to DISABLE, mTLS otherwise (auto mTLS).
+    mtls: str | None = None
 
     def subset(self, name: str | None) -> tuple[Endpoint, ...]:
         if name is None:
@@ -174,10 +178,21 @@ class Snapshot:
     # meshctl.api.authn.RequestAuthenticationSpec, keys inline (the control plane fetched them)
     authentication: tuple[Any, ...] = ()
     app_protocol: str = "auto"  # one of APP_PROTOCOLS
+    own_mtls: str | None = None  # inbound.mtls: this service's mode if not the mesh's
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
         return _parse_snapshot(data)
+
+    @property
+    def inbound_mtls(self) -> str:
+        """What the inbound listener accepts: this service's mode (PeerAuthentication), else
+        the mesh's."""
+        return self.own_mtls or self.mesh.mtls
+
+    def service_mtls(self, service: Service) -> bool:
+        """Whether connections to ``service``'s endpoints use mTLS: unless it is DISABLE."""
+        return (service.mtls or self.mesh.mtls) != "DISABLE"
 
 
 # The keys the snapshot parser reads where it reads a mapping itself (rules, policies and
@@ -194,14 +209,14 @@ _KNOWN: dict[str, frozenset[str]] = {
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
     "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
-                          "protocol"}),
+                          "protocol", "mtls"}),
     "endpoint": frozenset({"address", "labels", "identity"}),
     "subset": frozenset({"name", "labels", "policy"}),
     "route": frozenset({"host", "rules"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules"}),
-    "inbound": frozenset({"authorization", "authentication", "rateLimit"}),
+    "inbound": frozenset({"authorization", "authentication", "rateLimit", "mtls"}),
 }
 
 
@@ -315,7 +330,14 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         subsets=tuple(subsets),
         policy=policy,
         protocol=protocol,
+        mtls=_mtls_mode(raw.get("mtls"), f"{path}.mtls") if "mtls" in raw else None,
     )
+
+
+def _mtls_mode(value: object, path: str) -> str:
+    if value not in MTLS_MODES:
+        raise ConfigError(f"{path}: expected DISABLE, PERMISSIVE or STRICT, got {value!r}")
+    return str(value)
 
 
 def _parse_snapshot(data: object) -> Snapshot:
@@ -339,9 +361,7 @@ def _parse_snapshot(data: object) -> Snapshot:
     mesh_raw = _mapping(raw.get("mesh"), "mesh")
     budget = _mapping(mesh_raw.get("retryBudget"), "mesh.retryBudget")
     tracing = _mapping(mesh_raw.get("tracing"), "mesh.tracing")
-    mtls = str(mesh_raw.get("mtls", "DISABLE"))
-    if mtls not in ("DISABLE", "PERMISSIVE", "STRICT"):
-        raise ConfigError(f"mesh.mtls: expected DISABLE, PERMISSIVE or STRICT, got {mtls!r}")
+    mtls = _mtls_mode(str(mesh_raw.get("mtls", "DISABLE")), "mesh.mtls")
     outbound = _mapping(mesh_raw.get("outboundTrafficPolicy"), "mesh.outboundTrafficPolicy")
     outbound_mode = str(outbound.get("mode", "REGISTRY_ONLY"))
     if outbound_mode not in ("REGISTRY_ONLY", "ALLOW_ANY"):
@@ -386,6 +406,8 @@ def _parse_snapshot(data: object) -> Snapshot:
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
     authentication = _parse_authentication(inbound_raw.get("authentication"))
+    own_mtls = _mtls_mode(inbound_raw["mtls"], "inbound.mtls") if "mtls" in inbound_raw \
+        else None
     inbound_rate = _policy({"rateLimit": inbound_raw["rateLimit"]}, "inbound").rate_limit \
         if inbound_raw.get("rateLimit") is not None else None
     external = {
@@ -406,6 +428,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         external=external,
         authentication=authentication,
         app_protocol=app_protocol,
+        own_mtls=own_mtls,
     )
 
 

@@ -360,7 +360,6 @@ class PoolRegistry:
         self._pools: dict[_Key, EndpointPool] = {}
         self._used: set[_Key] = set()
         self.tls: Any = None  # TlsContexts when this proxy has an identity
-        self.mtls = False  # whether the current snapshot wants mTLS to mesh endpoints
 
     def begin(self) -> None:
         """Start building a new snapshot: track which pools it uses."""
@@ -371,15 +370,18 @@ class PoolRegistry:
             tunnel: bool = False,
             loop_ports: Callable[[], set[int]] | None = None,
             protocol: str = "auto", origination: Origination | None = None,
-            owner: tuple[str, str] | None = None) -> EndpointPool:
+            owner: tuple[str, str] | None = None, mtls: bool = False) -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
         TCP or TLS it originates (``origination``), and a pool of its own for CONNECT tunnels
         (``tunnel``), whose connections may not reach ``loop_ports`` on this host.
         ``protocol``: what the endpoint speaks. ``owner``: (service, subset) of a subset with
-        its own policy, whose connections (and their limits, timeouts) are its own."""
-        tls = self.tls if (self.tls is not None and identity and self.mtls) else None
-        # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off),
-        # the old pool is retired, so no pooled plaintext connection is reused under mTLS.
+        its own policy, whose connections (and their limits, timeouts) are its own. ``mtls``:
+        whether the snapshot wants mTLS to it (its service is not DISABLE), which it gets once
+        this proxy has an identity."""
+        tls = self.tls if (self.tls is not None and identity and mtls) else None
+        # Whether the pool speaks mTLS is part of its key: when a push turns mTLS on (or off)
+        # for the mesh or the endpoint's service, the old pool is retired, so no pooled
+        # plaintext connection is reused under mTLS.
         # Likewise for TLS origination and the name it verifies.
         kind = ("*external-tunnel*" if tunnel else origination.key if origination is not None
                 else "*external-h2*" if protocol == "http2" else "*external*")

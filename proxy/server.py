@@ -80,15 +80,14 @@ class ProxyServer:
         if self.options.app_protocol is not None:
             snapshot = replace(snapshot, app_protocol=self.options.app_protocol)
         self.pools.begin()
-        self.pools.mtls = snapshot.mesh.mtls != "DISABLE"
-        inbound_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls,
+        inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
                                        authentication=snapshot.authentication,
                                        port=snapshot.app.port if snapshot.app else 0)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
-            gateway_policy = InboundPolicy(snapshot.authorization, snapshot.mesh.mtls, None,
+            gateway_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls, None,
                                            self.stats, snapshot.node.service,
                                            authentication=snapshot.authentication,
                                            gateway=True)
@@ -112,7 +111,7 @@ class ProxyServer:
         inbound = self.listeners.get("inbound")
         if inbound is not None:
             inbound.tcp = _tcp_inbound(snapshot, inbound_policy, self.pools)
-            if snapshot.mesh.mtls == "STRICT":
+            if snapshot.inbound_mtls == "STRICT":
                 if inbound.plaintext_allowed:
                     inbound.refuse_plaintext(self.options.drain_timeout)
             else:
@@ -144,10 +143,11 @@ class ProxyServer:
 
     @property
     def identity_ready(self) -> bool:
-        """A certificate is loaded, or the mesh does not use mTLS."""
+        """A certificate is loaded, or neither the mesh nor this proxy's inbound uses mTLS."""
         if self.tls is not None:
             return True
-        return self.snapshot is not None and self.snapshot.mesh.mtls == "DISABLE"
+        return (self.snapshot is not None and self.snapshot.mesh.mtls == "DISABLE"
+                and self.snapshot.inbound_mtls == "DISABLE")
 
     def _set_access_log(self, snapshot: Snapshot) -> None:
         enabled = (self.options.access_log if self.options.access_log is not None
@@ -232,7 +232,8 @@ class ProxyServer:
         return ports
 
     def _mtls_mode(self) -> str:
-        return self.snapshot.mesh.mtls if self.snapshot is not None else "STRICT"
+        """What the inbound acceptor takes now: this service's effective mode."""
+        return self.snapshot.inbound_mtls if self.snapshot is not None else "STRICT"
 
     def bound_address(self, kind: str) -> Address:
         listener = self.listeners[kind]

@@ -1,6 +1,6 @@
 """The caller's side of a TCP service: pick an endpoint per connection, open `ami-tcp` to it
-(mTLS, or plaintext when the endpoint's pool has no mTLS: mesh `DISABLE`, no certificate), and
-join it to the app's connection (proxy.tcprelay).
+(mTLS, or plaintext when the endpoint's pool has no mTLS: the service `DISABLE`, no
+certificate), and join it to the app's connection (proxy.tcprelay).
 
 Each connection picks a backend (a subset) by the weights of the service's Route, if it has
 one for connections (proxy.routing.RouterBuilder._tcp_decision), then an endpoint of it by the

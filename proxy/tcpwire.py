@@ -9,8 +9,8 @@ whether: the caller's is its version label (its service and namespace are its ce
 the answer is `ok` or the reason word that refused the connection (`not_authorized`,
 `upstream_connect_failure`, ...), after which the server closes. The ALPN id is `ami-tcp`.
 
-Without mTLS (mesh `DISABLE`, or a caller without a certificate under `PERMISSIVE`) the same
-frames go in plaintext, opened by PREAMBLE: its NUL first byte is no TLS record (0x16) and no
+Without mTLS (a `DISABLE` destination, or a caller without a certificate under `PERMISSIVE`) the
+same frames go in plaintext, opened by PREAMBLE: its NUL first byte is no TLS record (0x16) and no
 HTTP method, so the inbound listener's HTTP parser stops at once and the listener recognises
 it, as it does HTTP/2's prior-knowledge preface.
 """

@@ -1,4 +1,5 @@
-"""A push changing `mesh.mtls` on running sidecars: no plaintext survives a switch to mTLS.
+"""A push changing `mesh.mtls` (or one service's mode) on running sidecars: no plaintext
+survives a switch to mTLS.
 
 In-process sidecars (ProxyServer, real sockets and handshakes on 127.0.0.1) with identities
 minted by a CA in tmp; a push is `ProxyServer.apply` of a new snapshot, as the control-plane
@@ -42,19 +43,23 @@ class Pair:
     app: int
     versions: list[int]
 
-    def push_reviews(self, mode: str) -> None:
+    def push_reviews(self, mode: str, own: str | None = None) -> None:
+        """The mesh's mode, and reviews' own (a PeerAuthentication's) if ``own``."""
         self.versions[0] += 1
         self.reviews.apply(Snapshot.from_dict({
             "version": f"r{self.versions[0]}", "node": {"service": "reviews"},
-            "app": f"127.0.0.1:{self.app}", "mesh": {"mtls": mode}}))
+            "app": f"127.0.0.1:{self.app}", "mesh": {"mtls": mode},
+            "inbound": {"mtls": own} if own else {}}))
 
-    def push_productpage(self, mode: str) -> None:
+    def push_productpage(self, mode: str, reviews: str | None = None) -> None:
+        """The mesh's mode, and that of the reviews service if ``reviews``."""
         self.versions[1] += 1
         self.productpage.apply(Snapshot.from_dict({
             "version": f"p{self.versions[1]}", "node": {"service": "productpage"},
             "mesh": {"mtls": mode},
             "services": {"reviews": {"endpoints": [
-                {"address": f"127.0.0.1:{self.inbound}", "identity": sid("reviews")}]}}}))
+                {"address": f"127.0.0.1:{self.inbound}", "identity": sid("reviews")}],
+                **({"mtls": reviews} if reviews else {})}}}))
 
 
 @pytest.fixture
@@ -202,6 +207,34 @@ async def test_outbound_stops_reusing_plaintext_connections_once_mtls_is_on(pair
         plain = await ask(reader, writer, "/plain")
         assert plain.status == 200 and xfcc(plain) == []
         pair.push_productpage("PERMISSIVE")
+        secured = await ask(reader, writer, "/secured")
+        assert secured.status == 200
+        assert xfcc(secured) == [f"By={sid('reviews')};URI={sid('productpage')}"]
+    finally:
+        writer.close()
+
+
+async def test_a_service_mode_switch_works_as_the_mesh_switch(pair: Pair) -> None:
+    """The same for one service's mode (a PeerAuthentication) in a STRICT mesh: reviews'
+    inbound, PERMISSIVE of its own, cuts its plaintext connection once that mode is gone;
+    productpage, sending plaintext while reviews is DISABLE, stops reusing that pooled
+    connection once it is not."""
+    pair.push_reviews("STRICT", own="PERMISSIVE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        assert (await ask(reader, writer, "/before")).status == 200
+        pair.push_reviews("STRICT")
+        with pytest.raises(REFUSED):
+            await ask(reader, writer, "/after")
+    finally:
+        writer.close()
+    pair.push_reviews("STRICT", own="PERMISSIVE")  # takes either: productpage decides
+    pair.push_productpage("STRICT", reviews="DISABLE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound)
+    try:
+        plain = await ask(reader, writer, "/plain")
+        assert plain.status == 200 and xfcc(plain) == []
+        pair.push_productpage("STRICT")
         secured = await ask(reader, writer, "/secured")
         assert secured.status == 200
         assert xfcc(secured) == [f"By={sid('reviews')};URI={sid('productpage')}"]

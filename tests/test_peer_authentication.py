@@ -1,8 +1,9 @@
 """PeerAuthentication without processes: parsing, validation across documents, the effective
-mode (service > namespace > mesh, UNSET inherits)."""
+mode (service > namespace > mesh, UNSET inherits), and what the snapshots carry of it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from meshctl.api.errors import ValidationError
 from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
 from meshctl.api.resources import Resource, load_documents, validate_set
+from meshctl.controlplane.registry import ProxyInfo
+from meshctl.controlplane.snapshots import SnapshotBuilder
+from proxy.config import ConfigError, Snapshot
 
 
 def peer_auth(name: str, mode: str | None, service: str | None = None,
@@ -142,3 +146,85 @@ def test_decided_by_names_the_level_and_a_gateway_skips_the_namespace() -> None:
     assert modes.mode("default", "ingress", namespace_wide=False) == "STRICT"
     assert modes.mode("default", "legacy", namespace_wide=False) == "DISABLE"
     assert not MtlsModes("STRICT", [("default", PeerAuthenticationSpec(None, "UNSET"))])
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+def sidecar(service: str, port: int, namespace: str = "default",
+            mode: str = "sidecar") -> ProxyInfo:
+    return ProxyInfo(name=f"{service}-{port}", service=service, namespace=namespace,
+                     labels={"version": "v1"}, inbound=f"127.0.0.1:{port}", mode=mode,
+                     ready=True)
+
+
+LEGACY, REVIEWS = sidecar("legacy", 9001), sidecar("reviews", 9002)
+DB = sidecar("db", 9003, namespace="data")
+ENDPOINTS = [LEGACY, REVIEWS, DB]
+
+
+def built(resources: list[Resource], proxy: ProxyInfo) -> bytes:
+    return SnapshotBuilder(resources, ENDPOINTS).build(proxy).data
+
+
+def test_snapshots_keep_their_bytes_when_nothing_differs_from_the_mesh() -> None:
+    """No PeerAuthentication, one UNSET, or one repeating the mesh's mode: the same bytes as
+    before the kind existed, for every proxy."""
+    base = load(mesh_config("STRICT"))
+    same = load(mesh_config("STRICT"), peer_auth("a", "UNSET"),
+                peer_auth("b", "STRICT", "legacy"), peer_auth("c", "UNSET", "db", "data"))
+    for proxy in ENDPOINTS:
+        assert built(same, proxy) == built(base, proxy)
+    assert b"mtls\":\"STRICT" in built(base, REVIEWS) and b'"inbound":{"authorization":[]}' \
+        in built(base, REVIEWS)
+
+
+def test_services_carry_their_mode_and_each_sidecar_its_inbound_mode() -> None:
+    """Mesh STRICT, legacy PERMISSIVE, namespace data DISABLE: every proxy's snapshot says so
+    of legacy and db (callers follow it), and their own sidecars' inbound runs it."""
+    resources = load(mesh_config("STRICT"), peer_auth("legacy", "PERMISSIVE", "legacy"),
+                     peer_auth("data", "DISABLE", namespace="data"))
+    for proxy in ENDPOINTS:
+        data = json.loads(built(resources, proxy))
+        services = data["services"]
+        assert (services["legacy"]["mtls"], services["db"]["mtls"]) == ("PERMISSIVE", "DISABLE")
+        assert "mtls" not in services["reviews"]
+        snap = Snapshot.from_dict(data)
+        assert [snap.service_mtls(snap.services[s]) for s in ("legacy", "reviews", "db")] == [
+            True, True, False]
+    own = {p.service: Snapshot.from_dict(json.loads(built(resources, p))).inbound_mtls
+           for p in ENDPOINTS}
+    assert own == {"legacy": "PERMISSIVE", "reviews": "STRICT", "db": "DISABLE"}
+    assert "mtls" not in json.loads(built(resources, REVIEWS))["inbound"]
+
+
+def test_a_gateway_takes_only_the_peer_authentication_naming_it() -> None:
+    """A namespace-wide PeerAuthentication is about the namespace's sidecars, not its gateway
+    (as for AuthorizationPolicy); one naming the gateway's service applies to it."""
+    gateway = sidecar("ingress", 8080, mode="gateway")
+    resources = load(mesh_config("STRICT"), peer_auth("ns", "PERMISSIVE"))
+    assert Snapshot.from_dict(json.loads(built(resources, gateway))).inbound_mtls == "STRICT"
+    resources = load(mesh_config("STRICT"), peer_auth("gw", "PERMISSIVE", "ingress"))
+    assert Snapshot.from_dict(json.loads(built(resources, gateway))).inbound_mtls == "PERMISSIVE"
+
+
+def test_a_mesh_in_disable_sends_mtls_to_a_strict_service() -> None:
+    """Auto mTLS works both ways: with the mesh DISABLE, a service made STRICT is called over
+    mTLS, the others in plaintext."""
+    resources = load(mesh_config("DISABLE"), peer_auth("legacy", "STRICT", "legacy"))
+    snap = Snapshot.from_dict(json.loads(built(resources, REVIEWS)))
+    assert snap.mesh.mtls == "DISABLE" and snap.inbound_mtls == "DISABLE"
+    assert snap.service_mtls(snap.services["legacy"])
+    assert not snap.service_mtls(snap.services["db"])
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"services": {"legacy": {"mtls": "OFF"}}},
+     "services.legacy.mtls: expected DISABLE, PERMISSIVE or STRICT, got 'OFF'"),
+    ({"inbound": {"mtls": "UNSET"}},
+     "inbound.mtls: expected DISABLE, PERMISSIVE or STRICT, got 'UNSET'"),
+])
+def test_a_snapshot_with_a_bad_mode_is_refused_with_its_path(
+        patch: dict[str, object], expected: str) -> None:
+    """The proxy refuses (NACKs) a snapshot whose service or inbound mode is not a mode."""
+    with pytest.raises(ConfigError, match=expected):
+        Snapshot.from_dict({"mesh": {"mtls": "STRICT"}, **patch})

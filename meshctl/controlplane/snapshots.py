@@ -24,6 +24,7 @@ from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
+from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
 from meshctl.api.policy import (
     POLICY_FIELDS,
     SUBSET_POLICY_FIELDS,
@@ -111,6 +112,9 @@ class SnapshotBuilder:
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
                   if isinstance(r.spec, MeshConfigSpec)]
         self.mesh = meshes[0] if meshes else MeshConfigSpec()
+        self.mtls = MtlsModes(self.mesh.mtls_mode, (
+            (r.namespace, r.spec) for r in self._by_kind.get("PeerAuthentication", [])
+            if isinstance(r.spec, PeerAuthenticationSpec)))
         self._endpoints = sorted(endpoints, key=lambda p: (p.service, p.inbound, p.name))
         # Whether each service's sidecars declare a TCP app (--app-protocol tcp): all of them
         # (True), none (False), or some (a rollout changing it: both in the set).
@@ -170,6 +174,11 @@ class SnapshotBuilder:
         for name, svc in services.items():
             if self._tcp.get(name) == {True}:
                 svc["protocol"] = "tcp"  # absent for HTTP: such snapshots keep their bytes
+            mode = self.mtls.mode(svc["namespace"], name)
+            if mode != self.mesh.mtls_mode:
+                # What its sidecars accept, when a PeerAuthentication makes it differ from
+                # the mesh's: callers send it plaintext if DISABLE, mTLS otherwise (auto mTLS).
+                svc["mtls"] = mode
             policy = policies.get(name)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
                 continue
@@ -239,6 +248,9 @@ class SnapshotBuilder:
             and selects(r.spec.service)]
         if authentication:  # absent otherwise: snapshots without one keep their bytes
             inbound["authentication"] = authentication
+        mode = self.mtls.mode(proxy.namespace, proxy.service, proxy.mode != "gateway")
+        if mode != self.mesh.mtls_mode:  # what this inbound listener accepts, when not mesh's
+            inbound["mtls"] = mode
         for r in self._by_kind.get("DestinationPolicy", []):
             if (r.namespace == proxy.namespace and isinstance(r.spec, DestinationPolicySpec)
                     and r.spec.host == proxy.service):
@@ -246,8 +258,6 @@ class SnapshotBuilder:
                 if rate is not None:
                     inbound["rateLimit"] = rate
         return inbound
-
-
 
     def _inline_keys(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A RequestAuthentication spec as sidecars get it: each jwksUri replaced by the keys
