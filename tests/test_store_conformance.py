@@ -70,12 +70,14 @@ async def test_update_checks_resource_version(store: Store) -> None:
 
 
 async def test_delete_removes_and_checks_version(store: Store) -> None:
-    """delete() honours its version precondition, removes the object, and 404s after."""
+    """delete() honours its version precondition, removes the object, answers with the
+    version the deletion took, and 404s after."""
     obj = await store.create(policy("reviews"))
     with pytest.raises(Conflict):
         await store.delete(KIND, "default", "reviews", obj.resource_version + 100)
     gone = await store.delete(KIND, "default", "reviews", obj.resource_version)
-    assert gone.key == obj.key
+    # the deletion's own version, newer than the object's (what /api/v1/sync waits for)
+    assert gone.key == obj.key and gone.resource_version > obj.resource_version
     assert await store.get(KIND, "default", "reviews") is None
     with pytest.raises(NotFound):
         await store.delete(KIND, "default", "reviews")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -206,7 +207,9 @@ class DirStore(MemStore):
             current = self._require(key)
             check_version(current, expected_version)
             await self._write(current.source, key, None)
-            return current
+            # with the version the deletion took (as MemStore), so that /api/v1/sync on it
+            # waits for the proxies to drop the object
+            return dataclasses.replace(current, resource_version=self._version)
 
     @contextlib.contextmanager
     def batch(self, resources: Sequence[Resource]) -> Iterator[None]:
