@@ -1,0 +1,273 @@
+"""PeerAuthentication with a real control plane and sidecars: the mesh STRICT, one service (or
+the namespace) PERMISSIVE or DISABLE, callers following each destination's mode (auto mTLS),
+for HTTP and TCP services, and the switch back to STRICT cutting plaintext as the mesh-wide one.
+
+`web` is a caller with no app of its own (its app is this test, through web's outbound listener
+and a `--tcp-upstream` port to db); `legacy`, `reviews` and `tls-app` are HTTP apps, `db` a
+TCP app, each behind its sidecar. A "plaintext client" is this test talking straight to a
+sidecar's inbound listener, as a client outside the mesh would.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers_mesh import (
+    MeshProcess,
+    free_port,
+    http_get,
+    http_json,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+from tests.proxyharness import metric_value
+from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 10.0
+MESH = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def peer_auth(name: str, mode: str, service: str | None = None) -> str:
+    selector = f"selector: {{service: {service}}}, " if service else ""
+    return (f"apiVersion: ami.mesh/v1alpha1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}"
+            f"\nspec: {{{selector}mtls: {{mode: {mode}}}}}\n---\n")
+
+
+class PeerAuthMesh:
+    """The processes, and `declare` to make the PeerAuthentications exactly the ones given."""
+
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "mesh").mkdir()
+        (tmp / "mesh" / "mesh.yaml").write_text(MESH)
+        self.procs: list[MeshProcess] = []
+        self.cp = self.started(start_control_plane(tmp, warmup=0.0))
+        grpc = self.cp.info["grpc"]
+        self.sidecars: dict[str, MeshProcess] = {}
+        for service in ("legacy", "reviews", "tls-app"):
+            app = self.started(start_backend(tmp, service))
+            # --drain-timeout: the grace of a plaintext request or stream when STRICT returns
+            self.sidecars[service] = self.started(start_sidecar(
+                tmp, grpc, service, "v1", app=app.info["address"],
+                extra=["--drain-timeout", "1"]))
+        db_app = self.started(start_tcp_app(tmp, "db-v1"))
+        self.sidecars["db"] = self.started(start_sidecar(
+            tmp, grpc, "db", "v1", app=db_app.info["address"],
+            extra=["--app-protocol", "tcp", "--drain-timeout", "1"]))
+        self.db_port = free_port()
+        self.web = self.sidecars["web"] = self.started(start_sidecar(
+            tmp, grpc, "web", "v1", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db:5432"]))
+        self.revision = 0
+        wait_for(lambda: all(self.call(s)[0] == 200 for s in ("legacy", "reviews", "tls-app")),
+                 20, "web reaching every HTTP service")
+
+    def started(self, proc: MeshProcess) -> MeshProcess:
+        self.procs.append(proc)
+        return proc
+
+    # -- the control plane ------------------------------------------------------------------
+    def api(self, path: str, method: str = "GET", body: str | None = None) -> tuple[int, object]:
+        return http_json(self.cp.info["api"] + path, method, body, token=self.cp.info["token"],
+                         content_type="application/yaml")
+
+    def declare(self, *docs: str) -> None:
+        """Replace the PeerAuthentications by ``docs``; returns once every sidecar runs that."""
+        if docs:
+            status, body = self.api("/api/v1/apply", "POST", "".join(docs))
+            assert status == 200, body
+            assert isinstance(body, dict)
+            self.revision = max(self.revision, *(int(r["resourceVersion"])
+                                                 for r in body["results"]))
+        wanted = {d["metadata"]["name"] for d in yaml.safe_load_all("".join(docs)) if d}
+        status, listed = self.api("/api/v1/peerauthentications")
+        assert status == 200 and isinstance(listed, dict), listed
+        for item in listed["items"]:
+            name = item["metadata"]["name"]
+            if name not in wanted:
+                status, gone = self.api(
+                    f"/api/v1/namespaces/default/peerauthentications/{name}", "DELETE")
+                assert status == 200 and isinstance(gone, dict), gone
+                self.revision = max(self.revision, int(gone["metadata"]["resourceVersion"]))
+        status, synced = self.api(f"/api/v1/sync?storeVersion={self.revision}&timeout=15")
+        assert status == 200 and isinstance(synced, dict) and synced["synced"], synced
+
+    # -- traffic ------------------------------------------------------------------------------
+    def call(self, service: str) -> tuple[int, bytes]:
+        """A request of web's app to ``service``, through web's sidecar."""
+        return http_get(f"http://{self.web.info['outbound']}/", {"Host": service})
+
+    def plaintext(self, service: str) -> int | None:
+        """A plaintext request straight to ``service``'s inbound listener: its status, or None
+        when the connection was refused (closed without an answer)."""
+        try:
+            return http_get(f"http://{self.sidecars[service].info['inbound']}/",
+                            {"Host": service})[0]
+        except (OSError, http.client.HTTPException):
+            return None
+
+    def metrics(self, proc: MeshProcess) -> str:
+        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def requests(self, proc: MeshProcess, **labels: str) -> float:
+        return metric_value(self.metrics(proc), "ami_requests_total", **labels)
+
+    def connections(self, proc: MeshProcess, **labels: str) -> float:
+        return metric_value(self.metrics(proc), "ami_tcp_connections_closed_total", **labels)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerAuthMesh]:
+    m = PeerAuthMesh(tmp_path_factory.mktemp("peerauth"))
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def counted_by_web(mesh: PeerAuthMesh, service: str, policy: str, at_least: float) -> None:
+    wait_for(lambda: mesh.requests(mesh.web, reporter="source", destination_service=service,
+                                   response_code="200", connection_security_policy=policy)
+             >= at_least, TIMEOUT, f"web's request to {service} counted as {policy}")
+
+
+def test_a_permissive_service_takes_plaintext_and_callers_still_use_mtls(
+        mesh: PeerAuthMesh) -> None:
+    """Mesh STRICT, legacy PERMISSIVE: a client outside the mesh reaches legacy's inbound in
+    plaintext and not reviews'; web's requests to legacy still go over mTLS."""
+    mesh.declare(peer_auth("legacy", "PERMISSIVE", "legacy"))
+    assert mesh.plaintext("legacy") == 200
+    assert mesh.plaintext("reviews") is None
+    before = mesh.requests(mesh.web, reporter="source", destination_service="legacy",
+                           connection_security_policy="mutual_tls")
+    assert mesh.call("legacy") == (200, b"legacy")
+    counted_by_web(mesh, "legacy", "mutual_tls", before + 1)
+    wait_for(lambda: mesh.requests(mesh.sidecars["legacy"], reporter="destination",
+                                   source_workload="web",
+                                   connection_security_policy="mutual_tls") >= 1,
+             TIMEOUT, "legacy counting web's request as mTLS")
+
+
+def echo_session(sock: socket.socket) -> None:
+    """A whole exchange with db: its banner, an echo, a half-close and its answer."""
+    assert banner(sock) == "db-v1"
+    sock.sendall(b"ping\n")
+    assert read_line(sock) == b"ping\n"
+    sock.shutdown(socket.SHUT_WR)
+    assert read_to_eof(sock) == b"bye 5\n"
+
+
+def test_a_disabled_service_gets_plaintext_from_callers_http_and_tcp(mesh: PeerAuthMesh) -> None:
+    """tls-app and db DISABLE (an app doing its own TLS, a database): web calls them in
+    plaintext (`none` on both sides), their inbound takes a plaintext client, and the other
+    services stay mTLS; back to STRICT, web calls them over mTLS again."""
+    mesh.declare(peer_auth("tls-app", "DISABLE", "tls-app"), peer_auth("db", "DISABLE", "db"))
+    app_side = {"reporter": "destination", "connection_security_policy": "none"}
+    plain_on_app = mesh.requests(mesh.sidecars["tls-app"], **app_side)
+    assert mesh.plaintext("tls-app") == 200
+    before = mesh.requests(mesh.web, reporter="source", destination_service="tls-app",
+                           connection_security_policy="none")
+    assert mesh.call("tls-app") == (200, b"tls-app")
+    counted_by_web(mesh, "tls-app", "none", before + 1)
+    # both in plaintext (web's name is not believed without mTLS: `unknown`)
+    wait_for(lambda: mesh.requests(mesh.sidecars["tls-app"], **app_side) >= plain_on_app + 2,
+             TIMEOUT, "tls-app counting both requests as plaintext")
+    tcp = {"destination_service": "db", "response_flags": "-"}
+    plain_before = mesh.connections(mesh.web, reporter="source", connection_security_policy="none",
+                                    **tcp)
+    with socket.create_connection(("127.0.0.1", mesh.db_port), timeout=TIMEOUT) as sock:
+        echo_session(sock)
+    wait_for(lambda: mesh.connections(mesh.web, reporter="source",
+                                      connection_security_policy="none", **tcp)
+             >= plain_before + 1, TIMEOUT, "web's plaintext connection to db counted")
+    wait_for(lambda: mesh.connections(mesh.sidecars["db"], reporter="destination",
+                                      connection_security_policy="none", **tcp) >= 1,
+             TIMEOUT, "db counting a plaintext connection")
+    assert mesh.plaintext("reviews") is None  # the rest of the mesh is still STRICT
+
+    mesh.declare()
+    assert mesh.plaintext("tls-app") is None
+    before = mesh.requests(mesh.web, reporter="source", destination_service="tls-app",
+                           connection_security_policy="mutual_tls")
+    assert mesh.call("tls-app") == (200, b"tls-app")
+    counted_by_web(mesh, "tls-app", "mutual_tls", before + 1)
+    mtls_before = mesh.connections(mesh.web, reporter="source",
+                                   connection_security_policy="mutual_tls", **tcp)
+    with socket.create_connection(("127.0.0.1", mesh.db_port), timeout=TIMEOUT) as sock:
+        echo_session(sock)
+    wait_for(lambda: mesh.connections(mesh.web, reporter="source",
+                                      connection_security_policy="mutual_tls", **tcp)
+             >= mtls_before + 1, TIMEOUT, "web's mTLS connection to db counted")
+
+
+def test_a_service_overrides_its_namespace(mesh: PeerAuthMesh) -> None:
+    """Namespace default PERMISSIVE and reviews STRICT: every sidecar but reviews' takes a
+    plaintext client; without the per-service one reviews follows the namespace, and without
+    either the mesh's STRICT is back."""
+    mesh.declare(peer_auth("default", "PERMISSIVE"), peer_auth("reviews", "STRICT", "reviews"))
+    assert mesh.plaintext("legacy") == 200 and mesh.plaintext("tls-app") == 200
+    assert mesh.plaintext("reviews") is None
+    assert mesh.call("reviews") == (200, b"reviews")
+    mesh.declare(peer_auth("default", "PERMISSIVE"), peer_auth("reviews", "UNSET", "reviews"))
+    assert mesh.plaintext("reviews") == 200
+    mesh.declare()
+    assert [mesh.plaintext(s) for s in ("legacy", "reviews", "tls-app")] == [None] * 3
+    assert mesh.call("reviews") == (200, b"reviews")
+
+
+def test_removing_it_cuts_a_plaintext_connection_open_meanwhile(mesh: PeerAuthMesh) -> None:
+    """A plaintext keep-alive connection admitted while legacy was PERMISSIVE carries nothing
+    once its PeerAuthentication is deleted (STRICT again, from the mesh), and a new one is
+    refused; web still reaches legacy, over mTLS."""
+    mesh.declare(peer_auth("legacy", "PERMISSIVE", "legacy"))
+    host, port = mesh.sidecars["legacy"].info["inbound"].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/", headers={"Host": "legacy"})
+        first = conn.getresponse()
+        assert (first.status, first.read()) == (200, b"legacy")
+        mesh.declare()
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("GET", "/again", headers={"Host": "legacy"})
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    assert mesh.plaintext("legacy") is None
+    assert mesh.call("legacy") == (200, b"legacy")
+
+
+@pytest.mark.parametrize("docs, expected", [
+    (peer_auth("one", "PERMISSIVE") + peer_auth("two", "DISABLE"),
+     "spec.selector: namespace default already has a namespace-wide PeerAuthentication"),
+    (peer_auth("legacy", "PERMISIVE", "legacy"),
+     "spec.mtls.mode: unknown value 'PERMISIVE', expected one of STRICT, PERMISSIVE, DISABLE, "
+     "UNSET"),
+])
+def test_the_control_plane_refuses_a_bad_set(mesh: PeerAuthMesh, docs: str,
+                                             expected: str) -> None:
+    """Two namespace-wide PeerAuthentications, or an unknown mode, are refused whole with the
+    field path; nothing is applied and the sidecars keep their mode."""
+    mesh.declare()
+    status, body = mesh.api("/api/v1/apply", "POST", docs)
+    assert status == 422 and expected in str(body), (status, body)
+    status, listed = mesh.api("/api/v1/peerauthentications")
+    assert status == 200 and isinstance(listed, dict) and listed["items"] == []
+    assert mesh.plaintext("legacy") is None
