@@ -228,3 +228,31 @@ def test_a_snapshot_with_a_bad_mode_is_refused_with_its_path(
     """The proxy refuses (NACKs) a snapshot whose service or inbound mode is not a mode."""
     with pytest.raises(ConfigError, match=expected):
         Snapshot.from_dict({"mesh": {"mtls": "STRICT"}, **patch})
+
+
+# -- meshctl check ----------------------------------------------------------------------------
+
+def test_check_names_the_services_each_relaxing_one_decides() -> None:
+    """A namespace-wide PERMISSIVE names the registered services of its namespace that have
+    no PeerAuthentication of their own (not a gateway, not another namespace's); one that
+    decides for none says so; UNSET and STRICT are fine; no PeerAuthentication, no group."""
+    from meshctl.observe.peerchecks import peer_authentication_checks
+
+    resources = load(mesh_config("STRICT"), peer_auth("ns", "PERMISSIVE"),
+                     peer_auth("reviews", "UNSET", "reviews"),
+                     peer_auth("legacy", "STRICT", "legacy"),
+                     peer_auth("data", "DISABLE", namespace="data"))
+    proxies = [{"service": "reviews"}, {"service": "legacy", "namespace": "default"},
+               {"service": "ratings", "namespace": "default"},
+               {"service": "ingress", "mode": "gateway"}, {"service": "other", "namespace": "x"}]
+    meshes = [r for r in resources if r.kind == "MeshConfig"]
+    peers = [r for r in resources if r.kind == "PeerAuthentication"]
+    [group] = peer_authentication_checks(peers, meshes, proxies)
+    assert [(c.name, c.state, c.detail) for c in group.checks] == [
+        ("PeerAuthentication data/data", "warn", "DISABLE, mTLS not enforced for: "
+                                                 "no registered service"),
+        ("PeerAuthentication default/legacy", "ok", "STRICT"),
+        ("PeerAuthentication default/ns", "warn", "PERMISSIVE, mTLS not enforced for: "
+                                                  "ratings, reviews"),
+        ("PeerAuthentication default/reviews", "ok", "UNSET")]
+    assert peer_authentication_checks([], meshes, proxies) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers_mesh import (
+    PYTHON,
     MeshProcess,
     free_port,
     http_get,
@@ -271,3 +273,29 @@ def test_the_control_plane_refuses_a_bad_set(mesh: PeerAuthMesh, docs: str,
     status, listed = mesh.api("/api/v1/peerauthentications")
     assert status == 200 and isinstance(listed, dict) and listed["items"] == []
     assert mesh.plaintext("legacy") is None
+
+
+def test_check_warns_of_each_relaxing_peer_authentication(mesh: PeerAuthMesh) -> None:
+    """`meshctl check` lists each PeerAuthentication: a PERMISSIVE or DISABLE one warns,
+    naming the registered services whose mode it decides (not those a per-service one
+    overrides); a STRICT one is fine; warnings do not fail the command."""
+    mesh.declare(peer_auth("default", "DISABLE"), peer_auth("legacy", "PERMISSIVE", "legacy"),
+                 peer_auth("reviews", "STRICT", "reviews"))
+    try:
+        status, body = mesh.api("/api/v1/check")
+        assert status == 200 and isinstance(body, dict), body
+        [group] = [g for g in body["groups"] if g["title"] == "mTLS (PeerAuthentication)"]
+        assert [(c["name"], c["state"], c["detail"]) for c in group["checks"]] == [
+            ("PeerAuthentication default/default", "warn",
+             "DISABLE, mTLS not enforced for: db, tls-app, web"),
+            ("PeerAuthentication default/legacy", "warn",
+             "PERMISSIVE, mTLS not enforced for: legacy"),
+            ("PeerAuthentication default/reviews", "ok", "STRICT")]
+        assert all(c["hint"] for c in group["checks"] if c["state"] == "warn")
+        cli = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
+                              "check"], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert "PeerAuthentication default/legacy" in cli.stdout
+        assert "PERMISSIVE, mTLS not enforced for: legacy" in cli.stdout
+    finally:
+        mesh.declare()
