@@ -88,3 +88,21 @@ def test_summary_lists_external_services() -> None:
     assert block[1].split() == ["api.github.com", "443/TLS,80/HTTP", "(DNS:", "the", "host",
                                 "name)", "default/github"]
     assert block[2].split() == ["db.internal", "5432/TCP", "10.0.0.7", "data/db"]
+
+
+def test_summary_shows_modes_peer_authentications_set() -> None:
+    """The inbound's own mode and each called service's, when a PeerAuthentication makes them
+    differ from the mesh's; no such line otherwise."""
+    def rendered(data: dict[str, object]) -> list[str]:
+        snap = Snapshot.from_dict({"mesh": {"mtls": "STRICT"}, **data})
+        return render({"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
+                       "listeners": {}}).splitlines()
+
+    lines = rendered({"inbound": {"mtls": "PERMISSIVE"}, "services": {
+        "legacy": {"endpoints": [], "mtls": "DISABLE"}, "reviews": {"endpoints": []},
+        "db": {"endpoints": [], "mtls": "PERMISSIVE"}}})
+    assert "Inbound mTLS:    PERMISSIVE (PeerAuthentication)" in lines
+    assert ("Services' mTLS:  db PERMISSIVE, legacy DISABLE (PeerAuthentication; plaintext to "
+            "DISABLE, mTLS to the others)") in lines
+    plain = rendered({"services": {"reviews": {"endpoints": []}}})
+    assert not any(line.startswith(("Inbound mTLS", "Services' mTLS")) for line in plain)

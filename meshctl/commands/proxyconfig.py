@@ -59,6 +59,7 @@ def render(dump: dict[str, Any]) -> str:
         f"Mesh:            mTLS {mesh.get('mtls')} · trust domain {mesh.get('trust_domain')} · "
         f"outside hosts {'ALLOW_ANY' if mesh.get('allow_any_outbound') else 'REGISTRY_ONLY'} · "
         f"access log {'on' if mesh.get('access_log') else 'off'}",
+        *_peer_modes(snap),
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS", _endpoints(snap).rstrip("\n"),
     ]
     external = snap.get("external") or {}
@@ -78,6 +79,20 @@ def render(dump: dict[str, Any]) -> str:
         lines += ["", f"AUTHORIZATION: {len(authorization)} policies "
                       "(-o yaml shows them)"]
     return "\n".join(lines)
+
+
+def _peer_modes(snap: dict[str, Any]) -> list[str]:
+    """The modes PeerAuthentications make differ from the mesh's: this proxy's inbound, and
+    the services it calls (plaintext to DISABLE ones); no line when there is none."""
+    lines = []
+    if snap.get("own_mtls"):
+        lines.append(f"Inbound mTLS:    {snap['own_mtls']} (PeerAuthentication)")
+    services = sorted((name, s["mtls"]) for name, s in (snap.get("services") or {}).items()
+                      if s.get("mtls"))
+    if services:
+        lines.append("Services' mTLS:  " + ", ".join(f"{n} {m}" for n, m in services)
+                     + " (PeerAuthentication; plaintext to DISABLE, mTLS to the others)")
+    return lines
 
 
 def _routes(snap: dict[str, Any]) -> str:
