@@ -256,3 +256,18 @@ def test_check_names_the_services_each_relaxing_one_decides() -> None:
                                                   "ratings, reviews"),
         ("PeerAuthentication default/reviews", "ok", "UNSET")]
     assert peer_authentication_checks([], meshes, proxies) == []
+
+
+async def test_a_sidecar_needs_its_certificate_unless_nothing_it_serves_uses_mtls() -> None:
+    """Readiness without a certificate: only when both the mesh and this sidecar's own mode
+    are DISABLE. A STRICT service in a DISABLE mesh waits for its certificate (its inbound
+    refuses plaintext); a DISABLE service in a STRICT mesh too (it calls the others over
+    mTLS)."""
+    from proxy.server import ProxyOptions, ProxyServer
+
+    server = ProxyServer(ProxyOptions())
+    for mesh, own, ready in (("DISABLE", None, True), ("DISABLE", "STRICT", False),
+                             ("STRICT", "DISABLE", False), ("DISABLE", "PERMISSIVE", False)):
+        server.apply(Snapshot.from_dict({"mesh": {"mtls": mesh},
+                                         "inbound": {"mtls": own} if own else {}}))
+        assert server.identity_ready is ready, (mesh, own)
