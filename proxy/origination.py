@@ -16,7 +16,11 @@ import ssl
 from dataclasses import dataclass
 
 from meshctl.api.policy import ClientTLS
-from proxy.tls import ALPN, H2_ALPN
+
+# What the sidecar offers outside hosts (as proxy.tls's ALPN and H2_ALPN; not imported from
+# there, which loads cryptography: a sidecar without TLS origination or mTLS does without)
+_HTTP1_ALPN = ("http/1.1",)
+_H2_ALPN = ("h2",)
 
 log = logging.getLogger("ami.proxy")
 
@@ -61,7 +65,7 @@ def origination_for(host: str, tls: ClientTLS | None, http2: bool = False) -> Or
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # What the sidecar speaks to the host: HTTP/1.1, or HTTP/2 alone (no fallback: a gRPC
     # call cannot be carried over HTTP/1.1)
-    context.set_alpn_protocols(list(H2_ALPN if http2 else ALPN))
+    context.set_alpn_protocols(list(_H2_ALPN if http2 else _HTTP1_ALPN))
     return Origination(context, tls.sni or host,
                        f"{tls.ca_certificates or ''}:{tls.client_certificate or ''}", http2)
 
