@@ -194,7 +194,7 @@ def test_meshctl_talks_to_an_https_api_and_verifies_it(tls_cp: MeshProcess,
     checked = meshctl("--control-plane", api, "--ca-file", str(bundle), "check")
     assert checked.stdout.splitlines()[:3] == [
         "Control plane", f"  ✔ control plane reachable at {api}",
-        f"  ✔ API over TLS: https on 127.0.0.1:{api.rpartition(':')[2]}"], checked.stdout
+        f"  ✔ API transport: https on 127.0.0.1:{api.rpartition(':')[2]}"], checked.stdout
     assert checked.stdout.count("Control plane") == 1
 
     # From the directory holding certs/ (as after `meshctl certs init`), nothing to pass.

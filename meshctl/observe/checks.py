@@ -193,11 +193,11 @@ def api_transport_check(listen: str, tls: bool) -> Group:
     HTTPS, or bound to loopback only."""
     host = listen.rpartition(":")[0].strip("[]")
     if tls:
-        check = Check("API over TLS", "ok", f"https on {listen}")
+        check = Check("API transport", "ok", f"https on {listen}")
     elif host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
-        check = Check("API over TLS", "ok", f"plain http on loopback only ({listen})")
+        check = Check("API transport", "ok", f"plain http on loopback only ({listen})")
     else:
-        check = Check("API over TLS", "warn",
+        check = Check("API transport", "warn",
                       f"plain http on {listen}: tokens and tap data cross the network in clear",
                       "meshctl serve --api-tls (or --api-cert/--api-key), and give clients "
                       "https:// with AMI_CA_FILE")
