@@ -137,6 +137,9 @@ class ExternalHost:
 class RouteConfig:
     host: str
     rules: tuple[Any, ...]  # meshctl.api.rules.Rule
+    # A Route of another namespace than this proxy's: the services its backends name are
+    # that namespace's. None: this proxy's own namespace.
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,18 @@ class Snapshot:
         the mesh's."""
         return self.own_mtls or self.mesh.mtls
 
+    def route_service(self, route: RouteConfig, name: str | None) -> Service | None:
+        """The service a backend or mirror of ``route`` names (None: the route's host): in a
+        Route of another namespace, that namespace's (keyed `name.namespace` unless its name
+        is unambiguous here, see meshctl.controlplane.names)."""
+        if name is None:
+            return self.services.get(route.host)
+        if route.namespace is not None:
+            found = self.services.get(f"{name}.{route.namespace}")
+            if found is not None:
+                return found
+        return self.services.get(name)
+
     def service_mtls(self, service: Service) -> bool:
         """Whether connections to ``service``'s endpoints use mTLS: unless it is DISABLE."""
         return (service.mtls or self.mesh.mtls) != "DISABLE"
@@ -212,7 +227,7 @@ _KNOWN: dict[str, frozenset[str]] = {
                           "protocol", "mtls"}),
     "endpoint": frozenset({"address", "labels", "identity"}),
     "subset": frozenset({"name", "labels", "policy"}),
-    "route": frozenset({"host", "rules"}),
+    "route": frozenset({"host", "rules", "namespace"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules"}),
@@ -390,7 +405,8 @@ def _parse_snapshot(data: object) -> Snapshot:
             raise ConfigError(f"{rp}.host: required")
         with _config_errors():
             rules = parse_rules(rm.get("rules"), f"{rp}.rules")
-        routes[host] = RouteConfig(host, rules)
+        namespace = rm.get("namespace")
+        routes[host] = RouteConfig(host, rules, str(namespace) if namespace else None)
     gw_raw = _mapping(raw.get("gateway"), "gateway")
     gateway_rules: tuple[Any, ...] = ()
     if gw_raw.get("rules"):  # none, or [] from a control plane with no Gateway in the namespace

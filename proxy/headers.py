@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # RFC 9110 §7.6.1 connection-specific fields, never forwarded (lower-case bytes).
 HOP_BY_HOP: frozenset[bytes] = frozenset({
@@ -128,6 +132,13 @@ def service_from_authority(authority: str) -> str:
     return host.lower()
 
 
-def short_service_name(host: str) -> str:
-    """The first DNS label of a host, the service name of `name.namespace.svc...` forms."""
-    return host.split(".", 1)[0]
+def lookup_service_name(table: Mapping[str, T], host: str) -> T | None:
+    """The entry of a host that is not a key of ``table`` itself: for `name.ns...`, the entry
+    `name.ns` (another namespace's service, as snapshots key it when the bare name means
+    another), else `name` (the service of that name, keyed bare when unambiguous)."""
+    name, dot, rest = host.partition(".")
+    if dot:
+        found = table.get(f"{name}.{rest.partition('.')[0]}")
+        if found is not None:
+            return found
+    return table.get(name)

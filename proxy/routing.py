@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
-from proxy.headers import service_from_authority, short_service_name
+from proxy.headers import lookup_service_name, service_from_authority
 from proxy.layers import attach
 from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
@@ -197,7 +197,7 @@ class Router:
             host = service_from_authority(ex.authority)
             host_route = self._hosts.get(host)
             if host_route is None:
-                host_route = self._hosts.get(short_service_name(host))
+                host_route = lookup_service_name(self._hosts, host)
         if host_route is None:
             return "no_route" if egress is None else egress.other(ex)
         decision = host_route.select(ex)
@@ -208,7 +208,7 @@ class Router:
         host = service_from_authority(authority)
         found = self._hosts.get(host)
         if found is None:  # `reviews.default`, ... or an outside host a wildcard declares
-            found = self._hosts.get(host.partition(".")[0])
+            found = lookup_service_name(self._hosts, host)
         return found is not None and not isinstance(found, ExternalHostRoute)
 
     def tunnels_into_mesh(self, authority: str) -> bool:
@@ -230,9 +230,13 @@ class Router:
         egress = self.egress
         if host_route is None:
             name, _, rest = host.partition(".")
-            if rest.partition(".")[0] != self._namespaces.get(name) and not is_mesh_name(host):
-                return egress is not None and egress.declares_http(authority)
-            host_route = self._hosts.get(name)
+            namespace = rest.partition(".")[0]
+            # `api.b...`: namespace b's `api`, keyed so when `api` alone means another's
+            host_route = self._hosts.get(f"{name}.{namespace}")
+            if host_route is None:
+                if namespace != self._namespaces.get(name) and not is_mesh_name(host):
+                    return egress is not None and egress.declares_http(authority)
+                host_route = self._hosts.get(name)
         if host_route is None or isinstance(host_route, ExternalHostRoute):
             return False
         return egress is None or not egress.declares_tunnel(authority)
@@ -285,7 +289,7 @@ class RouterBuilder:
                 continue
             backends = []
             for b in rule.backends:
-                found = snap.services.get(b.service or service.name)
+                found = snap.route_service(route, b.service) if route is not None else None
                 backends.append(self._backend(found if found is not None else Service(
                     b.service or service.name, "default", (), (), _default_policy()),
                     b.subset, "source"))
@@ -451,7 +455,7 @@ class RouterBuilder:
                     backends.append(own if b.subset is None else Backend(
                         host, b.subset, (), None, own.metric_prefix, own.state))
                     continue
-                found = snap.services.get(b.service or host)
+                found = snap.route_service(route, b.service)
                 service = found if found is not None else Service(
                     b.service or host, "default", (), (), _default_policy())
                 backends.append(self._backend(service, b.subset, reporter))
@@ -459,7 +463,7 @@ class RouterBuilder:
                                 self.rng, rule)
             mirror = None
             if rule.mirror is not None:
-                msvc = snap.services.get(rule.mirror.service or host)
+                msvc = snap.route_service(route, rule.mirror.service)
                 if msvc is not None:
                     mirror = self._backend(msvc, rule.mirror.subset, reporter)
             attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
@@ -519,6 +523,8 @@ def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:
     if host in services or is_mesh_name(host):
         return True
     labels = host.split(".")
+    if len(labels) > 1 and f"{labels[0]}.{labels[1]}" in services:  # another namespace's
+        return True
     service = services.get(labels[0])
     return service is not None and len(labels) > 1 and labels[1] == service.namespace
 

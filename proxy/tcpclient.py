@@ -48,10 +48,10 @@ class TcpTarget:
 
 def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None:
     """The TCP service a name means (`db`, `db.ns`, `db.ns.svc.cluster.local`, with a port)."""
-    from proxy.headers import service_from_authority, short_service_name
+    from proxy.headers import lookup_service_name, service_from_authority
 
     host = service_from_authority(name)
-    return targets.get(host) or targets.get(short_service_name(host))
+    return targets.get(host) or lookup_service_name(targets, host)
 
 
 async def open_session(session: TcpSession, target: TcpTarget) -> None:

@@ -203,18 +203,20 @@ def sidecar_credentials(log_dir: Path, control_plane: str, service: str,
 
 def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str, *,
                   app: str | None = None, mode: str = "sidecar", wait_ready: bool = True,
-                  timeout: float = 20.0, extra: list[str] | None = None) -> MeshProcess:
+                  timeout: float = 20.0, extra: list[str] | None = None,
+                  namespace: str = "default") -> MeshProcess:
     """``python -m proxy --control-plane ...`` on free ports; waits for /ready when asked."""
     ports = {k: free_port() for k in ("inbound", "outbound", "admin")}
     argv = [PYTHON, "-m", "proxy", "--control-plane", control_plane, "--service", service,
             "--labels", f"version={version}", "--mode", mode,
+            *(["--namespace", namespace] if namespace != "default" else []),
             "--outbound", f"127.0.0.1:{ports['outbound']}",
             "--admin", f"127.0.0.1:{ports['admin']}"]
     if mode == "sidecar":
         argv += ["--inbound", f"127.0.0.1:{ports['inbound']}"]
     if app:
         argv += ["--app", app]
-    argv += sidecar_credentials(log_dir, control_plane, service)
+    argv += sidecar_credentials(log_dir, control_plane, service, namespace)
     name = f"{service}-{version}-{ports['inbound'] if mode == 'sidecar' else ports['admin']}"
     proc = spawn(name, argv + (extra or []), log_dir)
     proc.info.update({k: f"127.0.0.1:{p}" for k, p in ports.items()}, name=name)

@@ -32,6 +32,7 @@ from meshctl.api.policy import (
     Subset,
 )
 from meshctl.api.resources import Resource
+from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
 
 
@@ -118,9 +119,11 @@ class SnapshotBuilder:
         self._endpoints = sorted(endpoints, key=lambda p: (p.service, p.inbound, p.name))
         # Whether each service's sidecars declare a TCP app (--app-protocol tcp): all of them
         # (True), none (False), or some (a rollout changing it: both in the set).
-        self._tcp: dict[str, set[bool]] = {}
+        self._tcp: dict[tuple[str, str], set[bool]] = {}
         for p in (*self._endpoints, *idle):
-            self._tcp.setdefault(p.service, set()).add(p.app_protocol == "tcp")
+            self._tcp.setdefault((p.service, p.namespace), set()).add(p.app_protocol == "tcp")
+        # A service is its name in its namespace: `api` of `a` and `api` of `b` are two.
+        self.names = ServiceNames(self._tcp)
         # namespace -> ('{"mesh":..,"services":..,"routes":..,' bytes, its sha256 so far)
         self._shared: dict[str, tuple[bytes, Any]] = {}
 
@@ -153,33 +156,38 @@ class SnapshotBuilder:
                 + [r for r in items if r.namespace == namespace])
 
     def _services(self, namespace: str) -> dict[str, Any]:
-        policies = {r.spec.host: r for r in self._in_view("DestinationPolicy", namespace)
+        """Every service, keyed as this namespace's proxies name it (see ServiceNames)."""
+        names = self.names
+        policies = {names.host_key(r.spec.host, r.namespace, namespace): r
+                    for r in self._in_view("DestinationPolicy", namespace)
                     if isinstance(r.spec, DestinationPolicySpec)}
         services: dict[str, Any] = {}
         for ep in self._endpoints:
-            if ep.app_protocol == "tcp" and self._tcp[ep.service] != {True}:
+            tcp = self._tcp[(ep.service, ep.namespace)]
+            if ep.app_protocol == "tcp" and tcp != {True}:
                 # Some of the service's sidecars declare tcp, others not: it stays an HTTP
                 # service, served by those that speak HTTP, until they all agree. (A TCP app
                 # sent HTTP requests, or an HTTP app sent opaque bytes, would both break.)
                 continue
             # The identity is the service's (one SPIFFE id per service account), stated once
             # rather than per endpoint: at 1000 endpoints that is ~40% of the snapshot.
-            svc = services.setdefault(ep.service, {
+            svc = services.setdefault(names.key(ep.service, ep.namespace, namespace), {
                 "namespace": ep.namespace, "identity": self._identity(ep.namespace, ep.service),
                 "endpoints": []})
             svc["endpoints"].append({"address": ep.inbound, "labels": dict(ep.labels)})
         for service, ns in self._idle:
-            services.setdefault(service, {"namespace": ns, "identity": self._identity(ns, service),
-                                          "endpoints": []})
-        for name, svc in services.items():
-            if self._tcp.get(name) == {True}:
+            services.setdefault(names.key(service, ns, namespace), {
+                "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
+        for key, svc in services.items():
+            name = key.partition(".")[0]
+            if self._tcp.get((name, svc["namespace"])) == {True}:
                 svc["protocol"] = "tcp"  # absent for HTTP: such snapshots keep their bytes
             mode = self.mtls.mode(svc["namespace"], name)
             if mode != self.mesh.mtls_mode:
                 # What its sidecars accept, when a PeerAuthentication makes it differ from
                 # the mesh's: callers send it plaintext if DISABLE, mTLS otherwise (auto mTLS).
                 svc["mtls"] = mode
-            policy = policies.get(name)
+            policy = policies.get(key)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
                 continue
             raw = _raw_spec(policy)
@@ -189,9 +197,17 @@ class SnapshotBuilder:
         return services
 
     def _routes(self, namespace: str) -> list[dict[str, Any]]:
-        routes = {r.spec.host: _raw_spec(r).get("rules", [])
-                  for r in self._in_view("Route", namespace) if isinstance(r.spec, RouteSpec)}
-        return [{"host": host, "rules": routes[host]} for host in sorted(routes)]
+        """Every Route, its host keyed as this namespace's proxies name the service; one from
+        another namespace says so (``namespace``: its backends' services are named there)."""
+        routes: dict[str, dict[str, Any]] = {}
+        for r in self._in_view("Route", namespace):
+            if isinstance(r.spec, RouteSpec):
+                host = self.names.host_key(r.spec.host, r.namespace, namespace)
+                entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
+                if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
+                    entry["namespace"] = r.namespace
+                routes[host] = entry
+        return [routes[host] for host in sorted(routes)]
 
     def _external(self, namespace: str) -> dict[str, Any]:
         """ExternalService hosts: ports, fixed addresses (none: DNS) and the host's policy."""

@@ -1,0 +1,54 @@
+"""What a service name means from a namespace, and how each proxy's snapshot keys services.
+
+A proxy's snapshot keys a service by its bare name (`api`) when that name is unambiguous from
+the proxy's namespace: the service is in that namespace, or no other namespace has a service
+of that name (so meshes without clashing names keep the snapshots, and the short names, they
+always had). Otherwise it is keyed `api.b` (name.namespace), the form the proxy's Host routing
+also takes from `api.b.svc.cluster.local`. Resources are resolved in their own namespace the
+same way: a Route for `api` in namespace `b` is about `b`'s `api` (docs/traffic.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ServiceNames:
+    """The namespaces each service name lives in."""
+
+    def __init__(self, services: Iterable[tuple[str, str]]) -> None:
+        self._homes: dict[str, set[str]] = {}
+        for name, namespace in services:
+            self._homes.setdefault(name, set()).add(namespace)
+
+    def key(self, name: str, namespace: str, viewer: str) -> str:
+        """The key of service ``name`` of ``namespace`` in the snapshots of ``viewer``'s
+        proxies: the bare name when it means that service there, else `name.namespace`."""
+        homes = self._homes.get(name, ())
+        if namespace == viewer or (viewer not in homes and len(homes) == 1):
+            return name
+        return f"{name}.{namespace}"
+
+    def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
+        """(name, namespace) of the mesh service ``host`` means when written in ``namespace``:
+        a bare name is that namespace's service, else the only one of that name; `name.ns`,
+        `name.ns.svc` and `name.ns.svc.<domain>` are namespace `ns`'s. None: no mesh service
+        (an outside host), or a bare name several other namespaces have."""
+        name, dot, rest = host.partition(".")
+        homes = self._homes.get(name)
+        if not homes:
+            return None
+        if not dot:
+            if namespace in homes:
+                return name, namespace
+            return (name, next(iter(homes))) if len(homes) == 1 else None
+        ns, _, suffix = rest.partition(".")
+        if ns in homes and (not suffix or suffix == "svc" or suffix.startswith("svc.")):
+            return name, ns
+        return None
+
+    def host_key(self, host: str, namespace: str, viewer: str) -> str:
+        """A Route or DestinationPolicy ``host`` written in ``namespace``, keyed as in
+        ``viewer``'s snapshots (unchanged when it names no mesh service)."""
+        found = self.resolve(host, namespace)
+        return host if found is None else self.key(*found, viewer)

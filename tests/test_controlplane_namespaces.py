@@ -1,0 +1,95 @@
+"""Services of one name in two namespaces stay two: real control plane, sidecars and apps
+(mTLS on), `api` in namespaces `a` and `b`, a caller in each. A bare name means the caller's
+own namespace's service, `api.b` and the `.svc` forms name b's, and a Route in `b` for `api`
+is about b's `api` (and uses b's services as backends) whoever calls it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    http_get,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+# In b, requests for `api` with `x-teapot: 1` are answered 418 by the caller's sidecar; the
+# backends name `api` explicitly: b's, also when a caller in a applies this Route.
+ROUTE_B = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: api, namespace: b}
+spec:
+  host: api
+  rules:
+    - matches: [{headers: {x-teapot: {exact: "1"}}}]
+      fault: {abort: {httpStatus: 418, percent: 100}}
+      backends: [{service: api}]
+    - backends: [{service: api}]
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp: Path = tmp_path_factory.mktemp("namespaces-cp")
+    (tmp / "mesh").mkdir()
+    (tmp / "mesh" / "route-b.yaml").write_text(ROUTE_B)
+    procs: list[MeshProcess] = []
+    try:
+        cp = start_control_plane(tmp, warmup=0.0)
+        procs.append(cp)
+        callers = {}
+        for ns in ("a", "b"):
+            app = start_backend(tmp, f"{ns}-api")  # answers with its namespace
+            procs.append(app)
+            procs.append(start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace=ns,
+                                       app=app.info["address"]))
+            callers[ns] = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace=ns)
+            procs.append(callers[ns])
+        names = {p.info["name"] for p in procs if "name" in p.info}
+        wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
+        yield {ns: f"http://{c.info['outbound']}/" for ns, c in callers.items()}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def call(outbound: str, host: str, **headers: str) -> tuple[int, bytes]:
+    return http_get(outbound, {"Host": host, **headers})
+
+
+@pytest.mark.parametrize("caller", ["a", "b"])
+def test_each_name_reaches_its_own_namespace(mesh: dict[str, str], caller: str) -> None:
+    """`api` is the caller's namespace's; `api.X`, `api.X.svc` and the FQDN are X's, from
+    either namespace (the answers come through mTLS checked against each one's identity)."""
+    outbound = mesh[caller]
+    # The sidecars of both `api`s have registered: the first answer may still be 503 while
+    # the caller's snapshot catches up, never the other namespace's app.
+    wait_for(lambda: call(outbound, "api")[0] == 200, 20, "api reachable")
+    assert call(outbound, "api") == (200, f"{caller}-api".encode())
+    for ns in ("a", "b"):
+        for host in (f"api.{ns}", f"api.{ns}.svc", f"api.{ns}.svc.cluster.local",
+                     f"api.{ns}.svc.cluster.local:80"):
+            assert call(outbound, host) == (200, f"{ns}-api".encode()), (caller, host)
+
+
+def test_a_route_applies_to_its_own_namespaces_service(mesh: dict[str, str]) -> None:
+    """b's Route for `api` is b's `api`'s: b's callers get it for `api`, a's for `api.b`;
+    a's `api` has no Route (a's callers reach it with the header)."""
+    assert call(mesh["b"], "api", **{"x-teapot": "1"})[0] == 418
+    assert call(mesh["a"], "api.b", **{"x-teapot": "1"})[0] == 418
+    assert call(mesh["a"], "api.b.svc.cluster.local", **{"x-teapot": "1"})[0] == 418
+    assert call(mesh["a"], "api", **{"x-teapot": "1"}) == (200, b"a-api")
+    assert call(mesh["b"], "api.a", **{"x-teapot": "1"}) == (200, b"a-api")
+    # Its backends name `api`: b's, for a's callers too (not a's `api`).
+    assert call(mesh["a"], "api.b") == (200, b"b-api")
