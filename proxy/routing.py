@@ -493,7 +493,10 @@ class RouterBuilder:
                 subset if owner is not None else None)
             chosen = {e.address for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
-            prefix = (reporter, node.service, node.version, service.name, service.name)
+            # destination_workload: the service's own name, also when this proxy keys it
+            # `name.namespace` (another namespace's, see meshctl.controlplane.names)
+            prefix = (reporter, node.service, node.version, service.name,
+                      service.name.partition(".")[0])
             backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
             if owner is not None and service.protocol == "tcp":
                 backend.tcp_idle_timeout = tcp_idle_timeout(policy)

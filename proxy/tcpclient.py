@@ -60,7 +60,7 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
     if session.ended:
         return  # the app left before this task ran
     backend = target.decision.pick_backend()
-    base = ("source", *target.source, backend.service, backend.service)
+    base = backend.metric_prefix  # ("source", this proxy's workload and version, service...)
     state = backend.state
     if state is not None and state.breaker is not None:
         if state.tcp_connections >= state.breaker.limits.max_connections:

@@ -139,6 +139,8 @@ async def test_the_proxy_finds_each_namespaces_service_by_its_names() -> None:
     route_backend, = builder._compile_route("api.b", snap.routes["api.b"], "source") \
         .rules[0][1].backends
     assert [p.address.port for p in route_backend.pools] == [9002]
+    # Labelled with the name this proxy gives it; the workload is `api` all the same.
+    assert route_backend.metric_prefix == ("source", "web", "v2", "api.b", "api")
     # From c, which has no `api`: both qualified, the bare name is no mesh service's.
     from_c = RouterBuilder(Snapshot.from_dict(snapshot(WEB_C, [API_A, API_B, WEB_C])),
                            PoolRegistry(asyncio.get_running_loop()), random.Random(1),
