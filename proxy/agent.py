@@ -240,7 +240,11 @@ class ControlPlaneAgent:
             if not isinstance(data, dict):
                 raise ValueError("snapshot: expected a JSON object")
             data["version"] = message.version
-            data["node"] = self.identity.node()
+            node = self.identity.node()
+            pushed = data.get("node")
+            if isinstance(pushed, dict) and "metricsName" in pushed:
+                node["metricsName"] = pushed["metricsName"]  # the control plane's to decide
+            data["node"] = node
             if self.identity.app:
                 data["app"] = self.identity.app
             self.server.apply(Snapshot.from_dict(data))

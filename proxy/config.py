@@ -96,6 +96,9 @@ class Service:
     # What its sidecars accept when it differs from mesh.mtls (a PeerAuthentication); None:
     # the mesh's. Callers send plaintext to DISABLE, mTLS otherwise (auto mTLS).
     mtls: str | None = None
+    # Its destination_service label when that is not its key: `name.namespace` for a name
+    # several namespaces have (the same on every sidecar, see meshctl.controlplane.names)
+    metrics_name: str = ""
 
     def subset(self, name: str | None) -> tuple[Endpoint, ...]:
         if name is None:
@@ -159,6 +162,7 @@ class Node:
     service: str = "unknown"
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
+    metrics_name: str = ""  # its own destination_service label, when not `service`
 
     @property
     def version(self) -> str:
@@ -217,14 +221,14 @@ class Snapshot:
 _KNOWN: dict[str, frozenset[str]] = {
     "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
                    "app", "appProtocol", "inbound", "external"}),
-    "node": frozenset({"service", "namespace", "labels"}),
+    "node": frozenset({"service", "namespace", "labels", "metricsName"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
                        "outboundTrafficPolicy"}),
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
     "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
-                          "protocol", "mtls"}),
+                          "protocol", "mtls", "metricsName"}),
     "endpoint": frozenset({"address", "labels", "identity"}),
     "subset": frozenset({"name", "labels", "policy"}),
     "route": frozenset({"host", "rules", "namespace"}),
@@ -346,6 +350,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         policy=policy,
         protocol=protocol,
         mtls=_mtls_mode(raw.get("mtls"), f"{path}.mtls") if "mtls" in raw else None,
+        metrics_name=str(raw.get("metricsName", "")),
     )
 
 
@@ -364,6 +369,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         service=str(node_raw.get("service", "unknown")),
         namespace=str(node_raw.get("namespace", "default")),
         labels=_labels(node_raw.get("labels"), "node.labels"),
+        metrics_name=str(node_raw.get("metricsName", "")),
     )
     listeners = {
         str(k): Address.parse(v, f"listeners.{k}")

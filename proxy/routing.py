@@ -402,7 +402,8 @@ class RouterBuilder:
         if snap.app is None:
             return Router({})
         pool = self.pools.get(snap.app, None, snap.node.version, protocol=snap.app_protocol)
-        prefix = ("destination", "unknown", "unknown", snap.node.service, snap.node.service)
+        prefix = ("destination", "unknown", "unknown",
+                  snap.node.metrics_name or snap.node.service, snap.node.service)
         backend = Backend(snap.node.service, None, (pool,), None, prefix)
         decision = Decision((backend,), (100,), self.rng)
         if self.inbound_policy is not None and self.inbound_policy.needed:
@@ -495,8 +496,8 @@ class RouterBuilder:
             pools = tuple(p for p in all_pools if p.address in chosen)
             # destination_workload: the service's own name, also when this proxy keys it
             # `name.namespace` (another namespace's, see meshctl.controlplane.names)
-            prefix = (reporter, node.service, node.version, service.name,
-                      service.name.partition(".")[0])
+            prefix = (reporter, node.service, node.version,
+                      service.metrics_name or service.name, service.name.partition(".")[0])
             backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
             if owner is not None and service.protocol == "tcp":
                 backend.tcp_idle_timeout = tcp_idle_timeout(policy)

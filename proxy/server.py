@@ -305,7 +305,7 @@ def _tcp_inbound(snapshot: Snapshot, policy: InboundPolicy, pools: PoolRegistry)
     own = snapshot.services.get(snapshot.node.service)
     idle = tcp_idle_timeout(own.policy) if own is not None else tcp_idle_timeout(None)
     return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version,
-                      idle_timeout=idle)
+                      idle_timeout=idle, metrics_name=snapshot.node.metrics_name)
 
 
 def _protocol_factory(listener: Listener) -> Callable[[], DownstreamProtocol]:

@@ -37,6 +37,7 @@ class TcpInbound:
     version: str
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0  # the service's connectionPool.tcpIdleTimeout; 0: never
+    metrics_name: str = ""  # its destination_service label when not `service` (node's)
 
 
 def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
@@ -56,7 +57,8 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
 
     def labels(version: str) -> tuple[str, ...]:
         service = target.service if target is not None else listener.router.source[0]
-        return ("destination", p.peer_service or "unknown", version, service, service,
+        label = target.metrics_name or service if target is not None else service
+        return ("destination", p.peer_service or "unknown", version, label, service,
                 target.version if target is not None else "unknown", p.security)
 
     def hello(payload: bytes) -> None:

@@ -48,17 +48,21 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         cp = start_control_plane(tmp, warmup=0.0)
         procs.append(cp)
-        callers = {}
+        callers, admins = {}, {}
         for ns in ("a", "b"):
             app = start_backend(tmp, f"{ns}-api")  # answers with its namespace
             procs.append(app)
-            procs.append(start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace=ns,
-                                       app=app.info["address"]))
+            api = start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace=ns,
+                                app=app.info["address"])
+            procs.append(api)
             callers[ns] = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace=ns)
             procs.append(callers[ns])
+            admins[f"api-{ns}"], admins[f"web-{ns}"] = (api.info["admin"],
+                                                        callers[ns].info["admin"])
         names = {p.info["name"] for p in procs if "name" in p.info}
         wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
-        yield {ns: f"http://{c.info['outbound']}/" for ns, c in callers.items()}
+        yield {**{ns: f"http://{c.info['outbound']}/" for ns, c in callers.items()},
+               "admins": admins}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -93,3 +97,25 @@ def test_a_route_applies_to_its_own_namespaces_service(mesh: dict[str, str]) -> 
     assert call(mesh["b"], "api.a", **{"x-teapot": "1"}) == (200, b"a-api")
     # Its backends name `api`: b's, for a's callers too (not a's `api`).
     assert call(mesh["a"], "api.b") == (200, b"b-api")
+
+
+def test_both_sidecars_label_a_call_alike(mesh: dict[str, Any]) -> None:
+    """`destination_service` is the same on the caller's and the callee's sidecar: `api.a`
+    and `api.b` (a name two namespaces have), whoever calls and however it was written, so
+    `meshctl stat` neither counts a call twice nor merges the two services."""
+    assert call(mesh["a"], "api.b") == (200, b"b-api")
+    assert call(mesh["a"], "api") == (200, b"a-api")
+    assert call(mesh["b"], "api.a.svc.cluster.local") == (200, b"a-api")
+    admins = mesh["admins"]
+
+    def services(admin: str, reporter: str) -> set[str]:
+        text = http_get(f"http://{admin}/metrics")[1].decode()
+        return {line.split('destination_service="')[1].split('"')[0]
+                for line in text.splitlines()
+                if line.startswith("ami_requests_total{") and f'reporter="{reporter}"' in line
+                and 'response_code="200"' in line}
+
+    assert services(admins["web-a"], "source") >= {"api.a", "api.b"}
+    assert "api" not in services(admins["web-a"], "source")
+    assert services(admins["api-a"], "destination") == {"api.a"}
+    assert services(admins["api-b"], "destination") == {"api.b"}

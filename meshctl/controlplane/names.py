@@ -29,6 +29,11 @@ class ServiceNames:
             return name
         return f"{name}.{namespace}"
 
+    def metrics_name(self, name: str, namespace: str) -> str:
+        """The service's `destination_service` label, the same on every sidecar (caller's and
+        callee's alike): the bare name while one namespace has it, else `name.namespace`."""
+        return name if len(self._homes.get(name, ())) <= 1 else f"{name}.{namespace}"
+
     def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
         """(name, namespace) of the mesh service ``host`` means when written in ``namespace``:
         a bare name is that namespace's service, else the only one of that name; `name.ns`,

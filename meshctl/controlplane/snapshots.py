@@ -180,6 +180,9 @@ class SnapshotBuilder:
                 "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
         for key, svc in services.items():
             name = key.partition(".")[0]
+            label = names.metrics_name(name, svc["namespace"])
+            if label != key:  # (absent when equal: such snapshots keep their bytes)
+                svc["metricsName"] = label
             if self._tcp.get((name, svc["namespace"])) == {True}:
                 svc["protocol"] = "tcp"  # absent for HTTP: such snapshots keep their bytes
             mode = self.mtls.mode(svc["namespace"], name)
@@ -241,6 +244,9 @@ class SnapshotBuilder:
                      "labels": dict(proxy.labels)},
             "inbound": self._inbound(proxy),
         }
+        label = self.names.metrics_name(proxy.service, proxy.namespace)
+        if label != proxy.service:  # its callers label it so: its own metrics must agree
+            parts["node"]["metricsName"] = label
         if proxy.mode == "gateway":
             rules: list[Any] = []
             for r in self._by_kind.get("Gateway", []):
