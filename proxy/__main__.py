@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "reloaded when the file changes")
     p.add_argument("--gateway-key", type=Path, metavar="PEM",
                    help="the private key of --gateway-cert")
+    p.add_argument("--gateway-client-ca", type=Path, metavar="PEM",
+                   help="with --gateway-cert: ask HTTPS clients for a certificate and verify "
+                        "it against this CA bundle (Istio's tls.mode MUTUAL); the verified "
+                        "client goes upstream in x-forwarded-client-cert; reloaded when the "
+                        "file changes")
+    p.add_argument("--gateway-client-cert", choices=("required", "optional"), default=None,
+                   help="with --gateway-client-ca: refuse a handshake without a client "
+                        "certificate (required, the default) or take it without one (optional)")
     p.add_argument("--app", help="the local app HOST:PORT the inbound listener forwards to")
     p.add_argument("--app-probe", default="tcp", metavar="tcp|none|/PATH",
                    help="control-plane mode: how to tell the app serves, so its endpoint is "
@@ -130,7 +138,11 @@ def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:
 
 def _gateway_tls(args: argparse.Namespace) -> Any:
     """The gateway's HTTPS certificate, loaded (so a bad file stops the start), or None."""
+    if args.gateway_client_cert is not None and args.gateway_client_ca is None:
+        raise ConfigError("--gateway-client-cert needs --gateway-client-ca")
     if args.gateway_cert is None and args.gateway_key is None:
+        if args.gateway_client_ca is not None:
+            raise ConfigError("--gateway-client-ca needs --gateway-cert and --gateway-key")
         return None
     if args.mode != "gateway":
         raise ConfigError("--gateway-cert and --gateway-key need --mode gateway")
@@ -139,7 +151,9 @@ def _gateway_tls(args: argparse.Namespace) -> Any:
     from proxy.servingcert import CertificateError, ServingCertificate
 
     try:
-        return ServingCertificate(args.gateway_cert, args.gateway_key)
+        return ServingCertificate(args.gateway_cert, args.gateway_key,
+                                  client_ca=args.gateway_client_ca,
+                                  client_cert=args.gateway_client_cert or "required")
     except CertificateError as exc:
         raise ConfigError(f"gateway certificate: {exc}") from None
 

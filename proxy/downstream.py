@@ -54,6 +54,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.peer_namespace: str | None = None
         self.peer_version = "unknown"
         self.security = "none"
+        # The x-forwarded-client-cert line for this connection's requests, made once: an
+        # inbound mTLS peer's id, or a gateway's verified client certificate
+        # (--gateway-client-ca, proxy.clientcert); b"" for none.
+        self.xfcc_line = b""
         self.closed = False
         self.draining = False
         self.plaintext_refused = False  # plaintext on an inbound listener that turned STRICT
@@ -110,6 +114,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             transport.abort()  # type: ignore[attr-defined]
             self.closed = True
             return
+        if ssl_object is not None and self.listener.kind == "gateway":
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:  # asked for (--gateway-client-ca) and verified in the handshake
+                from proxy.clientcert import xfcc_line
+
+                self.xfcc_line = xfcc_line(der)
         if ssl_object is None and not self.listener.plaintext_allowed:
             # Plaintext that got past the acceptor while the mesh turned STRICT.
             self.listener.stats.inc("ami_tls_handshake_failures",
@@ -150,6 +160,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         parts = self.peer_identity.split("/")
         if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa" and parts[4] and parts[6]:
             self.peer_namespace, self.peer_service = parts[4], parts[6]
+        if self.listener.xfcc_by:  # set whenever there is an identity to handshake with
+            self.xfcc_line = (b"x-forwarded-client-cert: By=" + self.listener.xfcc_by
+                              + b";URI=" + self.peer_identity.encode() + b"\r\n")
         return True
 
     def data_received(self, data: bytes | memoryview) -> None:

@@ -80,6 +80,10 @@ class H2Stream:
         return self.session.peer_identity
 
     @property
+    def xfcc_line(self) -> bytes:
+        return self.session.xfcc_line
+
+    @property
     def peer_service(self) -> str | None:
         return self.session.peer_service
 
@@ -166,6 +170,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.peer_namespace = h1.peer_namespace
         self.peer_version = h1.peer_version
         self.security = h1.security
+        self.xfcc_line = h1.xfcc_line
         self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, H2Stream] = {}
         self.closed = False

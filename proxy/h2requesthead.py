@@ -107,9 +107,8 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
             + b"\r\n", listener.forwarded_proto_line]
     if not has_request_id:
         tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
-    if stream.peer_identity is not None and listener.xfcc_by:
-        tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
-                    + stream.peer_identity.encode() + b"\r\n")
+    if stream.xfcc_line:
+        tail.append(stream.xfcc_line)
     ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,
                     tail, scheme or b"http", grpc, now)
     ex.timeout_override = timeout_override

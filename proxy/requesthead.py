@@ -227,10 +227,8 @@ def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
     ]
     if not p._has_request_id:
         tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
-    listener = p.listener
-    if p.peer_identity is not None and listener.xfcc_by:
-        tail.append(b"x-forwarded-client-cert: By=" + listener.xfcc_by + b";URI="
-                    + p.peer_identity.encode() + b"\r\n")
+    if p.xfcc_line:  # (any the client sent was dropped)
+        tail.append(p.xfcc_line)
     if p._chunked:
         tail.append(b"transfer-encoding: chunked\r\n")
     if upgrade and p._upgrade_value is not None:

@@ -1,13 +1,17 @@
 """An HTTPS certificate from PEM files the operator provides, reloaded when they change.
 
-Used by the gateway (`--gateway-cert`) and by the control plane's API (`--api-cert`).
+Used by the gateway (`--gateway-cert`, and `--gateway-client-ca` to ask clients for a
+certificate: Istio's `tls.mode: MUTUAL`) and by the control plane's API (`--api-cert`).
 
 Clients outside the mesh know the gateway by a DNS name, so its certificate comes from the
 operator's CA (or cert-manager, or Let's Encrypt), not from the mesh CA, and its key stays on
 the gateway's host. The files are checked every few seconds; a changed pair is loaded into a
 new context that new handshakes get (through the SNI callback, as for workload certificates),
 while open connections keep the one they started with. A pair that does not load (a key
-written before its certificate, a typo) is logged and the last good one stays in service.
+written before its certificate, a typo) is logged and the last good one stays in service. The
+client CA bundle is one more file of the set: it is reloaded the same way, and the swapped-in
+context verifies client certificates with it (OpenSSL verifies against the context the SNI
+callback picked; whether a certificate is asked for is the bound context's setting, fixed).
 """
 
 from __future__ import annotations
@@ -41,10 +45,17 @@ class ServingCertificate:
     """A server context for `cert_file` and `key_file`; `listener` is the one to bind with."""
 
     def __init__(self, cert_file: Path, key_file: Path, *,
-                 alpn: tuple[str, ...] = GATEWAY_ALPN, name: str = "gateway certificate") -> None:
-        """Load the pair; raises CertificateError naming the file and the problem."""
+                 alpn: tuple[str, ...] = GATEWAY_ALPN, name: str = "gateway certificate",
+                 client_ca: Path | None = None, client_cert: str = "required") -> None:
+        """Load the pair (and the client CA bundle, if any); raises CertificateError naming
+        the file and the problem. `client_cert`: `required` refuses a handshake without a
+        client certificate, `optional` takes one without (a presented one must verify)."""
         self.cert_file, self.key_file = cert_file, key_file
         self.alpn, self.name = alpn, name
+        self.client_ca = client_ca
+        self.verify_mode = (ssl.CERT_NONE if client_ca is None
+                            else ssl.CERT_REQUIRED if client_cert == "required"
+                            else ssl.CERT_OPTIONAL)
         self._stamp = self._read_stamp()
         self._current, self.not_after = self._load()
         # Bound once; OpenSSL runs the SNI callback on every ClientHello, with or without a
@@ -54,15 +65,24 @@ class ServingCertificate:
         self.reloads = 0
 
     def _read_stamp(self) -> tuple[tuple[int, int, int], ...]:
+        files = (self.cert_file, self.key_file)
         try:
-            return _stamp(self.cert_file, self.key_file)
+            return _stamp(*files, self.client_ca) if self.client_ca else _stamp(*files)
         except OSError as exc:
             raise CertificateError(f"{exc.filename}: {exc.strerror}") from None
 
     def _new_context(self) -> ssl.SSLContext:
         ctx = hardened_context(ssl.PROTOCOL_TLS_SERVER)
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        ctx.verify_mode = ssl.CERT_NONE  # clients of the gateway are not mesh workloads
+        # Clients of the gateway are not mesh workloads: a client certificate, if asked for,
+        # is verified against the operator's CA bundle, never the mesh's.
+        ctx.verify_mode = self.verify_mode
+        if self.client_ca is not None:
+            # No session resumption (as on mesh listeners): a resumed session skips verifying
+            # the client's certificate, so a client could return after its CA was removed
+            # from the bundle, or with a certificate that has since expired.
+            ctx.options |= ssl.OP_NO_TICKET
+            ctx.num_tickets = 0
         ctx.set_alpn_protocols(list(self.alpn))
         return ctx
 
@@ -76,7 +96,26 @@ class ServingCertificate:
                                    f"PEM certificate chain and its key: {exc}") from None
         except OSError as exc:
             raise CertificateError(f"{exc.filename or self.cert_file}: {exc.strerror}") from None
+        if self.client_ca is not None:
+            self._load_client_ca(ctx, self.client_ca)
         return ctx, leaf.not_valid_after_utc
+
+    @staticmethod
+    def _load_client_ca(ctx: ssl.SSLContext, path: Path) -> None:
+        try:
+            data = path.read_text("ascii")
+        except OSError as exc:
+            raise CertificateError(f"{path}: {exc.strerror}") from None
+        except ValueError:
+            data = ""  # not ASCII: not PEM either
+        if "-----BEGIN CERTIFICATE-----" not in data:
+            # load_verify_locations takes an empty or certificate-less file without a word:
+            # a truncated bundle would refuse every client with no reason given.
+            raise CertificateError(f"{path}: no PEM certificate in the client CA bundle")
+        try:
+            ctx.load_verify_locations(cadata=data)
+        except (ssl.SSLError, ValueError) as exc:
+            raise CertificateError(f"{path} does not load as a PEM CA bundle: {exc}") from None
 
     def _swap_in_current(self, ssl_object: ssl.SSLObject, _server_name: str | None,
                          _ctx: ssl.SSLContext) -> None:
