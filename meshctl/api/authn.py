@@ -19,7 +19,6 @@ from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
 
-_NAME = F.string(F.DNS_LABEL, "a DNS-1123 label")
 JWKS_URI = r"^https?://[^\s/?#]+[^\s]*$"
 DEFAULT_HEADER = ("authorization", "Bearer ")
 
@@ -76,17 +75,10 @@ def parse_snapshot_authentication(data: object, path: str) -> RequestAuthenticat
 
 def _parse_spec(data: object, path: str, snapshot: bool) -> RequestAuthenticationSpec:
     f = Fields(data, path)
-    service = f.optional("selector", _parse_selector)
+    service = f.optional("selector", F.service_selector)
     rules = f.value("jwtRules", F.list_of(lambda d, p: _parse_jwt_rule(d, p, snapshot)), ())
     f.finish()
     return RequestAuthenticationSpec(service, rules)
-
-
-def _parse_selector(data: object, path: str) -> str:
-    f = Fields(data, path)
-    service = f.required("service", _NAME, "")
-    f.finish()
-    return service
 
 
 def _parse_jwt_rule(data: object, path: str, snapshot: bool) -> JwtRule:

@@ -199,18 +199,11 @@ def _path_matches(pattern: str, path: str) -> bool:
 def parse_authorization(data: object, path: str) -> AuthorizationPolicySpec:
     """Parse AuthorizationPolicy.spec (also a proxy snapshot's inbound.authorization items)."""
     f = Fields(data, path)
-    service = f.optional("selector", _parse_selector)
+    service = f.optional("selector", F.service_selector)
     action = f.value("action", F.enum(ACTIONS), "ALLOW")
     rules = f.value("rules", F.list_of(_parse_rule), ())
     f.finish()
     return AuthorizationPolicySpec(service, action, rules)
-
-
-def _parse_selector(data: object, path: str) -> str:
-    f = Fields(data, path)
-    service = f.required("service", _NAME, "")
-    f.finish()
-    return service
 
 
 def _parse_rule(data: object, path: str) -> AuthorizationRule:

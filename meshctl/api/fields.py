@@ -197,6 +197,14 @@ def string_map(key: Conv[str], value: Conv[T]) -> Conv[dict[str, T]]:
     return convert
 
 
+def service_selector(data: object, path: str) -> str:
+    """`selector: {service: NAME}`, the workload a policy kind applies to (a DNS-1123 label)."""
+    f = Fields(data, path)
+    service = f.required("service", string(DNS_LABEL, "a DNS-1123 label"), "")
+    f.finish()
+    return service
+
+
 class Fields:
     """Reads one mapping field by field, collecting every problem; ``finish()`` raises them all.
 

@@ -16,7 +16,6 @@ from meshctl.api.fields import Fields
 PEER_MODES = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
 UNSET = "UNSET"
 
-_NAME = F.string(F.DNS_LABEL, "a DNS-1123 label")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +29,10 @@ class PeerAuthenticationSpec:
 def parse_peer_authentication(data: object, path: str) -> PeerAuthenticationSpec:
     """Parse PeerAuthentication.spec."""
     f = Fields(data, path)
-    service = f.optional("selector", _parse_selector)
+    service = f.optional("selector", F.service_selector)
     mode = f.value("mtls", _parse_mtls, UNSET)
     f.finish()
     return PeerAuthenticationSpec(service, mode)
-
-
-def _parse_selector(data: object, path: str) -> str:
-    f = Fields(data, path)
-    service = f.required("service", _NAME, "")
-    f.finish()
-    return service
 
 
 def _parse_mtls(data: object, path: str) -> str:
