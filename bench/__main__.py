@@ -12,11 +12,12 @@ from pathlib import Path
 from bench import nginxconf
 from bench.certs import lazy_certs
 from bench.paths import PATHS, BuildContext
-from bench.procs import ServerSpec, cpu_plan, free_port, start_all, stop_all
+from bench.procs import ServerSpec, cpu_plan, start_all, stop_all
 from bench.report import machine_info, results_json, table
 from bench.rounds import median_result
 from bench.runner import BenchOptions, PathResult, measure_path
 from bench.tools import H2_TOOLS, REQUIRED, ToolsMissing, ensure_tools
+from tests.ports import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 

@@ -31,7 +31,6 @@ from bench.procs import (
     Running,
     ServerSpec,
     cpu_plan,
-    free_port,
     start,
     stop_all,
     wait_http_ok,
@@ -39,6 +38,9 @@ from bench.procs import (
 from bench.procstat import cpu_seconds, peak_rss_mb
 from bench.stats import summarize
 from meshctl.client import ControlPlaneClient
+
+# Ports below the ephemeral range, which wrk's client sockets draw from.
+from tests.ports import free_port
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results-controlplane.json"
 # (figure, sidecars, limit): the performance doc's targets

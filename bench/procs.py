@@ -6,7 +6,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -56,13 +55,6 @@ def cpu_plan(enabled: bool = True) -> CpuPlan:
     if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
         return CpuPlan(None, None)
     return CpuPlan(",".join(map(str, cpus[:-1])), str(cpus[-1]))
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_status(port: int, path: str = "/", host: str = "backend", timeout: float = 1.0) -> int:

@@ -30,12 +30,14 @@ from bench.procs import (
     ServerSpec,
     child_env,
     cpu_plan,
-    free_port,
     start_all,
     stop_all,
 )
 from bench.procstat import rss_mb
 from bench.tools import ToolsMissing, ensure_tools
+
+# Ports below the ephemeral range, which wrk's client sockets draw from.
+from tests.ports import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 SOAK_PATHS = ("ami-1hop", "ami-2hop-mtls")

@@ -10,7 +10,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,17 +24,12 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 # Which source tree `python -m proxy` runs from (override to test another checkout).
 PROXY_ROOT = Path(os.environ.get("AMI_PROXY_ROOT", REPO))
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- tiny HTTP/1.1 message readers for raw-socket tests -------------------------------------
@@ -403,7 +397,6 @@ class ProxyProcess:
                 proc.kill()
                 proc.wait()
         return int(proc.returncode)
-
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float:

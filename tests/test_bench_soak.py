@@ -12,8 +12,8 @@ import pytest
 
 from bench.churn import Kind, kinds, one
 from bench.memtrend import trend
-from bench.procs import free_port
 from bench.tools import missing_tools
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

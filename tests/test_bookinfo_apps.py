@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from sample_apps.bookinfo.ratings import FaultInjector, RatingsSettings, parse_duration
 from sample_apps.bookinfo.reviews import ReviewsSettings, reviews_body
 from sample_apps.bookinfo.session import SessionSigner
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_DEADLINE = 20.0
@@ -41,13 +41,6 @@ TRACE_HEADERS = {
     "cookie": "theme=dark",
     "authorization": "Bearer token-abc",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

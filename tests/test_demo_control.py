@@ -19,13 +19,7 @@ from meshctl.demo.runner import DemoOptions
 from meshctl.demo.state import READY, STOPPED, ProcessRecord, RunDir, RunState
 from meshctl.demo.supervisor import Timing
 from meshctl.demo.topology import Ports
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +23,10 @@ import pytest
 import yaml
 
 from meshctl.client import ControlPlaneClient
-from meshctl.demo.procs import listening, pid_alive, port_in_use
+from meshctl.demo.procs import listening, pid_alive
 from meshctl.demo.state import RunDir
+from tests.ports import free_block
+from tests.ports import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "sample_apps" / "bookinfo" / "routes"
@@ -75,18 +76,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _free_block() -> int:
-    for base in range(31000, 60000, 100):
-        if not any(port_in_use("127.0.0.1", p) for p in range(base, base + BLOCK)):
-            return base
-    raise RuntimeError("no free block of ports")
+    return free_block(BLOCK)
 
 
 @pytest.fixture(scope="module")

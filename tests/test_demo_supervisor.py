@@ -12,15 +12,9 @@ from meshctl.demo.procs import listening, pid_alive
 from meshctl.demo.state import RunDir, RunState
 from meshctl.demo.supervisor import StartError, Supervisor, Timing
 from meshctl.demo.topology import ProcessSpec
+from tests.ports import free_port
 
 FAST = Timing(ready_timeout=10.0, probe_interval=0.05, stop_timeout=5.0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def server(name: str, port: int, after: tuple[str, ...] = ()) -> ProcessSpec:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from meshctl.demo.traffic import TrafficGenerator, TrafficPlan
+from tests.ports import free_port
 
 
 def fake_gateway(seen: list[tuple[str, str | None]]) -> web.Application:
@@ -58,9 +58,7 @@ async def test_loads_the_page_with_a_share_as_jason() -> None:
 
 async def test_a_down_gateway_is_counted_not_raised() -> None:
     """Connection errors are counted per user; the generator keeps going."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     gen = TrafficGenerator(f"http://127.0.0.1:{port}", TrafficPlan(rate=100, user_share=0.5),
                            rng=random.Random(1), sleep=no_wait)
     await gen.run(requests=10)

@@ -174,7 +174,6 @@ async def test_stray_crlf_keeps_the_connection(env: dict[str, Any]) -> None:
     assert (resp.status, nxt.status, backend.accepted) == (200, 200, 1)
 
 
-
 @pytest.mark.parametrize("path", ["/1xx-length", "/1xx-chunked", "/status-099", "/101-bare",
                                   "/101-upgrade"])
 async def test_bad_interim_response_is_502(env: dict[str, Any], path: str) -> None:

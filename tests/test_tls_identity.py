@@ -61,7 +61,6 @@ def test_expires_in_counts_down_to_not_after(ca: CertificateAuthority) -> None:
     assert identity.expires_in(identity.not_after - 5) == pytest.approx(5)
 
 
-
 def cert_with_uris(*uris: str) -> bytes:
     """A throwaway self-signed DER cert carrying the given URI SANs."""
     key = ec.generate_private_key(ec.SECP256R1())
