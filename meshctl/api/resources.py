@@ -15,6 +15,7 @@ from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
+from meshctl.api.hostnames import service_of
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
 from meshctl.api.peerauthn import PeerAuthenticationSpec
 from meshctl.api.policy import DestinationPolicySpec
@@ -263,8 +264,7 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if r.kind == "MeshConfig":
             claims.append((("MeshConfig",), "kind", "more than one MeshConfig"))
         if isinstance(r.spec, RouteSpec | DestinationPolicySpec):
-            claims.append(((r.kind, r.namespace, "host", r.spec.host), "spec.host",
-                           f"host {r.spec.host} already has a {r.kind}"))
+            claims.append(_host_claim(r, r.spec.host, first))
         if isinstance(r.spec, ExternalServiceSpec):
             claims.extend(((r.kind, r.namespace, "host", host), f"spec.hosts[{i}]",
                            f"host {host} already has an ExternalService")
@@ -282,6 +282,27 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
     return issues
+
+
+def _host_key(host: str, namespace: str) -> str:
+    """What a Route or DestinationPolicy host written in ``namespace`` is about: `name.ns` for
+    a mesh form (`api` in b, `api.b` and `api.b.svc.cluster.local` are all `api.b`), else the
+    host itself (an outside host)."""
+    found = service_of(host, namespace)
+    return host if found is None else f"{found[0]}.{found[1]}"
+
+
+def _host_claim(r: Resource, host: str, first: Mapping[tuple[str, ...], Resource]
+                ) -> tuple[tuple[str, ...], str, str]:
+    """One Route and one DestinationPolicy per service (or outside host) and namespace, however
+    its host is spelled: two would leave the one applied to chance."""
+    key = (r.kind, r.namespace, "host", _host_key(host, r.namespace))
+    other = first.get(key)
+    if other is None or getattr(other.spec, "host", host) == host:
+        return key, "spec.host", f"host {host} already has a {r.kind}"
+    name, ns = key[3].split(".", 1)
+    return key, "spec.host", (f"host {host} is service {name} of namespace {ns}, which "
+                              f"already has a {r.kind}")
 
 
 def _peer_authentication_claim(r: Resource, spec: PeerAuthenticationSpec
@@ -309,7 +330,7 @@ def _unknown_subsets(route: Resource, spec: RouteSpec,
                             rule.mirror.subset))
         for path, service, subset in targets:
             host = service or spec.host
-            policy = first.get(("DestinationPolicy", route.namespace, "host", host))
+            policy = _policy_of(host, route.namespace, first)
             known = ([s.name for s in policy.spec.subsets]
                      if policy and isinstance(policy.spec, DestinationPolicySpec) else [])
             if subset is not None and subset not in known:
@@ -317,6 +338,19 @@ def _unknown_subsets(route: Resource, spec: RouteSpec,
                 found.append(Issue(route.source, route.doc, path,
                                    f"unknown subset '{subset}' for host {host} (known: {listed})"))
     return found
+
+
+def _policy_of(host: str, namespace: str, first: Mapping[tuple[str, ...], Resource]
+               ) -> Resource | None:
+    """The DestinationPolicy whose subsets a Route of ``namespace`` naming ``host`` gets: its
+    own namespace's, else that of the service's namespace (the lookup path of snapshots)."""
+    key = _host_key(host, namespace)
+    found = service_of(host, namespace)
+    for ns in (namespace,) if found is None else (namespace, found[1]):
+        policy = first.get(("DestinationPolicy", ns, "host", key))
+        if policy is not None:
+            return policy
+    return None
 
 
 def _describe(r: Resource) -> str:
