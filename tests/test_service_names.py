@@ -147,3 +147,56 @@ async def test_the_proxy_finds_each_namespaces_service_by_its_names() -> None:
                            lambda blocks: None, DestinationRegistry(RequestStats())).outbound()
     assert from_c.tunnels_into_mesh("api.b.svc.cluster.local:80")
     assert from_c.tunnels_into_mesh("api.a:80") and not from_c.tunnels_into_mesh("api:80")
+
+
+def _route(namespace: str, host: str, backend: str, name: str = "") -> str:
+    return (f"---\napiVersion: ami.mesh/v1alpha1\nkind: Route\n"
+            f"metadata: {{name: {name or 'r-' + host}, namespace: {namespace}}}\n"
+            f"spec:\n  host: {host}\n  rules: [{{backends: [{{service: {backend}}}]}}]\n")
+
+
+def test_routes_follow_the_lookup_path_callers_namespace_then_services() -> None:
+    """Of the Routes about b's `api`, a proxy gets its own namespace's, else b's (the
+    service's); z's is for z's proxies only, whatever the namespaces' order."""
+    docs = DOCS + _route("z", "api.b", "web") + _route("a", "api.b.svc.cluster.local", "web")
+    mesh = [API_A, API_B, WEB_A, WEB_C, proxy("web", "z", 9005)]
+
+    def origin(viewer: ProxyInfo) -> list[str | None]:
+        return [r.get("namespace") for r in snapshot(viewer, mesh, docs)["routes"]]
+
+    assert origin(WEB_A) == [None]  # a's own, keyed api.b
+    assert origin(WEB_C) == ["b"]  # not z's, which sorts last
+    assert origin(API_B) == [None]
+    assert origin(proxy("web", "z", 9005)) == [None]
+
+
+def test_a_host_naming_its_namespace_beats_a_bare_name_falling_back() -> None:
+    """In c (no `api` of its own, one `api` in b), `api` and `api.b` are both b's `api`:
+    the Route that names b wins over the bare name's, whichever sorts last."""
+    docs = _route("c", "api", "web", "z-sorts-last") + _route("c", "api.b", "api", "a-first")
+    routes = snapshot(WEB_C, [API_B, WEB_C], docs)["routes"]
+    assert routes == [{"host": "api", "rules": [{"backends": [{"service": "api"}]}]}]
+
+
+def test_a_bare_host_several_other_namespaces_have_is_about_none() -> None:
+    """c's Route for `api` (a and b have one, c none) applies to neither: not to a's proxies'
+    own `api`, nor as a route for the name in c."""
+    docs = _route("c", "api", "web")
+    for viewer in (WEB_A, WEB_C, API_B):
+        assert snapshot(viewer, [API_A, API_B, WEB_A, WEB_C], docs)["routes"] == []
+
+
+def test_the_rate_limit_is_the_services_own_namespaces_whatever_the_spelling() -> None:
+    """b's DestinationPolicy rate-limits b's `api` at its sidecars written `api`, `api.b` or
+    as FQDN; a's policy for `api.b` is a's callers' and a's `api` gets neither."""
+    limit = "  rateLimit: {requestsPerSecond: 5}\n"
+    for host in ("api", "api.b", "api.b.svc", "api.b.svc.cluster.local"):
+        docs = DOCS.replace("  host: api\n", f"  host: {host}\n", 1).replace(
+            "  subsets:", limit + "  subsets:", 1)
+        mesh = [API_A, API_B, WEB_A]
+        assert snapshot(API_B, mesh, docs)["inbound"]["rateLimit"] == {"requestsPerSecond": 5}
+        assert "rateLimit" not in snapshot(API_A, mesh, docs)["inbound"], host
+    other = ("apiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\n"
+             "metadata: {name: api-b, namespace: a}\nspec:\n  host: api.b\n" + limit)
+    assert "rateLimit" not in snapshot(API_B, [API_A, API_B], other)["inbound"]
+

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from meshctl.api.hostnames import mesh_form, service_of
+
 
 class ServiceNames:
     """The namespaces each service name lives in."""
@@ -37,23 +39,31 @@ class ServiceNames:
     def resolve(self, host: str, namespace: str) -> tuple[str, str] | None:
         """(name, namespace) of the mesh service ``host`` means when written in ``namespace``:
         a bare name is that namespace's service, else the only one of that name; `name.ns`,
-        `name.ns.svc` and `name.ns.svc.<domain>` are namespace `ns`'s. None: no mesh service
-        (an outside host), or a bare name several other namespaces have."""
-        name, dot, rest = host.partition(".")
+        `name.ns.svc` and `name.ns.svc.<domain>` are namespace `ns`'s (meshctl.api.hostnames).
+        None: no mesh service (an outside host, or `name.ns` where ns has no `name`), or a
+        bare name several other namespaces have."""
+        form = mesh_form(host)
+        if form is None:
+            return None
+        name, ns = form
         homes = self._homes.get(name)
         if not homes:
             return None
-        if not dot:
+        if ns is None:
             if namespace in homes:
                 return name, namespace
             return (name, next(iter(homes))) if len(homes) == 1 else None
-        ns, _, suffix = rest.partition(".")
-        if ns in homes and (not suffix or suffix == "svc" or suffix.startswith("svc.")):
-            return name, ns
-        return None
+        return (name, ns) if ns in homes else None
 
-    def host_key(self, host: str, namespace: str, viewer: str) -> str:
-        """A Route or DestinationPolicy ``host`` written in ``namespace``, keyed as in
-        ``viewer``'s snapshots (unchanged when it names no mesh service)."""
+    def written_as(self, host: str, namespace: str) -> bool:
+        """Whether ``host`` (in ``namespace``) means the service its form names, not another
+        namespace's that a bare name falls back to when its own namespace has none."""
         found = self.resolve(host, namespace)
-        return host if found is None else self.key(*found, viewer)
+        return found is not None and found == service_of(host, namespace)
+
+    def ambiguous(self, host: str, namespace: str) -> bool:
+        """Whether ``host`` is a bare name that means no service from ``namespace`` only because
+        several other namespaces have one (a Route with it is about none of them)."""
+        form = mesh_form(host)
+        return (form is not None and form[1] is None and form[0] in self._homes
+                and self.resolve(host, namespace) is None)

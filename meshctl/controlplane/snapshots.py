@@ -158,9 +158,7 @@ class SnapshotBuilder:
     def _services(self, namespace: str) -> dict[str, Any]:
         """Every service, keyed as this namespace's proxies name it (see ServiceNames)."""
         names = self.names
-        policies = {names.host_key(r.spec.host, r.namespace, namespace): r
-                    for r in self._in_view("DestinationPolicy", namespace)
-                    if isinstance(r.spec, DestinationPolicySpec)}
+        policies = self._by_host("DestinationPolicy", namespace)
         services: dict[str, Any] = {}
         for ep in self._endpoints:
             tcp = self._tcp[(ep.service, ep.namespace)]
@@ -203,14 +201,35 @@ class SnapshotBuilder:
         """Every Route, its host keyed as this namespace's proxies name the service; one from
         another namespace says so (``namespace``: its backends' services are named there)."""
         routes: dict[str, dict[str, Any]] = {}
-        for r in self._in_view("Route", namespace):
-            if isinstance(r.spec, RouteSpec):
-                host = self.names.host_key(r.spec.host, r.namespace, namespace)
-                entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
-                if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
-                    entry["namespace"] = r.namespace
-                routes[host] = entry
+        for host, r in self._by_host("Route", namespace).items():
+            entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
+            if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
+                entry["namespace"] = r.namespace
+            routes[host] = entry
         return [routes[host] for host in sorted(routes)]
+
+    def _by_host(self, kind: str, namespace: str) -> dict[str, Resource]:
+        """The Route (or DestinationPolicy) of each host, keyed as ``namespace``'s proxies name
+        it. For a mesh service: the proxies' own namespace's, else the service's own
+        namespace's (Istio's lookup path for DestinationRules); one of a third namespace is
+        for that namespace's callers only, so no caller's gets one of two at chance. Within a
+        namespace, a host naming the service's namespace beats a bare name falling back to
+        another namespace's. A bare host that several other namespaces have is about none of
+        them: left out. An outside host's: the own namespace's, else any."""
+        names = self.names
+        chosen: dict[str, tuple[tuple[bool, bool], Resource]] = {}
+        for r in self._in_view(kind, namespace):
+            if not isinstance(r.spec, RouteSpec | DestinationPolicySpec):
+                continue
+            found = names.resolve(r.spec.host, r.namespace)
+            if ((found is not None and r.namespace not in (namespace, found[1]))
+                    or names.ambiguous(r.spec.host, r.namespace)):
+                continue
+            key = r.spec.host if found is None else names.key(*found, namespace)
+            rank = (r.namespace == namespace, names.written_as(r.spec.host, r.namespace))
+            if key not in chosen or rank >= chosen[key][0]:
+                chosen[key] = (rank, r)
+        return {key: r for key, (_, r) in chosen.items()}
 
     def _external(self, namespace: str) -> dict[str, Any]:
         """ExternalService hosts: ports, fixed addresses (none: DNS) and the host's policy."""
@@ -273,9 +292,13 @@ class SnapshotBuilder:
         mode = self.mtls.mode(proxy.namespace, proxy.service, proxy.mode != "gateway")
         if mode != self.mesh.mtls_mode:  # what this inbound listener accepts, when not mesh's
             inbound["mtls"] = mode
+        own = (proxy.service, proxy.namespace)
         for r in self._by_kind.get("DestinationPolicy", []):
+            # The own namespace's policy for this service, however its host is spelled (`api`,
+            # `api.b`, FQDN); other namespaces' policies are their callers' (see _by_host).
             if (r.namespace == proxy.namespace and isinstance(r.spec, DestinationPolicySpec)
-                    and r.spec.host == proxy.service):
+                    and (r.spec.host == proxy.service
+                         or self.names.resolve(r.spec.host, r.namespace) == own)):
                 rate = _raw_spec(r).get("rateLimit")
                 if rate is not None:
                     inbound["rateLimit"] = rate
