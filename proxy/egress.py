@@ -9,6 +9,9 @@ mesh route took, so mesh traffic never pays for it:
   To a port declared for HTTP it is read as HTTP instead (`Router.tunnels_into_mesh`).
 - A plain-HTTP request for a host no route knows goes to a wildcard ExternalService declaring
   its port as HTTP (or HTTP2, GRPC), else passes through under ALLOW_ANY, else gets 404 `no_route`.
+- A mesh name never passes through (Kubernetes DNS would not resolve it outside the cluster):
+  a bare name that several other namespaces' services have, none this proxy's, or a
+  `name.ns.svc...` no service has, gets 404 `no_route` under ALLOW_ANY as without it.
 
 Exact ExternalService hosts with HTTP ports are not here: they sit in the router's host table
 (`routing.ExternalHostRoute`), where Routes and DestinationPolicies apply to them.
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from meshctl.api.external import TUNNEL_PROTOCOLS
+from meshctl.api.external import TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.passthrough import Passthrough, authority_address
 
 if TYPE_CHECKING:
@@ -45,13 +48,27 @@ class Wildcard:
 class Egress:
     """Where requests for hosts outside the mesh go (see the module docstring)."""
 
-    __slots__ = ("passthrough", "tunnels", "wildcards")
+    __slots__ = ("mesh_names", "passthrough", "tunnels", "wildcards")
 
     def __init__(self, tunnels: dict[tuple[str, int], Decision], wildcards: tuple[Wildcard, ...],
-                 passthrough: Passthrough | None) -> None:
+                 passthrough: Passthrough | None,
+                 mesh_names: frozenset[str] = frozenset()) -> None:
         self.tunnels = tunnels  # (exact host, port) -> the tunnel's decision
         self.wildcards = wildcards
         self.passthrough = passthrough  # ALLOW_ANY
+        # Bare names of mesh services that mean none from here (several other namespaces
+        # have one): as in Kubernetes, whose DNS fails for them, they never go out.
+        self.mesh_names = mesh_names
+
+    def _pass(self, ex: Exchange, name: str) -> Decision | str | None:
+        """ALLOW_ANY's passthrough, unless ``name`` is a mesh name (`name.ns.svc...`, or a
+        bare name of ``mesh_names``): 404 `no_route`, as without ALLOW_ANY. None: no
+        passthrough."""
+        if self.passthrough is None:
+            return None
+        if name in self.mesh_names or is_mesh_name(name):
+            return "no_route"
+        return self.passthrough.route(ex)
 
     def connect(self, ex: Exchange) -> Decision | str:
         """A `CONNECT host:port` request."""
@@ -65,9 +82,8 @@ class Egress:
         for wildcard in self.wildcards:
             if wildcard.takes(name, address.port, True):
                 return wildcard.reach.route(ex)
-        if self.passthrough is not None:
-            return self.passthrough.route(ex)
-        return "method_not_allowed"
+        passed = self._pass(ex, name)
+        return "method_not_allowed" if passed is None else passed
 
     def declares_tunnel(self, authority: str) -> bool:
         """Whether an ExternalService declares `CONNECT authority` (TLS or TCP port)."""
@@ -94,13 +110,11 @@ class Egress:
 
     def other(self, ex: Exchange) -> Decision | str:
         """A plain-HTTP request for a host that no mesh route or exact ExternalService takes."""
-        if self.wildcards:
-            address = authority_address(ex.authority.lower(), 80)
-            if address is not None:
-                name = address.host.rstrip(".")
-                for wildcard in self.wildcards:
-                    if wildcard.takes(name, address.port, False):
-                        return wildcard.reach.route(ex)
-        if self.passthrough is not None:
-            return self.passthrough.route(ex)
-        return "no_route"
+        address = authority_address(ex.authority.lower(), 80)
+        name = address.host.rstrip(".") if address is not None else ""
+        if address is not None:
+            for wildcard in self.wildcards:
+                if wildcard.takes(name, address.port, False):
+                    return wildcard.reach.route(ex)
+        passed = self._pass(ex, name)
+        return "no_route" if passed is None else passed

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # RFC 9110 §7.6.1 connection-specific fields, never forwarded (lower-case bytes).
 HOP_BY_HOP: frozenset[bytes] = frozenset({
@@ -130,15 +126,3 @@ def service_from_authority(authority: str) -> str:
     if colon != -1:
         host = host[:colon]
     return host.lower()
-
-
-def lookup_service_name(table: Mapping[str, T], host: str) -> T | None:
-    """The entry of a host that is not a key of ``table`` itself: for `name.ns...`, the entry
-    `name.ns` (another namespace's service, as snapshots key it when the bare name means
-    another), else `name` (the service of that name, keyed bare when unambiguous)."""
-    name, dot, rest = host.partition(".")
-    if dot:
-        found = table.get(f"{name}.{rest.partition('.')[0]}")
-        if found is not None:
-            return found
-    return table.get(name)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
-from proxy.headers import lookup_service_name, service_from_authority
+from proxy.headers import service_from_authority
 from proxy.layers import attach
 from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
@@ -27,6 +27,7 @@ from proxy.policy.balancer import (
     RoundRobinBalancer,
 )
 from proxy.policy.weighted import WeightedPicker
+from proxy.servicenames import lookup_service_name, unresolved_names
 
 if TYPE_CHECKING:
     from proxy.destinations import DestinationRegistry, DestinationState
@@ -197,7 +198,7 @@ class Router:
             host = service_from_authority(ex.authority)
             host_route = self._hosts.get(host)
             if host_route is None:
-                host_route = lookup_service_name(self._hosts, host)
+                host_route = lookup_service_name(self._hosts, host, self._namespaces.get)
         if host_route is None:
             return "no_route" if egress is None else egress.other(ex)
         decision = host_route.select(ex)
@@ -208,7 +209,7 @@ class Router:
         host = service_from_authority(authority)
         found = self._hosts.get(host)
         if found is None:  # `reviews.default`, ... or an outside host a wildcard declares
-            found = lookup_service_name(self._hosts, host)
+            found = lookup_service_name(self._hosts, host, self._namespaces.get)
         return found is not None and not isinstance(found, ExternalHostRoute)
 
     def tunnels_into_mesh(self, authority: str) -> bool:
@@ -228,15 +229,11 @@ class Router:
             address = authority_address(authority, 0)
             return address is not None and address.port in host_route.ports
         egress = self.egress
-        if host_route is None:
-            name, _, rest = host.partition(".")
-            namespace = rest.partition(".")[0]
-            # `api.b...`: namespace b's `api`, keyed so when `api` alone means another's
-            host_route = self._hosts.get(f"{name}.{namespace}")
+        if host_route is None:  # `api.b...`: b's `api`; never by a first label alone
+            host_route = lookup_service_name(self._hosts, host, self._namespaces.get,
+                                             first_label=False)
             if host_route is None:
-                if namespace != self._namespaces.get(name) and not is_mesh_name(host):
-                    return egress is not None and egress.declares_http(authority)
-                host_route = self._hosts.get(name)
+                return egress is not None and egress.declares_http(authority)
         if host_route is None or isinstance(host_route, ExternalHostRoute):
             return False
         return egress is None or not egress.declares_tunnel(authority)
@@ -268,7 +265,7 @@ class RouterBuilder:
             self._tcp = {name: TcpTarget(name, self._tcp_decision(service),
                                          (node.service, node.version),
                                          node.version.encode("ascii", "replace"),
-                                         tcp_idle_timeout(service.policy))
+                                         tcp_idle_timeout(service.policy), service.namespace)
                          for name, service in self.snapshot.services.items()
                          if service.protocol == "tcp"}
         return self._tcp
@@ -324,7 +321,10 @@ class RouterBuilder:
             if http:
                 hosts[host] = ExternalHostRoute(http, passthrough)
             tunnels.update(((host, port), d) for port, d in tunnel.items())
-        return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough),
+        # Under ALLOW_ANY a bare name that means no service from here (several other
+        # namespaces have it) is refused, not sent out of the mesh (see proxy.egress).
+        unresolved = unresolved_names(namespaces) if passthrough is not None else frozenset()
+        return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough, unresolved),
                       source=source, namespaces=namespaces, tcp=tcp)
 
     def _prefix(self, destination: str) -> tuple[str, ...]:

@@ -44,14 +44,20 @@ class TcpTarget:
     source: tuple[str, str]  # this proxy's (workload, version)
     version: bytes  # the hello: this proxy's version label
     idle_timeout: float = 3600.0  # connectionPool.tcpIdleTimeout; 0: never
+    namespace: str = ""  # the service's (`db.ns` names it only when ns is this)
 
 
 def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None:
     """The TCP service a name means (`db`, `db.ns`, `db.ns.svc.cluster.local`, with a port)."""
-    from proxy.headers import lookup_service_name, service_from_authority
+    from proxy.headers import service_from_authority
+    from proxy.servicenames import lookup_service_name
+
+    def namespace_of(key: str) -> str | None:
+        target = targets.get(key)
+        return target.namespace if target is not None else None
 
     host = service_from_authority(name)
-    return targets.get(host) or lookup_service_name(targets, host)
+    return targets.get(host) or lookup_service_name(targets, host, namespace_of)
 
 
 async def open_session(session: TcpSession, target: TcpTarget) -> None:

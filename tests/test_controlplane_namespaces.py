@@ -1,7 +1,9 @@
 """Services of one name in two namespaces stay two: real control plane, sidecars and apps
 (mTLS on), `api` in namespaces `a` and `b`, a caller in each. A bare name means the caller's
-own namespace's service, `api.b` and the `.svc` forms name b's, and a Route in `b` for `api`
-is about b's `api` (and uses b's services as backends) whoever calls it."""
+own namespace's service, `api.b` and the `.svc` forms name b's (and `api.c` none), a Route in
+`b` for `api` is about b's `api` (and uses b's services as backends) whoever calls it, one of
+a third namespace for `api.b` only for that namespace's callers, and a second Route for one
+service, however its host is spelled, is refused."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tests.helpers_mesh import (
     MeshProcess,
     all_synced,
     http_get,
+    http_json,
     start_backend,
     start_control_plane,
     start_sidecar,
@@ -38,12 +41,28 @@ spec:
     - backends: [{service: api}]
 """
 
+# A third namespace's Route for b's `api`: for z's callers only (there are none here), so
+# a's and b's callers get b's Route (418), never this one (419).
+ROUTE_Z = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: api-b, namespace: z}
+spec:
+  host: api.b
+  rules:
+    - matches: [{headers: {x-teapot: {exact: "1"}}}]
+      fault: {abort: {httpStatus: 419, percent: 100}}
+      backends: [{service: api}]
+    - backends: [{service: api}]
+"""
+
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp: Path = tmp_path_factory.mktemp("namespaces-cp")
     (tmp / "mesh").mkdir()
     (tmp / "mesh" / "route-b.yaml").write_text(ROUTE_B)
+    (tmp / "mesh" / "route-z.yaml").write_text(ROUTE_Z)
     procs: list[MeshProcess] = []
     try:
         cp = start_control_plane(tmp, warmup=0.0)
@@ -62,7 +81,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         names = {p.info["name"] for p in procs if "name" in p.info}
         wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
         yield {**{ns: f"http://{c.info['outbound']}/" for ns, c in callers.items()},
-               "admins": admins}
+               "admins": admins, "cp": cp}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -119,3 +138,47 @@ def test_both_sidecars_label_a_call_alike(mesh: dict[str, Any]) -> None:
     assert "api" not in services(admins["web-a"], "source")
     assert services(admins["api-a"], "destination") == {"api.a"}
     assert services(admins["api-b"], "destination") == {"api.b"}
+
+
+@pytest.mark.parametrize("caller", ["a", "b"])
+def test_a_name_of_a_namespace_without_that_service_reaches_nothing(
+        mesh: dict[str, str], caller: str) -> None:
+    """`api.c` and `api.c.svc.cluster.local` are `api` of namespace c, which has none: 404
+    `no_route` (as Kubernetes DNS fails), not the caller's own `api` by its first label; a
+    longer name of no mesh form still reaches the caller's `api` by its first label."""
+    outbound = mesh[caller]
+    wait_for(lambda: call(outbound, "api")[0] == 200, 20, "api reachable")
+    for host in ("api.c", "api.c:80", "api.c.svc", "api.c.svc.cluster.local"):
+        assert call(outbound, host)[0] == 404, (caller, host)
+    assert call(outbound, "api.example.com") == (200, f"{caller}-api".encode())
+
+
+def test_a_third_namespaces_route_is_for_its_own_callers(mesh: dict[str, str]) -> None:
+    """z's Route for `api.b` does not apply to a's callers (nor b's): they get b's own
+    Route, the service's namespace's, not whichever of the two sorts last."""
+    assert call(mesh["a"], "api.b", **{"x-teapot": "1"})[0] == 418
+    assert call(mesh["b"], "api", **{"x-teapot": "1"})[0] == 418
+
+
+@pytest.mark.parametrize(("namespace", "hosts"), [
+    ("b", ["api.b.svc.cluster.local"]),  # b already has a Route for `api`, spelled bare
+    ("a", ["api.b", "api.b.svc"]),  # two in one apply, both b's `api`
+])
+@pytest.mark.parametrize("kind", ["Route", "DestinationPolicy"])
+def test_a_second_route_for_one_service_however_spelled_is_refused(
+        mesh: dict[str, Any], namespace: str, hosts: list[str], kind: str) -> None:
+    """The control plane refuses (422) a Route or DestinationPolicy about a service that
+    already has one in that namespace, whatever spelling of its name either host uses."""
+    spec = "rules: [{backends: [{service: api}]}]" if kind == "Route" else "loadBalancer: RANDOM"
+    existing = ("---\napiVersion: ami.mesh/v1alpha1\nkind: DestinationPolicy\n"
+                "metadata: {name: api, namespace: b}\nspec: {host: api}\n"
+                if kind == "DestinationPolicy" and namespace == "b" else "")
+    text = existing + "".join(
+        f"---\napiVersion: ami.mesh/v1alpha1\nkind: {kind}\n"
+        f"metadata: {{name: x{i}, namespace: {namespace}}}\nspec:\n  host: {host}\n  {spec}\n"
+        for i, host in enumerate(hosts))
+    cp = mesh["cp"]
+    status, body = http_json(cp.info["api"] + "/api/v1/apply", "POST", text,
+                             token=cp.info["token"], content_type="application/yaml")
+    assert status == 422, body
+    assert f"is service api of namespace b, which already has a {kind}" in str(body)

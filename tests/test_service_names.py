@@ -200,3 +200,19 @@ def test_the_rate_limit_is_the_services_own_namespaces_whatever_the_spelling() -
              "metadata: {name: api-b, namespace: a}\nspec:\n  host: api.b\n" + limit)
     assert "rateLimit" not in snapshot(API_B, [API_A, API_B], other)["inbound"]
 
+
+async def test_a_name_of_a_namespace_without_that_service_finds_none() -> None:
+    """`api.c` and `api.c.svc...` (c has no `api`) are neither a Host's, a CONNECT's into the
+    mesh, a TCP name's nor a mesh name for ExternalServices: not the own `api` by its first
+    label. `api.example.com` still is `api` for Host (documented), not for CONNECT."""
+    db = replace(proxy("db", "a", 9101), app_protocol="tcp")
+    snap = Snapshot.from_dict(snapshot(WEB_A, [db, API_A, API_B, WEB_A]))
+    router = RouterBuilder(snap, PoolRegistry(asyncio.get_running_loop()), random.Random(1),
+                           lambda blocks: None, DestinationRegistry(RequestStats())).outbound()
+    for name in ("api.c", "api.c.svc", "api.c.svc.cluster.local"):
+        assert not router.is_mesh_host(f"{name}:80"), name
+        assert not router.tunnels_into_mesh(f"{name}:80"), name
+        assert find_target(router.tcp, name.replace("api", "db", 1)) is None, name
+    assert find_target(router.tcp, "db.a.svc.cluster.local:5432") is not None
+    assert router.is_mesh_host("api.example.com:80")
+    assert not router.tunnels_into_mesh("api.example.com:80")

@@ -1,0 +1,112 @@
+"""Names across namespaces at the edges: under `outboundTrafficPolicy: ALLOW_ANY` a bare name
+several namespaces have (none the caller's) is refused, not sent out of the mesh as an outside
+host, and a DestinationPolicy's rate limit applies whatever spelling its host uses. Real
+control plane, sidecars and apps (mTLS on): a service `localhost` in namespaces a and b (a
+name the machine also resolves, so a leak would reach the outside server), `api` in b with a
+rate limit written as its FQDN, and a caller in c."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    http_get,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+MESH = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec:
+  outboundTrafficPolicy: {mode: ALLOW_ANY}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: api, namespace: b}
+spec:
+  host: api.b.svc.cluster.local
+  rateLimit: {requestsPerSecond: 0.001, burst: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp: Path = tmp_path_factory.mktemp("namespaces-egress")
+    (tmp / "mesh").mkdir()
+    (tmp / "mesh" / "mesh.yaml").write_text(MESH)
+    procs: list[MeshProcess] = []
+    try:
+        cp = start_control_plane(tmp, warmup=0.0)
+        procs.append(cp)
+        outside = start_backend(tmp, "outside")  # an outside server, on this host
+        procs.append(outside)
+        app = start_backend(tmp, "b-api")
+        procs.append(app)
+        sidecars = [start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace="b",
+                                  app=app.info["address"])]
+        sidecars += [start_sidecar(tmp, cp.info["grpc"], "localhost", "v1", namespace=ns)
+                     for ns in ("a", "b")]
+        caller = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace="c")
+        procs += [*sidecars, caller]
+        wait_for(lambda: all_synced(cp, {p.info["name"] for p in [*sidecars, caller]}), 30,
+                 "all proxies synced")
+        yield {"outbound": caller.info["outbound"],
+               "outside_port": int(outside.info["address"].rpartition(":")[2])}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def call(mesh: dict[str, Any], host: str) -> tuple[int, bytes]:
+    return http_get(f"http://{mesh['outbound']}/", {"Host": host})
+
+
+def connect(mesh: dict[str, Any], target: str) -> bytes:
+    """The status line the caller's sidecar answers `CONNECT target` with."""
+    host, _, port = mesh["outbound"].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(1)
+            if not chunk:
+                break
+            head += chunk
+    return head.split(b"\r\n")[0]
+
+
+def test_an_ambiguous_bare_name_is_refused_not_sent_outside(mesh: dict[str, Any]) -> None:
+    """c has no `localhost` service and a and b both have one: `localhost` means none of
+    them (Kubernetes DNS fails for it), so it gets 404 `no_route`, for a request and for a
+    CONNECT, rather than leaving the mesh for the outside server that name resolves to; as
+    `.svc` names of no service. An outside name still passes (ALLOW_ANY)."""
+    port = mesh["outside_port"]
+    assert call(mesh, f"127.0.0.1:{port}") == (200, b"outside")
+    status, body = call(mesh, f"localhost:{port}")
+    assert (status, b"no_route" in body) == (404, True), body
+    assert connect(mesh, f"localhost:{port}").startswith(b"HTTP/1.1 404"), "a CONNECT leaked"
+    assert connect(mesh, f"127.0.0.1:{port}").startswith(b"HTTP/1.1 200")
+    status, body = call(mesh, f"api.c.svc.cluster.local:{port}")
+    assert (status, b"no_route" in body) == (404, True), body
+
+
+def test_the_rate_limit_applies_to_a_policy_naming_the_service_by_its_fqdn(
+        mesh: dict[str, Any]) -> None:
+    """b's policy names its `api` `api.b.svc.cluster.local`: b's `api` sidecar enforces its
+    rate limit (one request, then 429 `rate_limited`) for a caller in c calling `api.b`."""
+    wait_for(lambda: call(mesh, "api.b")[0] == 200, 20, "b's api reachable")  # the token
+    status, body = call(mesh, "api.b")
+    assert (status, b"rate_limited" in body) == (429, True), body
