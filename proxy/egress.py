@@ -110,6 +110,8 @@ class Egress:
 
     def other(self, ex: Exchange) -> Decision | str:
         """A plain-HTTP request for a host that no mesh route or exact ExternalService takes."""
+        if not self.wildcards and self.passthrough is None:
+            return "no_route"
         address = authority_address(ex.authority.lower(), 80)
         name = address.host.rstrip(".") if address is not None else ""
         if address is not None:
