@@ -11,7 +11,8 @@ mesh route took, so mesh traffic never pays for it:
   its port as HTTP (or HTTP2, GRPC), else passes through under ALLOW_ANY, else gets 404 `no_route`.
 - A mesh name never passes through (Kubernetes DNS would not resolve it outside the cluster):
   a bare name that several other namespaces' services have, none this proxy's, or a
-  `name.ns.svc...` no service has, gets 404 `no_route` under ALLOW_ANY as without it.
+  `name.ns.svc...` no service has, gets 404 `no_route` under ALLOW_ANY (a request and a
+  CONNECT alike).
 
 Exact ExternalService hosts with HTTP ports are not here: they sit in the router's host table
 (`routing.ExternalHostRoute`), where Routes and DestinationPolicies apply to them.
@@ -62,8 +63,7 @@ class Egress:
 
     def _pass(self, ex: Exchange, name: str) -> Decision | str | None:
         """ALLOW_ANY's passthrough, unless ``name`` is a mesh name (`name.ns.svc...`, or a
-        bare name of ``mesh_names``): 404 `no_route`, as without ALLOW_ANY. None: no
-        passthrough."""
+        bare name of ``mesh_names``): 404 `no_route`. None: no passthrough."""
         if self.passthrough is None:
             return None
         if name in self.mesh_names or is_mesh_name(name):
