@@ -205,3 +205,24 @@ async def test_conflict_gives_up_after_three_retries(tmp_path: Path) -> None:
         assert code == 1 and "resourceVersion" in err and "is stale" in err
         assert await _backends(cp) == [{"subset": "v1", "weight": 100},
                                        {"subset": "v2", "weight": 0}]
+
+
+@pytest.mark.parametrize("spelling", ["reviews.default", "reviews.default.svc.cluster.local"])
+async def test_a_route_and_policy_spelling_the_host_otherwise_are_found(
+        sync: FakeSync, tmp_path: Path, spelling: str) -> None:
+    """A Route and DestinationPolicy written with the namespace's long form of the name are
+    the service's: `meshctl shift reviews` finds them, and `shift reviews.default` too."""
+    text = (POLICY.replace("host: reviews", f"host: {spelling}") + "---\n"
+            + (ROUTE % (100, 0)).replace("host: reviews", f"host: {spelling}"))
+    async with control_plane(MemStore(), [sync.route()]) as plane:
+        await _apply(plane, tmp_path, text)
+        code, out, err = await plane.meshctl("shift", "reviews", "v1=90,v3=10")
+        assert (code, err) == (0, ""), out
+        assert await _backends(plane) == [{"subset": "v1", "weight": 90},
+                                          {"subset": "v2", "weight": 0},
+                                          {"subset": "v3", "weight": 10}]
+        code, _, err = await plane.meshctl("shift", "reviews.default", "v1=50,v2=50")
+        assert (code, err) == (0, "")
+        assert await _backends(plane) == [{"subset": "v1", "weight": 50},
+                                          {"subset": "v2", "weight": 50},
+                                          {"subset": "v3", "weight": 0}]

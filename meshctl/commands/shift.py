@@ -21,11 +21,12 @@ import argparse
 import copy
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from meshctl import output
+from meshctl.api.hostnames import service_of
 from meshctl.client import ControlPlaneClient, ControlPlaneError
 from meshctl.commands.resources import make_client, reports_errors, request_json
 
@@ -186,9 +187,19 @@ def _update(client: ControlPlaneClient, args: argparse.Namespace) -> tuple[Plan,
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _about(service: str, namespace: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a resource of ``namespace`` is about ``service``, however either spells it
+    (`reviews`, `reviews.ns`, `reviews.ns.svc.cluster.local`; an outside host as written)."""
+    target = service_of(service, namespace) or service
+
+    def about(resource: dict[str, Any]) -> bool:
+        host = str((resource.get("spec") or {}).get("host", ""))
+        return host == service or (service_of(host, namespace) or host) == target
+    return about
+
+
 def _route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict[str, Any]:
-    routes = [r for r in client.get("Route", None, namespace)
-              if (r.get("spec") or {}).get("host") == service]
+    routes = [r for r in client.get("Route", None, namespace) if _about(service, namespace)(r)]
     if not routes:
         raise ShiftRefused(f"no Route for service {service} in namespace {namespace}; "
                            "create one with meshctl apply")
@@ -198,9 +209,9 @@ def _route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict
 
 
 def _subsets_for(client: ControlPlaneClient, service: str, namespace: str) -> list[str]:
+    about = _about(service, namespace)
     return [str(s.get("name")) for p in client.get("DestinationPolicy", None, namespace)
-            if (p.get("spec") or {}).get("host") == service
-            for s in (p["spec"].get("subsets") or [])]
+            if about(p) for s in (p["spec"].get("subsets") or [])]
 
 
 def wait_synced(client: ControlPlaneClient, version: str, timeout: float) -> tuple[bool, str]:
