@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl.api.errors import ValidationError
+from meshctl.api.locality import Locality, check_locality_lb, parse_locality
 from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy, parse_subset_policy
 
 
@@ -66,6 +67,7 @@ class Endpoint:
     address: Address
     labels: Mapping[str, str]
     identity: str | None = None  # expected SPIFFE id of the peer when mTLS is on
+    locality: Locality | None = None  # where it runs (region/zone/subzone), if known
 
     @property
     def version(self) -> str:
@@ -163,6 +165,8 @@ class Node:
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
     metrics_name: str = ""  # its own destination_service label, when not `service`
+    # Where this proxy runs: with it, localityLbSetting orders endpoints (proxy.localitylb)
+    locality: Locality | None = None
 
     @property
     def version(self) -> str:
@@ -221,7 +225,7 @@ class Snapshot:
 _KNOWN: dict[str, frozenset[str]] = {
     "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
                    "app", "appProtocol", "inbound", "external"}),
-    "node": frozenset({"service", "namespace", "labels", "metricsName"}),
+    "node": frozenset({"service", "namespace", "labels", "metricsName", "locality"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
                        "outboundTrafficPolicy"}),
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
@@ -229,7 +233,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
     "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
                           "protocol", "mtls", "metricsName"}),
-    "endpoint": frozenset({"address", "labels", "identity"}),
+    "endpoint": frozenset({"address", "labels", "identity", "locality"}),
     "subset": frozenset({"name", "labels", "policy"}),
     "route": frozenset({"host", "rules", "namespace"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
@@ -325,6 +329,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
             Address.parse(em.get("address"), f"{ep}.address"),
             _labels(em.get("labels"), f"{ep}.labels"),
             em.get("identity", service_identity),
+            _locality(em.get("locality"), f"{ep}.locality"),
         ))
     policy = _policy(raw.get("policy"), f"{path}.policy")
     subsets = []
@@ -339,6 +344,11 @@ def _parse_service(name: str, data: object, path: str) -> Service:
                 own = parse_subset_policy(sm["policy"], f"{sp}.policy")
         subsets.append(Subset(str(sm["name"]), _labels(sm.get("labels"), sp),
                               own.over(policy) if own is not None else None))
+    if policy.locality_lb is not None:  # refused as in a DestinationPolicy
+        outliers = policy.outlier_detection is not None or any(
+            s.policy is not None and s.policy.outlier_detection is not None for s in subsets)
+        with _config_errors():
+            check_locality_lb(policy.locality_lb, outliers, f"{path}.policy.localityLbSetting")
     protocol = raw.get("protocol", "http")
     if protocol not in SERVICE_PROTOCOLS:
         raise ConfigError(f"{path}.protocol: expected http or tcp, got {protocol!r}")
@@ -352,6 +362,13 @@ def _parse_service(name: str, data: object, path: str) -> Service:
         mtls=_mtls_mode(raw.get("mtls"), f"{path}.mtls") if "mtls" in raw else None,
         metrics_name=str(raw.get("metricsName", "")),
     )
+
+
+def _locality(value: object, path: str) -> Locality | None:
+    if value is None or value == "":
+        return None
+    with _config_errors():
+        return parse_locality(value, path)
 
 
 def _mtls_mode(value: object, path: str) -> str:
@@ -370,6 +387,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         namespace=str(node_raw.get("namespace", "default")),
         labels=_labels(node_raw.get("labels"), "node.labels"),
         metrics_name=str(node_raw.get("metricsName", "")),
+        locality=_locality(node_raw.get("locality"), "node.locality"),
     )
     listeners = {
         str(k): Address.parse(v, f"listeners.{k}")

@@ -13,10 +13,11 @@ from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
-from proxy.config import Address, ExternalHost, RouteConfig, Service, Snapshot
+from proxy.config import Address, Endpoint, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority
 from proxy.layers import attach
+from proxy.localitylb import locality_balancer
 from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
 from proxy.policy.balancer import (
@@ -56,8 +57,10 @@ class Backend:
         self.metric_prefix = metric_prefix
         self.state = state
         self.outlier = state.outlier if state is not None else None
-        # PEAK_EWMA learns from response times; the exchange feeds it only when it is in use.
-        self.ewma = balancer if isinstance(balancer, PeakEwmaBalancer) else None
+        # PEAK_EWMA learns from response times; the exchange feeds it only when it is in use
+        # (a locality balancer's groups share one, its ``inner``).
+        inner = getattr(balancer, "inner", None) or balancer
+        self.ewma = inner if isinstance(inner, PeakEwmaBalancer) else None
         self.hash_key = hash_key  # CONSISTENT_HASH: the request's key (None: no key, any pick)
         # A subset's own connectionPool.tcpIdleTimeout (None: its TCP service's, TcpTarget's)
         self.tcp_idle_timeout: float | None = None
@@ -492,13 +495,14 @@ class RouterBuilder:
                 service.name, policy.connection_pool, policy.outlier_detection, all_pools,
                 mesh.retry_budget_percent, mesh.retry_budget_min_per_second,
                 subset if owner is not None else None)
-            chosen = {e.address for e in service.subset(subset)}
+            chosen = {e.address: e for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
             # destination_workload: the service's own name, also when this proxy keys it
             # `name.namespace` (another namespace's, see meshctl.controlplane.names)
             prefix = (reporter, node.service, node.version,
                       service.metrics_name or service.name, service.name.partition(".")[0])
-            backend = self._make_backend(service.name, subset, pools, policy, state, prefix)
+            backend = self._make_backend(service.name, subset, pools, policy, state, prefix,
+                                         tuple(chosen[p.address] for p in pools))
             if owner is not None and service.protocol == "tcp":
                 backend.tcp_idle_timeout = tcp_idle_timeout(policy)
             self._backends[key] = backend
@@ -506,15 +510,30 @@ class RouterBuilder:
 
     def _make_backend(self, name: str, subset: str | None, pools: tuple[EndpointPool, ...],
                       policy: Any, state: DestinationState | None,
-                      prefix: tuple[str, ...]) -> Backend:
+                      prefix: tuple[str, ...],
+                      endpoints: tuple[Endpoint, ...] | None = None) -> Backend:
+        """``endpoints``: the mesh endpoints of ``pools``, in order (None: an outside host's),
+        for locality load balancing when this proxy has a locality."""
         outlier = state.outlier if state is not None else None
         available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
         if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
-            balancer: Any = RingHashBalancer(pools, lambda p: str(p.address), self.rng,
-                                             available)
+            def ring(group: tuple[EndpointPool, ...]) -> Any:
+                return RingHashBalancer(group, lambda p: str(p.address), self.rng, available)
+
+            balancer: Any = ring(pools)
             hash_key = _hash_key(policy.consistent_hash)
         else:
             balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
+        node = self.snapshot.node
+        if node.locality is not None and endpoints is not None:  # else: no cost at all
+            # a ring per group; the other balancers take their endpoints per pick: one serves
+            # every group
+            shared = None if hash_key is not None else balancer
+            by_locality = locality_balancer(
+                policy, node, endpoints, pools,
+                ring if shared is None else (lambda group: shared), self.rng, outlier, shared)
+            if by_locality is not None:
+                balancer = by_locality
         return Backend(name, subset, pools, balancer, prefix, state, hash_key)
 
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass, replace
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.fields import Fields
+from meshctl.api.locality import LocalityLbSetting, check_locality_lb, parse_locality_lb_setting
 
 LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA", "CONSISTENT_HASH")
 POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection",
-                 "rateLimit", "tls")
+                 "rateLimit", "tls", "localityLbSetting")
 TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL")
 HASH_KEYS = ("header", "queryParameter", "sourceIp")
 # The policy fields a subset may set for itself (Istio's subsets[].trafficPolicy, flat as the
@@ -23,6 +24,8 @@ _NOT_IN_SUBSET = {
                  "whatever subset a Route sent the request to; set it at the top of spec",
     "tls": "not per subset: it is for ExternalService hosts, whose endpoints no subset "
            "selects; set it at the top of spec",
+    "localityLbSetting": "not per subset: set it at the top of spec, where it applies to the "
+                         "traffic of every subset (each ordered by its own endpoints)",
     "trafficPolicy": "a subset takes the policy fields themselves, without trafficPolicy: "
                      "{name, labels, loadBalancer, consistentHash, connectionPool, "
                      "outlierDetection}",
@@ -106,6 +109,7 @@ class TrafficPolicy:
     rate_limit: RateLimit | None = None
     consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
     tls: ClientTLS | None = None  # ExternalService hosts only: mesh hops are mTLS anyway
+    locality_lb: LocalityLbSetting | None = None  # localityLbSetting (meshctl.api.locality)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,13 @@ def parse_destination_policy(data: object, path: str) -> DestinationPolicySpec:
     host = f.required("host", HOST, "")
     subsets = f.value("subsets", parse_subsets, ())
     policy = read_policy(f)
+    if policy.locality_lb is not None:  # ordering by locality needs ejections, somewhere
+        outliers = policy.outlier_detection is not None or any(
+            s.policy is not None and s.policy.outlier_detection is not None for s in subsets)
+        try:
+            check_locality_lb(policy.locality_lb, outliers, f.at("localityLbSetting"))
+        except ValidationError as err:
+            f.issues.extend(err.issues)
     f.finish()
     return DestinationPolicySpec(host, subsets, policy)
 
@@ -180,6 +191,7 @@ def read_policy(f: Fields) -> TrafficPolicy:
         f.optional("rateLimit", parse_rate_limit),
         hashing,
         f.optional("tls", parse_client_tls),
+        f.optional("localityLbSetting", parse_locality_lb_setting),
     )
 
 

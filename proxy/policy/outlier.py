@@ -52,6 +52,7 @@ class OutlierDetector:
         "_states",
         "_threshold_5xx",
         "ejection_overflow_total",
+        "generation",
         "on_ejection",
         "on_return",
     )
@@ -87,6 +88,9 @@ class OutlierDetector:
         self.on_ejection = on_ejection
         self.on_return = on_return
         self.ejection_overflow_total = 0  # ejections refused by max_ejection_percent
+        # Bumped whenever the ejected set changes: what is computed from it (locality
+        # shares, proxy.policy.localitybalancer) is recomputed then, not per request.
+        self.generation = 0
 
     @property
     def ejected_count(self) -> int:
@@ -100,6 +104,7 @@ class OutlierDetector:
             del self._states[key]
             if key in self._ejected:
                 self._ejected.discard(key)
+                self.generation += 1
                 self.on_return(key)  # keeps an "ejected" gauge balanced
         now = self._clock()
         for key in wanted:
@@ -137,6 +142,10 @@ class OutlierDetector:
         for key in [k for k in self._ejected if self._states[k].ejected_until <= now]:
             self._expire(key, self._states[key], now)
 
+    def next_return(self) -> float | None:
+        """When the first ejected endpoint is due back (clock time); None when none is out."""
+        return min((self._states[k].ejected_until for k in self._ejected), default=None)
+
     def _may_eject(self) -> bool:
         if self._max_percent <= 0:
             return False
@@ -153,6 +162,7 @@ class OutlierDetector:
         state.since = now
         state.ejected_until = now + min(self._base * state.ejections, self._max_time)
         self._ejected.add(key)
+        self.generation += 1
         self.on_ejection(key)
 
     def _expire(self, key: Hashable, state: _State, now: float) -> bool:
@@ -164,5 +174,6 @@ class OutlierDetector:
         state.consecutive_5xx = 0
         state.consecutive_gateway = 0
         self._ejected.discard(key)
+        self.generation += 1
         self.on_return(key)
         return True
