@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from meshctl.api.locality import Locality
 from proxy.appprobe import ProbeSpec
 from proxy.config import APP_PROTOCOLS, Address, ConfigError
 from proxy.listener import Limits
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "service SERVICE over mTLS (plaintext when the mesh's mTLS is off; "
                         "repeatable), e.g. "
                         "127.0.0.1:15432=postgres:5432")
+    p.add_argument("--locality", metavar="REGION[/ZONE[/SUBZONE]]",
+                   help="where this proxy runs (control-plane mode; static mode: node.locality): "
+                        "locality load balancing prefers endpoints near it")
     p.add_argument("--advertise", metavar="HOST",
                    help="host name the mesh uses to reach this proxy's inbound and admin "
                         "listeners (default: their host; a wildcard becomes this hostname)")
@@ -111,6 +115,14 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
                     stream_idle_timeout=args.stream_idle_timeout,
                     max_connections=_DEFAULTS.max_connections if args.max_connections is None
                     else args.max_connections)
+    if args.locality is not None:
+        if not args.control_plane:
+            raise ConfigError("--locality is for control-plane mode; a static config says "
+                              "node.locality")
+        try:
+            Locality.parse(args.locality)
+        except ValueError as exc:
+            raise ConfigError(f"--locality: {exc}") from None
     access = None if args.access_log is None else args.access_log == "on"
     from proxy.tcpupstream import TcpUpstreamSpec
 

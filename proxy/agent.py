@@ -79,6 +79,7 @@ class AgentIdentity:
     app: str | None = None
     app_protocol: str = ""  # --app-protocol as proxy-status shows it ("" for a gateway)
     token: str = ""
+    locality: str = ""  # --locality: region[/zone[/subzone]], checked by __main__
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AgentIdentity:
@@ -96,10 +97,14 @@ class AgentIdentity:
                    mode=args.mode, app=args.app,
                    app_protocol="" if args.mode == "gateway"
                    else getattr(args, "app_protocol", None) or "auto",
-                   token=token)
+                   token=token, locality=getattr(args, "locality", None) or "")
 
     def node(self) -> dict[str, Any]:
-        return {"service": self.service, "namespace": self.namespace, "labels": self.labels}
+        node: dict[str, Any] = {"service": self.service, "namespace": self.namespace,
+                                "labels": self.labels}
+        if self.locality:
+            node["locality"] = self.locality
+        return node
 
 
 class ControlPlaneAgent:
@@ -228,7 +233,8 @@ class ControlPlaneAgent:
             admin=ident.admin, mode=ident.mode, token=ident.token, ready=ready,
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
             cert_issued=self.cert_issued(), admin_token=self.admin_token,
-            app_health=app_health, app_protocol=self.identity.app_protocol)
+            app_health=app_health, app_protocol=self.identity.app_protocol,
+            locality=self.identity.locality)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""

@@ -161,16 +161,27 @@ def _action(rule: dict[str, Any], host: str) -> str:
 
 def _endpoints(snap: dict[str, Any]) -> str:
     rows = []
-    for name, service in sorted((snap.get("services") or {}).items()):
+    services = sorted((snap.get("services") or {}).items())
+    # a LOCALITY column once some endpoint has one (meshes without localities: as before)
+    where = any(e.get("locality") for _, s in services for e in s.get("endpoints") or [])
+    for name, service in services:
         for endpoint in service.get("endpoints") or []:
             address = endpoint.get("address") or {}
             labels = endpoint.get("labels") or {}
             rows.append((name, f"{address.get('host')}:{address.get('port')}",
-                         str(labels.get("version", "-")), endpoint.get("identity") or "-"))
+                         str(labels.get("version", "-")), endpoint.get("identity") or "-",
+                         *((_locality(endpoint.get("locality")),) if where else ())))
         if not service.get("endpoints"):
-            rows.append((name, "(none)", "-", "-"))
-    return output.render_table(("SERVICE", "ADDRESS", "VERSION", "IDENTITY"), rows) \
-        if rows else "(none)"
+            rows.append((name, "(none)", "-", "-", *(("-",) if where else ())))
+    header = ("SERVICE", "ADDRESS", "VERSION", "IDENTITY", *(("LOCALITY",) if where else ()))
+    return output.render_table(header, rows) if rows else "(none)"
+
+
+def _locality(value: Any) -> str:
+    """region/zone/subzone from the config dump's {region, zone, subzone}."""
+    if not isinstance(value, dict):
+        return "-"
+    return "/".join(str(value[k]) for k in ("region", "zone", "subzone") if value.get(k)) or "-"
 
 
 def _external(hosts: dict[str, Any]) -> str:

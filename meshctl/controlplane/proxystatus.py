@@ -43,6 +43,7 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
         "certIssued": info.cert_issued or None,
         "app": info.app_health or None,
         "appProtocol": info.app_protocol or None,
+        "locality": info.locality or None,
     }
 
 

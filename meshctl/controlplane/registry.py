@@ -34,6 +34,7 @@ class ProxyInfo:
     cert_issued: str = ""  # RFC 3339 not-before of that certificate
     app_health: str = ""  # serving | not_serving; "" when the sidecar does not probe its app
     app_protocol: str = ""  # what its app speaks (auto, http1, http2, tcp); "" for a gateway
+    locality: str = ""  # region[/zone[/subzone]] (--locality); "" when not said
     admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
 
     @property

@@ -172,7 +172,10 @@ class SnapshotBuilder:
             svc = services.setdefault(names.key(ep.service, ep.namespace, namespace), {
                 "namespace": ep.namespace, "identity": self._identity(ep.namespace, ep.service),
                 "endpoints": []})
-            svc["endpoints"].append({"address": ep.inbound, "labels": dict(ep.labels)})
+            endpoint = {"address": ep.inbound, "labels": dict(ep.labels)}
+            if ep.locality:  # absent when not said: such snapshots keep their bytes
+                endpoint["locality"] = ep.locality
+            svc["endpoints"].append(endpoint)
         for service, ns in self._idle:
             services.setdefault(names.key(service, ns, namespace), {
                 "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
@@ -263,6 +266,8 @@ class SnapshotBuilder:
                      "labels": dict(proxy.labels)},
             "inbound": self._inbound(proxy),
         }
+        if proxy.locality:  # (absent when not said: such snapshots keep their bytes)
+            parts["node"]["locality"] = proxy.locality
         label = self.names.metrics_name(proxy.service, proxy.namespace)
         if label != proxy.service:  # its callers label it so: its own metrics must agree
             parts["node"]["metricsName"] = label

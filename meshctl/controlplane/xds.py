@@ -22,6 +22,7 @@ import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.api.locality import Locality
 from meshctl.controlplane.ca_service import CertificateService
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
@@ -68,6 +69,11 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
     if info.app_protocol not in ("", "auto", "http1", "http2", "tcp"):
         raise RegistrationError("register.app_protocol: expected auto, http1, http2 or tcp, got "
                                 f"{info.app_protocol[:64]!r}")
+    if info.locality:
+        try:
+            Locality.parse(info.locality)
+        except ValueError as exc:
+            raise RegistrationError(f"register.locality: {exc}") from None
     if info.mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")
     if info.app_health not in _APP_HEALTH:
@@ -93,7 +99,7 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
         cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health,
-        app_protocol=reg.app_protocol))
+        app_protocol=reg.app_protocol, locality=reg.locality))
 
 
 class _Mailbox:
