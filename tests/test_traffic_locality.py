@@ -1,0 +1,131 @@
+"""Locality load balancing in a real static-mode proxy (node.locality r1/a): traffic stays in
+the caller's zone, fails over zone, then region, as outlier detection ejects endpoints, comes
+back after baseEjectionTime; distribute, subsets and consistent hashing with localities."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.proxyharness import Backends
+from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
+
+# One 5xx ejects; an ejection lasts 1 s (the first time); every endpoint may be ejected.
+OUTLIERS = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1s",
+            "maxEjectionPercent": 100}
+
+
+def _endpoint(backend: TrafficBackend, locality: str, version: str = "v1") -> dict[str, Any]:
+    return {"address": backend.address, "labels": {"version": version}, "locality": locality}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    hub = Backends()
+    b = {name: start_backend(hub, version=name) for name in (
+        "a1", "b1", "c1",  # api: zone r1/a, zone r1/b, region r2
+        "d-a", "d-b", "d-c",  # dist
+        "v1-a", "v2-a", "v2-b",  # canary
+        "h-a1", "h-a2", "h-b1")}  # sticky
+    services = {
+        "api": {"endpoints": [_endpoint(b["c1"], "r2/c"), _endpoint(b["b1"], "r1/b"),
+                              _endpoint(b["a1"], "r1/a")],
+                "policy": {"loadBalancer": "ROUND_ROBIN", "outlierDetection": OUTLIERS}},
+        # no outlier detection: the weights alone decide; r2 is covered by no pattern
+        "dist": {"endpoints": [_endpoint(b["d-a"], "r1/a"), _endpoint(b["d-b"], "r1/b"),
+                               _endpoint(b["d-c"], "r2/c")],
+                 "policy": {"localityLbSetting": {"distribute": [
+                     {"from": "r1/a/*", "to": {"r1/a/*": 50, "r1/b/*": 50}}]}}},
+        "canary": {"endpoints": [_endpoint(b["v1-a"], "r1/a", "v1"),
+                                 _endpoint(b["v2-b"], "r1/b", "v2"),
+                                 _endpoint(b["v2-a"], "r1/a", "v2")],
+                   "policy": {"outlierDetection": OUTLIERS}},
+        "sticky": {"endpoints": [_endpoint(b["h-a1"], "r1/a"), _endpoint(b["h-a2"], "r1/a"),
+                                 _endpoint(b["h-b1"], "r1/b")],
+                   "policy": {"loadBalancer": "CONSISTENT_HASH",
+                              "consistentHash": {"header": "x-user"},
+                              "outlierDetection": OUTLIERS}},
+    }
+    routes = [{"host": "canary", "rules": [{"backends": [{"subset": "v2"}]}]}]
+    proxy = TrafficProxy(tmp_path_factory.mktemp("locality"), services, routes,
+                         node={"service": "client", "labels": {"version": "v1"},
+                               "locality": "r1/a"})
+    for p in started(proxy, hub):
+        yield {"proxy": p, **b}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def _versions(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str, n: int,
+                    **kw: Any) -> Counter[str | None]:
+    return Counter([(await call(session, proxy, host, **kw)).version for _ in range(n)])
+
+
+async def test_traffic_fails_over_zone_then_region_and_comes_back(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """All to zone a (round robin over three endpoints would spread it); a's 5xx ejects it:
+    all to zone b of the same region; b ejected too: all to region r2; once a answers again
+    and its ejection time is over, all back to zone a."""
+    proxy: TrafficProxy = env["proxy"]
+    a1, b1 = env["a1"], env["b1"]
+    assert await _versions(session, proxy, "api", 20) == {"a1": 20}
+    a1.status = 500
+    assert (await call(session, proxy, "api")).version == "a1"  # the 5xx that ejects a1
+    assert await _versions(session, proxy, "api", 20) == {"b1": 20}
+    b1.status = 500
+    assert (await call(session, proxy, "api")).version == "b1"
+    assert await _versions(session, proxy, "api", 10) == {"c1": 10}
+    a1.status = b1.status = 200
+    seen = await _until(session, proxy, "api", "a1", timeout=10)
+    assert set(seen) <= {"c1", "b1", "a1"}
+    assert await _versions(session, proxy, "api", 20) == {"a1": 20}
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="api") == 2
+
+
+async def _until(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str, version: str,
+                 timeout: float) -> list[str | None]:
+    """Requests until one is answered by ``version`` (a deadline-bounded wait); the versions
+    that answered."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    seen: list[str | None] = []
+    while not seen or seen[-1] != version:
+        assert loop.time() < end, f"no answer from {version} within {timeout}s: {seen[-5:]}"
+        if seen:
+            await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
+        seen.append((await call(session, proxy, host)).version)
+    return seen
+
+
+async def test_distribute_sends_each_locality_its_share(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """distribute r1/a -> 50% r1/a, 50% r1/b: both zones get traffic, region r2 none."""
+    spread = await _versions(session, env["proxy"], "dist", 200)
+    assert set(spread) == {"d-a", "d-b"} and 60 < spread["d-a"] < 140
+
+
+async def test_a_subset_is_ordered_by_its_own_endpoints(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """The route's subset v2 goes to v2 in zone a, never to v1 though v1 is in zone a too."""
+    assert await _versions(session, env["proxy"], "canary", 20) == {"v2-a": 20}
+
+
+async def test_consistent_hash_keeps_keys_in_the_zone(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """Each user sticks to one endpoint, all in zone a."""
+    proxy: TrafficProxy = env["proxy"]
+    owners = {}
+    for user in range(12):
+        seen = await _versions(session, proxy, "sticky", 3, headers={"x-user": f"u{user}"})
+        assert len(seen) == 1
+        owners[user] = next(iter(seen))
+    assert set(owners.values()) <= {"h-a1", "h-a2"} and len(set(owners.values())) == 2
