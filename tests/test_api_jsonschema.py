@@ -154,7 +154,18 @@ def with_rule(**rule: Any) -> dict[str, Any]:
         {"consistentHash": {"header": "x"}},  # without its own loadBalancer CONSISTENT_HASH
         {"loadBalancer": "CONSISTENT_HASH"},
         {"connectionPool": {"maxConnections": 0}},
-        {"outlierDetection": {"maxEjectionPercent": 101}})),
+        {"outlierDetection": {"maxEjectionPercent": 101}},
+        {"localityLbSetting": {}})),  # the host's orders every subset: not per subset
+    *({**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "outlierDetection": {}, "localityLbSetting": setting}} for setting in (
+        {"failover": [{"from": "r1/a", "to": "r2"}]},  # region to region
+        {"failover": [{"from": "r1"}]},
+        {"failover": []},
+        {"distribute": [{"from": "r1/*/s", "to": {"*": 100}}]},  # '*' last only
+        {"distribute": [{"from": "r1", "to": {"r2": 0, "r1": 100}}]},
+        {"distribute": [{"from": "r1", "to": {}}]},
+        {"enabled": "yes"},
+        {"failoverPriority": ["a=b=c"]})),
     {**ROUTE, "kind": "Route", "spec": {"host": "API.example.com", "rules": [{"backends": [{}]}]}},
     {**ROUTE, "kind": "ExternalService", "spec": {"hosts": [], "ports": [{"number": 80,
                                                                           "protocol": "HTTP"}]}},
@@ -219,6 +230,13 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
                      "outlierDetection": {"consecutive5xxErrors": 1}},
                     {"name": "v3", "labels": {"version": "v3"}, "loadBalancer": "CONSISTENT_HASH",
                      "consistentHash": {"header": "x-user"}}]}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                                  "outlierDetection": {"consecutive5xxErrors": 1}}],
+        "localityLbSetting": {"enabled": True, "failover": [{"from": "us-east", "to": "eu"}],
+                              "failoverPriority": ["env", "tier=gold"]}}},
+    {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "localityLbSetting": {
+        "distribute": [{"from": "*", "to": {"r1/z.1/*": 60, "r2/z/s": 40}}]}}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {
         "tcpIdleTimeout": "0s"}}},  # never
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "db", "connectionPool": {

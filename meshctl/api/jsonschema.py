@@ -21,6 +21,7 @@ from meshctl.api.kinds import (
     MTLS_MODES,
     OUTBOUND_TRAFFIC_MODES,
 )
+from meshctl.api.locality import LOCALITY_PATTERN, REGION
 from meshctl.api.peerauthn import PEER_MODES
 from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
@@ -207,6 +208,14 @@ _SPECS: dict[str, Schema] = {
         "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels"),
                                **_SUBSET_POLICY}, ("name", "labels")) | _BALANCER_RULE),
         **_SUBSET_POLICY,
+        "localityLbSetting": _obj({
+            "enabled": {"type": "boolean"},
+            "distribute": _list(_obj({"from": _str(LOCALITY_PATTERN),
+                                      "to": _map(_int(1, 100), LOCALITY_PATTERN) | {
+                                          "minProperties": 1}}, ("from", "to")), 1),
+            "failover": _list(_obj({"from": _str(REGION), "to": _str(REGION)},
+                                   ("from", "to")), 1),
+            "failoverPriority": _list(_str(r"^[^=\s]+(=[^=\s]*)?$"), 1)}),
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
         "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
