@@ -106,3 +106,23 @@ def test_summary_shows_modes_peer_authentications_set() -> None:
             "DISABLE, mTLS to the others)") in lines
     plain = rendered({"services": {"reviews": {"endpoints": []}}})
     assert not any(line.startswith(("Inbound mTLS", "Services' mTLS")) for line in plain)
+
+
+def test_endpoints_show_their_locality_once_one_has_one() -> None:
+    """A LOCALITY column (region/zone/subzone, `-` for an endpoint without) when some endpoint
+    of the dump has a locality; without any, the table keeps its columns."""
+    def endpoint_lines(*localities: str | None) -> list[list[str]]:
+        snap = Snapshot.from_dict({"services": {"api": {"endpoints": [
+            {"address": f"10.0.0.{i}:15006", "labels": {"version": "v1"},
+             **({"locality": loc} if loc else {})} for i, loc in enumerate(localities)]}}})
+        dump = {"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
+                "listeners": {}}
+        lines = render(dump).splitlines()
+        start = lines.index("ENDPOINTS") + 1
+        return [line.split() for line in lines[start:start + 1 + len(localities)]]
+
+    assert endpoint_lines("us-east/zone-1/rack-2", None) == [
+        ["SERVICE", "ADDRESS", "VERSION", "IDENTITY", "LOCALITY"],
+        ["api", "10.0.0.0:15006", "v1", "-", "us-east/zone-1/rack-2"],
+        ["api", "10.0.0.1:15006", "v1", "-", "-"]]
+    assert endpoint_lines(None)[0] == ["SERVICE", "ADDRESS", "VERSION", "IDENTITY"]
