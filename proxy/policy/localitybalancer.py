@@ -71,19 +71,24 @@ class LocalityBalancer(Generic[E]):
         """An endpoint of a group drawn by share (``endpoints`` is the backend's whole list,
         which the groups partition)."""
         self._current()
-        first = bisect.bisect_right(self._cumulative, self._rng.random() * self._cumulative[-1])
-        return self._from(min(first, len(self.groups) - 1),
-                          lambda i: self._pickers[i].pick(self.groups[i], exclude))
+        cumulative = self._cumulative
+        # random() < 1, so the point is below the total: an index of a group
+        first = bisect.bisect_right(cumulative, self._rng.random() * cumulative[-1])
+        picked: E | None = self._pickers[first].pick(self.groups[first], exclude)
+        if picked is None:
+            picked = self._from(first, lambda i: self._pickers[i].pick(self.groups[i], exclude))
+        return picked
 
     def pick_by_key(self, key: str, exclude: Container[E] | None = None) -> E | None:
         """CONSISTENT_HASH: the key chooses the group (as Envoy's ring hash chooses a priority
         by the hash), then the owner of the key on that group's ring."""
         self._current()
-        point = ring_hash(key) / 2.0 ** 64 * self._cumulative[-1]
+        point = ring_hash(key) / 2.0 ** 64 * self._cumulative[-1]  # (may round up to 1.0)
         first = min(bisect.bisect_right(self._cumulative, point), len(self.groups) - 1)
         return self._from(first, lambda i: self._pickers[i].pick_by_key(key, exclude))
 
     def _from(self, first: int, pick: Callable[[int], E | None]) -> E | None:
+        """``first``'s pick, else the first other group's, in order (lower priorities last)."""
         picked = pick(first)
         if picked is None:
             for i in range(len(self.groups)):
