@@ -215,3 +215,18 @@ async def test_no_locality_balancer_where_it_plays_no_part() -> None:
     no_outliers = replace(plain, services={"api": replace(service, policy=replace(
         service.policy, outlier_detection=None))})
     assert not isinstance((await _backend(no_outliers)).balancer, LocalityBalancer)
+
+
+@pytest.mark.parametrize(("setting", "groups"), [
+    ({"failoverPriority": ["topology.kubernetes.io/region", "topology.kubernetes.io/zone"]},
+     [[1, 2], [3], [4]]),
+    ({"failoverPriority": ["version=v2"]}, [[2, 3, 4], [1]]),
+    # with failover: the locality order within each failoverPriority level
+    ({"failoverPriority": ["version=v2"], "failover": [{"from": "r1", "to": "r2"}]},
+     [[2], [3], [4], [1]]),
+])
+async def test_failover_priority_orders_by_labels(setting: dict[str, Any],
+                                                  groups: list[list[int]]) -> None:
+    """Endpoints matching the caller on every label first; `key=value` against that value."""
+    backend = await _backend(_snapshot("r1/a", localityLbSetting=setting))
+    assert [[p.address.port for p in g] for g in backend.balancer.groups] == groups
