@@ -124,7 +124,7 @@ async def test_consistent_hash_keeps_keys_in_the_zone(
     """Each user sticks to one endpoint, all in zone a."""
     proxy: TrafficProxy = env["proxy"]
     owners = {}
-    for user in range(12):
+    for user in range(24):  # two owners for 24 keys: all on one would be a 1e-7 chance
         seen = await _versions(session, proxy, "sticky", 3, headers={"x-user": f"u{user}"})
         assert len(seen) == 1
         owners[user] = next(iter(seen))
