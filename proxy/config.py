@@ -157,6 +157,9 @@ class MeshSettings:
     tracing_endpoint: str | None = None  # OTLP/gRPC HOST:PORT (MeshConfig tracing.otlpEndpoint)
     trust_domain: str = "cluster.local"
     allow_any_outbound: bool = False  # outboundTrafficPolicy ALLOW_ANY: unknown hosts pass through
+    # Peers whose x-forwarded-client-cert the inbound listener keeps, appending its own
+    # element (gateways, and MeshConfig's trustedXfccIdentities); from any other it is removed
+    trusted_xfcc: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,7 @@ _KNOWN: dict[str, frozenset[str]] = {
                    "app", "appProtocol", "inbound", "external"}),
     "node": frozenset({"service", "namespace", "labels", "metricsName", "locality"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
-                       "outboundTrafficPolicy"}),
+                       "outboundTrafficPolicy", "trustedXfccIdentities"}),
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
@@ -406,6 +409,14 @@ def _parse_snapshot(data: object) -> Snapshot:
     if outbound_mode not in ("REGISTRY_ONLY", "ALLOW_ANY"):
         raise ConfigError("mesh.outboundTrafficPolicy.mode: expected REGISTRY_ONLY or "
                           f"ALLOW_ANY, got {outbound_mode!r}")
+    trust_domain = str(mesh_raw.get("trustDomain", "cluster.local"))
+    trusted_xfcc: tuple[str, ...] = ()
+    if mesh_raw.get("trustedXfccIdentities") is not None:
+        from meshctl.api.xfcc import trusted_xfcc_identities
+
+        with _config_errors():
+            trusted_xfcc = trusted_xfcc_identities(trust_domain)(
+                mesh_raw["trustedXfccIdentities"], "mesh.trustedXfccIdentities")
     mesh = MeshSettings(
         mtls=mtls,
         access_log=bool(mesh_raw.get("accessLog", False)),
@@ -413,8 +424,9 @@ def _parse_snapshot(data: object) -> Snapshot:
         retry_budget_min_per_second=float(budget.get("minRetriesPerSecond", 10.0)),
         tracing_sampling=float(tracing.get("sampling", 0.0)),
         tracing_endpoint=str(tracing["otlpEndpoint"]) if tracing.get("otlpEndpoint") else None,
-        trust_domain=str(mesh_raw.get("trustDomain", "cluster.local")),
+        trust_domain=trust_domain,
         allow_any_outbound=outbound_mode == "ALLOW_ANY",
+        trusted_xfcc=trusted_xfcc,
     )
     services = {
         str(name): _parse_service(str(name), svc, f"services.{name}")

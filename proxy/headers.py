@@ -23,8 +23,17 @@ def _spellings(name: bytes) -> set[bytes]:
 
 
 # Identity headers only a sidecar may set; anything a client or peer sent is dropped, in every
-# spelling an app could read as the same header.
-IDENTITY_HEADERS: frozenset[bytes] = frozenset(_spellings(b"x-forwarded-client-cert"))
+# spelling an app could read as the same header (XFCC itself is kept from a trusted peer).
+XFCC = b"x-forwarded-client-cert"
+IDENTITY_HEADERS: frozenset[bytes] = frozenset(_spellings(XFCC))
+_XFCC_PREFIX = XFCC + b": "
+
+
+def appended_xfcc(kept: bytes, own_line: bytes) -> bytes:
+    """Envoy's APPEND_FORWARD: the XFCC a trusted peer sent, then, after a comma, this
+    sidecar's element; ``own_line`` is its whole `x-forwarded-client-cert: By=..` line."""
+    cut = len(_XFCC_PREFIX)
+    return own_line[:cut] + kept + b"," + own_line[cut:]
 
 def _request_id_batch(n: int = 256) -> list[bytes]:
     """n random UUIDv4s from one urandom call; amortised, an id costs a list pop."""

@@ -34,6 +34,7 @@ from meshctl.api.rules import (
     SCHEMES,
     URI_PATH,
 )
+from meshctl.api.xfcc import WORKLOAD_ID
 
 Schema = dict[str, Any]
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -279,6 +280,8 @@ _SPECS: dict[str, Schema] = {
         "tracing": _obj({"sampling": _num(0, 1), "otlpEndpoint": _str(F.HOST_PORT)}),
         "outboundTrafficPolicy": _obj({"mode": {"enum": list(OUTBOUND_TRAFFIC_MODES)}},
                                       ("mode",)),
+        "trustedXfccIdentities": _list(_str(
+            WORKLOAD_ID, description="of the mesh's trust domain (checked by the parser)")),
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),

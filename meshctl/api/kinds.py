@@ -13,6 +13,7 @@ from meshctl.api.fields import Fields
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
+from meshctl.api.xfcc import trusted_xfcc_identities
 
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 MESH_CONFIG_NAME = "default"
@@ -53,6 +54,9 @@ class MeshConfigSpec:
     retry_budget: RetryBudget = RetryBudget()
     tracing: Tracing = Tracing()
     outbound_traffic: str = "REGISTRY_ONLY"  # or ALLOW_ANY: hosts outside the mesh too
+    # Peers (an ingress that is not an Ami gateway) whose x-forwarded-client-cert sidecars
+    # keep and append to; the registered gateways' ids are added by the control plane.
+    trusted_xfcc_identities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +94,19 @@ def parse_mesh_config(data: object, path: str) -> MeshConfigSpec:
     """Parse MeshConfig.spec; every field has a default."""
     f = Fields(data, path)
     d = MeshConfigSpec()
+    trust_domain = f.value("trustDomain",
+                           F.string(F.DNS_SUBDOMAIN, "a domain like cluster.local", 253),
+                           d.trust_domain)
     spec = MeshConfigSpec(
-        f.value("trustDomain", F.string(F.DNS_SUBDOMAIN, "a domain like cluster.local", 253),
-                d.trust_domain),
+        trust_domain,
         f.value("mtls", _parse_mtls, d.mtls_mode),
         f.value("certificateTTL", F.duration(minimum=60.0), d.certificate_ttl),
         f.value("accessLog", F.boolean, d.access_log),
         f.value("retryBudget", _parse_retry_budget, d.retry_budget),
         f.value("tracing", _parse_tracing, d.tracing),
         f.value("outboundTrafficPolicy", _parse_outbound_traffic, d.outbound_traffic),
+        f.value("trustedXfccIdentities", trusted_xfcc_identities(trust_domain),
+                d.trusted_xfcc_identities),
     )
     f.finish()
     return spec

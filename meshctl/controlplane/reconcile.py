@@ -224,7 +224,8 @@ class Reconciler:
             jwks.want(jwks_uris((o.resource, o.resource_version) for o in objects))
         builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints(),
                                   jwks.jwks if jwks is not None else None,
-                                  idle=self.registry.idle_sidecars())
+                                  idle=self.registry.idle_sidecars(),
+                                  gateways=self.registry.gateways())
         self.mesh = builder.mesh  # the current MeshConfig (the CA reads its certificate TTL)
         self.counters.passes += 1
         for name in [n for n, s in self.states.items()

@@ -87,6 +87,10 @@ class Registry:
         """Proxies that take traffic (in grace after a disconnect too), sorted by name."""
         return [p for p in self.proxies() if p.is_endpoint]
 
+    def gateways(self) -> list[ProxyInfo]:
+        """Proxies registered in gateway mode (in grace after a disconnect too), by name."""
+        return [p for p in self.proxies() if p.mode == "gateway"]
+
     def idle_sidecars(self) -> list[ProxyInfo]:
         """Sidecars listed but not taking traffic: unready, draining, or their app not serving."""
         return [p for p in self.proxies() if p.mode == "sidecar" and not p.is_endpoint]

@@ -67,8 +67,10 @@ def _subset(subset: Subset, raw: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
-    """MeshConfig.spec in the snapshot's ``mesh`` shape."""
+def mesh_settings(spec: MeshConfigSpec, trusted_xfcc: Iterable[str] = ()) -> dict[str, Any]:
+    """MeshConfig.spec in the snapshot's ``mesh`` shape; ``trusted_xfcc``: more peers whose
+    x-forwarded-client-cert sidecars keep (the registered gateways')."""
+    trusted = sorted({*spec.trusted_xfcc_identities, *trusted_xfcc})
     return {
         "mtls": spec.mtls_mode,
         "accessLog": spec.access_log,
@@ -79,6 +81,8 @@ def mesh_settings(spec: MeshConfigSpec) -> dict[str, Any]:
                        if spec.tracing.otlp_endpoint else {})},
         "trustDomain": spec.trust_domain,
         "outboundTrafficPolicy": {"mode": spec.outbound_traffic},
+        # absent when there is none: snapshots of meshes without gateways keep their bytes
+        **({"trustedXfccIdentities": trusted} if trusted else {}),
     }
 
 
@@ -99,7 +103,7 @@ class SnapshotBuilder:
 
     def __init__(self, resources: Iterable[Resource], endpoints: Iterable[ProxyInfo],
                  jwks: Callable[[str], str] | None = None, *,
-                 idle: Iterable[ProxyInfo] = ()) -> None:
+                 idle: Iterable[ProxyInfo] = (), gateways: Iterable[ProxyInfo] = ()) -> None:
         # jwks(uri): the JWK Set the control plane fetched for a jwksUri (JwksCache.jwks)
         self._jwks = jwks or (lambda uri: '{"keys":[]}')
         # Sidecars registered but taking no traffic (unready, draining, app not serving): their
@@ -113,6 +117,10 @@ class SnapshotBuilder:
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
                   if isinstance(r.spec, MeshConfigSpec)]
         self.mesh = meshes[0] if meshes else MeshConfigSpec()
+        # Registered gateways (connected or in their grace), ready or not: each strips its
+        # clients' XFCC and sets its own, so sidecars may keep theirs (docs/security.md).
+        self._gateway_ids = {self._identity(p.namespace, p.service)
+                             for p in gateways if p.mode == "gateway"}
         self.mtls = MtlsModes(self.mesh.mtls_mode, (
             (r.namespace, r.spec) for r in self._by_kind.get("PeerAuthentication", [])
             if isinstance(r.spec, PeerAuthenticationSpec)))
@@ -139,7 +147,8 @@ class SnapshotBuilder:
     def _shared_part(self, namespace: str) -> tuple[bytes, Any]:
         """``{"mesh":..,"services":..,"routes":..,`` as bytes, and its running sha256."""
         if namespace not in self._shared:
-            parts = [("mesh", mesh_settings(self.mesh)), ("services", self._services(namespace)),
+            parts = [("mesh", mesh_settings(self.mesh, self._gateway_ids)),
+                     ("services", self._services(namespace)),
                      ("routes", self._routes(namespace))]
             external = self._external(namespace)
             if external:  # absent when none is declared: such snapshots keep their bytes

@@ -1,0 +1,134 @@
+"""Which peers' x-forwarded-client-cert a sidecar keeps, without processes: MeshConfig's
+`trustedXfccIdentities`, the registered gateways' ids in each snapshot's `mesh`, the static
+file's field, and the merged header."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.resources import load_documents
+from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.snapshots import SnapshotBuilder
+from proxy.config import ConfigError, Snapshot, check_known_keys
+from proxy.headers import appended_xfcc
+
+NGINX = "spiffe://cluster.local/ns/edge/sa/nginx"
+INGRESS = "spiffe://cluster.local/ns/edge/sa/ingress"
+
+
+def mesh_config(spec: str) -> str:
+    return f"apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\n" \
+           f"spec: {spec}\n"
+
+
+def sidecar(name: str, service: str, port: int, **kw: str) -> ProxyInfo:
+    return ProxyInfo(name=name, service=service, inbound=f"127.0.0.1:{port}", ready=True,
+                     labels={"version": "v1"}, **kw)  # type: ignore[arg-type]
+
+
+ECHO = sidecar("echo-v1", "echo", 9001)
+GATEWAY = ProxyInfo(name="ingress-gw", service="ingress", namespace="edge", mode="gateway",
+                    ready=True)
+
+
+def test_mesh_config_takes_workload_ids_of_its_trust_domain() -> None:
+    [doc] = load_documents(mesh_config(f"{{trustedXfccIdentities: [{NGINX}]}}"), "m.yaml")
+    assert doc.spec.trusted_xfcc_identities == (NGINX,)  # type: ignore[union-attr]
+    [other] = load_documents(mesh_config(
+        "{trustDomain: corp.example, trustedXfccIdentities: "
+        "[spiffe://corp.example/ns/edge/sa/nginx]}"), "m.yaml")
+    assert other.spec.trusted_xfcc_identities == (  # type: ignore[union-attr]
+        "spiffe://corp.example/ns/edge/sa/nginx",)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[spiffe://other.example/ns/edge/sa/nginx]",
+     "m.yaml doc 1: spec.trustedXfccIdentities[0]: 'spiffe://other.example/ns/edge/sa/nginx' "
+     "is of trust domain 'other.example', not the mesh's 'cluster.local' (trustDomain): the "
+     "mesh CA issues no such identity"),
+    (f"[{NGINX}, spiffe://cluster.local/edge/nginx]",
+     "m.yaml doc 1: spec.trustedXfccIdentities[1]: invalid value "
+     "'spiffe://cluster.local/edge/nginx', expected a workload SPIFFE id like "
+     "spiffe://cluster.local/ns/<namespace>/sa/<service>"),
+    ("[https://nginx.edge]", "spec.trustedXfccIdentities[0]: invalid value 'https://nginx.edge'"),
+    ("[spiffe://cluster.local/ns/Edge/sa/nginx]", "expected a workload SPIFFE id like"),
+    (NGINX, "spec.trustedXfccIdentities: expected a list, got a string"),
+    ("[42]", "spec.trustedXfccIdentities[0]: expected a string, got an integer"),
+])
+def test_mesh_config_refuses_other_values_naming_the_item(value: str, message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        load_documents(mesh_config(f"{{trustedXfccIdentities: {value}}}"), "m.yaml")
+    assert message in str(err.value)
+
+
+def test_snapshot_lists_the_gateways_and_mesh_config_ids_sorted_once() -> None:
+    """Every proxy's `mesh.trustedXfccIdentities`: the registered gateways' ids (any
+    namespace, ready or not) and MeshConfig's, sorted, each once; sidecars are not in it."""
+    resources = load_documents(mesh_config(f"{{trustedXfccIdentities: [{NGINX}, {INGRESS}]}}"),
+                               "m.yaml")
+    unready_gw = replace(GATEWAY, name="gw-2", service="web", namespace="default", ready=False)
+    builder = SnapshotBuilder(resources, [ECHO], gateways=[GATEWAY, unready_gw, ECHO])
+    data = json.loads(builder.build(ECHO).data)
+    expected = ["spiffe://cluster.local/ns/default/sa/web", INGRESS, NGINX]
+    assert data["mesh"]["trustedXfccIdentities"] == expected
+    assert Snapshot.from_dict(data).mesh.trusted_xfcc == tuple(expected)
+    # the same list in a gateway's own snapshot and another namespace's sidecar's
+    other_ns = replace(ECHO, name="echo-b", namespace="b")
+    for proxy in (GATEWAY, other_ns):
+        assert json.loads(builder.build(proxy).data)["mesh"]["trustedXfccIdentities"] == expected
+
+
+def test_without_gateways_or_ids_snapshots_keep_their_bytes() -> None:
+    """No gateway and no MeshConfig ids: the key is absent, so the snapshot is what it was
+    before the field existed; a gateway registering changes every proxy's version."""
+    plain = SnapshotBuilder([], [ECHO]).build(ECHO)
+    assert b"trustedXfccIdentities" not in plain.data
+    assert SnapshotBuilder([], [ECHO], gateways=[]).build(ECHO) == plain
+    assert SnapshotBuilder(load_documents(mesh_config("{trustedXfccIdentities: []}"), "m.yaml"),
+                           [ECHO]).build(ECHO) == plain
+    with_gateway = SnapshotBuilder([], [ECHO], gateways=[GATEWAY]).build(ECHO)
+    assert with_gateway.version != plain.version
+
+
+def test_the_registry_lists_gateways_until_their_grace_ends() -> None:
+    now = [0.0]
+    registry = Registry(grace=2.0, clock=lambda: now[0])
+    session = registry.register(GATEWAY)
+    registry.register(ECHO)
+    assert registry.gateways() == [GATEWAY]
+    registry.disconnect(GATEWAY.name, session)
+    assert registry.gateways() == [GATEWAY]  # a reconnect within the grace changes nothing
+    now[0] = 2.5
+    registry.expire()
+    assert registry.gateways() == []
+
+
+def test_old_snapshots_trust_no_one_and_static_files_are_checked() -> None:
+    assert Snapshot.from_dict({}).mesh.trusted_xfcc == ()
+    static = {"mesh": {"trustDomain": "corp.example",
+                       "trustedXfccIdentities": ["spiffe://corp.example/ns/edge/sa/nginx"]}}
+    check_known_keys(static)
+    assert Snapshot.from_dict(static).mesh.trusted_xfcc == (
+        "spiffe://corp.example/ns/edge/sa/nginx",)
+    with pytest.raises(ConfigError, match=r"^mesh\.trustedXfccIdentities\[0\]: "
+                                          r"'spiffe://cluster\.local/ns/edge/sa/nginx' is of "
+                                          r"trust domain 'cluster\.local', not the mesh's "
+                                          r"'corp\.example'"):
+        Snapshot.from_dict({"mesh": {"trustDomain": "corp.example",
+                                     "trustedXfccIdentities": [NGINX]}})
+    with pytest.raises(ConfigError, match=r"trustedXfccIdentities: expected a list"):
+        Snapshot.from_dict({"mesh": {"trustedXfccIdentities": NGINX}})
+    with pytest.raises(ConfigError, match="did you mean 'trustedXfccIdentities'"):
+        check_known_keys({"mesh": {"trustedXfccIdentity": [NGINX]}})
+
+
+def test_the_sidecars_element_follows_the_kept_one_after_a_comma() -> None:
+    own = b"x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/echo;URI=" \
+          + INGRESS.encode() + b"\r\n"
+    assert appended_xfcc(b'Hash=ab;Subject="CN=shop"', own) == (
+        b'x-forwarded-client-cert: Hash=ab;Subject="CN=shop",By=spiffe://cluster.local/ns/'
+        b"default/sa/echo;URI=" + INGRESS.encode() + b"\r\n")
