@@ -11,16 +11,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.h2exchange import H2Exchange
-from proxy.headers import IDENTITY_HEADERS, new_request_id, normalize_path, split_target
+from proxy.headers import (
+    IDENTITY_HEADERS,
+    XFCC,
+    appended_xfcc,
+    new_request_id,
+    normalize_path,
+    split_target,
+)
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
     from proxy.h2flow import Headers
 
 # Request headers not forwarded: hop-by-hop ones HTTP/2 lets through (h2 itself refuses the
-# connection-specific ones), headers only this proxy may set, and the caller's identity claims.
+# connection-specific ones), headers only this proxy may set, and the caller's identity claims
+# (XFCC itself is read below: kept from a trusted peer).
 _DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
-                   b"proxy-connection", b"expect", *IDENTITY_HEADERS})
+                   b"proxy-connection", b"expect", *IDENTITY_HEADERS - {XFCC}})
 
 
 def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:
@@ -30,6 +38,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
         _H_PEER,
         _H_REQUEST_ID,
         _H_TIMEOUT,
+        _H_XFCC,
         _H_XFF,
         _SPECIAL,
     )
@@ -38,6 +47,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
     budget = listener.limits.max_header_bytes
     method = path_bytes = scheme = authority = host = None
     xff: bytes | None = None
+    xfcc: bytes | None = None  # a trusted peer's (see requesthead's _H_XFCC)
     has_request_id = False
     timeout_override: float | None = None
     grpc = False
@@ -78,6 +88,9 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
                 timeout_override = max(0.0, float(value) / 1000.0)
             except ValueError:
                 return "invalid_header"
+        elif kind == _H_XFCC:
+            if stream.peer_identity in listener.xfcc_trusted and (value := value.strip()):
+                xfcc = value if xfcc is None else xfcc + b"," + value
         elif kind != _H_DROP:
             kept.append((name, value))
     if budget < 0:
@@ -108,7 +121,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
     if not has_request_id:
         tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
     if stream.xfcc_line:
-        tail.append(stream.xfcc_line)
+        tail.append(stream.xfcc_line if xfcc is None else appended_xfcc(xfcc, stream.xfcc_line))
     ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,
                     tail, scheme or b"http", grpc, now)
     ex.timeout_override = timeout_override

@@ -49,6 +49,8 @@ class Listener:
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
+        # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended
+        self.xfcc_trusted: frozenset[str] = frozenset()
         self.quiet: asyncio.Event | None = None  # set while draining, fired at zero connections
         # inbound in STRICT: a plaintext connection is refused, even one accepted before
         self.plaintext_allowed = True

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from proxy.exchange import Exchange
 from proxy.headers import (
     IDENTITY_HEADERS,
+    XFCC,
+    appended_xfcc,
     connection_tokens,
     new_request_id,
     normalize_path,
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 # Header names the parser treats specially (everything else is forwarded untouched).
 (_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE,
- _H_TIMEOUT, _H_PEER) = range(10)
+ _H_TIMEOUT, _H_PEER, _H_XFCC) = range(11)
 _SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"connection": _H_CONNECTION,
@@ -43,6 +45,7 @@ _SPECIAL: dict[bytes, int] = {
 }
 for _name in IDENTITY_HEADERS:
     _SPECIAL[_name] = _H_DROP
+_SPECIAL[XFCC] = _H_XFCC  # the `_` spellings stay dropped, from every peer
 # Connection options that are not header names (or name a header that must stay: Host).
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
 
@@ -132,6 +135,12 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
             p._timeout_override = max(0.0, float(value) / 1000.0)
         except ValueError:
             raise Reject("invalid_header") from None
+    elif kind == _H_XFCC:
+        # Kept only from an mTLS peer the inbound listener trusts to have set it (a gateway);
+        # _head_tail appends our element. From anyone else it is dropped like the others.
+        trusted = p.peer_identity in p.listener.xfcc_trusted
+        if trusted and (value := value.strip()):
+            p._xfcc_kept = value if p._xfcc_kept is None else p._xfcc_kept + b"," + value
     # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
 
 
@@ -227,8 +236,12 @@ def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
     ]
     if not p._has_request_id:
         tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
-    if p.xfcc_line:  # (any the client sent was dropped)
-        tail.append(p.xfcc_line)
+    if p.xfcc_line:  # (any the client sent was dropped, or kept from a trusted peer)
+        if p._xfcc_kept is None:
+            tail.append(p.xfcc_line)
+        else:  # (set per request by on_header, so taken back here)
+            tail.append(appended_xfcc(p._xfcc_kept, p.xfcc_line))
+            p._xfcc_kept = None
     if p._chunked:
         tail.append(b"transfer-encoding: chunked\r\n")
     if upgrade and p._upgrade_value is not None:

@@ -1,0 +1,357 @@
+"""The outside client's certificate reaches a service behind a sidecar: a trusted peer's
+x-forwarded-client-cert is kept and the sidecar's element appended (Envoy's APPEND_FORWARD),
+any other peer's, plaintext's and an app's removed.
+
+Real processes: `meshctl serve`, an HTTPS gateway (`ingress`, `--gateway-client-ca` with a
+partner CA made here), an `echo` sidecar (PERMISSIVE, access log on) before an echo app, a
+`shop` sidecar; raw TLS clients present identities minted by the control plane's CA (what a
+peer sidecar or another ingress would present). Static mode has its own proxy below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
+from proxy.identity import WorkloadIdentity, generate_key_and_csr
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    apply_yaml,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+from tests.proxyharness import (
+    PROXY_ROOT,
+    Backends,
+    Message,
+    echo_app,
+    free_port,
+    get,
+    read_response,
+    roundtrip,
+)
+from tests.test_gateway_mtls import Issued, expected_xfcc, issue, name
+from tests.test_mtls_static import client_ctx, echoed_headers, start_proxy, tls_roundtrip
+
+pytestmark = pytest.mark.timeout(180)
+TD = "cluster.local"
+DEADLINE = 10.0
+SYNC = 30.0  # a push reaching every sidecar; a gateway's registration expiring (grace 2 s)
+XFCC = "x-forwarded-client-cert"
+FORGED = (f"{XFCC}: URI=spiffe://partner.example/admin\r\n"
+          "x_forwarded_client_cert: URI=spiffe://partner.example/root\r\n")
+
+
+def sid(service: str, namespace: str = "default") -> str:
+    return spiffe_id_for(TD, namespace, service)
+
+
+ECHO, INGRESS, SHOP = sid("echo"), sid("ingress"), sid("shop")
+NGINX = sid("nginx", "edge")  # an ingress that is not an Ami gateway (MeshConfig lists it)
+
+
+def mint(ca: CertificateAuthority, spiffe_id: str) -> WorkloadIdentity:
+    key_pem, csr_pem = generate_key_and_csr(spiffe_id)
+    issued = ca.sign_csr(csr_pem, spiffe_id, 3600)
+    return WorkloadIdentity.from_pem(key_pem, issued.cert_pem, issued.chain_pem,
+                                     ca.trust_bundle())
+
+
+def xfcc_seen(resp: Message) -> list[str]:
+    """The XFCC values the echo app got, in every spelling (`_` for `-` too)."""
+    assert resp.status == 200, resp
+    return [v for k, v in echoed_headers(resp) if k.replace("_", "-") == XFCC]
+
+
+def resources(gateway_port: int, trusted: list[str] | None = None) -> str:
+    extra = f", trustedXfccIdentities: {json.dumps(trusted)}" if trusted else ""
+    return f"""\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {{name: default}}
+spec: {{mtls: {{mode: STRICT}}{extra}}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {{name: echo-permissive}}
+spec: {{selector: {{service: echo}}, mtls: {{mode: PERMISSIVE}}}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {{name: ingress}}
+spec:
+  listen: 127.0.0.1:{gateway_port}
+  rules: [{{destination: echo}}]
+"""
+
+
+@dataclass
+class Mesh:
+    tmp: Path
+    cp: MeshProcess
+    ca: CertificateAuthority
+    echo: MeshProcess
+    shop: MeshProcess
+    gateway: MeshProcess
+    gateway_port: int
+    server: Issued  # the gateway's HTTPS certificate
+    partner: Issued  # a client certificate of the partner CA the gateway trusts
+
+    @property
+    def inbound(self) -> int:
+        return int(self.echo.info["inbound"].rsplit(":", 1)[1])
+
+    def port(self, proc: MeshProcess, listener: str) -> int:
+        return int(proc.info[listener].rsplit(":", 1)[1])
+
+    async def via_gateway(self, extra: str = "") -> Message:
+        """One HTTP/1.1 request through the HTTPS gateway with the partner's certificate."""
+        ctx = ssl.create_default_context(cadata=self.server.cert_pem.decode())
+        cert, key = self.partner.write(self.tmp, "partner")
+        ctx.load_cert_chain(cert, key)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", self.gateway_port, ssl=ctx), DEADLINE)
+        try:
+            writer.write(get("echo", "/who", extra))
+            return await asyncio.wait_for(read_response(reader), DEADLINE)
+        finally:
+            writer.close()
+
+    async def as_peer(self, identity: WorkloadIdentity, extra: str = FORGED) -> Message:
+        """A request straight to echo's inbound listener over mTLS as `identity`."""
+        return await tls_roundtrip(self.inbound, client_ctx(identity, self.ca.trust_bundle()),
+                                   get("echo", "/peer", extra=extra))
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("xfcc")
+    partner_ca = issue(name("Partner CA"), ca=True)
+    server = issue(name("gateway", "Operator"),
+                   san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    partner = issue(name("shop-client"), partner_ca, san=[
+        x509.UniformResourceIdentifier("spiffe://partner.example/shop"),
+        x509.DNSName("shop.partner.example")])
+    cert, key = server.write(tmp, "gateway-tls")
+    client_ca, _ = partner_ca.write(tmp, "partner-ca")
+    backends = Backends()
+    procs: list[MeshProcess] = []
+    cp: MeshProcess | None = None
+    try:
+        app = backends.aiohttp(echo_app())
+        gateway_port = free_port()
+        config = tmp / "mesh"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(resources(gateway_port))
+        cp = start_control_plane(tmp, config_dir=config, warmup=0.0)
+        grpc = cp.info["grpc"]
+        echo = start_sidecar(tmp, grpc, "echo", "v1", app=f"127.0.0.1:{app}",
+                             extra=["--app-protocol", "http1", "--access-log", "on"])
+        shop = start_sidecar(tmp, grpc, "shop", "v1")
+        gateway = start_sidecar(tmp, grpc, "ingress", "v1", mode="gateway", extra=[
+            "--gateway-listen", f"127.0.0.1:{gateway_port}", "--gateway-cert", str(cert),
+            "--gateway-key", str(key), "--gateway-client-ca", str(client_ca),
+            "--name", "ingress-gw"])
+        gateway.info["name"] = "ingress-gw"
+        procs += [echo, shop, gateway]
+        names = {p.info["name"] for p in procs}
+        wait_for(lambda: all_synced(cp, names), SYNC, "all proxies synced")
+        yield Mesh(tmp, cp, CertificateAuthority(cp.info["certs_dir"]), echo, shop, gateway,
+                   gateway_port, server, partner)
+    finally:
+        for proc in procs:
+            proc.stop()
+        if cp is not None:
+            if not all(p.alive() for p in procs):
+                print(cp.output())
+            cp.stop()
+        backends.close()
+
+
+async def test_the_partner_certificate_reaches_the_app_behind_the_sidecar(mesh: Mesh) -> None:
+    """Client certificate → gateway (`Hash…;Subject…;URI…;DNS…`) → echo's sidecar, which
+    keeps the gateway's element and appends its own after a comma; what the partner forged
+    itself (both spellings) was removed by the gateway."""
+    resp = await mesh.via_gateway(FORGED)
+    assert xfcc_seen(resp) == [f"{expected_xfcc(mesh.partner)},By={ECHO};URI={INGRESS}"]
+
+
+async def test_http2_through_the_gateway_and_the_sidecar_too(mesh: Mesh) -> None:
+    """`curl --http2 --cert`: the gateway keeps HTTP/2 to echo's sidecar (its access log says
+    so), whose HTTP/2 inbound appends as its HTTP/1.1 one does."""
+    cert, key = mesh.partner.write(mesh.tmp, "curl-partner")
+    server_cert = mesh.tmp / "gateway-tls.crt"
+    done = await asyncio.to_thread(subprocess.run, [
+        "curl", "-sS", "--http2", "--cacert", str(server_cert), "--cert", str(cert),
+        "--key", str(key), "--max-time", "10", "-H", f"{XFCC}: URI=forged", "-H",
+        "x_forwarded_client_cert: URI=forged", "-w", "\n%{http_version}",
+        f"https://127.0.0.1:{mesh.gateway_port}/over-h2"], capture_output=True, text=True,
+        timeout=30)
+    assert done.returncode == 0, done.stderr
+    body, version = done.stdout.rsplit("\n", 1)
+    assert version == "2"
+    seen = [v for k, v in json.loads(body)["headers"] if k.lower().replace("_", "-") == XFCC]
+    assert seen == [f"{expected_xfcc(mesh.partner)},By={ECHO};URI={INGRESS}"]
+
+    def inbound_line() -> dict[str, Any] | None:
+        for line in mesh.echo.output().splitlines():
+            if line.startswith("{") and '"/over-h2"' in line:
+                entry: dict[str, Any] = json.loads(line)
+                if entry["listener"] == "inbound":
+                    return entry
+        return None
+
+    assert (await asyncio.to_thread(wait_for, inbound_line, DEADLINE,
+                                    "echo's access log line"))["protocol"] == "HTTP/2"
+
+
+async def test_a_peer_that_is_not_a_gateway_cannot_pass_it_on(mesh: Mesh) -> None:
+    """A mesh identity that is no gateway (shop's, as its sidecar presents it) sending XFCC
+    straight to echo's inbound: removed in both spellings, only the sidecar's element stays."""
+    resp = await mesh.as_peer(mint(mesh.ca, SHOP))
+    assert xfcc_seen(resp) == [f"By={ECHO};URI={SHOP}"]
+
+
+async def test_apps_cannot_forge_it_through_their_sidecar_or_the_gateway(mesh: Mesh) -> None:
+    """An app's XFCC is removed by its own sidecar's outbound listener, and by the gateway's
+    outbound listener for an app beside the gateway: the gateway is trusted because nothing
+    it sends carries an XFCC it did not set."""
+    via_shop = await roundtrip(mesh.port(mesh.shop, "outbound"), get("echo", "/app", FORGED))
+    assert xfcc_seen(via_shop) == [f"By={ECHO};URI={SHOP}"]
+    via_gateway_app = await roundtrip(mesh.port(mesh.gateway, "outbound"),
+                                      get("echo", "/app", FORGED))
+    assert xfcc_seen(via_gateway_app) == [f"By={ECHO};URI={INGRESS}"]
+
+
+async def test_plaintext_gets_no_xfcc_at_all(mesh: Mesh) -> None:
+    """echo is PERMISSIVE: a plaintext caller has no identity, so what it sends is removed
+    and nothing is set."""
+    assert xfcc_seen(await roundtrip(mesh.inbound, get("echo", "/plain", FORGED))) == []
+
+
+async def test_mesh_config_identities_are_honoured_and_withdrawn(mesh: Mesh) -> None:
+    """An ingress that is not an Ami gateway: its XFCC is removed until MeshConfig lists its
+    id, kept once the push arrives, and removed again once the id is taken out."""
+    nginx = mint(mesh.ca, NGINX)
+    element = 'Hash=ab12;Subject="CN=shop-client,O=Partner"'
+    assert xfcc_seen(await mesh.as_peer(nginx, f"{XFCC}: {element}\r\n")) == \
+        [f"By={ECHO};URI={NGINX}"]
+
+    async def seen() -> list[str]:
+        return xfcc_seen(await mesh.as_peer(nginx, f"{XFCC}: {element}\r\n"
+                                                   "x_forwarded_client_cert: URI=x\r\n"))
+
+    apply_yaml(mesh.cp, resources(mesh.gateway_port, [NGINX]))
+    await until(seen, [f"{element},By={ECHO};URI={NGINX}"])
+    apply_yaml(mesh.cp, resources(mesh.gateway_port))
+    await until(seen, [f"By={ECHO};URI={NGINX}"])
+
+
+async def test_a_gateway_is_trusted_while_it_is_registered(mesh: Mesh, tmp_path: Path) -> None:
+    """A second gateway (`edge`): its identity's XFCC is kept once it has registered, and
+    removed once it is gone and its grace has passed."""
+    edge = mint(mesh.ca, sid("edge"))
+
+    async def seen() -> list[str]:
+        return xfcc_seen(await mesh.as_peer(edge, f"{XFCC}: URI=spiffe://partner.example/a\r\n"))
+
+    assert await seen() == [f"By={ECHO};URI={sid('edge')}"]
+    proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "edge", "v1", mode="gateway",
+                         extra=["--gateway-listen", f"127.0.0.1:{free_port()}"])
+    try:
+        await until(seen, [f"URI=spiffe://partner.example/a,By={ECHO};URI={sid('edge')}"])
+    finally:
+        proc.stop()
+    await until(seen, [f"By={ECHO};URI={sid('edge')}"])
+
+
+async def until(observe: Any, expected: list[str], timeout: float = SYNC) -> None:
+    """Observe until it equals `expected` (a config push landing), failing at the deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while (last := await observe()) != expected:
+        assert loop.time() < end, f"still {last}, expected {expected}"
+        await asyncio.sleep(0.2)  # polling interval of a bounded wait
+
+
+# --- static mode ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def static(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
+    """A static `echo` sidecar (STRICT, HTTP/1.1 app) listing `ingress` in its file."""
+    tmp = tmp_path_factory.mktemp("xfcc-static")
+    init_ca(tmp / "ca", TD)
+    ca = CertificateAuthority(tmp / "ca")
+    backends = Backends()
+    port = free_port()
+    proc = None
+    try:
+        app = backends.aiohttp(echo_app())
+        proc = start_proxy(tmp / "echo", mint(ca, ECHO), {
+            "node": {"service": "echo", "labels": {"version": "v1"}},
+            "app": f"127.0.0.1:{app}", "appProtocol": "http1",
+            "mesh": {"mtls": "STRICT", "trustedXfccIdentities": [INGRESS]}}, inbound=port)
+        yield tmp, ca, port
+    finally:
+        if proc is not None:
+            proc.stop()
+        backends.close()
+
+
+def curl_h2(tmp: Path, identity: WorkloadIdentity, port: int) -> list[str]:
+    """An HTTP/2 request (ALPN h2) as `identity` with forged XFCC: what the app got."""
+    cert, key = tmp / "h2-client.crt", tmp / "h2-client.key"
+    cert.write_bytes(identity.cert_pem + identity.chain_pem)
+    key.write_bytes(identity.key_pem)
+    done = subprocess.run([
+        # -k: the sidecar's certificate names a SPIFFE id, not 127.0.0.1; its chain is
+        # checked by the peers that verify SPIFFE ids, not what this test is about
+        "curl", "-sS", "-k", "--http2", "--cert", str(cert), "--key", str(key),
+        "--max-time", "10", "-H", f"{XFCC}: URI=spiffe://partner.example/h2", "-H",
+        "x_forwarded_client_cert: URI=x", "-w", "\n%{http_version}",
+        f"https://127.0.0.1:{port}/h2"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    body, version = done.stdout.rsplit("\n", 1)
+    assert version == "2"
+    return [v for k, v in json.loads(body)["headers"] if k.lower().replace("_", "-") == XFCC]
+
+
+async def test_static_mode_keeps_it_from_the_listed_peer_only(static: tuple[Any, ...]) -> None:
+    """`mesh.trustedXfccIdentities` in a static file: the listed peer's XFCC is kept (HTTP/1.1
+    and HTTP/2), another peer's removed (both spellings)."""
+    tmp, ca, port = static
+    ingress, shop = mint(ca, INGRESS), mint(ca, SHOP)
+    trust = ca.trust_bundle()
+    kept = await tls_roundtrip(port, client_ctx(ingress, trust), get("echo", "/", extra=FORGED))
+    assert xfcc_seen(kept) == [f"URI=spiffe://partner.example/admin,By={ECHO};URI={INGRESS}"]
+    other = await tls_roundtrip(port, client_ctx(shop, trust), get("echo", "/", extra=FORGED))
+    assert xfcc_seen(other) == [f"By={ECHO};URI={SHOP}"]
+    assert await asyncio.to_thread(curl_h2, tmp, ingress, port) == \
+        [f"URI=spiffe://partner.example/h2,By={ECHO};URI={INGRESS}"]
+    assert await asyncio.to_thread(curl_h2, tmp, shop, port) == [f"By={ECHO};URI={SHOP}"]
+
+
+def test_a_static_file_with_another_trust_domains_id_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"mesh": {"trustDomain": "corp.example",
+                                               "trustedXfccIdentities": [INGRESS]}}))
+    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config),
+                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (f"mesh.trustedXfccIdentities[0]: '{INGRESS}' is of trust domain 'cluster.local', "
+            "not the mesh's 'corp.example'") in done.stderr
