@@ -126,3 +126,16 @@ def test_endpoints_show_their_locality_once_one_has_one() -> None:
         ["api", "10.0.0.0:15006", "v1", "-", "us-east/zone-1/rack-2"],
         ["api", "10.0.0.1:15006", "v1", "-", "-"]]
     assert endpoint_lines(None)[0] == ["SERVICE", "ADDRESS", "VERSION", "IDENTITY"]
+
+
+def test_summary_names_the_peers_whose_xfcc_is_kept() -> None:
+    """The ids of mesh.trustedXfccIdentities (gateways', MeshConfig's), when there are any."""
+    def rendered(mesh: dict[str, object]) -> list[str]:
+        snap = Snapshot.from_dict({"mesh": mesh})
+        return render({"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
+                       "listeners": {}}).splitlines()
+
+    ids = ["spiffe://cluster.local/ns/edge/sa/ingress", "spiffe://cluster.local/ns/edge/sa/nginx"]
+    assert (f"XFCC kept from:  {ids[0]}, {ids[1]} (gateways, MeshConfig trustedXfccIdentities)"
+            in rendered({"trustedXfccIdentities": ids}))
+    assert not any(line.startswith("XFCC") for line in rendered({}))

@@ -60,6 +60,8 @@ def render(dump: dict[str, Any]) -> str:
         f"outside hosts {'ALLOW_ANY' if mesh.get('allow_any_outbound') else 'REGISTRY_ONLY'} · "
         f"access log {'on' if mesh.get('access_log') else 'off'}",
         *_peer_modes(snap),
+        *([f"XFCC kept from:  {', '.join(mesh['trusted_xfcc'])} (gateways, MeshConfig "
+           "trustedXfccIdentities)"] if mesh.get("trusted_xfcc") else []),
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS", _endpoints(snap).rstrip("\n"),
     ]
     external = snap.get("external") or {}
