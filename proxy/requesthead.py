@@ -1,7 +1,8 @@
 """The request head: the header checks and rewrites of the HTTP/1.1 hardening rules.
 
 `DownstreamProtocol` binds the httptools header callbacks from here. Each header is checked as
-it arrives (sizes, smuggling, duplicate Host), hop-by-hop and identity headers are dropped, and
+it arrives (sizes, smuggling, duplicate Host), hop-by-hop and identity headers are dropped (a
+trusted peer's XFCC is kept, for the sidecar to append to), and
 the finished head becomes an `Exchange` with a normalised target and the lines the proxy adds.
 """
 
