@@ -35,6 +35,7 @@ def appended_xfcc(kept: bytes, own_line: bytes) -> bytes:
     cut = len(_XFCC_PREFIX)
     return own_line[:cut] + kept + b"," + own_line[cut:]
 
+
 def _request_id_batch(n: int = 256) -> list[bytes]:
     """n random UUIDv4s from one urandom call; amortised, an id costs a list pop."""
     raw = os.urandom(16 * n).hex().encode()
