@@ -329,3 +329,27 @@ def test_api_transport_check(listen: str, tls: bool, state: str) -> None:
     assert check.state == state
     if state == "warn":
         assert "--api-tls" in check.hint and listen in check.detail
+
+
+def test_tcp_route_checks_find_a_tcp_service_however_its_route_spells_it() -> None:
+    """`db.data` and the FQDN are the TCP service db of namespace data, wherever the Route
+    is; namespace web's HTTP `db` is not checked, nor a bare `db` from a namespace that has
+    none while two others do (it is about neither)."""
+    from meshctl.api.resources import load_documents
+
+    def route(name: str, namespace: str, host: str) -> str:
+        return (f"apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {{name: {name}, "
+                f"namespace: {namespace}}}\nspec:\n  host: {host}\n"
+                "  rules: [{backends: [{subset: v1}], timeout: 1s}]\n")
+
+    routes = load_documents("---\n".join([
+        route("short", "ops", "db.data"), route("fqdn", "data", "db.data.svc.cluster.local"),
+        route("bare", "jobs", "db"), route("http", "web", "db")]), "routes.yaml")
+    proxies = [{"service": "db", "namespace": "data", "appProtocol": "tcp"},
+               {"service": "db", "namespace": "web", "appProtocol": "auto"},
+               {"service": "cron", "namespace": "jobs"}]
+    (group,) = tcp_route_checks(routes, proxies)
+    assert [c.name for c in group.checks] == [
+        "Route data/fqdn (TCP service db.data.svc.cluster.local)",
+        "Route ops/short (TCP service db.data)"]
+    assert all(c.state == "warn" for c in group.checks)

@@ -136,23 +136,30 @@ def jwks_checks(status: dict[str, tuple[bool, str | None]]) -> list[Group]:
     return [Group("End-user authentication (jwksUri)", tuple(checks))] if checks else []
 
 
-def tcp_services(proxies: list[dict[str, Any]]) -> set[str]:
-    """Services whose every sidecar declares a TCP app (as the snapshots mark them)."""
-    declared: dict[str, set[bool]] = {}
+def tcp_services(proxies: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(name, namespace) of the services whose every sidecar declares a TCP app (as the
+    snapshots mark them)."""
+    declared: dict[tuple[str, str], set[bool]] = {}
     for p in proxies:
         if p.get("mode", "sidecar") == "sidecar" and p.get("service"):
-            declared.setdefault(str(p["service"]), set()).add(p.get("appProtocol") == "tcp")
-    return {name for name, kinds in declared.items() if kinds == {True}}
+            key = (str(p["service"]), str(p.get("namespace") or "default"))
+            declared.setdefault(key, set()).add(p.get("appProtocol") == "tcp")
+    return {key for key, kinds in declared.items() if kinds == {True}}
 
 
 def _tcp_routes(routes: list[Any], proxies: list[dict[str, Any]]
                 ) -> list[tuple[Any, list[str]]]:
-    """(Route, its HTTP-only field paths) for each Route whose host is a TCP service."""
+    """(Route, its HTTP-only field paths) for each Route about a TCP service, however its
+    host names it (`db`, `db.ns`, the FQDN: resolved as the control plane does)."""
     from meshctl.api.rules import http_only_fields
+    from meshctl.controlplane.names import ServiceNames
 
     tcp = tcp_services(proxies)
+    names = ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
+                         for p in proxies if p.get("service"))
     return [(r, http_only_fields(r.spec.rules))
-            for r in sorted(routes, key=lambda r: (r.namespace, r.name)) if r.spec.host in tcp]
+            for r in sorted(routes, key=lambda r: (r.namespace, r.name))
+            if names.resolve(r.spec.host, r.namespace) in tcp]
 
 
 def tcp_route_checks(routes: list[Any], proxies: list[dict[str, Any]]) -> list[Group]:
