@@ -9,7 +9,6 @@ import pkgutil
 import signal
 import sys
 
-import meshctl
 import meshctl.commands
 
 
@@ -26,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "$AMI_CA_FILE, else ./certs/trust-bundle.pem if present, else the "
                              "system's)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    version = subparsers.add_parser("version", help="print the meshctl version")
-    version.set_defaults(func=lambda _args: print(f"meshctl {meshctl.__version__}") or 0)
     for info in sorted(pkgutil.iter_modules(meshctl.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"meshctl.commands.{info.name}")
         add = getattr(module, "add_parser", None)

@@ -1,7 +1,8 @@
 """Control-plane mode: register with ``meshctl serve``, apply pushed snapshots, ACK or NACK them.
 
 One gRPC stream at a time. The agent registers (name, service, labels, addresses, readiness,
-and the config version it already runs so a restarted control plane need not re-push it),
+the config version it already runs so a restarted control plane need not re-push it, and its
+own Ami version for `meshctl proxy-status` and `meshctl version`),
 then applies every ConfigMessage: ``node`` and ``app`` are filled in locally from the command
 line, ``server.apply`` compiles it, and the agent answers ACK, or NACK with the error text
 (the proxy keeps its last good snapshot). If the stream fails the proxy keeps serving what it
@@ -31,6 +32,7 @@ import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.api.build import BUILD, VERSION
 from proxy.config import Snapshot
 from proxy.policy.backoff import Backoff
 from proxy.server import ProxyServer
@@ -234,7 +236,7 @@ class ControlPlaneAgent:
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
             cert_issued=self.cert_issued(), admin_token=self.admin_token,
             app_health=app_health, app_protocol=self.identity.app_protocol,
-            locality=self.identity.locality)
+            locality=self.identity.locality, proxy_version=VERSION, build=BUILD)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""

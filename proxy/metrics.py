@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from meshctl.api.build import PYTHON, VERSION
+
 REQUEST_LABELS = (
     "reporter", "source_workload", "source_version", "destination_service",
     "destination_workload", "destination_version", "response_code", "response_flags",
@@ -236,10 +238,23 @@ class IdentityCollector(Collector):
         yield expiry
 
 
+class _BuildCollector(Collector):
+    """``ami_build_info{version, python} 1`` (Prometheus' build_info convention), so a query
+    can count sidecars per version during an upgrade."""
+
+    def collect(self) -> Iterator[Metric]:
+        build = GaugeMetricFamily("ami_build_info", "The proxy's Ami version and Python "
+                                  "(always 1).", labels=["version", "python"])
+        build.add_metric([VERSION, PYTHON], 1.0)
+        yield build
+
+
 def build_registry(stats: RequestStats, extra: list[Collector] | None = None) -> CollectorRegistry:
-    """A registry exposing the request stats, process metrics and any extra collectors."""
+    """A registry exposing the request stats, process metrics, the proxy's build and any extra
+    collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatsCollector(stats))
+    registry.register(_BuildCollector())
     ProcessCollector(namespace="ami_proxy", registry=registry)
     for collector in extra or []:
         registry.register(collector)

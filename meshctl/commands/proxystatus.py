@@ -12,7 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "proxy-status", help="show each proxy's config version and sync state",
         description="List the proxies connected to the control plane: service, version, "
-                    "addresses, the config version each has ACKed, and SYNCED / STALE / NACK.")
+                    "addresses, the Ami version each runs, the config version each has ACKed, "
+                    "and SYNCED / STALE / NACK.")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=run_proxy_status)
 
@@ -31,12 +32,15 @@ def status_word(proxy: dict[str, Any]) -> str:
 
 
 def render_table(proxies: list[dict[str, Any]]) -> str:
-    """The table form (NAME SERVICE VERSION INBOUND APP CONFIG STATUS LAST-ACK)."""
-    header = ("NAME", "SERVICE", "VERSION", "INBOUND", "APP", "CONFIG", "STATUS", "LAST-ACK")
+    """The table form (NAME SERVICE VERSION INBOUND APP PROXY-VERSION CONFIG STATUS LAST-ACK):
+    VERSION is the workload's version label, PROXY-VERSION the Ami version the proxy runs
+    (`unknown` from a proxy, or a control plane, older than version reporting)."""
+    header = ("NAME", "SERVICE", "VERSION", "INBOUND", "APP", "PROXY-VERSION", "CONFIG",
+              "STATUS", "LAST-ACK")
     rows = [header] + [
         (p["name"], p["service"], p.get("version") or "-", p.get("inbound") or "-",
-         APP_WORDS.get(p.get("app") or "", "-"), p.get("configVersion") or "-", status_word(p),
-         p.get("lastAck") or "-")
+         APP_WORDS.get(p.get("app") or "", "-"), p.get("proxyVersion") or "unknown",
+         p.get("configVersion") or "-", status_word(p), p.get("lastAck") or "-")
         for p in proxies]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
     lines = ["   ".join([*(str(c).ljust(w) for c, w in zip(r, widths, strict=False)),

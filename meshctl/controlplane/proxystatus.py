@@ -44,6 +44,9 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
         "app": info.app_health or None,
         "appProtocol": info.app_protocol or None,
         "locality": info.locality or None,
+        # the Ami version it runs ("unknown": a proxy built before it reported one); not
+        # "version", which is the workload's version label
+        "proxyVersion": info.ami_version, "proxyBuild": info.build or None,
     }
 
 

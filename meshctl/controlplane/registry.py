@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from meshctl.api.build import UNKNOWN
+
 
 @dataclass(frozen=True, slots=True)
 class ProxyInfo:
@@ -36,10 +38,18 @@ class ProxyInfo:
     app_protocol: str = ""  # what its app speaks (auto, http1, http2, tcp); "" for a gateway
     locality: str = ""  # region[/zone[/subzone]] (--locality); "" when not said
     admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
+    proxy_version: str = ""  # its Ami version; "" from a proxy built before it sent one
+    build: str = ""  # its runtime, e.g. "cpython 3.11.7" (for people)
 
     @property
     def version(self) -> str:
+        """The workload's version label (a subset), not the proxy's: see ``ami_version``."""
         return self.labels.get("version", "unknown")
+
+    @property
+    def ami_version(self) -> str:
+        """The Ami version the proxy runs, "unknown" when it did not say."""
+        return self.proxy_version or UNKNOWN
 
     @property
     def is_endpoint(self) -> bool:

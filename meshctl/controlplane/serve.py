@@ -33,6 +33,7 @@ from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.registrystate import FILE_NAME, RegistryStateFile
 from meshctl.controlplane.servercert import RenewingServerCertificate
 from meshctl.controlplane.slowclients import SlowClientReaper
+from meshctl.controlplane.versionapi import version_routes
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
 from meshctl.observe.mount import observability
 from proxy.servingcert import ServingCertificate
@@ -105,7 +106,8 @@ async def serve(options: ServeOptions,
         registry, reconciler, token=token, admin_tls=AdminTls(own_cert, ca),
         api=(options.listen, options.api_tls or options.api_cert is not None))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
-                         extra_routes=[*status_routes(registry, reconciler), *observe_extra])
+                         extra_routes=[*status_routes(registry, reconciler),
+                                       *version_routes(registry), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     assert runner.server is not None  # set by setup()

@@ -35,6 +35,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"([A-Za-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+# A release or development version (0.1.0, 0.2.0rc1, 0.2.0.dev3+g1a2b3c): it is shown in
+# tables and counted per value, so no spaces or control characters.
+_PROXY_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _MAX_LABELS = 64
 _MAX_FIELD = 512  # addresses, tokens, versions, timestamps
 _APP_HEALTH = ("", "serving", "not_serving")
@@ -66,6 +69,11 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
                   "cert_issued"):
         if len(getattr(info, field)) > _MAX_FIELD:
             raise RegistrationError(f"register.{field}: longer than {_MAX_FIELD} characters")
+    if info.proxy_version and not _PROXY_VERSION.fullmatch(info.proxy_version):
+        raise RegistrationError("register.proxy_version: expected a version such as 0.1.0, "
+                                f"got {info.proxy_version[:64]!r}")
+    if len(info.build) > 128 or not info.build.isprintable():
+        raise RegistrationError("register.build: at most 128 printable characters")
     if info.app_protocol not in ("", "auto", "http1", "http2", "tcp"):
         raise RegistrationError("register.app_protocol: expected auto, http1, http2 or tcp, got "
                                 f"{info.app_protocol[:64]!r}")
@@ -99,7 +107,8 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
         cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health,
-        app_protocol=reg.app_protocol, locality=reg.locality))
+        app_protocol=reg.app_protocol, locality=reg.locality,
+        proxy_version=reg.proxy_version, build=reg.build))
 
 
 class _Mailbox:
@@ -157,7 +166,8 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         mailbox = _Mailbox()
         session = self.registry.register(info)
         self.reconciler.attach(info.name, mailbox.offer, first.register.config_version)
-        log.info("proxy %s (%s) connected from %s", info.name, info.service, context.peer())
+        log.info("proxy %s (%s, Ami %s) connected from %s", info.name, info.service,
+                 info.ami_version, context.peer())
         reader = asyncio.create_task(self._read(info.name, session, context))
         replaced = asyncio.create_task(evicted.wait())
         take: asyncio.Future[mesh_pb2.ConfigMessage] | None = None

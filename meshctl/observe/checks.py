@@ -1,5 +1,6 @@
-"""``meshctl check``: grouped health checks over the proxies list, store errors, certificates,
-the control plane's end-user authentication keys and how its API is served."""
+"""``meshctl check``: grouped health checks over the proxies list (their sync state, protocols
+and versions), store errors, certificates, the control plane's end-user authentication keys
+and how its API is served."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _ts(value: str) -> float | None:
 
 
 def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
+    from meshctl.observe.skew import version_check  # (it builds a Check from this module)
+
     checks: list[Check] = []
     if not proxies:
         checks.append(Check("proxies registered", "warn", "no proxy is connected",
@@ -60,6 +63,7 @@ def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
     checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
                         "fix the resource named in the NACK and re-apply it" if nacked else ""))
     checks.append(protocol_check(proxies))
+    checks.append(version_check(proxies))
     return Group("Data plane", tuple(checks))
 
 

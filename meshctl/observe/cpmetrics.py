@@ -1,4 +1,5 @@
-"""The control plane's own ``/metrics``: connected/synced/NACKing proxies and reconcile totals.
+"""The control plane's own ``/metrics``: its build, connected/synced/NACKing proxies (and their
+versions), and reconcile totals.
 
 It reads attributes the reconciler already keeps (``states``, ``revision``, ``counters``),
 so adding a numeric field to ``ReconcileCounters`` (e.g. ``certificates_issued`` or
@@ -22,6 +23,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from meshctl.api.build import PYTHON, VERSION
+from meshctl.controlplane.versionapi import data_plane_versions
+
 _HELP = {
     "passes": "Reconcile passes run.", "computed": "Snapshots computed.",
     "pushed": "Snapshots pushed to proxies.", "unchanged": "Snapshots not pushed (unchanged).",
@@ -40,6 +44,17 @@ class ControlPlaneCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         r = self.reconciler
+        build = GaugeMetricFamily("ami_controlplane_build_info",
+                                  "The control plane's Ami version and Python (always 1).",
+                                  labels=["version", "python"])
+        build.add_metric([VERSION, PYTHON], 1.0)
+        yield build
+        versions = GaugeMetricFamily("ami_controlplane_proxy_versions",
+                                     "Connected proxies per Ami version they run (unknown: "
+                                     "built before proxies reported it).", labels=["version"])
+        for version, count in data_plane_versions(r.registry).items():
+            versions.add_metric([version], float(count))
+        yield versions
         states = list(r.states.values())
         gauges = (
             ("proxies_connected", "Proxies with an open config stream.",
