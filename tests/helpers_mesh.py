@@ -116,12 +116,13 @@ class MeshProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def spawn(name: str, argv: list[str], log_dir: Path) -> MeshProcess:
-    """Start ``argv`` with stdout+stderr to ``log_dir/<name>.log``."""
+def spawn(name: str, argv: list[str], log_dir: Path, cwd: Path = ROOT) -> MeshProcess:
+    """Start ``argv`` with stdout+stderr to ``log_dir/<name>.log`` (``python -m`` runs the
+    packages found in ``cwd`` first)."""
     log = log_dir / f"{name}.log"
     out = log.open("ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     out.close()
     return MeshProcess(name, proc, log)
 
@@ -199,8 +200,10 @@ def sidecar_credentials(log_dir: Path, control_plane: str, service: str,
 def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str, *,
                   app: str | None = None, mode: str = "sidecar", wait_ready: bool = True,
                   timeout: float = 20.0, extra: list[str] | None = None,
-                  namespace: str = "default") -> MeshProcess:
-    """``python -m proxy --control-plane ...`` on free ports; waits for /ready when asked."""
+                  namespace: str = "default", source: Path = ROOT) -> MeshProcess:
+    """``python -m proxy --control-plane ...`` on free ports; waits for /ready when asked.
+    ``source``: the tree whose ``proxy`` package runs (another build, as
+    tests/test_proxy_versions.py makes one)."""
     ports = {k: free_port() for k in ("inbound", "outbound", "admin")}
     argv = [PYTHON, "-m", "proxy", "--control-plane", control_plane, "--service", service,
             "--labels", f"version={version}", "--mode", mode,
@@ -213,7 +216,7 @@ def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str,
         argv += ["--app", app]
     argv += sidecar_credentials(log_dir, control_plane, service, namespace)
     name = f"{service}-{version}-{ports['inbound'] if mode == 'sidecar' else ports['admin']}"
-    proc = spawn(name, argv + (extra or []), log_dir)
+    proc = spawn(name, argv + (extra or []), log_dir, cwd=source)
     proc.info.update({k: f"127.0.0.1:{p}" for k, p in ports.items()}, name=name)
     if wait_ready:
         def ready() -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from meshctl.api.build import VERSION
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.memstore import MemStore
 from meshctl.observe.api import Observer, observe_routes
@@ -75,7 +76,7 @@ class ObservedMesh:
         listed = [{"name": f"{svc}-v1", "service": svc, "version": "v1",
                    "admin": f"127.0.0.1:{p.admin}", "synced": True, "nack": None,
                    "connected": True, "ready": True, "certExpiry": None,
-                   "app": "serving"}
+                   "app": "serving", "proxyVersion": VERSION}
                   for svc, p in self.proxies.items()]
         return {"storeVersion": 1, "proxies": listed + self.extra}
 

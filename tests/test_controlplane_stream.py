@@ -199,7 +199,11 @@ async def test_register_fields_are_bounded(plane: Plane) -> None:
                            (register(name="reviews\nforged log line"), "register.name"),
                            (register(service="Bad Service!"), "register.service"),
                            (register(namespace="x/y"), "register.namespace"),
-                           (register(inbound="127.0.0.1:" + "9" * 600), "register.inbound")):
+                           (register(inbound="127.0.0.1:" + "9" * 600), "register.inbound"),
+                           (register(proxy_version="0.1.0\x1b[2J"), "register.proxy_version"),
+                           (register(proxy_version="0.1.0 (patched)"),
+                            "register.proxy_version"),
+                           (register(build="cpython\n3.11"), "register.build")):
         status = await refused(plane, message)
         assert status.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (status.details() or ""), field

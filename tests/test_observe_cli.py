@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.api.build import VERSION
 from tests.observe_harness import (
     TOKEN,
     ObservedMesh,
@@ -132,7 +133,8 @@ def test_check_groups_and_hints(mesh: ObservedMesh) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "✔ control plane reachable" in ok.stdout and "✘" not in ok.stdout
     mesh.extra.append({"name": "details-v1", "service": "details", "synced": False,
-                       "nack": "routes[0]: bad regex", "admin": None})
+                       "nack": "routes[0]: bad regex", "admin": None,
+                       "proxyVersion": VERSION})
     try:
         bad = mesh.meshctl("check")
     finally:
