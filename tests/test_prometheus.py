@@ -181,7 +181,7 @@ def test_prometheus_loads_the_alerts_and_one_fires_on_real_errors(prometheus: st
     loaded = {rule["name"] for group in groups for rule in group["rules"]}
     declared = {rule["alert"] for group in yaml.safe_load(
         (REPO / "deploy" / "alerts.yml").read_text())["groups"] for rule in group["rules"]}
-    assert loaded == declared and len(declared) == 9
+    assert loaded == declared and len(declared) == 10
     assert all(rule["health"] == "ok" for group in groups for rule in group["rules"]), groups
 
     def error_alert() -> list[dict[str, Any]]:
@@ -204,6 +204,18 @@ def test_success_rate_per_service_through_prometheus(prometheus: str) -> None:
               for r in query(prometheus, expr)}
     assert set(result) == {"reviews"}
     assert 0.6 < result["reviews"] < 0.9  # three of every four requests succeed
+
+
+def test_build_info_counts_proxies_per_version(prometheus: str) -> None:
+    """`count by (version) (ami_build_info)` (docs/operations.md, upgrades) counts both
+    sidecars under this build's version; the control plane's build_info is scraped too."""
+    from meshctl.api.build import VERSION
+
+    counts = {r["metric"]["version"]: r["value"][1]
+              for r in query(prometheus, "count by (version) (ami_build_info)")}
+    assert counts == {VERSION: "2"}
+    (cp,) = query(prometheus, "ami_controlplane_build_info")
+    assert cp["metric"]["version"] == VERSION
 
 
 @pytest.mark.parametrize(("dashboard", "panel", "expr"), dashboard_queries(),
