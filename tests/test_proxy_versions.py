@@ -203,6 +203,33 @@ def test_meshctl_version_without_a_control_plane_prints_the_client_and_fails() -
     assert out.stderr.startswith("error: cannot reach the control plane at http://127.0.0.1:")
 
 
+def test_meshctl_version_against_a_control_plane_without_the_version_api() -> None:
+    """An API from before /api/v1/version (this API without that route) answers its JSON 404:
+    the control plane's version is `unknown`, not an error; another 404 is not the API."""
+    from meshctl.controlplane.httpapi import create_api_app
+    from meshctl.controlplane.memstore import MemStore
+    from tests.proxyharness import Backends, echo_app
+
+    backends = Backends()
+    try:
+        old_api = backends.aiohttp(create_api_app(MemStore(), token="t"))
+        other = backends.aiohttp(echo_app())  # answers every path, but not as the API does
+        out = subprocess.run([PYTHON_EXE, "-m", "meshctl", "--control-plane",
+                              f"http://127.0.0.1:{old_api}", "version"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[1:] == [
+            "control plane version: unknown",
+            "data plane version: unknown (the control plane does not report it: older than "
+            "this meshctl)"]
+        out = subprocess.run([PYTHON_EXE, "-m", "meshctl", "--control-plane",
+                              f"http://127.0.0.1:{other}", "version"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.returncode == 1 and "not as the Ami control plane API does" in out.stderr
+    finally:
+        backends.close()
+
+
 def test_check_warns_of_a_proxy_on_another_version(mesh: Mesh, old_sidecar: MeshProcess) -> None:
     """check names the proxy on another version, says the supported skew and the upgrade
     order; it is a warning (exit 0), not a failure."""

@@ -44,9 +44,11 @@ def run_version(args: argparse.Namespace) -> int:
     def remote(args: argparse.Namespace) -> int:
         client = make_client(args)
         status, body = request_json(client, "GET", "/api/v1/version")
-        if status == 404:  # a control plane from before the version API
+        if status == 404 and isinstance(body, dict) and body.get("reason") == "NotFound":
+            # the API's own 404: a control plane from before the version API
             body = {"version": "unknown", "build": None, "dataPlane": None}
-        elif status != 200 or not isinstance(body, dict) or "version" not in body:
+        elif status != 200 or not isinstance(body, dict) or not isinstance(
+                body.get("version"), str) or not isinstance(body.get("dataPlane"), list):
             message = body.get("error") if isinstance(body, dict) else None
             raise SystemExit(f"error: /api/v1/version: {message or client.not_the_api(status)}")
         if args.output == "json":

@@ -1,10 +1,10 @@
 """Version skew: which proxy versions a control plane supports, and `meshctl check`'s line.
 
-Supported: a proxy on the control plane's version, or one minor version older (same major),
-as Istio supports its data plane behind its control plane; never newer, since an older
-control plane may refuse or leave out what a newer proxy expects. So the upgrade order is the
-control plane first, then the proxies. A proxy that reports no version ("unknown") was built
-before proxies reported one: older than any control plane that asks.
+Supported: a proxy on the control plane's version, or one minor version older (same major);
+never newer (as with Istio, whose data plane may lag its control plane, never lead it), since
+an older control plane may refuse or leave out what a newer proxy expects. So the upgrade
+order is the control plane first, then the proxies. A proxy that reports no version
+("unknown") was built before proxies reported one: older than any control plane that asks.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def version_check(proxies: list[dict[str, Any]], control_plane: str = VERSION) -
                  "older (same major), never newer: upgrade the control plane first, then "
                  "restart each proxy on the new version; until all run it, use no resource "
                  "field the older ones do not know (they NACK it); `meshctl version` counts "
-                 "proxies per version (docs/operations.md#restarts-and-upgrades)")
+                 "proxies per version (docs/operations.md#upgrades-and-version-skew)")
 
 
 def _word(version: str, control_plane: str) -> str:
