@@ -97,15 +97,20 @@ async def test_the_proxy_registers_with_its_version(
 
 async def test_unknown_keys_are_ignored_where_the_snapshot_parser_reads_them(
         wired: tuple[NewerControlPlane, MeshProcess]) -> None:
-    """A newer control plane's keys at the top, in node, mesh, services, endpoints, subsets,
-    routes and inbound, and an unknown field of the ConfigMessage itself, are ignored: ACK."""
+    """A newer control plane's keys at the top, in node, mesh (and its blocks), services,
+    endpoints, subsets, routes, external hosts and their ports, gateway and inbound, and an
+    unknown field of the ConfigMessage itself, are ignored: ACK."""
     control, proxy = wired
     await asyncio.wait_for(control.registers.get(), 20)
     snapshot = {
-        "later": {"anything": 1}, "node": {"later": 1}, "mesh": {"later": 1},
+        "later": {"anything": 1}, "node": {"later": 1},
+        "mesh": {"later": 1, "retryBudget": {"later": 1}, "tracing": {"later": 1},
+                 "outboundTrafficPolicy": {"later": 1}},
         "services": {"ratings": {**SERVICES["ratings"], "later": 1, "subsets": [
             {"name": "v1", "labels": {"version": "v1"}, "later": 1}]}},
         "routes": [{**ROUTES[0], "later": 1}], "inbound": {"later": 1},
+        "external": {"api.example.com": {"ports": [{"number": 80, "later": 1}], "later": 1}},
+        "gateway": {"later": 1},
     }
     snapshot["services"]["ratings"]["endpoints"] = [
         {"address": "127.0.0.1:9", "labels": {"version": "v1"}, "later": 1}]
