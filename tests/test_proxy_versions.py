@@ -203,15 +203,25 @@ def test_meshctl_version_without_a_control_plane_prints_the_client_and_fails() -
     assert out.stderr.startswith("error: cannot reach the control plane at http://127.0.0.1:")
 
 
-def test_meshctl_version_against_a_control_plane_without_the_version_api() -> None:
+def test_meshctl_version_against_an_older_or_empty_control_plane_or_another_server() -> None:
     """An API from before /api/v1/version (this API without that route) answers its JSON 404:
-    the control plane's version is `unknown`, not an error; another 404 is not the API."""
+    the control plane's version is `unknown`, not an error; another answer is not the API; a
+    control plane without proxies says so."""
     from meshctl.controlplane.httpapi import create_api_app
     from meshctl.controlplane.memstore import MemStore
+    from meshctl.controlplane.registry import Registry
+    from meshctl.controlplane.versionapi import version_routes
     from tests.proxyharness import Backends, echo_app
 
     backends = Backends()
     try:
+        empty = backends.aiohttp(create_api_app(MemStore(), token="t",
+                                                extra_routes=version_routes(Registry())))
+        out = subprocess.run([PYTHON_EXE, "-m", "meshctl", "--control-plane",
+                              f"http://127.0.0.1:{empty}", "version"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert out.stdout.splitlines()[1:] == [f"control plane version: {VERSION}",
+                                               "data plane version: none (no proxy connected)"]
         old_api = backends.aiohttp(create_api_app(MemStore(), token="t"))
         other = backends.aiohttp(echo_app())  # answers every path, but not as the API does
         out = subprocess.run([PYTHON_EXE, "-m", "meshctl", "--control-plane",
