@@ -115,8 +115,8 @@ def old_sidecar(mesh: Mesh) -> Iterator[MeshProcess]:
 
 
 class OldProtocolProxy:
-    """A stream that registers as a proxy built before Register had proxy_version (17) and
-    build (18): the message holds only the fields such a proxy sets, and it ACKs its snapshot."""
+    """A stream that registers as a proxy built before Register had proxy_version (18) and
+    build (19): the message holds only the fields such a proxy sets, and it ACKs its snapshot."""
 
     def __init__(self, mesh: Mesh, name: str) -> None:
         roots = (mesh.cp.info["certs_dir"] / "trust-bundle.pem").read_bytes()
