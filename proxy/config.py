@@ -193,6 +193,8 @@ class Snapshot:
     authentication: tuple[Any, ...] = ()
     app_protocol: str = "auto"  # one of APP_PROTOCOLS
     own_mtls: str | None = None  # inbound.mtls: this service's mode if not the mesh's
+    # meshctl.api.kinds.GatewayPassthrough: TLS the gateway relays by SNI, unterminated
+    gateway_passthrough: tuple[Any, ...] = ()
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -241,7 +243,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "route": frozenset({"host", "rules", "namespace"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
-    "gateway": frozenset({"rules"}),
+    "gateway": frozenset({"rules", "passthrough"}),
     "inbound": frozenset({"authorization", "authentication", "rateLimit", "mtls"}),
 }
 
@@ -450,6 +452,13 @@ def _parse_snapshot(data: object) -> Snapshot:
 
         with _config_errors():
             gateway_rules = parse_gateway_rules(gw_raw["rules"], "gateway.rules")
+    gateway_passthrough: tuple[Any, ...] = ()
+    if gw_raw.get("passthrough"):
+        from meshctl.api.kinds import parse_gateway_passthrough
+
+        with _config_errors():
+            gateway_passthrough = parse_gateway_passthrough(gw_raw["passthrough"],
+                                                            "gateway.passthrough")
     app = Address.parse(raw["app"], "app") if raw.get("app") else None
     app_protocol = raw.get("appProtocol", "auto")
     if app_protocol not in APP_PROTOCOLS:
@@ -481,6 +490,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         authentication=authentication,
         app_protocol=app_protocol,
         own_mtls=own_mtls,
+        gateway_passthrough=gateway_passthrough,
     )
 
 

@@ -136,6 +136,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             transport.close()
             self.closed = True
             return
+        if ssl_object is None and self.listener.reads_hello:
+            from proxy import tlspassthrough
+
+            tlspassthrough.take_over(self)  # TLS to pass through, or HTTP as ever
+            return
         if ssl_object is not None:
             alpn = ssl_object.selected_alpn_protocol()
             if alpn == "h2":

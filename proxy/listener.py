@@ -55,6 +55,11 @@ class Listener:
         # inbound in STRICT: a plaintext connection is refused, even one accepted before
         self.plaintext_allowed = True
         self.tcp: Any = None  # inbound: proxy.tcpinbound.TcpInbound while the app is `tcp`
+        # gateway: the snapshot's TLS passthrough table (proxy.sniroutes), None without one
+        self.passthrough: Any = None
+        # gateway: plaintext connections start by telling TLS from HTTP (proxy.tlspassthrough):
+        # with passthrough entries, or on the HTTPS gateway (its plaintext ones are relays)
+        self.reads_hello = False
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
 

@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Sized
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
 
@@ -59,13 +59,17 @@ class TlsAcceptor:
     def __init__(self, listener: Accepting, sock: socket.socket,
                  tls: Callable[[], ServerTls | None], mode: Callable[[], str], *,
                  plain: Callable[[], asyncio.BaseProtocol],
-                 secure: Callable[[], asyncio.BaseProtocol]) -> None:
+                 secure: Callable[[], asyncio.BaseProtocol],
+                 passthrough: Callable[[], Any] | None = None) -> None:
         self.listener = listener
         self.sock = sock
         self.tls = tls
         self.mode = mode
         self.plain = plain
         self.secure = secure
+        # the HTTPS gateway: its TLS passthrough table (proxy.sniroutes.SniRoutes, or None),
+        # whose connections are relayed, not terminated
+        self.passthrough = passthrough
         self.loop = listener.loop
         self._task: asyncio.Task[None] | None = None
         self.sockets = [sock]
@@ -127,6 +131,17 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
+        if use_tls and self.passthrough is not None:
+            routes = self.passthrough()
+            if routes is not None:
+                from proxy.hellopeek import CLOSED, RELAY, peek_hello
+
+                verdict = await peek_hello(conn, routes, self.listener)  # type: ignore[arg-type]
+                if verdict == CLOSED:
+                    conn.close()
+                    return
+                # relayed: in plaintext, the ClientHello still unread (proxy.tlspassthrough)
+                use_tls = verdict != RELAY
         try:
             # Plaintext: the listener counts the connection from connection_made on (its
             # admit() is the hard limit). TLS: the protocol is made before the handshake, so

@@ -93,6 +93,12 @@ class ProxyServer:
                                            gateway=True)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy, gateway_policy)
+        passthrough = None
+        if self.options.mode == "gateway" and snapshot.gateway_passthrough:
+            from proxy.sniroutes import build as build_sni_routes
+
+            passthrough = build_sni_routes(snapshot.gateway_passthrough, builder.tcp_targets(),
+                                           snapshot.services)
         routers: dict[str, Router] = {}
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"
@@ -103,6 +109,10 @@ class ProxyServer:
         for kind, router in routers.items():
             if kind in self.listeners:
                 self.listeners[kind].router = router
+        gateway = self.listeners.get("gateway")
+        if gateway is not None:
+            gateway.passthrough = passthrough
+            gateway.reads_hello = passthrough is not None or gateway.scheme == "https"
         peer_line = f"x-ami-peer: {snapshot.node.service};{snapshot.node.version}\r\n".encode()
         for listener in self.listeners.values():
             if listener.kind != "inbound":
@@ -187,7 +197,8 @@ class ProxyServer:
             if https:
                 acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
                                        lambda: self.options.gateway_tls, lambda: "STRICT",
-                                       **downstream_protocols(listener))
+                                       **downstream_protocols(listener),
+                                       passthrough=_passthrough_of(listener))
                 acceptor.start()
                 listener.server = acceptor  # type: ignore[assignment]
             elif kind == "inbound":
@@ -307,6 +318,11 @@ def _tcp_inbound(snapshot: Snapshot, policy: InboundPolicy, pools: PoolRegistry)
     idle = tcp_idle_timeout(own.policy) if own is not None else tcp_idle_timeout(None)
     return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version,
                       idle_timeout=idle, metrics_name=snapshot.node.metrics_name)
+
+
+def _passthrough_of(listener: Listener) -> Callable[[], Any]:
+    """The gateway listener's current TLS passthrough table (swapped by `apply`)."""
+    return lambda: listener.passthrough
 
 
 def _protocol_factory(listener: Listener) -> Callable[[], DownstreamProtocol]:

@@ -287,7 +287,9 @@ _SPECS: dict[str, Schema] = {
         "listen": _str(F.HOST_PORT),
         "rules": _list(_obj({"hosts": _list(_str(GATEWAY_HOST)), "match": _list(_ref("match")),
                              "destination": _SERVICE}, ("destination",)), 1),
-    }, ("listen", "rules")),
+        "passthrough": _list(_obj({"sniHosts": _list(_str(GATEWAY_HOST), 1),
+                                   "destination": _SERVICE}, ("sniHosts", "destination")), 1),
+    }, ("listen",)) | {"anyOf": [{"required": ["rules"]}, {"required": ["passthrough"]}]},
     "ExternalService": _obj({
         "hosts": _list(_str(EXTERNAL_HOST, maxLength=253), 1) | {"uniqueItems": True},
         "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.authn import RequestAuthenticationSpec, parse_request_authentication
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
+from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
@@ -70,11 +71,23 @@ class GatewayRule:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayPassthrough:
+    """TLS connections whose server name (SNI) is one of ``sni_hosts`` go to ``destination``
+    (a TCP service) unterminated: Istio's Gateway `tls.mode: PASSTHROUGH` with a
+    VirtualService `tls` route matching `sniHosts`."""
+
+    sni_hosts: tuple[str, ...]
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySpec:
-    """spec of a Gateway: the listen address and its ordered entry rules."""
+    """spec of a Gateway: the listen address, its ordered entry rules and its TLS
+    passthrough entries."""
 
     listen: str
     rules: tuple[GatewayRule, ...]
+    passthrough: tuple[GatewayPassthrough, ...] = ()
 
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
@@ -146,12 +159,16 @@ def _parse_tracing(data: object, path: str) -> Tracing:
 
 
 def parse_gateway(data: object, path: str) -> GatewaySpec:
-    """Parse Gateway.spec."""
+    """Parse Gateway.spec: `rules`, `passthrough` or both (a gateway that only passes TLS
+    through needs no HTTP rule)."""
     f = Fields(data, path)
     listen = f.required("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"), "")
-    rules = f.required("rules", parse_gateway_rules, ())
+    if not f.has("rules") and not f.has("passthrough"):
+        f.add(f.at("rules"), "field is required (or passthrough, or both)")
+    rules = f.value("rules", parse_gateway_rules, ())
+    passthrough = f.value("passthrough", parse_gateway_passthrough, ())
     f.finish()
-    return GatewaySpec(listen, rules)
+    return GatewaySpec(listen, rules, passthrough)
 
 
 def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
@@ -164,6 +181,38 @@ def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
 GATEWAY_HOST = r"^(\*|(\*\.)?" + F.DNS_SUBDOMAIN[1:-1] + r")$"
 _GATEWAY_HOST = F.string(GATEWAY_HOST,
                          "a lower-case DNS name, *. and a DNS suffix, or * for any host")
+
+
+def parse_gateway_passthrough(data: object, path: str) -> tuple[GatewayPassthrough, ...]:
+    """Parse TLS passthrough entries (Gateway.spec.passthrough and a proxy snapshot's
+    gateway.passthrough). A server name pattern in two entries is refused: which service
+    gets the connection would be left to order (Envoy refuses two filter chains with the
+    same server name, and Istio reports the conflict); `*.example.com` beside
+    `db.example.com` is no conflict, the most specific pattern wins."""
+    entries = F.list_of(_parse_passthrough, 1, "at least one entry is required")(data, path)
+    issues: list[Issue] = []
+    first: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        for j, host in enumerate(entry.sni_hosts):
+            where = f"{path}[{i}].sniHosts[{j}]"
+            if host in first:
+                issues.append(Issue(None, None, where, f"{host} is already listed at "
+                                    f"{first[host]}: each server name pattern may appear "
+                                    "once (which entry takes it would be ambiguous)"))
+            else:
+                first[host] = where
+    if issues:
+        raise ValidationError(issues)
+    return entries
+
+
+def _parse_passthrough(data: object, path: str) -> GatewayPassthrough:
+    f = Fields(data, path)
+    hosts = f.required("sniHosts", F.list_of(_GATEWAY_HOST, 1, "at least one server name "
+                                             "is required"), ())
+    destination = f.required("destination", SERVICE, "")
+    f.finish()
+    return GatewayPassthrough(hosts, destination)
 
 
 def _parse_gateway_rule(data: object, path: str) -> GatewayRule:

@@ -272,6 +272,13 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, GatewaySpec):
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+            # A namespace's gateway proxies get the passthrough entries of all its Gateways
+            # together: a server name in two of them would be ambiguous.
+            claims.extend(((r.kind, r.namespace, "sni", host),
+                           f"spec.passthrough[{i}].sniHosts[{j}]",
+                           f"server name {host} is already passed through by a Gateway")
+                          for i, entry in enumerate(r.spec.passthrough)
+                          for j, host in enumerate(entry.sni_hosts))
         if isinstance(r.spec, PeerAuthenticationSpec):
             claims.append(_peer_authentication_claim(r, r.spec))
         for claim, path, message in claims:

@@ -282,10 +282,14 @@ class SnapshotBuilder:
             parts["node"]["metricsName"] = label
         if proxy.mode == "gateway":
             rules: list[Any] = []
+            passthrough: list[Any] = []
             for r in self._by_kind.get("Gateway", []):
                 if r.namespace == proxy.namespace and isinstance(r.spec, GatewaySpec):
                     rules.extend(_raw_spec(r).get("rules", []))
+                    passthrough.extend(_raw_spec(r).get("passthrough", []))
             parts["gateway"] = {"rules": rules}
+            if passthrough:  # absent otherwise: gateways without one keep their bytes
+                parts["gateway"]["passthrough"] = passthrough
         return parts
 
     def _inbound(self, proxy: ProxyInfo) -> dict[str, Any]:

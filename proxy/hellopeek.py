@@ -1,0 +1,104 @@
+"""The HTTPS gateway's look at a ClientHello before terminating it: read without consuming it
+(MSG_PEEK), so that a connection no passthrough entry takes is terminated by OpenSSL as if
+nothing had been read, and one that an entry takes is handed over in plaintext to be relayed
+(proxy.tlspassthrough).
+
+Peeked bytes keep the socket readable, so waiting for more cannot use readability alone (that
+would spin): SO_RCVLOWAT makes the kernel report the socket readable only once the bytes the
+reader needs next are all there (or the client closed), so a ClientHello sent a byte at a time
+costs a wake-up per record, not per byte. The whole look is bounded by --header-timeout, the
+handshake's own deadline, and the ClientHello by proxy.clienthello's size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from proxy.clienthello import RECORD_HANDSHAKE, HelloError, HelloReader
+from proxy.tlspassthrough import refused
+
+if TYPE_CHECKING:
+    from proxy.listener import Listener
+    from proxy.sniroutes import SniRoutes
+
+TERMINATE, RELAY, CLOSED = "terminate", "relay", "closed"
+
+
+async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener) -> str:
+    """TERMINATE (no entry takes it, or it is no TLS: the handshake decides), RELAY (an
+    entry with a TCP service takes it), or CLOSED (refused and counted, or gone)."""
+    loop = listener.loop
+    start = loop.time()
+    client = _peer(conn)
+    reader = HelloReader()
+    seen = 0
+    sni: str | None = None
+    try:
+        async with asyncio.timeout(listener.limits.header_timeout):
+            while True:
+                try:
+                    data = conn.recv(reader.needed, socket.MSG_PEEK)
+                except BlockingIOError:
+                    data = None
+                if data is not None:
+                    if not data:
+                        return CLOSED  # the client closed before its first byte
+                    if len(data) == seen:
+                        # Woken with nothing new: the kernel says readable below the low
+                        # mark only once the client closed (its bytes stay peekable).
+                        raise HelloError("closed before its ClientHello ended")
+                    if not seen and data[0] != RECORD_HANDSHAKE:
+                        return TERMINATE
+                    hello = reader.feed(memoryview(data)[seen:])
+                    seen = len(data)
+                    if hello is not None:
+                        sni = hello.server_name
+                        break
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, reader.needed)
+                await _readable(loop, conn)
+    except HelloError as exc:
+        refused(listener, "bad_client_hello", None, "unknown", start, seen, str(exc), client)
+        return CLOSED
+    except TimeoutError:
+        refused(listener, "request_timeout", None, "unknown", start, seen,
+                "no complete ClientHello within --header-timeout", client)
+        return CLOSED
+    except OSError:
+        return CLOSED  # reset by the client
+    finally:
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            pass
+    route = routes.lookup(sni)
+    if route is None:
+        return TERMINATE
+    if route.target is None:
+        refused(listener, route.refusal, sni, route.destination, start, seen,
+                f"{route.destination} takes no passthrough", client)
+        return CLOSED
+    return RELAY
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        return str(conn.getpeername()[0])
+    except OSError:
+        return "unknown"
