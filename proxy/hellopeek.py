@@ -13,6 +13,7 @@ handshake's own deadline, and the ClientHello by proxy.clienthello's size limit.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 from typing import TYPE_CHECKING
 
@@ -46,16 +47,19 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener)
                     if not data:
                         return CLOSED  # the client closed before its first byte
                     if len(data) == seen:
-                        # Woken with nothing new: the kernel says readable below the low
-                        # mark only once the client closed (its bytes stay peekable).
-                        raise HelloError("closed before its ClientHello ended")
-                    if not seen and data[0] != RECORD_HANDSHAKE:
+                        # Woken with nothing new: below the low mark the kernel says
+                        # readable when the client closed (its bytes stay peekable), or,
+                        # rarely, under memory pressure.
+                        if _peer_closed(conn):
+                            raise HelloError("closed before its ClientHello ended")
+                    elif not seen and data[0] != RECORD_HANDSHAKE:
                         return TERMINATE
-                    hello = reader.feed(memoryview(data)[seen:])
-                    seen = len(data)
-                    if hello is not None:
-                        sni = hello.server_name
-                        break
+                    else:
+                        hello = reader.feed(memoryview(data)[seen:])
+                        seen = len(data)
+                        if hello is not None:
+                            sni = hello.server_name
+                            break
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, reader.needed)
                 await _readable(loop, conn)
     except HelloError as exc:
@@ -95,6 +99,13 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Non
         await ready
     finally:
         loop.remove_reader(fd)
+
+
+def _peer_closed(conn: socket.socket) -> bool:
+    """Whether the client shut down its side (or the connection failed), without reading."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def _peer(conn: socket.socket) -> str:

@@ -186,6 +186,9 @@ _COUNTER_HELP = {
     "ami_tls_handshake_failures": "TLS connections refused during or right after the "
                                   "handshake (inbound: no or foreign certificate, no single "
                                   "SPIFFE id; gateway: plaintext or failed handshake).",
+    "ami_gateway_tls_refused": "TLS connections the gateway closed before passing them "
+                               "through or terminating them, by reason (no_route, "
+                               "protocol_mismatch, bad_client_hello, request_timeout).",
     "ami_connections_refused": "Client connections closed at once: the listener's connection "
                                "limit was reached.",
     "ami_tcp_connections_opened": "TCP connections opened to or from a TCP service.",

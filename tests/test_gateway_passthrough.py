@@ -1,0 +1,466 @@
+"""TLS passthrough at the gateway (Gateway `passthrough`, Istio's `tls.mode: PASSTHROUGH`): a
+real control plane (mTLS STRICT), two gateways of one Gateway resource (plaintext HTTP, and
+HTTPS with --gateway-cert), a `tcp` service whose app is a TLS server with its own
+certificate, behind its sidecar. Clients verify the app's certificate through either gateway;
+names no entry takes are closed or terminated; hostile ClientHellos are closed and counted,
+and leave nothing open."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.helpers_mesh import (
+    MeshProcess,
+    all_synced,
+    free_port,
+    http_get,
+    http_json,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+from tests.proxyharness import metric_value
+from tests.test_clienthello import in_records, message_of
+from tests.test_gateway_mtls import Issued, issue, name
+from tests.tlsapp import start_tls_app
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 10.0
+HEADER_TIMEOUT = 2.0  # the gateways' --header-timeout: how long a ClientHello may take
+
+GATEWAY = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listen: 0.0.0.0:8443
+  rules:
+    - destination: web
+  passthrough:
+    - sniHosts: [db.example.com, "*.apps.example.com"]
+      destination: db
+    - sniHosts: [web.example.com]
+      destination: web
+"""
+
+
+@dataclass
+class Gw:
+    proc: MeshProcess
+    port: int
+    https: bool
+
+    def metrics(self) -> str:
+        url = f"http://{self.proc.info['admin']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def refused(self, reason: str) -> float:
+        return metric_value(self.metrics(), "ami_gateway_tls_refused_total", reason=reason)
+
+    def open_now(self) -> float:
+        return metric_value(self.metrics(), "ami_downstream_connections_active",
+                            listener="gateway")
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.proc.output().splitlines()
+                if line.startswith("{")]
+
+
+@dataclass
+class Edge:
+    cp: MeshProcess
+    procs: list[MeshProcess]
+    app: MeshProcess
+    db: MeshProcess
+    plain: Gw
+    secure: Gw
+    app_ca: Issued
+    gateway_cert: Issued
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp("passthrough")
+    app_ca = issue(name("App CA", "Shop"), ca=True)
+    app_cert = issue(name("db", "Shop"), app_ca, san=[
+        x509.DNSName("db.example.com"), x509.DNSName("*.apps.example.com")])
+    gateway_cert = issue(name("gateway", "Operator"), san=[
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("other.example.com")])
+    cert, key = app_cert.write(tmp, "app")
+    gw_cert, gw_key = gateway_cert.write(tmp, "gateway")
+    (tmp / "mesh").mkdir()
+    (tmp / "mesh" / "gateway.yaml").write_text(GATEWAY)
+    procs: list[MeshProcess] = []
+    cp = start_control_plane(tmp, warmup=0.0)
+    try:
+        app = start_tls_app(tmp, "db", cert, key)
+        procs.append(app)
+        db = start_sidecar(tmp, cp.info["grpc"], "db", "v1", app=app.info["address"],
+                           extra=["--app-protocol", "tcp", "--access-log", "on"])
+        web_app = start_backend(tmp, "web")
+        web = start_sidecar(tmp, cp.info["grpc"], "web", "v1", app=web_app.info["address"])
+        procs += [db, web_app, web]
+        gateways = []
+        for https in (False, True):
+            port = free_port()
+            label = "https" if https else "plain"
+            extra = ["--gateway-listen", f"127.0.0.1:{port}", "--name", f"gw-{label}",
+                     "--header-timeout", str(HEADER_TIMEOUT), "--access-log", "on"]
+            if https:
+                extra += ["--gateway-cert", str(gw_cert), "--gateway-key", str(gw_key)]
+            proc = start_sidecar(tmp, cp.info["grpc"], "gateway", "v1", mode="gateway",
+                                 extra=extra)
+            proc.info["name"] = f"gw-{label}"
+            procs.append(proc)
+            gateways.append(Gw(proc, port, https))
+        names = {p.info["name"] for p in (db, web, *(g.proc for g in gateways))}
+        wait_for(lambda: all_synced(cp, names), 30, "every proxy synced")
+        for gw in gateways:
+            wait_for(lambda gw=gw: passes_through(gw), 30, "the gateway's passthrough to db")
+        yield Edge(cp, procs, app, db, gateways[0], gateways[1], app_ca, gateway_cert)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        cp.stop()
+
+
+def passes_through(gw: Gw) -> bool:
+    """The gateway's snapshot has the passthrough entries and db as a TCP service with its
+    endpoint."""
+    status, dump = http_json(f"http://{gw.proc.info['admin']}/config_dump")
+    if status != 200:
+        return False
+    snapshot = dump["snapshot"]
+    db = snapshot["services"].get("db")
+    return bool(snapshot.get("gateway_passthrough") and db
+                and db["protocol"] == "tcp" and db["endpoints"])
+
+
+def tls_connect(gw: Gw, server_name: str | None, trust: Issued) -> ssl.SSLSocket:
+    """A TLS client of the gateway's port that verifies the peer against ``trust``."""
+    ctx = ssl.create_default_context(cadata=trust.cert_pem.decode())
+    if server_name is None:
+        ctx.check_hostname = False  # (verified against the trusted root all the same)
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
+    try:
+        return ctx.wrap_socket(sock, server_hostname=server_name)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_line(sock: socket.socket | ssl.SSLSocket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def echo_through(tls: ssl.SSLSocket, server_name: str) -> None:
+    """The app's own greeting (the name it saw), an echo, and its answer at our FIN."""
+    assert read_line(tls) == f"sni {server_name}\n".encode()
+    tls.sendall(b"ping\n")
+    assert read_line(tls) == b"ping\n"
+    tls.sendall(b"x" * 100_000)
+    received = b""
+    while len(received) < 100_000:
+        received += tls.recv(65536)
+    assert received == b"x" * 100_000
+
+
+def cpu_seconds(proc: MeshProcess) -> float:
+    """User and system CPU time the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{proc.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer closed (or reset) the connection, waiting up to the socket timeout."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.fixture
+def settled(edge: Edge) -> Iterator[None]:
+    """Each test ends with no gateway connection left open and nothing logged in a traceback,
+    and a well-behaved passthrough client still served by both gateways."""
+    yield
+    for gw in (edge.plain, edge.secure):
+        wait_for(lambda gw=gw: gw.open_now() == 0, TIMEOUT, "the gateway's connections closed")
+        assert "Traceback" not in gw.proc.output()
+        with tls_connect(gw, "db.example.com", edge.app_ca) as tls:
+            echo_through(tls, "db.example.com")
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("https", [False, True], ids=["plain", "https"])
+@pytest.mark.parametrize("server_name", ["db.example.com", "eu.apps.example.com"])
+def test_tls_reaches_the_app_untouched(edge: Edge, https: bool, server_name: str) -> None:
+    """The client verifies the app's own certificate for the name (not the gateway's: an
+    HTTPS gateway does not terminate a name a passthrough entry takes), the app sees the name,
+    bytes go both ways; both proxies count the connection as a TCP one from the gateway."""
+    gw = edge.secure if https else edge.plain
+    labels = {"reporter": "source", "source_workload": "gateway", "destination_service": "db",
+              "destination_workload": "db", "destination_version": "v1",
+              "connection_security_policy": "mutual_tls", "response_flags": "-"}
+
+    def moved() -> tuple[float, float]:
+        text = gw.metrics()
+        return (metric_value(text, "ami_tcp_received_bytes_total", **labels),
+                metric_value(text, "ami_tcp_sent_bytes_total", **labels))
+
+    before = moved()
+    with tls_connect(gw, server_name, edge.app_ca) as tls:
+        peer = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        assert peer.serial_number != edge.gateway_cert.cert.serial_number
+        echo_through(tls, server_name)
+    wait_for(lambda: all(now - then > 100_000 for now, then in zip(moved(), before,
+                                                                     strict=True)),
+             TIMEOUT, "the connection's bytes counted by the gateway, both ways")
+    assert metric_value(gw.metrics(), "ami_tcp_connections_opened_total", **labels) >= 1
+    with urllib.request.urlopen(f"http://{edge.db.info['admin']}/metrics", timeout=5) as r:
+        db_text = r.read().decode()
+    assert metric_value(db_text, "ami_tcp_connections_opened_total", reporter="destination",
+                        source_workload="gateway", destination_service="db",
+                        connection_security_policy="mutual_tls") >= 1
+    wait_for(lambda: any((line["listener"], line["authority"], line["destination_service"],
+                          line["reason"], line["protocol"]) == (
+                              "gateway", server_name, "db", "-", "TCP")
+                         for line in gw.log_lines()), TIMEOUT, "the access log line")
+    assert f"handshake {server_name}" in edge.app.output()
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_name_no_entry_takes_is_closed_without_a_gateway_certificate(edge: Edge) -> None:
+    """No certificate to terminate with: the connection is closed before any TLS byte comes
+    back, counted and logged `no_route` with the name."""
+    before = edge.plain.refused("no_route")
+    with pytest.raises(OSError):
+        tls_connect(edge.plain, "other.example.com", edge.app_ca)
+    wait_for(lambda: edge.plain.refused("no_route") > before, TIMEOUT, "counted no_route")
+    line = edge.plain.log_lines()[-1]
+    assert (line["protocol"], line["reason"], line["authority"]) == (
+        "TLS", "no_route", "other.example.com")
+
+
+@pytest.mark.usefixtures("settled")
+def test_no_server_name_is_closed_without_a_gateway_certificate(edge: Edge) -> None:
+    before = edge.plain.refused("no_route")
+    with pytest.raises(OSError):
+        tls_connect(edge.plain, None, edge.app_ca)
+    wait_for(lambda: edge.plain.refused("no_route") > before, TIMEOUT, "counted no_route")
+    assert edge.plain.log_lines()[-1]["authority"] is None
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("server_name", ["other.example.com", None])
+def test_the_https_gateway_terminates_what_no_entry_takes(edge: Edge,
+                                                          server_name: str | None) -> None:
+    """With --gateway-cert, another name (or none) gets the gateway's certificate and its HTTP
+    rules, as before passthrough existed; nothing is counted refused."""
+    before = sum(edge.secure.refused(r) for r in ("no_route", "bad_client_hello"))
+    with tls_connect(edge.secure, server_name, edge.gateway_cert) as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"web"), answer
+    assert sum(edge.secure.refused(r) for r in ("no_route", "bad_client_hello")) == before
+
+
+@pytest.mark.usefixtures("settled")
+def test_plaintext_http_still_works_on_a_gateway_with_passthrough(edge: Edge) -> None:
+    assert http_get(f"http://127.0.0.1:{edge.plain.port}/", {"Host": "shop.example.com"}) == (
+        200, b"web")
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("https", [False, True], ids=["plain", "https"])
+def test_a_destination_that_is_an_http_service_is_refused(edge: Edge, https: bool) -> None:
+    """`web` speaks HTTP: its sidecar would refuse `ami-tcp`, so the gateway closes the
+    connection itself, `protocol_mismatch`, and says so in its log at each push."""
+    gw = edge.secure if https else edge.plain
+    before = gw.refused("protocol_mismatch")
+    with pytest.raises(OSError):
+        tls_connect(gw, "web.example.com", edge.app_ca)
+    wait_for(lambda: gw.refused("protocol_mismatch") > before, TIMEOUT, "protocol_mismatch")
+    assert "gateway passthrough to web (web.example.com): an HTTP service" in gw.proc.output()
+
+
+class RawHandshake:
+    """A TLS client driven by hand over a raw socket, so its ClientHello can be cut up."""
+
+    def __init__(self, gw: Gw, server_name: str, trust: Issued) -> None:
+        ctx = ssl.create_default_context(cadata=trust.cert_pem.decode())
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+        self.sock = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with pytest.raises(ssl.SSLWantReadError):
+            self.tls.do_handshake()
+        self.hello = self.outgoing.read()
+
+    def finish(self) -> None:
+        """The rest of the handshake, in whole reads and writes."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            self.flush()
+            chunk = self.sock.recv(65536)
+            assert chunk, "the gateway closed during the handshake"
+            self.incoming.write(chunk)
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while True:
+            try:
+                data = self.tls.read(65536)
+                break
+            except ssl.SSLWantReadError:
+                self.incoming.write(self.sock.recv(65536))
+        return data
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("https", [False, True], ids=["plain", "https"])
+@pytest.mark.parametrize("records", ["one record", "1-byte records"])
+def test_a_client_hello_sent_byte_by_byte_is_relayed_whole(edge: Edge, https: bool,
+                                                           records: str) -> None:
+    """The ClientHello a byte per send (TCP may deliver it in as many reads), in one record
+    or re-cut into records of one byte each: the gateway waits for all of it and relays it
+    unchanged: the handshake with the app completes and verifies."""
+    gw = edge.secure if https else edge.plain
+    client = RawHandshake(gw, "db.example.com", edge.app_ca)
+    hello = client.hello
+    if records != "one record":
+        hello = in_records(message_of(hello), [1] * len(hello))
+    with client.sock:
+        for i in range(len(hello)):
+            client.sock.sendall(hello[i:i + 1])
+        client.finish()
+        assert client.line() == b"sni db.example.com\n"
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("https", [False, True], ids=["plain", "https"])
+@pytest.mark.parametrize(("what", "sent"), [
+    ("a record that is not TLS", b"\x16\x07\x00\x00\x05hello"),
+    ("an alert before the hello ended",
+     b"\x16\x03\x01\x00\x0e\x01\x00\x01\x00" + bytes(10) + b"\x15\x03\x01\x00\x02\x02\x28"),
+    ("a record over 16 KiB", b"\x16\x03\x01\x7f\xff" + b"x" * 100),
+    ("a ClientHello of 1 MiB", b"\x16\x03\x01\x00\x04\x01\x10\x00\x00" + b"x" * 1000),
+    ("garbage in the hello", b"\x16\x03\x01\x00\x10" + b"\x01\x00\x00\x0c" + b"\xff" * 12),
+])
+def test_a_bad_client_hello_is_closed_and_counted(edge: Edge, https: bool, what: str,
+                                                  sent: bytes) -> None:
+    """Closed as soon as the bytes show it is no ClientHello to route (an oversized one
+    before it is held), counted `bad_client_hello`; the app is never dialled."""
+    gw = edge.secure if https else edge.plain
+    before, handshakes = gw.refused("bad_client_hello"), edge.app.output().count("handshake")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT) as sock:
+        sock.sendall(sent)
+        assert closed_by_peer(sock)
+    wait_for(lambda: gw.refused("bad_client_hello") > before, TIMEOUT, "bad_client_hello")
+    assert edge.app.output().count("handshake") == handshakes
+
+
+@pytest.mark.usefixtures("settled")
+@pytest.mark.parametrize("https", [False, True], ids=["plain", "https"])
+@pytest.mark.parametrize("sent", ["half a ClientHello", "a record header"])
+def test_a_slow_client_hello_is_closed_at_the_header_timeout(edge: Edge, https: bool,
+                                                             sent: str) -> None:
+    """Slowloris on the ClientHello: closed once --header-timeout has passed, never before,
+    counted and logged `request_timeout`."""
+    gw = edge.secure if https else edge.plain
+    before = gw.refused("request_timeout")
+    start = time.monotonic()  # before the connection: before the gateway can start its timer
+    hello = RawHandshake(gw, "db.example.com", edge.app_ca)
+    part = hello.hello[:len(hello.hello) // 2] if sent == "half a ClientHello" else \
+        hello.hello[:5]
+    with hello.sock as sock:
+        sock.settimeout(HEADER_TIMEOUT + TIMEOUT)
+        cpu = cpu_seconds(gw.proc)
+        sock.sendall(part)
+        assert closed_by_peer(sock)
+        assert time.monotonic() - start >= HEADER_TIMEOUT * 0.9  # not before its time
+    # Waiting for the rest took no CPU: the HTTPS gateway peeks without consuming, and a
+    # socket with peeked bytes stays readable, so a plain wait would have spun all along.
+    assert cpu_seconds(gw.proc) - cpu < HEADER_TIMEOUT / 4
+    wait_for(lambda: gw.refused("request_timeout") > before, TIMEOUT, "request_timeout")
+    assert any(line["reason"] == "request_timeout" and line["protocol"] == "TLS"
+               for line in gw.log_lines())
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_client_that_closes_mid_hello_is_counted(edge: Edge) -> None:
+    for gw in (edge.plain, edge.secure):
+        hello = RawHandshake(gw, "db.example.com", edge.app_ca)
+        before = gw.refused("bad_client_hello")
+        with hello.sock as sock:
+            sock.sendall(hello.hello[:40])
+            sock.shutdown(socket.SHUT_WR)
+            assert closed_by_peer(sock)
+        wait_for(lambda gw=gw, before=before: gw.refused("bad_client_hello") > before,
+                 TIMEOUT, "bad_client_hello")
+
+
+def test_gateway_resource_errors_name_the_field() -> None:
+    """Istio refuses two servers claiming one name; so does the Gateway: within one resource
+    and across the Gateways of a namespace (a gateway gets them all)."""
+    from meshctl.api.errors import ValidationError
+    from meshctl.api.resources import load_documents, validate_set
+
+    head = "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: %s}\nspec:\n"
+    with pytest.raises(ValidationError) as caught:
+        load_documents(head % "a" + "  listen: 0.0.0.0:8443\n  passthrough:\n"
+                       "    - {sniHosts: [db.example.com], destination: db}\n"
+                       "    - {sniHosts: ['*.example.com', db.example.com], destination: b}\n",
+                       "gw.yaml")
+    assert str(caught.value) == (
+        "gw.yaml doc 1: spec.passthrough[1].sniHosts[1]: db.example.com is already listed at "
+        "spec.passthrough[0].sniHosts[0]: each server name pattern may appear once (which "
+        "entry takes it would be ambiguous)")
+    docs = [*load_documents(head % "a" + "  listen: 0.0.0.0:8443\n  passthrough:\n"
+                            "    - {sniHosts: [db.example.com], destination: db}\n", "a.yaml"),
+            *load_documents(head % "b" + "  listen: 0.0.0.0:9443\n  passthrough:\n"
+                            "    - {sniHosts: [x.example.com, db.example.com], "
+                            "destination: db2}\n", "b.yaml")]
+    assert [str(i) for i in validate_set(docs)] == [
+        "b.yaml doc 1: spec.passthrough[0].sniHosts[1]: server name db.example.com is already "
+        "passed through by a Gateway (see Gateway default/a in a.yaml doc 1)"]
+    with pytest.raises(ValidationError, match=r"spec.rules: field is required \(or "
+                                              r"passthrough, or both\)"):
+        load_documents(head % "c" + "  listen: 0.0.0.0:8443\n", "c.yaml")
+    with pytest.raises(ValidationError, match=r"spec.passthrough\[0\].sniHosts\[0\]: invalid "
+                                              r"value 'db\.\*\.com'"):
+        load_documents(head % "d" + "  listen: 0.0.0.0:8443\n  passthrough:\n"
+                       "    - {sniHosts: ['db.*.com'], destination: db}\n", "d.yaml")
