@@ -142,7 +142,9 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
     "Gateway": [
         ("LISTEN", lambda d: str(_spec(d).get("listen", ""))),
         ("DESTINATIONS", lambda d: _joined(dict.fromkeys(
-            r.get("destination") for r in _spec(d).get("rules") or [])))],
+            r.get("destination") for r in _spec(d).get("rules") or []))),
+        ("PASSTHROUGH", lambda d: _joined(dict.fromkeys(
+            r.get("destination") for r in _spec(d).get("passthrough") or [])))],
     "ExternalService": [
         ("HOSTS", lambda d: _joined(_spec(d).get("hosts") or [])),
         ("PORTS", lambda d: _joined(f"{p.get('number')}/{p.get('protocol')}"

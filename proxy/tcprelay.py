@@ -65,7 +65,7 @@ class TcpSession:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.stats = stats
         self.client = client  # the caller's sidecar (else the destination's)
-        self.listener = listener  # for the access log: tcp_upstream | outbound | inbound
+        self.listener = listener  # access log: tcp_upstream | outbound | inbound | gateway
         self.start = loop.time()
         self.app: asyncio.Transport | None = None
         self.mesh: asyncio.Transport | None = None

@@ -124,6 +124,16 @@ def with_rule(**rule: Any) -> dict[str, Any]:
      "spec": {"tracing": {"sampling": 1.5}}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:70000", "rules": [
         {"destination": "web"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443"}},  # no rules, no passthrough
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": []}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
+        {"sniHosts": [], "destination": "db"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
+        {"sniHosts": ["db.*.example.com"], "destination": "db"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
+        {"sniHosts": ["db.example.com"]}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
+        {"sniHosts": ["db.example.com"], "destination": "db", "port": 443}]}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"from": [{}]}]}},
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {"mode": "OFF"}}},
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {"mode": "strict"}}},
@@ -203,6 +213,8 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "PeerAuthentication",
      "spec": {"selector": {"service": "legacy"}, "mtls": {"mode": "UNSET"}}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
+        {"sniHosts": ["db.example.com", "*.apps.example.com", "*"], "destination": "db"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},
     with_rule(rewrite={"uri": "/", "authority": "reviews.internal:9080"}),
     with_rule(rewrite={"uri": "/caf%C3%A9/a;b=1,c@d:e!$&'()*+~_.-"}),

@@ -139,3 +139,15 @@ def test_summary_names_the_peers_whose_xfcc_is_kept() -> None:
     assert (f"XFCC kept from:  {ids[0]}, {ids[1]} (gateways, MeshConfig trustedXfccIdentities)"
             in rendered({"trustedXfccIdentities": ids}))
     assert not any(line.startswith("XFCC") for line in rendered({}))
+
+
+def test_summary_lists_the_gateways_tls_passthrough() -> None:
+    snap = Snapshot.from_dict({"node": {"service": "gateway"}, "gateway": {
+        "rules": [{"destination": "web"}],
+        "passthrough": [{"sniHosts": ["db.example.com", "*.db.example.com"],
+                         "destination": "db"}]}})
+    lines = render({"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
+                    "listeners": {}}).splitlines()
+    block = lines[lines.index("GATEWAY TLS PASSTHROUGH") + 1:]
+    assert block[0].split() == ["SNI", "HOSTS", "DESTINATION"]
+    assert block[1].split() == ["db.example.com,*.db.example.com", "db"]

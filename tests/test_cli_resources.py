@@ -31,6 +31,7 @@ metadata: {name: ingress, namespace: edge}
 spec:
   listen: 0.0.0.0:8080
   rules: [{destination: productpage}]
+  passthrough: [{sniHosts: [db.example.com], destination: db}]
 """
 PEER_AUTHENTICATIONS = """apiVersion: ami.mesh/v1alpha1
 kind: PeerAuthentication

@@ -119,6 +119,41 @@ def test_gateway_gets_rules_and_unready_proxies_are_not_endpoints() -> None:
     assert "gateway" not in json.loads(builder.build(REVIEWS).data)
 
 
+def test_gateway_gets_the_passthrough_entries_of_every_gateway_of_its_namespace() -> None:
+    """TLS passthrough entries of the namespace's Gateways reach its gateway proxies together
+    (a Gateway with passthrough alone has no HTTP rule), and parse there; another
+    namespace's stay out, and a gateway without any gets no `passthrough` key (its
+    snapshot keeps its bytes)."""
+    docs = load_documents(DOCS + """\
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: tls}
+spec:
+  listen: 0.0.0.0:8443
+  passthrough:
+    - {sniHosts: [db.example.com, "*.apps.example.com"], destination: db}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: elsewhere, namespace: other}
+spec:
+  listen: 0.0.0.0:9443
+  passthrough: [{sniHosts: [x.example.com], destination: x}]
+""", "test.yaml")
+    gw = proxy("gw", "ingress", "v1", 8080, mode="gateway")
+    data = json.loads(SnapshotBuilder(docs, [REVIEWS]).build(gw).data)
+    assert data["gateway"] == {
+        "rules": [{"destination": "productpage"}],
+        "passthrough": [{"sniHosts": ["db.example.com", "*.apps.example.com"],
+                         "destination": "db"}]}
+    entry = Snapshot.from_dict(data).gateway_passthrough[0]
+    assert (entry.sni_hosts, entry.destination) == (("db.example.com", "*.apps.example.com"),
+                                                     "db")
+    plain = json.loads(SnapshotBuilder(resources(), [REVIEWS]).build(gw).data)
+    assert "passthrough" not in plain["gateway"]
+
+
 def test_a_service_whose_sidecars_take_no_traffic_is_listed_without_endpoints() -> None:
     """An idle sidecar (unready, or its app not serving) keeps its service known, with no
     endpoint, so callers get 503 no_healthy_upstream rather than 404 no_route; a gateway

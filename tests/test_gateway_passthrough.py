@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import pytest
 from cryptography import x509
 
 from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
     MeshProcess,
     all_synced,
     free_port,
@@ -464,3 +467,36 @@ def test_gateway_resource_errors_name_the_field() -> None:
                                               r"value 'db\.\*\.com'"):
         load_documents(head % "d" + "  listen: 0.0.0.0:8443\n  passthrough:\n"
                        "    - {sniHosts: ['db.*.com'], destination: db}\n", "d.yaml")
+
+
+def meshctl(edge: Edge, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AMI_TOKEN": edge.cp.info["token"]}
+    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", edge.cp.info["api"],
+                           *argv], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=60)
+
+
+def test_meshctl_check_and_apply_say_which_destination_is_no_tcp_service(
+        edge: Edge, tmp_path: Path) -> None:
+    """`meshctl apply` of the Gateway warns of web (an HTTP service); `meshctl check` has a
+    line per passthrough entry: db (a TCP service) ok, web and a service without sidecars
+    warned."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(GATEWAY + "    - sniHosts: [gone.example.com]\n      destination: gone\n")
+    done = meshctl(edge, "apply", "-f", str(path))
+    assert done.returncode == 0 and done.stdout == "gateway.ami.mesh/edge configured\n", done
+    assert done.stderr == (
+        "warning: Gateway default/edge: spec.passthrough[1].destination web is an HTTP "
+        "service, whose sidecars refuse passed-through TLS: the gateway closes those "
+        "connections (protocol_mismatch; see docs/resources.md#gateway)\n")
+    done = meshctl(edge, "check")
+    section = done.stdout.split("Gateway TLS passthrough\n")[1].splitlines()
+    checks = [line for line in section if line.startswith("  ") and "hint:" not in line]
+    assert len(checks) == 3, done.stdout
+    assert checks[0].endswith("Gateway default/edge passthrough[0] → db: a TCP service")
+    assert "passthrough[1] → web: web is an HTTP service" in checks[1]
+    assert "(protocol_mismatch)" in checks[1]
+    assert "passthrough[2] → gone: no sidecar of gone is registered" in checks[2]
+    assert "Passed with warnings." in done.stdout
+    path.write_text(GATEWAY)
+    assert meshctl(edge, "apply", "-f", str(path)).returncode == 0

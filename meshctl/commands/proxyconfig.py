@@ -70,6 +70,12 @@ def render(dump: dict[str, Any]) -> str:
     gateway = snap.get("gateway_rules") or []
     if gateway:
         lines += ["", "GATEWAY RULES", _gateway(gateway).rstrip("\n")]
+    passthrough = snap.get("gateway_passthrough") or []
+    if passthrough:
+        rows = [(",".join(p.get("sni_hosts") or []), str(p.get("destination")))
+                for p in passthrough]
+        lines += ["", "GATEWAY TLS PASSTHROUGH",
+                  output.render_table(("SNI HOSTS", "DESTINATION"), rows).rstrip("\n")]
     authentication = snap.get("authentication") or []
     if authentication:
         issuers = list(dict.fromkeys(  # an issuer may have rules in several policies

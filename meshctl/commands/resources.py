@@ -241,20 +241,23 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 def _tcp_route_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
-    """Applied Routes of TCP services with fields their connections never see; the proxies
-    are asked which services are TCP only when some Route has such a field."""
-    from meshctl.api.kinds import RouteSpec
+    """Applied Routes of TCP services with fields their connections never see, and Gateway
+    passthrough entries to HTTP services; the proxies are asked which services are TCP only
+    when some Route has such a field or some Gateway passes TLS through."""
+    from meshctl.api.kinds import GatewaySpec, RouteSpec
     from meshctl.api.rules import http_only_fields
-    from meshctl.observe.checks import tcp_route_warnings
+    from meshctl.observe.checks import passthrough_warnings, tcp_route_warnings
 
     routes = [r for r in resources
               if isinstance(r.spec, RouteSpec) and http_only_fields(r.spec.rules)]
-    if not routes:
+    gateways = [r for r in resources if isinstance(r.spec, GatewaySpec) and r.spec.passthrough]
+    if not routes and not gateways:
         return []
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
         return []
-    return tcp_route_warnings(routes, list(answer.get("proxies") or []))
+    proxies = list(answer.get("proxies") or [])
+    return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies)]
 
 
 def _error_text(answer: Any) -> str:

@@ -25,7 +25,7 @@ from aiohttp import web
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
 from meshctl.observe.admincall import AdminCaller
-from meshctl.observe.checks import Group, all_checks, tcp_route_checks
+from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_route_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
@@ -107,9 +107,11 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         store = request.app[STORE]
         errors = [{"source": e.source, "message": e.message} for e in store.errors()]
         routes = [o.resource for o in await store.list("Route")]
+        gateways = [o.resource for o in await store.list("Gateway")]
         peer_auths = [o.resource for o in await store.list("PeerAuthentication")]
         meshes = [o.resource for o in await store.list("MeshConfig")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
+                  *passthrough_checks(gateways, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})

@@ -193,6 +193,51 @@ def tcp_route_warnings(routes: list[Any], proxies: list[dict[str, Any]]) -> list
             for r, ignored in _tcp_routes(routes, proxies) if ignored]
 
 
+def _passthrough_entries(gateways: list[Any], proxies: list[dict[str, Any]]
+                         ) -> list[tuple[Any, int, str, str]]:
+    """(Gateway, entry index, destination, state) for each TLS passthrough entry: state
+    `tcp`, `http` (its sidecars speak HTTP: they refuse `ami-tcp`, the gateway closes the
+    connections `protocol_mismatch`) or `none` (no sidecar registered: `no_route`)."""
+    tcp = tcp_services(proxies)
+    known = {str(p["service"]) for p in proxies
+             if p.get("mode", "sidecar") == "sidecar" and p.get("service")}
+    return [(g, i, e.destination, "tcp" if e.destination in tcp
+             else "http" if e.destination in known else "none")
+            for g in sorted(gateways, key=lambda g: (g.namespace, g.name))
+            for i, e in enumerate(g.spec.passthrough)]
+
+
+def passthrough_checks(gateways: list[Any], proxies: list[dict[str, Any]]) -> list[Group]:
+    """One check per Gateway TLS passthrough entry: its destination must be a TCP service
+    (``gateways``: Resources with a GatewaySpec); no group without any entry."""
+    checks = []
+    for gateway, i, destination, state in _passthrough_entries(gateways, proxies):
+        name = f"Gateway {gateway.namespace}/{gateway.name} passthrough[{i}] → {destination}"
+        if state == "tcp":
+            checks.append(Check(name, "ok", "a TCP service"))
+        elif state == "http":
+            checks.append(Check(
+                name, "warn", f"{destination} is an HTTP service: its connections are closed "
+                "(protocol_mismatch)", f"run {destination}'s sidecars with --app-protocol tcp "
+                "(its app terminates TLS itself), or route HTTPS to it with a Gateway rule "
+                "and --gateway-cert instead"))
+        else:
+            checks.append(Check(
+                name, "warn", f"no sidecar of {destination} is registered: its connections "
+                "are closed (no_route)", f"start {destination}'s sidecars with "
+                "--app-protocol tcp, or fix the destination's name"))
+    return [Group("Gateway TLS passthrough", tuple(checks))] if checks else []
+
+
+def passthrough_warnings(gateways: list[Any], proxies: list[dict[str, Any]]) -> list[str]:
+    """``meshctl apply``'s warnings: applied passthrough entries whose destination's sidecars
+    speak HTTP."""
+    return [f"Gateway {g.namespace}/{g.name}: spec.passthrough[{i}].destination {dest} is an "
+            "HTTP service, whose sidecars refuse passed-through TLS: the gateway closes those "
+            "connections (protocol_mismatch; see docs/resources.md#gateway)"
+            for g, i, dest, state in _passthrough_entries(gateways, proxies) if state == "http"]
+
+
 def all_checks(proxies: list[dict[str, Any]], errors: list[dict[str, Any]], now: float
                ) -> list[Group]:
     """Every group after "control plane reachable" (which only the client can judge)."""
