@@ -40,13 +40,16 @@ REASONS: dict[str, tuple[int, str]] = {
                                    "or during its body"),
     "tls_in_tunnel": (400, "TLS inside a CONNECT tunnel to a mesh service: the mesh does the "
                            "TLS, the app speaks plaintext to its sidecar"),
+    "bad_client_hello": (0, "a TLS connection to the gateway whose ClientHello could not be "
+                            "read (malformed, over 16 KiB, or cut off): closed"),
     "idle_timeout": (0, "a TCP service's connection moved no byte either way for its "
                         "DestinationPolicy connectionPool.tcpIdleTimeout (1h by default): "
                         "closed at both apps"),
 }
 
 # Reasons that end a connection without any answer (logs and metrics only: response_code 0).
-NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel", "idle_timeout"})
+NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel", "idle_timeout",
+                      "bad_client_hello"})
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
