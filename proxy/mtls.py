@@ -5,7 +5,9 @@ the first byte and takes TLS (0x16, a handshake record) or plaintext on the same
 is plaintext. The mode is read per connection, so a push changing it needs no rebind. The
 gateway's HTTPS listener is always STRICT, with a server certificate and no client one; the
 admin listener is PERMISSIVE once the proxy has an identity (mTLS for the control plane,
-plaintext for probes and Prometheus), with protocols of its own.
+plaintext for probes and Prometheus), with protocols of its own. With TLS passthrough entries,
+the HTTPS gateway first peeks at the ClientHello (proxy.hellopeek): a connection an entry takes
+is handed over in plaintext, to be relayed untouched (proxy.tlspassthrough).
 Connections still in their handshake count against the listener's connection limit.
 """
 

@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -500,3 +501,41 @@ def test_meshctl_check_and_apply_say_which_destination_is_no_tcp_service(
     assert "Passed with warnings." in done.stdout
     path.write_text(GATEWAY)
     assert meshctl(edge, "apply", "-f", str(path)).returncode == 0
+
+
+def test_meshctl_tap_shows_passed_through_connections(edge: Edge) -> None:
+    """`meshctl tap db` streams each connection the gateway passed through, as it ends, with
+    the server name and the bytes each way (as an app's connection to a TCP service)."""
+    stop = threading.Event()
+
+    def connections() -> None:
+        while not stop.is_set():
+            with tls_connect(edge.plain, "db.example.com", edge.app_ca) as tls:
+                echo_through(tls, "db.example.com")
+
+    env = {**os.environ, "AMI_TOKEN": edge.cp.info["token"]}
+    tap = subprocess.Popen([PYTHON, "-m", "meshctl", "--control-plane", edge.cp.info["api"],
+                            "tap", "db", "-o", "json"], stdout=subprocess.PIPE, text=True,
+                           env=env, cwd=ROOT)
+    sender = threading.Thread(target=connections, daemon=True)
+    deadline = threading.Timer(30, tap.kill)  # ends the blocking reads below if need be
+    sender.start()
+    deadline.start()
+    try:
+        assert tap.stdout is not None
+        for line in tap.stdout:
+            event = json.loads(line)
+            if event["proxy"] == "gw-plain":
+                break
+        else:
+            raise AssertionError("no event from the gateway")
+    finally:
+        deadline.cancel()
+        tap.kill()
+        tap.wait(10)
+        stop.set()
+        sender.join(TIMEOUT)
+    assert (event["listener"], event["reporter"], event["authority"], event["source"],
+            event["destination"], event["tls"], event["protocol"], event["reason"]) == (
+        "gateway", "source", "db.example.com", "gateway", "db", "mutual_tls", "TCP", "-")
+    assert event["bytes_received"] > 100_000 and event["bytes_sent"] > 100_000
