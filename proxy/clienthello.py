@@ -7,8 +7,8 @@ tell; and OpenSSL only calls the callback after it has accepted the hello by its
 (TLS 1.2 minimum, its cipher suites, a certificate to offer), while a passed-through
 connection's TLS is the app's business: the gateway must route a hello it would not accept
 itself. It reads only the framing and the `server_name` extension, checking every length
-(RFC 8446 4.1.2 and 5.1, RFC 6066 3), and needs each byte once: a hello cut into 1-byte reads
-or 1-byte records costs no more than one read.
+(RFC 8446 4.1.2 and 5.1, RFC 6066 3), and looks at each byte once however the hello is cut
+(1-byte reads, 1-byte records): its work grows with the hello's size, not with its pieces.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class ClientHello:
 class HelloReader:
     """Fed the connection's first bytes in any pieces, returns the ClientHello once complete.
 
-    Only the handshake message is kept (at most MAX_HELLO bytes); record headers are read as
-    they pass. `needed` is how many bytes, from the first, must have arrived before `feed` can
+    Only the records' payloads are kept (at most MAX_BYTES); their headers are read as they
+    pass. `needed` is how many bytes, from the first, must have arrived before `feed` can
     say more: the caller may wait for that many at once."""
 
     __slots__ = ("_head", "_left", "_message", "_read", "_want")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
     from proxy.exchange import Exchange
     from proxy.routing import Router
+    from proxy.sniroutes import SniRoutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,8 @@ class Listener:
         # inbound in STRICT: a plaintext connection is refused, even one accepted before
         self.plaintext_allowed = True
         self.tcp: Any = None  # inbound: proxy.tcpinbound.TcpInbound while the app is `tcp`
-        # gateway: the snapshot's TLS passthrough table (proxy.sniroutes), None without one
-        self.passthrough: Any = None
+        # gateway: the snapshot's TLS passthrough table, None without one
+        self.passthrough: SniRoutes | None = None
         # gateway: plaintext connections start by telling TLS from HTTP (proxy.tlspassthrough):
         # with passthrough entries, or on the HTTPS gateway (its plaintext ones are relays)
         self.reads_hello = False
