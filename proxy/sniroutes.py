@@ -65,8 +65,12 @@ def build(entries: tuple[Any, ...], targets: Mapping[str, TcpTarget],
     ``targets``: the snapshot's TCP services; ``services``: all its services."""
     if not entries:
         return None
-    from proxy.headers import lookup_service_name
+    from proxy.servicenames import lookup_service_name
     from proxy.tcpclient import find_target
+
+    def namespace_of(key: str) -> str | None:
+        service = services.get(key)
+        return getattr(service, "namespace", None) if service is not None else None
 
     exact: dict[str, SniRoute] = {}
     suffixes: dict[str, SniRoute] = {}
@@ -76,7 +80,7 @@ def build(entries: tuple[Any, ...], targets: Mapping[str, TcpTarget],
         refusal = ""
         if target is None:
             http = (services.get(entry.destination)
-                    or lookup_service_name(services, entry.destination))
+                    or lookup_service_name(services, entry.destination, namespace_of))
             refusal = "protocol_mismatch" if http is not None else "no_route"
             log.warning("gateway passthrough to %s (%s): %s, its connections are closed",
                         entry.destination, ", ".join(entry.sni_hosts),

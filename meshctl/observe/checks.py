@@ -198,11 +198,17 @@ def _passthrough_entries(gateways: list[Any], proxies: list[dict[str, Any]]
     """(Gateway, entry index, destination, state) for each TLS passthrough entry: state
     `tcp`, `http` (its sidecars speak HTTP: they refuse `ami-tcp`, the gateway closes the
     connections `protocol_mismatch`) or `none` (no sidecar registered: `no_route`)."""
+    from meshctl.controlplane.names import ServiceNames
+
     tcp = tcp_services(proxies)
-    known = {str(p["service"]) for p in proxies
-             if p.get("mode", "sidecar") == "sidecar" and p.get("service")}
-    return [(g, i, e.destination, "tcp" if e.destination in tcp
-             else "http" if e.destination in known else "none")
+    names = ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
+                         for p in proxies
+                         if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
+
+    def state(destination: str, namespace: str) -> str:
+        found = names.resolve(destination, namespace)
+        return "none" if found is None else "tcp" if found in tcp else "http"
+    return [(g, i, e.destination, state(e.destination, g.namespace))
             for g in sorted(gateways, key=lambda g: (g.namespace, g.name))
             for i, e in enumerate(g.spec.passthrough)]
 
