@@ -58,8 +58,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         # inbound mTLS peer's id, or a gateway's verified client certificate
         # (--gateway-client-ca, proxy.clientcert); b"" for none.
         self.xfcc_line = b""
-        # A trusted peer's XFCC for the request being parsed (requesthead): set only when one
-        # came and cleared where it is used, so no per-request reset is needed
+        # A trusted peer's XFCC for the request being parsed (requesthead)
         self._xfcc_kept: bytes | None = None
         self.closed = False
         self.draining = False

@@ -71,6 +71,7 @@ def on_message_begin(p: DownstreamProtocol) -> None:
     p._upgrade_value = None
     p._conn_tokens = None
     p._timeout_override = None
+    p._xfcc_kept = None  # (a request refused before _head_tail must not leave its XFCC)
     p._in_head = True
     p._head_bytes = 0
     p._header_budget = p.listener.limits.max_header_bytes
@@ -240,9 +241,8 @@ def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
     if p.xfcc_line:  # (any the client sent was dropped, or kept from a trusted peer)
         if p._xfcc_kept is None:
             tail.append(p.xfcc_line)
-        else:  # (set per request by on_header, so taken back here)
+        else:
             tail.append(appended_xfcc(p._xfcc_kept, p.xfcc_line))
-            p._xfcc_kept = None
     if p._chunked:
         tail.append(b"transfer-encoding: chunked\r\n")
     if upgrade and p._upgrade_value is not None:
