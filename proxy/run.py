@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,27 @@ async def wait_for_identity(installed: asyncio.Event, timeout: float) -> None:
         log.warning("no workload certificate yet: inbound mTLS refused until one arrives")
 
 
+async def start_waits(agent: Any, installed: asyncio.Event) -> None:
+    """The control-plane mode's two bounded start-up waits: first config, first certificate."""
+    await agent.start()
+    await wait_for_identity(installed, agent.first_config_timeout)
+
+
+async def unless_stopped(server: ProxyServer, waits: Coroutine[Any, Any, None]) -> None:
+    """Run ``waits`` unless the server stops first (SIGTERM, SIGINT, /shutdown during them):
+    the signal handler only starts the drain, and a stopping proxy must not sit out ~20 s of
+    waits, then bind its listeners only to close them."""
+    waiting = asyncio.ensure_future(waits)
+    stopped = asyncio.ensure_future(server.stopped.wait())
+    await asyncio.wait((waiting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    ended = waiting.done()
+    for task in (waiting, stopped):
+        task.cancel()
+    await asyncio.gather(waiting, stopped, return_exceptions=True)
+    if ended:
+        waiting.result()  # an error of the waits propagates as before
+
+
 def enable_tracing(server: ProxyServer, flag_endpoint: str | None) -> None:
     """Load OpenTelemetry only once an OTLP endpoint is known (flag, env, or MeshConfig)."""
     installed = False
@@ -138,9 +160,9 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         runner = await start_admin(server, admin.host, admin.port, token=agent.admin_token)
         identity_task, installed = start_identity_agent(server, args, agent)
         probe_task = start_app_probe(server, args, agent)
-        await agent.start()
-        await wait_for_identity(installed, agent.first_config_timeout)
-        await server.start_listeners()
+        await unless_stopped(server, start_waits(agent, installed))
+        if not server.draining:  # a stop during the waits: nothing to bind, only to end
+            await server.start_listeners()
     log.info("admin on %s; ready=%s", admin, server.ready)
     background = [asyncio.create_task(server.run_sweeper())]
     if options.gateway_tls is not None:

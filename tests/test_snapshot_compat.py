@@ -73,9 +73,9 @@ async def wired(tmp_path: Path) -> AsyncIterator[tuple[NewerControlPlane, MeshPr
     try:
         yield control, proxy
     finally:
-        # Killed: this fake serves no certificate, and a SIGTERM would wait out the proxy's
-        # 10 s start-up wait for one (shutdown is tested elsewhere).
-        proxy.kill()
+        # This fake serves no certificate: SIGTERM ends the proxy's wait for one
+        # (tests/test_proxy_startup_stop.py).
+        await asyncio.to_thread(proxy.stop)
         await server.stop(None)
 
 
