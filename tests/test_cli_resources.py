@@ -202,13 +202,15 @@ async def test_delete_by_name_and_by_file(cp: ControlPlane, mesh: Path) -> None:
 
 
 async def test_describe_shows_status_spec_and_proxies(mesh: Path) -> None:
-    """describe prints the object, its conditions and every proxy's sync state (golden)."""
+    """describe prints the object, its conditions and every proxy's sync state and the Ami
+    version it runs, `unknown` when the control plane does not say (golden)."""
     proxies: list[dict[str, Any]] = [{"name": "reviews-v2-1", "service": "reviews", "version": "v2",
-                "configVersion": "c0ffee", "synced": False, "nack": "routes[0]: bad"},
+                "configVersion": "c0ffee", "synced": False, "nack": "routes[0]: bad",
+                "proxyVersion": "0.1.0"},
                {"name": "ratings-v1-1", "service": "ratings", "version": "v1",
-                "configVersion": None, "synced": False, "nack": None},
+                "configVersion": None, "synced": False, "nack": None},  # no proxyVersion
                {"name": "productpage-v1-1", "service": "productpage", "version": "v1",
-                "configVersion": "a1b2c3", "synced": True}]
+                "configVersion": "a1b2c3", "synced": True, "proxyVersion": "0.2.0"}]
     async with control_plane(MemStore(), [fake_proxies(3, proxies)]) as cp:
         await _seed(cp, mesh)
         code, out, _ = await cp.meshctl("describe", "rt", "reviews")

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshctl.api.build import VERSION
 from tests.observe_harness import (
     REPO,
     TOKEN,
@@ -164,11 +165,18 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
                                    "reviews:v1\"] path').getAttribute('class')") == "bad"
         await page.wait_for("document.querySelectorAll('#charts .chart').length >= 2", 10,
                             "charts")
-        # each proxy's app probe, as proxy-status has it
+        # each proxy's app probe and the Ami version it runs, as proxy-status has them
         rows = await page.evaluate("JSON.stringify([...document.querySelectorAll("
-                                   "'#proxies tr')].map(r => r.innerText))")
-        assert any("productpage-v1" in r and "✔ serving" in r for r in json.loads(rows))
-        assert any("ratings-v1" in r and "✘ not serving" in r for r in json.loads(rows))
+                                   "'#proxies tr')].map(r => [...r.children]"
+                                   ".map(c => c.innerText)))")
+        header, *cells = json.loads(rows)
+        listed = {row[0]: dict(zip(header, row, strict=True)) for row in cells}
+        assert listed["productpage-v1"]["app"] == "✔ serving"
+        assert listed["ratings-v1"]["app"] == "✘ not serving"
+        # ratings-v1 reports no version: a proxy built before proxies reported it
+        assert (listed["productpage-v1"]["proxy version"],
+                listed["ratings-v1"]["proxy version"]) == (VERSION, "unknown")
+        assert listed["productpage-v1"]["version"] == "v1"  # still the workload's label
         mesh.extra.clear()
         shot = await page.call("Page.captureScreenshot", format="png")
     OUTPUT.mkdir(exist_ok=True)

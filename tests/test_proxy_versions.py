@@ -172,6 +172,20 @@ def test_proxy_status_shows_the_version_each_proxy_runs(mesh: Mesh,
     assert versions == {current: VERSION, old: OLD}
 
 
+def test_describe_shows_the_version_each_proxy_runs(mesh: Mesh, old_sidecar: MeshProcess) -> None:
+    """`meshctl describe`'s proxy table has PROXY-VERSION as proxy-status does: this build's
+    version for its sidecar, the other build's for its own; VERSION stays the label."""
+    current, old = mesh.current.info["name"], old_sidecar.info["name"]
+    out = mesh.meshctl("describe", "meshconfig", "default")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Proxies (store version"))
+    header, *rows = (line.split() for line in lines[start + 1:])
+    listed = {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+    assert (listed[current]["PROXY-VERSION"], listed[old]["PROXY-VERSION"]) == (VERSION, OLD)
+    assert listed[current]["VERSION"] == listed[old]["VERSION"] == "v1"
+
+
 def test_meshctl_version_counts_proxies_per_version(mesh: Mesh, old_sidecar: MeshProcess) -> None:
     """`meshctl version` prints the client's and the live control plane's versions and the
     connected proxies per version; -o json has the same; --short only the client's."""

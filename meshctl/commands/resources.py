@@ -365,11 +365,14 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
         lines.append(f"Proxies (store version {store_version}): <none>")
     else:
         lines.append(f"Proxies (store version {store_version}):")
+        # VERSION is the workload's label, PROXY-VERSION the Ami version it runs (as in
+        # proxy-status; "unknown" from proxies, or control planes, older than that field)
         rows = [[str(p.get("name", "")), str(p.get("service", "")), str(p.get("version", "")),
-                 str(p.get("configVersion") or "-"), status_word(p)]
+                 str(p.get("proxyVersion") or "unknown"), str(p.get("configVersion") or "-"),
+                 status_word(p)]
                 for p in sorted(proxies, key=lambda p: str(p.get("name", "")))]
         lines += _indent(output.render_table(
-            ["NAME", "SERVICE", "VERSION", "CONFIG-VERSION", "SYNC"], rows))
+            ["NAME", "SERVICE", "VERSION", "PROXY-VERSION", "CONFIG-VERSION", "SYNC"], rows))
     return "\n".join(lines) + "\n"
 
 

@@ -190,10 +190,17 @@ function appState(app) {
   return el("td", { class: "muted" }, "–");
 }
 
+// The Ami version the proxy runs (proxy-status' PROXY-VERSION); "unknown" from a proxy built
+// before proxies reported it, or from an older control plane.
+function proxyVersion(v) {
+  return v && v !== "unknown" ? v : el("td", { class: "muted" }, "unknown");
+}
+
 function drawTables(state) {
-  table("proxies", ["proxy", "service", "version", "app", "synced", "config", "certificate",
-                    "scrape"],
-    state.proxies.map((p) => [p.name, p.service || "", p.version || "", appState(p.app),
+  table("proxies", ["proxy", "service", "version", "proxy version", "app", "synced", "config",
+                    "certificate", "scrape"],
+    state.proxies.map((p) => [p.name, p.service || "", p.version || "",
+      proxyVersion(p.proxyVersion), appState(p.app),
       el("td", { class: p.nack ? "bad" : p.synced ? "ok" : "warn" },
          p.nack ? "NACK: " + p.nack : p.synced ? "✔ synced" : "… pending"),
       String(p.configVersion || "–"), certLeft(p.certExpiry, state.time),
