@@ -1,13 +1,16 @@
 """Names across namespaces at the edges: under `outboundTrafficPolicy: ALLOW_ANY` a bare name
 several namespaces have (none the caller's) is refused, not sent out of the mesh as an outside
-host, and a DestinationPolicy's rate limit applies whatever spelling its host uses. Real
-control plane, sidecars and apps (mTLS on): a service `localhost` in namespaces a and b (a
-name the machine also resolves, so a leak would reach the outside server), `api` in b with a
-rate limit written as its FQDN, and a caller in c."""
+host, a DestinationPolicy's rate limit applies whatever spelling its host uses, and `meshctl
+check` and `apply` warn of one that no sidecar enforces. Real control plane, sidecars and apps
+(mTLS on): a service `localhost` in namespaces a and b (a name the machine also resolves, so a
+leak would reach the outside server), `api` in b with a rate limit written as its FQDN, and a
+caller in c."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from typing import Any
 import pytest
 
 from tests.helpers_mesh import (
+    PYTHON,
+    ROOT,
     MeshProcess,
     all_synced,
     http_get,
@@ -63,7 +68,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         procs += [*sidecars, caller]
         wait_for(lambda: all_synced(cp, {p.info["name"] for p in [*sidecars, caller]}), 30,
                  "all proxies synced")
-        yield {"outbound": caller.info["outbound"],
+        yield {"outbound": caller.info["outbound"], "cp": cp,
                "outside_port": int(outside.info["address"].rpartition(":")[2])}
     finally:
         for proc in reversed(procs):
@@ -110,3 +115,66 @@ def test_the_rate_limit_applies_to_a_policy_naming_the_service_by_its_fqdn(
     wait_for(lambda: call(mesh, "api.b")[0] == 200, 20, "b's api reachable")  # the token
     status, body = call(mesh, "api.b")
     assert (status, b"rate_limited" in body) == (429, True), body
+
+
+# Rate limits no sidecar enforces: only the service's own namespace's policy counts.
+IGNORED_LIMITS = "".join(f"""---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  host: {host}
+  rateLimit: {{requestsPerSecond: 5}}
+""" for name, ns, host in [("api-b", "c", "api.b"), ("api", "a", "api"),
+                           ("localhost", "c", "localhost"), ("github", "c", "api.github.com")])
+
+
+def meshctl(mesh: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
+    cp = mesh["cp"]
+    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "AMI_TOKEN": cp.info["token"]})
+
+
+def test_check_and_apply_warn_of_a_rate_limit_no_sidecar_enforces(
+        mesh: dict[str, Any], tmp_path: Path) -> None:
+    """A rateLimit in c's policy for `api.b`, in a's for `api` (a has none: b's), in c's for
+    `localhost` (a's and b's: neither) and for an outside host is ignored: `meshctl apply`
+    applies them and warns of each, `meshctl check` warns of each (exit 0) and says b's own
+    policy (its host the FQDN) is enforced."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(IGNORED_LIMITS)
+    try:
+        done = meshctl(mesh, "apply", "-f", str(path))
+        assert done.returncode == 0, done.stderr
+        warnings = {line.split(":")[1].strip(): line for line in done.stderr.splitlines()}
+        assert set(warnings) == {"DestinationPolicy c/api-b", "DestinationPolicy a/api",
+                                 "DestinationPolicy c/localhost", "DestinationPolicy c/github"}
+        assert all(line.startswith("warning: ") and "spec.rateLimit is not enforced" in line
+                   for line in warnings.values()), done.stderr
+        assert ("api.b is service api of namespace b, whose sidecars enforce only namespace "
+                "b's own DestinationPolicy's rateLimit; set rateLimit in a DestinationPolicy "
+                "of namespace b (host: api)") in warnings["DestinationPolicy c/api-b"]
+        assert ("api is service api of namespace b (namespace a has none)"
+                in warnings["DestinationPolicy a/api"])
+        assert ("localhost names no service from namespace c"
+                in warnings["DestinationPolicy c/localhost"])
+        assert ("api.github.com is a host outside the mesh, which has no sidecar to enforce a "
+                "rate limit" in warnings["DestinationPolicy c/github"])
+
+        done = meshctl(mesh, "check")
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        start = lines.index("Rate limits") + 1
+        group = lines[start:next(i for i in range(start, len(lines))
+                                 if not lines[i].startswith(" "))]
+        marks = {line.split(" rateLimit")[0]: line for line in group
+                 if not line.startswith("    hint: ")}
+        assert set(marks) == {"  ✔ DestinationPolicy b/api", "  ‼ DestinationPolicy a/api",
+                              "  ‼ DestinationPolicy c/api-b", "  ‼ DestinationPolicy c/github",
+                              "  ‼ DestinationPolicy c/localhost"}, done.stdout
+        assert "hint: set rateLimit in a DestinationPolicy of namespace b (host: api)" in (
+            done.stdout)
+        assert "Passed with warnings." in done.stdout
+    finally:
+        assert meshctl(mesh, "delete", "-f", str(path)).returncode == 0

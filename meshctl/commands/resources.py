@@ -235,29 +235,38 @@ def run_apply(args: argparse.Namespace) -> int:
         return 1
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
         print(f"{object_ref(result['kind'], result['name'])} {result['result']}")
-    for warning in _tcp_route_warnings(client, resources):
+    for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def _tcp_route_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
-    """Applied Routes of TCP services with fields their connections never see, and Gateway
-    passthrough entries to HTTP services; the proxies are asked which services are TCP only
-    when some Route has such a field or some Gateway passes TLS through."""
+def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
+    """Applied Routes of TCP services with fields their connections never see, Gateway
+    passthrough entries to HTTP services, and DestinationPolicy rate limits no sidecar
+    enforces; the proxies are asked which services are TCP (and where services live) only
+    when some Route has such a field, some Gateway passes TLS through or some policy has a
+    rateLimit."""
     from meshctl.api.kinds import GatewaySpec, RouteSpec
+    from meshctl.api.policy import DestinationPolicySpec
     from meshctl.api.rules import http_only_fields
     from meshctl.observe.checks import passthrough_warnings, tcp_route_warnings
+    from meshctl.observe.ratelimitchecks import rate_limit_warnings
 
     routes = [r for r in resources
               if isinstance(r.spec, RouteSpec) and http_only_fields(r.spec.rules)]
     gateways = [r for r in resources if isinstance(r.spec, GatewaySpec) and r.spec.passthrough]
-    if not routes and not gateways:
+    limited = [r for r in resources if isinstance(r.spec, DestinationPolicySpec)
+               and r.spec.policy.rate_limit is not None]
+    if not routes and not gateways and not limited:
         return []
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
-        return []
+        # Without the registry a rate limit for another namespace's service (`api.b`) is
+        # still known by its host's form; the other warnings need the registry.
+        return rate_limit_warnings(limited, [])
     proxies = list(answer.get("proxies") or [])
-    return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies)]
+    return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
+            *rate_limit_warnings(limited, proxies)]
 
 
 def _error_text(answer: Any) -> str:

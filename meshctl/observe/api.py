@@ -29,6 +29,7 @@ from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_ro
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
+from meshctl.observe.ratelimitchecks import rate_limit_checks
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
 from meshctl.observe.tapfanin import tap_many, top_rows
 
@@ -110,8 +111,9 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         gateways = [o.resource for o in await store.list("Gateway")]
         peer_auths = [o.resource for o in await store.list("PeerAuthentication")]
         meshes = [o.resource for o in await store.list("MeshConfig")]
+        policies = [o.resource for o in await store.list("DestinationPolicy")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
-                  *passthrough_checks(gateways, body),
+                  *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
