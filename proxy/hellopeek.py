@@ -6,8 +6,9 @@ nothing had been read, and one that an entry takes is handed over in plaintext t
 Peeked bytes keep the socket readable, so waiting for more cannot use readability alone (that
 would spin): SO_RCVLOWAT makes the kernel report the socket readable only once the bytes the
 reader needs next are all there (or the client closed), so a ClientHello sent a byte at a time
-costs a wake-up per record, not per byte. The whole look is bounded by --header-timeout, the
-handshake's own deadline, and the ClientHello by proxy.clienthello's size limit.
+costs a wake-up per record, not per byte. The look and a handshake after it share one
+deadline, --header-timeout from the accept (the acceptor gives the handshake what is left), and
+the ClientHello is bounded by proxy.clienthello's size limit.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
 TERMINATE, RELAY, CLOSED = "terminate", "relay", "closed"
 
 
-async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener) -> str:
+async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
+                     deadline: float) -> str:
     """TERMINATE (no entry takes it, or it is no TLS: the handshake decides), RELAY (an
-    entry with a TCP service takes it), or CLOSED (refused and counted, or gone)."""
+    entry with a TCP service takes it), or CLOSED (refused and counted, or gone); no
+    complete ClientHello by ``deadline`` (loop time) is CLOSED, `request_timeout`."""
     loop = listener.loop
     start = loop.time()
     client = _peer(conn)
@@ -37,7 +40,7 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener)
     seen = 0
     sni: str | None = None
     try:
-        async with asyncio.timeout(listener.limits.header_timeout):
+        async with asyncio.timeout_at(deadline):
             while True:
                 try:
                     data = conn.recv(reader.needed, socket.MSG_PEEK)

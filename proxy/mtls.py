@@ -133,25 +133,33 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
+        handshake_timeout = self.listener.limits.header_timeout
         if use_tls and self.passthrough is not None:
             routes = self.passthrough()
             if routes is not None:
                 from proxy.hellopeek import CLOSED, RELAY, peek_hello
 
-                verdict = await peek_hello(conn, routes, self.listener)  # type: ignore[arg-type]
+                # One deadline for the peek and the handshake after it: a slow client
+                # must not get --header-timeout for each (twice the time to hold a slot).
+                deadline = self.loop.time() + handshake_timeout
+                verdict = await peek_hello(conn, routes, self.listener,  # type: ignore[arg-type]
+                                           deadline)
                 if verdict == CLOSED:
                     conn.close()
                     return
                 # relayed: in plaintext, the ClientHello still unread (proxy.tlspassthrough)
                 use_tls = verdict != RELAY
+                handshake_timeout = deadline - self.loop.time()
         try:
+            if use_tls and handshake_timeout <= 0:
+                raise TimeoutError("no time left for the handshake after the ClientHello")
             # Plaintext: the listener counts the connection from connection_made on (its
             # admit() is the hard limit). TLS: the protocol is made before the handshake, so
             # the connection stays counted here until the handshake ended.
             await self.loop.connect_accepted_socket(
                 self.secure if use_tls else pending.made(self.plain), conn,
                 ssl=contexts.listener if use_tls and contexts else None,
-                ssl_handshake_timeout=self.listener.limits.header_timeout if use_tls else None,
+                ssl_handshake_timeout=handshake_timeout if use_tls else None,
             )
         except (TimeoutError, OSError, ssl.SSLError) as exc:
             # A failed handshake (no cert, another CA, expired, plaintext in STRICT) ends here.

@@ -425,6 +425,30 @@ def test_a_slow_client_hello_is_closed_at_the_header_timeout(edge: Edge, https: 
 
 
 @pytest.mark.usefixtures("settled")
+def test_the_peek_and_the_handshake_after_it_share_the_header_timeout(edge: Edge) -> None:
+    """A ClientHello for a name no entry takes, completed late (at 0.8 x --header-timeout),
+    then a handshake the client never finishes: the HTTPS gateway closes the connection at
+    --header-timeout from the accept, not a whole --header-timeout after the peek ended
+    (1.8 x), and counts a failed handshake."""
+    gw = edge.secure
+    failures = metric_value(gw.metrics(), "ami_tls_handshake_failures_total", listener="gateway")
+    start = time.monotonic()  # before the connection: before the gateway can start its timer
+    client = RawHandshake(gw, "other.example.com", edge.gateway_cert)
+    with client.sock as sock:
+        sock.settimeout(HEADER_TIMEOUT + TIMEOUT)
+        sock.sendall(client.hello[:-1])
+        time.sleep(HEADER_TIMEOUT * 0.8)  # the slow client's pace, not a wait for a condition
+        sock.sendall(client.hello[-1:])
+        assert sock.recv(5)[:1] == b"\x16"  # the gateway's ServerHello: it terminates
+        assert closed_by_peer(sock)  # the client's Finished never comes
+        took = time.monotonic() - start
+    assert HEADER_TIMEOUT * 0.9 <= took < HEADER_TIMEOUT * 1.4, took
+    wait_for(lambda: metric_value(gw.metrics(), "ami_tls_handshake_failures_total",
+                                  listener="gateway") > failures, TIMEOUT,
+             "the failed handshake counted")
+
+
+@pytest.mark.usefixtures("settled")
 def test_a_client_that_closes_mid_hello_is_counted(edge: Edge) -> None:
     for gw in (edge.plain, edge.secure):
         hello = RawHandshake(gw, "db.example.com", edge.app_ca)
