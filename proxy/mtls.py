@@ -118,7 +118,13 @@ class TlsAcceptor:
         use_tls = mode == "STRICT"
         if mode == "PERMISSIVE" and self.tls() is None:
             mode = "DISABLE"  # nothing to offer TLS with yet; plaintext is allowed in PERMISSIVE
+        handshake_timeout = self.listener.limits.header_timeout
+        # One deadline from the accept for what is read before the handshake (PERMISSIVE's
+        # first byte, a passthrough gateway's ClientHello) and the handshake itself: a slow
+        # client must not get --header-timeout for each (twice the time to hold a slot).
+        deadline: float | None = None
         if mode == "PERMISSIVE":
+            deadline = self.loop.time() + handshake_timeout
             first_is_tls = await self._first_byte_is_tls(conn)
             if first_is_tls is None:
                 conn.close()
@@ -133,15 +139,13 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
-        handshake_timeout = self.listener.limits.header_timeout
         if use_tls and self.passthrough is not None:
             routes = self.passthrough()
             if routes is not None:
                 from proxy.hellopeek import CLOSED, RELAY, peek_hello
 
-                # One deadline for the peek and the handshake after it: a slow client
-                # must not get --header-timeout for each (twice the time to hold a slot).
-                deadline = self.loop.time() + handshake_timeout
+                if deadline is None:
+                    deadline = self.loop.time() + handshake_timeout
                 verdict = await peek_hello(conn, routes, self.listener,  # type: ignore[arg-type]
                                            deadline)
                 if verdict == CLOSED:
@@ -149,10 +153,11 @@ class TlsAcceptor:
                     return
                 # relayed: in plaintext, the ClientHello still unread (proxy.tlspassthrough)
                 use_tls = verdict != RELAY
-                handshake_timeout = deadline - self.loop.time()
+        if use_tls and deadline is not None:
+            handshake_timeout = deadline - self.loop.time()
         try:
             if use_tls and handshake_timeout <= 0:
-                raise TimeoutError("no time left for the handshake after the ClientHello")
+                raise TimeoutError("no time left for the handshake after the bytes read before it")
             # Plaintext: the listener counts the connection from connection_made on (its
             # admit() is the hard limit). TLS: the protocol is made before the handshake, so
             # the connection stays counted here until the handshake ended.

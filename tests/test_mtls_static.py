@@ -549,3 +549,32 @@ async def test_sslscan_inbound_listener(mesh: Mesh) -> None:
     accepted = accepted_ciphers(report)
     assert accepted, "the scanner negotiated no cipher at all"
     assert [name for _, name in accepted if not any(m in name for m in AEAD_MARKERS)] == []
+
+
+async def test_permissive_first_byte_and_handshake_share_the_header_timeout(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """PERMISSIVE waits for a client's first byte to tell TLS from plaintext; a client that
+    sends it late (at 0.8 x --header-timeout) and never finishes its handshake is closed at
+    --header-timeout from the accept, not a whole timeout after its first byte (1.8 x)."""
+    header_timeout = 2.0
+    port = free_port()
+    proxy = start_proxy(tmp_path / "permissive-slow", mint(mesh.ca, "reviews"),
+                        {"node": {"service": "reviews"}, "app": "127.0.0.1:9",
+                         "mesh": {"mtls": "PERMISSIVE"}}, inbound=port,
+                        extra=("--header-timeout", str(header_timeout)))
+    try:
+        before = metric_value(await proxy.metrics(), "ami_tls_handshake_failures_total",
+                              listener="inbound")
+        start = time.monotonic()  # before the connection: before the proxy starts its timer
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(header_timeout * 0.8)  # the slow client's pace, not a wait
+        writer.write(b"\x16\x03\x01\x02\x00")  # a TLS record header: the ClientHello begins
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), header_timeout * 3) == b""
+        took = time.monotonic() - start
+        writer.close()
+        assert header_timeout * 0.9 <= took < header_timeout * 1.4, took
+        assert metric_value(await proxy.metrics(), "ami_tls_handshake_failures_total",
+                            listener="inbound") == before + 1
+    finally:
+        proxy.stop()
