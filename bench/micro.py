@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench.amiconf import BENCH_SERVICE, FEATURE_RULES
+from bench.amiconf import BENCH_SERVICE, FEATURE_RULES, NAMED_RULES
 
 REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.encode()
            + b"\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
@@ -75,8 +75,9 @@ def _snapshot(variant: str) -> dict[str, Any]:
                 "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
     snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
                             "listeners": {"outbound": "127.0.0.1:0"}, "services": services}
-    if variant == "features":
-        snap["routes"] = [{"host": BENCH_SERVICE, "rules": FEATURE_RULES}]
+    if variant in ("features", "named"):
+        rules = FEATURE_RULES if variant == "features" else NAMED_RULES
+        snap["routes"] = [{"host": BENCH_SERVICE, "rules": rules}]
     return snap
 
 
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
     parser.add_argument("--variants", default="plain,features,inbound",
                         help="plain (one-hop route by Host), features (route match, timeout, "
-                             "retries), inbound (server side)")
+                             "retries), inbound (server side); also: named (features with "
+                             "the rule named, so counted per rule too)")
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -145,6 +145,9 @@ class RouteConfig:
     # A Route of another namespace than this proxy's: the services its backends name are
     # that namespace's. None: this proxy's own namespace.
     namespace: str | None = None
+    # The Route's metadata.name, sent when one of its rules is named (the `route` label of
+    # the per-rule metrics, proxy.routemetrics); None: the host stands for it.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +243,7 @@ _KNOWN: dict[str, frozenset[str]] = {
                           "protocol", "mtls", "metricsName"}),
     "endpoint": frozenset({"address", "labels", "identity", "locality"}),
     "subset": frozenset({"name", "labels", "policy"}),
-    "route": frozenset({"host", "rules", "namespace"}),
+    "route": frozenset({"host", "rules", "namespace", "name"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules", "passthrough"}),
@@ -444,7 +447,9 @@ def _parse_snapshot(data: object) -> Snapshot:
         with _config_errors():
             rules = parse_rules(rm.get("rules"), f"{rp}.rules")
         namespace = rm.get("namespace")
-        routes[host] = RouteConfig(host, rules, str(namespace) if namespace else None)
+        name = rm.get("name")
+        routes[host] = RouteConfig(host, rules, str(namespace) if namespace else None,
+                                   str(name) if name else None)
     gw_raw = _mapping(raw.get("gateway"), "gateway")
     gateway_rules: tuple[Any, ...] = ()
     if gw_raw.get("rules"):  # none, or [] from a control plane with no Gateway in the namespace

@@ -38,7 +38,6 @@ class Listener:
                  stats: RequestStats, limits: Limits, *, tls: bool = False) -> None:
         self.kind = kind  # outbound | inbound | gateway
         self.loop = loop
-        self.router = router
         self.stats = stats
         self.limits = limits
         self.connections: set[DownstreamProtocol] = set()
@@ -63,6 +62,20 @@ class Listener:
         self.reads_hello = False
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
+        self.use(router)
+
+    def use(self, router: Router) -> None:
+        """Route new requests with ``router`` (one assignment: in-flight ones keep theirs).
+
+        While the router has named rules, this listener's ``record`` is ``record_rules``,
+        which also counts them (proxy.routemetrics); otherwise the class's own, so a mesh
+        without named rules pays nothing per request for per-rule metrics.
+        """
+        self.router = router
+        if router.counts_rules:
+            self.__dict__["record"] = self.record_rules
+        else:
+            self.__dict__.pop("record", None)
 
     def admit(self, conn: DownstreamProtocol) -> bool:
         if len(self.connections) >= self.limits.max_connections:
@@ -94,8 +107,9 @@ class Listener:
         except TimeoutError:
             pass
 
-    def record(self, ex: Exchange) -> None:
-        """Metrics (and the access log line, when on) for one finished request."""
+    def record(self, ex: Exchange) -> float:
+        """Metrics (and the access log line, when on) for one finished request; returns its
+        duration (ms), for ``record_rules``."""
         backend = ex.backend
         duration_ms = (self.loop.time() - ex.start_time) * 1000.0
         conn = ex.downstream
@@ -130,6 +144,15 @@ class Listener:
             self.on_record(self, ex, duration_ms, prefix)
         if ex.trace is not None:
             ex.trace.end(ex)
+        return duration_ms
+
+    def record_rules(self, ex: Exchange) -> None:
+        """``record``, then the request's named rule, if it has one (see ``use``)."""
+        duration_ms = Listener.record(self, ex)
+        decision = ex.decision
+        counter = decision.counter if decision is not None else None
+        if counter is not None:
+            counter.record(ex, duration_ms)  # the same duration as its ami_requests series
 
     def record_rejection(self, conn: DownstreamProtocol, reason: str,
                          destination: str = "unknown") -> None:

@@ -17,18 +17,14 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from meshctl.api.build import PYTHON, VERSION
+from proxy.buckets import BYTES_BUCKETS, DURATION_BUCKETS_MS, DURATION_BUCKETS_S, cumulative
+from proxy.routemetrics import RuleTable
 
 REQUEST_LABELS = (
     "reporter", "source_workload", "source_version", "destination_service",
     "destination_workload", "destination_version", "response_code", "response_flags",
     "connection_security_policy", "grpc_response_status",
 )
-# Istio's default bucket bounds (ms), so Istio dashboards port with a rename and a unit change.
-DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-                       60000, 300000, 600000, 1800000, 3600000)
-# Recorded in milliseconds (Istio's bounds), exposed in seconds (Prometheus' base unit).
-DURATION_BUCKETS_S = tuple(b / 1000.0 for b in DURATION_BUCKETS_MS)
-BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 
 
 class _Series:
@@ -49,7 +45,7 @@ class RequestStats:
     """Counters for every (labels) combination seen; `record` is on the hot path."""
 
     __slots__ = ("_series", "connect_failures", "connections_active", "connections_total",
-                 "counters", "tcp_live", "tcp_tap")
+                 "counters", "rules", "tcp_live", "tcp_tap")
 
     def __init__(self) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
@@ -63,6 +59,8 @@ class RequestStats:
         self.tcp_live: set[Any] = set()
         # the tap's hook for each TCP connection that ends (proxy.tap), None while untapped
         self.tcp_tap: Any = None
+        # named rules' series (ami_route_*), bound to decisions when a snapshot is compiled
+        self.rules = RuleTable()
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
@@ -140,11 +138,12 @@ class _StatsCollector(Collector):
                                            labels=REQUEST_LABELS)
         for labels, s in stats.series():
             requests.add_metric(labels, s.count)
-            duration.add_metric(labels, _cumulative(DURATION_BUCKETS_S, s.dur_buckets),
+            duration.add_metric(labels, cumulative(DURATION_BUCKETS_S, s.dur_buckets),
                                 s.dur_sum / 1000.0)
-            req_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.req_buckets), s.req_sum)
-            resp_bytes.add_metric(labels, _cumulative(BYTES_BUCKETS, s.resp_buckets), s.resp_sum)
+            req_bytes.add_metric(labels, cumulative(BYTES_BUCKETS, s.req_buckets), s.req_sum)
+            resp_bytes.add_metric(labels, cumulative(BYTES_BUCKETS, s.resp_buckets), s.resp_sum)
         yield from (requests, duration, req_bytes, resp_bytes)
+        yield from stats.rules.families()
         active = GaugeMetricFamily("ami_downstream_connections_active",
                                    "Open client connections per listener.", labels=["listener"])
         opened = CounterMetricFamily("ami_downstream_connections",
@@ -199,21 +198,6 @@ _COUNTER_HELP = {
                               "by kind of abuse (premature_reset: rapid reset; "
                               "unread_output: control frames or answers it does not read).",
 }
-
-
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip(bounds, counts, strict=False):
-        running += count
-        out.append((_fmt(bound), running))
-    running += counts[-1]
-    out.append(("+Inf", running))
-    return out
-
-
-def _fmt(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
 class IdentityCollector(Collector):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
     from proxy.pools import EndpointPool, PoolRegistry
+    from proxy.routemetrics import RuleCounter, RuleTable
     from proxy.tcpclient import TcpTarget
 
 Matcher = Callable[["Exchange"], bool]
@@ -97,7 +98,7 @@ class Backend:
 class Decision:
     """A compiled route rule: where matching requests go and what policies apply."""
 
-    __slots__ = ("admit", "backends", "fault", "mirror", "picker", "request_headers",
+    __slots__ = ("admit", "backends", "counter", "fault", "mirror", "picker", "request_headers",
                  "response_header_ops", "retry", "rule", "timeout")
 
     def __init__(self, backends: tuple[Backend, ...], weights: tuple[int, ...],
@@ -113,6 +114,9 @@ class Decision:
         self.request_headers: HeaderEditor | None = None
         self.response_header_ops: HeaderEditor | None = None
         self.admit: Callable[[Exchange], Any] | None = None
+        # A named rule's per-rule metrics (caller's side), read only by a listener whose
+        # router has some (Router.counts_rules)
+        self.counter: RuleCounter | None = None
 
     def pick_backend(self) -> Backend:
         if self.picker is None:
@@ -162,15 +166,19 @@ class ExternalHostRoute(HostRoute):
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "egress", "source", "tcp")
+    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "counts_rules", "egress",
+                 "source", "tcp")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
                  egress: Egress | None = None,
                  source: tuple[str, str] = ("unknown", "unknown"),
                  namespaces: Mapping[str, str] | None = None,
-                 tcp: Mapping[str, TcpTarget] | None = None) -> None:
+                 tcp: Mapping[str, TcpTarget] | None = None, counts_rules: bool = False) -> None:
         self._hosts = hosts
+        # Some decision has a named rule's counter: the listener records through it
+        # (Listener.use); False, its requests pay nothing for per-rule metrics.
+        self.counts_rules = counts_rules
         # TCP services (outbound): `CONNECT db:5432` to one is a byte tunnel (proxy.tcpclient)
         self.tcp = tcp or {}
         self._namespaces = namespaces or {}  # mesh service -> its namespace (outbound)
@@ -248,7 +256,7 @@ class RouterBuilder:
     def __init__(self, snapshot: Snapshot, pools: PoolRegistry, rng: random.Random,
                  compile_matches: Callable[[Any], Matcher | None],
                  destinations: DestinationRegistry, inbound_policy: Any = None,
-                 gateway_policy: Any = None) -> None:
+                 gateway_policy: Any = None, rules: RuleTable | None = None) -> None:
         self.snapshot = snapshot
         self.pools = pools
         self.rng = rng
@@ -258,6 +266,8 @@ class RouterBuilder:
         self.gateway_policy = gateway_policy  # the policies selecting the gateway's service
         self._backends: dict[tuple[str, str | None, str], Backend] = {}
         self._tcp: dict[str, TcpTarget] | None = None
+        self.rules = rules  # where named rules are counted (None: they are not)
+        self._counted = False  # the router being built has a named rule's counter
 
     def tcp_targets(self) -> dict[str, TcpTarget]:
         """The snapshot's TCP services, as callers reach them (built once per snapshot)."""
@@ -306,12 +316,14 @@ class RouterBuilder:
         # A mesh service wins over an ExternalService host naming it (see _names_mesh_service).
         external = {h: e for h, e in snap.external.items()
                     if not _names_mesh_service(h, snap.services)}
+        self._counted = False
         hosts = self._host_routes("source", skip=external)
         source = (snap.node.service, snap.node.version)
         namespaces = {name: s.namespace for name, s in snap.services.items()}
         tcp = self.tcp_targets()
         if not external and passthrough is None:
-            return Router(hosts, source=source, namespaces=namespaces, tcp=tcp)
+            return Router(hosts, source=source, namespaces=namespaces, tcp=tcp,
+                          counts_rules=self._counted)
         tunnels: dict[tuple[str, int], Decision] = {}
         wildcards = []
         for host, ext in sorted(external.items()):
@@ -328,7 +340,7 @@ class RouterBuilder:
         # namespaces have it) is refused, not sent out of the mesh (see proxy.egress).
         unresolved = unresolved_names(namespaces) if passthrough is not None else frozenset()
         return Router(hosts, egress=Egress(tunnels, tuple(wildcards), passthrough, unresolved),
-                      source=source, namespaces=namespaces, tcp=tcp)
+                      source=source, namespaces=namespaces, tcp=tcp, counts_rules=self._counted)
 
     def _prefix(self, destination: str) -> tuple[str, ...]:
         node = self.snapshot.node
@@ -390,6 +402,7 @@ class RouterBuilder:
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
                       for r in self.snapshot.gateway_rules
                       if (blocks := _own_blocks(r.matches, node, scheme)) is not None)
+        self._counted = False
         routes = self._host_routes("source", scheme=scheme)
         policy = self.gateway_policy
         if policy is not None and policy.needed:
@@ -398,7 +411,8 @@ class RouterBuilder:
             for host_route in routes.values():
                 for _, decision in host_route.rules:
                     decision.admit = _admit_first(policy.admit, decision.admit)
-        return Router(routes, gateway=rules, source=(node.service, node.version))
+        return Router(routes, gateway=rules, source=(node.service, node.version),
+                      counts_rules=self._counted)
 
     def inbound(self) -> Router:
         snap = self.snapshot
@@ -472,8 +486,23 @@ class RouterBuilder:
                     mirror = self._backend(msvc, rule.mirror.subset, reporter)
             attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
                    blocks)
+            if rule.name is not None and self.rules is not None:
+                decision.counter = self._counter(host, route, rule.name, reporter, own)
             compiled.append((self.compile_matches(blocks), decision))
         return HostRoute(tuple(compiled))
+
+    def _counter(self, host: str, route: RouteConfig, rule: str, reporter: str,
+                 own: Backend | None) -> RuleCounter:
+        """A named rule's counter: `route` = the Route's namespace/name (its host when the
+        snapshot names no Route), as Linkerd's route_namespace and route_name."""
+        assert self.rules is not None
+        snap = self.snapshot
+        self._counted = True
+        label = f"{route.namespace or snap.node.namespace}/{route.name or host}"
+        service = snap.services.get(host)
+        unrouted = (own.metric_prefix[3] if own is not None
+                    else (service.metrics_name or service.name) if service is not None else host)
+        return self.rules.counter(reporter, label, rule, unrouted)
 
     def _backend(self, service: Service, subset: str | None, reporter: str) -> Backend:
         key = (service.name, subset, reporter)

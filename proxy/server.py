@@ -92,7 +92,8 @@ class ProxyServer:
                                            authentication=snapshot.authentication,
                                            gateway=True)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
-                                self.destinations, inbound_policy, gateway_policy)
+                                self.destinations, inbound_policy, gateway_policy,
+                                self.stats.rules)
         passthrough = None
         if self.options.mode == "gateway" and snapshot.gateway_passthrough:
             from proxy.sniroutes import build as build_sni_routes
@@ -108,7 +109,7 @@ class ProxyServer:
         # Everything compiled: now swap, one assignment per listener.
         for kind, router in routers.items():
             if kind in self.listeners:
-                self.listeners[kind].router = router
+                self.listeners[kind].use(router)
         gateway = self.listeners.get("gateway")
         if gateway is not None:
             gateway.passthrough = passthrough

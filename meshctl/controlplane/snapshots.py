@@ -217,6 +217,10 @@ class SnapshotBuilder:
             entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
             if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
                 entry["namespace"] = r.namespace
+            if any(rule.get("name") for rule in entry["rules"]):
+                # the `route` label of its named rules' metrics (proxy.routemetrics); absent
+                # without one: such snapshots keep their bytes
+                entry["name"] = r.name
             routes[host] = entry
         return [routes[host] for host in sorted(routes)]
 
