@@ -62,6 +62,7 @@ class Listener:
         self.reads_hello = False
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
+        self.counting_rules = False  # `record` is record_rules (see use)
         self.use(router)
 
     def use(self, router: Router) -> None:
@@ -72,10 +73,14 @@ class Listener:
         without named rules pays nothing per request for per-rule metrics.
         """
         self.router = router
-        if router.counts_rules:
-            self.__dict__["record"] = self.record_rules
-        else:
-            self.__dict__.pop("record", None)
+        if router.counts_rules != self.counting_rules:
+            # (an instance attribute set or deleted: never read through __dict__, which
+            # would turn this object's attributes into a plain dict, slower on every request)
+            self.counting_rules = router.counts_rules
+            if router.counts_rules:
+                self.record = self.record_rules  # type: ignore[method-assign]
+            else:
+                del self.record
 
     def admit(self, conn: DownstreamProtocol) -> bool:
         if len(self.connections) >= self.limits.max_connections:
@@ -146,13 +151,14 @@ class Listener:
             ex.trace.end(ex)
         return duration_ms
 
-    def record_rules(self, ex: Exchange) -> None:
+    def record_rules(self, ex: Exchange) -> float:
         """``record``, then the request's named rule, if it has one (see ``use``)."""
         duration_ms = Listener.record(self, ex)
         decision = ex.decision
         counter = decision.counter if decision is not None else None
         if counter is not None:
             counter.record(ex, duration_ms)  # the same duration as its ami_requests series
+        return duration_ms
 
     def record_rejection(self, conn: DownstreamProtocol, reason: str,
                          destination: str = "unknown") -> None:

@@ -1,4 +1,5 @@
-"""``meshctl stat | edges | top | tap | check | dashboard``: what the mesh is doing right now."""
+"""``meshctl stat | edges | routes | top | tap | check | dashboard``: what the mesh is doing
+right now."""
 
 from __future__ import annotations
 
@@ -88,6 +89,31 @@ def edges(args: argparse.Namespace) -> int:
             for e in body["edges"]]
     print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99",
                                "TCP_CONN"), rows))
+    return 0
+
+
+@reports_errors
+def routes(args: argparse.Namespace) -> int:
+    body = _get(make_client(args), "/api/v1/routes", service=args.service,
+                namespace=args.namespace, window=args.window)
+    if args.output == "json":
+        print(output.to_json(body))
+        return 0
+    if body.get("message"):
+        print(body["message"])
+        return 0
+    headers = ["ROUTE", "RULE", "SUCCESS", "RPS", "P50", "P95", "P99"]
+    wide = args.output == "wide"
+    if wide:
+        headers += ["SHARE", "BACKENDS"]
+    rows = []
+    for r in body["rows"]:
+        row = [r["route"] or "-", r["rule"], _pct(r["successRate"]), f"{r['rps']:.1f}",
+               _ms(r["p50"]), _ms(r["p95"]), _ms(r["p99"])]
+        if wide:
+            row += [_pct(r["share"]), r["backends"] or "-"]
+        rows.append(row)
+    print(output.render_table(headers, rows))
     return 0
 
 
@@ -201,7 +227,7 @@ def dashboard(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register stat, edges, top, tap, check and dashboard."""
+    """Register stat, edges, routes, top, tap, check and dashboard."""
     p = subparsers.add_parser("stat", help="success rate, RPS, latency and TCP connections "
                               "per service version")
     p.add_argument("service", nargs="?", metavar="SERVICE")
@@ -214,6 +240,14 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--window", default="30s")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=edges)
+    p = subparsers.add_parser("routes", help="success rate, RPS and latency per named rule of "
+                              "a service's Routes (callers' side)")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
+    p.add_argument("--window", default="30s", help="e.g. 30s, 5m (default 30s)")
+    p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
+                   help="wide: also each row's share of the requests and the rule's backends")
+    p.set_defaults(func=routes)
     p = subparsers.add_parser("top", help="a live view of a service's busiest paths")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--interval", type=float, default=2.0, help="seconds per refresh")

@@ -2,6 +2,7 @@
 
     GET /api/v1/stat?service=&from=&window=30s   golden metrics per service version
     GET /api/v1/edges?window=30s                   who calls whom, with mTLS share
+    GET /api/v1/routes?service=&namespace=&window=  golden metrics per named Route rule
     GET /api/v1/top?service=&seconds=2             busiest paths, from a short tap (privileged)
     GET /api/v1/tap?service=&path=&method=&n=      SSE of live requests (privileged)
     GET /api/v1/check                              grouped health checks
@@ -24,12 +25,15 @@ from aiohttp import web
 
 from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error
+from meshctl.controlplane.names import ServiceNames
 from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_route_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
 from meshctl.observe.ratelimitchecks import rate_limit_checks
+from meshctl.observe.routestats import routes_about, routes_report
+from meshctl.observe.samples import DST
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
 from meshctl.observe.tapfanin import tap_many, top_rows
 
@@ -102,6 +106,29 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         window = parse_window(request.query.get("window"))
         rows = scraper.window.edges(observer.clock(), window)
         return web.json_response({"window": window, "edges": [e.as_json() for e in rows]})
+
+    async def routes(request: web.Request) -> web.Response:
+        observer.ensure_started()
+        q = request.query
+        service = q.get("service", "")
+        if not service:
+            return json_error(400, "BadRequest", "service: required")
+        namespace = q.get("namespace") or "default"
+        window = parse_window(q.get("window"))
+        proxies = await list_proxies(scraper.source)
+        names = ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
+                             for p in proxies if p.get("service"))
+        label = names.metrics_name(service, namespace)
+        declared = routes_about([o.resource for o in await request.app[STORE].list("Route")],
+                                service, namespace, names)
+        rules, callers = scraper.window.rule_rates(observer.clock(), window)
+        if not declared and names.resolve(service, namespace) != (service, namespace) \
+                and not any(r.key[DST] == label for r in callers):
+            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
+                              " (no sidecar, Route or traffic for it; meshctl proxy-status "
+                              "lists the proxies)")
+        return web.json_response(routes_report(service, namespace, label, window, declared,
+                                               rules, callers))
 
     async def check(request: web.Request) -> web.Response:
         body = await list_proxies(scraper.source)
@@ -188,6 +215,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
 
     return [
         web.get("/api/v1/stat", stat), web.get("/api/v1/edges", edges),
+        web.get("/api/v1/routes", routes),
         web.get("/api/v1/check", check), web.get("/api/v1/dashboard/state", state),
         web.get("/api/v1/tap", tap), web.get("/api/v1/top", top),
         web.get("/api/v1/proxies/{name}/config_dump", config_dump),

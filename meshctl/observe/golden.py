@@ -122,18 +122,21 @@ def is_success(code: str, grpc: str = "") -> bool:
     return code.isdigit() and 0 < int(code) < 500 and grpc in ("", "0")
 
 
-def golden(group: Iterable[Rate]) -> Golden:
-    """Combine rates of many series (and proxies) into one set of golden signals."""
+def golden(group: Iterable[Rate], code: int = CODE, grpc: int = GRPC,
+           security: int | None = SECURITY) -> Golden:
+    """Combine rates of many series (and proxies) into one set of golden signals; ``code``,
+    ``grpc`` and ``security``: where their keys hold those labels (other series than
+    ami_requests', such as the named rules', have no security label: no mTLS share)."""
     total = ok = secure = known = 0.0
     merged: dict[float, float] = {}
     for r in group:
         total += r.rps
-        if is_success(r.key[CODE], r.key[GRPC]):
+        if is_success(r.key[code], r.key[grpc]):
             ok += r.rps
-        security = r.key[SECURITY]
-        if security != "unknown":  # answered by the caller's sidecar: no connection to judge
+        policy = r.key[security] if security is not None else "unknown"
+        if policy != "unknown":  # answered by the caller's sidecar: no connection to judge
             known += r.rps
-            if security == "mutual_tls":
+            if policy == "mutual_tls":
                 secure += r.rps
         for le, c in r.buckets:
             merged[le] = merged.get(le, 0.0) + c

@@ -26,6 +26,10 @@ TCP_COUNTERS = ("ami_tcp_connections_opened", "ami_tcp_connections_closed",
 OPENED, CLOSED, RECEIVED, SENT = range(4)
 TcpCounts = tuple[float, float, float, float]
 NO_TCP: TcpCounts = (0.0, 0.0, 0.0, 0.0)
+# A named rule's series key (ami_route_*, the order of proxy.routemetrics.ROUTE_LABELS).
+ROUTE_LABELS = ("reporter", "destination_service", "route", "rule", "response_code",
+                "grpc_response_status")
+R_REPORTER, R_DST, R_ROUTE, R_RULE, R_CODE, R_GRPC = range(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +47,23 @@ class Scrape:
     # the ami_tcp_* counters per TCP series (see TCP_LABELS), as (opened, closed, received,
     # sent)
     tcp: dict[Key, TcpCounts] = field(default_factory=dict)
+    # the named rules' series (ami_route_*, keys of ROUTE_LABELS) as a scrape of their own,
+    # so the request rate code reads them alike; None when the proxy exports none
+    routes: Scrape | None = None
+
+    def rules(self) -> Scrape:
+        """The named rules' series (an empty scrape at the same time when there are none)."""
+        return self.routes if self.routes is not None else Scrape(
+            self.time, start_time=self.start_time)
 
 
 def parse_scrape(text: str, time: float) -> Scrape:
     """Read ``ami_requests_total``, the duration histogram, the ``ami_tcp_*`` counters, the
-    policy counters and the process start time."""
+    policy counters, the named rules' series and the process start time."""
     requests: dict[Key, float] = {}
     raw_buckets: dict[Key, list[tuple[float, float]]] = {}
+    rule_requests: dict[Key, float] = {}
+    rule_buckets: dict[Key, list[tuple[float, float]]] = {}
     counters: dict[str, float] = {}
     by_service: dict[str, dict[str, float]] = {}
     start_time: float | None = None
@@ -64,6 +78,16 @@ def parse_scrape(text: str, time: float) -> Scrape:
                 if s.name.endswith("_bucket"):
                     le = float(s.labels["le"]) * 1000.0  # the golden metrics work in ms
                     raw_buckets.setdefault(_key(s.labels), []).append((le, s.value))
+        elif family.name == "ami_route_requests":
+            for s in family.samples:
+                if s.name == "ami_route_requests_total":
+                    rule_requests[_key(s.labels, ROUTE_LABELS)] = s.value
+        elif family.name == "ami_route_request_duration_seconds":
+            for s in family.samples:
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"]) * 1000.0
+                    rule_buckets.setdefault(_key(s.labels, ROUTE_LABELS), []).append(
+                        (le, s.value))
         elif family.name == START_TIME:
             start_time = next((s.value for s in family.samples), None)
         elif family.type == "counter" and family.name.startswith("ami_"):
@@ -81,9 +105,11 @@ def parse_scrape(text: str, time: float) -> Scrape:
                     per = by_service.setdefault(dst, {})
                     per[family.name] = per.get(family.name, 0.0) + s.value
     buckets = {k: tuple(sorted(v)) for k, v in raw_buckets.items()}
+    routes = Scrape(time, rule_requests, {k: tuple(sorted(v)) for k, v in rule_buckets.items()},
+                    start_time=start_time) if rule_requests else None
     return Scrape(time, requests, buckets, counters, start_time, by_service,
-                  {k: (v[0], v[1], v[2], v[3]) for k, v in tcp.items()})
+                  {k: (v[0], v[1], v[2], v[3]) for k, v in tcp.items()}, routes)
 
 
-def _key(labels: dict[str, str]) -> Key:
-    return tuple(labels.get(name, "") for name in LABELS)
+def _key(labels: dict[str, str], names: tuple[str, ...] = LABELS) -> Key:
+    return tuple(labels.get(name, "") for name in names)

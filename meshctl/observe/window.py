@@ -4,6 +4,7 @@ it."""
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshctl.observe.golden import (
@@ -15,7 +16,7 @@ from meshctl.observe.golden import (
     rates_over,
     service_key,
 )
-from meshctl.observe.samples import DST, SRC, Scrape
+from meshctl.observe.samples import DST, REPORTER, SRC, Scrape
 from meshctl.observe.tcpstats import (
     NO_TCP_JSON,
     TcpFigures,
@@ -97,26 +98,36 @@ class ScrapeWindow:
         q = self._scrapes.get(proxy)
         return q[-1] if q else None
 
-    def rates(self, end: float, window: float, prefer: str = "destination") -> list[Rate]:
-        """Rates per proxy over its scrapes from the first at or after ``end - window`` to the
-        last at or before ``end``, each request counted once (see ``one_reporter``)."""
-        out: list[Rate] = []
+    def _spans(self, end: float, window: float, least: int = 2) -> Iterator[list[Scrape]]:
+        """Per proxy, its scrapes from the first at or after ``end - window`` to the last at
+        or before ``end`` (when there are at least ``least``)."""
         for q in self._scrapes.values():
             lo = bisect_left(q, end - window, key=_time)
             hi = bisect_right(q, end, key=_time) - 1
-            if hi > lo:
-                out.extend(rates_over(q[lo:hi + 1]))
-        return one_reporter(out, prefer)
+            if hi - lo + 1 >= least:
+                yield q[lo:hi + 1]
+
+    def rates(self, end: float, window: float, prefer: str = "destination") -> list[Rate]:
+        """Rates per proxy over its scrapes in the window, each request counted once (see
+        ``one_reporter``)."""
+        return one_reporter([r for span in self._spans(end, window) for r in rates_over(span)],
+                            prefer)
+
+    def rule_rates(self, end: float, window: float) -> tuple[list[Rate], list[Rate]]:
+        """Over the same scrapes as ``rates``: the rates of the named rules' series (keys of
+        samples.ROUTE_LABELS), and of the request series the callers reported (``source``),
+        which the rules' are a part of."""
+        rules: list[Rate] = []
+        callers: list[Rate] = []
+        for span in self._spans(end, window):
+            rules.extend(rates_over([s.rules() for s in span]))
+            callers.extend(r for r in rates_over(span) if r.key[REPORTER] == "source")
+        return rules, callers
 
     def tcp(self, end: float, window: float, prefer: str = "destination") -> list[TcpSeries]:
         """TCP series per proxy over the same scrapes as ``rates`` (open connections need only
         the last one), each connection counted once (see ``one_tcp_reporter``)."""
-        out: list[TcpSeries] = []
-        for q in self._scrapes.values():
-            lo = bisect_left(q, end - window, key=_time)
-            hi = bisect_right(q, end, key=_time) - 1
-            if hi >= lo:
-                out.extend(tcp_over(q[lo:hi + 1]))
+        out = [s for span in self._spans(end, window, least=1) for s in tcp_over(span)]
         return one_tcp_reporter(out, prefer)
 
     def stat(self, end: float, window: float, service: str | None = None,
