@@ -208,3 +208,19 @@ def test_a_service_is_tcp_when_all_its_sidecars_declare_tcp() -> None:
                                                                     ready=False)])
     data = json.loads(idle_http.build(PAGE).data)
     assert "protocol" not in data["services"]["db"] and data["services"]["db"]["endpoints"] == []
+
+
+def test_a_route_with_a_named_rule_carries_its_name() -> None:
+    """A Route naming a rule sends its metadata.name (the `route` label of the per-rule
+    metrics, with its namespace); one naming none keeps the snapshot's bytes as they were."""
+    named = DOCS.replace("rules: [{backends: [{subset: v3}]}]",
+                         "rules: [{name: canary, backends: [{subset: v3}]}]")
+    other = named.replace("metadata: {name: reviews}\nspec:\n  host: reviews\n  rules",
+                          "metadata: {name: reviews-split}\nspec:\n  host: reviews\n  rules")
+    data = json.loads(SnapshotBuilder(load_documents(other, "t.yaml"), [REVIEWS, PAGE])
+                      .build(PAGE).data)
+    assert data["routes"] == [{"host": "reviews", "name": "reviews-split",
+                               "rules": [{"name": "canary", "backends": [{"subset": "v3"}]}]}]
+    assert Snapshot.from_dict(data).routes["reviews"].name == "reviews-split"
+    plain = json.loads(SnapshotBuilder(resources(), [REVIEWS, PAGE]).build(PAGE).data)
+    assert plain["routes"] == [{"host": "reviews", "rules": [{"backends": [{"subset": "v3"}]}]}]

@@ -42,7 +42,8 @@ def _count(value: Any) -> str:
 def _get(client: ControlPlaneClient, path: str, **query: str | None) -> Any:
     params = urlencode({k: v for k, v in query.items() if v})
     status, body = request_json(client, "GET", path + ("?" + params if params else ""))
-    if status == 404:
+    if status == 404 and (not body or body.get("error") in (None, "Not Found")):
+        # (no such path; a 404 of the endpoint itself says what it did not find)
         raise SystemExit(f"error: the control plane does not serve {path} "
                          "(observability is not enabled in this `meshctl serve`)")
     if status != 200:
