@@ -38,7 +38,8 @@ def static_proxy(tmp: Path, service: str, routes_to: dict[str, list[int]],
 
 
 def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int],
-            otlp: int | None = None, sampling: float = 0.0) -> tuple[ProxyProcess, int]:
+            otlp: int | None = None, sampling: float = 0.0,
+            routes: list[dict[str, Any]] | None = None) -> tuple[ProxyProcess, int]:
     """A static-mode sidecar with outbound, inbound (to ``app``) and admin listeners; returns
     the running proxy and its inbound port."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int
         "services": {name: {"endpoints": [{"address": f"127.0.0.1:{p}",
                                            "labels": {"version": "v1"}}]}
                      for name, p in services.items()},
-        "routes": [],
+        "routes": routes or [],
     }
     if app is not None:
         snap["app"] = f"127.0.0.1:{app}"

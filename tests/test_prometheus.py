@@ -59,8 +59,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=backends.aiohttp(echo_app()),
                                       services={})
         procs.append(reviews)
+        # a named rule: its ami_route_* series for promtool and the per-rule panels
         front, _ = sidecar(tmp / "pp", "productpage", app=None,
-                           services={"reviews": reviews_in})
+                           services={"reviews": reviews_in},
+                           routes=[{"host": "reviews", "name": "reviews",
+                                    "rules": [{"name": "all", "backends": [{}]}]}])
         procs.append(front)
         reconciler = Reconciler(MemStore(), Registry())
         reconciler.counters.pushed = 3
@@ -73,13 +76,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def test_promtool_accepts_sidecar_and_control_plane_metrics(mesh: Mesh) -> None:
-    """`promtool check metrics` parses both /metrics bodies and finds no lint problem beyond the
-    deliberate Istio-compatible millisecond histogram."""
+    """`promtool check metrics` parses both /metrics bodies (the sidecar's with a named
+    rule's ami_route_* series) and finds no lint problem."""
     promtool = tool("promtool")
     assert send(mesh.front, "reviews", "/x") == 200
     for url in (f"http://127.0.0.1:{mesh.front.admin}/metrics", f"http://{mesh.cp_url}/metrics"):
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read()
+        assert (b"ami_route_requests_total{" in text) == (url.endswith(f"{mesh.front.admin}"
+                                                                         "/metrics"))
         out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                              timeout=30)
         problems = set((out.stdout + out.stderr).decode().splitlines()) - ACCEPTED_LINTS
