@@ -142,13 +142,25 @@ def test_jason_to_v2_shows_black_stars_only_to_jason(demo: Demo) -> None:
 
 
 def test_jason_abort_shows_ratings_unavailable_at_once(demo: Demo) -> None:
-    """ratings-jason-abort: jason's page loads fast with the ratings error text."""
+    """ratings-jason-abort: jason's page loads fast with the ratings error text, and
+    `meshctl routes ratings` shows the named rule `jason-abort` failing every call."""
     apply(demo, "ratings-jason-abort")
     try:
         status, html, took = demo.page("jason")
         assert status == 200
         assert "Ratings service is currently unavailable" in html
         assert took < 2
+        deadline = time.monotonic() + 60
+        while True:
+            demo.page("jason")
+            out = demo.meshctl("routes", "ratings", "-o", "json")
+            assert out.returncode == 0, out.stderr
+            rows = {r["rule"]: r for r in json.loads(out.stdout)["rows"]}
+            if rows.get("jason-abort", {}).get("rps"):
+                break
+            assert time.monotonic() < deadline, out.stdout
+        assert rows["jason-abort"]["route"] == "default/ratings"
+        assert rows["jason-abort"]["successRate"] == 0.0
     finally:
         apply(demo, "all-v1")
 

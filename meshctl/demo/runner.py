@@ -202,6 +202,7 @@ Try next (in another terminal, in this directory, after `source .venv/bin/activa
   meshctl shift reviews 99/1
   meshctl apply -f sample_apps/bookinfo/routes/ratings-jason-abort.yaml
   meshctl stat
+  meshctl routes ratings                                        # jason's calls apart (named rules)
   meshctl apply -f sample_apps/bookinfo/routes/all-v1.yaml      # back to the start
   meshctl demo status
 
