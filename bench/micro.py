@@ -126,6 +126,9 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
         best = min(best, time.perf_counter() - t0)
     if client.closed or listener.stats is None:
         raise RuntimeError(f"{variant}: the client connection closed during the run")
+    counted = any(listener.stats.rules.rules.values())  # ami_route_* (named rules only)
+    if counted != (variant == "named"):
+        raise RuntimeError(f"{variant}: per-rule metrics counted: {counted}")
     for lst in server.listeners.values():
         if lst.server is not None:
             lst.server.close()
