@@ -15,7 +15,15 @@ import yaml
 from aiohttp import web
 
 from tests.h2app import GRPC, GRPC_MESSAGE, H2Client, H2Server, h2_request
-from tests.proxyharness import Backends, ProxyProcess, echo_app, get, metric_value, roundtrip
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    echo_app,
+    free_port,
+    get,
+    metric_value,
+    roundtrip,
+)
 
 
 def fail_once_app() -> tuple[web.Application, list[str]]:
@@ -182,6 +190,36 @@ def test_no_named_rule_no_route_family(tmp_path: Path) -> None:
             text = proxy.get("/metrics")[1].decode()
             assert metric_value(text, "ami_requests_total", destination_service="reviews") == 1
             assert "ami_route_" not in text
+        finally:
+            proxy.stop()
+    finally:
+        backends.close()
+
+
+def test_gateway_counts_named_rules_as_the_caller(tmp_path: Path) -> None:
+    """A gateway applies the Routes of the services it sends to: a named rule's requests are
+    counted there too (reporter source)."""
+    backends = Backends()
+    try:
+        echo = backends.aiohttp(echo_app())
+        proxy = ProxyProcess(tmp_path, {"reviews": [echo]}, args=("--mode", "gateway"))
+        port = free_port()
+        config = yaml.safe_load(proxy.config.read_text())
+        config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{proxy.admin}"}
+        config["gateway"] = {"rules": [{"destination": "reviews"}]}
+        config["routes"] = [ROUTES[0]]
+        proxy.config.write_text(yaml.safe_dump(config))
+        proxy.start()
+        try:
+            jason = get("example.com", "/g", "end-user: jason\r\n")
+            assert backends.call(roundtrip(port, jason)).status == 200
+            assert backends.call(roundtrip(port, get("example.com", "/g"))).status == 200
+            text = proxy.get("/metrics")[1].decode()
+            assert metric_value(text, "ami_route_requests_total", reporter="source",
+                                route="default/reviews-route", rule="jason",
+                                destination_service="reviews", response_code="200") == 1
+            assert metric_value(text, "ami_route_requests_total") == 1
+            assert metric_value(text, "ami_requests_total", destination_service="reviews") == 2
         finally:
             proxy.stop()
     finally:
