@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
+from proxy.localityview import locality_view
 from proxy.metrics import IdentityCollector, build_registry
 from proxy.tap import TapHub, tap_handler
 
@@ -48,9 +49,13 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
 
     async def config_dump(_: Request) -> Response:
         snap = server.snapshot
-        body = {"version": snap.version if snap else None,
-                "snapshot": _jsonable(dataclasses.asdict(snap)) if snap else None,
-                "listeners": {k: str(server.bound_address(k)) for k in server.listeners}}
+        body: dict[str, Any] = {
+            "version": snap.version if snap else None,
+            "snapshot": _jsonable(dataclasses.asdict(snap)) if snap else None,
+            "listeners": {k: str(server.bound_address(k)) for k in server.listeners}}
+        balanced = locality_view(server.backends)
+        if balanced:  # live state, not config: only for destinations balanced by locality
+            body["locality"] = balanced
         return json_response(body, indent=2)
 
     async def stats(_: Request) -> Response:

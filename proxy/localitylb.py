@@ -39,12 +39,14 @@ def locality_balancer(policy: TrafficPolicy, node: Node, endpoints: Sequence[End
         return None
     localities = [e.locality for e in endpoints]
     shares: Shares
+    mode = "failover"
     if setting is not None and setting.distribute:
         distributed = distribute_groups(caller, localities, setting.distribute)
         if distributed is None:
             return None  # no rule for this caller: its traffic goes to every endpoint
         groups = [tuple(pools[i] for i in indexes) for indexes, _ in distributed]
         weights = tuple(weight for _, weight in distributed)
+        mode = "distribute"
 
         def shares(healthy: Sequence[int], totals: Sequence[int]) -> tuple[int, ...]:
             return weighted_loads(weights, healthy, totals)
@@ -70,4 +72,4 @@ def locality_balancer(policy: TrafficPolicy, node: Node, endpoints: Sequence[End
     else:
         return None
     return LocalityBalancer(groups, [picker(g) for g in groups], shares, rng, outlier,
-                            inner=inner)
+                            inner=inner, mode=mode)

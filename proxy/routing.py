@@ -269,6 +269,10 @@ class RouterBuilder:
         self.rules = rules  # where named rules are counted (None: they are not)
         self._counted = False  # the router being built has a named rule's counter
 
+    def backends(self) -> tuple[Backend, ...]:
+        """Every backend the routers built so far use (for the admin's views)."""
+        return tuple(self._backends.values())
+
     def tcp_targets(self) -> dict[str, TcpTarget]:
         """The snapshot's TCP services, as callers reach them (built once per snapshot)."""
         if self._tcp is None:

@@ -73,6 +73,7 @@ class ProxyServer:
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
         self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
         self.tcp_listeners: list[Any] = []  # proxy.tcpupstream.TcpUpstreamListener
+        self.backends: tuple[Any, ...] = ()  # the snapshot's (proxy.routing.Backend)
 
     # --- configuration ------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> None:
@@ -131,6 +132,7 @@ class ProxyServer:
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
         self.tcp_targets = tcp_targets
+        self.backends = builder.backends()
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self._set_access_log(snapshot)

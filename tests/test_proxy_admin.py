@@ -64,6 +64,7 @@ async def test_health_ready_config_dump_and_stats(proxy: ProxyProcess) -> None:
     assert status == 200 and dump["version"] == "test-1"
     assert dump["listeners"]["outbound"] == f"127.0.0.1:{proxy.outbound}"
     assert "echo" in dump["snapshot"]["services"]
+    assert "locality" not in dump  # no locality balancing: the dump is as it was
     await roundtrip(proxy.outbound, get("echo", "/count-me"))
     stats = await proxy.stats()
     assert stats["requests"] >= 1 and stats["config_version"] == "test-1"

@@ -1,10 +1,12 @@
 """Locality load balancing in a real static-mode proxy (node.locality r1/a): traffic stays in
 the caller's zone, fails over zone, then region, as outlier detection ejects endpoints, comes
-back after baseEjectionTime; distribute, subsets and consistent hashing with localities."""
+back after baseEjectionTime; distribute, subsets and consistent hashing with localities; what
+/config_dump and meshctl proxy-config show of it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -12,12 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshctl.commands.proxyconfig import render
 from tests.proxyharness import Backends
 from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
 
 # One 5xx ejects; an ejection lasts 1 s (the first time); every endpoint may be ejected.
 OUTLIERS = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1s",
             "maxEjectionPercent": 100}
+# For the view: an ejection that outlasts the test (the dump must see it still in force).
+LASTING = {**OUTLIERS, "baseEjectionTime": "300s"}
 
 
 def _endpoint(backend: TrafficBackend, locality: str, version: str = "v1") -> dict[str, Any]:
@@ -31,7 +36,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "a1", "b1", "c1",  # api: zone r1/a, zone r1/b, region r2
         "d-a", "d-b", "d-c",  # dist
         "v1-a", "v2-a", "v2-b",  # canary
-        "h-a1", "h-a2", "h-b1")}  # sticky
+        "h-a1", "h-a2", "h-b1",  # sticky
+        "s-a", "s-b", "p-a", "p-b")}  # shown, plain
     services = {
         "api": {"endpoints": [_endpoint(b["c1"], "r2/c"), _endpoint(b["b1"], "r1/b"),
                               _endpoint(b["a1"], "r1/a")],
@@ -50,6 +56,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                    "policy": {"loadBalancer": "CONSISTENT_HASH",
                               "consistentHash": {"header": "x-user"},
                               "outlierDetection": OUTLIERS}},
+        "shown": {"endpoints": [_endpoint(b["s-b"], "r1/b"), _endpoint(b["s-a"], "r1/a")],
+                  "policy": {"outlierDetection": LASTING}},
+        # localities, but no outlier detection nor distribute: not balanced by locality
+        "plain": {"endpoints": [_endpoint(b["p-a"], "r1/a"), _endpoint(b["p-b"], "r1/b")]},
     }
     routes = [{"host": "canary", "rules": [{"backends": [{"subset": "v2"}]}]}]
     proxy = TrafficProxy(tmp_path_factory.mktemp("locality"), services, routes,
@@ -129,3 +139,48 @@ async def test_consistent_hash_keeps_keys_in_the_zone(
         assert len(seen) == 1
         owners[user] = next(iter(seen))
     assert set(owners.values()) <= {"h-a1", "h-a2"} and len(set(owners.values())) == 2
+
+
+async def _dump(proxy: TrafficProxy) -> dict[str, Any]:
+    status, body = await proxy.aget("/config_dump")
+    assert status == 200
+    dump: dict[str, Any] = json.loads(body)
+    return dump
+
+
+def _rows(dump: dict[str, Any], service: str) -> list[list[str]]:
+    """proxy-config's ENDPOINTS rows of ``service``, split into cells."""
+    lines = render(dump).splitlines()
+    table = lines[lines.index("ENDPOINTS") + 1:]
+    return [[c.strip() for c in line.split("  ") if c.strip()] for line in table
+            if line.startswith(f"{service} ")]
+
+
+async def test_the_dump_and_proxy_config_show_priorities_and_shares(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """`shown` from r1/a: P0 its zone-a endpoint with 100% of the traffic, P1 zone b with 0%;
+    once zone a's endpoint is ejected, 0% and 100%, in /config_dump and in proxy-config's
+    ENDPOINTS table (`plain`, not balanced by locality, has no such state: '-')."""
+    proxy: TrafficProxy = env["proxy"]
+    a, b = env["s-a"].address, env["s-b"].address
+    dump = await _dump(proxy)
+    assert dump["locality"]["shown"] == {"mode": "failover", "groups": [
+        {"endpoints": [a], "ejected": [], "share": 100},
+        {"endpoints": [b], "ejected": [], "share": 0}]}
+    assert "plain" not in dump["locality"]
+    assert dump["locality"]["dist"]["mode"] == "distribute"
+    assert [g["share"] for g in dump["locality"]["dist"]["groups"]] == [50, 50]
+    assert "canary/v2" in dump["locality"]  # the route's subset: its own priorities
+    assert _rows(dump, "shown") == [[ "shown", b, "v1", "-", "r1/b", "P1", "0%"],
+                                    ["shown", a, "v1", "-", "r1/a", "P0", "100%"]]
+    assert [row[-2:] for row in _rows(dump, "plain")] == [["-", "-"], ["-", "-"]]
+
+    env["s-a"].status = 500
+    assert (await call(session, proxy, "shown")).version == "s-a"  # the 5xx that ejects it
+    dump = await _dump(proxy)
+    assert dump["locality"]["shown"] == {"mode": "failover", "groups": [
+        {"endpoints": [a], "ejected": [a], "share": 0},
+        {"endpoints": [b], "ejected": [], "share": 100}]}
+    assert _rows(dump, "shown") == [["shown", b, "v1", "-", "r1/b", "P1", "100%"],
+                                    ["shown", a, "v1", "-", "r1/a", "P0 (ejected)", "0%"]]
+    assert await _versions(session, proxy, "shown", 10) == {"s-b": 10}  # as the dump says

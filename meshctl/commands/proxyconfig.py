@@ -62,7 +62,8 @@ def render(dump: dict[str, Any]) -> str:
         *_peer_modes(snap),
         *([f"XFCC kept from:  {', '.join(mesh['trusted_xfcc'])} (gateways, MeshConfig "
            "trustedXfccIdentities)"] if mesh.get("trusted_xfcc") else []),
-        "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS", _endpoints(snap).rstrip("\n"),
+        "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS",
+        _endpoints(snap, dump.get("locality") or {}).rstrip("\n"),
     ]
     external = snap.get("external") or {}
     if external:
@@ -167,22 +168,53 @@ def _action(rule: dict[str, Any], host: str) -> str:
     return split + (f" (+{', '.join(extras)})" if extras else "")
 
 
-def _endpoints(snap: dict[str, Any]) -> str:
+def _endpoints(snap: dict[str, Any], balanced: dict[str, Any]) -> str:
     rows = []
     services = sorted((snap.get("services") or {}).items())
-    # a LOCALITY column once some endpoint has one (meshes without localities: as before)
+    # a LOCALITY column once some endpoint has one (meshes without localities: as before);
+    # PRIORITY and SHARE once some destination is balanced by locality
     where = any(e.get("locality") for _, s in services for e in s.get("endpoints") or [])
+    extra = (("LOCALITY",) if where else ()) + (("PRIORITY", "SHARE") if balanced else ())
     for name, service in services:
+        placed = _placements(name, balanced) if balanced else {}
         for endpoint in service.get("endpoints") or []:
             address = endpoint.get("address") or {}
             labels = endpoint.get("labels") or {}
-            rows.append((name, f"{address.get('host')}:{address.get('port')}",
+            hostport = f"{address.get('host')}:{address.get('port')}"
+            rows.append((name, hostport,
                          str(labels.get("version", "-")), endpoint.get("identity") or "-",
-                         *((_locality(endpoint.get("locality")),) if where else ())))
+                         *((_locality(endpoint.get("locality")),) if where else ()),
+                         *(_placed(placed.get(hostport, [])) if balanced else ())))
         if not service.get("endpoints"):
-            rows.append((name, "(none)", "-", "-", *(("-",) if where else ())))
-    header = ("SERVICE", "ADDRESS", "VERSION", "IDENTITY", *(("LOCALITY",) if where else ()))
+            rows.append((name, "(none)", "-", "-", *("-" for _ in extra)))
+    header = ("SERVICE", "ADDRESS", "VERSION", "IDENTITY", *extra)
     return output.render_table(header, rows) if rows else "(none)"
+
+
+def _placements(service: str, balanced: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Each endpoint of ``service``'s destinations (the service's, its subsets'
+    `service/subset`) balanced by locality: (priority, its share now), per destination."""
+    placed: dict[str, list[tuple[str, str]]] = {}
+    for destination, state in sorted(balanced.items()):
+        name, _, subset = destination.partition("/")
+        if name != service:
+            continue
+        tag = f"{subset}:" if subset else ""  # a route's subset: its own priorities
+        for index, group in enumerate(state.get("groups") or []):
+            # distribute's groups are localities, not priorities: no number
+            priority = f"P{index}" if state.get("mode") == "failover" else "-"
+            share = f"{group.get('share', 0):g}%"
+            for address in group.get("endpoints") or []:
+                ejected = " (ejected)" if address in (group.get("ejected") or []) else ""
+                placed.setdefault(address, []).append((tag + priority + ejected, tag + share))
+    return placed
+
+
+def _placed(places: list[tuple[str, str]]) -> tuple[str, str]:
+    """The PRIORITY and SHARE cells: '-' for an endpoint of no balanced destination."""
+    if not places:
+        return "-", "-"
+    return ", ".join(p for p, _ in places), ", ".join(s for _, s in places)
 
 
 def _locality(value: Any) -> str:

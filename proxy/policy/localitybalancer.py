@@ -41,11 +41,12 @@ class LocalityBalancer(Generic[E]):
     """
 
     __slots__ = ("_clock", "_cumulative", "_due", "_generation", "_outlier", "_pickers", "_rng",
-                 "_shares", "groups", "inner", "shares")
+                 "_shares", "groups", "inner", "mode", "shares")
 
     def __init__(self, groups: Sequence[Sequence[E]], pickers: Sequence[Any], shares: Shares,
                  rng: random.Random, outlier: Ejections | None = None,
-                 clock: Clock = time.monotonic, inner: Any = None) -> None:
+                 clock: Clock = time.monotonic, inner: Any = None,
+                 mode: str = "failover") -> None:
         if not groups or len(groups) != len(pickers):
             raise ValueError("one picker per group, at least one group")
         self.groups = tuple(tuple(g) for g in groups)
@@ -57,6 +58,8 @@ class LocalityBalancer(Generic[E]):
         self._generation = -1  # never computed from the detector yet
         self._due: float | None = None
         self.inner = inner  # the one balancer every group shares, if so (PEAK_EWMA learns in it)
+        self.mode = mode  # what the groups are, for the admin's view: "failover" priorities
+        # or "distribute" localities
         sizes = [len(g) for g in self.groups]
         self.shares: tuple[int, ...] = ()
         self._cumulative: list[int] = []
