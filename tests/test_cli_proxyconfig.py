@@ -151,3 +151,46 @@ def test_summary_lists_the_gateways_tls_passthrough() -> None:
     block = lines[lines.index("GATEWAY TLS PASSTHROUGH") + 1:]
     assert block[0].split() == ["SNI", "HOSTS", "DESTINATION"]
     assert block[1].split() == ["db.example.com,*.db.example.com", "db"]
+
+
+def test_locality_columns_only_with_locality_balancing() -> None:
+    """PRIORITY and SHARE come with the dump's `locality`: a route subset's priorities are
+    tagged with the subset, distribute's localities have a share but no priority, and an
+    endpoint of no balanced destination gets '-'."""
+    snap = Snapshot.from_dict({
+        "version": "v9", "node": {"service": "productpage", "locality": "r1/a"},
+        "services": {
+            "reviews": {"endpoints": [
+                {"address": "10.0.0.1:80", "labels": {"version": "v2"}, "locality": "r1/a"},
+                {"address": "10.0.0.2:80", "labels": {"version": "v2"}, "locality": "r1/b"},
+                {"address": "10.0.0.3:80", "labels": {"version": "v1"}, "locality": "r1/a"}]},
+            "details": {"endpoints": [
+                {"address": "10.0.1.1:80", "labels": {}, "locality": "r1/a"},
+                {"address": "10.0.1.2:80", "labels": {}, "locality": "r1/b"}]}},
+    })
+    dump = {"version": "v9", "snapshot": _jsonable(dataclasses.asdict(snap)), "listeners": {}}
+    plain = _endpoint_rows(render(dump))
+    assert len(plain) == 5 and all(len(row) == 5 for row in plain)  # LOCALITY, no more
+    dump["locality"] = {
+        "reviews/v2": {"mode": "failover", "groups": [
+            {"endpoints": ["10.0.0.1:80"], "ejected": ["10.0.0.1:80"], "share": 0.0},
+            {"endpoints": ["10.0.0.2:80"], "ejected": [], "share": 100.0}]},
+        "details": {"mode": "distribute", "groups": [
+            {"endpoints": ["10.0.1.1:80"], "ejected": [], "share": 80.0},
+            {"endpoints": ["10.0.1.2:80"], "ejected": [], "share": 20.0}]}}
+    text = render(dump)
+    assert "PRIORITY" in text.splitlines()[text.splitlines().index("ENDPOINTS") + 1].split()
+    rows = {cells[1]: cells[4:] for cells in _endpoint_rows(text)}
+    assert rows == {
+        "10.0.0.1:80": ["r1/a", "v2:P0 (ejected)", "v2:0%"],
+        "10.0.0.2:80": ["r1/b", "v2:P1", "v2:100%"],
+        "10.0.0.3:80": ["r1/a", "-", "-"],
+        "10.0.1.1:80": ["r1/a", "-", "80%"],
+        "10.0.1.2:80": ["r1/b", "-", "20%"]}
+
+
+def _endpoint_rows(text: str) -> list[list[str]]:
+    """The ENDPOINTS table's rows, split into cells (a cell may hold single spaces)."""
+    lines = text.splitlines()
+    return [[c.strip() for c in line.split("  ") if c.strip()]
+            for line in lines[lines.index("ENDPOINTS") + 2:] if line.strip()]
