@@ -65,15 +65,29 @@ class RuleCounter:
 class RuleTable:
     """Every named rule's series seen by this proxy, keyed (reporter, route, rule)."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("compiled", "rules")
 
     def __init__(self) -> None:
         self.rules: dict[tuple[str, str, str], RuleSeries] = {}
+        self.compiled: set[tuple[str, str, str]] = set()  # named by the snapshot being built
+
+    def begin(self) -> None:
+        """A snapshot is about to be compiled: note afresh which rules it names."""
+        self.compiled = set()
 
     def counter(self, reporter: str, route: str, rule: str, unrouted: str) -> RuleCounter:
         """The rule's counter for a new snapshot (called when it is compiled, not per
         request)."""
-        return RuleCounter(self.rules.setdefault((reporter, route, rule), {}), unrouted)
+        key = (reporter, route, rule)
+        self.compiled.add(key)
+        return RuleCounter(self.rules.setdefault(key, {}), unrouted)
+
+    def retire_unused(self) -> None:
+        """The snapshot is in use: stop exporting the series of rules it no longer names
+        (renamed or removed), as a Prometheus client drops a series that no longer exists.
+        A request still finishing on the old snapshot counts into the dropped dict, unseen."""
+        for key in self.rules.keys() - self.compiled:
+            del self.rules[key]
 
     def families(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         """The two families, at scrape time; nothing at all while no named rule counted."""

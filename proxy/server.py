@@ -81,6 +81,7 @@ class ProxyServer:
         if self.options.app_protocol is not None:
             snapshot = replace(snapshot, app_protocol=self.options.app_protocol)
         self.pools.begin()
+        self.stats.rules.begin()
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
@@ -135,6 +136,7 @@ class ProxyServer:
         self.backends = builder.backends()
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
+        self.stats.rules.retire_unused()
         self._set_access_log(snapshot)
         for hook in self.on_snapshot:
             hook(snapshot)

@@ -1,8 +1,8 @@
 """`meshctl routes` against a real mesh: `meshctl serve`, control-plane-mode sidecars (reviews
 v1 and v2, productpage calling them) and real HTTP through them. The rows per named rule and
 the `[unnamed]` rest, in JSON, table and wide form; the messages for a service without a
-Route, with a Route naming no rule, and an unknown service; a push that unnames the rule stops
-its counting."""
+Route, with a Route naming no rule, and an unknown service; a push that unnames or renames a
+rule drops its series."""
 
 from __future__ import annotations
 
@@ -86,9 +86,11 @@ class Mesh:
                                  + f"/api/v1/sync?storeVersion={revision}&timeout=15")
         assert status == 200 and body["synced"], body
 
+    def front_text(self) -> str:
+        return http_get(f"http://{self.front.info['admin']}/metrics")[1].decode()
+
     def front_metric(self, name: str, **labels: str) -> float:
-        text = http_get(f"http://{self.front.info['admin']}/metrics")[1].decode()
-        return metric_value(text, name, **labels)
+        return metric_value(self.front_text(), name, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -196,27 +198,42 @@ def test_service_without_route_or_named_rule_and_unknown_service(mesh: Mesh) -> 
     assert "no service nosuch in namespace default" in missing.stderr
 
 
-def test_unnaming_the_rules_stops_their_counting_and_naming_resumes_it(mesh: Mesh) -> None:
-    """A push leaving no rule named: the sidecar stops counting per rule (its series keep
-    their values) while the service metrics go on; named again, the rule's series go on
-    from where they were (a push does not reset them)."""
-    def route_total() -> float:
-        return mesh.front_metric("ami_route_requests_total")
-
+def test_unnaming_the_rules_drops_their_series_and_naming_resumes_counting(
+        mesh: Mesh) -> None:
+    """A push leaving no rule named: the sidecar stops counting per rule and stops exporting
+    the rules' series at that push (no ami_route_* family left), while the service metrics go
+    on; named again, the rule counts from 0 (a new series, as after a restart)."""
     def served() -> float:
         return mesh.front_metric("ami_requests_total", reporter="source",
                                  destination_service="reviews")
 
     mesh.call("jason")  # (whichever test ran before: one of jason's is counted)
-    jason = mesh.front_metric("ami_route_requests_total", rule="jason")
-    assert jason > 0
+    assert mesh.front_metric("ami_route_requests_total", rule="jason") > 0
     mesh.apply_synced(route("", ""))
-    total, count = route_total(), served()
+    assert "ami_route_" not in mesh.front_text()
+    count = served()
     for _ in range(3):
         assert mesh.call("jason") == b"reviews-v2"
     assert served() == count + 3
-    assert route_total() == total
+    assert "ami_route_" not in mesh.front_text()
     mesh.apply_synced(route())
     for _ in range(2):
         assert mesh.call("jason") == b"reviews-v2"
-    assert mesh.front_metric("ami_route_requests_total", rule="jason") == jason + 2
+    assert mesh.front_metric("ami_route_requests_total", rule="jason") == 2
+
+
+def test_renamed_rule_drops_the_old_series_at_the_push(mesh: Mesh) -> None:
+    """Renaming a rule: the push that renames it removes the old name's series from the
+    sidecar's /metrics (its last values were scraped already); the new name counts anew, and
+    a rule the push kept keeps its series."""
+    mesh.apply_synced(route())
+    mesh.call("jason")
+    mesh.call("nobody")
+    idle = mesh.front_metric("ami_route_requests_total", rule="idle")
+    assert idle > 0 and mesh.front_metric("ami_route_requests_total", rule="jason") > 0
+    mesh.apply_synced(route(jason="jason-v2"))
+    assert 'rule="jason"' not in mesh.front_text()
+    assert mesh.call("jason") == b"reviews-v2"
+    assert mesh.front_metric("ami_route_requests_total", rule="jason-v2") == 1
+    assert mesh.front_metric("ami_route_requests_total", rule="idle") == idle
+    assert 'rule="jason"' not in mesh.front_text()
