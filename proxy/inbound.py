@@ -121,22 +121,25 @@ class InboundPolicy:
         return None
 
     def admit_connection(self, identity: str | None, service: str | None,
-                         namespace: str | None) -> bool:
-        """Whether a TCP connection from this peer may reach the app (Istio's TCP semantics,
-        `AuthorizationRule.matches_connection`); a refusal is counted. JWTs and the rate
-        limit are about requests, so a connection meets neither."""
+                         namespace: str | None, client_ip: bytes = b"") -> str | None:
+        """Why a TCP connection from this peer may not reach the app, or None (Istio's TCP
+        semantics, `AuthorizationRule.matches_connection`); a refusal is counted. The rate
+        limit, when set, spends one token per connection, after authorization (as Envoy's
+        `local_ratelimit` network filter counts connections); JWTs are about requests."""
         port = self.port
         for policy in self.deny:
             if any(r.matches_connection(identity, service, namespace, port, True)
                    for r in policy.rules):
-                self._deny()
-                return False
+                return self._deny()[0]
         if self.allow and not any(
                 r.matches_connection(identity, service, namespace, port)
                 for p in self.allow for r in p.rules):
-            self._deny()
-            return False
-        return True
+            return self._deny()[0]
+        if ((self.bucket is not None and not self.bucket.try_acquire())
+                or (self.keyed is not None and not self.keyed.try_acquire(identity or client_ip))):
+            self.stats.inc("ami_rate_limited", self.labels)
+            return "rate_limited"  # no retry-after: the caller's sidecar answers for it
+        return None
 
     def _deny(self) -> Refusal:
         self.stats.inc("ami_authorization_denied", self.labels)

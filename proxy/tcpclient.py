@@ -86,7 +86,9 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
         tried.append(pool)
         reason = await _connect(session, pool, target.version)
         if backend.outlier is not None:
-            backend.outlier.record(pool, 200 if reason == "ok" else None)
+            # a rate-limited connection is a healthy endpoint's answer, as an HTTP 429
+            backend.outlier.record(pool, 200 if reason == "ok"
+                                   else 429 if reason == "rate_limited" else None)
         if session.ended:  # the app left meanwhile (its end hooks ran): close the peer too
             session.close()
             return

@@ -1,6 +1,7 @@
 """The destination's side of a TCP service: an `ami-tcp` connection on the inbound listener
 (mTLS, or plaintext opened by the preamble where the mesh allows plaintext) is authorized once,
-as a connection, then piped to the local app (proxy.tcprelay).
+as a connection (and, with a rateLimit, spends a token), then piped to the local app
+(proxy.tcprelay).
 
 Only a sidecar whose app is declared `tcp` takes such connections: on any other, `ami-tcp`
 would carry bytes past the HTTP app's per-request policies, so it is refused
@@ -68,9 +69,9 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
         session.opened(labels(version))
         if target is None:
             refuse("protocol_mismatch")
-        elif not target.policy.admit_connection(p.peer_identity, p.peer_service,
-                                                p.peer_namespace):
-            refuse("not_authorized")
+        elif (refusal := target.policy.admit_connection(
+                p.peer_identity, p.peer_service, p.peer_namespace, p.client_ip)) is not None:
+            refuse(refusal)  # not_authorized, rate_limited
         else:
             session.upstream = str(target.app)
             # The caller waits for `ok` before sending its app's bytes; what a peer sends

@@ -1,6 +1,7 @@
 """TCP services in the mesh: a real TCP server behind an `--app-protocol tcp` sidecar, reached
 by an app through its sidecar's `--tcp-upstream` port (or CONNECT), over mTLS STRICT issued by
-a real control plane; authorization per connection, Istio's TCP metrics on both sidecars."""
+a real control plane; authorization and the rate limit per connection, Istio's TCP metrics on
+both sidecars."""
 
 from __future__ import annotations
 
@@ -278,6 +279,64 @@ def test_authorization_allows_and_denies_by_source_service(mesh: TcpMesh) -> Non
     with mesh.connect() as sock:
         banner(sock)
     assert v2_port != app_port
+
+
+RATE_LIMIT = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: db}
+spec:
+  host: db
+  rateLimit: {requestsPerSecond: 0.001, burst: 1, perSource: %s}
+"""
+
+
+def connect_answer(mesh: TcpMesh) -> tuple[bytes, bytes]:
+    """`CONNECT db:5432` on web's outbound listener: the answer's head and what follows."""
+    host, port = mesh.web.info["outbound"].split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n")
+        head, rest = read_to_eof(sock).split(b"\r\n\r\n", 1)
+        return head, rest
+
+
+@pytest.mark.parametrize("per_source", [False, True])
+def test_rate_limit_counts_new_connections(mesh: TcpMesh, per_source: bool) -> None:
+    """A DestinationPolicy rateLimit on a TCP service spends one token per new connection at
+    each db sidecar (burst 1, one token per 1000 s: each replica lets one through, shared or
+    per caller): of 6 connections at most one per replica reaches an app, the others are
+    closed before any byte, and both sides count them `rate_limited`; a CONNECT gets `429`."""
+    def counts() -> tuple[float, float, float]:
+        db = [mesh.metrics(p) for p in mesh.db.values()]
+        return (sum(metric_value(t, "ami_tcp_connections_closed_total",
+                                 reporter="destination", response_flags="rate_limited")
+                    for t in db),
+                sum(metric_value(t, "ami_rate_limited_total", destination_service="db")
+                    for t in db),
+                metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
+                             reporter="source", response_flags="rate_limited"))
+
+    before = counts()
+    mesh.apply(RATE_LIMIT % str(per_source).lower())
+    try:
+        reached = []
+        for _ in range(6):
+            with mesh.connect() as sock:
+                reached.append(read_line(sock))
+        passed = [line for line in reached if line]
+        assert 1 <= len(passed) <= len(mesh.db), reached
+        assert all(line.startswith(b"hello from db-") for line in passed), reached
+        head, body = connect_answer(mesh)
+        assert head.startswith(b"HTTP/1.1 429"), head
+        assert body.startswith(b"rate_limited"), body
+        limited = 6 - len(passed) + 1
+        want = tuple(b + limited for b in before)
+        wait_for(lambda: counts() == want, TIMEOUT, f"{limited} rate-limited connections "
+                 "counted on db (ami_tcp_*, ami_rate_limited_total) and web")
+    finally:
+        mesh.delete_policy("db", "destinationpolicies")
+    with mesh.connect() as sock:  # no limit: connections pass again
+        banner(sock)
 
 
 def test_tcp_metrics_on_both_sidecars_and_nothing_left_open(mesh: TcpMesh) -> None:
