@@ -288,6 +288,7 @@ metadata: {name: db}
 spec:
   host: db
   rateLimit: {requestsPerSecond: 0.001, burst: 1, perSource: %s}
+  outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100, baseEjectionTime: 10m}
 """
 
 
@@ -305,7 +306,12 @@ def test_rate_limit_counts_new_connections(mesh: TcpMesh, per_source: bool) -> N
     """A DestinationPolicy rateLimit on a TCP service spends one token per new connection at
     each db sidecar (burst 1, one token per 1000 s: each replica lets one through, shared or
     per caller): of 6 connections at most one per replica reaches an app, the others are
-    closed before any byte, and both sides count them `rate_limited`; a CONNECT gets `429`."""
+    closed before any byte, and both sides count them `rate_limited`; a CONNECT gets `429`.
+    A refusal is no endpoint failure: outlier detection (ejecting after one) ejects none."""
+    def ejections() -> float:
+        return metric_value(mesh.metrics(mesh.web), "ami_outlier_ejections_total",
+                            destination_service="db")
+
     def counts() -> tuple[float, float, float]:
         db = [mesh.metrics(p) for p in mesh.db.values()]
         return (sum(metric_value(t, "ami_tcp_connections_closed_total",
@@ -316,7 +322,7 @@ def test_rate_limit_counts_new_connections(mesh: TcpMesh, per_source: bool) -> N
                 metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
                              reporter="source", response_flags="rate_limited"))
 
-    before = counts()
+    before, ejected = counts(), ejections()
     mesh.apply(RATE_LIMIT % str(per_source).lower())
     try:
         reached = []
@@ -333,6 +339,7 @@ def test_rate_limit_counts_new_connections(mesh: TcpMesh, per_source: bool) -> N
         want = tuple(b + limited for b in before)
         wait_for(lambda: counts() == want, TIMEOUT, f"{limited} rate-limited connections "
                  "counted on db (ami_tcp_*, ami_rate_limited_total) and web")
+        assert ejections() == ejected
     finally:
         mesh.delete_policy("db", "destinationpolicies")
     with mesh.connect() as sock:  # no limit: connections pass again
