@@ -195,11 +195,13 @@ def test_an_idle_connection_is_closed_at_both_apps(mesh: TcpMesh) -> None:
     """With `tcpIdleTimeout: 500ms` a connection that moves no byte is closed by the caller's
     sidecar: the client reads an EOF, the server sees the FIN, and web counts and logs the
     connection as `idle_timeout`."""
+    # Counted before connecting: the timeout may fire before the banner is even read here.
+    eofs = {name: app.output().count("eof ") for name, app in mesh.apps.items()}
     with mesh.connect() as sock:
-        app = mesh.apps[banner(sock).removeprefix("db-")]
-        eofs = app.output().count("eof ")
+        name = banner(sock).removeprefix("db-")
         assert read_to_eof(sock) == b""  # an EOF within the socket's timeout, not a reset
-    wait_for(lambda: app.output().count("eof ") > eofs, TIMEOUT, "the server saw the FIN")
+    app = mesh.apps[name]
+    wait_for(lambda: app.output().count("eof ") > eofs[name], TIMEOUT, "the server saw the FIN")
     wait_for(lambda: metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
                                   reporter="source", response_flags="idle_timeout") >= 1,
              TIMEOUT, "the idle timeout counted on web")
