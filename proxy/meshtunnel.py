@@ -24,7 +24,7 @@ from proxy.exchange import _CONNECT_ESTABLISHED, Exchange
 from proxy.headers import service_from_authority
 from proxy.passthrough import authority_address
 from proxy.requesthead import Reject
-from proxy.tcpclient import find_target, open_session
+from proxy.tcpclient import find_target, hand_over
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
@@ -92,26 +92,16 @@ def enter_tcp(p: DownstreamProtocol, target: TcpTarget) -> None:
     """The tunnel to a TCP service: the connection is a TCP session from now on, sent to an
     endpoint of the service as a `--tcp-upstream` connection is; it stays one connection of
     the listener (its limit, its drain) until it ends."""
-    from proxy.tcprelay import AppEnd, TcpSession
+    from proxy.tcprelay import TcpSession
 
-    listener, transport = p.listener, p.transport
-    assert transport is not None
+    listener = p.listener
     session = TcpSession(listener.stats, True, "outbound", p.loop)
     session.authority = (p.mesh_connect or b"").decode("latin-1")
     session.log_out = listener.access_log
     session.early = b"".join(p._tunnel_preamble or ())  # sent on once the service answered
     session.connect_answer = _CONNECT_ESTABLISHED
     p._tunnel_preamble, p.mesh_connect, p.closed = None, None, True
-
-    def end(_session: TcpSession) -> None:
-        p.transport = None
-        listener.release(p)
-
-    session.on_end = end
-    app = AppEnd(session)
-    transport.set_protocol(app)
-    app.connection_made(transport)
-    p.loop.create_task(open_session(session, target))
+    hand_over(p, session, target)
 
 
 def refuse_tls(p: DownstreamProtocol) -> None:

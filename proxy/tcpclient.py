@@ -26,6 +26,7 @@ from proxy.tcpwire import PREAMBLE, first_frame
 
 if TYPE_CHECKING:
     from proxy.destinations import DestinationState
+    from proxy.downstream import DownstreamProtocol
     from proxy.pools import EndpointPool
     from proxy.routing import Decision
 
@@ -58,6 +59,25 @@ def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None
 
     host = service_from_authority(name)
     return targets.get(host) or lookup_service_name(targets, host, namespace_of)
+
+
+def hand_over(p: DownstreamProtocol, session: TcpSession, target: TcpTarget) -> None:
+    """The downstream connection of ``p`` becomes ``session``'s app end (paused until an
+    endpoint accepted), released from its listener when the session ends; then connect."""
+    from proxy.tcprelay import AppEnd
+
+    listener, transport = p.listener, p.transport
+    assert transport is not None
+
+    def end(_session: TcpSession) -> None:
+        p.transport = None
+        listener.release(p)
+
+    session.on_end = end
+    app = AppEnd(session)
+    transport.set_protocol(app)
+    app.connection_made(transport)
+    p.loop.create_task(open_session(session, target))
 
 
 async def open_session(session: TcpSession, target: TcpTarget) -> None:

@@ -130,25 +130,16 @@ class _FirstBytes(asyncio.Protocol):
 def relay(p: DownstreamProtocol, route: SniRoute, sni: str | None, hello: bytes) -> None:
     """The connection is a TCP session to ``route``'s service from now on, ``hello`` its first
     bytes; it stays one connection of the listener (its limit, its drain) until it ends."""
-    from proxy.tcpclient import open_session
-    from proxy.tcprelay import AppEnd, TcpSession
+    from proxy.tcpclient import hand_over
+    from proxy.tcprelay import TcpSession
 
-    listener, transport = p.listener, p.transport
-    assert transport is not None and route.target is not None
+    listener = p.listener
+    assert route.target is not None
     session = TcpSession(listener.stats, True, "gateway", p.loop)
     session.authority = sni
     session.log_out = listener.access_log
     session.early = hello  # sent once an endpoint accepted, before anything read after it
-
-    def end(_session: TcpSession) -> None:
-        p.transport = None
-        listener.release(p)
-
-    session.on_end = end
-    app = AppEnd(session)
-    transport.set_protocol(app)
-    app.connection_made(transport)
-    p.loop.create_task(open_session(session, route.target))
+    hand_over(p, session, route.target)
 
 
 def refused(listener: Listener, reason: str, sni: str | None, destination: str, start: float,
