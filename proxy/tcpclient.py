@@ -61,6 +61,10 @@ def find_target(targets: Mapping[str, TcpTarget], name: str) -> TcpTarget | None
     return targets.get(host) or lookup_service_name(targets, host, namespace_of)
 
 
+# Refusals that are the destination's policy, not its failure, as the HTTP status they stand for
+_POLICY_ANSWERS = {"rate_limited": 429, "not_authorized": 403}
+
+
 def hand_over(p: DownstreamProtocol, session: TcpSession, target: TcpTarget) -> None:
     """The downstream connection of ``p`` becomes ``session``'s app end (paused until an
     endpoint accepted), released from its listener when the session ends; then connect."""
@@ -106,9 +110,9 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
         tried.append(pool)
         reason = await _connect(session, pool, target.version)
         if backend.outlier is not None:
-            # a rate-limited connection is a healthy endpoint's answer, as an HTTP 429
-            backend.outlier.record(pool, 200 if reason == "ok"
-                                   else 429 if reason == "rate_limited" else None)
+            # a connection refused by policy (rate limit, authorization) is a healthy
+            # endpoint's answer, as an HTTP 429 or 403: no reason to eject it
+            backend.outlier.record(pool, 200 if reason == "ok" else _POLICY_ANSWERS.get(reason))
         if session.ended:  # the app left meanwhile (its end hooks ran): close the peer too
             session.close()
             return

@@ -348,6 +348,42 @@ def test_rate_limit_counts_new_connections(mesh: TcpMesh, per_source: bool) -> N
         banner(sock)
 
 
+EJECT_AFTER_ONE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: db}
+spec:
+  host: db
+  outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100, baseEjectionTime: 10m}
+"""
+
+
+def test_a_connection_denied_by_policy_is_no_endpoint_failure(mesh: TcpMesh) -> None:
+    """An AuthorizationPolicy refusing web's connections is the endpoints' healthy answer, as
+    an HTTP 403: with outlier detection ejecting after one failure, no endpoint is ejected,
+    and a CONNECT keeps getting `403 not_authorized`, not `no_healthy_upstream`."""
+    def ejections() -> float:
+        return metric_value(mesh.metrics(mesh.web), "ami_outlier_ejections_total",
+                            destination_service="db")
+
+    ejected = ejections()
+    app_port = int(mesh.apps["v1"].info["address"].rsplit(":", 1)[1])
+    mesh.apply(EJECT_AFTER_ONE)
+    mesh.apply(ALLOW_OTHER % ("reviews", app_port))
+    try:
+        for _ in range(2 * len(mesh.db)):
+            assert refused(mesh)
+        head, body = connect_answer(mesh)
+        assert head.startswith(b"HTTP/1.1 403"), head
+        assert body.startswith(b"not_authorized"), body
+        assert ejections() == ejected
+    finally:
+        mesh.delete_policy("db-access")
+        mesh.delete_policy("db", "destinationpolicies")
+    with mesh.connect() as sock:
+        banner(sock)
+
+
 def test_tcp_metrics_on_both_sidecars_and_nothing_left_open(mesh: TcpMesh) -> None:
     """Istio's four TCP metrics with the request metrics' labels, reporter source on web and
     destination on db; once every connection ended, none is left open anywhere."""
