@@ -162,8 +162,9 @@ def test_check_and_apply_warn_of_a_rate_limit_no_sidecar_enforces(
         assert ("api.github.com is a host outside the mesh, which has no sidecar to enforce a "
                 "rate limit" in warnings["DestinationPolicy c/github"])
 
-        done = meshctl(mesh, "check")
-        assert done.returncode == 0, done.stdout + done.stderr
+        # (the apply is still being pushed: asked again until every proxy synced)
+        done = wait_for(lambda: (o := meshctl(mesh, "check")).returncode == 0 and o, 20,
+                        "meshctl check to pass once the apply is pushed")
         lines = done.stdout.splitlines()
         start = lines.index("Rate limits") + 1
         group = lines[start:next(i for i in range(start, len(lines))

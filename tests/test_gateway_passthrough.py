@@ -514,7 +514,9 @@ def test_meshctl_check_and_apply_say_which_destination_is_no_tcp_service(
         "warning: Gateway default/edge: spec.passthrough[1].destination web is an HTTP "
         "service, whose sidecars refuse passed-through TLS: the gateway closes those "
         "connections (protocol_mismatch; see docs/resources.md#gateway)\n")
-    done = meshctl(edge, "check")
+    # (the apply is still being pushed: asked again until every proxy synced)
+    done = wait_for(lambda: (o := meshctl(edge, "check")).returncode == 0 and o, 20,
+                    "meshctl check to pass once the apply is pushed")
     section = done.stdout.split("Gateway TLS passthrough\n")[1].splitlines()
     checks = [line for line in section if line.startswith("  ") and "hint:" not in line]
     assert len(checks) == 3, done.stdout
