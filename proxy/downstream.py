@@ -87,6 +87,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._expect_continue = False
         self._upgrade_value: bytes | None = None
         self._conn_tokens: list[bytes] | None = None
+        self._connection_seen = False  # a Connection or Proxy-Connection header (any value)
         self._timeout_override: float | None = None
         self._head_bytes = 0
         self._header_budget = 0  # header bytes still allowed in the head being parsed

@@ -26,12 +26,12 @@ if TYPE_CHECKING:
 
 # Header names the parser treats specially (everything else is forwarded untouched).
 (_H_HOST, _H_CONNECTION, _H_DROP, _H_TE, _H_EXPECT, _H_XFF, _H_REQUEST_ID, _H_UPGRADE,
- _H_TIMEOUT, _H_PEER, _H_XFCC) = range(11)
+ _H_TIMEOUT, _H_PEER, _H_XFCC, _H_PROXY_CONNECTION) = range(12)
 _SPECIAL: dict[bytes, int] = {
     b"host": _H_HOST,
     b"connection": _H_CONNECTION,
     b"keep-alive": _H_DROP,
-    b"proxy-connection": _H_DROP,
+    b"proxy-connection": _H_PROXY_CONNECTION,  # dropped; llhttp reads it as Connection
     b"te": _H_DROP,
     b"trailer": _H_DROP,
     b"proxy-authorization": _H_DROP,
@@ -70,6 +70,7 @@ def on_message_begin(p: DownstreamProtocol) -> None:
     p._expect_continue = False
     p._upgrade_value = None
     p._conn_tokens = None
+    p._connection_seen = False
     p._timeout_override = None
     p._xfcc_kept = None  # (a request refused before _head_tail must not leave its XFCC)
     p._in_head = True
@@ -123,11 +124,14 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         if b"websocket" in connection_tokens(value):
             p._upgrade_value = value
     elif kind == _H_CONNECTION:
+        p._connection_seen = True
         # Names listed in Connection are hop-by-hop too (RFC 9110 7.6.1); removed once the
         # head is complete, since they may come before or after the Connection header.
         extra = [t for t in connection_tokens(value) if t not in _CONNECTION_OPTIONS]
         if extra:
             p._conn_tokens = (p._conn_tokens or []) + extra
+    elif kind == _H_PROXY_CONNECTION:
+        p._connection_seen = True  # (not forwarded: hop-by-hop)
     elif kind == _H_PEER:
         # Peer metadata (service;version) from the calling sidecar; trusted only over mTLS.
         if p.peer_identity is not None:
@@ -143,7 +147,8 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         trusted = p.peer_identity in p.listener.xfcc_trusted
         if trusted and (value := value.strip()):
             p._xfcc_kept = value if p._xfcc_kept is None else p._xfcc_kept + b"," + value
-    # _H_CONNECTION and _H_DROP: hop-by-hop or identity headers, not forwarded
+    # _H_CONNECTION, _H_PROXY_CONNECTION and _H_DROP: hop-by-hop or identity headers, not
+    # forwarded
 
 
 def exchange_from_head(p: DownstreamProtocol) -> Exchange:
@@ -157,7 +162,13 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
         path, query, authority = split_target(p._url)
     except ValueError:
         raise Reject("bad_request") from None
-    http10 = parser.get_http_version() == "1.0"
+    keep_alive = parser.should_keep_alive()
+    # llhttp keeps a request other than HTTP/1.1 alive only when a Connection (or
+    # Proxy-Connection) header says keep-alive: without one, keep-alive means HTTP/1.1, and
+    # the version string, which httptools formats on each call (~1,500 instructions), is
+    # not needed.
+    http10 = ((not keep_alive or p._connection_seen)
+              and parser.get_http_version() == "1.0")
     if authority is None:
         if p._host is None:
             if p.tunnel_host is not None:  # in a CONNECT tunnel: the CONNECT's authority
@@ -184,7 +195,7 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     if p._conn_tokens:
         drop = p._conn_tokens
         p._headers = [h for h in p._headers if h[0].lower() not in drop]
-    keep_alive = parser.should_keep_alive() and not p.draining
+    keep_alive = keep_alive and not p.draining
     upgrade = parser.should_upgrade()
     if upgrade and p._upgrade_value is None:
         # An upgrade not offered: the parser stopped after this head, so the connection

@@ -177,12 +177,15 @@ async def test_http10_client(env: dict[str, Any]) -> None:
     assert resp.body == b"part0;part1;part2;part3;part4;" and closed
 
 
-async def test_http10_keep_alive(env: dict[str, Any]) -> None:
-    """An HTTP/1.0 client that asks for keep-alive gets it, with a length-framed response."""
+@pytest.mark.parametrize("header", [b"Connection", b"Proxy-Connection"])
+async def test_http10_keep_alive(env: dict[str, Any], header: bytes) -> None:
+    """An HTTP/1.0 client that asks for keep-alive gets it, with a length-framed response.
+    llhttp honours Proxy-Connection as Connection, so that request is HTTP/1.0 with keep-alive
+    too (requesthead reads the version only when such a header came, or no keep-alive)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
     for path in ("/k1", "/k2"):
-        writer.write(b"GET %s HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n"
-                     % path.encode())
+        writer.write(b"GET %s HTTP/1.0\r\nHost: echo\r\n%s: keep-alive\r\n\r\n"
+                     % (path.encode(), header))
         resp = await asyncio.wait_for(read_response(reader), 10)
         assert resp.header("connection") == "keep-alive"
         assert json.loads(resp.body)["path"] == path
