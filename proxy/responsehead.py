@@ -66,8 +66,10 @@ def client_head(conn: UpstreamConnection, status: int, *, head_only: bool, http1
             out.append(b"connection: " + connection + _CRLF)
         if conn.upgrade_header is not None:
             out.append(b"upgrade: " + conn.upgrade_header + _CRLF)
-    elif connection is not None and (connection.find(b",") >= 0  # not `in`: see requesthead
-                                     or connection.strip().lower() not in _PLAIN_CONNECTION):
+    elif connection is not None and connection not in _PLAIN_CONNECTION and (
+            # (the exact `keep-alive` or `close` most servers send needs no strip and lower)
+            connection.find(b",") >= 0  # not `in`: see requesthead
+            or connection.strip().lower() not in _PLAIN_CONNECTION):
         # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         tokens = {t.strip().lower() for t in connection.split(b",")}
         out = [out[0], *(line for line in out[1:]
