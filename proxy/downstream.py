@@ -49,6 +49,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b"unknown"
+        self.xff_line = b"x-forwarded-for: unknown\r\n"  # for a client that sent none
         self.peer_identity: str | None = None  # verified SPIFFE id of an mTLS peer
         self.peer_service: str | None = None
         self.peer_namespace: str | None = None
@@ -106,6 +107,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
+            self.xff_line = b"x-forwarded-for: " + self.client_ip + b"\r\n"
         self.idle_since = self.loop.time()
         ssl_object = transport.get_extra_info("ssl_object")
         if (ssl_object is not None and self.listener.kind == "inbound"

@@ -15,8 +15,8 @@ from proxy.headers import (
     IDENTITY_HEADERS,
     XFCC,
     appended_xfcc,
-    new_request_id,
     normalize_path,
+    request_id_line,
     split_target,
 )
 
@@ -119,7 +119,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
     tail = [b"x-forwarded-for: " + (xff + b", " + stream.client_ip if xff else stream.client_ip)
             + b"\r\n", listener.forwarded_proto_line]
     if not has_request_id:
-        tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+        tail.append(request_id_line())
     if stream.xfcc_line:
         tail.append(stream.xfcc_line if xfcc is None else appended_xfcc(xfcc, stream.xfcc_line))
     ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,

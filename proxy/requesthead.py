@@ -16,8 +16,8 @@ from proxy.headers import (
     XFCC,
     appended_xfcc,
     connection_tokens,
-    new_request_id,
     normalize_path,
+    request_id_line,
     split_target,
 )
 
@@ -243,12 +243,12 @@ def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:
     """Header lines the proxy adds: forwarding, request id, XFCC, framing (the peer metadata
     is added per upstream connection, by Exchange._upstream_head)."""
     tail = [
-        b"x-forwarded-for: " + (p._xff + b", " + p.client_ip if p._xff
-                                else p.client_ip) + b"\r\n",
+        b"x-forwarded-for: " + p._xff + b", " + p.client_ip + b"\r\n" if p._xff
+        else p.xff_line,
         p.listener.forwarded_proto_line,
     ]
     if not p._has_request_id:
-        tail.append(b"x-request-id: " + new_request_id() + b"\r\n")
+        tail.append(request_id_line())
     if p.xfcc_line:  # (any the client sent was dropped, or kept from a trusted peer)
         if p._xfcc_kept is None:
             tail.append(p.xfcc_line)
