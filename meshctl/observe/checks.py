@@ -4,9 +4,13 @@ and how its API is served."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshctl.controlplane.names import ServiceNames
 
 CERT_LIFETIME_S = 24 * 3600.0  # assumed lifetime when a proxy reports no issue time
 # Sidecars renew at 50-70% of the lifetime: with less than 20% left, renewal is overdue.
@@ -140,6 +144,15 @@ def jwks_checks(status: dict[str, tuple[bool, str | None]]) -> list[Group]:
     return [Group("End-user authentication (jwksUri)", tuple(checks))] if checks else []
 
 
+def sidecar_names(proxies: Iterable[dict[str, Any]]) -> ServiceNames:
+    """The registered services as the control plane's snapshots know them (sidecars only)."""
+    from meshctl.controlplane.names import ServiceNames
+
+    return ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
+                        for p in proxies
+                        if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
+
+
 def tcp_services(proxies: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """(name, namespace) of the services whose every sidecar declares a TCP app (as the
     snapshots mark them)."""
@@ -156,11 +169,9 @@ def _tcp_routes(routes: list[Any], proxies: list[dict[str, Any]]
     """(Route, its HTTP-only field paths) for each Route about a TCP service, however its
     host names it (`db`, `db.ns`, the FQDN: resolved as the control plane does)."""
     from meshctl.api.rules import http_only_fields
-    from meshctl.controlplane.names import ServiceNames
 
     tcp = tcp_services(proxies)
-    names = ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
-                         for p in proxies if p.get("service"))
+    names = sidecar_names(proxies)
     return [(r, http_only_fields(r.spec.rules))
             for r in sorted(routes, key=lambda r: (r.namespace, r.name))
             if names.resolve(r.spec.host, r.namespace) in tcp]
@@ -198,12 +209,8 @@ def _passthrough_entries(gateways: list[Any], proxies: list[dict[str, Any]]
     """(Gateway, entry index, destination, state) for each TLS passthrough entry: state
     `tcp`, `http` (its sidecars speak HTTP: they refuse `ami-tcp`, the gateway closes the
     connections `protocol_mismatch`) or `none` (no sidecar registered: `no_route`)."""
-    from meshctl.controlplane.names import ServiceNames
-
     tcp = tcp_services(proxies)
-    names = ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
-                         for p in proxies
-                         if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
+    names = sidecar_names(proxies)
 
     def state(destination: str, namespace: str) -> str:
         found = names.resolve(destination, namespace)

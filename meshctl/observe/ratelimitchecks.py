@@ -16,7 +16,7 @@ from typing import Any
 from meshctl.api.hostnames import mesh_form
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.controlplane.names import ServiceNames
-from meshctl.observe.checks import Check, Group
+from meshctl.observe.checks import Check, Group, sidecar_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +27,6 @@ class Verdict:
     enforced: bool
     detail: str
     hint: str = ""
-
-
-def sidecar_names(proxies: Iterable[dict[str, Any]]) -> ServiceNames:
-    """The registered services as the control plane's snapshots know them (sidecars only)."""
-    return ServiceNames((str(p["service"]), str(p.get("namespace") or "default"))
-                        for p in proxies
-                        if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
 
 
 def verdict(policy: Any, names: ServiceNames) -> Verdict:
