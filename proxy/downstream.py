@@ -347,7 +347,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         self._parsing = None
-        self.idle_since = self.loop.time()
+        # (No idle_since here: the connection is not idle until its exchange finishes, and
+        # exchange_finished sets it then.)
         if ex is not None:
             ex.request_complete()
 

@@ -276,13 +276,16 @@ class UpstreamConnection(asyncio.BaseProtocol):
 
     def on_message_complete(self) -> None:
         ex = self.exchange
-        if ex is not None and ex.interim:
+        if ex is None:
+            return
+        if ex.interim:
             ex.interim = False
             return  # a 1xx interim response ended; the final one follows
-        if self.parser.should_upgrade():
-            return  # 101: llhttp "completes" the message, then feed_data raises the upgrade
-        if ex is not None:
-            self._done = True  # data_received completes the exchange once the read is parsed
+        if ex.status == 101:
+            # An accepted upgrade (upstream_headers refuses any other 101): llhttp "completes"
+            # the message, then feed_data raises the upgrade.
+            return
+        self._done = True  # data_received completes the exchange once the read is parsed
 
     # --- used by the exchange and the pool --------------------------------------------------
     def send(self, exchange: Exchange, head: bytes) -> None:
