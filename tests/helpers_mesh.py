@@ -184,15 +184,18 @@ _CERTS_BY_GRPC: dict[str, Path] = {}
 
 
 def sidecar_credentials(log_dir: Path, control_plane: str, service: str,
-                        namespace: str = "default") -> list[str]:
-    """--ca-file/--token-file arguments for a sidecar of ``service``."""
+                        namespace: str = "default", token: str = "service") -> list[str]:
+    """--ca-file/--token-file arguments for a proxy of ``service``; ``token``: its
+    ``service`` or its ``gateway`` token."""
     from meshctl.ca import BootstrapTokens
 
     certs_dir = _CERTS_BY_GRPC.get(control_plane)
     if certs_dir is None:
         return []
-    token_file = log_dir / f"token-{namespace}-{service}"
-    token_file.write_text(BootstrapTokens.load(certs_dir).token_for(namespace, service))
+    tokens = BootstrapTokens.load(certs_dir)
+    make = tokens.gateway_token_for if token == "gateway" else tokens.token_for
+    token_file = log_dir / f"token-{token}-{namespace}-{service}"
+    token_file.write_text(make(namespace, service))
     token_file.chmod(0o600)
     return ["--ca-file", str(certs_dir / "trust-bundle.pem"), "--token-file", str(token_file)]
 
@@ -200,10 +203,12 @@ def sidecar_credentials(log_dir: Path, control_plane: str, service: str,
 def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str, *,
                   app: str | None = None, mode: str = "sidecar", wait_ready: bool = True,
                   timeout: float = 20.0, extra: list[str] | None = None,
-                  namespace: str = "default", source: Path = ROOT) -> MeshProcess:
+                  namespace: str = "default", source: Path = ROOT,
+                  token: str | None = None) -> MeshProcess:
     """``python -m proxy --control-plane ...`` on free ports; waits for /ready when asked.
     ``source``: the tree whose ``proxy`` package runs (another build, as
-    tests/test_proxy_versions.py makes one)."""
+    tests/test_proxy_versions.py makes one). ``token``: which bootstrap token it gets,
+    ``service`` or ``gateway`` (default: a gateway's for a gateway, a trusted one)."""
     ports = {k: free_port() for k in ("inbound", "outbound", "admin")}
     argv = [PYTHON, "-m", "proxy", "--control-plane", control_plane, "--service", service,
             "--labels", f"version={version}", "--mode", mode,
@@ -214,7 +219,8 @@ def start_sidecar(log_dir: Path, control_plane: str, service: str, version: str,
         argv += ["--inbound", f"127.0.0.1:{ports['inbound']}"]
     if app:
         argv += ["--app", app]
-    argv += sidecar_credentials(log_dir, control_plane, service, namespace)
+    argv += sidecar_credentials(log_dir, control_plane, service, namespace,
+                                token or ("gateway" if mode == "gateway" else "service"))
     name = f"{service}-{version}-{ports['inbound'] if mode == 'sidecar' else ports['admin']}"
     proc = spawn(name, argv + (extra or []), log_dir, cwd=source)
     proc.info.update({k: f"127.0.0.1:{p}" for k, p in ports.items()}, name=name)

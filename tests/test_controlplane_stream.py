@@ -94,7 +94,7 @@ async def plane() -> AsyncIterator[Plane]:
     registry = Registry(grace=0.0)
     reconciler = Reconciler(store, registry, quiet=0.0, cap=0.0)
     server, port = await start_grpc_server(
-        MeshControlService(registry, reconciler, verify_token=TOKENS.verify), "127.0.0.1:0")
+        MeshControlService(registry, reconciler, token_kind=TOKENS.kind), "127.0.0.1:0")
     task = asyncio.create_task(reconciler.run())
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     try:

@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     token.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="CA directory (certs)")
     token.add_argument("--namespace", default="default")
     token.add_argument("--service", required=True)
+    token.add_argument("--gateway", action="store_true",
+                       help="the service's gateway token: for a proxy in --mode gateway, whose "
+                            "x-forwarded-client-cert sidecars then keep")
     token.set_defaults(func=run_token)
 
     trust = sub.add_parser("trust", help="rotation step 1: also trust another root (PEM)")
@@ -98,9 +101,12 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_token(args: argparse.Namespace) -> int:
-    """Print the bootstrap token of one service: it can obtain that service's identity only."""
+    """Print the bootstrap token of one service: it can obtain that service's identity only;
+    its gateway token (--gateway) also makes a gateway of that service a trusted one."""
     try:
-        print(BootstrapTokens.load(args.dir).token_for(args.namespace, args.service))
+        tokens = BootstrapTokens.load(args.dir)
+        make = tokens.gateway_token_for if args.gateway else tokens.token_for
+        print(make(args.namespace, args.service))
     except (CAError, ValueError) as e:
         print(f"meshctl certs token: {e}", file=sys.stderr)
         return 1

@@ -382,7 +382,23 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
                 for p in sorted(proxies, key=lambda p: str(p.get("name", "")))]
         lines += _indent(output.render_table(
             ["NAME", "SERVICE", "VERSION", "PROXY-VERSION", "CONFIG-VERSION", "SYNC"], rows))
+        lines += _gateway_trust(proxies)
     return "\n".join(lines) + "\n"
+
+
+def _gateway_trust(proxies: list[dict[str, Any]]) -> list[str]:
+    """Whether sidecars keep each gateway's x-forwarded-client-cert (``trustedGateway``;
+    nothing from a control plane older than the field)."""
+    words = {True: "trusted (gateway token): sidecars keep its x-forwarded-client-cert",
+             False: "NOT trusted (service token): sidecars drop its x-forwarded-client-cert; "
+                    "`meshctl check` says how to fix it"}
+    gateways = sorted((p for p in proxies if p.get("mode") == "gateway"
+                       and isinstance(p.get("trustedGateway"), bool)),
+                      key=lambda p: str(p.get("name", "")))
+    if not gateways:
+        return []
+    return ["Gateways:", *(f"  {p.get('name')}: {words[p['trustedGateway']]}"
+                           for p in gateways)]
 
 
 def _indent(text: str) -> list[str]:

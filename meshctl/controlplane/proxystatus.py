@@ -33,6 +33,9 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
     return {
         "name": info.name, "service": info.service, "namespace": info.namespace,
         "version": info.version, "labels": dict(info.labels), "mode": info.mode,
+        # a gateway whose x-forwarded-client-cert sidecars keep (it registered with a gateway
+        # token); null for a sidecar
+        "trustedGateway": info.trusted_gateway if info.mode == "gateway" else None,
         # null, not "", for an address a proxy does not have (a gateway has no inbound)
         "inbound": info.inbound or None, "outbound": info.outbound or None,
         "admin": info.admin or None,

@@ -31,6 +31,9 @@ class ProxyInfo:
     outbound: str = ""
     admin: str = ""
     mode: str = "sidecar"
+    # A gateway that registered with its service's gateway token: sidecars keep its XFCC
+    # (False for sidecars, and for a gateway that registered with the plain service token).
+    trusted_gateway: bool = False
     ready: bool = False
     cert_expiry: str = ""  # RFC 3339, "" when no certificate
     cert_issued: str = ""  # RFC 3339 not-before of that certificate

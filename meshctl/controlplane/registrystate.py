@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = "registry.json"
 _FORMAT = 1
 _FIELDS = {f.name for f in fields(ProxyInfo)}
+_BOOLS = {"ready", "trusted_gateway"}  # (a file written before trusted_gateway: False)
 
 
 def encode(proxies: list[ProxyInfo]) -> bytes:
@@ -61,7 +62,7 @@ def _proxy(index: int, item: Any) -> ProxyInfo:
     if not isinstance(item, dict) or not {"name", "service"} <= set(item) <= _FIELDS:
         raise ValueError(f"proxies[{index}]: not a proxy entry")
     for key, value in item.items():
-        expected = bool if key == "ready" else dict if key == "labels" else str
+        expected = bool if key in _BOOLS else dict if key == "labels" else str
         if not isinstance(value, expected):
             raise ValueError(f"proxies[{index}].{key}: must be a {expected.__name__}")
     labels = item.get("labels", {})

@@ -126,7 +126,7 @@ async def serve(options: ServeOptions,
         credentials = options.grpc_credentials or own_cert.grpc_credentials()
         grpc_server, grpc_port = await start_grpc_server(
             MeshControlService(registry, reconciler, ca_service,
-                               verify_token=ca_service.tokens.verify), options.grpc_listen,
+                               token_kind=ca_service.tokens.kind), options.grpc_listen,
             credentials)
         try:
             async with asyncio.TaskGroup() as tg:

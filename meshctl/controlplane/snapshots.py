@@ -117,10 +117,11 @@ class SnapshotBuilder:
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
                   if isinstance(r.spec, MeshConfigSpec)]
         self.mesh = meshes[0] if meshes else MeshConfigSpec()
-        # Registered gateways (connected or in their grace), ready or not: each strips its
-        # clients' XFCC and sets its own, so sidecars may keep theirs (docs/security.md).
+        # Trusted gateways (registered with a gateway token; connected or in their grace),
+        # ready or not: each strips its clients' XFCC and sets its own, so sidecars may keep
+        # theirs (docs/security.md). A gateway with a plain service token is not one.
         self._gateway_ids = {self._identity(p.namespace, p.service)
-                             for p in gateways if p.mode == "gateway"}
+                             for p in gateways if p.mode == "gateway" and p.trusted_gateway}
         self.mtls = MtlsModes(self.mesh.mtls_mode, (
             (r.namespace, r.spec) for r in self._by_kind.get("PeerAuthentication", [])
             if isinstance(r.spec, PeerAuthenticationSpec)))

@@ -1,9 +1,10 @@
 """The gRPC config server (``ami.mesh.v1.MeshControl``): one stream per proxy.
 
 Per stream: the first message must be a valid Register, sent within REGISTER_DEADLINE (else
-the stream ends with INVALID_ARGUMENT naming the field, or DEADLINE_EXCEEDED), carrying the
+the stream ends with INVALID_ARGUMENT naming the field, or DEADLINE_EXCEEDED), carrying a
 bootstrap token of the service it claims (else UNAUTHENTICATED / PERMISSION_DENIED: a snapshot
-lists every endpoint, and a registration becomes one). A name already connected from other
+lists every endpoint, and a registration becomes one); a gateway's gateway token makes it a
+trusted gateway. A name already connected from other
 addresses is refused (ALREADY_EXISTS); from the same addresses it is that proxy reconnecting,
 and its old stream is closed. Then the reconciler pushes snapshots through a
 one-slot mailbox (a newer snapshot replaces one not yet written: each is a full state) while
@@ -17,12 +18,14 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.api.locality import Locality
+from meshctl.ca.tokens import TokenKind
 from meshctl.controlplane.ca_service import CertificateService
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
@@ -135,13 +138,16 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
 
     def __init__(self, registry: Registry, reconciler: Reconciler,
                  ca_service: CertificateService | None = None, *,
-                 verify_token: Callable[[str, str, str], bool] | None = None) -> None:
-        """``verify_token(token, namespace, service)`` authenticates each Register; ``meshctl
-        serve`` always passes the CA's bootstrap tokens (None only in protocol unit tests)."""
+                 token_kind: Callable[[str, str, str], TokenKind | None] | None = None
+                 ) -> None:
+        """``token_kind(token, namespace, service)`` authenticates each Register (which
+        bootstrap token of that service it is, if any); ``meshctl serve`` always passes the
+        CA's tokens (None only in protocol unit tests: every proxy accepted, no gateway
+        trusted)."""
         self.registry = registry
         self.reconciler = reconciler
         self.ca_service = ca_service
-        self.verify_token = verify_token
+        self.token_kind = token_kind
         self._evict: dict[str, asyncio.Event] = {}  # name -> set to close its current stream
 
     async def StreamConfig(
@@ -160,7 +166,7 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
             info = proxy_info(first.register)
         except RegistrationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        await self._authenticate(first.register, info, context)
+        info = await self._authenticate(first.register, info, context)
         await self._claim_name(info, context)
         evicted = self._evict[info.name] = asyncio.Event()
         mailbox = _Mailbox()
@@ -194,20 +200,39 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
 
     async def _authenticate(self, reg: mesh_pb2.Register, info: ProxyInfo,
                             context: aio.ServicerContext[mesh_pb2.ProxyMessage,
-                                                         mesh_pb2.ConfigMessage]) -> None:
-        """The Register must carry the bootstrap token of the service it claims."""
-        if self.verify_token is None:
-            return
+                                                         mesh_pb2.ConfigMessage]) -> ProxyInfo:
+        """The Register must carry a bootstrap token of the service it claims; a gateway
+        registered with the service's gateway token is a trusted gateway (its XFCC is kept),
+        one with the plain service token is not. A sidecar with a gateway token is refused:
+        that token is for gateways only, and a sidecar holding it is a mistake to surface."""
+        if self.token_kind is None:
+            return info
         if not reg.token:
             log.warning("refused proxy %s from %s: no bootstrap token", info.name, context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "register.token: required (the service's bootstrap token, "
                                 "`meshctl certs token --service NAME`)")
-        if not self.verify_token(reg.token, info.namespace, info.service):
+        kind = self.token_kind(reg.token, info.namespace, info.service)
+        if kind is None:
             log.warning("refused proxy %s from %s: bad token for %s/%s", info.name,
                         context.peer(), info.namespace, info.service)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"register.token: not valid for {info.namespace}/{info.service}")
+        if kind == "gateway" and info.mode != "gateway":
+            log.warning("refused proxy %s from %s: a gateway token in %s mode", info.name,
+                        context.peer(), info.mode)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"register.token: a gateway token of {info.namespace}/"
+                                f"{info.service}, for proxies in --mode gateway only; give a "
+                                "sidecar its service token (`meshctl certs token --service "
+                                f"{info.service} --namespace {info.namespace}`)")
+        if kind == "gateway":
+            return replace(info, trusted_gateway=True)
+        if info.mode == "gateway":
+            log.warning("gateway %s (%s/%s) registered with a service token: its "
+                        "x-forwarded-client-cert is not trusted (give it `meshctl certs token "
+                        "--gateway`)", info.name, info.namespace, info.service)
+        return info
 
     async def _claim_name(self, info: ProxyInfo,
                           context: aio.ServicerContext[mesh_pb2.ProxyMessage,

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from meshctl.ca import BootstrapTokens, CaFiles, init_ca
-from meshctl.demo.topology import services
+from meshctl.demo.topology import GATEWAY, services
 
 ROUTES_DIR = Path(__file__).resolve().parents[2] / "sample_apps" / "bookinfo" / "routes"
 DEFAULT_ROUTES = ROUTES_DIR / "default"
@@ -33,15 +33,17 @@ def ensure_ca(certs: Path) -> bool:
 
 def write_tokens(certs: Path, tokens: Path) -> None:
     """One bootstrap-token file (0600) per service, derived from the CA's bootstrap secret,
-    and a copy of the trust bundle: what a proxy needs, without the CA's keys."""
+    and a copy of the trust bundle: what a proxy needs, without the CA's keys. The gateway's
+    file holds its gateway token (sidecars keep the XFCC of a gateway registered with one)."""
     issuer = BootstrapTokens.load(certs)
     tokens.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(certs / "trust-bundle.pem", tokens / "trust-bundle.pem")
     for service in services():
         path = tokens / service
+        make = issuer.gateway_token_for if service == GATEWAY else issuer.token_for
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(issuer.token_for("default", service) + "\n")
+            f.write(make("default", service) + "\n")
 
 
 def seed_config(config: Path, *, gateway_listen: str, routes: Path = DEFAULT_ROUTES,

@@ -67,8 +67,27 @@ def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
     checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
                         "fix the resource named in the NACK and re-apply it" if nacked else ""))
     checks.append(protocol_check(proxies))
+    checks.append(gateway_trust_check(proxies))
     checks.append(version_check(proxies))
     return Group("Data plane", tuple(checks))
+
+
+def gateway_trust_check(proxies: list[dict[str, Any]]) -> Check:
+    """Gateways registered with a plain service token: they work, but sidecars remove the
+    x-forwarded-client-cert they send (only a gateway token makes a gateway trusted).
+    ``trustedGateway`` absent: a control plane from before gateway tokens, nothing to say."""
+    untrusted = [p for p in proxies
+                 if p.get("mode") == "gateway" and p.get("trustedGateway") is False]
+    if not untrusted:
+        return Check("gateways trusted", "ok")
+    detail = ", ".join(f"{p['name']} ({p.get('namespace') or 'default'}/{p['service']})"
+                       for p in untrusted)
+    fixes = "; ".join(sorted({
+        f"meshctl certs token --gateway --service {p['service']} --namespace "
+        f"{p.get('namespace') or 'default'}" for p in untrusted}))
+    return Check("gateways trusted", "warn", f"registered with a service token, so sidecars "
+                 f"drop the x-forwarded-client-cert they send: {detail}",
+                 f"give each its gateway token ({fixes} > FILE) as --token-file and restart it")
 
 
 def protocol_check(proxies: list[dict[str, Any]]) -> Check:
