@@ -276,6 +276,27 @@ def test_bootstrap_token_is_bound_to_one_service(ca_dir: Path) -> None:
     assert not tokens.verify(token, "default", "Bad/Name")
 
 
+def test_gateway_tokens_are_a_kind_of_their_own(ca_dir: Path) -> None:
+    """A service's gateway token is not its service token (nor any other service's token of
+    either kind); kind() tells them apart and verify() takes the service token only."""
+    tokens = BootstrapTokens.load(ca_dir)
+    service, gateway = tokens.token_for("edge", "ingress"), tokens.gateway_token_for("edge",
+                                                                                       "ingress")
+    assert service != gateway and gateway.startswith("ami1.")
+    assert tokens.kind(service, "edge", "ingress") == "service"
+    assert tokens.kind(gateway, "edge", "ingress") == "gateway"
+    assert not tokens.verify(gateway, "edge", "ingress")
+    assert tokens.gateway_token_for("edge", "ingress") == gateway, "stable"
+    for namespace, name in (("edge", "shop"), ("default", "ingress"), ("edge", "Bad/Name")):
+        assert tokens.kind(gateway, namespace, name) is None
+        assert tokens.kind(service, namespace, name) is None
+    assert tokens.kind(gateway[:-1] + ("A" if gateway[-1] != "A" else "B"), "edge",
+                       "ingress") is None
+    # domain separation: no service token equals a gateway token, however names are chosen
+    assert gateway not in {tokens.token_for("gateway", "edge"),
+                           tokens.token_for("edge", "gateway")}
+
+
 def test_bootstrap_tokens_differ_between_cas(tmp_path: Path) -> None:
     """Each CA has its own secret, so a token from one CA is worthless at another."""
     init_ca(tmp_path / "a")

@@ -16,12 +16,23 @@ PROXIES = [
     ProxyInfo(name="reviews-v1-1", service="reviews", labels={"version": "v1"},
               inbound="127.0.0.1:15006", admin="127.0.0.1:15000", ready=True,
               cert_expiry="2026-11-27T00:00:00Z", app_protocol="http1"),
-    ProxyInfo(name="gateway-1", service="gateway", mode="gateway", outbound="0.0.0.0:8080"),
+    ProxyInfo(name="gateway-1", service="gateway", mode="gateway", outbound="0.0.0.0:8080",
+              trusted_gateway=True),
 ]
+UNTRUSTED = ProxyInfo(name="gateway-2", service="edge", mode="gateway", outbound="0.0.0.0:8081")
 
 
 def test_encode_decode_round_trip() -> None:
-    assert decode(encode(PROXIES)) == PROXIES
+    """A trusted gateway stays trusted across a restart (it is listed in snapshots during
+    the warmup as before), an untrusted one untrusted."""
+    assert decode(encode([*PROXIES, UNTRUSTED])) == [*PROXIES, UNTRUSTED]
+
+
+def test_a_file_from_before_gateway_tokens_restores_gateways_untrusted() -> None:
+    """No `trusted_gateway` key: False, until the gateway reconnects with its token."""
+    [entry] = decode(b'{"format": 1, "proxies": [{"name": "g", "service": "gateway", '
+                     b'"mode": "gateway"}]}')
+    assert entry.trusted_gateway is False
 
 
 def test_an_unknown_app_protocol_is_refused_as_a_register_would_be() -> None:
@@ -42,6 +53,8 @@ def test_an_unknown_app_protocol_is_refused_as_a_register_would_be() -> None:
      r"proxies\[0\]: not a proxy entry"),
     (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "ready": "yes"}]}',
      r"proxies\[0\]\.ready: must be a bool"),
+    (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "trusted_gateway": 1}]}',
+     r"proxies\[0\]\.trusted_gateway: must be a bool"),
     (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "labels": {"v": 1}}]}',
      r"proxies\[0\]\.labels: must map strings to strings"),
 ])

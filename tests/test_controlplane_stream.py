@@ -191,6 +191,42 @@ async def test_register_needs_the_token_of_the_service_it_claims(plane: Plane) -
     assert plane.registry.proxies() == []
 
 
+def gateway(name: str = "ingress-gw", service: str = "ingress", **fields: Any
+            ) -> mesh_pb2.ProxyMessage:
+    """A gateway's Register (no inbound) with its service's gateway token unless told."""
+    return register(name, service=service, mode="gateway", inbound="", labels={},
+                    **{"token": TOKENS.gateway_token_for("default", service), **fields})
+
+
+async def test_a_gateway_token_makes_a_trusted_gateway_and_a_service_token_does_not(
+        plane: Plane) -> None:
+    """Both tokens register a gateway (a service token keeps working, for deployments made
+    before gateway tokens); only the gateway token's registration is a trusted gateway."""
+    trusted, untrusted = FakeProxy(plane.stub), FakeProxy(plane.stub)
+    trusted.outbox.put_nowait(gateway())
+    untrusted.outbox.put_nowait(gateway("edge-gw", "edge",
+                                        token=TOKENS.token_for("default", "edge")))
+    await trusted.receive()
+    await untrusted.receive()
+    infos = {p.name: p for p in plane.registry.gateways()}
+    assert infos["ingress-gw"].trusted_gateway is True
+    assert infos["edge-gw"].trusted_gateway is False
+
+
+async def test_a_gateway_token_fits_its_own_service_and_gateways_only(plane: Plane) -> None:
+    """Another service's gateway token (as gateway or sidecar), one of another namespace, and
+    the service's own gateway token in a sidecar: refused, nothing registered."""
+    other = TOKENS.gateway_token_for("default", "edge")
+    for message in (gateway(token=other), gateway(token=TOKENS.gateway_token_for("b", "ingress")),
+                    register(token=TOKENS.gateway_token_for("default", "ratings"))):
+        assert (await refused(plane, message)).code() == grpc.StatusCode.PERMISSION_DENIED
+    status = await refused(plane, register(token=TOKENS.gateway_token_for("default", "reviews")))
+    assert status.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "a gateway token of default/reviews, for proxies in --mode gateway only" in (
+        status.details() or "")
+    assert plane.registry.proxies() == []
+
+
 async def test_register_fields_are_bounded(plane: Plane) -> None:
     """Every Register field ends up in snapshots and proxy-status: names, labels and sizes
     follow Kubernetes' rules, so one proxy cannot bloat every snapshot (or split a log line)."""

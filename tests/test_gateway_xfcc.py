@@ -280,6 +280,84 @@ async def test_a_gateway_is_trusted_while_it_is_registered(mesh: Mesh, tmp_path:
     await until(seen, [f"By={ECHO};URI={sid('edge')}"])
 
 
+def meshctl(mesh: Mesh, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshctl", "--control-plane",
+                           mesh.cp.info["api"], *argv], capture_output=True, text=True,
+                          cwd=PROXY_ROOT, timeout=60)
+
+
+def proxy_status(mesh: Mesh) -> dict[str, dict[str, Any]]:
+    done = meshctl(mesh, "proxy-status", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return {p["name"]: p for p in json.loads(done.stdout)}
+
+
+async def test_a_gateway_with_a_service_token_is_not_trusted_until_it_has_its_gateway_token(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """`legacy` registers in gateway mode with its plain service token: accepted (as before
+    gateway tokens), shown untrusted, warned of by `meshctl check` with the command that fixes
+    it, and its XFCC is removed once every sidecar runs a snapshot made after it registered.
+    The same gateway restarted with `certs token --gateway`'s token is trusted: the token is
+    what made the difference."""
+    legacy = mint(mesh.ca, sid("legacy"))
+
+    async def seen() -> list[str]:
+        return xfcc_seen(await mesh.as_peer(legacy, f"{XFCC}: URI=spiffe://partner.example/b\r\n"))
+
+    gateway_args = ["--gateway-listen", f"127.0.0.1:{free_port()}", "--name", "legacy-gw"]
+    proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "legacy", "v1", mode="gateway",
+                         token="service", extra=gateway_args)
+    try:
+        names = {"legacy-gw", "ingress-gw", mesh.echo.info["name"]}
+        await asyncio.to_thread(wait_for, lambda: all_synced(mesh.cp, names), SYNC,
+                                "every proxy synced with legacy-gw registered")
+        status = proxy_status(mesh)
+        assert (status["legacy-gw"]["trustedGateway"], status["ingress-gw"]["trustedGateway"],
+                status[mesh.echo.info["name"]]["trustedGateway"]) == (False, True, None)
+        assert await seen() == [f"By={ECHO};URI={sid('legacy')}"]
+        check = meshctl(mesh, "check")
+        assert ("‼ gateways trusted: registered with a service token, so sidecars drop the "
+                "x-forwarded-client-cert they send: legacy-gw (default/legacy)") in check.stdout
+        assert ("meshctl certs token --gateway --service legacy --namespace default > FILE"
+                in check.stdout), check.stdout
+        described = meshctl(mesh, "describe", "gateway", "ingress")
+        assert "  ingress-gw: trusted (gateway token)" in described.stdout, described.stdout
+        assert "  legacy-gw: NOT trusted (service token)" in described.stdout
+    finally:
+        proc.stop()
+    proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "legacy", "v1", mode="gateway",
+                         token="gateway", extra=gateway_args)
+    try:
+        await until(seen, [f"URI=spiffe://partner.example/b,By={ECHO};URI={sid('legacy')}"])
+        assert proxy_status(mesh)["legacy-gw"]["trustedGateway"] is True
+        assert "‼ gateways trusted" not in meshctl(mesh, "check").stdout
+    finally:
+        proc.stop()
+
+
+async def test_another_services_gateway_token_gets_nothing(mesh: Mesh,
+                                                           tmp_path: Path) -> None:
+    """A gateway started as `thief` with ingress's gateway token: the control plane refuses
+    it a certificate and a registration; it is never listed."""
+    from meshctl.ca import BootstrapTokens
+
+    token_file = tmp_path / "stolen.token"
+    token_file.write_text(BootstrapTokens.load(mesh.cp.info["certs_dir"]).gateway_token_for(
+        "default", "ingress"))
+    proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "thief", "v1", mode="gateway",
+                         wait_ready=False, extra=[
+                             "--gateway-listen", f"127.0.0.1:{free_port()}", "--name", "thief",
+                             "--token-file", str(token_file)])
+    try:
+        for line in ("refused a certificate for default/thief: bad bootstrap token",
+                     "refused proxy thief from"):
+            await asyncio.to_thread(wait_for, lambda line=line: line in mesh.cp.output(), SYNC,
+                                    f"the control plane's {line!r}")
+        assert "thief" not in proxy_status(mesh)
+    finally:
+        proc.stop()
+
+
 async def until(observe: Any, expected: list[str], timeout: float = SYNC) -> None:
     """Observe until it equals `expected` (a config push landing), failing at the deadline."""
     loop = asyncio.get_running_loop()

@@ -8,6 +8,8 @@ from prometheus_client import generate_latest
 from meshctl.observe.checks import (
     all_checks,
     cert_checks,
+    gateway_trust_check,
+    identity_sharing_check,
     jwks_checks,
     protocol_check,
     tcp_route_checks,
@@ -202,6 +204,44 @@ def test_check_warns_about_a_service_whose_sidecars_disagree_on_tcp() -> None:
     assert (check.state, check.detail) == ("warn", "db: tcp on db-a, db-c, http on db-b")
     assert "--app-protocol" in check.hint
     assert protocol_check(proxies[3:]).state == "ok"
+    assert check in all_checks(proxies, [], 0.0)[0].checks
+
+
+def test_check_warns_of_gateways_registered_with_a_service_token() -> None:
+    """An untrusted gateway is named with the command that makes its gateway token; trusted
+    gateways, sidecars and proxies of an older control plane (no field) are not."""
+    proxies = [
+        {"name": "gw", "service": "ingress", "namespace": "edge", "mode": "gateway",
+         "trustedGateway": True},
+        {"name": "old-gw", "service": "web", "namespace": "shop", "mode": "gateway",
+         "trustedGateway": False},
+        {"name": "legacy", "service": "legacy", "mode": "gateway"},
+        {"name": "echo-a", "service": "echo", "mode": "sidecar", "trustedGateway": None}]
+    check = gateway_trust_check(proxies)
+    assert check.state == "warn"
+    assert check.detail.endswith("the x-forwarded-client-cert they send: old-gw (shop/web)")
+    assert "meshctl certs token --gateway --service web --namespace shop > FILE" in check.hint
+    assert check in all_checks(proxies, [], 0.0)[0].checks
+    assert gateway_trust_check([proxies[0], *proxies[2:]]).state == "ok"
+    assert identity_sharing_check(proxies).state == "ok"
+
+
+def test_check_warns_of_proxies_sharing_a_trusted_gateways_identity() -> None:
+    """A sidecar, or a gateway with the service token, of a trusted gateway's service has
+    its id, so its XFCC is kept: warned (not as an untrusted gateway); another namespace's
+    proxy of that name is not."""
+    proxies = [
+        {"name": "gw", "service": "ingress", "namespace": "edge", "mode": "gateway",
+         "trustedGateway": True},
+        {"name": "gw-2", "service": "ingress", "namespace": "edge", "mode": "gateway",
+         "trustedGateway": False},
+        {"name": "ingress-a", "service": "ingress", "namespace": "edge", "mode": "sidecar"},
+        {"name": "ingress-b", "service": "ingress", "mode": "sidecar"}]
+    check = identity_sharing_check(proxies)
+    assert check.state == "warn"
+    assert check.detail.endswith(": gw-2 (gateway, edge/ingress), ingress-a (sidecar, "
+                                 "edge/ingress)")
+    assert gateway_trust_check(proxies).state == "ok"
     assert check in all_checks(proxies, [], 0.0)[0].checks
 
 

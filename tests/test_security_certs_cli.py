@@ -85,3 +85,17 @@ def test_token_prints_the_services_bootstrap_token(
     assert not tokens.verify(token, "default", "ratings")
     assert run("certs", "token", "--dir", str(tmp_path / "none"), "--service", "reviews",
                control_plane="") == 1
+
+
+def test_token_gateway_prints_the_services_gateway_token(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`certs token --gateway --service ingress --namespace edge`: that service's gateway
+    token, which is no service token and fits no other service."""
+    init_ca(tmp_path / "certs")
+    assert run("certs", "token", "--dir", str(tmp_path / "certs"), "--gateway", "--service",
+               "ingress", "--namespace", "edge", control_plane="") == 0
+    token = capsys.readouterr().out.strip()
+    tokens = BootstrapTokens.load(tmp_path / "certs")
+    assert tokens.kind(token, "edge", "ingress") == "gateway"
+    assert tokens.kind(token, "default", "ingress") is None
+    assert tokens.kind(token, "edge", "shop") is None

@@ -1,5 +1,5 @@
 """Which peers' x-forwarded-client-cert a sidecar keeps, without processes: MeshConfig's
-`trustedXfccIdentities`, the registered gateways' ids in each snapshot's `mesh`, the static
+`trustedXfccIdentities`, the trusted gateways' ids in each snapshot's `mesh`, the static
 file's field, and the merged header."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def sidecar(name: str, service: str, port: int, **kw: str) -> ProxyInfo:
 
 ECHO = sidecar("echo-v1", "echo", 9001)
 GATEWAY = ProxyInfo(name="ingress-gw", service="ingress", namespace="edge", mode="gateway",
-                    ready=True)
+                    ready=True, trusted_gateway=True)  # registered with a gateway token
 
 
 def test_mesh_config_takes_workload_ids_of_its_trust_domain() -> None:
@@ -92,6 +92,19 @@ def test_without_gateways_or_ids_snapshots_keep_their_bytes() -> None:
                            [ECHO]).build(ECHO) == plain
     with_gateway = SnapshotBuilder([], [ECHO], gateways=[GATEWAY]).build(ECHO)
     assert with_gateway.version != plain.version
+
+
+def test_a_gateway_registered_with_a_service_token_is_not_listed() -> None:
+    """A gateway is trusted for its registration's token, not its mode: one registered with
+    the plain service token adds nothing (snapshots keep their bytes), nor does a sidecar
+    carrying the flag (which the config stream never sets: it refuses a gateway token there)."""
+    plain = SnapshotBuilder([], [ECHO]).build(ECHO)
+    untrusted = replace(GATEWAY, trusted_gateway=False)
+    flagged_sidecar = replace(ECHO, name="echo-v2", trusted_gateway=True)
+    assert SnapshotBuilder([], [ECHO], gateways=[untrusted, flagged_sidecar]).build(ECHO) == plain
+    trusted = json.loads(SnapshotBuilder([], [ECHO], gateways=[untrusted, GATEWAY])
+                         .build(ECHO).data)
+    assert trusted["mesh"]["trustedXfccIdentities"] == [INGRESS]
 
 
 def test_the_registry_lists_gateways_until_their_grace_ends() -> None:
