@@ -116,6 +116,19 @@ def test_status_lists_every_process_alive(demo: Demo) -> None:
     assert len(alive) == 14 and set(alive.values()) == {"yes"}, result.stdout
 
 
+def test_the_gateway_is_a_trusted_gateway(demo: Demo) -> None:
+    """The demo's gateway registers with its gateway token: proxy-status shows it trusted
+    (sidecars keep its x-forwarded-client-cert) and `meshctl check` has no warning for it."""
+    status = demo.meshctl("proxy-status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    trusted = {p["name"]: p["trustedGateway"] for p in json.loads(status.stdout)}
+    assert trusted.pop("gateway") is True
+    assert set(trusted.values()) == {None}  # sidecars
+    check = demo.meshctl("check")
+    assert "✔ gateways trusted" in check.stdout, check.stdout
+    assert "✔ trusted gateways' identities their own" in check.stdout
+
+
 def apply(demo: Demo, name: str) -> None:
     """Apply a scenario file and wait until every proxy has ACKed the store version it made."""
     path = ROUTES / f"{name}.yaml"

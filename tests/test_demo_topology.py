@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from meshctl.demo.topology import (
     INSTANCES,
     Paths,
@@ -84,3 +86,23 @@ def test_local_paths_are_used_for_tokens_and_config() -> None:
     assert flag(specs["reviews-v2-sidecar"], "--token-file") == "/t/reviews"
     assert flag(specs["gateway"], "--token-file") == "/t/gateway"
     assert flag(specs["controlplane"], "--config-dir") == "/cfg"
+
+
+def test_the_gateway_gets_its_gateway_token_and_each_sidecar_its_service_token(
+        tmp_path: Path) -> None:
+    """The token files the local demo and compose's set-up write: the gateway's (what its
+    --token-file names) is its gateway token, so the demo's gateway is a trusted gateway;
+    every app service's is its plain service token (a sidecar refuses a gateway token)."""
+    from meshctl.ca import BootstrapTokens, init_ca
+    from meshctl.demo.setup import write_tokens
+    from meshctl.demo.topology import GATEWAY, NAMESPACE, services
+
+    init_ca(tmp_path / "certs")
+    write_tokens(tmp_path / "certs", tmp_path / "tokens")
+    tokens = BootstrapTokens.load(tmp_path / "certs")
+    gateway = by_name(compose_topology())[GATEWAY]
+    assert flag(gateway, "--token-file").rsplit("/", 1)[1] == GATEWAY
+    kinds = {s: tokens.kind((tmp_path / "tokens" / s).read_text().strip(), NAMESPACE, s)
+             for s in services()}
+    assert kinds.pop(GATEWAY) == "gateway"
+    assert set(kinds.values()) == {"service"} and len(kinds) == 4
