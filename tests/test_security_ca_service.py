@@ -68,6 +68,21 @@ def test_one_services_token_cannot_get_anothers_identity(service: CertificateSer
     assert (service.issued, service.refused) == (0, 1)
 
 
+def test_a_gateway_token_gets_its_services_identity_and_no_other(
+        service: CertificateService) -> None:
+    """A gateway token proves its service as the service token does (a gateway needs its
+    certificate); another service's gateway token is refused like its service token."""
+    req = request(service, "reviews", "reviews")
+    req.token = service.tokens.gateway_token_for("default", "reviews")
+    leaf, *_ = x509.load_pem_x509_certificates(service.issue(req).cert_chain_pem.encode())
+    assert uri_sans(leaf) == [REVIEWS]
+    req.token = service.tokens.gateway_token_for("default", "ratings")
+    with pytest.raises(IssueError) as err:
+        service.issue(req)
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert (service.issued, service.refused) == (1, 1)
+
+
 def test_missing_token_and_bad_csr_are_refused(service: CertificateService) -> None:
     """No token is UNAUTHENTICATED; a CSR that is not one is INVALID_ARGUMENT."""
     req = request(service, "reviews", "reviews")
