@@ -358,6 +358,24 @@ async def test_another_services_gateway_token_gets_nothing(mesh: Mesh,
         proc.stop()
 
 
+async def test_a_sidecar_with_a_gateway_token_is_refused_and_told_why(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """A sidecar given its service's gateway token: the control plane refuses its Register,
+    and the sidecar's log says the token is for gateways and which command makes the right
+    one; it is never listed."""
+    proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "stray", "v1", token="gateway",
+                         wait_ready=False, extra=["--name", "stray"])
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: "PERMISSION_DENIED register.token: a gateway token of "
+            "default/stray, for proxies in --mode gateway only; give a sidecar its service "
+            "token (`meshctl certs token --service stray --namespace default`)" in proc.output(),
+            SYNC, "the sidecar's log of the refusal")
+        assert "stray" not in proxy_status(mesh)
+    finally:
+        proc.stop()
+
+
 async def until(observe: Any, expected: list[str], timeout: float = SYNC) -> None:
     """Observe until it equals `expected` (a config push landing), failing at the deadline."""
     loop = asyncio.get_running_loop()
