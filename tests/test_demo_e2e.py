@@ -126,7 +126,7 @@ def test_the_gateway_is_a_trusted_gateway(demo: Demo) -> None:
     assert set(trusted.values()) == {None}  # sidecars
     check = demo.meshctl("check")
     assert "✔ gateways trusted" in check.stdout, check.stdout
-    assert "✔ trusted gateways' identities their own" in check.stdout
+    assert "✔ gateway identities not shared" in check.stdout
 
 
 def apply(demo: Demo, name: str) -> None:

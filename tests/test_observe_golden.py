@@ -8,12 +8,11 @@ from prometheus_client import generate_latest
 from meshctl.observe.checks import (
     all_checks,
     cert_checks,
-    gateway_trust_check,
-    identity_sharing_check,
     jwks_checks,
     protocol_check,
     tcp_route_checks,
 )
+from meshctl.observe.gatewaychecks import gateway_trust_check, identity_sharing_check
 from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
 from meshctl.observe.samples import LABELS, Scrape, parse_scrape
 from meshctl.observe.window import ScrapeWindow
