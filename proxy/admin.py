@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
 from proxy.localityview import locality_view
 from proxy.metrics import IdentityCollector, build_registry
+from proxy.panicview import panic_view
 from proxy.tap import TapHub, tap_handler
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         balanced = locality_view(server.backends)
         if balanced:  # live state, not config: only for destinations balanced by locality
             body["locality"] = balanced
+        panicking = panic_view(server.backends)
+        if panicking:  # likewise, only for destinations with a minHealthPercent
+            body["outlier"] = panicking
         return json_response(body, indent=2)
 
     async def stats(_: Request) -> Response:

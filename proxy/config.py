@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl.api.errors import ValidationError
-from meshctl.api.locality import Locality, check_locality_lb, parse_locality
+from meshctl.api.locality import (
+    Locality,
+    LocalityLbSetting,
+    check_locality_lb,
+    parse_locality,
+    parse_locality_lb_setting,
+)
 from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy, parse_subset_policy
 
 
@@ -163,6 +169,8 @@ class MeshSettings:
     # Peers whose x-forwarded-client-cert the inbound listener keeps, appending its own
     # element (gateways, and MeshConfig's trustedXfccIdentities); from any other it is removed
     trusted_xfcc: tuple[str, ...] = ()
+    # MeshConfig localityLbSetting: for every destination whose policy sets none
+    locality_lb: LocalityLbSetting | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +243,7 @@ _KNOWN: dict[str, frozenset[str]] = {
                    "app", "appProtocol", "inbound", "external"}),
     "node": frozenset({"service", "namespace", "labels", "metricsName", "locality"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
-                       "outboundTrafficPolicy", "trustedXfccIdentities"}),
+                       "outboundTrafficPolicy", "trustedXfccIdentities", "localityLbSetting"}),
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
@@ -422,6 +430,11 @@ def _parse_snapshot(data: object) -> Snapshot:
         with _config_errors():
             trusted_xfcc = trusted_xfcc_identities(trust_domain)(
                 mesh_raw["trustedXfccIdentities"], "mesh.trustedXfccIdentities")
+    locality_lb = None
+    if mesh_raw.get("localityLbSetting") is not None:
+        with _config_errors():
+            locality_lb = parse_locality_lb_setting(mesh_raw["localityLbSetting"],
+                                                    "mesh.localityLbSetting")
     mesh = MeshSettings(
         mtls=mtls,
         access_log=bool(mesh_raw.get("accessLog", False)),
@@ -432,6 +445,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         trust_domain=trust_domain,
         allow_any_outbound=outbound_mode == "ALLOW_ANY",
         trusted_xfcc=trusted_xfcc,
+        locality_lb=locality_lb,
     )
     services = {
         str(name): _parse_service(str(name), svc, f"services.{name}")

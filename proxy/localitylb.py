@@ -19,14 +19,21 @@ from proxy.policy.locality import (
 from proxy.policy.localitybalancer import Ejections, LocalityBalancer, Shares
 
 if TYPE_CHECKING:
+    from meshctl.api.locality import LocalityLbSetting
     from proxy.config import Endpoint, Node
+    from proxy.policy.panic import PanicGuard
 
 
 def locality_balancer(policy: TrafficPolicy, node: Node, endpoints: Sequence[Endpoint],
                       pools: Sequence[Any], picker: Callable[[tuple[Any, ...]], Any],
                       rng: random.Random, outlier: Ejections | None,
-                      inner: Any = None) -> LocalityBalancer[Any] | None:
+                      inner: Any = None, panic: PanicGuard | None = None,
+                      mesh_default: LocalityLbSetting | None = None
+                      ) -> LocalityBalancer[Any] | None:
     """``pools[i]`` is ``endpoints[i]``'s; ``picker(group)`` makes a group's balancer.
+    ``mesh_default``: MeshConfig's localityLbSetting, for a policy without its own (which
+    wins entirely). ``panic`` (minHealthPercent): told the priorities, each panics alone;
+    with `distribute` the localities share one priority, as in Envoy.
 
     As Istio: with `distribute`, the caller's rule fixes each locality's share (scaled down
     by ejections, as Envoy's locality weights); otherwise, when outlier detection is on and
@@ -34,7 +41,8 @@ def locality_balancer(policy: TrafficPolicy, node: Node, endpoints: Sequence[End
     `failoverPriority`) and a priority spills over as its endpoints are ejected. A proxy with
     no locality of its own, or a single priority, needs none of it.
     """
-    caller, setting = node.locality, policy.locality_lb
+    caller = node.locality
+    setting = policy.locality_lb if policy.locality_lb is not None else mesh_default
     if caller is None or len(pools) < 2 or (setting is not None and setting.enabled is False):
         return None
     localities = [e.locality for e in endpoints]
@@ -69,7 +77,9 @@ def locality_balancer(policy: TrafficPolicy, node: Node, endpoints: Sequence[End
             return None  # one priority: nothing to fail over to
         groups = [tuple(pools[i] for i in level) for level in levels]
         shares = priority_loads
+        if panic is not None:
+            panic.set_levels(groups)
     else:
         return None
     return LocalityBalancer(groups, [picker(g) for g in groups], shares, rng, outlier,
-                            inner=inner, mode=mode)
+                            inner=inner, mode=mode, panic=panic)

@@ -24,6 +24,10 @@ def locality_view(backends: Iterable[Any]) -> dict[str, Any]:
         shares = balancer.current_shares()
         total = sum(shares)
         outlier = backend.outlier
+        # minHealthPercent: which priorities balance over their ejected endpoints too
+        panic = balancer.panic.current() if balancer.panic is not None else None
+        if panic is not None and len(panic) != len(balancer.groups):
+            panic = (any(panic),) * len(balancer.groups)  # distribute: one priority
         view[name] = {
             "mode": balancer.mode,
             "groups": [
@@ -31,7 +35,9 @@ def locality_view(backends: Iterable[Any]) -> dict[str, Any]:
                  "ejected": [str(p.address) for p in group
                              if outlier is not None and outlier.is_ejected(p)],
                  # weights are on any scale (distribute): as a percent of their sum
-                 "share": round(100 * share / total, 1)}
-                for group, share in zip(balancer.groups, shares, strict=True)],
+                 "share": round(100 * share / total, 1),
+                 **({"panic": panic[i]} if panic is not None else {})}
+                for i, (group, share) in enumerate(zip(balancer.groups, shares, strict=True))],
         }
     return view
+

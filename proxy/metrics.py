@@ -176,6 +176,8 @@ _COUNTER_HELP = {
     "ami_retry_budget_exhausted": "Retries refused because the retry budget was spent.",
     "ami_circuit_breaker_overflow": "Requests refused by connection-pool limits.",
     "ami_outlier_ejections": "Endpoints ejected by outlier detection.",
+    "ami_outlier_panics": "Times a destination went into panic (outlierDetection."
+                          "minHealthPercent): ejections ignored, every endpoint balanced over.",
     "ami_rate_limited": "Requests refused by a local rate limit.",
     "ami_faults_injected": "Faults injected by route rules.",
     "ami_mirrored_requests": "Requests copied to a mirror subset.",

@@ -27,6 +27,7 @@ from proxy.policy.balancer import (
     RingHashBalancer,
     RoundRobinBalancer,
 )
+from proxy.policy.panic import PanicGuard
 from proxy.policy.weighted import WeightedPicker
 from proxy.servicenames import lookup_service_name, unresolved_names
 
@@ -44,8 +45,8 @@ Matcher = Callable[["Exchange"], bool]
 class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
-    __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "pools", "service",
-                 "state", "subset", "tcp_idle_timeout")
+    __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "panic", "pools",
+                 "service", "state", "subset", "tcp_idle_timeout")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
@@ -65,6 +66,8 @@ class Backend:
         self.hash_key = hash_key  # CONSISTENT_HASH: the request's key (None: no key, any pick)
         # A subset's own connectionPool.tcpIdleTimeout (None: its TCP service's, TcpTarget's)
         self.tcp_idle_timeout: float | None = None
+        # outlierDetection.minHealthPercent above 0: ejections are ignored in panic
+        self.panic: PanicGuard | None = None
 
     def pick_endpoint(self, ex: Exchange | None = None,
                       exclude: list[EndpointPool] | None = None) -> EndpointPool | None:
@@ -92,7 +95,11 @@ class Backend:
 
     def serves(self, pool: EndpointPool) -> bool:
         """Whether a request for this backend may be sent to ``pool`` now."""
-        return pool in self.pools and (self.outlier is None or not self.outlier.is_ejected(pool))
+        if pool not in self.pools:
+            return False
+        if self.panic is not None:
+            return self.panic.available(pool)
+        return self.outlier is None or not self.outlier.is_ejected(pool)
 
 
 class Decision:
@@ -549,6 +556,9 @@ class RouterBuilder:
         for locality load balancing when this proxy has a locality."""
         outlier = state.outlier if state is not None else None
         available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
+        panic = self._panic_guard(name, pools, policy, outlier)
+        if panic is not None:  # consulted only for an ejected endpoint
+            available = panic.available
         if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
             def ring(group: tuple[EndpointPool, ...]) -> Any:
                 return RingHashBalancer(group, lambda p: str(p.address), self.rng, available)
@@ -564,10 +574,24 @@ class RouterBuilder:
             shared = None if hash_key is not None else balancer
             by_locality = locality_balancer(
                 policy, node, endpoints, pools,
-                ring if shared is None else (lambda group: shared), self.rng, outlier, shared)
+                ring if shared is None else (lambda group: shared), self.rng, outlier, shared,
+                panic, self.snapshot.mesh.locality_lb)
             if by_locality is not None:
                 balancer = by_locality
-        return Backend(name, subset, pools, balancer, prefix, state, hash_key)
+        backend = Backend(name, subset, pools, balancer, prefix, state, hash_key)
+        backend.panic = panic
+        return backend
+
+    def _panic_guard(self, name: str, pools: tuple[EndpointPool, ...], policy: Any,
+                     outlier: Any) -> PanicGuard | None:
+        """The backend's panic threshold, when outlier detection ejects and it is set."""
+        detection = policy.outlier_detection
+        if outlier is None or detection is None or detection.min_health_percent <= 0:
+            return None
+        stats = self.destinations.stats
+        labels = (("destination_service", name),)
+        return PanicGuard(pools, outlier, detection.min_health_percent,
+                          lambda: stats.inc("ami_outlier_panics", labels))
 
 
 def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:

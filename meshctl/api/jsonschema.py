@@ -193,7 +193,7 @@ _SUBSET_POLICY: Schema = {
     "outlierDetection": _obj({
         "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
         "interval": _duration(), "baseEjectionTime": _duration(),
-        "maxEjectionPercent": _int(0, 100)}),
+        "maxEjectionPercent": _int(0, 100), "minHealthPercent": _int(0, 100)}),
 }
 # consistentHash if and only if loadBalancer (in the same mapping) is CONSISTENT_HASH
 _BALANCER_RULE: Schema = {
@@ -202,6 +202,16 @@ _BALANCER_RULE: Schema = {
     "then": {"required": ["consistentHash"]},
     "else": {"not": {"required": ["consistentHash"]}}}
 
+# Istio's localityLbSetting: a DestinationPolicy's, and MeshConfig's default
+_LOCALITY_LB: Schema = _obj({
+    "enabled": {"type": "boolean"},
+    "distribute": _list(_obj({"from": _str(LOCALITY_PATTERN),
+                              "to": _map(_int(1, 100), LOCALITY_PATTERN) | {
+                                  "minProperties": 1}}, ("from", "to")), 1),
+    "failover": _list(_obj({"from": _str(REGION), "to": _str(REGION)},
+                           ("from", "to")), 1),
+    "failoverPriority": _list(_str(r"^[^=\s]+(=[^=\s]*)?$"), 1)})
+
 _SPECS: dict[str, Schema] = {
     "Route": _obj({"host": _HOST, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
     "DestinationPolicy": _obj({
@@ -209,14 +219,7 @@ _SPECS: dict[str, Schema] = {
         "subsets": _list(_obj({"name": _str(F.DNS_LABEL), "labels": _ref("labels"),
                                **_SUBSET_POLICY}, ("name", "labels")) | _BALANCER_RULE),
         **_SUBSET_POLICY,
-        "localityLbSetting": _obj({
-            "enabled": {"type": "boolean"},
-            "distribute": _list(_obj({"from": _str(LOCALITY_PATTERN),
-                                      "to": _map(_int(1, 100), LOCALITY_PATTERN) | {
-                                          "minProperties": 1}}, ("from", "to")), 1),
-            "failover": _list(_obj({"from": _str(REGION), "to": _str(REGION)},
-                                   ("from", "to")), 1),
-            "failoverPriority": _list(_str(r"^[^=\s]+(=[^=\s]*)?$"), 1)}),
+        "localityLbSetting": _LOCALITY_LB,
         "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
                            "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
         "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
@@ -282,6 +285,7 @@ _SPECS: dict[str, Schema] = {
                                       ("mode",)),
         "trustedXfccIdentities": _list(_str(
             WORKLOAD_ID, description="of the mesh's trust domain (checked by the parser)")),
+        "localityLbSetting": _LOCALITY_LB,
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),

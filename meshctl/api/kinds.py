@@ -11,6 +11,7 @@ from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
+from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
@@ -58,6 +59,8 @@ class MeshConfigSpec:
     # Peers (an ingress that is not an Ami gateway) whose x-forwarded-client-cert sidecars
     # keep and append to; the registered gateways' ids are added by the control plane.
     trusted_xfcc_identities: tuple[str, ...] = ()
+    # Istio's meshConfig.localityLbSetting: the default of every DestinationPolicy without one
+    locality_lb: LocalityLbSetting | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ def parse_mesh_config(data: object, path: str) -> MeshConfigSpec:
         f.value("outboundTrafficPolicy", _parse_outbound_traffic, d.outbound_traffic),
         f.value("trustedXfccIdentities", trusted_xfcc_identities(trust_domain),
                 d.trusted_xfcc_identities),
+        f.optional("localityLbSetting", parse_locality_lb_setting),
     )
     f.finish()
     return spec

@@ -183,3 +183,21 @@ def check_locality_lb(setting: LocalityLbSetting, outliers: bool, path: str) -> 
         raise ValidationError([Issue(None, None, f"{path}.{needing[0]}",
                                      "needs outlierDetection (on the host or a subset): "
                                      "without ejections traffic never fails over")])
+
+
+def locality_lb_setting_json(setting: LocalityLbSetting) -> dict[str, object]:
+    """``setting`` in the resource's shape (what parse_locality_lb_setting reads back): for
+    MeshConfig's default in the snapshot."""
+    out: dict[str, object] = {}
+    if setting.enabled is not None:
+        out["enabled"] = setting.enabled
+    if setting.distribute:
+        out["distribute"] = [{"from": "/".join(d.source),
+                              "to": {"/".join(pattern): weight for pattern, weight in d.to}}
+                             for d in setting.distribute]
+    if setting.failover:
+        out["failover"] = [{"from": source, "to": target} for source, target in setting.failover]
+    if setting.failover_priority:
+        out["failoverPriority"] = [key if value is None else f"{key}={value}"
+                                   for key, value in setting.failover_priority]
+    return out

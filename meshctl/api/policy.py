@@ -69,6 +69,9 @@ class OutlierDetection:
     interval: float = 10.0
     base_ejection_time: float = 30.0
     max_ejection_percent: int = 10
+    # Istio's minHealthPercent (Envoy's panic threshold): below this share of healthy
+    # endpoints ejections are ignored. 0 (Istio's default) never panics.
+    min_health_percent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,7 @@ def parse_outlier_detection(data: object, path: str) -> OutlierDetection:
         f.value("interval", F.duration(), d.interval),
         f.value("baseEjectionTime", F.duration(), d.base_ejection_time),
         f.value("maxEjectionPercent", F.integer(0, 100), d.max_ejection_percent),
+        f.value("minHealthPercent", F.integer(0, 100), d.min_health_percent),
     )
     f.finish()
     return detection

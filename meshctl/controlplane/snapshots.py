@@ -24,6 +24,7 @@ from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
+from meshctl.api.locality import locality_lb_setting_json
 from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
 from meshctl.api.policy import (
     POLICY_FIELDS,
@@ -83,6 +84,9 @@ def mesh_settings(spec: MeshConfigSpec, trusted_xfcc: Iterable[str] = ()) -> dic
         "outboundTrafficPolicy": {"mode": spec.outbound_traffic},
         # absent when there is none: snapshots of meshes without gateways keep their bytes
         **({"trustedXfccIdentities": trusted} if trusted else {}),
+        # likewise absent unless MeshConfig sets one
+        **({"localityLbSetting": locality_lb_setting_json(spec.locality_lb)}
+           if spec.locality_lb is not None else {}),
     }
 
 

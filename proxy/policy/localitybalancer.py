@@ -7,10 +7,13 @@ import bisect
 import random
 import time
 from collections.abc import Callable, Container, Hashable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from proxy.policy.balancer import ring_hash
 from proxy.policy.clock import Clock
+
+if TYPE_CHECKING:
+    from proxy.policy.panic import PanicGuard
 
 E = TypeVar("E", bound=Hashable)
 # The share (any positive scale) of traffic for each group, from its healthy and total counts.
@@ -38,15 +41,19 @@ class LocalityBalancer(Generic[E]):
     Shares are recomputed when the outlier detector's generation moves (an ejection or a
     return) or when an ejection is due to end (ejections expire lazily: with all traffic on
     other groups, nothing would otherwise look at the ejected endpoints again).
+
+    With a ``panic`` guard (minHealthPercent), a priority in panic balances over all its
+    endpoints (the guard's part); when every one is, the shares follow the groups' sizes
+    (Envoy's total panic), or, with `distribute`, the weights as configured.
     """
 
-    __slots__ = ("_clock", "_cumulative", "_due", "_generation", "_outlier", "_pickers", "_rng",
-                 "_shares", "groups", "inner", "mode", "shares")
+    __slots__ = ("_clock", "_cumulative", "_due", "_generation", "_outlier", "_panic_shares",
+                 "_pickers", "_rng", "_shares", "groups", "inner", "mode", "panic", "shares")
 
     def __init__(self, groups: Sequence[Sequence[E]], pickers: Sequence[Any], shares: Shares,
                  rng: random.Random, outlier: Ejections | None = None,
                  clock: Clock = time.monotonic, inner: Any = None,
-                 mode: str = "failover") -> None:
+                 mode: str = "failover", panic: PanicGuard | None = None) -> None:
         if not groups or len(groups) != len(pickers):
             raise ValueError("one picker per group, at least one group")
         self.groups = tuple(tuple(g) for g in groups)
@@ -61,6 +68,8 @@ class LocalityBalancer(Generic[E]):
         self.mode = mode  # what the groups are, for the admin's view: "failover" priorities
         # or "distribute" localities
         sizes = [len(g) for g in self.groups]
+        self.panic = panic
+        self._panic_shares = tuple(sizes) if mode == "failover" else shares(sizes, sizes)
         self.shares: tuple[int, ...] = ()
         self._cumulative: list[int] = []
         self._set(shares(sizes, sizes))
@@ -109,6 +118,9 @@ class LocalityBalancer(Generic[E]):
         outlier.sweep()  # return the endpoints whose time is up before counting
         self._generation = outlier.generation
         self._due = outlier.next_return()
+        if self.panic is not None and all(self.panic.current()):
+            self._set(self._panic_shares)
+            return
         healthy = [sum(1 for e in g if not outlier.is_ejected(e)) for g in self.groups]
         self._set(self._shares(healthy, [len(g) for g in self.groups]))
 
