@@ -104,3 +104,29 @@ def test_traffic_stays_in_zone_fails_over_and_returns(mesh: Zones) -> None:
     a.status = 200
     wait_for(lambda: mesh.zone() == "a", 15, "zone a back after its ejection")
     assert mesh.zones(20) == {"a": 20}
+
+
+MESH = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: %s
+"""
+
+
+def test_a_mesh_wide_setting_applies_where_the_policy_sets_none(mesh: Zones) -> None:
+    """MeshConfig localityLbSetting sends r1/a's traffic to r1/b: `api`'s policy sets none,
+    so all goes to zone b; the policy's own setting then wins entirely (failover: zone a);
+    the mesh's removed, the snapshot is the mesh's default again."""
+    apply_yaml(mesh.cp, MESH % "{localityLbSetting: {distribute: [{from: r1/a/*, "
+                               "to: {r1/b/*: 100}}]}}")
+    wait_for(lambda: mesh.zone() == "b", 15, "the mesh's distribute in force")
+    assert mesh.zones(20) == {"b": 20}
+    apply_yaml(mesh.cp, POLICY + "  localityLbSetting: {enabled: true}\n")
+    wait_for(lambda: mesh.zone() == "a", 15, "the policy's own setting in force")
+    assert mesh.zones(20) == {"a": 20}
+    apply_yaml(mesh.cp, MESH % "{}")
+    apply_yaml(mesh.cp, POLICY)
+    wait_for(lambda: all_synced(mesh.cp, {p.info["name"] for p in mesh.procs}), 30,
+             "all proxies synced")
+    assert mesh.zones(20) == {"a": 20}

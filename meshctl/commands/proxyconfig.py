@@ -65,6 +65,10 @@ def render(dump: dict[str, Any]) -> str:
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS",
         _endpoints(snap, dump.get("locality") or {}).rstrip("\n"),
     ]
+    panics = dump.get("outlier") or {}
+    if panics:
+        lines += ["", "PANIC THRESHOLDS (outlierDetection.minHealthPercent)",
+                  _panics(panics).rstrip("\n")]
     external = snap.get("external") or {}
     if external:
         lines += ["", "EXTERNAL SERVICES", _external(external).rstrip("\n")]
@@ -206,8 +210,25 @@ def _placements(service: str, balanced: dict[str, Any]) -> dict[str, list[tuple[
             share = f"{group.get('share', 0):g}%"
             for address in group.get("endpoints") or []:
                 ejected = " (ejected)" if address in (group.get("ejected") or []) else ""
-                placed.setdefault(address, []).append((tag + priority + ejected, tag + share))
+                # a priority in panic balances over its ejected endpoints too
+                panic = " (panic)" if group.get("panic") else ""
+                placed.setdefault(address, []).append((tag + priority + ejected + panic,
+                                                       tag + share))
     return placed
+
+
+def _panics(destinations: dict[str, Any]) -> str:
+    """One row per destination with a panic threshold: healthy endpoints per priority level
+    (one level unless balanced by locality) and whether ejections are ignored now."""
+    rows = []
+    for name, state in sorted(destinations.items()):
+        levels = state.get("levels") or []
+        healthy = ", ".join(
+            f"{lv.get('healthy')}/{lv.get('endpoints')}{' (panic)' if lv.get('panic') else ''}"
+            for lv in levels)
+        rows.append((name, f"{state.get('minHealthPercent')}%", healthy,
+                     "yes: ejections ignored" if state.get("panic") else "no"))
+    return output.render_table(("DESTINATION", "MIN HEALTH", "HEALTHY", "PANIC"), rows)
 
 
 def _placed(places: list[tuple[str, str]]) -> tuple[str, str]:

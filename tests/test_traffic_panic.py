@@ -1,0 +1,140 @@
+"""The panic threshold (outlierDetection.minHealthPercent) in a real static-mode proxy: as
+outlier detection ejects most endpoints, traffic spreads over all of them again instead of
+piling onto the survivors; with locality priorities, each priority panics by Envoy's rules.
+What /config_dump, proxy-config and the metrics show of it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshctl.commands.proxyconfig import render
+from tests.proxyharness import Backends
+from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
+
+# One 5xx ejects for longer than the test; every endpoint may be ejected; panic below 50%.
+PANIC = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "300s",
+         "maxEjectionPercent": 100, "minHealthPercent": 50}
+
+
+def _endpoint(backend: TrafficBackend, locality: str | None = None) -> dict[str, Any]:
+    return {"address": backend.address, "labels": {"version": "v1"},
+            **({"locality": locality} if locality else {})}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    hub = Backends()
+    b = {name: start_backend(hub, version=name) for name in (
+        "e0", "e1", "e2", "e3", "a1", "a2", "b1", "b2", "s0", "s1")}
+    services = {
+        # no endpoint locality: one priority, the whole service
+        "api": {"endpoints": [_endpoint(b[n]) for n in ("e0", "e1", "e2", "e3")],
+                "policy": {"loadBalancer": "ROUND_ROBIN", "outlierDetection": PANIC}},
+        # P0 zone r1/a (the caller's), P1 zone r1/b
+        "zoned": {"endpoints": [_endpoint(b["a1"], "r1/a"), _endpoint(b["a2"], "r1/a"),
+                                _endpoint(b["b1"], "r1/b"), _endpoint(b["b2"], "r1/b")],
+                  "policy": {"loadBalancer": "ROUND_ROBIN", "outlierDetection": PANIC}},
+        # the same without a threshold: the survivor takes everything
+        "solo": {"endpoints": [_endpoint(b["s0"]), _endpoint(b["s1"])],
+                 "policy": {"loadBalancer": "ROUND_ROBIN", "outlierDetection": {
+                     **PANIC, "minHealthPercent": 0}}},
+    }
+    proxy = TrafficProxy(tmp_path_factory.mktemp("panic"), services, [],
+                         node={"service": "client", "labels": {"version": "v1"},
+                               "locality": "r1/a"})
+    for p in started(proxy, hub):
+        yield {"proxy": p, **b}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def _versions(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str,
+                    n: int) -> Counter[str | None]:
+    return Counter([(await call(session, proxy, host)).version for _ in range(n)])
+
+
+async def _dump(proxy: TrafficProxy) -> dict[str, Any]:
+    status, body = await proxy.aget("/config_dump")
+    assert status == 200
+    dump: dict[str, Any] = json.loads(body)
+    return dump
+
+
+async def test_most_endpoints_ejected_spreads_traffic_over_all_again(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """e0, e1, e2 answer 5xx: two ejected (50% healthy, not below 50%) leave e2 and e3 the
+    traffic; the third (25%) puts `api` in panic: round robin over all four again, once
+    counted, shown in /config_dump and proxy-config."""
+    proxy: TrafficProxy = env["proxy"]
+    assert set(await _versions(session, proxy, "api", 8)) == {"e0", "e1", "e2", "e3"}
+    assert (await _dump(proxy))["outlier"]["api"] == {
+        "minHealthPercent": 50, "panic": False,
+        "levels": [{"healthy": 4, "endpoints": 4, "panic": False}]}
+    for name in ("e0", "e1"):
+        env[name].status = 500
+    seen = await _versions(session, proxy, "api", 8)  # ejects e0 and e1 on their first 5xx
+    assert seen["e0"] == seen["e1"] == 1
+    assert set(await _versions(session, proxy, "api", 8)) == {"e2", "e3"}  # not yet panic
+    assert await proxy.metric("ami_outlier_panics_total", destination_service="api") == 0
+    env["e2"].status = 500
+    await _versions(session, proxy, "api", 2)  # e2's 5xx ejects it: 1 of 4 healthy
+    assert await _versions(session, proxy, "api", 40) == {"e0": 10, "e1": 10, "e2": 10,
+                                                          "e3": 10}
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="api") == 3
+    assert await proxy.metric("ami_outlier_panics_total", destination_service="api") == 1
+    dump = await _dump(proxy)
+    assert dump["outlier"]["api"] == {
+        "minHealthPercent": 50, "panic": True,
+        "levels": [{"healthy": 1, "endpoints": 4, "panic": True}]}
+    lines = render(dump).splitlines()
+    table = lines[lines.index("PANIC THRESHOLDS (outlierDetection.minHealthPercent)") + 1:]
+    assert [c.strip() for c in table[1].split("  ") if c.strip()] == [
+        "api", "50%", "1/4 (panic)", "yes: ejections ignored"]
+
+
+async def test_without_a_threshold_the_survivor_takes_everything(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """minHealthPercent 0 (the default): s0 ejected, all to s1; no panic view for it."""
+    proxy: TrafficProxy = env["proxy"]
+    env["s0"].status = 500
+    await _versions(session, proxy, "solo", 2)
+    assert await _versions(session, proxy, "solo", 20) == {"s1": 20}
+    assert "solo" not in (await _dump(proxy)).get("outlier", {})
+
+
+async def test_each_priority_panics_by_envoys_rules(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """Zone a (P0) ejected: zone b takes it all, no panic (it can: availability 100%); b1
+    ejected too: P0 is in panic but gets no load, P1 (50%, not below) only its healthy b2;
+    b2 ejected: every priority in panic, the traffic over all four by size (Envoy's total
+    panic)."""
+    proxy: TrafficProxy = env["proxy"]
+    assert set(await _versions(session, proxy, "zoned", 8)) == {"a1", "a2"}
+    env["a1"].status = env["a2"].status = 500
+    await _versions(session, proxy, "zoned", 2)
+    assert set(await _versions(session, proxy, "zoned", 8)) == {"b1", "b2"}
+    env["b1"].status = 500
+    assert "b1" in await _versions(session, proxy, "zoned", 2)  # its 5xx ejects it
+    assert await _versions(session, proxy, "zoned", 10) == {"b2": 10}
+    view = (await _dump(proxy))["locality"]["zoned"]
+    assert [(g["share"], g["panic"]) for g in view["groups"]] == [(0, True), (100, False)]
+    env["b2"].status = 500
+    await _versions(session, proxy, "zoned", 1)
+    spread = await _versions(session, proxy, "zoned", 80)
+    assert set(spread) == {"a1", "a2", "b1", "b2"}
+    assert 20 <= spread["a1"] + spread["a2"] <= 60  # half, by size (2:2)
+    dump = await _dump(proxy)
+    assert [(g["share"], g["panic"]) for g in dump["locality"]["zoned"]["groups"]] == [
+        (50, True), (50, True)]
+    assert dump["outlier"]["zoned"]["panic"] is True
+    assert await proxy.metric("ami_outlier_panics_total", destination_service="zoned") == 1
