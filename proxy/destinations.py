@@ -119,6 +119,18 @@ class DestinationRegistry:
         self.stats = stats
         self.clock = clock
         self._states: dict[tuple[str, str | None], DestinationState] = {}
+        # The backends (service, route subset) in panic (minHealthPercent) as last computed:
+        # across snapshots, so that a push during a panic does not count it again.
+        self._panicking: set[tuple[str, str | None]] = set()
+
+    def panicked(self, name: str, subset: str | None, now: bool) -> None:
+        """A backend's panic state as just computed: counts an entry into panic."""
+        key = (name, subset)
+        if not now:
+            self._panicking.discard(key)
+        elif key not in self._panicking:
+            self._panicking.add(key)
+            self.stats.inc("ami_outlier_panics", (("destination_service", name),))
 
     def get(self, name: str, subset: str | None = None) -> DestinationState:
         """The state of service ``name``, or of its ``subset`` that is a destination of its

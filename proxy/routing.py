@@ -556,7 +556,7 @@ class RouterBuilder:
         for locality load balancing when this proxy has a locality."""
         outlier = state.outlier if state is not None else None
         available = None if outlier is None else (lambda p: not outlier.is_ejected(p))
-        panic = self._panic_guard(name, pools, policy, outlier)
+        panic = self._panic_guard(name, subset, pools, policy, outlier)
         if panic is not None:  # consulted only for an ejected endpoint
             available = panic.available
         if policy.load_balancer == "CONSISTENT_HASH" and policy.consistent_hash is not None:
@@ -582,16 +582,15 @@ class RouterBuilder:
         backend.panic = panic
         return backend
 
-    def _panic_guard(self, name: str, pools: tuple[EndpointPool, ...], policy: Any,
-                     outlier: Any) -> PanicGuard | None:
+    def _panic_guard(self, name: str, subset: str | None, pools: tuple[EndpointPool, ...],
+                     policy: Any, outlier: Any) -> PanicGuard | None:
         """The backend's panic threshold, when outlier detection ejects and it is set."""
         detection = policy.outlier_detection
         if outlier is None or detection is None or detection.min_health_percent <= 0:
             return None
-        stats = self.destinations.stats
-        labels = (("destination_service", name),)
+        registry = self.destinations
         return PanicGuard(pools, outlier, detection.min_health_percent,
-                          lambda: stats.inc("ami_outlier_panics", labels))
+                          lambda now: registry.panicked(name, subset, now))
 
 
 def _names_mesh_service(host: str, services: Mapping[str, Service]) -> bool:

@@ -62,3 +62,33 @@ async def test_a_guard_only_where_it_can_act(policy: dict[str, Any], guarded: bo
     assert (backend.panic is not None) is guarded
     if guarded:
         assert backend.panic.threshold == 50 and backend.panic.levels == (backend.pools,)
+
+
+async def test_a_new_snapshot_during_a_panic_does_not_count_it_again() -> None:
+    """The guard is rebuilt with every snapshot, the ejections and the panic count carry over:
+    one entry into panic counted, not one per push; out of it and in again: two."""
+    snap = Snapshot.from_dict({"node": {"service": "web"}, "services": {"api": {
+        "endpoints": [{"address": f"127.0.0.1:{n}"} for n in (1, 2, 3, 4)],
+        "policy": {"outlierDetection": {"consecutive5xxErrors": 1, "maxEjectionPercent": 100,
+                                        "minHealthPercent": 50}}}}})
+    stats = RequestStats()
+    registry = DestinationRegistry(stats)
+    pools = PoolRegistry(asyncio.get_running_loop())
+
+    def build() -> Any:
+        builder = RouterBuilder(snap, pools, random.Random(1), lambda blocks: None, registry)
+        return builder._backend(snap.services["api"], None, "source")
+
+    def panics() -> float:
+        return stats.counters.get(("ami_outlier_panics", (("destination_service", "api"),)), 0)
+
+    first = build()
+    for pool in first.pools[:3]:
+        first.outlier.record(pool, 500)
+    assert first.panic.current() == (True,) and panics() == 1
+    second = build()
+    assert second.outlier is first.outlier  # the same ejections
+    assert second.panic.current() == (True,) and panics() == 1
+    registry.panicked("api", None, False)
+    build().panic.current()
+    assert panics() == 2

@@ -72,22 +72,25 @@ def test_ejections_are_ignored_below_the_threshold_and_heeded_again_above() -> N
     out of panic; ejected again: a second panic."""
     clock = FakeClock()
     detector = _detector(ENDPOINTS, clock)
-    entered: list[int] = []
-    guard = PanicGuard(ENDPOINTS, detector, 50, lambda: entered.append(1))
+    states: list[bool] = []
+    guard = PanicGuard(ENDPOINTS, detector, 50, states.append)
     balancer: RoundRobinBalancer[Ep] = RoundRobinBalancer(random.Random(1), guard.available)
     detector.record(ENDPOINTS[0], 500)
     detector.record(ENDPOINTS[1], 500)
     assert set(_spread(balancer)) == {"e2", "e3"}
-    assert guard.current() == (False,) and not entered
+    assert guard.current() == (False,) and True not in states
     detector.record(ENDPOINTS[2], 500)
     assert _spread(balancer) == {"e0": 100, "e1": 100, "e2": 100, "e3": 100}
-    assert guard.current() == (True,) and guard.healthy() == (1,) and len(entered) == 1
+    assert guard.current() == (True,) and guard.healthy() == (1,) and states[-1] is True
     clock.advance(30.0)
     assert set(_spread(balancer)) == {"e0", "e1", "e2", "e3"}
     assert guard.current() == (False,) and detector.ejected_count == 0
     for ep in ENDPOINTS[:3]:
         detector.record(ep, 500)
-    assert set(_spread(balancer)) == {"e0", "e1", "e2", "e3"} and len(entered) == 2
+    assert set(_spread(balancer)) == {"e0", "e1", "e2", "e3"} and states[-1] is True
+    entries = [now for before, now in zip([False, *states[:-1]], states, strict=True)
+               if now and not before]
+    assert len(entries) == 2  # what DestinationRegistry.panicked counts
 
 
 def test_without_a_threshold_the_survivor_takes_everything() -> None:

@@ -32,14 +32,16 @@ class PanicGuard:
     locality balancer orders them into priorities (``set_levels``).
     """
 
-    __slots__ = ("_generation", "_levels", "_outlier", "in_panic", "on_enter", "spared",
+    __slots__ = ("_generation", "_levels", "_outlier", "in_panic", "on_change", "spared",
                  "threshold")
 
     def __init__(self, endpoints: Sequence[Hashable], outlier: Ejections, threshold: int,
-                 on_enter: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None) -> None:
         self._outlier = outlier
         self.threshold = threshold
-        self.on_enter = on_enter  # called each time the backend goes into panic
+        # told whether some level is in panic after each recomputation; it counts the entries
+        # (remembering across snapshots, which build new guards, DestinationRegistry.panicked)
+        self.on_change = on_change
         self._levels: tuple[tuple[Hashable, ...], ...] = (tuple(endpoints),)
         self._generation = -1
         self.in_panic: tuple[bool, ...] = (False,)
@@ -79,10 +81,9 @@ class PanicGuard:
         outlier = self._outlier
         outlier.sweep()  # return the endpoints whose time is up before counting
         self._generation = outlier.generation
-        was = any(self.in_panic)
         self.in_panic = panic_levels(self.healthy(), [len(lv) for lv in self._levels],
                                      self.threshold)
         self.spared = frozenset(e for level, panic in zip(self._levels, self.in_panic,
                                                           strict=True) if panic for e in level)
-        if not was and any(self.in_panic) and self.on_enter is not None:
-            self.on_enter()
+        if self.on_change is not None:
+            self.on_change(any(self.in_panic))
