@@ -22,6 +22,9 @@ _DEFAULTS = Limits()
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
     p.add_argument("--config", type=Path, help="static mode: a snapshot YAML file (docs/proxy.md)")
+    p.add_argument("--watch-config", action="store_true",
+                   help="static mode: reload --config when the file changes (checked every "
+                        "second); SIGHUP reloads it either way")
     p.add_argument("--control-plane", help="control-plane mode: HOST:PORT of meshctl serve's gRPC")
     p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar")
     p.add_argument("--service", help="the service this sidecar fronts (control-plane mode)")
@@ -190,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             load_static(args.config)
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.watch_config and not args.config:
+        print("error: --watch-config needs --config (static mode)", file=sys.stderr)
         return 2
     if args.dry_run:
         print("ok")

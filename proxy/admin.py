@@ -54,6 +54,8 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
             "version": snap.version if snap else None,
             "snapshot": _jsonable(dataclasses.asdict(snap)) if snap else None,
             "listeners": {k: str(server.bound_address(k)) for k in server.listeners}}
+        if server.config_source is not None:  # static mode: the file and its last reload
+            body["config_source"] = server.config_source.dump()
         balanced = locality_view(server.backends)
         if balanced:  # live state, not config: only for destinations balanced by locality
             body["locality"] = balanced

@@ -196,6 +196,8 @@ _COUNTER_HELP = {
     "ami_tcp_connections_closed": "TCP connections of a TCP service closed.",
     "ami_tcp_received_bytes": "Bytes of TCP connections from the caller to the destination.",
     "ami_tcp_sent_bytes": "Bytes of TCP connections from the destination to the caller.",
+    "ami_config_reloads": "Static mode's config reloads (SIGHUP, --watch-config), by result "
+                          "(applied, rejected: the running config stays, unchanged).",
     "ami_http2_flood_closes": "HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM, "
                               "by kind of abuse (premature_reset: rapid reset; "
                               "unread_output: control frames or answers it does not read).",

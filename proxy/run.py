@@ -9,11 +9,15 @@ import os
 import secrets
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.admin import start_admin
 from proxy.config import Address
 from proxy.server import ProxyOptions, ProxyServer
+
+if TYPE_CHECKING:
+    from proxy.filewatch import Stamp
+    from proxy.static import StaticConfig
 
 log = logging.getLogger("ami.proxy")
 
@@ -132,14 +136,37 @@ def enable_tracing(server: ProxyServer, flag_endpoint: str | None) -> None:
         maybe_install(server.snapshot)
 
 
+def start_static_reload(server: ProxyServer, args: argparse.Namespace, static: StaticConfig,
+                        admin: Address, stamp: Stamp | None) -> asyncio.Task[None] | None:
+    """Static mode: SIGHUP reloads the file; with --watch-config, so does a change to it
+    (proxy.staticreload). The watch task, if any."""
+    import signal
+
+    from proxy.staticreload import StaticReloader
+
+    watch = bool(getattr(args, "watch_config", False))
+    reloader = StaticReloader(server, args.config, static, admin=admin, watch=watch)
+    server.loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    if not watch:
+        return None
+    from proxy.filewatch import watch_file
+
+    return asyncio.create_task(watch_file(args.config, lambda: reloader.reload("watch"), stamp),
+                               name="config-watch")
+
+
 async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
     server = ProxyServer(options)
     server.install_signal_handlers()
     enable_tracing(server, getattr(args, "otlp_endpoint", None))
+    reload_task: asyncio.Task[None] | None = None
     if args.config:
-        from proxy.static import load_static
+        from proxy.filewatch import file_stamp
+        from proxy.static import read_static
 
-        server.apply(load_static(args.config))
+        stamp = file_stamp(args.config)  # before the read: a change in between is seen
+        static = read_static(args.config)
+        server.apply(static.snapshot)
         if args.identity_dir:
             server.set_identity(load_identity_dir(args.identity_dir))
         admin = options.listeners.get("admin") or (server.snapshot.listeners.get("admin")
@@ -147,6 +174,7 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         admin = admin or Address("127.0.0.1", 15000)
         await server.start_listeners()
         runner = await start_admin(server, admin.host, admin.port, mtls=server.tls is not None)
+        reload_task = start_static_reload(server, args, static, admin, stamp)
     else:
         from proxy.agent import ControlPlaneAgent
 
@@ -165,6 +193,8 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
             await server.start_listeners()
     log.info("admin on %s; ready=%s", admin, server.ready)
     background = [asyncio.create_task(server.run_sweeper())]
+    if reload_task is not None:
+        background.append(reload_task)
     if options.gateway_tls is not None:
         background.append(asyncio.create_task(options.gateway_tls.watch()))
     await server.stopped.wait()

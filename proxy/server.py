@@ -69,6 +69,7 @@ class ProxyServer:
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
         self.on_drain: list[Callable[[], None]] = []  # called once when the drain starts
         self.extra_collectors: list[Any] = []
+        self.config_source: Any = None  # proxy.staticreload.StaticReloader in static mode
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
         self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
@@ -180,9 +181,10 @@ class ProxyServer:
             tcp.access_log = sys.stdout if enabled else None
 
     def _listener_kinds(self, snapshot: Snapshot) -> list[str]:
-        return [k for k in self._listener_addresses(snapshot) if k != "admin"]
+        return [k for k in self.listener_addresses(snapshot) if k != "admin"]
 
-    def _listener_addresses(self, snapshot: Snapshot | None) -> dict[str, Address]:
+    def listener_addresses(self, snapshot: Snapshot | None) -> dict[str, Address]:
+        """The listeners' addresses (admin too) ``snapshot`` gives, the command line's winning."""
         addresses = dict(snapshot.listeners) if snapshot is not None else {}
         addresses.update(self.options.listeners)
         if self.options.mode != "gateway":
@@ -193,7 +195,7 @@ class ProxyServer:
     async def start_listeners(self) -> None:
         """Bind every data-plane listener declared on the command line or in the snapshot."""
         routers: dict[str, Router] = getattr(self, "_pending_routers", {})
-        for kind, address in self._listener_addresses(self.snapshot).items():
+        for kind, address in self.listener_addresses(self.snapshot).items():
             if kind == "admin" or kind in self.listeners:
                 continue
             https = kind == "gateway" and self.options.gateway_tls is not None

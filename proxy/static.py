@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -9,13 +11,38 @@ import yaml
 from proxy.config import ConfigError, Snapshot, check_known_keys
 
 
-def load_static(path: Path) -> Snapshot:
+@dataclass(frozen=True, slots=True)
+class StaticConfig:
+    """A parsed static file and the digest of its bytes (what a reload compares)."""
+
+    snapshot: Snapshot
+    digest: str  # sha256:<hex> of the file's bytes
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def parse_static(path: Path, data: bytes) -> StaticConfig:
+    """Parse a static file's bytes; errors name the file and the field path. A file without
+    `version` gets one from its digest, so each distinct content shows a version of its own."""
+    digest = digest_of(data)
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     try:
-        check_known_keys(data)  # first: `hosts:` is a typo, better said than `host: required`
-        return Snapshot.from_dict(data)
+        check_known_keys(raw)  # first: `hosts:` is a typo, better said than `host: required`
+        if isinstance(raw, dict) and "version" not in raw:
+            raw["version"] = digest[:len("sha256:") + 12]
+        return StaticConfig(Snapshot.from_dict(raw), digest)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_static(path: Path) -> StaticConfig:
+    return parse_static(path, path.read_bytes())
+
+
+def load_static(path: Path) -> Snapshot:
+    return read_static(path).snapshot
