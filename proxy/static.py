@@ -30,7 +30,7 @@ def parse_static(path: Path, data: bytes) -> StaticConfig:
     try:
         raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
     try:
         check_known_keys(raw)  # first: `hosts:` is a typo, better said than `host: required`
         if isinstance(raw, dict) and "version" not in raw:
@@ -38,6 +38,15 @@ def parse_static(path: Path, data: bytes) -> StaticConfig:
         return StaticConfig(Snapshot.from_dict(raw), digest)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line (as meshctl's resource files say it): a log line each."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"{where}{exc.problem or exc.context}"
+    return " ".join(str(exc).split())
 
 
 def read_static(path: Path) -> StaticConfig:

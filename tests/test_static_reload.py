@@ -1,0 +1,346 @@
+"""Static mode's config reload (SIGHUP, --watch-config) against real proxy processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.ports import free_port
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    eventually,
+    get,
+    metric_value,
+    read_request,
+    read_response,
+    roundtrip,
+    snapshot,
+)
+
+RELOADS = "ami_config_reloads_total"
+
+
+class Versioned:
+    """Two keep-alive backends answering their version; `/hold` waits for `release()`."""
+
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.hold = backends.call(self._event())
+        self.peer_closed = {"v1": 0, "v2": 0}  # connections the proxy closed, per backend
+        self.raw = {name: backends.raw(self._handler(name)) for name in ("v1", "v2")}
+
+    @staticmethod
+    async def _event() -> asyncio.Event:
+        return asyncio.Event()
+
+    def _handler(self, name: str) -> Any:
+        async def handler(backend: RawBackend, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+            while (req := await read_request(reader)) is not None:
+                backend.requests.append(req)
+                if req.target == "/hold":
+                    await self.hold.wait()
+                body = name.encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+            self.peer_closed[name] += 1
+
+        return handler
+
+    def release(self) -> None:
+        self.backends.loop.call_soon_threadsafe(self.hold.set)
+
+    def port(self, name: str) -> int:
+        return self.raw[name].port
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def versioned(backends: Backends) -> Versioned:
+    return Versioned(backends)
+
+
+def config(proxy: ProxyProcess, versioned: Versioned, weights: tuple[int, int], *,
+           endpoints: tuple[str, ...] = ("v1", "v2")) -> dict[str, Any]:
+    """The `web` service with a v1 and a v2 endpoint, routed by ``weights``."""
+    data = snapshot({}, outbound=proxy.outbound, admin=proxy.admin)
+    data["services"] = {"web": {
+        "endpoints": [{"address": f"127.0.0.1:{versioned.port(v)}", "labels": {"version": v}}
+                      for v in endpoints],
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                    {"name": "v2", "labels": {"version": "v2"}}]}}
+    data["routes"] = [{"host": "web", "rules": [{"backends": [
+        {"subset": "v1", "weight": weights[0]}, {"subset": "v2", "weight": weights[1]}]}]}]
+    data.pop("version", None)  # the version is the content's digest
+    return data
+
+
+def start(tmp: Path, versioned: Versioned, weights: tuple[int, int],
+          *args: str) -> ProxyProcess:
+    proxy = ProxyProcess(tmp, {}, args=args)
+    proxy.config.write_text(yaml.safe_dump(config(proxy, versioned, weights)))
+    return proxy.start()
+
+
+def sighup(proxy: ProxyProcess) -> None:
+    assert proxy.proc is not None
+    proxy.proc.send_signal(signal.SIGHUP)
+
+
+async def reloads(proxy: ProxyProcess, result: str) -> float:
+    return metric_value(await proxy.metrics(), RELOADS, result=result)
+
+
+async def wait_reloads(proxy: ProxyProcess, result: str, count: int,
+                       timeout: float = 10.0) -> None:
+    """Wait (with a deadline) until `result` was counted ``count`` times."""
+    end = asyncio.get_running_loop().time() + timeout
+    while (seen := await reloads(proxy, result)) < count:
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"{RELOADS}{{result={result}}} is {seen}, not {count}: "
+                                 f"{proxy.stderr()}")
+        await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
+
+
+async def answers(proxy: ProxyProcess, n: int = 20) -> list[str]:
+    """The versions answering ``n`` requests to `web`, each on a new connection."""
+    seen = []
+    for _ in range(n):
+        resp = await roundtrip(proxy.outbound, get("web"))
+        assert resp.status == 200, resp
+        seen.append(resp.body.decode())
+    return seen
+
+
+async def dump(proxy: ProxyProcess) -> dict[str, Any]:
+    status, body = await proxy.aget("/config_dump")
+    assert status == 200
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def error_lines(proxy: ProxyProcess) -> list[str]:
+    return [line for line in proxy.stderr().splitlines() if "config not reloaded" in line]
+
+
+async def test_sighup_shifts_weights_keeping_connections_and_requests(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """A rewritten file + SIGHUP moves traffic from v1 to v2, while a request in flight finishes
+    on v1 and a keep-alive connection opened before carries requests to v2 after; dropping v1's
+    endpoint retires its pool, whose busy connection closes once its request is done."""
+    proxy = start(tmp_path, versioned, (100, 0))
+    try:
+        assert set(await answers(proxy)) == {"v1"}
+        before = await dump(proxy)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        writer.write(get("web", "/"))
+        assert (await asyncio.wait_for(read_response(reader), 10)).body == b"v1"
+        held_reader, held_writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        held_writer.write(get("web", "/hold"))
+        await eventually(lambda: any(r.target == "/hold" for r in versioned.raw["v1"].requests))
+
+        proxy.config.write_text(yaml.safe_dump(config(proxy, versioned, (0, 100))))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 1)
+        assert set(await answers(proxy)) == {"v2"}
+        for _ in range(3):  # the connection opened before the reload, reused after it
+            writer.write(get("web", "/"))
+            assert (await asyncio.wait_for(read_response(reader), 10)).body == b"v2"
+        after = await dump(proxy)
+        source = after["config_source"]
+        assert source["digest"] != before["config_source"]["digest"]
+        assert after["version"] == source["version"] == source["digest"][:len("sha256:") + 12]
+        assert source["last_reload"]["result"] == "applied"
+        assert source["last_reload"]["trigger"] == "SIGHUP"
+        assert source["last_error"] is None
+        assert (await proxy.stats())["config_version"] == after["version"]
+
+        proxy.config.write_text(yaml.safe_dump(config(proxy, versioned, (0, 100),
+                                                      endpoints=("v2",))))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 2)
+        pools = [p["address"] for p in (await proxy.stats())["upstream_pools"]]
+        assert f"127.0.0.1:{versioned.port('v1')}" not in pools
+        assert versioned.peer_closed["v1"] == 0  # busy: it ends with its request
+        versioned.release()
+        held = await asyncio.wait_for(read_response(held_reader), 10)
+        assert (held.status, held.body) == (200, b"v1")  # started on the old config
+        await eventually(lambda: versioned.peer_closed["v1"] == 1)
+        assert set(await answers(proxy)) == {"v2"}
+        for w in (writer, held_writer):
+            w.close()
+        assert await reloads(proxy, "rejected") == 0
+    finally:
+        proxy.stop()
+
+
+async def test_sighup_with_the_same_content_is_counted_unchanged(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """A SIGHUP for a file whose bytes did not change applies nothing and counts `unchanged`."""
+    proxy = start(tmp_path, versioned, (100, 0))
+    try:
+        assert await reloads(proxy, "unchanged") == 0
+        sighup(proxy)
+        await wait_reloads(proxy, "unchanged", 1)
+        assert (await reloads(proxy, "applied"), await reloads(proxy, "rejected")) == (0, 0)
+        assert (await dump(proxy))["config_source"]["last_reload"]["result"] == "unchanged"
+    finally:
+        proxy.stop()
+
+
+async def test_watch_config_follows_a_rename_an_in_place_write_and_a_missing_file(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """--watch-config applies a file renamed over the old one (new inode), then one written in
+    place (same inode); a file gone for a while keeps the running config and, written again,
+    is applied."""
+    proxy = start(tmp_path, versioned, (100, 0), "--watch-config")
+    path = proxy.config
+    try:
+        assert set(await answers(proxy)) == {"v1"}
+        inode = path.stat().st_ino
+        staged = tmp_path / "proxy.yaml.new"
+        staged.write_text(yaml.safe_dump(config(proxy, versioned, (0, 100))))
+        os.replace(staged, path)  # what `mv`, Kubernetes' ConfigMap volumes and editors do
+        assert path.stat().st_ino != inode
+        await wait_reloads(proxy, "applied", 1)
+        assert set(await answers(proxy)) == {"v2"}
+        assert (await dump(proxy))["config_source"]["last_reload"]["trigger"] == "watch"
+
+        inode = path.stat().st_ino
+        with path.open("r+") as f:  # truncate and write the same inode
+            f.truncate(0)
+            f.write(yaml.safe_dump(config(proxy, versioned, (100, 0))))
+        assert path.stat().st_ino == inode
+        await wait_reloads(proxy, "applied", 2)
+        assert set(await answers(proxy)) == {"v1"}
+
+        path.unlink()
+        await eventually(lambda: "is missing" in proxy.stderr(), timeout=10)
+        assert set(await answers(proxy)) == {"v1"}
+        assert (await proxy.aget("/ready"))[0] == 200
+        path.write_text(yaml.safe_dump(config(proxy, versioned, (0, 100))))
+        await wait_reloads(proxy, "applied", 3)
+        assert set(await answers(proxy)) == {"v2"}
+        assert await reloads(proxy, "rejected") == 0
+    finally:
+        proxy.stop()
+
+
+BAD_FILES = [
+    ("invalid YAML", lambda text: text + "routes: [\n", "invalid YAML"),
+    ("invalid field", lambda text: text.replace("address: 127.0.0.1:", "address: nowhere", 1),
+     "services.web.endpoints[0].address: expected HOST:PORT"),
+    ("misspelt key", lambda text: text.replace("subsets:", "subset:", 1),
+     "services.web.subset: unknown field, did you mean 'subsets'?"),
+    ("weights", lambda text: text.replace("weight: 0", "weight: 5", 1),
+     "weights sum to 105, must be 100"),
+    ("empty file", lambda _text: "", "the file is empty"),
+]
+
+
+async def test_bad_files_keep_the_running_config(tmp_path: Path, versioned: Versioned) -> None:
+    """Invalid YAML, an invalid field, a misspelt key, bad weights, an empty and a missing file:
+    each SIGHUP is refused with one error line naming the file and the field, counted and
+    shown in /config_dump, while requests keep succeeding on the old config and /ready stays
+    200; the good file is then applied."""
+    proxy = start(tmp_path, versioned, (100, 0))
+    path, good = proxy.config, proxy.config.read_text()
+    running = (await dump(proxy))["version"]
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:  # traffic during and between the reloads
+        while not stop.is_set():
+            resp = await roundtrip(proxy.outbound, get("web"))
+            statuses.append(resp.status if resp.body == b"v1" else -resp.status)
+
+    traffic = asyncio.create_task(client())
+    try:
+        for count, (_name, spoil, why) in enumerate(BAD_FILES, start=1):
+            path.write_text(spoil(good))
+            sighup(proxy)
+            await wait_reloads(proxy, "rejected", count)
+            lines = error_lines(proxy)
+            assert len(lines) == count
+            assert str(path) in lines[-1] and why in lines[-1], lines[-1]
+            assert f"still serving version {running}" in lines[-1]
+            source = (await dump(proxy))["config_source"]
+            assert why in source["last_error"]["error"]
+            assert source["last_reload"]["result"] == "rejected"
+            assert source["version"] == running
+            assert (await proxy.aget("/ready"))[0] == 200
+            assert set(await answers(proxy, 5)) == {"v1"}
+        path.unlink()
+        sighup(proxy)
+        await wait_reloads(proxy, "rejected", len(BAD_FILES) + 1)
+        assert f"{path}: cannot read: No such file or directory" in error_lines(proxy)[-1]
+        assert set(await answers(proxy, 5)) == {"v1"}
+
+        path.write_text(yaml.safe_dump(config(proxy, versioned, (0, 100))))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 1)
+        assert set(await answers(proxy, 5)) == {"v2"}
+    finally:
+        stop.set()
+        await traffic
+        proxy.stop()
+    assert statuses and all(s in (200, -200) for s in statuses), statuses
+    assert 200 in statuses  # served by v1 while the bad files came and went
+
+
+async def test_changes_needing_a_restart_are_refused_whole(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """A file moving the outbound listener, or changing the node's labels, is refused whole
+    (its route change too) with a message that a restart is needed; the old port serves on."""
+    proxy = start(tmp_path, versioned, (100, 0))
+    try:
+        good = config(proxy, versioned, (0, 100))  # a route change that alone would apply
+        moved = free_port()
+        changed = json.loads(json.dumps(good))
+        changed["listeners"]["outbound"] = f"127.0.0.1:{moved}"
+        changed["node"]["labels"] = {"version": "v9"}
+        proxy.config.write_text(yaml.safe_dump(changed))
+        sighup(proxy)
+        await wait_reloads(proxy, "rejected", 1)
+        line = error_lines(proxy)[-1]
+        assert (f"{proxy.config}: a restart is needed to change listeners.outbound "
+                f"(127.0.0.1:{proxy.outbound} -> 127.0.0.1:{moved}), node.labels") in line
+        assert set(await answers(proxy)) == {"v1"}  # nothing of the file was applied
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", moved)
+        assert (await proxy.aget("/ready"))[0] == 200
+
+        proxy.config.write_text(yaml.safe_dump(good))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 1)
+        assert set(await answers(proxy)) == {"v2"}
+    finally:
+        proxy.stop()
+
+
+def test_watch_config_needs_a_config_file() -> None:
+    """--watch-config without --config (control-plane mode) stops the start with a clear error."""
+    done = subprocess.run([sys.executable, "-m", "proxy", "--control-plane", "127.0.0.1:1",
+                           "--service", "x", "--watch-config"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 2
+    assert "--watch-config needs --config" in done.stderr
