@@ -103,8 +103,8 @@ class StaticReloader:
 
     def _rejected(self, trigger: str, message: str) -> str:
         self.last_error = {"at": _now(), "trigger": trigger, "error": message}
-        log.error("config not reloaded (%s): %s; still serving version %s (%s)", trigger,
-                  message, self.running.snapshot.version, self.running.digest)
+        log.error("config not reloaded (%s): %s; still serving version %s", trigger, message,
+                  self.running.snapshot.version)
         return self._done(trigger, "rejected")
 
     def _done(self, trigger: str, result: str) -> str:

@@ -245,6 +245,39 @@ async def test_watch_config_follows_a_rename_an_in_place_write_and_a_missing_fil
         proxy.stop()
 
 
+async def test_watch_config_follows_a_configmap_symlink_swap(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """--watch-config on a Kubernetes ConfigMap volume's layout (`proxy.yaml` ->
+    `..data/proxy.yaml`, `..data` -> a timestamped directory) applies the file once `..data`
+    is swapped to a new directory."""
+    proxy = ProxyProcess(tmp_path, {}, args=("--watch-config",))
+    volume = tmp_path / "volume"
+    first, second = volume / "..2026_01", volume / "..2026_02"
+    for directory, weights in ((first, (100, 0)), (second, (0, 100))):
+        directory.mkdir(parents=True)
+        (directory / "proxy.yaml").write_text(yaml.safe_dump(config(proxy, versioned,
+                                                                    weights)))
+    (volume / "..data").symlink_to(first.name)
+    (volume / "proxy.yaml").symlink_to("..data/proxy.yaml")
+    proxy.config = volume / "proxy.yaml"
+    proxy.start()
+    try:
+        assert set(await answers(proxy)) == {"v1"}
+        (volume / "..data_tmp").symlink_to(second.name)
+        os.replace(volume / "..data_tmp", volume / "..data")  # the kubelet's atomic swap
+        await wait_reloads(proxy, "applied", 1)
+        assert set(await answers(proxy)) == {"v2"}
+    finally:
+        proxy.stop()
+
+
+_UNLOADABLE_CA = """
+external:
+  api.example.com:
+    ports: [{number: 80, protocol: HTTP, targetPort: 443}]
+    endpoints: [127.0.0.1:9]
+    policy: {tls: {mode: SIMPLE, caCertificates: /nonexistent/ca.pem}}
+"""
 BAD_FILES = [
     ("invalid YAML", lambda text: text + "routes: [\n", "invalid YAML"),
     ("invalid field", lambda text: text.replace("address: 127.0.0.1:", "address: nowhere", 1),
@@ -254,11 +287,15 @@ BAD_FILES = [
     ("weights", lambda text: text.replace("weight: 0", "weight: 5", 1),
      "weights sum to 105, must be 100"),
     ("empty file", lambda _text: "", "the file is empty"),
+    # parses, but the proxy cannot build it (as it would NACK the same push)
+    ("NACK", lambda text: text + _UNLOADABLE_CA,
+     "tls.caCertificates /nonexistent/ca.pem: No such file or directory"),
 ]
 
 
 async def test_bad_files_keep_the_running_config(tmp_path: Path, versioned: Versioned) -> None:
-    """Invalid YAML, an invalid field, a misspelt key, bad weights, an empty and a missing file:
+    """Invalid YAML, an invalid field, a misspelt key, bad weights, an empty file, one the proxy
+    cannot build (a push of it would be NACKed) and a missing file:
     each SIGHUP is refused with one error line naming the file and the field, counted and
     shown in /config_dump, while requests keep succeeding on the old config and /ready stays
     200; the good file is then applied."""
