@@ -15,6 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config import Address, ConfigError, Snapshot
+from proxy.server import ProxyOptions, ProxyServer
+from proxy.static import digest_of, read_static
+from proxy.staticreload import restart_needed
 from tests.ports import free_port
 from tests.proxyharness import (
     Backends,
@@ -189,6 +193,38 @@ async def test_sighup_shifts_weights_keeping_connections_and_requests(
         for w in (writer, held_writer):
             w.close()
         assert await reloads(proxy, "rejected") == 0
+    finally:
+        proxy.stop()
+
+
+async def test_sighup_reloads_policies_and_the_mesh_section(
+        tmp_path: Path, versioned: Versioned) -> None:
+    """A reload that adds a connection-pool limit to `web` and turns `mesh.accessLog` on: the
+    limit refuses a second concurrent request (`overflow`), and requests are logged."""
+    proxy = start(tmp_path, versioned, (100, 0))
+    try:
+        assert set(await answers(proxy, 3)) == {"v1"}
+        assert proxy.stdout() == ""
+        data = config(proxy, versioned, (100, 0))
+        data["services"]["web"]["policy"] = {
+            "connectionPool": {"maxConnections": 1, "maxPendingRequests": 0}}
+        data["mesh"]["accessLog"] = True
+        proxy.config.write_text(yaml.safe_dump(data))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 1)
+        held_reader, held_writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        held_writer.write(get("web", "/hold"))
+        await eventually(lambda: any(r.target == "/hold" for r in versioned.raw["v1"].requests))
+        refused = await roundtrip(proxy.outbound, get("web"))
+        assert (refused.status, refused.header("x-ami-reason")) == (503, "overflow")
+        versioned.release()
+        held = await asyncio.wait_for(read_response(held_reader), 10)
+        assert (held.status, held.body) == (200, b"v1")
+        await eventually(lambda: len(proxy.stdout().splitlines()) == 2, timeout=10)
+        logged = [json.loads(line) for line in proxy.stdout().splitlines()]
+        assert sorted((e["path"], e["status"], e["reason"]) for e in logged) == [
+            ("/", 503, "overflow"), ("/hold", 200, "-")]
+        held_writer.close()
     finally:
         proxy.stop()
 
@@ -381,3 +417,60 @@ def test_watch_config_needs_a_config_file() -> None:
                           timeout=30, check=False)
     assert done.returncode == 2
     assert "--watch-config needs --config" in done.stderr
+
+
+def _snapshot(**changes: Any) -> Snapshot:
+    data: dict[str, Any] = {
+        "listeners": {"outbound": "127.0.0.1:1001", "inbound": "127.0.0.1:1002",
+                      "gateway": "127.0.0.1:1003"},
+        "node": {"service": "web", "labels": {"version": "v1"}, "locality": "eu/a"},
+        "app": "127.0.0.1:1004", "appProtocol": "auto"}
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section] = {**data[section], field: value}
+        else:
+            data[section] = value
+    return Snapshot.from_dict(data)
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"listeners__outbound": "127.0.0.1:2001"},
+     ["listeners.outbound (127.0.0.1:1001 -> 127.0.0.1:2001)"]),
+    ({"listeners__admin": "127.0.0.1:2000"},
+     ["listeners.admin (127.0.0.1:15000 -> 127.0.0.1:2000)"]),
+    ({"node__service": "api"}, ["node.service"]),
+    ({"node__namespace": "shop"}, ["node.namespace"]),
+    ({"node__labels": {"version": "v2"}}, ["node.labels"]),
+    ({"node__locality": "eu/b"}, ["node.locality"]),
+    ({"node__metricsName": "web.shop"}, ["node.metricsName"]),
+    ({"app": "127.0.0.1:2004"}, ["app (127.0.0.1:1004 -> 127.0.0.1:2004)"]),
+    ({"appProtocol": "http2"}, ["appProtocol (auto -> http2)"]),
+    # the command line's --inbound wins over the file; a sidecar binds no gateway listener
+    ({"listeners__inbound": "127.0.0.1:2002", "listeners__gateway": "127.0.0.1:2003"}, []),
+], ids=lambda v: ",".join(v) if isinstance(v, dict) else None)
+async def test_restart_needed_names_what_cannot_change_in_place(
+        changes: dict[str, Any], named: list[str]) -> None:
+    """The listeners in use (admin too), node, app and appProtocol need a restart; a listener
+    a flag sets, or one the mode does not bind, does not."""
+    server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", 9)}))
+    admin = Address("127.0.0.1", 15000)  # as bound: the default
+    assert restart_needed(server, admin, _snapshot(), _snapshot()) == []
+    assert restart_needed(server, admin, _snapshot(), _snapshot(**changes)) == named
+
+
+def test_a_static_file_without_version_gets_its_digest(tmp_path: Path) -> None:
+    """A file without `version` runs as `sha256:` and 12 hex digits of its bytes; with one, as
+    it says; YAML errors are one line, with where."""
+    path = tmp_path / "proxy.yaml"
+    path.write_bytes(b"mesh: {accessLog: true}\n")
+    config = read_static(path)
+    assert config.digest == digest_of(path.read_bytes())
+    assert config.snapshot.version == config.digest[:19]
+    path.write_text("version: static-7\n")
+    assert read_static(path).snapshot.version == "static-7"
+    path.write_text("routes: [\n")
+    with pytest.raises(ConfigError) as err:
+        read_static(path)
+    assert str(err.value) == (f"{path}: invalid YAML: line 2, column 1: expected the node "
+                              "content, but found '<stream end>'")
