@@ -45,8 +45,9 @@ def restart_needed(server: ProxyServer, admin: Address, old: Snapshot,
         or Address("127.0.0.1", 15000)  # as run.py picks it
     before["admin"] = admin
     for kind in sorted(before.keys() | after.keys()):
-        if before.get(kind) != after.get(kind):
-            changes.append(f"listeners.{kind} ({before.get(kind)} -> {after.get(kind)})")
+        was, now = before.get(kind), after.get(kind)
+        if was != now:
+            changes.append(f"listeners.{kind} ({was or 'none'} -> {now or 'none'})")
     for name, key in (("service", "service"), ("namespace", "namespace"),
                       ("labels", "labels"), ("metrics_name", "metricsName"),
                       ("locality", "locality")):

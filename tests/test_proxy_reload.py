@@ -446,6 +446,8 @@ def _snapshot(**changes: Any) -> Snapshot:
     ({"node__metricsName": "web.shop"}, ["node.metricsName"]),
     ({"app": "127.0.0.1:2004"}, ["app (127.0.0.1:1004 -> 127.0.0.1:2004)"]),
     ({"appProtocol": "http2"}, ["appProtocol (auto -> http2)"]),
+    ({"listeners": {"inbound": "127.0.0.1:1002", "gateway": "127.0.0.1:1003"}},
+     ["listeners.outbound (127.0.0.1:1001 -> none)"]),
     # the command line's --inbound wins over the file; a sidecar binds no gateway listener
     ({"listeners__inbound": "127.0.0.1:2002", "listeners__gateway": "127.0.0.1:2003"}, []),
 ], ids=lambda v: ",".join(v) if isinstance(v, dict) else None)
