@@ -38,7 +38,8 @@ def _now() -> str:
 
 def restart_needed(server: ProxyServer, admin: Address, old: Snapshot,
                    new: Snapshot) -> list[str]:
-    """The fields ``new`` changes that the running proxy cannot change in place."""
+    """The fields ``new`` changes that the running proxy cannot change in place (a value the
+    command line sets, and so the file's does not count, is no change)."""
     changes = []
     before, after = server.listener_addresses(old), server.listener_addresses(new)
     after["admin"] = server.options.listeners.get("admin") or new.listeners.get("admin") \
@@ -55,7 +56,7 @@ def restart_needed(server: ProxyServer, admin: Address, old: Snapshot,
             changes.append(f"node.{key}")
     if old.app != new.app:
         changes.append(f"app ({old.app} -> {new.app})")
-    if old.app_protocol != new.app_protocol:
+    if old.app_protocol != new.app_protocol and server.options.app_protocol is None:
         changes.append(f"appProtocol ({old.app_protocol} -> {new.app_protocol})")
     return changes
 

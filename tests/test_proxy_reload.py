@@ -461,6 +461,13 @@ async def test_restart_needed_names_what_cannot_change_in_place(
     assert restart_needed(server, admin, _snapshot(), _snapshot(**changes)) == named
 
 
+async def test_an_app_protocol_the_command_line_sets_is_no_change() -> None:
+    """With --app-protocol, the file's appProtocol is not used: changing it needs no restart."""
+    server = ProxyServer(ProxyOptions(app_protocol="http1"))
+    admin = Address("127.0.0.1", 15000)
+    assert restart_needed(server, admin, _snapshot(), _snapshot(appProtocol="http2")) == []
+
+
 def test_a_static_file_without_version_gets_its_digest(tmp_path: Path) -> None:
     """A file without `version` runs as `sha256:` and 12 hex digits of its bytes; with one, as
     it says; YAML errors are one line, with where."""
