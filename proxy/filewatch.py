@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 log = logging.getLogger("ami.proxy")
@@ -23,9 +23,9 @@ def file_stamp(path: Path) -> Stamp | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-async def watch_file(path: Path, changed: Callable[[], object], seen: Stamp | None, *,
+async def watch_file(path: Path, changed: Callable[[], Awaitable[object]], seen: Stamp | None, *,
                      interval: float = 1.0, settle: float = 0.2) -> None:
-    """Call ``changed()`` each time ``path``'s stamp moves on from ``seen``, until cancelled.
+    """Await ``changed()`` each time ``path``'s stamp moves on from ``seen``, until cancelled.
 
     A change is acted on once the stamp holds still for ``settle`` seconds, so that a file
     being written in place (truncated, then written) is read whole, not half-way. A missing
@@ -46,4 +46,4 @@ async def watch_file(path: Path, changed: Callable[[], object], seen: Stamp | No
         if file_stamp(path) != stamp:
             continue  # still changing: look again at the next tick
         seen = stamp
-        changed()
+        await changed()

@@ -146,7 +146,7 @@ def start_static_reload(server: ProxyServer, args: argparse.Namespace, static: S
 
     watch = bool(getattr(args, "watch_config", False))
     reloader = StaticReloader(server, args.config, static, admin=admin, watch=watch)
-    server.loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    server.loop.add_signal_handler(signal.SIGHUP, reloader.request, "SIGHUP")
     if not watch:
         return None
     from proxy.filewatch import watch_file
