@@ -112,6 +112,22 @@ def _authz_target(doc: Doc) -> str:
     return str((_spec(doc).get("selector") or {}).get("service", "<all>"))
 
 
+def _telemetry_selector(doc: Doc) -> str:
+    labels = (_spec(doc).get("selector") or {}).get("matchLabels") or {}
+    return _joined(f"{k}={v}" for k, v in sorted(labels.items())) if labels else "<namespace>"
+
+
+def _telemetry_access_log(doc: Doc) -> str:
+    entries = _spec(doc).get("accessLogging") or []
+    if not entries:
+        return "-"
+    entry = entries[0]
+    if entry.get("disabled"):
+        return "off"
+    expression = (entry.get("filter") or {}).get("expression")
+    return f"on if {expression}" if expression else "on"
+
+
 def _mtls(doc: Doc) -> str:
     return str((_spec(doc).get("mtls") or {}).get("mode", "STRICT"))
 
@@ -151,6 +167,12 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
                                     for p in _spec(d).get("ports") or [])),
         ("ENDPOINTS", lambda d: _joined(e.get("address") for e in _spec(d).get("endpoints") or [])
          if _spec(d).get("endpoints") else "(DNS)")],
+    "Telemetry": [
+        ("SELECTOR", _telemetry_selector),
+        ("ACCESS-LOG", _telemetry_access_log),
+        ("SAMPLING", lambda d: _joined(f"{t['randomSamplingPercentage']:g}%"
+                                       for t in _spec(d).get("tracing") or []
+                                       if "randomSamplingPercentage" in t))],
 }
 
 

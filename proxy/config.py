@@ -7,7 +7,7 @@ paths give the same precise errors (which become the NACK text).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +174,18 @@ class MeshSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """What the Telemetry resources make differ from ``mesh`` for this proxy (None: the
+    mesh's); ``access_filter`` is compiled once per push (meshctl.api.accessfilter)."""
+
+    access_log: bool | None = None
+    filter_expression: str | None = None
+    access_filter: Callable[[Any], bool] | None = field(default=None, compare=False)
+    tracing_sampling: float | None = None
+    disable_span_reporting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     service: str = "unknown"
     namespace: str = "default"
@@ -206,6 +218,19 @@ class Snapshot:
     own_mtls: str | None = None  # inbound.mtls: this service's mode if not the mesh's
     # meshctl.api.kinds.GatewayPassthrough: TLS the gateway relays by SNI, unterminated
     gateway_passthrough: tuple[Any, ...] = ()
+    telemetry: TelemetrySettings | None = None  # None: no Telemetry applies, the mesh's
+
+    @property
+    def access_log(self) -> bool:
+        """Whether this proxy writes access log lines: its Telemetry's say, else the mesh's."""
+        own = self.telemetry.access_log if self.telemetry is not None else None
+        return self.mesh.access_log if own is None else own
+
+    @property
+    def tracing_sampling(self) -> float:
+        """The probability a request this proxy starts a trace for is sampled."""
+        own = self.telemetry.tracing_sampling if self.telemetry is not None else None
+        return self.mesh.tracing_sampling if own is None else own
 
     @classmethod
     def from_dict(cls, data: object) -> Snapshot:
@@ -240,7 +265,7 @@ class Snapshot:
 # control plane's snapshot still loads.
 _KNOWN: dict[str, frozenset[str]] = {
     "": frozenset({"version", "node", "listeners", "mesh", "services", "routes", "gateway",
-                   "app", "appProtocol", "inbound", "external"}),
+                   "app", "appProtocol", "inbound", "external", "telemetry"}),
     "node": frozenset({"service", "namespace", "labels", "metricsName", "locality"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
                        "outboundTrafficPolicy", "trustedXfccIdentities", "localityLbSetting"}),
@@ -256,6 +281,9 @@ _KNOWN: dict[str, frozenset[str]] = {
     "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules", "passthrough"}),
     "inbound": frozenset({"authorization", "authentication", "rateLimit", "mtls"}),
+    "telemetry": frozenset({"accessLog", "tracing"}),
+    "telemetry.accessLog": frozenset({"disabled", "filter"}),
+    "telemetry.tracing": frozenset({"sampling", "disableSpanReporting"}),
 }
 
 
@@ -278,8 +306,12 @@ def check_known_keys(data: object) -> None:
     check(data, "", "")
     if not isinstance(data, Mapping):
         return
-    for kind in ("node", "mesh", "gateway", "inbound"):
+    for kind in ("node", "mesh", "gateway", "inbound", "telemetry"):
         check(data.get(kind), kind, kind)
+    telemetry = data.get("telemetry")
+    if isinstance(telemetry, Mapping):
+        for sub in ("accessLog", "tracing"):
+            check(telemetry.get(sub), f"telemetry.{sub}", f"telemetry.{sub}")
     mesh = data.get("mesh")
     if isinstance(mesh, Mapping):
         for sub in ("retryBudget", "tracing", "outboundTrafficPolicy"):
@@ -510,6 +542,35 @@ def _parse_snapshot(data: object) -> Snapshot:
         app_protocol=app_protocol,
         own_mtls=own_mtls,
         gateway_passthrough=gateway_passthrough,
+        telemetry=_parse_telemetry(raw["telemetry"]) if "telemetry" in raw else None,
+    )
+
+
+def _parse_telemetry(data: object) -> TelemetrySettings:
+    """The effective Telemetry settings the control plane computed for this proxy."""
+    from meshctl.api.accessfilter import FilterError, compile_filter
+
+    raw = _mapping(data, "telemetry")
+    access = _mapping(raw.get("accessLog"), "telemetry.accessLog") \
+        if raw.get("accessLog") is not None else None
+    tracing = _mapping(raw.get("tracing"), "telemetry.tracing")
+    expression = access.get("filter") if access is not None else None
+    predicate = None
+    if expression is not None:
+        try:
+            predicate = compile_filter(str(expression))
+        except FilterError as err:
+            raise ConfigError(f"telemetry.accessLog.filter: {err}") from None
+    sampling = tracing.get("sampling")
+    if sampling is not None and (isinstance(sampling, bool) or not isinstance(sampling, int | float)
+                                 or not 0 <= sampling <= 1):
+        raise ConfigError(f"telemetry.tracing.sampling: expected 0 to 1, got {sampling!r}")
+    return TelemetrySettings(
+        access_log=None if access is None else not access.get("disabled", False),
+        filter_expression=None if expression is None else str(expression),
+        access_filter=predicate,
+        tracing_sampling=None if sampling is None else float(sampling),
+        disable_span_reporting=bool(tracing.get("disableSpanReporting", False)),
     )
 
 

@@ -45,6 +45,8 @@ class Listener:
         self.scheme = "https" if tls else "http"  # as clients of this listener see it
         self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
         self.access_log: TextIO | None = None
+        # A Telemetry's filter (meshctl.api.accessfilter), only read while the log is on
+        self.access_filter: Any = None
         self.on_record: Any = None  # tap hook: called with each finished exchange
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
@@ -144,7 +146,9 @@ class Listener:
             self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                               ex.bytes_in, ex.bytes_out)
         if self.access_log is not None:
-            self._log(ex, duration_ms, prefix)
+            access_filter = self.access_filter
+            if access_filter is None or access_filter(ex):
+                self._log(ex, duration_ms, prefix)
         if self.on_record is not None:
             self.on_record(self, ex, duration_ms, prefix)
         if ex.trace is not None:
@@ -167,7 +171,8 @@ class Listener:
         status, sent = (0, 0) if reason in NOT_SENT else (REASONS[reason][0], body_length(reason))
         prefix = (*self._source_labels(conn), destination, "unknown")
         self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
-        if self.access_log is not None:
+        if self.access_log is not None and (
+                self.access_filter is None or self.access_filter(_Refused(status, reason))):
             # Hostile or broken input is what an operator greps the log for; the head was not
             # understood, so the request's own fields are null.
             self._write({"start_time": conn.head_started or self.loop.time(),
@@ -246,6 +251,17 @@ class Listener:
             self.server.close()
         for conn in list(self.connections):
             conn.drain()
+
+
+class _Refused:
+    """What a filter sees of a request refused before its head was understood."""
+
+    __slots__ = ("flags", "status")
+    method = b""
+    path = authority = ""
+
+    def __init__(self, status: int, flags: str) -> None:
+        self.status, self.flags = status, flags
 
 
 def _abort_all(conns: list[DownstreamProtocol]) -> None:

@@ -66,6 +66,7 @@ class ProxyServer:
         self.app_probe: Any = None  # proxy.appprobe.AppProbe, in control-plane mode with --app
         self.stopped = asyncio.Event()
         self.access_log_enabled = False
+        self.access_filter: Callable[[Any], bool] | None = None  # a Telemetry's filter
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
         self.on_drain: list[Callable[[], None]] = []  # called once when the drain starts
         self.extra_collectors: list[Any] = []
@@ -168,7 +169,9 @@ class ProxyServer:
 
     def _set_access_log(self, snapshot: Snapshot) -> None:
         enabled = (self.options.access_log if self.options.access_log is not None
-                   else snapshot.mesh.access_log)
+                   else snapshot.access_log)
+        telemetry = snapshot.telemetry
+        self.access_filter = telemetry.access_filter if telemetry is not None else None
         self.set_access_log(enabled)
 
     def set_access_log(self, enabled: bool) -> None:
@@ -177,6 +180,7 @@ class ProxyServer:
         self.access_log_enabled = enabled
         for listener in self.listeners.values():
             listener.access_log = sys.stdout if enabled else None
+            listener.access_filter = self.access_filter if enabled else None
         for tcp in self.tcp_listeners:
             tcp.access_log = sys.stdout if enabled else None
 

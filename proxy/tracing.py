@@ -113,6 +113,7 @@ class Tracer:
         self.service = service
         self.sampling = sampling
         self.rng = rng or random.Random()
+        self.report = True  # False: a Telemetry's disableSpanReporting
 
     def begin(self, ex: Exchange) -> None:
         parent, decision = incoming_context(ex.headers)
@@ -124,7 +125,23 @@ class Tracer:
                 ex.head_tail.append(_NOT_SAMPLED)
                 return
         if decision:
-            ex.trace = self._spans(ex, parent)
+            if self.report:
+                ex.trace = self._spans(ex, parent)
+            else:
+                self._propagate(ex, parent)
+
+    def _propagate(self, ex: Exchange, parent: tuple[int, int] | None) -> None:
+        """Sampled, but this proxy reports no span (disableSpanReporting): the next hop still
+        joins the trace, as a child of the caller's span (or of a new trace's root)."""
+        trace_id = parent[0] if parent is not None else self.rng.getrandbits(128) or 1
+        span_id = parent[1] if parent is not None else self.rng.getrandbits(64) or 1
+        headers = [h for h in ex.headers if h[0].lower() not in _DROP]
+        headers += [
+            (b"traceparent", b"00-%032x-%016x-01" % (trace_id, span_id)),
+            (b"x-b3-traceid", b"%032x" % trace_id), (b"x-b3-spanid", b"%016x" % span_id),
+            (b"x-b3-sampled", b"1"),
+        ]
+        ex.headers = headers
 
     def _spans(self, ex: Exchange, parent: tuple[int, int] | None) -> TracedExchange:
         ctx = None
@@ -171,7 +188,8 @@ def install_tracing(server: ProxyServer, endpoint: str | None = None, *,
                                                            schedule_delay_millis=1000))
             tracer = state["tracer"] = Tracer(provider.get_tracer("ami.proxy"),
                                               service=snapshot.node.service, rng=rng)
-        tracer.sampling = snapshot.mesh.tracing_sampling
+        tracer.sampling = snapshot.tracing_sampling  # a Telemetry's, else the mesh's
+        tracer.report = snapshot.telemetry is None or not snapshot.telemetry.disable_span_reporting
         for listener in server.listeners.values():
             listener.tracer = tracer
 

@@ -301,6 +301,20 @@ _SPECS: dict[str, Schema] = {
         "endpoints": _list(_obj({"address": _str(ENDPOINT_ADDRESS, maxLength=253)},
                                 ("address",))),
     }, ("hosts", "ports")),
+    "Telemetry": _obj({
+        "selector": _obj({"matchLabels": _ref("labels") | {"minProperties": 1}},
+                         ("matchLabels",)),
+        "accessLogging": _list(_obj({
+            "disabled": {"type": "boolean"},
+            "filter": _obj({"expression": _str(description=(
+                "CEL subset: response.code, response.flags, request.method, request.path, "
+                "request.host; == != < <= > >=, &&, ||, !, (), startsWith/endsWith/contains "
+                "(checked by the parser)"))}, ("expression",)),
+        }), 1) | {"maxItems": 1},
+        "tracing": _list(_obj({"randomSamplingPercentage": _num(0, 100),
+                               "disableSpanReporting": {"type": "boolean"}}), 1)
+        | {"maxItems": 1},
+    }),
 }
 
 

@@ -15,6 +15,7 @@ from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
+from meshctl.api.telemetry import TelemetrySpec, parse_telemetry
 from meshctl.api.xfcc import trusted_xfcc_identities
 
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
@@ -94,7 +95,8 @@ class GatewaySpec:
 
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
-        | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec)
+        | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec
+        | TelemetrySpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -246,4 +248,5 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("MeshConfig", parse_mesh_config, spec_required=False),
     Kind("Gateway", parse_gateway),
     Kind("ExternalService", parse_external_service),
+    Kind("Telemetry", parse_telemetry),
 )}

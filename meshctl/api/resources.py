@@ -19,6 +19,7 @@ from meshctl.api.hostnames import service_of
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
 from meshctl.api.peerauthn import PeerAuthenticationSpec
 from meshctl.api.policy import DestinationPolicySpec
+from meshctl.api.telemetry import TelemetrySpec
 
 API_VERSION = "ami.mesh/v1alpha1"
 DEFAULT_NAMESPACE = "default"
@@ -281,6 +282,8 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
                           for j, host in enumerate(entry.sni_hosts))
         if isinstance(r.spec, PeerAuthenticationSpec):
             claims.append(_peer_authentication_claim(r, r.spec))
+        if isinstance(r.spec, TelemetrySpec):
+            claims.append(_telemetry_claim(r, r.spec))
         for claim, path, message in claims:
             if claim in first and (claim == r.key or first[claim].key != r.key):
                 add(r, path, f"{message} ({_describe(first[claim])})")
@@ -323,6 +326,18 @@ def _peer_authentication_claim(r: Resource, spec: PeerAuthenticationSpec
     return (("PeerAuthentication", r.namespace, "selector", spec.service),
             "spec.selector.service",
             f"service {spec.service} already has a PeerAuthentication")
+
+
+def _telemetry_claim(r: Resource, spec: TelemetrySpec) -> tuple[tuple[str, ...], str, str]:
+    """One namespace-wide Telemetry per namespace, and one per label selector: two at the same
+    level would leave the settings to chance."""
+    if spec.match_labels is None:
+        return (("Telemetry", r.namespace, "selector", ""), "spec.selector",
+                f"namespace {r.namespace} already has a namespace-wide Telemetry "
+                "(one without selector)")
+    labels = ",".join(f"{k}={v}" for k, v in sorted(spec.match_labels.items()))
+    return (("Telemetry", r.namespace, "selector", labels), "spec.selector.matchLabels",
+            f"selector {{{labels}}} already has a Telemetry")
 
 
 def _unknown_subsets(route: Resource, spec: RouteSpec,

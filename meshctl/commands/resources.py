@@ -29,10 +29,10 @@ from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
                "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
-               "gw": "Gateway", "es": "ExternalService"}
+               "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry"}
 KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
              "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
-             "externalservice|es")
+             "externalservice|es, telemetry|tel")
 Command = Callable[[argparse.Namespace], int]
 
 

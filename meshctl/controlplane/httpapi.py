@@ -1,7 +1,8 @@
 """The control plane's HTTP API (aiohttp): CRUD, watch (SSE) and apply for every resource kind.
 
 Paths (``{plural}``: routes, destinationpolicies, authorizationpolicies,
-requestauthentications, peerauthentications, meshconfigs, gateways, externalservices)::
+requestauthentications, peerauthentications, meshconfigs, gateways, externalservices,
+telemetries)::
 
     GET    /api/v1/{plural}                              all namespaces
     GET    /api/v1/namespaces/{ns}/{plural}              list

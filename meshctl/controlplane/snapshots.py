@@ -4,7 +4,7 @@ The parts every proxy of a namespace shares (``mesh``, ``services``, ``routes``)
 once per build and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
 re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed order (``mesh``,
 ``services``, ``routes``, ``external`` when an ExternalService exists, then the proxy's own
-``gateway``, ``inbound``, ``node``) and every
+``gateway``, ``inbound``, ``node``, ``telemetry`` when a Telemetry applies) and every
 list is sorted, so equal content gives equal bytes and the version (first 12 hex digits of the
 sha256 of those bytes) changes only when the content does. Services come before the routes
 that use them; a route naming a subset with no endpoints still applies (the proxy answers
@@ -33,6 +33,7 @@ from meshctl.api.policy import (
     Subset,
 )
 from meshctl.api.resources import Resource
+from meshctl.api.telemetry import TelemetrySpec, effective
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
 
@@ -126,6 +127,8 @@ class SnapshotBuilder:
         # theirs (docs/security.md). A gateway with a plain service token is not one.
         self._gateway_ids = {self._identity(p.namespace, p.service)
                              for p in gateways if p.mode == "gateway" and p.trusted_gateway}
+        self._telemetry = [(r.namespace, r.name, r.spec) for r in self._by_kind.get("Telemetry", [])
+                           if isinstance(r.spec, TelemetrySpec)]
         self.mtls = MtlsModes(self.mesh.mtls_mode, (
             (r.namespace, r.spec) for r in self._by_kind.get("PeerAuthentication", [])
             if isinstance(r.spec, PeerAuthenticationSpec)))
@@ -289,6 +292,10 @@ class SnapshotBuilder:
         label = self.names.metrics_name(proxy.service, proxy.namespace)
         if label != proxy.service:  # its callers label it so: its own metrics must agree
             parts["node"]["metricsName"] = label
+        telemetry = effective(self._telemetry, proxy.namespace, proxy.service, proxy.labels) \
+            if self._telemetry else None
+        if telemetry is not None:  # absent unless a Telemetry applies: the bytes stay
+            parts["telemetry"] = telemetry
         if proxy.mode == "gateway":
             rules: list[Any] = []
             passthrough: list[Any] = []

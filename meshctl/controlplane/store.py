@@ -29,6 +29,7 @@ KIND_PLURALS: dict[str, str] = {
     "MeshConfig": "meshconfigs",
     "Gateway": "gateways",
     "ExternalService": "externalservices",
+    "Telemetry": "telemetries",
 }
 _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 
