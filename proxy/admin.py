@@ -106,6 +106,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if hasattr(value, "pattern"):
         return value.pattern
+    if callable(value):  # a compiled filter (telemetry.access_filter): its text is beside it
+        return None
     return value
 
 
