@@ -44,7 +44,7 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     schemas = all_schemas()
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
                             "RequestAuthentication", "PeerAuthentication", "MeshConfig",
-                            "Gateway", "ExternalService"}
+                            "Gateway", "ExternalService", "Telemetry"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -195,6 +195,15 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "ExternalService", "spec": {
         "hosts": ["a.example"], "ports": [{"number": 80, "protocol": "HTTP"}],
         "endpoints": [{"address": "not an address"}]}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"selector": {}}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"selector": {"matchLabels": {}}}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"selector": {"service": "reviews"}}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"accessLogging": []}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"accessLogging": [{}, {"disabled": True}]}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"accessLogging": [{"filter": {}}]}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"accessLogging": [{"providers": [{"name": "x"}]}]}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"tracing": [{"randomSamplingPercentage": 101}]}},
+    {**ROUTE, "kind": "Telemetry", "spec": {"tracing": [{"disableSpanReporting": "yes"}]}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""

@@ -127,7 +127,8 @@ def test_schema_writes_files(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["authorizationpolicy.json", "destinationpolicy.json",
                      "externalservice.json", "gateway.json", "meshconfig.json",
-                     "peerauthentication.json", "requestauthentication.json", "route.json"]
+                     "peerauthentication.json", "requestauthentication.json", "route.json",
+                     "telemetry.json"]
     assert json.loads((tmp_path / "out" / "gateway.json").read_text())["title"] == "Gateway"
 
 
