@@ -172,7 +172,7 @@ class Listener:
         prefix = (*self._source_labels(conn), destination, "unknown")
         self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
         if self.access_log is not None and (
-                self.access_filter is None or self.access_filter(_Refused(status, reason))):
+                self.access_filter is None or self.access_filter(FilterView(status, reason))):
             # Hostile or broken input is what an operator greps the log for; the head was not
             # understood, so the request's own fields are null.
             self._write({"start_time": conn.head_started or self.loop.time(),
@@ -253,15 +253,16 @@ class Listener:
             conn.drain()
 
 
-class _Refused:
-    """What a filter sees of a request refused before its head was understood."""
+class FilterView:
+    """What an access log filter sees of a line that is no parsed request: a request refused
+    before its head was understood, a TCP connection (status 0: no response was sent)."""
 
-    __slots__ = ("flags", "status")
+    __slots__ = ("authority", "flags", "status")
     method = b""
-    path = authority = ""
+    path = ""
 
-    def __init__(self, status: int, flags: str) -> None:
-        self.status, self.flags = status, flags
+    def __init__(self, status: int, flags: str, authority: str | None = None) -> None:
+        self.status, self.flags, self.authority = status, flags, authority or ""
 
 
 def _abort_all(conns: list[DownstreamProtocol]) -> None:

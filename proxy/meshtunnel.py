@@ -98,6 +98,7 @@ def enter_tcp(p: DownstreamProtocol, target: TcpTarget) -> None:
     session = TcpSession(listener.stats, True, "outbound", p.loop)
     session.authority = (p.mesh_connect or b"").decode("latin-1")
     session.log_out = listener.access_log
+    session.log_filter = listener.access_filter
     session.early = b"".join(p._tunnel_preamble or ())  # sent on once the service answered
     session.connect_answer = _CONNECT_ESTABLISHED
     p._tunnel_preamble, p.mesh_connect, p.closed = None, None, True

@@ -183,6 +183,7 @@ class ProxyServer:
             listener.access_filter = self.access_filter if enabled else None
         for tcp in self.tcp_listeners:
             tcp.access_log = sys.stdout if enabled else None
+            tcp.access_filter = self.access_filter if enabled else None
 
     def _listener_kinds(self, snapshot: Snapshot) -> list[str]:
         return [k for k in self.listener_addresses(snapshot) if k != "admin"]

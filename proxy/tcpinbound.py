@@ -49,6 +49,7 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
     p.closed = True  # never parsed as HTTP; the listener's sweep and drain leave it alone
     session = p.tcp_session = TcpSession(listener.stats, False, "inbound", p.loop)
     session.log_out = listener.access_log
+    session.log_filter = listener.access_filter
     session.mesh = transport
     target: TcpInbound | None = listener.tcp
 

@@ -47,6 +47,7 @@ class TcpSession:
         "idle",
         "labels",
         "listener",
+        "log_filter",
         "log_out",
         "mesh",
         "mesh_bytes",
@@ -84,6 +85,7 @@ class TcpSession:
         # the peer's); None once written, or for a connection that is no CONNECT tunnel.
         self.connect_answer: bytes | None = None
         self.log_out: Any = None  # the access log's stream, when on
+        self.log_filter: Any = None  # a Telemetry's filter, with log_out
         self.on_end: Callable[[TcpSession], None] | None = None
         self.on_hello: Callable[[bytes], None] | None = None  # server role: the caller's hello
         self.on_answer: Callable[[bytes], None] | None = None  # client role: the answer
@@ -307,6 +309,12 @@ class TcpSession:
         import json
 
         from proxy.reasons import NO_FLAGS
+
+        if self.log_filter is not None:
+            from proxy.listener import FilterView
+
+            if not self.log_filter(FilterView(0, self.flags, self.authority)):
+                return
 
         labels = self.labels or ("", "unknown", "unknown", "unknown")
         line = {"start_time": self.start, "listener": self.listener, "method": None,

@@ -56,6 +56,7 @@ class TcpUpstreamListener:
         self.sessions: set[TcpSession] = set()
         self.server: asyncio.base_events.Server | None = None
         self.access_log: Any = None
+        self.access_filter: Any = None  # a Telemetry's filter, while the log is on
         stats.connections_active.setdefault(LISTENER, 0)
         stats.connections_total.setdefault(LISTENER, 0)
 
@@ -68,6 +69,7 @@ class TcpUpstreamListener:
         """A connection from the app: counted, then sent on (or refused)."""
         session.authority = self.spec.service
         session.log_out = self.access_log
+        session.log_filter = self.access_filter
         if len(self.sessions) >= self.max_connections:
             self.stats.inc("ami_connections_refused", (("listener", LISTENER),))
             session.fail("too_many_connections")

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proxy.clienthello import RECORD_HANDSHAKE, ClientHello, HelloError, HelloReader
+from proxy.listener import FilterView
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
@@ -138,6 +139,7 @@ def relay(p: DownstreamProtocol, route: SniRoute, sni: str | None, hello: bytes)
     session = TcpSession(listener.stats, True, "gateway", p.loop)
     session.authority = sni
     session.log_out = listener.access_log
+    session.log_filter = listener.access_filter
     session.early = hello  # sent once an endpoint accepted, before anything read after it
     hand_over(p, session, route.target)
 
@@ -149,7 +151,8 @@ def refused(listener: Listener, reason: str, sni: str | None, destination: str, 
     log.debug("gateway: TLS connection from %s closed, %s (server name %s): %s", client,
               reason, sni, detail)
     out = listener.access_log
-    if out is None:
+    if out is None or (listener.access_filter is not None
+                       and not listener.access_filter(FilterView(0, reason, sni))):
         return
     line = {"start_time": start, "listener": listener.kind, "method": None, "path": None,
             "authority": sni, "status": None, "reason": reason,

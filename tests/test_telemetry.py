@@ -4,6 +4,7 @@ what the snapshots carry of it (nothing when none applies) and how the proxy rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -220,5 +221,27 @@ def test_the_proxy_refuses_a_pushed_filter_outside_the_subset() -> None:
     proxy cannot compile is NACKed with the column, not half applied."""
     with pytest.raises(ConfigError, match=r"telemetry.accessLog.filter: column 15: "):
         Snapshot.from_dict({"telemetry": {"accessLog": {"filter": "response.code ~ 1"}}})
-    with pytest.raises(ConfigError, match="telemetry.tracing.sampling: expected 0 to 1"):
+    with pytest.raises(ConfigError, match=r"telemetry\.tracing\.sampling: expected 0 to 1"):
         Snapshot.from_dict({"telemetry": {"tracing": {"sampling": 50}}})
+
+
+@pytest.mark.parametrize(("expression", "flags", "logged"), [
+    ('response.flags != "-"', "upstream_connect_failure", True),
+    ('response.flags != "-"', "-", False),
+    ("response.code >= 400", "upstream_connect_failure", False),  # no response: code 0
+    ('request.host == "db"', "-", True),
+])
+async def test_a_tcp_connection_line_goes_through_the_filter(expression: str, flags: str,
+                                                            logged: bool) -> None:
+    """A TCP connection's line is filtered as a request with no response (code 0), its reason
+    word as response.flags and the service it asked for as request.host."""
+    import io
+
+    from proxy.metrics import RequestStats
+    from proxy.tcprelay import TcpSession
+
+    session = TcpSession(RequestStats(), True, "tcp_upstream", asyncio.get_running_loop())
+    session.authority, session.flags = "db", flags
+    session.log_out, session.log_filter = io.StringIO(), compile_filter(expression)
+    session._log()
+    assert bool(session.log_out.getvalue()) is logged

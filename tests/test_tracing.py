@@ -88,6 +88,33 @@ def test_sampled_parent_is_continued(memory: tuple[Tracer, InMemorySpanExporter]
     assert not server.status.is_ok
 
 
+def test_disabled_span_reporting_passes_the_decision_on_without_spans(
+        memory: tuple[Tracer, InMemorySpanExporter]) -> None:
+    """A Telemetry's disableSpanReporting: a sampled request (the caller's decision or this
+    hop's draw) builds no span here, yet the next hop gets a sampled traceparent and B3
+    headers: the caller's span as parent, or a new trace's."""
+    tracer, exporter = memory
+    tracer.report = False
+    ex = fake_exchange([(b"host", b"reviews"), (b"traceparent", PARENT),
+                        (b"x-b3-sampled", b"1")])
+    tracer.begin(ex)
+    assert ex.trace is None and exporter.get_finished_spans() == ()
+    sent = dict(ex.headers)
+    assert sent[b"traceparent"] == PARENT and sent[b"x-b3-sampled"] == b"1"
+    assert sent[b"x-b3-traceid"] == PARENT[3:35] and sent[b"x-b3-spanid"] == PARENT[36:52]
+    assert len(ex.headers) == 5  # host, traceparent and three B3 headers: nothing doubled
+    tracer.sampling = 1.0
+    ex = fake_exchange([(b"host", b"reviews")])
+    tracer.begin(ex)
+    assert ex.trace is None and exporter.get_finished_spans() == ()
+    parsed = parse_traceparent(dict(ex.headers)[b"traceparent"])
+    assert parsed is not None and parsed[2] is True
+    tracer.report = True  # reporting again: the same request shape makes spans
+    ex = fake_exchange([(b"host", b"reviews")])
+    tracer.begin(ex)
+    assert ex.trace is not None
+
+
 def test_random_draw_follows_the_sampling_rate(memory: tuple[Tracer, InMemorySpanExporter]
                                                ) -> None:
     """With no incoming decision, about `sampling` of the requests are traced."""

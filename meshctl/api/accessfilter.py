@@ -17,6 +17,7 @@ else is refused with the 1-based column of the first problem.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable
@@ -95,18 +96,14 @@ class _Parser:
         while self.peek()[:2] == ("op", "||"):
             self.take()
             terms.append(self.and_())
-        if len(terms) == 1:
-            return terms[0]
-        return lambda ex: any(term(ex) for term in terms)
+        return functools.reduce(_either, terms)
 
     def and_(self) -> Predicate:
         terms = [self.unary()]
         while self.peek()[:2] == ("op", "&&"):
             self.take()
             terms.append(self.unary())
-        if len(terms) == 1:
-            return terms[0]
-        return lambda ex: all(term(ex) for term in terms)
+        return functools.reduce(_both, terms)
 
     def unary(self) -> Predicate:
         if self.peek()[:2] == ("op", "!"):
@@ -180,6 +177,14 @@ class _Parser:
             return _ATTRIBUTES[value]
         raise FilterError(column, f"expected an attribute, a number or a string, "
                           f"got {_shown(kind, value)}")
+
+
+def _either(a: Predicate, b: Predicate) -> Predicate:
+    return lambda ex: a(ex) or b(ex)
+
+
+def _both(a: Predicate, b: Predicate) -> Predicate:
+    return lambda ex: a(ex) and b(ex)
 
 
 def _shown(kind: str, value: str) -> str:
