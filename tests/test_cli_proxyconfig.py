@@ -45,6 +45,20 @@ def test_summary_names_every_rule_and_what_it_does() -> None:
     assert any(line.split() == ["ratings", "(none)", "-", "-"] for line in lines)
 
 
+def test_a_telemetry_shows_what_it_changes() -> None:
+    """A Telemetry's effective settings get a line of their own; none without one."""
+    snap = Snapshot.from_dict({
+        "version": "v9", "node": {"service": "reviews"}, "mesh": {"accessLog": True},
+        "telemetry": {"accessLog": {"disabled": False, "filter": "response.code >= 400"},
+                      "tracing": {"sampling": 1.0, "disableSpanReporting": True}}})
+    dump = {"version": "v9", "snapshot": _jsonable(dataclasses.asdict(snap)), "listeners": {}}
+    assert ("Telemetry:       access log on if response.code >= 400 · sampling 100% · "
+            "spans not reported (Telemetry)") in render(dump).splitlines()
+    plain = dataclasses.replace(snap, telemetry=None)
+    dump["snapshot"] = _jsonable(dataclasses.asdict(plain))
+    assert "Telemetry" not in render(dump)
+
+
 def test_nothing_applied_yet() -> None:
     assert render({"version": None, "snapshot": None, "listeners": {}}) == \
         "no configuration applied yet"

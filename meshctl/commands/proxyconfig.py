@@ -60,6 +60,7 @@ def render(dump: dict[str, Any]) -> str:
         f"outside hosts {'ALLOW_ANY' if mesh.get('allow_any_outbound') else 'REGISTRY_ONLY'} · "
         f"access log {'on' if mesh.get('access_log') else 'off'}",
         *_peer_modes(snap),
+        *_telemetry(snap.get("telemetry")),
         *([f"XFCC kept from:  {', '.join(mesh['trusted_xfcc'])} (gateways, MeshConfig "
            "trustedXfccIdentities)"] if mesh.get("trusted_xfcc") else []),
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS",
@@ -92,6 +93,22 @@ def render(dump: dict[str, Any]) -> str:
         lines += ["", f"AUTHORIZATION: {len(authorization)} policies "
                       "(-o yaml shows them)"]
     return "\n".join(lines)
+
+
+def _telemetry(telemetry: dict[str, Any] | None) -> list[str]:
+    """What a Telemetry makes differ from the mesh's line above; none without one."""
+    if not telemetry:
+        return []
+    parts = []
+    if telemetry.get("access_log") is not None:
+        expression = telemetry.get("filter_expression")
+        parts.append("access log " + ("off" if not telemetry["access_log"]
+                                      else f"on if {expression}" if expression else "on"))
+    if telemetry.get("tracing_sampling") is not None:
+        parts.append(f"sampling {telemetry['tracing_sampling'] * 100:g}%")
+    if telemetry.get("disable_span_reporting"):
+        parts.append("spans not reported")
+    return [f"Telemetry:       {' · '.join(parts)} (Telemetry)"] if parts else []
 
 
 def _peer_modes(snap: dict[str, Any]) -> list[str]:
