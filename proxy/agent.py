@@ -101,6 +101,12 @@ class AgentIdentity:
                    else getattr(args, "app_protocol", None) or "auto",
                    token=token, locality=getattr(args, "locality", None) or "")
 
+    @property
+    def app_port(self) -> int:
+        """--app's port (checked by __main__), 0 without one: the workload's port."""
+        port = (self.app or "").rpartition(":")[2]
+        return int(port) if port.isdigit() else 0
+
     def node(self) -> dict[str, Any]:
         node: dict[str, Any] = {"service": self.service, "namespace": self.namespace,
                                 "labels": self.labels}
@@ -236,7 +242,8 @@ class ControlPlaneAgent:
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
             cert_issued=self.cert_issued(), admin_token=self.admin_token,
             app_health=app_health, app_protocol=self.identity.app_protocol,
-            locality=self.identity.locality, proxy_version=VERSION, build=BUILD)
+            locality=self.identity.locality, proxy_version=VERSION, build=BUILD,
+            app_port=self.identity.app_port)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""

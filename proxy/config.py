@@ -74,6 +74,9 @@ class Endpoint:
     labels: Mapping[str, str]
     identity: str | None = None  # expected SPIFFE id of the peer when mTLS is on
     locality: Locality | None = None  # where it runs (region/zone/subzone), if known
+    # Its sidecar's mode when a PeerAuthentication selecting it by labels or port makes it
+    # differ from its service's; None: the service's
+    mtls: str | None = None
 
     @property
     def version(self) -> str:
@@ -254,9 +257,11 @@ class Snapshot:
                 return found
         return self.services.get(name)
 
-    def service_mtls(self, service: Service) -> bool:
-        """Whether connections to ``service``'s endpoints use mTLS: unless it is DISABLE."""
-        return (service.mtls or self.mesh.mtls) != "DISABLE"
+    def service_mtls(self, service: Service, endpoint: Endpoint | None = None) -> bool:
+        """Whether connections to ``service``'s endpoints (to ``endpoint``, when given) use
+        mTLS: unless its mode is DISABLE."""
+        own = endpoint.mtls if endpoint is not None else None
+        return (own or service.mtls or self.mesh.mtls) != "DISABLE"
 
 
 # The keys the snapshot parser reads where it reads a mapping itself (rules, policies and
@@ -274,7 +279,7 @@ _KNOWN: dict[str, frozenset[str]] = {
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
     "service": frozenset({"namespace", "identity", "endpoints", "subsets", "policy",
                           "protocol", "mtls", "metricsName"}),
-    "endpoint": frozenset({"address", "labels", "identity", "locality"}),
+    "endpoint": frozenset({"address", "labels", "identity", "locality", "mtls"}),
     "subset": frozenset({"name", "labels", "policy"}),
     "route": frozenset({"host", "rules", "namespace", "name"}),
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
@@ -378,6 +383,7 @@ def _parse_service(name: str, data: object, path: str) -> Service:
             _labels(em.get("labels"), f"{ep}.labels"),
             em.get("identity", service_identity),
             _locality(em.get("locality"), f"{ep}.locality"),
+            _mtls_mode(em["mtls"], f"{ep}.mtls") if "mtls" in em else None,
         ))
     policy = _policy(raw.get("policy"), f"{path}.policy")
     subsets = []

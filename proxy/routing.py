@@ -528,9 +528,10 @@ class RouterBuilder:
                 # as Envoy's subset cluster
                 assert subset is not None
                 owner, members = (service.name, subset), service.subset(subset)
-            mtls = self.snapshot.service_mtls(service)
+            mtls = self.snapshot.service_mtls
             all_pools = tuple(self.pools.get(e.address, e.identity, e.version, policy,
-                                             owner=owner, mtls=mtls) for e in members)
+                                             owner=owner, mtls=mtls(service, e))
+                              for e in members)
             state = self.destinations.configure(
                 service.name, policy.connection_pool, policy.outlier_detection, all_pools,
                 mesh.retry_budget_percent, mesh.retry_budget_min_per_second,

@@ -28,6 +28,15 @@ def peer_auth(name: str, mode: str | None, service: str | None = None,
             f"spec: {{{', '.join(spec)}}}\n")
 
 
+def istio(name: str, labels: str, extra: str = "", mode: str = "STRICT",
+          namespace: str = "default") -> str:
+    """A PeerAuthentication as Istio users write it: selector.matchLabels (and ``extra``)."""
+    more = f", {extra}" if extra else ""
+    return (f"apiVersion: ami.mesh/v1alpha1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+            f"spec: {{selector: {{matchLabels: {{{labels}}}}}, mtls: {{mode: {mode}}}{more}}}\n")
+
+
 def mesh_config(mode: str) -> str:
     return ("apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
             f"spec: {{mtls: {{mode: {mode}}}}}\n")
@@ -56,14 +65,31 @@ def test_spec_parses_selector_and_mode_with_unset_as_default() -> None:
     (peer_auth("a", "strict"), "f1.yaml doc 1: spec.mtls.mode: unknown value 'strict', "
                                "expected one of STRICT, PERMISSIVE, DISABLE, UNSET"),
     (peer_auth("a", "STRICT", "Legacy_1"), "f1.yaml doc 1: spec.selector.service: "),
-    (peer_auth("a", "STRICT").replace("spec: {", "spec: {portLevelMtls: {}, "),
-     "f1.yaml doc 1: spec.portLevelMtls: unknown field"),
-    (peer_auth("a", "STRICT").replace("spec: {", "spec: {selector: {matchLabels: {a: b}}, "),
-     "f1.yaml doc 1: spec.selector.matchLabels: unknown field, expected one of service"),
+    (peer_auth("a", "STRICT", "x").replace("spec: {", "spec: {portLevelMtls: {}, "),
+     "f1.yaml doc 1: spec.portLevelMtls: must have at least one port"),
+    (peer_auth("a", "STRICT").replace("spec: {", "spec: {portLevelMtls: {8080: {mode: DISABLE}}, "),
+     "f1.yaml doc 1: spec.portLevelMtls: needs a selector (selector.matchLabels or "
+     "selector.service)"),
+    (istio("a", "app: x", "portLevelMtls: {0: {mode: DISABLE}}"),
+     "f1.yaml doc 1: spec.portLevelMtls.0: expected a port number 1-65535, got 0"),
+    (istio("a", "app: x", "portLevelMtls: {http: {mode: DISABLE}}"),
+     "f1.yaml doc 1: spec.portLevelMtls.http: expected a port number 1-65535, got 'http'"),
+    (istio("a", "app: x", "portLevelMtls: {9080: {mode: MUTUAL}}"),
+     "f1.yaml doc 1: spec.portLevelMtls.9080.mode: unknown value 'MUTUAL'"),
+    (istio("a", "app: x", "portLevelMtls: {9080: {mode: DISABLE}, '9080': {mode: STRICT}}"),
+     "f1.yaml doc 1: spec.portLevelMtls.9080: port 9080 is given twice"),
+    (peer_auth("a", "STRICT", "x").replace("{service: x}", "{service: x, matchLabels: {app: x}}"),
+     "f1.yaml doc 1: spec.selector.matchLabels: selector.service and selector.matchLabels are "
+     "two forms of one selector"),
+    (istio("a", "app: Not_A_Service"), "f1.yaml doc 1: spec.selector.matchLabels.app: "),
+    (istio("a", "'bad key!': v1"), "f1.yaml doc 1: spec.selector.matchLabels.bad key!: "),
+    (peer_auth("a", "STRICT").replace("spec: {", "spec: {selector: {}, "),
+     "f1.yaml doc 1: spec.selector.service: field is required (or matchLabels"),
 ])
 def test_bad_documents_name_the_field(text: str, expected: str) -> None:
-    """A mode that is not one of the four (spelt exactly), a bad service name, Istio fields
-    Ami has no equivalent for: refused with file, document and field path."""
+    """A mode that is not one of the four (spelt exactly), a bad service name, and Istio's
+    validation of selectors and portLevelMtls (a selector is required for it, ports 1-65535,
+    one selector form at a time): refused with file, document and field path."""
     with pytest.raises(ValidationError) as err:
         load(text)
     assert any(str(i).startswith(expected) for i in err.value.issues), str(err.value)

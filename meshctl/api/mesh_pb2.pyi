@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Register(_message.Message):
-    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build")
+    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build", "app_port")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class Register(_message.Message):
     LOCALITY_FIELD_NUMBER: _ClassVar[int]
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILD_FIELD_NUMBER: _ClassVar[int]
+    APP_PORT_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     namespace: str
@@ -53,7 +54,8 @@ class Register(_message.Message):
     locality: str
     proxy_version: str
     build: str
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ...) -> None: ...
+    app_port: int
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ..., app_port: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce")

@@ -43,6 +43,7 @@ class ProxyInfo:
     admin_token: str = field(default="", repr=False)  # for its privileged admin routes (tap)
     proxy_version: str = ""  # its Ami version; "" from a proxy built before it sent one
     build: str = ""  # its runtime, e.g. "cpython 3.11.7" (for people)
+    app_port: int = 0  # its app's port (portLevelMtls); 0: no app, or an older proxy
 
     @property
     def version(self) -> str:

@@ -192,6 +192,11 @@ class SnapshotBuilder:
             endpoint = {"address": ep.inbound, "labels": dict(ep.labels)}
             if ep.locality:  # absent when not said: such snapshots keep their bytes
                 endpoint["locality"] = ep.locality
+            if self.mtls.per_workload:
+                # A selector by labels or ports makes this sidecar's mode its own: stated
+                # (after the loop) where it differs from its service's, so callers follow it.
+                endpoint["mtls"] = self.mtls.mode(ep.namespace, ep.service, labels=ep.labels,
+                                                  port=ep.app_port)
             svc["endpoints"].append(endpoint)
         for service, ns in self._idle:
             services.setdefault(names.key(service, ns, namespace), {
@@ -208,6 +213,9 @@ class SnapshotBuilder:
                 # What its sidecars accept, when a PeerAuthentication makes it differ from
                 # the mesh's: callers send it plaintext if DISABLE, mTLS otherwise (auto mTLS).
                 svc["mtls"] = mode
+            for endpoint in svc["endpoints"] if self.mtls.per_workload else ():
+                if endpoint["mtls"] == mode:  # absent when the service's: fewer bytes
+                    del endpoint["mtls"]
             policy = policies.get(key)
             if policy is None or not isinstance(policy.spec, DestinationPolicySpec):
                 continue
@@ -323,7 +331,8 @@ class SnapshotBuilder:
             and selects(r.spec.service)]
         if authentication:  # absent otherwise: snapshots without one keep their bytes
             inbound["authentication"] = authentication
-        mode = self.mtls.mode(proxy.namespace, proxy.service, proxy.mode != "gateway")
+        mode = self.mtls.mode(proxy.namespace, proxy.service, proxy.mode != "gateway",
+                              proxy.labels, proxy.app_port)
         if mode != self.mesh.mtls_mode:  # what this inbound listener accepts, when not mesh's
             inbound["mtls"] = mode
         own = (proxy.service, proxy.namespace)

@@ -85,6 +85,8 @@ def check_proxy(info: ProxyInfo) -> ProxyInfo:
             Locality.parse(info.locality)
         except ValueError as exc:
             raise RegistrationError(f"register.locality: {exc}") from None
+    if not 0 <= info.app_port < 65536:
+        raise RegistrationError(f"register.app_port: expected a port, got {info.app_port}")
     if info.mode not in ("sidecar", "gateway"):
         raise RegistrationError(f"register.mode: expected sidecar or gateway, got {info.mode!r}")
     if info.app_health not in _APP_HEALTH:
@@ -111,7 +113,7 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
         cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health,
         app_protocol=reg.app_protocol, locality=reg.locality,
-        proxy_version=reg.proxy_version, build=reg.build))
+        proxy_version=reg.proxy_version, build=reg.build, app_port=reg.app_port))
 
 
 class _Mailbox:
