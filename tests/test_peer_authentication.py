@@ -297,3 +297,127 @@ async def test_a_sidecar_needs_its_certificate_unless_nothing_it_serves_uses_mtl
         server.apply(Snapshot.from_dict({"mesh": {"mtls": mesh},
                                          "inbound": {"mtls": own} if own else {}}))
         assert server.identity_ready is ready, (mesh, own)
+
+
+# -- Istio's forms: selector.matchLabels and portLevelMtls -------------------------------------
+
+def workload(service: str, version: str, port: int, app_port: int = 0,
+             mode: str = "sidecar") -> ProxyInfo:
+    return ProxyInfo(name=f"{service}-{version}-{port}", service=service,
+                     labels={"version": version}, inbound=f"127.0.0.1:{port}", mode=mode,
+                     ready=True, app_port=app_port)
+
+
+V1, V3 = workload("reviews", "v1", 9101, 9080), workload("reviews", "v3", 9103, 9083)
+RATINGS = workload("ratings", "v3", 9104, 9080)
+WORKLOADS = [V1, V3, RATINGS]
+
+
+def snapshot_of(resources: list[Resource], proxy: ProxyInfo) -> dict[str, object]:
+    data = json.loads(SnapshotBuilder(resources, WORKLOADS).build(proxy).data)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_match_labels_app_is_selector_service_to_the_byte() -> None:
+    """`matchLabels: {app: reviews}` parses as `service: reviews` and gives every proxy the
+    same snapshot bytes; an empty matchLabels is the whole namespace, as in Istio."""
+    [labels, empty] = load(istio("r", "app: reviews", mode="PERMISSIVE"), istio("ns", ""))
+    assert labels.spec.service == "reviews" and labels.spec.selector == {"app": "reviews"}
+    assert empty.spec.selector is None
+    ours = load(mesh_config("STRICT"), peer_auth("r", "PERMISSIVE", "reviews"))
+    theirs = load(mesh_config("STRICT"), istio("r", "app: reviews", mode="PERMISSIVE"))
+    for proxy in WORKLOADS:
+        a = SnapshotBuilder(ours, WORKLOADS).build(proxy)
+        b = SnapshotBuilder(theirs, WORKLOADS).build(proxy)
+        assert (a.version, a.data) == (b.version, b.data)
+
+
+def test_selectors_that_can_select_one_sidecar_are_refused_naming_the_first() -> None:
+    """Istio applies the oldest of two selectors matching one workload; Ami refuses the
+    second at apply instead (no hidden loser). Selectors differing in a label's value are
+    disjoint and fine, as are equal ones in two namespaces; `{app: x}` and `service: x` are
+    the same selector."""
+    assert validate_set(load(
+        istio("v1", "app: reviews, version: v1"), istio("v3", "app: reviews, version: v3"),
+        istio("r", "app: reviews", namespace="edge"), istio("ratings", "app: ratings"))) == []
+    issues = [str(i) for i in validate_set(load(
+        istio("all", "app: reviews"), istio("v3", "app: reviews, version: v3"),
+        istio("any-v3", "version: v3", namespace="edge"),
+        istio("ratings-v3", "app: ratings, version: v3", namespace="edge"),
+        peer_auth("svc", "STRICT", "reviews")))]
+    assert issues == [
+        "f5.yaml doc 1: spec.selector.service: service reviews already has a "
+        "PeerAuthentication (see PeerAuthentication default/all in f1.yaml doc 1)",
+        "f2.yaml doc 1: spec.selector.matchLabels: selector app=reviews,version=v3 can select "
+        "the same sidecars as service reviews (see PeerAuthentication default/all in f1.yaml "
+        "doc 1): give them selectors that differ in a label's value (Istio would apply the older "
+        "one)",
+        "f4.yaml doc 1: spec.selector.matchLabels: selector app=ratings,version=v3 can select "
+        "the same sidecars as selector version=v3 (see PeerAuthentication edge/any-v3 in "
+        "f3.yaml doc 1): give them selectors that differ in a label's value (Istio would apply the "
+        "older one)"]
+
+
+def test_workload_mode_is_selector_then_port_then_namespace_then_mesh() -> None:
+    """Mesh STRICT, namespace PERMISSIVE; reviews v3 DISABLE with port 9083 STRICT, ratings
+    UNSET with port 9080 DISABLE. A port entry beats its selector's mode, an UNSET mode
+    inherits from the namespace; a gateway takes selectors matching its labels, never the
+    namespace's."""
+    declared = [(r.namespace, r.spec) for r in load(
+        peer_auth("ns", "PERMISSIVE"),
+        istio("v3", "app: reviews, version: v3", "portLevelMtls: {9083: {mode: STRICT}}",
+              mode="DISABLE"),
+        istio("ratings", "app: ratings", "portLevelMtls: {9080: {mode: DISABLE}}",
+              mode="UNSET"),
+        istio("gw", "app: ingress, tier: edge", mode="DISABLE"))]
+    modes = MtlsModes("STRICT", declared)
+    assert modes.per_workload
+    v3 = {"version": "v3"}
+    assert modes.mode("default", "reviews", labels=v3) == "DISABLE"
+    assert modes.mode("default", "reviews", labels=v3, port=9083) == "STRICT"
+    assert modes.mode("default", "reviews", labels={"version": "v1"}, port=9083) == "PERMISSIVE"
+    assert modes.mode("default", "reviews") == "PERMISSIVE"  # the service as such
+    assert modes.mode("default", "ratings", port=9080) == "DISABLE"
+    assert modes.mode("default", "ratings", port=9081) == "PERMISSIVE"
+    assert modes.decided_by("default", "reviews", labels=v3) == (
+        "default", "app=reviews,version=v3")
+    assert modes.decided_by("default", "ratings", port=9081) == ("default", None)
+    assert modes.mode("default", "ingress", False, {"tier": "edge"}) == "DISABLE"
+    assert modes.mode("default", "ingress", False, {"tier": "core"}) == "STRICT"
+    assert not MtlsModes("STRICT", [("default", PeerAuthenticationSpec("reviews", "DISABLE"))]
+                         ).per_workload
+
+
+def test_snapshots_state_only_what_differs_per_sidecar() -> None:
+    """v3 PERMISSIVE, ratings' port 9080 DISABLE: reviews keeps no service-wide mode; its v3
+    endpoint says PERMISSIVE and v1 nothing; ratings' endpoint says DISABLE (callers send it
+    plaintext) and its own inbound runs DISABLE; v1's inbound states nothing (the mesh's)."""
+    resources = load(mesh_config("STRICT"),
+                     istio("v3", "app: reviews, version: v3", mode="PERMISSIVE"),
+                     istio("ratings", "app: ratings", "portLevelMtls: {9080: {mode: DISABLE}}",
+                           mode="UNSET"))
+    data = snapshot_of(resources, V1)
+    services = data["services"]
+    assert isinstance(services, dict)
+    assert "mtls" not in services["reviews"]
+    assert [e.get("mtls") for e in services["reviews"]["endpoints"]] == [None, "PERMISSIVE"]
+    assert [e.get("mtls") for e in services["ratings"]["endpoints"]] == ["DISABLE"]
+    snap = Snapshot.from_dict(data)
+    reviews, ratings = snap.services["reviews"], snap.services["ratings"]
+    assert [snap.service_mtls(reviews, e) for e in reviews.endpoints] == [True, True]
+    assert [snap.service_mtls(ratings, e) for e in ratings.endpoints] == [False]
+    assert snap.inbound_mtls == "STRICT" and "mtls" not in data["inbound"]  # type: ignore
+    assert Snapshot.from_dict(snapshot_of(resources, V3)).inbound_mtls == "PERMISSIVE"
+    assert Snapshot.from_dict(snapshot_of(resources, RATINGS)).inbound_mtls == "DISABLE"
+    # a sidecar that did not say its app port (an older proxy): no port entry applies
+    older = workload("ratings", "v3", 9105)
+    assert Snapshot.from_dict(json.loads(SnapshotBuilder(resources, WORKLOADS).build(
+        older).data)).inbound_mtls == "STRICT"
+
+
+def test_an_endpoint_with_a_bad_mode_is_refused_with_its_path() -> None:
+    """The proxy NACKs an endpoint mode that is not a mode, naming it."""
+    with pytest.raises(ConfigError, match=r"services.r.endpoints\[0\].mtls: expected DISABLE"):
+        Snapshot.from_dict({"services": {"r": {"endpoints": [
+            {"address": "127.0.0.1:1", "mtls": "UNSET"}]}}})

@@ -347,7 +347,7 @@ def _overlapping_selectors(items: Iterable[Resource]) -> list[Issue]:
                         else "spec.selector.matchLabels")
                 issues.append(Issue(
                     r.source, r.doc, path,
-                    f"selector {r.spec.selector_text} can select the same sidecars as "
+                    f"{_peer_selector(r)} can select the same sidecars as "
                     f"{_peer_selector(other)} ({_describe(other)}): give them selectors "
                     "that differ in a label's value (Istio would apply the older one)"))
                 break
@@ -357,8 +357,10 @@ def _overlapping_selectors(items: Iterable[Resource]) -> list[Issue]:
 
 
 def _peer_selector(r: Resource) -> str:
+    """`service NAME` for a selector of the service alone, else `selector k=v,...`."""
     assert isinstance(r.spec, PeerAuthenticationSpec)
-    return f"selector {r.spec.selector_text}"
+    text = r.spec.selector_text
+    return f"service {text}" if text == r.spec.service else f"selector {text}"
 
 
 def _telemetry_claim(r: Resource, spec: TelemetrySpec) -> tuple[tuple[str, ...], str, str]:
