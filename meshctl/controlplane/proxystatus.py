@@ -46,6 +46,7 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
         "certIssued": info.cert_issued or None,
         "app": info.app_health or None,
         "appProtocol": info.app_protocol or None,
+        "appPort": info.app_port or None,  # its app's port (portLevelMtls names it)
         "locality": info.locality or None,
         # the Ami version it runs ("unknown": a proxy built before it reported one); not
         # "version", which is the workload's version label

@@ -1,6 +1,7 @@
 """``meshctl check``'s mTLS group: each PeerAuthentication, warning of those that relax mTLS
-(PERMISSIVE, DISABLE) with the registered services they leave without it, as ``istioctl
-analyze`` and ``linkerd check`` point at workloads accepting plaintext."""
+(PERMISSIVE, DISABLE, for the workload or a port) with the registered sidecars they leave
+without it, and of portLevelMtls ports no selected sidecar serves, as ``istioctl analyze`` and
+``linkerd check`` do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
+from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec, selects, workload_labels
 from meshctl.observe.checks import Check, Group
 
 _HINTS = {
@@ -18,6 +19,10 @@ _HINTS = {
     "DISABLE": "callers send these services plaintext, unencrypted and without identity: keep "
                "it only for an app that terminates its own TLS",
 }
+_PORT_HINT = ("portLevelMtls names the port of the workload's app (a sidecar's --app port, "
+              "`appPort` in meshctl proxy-status -o json), not its inbound listener's")
+
+Workload = tuple[str, str, str, dict[str, str], int]  # namespace, service, version, labels, port
 
 
 def peer_authentication_checks(peer_auths: Sequence[Any], meshes: Sequence[Any],
@@ -25,26 +30,55 @@ def peer_authentication_checks(peer_auths: Sequence[Any], meshes: Sequence[Any],
     """One check per PeerAuthentication (``peer_auths`` and ``meshes``: Resources); no group
     when there is none. A relaxing one warns, naming the services (of the registered
     sidecars) whose mode it decides, i.e. that no more specific PeerAuthentication
-    overrides."""
+    overrides; a sidecar rather than its whole service (`reviews v3`) where it decides for
+    some of a service's sidecars only."""
     if not peer_auths:
         return []
     mesh = next((m.spec for m in meshes if isinstance(m.spec, MeshConfigSpec)), MeshConfigSpec())
     declared = sorted((r for r in peer_auths if isinstance(r.spec, PeerAuthenticationSpec)),
                       key=lambda r: (r.namespace, r.name))
     modes = MtlsModes(mesh.mtls_mode, [(r.namespace, r.spec) for r in declared])
-    services = sorted({(str(p.get("namespace") or "default"), str(p["service"]))
-                       for p in proxies if p.get("mode", "sidecar") == "sidecar"
-                       and p.get("service")})
-    checks = []
-    for r in declared:
-        name = f"PeerAuthentication {r.namespace}/{r.name}"
-        mode = r.spec.mode
-        if mode not in _HINTS:
-            checks.append(Check(name, "ok", mode))
-            continue
-        level = (r.namespace, r.spec.service)
-        decided = [svc for ns, svc in services if modes.decided_by(ns, svc) == level]
-        running = ", ".join(decided) if decided else "no registered service"
-        checks.append(Check(name, "warn", f"{mode}, mTLS not enforced for: {running}",
-                            _HINTS[mode]))
-    return [Group("mTLS (PeerAuthentication)", tuple(checks))]
+    workloads: list[Workload] = list(
+        (str(p.get("namespace") or "default"), str(p["service"]), str(p.get("version") or ""),
+         dict(p.get("labels") or {}), int(p.get("appPort") or 0))
+        for p in proxies if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
+    workloads.sort(key=lambda w: (w[0], w[1], w[2], w[4]))  # (labels do not compare)
+    checks = tuple(_check(r, modes, workloads) for r in declared)
+    return [Group("mTLS (PeerAuthentication)", checks)]
+
+
+def _check(r: Any, modes: MtlsModes, workloads: list[Workload]) -> Check:
+    spec: PeerAuthenticationSpec = r.spec
+    name = f"PeerAuthentication {r.namespace}/{r.name}"
+    level = (r.namespace, spec.selector_text)
+    relaxing = [m for m in (spec.mode, *(m for _, m in spec.ports)) if m in _HINTS]
+    detail, hints = spec.mode, list[str]()
+    if relaxing:
+        decided = [w for w in workloads
+                   if modes.decided_by(w[0], w[1], labels=w[3], port=w[4]) == level
+                   and modes.mode(w[0], w[1], labels=w[3], port=w[4]) in _HINTS]
+        detail += f", mTLS not enforced for: {_names(decided, workloads)}"
+        hints.extend(dict.fromkeys(_HINTS[m] for m in relaxing))
+    selector = spec.selector
+    if spec.ports and selector is not None:
+        selected = [w for w in workloads if w[0] == r.namespace
+                    and selects(selector, workload_labels(w[1], w[3]))]
+        served = sorted({w[4] for w in selected if w[4]})
+        for port, _ in spec.ports:
+            if port not in served:
+                detail += (f"; portLevelMtls port {port}: no selected sidecar serves it (their "
+                           f"app ports: {', '.join(map(str, served)) or 'none'})")
+                hints.append(_PORT_HINT)
+    if not hints:
+        return Check(name, "ok", detail)
+    return Check(name, "warn", detail, "; ".join(dict.fromkeys(hints)))
+
+
+def _names(decided: list[Workload], workloads: list[Workload]) -> str:
+    """`service` where every registered sidecar of it is in ``decided``, else `service
+    version` for each one that is."""
+    names: list[str] = []
+    for ns, service, version, _, _ in decided:
+        every = all(w in decided for w in workloads if w[:2] == (ns, service))
+        names.append(service if every else f"{service} {version}")
+    return ", ".join(dict.fromkeys(names)) or "no registered service"

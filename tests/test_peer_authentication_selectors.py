@@ -1,0 +1,226 @@
+"""PeerAuthentication as Istio users write it (selector.matchLabels, portLevelMtls) with a real
+control plane and sidecars: the mesh STRICT, reviews v1 and v3 behind their own sidecars, and
+`web`, a caller whose app is this test (through web's outbound listener). A "plaintext client"
+is this test talking straight to a sidecar's inbound listener, as a client outside the mesh.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers_mesh import (
+    PYTHON,
+    MeshProcess,
+    http_get,
+    http_json,
+    start_backend,
+    start_control_plane,
+    start_sidecar,
+    wait_for,
+)
+from tests.proxyharness import metric_value
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 10.0
+MESH = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def istio(name: str, labels: str | None, mode: str, extra: str = "") -> str:
+    """A PeerAuthentication in Istio's form (``labels``: matchLabels' content)."""
+    selector = f"selector: {{matchLabels: {{{labels}}}}}, " if labels is not None else ""
+    more = f", {extra}" if extra else ""
+    return (f"apiVersion: ami.mesh/v1alpha1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}"
+            f"\nspec: {{{selector}mtls: {{mode: {mode}}}{more}}}\n---\n")
+
+
+class SelectorMesh:
+    """The processes, and `declare` to make the PeerAuthentications exactly the ones given."""
+
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "mesh").mkdir()
+        (tmp / "mesh" / "mesh.yaml").write_text(MESH)
+        self.procs: list[MeshProcess] = []
+        self.cp = self.started(start_control_plane(tmp, warmup=0.0))
+        grpc = self.cp.info["grpc"]
+        self.sidecars: dict[str, MeshProcess] = {}
+        self.app_ports: dict[str, int] = {}
+        for version in ("v1", "v3"):
+            app = self.started(start_backend(tmp, f"reviews-{version}"))
+            self.app_ports[version] = int(app.info["address"].rpartition(":")[2])
+            self.sidecars[version] = self.started(start_sidecar(
+                tmp, grpc, "reviews", version, app=app.info["address"],
+                extra=["--drain-timeout", "1"]))
+        self.web = self.started(start_sidecar(tmp, grpc, "web", "v1"))
+        self.revision = 0
+        wait_for(lambda: {self.call() for _ in range(4)} == {(200, b"reviews-v1"),
+                                                             (200, b"reviews-v3")},
+                 20, "web reaching both versions of reviews")
+
+    def started(self, proc: MeshProcess) -> MeshProcess:
+        self.procs.append(proc)
+        return proc
+
+    def api(self, path: str, method: str = "GET", body: str | None = None) -> tuple[int, object]:
+        return http_json(self.cp.info["api"] + path, method, body, token=self.cp.info["token"],
+                         content_type="application/yaml")
+
+    def declare(self, *docs: str) -> None:
+        """Replace the PeerAuthentications by ``docs``; returns once every sidecar runs that."""
+        if docs:
+            status, body = self.api("/api/v1/apply", "POST", "".join(docs))
+            assert status == 200, body
+            assert isinstance(body, dict)
+            self.revision = max(self.revision, *(int(r["resourceVersion"])
+                                                 for r in body["results"]))
+        wanted = {d["metadata"]["name"] for d in yaml.safe_load_all("".join(docs)) if d}
+        status, listed = self.api("/api/v1/peerauthentications")
+        assert status == 200 and isinstance(listed, dict), listed
+        for item in listed["items"]:
+            name = item["metadata"]["name"]
+            if name not in wanted:
+                status, gone = self.api(
+                    f"/api/v1/namespaces/default/peerauthentications/{name}", "DELETE")
+                assert status == 200 and isinstance(gone, dict), gone
+                self.revision = max(self.revision, int(gone["metadata"]["resourceVersion"]))
+        status, synced = self.api(f"/api/v1/sync?storeVersion={self.revision}&timeout=15")
+        assert status == 200 and isinstance(synced, dict) and synced["synced"], synced
+
+    def call(self) -> tuple[int, bytes]:
+        """A request of web's app to reviews, through web's sidecar."""
+        return http_get(f"http://{self.web.info['outbound']}/", {"Host": "reviews"})
+
+    def plaintext(self, version: str) -> int | None:
+        """A plaintext request straight to reviews' ``version`` sidecar: its status, or None
+        when the connection was refused (closed without an answer)."""
+        try:
+            return http_get(f"http://{self.sidecars[version].info['inbound']}/",
+                            {"Host": "reviews"})[0]
+        except (OSError, http.client.HTTPException):
+            return None
+
+    def requests(self, proc: MeshProcess, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return metric_value(text, "ami_requests_total", **labels)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelectorMesh]:
+    m = SelectorMesh(tmp_path_factory.mktemp("peerauth-selectors"))
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def web_reaches(mesh: SelectorMesh, expected: dict[str, str]) -> None:
+    """web calls reviews until its own metrics count a 200 from each version over the
+    security policy ``expected`` gives it (`mutual_tls` or `none`)."""
+    before = {v: mesh.requests(mesh.web, reporter="source", destination_service="reviews",
+                               destination_version=v, response_code="200",
+                               connection_security_policy=policy)
+              for v, policy in expected.items()}
+
+    def counted() -> bool:
+        assert mesh.call()[0] == 200
+        return all(mesh.requests(mesh.web, reporter="source", destination_service="reviews",
+                                 destination_version=v, response_code="200",
+                                 connection_security_policy=policy) > before[v]
+                   for v, policy in expected.items())
+
+    wait_for(counted, TIMEOUT, f"web's requests to reviews counted as {expected}")
+
+
+def test_a_v3_only_permissive_takes_plaintext_while_v1_refuses_it(mesh: SelectorMesh) -> None:
+    """`matchLabels: {app: reviews, version: v3}` PERMISSIVE: v3's sidecar takes a plaintext
+    client, v1's (the mesh's STRICT) refuses it; web still calls both over mTLS. Deleted:
+    v3 refuses plaintext again."""
+    mesh.declare(istio("reviews-v3", "app: reviews, version: v3", "PERMISSIVE"))
+    assert mesh.plaintext("v3") == 200
+    assert mesh.plaintext("v1") is None
+    web_reaches(mesh, {"v1": "mutual_tls", "v3": "mutual_tls"})
+    mesh.declare()
+    assert mesh.plaintext("v3") is None
+
+
+def test_a_disable_port_takes_plaintext_from_callers_while_the_other_stays_strict(
+        mesh: SelectorMesh) -> None:
+    """`{app: reviews}` STRICT with `portLevelMtls` DISABLE on v1's app port: v1's sidecar
+    (serving that port) takes plaintext and web sends it plaintext (`none` on both sides);
+    v3's app port stays STRICT: plaintext refused, web's requests over mTLS."""
+    port = mesh.app_ports["v1"]
+    mesh.declare(istio("reviews", "app: reviews", "STRICT",
+                       f"portLevelMtls: {{{port}: {{mode: DISABLE}}}}"))
+    assert mesh.plaintext("v1") == 200
+    assert mesh.plaintext("v3") is None
+    on_v1 = mesh.requests(mesh.sidecars["v1"], reporter="destination",
+                          connection_security_policy="none")
+    web_reaches(mesh, {"v1": "none", "v3": "mutual_tls"})
+    wait_for(lambda: mesh.requests(mesh.sidecars["v1"], reporter="destination",
+                                   connection_security_policy="none") >= on_v1 + 1,
+             TIMEOUT, "v1's sidecar counting web's plaintext request")
+    mesh.declare()
+    assert mesh.plaintext("v1") is None
+    web_reaches(mesh, {"v1": "mutual_tls", "v3": "mutual_tls"})
+
+
+@pytest.mark.parametrize("docs, expected", [
+    (istio("ns", None, "STRICT", "portLevelMtls: {9080: {mode: DISABLE}}"),
+     "spec.portLevelMtls: needs a selector (selector.matchLabels or selector.service)"),
+    (istio("all", "app: reviews", "STRICT") + istio("v3", "app: reviews, version: v3", "DISABLE"),
+     "spec.selector.matchLabels: selector app=reviews,version=v3 can select the same sidecars "
+     "as service reviews"),
+    (istio("r", "app: reviews", "STRICT", "portLevelMtls: {70000: {mode: DISABLE}}"),
+     "spec.portLevelMtls.70000: expected a port number 1-65535, got 70000"),
+])
+def test_the_control_plane_refuses_istio_mistakes_with_the_field(
+        mesh: SelectorMesh, docs: str, expected: str) -> None:
+    """portLevelMtls without a selector (as Istio's validation), selectors that could match
+    one sidecar, a port out of range: refused whole with the field path; nothing applied."""
+    mesh.declare()
+    status, body = mesh.api("/api/v1/apply", "POST", docs)
+    assert status == 422 and expected in str(body), (status, body)
+    status, listed = mesh.api("/api/v1/peerauthentications")
+    assert status == 200 and isinstance(listed, dict) and listed["items"] == []
+    assert mesh.plaintext("v1") is None
+
+
+def test_check_names_the_workloads_and_warns_of_a_port_no_sidecar_serves(
+        mesh: SelectorMesh) -> None:
+    """`meshctl check`: a relaxing selector names the sidecars (service and version) whose
+    mode it decides; a portLevelMtls port that no selected sidecar serves warns, as
+    `istioctl analyze` does."""
+    mesh.declare(istio("reviews-v3", "app: reviews, version: v3", "PERMISSIVE"),
+                 istio("web", "app: web", "STRICT", "portLevelMtls: {1: {mode: DISABLE}}"))
+    try:
+        status, body = mesh.api("/api/v1/check")
+        assert status == 200 and isinstance(body, dict), body
+        [group] = [g for g in body["groups"] if g["title"] == "mTLS (PeerAuthentication)"]
+        assert [(c["name"], c["state"], c["detail"]) for c in group["checks"]] == [
+            ("PeerAuthentication default/reviews-v3", "warn",
+             "PERMISSIVE, mTLS not enforced for: reviews v3"),
+            ("PeerAuthentication default/web", "warn",
+             "STRICT, mTLS not enforced for: no registered service; portLevelMtls port 1: no "
+             "selected sidecar serves it (their app ports: none)")]
+        cli = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
+                              "check"], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert "PERMISSIVE, mTLS not enforced for: reviews v3" in cli.stdout
+    finally:
+        mesh.declare()
