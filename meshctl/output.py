@@ -128,6 +128,24 @@ def _telemetry_access_log(doc: Doc) -> str:
     return f"on if {expression}" if expression else "on"
 
 
+def _peer_selector(doc: Doc) -> str:
+    """A PeerAuthentication's selector: the service (Ami's form, or Istio's matchLabels with
+    `app` alone), `k=v,...` for other labels, `<all>` for the namespace."""
+    selector = _spec(doc).get("selector") or {}
+    labels = selector.get("matchLabels")
+    if not isinstance(labels, dict) or not labels:
+        return str(selector.get("service", "<all>"))
+    if set(labels) == {"app"}:
+        return str(labels["app"])
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _port_modes(doc: Doc) -> str:
+    ports = _spec(doc).get("portLevelMtls") or {}
+    return _joined(f"{port}={(entry or {}).get('mode', 'UNSET')}"
+                   for port, entry in sorted(ports.items(), key=lambda kv: int(kv[0])))
+
+
 def _mtls(doc: Doc) -> str:
     return str((_spec(doc).get("mtls") or {}).get("mode", "STRICT"))
 
@@ -150,8 +168,9 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("KEYS", lambda d: _joined("uri" if "jwksUri" in r else "inline"
                                    for r in _spec(d).get("jwtRules") or []))],
     "PeerAuthentication": [
-        ("SERVICE", _authz_target),
-        ("MTLS", lambda d: str((_spec(d).get("mtls") or {}).get("mode", "UNSET")))],
+        ("SELECTOR", _peer_selector),
+        ("MTLS", lambda d: str((_spec(d).get("mtls") or {}).get("mode", "UNSET"))),
+        ("PORT-MTLS", _port_modes)],
     "MeshConfig": [
         ("MTLS", _mtls),
         ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],

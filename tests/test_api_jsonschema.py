@@ -139,8 +139,14 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {"mode": "strict"}}},
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {}}},
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"service": "Reviews"}}},
-    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"matchLabels": {"a": "b"}}}},
-    {**ROUTE, "kind": "PeerAuthentication", "spec": {"portLevelMtls": {}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {
+        "service": "a", "matchLabels": {"app": "a"}}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"portLevelMtls": {
+        "9080": {"mode": "DISABLE"}}}},  # Istio's rule: needs a selector
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"service": "a"},
+                                                     "portLevelMtls": {}}},
+    {**ROUTE, "kind": "PeerAuthentication", "spec": {"selector": {"service": "a"},
+                                                     "portLevelMtls": {"http": {}}}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {"rules": [{"to": [{"paths": ["a"]}]}]}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "loadBalancer": "FAST"}},
     {**ROUTE, "kind": "DestinationPolicy", "spec": {"host": "r", "connectionPool": {
@@ -221,6 +227,9 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {}}},
     {**ROUTE, "kind": "PeerAuthentication",
      "spec": {"selector": {"service": "legacy"}, "mtls": {"mode": "UNSET"}}},
+    {**ROUTE, "kind": "PeerAuthentication",  # as Istio users write it
+     "spec": {"selector": {"matchLabels": {"app": "reviews", "version": "v3"}},
+              "mtls": {"mode": "STRICT"}, "portLevelMtls": {"9080": {"mode": "DISABLE"}}}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
         {"sniHosts": ["db.example.com", "*.apps.example.com", "*"], "destination": "db"}]}},

@@ -105,8 +105,9 @@ def test_summary_lists_external_services() -> None:
 
 
 def test_summary_shows_modes_peer_authentications_set() -> None:
-    """The inbound's own mode and each called service's, when a PeerAuthentication makes them
-    differ from the mesh's; no such line otherwise."""
+    """The inbound's own mode and each called service's (or sidecar's), when a
+    PeerAuthentication makes them differ from the mesh's (or its service's); no such line
+    otherwise."""
     def rendered(data: dict[str, object]) -> list[str]:
         snap = Snapshot.from_dict({"mesh": {"mtls": "STRICT"}, **data})
         return render({"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
@@ -118,6 +119,13 @@ def test_summary_shows_modes_peer_authentications_set() -> None:
     assert "Inbound mTLS:    PERMISSIVE (PeerAuthentication)" in lines
     assert ("Services' mTLS:  db PERMISSIVE, legacy DISABLE (PeerAuthentication; plaintext to "
             "DISABLE, mTLS to the others)") in lines
+    # a sidecar a selector by labels or port makes differ from its service: named with its
+    # version and address
+    lines = rendered({"services": {"reviews": {"endpoints": [
+        {"address": "127.0.0.1:9101", "labels": {"version": "v1"}},
+        {"address": "127.0.0.1:9103", "labels": {"version": "v3"}, "mtls": "DISABLE"}]}}})
+    assert ("Services' mTLS:  reviews v3 (127.0.0.1:9103) DISABLE (PeerAuthentication; "
+            "plaintext to DISABLE, mTLS to the others)") in lines
     plain = rendered({"services": {"reviews": {"endpoints": []}}})
     assert not any(line.startswith(("Inbound mTLS", "Services' mTLS")) for line in plain)
 

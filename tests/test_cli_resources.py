@@ -42,6 +42,14 @@ apiVersion: ami.mesh/v1alpha1
 kind: PeerAuthentication
 metadata: {name: default, namespace: edge}
 spec: {}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {name: reviews-v3, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews, version: v3}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {9443: {mode: DISABLE}, 9080: {mode: PERMISSIVE}}
 """
 REJECTED = {"conditions": [{
     "type": "Accepted", "status": "False", "reason": "Invalid",
@@ -145,8 +153,8 @@ async def test_get_tables_match_golden_files(cp: ControlPlane, mesh: Path) -> No
 async def test_peer_authentications_are_listed_by_every_name(cp: ControlPlane,
                                                              tmp_path: Path) -> None:
     """PeerAuthentication is a kind like the others: applied, then listed under its plural,
-    singular and short name with its service (`<all>`: the namespace) and mode (`UNSET` when
-    none is set)."""
+    singular and short name with its selector (the service; `<all>`: the namespace; Istio's
+    matchLabels as `k=v,...`), its mode (`UNSET` when none is set) and its port-level modes."""
     path = write(tmp_path / "pa.yaml", PEER_AUTHENTICATIONS)
     assert (await cp.meshctl("apply", "-f", str(path)))[0] == 0
     listed = await cp.meshctl("get", "pa", "-A")

@@ -271,9 +271,16 @@ _SPECS: dict[str, Schema] = {
         }, ("issuer",), oneOf=[{"required": ["jwks"]}, {"required": ["jwksUri"]}])),
     }),
     "PeerAuthentication": _obj({
-        "selector": _obj({"service": _SERVICE}, ("service",)),
+        # Ami's `service`, or Istio's `matchLabels` (`app` is the service), not both
+        "selector": _obj({"service": _SERVICE, "matchLabels": _ref("labels")},
+                         oneOf=[{"required": ["service"]}, {"required": ["matchLabels"]}]),
         "mtls": _obj({"mode": {"enum": list(PEER_MODES)}}),
-    }),
+        "portLevelMtls": _map(_obj({"mode": {"enum": list(PEER_MODES)}}),
+                              r"^[1-9][0-9]{0,4}$") | {
+            "minProperties": 1,
+            "description": "by the port of the workload's app (1-65535, checked by the "
+                           "parser); needs a selector"},
+    }, dependentRequired={"portLevelMtls": ["selector"]}),
     "MeshConfig": _obj({
         "trustDomain": _str(F.DNS_SUBDOMAIN, maxLength=253),
         "mtls": _obj({"mode": {"enum": list(MTLS_MODES)}}),

@@ -119,10 +119,25 @@ def _peer_modes(snap: dict[str, Any]) -> list[str]:
         lines.append(f"Inbound mTLS:    {snap['own_mtls']} (PeerAuthentication)")
     services = sorted((name, s["mtls"]) for name, s in (snap.get("services") or {}).items()
                       if s.get("mtls"))
+    # an endpoint whose sidecar a selector by labels or port makes differ from its service
+    services += sorted((f"{name} {_version(e)} ({_address(e)})", e["mtls"])
+                       for name, s in (snap.get("services") or {}).items()
+                       for e in s.get("endpoints") or [] if e.get("mtls"))
     if services:
         lines.append("Services' mTLS:  " + ", ".join(f"{n} {m}" for n, m in services)
                      + " (PeerAuthentication; plaintext to DISABLE, mTLS to the others)")
     return lines
+
+
+def _version(endpoint: dict[str, Any]) -> str:
+    return str((endpoint.get("labels") or {}).get("version", "unknown"))
+
+
+def _address(endpoint: dict[str, Any]) -> str:
+    address = endpoint.get("address")
+    if isinstance(address, dict):
+        return f"{address.get('host')}:{address.get('port')}"
+    return str(address)
 
 
 def _routes(snap: dict[str, Any]) -> str:

@@ -242,14 +242,17 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
     """Applied Routes of TCP services with fields their connections never see, Gateway
-    passthrough entries to HTTP services, and DestinationPolicy rate limits no sidecar
-    enforces; the proxies are asked which services are TCP (and where services live) only
-    when some Route has such a field, some Gateway passes TLS through or some policy has a
-    rateLimit."""
+    passthrough entries to HTTP services, DestinationPolicy rate limits no sidecar
+    enforces and PeerAuthentication portLevelMtls ports no selected sidecar serves; the
+    proxies are asked which services are TCP (and where services live) only when some Route
+    has such a field, some Gateway passes TLS through, some policy has a rateLimit or some
+    PeerAuthentication a portLevelMtls."""
     from meshctl.api.kinds import GatewaySpec, RouteSpec
+    from meshctl.api.peerauthn import PeerAuthenticationSpec
     from meshctl.api.policy import DestinationPolicySpec
     from meshctl.api.rules import http_only_fields
     from meshctl.observe.checks import passthrough_warnings, tcp_route_warnings
+    from meshctl.observe.peerchecks import port_warnings
     from meshctl.observe.ratelimitchecks import rate_limit_warnings
 
     routes = [r for r in resources
@@ -257,7 +260,9 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
     gateways = [r for r in resources if isinstance(r.spec, GatewaySpec) and r.spec.passthrough]
     limited = [r for r in resources if isinstance(r.spec, DestinationPolicySpec)
                and r.spec.policy.rate_limit is not None]
-    if not routes and not gateways and not limited:
+    ported = [r for r in resources if isinstance(r.spec, PeerAuthenticationSpec)
+              and r.spec.ports]
+    if not routes and not gateways and not limited and not ported:
         return []
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
@@ -266,7 +271,7 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
         return rate_limit_warnings(limited, [])
     proxies = list(answer.get("proxies") or [])
     return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
-            *rate_limit_warnings(limited, proxies)]
+            *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies)]
 
 
 def _error_text(answer: Any) -> str:
@@ -335,7 +340,17 @@ def run_describe(args: argparse.Namespace) -> int:
     """The object's metadata, status conditions and spec, then every proxy's sync state."""
     client = make_client(args)
     doc = client.get(args.kind, args.name, args.namespace)
-    sys.stdout.write(describe_text(doc, *_proxies(client)))
+    store_version, proxies = _proxies(client)
+    text = describe_text(doc, store_version, proxies)
+    if doc.get("kind") == "PeerAuthentication" and proxies is not None:
+        from meshctl.commands.peerdescribe import selected_sidecars
+
+        namespace = (doc.get("metadata") or {}).get("namespace") or "default"
+        text += "\n".join(selected_sidecars(doc, client.get("PeerAuthentication", None,
+                                                             namespace),
+                                             client.get("MeshConfig", None, None), proxies))
+        text += "\n"
+    sys.stdout.write(text)
     return 0
 
 

@@ -38,13 +38,43 @@ def peer_authentication_checks(peer_auths: Sequence[Any], meshes: Sequence[Any],
     declared = sorted((r for r in peer_auths if isinstance(r.spec, PeerAuthenticationSpec)),
                       key=lambda r: (r.namespace, r.name))
     modes = MtlsModes(mesh.mtls_mode, [(r.namespace, r.spec) for r in declared])
-    workloads: list[Workload] = list(
-        (str(p.get("namespace") or "default"), str(p["service"]), str(p.get("version") or ""),
-         dict(p.get("labels") or {}), int(p.get("appPort") or 0))
-        for p in proxies if p.get("mode", "sidecar") == "sidecar" and p.get("service"))
-    workloads.sort(key=lambda w: (w[0], w[1], w[2], w[4]))  # (labels do not compare)
+    workloads = _workloads(proxies)
     checks = tuple(_check(r, modes, workloads) for r in declared)
     return [Group("mTLS (PeerAuthentication)", checks)]
+
+
+def _workloads(proxies: list[dict[str, Any]]) -> list[Workload]:
+    """The registered sidecars (proxy-status JSON), in order."""
+    workloads: list[Workload] = [
+        (str(p.get("namespace") or "default"), str(p["service"]), str(p.get("version") or ""),
+         dict(p.get("labels") or {}), int(p.get("appPort") or 0))
+        for p in proxies if p.get("mode", "sidecar") == "sidecar" and p.get("service")]
+    workloads.sort(key=lambda w: (w[0], w[1], w[2], w[4]))  # (labels do not compare)
+    return workloads
+
+
+def _unserved_ports(r: Any, workloads: list[Workload]) -> list[str]:
+    """Each portLevelMtls port of ``r`` that no sidecar its selector selects serves (its app's
+    port), said as a reason: a port it will never apply to, as ``istioctl analyze`` warns."""
+    spec: PeerAuthenticationSpec = r.spec
+    selector = spec.selector
+    if not spec.ports or selector is None:
+        return []
+    selected = [w for w in workloads
+                if w[0] == r.namespace and selects(selector, workload_labels(w[1], w[3]))]
+    served = sorted({w[4] for w in selected if w[4]})
+    return [f"portLevelMtls port {port}: no selected sidecar serves it (their app ports: "
+            f"{', '.join(map(str, served)) or 'none'})"
+            for port, _ in spec.ports if port not in served]
+
+
+def port_warnings(peer_auths: Sequence[Any], proxies: list[dict[str, Any]]) -> list[str]:
+    """``meshctl apply``'s warnings: applied PeerAuthentications' portLevelMtls ports that no
+    registered sidecar they select serves."""
+    workloads = _workloads(proxies)
+    return [f"PeerAuthentication {r.namespace}/{r.name}: {reason}" for r in peer_auths
+            if isinstance(r.spec, PeerAuthenticationSpec)
+            for reason in _unserved_ports(r, workloads)]
 
 
 def _check(r: Any, modes: MtlsModes, workloads: list[Workload]) -> Check:
@@ -59,16 +89,9 @@ def _check(r: Any, modes: MtlsModes, workloads: list[Workload]) -> Check:
                    and modes.mode(w[0], w[1], labels=w[3], port=w[4]) in _HINTS]
         detail += f", mTLS not enforced for: {_names(decided, workloads)}"
         hints.extend(dict.fromkeys(_HINTS[m] for m in relaxing))
-    selector = spec.selector
-    if spec.ports and selector is not None:
-        selected = [w for w in workloads if w[0] == r.namespace
-                    and selects(selector, workload_labels(w[1], w[3]))]
-        served = sorted({w[4] for w in selected if w[4]})
-        for port, _ in spec.ports:
-            if port not in served:
-                detail += (f"; portLevelMtls port {port}: no selected sidecar serves it (their "
-                           f"app ports: {', '.join(map(str, served)) or 'none'})")
-                hints.append(_PORT_HINT)
+    for reason in _unserved_ports(r, workloads):
+        detail += f"; {reason}"
+        hints.append(_PORT_HINT)
     if not hints:
         return Check(name, "ok", detail)
     return Check(name, "warn", detail, "; ".join(dict.fromkeys(hints)))
