@@ -31,6 +31,22 @@ def test_identity_from_flags() -> None:
         parse_labels("version")
 
 
+async def test_a_sidecar_registers_its_apps_port_as_the_workload_port() -> None:
+    """Register.app_port is --app's port (what PeerAuthentication portLevelMtls names), 0
+    without --app; the control plane refuses one out of range, as any bad Register field."""
+    from meshctl.controlplane.registry import ProxyInfo
+    from meshctl.controlplane.xds import RegistrationError, check_proxy, proxy_info
+
+    args = build_parser().parse_args(ARGS)
+    agent = ControlPlaneAgent(ProxyServer(options_from_args(args)), args)
+    register = agent._register(True, "")
+    assert register.app_port == 9080 and proxy_info(register).app_port == 9080
+    without = build_parser().parse_args(ARGS[:-2])
+    assert AgentIdentity.from_args(without).app_port == 0
+    with pytest.raises(RegistrationError, match=r"register\.app_port"):
+        check_proxy(ProxyInfo(name="r", service="r", inbound="127.0.0.1:1", app_port=70000))
+
+
 def test_advertise_names_the_host_the_mesh_reaches_inbound_and_admin_at() -> None:
     """--advertise replaces the host of both advertised addresses (compose: the app's name)."""
     args = build_parser().parse_args([*ARGS, "--admin", "0.0.0.0:15000",

@@ -15,7 +15,7 @@ from meshctl.controlplane.registrystate import RegistryStateFile, decode, encode
 PROXIES = [
     ProxyInfo(name="reviews-v1-1", service="reviews", labels={"version": "v1"},
               inbound="127.0.0.1:15006", admin="127.0.0.1:15000", ready=True,
-              cert_expiry="2026-11-27T00:00:00Z", app_protocol="http1"),
+              cert_expiry="2026-11-27T00:00:00Z", app_protocol="http1", app_port=9080),
     ProxyInfo(name="gateway-1", service="gateway", mode="gateway", outbound="0.0.0.0:8080",
               trusted_gateway=True),
 ]
@@ -55,6 +55,8 @@ def test_an_unknown_app_protocol_is_refused_as_a_register_would_be() -> None:
      r"proxies\[0\]\.ready: must be a bool"),
     (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "trusted_gateway": 1}]}',
      r"proxies\[0\]\.trusted_gateway: must be a bool"),
+    (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "app_port": "9080"}]}',
+     r"proxies\[0\]\.app_port: must be a int"),
     (b'{"format": 1, "proxies": [{"name": "a", "service": "x", "labels": {"v": 1}}]}',
      r"proxies\[0\]\.labels: must map strings to strings"),
 ])

@@ -62,8 +62,9 @@ def _proxy(index: int, item: Any) -> ProxyInfo:
     if not isinstance(item, dict) or not {"name", "service"} <= set(item) <= _FIELDS:
         raise ValueError(f"proxies[{index}]: not a proxy entry")
     for key, value in item.items():
-        expected = bool if key in _BOOLS else dict if key == "labels" else str
-        if not isinstance(value, expected):
+        expected = (bool if key in _BOOLS else dict if key == "labels"
+                    else int if key == "app_port" else str)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ValueError(f"proxies[{index}].{key}: must be a {expected.__name__}")
     labels = item.get("labels", {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
