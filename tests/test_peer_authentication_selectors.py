@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import yaml
 from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
+    free_port,
     http_get,
     http_json,
     start_backend,
@@ -27,6 +29,7 @@ from tests.helpers_mesh import (
     wait_for,
 )
 from tests.proxyharness import metric_value
+from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
@@ -63,7 +66,15 @@ class SelectorMesh:
             self.sidecars[version] = self.started(start_sidecar(
                 tmp, grpc, "reviews", version, app=app.info["address"],
                 extra=["--drain-timeout", "1"]))
-        self.web = self.started(start_sidecar(tmp, grpc, "web", "v1"))
+        # db: a TCP service, reached by web's app through a --tcp-upstream port
+        db_app = self.started(start_tcp_app(tmp, "db-v1"))
+        self.app_ports["db"] = int(db_app.info["address"].rpartition(":")[2])
+        self.sidecars["db"] = self.started(start_sidecar(
+            tmp, grpc, "db", "v1", app=db_app.info["address"],
+            extra=["--app-protocol", "tcp"]))
+        self.db_port = free_port()
+        self.web = self.started(start_sidecar(
+            tmp, grpc, "web", "v1", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db"]))
         self.revision = 0
         wait_for(lambda: {self.call() for _ in range(4)} == {(200, b"reviews-v1"),
                                                              (200, b"reviews-v3")},
@@ -112,9 +123,21 @@ class SelectorMesh:
             return None
 
     def requests(self, proc: MeshProcess, **labels: str) -> float:
+        return self.metric(proc, "ami_requests_total", **labels)
+
+    def metric(self, proc: MeshProcess, name: str, **labels: str) -> float:
         with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
             text = r.read().decode()
-        return metric_value(text, "ami_requests_total", **labels)
+        return metric_value(text, name, **labels)
+
+    def db_session(self) -> None:
+        """A whole exchange of web's app with db through web's --tcp-upstream port."""
+        with socket.create_connection(("127.0.0.1", self.db_port), timeout=TIMEOUT) as sock:
+            assert banner(sock) == "db-v1"
+            sock.sendall(b"ping\n")
+            assert read_line(sock) == b"ping\n"
+            sock.shutdown(socket.SHUT_WR)
+            assert read_to_eof(sock) == b"bye 5\n"
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -179,6 +202,31 @@ def test_a_disable_port_takes_plaintext_from_callers_while_the_other_stays_stric
     mesh.declare()
     assert mesh.plaintext("v1") is None
     web_reaches(mesh, {"v1": "mutual_tls", "v3": "mutual_tls"})
+
+
+def test_a_tcp_services_disable_port_gets_plaintext_connections(mesh: SelectorMesh) -> None:
+    """`{app: db}` (a TCP service) with its app's port DISABLE: web's connections to db go in
+    plaintext (`none` on both sides, the `ami-tcp` preamble); deleted, over mTLS again."""
+    labels = {"destination_service": "db", "response_flags": "-"}
+
+    def closed(proc: MeshProcess, reporter: str, policy: str) -> float:
+        return mesh.metric(proc, "ami_tcp_connections_closed_total", reporter=reporter,
+                           connection_security_policy=policy, **labels)
+
+    mesh.declare(istio("db", "app: db", "STRICT",
+                       f"portLevelMtls: {{{mesh.app_ports['db']}: {{mode: DISABLE}}}}"))
+    before = closed(mesh.web, "source", "none")
+    on_db = closed(mesh.sidecars["db"], "destination", "none")
+    mesh.db_session()
+    wait_for(lambda: closed(mesh.web, "source", "none") >= before + 1, TIMEOUT,
+             "web's plaintext connection to db counted")
+    wait_for(lambda: closed(mesh.sidecars["db"], "destination", "none") >= on_db + 1, TIMEOUT,
+             "db counting a plaintext connection")
+    mesh.declare()
+    before = closed(mesh.web, "source", "mutual_tls")
+    mesh.db_session()
+    wait_for(lambda: closed(mesh.web, "source", "mutual_tls") >= before + 1, TIMEOUT,
+             "web's mTLS connection to db counted")
 
 
 @pytest.mark.parametrize("docs, expected", [
