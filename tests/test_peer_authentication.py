@@ -3,6 +3,7 @@ mode (service > namespace > mesh, UNSET inherits), and what the snapshots carry 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -200,6 +201,11 @@ def test_snapshots_keep_their_bytes_when_nothing_differs_from_the_mesh() -> None
                 peer_auth("b", "STRICT", "legacy"), peer_auth("c", "UNSET", "db", "data"))
     for proxy in ENDPOINTS:
         assert built(same, proxy) == built(base, proxy)
+    # sidecars that register their app's port (Register.app_port): the same bytes too
+    ported = [dataclasses.replace(p, app_port=9080) for p in ENDPOINTS]
+    for before, after in zip(ENDPOINTS, ported, strict=True):
+        assert SnapshotBuilder(same, ported).build(after) == SnapshotBuilder(
+            base, ENDPOINTS).build(before)
     assert b"mtls\":\"STRICT" in built(base, REVIEWS) and b'"inbound":{"authorization":[]}' \
         in built(base, REVIEWS)
 
