@@ -83,6 +83,8 @@ def test_spec_parses_selector_and_mode_with_unset_as_default() -> None:
      "f1.yaml doc 1: spec.selector.matchLabels: selector.service and selector.matchLabels are "
      "two forms of one selector"),
     (istio("a", "app: Not_A_Service"), "f1.yaml doc 1: spec.selector.matchLabels.app: "),
+    (istio("a", "", "portLevelMtls: {9080: {mode: DISABLE}}"),  # empty: the namespace
+     "f1.yaml doc 1: spec.portLevelMtls: needs a selector"),
     (istio("a", "'bad key!': v1"), "f1.yaml doc 1: spec.selector.matchLabels.bad key!: "),
     (peer_auth("a", "STRICT").replace("spec: {", "spec: {selector: {}, "),
      "f1.yaml doc 1: spec.selector.service: field is required (or matchLabels"),

@@ -58,7 +58,8 @@ def parse_peer_authentication(data: object, path: str) -> PeerAuthenticationSpec
     mode = f.value("mtls", _parse_mtls, UNSET)
     ports = f.optional("portLevelMtls", _parse_port_level)
     service, match_labels = selector if selector is not None else (None, None)
-    if ports is not None and service is None and match_labels is None:
+    # (a selector with a mistake of its own is reported as that, not as missing)
+    if ports is not None and (not f.has("selector") or selector == (None, None)):
         # Istio's validation: port numbers mean something only for the selected workloads
         f.add(f.at("portLevelMtls"), "needs a selector (selector.matchLabels or "
                                      "selector.service): a namespace-wide PeerAuthentication "
