@@ -1,0 +1,1 @@
+"""``meshctl bug-report``: the mesh's state, through the control plane API, in one archive."""
