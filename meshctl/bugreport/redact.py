@@ -55,6 +55,8 @@ class Redactor:
             return {k: (REDACTED if _norm(str(k)) in SECRET_KEYS or (jwk and k in JWK_PRIVATE)
                         else self.data(v)) for k, v in value.items()}
         if isinstance(value, list):
+            if len(value) == 2 and isinstance(value[0], str) and _norm(value[0]) in SECRET_KEYS:
+                return [value[0], REDACTED]  # a (name, matcher) pair: a config dump's headers
             return [self.data(v) for v in value]
         if isinstance(value, str):
             return self.text(value)
