@@ -57,6 +57,20 @@ metadata: {{name: reviews}}
 spec:
   host: reviews
   subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {{name: cart, namespace: shop}}
+spec:
+  host: cart
+  rules: [{{backends: [{{subset: v1}}]}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {{name: cart, namespace: shop}}
+spec:
+  host: cart
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
 """
 
 
@@ -162,6 +176,8 @@ def test_archive_holds_every_part_for_every_proxy_and_no_secret(mesh: Mesh) -> N
     # the secrets were there to leak (the route and the dumps route on them), and did not
     routes = files["resources/routes.yaml"].decode()
     assert routes.count("<redacted>") >= 2 and "name: tester" in routes
+    # a namespace with no proxy, known from its DestinationPolicy
+    assert "name: cart\n  namespace: shop" in routes
     assert b"<redacted>" in files[f"proxies/{mesh.sidecars['ratings'].info['name']}/"
                                   "config_dump.json"]
     no_secret_in(files, mesh.secrets())

@@ -184,6 +184,7 @@ class Collector:
             items = body.get("items") or []
         else:
             items = []
+            self.out.answers["route namespaces"] = sorted(namespaces)  # for the summary
             for ns in sorted(namespaces):
                 listed = self.part(name, f"/api/v1/namespaces/{urllib.parse.quote(ns)}/routes")
                 items += (listed or {}).get("items") or []

@@ -65,6 +65,10 @@ def render(meta: Meta, got: Collected, sizes: dict[str, int]) -> str:
         "secrets:        redacted (API token, bootstrap/admin tokens, Authorization headers, "
         "JWTs, private keys)",
     ]
+    if "route namespaces" in got.answers:
+        lines.append("routes:         listed in the namespaces of proxies and other resources: "
+                     f"{', '.join(got.answers['route namespaces'])} (this control plane's "
+                     "GET /api/v1/routes answers route metrics, not every namespace's Routes)")
     unsynced = [p for p in proxies if status_word(p) != "SYNCED"]
     lines += ["", f"PROXIES ({len(proxies)}, {len(unsynced)} not in sync)"]
     lines.append(render_table(proxies) if proxies else "(no proxy registered)")
