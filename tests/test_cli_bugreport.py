@@ -234,11 +234,20 @@ def test_a_hung_sidecar_is_an_error_line_and_the_report_completes(mesh: Mesh) ->
     files = members(out_file)
     [error] = files["errors.txt"].decode().splitlines()
     assert error.startswith(f"proxies/{name}/config_dump.json: GET /api/v1/proxies/{name}/")
+    # the control plane's own word for it (it said nothing after the colon before)
+    assert error.endswith(f"cannot reach its admin listener at https://{hung.info['admin']}: "
+                          "TimeoutError"), error  # (mTLS: the sidecar has its certificate)
     assert f"proxies/{name}/config_dump.json" not in files
     assert f"proxies/{name}/status.json" in files
     assert f"proxies/{mesh.sidecars['reviews'].info['name']}/config_dump.json" in files
     assert "ERRORS (1; errors.txt)" in files["summary.txt"].decode()
     assert error in files["summary.txt"].decode()
+
+
+def test_bad_flags_are_refused_before_any_call(mesh: Mesh) -> None:
+    for flags in (["--since", "ten"], ["--timeout", "0"]):
+        result = mesh.meshctl("bug-report", *flags, control_plane="http://127.0.0.1:9")
+        assert result.returncode == 2 and f"argument {flags[0]}" in result.stderr
 
 
 def test_no_control_plane_is_a_clear_error_and_no_file(mesh: Mesh) -> None:

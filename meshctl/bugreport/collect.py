@@ -127,7 +127,7 @@ class Collector:
                               f"{exc.reason}") from None
         except OSError as exc:  # refused, reset, timed out
             raise Unreachable(f"the control plane at {self.client.base_url} did not answer: "
-                              f"{exc or type(exc).__name__}") from None
+                              f"{str(exc) or type(exc).__name__}") from None
         if status != 200 or not isinstance(body, dict) or "version" not in body:
             raise Unreachable(_refusal(status, body) if isinstance(body, dict) and
                               body.get("error") else self.client.not_the_api(status))

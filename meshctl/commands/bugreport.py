@@ -7,6 +7,7 @@ running config. Everything comes through the control plane's API, secrets redact
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,13 +28,30 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="where to write it (default: ami-bug-report-<UTC time>.tar.gz here)")
     p.add_argument("--include-config-dumps", action="store_true",
                    help="add each proxy's running config (needs the API token)")
-    p.add_argument("--since", default="10m", metavar="WINDOW",
+    p.add_argument("--since", default="10m", metavar="WINDOW", type=window,
                    help="window of the golden metrics, e.g. 30s, 5m (default and most: 10m)")
     p.add_argument("--service", default=None, metavar="S",
                    help="only this service's proxies, golden metrics and route metrics")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                    help="deadline of each call to the control plane (default 10)")
     p.set_defaults(func=run_bug_report)
+
+
+def window(text: str) -> str:
+    """``30s``, ``5m``, ``1h`` or plain seconds, as ``meshctl stat --window`` takes them."""
+    if not re.fullmatch(r"\d+(\.\d+)?[smh]?", text):
+        raise argparse.ArgumentTypeError(f"expected e.g. 30s or 5m, got {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return value
 
 
 def default_name(now: datetime) -> str:

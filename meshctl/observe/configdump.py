@@ -39,7 +39,7 @@ async def fetch_config_dump(admin: AdminCall) -> dict[str, Any]:
             data = _json(body)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise DumpUnavailable(f"cannot reach its admin listener at {admin.base}: "
-                              f"{exc or type(exc).__name__}") from None
+                              f"{str(exc) or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise DumpUnavailable("the sidecar's answer is not a JSON object")
     return data
