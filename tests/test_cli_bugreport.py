@@ -250,6 +250,13 @@ def test_bad_flags_are_refused_before_any_call(mesh: Mesh) -> None:
         assert result.returncode == 2 and f"argument {flags[0]}" in result.stderr
 
 
+def test_an_unwritable_output_is_an_error_line(mesh: Mesh) -> None:
+    result = mesh.meshctl("bug-report", "-o", str(mesh.tmp / "no-such-dir" / "r.tar.gz"))
+    assert result.returncode == 1
+    assert result.stderr == (f"error: cannot write {mesh.tmp / 'no-such-dir' / 'r.tar.gz'}: "
+                             "No such file or directory\n")
+
+
 def test_no_control_plane_is_a_clear_error_and_no_file(mesh: Mesh) -> None:
     out_file = mesh.tmp / "none.tar.gz"
     result = mesh.meshctl("bug-report", "-o", str(out_file),

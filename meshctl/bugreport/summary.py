@@ -62,8 +62,8 @@ def render(meta: Meta, got: Collected, sizes: dict[str, int]) -> str:
         f"window:         {meta.window} (stat, edges)",
         f"scope:          {('service ' + meta.service) if meta.service else 'every service'}"
         f"; config dumps {dumps}",
-        "secrets:        redacted (API token, bootstrap/admin tokens, Authorization headers, "
-        "JWTs, private keys)",
+        "secrets:        redacted (the API token, credential fields and headers, JWTs, "
+        "private keys)",
     ]
     if "route namespaces" in got.answers:
         lines.append("routes:         listed in the namespaces of proxies and other resources: "

@@ -65,7 +65,6 @@ def run_bug_report(args: argparse.Namespace) -> int:
 
     now = datetime.now(UTC)
     client = make_client(args)
-    client.timeout = args.timeout
     options = Options(timeout=args.timeout, window=args.since, service=args.service,
                       config_dumps=args.include_config_dumps)
     try:
@@ -80,7 +79,11 @@ def run_bug_report(args: argparse.Namespace) -> int:
     sizes = {"summary.txt": -1, **{k: len(v) for k, v in got.members.items()}}
     members = {"summary.txt": render(meta, got, sizes).encode(), **got.members}
     path = Path(args.output or default_name(now))
-    size = write_archive(path, members)
+    try:
+        size = write_archive(path, members)
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     if got.errors:
         print(f"warning: {len(got.errors)} part{'s' if len(got.errors) != 1 else ''} could not "
               "be collected (errors.txt in the archive):", file=sys.stderr)
