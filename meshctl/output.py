@@ -150,6 +150,11 @@ def _mtls(doc: Doc) -> str:
     return str((_spec(doc).get("mtls") or {}).get("mode", "STRICT"))
 
 
+def _sidecar_selector(doc: Doc) -> str:
+    labels = (_spec(doc).get("workloadSelector") or {}).get("labels") or {}
+    return _joined(f"{k}={v}" for k, v in labels.items()) if labels else "<namespace>"
+
+
 _KIND_COLUMNS: dict[str, list[Column]] = {
     "Route": [("HOST", lambda d: str(_spec(d).get("host", ""))),
               ("RULES", lambda d: str(len(_spec(d).get("rules") or []))),
@@ -192,6 +197,13 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("SAMPLING", lambda d: _joined(f"{t['randomSamplingPercentage']:g}%"
                                        for t in _spec(d).get("tracing") or []
                                        if "randomSamplingPercentage" in t))],
+    "Sidecar": [
+        ("SELECTOR", _sidecar_selector),
+        ("EGRESS", lambda d: _joined(h for e in _spec(d).get("egress") or []
+                                     for h in e.get("hosts") or []) if "egress" in _spec(d)
+         else "*/*"),
+        ("OUTBOUND", lambda d: str((_spec(d).get("outboundTrafficPolicy") or {}).get(
+            "mode", "(mesh)")))],
 }
 
 

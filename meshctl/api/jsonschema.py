@@ -34,6 +34,7 @@ from meshctl.api.rules import (
     SCHEMES,
     URI_PATH,
 )
+from meshctl.api.sidecar import EGRESS_HOST
 from meshctl.api.xfcc import WORKLOAD_ID
 
 Schema = dict[str, Any]
@@ -322,6 +323,13 @@ _SPECS: dict[str, Schema] = {
                                "disableSpanReporting": {"type": "boolean"}}), 1)
         | {"maxItems": 1},
     }),
+    "Sidecar": _obj({
+        "workloadSelector": _obj({"labels": _ref("labels") | {"minProperties": 1}},
+                                 ("labels",)),
+        "egress": _list(_obj({"hosts": _list(_str(EGRESS_HOST), 1)}, ("hosts",)), 1),
+        "outboundTrafficPolicy": _obj({"mode": {"enum": list(OUTBOUND_TRAFFIC_MODES)}},
+                                      ("mode",)),
+    }) | {"anyOf": [{"required": ["egress"]}, {"required": ["outboundTrafficPolicy"]}]},
 }
 
 

@@ -16,6 +16,7 @@ from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authenticat
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
 from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
 from meshctl.api.telemetry import TelemetrySpec, parse_telemetry
+from meshctl.api.sidecar import SidecarSpec, parse_sidecar
 from meshctl.api.xfcc import trusted_xfcc_identities
 
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
@@ -96,7 +97,7 @@ class GatewaySpec:
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
         | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec
-        | TelemetrySpec)
+        | TelemetrySpec | SidecarSpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -249,4 +250,5 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Gateway", parse_gateway),
     Kind("ExternalService", parse_external_service),
     Kind("Telemetry", parse_telemetry),
+    Kind("Sidecar", parse_sidecar),
 )}

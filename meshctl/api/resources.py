@@ -20,6 +20,7 @@ from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, S
 from meshctl.api.peerauthn import PeerAuthenticationSpec, overlap
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.api.telemetry import TelemetrySpec
+from meshctl.api.sidecar import SidecarSpec
 
 API_VERSION = "ami.mesh/v1alpha1"
 DEFAULT_NAMESPACE = "default"
@@ -251,7 +252,7 @@ def load_path(path: str | Path) -> list[Resource]:
 
 def validate_set(resources: Iterable[Resource]) -> list[Issue]:
     """Checks across documents: duplicates, conflicting hosts, unknown subsets, one MeshConfig,
-    one PeerAuthentication per service and per namespace."""
+    one PeerAuthentication per service and per namespace, one Sidecar per selector."""
     items = list(resources)
     issues: list[Issue] = []
 
@@ -284,6 +285,8 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             claims.append(_peer_authentication_claim(r, r.spec))
         if isinstance(r.spec, TelemetrySpec):
             claims.append(_telemetry_claim(r, r.spec))
+        if isinstance(r.spec, SidecarSpec):
+            claims.append(_sidecar_claim(r, r.spec))
         for claim, path, message in claims:
             if claim in first and (claim == r.key or first[claim].key != r.key):
                 add(r, path, f"{message} ({_describe(first[claim])})")
@@ -373,6 +376,18 @@ def _telemetry_claim(r: Resource, spec: TelemetrySpec) -> tuple[tuple[str, ...],
     labels = ",".join(f"{k}={v}" for k, v in sorted(spec.match_labels.items()))
     return (("Telemetry", r.namespace, "selector", labels), "spec.selector.matchLabels",
             f"selector {{{labels}}} already has a Telemetry")
+
+
+def _sidecar_claim(r: Resource, spec: SidecarSpec) -> tuple[tuple[str, ...], str, str]:
+    """One namespace-wide Sidecar per namespace, and one per selector: two would leave a
+    sidecar's scope to chance (Istio leaves it undefined)."""
+    if spec.labels is None:
+        return (("Sidecar", r.namespace, "selector"), "spec",
+                f"namespace {r.namespace} already has a namespace-wide Sidecar "
+                "(one without workloadSelector)")
+    text = ",".join(f"{k}={v}" for k, v in spec.labels)
+    return (("Sidecar", r.namespace, "selector", text), "spec.workloadSelector.labels",
+            f"a Sidecar of namespace {r.namespace} already selects {text}")
 
 
 def _unknown_subsets(route: Resource, spec: RouteSpec,

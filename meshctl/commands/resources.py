@@ -29,10 +29,11 @@ from meshctl.controlplane.store import KIND_PLURALS, kind_for
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
                "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
-               "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry"}
+               "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry",
+               "sc": "Sidecar"}
 KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
              "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
-             "externalservice|es, telemetry|tel")
+             "externalservice|es, telemetry|tel, sidecar|sc")
 Command = Callable[[argparse.Namespace], int]
 
 

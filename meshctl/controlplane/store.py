@@ -30,6 +30,7 @@ KIND_PLURALS: dict[str, str] = {
     "Gateway": "gateways",
     "ExternalService": "externalservices",
     "Telemetry": "telemetries",
+    "Sidecar": "sidecars",
 }
 _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 
