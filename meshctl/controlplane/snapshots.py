@@ -33,9 +33,11 @@ from meshctl.api.policy import (
     Subset,
 )
 from meshctl.api.resources import Resource
+from meshctl.api.sidecar import Scope, SidecarSpec
 from meshctl.api.telemetry import TelemetrySpec, effective
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
+from meshctl.controlplane.scoping import sidecar_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,31 +142,49 @@ class SnapshotBuilder:
             self._tcp.setdefault((p.service, p.namespace), set()).add(p.app_protocol == "tcp")
         # A service is its name in its namespace: `api` of `a` and `api` of `b` are two.
         self.names = ServiceNames(self._tcp)
-        # namespace -> ('{"mesh":..,"services":..,"routes":..,' bytes, its sha256 so far)
-        self._shared: dict[str, tuple[bytes, Any]] = {}
+        # (namespace, Sidecar name or None) -> ('{"mesh":..,"services":..,"routes":..,'
+        # bytes, its sha256 so far)
+        self._shared: dict[tuple[str, str | None], tuple[bytes, Any]] = {}
+        self._sidecars = self._by_kind.get("Sidecar", [])
+
+    def sidecar(self, proxy: ProxyInfo) -> Resource | None:
+        """The Sidecar resource scoping ``proxy``, if any (meshctl.controlplane.scoping)."""
+        if not self._sidecars:  # meshes without one: no per-proxy lookup at all
+            return None
+        return sidecar_for(self._sidecars, proxy.service, proxy.namespace, proxy.labels,
+                           proxy.mode)
 
     def build(self, proxy: ProxyInfo) -> BuiltSnapshot:
         """The snapshot for ``proxy``."""
-        prefix, hashed = self._shared_part(proxy.namespace)
+        prefix, hashed = self._shared_part(proxy.namespace, self.sidecar(proxy))
         own = _dumps(self._own_parts(proxy))[1:].encode()  # '"inbound":...}'
         digest = hashed.copy()  # the shared prefix is hashed once per namespace, not per proxy
         digest.update(own)
         return BuiltSnapshot(digest.hexdigest()[:12], prefix + own)
 
     # -- shared by every proxy of a namespace ------------------------------------------------
-    def _shared_part(self, namespace: str) -> tuple[bytes, Any]:
-        """``{"mesh":..,"services":..,"routes":..,`` as bytes, and its running sha256."""
-        if namespace not in self._shared:
-            parts = [("mesh", mesh_settings(self.mesh, self._gateway_ids)),
-                     ("services", self._services(namespace)),
-                     ("routes", self._routes(namespace))]
-            external = self._external(namespace)
+    def _shared_part(self, namespace: str, sidecar: Resource | None) -> tuple[bytes, Any]:
+        """``{"mesh":..,"services":..,"routes":..,`` as bytes, and its running sha256: one per
+        namespace, and one per Sidecar scoping some of its proxies."""
+        key = (namespace, None if sidecar is None else sidecar.name)
+        if key not in self._shared:
+            scope = None
+            mesh = mesh_settings(self.mesh, self._gateway_ids)
+            if sidecar is not None and isinstance(sidecar.spec, SidecarSpec):
+                if sidecar.spec.hosts is not None:
+                    scope = Scope(sidecar.spec.hosts, namespace, self.mesh.trust_domain)
+                if sidecar.spec.outbound_traffic is not None:
+                    mesh["outboundTrafficPolicy"] = {"mode": sidecar.spec.outbound_traffic}
+            parts = [("mesh", mesh),
+                     ("services", self._services(namespace, scope)),
+                     ("routes", self._routes(namespace, scope))]
+            external = self._external(namespace, scope)
             if external:  # absent when none is declared: such snapshots keep their bytes
                 parts.append(("external", external))
             text = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
             prefix = ("{" + text + ",").encode()
-            self._shared[namespace] = (prefix, hashlib.sha256(prefix))
-        return self._shared[namespace]
+            self._shared[key] = (prefix, hashlib.sha256(prefix))
+        return self._shared[key]
 
     def _in_view(self, kind: str, namespace: str) -> list[Resource]:
         """Resources of a kind, the proxy's own namespace last so it wins a name clash."""
@@ -172,10 +192,11 @@ class SnapshotBuilder:
         return ([r for r in items if r.namespace != namespace]
                 + [r for r in items if r.namespace == namespace])
 
-    def _services(self, namespace: str) -> dict[str, Any]:
-        """Every service, keyed as this namespace's proxies name it (see ServiceNames)."""
+    def _services(self, namespace: str, scope: Scope | None = None) -> dict[str, Any]:
+        """Every service (in ``scope``), keyed as this namespace's proxies name it (see
+        ServiceNames)."""
         names = self.names
-        policies = self._by_host("DestinationPolicy", namespace)
+        policies = self._by_host("DestinationPolicy", namespace, scope)
         services: dict[str, Any] = {}
         for ep in self._endpoints:
             tcp = self._tcp[(ep.service, ep.namespace)]
@@ -201,6 +222,9 @@ class SnapshotBuilder:
         for service, ns in self._idle:
             services.setdefault(names.key(service, ns, namespace), {
                 "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
+        if scope is not None:
+            services = {key: svc for key, svc in services.items()
+                        if scope.sees_service(key.partition(".")[0], svc["namespace"])}
         for key, svc in services.items():
             name = key.partition(".")[0]
             label = names.metrics_name(name, svc["namespace"])
@@ -225,11 +249,12 @@ class SnapshotBuilder:
             svc["policy"] = {k: raw[k] for k in POLICY_FIELDS if k in raw}
         return services
 
-    def _routes(self, namespace: str) -> list[dict[str, Any]]:
-        """Every Route, its host keyed as this namespace's proxies name the service; one from
-        another namespace says so (``namespace``: its backends' services are named there)."""
+    def _routes(self, namespace: str, scope: Scope | None = None) -> list[dict[str, Any]]:
+        """Every Route (of a host in ``scope``), its host keyed as this namespace's proxies
+        name the service; one from another namespace says so (``namespace``: its backends'
+        services are named there)."""
         routes: dict[str, dict[str, Any]] = {}
-        for host, r in self._by_host("Route", namespace).items():
+        for host, r in self._by_host("Route", namespace, scope).items():
             entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
             if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
                 entry["namespace"] = r.namespace
@@ -240,14 +265,16 @@ class SnapshotBuilder:
             routes[host] = entry
         return [routes[host] for host in sorted(routes)]
 
-    def _by_host(self, kind: str, namespace: str) -> dict[str, Resource]:
+    def _by_host(self, kind: str, namespace: str,
+                 scope: Scope | None = None) -> dict[str, Resource]:
         """The Route (or DestinationPolicy) of each host, keyed as ``namespace``'s proxies name
         it. For a mesh service: the proxies' own namespace's, else the service's own
         namespace's (Istio's lookup path for DestinationRules); one of a third namespace is
         for that namespace's callers only, so no caller's gets one of two at chance. Within a
         namespace, a host naming the service's namespace beats a bare name falling back to
         another namespace's. A bare host that several other namespaces have is about none of
-        them: left out. An outside host's: the own namespace's, else any."""
+        them: left out. An outside host's: the own namespace's, else any. With a ``scope``, only
+        those about a host in it."""
         names = self.names
         chosen: dict[str, tuple[tuple[bool, bool], Resource]] = {}
         for r in self._in_view(kind, namespace):
@@ -257,14 +284,18 @@ class SnapshotBuilder:
             if ((found is not None and r.namespace not in (namespace, found[1]))
                     or names.ambiguous(r.spec.host, r.namespace)):
                 continue
+            if scope is not None and not (scope.sees_host(r.spec.host, r.namespace)
+                                          if found is None else scope.sees_service(*found)):
+                continue
             key = r.spec.host if found is None else names.key(*found, namespace)
             rank = (r.namespace == namespace, names.written_as(r.spec.host, r.namespace))
             if key not in chosen or rank >= chosen[key][0]:
                 chosen[key] = (rank, r)
         return {key: r for key, (_, r) in chosen.items()}
 
-    def _external(self, namespace: str) -> dict[str, Any]:
-        """ExternalService hosts: ports, fixed addresses (none: DNS) and the host's policy."""
+    def _external(self, namespace: str, scope: Scope | None = None) -> dict[str, Any]:
+        """ExternalService hosts (in ``scope``): ports, fixed addresses (none: DNS) and the
+        host's policy."""
         policies = {r.spec.host: r for r in self._in_view("DestinationPolicy", namespace)
                     if isinstance(r.spec, DestinationPolicySpec)}
         external: dict[str, Any] = {}
@@ -272,6 +303,8 @@ class SnapshotBuilder:
             if not isinstance(r.spec, ExternalServiceSpec):
                 continue
             for host in r.spec.hosts:
+                if scope is not None and not scope.sees_host(host, r.namespace):
+                    continue
                 entry: dict[str, Any] = {
                     "namespace": r.namespace, "name": r.name,
                     "ports": [{"number": p.number, "protocol": p.protocol,
