@@ -65,6 +65,8 @@ def parse_sidecar(data: object, path: str) -> SidecarSpec:
         f.add(f.at("egress"), "field is required (or outboundTrafficPolicy, or both)")
     egress = f.optional("egress", F.list_of(_parse_egress, 1, "at least one entry is required"))
     mode = f.optional("outboundTrafficPolicy", _parse_outbound)
+    _unsupported(f, ("ingress", "inboundConnectionPool"),
+                 "the inbound side is the sidecar's --inbound and --app, not a Sidecar's")
     f.finish()
     hosts = None if egress is None else tuple(h for entry in egress for h in entry)
     return SidecarSpec(labels, hosts, mode)
@@ -84,6 +86,8 @@ def _parse_egress(data: object, path: str) -> tuple[EgressHost, ...]:
     f = Fields(data, path)
     hosts = f.required("hosts", F.list_of(parse_egress_host, 1, "at least one host is required"),
                        ())
+    _unsupported(f, ("port", "bind", "captureMode"),
+                 "Ami sidecars have one outbound listener, which every egress entry shares")
     f.finish()
     return hosts
 
@@ -98,6 +102,13 @@ def parse_egress_host(value: object, path: str) -> EgressHost:
     if namespace == NONE and name != ANY:
         fail(path, f"'~' (no namespace) only goes with '*' ('~/*': no host), got {text!r}")
     return EgressHost(namespace, name)
+
+
+def _unsupported(f: Fields, keys: tuple[str, ...], why: str) -> None:
+    """Istio's fields that Ami does not have: say so, rather than 'unknown field'."""
+    for key in keys:
+        if f.has(key):
+            f.add(f.at(key), f"Istio's {key} is not supported: {why}")
 
 
 def _parse_outbound(data: object, path: str) -> str:
