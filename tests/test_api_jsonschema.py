@@ -44,7 +44,8 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     schemas = all_schemas()
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
                             "RequestAuthentication", "PeerAuthentication", "MeshConfig",
-                            "Gateway", "ExternalService", "Telemetry"}
+                            "Gateway", "ExternalService", "Telemetry",
+                            "Sidecar"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -210,6 +211,14 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "Telemetry", "spec": {"accessLogging": [{"providers": [{"name": "x"}]}]}},
     {**ROUTE, "kind": "Telemetry", "spec": {"tracing": [{"randomSamplingPercentage": 101}]}},
     {**ROUTE, "kind": "Telemetry", "spec": {"tracing": [{"disableSpanReporting": "yes"}]}},
+    {**ROUTE, "kind": "Sidecar", "spec": {}},
+    {**ROUTE, "kind": "Sidecar", "spec": {"egress": []}},
+    {**ROUTE, "kind": "Sidecar", "spec": {"egress": [{"hosts": []}]}},
+    *({**ROUTE, "kind": "Sidecar", "spec": {"egress": [{"hosts": [host]}]}}
+      for host in ("b", "./", "B/*", "~/api", "a/b/c", "./api_x", "**/*")),
+    {**ROUTE, "kind": "Sidecar", "spec": {"workloadSelector": {"labels": {}},
+                                          "egress": [{"hosts": ["./*"]}]}},
+    {**ROUTE, "kind": "Sidecar", "spec": {"outboundTrafficPolicy": {}}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -281,6 +290,10 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         "hosts": ["db.internal"], "ports": [{"number": 5432, "protocol": "TCP"}],
         "endpoints": [{"address": "203.0.113.7"}, {"address": "2001:db8::7"},
                       {"address": "db-1.example.net"}]}},
+    {**ROUTE, "kind": "Sidecar", "spec": {"egress": [
+        {"hosts": ["./*", "~/*", "*/*.example.com", "b/api", "*/api.b.svc.cluster.local"]}]}},
+    {**ROUTE, "kind": "Sidecar", "spec": {"workloadSelector": {"labels": {"app": "web"}},
+                                          "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}},
 ])
 def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
     """Unusual but valid documents are accepted by the parser and the schema alike."""

@@ -128,7 +128,7 @@ def test_schema_writes_files(tmp_path: Path) -> None:
     assert names == ["authorizationpolicy.json", "destinationpolicy.json",
                      "externalservice.json", "gateway.json", "meshconfig.json",
                      "peerauthentication.json", "requestauthentication.json", "route.json",
-                     "telemetry.json"]
+                     "sidecar.json", "telemetry.json"]
     assert json.loads((tmp_path / "out" / "gateway.json").read_text())["title"] == "Gateway"
 
 
