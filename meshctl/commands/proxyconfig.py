@@ -59,6 +59,7 @@ def render(dump: dict[str, Any]) -> str:
         f"Mesh:            mTLS {mesh.get('mtls')} · trust domain {mesh.get('trust_domain')} · "
         f"outside hosts {'ALLOW_ANY' if mesh.get('allow_any_outbound') else 'REGISTRY_ONLY'} · "
         f"access log {'on' if mesh.get('access_log') else 'off'}",
+        *_scope(dump.get("sidecarScope"), snap),
         *_peer_modes(snap),
         *_telemetry(snap.get("telemetry")),
         *([f"XFCC kept from:  {', '.join(mesh['trusted_xfcc'])} (gateways, MeshConfig "
@@ -109,6 +110,24 @@ def _telemetry(telemetry: dict[str, Any] | None) -> list[str]:
     if telemetry.get("disable_span_reporting"):
         parts.append("spans not reported")
     return [f"Telemetry:       {' · '.join(parts)} (Telemetry)"] if parts else []
+
+
+def _scope(scope: Any, snap: dict[str, Any]) -> list[str]:
+    """Which Sidecar scopes the proxy, and the services it therefore knows."""
+    if not isinstance(scope, dict):
+        return []  # a control plane from before Sidecars
+    if scope.get("sidecar") is None:
+        why = "a gateway: never scoped" if scope.get("gateway") else "no Sidecar applies"
+        return [f"Scope:           the whole mesh ({why})"]
+    egress = scope.get("egress")
+    mode = scope.get("outboundTrafficPolicy")
+    services = sorted(snap.get("services") or {})
+    external = sorted(snap.get("external") or {})
+    return [f"Scope:           Sidecar {scope['sidecar']} · egress "
+            f"{', '.join(egress) if egress is not None else '*/* (all)'}"
+            + (f" · outside hosts {mode}" if mode else ""),
+            f"In scope:        {len(services)} services: {', '.join(services) or '-'}"
+            + (f"; {len(external)} external hosts: {', '.join(external)}" if external else "")]
 
 
 def _peer_modes(snap: dict[str, Any]) -> list[str]:

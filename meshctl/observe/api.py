@@ -35,6 +35,7 @@ from meshctl.observe.ratelimitchecks import rate_limit_checks
 from meshctl.observe.routestats import routes_about, routes_report
 from meshctl.observe.samples import DST
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
+from meshctl.observe.sidecarchecks import scope_json, sidecar_checks
 from meshctl.observe.tapfanin import tap_many, top_rows
 
 STATIC = Path(__file__).parent / "static"
@@ -139,9 +140,11 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         peer_auths = [o.resource for o in await store.list("PeerAuthentication")]
         meshes = [o.resource for o in await store.list("MeshConfig")]
         policies = [o.resource for o in await store.list("DestinationPolicy")]
+        sidecars = [o.resource for o in await store.list("Sidecar")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
+                  *sidecar_checks(sidecars, routes, meshes, body),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 
@@ -207,6 +210,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             dump = await fetch_config_dump(observer.admin.call(proxy))
         except DumpUnavailable as exc:
             return json_error(502, "BadGateway", f"proxy {name!r}: {exc}")
+        sidecars = [o.resource for o in await request.app[STORE].list("Sidecar")]
+        dump["sidecarScope"] = scope_json(sidecars, proxy)
         return web.json_response(dump)
 
     async def page(_: web.Request) -> web.FileResponse:

@@ -1,0 +1,106 @@
+"""``meshctl check`` on Sidecars: ones selecting no sidecar, and Routes leaving a scope.
+
+A Sidecar whose selector matches no registered sidecar scopes nothing (a typo in a label is
+the usual cause). A Route in a Sidecar's scope whose backend or mirror names a service outside
+it sends that share to a service the scoped callers do not know: their sidecars answer it 503
+``no_healthy_upstream`` (and drop the mirror). Services are resolved as the control plane does
+(controlplane/names.py) over the registered sidecars, else by their host's form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from meshctl.api.hostnames import service_of
+from meshctl.api.kinds import MeshConfigSpec, RouteSpec
+from meshctl.api.sidecar import Scope, SidecarSpec
+from meshctl.controlplane.names import ServiceNames
+from meshctl.controlplane.scoping import sidecar_for
+from meshctl.observe.checks import Check, Group, sidecar_names
+
+
+def _selected(sidecar: Any, all_sidecars: list[Any], proxies: list[dict[str, Any]]) -> list[str]:
+    """Names of the registered sidecars that ``sidecar`` is the Sidecar of."""
+    return [str(p.get("name")) for p in proxies
+            if p.get("mode", "sidecar") == "sidecar" and sidecar_for(
+                all_sidecars, str(p.get("service")), str(p.get("namespace") or "default"),
+                p.get("labels") or {}) is sidecar]
+
+
+def _leaving(route: Any, scope: Scope, namespace: str, names: ServiceNames) -> list[str]:
+    """The backends and mirror of ``route`` (in ``scope``) naming services outside it."""
+    spec: RouteSpec = route.spec
+    found = names.resolve(spec.host, route.namespace) or service_of(spec.host, route.namespace)
+    if found is None:  # an outside host: in scope as its Route's namespace's
+        if not scope.sees_host(spec.host, route.namespace):
+            return []
+    elif route.namespace not in (namespace, found[1]) or not scope.sees_service(*found):
+        return []  # not in these callers' snapshots at all
+    out: list[str] = []
+    for i, rule in enumerate(spec.rules):
+        targets = [(f"spec.rules[{i}].backends[{j}]", b.service)
+                   for j, b in enumerate(rule.backends)]
+        if rule.mirror is not None:
+            targets.append((f"spec.rules[{i}].mirror", rule.mirror.service))
+        for path, service in targets:
+            if service is None:
+                continue
+            target = names.resolve(service, route.namespace) or service_of(service,
+                                                                           route.namespace)
+            if target is not None and not scope.sees_service(*target):
+                out.append(f"{path} {service} (service {target[0]} of namespace {target[1]})")
+    return out
+
+
+def scope_json(sidecars: list[Any], proxy: dict[str, Any]) -> dict[str, Any]:
+    """What ``meshctl proxy-config`` says of a proxy's scope: the Sidecar applying to it
+    (null: none, the whole mesh), its egress hosts (null: every host) and outbound mode."""
+    mode = str(proxy.get("mode") or "sidecar")
+    found = sidecar_for(sidecars, str(proxy.get("service")),
+                        str(proxy.get("namespace") or "default"), proxy.get("labels") or {}, mode)
+    if found is None or not isinstance(found.spec, SidecarSpec):
+        return {"sidecar": None, "gateway": mode == "gateway"}
+    hosts = found.spec.hosts
+    return {"sidecar": f"{found.namespace}/{found.name}",
+            "egress": None if hosts is None else [str(h) for h in hosts],
+            "outboundTrafficPolicy": found.spec.outbound_traffic}
+
+
+def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Iterable[Any],
+                   proxies: list[dict[str, Any]]) -> list[Group]:
+    """One check per Sidecar, one per Route sending outside a Sidecar's scope; no group
+    when there is no Sidecar."""
+    items = sorted((s for s in sidecars if isinstance(s.spec, SidecarSpec)),
+                   key=lambda s: (s.namespace, s.name))
+    if not items:
+        return []
+    mesh = next((m.spec for m in meshes if isinstance(m.spec, MeshConfigSpec)), MeshConfigSpec())
+    names = sidecar_names(proxies)
+    route_list = sorted((r for r in routes if isinstance(r.spec, RouteSpec)),
+                        key=lambda r: (r.namespace, r.name))
+    checks: list[Check] = []
+    for s in items:
+        name = f"Sidecar {s.namespace}/{s.name}"
+        selected = _selected(s, items, proxies)
+        what = ("namespace " + s.namespace if s.spec.labels is None else
+                ",".join(f"{k}={v}" for k, v in s.spec.labels) + " in " + s.namespace)
+        if not selected:
+            checks.append(Check(name, "warn", f"selects no registered sidecar ({what})",
+                                "check workloadSelector.labels against the sidecars' --labels "
+                                "(and app = their --service), and metadata.namespace"))
+        else:
+            checks.append(Check(name, "ok", f"scopes {len(selected)} sidecar(s) ({what})"))
+        if s.spec.hosts is None:
+            continue
+        scope = Scope(s.spec.hosts, s.namespace, mesh.trust_domain)
+        for r in route_list:
+            leaving = _leaving(r, scope, s.namespace, names)
+            if leaving:
+                checks.append(Check(
+                    f"Route {r.namespace}/{r.name} for {name}", "warn",
+                    "sends outside the Sidecar's egress hosts: " + "; ".join(leaving),
+                    "the sidecars it scopes do not know that service: they answer that share "
+                    "503 no_healthy_upstream (and drop a mirror); add its host to the "
+                    "Sidecar's egress hosts"))
+    return [Group("Sidecars", tuple(checks))]
