@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cpsim import sim_namespace
 from bench.procs import (
     CpuPlan,
     Running,
@@ -49,7 +50,7 @@ TARGETS = (("propagation p99 ms", 100, 200.0), ("propagation p99 ms", 1000, 1000
 SEED = """\
 apiVersion: ami.mesh/v1alpha1
 kind: DestinationPolicy
-metadata: {name: reviews}
+metadata: {name: reviews, namespace: %s}
 spec:
   host: reviews
   subsets:
@@ -58,10 +59,20 @@ spec:
 """
 
 
-def route_doc(v2_weight: int) -> dict[str, Any]:
+# With --sidecar: each namespace's sidecars know only its own services.
+SCOPE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Sidecar
+metadata: {name: default, namespace: %s}
+spec:
+  egress: [{hosts: ["./*"]}]
+"""
+
+
+def route_doc(v2_weight: int, namespace: str = "default") -> dict[str, Any]:
     """The reviews Route with ``100 - w`` to v1 and ``w`` to v2 (w is the round's marker)."""
     return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route",
-            "metadata": {"name": "reviews", "namespace": "default"},
+            "metadata": {"name": "reviews", "namespace": namespace},
             "spec": {"host": "reviews", "rules": [{"backends": [
                 {"subset": "v1", "weight": 100 - v2_weight},
                 {"subset": "v2", "weight": v2_weight}]}]}}
@@ -76,6 +87,18 @@ class SizePlan:
     per_worker: int
     timeout: float = 60.0
     full_parse: bool = False
+    namespaces: int = 1  # sims spread over ns-0..ns-K-1 (bench.cpsim.sim_namespace)
+    sidecar: bool = False  # a Sidecar `./*` in each namespace
+
+    @property
+    def route_namespace(self) -> str:
+        """The namespace of the reviews Route the rounds re-weight."""
+        return sim_namespace(0, self.namespaces)
+
+    @property
+    def endpoints(self) -> int:
+        """Endpoints in each sim's snapshot: all, or its namespace's when scoped."""
+        return self.sidecars // self.namespaces if self.sidecar else self.sidecars
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +147,12 @@ class Worker:
 
     @classmethod
     async def spawn(cls, target: str, first: int, count: int, *, ca_file: Path,
-                    cpus: str | None, full_parse: bool) -> Worker:
+                    cpus: str | None, full_parse: bool, namespaces: int = 1) -> Worker:
         argv = [sys.executable, "-m", "bench.cpsim", "--target", target, "--first", str(first),
                 "--count", str(count), "--ca-file", str(ca_file),
                 "--certs-dir", str(ca_file.parent),  # the CA dir holding the trust bundle
-                *(["--full-parse"] if full_parse else [])]
+                *(["--full-parse"] if full_parse else []),
+                *(["--namespaces", str(namespaces)] if namespaces > 1 else [])]
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         proc = await asyncio.create_subprocess_exec(
@@ -158,11 +182,17 @@ class Worker:
 class Plane:
     """A ``meshctl serve`` subprocess on free ports, seeded with the reviews policy and route."""
 
-    def __init__(self, run_dir: Path, cpus: str | None) -> None:
+    def __init__(self, run_dir: Path, cpus: str | None, plan: SizePlan | None = None) -> None:
         self.http_port, self.grpc_port = free_port(), free_port()
         config = run_dir / "mesh"
         config.mkdir(parents=True)
-        (config / "reviews.yaml").write_text(SEED + "---\n" + json.dumps(route_doc(0)) + "\n")
+        plan = plan or SizePlan(0, 0, 1)
+        self.namespace = plan.route_namespace
+        (config / "reviews.yaml").write_text(SEED % self.namespace + "---\n"
+                                             + json.dumps(route_doc(0, self.namespace)) + "\n")
+        if plan.sidecar:
+            (config / "sidecars.yaml").write_text("---\n".join(
+                SCOPE % sim_namespace(i * 10, plan.namespaces) for i in range(plan.namespaces)))
         argv = (sys.executable, "-m", "meshctl", "serve", "--config-dir", str(config),
                 "--state-dir", str(run_dir / "state"), "--listen", f"127.0.0.1:{self.http_port}",
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--warmup", "0",
@@ -186,7 +216,7 @@ class Plane:
     def set_marker(self, marker: int) -> str:
         """PUT the route with v2 weight ``marker``; returns the new resourceVersion."""
         assert self.client is not None
-        stored = self.client.update(route_doc(marker))
+        stored = self.client.update(route_doc(marker, self.namespace))
         return str(stored["metadata"]["resourceVersion"])
 
     def sync_ms(self, revision: str, timeout: float) -> float | None:
@@ -200,7 +230,10 @@ async def _round(plane: Plane, workers: list[Worker], marker: int, timeout: floa
     revision = await asyncio.to_thread(plane.set_marker, marker)
     t0 = time.monotonic()
     server = asyncio.create_task(asyncio.to_thread(plane.sync_ms, revision, timeout))
+    # the sims of the Route's namespace get the marker (in a mesh of several namespaces, the
+    # others have a reviews of their own); the server's sync waits for every sim
     replies = await asyncio.gather(*(w.ask({"cmd": "marker", "value": marker,
+                                            "namespace": plane.namespace,
                                             "timeout": timeout}) for w in workers))
     server_ms = await server
     acked = sum(int(r["acked"]) for r in replies)
@@ -213,7 +246,7 @@ async def _round(plane: Plane, workers: list[Worker], marker: int, timeout: floa
 async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, Any]:
     """Run one size end to end; the JSON entry for it."""
     cpus = cpu_plan(pin)
-    plane = Plane(run_dir, cpus.servers)
+    plane = Plane(run_dir, cpus.servers, plan)
     workers: list[Worker] = []
     try:
         await asyncio.to_thread(plane.wait_ready)
@@ -222,8 +255,9 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         for first in range(0, plan.sidecars, plan.per_worker):
             count = min(plan.per_worker, plan.sidecars - first)
             workers.append(await Worker.spawn(target, first, count, ca_file=plane.ca_file,
-                                              cpus=cpus.loadgen, full_parse=plan.full_parse))
-        synced = await asyncio.gather(*(w.ask({"cmd": "synced", "endpoints": plan.sidecars,
+                                              cpus=cpus.loadgen, full_parse=plan.full_parse,
+                                              namespaces=plan.namespaces))
+        synced = await asyncio.gather(*(w.ask({"cmd": "synced", "endpoints": plan.endpoints,
                                                "timeout": plan.timeout}) for w in workers))
         waiting = sum(int(r["waiting"]) for r in synced)
         if waiting:
@@ -232,6 +266,7 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
                                f"{plan.timeout:g}s: {errors[:3]}\n{plane.proc.log_tail()}")
         connect_s = time.monotonic() - t_start
         sim_pids = [w.proc.pid for w in workers]
+        before = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
         cpu0, sim_cpu0 = cpu_seconds([plane.proc.pid]), cpu_seconds(sim_pids)
         rounds = [await _round(plane, workers, marker, plan.timeout)
                   for marker in range(1, plan.rounds + 1)]
@@ -244,6 +279,12 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
             "cpu_s": round(cpu_s, 2), "sim_cpu_s": round(sim_cpu_s, 2),
             "connect_s": round(connect_s, 2), "workers": len(workers),
             "messages": sum(int(s["messages"]) for s in stats),
+            # snapshots pushed during the rounds (a scoped mesh pushes a change to fewer)
+            "round_messages": sum(int(s["messages"]) for s in stats)
+            - sum(int(s["messages"]) for s in before),
+            "snapshot_kb": round(sum(int(s["snapshot_bytes"]) for s in stats)
+                                 / plan.sidecars / 1024, 1),
+            "namespaces": plan.namespaces, "sidecar": plan.sidecar,
             "errors": [e for s in stats for e in s["errors"]][:5]})
     finally:
         await asyncio.gather(*(w.close() for w in workers))
@@ -281,12 +322,14 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
     """The table printed at the end of a run."""
-    lines = [f"{'sidecars':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'sync p99':>9} "
-             f"{'RSS MB':>7} {'RSS now':>8} {'CPU s':>6} {'sim CPU':>8} {'connect s':>9}"]
+    lines = [f"{'sidecars':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'sync p50':>9} "
+             f"{'sync p99':>9} {'snap KB':>8} {'RSS MB':>7} {'RSS now':>8} {'CPU s':>6} "
+             f"{'sim CPU':>8} {'connect s':>9}"]
     for s in sizes:
         p, q = s["propagation_ms"], s["server_sync_ms"]
         lines.append(f"{s['sidecars']:>8} {_f(p.get('p50')):>8} {_f(p.get('p99')):>8} "
-                     f"{_f(p.get('max')):>8} {_f(q.get('p99')):>9} {s['rss_mb']:>7.1f} "
+                     f"{_f(p.get('max')):>8} {_f(q.get('p50')):>9} {_f(q.get('p99')):>9} "
+                     f"{s.get('snapshot_kb', 0):>8.1f} {s['rss_mb']:>7.1f} "
                      f"{s['rss_now_mb']:>8.1f} {s['cpu_s']:>6.2f} {s['sim_cpu_s']:>8.2f} "
                      f"{s['connect_s']:>9.1f}")
     for t in targets:
@@ -308,6 +351,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--full-parse", action="store_true",
                         help="sims json.loads every whole snapshot (costs them ~2 ms each at "
                              "1000 sidecars; default: decode the routes, count endpoints)")
+    parser.add_argument("--namespaces", type=int, default=1,
+                        help="spread the sims over K namespaces ns-0.. (default 1: default); "
+                             "the rounds re-weight ns-0's reviews Route")
+    parser.add_argument("--sidecar", action="store_true",
+                        help="apply a Sidecar egress ./* in each namespace (each sidecar knows "
+                             "its own namespace only); sizes must be multiples of 10 x K")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--run-dir", type=Path, default=None, help="scratch dir (default: temp)")
     parser.add_argument("--no-pin", action="store_true",
@@ -322,8 +371,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         root = args.run_dir or Path(tmp)
         for n in (int(x) for x in args.sizes.split(",")):
             rounds = args.rounds or (10 if n >= 1000 else 20)
+            if args.sidecar and n % (10 * args.namespaces):
+                raise SystemExit(f"--sidecar: size {n} is not a multiple of 10 x "
+                                 f"{args.namespaces} (each namespace needs whole runs of ten)")
             plan = SizePlan(n, rounds, args.per_worker, timeout=max(60.0, n * 0.1),
-                            full_parse=args.full_parse)
+                            full_parse=args.full_parse, namespaces=args.namespaces,
+                            sidecar=args.sidecar)
             print(f"-- {n} sidecars, {rounds} rounds, "
                   f"{math.ceil(n / args.per_worker)} sim process(es)", file=sys.stderr)
             sizes.append(await measure(plan, root / f"n{n}", pin=not args.no_pin))

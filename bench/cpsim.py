@@ -44,13 +44,21 @@ class SimIdentity:
     service: str
     version: str
     inbound: str
+    namespace: str = "default"
 
 
-def sim_identity(index: int, base_port: int = 20000) -> SimIdentity:
+def sim_namespace(index: int, namespaces: int) -> str:
+    """`default` in a one-namespace mesh, else `ns-K`: each run of ten sims (one of every
+    service) in one namespace, the runs dealt round the namespaces."""
+    return "default" if namespaces <= 1 else f"ns-{(index // len(_KINDS)) % namespaces}"
+
+
+def sim_identity(index: int, base_port: int = 20000, namespaces: int = 1) -> SimIdentity:
     """Distinct name and inbound address; services cycle through reviews v1/v2 and svc-0..7."""
     service, version = _KINDS[index % len(_KINDS)]
     port = base_port + index
-    return SimIdentity(f"{service}-{version}-{port}", service, version, f"127.0.0.1:{port}")
+    return SimIdentity(f"{service}-{version}-{port}", service, version, f"127.0.0.1:{port}",
+                       sim_namespace(index, namespaces))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,7 @@ class SimSidecar:
     messages: int = 0
     errors: list[str] = field(default_factory=list)
     last_version: str = ""
+    last_bytes: int = 0  # size of the last snapshot ACKed
 
     async def run(self, target: str, ca_pem: bytes | None = None, token: str = "") -> None:
         """Stream (TLS verified with ``ca_pem`` when given; registering with ``token``, the
@@ -120,7 +129,8 @@ class SimSidecar:
             call = stub.StreamConfig()
             ident = self.ident
             await call.write(mesh_pb2.ProxyMessage(register=mesh_pb2.Register(
-                name=ident.name, service=ident.service, labels={"version": ident.version},
+                name=ident.name, service=ident.service, namespace=ident.namespace,
+                labels={"version": ident.version},
                 inbound=ident.inbound, outbound="127.0.0.1:15001", admin="",
                 mode="sidecar", ready=True, token=token)))
             try:
@@ -154,6 +164,7 @@ class SimSidecar:
             return mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
                 version=msg.version, nonce=msg.nonce, error=error)), None
         self.last_version = msg.version
+        self.last_bytes = len(msg.snapshot_json)
         return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=msg.version,
                                                       nonce=msg.nonce)), facts
 
@@ -170,11 +181,12 @@ class Fleet:
 
     def __init__(self, target: str, first: int, count: int, *, ca_pem: bytes | None = None,
                  full_parse: bool = False, clock: Clock = time.monotonic,
-                 tokens: BootstrapTokens | None = None) -> None:
+                 tokens: BootstrapTokens | None = None, namespaces: int = 1) -> None:
         self.target, self.ca_pem, self.tokens = target, ca_pem, tokens
         self._changed = asyncio.Event()
         parse = snapshot_facts if full_parse else light_snapshot_facts
-        self.sims = [SimSidecar(sim_identity(i), clock, self._changed.set, parse)
+        self.sims = [SimSidecar(sim_identity(i, namespaces=namespaces), clock,
+                                self._changed.set, parse)
                      for i in range(first, first + count)]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -184,7 +196,8 @@ class Fleet:
                        for s in self.sims]
 
     def _token(self, sim: SimSidecar) -> str:
-        return self.tokens.token_for("default", sim.ident.service) if self.tokens else ""
+        return (self.tokens.token_for(sim.ident.namespace, sim.ident.service) if self.tokens
+                else "")
 
     async def stop(self) -> None:
         """Cancel every stream."""
@@ -213,7 +226,8 @@ class Fleet:
 
 async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
     """``synced``: every sim ACKed a snapshot with ``endpoints`` endpoints; ``marker``: every
-    sim ACKed one with that reviews v2 weight (reply: last ACK time, CLOCK_MONOTONIC)."""
+    sim (of ``namespace``, when given: the Route's, whose reviews it re-weights) ACKed one with
+    that reviews v2 weight (reply: last ACK time, CLOCK_MONOTONIC)."""
     timeout = float(cmd.get("timeout", 30.0))
     if cmd["cmd"] == "synced":
         want = int(cmd["endpoints"])
@@ -221,12 +235,16 @@ async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
         return {"waiting": waiting, "errors": fleet.errors()[:5]}
     if cmd["cmd"] == "marker":
         marker = int(cmd["value"])
-        waiting = await fleet.wait_for(lambda s: marker in s.marker_acked, timeout)
-        times = [s.marker_acked[marker] for s in fleet.sims if marker in s.marker_acked]
+        namespace = cmd.get("namespace")
+        sims = [s for s in fleet.sims if namespace is None or s.ident.namespace == namespace]
+        waiting = await fleet.wait_for(
+            lambda s: marker in s.marker_acked or s not in sims, timeout)
+        times = [s.marker_acked[marker] for s in sims if marker in s.marker_acked]
         return {"waiting": waiting, "acked": len(times), "last_ack": max(times, default=None),
                 "first_ack": min(times, default=None), "errors": fleet.errors()[:5]}
     if cmd["cmd"] == "stats":
         return {"messages": sum(s.messages for s in fleet.sims), "errors": fleet.errors()[:5],
+                "snapshot_bytes": sum(s.last_bytes for s in fleet.sims),
                 "error_count": len(fleet.errors())}
     return {"error": f"unknown command {cmd['cmd']!r}"}
 
@@ -238,7 +256,7 @@ async def _worker(args: argparse.Namespace) -> None:
     ca_pem = args.ca_file.read_bytes() if args.ca_file else None
     tokens = BootstrapTokens.load(args.certs_dir) if args.certs_dir else None
     fleet = Fleet(args.target, args.first, args.count, ca_pem=ca_pem,
-                  full_parse=args.full_parse, tokens=tokens)
+                  full_parse=args.full_parse, tokens=tokens, namespaces=args.namespaces)
     fleet.start()
     try:
         while line := await reader.readline():
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                              "token, derived from its secret")
     parser.add_argument("--full-parse", action="store_true",
                         help="json.loads every whole snapshot (default: routes only)")
+    parser.add_argument("--namespaces", type=int, default=1,
+                        help="spread the sims over ns-0..ns-K-1 (default 1: all in default)")
     args = parser.parse_args(argv)
     asyncio.run(_worker(args))
     return 0

@@ -65,3 +65,25 @@ def test_smoke_run_every_sim_receives_every_change(tmp_path: Path) -> None:
     assert size["server_sync_ms"]["max"] > 0
     assert size["rss_mb"] > 0 and size["cpu_s"] > 0
     assert "5" in proc.stdout and "p99" in proc.stdout
+
+
+def test_smoke_run_scoped_by_a_sidecar_per_namespace(tmp_path: Path) -> None:
+    """40 sims over 2 namespaces, with and without `--sidecar`: the 20 of ns-0 get each
+    change; scoped, each snapshot lists its namespace's 20 endpoints (not 40), so it is
+    smaller, and only ns-0's sims are pushed the change."""
+    sizes = {}
+    for scoped in (False, True):
+        out = tmp_path / f"cp-{scoped}.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.controlplane", "--sizes", "40", "--rounds", "2",
+             "--namespaces", "2", *(["--sidecar"] if scoped else []),
+             "--json", str(out), "--run-dir", str(tmp_path / f"run-{scoped}")],
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (sizes[scoped],) = json.loads(out.read_text())["sizes"]
+    for size in sizes.values():
+        assert size["acked_per_round"] == [20, 20] and size["errors"] == []
+    assert sizes[True]["snapshot_kb"] < 0.7 * sizes[False]["snapshot_kb"]
+    # one push per change: to all 40, or to ns-0's 20
+    assert sizes[False]["round_messages"] == 2 * 40
+    assert sizes[True]["round_messages"] == 2 * 20
