@@ -1,7 +1,8 @@
 """Builds each proxy's snapshot (the format of docs/design.md) from resources and the registry.
 
 The parts every proxy of a namespace shares (``mesh``, ``services``, ``routes``) are serialized
-once per build and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
+once per build (per namespace, and per Sidecar resource scoping some of its proxies to the
+hosts it names: meshctl.api.sidecar) and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
 re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed order (``mesh``,
 ``services``, ``routes``, ``external`` when an ExternalService exists, then the proxy's own
 ``gateway``, ``inbound``, ``node``, ``telemetry`` when a Telemetry applies) and every
