@@ -139,6 +139,11 @@ def test_a_scoped_sidecar_gets_no_route_for_the_other_namespace(mesh: dict[str, 
         assert "In scope:        2 services: api, web" in shown.stdout
         other = meshctl(mesh, "proxy-config", mesh["names"]["web-b"]).stdout
         assert "Scope:           the whole mesh (no Sidecar applies)" in other
+        listed = meshctl(mesh, "get", "sc", "-n", "a").stdout.splitlines()
+        assert listed[0].split()[:4] == ["NAME", "SELECTOR", "EGRESS", "OUTBOUND"]
+        assert listed[1].split()[:4] == ["default", "<namespace>", "./*", "(mesh)"]
+        described = meshctl(mesh, "describe", "sidecar", "default", "-n", "a")
+        assert "Kind:              Sidecar" in described.stdout, described.stderr
     finally:
         delete(mesh, "sidecar", "default", "a")
     assert call(out["a"], "api.b")[2] == b"b-api"  # scope gone: reachable again
