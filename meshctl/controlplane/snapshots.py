@@ -2,15 +2,15 @@
 
 The parts every proxy of a namespace shares (``mesh``, ``services``, ``routes``) are serialized
 once per build (per namespace, and per Sidecar resource scoping some of its proxies to the
-hosts it names: meshctl.api.sidecar) and spliced into each proxy's JSON, so a pass over 1,000 proxies does not
-re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed order (``mesh``,
-``services``, ``routes``, ``external`` when an ExternalService exists, then the proxy's own
-``gateway``, ``inbound``, ``node``, ``telemetry`` when a Telemetry applies) and every
-list is sorted, so equal content gives equal bytes and the version (first 12 hex digits of the
-sha256 of those bytes) changes only when the content does. Services come before the routes
-that use them; a route naming a subset with no endpoints still applies (the proxy answers
-``no_healthy_upstream``). ``app`` and ``listeners`` are not pushed: the proxy knows them from
-its command line.
+hosts it names: meshctl.api.sidecar) and spliced into each proxy's JSON, so a pass over
+1,000 proxies does not re-serialize 1,000 endpoint lists 1,000 times. Keys appear in a fixed
+order (``mesh``, ``services``, ``routes``, ``external`` when an ExternalService exists, then
+the proxy's own ``gateway``, ``inbound``, ``node``, ``telemetry`` when a Telemetry applies)
+and every list is sorted, so equal content gives equal bytes and the version (first 12 hex
+digits of the sha256 of those bytes) changes only when the content does. Services come before
+the routes that use them; a route naming a subset with no endpoints still applies (the proxy
+answers ``no_healthy_upstream``). ``app`` and ``listeners`` are not pushed: the proxy knows
+them from its command line.
 """
 
 from __future__ import annotations
