@@ -1,9 +1,10 @@
 """Sidecar scoping with real parts: a control plane, sidecars and apps (mTLS on) in namespaces
 a and b, an `api` and a caller `web` in each. With a's Sidecar `egress: ["./*"]`, a's callers
-get `404 no_route` for b's services (reachable without it); a change to b's Routes pushes
-nothing to a's scoped sidecars (their versions stay) while a change in a does; `meshctl check`
-warns of a Sidecar selecting nothing and of a Route sending outside a scope; an invalid Sidecar
-is refused by `apply` and `validate` with its field path."""
+get `404 no_route` for b's services (reachable without it), and `meshctl check` names the
+calls they made outside the scope; a change to b's Routes pushes nothing to a's scoped
+sidecars (their versions stay) while a change in a does; `meshctl check` warns of a Sidecar
+selecting nothing and of a Route sending outside a scope; an invalid Sidecar is refused by
+`apply` and `validate` with its field path."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         cp = start_control_plane(tmp, warmup=0.0)
         procs.append(cp)
+        outside = start_backend(tmp, "outside")  # a host outside the mesh, on this machine
+        procs.append(outside)
         names: dict[str, str] = {}
         outbound: dict[str, str] = {}
         for ns in ("a", "b"):
@@ -76,7 +79,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             names[f"api-{ns}"], names[f"web-{ns}"] = api.info["name"], web.info["name"]
             outbound[ns] = f"http://{web.info['outbound']}/"
         wait_for(lambda: all_synced(cp, set(names.values())), 30, "all proxies synced")
-        yield {"cp": cp, "names": names, "outbound": outbound}
+        yield {"cp": cp, "names": names, "outbound": outbound,
+               "outside": outside.info["address"].replace("127.0.0.1", "localhost")}
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -144,9 +148,33 @@ def test_a_scoped_sidecar_gets_no_route_for_the_other_namespace(mesh: dict[str, 
         assert listed[1].split()[:4] == ["default", "<namespace>", "./*", "(mesh)"]
         described = meshctl(mesh, "describe", "sidecar", "default", "-n", "a")
         assert "Kind:              Sidecar" in described.stdout, described.stderr
+
+        def warned() -> str | None:  # once the control plane has scraped web-a's metrics
+            text = meshctl(mesh, "check").stdout
+            return text if "Service web of a (Sidecar a/default)" in text else None
+        line = next(x for x in wait_for(warned, 30, "check warns of the calls").splitlines()
+                    if "Service web of a" in x)
+        assert ("called hosts outside the Sidecar's egress hosts (404 no_route): api.b (1 "
+                "requests), api.b.svc.cluster.local (1 requests)") in line
     finally:
         delete(mesh, "sidecar", "default", "a")
     assert call(out["a"], "api.b")[2] == b"b-api"  # scope gone: reachable again
+
+
+def test_a_sidecars_outbound_traffic_policy_applies_to_the_sidecars_it_selects(
+        mesh: dict[str, Any]) -> None:
+    """The mesh is REGISTRY_ONLY; a's Sidecar says ALLOW_ANY: a's callers reach an outside
+    host directly, b's still get 404 no_route for it."""
+    out, outside = mesh["outbound"], mesh["outside"]
+    assert call(out["a"], outside)[:2] == (404, "no_route")
+    apply_synced(mesh, SCOPE_A + "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n")
+    try:
+        assert call(out["a"], outside) == (200, "", b"outside")
+        assert call(out["b"], outside)[:2] == (404, "no_route")
+        assert call(out["a"], "api.b.svc.cluster.local")[:2] == (404, "no_route")  # (a .svc
+        # name of no service it knows never leaves the mesh, as under ALLOW_ANY without scope)
+    finally:
+        delete(mesh, "sidecar", "default", "a")
 
 
 def test_a_change_outside_the_scope_is_not_pushed_to_scoped_sidecars(

@@ -144,7 +144,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
-                  *sidecar_checks(sidecars, routes, meshes, body),
+                  *sidecar_checks(sidecars, routes, meshes, body, scraper.window.latest),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 

@@ -1,15 +1,17 @@
-"""``meshctl check`` on Sidecars: ones selecting no sidecar, and Routes leaving a scope.
+"""``meshctl check`` on Sidecars: selecting nothing, Routes and calls leaving a scope.
 
 A Sidecar whose selector matches no registered sidecar scopes nothing (a typo in a label is
 the usual cause). A Route in a Sidecar's scope whose backend or mirror names a service outside
 it sends that share to a service the scoped callers do not know: their sidecars answer it 503
-``no_healthy_upstream`` (and drop the mirror). Services are resolved as the control plane does
-(controlplane/names.py) over the registered sidecars, else by their host's form.
+``no_healthy_upstream`` (and drop the mirror). A scoped sidecar's own metrics tell which mesh
+services outside its scope its app called (``404 no_route`` rows, by the host as written).
+Services are resolved as the control plane does (controlplane/names.py) over the registered
+sidecars, else by their host's form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from meshctl.api.hostnames import service_of
@@ -18,6 +20,7 @@ from meshctl.api.sidecar import Scope, SidecarSpec
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.scoping import sidecar_for
 from meshctl.observe.checks import Check, Group, sidecar_names
+from meshctl.observe.samples import DST, FLAGS, REPORTER, Scrape
 
 
 def _selected(sidecar: Any, all_sidecars: list[Any], proxies: list[dict[str, Any]]) -> list[str]:
@@ -67,10 +70,42 @@ def scope_json(sidecars: list[Any], proxy: dict[str, Any]) -> dict[str, Any]:
             "outboundTrafficPolicy": found.spec.outbound_traffic}
 
 
+def _calls_outside(sidecar: Any, scope: Scope, names: ServiceNames,
+                   proxies: list[dict[str, Any]], all_sidecars: list[Any],
+                   latest: Callable[[str], Scrape | None]) -> list[Check]:
+    """Per service ``sidecar`` scopes: the mesh services outside the scope its sidecars'
+    apps called (their `404 no_route` requests since each sidecar started)."""
+    called: dict[str, dict[str, float]] = {}  # source service -> host as written -> count
+    namespace: str = sidecar.namespace
+    for p in proxies:
+        name = str(p.get("name"))
+        if p.get("mode", "sidecar") != "sidecar" or sidecar_for(
+                all_sidecars, str(p.get("service")), str(p.get("namespace") or "default"),
+                p.get("labels") or {}) is not sidecar:
+            continue
+        scrape = latest(name)
+        for key, count in (scrape.requests.items() if scrape is not None else ()):
+            if key[REPORTER] != "source" or key[FLAGS] != "no_route" or count <= 0:
+                continue
+            host = key[DST].partition(":")[0]  # (an IPv6 literal is no mesh name anyway)
+            found = names.resolve(host, namespace)
+            if found is not None and not scope.sees_service(*found):
+                hosts = called.setdefault(str(p.get("service")), {})
+                hosts[host] = hosts.get(host, 0.0) + count
+    return [Check(f"Service {service} of {namespace} (Sidecar {namespace}/{sidecar.name})",
+                  "warn", "called hosts outside the Sidecar's egress hosts (404 no_route): "
+                  + ", ".join(f"{h} ({int(n)} requests)" for h, n in sorted(hosts.items())),
+                  "if it needs them, add them to the Sidecar's egress hosts (e.g. 'b/api' "
+                  "or 'b/*')")
+            for service, hosts in sorted(called.items())]
+
+
 def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Iterable[Any],
-                   proxies: list[dict[str, Any]]) -> list[Group]:
-    """One check per Sidecar, one per Route sending outside a Sidecar's scope; no group
-    when there is no Sidecar."""
+                   proxies: list[dict[str, Any]],
+                   latest: Callable[[str], Scrape | None] = lambda name: None) -> list[Group]:
+    """One check per Sidecar, one per Route sending outside a Sidecar's scope and one per
+    scoped service that called outside it (``latest``: a proxy's last metrics scrape); no
+    group when there is no Sidecar."""
     items = sorted((s for s in sidecars if isinstance(s.spec, SidecarSpec)),
                    key=lambda s: (s.namespace, s.name))
     if not items:
@@ -94,6 +129,7 @@ def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Itera
         if s.spec.hosts is None:
             continue
         scope = Scope(s.spec.hosts, s.namespace, mesh.trust_domain)
+        checks += _calls_outside(s, scope, names, proxies, items, latest)
         for r in route_list:
             leaving = _leaving(r, scope, s.namespace, names)
             if leaving:
