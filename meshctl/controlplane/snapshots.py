@@ -146,14 +146,16 @@ class SnapshotBuilder:
         # (namespace, Sidecar name or None) -> ('{"mesh":..,"services":..,"routes":..,'
         # bytes, its sha256 so far)
         self._shared: dict[tuple[str, str | None], tuple[bytes, Any]] = {}
-        self._sidecars = self._by_kind.get("Sidecar", [])
+        self._sidecars: dict[str, list[Resource]] = {}  # by namespace
+        for r in self._by_kind.get("Sidecar", []):
+            self._sidecars.setdefault(r.namespace, []).append(r)
 
     def sidecar(self, proxy: ProxyInfo) -> Resource | None:
         """The Sidecar resource scoping ``proxy``, if any (meshctl.controlplane.scoping)."""
-        if not self._sidecars:  # meshes without one: no per-proxy lookup at all
+        own = self._sidecars.get(proxy.namespace)
+        if not own:  # namespaces without one: no per-proxy lookup at all
             return None
-        return sidecar_for(self._sidecars, proxy.service, proxy.namespace, proxy.labels,
-                           proxy.mode)
+        return sidecar_for(own, proxy.service, proxy.namespace, proxy.labels, proxy.mode)
 
     def build(self, proxy: ProxyInfo) -> BuiltSnapshot:
         """The snapshot for ``proxy``."""
