@@ -200,7 +200,7 @@ def test_a_change_outside_the_scope_is_not_pushed_to_scoped_sidecars(
 
 
 def test_check_warns_of_a_sidecar_selecting_nothing_and_a_route_leaving_a_scope(
-        mesh: dict[str, Any]) -> None:
+        mesh: dict[str, Any], tmp_path: Path) -> None:
     nothing = SCOPE_A.replace("name: default", "name: typo").replace(
         "spec:\n", "spec:\n  workloadSelector: {labels: {app: wbe}}\n")
     # a's callers see b's `api`, whose Route sends 10% to b's `web`, which they do not see.
@@ -213,8 +213,17 @@ spec:
   host: api
   rules: [{backends: [{weight: 90}, {service: web, weight: 10}]}]
 """
-    apply_synced(mesh, scope + "---\n" + nothing + "---\n" + leaving)
+    apply_synced(mesh, leaving)
+    path = tmp_path / "sidecars.yaml"
+    path.write_text(scope + "---\n" + nothing)
     try:
+        applied = meshctl(mesh, "apply", "-f", str(path))
+        assert applied.returncode == 0, applied.stderr
+        assert [line for line in applied.stderr.splitlines() if "warning" in line] == [
+            "warning: Sidecar a/typo: selects no registered sidecar of namespace a with app=wbe "
+            "(labels are a sidecar's --labels and app = its --service; see "
+            "docs/resources.md#sidecar)"]
+        sync(mesh, http_json(f"{mesh['cp'].info['api']}/api/v1/proxies")[1]["storeVersion"])
         done = meshctl(mesh, "check")
         lines = done.stdout.splitlines()
         assert any("Sidecar a/typo" in line and "selects no registered sidecar" in line

@@ -244,10 +244,10 @@ def run_apply(args: argparse.Namespace) -> int:
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
     """Applied Routes of TCP services with fields their connections never see, Gateway
     passthrough entries to HTTP services, DestinationPolicy rate limits no sidecar
-    enforces and PeerAuthentication portLevelMtls ports no selected sidecar serves; the
-    proxies are asked which services are TCP (and where services live) only when some Route
-    has such a field, some Gateway passes TLS through, some policy has a rateLimit or some
-    PeerAuthentication a portLevelMtls."""
+    enforces, PeerAuthentication portLevelMtls ports no selected sidecar serves and Sidecars
+    selecting no sidecar; the proxies are asked which services are TCP (and where services
+    live) only when some Route has such a field, some Gateway passes TLS through, some policy
+    has a rateLimit, some PeerAuthentication a portLevelMtls or some Sidecar is applied."""
     from meshctl.api.kinds import GatewaySpec, RouteSpec
     from meshctl.api.peerauthn import PeerAuthenticationSpec
     from meshctl.api.policy import DestinationPolicySpec
@@ -255,6 +255,7 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
     from meshctl.observe.checks import passthrough_warnings, tcp_route_warnings
     from meshctl.observe.peerchecks import port_warnings
     from meshctl.observe.ratelimitchecks import rate_limit_warnings
+    from meshctl.observe.sidecarchecks import sidecar_warnings
 
     routes = [r for r in resources
               if isinstance(r.spec, RouteSpec) and http_only_fields(r.spec.rules)]
@@ -263,7 +264,8 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
                and r.spec.policy.rate_limit is not None]
     ported = [r for r in resources if isinstance(r.spec, PeerAuthenticationSpec)
               and r.spec.ports]
-    if not routes and not gateways and not limited and not ported:
+    sidecars = [r for r in resources if r.kind == "Sidecar"]
+    if not routes and not gateways and not limited and not ported and not sidecars:
         return []
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
@@ -272,7 +274,8 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
         return rate_limit_warnings(limited, [])
     proxies = list(answer.get("proxies") or [])
     return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
-            *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies)]
+            *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies),
+            *sidecar_warnings(sidecars, proxies)]
 
 
 def _error_text(answer: Any) -> str:

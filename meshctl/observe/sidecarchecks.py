@@ -140,3 +140,17 @@ def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Itera
                     "503 no_healthy_upstream (and drop a mirror); add its host to the "
                     "Sidecar's egress hosts"))
     return [Group("Sidecars", tuple(checks))]
+
+
+def sidecar_warnings(sidecars: Iterable[Any], proxies: list[dict[str, Any]]) -> list[str]:
+    """``meshctl apply``'s warnings: the applied Sidecars whose selector matches no registered
+    sidecar of their namespace (a label typo scopes nothing)."""
+    return [f"Sidecar {s.namespace}/{s.name}: selects no registered sidecar of namespace "
+            f"{s.namespace}" + ("" if s.spec.labels is None else " with " + ",".join(
+                f"{k}={v}" for k, v in s.spec.labels)) + " (labels are a sidecar's --labels "
+            "and app = its --service; see docs/resources.md#sidecar)"
+            for s in sidecars if isinstance(s.spec, SidecarSpec) and not any(
+                p.get("mode", "sidecar") == "sidecar"
+                and str(p.get("namespace") or "default") == s.namespace
+                and s.spec.selects(str(p.get("service")), p.get("labels") or {})
+                for p in proxies)]
