@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
 from proxy.localityview import locality_view
+from proxy.loglevels import LEVELS, LevelError, LogLevels
 from proxy.metrics import IdentityCollector, build_registry
 from proxy.panicview import panic_view
 from proxy.tap import TapHub, tap_handler
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
+
+log = logging.getLogger("ami.proxy.admin")
 
 
 def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
@@ -87,6 +91,35 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         server.set_access_log(value == "true")
         return json_response({"access_log": server.access_log_enabled})
 
+    levels = LogLevels(server.log_levels_changed)
+
+    async def get_log_levels(_: Request) -> Response:
+        return json_response({"loggers": levels.levels()})
+
+    async def set_log_levels(request: Request) -> Response:
+        query = dict(request.query)
+        reset = query.pop("reset", None)
+        if reset not in (None, "true"):
+            return json_response({"error": "use reset=true"}, 400)
+        if reset is None and not query:
+            return json_response({"error": "say what to change: level=LEVEL (all of Ami's "
+                                           "loggers), LOGGER=LEVEL, or reset=true",
+                                  "loggers": list(levels.names()), "levels": list(LEVELS)},
+                                 400)
+        try:
+            changes = levels.parse(query)  # all checked before anything changes
+        except LevelError as exc:
+            return json_response({"error": str(exc), "loggers": list(levels.names()),
+                                  "levels": list(LEVELS)}, 400)
+        if reset is not None:
+            levels.reset()
+        levels.apply(changes)
+        # said at WARNING so that it shows at any level but error: who turned DEBUG on, when
+        log.warning("log levels changed from the admin listener: %s",
+                    ", ".join([*(["reset"] if reset else []),
+                               *(f"{n}={v}" for n, v in query.items())]))
+        return json_response({"loggers": levels.levels()})
+
     return {
         ("GET", "/metrics"): metrics,
         ("GET", "/healthz"): healthz,
@@ -95,6 +128,8 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         ("GET", "/stats"): stats,
         ("POST", "/shutdown"): shutdown,
         ("POST", "/logging/access"): access_log,
+        ("GET", "/logging"): get_log_levels,
+        ("POST", "/logging"): set_log_levels,
         ("GET", "/tap"): tap_handler(TapHub(server)),
     }
 
@@ -113,7 +148,7 @@ def _jsonable(value: Any) -> Any:
 
 # Routes that act on the proxy or show its traffic and config: loopback or the control plane.
 PRIVILEGED = frozenset({("POST", "/shutdown"), ("POST", "/logging/access"), ("GET", "/tap"),
-                        ("GET", "/config_dump")})
+                        ("GET", "/config_dump"), ("POST", "/logging")})
 
 
 async def start_admin(server: ProxyServer, host: str, port: int, *,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
 
 if TYPE_CHECKING:
@@ -15,6 +17,9 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.routing import Router
     from proxy.sniroutes import SniRoutes
+
+router_log = logging.getLogger("ami.proxy.router")
+connection_log = logging.getLogger("ami.proxy.connection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,21 @@ class Listener:
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
         self.counting_rules = False  # `record` is record_rules (see use)
+        # DEBUG lines, decided when levels change (set_debug), never per request: each
+        # request's routing line (`record` is then record_debug) and connections opened/closed
+        self.debug_requests = False
+        self.debug_connections = False
+        self._record_swapped = False  # `record` is an instance attribute (see _choose_record)
         self.use(router)
+        self.set_debug()
+
+    def set_debug(self) -> None:
+        """Read the levels of ami.proxy.router and ami.proxy.connection (after a change)."""
+        self.debug_connections = debug_on("ami.proxy.connection")
+        requests = debug_on("ami.proxy.router")
+        if requests != self.debug_requests:
+            self.debug_requests = requests
+            self._choose_record()
 
     def use(self, router: Router) -> None:
         """Route new requests with ``router`` (one assignment: in-flight ones keep theirs).
@@ -76,13 +95,22 @@ class Listener:
         """
         self.router = router
         if router.counts_rules != self.counting_rules:
-            # (an instance attribute set or deleted: never read through __dict__, which
-            # would turn this object's attributes into a plain dict, slower on every request)
             self.counting_rules = router.counts_rules
-            if router.counts_rules:
-                self.record = self.record_rules  # type: ignore[method-assign]
-            else:
-                del self.record
+            self._choose_record()
+
+    def _choose_record(self) -> None:
+        """`record` for the current rules and levels: the class's own when neither named
+        rules nor ami.proxy.router's DEBUG want more, so those cost nothing per request."""
+        # (an instance attribute set or deleted: never read through __dict__, which would
+        # turn this object's attributes into a plain dict, slower on every request)
+        chosen = (self.record_debug if self.debug_requests
+                  else self.record_rules if self.counting_rules else None)
+        if chosen is not None:
+            self.record = chosen  # type: ignore[method-assign]
+            self._record_swapped = True
+        elif self._record_swapped:
+            del self.record
+            self._record_swapped = False
 
     def admit(self, conn: DownstreamProtocol) -> bool:
         if len(self.connections) >= self.limits.max_connections:
@@ -90,14 +118,25 @@ class Listener:
         self.connections.add(conn)
         self.stats.connections_active[self.kind] += 1
         self.stats.connections_total[self.kind] += 1
+        if self.debug_connections:
+            self._log_connection(conn, "opened")
         return True
 
     def release(self, conn: DownstreamProtocol) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
             self.stats.connections_active[self.kind] -= 1
+            if self.debug_connections:
+                self._log_connection(conn, "closed")
         if self.quiet is not None:
             self.check_quiet()
+
+    def _log_connection(self, conn: DownstreamProtocol, what: str) -> None:
+        peer = conn.client_ip.decode("latin-1")
+        if conn.peer_identity is not None:
+            peer += f" ({conn.peer_identity})"
+        connection_log.debug("%s connection from %s %s (%s); %d open", self.kind, peer, what,
+                             conn.security, len(self.connections))
 
     def check_quiet(self) -> None:
         """Called while draining whenever a request ends or a connection closes."""
@@ -162,6 +201,13 @@ class Listener:
         counter = decision.counter if decision is not None else None
         if counter is not None:
             counter.record(ex, duration_ms)  # the same duration as its ami_requests series
+        return duration_ms
+
+    def record_debug(self, ex: Exchange) -> float:
+        """``record`` (or ``record_rules``), then the request's DEBUG line."""
+        duration_ms = (self.record_rules(ex) if self.counting_rules
+                       else Listener.record(self, ex))
+        router_log.debug("%s", request_line(self.kind, ex, duration_ms))
         return duration_ms
 
     def record_rejection(self, conn: DownstreamProtocol, reason: str,
@@ -263,6 +309,18 @@ class FilterView:
 
     def __init__(self, status: int, flags: str, authority: str | None = None) -> None:
         self.status, self.flags, self.authority = status, flags, authority or ""
+
+
+def request_line(kind: str, ex: Exchange, duration_ms: float) -> str:
+    """One request as ami.proxy.router's DEBUG tells it: what came in, which rule and backend
+    took it, which endpoint answered, and how."""
+    decision, backend, pool = ex.decision, ex.backend, ex.pool
+    rule = getattr(decision.rule, "name", None) if decision is not None else None
+    where = ("no route" if backend is None
+             else f"{backend.service}{'/' + backend.subset if backend.subset else ''}")
+    return (f"{kind} {ex.method.decode('latin-1')} {ex.authority}{ex.path} "
+            f"rule={rule or '-'} -> {where} endpoint={pool.address if pool else '-'} "
+            f"status={ex.status} reason={ex.flags} {ex.protocol} {duration_ms:.1f}ms")
 
 
 def _abort_all(conns: list[DownstreamProtocol]) -> None:

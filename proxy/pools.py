@@ -15,10 +15,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.policy import ConnectionPool
+from proxy.loglevels import debug_on
 from proxy.origination import check_h2
 from proxy.upstream import TlsUpstreamConnection, UpstreamConnection
 
 log = logging.getLogger("ami.proxy")
+pool_log = logging.getLogger("ami.proxy.pool")
+_debug = False  # ami.proxy.pool logs DEBUG: set by set_debug when levels change
 _QUICK_CLOSE = 1.0  # seconds: below any sane keep-alive timeout
 _MAX_HEAD_BYTES = 64 * 1024  # proxy.listener.Limits.max_header_bytes's default
 _DEFAULT_POOL = ConnectionPool()  # idle/connect timeouts when no connectionPool is declared
@@ -219,6 +222,9 @@ class EndpointPool:
         except ValueError:
             return
         self.connections -= 1
+        if _debug:
+            pool_log.debug("%s: HTTP/2 connection closed; %d open", self.address,
+                           self.connections)
 
     async def _connect(self, factory: Callable[[], Any], ssl_context: Any) -> Any:
         self.connections += 1
@@ -256,6 +262,11 @@ class EndpointPool:
             self._check_identity(transport, proto)
         if self.loop_ports is not None:
             self._check_not_self(transport, proto, self.loop_ports())
+        if _debug:
+            pool_log.debug("%s: connection opened (%s%s); %d open, %d idle", self.address,
+                           "mTLS" if tls is not None else "TLS" if origination is not None
+                           else "plaintext", ", HTTP/2" if "H2" in type(proto).__name__ else "",
+                           self.connections, len(self.idle))
         return proto
 
     def _check_not_self(self, transport: asyncio.BaseTransport, proto: Any,
@@ -312,6 +323,10 @@ class EndpointPool:
     def forget(self, conn: UpstreamConnection) -> None:
         """Bookkeeping when a connection closes, whoever closed it (called once per connection)."""
         self.connections -= 1
+        if _debug:
+            pool_log.debug("%s: connection closed after %d requests%s; %d open", self.address,
+                           conn.requests, " (endpoint retired)" if self.retired else "",
+                           self.connections)
         if self.tunnels:
             self.tunnels.discard(conn)
         try:
@@ -339,6 +354,13 @@ class EndpointPool:
                 conn.close()  # busy ones close when their last stream ends (retired)
 
 
+def set_debug() -> None:
+    """Read ami.proxy.pool's level (at start and after a change), so the connection paths
+    test a module flag rather than ask logging."""
+    global _debug
+    _debug = debug_on("ami.proxy.pool")
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     """A shared connect whose requests all went away: its failure is nobody's to log."""
     if not task.cancelled():
@@ -360,6 +382,7 @@ class PoolRegistry:
         self._pools: dict[_Key, EndpointPool] = {}
         self._used: set[_Key] = set()
         self.tls: Any = None  # TlsContexts when this proxy has an identity
+        set_debug()
 
     def begin(self) -> None:
         """Start building a new snapshot: track which pools it uses."""
@@ -457,6 +480,10 @@ class PoolRegistry:
             if key[2] == "*tunnel*" and pool.tunnels and tunnel_allowed(pool.address):
                 continue
             del self._pools[key]
+            if _debug:
+                pool_log.debug("%s: endpoint left the config: %d idle connections close, "
+                               "%d busy ones after their request", pool.address,
+                               len(pool.idle), pool.connections - len(pool.idle))
             pool.retired = True  # connections busy now are closed when their request ends
             pool.close_all()
             for conn in list(pool.tunnels or ()):  # an ExternalService's, withdrawn: now

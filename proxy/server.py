@@ -140,6 +140,8 @@ class ProxyServer:
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self.stats.rules.retire_unused()
         self._set_access_log(snapshot)
+        if log.isEnabledFor(logging.DEBUG):  # once per push, not per request
+            log.debug("config %s applied: %s", snapshot.version, _summary(snapshot))
         for hook in self.on_snapshot:
             hook(snapshot)
         self.config_applied.set()
@@ -184,6 +186,14 @@ class ProxyServer:
         for tcp in self.tcp_listeners:
             tcp.access_log = sys.stdout if enabled else None
             tcp.access_filter = self.access_filter if enabled else None
+
+    def log_levels_changed(self) -> None:
+        """Recompute the hot path's DEBUG flags (proxy.loglevels calls this after a change)."""
+        from proxy import pools
+
+        for listener in self.listeners.values():
+            listener.set_debug()
+        pools.set_debug()
 
     def _listener_kinds(self, snapshot: Snapshot) -> list[str]:
         return [k for k in self.listener_addresses(snapshot) if k != "admin"]
@@ -330,6 +340,16 @@ def _tcp_inbound(snapshot: Snapshot, policy: InboundPolicy, pools: PoolRegistry)
     idle = tcp_idle_timeout(own.policy) if own is not None else tcp_idle_timeout(None)
     return TcpInbound(snapshot.app, policy, snapshot.node.service, snapshot.node.version,
                       idle_timeout=idle, metrics_name=snapshot.node.metrics_name)
+
+
+def _summary(snapshot: Snapshot) -> str:
+    """A config in one line, for ami.proxy's DEBUG: what an operator checks first."""
+    endpoints = sum(len(s.endpoints) for s in snapshot.services.values())
+    return (f"mTLS {snapshot.mesh.mtls} (inbound {snapshot.inbound_mtls}), "
+            f"{len(snapshot.services)} services with {endpoints} endpoints, routes for "
+            f"{', '.join(sorted(snapshot.routes)) or 'no host'}, "
+            f"{len(snapshot.authorization)} authorization policies, "
+            f"{len(snapshot.external)} external hosts")
 
 
 def _passthrough_of(listener: Listener) -> Callable[[], Any]:

@@ -11,24 +11,96 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from meshctl import output
 from meshctl.commands.resources import make_client, reports_errors, request_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register ``proxy-config``."""
+    """Register ``proxy-config`` (and its ``log`` form: proxy/loglevels.py's levels)."""
     p = subparsers.add_parser(
-        "proxy-config", help="show the configuration one proxy is running",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", metavar="NAME", help="proxy name, as meshctl proxy-status lists it")
+        "proxy-config", help="show the configuration one proxy is running (log: its log levels)",
+        usage="meshctl proxy-config NAME [-o FORMAT]\n"
+              "       meshctl proxy-config log NAME [--level LEVEL | --level LOGGER:LEVEL,...] "
+              "[--reset] [-o FORMAT]",
+        description=__doc__ + _LOG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="+", metavar="[log] NAME",
+                   help="proxy name, as meshctl proxy-status lists it; `log NAME`: its loggers")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    p.set_defaults(func=run_proxy_config)
+    p.add_argument("--level", metavar="LEVEL|LOGGER:LEVEL,...",
+                   help="log: set every Ami logger to LEVEL (debug, info, warning, error, "
+                        "critical), or the loggers named (e.g. ami.proxy.router:debug)")
+    p.add_argument("--reset", action="store_true",
+                   help="log: back to the levels the proxy started with (before --level)")
+    p.set_defaults(func=run_proxy_config, parser=p)
+
+
+_LOG_HELP = """
+``meshctl proxy-config log NAME``: a sidecar's loggers and their levels, like ``istioctl
+proxy-config log``; ``--level``/``--reset`` change them at run time (a write: the API token).
+"""
+
+
+def run_proxy_config(args: argparse.Namespace) -> int:
+    """``proxy-config NAME`` or ``proxy-config log NAME``; usage errors exit 2."""
+    words, parser = args.words, args.parser
+    if len(words) == 2 and words[0] == "log":
+        args.name = words[1]
+        try:
+            args.query = log_query(args.level, args.reset)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return run_log(args)
+    if len(words) != 1:
+        parser.error("give NAME, or log NAME")
+    if args.level is not None or args.reset:
+        parser.error("--level and --reset go with `proxy-config log NAME`")
+    args.name = words[0]
+    return run_dump(args)
+
+
+def log_query(level: str | None, reset: bool) -> dict[str, str]:
+    """The sidecar's /logging query for ``--level`` and ``--reset`` (empty: just read).
+
+    ``debug`` sets every Ami logger; ``ami.proxy.tcp:debug,ami.proxy.agent:info`` the loggers
+    named. The sidecar checks the names and levels (and says which exist)."""
+    query = {"reset": "true"} if reset else {}
+    for item in (level or "").split(","):
+        item = item.strip()
+        if not item and level is not None:
+            raise ValueError(f"--level {level!r}: give LEVEL or LOGGER:LEVEL,...")
+        if not item:
+            continue
+        name, sep, value = item.rpartition(":")
+        if sep and not (name and value):
+            raise ValueError(f"--level {item!r}: give LEVEL or LOGGER:LEVEL")
+        query[name or "level"] = value
+    return query
 
 
 @reports_errors
-def run_proxy_config(args: argparse.Namespace) -> int:
+def run_log(args: argparse.Namespace) -> int:
+    """Read (or set, then read) the proxy's levels; 1 when that cannot be done."""
+    path = f"/api/v1/proxies/{quote(args.name, safe='')}/logging"
+    if args.query:
+        path += "?" + urlencode(args.query)
+    status, body = request_json(make_client(args), "POST" if args.query else "GET", path)
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) and body else status
+        raise SystemExit(f"error: {message}")
+    if args.output == "json":
+        print(output.to_json(body))
+    elif args.output == "yaml":
+        print(output.to_yaml(body), end="")
+    else:
+        print(output.render_table(("LOGGER", "LEVEL"), sorted(body["loggers"].items())),
+              end="")
+    return 0
+
+
+@reports_errors
+def run_dump(args: argparse.Namespace) -> int:
     """Print the proxy's running config; 1 when it cannot be had."""
     status, body = request_json(make_client(args), "GET",
                                 f"/api/v1/proxies/{quote(args.name, safe='')}/config_dump")

@@ -7,6 +7,8 @@
     GET /api/v1/tap?service=&path=&method=&n=      SSE of live requests (privileged)
     GET /api/v1/check                              grouped health checks
     GET /api/v1/proxies/{name}/config_dump         a sidecar's running config (privileged)
+    GET /api/v1/proxies/{name}/logging             a sidecar's log levels
+    POST /api/v1/proxies/{name}/logging?level=|LOGGER=|reset=true   set them (a write)
     GET /api/v1/dashboard/state                    everything the dashboard page draws
     GET / and /dashboard                           the dashboard page; /static/* its assets
 """
@@ -31,6 +33,7 @@ from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_ro
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
+from meshctl.observe.proxylogging import LoggingUnavailable, call_logging
 from meshctl.observe.ratelimitchecks import rate_limit_checks
 from meshctl.observe.routestats import routes_about, routes_report
 from meshctl.observe.samples import DST
@@ -194,11 +197,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
                     collected.append(await asyncio.wait_for(events.get(), max(left, 0.0)))
         return web.json_response({"seconds": seconds, "rows": top_rows(collected)})
 
-    async def config_dump(request: web.Request) -> web.Response:
-        denied = privileged(request)
-        if denied is not None:
-            return denied
-        name = request.match_info["name"]
+    async def named_proxy(name: str) -> dict[str, Any] | web.Response:
+        """The proxy listed under ``name`` with an admin address, else the error to answer."""
         proxy = next((p for p in await list_proxies(scraper.source) if p.get("name") == name),
                      None)
         if proxy is None:
@@ -206,6 +206,16 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
                                                "lists them)")
         if not proxy.get("admin"):
             return json_error(409, "Conflict", f"proxy {name!r} registered no admin address")
+        return proxy
+
+    async def config_dump(request: web.Request) -> web.Response:
+        denied = privileged(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        proxy = await named_proxy(name)
+        if isinstance(proxy, web.Response):
+            return proxy
         try:
             dump = await fetch_config_dump(observer.admin.call(proxy))
         except DumpUnavailable as exc:
@@ -213,6 +223,21 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         sidecars = [o.resource for o in await request.app[STORE].list("Sidecar")]
         dump["sidecarScope"] = scope_json(sidecars, proxy)
         return web.json_response(dump)
+
+    async def proxy_logging(request: web.Request) -> web.Response:
+        # (POST is a write: the API's middleware has checked the token already)
+        name = request.match_info["name"]
+        proxy = await named_proxy(name)
+        if isinstance(proxy, web.Response):
+            return proxy
+        query = dict(request.query) if request.method == "POST" else None
+        try:
+            status, body = await call_logging(observer.admin.call(proxy), query)
+        except LoggingUnavailable as exc:
+            return json_error(502, "BadGateway", f"proxy {name!r}: {exc}")
+        if status != 200:  # the sidecar refused the request (400): its words
+            return json_error(400, "Invalid", f"proxy {name!r}: {body.get('error')}")
+        return web.json_response({"proxy": name, "loggers": body["loggers"]})
 
     async def page(_: web.Request) -> web.FileResponse:
         observer.ensure_started()
@@ -224,5 +249,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         web.get("/api/v1/check", check), web.get("/api/v1/dashboard/state", state),
         web.get("/api/v1/tap", tap), web.get("/api/v1/top", top),
         web.get("/api/v1/proxies/{name}/config_dump", config_dump),
+        web.get("/api/v1/proxies/{name}/logging", proxy_logging),
+        web.post("/api/v1/proxies/{name}/logging", proxy_logging),
         web.get("/", page), web.get("/dashboard", page), web.static("/static", STATIC),
     ]
