@@ -88,7 +88,7 @@ async def test_debug_logs_each_request_and_info_stops_it(proxy: ProxyProcess) ->
     await _request(proxy, "/named/first")
     line = await _wait_router_line(proxy, "/named/first")
     assert re.search(r"DEBUG ami\.proxy\.router: outbound GET echo/named/first rule=named -> "
-                     rf"echo endpoint=127\.0\.0\.1:\d+ status=200 reason=- HTTP/1\.1 ", line), line
+                     r"echo endpoint=127\.0\.0\.1:\d+ status=200 reason=- HTTP/1\.1 ", line), line
     # with a named rule, `record` counts it too while it logs (record_rules, then the line)
     assert metric_value(await proxy.metrics(), "ami_route_requests_total", rule="named") == 1
     await _request(proxy, "/other")
