@@ -1,7 +1,8 @@
 """Who may call a sidecar's privileged admin routes: a loopback peer, or the control plane.
 
 The admin listener may be bound to a container network (compose) so the control plane can
-scrape it; /shutdown, /logging, /tap and /config_dump must still not be open to that network.
+scrape it; /shutdown, /logging/access, POST /logging (log levels), /tap and /config_dump must
+still not be open to that network.
 Once the sidecar has a certificate the control plane calls them over mTLS (its SPIFFE id and
 the admin token), and the token alone, in plaintext, is refused: anyone on the path could read
 it. The real-socket tests reach the listener over this host's non-loopback address.
@@ -194,10 +195,13 @@ def test_remote_caller_gets_metrics_but_not_the_privileged_routes(
     _, sidecar, admin = mesh
     assert _request(f"http://{admin}/metrics")[0] == 200
     for method, path in (("POST", "/shutdown"), ("POST", "/logging/access?enabled=true"),
-                         ("GET", "/tap"), ("GET", "/config_dump")):
+                         ("POST", "/logging?level=debug"), ("GET", "/tap"),
+                         ("GET", "/config_dump")):
         status, body = _request(f"http://{admin}{path}", method)
         assert status == 403, (method, path)
         assert "privileged" in json.loads(body)["error"]
+    status, body = _request(f"http://{admin}/logging")  # reading the levels is not
+    assert status == 200 and json.loads(body)["loggers"]["ami.proxy"] == "info"
     assert _request(f"http://{admin}/shutdown", "POST", token="guessed")[0] == 403
     assert sidecar.alive()
 
@@ -330,8 +334,8 @@ def test_a_tls_client_without_a_certificate_gets_no_answer(
 def test_meshctl_proxy_config_and_stat_reach_a_remote_sidecar_over_mtls(
         mesh: tuple[MeshProcess, MeshProcess, str]) -> None:
     """`meshctl proxy-config` (the privileged /config_dump, which the control plane fetches
-    over mTLS) and `meshctl stat` (scrapes, over mTLS too) work for a sidecar on another
-    host."""
+    over mTLS), `proxy-config log --level` (the privileged POST /logging) and `meshctl stat`
+    (scrapes, over mTLS too) work for a sidecar on another host."""
     control, sidecar, _ = mesh
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMI_")},
            "AMI_TOKEN": control.info["token"], "AMI_CONTROL_PLANE": control.info["api"]}
@@ -343,6 +347,12 @@ def test_meshctl_proxy_config_and_stat_reach_a_remote_sidecar_over_mtls(
     dump = meshctl("proxy-config", sidecar.info["name"])
     assert dump.returncode == 0, dump.stderr
     assert json.loads(dump.stdout)["listeners"]["inbound"] == sidecar.info["inbound"]
+    # POST /logging too (privileged): set, then back to the start-up levels
+    for change in (("--level", "ami.proxy.router:debug"), ("--reset",)):
+        levels = meshctl("proxy-config", "log", sidecar.info["name"], *change)
+        assert levels.returncode == 0, levels.stderr
+        expected = "debug" if change[0] == "--level" else "info"
+        assert json.loads(levels.stdout)["loggers"]["ami.proxy.router"] == expected
 
     def served_by_reviews() -> bool:
         assert http_get(f"http://{sidecar.info['inbound']}/stat",
