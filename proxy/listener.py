@@ -217,6 +217,9 @@ class Listener:
         status, sent = (0, 0) if reason in NOT_SENT else (REASONS[reason][0], body_length(reason))
         prefix = (*self._source_labels(conn), destination, "unknown")
         self.stats.record(prefix, "unknown", status, reason, conn.security, 0.0, 0, sent)
+        if self.debug_requests:
+            router_log.debug("%s request from %s refused before routing: status=%s reason=%s",
+                             self.kind, conn.client_ip.decode("latin-1"), status or "-", reason)
         if self.access_log is not None and (
                 self.access_filter is None or self.access_filter(FilterView(status, reason))):
             # Hostile or broken input is what an operator greps the log for; the head was not

@@ -122,6 +122,12 @@ async def test_level_debug_sets_all_of_amis_loggers_not_the_codec(proxy: ProxyPr
                                   r"127\.0\.0\.1 closed \(none\)"))
     assert said(r"ami\.proxy\.connection: outbound connection from 127\.0\.0\.1 opened \(none\)")
     assert said(r"ami\.proxy\.pool: 127\.0\.0\.1:\d+: connection opened \(plaintext\); 1 open")
+    # input refused before routing has its line too (no exchange, no `record`)
+    smuggled = await roundtrip(proxy.outbound, get("echo", "/x", extra="Transfer-Encoding: "
+                                                   "chunked\r\nContent-Length: 3\r\n"))
+    assert smuggled.status == 400
+    await eventually(lambda: said(r"ami\.proxy\.router: outbound request from 127\.0\.0\.1 "
+                                  r"refused before routing: status=400 reason=request_smuggling"))
     # named explicitly, the codec's level changes too; per-logger changes follow `level`
     status, body = await _levels(proxy, "level=error&h2=debug&ami.proxy.tcp=info")
     assert status == 200
