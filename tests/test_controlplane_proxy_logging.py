@@ -140,6 +140,8 @@ def test_bad_names_are_refused_with_the_valid_ones(mesh: Mesh) -> None:
     assert nobody.returncode == 1 and "no proxy named 'nobody-v1'" in nobody.stderr
     usage = mesh.meshctl("proxy-config", "log", name, "--level", "a:")
     assert usage.returncode == 2 and "give LEVEL or LOGGER:LEVEL" in usage.stderr
+    bare = mesh.meshctl("proxy-config", "log")
+    assert bare.returncode == 2 and "give NAME, or log NAME" in bare.stderr
     stray = mesh.meshctl("proxy-config", name, "--reset")
     assert stray.returncode == 2 and "go with `proxy-config log NAME`" in stray.stderr
     levels = json.loads(mesh.meshctl("proxy-config", "log", name, "-o", "json").stdout)

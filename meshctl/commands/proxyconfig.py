@@ -52,7 +52,7 @@ def run_proxy_config(args: argparse.Namespace) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         return run_log(args)
-    if len(words) != 1:
+    if len(words) != 1 or words == ["log"]:
         parser.error("give NAME, or log NAME")
     if args.level is not None or args.reset:
         parser.error("--level and --reset go with `proxy-config log NAME`")
