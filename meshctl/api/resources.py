@@ -19,8 +19,8 @@ from meshctl.api.hostnames import service_of
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
 from meshctl.api.peerauthn import PeerAuthenticationSpec, overlap
 from meshctl.api.policy import DestinationPolicySpec
-from meshctl.api.telemetry import TelemetrySpec
 from meshctl.api.sidecar import SidecarSpec
+from meshctl.api.telemetry import TelemetrySpec
 
 API_VERSION = "ami.mesh/v1alpha1"
 DEFAULT_NAMESPACE = "default"
