@@ -148,3 +148,44 @@ def test_stat_counts_replies_the_callers_sidecar_made(
                  if line.startswith("ami_requests_total{") and "fault_injected" in line]
     assert 'connection_security_policy="unknown"' in aborted
     assert aborted.endswith(" 10.0")
+
+
+ROUTES_IN_TWO_NAMESPACES = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  rules: [{backends: [{service: reviews}]}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: api, namespace: shop}
+spec:
+  host: api
+  rules: [{backends: [{service: api}]}]
+"""
+
+
+def test_every_namespaces_routes_beside_the_route_metrics(
+        cp: tuple[MeshProcess, MeshProcess], tmp_path: Path) -> None:
+    """`GET /api/v1/routes` is both the per-rule metrics (`meshctl routes S`, with `service=`)
+    and every namespace's Route list (`meshctl get routes -A`, no query): the metrics route,
+    mounted first, used to answer the list with `service: required`."""
+    control, _ = cp
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES_IN_TWO_NAMESPACES)
+    applied = meshctl(control, "apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        listed = meshctl(control, "get", "routes", "-A", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        names = sorted((i["metadata"]["namespace"], i["metadata"]["name"])
+                       for i in json.loads(listed.stdout)["items"])
+        assert names == [("default", "reviews"), ("shop", "api")]
+        metrics = meshctl(control, "routes", "reviews", "-o", "json")
+        assert metrics.returncode == 0, metrics.stderr
+        status, body = http_get(f"{control.info['api']}/api/v1/routes?window=1m", {})
+        assert status == 400 and b"service: required" in body
+    finally:
+        meshctl(control, "delete", "-f", str(path))

@@ -155,9 +155,13 @@ async def _object_json(store: Store, obj: StoredObject) -> dict[str, Any]:
 
 
 async def _list(request: web.Request) -> web.Response:
+    return await list_response(request, _kind(request), request.match_info.get("ns"))
+
+
+async def list_response(request: web.Request, kind: str, namespace: str | None) -> web.Response:
+    """A `<Kind>List` of one namespace's objects, or of all namespaces' (namespace None)."""
     store = request.app[STORE]
-    kind = _kind(request)
-    objs = await store.list(kind, request.match_info.get("ns"))
+    objs = await store.list(kind, namespace)
     items = [await _object_json(store, o) for o in objs]
     return web.json_response({"apiVersion": "ami.mesh/v1alpha1", "kind": f"{kind}List",
                               "items": items})

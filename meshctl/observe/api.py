@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.controlplane.auth import bearer_matches
-from meshctl.controlplane.httpapi import STORE, json_error
+from meshctl.controlplane.httpapi import STORE, json_error, list_response
 from meshctl.controlplane.names import ServiceNames
 from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_route_checks
@@ -116,7 +116,11 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         q = request.query
         service = q.get("service", "")
         if not service:
-            return json_error(400, "BadRequest", "service: required")
+            # The same path is every namespace's Route list (GET /api/v1/{plural}, `meshctl get
+            # routes -A`); this route, registered first, would hide it.
+            if q:
+                return json_error(400, "BadRequest", "service: required")
+            return await list_response(request, "Route", None)
         namespace = q.get("namespace") or "default"
         window = parse_window(q.get("window"))
         proxies = await list_proxies(scraper.source)
