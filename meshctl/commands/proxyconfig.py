@@ -85,15 +85,8 @@ def run_log(args: argparse.Namespace) -> int:
     path = f"/api/v1/proxies/{quote(args.name, safe='')}/logging"
     if args.query:
         path += "?" + urlencode(args.query)
-    status, body = request_json(make_client(args), "POST" if args.query else "GET", path)
-    if status != 200:
-        message = body.get("error", body) if isinstance(body, dict) and body else status
-        raise SystemExit(f"error: {message}")
-    if args.output == "json":
-        print(output.to_json(body))
-    elif args.output == "yaml":
-        print(output.to_yaml(body), end="")
-    else:
+    body = _ask(args, "POST" if args.query else "GET", path)
+    if not _printed_as_data(args, body):
         print(output.render_table(("LOGGER", "LEVEL"), sorted(body["loggers"].items())),
               end="")
     return 0
@@ -102,18 +95,30 @@ def run_log(args: argparse.Namespace) -> int:
 @reports_errors
 def run_dump(args: argparse.Namespace) -> int:
     """Print the proxy's running config; 1 when it cannot be had."""
-    status, body = request_json(make_client(args), "GET",
-                                f"/api/v1/proxies/{quote(args.name, safe='')}/config_dump")
+    body = _ask(args, "GET", f"/api/v1/proxies/{quote(args.name, safe='')}/config_dump")
+    if not _printed_as_data(args, body):
+        print(render(body))
+    return 0
+
+
+def _ask(args: argparse.Namespace, method: str, path: str) -> Any:
+    """The control plane's JSON answer; any other status ends the command with its error."""
+    status, body = request_json(make_client(args), method, path)
     if status != 200:
         message = body.get("error", body) if isinstance(body, dict) and body else status
         raise SystemExit(f"error: {message}")
+    return body
+
+
+def _printed_as_data(args: argparse.Namespace, body: Any) -> bool:
+    """Print `body` as JSON or YAML when `-o` asks for it; False for the table."""
     if args.output == "json":
         print(output.to_json(body))
     elif args.output == "yaml":
         print(output.to_yaml(body), end="")
     else:
-        print(render(body))
-    return 0
+        return False
+    return True
 
 
 def render(dump: dict[str, Any]) -> str:
