@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--jwks-refresh", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="how often each RequestAuthentication jwksUri is fetched again "
                         "(default 1200, as istiod); a failed fetch keeps the last good keys")
+    p.add_argument("--scrape-interval", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="how often the sidecars' metrics are scraped for stat, the dashboard "
+                        "and canary analysis (default 2)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--dry-run", action="store_true",
                    help="check the arguments and the config dir's resources, then exit")
@@ -93,6 +96,8 @@ def run_serve(args: argparse.Namespace) -> int:
         options = replace(options, max_api_connections=args.max_api_connections)
     if args.jwks_refresh is not None:
         options = replace(options, jwks_refresh=args.jwks_refresh)
+    if args.scrape_interval is not None:
+        options = replace(options, scrape_interval=args.scrape_interval)
     if args.dry_run:
         return _dry_run(args)
     raise_open_file_limit()  # a stream and a scrape connection per sidecar; 1024 is too few

@@ -55,6 +55,7 @@ class ServeOptions:
     open_reads: bool = False
     max_api_connections: int = MAX_API_CONNECTIONS
     jwks_refresh: float = DEFAULT_REFRESH  # seconds between refetches of each jwksUri
+    scrape_interval: float = 2.0  # seconds between scrapes of the sidecars' /metrics
     api_tls: bool = False  # serve the HTTP API over HTTPS with a certificate from the mesh CA
     api_cert: Path | None = None  # ... or with this certificate chain and key (PEM)
     api_key: Path | None = None
@@ -103,7 +104,8 @@ async def serve(options: ServeOptions,
     reconciler.jwks = jwks
     # Sidecars' admin listeners are called over mTLS with the control plane's certificate.
     observer, observe_extra = observability(
-        registry, reconciler, token=token, admin_tls=AdminTls(own_cert, ca),
+        registry, reconciler, token=token, interval=options.scrape_interval,
+        admin_tls=AdminTls(own_cert, ca),
         api=(options.listen, options.api_tls or options.api_cert is not None))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler),

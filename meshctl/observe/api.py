@@ -103,7 +103,9 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         window = parse_window(q.get("window"))
         rows = scraper.window.stat(observer.clock(), window, q.get("service") or None,
                                    q.get("from") or None)
-        return web.json_response({"window": window, "rows": [r.as_json() for r in rows]})
+        # scrapeInterval: a window shorter than two scrapes has no rate (meshctl canary widens)
+        return web.json_response({"window": window, "scrapeInterval": scraper.interval,
+                                  "rows": [r.as_json() for r in rows]})
 
     async def edges(request: web.Request) -> web.Response:
         observer.ensure_started()
