@@ -169,12 +169,18 @@ def run_shift(args: argparse.Namespace) -> int:
 
 
 def _update(client: ControlPlaneClient, args: argparse.Namespace) -> tuple[Plan, str]:
-    """Plan and PUT the shift; re-plan on a conflicting concurrent write. (plan, version)."""
-    weights = parse_weights(args.weights)
-    for attempt in range(CONFLICT_RETRIES + 1):
-        route = _route_for(client, args.service, args.namespace)
-        plan = plan_shift(route, _subsets_for(client, args.service, args.namespace), weights,
+    return update_weights(client, args.service, args.namespace, parse_weights(args.weights),
                           args.rule)
+
+
+def update_weights(client: ControlPlaneClient, service: str, namespace: str, weights: Weights,
+                   rule: str | None = None) -> tuple[Plan, str]:
+    """Plan and PUT the shift; re-plan on a conflicting concurrent write. (plan, version)."""
+    for attempt in range(CONFLICT_RETRIES + 1):
+        route = route_for(client, service, namespace)
+        plan = plan_shift(route, [str(s.get("name")) for s in subsets_for(client, service,
+                                                                              namespace)],
+                          weights, rule)
         if not plan.changed:
             return plan, str(route["metadata"]["resourceVersion"])
         try:
@@ -198,7 +204,8 @@ def _about(service: str, namespace: str) -> Callable[[dict[str, Any]], bool]:
     return about
 
 
-def _route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict[str, Any]:
+def route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict[str, Any]:
+    """The service's Route (without status); ShiftRefused when there is none."""
     routes = [r for r in client.get("Route", None, namespace) if _about(service, namespace)(r)]
     if not routes:
         raise ShiftRefused(f"no Route for service {service} in namespace {namespace}; "
@@ -208,9 +215,11 @@ def _route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict
     return route
 
 
-def _subsets_for(client: ControlPlaneClient, service: str, namespace: str) -> list[str]:
+def subsets_for(client: ControlPlaneClient, service: str, namespace: str
+                ) -> list[dict[str, Any]]:
+    """The subsets (``{name, labels}``) the service's DestinationPolicies define."""
     about = _about(service, namespace)
-    return [str(s.get("name")) for p in client.get("DestinationPolicy", None, namespace)
+    return [dict(s) for p in client.get("DestinationPolicy", None, namespace)
             if about(p) for s in (p["spec"].get("subsets") or [])]
 
 

@@ -1,0 +1,114 @@
+"""The canary loop's view of a real mesh: weights through the control plane's Route (as
+``meshctl shift``), metrics from its ``/api/v1/stat`` (as ``meshctl stat``)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from meshctl import output
+from meshctl.api.hostnames import service_of
+from meshctl.canary.analysis import Measurement
+from meshctl.canary.stepper import CanaryError, CanaryPlan
+from meshctl.client import ControlPlaneClient
+from meshctl.commands.resources import request_json
+from meshctl.commands.shift import (
+    ShiftRefused,
+    Weights,
+    plan_shift,
+    route_for,
+    subsets_for,
+    update_weights,
+    wait_synced,
+)
+
+# A rate needs two scrapes inside its window; 2.5 scrape intervals always holds two.
+SCRAPES_PER_WINDOW = 2.5
+
+
+def analysis_window(interval: float, scrape_interval: float) -> float:
+    """The metrics window for one analysis: the interval, widened to hold two scrapes."""
+    return max(interval, SCRAPES_PER_WINDOW * scrape_interval)
+
+
+def version_label(subsets: list[dict[str, Any]], subset: str) -> str:
+    """The ``version`` label that selects ``subset`` (what metrics are keyed by); the subset's
+    name when its labels do not say."""
+    for s in subsets:
+        if s.get("name") == subset:
+            return str((s.get("labels") or {}).get("version", subset))
+    return subset
+
+
+def current_split(route: dict[str, Any]) -> list[tuple[str, int]]:
+    """``(label, weight)`` of the route's default (last) rule, the one canary and shift set."""
+    host = str(route["spec"]["host"])
+    backends = route["spec"]["rules"][-1].get("backends") or []
+    return [(output.backend_label(b, host), output.backend_weight(b, backends))
+            for b in backends]
+
+
+class MeshTarget:
+    """``CanaryTarget`` over a control plane's HTTP API."""
+
+    def __init__(self, client: ControlPlaneClient, plan: CanaryPlan, namespace: str,
+                 *, timeout: float = 30.0) -> None:
+        self.client = client
+        self.plan = plan
+        self.namespace = namespace
+        self.timeout = timeout  # for every proxy's ACK of one step
+        self.version = version_label(subsets_for(client, plan.service, namespace), plan.target)
+        name = service_of(plan.service, namespace)
+        bare = name[0] if name else plan.service
+        # `destination_service` is the bare name, or name.namespace while several namespaces
+        # have a service of that name (meshctl.controlplane.names)
+        self.labels = (f"{bare}.{namespace}", bare)
+
+    def set_weight(self, weight: int) -> str:
+        weights = Weights(named=((self.plan.source, 100 - weight), (self.plan.target, weight)))
+        try:
+            _, version = update_weights(self.client, self.plan.service, self.namespace, weights)
+        except ShiftRefused as exc:
+            raise CanaryError(str(exc)) from None
+        synced, detail = wait_synced(self.client, version, self.timeout)
+        if not synced:
+            raise CanaryError(f"{self.plan.target} at {weight}% applied, {detail}")
+        return detail
+
+    def stat(self, window: float) -> dict[str, Any]:
+        """The body of ``GET /api/v1/stat`` for the service over ``window`` seconds."""
+        query = urlencode({"window": f"{window:g}"})
+        status, body = request_json(self.client, "GET", f"/api/v1/stat?{query}")
+        if status != 200 or not isinstance(body, dict):
+            error = body.get("error") if isinstance(body, dict) else body
+            raise CanaryError(f"cannot read the canary's metrics: /api/v1/stat answered "
+                              f"{status} {error or ''}".rstrip())
+        return body
+
+    def measure(self, window: float) -> Measurement:
+        body = self.stat(window)
+        rows = {(r["service"], r["version"]): r for r in body["rows"]}
+        row = next((rows[(label, self.version)] for label in self.labels
+                    if (label, self.version) in rows), None)
+        if row is None:  # no request reached the canary in the window
+            return Measurement(0.0, None, None)
+        # requests = rate x window, as Prometheus' increase()
+        return Measurement(float(row["rps"]) * float(body["window"]), row["successRate"],
+                           row["p99"])
+
+    def split_text(self) -> str:
+        """The route's current split, e.g. ``v1 70% / v3 30%``."""
+        route = route_for(self.client, self.plan.service, self.namespace)
+        return " / ".join(f"{label} {w}%" for label, w in current_split(route))
+
+    def current_weight(self) -> int:
+        route = route_for(self.client, self.plan.service, self.namespace)
+        return dict(current_split(route)).get(self.plan.target, 0)
+
+    def check(self, weight: int) -> None:
+        """Refuse (ShiftRefused) what ``set_weight(weight)`` would refuse, writing nothing."""
+        route = route_for(self.client, self.plan.service, self.namespace)
+        names = [str(s.get("name")) for s in subsets_for(self.client, self.plan.service,
+                                                         self.namespace)]
+        plan_shift(route, names, Weights(named=((self.plan.source, 100 - weight),
+                                                (self.plan.target, weight))))
