@@ -99,48 +99,51 @@ class CanaryRun:
         self._sleep = sleep
         self._clock = clock
         self._out = out
+        self.weight = 0  # the canary weight last asked for
 
     def run(self, current: int = 0) -> Outcome:
         """From the canary's ``current`` weight to promotion or rollback; Ctrl-C (a
         KeyboardInterrupt) ends it where it is, without touching the weights."""
-        weight = current
+        self.weight = self.plan.start_weight(current)
         try:
-            weight = self.plan.start_weight(current)
             self._out(HEADER)
-            self._line(weight, None, f"start: {self._split(weight)} "
-                                     f"({self.target.set_weight(weight)})")
-            return self._loop(weight)
+            self._line(self.weight, None, f"start: {self._split(self.weight)} "
+                                          f"({self.target.set_weight(self.weight)})")
+            return self._loop()
         except KeyboardInterrupt:
-            return Outcome(Result.INTERRUPTED, weight)
+            return Outcome(Result.INTERRUPTED, self.weight)
 
-    def _loop(self, weight: int) -> Outcome:
+    def _loop(self) -> Outcome:
         failed = 0
         while True:
             self._sleep(self.plan.interval)
             m = self.target.measure(self.window)
             verdict = judge(m, self.plan.thresholds)
+            weight = self.weight
             if verdict.verdict is Verdict.HOLD:
                 self._line(weight, m, f"hold: {verdict.reason}")
             elif verdict.verdict is Verdict.FAIL:
                 failed += 1
                 if failed >= self.plan.failures:
+                    self.weight = 0
                     detail = self.target.set_weight(0)
                     self._line(weight, m, f"roll back: {verdict.reason}, {failed} "
-                                     f"failure{'s' if failed > 1 else ''} in a row; "
-                                     f"{self._split(0)} ({detail})")
+                                          f"failure{'s' if failed > 1 else ''} in a row; "
+                                          f"{self._split(0)} ({detail})")
                     return Outcome(Result.ROLLED_BACK, 0, verdict.reason)
                 self._line(weight, m, f"failure {failed} of {self.plan.failures}: "
                                       f"{verdict.reason}; stay at {weight}")
             elif weight >= self.plan.max_weight:
+                self.weight = 100
                 detail = self.target.set_weight(100)
                 self._line(weight, m, f"promote: {self._split(100)} ({detail})")
                 return Outcome(Result.PROMOTED, 100)
             else:
                 failed = 0  # consecutive failures: a pass starts the count again
-                measured, weight = weight, min(weight + self.plan.step, self.plan.max_weight)
-                detail = self.target.set_weight(weight)
-                self._line(measured, m, f"advance to {weight}: {self._split(weight)} "
-                                        f"({detail})")
+                self.weight = min(weight + self.plan.step, self.plan.max_weight)
+                detail = self.target.set_weight(self.weight)
+                self._line(weight, m, f"advance to {self.weight}: {self._split(self.weight)} "
+                                      f"({detail})")
 
     def _split(self, weight: int) -> str:
         return f"{self.plan.source} {100 - weight}% / {self.plan.target} {weight}%"
