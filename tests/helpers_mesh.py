@@ -27,10 +27,11 @@ _BACKEND = """
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 name = sys.argv[2].encode()
+status = int(sys.argv[3]) if len(sys.argv) > 3 else 200
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Length", str(len(name)))
         self.end_headers()
         self.wfile.write(name)
@@ -128,12 +129,13 @@ def spawn(name: str, argv: list[str], log_dir: Path, cwd: Path = ROOT) -> MeshPr
 
 
 def start_backend(log_dir: Path, name: str, port: int | None = None,
-                  timeout: float = 10.0) -> MeshProcess:
-    """A tiny HTTP server answering every GET with ``name``."""
+                  timeout: float = 10.0, status: int = 200) -> MeshProcess:
+    """A tiny HTTP server answering every GET with ``name`` and ``status``."""
     port = port or free_port()
-    proc = spawn(f"backend-{name}", [PYTHON, "-c", _BACKEND, str(port), name], log_dir)
+    proc = spawn(f"backend-{name}", [PYTHON, "-c", _BACKEND, str(port), name, str(status)],
+                 log_dir)
     proc.info["address"] = f"127.0.0.1:{port}"
-    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 200, timeout,
+    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == status, timeout,
              f"backend {name}")
     return proc
 
