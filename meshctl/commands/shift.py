@@ -178,9 +178,8 @@ def update_weights(client: ControlPlaneClient, service: str, namespace: str, wei
     """Plan and PUT the shift; re-plan on a conflicting concurrent write. (plan, version)."""
     for attempt in range(CONFLICT_RETRIES + 1):
         route = route_for(client, service, namespace)
-        plan = plan_shift(route, [str(s.get("name")) for s in subsets_for(client, service,
-                                                                              namespace)],
-                          weights, rule)
+        names = [str(s.get("name")) for s in subsets_for(client, service, namespace)]
+        plan = plan_shift(route, names, weights, rule)
         if not plan.changed:
             return plan, str(route["metadata"]["resourceVersion"])
         try:
