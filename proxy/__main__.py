@@ -198,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --watch-config needs --config (static mode)", file=sys.stderr)
         return 2
     if args.dry_run:
+        if args.config:
+            from proxy.run import check_static
+
+            try:
+                asyncio.run(check_static(options, args.config))
+            except (ConfigError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         print("ok")
         return 0
     from proxy.fdlimit import fit_connection_limit, raise_open_file_limit
@@ -217,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     from proxy.run import run
 
-    return asyncio.run(run(args, options))
+    try:
+        return asyncio.run(run(args, options))
+    except ConfigError as exc:  # the static file, refused by the apply (proxy.run.apply_static)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

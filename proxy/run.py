@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.admin import start_admin
-from proxy.config import Address
+from proxy.config import Address, ConfigError, Snapshot
 from proxy.server import ProxyOptions, ProxyServer
 
 if TYPE_CHECKING:
@@ -136,6 +136,26 @@ def enable_tracing(server: ProxyServer, flag_endpoint: str | None) -> None:
         maybe_install(server.snapshot)
 
 
+def apply_static(server: ProxyServer, path: Path, snapshot: Snapshot) -> None:
+    """Apply the file's snapshot at start; one the proxy refuses is a ConfigError worded as a
+    reload's refusal of it (proxy.staticreload), so the start ends with one line, not a
+    traceback."""
+    from proxy.static import refusal
+
+    try:
+        server.apply(snapshot)
+    except Exception as exc:  # whatever a reload (or a NACK) refuses, the start refuses
+        raise ConfigError(refusal(path, exc)) from None
+
+
+async def check_static(options: ProxyOptions, path: Path) -> None:
+    """--dry-run: build the file as the start would (nothing bound), so a snapshot the proxy
+    refuses fails the check too, not only the start."""
+    from proxy.static import read_static
+
+    apply_static(ProxyServer(options), path, read_static(path).snapshot)
+
+
 def start_static_reload(server: ProxyServer, args: argparse.Namespace, static: StaticConfig,
                         admin: Address, stamp: Stamp | None) -> asyncio.Task[None] | None:
     """Static mode: SIGHUP reloads the file; with --watch-config, so does a change to it
@@ -166,7 +186,7 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
 
         stamp = file_stamp(args.config)  # before the read: a change in between is seen
         static = read_static(args.config)
-        server.apply(static.snapshot)
+        apply_static(server, args.config, static.snapshot)
         if args.identity_dir:
             server.set_identity(load_identity_dir(args.identity_dir))
         admin = options.listeners.get("admin") or (server.snapshot.listeners.get("admin")

@@ -48,6 +48,13 @@ def static_config(path: Path, raw: object, digest: str) -> StaticConfig:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def refusal(path: Path, exc: Exception) -> str:
+    """One line for a file the proxy refused to apply: the path first, once (a parse error
+    names it already), then the field and why, as a NACK of the same snapshot says it."""
+    message = str(exc) or repr(exc)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
+
+
 def _one_line(exc: yaml.YAMLError) -> str:
     """Where and what, on one line (as meshctl's resource files say it): a log line each."""
     if isinstance(exc, yaml.MarkedYAMLError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import Address, ConfigError, Snapshot
-from proxy.static import StaticConfig, digest_of, load_yaml, static_config
+from proxy.static import StaticConfig, digest_of, load_yaml, refusal, static_config
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -120,10 +120,7 @@ class StaticReloader:
                                   f"{', '.join(fixed)}")
             self.server.apply(config.snapshot)  # raises, changing nothing, if it cannot build
         except Exception as exc:  # any refusal, as a NACK: the running config stays
-            message = str(exc) or repr(exc)
-            if not message.startswith(str(self.path)):
-                message = f"{self.path}: {message}"
-            return self._rejected(trigger, message)
+            return self._rejected(trigger, refusal(self.path, exc))
         self.running, self.applied_at = config, _now()
         log.info("config reloaded (%s) from %s: version %s (%s)", trigger, self.path,
                  config.snapshot.version, config.digest)

@@ -419,6 +419,25 @@ def test_watch_config_needs_a_config_file() -> None:
     assert "--watch-config needs --config" in done.stderr
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["start", "dry-run"])
+def test_a_file_the_proxy_refuses_stops_the_start_with_the_reload_wording(
+        tmp_path: Path, dry_run: bool) -> None:
+    """A file that parses but that the proxy cannot build (what a reload refuses as "NACK"
+    above) ends the start, or fails --dry-run, with one `error:` line worded as the reload's
+    (file, field, why) and status 2: no traceback."""
+    path = tmp_path / "proxy.yaml"
+    data = snapshot({}, outbound=free_port(), admin=free_port())
+    path.write_text(yaml.safe_dump(data) + _UNLOADABLE_CA)
+    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(path),
+                           *(["--dry-run"] if dry_run else [])],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {path}: tls.caCertificates /nonexistent/ca.pem: "
+                      "No such file or directory"], done.stderr
+
+
 def _snapshot(**changes: Any) -> Snapshot:
     data: dict[str, Any] = {
         "listeners": {"outbound": "127.0.0.1:1001", "inbound": "127.0.0.1:1002",
