@@ -177,6 +177,15 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
         assert (listed["productpage-v1"]["proxy version"],
                 listed["ratings-v1"]["proxy version"]) == (VERSION, "unknown")
         assert listed["productpage-v1"]["version"] == "v1"  # still the workload's label
+        # the policy events, a column per counter (panics: outlier detection's panic mode)
+        rows = await page.evaluate("JSON.stringify([...document.querySelectorAll("
+                                   "'#counters tr')].map(r => [...r.children]"
+                                   ".map(c => c.innerText)))")
+        header, *cells = json.loads(rows)
+        assert header == ["service", "ejections", "panics", "rate limited", "breaker overflow",
+                          "retries"]
+        counted = {row[0]: dict(zip(header, row, strict=True)) for row in cells}
+        assert counted["reviews"]["panics"] == "0"
         mesh.extra.clear()
         shot = await page.call("Page.captureScreenshot", format="png")
     OUTPUT.mkdir(exist_ok=True)

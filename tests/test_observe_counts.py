@@ -160,3 +160,34 @@ def test_dashboard_policy_events_are_the_destination_services(tmp_path: Path) ->
         assert counters["client"]["ami_retries"] == 0
     finally:
         mesh.close()
+
+
+def test_dashboard_counts_outlier_panics_for_the_destination(tmp_path: Path) -> None:
+    """ratings' only endpoint answers 500: its first 5xx ejects it (consecutive5xxErrors 1),
+    which leaves no healthy endpoint (below minHealthPercent 50), so the next request finds
+    ratings in panic. The dashboard's policy events show 1 ejection and 1 panic for ratings,
+    none for the caller."""
+    import urllib.request
+
+    from tests.observe_harness import observe_proxies
+    from tests.proxyharness import Backends
+    from tests.traffic_backends import TrafficProxy, endpoints, start_backend
+
+    hub = Backends()
+    broken = start_backend(hub, status=500)
+    panic = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "300s",
+             "maxEjectionPercent": 100, "minHealthPercent": 50}
+    proxy = TrafficProxy(tmp_path, {"ratings": {"endpoints": endpoints(broken),
+                                                "policy": {"outlierDetection": panic}}},
+                         []).start()
+    mesh = observe_proxies(hub, {"client": proxy})
+    try:
+        assert [send(proxy, "ratings", "/") for _ in range(2)] == [500, 500]  # panic: sent on
+        mesh.wait_scraped(2)
+        with urllib.request.urlopen(mesh.url + "/api/v1/dashboard/state", timeout=10) as resp:
+            counters = json.loads(resp.read())["counters"]
+        assert (counters["ratings"]["ami_outlier_ejections"],
+                counters["ratings"]["ami_outlier_panics"]) == (1, 1)
+        assert counters["client"]["ami_outlier_panics"] == 0
+    finally:
+        mesh.close()

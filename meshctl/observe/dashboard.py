@@ -7,8 +7,8 @@ from typing import Any
 from meshctl.controlplane.store import Store
 from meshctl.observe.scraper import Scraper
 
-POLICY_COUNTERS = ("ami_outlier_ejections", "ami_rate_limited", "ami_circuit_breaker_overflow",
-                   "ami_retries", "ami_authorization_denied")
+POLICY_COUNTERS = ("ami_outlier_ejections", "ami_outlier_panics", "ami_rate_limited",
+                   "ami_circuit_breaker_overflow", "ami_retries", "ami_authorization_denied")
 
 
 async def route_splits(store: Store) -> list[dict[str, Any]]:

@@ -205,9 +205,12 @@ function drawTables(state) {
          p.nack ? "NACK: " + p.nack : p.synced ? "✔ synced" : "… pending"),
       String(p.configVersion || "–"), certLeft(p.certExpiry, state.time),
       state.scrapeErrors[p.name] ? el("td", { class: "bad" }, "✘") : "✔"]));
-  table("counters", ["service", "ejections", "rate limited", "breaker overflow", "retries"],
+  // panics: times outlier detection ejected so many endpoints that the destination went
+  // into panic (minHealthPercent) and spread traffic over all of them again.
+  table("counters", ["service", "ejections", "panics", "rate limited", "breaker overflow",
+                     "retries"],
     Object.entries(state.counters).sort().map(([svc, c]) => [svc,
-      String(c.ami_outlier_ejections), String(c.ami_rate_limited),
+      String(c.ami_outlier_ejections), String(c.ami_outlier_panics), String(c.ami_rate_limited),
       String(c.ami_circuit_breaker_overflow), String(c.ami_retries)]));
 }
 
