@@ -28,7 +28,7 @@ from tests.helpers_mesh import (
     start_sidecar,
     wait_for,
 )
-from tests.test_demo_tracing import Receiver
+from tests.otlpreceiver import Receiver
 
 pytestmark = pytest.mark.timeout(180)
 
