@@ -12,15 +12,20 @@ log = logging.getLogger("ami.proxy")
 Stamp = tuple[int, int, int, int]
 
 
-def file_stamp(path: Path) -> Stamp | None:
+def read_stamp(path: Path) -> Stamp:
     """What changes when a file is written in place (size, mtime) or renamed over (device,
-    inode); None while it is missing (an editor between moving the old one away and writing
-    the new one)."""
+    inode); OSError if it cannot be looked at (FileNotFoundError while it is missing)."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """``read_stamp``, or None while the file is missing (an editor between moving the old one
+    away and writing the new one)."""
     try:
-        st = os.stat(path)
+        return read_stamp(path)
     except FileNotFoundError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 async def watch_file(path: Path, changed: Callable[[], Awaitable[object]], seen: Stamp | None, *,

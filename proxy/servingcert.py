@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 
+from proxy.filewatch import Stamp, read_stamp
 from proxy.tls import GATEWAY_ALPN, hardened_context
 
 log = logging.getLogger("ami.proxy")
@@ -33,12 +33,6 @@ CHECK_EVERY = 5.0  # seconds between looks at the files' metadata
 
 class CertificateError(Exception):
     """The certificate or key file cannot be read or does not make a usable pair."""
-
-
-def _stamp(*paths: Path) -> tuple[tuple[int, int, int], ...]:
-    """What changes when a file is rewritten or replaced (renamed over)."""
-    stats = [os.stat(p) for p in paths]
-    return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 class ServingCertificate:
@@ -64,10 +58,10 @@ class ServingCertificate:
         self.listener.sni_callback = self._swap_in_current
         self.reloads = 0
 
-    def _read_stamp(self) -> tuple[tuple[int, int, int], ...]:
-        files = (self.cert_file, self.key_file)
+    def _read_stamp(self) -> tuple[Stamp, ...]:
+        files = (self.cert_file, self.key_file, *((self.client_ca,) if self.client_ca else ()))
         try:
-            return _stamp(*files, self.client_ca) if self.client_ca else _stamp(*files)
+            return tuple(read_stamp(path) for path in files)
         except OSError as exc:
             raise CertificateError(f"{exc.filename}: {exc.strerror}") from None
 
