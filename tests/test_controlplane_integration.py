@@ -249,6 +249,17 @@ def test_nack_is_visible_in_proxy_status(mesh: Mesh) -> None:
         channel.close()
 
 
+def settled(mesh: Mesh) -> Path:
+    """Wait until the saved registry holds exactly this mesh's proxies, all synced: a proxy of
+    an earlier test that is still listed changes everyone's snapshot when it leaves (its
+    service goes too), and a restart could restore it. The registry file's path."""
+    saved: Path = mesh.cp.info["state_dir"] / "registry.json"
+    wait_for(lambda: {p["name"] for p in json.loads(saved.read_text())["proxies"]} == mesh.names,
+             20, "the saved registry to hold only this mesh's proxies")
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
+    return saved
+
+
 def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     """Killing the control plane under load fails no request; a restart converges again.
 
@@ -256,13 +267,7 @@ def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     to reconnect are not sent snapshots missing the ones still in their reconnect backoff: it
     pushes nothing at all, since every proxy's snapshot comes out unchanged.
     """
-    # A proxy of an earlier test that is still listed changes everyone's snapshot when it
-    # leaves (its service goes too), and a restart could restore it: wait until the saved
-    # registry holds exactly this mesh's proxies.
-    saved = mesh.cp.info["state_dir"] / "registry.json"
-    wait_for(lambda: {p["name"] for p in json.loads(saved.read_text())["proxies"]} == mesh.names,
-             20, "the saved registry to hold only this mesh's proxies")
-    wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
+    settled(mesh)
     with Load(mesh) as load:
         load.more(50, "load running")
         mesh.cp.kill()
@@ -277,6 +282,29 @@ def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     assert mesh.answers(10) == {b"reviews-v1"}
     # Proxies of earlier tests that never come back stay listed, disconnected, for --warmup.
     assert {p["name"] for p in proxies(mesh.cp) if p["connected"]} == mesh.names
+
+
+def test_rolled_back_control_plane_keeps_a_newer_ones_registry(mesh: Mesh) -> None:
+    """A rollback: the control plane restarts on a registry.json that a newer version wrote,
+    with a key it does not know at the top level and in every entry. It restores every proxy
+    from what it understands (logging the unknown keys once), so the restart pushes nothing,
+    as a restart on its own file does."""
+    saved = settled(mesh)
+    mesh.cp.kill()
+    state = json.loads(saved.read_text())
+    state["writtenBy"] = "9.0.0"
+    for entry in state["proxies"]:
+        entry["drain_state"] = "serving"
+    saved.write_text(json.dumps(state))
+    logged = len(mesh.cp.output())  # the restarted one appends to the same log
+    restart_control_plane(mesh)
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 30, "synced after the restart")
+    assert pushed(mesh) == 0, "the restart pushed"
+    log = mesh.cp.output()[logged:]
+    assert f"restored {len(mesh.names)} proxies" in log, log
+    assert log.count("keys this version does not know") == 1, log
+    assert "drain_state, writtenBy (top level)" in log
+    assert mesh.answers(10) == {b"reviews-v1"}
 
 
 def test_restart_that_pushes_keeps_the_route(mesh: Mesh) -> None:

@@ -9,7 +9,10 @@ The file is ``<state-dir>/registry.json`` (mode 0600), written atomically at mos
 ``interval`` seconds while the registry changes, and once more on a clean stop. A missing,
 unreadable or malformed file is logged and ignored: the registry then starts empty. An entry
 that a live Register would refuse (``xds.check_proxy``, e.g. an inbound without a port) is
-logged and dropped, the others are restored.
+logged and dropped, the others are restored. Keys this version does not know (a newer control
+plane's, found after a rollback) are ignored and logged once, so that a rollback keeps the
+registry: a newer version adds keys within format 1 and bumps the format only for a change
+that an older one must not read.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = "registry.json"
 _FORMAT = 1
 _FIELDS = {f.name for f in fields(ProxyInfo)}
+_TOP_LEVEL = {"format", "proxies"}
 _BOOLS = {"ready", "trusted_gateway"}  # (a file written before trusted_gateway: False)
 
 
@@ -45,9 +49,10 @@ def decode(data: bytes) -> list[ProxyInfo]:
     raw = doc.get("proxies")
     if not isinstance(raw, list):
         raise ValueError("'proxies' must be a list")
+    unknown = {f"{key} (top level)" for key in doc.keys() - _TOP_LEVEL}
     proxies = []
     for index, item in enumerate(raw):
-        info = _proxy(index, item)
+        info = _proxy(index, item, unknown)
         try:
             proxies.append(check_proxy(info))
         except RegistrationError as exc:
@@ -55,12 +60,20 @@ def decode(data: bytes) -> list[ProxyInfo]:
             # listed for the warmup made every sidecar NACK every snapshot until it expired.
             log.warning("dropping proxies[%d] (%s) of the registry state file: %s",
                         index, info.name, exc)
+    if unknown:
+        # Once per load, not per entry: every entry of a newer control plane has the key.
+        log.warning("the registry state file has keys this version does not know, ignored "
+                    "(written by a newer control plane?): %s", ", ".join(sorted(unknown)))
     return proxies
 
 
-def _proxy(index: int, item: Any) -> ProxyInfo:
-    if not isinstance(item, dict) or not {"name", "service"} <= set(item) <= _FIELDS:
+def _proxy(index: int, item: Any, unknown: set[str]) -> ProxyInfo:
+    """Entry ``index`` as a ProxyInfo; the keys it does not know go into ``unknown``."""
+    if not isinstance(item, dict) or not {"name", "service"} <= item.keys():
         raise ValueError(f"proxies[{index}]: not a proxy entry")
+    if not item.keys() <= _FIELDS:  # a newer control plane's field: what it adds, not needed
+        unknown.update(item.keys() - _FIELDS)
+        item = {key: value for key, value in item.items() if key in _FIELDS}
     for key, value in item.items():
         expected = (bool if key in _BOOLS else dict if key == "labels"
                     else int if key == "app_port" else str)
