@@ -239,6 +239,46 @@ spec:
         delete(mesh, "sidecar", "default", "a")
 
 
+def test_check_and_apply_warn_of_two_sidecars_selecting_one_sidecar(
+        mesh: dict[str, Any], tmp_path: Path) -> None:
+    """a's `all-v1` (version=v1) and `web-only` (app=web) both select web: all-v1, the first
+    by name, is its Sidecar (web does not get web-only's egress: b's api stays unknown to
+    it). `apply` and `check` name both and the one that applies; api, selected by all-v1
+    alone, is named by neither."""
+    all_v1 = SCOPE_A.replace("name: default", "name: all-v1").replace(
+        "spec:\n", "spec:\n  workloadSelector: {labels: {version: v1}}\n")
+    web_only = SCOPE_A.replace("name: default", "name: web-only").replace(
+        "spec:\n", "spec:\n  workloadSelector: {labels: {app: web}}\n").replace(
+        '["./*"]', '["./*", "b/*"]')
+    path = tmp_path / "overlapping.yaml"
+    path.write_text(all_v1 + "---\n" + web_only)
+    web = mesh["names"]["web-a"]
+    detail = (f"Sidecar a/all-v1 and a/web-only: both select {web} (version=v1 and app=web): "
+              "all-v1 applies (the first by name); web-only's egress hosts and "
+              "outboundTrafficPolicy are not used for them")
+    try:
+        applied = meshctl(mesh, "apply", "-f", str(path))
+        assert applied.returncode == 0, applied.stderr
+        assert [line for line in applied.stderr.splitlines() if "warning" in line] == [
+            f"warning: {detail}"]
+        sync(mesh, http_json(f"{mesh['cp'].info['api']}/api/v1/proxies")[1]["storeVersion"])
+        # what the warning says: web is scoped by all-v1 (./* only), b's api unknown to it
+        assert call(mesh["outbound"]["a"], "api.b")[:2] == (404, "no_route")
+        shown = meshctl(mesh, "proxy-config", web)
+        assert "Scope:           Sidecar a/all-v1 · egress ./*" in shown.stdout, shown.stdout
+        done = meshctl(mesh, "check")
+        name, _, rest = detail.partition(": ")
+        warned = [line for line in done.stdout.splitlines() if "a/web-only" in line]
+        assert warned == ["  ‼ Sidecar a/web-only: scopes no sidecar (app=web in a): each it "
+                          "selects gets another Sidecar, see below",
+                          f"  ‼ {name}: {rest}"], done.stdout
+        assert "give them selectors that differ in a label's value" in done.stdout
+        assert sum("both select" in line for line in done.stdout.splitlines()) == 1
+    finally:
+        meshctl(mesh, "delete", "sidecar", "web-only", "-n", "a")
+        delete(mesh, "sidecar", "all-v1", "a")
+
+
 def test_an_invalid_sidecar_is_refused_with_its_field_path(mesh: dict[str, Any],
                                                            tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"

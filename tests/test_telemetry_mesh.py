@@ -236,3 +236,29 @@ def test_the_cli_lists_describes_and_deletes_telemetry(
     assert deleted.returncode == 0, deleted.stderr
     applied.clear()
     wait_for(lambda: telemetry_of(mesh["web"]) is None, 20, "web reverted")
+
+
+def test_check_warns_of_two_telemetries_selecting_one_sidecar(
+        mesh: dict[str, Any], applied: list[tuple[str, str]]) -> None:
+    """shop's `a-web` (app=web) and `b-v1` (version=v1) both select web: a-web, the first by
+    name, decides the access log (off) and b-v1 the sampling a-web leaves unset (100%), as
+    `meshctl check` says, naming both; reviews (b-v1 alone) is named by no warning."""
+    web, reviews = mesh["web"], mesh["reviews"]
+    apply_telemetry(mesh, applied, "a-web", "shop",
+                    "{selector: {matchLabels: {app: web}}, accessLogging: [{disabled: true}]}")
+    apply_telemetry(mesh, applied, "b-v1", "shop",
+                    "{selector: {matchLabels: {version: v1}}, accessLogging: [{}], "
+                    "tracing: [{randomSamplingPercentage: 100}]}")
+    wait_for(lambda: (telemetry_of(web) or {}).get("tracing_sampling") == 1.0
+             and (telemetry_of(reviews) or {}).get("access_log") is True, 20, "both pushed")
+    assert telemetry_of(web)["access_log"] is False  # a-web's, not b-v1's
+    done = meshctl(mesh["cp"], "check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    group = lines.index("Telemetry")
+    assert lines[group + 1:group + 3] == [
+        f"  ‼ Telemetry shop/a-web and shop/b-v1: both select {web.info['name']} (app=web and "
+        "version=v1): a-web applies first (by name), b-v1's accessLogging is not used for them",
+        "    hint: give them selectors that differ in a label's value (e.g. version=v1 and "
+        "version=v2), or merge them into one"]
+    assert reviews.info["name"] not in done.stdout.split("Telemetry\n", 1)[1]

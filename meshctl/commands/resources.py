@@ -244,10 +244,11 @@ def run_apply(args: argparse.Namespace) -> int:
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
     """Applied Routes of TCP services with fields their connections never see, Gateway
     passthrough entries to HTTP services, DestinationPolicy rate limits no sidecar
-    enforces, PeerAuthentication portLevelMtls ports no selected sidecar serves and Sidecars
-    selecting no sidecar; the proxies are asked which services are TCP (and where services
-    live) only when some Route has such a field, some Gateway passes TLS through, some policy
-    has a rateLimit, some PeerAuthentication a portLevelMtls or some Sidecar is applied."""
+    enforces, PeerAuthentication portLevelMtls ports no selected sidecar serves, Sidecars
+    selecting no sidecar and Sidecars selecting one that another Sidecar selects; the
+    proxies are asked which services are TCP (and where services live) only when some Route
+    has such a field, some Gateway passes TLS through, some policy has a rateLimit, some
+    PeerAuthentication a portLevelMtls or some Sidecar is applied."""
     from meshctl.api.kinds import GatewaySpec, RouteSpec
     from meshctl.api.peerauthn import PeerAuthenticationSpec
     from meshctl.api.policy import DestinationPolicySpec
@@ -275,7 +276,29 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
     proxies = list(answer.get("proxies") or [])
     return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
             *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies),
-            *sidecar_warnings(sidecars, proxies)]
+            *sidecar_warnings(sidecars, proxies),
+            *_sidecar_conflicts(client, sidecars, proxies)]
+
+
+def _sidecar_conflicts(client: ControlPlaneClient, applied: list[Resource],
+                       proxies: list[dict[str, Any]]) -> list[str]:
+    """Applied Sidecars with a selector matching a registered sidecar that another Sidecar's
+    selector matches too (the stored ones are asked for only then)."""
+    from meshctl.api.sidecar import SidecarSpec
+    from meshctl.observe.selectorchecks import sidecar_conflict_warnings
+
+    if not any(isinstance(r.spec, SidecarSpec) and r.spec.labels for r in applied):
+        return []
+    status, answer = request_json(client, "GET", "/api/v1/sidecars")
+    if status != 200 or not isinstance(answer, dict):
+        return []
+    stored = []
+    for item in answer.get("items") or []:
+        try:
+            stored.append(parse_document(item))
+        except ValidationError:
+            continue  # (the control plane stores only what validates)
+    return sidecar_conflict_warnings(applied, stored, proxies)
 
 
 def _error_text(answer: Any) -> str:

@@ -38,6 +38,7 @@ from meshctl.observe.ratelimitchecks import rate_limit_checks
 from meshctl.observe.routestats import routes_about, routes_report
 from meshctl.observe.samples import DST
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
+from meshctl.observe.selectorchecks import telemetry_checks
 from meshctl.observe.sidecarchecks import scope_json, sidecar_checks
 from meshctl.observe.tapfanin import tap_many, top_rows
 
@@ -150,10 +151,12 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         meshes = [o.resource for o in await store.list("MeshConfig")]
         policies = [o.resource for o in await store.list("DestinationPolicy")]
         sidecars = [o.resource for o in await store.list("Sidecar")]
+        telemetries = [o.resource for o in await store.list("Telemetry")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *sidecar_checks(sidecars, routes, meshes, body, scraper.window.latest),
+                  *telemetry_checks(telemetries, body),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 

@@ -1,4 +1,4 @@
-"""``meshctl check`` on Sidecars: selecting nothing, Routes and calls leaving a scope.
+"""``meshctl check`` on Sidecars: selecting nothing, overlapping; Routes and calls leaving a scope.
 
 A Sidecar whose selector matches no registered sidecar scopes nothing (a typo in a label is
 the usual cause). A Route in a Sidecar's scope whose backend or mirror names a service outside
@@ -21,6 +21,7 @@ from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.scoping import sidecar_for
 from meshctl.observe.checks import Check, Group, sidecar_names
 from meshctl.observe.samples import DST, FLAGS, REPORTER, Scrape
+from meshctl.observe.selectorchecks import sidecar_conflicts
 
 
 def _selected(sidecar: Any, all_sidecars: list[Any], proxies: list[dict[str, Any]]) -> list[str]:
@@ -103,9 +104,10 @@ def _calls_outside(sidecar: Any, scope: Scope, names: ServiceNames,
 def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Iterable[Any],
                    proxies: list[dict[str, Any]],
                    latest: Callable[[str], Scrape | None] = lambda name: None) -> list[Group]:
-    """One check per Sidecar, one per Route sending outside a Sidecar's scope and one per
-    scoped service that called outside it (``latest``: a proxy's last metrics scrape); no
-    group when there is no Sidecar."""
+    """One check per Sidecar, one per Route sending outside a Sidecar's scope, one per
+    scoped service that called outside it (``latest``: a proxy's last metrics scrape) and one
+    per two Sidecars selecting the same sidecars (observe/selectorchecks.py); no group when
+    there is no Sidecar."""
     items = sorted((s for s in sidecars if isinstance(s.spec, SidecarSpec)),
                    key=lambda s: (s.namespace, s.name))
     if not items:
@@ -120,7 +122,10 @@ def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Itera
         selected = _selected(s, items, proxies)
         what = ("namespace " + s.namespace if s.spec.labels is None else
                 ",".join(f"{k}={v}" for k, v in s.spec.labels) + " in " + s.namespace)
-        if not selected:
+        if not selected and _matches_any(s, proxies):  # each is another Sidecar's
+            checks.append(Check(name, "warn", f"scopes no sidecar ({what}): each it selects "
+                                "gets another Sidecar, see below"))
+        elif not selected:
             checks.append(Check(name, "warn", f"selects no registered sidecar ({what})",
                                 "check workloadSelector.labels against the sidecars' --labels "
                                 "(and app = their --service), and metadata.namespace"))
@@ -139,7 +144,17 @@ def sidecar_checks(sidecars: Iterable[Any], routes: Iterable[Any], meshes: Itera
                     "the sidecars it scopes do not know that service: they answer that share "
                     "503 no_healthy_upstream (and drop a mirror); add its host to the "
                     "Sidecar's egress hosts"))
+    checks += sidecar_conflicts(items, proxies)
     return [Group("Sidecars", tuple(checks))]
+
+
+def _matches_any(sidecar: Any, proxies: list[dict[str, Any]]) -> bool:
+    """Whether ``sidecar``'s selector matches a registered sidecar of its namespace (whether
+    or not another Sidecar is the one applied to it)."""
+    return any(p.get("mode", "sidecar") == "sidecar"
+               and str(p.get("namespace") or "default") == sidecar.namespace
+               and sidecar.spec.selects(str(p.get("service")), p.get("labels") or {})
+               for p in proxies)
 
 
 def sidecar_warnings(sidecars: Iterable[Any], proxies: list[dict[str, Any]]) -> list[str]:
@@ -149,8 +164,4 @@ def sidecar_warnings(sidecars: Iterable[Any], proxies: list[dict[str, Any]]) -> 
             f"{s.namespace}" + ("" if s.spec.labels is None else " with " + ",".join(
                 f"{k}={v}" for k, v in s.spec.labels)) + " (labels are a sidecar's --labels "
             "and app = its --service; see docs/resources.md#sidecar)"
-            for s in sidecars if isinstance(s.spec, SidecarSpec) and not any(
-                p.get("mode", "sidecar") == "sidecar"
-                and str(p.get("namespace") or "default") == s.namespace
-                and s.spec.selects(str(p.get("service")), p.get("labels") or {})
-                for p in proxies)]
+            for s in sidecars if isinstance(s.spec, SidecarSpec) and not _matches_any(s, proxies)]
