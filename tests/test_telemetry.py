@@ -245,3 +245,33 @@ async def test_a_tcp_connection_line_goes_through_the_filter(expression: str, fl
     session.log_out, session.log_filter = io.StringIO(), compile_filter(expression)
     session._log()
     assert bool(session.log_out.getvalue()) is logged
+
+
+def test_check_says_which_of_overlapping_telemetries_decides_each_field() -> None:
+    """Three workload-level Telemetries of shop select web-1: `a` (first by name) decides the
+    sampling, which `c` sets too (unused: the warning says so); `b` sets only the access log,
+    which applies (the warning says it applies too); ratings' namespace is not judged. What
+    the warnings say is what web's snapshot gets."""
+    from dataclasses import asdict
+
+    from meshctl.observe.selectorchecks import telemetry_checks
+
+    resources = load(
+        telemetry("a", "{selector: {matchLabels: {app: web}}, "
+                  "tracing: [{randomSamplingPercentage: 50}]}", "shop"),
+        telemetry("b", "{selector: {matchLabels: {version: v1}}, accessLogging: [{}]}", "shop"),
+        telemetry("c", "{selector: {matchLabels: {app: web, version: v1}}, "
+                  "tracing: [{randomSamplingPercentage: 10}]}", "shop"),
+        telemetry("d", "{selector: {matchLabels: {version: v1}}, accessLogging: [{}]}",
+                  "other"))
+    proxies = [asdict(p) for p in SIDECARS.values()]
+    [group] = telemetry_checks(resources, proxies)
+    assert group.title == "Telemetry"
+    assert [(c.name, c.state, c.detail) for c in group.checks] == [
+        ("Telemetry shop/a and shop/b", "warn", "both select web-1 (app=web and version=v1): "
+         "a applies first (by name), they set different fields, so b's apply too"),
+        ("Telemetry shop/a and shop/c", "warn", "both select web-1 (app=web and "
+         "app=web,version=v1): a applies first (by name), c's "
+         "tracing.randomSamplingPercentage is not used for them")]
+    web = SnapshotBuilder([*load(MESH), *resources], SIDECARS.values()).build(SIDECARS["web"])
+    assert effective_of(web) == {"accessLog": {"disabled": False}, "tracing": {"sampling": 0.5}}
