@@ -172,6 +172,9 @@ class MeshSettings:
     # Peers whose x-forwarded-client-cert the inbound listener keeps, appending its own
     # element (gateways, and MeshConfig's trustedXfccIdentities); from any other it is removed
     trusted_xfcc: tuple[str, ...] = ()
+    # Those of them that are trusted gateways' ids (``gatewayIdentities``): kept only from a
+    # certificate with the gateway marker, as any proxy of a gateway's service has its id
+    gateway_xfcc: tuple[str, ...] = ()
     # MeshConfig localityLbSetting: for every destination whose policy sets none
     locality_lb: LocalityLbSetting | None = None
 
@@ -273,7 +276,8 @@ _KNOWN: dict[str, frozenset[str]] = {
                    "app", "appProtocol", "inbound", "external", "telemetry"}),
     "node": frozenset({"service", "namespace", "labels", "metricsName", "locality"}),
     "mesh": frozenset({"mtls", "accessLog", "retryBudget", "tracing", "trustDomain",
-                       "outboundTrafficPolicy", "trustedXfccIdentities", "localityLbSetting"}),
+                       "outboundTrafficPolicy", "trustedXfccIdentities", "gatewayIdentities",
+                       "localityLbSetting"}),
     "mesh.retryBudget": frozenset({"percent", "minRetriesPerSecond"}),
     "mesh.tracing": frozenset({"sampling", "otlpEndpoint"}),
     "mesh.outboundTrafficPolicy": frozenset({"mode"}),
@@ -462,12 +466,17 @@ def _parse_snapshot(data: object) -> Snapshot:
                           f"ALLOW_ANY, got {outbound_mode!r}")
     trust_domain = str(mesh_raw.get("trustDomain", "cluster.local"))
     trusted_xfcc: tuple[str, ...] = ()
-    if mesh_raw.get("trustedXfccIdentities") is not None:
-        from meshctl.api.xfcc import trusted_xfcc_identities
+    gateway_xfcc: tuple[str, ...] = ()
+    for key in ("trustedXfccIdentities", "gatewayIdentities"):
+        if mesh_raw.get(key) is not None:
+            from meshctl.api.xfcc import trusted_xfcc_identities
 
-        with _config_errors():
-            trusted_xfcc = trusted_xfcc_identities(trust_domain)(
-                mesh_raw["trustedXfccIdentities"], "mesh.trustedXfccIdentities")
+            with _config_errors():
+                ids = trusted_xfcc_identities(trust_domain)(mesh_raw[key], f"mesh.{key}")
+            if key == "gatewayIdentities":
+                gateway_xfcc = ids
+            else:
+                trusted_xfcc = ids
     locality_lb = None
     if mesh_raw.get("localityLbSetting") is not None:
         with _config_errors():
@@ -483,6 +492,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         trust_domain=trust_domain,
         allow_any_outbound=outbound_mode == "ALLOW_ANY",
         trusted_xfcc=trusted_xfcc,
+        gateway_xfcc=gateway_xfcc,
         locality_lb=locality_lb,
     )
     services = {

@@ -51,6 +51,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self.client_ip = b"unknown"
         self.xff_line = b"x-forwarded-for: unknown\r\n"  # for a client that sent none
         self.peer_identity: str | None = None  # verified SPIFFE id of an mTLS peer
+        # its certificate carries the gateway marker (read with the id, once per connection)
+        self.peer_gateway_cert = False
         self.peer_service: str | None = None
         self.peer_namespace: str | None = None
         self.peer_version = "unknown"
@@ -157,11 +159,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     def _identify_peer(self, ssl_object: object) -> bool:
         """Read the peer's SPIFFE id; False when its certificate does not carry exactly one."""
         from proxy.identity import IdentityError
-        from proxy.tls import verify_peer
+        from proxy.tls import verified_peer
 
         self.security = "mutual_tls"
         try:
-            self.peer_identity = verify_peer(ssl_object, None)  # type: ignore[arg-type]
+            self.peer_identity, self.peer_gateway_cert = verified_peer(ssl_object)  # type: ignore[arg-type]
         except IdentityError as exc:
             log.debug("inbound peer refused: %s", exc)
             return False

@@ -80,6 +80,10 @@ class H2Stream:
         return self.session.peer_identity
 
     @property
+    def peer_gateway_cert(self) -> bool:
+        return self.session.peer_gateway_cert
+
+    @property
     def xfcc_line(self) -> bytes:
         return self.session.xfcc_line
 
@@ -166,6 +170,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.transport = h1.transport
         self.client_ip = h1.client_ip
         self.peer_identity = h1.peer_identity
+        self.peer_gateway_cert = h1.peer_gateway_cert
         self.peer_service = h1.peer_service
         self.peer_namespace = h1.peer_namespace
         self.peer_version = h1.peer_version

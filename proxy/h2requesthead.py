@@ -89,7 +89,8 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
             except ValueError:
                 return "invalid_header"
         elif kind == _H_XFCC:
-            if stream.peer_identity in listener.xfcc_trusted and (value := value.strip()):
+            if (listener.keeps_xfcc(stream.peer_identity, stream.peer_gateway_cert)
+                    and (value := value.strip())):
                 xfcc = value if xfcc is None else xfcc + b"," + value
         elif kind != _H_DROP:
             kept.append((name, value))

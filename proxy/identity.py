@@ -58,11 +58,27 @@ def spiffe_id_of(cert: x509.Certificate) -> str:
 
 def peer_spiffe_id(cert_der: bytes) -> str:
     """The SPIFFE id of a peer certificate in DER (as `SSLObject.getpeercert(True)` gives it)."""
+    return spiffe_id_of(_load_der(cert_der))
+
+
+def peer_identity(cert_der: bytes) -> tuple[str, bool]:
+    """A peer certificate's SPIFFE id and whether it carries the gateway marker, from one
+    parse (an inbound connection's, meshctl/api/gatewaycert.py)."""
+    from meshctl.api.gatewaycert import is_gateway_certificate
+
+    cert = _load_der(cert_der)
+    spiffe_id = spiffe_id_of(cert)
     try:
-        cert = x509.load_der_x509_certificate(cert_der)
+        return spiffe_id, is_gateway_certificate(cert)
+    except ValueError:  # a malformed policies extension: no marker
+        return spiffe_id, False
+
+
+def _load_der(cert_der: bytes) -> x509.Certificate:
+    try:
+        return x509.load_der_x509_certificate(cert_der)
     except ValueError as e:
         raise IdentityError(f"peer certificate unreadable: {e}") from None
-    return spiffe_id_of(cert)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class IdentityAgentConfig:
     service: str
     namespace: str = "default"
     token: str = ""
+    proxy: str = ""  # this proxy's name (Register.name): the CA marks a registered gateway's
     trust_domain: str = "cluster.local"  # only for the CSR's SAN, which the CA ignores anyway
     renew_window: tuple[float, float] = (RENEW_FROM, RENEW_TO)
     retry_base: float = 0.5
@@ -104,8 +105,11 @@ class IdentityAgent:
 
     def __init__(self, sink: IdentitySink, issuer: Issuer, config: IdentityAgentConfig, *,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep,
+                 first_after: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``first_after``: awaited before the first request (a gateway's registration)."""
         self.sink = sink
+        self.first_after = first_after
         self.issuer = issuer
         self.config = config
         self.clock = clock
@@ -139,7 +143,7 @@ class IdentityAgent:
         key_pem, csr_pem = generate_key_and_csr(spiffe_id)
         request = mesh_pb2.CertificateRequest(csr_pem=csr_pem.decode("ascii"),
                                               service=cfg.service, namespace=cfg.namespace,
-                                              token=cfg.token)
+                                              token=cfg.token, proxy=cfg.proxy)
         response = await self.issuer(request)
         identity = identity_from_response(key_pem, response, cfg)
         received = self.clock()
@@ -174,6 +178,8 @@ class IdentityAgent:
     async def run(self) -> None:
         """Renew forever: obtain the first certificate if needed, then sleep until due, renew."""
         if self.identity is None:
+            if self.first_after is not None:
+                await self.first_after()
             await self.obtain()
         while True:
             assert self.renew_due is not None

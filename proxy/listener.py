@@ -56,8 +56,10 @@ class Listener:
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
-        # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended
+        # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended;
+        # those also in xfcc_gateways (trusted gateways') only with the gateway marker
         self.xfcc_trusted: frozenset[str] = frozenset()
+        self.xfcc_gateways: frozenset[str] = frozenset()
         self.quiet: asyncio.Event | None = None  # set while draining, fired at zero connections
         # inbound in STRICT: a plaintext connection is refused, even one accepted before
         self.plaintext_allowed = True
@@ -77,6 +79,12 @@ class Listener:
         self._record_swapped = False  # `record` is an instance attribute (see _choose_record)
         self.use(router)
         self.set_debug()
+
+    def keeps_xfcc(self, peer: str | None, gateway_cert: bool) -> bool:
+        """Whether an mTLS peer's x-forwarded-client-cert is kept (asked only of a request
+        that carries one): its id is trusted, a trusted gateway's only from a certificate with
+        the gateway marker, since any proxy of the gateway's service has its id."""
+        return peer in self.xfcc_trusted and (gateway_cert or peer not in self.xfcc_gateways)
 
     def set_debug(self) -> None:
         """Read the levels of ami.proxy.router and ami.proxy.connection (after a change)."""

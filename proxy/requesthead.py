@@ -144,7 +144,7 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
     elif kind == _H_XFCC:
         # Kept only from an mTLS peer the inbound listener trusts to have set it (a gateway);
         # _head_tail appends our element. From anyone else it is dropped like the others.
-        trusted = p.peer_identity in p.listener.xfcc_trusted
+        trusted = p.listener.keeps_xfcc(p.peer_identity, p.peer_gateway_cert)
         if trusted and (value := value.strip()):
             p._xfcc_kept = value if p._xfcc_kept is None else p._xfcc_kept + b"," + value
     # _H_CONNECTION, _H_PROXY_CONNECTION and _H_DROP: hop-by-hop or identity headers, not

@@ -68,10 +68,22 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
     sink = _IdentitySink(server, agent)
     ident = IdentityAgent(sink, grpc_issuer(args.control_plane, args.ca_file),
                           IdentityAgentConfig(service=args.service, namespace=args.namespace,
-                                              token=token))
+                                              token=token, proxy=agent.identity.name),
+                          first_after=(lambda: registered(agent)) if args.mode == "gateway"
+                          else None)
     agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
     agent.cert_issued = lambda: rfc3339(ident.identity.not_before) if ident.identity else ""
     return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
+
+
+async def registered(agent: Any) -> None:
+    """A gateway asks for its first certificate once registered (bounded wait): the CA marks
+    a gateway's certificate only once the registry holds it; asked before, it is refused and
+    asks again, backing off."""
+    try:
+        await asyncio.wait_for(agent.connected.wait(), agent.first_config_timeout)
+    except TimeoutError:
+        pass  # ask anyway: refused until registered, retried
 
 
 def start_app_probe(server: ProxyServer, args: argparse.Namespace,

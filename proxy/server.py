@@ -127,6 +127,7 @@ class ProxyServer:
         if inbound is not None:
             inbound.tcp = _tcp_inbound(snapshot, inbound_policy, self.pools)
             inbound.xfcc_trusted = frozenset(snapshot.mesh.trusted_xfcc)
+            inbound.xfcc_gateways = frozenset(snapshot.mesh.gateway_xfcc)
             if snapshot.inbound_mtls == "STRICT":
                 if inbound.plaintext_allowed:
                     inbound.refuse_plaintext(self.options.drain_timeout)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from proxy.identity import IdentityError, WorkloadIdentity, peer_spiffe_id
+from proxy.identity import IdentityError, WorkloadIdentity, peer_identity, peer_spiffe_id
 
 ALPN = ("http/1.1",)
 # A sidecar's inbound listener also speaks HTTP/2, to the sidecars that carry HTTP/2 requests
@@ -75,6 +75,15 @@ def verify_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: set[str] | 
     if expected is not None and spiffe_id not in expected:
         raise IdentityError(f"peer {spiffe_id} is not an expected identity")
     return spiffe_id
+
+
+def verified_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[str, bool]:
+    """The peer's SPIFFE id and whether its certificate carries the gateway marker (an
+    inbound connection's, read once); IdentityError as `verify_peer`."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise IdentityError("peer presented no certificate")
+    return peer_identity(der)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,16 +110,18 @@ class ConfigMessage(_message.Message):
     def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., snapshot_json: _Optional[bytes] = ...) -> None: ...
 
 class CertificateRequest(_message.Message):
-    __slots__ = ("csr_pem", "service", "namespace", "token")
+    __slots__ = ("csr_pem", "service", "namespace", "token", "proxy")
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FIELD_NUMBER: _ClassVar[int]
     csr_pem: str
     service: str
     namespace: str
     token: str
-    def __init__(self, csr_pem: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    proxy: str
+    def __init__(self, csr_pem: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., token: _Optional[str] = ..., proxy: _Optional[str] = ...) -> None: ...
 
 class CertificateResponse(_message.Message):
     __slots__ = ("cert_chain_pem", "trust_bundle_pem", "not_after")

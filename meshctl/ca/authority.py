@@ -53,11 +53,13 @@ class CertificateAuthority:
         """Every root trusted now, PEM concatenated (read from disk: rotation needs no restart)."""
         return b"".join(files.cert_pem(c) for c in trusted_roots(self.files))
 
-    def sign_csr(self, csr_pem: bytes, spiffe_id: str, ttl_seconds: float) -> IssuedCertificate:
-        """Sign `csr_pem` for `spiffe_id`; the CSR's own SANs and subject are ignored.
+    def sign_csr(self, csr_pem: bytes, spiffe_id: str, ttl_seconds: float, *,
+                 gateway: bool = False) -> IssuedCertificate:
+        """Sign `csr_pem` for `spiffe_id`; the CSR's own SANs, subject and extensions are ignored.
 
         The CA decides identity: the caller (the CA service) has already authenticated the
-        workload and passes the id it is entitled to. TTL is clamped to [60 s, the
+        workload and passes the id it is entitled to, and whether it is a trusted gateway
+        (`gateway`: the certificate carries the gateway marker). TTL is clamped to [60 s, the
         intermediate's remaining life].
         """
         if trust_domain_of(spiffe_id) != self.trust_domain:
@@ -75,7 +77,8 @@ class CertificateAuthority:
         not_after = now + min(max(ttl_seconds, MIN_TTL), ca_end - now)
         not_before = max(now - CLOCK_SKEW, ca_start)
         cert = make_workload_cert(
-            public_key, spiffe_id, self.ca_cert, self._ca_key, not_before, not_after
+            public_key, spiffe_id, self.ca_cert, self._ca_key, not_before, not_after,
+            gateway=gateway,
         )
         return IssuedCertificate(files.cert_pem(cert), self._chain_pem, not_after)
 

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshctl.api.gatewaycert import gateway_policy
 from meshctl.ca.files import SigningKey
 
 Clock = Callable[[], float]
@@ -131,12 +132,15 @@ def make_workload_cert(
     issuer_key: SigningKey,
     not_before: float,
     not_after: float,
+    *,
+    gateway: bool = False,
 ) -> x509.Certificate:
     """A workload (leaf) certificate whose only identity is one URI SAN, `spiffe_id`.
 
     The subject is empty, so the SAN is critical (RFC 5280 4.2.1.6), as SPIFFE X509-SVIDs do.
+    With `gateway`, it also carries the gateway marker (a certificate policy, non-critical).
     """
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
         .issuer_name(issuer_cert.subject)
@@ -170,8 +174,10 @@ def make_workload_cert(
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
         )
-        .sign(issuer_key, hashes.SHA256())
     )
+    if gateway:
+        builder = builder.add_extension(gateway_policy(), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:

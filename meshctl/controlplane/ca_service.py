@@ -2,6 +2,8 @@
 
 The requester never chooses its identity: the token is checked for (namespace, service) and the
 certificate carries `spiffe_id_for(trustDomain, namespace, service)` whatever the CSR asks for.
+Nor whether it is a trusted gateway: the gateway marker goes only to a proxy that asked with
+its gateway token and that the registry holds as a gateway registered with it.
 Also here: loading (or creating) the CA for `meshctl serve`, and the control plane's own TLS
 server certificate, signed by the mesh CA so sidecars verify it with the trust bundle.
 """
@@ -62,11 +64,15 @@ class CertificateService:
     """Verifies bootstrap tokens and signs CSRs; counts what it issued and refused."""
 
     def __init__(self, ca: CertificateAuthority, tokens: BootstrapTokens,
-                 mesh_config: Callable[[], MeshConfigSpec] = MeshConfigSpec) -> None:
-        """`mesh_config` returns the current MeshConfig (read per request: TTL changes apply)."""
+                 mesh_config: Callable[[], MeshConfigSpec] = MeshConfigSpec,
+                 trusted_gateway: Callable[[str, str, str], bool] = lambda *_: False) -> None:
+        """`mesh_config` returns the current MeshConfig (read per request: TTL changes apply);
+        `trusted_gateway(proxy, namespace, service)`: whether the registry holds that proxy
+        as a gateway of that service registered with its gateway token."""
         self.ca = ca
         self.tokens = tokens
         self.mesh_config = mesh_config
+        self.trusted_gateway = trusted_gateway
         self._signer_mtime = self._signer_stamp()
         self.issued = 0
         self.refused = 0
@@ -92,27 +98,48 @@ class CertificateService:
             raise IssueError(grpc.StatusCode.UNAUTHENTICATED, "token: required")
         # kind() is None for malformed names too, so no name probing through error texts.
         # A gateway token proves its service's identity as the service token does.
-        if self.tokens.kind(request.token, namespace, request.service) is None:
+        kind = self.tokens.kind(request.token, namespace, request.service)
+        if kind is None:
             log.warning("refused a certificate for %s/%s: bad bootstrap token",
                         namespace, request.service)
             raise IssueError(grpc.StatusCode.PERMISSION_DENIED,
                              f"the token is not valid for {namespace}/{request.service}")
+        gateway = kind == "gateway" and self._registered_gateway(request, namespace)
         self._reload_if_rotated()
         mesh = self.mesh_config()
         spiffe_id = spiffe_id_for(mesh.trust_domain, namespace, request.service)
         ttl = max(mesh.certificate_ttl, MIN_TTL)
         try:
-            issued = self.ca.sign_csr(request.csr_pem.encode(), spiffe_id, ttl)
+            issued = self.ca.sign_csr(request.csr_pem.encode(), spiffe_id, ttl, gateway=gateway)
         except CsrRejected as exc:
             raise IssueError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except CAError as exc:
             log.error("cannot sign for %s: %s", spiffe_id, exc)
             raise IssueError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
-        log.info("issued %s until %s", spiffe_id, rfc3339(issued.not_after))
+        log.info("issued %s%s until %s", spiffe_id, " (gateway)" if gateway else "",
+                 rfc3339(issued.not_after))
         return mesh_pb2.CertificateResponse(
             cert_chain_pem=(issued.cert_pem + issued.chain_pem).decode("ascii"),
             trust_bundle_pem=self.ca.trust_bundle().decode("ascii"),
             not_after=rfc3339(issued.not_after))
+
+    def _registered_gateway(self, request: mesh_pb2.CertificateRequest, namespace: str) -> bool:
+        """A gateway token's request: marked if the registry holds the proxy it names as a
+        gateway registered with that token. A proxy that names none predates the marker: its
+        certificate is issued unmarked, as before (sidecars drop its XFCC). One that names a
+        proxy not registered (yet) is refused: it asks again once its Register is in."""
+        if not request.proxy:
+            log.warning("issuing %s/%s's gateway token a certificate without the gateway "
+                        "marker: the proxy did not say its name (built before gateway "
+                        "certificates), so sidecars drop its x-forwarded-client-cert",
+                        namespace, request.service)
+            return False
+        if not self.trusted_gateway(request.proxy, namespace, request.service):
+            raise IssueError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"proxy {request.proxy!r} is not registered as a gateway of "
+                             f"{namespace}/{request.service} with its gateway token (yet): a "
+                             "gateway token's certificate is for a registered gateway")
+        return True
 
     def current_ca(self) -> CertificateAuthority:
         """The CA as it is on disk now (reloaded after `meshctl certs rotate`)."""

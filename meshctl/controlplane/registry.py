@@ -105,6 +105,13 @@ class Registry:
         """Proxies registered in gateway mode (in grace after a disconnect too), by name."""
         return [p for p in self.proxies() if p.mode == "gateway"]
 
+    def trusted_gateway(self, name: str, namespace: str, service: str) -> bool:
+        """Whether ``name`` is a gateway of namespace/service registered with its gateway token
+        (connected, or in its grace): the CA marks only such a proxy's certificate."""
+        info = self.get(name)
+        return (info is not None and info.mode == "gateway" and info.trusted_gateway
+                and (info.namespace, info.service) == (namespace, service))
+
     def idle_sidecars(self) -> list[ProxyInfo]:
         """Sidecars listed but not taking traffic: unready, draining, or their app not serving."""
         return [p for p in self.proxies() if p.mode == "sidecar" and not p.is_endpoint]

@@ -82,7 +82,8 @@ async def serve(options: ServeOptions,
     """Run until SIGTERM/SIGINT; ``on_ready(http_port, grpc_port)`` once both listen."""
     ca = load_or_init_ca(options.certs_dir)
     ca_service = CertificateService(ca, BootstrapTokens.load(options.certs_dir),
-                                    lambda: reconciler.mesh)
+                                    lambda: reconciler.mesh,
+                                    lambda *proxy: registry.trusted_gateway(*proxy))
     # Signed by the CA as it is on disk now (ca_service reloads it after `meshctl certs
     # rotate`), so a rotation reaches the control plane's own certificate too.
     own_cert = RenewingServerCertificate(

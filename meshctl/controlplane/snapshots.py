@@ -74,8 +74,11 @@ def _subset(subset: Subset, raw: dict[str, Any]) -> dict[str, Any]:
 
 def mesh_settings(spec: MeshConfigSpec, trusted_xfcc: Iterable[str] = ()) -> dict[str, Any]:
     """MeshConfig.spec in the snapshot's ``mesh`` shape; ``trusted_xfcc``: more peers whose
-    x-forwarded-client-cert sidecars keep (the registered gateways')."""
-    trusted = sorted({*spec.trusted_xfcc_identities, *trusted_xfcc})
+    x-forwarded-client-cert sidecars keep (the registered gateways'), listed again in
+    ``gatewayIdentities``: a sidecar keeps theirs only from a certificate with the gateway
+    marker. (They stay in trustedXfccIdentities for sidecars from before the marker.)"""
+    gateways = sorted(set(trusted_xfcc))
+    trusted = sorted({*spec.trusted_xfcc_identities, *gateways})
     return {
         "mtls": spec.mtls_mode,
         "accessLog": spec.access_log,
@@ -88,6 +91,7 @@ def mesh_settings(spec: MeshConfigSpec, trusted_xfcc: Iterable[str] = ()) -> dic
         "outboundTrafficPolicy": {"mode": spec.outbound_traffic},
         # absent when there is none: snapshots of meshes without gateways keep their bytes
         **({"trustedXfccIdentities": trusted} if trusted else {}),
+        **({"gatewayIdentities": gateways} if gateways else {}),
         # likewise absent unless MeshConfig sets one
         **({"localityLbSetting": locality_lb_setting_json(spec.locality_lb)}
            if spec.locality_lb is not None else {}),
