@@ -65,9 +65,11 @@ ECHO, INGRESS, SHOP = sid("echo"), sid("ingress"), sid("shop")
 NGINX = sid("nginx", "edge")  # an ingress that is not an Ami gateway (MeshConfig lists it)
 
 
-def mint(ca: CertificateAuthority, spiffe_id: str) -> WorkloadIdentity:
+def mint(ca: CertificateAuthority, spiffe_id: str, *, gateway: bool = False) -> WorkloadIdentity:
+    """An identity as the CA issues it; `gateway`: with the gateway marker (as to a gateway
+    registered with its gateway token)."""
     key_pem, csr_pem = generate_key_and_csr(spiffe_id)
-    issued = ca.sign_csr(csr_pem, spiffe_id, 3600)
+    issued = ca.sign_csr(csr_pem, spiffe_id, 3600, gateway=gateway)
     return WorkloadIdentity.from_pem(key_pem, issued.cert_pem, issued.chain_pem,
                                      ca.trust_bundle())
 
@@ -111,6 +113,7 @@ class Mesh:
     gateway_port: int
     server: Issued  # the gateway's HTTPS certificate
     partner: Issued  # a client certificate of the partner CA the gateway trusts
+    gateway_tls: list[str]  # its --gateway-cert, --gateway-key, --gateway-client-ca arguments
 
     @property
     def inbound(self) -> int:
@@ -119,13 +122,14 @@ class Mesh:
     def port(self, proc: MeshProcess, listener: str) -> int:
         return int(proc.info[listener].rsplit(":", 1)[1])
 
-    async def via_gateway(self, extra: str = "") -> Message:
-        """One HTTP/1.1 request through the HTTPS gateway with the partner's certificate."""
+    async def via_gateway(self, extra: str = "", port: int | None = None) -> Message:
+        """One HTTP/1.1 request through the HTTPS gateway (or another on `port`) with the
+        partner's certificate."""
         ctx = ssl.create_default_context(cadata=self.server.cert_pem.decode())
         cert, key = self.partner.write(self.tmp, "partner")
         ctx.load_cert_chain(cert, key)
         reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            "127.0.0.1", self.gateway_port, ssl=ctx), DEADLINE)
+            "127.0.0.1", port or self.gateway_port, ssl=ctx), DEADLINE)
         try:
             writer.write(get("echo", "/who", extra))
             return await asyncio.wait_for(read_response(reader), DEADLINE)
@@ -163,16 +167,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         echo = start_sidecar(tmp, grpc, "echo", "v1", app=f"127.0.0.1:{app}",
                              extra=["--app-protocol", "http1", "--access-log", "on"])
         shop = start_sidecar(tmp, grpc, "shop", "v1")
+        gateway_tls = ["--gateway-cert", str(cert), "--gateway-key", str(key),
+                       "--gateway-client-ca", str(client_ca)]
         gateway = start_sidecar(tmp, grpc, "ingress", "v1", mode="gateway", extra=[
-            "--gateway-listen", f"127.0.0.1:{gateway_port}", "--gateway-cert", str(cert),
-            "--gateway-key", str(key), "--gateway-client-ca", str(client_ca),
+            "--gateway-listen", f"127.0.0.1:{gateway_port}", *gateway_tls,
             "--name", "ingress-gw"])
         gateway.info["name"] = "ingress-gw"
         procs += [echo, shop, gateway]
         names = {p.info["name"] for p in procs}
         wait_for(lambda: all_synced(cp, names), SYNC, "all proxies synced")
         yield Mesh(tmp, cp, CertificateAuthority(cp.info["certs_dir"]), echo, shop, gateway,
-                   gateway_port, server, partner)
+                   gateway_port, server, partner, gateway_tls)
     finally:
         for proc in procs:
             proc.stop()
@@ -263,18 +268,20 @@ async def test_mesh_config_identities_are_honoured_and_withdrawn(mesh: Mesh) -> 
 
 
 async def test_a_gateway_is_trusted_while_it_is_registered(mesh: Mesh, tmp_path: Path) -> None:
-    """A second gateway (`edge`): its identity's XFCC is kept once it has registered, and
-    removed once it is gone and its grace has passed."""
-    edge = mint(mesh.ca, sid("edge"))
+    """A second gateway (`edge`): XFCC from a certificate of its identity with the gateway
+    marker is kept once it has registered, and removed once it is gone and its grace has
+    passed; from one of its identity without the marker it is removed throughout."""
+    edge, unmarked = mint(mesh.ca, sid("edge"), gateway=True), mint(mesh.ca, sid("edge"))
 
-    async def seen() -> list[str]:
-        return xfcc_seen(await mesh.as_peer(edge, f"{XFCC}: URI=spiffe://partner.example/a\r\n"))
+    async def seen(peer: WorkloadIdentity = edge) -> list[str]:
+        return xfcc_seen(await mesh.as_peer(peer, f"{XFCC}: URI=spiffe://partner.example/a\r\n"))
 
     assert await seen() == [f"By={ECHO};URI={sid('edge')}"]
     proc = start_sidecar(tmp_path, mesh.cp.info["grpc"], "edge", "v1", mode="gateway",
                          extra=["--gateway-listen", f"127.0.0.1:{free_port()}"])
     try:
         await until(seen, [f"URI=spiffe://partner.example/a,By={ECHO};URI={sid('edge')}"])
+        assert await seen(unmarked) == [f"By={ECHO};URI={sid('edge')}"]
     finally:
         proc.stop()
     await until(seen, [f"By={ECHO};URI={sid('edge')}"])
@@ -299,7 +306,7 @@ async def test_a_gateway_with_a_service_token_is_not_trusted_until_it_has_its_ga
     it, and its XFCC is removed once every sidecar runs a snapshot made after it registered.
     The same gateway restarted with `certs token --gateway`'s token is trusted: the token is
     what made the difference."""
-    legacy = mint(mesh.ca, sid("legacy"))
+    legacy = mint(mesh.ca, sid("legacy"), gateway=True)  # only the registration differs
 
     async def seen() -> list[str]:
         return xfcc_seen(await mesh.as_peer(legacy, f"{XFCC}: URI=spiffe://partner.example/b\r\n"))
@@ -333,6 +340,87 @@ async def test_a_gateway_with_a_service_token_is_not_trusted_until_it_has_its_ga
         assert "‼ gateways trusted" not in meshctl(mesh, "check").stdout
     finally:
         proc.stop()
+
+
+async def presented_certificate(mesh: Mesh, proc: MeshProcess) -> x509.Certificate:
+    """The workload certificate a proxy presents (its admin listener takes mTLS with it)."""
+    ctx = client_ctx(mint(mesh.ca, SHOP), mesh.ca.trust_bundle())
+    _, writer = await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", mesh.port(proc, "admin"), ssl=ctx), DEADLINE)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der)
+    finally:
+        writer.close()
+
+
+async def test_a_proxy_of_the_gateways_service_with_its_plain_token_cannot_pass_xfcc_on(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """The gap the gateway marker closes: a second HTTPS gateway of ingress's service, started
+    with ingress's plain service token, has ingress's SPIFFE id and verifies the partner's
+    certificate as ingress-gw does; but the CA gave it no gateway marker, so echo's sidecar
+    drops the XFCC it forwards (trusting by id, it kept it). ingress-gw's own certificate has
+    the marker, and its XFCC still arrives."""
+    port = free_port()
+    rogue = start_sidecar(tmp_path, mesh.cp.info["grpc"], "ingress", "v1", mode="gateway",
+                          token="service", extra=[
+                              "--gateway-listen", f"127.0.0.1:{port}", *mesh.gateway_tls,
+                              "--name", "ingress-rogue"])
+    try:
+        names = {"ingress-rogue", "ingress-gw", mesh.echo.info["name"]}
+        await asyncio.to_thread(wait_for, lambda: all_synced(mesh.cp, names), SYNC,
+                                "every proxy synced with ingress-rogue registered")
+        assert xfcc_seen(await mesh.via_gateway(port=port)) == [f"By={ECHO};URI={INGRESS}"]
+        assert xfcc_seen(await mesh.via_gateway()) == \
+            [f"{expected_xfcc(mesh.partner)},By={ECHO};URI={INGRESS}"]
+        from meshctl.api.gatewaycert import is_gateway_certificate
+        from meshctl.ca.spiffe import uri_sans
+
+        rogue_cert = await presented_certificate(mesh, rogue)
+        gateway_cert = await presented_certificate(mesh, mesh.gateway)
+        assert uri_sans(rogue_cert) == uri_sans(gateway_cert) == [INGRESS]
+        assert not is_gateway_certificate(rogue_cert)
+        assert is_gateway_certificate(gateway_cert)
+    finally:
+        rogue.stop()
+
+
+async def test_a_csr_cannot_obtain_the_gateway_marker(mesh: Mesh) -> None:
+    """IssueCertificate on the control plane's TLS gRPC port: a CSR carrying the marker's
+    policy with ingress's service token, naming the registered gateway, gets a certificate
+    without it; ingress's gateway token naming a proxy that is not its registered gateway is
+    refused; naming the registered gateway, it gets the marker (as ingress-gw does)."""
+    import grpc
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from grpc import aio
+
+    from meshctl.api import mesh_pb2
+    from meshctl.api.gatewaycert import gateway_policy, is_gateway_certificate
+    from meshctl.ca import BootstrapTokens
+    from proxy.identity_agent import grpc_issuer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(INGRESS)]),
+                          critical=True)
+           .add_extension(gateway_policy(), critical=False).sign(key, hashes.SHA256()))
+    tokens = BootstrapTokens.load(mesh.cp.info["certs_dir"])
+    issue = grpc_issuer(mesh.cp.info["grpc"], Path(mesh.cp.info["certs_dir"]) / "trust-bundle.pem")
+
+    async def leaf(token: str, proxy: str) -> x509.Certificate:
+        response = await issue(mesh_pb2.CertificateRequest(
+            csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode(), service="ingress",
+            namespace="default", token=token, proxy=proxy))
+        return x509.load_pem_x509_certificates(response.cert_chain_pem.encode())[0]
+
+    assert not is_gateway_certificate(await leaf(tokens.token_for("default", "ingress"),
+                                                 "ingress-gw"))
+    gateway_token = tokens.gateway_token_for("default", "ingress")
+    with pytest.raises(aio.AioRpcError) as err:
+        await leaf(gateway_token, mesh.echo.info["name"])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert is_gateway_certificate(await leaf(gateway_token, "ingress-gw"))
 
 
 async def test_another_services_gateway_token_gets_nothing(mesh: Mesh,

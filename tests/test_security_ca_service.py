@@ -9,9 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc import aio
 
 from meshctl.api import mesh_pb2
+from meshctl.api.gatewaycert import gateway_policy, is_gateway_certificate
 from meshctl.api.kinds import MeshConfigSpec
 from meshctl.ca import BootstrapTokens, CertificateAuthority, fingerprint, init_ca
 from meshctl.ca.spiffe import uri_sans
@@ -81,6 +84,62 @@ def test_a_gateway_token_gets_its_services_identity_and_no_other(
         service.issue(req)
     assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert (service.issued, service.refused) == (1, 1)
+
+
+def marked_service(tmp_path: Path) -> CertificateService:
+    """A CA service whose registry holds one trusted gateway: `gw`, of default/reviews."""
+    init_ca(tmp_path / "ca")
+    return CertificateService(CertificateAuthority(tmp_path / "ca"),
+                              BootstrapTokens.load(tmp_path / "ca"), MeshConfigSpec,
+                              lambda *proxy: proxy == ("gw", "default", "reviews"))
+
+
+def issued_leaf(service: CertificateService, req: mesh_pb2.CertificateRequest) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(service.issue(req).cert_chain_pem.encode())[0]
+
+
+def test_the_gateway_marker_goes_to_a_registered_gateway_with_its_gateway_token(
+        tmp_path: Path) -> None:
+    """Marked: the gateway token, naming a proxy the registry holds as that service's trusted
+    gateway; still exactly one URI SAN. Unmarked: the service token naming that gateway, and a
+    gateway token naming no proxy (one built before the marker). A gateway token naming a
+    proxy the registry does not hold as one (yet) is FAILED_PRECONDITION: asked again later."""
+    service = marked_service(tmp_path)
+    req = request(service, "reviews", "reviews")
+    req.proxy = "gw"
+    assert not is_gateway_certificate(issued_leaf(service, req))  # the service token
+    req.token = service.tokens.gateway_token_for("default", "reviews")
+    leaf = issued_leaf(service, req)
+    assert is_gateway_certificate(leaf) and uri_sans(leaf) == [REVIEWS]
+    policies = leaf.extensions.get_extension_for_class(x509.CertificatePolicies)
+    assert not policies.critical
+    req.proxy = ""
+    assert not is_gateway_certificate(issued_leaf(service, req))
+    req.proxy = "reviews-v1-9080"
+    with pytest.raises(IssueError) as err:
+        service.issue(req)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'reviews-v1-9080' is not registered as a gateway of default/reviews" in str(err.value)
+    assert (service.issued, service.refused) == (3, 1)
+
+
+def test_a_csr_cannot_ask_for_the_gateway_marker(tmp_path: Path) -> None:
+    """A CSR carrying the marker's policy (and the gateway's id) with the service token, even
+    naming the registered gateway: the certificate has no marker (the CA copies nothing from
+    a CSR but its key)."""
+    service = marked_service(tmp_path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(REVIEWS)]),
+                          critical=True)
+           .add_extension(gateway_policy(), critical=False).sign(key, hashes.SHA256()))
+    req = mesh_pb2.CertificateRequest(
+        csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode(), service="reviews",
+        namespace="default", token=service.tokens.token_for("default", "reviews"), proxy="gw")
+    leaf = issued_leaf(service, req)
+    assert not is_gateway_certificate(leaf)
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_class(x509.CertificatePolicies)
 
 
 def test_missing_token_and_bad_csr_are_refused(service: CertificateService) -> None:

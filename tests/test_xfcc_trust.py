@@ -76,6 +76,11 @@ def test_snapshot_lists_the_gateways_and_mesh_config_ids_sorted_once() -> None:
     expected = ["spiffe://cluster.local/ns/default/sa/web", INGRESS, NGINX]
     assert data["mesh"]["trustedXfccIdentities"] == expected
     assert Snapshot.from_dict(data).mesh.trusted_xfcc == tuple(expected)
+    # the gateways' ids again, kept only from a certificate with the gateway marker: INGRESS
+    # too, though MeshConfig lists it (a trusted gateway's id is any of its service's proxies')
+    gateways = ["spiffe://cluster.local/ns/default/sa/web", INGRESS]
+    assert data["mesh"]["gatewayIdentities"] == gateways
+    assert Snapshot.from_dict(data).mesh.gateway_xfcc == tuple(gateways)
     # the same list in a gateway's own snapshot and another namespace's sidecar's
     other_ns = replace(ECHO, name="echo-b", namespace="b")
     for proxy in (GATEWAY, other_ns):
@@ -107,6 +112,41 @@ def test_a_gateway_registered_with_a_service_token_is_not_listed() -> None:
     assert trusted["mesh"]["trustedXfccIdentities"] == [INGRESS]
 
 
+def test_a_sidecar_keeps_a_gateways_xfcc_only_from_a_marked_certificate() -> None:
+    """The inbound listener's rule: a MeshConfig id (no Ami gateway) by its id; a trusted
+    gateway's id only with the gateway marker; anyone else, and plaintext, never."""
+    from proxy.listener import Listener
+
+    listener = Listener.__new__(Listener)  # the rule alone: no loop, no socket
+    listener.xfcc_trusted = frozenset({NGINX, INGRESS})
+    listener.xfcc_gateways = frozenset({INGRESS})
+    assert listener.keeps_xfcc(NGINX, False) and listener.keeps_xfcc(INGRESS, True)
+    assert not listener.keeps_xfcc(INGRESS, False)
+    shop = "spiffe://cluster.local/ns/default/sa/shop"
+    assert not listener.keeps_xfcc(shop, True) and not listener.keeps_xfcc(None, False)
+
+
+def test_the_ca_asks_the_registry_for_a_trusted_gateway_by_name() -> None:
+    """Registry.trusted_gateway (what the CA marks by): that name, registered in gateway mode
+    with its gateway token, of that namespace and service; in its grace too."""
+    now = [0.0]
+    registry = Registry(grace=2.0, clock=lambda: now[0])
+    session = registry.register(GATEWAY)
+    registry.register(replace(GATEWAY, name="plain-gw", trusted_gateway=False))
+    registry.register(ECHO)
+    assert registry.trusted_gateway("ingress-gw", "edge", "ingress")
+    assert not registry.trusted_gateway("ingress-gw", "default", "ingress")
+    assert not registry.trusted_gateway("ingress-gw", "edge", "web")
+    assert not registry.trusted_gateway("plain-gw", "edge", "ingress")
+    assert not registry.trusted_gateway("echo-v1", "default", "echo")
+    assert not registry.trusted_gateway("nobody", "edge", "ingress")
+    registry.disconnect(GATEWAY.name, session)
+    assert registry.trusted_gateway("ingress-gw", "edge", "ingress")
+    now[0] = 2.5
+    registry.expire()
+    assert not registry.trusted_gateway("ingress-gw", "edge", "ingress")
+
+
 def test_the_registry_lists_gateways_until_their_grace_ends() -> None:
     now = [0.0]
     registry = Registry(grace=2.0, clock=lambda: now[0])
@@ -127,6 +167,14 @@ def test_old_snapshots_trust_no_one_and_static_files_are_checked() -> None:
     check_known_keys(static)
     assert Snapshot.from_dict(static).mesh.trusted_xfcc == (
         "spiffe://corp.example/ns/edge/sa/nginx",)
+    static["mesh"]["gatewayIdentities"] = ["spiffe://corp.example/ns/edge/sa/ingress"]
+    check_known_keys(static)
+    assert Snapshot.from_dict(static).mesh.gateway_xfcc == (
+        "spiffe://corp.example/ns/edge/sa/ingress",)
+    with pytest.raises(ConfigError, match=r"^mesh\.gatewayIdentities\[0\]: .* is of trust "
+                                          r"domain 'cluster\.local'"):
+        Snapshot.from_dict({"mesh": {"trustDomain": "corp.example",
+                                     "gatewayIdentities": [INGRESS]}})
     with pytest.raises(ConfigError, match=r"^mesh\.trustedXfccIdentities\[0\]: "
                                           r"'spiffe://cluster\.local/ns/edge/sa/nginx' is of "
                                           r"trust domain 'cluster\.local', not the mesh's "
