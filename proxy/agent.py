@@ -129,6 +129,7 @@ class ControlPlaneAgent:
         self.ca_pem: bytes | None = ca_file.read_bytes() if ca_file else None
         self.cert_expiry: Callable[[], str] = lambda: ""  # set by run.py's identity agent
         self.cert_issued: Callable[[], str] = lambda: ""
+        self.gateway_cert: Callable[[], bool] = lambda: False  # its cert has the marker
         self.app_health: Callable[[], str] = lambda: ""  # set by run.py when it probes the app
         self.admin_token = ""  # sent in Register; the admin listener wants it from remote callers
         self.applied_version = ""
@@ -240,7 +241,8 @@ class ControlPlaneAgent:
             labels=ident.labels, inbound=ident.inbound, outbound=ident.outbound,
             admin=ident.admin, mode=ident.mode, token=ident.token, ready=ready,
             config_version=self.applied_version, cert_expiry=self.cert_expiry(),
-            cert_issued=self.cert_issued(), admin_token=self.admin_token,
+            cert_issued=self.cert_issued(), gateway_cert=self.gateway_cert(),
+            admin_token=self.admin_token,
             app_health=app_health, app_protocol=self.identity.app_protocol,
             locality=self.identity.locality, proxy_version=VERSION, build=BUILD,
             app_port=self.identity.app_port)
@@ -278,6 +280,7 @@ class ControlPlaneAgent:
             self._reported = state
             self._outbox.put_nowait(mesh_pb2.ProxyMessage(status=mesh_pb2.Status(
                 ready=state[0], cert_expiry=self.cert_expiry(), cert_issued=self.cert_issued(),
+                gateway_cert=self.gateway_cert(),
                 app_health=state[1])))
 
     def app_health_changed(self, _state: str) -> None:

@@ -95,6 +95,7 @@ class WorkloadIdentity:
     spiffe_id: str
     not_before: float  # POSIX seconds
     not_after: float
+    gateway: bool = False  # the leaf carries the gateway marker (meshctl/api/gatewaycert.py)
 
     @classmethod
     def from_pem(
@@ -111,6 +112,8 @@ class WorkloadIdentity:
             raise IdentityError(f"unreadable identity material: {e}") from None
         if _spki(key.public_key()) != _spki(cert.public_key()):
             raise IdentityError("the private key does not match the certificate")
+        from meshctl.api.gatewaycert import is_gateway_certificate
+
         return cls(
             key_pem=key_pem,
             cert_pem=cert_pem,
@@ -119,6 +122,7 @@ class WorkloadIdentity:
             spiffe_id=spiffe_id_of(cert),
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
+            gateway=is_gateway_certificate(cert),
         )
 
     @property

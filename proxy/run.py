@@ -73,6 +73,7 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
                           else None)
     agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
     agent.cert_issued = lambda: rfc3339(ident.identity.not_before) if ident.identity else ""
+    agent.gateway_cert = lambda: ident.identity is not None and ident.identity.gateway
     return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
 
 

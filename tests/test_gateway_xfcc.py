@@ -385,6 +385,52 @@ async def test_a_proxy_of_the_gateways_service_with_its_plain_token_cannot_pass_
         rogue.stop()
 
 
+def build_before_the_marker(tmp: Path) -> Path:
+    """This build's proxy as one from before the gateway marker asks for its certificate:
+    without its name (CertificateRequest.proxy), so the CA cannot mark it."""
+    from meshctl.api.build import VERSION
+    from tests.test_proxy_versions import other_build
+
+    tree = other_build(tmp, VERSION)
+    agent = tree / "proxy" / "identity_agent.py"
+    text = agent.read_text()
+    assert text.count("token=cfg.token, proxy=cfg.proxy)") == 1
+    agent.write_text(text.replace("token=cfg.token, proxy=cfg.proxy)", "token=cfg.token)"))
+    return tree
+
+
+async def test_a_gateway_from_before_the_marker_is_not_trusted_and_check_says_what_to_do(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """Version skew: a gateway whose proxy predates the marker, started with its gateway token,
+    registers as a trusted gateway, but its certificate is issued unmarked (the control plane
+    logs why), so echo's sidecar drops the partner certificate it forwards; proxy-status shows
+    `gatewayCertificate: false` and `meshctl check` names it and says to upgrade it."""
+    port = free_port()
+    old = start_sidecar(tmp_path, mesh.cp.info["grpc"], "oldgw", "v1", mode="gateway",
+                        source=build_before_the_marker(tmp_path), extra=[
+                            "--gateway-listen", f"127.0.0.1:{port}", *mesh.gateway_tls,
+                            "--name", "old-gw"])
+    try:
+        names = {"old-gw", "ingress-gw", mesh.echo.info["name"]}
+        await asyncio.to_thread(wait_for, lambda: all_synced(mesh.cp, names), SYNC,
+                                "every proxy synced with old-gw registered")
+        assert xfcc_seen(await mesh.via_gateway(port=port)) == [f"By={ECHO};URI={sid('oldgw')}"]
+        assert ("issuing default/oldgw's gateway token a certificate without the gateway marker"
+                in mesh.cp.output())
+        status = proxy_status(mesh)
+        assert (status["old-gw"]["trustedGateway"], status["old-gw"]["gatewayCertificate"],
+                status["ingress-gw"]["gatewayCertificate"],
+                status[mesh.echo.info["name"]]["gatewayCertificate"]) == (True, False, True, None)
+        check = meshctl(mesh, "check").stdout
+        assert ("‼ gateway certificates marked: registered with their gateway token, but their "
+                "certificate has no gateway marker, so sidecars drop the x-forwarded-client-"
+                "cert they send: old-gw (default/oldgw, proxy ") in check, check
+        assert "upgrade each to a proxy of this control plane's version and restart it" in check
+        assert "‼ gateways trusted" not in check
+    finally:
+        old.stop()
+
+
 async def test_a_csr_cannot_obtain_the_gateway_marker(mesh: Mesh) -> None:
     """IssueCertificate on the control plane's TLS gRPC port: a CSR carrying the marker's
     policy with ingress's service token, naming the registered gateway, gets a certificate

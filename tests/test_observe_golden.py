@@ -12,7 +12,11 @@ from meshctl.observe.checks import (
     protocol_check,
     tcp_route_checks,
 )
-from meshctl.observe.gatewaychecks import gateway_trust_check, identity_sharing_check
+from meshctl.observe.gatewaychecks import (
+    gateway_certificate_check,
+    gateway_trust_check,
+    identity_sharing_check,
+)
 from meshctl.observe.golden import golden, histogram_quantile, one_reporter, rates
 from meshctl.observe.samples import LABELS, Scrape, parse_scrape
 from meshctl.observe.window import ScrapeWindow
@@ -225,10 +229,37 @@ def test_check_warns_of_gateways_registered_with_a_service_token() -> None:
     assert identity_sharing_check(proxies).state == "ok"
 
 
+def test_check_warns_of_trusted_gateways_whose_certificate_is_not_marked() -> None:
+    """A trusted gateway with a certificate but no gateway marker (a proxy from before it) is
+    named with its proxy version and told to upgrade; one not yet with a certificate, a marked
+    one, an untrusted one (gateway_trust_check's) and an older control plane's (no field) not."""
+    proxies = [
+        {"name": "gw", "service": "ingress", "namespace": "edge", "mode": "gateway",
+         "trustedGateway": True, "certExpiry": "2026-11-28T00:00:00Z",
+         "gatewayCertificate": True},
+        {"name": "old-gw", "service": "web", "namespace": "shop", "mode": "gateway",
+         "trustedGateway": True, "certExpiry": "2026-11-28T00:00:00Z",
+         "gatewayCertificate": False, "proxyVersion": "unknown"},
+        {"name": "new-gw", "service": "api", "mode": "gateway", "trustedGateway": True,
+         "certExpiry": None, "gatewayCertificate": False},
+        {"name": "plain-gw", "service": "b2b", "mode": "gateway", "trustedGateway": False,
+         "certExpiry": "2026-11-28T00:00:00Z", "gatewayCertificate": False},
+        {"name": "older-cp", "service": "edge", "mode": "gateway", "trustedGateway": True,
+         "certExpiry": "2026-11-28T00:00:00Z"}]
+    check = gateway_certificate_check(proxies)
+    assert check.state == "warn"
+    assert check.detail == ("registered with their gateway token, but their certificate has no "
+                            "gateway marker, so sidecars drop the x-forwarded-client-cert they "
+                            "send: old-gw (shop/web, proxy unknown)")
+    assert check.hint.startswith("upgrade each to a proxy of this control plane's version")
+    assert check in all_checks(proxies, [], 0.0)[0].checks
+    assert gateway_certificate_check([proxies[0], *proxies[2:]]).state == "ok"
+
+
 def test_check_warns_of_proxies_sharing_a_trusted_gateways_identity() -> None:
     """A sidecar, or a gateway with the service token, of a trusted gateway's service has
-    its id, so its XFCC is kept: warned (not as an untrusted gateway); another namespace's
-    proxy of that name is not."""
+    its id (sidecars from before the marker keep its XFCC, policies allowing the gateway allow
+    it): warned (not as an untrusted gateway); another namespace's proxy of that name is not."""
     proxies = [
         {"name": "gw", "service": "ingress", "namespace": "edge", "mode": "gateway",
          "trustedGateway": True},

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Register(_message.Message):
-    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build", "app_port")
+    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build", "app_port", "gateway_cert")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Register(_message.Message):
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILD_FIELD_NUMBER: _ClassVar[int]
     APP_PORT_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_CERT_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     namespace: str
@@ -55,7 +56,8 @@ class Register(_message.Message):
     proxy_version: str
     build: str
     app_port: int
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ..., app_port: _Optional[int] = ...) -> None: ...
+    gateway_cert: bool
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ..., app_port: _Optional[int] = ..., gateway_cert: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce")
@@ -76,16 +78,18 @@ class Nack(_message.Message):
     def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("ready", "cert_expiry", "cert_issued", "app_health")
+    __slots__ = ("ready", "cert_expiry", "cert_issued", "app_health", "gateway_cert")
     READY_FIELD_NUMBER: _ClassVar[int]
     CERT_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     CERT_ISSUED_FIELD_NUMBER: _ClassVar[int]
     APP_HEALTH_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_CERT_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     cert_expiry: str
     cert_issued: str
     app_health: str
-    def __init__(self, ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ...) -> None: ...
+    gateway_cert: bool
+    def __init__(self, ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., gateway_cert: _Optional[bool] = ...) -> None: ...
 
 class ProxyMessage(_message.Message):
     __slots__ = ("register", "ack", "nack", "status")

@@ -36,6 +36,9 @@ def proxy_json(info: ProxyInfo, state: PushState | None, connected: bool,
         # a gateway whose x-forwarded-client-cert sidecars keep (it registered with a gateway
         # token); null for a sidecar
         "trustedGateway": info.trusted_gateway if info.mode == "gateway" else None,
+        # a gateway whose certificate carries the gateway marker, which sidecars want before
+        # they keep its XFCC (false: none yet, or a proxy from before it); null for a sidecar
+        "gatewayCertificate": info.gateway_cert if info.mode == "gateway" else None,
         # null, not "", for an address a proxy does not have (a gateway has no inbound)
         "inbound": info.inbound or None, "outbound": info.outbound or None,
         "admin": info.admin or None,

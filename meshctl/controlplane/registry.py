@@ -37,6 +37,7 @@ class ProxyInfo:
     ready: bool = False
     cert_expiry: str = ""  # RFC 3339, "" when no certificate
     cert_issued: str = ""  # RFC 3339 not-before of that certificate
+    gateway_cert: bool = False  # that certificate carries the gateway marker (it says so)
     app_health: str = ""  # serving | not_serving; "" when the sidecar does not probe its app
     app_protocol: str = ""  # what its app speaks (auto, http1, http2, tcp); "" for a gateway
     locality: str = ""  # region[/zone[/subzone]] (--locality); "" when not said
@@ -140,13 +141,14 @@ class Registry:
         self._wake.set()
 
     def report(self, name: str, session: int, *, ready: bool, cert_expiry: str,
-               cert_issued: str = "", app_health: str = "") -> None:
+               cert_issued: str = "", app_health: str = "", gateway_cert: bool = False) -> None:
         """A Status message: readiness, the app's health or the certificate changed."""
         entry = self._entries.get(name)
         if entry is None or entry.session != session:
             return
         updated = replace(entry.info, ready=ready, cert_expiry=cert_expiry,
-                          cert_issued=cert_issued, app_health=app_health)
+                          cert_issued=cert_issued, app_health=app_health,
+                          gateway_cert=gateway_cert)
         if updated != entry.info:
             entry.info = updated
             self._changed()

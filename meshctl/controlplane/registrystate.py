@@ -33,7 +33,8 @@ FILE_NAME = "registry.json"
 _FORMAT = 1
 _FIELDS = {f.name for f in fields(ProxyInfo)}
 _TOP_LEVEL = {"format", "proxies"}
-_BOOLS = {"ready", "trusted_gateway"}  # (a file written before trusted_gateway: False)
+# (a file written before trusted_gateway or gateway_cert: False)
+_BOOLS = {"ready", "trusted_gateway", "gateway_cert"}
 
 
 def encode(proxies: list[ProxyInfo]) -> bytes:

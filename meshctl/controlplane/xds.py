@@ -111,7 +111,8 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
         name=reg.name, service=reg.service, namespace=reg.namespace or "default",
         labels=dict(reg.labels), inbound=reg.inbound, outbound=reg.outbound, admin=reg.admin,
         mode=reg.mode or "sidecar", ready=reg.ready, cert_expiry=reg.cert_expiry,
-        cert_issued=reg.cert_issued, admin_token=reg.admin_token, app_health=reg.app_health,
+        cert_issued=reg.cert_issued, gateway_cert=reg.gateway_cert,
+        admin_token=reg.admin_token, app_health=reg.app_health,
         app_protocol=reg.app_protocol, locality=reg.locality,
         proxy_version=reg.proxy_version, build=reg.build, app_port=reg.app_port))
 
@@ -277,7 +278,8 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
                 self.registry.report(name, session, ready=status.ready,
                                      cert_expiry=status.cert_expiry,
                                      cert_issued=status.cert_issued,
-                                     app_health=status.app_health)
+                                     app_health=status.app_health,
+                                     gateway_cert=status.gateway_cert)
             # a second Register is ignored: a proxy's identity is fixed for its stream
 
     async def IssueCertificate(

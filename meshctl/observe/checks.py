@@ -48,7 +48,11 @@ def _ts(value: str) -> float | None:
 
 def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
     # (these build Checks from this module)
-    from meshctl.observe.gatewaychecks import gateway_trust_check, identity_sharing_check
+    from meshctl.observe.gatewaychecks import (
+        gateway_certificate_check,
+        gateway_trust_check,
+        identity_sharing_check,
+    )
     from meshctl.observe.skew import version_check
 
     checks: list[Check] = []
@@ -69,7 +73,8 @@ def proxy_checks(proxies: list[dict[str, Any]]) -> Group:
     checks.append(Check("no NACKs", "fail" if nacked else "ok", "; ".join(nacked),
                         "fix the resource named in the NACK and re-apply it" if nacked else ""))
     checks.append(protocol_check(proxies))
-    checks += [gateway_trust_check(proxies), identity_sharing_check(proxies)]
+    checks += [gateway_trust_check(proxies), gateway_certificate_check(proxies),
+               identity_sharing_check(proxies)]
     checks.append(version_check(proxies))
     return Group("Data plane", tuple(checks))
 
