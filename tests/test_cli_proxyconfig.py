@@ -151,7 +151,8 @@ def test_endpoints_show_their_locality_once_one_has_one() -> None:
 
 
 def test_summary_names_the_peers_whose_xfcc_is_kept() -> None:
-    """The ids of mesh.trustedXfccIdentities (gateways', MeshConfig's), when there are any."""
+    """The ids of mesh.trustedXfccIdentities (gateways', MeshConfig's), when there are any;
+    a trusted gateway's (mesh.gatewayIdentities) says it wants the gateway certificate."""
     def rendered(mesh: dict[str, object]) -> list[str]:
         snap = Snapshot.from_dict({"mesh": mesh})
         return render({"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)),
@@ -161,6 +162,9 @@ def test_summary_names_the_peers_whose_xfcc_is_kept() -> None:
     assert (f"XFCC kept from:  {ids[0]}, {ids[1]} (gateways, MeshConfig trustedXfccIdentities)"
             in rendered({"trustedXfccIdentities": ids}))
     assert not any(line.startswith("XFCC") for line in rendered({}))
+    assert (f"XFCC kept from:  {ids[0]} (gateway certificate), {ids[1]} (gateways, MeshConfig "
+            "trustedXfccIdentities)" in rendered({"trustedXfccIdentities": ids,
+                                                  "gatewayIdentities": ids[:1]}))
 
 
 def test_summary_lists_the_gateways_tls_passthrough() -> None:

@@ -139,7 +139,7 @@ def render(dump: dict[str, Any]) -> str:
         *_scope(dump.get("sidecarScope"), snap),
         *_peer_modes(snap),
         *_telemetry(snap.get("telemetry")),
-        *([f"XFCC kept from:  {', '.join(mesh['trusted_xfcc'])} (gateways, MeshConfig "
+        *([f"XFCC kept from:  {_xfcc_peers(mesh)} (gateways, MeshConfig "
            "trustedXfccIdentities)"] if mesh.get("trusted_xfcc") else []),
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS",
         _endpoints(snap, dump.get("locality") or {}).rstrip("\n"),
@@ -386,3 +386,10 @@ def _gateway(rules: list[dict[str, Any]]) -> str:
              _matches({"matches": r.get("matches")}), str(r.get("destination")))
             for r in rules]
     return output.render_table(("HOSTS", "MATCH", "DESTINATION"), rows)
+
+
+def _xfcc_peers(mesh: dict[str, Any]) -> str:
+    """The ids whose XFCC is kept, a trusted gateway's marked as wanting the gateway marker."""
+    gateways = set(mesh.get("gateway_xfcc") or ())
+    return ", ".join(f"{i} (gateway certificate)" if i in gateways else i
+                     for i in mesh["trusted_xfcc"])
