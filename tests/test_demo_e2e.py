@@ -118,14 +118,19 @@ def test_status_lists_every_process_alive(demo: Demo) -> None:
 
 def test_the_gateway_is_a_trusted_gateway(demo: Demo) -> None:
     """The demo's gateway registers with its gateway token: proxy-status shows it trusted
-    (sidecars keep its x-forwarded-client-cert) and `meshctl check` has no warning for it."""
+    with a certificate carrying the gateway marker (sidecars keep its
+    x-forwarded-client-cert) and `meshctl check` has no warning for it."""
     status = demo.meshctl("proxy-status", "-o", "json")
     assert status.returncode == 0, status.stderr
-    trusted = {p["name"]: p["trustedGateway"] for p in json.loads(status.stdout)}
+    listed = json.loads(status.stdout)
+    trusted = {p["name"]: p["trustedGateway"] for p in listed}
     assert trusted.pop("gateway") is True
     assert set(trusted.values()) == {None}  # sidecars
+    marked = {p["name"]: p["gatewayCertificate"] for p in listed}
+    assert marked.pop("gateway") is True and set(marked.values()) == {None}
     check = demo.meshctl("check")
     assert "✔ gateways trusted" in check.stdout, check.stdout
+    assert "✔ gateway certificates marked" in check.stdout
     assert "✔ gateway identities not shared" in check.stdout
 
 
