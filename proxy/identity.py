@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from meshctl.api.gatewaycert import is_gateway_certificate
+
 SPIFFE_SCHEME = "spiffe://"
 # Renew between 50% and 70% of the lifetime: early enough to survive a control-plane outage of
 # a third of the lifetime, jittered so a fleet issued together does not renew together.
@@ -64,14 +66,8 @@ def peer_spiffe_id(cert_der: bytes) -> str:
 def peer_identity(cert_der: bytes) -> tuple[str, bool]:
     """A peer certificate's SPIFFE id and whether it carries the gateway marker, from one
     parse (an inbound connection's, meshctl/api/gatewaycert.py)."""
-    from meshctl.api.gatewaycert import is_gateway_certificate
-
     cert = _load_der(cert_der)
-    spiffe_id = spiffe_id_of(cert)
-    try:
-        return spiffe_id, is_gateway_certificate(cert)
-    except ValueError:  # a malformed policies extension: no marker
-        return spiffe_id, False
+    return spiffe_id_of(cert), is_gateway_certificate(cert)
 
 
 def _load_der(cert_der: bytes) -> x509.Certificate:
@@ -112,8 +108,6 @@ class WorkloadIdentity:
             raise IdentityError(f"unreadable identity material: {e}") from None
         if _spki(key.public_key()) != _spki(cert.public_key()):
             raise IdentityError("the private key does not match the certificate")
-        from meshctl.api.gatewaycert import is_gateway_certificate
-
         return cls(
             key_pem=key_pem,
             cert_pem=cert_pem,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,36 @@ async def test_someone_elses_token_is_refused_and_nothing_installed(tmp_path: Pa
         await agent.fetch_once()
     assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert sink.installed == [] and agent.cert_expiry is None
+
+
+async def test_a_gateway_asks_once_registered_and_gets_the_marker(tmp_path: Path) -> None:
+    """A gateway's agent (`first_after`: its registration) sends nothing before it, then its
+    name with its gateway token: the CA marks the certificate for the gateway the registry
+    holds, and renewals do not wait again."""
+    clock = FakeClock(2_000_000_000.0)
+    init_ca(tmp_path / "ca", clock=lambda: clock.now - 10)
+    issuer = Issuer(tmp_path / "ca", clock)
+    issuer.svc.trusted_gateway = lambda *proxy: proxy == ("gw-1", "default", "reviews")
+    registered = asyncio.Event()
+    waits = 0
+
+    async def first_after() -> None:
+        nonlocal waits
+        waits += 1
+        await registered.wait()
+
+    sink = Sink()
+    token = issuer.svc.tokens.gateway_token_for("default", "reviews")
+    agent = IdentityAgent(sink, issuer, IdentityAgentConfig(service="reviews", token=token,
+                                                            proxy="gw-1"),
+                          clock=clock, rng=random.Random(7), sleep=clock.sleep,
+                          first_after=first_after)
+    task = asyncio.create_task(agent.run())
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the agent run as far as it can
+    assert (issuer.calls, waits) == (0, 1)
+    registered.set()
+    with pytest.raises(_Enough):
+        await task
+    assert issuer.calls > 2 and waits == 1
+    assert all(identity.gateway for identity in sink.installed)

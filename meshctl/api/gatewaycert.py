@@ -17,9 +17,10 @@ def gateway_policy() -> x509.CertificatePolicies:
 
 
 def is_gateway_certificate(cert: x509.Certificate) -> bool:
-    """Whether `cert` carries the gateway marker (its chain is the caller's to have verified)."""
+    """Whether `cert` carries the gateway marker (its chain is the caller's to have verified);
+    a malformed extension carries none."""
     try:
         policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return False
     return any(p.policy_identifier == GATEWAY_POLICY for p in policies)
