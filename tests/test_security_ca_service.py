@@ -260,3 +260,20 @@ def test_control_plane_certificate_is_accepted_as_a_client_certificate(
         control_plane.do_handshake()
         done.result(timeout=10)
         assert verify_peer(sidecar, None) == "spiffe://cluster.local/ns/ami-system/sa/meshctl"
+
+
+def test_a_malformed_policies_extension_is_no_marker(tmp_path: Path) -> None:
+    """A certificate whose certificatePolicies does not parse carries no marker (and reading
+    it raises nothing): the inbound listener reads it on every mTLS connection."""
+    from cryptography.x509.oid import ExtensionOID
+
+    from meshctl.ca.builders import utc
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(x509.Name([]))
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(utc(time.time() - 60)).not_valid_after(utc(time.time() + 60))
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.CERTIFICATE_POLICIES,
+                                                      b"\x30\x03\x06\x01"), critical=False)
+            .sign(key, hashes.SHA256()))
+    assert not is_gateway_certificate(cert)
