@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
+from proxy.config import ListenError
 from proxy.localityview import locality_view
 from proxy.loglevels import LEVELS, LevelError, LogLevels
 from proxy.metrics import IdentityCollector, build_registry
@@ -158,5 +159,8 @@ async def start_admin(server: ProxyServer, host: str, port: int, *,
     admin = AdminServer(admin_routes(server), privileged=PRIVILEGED, token=token,
                         tls=(lambda: server.tls) if mtls else None, stats=server.stats,
                         limits=server.options.limits)
-    await admin.start(host, port)
+    try:
+        await admin.start(host, port)
+    except OSError as exc:
+        raise ListenError("admin listener", f"{host}:{port}", exc) from None
     return admin

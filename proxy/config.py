@@ -6,6 +6,7 @@ paths give the same precise errors (which become the NACK text).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,15 @@ from meshctl.api.policy import RateLimit, TrafficPolicy, parse_policy, parse_sub
 
 class ConfigError(ValueError):
     """A snapshot that cannot be applied; the message names the field path."""
+
+
+class ListenError(ConfigError):
+    """A listener's address cannot be bound (in use, not this host's, not permitted)."""
+
+    def __init__(self, what: str, address: object, exc: OSError) -> None:
+        # uvloop's message repeats the address; the errno's text says it once
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        super().__init__(f"cannot listen on {address} ({what}): {why}")
 
 
 # What the local app speaks (`appProtocol`, `--app-protocol`): `auto` keeps the client's

@@ -24,16 +24,22 @@ log = logging.getLogger("ami.proxy")
 
 def load_identity_dir(directory: Path) -> Any:
     """Static mTLS: a workload identity from files (key.pem, cert.pem, chain.pem, bundle.pem)."""
-    from proxy.identity import WorkloadIdentity
+    from proxy.identity import IdentityError, WorkloadIdentity
 
     def read(name: str, required: bool = True) -> bytes:
         path = directory / name
         if not path.exists() and not required:
             return b""
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--identity-dir {directory}: {name}: {exc.strerror}") from None
 
-    return WorkloadIdentity.from_pem(read("key.pem"), read("cert.pem"),
-                                     read("chain.pem", required=False), read("bundle.pem"))
+    try:
+        return WorkloadIdentity.from_pem(read("key.pem"), read("cert.pem"),
+                                         read("chain.pem", required=False), read("bundle.pem"))
+    except IdentityError as exc:
+        raise ConfigError(f"--identity-dir {directory}: {exc}") from None
 
 
 class _IdentitySink:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy.config import Address, Snapshot
+from proxy.config import Address, ListenError, Snapshot
 from proxy.destinations import DestinationRegistry
 from proxy.downstream import DownstreamProtocol
 from proxy.inbound import InboundPolicy
@@ -214,38 +214,45 @@ class ProxyServer:
         for kind, address in self.listener_addresses(self.snapshot).items():
             if kind == "admin" or kind in self.listeners:
                 continue
-            https = kind == "gateway" and self.options.gateway_tls is not None
-            listener = Listener(kind, self.loop, routers.get(kind) or Router({}), self.stats,
-                                self.options.limits, tls=https)
-            if https:
-                acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
-                                       lambda: self.options.gateway_tls, lambda: "STRICT",
-                                       **downstream_protocols(listener),
-                                       passthrough=_passthrough_of(listener))
-                acceptor.start()
-                listener.server = acceptor  # type: ignore[assignment]
-            elif kind == "inbound":
-                # Always through the acceptor: in STRICT a connection is refused until this
-                # proxy has an identity, never served in plaintext.
-                acceptor = TlsAcceptor(
-                    listener, bind_socket(address.host, address.port), lambda: self.tls,
-                    self._mtls_mode, **downstream_protocols(listener))
-                acceptor.start()
-                listener.server = acceptor  # type: ignore[assignment]
-                if self.tls is not None:
-                    listener.xfcc_by = self.tls.identity.spiffe_id.encode()
-            else:
-                listener.server = await self.loop.create_server(
-                    _protocol_factory(listener), address.host, address.port,
-                    backlog=1024, reuse_address=True,
-                )
-            self.listeners[kind] = listener
+            try:
+                self.listeners[kind] = await self._bind(kind, address, routers.get(kind))
+            except OSError as exc:
+                raise ListenError(f"{kind} listener", address, exc) from None
             log.info("listening: %s on %s", kind, address)
         if not self.tcp_listeners:
             await self._start_tcp_upstreams()
         if self.snapshot is not None:
             self.apply(self.snapshot)  # build routers for listeners bound after the snapshot
         self.listeners_bound = True
+
+    async def _bind(self, kind: str, address: Address, router: Router | None) -> Listener:
+        """One data-plane listener, bound and accepting."""
+        https = kind == "gateway" and self.options.gateway_tls is not None
+        listener = Listener(kind, self.loop, router or Router({}), self.stats,
+                            self.options.limits, tls=https)
+        if https:
+            acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
+                                   lambda: self.options.gateway_tls, lambda: "STRICT",
+                                   **downstream_protocols(listener),
+                                   passthrough=_passthrough_of(listener))
+            acceptor.start()
+            listener.server = acceptor  # type: ignore[assignment]
+        elif kind == "inbound":
+            # Always through the acceptor: in STRICT a connection is refused until this
+            # proxy has an identity, never served in plaintext.
+            acceptor = TlsAcceptor(
+                listener, bind_socket(address.host, address.port), lambda: self.tls,
+                self._mtls_mode, **downstream_protocols(listener))
+            acceptor.start()
+            listener.server = acceptor  # type: ignore[assignment]
+            if self.tls is not None:
+                listener.xfcc_by = self.tls.identity.spiffe_id.encode()
+        else:
+            listener.server = await self.loop.create_server(
+                _protocol_factory(listener), address.host, address.port,
+                backlog=1024, reuse_address=True,
+            )
+        return listener
 
     async def _start_tcp_upstreams(self) -> None:
         """Bind each --tcp-upstream port (proxy.tcpupstream)."""
@@ -254,7 +261,10 @@ class ProxyServer:
         for spec in self.options.tcp_upstreams:
             listener = TcpUpstreamListener(spec, self.stats, lambda: self.tcp_targets,
                                            self.options.limits.max_connections)
-            await listener.start(self.loop)
+            try:
+                await listener.start(self.loop)
+            except OSError as exc:
+                raise ListenError(f"tcp upstream {spec.service}", spec.listen, exc) from None
             self.tcp_listeners.append(listener)
             log.info("listening: tcp upstream %s on %s", spec.service, spec.listen)
 
