@@ -32,6 +32,7 @@ from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.registrystate import FILE_NAME, RegistryStateFile
 from meshctl.controlplane.servercert import RenewingServerCertificate
+from meshctl.controlplane.servicedescribe import describe_routes
 from meshctl.controlplane.slowclients import SlowClientReaper
 from meshctl.controlplane.versionapi import version_routes
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
@@ -110,6 +111,7 @@ async def serve(options: ServeOptions,
         api=(options.listen, options.api_tls or options.api_cert is not None))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
                          extra_routes=[*status_routes(registry, reconciler),
+                                       *describe_routes(registry, reconciler),
                                        *version_routes(registry), *observe_extra])
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

@@ -110,6 +110,14 @@ def jwks_uris(objects: Iterable[tuple[Resource, int]]) -> dict[str, int]:
     return uris
 
 
+def inbound_selects(selector: str | None, service: str, mode: str) -> bool:
+    """Whether an AuthorizationPolicy or RequestAuthentication with ``spec.service``
+    ``selector`` (None: the namespace's) applies to a proxy of ``service`` of its namespace. A
+    gateway enforces only the policies that select it by service; a namespace-wide one is
+    about the namespace's sidecars."""
+    return selector == service if mode == "gateway" else selector in (None, service)
+
+
 class SnapshotBuilder:
     """Snapshots for one state of (resources, endpoints); build one per reconcile pass."""
 
@@ -203,7 +211,7 @@ class SnapshotBuilder:
         """Every service (in ``scope``), keyed as this namespace's proxies name it (see
         ServiceNames)."""
         names = self.names
-        policies = self._by_host("DestinationPolicy", namespace, scope)
+        policies = self.by_host("DestinationPolicy", namespace, scope)
         services: dict[str, Any] = {}
         for ep in self._endpoints:
             tcp = self._tcp[(ep.service, ep.namespace)]
@@ -261,7 +269,7 @@ class SnapshotBuilder:
         name the service; one from another namespace says so (``namespace``: its backends'
         services are named there)."""
         routes: dict[str, dict[str, Any]] = {}
-        for host, r in self._by_host("Route", namespace, scope).items():
+        for host, r in self.by_host("Route", namespace, scope).items():
             entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
             if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
                 entry["namespace"] = r.namespace
@@ -272,7 +280,7 @@ class SnapshotBuilder:
             routes[host] = entry
         return [routes[host] for host in sorted(routes)]
 
-    def _by_host(self, kind: str, namespace: str,
+    def by_host(self, kind: str, namespace: str,
                  scope: Scope | None = None) -> dict[str, Resource]:
         """The Route (or DestinationPolicy) of each host, keyed as ``namespace``'s proxies name
         it. For a mesh service: the proxies' own namespace's, else the service's own
@@ -357,10 +365,9 @@ class SnapshotBuilder:
         return parts
 
     def _inbound(self, proxy: ProxyInfo) -> dict[str, Any]:
-        # A gateway enforces only the policies that select it by service; a namespace-wide
-        # one is about the namespace's sidecars.
-        selects = ((lambda s: s == proxy.service) if proxy.mode == "gateway"
-                   else (lambda s: s in (None, proxy.service)))
+        def selects(service: str | None) -> bool:
+            return inbound_selects(service, proxy.service, proxy.mode)
+
         inbound: dict[str, Any] = {"authorization": [
             _raw_spec(r) for r in self._by_kind.get("AuthorizationPolicy", [])
             if r.namespace == proxy.namespace and isinstance(r.spec, AuthorizationPolicySpec)
@@ -378,7 +385,7 @@ class SnapshotBuilder:
         own = (proxy.service, proxy.namespace)
         for r in self._by_kind.get("DestinationPolicy", []):
             # The own namespace's policy for this service, however its host is spelled (`api`,
-            # `api.b`, FQDN); other namespaces' policies are their callers' (see _by_host).
+            # `api.b`, FQDN); other namespaces' policies are their callers' (see by_host).
             if (r.namespace == proxy.namespace and isinstance(r.spec, DestinationPolicySpec)
                     and (r.spec.host == proxy.service
                          or self.names.resolve(r.spec.host, r.namespace) == own)):

@@ -1,0 +1,268 @@
+"""What shapes one service's traffic (``GET /api/v1/services/{ns}/{name}/describe``), matched
+by the snapshot builder's own rules, for ``meshctl describe service``.
+
+Every section is the answer the control plane itself gives when it builds snapshots: the Route
+and DestinationPolicy each namespace's callers get (SnapshotBuilder.by_host), the
+AuthorizationPolicies and RequestAuthentications a sidecar enforces (inbound_selects), its
+effective mTLS mode and the level deciding it (MtlsModes), the Telemetry and Sidecar applying
+to it (telemetry.selects, scoping.sidecar_for). Nothing is matched a second way here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.api.authn import RequestAuthenticationSpec
+from meshctl.api.authz import AuthorizationPolicySpec
+from meshctl.api.kinds import GatewaySpec, RouteSpec
+from meshctl.api.peerauthn import UNSET, PeerAuthenticationSpec, selects, workload_labels
+from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
+from meshctl.api.resources import Resource
+from meshctl.api.telemetry import TelemetrySpec
+from meshctl.api.telemetry import selects as telemetry_selects
+from meshctl.controlplane.httpapi import STORE
+from meshctl.controlplane.proxystatus import proxies_json
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.snapshots import SnapshotBuilder, inbound_selects
+from meshctl.controlplane.store import StoredObject
+
+Service = tuple[str, str]  # (name, namespace)
+
+
+def _ref(obj: StoredObject) -> dict[str, Any]:
+    return {"name": obj.resource.name, "namespace": obj.resource.namespace,
+            "resourceVersion": str(obj.resource_version)}
+
+
+def _spec(obj: StoredObject) -> dict[str, Any]:
+    return dict(obj.resource.raw.get("spec") or {})
+
+
+class ServiceDescription:
+    """One state of (store, registry) seen from one service."""
+
+    def __init__(self, objects: Sequence[StoredObject], registry: Registry,
+                 service: Service) -> None:
+        self.objects = sorted(objects, key=lambda o: o.key)
+        self.versions = {o.key: o for o in self.objects}
+        self.builder = SnapshotBuilder([o.resource for o in self.objects], registry.endpoints(),
+                                       idle=registry.idle_sidecars(),
+                                       gateways=registry.gateways())
+        self.service = service
+        self.live = [p for p in registry.endpoints() if (p.service, p.namespace) == service]
+        self.instances = [p for p in registry.proxies()
+                          if (p.service, p.namespace) == service and p.mode == "sidecar"]
+        # Every namespace whose callers may see a Route or policy of their own for it.
+        self.viewers = sorted({p.namespace for p in registry.proxies()}
+                              | {o.resource.namespace for o in self.objects})
+
+    def _of(self, kind: str) -> list[StoredObject]:
+        return [o for o in self.objects if o.resource.kind == kind]
+
+    def _stored(self, resource: Resource) -> StoredObject:
+        return self.versions[resource.key]
+
+    def _means_it(self, host: str, namespace: str) -> bool:
+        return self.builder.names.resolve(host, namespace) == self.service
+
+    def chosen(self, kind: str) -> list[dict[str, Any]]:
+        """The Route (or DestinationPolicy) of the service in each namespace's snapshots, with
+        the namespaces whose callers get it (``callers``)."""
+        name, namespace = self.service
+        found: dict[tuple[str, str, str], list[str]] = {}
+        for viewer in self.viewers:
+            resource = self.builder.by_host(kind, viewer).get(
+                self.builder.names.key(name, namespace, viewer))
+            if resource is not None:
+                found.setdefault(resource.key, []).append(viewer)
+        return [{**_ref(self.versions[key]), "callers": callers}
+                for key, callers in sorted(found.items())]
+
+    def routes(self) -> list[dict[str, Any]]:
+        """The Routes about the service, then those whose backends send to it (``via``)."""
+        out = []
+        for entry in self.chosen("Route"):
+            obj = self.versions[("Route", entry["namespace"], entry["name"])]
+            out.append({**entry, "via": "host", **self._route_body(obj)})
+        for obj in self._of("Route"):
+            spec = obj.resource.spec
+            if (not isinstance(spec, RouteSpec) or self._means_it(spec.host, obj.resource.namespace)
+                    or not any(b.service is not None
+                               and self._means_it(b.service, obj.resource.namespace)
+                               for rule in spec.rules for b in rule.backends)):
+                continue
+            out.append({**_ref(obj), "via": "backend", **self._route_body(obj)})
+        return out
+
+    def _route_body(self, obj: StoredObject) -> dict[str, Any]:
+        spec = obj.resource.spec
+        assert isinstance(spec, RouteSpec)
+        raw_rules = _spec(obj).get("rules") or []
+        return {"host": spec.host, "rules": [
+            {"name": rule.name, "matches": raw.get("matches") or [],
+             "backends": [{"service": b.service, "subset": b.subset, "weight": b.weight}
+                          for b in rule.backends],
+             **{k: raw[k] for k in ("timeout", "retries", "fault", "mirror", "redirect")
+                if k in raw}}
+            for rule, raw in zip(spec.rules, raw_rules, strict=True)]}
+
+    def policies(self) -> list[dict[str, Any]]:
+        """The DestinationPolicies callers apply, each subset with the live endpoints it
+        selects (``endpoints: 0`` is a subset no request sent to it can be served by)."""
+        out = []
+        for entry in self.chosen("DestinationPolicy"):
+            obj = self.versions[("DestinationPolicy", entry["namespace"], entry["name"])]
+            spec, raw = obj.resource.spec, _spec(obj)
+            assert isinstance(spec, DestinationPolicySpec)
+            subsets = [{"name": s.name, "labels": dict(s.labels),
+                        "endpoints": [p.name for p in self.live if s.selects(p.labels)]}
+                       for s in spec.subsets]
+            out.append({**entry, "host": spec.host, "subsets": subsets,
+                        "policy": {k: raw[k] for k in POLICY_FIELDS if k in raw}})
+        return out
+
+    def inbound(self, kind: str) -> list[dict[str, Any]]:
+        """The AuthorizationPolicies (or RequestAuthentications) its sidecars enforce."""
+        out = []
+        for obj in self._of(kind):
+            spec = obj.resource.spec
+            if (not isinstance(spec, AuthorizationPolicySpec | RequestAuthenticationSpec)
+                    or obj.resource.namespace != self.service[1]
+                    or not inbound_selects(spec.service, self.service[0], "sidecar")):
+                continue
+            entry = {**_ref(obj), "selector": spec.service}
+            if isinstance(spec, AuthorizationPolicySpec):
+                entry.update(action=spec.action, rules=len(spec.rules))
+            else:
+                entry["issuers"] = [r.issuer for r in spec.jwt_rules]
+            out.append(entry)
+        return out
+
+    def mtls(self) -> dict[str, Any]:
+        """Each sidecar's effective mode and the object deciding it (None: the mesh's), and
+        the PeerAuthentications of its namespace that select any of them."""
+        name, namespace = self.service
+        modes = self.builder.mtls
+        peers = [o for o in self._of("PeerAuthentication")
+                 if o.resource.namespace == namespace
+                 and isinstance(o.resource.spec, PeerAuthenticationSpec)]
+        by_level: dict[str | None, str] = {}
+        for o in reversed(peers):  # the first of a level wins, as in MtlsModes
+            spec = o.resource.spec
+            assert isinstance(spec, PeerAuthenticationSpec)
+            if spec.selector is not None or spec.mode != UNSET:  # (an UNSET one decides nothing)
+                by_level[spec.selector_text] = o.resource.name
+        workloads = []
+        for p in self.instances:
+            level = modes.decided_by(namespace, name, True, p.labels, p.app_port)
+            workloads.append({
+                "proxy": p.name, "port": p.app_port or None,
+                "mode": modes.mode(namespace, name, True, p.labels, p.app_port),
+                "decidedBy": None if level is None else by_level.get(level[1])})
+        level = modes.decided_by(namespace, name)
+        selecting = []
+        for o in peers:
+            spec = o.resource.spec
+            assert isinstance(spec, PeerAuthenticationSpec)
+            selector = spec.selector
+            if selector is None or any(selects(selector, workload_labels(name, p.labels))
+                                       for p in self.instances):
+                selecting.append({**_ref(o), "selector": spec.selector_text,
+                                  "mode": spec.mode})
+        return {"meshMode": modes.mesh_mode, "mode": modes.mode(namespace, name),
+                "decidedBy": None if level is None else by_level.get(level[1]),
+                "workloads": workloads, "peerAuthentications": selecting}
+
+    def telemetries(self) -> list[dict[str, Any]]:
+        """The Telemetry objects of its namespace: namespace-wide ones, and those selecting
+        one of its sidecars."""
+        name, namespace = self.service
+        out = []
+        for o in self._of("Telemetry"):
+            spec = o.resource.spec
+            if o.resource.namespace != namespace or not isinstance(spec, TelemetrySpec):
+                continue
+            chosen = [p.name for p in self.instances if telemetry_selects(spec, name, p.labels)]
+            if spec.match_labels is None or chosen:
+                out.append({**_ref(o), "selector": None if spec.match_labels is None
+                            else dict(spec.match_labels), "proxies": chosen})
+        return out
+
+    def sidecars(self) -> list[dict[str, Any]]:
+        """The Sidecar resource scoping each of its proxies."""
+        found: dict[tuple[str, str, str], list[str]] = {}
+        for p in self.instances:
+            resource = self.builder.sidecar(p)
+            if resource is not None:
+                found.setdefault(resource.key, []).append(p.name)
+        return [{**_ref(self.versions[key]), "proxies": names}
+                for key, names in sorted(found.items())]
+
+    def gateways(self) -> list[dict[str, Any]]:
+        """Gateway rules and passthrough entries whose destination is the service."""
+        out = []
+        for o in self._of("Gateway"):
+            spec, raw = o.resource.spec, _spec(o)
+            if not isinstance(spec, GatewaySpec):
+                continue
+            for index, (rule, rule_raw) in enumerate(zip(spec.rules, raw.get("rules") or [],
+                                                         strict=True)):
+                if self._means_it(rule.destination, o.resource.namespace):
+                    out.append({**_ref(o), "rule": index, "hosts": list(rule.hosts),
+                                "matches": rule_raw.get("matches") or []})
+            for entry in spec.passthrough:
+                if self._means_it(entry.destination, o.resource.namespace):
+                    out.append({**_ref(o), "passthrough": list(entry.sni_hosts)})
+        return out
+
+    def as_json(self, proxies: Iterable[dict[str, Any]], store_version: int) -> dict[str, Any]:
+        name, namespace = self.service
+        names = {p.name for p in self.instances}
+        return {
+            "service": name, "namespace": namespace, "storeVersion": store_version,
+            # its `destination_service` label: what `meshctl stat` rows name it
+            "metricsName": self.builder.names.metrics_name(name, namespace),
+            "instances": [p for p in proxies if p.get("name") in names],
+            "routes": self.routes(), "destinationPolicies": self.policies(),
+            "authorizationPolicies": self.inbound("AuthorizationPolicy"),
+            "requestAuthentications": self.inbound("RequestAuthentication"),
+            "peerAuthentication": self.mtls(), "telemetries": self.telemetries(),
+            "sidecars": self.sidecars(), "gateways": self.gateways()}
+
+
+def known_services(proxies: Iterable[ProxyInfo], name: str) -> list[str]:
+    """Registered services as ``namespace/name``, those whose name is close to ``name``
+    first."""
+    services = sorted({(p.namespace, p.service) for p in proxies if p.mode == "sidecar"})
+    close = difflib.get_close_matches(name, [s for _, s in services], n=len(services),
+                                      cutoff=0.6)
+    rank = {s: i for i, s in enumerate(close)}
+    ordered = sorted(services, key=lambda s: (rank.get(s[1], len(rank)), s))
+    return [f"{ns}/{service}" for ns, service in ordered]
+
+
+def describe_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteDef]:
+    """The route to mount on the API app (reads: open on loopback, as proxy status)."""
+
+    async def describe(request: web.Request) -> web.Response:
+        name, namespace = request.match_info["name"], request.match_info["ns"]
+        proxies = registry.proxies()
+        if not any((p.service, p.namespace, p.mode) == (name, namespace, "sidecar")
+                   for p in proxies):
+            known = known_services(proxies, name)
+            # the API's error shape, plus the services it knows (close matches first)
+            return web.json_response({
+                "error": f"no service {name!r} in namespace {namespace}: no sidecar of it is "
+                         "registered; known services: " + (", ".join(known) or "<none>"),
+                "reason": "NotFound", "known": known}, status=404)
+        objects = await request.app[STORE].list()
+        description = ServiceDescription(objects, registry, (name, namespace))
+        body = proxies_json(registry, reconciler)
+        return web.json_response(description.as_json(body["proxies"], body["storeVersion"]))
+
+    return [web.get("/api/v1/services/{ns}/{name}/describe", describe)]
