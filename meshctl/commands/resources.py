@@ -35,6 +35,8 @@ KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
              "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
              "externalservice|es, telemetry|tel, sidecar|sc")
 Command = Callable[[argparse.Namespace], int]
+ALL = "all"  # `get all`: every kind (meshctl.commands.getall)
+SERVICE = "Service"  # `describe service`: not a stored kind (meshctl.commands.servicepage)
 
 
 def resolve_kind(word: str) -> str:
@@ -118,8 +120,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     apply.set_defaults(func=run_apply)
 
     get = subparsers.add_parser("get", help="list or show resources",
-                                description=f"KIND is one of {KIND_HELP} (singular or plural).")
-    get.add_argument("kind", type=resolve_kind, metavar="KIND")
+                                description=f"KIND is one of {KIND_HELP} (singular or plural), "
+                                            "or all: every kind's objects, a table per kind.")
+    get.add_argument("kind", type=_get_kind, metavar="KIND")
     get.add_argument("name", nargs="?", metavar="NAME")
     scope = get.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", default="default")
@@ -135,11 +138,30 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     _namespace_for_files_arg(delete)
     delete.set_defaults(func=run_delete)
 
-    describe = subparsers.add_parser("describe", help="an object, its status and its proxies")
-    describe.add_argument("kind", type=resolve_kind, metavar="KIND")
+    describe = subparsers.add_parser(
+        "describe", help="an object, its status and its proxies; or a service: what applies",
+        description=f"KIND is one of {KIND_HELP}, or service|svc: one page of everything "
+                    "that shapes that service's traffic.")
+    describe.add_argument("kind", type=_describe_kind, metavar="KIND")
     describe.add_argument("name", metavar="NAME")
     describe.add_argument("-n", "--namespace", default="default")
+    describe.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                          help="json|yaml: the gathered data (of a service; else the object)")
     describe.set_defaults(func=run_describe)
+
+
+def _get_kind(word: str) -> str:
+    return ALL if word.lower() == "all" else resolve_kind(word)
+
+
+def _describe_kind(word: str) -> str:
+    if word.lower() in ("service", "services", "svc"):
+        return SERVICE
+    try:
+        return resolve_kind(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+                                         "service|svc") from None
 
 
 def _files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -340,6 +362,10 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_get(args: argparse.Namespace) -> int:
     """Print one object or a list as a table (columns per kind), YAML or JSON."""
     client = make_client(args)
+    if args.kind == ALL:
+        from meshctl.commands.getall import run_get_all
+
+        return run_get_all(args, client)
     if args.name is not None:
         if args.all_namespaces:
             print("error: a NAME needs one namespace (-n), not -A", file=sys.stderr)
@@ -364,9 +390,17 @@ def run_get(args: argparse.Namespace) -> int:
 
 @reports_errors
 def run_describe(args: argparse.Namespace) -> int:
-    """The object's metadata, status conditions and spec, then every proxy's sync state."""
+    """The object's metadata, status conditions and spec, then every proxy's sync state;
+    for a service, what applies to it (meshctl.commands.servicepage)."""
     client = make_client(args)
+    if args.kind == SERVICE:
+        from meshctl.commands import servicepage
+
+        return servicepage.run(args, client, request_json)
     doc = client.get(args.kind, args.name, args.namespace)
+    if args.output != "text":
+        sys.stdout.write(output.to_json(doc) if args.output == "json" else output.to_yaml(doc))
+        return 0
     store_version, proxies = _proxies(client)
     text = describe_text(doc, store_version, proxies)
     if doc.get("kind") == "PeerAuthentication" and proxies is not None:

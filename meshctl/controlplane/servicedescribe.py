@@ -214,7 +214,7 @@ class ServiceDescription:
                                                          strict=True)):
                 if self._means_it(rule.destination, o.resource.namespace):
                     out.append({**_ref(o), "rule": index, "hosts": list(rule.hosts),
-                                "matches": rule_raw.get("matches") or []})
+                                "matches": rule_raw.get("match") or []})
             for entry in spec.passthrough:
                 if self._means_it(entry.destination, o.resource.namespace):
                     out.append({**_ref(o), "passthrough": list(entry.sni_hosts)})
