@@ -234,6 +234,30 @@ async def test_describe_without_proxy_status(cp: ControlPlane, mesh: Path) -> No
     assert "Status:            Accepted\n" in out
 
 
+async def test_describe_prints_the_object_as_data(cp: ControlPlane, mesh: Path) -> None:
+    """describe -o json|yaml prints the object itself, as get KIND NAME -o json|yaml."""
+    await _seed(cp, mesh)
+    code, out, _ = await cp.meshctl("describe", "rt", "reviews", "-o", "json")
+    assert code == 0 and json.loads(out)["spec"]["host"] == "reviews"
+    code, out, _ = await cp.meshctl("describe", "dp", "reviews", "-o", "yaml")
+    assert code == 0 and out == (await cp.meshctl("get", "dp", "reviews", "-o", "yaml"))[1]
+
+
+async def test_describe_service_needs_a_control_plane_serving_it(cp: ControlPlane,
+                                                                  capsys: pytest.CaptureFixture[str]
+                                                                  ) -> None:
+    """describe service against a control plane without its endpoint says so (exit 1); an
+    unknown kind is a usage error naming service|svc among the kinds."""
+    assert await cp.meshctl("describe", "svc", "reviews") == (
+        1, "", "error: the control plane does not serve /api/v1/services/.../describe (it is "
+               "older than meshctl describe service)\n")
+    from meshctl.cli import build_parser
+
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(["describe", "deployment", "reviews"])
+    assert usage.value.code == 2 and "service|svc" in capsys.readouterr().err
+
+
 async def test_installed_meshctl_reads_env(cp: ControlPlane, mesh: Path) -> None:
     """The installed ``meshctl get`` finds the control plane through AMI_CONTROL_PLANE."""
     await _seed(cp, mesh)
