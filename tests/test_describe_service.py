@@ -245,7 +245,8 @@ def test_unknown_service_lists_the_known_ones_close_first(mesh: Mesh) -> None:
 
 def test_get_all_lists_each_applied_kind(mesh: Mesh) -> None:
     """get all prints a table per kind holding objects, in the Kinds table's order, objects
-    named as kubectl names them; -A adds the other namespace's."""
+    named as kubectl names them; -A adds the other namespace's; -o json is one List; a NAME
+    is refused; an empty namespace says so."""
     out = mesh.meshctl("get", "all")
     assert out.returncode == 0, out.stderr
     tables = out.stdout.split("\n\n")
@@ -260,6 +261,12 @@ def test_get_all_lists_each_applied_kind(mesh: Mesh) -> None:
     every = mesh.meshctl("get", "all", "-A")
     assert every.returncode == 0 and every.stdout.startswith("NAMESPACE ")
     assert "other       authorizationpolicy.ami.mesh/elsewhere-reviews" in every.stdout
+    listed = json.loads(mesh.meshctl("get", "all", "-o", "json").stdout)
+    assert listed["kind"] == "List" and [d["kind"] for d in listed["items"]] == [
+        "Route", "Route", "DestinationPolicy", "AuthorizationPolicy", "AuthorizationPolicy",
+        "PeerAuthentication", "PeerAuthentication", "Gateway", "Telemetry"]
+    named = mesh.meshctl("get", "all", "reviews")
+    assert (named.returncode, named.stderr) == (2, "error: `get all` takes no NAME\n")
     empty = mesh.meshctl("get", "all", "-n", "nowhere")
     assert (empty.returncode, empty.stdout, empty.stderr) == (
         0, "", "No resources found in namespace nowhere.\n")

@@ -50,7 +50,7 @@ def render_table(proxies: list[dict[str, Any]]) -> str:
 
 def run_proxy_status(args: argparse.Namespace) -> int:
     """Print the proxies; 1 if the control plane cannot be reached or refuses."""
-    # imported here: commands.resources imports status_word from this module
+    # imported here: commands.resources imports this module (through commands.objectpage)
     from meshctl.commands.resources import make_client, reports_errors
 
     @reports_errors
