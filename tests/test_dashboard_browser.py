@@ -183,7 +183,7 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
                                    ".map(c => c.innerText)))")
         header, *cells = json.loads(rows)
         assert header == ["service", "ejections", "panics", "rate limited", "breaker overflow",
-                          "retries"]
+                          "retries", "denied"]
         counted = {row[0]: dict(zip(header, row, strict=True)) for row in cells}
         assert counted["reviews"]["panics"] == "0"
         mesh.extra.clear()

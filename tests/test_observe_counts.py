@@ -191,3 +191,39 @@ def test_dashboard_counts_outlier_panics_for_the_destination(tmp_path: Path) -> 
         assert counters["client"]["ami_outlier_panics"] == 0
     finally:
         mesh.close()
+
+
+def test_dashboard_counts_authorization_denials_for_the_service(tmp_path: Path) -> None:
+    """ratings' sidecar allows only GET /public/*: two other requests are denied (403), which
+    the dashboard's policy events count for ratings."""
+    import urllib.error
+    import urllib.request
+
+    from tests.observe_harness import observe_proxies
+    from tests.proxyharness import Backends
+    from tests.traffic_backends import TrafficProxy, start_backend
+
+    hub = Backends()
+    app = start_backend(hub)
+    allow = [{"action": "ALLOW", "rules": [{"to": [{"paths": ["/public/*"]}]}]}]
+    proxy = TrafficProxy(tmp_path, {}, [], app=app.address,
+                         node={"service": "ratings", "labels": {"version": "v1"}},
+                         inbound={"authorization": allow}).start()
+    mesh = observe_proxies(hub, {"ratings": proxy})
+
+    def inbound(path: str) -> int:
+        req = urllib.request.Request(proxy.url(path, "inbound"), headers={"Host": "ratings"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        assert [inbound(p) for p in ("/private", "/admin", "/public/a")] == [403, 403, 200]
+        mesh.wait_scraped(2)
+        with urllib.request.urlopen(mesh.url + "/api/v1/dashboard/state", timeout=10) as resp:
+            counters = json.loads(resp.read())["counters"]
+        assert counters["ratings"]["ami_authorization_denied"] == 2
+    finally:
+        mesh.close()

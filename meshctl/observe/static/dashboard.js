@@ -207,11 +207,14 @@ function drawTables(state) {
       state.scrapeErrors[p.name] ? el("td", { class: "bad" }, "✘") : "✔"]));
   // panics: times outlier detection ejected so many endpoints that the destination went
   // into panic (minHealthPercent) and spread traffic over all of them again.
+  // denied: requests an AuthorizationPolicy refused (403 not_authorized), at the service's
+  // own sidecars.
   table("counters", ["service", "ejections", "panics", "rate limited", "breaker overflow",
-                     "retries"],
+                     "retries", "denied"],
     Object.entries(state.counters).sort().map(([svc, c]) => [svc,
       String(c.ami_outlier_ejections), String(c.ami_outlier_panics), String(c.ami_rate_limited),
-      String(c.ami_circuit_breaker_overflow), String(c.ami_retries)]));
+      String(c.ami_circuit_breaker_overflow), String(c.ami_retries),
+      String(c.ami_authorization_denied)]));
 }
 
 async function refresh() {
