@@ -17,6 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
 from proxy.config import ListenError
+from proxy.certview import certificate_view
+from proxy.healthview import health_view
+from proxy.listenerview import listener_view
 from proxy.localityview import locality_view
 from proxy.loglevels import LEVELS, LevelError, LogLevels
 from proxy.metrics import IdentityCollector, build_registry
@@ -67,6 +70,11 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         panicking = panic_view(server.backends)
         if panicking:  # likewise, only for destinations with a minHealthPercent
             body["outlier"] = panicking
+        # live state read here only (proxy-config endpoints, listeners, secret)
+        body["endpointHealth"] = health_view(server.backends)
+        body["boundListeners"] = listener_view(server)
+        body["certificate"] = (certificate_view(server.tls.identity, server.identity_agent)
+                               if server.tls is not None else None)
         return json_response(body, indent=2)
 
     async def stats(_: Request) -> Response:
@@ -163,4 +171,5 @@ async def start_admin(server: ProxyServer, host: str, port: int, *,
         await admin.start(host, port)
     except OSError as exc:
         raise ListenError("admin listener", f"{host}:{port}", exc) from None
+    server.admin = admin  # its address and connections, for /config_dump
     return admin

@@ -77,6 +77,7 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
                                               token=token, proxy=agent.identity.name),
                           first_after=(lambda: registered(agent)) if args.mode == "gateway"
                           else None)
+    server.identity_agent = ident  # its renewal state, for /config_dump's certificate
     agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
     agent.cert_issued = lambda: rfc3339(ident.identity.not_before) if ident.identity else ""
     agent.gateway_cert = lambda: ident.identity is not None and ident.identity.gateway

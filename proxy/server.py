@@ -76,6 +76,8 @@ class ProxyServer:
         self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
         self.tcp_listeners: list[Any] = []  # proxy.tcpupstream.TcpUpstreamListener
         self.backends: tuple[Any, ...] = ()  # the snapshot's (proxy.routing.Backend)
+        self.admin: Any = None  # proxy.adminhttp.AdminServer, once bound
+        self.identity_agent: Any = None  # proxy.identity_agent.IdentityAgent (control plane)
 
     # --- configuration ------------------------------------------------------------------------
     def apply(self, snapshot: Snapshot) -> None:

@@ -136,6 +136,13 @@ class OutlierDetector:
             return False
         return not self._expire(key, state, self._clock())
 
+    def ejection_left(self, key: Hashable) -> float:
+        """Seconds until ``key`` is back in service (0.0: in service now); for the admin's
+        /config_dump, never the request path."""
+        if not self.is_ejected(key):
+            return 0.0
+        return self._states[key].ejected_until - self._clock()
+
     def sweep(self) -> None:
         """Return every endpoint whose ejection has expired."""
         now = self._clock()
