@@ -10,6 +10,7 @@ topology that proxy can reach.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -22,12 +23,23 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "proxy-config", help="show the configuration one proxy is running (log: its log levels)",
         usage="meshctl proxy-config NAME [-o FORMAT]\n"
+              "       meshctl proxy-config routes|endpoints|ep|clusters|listeners|secret NAME "
+              "[--service S] [--subset SUBSET] [--status healthy|ejected] [-o FORMAT]\n"
               "       meshctl proxy-config log NAME [--level LEVEL | --level LOGGER:LEVEL,...] "
               "[--reset] [-o FORMAT]",
-        description=__doc__ + _LOG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("words", nargs="+", metavar="[log] NAME",
-                   help="proxy name, as meshctl proxy-status lists it; `log NAME`: its loggers")
+        description=__doc__ + _SECTIONS_HELP + _LOG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("words", nargs="+", metavar="[SECTION|log] NAME",
+                   help="proxy name, as meshctl proxy-status lists it; `SECTION NAME`: that "
+                        "part only; `log NAME`: its loggers")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("--service", "--fqdn", metavar="S",
+                   help="routes, endpoints, clusters: this service only (reviews, "
+                        "reviews.NAMESPACE, reviews.NAMESPACE.svc.cluster.local)")
+    p.add_argument("--subset", help="routes, endpoints, clusters: this subset only (routes: "
+                                    "the rules sending traffic to it)")
+    p.add_argument("--status", choices=("healthy", "ejected"),
+                   help="endpoints: only those outlier detection has ejected, or not")
     p.add_argument("--level", metavar="LEVEL|LOGGER:LEVEL,...",
                    help="log: set every Ami logger to LEVEL (debug, info, warning, error, "
                         "critical), or the loggers named (e.g. ami.proxy.router:debug)")
@@ -35,6 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="log: back to the levels the proxy started with (before --level)")
     p.set_defaults(func=run_proxy_config, parser=p)
 
+
+_SECTIONS_HELP = """
+``meshctl proxy-config SECTION NAME``: one part, as ``istioctl proxy-config SECTION``:
+routes, endpoints (ep: with each endpoint's live health), clusters (Ami's destinations:
+each service and subset with its policy), listeners, secret (the workload certificate).
+"""
 
 _LOG_HELP = """
 ``meshctl proxy-config log NAME``: a sidecar's loggers and their levels, like ``istioctl
@@ -46,18 +64,51 @@ def run_proxy_config(args: argparse.Namespace) -> int:
     """``proxy-config NAME`` or ``proxy-config log NAME``; usage errors exit 2."""
     words, parser = args.words, args.parser
     if len(words) == 2 and words[0] == "log":
+        _no_filters(args, parser, "a SECTION, not `log`")
         args.name = words[1]
         try:
             args.query = log_query(args.level, args.reset)
         except ValueError as exc:
             parser.error(str(exc))
         return run_log(args)
-    if len(words) != 1 or words == ["log"]:
-        parser.error("give NAME, or log NAME")
     if args.level is not None or args.reset:
         parser.error("--level and --reset go with `proxy-config log NAME`")
+    if len(words) == 2:
+        return run_section(args, parser, *words)
+    if len(words) != 1 or words == ["log"]:
+        parser.error("give NAME, SECTION NAME or log NAME")
+    _no_filters(args, parser, "`proxy-config SECTION NAME`")
     args.name = words[0]
     return run_dump(args)
+
+
+def run_section(args: argparse.Namespace, parser: argparse.ArgumentParser, word: str,
+                name: str) -> int:
+    """``proxy-config SECTION NAME``; an unknown section or a filter it does not take is a
+    usage error."""
+    from meshctl.commands import proxyconfig_sections as sections  # it imports this module
+
+    section = sections.SECTIONS.get(word)
+    if section is None:
+        parser.error(f"unknown section {word!r}: give one of routes, endpoints (ep), "
+                     "clusters, listeners, secret, log")
+    takes = sections.FILTERS[section]
+    _no_filters(args, parser, " or ".join(f"`proxy-config {s}`" for s, f in
+                                          sections.FILTERS.items() if f) or "-",
+                allowed=takes)
+    args.name = name
+    filters = sections.Filters(args.service, args.subset, args.status)
+    args.part = lambda dump: sections.data(section, dump, filters)
+    args.show = lambda dump: sections.table(section, dump, filters)
+    return run_dump(args)
+
+
+def _no_filters(args: argparse.Namespace, parser: argparse.ArgumentParser, where: str,
+                allowed: tuple[str, ...] = ()) -> None:
+    for option in ("service", "subset", "status"):
+        if getattr(args, option) is not None and option not in allowed:
+            hint = "`proxy-config endpoints`" if option == "status" else where
+            parser.error(f"--{option} goes with {hint}")
 
 
 def log_query(level: str | None, reset: bool) -> dict[str, str]:
@@ -94,10 +145,13 @@ def run_log(args: argparse.Namespace) -> int:
 
 @reports_errors
 def run_dump(args: argparse.Namespace) -> int:
-    """Print the proxy's running config; 1 when it cannot be had."""
+    """Print the proxy's running config (``args.part``/``args.show``: one section's data and
+    table); 1 when it cannot be had."""
     body = _ask(args, "GET", f"/api/v1/proxies/{quote(args.name, safe='')}/config_dump")
-    if not _printed_as_data(args, body):
-        print(render(body))
+    part: Callable[[Any], Any] = getattr(args, "part", lambda dump: dump)
+    show: Callable[[Any], str] = getattr(args, "show", render)
+    if not _printed_as_data(args, part(body)):
+        print(show(body))
     return 0
 
 
@@ -142,7 +196,7 @@ def render(dump: dict[str, Any]) -> str:
         *([f"XFCC kept from:  {_xfcc_peers(mesh)} (gateways, MeshConfig "
            "trustedXfccIdentities)"] if mesh.get("trusted_xfcc") else []),
         "", "ROUTES", _routes(snap).rstrip("\n"), "", "ENDPOINTS",
-        _endpoints(snap, dump.get("locality") or {}).rstrip("\n"),
+        _endpoints(snap, dump.get("locality") or {}, dump.get("endpointHealth")).rstrip("\n"),
     ]
     panics = dump.get("outlier") or {}
     if panics:
@@ -300,13 +354,16 @@ def _action(rule: dict[str, Any], host: str) -> str:
     return split + (f" (+{', '.join(extras)})" if extras else "")
 
 
-def _endpoints(snap: dict[str, Any], balanced: dict[str, Any]) -> str:
+def _endpoints(snap: dict[str, Any], balanced: dict[str, Any],
+               health: dict[str, Any] | None = None) -> str:
     rows = []
     services = sorted((snap.get("services") or {}).items())
     # a LOCALITY column once some endpoint has one (meshes without localities: as before);
-    # PRIORITY and SHARE once some destination is balanced by locality
+    # PRIORITY and SHARE once some destination is balanced by locality; STATUS and ACTIVE
+    # from a proxy's live endpointHealth (none in an older proxy's dump)
     where = any(e.get("locality") for _, s in services for e in s.get("endpoints") or [])
-    extra = (("LOCALITY",) if where else ()) + (("PRIORITY", "SHARE") if balanced else ())
+    extra = ((("LOCALITY",) if where else ()) + (("PRIORITY", "SHARE") if balanced else ())
+             + (("STATUS", "ACTIVE") if health is not None else ()))
     for name, service in services:
         placed = _placements(name, balanced) if balanced else {}
         for endpoint in service.get("endpoints") or []:
@@ -316,11 +373,64 @@ def _endpoints(snap: dict[str, Any], balanced: dict[str, Any]) -> str:
             rows.append((name, hostport,
                          str(labels.get("version", "-")), endpoint.get("identity") or "-",
                          *((_locality(endpoint.get("locality")),) if where else ()),
-                         *(_placed(placed.get(hostport, [])) if balanced else ())))
+                         *(_placed(placed.get(hostport, [])) if balanced else ()),
+                         *(endpoint_status(health, name, hostport) if health is not None
+                           else ())))
         if not service.get("endpoints"):
             rows.append((name, "(none)", "-", "-", *("-" for _ in extra)))
     header = ("SERVICE", "ADDRESS", "VERSION", "IDENTITY", *extra)
     return output.render_table(header, rows) if rows else "(none)"
+
+
+def endpoint_health(health: dict[str, Any], service: str,
+                    address: str) -> list[tuple[str, dict[str, Any]]]:
+    """The endpoint's live entries: its service's destination (tag ''), and each of its
+    subsets that is a destination of its own (tag 'v2:'), whose ejections are apart."""
+    found = []
+    for destination, state in sorted(health.items()):
+        name, _, subset = destination.partition("/")
+        if name != service:
+            continue
+        for entry in state.get("endpoints") or []:
+            if entry.get("address") == address:
+                found.append((f"{subset}:" if subset else "", entry))
+    return found
+
+
+def endpoint_status(health: dict[str, Any], service: str, address: str) -> tuple[str, str]:
+    """The STATUS and ACTIVE cells: '-' for an endpoint no route of this proxy reaches."""
+    found = endpoint_health(health, service, address)
+    if not found:
+        return "-", "-"
+    states = [(tag, _state(entry)) for tag, entry in found]
+    status = ("HEALTHY" if all(state == "HEALTHY" for _, state in states)
+              else ", ".join(tag + state for tag, state in states))
+    requests = sum(int(entry.get("activeRequests") or 0) for _, entry in found)
+    connections = sum(int(entry.get("connections") or 0) for _, entry in found)
+    return status, f"{requests} req/{connections} conn"
+
+
+def _state(entry: dict[str, Any]) -> str:
+    if entry.get("status") != "EJECTED":
+        return str(entry.get("status"))
+    left = f"EJECTED ({duration(float(entry.get('ejectedSeconds') or 0))} left)"
+    # minHealthPercent: traffic goes to it all the same while its priority is in panic
+    return left + (" (panic)" if entry.get("panic") else "")
+
+
+def duration(seconds: float) -> str:
+    """58s, 3m12s, 23h59m, 2d4h: how long until something happens."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h"
 
 
 def _placements(service: str, balanced: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
