@@ -290,13 +290,16 @@ def _address(endpoint: dict[str, Any]) -> str:
     return str(address)
 
 
-def _routes(snap: dict[str, Any]) -> str:
+def _routes(snap: dict[str, Any], keep: Callable[[dict[str, Any]], bool] | None = None) -> str:
+    """``keep``: the rules to list (proxy-config routes --subset), numbered as in the route."""
     rows = []
     routed = set()
     node = snap.get("node") or {}
     for host, route in sorted((snap.get("routes") or {}).items()):
         routed.add(host)
         for index, rule in enumerate(route.get("rules") or []):
+            if keep is not None and not keep(rule):
+                continue
             blocks = rule.get("matches") or []
             own = [b for b in blocks if _accepts(b, node)]
             if blocks and not own:

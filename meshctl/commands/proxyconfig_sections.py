@@ -39,7 +39,12 @@ def data(section: str, dump: dict[str, Any], filters: Filters) -> dict[str, Any]
     snap = _filtered(dump, filters)
     services = snap.get("services") or {}
     if section == "routes":
-        return {"routes": snap.get("routes") or {}}
+        routes = snap.get("routes") or {}
+        if filters.subset is not None:  # the rules sending traffic to the subset
+            for route in routes.values():
+                route["rules"] = [r for r in route.get("rules") or []
+                                  if _sends_to(filters.subset, r)]
+        return {"routes": routes}
     if section == "endpoints":
         wanted = {(n, _address(e)) for n, s in services.items() for e in s["endpoints"]}
         health = {d: {**state, "endpoints": [e for e in state.get("endpoints") or []
@@ -73,7 +78,9 @@ def table(section: str, dump: dict[str, Any], filters: Filters) -> str:
         if filters.subset is not None:  # no `all endpoints` row: no rule names the subset
             snap["services"] = {n: s for n, s in snap["services"].items()
                                 if n in (snap.get("routes") or {})}
-        text = _routes(snap) if snap.get("routes") or snap.get("services") else "(none)"
+        subset = filters.subset
+        keep = None if subset is None else lambda rule: _sends_to(subset, rule)
+        text = _routes(snap, keep) if snap.get("routes") or snap.get("services") else "(none)"
     elif section == "endpoints":
         text = _endpoints(snap, dump.get("locality") or {}, dump.get("endpointHealth"))
     else:
@@ -95,12 +102,8 @@ def _filtered(dump: dict[str, Any], f: Filters) -> dict[str, Any]:
             service["endpoints"] = [e for e in service.get("endpoints") or []
                                     if all((e.get("labels") or {}).get(k) == v
                                            for k, v in chosen.items())]
-        routes = snap.get("routes") or {}
-        for route in routes.values():  # the rules sending traffic to the subset
-            route["rules"] = [r for r in route.get("rules") or []
-                              if any(b.get("subset") == f.subset for b in r.get("backends")
-                                     or [])]
-        snap["routes"] = {h: r for h, r in routes.items() if r["rules"]}
+        snap["routes"] = {h: r for h, r in (snap.get("routes") or {}).items()
+                          if any(_sends_to(f.subset, rule) for rule in r.get("rules") or [])}
     if f.status is not None:
         health = dump.get("endpointHealth") or {}
         for name, service in services.items():
@@ -110,6 +113,10 @@ def _filtered(dump: dict[str, Any], f: Filters) -> dict[str, Any]:
         services = {n: s for n, s in services.items() if s.get("endpoints")}
     snap["services"] = services
     return snap
+
+
+def _sends_to(subset: str, rule: dict[str, Any]) -> bool:
+    return any(b.get("subset") == subset for b in rule.get("backends") or [])
 
 
 def _names(key: str, service: dict[str, Any], wanted: str) -> bool:
