@@ -220,3 +220,26 @@ def _endpoint_rows(text: str) -> list[list[str]]:
     lines = text.splitlines()
     return [[c.strip() for c in line.split("  ") if c.strip()]
             for line in lines[lines.index("ENDPOINTS") + 2:] if line.strip()]
+
+
+def test_endpoints_status_and_active_from_the_proxys_live_health() -> None:
+    """STATUS and ACTIVE once the dump has endpointHealth: an endpoint its service's
+    destination ejected, one a subset's own destination ejected (tagged with the subset), in
+    panic, and '-' for one no route reaches; ACTIVE sums its pools."""
+    snap = Snapshot.from_dict({"services": {"api": {"endpoints": [
+        {"address": f"10.0.0.{i}:80", "labels": {"version": f"v{i}"}} for i in (1, 2, 3, 4)]}}})
+    def entry(i: int, **live: object) -> dict[str, object]:
+        return {"address": f"10.0.0.{i}:80", "status": "HEALTHY", "activeRequests": 1,
+                "connections": 2, **live}
+    health = {"api": {"endpoints": [
+        entry(1), entry(2, status="EJECTED", ejectedSeconds=65.2, panic=False),
+        entry(3, status="EJECTED", ejectedSeconds=3, panic=True)]},
+        "api/v1": {"endpoints": [entry(1, status="EJECTED", ejectedSeconds=7200)]}}
+    dump = {"version": "v1", "snapshot": _jsonable(dataclasses.asdict(snap)), "listeners": {},
+            "endpointHealth": health}
+    rows = {row[1]: row[4:] for row in _endpoint_rows(render(dump))}
+    assert rows == {
+        "10.0.0.1:80": ["HEALTHY, v1:EJECTED (2h00m left)", "2 req/4 conn"],
+        "10.0.0.2:80": ["EJECTED (1m05s left)", "1 req/2 conn"],
+        "10.0.0.3:80": ["EJECTED (3s left) (panic)", "1 req/2 conn"],
+        "10.0.0.4:80": ["-", "-"]}

@@ -86,6 +86,23 @@ def test_ejection_expires_lazily_on_read_and_calls_on_return() -> None:
     assert events == [("eject", "a"), ("return", "a")]
 
 
+def test_ejection_left_counts_down_and_returns_the_endpoint_at_zero() -> None:
+    """What /config_dump shows: the seconds left of an ejection, 0.0 for an endpoint in
+    service; read at expiry, it returns the endpoint as is_ejected does."""
+    clock = FakeClock()
+    events: list[tuple[str, Hashable]] = []
+    detector = make(clock, events=events)
+    assert detector.ejection_left("a") == 0.0  # unknown
+    for _ in range(3):
+        detector.record("a", 500)
+    clock.advance(12)
+    assert detector.ejection_left("a") == pytest.approx(18.0)
+    assert detector.ejection_left("b") == 0.0
+    clock.advance(18)
+    assert detector.ejection_left("a") == 0.0
+    assert events == [("eject", "a"), ("return", "a")]
+
+
 def test_sweep_returns_expired_endpoints() -> None:
     """sweep() returns every endpoint whose ejection has expired, and only those."""
     clock = FakeClock()

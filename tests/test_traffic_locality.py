@@ -149,10 +149,11 @@ async def _dump(proxy: TrafficProxy) -> dict[str, Any]:
 
 
 def _rows(dump: dict[str, Any], service: str) -> list[list[str]]:
-    """proxy-config's ENDPOINTS rows of ``service``, split into cells."""
+    """proxy-config's ENDPOINTS rows of ``service``, split into cells, up to STATUS and
+    ACTIVE (the live columns: tests/test_traffic_panic.py)."""
     lines = render(dump).splitlines()
     table = lines[lines.index("ENDPOINTS") + 1:]
-    return [[c.strip() for c in line.split("  ") if c.strip()] for line in table
+    return [[c.strip() for c in line.split("  ") if c.strip()][:-2] for line in table
             if line.startswith(f"{service} ")]
 
 

@@ -111,6 +111,18 @@ async def test_most_endpoints_ejected_spreads_traffic_over_all_again(
     table = lines[lines.index("PANIC THRESHOLDS (outlierDetection.minHealthPercent)") + 1:]
     assert [c.strip() for c in table[1].split("  ") if c.strip()] == [
         "api", "50%", "1/4 (panic)", "yes: ejections ignored"]
+    # each endpoint's live state: the three ejected ones take traffic all the same (panic)
+    names = {env[n].address: n for n in ("e0", "e1", "e2", "e3")}
+    health = {names[e["address"]]: e for e in dump["endpointHealth"]["api"]["endpoints"]}
+    assert {n: (e["status"], e.get("panic")) for n, e in health.items()} == {
+        "e0": ("EJECTED", True), "e1": ("EJECTED", True), "e2": ("EJECTED", True),
+        "e3": ("HEALTHY", None)}
+    assert all(0 < health[n]["ejectedSeconds"] <= 300 for n in ("e0", "e1", "e2"))
+    statuses = {names[row[1]]: row[-2] for row in _endpoint_rows(lines) if row[0] == "api"}
+    assert statuses["e3"] == "HEALTHY"
+    assert all(statuses[n].startswith("EJECTED (") and statuses[n].endswith(" left) (panic)")
+               for n in ("e0", "e1", "e2")), statuses
+    assert dump["certificate"] is None  # a static proxy without --identity-dir
 
 
 async def test_without_a_threshold_the_survivor_takes_everything(
@@ -154,6 +166,13 @@ async def test_each_priority_panics_by_envoys_rules(
     table = table[:table.index("")]  # up to the PANIC THRESHOLDS table
     rows = [[c.strip() for c in line.split("  ") if c.strip()]
             for line in table if line.startswith("zoned ")]
-    assert [row[-2:] for row in rows] == [["P0 (ejected) (panic)", "50%"]] * 2 + [
+    assert [row[-4:-2] for row in rows] == [["P0 (ejected) (panic)", "50%"]] * 2 + [
         ["P1 (ejected) (panic)", "50%"]] * 2
     assert await proxy.metric("ami_outlier_panics_total", destination_service="zoned") == 1
+
+
+def _endpoint_rows(lines: list[str]) -> list[list[str]]:
+    """The ENDPOINTS table's rows, split into cells (a cell may hold single spaces)."""
+    table = lines[lines.index("ENDPOINTS") + 2:]
+    return [[c.strip() for c in line.split("  ") if c.strip()]
+            for line in table[:table.index("")]]
