@@ -76,7 +76,8 @@ def run_proxy_config(args: argparse.Namespace) -> int:
     if len(words) == 2:
         return run_section(args, parser, *words)
     if len(words) != 1 or words == ["log"]:
-        parser.error("give NAME, SECTION NAME or log NAME")
+        parser.error("give NAME, or log NAME, or SECTION NAME (routes, endpoints, clusters, "
+                     "listeners, secret)")
     _no_filters(args, parser, "`proxy-config SECTION NAME`")
     args.name = words[0]
     return run_dump(args)
