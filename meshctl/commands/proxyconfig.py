@@ -61,10 +61,11 @@ proxy-config log``; ``--level``/``--reset`` change them at run time (a write: th
 
 
 def run_proxy_config(args: argparse.Namespace) -> int:
-    """``proxy-config NAME`` or ``proxy-config log NAME``; usage errors exit 2."""
+    """``proxy-config NAME``, ``proxy-config SECTION NAME`` or ``proxy-config log NAME``;
+    usage errors exit 2."""
     words, parser = args.words, args.parser
     if len(words) == 2 and words[0] == "log":
-        _no_filters(args, parser, "a SECTION, not `log`")
+        _no_filters(args, parser)
         args.name = words[1]
         try:
             args.query = log_query(args.level, args.reset)
@@ -78,7 +79,7 @@ def run_proxy_config(args: argparse.Namespace) -> int:
     if len(words) != 1 or words == ["log"]:
         parser.error("give NAME, or log NAME, or SECTION NAME (routes, endpoints, clusters, "
                      "listeners, secret)")
-    _no_filters(args, parser, "`proxy-config SECTION NAME`")
+    _no_filters(args, parser)
     args.name = words[0]
     return run_dump(args)
 
@@ -93,10 +94,7 @@ def run_section(args: argparse.Namespace, parser: argparse.ArgumentParser, word:
     if section is None:
         parser.error(f"unknown section {word!r}: give one of routes, endpoints (ep), "
                      "clusters, listeners, secret, log")
-    takes = sections.FILTERS[section]
-    _no_filters(args, parser, " or ".join(f"`proxy-config {s}`" for s, f in
-                                          sections.FILTERS.items() if f) or "-",
-                allowed=takes)
+    _no_filters(args, parser, sections.FILTERS[section])
     args.name = name
     filters = sections.Filters(args.service, args.subset, args.status)
     args.part = lambda dump: sections.data(section, dump, filters)
@@ -104,12 +102,13 @@ def run_section(args: argparse.Namespace, parser: argparse.ArgumentParser, word:
     return run_dump(args)
 
 
-def _no_filters(args: argparse.Namespace, parser: argparse.ArgumentParser, where: str,
+def _no_filters(args: argparse.Namespace, parser: argparse.ArgumentParser,
                 allowed: tuple[str, ...] = ()) -> None:
+    """A usage error for a filter given where it does not apply."""
     for option in ("service", "subset", "status"):
         if getattr(args, option) is not None and option not in allowed:
-            hint = "`proxy-config endpoints`" if option == "status" else where
-            parser.error(f"--{option} goes with {hint}")
+            where = "endpoints" if option == "status" else "routes|endpoints|clusters"
+            parser.error(f"--{option} goes with `proxy-config {where} NAME`")
 
 
 def log_query(level: str | None, reset: bool) -> dict[str, str]:
