@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.adminhttp import AdminServer, Handler, Request, Response, json_response
 from proxy.config import ListenError
-from proxy.certview import certificate_view
 from proxy.healthview import health_view
 from proxy.listenerview import listener_view
 from proxy.localityview import locality_view
@@ -73,8 +72,12 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
         # live state read here only (proxy-config endpoints, listeners, secret)
         body["endpointHealth"] = health_view(server.backends)
         body["boundListeners"] = listener_view(server)
-        body["certificate"] = (certificate_view(server.tls.identity, server.identity_agent)
-                               if server.tls is not None else None)
+        body["certificate"] = None
+        if server.tls is not None:
+            # imported here: a plaintext static proxy never loads cryptography (footprint)
+            from proxy.certview import certificate_view
+
+            body["certificate"] = certificate_view(server.tls.identity, server.identity_agent)
         return json_response(body, indent=2)
 
     async def stats(_: Request) -> Response:
