@@ -219,6 +219,18 @@ class Plane:
         stored = self.client.update(route_doc(marker, self.namespace))
         return str(stored["metadata"]["resourceVersion"])
 
+    def counters(self) -> dict[str, float]:
+        """The reconciler's totals (``ami_controlplane_<name>_total`` of its /metrics)."""
+        assert self.client is not None
+        with self.client._open("GET", "/metrics") as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("ami_controlplane_") and name.endswith("_total"):
+                out[name[len("ami_controlplane_"):-len("_total")]] = float(value)
+        return out
+
     def sync_ms(self, revision: str, timeout: float) -> float | None:
         status, body = _get_json(f"{self.base}/api/v1/sync?storeVersion={revision}"
                                  f"&timeout={timeout:g}", timeout + 5.0)
@@ -267,16 +279,22 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         connect_s = time.monotonic() - t_start
         sim_pids = [w.proc.pid for w in workers]
         before = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
+        totals0 = await asyncio.to_thread(plane.counters)
         cpu0, sim_cpu0 = cpu_seconds([plane.proc.pid]), cpu_seconds(sim_pids)
         rounds = [await _round(plane, workers, marker, plan.timeout)
                   for marker in range(1, plan.rounds + 1)]
         cpu_s = cpu_seconds([plane.proc.pid]) - cpu0
         sim_cpu_s = cpu_seconds(sim_pids) - sim_cpu0
         stats = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
+        totals = await asyncio.to_thread(plane.counters)
+        # snapshots computed / pushed by the control plane per round (its reconcile counters)
+        per_round = {k: round((totals.get(k, 0.0) - totals0.get(k, 0.0)) / plan.rounds, 1)
+                     for k in ("passes", "computed", "pushed", "unchanged")}
         return size_entry(plan, rounds, {
             "rss_mb": round(peak_rss_mb([plane.proc.pid]), 1),
             "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
-            "cpu_s": round(cpu_s, 2), "sim_cpu_s": round(sim_cpu_s, 2),
+            "cpu_s": round(cpu_s, 2), "cpu_ms_per_round": round(cpu_s * 1000 / plan.rounds, 1),
+            "per_round": per_round, "sim_cpu_s": round(sim_cpu_s, 2),
             "connect_s": round(connect_s, 2), "workers": len(workers),
             "messages": sum(int(s["messages"]) for s in stats),
             # snapshots pushed during the rounds (a scoped mesh pushes a change to fewer)
@@ -324,14 +342,15 @@ def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
     """The table printed at the end of a run."""
     lines = [f"{'sidecars':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'sync p50':>9} "
              f"{'sync p99':>9} {'snap KB':>8} {'RSS MB':>7} {'RSS now':>8} {'CPU s':>6} "
-             f"{'sim CPU':>8} {'connect s':>9}"]
+             f"{'sim CPU':>8} {'connect s':>9} {'computed':>9} {'pushed':>7}"]
     for s in sizes:
         p, q = s["propagation_ms"], s["server_sync_ms"]
         lines.append(f"{s['sidecars']:>8} {_f(p.get('p50')):>8} {_f(p.get('p99')):>8} "
                      f"{_f(p.get('max')):>8} {_f(q.get('p50')):>9} {_f(q.get('p99')):>9} "
                      f"{s.get('snapshot_kb', 0):>8.1f} {s['rss_mb']:>7.1f} "
                      f"{s['rss_now_mb']:>8.1f} {s['cpu_s']:>6.2f} {s['sim_cpu_s']:>8.2f} "
-                     f"{s['connect_s']:>9.1f}")
+                     f"{s['connect_s']:>9.1f} {_f(s.get('per_round', {}).get('computed')):>9} "
+                     f"{_f(s.get('per_round', {}).get('pushed')):>7}")
     for t in targets:
         lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  {t['figure']} at {t['sidecars']}: "
                      f"{_f(t['value'])} (target <= {t['limit']:g})")
