@@ -64,6 +64,7 @@ class ReconcileCounters:
 
     passes: int = 0
     computed: int = 0
+    shared: int = 0  # proxies given the snapshot computed for another with the same inputs
     pushed: int = 0
     unchanged: int = 0
     acks: int = 0
@@ -240,13 +241,17 @@ class Reconciler:
             state, info = self.states.get(name), self.registry.get(name)
             if state is None or state.sender is None or info is None:
                 continue
+            computed = builder.computed
             try:
                 built = builder.build(info)
             except Exception:  # a bug, not a config problem: count it, keep the others going
                 self.counters.errors += 1
                 log.exception("cannot build the snapshot of %s", name)
                 continue
-            self.counters.computed += 1
+            if builder.computed > computed:
+                self.counters.computed += 1
+            else:
+                self.counters.shared += 1
             self._in_pass.discard(name)
             state.latest_version = built.version
             if built.version == state.acked_version:

@@ -39,6 +39,7 @@ from meshctl.api.telemetry import TelemetrySpec, effective
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
 from meshctl.controlplane.scoping import sidecar_for
+from meshctl.controlplane.snapshotinputs import SnapshotInputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +162,11 @@ class SnapshotBuilder:
         self._sidecars: dict[str, list[Resource]] = {}  # by namespace
         for r in self._by_kind.get("Sidecar", []):
             self._sidecars.setdefault(r.namespace, []).append(r)
+        # One snapshot per distinct SnapshotInputs: the replicas of a workload share it.
+        self._built: dict[SnapshotInputs, BuiltSnapshot] = {}
+        self.computed = 0  # snapshots computed (not shared): the reconciler counts them
 
-    def sidecar(self, proxy: ProxyInfo) -> Resource | None:
+    def sidecar(self, proxy: ProxyInfo | SnapshotInputs) -> Resource | None:
         """The Sidecar resource scoping ``proxy``, if any (meshctl.controlplane.scoping)."""
         own = self._sidecars.get(proxy.namespace)
         if not own:  # namespaces without one: no per-proxy lookup at all
@@ -170,7 +174,16 @@ class SnapshotBuilder:
         return sidecar_for(own, proxy.service, proxy.namespace, proxy.labels, proxy.mode)
 
     def build(self, proxy: ProxyInfo) -> BuiltSnapshot:
-        """The snapshot for ``proxy``."""
+        """The snapshot for ``proxy``: computed once per distinct SnapshotInputs, shared by
+        the proxies that have them (the same object, so the same bytes in memory too)."""
+        inputs = SnapshotInputs.of(proxy)
+        built = self._built.get(inputs)
+        if built is None:
+            built = self._built[inputs] = self._compute(inputs)
+            self.computed += 1
+        return built
+
+    def _compute(self, proxy: SnapshotInputs) -> BuiltSnapshot:
         prefix, hashed = self._shared_part(proxy.namespace, self.sidecar(proxy))
         own = _dumps(self._own_parts(proxy))[1:].encode()  # '"inbound":...}'
         digest = hashed.copy()  # the shared prefix is hashed once per namespace, not per proxy
@@ -213,7 +226,12 @@ class SnapshotBuilder:
         names = self.names
         policies = self.by_host("DestinationPolicy", namespace, scope)
         services: dict[str, Any] = {}
+        # Out-of-scope services are skipped before their endpoints are listed: a Sidecar
+        # `./*` in each of 10 namespaces then costs each namespace its own endpoints only.
+        seen: dict[tuple[str, str], bool] = {}
         for ep in self._endpoints:
+            if scope is not None and not _sees(scope, seen, ep.service, ep.namespace):
+                continue
             tcp = self._tcp[(ep.service, ep.namespace)]
             if ep.app_protocol == "tcp" and tcp != {True}:
                 # Some of the service's sidecars declare tcp, others not: it stays an HTTP
@@ -235,11 +253,10 @@ class SnapshotBuilder:
                                                   port=ep.app_port)
             svc["endpoints"].append(endpoint)
         for service, ns in self._idle:
+            if scope is not None and not _sees(scope, seen, service, ns):
+                continue
             services.setdefault(names.key(service, ns, namespace), {
                 "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
-        if scope is not None:
-            services = {key: svc for key, svc in services.items()
-                        if scope.sees_service(key.partition(".")[0], svc["namespace"])}
         for key, svc in services.items():
             name = key.partition(".")[0]
             label = names.metrics_name(name, svc["namespace"])
@@ -337,7 +354,7 @@ class SnapshotBuilder:
         return f"spiffe://{self.mesh.trust_domain}/ns/{namespace}/sa/{service}"
 
     # -- this proxy's own parts ---------------------------------------------------------------
-    def _own_parts(self, proxy: ProxyInfo) -> dict[str, Any]:
+    def _own_parts(self, proxy: SnapshotInputs) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "node": {"service": proxy.service, "namespace": proxy.namespace,
                      "labels": dict(proxy.labels)},
@@ -364,7 +381,7 @@ class SnapshotBuilder:
                 parts["gateway"]["passthrough"] = passthrough
         return parts
 
-    def _inbound(self, proxy: ProxyInfo) -> dict[str, Any]:
+    def _inbound(self, proxy: SnapshotInputs) -> dict[str, Any]:
         def selects(service: str | None) -> bool:
             return inbound_selects(service, proxy.service, proxy.mode)
 
@@ -402,3 +419,12 @@ class SnapshotBuilder:
             if isinstance(uri, str):
                 rule["jwks"] = self._jwks(uri)
         return spec
+
+
+def _sees(scope: Scope, seen: dict[tuple[str, str], bool], service: str, namespace: str) -> bool:
+    """``scope.sees_service``, asked once per service (``seen`` remembers the answers)."""
+    key = (service, namespace)
+    answer = seen.get(key)
+    if answer is None:
+        answer = seen[key] = scope.sees_service(service, namespace)
+    return answer

@@ -28,6 +28,7 @@ from meshctl.controlplane.versionapi import data_plane_versions
 
 _HELP = {
     "passes": "Reconcile passes run.", "computed": "Snapshots computed.",
+    "shared": "Snapshots not computed: the same as another proxy's in the pass (same inputs).",
     "pushed": "Snapshots pushed to proxies.", "unchanged": "Snapshots not pushed (unchanged).",
     "acks": "Snapshots ACKed by proxies.", "nacks": "Snapshots rejected (NACKed) by proxies.",
     "errors": "Reconcile passes that failed.",
