@@ -289,7 +289,7 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         totals = await asyncio.to_thread(plane.counters)
         # snapshots computed / pushed by the control plane per round (its reconcile counters)
         per_round = {k: round((totals.get(k, 0.0) - totals0.get(k, 0.0)) / plan.rounds, 1)
-                     for k in ("passes", "computed", "pushed", "unchanged")}
+                     for k in ("passes", "computed", "shared", "pushed", "unchanged")}
         return size_entry(plan, rounds, {
             "rss_mb": round(peak_rss_mb([plane.proc.pid]), 1),
             "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
