@@ -1,9 +1,13 @@
 """The reconcile loop: resources + registry -> one snapshot per proxy, pushed when it changed.
 
-Level-based, on keys (proxy names): store events and registry changes only mark proxies dirty;
-a pass re-reads the store, builds each dirty proxy's snapshot and sends it only if its version
-differs from what the proxy last ACKed or was sent. Bursts are debounced: a pass starts once
-marks have been quiet for ``quiet`` seconds, and at most ``cap`` seconds after the first mark.
+Level-based, on keys (proxy names): store events mark every proxy dirty; a registry change
+marks the proxies it reaches, which the pass works out by comparing what snapshots read from
+the registry with what the previous pass saw (meshctl.controlplane.reach: per service and
+Sidecar scope; mesh-wide facts such as the set of services reach everyone). A pass re-reads
+the store, builds each dirty proxy's snapshot (once per distinct SnapshotInputs: replicas
+share it) and sends it only if its version differs from what the proxy last ACKed or was
+sent. Bursts are debounced: a pass starts once marks have been quiet for ``quiet`` seconds,
+and at most ``cap`` seconds after the first mark.
 
 Store revision. A snapshot records the store revision it was computed from (the highest
 ``resourceVersion`` seen), so ``wait_synced(N)`` can tell when every connected proxy runs a
@@ -26,6 +30,7 @@ from typing import Any
 
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
+from meshctl.controlplane.reach import RegistryFacts, ScopeIndex
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.snapshots import SnapshotBuilder, jwks_uris
 from meshctl.controlplane.store import EventType, Store
@@ -85,7 +90,7 @@ class Reconciler:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.store = store
         self.registry = registry
-        registry.on_change = self.mark_all
+        registry.on_change = self.registry_changed
         self.quiet, self.cap = quiet, cap
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self.states: dict[str, PushState] = {}
@@ -96,6 +101,8 @@ class Reconciler:
         self.jwks: Any = None  # JwksCache of jwksUri keys, set by serve()
         self._dirty: set[str] = set()
         self._all_dirty = False
+        self._registry_moved = False  # the next pass works out whom a registry change reaches
+        self._facts: RegistryFacts | None = None  # what the last pass read from the registry
         self._in_pass: set[str] = set()  # marked proxies the running pass has not computed yet
         self._kick = asyncio.Event()
         self._last_mark = 0.0
@@ -161,6 +168,11 @@ class Reconciler:
         self._all_dirty = True
         self._kick_now()
 
+    def registry_changed(self) -> None:
+        """The registry changed: the next pass marks the proxies the change reaches."""
+        self._registry_moved = True
+        self._kick_now()
+
     def _kick_now(self) -> None:
         self._last_mark = self._clock()
         self._kick.set()
@@ -203,8 +215,9 @@ class Reconciler:
     async def reconcile_pass(self) -> None:
         """Rebuild the dirty proxies' snapshots and push those that changed."""
         names = set(self.states) if self._all_dirty else self._dirty & set(self.states)
-        self._dirty, self._all_dirty = set(), False
-        self._in_pass = set(names)
+        # Until the pass has compared the registry, any proxy may be reached by its change.
+        self._in_pass = set(self.states) if self._registry_moved else set(names)
+        self._dirty, self._all_dirty, self._registry_moved = set(), False, False
         try:
             await self._compute_and_push(names)
         finally:
@@ -214,7 +227,8 @@ class Reconciler:
     def pending(self, name: str) -> bool:
         """Whether a change (a resource, an endpoint) is yet to be computed into ``name``'s
         snapshot: its ACK of the current one does not mean it runs the latest state."""
-        return self._all_dirty or name in self._dirty or name in self._in_pass
+        return (self._all_dirty or self._registry_moved or name in self._dirty
+                or name in self._in_pass)
 
     async def _compute_and_push(self, names: set[str]) -> None:
         objects = await self.store.list()
@@ -223,16 +237,19 @@ class Reconciler:
         jwks = self.jwks
         if jwks is not None:
             jwks.want(jwks_uris((o.resource, o.resource_version) for o in objects))
-        builder = SnapshotBuilder([o.resource for o in objects], self.registry.endpoints(),
+        endpoints, idle = self.registry.endpoints(), self.registry.idle_sidecars()
+        gateways = self.registry.gateways()
+        builder = SnapshotBuilder([o.resource for o in objects], endpoints,
                                   jwks.jwks if jwks is not None else None,
-                                  idle=self.registry.idle_sidecars(),
-                                  gateways=self.registry.gateways())
+                                  idle=idle, gateways=gateways)
         self.mesh = builder.mesh  # the current MeshConfig (the CA reads its certificate TTL)
         self.counters.passes += 1
         for name in [n for n, s in self.states.items()
                      if s.sender is None and self.registry.get(n) is None]:
             del self.states[name]  # gone from the registry too: forget it
             names.discard(name)
+        names |= self._reached(RegistryFacts.of(endpoints, idle, gateways), builder)
+        self._in_pass = set(names)
         for count, name in enumerate(sorted(names), 1):
             if count % _YIELD_EVERY == 0:
                 # Let the streams write what was queued so far: holding every proxy's message
@@ -247,6 +264,7 @@ class Reconciler:
             except Exception:  # a bug, not a config problem: count it, keep the others going
                 self.counters.errors += 1
                 log.exception("cannot build the snapshot of %s", name)
+                self._dirty.add(name)  # not current: retried by the next pass (and pending)
                 continue
             if builder.computed > computed:
                 self.counters.computed += 1
@@ -278,6 +296,19 @@ class Reconciler:
                 state.sender(mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
                                                     snapshot_json=built.data))
                 self.counters.pushed += 1
+
+    def _reached(self, facts: RegistryFacts, builder: SnapshotBuilder) -> set[str]:
+        """The proxies whose snapshots read what changed in the registry since the last pass
+        (every proxy on the first pass, or when a mesh-wide fact changed)."""
+        changed = None if self._facts is None else facts.changed(self._facts)
+        self._facts = facts
+        if changed is None:
+            return set(self.states)
+        if not changed:
+            return set()
+        scopes = ScopeIndex(builder)
+        return {name for name in self.states
+                if (info := self.registry.get(name)) is not None and scopes.sees_any(info, changed)}
 
     # -- waiting for convergence ---------------------------------------------------------------
     def _notify(self) -> None:

@@ -1,0 +1,204 @@
+"""Registry changes reach only the proxies whose snapshots read them (meshctl.controlplane.reach):
+after any sequence of registrations, readiness and health reports, renewals, departures and
+gateways, with and without Sidecar scopes, every proxy's snapshot is what a full rebuild
+gives; a certificate renewal computes nothing; an unreached proxy stays synced."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields, replace
+from typing import Any
+
+import pytest
+
+from meshctl.api.resources import load_documents
+from meshctl.controlplane.memstore import MemStore
+from meshctl.controlplane.reach import UNREAD, RegistryFacts
+from meshctl.controlplane.reconcile import Reconciler
+from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.snapshots import SnapshotBuilder
+from tests.test_controlplane_reconcile import FakeClock
+
+# a's proxies (but a/web's canary) see only a; b's see everything.
+SCOPES = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Sidecar
+metadata: {name: default, namespace: a}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Sidecar
+metadata: {name: canary, namespace: a}
+spec: {workloadSelector: {labels: {track: canary}}, egress: [{hosts: ["*/*"]}]}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {name: api-ports, namespace: b}
+spec: {selector: {service: api}, mtls: {mode: STRICT}, portLevelMtls: {9443: {mode: DISABLE}}}
+"""
+UNREAD_VALUES: dict[str, Any] = {
+    "cert_expiry": "2030-01-01T00:00:00Z", "cert_issued": "2029-01-01T00:00:00Z",
+    "admin": "127.0.0.1:9999", "outbound": "127.0.0.1:15001", "admin_token": "t",
+    "proxy_version": "9.9.9", "build": "cpython 3.99",
+}
+
+
+def sidecar(name: str, service: str, ns: str, port: int, **extra: Any) -> ProxyInfo:
+    return ProxyInfo(**{"name": name, "service": service, "namespace": ns,
+                        "labels": {"version": "v1"}, "inbound": f"127.0.0.1:{port}",
+                        "ready": True, **extra})
+
+
+async def plane(clock: FakeClock) -> tuple[Reconciler, Registry, list[str]]:
+    """A reconciler over SCOPES whose pushes are answered at once; the versions pushed."""
+    store = MemStore()
+    for r in load_documents(SCOPES, "scopes.yaml"):
+        await store.create(r)
+    registry = Registry(clock=clock, grace=1.0)
+    return Reconciler(store, registry, clock=clock, sleep=clock.sleep), registry, []
+
+
+def connect(rec: Reconciler, pushed: list[str], info: ProxyInfo) -> None:
+    def send(message: Any) -> None:
+        pushed.append(info.name)
+        rec.ack(info.name, message.version, message.nonce)
+    rec.registry.register(info)
+    rec.attach(info.name, send)
+
+
+async def fresh(rec: Reconciler) -> dict[str, str]:
+    """Each connected proxy's version in a full rebuild of the current state."""
+    builder = SnapshotBuilder([o.resource for o in await rec.store.list()],
+                              rec.registry.endpoints(), idle=rec.registry.idle_sidecars(),
+                              gateways=rec.registry.gateways())
+    return {n: builder.build(info).version for n, s in rec.states.items()
+            if s.sender is not None and (info := rec.registry.get(n)) is not None}
+
+
+def test_unread_fields_reach_no_snapshot() -> None:
+    """The fields a registry diff ignores change no snapshot, scoped or not, gateway or not,
+    whether the proxy varied is an endpoint, an idle sidecar or a gateway."""
+    docs = load_documents(SCOPES, "scopes.yaml")
+    viewers = [sidecar("a1", "web", "a", 1), sidecar("b1", "web", "b", 2),
+               replace(sidecar("g1", "edge", "b", 3), mode="gateway", trusted_gateway=True)]
+    varied = [sidecar("api1", "api", "b", 4, app_port=9443),
+              sidecar("api2", "api", "a", 5, ready=False), viewers[2]]
+
+    def versions(proxies: list[ProxyInfo]) -> list[str]:
+        every = viewers[:2] + proxies
+        builder = SnapshotBuilder(docs, [p for p in every if p.is_endpoint],
+                                  idle=[p for p in every if not p.is_endpoint
+                                        and p.mode == "sidecar"],
+                                  gateways=[p for p in every if p.mode == "gateway"])
+        return [builder.build(v).version for v in viewers + proxies]
+
+    assert set(UNREAD) == set(UNREAD_VALUES)
+    assert set(UNREAD) < {f.name for f in fields(ProxyInfo)}
+    for field, value in UNREAD_VALUES.items():
+        assert versions([replace(p, **{field: value}) for p in varied]) == versions(varied)
+
+
+def test_every_other_field_is_compared() -> None:
+    """A change of any field outside UNREAD makes its service's facts (or the mesh-wide ones)
+    differ, so the proxies that list the service are recomputed."""
+    base = sidecar("api1", "api", "b", 4)
+    values = {"name": "api9", "service": "web", "namespace": "a", "labels": {"v": "2"},
+              "inbound": "127.0.0.1:6", "mode": "gateway", "trusted_gateway": True,
+              "ready": False, "app_health": "not_serving", "app_protocol": "tcp",
+              "locality": "eu/a", "app_port": 9443}
+    assert set(values) | set(UNREAD) == {f.name for f in fields(ProxyInfo)}
+    before = RegistryFacts.of([base], [], [])
+    for field, value in values.items():
+        after = RegistryFacts.of([replace(base, **{field: value})], [], [])
+        assert after.changed(before) != set(), field
+
+
+async def test_a_certificate_renewal_computes_nothing() -> None:
+    """A Status report that only renews the certificate reaches no snapshot: the pass it
+    triggers computes and pushes nothing, and nobody is pending meanwhile for long."""
+    clock = FakeClock()
+    rec, registry, pushed = await plane(clock)
+    for i, (svc, ns) in enumerate([("web", "a"), ("api", "b"), ("web", "b")]):
+        connect(rec, pushed, sidecar(f"p{i}", svc, ns, 100 + i))
+    await rec.reconcile_pass()
+    computed, pushes = rec.counters.computed + rec.counters.shared, len(pushed)
+    session = registry._entries["p1"].session
+    registry.report("p1", session, ready=True, cert_expiry="2030-01-01T00:00:00Z")
+    assert rec.pending("p0")  # until the pass has compared
+    await rec.reconcile_pass()
+    assert rec.counters.computed + rec.counters.shared == computed and len(pushed) == pushes
+    assert not rec.pending("p0") and rec.lagging(rec.revision) == []
+
+
+async def test_an_endpoint_change_reaches_only_the_proxies_that_list_its_service() -> None:
+    """b/api turning unready recomputes b's proxies and a's canary (they list b), not a's
+    scoped web, which stays synced for any wait on the store revision."""
+    clock = FakeClock()
+    rec, registry, pushed = await plane(clock)
+    proxies = [sidecar("web-a", "web", "a", 1), sidecar("api-b", "api", "b", 2),
+               sidecar("web-b", "web", "b", 3),
+               replace(sidecar("canary-a", "web", "a", 4), labels={"track": "canary"})]
+    for p in proxies:
+        connect(rec, pushed, p)
+    await rec.reconcile_pass()
+    pushed.clear()
+    session = registry._entries["api-b"].session
+    registry.report("api-b", session, ready=False, cert_expiry="")
+    await rec.reconcile_pass()
+    assert sorted(pushed) == ["api-b", "canary-a", "web-b"]
+    assert rec.counters.computed + rec.counters.shared == 4 + 3
+    assert await rec.wait_synced(rec.revision, timeout=0) == []
+    assert {n: s.latest_version for n, s in rec.states.items()} == await fresh(rec)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_no_snapshot_is_ever_stale(seed: int) -> None:
+    """Random registry churn across two namespaces, one scoped: after each pass every
+    connected proxy's latest snapshot is the one a full rebuild computes."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    rec, registry, pushed = await plane(clock)
+    services = [("web", "a"), ("api", "a"), ("web", "b"), ("api", "b"), ("db", "b"),
+                ("solo", rng.choice("ab"))]
+    sessions: dict[str, int] = {}
+    for step in range(60):
+        op = rng.choice(["join", "join", "report", "report", "renew", "leave", "expire",
+                         "relabel", "gateway"])
+        names = sorted(sessions)
+        if op == "join" or not names:
+            svc, ns = rng.choice(services)
+            info = sidecar(f"{svc}-{ns}-{step}", svc, ns, 1000 + step,
+                           locality=rng.choice(["", "eu/a"]),
+                           app_protocol=rng.choice(["", "", "tcp"]))
+            connect(rec, pushed, info)
+            sessions[info.name] = registry._entries[info.name].session
+        elif op in ("report", "renew"):
+            name = rng.choice(names)
+            current = registry.get(name)
+            assert current is not None
+            registry.report(name, sessions[name],
+                            ready=rng.random() < 0.7 if op == "report" else current.ready,
+                            app_health=rng.choice(["", "serving", "not_serving"])
+                            if op == "report" else current.app_health,
+                            cert_expiry=f"2030-01-{step % 28 + 1:02d}T00:00:00Z")
+        elif op == "leave":
+            name = rng.choice(names)
+            rec.detach(name, rec.states[name].sender)  # type: ignore[arg-type]
+            registry.disconnect(name, sessions.pop(name))
+        elif op == "expire":
+            clock.now += 2.0
+            registry.expire()
+        elif op == "relabel":  # the same proxy reconnects with other labels
+            name = rng.choice(names)
+            current = registry.get(name)
+            assert current is not None
+            connect(rec, pushed, replace(current, labels={"track": rng.choice(["canary", "x"])}))
+            sessions[name] = registry._entries[name].session
+        else:
+            info = replace(sidecar(f"gw-{step}", "edge", rng.choice("ab"), 3000 + step),
+                           mode="gateway", trusted_gateway=rng.random() < 0.5, inbound="")
+            connect(rec, pushed, info)
+            sessions[info.name] = registry._entries[info.name].session
+        await rec.reconcile_pass()
+        expected = await fresh(rec)
+        assert {n: rec.states[n].latest_version for n in expected} == expected, (seed, step, op)
