@@ -140,6 +140,10 @@ class Scope:
         return any(ns in (ANY, namespace) and _name_matches(pattern, host, (host,))
                    for ns, pattern in self._hosts)
 
+    def sees_host_anywhere(self, host: str) -> bool:
+        """Whether outside host ``host`` is in scope declared in some namespace."""
+        return any(_name_matches(pattern, host, (host,)) for _, pattern in self._hosts)
+
 
 def _name_matches(pattern: str, full: str, spellings: tuple[str, ...]) -> bool:
     if pattern == ANY:

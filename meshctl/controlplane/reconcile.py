@@ -1,17 +1,18 @@
 """The reconcile loop: resources + registry -> one snapshot per proxy, pushed when it changed.
 
-Level-based, on keys (proxy names): store events mark every proxy dirty; a registry change
-marks the proxies it reaches, which the pass works out by comparing what snapshots read from
-the registry with what the previous pass saw (meshctl.controlplane.reach: per service and
-Sidecar scope; mesh-wide facts such as the set of services reach everyone). A pass re-reads
-the store, builds each dirty proxy's snapshot (once per distinct SnapshotInputs: replicas
-share it) and sends it only if its version differs from what the proxy last ACKed or was
-sent. Bursts are debounced: a pass starts once marks have been quiet for ``quiet`` seconds,
-and at most ``cap`` seconds after the first mark.
+Level-based, on keys (proxy names). A store event or a registry change marks the proxies it
+reaches, which the pass works out by comparing the resources and the registry with what the
+previous pass read (meshctl.controlplane.reach: by namespace, host and Sidecar scope;
+mesh-wide kinds and facts reach everyone); a re-watch of the store marks everyone. A pass
+re-reads the store, builds each marked proxy's snapshot (once per distinct SnapshotInputs:
+replicas share it) and sends it only if its version differs from what the proxy last ACKed
+or was sent. Bursts are debounced: a pass starts once marks have been quiet for ``quiet``
+seconds, and at most ``cap`` seconds after the first mark.
 
 Store revision. A snapshot records the store revision it was computed from (the highest
 ``resourceVersion`` seen), so ``wait_synced(N)`` can tell when every connected proxy runs a
-config that includes a write that returned version N.
+config that includes a write that returned version N. A proxy the pass's changes do not reach
+runs a config that includes them as it is: its revision advances without a rebuild.
 
 Reconnects. A proxy that (re)connects announcing the config it runs counts as having ACKed it:
 if its snapshot is unchanged nothing is pushed. After a control-plane restart the registry is
@@ -30,7 +31,13 @@ from typing import Any
 
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.controlplane.reach import RegistryFacts, ScopeIndex
+from meshctl.controlplane.reach import (
+    Objects,
+    RegistryFacts,
+    ScopeIndex,
+    changed_resources,
+    resources_reach,
+)
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.snapshots import SnapshotBuilder, jwks_uris
 from meshctl.controlplane.store import EventType, Store
@@ -101,8 +108,9 @@ class Reconciler:
         self.jwks: Any = None  # JwksCache of jwksUri keys, set by serve()
         self._dirty: set[str] = set()
         self._all_dirty = False
-        self._registry_moved = False  # the next pass works out whom a registry change reaches
+        self._moved = False  # the next pass works out whom a store/registry change reaches
         self._facts: RegistryFacts | None = None  # what the last pass read from the registry
+        self._objects: Objects | None = None  # ... and from the store
         self._in_pass: set[str] = set()  # marked proxies the running pass has not computed yet
         self._kick = asyncio.Event()
         self._last_mark = 0.0
@@ -169,8 +177,8 @@ class Reconciler:
         self._kick_now()
 
     def registry_changed(self) -> None:
-        """The registry changed: the next pass marks the proxies the change reaches."""
-        self._registry_moved = True
+        """The registry (or the store) changed: the next pass marks the proxies it reaches."""
+        self._moved = True
         self._kick_now()
 
     def _kick_now(self) -> None:
@@ -193,7 +201,7 @@ class Reconciler:
                         break  # fell behind: re-watch (and re-read everything)
                     if event.object is not None:
                         self.revision = max(self.revision, event.object.resource_version)
-                    self.mark_all()
+                    self.registry_changed()  # the pass diffs the store too
 
     async def _loop(self) -> None:
         while True:
@@ -216,8 +224,8 @@ class Reconciler:
         """Rebuild the dirty proxies' snapshots and push those that changed."""
         names = set(self.states) if self._all_dirty else self._dirty & set(self.states)
         # Until the pass has compared the registry, any proxy may be reached by its change.
-        self._in_pass = set(self.states) if self._registry_moved else set(names)
-        self._dirty, self._all_dirty, self._registry_moved = set(), False, False
+        self._in_pass = set(self.states) if self._moved else set(names)
+        self._dirty, self._all_dirty, self._moved = set(), False, False
         try:
             await self._compute_and_push(names)
         finally:
@@ -227,8 +235,7 @@ class Reconciler:
     def pending(self, name: str) -> bool:
         """Whether a change (a resource, an endpoint) is yet to be computed into ``name``'s
         snapshot: its ACK of the current one does not mean it runs the latest state."""
-        return (self._all_dirty or self._registry_moved or name in self._dirty
-                or name in self._in_pass)
+        return self._all_dirty or self._moved or name in self._dirty or name in self._in_pass
 
     async def _compute_and_push(self, names: set[str]) -> None:
         objects = await self.store.list()
@@ -248,8 +255,17 @@ class Reconciler:
                      if s.sender is None and self.registry.get(n) is None]:
             del self.states[name]  # gone from the registry too: forget it
             names.discard(name)
-        names |= self._reached(RegistryFacts.of(endpoints, idle, gateways), builder)
+        names |= self._reached(RegistryFacts.of(endpoints, idle, gateways),
+                               {o.resource.key: (o.resource_version, o.resource)
+                                for o in objects}, builder)
         self._in_pass = set(names)
+        for name, unreached in self.states.items():
+            if name not in names and unreached.latest_version is not None:
+                # Its snapshot is the same at this revision (as "unchanged" below).
+                if unreached.acked_version == unreached.latest_version:
+                    unreached.acked_revision = revision
+                elif unreached.sent_version == unreached.latest_version:
+                    unreached.sent_revision = revision
         for count, name in enumerate(sorted(names), 1):
             if count % _YIELD_EVERY == 0:
                 # Let the streams write what was queued so far: holding every proxy's message
@@ -297,18 +313,26 @@ class Reconciler:
                                                     snapshot_json=built.data))
                 self.counters.pushed += 1
 
-    def _reached(self, facts: RegistryFacts, builder: SnapshotBuilder) -> set[str]:
-        """The proxies whose snapshots read what changed in the registry since the last pass
-        (every proxy on the first pass, or when a mesh-wide fact changed)."""
-        changed = None if self._facts is None else facts.changed(self._facts)
-        self._facts = facts
-        if changed is None:
+    def _reached(self, facts: RegistryFacts, objects: Objects,
+                 builder: SnapshotBuilder) -> set[str]:
+        """The proxies whose snapshots read what changed in the registry or the store since
+        the last pass (every proxy on the first pass, or when a mesh-wide input changed)."""
+        services = None if self._facts is None else facts.changed(self._facts)
+        resources = None if self._objects is None else changed_resources(self._objects, objects)
+        self._facts, self._objects = facts, objects
+        if services is None or resources is None:
             return set(self.states)
-        if not changed:
+        if not services and not resources:
             return set()
+        proxies = {n: info for n in self.states if (info := self.registry.get(n)) is not None}
         scopes = ScopeIndex(builder)
-        return {name for name in self.states
-                if (info := self.registry.get(name)) is not None and scopes.sees_any(info, changed)}
+        reached = resources_reach(resources, proxies, scopes)
+        if reached is None:
+            return set(self.states)
+        if services:
+            reached |= {n for n, p in proxies.items()
+                        if n not in reached and scopes.sees_any(p, services)}
+        return reached
 
     # -- waiting for convergence ---------------------------------------------------------------
     def _notify(self) -> None:
