@@ -70,8 +70,8 @@ def test_smoke_run_every_sim_receives_every_change(tmp_path: Path) -> None:
 def test_smoke_run_scoped_by_a_sidecar_per_namespace(tmp_path: Path) -> None:
     """40 sims over 2 namespaces, with and without `--sidecar`: the 20 of ns-0 get each
     change; scoped, each snapshot lists its namespace's 20 endpoints (not 40), so it is
-    smaller, and only ns-0's sims are pushed the change; a pass computes one snapshot per
-    workload, shared by its two replicas."""
+    smaller, and only ns-0's sims are pushed the change, or computed; a snapshot is computed
+    once per workload, shared by its two replicas."""
     sizes = {}
     for scoped in (False, True):
         out = tmp_path / f"cp-{scoped}.json"
@@ -88,9 +88,8 @@ def test_smoke_run_scoped_by_a_sidecar_per_namespace(tmp_path: Path) -> None:
     # one push per change: to all 40, or to ns-0's 20
     assert sizes[False]["round_messages"] == 2 * 40
     assert sizes[True]["round_messages"] == 2 * 20
-    # one snapshot computed per workload (10 kinds in each of 2 namespaces) of each pass, the
-    # other 20 sims (their replicas) given the same one
-    for size in sizes.values():
-        rounds = size["per_round"]
-        assert rounds["passes"] >= 1
-        assert rounds["computed"] == rounds["shared"] == 20 * rounds["passes"]
+    # one snapshot computed per workload the change reaches (10 kinds in each namespace), its
+    # replica given the same one: all 20 workloads, or ns-0's 10 when scoped
+    for scoped, workloads in ((False, 20), (True, 10)):
+        rounds = sizes[scoped]["per_round"]
+        assert rounds["computed"] == rounds["shared"] == workloads

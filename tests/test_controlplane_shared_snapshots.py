@@ -2,7 +2,8 @@
 (bench.cpsim): two replicas of each of ten workloads in ns-0 and in ns-1, ns-1 scoped to
 itself by a Sidecar. `meshctl shift` of ns-0's reviews Route reaches exactly ns-0's 20 sims
 (replicas get the same bytes) and none of ns-1's, returns once all 40 count as synced, and
-the control plane computes one snapshot per workload of a pass (20), not one per proxy."""
+the control plane computes one snapshot per workload the change reaches (ns-0's 10), not one
+per proxy (40)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from meshctl.ca import BootstrapTokens
 from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, http_get, start_control_plane
 
 pytestmark = pytest.mark.timeout(120)
-SIMS, WORKLOADS = 40, 20  # 10 kinds x 2 namespaces, each twice
+SIMS, REACHED, WORKLOADS = 40, 20, 10  # ns-0: 10 workloads, 2 replicas each
 
 
 def counters(cp: MeshProcess) -> dict[str, float]:
@@ -61,7 +62,8 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[MeshProcess, Fleet]]:
 async def test_a_shift_reaches_exactly_the_sidecars_that_see_the_route(
         mesh: tuple[MeshProcess, Fleet]) -> None:
     """ns-0's 20 sims get the new split, each replica pair the same version; ns-1's get
-    nothing, yet count as synced: the shift reports all 40; 20 snapshots computed a pass."""
+    nothing, yet count as synced: the shift reports all 40; ns-0's 10 workloads' snapshots
+    are computed (each shared by its 2 replicas), ns-1's not at all."""
     cp, fleet = mesh
     messages = {s.ident.name: s.messages for s in fleet.sims}
     before = counters(cp)
@@ -83,7 +85,34 @@ async def test_a_shift_reaches_exactly_the_sidecars_that_see_the_route(
     assert len(set.union(*versions.values())) == len(versions)  # workloads: their own
     after = counters(cp)
     passes = after["passes"] - before["passes"]
-    assert passes >= 1 and after["pushed"] - before["pushed"] == WORKLOADS
-    assert after["computed"] - before["computed"] == WORKLOADS * passes
-    assert after["shared"] - before["shared"] == (SIMS - WORKLOADS) * passes
+    assert passes >= 1 and after["pushed"] - before["pushed"] == REACHED
+    assert after["computed"] - before["computed"] == WORKLOADS
+    assert after["shared"] - before["shared"] == REACHED - WORKLOADS
     assert fleet.errors() == []
+
+
+async def test_a_sidecar_joining_reaches_the_sidecars_that_list_its_service(
+        mesh: tuple[MeshProcess, Fleet]) -> None:
+    """A 41st sim (a reviews v1 replica in ns-0) registers: ns-0's sims, which list ns-0's
+    services, get its endpoint; ns-1's, scoped to ns-1, are neither computed nor pushed."""
+    cp, fleet = mesh
+    messages = {s.ident.name: s.messages for s in fleet.sims}
+    before = counters(cp)
+    certs = cp.info["certs_dir"]
+    joiner = Fleet(cp.info["grpc"], SIMS, 1, ca_pem=(certs / "trust-bundle.pem").read_bytes(),
+                   tokens=BootstrapTokens.load(certs), namespaces=2)
+    assert joiner.sims[0].ident.namespace == "ns-0"
+    joiner.start()
+    try:
+        assert await joiner.wait_for(lambda s: s.endpoints == SIMS + 1, 30) == 0
+        ns0 = [s for s in fleet.sims if s.ident.namespace == "ns-0"]
+        assert await fleet.wait_for(lambda s: s not in ns0 or s.endpoints == SIMS + 1, 30) == 0
+        for sim in fleet.sims:
+            assert sim.messages - messages[sim.ident.name] == (sim in ns0), sim.ident
+        after = counters(cp)
+        # ns-0's 10 workloads (the joiner is a replica of one), whatever the passes
+        assert after["computed"] - before["computed"] == WORKLOADS
+        assert after["shared"] - before["shared"] == REACHED + 1 - WORKLOADS
+        assert fleet.errors() == joiner.errors() == []
+    finally:
+        await joiner.stop()
