@@ -236,7 +236,7 @@ async def test_no_snapshot_is_stale_after_resource_churn(seed: int) -> None:
     reached or not, runs a config that includes the store's revision (a shift's wait ends)."""
     rng = random.Random(seed)
     clock = FakeClock()
-    rec, registry, pushed = await plane(clock)
+    rec, _, pushed = await plane(clock)
     for i, (svc, ns) in enumerate([("web", "a"), ("api", "a"), ("web", "b"), ("api", "b"),
                                    ("db", "b"), ("web", "a")]):
         connect(rec, pushed, sidecar(f"{svc}-{ns}-{i}", svc, ns, 100 + i))
