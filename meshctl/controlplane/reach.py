@@ -47,73 +47,91 @@ def _facts(proxy: ProxyInfo) -> tuple[Any, ...]:
     return tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values)
 
 
+Listed = tuple[tuple[str, ProxyInfo], ...]  # (endpoint | idle, proxy), in the registry's order
+
+
+def _same(a: Listed | None, b: Listed | None) -> bool:
+    if a is None or b is None or len(a) != len(b):
+        return a is b
+    # The registry replaces a ProxyInfo on every change: the same objects are the same facts,
+    # and only a replaced one needs its fields compared.
+    return all(x[0] == y[0] and (x[1] is y[1] or _facts(x[1]) == _facts(y[1]))
+               for x, y in zip(a, b, strict=True))
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryFacts:
     """What a pass's snapshots read from the registry: per service, and mesh-wide."""
 
-    services: dict[Service, tuple[Any, ...]]
-    mesh_wide: tuple[Any, ...]
+    services: dict[Service, Listed]
+    gateways: tuple[ProxyInfo, ...]
 
     @classmethod
     def of(cls, endpoints: Iterable[ProxyInfo], idle: Iterable[ProxyInfo],
            gateways: Iterable[ProxyInfo]) -> RegistryFacts:
-        """From the lists the pass's SnapshotBuilder is given."""
-        listed: dict[Service, list[tuple[Any, ...]]] = {}
+        """From the lists (sorted by name) the pass's SnapshotBuilder is given."""
+        listed: dict[Service, list[tuple[str, ProxyInfo]]] = {}
         for kind, proxies in (("endpoint", endpoints), ("idle", idle)):
             for p in proxies:
-                listed.setdefault((p.service, p.namespace), []).append((kind, *_facts(p)))
-        services = {key: tuple(sorted(items)) for key, items in listed.items()}
-        mesh_wide = (tuple(sorted(services)), tuple(sorted(_facts(p) for p in gateways)))
-        return cls(services, mesh_wide)
+                listed.setdefault((p.service, p.namespace), []).append((kind, p))
+        return cls({key: tuple(items) for key, items in listed.items()}, tuple(gateways))
 
     def changed(self, before: RegistryFacts) -> set[Service] | None:
-        """The services whose facts differ from ``before``; None when a mesh-wide one does."""
-        if self.mesh_wide != before.mesh_wide:
+        """The services whose facts differ from ``before``; None when a mesh-wide one does
+        (the set of services, a gateway)."""
+        if (self.services.keys() != before.services.keys()
+                or [_facts(p) for p in self.gateways] != [_facts(p) for p in before.gateways]):
             return None
-        return {key for key in self.services.keys() | before.services.keys()
-                if self.services.get(key) != before.services.get(key)}
+        return {key for key, listed in self.services.items()
+                if not _same(listed, before.services[key])}
 
 
 class ScopeIndex:
-    """What a proxy's snapshot can list, as ``builder`` scopes it (its Sidecar, if any)."""
+    """The proxies grouped by what their snapshots can list: their namespace and the Sidecar
+    scoping them, as ``builder`` picks it (one group per Sidecar, not one lookup per change)."""
 
-    def __init__(self, builder: SnapshotBuilder) -> None:
+    def __init__(self, builder: SnapshotBuilder, proxies: Mapping[str, ProxyInfo]) -> None:
         self._builder = builder
-        self._scopes: dict[tuple[str, str], Scope | None] = {}
+        groups: dict[tuple[str, str | None], tuple[Resource | None, list[str]]] = {}
+        for name, proxy in proxies.items():
+            sidecar = builder.sidecar(proxy)
+            key = (proxy.namespace, None if sidecar is None else sidecar.name)
+            groups.setdefault(key, (sidecar, []))[1].append(name)
+        self._groups = [(key[0], self._scope(sidecar), names)
+                        for key, (sidecar, names) in groups.items()]
 
-    def scope(self, proxy: ProxyInfo) -> Scope | None:
-        """The proxy's scope; None: every service and host."""
-        sidecar = self._builder.sidecar(proxy)
-        if sidecar is None:
+    def _scope(self, sidecar: Resource | None) -> Scope | None:
+        """None: every service and host."""
+        spec = None if sidecar is None else sidecar.spec
+        if not isinstance(spec, SidecarSpec) or spec.hosts is None or sidecar is None:
             return None
-        key = (sidecar.namespace, sidecar.name)
-        if key not in self._scopes:
-            spec = sidecar.spec
-            self._scopes[key] = (Scope(spec.hosts, sidecar.namespace,
-                                       self._builder.mesh.trust_domain)
-                                 if isinstance(spec, SidecarSpec) and spec.hosts is not None
-                                 else None)
-        return self._scopes[key]
+        return Scope(spec.hosts, sidecar.namespace, self._builder.mesh.trust_domain)
 
-    def sees_any(self, proxy: ProxyInfo, services: Set[Service]) -> bool:
-        scope = self.scope(proxy)
-        return scope is None or any(scope.sees_service(*s) for s in services)
+    def in_namespace(self, namespace: str) -> set[str]:
+        return {n for ns, _, names in self._groups if ns == namespace for n in names}
 
-    def sees_resource(self, proxy: ProxyInfo, r: Resource, host: str) -> bool:
-        """Whether a Route, DestinationPolicy or ExternalService about ``host`` can be in
-        the proxy's snapshot: as the builder scopes each (_by_host, _external), the mesh
-        service ``host`` names (in the builder's current names) or the outside host; a policy
-        also applies to an outside host declared in another namespace."""
-        scope = self.scope(proxy)
-        if scope is None:
-            return True
-        found = (None if isinstance(r.spec, ExternalServiceSpec)
-                 else self._builder.names.resolve(host, r.namespace))
-        if found is not None and scope.sees_service(*found):
-            return True
-        if isinstance(r.spec, DestinationPolicySpec):
-            return scope.sees_host_anywhere(host)
-        return found is None and scope.sees_host(host, r.namespace)
+    def seeing_services(self, services: Set[Service]) -> set[str]:
+        """The proxies whose snapshots list one of ``services``."""
+        return {n for _, scope, names in self._groups
+                if scope is None or any(scope.sees_service(*s) for s in services)
+                for n in names}
+
+    def seeing(self, r: Resource, hosts: tuple[str, ...]) -> set[str]:
+        """The proxies whose snapshots can hold a Route, DestinationPolicy or ExternalService
+        about ``hosts``: as the builder scopes each (_by_host, _external), the mesh service a
+        host names (in the builder's current names) or the outside host; a policy also
+        applies to an outside host declared in another namespace."""
+        external = isinstance(r.spec, ExternalServiceSpec)
+        found = {h: None if external else self._builder.names.resolve(h, r.namespace)
+                 for h in hosts}
+        services = {f for f in found.values() if f is not None}
+        outside = [h for h, f in found.items() if f is None]
+        policy = isinstance(r.spec, DestinationPolicySpec)
+        return {n for _, scope, names in self._groups
+                if scope is None or any(scope.sees_service(*s) for s in services)
+                or (policy and any(scope.sees_host_anywhere(h) for h in hosts))
+                or any(scope.sees_host(h, r.namespace) for h in outside)
+                for n in names}
 
 
 # Kinds that reach only the proxies of their own namespace (their own parts, or their scope).
@@ -133,22 +151,19 @@ def changed_resources(before: Objects, after: Objects) -> list[Resource]:
     return out
 
 
-def resources_reach(changed: Iterable[Resource], proxies: Mapping[str, ProxyInfo],
-                    scopes: ScopeIndex) -> set[str] | None:
+def resources_reach(changed: Iterable[Resource], scopes: ScopeIndex) -> set[str] | None:
     """The proxies (by name) the changed resources reach; None: every proxy."""
     reached: set[str] = set()
     for r in changed:
         spec = r.spec
         if r.kind in _NAMESPACE_LOCAL or isinstance(spec, DestinationPolicySpec):
-            reached |= {n for n, p in proxies.items() if p.namespace == r.namespace}
+            reached |= scopes.in_namespace(r.namespace)  # own parts (a policy: rate limit)
         if r.kind in _NAMESPACE_LOCAL:
             continue
         if isinstance(spec, RouteSpec | DestinationPolicySpec):
-            hosts: tuple[str, ...] = (spec.host,)
+            reached |= scopes.seeing(r, (spec.host,))
         elif isinstance(spec, ExternalServiceSpec):
-            hosts = spec.hosts
+            reached |= scopes.seeing(r, spec.hosts)
         else:
             return None  # mesh-wide (or unknown): every proxy
-        reached |= {n for n, p in proxies.items() if n not in reached
-                    and any(scopes.sees_resource(p, r, h) for h in hosts)}
     return reached

@@ -324,15 +324,12 @@ class Reconciler:
             return set(self.states)
         if not services and not resources:
             return set()
-        proxies = {n: info for n in self.states if (info := self.registry.get(n)) is not None}
-        scopes = ScopeIndex(builder)
-        reached = resources_reach(resources, proxies, scopes)
+        scopes = ScopeIndex(builder, {n: info for n in self.states
+                                      if (info := self.registry.get(n)) is not None})
+        reached = resources_reach(resources, scopes)
         if reached is None:
             return set(self.states)
-        if services:
-            reached |= {n for n, p in proxies.items()
-                        if n not in reached and scopes.sees_any(p, services)}
-        return reached
+        return reached | scopes.seeing_services(services) if services else reached
 
     # -- waiting for convergence ---------------------------------------------------------------
     def _notify(self) -> None:
