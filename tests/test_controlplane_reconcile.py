@@ -222,7 +222,7 @@ async def test_a_proxy_is_not_synced_while_a_change_waits_to_be_computed_for_it(
     clock = FakeClock()
     registry = Registry(clock=clock)
     rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
-    registry.on_change = rec.registry_changed
+    registry.on_change = rec.inputs_changed
     sent: list[tuple[str, str]] = []
     registry.register(ProxyInfo(name="pp", service="productpage", inbound="127.0.0.1:1",
                                 ready=True))

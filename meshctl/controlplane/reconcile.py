@@ -97,7 +97,7 @@ class Reconciler:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.store = store
         self.registry = registry
-        registry.on_change = self.registry_changed
+        registry.on_change = self.inputs_changed
         self.quiet, self.cap = quiet, cap
         self._clock, self._wall, self._sleep = clock, wall, sleep
         self.states: dict[str, PushState] = {}
@@ -176,7 +176,7 @@ class Reconciler:
         self._all_dirty = True
         self._kick_now()
 
-    def registry_changed(self) -> None:
+    def inputs_changed(self) -> None:
         """The registry (or the store) changed: the next pass marks the proxies it reaches."""
         self._moved = True
         self._kick_now()
@@ -201,7 +201,7 @@ class Reconciler:
                         break  # fell behind: re-watch (and re-read everything)
                     if event.object is not None:
                         self.revision = max(self.revision, event.object.resource_version)
-                    self.registry_changed()  # the pass diffs the store too
+                    self.inputs_changed()  # the pass works out whom it reaches
 
     async def _loop(self) -> None:
         while True:

@@ -4,9 +4,9 @@ An endpoint exists while its sidecar's stream is alive, the sidecar reports read
 is not reported as not serving (the sidecar probes it: proxy/appprobe.py). When a
 stream drops, the proxy stays listed (disconnected) for a short grace period, so a control
 plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
-it is forgotten. Every change calls ``on_change`` (the reconciler marks every proxy dirty) and
-bumps ``revision`` (registrystate saves the registry so a restarted control plane can
-``restore`` it).
+it is forgotten. Every change calls ``on_change`` (the reconciler's next pass marks the proxies
+it reaches: meshctl.controlplane.reach) and bumps ``revision`` (registrystate saves the
+registry so a restarted control plane can ``restore`` it).
 """
 
 from __future__ import annotations

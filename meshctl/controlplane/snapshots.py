@@ -10,7 +10,8 @@ and every list is sorted, so equal content gives equal bytes and the version (fi
 digits of the sha256 of those bytes) changes only when the content does. Services come before
 the routes that use them; a route naming a subset with no endpoints still applies (the proxy
 answers ``no_healthy_upstream``). ``app`` and ``listeners`` are not pushed: the proxy knows
-them from its command line.
+them from its command line. A builder computes one snapshot per distinct SnapshotInputs (what
+of a proxy it reads), which the replicas of a workload share.
 """
 
 from __future__ import annotations
