@@ -50,13 +50,12 @@ def _facts(proxy: ProxyInfo) -> tuple[Any, ...]:
 Listed = tuple[tuple[str, ProxyInfo], ...]  # (endpoint | idle, proxy), in the registry's order
 
 
-def _same(a: Listed | None, b: Listed | None) -> bool:
-    if a is None or b is None or len(a) != len(b):
-        return a is b
+def _same(a: Listed, b: Listed) -> bool:
     # The registry replaces a ProxyInfo on every change: the same objects are the same facts,
     # and only a replaced one needs its fields compared.
-    return all(x[0] == y[0] and (x[1] is y[1] or _facts(x[1]) == _facts(y[1]))
-               for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        x[0] == y[0] and (x[1] is y[1] or _facts(x[1]) == _facts(y[1]))
+        for x, y in zip(a, b, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
