@@ -127,13 +127,18 @@ class Scope:
         self._hosts = [(namespace if h.namespace == OWN else h.namespace, h.name)
                        for h in hosts if h.namespace != NONE]
         self._domain = trust_domain
+        self._services: dict[tuple[str, str], bool] = {}  # asked once per endpoint: remembered
 
     def sees_service(self, name: str, namespace: str) -> bool:
         """Whether mesh service ``name`` of ``namespace`` is in scope."""
-        fqdn = f"{name}.{namespace}.svc.{self._domain}"
-        spellings = (name, f"{name}.{namespace}", f"{name}.{namespace}.svc", fqdn)
-        return any(ns in (ANY, namespace) and _name_matches(pattern, fqdn, spellings)
-                   for ns, pattern in self._hosts)
+        seen = self._services.get((name, namespace))
+        if seen is None:
+            fqdn = f"{name}.{namespace}.svc.{self._domain}"
+            spellings = (name, f"{name}.{namespace}", f"{name}.{namespace}.svc", fqdn)
+            seen = self._services[(name, namespace)] = any(
+                ns in (ANY, namespace) and _name_matches(pattern, fqdn, spellings)
+                for ns, pattern in self._hosts)
+        return seen
 
     def sees_host(self, host: str, namespace: str) -> bool:
         """Whether outside host ``host``, declared in ``namespace``, is in scope."""

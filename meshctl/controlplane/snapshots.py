@@ -229,9 +229,8 @@ class SnapshotBuilder:
         services: dict[str, Any] = {}
         # Out-of-scope services are skipped before their endpoints are listed: a Sidecar
         # `./*` in each of 10 namespaces then costs each namespace its own endpoints only.
-        seen: dict[tuple[str, str], bool] = {}
         for ep in self._endpoints:
-            if scope is not None and not _sees(scope, seen, ep.service, ep.namespace):
+            if scope is not None and not scope.sees_service(ep.service, ep.namespace):
                 continue
             tcp = self._tcp[(ep.service, ep.namespace)]
             if ep.app_protocol == "tcp" and tcp != {True}:
@@ -254,7 +253,7 @@ class SnapshotBuilder:
                                                   port=ep.app_port)
             svc["endpoints"].append(endpoint)
         for service, ns in self._idle:
-            if scope is not None and not _sees(scope, seen, service, ns):
+            if scope is not None and not scope.sees_service(service, ns):
                 continue
             services.setdefault(names.key(service, ns, namespace), {
                 "namespace": ns, "identity": self._identity(ns, service), "endpoints": []})
@@ -421,11 +420,3 @@ class SnapshotBuilder:
                 rule["jwks"] = self._jwks(uri)
         return spec
 
-
-def _sees(scope: Scope, seen: dict[tuple[str, str], bool], service: str, namespace: str) -> bool:
-    """``scope.sees_service``, asked once per service (``seen`` remembers the answers)."""
-    key = (service, namespace)
-    answer = seen.get(key)
-    if answer is None:
-        answer = seen[key] = scope.sees_service(service, namespace)
-    return answer
