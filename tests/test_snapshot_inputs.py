@@ -51,7 +51,7 @@ OTHERS: dict[str, Any] = {
     "admin": "127.0.0.1:9102", "trusted_gateway": True, "ready": False,
     "cert_expiry": "2030-01-01T00:00:00Z", "cert_issued": "2029-01-01T00:00:00Z",
     "app_health": "not_serving", "app_protocol": "tcp", "admin_token": "secret",
-    "proxy_version": "9.9.9", "build": "cpython 3.99",
+    "proxy_version": "9.9.9", "build": "cpython 3.99", "gateway_cert": True,
 }
 OTHER_SERVICE = ProxyInfo(name="db-1", service="db", namespace="a", inbound="127.0.0.1:9003",
                           ready=True)

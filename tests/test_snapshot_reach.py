@@ -39,7 +39,7 @@ spec: {selector: {service: api}, mtls: {mode: STRICT}, portLevelMtls: {9443: {mo
 UNREAD_VALUES: dict[str, Any] = {
     "cert_expiry": "2030-01-01T00:00:00Z", "cert_issued": "2029-01-01T00:00:00Z",
     "admin": "127.0.0.1:9999", "outbound": "127.0.0.1:15001", "admin_token": "t",
-    "proxy_version": "9.9.9", "build": "cpython 3.99",
+    "proxy_version": "9.9.9", "build": "cpython 3.99", "gateway_cert": True,
 }
 
 

@@ -36,7 +36,7 @@ from meshctl.controlplane.snapshots import SnapshotBuilder
 
 # Read by no snapshot (tests/test_snapshot_reach.py varies every other field).
 UNREAD = frozenset({"cert_expiry", "cert_issued", "admin", "outbound", "admin_token",
-                    "proxy_version", "build"})
+                    "proxy_version", "build", "gateway_cert"})
 _COMPARED = tuple(f.name for f in fields(ProxyInfo) if f.name not in UNREAD)
 
 Service = tuple[str, str]  # (name, namespace)
