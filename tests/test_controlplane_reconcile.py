@@ -246,3 +246,37 @@ async def test_a_proxy_is_not_synced_while_a_change_waits_to_be_computed_for_it(
     await rec.reconcile_pass()
     rec.ack("pp", *sent[-1])
     assert synced() and len(sent) == 3
+
+
+async def test_convergence_runs_from_the_write_to_the_last_ack_not_from_the_wait() -> None:
+    """`meshctl shift` asks /api/v1/sync after its write; if the proxies ACKed before the ask,
+    the wait is 0 ms but the change still took from the write to the last ACK to arrive."""
+    from meshctl.api.resources import parse_document
+
+    clock = FakeClock()
+    store = MemStore()
+    registry = Registry(clock=clock)
+    rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    for name in sent:
+        registry.register(ProxyInfo(name=name, service=name, inbound="127.0.0.1:1", ready=True))
+        rec.attach(name, lambda m, n=name: sent[n].append((m.version, m.nonce)))
+    await rec.reconcile_pass()
+    for name, pushes in sent.items():
+        rec.ack(name, *pushes[-1])
+    mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"name": "default"}, "spec": {"accessLog": True}}
+    revision = (await store.create(parse_document(mesh))).resource_version
+    rec.note_write(revision)  # what the store watch does as the event arrives
+    clock.now += 0.1  # the debounce
+    rec.mark_all()
+    await rec.reconcile_pass()
+    clock.now += 0.05
+    rec.ack("a", *sent["a"][-1])
+    clock.now += 0.2
+    rec.ack("b", *sent["b"][-1])
+    clock.now += 5.0  # the client asks late
+    assert await rec.wait_synced(revision, timeout=1.0) == []
+    converged = rec.converged_seconds(revision)
+    assert converged is not None and abs(converged - 0.35) < 1e-9
+    assert rec.converged_seconds(revision + 100) is None  # a write it never saw

@@ -233,7 +233,9 @@ def wait_synced(client: ControlPlaneClient, version: str, timeout: float) -> tup
     if status == 200 and answer.get("synced"):
         count = int(answer.get("proxies", 0))
         noun = "proxy" if count == 1 else "proxies"
-        return True, f"{count} {noun} synced in {float(answer.get('elapsed_ms', 0)):.0f} ms"
+        # converged_ms runs from the write (an older control plane: only its own wait)
+        took = float(answer.get("converged_ms", answer.get("elapsed_ms")) or 0)
+        return True, f"{count} {noun} synced in {took:.0f} ms"
     if status == 504 or answer.get("synced") is False:
         lagging = [_lagging_name(p) for p in answer.get("lagging") or []]
         return False, (f"but {len(lagging)} not synced after {timeout:g} s: "

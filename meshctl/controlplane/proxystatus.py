@@ -90,6 +90,10 @@ def status_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteD
                 "error": f"{len(lagging)} proxies have not ACKed store version {revision}",
                 "lagging": [proxy_json(info, reconciler.states.get(n), True) for n in lagging
                             if (info := registry.get(n)) is not None]}, status=504)
-        return web.json_response({"synced": True, "proxies": connected, "elapsed_ms": elapsed})
+        body: dict[str, Any] = {"synced": True, "proxies": connected, "elapsed_ms": elapsed}
+        converged = reconciler.converged_seconds(revision)
+        if converged is not None:  # a write this control plane saw: from it to the last ACK
+            body["converged_ms"] = round(converged * 1000, 1)
+        return web.json_response(body)
 
     return [web.get("/api/v1/proxies", proxies), web.get("/api/v1/sync", sync)]

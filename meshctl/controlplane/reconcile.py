@@ -45,6 +45,7 @@ from meshctl.controlplane.store import EventType, Store
 log = logging.getLogger(__name__)
 _ANSWER_TIMEOUT = 10.0  # seconds after which an unanswered push no longer holds back the next
 _YIELD_EVERY = 100  # proxies built and queued between two returns to the event loop
+_WRITES_KEPT = 1024  # store revisions whose write time is remembered (for converged_ms)
 
 Sender = Callable[[mesh_pb2.ConfigMessage], None]
 
@@ -60,6 +61,7 @@ class PushState:
     nonce: str = ""
     acked_version: str | None = None
     acked_revision: int = 0
+    synced_at: float | None = None  # monotonic, when acked_revision last moved
     last_ack: float | None = None  # wall clock
     sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
@@ -117,6 +119,7 @@ class Reconciler:
         self._nonces = 0
         self._progress = asyncio.Event()
         self._attaches = 0  # wait_synced rescans every proxy only when this moves
+        self._written: dict[int, float] = {}  # store revision -> when the watch saw it
 
     # -- streams -------------------------------------------------------------------------------
     def attach(self, name: str, sender: Sender, running_version: str = "") -> None:
@@ -143,7 +146,8 @@ class Reconciler:
             self.counters.ack_seconds_sum += self._clock() - state.sent_at
             self.counters.ack_seconds_count += 1
             state.sent_at = None
-        state.acked_version, state.acked_revision = version, state.sent_revision
+        state.acked_version = version
+        self._advance(state, state.sent_revision)
         state.last_ack, state.nack = self._wall(), None
         self._answered(name, state)
         self._notify()
@@ -201,6 +205,7 @@ class Reconciler:
                         break  # fell behind: re-watch (and re-read everything)
                     if event.object is not None:
                         self.revision = max(self.revision, event.object.resource_version)
+                        self.note_write(event.object.resource_version)
                     self.inputs_changed()  # the pass works out whom it reaches
 
     async def _loop(self) -> None:
@@ -263,7 +268,7 @@ class Reconciler:
             if name not in names and unreached.latest_version is not None:
                 # Its snapshot is the same at this revision (as "unchanged" below).
                 if unreached.acked_version == unreached.latest_version:
-                    unreached.acked_revision = revision
+                    self._advance(unreached, revision)
                 elif unreached.sent_version == unreached.latest_version:
                     unreached.sent_revision = revision
         for count, name in enumerate(sorted(names), 1):
@@ -289,7 +294,7 @@ class Reconciler:
             self._in_pass.discard(name)
             state.latest_version = built.version
             if built.version == state.acked_version:
-                state.acked_revision = revision  # same content: it includes this revision
+                self._advance(state, revision)  # same content: it includes this revision
                 state.nack = None  # a NACKed change was reverted: nothing refused is pending
                 if state.sent_at is not None and state.sent_version != built.version:
                     # The reverted change is still in flight: if the proxy ACKs it, it runs
@@ -332,6 +337,28 @@ class Reconciler:
         return reached | scopes.seeing_services(services) if services else reached
 
     # -- waiting for convergence ---------------------------------------------------------------
+    def note_write(self, revision: int) -> None:
+        """The store took a write of ``revision`` now (the start of its convergence)."""
+        if revision not in self._written:
+            if len(self._written) >= _WRITES_KEPT:
+                del self._written[next(iter(self._written))]  # the oldest
+            self._written[revision] = self._clock()
+
+    def _advance(self, state: PushState, revision: int) -> None:
+        if revision != state.acked_revision:
+            state.acked_revision, state.synced_at = revision, self._clock()
+
+    def converged_seconds(self, revision: int) -> float | None:
+        """From the write of ``revision`` to the last connected proxy reaching it, or None if
+        that write is not remembered. Call once no proxy lags it; a later write moving a proxy
+        on again can only lengthen the figure."""
+        written = self._written.get(revision)
+        if written is None:
+            return None
+        reached = [s.synced_at for s in self.states.values()
+                   if s.sender is not None and s.synced_at is not None]
+        return max([written, *reached]) - written
+
     def _notify(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
