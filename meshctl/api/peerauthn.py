@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.fields import Fields
+from meshctl.api.workloads import workload_labels
 
 PEER_MODES = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
 UNSET = "UNSET"
@@ -141,11 +142,6 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 def overlap(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
     """Whether one workload could carry both selectors' labels (no key differs)."""
     return all(b.get(k, v) == v for k, v in a.items())
-
-
-def workload_labels(service: str, labels: Mapping[str, str]) -> dict[str, str]:
-    """A sidecar's labels as selectors see them: its registered ones, its service as ``app``."""
-    return {**labels, "app": service}
 
 
 Level = tuple[str, str | None]  # (namespace, selector_text), None: the namespace-wide one

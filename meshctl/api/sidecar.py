@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
+from meshctl.api.workloads import workload_labels
 
 OWN, ANY, NONE = ".", "*", "~"
 _NAME = r"(\*|(\*\.)?" + F.DNS_SUBDOMAIN[1:-1] + ")"
@@ -49,12 +50,12 @@ class SidecarSpec:
     outbound_traffic: str | None = None
 
     def selects(self, service: str, labels: Mapping[str, str]) -> bool:
-        """Whether the selector matches a sidecar of ``service`` with ``labels`` (its workload
-        labels: the registered ones plus ``app`` = its service, as Kubernetes pods have)."""
+        """Whether the selector matches a sidecar of ``service`` with ``labels`` (as
+        meshctl.api.workloads has them: ``app`` is its service)."""
         if self.labels is None:
             return True
-        return all((service if k == "app" and k not in labels else labels.get(k)) == v
-                   for k, v in self.labels)
+        own = workload_labels(service, labels)
+        return all(own.get(k) == v for k, v in self.labels)
 
 
 def parse_sidecar(data: object, path: str) -> SidecarSpec:

@@ -17,6 +17,7 @@ from meshctl.api import fields as F
 from meshctl.api.accessfilter import FilterError, compile_filter
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
+from meshctl.api.workloads import workload_labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ def selects(spec: TelemetrySpec, service: str, labels: Mapping[str, str]) -> boo
     """Whether a workload-level Telemetry selects a sidecar of ``service`` with ``labels``."""
     if spec.match_labels is None:
         return False
-    own = {"app": service, **labels}
+    own = workload_labels(service, labels)
     return all(own.get(k) == v for k, v in spec.match_labels.items())
 
 

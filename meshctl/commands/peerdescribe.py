@@ -9,8 +9,9 @@ from typing import Any
 from meshctl import output
 from meshctl.api.errors import ValidationError
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec, selects, workload_labels
+from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec, selects
 from meshctl.api.resources import Resource, parse_document
+from meshctl.api.workloads import workload_labels
 
 
 def _parsed(docs: list[dict[str, Any]]) -> list[Resource]:

@@ -19,11 +19,12 @@ from aiohttp import web
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.kinds import GatewaySpec, RouteSpec
-from meshctl.api.peerauthn import UNSET, PeerAuthenticationSpec, selects, workload_labels
+from meshctl.api.peerauthn import UNSET, PeerAuthenticationSpec, selects
 from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
 from meshctl.api.resources import Resource
 from meshctl.api.telemetry import TelemetrySpec
 from meshctl.api.telemetry import selects as telemetry_selects
+from meshctl.api.workloads import workload_labels
 from meshctl.controlplane.httpapi import STORE
 from meshctl.controlplane.proxystatus import proxies_json
 from meshctl.controlplane.reconcile import Reconciler

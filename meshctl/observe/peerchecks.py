@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from meshctl.api.kinds import MeshConfigSpec
-from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec, selects, workload_labels
+from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec, selects
+from meshctl.api.workloads import workload_labels
 from meshctl.observe.checks import Check, Group
 
 _HINTS = {
