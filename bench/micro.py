@@ -90,6 +90,10 @@ class Result:
 
 async def measure(variant: str, requests: int, repeats: int) -> Result:
     """Run `requests` request/response cycles `repeats` times; the best run counts."""
+    if variant.startswith("h2"):
+        from bench.microh2 import measure as measure_h2
+
+        return await measure_h2(variant, requests, repeats)
     from proxy.config import Snapshot
     from proxy.downstream import DownstreamProtocol
     from proxy.server import ProxyOptions, ProxyServer
