@@ -1,5 +1,5 @@
 """What the `h2` library leaves to its user, for both sides' HTTP/2 connections: a graceful
-GOAWAY, and HPACK tuned for CPU.
+GOAWAY, a bounded memory of closed streams, and HPACK tuned for CPU (`proxy.h2hpack`).
 
 Graceful GOAWAY: h2 moves its connection to CLOSED as soon as it sends or receives a GOAWAY,
 and from then on refuses every frame either way (python-hyper/h2#1181), although RFC 9113 6.8
@@ -17,8 +17,9 @@ from h2.connection import H2Connection
 from h2.errors import _error_code_from_int
 from h2.events import ConnectionTerminated
 from h2.stream import StreamClosedBy
-from hpack import Encoder
 from hyperframe.frame import GoAwayFrame
+
+from proxy.h2hpack import MeshEncoder
 
 
 def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
@@ -27,18 +28,9 @@ def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
     return h2.data_to_send() + frame.serialize()
 
 
-class _PlainEncoder(Encoder):
-    """HPACK without Huffman coding: hpack's pure-Python Huffman coder was ~10% of the proxy's
-    CPU per HTTP/2 request. Header blocks grow by about a quarter for the literals (repeated
-    headers are indexed either way), on sidecar hops where CPU, not bytes, is what runs out."""
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
 class MeshH2Connection(H2Connection):
-    """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, HPACK without
-    Huffman coding (`_PlainEncoder`), and a bounded memory of closed streams.
+    """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, the proxy's HPACK
+    encoder (`proxy.h2hpack`), and a bounded memory of closed streams.
 
     Closed streams: h2 remembers how each closed stream ended, for the last 65536 of them (an
     ordered dict, ~120 bytes a stream: ~8 MB on every long-lived connection, both sides, once
@@ -58,7 +50,7 @@ class MeshH2Connection(H2Connection):
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
-        self.encoder = _PlainEncoder()
+        self.encoder = MeshEncoder()
 
     def _stream_closed_by(self, stream_id: int) -> StreamClosedBy | None:
         closed_by = super()._stream_closed_by(stream_id)
