@@ -13,7 +13,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import h2.events as ev
-from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
@@ -176,7 +175,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.peer_version = h1.peer_version
         self.security = h1.security
         self.xfcc_line = h1.xfcc_line
-        self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.h2 = h2guard.MeshH2Connection(h2guard.configuration(client_side=False))
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.flush_due = False  # a flush_now is scheduled for this loop iteration

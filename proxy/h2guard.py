@@ -22,6 +22,17 @@ from hyperframe.frame import GoAwayFrame
 from proxy.h2hpack import MeshEncoder
 
 
+def configuration(client_side: bool) -> H2Configuration:
+    """Both sides' h2 settings. h2's outbound normalisation and validation are off: they ran a
+    chain of generators over every header block the proxy sends (a quarter of h2's work per
+    request), checking what the proxy builds itself from headers h2 validated on the way in, or
+    from an HTTP/1.1 head httptools parsed. What they did that matters, `MeshEncoder` does
+    (connection-specific headers dropped, credentials never indexed); names are lower-cased
+    where the proxy builds a block (`H2Exchange`, `h2downgrade`)."""
+    return H2Configuration(client_side=client_side, header_encoding=None,
+                           validate_outbound_headers=False, normalize_outbound_headers=False)
+
+
 def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
     """What h2 has queued, then a GOAWAY after which the connection's streams go on."""
     frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code)

@@ -1,4 +1,4 @@
-"""The HPACK encoder of the proxy's HTTP/2 connections: dict lookups, no Huffman, nghttp2's indexing.
+"""The HPACK encoder of the proxy's HTTP/2 connections: dict lookups, no Huffman, few indexed.
 
 hpack's `Encoder` searches its dynamic table linearly for every header (~60 entries once the
 4 KiB table fills, and it fills: it indexes every header, the per-request `x-request-id` and
@@ -74,7 +74,7 @@ class MeshEncoder(Encoder):
         self._names: dict[bytes, int] = {}
         self._resized: list[int] = []
 
-    @property  # type: ignore[override]
+    @property
     def header_table_size(self) -> int:
         return self._max
 
@@ -88,7 +88,7 @@ class MeshEncoder(Encoder):
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         out: list[bytes] = [_int(size, 5, 0x20) for size in self._resized]
         self._resized.clear()
-        full, names, static_full, static_name = self._full, self._names, _STATIC_FULL, _STATIC_NAME
+        full, static_full, static_name = self._full, _STATIC_FULL, _STATIC_NAME
         for header in headers:
             name, value = header
             if name in _CONNECTION:

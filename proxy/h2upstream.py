@@ -15,7 +15,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import h2.events as ev
-from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
@@ -125,7 +124,7 @@ class H2UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.loop = pool.loop
-        self.h2 = h2guard.MeshH2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = h2guard.MeshH2Connection(h2guard.configuration(client_side=True))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.closed = False

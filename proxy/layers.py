@@ -107,8 +107,12 @@ class HeaderEditor:
     local: tuple[tuple[bytes, bytes], ...] = ()  # headers for local replies too (CORS only)
 
     def __init__(self, edits: HeaderEdits) -> None:
-        self.set = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in edits.set)
-        self.add = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in edits.add)
+        # Values stripped: HTTP/2 forbids surrounding whitespace (RFC 9113 8.2.1) and the h2
+        # connections send header blocks unnormalised (proxy.h2guard.configuration).
+        self.set = tuple((k.encode("latin-1"), v.strip(" \t").encode("latin-1"))
+                         for k, v in edits.set)
+        self.add = tuple((k.encode("latin-1"), v.strip(" \t").encode("latin-1"))
+                         for k, v in edits.add)
         self.remove = frozenset(k.lower().encode("latin-1") for k in edits.remove) | frozenset(
             k.lower() for k, _ in self.set)
 
