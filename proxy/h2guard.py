@@ -15,10 +15,17 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import _error_code_from_int
-from h2.events import ConnectionTerminated
+from h2.events import (
+    ConnectionTerminated,
+    InformationalResponseReceived,
+    RequestReceived,
+    ResponseReceived,
+    TrailersReceived,
+)
 from h2.stream import StreamClosedBy
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame
 
+from proxy import h2headers
 from proxy.h2hpack import MeshEncoder
 
 
@@ -30,7 +37,9 @@ def configuration(client_side: bool) -> H2Configuration:
     (connection-specific headers dropped, credentials never indexed); names are lower-cased
     where the proxy builds a block (`H2Exchange`, `h2downgrade`)."""
     return H2Configuration(client_side=client_side, header_encoding=None,
-                           validate_outbound_headers=False, normalize_outbound_headers=False)
+                           validate_outbound_headers=False, normalize_outbound_headers=False,
+                           # checked by MeshH2Connection instead (proxy.h2headers)
+                           validate_inbound_headers=False, normalize_inbound_headers=False)
 
 
 def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
@@ -72,6 +81,16 @@ class MeshH2Connection(H2Connection):
             return StreamClosedBy.SEND_RST_STREAM
         return closed_by
 
+    def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
+        """h2's, then the block checked by `proxy.h2headers` (h2's own inbound checks are off);
+        a ProtocolError raised here ends the connection as h2's did."""
+        frames, events = super()._receive_headers_frame(frame)
+        for event in events:
+            kind = _BLOCK_KINDS.get(type(event))
+            if kind is not None:
+                event.headers = h2headers.check(event.headers, kind)  # type: ignore[attr-defined]
+        return frames, events
+
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:
         if frame.error_code != 0:
             return super()._receive_goaway_frame(frame)
@@ -80,3 +99,8 @@ class MeshH2Connection(H2Connection):
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+
+_BLOCK_KINDS = {RequestReceived: h2headers.REQUEST, ResponseReceived: h2headers.RESPONSE,
+                InformationalResponseReceived: h2headers.RESPONSE,
+                TrailersReceived: h2headers.TRAILERS}
