@@ -26,7 +26,7 @@ from h2.stream import StreamClosedBy
 from hyperframe.frame import GoAwayFrame, HeadersFrame
 
 from proxy import h2headers
-from proxy.h2hpack import MeshEncoder
+from proxy.h2hpack import MeshDecoder, MeshEncoder
 
 
 def configuration(client_side: bool) -> H2Configuration:
@@ -71,6 +71,9 @@ class MeshH2Connection(H2Connection):
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config)
         self.encoder = MeshEncoder()
+        limit = self.decoder.max_header_list_size
+        self.decoder = MeshDecoder()
+        self.decoder.max_header_list_size = limit
 
     def _stream_closed_by(self, stream_id: int) -> StreamClosedBy | None:
         closed_by = super()._stream_closed_by(stream_id)

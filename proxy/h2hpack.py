@@ -1,4 +1,4 @@
-"""The HPACK encoder of the proxy's HTTP/2 connections: dict lookups, no Huffman, few indexed.
+"""HPACK for the proxy's HTTP/2 connections: an encoder and a decoder cheaper than hpack's.
 
 hpack's `Encoder` searches its dynamic table linearly for every header (~60 entries once the
 4 KiB table fills, and it fills: it indexes every header, the per-request `x-request-id` and
@@ -13,6 +13,10 @@ of generators cost more than the encoding): connection-specific headers are drop
 8.2.2), and credentials are sent never-indexed (RFC 7541 7.1.3: `authorization`,
 `proxy-authorization`, short cookies, as h2 and nghttp2 do; and any header that came
 never-indexed, as an intermediary must).
+
+The decoder (`MeshDecoder`) reads a block in one loop where hpack calls three functions and
+logs twice per header, and copies the rest of the block for each literal. It keeps hpack's
+limits: the header list size (HPACK bombs), the table size the peer may use, truncation.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from hpack import Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack.exceptions import (
+    HPACKDecodingError,
+    InvalidTableIndexError,
+    InvalidTableSizeError,
+    OversizedHeaderListError,
+)
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 _STATIC_FULL: dict[tuple[bytes, bytes], bytes] = {}  # a static entry -> its indexed encoding
@@ -141,3 +152,102 @@ class MeshEncoder(Encoder):
                 del full[(name, value)]
             if names.get(name) == number:
                 del names[name]
+
+
+_STATIC = HeaderTable.STATIC_TABLE
+_MAX_INT_BYTES = 5  # continuation bytes of an integer: 2**35, beyond any frame's content
+
+
+def _varint(data: bytes, i: int, value: int) -> tuple[int, int]:
+    """The continuation of an integer whose prefix (`value`) was full, from `data[i]`:
+    (the integer, the index after it)."""
+    shift = 0
+    for i in range(i, min(len(data), i + _MAX_INT_BYTES)):  # noqa: B020
+        byte = data[i]
+        value += (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise HPACKDecodingError("Truncated or overlong integer in the header block")
+
+
+class MeshDecoder(Decoder):
+    """hpack's Decoder, the same results and errors, in one loop (see the module's doc)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        if not raw:
+            return super().decode(data, raw)
+        table = self.header_table
+        entries = table.dynamic_entries  # newest first
+        headers: list[Any] = []
+        limit = self.max_header_list_size
+        inflated = 0
+        i, end = 0, len(data)
+        while i < end:
+            byte = data[i]
+            i += 1
+            if byte & 0x80:  # indexed
+                index = byte & 0x7F
+                if index == 0x7F:
+                    index, i = _varint(data, i, index)
+                if 0 < index <= 61:
+                    header = _STATIC[index - 1]
+                elif 61 < index <= 61 + len(entries):
+                    header = entries[index - 62]
+                else:
+                    raise InvalidTableIndexError(f"Invalid table index {index}")
+            elif byte & 0xE0 == 0x20:  # dynamic table size update: before any header
+                if headers:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                size = byte & 0x1F
+                if size == 0x1F:
+                    size, i = _varint(data, i, size)
+                if size > self.max_allowed_table_size:
+                    raise InvalidTableSizeError("Encoder exceeded max allowable table size")
+                self.header_table_size = size
+                continue
+            else:  # a literal: with incremental indexing, without, or never indexed
+                indexing = byte & 0x40
+                index = byte & (0x3F if indexing else 0x0F)
+                if index == (0x3F if indexing else 0x0F):
+                    index, i = _varint(data, i, index)
+                if index:
+                    if 0 < index <= 61:
+                        name = _STATIC[index - 1][0]
+                    elif index <= 61 + len(entries):
+                        name = entries[index - 62][0]
+                    else:
+                        raise InvalidTableIndexError(f"Invalid table index {index}")
+                else:
+                    name, i = self._string(data, i, end)
+                value, i = self._string(data, i, end)
+                if indexing:
+                    table.add(name, value)
+                    header = (name, value)
+                elif byte & 0x10:
+                    header = NeverIndexedHeaderTuple(name, value)
+                else:
+                    header = (name, value)
+            headers.append(header)
+            inflated += len(header[0]) + len(header[1]) + _ENTRY
+            if inflated > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received")
+        self._assert_valid_table_size()
+        return headers
+
+    @staticmethod
+    def _string(data: bytes, i: int, end: int) -> tuple[bytes, int]:
+        """A string literal at `data[i]`: (its bytes, the index after it)."""
+        if i >= end:
+            raise HPACKDecodingError("Truncated header block")
+        byte = data[i]
+        length = byte & 0x7F
+        i += 1
+        if length == 0x7F:
+            length, i = _varint(data, i, length)
+        stop = i + length
+        if stop > end:
+            raise HPACKDecodingError("Truncated header block")
+        text = data[i:stop]
+        return (decode_huffman(text) if byte & 0x80 else text), stop

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
-from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from proxy.h2hpack import MeshEncoder
+from proxy.h2hpack import MeshDecoder, MeshEncoder
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -58,3 +59,39 @@ def test_connection_headers_dropped_credentials_never_indexed() -> None:
     never = [bytes(h[0]) for h in block if isinstance(h, NeverIndexedHeaderTuple)]
     assert never == [b"authorization", b"cookie", b"x-secret"]
     assert [e[0] for e in decoder.header_table.dynamic_entries] == [b"x-plain", b"cookie"]
+
+
+_DECODE_ERRORS = (HPACKError, IndexError, TypeError, UnicodeDecodeError)  # (h2 maps these)
+
+
+def outcome(decoder: Decoder, block: bytes) -> object:
+    try:
+        headers = [(bytes(h[0]), bytes(h[1]), isinstance(h, NeverIndexedHeaderTuple))
+                   for h in decoder.decode(block, raw=True)]
+    except _DECODE_ERRORS as exc:
+        return ("error", isinstance(exc, OversizedHeaderListError))
+    return headers, list(decoder.header_table.dynamic_entries)
+
+
+def test_decoder_agrees_with_hpacks_on_real_and_broken_blocks() -> None:
+    """Blocks from hpack's encoder (Huffman or not, indexed or not, never-indexed, table size
+    changes) and those blocks cut short or with bytes flipped: the same headers and table, or
+    an error from both (a header list over the limit from both)."""
+    rng = random.Random(11)
+    names = [b":method", b":path", b"user-agent", b"cookie", b"x-long", b"x-" + b"n" * 200]
+    encoder = Encoder()
+    ours, theirs = MeshDecoder(), Decoder()
+    for decoder in (ours, theirs):
+        decoder.max_header_list_size = 3000
+    for i in range(1500):
+        block = [(rng.choice(names), b"v" * rng.choice([0, 1, 5, 126, 127, 128, 400]),
+                  rng.random() < 0.1) for _ in range(rng.randint(1, 8))]
+        if i % 500 == 250:
+            encoder.header_table_size = rng.choice([0, 256, 4096])
+        data = encoder.encode(block, huffman=rng.random() < 0.5)
+        assert outcome(ours, data) == outcome(theirs, data)
+        broken = bytearray(data[:rng.randint(0, len(data))])
+        if broken and rng.random() < 0.5:
+            broken[rng.randrange(len(broken))] = rng.randrange(256)
+        scratch_ours, scratch_theirs = MeshDecoder(), Decoder()
+        assert outcome(scratch_ours, bytes(broken)) == outcome(scratch_theirs, bytes(broken))
