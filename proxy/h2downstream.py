@@ -19,6 +19,7 @@ from h2.settings import SettingCodes, Settings
 
 from proxy import h2flow, h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
+from proxy.h2requesthead import exchange_from_headers
 from proxy.h2upstream import configure
 
 if TYPE_CHECKING:
@@ -335,14 +336,13 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.reset(stream, ErrorCodes.NO_ERROR)  # (sends nothing if the client had ended it)
 
     def _request(self, event: Any) -> None:
-        from proxy.h2requesthead import exchange_from_headers
-
         if self.last_stream is not None and event.stream_id > self.last_stream:
             # Opened after our GOAWAY: never processed, so the client may retry it elsewhere.
             self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
             return
         self.opened += 1
-        if self.h2.open_inbound_streams > MAX_STREAMS:
+        # (our count, not h2's open_inbound_streams: that walks every stream on each call)
+        if len(self.streams) >= MAX_STREAMS:
             # Above SETTINGS_MAX_CONCURRENT_STREAMS (sent before our SETTINGS arrived, or
             # ignoring them): refused unprocessed, the client may retry it.
             self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)

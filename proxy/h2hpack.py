@@ -11,8 +11,8 @@ not headers whose values change per request.
 It also does what h2's outbound normalisation did, which the connections turn off (its chain
 of generators cost more than the encoding): connection-specific headers are dropped (RFC 9113
 8.2.2), and credentials are sent never-indexed (RFC 7541 7.1.3: `authorization`,
-`proxy-authorization`, short cookies, as h2 and nghttp2 do; and any header that came
-never-indexed, as an intermediary must).
+`proxy-authorization`, short cookies, as h2 and nghttp2 do; and a header handed over as
+hpack's `NeverIndexedHeaderTuple`, such as trailers passed on as they came).
 
 The decoder (`MeshDecoder`) reads a block in one loop where hpack calls three functions and
 logs twice per header, and copies the rest of the block for each literal. It keeps hpack's

@@ -19,6 +19,7 @@ from proxy.headers import (
     request_id_line,
     split_target,
 )
+from proxy.requesthead import _H_DROP, _H_PEER, _H_REQUEST_ID, _H_TIMEOUT, _H_XFCC, _H_XFF, _SPECIAL
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
@@ -33,16 +34,6 @@ _DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
 
 def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:
     """A client's request HEADERS as an H2Exchange, or the reason word it is refused with."""
-    from proxy.requesthead import (
-        _H_DROP,
-        _H_PEER,
-        _H_REQUEST_ID,
-        _H_TIMEOUT,
-        _H_XFCC,
-        _H_XFF,
-        _SPECIAL,
-    )
-
     listener = stream.listener
     budget = listener.limits.max_header_bytes
     method = path_bytes = scheme = authority = host = None
