@@ -116,9 +116,9 @@ class H2Stream:
             self.out.ended = True
         self.session.flush()
 
-    def send_data(self, chunk: bytes) -> None:
+    def send_data(self, chunk: bytes, end: bool = False) -> None:
         if not self.closed:
-            self.out.data(chunk)
+            self.out.data(chunk, end)
             self.session.flush()
 
     def end(self, trailers: Headers | None = None) -> None:

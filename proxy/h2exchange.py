@@ -248,9 +248,10 @@ class H2Exchange(Exchange):
         self.response_started = True
         self.downstream.send_headers(out, end_stream)
 
-    def h2_response_data(self, chunk: bytes) -> None:
+    def h2_response_data(self, chunk: bytes, end: bool = False) -> None:
+        """A DATA frame of the answer; `end`: the last (h2_response_end follows)."""
         self.bytes_out += len(chunk)
-        self.downstream.send_data(chunk)
+        self.downstream.send_data(chunk, end)
 
     def h2_response_trailers(self, headers: Headers) -> None:
         for name, value in headers:

@@ -38,17 +38,25 @@ class StreamOut:
     def held_bytes(self) -> int:
         return sum(len(view) for view in self._held)
 
-    def data(self, chunk: bytes) -> None:
-        """Send `chunk` as far as the window allows; hold the rest."""
-        if self.ended or not chunk:
+    def data(self, chunk: bytes, end: bool = False) -> None:
+        """Send `chunk` as far as the window allows; hold the rest. With `end`, the stream ends
+        with it: on its last DATA frame when it all fits, not an empty frame after."""
+        if self.ended:
             return
-        if self._held:
-            self._held.append(memoryview(chunk))
+        if self._held or not chunk:
+            if chunk:
+                self._held.append(memoryview(chunk))
+            if end:
+                self.end()
             return
-        rest = self._send(memoryview(chunk))
+        rest = self._send(chunk, end)
         if rest is not None:
             self._held.append(rest)
             self.on_blocked(True)
+            if end:
+                self._end = True
+        elif end:
+            self.ended = True
 
     def end(self, trailers: Headers | None = None) -> None:
         """End the stream (with trailers if given) once the held data has gone."""
@@ -76,16 +84,22 @@ class StreamOut:
             self._end = False
             self._finish(self._trailers)
 
-    def _send(self, view: memoryview) -> memoryview | None:
-        """Send what fits; the unsent tail, or None when all of it went."""
+    def _send(self, data: bytes | memoryview, end: bool = False) -> memoryview | None:
+        """Send what fits (ending the stream with the last of it if `end`); the unsent tail, or
+        None when all of it went."""
         h2 = self.h2
         sid = self.stream_id
-        while view:
+        while data:
             room = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
             if room <= 0:
-                return view
+                return memoryview(data)
+            if len(data) <= room:  # all of it: one frame, and no copy of a whole chunk
+                h2.send_data(sid, data if isinstance(data, bytes) else data.tobytes(),
+                             end_stream=end)
+                return None
+            view = memoryview(data)
             h2.send_data(sid, view[:room].tobytes())
-            view = view[room:]
+            data = view[room:]
         return None
 
     def _finish(self, trailers: Headers | None) -> None:

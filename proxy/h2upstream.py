@@ -261,8 +261,9 @@ class H2UpstreamConnection(asyncio.Protocol):
             ex = h2flow.received(self, stream, event.stream_id, event.flow_controlled_length)
             if ex is None:
                 return
-            ex.h2_response_data(event.data)
-            if event.stream_ended is not None and stream is not None:
+            ended = event.stream_ended is not None
+            ex.h2_response_data(event.data, ended)  # (ex is stream's: stream is not None)
+            if ended and stream is not None:
                 self._ended(stream)
         elif kind is ev.ResponseReceived:
             stream = self.streams.get(event.stream_id)
