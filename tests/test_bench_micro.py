@@ -13,11 +13,28 @@ from bench.micro import measure, parse_refs
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named"])
+@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "h2"])
 async def test_each_variant_completes_requests(variant: str) -> None:
     result = await measure(variant, requests=300, repeats=2)
     assert result.variant == variant
     assert 0 < result.us_per_request < 10_000
+
+
+async def test_h2_variant_checks_its_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The h2 variant fails loudly when the answers do not come back through the proxy (a
+    server answering streams the proxy never opened)."""
+    from bench import microh2
+
+    real = microh2.Peer.batch
+
+    def misnumbered(self: microh2.Peer, count: int) -> bytes:
+        if self.body is not None:
+            self.next_id += 2
+        return real(self, count)
+
+    monkeypatch.setattr(microh2.Peer, "batch", misnumbered)
+    with pytest.raises(RuntimeError):
+        await measure("h2", requests=16, repeats=1)
 
 
 def test_cli_prints_one_figure_per_variant() -> None:
