@@ -50,7 +50,8 @@ def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
 
 class MeshH2Connection(H2Connection):
     """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, the proxy's HPACK
-    encoder (`proxy.h2hpack`), and a bounded memory of closed streams.
+    encoder and decoder (`proxy.h2hpack`), received header blocks checked in one pass
+    (`proxy.h2headers`), and a bounded memory of closed streams.
 
     Closed streams: h2 remembers how each closed stream ended, for the last 65536 of them (an
     ordered dict, ~120 bytes a stream: ~8 MB on every long-lived connection, both sides, once
