@@ -11,7 +11,9 @@ CR or LF and without surrounding whitespace; no connection-specific header, `te`
 `trailers`; pseudo-headers known, once each, first, of the block's kind, the mandatory ones
 present, none in trailers; a request's `:path` not empty, `:authority` and `host` not both
 differing, one `host`. Cookies split over several fields are joined, last (h2's inbound
-normalisation, also turned off).
+normalisation, also turned off). One difference: h2 moved cookies last before checking the
+order, so it let a `cookie` field ahead of a pseudo-header through; RFC 9113 8.3 makes that
+malformed, and so does `check`.
 """
 
 from __future__ import annotations
