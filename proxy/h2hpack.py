@@ -69,7 +69,15 @@ def _int(value: int, bits: int, flags: int) -> bytes:
 
 def _literal(value: bytes) -> bytes:
     n = len(value)
-    return (bytes((n,)) if n < 127 else _int(n, 7, 0)) + value
+    return (_BYTE[n] if n < 127 else _int(n, 7, 0)) + value
+
+
+# The first bytes of the common representations, by index (a static or recent entry): one
+# list lookup instead of a call per header.
+_BYTE = [bytes((i,)) for i in range(256)]
+_INDEXED = [_int(i, 7, 0x80) for i in range(128)]
+_PLAIN = [_int(i, 4, 0x00) for i in range(128)]  # literal, not indexed, indexed name
+_INCREMENTAL = [_int(i, 6, 0x40) for i in range(128)]  # literal, indexed, indexed name
 
 
 class MeshEncoder(Encoder):
@@ -117,17 +125,20 @@ class MeshEncoder(Encoder):
                 continue
             number = full.get(key)
             if number is not None:
-                out.append(_int(61 + self._count - number, 7, 0x80))
+                index = 61 + self._count - number
+                out.append(_INDEXED[index] if index < 128 else _int(index, 7, 0x80))
                 continue
             index = static_name.get(name) or self._name_index(name)
             size = len(name) + len(value) + _ENTRY
             if name in _NO_INDEX or size > self._max * 3 // 4:  # (nghttp2's limit too)
-                out.append((_int(index, 4, 0) if index else b"\x00" + _literal(name))
-                           + _literal(value))
-                continue
-            out.append((_int(index, 6, 0x40) if index else b"\x40" + _literal(name))
-                       + _literal(value))
-            self._insert(name, value, size)
+                head = (_PLAIN[index] if index < 128 else _int(index, 4, 0)) if index \
+                    else b"\x00" + _literal(name)
+            else:
+                head = (_INCREMENTAL[index] if index < 128 else _int(index, 6, 0x40)) if index \
+                    else b"\x40" + _literal(name)
+                self._insert(name, value, size)
+            n = len(value)
+            out.append(head + (_BYTE[n] if n < 127 else _int(n, 7, 0)) + value)
         return b"".join(out)
 
     def _name_index(self, name: bytes) -> int:
