@@ -137,3 +137,31 @@ async def test_without_metrics_nothing_changes(tmp_path: Path) -> None:
                                             "/api/v1/stat answered 404")
         assert err.endswith("; nothing changed\n")
         assert await _weights(cp) == [{"subset": "stable", "weight": 100}]
+
+
+RULED = SHOP.replace("""  rules:
+    - backends: [{subset: stable, weight: 100}]""", """  rules:
+    - name: beta
+      matches: [{headers: {x-beta: {exact: "1"}}}]
+      backends: [{subset: stable, weight: 100}]
+    - backends: [{subset: stable, weight: 100}]""")
+
+
+async def test_rule_steps_the_named_rule_and_leaves_the_default(tmp_path: Path) -> None:
+    """`--rule beta` promotes the canary in the rule named beta only (as `shift --rule`); the
+    default rule keeps its weights; an unknown rule is refused before anything changes."""
+    stat = FakeStat([row("reviews", "v3-rc", 1.0)])
+    async with control_plane(MemStore(), [FakeSync().route(), stat.route()]) as cp:
+        code, _, err = await cp.meshctl("apply", "-f", str(write(tmp_path / "r.yaml", RULED)))
+        assert code == 0, err
+        code, out, err = await cp.meshctl("canary", "reviews", *FAST, "--rule", "nope")
+        assert code == 1 and "has no rule named 'nope' (named: beta)" in err, out
+        code, out, err = await cp.meshctl("canary", "reviews", *FAST, "--rule", "beta")
+        assert (code, err) == (0, ""), out
+        assert "(namespace shop, rule 'beta')" in out and out.endswith("canary promoted\n")
+        stored = await cp.store.get("Route", "shop", "reviews")
+        assert stored is not None
+        beta, default = stored.resource.raw["spec"]["rules"]
+        assert beta["backends"] == [{"subset": "stable", "weight": 0},
+                                    {"subset": "canary", "weight": 100}]
+        assert default["backends"] == [{"subset": "stable", "weight": 100}]

@@ -15,6 +15,7 @@ from meshctl.commands.resources import request_json
 from meshctl.commands.shift import (
     ShiftRefused,
     Weights,
+    pick_rule,
     plan_shift,
     route_for,
     subsets_for,
@@ -40,10 +41,11 @@ def version_label(subsets: list[dict[str, Any]], subset: str) -> str:
     return subset
 
 
-def current_split(route: dict[str, Any]) -> list[tuple[str, int]]:
-    """``(label, weight)`` of the route's default (last) rule, the one canary and shift set."""
+def current_split(route: dict[str, Any], rule: str | None = None) -> list[tuple[str, int]]:
+    """``(label, weight)`` of the rule canary and shift set: the route's default (last) rule,
+    or the one named ``rule`` (ShiftRefused when there is none)."""
     host = str(route["spec"]["host"])
-    backends = route["spec"]["rules"][-1].get("backends") or []
+    backends = pick_rule(route["spec"]["rules"], rule, host)[0].get("backends") or []
     return [(output.backend_label(b, host), output.backend_weight(b, backends))
             for b in backends]
 
@@ -52,10 +54,11 @@ class MeshTarget:
     """``CanaryTarget`` over a control plane's HTTP API."""
 
     def __init__(self, client: ControlPlaneClient, plan: CanaryPlan, namespace: str,
-                 *, timeout: float = 30.0) -> None:
+                 *, timeout: float = 30.0, rule: str | None = None) -> None:
         self.client = client
         self.plan = plan
         self.namespace = namespace
+        self.rule = rule  # the named rule to step (--rule), None: the default (last) rule
         self.timeout = timeout  # for every proxy's ACK of one step
         self.version = version_label(subsets_for(client, plan.service, namespace), plan.target)
         name = service_of(plan.service, namespace)
@@ -67,7 +70,8 @@ class MeshTarget:
     def set_weight(self, weight: int) -> str:
         weights = Weights(named=((self.plan.source, 100 - weight), (self.plan.target, weight)))
         try:
-            _, version = update_weights(self.client, self.plan.service, self.namespace, weights)
+            _, version = update_weights(self.client, self.plan.service, self.namespace, weights,
+                                        self.rule)
         except ShiftRefused as exc:
             raise CanaryError(str(exc)) from None
         synced, detail = wait_synced(self.client, version, self.timeout)
@@ -99,11 +103,11 @@ class MeshTarget:
     def split_text(self) -> str:
         """The route's current split, e.g. ``v1 70% / v3 30%``."""
         route = route_for(self.client, self.plan.service, self.namespace)
-        return " / ".join(f"{label} {w}%" for label, w in current_split(route))
+        return " / ".join(f"{label} {w}%" for label, w in current_split(route, self.rule))
 
     def current_weight(self) -> int:
         route = route_for(self.client, self.plan.service, self.namespace)
-        return dict(current_split(route)).get(self.plan.target, 0)
+        return dict(current_split(route, self.rule)).get(self.plan.target, 0)
 
     def check(self, weight: int) -> None:
         """Refuse (ShiftRefused) what ``set_weight(weight)`` would refuse, writing nothing."""
@@ -111,4 +115,4 @@ class MeshTarget:
         names = [str(s.get("name")) for s in subsets_for(self.client, self.plan.service,
                                                          self.namespace)]
         plan_shift(route, names, Weights(named=((self.plan.source, 100 - weight),
-                                                (self.plan.target, weight))))
+                                                (self.plan.target, weight))), self.rule)

@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--to", dest="target", required=True, metavar="SUBSET",
                    help="the canary subset")
     p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--rule", metavar="NAME", help="step this named rule of the route instead "
+                   "of its last (default) rule, as `meshctl shift --rule`")
     p.add_argument("--step", type=int, default=10, help="weight added per step (10)")
     p.add_argument("--interval", type=_duration, default=30.0, metavar="DURATION",
                    help="time between analyses, and their metrics window (30s)")
@@ -80,7 +82,8 @@ def describe(plan: CanaryPlan, target: MeshTarget, window: float, current: int) 
     latency = f", p99 <= {t.max_p99_ms:.0f}ms" if t.max_p99_ms is not None else ""
     widened = (f" (metrics over the last {format_duration(window)}: two scrapes of the "
                "control plane)" if window > plan.interval else "")
-    return [f"canary {plan.service} (namespace {target.namespace}): {plan.source} -> "
+    rule = f", rule '{target.rule}'" if target.rule else ""
+    return [f"canary {plan.service} (namespace {target.namespace}{rule}): {plan.source} -> "
             f"{plan.target}, measured as version {target.version}; now {target.split_text()}",
             f"  weights {', '.join(map(str, plan.weights(current)))}, then promote "
             f"({plan.target} 100%)",
@@ -99,7 +102,7 @@ def run_canary(args: argparse.Namespace) -> int:
         return 2
     client = make_client(args)
     try:
-        target = MeshTarget(client, plan, args.namespace, timeout=args.timeout)
+        target = MeshTarget(client, plan, args.namespace, timeout=args.timeout, rule=args.rule)
         current = target.current_weight()
         target.check(plan.start_weight(current))
         window = analysis_window(plan.interval, float(target.stat(plan.interval)

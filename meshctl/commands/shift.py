@@ -88,7 +88,7 @@ def plan_shift(route: dict[str, Any], subsets: Sequence[str], weights: Weights,
     new = copy.deepcopy(route)
     host = str(new["spec"]["host"])
     rules: list[dict[str, Any]] = new["spec"]["rules"]
-    rule, where = _pick_rule(rules, rule_name, host)
+    rule, where = pick_rule(rules, rule_name, host)
     if "redirect" in rule:
         raise ShiftRefused(f"{where} of {host} answers with a redirect and has no backends "
                            "to shift; name a rule with backends (--rule NAME)")
@@ -122,7 +122,7 @@ def plan_shift(route: dict[str, Any], subsets: Sequence[str], weights: Weights,
     return Plan(new, split, changed=split != tuple(before))
 
 
-def _pick_rule(rules: list[dict[str, Any]], name: str | None,
+def pick_rule(rules: list[dict[str, Any]], name: str | None,
                host: str) -> tuple[dict[str, Any], str]:
     if name is None:
         return rules[-1], "the default (last) rule"
