@@ -172,7 +172,7 @@ def _args(**kw: object) -> argparse.Namespace:
     base: dict[str, object] = {
         "service": "reviews", "source": "v1", "target": "v3", "step": 10, "interval": 30.0,
         "max_weight": 100, "min_success_rate": 99.0, "max_p99": 0.5, "min_requests": 20,
-        "failures": 2}
+        "failures": 2, "max_holds": 0}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -180,6 +180,7 @@ def _args(**kw: object) -> argparse.Namespace:
     ({"step": 0}, "--step must be between 1 and 100, not 0"),
     ({"step": 50, "max_weight": 40}, "--max-weight must be between --step (50) and 100, not 40"),
     ({"failures": 0}, "--failures must be at least 1, not 0"),
+    ({"max_holds": -1}, "--max-holds must be 0 (no limit) or more, not -1"),
     ({"target": "v1"}, "--from and --to are both v1"),
     ({"min_success_rate": 101.0}, "--min-success-rate must be a percentage, not 101.0"),
     ({"min_requests": 0}, "--min-requests must be at least 1, not 0"),
@@ -219,3 +220,16 @@ def test_current_split_reads_the_default_rule() -> None:
     assert current_split(route) == [("v1", 70), ("v3", 30)]
     lone = {"spec": {"host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}}
     assert current_split(lone) == [("v1", 100)]
+
+
+def test_max_holds_rolls_back_a_canary_without_traffic() -> None:
+    """--max-holds 3: three quiet analyses in a row roll back (a progress deadline); a quiet
+    spell broken by a pass starts the count again."""
+    mesh = FakeMesh([QUIET, QUIET, GOOD, QUIET, NONE, QUIET])
+    outcome, lines, _ = run(mesh, max_holds=3)
+    assert outcome.result is Result.ROLLED_BACK
+    assert outcome.reason == "too little traffic, 3 analyses in a row: only 3 requests (< 20)"
+    assert mesh.weights == [25, 50, 0]
+    assert decisions(lines)[-1].startswith("roll back: too little traffic, 3 analyses in a row")
+    held = FakeMesh([QUIET] * 5 + [GOOD] * 4)
+    assert run(held)[0].result is Result.PROMOTED  # the default: no limit

@@ -43,6 +43,7 @@ class CanaryPlan:
     max_weight: int = 100
     failures: int = 2
     thresholds: Thresholds = field(default_factory=Thresholds)
+    max_holds: int = 0  # analyses in a row with too little traffic before a rollback; 0: any
 
     def __post_init__(self) -> None:
         if not 1 <= self.step <= 100:
@@ -52,6 +53,8 @@ class CanaryPlan:
                              f"not {self.max_weight}")
         if self.failures < 1:
             raise ValueError(f"--failures must be at least 1, not {self.failures}")
+        if self.max_holds < 0:
+            raise ValueError(f"--max-holds must be 0 (no limit) or more, not {self.max_holds}")
         if self.source == self.target:
             raise ValueError(f"--from and --to are both {self.source}")
 
@@ -114,23 +117,25 @@ class CanaryRun:
             return Outcome(Result.INTERRUPTED, self.weight)
 
     def _loop(self) -> Outcome:
-        failed = 0
+        failed = held = 0
         while True:
             self._sleep(self.plan.interval)
             m = self.target.measure(self.window)
             verdict = judge(m, self.plan.thresholds)
             weight = self.weight
+            held = held + 1 if verdict.verdict is Verdict.HOLD else 0
+            if held and held == self.plan.max_holds:
+                # Flagger's progress deadline: a canary nobody calls is never judged healthy
+                reason = f"too little traffic, {held} analyses in a row: {verdict.reason}"
+                return self._roll_back(weight, m, reason, reason)
             if verdict.verdict is Verdict.HOLD:
                 self._line(weight, m, f"hold: {verdict.reason}")
             elif verdict.verdict is Verdict.FAIL:
                 failed += 1
                 if failed >= self.plan.failures:
-                    self.weight = 0
-                    detail = self.target.set_weight(0)
-                    self._line(weight, m, f"roll back: {verdict.reason}, {failed} "
-                                          f"failure{'s' if failed > 1 else ''} in a row; "
-                                          f"{self._split(0)} ({detail})")
-                    return Outcome(Result.ROLLED_BACK, 0, verdict.reason)
+                    return self._roll_back(weight, m, verdict.reason,
+                                           f"{verdict.reason}, {failed} "
+                                           f"failure{'s' if failed > 1 else ''} in a row")
                 self._line(weight, m, f"failure {failed} of {self.plan.failures}: "
                                       f"{verdict.reason}; stay at {weight}")
             elif weight >= self.plan.max_weight:
@@ -144,6 +149,13 @@ class CanaryRun:
                 detail = self.target.set_weight(self.weight)
                 self._line(weight, m, f"advance to {self.weight}: {self._split(self.weight)} "
                                       f"({detail})")
+
+    def _roll_back(self, weight: int, m: Measurement, reason: str, said: str) -> Outcome:
+        """All traffic back to the stable version; ``said``: the step line's account."""
+        self.weight = 0
+        detail = self.target.set_weight(0)
+        self._line(weight, m, f"roll back: {said}; {self._split(0)} ({detail})")
+        return Outcome(Result.ROLLED_BACK, 0, reason)
 
     def _split(self, weight: int) -> str:
         return f"{self.plan.source} {100 - weight}% / {self.plan.target} {weight}%"

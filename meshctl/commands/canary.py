@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="fewer canary requests in an interval hold the step (20)")
     p.add_argument("--failures", type=int, default=2,
                    help="failed analyses in a row that roll back (2)")
+    p.add_argument("--max-holds", type=int, default=0, metavar="N",
+                   help="analyses in a row with fewer than --min-requests that roll back, as "
+                        "Flagger's progress deadline (0, the default: hold as long as it takes)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long each step waits for every sidecar to ACK (30)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -73,7 +76,7 @@ def plan_from(args: argparse.Namespace) -> CanaryPlan:
     thresholds = Thresholds(args.min_success_rate / 100, args.max_p99 * 1000 or None,
                             args.min_requests)
     return CanaryPlan(args.service, args.source, args.target, args.step, args.interval,
-                      args.max_weight, args.failures, thresholds)
+                      args.max_weight, args.failures, thresholds, args.max_holds)
 
 
 def describe(plan: CanaryPlan, target: MeshTarget, window: float, current: int) -> list[str]:
@@ -90,7 +93,8 @@ def describe(plan: CanaryPlan, target: MeshTarget, window: float, current: int) 
             f"  every {format_duration(plan.interval)}{widened}: at least {t.min_requests} "
             f"requests, success rate >= {percent(t.min_success_rate)}{latency}",
             f"  roll back to {plan.source} 100% after {plan.failures} failed "
-            f"analys{'es' if plan.failures > 1 else 'is'} in a row"]
+            f"analys{'es' if plan.failures > 1 else 'is'} in a row"
+            + (f", or {plan.max_holds} with too little traffic" if plan.max_holds else "")]
 
 
 @reports_errors
