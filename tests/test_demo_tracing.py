@@ -56,18 +56,25 @@ def test_one_page_load_is_one_trace_across_the_bookinfo_hops(
         page = resp.read().decode()
     assert "Reviews served by: reviews-v2" in page
     wanted = {"gateway", "productpage", "details", "reviews", "ratings"}
+
+    def roots() -> list[str]:
+        """The services of spans whose parent has not arrived (the whole trace: the gateway)."""
+        with receiver.lock:
+            spans = list(receiver.spans)
+        known = {s.span_id for _, s in spans}
+        return [svc for svc, s in spans if s.parent_span_id not in known]
+
+    # Each process exports its spans in its own batches (1 s interval): a child's may arrive
+    # before its parent's, so wait for the whole trace, not only for every service to appear.
     deadline = time.monotonic() + 20.0
     while time.monotonic() < deadline:
         ids = receiver.trace_ids()
-        if len(ids) == 1 and receiver.services_in(next(iter(ids))) >= wanted:
+        if (len(ids) == 1 and receiver.services_in(next(iter(ids))) >= wanted
+                and roots() == ["gateway"]):
             break
-        time.sleep(0.2)  # spans arrive in batches (1 s export interval); bounded by the deadline
+        time.sleep(0.2)  # bounded by the deadline
     ids = receiver.trace_ids()
     assert len(ids) == 1, f"expected one trace, got {len(ids)}"
     assert receiver.services_in(next(iter(ids))) >= wanted
-    with receiver.lock:
-        spans = list(receiver.spans)
-    known = {s.span_id for _, s in spans}
-    roots = [svc for svc, s in spans if s.parent_span_id not in known]
-    assert roots == ["gateway"], roots  # every other span hangs below the gateway's
+    assert roots() == ["gateway"], roots()  # every other span hangs below the gateway's
 
