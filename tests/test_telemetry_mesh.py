@@ -182,7 +182,10 @@ def test_full_sampling_for_one_service_traces_it_and_not_the_others(
         with receiver.lock:
             spans = list(receiver.spans)
         reviews_traces = {s.trace_id for svc, s in spans if svc == "reviews"}
-        return len(reviews_traces) >= 5 and len(
+        known = {s.span_id for _, s in spans}
+        # every parent arrived too: a child's span may come in an earlier batch than its parent's
+        whole = all(s.parent_span_id in known or svc == "reviews" for svc, s in spans)
+        return whole and len(reviews_traces) >= 5 and len(
             {s.trace_id for svc, s in spans if svc == "web" and s.trace_id in reviews_traces}
         ) >= 5
 
