@@ -15,19 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
     free_port,
     http_get,
-    http_json,
     start_backend,
     start_control_plane,
     start_sidecar,
     wait_for,
 )
+from tests.peerauth_harness import DeclaresPeerAuthentications
 from tests.proxyharness import metric_value
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
@@ -49,7 +48,7 @@ def istio(name: str, labels: str | None, mode: str, extra: str = "") -> str:
             f"\nspec: {{{selector}mtls: {{mode: {mode}}}{more}}}\n---\n")
 
 
-class SelectorMesh:
+class SelectorMesh(DeclaresPeerAuthentications):
     """The processes, and `declare` to make the PeerAuthentications exactly the ones given."""
 
     def __init__(self, tmp: Path) -> None:
@@ -83,31 +82,6 @@ class SelectorMesh:
     def started(self, proc: MeshProcess) -> MeshProcess:
         self.procs.append(proc)
         return proc
-
-    def api(self, path: str, method: str = "GET", body: str | None = None) -> tuple[int, object]:
-        return http_json(self.cp.info["api"] + path, method, body, token=self.cp.info["token"],
-                         content_type="application/yaml")
-
-    def declare(self, *docs: str) -> None:
-        """Replace the PeerAuthentications by ``docs``; returns once every sidecar runs that."""
-        if docs:
-            status, body = self.api("/api/v1/apply", "POST", "".join(docs))
-            assert status == 200, body
-            assert isinstance(body, dict)
-            self.revision = max(self.revision, *(int(r["resourceVersion"])
-                                                 for r in body["results"]))
-        wanted = {d["metadata"]["name"] for d in yaml.safe_load_all("".join(docs)) if d}
-        status, listed = self.api("/api/v1/peerauthentications")
-        assert status == 200 and isinstance(listed, dict), listed
-        for item in listed["items"]:
-            name = item["metadata"]["name"]
-            if name not in wanted:
-                status, gone = self.api(
-                    f"/api/v1/namespaces/default/peerauthentications/{name}", "DELETE")
-                assert status == 200 and isinstance(gone, dict), gone
-                self.revision = max(self.revision, int(gone["metadata"]["resourceVersion"]))
-        status, synced = self.api(f"/api/v1/sync?storeVersion={self.revision}&timeout=15")
-        assert status == 200 and isinstance(synced, dict) and synced["synced"], synced
 
     def call(self) -> tuple[int, bytes]:
         """A request of web's app to reviews, through web's sidecar."""
