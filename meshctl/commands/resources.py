@@ -80,8 +80,9 @@ def request_json(client: ControlPlaneClient, method: str, path: str, body: Any =
         return status, {"error": client.not_the_api(status)}
 
 
-def reports_errors(command: Command) -> Command:
-    """Turn API and connection errors into one ``error: ...`` line on stderr and exit 1."""
+def reports_errors(command: Command, failure: int = 1) -> Command:
+    """Turn API and connection errors into one ``error: ...`` line on stderr and exit
+    ``failure`` (1; ``meshctl diff``: 2, as 1 there means differences)."""
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         try:
@@ -102,7 +103,7 @@ def reports_errors(command: Command) -> Command:
             hint = (f"; if it serves HTTPS (--api-tls), use https://{url[7:]}"
                     if url.startswith("http://") and isinstance(exc, ConnectionError) else "")
             print(f"error: control plane did not answer: {exc}{hint}", file=sys.stderr)
-        return 1
+        return failure
     return run
 
 
@@ -113,10 +114,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Send every document of the files (directories: their *.yaml files, "
                     "recursively, sorted) in one all-or-nothing apply; print created, "
                     "configured or unchanged per object.")
-    _files_arg(apply, required=True)
-    _namespace_for_files_arg(apply)
-    apply.add_argument("--dry-run", action="store_true",
-                       help="only validate, offline (like meshctl validate)")
+    files_arg(apply, required=True)
+    namespace_for_files_arg(apply)
+    apply.add_argument("--dry-run", nargs="?", const="client", default="none",
+                       choices=("none", "client", "server"),
+                       help="client (also bare --dry-run): only validate, offline (like "
+                            "meshctl validate); server: the control plane runs the whole apply "
+                            "(every check) and writes nothing")
     apply.set_defaults(func=run_apply)
 
     get = subparsers.add_parser("get", help="list or show resources",
@@ -134,8 +138,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                                    description="meshctl delete KIND NAME, or -f FILE|DIR.")
     delete.add_argument("kind", nargs="?", type=resolve_kind, metavar="KIND")
     delete.add_argument("name", nargs="?", metavar="NAME")
-    _files_arg(delete, required=False)
-    _namespace_for_files_arg(delete)
+    files_arg(delete, required=False)
+    namespace_for_files_arg(delete)
     delete.set_defaults(func=run_delete)
 
     describe = subparsers.add_parser(
@@ -164,12 +168,12 @@ def _describe_kind(word: str) -> str:
                                          "service|svc") from None
 
 
-def _files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
+def files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("-f", "--filename", dest="paths", action="append", required=required,
                         metavar="FILE|DIR", help="file, directory or - for stdin (repeatable)")
 
 
-def _namespace_for_files_arg(parser: argparse.ArgumentParser) -> None:
+def namespace_for_files_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", default=None,
                         help="namespace of the documents that name none (default: default); "
                              "a document naming another one is refused")
@@ -223,7 +227,7 @@ def _in_namespace(resource: Resource, namespace: str, issues: list[Issue]) -> Re
     return resource
 
 
-def _print_issues(err: ValidationError) -> int:
+def print_issues(err: ValidationError) -> int:
     for issue in err.issues:
         print(f"error: {issue}", file=sys.stderr)
     return 1
@@ -233,34 +237,45 @@ def _print_issues(err: ValidationError) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     """Documents are parsed here (exact file errors, nothing sent if any is bad); checks
     across documents and against the store run on the server, all or nothing."""
+    offline = args.dry_run == "client"
     try:
         resources = load_files(args.paths, args.namespace)
-        if args.dry_run:
+        if offline:
             issues = validate_set(resources)
             if issues:
                 raise ValidationError(issues)
     except ValidationError as err:
-        return _print_issues(err)
+        return print_issues(err)
     if not resources:  # as kubectl: an empty directory or stream is most likely a mistake
         print("error: no objects passed to apply", file=sys.stderr)
         return 1
-    if args.dry_run:
+    if offline:
         for r in resources:
             print(f"{object_ref(r.kind, r.name)} valid (dry run, offline)")
         return 0
-    body = {"items": [r.to_dict() for r in resources],
-            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
     client = make_client(args)
-    status, answer = request_json(client, "POST", "/api/v1/apply", body)
+    server_dry_run = args.dry_run == "server"
+    status, answer = post_apply(client, resources, dry_run=server_dry_run)
     if status != 200:
-        for line in _error_text(answer).splitlines() or [f"HTTP {status}"]:
+        for line in error_text(answer).splitlines() or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
         return 1
+    suffix = " (server dry run)" if server_dry_run else ""
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
-        print(f"{object_ref(result['kind'], result['name'])} {result['result']}")
+        print(f"{object_ref(result['kind'], result['name'])} {result['result']}{suffix}")
     for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def post_apply(client: ControlPlaneClient, resources: list[Resource], *,
+               dry_run: bool) -> tuple[int, Any]:
+    """``POST /api/v1/apply`` (``?dryRun=All``: check and plan only) of parsed documents,
+    each with its file and document number for the server's errors."""
+    body = {"items": [r.to_dict() for r in resources],
+            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+    path = "/api/v1/apply?dryRun=All" if dry_run else "/api/v1/apply"
+    return request_json(client, "POST", path, body)
 
 
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
@@ -323,7 +338,7 @@ def _sidecar_conflicts(client: ControlPlaneClient, applied: list[Resource],
     return sidecar_conflict_warnings(applied, stored, proxies)
 
 
-def _error_text(answer: Any) -> str:
+def error_text(answer: Any) -> str:
     return str(answer.get("error", answer)) if isinstance(answer, dict) else str(answer)
 
 
@@ -337,7 +352,7 @@ def run_delete(args: argparse.Namespace) -> int:
         try:
             keys = [r.key for r in load_files(args.paths, args.namespace)]
         except ValidationError as err:
-            return _print_issues(err)
+            return print_issues(err)
         # Routes before the DestinationPolicies whose subsets they use: each delete must
         # leave a consistent mesh, so the users go first.
         keys.sort(key=lambda k: k[0] != "Route")

@@ -11,6 +11,7 @@ telemetries)::
     PUT    /api/v1/namespaces/{ns}/{plural}/{name}       update (409 on stale resourceVersion)
     DELETE /api/v1/namespaces/{ns}/{plural}/{name}       delete (?resourceVersion= precondition)
     POST   /api/v1/apply                                 YAML or JSON documents, all or nothing
+                                                         ?dryRun=All: check, write nothing
     GET    /api/v1/watch                                 SSE; ?kind=&namespace=&replay=
     GET    /api/v1/errors                                hand edits the store rejected
     GET    /openapi.json                                 OpenAPI 3.1 description
@@ -47,6 +48,7 @@ from meshctl.controlplane.store import (
     Store,
     StoredObject,
     Watch,
+    canonical_content,
     content_equal,
     kind_for,
     new_issues,
@@ -225,26 +227,64 @@ async def _delete(request: web.Request) -> web.Response:
 
 
 async def _apply(request: web.Request) -> web.Response:
-    """Create or update every document; validate the whole set first and apply none if bad."""
+    """Create or update every document; validate the whole set first and apply none if bad.
+
+    ``?dryRun=All`` (kubectl's server-side dry run) runs the same checks and plan under the
+    same lock, then writes nothing: no new resourceVersion, no watch event, no push. Each
+    result then carries ``object``, as the apply would store it, and ``live``, as stored now
+    (null for a new object), so ``meshctl diff`` compares the two from one consistent view.
+    """
     store = request.app[STORE]
+    dry_run = _dry_run(request)
     resources = _parse_many(await _body_text(request), request)
     results = []
     async with request.app[_APPLY_LOCK]:
         await _check_set(store, resources)
         plan = await _plan_apply(store, resources)
+        if dry_run:
+            return web.json_response({"dryRun": True,
+                                      "results": [_dry_result(r, c) for r, c in plan]})
         with store.batch(resources):  # checked as a whole above: written in any order
             for res, current in plan:
+                outcome = _outcome(res, current)
                 if current is None:
-                    stored, outcome = await store.create(res), "created"
-                elif content_equal(current.resource, res):
-                    stored, outcome = current, "unchanged"
+                    stored = await store.create(res)
+                elif outcome == "unchanged":
+                    stored = current
                 else:
                     stored = await store.update(res, current.resource_version)
-                    outcome = "configured"
                 results.append({"kind": res.kind, "namespace": res.namespace,
                                 "name": res.name, "result": outcome,
                                 "resourceVersion": str(stored.resource_version)})
     return web.json_response({"results": results})
+
+
+def _outcome(res: Resource, current: StoredObject | None) -> str:
+    if current is None:
+        return "created"
+    return "unchanged" if content_equal(current.resource, res) else "configured"
+
+
+def _dry_result(res: Resource, current: StoredObject | None) -> dict[str, Any]:
+    """A dry-run result: what the apply would do, the object it would store (the version
+    it would take is not known, so none) and the object stored now."""
+    result: dict[str, Any] = {"kind": res.kind, "namespace": res.namespace, "name": res.name,
+                              "result": _outcome(res, current),
+                              "object": canonical_content(res),
+                              "live": None if current is None else current.to_dict()}
+    if current is not None:
+        result["resourceVersion"] = str(current.resource_version)
+    return result
+
+
+def _dry_run(request: web.Request) -> bool:
+    """``?dryRun=All``: as Kubernetes, the one accepted value; anything else is refused
+    rather than taken as a real write."""
+    if "dryRun" not in request.query:
+        return False
+    if request.query["dryRun"] != "All":
+        raise BadRequest(f"dryRun must be 'All' (got {request.query['dryRun']!r})")
+    return True
 
 
 async def _plan_apply(store: Store, resources: list[Resource]

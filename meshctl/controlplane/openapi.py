@@ -82,7 +82,12 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "properties": {
             "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
             "result": {"enum": ["created", "configured", "unchanged"]},
-            "resourceVersion": {"type": "string"}}}}}},
+            "resourceVersion": {"type": "string"},
+            "object": {"$ref": _REF + "Resource",
+                       "description": "dry run only: the object as the apply would store it"},
+            "live": {"oneOf": [{"$ref": _REF + "Resource"}, {"type": "null"}],
+                     "description": "dry run only: the object as stored now (null: new)"}}}},
+        "dryRun": {"type": "boolean"}}},
     "Error": {"type": "object", "required": ["error", "reason"], "properties": {
         "error": {"type": "string"},
         "reason": {"enum": ["BadRequest", "Unauthorized", "NotFound", "Conflict", "Invalid",
@@ -99,7 +104,10 @@ def openapi_document() -> dict[str, Any]:
         "operationId": "apply", "summary": "Create or update many documents, all or nothing",
         "security": [{"bearer": []}],
         "parameters": [{"name": "source", "in": "query", "required": False,
-                        "schema": {"type": "string"}, "description": "file name used in errors"}],
+                        "schema": {"type": "string"}, "description": "file name used in errors"},
+                       {"name": "dryRun", "in": "query", "required": False,
+                        "schema": {"const": "All"},
+                        "description": "server-side dry run: every check, nothing written"}],
         "requestBody": {"required": True, "content": {
             "application/yaml": {"schema": {"type": "string"}},
             "application/json": {"schema": {"type": "array",
