@@ -188,12 +188,15 @@ def test_diff_shows_a_new_object_whole(mesh: Mesh, tmp_path: Path) -> None:
 
 
 def test_diff_errors_exit_2(mesh: Mesh, tmp_path: Path) -> None:
-    """Invalid YAML, an unreachable control plane: one `error:` line, exit 2 (1 would mean
-    differences)."""
+    """Invalid YAML, no documents, an unreachable control plane: one `error:` line, exit 2
+    (1 would mean differences)."""
     broken = write(tmp_path / "broken.yaml", "kind: Route\nmetadata: {name: [\n")
     code, out, err = mesh.meshctl("diff", "-f", str(broken))
     assert (code, out) == (2, "")
     assert err.startswith(f"error: {broken}") and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    assert mesh.meshctl("diff", "-f", str(tmp_path / "empty")) == (
+        2, "", "error: no objects passed to diff\n")
     good = write(tmp_path / "good.yaml", POLICY)
     nobody = f"http://127.0.0.1:{free_port()}"
     code, out, err = mesh.meshctl("diff", "-f", str(good), control_plane=nobody)
