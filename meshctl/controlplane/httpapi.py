@@ -186,7 +186,7 @@ async def _errors(request: web.Request) -> web.Response:
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(request.app.router))
 
 
 # -- writes ----------------------------------------------------------------------------------

@@ -1,23 +1,32 @@
-"""The OpenAPI 3.1 description of the control plane's HTTP API, built from the kind table."""
+"""The OpenAPI 3.1 description of the control plane's HTTP API (``GET /openapi.json``).
+
+One catalog describes every operation: the resource paths built from the kind table, the
+others from meshctl.controlplane.openapiops. The document served lists what the app's router
+actually serves (meshctl.controlplane.routetable): a catalog operation the app does not mount
+is left out, and a mounted route the catalog lacks still appears, marked
+``x-ami-undocumented`` (tests/test_openapi.py fails on one).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from aiohttp import web
+
+from meshctl.api.build import VERSION
+from meshctl.controlplane.openapiops import READ, TOKEN, errors, extra_paths, op, path_param
+from meshctl.controlplane.openapiops import json_body as _json
+from meshctl.controlplane.openapischemas import REF as _REF
+from meshctl.controlplane.openapischemas import SCHEMAS
+from meshctl.controlplane.routetable import served_operations
 from meshctl.controlplane.store import KIND_PLURALS
 
-_REF = "#/components/schemas/"
-
-
-def _json(schema_name: str, description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": _REF + schema_name}}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    words = {400: "malformed request", 401: "missing or wrong bearer token", 404: "not found",
-             409: "already exists, or stale resourceVersion", 422: "validation failed"}
-    return {str(code): _json("Error", words[code]) for code in codes}
+_METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
+BEARER = {"type": "http", "scheme": "bearer", "description":
+          "The control plane's token (<state-dir>/token; meshctl reads AMI_TOKEN or "
+          ".ami/token). Writes need it; reads need it only from outside the control plane's "
+          "machine (unless it runs with --open-reads); tap, top and config_dump always do."}
 
 
 def _body(description: str) -> dict[str, Any]:
@@ -27,107 +36,136 @@ def _body(description: str) -> dict[str, Any]:
 
 
 def _kind_paths(kind: str, plural: str) -> dict[str, Any]:
-    ns = {"name": "ns", "in": "path", "required": True, "schema": {"type": "string"}}
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    ns, name = path_param("ns", "the namespace"), path_param("name", f"the {kind}'s name")
     rv = {"name": "resourceVersion", "in": "query", "required": False,
           "schema": {"type": "string"}, "description": "delete only if still at this version"}
-    tag = [kind]
+    listed = _json("ResourceList", f"a {kind}List")
     return {
-        f"/api/v1/{plural}": {"get": {
-            "operationId": f"list{kind}AllNamespaces", "tags": tag,
-            "summary": f"List {kind} objects in every namespace",
-            "responses": {"200": _json("ResourceList", "the objects")}}},
+        f"/api/v1/{plural}": {"get": op(
+            f"list{kind}AllNamespaces", f"List {kind} objects in every namespace",
+            {"200": listed}, tag=kind)},
         f"/api/v1/namespaces/{{ns}}/{plural}": {
             "parameters": [ns],
-            "get": {"operationId": f"list{kind}", "tags": tag,
-                    "summary": f"List {kind} objects in a namespace",
-                    "responses": {"200": _json("ResourceList", "the objects")}},
-            "post": {"operationId": f"create{kind}", "tags": tag, "summary": f"Create a {kind}",
-                     "security": [{"bearer": []}], "requestBody": _body(f"the new {kind}"),
-                     "responses": {"201": _json("Resource", "created"),
-                                   **_errors(400, 401, 409, 422)}}},
+            "get": op(f"list{kind}", f"List {kind} objects in a namespace", {"200": listed},
+                      tag=kind),
+            "post": op(f"create{kind}", f"Create a {kind}",
+                       {"201": _json("Resource", "created"), **errors(400, 401, 409, 422)},
+                       tag=kind, security=TOKEN, requestBody=_body(f"the new {kind}"))},
         f"/api/v1/namespaces/{{ns}}/{plural}/{{name}}": {
             "parameters": [ns, name],
-            "get": {"operationId": f"read{kind}", "tags": tag, "summary": f"Read a {kind}",
-                    "responses": {"200": _json("Resource", "the object, with status"),
-                                  **_errors(404)}},
-            "put": {"operationId": f"replace{kind}", "tags": tag,
-                    "summary": f"Replace a {kind} (409 if metadata.resourceVersion is stale)",
-                    "security": [{"bearer": []}], "requestBody": _body(f"the whole {kind}"),
-                    "responses": {"200": _json("Resource", "updated"),
-                                  **_errors(400, 401, 404, 409, 422)}},
-            "delete": {"operationId": f"delete{kind}", "tags": tag, "summary": f"Delete a {kind}",
-                       "security": [{"bearer": []}], "parameters": [rv],
-                       "responses": {"200": _json("Resource", "its last state"),
-                                     **_errors(401, 404, 409)}}},
+            "get": op(f"read{kind}", f"Read a {kind}",
+                      {"200": _json("Resource", "the object, with status"), **errors(404)},
+                      tag=kind),
+            "put": op(f"replace{kind}",
+                      f"Replace a {kind} (409 if metadata.resourceVersion is stale)",
+                      {"200": _json("Resource", "updated"),
+                       **errors(400, 401, 404, 409, 422)},
+                      tag=kind, security=TOKEN, requestBody=_body(f"the whole {kind}")),
+            "delete": op(f"delete{kind}", f"Delete a {kind}",
+                         {"200": _json("Resource", "its last state"),
+                          **errors(401, 404, 409, 422)},
+                         tag=kind, security=TOKEN, parameters=[rv])},
     }
 
 
-_SCHEMAS: dict[str, Any] = {
-    "Resource": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-                 "properties": {
-                     "apiVersion": {"const": "ami.mesh/v1alpha1"},
-                     "kind": {"enum": list(KIND_PLURALS)},
-                     "metadata": {"type": "object", "required": ["name"], "properties": {
-                         "name": {"type": "string"}, "namespace": {"type": "string"},
-                         "labels": {"type": "object",
-                                    "additionalProperties": {"type": "string"}},
-                         "resourceVersion": {"type": "string"}}},
-                     "spec": {"type": "object"},
-                     "status": {"type": "object", "readOnly": True}}},
-    "ResourceList": {"type": "object", "properties": {
-        "kind": {"type": "string"},
-        "items": {"type": "array", "items": {"$ref": _REF + "Resource"}}}},
-    "ApplyResult": {"type": "object", "properties": {"results": {"type": "array", "items": {
-        "type": "object", "properties": {
-            "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
-            "result": {"enum": ["created", "configured", "unchanged"]},
-            "resourceVersion": {"type": "string"},
-            "object": {"$ref": _REF + "Resource",
-                       "description": "dry run only: the object as the apply would store it"},
-            "live": {"oneOf": [{"$ref": _REF + "Resource"}, {"type": "null"}],
-                     "description": "dry run only: the object as stored now (null: new)"}}}},
-        "dryRun": {"type": "boolean"}}},
-    "Error": {"type": "object", "required": ["error", "reason"], "properties": {
-        "error": {"type": "string"},
-        "reason": {"enum": ["BadRequest", "Unauthorized", "NotFound", "Conflict", "Invalid",
-                            "MethodNotAllowed"]}}},
-}
+def _route_list_or_stats() -> dict[str, Any]:
+    """GET /api/v1/routes is two things on one path: every namespace's Routes (no query), and
+    golden metrics per named Route rule of a service (`meshctl routes SERVICE`)."""
+    return op("listRouteAllNamespaces", "List Route objects in every namespace; with "
+              "?service=, golden metrics per Route rule of that service (meshctl routes)",
+              {"200": _json({"oneOf": [{"$ref": _REF + "ResourceList"},
+                                       {"$ref": _REF + "RouteStats"}]},
+                            "without a query: a RouteList; with service: the rule metrics"),
+               **errors(400, 404)},
+              tag="Route", parameters=[
+                  {"name": "service", "in": "query", "required": False,
+                   "schema": {"type": "string"}, "description": "the service whose rules"},
+                  {"name": "namespace", "in": "query", "required": False,
+                   "schema": {"type": "string"}, "description": "its namespace (default)"},
+                  {"name": "window", "in": "query", "required": False,
+                   "schema": {"type": "string"}, "description": "how far back (30s)"}])
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document served at ``/openapi.json``."""
+def _resource_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for kind, plural in KIND_PLURALS.items():
         paths.update(_kind_paths(kind, plural))
-    paths["/api/v1/apply"] = {"post": {
-        "operationId": "apply", "summary": "Create or update many documents, all or nothing",
-        "security": [{"bearer": []}],
-        "parameters": [{"name": "source", "in": "query", "required": False,
-                        "schema": {"type": "string"}, "description": "file name used in errors"},
-                       {"name": "dryRun", "in": "query", "required": False,
-                        "schema": {"const": "All"},
-                        "description": "server-side dry run: every check, nothing written"}],
-        "requestBody": {"required": True, "content": {
+    paths["/api/v1/routes"]["get"] = _route_list_or_stats()
+    paths["/api/v1/apply"] = {"post": op(
+        "apply", "Create or update many documents, all or nothing",
+        {"200": _json("ApplyResult", "per object: created, configured or unchanged"),
+         **errors(400, 401, 409, 422)},
+        tag="Apply", security=TOKEN,
+        parameters=[{"name": "source", "in": "query", "required": False,
+                     "schema": {"type": "string"}, "description": "file name used in errors"},
+                    {"name": "dryRun", "in": "query", "required": False,
+                     "schema": {"const": "All"},
+                     "description": "server-side dry run: every check, nothing written"}],
+        requestBody={"required": True, "content": {
             "application/yaml": {"schema": {"type": "string"}},
-            "application/json": {"schema": {"type": "array",
-                                            "items": {"$ref": _REF + "Resource"}}}}},
-        "responses": {"200": _json("ApplyResult", "per object: created, configured or unchanged"),
-                      **_errors(400, 401, 409, 422)}}}
-    paths["/api/v1/watch"] = {"get": {
-        "operationId": "watch", "summary": "Server-sent events: ADDED, MODIFIED, DELETED, ERROR",
-        "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                       for n in ("kind", "namespace", "replay")],
-        "responses": {"200": {"description": "an event stream; data is the object as JSON",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}}}}}
-    paths["/api/v1/errors"] = {"get": {
-        "operationId": "listErrors", "summary": "Hand edits the store rejected",
-        "responses": {"200": {"description": "rejected sources with their precise errors",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+            "application/json": {"schema": {"oneOf": [
+                {"type": "array", "items": {"$ref": _REF + "Resource"}},
+                {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": _REF + "Resource"}},
+                    "origins": {"type": "array", "items": {
+                        "type": "object", "properties": {"source": {"type": "string"},
+                                                         "doc": {"type": "integer"}}}}}}]}}}})}
+    paths["/api/v1/watch"] = {"get": op(
+        "watch", "Server-sent events: ADDED, MODIFIED, DELETED, ERROR",
+        {"200": {"description": "an event stream; data is the object as JSON",
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+         **errors(400)},
+        tag="Watch", parameters=[
+            {"name": "kind", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "only this kind (singular or plural)"},
+            {"name": "namespace", "in": "query", "required": False,
+             "schema": {"type": "string"}, "description": "only this namespace"},
+            {"name": "replay", "in": "query", "required": False,
+             "schema": {"type": "string"},
+             "description": "true: first an ADDED event for every existing object"}])}
+    paths["/api/v1/errors"] = {"get": op(
+        "listErrors", "Hand edits the store rejected",
+        {"200": _json("StoreErrors", "rejected sources with their precise errors")},
+        tag="Status")}
+    paths["/openapi.json"] = {"get": op(
+        "openapi", "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+        tag="Status")}
+    return paths
+
+
+def catalog() -> dict[str, Any]:
+    """Every path the control plane can serve, with its operations."""
+    return {**_resource_paths(), **extra_paths()}
+
+
+def _undocumented(path: str, method: str) -> dict[str, Any]:
+    params = [path_param(name, name) for name in re.findall(r"\{(\w+)\}", path)]
+    return {"summary": f"{method.upper()} {path} (not described yet)",
+            "x-ami-undocumented": True, "security": READ,
+            **({"parameters": params} if params else {}),
+            "responses": {"default": {"description": "unknown"}}}
+
+
+def openapi_document(router: web.UrlDispatcher | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of what ``router`` serves (None: the whole catalog)."""
+    described = catalog()
+    paths: dict[str, Any] = described
+    if router is not None:
+        served = served_operations(router)
+        paths = {}
+        for path, item in described.items():
+            kept = {k: v for k, v in item.items() if k not in _METHODS or (path, k) in served}
+            if any(k in _METHODS for k in kept):
+                paths[path] = kept
+        for path, method in sorted(served):
+            if method not in described.get(path, {}):
+                paths.setdefault(path, {})[method] = _undocumented(path, method)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Ami control plane API", "version": "v1"},
+        "info": {"title": "Ami control plane API", "version": VERSION,
+                 "description": "Every error answers the Error schema. Reads are open to "
+                                "loopback clients; see the bearer scheme."},
+        "security": READ,
         "paths": paths,
-        "components": {"schemas": _SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": BEARER}},
     }
