@@ -145,7 +145,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     describe = subparsers.add_parser(
         "describe", help="an object, its status and its proxies; or a service: what applies",
         description=f"KIND is one of {KIND_HELP}, or service|svc: one page of everything "
-                    "that shapes that service's traffic.")
+                    "that shapes that service's traffic (also for a service with no instance "
+                    "yet, and for an ExternalService host).")
     describe.add_argument("kind", type=_describe_kind, metavar="KIND")
     describe.add_argument("name", metavar="NAME")
     describe.add_argument("-n", "--namespace", default="default")

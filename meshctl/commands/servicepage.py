@@ -53,13 +53,32 @@ def concerning(check: dict[str, Any], names: set[str]) -> list[dict[str, str]]:
 
 def render(data: dict[str, Any]) -> str:
     """The text page."""
-    lines = [f"Service:           {data['service']}",
+    external = data.get("kind") == "external"
+    lines = [f"{'Host:' if external else 'Service:':<19}{data['service']}",
              f"Namespace:         {data['namespace']}",
              f"Store Version:     {data['storeVersion']}"]
-    for section in (_instances, _routes, _policies, _authorization, _mtls, _authentication,
-                    _telemetry, _sidecars, _exposure, _metrics, _warnings):
+    sections = ((_external, _routes, _policies, _metrics, _warnings) if external else
+                (_instances, _routes, _policies, _authorization, _mtls, _authentication,
+                 _telemetry, _sidecars, _exposure, _metrics, _warnings))
+    for section in sections:
         lines += section(data)
     return "\n".join(lines) + "\n"
+
+
+def _external(data: dict[str, Any]) -> list[str]:
+    """The ExternalServices declaring the host: ports and how its addresses are found."""
+    lines = ["External Service:  an outside host (no sidecar: no inbound policy or mTLS)"]
+    for e in data["externalServices"]:
+        ports = ", ".join(f"{p['number']}/{p['protocol']}"
+                          + (f"->{p['targetPort']}" if p.get("targetPort") else "")
+                          for p in e["ports"])
+        where = ("endpoints " + ", ".join(e["endpoints"]) if e["resolution"] == "STATIC"
+                 else "resolved by DNS when connecting")
+        lines.append(f"  {_ref('ExternalService', e)}: host {e['host']}, ports {ports}, "
+                     f"{where}")
+    if not any(e["host"] == data["service"] for e in data["externalServices"]):
+        lines.append("  (a wildcard host: Routes and DestinationPolicies do not apply to it)")
+    return lines
 
 
 def _ref(kind: str, entry: dict[str, Any]) -> str:
@@ -78,7 +97,8 @@ def _none(title: str) -> list[str]:
 def _instances(data: dict[str, Any]) -> list[str]:
     proxies = sorted(data["instances"], key=lambda p: str(p.get("name")))
     if not proxies:
-        return _none("Instances")
+        return ["Instances:         <none> (no instances registered: what follows applies "
+                "once one registers)"]
     return ["Instances:", *_table(
         ["NAME", "VERSION", "ADDRESS", "APP-PORT", "SYNC", "CONFIG-VERSION"],
         [[str(p.get("name")), str(p.get("version")), str(p.get("inbound") or "-"),
@@ -138,11 +158,12 @@ def _policies(data: dict[str, Any]) -> list[str]:
     if not data["destinationPolicies"]:
         return ["Destination Policy: <none> (no subsets: defaults for lb, pool, outliers)"]
     lines = ["Destination Policy:"]
+    empty = ("WARNING: an outside host's endpoints have no labels: selects none"
+             if data.get("kind") == "external" else "WARNING: selects no live endpoint")
     for p in data["destinationPolicies"]:
         lines.append(f"  {_ref('DestinationPolicy', p)}: callers in {', '.join(p['callers'])}")
         rows = [[s["name"], ",".join(f"{k}={v}" for k, v in sorted(s["labels"].items())),
-                 str(len(s["endpoints"])),
-                 "" if s["endpoints"] else "WARNING: selects no live endpoint"]
+                 str(len(s["endpoints"])), "" if s["endpoints"] else empty]
                 for s in p["subsets"]]
         if rows:
             lines += [f"  {line}" for line in _table(["SUBSET", "LABELS", "ENDPOINTS", ""],

@@ -23,6 +23,11 @@ class ServiceNames:
         for name, namespace in services:
             self._homes.setdefault(name, set()).add(namespace)
 
+    def with_service(self, name: str, namespace: str) -> ServiceNames:
+        """These names and one more service (one declared but with no sidecar yet)."""
+        return ServiceNames([*((n, ns) for n, homes in self._homes.items() for ns in homes),
+                             (name, namespace)])
+
     def key(self, name: str, namespace: str, viewer: str) -> str:
         """The key of service ``name`` of ``namespace`` in the snapshots of ``viewer``'s
         proxies: the bare name when it means that service there, else `name.namespace`."""

@@ -10,7 +10,6 @@ to it (telemetry.selects, scoping.sidecar_for). Nothing is matched a second way 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
+from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, RouteSpec
 from meshctl.api.peerauthn import UNSET, PeerAuthenticationSpec, selects
 from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
@@ -25,10 +25,20 @@ from meshctl.api.resources import Resource
 from meshctl.api.telemetry import TelemetrySpec
 from meshctl.api.telemetry import selects as telemetry_selects
 from meshctl.api.workloads import workload_labels
+from meshctl.controlplane.describetarget import (
+    declared_services,
+    external_declaring,
+    external_hosts,
+    host_matches,
+    known_names,
+    registered_services,
+    unknown_message,
+)
 from meshctl.controlplane.httpapi import STORE
+from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.proxystatus import proxies_json
 from meshctl.controlplane.reconcile import Reconciler
-from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.snapshots import SnapshotBuilder, inbound_selects
 from meshctl.controlplane.store import StoredObject
 
@@ -45,16 +55,21 @@ def _spec(obj: StoredObject) -> dict[str, Any]:
 
 
 class ServiceDescription:
-    """One state of (store, registry) seen from one service."""
+    """One state of (store, registry) seen from one service, or from one outside host that
+    ``external`` (the ExternalServices declaring it) names."""
 
     def __init__(self, objects: Sequence[StoredObject], registry: Registry,
-                 service: Service) -> None:
+                 service: Service, external: Sequence[StoredObject] = ()) -> None:
         self.objects = sorted(objects, key=lambda o: o.key)
         self.versions = {o.key: o for o in self.objects}
         self.builder = SnapshotBuilder([o.resource for o in self.objects], registry.endpoints(),
                                        idle=registry.idle_sidecars(),
                                        gateways=registry.gateways())
         self.service = service
+        self.external = list(external)
+        if not external and self.builder.names.resolve(*service) != service:
+            # Declared, no sidecar yet: resolve names as its first sidecar will make them.
+            self.builder.names = self.builder.names.with_service(*service)
         self.live = [p for p in registry.endpoints() if (p.service, p.namespace) == service]
         self.instances = [p for p in registry.proxies()
                           if (p.service, p.namespace) == service and p.mode == "sidecar"]
@@ -69,16 +84,21 @@ class ServiceDescription:
         return self.versions[resource.key]
 
     def _means_it(self, host: str, namespace: str) -> bool:
+        if self.external:
+            return host == self.service[0]
         return self.builder.names.resolve(host, namespace) == self.service
+
+    def _key(self, viewer: str) -> str:
+        """How ``viewer``'s snapshots key it: an outside host by itself, everywhere."""
+        name, namespace = self.service
+        return name if self.external else self.builder.names.key(name, namespace, viewer)
 
     def chosen(self, kind: str) -> list[dict[str, Any]]:
         """The Route (or DestinationPolicy) of the service in each namespace's snapshots, with
         the namespaces whose callers get it (``callers``)."""
-        name, namespace = self.service
         found: dict[tuple[str, str, str], list[str]] = {}
         for viewer in self.viewers:
-            resource = self.builder.by_host(kind, viewer).get(
-                self.builder.names.key(name, namespace, viewer))
+            resource = self.builder.by_host(kind, viewer).get(self._key(viewer))
             if resource is not None:
                 found.setdefault(resource.key, []).append(viewer)
         return [{**_ref(self.versions[key]), "callers": callers}
@@ -221,11 +241,30 @@ class ServiceDescription:
                     out.append({**_ref(o), "passthrough": list(entry.sni_hosts)})
         return out
 
+    def external_services(self) -> list[dict[str, Any]]:
+        """The ExternalServices declaring the host: its ports, and its addresses (none: the
+        name is resolved by DNS when a connection is opened)."""
+        out = []
+        for o in self.external:
+            spec = o.resource.spec
+            assert isinstance(spec, ExternalServiceSpec)
+            host = next(h for h in spec.hosts if host_matches(h, self.service[0]))
+            out.append({**_ref(o), "host": host,
+                        "ports": [{"number": p.number, "protocol": p.protocol,
+                                   **({"targetPort": p.target_port} if p.target_port else {})}
+                                  for p in spec.ports],
+                        "endpoints": list(spec.endpoints),
+                        "resolution": "STATIC" if spec.endpoints else "DNS"})
+        return out
+
     def as_json(self, proxies: Iterable[dict[str, Any]], store_version: int) -> dict[str, Any]:
         name, namespace = self.service
+        if self.external:
+            return self._external_json(store_version)
         names = {p.name for p in self.instances}
         return {
-            "service": name, "namespace": namespace, "storeVersion": store_version,
+            "service": name, "namespace": namespace, "kind": "mesh",
+            "storeVersion": store_version,
             # its `destination_service` label: what `meshctl stat` rows name it
             "metricsName": self.builder.names.metrics_name(name, namespace),
             "instances": [p for p in proxies if p.get("name") in names],
@@ -235,16 +274,20 @@ class ServiceDescription:
             "peerAuthentication": self.mtls(), "telemetries": self.telemetries(),
             "sidecars": self.sidecars(), "gateways": self.gateways()}
 
-
-def known_services(proxies: Iterable[ProxyInfo], name: str) -> list[str]:
-    """Registered services as ``namespace/name``, those whose name is close to ``name``
-    first."""
-    services = sorted({(p.namespace, p.service) for p in proxies if p.mode == "sidecar"})
-    close = difflib.get_close_matches(name, [s for _, s in services], n=len(services),
-                                      cutoff=0.6)
-    rank = {s: i for i, s in enumerate(close)}
-    ordered = sorted(services, key=lambda s: (rank.get(s[1], len(rank)), s))
-    return [f"{ns}/{service}" for ns, service in ordered]
+    def _external_json(self, store_version: int) -> dict[str, Any]:
+        """An outside host: no sidecar, so no inbound policy, mTLS or Sidecar scope; Routes
+        and DestinationPolicies only for an exact host (they do not apply to wildcards)."""
+        name, namespace = self.service
+        declared = self.external_services()
+        exact = any(e["host"] == name for e in declared)
+        return {
+            "service": name, "namespace": namespace, "kind": "external",
+            "storeVersion": store_version,
+            # requests are counted under the declared host (one series for a wildcard)
+            "metricsName": name if exact else declared[0]["host"],
+            "instances": [], "externalServices": declared,
+            "routes": self.routes() if exact else [],
+            "destinationPolicies": self.policies() if exact else []}
 
 
 def describe_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteDef]:
@@ -253,16 +296,20 @@ def describe_routes(registry: Registry, reconciler: Reconciler) -> list[web.Rout
     async def describe(request: web.Request) -> web.Response:
         name, namespace = request.match_info["name"], request.match_info["ns"]
         proxies = registry.proxies()
-        if not any((p.service, p.namespace, p.mode) == (name, namespace, "sidecar")
-                   for p in proxies):
-            known = known_services(proxies, name)
-            # the API's error shape, plus the services it knows (close matches first)
-            return web.json_response({
-                "error": f"no service {name!r} in namespace {namespace}: no sidecar of it is "
-                         "registered; known services: " + (", ".join(known) or "<none>"),
-                "reason": "NotFound", "known": known}, status=404)
         objects = await request.app[STORE].list()
-        description = ServiceDescription(objects, registry, (name, namespace))
+        registered = registered_services(proxies)
+        names = ServiceNames(registered)
+        declared = declared_services(objects, names)
+        external: list[StoredObject] = []
+        if (name, namespace) not in registered | declared:
+            external = external_declaring(objects, name)
+            if not external:
+                known = known_names(registered | declared, external_hosts(objects), name)
+                # the API's error shape, plus the names it knows (close matches first)
+                return web.json_response({
+                    "error": unknown_message(name, namespace, known), "reason": "NotFound",
+                    "known": known}, status=404)
+        description = ServiceDescription(objects, registry, (name, namespace), external)
         body = proxies_json(registry, reconciler)
         return web.json_response(description.as_json(body["proxies"], body["storeVersion"]))
 
