@@ -117,7 +117,7 @@ SCHEMAS: dict[str, Any] = {
         rows=_array(_obj(("route", "rule"), route=_STR_OR_NULL, rule=_STR_OR_NULL,
                          rps=_NUM, successRate=_NUM_OR_NULL, p50=_NUM_OR_NULL,
                          p95=_NUM_OR_NULL, p99=_NUM_OR_NULL, share=_NUM_OR_NULL,
-                         backends=_OBJ)),
+                         backends={**_STR, "description": "e.g. v1=90,v2=10"})),
         message=_STR_OR_NULL),
     "Top": _obj(("seconds", "rows"), seconds=_NUM, rows=_array(_obj(
         ("destination", "method", "path", "count", "successRate"),
