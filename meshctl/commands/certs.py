@@ -1,4 +1,5 @@
-"""`meshctl certs`: create the mesh CA (`init`), show its chain (`show`) and proxy certs."""
+"""`meshctl certs`: create the mesh CA (`init`), show its chain (`show`), proxy certs, tokens,
+static proxies' identities (`issue`, meshctl.commands.certissue) and root rotation."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from meshctl.ca import (
 )
 from meshctl.ca.files import load_cert
 from meshctl.ca.spiffe import uri_sans
+from meshctl.commands import certissue
 
 DEFAULT_DIR = Path("certs")
 
@@ -57,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="the service's gateway token: for a proxy in --mode gateway, whose "
                             "x-forwarded-client-cert sidecars then keep")
     token.set_defaults(func=run_token)
+
+    certissue.add_issue_parser(sub, DEFAULT_DIR)
 
     trust = sub.add_parser("trust", help="rotation step 1: also trust another root (PEM)")
     trust.add_argument("root_cert", type=Path, help="the new root certificate (PEM)")
