@@ -6,6 +6,9 @@ and DestinationPolicy each namespace's callers get (SnapshotBuilder.by_host), th
 AuthorizationPolicies and RequestAuthentications a sidecar enforces (inbound_selects), its
 effective mTLS mode and the level deciding it (MtlsModes), the Telemetry and Sidecar applying
 to it (telemetry.selects, scoping.sidecar_for). Nothing is matched a second way here.
+
+What a name means (a registered service, one only the store declares, an ExternalService
+host, or nothing) is meshctl.controlplane.describetarget's answer.
 """
 
 from __future__ import annotations
