@@ -190,6 +190,9 @@ def test_real_answers_match_the_response_schemas(mesh: Mesh, document: dict[str,
          mesh.token, None),
         ("/api/v1/apply", "post", "/api/v1/apply", None, apply_text),
         ("/api/v1/apply", "post", "/api/v1/apply", mesh.token, apply_text),
+        ("/api/v1/apply", "post", "/api/v1/apply?dryRun=All", mesh.token, apply_text),
+        ("/api/v1/apply", "post", "/api/v1/apply?dryRun=All", mesh.token,
+         RESOURCES.split("---")[2].replace("github", "gitlab")),
     ]
     seen = set()
     for template, method, url, token, body in cases:

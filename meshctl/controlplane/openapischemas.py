@@ -70,9 +70,10 @@ SCHEMAS: dict[str, Any] = {
     "ResourceList": _obj(("kind", "items"), apiVersion=_STR, kind=_STR,
                          items=_array(ref("Resource"))),
     "ApplyResult": _obj(("results",), results=_array(_obj(
-        ("kind", "namespace", "name", "result", "resourceVersion"),
+        ("kind", "namespace", "name", "result"),
         kind=_STR, namespace=_STR, name=_STR,
-        result={"enum": ["created", "configured", "unchanged"]}, resourceVersion=_STR,
+        result={"enum": ["created", "configured", "unchanged"]},
+        resourceVersion={**_STR, "description": "the version stored (a dry run: the live one)"},
         object={**ref("Resource"),
                 "description": "dry run only: the object as the apply would store it"},
         live={"oneOf": [ref("Resource"), {"type": "null"}],
