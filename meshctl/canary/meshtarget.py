@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from meshctl import output
-from meshctl.api.hostnames import service_of
 from meshctl.canary.analysis import Measurement
+from meshctl.canary.measure import measurement, service_labels, version_label
 from meshctl.canary.stepper import CanaryError, CanaryPlan
 from meshctl.client import ControlPlaneClient
 from meshctl.commands.resources import request_json
@@ -32,15 +32,6 @@ def analysis_window(interval: float, scrape_interval: float) -> float:
     return max(interval, SCRAPES_PER_WINDOW * scrape_interval)
 
 
-def version_label(subsets: list[dict[str, Any]], subset: str) -> str:
-    """The ``version`` label that selects ``subset`` (what metrics are keyed by); the subset's
-    name when its labels do not say."""
-    for s in subsets:
-        if s.get("name") == subset:
-            return str((s.get("labels") or {}).get("version", subset))
-    return subset
-
-
 def current_split(route: dict[str, Any], rule: str | None = None) -> list[tuple[str, int]]:
     """``(label, weight)`` of the rule canary and shift set: the route's default (last) rule,
     or the one named ``rule`` (ShiftRefused when there is none)."""
@@ -61,11 +52,7 @@ class MeshTarget:
         self.rule = rule  # the named rule to step (--rule), None: the default (last) rule
         self.timeout = timeout  # for every proxy's ACK of one step
         self.version = version_label(subsets_for(client, plan.service, namespace), plan.target)
-        name = service_of(plan.service, namespace)
-        bare = name[0] if name else plan.service
-        # `destination_service` is the bare name, or name.namespace while several namespaces
-        # have a service of that name (meshctl.controlplane.names)
-        self.labels = (f"{bare}.{namespace}", bare)
+        self.labels = service_labels(plan.service, namespace)
 
     def set_weight(self, weight: int) -> str:
         weights = Weights(named=((self.plan.source, 100 - weight), (self.plan.target, weight)))
@@ -91,14 +78,7 @@ class MeshTarget:
 
     def measure(self, window: float) -> Measurement:
         body = self.stat(window)
-        rows = {(r["service"], r["version"]): r for r in body["rows"]}
-        row = next((rows[(label, self.version)] for label in self.labels
-                    if (label, self.version) in rows), None)
-        if row is None:  # no request reached the canary in the window
-            return Measurement(0.0, None, None)
-        # requests = rate x window, as Prometheus' increase()
-        return Measurement(float(row["rps"]) * float(body["window"]), row["successRate"],
-                           row["p99"])
+        return measurement(body["rows"], float(body["window"]), self.labels, self.version)
 
     def split_text(self) -> str:
         """The route's current split, e.g. ``v1 70% / v3 30%``."""

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meshctl.canary.analysis import Measurement, Thresholds, Verdict, judge, percent
+from meshctl.canary.analysis import Measurement, Thresholds, percent
+from meshctl.canary.decide import Action, Progress, decide
 
 
 class CanaryError(Exception):
@@ -117,38 +118,25 @@ class CanaryRun:
             return Outcome(Result.INTERRUPTED, self.weight)
 
     def _loop(self) -> Outcome:
-        failed = held = 0
+        progress = Progress(self.weight)
         while True:
             self._sleep(self.plan.interval)
             m = self.target.measure(self.window)
-            verdict = judge(m, self.plan.thresholds)
-            weight = self.weight
-            held = held + 1 if verdict.verdict is Verdict.HOLD else 0
-            if held and held == self.plan.max_holds:
-                # Flagger's progress deadline: a canary nobody calls is never judged healthy
-                reason = f"too little traffic, {held} analyses in a row: {verdict.reason}"
-                return self._roll_back(weight, m, reason, reason)
-            if verdict.verdict is Verdict.HOLD:
-                self._line(weight, m, f"hold: {verdict.reason}")
-            elif verdict.verdict is Verdict.FAIL:
-                failed += 1
-                if failed >= self.plan.failures:
-                    return self._roll_back(weight, m, verdict.reason,
-                                           f"{verdict.reason}, {failed} "
-                                           f"failure{'s' if failed > 1 else ''} in a row")
-                self._line(weight, m, f"failure {failed} of {self.plan.failures}: "
-                                      f"{verdict.reason}; stay at {weight}")
-            elif weight >= self.plan.max_weight:
-                self.weight = 100
-                detail = self.target.set_weight(100)
+            weight = progress.weight
+            step = decide(self.plan, progress, m)
+            progress = step.progress
+            if step.action is Action.ROLL_BACK:
+                return self._roll_back(weight, m, step.reason, step.said)
+            if step.action in (Action.HOLD, Action.FAIL):
+                self._line(weight, m, step.summary(self.plan, weight))
+                continue
+            self.weight = progress.weight
+            detail = self.target.set_weight(self.weight)
+            if step.action is Action.PROMOTE:
                 self._line(weight, m, f"promote: {self._split(100)} ({detail})")
                 return Outcome(Result.PROMOTED, 100)
-            else:
-                failed = 0  # consecutive failures: a pass starts the count again
-                self.weight = min(weight + self.plan.step, self.plan.max_weight)
-                detail = self.target.set_weight(self.weight)
-                self._line(weight, m, f"advance to {self.weight}: {self._split(self.weight)} "
-                                      f"({detail})")
+            self._line(weight, m, f"{step.summary(self.plan, weight)}: "
+                                  f"{self._split(self.weight)} ({detail})")
 
     def _roll_back(self, weight: int, m: Measurement, reason: str, said: str) -> Outcome:
         """All traffic back to the stable version; ``said``: the step line's account."""
