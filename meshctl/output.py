@@ -155,6 +155,11 @@ def _sidecar_selector(doc: Doc) -> str:
     return _joined(f"{k}={v}" for k, v in labels.items()) if labels else "<namespace>"
 
 
+def _canary_status(key: str, unset: str) -> Callable[[Doc], str]:
+    """A field of a Canary's status (written by the control plane's controller)."""
+    return lambda d: str((d.get("status") or {}).get(key, unset))
+
+
 _KIND_COLUMNS: dict[str, list[Column]] = {
     "Route": [("HOST", lambda d: str(_spec(d).get("host", ""))),
               ("RULES", lambda d: str(len(_spec(d).get("rules") or []))),
@@ -203,7 +208,12 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
                                      for h in e.get("hosts") or []) if "egress" in _spec(d)
          else "*/*"),
         ("OUTBOUND", lambda d: str((_spec(d).get("outboundTrafficPolicy") or {}).get(
-            "mode", "(mesh)")))],
+            "mode", "(mesh)")))],    "Canary": [
+        ("SERVICE", lambda d: str(_spec(d).get("service", ""))),
+        ("STABLE", lambda d: str(_spec(d).get("stable", ""))),
+        ("CANARY", lambda d: str(_spec(d).get("canary", ""))),
+        ("WEIGHT", _canary_status("canaryWeight", "-")),
+        ("PHASE", _canary_status("phase", "Initializing"))],
 }
 
 

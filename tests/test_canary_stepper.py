@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import pytest
 
 from meshctl.canary.analysis import Measurement, Thresholds, Verdict, judge
-from meshctl.canary.meshtarget import analysis_window, current_split, version_label
+from meshctl.canary.measure import analysis_window, version_label
+from meshctl.canary.meshtarget import current_split
 from meshctl.canary.stepper import CanaryError, CanaryPlan, CanaryRun, Outcome, Result
 from meshctl.commands.canary import plan_from
 

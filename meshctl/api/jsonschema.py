@@ -330,6 +330,21 @@ _SPECS: dict[str, Schema] = {
         "outboundTrafficPolicy": _obj({"mode": {"enum": list(OUTBOUND_TRAFFIC_MODES)}},
                                       ("mode",)),
     }) | {"anyOf": [{"required": ["egress"]}, {"required": ["outboundTrafficPolicy"]}]},
+    "Canary": _obj({
+        "service": _SERVICE,
+        "route": _str(F.DNS_SUBDOMAIN, maxLength=253,
+                      description="the Route's name (default: the Route for the service)"),
+        "rule": _str(description="the named rule to step (default: the last rule)"),
+        "stable": _str(F.DNS_LABEL, description="the stable subset"),
+        "canary": _str(F.DNS_LABEL, description="the canary subset"),
+        "stepWeight": _int(1, 100),
+        "maxWeight": _int(1, 100),
+        "interval": _duration("time between analyses (at least 100ms)"),
+        "thresholds": _obj({"minSuccessRate": _num(0, 100), "maxP99Ms": _num(0),
+                            "minRequests": _int(1)}),
+        "failures": _int(1),
+        "maxHolds": _int(0),
+    }, ("service", "stable", "canary")),
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.authn import RequestAuthenticationSpec, parse_request_authentication
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
+from meshctl.api.canary import CanarySpec, parse_canary
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
@@ -97,7 +98,7 @@ class GatewaySpec:
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
         | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec
-        | TelemetrySpec | SidecarSpec)
+        | TelemetrySpec | SidecarSpec | CanarySpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -251,4 +252,5 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("ExternalService", parse_external_service),
     Kind("Telemetry", parse_telemetry),
     Kind("Sidecar", parse_sidecar),
+    Kind("Canary", parse_canary),
 )}

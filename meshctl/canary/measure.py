@@ -9,6 +9,14 @@ from typing import Any
 from meshctl.api.hostnames import service_of
 from meshctl.canary.analysis import Measurement
 
+# A rate needs two scrapes inside its window; 2.5 scrape intervals always holds two.
+SCRAPES_PER_WINDOW = 2.5
+
+
+def analysis_window(interval: float, scrape_interval: float) -> float:
+    """The metrics window for one analysis: the interval, widened to hold two scrapes."""
+    return max(interval, SCRAPES_PER_WINDOW * scrape_interval)
+
 
 def version_label(subsets: Iterable[Mapping[str, Any]], subset: str) -> str:
     """The ``version`` label that selects ``subset`` (what metrics are keyed by); the subset's

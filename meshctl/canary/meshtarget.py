@@ -23,14 +23,6 @@ from meshctl.commands.shift import (
     wait_synced,
 )
 
-# A rate needs two scrapes inside its window; 2.5 scrape intervals always holds two.
-SCRAPES_PER_WINDOW = 2.5
-
-
-def analysis_window(interval: float, scrape_interval: float) -> float:
-    """The metrics window for one analysis: the interval, widened to hold two scrapes."""
-    return max(interval, SCRAPES_PER_WINDOW * scrape_interval)
-
 
 def current_split(route: dict[str, Any], rule: str | None = None) -> list[tuple[str, int]]:
     """``(label, weight)`` of the rule canary and shift set: the route's default (last) rule,

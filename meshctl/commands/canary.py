@@ -17,7 +17,8 @@ from typing import Any
 
 from meshctl.api.durations import format_duration, parse_duration
 from meshctl.canary.analysis import Thresholds, percent
-from meshctl.canary.meshtarget import MeshTarget, analysis_window
+from meshctl.canary.measure import analysis_window
+from meshctl.canary.meshtarget import MeshTarget
 from meshctl.canary.stepper import CanaryError, CanaryPlan, CanaryRun, Result
 from meshctl.commands.resources import make_client, reports_errors
 from meshctl.commands.shift import ShiftRefused

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshctl import output
+from meshctl.commands.canarypage import canary_lines
 from meshctl.commands.proxystatus import status_word
 
 
@@ -20,6 +21,8 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
              f"Labels:            {labels or '<none>'}",
              f"Resource Version:  {meta.get('resourceVersion')}",
              f"Status:            {output.status_text(doc)}"]
+    if doc.get("kind") == "Canary":  # what the control plane's canary run says
+        lines += canary_lines(doc)
     conditions = (doc.get("status") or {}).get("conditions") or []
     if conditions:
         lines.append("Conditions:")

@@ -30,10 +30,10 @@ from meshctl.controlplane.store import KIND_PLURALS, kind_for
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
                "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
                "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry",
-               "sc": "Sidecar"}
+               "sc": "Sidecar", "can": "Canary"}
 KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
              "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
-             "externalservice|es, telemetry|tel, sidecar|sc")
+             "externalservice|es, telemetry|tel, sidecar|sc, canary|can")
 Command = Callable[[argparse.Namespace], int]
 ALL = "all"  # `get all`: every kind (meshctl.commands.getall)
 SERVICE = "Service"  # `describe service`: not a stored kind (meshctl.commands.servicepage)

@@ -192,7 +192,7 @@ def update_weights(client: ControlPlaneClient, service: str, namespace: str, wei
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _about(service: str, namespace: str) -> Callable[[dict[str, Any]], bool]:
+def about_service(service: str, namespace: str) -> Callable[[dict[str, Any]], bool]:
     """Whether a resource of ``namespace`` is about ``service``, however either spells it
     (`reviews`, `reviews.ns`, `reviews.ns.svc.cluster.local`; an outside host as written)."""
     target = service_of(service, namespace) or service
@@ -205,7 +205,8 @@ def _about(service: str, namespace: str) -> Callable[[dict[str, Any]], bool]:
 
 def route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict[str, Any]:
     """The service's Route (without status); ShiftRefused when there is none."""
-    routes = [r for r in client.get("Route", None, namespace) if _about(service, namespace)(r)]
+    about = about_service(service, namespace)
+    routes = [r for r in client.get("Route", None, namespace) if about(r)]
     if not routes:
         raise ShiftRefused(f"no Route for service {service} in namespace {namespace}; "
                            "create one with meshctl apply")
@@ -217,7 +218,7 @@ def route_for(client: ControlPlaneClient, service: str, namespace: str) -> dict[
 def subsets_for(client: ControlPlaneClient, service: str, namespace: str
                 ) -> list[dict[str, Any]]:
     """The subsets (``{name, labels}``) the service's DestinationPolicies define."""
-    about = _about(service, namespace)
+    about = about_service(service, namespace)
     return [dict(s) for p in client.get("DestinationPolicy", None, namespace)
             if about(p) for s in (p["spec"].get("subsets") or [])]
 

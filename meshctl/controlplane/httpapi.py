@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 STORE = web.AppKey("store", Store)
 _WATCHES: web.AppKey[set[Watch]] = web.AppKey("watches")
-_APPLY_LOCK = web.AppKey("apply_lock", asyncio.Lock)
+APPLY_LOCK = web.AppKey("apply_lock", asyncio.Lock)
 _PLURAL = "{plural:" + "|".join(KIND_PLURALS.values()) + "}"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HTTP_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed",
@@ -83,7 +83,7 @@ def create_api_app(
     app = web.Application(middlewares=[_errors_middleware, _auth_middleware(token, open_reads)])
     app[STORE] = store
     app[_WATCHES] = set()
-    app[_APPLY_LOCK] = asyncio.Lock()
+    app[APPLY_LOCK] = asyncio.Lock()
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_post(f"{API}/apply", _apply)
     app.router.add_get(f"{API}/watch", _watch_handler(heartbeat))
@@ -193,8 +193,8 @@ async def _openapi(request: web.Request) -> web.Response:
 async def _create(request: web.Request) -> web.Response:
     store = request.app[STORE]
     resource = _parse_one(await _read_body(request), request, name=None)
-    async with request.app[_APPLY_LOCK]:
-        await _check_set(store, [resource])
+    async with request.app[APPLY_LOCK]:
+        await check_set(store, [resource])
         stored = await store.create(resource)
     return web.json_response(stored.to_dict(), status=201)
 
@@ -204,8 +204,8 @@ async def _update(request: web.Request) -> web.Response:
     doc = await _read_body(request)
     resource = _parse_one(doc, request, name=request.match_info["name"])
     expected = doc.get("metadata", {}).get("resourceVersion")
-    async with request.app[_APPLY_LOCK]:
-        await _check_set(store, [resource])
+    async with request.app[APPLY_LOCK]:
+        await check_set(store, [resource])
         stored = await store.update(resource, expected)
     return web.json_response(stored.to_dict())
 
@@ -213,7 +213,7 @@ async def _update(request: web.Request) -> web.Response:
 async def _delete(request: web.Request) -> web.Response:
     store = request.app[STORE]
     key = (_kind(request), request.match_info["ns"], request.match_info["name"])
-    async with request.app[_APPLY_LOCK]:
+    async with request.app[APPLY_LOCK]:
         # A delete is a change like any other: it may not leave a Route naming subsets that
         # no DestinationPolicy defines any more (that traffic would get 503s).
         current = [o.resource for o in await store.list()]
@@ -238,8 +238,8 @@ async def _apply(request: web.Request) -> web.Response:
     dry_run = _dry_run(request)
     resources = _parse_many(await _body_text(request), request)
     results = []
-    async with request.app[_APPLY_LOCK]:
-        await _check_set(store, resources)
+    async with request.app[APPLY_LOCK]:
+        await check_set(store, resources)
         plan = await _plan_apply(store, resources)
         if dry_run:
             return web.json_response({"dryRun": True,
@@ -322,7 +322,7 @@ async def _plan_apply(store: Store, resources: list[Resource]
     return plan
 
 
-async def _check_set(store: Store, changes: list[Resource]) -> None:
+async def check_set(store: Store, changes: list[Resource]) -> None:
     """Invalid if the changes add a cross-document issue to what the store holds."""
     current = [o.resource for o in await store.list()]
     issues = new_issues(current, overlay(current, changes, set()))

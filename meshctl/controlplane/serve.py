@@ -19,13 +19,16 @@ import grpc
 from aiohttp import web
 
 from meshctl.ca import BootstrapTokens
+from meshctl.canary.controller import CanaryController
+from meshctl.canary.statefile import FILE_NAME as CANARY_FILE
+from meshctl.canary.statefile import CanaryStateFile
 from meshctl.controlplane.admintls import AdminTls
 from meshctl.controlplane.apilisten import MAX_CONNECTIONS as MAX_API_CONNECTIONS
 from meshctl.controlplane.apilisten import listen_api
 from meshctl.controlplane.auth import ensure_token
 from meshctl.controlplane.ca_service import CertificateService, load_or_init_ca
 from meshctl.controlplane.dirstore import DirStore
-from meshctl.controlplane.httpapi import create_api_app
+from meshctl.controlplane.httpapi import APPLY_LOCK, check_set, create_api_app
 from meshctl.controlplane.jwks import DEFAULT_REFRESH, JwksCache
 from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
@@ -113,6 +116,13 @@ async def serve(options: ServeOptions,
                          extra_routes=[*status_routes(registry, reconciler),
                                        *describe_routes(registry, reconciler),
                                        *version_routes(registry), *observe_extra])
+    # Canaries are judged on the rows /api/v1/stat serves, and write as the API does
+    canaries = CanaryController(
+        store, lambda window: [r.as_json() for r in observer.scraper.window.stat(
+            observer.clock(), window)],
+        scrape_interval=options.scrape_interval, lock=app[APPLY_LOCK],
+        check=lambda changes: check_set(store, changes),
+        state=CanaryStateFile(options.state_dir / CANARY_FILE))
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     assert runner.server is not None  # set by setup()
@@ -142,6 +152,8 @@ async def serve(options: ServeOptions,
                          tg.create_task(jwks.run(), name="jwks")]
                 tasks.append(tg.create_task(SlowClientReaper(runner.server).run(),
                                             name="slow-clients"))
+                tasks.append(tg.create_task(
+                    canaries.run(tick=min(1.0, options.scrape_interval)), name="canaries"))
                 if api_cert is not None:
                     tasks.append(tg.create_task(api_cert.watch(), name="api-certificate"))
                 log.info("control plane: API on %s://%s:%d, config gRPC on %s:%d, "

@@ -31,6 +31,7 @@ KIND_PLURALS: dict[str, str] = {
     "ExternalService": "externalservices",
     "Telemetry": "telemetries",
     "Sidecar": "sidecars",
+    "Canary": "canaries",
 }
 _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 

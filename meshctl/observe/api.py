@@ -29,6 +29,7 @@ from meshctl.controlplane.auth import bearer_matches
 from meshctl.controlplane.httpapi import STORE, json_error, list_response
 from meshctl.controlplane.names import ServiceNames
 from meshctl.observe.admincall import AdminCaller
+from meshctl.observe.canarychecks import canary_checks
 from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_route_checks
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
@@ -152,11 +153,15 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         policies = [o.resource for o in await store.list("DestinationPolicy")]
         sidecars = [o.resource for o in await store.list("Sidecar")]
         telemetries = [o.resource for o in await store.list("Telemetry")]
+        canaries = await store.list("Canary")
+        statuses = {o.key: await store.status(o.key) for o in canaries}
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *sidecar_checks(sidecars, routes, meshes, body, scraper.window.latest),
                   *telemetry_checks(telemetries, body),
+                  *canary_checks(canaries, await store.list("Route"),
+                                 await store.list("DestinationPolicy"), statuses),
                   *observer.extra_checks()]
         return web.json_response({"groups": [g.as_json() for g in groups]})
 

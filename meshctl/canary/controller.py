@@ -1,0 +1,241 @@
+"""The control plane's Canary controller: each Canary's analysis on its own schedule, the
+Route's weights written through the store, the outcome reported on the Canary's status.
+
+The decisions are the CLI's (meshctl.canary.decide); the metrics are the rows the control plane
+serves on ``/api/v1/stat``. Everything a run needs to go on is in its status (weight, failures
+and holds in a row, when it last analysed) and in the Route, so a restarted control plane
+resumes where it stopped. A Route whose rule the user re-weighted by hand stops the canary
+(phase Failed): it does not fight the user, and a new run starts when the Canary is edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from meshctl.api.canary import CanarySpec
+from meshctl.api.resources import Resource, parse_document
+from meshctl.canary.analysis import Measurement
+from meshctl.canary.decide import Action, Progress, decide
+from meshctl.canary.measure import analysis_window, measurement, service_labels, version_label
+from meshctl.canary.meshtarget import current_split
+from meshctl.canary.statefile import CanaryStateFile
+from meshctl.canary.targets import find_route, problems, subsets
+from meshctl.commands.shift import Weights, plan_shift
+from meshctl.controlplane.store import Key, Store, StoredObject
+
+log = logging.getLogger("ami.canary")
+
+INITIALIZING, PROGRESSING, HOLDING = "Initializing", "Progressing", "Holding"
+PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED = "Promoting", "Succeeded", "RolledBack", "Failed"
+DONE = frozenset({SUCCEEDED, ROLLED_BACK, FAILED})  # until the Canary's spec changes
+PHASE_OF = {Action.ADVANCE: PROGRESSING, Action.FAIL: PROGRESSING, Action.HOLD: HOLDING,
+            Action.PROMOTE: PROMOTING, Action.ROLL_BACK: ROLLED_BACK}
+EVENTS_KEPT = 10
+MIN_WINDOW, MAX_WINDOW = 1.0, 600.0  # what /api/v1/stat's window is clamped to
+
+Stats = Callable[[float], Iterable[Mapping[str, Any]]]
+"""The ``/api/v1/stat`` rows (``service``, ``version``, ``rps``, ...) over a window."""
+Check = Callable[[list[Resource]], Awaitable[None]]
+"""Raises when writing these resources would break the store's cross-document rules."""
+
+
+def timestamp(t: float) -> str:
+    """RFC 3339 in UTC with milliseconds (an interval may be shorter than a second)."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def parse_timestamp(text: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def spec_hash(resource: Resource) -> str:
+    """The Canary's declared spec, hashed: a change starts a new run."""
+    text = json.dumps(resource.raw.get("spec"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CanaryController:
+    """Runs every stored Canary; ``sweep()`` is one pass (tests call it with a fake clock)."""
+
+    def __init__(self, store: Store, stats: Stats, *, scrape_interval: float = 2.0,
+                 clock: Callable[[], float] = time.time, lock: asyncio.Lock | None = None,
+                 check: Check | None = None, state: CanaryStateFile | None = None) -> None:
+        self.store = store
+        self.stats = stats
+        self.scrape_interval = scrape_interval
+        self.clock = clock
+        self.lock = lock or asyncio.Lock()  # the API's apply lock: one writer at a time
+        self.check = check
+        self.state = state
+
+    async def run(self, tick: float = 1.0) -> None:
+        """Restore saved statuses, then sweep every ``tick`` seconds until cancelled."""
+        await self.restore()
+        while True:
+            await self.sweep()
+            await asyncio.sleep(tick)
+
+    async def restore(self) -> None:
+        """Put the statuses saved before a restart back on the Canaries that still exist."""
+        if self.state is None:
+            return
+        for key, status in self.state.load().items():
+            obj = await self.store.get(*key)
+            if obj is not None:
+                await self._put_status(obj.key, status)
+
+    async def sweep(self) -> None:
+        canaries = await self.store.list("Canary")
+        for obj in canaries:
+            try:
+                await self.reconcile(obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one canary's trouble must not stop the others
+                log.exception("canary %s/%s: reconcile failed; retrying",
+                              obj.resource.namespace, obj.resource.name)
+        if self.state is not None:  # a deleted Canary is forgotten; its weights stay
+            self.state.keep({o.key for o in canaries})
+
+    async def reconcile(self, obj: StoredObject) -> None:
+        """One Canary: start it, check its Route, analyse it when due, report."""
+        spec = obj.resource.spec
+        assert isinstance(spec, CanarySpec)
+        ns = obj.resource.namespace
+        now = self.clock()
+        status = await self.store.status(obj.key)
+        digest = spec_hash(obj.resource)
+        if status.get("specHash") != digest:  # new, or edited: a new run
+            status = {"specHash": digest, "phase": INITIALIZING,
+                      **({"conditions": status["conditions"]} if "conditions" in status else {})}
+        phase = str(status.get("phase"))
+        if phase in DONE:
+            return
+        routes = [o.to_dict() for o in await self.store.list("Route", ns)]
+        policies = [o.to_dict() for o in await self.store.list("DestinationPolicy", ns)]
+        issues = problems(spec, ns, routes, policies)
+        if issues:
+            # Flagger waits for a target that is not there yet; a run that loses it stops
+            waiting = phase == INITIALIZING
+            await self._report(obj, status, INITIALIZING if waiting else FAILED, now,
+                               ("waiting: " if waiting else "stopped: ") + "; ".join(issues))
+            return
+        route = find_route(spec, ns, routes)
+        assert route is not None  # problems() said so
+        split = dict(current_split(route, spec.rule))
+        plan = spec.plan()
+        if phase == INITIALIZING:
+            weight = plan.start_weight(split.get(spec.canary, 0))
+            await self._set_weight(route, spec, policies, weight)
+            await self._report(obj, status, PROGRESSING, now, f"start: {_split(spec, weight)}",
+                               canaryWeight=weight, failedChecks=0, heldChecks=0,
+                               lastStepTime=timestamp(now))
+            return
+        weight = int(status.get("canaryWeight", 0))
+        if (split.get(spec.stable, 0), split.get(spec.canary, 0)) != (100 - weight, weight):
+            now_text = " / ".join(f"{k} {v}%" for k, v in split.items())
+            await self._report(obj, status, FAILED, now,
+                               f"stopped: the Route's weights were changed by hand ({now_text};"
+                               f" the canary had set {_split(spec, weight)}); they are left "
+                               "as they are: edit or re-create the Canary to start again")
+            return
+        if phase == PROMOTING:  # the promotion's write is in the Route: done
+            await self._report(obj, status, SUCCEEDED, now,
+                               f"{spec.canary} promoted: {_split(spec, 100)}")
+            return
+        last = parse_timestamp(status.get("lastStepTime")) or now
+        if now < last + plan.interval:
+            return
+        await self._analyse(obj, status, spec, policies, route, weight, now)
+
+    async def _analyse(self, obj: StoredObject, status: dict[str, Any], spec: CanarySpec,
+                       policies: list[dict[str, Any]], route: dict[str, Any], weight: int,
+                       now: float) -> None:
+        plan = spec.plan()
+        ns = obj.resource.namespace
+        window = min(max(analysis_window(plan.interval, self.scrape_interval), MIN_WINDOW),
+                     MAX_WINDOW)
+        version = version_label(subsets(spec, ns, policies), spec.canary)
+        m = measurement(self.stats(window), window, service_labels(spec.service, ns), version)
+        progress = Progress(weight, int(status.get("failedChecks", 0)),
+                            int(status.get("heldChecks", 0)))
+        step = decide(plan, progress, m)
+        new = step.progress.weight
+        if step.action in (Action.ADVANCE, Action.PROMOTE, Action.ROLL_BACK):
+            await self._set_weight(route, spec, policies, new)
+        summary = step.summary(plan, weight)
+        message = summary if step.action in (Action.HOLD, Action.FAIL) \
+            else f"{summary}: {_split(spec, new)}"
+        await self._report(obj, status, PHASE_OF[step.action], now, message,
+                           canaryWeight=new, failedChecks=step.progress.failed,
+                           heldChecks=step.progress.held, lastStepTime=timestamp(now),
+                           lastAnalysis=_analysis(m, weight, now, step.reason))
+
+    async def _set_weight(self, route: dict[str, Any], spec: CanarySpec,
+                          policies: list[dict[str, Any]], weight: int) -> None:
+        """Re-weight the rule as ``meshctl shift stable=100-w,canary=w`` (a conditional
+        update of the Route read: a concurrent write makes it fail, to be judged next sweep)."""
+        ns = str(route["metadata"]["namespace"])
+        names = [str(s.get("name")) for s in subsets(spec, ns, policies)]
+        weights = Weights(named=((spec.stable, 100 - weight), (spec.canary, weight)))
+        plan = plan_shift(route, names, weights, spec.rule)
+        if not plan.changed:
+            return
+        doc = {k: v for k, v in plan.route.items() if k != "status"}
+        resource = parse_document(doc)
+        async with self.lock:
+            if self.check is not None:
+                await self.check([resource])
+            await self.store.update(resource, route["metadata"]["resourceVersion"])
+
+    async def _report(self, obj: StoredObject, status: dict[str, Any], phase: str, now: float,
+                      message: str, **fields: Any) -> None:
+        """Set the status: phase, message, ``fields``; an event (and a log line) when the
+        message is new."""
+        if status.get("phase") == phase and status.get("message") == message and not fields:
+            return
+        new = {**status, **fields, "phase": phase, "message": message}
+        if status.get("phase") != phase or "lastTransitionTime" not in status:
+            new["lastTransitionTime"] = timestamp(now)
+        if status.get("message") != message or fields:
+            event = {"time": timestamp(now), "weight": new.get("canaryWeight", 0),
+                     "phase": phase, "message": message}
+            new["events"] = [*status.get("events", []), event][-EVENTS_KEPT:]
+            log.info("canary %s/%s: %s: %s", obj.resource.namespace, obj.resource.name, phase,
+                     message)
+        status.clear()
+        status.update(new)
+        await self._put_status(obj.key, new)
+
+    async def _put_status(self, key: Key, status: Mapping[str, Any]) -> None:
+        current = await self.store.status(key)
+        merged = dict(status)
+        if "conditions" in current:  # the store's own (Accepted) conditions stay
+            merged["conditions"] = current["conditions"]
+        await self.store.set_status(key, merged)
+        if self.state is not None:
+            with contextlib.suppress(OSError):  # logged by the state file
+                self.state.save(key, merged)
+
+
+def _split(spec: CanarySpec, weight: int) -> str:
+    return f"{spec.stable} {100 - weight}% / {spec.canary} {weight}%"
+
+
+def _analysis(m: Measurement, weight: int, now: float, reason: str) -> dict[str, Any]:
+    """The figures of one analysis, as status.lastAnalysis shows them."""
+    return {"time": timestamp(now), "weight": weight, "requests": round(m.requests),
+            "successRate": m.success_rate, "p99Ms": m.p99_ms,
+            "failedChecks": [reason] if reason else []}

@@ -1,0 +1,40 @@
+"""``meshctl check``'s Canary group: a Canary whose Route, rule or subsets do not exist (the
+controller waits for them, or has stopped), and one that stopped or rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from meshctl.api.canary import CanarySpec
+from meshctl.canary.targets import problems
+from meshctl.observe.checks import Check, Group
+
+_HINT = ("apply the Route and a DestinationPolicy defining both subsets, or fix the Canary "
+         "(meshctl describe canary NAME)")
+
+
+def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iterable[Any],
+                  statuses: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> list[Group]:
+    """One check per Canary (StoredObjects); no group without Canaries."""
+    route_docs = [o.to_dict() for o in routes]
+    policy_docs = [o.to_dict() for o in policies]
+    checks: list[Check] = []
+    for obj in canaries:
+        spec, ns = obj.resource.spec, obj.resource.namespace
+        if not isinstance(spec, CanarySpec):
+            continue
+        name = f"canary {ns}/{obj.resource.name}"
+        issues = problems(spec, ns, [r for r in route_docs if r["metadata"]["namespace"] == ns],
+                          [p for p in policy_docs if p["metadata"]["namespace"] == ns])
+        status = statuses.get(obj.key) or {}
+        if issues:
+            checks.append(Check(name, "warn", "; ".join(issues), _HINT))
+        elif status.get("phase") == "Failed":
+            checks.append(Check(name, "warn", str(status.get("message", "")),
+                                "edit or re-create the Canary to start a new run"))
+        else:
+            phase = status.get("phase", "Initializing")
+            checks.append(Check(name, "ok", f"{phase}, {spec.canary} at "
+                                            f"{status.get('canaryWeight', 0)}%"))
+    return [Group("Canary", tuple(checks))] if checks else []
