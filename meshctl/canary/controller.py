@@ -29,6 +29,7 @@ from meshctl.canary.meshtarget import current_split
 from meshctl.canary.statefile import CanaryStateFile
 from meshctl.canary.targets import find_route, problems, subsets
 from meshctl.commands.shift import Weights, plan_shift
+from meshctl.controlplane.errors import NotFound
 from meshctl.controlplane.store import Key, Store, StoredObject
 
 log = logging.getLogger("ami.canary")
@@ -103,6 +104,8 @@ class CanaryController:
                 await self.reconcile(obj)
             except asyncio.CancelledError:
                 raise
+            except NotFound:  # deleted (the Canary, or its Route) while we looked
+                continue
             except Exception:  # one canary's trouble must not stop the others
                 log.exception("canary %s/%s: reconcile failed; retrying",
                               obj.resource.namespace, obj.resource.name)
