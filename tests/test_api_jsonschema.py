@@ -45,7 +45,7 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
                             "RequestAuthentication", "PeerAuthentication", "MeshConfig",
                             "Gateway", "ExternalService", "Telemetry",
-                            "Sidecar"}
+                            "Sidecar", "Canary"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -219,6 +219,16 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "Sidecar", "spec": {"workloadSelector": {"labels": {}},
                                           "egress": [{"hosts": ["./*"]}]}},
     {**ROUTE, "kind": "Sidecar", "spec": {"outboundTrafficPolicy": {}}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1"}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                                         "stepWeight": 0}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                                         "interval": "0s"}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                                         "thresholds": {"minSuccessRate": 101}}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                                         "thresholds": {"minRequests": 0}}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "Reviews", "stable": "v1", "canary": "v3"}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -294,6 +304,12 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         {"hosts": ["./*", "~/*", "*/*.example.com", "b/api", "*/api.b.svc.cluster.local"]}]}},
     {**ROUTE, "kind": "Sidecar", "spec": {"workloadSelector": {"labels": {"app": "web"}},
                                           "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}},
+    {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3"}},
+    {**ROUTE, "kind": "Canary", "spec": {
+        "service": "reviews", "route": "reviews", "rule": "beta", "stable": "v1",
+        "canary": "v3", "stepWeight": 100, "maxWeight": 100, "interval": "500ms",
+        "thresholds": {"minSuccessRate": 0, "maxP99Ms": 0, "minRequests": 1},
+        "failures": 1, "maxHolds": 0}},
 ])
 def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
     """Unusual but valid documents are accepted by the parser and the schema alike."""
