@@ -125,7 +125,7 @@ def test_schema_writes_files(tmp_path: Path) -> None:
     """`schema -o DIR` writes one <kind>.json per kind."""
     assert run("schema", "-o", str(tmp_path / "out")) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["authorizationpolicy.json", "destinationpolicy.json",
+    assert names == ["authorizationpolicy.json", "canary.json", "destinationpolicy.json",
                      "externalservice.json", "gateway.json", "meshconfig.json",
                      "peerauthentication.json", "requestauthentication.json", "route.json",
                      "sidecar.json", "telemetry.json"]
