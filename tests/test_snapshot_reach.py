@@ -130,6 +130,26 @@ async def test_a_certificate_renewal_computes_nothing() -> None:
     assert not rec.pending("p0") and rec.lagging(rec.revision) == []
 
 
+async def test_a_canary_reaches_no_proxy() -> None:
+    """A Canary is the control plane's own (no snapshot reads it): creating, editing and
+    deleting one computes no snapshot, rather than every proxy's."""
+    clock = FakeClock()
+    rec, _, pushed = await plane(clock)
+    for i, (svc, ns) in enumerate([("web", "a"), ("api", "b")]):
+        connect(rec, pushed, sidecar(f"p{i}", svc, ns, 100 + i))
+    await rec.reconcile_pass()
+    computed, pushes = rec.counters.computed + rec.counters.shared, len(pushed)
+    canary = load_documents("apiVersion: ami.mesh/v1alpha1\nkind: Canary\nmetadata: "
+                            "{name: web, namespace: a}\nspec: {service: web, stable: v1, "
+                            "canary: v2}\n", "c.yaml")[0]
+    stored = await rec.store.create(canary)
+    await rec.reconcile_pass()
+    await rec.store.delete(*stored.key)
+    await rec.reconcile_pass()
+    assert rec.counters.computed + rec.counters.shared == computed and len(pushed) == pushes
+    assert await rec.wait_synced(rec.revision, timeout=0) == []
+
+
 async def test_an_endpoint_change_reaches_only_the_proxies_that_list_its_service() -> None:
     """b/api turning unready recomputes b's proxies and a's canary (they list b), not a's
     scoped web, which stays synced for any wait on the store revision."""

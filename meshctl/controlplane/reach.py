@@ -13,8 +13,9 @@ Resources. Each resource added, changed or deleted since the previous pass (old 
 versions both) reaches: for AuthorizationPolicy, RequestAuthentication, Gateway, Telemetry and
 Sidecar, the proxies of its namespace; for a Route or DestinationPolicy, the proxies whose
 scope sees its host (and, for a policy, its namespace's: its rate limit); for an
-ExternalService, those whose scope sees one of its hosts; for any other kind (MeshConfig,
-PeerAuthentication: every caller's view of a service), every proxy.
+ExternalService, those whose scope sees one of its hosts; for a Canary (the control plane's
+own, no snapshot reads it), none; for any other kind (MeshConfig, PeerAuthentication: every
+caller's view of a service), every proxy.
 
 Both diffs are of the inputs themselves, not of events, so a change no event described is
 not missed.
@@ -137,6 +138,9 @@ class ScopeIndex:
 _NAMESPACE_LOCAL = frozenset({"AuthorizationPolicy", "RequestAuthentication", "Gateway",
                               "Telemetry", "Sidecar"})
 
+# Kinds no snapshot reads (the control plane acts on them itself): they reach no proxy.
+_NO_PROXY = frozenset({"Canary"})
+
 Objects = dict[tuple[str, str, str], tuple[int, Resource]]  # key -> (resourceVersion, resource)
 
 
@@ -155,6 +159,8 @@ def resources_reach(changed: Iterable[Resource], scopes: ScopeIndex) -> set[str]
     reached: set[str] = set()
     for r in changed:
         spec = r.spec
+        if r.kind in _NO_PROXY:
+            continue
         if r.kind in _NAMESPACE_LOCAL or isinstance(spec, DestinationPolicySpec):
             reached |= scopes.in_namespace(r.namespace)  # own parts (a policy: rate limit)
         if r.kind in _NAMESPACE_LOCAL:
