@@ -13,6 +13,7 @@ from meshctl.api.errors import ValidationError
 from meshctl.api.resources import load_documents, parse_document
 from meshctl.canary.controller import CanaryController
 from meshctl.canary.statefile import CanaryStateFile
+from meshctl.controlplane.errors import Conflict, Invalid
 from meshctl.controlplane.memstore import MemStore
 
 BASE = """\
@@ -92,7 +93,8 @@ class Rig:
 
 
 async def make_rig(tmp_path: Path, canary: dict[str, Any] | None = None,
-                   store: MemStore | None = None, base: str = BASE) -> Rig:
+                   store: MemStore | None = None, base: str = BASE,
+                   **options: Any) -> Rig:
     if store is None:
         store = MemStore()
         for res in load_documents(base, "base.yaml"):
@@ -100,7 +102,7 @@ async def make_rig(tmp_path: Path, canary: dict[str, Any] | None = None,
         await store.create(parse_document(canary or CANARY))
     clock, stats = Clock(), Stats()
     controller = CanaryController(store, stats, scrape_interval=2.0, clock=clock,
-                                  state=CanaryStateFile(tmp_path / "canaries.json"))
+                                  state=CanaryStateFile(tmp_path / "canaries.json"), **options)
     await controller.restore()
     return Rig(store, clock, stats, controller)
 
@@ -322,6 +324,56 @@ async def test_the_store_status_keeps_its_own_conditions(tmp_path: Path) -> None
     await rig.store.set_status(KEY, {"conditions": [accepted]})
     status = await rig.at(0)
     assert status["conditions"] == [accepted] and status["phase"] == "Progressing"
+
+
+async def test_promoting_lasts_until_every_proxy_has_the_promotion(tmp_path: Path) -> None:
+    """Succeeded once no proxy lags the store version that holds 100%."""
+    lagging = {"reviews-v1-1", "productpage-v1-1"}
+    asked: list[int] = []
+
+    def laggards(revision: int) -> list[str]:
+        asked.append(revision)
+        return sorted(lagging)
+
+    rig = await make_rig(tmp_path, lagging=laggards)
+    await rig.at(0)
+    await rig.at(10)
+    status = await rig.at(20)
+    assert status["phase"] == "Promoting"
+    route = await rig.store.get("Route", "default", "reviews")
+    assert route is not None and status["promotedVersion"] == route.resource_version
+    status = await rig.at(21)
+    assert status["phase"] == "Promoting" and asked == [route.resource_version]
+    assert status["message"] == ("promote: v1 0% / v3 100%; waiting for 2 proxies to ACK "
+                                 "(productpage-v1-1, reviews-v1-1)")
+    lagging.clear()
+    assert (await rig.at(22))["phase"] == "Succeeded"
+
+
+async def test_a_write_the_store_refuses_stops_the_run(tmp_path: Path) -> None:
+    async def refuse(_: list[Any]) -> None:
+        raise Invalid("routes.yaml doc 1: spec: refused")
+
+    rig = await make_rig(tmp_path, check=refuse)
+    status = await rig.at(0)
+    assert status["phase"] == "Failed"
+    assert status["message"] == ("stopped: cannot write the Route: routes.yaml doc 1: spec: "
+                                 "refused")
+    assert (await rig.at(1))["events"] == status["events"]  # stays stopped, said once
+    assert await rig.weights() == {"v1": 100}
+
+
+async def test_a_concurrent_write_is_retried_next_sweep(tmp_path: Path) -> None:
+    conflicts = [Conflict("Route default/reviews: resourceVersion 3 is not 4")]
+
+    async def race(_: list[Any]) -> None:
+        if conflicts:
+            raise conflicts.pop()
+
+    rig = await make_rig(tmp_path, check=race)
+    assert await rig.at(0) == {}
+    status = await rig.at(1)
+    assert status["phase"] == "Progressing" and await rig.weights() == {"v1": 50, "v3": 50}
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -28,8 +28,8 @@ from meshctl.canary.measure import analysis_window, measurement, service_labels,
 from meshctl.canary.meshtarget import current_split
 from meshctl.canary.statefile import CanaryStateFile
 from meshctl.canary.targets import find_route, problems, subsets
-from meshctl.commands.shift import Weights, plan_shift
-from meshctl.controlplane.errors import NotFound
+from meshctl.commands.shift import ShiftRefused, Weights, plan_shift
+from meshctl.controlplane.errors import Conflict, Invalid, NotFound
 from meshctl.controlplane.store import Key, Store, StoredObject
 
 log = logging.getLogger("ami.canary")
@@ -46,6 +46,8 @@ Stats = Callable[[float], Iterable[Mapping[str, Any]]]
 """The ``/api/v1/stat`` rows (``service``, ``version``, ``rps``, ...) over a window."""
 Check = Callable[[list[Resource]], Awaitable[None]]
 """Raises when writing these resources would break the store's cross-document rules."""
+Lagging = Callable[[int], list[str]]
+"""The proxies that have not ACKed a snapshot of this store version yet."""
 
 
 def timestamp(t: float) -> str:
@@ -72,7 +74,8 @@ class CanaryController:
 
     def __init__(self, store: Store, stats: Stats, *, scrape_interval: float = 2.0,
                  clock: Callable[[], float] = time.time, lock: asyncio.Lock | None = None,
-                 check: Check | None = None, state: CanaryStateFile | None = None) -> None:
+                 check: Check | None = None, state: CanaryStateFile | None = None,
+                 lagging: Lagging | None = None) -> None:
         self.store = store
         self.stats = stats
         self.scrape_interval = scrape_interval
@@ -80,6 +83,7 @@ class CanaryController:
         self.lock = lock or asyncio.Lock()  # the API's apply lock: one writer at a time
         self.check = check
         self.state = state
+        self.lagging = lagging
 
     async def run(self, tick: float = 1.0) -> None:
         """Restore saved statuses, then sweep every ``tick`` seconds until cancelled."""
@@ -106,6 +110,14 @@ class CanaryController:
                 raise
             except NotFound:  # deleted (the Canary, or its Route) while we looked
                 continue
+            except Conflict:  # the Route changed since it was read: judged next sweep
+                log.info("canary %s/%s: the Route changed while being written; next sweep",
+                         obj.resource.namespace, obj.resource.name)
+            except (Invalid, ShiftRefused) as exc:  # a write that can never be made
+                status = {**await self.store.status(obj.key),
+                          "specHash": spec_hash(obj.resource)}  # this run's end
+                await self._report(obj, status, FAILED, self.clock(),
+                                   f"stopped: cannot write the Route: {exc}")
             except Exception:  # one canary's trouble must not stop the others
                 log.exception("canary %s/%s: reconcile failed; retrying",
                               obj.resource.namespace, obj.resource.name)
@@ -154,9 +166,17 @@ class CanaryController:
                                f" the canary had set {_split(spec, weight)}); they are left "
                                "as they are: edit or re-create the Canary to start again")
             return
-        if phase == PROMOTING:  # the promotion's write is in the Route: done
-            await self._report(obj, status, SUCCEEDED, now,
-                               f"{spec.canary} promoted: {_split(spec, 100)}")
+        if phase == PROMOTING:  # the promotion is in the Route: done once every proxy has it
+            lagging = self.lagging(int(status.get("promotedVersion", 0))) if self.lagging \
+                else []
+            if lagging:
+                await self._report(obj, status, PROMOTING, now,
+                                   f"promote: {_split(spec, 100)}; waiting for "
+                                   f"{len(lagging)} prox{'y' if len(lagging) == 1 else 'ies'}"
+                                   f" to ACK ({', '.join(sorted(lagging)[:5])})")
+            else:
+                await self._report(obj, status, SUCCEEDED, now,
+                                   f"{spec.canary} promoted: {_split(spec, 100)}")
             return
         last = parse_timestamp(status.get("lastStepTime")) or now
         if now < last + plan.interval:
@@ -176,32 +196,37 @@ class CanaryController:
                             int(status.get("heldChecks", 0)))
         step = decide(plan, progress, m)
         new = step.progress.weight
+        written: dict[str, Any] = {}
         if step.action in (Action.ADVANCE, Action.PROMOTE, Action.ROLL_BACK):
-            await self._set_weight(route, spec, policies, new)
+            revision = await self._set_weight(route, spec, policies, new)
+            if step.action is Action.PROMOTE:
+                written["promotedVersion"] = revision
         summary = step.summary(plan, weight)
         message = summary if step.action in (Action.HOLD, Action.FAIL) \
             else f"{summary}: {_split(spec, new)}"
         await self._report(obj, status, PHASE_OF[step.action], now, message,
                            canaryWeight=new, failedChecks=step.progress.failed,
                            heldChecks=step.progress.held, lastStepTime=timestamp(now),
-                           lastAnalysis=_analysis(m, weight, now, step.reason))
+                           lastAnalysis=_analysis(m, weight, now, step.reason), **written)
 
     async def _set_weight(self, route: dict[str, Any], spec: CanarySpec,
-                          policies: list[dict[str, Any]], weight: int) -> None:
+                          policies: list[dict[str, Any]], weight: int) -> int:
         """Re-weight the rule as ``meshctl shift stable=100-w,canary=w`` (a conditional
-        update of the Route read: a concurrent write makes it fail, to be judged next sweep)."""
+        update of the Route read: a concurrent write makes it fail, to be judged next sweep);
+        the Route's store version with that weight."""
         ns = str(route["metadata"]["namespace"])
         names = [str(s.get("name")) for s in subsets(spec, ns, policies)]
         weights = Weights(named=((spec.stable, 100 - weight), (spec.canary, weight)))
         plan = plan_shift(route, names, weights, spec.rule)
         if not plan.changed:
-            return
+            return int(route["metadata"]["resourceVersion"])
         doc = {k: v for k, v in plan.route.items() if k != "status"}
         resource = parse_document(doc)
         async with self.lock:
             if self.check is not None:
                 await self.check([resource])
-            await self.store.update(resource, route["metadata"]["resourceVersion"])
+            stored = await self.store.update(resource, route["metadata"]["resourceVersion"])
+        return stored.resource_version
 
     async def _report(self, obj: StoredObject, status: dict[str, Any], phase: str, now: float,
                       message: str, **fields: Any) -> None:

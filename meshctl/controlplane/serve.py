@@ -122,7 +122,7 @@ async def serve(options: ServeOptions,
             observer.clock(), window)],
         scrape_interval=options.scrape_interval, lock=app[APPLY_LOCK],
         check=lambda changes: check_set(store, changes),
-        state=CanaryStateFile(options.state_dir / CANARY_FILE))
+        state=CanaryStateFile(options.state_dir / CANARY_FILE), lagging=reconciler.lagging)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     assert runner.server is not None  # set by setup()
