@@ -1,12 +1,5 @@
-"""The control plane's Canary controller: each Canary's analysis on its own schedule, the
-Route's weights written through the store, the outcome reported on the Canary's status.
-
-The decisions are the CLI's (meshctl.canary.decide); the metrics are the rows the control plane
-serves on ``/api/v1/stat``. Everything a run needs to go on is in its status (weight, failures
-and holds in a row, when it last analysed) and in the Route, so a restarted control plane
-resumes where it stopped. A Route whose rule the user re-weighted by hand stops the canary
-(phase Failed): it does not fight the user, and a new run starts when the Canary is edited.
-"""
+"""The control plane's Canary controller: runs each Canary's analysis, writes the Route's
+weights through the store and reports on the Canary's status."""
 
 from __future__ import annotations
 
@@ -70,7 +63,14 @@ def spec_hash(resource: Resource) -> str:
 
 
 class CanaryController:
-    """Runs every stored Canary; ``sweep()`` is one pass (tests call it with a fake clock)."""
+    """Runs every stored Canary; ``sweep()`` is one pass (tests call it with a fake clock).
+
+    The decisions are the CLI's (meshctl.canary.decide), on the rows the control plane serves
+    on ``/api/v1/stat``. Everything a run needs to go on is in its status (weight, failures
+    and holds in a row, when it last analysed) and in the Route, so a restarted control plane
+    resumes where it stopped. A Route the user re-weighted by hand stops the run (phase
+    Failed): it does not fight the user; editing the Canary starts a new run.
+    """
 
     def __init__(self, store: Store, stats: Stats, *, scrape_interval: float = 2.0,
                  clock: Callable[[], float] = time.time, lock: asyncio.Lock | None = None,
