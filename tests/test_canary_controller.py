@@ -288,6 +288,23 @@ async def test_a_restarted_control_plane_resumes_the_run(tmp_path: Path) -> None
     assert await again.weights() == {"v1": 100, "v3": 0}
 
 
+async def test_after_a_restart_the_first_analysis_waits_for_a_whole_window(
+        tmp_path: Path) -> None:
+    """The restarted control plane has no metrics from before it started: an analysis due
+    sooner than one window after the restart waits, rather than count a hold."""
+    rig = await make_rig(tmp_path, {**CANARY, "spec": {**CANARY["spec"], "maxHolds": 1}})
+    await rig.at(0)
+    store = MemStore()
+    for obj in await rig.store.list():
+        await store.create(parse_document(obj.to_dict()))
+    again = await make_rig(tmp_path, store=store)
+    again.clock.now = T0 + 15  # restarted at 15; the analysis was due at 10
+    await again.controller.restore()
+    assert (await again.at(24.9))["phase"] == "Progressing"
+    assert again.stats.windows == []
+    assert (await again.at(25))["canaryWeight"] == 100
+
+
 async def test_without_a_saved_status_a_run_resumes_from_the_routes_weight(
         tmp_path: Path) -> None:
     store = MemStore()

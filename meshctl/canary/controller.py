@@ -84,6 +84,7 @@ class CanaryController:
         self.check = check
         self.state = state
         self.lagging = lagging
+        self.watching_since: float | None = None  # set by restore(): when metrics began
 
     async def run(self, tick: float = 1.0) -> None:
         """Restore saved statuses, then sweep every ``tick`` seconds until cancelled."""
@@ -94,6 +95,7 @@ class CanaryController:
 
     async def restore(self) -> None:
         """Put the statuses saved before a restart back on the Canaries that still exist."""
+        self.watching_since = self.clock()
         if self.state is None:
             return
         for key, status in self.state.load().items():
@@ -179,9 +181,16 @@ class CanaryController:
                                    f"{spec.canary} promoted: {_split(spec, 100)}")
             return
         last = parse_timestamp(status.get("lastStepTime")) or now
-        if now < last + plan.interval:
+        if now < last + plan.interval or now < self._metrics_from(plan.interval):
             return
         await self._analyse(obj, status, spec, policies, route, weight, now)
+
+    def _metrics_from(self, interval: float) -> float:
+        """When a whole analysis window has been scraped since this control plane started:
+        a window reaching back before it holds no metrics, and would only count a hold."""
+        if self.watching_since is None:
+            return 0.0
+        return self.watching_since + analysis_window(interval, self.scrape_interval)
 
     async def _analyse(self, obj: StoredObject, status: dict[str, Any], spec: CanarySpec,
                        policies: list[dict[str, Any]], route: dict[str, Any], weight: int,
