@@ -165,3 +165,24 @@ async def test_rule_steps_the_named_rule_and_leaves_the_default(tmp_path: Path) 
         assert beta["backends"] == [{"subset": "stable", "weight": 0},
                                     {"subset": "canary", "weight": 100}]
         assert default["backends"] == [{"subset": "stable", "weight": 100}]
+
+
+async def test_a_declared_canary_on_the_service_is_not_fought(tmp_path: Path) -> None:
+    """A Canary the control plane runs on reviews: the CLI refuses before its first step
+    (which would stop that run as a hand edit); once it finished, the CLI runs."""
+    declared = ("apiVersion: ami.mesh/v1alpha1\nkind: Canary\nmetadata: {name: rc, namespace: "
+                "shop}\nspec: {service: reviews, stable: stable, canary: canary}\n")
+    stat = FakeStat([row("reviews", "v3-rc", 1.0)])
+    async with control_plane(MemStore(), [FakeSync().route(), stat.route()]) as cp:
+        await _apply(cp, tmp_path)
+        code, _, err = await cp.meshctl("apply", "-f", str(write(tmp_path / "c.yaml", declared)))
+        assert code == 0, err
+        code, out, err = await cp.meshctl("canary", "reviews", *FAST)
+        assert (code, out) == (1, "")
+        assert err == ("error: the control plane runs Canary shop/rc (Initializing) on reviews: "
+                       "its first step would stop it (a hand edit of the route, to it); delete "
+                       "it or let it finish; nothing changed\n")
+        assert await _weights(cp) == [{"subset": "stable", "weight": 100}]
+        await cp.store.set_status(("Canary", "shop", "rc"), {"phase": "RolledBack"})
+        code, out, _ = await cp.meshctl("canary", "reviews", *FAST)
+        assert code == 0, out

@@ -10,6 +10,11 @@ from meshctl.api.fields import Fields
 from meshctl.canary.analysis import Thresholds
 from meshctl.canary.stepper import CanaryPlan
 
+# status.phase, as the control plane's controller (meshctl.canary.controller) writes it
+INITIALIZING, PROGRESSING, HOLDING = "Initializing", "Progressing", "Holding"
+PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED = "Promoting", "Succeeded", "RolledBack", "Failed"
+DONE = frozenset({SUCCEEDED, ROLLED_BACK, FAILED})  # until the Canary's spec changes
+
 _SERVICE = F.string(F.DNS_LABEL, "a service name (DNS-1123 label)")
 _SUBSET = F.string(F.DNS_LABEL, "a subset name (DNS-1123 label)")
 _NAME = F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name like reviews", 253)

@@ -13,7 +13,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from meshctl.api.canary import CanarySpec
+from meshctl.api.canary import (
+    DONE,
+    FAILED,
+    HOLDING,
+    INITIALIZING,
+    PROGRESSING,
+    PROMOTING,
+    ROLLED_BACK,
+    SUCCEEDED,
+    CanarySpec,
+)
 from meshctl.api.resources import Resource, parse_document
 from meshctl.canary.analysis import Measurement
 from meshctl.canary.decide import Action, Progress, decide
@@ -27,9 +37,6 @@ from meshctl.controlplane.store import Key, Store, StoredObject
 
 log = logging.getLogger("ami.canary")
 
-INITIALIZING, PROGRESSING, HOLDING = "Initializing", "Progressing", "Holding"
-PROMOTING, SUCCEEDED, ROLLED_BACK, FAILED = "Promoting", "Succeeded", "RolledBack", "Failed"
-DONE = frozenset({SUCCEEDED, ROLLED_BACK, FAILED})  # until the Canary's spec changes
 PHASE_OF = {Action.ADVANCE: PROGRESSING, Action.FAIL: PROGRESSING, Action.HOLD: HOLDING,
             Action.PROMOTE: PROMOTING, Action.ROLL_BACK: ROLLED_BACK}
 EVENTS_KEPT = 10

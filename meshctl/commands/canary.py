@@ -15,13 +15,15 @@ import argparse
 import sys
 from typing import Any
 
+from meshctl.api.canary import DONE
 from meshctl.api.durations import format_duration, parse_duration
 from meshctl.canary.analysis import Thresholds, percent
 from meshctl.canary.measure import analysis_window
 from meshctl.canary.meshtarget import MeshTarget
 from meshctl.canary.stepper import CanaryError, CanaryPlan, CanaryRun, Result
-from meshctl.commands.resources import make_client, reports_errors
-from meshctl.commands.shift import ShiftRefused
+from meshctl.client import ControlPlaneClient
+from meshctl.commands.resources import make_client, reports_errors, request_json
+from meshctl.commands.shift import ShiftRefused, about_service
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -98,6 +100,21 @@ def describe(plan: CanaryPlan, target: MeshTarget, window: float, current: int) 
             + (f", or {plan.max_holds} with too little traffic" if plan.max_holds else "")]
 
 
+def declared_canaries(client: ControlPlaneClient, service: str, namespace: str) -> list[str]:
+    """The Canaries the control plane is running on ``service`` now, as ``Canary ns/name
+    (phase)`` (none from a control plane older than the kind)."""
+    status, body = request_json(client, "GET", f"/api/v1/namespaces/{namespace}/canaries")
+    if status != 200 or not isinstance(body, dict):
+        return []
+    about = about_service(service, namespace)
+    out = []
+    for item in body.get("items") or []:
+        phase = (item.get("status") or {}).get("phase", "Initializing")
+        if phase not in DONE and about({"spec": {"host": item["spec"]["service"]}}):
+            out.append(f"Canary {namespace}/{item['metadata']['name']} ({phase})")
+    return out
+
+
 @reports_errors
 def run_canary(args: argparse.Namespace) -> int:
     try:
@@ -106,6 +123,12 @@ def run_canary(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     client = make_client(args)
+    declared = declared_canaries(client, plan.service, args.namespace)
+    if declared:
+        print(f"error: the control plane runs {', '.join(declared)} on {plan.service}: its "
+              "first step would stop it (a hand edit of the route, to it); delete it or let it "
+              "finish; nothing changed", file=sys.stderr)
+        return 1
     try:
         target = MeshTarget(client, plan, args.namespace, timeout=args.timeout, rule=args.rule)
         current = target.current_weight()
