@@ -5,7 +5,10 @@ the config version it already runs so a restarted control plane need not re-push
 own Ami version for `meshctl proxy-status` and `meshctl version`),
 then applies every ConfigMessage: ``node`` and ``app`` are filled in locally from the command
 line, ``server.apply`` compiles it, and the agent answers ACK, or NACK with the error text
-(the proxy keeps its last good snapshot). If the stream fails the proxy keeps serving what it
+(the proxy keeps its last good snapshot). It says it takes deltas: a message with
+``base_version`` is rebuilt from the bytes of the snapshot it runs (meshctl.api.delta) and
+NACKed when that base is not the one it runs or the result does not hash to the version; the
+control plane then sends the snapshot in full. If the stream fails the proxy keeps serving what it
 has and reconnects with full-jitter exponential backoff (0.1 s up to 5 s), forever.
 
 Readiness changes are reported with Status: after every applied snapshot (the server re-applies
@@ -33,6 +36,7 @@ from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.api.build import BUILD, VERSION
+from meshctl.api.delta import apply_delta
 from proxy.config import Snapshot
 from proxy.policy.backoff import Backoff
 from proxy.server import ProxyServer
@@ -133,6 +137,7 @@ class ControlPlaneAgent:
         self.app_health: Callable[[], str] = lambda: ""  # set by run.py when it probes the app
         self.admin_token = ""  # sent in Register; the admin listener wants it from remote callers
         self.applied_version = ""
+        self._applied_json = b""  # the bytes of applied_version: what a delta builds on
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[mesh_pb2.ProxyMessage | None] | None = None
         self._reported: tuple[bool, str] | None = None  # (ready, app_health) last sent
@@ -245,7 +250,7 @@ class ControlPlaneAgent:
             admin_token=self.admin_token,
             app_health=app_health, app_protocol=self.identity.app_protocol,
             locality=self.identity.locality, proxy_version=VERSION, build=BUILD,
-            app_port=self.identity.app_port)
+            app_port=self.identity.app_port, deltas=True)
 
     def _apply(self, message: mesh_pb2.ConfigMessage) -> mesh_pb2.ProxyMessage:
         """Apply one pushed snapshot; the answer to send back (ACK or NACK with the error)."""
@@ -253,7 +258,9 @@ class ControlPlaneAgent:
             return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=message.version,
                                                           nonce=message.nonce))
         try:
-            data = json.loads(message.snapshot_json)
+            raw = (apply_delta(self.applied_version, self._applied_json, message)
+                   if message.base_version else message.snapshot_json)
+            data = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("snapshot: expected a JSON object")
             data["version"] = message.version
@@ -269,8 +276,9 @@ class ControlPlaneAgent:
             log.warning("rejected config %s: %s", message.version, exc)
             return mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
                 version=message.version, nonce=message.nonce, error=str(exc) or repr(exc)))
-        self.applied_version = message.version
-        log.info("applied config %s", message.version)
+        self.applied_version, self._applied_json = message.version, raw
+        log.info("applied config %s%s", message.version,
+                 f" (delta from {message.base_version})" if message.base_version else "")
         return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=message.version,
                                                       nonce=message.nonce))
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshctl/api/mesh.proto\x12\x0b\x61mi.mesh.v1\"\xdd\x03\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.ami.mesh.v1.Register.LabelsEntry\x12\x0f\n\x07inbound\x18\x05 \x01(\t\x12\x10\n\x08outbound\x18\x06 \x01(\t\x12\r\n\x05\x61\x64min\x18\x07 \x01(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\r\n\x05token\x18\t \x01(\t\x12\r\n\x05ready\x18\n \x01(\x08\x12\x13\n\x0b\x63\x65rt_expiry\x18\x0b \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x0c \x01(\t\x12\x13\n\x0b\x61\x64min_token\x18\r \x01(\t\x12\x13\n\x0b\x63\x65rt_issued\x18\x0e \x01(\t\x12\x12\n\napp_health\x18\x0f \x01(\t\x12\x14\n\x0c\x61pp_protocol\x18\x10 \x01(\t\x12\x10\n\x08locality\x18\x11 \x01(\t\x12\x15\n\rproxy_version\x18\x12 \x01(\t\x12\r\n\x05\x62uild\x18\x13 \x01(\t\x12\x10\n\x08\x61pp_port\x18\x14 \x01(\r\x12\x14\n\x0cgateway_cert\x18\x15 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\"5\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"k\n\x06Status\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x65rt_expiry\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rt_issued\x18\x03 \x01(\t\x12\x12\n\napp_health\x18\x04 \x01(\t\x12\x14\n\x0cgateway_cert\x18\x05 \x01(\x08\"\xac\x01\n\x0cProxyMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.ami.mesh.v1.RegisterH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.ami.mesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.ami.mesh.v1.NackH\x00\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x13.ami.mesh.v1.StatusH\x00\x42\x06\n\x04kind\"F\n\rConfigMessage\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x15\n\rsnapshot_json\x18\x03 \x01(\x0c\"g\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\r\n\x05proxy\x18\x05 \x01(\t\"Z\n\x13\x43\x65rtificateResponse\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\t2\xaf\x01\n\x0bMeshControl\x12I\n\x0cStreamConfig\x12\x19.ami.mesh.v1.ProxyMessage\x1a\x1a.ami.mesh.v1.ConfigMessage(\x01\x30\x01\x12U\n\x10IssueCertificate\x12\x1f.ami.mesh.v1.CertificateRequest\x1a .ami.mesh.v1.CertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshctl/api/mesh.proto\x12\x0b\x61mi.mesh.v1\"\xed\x03\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x31\n\x06labels\x18\x04 \x03(\x0b\x32!.ami.mesh.v1.Register.LabelsEntry\x12\x0f\n\x07inbound\x18\x05 \x01(\t\x12\x10\n\x08outbound\x18\x06 \x01(\t\x12\r\n\x05\x61\x64min\x18\x07 \x01(\t\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\r\n\x05token\x18\t \x01(\t\x12\r\n\x05ready\x18\n \x01(\x08\x12\x13\n\x0b\x63\x65rt_expiry\x18\x0b \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x0c \x01(\t\x12\x13\n\x0b\x61\x64min_token\x18\r \x01(\t\x12\x13\n\x0b\x63\x65rt_issued\x18\x0e \x01(\t\x12\x12\n\napp_health\x18\x0f \x01(\t\x12\x14\n\x0c\x61pp_protocol\x18\x10 \x01(\t\x12\x10\n\x08locality\x18\x11 \x01(\t\x12\x15\n\rproxy_version\x18\x12 \x01(\t\x12\r\n\x05\x62uild\x18\x13 \x01(\t\x12\x10\n\x08\x61pp_port\x18\x14 \x01(\r\x12\x14\n\x0cgateway_cert\x18\x15 \x01(\x08\x12\x0e\n\x06\x64\x65ltas\x18\x16 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\"5\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"k\n\x06Status\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x13\n\x0b\x63\x65rt_expiry\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65rt_issued\x18\x03 \x01(\t\x12\x12\n\napp_health\x18\x04 \x01(\t\x12\x14\n\x0cgateway_cert\x18\x05 \x01(\x08\"\xac\x01\n\x0cProxyMessage\x12)\n\x08register\x18\x01 \x01(\x0b\x32\x15.ami.mesh.v1.RegisterH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.ami.mesh.v1.AckH\x00\x12!\n\x04nack\x18\x03 \x01(\x0b\x32\x11.ami.mesh.v1.NackH\x00\x12%\n\x06status\x18\x04 \x01(\x0b\x32\x13.ami.mesh.v1.StatusH\x00\x42\x06\n\x04kind\"\x80\x01\n\rConfigMessage\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x15\n\rsnapshot_json\x18\x03 \x01(\x0c\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\t\x12\"\n\x05\x64\x65lta\x18\x05 \x03(\x0b\x32\x13.ami.mesh.v1.Splice\"6\n\x06Splice\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"g\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\r\n\x05proxy\x18\x05 \x01(\t\"Z\n\x13\x43\x65rtificateResponse\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\t\x12\x18\n\x10trust_bundle_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\t2\xaf\x01\n\x0bMeshControl\x12I\n\x0cStreamConfig\x12\x19.ami.mesh.v1.ProxyMessage\x1a\x1a.ami.mesh.v1.ConfigMessage(\x01\x30\x01\x12U\n\x10IssueCertificate\x12\x1f.ami.mesh.v1.CertificateRequest\x1a .ami.mesh.v1.CertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTER_LABELSENTRY']._loaded_options = None
   _globals['_REGISTER_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTER']._serialized_start=40
-  _globals['_REGISTER']._serialized_end=517
-  _globals['_REGISTER_LABELSENTRY']._serialized_start=472
-  _globals['_REGISTER_LABELSENTRY']._serialized_end=517
-  _globals['_ACK']._serialized_start=519
-  _globals['_ACK']._serialized_end=556
-  _globals['_NACK']._serialized_start=558
-  _globals['_NACK']._serialized_end=611
-  _globals['_STATUS']._serialized_start=613
-  _globals['_STATUS']._serialized_end=720
-  _globals['_PROXYMESSAGE']._serialized_start=723
-  _globals['_PROXYMESSAGE']._serialized_end=895
-  _globals['_CONFIGMESSAGE']._serialized_start=897
-  _globals['_CONFIGMESSAGE']._serialized_end=967
-  _globals['_CERTIFICATEREQUEST']._serialized_start=969
-  _globals['_CERTIFICATEREQUEST']._serialized_end=1072
-  _globals['_CERTIFICATERESPONSE']._serialized_start=1074
-  _globals['_CERTIFICATERESPONSE']._serialized_end=1164
-  _globals['_MESHCONTROL']._serialized_start=1167
-  _globals['_MESHCONTROL']._serialized_end=1342
+  _globals['_REGISTER']._serialized_end=533
+  _globals['_REGISTER_LABELSENTRY']._serialized_start=488
+  _globals['_REGISTER_LABELSENTRY']._serialized_end=533
+  _globals['_ACK']._serialized_start=535
+  _globals['_ACK']._serialized_end=572
+  _globals['_NACK']._serialized_start=574
+  _globals['_NACK']._serialized_end=627
+  _globals['_STATUS']._serialized_start=629
+  _globals['_STATUS']._serialized_end=736
+  _globals['_PROXYMESSAGE']._serialized_start=739
+  _globals['_PROXYMESSAGE']._serialized_end=911
+  _globals['_CONFIGMESSAGE']._serialized_start=914
+  _globals['_CONFIGMESSAGE']._serialized_end=1042
+  _globals['_SPLICE']._serialized_start=1044
+  _globals['_SPLICE']._serialized_end=1098
+  _globals['_CERTIFICATEREQUEST']._serialized_start=1100
+  _globals['_CERTIFICATEREQUEST']._serialized_end=1203
+  _globals['_CERTIFICATERESPONSE']._serialized_start=1205
+  _globals['_CERTIFICATERESPONSE']._serialized_end=1295
+  _globals['_MESHCONTROL']._serialized_start=1298
+  _globals['_MESHCONTROL']._serialized_end=1473
 # @@protoc_insertion_point(module_scope)

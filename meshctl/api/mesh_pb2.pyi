@@ -1,13 +1,13 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Register(_message.Message):
-    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build", "app_port", "gateway_cert")
+    __slots__ = ("name", "service", "namespace", "labels", "inbound", "outbound", "admin", "mode", "token", "ready", "cert_expiry", "config_version", "admin_token", "cert_issued", "app_health", "app_protocol", "locality", "proxy_version", "build", "app_port", "gateway_cert", "deltas")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Register(_message.Message):
     BUILD_FIELD_NUMBER: _ClassVar[int]
     APP_PORT_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_CERT_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     namespace: str
@@ -57,7 +58,8 @@ class Register(_message.Message):
     build: str
     app_port: int
     gateway_cert: bool
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ..., app_port: _Optional[int] = ..., gateway_cert: _Optional[bool] = ...) -> None: ...
+    deltas: bool
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound: _Optional[str] = ..., outbound: _Optional[str] = ..., admin: _Optional[str] = ..., mode: _Optional[str] = ..., token: _Optional[str] = ..., ready: _Optional[bool] = ..., cert_expiry: _Optional[str] = ..., config_version: _Optional[str] = ..., admin_token: _Optional[str] = ..., cert_issued: _Optional[str] = ..., app_health: _Optional[str] = ..., app_protocol: _Optional[str] = ..., locality: _Optional[str] = ..., proxy_version: _Optional[str] = ..., build: _Optional[str] = ..., app_port: _Optional[int] = ..., gateway_cert: _Optional[bool] = ..., deltas: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("version", "nonce")
@@ -104,14 +106,28 @@ class ProxyMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class ConfigMessage(_message.Message):
-    __slots__ = ("version", "nonce", "snapshot_json")
+    __slots__ = ("version", "nonce", "snapshot_json", "base_version", "delta")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_JSON_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     version: str
     nonce: str
     snapshot_json: bytes
-    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., snapshot_json: _Optional[bytes] = ...) -> None: ...
+    base_version: str
+    delta: _containers.RepeatedCompositeFieldContainer[Splice]
+    def __init__(self, version: _Optional[str] = ..., nonce: _Optional[str] = ..., snapshot_json: _Optional[bytes] = ..., base_version: _Optional[str] = ..., delta: _Optional[_Iterable[_Union[Splice, _Mapping]]] = ...) -> None: ...
+
+class Splice(_message.Message):
+    __slots__ = ("data", "offset", "length")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    length: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class CertificateRequest(_message.Message):
     __slots__ = ("csr_pem", "service", "namespace", "token", "proxy")

@@ -31,6 +31,7 @@ from typing import Any
 
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
+from meshctl.controlplane.deltas import Deltas
 from meshctl.controlplane.reach import (
     Objects,
     RegistryFacts,
@@ -39,7 +40,7 @@ from meshctl.controlplane.reach import (
     resources_reach,
 )
 from meshctl.controlplane.registry import Registry
-from meshctl.controlplane.snapshots import SnapshotBuilder, jwks_uris
+from meshctl.controlplane.snapshots import BuiltSnapshot, SnapshotBuilder, jwks_uris
 from meshctl.controlplane.store import EventType, Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class PushState:
     sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
     deferred: bool = False  # a newer snapshot waits for the answer to the one in flight
+    deltas: bool = False  # the proxy said (Register.deltas) it applies delta pushes
+    sent: BuiltSnapshot | None = None  # the snapshot of the last push
+    sent_delta: bool = False  # ... which went as a delta
+    base: BuiltSnapshot | None = None  # the last it ACKed on this stream: what deltas build on
 
     @property
     def synced(self) -> bool:
@@ -80,6 +85,10 @@ class ReconcileCounters:
     computed: int = 0
     shared: int = 0  # proxies given the snapshot computed for another with the same inputs
     pushed: int = 0
+    pushed_deltas: int = 0  # of ``pushed``, sent as deltas (meshctl.controlplane.deltas)
+    delta_fallbacks: int = 0  # deltas a proxy NACKed, answered with the full snapshot
+    pushed_bytes_full: int = 0  # ConfigMessage bytes, as ami_controlplane_pushed_bytes_total
+    pushed_bytes_delta: int = 0
     unchanged: int = 0
     acks: int = 0
     nacks: int = 0
@@ -122,9 +131,11 @@ class Reconciler:
         self._written: dict[int, float] = {}  # store revision -> when the watch saw it
 
     # -- streams -------------------------------------------------------------------------------
-    def attach(self, name: str, sender: Sender, running_version: str = "") -> None:
-        """A proxy's stream registered; ``running_version`` is the config it already runs."""
-        state = PushState(sender=sender)
+    def attach(self, name: str, sender: Sender, running_version: str = "", *,
+               deltas: bool = False) -> None:
+        """A proxy's stream registered; ``running_version`` is the config it already runs,
+        ``deltas`` whether it applies delta pushes (its first push on a stream is full)."""
+        state = PushState(sender=sender, deltas=deltas)
         self._attaches += 1
         if running_version:
             state.sent_version = state.acked_version = running_version
@@ -147,6 +158,8 @@ class Reconciler:
             self.counters.ack_seconds_count += 1
             state.sent_at = None
         state.acked_version = version
+        state.base = state.sent if state.sent is not None and state.sent.version == version \
+            else None
         self._advance(state, state.sent_revision)
         state.last_ack, state.nack = self._wall(), None
         self._answered(name, state)
@@ -161,6 +174,15 @@ class Reconciler:
     def nack(self, name: str, version: str, nonce: str, error: str) -> None:
         state = self.states.get(name)
         if state is None or nonce != state.nonce:
+            return
+        if state.sent_delta and state.sent is not None and state.sender is not None:
+            # The proxy could not build the snapshot from its base (or refused it: the full
+            # one then gets the same answer, which counts): send it whole, still one in flight.
+            self.counters.delta_fallbacks += 1
+            log.info("proxy %s refused a delta to %s (%s): sending it in full", name,
+                     version, error)
+            state.base = None
+            self._push(state, state.sent, state.sent_revision, None)
             return
         self.counters.nacks += 1
         error = error or "rejected (no reason given)"
@@ -256,6 +278,7 @@ class Reconciler:
                                   idle=idle, gateways=gateways)
         self.mesh = builder.mesh  # the current MeshConfig (the CA reads its certificate TTL)
         self.counters.passes += 1
+        deltas = Deltas()
         for name in [n for n, s in self.states.items()
                      if s.sender is None and self.registry.get(n) is None]:
             del self.states[name]  # gone from the registry too: forget it
@@ -310,13 +333,33 @@ class Reconciler:
                 # proxy answers, so a burst of changes never queues many 100 KB messages.
                 state.deferred = True
             else:
-                self._nonces += 1
-                state.nonce, state.sent_version = str(self._nonces), built.version
-                state.sent_revision = revision
-                state.sent_at = self._clock()
-                state.sender(mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
-                                                    snapshot_json=built.data))
-                self.counters.pushed += 1
+                # A delta builds on what the proxy ACKed on this stream, with nothing else in
+                # flight: an answer overdue may yet change what it runs.
+                base = state.base if state.deltas and state.sent_at is None else None
+                self._push(state, built, revision,
+                           None if base is None or base.version != state.acked_version
+                           else deltas.get(base, built))
+
+    def _push(self, state: PushState, built: BuiltSnapshot, revision: int,
+              splices: list[mesh_pb2.Splice] | None) -> None:
+        """Send ``built``: as the delta ``splices`` from ``state.base``, or in full."""
+        assert state.sender is not None
+        self._nonces += 1
+        state.nonce, state.sent_version = str(self._nonces), built.version
+        state.sent_revision = revision
+        state.sent_at = self._clock()
+        state.sent, state.sent_delta = built, splices is not None
+        if splices is not None and state.base is not None:
+            message = mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
+                                             base_version=state.base.version, delta=splices)
+            self.counters.pushed_deltas += 1
+            self.counters.pushed_bytes_delta += message.ByteSize()
+        else:
+            message = mesh_pb2.ConfigMessage(version=built.version, nonce=state.nonce,
+                                             snapshot_json=built.data)
+            self.counters.pushed_bytes_full += message.ByteSize()
+        self.counters.pushed += 1
+        state.sender(message)
 
     def _reached(self, facts: RegistryFacts, objects: Objects,
                  builder: SnapshotBuilder) -> set[str]:

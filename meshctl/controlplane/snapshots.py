@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from meshctl.api.policy import (
 from meshctl.api.resources import Resource
 from meshctl.api.sidecar import Scope, SidecarSpec
 from meshctl.api.telemetry import TelemetrySpec, effective
+from meshctl.controlplane.jsonpieces import Pieces
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
 from meshctl.controlplane.scoping import sidecar_for
@@ -45,10 +46,25 @@ from meshctl.controlplane.snapshotinputs import SnapshotInputs
 
 @dataclass(frozen=True, slots=True)
 class BuiltSnapshot:
-    """One proxy's snapshot: its content-hash version and its JSON bytes."""
+    """One proxy's snapshot: its content-hash version and its JSON bytes, which are the
+    ``shared`` pieces (the same tuple for every proxy of the namespace) then ``own``."""
 
     version: str
     data: bytes
+    shared: tuple[bytes, ...] = ()
+    own: bytes = b""
+
+    def pieces(self) -> Iterator[bytes]:
+        """The pieces whose concatenation is ``data`` (a delta reuses them)."""
+        if not self.shared and not self.own:
+            yield self.data
+            return
+        yield from self.shared
+        yield self.own
+
+
+# services > a service > its endpoints > one endpoint; routes > a route > its rules > one rule
+_PIECE_DEPTH = 3
 
 
 def snapshot_version(data: bytes) -> str:
@@ -158,8 +174,8 @@ class SnapshotBuilder:
         # A service is its name in its namespace: `api` of `a` and `api` of `b` are two.
         self.names = ServiceNames(self._tcp)
         # (namespace, Sidecar name or None) -> ('{"mesh":..,"services":..,"routes":..,'
-        # bytes, its sha256 so far)
-        self._shared: dict[tuple[str, str | None], tuple[bytes, Any]] = {}
+        # bytes, its sha256 so far, its pieces)
+        self._shared: dict[tuple[str, str | None], tuple[bytes, Any, tuple[bytes, ...]]] = {}
         self._sidecars: dict[str, list[Resource]] = {}  # by namespace
         for r in self._by_kind.get("Sidecar", []):
             self._sidecars.setdefault(r.namespace, []).append(r)
@@ -185,16 +201,18 @@ class SnapshotBuilder:
         return built
 
     def _compute(self, proxy: SnapshotInputs) -> BuiltSnapshot:
-        prefix, hashed = self._shared_part(proxy.namespace, self.sidecar(proxy))
+        prefix, hashed, pieces = self._shared_part(proxy.namespace, self.sidecar(proxy))
         own = _dumps(self._own_parts(proxy))[1:].encode()  # '"inbound":...}'
         digest = hashed.copy()  # the shared prefix is hashed once per namespace, not per proxy
         digest.update(own)
-        return BuiltSnapshot(digest.hexdigest()[:12], prefix + own)
+        return BuiltSnapshot(digest.hexdigest()[:12], prefix + own, pieces, own)
 
     # -- shared by every proxy of a namespace ------------------------------------------------
-    def _shared_part(self, namespace: str, sidecar: Resource | None) -> tuple[bytes, Any]:
-        """``{"mesh":..,"services":..,"routes":..,`` as bytes, and its running sha256: one per
-        namespace, and one per Sidecar scoping some of its proxies."""
+    def _shared_part(self, namespace: str,
+                     sidecar: Resource | None) -> tuple[bytes, Any, tuple[bytes, ...]]:
+        """``{"mesh":..,"services":..,"routes":..,`` as bytes, its running sha256 and its
+        pieces (an endpoint, a route, a subset each: what deltas reuse): one per namespace,
+        and one per Sidecar scoping some of its proxies."""
         key = (namespace, None if sidecar is None else sidecar.name)
         if key not in self._shared:
             scope = None
@@ -210,9 +228,15 @@ class SnapshotBuilder:
             external = self._external(namespace, scope)
             if external:  # absent when none is declared: such snapshots keep their bytes
                 parts.append(("external", external))
-            text = ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in parts)
-            prefix = ("{" + text + ",").encode()
-            self._shared[key] = (prefix, hashlib.sha256(prefix))
+            writer = Pieces()  # the bytes of _dumps, section by section, cut into pieces
+            writer.raw("{")
+            for i, (name, value) in enumerate(parts):
+                writer.raw(("," if i else "") + json.dumps(name) + ":")
+                writer.value(value, _PIECE_DEPTH)
+            writer.raw(",")
+            pieces = writer.finish()
+            prefix = b"".join(pieces)
+            self._shared[key] = (prefix, hashlib.sha256(prefix), pieces)
         return self._shared[key]
 
     def _in_view(self, kind: str, namespace: str) -> list[Resource]:

@@ -7,7 +7,8 @@ lists every endpoint, and a registration becomes one); a gateway's gateway token
 trusted gateway. A name already connected from other
 addresses is refused (ALREADY_EXISTS); from the same addresses it is that proxy reconnecting,
 and its old stream is closed. Then the reconciler pushes snapshots through a
-one-slot mailbox (a newer snapshot replaces one not yet written: each is a full state) while
+one-slot mailbox (a newer push replaces one not yet written; one is in flight at a time, so a
+delta never replaces what it builds on) while
 ACK/NACK/Status messages are read concurrently. When the stream ends the registry starts the
 proxy's grace period. ``start_grpc_server`` takes optional TLS server credentials.
 """
@@ -174,7 +175,8 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         evicted = self._evict[info.name] = asyncio.Event()
         mailbox = _Mailbox()
         session = self.registry.register(info)
-        self.reconciler.attach(info.name, mailbox.offer, first.register.config_version)
+        self.reconciler.attach(info.name, mailbox.offer, first.register.config_version,
+                               deltas=first.register.deltas)
         log.info("proxy %s (%s, Ami %s) connected from %s", info.name, info.service,
                  info.ami_version, context.peer())
         reader = asyncio.create_task(self._read(info.name, session, context))

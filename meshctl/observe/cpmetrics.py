@@ -30,6 +30,8 @@ _HELP = {
     "passes": "Reconcile passes run.", "computed": "Snapshots computed.",
     "shared": "Snapshots not computed: the same as another proxy's in the pass (same inputs).",
     "pushed": "Snapshots pushed to proxies.", "unchanged": "Snapshots not pushed (unchanged).",
+    "pushed_deltas": "Snapshots pushed as deltas (of the pushed).",
+    "delta_fallbacks": "Deltas a proxy refused, sent again as full snapshots.",
     "acks": "Snapshots ACKed by proxies.", "nacks": "Snapshots rejected (NACKed) by proxies.",
     "errors": "Reconcile passes that failed.",
     "jwks_fetches": "RequestAuthentication jwksUri fetches.",
@@ -83,10 +85,16 @@ class ControlPlaneCollector(Collector):
                 c = CounterMetricFamily(f"ami_controlplane_{name}", doc)
                 c.add_metric([], float(value))
                 yield c
+        pushed = CounterMetricFamily("ami_controlplane_pushed_bytes",
+                                     "ConfigMessage bytes pushed to proxies, by kind: full "
+                                     "snapshots or deltas.", labels=["kind"])
+        pushed.add_metric(["full"], float(counters.pushed_bytes_full))
+        pushed.add_metric(["delta"], float(counters.pushed_bytes_delta))
+        yield pushed
         for f in dataclasses.fields(counters):
             value = getattr(counters, f.name)
-            if f.name.startswith("ack_seconds"):
-                continue  # exported as the summary above
+            if f.name.startswith(("ack_seconds", "pushed_bytes_")):
+                continue  # exported as the summary and the family above
             if isinstance(value, int | float):
                 c = CounterMetricFamily(f"ami_controlplane_{f.name}",
                                         _HELP.get(f.name, f.name.replace("_", " ") + "."))
