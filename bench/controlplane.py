@@ -89,6 +89,7 @@ class SizePlan:
     full_parse: bool = False
     namespaces: int = 1  # sims spread over ns-0..ns-K-1 (bench.cpsim.sim_namespace)
     sidecar: bool = False  # a Sidecar `./*` in each namespace
+    deltas: bool = True  # the sims take delta pushes (False: as proxies built before them)
 
     @property
     def route_namespace(self) -> str:
@@ -147,11 +148,13 @@ class Worker:
 
     @classmethod
     async def spawn(cls, target: str, first: int, count: int, *, ca_file: Path,
-                    cpus: str | None, full_parse: bool, namespaces: int = 1) -> Worker:
+                    cpus: str | None, full_parse: bool, namespaces: int = 1,
+                    deltas: bool = True) -> Worker:
         argv = [sys.executable, "-m", "bench.cpsim", "--target", target, "--first", str(first),
                 "--count", str(count), "--ca-file", str(ca_file),
                 "--certs-dir", str(ca_file.parent),  # the CA dir holding the trust bundle
                 *(["--full-parse"] if full_parse else []),
+                *([] if deltas else ["--no-deltas"]),
                 *(["--namespaces", str(namespaces)] if namespaces > 1 else [])]
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
@@ -227,6 +230,9 @@ class Plane:
         out: dict[str, float] = {}
         for line in text.splitlines():
             name, _, value = line.partition(" ")
+            if name.startswith("ami_controlplane_pushed_bytes_total{kind="):
+                kind = name.split('"')[1]  # pushed_bytes_total{kind="delta"}: pushed_bytes_delta
+                name = f"ami_controlplane_pushed_bytes_{kind}_total"
             if name.startswith("ami_controlplane_") and name.endswith("_total"):
                 out[name[len("ami_controlplane_"):-len("_total")]] = float(value)
         return out
@@ -268,7 +274,8 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
             count = min(plan.per_worker, plan.sidecars - first)
             workers.append(await Worker.spawn(target, first, count, ca_file=plane.ca_file,
                                               cpus=cpus.loadgen, full_parse=plan.full_parse,
-                                              namespaces=plan.namespaces))
+                                              namespaces=plan.namespaces,
+                                              deltas=plan.deltas))
         synced = await asyncio.gather(*(w.ask({"cmd": "synced", "endpoints": plan.endpoints,
                                                "timeout": plan.timeout}) for w in workers))
         waiting = sum(int(r["waiting"]) for r in synced)
@@ -289,13 +296,19 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         totals = await asyncio.to_thread(plane.counters)
         # snapshots computed / pushed by the control plane per round (its reconcile counters)
         per_round = {k: round((totals.get(k, 0.0) - totals0.get(k, 0.0)) / plan.rounds, 1)
-                     for k in ("passes", "computed", "shared", "pushed", "unchanged")}
+                     for k in ("passes", "computed", "shared", "pushed", "unchanged",
+                               "pushed_deltas", "delta_fallbacks", "pushed_bytes_full",
+                               "pushed_bytes_delta")}
         return size_entry(plan, rounds, {
             "rss_mb": round(peak_rss_mb([plane.proc.pid]), 1),
             "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
             "cpu_s": round(cpu_s, 2), "cpu_ms_per_round": round(cpu_s * 1000 / plan.rounds, 1),
             "per_round": per_round, "sim_cpu_s": round(sim_cpu_s, 2),
             "connect_s": round(connect_s, 2), "workers": len(workers),
+            # what registering the sims pushed (each registration reaches everyone)
+            "connect_pushed_mb": round((totals0.get("pushed_bytes_full", 0.0)
+                                        + totals0.get("pushed_bytes_delta", 0.0)) / 1e6, 1),
+            "deltas": plan.deltas,
             "messages": sum(int(s["messages"]) for s in stats),
             # snapshots pushed during the rounds (a scoped mesh pushes a change to fewer)
             "round_messages": sum(int(s["messages"]) for s in stats)
@@ -342,7 +355,8 @@ def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
     """The table printed at the end of a run."""
     lines = [f"{'sidecars':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'sync p50':>9} "
              f"{'sync p99':>9} {'snap KB':>8} {'RSS MB':>7} {'RSS now':>8} {'CPU s':>6} "
-             f"{'sim CPU':>8} {'connect s':>9} {'computed':>9} {'pushed':>7}"]
+             f"{'sim CPU':>8} {'connect s':>9} {'computed':>9} {'pushed':>7} {'deltas':>7} "
+             f"{'KB/round':>8}"]
     for s in sizes:
         p, q = s["propagation_ms"], s["server_sync_ms"]
         lines.append(f"{s['sidecars']:>8} {_f(p.get('p50')):>8} {_f(p.get('p99')):>8} "
@@ -350,11 +364,21 @@ def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
                      f"{s.get('snapshot_kb', 0):>8.1f} {s['rss_mb']:>7.1f} "
                      f"{s['rss_now_mb']:>8.1f} {s['cpu_s']:>6.2f} {s['sim_cpu_s']:>8.2f} "
                      f"{s['connect_s']:>9.1f} {_f(s.get('per_round', {}).get('computed')):>9} "
-                     f"{_f(s.get('per_round', {}).get('pushed')):>7}")
+                     f"{_f(s.get('per_round', {}).get('pushed')):>7} "
+                     f"{_f(s.get('per_round', {}).get('pushed_deltas')):>7} "
+                     f"{_f(_round_kb(s)):>8}")
     for t in targets:
         lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  {t['figure']} at {t['sidecars']}: "
                      f"{_f(t['value'])} (target <= {t['limit']:g})")
     return "\n".join(lines)
+
+
+def _round_kb(size: dict[str, Any]) -> float | None:
+    """ConfigMessage KB the control plane pushed per round (full + delta)."""
+    per = size.get("per_round", {})
+    if "pushed_bytes_full" not in per:
+        return None
+    return (per["pushed_bytes_full"] + per.get("pushed_bytes_delta", 0.0)) / 1024
 
 
 def _f(value: float | None) -> str:
@@ -376,6 +400,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sidecar", action="store_true",
                         help="apply a Sidecar egress ./* in each namespace (each sidecar knows "
                              "its own namespace only); sizes must be multiples of 10 x K")
+    parser.add_argument("--no-deltas", action="store_true",
+                        help="the sims do not take delta pushes (as proxies built before them): "
+                             "every push is a full snapshot")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--run-dir", type=Path, default=None, help="scratch dir (default: temp)")
     parser.add_argument("--no-pin", action="store_true",
@@ -395,7 +422,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{args.namespaces} (each namespace needs whole runs of ten)")
             plan = SizePlan(n, rounds, args.per_worker, timeout=max(60.0, n * 0.1),
                             full_parse=args.full_parse, namespaces=args.namespaces,
-                            sidecar=args.sidecar)
+                            sidecar=args.sidecar, deltas=not args.no_deltas)
             print(f"-- {n} sidecars, {rounds} rounds, "
                   f"{math.ceil(n / args.per_worker)} sim process(es)", file=sys.stderr)
             sizes.append(await measure(plan, root / f"n{n}", pin=not args.no_pin))

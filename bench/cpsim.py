@@ -1,7 +1,9 @@
 """Simulated sidecars for the control-plane bench: light clients of the real config stream.
 
-Each sim opens its own channel (its own TCP connection, like a real sidecar), sends Register,
-then for every ConfigMessage checks the version is the sha256 of the bytes, decodes the
+Each sim opens its own channel (its own TCP connection, like a real sidecar), sends Register
+(saying it takes deltas, unless ``--no-deltas``: a proxy built before them), then for every
+ConfigMessage (a delta rebuilt on the bytes it last ACKed, as the proxy does: meshctl.api.delta)
+checks the version is the sha256 of the bytes, decodes the
 snapshot's ``routes`` with json (``--full-parse``: the whole snapshot; never the proxy parser,
 the sims must stay cheap so 1,000 fit on a core), counts its endpoints, reads the reviews
 route's v2 weight (the *marker* a bench round changes), ACKs it and records when.
@@ -26,6 +28,7 @@ import grpc
 from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
+from meshctl.api.delta import DeltaError, apply_delta
 from meshctl.ca import BootstrapTokens
 
 Clock = Callable[[], float]
@@ -116,6 +119,9 @@ class SimSidecar:
     errors: list[str] = field(default_factory=list)
     last_version: str = ""
     last_bytes: int = 0  # size of the last snapshot ACKed
+    deltas: bool = True  # says so in Register (False: a proxy built before deltas)
+    last_json: bytes = b""  # the last snapshot ACKed: what a delta builds on
+    delta_messages: int = 0
 
     async def run(self, target: str, ca_pem: bytes | None = None, token: str = "") -> None:
         """Stream (TLS verified with ``ca_pem`` when given; registering with ``token``, the
@@ -132,7 +138,7 @@ class SimSidecar:
                 name=ident.name, service=ident.service, namespace=ident.namespace,
                 labels={"version": ident.version},
                 inbound=ident.inbound, outbound="127.0.0.1:15001", admin="",
-                mode="sidecar", ready=True, token=token)))
+                mode="sidecar", ready=True, token=token, deltas=self.deltas)))
             try:
                 while (msg := await call.read()) is not aio.EOF:
                     answer, facts = self._answer(msg)
@@ -150,21 +156,32 @@ class SimSidecar:
         self.messages += 1
         facts: SnapshotFacts | None = None
         error = ""
-        if hashlib.sha256(msg.snapshot_json).hexdigest()[:12] != msg.version:
+        data = msg.snapshot_json
+        if msg.base_version:
+            self.delta_messages += 1
+            try:
+                data = apply_delta(self.last_version, self.last_json, msg)
+            except DeltaError as exc:
+                error = str(exc)
+        if error:
+            pass
+        elif not self.deltas and msg.base_version:
+            error = "a delta pushed to a sim that did not ask for them"
+        elif hashlib.sha256(data).hexdigest()[:12] != msg.version:
             error = f"version {msg.version} is not the hash of the snapshot"
         elif msg.version == self.last_version:
             error = f"version {msg.version} pushed twice in a row"
         else:
             try:
-                facts = self.parse(msg.snapshot_json)
+                facts = self.parse(data)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 error = f"snapshot: {exc}"
         if error:
             self.errors.append(error)
             return mesh_pb2.ProxyMessage(nack=mesh_pb2.Nack(
                 version=msg.version, nonce=msg.nonce, error=error)), None
-        self.last_version = msg.version
-        self.last_bytes = len(msg.snapshot_json)
+        self.last_version, self.last_json = msg.version, data
+        self.last_bytes = len(data)
         return mesh_pb2.ProxyMessage(ack=mesh_pb2.Ack(version=msg.version,
                                                       nonce=msg.nonce)), facts
 
@@ -181,12 +198,13 @@ class Fleet:
 
     def __init__(self, target: str, first: int, count: int, *, ca_pem: bytes | None = None,
                  full_parse: bool = False, clock: Clock = time.monotonic,
-                 tokens: BootstrapTokens | None = None, namespaces: int = 1) -> None:
+                 tokens: BootstrapTokens | None = None, namespaces: int = 1,
+                 deltas: bool = True) -> None:
         self.target, self.ca_pem, self.tokens = target, ca_pem, tokens
         self._changed = asyncio.Event()
         parse = snapshot_facts if full_parse else light_snapshot_facts
         self.sims = [SimSidecar(sim_identity(i, namespaces=namespaces), clock,
-                                self._changed.set, parse)
+                                self._changed.set, parse, deltas=deltas)
                      for i in range(first, first + count)]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -244,6 +262,7 @@ async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
                 "first_ack": min(times, default=None), "errors": fleet.errors()[:5]}
     if cmd["cmd"] == "stats":
         return {"messages": sum(s.messages for s in fleet.sims), "errors": fleet.errors()[:5],
+                "delta_messages": sum(s.delta_messages for s in fleet.sims),
                 "snapshot_bytes": sum(s.last_bytes for s in fleet.sims),
                 "error_count": len(fleet.errors())}
     return {"error": f"unknown command {cmd['cmd']!r}"}
@@ -256,7 +275,8 @@ async def _worker(args: argparse.Namespace) -> None:
     ca_pem = args.ca_file.read_bytes() if args.ca_file else None
     tokens = BootstrapTokens.load(args.certs_dir) if args.certs_dir else None
     fleet = Fleet(args.target, args.first, args.count, ca_pem=ca_pem,
-                  full_parse=args.full_parse, tokens=tokens, namespaces=args.namespaces)
+                  full_parse=args.full_parse, tokens=tokens, namespaces=args.namespaces,
+                  deltas=not args.no_deltas)
     fleet.start()
     try:
         while line := await reader.readline():
@@ -281,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="json.loads every whole snapshot (default: routes only)")
     parser.add_argument("--namespaces", type=int, default=1,
                         help="spread the sims over ns-0..ns-K-1 (default 1: all in default)")
+    parser.add_argument("--no-deltas", action="store_true",
+                        help="do not say so in Register: get full snapshots only")
     args = parser.parse_args(argv)
     asyncio.run(_worker(args))
     return 0
