@@ -1,7 +1,9 @@
 """Registry changes reach only the proxies whose snapshots read them (meshctl.controlplane.reach):
 after any sequence of registrations, readiness and health reports, renewals, departures and
 gateways, with and without Sidecar scopes, every proxy's snapshot is what a full rebuild
-gives; a certificate renewal computes nothing; an unreached proxy stays synced."""
+gives, and the bytes each runs after applying what it was pushed (deltas included:
+meshctl.controlplane.deltas) are byte for byte the full rebuild's; a certificate renewal
+computes nothing; an unreached proxy stays synced."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from meshctl.api import mesh_pb2
+from meshctl.api.delta import apply_delta
 from meshctl.api.resources import load_documents
 from meshctl.controlplane.memstore import MemStore
 from meshctl.controlplane.reach import UNREAD, RegistryFacts
@@ -49,30 +53,61 @@ def sidecar(name: str, service: str, ns: str, port: int, **extra: Any) -> ProxyI
                         "ready": True, **extra})
 
 
-async def plane(clock: FakeClock) -> tuple[Reconciler, Registry, list[str]]:
+class Pushed(list[str]):
+    """The names of the proxies pushed to, in order, and what each runs: (version, bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: dict[str, tuple[str, bytes]] = {}
+        self.deltas = 0
+
+
+async def plane(clock: FakeClock) -> tuple[Reconciler, Registry, Pushed]:
     """A reconciler over SCOPES whose pushes are answered at once; the versions pushed."""
     store = MemStore()
     for r in load_documents(SCOPES, "scopes.yaml"):
         await store.create(r)
     registry = Registry(clock=clock, grace=1.0)
-    return Reconciler(store, registry, clock=clock, sleep=clock.sleep), registry, []
+    return Reconciler(store, registry, clock=clock, sleep=clock.sleep), registry, Pushed()
 
 
-def connect(rec: Reconciler, pushed: list[str], info: ProxyInfo) -> None:
-    def send(message: Any) -> None:
+def connect(rec: Reconciler, pushed: Pushed, info: ProxyInfo, deltas: bool = True) -> None:
+    """Register ``info`` with a stream that applies each push as the proxy does (a delta on
+    the bytes it runs, checked against its version) and ACKs it; ``deltas``: it says it
+    takes them (else, as a proxy built before them, it fails the test on one)."""
+    def send(message: mesh_pb2.ConfigMessage) -> None:
         pushed.append(info.name)
+        if message.base_version:
+            assert deltas, f"{info.name} did not ask for deltas"
+            data = apply_delta(*pushed.running[info.name], message)
+            pushed.deltas += 1
+        else:
+            data = message.snapshot_json
+        pushed.running[info.name] = (message.version, data)
         rec.ack(info.name, message.version, message.nonce)
     rec.registry.register(info)
-    rec.attach(info.name, send)
+    rec.attach(info.name, send, deltas=deltas)
 
 
 async def fresh(rec: Reconciler) -> dict[str, str]:
     """Each connected proxy's version in a full rebuild of the current state."""
+    return {n: version for n, (version, _) in (await rebuilt(rec)).items()}
+
+
+async def rebuilt(rec: Reconciler) -> dict[str, tuple[str, bytes]]:
+    """Each connected proxy's snapshot (version, bytes) in a full rebuild of the state."""
     builder = SnapshotBuilder([o.resource for o in await rec.store.list()],
                               rec.registry.endpoints(), idle=rec.registry.idle_sidecars(),
                               gateways=rec.registry.gateways())
-    return {n: builder.build(info).version for n, s in rec.states.items()
-            if s.sender is not None and (info := rec.registry.get(n)) is not None}
+    return {n: (built.version, built.data) for n, s in rec.states.items()
+            if s.sender is not None and (info := rec.registry.get(n)) is not None
+            and (built := builder.build(info))}
+
+
+async def runs_the_full_rebuild(rec: Reconciler, pushed: Pushed) -> bool:
+    """Every connected proxy runs, byte for byte, what a full rebuild gives it."""
+    expected = await rebuilt(rec)
+    return {n: pushed.running.get(n) for n in expected} == expected
 
 
 def test_unread_fields_reach_no_snapshot() -> None:
@@ -190,7 +225,7 @@ async def test_no_snapshot_is_ever_stale(seed: int) -> None:
             info = sidecar(f"{svc}-{ns}-{step}", svc, ns, 1000 + step,
                            locality=rng.choice(["", "eu/a"]),
                            app_protocol=rng.choice(["", "", "tcp"]))
-            connect(rec, pushed, info)
+            connect(rec, pushed, info, deltas=rng.random() < 0.8)
             sessions[info.name] = registry._entries[info.name].session
         elif op in ("report", "renew"):
             name = rng.choice(names)
@@ -222,6 +257,8 @@ async def test_no_snapshot_is_ever_stale(seed: int) -> None:
         await rec.reconcile_pass()
         expected = await fresh(rec)
         assert {n: rec.states[n].latest_version for n in expected} == expected, (seed, step, op)
+        assert await runs_the_full_rebuild(rec, pushed), (seed, step, op)
+    assert pushed.deltas > 0
 
 
 def churn_doc(rng: random.Random) -> str:
@@ -280,5 +317,7 @@ async def test_no_snapshot_is_stale_after_resource_churn(seed: int) -> None:
         computed.append(rec.counters.computed + rec.counters.shared - before)
         expected = await fresh(rec)
         assert {n: rec.states[n].latest_version for n in expected} == expected, (seed, step)
+        assert await runs_the_full_rebuild(rec, pushed), (seed, step)
         assert rec.lagging(rec.revision) == [], (seed, step)
     assert min(computed) < len(rec.states)  # some change reached fewer than every proxy
+    assert pushed.deltas > 0
