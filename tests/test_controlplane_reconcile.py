@@ -128,7 +128,8 @@ async def test_a_large_pass_yields_to_the_streams_and_still_reaches_every_proxy(
 
     clock = FakeClock()
     registry = Registry(clock=clock)
-    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep,
+                     fulls_in_flight=250)  # (bounding them is test_controlplane_deltas's)
     sent: list[str] = []
     for i in range(250):
         name = f"p{i:03d}"

@@ -32,6 +32,7 @@ from typing import Any
 from meshctl.api import mesh_pb2
 from meshctl.api.kinds import MeshConfigSpec
 from meshctl.controlplane.deltas import Deltas
+from meshctl.controlplane.fullpushes import FullPushes
 from meshctl.controlplane.reach import (
     Objects,
     RegistryFacts,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _ANSWER_TIMEOUT = 10.0  # seconds after which an unanswered push no longer holds back the next
 _YIELD_EVERY = 100  # proxies built and queued between two returns to the event loop
 _WRITES_KEPT = 1024  # store revisions whose write time is remembered (for converged_ms)
+FULLS_IN_FLIGHT = 100  # full snapshots unanswered at once (meshctl.controlplane.fullpushes)
 
 Sender = Callable[[mesh_pb2.ConfigMessage], None]
 
@@ -71,6 +73,8 @@ class PushState:
     sent: BuiltSnapshot | None = None  # the snapshot of the last push
     sent_delta: bool = False  # ... which went as a delta
     base: BuiltSnapshot | None = None  # the last it ACKed on this stream: what deltas build on
+    queued: BuiltSnapshot | None = None  # a full snapshot waiting for room (FullPushes)
+    queued_revision: int = 0
 
     @property
     def synced(self) -> bool:
@@ -105,7 +109,8 @@ class Reconciler:
     def __init__(self, store: Store, registry: Registry, *, quiet: float = 0.1, cap: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 fulls_in_flight: int = FULLS_IN_FLIGHT) -> None:
         self.store = store
         self.registry = registry
         registry.on_change = self.inputs_changed
@@ -129,6 +134,8 @@ class Reconciler:
         self._progress = asyncio.Event()
         self._attaches = 0  # wait_synced rescans every proxy only when this moves
         self._written: dict[int, float] = {}  # store revision -> when the watch saw it
+        self._fulls = FullPushes(fulls_in_flight, clock, _ANSWER_TIMEOUT)
+        self._release_timer: asyncio.TimerHandle | None = None
 
     # -- streams -------------------------------------------------------------------------------
     def attach(self, name: str, sender: Sender, running_version: str = "", *,
@@ -146,6 +153,8 @@ class Reconciler:
         state = self.states.get(name)
         if state is not None and state.sender is sender:
             state.sender = None
+            self._fulls.done(name)
+            self._release()
             self._notify()
 
     def ack(self, name: str, version: str, nonce: str) -> None:
@@ -167,9 +176,35 @@ class Reconciler:
 
     def _answered(self, name: str, state: PushState) -> None:
         state.sent_at = None
+        self._fulls.done(name)
         if state.deferred:
             state.deferred = False
             self.mark(name)  # send the snapshot that waited for this answer
+        self._release()
+
+    def _release(self) -> None:
+        """Send the full snapshots waiting in line that there is now room for."""
+        while (name := self._fulls.next_waiting()) is not None:
+            state = self.states.get(name)
+            if state is None or state.sender is None or state.queued is None:
+                continue
+            built, state.queued = state.queued, None
+            if built.version != state.latest_version:
+                continue  # superseded since: what the pass did instead stands
+            if state.sent_at is not None and self._clock() - state.sent_at < _ANSWER_TIMEOUT:
+                state.deferred = True  # one in flight: its answer marks it again
+                continue
+            self._push(name, state, built, state.queued_revision, None)
+
+    def _release_later(self) -> None:
+        """Release again once unanswered fulls stop taking room (an answer may never come)."""
+        if self._fulls.waiting and self._release_timer is None:
+            def release() -> None:
+                self._release_timer = None
+                self._release()
+                self._release_later()
+            self._release_timer = asyncio.get_running_loop().call_later(_ANSWER_TIMEOUT,
+                                                                        release)
 
     def nack(self, name: str, version: str, nonce: str, error: str) -> None:
         state = self.states.get(name)
@@ -182,7 +217,7 @@ class Reconciler:
             log.info("proxy %s refused a delta to %s (%s): sending it in full", name,
                      version, error)
             state.base = None
-            self._push(state, state.sent, state.sent_revision, None)
+            self._push(name, state, state.sent, state.sent_revision, None)
             return
         self.counters.nacks += 1
         error = error or "rejected (no reason given)"
@@ -257,6 +292,8 @@ class Reconciler:
             await self._compute_and_push(names)
         finally:
             self._in_pass = set()
+        self._release()
+        self._release_later()
         self._notify()
 
     def pending(self, name: str) -> bool:
@@ -294,6 +331,9 @@ class Reconciler:
                     self._advance(unreached, revision)
                 elif unreached.sent_version == unreached.latest_version:
                     unreached.sent_revision = revision
+                elif (unreached.queued is not None
+                      and unreached.queued.version == unreached.latest_version):
+                    unreached.queued_revision = revision
         for count, name in enumerate(sorted(names), 1):
             if count % _YIELD_EVERY == 0:
                 # Let the streams write what was queued so far: holding every proxy's message
@@ -316,6 +356,7 @@ class Reconciler:
                 self.counters.shared += 1
             self._in_pass.discard(name)
             state.latest_version = built.version
+            state.queued = None  # the pass decides anew (a full may wait in line again)
             if built.version == state.acked_version:
                 self._advance(state, revision)  # same content: it includes this revision
                 state.nack = None  # a NACKed change was reverted: nothing refused is pending
@@ -336,14 +377,20 @@ class Reconciler:
                 # A delta builds on what the proxy ACKed on this stream, with nothing else in
                 # flight: an answer overdue may yet change what it runs.
                 base = state.base if state.deltas and state.sent_at is None else None
-                self._push(state, built, revision,
-                           None if base is None or base.version != state.acked_version
+                splices = (None if base is None or base.version != state.acked_version
                            else deltas.get(base, built))
+                if splices is None and not self._fulls.room():
+                    state.queued, state.queued_revision = built, revision
+                    self._fulls.wait(name)
+                else:
+                    self._push(name, state, built, revision, splices)
 
-    def _push(self, state: PushState, built: BuiltSnapshot, revision: int,
+    def _push(self, name: str, state: PushState, built: BuiltSnapshot, revision: int,
               splices: list[mesh_pb2.Splice] | None) -> None:
         """Send ``built``: as the delta ``splices`` from ``state.base``, or in full."""
         assert state.sender is not None
+        state.queued = None
+        self._fulls.sent(name, splices is None)
         self._nonces += 1
         state.nonce, state.sent_version = str(self._nonces), built.version
         state.sent_revision = revision
