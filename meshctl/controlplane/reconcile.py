@@ -14,6 +14,12 @@ Store revision. A snapshot records the store revision it was computed from (the 
 config that includes a write that returned version N. A proxy the pass's changes do not reach
 runs a config that includes them as it is: its revision advances without a rebuild.
 
+Deltas. To a proxy that said it takes them, a push after the first on its stream goes as a
+delta from the snapshot it last ACKed there (meshctl.controlplane.deltas); a NACK of a delta
+is answered with the same snapshot in full at once. Full snapshots in flight are bounded
+(meshctl.controlplane.fullpushes): past the bound a proxy's waits in line, released as
+answers come in.
+
 Reconnects. A proxy that (re)connects announcing the config it runs counts as having ACKed it:
 if its snapshot is unchanged nothing is pushed. After a control-plane restart the registry is
 restored from its state file (registrystate), so the snapshots are unchanged and a restart
