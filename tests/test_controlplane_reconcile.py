@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from meshctl.controlplane.memstore import MemStore
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
@@ -281,3 +285,46 @@ async def test_convergence_runs_from_the_write_to_the_last_ack_not_from_the_wait
     converged = rec.converged_seconds(revision)
     assert converged is not None and abs(converged - 0.35) < 1e-9
     assert rec.converged_seconds(revision + 100) is None  # a write it never saw
+
+
+async def test_a_sync_wait_checks_each_answer_once_not_every_laggard(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``wait_synced`` over 300 laggards answered one by one (each answer wakes it) re-checks
+    only the proxy that answered: O(answers) checks in all, not O(answers x laggards); it
+    still ends when the last one ACKs, and a proxy reconnecting rescans them all."""
+    import asyncio
+
+    from meshctl.controlplane import reconcile
+
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep,
+                     fulls_in_flight=300)
+    sent: dict[str, list[Any]] = {}
+    for i in range(300):
+        name = f"p{i:03d}"
+        registry.register(ProxyInfo(name=name, service="svc", inbound=f"127.0.0.1:{1000 + i}",
+                                    ready=True))
+        rec.attach(name, lambda m, n=name: sent.setdefault(n, []).append(m))
+    await rec.reconcile_pass()
+    checks = 0
+    real = reconcile._lags
+
+    def counting(state: Any, revision: int) -> bool:
+        nonlocal checks
+        checks += 1
+        return real(state, revision)
+
+    monkeypatch.setattr(reconcile, "_lags", counting)
+    assert len(sent) == 300
+    waiter = asyncio.create_task(rec.wait_synced(rec.revision, timeout=30.0))
+    await asyncio.sleep(0)
+    checks = 0
+    for name in sorted(sent)[:-1]:
+        rec.ack(name, sent[name][-1].version, sent[name][-1].nonce)
+        await asyncio.sleep(0)  # the waiter wakes after every answer
+    assert not waiter.done()
+    assert checks < 2 * len(sent)
+    last = sorted(sent)[-1]
+    rec.ack(last, sent[last][-1].version, sent[last][-1].nonce)
+    assert await waiter == []

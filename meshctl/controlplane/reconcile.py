@@ -139,6 +139,12 @@ class Reconciler:
         self._nonces = 0
         self._progress = asyncio.Event()
         self._attaches = 0  # wait_synced rescans every proxy only when this moves
+        self._rescans = 0  # ... or this (a pass, which may move any proxy)
+        # Proxies that answered since the oldest waiter looked: each waiter re-checks those of
+        # its laggards only, so an ACK costs O(1), not O(laggards), per waiter.
+        self._moved_names: list[str] = []
+        self._moved_base = 0  # how many names were dropped from the front of that list
+        self._waiters = 0
         self._written: dict[int, float] = {}  # store revision -> when the watch saw it
         self._fulls = FullPushes(fulls_in_flight, clock, _ANSWER_TIMEOUT)
         self._release_timer: asyncio.TimerHandle | None = None
@@ -161,7 +167,7 @@ class Reconciler:
             state.sender = None
             self._fulls.done(name)
             self._release()
-            self._notify()
+            self._notify(name)
 
     def ack(self, name: str, version: str, nonce: str) -> None:
         state = self.states.get(name)
@@ -178,7 +184,7 @@ class Reconciler:
         self._advance(state, state.sent_revision)
         state.last_ack, state.nack = self._wall(), None
         self._answered(name, state)
-        self._notify()
+        self._notify(name)
 
     def _answered(self, name: str, state: PushState) -> None:
         state.sent_at = None
@@ -232,7 +238,7 @@ class Reconciler:
         # while in flight) leaves nothing refused outstanding.
         state.nack = None if state.synced else error
         self._answered(name, state)
-        self._notify()
+        self._notify(name)
 
     # -- marking ----------------------------------------------------------------------------
     def mark(self, name: str) -> None:
@@ -455,7 +461,12 @@ class Reconciler:
                    if s.sender is not None and s.synced_at is not None]
         return max([written, *reached]) - written
 
-    def _notify(self) -> None:
+    def _notify(self, name: str | None = None) -> None:
+        """Wake wait_synced: ``name`` alone moved (an answer, a stream gone), or anyone."""
+        if name is None:
+            self._rescans += 1
+        elif self._waiters:
+            self._moved_names.append(name)
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -466,22 +477,34 @@ class Reconciler:
     async def wait_synced(self, revision: int, timeout: float) -> list[str]:
         """Wait until no proxy lags ``revision``; returns the laggards ([] = synced)."""
         deadline = self._clock() + timeout
-        attaches = self._attaches
-        lagging = self.lagging(revision)
-        while lagging:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                return lagging
-            try:
-                await asyncio.wait_for(self._progress.wait(), remaining)
-            except TimeoutError:
-                return self.lagging(revision)
-            if attaches != self._attaches:  # a proxy (re)connected: rescan them all
-                attaches, lagging = self._attaches, self.lagging(revision)
-            else:  # re-check only the laggards: one ACK costs O(laggards), not O(proxies)
-                lagging = [n for n in lagging
-                           if (s := self.states.get(n)) is not None and _lags(s, revision)]
-        return []
+        seen = (self._attaches, self._rescans)
+        lagging = set(self.lagging(revision))
+        self._waiters += 1
+        try:
+            seen_names = self._moved_base + len(self._moved_names)
+            while lagging:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return sorted(lagging)
+                try:
+                    await asyncio.wait_for(self._progress.wait(), remaining)
+                except TimeoutError:
+                    return self.lagging(revision)
+                if seen != (self._attaches, self._rescans):
+                    # a proxy (re)connected or a pass ran: rescan them all
+                    seen, lagging = (self._attaches, self._rescans), set(self.lagging(revision))
+                else:  # re-check only the laggards that answered since
+                    for n in self._moved_names[seen_names - self._moved_base:]:
+                        if n in lagging and ((s := self.states.get(n)) is None
+                                             or not _lags(s, revision)):
+                            lagging.discard(n)
+                seen_names = self._moved_base + len(self._moved_names)
+            return []
+        finally:
+            self._waiters -= 1
+            if not self._waiters:
+                self._moved_base += len(self._moved_names)
+                self._moved_names.clear()
 
 
 def _lags(state: PushState, revision: int) -> bool:
