@@ -119,20 +119,30 @@ def proxy_info(reg: mesh_pb2.Register) -> ProxyInfo:
 
 
 class _Mailbox:
-    """Holds the newest snapshot not yet written to the stream."""
+    """Holds the newest snapshot not yet written to the stream, until the stream ends."""
 
     def __init__(self) -> None:
         self.pending: mesh_pb2.ConfigMessage | None = None
+        self.closed = False
         self.ready = asyncio.Event()
 
     def offer(self, message: mesh_pb2.ConfigMessage) -> None:
         self.pending = message
         self.ready.set()
 
-    async def take(self) -> mesh_pb2.ConfigMessage:
-        while self.pending is None:
+    def close(self, _: object = None) -> None:
+        """The stream is ending (its reader finished, or a newer stream replaced it)."""
+        self.closed = True
+        self.ready.set()
+
+    async def take(self) -> mesh_pb2.ConfigMessage | None:
+        """The next message to write; None once closed. (One await per message: waiting on
+        the reader and the eviction too, per message, cost more than the write itself.)"""
+        while self.pending is None and not self.closed:
             self.ready.clear()
             await self.ready.wait()
+        if self.closed:
+            return None
         message, self.pending = self.pending, None
         return message
 
@@ -181,19 +191,15 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
                  info.ami_version, context.peer())
         reader = asyncio.create_task(self._read(info.name, session, context))
         replaced = asyncio.create_task(evicted.wait())
-        take: asyncio.Future[mesh_pb2.ConfigMessage] | None = None
+        reader.add_done_callback(mailbox.close)
+        replaced.add_done_callback(mailbox.close)
         try:
-            while not reader.done() and not replaced.done():
-                take = asyncio.ensure_future(mailbox.take())
-                await asyncio.wait({take, reader, replaced}, return_when=asyncio.FIRST_COMPLETED)
-                if not take.done():
-                    break
-                await context.write(take.result())
+            while (message := await mailbox.take()) is not None:
+                await context.write(message)
         finally:
             # Cancelled too when the stream is (client gone): no task left pending.
-            for task in (reader, replaced, take):
-                if task is not None:
-                    task.cancel()
+            for task in (reader, replaced):
+                task.cancel()
             if self._evict.get(info.name) is evicted:
                 del self._evict[info.name]
                 self.reconciler.detach(info.name, mailbox.offer)
