@@ -252,18 +252,21 @@ def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: Mesh) -> None:
 
 def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: Mesh) -> None:
     """The control plane restarts: the sidecars reconnect saying what they run (nothing is
-    pushed); the next change goes to the proxy that takes deltas in full (nothing it runs was
+    pushed: the snapshots are unchanged); the next change goes to the proxy that takes deltas in full (nothing it runs was
     sent on its new stream), the one after as a delta. (Last: it replaces the control
     plane.)"""
     api, grpc_address = mesh.cp.info["api"], mesh.cp.info["grpc"]
     mesh.cp.stop()
+    # --warmup keeps the registry it restored until they are back: their snapshots come out
+    # unchanged and nothing is pushed on their new streams (whichever reconnects first)
     mesh.cp = start_control_plane(mesh.tmp, http_port=int(api.rpartition(":")[2]),
                                   grpc_port=int(grpc_address.rpartition(":")[2]),
-                                  warmup=0.0, grace=0.0)
-    mesh.wait_synced()
+                                  warmup=20.0, grace=0.0)
     wait_for(lambda: {p["name"] for p in proxies(mesh.cp) if p["connected"]} >= mesh.names(),
              30, "both sidecars reconnected")
+    mesh.wait_synced()
     before = mesh.counters()
+    assert before.get("pushed") == 0
     apply_yaml(mesh.cp, ROUTE % (70, 30))
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the route after the restart")
