@@ -252,9 +252,9 @@ def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: Mesh) -> None:
 
 def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: Mesh) -> None:
     """The control plane restarts: the sidecars reconnect saying what they run (nothing is
-    pushed: the snapshots are unchanged); the next change goes to the proxy that takes deltas in full (nothing it runs was
-    sent on its new stream), the one after as a delta. (Last: it replaces the control
-    plane.)"""
+    pushed: the snapshots are unchanged); the next change goes to the proxy that takes
+    deltas in full (nothing it runs was sent on its new stream), the one after as a delta.
+    (Last: it replaces the control plane.)"""
     api, grpc_address = mesh.cp.info["api"], mesh.cp.info["grpc"]
     mesh.cp.stop()
     # --warmup keeps the registry it restored until they are back: their snapshots come out
