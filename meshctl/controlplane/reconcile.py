@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl.api import mesh_pb2
@@ -138,13 +138,7 @@ class Reconciler:
         self._last_mark = 0.0
         self._nonces = 0
         self._progress = asyncio.Event()
-        self._attaches = 0  # wait_synced rescans every proxy only when this moves
-        self._rescans = 0  # ... or this (a pass, which may move any proxy)
-        # Proxies that answered since the oldest waiter looked: each waiter re-checks those of
-        # its laggards only, so an ACK costs O(1), not O(laggards), per waiter.
-        self._moved_names: list[str] = []
-        self._moved_base = 0  # how many names were dropped from the front of that list
-        self._waiters = 0
+        self._sync_waits: set[_SyncWait] = set()  # the wait_synced calls waiting
         self._written: dict[int, float] = {}  # store revision -> when the watch saw it
         self._fulls = FullPushes(fulls_in_flight, clock, _ANSWER_TIMEOUT)
         self._release_timer: asyncio.TimerHandle | None = None
@@ -155,11 +149,11 @@ class Reconciler:
         """A proxy's stream registered; ``running_version`` is the config it already runs,
         ``deltas`` whether it applies delta pushes (its first push on a stream is full)."""
         state = PushState(sender=sender, deltas=deltas)
-        self._attaches += 1
         if running_version:
             state.sent_version = state.acked_version = running_version
         self.states[name] = state
         self.mark(name)
+        self._notify()  # a new laggard for whoever waits
 
     def detach(self, name: str, sender: Sender) -> None:
         state = self.states.get(name)
@@ -462,11 +456,19 @@ class Reconciler:
         return max([written, *reached]) - written
 
     def _notify(self, name: str | None = None) -> None:
-        """Wake wait_synced: ``name`` alone moved (an answer, a stream gone), or anyone."""
-        if name is None:
-            self._rescans += 1
-        elif self._waiters:
-            self._moved_names.append(name)
+        """``name`` alone moved (an answer, a stream gone), or anyone (a pass, a new stream).
+        A wait_synced call is woken only when its last laggard caught up, or to rescan: an
+        ACK costs a set lookup per waiting call, not a wake-up and a scan of its laggards."""
+        for wait in self._sync_waits:
+            if name is None:
+                wait.rescan = True
+                wait.woken.set()
+            elif name in wait.lagging:
+                state = self.states.get(name)
+                if state is None or not _lags(state, wait.revision):
+                    wait.lagging.discard(name)
+                    if not wait.lagging:
+                        wait.woken.set()
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -477,34 +479,33 @@ class Reconciler:
     async def wait_synced(self, revision: int, timeout: float) -> list[str]:
         """Wait until no proxy lags ``revision``; returns the laggards ([] = synced)."""
         deadline = self._clock() + timeout
-        seen = (self._attaches, self._rescans)
-        lagging = set(self.lagging(revision))
-        self._waiters += 1
+        wait = _SyncWait(revision, set(self.lagging(revision)))
+        self._sync_waits.add(wait)
         try:
-            seen_names = self._moved_base + len(self._moved_names)
-            while lagging:
+            while wait.lagging:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    return sorted(lagging)
+                    return sorted(wait.lagging)
+                wait.woken.clear()
                 try:
-                    await asyncio.wait_for(self._progress.wait(), remaining)
+                    await asyncio.wait_for(wait.woken.wait(), remaining)
                 except TimeoutError:
                     return self.lagging(revision)
-                if seen != (self._attaches, self._rescans):
-                    # a proxy (re)connected or a pass ran: rescan them all
-                    seen, lagging = (self._attaches, self._rescans), set(self.lagging(revision))
-                else:  # re-check only the laggards that answered since
-                    for n in self._moved_names[seen_names - self._moved_base:]:
-                        if n in lagging and ((s := self.states.get(n)) is None
-                                             or not _lags(s, revision)):
-                            lagging.discard(n)
-                seen_names = self._moved_base + len(self._moved_names)
+                if wait.rescan:  # a pass ran or a proxy (re)connected: look at them all
+                    wait.rescan, wait.lagging = False, set(self.lagging(revision))
             return []
         finally:
-            self._waiters -= 1
-            if not self._waiters:
-                self._moved_base += len(self._moved_names)
-                self._moved_names.clear()
+            self._sync_waits.discard(wait)
+
+
+@dataclass(eq=False, slots=True)
+class _SyncWait:
+    """One wait_synced call: the proxies it still waits for (kept by ``_notify``)."""
+
+    revision: int
+    lagging: set[str]
+    rescan: bool = False
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _lags(state: PushState, revision: int) -> bool:
