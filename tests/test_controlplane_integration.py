@@ -14,96 +14,47 @@ import pytest
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.ca import BootstrapTokens
+from tests import meshbuilder
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
-    MeshProcess,
     all_synced,
-    apply_yaml,
     http_get,
     http_json,
     proxies,
-    start_backend,
     start_control_plane,
-    start_sidecar,
     wait_for,
 )
 from tests.proxyharness import metric_value
+from tests.resources import destination_policy, mesh_config, route
 
 pytestmark = pytest.mark.timeout(180)
 
-BASE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: DISABLE}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-"""
+class Mesh(meshbuilder.Mesh):
+    """reviews v1 and v2 (v2's app declared HTTP/1.1) and a productpage client, mTLS off."""
 
-ROUTE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
-"""
-
-
-class Mesh:
-    """The processes of one test module and the ways to look at them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[MeshProcess] = []
-        config_dir = tmp / "mesh"
-        config_dir.mkdir()
-        (config_dir / "base.yaml").write_text(BASE)
-        self.cp = start_control_plane(tmp, config_dir=config_dir)
-        for version in ("v1", "v2"):
-            backend = start_backend(tmp, f"reviews-{version}")
-            self.procs.append(backend)
-            self.procs.append(start_sidecar(
-                tmp, self.cp.info["grpc"], "reviews", version, app=backend.info["address"],
-                extra=["--app-protocol", "http1"] if version == "v2" else None))
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
-        self.names = {p.info["name"] for p in self.procs if "name" in p.info}
+    def build(self) -> Mesh:
+        self.control_plane(mesh_config(mtls="DISABLE"), destination_policy("reviews"))
+        self.service("reviews", "v1")
+        self.service("reviews", "v2", extra=["--app-protocol", "http1"])
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/", {"Host": "reviews"})
+        return self.get(self.client, "reviews")
 
     def answers(self, n: int) -> set[bytes]:
         results = [self.call() for _ in range(n)]
         assert all(status == 200 for status, _ in results), results
         return {body for _, body in results}
 
-    def apply(self, text: str) -> int:
-        return apply_yaml(self.cp, text)
-
-    def close(self) -> None:
-        for proc in [*self.procs, self.cp]:
-            proc.stop()
-
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("mesh"))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 20, "all proxies synced")
+    with Mesh(tmp_path_factory.mktemp("mesh")) as m:
+        m.build().wait_synced(20)
         wait_for(lambda: len(m.answers(8)) == 2, 20, "both reviews versions reachable")
         yield m
-    finally:
-        m.close()
 
 
 def proxy_status_json(mesh: Mesh) -> list[dict[str, Any]]:
@@ -167,7 +118,7 @@ def pushed(mesh: Mesh) -> float:
 
 def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     """A Route applied through the API sends all traffic to subset v2 once /sync says so."""
-    revision = mesh.apply(ROUTE % (0, 100))
+    revision = mesh.apply(route("reviews", {"v1": 0, "v2": 100}))
     status, body = http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}"
                              "&timeout=15")
     assert status == 200 and body["synced"] and body["proxies"] == 3, body
@@ -190,13 +141,13 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
 
 def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
     """A hand edit with bad weights is rejected with a precise error and traffic is unchanged."""
-    revision = mesh.apply(ROUTE % (100, 0))
+    revision = mesh.apply(route("reviews", {"v1": 100, "v2": 0}))
     assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
     for bad in ("nan", "inf", "soon"):  # a timeout that is no number of seconds
         assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?timeout={bad}")[0] == 400
     assert mesh.answers(10) == {b"reviews-v1"}
     route_file = mesh.cp.info["config_dir"] / "route" / "default" / "reviews.yaml"
-    route_file.write_text(ROUTE % (60, 41))
+    route_file.write_text(route("reviews", {"v1": 60, "v2": 41}))
 
     def rejected() -> str | None:
         items = http_json(mesh.cp.info["api"] + "/api/v1/errors")[1]["items"]
@@ -206,7 +157,7 @@ def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
     assert "spec.rules[0].backends" in message and "weights sum to 101, must be 100" in message
     assert mesh.answers(20) == {b"reviews-v1"}
     assert all(p["synced"] for p in proxy_status_json(mesh))
-    route_file.write_text(ROUTE % (100, 0))  # repair for the next tests
+    route_file.write_text(route("reviews", {"v1": 100, "v2": 0}))  # repair for the next tests
     wait_for(lambda: not rejected(), 10, "the repaired file to be accepted")
 
 
@@ -316,7 +267,7 @@ def test_restart_that_pushes_keeps_the_route(mesh: Mesh) -> None:
     a stale idle proxy is restored, and when it is dropped after --warmup) and no answer
     strays from the Route: a zero-weight subset gets nothing, no snapshot lacks the Route.
     """
-    revision = mesh.apply(ROUTE % (100, 0))
+    revision = mesh.apply(route("reviews", {"v1": 100, "v2": 0}))
     assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
     with Load(mesh) as load:

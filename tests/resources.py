@@ -1,0 +1,53 @@
+"""Resource documents the mesh tests declare again and again, as YAML text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+API_VERSION = "ami.mesh/v1alpha1"
+
+
+def document(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None) -> str:
+    """One document of ``kind`` (the factories below are this with the spec spelled out)."""
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return yaml.safe_dump({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata,
+                           "spec": spec}, sort_keys=False)
+
+
+def documents(*docs: str) -> str:
+    """Several documents as one YAML stream."""
+    return "---\n".join(docs)
+
+
+def mesh_config(mtls: str | None = None, **spec: Any) -> str:
+    """The MeshConfig; ``mtls``: its mode (DISABLE, PERMISSIVE, STRICT)."""
+    return document("MeshConfig", "default",
+                    {**({"mtls": {"mode": mtls}} if mtls else {}), **spec})
+
+
+def destination_policy(host: str, subsets: tuple[str, ...] = ("v1", "v2"),
+                       **spec: Any) -> str:
+    """A DestinationPolicy named after ``host`` with one subset per version label."""
+    return document("DestinationPolicy", host, {
+        "host": host, **spec,
+        "subsets": [{"name": s, "labels": {"version": s}} for s in subsets]})
+
+
+def split(weights: dict[str, int]) -> dict[str, Any]:
+    """A rule sending to subsets by weight, e.g. ``{"v1": 90, "v2": 10}``."""
+    return {"backends": [{"subset": s, "weight": w} for s, w in weights.items()]}
+
+
+def route(host: str, weights: dict[str, int] | None = None, *,
+          rules: list[dict[str, Any]] | None = None, name: str | None = None) -> str:
+    """A Route for ``host``: ``rules`` first, then the ``weights`` split (if given)."""
+    return document("Route", name or host, {
+        "host": host, "rules": [*(rules or []), *([split(weights)] if weights else [])]})
+
+
+def peer_authentication(name: str, mode: str, service: str | None = None) -> str:
+    """A PeerAuthentication of the default namespace, for ``service`` only if given."""
+    return document("PeerAuthentication", name, {
+        **({"selector": {"service": service}} if service else {}), "mtls": {"mode": mode}})
