@@ -29,6 +29,8 @@ class Mesh:
     ``with Mesh(tmp) as mesh: mesh.control_plane(...); mesh.service("reviews", "v1", "v2")``;
     a test module subclasses it for the calls particular to it."""
 
+    bare_env = False  # meshctl() with only the token and PATH, not this process's environment
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[MeshProcess] = []  # all but the control plane, in start order
@@ -127,15 +129,22 @@ class Mesh:
         """A request of ``via``'s app to ``host``, through ``via``'s outbound listener."""
         return http_get(f"http://{via.info['outbound']}{path}", {"Host": host, **(headers or {})})
 
-    def meshctl(self, *args: str, timeout: float = 60, bare_env: bool = False
-                ) -> subprocess.CompletedProcess[str]:
-        """``meshctl --control-plane <api> ARGS`` with the API token; ``bare_env``: with only
-        the token and PATH=/usr/bin, not this process's environment."""
+    def meshctl_argv(self, *args: str) -> list[str]:
+        """``meshctl --control-plane <api> ARGS`` (for a test that runs it itself)."""
+        return [PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"], *args]
+
+    def meshctl_env(self, bare_env: bool | None = None) -> dict[str, str]:
+        """The environment with the API token; ``bare_env`` (default: the class's): only the
+        token and PATH=/usr/bin, not this process's environment."""
         token = {"AMI_TOKEN": self.cp.info["token"]}
-        env = {**token, "PATH": "/usr/bin"} if bare_env else {**os.environ, **token}
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT,
-                              timeout=timeout, env=env)
+        bare = self.bare_env if bare_env is None else bare_env
+        return {**token, "PATH": "/usr/bin"} if bare else {**os.environ, **token}
+
+    def meshctl(self, *args: str, timeout: float = 60, bare_env: bool | None = None
+                ) -> subprocess.CompletedProcess[str]:
+        """Run meshctl with ``args`` against this control plane, with the API token."""
+        return subprocess.run(self.meshctl_argv(*args), capture_output=True, text=True,
+                              cwd=ROOT, timeout=timeout, env=self.meshctl_env(bare_env))
 
     def close(self) -> None:
         """Stop every process and run every cleanup, last first, even when one fails."""

@@ -10,80 +10,43 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers_mesh import (
-    PYTHON,
     ROOT,
-    MeshProcess,
-    all_synced,
-    http_get,
     http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.observe_harness import Traffic
+from tests.resources import destination_policy, documents, route
 
 pytestmark = pytest.mark.timeout(240)
 
-BASE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-    - {name: v3, labels: {version: v3}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: v1, weight: 100}]
-"""
+BASE = documents(destination_policy("reviews", ("v1", "v2", "v3")),
+                 route("reviews", {"v1": 100}))
 # Fast analysis: 1 s intervals, half the traffic per step; p99 generous for a shared machine.
 FAST = ("--interval", "1s", "--step", "50", "--min-requests", "5", "--max-p99", "2s")
 
 
-class CanaryMesh:
+class CanaryMesh(Mesh):
     """The control plane, reviews v1 (200), v2 (500) and v3 (200), and a client sidecar."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[MeshProcess] = []
-        config_dir = tmp / "mesh"
-        config_dir.mkdir()
-        (config_dir / "base.yaml").write_text(BASE)
-        self.cp = start_control_plane(tmp, config_dir=config_dir, warmup=0.0,
-                                      args=("--scrape-interval", "0.25"))
-        for version, status in (("v1", 200), ("v2", 500), ("v3", 200)):
-            backend = start_backend(tmp, f"reviews-{version}", status=status)
-            self.procs += [backend, start_sidecar(tmp, self.cp.info["grpc"], "reviews", version,
-                                                  app=backend.info["address"])]
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
-        self.names = {p.info["name"] for p in self.procs if "name" in p.info}
+    bare_env = True
+
+    def build(self) -> CanaryMesh:
+        self.control_plane(BASE, warmup=0.0, args=("--scrape-interval", "0.25"))
+        self.service("reviews", "v1", "v2", "v3", status={"v2": 500})
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/", {"Host": "reviews"})
+        return self.get(self.client, "reviews")
 
-    def argv(self, *args: str) -> list[str]:
-        return [PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"], *args]
-
-    def env(self) -> dict[str, str]:
-        return {"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"}
-
-    def meshctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, cwd=ROOT,
-                              timeout=timeout, env=self.env())
+    def meshctl(self, *args: str, timeout: float = 120,
+                bare_env: bool | None = None) -> subprocess.CompletedProcess[str]:
+        return super().meshctl(*args, timeout=timeout, bare_env=bare_env)
 
     def weights(self) -> dict[str, int]:
         status, body = http_json(self.cp.info["api"]
@@ -99,15 +62,11 @@ class CanaryMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CanaryMesh]:
-    m = CanaryMesh(tmp_path_factory.mktemp("canary"))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 30, "all proxies synced")
+    with CanaryMesh(tmp_path_factory.mktemp("canary")) as m:
+        m.build().wait_synced()
         wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable over mTLS")
         with Traffic(m.call):
             yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 def _served_by(mesh: CanaryMesh, calls: int = 20) -> set[bytes]:
@@ -176,9 +135,9 @@ def test_ctrl_c_leaves_the_weights_and_says_so(mesh: CanaryMesh) -> None:
     mesh.reset()
     log = mesh.tmp / "canary-interrupted.out"
     with log.open("w") as out, open(mesh.tmp / "canary-interrupted.err", "w+") as err:
-        proc = subprocess.Popen(mesh.argv("canary", "reviews", "--from", "v1", "--to", "v3",
+        proc = subprocess.Popen(mesh.meshctl_argv("canary", "reviews", "--from", "v1", "--to", "v3",
                                           "--interval", "1s", "--min-requests", "1000000"),
-                                stdout=out, stderr=err, cwd=ROOT, env=mesh.env())
+                                stdout=out, stderr=err, cwd=ROOT, env=mesh.meshctl_env())
         try:
             wait_for(lambda: "hold: only" in log.read_text(), 60, "a held step")
             proc.send_signal(signal.SIGINT)

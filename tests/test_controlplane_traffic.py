@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    apply_yaml,
     http_get,
-    http_json,
     proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
+from tests.resources import destination_policy, documents
 
 pytestmark = pytest.mark.timeout(180)
 
 # No MeshConfig: the defaults apply, so mTLS is STRICT between the sidecars.
-BASE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
+ROUTE = """\
 apiVersion: ami.mesh/v1alpha1
 kind: Route
 metadata: {name: reviews}
@@ -49,53 +31,30 @@ spec:
     - name: default
       backends: [{subset: v1, weight: 100}, {subset: v2, weight: 0}]
 """
+BASE = documents(destination_policy("reviews"), ROUTE)
 
 
-class TrafficMesh:
+class TrafficMesh(Mesh):
     """A control plane, reviews v1/v2 behind sidecars, and a productpage client sidecar."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.procs: list[MeshProcess] = []
-        config_dir = tmp / "mesh"
-        config_dir.mkdir()
-        (config_dir / "base.yaml").write_text(BASE)
-        self.cp = start_control_plane(tmp, config_dir=config_dir, warmup=0.0)
-        for version in ("v1", "v2"):
-            backend = start_backend(tmp, f"reviews-{version}")
-            self.procs += [backend, start_sidecar(tmp, self.cp.info["grpc"], "reviews", version,
-                                                  app=backend.info["address"])]
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
-        self.names = {p.info["name"] for p in self.procs if "name" in p.info}
+    bare_env = True
+
+    def build(self) -> TrafficMesh:
+        self.control_plane(BASE, warmup=0.0)
+        self.service("reviews", "v1", "v2")
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/",
-                        {"Host": "reviews", **(headers or {})})
-
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
-
-    def apply(self, text: str) -> int:
-        return apply_yaml(self.cp, text)
-
-    def sync(self, revision: int) -> None:
-        status, body = http_json(self.cp.info["api"]
-                                 + f"/api/v1/sync?storeVersion={revision}&timeout=15")
-        assert status == 200 and body["synced"], body
+        return self.get(self.client, "reviews", headers=headers)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrafficMesh]:
-    m = TrafficMesh(tmp_path_factory.mktemp("traffic"))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 30, "all proxies synced")
+    with TrafficMesh(tmp_path_factory.mktemp("traffic")) as m:
+        m.build().wait_synced()
         wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable over mTLS")
         yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 def test_sidecars_talk_mutual_tls_with_issued_certificates(mesh: TrafficMesh) -> None:
@@ -132,9 +91,8 @@ def test_meshctl_shift_waits_for_every_sidecar_and_moves_traffic(mesh: TrafficMe
 
 def test_rate_limit_and_authorization_are_enforced_by_the_destination(mesh: TrafficMesh) -> None:
     """DestinationPolicy.rateLimit → 429 at reviews' inbound; a DENY policy → 403 by identity."""
-    revision = mesh.apply(BASE.replace(
-        "  host: reviews\n  subsets:",
-        "  host: reviews\n  rateLimit: {requestsPerSecond: 0.5, burst: 2}\n  subsets:", 1))
+    revision = mesh.apply(destination_policy(
+        "reviews", rateLimit={"requestsPerSecond": 0.5, "burst": 2}), ROUTE)
     mesh.sync(revision)
     statuses = [mesh.call()[0] for _ in range(6)]
     assert statuses.count(429) >= 3 and statuses[:2] == [200, 200], statuses

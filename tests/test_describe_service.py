@@ -10,22 +10,13 @@ page (an AuthorizationPolicy for ratings, one for reviews in another namespace).
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests import meshbuilder
 from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    http_get,
     http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
 
@@ -105,45 +96,30 @@ spec:
 """
 
 
-class Mesh:
+class Mesh(meshbuilder.Mesh):
     """The processes and a way to run meshctl against their control plane."""
 
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "all.yaml").write_text(RESOURCES)
-        self.procs: list[MeshProcess] = []
-        self.cp = start_control_plane(tmp, warmup=0.0, args=("--scrape-interval", "0.25"))
-        self.names: dict[str, str] = {}
-        for service, version in (("reviews", "v1"), ("reviews", "v2"), ("ratings", "v1")):
-            app = start_backend(tmp, f"{service}-{version}")
-            sidecar = start_sidecar(tmp, self.cp.info["grpc"], service, version,
-                                    app=app.info["address"])
-            self.procs += [app, sidecar]
-            self.names[f"{service}-{version}"] = sidecar.info["name"]
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
-        self.names["productpage-v1"] = self.client.info["name"]
+    bare_env = True
+
+    def build(self) -> Mesh:
+        self.control_plane(RESOURCES, warmup=0.0, args=("--scrape-interval", "0.25"))
+        self.service("reviews", "v1", "v2")
+        self.service("ratings", "v1")
+        self.client = self.sidecar("productpage")
+        # each sidecar's name in the registry by service-version
+        self.named = {p.info["name"].rsplit("-", 1)[0]: p.info["name"] for p in self.sidecars}
+        return self
 
     def call(self, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/",
-                        {"Host": "reviews", **(headers or {})})
-
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
+        return self.get(self.client, "reviews", headers=headers)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("describe"))
-    try:
-        wait_for(lambda: all_synced(m.cp, set(m.names.values())), 30, "all proxies synced")
+    with Mesh(tmp_path_factory.mktemp("describe")) as m:
+        m.build().wait_synced()
         wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable")
         yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 def _section(page: str, title: str) -> str:
@@ -164,8 +140,8 @@ def test_page_names_what_applies_to_the_service(mesh: Mesh) -> None:
     assert out.returncode == 0, out.stderr
     page = out.stdout
     instances = _section(page, "Instances:")
-    assert mesh.names["reviews-v1"] in instances and mesh.names["reviews-v2"] in instances
-    assert mesh.names["ratings-v1"] not in instances and "SYNCED" in instances
+    assert mesh.named["reviews-v1"] in instances and mesh.named["reviews-v2"] in instances
+    assert mesh.named["ratings-v1"] not in instances and "SYNCED" in instances
     routes = _section(page, "Routes:")
     assert "route.ami.mesh/reviews (namespace default, version " in routes
     assert "[jason] headers end-user exact=jason -> v2 100%" in routes
@@ -186,8 +162,8 @@ def test_page_names_what_applies_to_the_service(mesh: Mesh) -> None:
     mtls = _section(page, "mTLS:")
     assert mtls.startswith("mTLS:              PERMISSIVE, decided by "
                            "peerauthentication.ami.mesh/default")
-    v1_row = next(line for line in mtls.splitlines() if mesh.names["reviews-v1"] in line)
-    v2_row = next(line for line in mtls.splitlines() if mesh.names["reviews-v2"] in line)
+    v1_row = next(line for line in mtls.splitlines() if mesh.named["reviews-v1"] in line)
+    v2_row = next(line for line in mtls.splitlines() if mesh.named["reviews-v2"] in line)
     assert "PERMISSIVE" in v1_row and "STRICT" in v2_row and "reviews-v2" in v2_row.split()[-1]
     assert "telemetry.ami.mesh/logs: namespace-wide" in _section(page, "Telemetry:")
     assert "gateway.ami.mesh/ingress (namespace default) rule 0: any host, path prefix=" \
@@ -200,11 +176,11 @@ def test_json_output_is_the_gathered_data(mesh: Mesh) -> None:
     out = mesh.meshctl("describe", "svc", "reviews", "-o", "json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert {p["name"] for p in data["instances"]} == {mesh.names["reviews-v1"],
-                                                      mesh.names["reviews-v2"]}
+    assert {p["name"] for p in data["instances"]} == {mesh.named["reviews-v1"],
+                                                      mesh.named["reviews-v2"]}
     subsets = {s["name"]: s["endpoints"] for s in
                data["destinationPolicies"][0]["subsets"]}
-    assert subsets == {"v1": [mesh.names["reviews-v1"]], "v2": [mesh.names["reviews-v2"]],
+    assert subsets == {"v1": [mesh.named["reviews-v1"]], "v2": [mesh.named["reviews-v2"]],
                        "v3": []}
     by_host = [r for r in data["routes"] if r["via"] == "host"]
     assert [(r["name"], r["callers"]) for r in by_host] == [("reviews", ["default", "other"])]
