@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,18 +13,11 @@ import pytest
 
 from tests.grpcapp import EchoServer, channel, method, serving_in_thread
 from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
     apply_yaml,
     http_get,
-    http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.test_traffic_tls_origination import self_signed
 
@@ -57,56 +49,40 @@ spec:
 """
 
 
-class EgressMesh:
+class EgressMesh(Mesh):
     """A control plane, an outside HTTP server, a server that never answers, and a client
     sidecar with no ExternalService applied yet."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.procs: list[MeshProcess] = []
-        (tmp / "mesh").mkdir()
-        self.cp = start_control_plane(tmp, warmup=0.0)
-        self.api = start_backend(tmp, "partner-api")
-        self.procs.append(self.api)
+    bare_env = True
+
+    def build(self) -> EgressMesh:
+        self.control_plane(warmup=0.0)
+        self.api = self.backend("partner-api")
         self.api_port = int(self.api.info["address"].rpartition(":")[2])
         self.hung = socket.socket()  # accepts connections (backlog), never answers
+        self.defer(self.hung.close)
         self.hung.bind(("127.0.0.1", 0))
         self.hung.listen(8)
         self.hung_port = int(self.hung.getsockname()[1])
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self, host: str) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/", {"Host": host})
-
-    def apply(self, text: str) -> None:
-        revision = apply_yaml(self.cp, text)
-        status, body = http_json(self.cp.info["api"]
-                                 + f"/api/v1/sync?storeVersion={revision}&timeout=15")
-        assert status == 200 and body["synced"], body
-
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
+        return self.get(self.client, host)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressMesh]:
-    m = EgressMesh(tmp_path_factory.mktemp("egress"))
-    try:
-        wait_for(lambda: all_synced(m.cp, {m.client.info["name"]}), 30, "the sidecar synced")
+    with EgressMesh(tmp_path_factory.mktemp("egress")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
-        m.hung.close()
 
 
 def test_declared_hosts_pass_and_others_are_refused(mesh: EgressMesh) -> None:
     api = f"api.partner.test:{mesh.api_port}"
     status, body = mesh.call(api)
     assert (status, b"no_route" in body) == (404, True), "REGISTRY_ONLY: refused before"
-    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    mesh.apply_synced(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
     # Plaintext to the outside host although the mesh is STRICT mTLS: no sidecar there.
     assert mesh.call(api) == (200, b"partner-api")
     status, body = mesh.call(f"other.partner.test:{mesh.api_port}")
@@ -116,13 +92,13 @@ def test_declared_hosts_pass_and_others_are_refused(mesh: EgressMesh) -> None:
 
 
 def test_a_route_timeout_applies_to_an_external_host(mesh: EgressMesh) -> None:
-    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    mesh.apply_synced(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
     status, body = mesh.call(f"hung.partner.test:{mesh.hung_port}")
     assert status == 504 and b"timeout" in body
 
 
 def test_metrics_and_meshctl_name_the_external_host(mesh: EgressMesh) -> None:
-    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    mesh.apply_synced(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
     assert mesh.call(f"api.partner.test:{mesh.api_port}")[0] == 200
     _, metrics = http_get(f"http://{mesh.client.info['admin']}/metrics")
     assert any('destination_service="api.partner.test"' in line and 'response_code="200"' in line
@@ -145,7 +121,7 @@ def test_metrics_and_meshctl_name_the_external_host(mesh: EgressMesh) -> None:
 
 
 def test_deleting_the_external_service_restores_the_refusal(mesh: EgressMesh) -> None:
-    mesh.apply(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
+    mesh.apply_synced(DECLARED.format(api=mesh.api_port, hung=mesh.hung_port))
     deleted = mesh.meshctl("delete", "externalservice", "partner")
     assert deleted.returncode == 0, deleted.stderr
     wait_for(lambda: mesh.call(f"api.partner.test:{mesh.api_port}")[0] == 404, 15,
@@ -156,7 +132,7 @@ def test_deleting_an_external_service_closes_its_open_tunnels(mesh: EgressMesh) 
     """A withdrawn declaration does not stay open as long as a client keeps its tunnel: the
     sidecar closes the tunnels to a deleted ExternalService's ports (Istio drains them with the
     listener's filter chain)."""
-    mesh.apply("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: db}\n"
+    mesh.apply_synced("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: {name: db}\n"
                f"spec: {{hosts: [db.partner.test], ports: [{{number: {mesh.hung_port}, "
                "protocol: TCP}], endpoints: [{address: 127.0.0.1}]}\n")
     host, _, port = mesh.client.info["outbound"].rpartition(":")
@@ -183,7 +159,7 @@ def test_deleting_a_wildcard_external_service_closes_its_open_tunnels(
                 # resolved by the requested name: an IPv4 literal ending in .0.0.1
                 f"spec: {{hosts: ['*.0.0.1'], ports: [{{number: {mesh.api_port}, "
                 "protocol: TCP}]}\n")
-    mesh.apply(wildcard)
+    mesh.apply_synced(wildcard)
     host, _, port = mesh.client.info["outbound"].rpartition(":")
     with socket.create_connection((host, int(port)), timeout=10) as tunnel:
         target = f"127.0.0.1:{mesh.api_port}"
@@ -198,7 +174,7 @@ def test_deleting_a_wildcard_external_service_closes_its_open_tunnels(
             return _read_exactly(tunnel, length)
 
         assert through_the_tunnel() == b"partner-api"
-        mesh.apply("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: "
+        mesh.apply_synced("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\nmetadata: "
                    "{name: unrelated}\nspec: {hosts: [unrelated.partner.test], ports: "
                    "[{number: 1, protocol: TCP}], endpoints: [{address: 127.0.0.1}]}\n")
         assert through_the_tunnel() == b"partner-api"  # still allowed: still open
@@ -263,7 +239,7 @@ def test_tls_origination_from_resources_and_a_refused_ca_file(mesh: EgressMesh,
                 "spec:\n  host: secure.partner.test\n"
                 "  tls: {mode: SIMPLE, caCertificates: %s}\n")
     try:
-        mesh.apply(declared % cert)
+        mesh.apply_synced(declared % cert)
         assert mesh.call("secure.partner.test") == (200, b"over TLSv1.3")
         missing = tmp_path / "gone.pem"
         apply_yaml(mesh.cp, declared % missing)
@@ -324,7 +300,7 @@ async def test_grpc_to_an_outside_host_with_tls_origination(mesh: EgressMesh,
     server = EchoServer("outside", tls=(key.read_bytes(), cert.read_bytes()))
     with serving_in_thread(server):
         try:
-            mesh.apply(GRPC_DECLARED.format(port=server.port, ca=cert))
+            mesh.apply_synced(GRPC_DECLARED.format(port=server.port, ca=cert))
             async with channel(int(mesh.client.info["outbound"].rpartition(":")[2]),
                                "secure.partner.test:50051") as ch:
                 answer = json.loads(await method(ch, "Unary")(b"hi", timeout=10))

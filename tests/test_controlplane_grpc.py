@@ -10,51 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.grpcapp import EchoServer, channel, method
 from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
+from tests.resources import destination_policy, documents, route
 
 pytestmark = pytest.mark.timeout(180)
 DEADLINE = 10.0
 
-POLICY = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: greeter}
-spec:
-  host: greeter
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: greeter}
-spec:
-  host: greeter
-  rules:
-    - backends: [{subset: v1, weight: 50}, {subset: v2, weight: 50}]
-"""
+POLICY = documents(destination_policy("greeter"), route("greeter", {"v1": 50, "v2": 50}))
 
 
-class GrpcMesh:
-    def __init__(self, tmp: Path) -> None:
-        self.procs: list[MeshProcess] = []
+class GrpcMesh(Mesh):
+    bare_env = True
+
+    def build(self) -> GrpcMesh:
         self.loop = asyncio.new_event_loop()
         self.servers = {v: EchoServer(f"greeter-{v}") for v in ("v1", "v2")}
         started = threading.Event()
@@ -68,26 +46,15 @@ class GrpcMesh:
 
         self.thread = threading.Thread(target=serve, daemon=True)
         self.thread.start()
+        self.defer(self.stop_servers)
         assert started.wait(DEADLINE)
-        config_dir = tmp / "mesh"
-        config_dir.mkdir()
-        (config_dir / "policy.yaml").write_text(POLICY)
-        self.cp = start_control_plane(tmp, config_dir=config_dir, warmup=0.0)
+        self.control_plane(POLICY, warmup=0.0)
         for version, server in self.servers.items():
-            self.procs.append(start_sidecar(tmp, self.cp.info["grpc"], "greeter", version,
-                                            app=f"127.0.0.1:{server.port}"))
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "client", "v1")
-        self.procs.append(self.client)
-        self.names = {p.info["name"] for p in self.procs}
+            self.sidecar("greeter", version, app=f"127.0.0.1:{server.port}")
+        self.client = self.sidecar("client")
+        return self
 
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
-
-    def close(self) -> None:
-        for proc in (*self.procs, self.cp):
-            proc.stop()
+    def stop_servers(self) -> None:
         for server in self.servers.values():
             asyncio.run_coroutine_threadsafe(server.stop(), self.loop).result(DEADLINE)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -96,12 +63,9 @@ class GrpcMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcMesh]:
-    m = GrpcMesh(tmp_path_factory.mktemp("cpgrpc"))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 30, "sidecars synced")
+    with GrpcMesh(tmp_path_factory.mktemp("cpgrpc")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        m.close()
 
 
 async def _servers(port: int, calls: int) -> list[str]:
