@@ -7,45 +7,23 @@ rule drops its series."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests import meshbuilder
 from tests.helpers_mesh import (
-    ROOT,
-    MeshProcess,
-    all_synced,
-    apply_yaml,
     http_get,
-    http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
 from tests.proxyharness import metric_value
+from tests.resources import destination_policy, documents, mesh_config
 
 pytestmark = pytest.mark.timeout(180)
-MESH = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: DISABLE}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-"""
+MESH = documents(mesh_config(mtls="DISABLE"), destination_policy("reviews"))
 
 
 def route(jason: str = "jason", idle: str = "idle") -> str:
@@ -63,28 +41,20 @@ def route(jason: str = "jason", idle: str = "idle") -> str:
                                               {"backends": [{"subset": "v1"}]}]}})
 
 
-@dataclass
-class Mesh:
-    control: MeshProcess
-    front: MeshProcess
+class Mesh(meshbuilder.Mesh):
+    """reviews v1 and v2 behind sidecars, productpage's sidecar calling them, mTLS off."""
 
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, AMI_TOKEN=self.control.info["token"])
-        return subprocess.run([sys.executable, "-m", "meshctl", "--control-plane",
-                               self.control.info["api"], *args], capture_output=True,
-                              text=True, timeout=30, env=env, cwd=ROOT)
+    def build(self) -> Mesh:
+        self.control_plane(MESH, warmup=0.0)
+        self.service("reviews", "v1", "v2")
+        self.front = self.sidecar("productpage")
+        return self
 
     def call(self, user: str | None) -> bytes:
-        headers = {"Host": "reviews", **({"end-user": user} if user else {})}
-        status, body = http_get(f"http://{self.front.info['outbound']}/", headers)
+        status, body = self.get(self.front, "reviews",
+                                headers={"end-user": user} if user else None)
         assert status == 200
         return body
-
-    def apply_synced(self, text: str) -> None:
-        revision = apply_yaml(self.control, text)
-        status, body = http_json(self.control.info["api"]
-                                 + f"/api/v1/sync?storeVersion={revision}&timeout=15")
-        assert status == 200 and body["synced"], body
 
     def front_text(self) -> str:
         return http_get(f"http://{self.front.info['admin']}/metrics")[1].decode()
@@ -95,31 +65,10 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    tmp = Path(tmp_path_factory.mktemp("cliroutes"))
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "mesh.yaml").write_text(MESH)
-    procs: list[MeshProcess] = []
-    try:
-        control = start_control_plane(tmp, warmup=0.0)
-        procs.append(control)
-        names = set()
-        for version in ("v1", "v2"):
-            backend = start_backend(tmp, f"reviews-{version}")
-            procs.append(backend)
-            sidecar = start_sidecar(tmp, control.info["grpc"], "reviews", version,
-                                    app=backend.info["address"])
-            procs.append(sidecar)
-            names.add(sidecar.info["name"])
-        front = start_sidecar(tmp, control.info["grpc"], "productpage", "v1")
-        procs.append(front)
-        names.add(front.info["name"])
-        wait_for(lambda: all_synced(control, names), 20, "proxies synced")
-        mesh = Mesh(control, front)
+    with Mesh(Path(tmp_path_factory.mktemp("cliroutes"))) as mesh:
+        mesh.build().wait_synced(20)
         mesh.apply_synced(route())
         yield mesh
-    finally:
-        for p in reversed(procs):
-            p.stop()
 
 
 def _rows(mesh: Mesh) -> dict[str, Any]:

@@ -8,21 +8,16 @@ service, however its host is spelled, is refused."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers_mesh import (
-    MeshProcess,
-    all_synced,
     http_get,
     http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,32 +54,18 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp: Path = tmp_path_factory.mktemp("namespaces-cp")
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "route-b.yaml").write_text(ROUTE_B)
-    (tmp / "mesh" / "route-z.yaml").write_text(ROUTE_Z)
-    procs: list[MeshProcess] = []
-    try:
-        cp = start_control_plane(tmp, warmup=0.0)
-        procs.append(cp)
+    with Mesh(tmp_path_factory.mktemp("namespaces-cp")) as mesh:
+        mesh.control_plane(ROUTE_B, ROUTE_Z, warmup=0.0)
         callers, admins = {}, {}
         for ns in ("a", "b"):
-            app = start_backend(tmp, f"{ns}-api")  # answers with its namespace
-            procs.append(app)
-            api = start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace=ns,
-                                app=app.info["address"])
-            procs.append(api)
-            callers[ns] = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace=ns)
-            procs.append(callers[ns])
+            app = mesh.backend(f"{ns}-api")  # answers with its namespace
+            api = mesh.sidecar("api", namespace=ns, app=app.info["address"])
+            callers[ns] = mesh.sidecar("web", namespace=ns)
             admins[f"api-{ns}"], admins[f"web-{ns}"] = (api.info["admin"],
                                                         callers[ns].info["admin"])
-        names = {p.info["name"] for p in procs if "name" in p.info}
-        wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
+        mesh.wait_synced()
         yield {**{ns: f"http://{c.info['outbound']}/" for ns, c in callers.items()},
-               "admins": admins, "cp": cp}
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+               "admins": admins, "cp": mesh.cp}
 
 
 def call(outbound: str, host: str, **headers: str) -> tuple[int, bytes]:

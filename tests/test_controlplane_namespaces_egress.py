@@ -20,14 +20,10 @@ import pytest
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
-    MeshProcess,
-    all_synced,
     http_get,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,30 +45,17 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp: Path = tmp_path_factory.mktemp("namespaces-egress")
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "mesh.yaml").write_text(MESH)
-    procs: list[MeshProcess] = []
-    try:
-        cp = start_control_plane(tmp, warmup=0.0)
-        procs.append(cp)
-        outside = start_backend(tmp, "outside")  # an outside server, on this host
-        procs.append(outside)
-        app = start_backend(tmp, "b-api")
-        procs.append(app)
-        sidecars = [start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace="b",
-                                  app=app.info["address"])]
-        sidecars += [start_sidecar(tmp, cp.info["grpc"], "localhost", "v1", namespace=ns)
-                     for ns in ("a", "b")]
-        caller = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace="c")
-        procs += [*sidecars, caller]
-        wait_for(lambda: all_synced(cp, {p.info["name"] for p in [*sidecars, caller]}), 30,
-                 "all proxies synced")
-        yield {"outbound": caller.info["outbound"], "cp": cp,
+    with Mesh(tmp_path_factory.mktemp("namespaces-egress")) as mesh:
+        mesh.control_plane(MESH, warmup=0.0)
+        outside = mesh.backend("outside")  # an outside server, on this host
+        app = mesh.backend("b-api")
+        mesh.sidecar("api", namespace="b", app=app.info["address"])
+        for ns in ("a", "b"):
+            mesh.sidecar("localhost", namespace=ns)
+        caller = mesh.sidecar("web", namespace="c")
+        mesh.wait_synced()
+        yield {"outbound": caller.info["outbound"], "cp": mesh.cp,
                "outside_port": int(outside.info["address"].rpartition(":")[2])}
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
 
 
 def call(mesh: dict[str, Any], host: str) -> tuple[int, bytes]:

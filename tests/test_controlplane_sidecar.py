@@ -21,16 +21,12 @@ import pytest
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
-    MeshProcess,
-    all_synced,
     apply_yaml,
     http_json,
     proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -60,30 +56,20 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp: Path = tmp_path_factory.mktemp("sidecar-scope")
-    procs: list[MeshProcess] = []
-    try:
-        cp = start_control_plane(tmp, warmup=0.0)
-        procs.append(cp)
-        outside = start_backend(tmp, "outside")  # a host outside the mesh, on this machine
-        procs.append(outside)
+    with Mesh(tmp_path_factory.mktemp("sidecar-scope")) as mesh:
+        mesh.control_plane(warmup=0.0)
+        outside = mesh.backend("outside")  # a host outside the mesh, on this machine
         names: dict[str, str] = {}
         outbound: dict[str, str] = {}
         for ns in ("a", "b"):
-            app = start_backend(tmp, f"{ns}-api")  # answers with its namespace
-            procs.append(app)
-            api = start_sidecar(tmp, cp.info["grpc"], "api", "v1", namespace=ns,
-                                app=app.info["address"])
-            web = start_sidecar(tmp, cp.info["grpc"], "web", "v1", namespace=ns)
-            procs += [api, web]
+            app = mesh.backend(f"{ns}-api")  # answers with its namespace
+            api = mesh.sidecar("api", namespace=ns, app=app.info["address"])
+            web = mesh.sidecar("web", namespace=ns)
             names[f"api-{ns}"], names[f"web-{ns}"] = api.info["name"], web.info["name"]
             outbound[ns] = f"http://{web.info['outbound']}/"
-        wait_for(lambda: all_synced(cp, set(names.values())), 30, "all proxies synced")
-        yield {"cp": cp, "names": names, "outbound": outbound,
+        mesh.wait_synced()
+        yield {"cp": mesh.cp, "names": names, "outbound": outbound,
                "outside": outside.info["address"].replace("127.0.0.1", "localhost")}
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
 
 
 def call(outbound: str, host: str, **headers: str) -> tuple[int, str, bytes]:

@@ -14,46 +14,24 @@ import pytest
 from tests.helpers_mesh import (
     ROOT,
     MeshProcess,
-    all_synced,
     apply_yaml,
     http_get,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
+from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(180)
-MESH = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: DISABLE}}
-"""
 
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshProcess, MeshProcess]]:
-    tmp = Path(tmp_path_factory.mktemp("cpobs"))
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "mesh.yaml").write_text(MESH)
-    procs: list[MeshProcess] = []
-    try:
-        control = start_control_plane(tmp, warmup=0.0)
-        procs.append(control)
-        backend = start_backend(tmp, "reviews-v1")
-        procs.append(backend)
-        reviews = start_sidecar(tmp, control.info["grpc"], "reviews", "v1",
-                                app=backend.info["address"])
-        procs.append(reviews)
-        front = start_sidecar(tmp, control.info["grpc"], "productpage", "v1")
-        procs.append(front)
-        wait_for(lambda: all_synced(control, {reviews.info["name"], front.info["name"]}), 20,
-                 "proxies synced")
-        yield control, front
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    with Mesh(Path(tmp_path_factory.mktemp("cpobs"))) as mesh:
+        mesh.control_plane(mesh_config(mtls="DISABLE"), warmup=0.0)
+        mesh.service("reviews", "v1")
+        front = mesh.sidecar("productpage")
+        mesh.wait_synced(20)
+        yield mesh.cp, front
 
 
 def meshctl(control: MeshProcess, *args: str) -> subprocess.CompletedProcess[str]:
