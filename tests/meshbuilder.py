@@ -16,6 +16,7 @@ from tests.helpers_mesh import (
     apply_yaml,
     http_get,
     http_json,
+    proxies,
     start_backend,
     start_control_plane,
     start_sidecar,
@@ -34,7 +35,7 @@ class Mesh:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[MeshProcess] = []  # all but the control plane, in start order
-        self.sidecars: list[MeshProcess] = []
+        self.sidecar_procs: list[MeshProcess] = []  # in start order
         self._cp: MeshProcess | None = None
         self._cleanups: list[Callable[[], object]] = []
 
@@ -83,7 +84,7 @@ class Mesh:
         """A sidecar of this control plane (``start_sidecar``'s keywords), ready."""
         proc = self.started(start_sidecar(self.tmp, self.cp.info["grpc"], service, version,
                                           **kw))
-        self.sidecars.append(proc)
+        self.sidecar_procs.append(proc)
         return proc
 
     def service(self, service: str, *versions: str, status: dict[str, int] | None = None,
@@ -100,11 +101,17 @@ class Mesh:
     @property
     def names(self) -> set[str]:
         """The names the control plane lists this mesh's sidecars by."""
-        return {p.info["name"] for p in self.sidecars}
+        return {p.info["name"] for p in self.sidecar_procs}
 
     def wait_synced(self, timeout: float = 30.0) -> None:
         """Until every sidecar is connected and has ACKed its latest snapshot."""
         wait_for(lambda: all_synced(self.cp, self.names), timeout, "all proxies synced")
+
+    def wait_certified(self, timeout: float = 20.0) -> None:
+        """Until every registered proxy reports its workload certificate (the control plane
+        then calls its admin listener over mTLS)."""
+        wait_for(lambda: all(p["certExpiry"] for p in proxies(self.cp)), timeout,
+                 "every certificate in the registry")
 
     def apply(self, *docs: str) -> int:
         """POST the documents to /api/v1/apply; the store revision they made."""

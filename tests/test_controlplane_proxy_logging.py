@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import meshbuilder
 from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
-    all_synced,
     http_get,
-    proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,29 +53,15 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    tmp = Path(tmp_path_factory.mktemp("proxylogging"))
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "mesh.yaml").write_text(  # plaintext to the inbound listener: a plain GET
-        "apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
-        "spec: {mtls: {mode: DISABLE}}\n")
-    (tmp / "home").mkdir()
-    procs: list[MeshProcess] = []
-    try:
-        control = start_control_plane(tmp, warmup=0.0)
-        procs.append(control)
-        backend = start_backend(tmp, "reviews-v1")
-        procs.append(backend)
-        sidecar = start_sidecar(tmp, control.info["grpc"], "reviews", "v1",
-                                app=backend.info["address"])
-        procs.append(sidecar)
-        wait_for(lambda: all_synced(control, {sidecar.info["name"]}), 20, "sidecar synced")
+    with meshbuilder.Mesh(Path(tmp_path_factory.mktemp("proxylogging"))) as mesh:
+        # plaintext to the inbound listener: a plain GET
+        mesh.control_plane(mesh_config(mtls="DISABLE"), warmup=0.0)
+        (mesh.tmp / "home").mkdir()
+        sidecar = mesh.service("reviews", "v1")["v1"]
+        mesh.wait_synced(20)
         # the control plane calls a sidecar with a certificate over mTLS: wait for that case
-        wait_for(lambda: all(p["certExpiry"] for p in proxies(control)), 20,
-                 "the sidecar's certificate in the registry")
-        yield Mesh(control, sidecar, tmp / "home")
-    finally:
-        for p in reversed(procs):
-            p.stop()
+        mesh.wait_certified()
+        yield Mesh(mesh.cp, sidecar, mesh.tmp / "home")
 
 
 def test_read_set_and_reset_a_sidecars_levels(mesh: Mesh) -> None:

@@ -107,7 +107,7 @@ class Mesh(meshbuilder.Mesh):
         self.service("ratings", "v1")
         self.client = self.sidecar("productpage")
         # each sidecar's name in the registry by service-version
-        self.named = {p.info["name"].rsplit("-", 1)[0]: p.info["name"] for p in self.sidecars}
+        self.named = {p.info["name"].rsplit("-", 1)[0]: p.info["name"] for p in self.sidecar_procs}
         return self
 
     def call(self, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

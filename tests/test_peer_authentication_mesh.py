@@ -15,7 +15,6 @@ import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,23 +23,17 @@ from tests.helpers_mesh import (
     MeshProcess,
     free_port,
     http_get,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
 from tests.proxyharness import metric_value
+from tests.resources import mesh_config
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
-MESH = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: STRICT}}
-"""
+MESH = mesh_config(mtls="STRICT")
 
 
 def peer_auth(name: str, mode: str, service: str | None = None) -> str:
@@ -49,36 +42,27 @@ def peer_auth(name: str, mode: str, service: str | None = None) -> str:
             f"\nspec: {{{selector}mtls: {{mode: {mode}}}}}\n---\n")
 
 
-class PeerAuthMesh(DeclaresPeerAuthentications):
+class PeerAuthMesh(Mesh, DeclaresPeerAuthentications):
     """The processes, and `declare` to make the PeerAuthentications exactly the ones given."""
 
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "mesh.yaml").write_text(MESH)
-        self.procs: list[MeshProcess] = []
-        self.cp = self.started(start_control_plane(tmp, warmup=0.0))
-        grpc = self.cp.info["grpc"]
+    def build(self) -> PeerAuthMesh:
+        self.control_plane(MESH, warmup=0.0)
         self.sidecars: dict[str, MeshProcess] = {}
         for service in ("legacy", "reviews", "tls-app"):
-            app = self.started(start_backend(tmp, service))
+            app = self.backend(service)
             # --drain-timeout: the grace of a plaintext request or stream when STRICT returns
-            self.sidecars[service] = self.started(start_sidecar(
-                tmp, grpc, service, "v1", app=app.info["address"],
-                extra=["--drain-timeout", "1"]))
-        db_app = self.started(start_tcp_app(tmp, "db-v1"))
-        self.sidecars["db"] = self.started(start_sidecar(
-            tmp, grpc, "db", "v1", app=db_app.info["address"],
-            extra=["--app-protocol", "tcp", "--drain-timeout", "1"]))
+            self.sidecars[service] = self.sidecar(service, app=app.info["address"],
+                                                  extra=["--drain-timeout", "1"])
+        db_app = self.started(start_tcp_app(self.tmp, "db-v1"))
+        self.sidecars["db"] = self.sidecar("db", app=db_app.info["address"],
+                                           extra=["--app-protocol", "tcp", "--drain-timeout", "1"])
         self.db_port = free_port()
-        self.web = self.sidecars["web"] = self.started(start_sidecar(
-            tmp, grpc, "web", "v1", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db:5432"]))
+        self.web = self.sidecars["web"] = self.sidecar(
+            "web", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db:5432"])
         self.revision = 0
         wait_for(lambda: all(self.call(s)[0] == 200 for s in ("legacy", "reviews", "tls-app")),
                  20, "web reaching every HTTP service")
-
-    def started(self, proc: MeshProcess) -> MeshProcess:
-        self.procs.append(proc)
-        return proc
+        return self
 
     # -- traffic ------------------------------------------------------------------------------
     def call(self, service: str) -> tuple[int, bytes]:
@@ -104,18 +88,12 @@ class PeerAuthMesh(DeclaresPeerAuthentications):
     def connections(self, proc: MeshProcess, **labels: str) -> float:
         return metric_value(self.metrics(proc), "ami_tcp_connections_closed_total", **labels)
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerAuthMesh]:
-    m = PeerAuthMesh(tmp_path_factory.mktemp("peerauth"))
-    try:
-        yield m
-    finally:
-        m.stop()
+    with PeerAuthMesh(tmp_path_factory.mktemp("peerauth")) as m:
+        yield m.build()
 
 
 def counted_by_web(mesh: PeerAuthMesh, service: str, policy: str, at_least: float) -> None:

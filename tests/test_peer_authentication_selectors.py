@@ -21,23 +21,17 @@ from tests.helpers_mesh import (
     MeshProcess,
     free_port,
     http_get,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
 from tests.proxyharness import metric_value
+from tests.resources import mesh_config
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
-MESH = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: STRICT}}
-"""
+MESH = mesh_config(mtls="STRICT")
 
 
 def istio(name: str, labels: str | None, mode: str, extra: str = "") -> str:
@@ -48,40 +42,30 @@ def istio(name: str, labels: str | None, mode: str, extra: str = "") -> str:
             f"\nspec: {{{selector}mtls: {{mode: {mode}}}{more}}}\n---\n")
 
 
-class SelectorMesh(DeclaresPeerAuthentications):
+class SelectorMesh(Mesh, DeclaresPeerAuthentications):
     """The processes, and `declare` to make the PeerAuthentications exactly the ones given."""
 
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "mesh.yaml").write_text(MESH)
-        self.procs: list[MeshProcess] = []
-        self.cp = self.started(start_control_plane(tmp, warmup=0.0))
-        grpc = self.cp.info["grpc"]
+    def build(self) -> SelectorMesh:
+        self.control_plane(MESH, warmup=0.0)
         self.sidecars: dict[str, MeshProcess] = {}
         self.app_ports: dict[str, int] = {}
         for version in ("v1", "v3"):
-            app = self.started(start_backend(tmp, f"reviews-{version}"))
+            app = self.backend(f"reviews-{version}")
             self.app_ports[version] = int(app.info["address"].rpartition(":")[2])
-            self.sidecars[version] = self.started(start_sidecar(
-                tmp, grpc, "reviews", version, app=app.info["address"],
-                extra=["--drain-timeout", "1"]))
+            self.sidecars[version] = self.sidecar("reviews", version, app=app.info["address"],
+                                                  extra=["--drain-timeout", "1"])
         # db: a TCP service, reached by web's app through a --tcp-upstream port
-        db_app = self.started(start_tcp_app(tmp, "db-v1"))
+        db_app = self.started(start_tcp_app(self.tmp, "db-v1"))
         self.app_ports["db"] = int(db_app.info["address"].rpartition(":")[2])
-        self.sidecars["db"] = self.started(start_sidecar(
-            tmp, grpc, "db", "v1", app=db_app.info["address"],
-            extra=["--app-protocol", "tcp"]))
+        self.sidecars["db"] = self.sidecar("db", app=db_app.info["address"],
+                                           extra=["--app-protocol", "tcp"])
         self.db_port = free_port()
-        self.web = self.started(start_sidecar(
-            tmp, grpc, "web", "v1", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db"]))
+        self.web = self.sidecar("web", extra=["--tcp-upstream", f"127.0.0.1:{self.db_port}=db"])
         self.revision = 0
         wait_for(lambda: {self.call() for _ in range(4)} == {(200, b"reviews-v1"),
                                                              (200, b"reviews-v3")},
                  20, "web reaching both versions of reviews")
-
-    def started(self, proc: MeshProcess) -> MeshProcess:
-        self.procs.append(proc)
-        return proc
+        return self
 
     def call(self) -> tuple[int, bytes]:
         """A request of web's app to reviews, through web's sidecar."""
@@ -113,18 +97,12 @@ class SelectorMesh(DeclaresPeerAuthentications):
             sock.shutdown(socket.SHUT_WR)
             assert read_to_eof(sock) == b"bye 5\n"
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SelectorMesh]:
-    m = SelectorMesh(tmp_path_factory.mktemp("peerauth-selectors"))
-    try:
-        yield m
-    finally:
-        m.stop()
+    with SelectorMesh(tmp_path_factory.mktemp("peerauth-selectors")) as m:
+        yield m.build()
 
 
 def web_reaches(mesh: SelectorMesh, expected: dict[str, str]) -> None:

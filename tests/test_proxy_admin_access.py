@@ -32,15 +32,12 @@ from tests.helpers_mesh import (
     PYTHON,
     ROOT,
     MeshProcess,
-    all_synced,
     http_get,
-    proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
+from tests.resources import mesh_config
 from tests.test_mtls_static import mint
 
 pytestmark = pytest.mark.timeout(180)
@@ -160,34 +157,20 @@ def _request(url: str, method: str = "GET", token: str = "") -> tuple[int, bytes
 def mesh(tmp_path_factory: pytest.TempPathFactory, host_ip: str
          ) -> Iterator[tuple[MeshProcess, MeshProcess, str]]:
     """A control plane and a reviews sidecar whose admin listener is on the host's address."""
-    tmp = Path(tmp_path_factory.mktemp("adminaccess"))
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "mesh.yaml").write_text(
-        "apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
-        "spec: {mtls: {mode: DISABLE}}\n")
-    procs: list[MeshProcess] = []
-    try:
-        control = start_control_plane(tmp, warmup=0.0)
-        procs.append(control)
-        backend = start_backend(tmp, "reviews-v1")
-        procs.append(backend)
+    with Mesh(Path(tmp_path_factory.mktemp("adminaccess"))) as mesh:
+        mesh.control_plane(mesh_config(mtls="DISABLE"), warmup=0.0)
+        backend = mesh.backend("reviews-v1")
         with socket.socket() as s:
             s.bind((host_ip, 0))
             admin = f"{host_ip}:{s.getsockname()[1]}"
-        sidecar = start_sidecar(tmp, control.info["grpc"], "reviews", "v1",
-                                app=backend.info["address"], wait_ready=False,
-                                extra=["--admin", admin])
-        procs.append(sidecar)
+        sidecar = mesh.sidecar("reviews", app=backend.info["address"], wait_ready=False,
+                               extra=["--admin", admin])
         wait_for(lambda: http_get(f"http://{admin}/ready")[0] == 200, 30, "sidecar ready")
-        wait_for(lambda: all_synced(control, {sidecar.info["name"]}), 20, "sidecar synced")
+        mesh.wait_synced(20)
         # The control plane calls it over mTLS once it knows the sidecar has a certificate
         # (DISABLE is about traffic between sidecars: they get one all the same).
-        wait_for(lambda: all(p["certExpiry"] for p in proxies(control)), 20,
-                 "the sidecar's certificate in the registry")
-        yield control, sidecar, admin
-    finally:
-        for p in reversed(procs):
-            p.stop()
+        mesh.wait_certified()
+        yield mesh.cp, sidecar, admin
 
 
 def test_remote_caller_gets_metrics_but_not_the_privileged_routes(

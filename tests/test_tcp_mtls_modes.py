@@ -23,22 +23,15 @@ from tests.helpers_mesh import (
     http_get,
     http_json,
     spawn,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
+from tests.resources import mesh_config
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
-MESH = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: %s}}
-"""
 
 
 def start_plaintext_caller(tmp: Path, endpoints: dict[str, str]) -> MeshProcess:
@@ -71,30 +64,27 @@ def start_plaintext_caller(tmp: Path, endpoints: dict[str, str]) -> MeshProcess:
     return proc
 
 
-class ModesMesh:
+class ModesMesh(Mesh):
     """A control plane (PERMISSIVE to start with); `db` (a TCP app) and `api` (an HTTP app)
     behind their sidecars; `web`, whose app reaches db on a local port over whatever the mesh
     mode says; and `legacy`, a sidecar without mTLS that reaches db and (declared TCP by
     mistake) api in plaintext."""
 
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "mesh.yaml").write_text(MESH % "PERMISSIVE")
-        self.cp = start_control_plane(tmp, warmup=0.0)
-        grpc = self.cp.info["grpc"]
-        self.app = start_tcp_app(tmp, "db-v1")
+    def build(self) -> ModesMesh:
+        self.control_plane(mesh_config(mtls="PERMISSIVE"), warmup=0.0)
+        self.app = self.started(start_tcp_app(self.tmp, "db-v1"))
         # --drain-timeout: the grace a plaintext connection gets when the mesh turns STRICT
-        self.db = start_sidecar(tmp, grpc, "db", "v1", app=self.app.info["address"], extra=[
+        self.db = self.sidecar("db", app=self.app.info["address"], extra=[
             "--app-protocol", "tcp", "--access-log", "on", "--drain-timeout", "1"])
-        self.api_app = start_backend(tmp, "api")
-        self.api = start_sidecar(tmp, grpc, "api", "v1", app=self.api_app.info["address"])
+        self.api_app = self.backend("api")
+        self.api = self.sidecar("api", app=self.api_app.info["address"])
         self.local = free_port()
-        self.web = start_sidecar(tmp, grpc, "web", "v1", extra=[
+        self.web = self.sidecar("web", extra=[
             "--tcp-upstream", f"127.0.0.1:{self.local}=db:5432", "--access-log", "on"])
-        self.names = {p.info["name"] for p in (self.db, self.api, self.web)}
-        self.legacy = start_plaintext_caller(tmp, {"db": self.db.info["inbound"],
-                                                   "api": self.api.info["inbound"]})
+        self.legacy = self.started(start_plaintext_caller(
+            self.tmp, {"db": self.db.info["inbound"], "api": self.api.info["inbound"]}))
         wait_for(self.db_is_tcp, 20, "db published as a TCP service")
+        return self
 
     def db_is_tcp(self) -> bool:
         status, dump = http_json(f"http://{self.web.info['admin']}/config_dump")
@@ -103,8 +93,8 @@ class ModesMesh:
 
     def mode(self, mode: str) -> None:
         """Set the mesh's mTLS mode; returns once every sidecar of the control plane runs it."""
-        apply_yaml(self.cp, MESH % mode)
-        wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
+        self.apply(mesh_config(mtls=mode))
+        self.wait_synced(20)
 
     def connect(self, via: str = "web", service: str = "db") -> socket.socket:
         """A connection of web's app (or legacy's) to ``service``, through its sidecar."""
@@ -118,19 +108,12 @@ class ModesMesh:
     def counted(self, proc: MeshProcess, **labels: str) -> float:
         return metric_value(self.metrics(proc), "ami_tcp_connections_closed_total", **labels)
 
-    def stop(self) -> None:
-        for proc in (self.legacy, self.web, self.api, self.api_app, self.db, self.app,
-                     self.cp):
-            proc.stop()
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModesMesh]:
-    m = ModesMesh(tmp_path_factory.mktemp("tcpmodes"))
-    try:
-        yield m
-    finally:
-        m.stop()
+    with ModesMesh(tmp_path_factory.mktemp("tcpmodes")) as m:
+        yield m.build()
 
 
 def echo_session(sock: socket.socket) -> None:
