@@ -1,0 +1,87 @@
+"""The shared test helpers: resource factories equal the YAML they replace; a mesh stops all."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshctl.api.resources import load_documents
+from tests.helpers_mesh import MeshProcess
+from tests.meshbuilder import Mesh
+from tests.resources import (
+    destination_policy,
+    documents,
+    mesh_config,
+    peer_authentication,
+    route,
+)
+
+# What the test modules wrote by hand before the factories, as the control plane reads it.
+HAND_WRITTEN = """\
+apiVersion: ami.mesh/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {mtls: {mode: DISABLE}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rateLimit: {requestsPerSecond: 0.5, burst: 2}
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}}
+    - {name: v3, labels: {version: v3}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews}
+spec:
+  host: reviews
+  rules:
+    - matches: [{headers: {end-user: {exact: jason}}}]
+      backends: [{subset: v2}]
+    - backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: PeerAuthentication
+metadata: {name: legacy}
+spec: {selector: {service: legacy}, mtls: {mode: PERMISSIVE}}
+"""
+
+
+def test_the_factories_make_the_documents_they_replace() -> None:
+    made = documents(
+        mesh_config(mtls="DISABLE"),
+        destination_policy("reviews", ("v1", "v2", "v3"),
+                           rateLimit={"requestsPerSecond": 0.5, "burst": 2}),
+        route("reviews", {"v1": 90, "v2": 10}, rules=[
+            {"matches": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "backends": [{"subset": "v2"}]}]),
+        peer_authentication("legacy", "PERMISSIVE", service="legacy"))
+    assert ([r.raw for r in load_documents(made, "made")]
+            == [r.raw for r in load_documents(HAND_WRITTEN, "hand")])
+
+
+def _sleeper(tmp: Path, name: str) -> MeshProcess:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    return MeshProcess(name, proc, tmp / f"{name}.log")
+
+
+def test_closing_stops_every_process_last_first_even_after_a_failing_cleanup(
+        tmp_path: Path) -> None:
+    order: list[str] = []
+    with pytest.raises(RuntimeError, match="cleanup failed"), Mesh(tmp_path) as mesh:
+        first = mesh.started(_sleeper(tmp_path, "first"))
+        mesh.defer(lambda: order.append("between"))
+        mesh.defer(lambda: (_ for _ in ()).throw(RuntimeError("cleanup failed")))
+        last = mesh.started(_sleeper(tmp_path, "last"))
+        mesh.defer(lambda: order.append(f"last stopped: {last.proc.poll() is not None}"))
+    assert order == ["last stopped: False", "between"]
+    assert first.proc.returncode == last.proc.returncode == -signal.SIGTERM
+    assert mesh.procs == [first, last]
