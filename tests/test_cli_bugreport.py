@@ -20,14 +20,9 @@ import pytest
 from meshctl.api.build import VERSION
 from meshctl.ca import BootstrapTokens
 from meshctl.controlplane.store import KIND_PLURALS
+from tests import meshbuilder
 from tests.helpers_mesh import (
     MeshProcess,
-    all_synced,
-    apply_yaml,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
 )
 from tests.ports import free_port
 
@@ -110,24 +105,13 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    tmp = Path(tmp_path_factory.mktemp("bugreport"))
-    control = start_control_plane(tmp)
-    procs: list[MeshProcess] = [control]
-    try:
-        sidecars = {}
-        for service in ("reviews", "ratings"):
-            app = start_backend(tmp, service)
-            procs.append(app)
-            sidecars[service] = start_sidecar(tmp, control.info["grpc"], service, "v1",
-                                              app=app.info["address"])
-            procs.append(sidecars[service])
-        apply_yaml(control, ROUTE)
-        wait_for(lambda: all_synced(control, {p.info["name"] for p in sidecars.values()}),
-                 20, "sidecars synced")
-        yield Mesh(tmp, control, sidecars)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+    with meshbuilder.Mesh(Path(tmp_path_factory.mktemp("bugreport"))) as mesh:
+        mesh.control_plane()
+        sidecars = {service: mesh.sidecar(service, app=mesh.backend(service).info["address"])
+                    for service in ("reviews", "ratings")}
+        mesh.apply(ROUTE)
+        mesh.wait_synced(20)
+        yield Mesh(mesh.tmp, mesh.cp, sidecars)
 
 
 def members(path: Path) -> dict[str, bytes]:

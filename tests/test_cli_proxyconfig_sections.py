@@ -10,19 +10,15 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests import meshbuilder
 from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
-    all_synced,
-    apply_yaml,
     http_get,
     proxies,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
 from tests.proxyharness import Backends
@@ -60,31 +56,25 @@ spec:
 """
 
 
-class Mesh:
+class Mesh(meshbuilder.Mesh):
     """The processes, the apps by version, and meshctl against the control plane."""
 
-    def __init__(self, tmp: Path) -> None:
+    def build(self) -> Mesh:
         self.hub = Backends()
         self.apps: dict[str, TrafficBackend] = {}
+        self.defer(lambda: close_backends(self.hub, self.apps.values()))
         self.sidecars: dict[str, MeshProcess] = {}
-        self.home = tmp / "home"
+        self.home = self.tmp / "home"
         self.home.mkdir()
-        self.cp = start_control_plane(tmp, warmup=0.0)
-        try:
-            grpc = self.cp.info["grpc"]
-            for version in ("v1", "v2"):
-                app = self.apps[version] = start_backend(self.hub, version=version)
-                self.sidecars[version] = start_sidecar(tmp, grpc, "reviews", version,
-                                                       app=app.address)
-            self.web = self.sidecars["web"] = start_sidecar(tmp, grpc, "web", "v1")
-            apply_yaml(self.cp, POLICY)
-            names = {p.info["name"] for p in self.sidecars.values()}
-            wait_for(lambda: all_synced(self.cp, names), 30, "all proxies synced")
-            wait_for(lambda: all(p["certExpiry"] for p in proxies(self.cp)), 30,
-                     "every certificate in the registry")
-        except BaseException:
-            self.close()
-            raise
+        self.control_plane(warmup=0.0)
+        for version in ("v1", "v2"):
+            app = self.apps[version] = start_backend(self.hub, version=version)
+            self.sidecars[version] = self.sidecar("reviews", version, app=app.address)
+        self.web = self.sidecars["web"] = self.sidecar("web")
+        self.apply(POLICY)
+        self.wait_synced()
+        self.wait_certified(30)
+        return self
 
     def meshctl(self, *argv: str) -> subprocess.CompletedProcess[str]:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMI_")},
@@ -103,19 +93,12 @@ class Mesh:
                              {"Host": "reviews", **(headers or {})})
         return status
 
-    def close(self) -> None:
-        for proc in [*self.sidecars.values(), self.cp]:
-            proc.stop()
-        close_backends(self.hub, self.apps.values())
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    built = Mesh(tmp_path_factory.mktemp("pcsections"))
-    try:
-        yield built
-    finally:
-        built.close()
+    with Mesh(tmp_path_factory.mktemp("pcsections")) as built:
+        yield built.build()
 
 
 def rows(text: str) -> list[list[str]]:

@@ -6,20 +6,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers_mesh import (
-    MeshProcess,
     all_synced,
     apply_yaml,
     http_get,
     proxies,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import Backends
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend
 
@@ -37,28 +34,21 @@ spec:
 """
 
 
-class Zones:
+class Zones(Mesh):
     """The processes, and the apps of zone a and zone b."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.procs: list[MeshProcess] = []
+    def build(self) -> Zones:
         self.hub = Backends()
         self.apps: dict[str, TrafficBackend] = {}
-        self.cp = start_control_plane(tmp)
-        try:
-            grpc = self.cp.info["grpc"]
-            for zone in ("a", "b"):
-                app = self.apps[zone] = start_backend(self.hub, version=zone)
-                self.procs.append(start_sidecar(tmp, grpc, "api", "v1", app=app.address,
-                                                extra=["--locality", f"r1/{zone}"]))
-            self.client = start_sidecar(tmp, grpc, "web", "v1", extra=["--locality", "r1/a"])
-            self.procs.append(self.client)
-            apply_yaml(self.cp, POLICY)
-            names = {p.info["name"] for p in self.procs}
-            wait_for(lambda: all_synced(self.cp, names), 30, "all proxies synced")
-        except BaseException:
-            self.close()
-            raise
+        self.defer(lambda: close_backends(self.hub, self.apps.values()))
+        self.control_plane()
+        for zone in ("a", "b"):
+            app = self.apps[zone] = start_backend(self.hub, version=zone)
+            self.sidecar("api", app=app.address, extra=["--locality", f"r1/{zone}"])
+        self.client = self.sidecar("web", extra=["--locality", "r1/a"])
+        self.apply(POLICY)
+        self.wait_synced()
+        return self
 
     def zone(self) -> str | None:
         """Which zone's app answered one call from the caller (None: an error of the mesh)."""
@@ -72,19 +62,12 @@ class Zones:
     def zones(self, n: int) -> Counter[str | None]:
         return Counter(self.zone() for _ in range(n))
 
-    def close(self) -> None:
-        for proc in [*self.procs, self.cp]:
-            proc.stop()
-        close_backends(self.hub, self.apps.values())
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zones]:
-    zones = Zones(tmp_path_factory.mktemp("locality"))
-    try:
-        yield zones
-    finally:
-        zones.close()
+    with Zones(tmp_path_factory.mktemp("locality")) as zones:
+        yield zones.build()
 
 
 def test_proxy_status_shows_each_proxys_locality(mesh: Zones) -> None:
@@ -127,6 +110,6 @@ def test_a_mesh_wide_setting_applies_where_the_policy_sets_none(mesh: Zones) -> 
     assert mesh.zones(20) == {"a": 20}
     apply_yaml(mesh.cp, MESH % "{}")
     apply_yaml(mesh.cp, POLICY)
-    wait_for(lambda: all_synced(mesh.cp, {p.info["name"] for p in mesh.procs}), 30,
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 30,
              "all proxies synced")
     assert mesh.zones(20) == {"a": 20}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,12 +13,10 @@ import pytest
 
 from tests.helpers_mesh import (
     MeshProcess,
-    all_synced,
     http_get,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import Backends, eventually, metric_value
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend
 
@@ -52,33 +49,21 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp: Path = tmp_path_factory.mktemp("subset-policy-cp")
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "reviews.yaml").write_text(RESOURCES)
     hub = Backends()
     gate = hub.call(_event())
     apps = {"v1": start_backend(hub, version="v1"),
             "v2": start_backend(hub, version="v2", gate=gate)}  # holds requests until told
-    procs: list[MeshProcess] = []
-    try:
-        cp = start_control_plane(tmp, warmup=0.0)
-        procs.append(cp)
+    with Mesh(tmp_path_factory.mktemp("subset-policy-cp")) as mesh:
+        mesh.defer(lambda: close_backends(hub, apps.values()))
+        mesh.control_plane(RESOURCES, warmup=0.0)
         for version, app in apps.items():
-            procs.append(start_sidecar(tmp, cp.info["grpc"], "reviews", version,
-                                       app=app.address))
-        client = start_sidecar(tmp, cp.info["grpc"], "productpage", "v1")
-        procs.append(client)
-        names = {p.info["name"] for p in procs if "name" in p.info}
-        wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
-        outbound = f"http://{client.info['outbound']}/"
-        wait_for(lambda: http_get(outbound, {"Host": "reviews"})[0] == 200, 20,
+            mesh.sidecar("reviews", version, app=app.address)
+        client = mesh.sidecar("productpage")
+        mesh.wait_synced()
+        wait_for(lambda: mesh.get(client, "reviews")[0] == 200, 20,
                  "reviews v1 reachable over mTLS")
         yield {"client": client, "hub": hub, "gate": gate, **apps}
-    finally:
-        hub.loop.call_soon_threadsafe(gate.set)
-        for proc in reversed(procs):
-            proc.stop()
-        close_backends(hub, apps.values())
+        hub.loop.call_soon_threadsafe(gate.set)  # no request held while the sidecars stop
 
 
 async def _event() -> asyncio.Event:

@@ -13,46 +13,31 @@ from pathlib import Path
 
 import pytest
 
+from tests import meshbuilder
 from tests.helpers_mesh import (
     MeshProcess,
-    all_synced,
     http_get,
     proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(240)
 LOADERS = 4
 
-BASE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: MeshConfig
-metadata: {name: default}
-spec: {mtls: {mode: STRICT}}
-"""
 
 
-class Mesh:
+class Mesh(meshbuilder.Mesh):
     """A control plane, three reviews instances (backend + sidecar) and a caller's sidecar."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[MeshProcess] = []
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "base.yaml").write_text(BASE)
-        self.cp = start_control_plane(tmp, config_dir=tmp / "mesh")
+    def build(self) -> Mesh:
+        self.control_plane(mesh_config(mtls="STRICT"))
         self.reviews: list[MeshProcess] = []
         for i in range(3):
-            backend = start_backend(tmp, f"reviews-{i}")
-            sidecar = start_sidecar(tmp, self.cp.info["grpc"], "reviews", "v1",
-                                    app=backend.info["address"])
-            self.procs += [backend, sidecar]
-            self.reviews.append(sidecar)
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
+            backend = self.backend(f"reviews-{i}")
+            self.reviews.append(self.sidecar("reviews", app=backend.info["address"]))
+        self.client = self.sidecar("productpage")
+        return self
 
     def endpoints(self) -> set[str]:
         """The reviews endpoints in the caller's running config."""
@@ -61,21 +46,14 @@ class Mesh:
         addresses = (e["address"] for e in snapshot["services"]["reviews"]["endpoints"])
         return {a if isinstance(a, str) else f"{a['host']}:{a['port']}" for a in addresses}
 
-    def close(self) -> None:
-        for proc in [*self.procs, self.cp]:
-            proc.stop()
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("lifecycle"))
-    try:
-        names = {p.info["name"] for p in m.procs if "name" in p.info}
-        wait_for(lambda: all_synced(m.cp, names), 30, "all proxies synced")
+    with Mesh(tmp_path_factory.mktemp("lifecycle")) as m:
+        m.build().wait_synced()
         wait_for(lambda: len(m.endpoints()) == 3, 20, "three reviews endpoints")
         yield m
-    finally:
-        m.close()
 
 
 class Load:
@@ -157,18 +135,10 @@ def test_a_stopped_sidecar_leaves_the_endpoints_at_once_not_after_the_grace(
     """SIGTERM: the sidecar reports "not ready" as its drain starts and ends its stream after
     that, so the control plane drops it from every snapshot at once. The grace (kept for a
     dropped stream that may come back) is 60 s here: waiting it out would fail the wait."""
-    (tmp_path / "mesh").mkdir()
-    (tmp_path / "mesh" / "base.yaml").write_text(BASE.replace("STRICT", "DISABLE"))
-    cp = start_control_plane(tmp_path, config_dir=tmp_path / "mesh", grace=60.0)
-    procs = [cp]
-    try:
-        backend = start_backend(tmp_path, "reviews")
-        procs.append(backend)
-        victim = start_sidecar(tmp_path, cp.info["grpc"], "reviews", "v1",
-                               app=backend.info["address"])
-        procs.append(victim)
-        caller = start_sidecar(tmp_path, cp.info["grpc"], "productpage", "v1")
-        procs.append(caller)
+    with meshbuilder.Mesh(tmp_path) as mesh:
+        cp = mesh.control_plane(mesh_config(mtls="DISABLE"), grace=60.0).cp
+        victim = mesh.sidecar("reviews", app=mesh.backend("reviews").info["address"])
+        caller = mesh.sidecar("productpage")
 
         def services() -> dict[str, object]:
             _, body = http_get(f"http://{caller.info['admin']}/config_dump")
@@ -185,6 +155,3 @@ def test_a_stopped_sidecar_leaves_the_endpoints_at_once_not_after_the_grace(
         wait_for(lambda: not endpoints(), 20, "reviews' endpoint dropped from the config")
         listed = next(p for p in proxies(cp) if p["name"] == victim.info["name"])
         assert (listed["connected"], listed["ready"]) == (False, False)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()

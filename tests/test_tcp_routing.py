@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_mesh import PYTHON, wait_for
+from tests.helpers_mesh import wait_for
 from tests.proxyharness import metric_value
 from tests.test_tcp_services import (
     ALLOW_OTHER,
@@ -55,20 +55,13 @@ ALL_V1 = ROUTE % """\
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpMesh]:
-    m = TcpMesh(tmp_path_factory.mktemp("tcproutes"))
-    try:
-        m.apply(SUBSETS)
+    with TcpMesh(tmp_path_factory.mktemp("tcproutes")) as m:
+        m.build().apply(SUBSETS)
         yield m
-    finally:
-        for proc in (m.web, *m.db.values(), *m.apps.values(), m.cp):
-            proc.stop()
 
 
 def meshctl(mesh: TcpMesh, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AMI_TOKEN": mesh.cp.info["token"]}
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
-                           *argv], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=60)
+    return mesh.meshctl(*argv)
 
 
 def versions(mesh: TcpMesh, count: int) -> set[str]:

@@ -10,21 +10,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers_mesh import (
     MeshProcess,
-    all_synced,
-    apply_yaml,
     free_port,
     http_get,
     http_json,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
@@ -32,28 +28,25 @@ pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
 
 
-class TcpMesh:
+class TcpMesh(Mesh):
     """A control plane (mTLS STRICT), `db` v1 and v2 (TCP apps behind `tcp` sidecars) and a
     `web` sidecar whose app reaches db on a local port."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        (tmp / "mesh").mkdir()
-        self.cp = start_control_plane(tmp, warmup=0.0)
+    def build(self) -> TcpMesh:
+        self.control_plane(warmup=0.0)
         self.apps: dict[str, MeshProcess] = {}
         self.db: dict[str, MeshProcess] = {}
         for version in ("v1", "v2"):
-            app = self.apps[version] = start_tcp_app(tmp, f"db-{version}")
+            app = self.apps[version] = self.started(start_tcp_app(self.tmp, f"db-{version}"))
             # --app-probe none: the endpoint stays published while its app is down, so the
             # failover tests see a sidecar whose app refuses (as in the probe's 3-s window).
-            self.db[version] = start_sidecar(
-                tmp, self.cp.info["grpc"], "db", version, app=app.info["address"],
-                extra=["--app-protocol", "tcp", "--app-probe", "none", "--access-log", "on"])
+            self.db[version] = self.sidecar("db", version, app=app.info["address"], extra=[
+                "--app-protocol", "tcp", "--app-probe", "none", "--access-log", "on"])
         self.local = free_port()
-        self.web = start_sidecar(tmp, self.cp.info["grpc"], "web", "v1", extra=[
+        self.web = self.sidecar("web", extra=[
             "--tcp-upstream", f"127.0.0.1:{self.local}=db:5432", "--access-log", "on"])
-        self.names = {p.info["name"] for p in (*self.db.values(), self.web)}
         wait_for(self.db_is_tcp, 20, "db published as a TCP service with both endpoints")
+        return self
 
     def db_is_tcp(self) -> bool:
         status, dump = http_json(f"http://{self.web.info['admin']}/config_dump")
@@ -64,16 +57,18 @@ class TcpMesh:
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.local), timeout=TIMEOUT)
 
-    def apply(self, text: str) -> None:
-        apply_yaml(self.cp, text)
-        wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
+    def apply(self, *docs: str) -> int:
+        """Apply and wait until every sidecar is synced."""
+        revision = super().apply(*docs)
+        self.wait_synced(20)
+        return revision
 
     def delete_policy(self, name: str, kind: str = "authorizationpolicies") -> None:
         status, body = http_json(
             f"{self.cp.info['api']}/api/v1/namespaces/default/{kind}/{name}",
             "DELETE", token=self.cp.info["token"])
         assert status in (200, 404), body
-        wait_for(lambda: all_synced(self.cp, self.names), 20, "sidecars synced")
+        self.wait_synced(20)
 
     def metrics(self, proc: MeshProcess) -> str:
         with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
@@ -82,13 +77,8 @@ class TcpMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TcpMesh]:
-    tmp = tmp_path_factory.mktemp("tcpmesh")
-    m = TcpMesh(tmp)
-    try:
-        yield m
-    finally:
-        for proc in (m.web, *m.db.values(), *m.apps.values(), m.cp):
-            proc.stop()
+    with TcpMesh(tmp_path_factory.mktemp("tcpmesh")) as m:
+        yield m.build()
 
 
 def test_server_speaks_first_and_bytes_go_both_ways(mesh: TcpMesh) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,43 +22,28 @@ from tests.helpers_mesh import (
     http_get,
     http_json,
     proxies,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 from tests.otlpreceiver import Receiver
+from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp: Path = tmp_path_factory.mktemp("telemetry-mesh")
     receiver = Receiver()
     receiver.start()
-    config = tmp / "mesh"
-    config.mkdir()
-    (config / "mesh.yaml").write_text(
-        "apiVersion: ami.mesh/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
-        f"spec: {{accessLog: false, tracing: {{sampling: 0, "
-        f"otlpEndpoint: '127.0.0.1:{receiver.port}'}}}}\n")
-    started: list[MeshProcess] = []
-    try:
-        cp = start_control_plane(tmp, config_dir=config)
-        started.append(cp)
+    with Mesh(tmp_path_factory.mktemp("telemetry-mesh")) as mesh:
+        mesh.defer(receiver.stop)
+        mesh.control_plane(mesh_config(accessLog=False, tracing={
+            "sampling": 0, "otlpEndpoint": f"127.0.0.1:{receiver.port}"}))
         sidecars = {}
         for ns, service in (("shop", "web"), ("shop", "reviews"), ("other", "ratings")):
-            app = start_backend(tmp, service)
-            started.append(app)
-            sidecars[service] = start_sidecar(tmp, cp.info["grpc"], service, "v1",
-                                              app=app.info["address"], namespace=ns)
-            started.append(sidecars[service])
-        yield {"cp": cp, "receiver": receiver, **sidecars}
-    finally:
-        for proc in reversed(started):
-            proc.stop()
-        receiver.stop()
+            app = mesh.backend(service)
+            sidecars[service] = mesh.sidecar(service, app=app.info["address"], namespace=ns)
+        yield {"cp": mesh.cp, "receiver": receiver, **sidecars}
 
 
 def call(sidecar: MeshProcess, host: str, path: str = "/") -> int:
