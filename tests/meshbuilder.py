@@ -22,6 +22,7 @@ from tests.helpers_mesh import (
     start_sidecar,
     wait_for,
 )
+from tests.ports import free_port
 
 
 class Mesh:
@@ -85,6 +86,16 @@ class Mesh:
         proc = self.started(start_sidecar(self.tmp, self.cp.info["grpc"], service, version,
                                           **kw))
         self.sidecar_procs.append(proc)
+        return proc
+
+    def gateway(self, name: str, service: str = "gateway", *, port: int | None = None,
+                extra: list[str] | None = None, **kw: Any) -> MeshProcess:
+        """A gateway proxy registered as ``name``, listening on ``port`` (default: a free one)
+        as ``info["gateway"]``."""
+        listen = f"127.0.0.1:{port or free_port()}"
+        proc = self.sidecar(service, mode="gateway", extra=[
+            "--gateway-listen", listen, "--name", name, *(extra or [])], **kw)
+        proc.info.update(name=name, gateway=listen)
         return proc
 
     def service(self, service: str, *versions: str, status: dict[str, int] | None = None,
@@ -156,6 +167,8 @@ class Mesh:
     def close(self) -> None:
         """Stop every process and run every cleanup, last first, even when one fails."""
         errors: list[BaseException] = []
+        if self._cp is not None and not all(p.alive() for p in self.sidecar_procs):
+            print(self.cp.output())  # a sidecar died: the control plane's side of it
         while self._cleanups:
             try:
                 self._cleanups.pop()()

@@ -26,25 +26,10 @@ from tests.observe_harness import (
     start_observed_mesh,
     wait_until,
 )
+from tests.resources import destination_policy, documents, route
 from tests.tcp_observe_harness import Mesh, tcp_mesh
 
 OUTPUT = REPO / "test-output"
-ROUTE = """
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
-"""
 
 
 def chromium() -> str:
@@ -101,7 +86,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]:
 def apply(mesh: ObservedMesh, v1: int, v2: int) -> None:
     import urllib.request
 
-    req = urllib.request.Request(mesh.url + "/api/v1/apply", data=(ROUTE % (v1, v2)).encode(),
+    text = documents(destination_policy("reviews"), route("reviews", {"v1": v1, "v2": v2}))
+    req = urllib.request.Request(mesh.url + "/api/v1/apply", data=text.encode(),
                                  method="POST", headers={"Authorization": f"Bearer {TOKEN}",
                                                          "Content-Type": "application/yaml"})
     with urllib.request.urlopen(req, timeout=10) as resp:

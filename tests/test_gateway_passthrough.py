@@ -23,19 +23,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    free_port,
-    http_get,
-    http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, free_port, http_get, http_json, wait_for
+from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.test_clienthello import in_records, message_of
 from tests.test_gateway_mtls import Issued, issue, name
@@ -106,40 +95,24 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("other.example.com")])
     cert, key = app_cert.write(tmp, "app")
     gw_cert, gw_key = gateway_cert.write(tmp, "gateway")
-    (tmp / "mesh").mkdir()
-    (tmp / "mesh" / "gateway.yaml").write_text(GATEWAY)
-    procs: list[MeshProcess] = []
-    cp = start_control_plane(tmp, warmup=0.0)
-    try:
-        app = start_tls_app(tmp, "db", cert, key)
-        procs.append(app)
-        db = start_sidecar(tmp, cp.info["grpc"], "db", "v1", app=app.info["address"],
-                           extra=["--app-protocol", "tcp", "--access-log", "on"])
-        web_app = start_backend(tmp, "web")
-        web = start_sidecar(tmp, cp.info["grpc"], "web", "v1", app=web_app.info["address"])
-        procs += [db, web_app, web]
+    with Mesh(tmp) as mesh:
+        cp = mesh.control_plane(GATEWAY, warmup=0.0).cp
+        app = mesh.started(start_tls_app(tmp, "db", cert, key))
+        db = mesh.sidecar("db", app=app.info["address"],
+                          extra=["--app-protocol", "tcp", "--access-log", "on"])
+        mesh.sidecar("web", app=mesh.backend("web").info["address"])
         gateways = []
         for https in (False, True):
             port = free_port()
             label = "https" if https else "plain"
-            extra = ["--gateway-listen", f"127.0.0.1:{port}", "--name", f"gw-{label}",
-                     "--header-timeout", str(HEADER_TIMEOUT), "--access-log", "on"]
+            extra = ["--header-timeout", str(HEADER_TIMEOUT), "--access-log", "on"]
             if https:
                 extra += ["--gateway-cert", str(gw_cert), "--gateway-key", str(gw_key)]
-            proc = start_sidecar(tmp, cp.info["grpc"], "gateway", "v1", mode="gateway",
-                                 extra=extra)
-            proc.info["name"] = f"gw-{label}"
-            procs.append(proc)
-            gateways.append(Gw(proc, port, https))
-        names = {p.info["name"] for p in (db, web, *(g.proc for g in gateways))}
-        wait_for(lambda: all_synced(cp, names), 30, "every proxy synced")
+            gateways.append(Gw(mesh.gateway(f"gw-{label}", port=port, extra=extra), port, https))
+        mesh.wait_synced()
         for gw in gateways:
             wait_for(lambda gw=gw: passes_through(gw), 30, "the gateway's passthrough to db")
-        yield Edge(cp, procs, app, db, gateways[0], gateways[1], app_ca, gateway_cert)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        cp.stop()
+        yield Edge(cp, mesh.procs, app, db, gateways[0], gateways[1], app_ca, gateway_cert)
 
 
 def passes_through(gw: Gw) -> bool:

@@ -27,14 +27,8 @@ from cryptography import x509
 
 from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
-from tests.helpers_mesh import (
-    MeshProcess,
-    all_synced,
-    apply_yaml,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests import meshbuilder
+from tests.helpers_mesh import MeshProcess, all_synced, apply_yaml, start_sidecar, wait_for
 from tests.proxyharness import (
     PROXY_ROOT,
     Backends,
@@ -154,38 +148,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     cert, key = server.write(tmp, "gateway-tls")
     client_ca, _ = partner_ca.write(tmp, "partner-ca")
     backends = Backends()
-    procs: list[MeshProcess] = []
-    cp: MeshProcess | None = None
-    try:
+    with meshbuilder.Mesh(tmp) as mesh:
+        mesh.defer(backends.close)
         app = backends.aiohttp(echo_app())
         gateway_port = free_port()
-        config = tmp / "mesh"
-        config.mkdir()
-        (config / "mesh.yaml").write_text(resources(gateway_port))
-        cp = start_control_plane(tmp, config_dir=config, warmup=0.0)
-        grpc = cp.info["grpc"]
-        echo = start_sidecar(tmp, grpc, "echo", "v1", app=f"127.0.0.1:{app}",
-                             extra=["--app-protocol", "http1", "--access-log", "on"])
-        shop = start_sidecar(tmp, grpc, "shop", "v1")
+        mesh.control_plane(resources(gateway_port), warmup=0.0)
+        echo = mesh.sidecar("echo", app=f"127.0.0.1:{app}",
+                            extra=["--app-protocol", "http1", "--access-log", "on"])
+        shop = mesh.sidecar("shop")
         gateway_tls = ["--gateway-cert", str(cert), "--gateway-key", str(key),
                        "--gateway-client-ca", str(client_ca)]
-        gateway = start_sidecar(tmp, grpc, "ingress", "v1", mode="gateway", extra=[
-            "--gateway-listen", f"127.0.0.1:{gateway_port}", *gateway_tls,
-            "--name", "ingress-gw"])
-        gateway.info["name"] = "ingress-gw"
-        procs += [echo, shop, gateway]
-        names = {p.info["name"] for p in procs}
-        wait_for(lambda: all_synced(cp, names), SYNC, "all proxies synced")
-        yield Mesh(tmp, cp, CertificateAuthority(cp.info["certs_dir"]), echo, shop, gateway,
-                   gateway_port, server, partner, gateway_tls)
-    finally:
-        for proc in procs:
-            proc.stop()
-        if cp is not None:
-            if not all(p.alive() for p in procs):
-                print(cp.output())
-            cp.stop()
-        backends.close()
+        gateway = mesh.gateway("ingress-gw", "ingress", port=gateway_port, extra=gateway_tls)
+        mesh.wait_synced(SYNC)
+        yield Mesh(tmp, mesh.cp, CertificateAuthority(mesh.cp.info["certs_dir"]), echo, shop,
+                   gateway, gateway_port, server, partner, gateway_tls)
 
 
 async def test_the_partner_certificate_reaches_the_app_behind_the_sidecar(mesh: Mesh) -> None:

@@ -33,17 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    free_port,
-    http_get,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests import meshbuilder
+from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, http_get, wait_for
 from tests.proxyharness import Backends, echo_app
 
 pytestmark = pytest.mark.timeout(240)
@@ -174,41 +165,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             "u1": rsa_key(), "u2": rsa_key()}
     state = Jwks(keys=[public_jwk(keys["u1"], "u1")])
     jwks_port = backends.aiohttp(jwks_app(state))
-    procs: list[MeshProcess] = []
-    cp: MeshProcess | None = None
-    try:
+    with meshbuilder.Mesh(tmp) as mesh:
+        mesh.defer(backends.close)
         app = backends.aiohttp(echo_app())
-        config = tmp / "mesh"
-        config.mkdir()
-        (config / "mesh.yaml").write_text(
-            resources(f"http://127.0.0.1:{jwks_port}/jwks", keys))
         # jwksUri refetched every second here, so rotation shows without a 20-minute wait
-        cp = start_control_plane(tmp, config_dir=config, warmup=0.0,
-                                 args=("--jwks-refresh", "1"))
-        procs.append(start_sidecar(tmp, cp.info["grpc"], "reviews", "v1",
-                                   app=f"127.0.0.1:{app}"))
-        client = start_sidecar(tmp, cp.info["grpc"], "productpage", "v1")
-        gateway_port = free_port()
-        gateway = start_sidecar(tmp, cp.info["grpc"], "gateway", "v1", mode="gateway",
-                                extra=["--gateway-listen", f"127.0.0.1:{gateway_port}",
-                                       "--name", "gateway-jwt"])
-        gateway.info["name"] = "gateway-jwt"
-        procs += [client, gateway]
-        m = Mesh(tmp, cp, procs, client, gateway, gateway_port, state, keys)
-        names = {p.info["name"] for p in procs}
-        wait_for(lambda: all_synced(cp, names), 30, "all proxies synced")
+        cp = mesh.control_plane(resources(f"http://127.0.0.1:{jwks_port}/jwks", keys),
+                                warmup=0.0, args=("--jwks-refresh", "1")).cp
+        mesh.sidecar("reviews", app=f"127.0.0.1:{app}")
+        client = mesh.sidecar("productpage")
+        gateway = mesh.gateway("gateway-jwt")
+        gateway_port = int(gateway.info["gateway"].rpartition(":")[2])
+        m = Mesh(tmp, cp, mesh.procs, client, gateway, gateway_port, state, keys)
+        mesh.wait_synced()
         wait_for(lambda: call(m, "/open")[0] == 200, 20, "reviews reachable over mTLS")
         wait_for(lambda: call(m, "/open", token(m, "u1", iss=ROTATING))[0] == 200, 20,
                  "the jwksUri keys fetched and pushed")
         yield m
-    finally:
-        for proc in procs:
-            proc.stop()
-        if cp is not None:
-            if not all(p.alive() for p in procs):
-                print(cp.output())
-            cp.stop()
-        backends.close()
 
 
 def token(m: Mesh, kid: str, *, iss: str = IDP, sub: str = "alice", aud: Any = "bookinfo",
