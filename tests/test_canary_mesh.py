@@ -13,11 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers_mesh import (
-    ROOT,
-    http_json,
-    wait_for,
-)
+from tests.helpers_mesh import ROOT, http_json, wait_for
 from tests.meshbuilder import Mesh
 from tests.observe_harness import Traffic
 from tests.resources import destination_policy, documents, route

@@ -21,9 +21,7 @@ from meshctl.api.build import VERSION
 from meshctl.ca import BootstrapTokens
 from meshctl.controlplane.store import KIND_PLURALS
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    MeshProcess,
-)
+from tests.helpers_mesh import MeshProcess
 from tests.ports import free_port
 
 # Secrets a user may put in a Route (routing on a caller's token): they reach the resources and

@@ -14,13 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    PYTHON,
-    MeshProcess,
-    http_get,
-    proxies,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, MeshProcess, http_get, proxies, wait_for
 from tests.proxyharness import Backends
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend
 

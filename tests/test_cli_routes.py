@@ -15,10 +15,7 @@ import pytest
 import yaml
 
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import http_get, wait_for
 from tests.proxyharness import metric_value
 from tests.resources import destination_policy, documents, mesh_config
 

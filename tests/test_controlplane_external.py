@@ -12,11 +12,7 @@ import grpc
 import pytest
 
 from tests.grpcapp import EchoServer, channel, method, serving_in_thread
-from tests.helpers_mesh import (
-    apply_yaml,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import apply_yaml, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.test_traffic_tls_origination import self_signed

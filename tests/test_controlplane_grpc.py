@@ -17,9 +17,7 @@ import grpc
 import pytest
 
 from tests.grpcapp import EchoServer, channel, method
-from tests.helpers_mesh import (
-    wait_for,
-)
+from tests.helpers_mesh import wait_for
 from tests.meshbuilder import Mesh
 from tests.resources import destination_policy, documents, route
 

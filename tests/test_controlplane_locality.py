@@ -9,13 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers_mesh import (
-    all_synced,
-    apply_yaml,
-    http_get,
-    proxies,
-    wait_for,
-)
+from tests.helpers_mesh import all_synced, apply_yaml, http_get, proxies, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import Backends
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend

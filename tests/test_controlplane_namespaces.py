@@ -12,11 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import (
-    http_get,
-    http_json,
-    wait_for,
-)
+from tests.helpers_mesh import http_get, http_json, wait_for
 from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(180)

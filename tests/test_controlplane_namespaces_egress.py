@@ -17,12 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, ROOT, http_get, wait_for
 from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(180)

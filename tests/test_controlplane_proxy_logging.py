@@ -18,12 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    PYTHON,
-    MeshProcess,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, MeshProcess, http_get, wait_for
 from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(180)

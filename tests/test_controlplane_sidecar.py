@@ -18,14 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    apply_yaml,
-    http_json,
-    proxies,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, ROOT, apply_yaml, http_json, proxies, wait_for
 from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(240)

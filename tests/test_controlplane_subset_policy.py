@@ -11,11 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers_mesh import (
-    MeshProcess,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import MeshProcess, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import Backends, eventually, metric_value
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend

@@ -6,11 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers_mesh import (
-    http_get,
-    proxies,
-    wait_for,
-)
+from tests.helpers_mesh import http_get, proxies, wait_for
 from tests.meshbuilder import Mesh
 from tests.resources import destination_policy, documents
 

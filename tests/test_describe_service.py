@@ -15,10 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    http_json,
-    wait_for,
-)
+from tests.helpers_mesh import http_json, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import meshbuilder
-from tests.helpers_mesh import (
-    MeshProcess,
-    http_get,
-    proxies,
-    wait_for,
-)
+from tests.helpers_mesh import MeshProcess, http_get, proxies, wait_for
 from tests.resources import mesh_config
 
 pytestmark = pytest.mark.timeout(240)

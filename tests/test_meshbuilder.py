@@ -12,13 +12,7 @@ import pytest
 from meshctl.api.resources import load_documents
 from tests.helpers_mesh import MeshProcess
 from tests.meshbuilder import Mesh
-from tests.resources import (
-    destination_policy,
-    documents,
-    mesh_config,
-    peer_authentication,
-    route,
-)
+from tests.resources import destination_policy, documents, mesh_config, peer_authentication, route
 
 # What the test modules wrote by hand before the factories, as the control plane reads it.
 HAND_WRITTEN = """\

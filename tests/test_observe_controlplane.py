@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_mesh import (
-    ROOT,
-    MeshProcess,
-    apply_yaml,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import ROOT, MeshProcess, apply_yaml, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.resources import mesh_config
 

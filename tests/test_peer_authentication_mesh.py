@@ -18,13 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers_mesh import (
-    PYTHON,
-    MeshProcess,
-    free_port,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, MeshProcess, free_port, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
 from tests.proxyharness import metric_value

@@ -28,13 +28,7 @@ from meshctl.ca import CertificateAuthority
 from meshctl.controlplane.ca_service import control_plane_certificate
 from proxy.adminhttp import AdminServer, Request, Response, json_response
 from proxy.tls import load_pem_pair
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    http_get,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.resources import mesh_config

@@ -14,14 +14,7 @@ import pytest
 
 from tests.helpers_mesh import wait_for
 from tests.proxyharness import metric_value
-from tests.test_tcp_services import (
-    ALLOW_OTHER,
-    TIMEOUT,
-    TcpMesh,
-    banner,
-    read_line,
-    read_to_eof,
-)
+from tests.test_tcp_services import ALLOW_OTHER, TIMEOUT, TcpMesh, banner, read_line, read_to_eof
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

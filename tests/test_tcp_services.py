@@ -13,13 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers_mesh import (
-    MeshProcess,
-    free_port,
-    http_get,
-    http_json,
-    wait_for,
-)
+from tests.helpers_mesh import MeshProcess, free_port, http_get, http_json, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
