@@ -23,6 +23,7 @@ from tests.helpers_mesh import (
     wait_for,
 )
 from tests.ports import free_port
+from tests.proxyharness import metric_value
 
 
 class Mesh:
@@ -146,6 +147,17 @@ class Mesh:
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """A request of ``via``'s app to ``host``, through ``via``'s outbound listener."""
         return http_get(f"http://{via.info['outbound']}{path}", {"Host": host, **(headers or {})})
+
+    @staticmethod
+    def metrics(proc: MeshProcess) -> str:
+        """A proxy's Prometheus exposition (its admin /metrics)."""
+        status, body = http_get(f"http://{proc.info['admin']}/metrics")
+        assert status == 200, (status, body)
+        return body.decode()
+
+    def metric(self, proc: MeshProcess, name: str, **labels: str) -> float:
+        """The sum of ``proc``'s samples of ``name`` with ``labels``."""
+        return metric_value(self.metrics(proc), name, **labels)
 
     def meshctl_argv(self, *args: str) -> list[str]:
         """``meshctl --control-plane <api> ARGS`` (for a test that runs it itself)."""

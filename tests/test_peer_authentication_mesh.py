@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -71,10 +70,6 @@ class PeerAuthMesh(Mesh, DeclaresPeerAuthentications):
                             {"Host": service})[0]
         except (OSError, http.client.HTTPException):
             return None
-
-    def metrics(self, proc: MeshProcess) -> str:
-        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
-            return str(r.read().decode())
 
     def requests(self, proc: MeshProcess, **labels: str) -> float:
         return metric_value(self.metrics(proc), "ami_requests_total", **labels)

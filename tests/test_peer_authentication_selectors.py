@@ -10,7 +10,6 @@ import http.client
 import os
 import socket
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pytest
 from tests.helpers_mesh import PYTHON, MeshProcess, free_port, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
-from tests.proxyharness import metric_value
 from tests.resources import mesh_config
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
@@ -76,11 +74,6 @@ class SelectorMesh(Mesh, DeclaresPeerAuthentications):
 
     def requests(self, proc: MeshProcess, **labels: str) -> float:
         return self.metric(proc, "ami_requests_total", **labels)
-
-    def metric(self, proc: MeshProcess, name: str, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        return metric_value(text, name, **labels)
 
     def db_session(self) -> None:
         """A whole exchange of web's app with db through web's --tcp-upstream port."""

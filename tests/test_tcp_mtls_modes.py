@@ -6,7 +6,6 @@ reaches an HTTP app and HTTP never reaches a TCP app."""
 from __future__ import annotations
 
 import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,10 +99,6 @@ class ModesMesh(Mesh):
         """A connection of web's app (or legacy's) to ``service``, through its sidecar."""
         port = self.local if via == "web" else self.legacy.info["ports"][service]
         return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-
-    def metrics(self, proc: MeshProcess) -> str:
-        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
-            return str(r.read().decode())
 
     def counted(self, proc: MeshProcess, **labels: str) -> float:
         return metric_value(self.metrics(proc), "ami_tcp_connections_closed_total", **labels)

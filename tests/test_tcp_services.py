@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -63,10 +62,6 @@ class TcpMesh(Mesh):
             "DELETE", token=self.cp.info["token"])
         assert status in (200, 404), body
         self.wait_synced(20)
-
-    def metrics(self, proc: MeshProcess) -> str:
-        with urllib.request.urlopen(f"http://{proc.info['admin']}/metrics", timeout=5) as r:
-            return str(r.read().decode())
 
 
 @pytest.fixture(scope="module")
