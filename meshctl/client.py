@@ -8,7 +8,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,21 +183,34 @@ class ControlPlaneClient:
 
         ``timeout`` bounds each read (the server sends a keep-alive comment every 15 s).
         """
+        with self.open_watch(kind, namespace, replay=replay, timeout=timeout) as resp:
+            yield from watch_events(resp)
+
+    def open_watch(self, kind: str | None = None, namespace: str | None = None, *,
+                   replay: bool = False, status: bool = False,
+                   timeout: float | None = None) -> Any:
+        """The open ``/api/v1/watch`` response (subscribed once this returns: a list read
+        after it misses no change); ``status``: status changes too, objects with status."""
         params = {k: v for k, v in (("kind", kind), ("namespace", namespace),
-                                    ("replay", "true" if replay else None)) if v}
+                                    ("replay", "true" if replay else None),
+                                    ("status", "true" if status else None)) if v}
         query = "?" + urllib.parse.urlencode(params) if params else ""
-        with self._open("GET", f"/api/v1/watch{query}", timeout=timeout) as resp:
+        return self._open("GET", f"/api/v1/watch{query}", timeout=timeout)
+
+
+def watch_events(resp: Iterable[bytes]) -> Iterator[WatchEvent]:
+    """The server-sent events of an open watch response, until the stream ends."""
+    event, data = "message", list[str]()
+    for raw in resp:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield WatchEvent(event, json.loads("\n".join(data)))
             event, data = "message", list[str]()
-            for raw in resp:
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if data:
-                        yield WatchEvent(event, json.loads("\n".join(data)))
-                    event, data = "message", list[str]()
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].lstrip())
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
 
 
 def _q(part: str) -> str:

@@ -222,8 +222,14 @@ def resource_table(kind: str, docs: Sequence[Doc], all_namespaces: bool = False)
 
     VERSION is the resourceVersion (the store keeps no creation time, so there is no AGE).
     """
+    columns = table_columns(kind, all_namespaces)
+    return render_table([h for h, _ in columns], ([cell(d) for _, cell in columns] for d in docs))
+
+
+def table_columns(kind: str, all_namespaces: bool = False) -> list[Column]:
+    """The columns of ``kind``'s table (also ``meshctl get -w``'s rows)."""
     columns: list[Column] = [("NAME", _name), *_KIND_COLUMNS[kind],
                              ("VERSION", _version), ("STATUS", status_text)]
     if all_namespaces:
         columns.insert(0, ("NAMESPACE", _namespace))
-    return render_table([h for h, _ in columns], ([cell(d) for _, cell in columns] for d in docs))
+    return columns

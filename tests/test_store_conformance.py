@@ -126,3 +126,17 @@ async def test_status_is_separate_from_spec(store: Store) -> None:
         await store.status(obj.key)
     with pytest.raises(NotFound):
         await store.set_status(obj.key, {"x": 1})
+
+
+async def test_a_status_watch_sees_status_changes(store: Store) -> None:
+    """watch(status=True) gets a MODIFIED (status_only) per set_status, same version; a
+    plain watch (the reconcile loop's) does not."""
+    obj = await store.create(policy("reviews"))
+    async with store.watch(status=True) as watch, store.watch() as plain:
+        await store.set_status(obj.key, {"phase": "Progressing"})
+        await store.create(policy("ratings"))  # fence
+        event, fenced = await next_event(watch), await next_event(plain)
+    assert (event.type, event.status_only) == (EventType.MODIFIED, True)
+    assert event.object is not None and event.object.key == obj.key
+    assert event.object.resource_version == obj.resource_version
+    assert fenced.object is not None and fenced.object.key[2] == "ratings"

@@ -132,6 +132,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     scope.add_argument("-n", "--namespace", default="default")
     scope.add_argument("-A", "--all-namespaces", action="store_true")
     get.add_argument("-o", "--output", choices=output.OUTPUT_FORMATS, default="table")
+    get.add_argument("-w", "--watch", action="store_true",
+                     help="after the table, a row per change (status included) until Ctrl-C")
     get.set_defaults(func=run_get)
 
     delete = subparsers.add_parser("delete", help="delete resources by name or by file",
@@ -378,6 +380,16 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_get(args: argparse.Namespace) -> int:
     """Print one object or a list as a table (columns per kind), YAML or JSON."""
     client = make_client(args)
+    if args.watch:
+        if args.kind == ALL:
+            print("error: --watch needs one KIND, not all", file=sys.stderr)
+            return 2
+        if args.name is not None and args.all_namespaces:
+            print("error: a NAME needs one namespace (-n), not -A", file=sys.stderr)
+            return 2
+        from meshctl.commands.getwatch import run_get_watch
+
+        return run_get_watch(args, client)
     if args.kind == ALL:
         from meshctl.commands.getall import run_get_all
 

@@ -12,7 +12,7 @@ telemetries)::
     DELETE /api/v1/namespaces/{ns}/{plural}/{name}       delete (?resourceVersion= precondition)
     POST   /api/v1/apply                                 YAML or JSON documents, all or nothing
                                                          ?dryRun=All: check, write nothing
-    GET    /api/v1/watch                                 SSE; ?kind=&namespace=&replay=
+    GET    /api/v1/watch                                 SSE; ?kind=&namespace=&replay=&status=
     GET    /api/v1/errors                                hand edits the store rejected
     GET    /openapi.json                                 OpenAPI 3.1 description
 
@@ -44,6 +44,7 @@ from meshctl.controlplane.errors import (
 from meshctl.controlplane.openapi import openapi_document
 from meshctl.controlplane.store import (
     KIND_PLURALS,
+    Event,
     EventType,
     Store,
     StoredObject,
@@ -427,8 +428,11 @@ def _watch_handler(heartbeat: float) -> Handler:
         if word and kind is None:
             raise BadRequest(f"unknown kind {word!r}")
         replay = request.query.get("replay", "").lower() in ("1", "true", "yes")
-        stream = request.app[STORE].watch(kind=kind, namespace=request.query.get("namespace"),
-                                          replay=replay)
+        # status=true: status changes too (a Canary's steps), each object sent with its status
+        status = request.query.get("status", "").lower() in ("1", "true", "yes")
+        store = request.app[STORE]
+        stream = store.watch(kind=kind, namespace=request.query.get("namespace"),
+                             replay=replay, status=status)
         request.app[_WATCHES].add(stream)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -447,7 +451,8 @@ def _watch_handler(heartbeat: float) -> Handler:
                     head, data = "", {"error": event.error}
                 else:
                     head = f"id: {event.object.resource_version}\n"
-                    data = event.object.to_dict()
+                    data = event.object.to_dict(await _status_of(store, event) if status
+                                                else None)
                 frame = f"{head}event: {event.type}\ndata: {json.dumps(data)}\n\n"
                 await resp.write(frame.encode())
         except ConnectionResetError:
@@ -458,6 +463,16 @@ def _watch_handler(heartbeat: float) -> Handler:
         return resp
 
     return watch
+
+
+async def _status_of(store: Store, event: Event) -> dict[str, Any] | None:
+    """The object's status now (a deleted object has none)."""
+    if event.type is EventType.DELETED or event.object is None:
+        return None
+    try:
+        return await store.status(event.object.key)
+    except NotFound:  # deleted since: its DELETED event follows
+        return None
 
 
 async def _end_watches(app: web.Application) -> None:

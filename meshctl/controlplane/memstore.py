@@ -57,10 +57,12 @@ class MemStore(Store):
         ]
 
     def watch(
-        self, *, kind: str | None = None, namespace: str | None = None, replay: bool = False
+        self, *, kind: str | None = None, namespace: str | None = None, replay: bool = False,
+        status: bool = False,
     ) -> Watch:
         current = [obj for _, obj in sorted(self._objects.items())]
-        return self._hub.subscribe(current, kind=kind, namespace=namespace, replay=replay)
+        return self._hub.subscribe(current, kind=kind, namespace=namespace, replay=replay,
+                                   status=status)
 
     # -- writes ----------------------------------------------------------------------------
     async def create(self, obj: Resource) -> StoredObject:
@@ -86,8 +88,9 @@ class MemStore(Store):
         return dict(self._status.get(key, {}))
 
     async def set_status(self, key: Key, status: Mapping[str, Any]) -> None:
-        self._require(key)
+        current = self._require(key)
         self._status[key] = dict(status)
+        self._hub.publish(Event(EventType.MODIFIED, current, status_only=True))
 
     # -- shared with DirStore: checks happen before I/O, commits after --------------------
     def _require(self, key: Key) -> StoredObject:

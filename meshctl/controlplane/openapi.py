@@ -122,7 +122,11 @@ def _resource_paths() -> dict[str, Any]:
              "schema": {"type": "string"}, "description": "only this namespace"},
             {"name": "replay", "in": "query", "required": False,
              "schema": {"type": "string"},
-             "description": "true: first an ADDED event for every existing object"}])}
+             "description": "true: first an ADDED event for every existing object"},
+            {"name": "status", "in": "query", "required": False,
+             "schema": {"type": "string"},
+             "description": "true: also a MODIFIED event when an object's status changes "
+                            "(a Canary's steps); every object is sent with its status"}])}
     paths["/api/v1/errors"] = {"get": op(
         "listErrors", "Hand edits the store rejected",
         {"200": _json("StoreErrors", "rejected sources with their precise errors")},

@@ -96,6 +96,7 @@ class Event:
     type: EventType
     object: StoredObject | None = None
     error: str | None = None
+    status_only: bool = False  # MODIFIED by set_status: only watches that asked for it see it
 
 
 class Watch(AsyncIterator[Event]):
@@ -168,11 +169,14 @@ class WatchHub:
         kind: str | None = None,
         namespace: str | None = None,
         replay: bool = False,
+        status: bool = False,
     ) -> Watch:
         def accept(event: Event) -> bool:
             obj = event.object
             if obj is None:
                 return True
+            if event.status_only and not status:
+                return False
             return (kind is None or obj.resource.kind == kind) and (
                 namespace is None or obj.resource.namespace == namespace
             )
@@ -198,7 +202,9 @@ class Store(abc.ABC):
 
     Versions are integers that only grow; every create/update/delete takes a new one. Status
     (``status(key)``) is observed state written by the control plane: it is kept apart from
-    the declared spec, does not change ``resource_version`` and emits no watch event.
+    the declared spec, does not change ``resource_version`` and emits a watch event (MODIFIED,
+    ``status_only``) only to watches opened with ``status=True`` (``meshctl get -w``), so
+    that the reconcile loop never wakes for it.
     """
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -233,9 +239,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def watch(
-        self, *, kind: str | None = None, namespace: str | None = None, replay: bool = False
+        self, *, kind: str | None = None, namespace: str | None = None, replay: bool = False,
+        status: bool = False,
     ) -> Watch:
-        """Subscribe to changes from now on; ``replay`` first yields ADDED for current objects."""
+        """Subscribe to changes from now on; ``replay`` first yields ADDED for current objects;
+        ``status``: also a MODIFIED (``status_only``) event per ``set_status``."""
 
     @abc.abstractmethod
     async def status(self, key: Key) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""`meshctl get KIND [NAME] -w` against a real `meshctl serve`: the table, a row per change
+(a Canary's status steps included), exit 0 on Ctrl-C, one `error:` line and exit 1 when the
+control plane goes away. Every wait has a deadline."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, apply_yaml, start_control_plane
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUTE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v3, labels: {{version: v3}}}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  rules:
+    - backends: [{{subset: v1, weight: {v1}}}, {{subset: v3, weight: {v3}}}]
+"""
+CANARY = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Canary
+metadata: {name: reviews-v3}
+spec: {service: reviews, stable: v1, canary: v3, stepWeight: 10, interval: 1h}
+"""
+
+
+class Watcher:
+    """`meshctl get ... -w` as a child process; its stdout lines in a queue."""
+
+    def __init__(self, cp: MeshProcess, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], "get", *args, "-w"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={"AMI_TOKEN": cp.info["token"], "PATH": "/usr/bin"})
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def next_line(self, timeout: float = 20.0) -> list[str]:
+        """The next row, split into cells (fails after ``timeout`` s without one)."""
+        try:
+            return self.lines.get(timeout=timeout).split()
+        except queue.Empty:
+            self.proc.kill()
+            raise AssertionError(f"no row in {timeout} s; stderr: {self.stderr()}") from None
+
+    def row_with(self, *cells: str, timeout: float = 20.0) -> list[str]:
+        """Rows until one holding every cell of ``cells``."""
+        while True:
+            row = self.next_line(timeout)
+            if all(c in row for c in cells):
+                return row
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None \
+            else ""
+
+    def wait(self, timeout: float = 20.0) -> tuple[int, str]:
+        rc = self.proc.wait(timeout)
+        return rc, self.stderr()
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[MeshProcess]:
+    proc = start_control_plane(tmp_path, warmup=0.0)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_change_prints_a_row_and_ctrl_c_exits_0(cp: MeshProcess) -> None:
+    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
+    w = Watcher(cp, "route", "reviews")
+    try:
+        assert w.next_line()[:2] == ["NAME", "HOST"]
+        assert w.next_line()[:4] == ["reviews", "reviews", "1", "v1=100,v3=0"]
+        version = apply_yaml(cp, ROUTE.format(v1=80, v3=20))
+        row = w.next_line()
+        assert row == ["reviews", "reviews", "1", "v1=80,v3=20", str(version), "Accepted"]
+        w.proc.send_signal(signal.SIGINT)
+        rc, err = w.wait()
+        assert (rc, err) == (0, "")
+    finally:
+        w.proc.kill()
+
+
+def test_a_canarys_status_steps_are_rows(cp: MeshProcess) -> None:
+    """The controller's status writes (no new resourceVersion) show as rows: WEIGHT, PHASE."""
+    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
+    w = Watcher(cp, "canary")
+    try:
+        # no Canary yet: the header alone (the widths of the rows to come)
+        assert w.next_line()[:5] == ["NAME", "SERVICE", "STABLE", "CANARY", "WEIGHT"]
+        apply_yaml(cp, CANARY)
+        row = w.row_with("reviews-v3", "Progressing")
+        assert row[:6] == ["reviews-v3", "reviews", "v1", "v3", "10", "Progressing"]
+        subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], "delete",
+                        "canary", "reviews-v3"], check=True, capture_output=True, cwd=ROOT,
+                       env={"AMI_TOKEN": cp.info["token"], "PATH": "/usr/bin"}, timeout=30)
+        assert w.row_with("reviews-v3", "Deleted")[:6] == row[:6]
+    finally:
+        w.proc.kill()
+
+
+def test_a_lost_control_plane_is_one_error_line_and_exit_1(cp: MeshProcess) -> None:
+    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
+    w = Watcher(cp, "route")
+    try:
+        assert w.next_line()[:2] == ["NAME", "HOST"]
+        assert w.next_line()[0] == "reviews"
+        assert cp.stop() == 0
+        rc, err = w.wait()
+        assert rc == 1
+        assert err.startswith("error: lost the control plane at http://127.0.0.1:")
+        assert err.count("\n") == 1, err
+    finally:
+        w.proc.kill()
