@@ -208,3 +208,30 @@ def test_a_restarted_control_plane_resumes_the_run(mesh: KindMesh) -> None:
     assert mesh.weights() == {"v1": 50, "v2": 0, "v3": 50}
     assert mesh.meshctl("delete", "canary", "reviews-hold").returncode == 0
     mesh.reset()
+
+
+def test_the_dashboard_state_shows_the_canary(mesh: KindMesh) -> None:
+    """/api/v1/dashboard/state lists the Canary as its panel draws it: subsets, weight, phase,
+    the last analysis beside the thresholds, the last events."""
+    mesh.reset()
+    mesh.declare("reviews-v3", "v3")
+    wait_for(lambda: mesh.phase("reviews-v3", "Succeeded", "RolledBack", "Failed"), 90,
+             "the v3 canary to finish")
+    status, state = http_json(mesh.cp.info["api"] + "/api/v1/dashboard/state")
+    assert status == 200, state
+    [panel] = state["canaries"]
+    assert {k: panel[k] for k in ("name", "namespace", "service", "stable", "canary", "weight",
+                                  "phase", "message", "failedChecks", "failures")} == {
+        "name": "reviews-v3", "namespace": "default", "service": "reviews", "stable": "v1",
+        "canary": "v3", "weight": 100, "phase": "Succeeded",
+        "message": "v3 promoted: v1 0% / v3 100%", "failedChecks": 0, "failures": 2}
+    assert panel["thresholds"] == {"minSuccessRate": 0.99, "maxP99Ms": 2000.0,
+                                   "minRequests": 5}
+    assert panel["lastAnalysis"]["successRate"] == 1.0
+    assert panel["lastAnalysis"]["requests"] >= 5
+    assert panel["events"][-1]["message"] == "v3 promoted: v1 0% / v3 100%"
+    assert len(panel["events"]) <= 5
+    assert mesh.meshctl("delete", "canary", "reviews-v3").returncode == 0
+    status, state = http_json(mesh.cp.info["api"] + "/api/v1/dashboard/state")
+    assert state["canaries"] == []
+    mesh.reset()

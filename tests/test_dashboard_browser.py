@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium (DevTools protocol): graph, route splits, screenshot."""
+"""The dashboard in headless Chromium (DevTools protocol): graph, route splits, canaries,
+screenshots."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 
 from meshctl.api.build import VERSION
+from tests.helpers_mesh import all_synced, wait_for
 from tests.observe_harness import (
     REPO,
     TOKEN,
@@ -28,6 +30,7 @@ from tests.observe_harness import (
 )
 from tests.resources import destination_policy, documents, route
 from tests.tcp_observe_harness import Mesh, tcp_mesh
+from tests.test_canary_kind_mesh import KindMesh
 
 OUTPUT = REPO / "test-output"
 
@@ -223,3 +226,52 @@ async def test_dashboard_shows_tcp_services(tcp: Mesh, page: Page) -> None:
             sock.close()
     OUTPUT.mkdir(exist_ok=True)
     (OUTPUT / "dashboard-tcp.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+@pytest.fixture(scope="module")
+def kind_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindMesh]:
+    m = KindMesh(Path(tmp_path_factory.mktemp("dashcanary")))
+    try:
+        wait_for(lambda: all_synced(m.cp, m.names), 30, "all proxies synced")
+        wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable over mTLS")
+        with Traffic(m.call):
+            yield m
+    finally:
+        for proc in [*m.procs, m.cp]:
+            proc.stop()
+
+
+async def test_dashboard_shows_a_declared_canary(kind_mesh: KindMesh, page: Page) -> None:
+    """A declared v3 canary on a real `meshctl serve` mesh under traffic: its panel shows the
+    service and subsets, the weight bar stepping to 100, the phase, the last analysis against
+    the thresholds and the events, live; a screenshot is saved under test-output/."""
+    kind_mesh.reset()
+    await page.call("Page.enable")
+    await page.call("Page.navigate", url=kind_mesh.cp.info["api"] + "/dashboard")
+    await page.wait_for("document.body.dataset.updated", 15, "a first refresh")
+    assert await page.evaluate("document.getElementById('canary-card').hidden")  # none yet
+    await asyncio.to_thread(kind_mesh.declare, "reviews-v3", "v3")
+    panel = "document.querySelector('[data-canary=\"default/reviews-v3\"]')"
+    # the panel appears and follows the run without a reload (a 1 s interval: the steps
+    # between may fall between two of the page's 2 s refreshes)
+    await page.wait_for(f"!!{panel}", 30, "the canary's panel")
+    await page.wait_for(f"{panel} && {panel}.querySelector('.phase').dataset.phase"
+                        " === 'Succeeded'", 60, "the canary promoted")
+    text = await page.evaluate(f"{panel}.innerText")
+    assert "reviews: v1 → v3" in text and "v3 promoted: v1 0% / v3 100%" in text
+    assert await page.evaluate(f"{panel}.querySelector('.bar').innerText") == "v3 100%"
+    figures = json.loads(await page.evaluate(
+        f"JSON.stringify([...{panel}.querySelectorAll('[data-figure]')]"
+        ".map(e => [e.dataset.figure, e.getAttribute('class'), e.innerText]))"))
+    assert [(name, cls) for name, cls, _ in figures] == [
+        ("requests", "ok"), ("success", "ok"), ("p99", "ok")]
+    assert figures[1][2] == "success 100.0% (≥ 99.0%)"
+    assert figures[2][2].endswith("(≤ 2000 ms)")
+    events = await page.evaluate(f"{panel}.querySelector('.events').innerText")
+    assert "start: v1 50% / v3 50%" in events and "advance to 100" in events
+    shot = await page.call("Page.captureScreenshot", format="png")
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "dashboard-canary.png").write_bytes(base64.b64decode(shot["data"]))
+    assert kind_mesh.meshctl("delete", "canary", "reviews-v3").returncode == 0
+    await page.wait_for("document.getElementById('canary-card').hidden", 10, "panel gone")
+    kind_mesh.reset()

@@ -1,9 +1,12 @@
-"""The JSON the dashboard polls: graph, per-service series, route splits, proxies, counters."""
+"""The JSON the dashboard polls: graph, per-service series, route splits, canaries, proxies,
+counters."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from meshctl.api.canary import INITIALIZING, CanarySpec
+from meshctl.controlplane.errors import NotFound
 from meshctl.controlplane.store import Store
 from meshctl.observe.scraper import Scraper
 
@@ -26,6 +29,36 @@ async def route_splits(store: Store) -> list[dict[str, Any]]:
                     "split": [{"subset": b.get("subset") or b.get("service") or "all",
                                "weight": b.get("weight", 100 if len(backends) == 1 else 0)}
                               for b in backends]})
+    return out
+
+
+EVENTS_SHOWN = 5
+
+
+async def canaries(store: Store) -> list[dict[str, Any]]:
+    """Each Canary as its panel draws it: subsets, weight, phase, last analysis against the
+    thresholds (maxP99Ms None: latency not judged), the last events."""
+    out: list[dict[str, Any]] = []
+    for stored in await store.list("Canary"):
+        spec = stored.resource.spec
+        assert isinstance(spec, CanarySpec)
+        try:
+            status = await store.status(stored.key)
+        except NotFound:  # deleted since the list
+            continue
+        t = spec.thresholds
+        out.append({"name": stored.resource.name, "namespace": stored.resource.namespace,
+                    "service": spec.service, "stable": spec.stable, "canary": spec.canary,
+                    "stepWeight": spec.step_weight, "maxWeight": spec.max_weight,
+                    "interval": spec.interval,
+                    "weight": status.get("canaryWeight", 0),
+                    "phase": status.get("phase", INITIALIZING),
+                    "message": status.get("message", ""),
+                    "failedChecks": status.get("failedChecks", 0), "failures": spec.failures,
+                    "thresholds": {"minSuccessRate": t.min_success_rate,
+                                   "maxP99Ms": t.max_p99_ms, "minRequests": t.min_requests},
+                    "lastAnalysis": status.get("lastAnalysis"),
+                    "events": list(status.get("events", []))[-EVENTS_SHOWN:]})
     return out
 
 
@@ -67,6 +100,7 @@ async def dashboard_state(scraper: Scraper, store: Store, now: float, window: fl
         "services": services,
         "series": scraper.window.timelines(now, span, step),
         "routes": await route_splits(store),
+        "canaries": await canaries(store),
         "proxies": scraper.proxies,
         "scrapeErrors": scraper.errors,
         "counters": counters_by_service(scraper),

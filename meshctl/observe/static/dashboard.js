@@ -126,6 +126,69 @@ function drawRoutes(state) {
   }));
 }
 
+// Declared Canaries: the weight the control plane set, its phase, the last analysis against
+// the thresholds (green when it passed, red when it missed) and the last events.
+const PHASE_CLASS = { Progressing: "ok", Promoting: "ok", Succeeded: "ok", Holding: "warn",
+                      Initializing: "idle", RolledBack: "bad", Failed: "bad" };
+
+function figure(name, value, limit, passed) {
+  return el("span", { class: passed === null ? "muted" : passed ? "ok" : "bad",
+                      "data-figure": name }, `${name} ${value} (${limit})`);
+}
+
+function analysisFigures(c) {
+  const a = c.lastAnalysis, t = c.thresholds;
+  const box = el("div", { class: "figures" });
+  if (!a) {
+    box.append(el("span", { class: "muted" }, "no analysis yet"));
+    return box;
+  }
+  const rate = a.successRate;
+  box.append(
+    figure("requests", String(a.requests), `≥ ${t.minRequests}`, a.requests >= t.minRequests),
+    figure("success", pct(rate), `≥ ${pct(t.minSuccessRate)}`,
+           rate === null || rate === undefined ? null : rate >= t.minSuccessRate),
+    figure("p99", ms(a.p99Ms), t.maxP99Ms === null ? "not judged" : `≤ ${ms(t.maxP99Ms)}`,
+           t.maxP99Ms === null || a.p99Ms === null || a.p99Ms === undefined ? null
+             : a.p99Ms <= t.maxP99Ms),
+    el("span", { class: "muted" },
+       `at ${a.weight}% · ${new Date(a.time).toLocaleTimeString()}` +
+       (a.failedChecks.length ? " · failed: " + a.failedChecks.join(", ") : "")));
+  return box;
+}
+
+function drawCanaries(state) {
+  const card = document.getElementById("canary-card");
+  const list = state.canaries || [];
+  card.hidden = !list.length;
+  document.getElementById("canaries").replaceChildren(...list.map((c) => {
+    const div = el("div", { class: "canary", "data-canary": c.namespace + "/" + c.name });
+    const head = el("div", { class: "head" });
+    head.append(el("strong", {}, c.name),
+                el("span", {}, `${c.service}: ${c.stable} → ${c.canary}`),
+                el("span", { class: "phase " + (PHASE_CLASS[c.phase] || "idle"),
+                             "data-phase": c.phase }, c.phase),
+                el("span", { class: "muted" }, c.message));
+    const bar = el("div", { class: "bar", "data-weight": String(c.weight) });
+    const stable = 100 - c.weight;
+    if (stable > 0)
+      bar.append(el("div", { style: `width:${stable}%;background:${PALETTE[0]}` },
+                    stable >= 8 ? `${c.stable} ${stable}%` : ""));
+    if (c.weight > 0)
+      bar.append(el("div", { style: `width:${c.weight}%;background:${PALETTE[1]}` },
+                    c.weight >= 8 ? `${c.canary} ${c.weight}%` : ""));
+    const events = el("table", { class: "events" });
+    events.append(...c.events.slice().reverse().map((e) => {
+      const tr = el("tr");
+      tr.append(el("td", { class: "muted" }, new Date(e.time).toLocaleTimeString()),
+                el("td", {}, `${e.weight}%`), el("td", {}, e.phase), el("td", {}, e.message));
+      return tr;
+    }));
+    div.append(head, bar, analysisFigures(c), events);
+    return div;
+  }));
+}
+
 function sparkline(points, field, color, fmt, name) {
   const wrap = el("div", { "data-field": field });
   const vals = points.map((p) => p[field]).filter((v) => v !== null && v !== undefined);
@@ -223,7 +286,8 @@ async function refresh() {
     const resp = await fetch("/api/v1/dashboard/state", { cache: "no-store" });
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     const state = await resp.json();
-    drawGraph(state); drawRoutes(state); drawCharts(state); drawTables(state);
+    drawGraph(state); drawRoutes(state); drawCanaries(state); drawCharts(state);
+    drawTables(state);
     status.textContent = `updated ${new Date(state.time * 1000).toLocaleTimeString()} · ` +
                          `${state.proxies.length} proxies`;
     document.body.dataset.updated = String(state.time);
