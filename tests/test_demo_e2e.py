@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +26,7 @@ import yaml
 from meshctl.client import ControlPlaneClient
 from meshctl.demo.procs import listening, pid_alive
 from meshctl.demo.state import RunDir
+from tests.observe_harness import Traffic
 from tests.ports import free_block
 from tests.ports import free_port as _free_port
 
@@ -272,6 +274,37 @@ def test_mirror_copies_every_load_to_v2_without_showing_it(demo: Demo) -> None:
             time.sleep(0.05)
     finally:
         apply(demo, "all-v1")
+
+
+def test_declared_canary_promotes_v3_under_traffic(demo: Demo) -> None:
+    """canary-reviews-v3: while pages load, the control plane steps v3 25, 50, 75, 100 (an
+    analysis every 10 s) and promotes it: red stars; `get canary` shows it Succeeded."""
+    client = ControlPlaneClient(f"http://127.0.0.1:{demo.api}")
+
+    def finished() -> dict[str, Any] | None:
+        status = client.get("Canary", "reviews-v3").get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "RolledBack", "Failed") else None
+
+    with Traffic(demo.page):
+        apply(demo, "canary-reviews-v3")
+        try:
+            deadline = time.monotonic() + 150  # 5 analyses 10 s apart, on a busy machine
+            while (status := finished()) is None:
+                assert time.monotonic() < deadline, client.get("Canary", "reviews-v3")
+                time.sleep(0.5)
+            assert status["phase"] == "Succeeded", status
+            messages = [e["message"] for e in status["events"]]
+            assert messages[:4] == ["start: v1 75% / v3 25%", "advance to 50: v1 50% / v3 50%",
+                                    "advance to 75: v1 25% / v3 75%",
+                                    "advance to 100: v1 0% / v3 100%"], messages
+            assert messages[-1] == "v3 promoted: v1 0% / v3 100%"
+            _, html, _ = demo.page()
+            assert 'data-color="red"' in html and "reviews-v3" in html
+            row = demo.meshctl("get", "canary").stdout.splitlines()[1].split()
+            assert row[:6] == ["reviews-v3", "reviews", "v1", "v3", "100", "Succeeded"]
+        finally:
+            assert demo.meshctl("delete", "canary", "reviews-v3").returncode == 0
+            apply(demo, "all-v1")
 
 
 def test_down_leaves_no_process_and_no_port(demo: Demo) -> None:
