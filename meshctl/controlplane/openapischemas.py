@@ -132,7 +132,8 @@ SCHEMAS: dict[str, Any] = {
         ("time", "window", "nodes", "edges", "services", "proxies"),
         time=_NUM, window=_NUM, nodes=_array(ref("StatRow")), edges=_array(ref("Edge")),
         services=_array(_STR), series={"type": "object", "additionalProperties": _array(_OBJ)},
-        routes=_array(_OBJ), proxies=_array(_OBJ), scrapeErrors=_OBJ, counters=_OBJ),
+        routes=_array(_OBJ), canaries=_array(_OBJ), proxies=_array(_OBJ), scrapeErrors=_OBJ,
+        counters=_OBJ),
     "ProxyLogging": _obj(("proxy", "loggers"), proxy=_STR, loggers=_STRINGS),
     "ConfigDump": {**_obj(sidecarScope=_OBJ), "description": "The sidecar's running "
                    "configuration (its admin /config_dump), plus the Sidecar scoping it."},
