@@ -68,6 +68,24 @@ async def test_invalid_edit_keeps_last_good_and_reports_precisely(store: DirStor
     assert condition["message"] == error.message
 
 
+async def test_a_rejected_edit_is_a_status_event_for_status_watches(store: DirStore) -> None:
+    """`meshctl get -w` sees a rejected hand edit: the object's Accepted=False, no new
+    version (the reconcile loop's plain watch saw nothing, as above)."""
+    path = store.root / "reviews.yaml"
+    async with store.watch(status=True) as watch:
+        write(path, policy_doc("reviews"))
+        good = (await next_event(watch)).object
+        bad = policy_doc("reviews")
+        bad["spec"]["loadBalancer"] = "FASTEST"
+        write(path, bad)
+        event = await next_event(watch)
+    assert (event.type, event.status_only) == (EventType.MODIFIED, True)
+    assert good is not None and event.object is not None
+    assert event.object.resource_version == good.resource_version
+    [condition] = (await store.status(good.key))["conditions"]
+    assert condition["status"] == "False"
+
+
 async def test_yaml_error_then_fix(store: DirStore) -> None:
     """Broken YAML is reported with its line; fixing the file accepts it again."""
     path = store.root / "reviews.yaml"

@@ -59,6 +59,8 @@ from meshctl.controlplane.dirfiles import (
 from meshctl.controlplane.errors import Conflict, Invalid
 from meshctl.controlplane.memstore import MemStore, check_version
 from meshctl.controlplane.store import (
+    Event,
+    EventType,
     Key,
     SourceError,
     SourceErrors,
@@ -411,6 +413,8 @@ class DirStore(MemStore):
                      "message": error or "", "lastTransitionTime": since}
         status["conditions"] = [c for c in conditions if c is not previous] + [condition]
         self._status[key] = status
+        if key in self._objects:  # `get -w` shows a rejected hand edit (status watches only)
+            self._hub.publish(Event(EventType.MODIFIED, self._objects[key], status_only=True))
 
     # -- persisted versions ----------------------------------------------------------------
     def _remembered_version(self, res: Resource) -> int | None:
