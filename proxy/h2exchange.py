@@ -164,15 +164,16 @@ class H2Exchange(Exchange):
         headers = self.headers
         decision = self.decision
         if decision is not None and decision.request_headers is not None:
-            headers = decision.request_headers.edit_pairs(headers)
+            # (a route's edits may name headers in capitals; the client's names are lower case,
+            # proxy.h2headers saw to that, and so are those the proxy adds)
+            headers = lowered(decision.request_headers.edit_pairs(headers))
         authority = self.authority.encode("latin-1")
         out: Headers = []
-        for name, value in headers:
-            name = name.lower()
-            if name == b"host":
-                authority = value  # a rewrite's authority lands here
+        for header in headers:
+            if header[0] == b"host":
+                authority = header[1]  # a rewrite's authority lands here
             else:
-                out.append((name, value))
+                out.append(header)  # as it came: a never-indexed field stays never-indexed
         lines = self.head_tail
         if pool.tls is not None:
             lines = [*lines, self.downstream.listener.peer_line]  # see Exchange._upstream_head
@@ -206,14 +207,15 @@ class H2Exchange(Exchange):
         status = 0
         self.grpc_status = None
         out: Headers = [(b":status", b"")]
-        for name, value in headers:
+        for header in headers:
+            name = header[0]
             if name == b":status":
-                status = int(value)
-                out[0] = (name, value)
+                status = int(header[1])
+                out[0] = header
             elif name[:1] != b":":
-                out.append((name, value))
+                out.append(header)  # as received: a never-indexed field stays never-indexed
                 if end_stream and name == b"grpc-status":
-                    self.grpc_status = value.decode("latin-1")
+                    self.grpc_status = header[1].decode("latin-1")
         backend = self.backend
         pool = self.pool
         if backend is not None and pool is not None:
@@ -244,7 +246,7 @@ class H2Exchange(Exchange):
         self.status = status
         edits = self.response_edits
         if edits is not None:
-            out = [out[0], *((n.lower(), v) for n, v in edits.edit_pairs(out[1:]))]
+            out = [out[0], *lowered(edits.edit_pairs(out[1:]))]
         self.response_started = True
         self.downstream.send_headers(out, end_stream)
 
@@ -344,6 +346,12 @@ class H2Exchange(Exchange):
                 self.downstream.end()
             self.bytes_out = 0 if head_only else len(body)
         self.finish()
+
+
+def lowered(headers: Headers) -> Headers:
+    """`headers` with their names in lower case (HTTP/2's), each field kept as it is when its
+    name already is: a never-indexed one stays never-indexed."""
+    return [h if (low := h[0].lower()) == h[0] else (low, h[1]) for h in headers]
 
 
 def _outlier_status(grpc_status: str | None, status: int) -> int:

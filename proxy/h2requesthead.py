@@ -43,7 +43,10 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
     timeout_override: float | None = None
     grpc = False
     kept: Headers = []
-    for name, value in headers:
+    for header in headers:
+        # (the field itself is kept, not a new tuple: one received never-indexed is an
+        # hpack NeverIndexedHeaderTuple, and goes on never-indexed, RFC 7541 7.1.3)
+        name, value = header
         budget -= len(name) + len(value) + 4
         if name[:1] == b":":
             if name == b":method":
@@ -61,14 +64,14 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
         if name in _DROP:
             continue
         if name == b"te":
-            kept.append((name, value))  # `trailers`, gRPC's (h2 lets no other value in)
+            kept.append(header)  # `trailers`, gRPC's (h2 lets no other value in)
             continue
         kind = _SPECIAL.get(name)
         if kind is None or kind == _H_REQUEST_ID:
             if name == b"content-type" and value.startswith(b"application/grpc"):
                 grpc = True
             has_request_id = has_request_id or kind == _H_REQUEST_ID
-            kept.append((name, value))
+            kept.append(header)
         elif kind == _H_XFF:
             xff = value if xff is None else xff + b", " + value
         elif kind == _H_PEER:
@@ -84,7 +87,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
                     and (value := value.strip())):
                 xfcc = value if xfcc is None else xfcc + b"," + value
         elif kind != _H_DROP:
-            kept.append((name, value))
+            kept.append(header)
     if budget < 0:
         return "headers_too_large"
     if method is None or method == b"CONNECT":

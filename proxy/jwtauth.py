@@ -123,8 +123,7 @@ class JwtAuthenticator:
             raise InvalidToken("more than one token in the request")
         if not found:
             if self.output_headers:
-                ex.headers = [(n, v) for n, v in ex.headers
-                              if n.lower() not in self.output_headers]
+                ex.headers = [h for h in ex.headers if h[0].lower() not in self.output_headers]
             return None
         token = found[0][0]
         issuer, claims = self._verify(token, [loc for _, loc in found])
@@ -132,7 +131,7 @@ class JwtAuthenticator:
         drop = set(self.output_headers)
         if not rule.forward_original_token:
             drop.update(loc.header for _, loc in found if loc.header is not None)
-        headers = [(n, v) for n, v in ex.headers if n.lower() not in drop] if drop \
+        headers = [h for h in ex.headers if h[0].lower() not in drop] if drop \
             else ex.headers
         if rule.output_payload_to_header:
             headers.append((rule.output_payload_to_header.encode("latin-1"),

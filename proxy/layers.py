@@ -123,7 +123,8 @@ class HeaderEditor:
         return cls(edits)
 
     def edit_pairs(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        out = [(n, v) for n, v in headers if n.lower() not in self.remove] if self.remove \
+        # (the fields kept as they are: a never-indexed one stays so on HTTP/2)
+        out = [h for h in headers if h[0].lower() not in self.remove] if self.remove \
             else list(headers)
         out.extend(self.set)
         out.extend(self.add)
@@ -295,7 +296,7 @@ class _CorsHeaders:
     def edit_pairs(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The same on (name, value) pairs (an HTTP/2 response)."""
         out = self.base.edit_pairs(headers) if self.base is not None else headers
-        out = [(n, v) for n, v in out if n.lower() not in _CORS_RESPONSE_HEADERS]
+        out = [h for h in out if h[0].lower() not in _CORS_RESPONSE_HEADERS]
         out.extend(self.lines)
         return out
 

@@ -1,0 +1,325 @@
+"""HTTP/2 on the wire through a real proxy: how it encodes header fields, how streams end.
+
+The client and the upstream here read the proxy's frames one by one (hyperframe) and decode its
+header blocks with hpack's own decoder, so what matters is seen as it is on the wire: a field
+sent as "literal never indexed" (RFC 7541 7.1.3) or not, and a stream ended on its last DATA or
+trailers frame, or by an empty DATA frame after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, RequestReceived, StreamEnded
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+from tests.proxyharness import Backends, ProxyProcess
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+Headers = list[tuple[bytes, bytes]]
+SECRET = NeverIndexedHeaderTuple
+
+
+@dataclass
+class Seen:
+    """A frame as it arrived: its type, stream, flags, payload size, and a header block's
+    fields as hpack decodes them (never-indexed ones as NeverIndexedHeaderTuple)."""
+
+    kind: str
+    sid: int
+    flags: frozenset[str]
+    size: int
+    headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def end(self) -> bool:
+        return "END_STREAM" in self.flags
+
+
+class FrameLog:
+    """The frames of one direction of a connection, parsed as they arrive."""
+
+    def __init__(self) -> None:
+        self.decoder = Decoder()
+        self.decoder.max_header_list_size = 1 << 20
+        self.buf = b""
+        self.frames: list[Seen] = []
+        self._block: tuple[int, frozenset[str], bytes] | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
+            if len(self.buf) < 9 + length:
+                break
+            frame.parse_body(memoryview(self.buf[9:9 + length]))
+            self.buf = self.buf[9 + length:]
+            out.append(frame)
+            self._record(frame, length)
+        return out
+
+    def _record(self, frame: Frame, length: int) -> None:
+        flags = frozenset(frame.flags)
+        if isinstance(frame, HeadersFrame | ContinuationFrame):
+            if isinstance(frame, HeadersFrame):
+                self._block = (frame.stream_id, flags, frame.data)
+            else:
+                assert self._block is not None
+                sid, first, data = self._block
+                self._block = (sid, first, data + frame.data)
+            if "END_HEADERS" in flags:
+                sid, first, data = self._block  # type: ignore[misc]
+                self._block = None
+                headers = list(self.decoder.decode(data, raw=True))
+                self.frames.append(Seen("HEADERS", sid, first, len(data), headers))
+        elif isinstance(frame, DataFrame):
+            self.frames.append(Seen("DATA", frame.stream_id, flags, len(frame.data)))
+        else:
+            self.frames.append(Seen(type(frame).__name__, frame.stream_id, flags, length))
+
+    def stream(self, sid: int) -> list[Seen]:
+        return [f for f in self.frames if f.sid == sid and f.kind in ("HEADERS", "DATA")]
+
+
+def shape(frames: list[Seen]) -> list[str]:
+    """A stream's frames in short: `H` / `D<size>`, `+` when it ends the stream."""
+    return [(f"D{f.size}" if f.kind == "DATA" else "H") + ("+" if f.end else "")
+            for f in frames]
+
+
+def never_indexed(block: list[tuple[bytes, bytes]] | None) -> set[bytes]:
+    return {bytes(h[0]) for h in block or () if isinstance(h, NeverIndexedHeaderTuple)}
+
+
+# --- the upstream: an h2 server whose received frames are logged ----------------------------
+@dataclass
+class H2Upstream:
+    """Answers by path; `logs` holds the frames the proxy sent on each connection."""
+
+    port: int = 0
+    logs: list[FrameLog] = field(default_factory=list)
+
+    def requests(self) -> list[list[Seen]]:
+        """Every request's frames, in arrival order (connection by connection)."""
+        out = []
+        for log in self.logs:
+            for sid in sorted({f.sid for f in log.frames if f.sid}):
+                out.append(log.stream(sid))
+        return out
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        config = H2Configuration(client_side=False, header_encoding=None,
+                                 validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
+        conn = H2Connection(config)
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        log = FrameLog()
+        self.logs.append(log)
+        preface = await reader.readexactly(len(PREFACE))
+        conn_data = preface
+        heads: dict[int, Headers] = {}
+        while True:
+            if conn_data:
+                for event in conn.receive_data(conn_data):
+                    if isinstance(event, RequestReceived):
+                        heads[event.stream_id] = list(event.headers)
+                    elif isinstance(event, DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length,
+                                                       event.stream_id)
+                    elif isinstance(event, StreamEnded):
+                        self._answer(conn, event.stream_id, heads[event.stream_id])
+                writer.write(conn.data_to_send())
+            conn_data = await reader.read(65536)
+            if not conn_data:
+                return
+            log.feed(conn_data)
+
+    @staticmethod
+    def _answer(conn: H2Connection, sid: int, head: Headers) -> None:
+        path = dict(head)[b":path"]
+        if path == b"/secret":
+            # never-indexed fields in the answer's head and trailers, next to ordinary ones
+            conn.send_headers(sid, [(b":status", b"200"), SECRET(b"x-resp-secret", b"s1"),
+                                    (b"x-resp-plain", b"p1")])
+            conn.send_data(sid, b"body")
+            conn.send_headers(sid, [SECRET(b"x-trailer-secret", b"s2"),
+                                    (b"x-trailer-plain", b"p2")], end_stream=True)
+        elif path == b"/grpc":
+            conn.send_headers(sid, [(b":status", b"200"),
+                                    (b"content-type", b"application/grpc")])
+            conn.send_data(sid, b"\x00\x00\x00\x00\x02hi")
+            conn.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"")],
+                              end_stream=True)
+        else:
+            conn.send_headers(sid, [(b":status", b"200")])
+            conn.send_data(sid, b"ok", end_stream=True)
+
+
+def start_upstream(backends: Backends) -> H2Upstream:
+    upstream = H2Upstream()
+
+    async def start() -> None:
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await upstream.serve(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        upstream.port = int(server.sockets[0].getsockname()[1])
+
+    backends.call(start())
+    return upstream
+
+
+# --- the client: raw frames out, every frame in logged --------------------------------------
+class Client:
+    """A raw HTTP/2 client whose header blocks come from hpack's encoder (so a field can be
+    sent never-indexed); it logs every frame the proxy sends back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.encoder = Encoder()
+        self.log = FrameLog()
+
+    @classmethod
+    async def open(cls, port: int) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PREFACE + SettingsFrame(0).serialize())
+        return cls(reader, writer)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        frame = HeadersFrame(sid, data=self.encoder.encode(fields))
+        frame.flags.add("END_HEADERS")
+        if end:
+            frame.flags.add("END_STREAM")
+        self.writer.write(frame.serialize())
+
+    def request(self, sid: int, path: bytes, extra: Headers = (),  # type: ignore[assignment]
+                *, method: bytes = b"GET", end: bool = True) -> None:
+        self.headers(sid, [(b":method", method), (b":scheme", b"http"),
+                           (b":path", path), (b":authority", b"echo"), *extra], end)
+
+    def data(self, sid: int, payload: bytes, end: bool) -> None:
+        self.writer.write(DataFrame(sid, data=payload,
+                                    flags=["END_STREAM"] if end else []).serialize())
+
+    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Read frames until `done()` holds; fail at EOF or after `timeout` seconds."""
+        end = asyncio.get_running_loop().time() + timeout
+        while not done():
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"condition not met within {timeout}s: "
+                                     f"{self.log.frames}")
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), left)
+            except TimeoutError:
+                continue
+            if not data:
+                raise AssertionError(f"connection closed: {self.log.frames}")
+            for frame in self.log.feed(data):
+                if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                    self.writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+                elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
+                    self.writer.write(PingFrame(0, opaque_data=frame.opaque_data,
+                                                flags=["ACK"]).serialize())
+                elif isinstance(frame, DataFrame) and frame.flow_controlled_length:
+                    self.writer.write(WindowUpdateFrame(
+                        0, window_increment=frame.flow_controlled_length).serialize())
+
+    async def answer(self, sid: int) -> list[Seen]:
+        await self.until(lambda: any(f.end for f in self.log.stream(sid)))
+        return self.log.stream(sid)
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def upstream(backends: Backends) -> H2Upstream:
+    return start_upstream(backends)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream
+          ) -> Iterator[ProxyProcess]:
+    p = ProxyProcess(tmp_path_factory.mktemp("h2wire"), {"echo": [upstream.port]}).start()
+    yield p
+    p.stop()
+
+
+async def exchange(proxy: ProxyProcess, upstream: H2Upstream,
+                   send: Callable[[Client], None]) -> tuple[list[Seen], list[Seen]]:
+    """One request on a new client connection: (the frames of the request as the upstream got
+    them, the frames of the answer as the client got them)."""
+    before = len(upstream.requests())
+    client = await Client.open(proxy.outbound)
+    try:
+        send(client)
+        answer = await client.answer(1)
+    finally:
+        client.close()
+    requests = upstream.requests()
+    assert len(requests) == before + 1
+    return requests[-1], answer
+
+
+# --- never-indexed fields (RFC 7541 7.1.3, RFC 9113 8.2.2) ----------------------------------
+async def test_never_indexed_request_fields_stay_never_indexed(
+        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+    """A request field the client sent never-indexed reaches the upstream never-indexed, in the
+    head and in the trailers; an ordinary one does not; `authorization` and a short cookie are
+    sent never-indexed whatever the client used (nghttp2's rule)."""
+    def send(client: Client) -> None:
+        client.request(1, b"/", [SECRET(b"x-api-key", b"k-123"), (b"x-plain", b"p"),
+                                 (b"authorization", b"Bearer t"), (b"cookie", b"s=1")],
+                       method=b"POST", end=False)
+        client.data(1, b"body", False)
+        client.headers(1, [SECRET(b"x-sig", b"abc"), (b"x-sum", b"42")], True)
+
+    request, answer = await exchange(proxy, upstream, send)
+    assert shape(answer)[-1].endswith("+")
+    head, trailers = request[0], request[-1]
+    assert never_indexed(head.headers) == {b"x-api-key", b"authorization", b"cookie"}
+    assert (b"x-plain", b"p") in (head.headers or ())
+    assert trailers.kind == "HEADERS" and never_indexed(trailers.headers) == {b"x-sig"}
+
+
+async def test_never_indexed_response_fields_stay_never_indexed(
+        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+    """An answer's fields the upstream sent never-indexed reach the client never-indexed, in
+    the head and in the trailers, on every request (never from the compression table)."""
+    for _ in range(2):  # the second time, an indexed field would come from the table
+        _, answer = await exchange(proxy, upstream, lambda c: c.request(1, b"/secret"))
+        head, trailers = answer[0], answer[-1]
+        assert never_indexed(head.headers) == {b"x-resp-secret"}
+        assert (b"x-resp-plain", b"p1") in (head.headers or ())
+        assert trailers.end and never_indexed(trailers.headers) == {b"x-trailer-secret"}
