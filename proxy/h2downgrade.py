@@ -143,36 +143,43 @@ def h1_response_head(ex: H2Exchange, conn: UpstreamConnection, status: int) -> b
 
 
 def h1_response_body(ex: H2Exchange, chunk: bytes) -> None:
+    """Held until the end of the read (h1_flush): if the answer ends in the same read, its
+    last DATA frame carries END_STREAM, with no empty DATA frame after it."""
     ex.bytes_out += len(chunk)
     out = ex._out
     if out is not None:
         out.append(chunk)
     else:
-        ex.downstream.send_data(chunk)
+        ex._out = [chunk]
 
 
-def h1_flush(ex: H2Exchange) -> None:
-    """Send what this read produced (called after each upstream read)."""
+def h1_flush(ex: H2Exchange, end: bool = False) -> None:
+    """Send what this read produced (called after each upstream read); with `end`, the
+    stream ends with it."""
     head = ex.held_head
     if head is not None:
         ex.held_head = None
         ex.downstream.send_headers(head, False)
     out = ex._out
-    if out is not None:
-        ex._out = None
-        for chunk in out:
-            ex.downstream.send_data(chunk)
+    ex._out = None
+    if not out:
+        if end:
+            ex.downstream.end()  # (the body went out in earlier reads)
+        return
+    last = len(out) - 1
+    for i, chunk in enumerate(out):
+        ex.downstream.send_data(chunk, end and i == last)
 
 
 def h1_response_complete(ex: H2Exchange, conn: UpstreamConnection) -> None:
-    """The response ended: end the stream, and the connection goes back to the pool."""
+    """The response ended: end the stream, and the connection goes back to the pool. (A
+    chunked answer's trailers are dropped, as Envoy's HTTP/1 codec does by default.)"""
     head = ex.held_head
     if head is not None and not ex._out:
         ex.held_head = ex._out = None
         ex.downstream.send_headers(head, True)  # the whole answer in one HEADERS frame
     else:
-        h1_flush(ex)
-        ex.downstream.end()
+        h1_flush(ex, True)
     ex.conn = None
     if ex.upstream_keep_alive and ex.request_done and ex.pool is not None:
         if ex._upstream_paused:

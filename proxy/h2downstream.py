@@ -289,9 +289,10 @@ class H2DownstreamProtocol(asyncio.Protocol):
             if ex is None:
                 return
             self.idle_since = self.loop.time()
-            ex.request_body(event.data)
-            if event.stream_ended is not None:
-                ex.request_complete()
+            if event.stream_ended is None:
+                ex.request_body(event.data)
+            else:
+                ex.request_last_body(event.data)
         elif kind is ev.RequestReceived:
             self._request(event)
         elif kind is ev.TrailersReceived:
@@ -376,8 +377,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.h2.send_headers(stream.stream_id, [
             (b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)), (REASON_HEADER, reason.encode())])
-        stream.out.data(body)
-        stream.out.end()
+        stream.out.data(body, True)
         self.streams.pop(stream.stream_id, None)
         if not stream.out.ended:
             return

@@ -145,14 +145,16 @@ class H2Exchange(Exchange):
         if self._upstream_paused:
             stream.pause_reading(True)  # the client is not reading: this stream waits too
         held = self._replay or self._body_buffer
-        end = self.request_done and not held and self.request_trailers is None
+        # The whole request is here, no trailers: it ends on its HEADERS, or on its last DATA.
+        ending = self.request_done and self.request_trailers is None
+        end = ending and not held
         stream.send_headers(self._upstream_headers(stream.pool), end)
         if self._replay:
-            stream.writelines(self._replay)
+            stream.writelines(self._replay, ending)
             if self.bytes_in > _MAX_REPLAY:
                 self._replay = None  # as Exchange._send_on: too large for another retry
         elif self._body_buffer is not None:
-            stream.writelines(self._body_buffer)
+            stream.writelines(self._body_buffer, ending)
         if self._body_buffer is not None:
             self._body_buffer = None
             self._buffered = 0
@@ -191,6 +193,15 @@ class H2Exchange(Exchange):
             downgrade.h1_request_chunk(self, chunk)  # framed for HTTP/1.1
         else:
             super().request_body(chunk)
+
+    def request_last_body(self, chunk: bytes) -> None:
+        """The client's DATA frame that ended its request: upstream too the stream ends on
+        that frame (as Envoy and nghttp2 send it), not on an empty DATA frame after it."""
+        stream = self.conn
+        if chunk and self.upstream_h2 and stream is not None and self._body_buffer is None:
+            stream.last = True  # type: ignore[attr-defined]  # an H2UpstreamStream
+        self.request_body(chunk)
+        self.request_complete()
 
     def request_complete(self) -> None:
         super().request_complete()
@@ -342,8 +353,7 @@ class H2Exchange(Exchange):
                 [(b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
                  (b"content-length", b"%d" % len(body)), reason_header, *extra], head_only)
             if not head_only:
-                self.downstream.send_data(body)
-                self.downstream.end()
+                self.downstream.send_data(body, True)
             self.bytes_out = 0 if head_only else len(body)
         self.finish()
 

@@ -69,12 +69,15 @@ class StreamOut:
         self._finish(trailers)
 
     def pump(self) -> None:
-        """The window grew: send what is held, then the end if it was asked for."""
+        """The window grew: send what is held, then the end if it was asked for (on the last
+        DATA frame when no trailers follow, not an empty one after it)."""
         held = self._held
         if not held:
             return
+        last = False
         while held:
-            rest = self._send(held[0])
+            last = len(held) == 1 and self._end and self._trailers is None
+            rest = self._send(held[0], last)
             if rest is not None:
                 held[0] = rest
                 return
@@ -82,7 +85,10 @@ class StreamOut:
         self.on_blocked(False)
         if self._end:
             self._end = False
-            self._finish(self._trailers)
+            if last:
+                self.ended = True
+            else:
+                self._finish(self._trailers)
 
     def _send(self, data: bytes | memoryview, end: bool = False) -> memoryview | None:
         """Send what fits (ending the stream with the last of it if `end`); the unsent tail, or

@@ -66,8 +66,8 @@ def configure(h2: H2Connection, *, max_header_bytes: int,
 class H2UpstreamStream:
     """One request on an upstream HTTP/2 connection: what the exchange holds as its `conn`."""
 
-    __slots__ = ("connection", "exchange", "out", "paused", "pool", "requests", "stream_id",
-                 "unacked", "unprocessed")
+    __slots__ = ("connection", "exchange", "last", "out", "paused", "pool", "requests",
+                 "stream_id", "unacked", "unprocessed")
 
     def __init__(self, connection: H2UpstreamConnection, stream_id: int,
                  exchange: H2Exchange) -> None:
@@ -82,6 +82,8 @@ class H2UpstreamStream:
         # stream id): resending it is safe for any method.
         self.unprocessed = False
         self.requests = 1  # (read by the keep-alive-race retry, which is HTTP/1.1's)
+        # The next write is the request body's last: END_STREAM goes on its DATA frame.
+        self.last = False
 
     def send_headers(self, headers: Headers, end_stream: bool) -> None:
         self.connection.h2.send_headers(self.stream_id, headers, end_stream=end_stream)
@@ -90,12 +92,14 @@ class H2UpstreamStream:
         self.connection.flush()
 
     def write(self, chunk: bytes) -> None:
-        self.out.data(chunk)
+        self.out.data(chunk, self.last)
         self.connection.flush()
 
-    def writelines(self, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-        for chunk in chunks:
-            self.out.data(chunk)
+    def writelines(self, chunks: list[bytes] | tuple[bytes, ...], end: bool = False) -> None:
+        """`chunks` as DATA; with `end`, the last of them ends the stream."""
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            self.out.data(chunk, end and i == last)
         self.connection.flush()
 
     def end(self, trailers: Headers | None = None) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
@@ -27,7 +28,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tests.proxyharness import Backends, ProxyProcess
+from tests.proxyharness import Backends, ProxyProcess, RawBackend, read_request
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
@@ -166,6 +167,9 @@ class H2Upstream:
             conn.send_data(sid, b"\x00\x00\x00\x00\x02hi")
             conn.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"")],
                               end_stream=True)
+        elif path == b"/big":
+            conn.send_headers(sid, [(b":status", b"200")])
+            conn.send_data(sid, b"x" * 100, end_stream=True)
         else:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"ok", end_stream=True)
@@ -202,9 +206,13 @@ class Client:
         self.log = FrameLog()
 
     @classmethod
-    async def open(cls, port: int) -> Client:
+    async def open(cls, port: int, window: int | None = None) -> Client:
+        """Connect; `window`: the stream window announced (SETTINGS_INITIAL_WINDOW_SIZE)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(PREFACE + SettingsFrame(0).serialize())
+        settings = SettingsFrame(0)
+        if window is not None:
+            settings.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: window}
+        writer.write(PREFACE + settings.serialize())
         return cls(reader, writer)
 
     def close(self) -> None:
@@ -268,10 +276,35 @@ def upstream(backends: Backends) -> H2Upstream:
     return start_upstream(backends)
 
 
+async def http1_answer(backend: RawBackend, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+    """An HTTP/1.1 app: `/chunked` answers in chunks with trailers, anything else with a
+    Content-Length; each answer in one write."""
+    while (request := await read_request(reader)) is not None:
+        if request.target == "/chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"3\r\nabc\r\n3\r\ndef\r\n0\r\nx-checksum: 42\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+        await writer.drain()
+
+
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream
-          ) -> Iterator[ProxyProcess]:
-    p = ProxyProcess(tmp_path_factory.mktemp("h2wire"), {"echo": [upstream.port]}).start()
+def http1_app(backends: Backends) -> RawBackend:
+    return backends.raw(http1_answer)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream,
+          http1_app: RawBackend) -> Iterator[ProxyProcess]:
+    """`echo` is the HTTP/2 upstream; `h1.example:<port>` the HTTP/1.1 app, an outside host
+    whose `HTTP` port the proxy reaches in HTTP/1.1 (HTTP/2 requests downgraded)."""
+    p = ProxyProcess(tmp_path_factory.mktemp("h2wire"), {"echo": [upstream.port]})
+    config = yaml.safe_load(p.config.read_text())
+    config["external"] = {"h1.example": {
+        "ports": [{"number": http1_app.port, "protocol": "HTTP"}], "endpoints": ["127.0.0.1"]}}
+    p.config.write_text(yaml.safe_dump(config))
+    p.start()
     yield p
     p.stop()
 
@@ -307,6 +340,7 @@ async def test_never_indexed_request_fields_stay_never_indexed(
 
     request, answer = await exchange(proxy, upstream, send)
     assert shape(answer)[-1].endswith("+")
+    assert shape(request) == ["H", "D4", "H+"]  # the trailers end the stream
     head, trailers = request[0], request[-1]
     assert never_indexed(head.headers) == {b"x-api-key", b"authorization", b"cookie"}
     assert (b"x-plain", b"p") in (head.headers or ())
@@ -323,3 +357,68 @@ async def test_never_indexed_response_fields_stay_never_indexed(
         assert never_indexed(head.headers) == {b"x-resp-secret"}
         assert (b"x-resp-plain", b"p1") in (head.headers or ())
         assert trailers.end and never_indexed(trailers.headers) == {b"x-trailer-secret"}
+
+
+# --- how streams end: on the last DATA or trailers frame, never an empty DATA after -----------
+async def test_grpc_call_ends_on_its_last_frames_both_ways(
+        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+    """A gRPC call: the request's message ends the upstream stream on its own DATA frame, and
+    the answer ends on its trailers, with no empty END_STREAM DATA frame either way (as Envoy
+    forwards them)."""
+    message = b"\x00\x00\x00\x00\x02hi"
+
+    def send(client: Client) -> None:
+        client.request(1, b"/grpc", [(b"content-type", b"application/grpc"),
+                                     (b"te", b"trailers")], method=b"POST", end=False)
+        client.data(1, message, True)
+
+    request, answer = await exchange(proxy, upstream, send)
+    assert shape(request) == ["H", "D7+"]
+    assert shape(answer) == ["H", "D7", "H+"]
+    assert (b"grpc-status", b"0") in (answer[-1].headers or ())
+
+
+async def test_a_body_held_for_the_window_ends_on_its_last_data_frame(
+        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+    """An answer held back by the client's flow-control window ends, once the window opens, on
+    the DATA frame that carries the rest of it."""
+    client = await Client.open(proxy.outbound, window=16)
+    try:
+        client.request(1, b"/big")
+        await client.until(lambda: any(f.kind == "DATA" for f in client.log.stream(1)))
+        assert shape(client.log.stream(1)) == ["H", "D16"]  # the window's worth, held
+        client.writer.write(WindowUpdateFrame(1, window_increment=1000).serialize())
+        assert shape(await client.answer(1)) == ["H", "D16", "D84+"]
+    finally:
+        client.close()
+
+
+async def test_an_answer_of_the_proxy_ends_on_its_data_frame(proxy: ProxyProcess) -> None:
+    """A local answer (404 no_route) is a HEADERS frame and one DATA frame that ends it."""
+    client = await Client.open(proxy.outbound)
+    try:
+        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                           (b":authority", b"nowhere")], True)
+        answer = await client.answer(1)
+    finally:
+        client.close()
+    assert dict(answer[0].headers or ())[b":status"] == b"404"
+    assert [s[-1] for s in shape(answer)] == ["H", "+"] and answer[-1].kind == "DATA"
+
+
+@pytest.mark.parametrize(("path", "body"), [("/length", b"hello"), ("/chunked", b"abcdef")])
+async def test_an_http1_answer_ends_on_its_last_data_frame(
+        proxy: ProxyProcess, http1_app: RawBackend, path: str, body: bytes) -> None:
+    """An HTTP/1.1 app's answer, read in one piece, ends the client's stream on its last DATA
+    frame; a chunked answer's trailers are dropped (as Envoy's HTTP/1 codec does by default)."""
+    client = await Client.open(proxy.outbound)
+    try:
+        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path.encode()),
+                           (b":authority", f"h1.example:{http1_app.port}".encode())], True)
+        answer = await client.answer(1)
+    finally:
+        client.close()
+    assert dict(answer[0].headers or ())[b":status"] == b"200"
+    assert [f.kind for f in answer][1:] == ["DATA"] * (len(answer) - 1)
+    assert answer[-1].end and answer[-1].size > 0
+    assert sum(f.size for f in answer[1:]) == len(body)
