@@ -297,9 +297,16 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self._request(event)
         elif kind is ev.TrailersReceived:
             stream = self.streams.get(event.stream_id)
-            if stream is not None and stream.exchange is not None:
-                stream.exchange.request_trailers = list(event.headers)
-                stream.exchange.request_complete()
+            ex = stream.exchange if stream is not None else None
+            if ex is not None:
+                length = ex.header("content-length")
+                if length is not None and int(length) != ex.bytes_in:
+                    # RFC 9113 8.1.1: malformed (h2 checks a stream ended by DATA only): the
+                    # attempt is dropped, an HTTP/1.1 upstream connection closed, not reused
+                    ex.malformed()
+                    return
+                ex.request_trailers = list(event.headers)
+                ex.request_complete()
         elif kind is ev.WindowUpdated:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -352,14 +359,15 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.idle_since = now
         stream = H2Stream(self, event.stream_id)
         self.streams[event.stream_id] = stream
-        ex = exchange_from_headers(stream, event.headers, now)
+        ended = event.stream_ended is not None
+        ex = exchange_from_headers(stream, event.headers, now, ended)
         if isinstance(ex, str):
             self._refuse(stream, ex)
             return
         stream.exchange = ex
         if self.write_paused:
             ex.downstream_write_paused(True)  # the client is not reading: neither do we
-        if event.stream_ended is not None:
+        if ended:
             ex.request_done = True  # no body: the route timeout runs from now
         try:
             ex.start()

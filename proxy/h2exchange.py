@@ -212,6 +212,14 @@ class H2Exchange(Exchange):
             elif self.chunk_h1:
                 stream.write(_LAST_CHUNK)  # (trailers cannot follow on this hop)
 
+    def malformed(self) -> None:
+        """The request broke HTTP/2's framing rules mid-way (its DATA frames do not add up to
+        its content-length): the attempt is dropped, the client answered `400 bad_request`
+        (or its stream reset, if the answer had started)."""
+        self._drop_attempt()
+        self._release_pool()
+        self.reply("bad_request")
+
     # --- the upstream's answer --------------------------------------------------------------
     def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
                          end_stream: bool) -> None:

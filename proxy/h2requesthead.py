@@ -30,10 +30,15 @@ if TYPE_CHECKING:
 # (XFCC itself is read below: kept from a trusted peer).
 _DROP = frozenset({b"proxy-authorization", b"x-forwarded-proto", b"keep-alive",
                    b"proxy-connection", b"expect", *IDENTITY_HEADERS - {XFCC}})
+# requesthead's table, and `content-length`: what the request's DATA frames must add up to
+_H_LENGTH = -1
+_H2_SPECIAL = {**_SPECIAL, b"content-length": _H_LENGTH}
 
 
-def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2Exchange | str:
-    """A client's request HEADERS as an H2Exchange, or the reason word it is refused with."""
+def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
+                          ended: bool = False) -> H2Exchange | str:
+    """A client's request HEADERS as an H2Exchange, or the reason word it is refused with;
+    `ended`: the HEADERS frame ended the stream (no body follows)."""
     listener = stream.listener
     budget = listener.limits.max_header_bytes
     method = path_bytes = scheme = authority = host = None
@@ -42,6 +47,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
     has_request_id = False
     timeout_override: float | None = None
     grpc = False
+    length: bytes | None = None
     kept: Headers = []
     for header in headers:
         # (the field itself is kept, not a new tuple: one received never-indexed is an
@@ -66,7 +72,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
         if name == b"te":
             kept.append(header)  # `trailers`, gRPC's (h2 lets no other value in)
             continue
-        kind = _SPECIAL.get(name)
+        kind = _H2_SPECIAL.get(name)
         if kind is None or kind == _H_REQUEST_ID:
             if name == b"content-type" and value.startswith(b"application/grpc"):
                 grpc = True
@@ -86,10 +92,18 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float) -> H2E
             if (listener.keeps_xfcc(stream.peer_identity, stream.peer_gateway_cert)
                     and (value := value.strip())):
                 xfcc = value if xfcc is None else xfcc + b"," + value
+        elif kind == _H_LENGTH:
+            length = value
+            kept.append(header)
         elif kind != _H_DROP:
             kept.append(header)
     if budget < 0:
         return "headers_too_large"
+    if ended and length is not None and int(length):
+        # RFC 9113 8.1.1: malformed, a body announced and none sent (h2 checks DATA frames
+        # only). Forwarded, an HTTP/1.1 app would read the next request on its connection
+        # as this one's body.
+        return "bad_request"
     if method is None or method == b"CONNECT":
         return "method_not_allowed"  # (extended CONNECT, RFC 8441, is not offered)
     if authority is None:

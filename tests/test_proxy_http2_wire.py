@@ -2,8 +2,9 @@
 
 The client and the upstream here read the proxy's frames one by one (hyperframe) and decode its
 header blocks with hpack's own decoder, so what matters is seen as it is on the wire: a field
-sent as "literal never indexed" (RFC 7541 7.1.3) or not, and a stream ended on its last DATA or
-trailers frame, or by an empty DATA frame after them.
+sent as "literal never indexed" (RFC 7541 7.1.3) or not, a stream ended on its last DATA or
+trailers frame or by an empty DATA frame after them, and a request whose DATA frames do not
+add up to its content-length (RFC 9113 8.1.1) refused before an app reads it.
 """
 
 from __future__ import annotations
@@ -281,6 +282,7 @@ async def http1_answer(backend: RawBackend, reader: asyncio.StreamReader,
     """An HTTP/1.1 app: `/chunked` answers in chunks with trailers, anything else with a
     Content-Length; each answer in one write."""
     while (request := await read_request(reader)) is not None:
+        backend.requests.append(request)
         if request.target == "/chunked":
             writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                          b"3\r\nabc\r\n3\r\ndef\r\n0\r\nx-checksum: 42\r\n\r\n")
@@ -422,3 +424,51 @@ async def test_an_http1_answer_ends_on_its_last_data_frame(
     assert [f.kind for f in answer][1:] == ["DATA"] * (len(answer) - 1)
     assert answer[-1].end and answer[-1].size > 0
     assert sum(f.size for f in answer[1:]) == len(body)
+
+
+# --- content-length against the DATA frames (RFC 9113 8.1.1) ---------------------------------
+def _post(client: Client, method: bytes, authority: bytes, length: int, end: bool) -> None:
+    client.headers(1, [(b":method", method), (b":scheme", b"http"), (b":path", b"/cl"),
+                       (b":authority", authority), (b"content-length", b"%d" % length)], end)
+
+
+MISMATCHES: dict[str, Callable[[Client, bytes], None]] = {
+    # a body announced, none sent: the HEADERS frame ends the stream
+    "headers_end": lambda c, a: _post(c, b"POST", a, 10, True),
+    "head_headers_end": lambda c, a: _post(c, b"HEAD", a, 10, True),
+    # fewer bytes than announced, then trailers end the stream
+    "trailers_end": lambda c, a: (_post(c, b"POST", a, 10, False), c.data(1, b"abc", False),
+                                  c.headers(1, [(b"x-sum", b"1")], True)),
+    # (DATA frames that end the stream short or run past it: h2's own check)
+    "data_short": lambda c, a: (_post(c, b"POST", a, 10, False), c.data(1, b"abc", True)),
+    "data_long": lambda c, a: (_post(c, b"POST", a, 3, False), c.data(1, b"abcdef", True)),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+async def test_a_body_not_matching_its_content_length_is_refused(
+        proxy: ProxyProcess, http1_app: RawBackend, case: str) -> None:
+    """A request whose DATA frames do not add up to its content-length is malformed: refused
+    (a 400 or a reset on its stream, or the connection ended with PROTOCOL_ERROR), and the
+    HTTP/1.1 app never gets it whole: forwarded, it would read its connection's next request
+    as this one's body. The proxy goes on serving."""
+    seen = len(http1_app.requests)
+    client = await Client.open(proxy.outbound)
+    try:
+        MISMATCHES[case](client, f"h1.example:{http1_app.port}".encode())
+        await client.until(lambda: any(f.end for f in client.log.stream(1)) or any(
+            f.kind in ("RstStreamFrame", "GoAwayFrame") for f in client.log.frames))
+    finally:
+        client.close()
+    answer = client.log.stream(1)
+    if answer:
+        assert dict(answer[0].headers or ())[b":status"] == b"400"
+    assert [r.target for r in http1_app.requests[seen:]] == []
+    client = await Client.open(proxy.outbound)
+    try:
+        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/after"),
+                           (b":authority", f"h1.example:{http1_app.port}".encode())], True)
+        assert dict((await client.answer(1))[0].headers or ())[b":status"] == b"200"
+    finally:
+        client.close()
+    assert [r.target for r in http1_app.requests[seen:]] == ["/after"]
