@@ -214,8 +214,10 @@ class H2Exchange(Exchange):
 
     def malformed(self) -> None:
         """The request broke HTTP/2's framing rules mid-way (its DATA frames do not add up to
-        its content-length): the attempt is dropped, the client answered `400 bad_request`
-        (or its stream reset, if the answer had started)."""
+        its content-length): the attempt and any mirrored copy are dropped, the client
+        answered `400 bad_request` (or its stream reset, if the answer had started)."""
+        if self.mirror is not None:
+            self.mirror.drop()
         self._drop_attempt()
         self._release_pool()
         self.reply("bad_request")

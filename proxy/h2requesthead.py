@@ -36,7 +36,7 @@ _H2_SPECIAL = {**_SPECIAL, b"content-length": _H_LENGTH}
 
 
 def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
-                          ended: bool = False) -> H2Exchange | str:
+                          ended: bool) -> H2Exchange | str:
     """A client's request HEADERS as an H2Exchange, or the reason word it is refused with;
     `ended`: the HEADERS frame ended the stream (no body follows)."""
     listener = stream.listener
