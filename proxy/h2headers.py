@@ -10,7 +10,7 @@ case, no control, space, DEL, high or (after the first byte) colon bytes; values
 CR or LF and without surrounding whitespace; no connection-specific header, `te` only
 `trailers`; pseudo-headers known, once each, first, of the block's kind, the mandatory ones
 present, none in trailers; a request's `:path` not empty, `:authority` and `host` not both
-differing, one `host`. Cookies split over several fields are joined, last (h2's inbound
+differing, one `host`; and, which h2 did not check, a response's `:status` three digits. Cookies split over several fields are joined, last (h2's inbound
 normalisation, also turned off). One difference: h2 moved cookies last before checking the
 order, so it let a `cookie` field ahead of a pseudo-header through; RFC 9113 8.3 makes that
 malformed, and so does `check`.
@@ -62,6 +62,9 @@ def check(headers: list, kind: int) -> list:  # type: ignore[type-arg]
                 authority = value
             elif name == b":path" and not value:
                 raise ProtocolError("An empty :path header is forbidden")
+            elif name == b":status" and (len(value) != 3 or not value.isdigit()):
+                # RFC 9110 15: three digits (h2 let `abc`, `2_00`, `2000` through)
+                raise ProtocolError(f"Invalid :status: {value!r}")
             continue
         regular = True
         if name in _CONNECTION:

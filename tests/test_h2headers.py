@@ -65,3 +65,13 @@ def test_random_blocks_get_h2s_verdict(kind: int) -> None:
         assert ours(block, kind) == expected, block
         refused += expected == "refused"
     assert 200 < refused < 3800  # both verdicts well represented
+
+
+@pytest.mark.parametrize("status", [b"abc", b"2_00", b"2000", b"20", b"+20"])
+def test_a_status_of_other_than_three_digits_is_refused(status: bytes) -> None:
+    """A response's :status is three digits (RFC 9110 15), which h2 did not check: `2_00`
+    would have been read as 200 by Python's int(), `abc` made the proxy fail internally."""
+    block = [(b":status", status), (b"x-a", b"1")]
+    assert h2s(block, h2headers.RESPONSE) != "refused"  # (what h2 let through)
+    assert ours(block, h2headers.RESPONSE) == "refused"
+    assert ours([(b":status", b"204")], h2headers.RESPONSE) == [(b":status", b"204")]

@@ -112,7 +112,10 @@ class H2Backend:
                        "crlf": [(b":status", b"200"), (b"x-a", b"1\r\nx-injected: 1")],
                        "connection": [(b":status", b"200"), (b"connection", b"close")],
                        "no_status": [(b"x-a", b"1")],
-                       "request_pseudo": [(b":status", b"200"), (b":path", b"/")]}[args["h"]]
+                       "request_pseudo": [(b":status", b"200"), (b":path", b"/")],
+                       "status_text": [(b":status", b"abc")],
+                       "status_digits": [(b":status", b"2_00")],
+                       "status_long": [(b":status", b"2000")]}[args["h"]]
                 config = conn.config
                 config.validate_outbound_headers = config.normalize_outbound_headers = False
                 conn.send_headers(sid, bad, end_stream=True)
@@ -857,7 +860,8 @@ async def test_malformed_request_is_refused(proxy: ProxyProcess, upstream: H2Bac
     assert upstream.opened == opened + 1  # the one `served` sent: the malformed one never
 
 
-@pytest.mark.parametrize("kind", ["upper", "crlf", "connection", "no_status", "request_pseudo"])
+@pytest.mark.parametrize("kind", ["upper", "crlf", "connection", "no_status", "request_pseudo",
+                                  "status_text", "status_digits", "status_long"])
 async def test_malformed_response_head_is_not_forwarded(proxy: ProxyProcess, kind: str) -> None:
     """An upstream's malformed response head (checked by proxy.h2headers on the upstream
     connection too) is a 502 for the client, nothing of it passed on; the proxy goes on."""
