@@ -10,10 +10,11 @@ case, no control, space, DEL, high or (after the first byte) colon bytes; values
 CR or LF and without surrounding whitespace; no connection-specific header, `te` only
 `trailers`; pseudo-headers known, once each, first, of the block's kind, the mandatory ones
 present, none in trailers; a request's `:path` not empty, `:authority` and `host` not both
-differing, one `host`; and, which h2 did not check, a response's `:status` three digits. Cookies split over several fields are joined, last (h2's inbound
-normalisation, also turned off). One difference: h2 moved cookies last before checking the
+differing, one `host`. Cookies split over several fields are joined, last (h2's inbound
+normalisation, also turned off). Two differences: h2 moved cookies last before checking the
 order, so it let a `cookie` field ahead of a pseudo-header through; RFC 9113 8.3 makes that
-malformed, and so does `check`.
+malformed, and so does `check`. And h2 let any `:status` through (`abc`, `2_00`, `2000`);
+`check` wants three digits (RFC 9110 15), as nghttp2 does.
 """
 
 from __future__ import annotations
