@@ -827,7 +827,9 @@ async def test_connect_is_answered(proxy: ProxyProcess) -> None:
         (b"x-a", b"1\r\nx-injected: 1"), (b"x-a", b"1\n2"), (b"x-a", b"1\x002"),
         (b"x-a", b" 1"), (b"x-a", b"1\t"), (b"", b"1"), (b"x:a", b"1"), (b"x a", b"1"),
         (b"x-\x7f", b"1"), (b":path", b"/again"), (b":foo", b"1"), (b":status", b"200"),
-        (b":protocol", b"websocket")]),
+        (b":protocol", b"websocket"), (b"keep-alive", b"timeout=5"),
+        (b"proxy-connection", b"keep-alive"), (b"upgrade", b"websocket"),
+        (b"te", b"trailers, gzip")]),
     [(b":method", b"GET"), (b":scheme", b"http"), (b"x-a", b"1"), (b":path", b"/"),
      (b":authority", b"echo")],
     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b""), (b":authority", b"echo")],
@@ -839,7 +841,8 @@ async def test_connect_is_answered(proxy: ProxyProcess) -> None:
 ], ids=["no_path", "uppercase", "connection", "transfer_encoding", "te_gzip", "host_differs",
         "crlf_value", "lf_value", "nul_value", "leading_space", "trailing_tab", "empty_name",
         "colon_in_name", "space_in_name", "del_in_name", "duplicate_path", "unknown_pseudo",
-        "status_in_request", "protocol_without_connect", "pseudo_after_regular", "empty_path",
+        "status_in_request", "protocol_without_connect", "keep_alive", "proxy_connection",
+        "upgrade", "te_list", "pseudo_after_regular", "empty_path",
         "two_hosts", "no_authority", "connect_with_path"])
 async def test_malformed_request_is_refused(proxy: ProxyProcess, upstream: H2Backend,
                                             headers: Headers) -> None:
