@@ -213,6 +213,8 @@ class Peer:
         self.buf = b""
         self.heads: dict[int, list[Headers]] = {}  # every header block (response, trailers)
         self.data: dict[int, bytearray] = {}
+        # each stream's HEADERS and DATA frames in short: `H`, `D<size>`, `+` if it ended it
+        self.shapes: dict[int, list[str]] = {}
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
         self.goaway: GoAwayFrame | None = None
@@ -251,6 +253,11 @@ class Peer:
         if end_stream:
             frame.flags.add("END_STREAM")
         self.send(frame)
+
+    def trailers(self, sid: int, headers: Headers) -> None:
+        """A header block that ends stream `sid` (trailers, after its DATA)."""
+        self.send(HeadersFrame(sid, data=self.encoder.encode(headers),
+                               flags=["END_HEADERS", "END_STREAM"]))
 
     def rst(self, sid: int, code: int = ErrorCodes.CANCEL) -> None:
         self.send(RstStreamFrame(sid, error_code=code))
@@ -310,6 +317,8 @@ class Peer:
                 self._headers_done()
         elif isinstance(frame, DataFrame):
             self.data.setdefault(sid, bytearray()).extend(frame.data)
+            self.shapes.setdefault(sid, []).append(
+                f"D{len(frame.data)}" + ("+" if "END_STREAM" in frame.flags else ""))
             self.received += frame.flow_controlled_length
             if "END_STREAM" in frame.flags:
                 self.ended.add(sid)
@@ -330,6 +339,7 @@ class Peer:
         sid, data, flags = self._block
         self._block = None
         self.heads.setdefault(sid, []).append(list(self.decoder.decode(data, raw=True)))
+        self.shapes.setdefault(sid, []).append("H+" if "END_STREAM" in flags else "H")
         if "END_STREAM" in flags:
             self.ended.add(sid)
 

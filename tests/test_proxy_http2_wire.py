@@ -1,10 +1,11 @@
 """HTTP/2 on the wire through a real proxy: how it encodes header fields, how streams end.
 
-The client and the upstream here read the proxy's frames one by one (hyperframe) and decode its
-header blocks with hpack's own decoder, so what matters is seen as it is on the wire: a field
-sent as "literal never indexed" (RFC 7541 7.1.3) or not, a stream ended on its last DATA or
-trailers frame or by an empty DATA frame after them, and a request whose DATA frames do not
-add up to its content-length (RFC 9113 8.1.1) refused before an app reads it.
+The client (the hostile tests' `Peer`) and the upstream here read the proxy's frames one by
+one (hyperframe) and decode its header blocks with hpack's own decoder, so what matters is
+seen as it is on the wire: a field sent as "literal never indexed" (RFC 7541 7.1.3) or not, a
+stream ended on its last DATA or trailers frame or by an empty DATA frame after them, and a
+request whose DATA frames do not add up to its content-length (RFC 9113 8.1.1) refused
+before an app reads it.
 """
 
 from __future__ import annotations
@@ -18,94 +19,63 @@ import yaml
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
-from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder, NeverIndexedHeaderTuple
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
     Frame,
     HeadersFrame,
-    PingFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
 
 from tests.proxyharness import Backends, ProxyProcess, RawBackend, read_request
+from tests.test_proxy_http2_hostile import PREFACE, Peer
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
 SECRET = NeverIndexedHeaderTuple
 
 
-@dataclass
-class Seen:
-    """A frame as it arrived: its type, stream, flags, payload size, and a header block's
-    fields as hpack decodes them (never-indexed ones as NeverIndexedHeaderTuple)."""
-
-    kind: str
-    sid: int
-    flags: frozenset[str]
-    size: int
-    headers: list[tuple[bytes, bytes]] | None = None
-
-    @property
-    def end(self) -> bool:
-        return "END_STREAM" in self.flags
-
-
 class FrameLog:
-    """The frames of one direction of a connection, parsed as they arrive."""
+    """What the upstream received on one connection, frame by frame, as `Peer` records what
+    the client receives: each stream's header blocks decoded (`heads`) and its frames in short
+    (`shapes`)."""
 
     def __init__(self) -> None:
         self.decoder = Decoder()
         self.decoder.max_header_list_size = 1 << 20
         self.buf = b""
-        self.frames: list[Seen] = []
-        self._block: tuple[int, frozenset[str], bytes] | None = None
+        self.heads: dict[int, list[Headers]] = {}
+        self.shapes: dict[int, list[str]] = {}
+        self._block: tuple[int, bool, bytes] | None = None
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes) -> None:
         self.buf += data
-        out = []
         while len(self.buf) >= 9:
             frame, length = Frame.parse_frame_header(memoryview(self.buf[:9]))
             if len(self.buf) < 9 + length:
-                break
+                return
             frame.parse_body(memoryview(self.buf[9:9 + length]))
             self.buf = self.buf[9 + length:]
-            out.append(frame)
-            self._record(frame, length)
-        return out
+            self._record(frame)
 
-    def _record(self, frame: Frame, length: int) -> None:
-        flags = frozenset(frame.flags)
-        if isinstance(frame, HeadersFrame | ContinuationFrame):
-            if isinstance(frame, HeadersFrame):
-                self._block = (frame.stream_id, flags, frame.data)
-            else:
-                assert self._block is not None
-                sid, first, data = self._block
-                self._block = (sid, first, data + frame.data)
-            if "END_HEADERS" in flags:
-                sid, first, data = self._block  # type: ignore[misc]
-                self._block = None
-                headers = list(self.decoder.decode(data, raw=True))
-                self.frames.append(Seen("HEADERS", sid, first, len(data), headers))
+    def _record(self, frame: Frame) -> None:
+        sid, end = frame.stream_id, "END_STREAM" in frame.flags
+        if isinstance(frame, HeadersFrame):
+            self._block = (sid, end, frame.data)
+        elif isinstance(frame, ContinuationFrame) and self._block is not None:
+            self._block = (self._block[0], self._block[1], self._block[2] + frame.data)
         elif isinstance(frame, DataFrame):
-            self.frames.append(Seen("DATA", frame.stream_id, flags, len(frame.data)))
-        else:
-            self.frames.append(Seen(type(frame).__name__, frame.stream_id, flags, length))
-
-    def stream(self, sid: int) -> list[Seen]:
-        return [f for f in self.frames if f.sid == sid and f.kind in ("HEADERS", "DATA")]
-
-
-def shape(frames: list[Seen]) -> list[str]:
-    """A stream's frames in short: `H` / `D<size>`, `+` when it ends the stream."""
-    return [(f"D{f.size}" if f.kind == "DATA" else "H") + ("+" if f.end else "")
-            for f in frames]
+            self.shapes.setdefault(sid, []).append(f"D{len(frame.data)}" + ("+" if end else ""))
+        if "END_HEADERS" in frame.flags and self._block is not None:
+            sid, end, block = self._block
+            self._block = None
+            self.heads.setdefault(sid, []).append(list(self.decoder.decode(block, raw=True)))
+            self.shapes.setdefault(sid, []).append("H+" if end else "H")
 
 
-def never_indexed(block: list[tuple[bytes, bytes]] | None) -> set[bytes]:
-    return {bytes(h[0]) for h in block or () if isinstance(h, NeverIndexedHeaderTuple)}
+def never_indexed(block: Headers) -> set[bytes]:
+    return {bytes(h[0]) for h in block if isinstance(h, NeverIndexedHeaderTuple)}
 
 
 # --- the upstream: an h2 server whose received frames are logged ----------------------------
@@ -116,13 +86,10 @@ class H2Upstream:
     port: int = 0
     logs: list[FrameLog] = field(default_factory=list)
 
-    def requests(self) -> list[list[Seen]]:
-        """Every request's frames, in arrival order (connection by connection)."""
-        out = []
-        for log in self.logs:
-            for sid in sorted({f.sid for f in log.frames if f.sid}):
-                out.append(log.stream(sid))
-        return out
+    def requests(self) -> list[tuple[list[Headers], list[str]]]:
+        """Every request's header blocks and frames, in arrival order (connection by
+        connection)."""
+        return [(log.heads[sid], log.shapes[sid]) for log in self.logs for sid in sorted(log.heads)]
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         config = H2Configuration(client_side=False, header_encoding=None,
@@ -195,75 +162,6 @@ def start_upstream(backends: Backends) -> H2Upstream:
     return upstream
 
 
-# --- the client: raw frames out, every frame in logged --------------------------------------
-class Client:
-    """A raw HTTP/2 client whose header blocks come from hpack's encoder (so a field can be
-    sent never-indexed); it logs every frame the proxy sends back."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.encoder = Encoder()
-        self.log = FrameLog()
-
-    @classmethod
-    async def open(cls, port: int, window: int | None = None) -> Client:
-        """Connect; `window`: the stream window announced (SETTINGS_INITIAL_WINDOW_SIZE)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        settings = SettingsFrame(0)
-        if window is not None:
-            settings.settings = {SettingsFrame.INITIAL_WINDOW_SIZE: window}
-        writer.write(PREFACE + settings.serialize())
-        return cls(reader, writer)
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
-        frame = HeadersFrame(sid, data=self.encoder.encode(fields))
-        frame.flags.add("END_HEADERS")
-        if end:
-            frame.flags.add("END_STREAM")
-        self.writer.write(frame.serialize())
-
-    def request(self, sid: int, path: bytes, extra: Headers = (),  # type: ignore[assignment]
-                *, method: bytes = b"GET", end: bool = True) -> None:
-        self.headers(sid, [(b":method", method), (b":scheme", b"http"),
-                           (b":path", path), (b":authority", b"echo"), *extra], end)
-
-    def data(self, sid: int, payload: bytes, end: bool) -> None:
-        self.writer.write(DataFrame(sid, data=payload,
-                                    flags=["END_STREAM"] if end else []).serialize())
-
-    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Read frames until `done()` holds; fail at EOF or after `timeout` seconds."""
-        end = asyncio.get_running_loop().time() + timeout
-        while not done():
-            left = end - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise AssertionError(f"condition not met within {timeout}s: "
-                                     f"{self.log.frames}")
-            try:
-                data = await asyncio.wait_for(self.reader.read(65536), left)
-            except TimeoutError:
-                continue
-            if not data:
-                raise AssertionError(f"connection closed: {self.log.frames}")
-            for frame in self.log.feed(data):
-                if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
-                    self.writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
-                elif isinstance(frame, PingFrame) and "ACK" not in frame.flags:
-                    self.writer.write(PingFrame(0, opaque_data=frame.opaque_data,
-                                                flags=["ACK"]).serialize())
-                elif isinstance(frame, DataFrame) and frame.flow_controlled_length:
-                    self.writer.write(WindowUpdateFrame(
-                        0, window_increment=frame.flow_controlled_length).serialize())
-
-    async def answer(self, sid: int) -> list[Seen]:
-        await self.until(lambda: any(f.end for f in self.log.stream(sid)))
-        return self.log.stream(sid)
-
-
 # --- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def backends() -> Iterator[Backends]:
@@ -311,20 +209,20 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream,
     p.stop()
 
 
-async def exchange(proxy: ProxyProcess, upstream: H2Upstream,
-                   send: Callable[[Client], None]) -> tuple[list[Seen], list[Seen]]:
-    """One request on a new client connection: (the frames of the request as the upstream got
-    them, the frames of the answer as the client got them)."""
+async def exchange(proxy: ProxyProcess, upstream: H2Upstream, send: Callable[[Peer], None]
+                   ) -> tuple[tuple[list[Headers], list[str]], tuple[list[Headers], list[str]]]:
+    """One request (stream 1) on a new client connection: (its header blocks and frames as the
+    upstream got them, the answer's as the client got them)."""
     before = len(upstream.requests())
-    client = await Client.open(proxy.outbound)
+    peer = await Peer.open(proxy.outbound)
     try:
-        send(client)
-        answer = await client.answer(1)
+        send(peer)
+        await peer.read_until(lambda: 1 in peer.ended)
     finally:
-        client.close()
+        peer.close()
     requests = upstream.requests()
     assert len(requests) == before + 1
-    return requests[-1], answer
+    return requests[-1], (peer.heads[1], peer.shapes[1])
 
 
 # --- never-indexed fields (RFC 7541 7.1.3, RFC 9113 8.2.2) ----------------------------------
@@ -333,20 +231,18 @@ async def test_never_indexed_request_fields_stay_never_indexed(
     """A request field the client sent never-indexed reaches the upstream never-indexed, in the
     head and in the trailers; an ordinary one does not; `authorization` and a short cookie are
     sent never-indexed whatever the client used (nghttp2's rule)."""
-    def send(client: Client) -> None:
-        client.request(1, b"/", [SECRET(b"x-api-key", b"k-123"), (b"x-plain", b"p"),
-                                 (b"authorization", b"Bearer t"), (b"cookie", b"s=1")],
-                       method=b"POST", end=False)
-        client.data(1, b"body", False)
-        client.headers(1, [SECRET(b"x-sig", b"abc"), (b"x-sum", b"42")], True)
+    def send(peer: Peer) -> None:
+        peer.request(1, "/", method="POST", end_stream=False, extra=[
+            SECRET(b"x-api-key", b"k-123"), (b"x-plain", b"p"), (b"authorization", b"Bearer t"),
+            (b"cookie", b"s=1")])
+        peer.send(DataFrame(1, data=b"body"))
+        peer.trailers(1, [SECRET(b"x-sig", b"abc"), (b"x-sum", b"42")])
 
-    request, answer = await exchange(proxy, upstream, send)
-    assert shape(answer)[-1].endswith("+")
-    assert shape(request) == ["H", "D4", "H+"]  # the trailers end the stream
-    head, trailers = request[0], request[-1]
-    assert never_indexed(head.headers) == {b"x-api-key", b"authorization", b"cookie"}
-    assert (b"x-plain", b"p") in (head.headers or ())
-    assert trailers.kind == "HEADERS" and never_indexed(trailers.headers) == {b"x-sig"}
+    (heads, shapes), _ = await exchange(proxy, upstream, send)
+    assert shapes == ["H", "D4", "H+"]  # (the trailers end the stream)
+    assert never_indexed(heads[0]) == {b"x-api-key", b"authorization", b"cookie"}
+    assert (b"x-plain", b"p") in heads[0]
+    assert never_indexed(heads[1]) == {b"x-sig"}
 
 
 async def test_never_indexed_response_fields_stay_never_indexed(
@@ -354,11 +250,11 @@ async def test_never_indexed_response_fields_stay_never_indexed(
     """An answer's fields the upstream sent never-indexed reach the client never-indexed, in
     the head and in the trailers, on every request (never from the compression table)."""
     for _ in range(2):  # the second time, an indexed field would come from the table
-        _, answer = await exchange(proxy, upstream, lambda c: c.request(1, b"/secret"))
-        head, trailers = answer[0], answer[-1]
-        assert never_indexed(head.headers) == {b"x-resp-secret"}
-        assert (b"x-resp-plain", b"p1") in (head.headers or ())
-        assert trailers.end and never_indexed(trailers.headers) == {b"x-trailer-secret"}
+        _, (heads, shapes) = await exchange(proxy, upstream, lambda p: p.request(1, "/secret"))
+        assert shapes[-1] == "H+"
+        assert never_indexed(heads[0]) == {b"x-resp-secret"}
+        assert (b"x-resp-plain", b"p1") in heads[0]
+        assert never_indexed(heads[1]) == {b"x-trailer-secret"}
 
 
 # --- how streams end: on the last DATA or trailers frame, never an empty DATA after -----------
@@ -367,45 +263,43 @@ async def test_grpc_call_ends_on_its_last_frames_both_ways(
     """A gRPC call: the request's message ends the upstream stream on its own DATA frame, and
     the answer ends on its trailers, with no empty END_STREAM DATA frame either way (as Envoy
     forwards them)."""
-    message = b"\x00\x00\x00\x00\x02hi"
+    def send(peer: Peer) -> None:
+        peer.request(1, "/grpc", method="POST", end_stream=False, extra=[
+            (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+        peer.send(DataFrame(1, data=b"\x00\x00\x00\x00\x02hi", flags=["END_STREAM"]))
 
-    def send(client: Client) -> None:
-        client.request(1, b"/grpc", [(b"content-type", b"application/grpc"),
-                                     (b"te", b"trailers")], method=b"POST", end=False)
-        client.data(1, message, True)
-
-    request, answer = await exchange(proxy, upstream, send)
-    assert shape(request) == ["H", "D7+"]
-    assert shape(answer) == ["H", "D7", "H+"]
-    assert (b"grpc-status", b"0") in (answer[-1].headers or ())
+    (_, request), (heads, answer) = await exchange(proxy, upstream, send)
+    assert request == ["H", "D7+"]
+    assert answer == ["H", "D7", "H+"]
+    assert (b"grpc-status", b"0") in heads[-1]
 
 
 async def test_a_body_held_for_the_window_ends_on_its_last_data_frame(
-        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+        proxy: ProxyProcess) -> None:
     """An answer held back by the client's flow-control window ends, once the window opens, on
     the DATA frame that carries the rest of it."""
-    client = await Client.open(proxy.outbound, window=16)
+    peer = await Peer.open(proxy.outbound, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 16})
+    peer.auto_window = False
     try:
-        client.request(1, b"/big")
-        await client.until(lambda: any(f.kind == "DATA" for f in client.log.stream(1)))
-        assert shape(client.log.stream(1)) == ["H", "D16"]  # the window's worth, held
-        client.writer.write(WindowUpdateFrame(1, window_increment=1000).serialize())
-        assert shape(await client.answer(1)) == ["H", "D16", "D84+"]
+        peer.request(1, "/big")
+        await peer.read_until(lambda: peer.received == 16)
+        assert peer.shapes[1] == ["H", "D16"]  # the window's worth, the rest held
+        peer.send(WindowUpdateFrame(1, window_increment=1000))
+        await peer.read_until(lambda: 1 in peer.ended)
+        assert peer.shapes[1] == ["H", "D16", "D84+"]
     finally:
-        client.close()
+        peer.close()
 
 
 async def test_an_answer_of_the_proxy_ends_on_its_data_frame(proxy: ProxyProcess) -> None:
     """A local answer (404 no_route) is a HEADERS frame and one DATA frame that ends it."""
-    client = await Client.open(proxy.outbound)
+    peer = await Peer.open(proxy.outbound)
     try:
-        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
-                           (b":authority", b"nowhere")], True)
-        answer = await client.answer(1)
+        peer.request(1, "/", authority="nowhere")
+        status, body = await peer.response(1)
     finally:
-        client.close()
-    assert dict(answer[0].headers or ())[b":status"] == b"404"
-    assert [s[-1] for s in shape(answer)] == ["H", "+"] and answer[-1].kind == "DATA"
+        peer.close()
+    assert status == 404 and peer.shapes[1] == ["H", f"D{len(body)}+"]
 
 
 @pytest.mark.parametrize(("path", "body"), [("/length", b"hello"), ("/chunked", b"abcdef")])
@@ -413,35 +307,37 @@ async def test_an_http1_answer_ends_on_its_last_data_frame(
         proxy: ProxyProcess, http1_app: RawBackend, path: str, body: bytes) -> None:
     """An HTTP/1.1 app's answer, read in one piece, ends the client's stream on its last DATA
     frame; a chunked answer's trailers are dropped (as Envoy's HTTP/1 codec does by default)."""
-    client = await Client.open(proxy.outbound)
+    peer = await Peer.open(proxy.outbound)
     try:
-        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", path.encode()),
-                           (b":authority", f"h1.example:{http1_app.port}".encode())], True)
-        answer = await client.answer(1)
+        peer.request(1, path, authority=f"h1.example:{http1_app.port}")
+        assert await peer.response(1) == (200, body)
     finally:
-        client.close()
-    assert dict(answer[0].headers or ())[b":status"] == b"200"
-    assert [f.kind for f in answer][1:] == ["DATA"] * (len(answer) - 1)
-    assert answer[-1].end and answer[-1].size > 0
-    assert sum(f.size for f in answer[1:]) == len(body)
+        peer.close()
+    shapes = peer.shapes[1]
+    assert shapes[0] == "H" and all(s[0] == "D" for s in shapes[1:]), shapes
+    assert shapes[-1].endswith("+") and shapes[-1] != "D0+", shapes
+    assert len(peer.heads[1]) == 1  # no trailers
 
 
 # --- content-length against the DATA frames (RFC 9113 8.1.1) ---------------------------------
-def _post(client: Client, method: bytes, authority: bytes, length: int, end: bool) -> None:
-    client.headers(1, [(b":method", method), (b":scheme", b"http"), (b":path", b"/cl"),
-                       (b":authority", authority), (b"content-length", b"%d" % length)], end)
+def _post(peer: Peer, method: str, authority: str, length: int, end: bool) -> None:
+    peer.request(1, "/cl", method=method, authority=authority, end_stream=end,
+                 extra=[(b"content-length", b"%d" % length)])
 
 
-MISMATCHES: dict[str, Callable[[Client, bytes], None]] = {
+MISMATCHES: dict[str, Callable[[Peer, str], None]] = {
     # a body announced, none sent: the HEADERS frame ends the stream
-    "headers_end": lambda c, a: _post(c, b"POST", a, 10, True),
-    "head_headers_end": lambda c, a: _post(c, b"HEAD", a, 10, True),
+    "headers_end": lambda p, a: _post(p, "POST", a, 10, True),
+    "head_headers_end": lambda p, a: _post(p, "HEAD", a, 10, True),
     # fewer bytes than announced, then trailers end the stream
-    "trailers_end": lambda c, a: (_post(c, b"POST", a, 10, False), c.data(1, b"abc", False),
-                                  c.headers(1, [(b"x-sum", b"1")], True)),
+    "trailers_end": lambda p, a: (_post(p, "POST", a, 10, False),
+                                  p.send(DataFrame(1, data=b"abc")),
+                                  p.trailers(1, [(b"x-sum", b"1")])),
     # (DATA frames that end the stream short or run past it: h2's own check)
-    "data_short": lambda c, a: (_post(c, b"POST", a, 10, False), c.data(1, b"abc", True)),
-    "data_long": lambda c, a: (_post(c, b"POST", a, 3, False), c.data(1, b"abcdef", True)),
+    "data_short": lambda p, a: (_post(p, "POST", a, 10, False),
+                                p.send(DataFrame(1, data=b"abc", flags=["END_STREAM"]))),
+    "data_long": lambda p, a: (_post(p, "POST", a, 3, False),
+                               p.send(DataFrame(1, data=b"abcdef", flags=["END_STREAM"]))),
 }
 
 
@@ -453,22 +349,19 @@ async def test_a_body_not_matching_its_content_length_is_refused(
     HTTP/1.1 app never gets it whole: forwarded, it would read its connection's next request
     as this one's body. The proxy goes on serving."""
     seen = len(http1_app.requests)
-    client = await Client.open(proxy.outbound)
+    authority = f"h1.example:{http1_app.port}"
+    peer = await Peer.open(proxy.outbound)
     try:
-        MISMATCHES[case](client, f"h1.example:{http1_app.port}".encode())
-        await client.until(lambda: any(f.end for f in client.log.stream(1)) or any(
-            f.kind in ("RstStreamFrame", "GoAwayFrame") for f in client.log.frames))
+        MISMATCHES[case](peer, authority)
+        await peer.read_until(lambda: peer.finished(1) or peer.goaway is not None or peer.eof)
+        assert peer.status(1) in (None, 400)
     finally:
-        client.close()
-    answer = client.log.stream(1)
-    if answer:
-        assert dict(answer[0].headers or ())[b":status"] == b"400"
-    assert [r.target for r in http1_app.requests[seen:]] == []
-    client = await Client.open(proxy.outbound)
+        peer.close()
+    assert http1_app.requests[seen:] == []
+    peer = await Peer.open(proxy.outbound)
     try:
-        client.headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/after"),
-                           (b":authority", f"h1.example:{http1_app.port}".encode())], True)
-        assert dict((await client.answer(1))[0].headers or ())[b":status"] == b"200"
+        peer.request(1, "/after", authority=authority)
+        assert (await peer.response(1))[0] == 200
     finally:
-        client.close()
+        peer.close()
     assert [r.target for r in http1_app.requests[seen:]] == ["/after"]
