@@ -362,7 +362,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         ended = event.stream_ended is not None
         ex = exchange_from_headers(stream, event.headers, now, ended)
         if isinstance(ex, str):
-            self._refuse(stream, ex)
+            self._refuse(stream, ex, (b":method", b"HEAD") in event.headers)
             return
         stream.exchange = ex
         if self.write_paused:
@@ -375,8 +375,9 @@ class H2DownstreamProtocol(asyncio.Protocol):
             ex.internal_error()
             return
 
-    def _refuse(self, stream: H2Stream, reason: str) -> None:
-        """A request refused from its head alone: answered on its stream, the rest go on."""
+    def _refuse(self, stream: H2Stream, reason: str, head: bool = False) -> None:
+        """A request refused from its head alone: answered on its stream, the rest go on;
+        `head`: a HEAD request, answered without the body."""
         self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
         from proxy.reasons import REASON_HEADER, REASONS
 
@@ -384,8 +385,11 @@ class H2DownstreamProtocol(asyncio.Protocol):
         body = f"{reason}: {text}\n".encode()
         self.h2.send_headers(stream.stream_id, [
             (b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)), (REASON_HEADER, reason.encode())])
-        stream.out.data(body, True)
+            (b"content-length", b"%d" % len(body)), (REASON_HEADER, reason.encode())], head)
+        if head:
+            stream.out.ended = True
+        else:
+            stream.out.data(body, True)
         self.streams.pop(stream.stream_id, None)
         if not stream.out.ended:
             return

@@ -355,6 +355,8 @@ async def test_a_body_not_matching_its_content_length_is_refused(
         MISMATCHES[case](peer, authority)
         await peer.read_until(lambda: peer.finished(1) or peer.goaway is not None or peer.eof)
         assert peer.status(1) in (None, 400)
+        if case == "head_headers_end":
+            assert peer.shapes[1] == ["H+"]  # an answer to HEAD has no body
     finally:
         peer.close()
     assert http1_app.requests[seen:] == []
