@@ -200,6 +200,8 @@ class H2Exchange(Exchange):
         stream = self.conn
         if chunk and self.upstream_h2 and stream is not None and self._body_buffer is None:
             stream.last = True  # type: ignore[attr-defined]  # an H2UpstreamStream
+        if chunk and self.mirror is not None:
+            self.mirror.last = True  # (so does its copy)
         self.request_body(chunk)
         self.request_complete()
 

@@ -28,8 +28,8 @@ _MAX_BUFFER = 64 * 1024
 class H2MirrorRequest:
     """The shadow stream; implements the callbacks an H2UpstreamStream makes."""
 
-    __slots__ = ("_buffer", "_buffered", "_done", "_timer", "dropped", "headers", "pool",
-                 "source", "stream", "trailers")
+    __slots__ = ("_buffer", "_buffered", "_done", "_timer", "dropped", "headers", "last",
+                 "pool", "source", "stream", "trailers")
 
     def __init__(self, pool: EndpointPool, headers: Headers, source: H2Exchange) -> None:
         self.pool = pool
@@ -41,6 +41,7 @@ class H2MirrorRequest:
         self._done = False
         self.trailers: Headers | None = None
         self.dropped = False
+        self.last = False  # the next body chunk is the last (the primary's END_STREAM came on it)
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -86,10 +87,11 @@ class H2MirrorRequest:
         stream = conn.open_stream(self)  # type: ignore[arg-type]  # same callback surface
         self.stream = stream
         buffer, self._buffer = self._buffer, []
-        end_now = self._done and not buffer and self.trailers is None
+        ending = self._done and self.trailers is None
+        end_now = ending and not buffer
         stream.send_headers(self.headers, end_now)
         if buffer and not self.dropped:
-            stream.writelines(buffer)
+            stream.writelines(buffer, ending)  # (the last chunk ends the copy, as the primary)
         if self._done and not end_now and not self.dropped:
             stream.end(self.trailers)
 
@@ -104,6 +106,7 @@ class H2MirrorRequest:
             else:
                 self._buffer.append(chunk)
             return
+        self.stream.last = self.last
         self.stream.write(chunk)
 
     def body_done(self, chunked: bool) -> None:

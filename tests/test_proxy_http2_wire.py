@@ -29,7 +29,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tests.proxyharness import Backends, ProxyProcess, RawBackend, read_request
+from tests.proxyharness import Backends, ProxyProcess, RawBackend, eventually, read_request
 from tests.test_proxy_http2_hostile import PREFACE, Peer
 
 Headers = list[tuple[bytes, bytes]]
@@ -197,9 +197,13 @@ def http1_app(backends: Backends) -> RawBackend:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream,
           http1_app: RawBackend) -> Iterator[ProxyProcess]:
-    """`echo` is the HTTP/2 upstream; `h1.example:<port>` the HTTP/1.1 app, an outside host
-    whose `HTTP` port the proxy reaches in HTTP/1.1 (HTTP/2 requests downgraded)."""
-    p = ProxyProcess(tmp_path_factory.mktemp("h2wire"), {"echo": [upstream.port]})
+    """`echo` is the HTTP/2 upstream (`mirrored` too, its requests copied to `echo`);
+    `h1.example:<port>` the HTTP/1.1 app, an outside host whose `HTTP` port the proxy reaches
+    in HTTP/1.1 (HTTP/2 requests downgraded)."""
+    p = ProxyProcess(tmp_path_factory.mktemp("h2wire"),
+                     {"echo": [upstream.port], "mirrored": [upstream.port]},
+                     routes=[{"host": "mirrored", "rules": [{
+                         "backends": [{}], "mirror": {"service": "echo", "percent": 100}}]}])
     config = yaml.safe_load(p.config.read_text())
     config["external"] = {"h1.example": {
         "ports": [{"number": http1_app.port, "protocol": "HTTP"}], "endpoints": ["127.0.0.1"]}}
@@ -272,6 +276,26 @@ async def test_grpc_call_ends_on_its_last_frames_both_ways(
     assert request == ["H", "D7+"]
     assert answer == ["H", "D7", "H+"]
     assert (b"grpc-status", b"0") in heads[-1]
+
+
+async def test_a_mirrored_call_ends_on_its_last_data_frame_too(
+        proxy: ProxyProcess, upstream: H2Upstream) -> None:
+    """A call a route mirrors: the copy, like the call itself, ends on the message's own DATA
+    frame."""
+    before = len(upstream.requests())
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/grpc", method="POST", authority="mirrored", end_stream=False,
+                     extra=[(b"content-type", b"application/grpc"), (b"te", b"trailers")])
+        peer.send(DataFrame(1, data=b"\x00\x00\x00\x00\x02hi", flags=["END_STREAM"]))
+        await peer.read_until(lambda: 1 in peer.ended)
+    finally:
+        peer.close()
+    await eventually(lambda: len(upstream.requests()) == before + 2)
+    copies = upstream.requests()[before:]
+    assert sorted(dict(heads[0])[b":authority"] for heads, _ in copies) == [
+        b"mirrored", b"mirrored-shadow"]
+    assert [shapes for _, shapes in copies] == [["H", "D7+"]] * 2
 
 
 async def test_a_body_held_for_the_window_ends_on_its_last_data_frame(
