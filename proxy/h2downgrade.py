@@ -90,15 +90,20 @@ def send_h1(ex: H2Exchange, conn: UpstreamConnection) -> None:
 
 
 def _chunks(parts: list[bytes]) -> list[bytes]:
+    """`parts` as chunks; an empty one (an empty DATA frame) is none: it would be the
+    last-chunk marker, ending the body early (the rest read as the next request)."""
     out: list[bytes] = []
     for part in parts:
-        out.extend((b"%x\r\n" % len(part), part, _CRLF))
+        if part:
+            out.extend((b"%x\r\n" % len(part), part, _CRLF))
     return out
 
 
 def h1_request_chunk(ex: H2Exchange, chunk: bytes) -> None:
     """A chunk of a body of unknown length, on its way to the HTTP/1.1 upstream (the replay
     and the mirror keep it as it came)."""
+    if not chunk:
+        return  # an empty DATA frame: no chunk (see _chunks)
     conn = ex.conn
     assert conn is not None
     ex.bytes_in += len(chunk)

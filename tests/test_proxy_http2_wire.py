@@ -391,3 +391,24 @@ async def test_a_body_not_matching_its_content_length_is_refused(
     finally:
         peer.close()
     assert [r.target for r in http1_app.requests[seen:]] == ["/after"]
+
+
+async def test_empty_data_frames_do_not_end_a_chunked_body_early(
+        proxy: ProxyProcess, http1_app: RawBackend) -> None:
+    """Empty DATA frames (legal, and what curl ends an upload of unknown length with) are no
+    chunk on the way to an HTTP/1.1 app: chunked, an empty one would be the last-chunk marker,
+    ending the body early and leaving the rest to be read as the connection's next request."""
+    seen = len(http1_app.requests)
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/upload", method="POST", authority=f"h1.example:{http1_app.port}",
+                     end_stream=False)
+        peer.send(DataFrame(1, data=b"abc"), DataFrame(1, data=b""), DataFrame(1, data=b"def"),
+                  DataFrame(1, data=b"", flags=["END_STREAM"]))
+        assert (await peer.response(1))[0] == 200
+        peer.request(3, "/next", authority=f"h1.example:{http1_app.port}")
+        assert (await peer.response(3))[0] == 200
+    finally:
+        peer.close()
+    assert [(r.first, r.body) for r in http1_app.requests[seen:]] == [
+        ("POST /upload HTTP/1.1", b"abcdef"), ("GET /next HTTP/1.1", b"")]
