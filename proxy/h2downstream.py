@@ -17,7 +17,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 
-from proxy import h2flow, h2guard, recvbuf
+from proxy import h2flow, h2guard, recvbuf, tcptaken
 from proxy.h2flow import Headers, StreamOut
 from proxy.h2requesthead import exchange_from_headers
 from proxy.h2upstream import configure
@@ -38,7 +38,10 @@ _PREMATURE_RESET_LIFETIME = 1.0  # Envoy's premature_reset_min_stream_lifetime_s
 # A client that does not read what it makes us send (PING and SETTINGS acks, resets, answers):
 # while the transport is above its high-water mark, at most this many control frames answered
 # (Envoy's max_outbound_control_frames), and at most this much unread output as the client
-# sends more (above what a client's own flow-control window lets through).
+# sends more (above what a client's own flow-control window lets through). Before that mark,
+# the kernel's send buffer takes megabytes of acks (a quarter of a million PINGs, tens of
+# seconds of this event loop under load): there, every this many control frames, the client
+# must have taken some of our output since the last count (tcptaken).
 _MAX_UNREAD_CONTROL = 1000
 _MAX_UNREAD_OUTPUT = 16 * 1024 * 1024
 _DRAIN_IDLE = 2.0  # as proxy.downstream's
@@ -184,7 +187,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.last_stream: int | None = None  # the id of our graceful GOAWAY, once sent
         self.opened = 0  # streams the client opened, and those it reset prematurely
         self.write_paused = False  # the transport is above its high-water mark
-        self.unread_control = 0  # control frames answered since
+        self.unread_control = 0  # control frames answered since the last check (or pause)
+        self.output_taken: int | None = None  # what the client had taken at the last check
         self.premature_resets = 0
         self.idle_since = self.loop.time()
         self.head_started = self.idle_since  # (read by Listener.record_rejection)
@@ -237,17 +241,25 @@ class H2DownstreamProtocol(asyncio.Protocol):
                 if stream is not None and stream.exchange is not None:
                     stream.exchange.internal_error()
         self.flush_now()
-        if self.write_paused:
-            self._check_unread(events)
+        if self.write_paused or self.unread_control > _MAX_UNREAD_CONTROL:
+            self._check_unread()
 
-    def _check_unread(self, events: list[Any]) -> None:
+    def _check_unread(self) -> None:
         """A client that sends but does not read: cut off before its answers pile up."""
-        self.unread_control += sum(type(e) in _CONTROL_EVENTS for e in events)
         transport = self.transport
-        if transport is None or self.closed or (
-                self.unread_control <= _MAX_UNREAD_CONTROL
-                and transport.get_write_buffer_size() <= _MAX_UNREAD_OUTPUT):
+        if transport is None or self.closed:
             return
+        if transport.get_write_buffer_size() <= _MAX_UNREAD_OUTPUT:
+            if self.unread_control <= _MAX_UNREAD_CONTROL:
+                return
+            if not self.write_paused:
+                # Not backed up here: maybe in the kernel. A client that took none of our
+                # output while it sent all these control frames does not read their acks.
+                taken = tcptaken.bytes_taken(transport)
+                if taken is None or taken != self.output_taken:
+                    self.output_taken = taken
+                    self.unread_control = 0
+                    return
         log.warning("HTTP/2 client %s does not read what it asks for: closing",
                     self.client_ip.decode())
         self.listener.stats.inc("ami_http2_flood_closes", (
@@ -269,6 +281,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.unread_control = 0  # counted anew while paused (Envoy's rule)
         for stream in self.streams.values():
             if stream.exchange is not None:
                 stream.exchange.downstream_write_paused(True)
@@ -330,6 +343,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
             self.draining = True  # the client sends no new stream; finish the open ones
             if not self.streams:
                 self._close()
+        elif kind in _CONTROL_EVENTS:
+            self.unread_control += 1  # h2 answered it (an ack): see _check_unread
 
     def _pump(self, stream: H2Stream) -> None:
         stream.out.pump()
