@@ -89,6 +89,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._chunked = False
         self._expect_continue = False
         self._upgrade_value: bytes | None = None
+        self._upgrade_seen = False  # an Upgrade header (any value)
+        # a header of a special kind set some of these fields (requesthead.on_header): the
+        # next request resets them, and the head takes the general path
+        self._special = False
         self._conn_tokens: list[bytes] | None = None
         self._connection_seen = False  # a Connection or Proxy-Connection header (any value)
         self._timeout_override: float | None = None

@@ -14,6 +14,7 @@ from proxy.exchange import Exchange
 from proxy.headers import (
     IDENTITY_HEADERS,
     XFCC,
+    _id_lines,
     appended_xfcc,
     connection_tokens,
     normalize_path,
@@ -64,15 +65,20 @@ def on_message_begin(p: DownstreamProtocol) -> None:
     p._url = b""
     p._headers = []
     p._host = None
-    p._xff = None
-    p._has_request_id = False
-    p._chunked = False
-    p._expect_continue = False
-    p._upgrade_value = None
-    p._conn_tokens = None
-    p._connection_seen = False
-    p._timeout_override = None
-    p._xfcc_kept = None  # (a request refused before _head_tail must not leave its XFCC)
+    if p._special:
+        # Only a header of a special kind (on_header) sets these: a request without one
+        # leaves them as they are, so most requests reset three attributes, not twelve.
+        p._special = False
+        p._xff = None
+        p._has_request_id = False
+        p._chunked = False
+        p._expect_continue = False
+        p._upgrade_value = None
+        p._upgrade_seen = False
+        p._conn_tokens = None
+        p._connection_seen = False
+        p._timeout_override = None
+        p._xfcc_kept = None  # (a request refused before _head_tail must not leave its XFCC)
     p._in_head = True
     p._head_bytes = 0
     p._header_budget = p.listener.limits.max_header_bytes
@@ -102,7 +108,11 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
             raise Reject("bad_request")  # two Host headers: ambiguous authority
         p._host = value
         p._headers.append((name, value))
-    elif kind == _H_TE:
+        return
+    if kind == _H_DROP:
+        return  # hop-by-hop or identity: not forwarded, no state
+    p._special = True  # per-request state below: on_message_begin resets it
+    if kind == _H_TE:
         if value.strip().lower() != b"chunked" or p._chunked:
             raise Reject("request_smuggling")  # only a single "chunked" is accepted
         p._chunked = True
@@ -117,6 +127,7 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         p._has_request_id = True
         p._headers.append((name, value))
     elif kind == _H_UPGRADE:
+        p._upgrade_seen = True  # (llhttp's upgrade flag needs this header: exchange_from_head)
         # Only WebSocket is tunnelled (as Envoy's default upgrade_configs). Any other upgrade,
         # `h2c` above all, is not forwarded: tunnelled, it would carry later requests past
         # every per-request policy (h2c smuggling). Such a request is answered as HTTP/1.1,
@@ -147,8 +158,7 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         trusted = p.listener.keeps_xfcc(p.peer_identity, p.peer_gateway_cert)
         if trusted and (value := value.strip()):
             p._xfcc_kept = value if p._xfcc_kept is None else p._xfcc_kept + b"," + value
-    # _H_CONNECTION, _H_PROXY_CONNECTION and _H_DROP: hop-by-hop or identity headers, not
-    # forwarded
+    # _H_CONNECTION and _H_PROXY_CONNECTION: hop-by-hop, not forwarded
 
 
 def exchange_from_head(p: DownstreamProtocol) -> Exchange:
@@ -158,10 +168,20 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     method = parser.get_method()
     if method == b"CONNECT":
         return _connect_exchange(p)
-    try:
-        path, query, authority = split_target(p._url)
-    except ValueError:
-        raise Reject("bad_request") from None
+    url = p._url
+    if url[:1] == b"/":
+        # Origin-form, the common case: split_target's first branch, inline (a call less).
+        text = url.decode("latin-1")
+        path, _, query = text.partition("?")
+        if "#" in text:  # (a str test: see the bytes `in` note below)
+            path = path.split("#", 1)[0]
+        authority = None
+    else:
+        text = ""
+        try:
+            path, query, authority = split_target(url)
+        except ValueError:
+            raise Reject("bad_request") from None
     keep_alive = parser.should_keep_alive()
     # llhttp keeps a request other than HTTP/1.1 alive only when a Connection (or
     # Proxy-Connection) header says keep-alive: without one, keep-alive means HTTP/1.1, and
@@ -185,30 +205,39 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     sent_path = path
     if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
         path = normalize_path(path)  # the common, already-normal path skips the call
-    url = p._url
     # The target sent upstream: the client's own bytes when already origin-form and normal
-    # (the common case), else rebuilt from the normalised path.
-    # `url.find` rather than `b"#" in url`: CPython's bytes `in` first tries the operand as an
-    # integer and raises and clears a TypeError (~2k instructions); find goes straight to it.
-    if path is not sent_path or url[:1] != b"/" or url.find(b"#") >= 0:
+    # (the common case), else rebuilt from the normalised path. (`#` is looked for in the
+    # decoded text: CPython's bytes `in` first tries the operand as an integer and raises
+    # and clears a TypeError, ~2k instructions; latin-1 maps byte for byte.)
+    if path is not sent_path or not text or "#" in text:
         url = (f"{path}?{query}" if query else path).encode("latin-1")
-    if p._conn_tokens:
-        drop = p._conn_tokens
-        p._headers = [h for h in p._headers if h[0].lower() not in drop]
     keep_alive = keep_alive and not p.draining
-    upgrade = parser.should_upgrade()
-    if upgrade and p._upgrade_value is None:
-        # An upgrade not offered: the parser stopped after this head, so the connection
-        # ends with this response.
-        upgrade = keep_alive = False
-    tail = _head_tail(p, upgrade)
-    ex = Exchange(
-        p, method, url, path, query, authority, p._headers, tail, p._chunked, keep_alive,
-        http10, upgrade,
-        p._expect_continue and not http10, p.head_started,
-    )
-    ex.timeout_override = p._timeout_override
-    return ex
+    if p._special:  # a header of a special kind came (on_header): the general path
+        if p._conn_tokens:
+            drop = p._conn_tokens
+            p._headers = [h for h in p._headers if h[0].lower() not in drop]
+        # llhttp flags an upgrade (other than CONNECT's) only when an Upgrade header came
+        upgrade = p._upgrade_seen and parser.should_upgrade()
+        if upgrade and p._upgrade_value is None:
+            # An upgrade not offered: the parser stopped after this head, so the connection
+            # ends with this response.
+            upgrade = keep_alive = False
+        tail = _head_tail(p, upgrade)
+        ex = Exchange(
+            p, method, url, path, query, authority, p._headers, tail, p._chunked, keep_alive,
+            http10, upgrade, p._expect_continue and not http10, p.head_started,
+        )
+        ex.timeout_override = p._timeout_override
+        return ex
+    # None came: no XFF, request id, framing or upgrade of the client's to carry (_head_tail
+    # without its tests, and the id line popped from the batch here).
+    if p.xfcc_line:
+        tail = _head_tail(p, False)
+    else:
+        tail = [p.xff_line, p.listener.forwarded_proto_line,
+                _id_lines.pop() if _id_lines else request_id_line()]
+    return Exchange(p, method, url, path, query, authority, p._headers, tail, False,
+                    keep_alive, http10, False, False, p.head_started)
 
 
 def _connect_exchange(p: DownstreamProtocol) -> Exchange:
