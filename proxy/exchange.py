@@ -148,19 +148,24 @@ class Exchange:
 
     def dispatch(self) -> None:
         """Pick a backend and an endpoint, then send on a pooled or a new connection."""
-        decision = self.decision
-        assert decision is not None
-        backend = decision.pick_backend()
+        decision: Decision = self.decision  # type: ignore[assignment]  # set by start
+        picker = decision.picker  # (Decision.pick_backend, inline: a call less per request)
+        backend = decision.backends[0] if picker is None else decision.backends[picker.pick()]
         self.backend = backend
-        breaker = backend.state.breaker if backend.state is not None else None
+        state = backend.state
+        breaker = state.breaker if state is not None else None
         if breaker is not None and not self._breaker_held:
             if not breaker.try_start():
                 self._overflow(backend)
                 return
             self._breaker_held = True
         tried = self._tried
-        pool = backend.pick_endpoint(self) if tried is None \
-            else backend.pick_untried_endpoint(tried, self)
+        if tried is not None:
+            pool = backend.pick_untried_endpoint(tried, self)
+        else:
+            pools = backend.pools  # one endpoint, nothing ejectable: pick_endpoint's first case
+            pool = pools[0] if len(pools) == 1 and backend.outlier is None \
+                else backend.pick_endpoint(self)
         if pool is None:
             self.reply("no_healthy_upstream")
             return
@@ -271,7 +276,11 @@ class Exchange:
 
     def _send_on(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.send(self, self._upstream_head())
+        # (UpstreamConnection.send, inline)
+        conn.exchange = self
+        conn.requests += 1
+        conn.head_bytes = 0
+        conn.transport.write(self._upstream_head())  # type: ignore[union-attr]  # open: taken
         if self._replay:
             conn.writelines(self._replay)  # everything received so far (a retry resends it)
             if self.bytes_in > _MAX_REPLAY:

@@ -134,10 +134,13 @@ class Decision:
 class HostRoute:
     """The ordered rules of one host; the first matching rule wins."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("only", "rules")
 
     def __init__(self, rules: tuple[tuple[Matcher | None, Decision], ...]) -> None:
         self.rules = rules
+        # One rule matching everything (a service without a Route, the common case): its
+        # decision, which Router.route returns without calling select
+        self.only = rules[0][1] if len(rules) == 1 and rules[0][0] is None else None
 
     def select(self, ex: Exchange) -> Decision | None:
         for matcher, decision in self.rules:
@@ -170,11 +173,15 @@ class ExternalHostRoute(HostRoute):
         return None
 
 
+_AUTHORITY_CACHE = 512  # entries of Router._by_authority
+_AUTHORITY_KEY_MAX = 255  # longer authorities are resolved each time, never kept
+
+
 class Router:
     """Resolves a request to a Decision, or to a reason word for a local reply."""
 
-    __slots__ = ("_gateway", "_hosts", "_inbound", "_namespaces", "counts_rules", "egress",
-                 "source", "tcp")
+    __slots__ = ("_by_authority", "_gateway", "_hosts", "_inbound", "_namespaces",
+                 "counts_rules", "egress", "source", "tcp")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
                  gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
@@ -183,6 +190,11 @@ class Router:
                  namespaces: Mapping[str, str] | None = None,
                  tcp: Mapping[str, TcpTarget] | None = None, counts_rules: bool = False) -> None:
         self._hosts = hosts
+        # Authority as sent (`reviews:9080`) -> its host's rules, found once by
+        # service_from_authority and the namespace forms: a request for a known host costs
+        # one lookup. Bounded (_AUTHORITY_CACHE entries, short authorities only): a client
+        # choosing Host values must not grow it; misses are not kept.
+        self._by_authority: dict[str, HostRoute] = {}
         # Some decision has a named rule's counter: the listener records through it
         # (Listener.use); False, its requests pay nothing for per-rule metrics.
         self.counts_rules = counts_rules
@@ -213,12 +225,21 @@ class Router:
             else:
                 return "no_route"
         else:
-            host = service_from_authority(ex.authority)
-            host_route = self._hosts.get(host)
+            authority = ex.authority
+            host_route = self._by_authority.get(authority)
             if host_route is None:
-                host_route = lookup_service_name(self._hosts, host, self._namespaces.get)
+                host = service_from_authority(authority)
+                host_route = self._hosts.get(host)
+                if host_route is None:
+                    host_route = lookup_service_name(self._hosts, host, self._namespaces.get)
+                if (host_route is not None and len(authority) <= _AUTHORITY_KEY_MAX
+                        and len(self._by_authority) < _AUTHORITY_CACHE):
+                    self._by_authority[authority] = host_route
         if host_route is None:
             return "no_route" if egress is None else egress.other(ex)
+        decision = host_route.only
+        if decision is not None:
+            return decision
         decision = host_route.select(ex)
         return decision if decision is not None else "no_route"
 
