@@ -401,8 +401,8 @@ class Exchange:
         # connection too: the rest of the body is not read, so the head says so (as Envoy's).
         keep_alive = self.client_keep_alive and self.request_done and not self.downstream.draining
         head, self._frame = client_head(
-            conn, status, head_only=self.method == b"HEAD" or status in (204, 304),
-            http10=self.http10, keep_alive=keep_alive, edits=self.response_edits)
+            conn, status, self.method == b"HEAD" or status == 204 or status == 304,
+            self.http10, keep_alive, self.response_edits)  # (head_only, http10, ..., edits)
         if not keep_alive or self._frame == FRAME_CLOSE:
             # The head says `connection: close`, or an HTTP/1.0 client reads the body until
             # close: either way the connection ends with this response.

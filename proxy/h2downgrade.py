@@ -128,8 +128,7 @@ def h1_response_head(ex: H2Exchange, conn: UpstreamConnection, status: int) -> b
     if connection is not None and (connection.find(b",") >= 0
                                    or connection.strip().lower() not in _PLAIN_CONNECTION):
         drop = {t.strip().lower() for t in connection.split(b",")}  # hop-by-hop too
-    for line in conn.header_lines:
-        name, _, value = line.partition(b":")
+    for name, value in conn.header_pairs():
         name = name.lower()
         if name not in drop:
             out.append((name, value.strip()))

@@ -49,19 +49,20 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
-def client_head(conn: UpstreamConnection, status: int, *, head_only: bool, http10: bool,
+def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: bool,
                 keep_alive: bool, edits: HeaderEditor | None) -> tuple[bytes, int]:
     """The head for the client and the frame of the body that follows.
 
-    `keep_alive` says whether the client connection stays open after this response;
-    FRAME_CLOSE means it cannot (an HTTP/1.0 client reading a body of unknown length).
+    `head_only`: no body follows (HEAD, 204, 304); `keep_alive` says whether the client
+    connection stays open after this response; FRAME_CLOSE means it cannot (an HTTP/1.0
+    client reading a body of unknown length). (Positional: called once per response.)
     """
     line = _STATUS_LINES.get(status)
     out = [line if line is not None else status_line(status)]
-    out.extend(conn.header_lines)
     length = conn.content_length
     connection = conn.connection_header
     if status == 101:
+        out.extend(conn.header_parts if edits is None else conn.header_lines())
         if connection is not None:
             out.append(b"connection: " + connection + _CRLF)
         if conn.upgrade_header is not None:
@@ -72,8 +73,12 @@ def client_head(conn: UpstreamConnection, status: int, *, head_only: bool, http1
             or connection.strip().lower() not in _PLAIN_CONNECTION):
         # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
         tokens = {t.strip().lower() for t in connection.split(b",")}
-        out = [out[0], *(line for line in out[1:]
-                         if line.split(b":", 1)[0].lower() not in tokens)]
+        out.extend(kept for kept in conn.header_lines()
+                   if kept.split(b":", 1)[0].lower() not in tokens)
+    elif edits is None:
+        out.extend(conn.header_parts)  # the parts go to the join as they are
+    else:
+        out.extend(conn.header_lines())  # edits work on whole lines
     if edits is not None:
         out = edits.apply(out)
     if status == 101:
@@ -81,10 +86,10 @@ def client_head(conn: UpstreamConnection, status: int, *, head_only: bool, http1
     elif head_only:
         frame = FRAME_NONE
         if length is not None:
-            out.append(b"content-length: " + length + _CRLF)
+            out.extend((b"content-length: ", length, _CRLF))
     elif length is not None and not conn.transfer_encoding:
         frame = FRAME_LENGTH
-        out.append(b"content-length: " + length + _CRLF)
+        out.extend((b"content-length: ", length, _CRLF))
     elif http10:
         frame = FRAME_CLOSE
         keep_alive = False

@@ -67,7 +67,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "early",
         "exchange",
         "head_bytes",
-        "header_lines",
+        "header_parts",
         "idle_since",
         "parser",
         "peer_identity",
@@ -84,8 +84,9 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
-        # The response head being parsed: forwardable lines pre-serialized, framing apart.
-        self.header_lines: list[bytes] = []
+        # The response head being parsed: each forwardable header as four parts (name, `: `,
+        # value, CRLF) for the client head's join, framing apart.
+        self.header_parts: list[bytes] = []
         self.content_length: bytes | None = None
         self.transfer_encoding = False
         self.connection_header: bytes | None = None
@@ -237,7 +238,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
     def on_message_begin(self) -> None:
         if self._done:
             raise StrayBytes  # this connection carries one exchange at a time: no one asked
-        self.header_lines = []
+        self.header_parts = []
         self.content_length = None
         self.transfer_encoding = False
         self.connection_header = None
@@ -246,7 +247,8 @@ class UpstreamConnection(asyncio.BaseProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         kind = _RESPONSE_SPECIAL.get(name.lower())
         if kind is None:
-            self.header_lines.append(name + b": " + value + b"\r\n")
+            # Parts, not `name + b": " + value + b"\r\n"`: each `+` makes a bytes object
+            self.header_parts.extend((name, b": ", value, b"\r\n"))
         elif kind == _R_LENGTH:
             self.content_length = value
         elif kind == _R_TE:
@@ -286,6 +288,16 @@ class UpstreamConnection(asyncio.BaseProtocol):
             # the message, then feed_data raises the upgrade.
             return
         self._done = True  # data_received completes the exchange once the read is parsed
+
+    def header_lines(self) -> list[bytes]:
+        """The forwardable headers as whole lines (for the rarer edits and filters)."""
+        parts = self.header_parts
+        return [b"".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The forwardable headers as (name, value) pairs."""
+        parts = self.header_parts
+        return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
 
     # --- used by the exchange and the pool --------------------------------------------------
     def send(self, exchange: Exchange, head: bytes) -> None:
