@@ -433,12 +433,15 @@ class Exchange:
             self.downstream.writelines(out)
 
     def upstream_complete(self, conn: UpstreamConnection) -> None:
+        out = self._out
         if self._frame == FRAME_CHUNKED:
-            if self._out is not None:
-                self._out.append(_LAST_CHUNK)
+            if out is not None:
+                out.append(_LAST_CHUNK)
             else:
                 self.downstream.write(_LAST_CHUNK)
-        self.flush_out()
+        if out is not None:  # (flush_out, inline: once per response)
+            self._out = None
+            self.downstream.writelines(out)
         self.conn = None
         pool = self.pool
         if pool is not None:
@@ -447,7 +450,9 @@ class Exchange:
             else:
                 conn.exchange = None
                 conn.close()
-        self._release_pool()
+            if self._pool_held:  # (_release_pool, inline)
+                self._pool_held = False
+                pool.active_requests -= 1
         self.finish()
 
     def _open_tunnel(self, conn: UpstreamConnection) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from proxy.sniroutes import SniRoutes
 
 router_log = logging.getLogger("ami.proxy.router")
+_SERIES_KEPT = 1024  # Listener._series entries before it is emptied
 connection_log = logging.getLogger("ami.proxy.connection")
 
 
@@ -72,6 +73,8 @@ class Listener:
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
         self.counting_rules = False  # `record` is record_rules (see use)
+        # the series of common requests by (backend, pool, status, flags, security): record
+        self._series: dict[tuple[Any, Any, int, str, str], Any] = {}
         # DEBUG lines, decided when levels change (set_debug), never per request: each
         # request's routing line (`record` is then record_debug) and connections opened/closed
         self.debug_requests = False
@@ -102,6 +105,7 @@ class Listener:
         without named rules pays nothing per request for per-rule metrics.
         """
         self.router = router
+        self._series.clear()  # (its backends and pools are the old router's)
         if router.counts_rules != self.counting_rules:
             self.counting_rules = router.counts_rules
             self._choose_record()
@@ -164,8 +168,54 @@ class Listener:
     def record(self, ex: Exchange) -> float:
         """Metrics (and the access log line, when on) for one finished request; returns its
         duration (ms), for ``record_rules``."""
-        backend = ex.backend
         duration_ms = (self.loop.time() - ex.start_time) * 1000.0
+        backend = ex.backend
+        pool = ex.pool
+        conn = ex.downstream
+        if (backend is not None and pool is not None and conn.peer_service is None
+                and not ex.http2):
+            # The common request (routed, sent to an endpoint, no caller identity, not
+            # gRPC): all its labels follow from these objects and words, so its series is
+            # found by them, without building the label tuple (see _series_of).
+            key = (backend, pool, ex.status, ex.flags, conn.security)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series_of(key)
+            series.add(duration_ms, ex.bytes_in, ex.bytes_out)
+            if self.access_log is None and self.on_record is None:
+                if ex.trace is not None:
+                    ex.trace.end(ex)
+                return duration_ms
+            prefix = backend.metric_prefix
+        else:
+            prefix = self._record_labelled(ex, duration_ms)
+        if self.access_log is not None:
+            access_filter = self.access_filter
+            if access_filter is None or access_filter(ex):
+                self._log(ex, duration_ms, prefix)
+        if self.on_record is not None:
+            self.on_record(self, ex, duration_ms, prefix)
+        if ex.trace is not None:
+            ex.trace.end(ex)
+        return duration_ms
+
+    def _series_of(self, key: tuple[Any, Any, int, str, str]) -> Any:
+        """The series of a routed request without caller identity (``record``'s key:
+        backend, pool, status, flags, client connection's security); kept per listener,
+        emptied with each new router (and when full), as its pools are then replaced."""
+        backend, pool, status, flags, conn_security = key
+        security = conn_security if self.kind == "inbound" \
+            else "mutual_tls" if pool.tls is not None else "none"
+        series = self.stats.series_for(
+            (backend.metric_prefix, pool.version, status, flags, security))
+        if len(self._series) >= _SERIES_KEPT:
+            self._series.clear()
+        self._series[key] = series
+        return series
+
+    def _record_labelled(self, ex: Exchange, duration_ms: float) -> tuple[str, ...]:
+        """``record``'s general case: labels built for this request; returns the prefix."""
+        backend = ex.backend
         conn = ex.downstream
         if conn.peer_service is not None and backend is not None:
             prefix = ("destination", conn.peer_service, conn.peer_version,
@@ -178,12 +228,7 @@ class Listener:
         else:
             prefix = self._unrouted_prefix(ex)
             version = "unknown"
-        if self.kind == "inbound":
-            security = conn.security
-        else:  # outbound_security(ex), inlined: this runs once per request
-            pool = ex.pool
-            security = ("unknown" if pool is None
-                        else "mutual_tls" if pool.tls is not None else "none")
+        security = conn.security if self.kind == "inbound" else outbound_security(ex)
         if ex.http2 and ex.grpc:  # type: ignore[attr-defined]  # (an H2Exchange)
             # a gRPC call: its grpc-status is a label too ("" when it ended without one)
             self.stats.record_grpc(prefix, version, ex.status, ex.flags, security,
@@ -192,15 +237,7 @@ class Listener:
         else:
             self.stats.record(prefix, version, ex.status, ex.flags, security, duration_ms,
                               ex.bytes_in, ex.bytes_out)
-        if self.access_log is not None:
-            access_filter = self.access_filter
-            if access_filter is None or access_filter(ex):
-                self._log(ex, duration_ms, prefix)
-        if self.on_record is not None:
-            self.on_record(self, ex, duration_ms, prefix)
-        if ex.trace is not None:
-            ex.trace.end(ex)
-        return duration_ms
+        return prefix
 
     def record_rules(self, ex: Exchange) -> float:
         """``record``, then the request's named rule, if it has one (see ``use``)."""

@@ -1,6 +1,7 @@
 """Request metrics with Istio's label names, kept as plain counters and exposed at scrape time.
 
-Recording a request is a tuple key, a dict lookup and a few integer increments; the Prometheus
+Recording a request is a tuple key, a dict lookup and a few integer increments (a listener
+keeps the series of its common requests by their objects: proxy.listener); the Prometheus
 objects are built only when `/metrics` is scraped (a custom collector), which keeps the
 per-request cost far below prometheus_client's labelled metrics.
 """
@@ -40,6 +41,22 @@ class _Series:
         self.resp_sum = 0
         self.resp_buckets = [0] * (len(BYTES_BUCKETS) + 1)
 
+    def add(self, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
+        """One request (a body of 0 bytes, a GET's, is bucket 0: no search)."""
+        self.count += 1
+        self.dur_sum += duration_ms
+        self.dur_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        if req_bytes:
+            self.req_sum += req_bytes
+            self.req_buckets[bisect_left(BYTES_BUCKETS, req_bytes)] += 1
+        else:
+            self.req_buckets[0] += 1
+        if resp_bytes:
+            self.resp_sum += resp_bytes
+            self.resp_buckets[bisect_left(BYTES_BUCKETS, resp_bytes)] += 1
+        else:
+            self.resp_buckets[0] += 1
+
 
 class RequestStats:
     """Counters for every (labels) combination seen; `record` is on the hot path."""
@@ -64,40 +81,24 @@ class RequestStats:
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
-        # (_add's body, inline: this runs once per request and a call costs a few percent
-        # of the metrics' cost)
-        key = (prefix, version, status, flags, security)
-        s = self._series.get(key)
-        if s is None:
-            s = self._series[key] = _Series()
-        s.count += 1
-        s.dur_sum += duration_ms
-        s.dur_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        s.req_sum += req_bytes
-        s.req_buckets[bisect_left(BYTES_BUCKETS, req_bytes)] += 1
-        s.resp_sum += resp_bytes
-        s.resp_buckets[bisect_left(BYTES_BUCKETS, resp_bytes)] += 1
+        self.series_for((prefix, version, status, flags, security)).add(
+            duration_ms, req_bytes, resp_bytes)
 
     def record_grpc(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                     security: str, duration_ms: float, req_bytes: int, resp_bytes: int,
                     grpc: str) -> None:
         """A gRPC call: `grpc` is its grpc-status, Istio's `grpc_response_status` label
         (empty for every other request, whose key has no sixth part)."""
-        self._add((prefix, version, status, flags, security, grpc), duration_ms, req_bytes,
-                  resp_bytes)
+        self.series_for((prefix, version, status, flags, security, grpc)).add(
+            duration_ms, req_bytes, resp_bytes)
 
-    def _add(self, key: tuple[object, ...], duration_ms: float, req_bytes: int,
-             resp_bytes: int) -> None:
+    def series_for(self, key: tuple[object, ...]) -> _Series:
+        """The series of a label key, made at its first request (and never dropped: a
+        listener may keep it, see Listener.record)."""
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series()
-        s.count += 1
-        s.dur_sum += duration_ms
-        s.dur_buckets[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        s.req_sum += req_bytes
-        s.req_buckets[bisect_left(BYTES_BUCKETS, req_bytes)] += 1
-        s.resp_sum += resp_bytes
-        s.resp_buckets[bisect_left(BYTES_BUCKETS, resp_bytes)] += 1
+        return s
 
     def inc(self, name: str, labels: tuple[tuple[str, str], ...] = (), value: float = 1) -> None:
         key = (name, labels)
