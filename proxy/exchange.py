@@ -375,10 +375,12 @@ class Exchange:
             return False
         decision = self.decision
         backend = self.backend
-        if backend is not None and backend.outlier is not None and self.pool is not None:
-            backend.outlier.record(self.pool, status)
-        if backend is not None and backend.ewma is not None and self.pool is not None:
-            backend.ewma.observe(self.pool, self.downstream.loop.time() - self._try_start)
+        pool = self.pool
+        if backend is not None and pool is not None:
+            if backend.outlier is not None:
+                backend.outlier.record(pool, status)
+            if backend.ewma is not None:
+                backend.ewma.observe(pool, self.downstream.loop.time() - self._try_start)
         if self._attempt_timer is not None:
             self._attempt_timer.cancel()
             self._attempt_timer = None

@@ -22,6 +22,7 @@ class UpstreamProtocolError(Exception):
     `502 upstream_protocol_error`, like a response llhttp itself rejects)."""
 _CRLF = b"\r\n"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_PLAIN_OR_NONE = frozenset({b"keep-alive", b"close", None})
 # The reason phrase is not forwarded: RFC 9112 (4) has clients ignore it, and a fixed table
 # makes the status line one dict lookup (Envoy does the same).
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
@@ -61,6 +62,14 @@ def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: 
     out = [line if line is not None else status_line(status)]
     length = conn.content_length
     connection = conn.connection_header
+    if (length is not None and keep_alive and edits is None and not head_only and not http10
+            and connection in _PLAIN_OR_NONE and not conn.transfer_encoding
+            and status != 101):
+        # The common response: a length, no edits, the client kept alive; what the general
+        # path below would build, without its tests.
+        out.extend(conn.header_parts)
+        out.extend((b"content-length: ", length, b"\r\n\r\n"))
+        return b"".join(out), FRAME_LENGTH
     if status == 101:
         out.extend(conn.header_parts if edits is None else conn.header_lines())
         if connection is not None:
