@@ -388,7 +388,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             # read the response.
             self._linger()
             return
-        if not ex.client_keep_alive or (ex.upgrade and not tunnel) or self.plaintext_refused:
+        if not ex.client_keep_alive or ex.upgrade or self.plaintext_refused:  # (not a tunnel)
             self._close()
             return
         if self._error_after_current is not None:

@@ -174,10 +174,10 @@ class Exchange:
         pool.active_requests += 1
         if backend.ewma is not None:
             self._try_start = self.downstream.loop.time()  # the latency sample is this try's
-        per_try = decision.retry.per_try_timeout if decision.retry is not None else None
-        if per_try is not None:
+        retry = decision.retry
+        if retry is not None and retry.per_try_timeout is not None:
             self._attempt_timer = self.downstream.loop.call_later(
-                per_try, self._on_attempt_timeout)
+                retry.per_try_timeout, self._on_attempt_timeout)
         # (a flag rather than an overridden method: a call per request costs the HTTP/1.1 path)
         conn: Any
         if not self.http2:
@@ -455,7 +455,11 @@ class Exchange:
             if self._pool_held:  # (_release_pool, inline)
                 self._pool_held = False
                 pool.active_requests -= 1
-        self.finish()
+        if (self._timer is None and self._attempt_timer is None and self._retry_timer is None
+                and not self._breaker_held):
+            self.downstream.exchange_finished(self, False)  # (finish, with nothing to undo)
+        else:
+            self.finish()
 
     def _open_tunnel(self, conn: UpstreamConnection) -> None:
         """CONNECT: the connection to the outside host is open; it carries the tunnel now."""

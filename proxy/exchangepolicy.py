@@ -52,10 +52,11 @@ def guarded(step: Callable[[Exchange], None]) -> Callable[[Exchange], None]:
 # --- before dispatch: admission, faults, timeouts, retry budget, mirror ------------------
 def start(ex: Exchange) -> None:
     """Route the request and run the steps before dispatch; may answer locally instead."""
-    tracer = ex.downstream.listener.tracer
+    listener = ex.downstream.listener
+    tracer = listener.tracer
     if tracer is not None:
         tracer.begin(ex)  # decides sampling; only a sampled request builds spans
-    decision = ex.downstream.listener.router.route(ex)
+    decision = listener.router.route(ex)
     if isinstance(decision, str):
         ex.reply(decision)
         return
