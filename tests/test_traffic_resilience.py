@@ -90,6 +90,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     routes = [
         _route("slow", timeout="300ms"),
         _route("notimeout", "slow"),
+        _route("slowok", "slow", timeout="3s"),  # longer than the backend's 1 s delay
         _route("pertry", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
         _route("hung", timeout="3s", retries={"attempts": 1, "perTryTimeout": "200ms"}),
         _route("to", timeout="200ms"),
@@ -126,25 +127,26 @@ async def test_route_timeout_gives_504_timeout(env: dict[str, Any],
     """A 300 ms route timeout answers 504 `timeout` long before the 1 s backend does."""
     proxy: TrafficProxy = env["proxy"]
     reply = await call(session, proxy, "slow")
-    assert (reply.status, reply.reason) == (504, "timeout")
-    assert 0.25 < reply.elapsed < 0.9
+    assert (reply.status, reply.reason) == (504, "timeout")  # not the backend's late 200
+    assert reply.elapsed >= 0.25  # lower bound only: load can only make it truer
     assert await proxy.metric("ami_requests_total", destination_service="slow",
                               response_code="504", response_flags="timeout") >= 1
 
 
-@pytest.mark.parametrize(("host", "header_ms", "low", "high"), [
-    ("slow", "100", 0.05, 0.25),  # tightens the route's 300 ms
-    ("slow", "5000", 0.25, 0.9),  # cannot loosen it
-    ("notimeout", "200", 0.15, 0.6),  # a route without timeout gets one
+@pytest.mark.parametrize(("host", "header_ms", "low"), [
+    ("slowok", "100", 0.09),  # tightens the route's 3 s: 504 instead of the backend's 1 s 200
+    ("slow", "5000", 0.25),  # cannot loosen the route's 300 ms: 504, not the backend's 200
+    ("notimeout", "200", 0.18),  # a route without timeout gets one: 504, not 200
 ])
 async def test_timeout_header_tightens_never_loosens(env: dict[str, Any],
                                                      session: aiohttp.ClientSession, host: str,
-                                                     header_ms: str, low: float,
-                                                     high: float) -> None:
-    """`x-ami-timeout-ms` may shorten the route timeout for one request but never extend it."""
+                                                     header_ms: str, low: float) -> None:
+    """`x-ami-timeout-ms` may shorten the route timeout for one request but never extend it:
+    which timeout applied shows in the outcome (a 504 where the 1 s backend would answer 200),
+    not in an upper bound on the time taken."""
     reply = await call(session, env["proxy"], host, headers={"x-ami-timeout-ms": header_ms})
     assert (reply.status, reply.reason) == (504, "timeout")
-    assert low < reply.elapsed < high, reply.elapsed
+    assert reply.elapsed >= low, reply.elapsed  # no timeout fired early
 
 
 async def test_per_try_timeout_retries_on_another_endpoint(env: dict[str, Any],
@@ -152,16 +154,18 @@ async def test_per_try_timeout_retries_on_another_endpoint(env: dict[str, Any],
                                                            ) -> None:
     """A try cut by perTryTimeout is retried on the next endpoint, so every request succeeds."""
     proxy: TrafficProxy = env["proxy"]
+    slow: TrafficBackend = env["pt-slow"]
     before = await proxy.metric("ami_retries_total", destination_service="pertry")
+    tried_slow = len(slow.requests)
     replies = [await call(session, proxy, "pertry") for _ in range(4)]
     assert [r.status for r in replies] == [200] * 4
-    assert {r.version for r in replies} == {"fast"}
-    # Round robin resumes after the endpoint a retry used, so most requests try slow first.
-    retried = [r for r in replies if r.elapsed >= 0.19]
-    assert len(retried) >= 3
-    assert all(r.elapsed < 1.5 for r in replies)
+    assert {r.version for r in replies} == {"fast"}  # the slow endpoint's answer never came back
+    # Round robin resumes after the endpoint a retry used, so most requests try slow first;
+    # each of those tries was cut and retried on the fast endpoint.
+    retried = len(slow.requests) - tried_slow
+    assert retried >= 3
     after = await proxy.metric("ami_retries_total", destination_service="pertry")
-    assert after == before + len(retried)
+    assert after == before + retried
 
 
 async def test_retry_goes_to_an_endpoint_not_tried_yet(env: dict[str, Any],
