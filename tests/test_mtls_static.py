@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
+from tests.closeorder import close_order
 from tests.proxyharness import (
     Backends,
     Message,
@@ -551,26 +552,37 @@ async def test_permissive_first_byte_and_handshake_share_the_header_timeout(
         mesh: Mesh, tmp_path: Path) -> None:
     """PERMISSIVE waits for a client's first byte to tell TLS from plaintext; a client that
     sends it late (at 0.8 x --header-timeout) and never finishes its handshake is closed at
-    --header-timeout from the accept, not a whole timeout after its first byte (1.8 x)."""
+    --header-timeout from the accept, not a whole timeout after its first byte (1.8 x).
+
+    Proved by order, not by an upper bound on time: a second client `b`, accepted at 0.4 x
+    and sending its first byte at once, has its deadline at 1.4 x, so `a` must be closed
+    first; were the handshake given a whole timeout after the first byte, `a` (1.8 x) would
+    be closed after `b`."""
     header_timeout = 2.0
     port = free_port()
     proxy = start_proxy(tmp_path / "permissive-slow", mint(mesh.ca, "reviews"),
                         {"node": {"service": "reviews"}, "app": "127.0.0.1:9",
                          "mesh": {"mtls": "PERMISSIVE"}}, inbound=port,
                         extra=("--header-timeout", str(header_timeout)))
+    hello_start = b"\x16\x03\x01\x02\x00"  # a TLS record header: the ClientHello begins
+
+    def slow_clients() -> tuple[float, list[tuple[str, float]]]:
+        start = time.monotonic()  # before the connection: before the proxy starts its timer
+        with socket.create_connection(("127.0.0.1", port)) as a:
+            time.sleep(header_timeout * 0.4)  # the clients' pace, not a wait
+            with socket.create_connection(("127.0.0.1", port)) as b:
+                b.sendall(hello_start)
+                time.sleep(header_timeout * 0.4)
+                a.sendall(hello_start)
+                return start, close_order({"a": a, "b": b}, header_timeout * 5)
+
     try:
         before = metric_value(await proxy.metrics(), "ami_tls_handshake_failures_total",
                               listener="inbound")
-        start = time.monotonic()  # before the connection: before the proxy starts its timer
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await asyncio.sleep(header_timeout * 0.8)  # the slow client's pace, not a wait
-        writer.write(b"\x16\x03\x01\x02\x00")  # a TLS record header: the ClientHello begins
-        await writer.drain()
-        assert await asyncio.wait_for(reader.read(), header_timeout * 3) == b""
-        took = time.monotonic() - start
-        writer.close()
-        assert header_timeout * 0.9 <= took < header_timeout * 1.4, took
+        start, closed = await asyncio.to_thread(slow_clients)
+        assert [name for name, _ in closed] == ["a", "b"], closed
+        assert closed[0][1] - start >= header_timeout * 0.9  # not before its time (lower bound)
         assert metric_value(await proxy.metrics(), "ami_tls_handshake_failures_total",
-                            listener="inbound") == before + 1
+                            listener="inbound") == before + 2
     finally:
         proxy.stop()
