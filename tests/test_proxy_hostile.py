@@ -209,7 +209,7 @@ async def test_unfinished_header_section_is_408_and_close(slow_limits: ProxyProc
     closed = await at_eof(reader, 5)
     writer.close()
     assert (resp.status, resp.header("x-ami-reason")) == (408, "request_timeout")
-    assert closed and 0.9 <= elapsed < 4
+    assert closed and elapsed >= 0.9  # not before --header-timeout (a lower bound only)
 
 
 async def test_idle_keep_alive_connection_is_closed(slow_limits: ProxyProcess) -> None:
