@@ -222,7 +222,7 @@ async def test_idle_keep_alive_connection_is_closed(slow_limits: ProxyProcess) -
     closed = await at_eof(reader, 5)
     writer.close()
     assert resp.status == 200 and json.loads(resp.body)["path"] == "/"
-    assert closed and 0.9 <= loop.time() - idle_from < 4
+    assert closed and loop.time() - idle_from >= 0.9  # not before its time (lower bound)
 
 
 async def test_silent_new_connection_is_closed_after_the_header_timeout(
@@ -238,7 +238,8 @@ async def test_silent_new_connection_is_closed_after_the_header_timeout(
         opened = loop.time()
         closed = await at_eof(reader, 10)
         writer.close()
-        assert closed and 0.9 <= loop.time() - opened < 5
+        # Closed within the 10 s wait, so not at the 60 s idle timeout; not before 1 s.
+        assert closed and loop.time() - opened >= 0.9
     finally:
         proxy.stop()
 

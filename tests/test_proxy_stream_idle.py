@@ -101,7 +101,7 @@ async def test_upstream_that_never_answers_gets_504(proxy: ProxyProcess) -> None
     resp = await asyncio.wait_for(read_response(reader), 10)
     writer.close()
     assert (resp.status, resp.header("x-ami-reason")) == (504, "stream_idle_timeout")
-    assert IDLE <= loop.time() - sent < IDLE + 4
+    assert loop.time() - sent >= IDLE  # not before the idle timeout (a lower bound only)
     assert await _flags(proxy, "stream_idle_timeout", "504") >= 1
 
 

@@ -314,7 +314,7 @@ async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
         await asyncio.sleep(0.02)  # pacing of a deadline-bounded poll, not a wait
     back_after = time.monotonic() - ejected_at
     assert len(bad.requests) == 3, "the endpoint never returned from ejection"
-    assert 0.8 < back_after < 3.0, back_after
+    assert back_after > 0.8, back_after  # not before the ejection time (a lower bound only)
 
 
 async def test_route_timeouts_count_toward_ejection(env: dict[str, Any],
