@@ -10,22 +10,11 @@ pay.example.org (fixed endpoints), and a wildcard *.cdn.example.net.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests.meshbuilder import Mesh
 from tests.test_describe_service import _section
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,36 +73,25 @@ spec:
 """
 
 
-class Mesh:
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "all.yaml").write_text(RESOURCES)
-        self.cp = start_control_plane(tmp, warmup=0.0)
-        self.procs: list[MeshProcess] = []
-        app = start_backend(tmp, "ratings-v1")
-        self.procs.append(app)
-        self.ratings = start_sidecar(tmp, self.cp.info["grpc"], "ratings", "v1",
-                                     app=app.info["address"])
-        self.procs.append(self.ratings)
+class DeclaredMesh(Mesh):
+    """The control plane with RESOURCES read at start; ratings v1 behind its sidecar."""
 
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
+    bare_env = True  # meshctl with only the token and PATH
+
+    def build(self) -> DeclaredMesh:
+        self.control_plane(RESOURCES, warmup=0.0)
+        self.service("ratings", "v1")
+        return self
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("describe-declared"))
-    try:
-        wait_for(lambda: all_synced(m.cp, {m.ratings.info["name"]}), 30, "ratings synced")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeclaredMesh]:
+    with DeclaredMesh(tmp_path_factory.mktemp("describe-declared")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
-def test_service_with_a_route_but_no_instances(mesh: Mesh) -> None:
+def test_service_with_a_route_but_no_instances(mesh: DeclaredMesh) -> None:
     """A service only a Route and a DestinationPolicy name: the page says no instances are
     registered and still shows the Route's rules, the policy and each subset with 0
     endpoints, flagged."""
@@ -137,7 +115,7 @@ def test_service_with_a_route_but_no_instances(mesh: Mesh) -> None:
     assert (data["kind"], data["instances"]) == ("mesh", [])
 
 
-def test_external_host_shows_its_declaration_route_and_policy(mesh: Mesh) -> None:
+def test_external_host_shows_its_declaration_route_and_policy(mesh: DeclaredMesh) -> None:
     """An ExternalService host: the declaring object with its ports and DNS resolution, the
     Route and DestinationPolicy its callers get; none of a sidecar's sections."""
     out = mesh.meshctl("describe", "service", "api.github.com")
@@ -154,7 +132,7 @@ def test_external_host_shows_its_declaration_route_and_policy(mesh: Mesh) -> Non
     assert "Instances:" not in page and "mTLS:" not in page and "Authorization:" not in page
 
 
-def test_external_hosts_with_endpoints_or_a_wildcard(mesh: Mesh) -> None:
+def test_external_hosts_with_endpoints_or_a_wildcard(mesh: DeclaredMesh) -> None:
     """Fixed endpoints are listed; a name only a wildcard covers names the wildcard, says
     Routes do not apply, and is counted under the wildcard; a target port is shown."""
     fixed = mesh.meshctl("describe", "service", "fixed.example.org")
@@ -171,7 +149,7 @@ def test_external_hosts_with_endpoints_or_a_wildcard(mesh: Mesh) -> None:
     assert "ports 80/HTTP->8080" in page and "do not apply to it" in page
 
 
-def test_a_name_that_matches_nothing(mesh: Mesh) -> None:
+def test_a_name_that_matches_nothing(mesh: DeclaredMesh) -> None:
     """A misspelt name: exit 1 and one `error:` line suggesting the close names; with none
     close, the line lists the known services and hosts."""
     out = mesh.meshctl("describe", "service", "detials")
