@@ -8,26 +8,13 @@ has a deadline.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    apply_yaml,
-    http_get,
-    http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests.helpers_mesh import apply_yaml, http_json, start_control_plane, wait_for
+from tests.meshbuilder import Mesh
 from tests.observe_harness import Traffic
 from tests.test_canary_mesh import BASE
 
@@ -48,31 +35,20 @@ spec:
 SCRAPE = ("--scrape-interval", "0.25")
 
 
-class KindMesh:
+class KindMesh(Mesh):
     """The control plane, reviews v1 (200), v2 (500) and v3 (200), and a client sidecar."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[MeshProcess] = []
-        self.config_dir = tmp / "mesh"
-        self.config_dir.mkdir()
-        (self.config_dir / "base.yaml").write_text(BASE)
-        self.cp = start_control_plane(tmp, config_dir=self.config_dir, warmup=0.0, args=SCRAPE)
-        for version, status in (("v1", 200), ("v2", 500), ("v3", 200)):
-            backend = start_backend(tmp, f"reviews-{version}", status=status)
-            self.procs += [backend, start_sidecar(tmp, self.cp.info["grpc"], "reviews", version,
-                                                  app=backend.info["address"])]
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs.append(self.client)
-        self.names = {p.info["name"] for p in self.procs if "name" in p.info}
+    bare_env = True  # meshctl with only the token and PATH
+
+    def build(self) -> KindMesh:
+        self.config_dir = self.tmp / "mesh"
+        self.control_plane(BASE, warmup=0.0, args=SCRAPE)
+        self.service("reviews", "v1", "v2", "v3", status={"v2": 500})
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self) -> tuple[int, bytes]:
-        return http_get(f"http://{self.client.info['outbound']}/", {"Host": "reviews"})
-
-    def meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", self.cp.info["api"],
-                               *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env={"AMI_TOKEN": self.cp.info["token"], "PATH": "/usr/bin"})
+        return self.get(self.client, "reviews")
 
     def weights(self) -> dict[str, int]:
         status, body = http_json(self.cp.info["api"]
@@ -110,15 +86,11 @@ class KindMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindMesh]:
-    m = KindMesh(tmp_path_factory.mktemp("canarykind"))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 30, "all proxies synced")
+    with KindMesh(tmp_path_factory.mktemp("canarykind")) as m:
+        m.build().wait_synced()
         wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable over mTLS")
         with Traffic(m.call):
             yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 def _served_by(mesh: KindMesh, calls: int = 20) -> set[bytes]:
