@@ -29,6 +29,7 @@ from tests.helpers_mesh import (
     start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(240)
 ROUTE = """\
@@ -61,26 +62,18 @@ def build_before_deltas(tmp: Path) -> Path:
     return tree
 
 
-class Mesh:
+class DeltaMesh(Mesh):
     """A control plane and two replicas of reviews v1: one takes deltas, one was built before."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "reviews.yaml").write_text(ROUTE % (90, 10))
-        self.cp = start_control_plane(tmp, warmup=0.0, grace=0.0)
-        self.delta = start_sidecar(tmp, self.cp.info["grpc"], "reviews", "v1")
-        self.full = start_sidecar(tmp, self.cp.info["grpc"], "reviews", "v1",
-                                  source=build_before_deltas(tmp))
-        self.procs = [self.delta, self.full]
-        self.wait_synced()
+    def build(self) -> DeltaMesh:
+        self.control_plane(ROUTE % (90, 10), warmup=0.0, grace=0.0)
+        self.delta = self.sidecar("reviews")
+        self.full = self.sidecar("reviews", source=build_before_deltas(self.tmp))
+        return self
 
-    def names(self) -> set[str]:
-        return {self.delta.info["name"], self.full.info["name"]}
-
-    def wait_synced(self, *more: str) -> None:
+    def wait_synced(self, *more: str) -> None:  # type: ignore[override]
         """Every named proxy listed ready (its endpoint in the snapshots) and synced."""
-        names = self.names() | set(more)
+        names = self.names | set(more)
         wait_for(lambda: all_synced(self.cp, names) and all(
             p["ready"] for p in proxies(self.cp) if p["name"] in names), 30, "proxies synced")
 
@@ -108,33 +101,27 @@ class Mesh:
         /config_dump snapshots are identical but for their own listeners."""
         listed = {p["name"]: p for p in proxies(self.cp)}
         dumps = [self.config_dump(p) for p in (self.delta, self.full)]
-        versions = {listed[n]["configVersion"] for n in self.names()}
+        versions = {listed[n]["configVersion"] for n in self.names}
         if len(versions) != 1 or {d["version"] for d in dumps} != versions:
             return False
         for d in dumps:
             d["snapshot"].pop("listeners")
         return bool(dumps[0]["snapshot"] == dumps[1]["snapshot"])
 
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.stop()
-        self.cp.stop()
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("deltas"))
-    try:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeltaMesh]:
+    with DeltaMesh(tmp_path_factory.mktemp("deltas")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        m.close()
 
 
 def grew(before: dict[str, float], after: dict[str, float], name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
-def test_a_route_change_reaches_a_proxy_as_a_delta(mesh: Mesh) -> None:
+def test_a_route_change_reaches_a_proxy_as_a_delta(mesh: DeltaMesh) -> None:
     """The proxy that takes deltas gets the change as one, a fraction of the full snapshot its
     replica built before deltas gets; both run the same config, byte for byte."""
     before = mesh.counters()
@@ -152,7 +139,7 @@ def test_a_route_change_reaches_a_proxy_as_a_delta(mesh: Mesh) -> None:
     assert "(delta from" not in mesh.full.output()  # never sent one
 
 
-def test_endpoint_churn_goes_as_deltas(mesh: Mesh) -> None:
+def test_endpoint_churn_goes_as_deltas(mesh: DeltaMesh) -> None:
     """A ratings sidecar joining and leaving changes the endpoints of every snapshot: the
     proxy that takes deltas gets each change as one and still runs the full rebuild."""
     before = mesh.counters()
@@ -220,7 +207,7 @@ class FakeStream:
         self.channel.close()
 
 
-def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: Mesh) -> None:
+def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: DeltaMesh) -> None:
     """A stream gets its first snapshot in full, the next change as a delta; it NACKs that
     delta (as a proxy whose result has another hash does) and the same version comes in full
     at once; ACKed, it is synced and proxy-status shows no NACK."""
@@ -250,7 +237,7 @@ def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: Mesh) -> None:
              "the fake stream gone")
 
 
-def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: Mesh) -> None:
+def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: DeltaMesh) -> None:
     """The control plane restarts: the sidecars reconnect saying what they run (nothing is
     pushed: the snapshots are unchanged); the next change goes to the proxy that takes
     deltas in full (nothing it runs was sent on its new stream), the one after as a delta.
@@ -262,7 +249,7 @@ def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: Mesh) -> None:
     mesh.cp = start_control_plane(mesh.tmp, http_port=int(api.rpartition(":")[2]),
                                   grpc_port=int(grpc_address.rpartition(":")[2]),
                                   warmup=20.0, grace=0.0)
-    wait_for(lambda: {p["name"] for p in proxies(mesh.cp) if p["connected"]} >= mesh.names(),
+    wait_for(lambda: {p["name"] for p in proxies(mesh.cp) if p["connected"]} >= mesh.names,
              30, "both sidecars reconnected")
     mesh.wait_synced()
     before = mesh.counters()
