@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, apply_yaml, start_control_plane
+from tests.helpers_mesh import ROOT
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,11 +45,10 @@ spec: {service: reviews, stable: v1, canary: v3, stepWeight: 10, interval: 1h}
 class Watcher:
     """`meshctl get ... -w` as a child process; its stdout lines in a queue."""
 
-    def __init__(self, cp: MeshProcess, *args: str) -> None:
+    def __init__(self, mesh: Mesh, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], "get", *args, "-w"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            env={"AMI_TOKEN": cp.info["token"], "PATH": "/usr/bin"})
+            mesh.meshctl_argv("get", *args, "-w"), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=mesh.meshctl_env(bare_env=True))
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -82,21 +82,19 @@ class Watcher:
 
 
 @pytest.fixture
-def cp(tmp_path: Path) -> Iterator[MeshProcess]:
-    proc = start_control_plane(tmp_path, warmup=0.0)
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    """A control plane alone (a test may stop it)."""
+    with Mesh(tmp_path) as m:
+        yield m.control_plane(warmup=0.0)
 
 
-def test_a_change_prints_a_row_and_ctrl_c_exits_0(cp: MeshProcess) -> None:
-    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
-    w = Watcher(cp, "route", "reviews")
+def test_a_change_prints_a_row_and_ctrl_c_exits_0(mesh: Mesh) -> None:
+    mesh.apply(ROUTE.format(v1=100, v3=0))
+    w = Watcher(mesh, "route", "reviews")
     try:
         assert w.next_line()[:2] == ["NAME", "HOST"]
         assert w.next_line()[:4] == ["reviews", "reviews", "1", "v1=100,v3=0"]
-        version = apply_yaml(cp, ROUTE.format(v1=80, v3=20))
+        version = mesh.apply(ROUTE.format(v1=80, v3=20))
         row = w.next_line()
         assert row == ["reviews", "reviews", "1", "v1=80,v3=20", str(version), "Accepted"]
         w.proc.send_signal(signal.SIGINT)
@@ -106,31 +104,30 @@ def test_a_change_prints_a_row_and_ctrl_c_exits_0(cp: MeshProcess) -> None:
         w.proc.kill()
 
 
-def test_a_canarys_status_steps_are_rows(cp: MeshProcess) -> None:
+def test_a_canarys_status_steps_are_rows(mesh: Mesh) -> None:
     """The controller's status writes (no new resourceVersion) show as rows: WEIGHT, PHASE."""
-    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
-    w = Watcher(cp, "canary")
+    mesh.apply(ROUTE.format(v1=100, v3=0))
+    w = Watcher(mesh, "canary")
     try:
         # no Canary yet: the header alone (the widths of the rows to come)
         assert w.next_line()[:5] == ["NAME", "SERVICE", "STABLE", "CANARY", "WEIGHT"]
-        apply_yaml(cp, CANARY)
+        mesh.apply(CANARY)
         row = w.row_with("reviews-v3", "Progressing")
         assert row[:6] == ["reviews-v3", "reviews", "v1", "v3", "10", "Progressing"]
-        subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], "delete",
-                        "canary", "reviews-v3"], check=True, capture_output=True, cwd=ROOT,
-                       env={"AMI_TOKEN": cp.info["token"], "PATH": "/usr/bin"}, timeout=30)
+        deleted = mesh.meshctl("delete", "canary", "reviews-v3", timeout=30, bare_env=True)
+        assert deleted.returncode == 0, deleted.stderr
         assert w.row_with("reviews-v3", "Deleted")[:6] == row[:6]
     finally:
         w.proc.kill()
 
 
-def test_a_lost_control_plane_is_one_error_line_and_exit_1(cp: MeshProcess) -> None:
-    apply_yaml(cp, ROUTE.format(v1=100, v3=0))
-    w = Watcher(cp, "route")
+def test_a_lost_control_plane_is_one_error_line_and_exit_1(mesh: Mesh) -> None:
+    mesh.apply(ROUTE.format(v1=100, v3=0))
+    w = Watcher(mesh, "route")
     try:
         assert w.next_line()[:2] == ["NAME", "HOST"]
         assert w.next_line()[0] == "reviews"
-        assert cp.stop() == 0
+        assert mesh.cp.stop() == 0
         rc, err = w.wait()
         assert rc == 1
         assert err.startswith("error: lost the control plane at http://127.0.0.1:")
