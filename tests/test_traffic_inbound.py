@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -63,14 +62,12 @@ async def test_rate_limit_answers_429_with_retry_after(env: dict[str, Any],
     assert statuses.count(200) <= 4 and len(limited) >= 6, statuses
     assert all(r.reason == "rate_limited" and int(r.headers["retry-after"]) >= 1
                for r in limited)
-    start = time.monotonic()
-    rejected_while_waiting = 0
-    while (await call(session, proxy, "ratings", "/public/r", listener="inbound")).status == 429:
-        rejected_while_waiting += 1
-        assert time.monotonic() - start < int(limited[-1].headers["retry-after"]) + 0.5
-        await asyncio.sleep(0.05)  # pacing of a deadline-bounded poll, not a wait
+    # A client that honours retry-after gets through then: its value is honest. (Waiting
+    # longer, as a loaded machine may, only refills more: no upper bound on any time.)
+    await asyncio.sleep(int(limited[-1].headers["retry-after"]))  # the client's pace, as told
+    assert (await call(session, proxy, "ratings", "/public/r", listener="inbound")).status == 200
     assert await proxy.metric("ami_rate_limited_total", destination_service="ratings") == (
-        before + len(limited) + rejected_while_waiting)
+        before + len(limited))
 
 
 async def test_rate_limit_bucket_survives_a_config_push() -> None:
