@@ -86,10 +86,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]:
     m.close()
 
 
-def apply(mesh: ObservedMesh, v1: int, v2: int) -> None:
+def apply(mesh: ObservedMesh, v1: int, v2: int, *, v2_first: bool = False) -> None:
     import urllib.request
 
-    text = documents(destination_policy("reviews"), route("reviews", {"v1": v1, "v2": v2}))
+    split = {"v2": v2, "v1": v1} if v2_first else {"v1": v1, "v2": v2}
+    text = documents(destination_policy("reviews"), route("reviews", split))
     req = urllib.request.Request(mesh.url + "/api/v1/apply", data=text.encode(),
                                  method="POST", headers={"Authorization": f"Bearer {TOKEN}",
                                                          "Content-Type": "application/yaml"})
@@ -149,6 +150,17 @@ async def test_dashboard_shows_graph_and_route_shift(mesh: ObservedMesh, page: P
         assert "rps" in edge and "%" in edge and "p99" in edge
         await asyncio.to_thread(apply, mesh, 50, 50)
         await page.wait_for(f"{routes}.includes('v1 50% / v2 50%')", 10, "the shift")
+        # A subset's colour follows its name, not its position in the split (the Canary
+        # panel colours by the same function): listing v2 first leaves both colours alone.
+        colours = ("JSON.stringify(Object.fromEntries([...document.querySelectorAll("
+                   "'#routes [data-subset]')].map(e => [e.dataset.subset, e.style.background])))")
+        before = json.loads(await page.evaluate(colours))
+        await asyncio.to_thread(apply, mesh, 50, 50, v2_first=True)
+        await page.wait_for(f"{routes}.includes('v2 50% / v1 50%')", 10, "the reordering")
+        assert json.loads(await page.evaluate(colours)) == before
+        assert len(set(before.values())) == 2  # and v1, v2 stay told apart
+        await asyncio.to_thread(apply, mesh, 50, 50)
+        await page.wait_for(f"{routes}.includes('v1 50% / v2 50%')", 10, "the shift back")
         # The 1-in-3 failing reviews edge is drawn as unhealthy.
         assert await page.evaluate("document.querySelector('[data-edge=\"productpage:v1->"
                                    "reviews:v1\"] path').getAttribute('class')") == "bad"

@@ -3,6 +3,14 @@
 const SVG = "http://www.w3.org/2000/svg";
 const PALETTE = ["#58a6ff", "#bc8cff", "#3fb950", "#d29922", "#f778ba", "#39c5cf"];
 
+// One colour per subset name, the same in every panel (by name, not by position: v3 is the
+// second subset of a canary but may be the third of a route).
+function subsetColour(name) {
+  let h = 0;
+  for (const ch of String(name)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
 function el(tag, attrs, text) {
   const e = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4))
                                    : document.createElement(tag);
@@ -116,9 +124,10 @@ function drawRoutes(state) {
     const words = r.split.map((b) => `${b.subset} ${b.weight}%`).join(" / ");
     div.append(el("div", {}, `${r.host}: ${words}`));
     const bar = el("div", { class: "bar" });
-    r.split.forEach((b, i) => {
+    r.split.forEach((b) => {
       if (b.weight > 0)
-        bar.append(el("div", { style: `width:${b.weight}%;background:${PALETTE[i % 6]}` },
+        bar.append(el("div", { "data-subset": b.subset,
+                               style: `width:${b.weight}%;background:${subsetColour(b.subset)}` },
                       b.weight >= 8 ? b.subset : ""));
     });
     div.append(bar);
@@ -172,10 +181,12 @@ function drawCanaries(state) {
     const bar = el("div", { class: "bar", "data-weight": String(c.weight) });
     const stable = 100 - c.weight;
     if (stable > 0)
-      bar.append(el("div", { style: `width:${stable}%;background:${PALETTE[0]}` },
+      bar.append(el("div", { "data-subset": c.stable,
+                             style: `width:${stable}%;background:${subsetColour(c.stable)}` },
                     stable >= 8 ? `${c.stable} ${stable}%` : ""));
     if (c.weight > 0)
-      bar.append(el("div", { style: `width:${c.weight}%;background:${PALETTE[1]}` },
+      bar.append(el("div", { "data-subset": c.canary,
+                             style: `width:${c.weight}%;background:${subsetColour(c.canary)}` },
                     c.weight >= 8 ? `${c.canary} ${c.weight}%` : ""));
     const events = el("table", { class: "events" });
     events.append(...c.events.slice().reverse().map((e) => {
