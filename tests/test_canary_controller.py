@@ -3,6 +3,8 @@ promotion, rollback, holds, hand edits of the Route, deletion and a restart (no 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from meshctl.api.errors import ValidationError
 from meshctl.api.resources import load_documents, parse_document
 from meshctl.canary.controller import CanaryController
 from meshctl.canary.statefile import CanaryStateFile
-from meshctl.controlplane.errors import Conflict, Invalid
+from meshctl.controlplane.errors import Conflict, Invalid, NotFound
 from meshctl.controlplane.memstore import MemStore
 
 BASE = """\
@@ -418,3 +420,59 @@ def test_defaults_are_the_cli_defaults() -> None:
     assert zero.spec.plan().thresholds.max_p99_ms is None  # type: ignore[union-attr]
 
 
+
+
+async def test_the_sweep_says_when_it_is_next_needed(tmp_path: Path) -> None:
+    """The analysis timer run() sleeps on: none without a Canary, the next analysis's time
+    while one progresses (a sweep just before it analyses nothing, one at it does), a poll
+    while Promoting waits on ACKs, none once done."""
+    empty = CanaryController(MemStore(), Stats(), clock=Clock())
+    await empty.restore()
+    assert await empty.sweep() is None
+    rig = await make_rig(tmp_path, lagging=lambda _: ["reviews-v1-1"])
+    wake = await rig.controller.sweep()
+    assert wake == T0 + 10
+    rig.clock.now = wake - 0.001
+    assert await rig.controller.sweep() == wake and rig.stats.windows == []
+    rig.clock.now = wake
+    assert await rig.controller.sweep() == T0 + 20 and rig.stats.windows == [10.0]
+    rig.clock.now = T0 + 20
+    assert await rig.controller.sweep() == T0 + 20  # Promoting: polled
+    assert (await rig.status())["phase"] == "Promoting"
+    rig.controller.lagging = None
+    rig.clock.now = T0 + 21
+    assert await rig.controller.sweep() is None
+    assert (await rig.status())["phase"] == "Succeeded"
+
+
+async def test_run_wakes_on_a_store_change_not_a_poll(tmp_path: Path) -> None:
+    """run() with a tick far longer than the test: a Canary declared after it went to sleep
+    on an empty store is started (the watch event wakes it), and the deletion of the Route
+    it targets is noticed as soon (the run stops, Failed)."""
+    store = MemStore()
+    controller = CanaryController(store, Stats(), scrape_interval=2.0,
+                                  state=CanaryStateFile(tmp_path / "canaries.json"))
+    task = asyncio.create_task(controller.run(tick=3600))
+    try:
+        async def phase(deadline: float = 10.0) -> Any:
+            async with asyncio.timeout(deadline):
+                while True:
+                    with contextlib.suppress(NotFound):
+                        status = await store.status(KEY)
+                        if status.get("phase"):
+                            return status["phase"]
+                    await asyncio.sleep(0.01)  # polls the store: the deadline bounds it
+
+        for res in load_documents(BASE, "base.yaml"):
+            await store.create(res)
+        await store.create(parse_document(CANARY))
+        assert await phase() == "Progressing"
+        await store.delete("Route", "default", "reviews")
+        async with asyncio.timeout(10):
+            while (await store.status(KEY)).get("phase") != "Failed":
+                await asyncio.sleep(0.01)
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -33,7 +33,7 @@ from meshctl.canary.statefile import CanaryStateFile
 from meshctl.canary.targets import find_route, problems, subsets
 from meshctl.commands.shift import ShiftRefused, Weights, plan_shift
 from meshctl.controlplane.errors import Conflict, Invalid, NotFound
-from meshctl.controlplane.store import Key, Store, StoredObject
+from meshctl.controlplane.store import EventType, Key, Store, StoredObject, Watch
 
 log = logging.getLogger("ami.canary")
 
@@ -94,11 +94,23 @@ class CanaryController:
         self.watching_since: float | None = None  # set by restore(): when metrics began
 
     async def run(self, tick: float = 1.0) -> None:
-        """Restore saved statuses, then sweep every ``tick`` seconds until cancelled."""
+        """Restore saved statuses, then sweep whenever a Canary (or a Route or
+        DestinationPolicy one may target) changes in the store, when the next analysis is
+        due, and every ``tick`` seconds only while a run waits on something the store does
+        not announce (proxies' ACKs of a promotion, a retry); with no Canary it sleeps."""
         await self.restore()
-        while True:
-            await self.sweep()
-            await asyncio.sleep(tick)
+        watch = self.store.watch()
+        try:
+            while True:
+                wake = await self.sweep()
+                now = self.clock()
+                # a retry or a wait on ACKs polls every tick; a due analysis waits till due
+                timeout = None if wake is None else wake - now + 0.01 if wake > now else tick
+                if not await _changed(watch, timeout):
+                    watch.close()  # fell behind: a fresh watch (the next sweep relists)
+                    watch = self.store.watch()
+        finally:
+            watch.close()
 
     async def restore(self) -> None:
         """Put the statuses saved before a restart back on the Canaries that still exist."""
@@ -110,16 +122,23 @@ class CanaryController:
             if obj is not None:
                 await self._put_status(obj.key, status)
 
-    async def sweep(self) -> None:
+    async def sweep(self) -> float | None:
+        """One pass over every Canary; when (by ``clock``) the next pass is needed without a
+        store change: None when no run is going on, now when one must be retried soon."""
         canaries = await self.store.list("Canary")
+        wakes: list[float] = []
         for obj in canaries:
             try:
                 await self.reconcile(obj)
+                wake = await self._next_wake(obj)
+                if wake is not None:
+                    wakes.append(wake)
             except asyncio.CancelledError:
                 raise
             except NotFound:  # deleted (the Canary, or its Route) while we looked
                 continue
             except Conflict:  # the Route changed since it was read: judged next sweep
+                wakes.append(self.clock())
                 log.info("canary %s/%s: the Route changed while being written; next sweep",
                          obj.resource.namespace, obj.resource.name)
             except (Invalid, ShiftRefused) as exc:  # a write that can never be made
@@ -128,10 +147,28 @@ class CanaryController:
                 await self._report(obj, status, FAILED, self.clock(),
                                    f"stopped: cannot write the Route: {exc}")
             except Exception:  # one canary's trouble must not stop the others
+                wakes.append(self.clock())
                 log.exception("canary %s/%s: reconcile failed; retrying",
                               obj.resource.namespace, obj.resource.name)
         if self.state is not None:  # a deleted Canary is forgotten; its weights stay
             self.state.keep({o.key for o in canaries})
+        return min(wakes, default=None)
+
+    async def _next_wake(self, obj: StoredObject) -> float | None:
+        """When this Canary needs a sweep if nothing changes in the store: its next analysis,
+        now (polled) while it waits for proxies to ACK a promotion, never once it is done or
+        waiting for its Route or subsets (their creation is a store change)."""
+        status = await self.store.status(obj.key)
+        phase = str(status.get("phase"))
+        if phase in DONE or phase == INITIALIZING:
+            return None
+        if phase == PROMOTING:
+            return self.clock()
+        spec = obj.resource.spec
+        assert isinstance(spec, CanarySpec)
+        interval = spec.plan().interval
+        last = parse_timestamp(status.get("lastStepTime")) or self.clock()
+        return max(last + interval, self._metrics_from(interval))
 
     async def reconcile(self, obj: StoredObject) -> None:
         """One Canary: start it, check its Route, analyse it when due, report."""
@@ -272,6 +309,24 @@ class CanaryController:
         if self.state is not None:
             with contextlib.suppress(OSError):  # logged by the state file
                 self.state.save(key, merged)
+
+
+WATCHED = frozenset({"Canary", "Route", "DestinationPolicy"})  # what a run's sweep reads
+
+
+async def _changed(watch: Watch, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` (None: forever) for a change of a kind a sweep reads; True on
+    one or on timeout, False when the watch ended (fell behind)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await anext(watch, None)
+                if event is None or event.type is EventType.ERROR:
+                    return False
+                if event.object is not None and event.object.resource.kind in WATCHED:
+                    return True
+    except TimeoutError:
+        return True
 
 
 def _split(spec: CanarySpec, weight: int) -> str:
