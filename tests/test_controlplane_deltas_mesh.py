@@ -1,7 +1,8 @@
 """Delta pushes with a real control plane and real sidecars: a route change and endpoint churn
 reach a proxy as deltas and leave its /config_dump identical to a replica's fed full
 snapshots (a proxy built before deltas, which only ever gets those); a delta a proxy NACKs
-is answered with the full snapshot (a fake stream); a proxy that reconnects gets a full one."""
+is answered with the full snapshot (a fake stream); after a control-plane restart the
+first change goes as a delta from what the proxy said it runs."""
 
 from __future__ import annotations
 
@@ -237,11 +238,11 @@ def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: DeltaMesh) -> 
              "the fake stream gone")
 
 
-def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: DeltaMesh) -> None:
+def test_after_a_restart_the_first_change_goes_as_a_delta(mesh: DeltaMesh) -> None:
     """The control plane restarts: the sidecars reconnect saying what they run (nothing is
-    pushed: the snapshots are unchanged); the next change goes to the proxy that takes
-    deltas in full (nothing it runs was sent on its new stream), the one after as a delta.
-    (Last: it replaces the control plane.)"""
+    pushed: the snapshots are unchanged, and the control plane now holds what each runs); the
+    next change goes to the proxy that takes deltas as a delta from it, a fraction of the
+    full snapshot its replica gets. (Last: it replaces the control plane.)"""
     api, grpc_address = mesh.cp.info["api"], mesh.cp.info["grpc"]
     mesh.cp.stop()
     # --warmup keeps the registry it restored until they are back: their snapshots come out
@@ -258,7 +259,10 @@ def test_a_proxy_that_reconnects_gets_a_full_snapshot(mesh: DeltaMesh) -> None:
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the route after the restart")
     after = mesh.counters()
-    assert grew(before, after, "pushed_deltas") == 0 and grew(before, after, "pushed") == 2
+    assert grew(before, after, "pushed_deltas") == 1 and grew(before, after, "pushed") == 2
+    assert 0 < grew(before, after, "pushed_bytes_delta") \
+        < grew(before, after, "pushed_bytes_full") / 4
+    assert grew(before, after, "delta_fallbacks") == 0
     apply_yaml(mesh.cp, ROUTE % (60, 40))
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the next route")

@@ -365,6 +365,11 @@ class Reconciler:
             state.queued = None  # the pass decides anew (a full may wait in line again)
             if built.version == state.acked_version:
                 self._advance(state, revision)  # same content: it includes this revision
+                if state.base is None and state.sent_at is None:
+                    # A reconnected proxy runs exactly this (its Register's config_version
+                    # is this hash): the next change can go as a delta from it, as after an
+                    # ACK (Envoy's initial_resource_versions); a wrong guess is NACKed → full.
+                    state.base = built
                 state.nack = None  # a NACKed change was reverted: nothing refused is pending
                 if state.sent_at is not None and state.sent_version != built.version:
                     # The reverted change is still in flight: if the proxy ACKs it, it runs
