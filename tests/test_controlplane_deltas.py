@@ -301,3 +301,28 @@ async def test_a_full_snapshot_waiting_in_line_is_not_sent_stale() -> None:
     await rec.reconcile_pass()
     first.ack()
     assert rec.lagging(rec.revision) == [] and json.loads(first.running[1])
+
+
+async def test_a_reconnected_proxy_running_the_current_snapshot_gets_deltas_at_once() -> None:
+    """A restarted control plane rebuilds, for a proxy back on a new stream, exactly what its
+    Register says it runs: nothing is pushed, and that snapshot is the base of the proxy's
+    next change, which goes as a delta (Envoy's initial_resource_versions). A proxy that says
+    it runs something else is sent the change in full."""
+    rec = await reconciler()
+    same, other = Stream(rec, "p1"), Stream(rec, "p2")
+    await rec.reconcile_pass()
+    same.ack(), other.ack()
+    version, running = same.running
+    pushed = rec.counters.pushed
+    for stream, says in ((same, version), (other, "0123456789ab")):
+        rec.detach(stream.name, stream.messages.append)  # the stream breaks; the proxy is back
+        stream.messages.clear()
+        rec.attach(stream.name, stream.messages.append, says, deltas=True)
+    await rec.reconcile_pass()
+    assert not same.messages and rec.counters.pushed == pushed + 1  # only `other` was pushed
+    other.ack()
+    await reweigh(rec, 40)
+    first = same.ack()
+    assert first.base_version == version and not first.snapshot_json
+    assert apply_delta(version, running, first) == same.running[1]
+    assert rec.counters.delta_fallbacks == 0
