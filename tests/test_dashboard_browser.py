@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from meshctl.api.build import VERSION
-from tests.helpers_mesh import all_synced, wait_for
+from tests.helpers_mesh import wait_for
 from tests.observe_harness import (
     REPO,
     TOKEN,
@@ -242,15 +242,11 @@ async def test_dashboard_shows_tcp_services(tcp: Mesh, page: Page) -> None:
 
 @pytest.fixture(scope="module")
 def kind_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindMesh]:
-    m = KindMesh(Path(tmp_path_factory.mktemp("dashcanary")))
-    try:
-        wait_for(lambda: all_synced(m.cp, m.names), 30, "all proxies synced")
+    with KindMesh(Path(tmp_path_factory.mktemp("dashcanary"))) as m:
+        m.build().wait_synced()
         wait_for(lambda: m.call()[0] == 200, 20, "reviews reachable over mTLS")
         with Traffic(m.call):
             yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 async def test_dashboard_shows_a_declared_canary(kind_mesh: KindMesh, page: Page) -> None:
