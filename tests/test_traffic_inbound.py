@@ -10,7 +10,14 @@ import aiohttp
 import pytest
 
 from tests.proxyharness import Backends
-from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
+from tests.traffic_backends import (
+    Reply,
+    TrafficBackend,
+    TrafficProxy,
+    call,
+    start_backend,
+    started,
+)
 
 AUTHZ = [{"action": "ALLOW", "rules": [{"to": [{"paths": ["/public/*"], "methods": ["GET"]}]}]}]
 
@@ -22,9 +29,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proxy = TrafficProxy(tmp_path_factory.mktemp("inbound"), {}, [], app=app.address,
                          node={"service": "ratings", "labels": {"version": "v1"}},
                          inbound={"authorization": AUTHZ,
-                                  "rateLimit": {"requestsPerSecond": 2, "burst": 3}})
+                                  "rateLimit": {"requestsPerSecond": 0.5, "burst": 3}})
     for p in started(proxy, hub):
         yield {"proxy": p, "app": app}
+
+
+@pytest.fixture(scope="module")
+def slow_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrafficProxy]:
+    """A proxy whose inbound bucket holds 3 and refills one token per 100 s."""
+    hub = Backends()
+    app = start_backend(hub)
+    proxy = TrafficProxy(tmp_path_factory.mktemp("slow-limit"), {}, [], app=app.address,
+                         node={"service": "ratings", "labels": {"version": "v1"}},
+                         inbound={"rateLimit": {"requestsPerSecond": 0.01, "burst": 3}})
+    yield from started(proxy, hub)
 
 
 @pytest.fixture
@@ -50,21 +68,44 @@ async def test_authorization_denies_with_403(env: dict[str, Any],
                               destination_service="ratings") == 2
 
 
-async def test_rate_limit_answers_429_with_retry_after(env: dict[str, Any],
+async def test_rate_limit_answers_429_with_retry_after(slow_limit: TrafficProxy,
                                                        session: aiohttp.ClientSession) -> None:
-    """Past the burst of 3 at 2/s, requests get 429 `rate_limited` + retry-after, then recover."""
+    """Past the burst of 3, requests get 429 `rate_limited` + retry-after. The bucket refills
+    once per 100 s, so no run is slow enough to see a refill: the counts are exact."""
+    replies = [await call(session, slow_limit, "ratings", "/public/r", listener="inbound")
+               for _ in range(10)]
+    assert [r.status for r in replies] == [200] * 3 + [429] * 7
+    limited = replies[3:]
+    # retry-after: whole seconds until the next token, at least 1, at most one refill (100 s).
+    assert all(r.reason == "rate_limited" and 1 <= int(r.headers["retry-after"]) <= 100
+               for r in limited), [r.headers for r in limited]
+    assert await slow_limit.metric("ami_rate_limited_total", destination_service="ratings") == 7
+
+
+async def test_rate_limit_retry_after_is_honest(env: dict[str, Any],
+                                                session: aiohttp.ClientSession) -> None:
+    """A client that honours retry-after gets through then: its value is honest (a token per
+    2 s makes it 1 or 2 s, so a halved value is caught). Rounds of 10 concurrent requests
+    drain the bucket (burst 3); the request after a round, refused, says how long to wait
+    (nothing admitted after it moves the next token further away). Waiting longer than told,
+    as a loaded machine may, only refills more: no bound on any time."""
     proxy: TrafficProxy = env["proxy"]
     before = await proxy.metric("ami_rate_limited_total", destination_service="ratings")
-    replies = [await call(session, proxy, "ratings", "/public/r", listener="inbound")
-               for _ in range(10)]
-    statuses = [r.status for r in replies]
-    limited = [r for r in replies if r.status == 429]
-    assert statuses.count(200) <= 4 and len(limited) >= 6, statuses
+    limited: list[Reply] = []
+    for _ in range(20):  # a deadline in rounds: a round refuses unless it takes 6 s
+        drained = await asyncio.gather(*(
+            call(session, proxy, "ratings", "/public/r", listener="inbound")
+            for _ in range(10)))
+        probe = await call(session, proxy, "ratings", "/public/r", listener="inbound")
+        replies = [*drained, probe]
+        assert {r.status for r in replies} <= {200, 429}, [r.status for r in replies]
+        limited += [r for r in replies if r.status == 429]
+        if probe.status == 429:
+            break
+    assert probe.status == 429, "the bucket refilled after every round"
     assert all(r.reason == "rate_limited" and int(r.headers["retry-after"]) >= 1
                for r in limited)
-    # A client that honours retry-after gets through then: its value is honest. (Waiting
-    # longer, as a loaded machine may, only refills more: no upper bound on any time.)
-    await asyncio.sleep(int(limited[-1].headers["retry-after"]))  # the client's pace, as told
+    await asyncio.sleep(int(probe.headers["retry-after"]))  # the client's pace, as told
     assert (await call(session, proxy, "ratings", "/public/r", listener="inbound")).status == 200
     assert await proxy.metric("ami_rate_limited_total", destination_service="ratings") == (
         before + len(limited))
