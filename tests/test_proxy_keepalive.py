@@ -144,22 +144,23 @@ async def test_keep_alive_race_post_is_not_resent(env: dict[str, Any]) -> None:
 
 
 async def test_idle_upstream_connection_is_closed_after_idle_timeout(env: dict[str, Any]) -> None:
-    """With connectionPool.idleTimeout 1s the proxy closes an idle pooled connection at the next
-    once-a-second sweep after 1 s (the backend sees EOF); the 10 s default pool keeps its own."""
+    """With connectionPool.idleTimeout 1s the proxy closes an idle pooled connection at a
+    once-a-second sweep after 1 s (the backend sees EOF); the 10 s default pool keeps its own.
+    The default pool's connection goes idle first: had the 1 s pool's closed by the default
+    timeout, that one would have closed no later (an order, not an upper bound on time)."""
     proxy, idle, steady = env["proxy"], env["idle"], env["steady"]
     idle_closed, steady_closed = env["idle_closed"], env["steady_closed"]
-    assert (await roundtrip(proxy.outbound, get("idle", "/a"))).body == b"conn-1 "
-    idle_since = time.monotonic()
     assert (await roundtrip(proxy.outbound, get("steady", "/a"))).body == b"conn-1 "
+    assert (await roundtrip(proxy.outbound, get("idle", "/a"))).body == b"conn-1 "
+    idle_since = time.monotonic()  # after the proxy started the idle clock
     pools = {p["address"]: p for p in (await proxy.stats())["upstream_pools"]}
     assert pools[f"127.0.0.1:{idle.port}"]["idle"] == 1
-    await eventually(lambda: bool(idle_closed), timeout=5.0)
-    closed_after = idle_closed[0] - idle_since
-    assert 0.9 < closed_after < 3.5, closed_after  # 1 s timeout, swept once a second
+    await eventually(lambda: bool(idle_closed), timeout=30.0)
+    assert steady_closed == []  # idle longer, still open: the 1 s timeout closed the other
+    assert idle_closed[0] - idle_since > 0.9  # not before its time (a lower bound only)
     pools = {p["address"]: p for p in (await proxy.stats())["upstream_pools"]}
     assert (pools[f"127.0.0.1:{idle.port}"]["connections"],
             pools[f"127.0.0.1:{idle.port}"]["idle"]) == (0, 0)
-    assert steady_closed == []
     assert pools[f"127.0.0.1:{steady.port}"]["idle"] == 1
     # The next request opens a fresh connection rather than trying the closed one.
     assert (await roundtrip(proxy.outbound, get("idle", "/b"))).body == b"conn-2 "
