@@ -27,12 +27,19 @@ def mesh_config(mtls: str | None = None, **spec: Any) -> str:
                     {**({"mtls": {"mode": mtls}} if mtls else {}), **spec})
 
 
-def destination_policy(host: str, subsets: tuple[str, ...] = ("v1", "v2"),
-                       **spec: Any) -> str:
-    """A DestinationPolicy named after ``host`` with one subset per version label."""
+def subset(name: str | dict[str, Any]) -> dict[str, Any]:
+    """A subset selecting ``version: name``; a dict is ``{"name": ..., **its own fields}``."""
+    own = dict(name) if isinstance(name, dict) else {"name": name}
+    label = own.pop("name")
+    return {"name": label, "labels": {"version": label}, **own}
+
+
+def destination_policy(host: str, subsets: tuple[str | dict[str, Any], ...] = ("v1", "v2"),
+                       *, namespace: str | None = None, **spec: Any) -> str:
+    """A DestinationPolicy named after ``host`` with one subset per version label (a dict:
+    a subset with fields of its own, e.g. ``{"name": "v2", "loadBalancer": "RANDOM"}``)."""
     return document("DestinationPolicy", host, {
-        "host": host, **spec,
-        "subsets": [{"name": s, "labels": {"version": s}} for s in subsets]})
+        "host": host, **spec, "subsets": [subset(s) for s in subsets]}, namespace)
 
 
 def split(weights: dict[str, int]) -> dict[str, Any]:
@@ -40,11 +47,21 @@ def split(weights: dict[str, int]) -> dict[str, Any]:
     return {"backends": [{"subset": s, "weight": w} for s, w in weights.items()]}
 
 
+def header_rule(subset: str, value: str = "jason", header: str = "end-user",
+                name: str | None = None) -> dict[str, Any]:
+    """A rule sending requests whose ``header`` is exactly ``value`` to ``subset``."""
+    return {**({"name": name} if name else {}),
+            "matches": [{"headers": {header: {"exact": value}}}],
+            "backends": [{"subset": subset}]}
+
+
 def route(host: str, weights: dict[str, int] | None = None, *,
-          rules: list[dict[str, Any]] | None = None, name: str | None = None) -> str:
+          rules: list[dict[str, Any]] | None = None, name: str | None = None,
+          namespace: str | None = None) -> str:
     """A Route for ``host``: ``rules`` first, then the ``weights`` split (if given)."""
     return document("Route", name or host, {
-        "host": host, "rules": [*(rules or []), *([split(weights)] if weights else [])]})
+        "host": host, "rules": [*(rules or []), *([split(weights)] if weights else [])]},
+        namespace)
 
 
 def peer_authentication(name: str, mode: str, service: str | None = None) -> str:

@@ -12,7 +12,14 @@ import pytest
 from meshctl.api.resources import load_documents
 from tests.helpers_mesh import MeshProcess
 from tests.meshbuilder import Mesh
-from tests.resources import destination_policy, documents, mesh_config, peer_authentication, route
+from tests.resources import (
+    destination_policy,
+    documents,
+    header_rule,
+    mesh_config,
+    peer_authentication,
+    route,
+)
 
 # What the test modules wrote by hand before the factories, as the control plane reads it.
 HAND_WRITTEN = """\
@@ -60,6 +67,45 @@ def test_the_factories_make_the_documents_they_replace() -> None:
         peer_authentication("legacy", "PERMISSIVE", service="legacy"))
     assert ([r.raw for r in load_documents(made, "made")]
             == [r.raw for r in load_documents(HAND_WRITTEN, "hand")])
+
+
+# The variants: a namespace, a subset with fields of its own, a named header rule.
+HAND_WRITTEN_VARIANTS = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  loadBalancer: ROUND_ROBIN
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    loadBalancer: RANDOM
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  rules:
+  - name: jason
+    matches: [{headers: {end-user: {exact: jason}}}]
+    backends: [{subset: v1}]
+  - matches: [{headers: {x-canary: {exact: "1"}}}]
+    backends: [{subset: v2}]
+  - backends: [{subset: v1, weight: 50}, {subset: v2, weight: 50}]
+"""
+
+
+def test_the_factories_make_the_variants_they_replace() -> None:
+    made = documents(
+        destination_policy("reviews", ("v1", {"name": "v2", "loadBalancer": "RANDOM"}),
+                           namespace="default", loadBalancer="ROUND_ROBIN"),
+        route("reviews", {"v1": 50, "v2": 50}, namespace="default", rules=[
+            header_rule("v1", name="jason"), header_rule("v2", "1", header="x-canary")]))
+    assert ([r.raw for r in load_documents(made, "made")]
+            == [r.raw for r in load_documents(HAND_WRITTEN_VARIANTS, "hand")])
 
 
 def _sleeper(tmp: Path, name: str) -> MeshProcess:
