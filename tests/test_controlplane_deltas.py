@@ -23,21 +23,14 @@ from meshctl.controlplane.snapshots import BuiltSnapshot, SnapshotBuilder
 from proxy.__main__ import build_parser, options_from_args
 from proxy.agent import ControlPlaneAgent
 from proxy.server import ProxyServer
+from tests.resources import destination_policy, documents, route
 from tests.test_controlplane_reconcile import FakeClock
 
-ROUTE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews, namespace: default}
-spec: {host: reviews, rules: [{backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]}]}
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-"""
+
+def reviews_split(v1: int, v2: int) -> str:
+    """The reviews Route (v1 and v2 by weight) and its DestinationPolicy, in `default`."""
+    return documents(route("reviews", {"v1": v1, "v2": v2}, namespace="default"),
+                     destination_policy("reviews", namespace="default"))
 
 
 def endpoint(i: int, service: str = "", version: str = "v1") -> ProxyInfo:
@@ -73,12 +66,13 @@ def test_a_route_change_and_a_new_endpoint_are_small_deltas() -> None:
     """At 300 endpoints, a re-weighted route or one more endpoint costs a few hundred bytes,
     and the delta rebuilds the new snapshot byte for byte."""
     proxies = [endpoint(i) for i in range(300)]
-    before = SnapshotBuilder(load_documents(ROUTE % (90, 10), "r.yaml"), proxies).build(proxies[0])
+    before = SnapshotBuilder(load_documents(reviews_split(90, 10), "r.yaml"),
+                             proxies).build(proxies[0])
     changes = {
-        "route": SnapshotBuilder(load_documents(ROUTE % (50, 50), "r.yaml"), proxies),
-        "endpoint": SnapshotBuilder(load_documents(ROUTE % (90, 10), "r.yaml"),
+        "route": SnapshotBuilder(load_documents(reviews_split(50, 50), "r.yaml"), proxies),
+        "endpoint": SnapshotBuilder(load_documents(reviews_split(90, 10), "r.yaml"),
                                     [*proxies, endpoint(300)]),
-        "gone": SnapshotBuilder(load_documents(ROUTE % (90, 10), "r.yaml"), proxies[1:]),
+        "gone": SnapshotBuilder(load_documents(reviews_split(90, 10), "r.yaml"), proxies[1:]),
     }
     for what, builder in changes.items():
         after = builder.build(proxies[0])
@@ -133,7 +127,7 @@ async def test_the_proxy_nacks_a_delta_it_cannot_build_and_keeps_its_config() ->
     agent = ControlPlaneAgent(server, args)
     assert agent._register(True, "").deltas
     proxies = [endpoint(i, "ratings") for i in range(20)]
-    builders = [SnapshotBuilder(load_documents(ROUTE % (w, 100 - w), "r.yaml"), proxies)
+    builders = [SnapshotBuilder(load_documents(reviews_split(w, 100 - w), "r.yaml"), proxies)
                 for w in (90, 50, 10)]
     one, two, three = (b.build(endpoint(99, "reviews", "v2")) for b in builders)
     answer = agent._apply(mesh_pb2.ConfigMessage(version=one.version, nonce="1",
@@ -191,14 +185,14 @@ class Stream:
 
 async def reconciler(**kwargs: Any) -> Reconciler:
     store = MemStore()
-    for r in load_documents(ROUTE % (90, 10), "r.yaml"):
+    for r in load_documents(reviews_split(90, 10), "r.yaml"):
         await store.create(r)
     clock = FakeClock()
     return Reconciler(store, Registry(clock=clock), clock=clock, sleep=clock.sleep, **kwargs)
 
 
 async def reweigh(rec: Reconciler, v1: int) -> None:
-    for r in load_documents(ROUTE % (v1, 100 - v1), "r.yaml"):
+    for r in load_documents(reviews_split(v1, 100 - v1), "r.yaml"):
         await rec.store.update(r)
     await rec.reconcile_pass()
 

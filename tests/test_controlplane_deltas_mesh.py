@@ -31,21 +31,10 @@ from tests.helpers_mesh import (
     wait_for,
 )
 from tests.meshbuilder import Mesh
+from tests.test_controlplane_deltas import reviews_split
 
 pytestmark = pytest.mark.timeout(240)
-ROUTE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews, namespace: default}
-spec: {host: reviews, rules: [{backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]}]}
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-"""
+
 _TAKES_DELTAS = "app_port=self.identity.app_port, deltas=True)"
 
 
@@ -67,7 +56,7 @@ class DeltaMesh(Mesh):
     """A control plane and two replicas of reviews v1: one takes deltas, one was built before."""
 
     def build(self) -> DeltaMesh:
-        self.control_plane(ROUTE % (90, 10), warmup=0.0, grace=0.0)
+        self.control_plane(reviews_split(90, 10), warmup=0.0, grace=0.0)
         self.delta = self.sidecar("reviews")
         self.full = self.sidecar("reviews", source=build_before_deltas(self.tmp))
         return self
@@ -126,7 +115,7 @@ def test_a_route_change_reaches_a_proxy_as_a_delta(mesh: DeltaMesh) -> None:
     """The proxy that takes deltas gets the change as one, a fraction of the full snapshot its
     replica built before deltas gets; both run the same config, byte for byte."""
     before = mesh.counters()
-    apply_yaml(mesh.cp, ROUTE % (50, 50))
+    apply_yaml(mesh.cp, reviews_split(50, 50))
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the new route")
     after = mesh.counters()
@@ -219,7 +208,7 @@ def test_a_delta_the_proxy_cannot_build_is_answered_in_full(mesh: DeltaMesh) -> 
         stream.ack(first)
         mesh.wait_synced("details-fake-1")
         before = mesh.counters()
-        apply_yaml(mesh.cp, ROUTE % (20, 80))
+        apply_yaml(mesh.cp, reviews_split(20, 80))
         delta = stream.next()
         assert delta.base_version == first.version and delta.delta and not delta.snapshot_json
         stream.nack(delta, "delta: the result hashes to 000000000000, not " + delta.version)
@@ -257,7 +246,7 @@ def test_after_a_restart_the_first_change_goes_as_a_delta(mesh: DeltaMesh) -> No
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on one config after the restart")
     before = mesh.counters()
-    apply_yaml(mesh.cp, ROUTE % (70, 30))
+    apply_yaml(mesh.cp, reviews_split(70, 30))
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the route after the restart")
     after = mesh.counters()
@@ -265,7 +254,7 @@ def test_after_a_restart_the_first_change_goes_as_a_delta(mesh: DeltaMesh) -> No
     assert 0 < grew(before, after, "pushed_bytes_delta") \
         < grew(before, after, "pushed_bytes_full") / 4
     assert grew(before, after, "delta_fallbacks") == 0
-    apply_yaml(mesh.cp, ROUTE % (60, 40))
+    apply_yaml(mesh.cp, reviews_split(60, 40))
     mesh.wait_synced()
     wait_for(mesh.same_config, 20, "both replicas on the next route")
     assert grew(after, mesh.counters(), "pushed_deltas") == 1
