@@ -17,25 +17,17 @@ from meshctl.canary.controller import CanaryController
 from meshctl.canary.statefile import CanaryStateFile
 from meshctl.controlplane.errors import Conflict, Invalid, NotFound
 from meshctl.controlplane.memstore import MemStore
+from tests.resources import destination_policy, documents, header_rule, route, split
 
-BASE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v3, labels: {version: v3}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: v1, weight: 100}]
-"""
+
+def reviews(weights: dict[str, int] | None = None,
+            rules: list[dict[str, Any]] | None = None) -> str:
+    """reviews' DestinationPolicy (v1, v3) and Route (all to v1 unless ``weights``)."""
+    return documents(destination_policy("reviews", ("v1", "v3")),
+                     route("reviews", weights or {"v1": 100}, rules=rules))
+
+
+BASE = reviews()
 CANARY = {"apiVersion": "ami.mesh/v1alpha1", "kind": "Canary",
           "metadata": {"name": "reviews-v3"},
           "spec": {"service": "reviews", "stable": "v1", "canary": "v3", "stepWeight": 50,
@@ -310,9 +302,7 @@ async def test_after_a_restart_the_first_analysis_waits_for_a_whole_window(
 async def test_without_a_saved_status_a_run_resumes_from_the_routes_weight(
         tmp_path: Path) -> None:
     store = MemStore()
-    base = BASE.replace("[{subset: v1, weight: 100}]",
-                        "[{subset: v1, weight: 40}, {subset: v3, weight: 60}]")
-    for res in load_documents(base, "base.yaml"):
+    for res in load_documents(reviews({"v1": 40, "v3": 60}), "base.yaml"):
         await store.create(res)
     await store.create(parse_document({**CANARY, "spec": {**CANARY["spec"],
                                                           "stepWeight": 10}}))
@@ -322,10 +312,8 @@ async def test_without_a_saved_status_a_run_resumes_from_the_routes_weight(
 
 
 async def test_a_named_rule_is_stepped_and_the_default_rule_left(tmp_path: Path) -> None:
-    base = BASE.replace("    - backends: [{subset: v1, weight: 100}]\n",
-                        "    - name: beta\n      matches: [{headers: {x-beta: {exact: '1'}}}]\n"
-                        "      backends: [{subset: v1, weight: 100}]\n"
-                        "    - backends: [{subset: v1, weight: 100}]\n")
+    base = reviews(rules=[{**header_rule("v1", "1", header="x-beta", name="beta"),
+                           **split({"v1": 100})}])
     rig = await make_rig(tmp_path, {**CANARY, "spec": {**CANARY["spec"], "rule": "beta"}},
                          base=base)
     await rig.at(0)
