@@ -16,33 +16,12 @@ import pytest
 
 from tests import meshbuilder
 from tests.helpers_mesh import http_json, wait_for
+from tests.resources import destination_policy, documents, header_rule, peer_authentication, route
 
 pytestmark = pytest.mark.timeout(180)
 
-RESOURCES = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  loadBalancer: ROUND_ROBIN
-  outlierDetection: {consecutive5xxErrors: 3}
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-    - {name: v3, labels: {version: v3}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - name: jason
-      matches: [{headers: {end-user: {exact: jason}}}]
-      backends: [{subset: v2}]
-    - backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
----
+# What is particular to this module; the plain documents come from the factories.
+CALLERS = """\
 apiVersion: ami.mesh/v1alpha1
 kind: Route
 metadata: {name: productpage}
@@ -67,12 +46,8 @@ apiVersion: ami.mesh/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: elsewhere-reviews, namespace: other}
 spec: {selector: {service: reviews}, action: DENY, rules: [{from: [{services: [x]}]}]}
----
-apiVersion: ami.mesh/v1alpha1
-kind: PeerAuthentication
-metadata: {name: default}
-spec: {mtls: {mode: PERMISSIVE}}
----
+"""
+REST = """\
 apiVersion: ami.mesh/v1alpha1
 kind: PeerAuthentication
 metadata: {name: reviews-v2}
@@ -91,6 +66,11 @@ spec:
   rules: [{match: [{path: {prefix: /api/reviews}}], destination: reviews},
           {destination: productpage}]
 """
+RESOURCES = documents(
+    destination_policy("reviews", ("v1", "v2", "v3"), loadBalancer="ROUND_ROBIN",
+                       outlierDetection={"consecutive5xxErrors": 3}),
+    route("reviews", {"v1": 90, "v2": 10}, rules=[header_rule("v2", name="jason")]),
+    CALLERS, peer_authentication("default", "PERMISSIVE"), REST)
 
 
 class Mesh(meshbuilder.Mesh):
