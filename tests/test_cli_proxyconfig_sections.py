@@ -16,38 +16,18 @@ import pytest
 from tests import meshbuilder
 from tests.helpers_mesh import PYTHON, MeshProcess, http_get, proxies, wait_for
 from tests.proxyharness import Backends
+from tests.resources import destination_policy, documents, header_rule, route
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend
 
 pytestmark = pytest.mark.timeout(180)
 
 # One 5xx ejects for longer than the module runs; one of the two endpoints may be ejected.
-POLICY = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  loadBalancer: ROUND_ROBIN
-  connectionPool: {maxConnections: 50}
-  outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 300s,
-                     maxEjectionPercent: 50}
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - name: v2
-    labels: {version: v2}
-    loadBalancer: RANDOM
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-  - name: jason
-    matches: [{headers: {end-user: {exact: jason}}}]
-    backends: [{subset: v1}]
-  - backends: [{subset: v1, weight: 50}, {subset: v2, weight: 50}]
-"""
+POLICY = documents(
+    destination_policy("reviews", ("v1", {"name": "v2", "loadBalancer": "RANDOM"}),
+                       loadBalancer="ROUND_ROBIN", connectionPool={"maxConnections": 50},
+                       outlierDetection={"consecutive5xxErrors": 1, "interval": "1s",
+                                         "baseEjectionTime": "300s", "maxEjectionPercent": 50}),
+    route("reviews", {"v1": 50, "v2": 50}, rules=[header_rule("v1", name="jason")]))
 
 
 class Mesh(meshbuilder.Mesh):
