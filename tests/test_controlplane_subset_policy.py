@@ -14,33 +14,18 @@ import pytest
 from tests.helpers_mesh import MeshProcess, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import Backends, eventually, metric_value
+from tests.resources import destination_policy, documents, header_rule, route
 from tests.traffic_backends import TrafficBackend, close_backends, start_backend
 
 pytestmark = pytest.mark.timeout(180)
 
-RESOURCES = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  connectionPool: {maxConnections: 10, maxPendingRequests: 100}
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - name: v2
-      labels: {version: v2}
-      connectionPool: {maxConnections: 1, maxPendingRequests: 0}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - matches: [{headers: {x-canary: {exact: "1"}}}]
-      backends: [{subset: v2}]
-    - backends: [{subset: v1}]
-"""
+# v2 has a connection pool of its own: one connection, no queue.
+RESOURCES = documents(
+    destination_policy("reviews", ("v1", {"name": "v2", "connectionPool": {
+        "maxConnections": 1, "maxPendingRequests": 0}}),
+        connectionPool={"maxConnections": 10, "maxPendingRequests": 100}),
+    route("reviews", rules=[header_rule("v2", "1", header="x-canary"),
+                            {"backends": [{"subset": "v1"}]}]))
 
 
 @pytest.fixture(scope="module")
