@@ -10,24 +10,11 @@ from meshctl.api.resources import Resource, load_documents
 from meshctl.controlplane.registry import ProxyInfo
 from meshctl.controlplane.snapshots import SnapshotBuilder
 from proxy.config import Snapshot
+from tests.resources import destination_policy, documents, route
 
-DOCS = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  loadBalancer: ROUND_ROBIN
-  rateLimit: {requestsPerSecond: 50}
-  subsets: [{name: v1, labels: {version: v1}}, {name: v3, labels: {version: v3}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules: [{backends: [{subset: v3}]}]
----
+TO_V3 = {"backends": [{"subset": "v3"}]}
+# Authorization policies (for reviews, the namespace, ratings) and a Gateway.
+OTHERS = """\
 apiVersion: ami.mesh/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: reviews-only}
@@ -55,6 +42,16 @@ spec:
   listen: 0.0.0.0:8080
   rules: [{destination: productpage}]
 """
+
+
+def docs(reviews_route: str = route("reviews", rules=[TO_V3])) -> str:
+    """reviews' policy (v1, v3, round robin, 50/s) and ``reviews_route``, then OTHERS."""
+    return documents(destination_policy("reviews", ("v1", "v3"), loadBalancer="ROUND_ROBIN",
+                                        rateLimit={"requestsPerSecond": 50}),
+                     reviews_route, OTHERS)
+
+
+DOCS = docs()
 
 
 def resources() -> list[Resource]:
@@ -213,10 +210,7 @@ def test_a_service_is_tcp_when_all_its_sidecars_declare_tcp() -> None:
 def test_a_route_with_a_named_rule_carries_its_name() -> None:
     """A Route naming a rule sends its metadata.name (the `route` label of the per-rule
     metrics, with its namespace); one naming none keeps the snapshot's bytes as they were."""
-    named = DOCS.replace("rules: [{backends: [{subset: v3}]}]",
-                         "rules: [{name: canary, backends: [{subset: v3}]}]")
-    other = named.replace("metadata: {name: reviews}\nspec:\n  host: reviews\n  rules",
-                          "metadata: {name: reviews-split}\nspec:\n  host: reviews\n  rules")
+    other = docs(route("reviews", rules=[{"name": "canary", **TO_V3}], name="reviews-split"))
     data = json.loads(SnapshotBuilder(load_documents(other, "t.yaml"), [REVIEWS, PAGE])
                       .build(PAGE).data)
     assert data["routes"] == [{"host": "reviews", "name": "reviews-split",
