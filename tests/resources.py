@@ -35,10 +35,11 @@ def subset(name: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def destination_policy(host: str, subsets: tuple[str | dict[str, Any], ...] = ("v1", "v2"),
-                       *, namespace: str | None = None, **spec: Any) -> str:
+                       *, name: str | None = None, namespace: str | None = None,
+                       **spec: Any) -> str:
     """A DestinationPolicy named after ``host`` with one subset per version label (a dict:
     a subset with fields of its own, e.g. ``{"name": "v2", "loadBalancer": "RANDOM"}``)."""
-    return document("DestinationPolicy", host, {
+    return document("DestinationPolicy", name or host, {
         "host": host, **spec, "subsets": [subset(s) for s in subsets]}, namespace)
 
 

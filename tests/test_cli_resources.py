@@ -12,14 +12,16 @@ from typing import Any
 import pytest
 
 from meshctl.controlplane.memstore import MemStore
+from tests.resources import documents, route
 from tests.test_cli_support import (
+    JASON,
     POLICY,
-    ROUTE,
     TOKEN,
     ControlPlane,
     check_golden,
     control_plane,
     fake_proxies,
+    reviews_route,
     run_meshctl,
     write,
 )
@@ -73,7 +75,7 @@ async def cp() -> AsyncIterator[ControlPlane]:
 def mesh(tmp_path: Path) -> Path:
     """A config dir: policies/reviews.yaml, routes/reviews.yaml (v1 90 / v2 10)."""
     write(tmp_path / "mesh" / "policies" / "reviews.yaml", POLICY)
-    write(tmp_path / "mesh" / "routes" / "reviews.yaml", ROUTE % (90, 10))
+    write(tmp_path / "mesh" / "routes" / "reviews.yaml", reviews_route(90, 10))
     return tmp_path / "mesh"
 
 
@@ -84,7 +86,7 @@ async def test_apply_is_created_then_unchanged_then_configured(cp: ControlPlane,
         "destinationpolicy.ami.mesh/reviews created\nroute.ami.mesh/reviews created\n"), "")
     assert (await cp.meshctl("apply", "-f", str(mesh)))[1] == (
         "destinationpolicy.ami.mesh/reviews unchanged\nroute.ami.mesh/reviews unchanged\n")
-    write(mesh / "routes" / "reviews.yaml", ROUTE % (50, 50))
+    write(mesh / "routes" / "reviews.yaml", reviews_route(50, 50))
     assert (await cp.meshctl("apply", "-f", str(mesh)))[1] == (
         "destinationpolicy.ami.mesh/reviews unchanged\nroute.ami.mesh/reviews configured\n")
     stored = await cp.store.get("Route", "default", "reviews")
@@ -97,8 +99,7 @@ async def test_apply_reports_server_error_at_file_and_doc(cp: ControlPlane, tmp_
     """A cross-document error found by the server names the file and document; none applied."""
     await cp.meshctl("apply", "-f", str(mesh / "policies"))
     bad = write(tmp_path / "more" / "routes.yaml",
-                GATEWAY + "---\n" + (ROUTE % (90, 10)).replace("subset: v2, weight", "subset: v9, "
-                                                                                      "weight"))
+                documents(GATEWAY, route("reviews", {"v1": 90, "v9": 10}, rules=[JASON])))
     code, out, err = await cp.meshctl("apply", "-f", str(mesh / "policies"), "-f", str(bad))
     assert (code, out) == (1, "")
     assert err == (f"error: {bad} doc 2: spec.rules[1].backends[1].subset: unknown subset 'v9' "
@@ -109,7 +110,7 @@ async def test_apply_reports_server_error_at_file_and_doc(cp: ControlPlane, tmp_
 async def test_apply_rejects_bad_file_locally(cp: ControlPlane, tmp_path: Path) -> None:
     """A schema error is reported with file, document and field (an `error:` line, like the
     server's), and nothing is sent."""
-    bad = write(tmp_path / "r.yaml", "---\n---\n" + (ROUTE % (90, 11)))
+    bad = write(tmp_path / "r.yaml", "---\n---\n" + reviews_route(90, 11))
     code, out, err = await cp.meshctl("apply", "-f", str(bad))
     assert (code, out) == (1, "")
     assert err == (f"error: {bad} doc 2: spec.rules[1].backends: weights sum to 101, "

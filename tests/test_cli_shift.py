@@ -12,13 +12,14 @@ from meshctl.api.resources import Resource, parse_document
 from meshctl.commands.shift import ShiftRefused, Weights, parse_weights, plan_shift
 from meshctl.controlplane.memstore import MemStore
 from meshctl.controlplane.store import StoredObject
+from tests.resources import destination_policy, documents
 from tests.test_cli_support import (
     POLICY,
-    ROUTE,
     TOKEN,
     ControlPlane,
     FakeSync,
     control_plane,
+    reviews_route,
     write,
 )
 
@@ -37,7 +38,7 @@ def sync() -> FakeSync:
 async def cp(sync: FakeSync, tmp_path: Path) -> AsyncIterator[ControlPlane]:
     """Control plane holding reviews' policy (v1, v2, v3) and route (jason rule, v1 100)."""
     async with control_plane(MemStore(), [sync.route()]) as plane:
-        await _apply(plane, tmp_path, POLICY + "---\n" + ROUTE % (100, 0))
+        await _apply(plane, tmp_path, documents(POLICY, reviews_route(100, 0)))
         yield plane
 
 
@@ -156,7 +157,7 @@ async def test_timeout_names_lagging_proxies(cp: ControlPlane, sync: FakeSync) -
 async def test_without_sync_endpoint_cannot_confirm(tmp_path: Path) -> None:
     """A control plane without /api/v1/sync: the shift is applied but exits 1 saying so."""
     async with control_plane(MemStore()) as cp:
-        await _apply(cp, tmp_path, POLICY + "---\n" + ROUTE % (100, 0))
+        await _apply(cp, tmp_path, documents(POLICY, reviews_route(100, 0)))
         code, _, err = await cp.meshctl("shift", "reviews", "50/50")
         assert code == 1 and "cannot confirm the proxies synced" in err
         assert (await cp.meshctl("shift", "reviews", "40/60", "--no-wait"))[:2] == (
@@ -186,7 +187,7 @@ async def test_conflict_rereads_and_retries(tmp_path: Path) -> None:
     """A concurrent write makes the PUT 409; the shift re-reads, keeps that write, retries."""
     sync = FakeSync()
     async with control_plane(RacingStore(races=2), [sync.route()]) as cp:
-        await _apply(cp, tmp_path, POLICY + "---\n" + ROUTE % (100, 0))
+        await _apply(cp, tmp_path, documents(POLICY, reviews_route(100, 0)))
         assert (await cp.meshctl("shift", "reviews", "70/30"))[0] == 0
         stored = await cp.store.get("Route", "default", "reviews")
         assert stored is not None and dict(stored.resource.labels) == {"touched": "0"}
@@ -199,7 +200,7 @@ async def test_conflict_gives_up_after_three_retries(tmp_path: Path) -> None:
     """Four conflicting writes in a row: exit 1 with the conflict; the weights are unchanged."""
     store = RacingStore(races=0)
     async with control_plane(store, [FakeSync().route()]) as cp:
-        await _apply(cp, tmp_path, POLICY + "---\n" + ROUTE % (100, 0))
+        await _apply(cp, tmp_path, documents(POLICY, reviews_route(100, 0)))
         store.races = 4
         code, _, err = await cp.meshctl("shift", "reviews", "70/30")
         assert code == 1 and "resourceVersion" in err and "is stale" in err
@@ -212,8 +213,8 @@ async def test_a_route_and_policy_spelling_the_host_otherwise_are_found(
         sync: FakeSync, tmp_path: Path, spelling: str) -> None:
     """A Route and DestinationPolicy written with the namespace's long form of the name are
     the service's: `meshctl shift reviews` finds them, and `shift reviews.default` too."""
-    text = (POLICY.replace("host: reviews", f"host: {spelling}") + "---\n"
-            + (ROUTE % (100, 0)).replace("host: reviews", f"host: {spelling}"))
+    text = documents(destination_policy(spelling, ("v1", "v2", "v3"), name="reviews"),
+                     reviews_route(100, 0, host=spelling))
     async with control_plane(MemStore(), [sync.route()]) as plane:
         await _apply(plane, tmp_path, text)
         code, out, err = await plane.meshctl("shift", "reviews", "v1=90,v3=10")

@@ -17,6 +17,7 @@ from aiohttp import web
 from meshctl.cli import main
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.store import Store
+from tests.resources import destination_policy, header_rule, route
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("AMI_UPDATE_GOLDEN") == "1"  # regenerate instead of compare
@@ -105,25 +106,10 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-POLICY = """apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-    - {name: v3, labels: {version: v3}}
-"""
+POLICY = destination_policy("reviews", ("v1", "v2", "v3"))
+JASON = header_rule("v2", name="jason")
 
-ROUTE = """apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - name: jason
-      matches: [{headers: {end-user: {exact: jason}}}]
-      backends: [{subset: v2}]
-    - backends: [{subset: v1, weight: %d}, {subset: v2, weight: %d}]
-"""
+
+def reviews_route(v1: int, v2: int, host: str = "reviews") -> str:
+    """The Route `reviews`: jason to v2, the rest to v1 and v2 by weight."""
+    return route(host, {"v1": v1, "v2": v2}, rules=[JASON], name="reviews")
