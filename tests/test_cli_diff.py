@@ -12,97 +12,75 @@ from typing import Any
 import pytest
 
 from meshctl.controlplane.store import KIND_PLURALS
-from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
-    MeshProcess,
-    all_synced,
-    http_json,
-    proxies,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, http_json, proxies
+from tests.meshbuilder import Mesh
 from tests.ports import free_port
-from tests.test_cli_support import POLICY, ROUTE, write
+from tests.resources import destination_policy, documents, route
+from tests.test_cli_support import JASON, POLICY, reviews_route, write
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Mesh:
+class DiffMesh(Mesh):
     """``meshctl serve`` over a config dir, and one reviews-v1 sidecar it configures."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        (tmp / "mesh").mkdir()
-        self.cp = start_control_plane(tmp, config_dir=tmp / "mesh")
-        self.sidecar = start_sidecar(tmp, self.cp.info["grpc"], "reviews", "v1")
+    def build(self) -> DiffMesh:
+        self.control_plane()
+        self.reviews = self.sidecar("reviews", "v1")
         self.api: str = self.cp.info["api"]
         self.token: str = self.cp.info["token"]
+        return self
 
-    def meshctl(self, *argv: str, control_plane: str | None = None) -> tuple[int, str, str]:
+    def run(self, *argv: str, control_plane: str | None = None) -> tuple[int, str, str]:
         """``meshctl --control-plane API argv...`` as a process: (exit code, stdout, stderr)."""
         done = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane",
                                control_plane or self.api, *argv],
                               capture_output=True, text=True, cwd=ROOT, timeout=60,
-                              env=dict(os.environ, AMI_TOKEN=self.token))
+                              env=self.meshctl_env())
         return done.returncode, done.stdout, done.stderr
 
-    def apply(self, text: str, namespace: str = "default") -> int:
+    def cli_apply(self, text: str, namespace: str = "default") -> int:
         """A real apply through the CLI; the store's revision after it."""
         path = write(self.tmp / f"applied-{namespace}.yaml", text)
-        code, _, err = self.meshctl("apply", "-f", str(path), "-n", namespace)
+        code, _, err = self.run("apply", "-f", str(path), "-n", namespace)
         assert code == 0, err
         return self.revision()
 
     def revision(self) -> int:
         """The store's revision: its highest resourceVersion (these tests delete nothing)."""
         return max(int(doc["metadata"]["resourceVersion"]) for plural in KIND_PLURALS.values()
-                   for doc in self.get(plural, None))
+                   for doc in self.items(plural, None))
 
-    def get(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    def items(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         where = f"/namespaces/{namespace}" if namespace else ""
         status, body = http_json(f"{self.api}/api/v1{where}/{plural}")
         assert status == 200, body
         return list(body["items"])
 
-    def wait_synced(self, revision: int) -> None:
-        """Until every proxy ACKed a snapshot of store revision ``revision`` or later."""
-        status, body = http_json(f"{self.api}/api/v1/sync?storeVersion={revision}&timeout=20")
-        assert status == 200, body
-
-    def close(self) -> None:
-        for proc in (self.sidecar, self.cp):
-            proc.stop()
-
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("diff"))
-    try:
-        wait_for(lambda: all_synced(m.cp, {m.sidecar.info["name"]}), 30, "the sidecar synced")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiffMesh]:
+    with DiffMesh(tmp_path_factory.mktemp("diff")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        m.close()
 
 
 def _sidecar_version(cp: MeshProcess, name: str) -> str:
     return next(str(p["configVersion"]) for p in proxies(cp) if p["name"] == name)
 
 
-def test_server_dry_run_plans_and_writes_nothing(mesh: Mesh, tmp_path: Path) -> None:
+def test_server_dry_run_plans_and_writes_nothing(mesh: DiffMesh, tmp_path: Path) -> None:
     """apply --dry-run=server prints what apply would (created/configured/unchanged), and
     neither the store's revision, its files nor the sidecar's config move."""
-    mesh.wait_synced(mesh.apply(POLICY + "---\n" + ROUTE % (90, 10)))
-    before = _sidecar_version(mesh.cp, mesh.sidecar.info["name"])
+    mesh.sync(mesh.cli_apply(documents(POLICY, reviews_route(90, 10))))
+    before = _sidecar_version(mesh.cp, mesh.reviews.info["name"])
     files = {p: p.read_bytes() for p in (mesh.tmp / "mesh").rglob("*.yaml")}
     revision = mesh.revision()
-    new_policy = POLICY.replace("name: reviews}", "name: ratings}").replace("host: reviews",
-                                                                           "host: ratings")
+    new_policy = destination_policy("ratings", ("v1", "v2", "v3"))
     planned = write(tmp_path / "planned.yaml",
-                    POLICY + "---\n" + ROUTE % (50, 50) + "---\n" + new_policy)
+                    documents(POLICY, reviews_route(50, 50), new_policy))
 
-    code, out, err = mesh.meshctl("apply", "-f", str(planned), "--dry-run=server")
+    code, out, err = mesh.run("apply", "-f", str(planned), "--dry-run=server")
     assert (code, err) == (0, "")
     assert out == ("destinationpolicy.ami.mesh/reviews unchanged (server dry run)\n"
                    "route.ami.mesh/reviews configured (server dry run)\n"
@@ -111,51 +89,50 @@ def test_server_dry_run_plans_and_writes_nothing(mesh: Mesh, tmp_path: Path) -> 
     assert {p: p.read_bytes() for p in (mesh.tmp / "mesh").rglob("*.yaml")} == files
     # Versions only grow and every write takes one: the next real write is the very next
     # revision only if the dry run took none. It also orders the check after any push.
-    marker = mesh.apply(new_policy, namespace="marker")
+    marker = mesh.cli_apply(new_policy, namespace="marker")
     assert marker == revision + 1
-    mesh.wait_synced(marker)
-    route = mesh.get("routes", "default")[0]
+    mesh.sync(marker)
+    route = mesh.items("routes", "default")[0]
     assert route["spec"]["rules"][1]["backends"][0] == {"subset": "v1", "weight": 90}
-    assert _sidecar_version(mesh.cp, mesh.sidecar.info["name"]) == before
+    assert _sidecar_version(mesh.cp, mesh.reviews.info["name"]) == before
     # ...and a real apply of the same file does move it (the check above can fail)
-    mesh.wait_synced(mesh.apply(planned.read_text()))
-    assert _sidecar_version(mesh.cp, mesh.sidecar.info["name"]) != before
+    mesh.sync(mesh.cli_apply(planned.read_text()))
+    assert _sidecar_version(mesh.cp, mesh.reviews.info["name"]) != before
 
 
-def test_server_dry_run_rejects_what_apply_rejects(mesh: Mesh, tmp_path: Path) -> None:
+def test_server_dry_run_rejects_what_apply_rejects(mesh: DiffMesh, tmp_path: Path) -> None:
     """A route naming a subset no DestinationPolicy defines (a check across objects, made by
     the server only): the dry run and diff fail with the real apply's error; nothing stored."""
-    mesh.apply(POLICY, namespace="reject")
-    bad = write(tmp_path / "bad.yaml", (ROUTE % (90, 10)).replace("subset: v2, weight",
-                                                                  "subset: v9, weight"))
+    mesh.cli_apply(POLICY, namespace="reject")
+    bad = write(tmp_path / "bad.yaml", route("reviews", {"v1": 90, "v9": 10}, rules=[JASON]))
     error = (f"error: {bad} doc 1: spec.rules[1].backends[1].subset: unknown subset 'v9' for "
              "host reviews (known: v1, v2, v3)\n")
-    assert mesh.meshctl("apply", "-f", str(bad), "-n", "reject", "--dry-run=server") == (
+    assert mesh.run("apply", "-f", str(bad), "-n", "reject", "--dry-run=server") == (
         1, "", error)
-    assert mesh.meshctl("diff", "-f", str(bad), "-n", "reject") == (2, "", error)
-    assert mesh.meshctl("apply", "-f", str(bad), "-n", "reject") == (1, "", error)
-    assert mesh.get("routes", "reject") == []
+    assert mesh.run("diff", "-f", str(bad), "-n", "reject") == (2, "", error)
+    assert mesh.run("apply", "-f", str(bad), "-n", "reject") == (1, "", error)
+    assert mesh.items("routes", "reject") == []
 
 
-def test_diff_of_applied_files_is_empty(mesh: Mesh, tmp_path: Path) -> None:
+def test_diff_of_applied_files_is_empty(mesh: DiffMesh, tmp_path: Path) -> None:
     """What was applied, in another key order and with the server's fields as `get -o yaml`
     prints them (resourceVersion), differs in nothing: exit 0, no output."""
-    mesh.apply(POLICY + "---\n" + ROUTE % (80, 20), namespace="same")
-    files = write(tmp_path / "same.yaml", POLICY + "---\n" + ROUTE % (80, 20))
-    assert mesh.meshctl("diff", "-f", str(files), "-n", "same") == (0, "", "")
-    code, saved, _ = mesh.meshctl("get", "routes", "reviews", "-n", "same", "-o", "yaml")
+    mesh.cli_apply(documents(POLICY, reviews_route(80, 20)), namespace="same")
+    files = write(tmp_path / "same.yaml", documents(POLICY, reviews_route(80, 20)))
+    assert mesh.run("diff", "-f", str(files), "-n", "same") == (0, "", "")
+    code, saved, _ = mesh.run("get", "routes", "reviews", "-n", "same", "-o", "yaml")
     assert code == 0 and "resourceVersion" in saved
     reordered = "kind: Route\n" + saved.replace("kind: Route\n", "")
     path = write(tmp_path / "saved.yaml", reordered)
-    assert mesh.meshctl("diff", "-f", str(path)) == (0, "", "")
+    assert mesh.run("diff", "-f", str(path)) == (0, "", "")
 
 
-def test_diff_shows_a_weight_change_as_that_line(mesh: Mesh, tmp_path: Path) -> None:
+def test_diff_shows_a_weight_change_as_that_line(mesh: DiffMesh, tmp_path: Path) -> None:
     """The weights changed: exit 1 and a diff of exactly those lines (keys sorted), the
     object in the headers and no server-managed field (resourceVersion) as a difference."""
-    mesh.apply(POLICY + "---\n" + ROUTE % (90, 10), namespace="weights")
-    edited = write(tmp_path / "edited.yaml", POLICY + "---\n" + ROUTE % (70, 30))
-    code, out, err = mesh.meshctl("diff", "-f", str(edited), "-n", "weights")
+    mesh.cli_apply(documents(POLICY, reviews_route(90, 10)), namespace="weights")
+    edited = write(tmp_path / "edited.yaml", documents(POLICY, reviews_route(70, 30)))
+    code, out, err = mesh.run("diff", "-f", str(edited), "-n", "weights")
     assert (code, err) == (1, "")
     assert out == """\
 --- Route weights/reviews (live)
@@ -170,45 +147,45 @@ def test_diff_shows_a_weight_change_as_that_line(mesh: Mesh, tmp_path: Path) -> 
 -      weight: 10
 +      weight: 30
 """
-    assert mesh.get("routes", "weights")[0]["spec"]["rules"][1]["backends"][0]["weight"] == 90
+    assert mesh.items("routes", "weights")[0]["spec"]["rules"][1]["backends"][0]["weight"] == 90
 
 
-def test_diff_shows_a_new_object_whole(mesh: Mesh, tmp_path: Path) -> None:
+def test_diff_shows_a_new_object_whole(mesh: DiffMesh, tmp_path: Path) -> None:
     """An object that does not exist yet: the whole of it, added; the others print nothing."""
-    mesh.apply(POLICY, namespace="new")
-    route = write(tmp_path / "route.yaml", POLICY + "---\n" + ROUTE % (100, 0))
-    code, out, err = mesh.meshctl("diff", "-f", str(route), "-n", "new")
+    mesh.cli_apply(POLICY, namespace="new")
+    route = write(tmp_path / "route.yaml", documents(POLICY, reviews_route(100, 0)))
+    code, out, err = mesh.run("diff", "-f", str(route), "-n", "new")
     assert (code, err) == (1, "")
     body = out.splitlines()[3:]
     assert out.startswith("--- Route new/reviews (not live)\n"
                           "+++ Route new/reviews (after apply)\n@@ -0,0 +1,")
     assert all(line.startswith("+") for line in body)
     assert "+  namespace: new" in body and "+    - subset: v1" in body
-    assert mesh.get("routes", "new") == []
+    assert mesh.items("routes", "new") == []
 
 
-def test_diff_errors_exit_2(mesh: Mesh, tmp_path: Path) -> None:
+def test_diff_errors_exit_2(mesh: DiffMesh, tmp_path: Path) -> None:
     """Invalid YAML, no documents, an unreachable control plane: one `error:` line, exit 2
     (1 would mean differences)."""
     broken = write(tmp_path / "broken.yaml", "kind: Route\nmetadata: {name: [\n")
-    code, out, err = mesh.meshctl("diff", "-f", str(broken))
+    code, out, err = mesh.run("diff", "-f", str(broken))
     assert (code, out) == (2, "")
     assert err.startswith(f"error: {broken}") and err.count("\n") == 1
     (tmp_path / "empty").mkdir()
-    assert mesh.meshctl("diff", "-f", str(tmp_path / "empty")) == (
+    assert mesh.run("diff", "-f", str(tmp_path / "empty")) == (
         2, "", "error: no objects passed to diff\n")
     good = write(tmp_path / "good.yaml", POLICY)
     nobody = f"http://127.0.0.1:{free_port()}"
-    code, out, err = mesh.meshctl("diff", "-f", str(good), control_plane=nobody)
+    code, out, err = mesh.run("diff", "-f", str(good), control_plane=nobody)
     assert (code, out) == (2, "")
     assert err.startswith(f"error: cannot reach the control plane at {nobody}: ")
     assert err.count("\n") == 1
 
 
-def test_diff_is_coloured_on_a_terminal_only(mesh: Mesh, tmp_path: Path) -> None:
+def test_diff_is_coloured_on_a_terminal_only(mesh: DiffMesh, tmp_path: Path) -> None:
     """On a TTY, removed lines are red and added green; piped (above), plain text."""
-    mesh.apply(POLICY + "---\n" + ROUTE % (90, 10), namespace="tty")
-    edited = write(tmp_path / "edited.yaml", POLICY + "---\n" + ROUTE % (60, 40))
+    mesh.cli_apply(documents(POLICY, reviews_route(90, 10)), namespace="tty")
+    edited = write(tmp_path / "edited.yaml", documents(POLICY, reviews_route(60, 40)))
     leader, follower = pty.openpty()
     env = dict(os.environ, AMI_TOKEN=mesh.token)
     env.pop("NO_COLOR", None)
@@ -232,13 +209,13 @@ def test_diff_is_coloured_on_a_terminal_only(mesh: Mesh, tmp_path: Path) -> None
     assert "\033[32m+      weight: 60\033[0m" in out
 
 
-def test_dry_run_query_and_openapi(mesh: Mesh) -> None:
+def test_dry_run_query_and_openapi(mesh: DiffMesh) -> None:
     """/openapi.json lists ?dryRun=All; another value is refused rather than written."""
     status, doc = http_json(f"{mesh.api}/openapi.json")
     assert status == 200
     params = {p["name"]: p for p in doc["paths"]["/api/v1/apply"]["post"]["parameters"]}
     assert params["dryRun"]["schema"] == {"const": "All"}
-    body = POLICY.replace("name: reviews}", "name: bogus, namespace: bogus}")
+    body = destination_policy("reviews", ("v1", "v2", "v3"), name="bogus", namespace="bogus")
     status, answer = http_json(f"{mesh.api}/api/v1/apply?dryRun=true", "POST", body,
                                token=mesh.token, content_type="application/yaml")
     assert (status, answer["reason"]) == (400, "BadRequest")
@@ -248,12 +225,12 @@ def test_dry_run_query_and_openapi(mesh: Mesh) -> None:
     [result] = answer["results"]
     assert (result["result"], result["live"]) == ("created", None)
     assert result["object"]["metadata"] == {"name": "bogus", "namespace": "bogus"}
-    assert mesh.get("destinationpolicies", "bogus") == []
+    assert mesh.items("destinationpolicies", "bogus") == []
 
 
 def test_plain_dry_run_stays_offline(tmp_path: Path) -> None:
     """--dry-run and --dry-run=client validate offline (no control plane at all)."""
-    files = write(tmp_path / "mesh.yaml", POLICY + "---\n" + ROUTE % (90, 10))
+    files = write(tmp_path / "mesh.yaml", documents(POLICY, reviews_route(90, 10)))
     nobody = f"http://127.0.0.1:{free_port()}"
     for flag in ("--dry-run", "--dry-run=client"):
         done = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", nobody, "apply",
