@@ -307,6 +307,17 @@ def snapshot(services: dict[str, list[int]], *, outbound: int, admin: int,
     }
 
 
+def dry_run(tmp: Path, *flags: str, config: str = "version: s\n"
+            ) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy --config FILE FLAGS --dry-run`, FILE holding ``config`` (by default an
+    empty snapshot): how a start with these flags ends, without starting."""
+    path = tmp / "p.yaml"
+    path.write_text(config)
+    return subprocess.run([sys.executable, "-m", "proxy", "--config", str(path), *flags,
+                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
 class ProxyProcess:
     """`python -m proxy --config` on free ports; `start()` returns once `/ready` says 200."""
 

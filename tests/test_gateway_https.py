@@ -8,7 +8,6 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.proxyharness import (
-    PROXY_ROOT,
     Backends,
     ProxyProcess,
+    dry_run,
     echo_app,
     free_port,
     get,
@@ -222,13 +221,8 @@ def test_bad_certificate_flags_stop_the_start(tmp_path: Path, extra: tuple[str, 
     cert, key = install(issue("x"), tmp_path)
     other = tmp_path / "other.key"
     other.write_bytes(issue("y").key)
-    config = tmp_path / "p.yaml"
-    config.write_text("version: s\n")
     names = {"cert": cert, "key": key, "other": other, "missing": tmp_path / "missing.key"}
-    argv = [arg.format(**names) for arg in extra]
-    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config), *argv,
-                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = dry_run(tmp_path, *(arg.format(**names) for arg in extra))
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 

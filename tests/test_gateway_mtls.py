@@ -10,7 +10,6 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.proxyharness import (
-    PROXY_ROOT,
     Backends,
     ProxyProcess,
+    dry_run,
     echo_app,
     free_port,
     get,
@@ -273,13 +272,8 @@ def test_bad_client_ca_flags_stop_the_start(tmp_path: Path, pki: Pki, extra: tup
                                             message: str) -> None:
     cert, key = pki.server.write(tmp_path, "tls")
     ca, _ = pki.partner_ca.write(tmp_path, "ca")
-    config = tmp_path / "p.yaml"
-    config.write_text("version: s\n")
     names = {"cert": cert, "key": key, "ca": ca, "missing": tmp_path / "missing.crt"}
-    argv = [arg.format(**names) for arg in extra]
-    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config),
-                           "--mode", "gateway", *argv, "--dry-run"], cwd=PROXY_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = dry_run(tmp_path, "--mode", "gateway", *(arg.format(**names) for arg in extra))
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 

@@ -33,6 +33,7 @@ from tests.proxyharness import (
     PROXY_ROOT,
     Backends,
     Message,
+    dry_run,
     echo_app,
     free_port,
     get,
@@ -552,12 +553,8 @@ async def test_static_mode_keeps_it_from_the_listed_peer_only(static: tuple[Any,
 
 
 def test_a_static_file_with_another_trust_domains_id_stops_the_start(tmp_path: Path) -> None:
-    config = tmp_path / "p.yaml"
-    config.write_text(yaml.safe_dump({"mesh": {"trustDomain": "corp.example",
-                                               "trustedXfccIdentities": [INGRESS]}}))
-    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config),
-                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = dry_run(tmp_path, config=yaml.safe_dump({"mesh": {
+        "trustDomain": "corp.example", "trustedXfccIdentities": [INGRESS]}}))
     assert done.returncode == 2, done.stderr
     assert (f"mesh.trustedXfccIdentities[0]: '{INGRESS}' is of trust domain 'cluster.local', "
             "not the mesh's 'corp.example'") in done.stderr

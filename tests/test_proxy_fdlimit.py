@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import pytest
 from proxy.fdlimit import PER_CONNECTION, RESERVED, UNLIMITED_CAP, fit_connection_limit
 from tests.helpers_mesh import start_control_plane
 from tests.proxyharness import (
-    PROXY_ROOT,
     Backends,
     ProxyProcess,
+    dry_run,
     echo_app,
     get,
     read_response,
@@ -93,11 +91,7 @@ def test_fit_keeps_a_limit_that_fits_and_says_when_it_lowers_one(
 @pytest.mark.parametrize("flag", ["--max-connections", "--header-timeout", "--idle-timeout",
                                   "--drain-timeout", "--max-header-bytes"])
 def test_limits_must_be_positive(tmp_path: Path, flag: str) -> None:
-    config = tmp_path / "p.yaml"
-    config.write_text("version: s\n")
-    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config), flag, "0",
-                           "--dry-run"], cwd=PROXY_ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = dry_run(tmp_path, flag, "0")
     assert done.returncode == 2
     assert f"error: {flag} must be greater than 0" in done.stderr
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +13,11 @@ from typing import Any
 import pytest
 
 from tests.proxyharness import (
-    PROXY_ROOT,
     Backends,
     ProxyProcess,
     RawBackend,
     at_eof,
+    dry_run,
     echo_app,
     get,
     metric_value,
@@ -198,10 +196,6 @@ async def test_a_mirror_without_timeout_is_bounded_by_it(tmp_path: Path, hub: Ba
 
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_stream_idle_timeout_flag_is_checked(tmp_path: Path, value: str) -> None:
-    config = tmp_path / "p.yaml"
-    config.write_text("version: s\n")
-    done = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config),
-                           "--stream-idle-timeout", value, "--dry-run"], cwd=PROXY_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = dry_run(tmp_path, "--stream-idle-timeout", value)
     assert done.returncode == 2
     assert "error: --stream-idle-timeout must be 0 (off) or more" in done.stderr
