@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers_mesh import ROOT, MeshProcess, apply_yaml, http_get, wait_for
 from tests.meshbuilder import Mesh
-from tests.resources import mesh_config
+from tests.resources import destination_policy, documents, header_rule, mesh_config, route, split
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,27 +73,10 @@ def test_check_and_metrics_and_dashboard(cp: tuple[MeshProcess, MeshProcess]) ->
     assert status == 200 and b'id="graph"' in body
 
 
-ABORT_FOR_JASON = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - name: jason-abort
-      matches: [{headers: {end-user: {exact: jason}}}]
-      fault: {abort: {httpStatus: 503}}
-      backends: [{subset: v1, weight: 100}]
-    - name: default
-      backends: [{subset: v1, weight: 100}]
-"""
+ABORT_FOR_JASON = documents(destination_policy("reviews", ("v1",)), route("reviews", rules=[
+    {**header_rule("v1", name="jason-abort"), "fault": {"abort": {"httpStatus": 503}},
+     **split({"v1": 100})},
+    {"name": "default", **split({"v1": 100})}]))
 
 
 def test_stat_counts_replies_the_callers_sidecar_made(
@@ -128,21 +111,9 @@ def test_stat_counts_replies_the_callers_sidecar_made(
     assert aborted.endswith(" 10.0")
 
 
-ROUTES_IN_TWO_NAMESPACES = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews, namespace: default}
-spec:
-  host: reviews
-  rules: [{backends: [{service: reviews}]}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: api, namespace: shop}
-spec:
-  host: api
-  rules: [{backends: [{service: api}]}]
-"""
+ROUTES_IN_TWO_NAMESPACES = documents(
+    route("reviews", rules=[{"backends": [{"service": "reviews"}]}], namespace="default"),
+    route("api", rules=[{"backends": [{"service": "api"}]}], namespace="shop"))
 
 
 def test_every_namespaces_routes_beside_the_route_metrics(
