@@ -8,25 +8,15 @@ import pytest
 
 from tests.helpers_mesh import http_get, proxies, wait_for
 from tests.meshbuilder import Mesh
-from tests.resources import destination_policy, documents
+from tests.resources import destination_policy, documents, header_rule, route, split
 
 pytestmark = pytest.mark.timeout(180)
 
 # No MeshConfig: the defaults apply, so mTLS is STRICT between the sidecars.
-ROUTE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - name: jason-abort
-      matches: [{headers: {end-user: {exact: jason}}}]
-      fault: {abort: {httpStatus: 418, percent: 100}}
-      backends: [{subset: v1, weight: 100}]
-    - name: default
-      backends: [{subset: v1, weight: 100}, {subset: v2, weight: 0}]
-"""
+ROUTE = route("reviews", rules=[
+    {**header_rule("v1", name="jason-abort"),
+     "fault": {"abort": {"httpStatus": 418, "percent": 100}}, **split({"v1": 100})},
+    {"name": "default", **split({"v1": 100, "v2": 0})}])
 BASE = documents(destination_policy("reviews"), ROUTE)
 
 
