@@ -97,5 +97,15 @@ def banner(sock: socket.socket) -> str:
     return line[len(b"hello from "):-1].decode()
 
 
+def echo_session(sock: socket.socket, name: str = "db-v1") -> None:
+    """A whole exchange with the app ``name``: its banner, an echo, a half-close and its
+    answer (the bytes it received)."""
+    assert banner(sock) == name
+    sock.sendall(b"ping\n")
+    assert read_line(sock) == b"ping\n"
+    sock.shutdown(socket.SHUT_WR)
+    assert read_to_eof(sock) == b"bye 5\n"
+
+
 if __name__ == "__main__":
     main()

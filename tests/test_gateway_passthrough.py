@@ -27,6 +27,7 @@ from tests.closeorder import close_order
 from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, free_port, http_get, http_json, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
+from tests.tcpapp import read_line
 from tests.test_clienthello import in_records, message_of
 from tests.test_gateway_mtls import Issued, issue, name
 from tests.tlsapp import start_tls_app
@@ -139,16 +140,6 @@ def tls_connect(gw: Gw, server_name: str | None, trust: Issued) -> ssl.SSLSocket
     except BaseException:
         sock.close()
         raise
-
-
-def read_line(sock: socket.socket | ssl.SSLSocket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def echo_through(tls: ssl.SSLSocket, server_name: str) -> None:

@@ -22,7 +22,7 @@ from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
 from tests.proxyharness import metric_value
 from tests.resources import mesh_config
-from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
+from tests.tcpapp import echo_session, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
@@ -106,15 +106,6 @@ def test_a_permissive_service_takes_plaintext_and_callers_still_use_mtls(
                                    source_workload="web",
                                    connection_security_policy="mutual_tls") >= 1,
              TIMEOUT, "legacy counting web's request as mTLS")
-
-
-def echo_session(sock: socket.socket) -> None:
-    """A whole exchange with db: its banner, an echo, a half-close and its answer."""
-    assert banner(sock) == "db-v1"
-    sock.sendall(b"ping\n")
-    assert read_line(sock) == b"ping\n"
-    sock.shutdown(socket.SHUT_WR)
-    assert read_to_eof(sock) == b"bye 5\n"
 
 
 def test_a_disabled_service_gets_plaintext_from_callers_http_and_tcp(mesh: PeerAuthMesh) -> None:

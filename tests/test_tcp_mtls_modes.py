@@ -27,7 +27,7 @@ from tests.helpers_mesh import (
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.resources import mesh_config
-from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
+from tests.tcpapp import banner, echo_session, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
 TIMEOUT = 10.0
@@ -109,15 +109,6 @@ class ModesMesh(Mesh):
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModesMesh]:
     with ModesMesh(tmp_path_factory.mktemp("tcpmodes")) as m:
         yield m.build()
-
-
-def echo_session(sock: socket.socket) -> None:
-    """A whole exchange with db: its banner, an echo, a half-close and its answer."""
-    assert banner(sock) == "db-v1"
-    sock.sendall(b"ping\n")
-    assert read_line(sock) == b"ping\n"
-    sock.shutdown(socket.SHUT_WR)
-    assert read_to_eof(sock) == b"bye 5\n"
 
 
 def test_permissive_takes_an_mtls_caller_and_a_plaintext_one(mesh: ModesMesh) -> None:
