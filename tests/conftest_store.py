@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import yaml
+
 from meshctl.api.resources import Resource, parse_document
 from meshctl.controlplane.store import Event, Watch
+from tests.resources import destination_policy, route
 
 DEADLINE = 5.0  # seconds; every wait in these tests is bounded by it
 
@@ -14,17 +17,12 @@ DEADLINE = 5.0  # seconds; every wait in these tests is bounded by it
 def policy_doc(name: str, subsets: tuple[str, ...] = ("v1", "v2"),
                namespace: str = "default") -> dict[str, Any]:
     """A DestinationPolicy for host ``name`` defining ``subsets`` (valid on its own)."""
-    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "DestinationPolicy",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"host": name,
-                     "subsets": [{"name": s, "labels": {"version": s}} for s in subsets]}}
+    return dict(yaml.safe_load(destination_policy(name, subsets, namespace=namespace)))
 
 
 def route_doc(host: str, weights: dict[str, int]) -> dict[str, Any]:
     """A Route for ``host`` splitting traffic over subsets by weight."""
-    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route", "metadata": {"name": host},
-            "spec": {"host": host, "rules": [{"backends": [
-                {"subset": s, "weight": w} for s, w in weights.items()]}]}}
+    return dict(yaml.safe_load(route(host, weights)))
 
 
 def policy(name: str, subsets: tuple[str, ...] = ("v1", "v2"),
