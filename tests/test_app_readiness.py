@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,17 +14,15 @@ from proxy.config import Address
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
-    MeshProcess,
     free_port,
     http_get,
     http_json,
     proxies,
     spawn,
     start_backend,
-    start_control_plane,
-    start_sidecar,
     wait_for,
 )
+from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,14 +47,13 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 _NO_ENDPOINT = b"no_healthy_upstream: no healthy endpoint for the destination\n"
 
 
-class Mesh:
+class ReadinessMesh(Mesh):
     """A control plane and a client sidecar; the tests add the sidecars under test."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.cp = start_control_plane(tmp, warmup=0.0)
-        self.client = start_sidecar(tmp, self.cp.info["grpc"], "productpage", "v1")
-        self.procs: list[MeshProcess] = [self.client]
+    def build(self) -> ReadinessMesh:
+        self.control_plane(warmup=0.0)
+        self.client = self.sidecar("productpage")
+        return self
 
     def call(self, host: str) -> tuple[int, bytes]:
         return http_get(f"http://{self.client.info['outbound']}/", {"Host": host})
@@ -72,29 +68,21 @@ class Mesh:
                                "check"], capture_output=True, text=True, cwd=ROOT, timeout=60)
         return done.stdout
 
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-        self.cp.kill()
-
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("appready"))
-    yield m
-    m.close()
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReadinessMesh]:
+    with ReadinessMesh(tmp_path_factory.mktemp("appready")) as m:
+        yield m.build()
 
 
-def _published(mesh: Mesh, host: str) -> bool:
+def _published(mesh: ReadinessMesh, host: str) -> bool:
     return mesh.call(host) == (200, b"app" if host == "health" else host.encode())
 
 
 def test_endpoint_is_published_once_its_app_listens_and_withdrawn_when_it_stops(
-        mesh: Mesh) -> None:
+        mesh: ReadinessMesh) -> None:
     app_port = free_port()
-    sidecar = start_sidecar(mesh.tmp, mesh.cp.info["grpc"], "ratings", "v1",
-                            app=f"127.0.0.1:{app_port}")
-    mesh.procs.append(sidecar)
+    sidecar = mesh.sidecar("ratings", app=f"127.0.0.1:{app_port}")
     name = sidecar.info["name"]
 
     # The sidecar itself is ready (/ready 200, as the demo and compose wait for before they
@@ -108,8 +96,7 @@ def test_endpoint_is_published_once_its_app_listens_and_withdrawn_when_it_stops(
     assert mesh.call("ratings") == (503, _NO_ENDPOINT)
     assert f"every app serving: {name}" in mesh.meshctl_check()
 
-    app = start_backend(mesh.tmp, "ratings", port=app_port)
-    mesh.procs.append(app)
+    app = mesh.started(start_backend(mesh.tmp, "ratings", port=app_port))
     wait_for(lambda: mesh.app_state(name) == SERVING, 10, "ratings reported serving")
     wait_for(lambda: _published(mesh, "ratings"), 10, "ratings reachable through the mesh")
     check = mesh.meshctl_check()
@@ -121,18 +108,15 @@ def test_endpoint_is_published_once_its_app_listens_and_withdrawn_when_it_stops(
              "the client told no endpoint is healthy")
 
 
-def test_http_probe_follows_the_apps_health_endpoint(mesh: Mesh) -> None:
+def test_http_probe_follows_the_apps_health_endpoint(mesh: ReadinessMesh) -> None:
     app_port = free_port()
     status_file = mesh.tmp / "health-status"
     status_file.write_text("503")
-    app = spawn("health-app", [PYTHON, "-c", _HEALTH_APP, str(app_port), str(status_file)],
-                mesh.tmp)
-    mesh.procs.append(app)
+    mesh.started(spawn("health-app", [PYTHON, "-c", _HEALTH_APP, str(app_port),
+                                      str(status_file)], mesh.tmp))
     wait_for(lambda: http_get(f"http://127.0.0.1:{app_port}/")[0] == 200, 10, "health app")
-    sidecar = start_sidecar(mesh.tmp, mesh.cp.info["grpc"], "health", "v1",
-                            app=f"127.0.0.1:{app_port}",
-                            extra=["--app-probe", "/healthz", "--app-probe-interval", "0.2"])
-    mesh.procs.append(sidecar)
+    sidecar = mesh.sidecar("health", app=f"127.0.0.1:{app_port}",
+                           extra=["--app-probe", "/healthz", "--app-probe-interval", "0.2"])
     name = sidecar.info["name"]
 
     # Listening is not enough: /healthz says 503, so the endpoint stays out.
@@ -149,12 +133,9 @@ def test_http_probe_follows_the_apps_health_endpoint(mesh: Mesh) -> None:
     wait_for(lambda: mesh.app_state(name) == NOT_SERVING, 10, "health withdrawn again")
 
 
-def test_a_sidecar_probing_nothing_reports_no_app_state(mesh: Mesh) -> None:
-    app = start_backend(mesh.tmp, "details")
-    mesh.procs.append(app)
-    sidecar = start_sidecar(mesh.tmp, mesh.cp.info["grpc"], "details", "v1",
-                            app=app.info["address"], extra=["--app-probe", "none"])
-    mesh.procs.append(sidecar)
+def test_a_sidecar_probing_nothing_reports_no_app_state(mesh: ReadinessMesh) -> None:
+    app = mesh.backend("details")
+    sidecar = mesh.sidecar("details", app=app.info["address"], extra=["--app-probe", "none"])
     wait_for(lambda: _published(mesh, "details"), 10, "details reachable through the mesh")
     assert mesh.app_state(sidecar.info["name"]) is None
     assert mesh.app_state(mesh.client.info["name"]) is None  # no --app: nothing to probe
