@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,65 +18,44 @@ from openapi_spec_validator import validate
 from meshctl.controlplane.httpapi import create_api_app
 from meshctl.controlplane.memstore import MemStore
 from meshctl.controlplane.openapi import catalog, openapi_document
-from tests.helpers_mesh import (
-    MeshProcess,
-    all_synced,
-    http_get,
-    http_json,
-    start_backend,
-    start_control_plane,
-    start_sidecar,
-    wait_for,
-)
+from tests.helpers_mesh import http_json, wait_for
+from tests.meshbuilder import Mesh
+from tests.resources import destination_policy, documents, route
 
 pytestmark = pytest.mark.timeout(120)
 METHODS = {"get", "put", "post", "delete", "patch"}
-RESOURCES = """\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: ratings}
-spec: {host: ratings, rules: [{name: all, backends: [{subset: v1}]}]}
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: ratings}
-spec: {host: ratings, subsets: [{name: v1, labels: {version: v1}}]}
----
+RESOURCES = documents(
+    route("ratings", rules=[{"name": "all", "backends": [{"subset": "v1"}]}]),
+    destination_policy("ratings", ("v1",)), """\
 apiVersion: ami.mesh/v1alpha1
 kind: ExternalService
 metadata: {name: github}
 spec: {hosts: [api.github.com], ports: [{number: 80, protocol: HTTP}]}
-"""
+""")
 
 
-class Mesh:
-    def __init__(self, tmp: Path) -> None:
-        (tmp / "mesh").mkdir()
-        (tmp / "mesh" / "all.yaml").write_text(RESOURCES)
-        self.cp = start_control_plane(tmp, warmup=0.0, args=("--scrape-interval", "0.25"))
-        self.procs: list[MeshProcess] = [start_backend(tmp, "ratings-v1")]
-        self.sidecar = start_sidecar(tmp, self.cp.info["grpc"], "ratings", "v1",
-                                     app=self.procs[0].info["address"])
-        self.procs.append(self.sidecar)
+class OpenApiMesh(Mesh):
+    """``meshctl serve`` with RESOURCES, and the ratings app behind its sidecar."""
+
+    def build(self) -> OpenApiMesh:
+        self.control_plane(RESOURCES, warmup=0.0, args=("--scrape-interval", "0.25"))
+        self.ratings = self.service("ratings", "v1")["v1"]
         self.api, self.token = self.cp.info["api"], self.cp.info["token"]
+        return self
 
     def call(self) -> int:
-        return http_get(f"http://{self.sidecar.info['outbound']}/", {"Host": "ratings"})[0]
+        return self.get(self.ratings, "ratings")[0]
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    m = Mesh(tmp_path_factory.mktemp("openapi"))
-    try:
-        wait_for(lambda: all_synced(m.cp, {m.sidecar.info["name"]}), 30, "ratings synced")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenApiMesh]:
+    with OpenApiMesh(tmp_path_factory.mktemp("openapi")) as m:
+        m.build().wait_synced()
         yield m
-    finally:
-        for proc in [*m.procs, m.cp]:
-            proc.stop()
 
 
 @pytest.fixture(scope="module")
-def document(mesh: Mesh) -> dict[str, Any]:
+def document(mesh: OpenApiMesh) -> dict[str, Any]:
     status, doc = http_json(mesh.api + "/openapi.json")
     assert status == 200
     return dict(doc)
@@ -143,7 +121,8 @@ def _check(doc: dict[str, Any], template: str, method: str, status: int, body: A
                         cls=jsonschema.Draft202012Validator)
 
 
-def test_real_answers_match_the_response_schemas(mesh: Mesh, document: dict[str, Any]) -> None:
+def test_real_answers_match_the_response_schemas(mesh: OpenApiMesh,
+                                                 document: dict[str, Any]) -> None:
     """The main reads, writes and errors of a live control plane validate against the
     document's response schemas (200s, the 504 of sync, 404s, 401)."""
     wait_for(lambda: mesh.call() == 200, 20, "ratings reachable")
@@ -153,7 +132,7 @@ def test_real_answers_match_the_response_schemas(mesh: Mesh, document: dict[str,
         return bool(http_json(mesh.api + "/api/v1/stat?window=30s")[1]["rows"])
 
     wait_for(stat_rows, 30, "stat rows for ratings", interval=0.2)
-    name = quote(mesh.sidecar.info["name"])
+    name = quote(mesh.ratings.info["name"])
     apply_text = RESOURCES.split("---")[0]
     cases: list[tuple[str, str, str, str | None, str | None]] = [
         # (template, method, url, token, body)
