@@ -12,24 +12,15 @@ from pathlib import Path
 import pytest
 
 from meshctl.commands import validate
+from tests.resources import destination_policy, documents, route
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICY = """apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}},
-            {name: v3, labels: {version: v3}}]
-"""
-ROUTE = """apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: v1, weight: %d}, {subset: %s, weight: 10}]
-"""
+POLICY = destination_policy("reviews", ("v1", "v2", "v3"))
+
+
+def route_to(subset: str, v1: int = 90, name: str | None = None) -> str:
+    """The Route for reviews: ``v1`` to v1, 10 to ``subset``."""
+    return route("reviews", {"v1": v1, subset: 10}, name=name)
 
 
 def run(*argv: str) -> int:
@@ -44,7 +35,7 @@ def run(*argv: str) -> int:
 def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A consistent directory prints 'ok: N resources in PATH' and exits 0."""
     (tmp_path / "policy.yaml").write_text(POLICY)
-    (tmp_path / "route.yaml").write_text(ROUTE % (90, "v3"))
+    (tmp_path / "route.yaml").write_text(route_to("v3"))
     assert run("validate", "-f", str(tmp_path)) == 0
     assert capsys.readouterr().out == f"ok: 2 resources in {tmp_path}\n"
 
@@ -53,7 +44,7 @@ def test_validate_prints_every_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     """Every error is printed on stderr with file, document and field, then a count; exit 1."""
     (tmp_path / "policy.yaml").write_text(POLICY)
     route = tmp_path / "route.yaml"
-    route.write_text(ROUTE % (90, "v3") + "---\n" + (ROUTE % (90, "v9")).replace("reviews}", "r2}"))
+    route.write_text(documents(route_to("v3"), route_to("v9", name="r2")))
     assert run("validate", "-f", str(tmp_path / "policy.yaml"), "-f", str(route)) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"{route} doc 2: spec.host: host reviews already has a Route (see Route default/reviews "
@@ -68,7 +59,7 @@ def test_validate_document_errors_come_first(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """When a document is invalid its errors are printed; cross-document checks wait for a fix."""
     route = tmp_path / "route.yaml"
-    route.write_text(ROUTE % (91, "v9"))
+    route.write_text(route_to("v9", v1=91))
     assert run("validate", "-f", str(route)) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"{route} doc 1: spec.rules[0].backends: weights sum to 101, must be 100",
@@ -95,7 +86,7 @@ def test_validate_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_validate_reads_stdin(monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     """`-f -` reads stdin, as for apply (`meshctl get rt x -o yaml | meshctl validate -f -`)."""
-    monkeypatch.setattr("sys.stdin", io.StringIO(ROUTE % (91, "v2")))
+    monkeypatch.setattr("sys.stdin", io.StringIO(route_to("v2", v1=91)))
     assert run("validate", "-f", "-") == 1
     assert capsys.readouterr().err.startswith("<stdin> doc 1: spec.rules[")
 
