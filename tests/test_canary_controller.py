@@ -408,8 +408,6 @@ def test_defaults_are_the_cli_defaults() -> None:
     assert zero.spec.plan().thresholds.max_p99_ms is None  # type: ignore[union-attr]
 
 
-
-
 async def test_the_sweep_says_when_it_is_next_needed(tmp_path: Path) -> None:
     """The analysis timer run() sleeps on: none without a Canary, the next analysis's time
     while one progresses (a sweep just before it analyses nothing, one at it does), a poll

@@ -15,25 +15,17 @@ import pytest
 
 from tests.helpers_mesh import ROOT
 from tests.meshbuilder import Mesh
+from tests.resources import destination_policy, documents, route
 
 pytestmark = pytest.mark.timeout(120)
 
-ROUTE = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v3, labels: {{version: v3}}}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  rules:
-    - backends: [{{subset: v1, weight: {v1}}}, {{subset: v3, weight: {v3}}}]
-"""
+
+def reviews(v1: int, v3: int) -> str:
+    """reviews' DestinationPolicy (v1, v3) and its Route splitting ``v1``/``v3``."""
+    return documents(destination_policy("reviews", ("v1", "v3")),
+                     route("reviews", {"v1": v1, "v3": v3}))
+
+
 CANARY = """\
 apiVersion: ami.mesh/v1alpha1
 kind: Canary
@@ -89,12 +81,12 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 
 
 def test_a_change_prints_a_row_and_ctrl_c_exits_0(mesh: Mesh) -> None:
-    mesh.apply(ROUTE.format(v1=100, v3=0))
+    mesh.apply(reviews(100, 0))
     w = Watcher(mesh, "route", "reviews")
     try:
         assert w.next_line()[:2] == ["NAME", "HOST"]
         assert w.next_line()[:4] == ["reviews", "reviews", "1", "v1=100,v3=0"]
-        version = mesh.apply(ROUTE.format(v1=80, v3=20))
+        version = mesh.apply(reviews(80, 20))
         row = w.next_line()
         assert row == ["reviews", "reviews", "1", "v1=80,v3=20", str(version), "Accepted"]
         w.proc.send_signal(signal.SIGINT)
@@ -106,7 +98,7 @@ def test_a_change_prints_a_row_and_ctrl_c_exits_0(mesh: Mesh) -> None:
 
 def test_a_canarys_status_steps_are_rows(mesh: Mesh) -> None:
     """The controller's status writes (no new resourceVersion) show as rows: WEIGHT, PHASE."""
-    mesh.apply(ROUTE.format(v1=100, v3=0))
+    mesh.apply(reviews(100, 0))
     w = Watcher(mesh, "canary")
     try:
         # no Canary yet: the header alone (the widths of the rows to come)
@@ -122,7 +114,7 @@ def test_a_canarys_status_steps_are_rows(mesh: Mesh) -> None:
 
 
 def test_a_lost_control_plane_is_one_error_line_and_exit_1(mesh: Mesh) -> None:
-    mesh.apply(ROUTE.format(v1=100, v3=0))
+    mesh.apply(reviews(100, 0))
     w = Watcher(mesh, "route")
     try:
         assert w.next_line()[:2] == ["NAME", "HOST"]
