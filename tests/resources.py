@@ -9,11 +9,18 @@ import yaml
 API_VERSION = "ami.mesh/v1alpha1"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a dict used twice out twice: the loader refuses YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def document(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None) -> str:
     """One document of ``kind`` (the factories below are this with the spec spelled out)."""
     metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
-    return yaml.safe_dump({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata,
-                           "spec": spec}, sort_keys=False)
+    return yaml.dump({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata,
+                      "spec": spec}, Dumper=_Dumper, sort_keys=False)
 
 
 def documents(*docs: str) -> str:

@@ -11,25 +11,22 @@ import pytest
 from aiohttp import web
 
 from meshctl.controlplane.memstore import MemStore
+from tests.resources import destination_policy, documents, header_rule, route, split
 from tests.test_cli_support import TOKEN, ControlPlane, FakeSync, control_plane, write
 
-SHOP = """apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews
-  subsets:
-    - {name: stable, labels: {version: v1}}
-    - {name: canary, labels: {version: v3-rc}}
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {name: reviews, namespace: shop}
-spec:
-  host: reviews
-  rules:
-    - backends: [{subset: stable, weight: 100}]
-"""
+STABLE = split({"stable": 100})
+
+
+def shop(*rules: dict[str, Any]) -> str:
+    """shop's reviews: subsets stable (v1) and canary (v3-rc), ``rules`` then all to stable."""
+    return documents(
+        destination_policy("reviews", ({"name": "stable", "labels": {"version": "v1"}},
+                                       {"name": "canary", "labels": {"version": "v3-rc"}}),
+                           namespace="shop"),
+        route("reviews", rules=[*rules, STABLE], namespace="shop"))
+
+
+SHOP = shop()
 FAST = ("-n", "shop", "--from", "stable", "--to", "canary", "--step", "50", "--interval", "1ms",
         "--min-requests", "1")
 
@@ -139,12 +136,7 @@ async def test_without_metrics_nothing_changes(tmp_path: Path) -> None:
         assert await _weights(cp) == [{"subset": "stable", "weight": 100}]
 
 
-RULED = SHOP.replace("""  rules:
-    - backends: [{subset: stable, weight: 100}]""", """  rules:
-    - name: beta
-      matches: [{headers: {x-beta: {exact: "1"}}}]
-      backends: [{subset: stable, weight: 100}]
-    - backends: [{subset: stable, weight: 100}]""")
+RULED = shop({**header_rule("stable", "1", header="x-beta", name="beta"), **STABLE})
 
 
 async def test_rule_steps_the_named_rule_and_leaves_the_default(tmp_path: Path) -> None:

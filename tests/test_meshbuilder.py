@@ -19,6 +19,7 @@ from tests.resources import (
     mesh_config,
     peer_authentication,
     route,
+    split,
 )
 
 # What the test modules wrote by hand before the factories, as the control plane reads it.
@@ -106,6 +107,15 @@ def test_the_factories_make_the_variants_they_replace() -> None:
             header_rule("v1", name="jason"), header_rule("v2", "1", header="x-canary")]))
     assert ([r.raw for r in load_documents(made, "made")]
             == [r.raw for r in load_documents(HAND_WRITTEN_VARIANTS, "hand")])
+
+
+def test_a_rule_used_twice_is_written_out_twice() -> None:
+    """The resource loader refuses YAML anchors and aliases: a factory given the same dict
+    twice (a shared rule) writes it out twice."""
+    to_v1 = split({"v1": 100})
+    beta = {**header_rule("v1", "1", header="x-beta"), **to_v1}  # shares to_v1's backends
+    [made] = load_documents(route("reviews", rules=[beta, to_v1]), "made")
+    assert made.raw["spec"]["rules"] == [beta, to_v1]
 
 
 def _sleeper(tmp: Path, name: str) -> MeshProcess:
