@@ -14,22 +14,14 @@ import pytest
 
 from tests.helpers_mesh import wait_for
 from tests.proxyharness import metric_value
+from tests.resources import destination_policy, documents, route
 from tests.test_tcp_services import ALLOW_OTHER, TIMEOUT, TcpMesh, banner, read_line, read_to_eof
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SUBSETS = """\
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {name: db}
-spec:
-  host: db
-  subsets:
-    - {name: v1, labels: {version: v1}}
-    - {name: v2, labels: {version: v2}}
-"""
-
+SUBSETS = destination_policy("db")
+# db's Route with its rules written out, for the tests whose rules are the point.
 ROUTE = """\
 apiVersion: ami.mesh/v1alpha1
 kind: Route
@@ -39,11 +31,15 @@ spec:
   rules:
 %s"""
 
-ALL_V1 = ROUTE % """\
-    - backends:
-        - {subset: v1, weight: 100}
-        - {subset: v2, weight: 0}
-"""
+ALL_V1 = route("db", {"v1": 100, "v2": 0})
+
+
+def to_subset(subset: str) -> str:
+    """The Route for db: every connection to ``subset``."""
+    return route("db", rules=[{"backends": [{"subset": subset}]}])
+
+
+WITH_V3 = documents(destination_policy("db", ("v1", "v2", "v3")), to_subset("v3"))
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +151,7 @@ def test_a_route_with_no_rule_for_connections_leaves_the_whole_service(
 def test_a_subset_without_endpoints_is_no_healthy_upstream(mesh: TcpMesh) -> None:
     """A Route to a subset no endpoint is in: the connection is closed unanswered, never
     sent to another subset, and counted as `no_healthy_upstream`."""
-    mesh.apply(SUBSETS + "    - {name: v3, labels: {version: v3}}\n---\n"
-               + ROUTE % "    - backends: [{subset: v3}]\n")
+    mesh.apply(WITH_V3)  # a subset no endpoint carries
     with mesh.connect() as sock:
         assert read_to_eof(sock) == b""
     wait_for(lambda: metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_closed_total",
@@ -166,8 +161,8 @@ def test_a_subset_without_endpoints_is_no_healthy_upstream(mesh: TcpMesh) -> Non
 
 
 def limited(max_connections: int) -> str:
-    return (SUBSETS + f"  connectionPool: {{maxConnections: {max_connections}}}\n---\n"
-            + ALL_V1)
+    return documents(destination_policy("db", connectionPool={"maxConnections": max_connections}),
+                     ALL_V1)
 
 
 def refused(mesh: TcpMesh) -> bool:
@@ -243,29 +238,27 @@ def connect_refused(mesh: TcpMesh, reason: str, status: int = 503) -> None:
         assert read_to_eof(sock).startswith(reason.encode() + b": ")
 
 
-def own_v2_pool(pool: str) -> str:
+def own_v2_pool(**pool: object) -> str:
     """SUBSETS with v2 setting its own ``connectionPool``, and a Route sending db to v2."""
-    return (SUBSETS.replace("    - {name: v2, labels: {version: v2}}\n",
-                            "    - name: v2\n      labels: {version: v2}\n"
-                            f"      connectionPool: {pool}\n")
-            + "---\n" + ROUTE % "    - backends: [{subset: v2}]\n")
+    return documents(destination_policy("db", ("v1", {"name": "v2", "connectionPool": pool})),
+                     to_subset("v2"))
 
 
 def test_a_subset_with_its_own_connection_pool_limits_its_connections(mesh: TcpMesh) -> None:
     """Subset v2 sets its own connectionPool: `maxConnections: 1` refuses a second connection
     routed to v2 (`overflow`), `tcpIdleTimeout: 500ms` closes an idle one; the service itself
     (no connectionPool) still takes two connections at once to v1."""
-    mesh.apply(own_v2_pool("{maxConnections: 1}"))
+    mesh.apply(own_v2_pool(maxConnections=1))
     with mesh.connect() as held:
         assert banner(held) == "db-v2"
         assert refused(mesh)
         held.shutdown(socket.SHUT_WR)
         assert read_to_eof(held) == b"bye 0\n"
-    mesh.apply(own_v2_pool("{tcpIdleTimeout: 500ms}"))
+    mesh.apply(own_v2_pool(tcpIdleTimeout="500ms"))
     with mesh.connect() as idle:
         assert banner(idle) == "db-v2"
         assert read_to_eof(idle) == b""  # an EOF within the socket's timeout (1 h otherwise)
-    mesh.apply(SUBSETS + "---\n" + ALL_V1)
+    mesh.apply(documents(SUBSETS, ALL_V1))
     with mesh.connect() as first, mesh.connect() as second:
         assert banner(first) == banner(second) == "db-v1"
 
@@ -285,8 +278,7 @@ def test_connect_is_answered_once_an_endpoint_accepted_else_503_with_the_reason(
         assert read_line(sock) == b"early\n"  # sent before the answer: kept
         sock.shutdown(socket.SHUT_WR)
         assert read_to_eof(sock) == b"bye 6\n"  # ended: it no longer counts for the limit
-    mesh.apply(SUBSETS + "    - {name: v3, labels: {version: v3}}\n---\n"
-               + ROUTE % "    - backends: [{subset: v3}]\n")
+    mesh.apply(WITH_V3)  # a subset no endpoint carries
     connect_refused(mesh, "no_healthy_upstream")
     mesh.apply(limited(1))
     with mesh.connect() as held:
