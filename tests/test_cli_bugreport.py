@@ -23,48 +23,21 @@ from meshctl.controlplane.store import KIND_PLURALS
 from tests import meshbuilder
 from tests.helpers_mesh import MeshProcess
 from tests.ports import free_port
+from tests.resources import destination_policy, documents, header_rule, route
 
 # Secrets a user may put in a Route (routing on a caller's token): they reach the resources and
 # every sidecar's config dump, and must not reach the archive.
 JWT = ("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJqYXNvbiIsImlzcyI6InRlc3QifQ."
        "c2lnbmF0dXJlLW9mLXRoZS10b2tlbi1pbi10aGUtcm91dGU")
 API_KEY = "sk-live-4f1c2e9a7b6d5c3e"
-ROUTE = f"""\
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  rules:
-  - name: tester
-    matches: [{{headers: {{authorization: {{exact: "Bearer {JWT}"}}}}}}]
-    backends: [{{subset: v1}}]
-  - name: partner
-    matches: [{{headers: {{x-api-key: {{exact: "{API_KEY}"}}}}}}]
-    backends: [{{subset: v1}}]
-  - backends: [{{subset: v1}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {{name: reviews}}
-spec:
-  host: reviews
-  subsets: [{{name: v1, labels: {{version: v1}}}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: Route
-metadata: {{name: cart, namespace: shop}}
-spec:
-  host: cart
-  rules: [{{backends: [{{subset: v1}}]}}]
----
-apiVersion: ami.mesh/v1alpha1
-kind: DestinationPolicy
-metadata: {{name: cart, namespace: shop}}
-spec:
-  host: cart
-  subsets: [{{name: v1, labels: {{version: v1}}}}]
-"""
+TO_V1 = {"backends": [{"subset": "v1"}]}
+ROUTE = documents(
+    route("reviews", rules=[
+        header_rule("v1", f"Bearer {JWT}", header="authorization", name="tester"),
+        header_rule("v1", API_KEY, header="x-api-key", name="partner"), TO_V1]),
+    destination_policy("reviews", ("v1",)),
+    route("cart", rules=[TO_V1], namespace="shop"),
+    destination_policy("cart", ("v1",), namespace="shop"))
 
 
 @dataclass
