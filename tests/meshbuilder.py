@@ -6,7 +6,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from tests.helpers_mesh import (
     PYTHON,
@@ -41,7 +41,7 @@ class Mesh:
         self._cp: MeshProcess | None = None
         self._cleanups: list[Callable[[], object]] = []
 
-    def __enter__(self) -> Mesh:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
