@@ -304,6 +304,11 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
             "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
             "cpu_s": round(cpu_s, 2), "cpu_ms_per_round": round(cpu_s * 1000 / plan.rounds, 1),
             "per_round": per_round, "sim_cpu_s": round(sim_cpu_s, 2),
+            # of the sims' CPU per round, applying, hash-checking and parsing pushes (the
+            # rest is their gRPC reads and ACK writes, and asyncio)
+            "sim_answer_ms_per_round": round(
+                (sum(float(s["answer_s"]) for s in stats)
+                 - sum(float(s["answer_s"]) for s in before)) * 1000 / plan.rounds, 1),
             "connect_s": round(connect_s, 2), "workers": len(workers),
             # what registering the sims pushed (each registration reaches everyone)
             "connect_pushed_mb": round((totals0.get("pushed_bytes_full", 0.0)
