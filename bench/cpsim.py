@@ -86,8 +86,12 @@ def snapshot_facts(data: bytes) -> SnapshotFacts:
 
 
 def light_snapshot_facts(data: bytes) -> SnapshotFacts:
-    """Parse only ``routes`` and count endpoint addresses (~0.1 ms at 1,000 endpoints)."""
-    start = data.find(b'"routes":')
+    """Parse only ``routes`` and count endpoint addresses (~35 µs at 1,000 endpoints).
+
+    ``routes`` follows ``services`` (docs/design.md's key order) and a sidecar's own part
+    after it has no such key, so it is looked for from the end: from the start, the search
+    crossed every endpoint (~45 µs a push at 1,000)."""
+    start = data.rfind(b'"routes":')
     if start < 0:
         raise ValueError("snapshot: no routes")
     routes, _ = _DECODER.raw_decode(data[start + len(b'"routes":'):].decode().lstrip())
