@@ -129,6 +129,12 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     status, again = http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}"
                               "&timeout=0")
     assert status == 200 and again["synced"] and again["converged_ms"] >= 100, again
+    # ... and where that time went: the pass (after the debounce) pushed the 3 proxies, the
+    # streams wrote the pushes, the last ACK came (meshctl.controlplane.timeline)
+    phases = again["phases_ms"]
+    assert phases["pushes"] == 3, again
+    assert 100 <= phases["pass_started"] <= phases["queued"] <= phases["last_written"] \
+        <= phases["last_acked"] <= again["converged_ms"], again
     listed = proxy_status_json(mesh)
     assert {p["name"] for p in listed} == mesh.names
     # every sidecar got its workload certificate over the control plane and reports its issue

@@ -287,6 +287,50 @@ async def test_convergence_runs_from_the_write_to_the_last_ack_not_from_the_wait
     assert rec.converged_seconds(revision + 100) is None  # a write it never saw
 
 
+async def test_the_timeline_of_a_write_names_its_pass_pushes_writes_and_acks() -> None:
+    """A write's phases, from the write: the pass that read it started after the debounce,
+    queued its 2 pushes, the streams wrote them, the last ACK came; a pass that reads no new
+    write times nothing, and a write never seen has no timeline."""
+    from meshctl.api.resources import parse_document
+
+    clock = FakeClock()
+    store = MemStore()
+    registry = Registry(clock=clock)
+    rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    for name in sent:
+        registry.register(ProxyInfo(name=name, service=name, inbound="127.0.0.1:1", ready=True))
+        rec.attach(name, lambda m, n=name: sent[n].append((m.version, m.nonce)))
+    await rec.reconcile_pass()
+    for name, pushes in sent.items():
+        rec.ack(name, *pushes[-1])
+    mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"name": "default"}, "spec": {"accessLog": True}}
+    revision = (await store.create(parse_document(mesh))).resource_version
+    rec.note_write(revision)
+    clock.now += 0.1  # the debounce
+    rec.mark_all()
+    await rec.reconcile_pass()
+    assert rec.timeline.phases_ms(revision) == {"pushes": 2, "pass_started": 100.0,
+                                                "queued": 100.0}
+    clock.now += 0.02
+    rec.written("a", sent["a"][-1][1])
+    clock.now += 0.01
+    rec.written("b", sent["b"][-1][1])
+    rec.written("b", "0")  # a superseded push's write is not this pass's
+    clock.now += 0.05
+    rec.ack("a", *sent["a"][-1])
+    clock.now += 0.2
+    rec.ack("b", *sent["b"][-1])
+    phases = rec.timeline.phases_ms(revision)
+    assert phases == {"pushes": 2, "pass_started": 100.0, "queued": 100.0,
+                      "last_written": 130.0, "last_acked": 380.0}, phases
+    rec.mark_all()
+    await rec.reconcile_pass()  # reads no new write: the timeline of the last stays
+    assert rec.timeline.phases_ms(revision) == phases
+    assert rec.timeline.phases_ms(revision + 100) is None
+
+
 async def test_a_sync_wait_checks_each_answer_once_not_every_laggard(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``wait_synced`` over 300 laggards answered one by one (each answer wakes it) re-checks

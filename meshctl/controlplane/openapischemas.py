@@ -96,7 +96,9 @@ SCHEMAS: dict[str, Any] = {
     "ProxyList": _obj(("storeVersion", "proxies"), storeVersion=_INT,
                       proxies=_array(ref("Proxy"))),
     "Synced": _obj(("synced", "proxies", "elapsed_ms"), synced={"const": True},
-                   proxies=_INT, elapsed_ms=_NUM, converged_ms=_NUM),
+                   proxies=_INT, elapsed_ms=_NUM, converged_ms=_NUM,
+                   phases_ms=_obj(("pushes",), pushes=_INT, pass_started=_NUM, queued=_NUM,
+                                  last_written=_NUM, last_acked=_NUM)),
     "NotSynced": {"allOf": [ref("Error"), _obj(
         ("synced", "elapsed_ms", "lagging"), synced={"const": False}, elapsed_ms=_NUM,
         lagging=_array(ref("Proxy")))]},

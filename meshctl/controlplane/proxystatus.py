@@ -94,6 +94,9 @@ def status_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteD
         converged = reconciler.converged_seconds(revision)
         if converged is not None:  # a write this control plane saw: from it to the last ACK
             body["converged_ms"] = round(converged * 1000, 1)
+        phases = reconciler.timeline.phases_ms(revision)
+        if phases is not None:  # where that time went (meshctl.controlplane.timeline)
+            body["phases_ms"] = phases
         return web.json_response(body)
 
     return [web.get("/api/v1/proxies", proxies), web.get("/api/v1/sync", sync)]

@@ -49,6 +49,7 @@ from meshctl.controlplane.reach import (
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.snapshots import BuiltSnapshot, SnapshotBuilder, jwks_uris
 from meshctl.controlplane.store import EventType, Store
+from meshctl.controlplane.timeline import PassTimes, Timeline
 
 log = logging.getLogger(__name__)
 _ANSWER_TIMEOUT = 10.0  # seconds after which an unanswered push no longer holds back the next
@@ -81,6 +82,7 @@ class PushState:
     base: BuiltSnapshot | None = None  # the last it ACKed on this stream: what deltas build on
     queued: BuiltSnapshot | None = None  # a full snapshot waiting for room (FullPushes)
     queued_revision: int = 0
+    times: PassTimes | None = None  # of the pass whose snapshot it is owed (timeline)
 
     @property
     def synced(self) -> bool:
@@ -139,7 +141,7 @@ class Reconciler:
         self._nonces = 0
         self._progress = asyncio.Event()
         self._sync_waits: set[_SyncWait] = set()  # the wait_synced calls waiting
-        self._written: dict[int, float] = {}  # store revision -> when the watch saw it
+        self.timeline = Timeline(_WRITES_KEPT)  # store writes and their passes' phases
         self._fulls = FullPushes(fulls_in_flight, clock, _ANSWER_TIMEOUT)
         self._release_timer: asyncio.TimerHandle | None = None
 
@@ -163,6 +165,12 @@ class Reconciler:
             self._release()
             self._notify(name)
 
+    def written(self, name: str, nonce: str) -> None:
+        """The stream of ``name`` wrote the push ``nonce`` (gRPC took it): for the timeline."""
+        state = self.states.get(name)
+        if state is not None and state.times is not None and nonce == state.nonce:
+            state.times.last_written = self._clock()
+
     def ack(self, name: str, version: str, nonce: str) -> None:
         state = self.states.get(name)
         if state is None or nonce != state.nonce:
@@ -177,6 +185,8 @@ class Reconciler:
             else None
         self._advance(state, state.sent_revision)
         state.last_ack, state.nack = self._wall(), None
+        if state.times is not None and state.synced:
+            state.times.last_acked = self._clock()
         self._answered(name, state)
         self._notify(name)
 
@@ -308,9 +318,11 @@ class Reconciler:
         return self._all_dirty or self._moved or name in self._dirty or name in self._in_pass
 
     async def _compute_and_push(self, names: set[str]) -> None:
+        started = self._clock()
         objects = await self.store.list()
         revision = max([self.revision, *(o.resource_version for o in objects)])
         self.revision = revision
+        times = self.timeline.pass_started(revision, started)  # None: it reads no new write
         jwks = self.jwks
         if jwks is not None:
             jwks.want(jwks_uris((o.resource, o.resource_version) for o in objects))
@@ -384,7 +396,9 @@ class Reconciler:
                 # One snapshot in flight per proxy (as xDS): the newer one goes out when the
                 # proxy answers, so a burst of changes never queues many 100 KB messages.
                 state.deferred = True
+                state.times = times
             else:
+                state.times = times
                 # A delta builds on what the proxy ACKed on this stream, with nothing else in
                 # flight: an answer overdue may yet change what it runs.
                 base = state.base if state.deltas and state.sent_at is None else None
@@ -395,6 +409,8 @@ class Reconciler:
                     self._fulls.wait(name)
                 else:
                     self._push(name, state, built, revision, splices)
+        if times is not None:
+            times.queued = self._clock()
 
     def _push(self, name: str, state: PushState, built: BuiltSnapshot, revision: int,
               splices: list[mesh_pb2.Splice] | None) -> None:
@@ -417,6 +433,8 @@ class Reconciler:
                                              snapshot_json=built.data)
             self.counters.pushed_bytes_full += message.ByteSize()
         self.counters.pushed += 1
+        if state.times is not None:
+            state.times.pushes += 1
         state.sender(message)
 
     def _reached(self, facts: RegistryFacts, objects: Objects,
@@ -440,10 +458,7 @@ class Reconciler:
     # -- waiting for convergence ---------------------------------------------------------------
     def note_write(self, revision: int) -> None:
         """The store took a write of ``revision`` now (the start of its convergence)."""
-        if revision not in self._written:
-            if len(self._written) >= _WRITES_KEPT:
-                del self._written[next(iter(self._written))]  # the oldest
-            self._written[revision] = self._clock()
+        self.timeline.wrote(revision, self._clock())
 
     def _advance(self, state: PushState, revision: int) -> None:
         if revision != state.acked_revision:
@@ -453,7 +468,7 @@ class Reconciler:
         """From the write of ``revision`` to the last connected proxy reaching it, or None if
         that write is not remembered. Call once no proxy lags it; a later write moving a proxy
         on again can only lengthen the figure."""
-        written = self._written.get(revision)
+        written = self.timeline.written_at(revision)
         if written is None:
             return None
         reached = [s.synced_at for s in self.states.values()

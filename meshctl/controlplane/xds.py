@@ -196,6 +196,7 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         try:
             while (message := await mailbox.take()) is not None:
                 await context.write(message)
+                self.reconciler.written(info.name, message.nonce)
         finally:
             # Cancelled too when the stream is (client gone): no task left pending.
             for task in (reader, replaced):
