@@ -109,6 +109,7 @@ class RoundResult:
     propagation_ms: float | None  # None: some sim never ACKed the change
     server_ms: float | None
     acked: int
+    phases_ms: dict[str, float] | None = None  # the server's timeline of the write
 
 
 def _rss_now_mb(pid: int) -> float:
@@ -237,28 +238,35 @@ class Plane:
                 out[name[len("ami_controlplane_"):-len("_total")]] = float(value)
         return out
 
-    def sync_ms(self, revision: str, timeout: float) -> float | None:
+    def sync(self, revision: str, timeout: float) -> tuple[float | None, dict[str, float]]:
+        """The server's wait for ``revision`` (None: not synced) and its phases of the write
+        (meshctl.controlplane.timeline: ms from the store write, ``converged`` included)."""
         status, body = _get_json(f"{self.base}/api/v1/sync?storeVersion={revision}"
                                  f"&timeout={timeout:g}", timeout + 5.0)
-        return float(body["elapsed_ms"]) if status == 200 and body.get("synced") else None
+        if status != 200 or not body.get("synced"):
+            return None, {}
+        phases = {k: float(v) for k, v in body.get("phases_ms", {}).items()}
+        if "converged_ms" in body:
+            phases["converged"] = float(body["converged_ms"])
+        return float(body["elapsed_ms"]), phases
 
 
 async def _round(plane: Plane, workers: list[Worker], marker: int, timeout: float
                  ) -> RoundResult:
     revision = await asyncio.to_thread(plane.set_marker, marker)
     t0 = time.monotonic()
-    server = asyncio.create_task(asyncio.to_thread(plane.sync_ms, revision, timeout))
+    server = asyncio.create_task(asyncio.to_thread(plane.sync, revision, timeout))
     # the sims of the Route's namespace get the marker (in a mesh of several namespaces, the
     # others have a reviews of their own); the server's sync waits for every sim
     replies = await asyncio.gather(*(w.ask({"cmd": "marker", "value": marker,
                                             "namespace": plane.namespace,
                                             "timeout": timeout}) for w in workers))
-    server_ms = await server
+    server_ms, phases = await server
     acked = sum(int(r["acked"]) for r in replies)
     if any(r["waiting"] for r in replies):
-        return RoundResult(None, server_ms, acked)
+        return RoundResult(None, server_ms, acked, phases)
     last = max(float(r["last_ack"]) for r in replies)
-    return RoundResult(round((last - t0) * 1000.0, 2), server_ms, acked)
+    return RoundResult(round((last - t0) * 1000.0, 2), server_ms, acked, phases)
 
 
 async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, Any]:
@@ -332,9 +340,15 @@ def size_entry(plan: SizePlan, rounds: list[RoundResult], extra: dict[str, Any]
     """The JSON for one size: propagation and server sync percentiles plus costs."""
     prop = [r.propagation_ms for r in rounds if r.propagation_ms is not None]
     server = [r.server_ms for r in rounds if r.server_ms is not None]
+    phases = sorted({k for r in rounds for k in r.phases_ms or {}})
     return {"sidecars": plan.sidecars, "rounds": len(rounds), "full_parse": plan.full_parse,
             "complete_rounds": len(prop), "propagation_ms": summarize(prop, (50.0, 99.0)),
             "server_sync_ms": summarize(server, (50.0, 99.0)),
+            # the server's timeline of each write (ms from it): pass start, all queued, last
+            # written to its stream, last ACK (= converged); p50 and p99 over the rounds
+            "phases_ms": {k: summarize([r.phases_ms[k] for r in rounds
+                                        if r.phases_ms and k in r.phases_ms], (50.0, 99.0))
+                          for k in phases if k != "pushes"},
             "acked_per_round": [r.acked for r in rounds], **extra}
 
 
@@ -372,10 +386,23 @@ def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
                      f"{_f(s.get('per_round', {}).get('pushed')):>7} "
                      f"{_f(s.get('per_round', {}).get('pushed_deltas')):>7} "
                      f"{_f(_round_kb(s)):>8}")
+    for s in sizes:
+        if s.get("phases_ms"):
+            # where the time went: the server's phases of each write, p50 (p99) over rounds
+            phases = ", ".join(f"{k} {_f(v.get('p50'))} ({_f(v.get('p99'))})"
+                               for k, v in _phase_order(s["phases_ms"]))
+            lines.append(f"{s['sidecars']:>8} server phases ms from the write, p50 (p99): "
+                         f"{phases}; sims' apply+hash+parse {s['sim_answer_ms_per_round']} ms"
+                         f" CPU of {s['sim_cpu_s'] * 1000 / s['rounds']:.0f} per round")
     for t in targets:
         lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  {t['figure']} at {t['sidecars']}: "
                      f"{_f(t['value'])} (target <= {t['limit']:g})")
     return "\n".join(lines)
+
+
+def _phase_order(phases: dict[str, dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
+    order = ("pass_started", "queued", "last_written", "last_acked", "converged")
+    return [(k, phases[k]) for k in order if k in phases]
 
 
 def _round_kb(size: dict[str, Any]) -> float | None:
