@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bench.controlplane import SizePlan, verdicts
 from bench.cpsim import (
@@ -128,3 +132,47 @@ async def test_fleet_wait_rechecks_only_the_sims_that_moved() -> None:
     for sim in ns0:
         sim._record_ack(SnapshotFacts(endpoints=300, marker=6))
     assert await fleet.wait_for(lambda s: 6 in s.marker_acked, 5.0, ns0) == 0
+
+
+def test_a_sim_checks_every_push_hashing_each_once_and_nacks_a_bad_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full snapshot and a delta are ACKed when their version is the hash of the bytes and
+    NACKed when not (as the proxy answers); each push is hashed once (a delta by apply_delta:
+    the sim hashed it a second time); the endpoints are counted when asked."""
+    from bench import cpsim
+    from meshctl.api import mesh_pb2
+
+    hashes = 0
+    real = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        nonlocal hashes
+        hashes += 1
+        return real(data)
+
+    monkeypatch.setattr(cpsim.hashlib, "sha256", counting)
+    sim = SimSidecar(sim_identity(0), lambda: 1.0, lambda s: None)
+    version = real(SNAPSHOT).hexdigest()[:12]
+    answer, facts = sim._answer(mesh_pb2.ConfigMessage(version=version, nonce="1",
+                                                       snapshot_json=SNAPSHOT))
+    assert answer.WhichOneof("kind") == "ack" and facts is not None and facts.marker == 7
+    sim._record_ack(facts)
+    assert hashes == 1 and sim.endpoints == 3
+    bad, _ = sim._answer(mesh_pb2.ConfigMessage(version="0" * 12, nonce="2",
+                                                snapshot_json=SNAPSHOT))
+    assert bad.WhichOneof("kind") == "nack" and "not the hash" in bad.nack.error
+    # a delta: the weight 7 -> 9 (one new byte between two ranges of the base)
+    cut = SNAPSHOT.index(b'"weight": 7') + len(b'"weight": ')
+    target = SNAPSHOT[:cut] + b"9" + SNAPSHOT[cut + 1:]
+    splices = [mesh_pb2.Splice(offset=0, length=cut), mesh_pb2.Splice(data=b"9"),
+               mesh_pb2.Splice(offset=cut + 1, length=len(SNAPSHOT) - cut - 1)]
+    hashes = 0
+    wrong, _ = sim._answer(mesh_pb2.ConfigMessage(
+        version="1" * 12, nonce="3", base_version=version, delta=splices))
+    assert wrong.WhichOneof("kind") == "nack" and "hashes to" in wrong.nack.error
+    good, facts = sim._answer(mesh_pb2.ConfigMessage(
+        version=real(target).hexdigest()[:12], nonce="4", base_version=version,
+        delta=splices))
+    assert good.WhichOneof("kind") == "ack" and facts is not None and facts.marker == 9
+    assert hashes == 2  # once per delta
+    assert sim.last_json == target
