@@ -149,7 +149,8 @@ class SimSidecar:
                 name=ident.name, service=ident.service, namespace=ident.namespace,
                 labels={"version": ident.version},
                 inbound=ident.inbound, outbound="127.0.0.1:15001", admin="",
-                mode="sidecar", ready=True, token=token, deltas=self.deltas)))
+                mode="sidecar", ready=True, token=token, deltas=self.deltas,
+                config_version=self.last_version)))  # what it runs, on a reconnect
             try:
                 while (msg := await call.read()) is not aio.EOF:
                     started = time.thread_time()
@@ -231,7 +232,8 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Open every stream (in the background)."""
+        """Open every stream (in the background); after ``stop``, reopen them, each sim
+        saying in its Register the config it runs, as a reconnecting proxy does."""
         self._tasks = [asyncio.create_task(s.run(self.target, self.ca_pem, self._token(s)))
                        for s in self.sims]
 

@@ -145,3 +145,28 @@ def test_restore_drops_entries_a_live_register_would_refuse(
     assert ("dropping proxies[1] (poison) of the registry state file: register.inbound: "
             "expected HOST:PORT, got 'no-port-here'") in caplog.text
     assert "dropping proxies[2] (odd)" in caplog.text
+
+
+async def test_a_stopping_control_plane_saves_every_proxy_its_stop_disconnects(
+        tmp_path: Path) -> None:
+    """`meshctl serve` closes the registry before its gRPC server ends the streams: with
+    `--grace 0` each stream's end dropped its proxy at once, and the state file's last save,
+    written after, lacked them (the restarted control plane then pushed the first sidecars
+    back configs without the others, in full)."""
+    path = tmp_path / "registry.json"
+    registry = Registry(grace=0.0)
+    state = RegistryStateFile(path, registry, interval=0.01)
+    task = asyncio.create_task(state.run())
+    sessions = {info.name: registry.register(info) for info in PROXIES}
+    registry.close()  # what serve() does on SIGTERM, then the streams end
+    for name, session in sessions.items():
+        registry.disconnect(name, session)
+    expiry = asyncio.create_task(registry.run())
+    await asyncio.sleep(0.05)  # the expiry and the state file's writer both get to run
+    expiry.cancel()
+    task.cancel()
+    for done in (expiry, task):
+        with pytest.raises(asyncio.CancelledError):
+            await done
+    assert decode(path.read_bytes()) == sorted(PROXIES, key=lambda p: p.name)
+    assert registry.proxies() == sorted(PROXIES, key=lambda p: p.name)

@@ -6,7 +6,8 @@ stream drops, the proxy stays listed (disconnected) for a short grace period, so
 plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
 it is forgotten. Every change calls ``on_change`` (the reconciler's next pass marks the proxies
 it reaches: meshctl.controlplane.reach) and bumps ``revision`` (registrystate saves the
-registry so a restarted control plane can ``restore`` it).
+registry so a restarted control plane can ``restore`` it). ``close`` (the control plane is
+stopping) keeps every proxy as it is: the streams its own stop ends are not proxies leaving.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Registry:
         self.revision = 0  # bumped on every change of the listed proxies
         self.changed = asyncio.Event()  # set on every change (the state file's writer waits)
         self._wake = asyncio.Event()
+        self._closed = False
 
     # -- reads -------------------------------------------------------------------------------
     def proxies(self) -> list[ProxyInfo]:
@@ -153,11 +155,18 @@ class Registry:
             entry.info = updated
             self._changed()
 
+    def close(self) -> None:
+        """The control plane is stopping: from now on a stream's end drops no proxy, so the
+        state file's last save lists every proxy that was connected. (With a short --grace a
+        proxy expired while the gRPC server ended the streams, and the restarted control
+        plane, not knowing it, pushed the first sidecars back configs without it.)"""
+        self._closed = True
+
     def disconnect(self, name: str, session: int) -> None:
         """The stream ended: keep the proxy for ``grace`` seconds, then drop it."""
         entry = self._entries.get(name)
-        if entry is None or entry.session != session:
-            return  # a newer stream already took over this name
+        if self._closed or entry is None or entry.session != session:
+            return  # stopping, or a newer stream already took over this name
         entry.expires_at = self._clock() + self.grace
         self._wake.set()
 

@@ -163,6 +163,7 @@ async def serve(options: ServeOptions,
                     on_ready(http_port, grpc_port)
                 await stop.wait()
                 log.info("stopping")
+                registry.close()  # the streams this ends keep their proxies (state file)
                 await grpc_server.stop(grace=1.0)
                 for task in tasks:
                     task.cancel()
