@@ -90,6 +90,7 @@ class SizePlan:
     namespaces: int = 1  # sims spread over ns-0..ns-K-1 (bench.cpsim.sim_namespace)
     sidecar: bool = False  # a Sidecar `./*` in each namespace
     deltas: bool = True  # the sims take delta pushes (False: as proxies built before them)
+    restart: bool = False  # after the rounds, restart the control plane and time the resync
 
     @property
     def route_namespace(self) -> str:
@@ -202,6 +203,7 @@ class Plane:
                 "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--warmup", "0",
                 "--certs-dir", str(run_dir / "certs"))
         self.ca_file = run_dir / "certs" / "trust-bundle.pem"
+        self.argv, self.cpus = argv, cpus
         self.proc: Running = start(ServerSpec("meshctl-serve", argv), run_dir,
                                    CpuPlan(cpus, None))
         self.run_dir = run_dir
@@ -216,6 +218,22 @@ class Plane:
             raise RuntimeError(f"meshctl serve: {exc}\n{self.proc.log_tail()}") from exc
         token = (self.run_dir / "state" / "token").read_text().strip()
         self.client = ControlPlaneClient(self.base, token)
+
+    def restart(self) -> None:
+        """SIGTERM, then the same command on the same ports and state, with the default
+        --warmup (15 s) so the registry it saved is restored, as in production."""
+        self.proc.stop()
+        argv = list(self.argv)
+        argv[argv.index("--warmup") + 1] = "15"
+        self.proc = start(ServerSpec("meshctl-serve-restarted", tuple(argv)), self.run_dir,
+                          CpuPlan(self.cpus, None))
+        self.wait_ready()
+
+    def connected(self) -> int:
+        """How many proxies are connected (``GET /api/v1/proxies``)."""
+        status, body = _get_json(f"{self.base}/api/v1/proxies", 10.0)
+        return sum(1 for p in body.get("proxies", []) if p.get("connected")) if status == 200 \
+            else 0
 
     def set_marker(self, marker: int) -> str:
         """PUT the route with v2 weight ``marker``; returns the new resourceVersion."""
@@ -302,14 +320,16 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
         sim_cpu_s = cpu_seconds(sim_pids) - sim_cpu0
         stats = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
         totals = await asyncio.to_thread(plane.counters)
+        rss_mb, rss_now_mb = peak_rss_mb([plane.proc.pid]), _rss_now_mb(plane.proc.pid)
+        # (after the figures of this process: the restart replaces it)
+        restart = await _restart(plane, workers, plan) if plan.restart else None
         # snapshots computed / pushed by the control plane per round (its reconcile counters)
         per_round = {k: round((totals.get(k, 0.0) - totals0.get(k, 0.0)) / plan.rounds, 1)
                      for k in ("passes", "computed", "shared", "pushed", "unchanged",
                                "pushed_deltas", "delta_fallbacks", "pushed_bytes_full",
                                "pushed_bytes_delta")}
         return size_entry(plan, rounds, {
-            "rss_mb": round(peak_rss_mb([plane.proc.pid]), 1),
-            "rss_now_mb": round(_rss_now_mb(plane.proc.pid), 1),
+            "rss_mb": round(rss_mb, 1), "rss_now_mb": round(rss_now_mb, 1),
             "cpu_s": round(cpu_s, 2), "cpu_ms_per_round": round(cpu_s * 1000 / plan.rounds, 1),
             "per_round": per_round, "sim_cpu_s": round(sim_cpu_s, 2),
             # of the sims' CPU per round, applying, hash-checking and parsing pushes (the
@@ -329,10 +349,37 @@ async def measure(plan: SizePlan, run_dir: Path, pin: bool = True) -> dict[str, 
             "snapshot_kb": round(sum(int(s["snapshot_bytes"]) for s in stats)
                                  / plan.sidecars / 1024, 1),
             "namespaces": plan.namespaces, "sidecar": plan.sidecar,
+            **({"restart": restart} if restart is not None else {}),
             "errors": [e for s in stats for e in s["errors"]][:5]})
     finally:
         await asyncio.gather(*(w.close() for w in workers))
         stop_all([plane.proc])
+
+
+async def _restart(plane: Plane, workers: list[Worker], plan: SizePlan) -> dict[str, Any]:
+    """Restart the control plane, reconnect every sim (each saying the version it runs) and
+    time, from the reconnects, until all are connected and the server says synced; what the
+    restarted control plane pushed meanwhile (nothing, when the state file held them all)."""
+    await asyncio.to_thread(plane.restart)
+    before = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
+    t0 = time.monotonic()
+    await asyncio.gather(*(w.ask({"cmd": "reconnect"}) for w in workers))
+    deadline = t0 + plan.timeout
+    while (connected := await asyncio.to_thread(plane.connected)) < plan.sidecars:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{connected} of {plan.sidecars} sims reconnected after "
+                               f"{plan.timeout:g}s\n{plane.proc.log_tail()}")
+        await asyncio.sleep(0.05)
+    server_ms, _ = await asyncio.to_thread(plane.sync, "0", plan.timeout)
+    resynced_s = time.monotonic() - t0
+    after = await asyncio.gather(*(w.ask({"cmd": "stats"}) for w in workers))
+    totals = await asyncio.to_thread(plane.counters)
+    return {"resynced_s": round(resynced_s, 2), "synced": server_ms is not None,
+            "pushed": totals.get("pushed", 0.0),
+            "pushed_kb": round((totals.get("pushed_bytes_full", 0.0)
+                                + totals.get("pushed_bytes_delta", 0.0)) / 1024, 1),
+            "messages": sum(int(s["messages"]) for s in after)
+            - sum(int(s["messages"]) for s in before)}
 
 
 def size_entry(plan: SizePlan, rounds: list[RoundResult], extra: dict[str, Any]
@@ -394,6 +441,12 @@ def render(sizes: list[dict[str, Any]], targets: list[dict[str, Any]]) -> str:
             lines.append(f"{s['sidecars']:>8} server phases ms from the write, p50 (p99): "
                          f"{phases}; sims' apply+hash+parse {s['sim_answer_ms_per_round']} ms"
                          f" CPU of {s['sim_cpu_s'] * 1000 / s['rounds']:.0f} per round")
+    for s in sizes:
+        if "restart" in s:
+            r = s["restart"]
+            lines.append(f"{s['sidecars']:>8} restart: all reconnected and synced in "
+                         f"{r['resynced_s']:.2f} s, pushed {r['pushed']:.0f} messages "
+                         f"({r['pushed_kb']:.1f} KB)")
     for t in targets:
         lines.append(f"{'PASS' if t['pass'] else 'FAIL'}  {t['figure']} at {t['sidecars']}: "
                      f"{_f(t['value'])} (target <= {t['limit']:g})")
@@ -435,6 +488,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-deltas", action="store_true",
                         help="the sims do not take delta pushes (as proxies built before them): "
                              "every push is a full snapshot")
+    parser.add_argument("--restart", action="store_true",
+                        help="after the rounds, restart the control plane (default --warmup) "
+                             "and time until every sim has reconnected and is synced, with "
+                             "what it pushed meanwhile")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file")
     parser.add_argument("--run-dir", type=Path, default=None, help="scratch dir (default: temp)")
     parser.add_argument("--no-pin", action="store_true",
@@ -454,7 +511,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{args.namespaces} (each namespace needs whole runs of ten)")
             plan = SizePlan(n, rounds, args.per_worker, timeout=max(60.0, n * 0.1),
                             full_parse=args.full_parse, namespaces=args.namespaces,
-                            sidecar=args.sidecar, deltas=not args.no_deltas)
+                            sidecar=args.sidecar, deltas=not args.no_deltas,
+                            restart=args.restart)
             print(f"-- {n} sidecars, {rounds} rounds, "
                   f"{math.ceil(n / args.per_worker)} sim process(es)", file=sys.stderr)
             sizes.append(await measure(plan, root / f"n{n}", pin=not args.no_pin))

@@ -308,6 +308,10 @@ async def _command(fleet: Fleet, cmd: dict[str, Any]) -> dict[str, Any]:
         times = [s.marker_acked[marker] for s in sims if marker in s.marker_acked]
         return {"waiting": waiting, "acked": len(times), "last_ack": max(times, default=None),
                 "first_ack": min(times, default=None), "errors": fleet.errors()[:5]}
+    if cmd["cmd"] == "reconnect":  # after a control-plane restart: new streams for all
+        await fleet.stop()
+        fleet.start()
+        return {"reconnecting": len(fleet.sims)}
     if cmd["cmd"] == "stats":
         return {"messages": sum(s.messages for s in fleet.sims), "errors": fleet.errors()[:5],
                 "delta_messages": sum(s.delta_messages for s in fleet.sims),

@@ -79,6 +79,22 @@ def test_smoke_run_every_sim_receives_every_change(tmp_path: Path) -> None:
     assert "5" in proc.stdout and "p99" in proc.stdout
 
 
+def test_smoke_run_restart_reconnects_every_sim_and_pushes_nothing(tmp_path: Path) -> None:
+    """`--restart`: the control plane restarts after the rounds, the 10 sims reconnect saying
+    what they run, all are synced again and the restarted control plane pushed nothing."""
+    out = tmp_path / "cp.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.controlplane", "--sizes", "10", "--rounds", "1",
+         "--restart", "--json", str(out), "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (size,) = json.loads(out.read_text())["sizes"]
+    restart = size["restart"]
+    assert restart["synced"] and restart["resynced_s"] > 0, restart
+    assert restart["pushed"] == restart["messages"] == 0, restart
+    assert "restart: all reconnected and synced" in proc.stdout
+
+
 def test_smoke_run_scoped_by_a_sidecar_per_namespace(tmp_path: Path) -> None:
     """40 sims over 2 namespaces, with and without `--sidecar`: the 20 of ns-0 get each
     change; scoped, each snapshot lists its namespace's 20 endpoints (not 40), so it is
