@@ -19,6 +19,7 @@ from h2.settings import SettingCodes, Settings
 
 from proxy import h2flow, h2guard, recvbuf, tcptaken
 from proxy.h2flow import Headers, StreamOut
+from proxy.h2malformed import MessageMalformed
 from proxy.h2requesthead import exchange_from_headers
 from proxy.h2upstream import configure
 
@@ -43,6 +44,9 @@ _PREMATURE_RESET_LIFETIME = 1.0  # Envoy's premature_reset_min_stream_lifetime_s
 # seconds of this event loop under load): there, every this many control frames, the client
 # must have taken some of our output since the last count (tcptaken).
 _MAX_UNREAD_CONTROL = 1000
+# Malformed requests are stream errors (proxy.h2malformed), but a client sending this many on
+# one connection is broken or probing: cut off (as Node's maxSessionRejectedStreams).
+MAX_MALFORMED_STREAMS = 100
 _MAX_UNREAD_OUTPUT = 16 * 1024 * 1024
 _DRAIN_IDLE = 2.0  # as proxy.downstream's
 
@@ -190,6 +194,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.unread_control = 0  # control frames answered since the last check (or pause)
         self.output_taken: int | None = None  # what the client had taken at the last check
         self.premature_resets = 0
+        self.malformed = 0  # requests reset as malformed (MAX_MALFORMED_STREAMS)
         self.idle_since = self.loop.time()
         self.head_started = self.idle_since  # (read by Listener.record_rejection)
         # stream idle timeout: per stream, the progress last seen by the sweep and since when
@@ -345,6 +350,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
                 self._close()
         elif kind in _CONTROL_EVENTS:
             self.unread_control += 1  # h2 answered it (an ack): see _check_unread
+        elif kind is MessageMalformed:
+            self._malformed(event)
 
     def _pump(self, stream: H2Stream) -> None:
         stream.out.pump()
@@ -424,6 +431,34 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.listener.stats.inc("ami_http2_flood_closes", (
             ("listener", self.listener.kind), ("kind", "premature_reset")))
         self._calm_close()
+
+    def _malformed(self, event: MessageMalformed) -> None:
+        """A malformed request (its head, trailers or DATA): h2guard has reset its stream with
+        PROTOCOL_ERROR, the other streams go on. Counted as `downstream_protocol_error`, its
+        exchange (if the head had made one) dropped; past the budget, the client is cut off."""
+        log.info("HTTP/2 client %s sent a malformed request on stream %d: %s",
+                 self.client_ip.decode(), event.stream_id, event.detail)
+        stream = self.streams.pop(event.stream_id, None)
+        ex = None
+        if stream is not None:
+            stream.closed = True
+            self._watch.pop(event.stream_id, None)
+            if stream.unacked:  # read, not given back: the connection's window keeps it
+                self.ack(event.stream_id, stream.unacked)
+                stream.unacked = 0
+            ex, stream.exchange = stream.exchange, None
+        if ex is not None:
+            ex.malformed_stream()
+        else:
+            reason = "downstream_protocol_error"
+            self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
+        self.malformed += 1
+        if self.malformed >= MAX_MALFORMED_STREAMS:
+            log.warning("HTTP/2 client %s sent %d malformed requests: closing",
+                        self.client_ip.decode(), self.malformed)
+            self.listener.stats.inc("ami_http2_flood_closes", (
+                ("listener", self.listener.kind), ("kind", "malformed_streams")))
+            self._calm_close()
 
     def _calm_close(self, abort: bool = False) -> None:
         """An abusive client: GOAWAY ENHANCE_YOUR_CALM, and close (open streams end too);

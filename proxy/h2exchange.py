@@ -224,6 +224,16 @@ class H2Exchange(Exchange):
         self._release_pool()
         self.reply("bad_request")
 
+    def malformed_stream(self) -> None:
+        """The client's stream was reset as malformed mid-way (DATA past its content-length,
+        or ending it short; malformed trailers): the attempt and any mirrored copy are dropped,
+        logged as `downstream_protocol_error`."""
+        if self.mirror is not None:
+            self.mirror.drop()
+        self.abort()
+        self.flags = "downstream_protocol_error"
+        self.downstream.listener.record(self)
+
     # --- the upstream's answer --------------------------------------------------------------
     def h2_response_head(self, stream: H2UpstreamStream, headers: Headers,
                          end_stream: bool) -> None:

@@ -1,5 +1,6 @@
 """What the `h2` library leaves to its user, for both sides' HTTP/2 connections: a graceful
-GOAWAY, a bounded memory of closed streams, and HPACK tuned for CPU (`proxy.h2hpack`).
+GOAWAY, a bounded memory of closed streams, HPACK tuned for CPU (`proxy.h2hpack`), and a
+malformed message as a stream error (`proxy.h2malformed`).
 
 Graceful GOAWAY: h2 moves its connection to CLOSED as soon as it sends or receives a GOAWAY,
 and from then on refuses every frame either way (python-hyper/h2#1181), although RFC 9113 6.8
@@ -17,15 +18,17 @@ from h2.connection import H2Connection
 from h2.errors import _error_code_from_int
 from h2.events import (
     ConnectionTerminated,
+    Event,
     InformationalResponseReceived,
     RequestReceived,
     ResponseReceived,
     TrailersReceived,
 )
+from h2.exceptions import InvalidBodyLengthError, ProtocolError
 from h2.stream import StreamClosedBy
-from hyperframe.frame import GoAwayFrame, HeadersFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 
-from proxy import h2headers
+from proxy import h2headers, h2malformed
 from proxy.h2hpack import MeshDecoder, MeshEncoder
 
 
@@ -51,7 +54,8 @@ def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
 class MeshH2Connection(H2Connection):
     """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, the proxy's HPACK
     encoder and decoder (`proxy.h2hpack`), received header blocks checked in one pass
-    (`proxy.h2headers`), and a bounded memory of closed streams.
+    (`proxy.h2headers`; a malformed one, or DATA not adding up to its content-length, resets
+    its stream alone: `proxy.h2malformed`), and a bounded memory of closed streams.
 
     Closed streams: h2 remembers how each closed stream ended, for the last 65536 of them (an
     ordered dict, ~120 bytes a stream: ~8 MB on every long-lived connection, both sides, once
@@ -87,12 +91,30 @@ class MeshH2Connection(H2Connection):
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
         """h2's, then the block checked by `proxy.h2headers` (h2's own inbound checks are off);
-        a ProtocolError raised here ends the connection as h2's did."""
-        frames, events = super()._receive_headers_frame(frame)
-        for event in events:
-            kind = _BLOCK_KINDS.get(type(event))
-            if kind is not None:
-                event.headers = h2headers.check(event.headers, kind)  # type: ignore[attr-defined]
+        a malformed message resets its stream alone (`proxy.h2malformed`)."""
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+            for event in events:
+                kind = _BLOCK_KINDS.get(type(event))
+                if kind is not None:
+                    event.headers = h2headers.check(event.headers, kind)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            return [], h2malformed.stream_error(self, frame.stream_id, exc)
+        return frames, events
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
+        """h2's; DATA beyond the stream's `content-length` (or ending it short) resets that
+        stream alone, and the frame's share of the connection window goes back (no one
+        reads it)."""
+        try:
+            return super()._receive_data_frame(frame)
+        except InvalidBodyLengthError as exc:
+            events = h2malformed.stream_error(self, frame.stream_id, exc)
+        increment = self._inbound_flow_control_window_manager.process_bytes(
+            frame.flow_controlled_length)
+        frames: list[Frame] = []
+        if increment:
+            frames.append(WindowUpdateFrame(0, window_increment=increment))
         return frames, events
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> Any:

@@ -4,10 +4,11 @@ h2 validates a received block with a chain of eight generators, one of which wal
 of every name and value in Python: about a fifth of the proxy's instructions per HTTP/2
 request. The connections turn that off (`proxy.h2guard.configuration`) and run `check` on each
 request, response and trailers block instead, raising h2's `ProtocolError` from inside
-`receive_data` as h2 did, so the outcome is the same: the connection ends with GOAWAY
-PROTOCOL_ERROR. What is checked is h2's list (RFC 9113 8.2 and 8.3): names non-empty, lower
-case, no control, space, DEL, high or (after the first byte) colon bytes; values without NUL,
-CR or LF and without surrounding whitespace; no connection-specific header, `te` only
+`receive_data` as h2 did; `proxy.h2malformed` makes that a stream error (RST_STREAM
+PROTOCOL_ERROR, RFC 9113 8.1.1), where h2 ended the connection. What is checked is h2's
+list (RFC 9113 8.2 and 8.3): names non-empty, lower case, no control, space, DEL, high or
+(after the first byte) colon bytes; values without NUL, CR or LF and without surrounding
+whitespace; no connection-specific header, `te` only
 `trailers`; pseudo-headers known, once each, first, of the block's kind, the mandatory ones
 present, none in trailers; a request's `:path` not empty, `:authority` and `host` not both
 differing, one `host`. Cookies split over several fields are joined, last (h2's inbound

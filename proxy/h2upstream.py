@@ -22,6 +22,7 @@ from h2.settings import SettingCodes, Settings
 
 from proxy import h2flow, h2guard, recvbuf
 from proxy.h2flow import Headers, StreamOut
+from proxy.h2malformed import MessageMalformed
 from proxy.origination import log_ended
 
 if TYPE_CHECKING:
@@ -301,6 +302,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                 stream.exchange = None
                 if ex is not None:
                     ex.h2_upstream_reset(stream)
+        elif kind is MessageMalformed:
+            self._malformed(event)
         elif kind is ev.ConnectionTerminated:
             self.goaway = True
             last = event.last_stream_id if event.last_stream_id is not None else 0
@@ -312,6 +315,23 @@ class H2UpstreamConnection(asyncio.Protocol):
                     ex.h2_upstream_reset(stream)
             if not self.streams:
                 self.close()
+
+    def _malformed(self, event: MessageMalformed) -> None:
+        """A malformed response (head, trailers or DATA against its content-length): h2guard
+        has reset that stream alone (RFC 9113 8.1.1), the connection's others go on; the client
+        gets `502 upstream_protocol_error` (its stream reset if the answer had started)."""
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        log.info("upstream %s sent a malformed response on stream %d: %s",
+                 self.pool.address, event.stream_id, event.detail)
+        if stream.unacked:  # read, not given back: the connection's window keeps it
+            self.ack(event.stream_id, stream.unacked)
+            stream.unacked = 0
+        self._stream_gone()
+        ex, stream.exchange = stream.exchange, None
+        if ex is not None:
+            ex.h2_upstream_failed(stream, "upstream_protocol_error")
 
     def _ended(self, stream: H2UpstreamStream) -> None:
         ex, stream.exchange = stream.exchange, None

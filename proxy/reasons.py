@@ -38,6 +38,9 @@ REASONS: dict[str, tuple[int, str]] = {
     "internal_error": (500, "internal proxy error (see the proxy log)"),
     "downstream_disconnect": (499, "client closed the connection before the response "
                                    "or during its body"),
+    "downstream_protocol_error": (0, "a malformed HTTP/2 request (RFC 9113 8.1.1): its "
+                                     "stream reset with PROTOCOL_ERROR, the connection's other "
+                                     "streams go on"),
     "tls_in_tunnel": (400, "TLS inside a CONNECT tunnel to a mesh service: the mesh does the "
                            "TLS, the app speaks plaintext to its sidecar"),
     "bad_client_hello": (0, "a TLS connection to the gateway whose ClientHello could not be "
@@ -48,8 +51,8 @@ REASONS: dict[str, tuple[int, str]] = {
 }
 
 # Reasons that end a connection without any answer (logs and metrics only: response_code 0).
-NOT_SENT = frozenset({"downstream_disconnect", "tls_in_tunnel", "idle_timeout",
-                      "bad_client_hello"})
+NOT_SENT = frozenset({"downstream_disconnect", "downstream_protocol_error", "tls_in_tunnel",
+                      "idle_timeout", "bad_client_hello"})
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"

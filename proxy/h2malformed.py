@@ -1,0 +1,56 @@
+"""A malformed HTTP/2 message is a stream error, not a connection error (RFC 9113 8.1.1).
+
+A request or response whose header block breaks RFC 9113 8.2/8.3 (`proxy.h2headers`), whose
+`content-length` is not a number or disagrees with its DATA frames, or whose trailers do not
+end the stream, costs its own stream alone: RST_STREAM PROTOCOL_ERROR, and the owner of the
+connection gets a `MessageMalformed` event instead of the message. The header block was
+decoded all the same, so the connection's HPACK state stays in step. What must still end the
+connection does: a block HPACK could not decode (COMPRESSION_ERROR, RFC 9113 4.3), a decoded
+list over the size limit (h2's DenialOfServiceError), frame and stream-state errors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+from h2.events import Event
+from h2.exceptions import InvalidBodyLengthError, ProtocolError
+from h2.stream import StreamState
+from hpack.exceptions import HPACKError
+
+if TYPE_CHECKING:
+    from h2.connection import H2Connection
+
+# What h2 turns into a plain ProtocolError when a header block cannot be decoded
+_UNDECODABLE = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
+_NOT_RESETTABLE = (StreamState.IDLE, StreamState.CLOSED)
+
+
+class MessageMalformed(Event):
+    """A received request or response (or its trailers, or its DATA) was malformed: its
+    stream has been reset with PROTOCOL_ERROR; `detail` says what was wrong."""
+
+    def __init__(self, stream_id: int, detail: str) -> None:
+        self.stream_id = stream_id
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"<MessageMalformed stream_id:{self.stream_id}, detail:{self.detail}>"
+
+
+def stream_error(h2: H2Connection, stream_id: int, exc: ProtocolError) -> list[Event]:
+    """`exc` was raised receiving a header block or DATA of `stream_id`: reset that stream
+    alone where RFC 9113 8.1.1 has a stream error, else raise `exc` (a connection error)."""
+    if isinstance(exc.__cause__, _UNDECODABLE):
+        # the decoder's table may be out of step with the peer's: nothing after can be read
+        exc.error_code = ErrorCodes.COMPRESSION_ERROR
+        raise exc
+    stream = h2.streams.get(stream_id)
+    # Only the plain errors of a message's content: the subclasses are frame, flow-control,
+    # stream-id and DoS errors; a stream-state error has closed the stream (h2's machine).
+    if (type(exc) not in (ProtocolError, InvalidBodyLengthError) or stream is None
+            or stream.state_machine.state in _NOT_RESETTABLE):
+        raise exc
+    h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+    return [MessageMalformed(stream_id, str(exc))]
