@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import yaml
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from hpack import Decoder, NeverIndexedHeaderTuple
 from hyperframe.frame import (
@@ -29,7 +31,15 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tests.proxyharness import Backends, ProxyProcess, RawBackend, eventually, read_request
+from proxy.h2downstream import MAX_MALFORMED_STREAMS
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    eventually,
+    metric_value,
+    read_request,
+)
 from tests.test_proxy_http2_hostile import PREFACE, Peer
 
 Headers = list[tuple[bytes, bytes]]
@@ -412,3 +422,149 @@ async def test_empty_data_frames_do_not_end_a_chunked_body_early(
         peer.close()
     assert [(r.first, r.body) for r in http1_app.requests[seen:]] == [
         ("POST /upload HTTP/1.1", b"abcdef"), ("GET /next HTTP/1.1", b"")]
+
+
+# --- malformed requests: stream errors, not connection errors (RFC 9113 8.1.1) --------------
+def _head(*extra: tuple[bytes, bytes], path: bytes = b"/") -> Headers:
+    return [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+            (b":authority", b"echo"), *extra]
+
+
+# A request marked `x-bad: 1`, malformed in its header block (proxy.h2headers, h2's own
+# content-length check) or after it (its DATA against its content-length, its trailers).
+BAD_HEADS: dict[str, Headers] = {
+    "uppercase_name": _head((b"X-Upper", b"1")),
+    "connection": _head((b"connection", b"close")),
+    "transfer_encoding": _head((b"transfer-encoding", b"chunked")),
+    "te_gzip": _head((b"te", b"gzip")),
+    "crlf_value": _head((b"x-a", b"1\r\nx-injected: 1")),
+    "nul_value": _head((b"x-a", b"1\x002")),
+    "leading_space": _head((b"x-a", b" 1")),
+    "space_in_name": _head((b"x a", b"1")),
+    "duplicate_path": _head((b":path", b"/again")),
+    "unknown_pseudo": _head((b":foo", b"1")),
+    "pseudo_after_regular": [(b":method", b"GET"), (b":scheme", b"http"), (b"x-a", b"1"),
+                             (b":path", b"/"), (b":authority", b"echo")],
+    "no_path": [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"echo")],
+    "empty_path": _head(path=b""),
+    "no_authority": [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")],
+    "host_differs": _head((b"host", b"other")),
+    "length_not_a_number": _head((b"content-length", b"ten")),
+    "two_lengths": _head((b"content-length", b"3"), (b"content-length", b"4")),
+}
+BAD_AFTER_HEAD: dict[str, Callable[[Peer, int], None]] = {
+    "data_past_length": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False,
+                  extra=[(b"content-length", b"3"), (b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abcdef"))),
+    "data_short_of_length": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False,
+                  extra=[(b"content-length", b"10"), (b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc", flags=["END_STREAM"]))),
+    "trailers_not_ending": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc"),
+               HeadersFrame(sid, data=p.encoder.encode([(b"x-sum", b"1")]),
+                            flags=["END_HEADERS"]))),
+    "pseudo_in_trailers": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc")), p.trailers(sid, [(b":path", b"/x")])),
+}
+MALFORMED: dict[str, Callable[[Peer, int], None]] = {
+    **{name: (lambda p, sid, head=head: p.request(sid, pseudo=[*head, (b"x-bad", b"1")]))
+       for name, head in BAD_HEADS.items()},
+    **BAD_AFTER_HEAD,
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_malformed_request_resets_its_stream_alone(
+        proxy: ProxyProcess, upstream: H2Upstream, case: str) -> None:
+    """A malformed request gets RST_STREAM PROTOCOL_ERROR on its own stream (no GOAWAY): a
+    request opened before it and still sending its body, and one opened after it, both get
+    200 on the same connection; the one after reuses, as indexed fields, entries the malformed
+    block added to the HPACK table (so the proxy decoded it); no upstream gets it whole; it is
+    counted as `downstream_protocol_error`."""
+    before = len(upstream.requests())
+    counted = metric_value(await proxy.metrics(), "ami_requests_total",
+                           response_flags="downstream_protocol_error")
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/before", method="POST", end_stream=False)
+        MALFORMED[case](peer, 3)
+        await peer.read_until(lambda: peer.finished(3) or peer.goaway is not None)
+        assert peer.goaway is None
+        assert peer.resets.get(3) == ErrorCodes.PROTOCOL_ERROR and peer.status(3) is None
+        # `x-bad: 1` is in the encoder's table now: sent again, it is an index into it
+        peer.request(5, "/after", extra=[(b"x-bad", b"1"), (b"x-seq", b"5")])
+        peer.send(DataFrame(1, data=b"body", flags=["END_STREAM"]))
+        assert (await peer.response(5))[0] == 200
+        assert (await peer.response(1))[0] == 200
+        assert peer.goaway is None
+    finally:
+        peer.close()
+    requests = upstream.requests()[before:]
+    paths = {dict(heads[0])[b":path"]: (heads[0], shapes) for heads, shapes in requests}
+    assert {b"/before", b"/after"} <= set(paths)
+    assert (b"x-bad", b"1") in paths[b"/after"][0] and (b"x-seq", b"5") in paths[b"/after"][0]
+    # the malformed one never reached an upstream, or (malformed after its head) never whole
+    assert all(not shapes[-1].endswith("+") for path, (_, shapes) in paths.items()
+               if path not in (b"/before", b"/after"))
+    await eventually_async(lambda: _count(proxy, "ami_requests_total",
+                                          response_flags="downstream_protocol_error"),
+                           counted + 1)
+
+
+async def _count(proxy: ProxyProcess, name: str, **labels: str) -> float:
+    return metric_value(await proxy.metrics(), name, **labels)
+
+
+async def eventually_async(read: Callable[[], Any], expected: float,
+                           timeout: float = 10.0) -> None:
+    """Until the awaitable `read()` gives `expected` (a deadline, not a sleep as a wait)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while (value := await read()) != expected:
+        assert loop.time() < end, f"{value} != {expected}"
+        await asyncio.sleep(0.05)
+
+
+async def test_malformed_streams_past_the_budget_close_the_connection(
+        proxy: ProxyProcess) -> None:
+    """A client that sends nothing but malformed requests is cut off at the budget: after
+    MAX_MALFORMED_STREAMS - 1 of them it is still served, the next one gets GOAWAY
+    ENHANCE_YOUR_CALM and the close, counted as a flood."""
+    closes = await _count(proxy, "ami_http2_flood_closes_total", kind="malformed_streams")
+    peer = await Peer.open(proxy.outbound)
+    try:
+        sid = 1
+        for _ in range(MAX_MALFORMED_STREAMS - 1):
+            peer.request(sid, extra=[(b"X-Upper", b"1")])
+            sid += 2
+        peer.request(sid, "/ok")
+        assert (await peer.response(sid))[0] == 200
+        assert peer.goaway is None and len(peer.resets) == MAX_MALFORMED_STREAMS - 1
+        peer.request(sid + 2, extra=[(b"X-Upper", b"1")])
+        assert await peer.closed()
+        assert peer.goaway is not None
+        assert peer.goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        peer.close()
+    await eventually_async(lambda: _count(proxy, "ami_http2_flood_closes_total",
+                                          kind="malformed_streams"), closes + 1)
+
+
+async def test_a_header_block_hpack_cannot_decode_ends_the_connection(
+        proxy: ProxyProcess) -> None:
+    """A header block HPACK cannot decode (an index past both tables) is still a connection
+    error, of type COMPRESSION_ERROR (RFC 9113 4.3): the table may be out of step."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/ok")
+        assert (await peer.response(1))[0] == 200
+        peer.send(HeadersFrame(3, data=b"\xff\xff\x7f", flags=["END_HEADERS", "END_STREAM"]))
+        assert await peer.closed()
+        assert peer.goaway is not None
+        assert peer.goaway.error_code == ErrorCodes.COMPRESSION_ERROR
+    finally:
+        peer.close()
