@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 from h2.events import Event
 from h2.exceptions import InvalidBodyLengthError, ProtocolError
-from h2.stream import StreamState
+from h2.stream import StreamClosedBy, StreamState
 from hpack.exceptions import HPACKError
 
 if TYPE_CHECKING:
@@ -48,9 +48,15 @@ def stream_error(h2: H2Connection, stream_id: int, exc: ProtocolError) -> list[E
         raise exc
     stream = h2.streams.get(stream_id)
     # Only the plain errors of a message's content: the subclasses are frame, flow-control,
-    # stream-id and DoS errors; a stream-state error has closed the stream (h2's machine).
-    if (type(exc) not in (ProtocolError, InvalidBodyLengthError) or stream is None
-            or stream.state_machine.state in _NOT_RESETTABLE):
+    # stream-id and DoS errors.
+    if type(exc) not in (ProtocolError, InvalidBodyLengthError) or stream is None:
+        raise exc
+    state = stream.state_machine.state
+    if state is StreamState.CLOSED and stream.closed_by is StreamClosedBy.RECV_END_STREAM:
+        # The message ended the stream, whose other half had ended already (a response to a
+        # whole request): it is dropped, and no frame may follow on a closed stream.
+        return [MessageMalformed(stream_id, str(exc))]
+    if state in _NOT_RESETTABLE:  # (closed by h2's state machine: a stream-state error)
         raise exc
     h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
     return [MessageMalformed(stream_id, str(exc))]
