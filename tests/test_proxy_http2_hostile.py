@@ -123,6 +123,21 @@ class H2Backend:
                 flush()
                 self.active.discard((cid, sid))
                 return
+            if path == "/bad-body":
+                # a head that is fine, then a malformed rest: DATA past its content-length, or
+                # trailers with a pseudo-header (RFC 9113 8.1.1)
+                conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"3")])
+                if args["h"] == "past_length":
+                    conn.send_data(sid, b"abcdef", end_stream=True)
+                else:
+                    conn.send_data(sid, b"abc")
+                    config = conn.config
+                    config.validate_outbound_headers = config.normalize_outbound_headers = False
+                    conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                    config.validate_outbound_headers = config.normalize_outbound_headers = True
+                flush()
+                self.active.discard((cid, sid))
+                return
             if path in ("/big", "/goaway"):
                 conn.send_headers(sid, [(b":status", b"200")])
                 if path == "/goaway":
@@ -901,13 +916,16 @@ async def test_malformed_response_head_is_not_forwarded(proxy: ProxyProcess, kin
         peer.close()
 
 
+@pytest.mark.parametrize("bad", ["/bad-head?h=upper", "/bad-body?h=past_length",
+                                 "/bad-body?h=pseudo_in_trailers"])
 async def test_a_malformed_response_spares_the_other_streams_of_its_connection(
-        tmp_path: Path, upstream: H2Backend) -> None:
-    """A malformed response head resets that upstream stream alone (RFC 9113 8.1.1): its
-    client gets `502 upstream_protocol_error`, and an answer in flight on the same upstream
-    connection (held there: the client opens no more window, so the upstream's is not given
-    back) completes in full once the client reads. (A proxy of its own: the module's stream
-    idle timeout of 2 s would race a loaded machine.)"""
+        tmp_path: Path, upstream: H2Backend, bad: str) -> None:
+    """A malformed response (its head; DATA past its content-length; a pseudo-header in its
+    trailers) costs that upstream stream alone (RFC 9113 8.1.1): its client gets `502
+    upstream_protocol_error`, or a reset once the head was passed on; an answer in flight on
+    the same upstream connection (held there: the client opens no more window, so the
+    upstream's is not given back) completes in full once the client reads. (A proxy of its
+    own: the module's stream idle timeout of 2 s would race a loaded machine.)"""
     proxy = ProxyProcess(tmp_path, {"echo": [upstream.port]}).start()
     peer = await Peer.open(proxy.outbound, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1024})
     peer.auto_window = False
@@ -918,10 +936,14 @@ async def test_a_malformed_response_spares_the_other_streams_of_its_connection(
         await peer.read_until(lambda: peer.received == 1024)
         in_flight = set(upstream.active)
         assert len(in_flight) == 1
-        peer.request(3, "/bad-head?h=upper")  # (its 502 fits in the client's window)
+        peer.request(3, bad)  # (its 502 fits in the client's window)
         await peer.read_until(lambda: peer.finished(3))
-        assert peer.status(3) == 502
-        assert peer.header(3, b"x-ami-reason") == b"upstream_protocol_error"
+        if bad.startswith("/bad-head"):
+            assert peer.status(3) == 502
+            assert peer.header(3, b"x-ami-reason") == b"upstream_protocol_error"
+        else:
+            assert peer.resets.get(3) == ErrorCodes.INTERNAL_ERROR  # cut, as any broken answer
+            assert 3 not in peer.ended
         assert in_flight <= upstream.active  # stream 1's upstream stream still open
         peer.auto_window = True
         peer.send(WindowUpdateFrame(0, window_increment=1 << 20),
