@@ -435,12 +435,15 @@ class H2DownstreamProtocol(asyncio.Protocol):
     def _malformed(self, event: MessageMalformed) -> None:
         """A malformed request (its head, trailers or DATA): h2guard has reset its stream with
         PROTOCOL_ERROR, the other streams go on. Counted as `downstream_protocol_error`, its
-        exchange (if the head had made one) dropped; past the budget, the client is cut off."""
+        exchange (if the head had made one) dropped; or answered `400` (no authority, or two).
+        Past the budget, the client is cut off."""
         log.info("HTTP/2 client %s sent a malformed request on stream %d: %s",
                  self.client_ip.decode(), event.stream_id, event.detail)
         stream = self.streams.pop(event.stream_id, None)
         ex = None
-        if stream is not None:
+        if event.answer is not None:  # a head with no or two authorities: answered, not reset
+            self._refuse(H2Stream(self, event.stream_id), event.answer, event.head)
+        elif stream is not None:
             stream.closed = True
             self._watch.pop(event.stream_id, None)
             if stream.unacked:  # read, not given back: the connection's window keeps it
@@ -449,7 +452,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
             ex, stream.exchange = stream.exchange, None
         if ex is not None:
             ex.malformed_stream()
-        else:
+        elif event.answer is None:
             reason = "downstream_protocol_error"
             self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
         self.malformed += 1

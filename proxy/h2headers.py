@@ -37,6 +37,16 @@ _GOOD_NAMES: set[bytes] = set()  # names already found valid: most repeat on eve
 _MAX_GOOD_NAMES = 4096
 
 
+class Unroutable(ProtocolError):
+    """A request naming no authority, or two that differ (RFC 9113 8.3.1): malformed, but
+    otherwise checked whole, so it is answered `400 bad_request` on its stream (as nginx
+    does) rather than reset; `head`: a HEAD request (answered without a body)."""
+
+    def __init__(self, message: str, method: bytes) -> None:
+        super().__init__(message)
+        self.head = method == b"HEAD"
+
+
 def check(headers: list, kind: int) -> list:  # type: ignore[type-arg]
     """`headers` (or, where cookies were split, a copy with them joined), else ProtocolError."""
     seen: set[bytes] = set()
@@ -109,10 +119,11 @@ def _check_request(seen: set[bytes], method: bytes | None, authority: bytes | No
     if not connect and b":protocol" in seen:
         raise ProtocolError("Encountered connect-request-only headers {b':protocol'}")
     if authority is None and host is None:
-        raise ProtocolError("Request header block does not have an :authority or Host header.")
+        raise Unroutable("Request header block does not have an :authority or Host header.",
+                         method)
     if authority is not None and host is not None and authority != host:
-        raise ProtocolError(f"Request header block has mismatched :authority and Host headers: "
-                            f"{authority!r} / {host!r}")
+        raise Unroutable(f"Request header block has mismatched :authority and Host headers: "
+                         f"{authority!r} / {host!r}", method)
 
 
 def _join_cookies(headers: list) -> list:  # type: ignore[type-arg]

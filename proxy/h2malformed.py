@@ -3,10 +3,12 @@
 A request or response whose header block breaks RFC 9113 8.2/8.3 (`proxy.h2headers`), whose
 `content-length` is not a number or disagrees with its DATA frames, or whose trailers do not
 end the stream, costs its own stream alone: RST_STREAM PROTOCOL_ERROR, and the owner of the
-connection gets a `MessageMalformed` event instead of the message. The header block was
-decoded all the same, so the connection's HPACK state stays in step. What must still end the
-connection does: a block HPACK could not decode (COMPRESSION_ERROR, RFC 9113 4.3), a decoded
-list over the size limit (h2's DenialOfServiceError), frame and stream-state errors.
+connection gets a `MessageMalformed` event instead of the message (a request naming no
+authority, or two, is left open for a `400` instead: `proxy.h2headers.Unroutable`). The
+header block was decoded all the same, so the connection's HPACK state stays in step. What
+must still end the connection does: a block HPACK could not decode (COMPRESSION_ERROR, RFC
+9113 4.3), a decoded list over the size limit (h2's DenialOfServiceError), frame and
+stream-state errors.
 """
 
 from __future__ import annotations
@@ -19,21 +21,32 @@ from h2.exceptions import InvalidBodyLengthError, ProtocolError
 from h2.stream import StreamClosedBy, StreamState
 from hpack.exceptions import HPACKError
 
+from proxy.h2headers import Unroutable
+
 if TYPE_CHECKING:
     from h2.connection import H2Connection
 
 # What h2 turns into a plain ProtocolError when a header block cannot be decoded
 _UNDECODABLE = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
 _NOT_RESETTABLE = (StreamState.IDLE, StreamState.CLOSED)
+# Only the plain errors of a message's content: h2's other subclasses are frame,
+# flow-control, stream-id and DoS errors
+_STREAM_ERRORS = (ProtocolError, InvalidBodyLengthError, Unroutable)
 
 
 class MessageMalformed(Event):
     """A received request or response (or its trailers, or its DATA) was malformed: its
-    stream has been reset with PROTOCOL_ERROR; `detail` says what was wrong."""
+    stream has been reset with PROTOCOL_ERROR (unless `answer`); `detail` says what was
+    wrong."""
 
-    def __init__(self, stream_id: int, detail: str) -> None:
+    def __init__(self, stream_id: int, detail: str, answer: str | None = None,
+                 head: bool = False) -> None:
         self.stream_id = stream_id
         self.detail = detail
+        # Not reset but left open to be answered with this reason word (proxy.h2headers'
+        # Unroutable); `head`: a HEAD request's answer has no body
+        self.answer = answer
+        self.head = head
 
     def __repr__(self) -> str:
         return f"<MessageMalformed stream_id:{self.stream_id}, detail:{self.detail}>"
@@ -47,11 +60,11 @@ def stream_error(h2: H2Connection, stream_id: int, exc: ProtocolError) -> list[E
         exc.error_code = ErrorCodes.COMPRESSION_ERROR
         raise exc
     stream = h2.streams.get(stream_id)
-    # Only the plain errors of a message's content: the subclasses are frame, flow-control,
-    # stream-id and DoS errors.
-    if type(exc) not in (ProtocolError, InvalidBodyLengthError) or stream is None:
+    if type(exc) not in _STREAM_ERRORS or stream is None:
         raise exc
     state = stream.state_machine.state
+    if isinstance(exc, Unroutable) and state not in _NOT_RESETTABLE:
+        return [MessageMalformed(stream_id, str(exc), "bad_request", exc.head)]
     if state is StreamState.CLOSED and stream.closed_by is StreamClosedBy.RECV_END_STREAM:
         # The message ended the stream, whose other half had ended already (a response to a
         # whole request): it is dropped, and no frame may follow on a closed stream.
