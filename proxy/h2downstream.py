@@ -44,10 +44,10 @@ _PREMATURE_RESET_LIFETIME = 1.0  # Envoy's premature_reset_min_stream_lifetime_s
 # seconds of this event loop under load): there, every this many control frames, the client
 # must have taken some of our output since the last count (tcptaken).
 _MAX_UNREAD_CONTROL = 1000
+_MAX_UNREAD_OUTPUT = 16 * 1024 * 1024
 # Malformed requests are stream errors (proxy.h2malformed), but a client sending this many on
 # one connection is broken or probing: cut off (as Node's maxSessionRejectedStreams).
 MAX_MALFORMED_STREAMS = 100
-_MAX_UNREAD_OUTPUT = 16 * 1024 * 1024
 _DRAIN_IDLE = 2.0  # as proxy.downstream's
 
 
@@ -440,21 +440,20 @@ class H2DownstreamProtocol(asyncio.Protocol):
         log.info("HTTP/2 client %s sent a malformed request on stream %d: %s",
                  self.client_ip.decode(), event.stream_id, event.detail)
         stream = self.streams.pop(event.stream_id, None)
-        ex = None
         if event.answer is not None:  # a head with no or two authorities: answered, not reset
             self._refuse(H2Stream(self, event.stream_id), event.answer, event.head)
-        elif stream is not None:
+        elif stream is None:  # its head: no exchange was made
+            reason = "downstream_protocol_error"
+            self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
+        else:
             stream.closed = True
             self._watch.pop(event.stream_id, None)
             if stream.unacked:  # read, not given back: the connection's window keeps it
                 self.ack(event.stream_id, stream.unacked)
                 stream.unacked = 0
             ex, stream.exchange = stream.exchange, None
-        if ex is not None:
-            ex.malformed_stream()
-        elif event.answer is None:
-            reason = "downstream_protocol_error"
-            self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
+            if ex is not None:  # (else answered and recorded already)
+                ex.malformed_stream()
         self.malformed += 1
         if self.malformed >= MAX_MALFORMED_STREAMS:
             log.warning("HTTP/2 client %s sent %d malformed requests: closing",
