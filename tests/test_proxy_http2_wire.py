@@ -3,14 +3,16 @@
 The client (the hostile tests' `Peer`) and the upstream here read the proxy's frames one by
 one (hyperframe) and decode its header blocks with hpack's own decoder, so what matters is
 seen as it is on the wire: a field sent as "literal never indexed" (RFC 7541 7.1.3) or not, a
-stream ended on its last DATA or trailers frame or by an empty DATA frame after them, and a
+stream ended on its last DATA or trailers frame or by an empty DATA frame after them, a
 request whose DATA frames do not add up to its content-length (RFC 9113 8.1.1) refused
-before an app reads it.
+before an app reads it, and a malformed request costing its own stream alone (8.1.1), the
+connection's HPACK table kept in step, with a budget for a client that sends only those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,7 +213,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: H2Upstream,
     `h1.example:<port>` the HTTP/1.1 app, an outside host whose `HTTP` port the proxy reaches
     in HTTP/1.1 (HTTP/2 requests downgraded)."""
     p = ProxyProcess(tmp_path_factory.mktemp("h2wire"),
-                     {"echo": [upstream.port], "mirrored": [upstream.port]},
+                     {"echo": [upstream.port], "mirrored": [upstream.port]}, access_log=True,
                      routes=[{"host": "mirrored", "rules": [{
                          "backends": [{}], "mirror": {"service": "echo", "percent": 100}}]}])
     config = yaml.safe_load(p.config.read_text())
@@ -492,6 +494,7 @@ async def test_a_malformed_request_resets_its_stream_alone(
     before = len(upstream.requests())
     flag = "bad_request" if case in ANSWERED else "downstream_protocol_error"
     counted = await _count(proxy, "ami_requests_total", response_flags=flag)
+    logged = len(logged_with(proxy, flag))
     peer = await Peer.open(proxy.outbound)
     try:
         peer.request(1, "/before", method="POST", end_stream=False)
@@ -521,6 +524,17 @@ async def test_a_malformed_request_resets_its_stream_alone(
                if path not in (b"/before", b"/after"))
     await eventually_async(lambda: _count(proxy, "ami_requests_total", response_flags=flag),
                            counted + 1)
+    await eventually(lambda: len(logged_with(proxy, flag)) == logged + 1)
+    if case in BAD_HEADS:  # refused from its head: the request's own fields are not logged
+        assert logged_with(proxy, flag)[-1]["path"] is None
+    else:
+        assert logged_with(proxy, flag)[-1]["path"] == "/"
+
+
+def logged_with(proxy: ProxyProcess, reason: str) -> list[dict[str, Any]]:
+    """The access-log lines with this reason word."""
+    lines = [json.loads(x) for x in proxy.stdout().splitlines() if x.startswith("{")]
+    return [line for line in lines if line.get("reason") == reason]
 
 
 async def _count(proxy: ProxyProcess, name: str, **labels: str) -> float:
