@@ -14,23 +14,34 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshctl.api.canary import (
+    CONFIRM_PROMOTION,
+    CONFIRM_ROLLOUT,
+    CONFIRM_TRAFFIC_INCREASE,
     DONE,
+    EVENT,
     FAILED,
     HOLDING,
     INITIALIZING,
+    POST_ROLLOUT,
+    PRE_ROLLOUT,
     PROGRESSING,
     PROMOTING,
+    ROLLBACK,
     ROLLED_BACK,
+    ROLLOUT,
     SUCCEEDED,
+    WAITING,
+    WAITING_PROMOTION,
     CanarySpec,
 )
 from meshctl.api.resources import Resource, parse_document
 from meshctl.canary.analysis import Measurement
-from meshctl.canary.decide import Action, Progress, decide
+from meshctl.canary.decide import Action, Progress, Step, decide, fail
 from meshctl.canary.measure import analysis_window, measurement, service_labels, version_label
 from meshctl.canary.meshtarget import current_split
 from meshctl.canary.statefile import CanaryStateFile
 from meshctl.canary.targets import find_route, problems, subsets
+from meshctl.canary.webhooks import Caller, Gates, HookResult, payload
 from meshctl.commands.shift import ShiftRefused, Weights, plan_shift
 from meshctl.controlplane.errors import Conflict, Invalid, NotFound
 from meshctl.controlplane.store import EventType, Key, Store, StoredObject, Watch
@@ -40,6 +51,8 @@ log = logging.getLogger("ami.canary")
 PHASE_OF = {Action.ADVANCE: PROGRESSING, Action.FAIL: PROGRESSING, Action.HOLD: HOLDING,
             Action.PROMOTE: PROMOTING, Action.ROLL_BACK: ROLLED_BACK}
 EVENTS_KEPT = 10
+NOT_STARTED = frozenset({INITIALIZING, WAITING})
+GATE_OF = {Action.ADVANCE: CONFIRM_TRAFFIC_INCREASE, Action.PROMOTE: CONFIRM_PROMOTION}
 MIN_WINDOW, MAX_WINDOW = 1.0, 600.0  # what /api/v1/stat's window is clamped to
 
 Stats = Callable[[float], Iterable[Mapping[str, Any]]]
@@ -92,6 +105,9 @@ class CanaryController:
         self.state = state
         self.lagging = lagging
         self.watching_since: float | None = None  # set by restore(): when metrics began
+        self.caller = Caller()
+        self._hook_answered = asyncio.Event()  # a gating webhook call ended: sweep again
+        self.gates = Gates(self.caller, self._hook_answered.set)
 
     async def run(self, tick: float = 1.0) -> None:
         """Restore saved statuses, then sweep whenever a Canary (or a Route or
@@ -106,11 +122,13 @@ class CanaryController:
                 now = self.clock()
                 # a retry or a wait on ACKs polls every tick; a due analysis waits till due
                 timeout = None if wake is None else wake - now + 0.01 if wake > now else tick
-                if not await _changed(watch, timeout):
+                if not await _changed(watch, timeout, self._hook_answered):
                     watch.close()  # fell behind: a fresh watch (the next sweep relists)
                     watch = self.store.watch()
         finally:
             watch.close()
+            self.gates.keep(set())
+            await self.caller.close()
 
     async def restore(self) -> None:
         """Put the statuses saved before a restart back on the Canaries that still exist."""
@@ -150,6 +168,7 @@ class CanaryController:
                 wakes.append(self.clock())
                 log.exception("canary %s/%s: reconcile failed; retrying",
                               obj.resource.namespace, obj.resource.name)
+        self.gates.keep({o.key for o in canaries})
         if self.state is not None:  # a deleted Canary is forgotten; its weights stay
             self.state.keep({o.key for o in canaries})
         return min(wakes, default=None)
@@ -168,6 +187,8 @@ class CanaryController:
         assert isinstance(spec, CanarySpec)
         interval = spec.plan().interval
         last = parse_timestamp(status.get("lastStepTime")) or self.clock()
+        if phase == WAITING:  # a gate asked again each interval; no metrics needed yet
+            return last + interval
         return max(last + interval, self._metrics_from(interval))
 
     async def reconcile(self, obj: StoredObject) -> None:
@@ -189,7 +210,7 @@ class CanaryController:
         issues = problems(spec, ns, routes, policies)
         if issues:
             # Flagger waits for a target that is not there yet; a run that loses it stops
-            waiting = phase == INITIALIZING
+            waiting = phase in NOT_STARTED
             await self._report(obj, status, INITIALIZING if waiting else FAILED, now,
                                ("waiting: " if waiting else "stopped: ") + "; ".join(issues))
             return
@@ -197,12 +218,8 @@ class CanaryController:
         assert route is not None  # problems() said so
         split = dict(current_split(route, spec.rule))
         plan = spec.plan()
-        if phase == INITIALIZING:
-            weight = plan.start_weight(split.get(spec.canary, 0))
-            await self._set_weight(route, spec, policies, weight)
-            await self._report(obj, status, PROGRESSING, now, f"start: {_split(spec, weight)}",
-                               canaryWeight=weight, failedChecks=0, heldChecks=0,
-                               lastStepTime=timestamp(now))
+        if phase in NOT_STARTED:
+            await self._start(obj, status, spec, route, policies, split, now)
             return
         weight = int(status.get("canaryWeight", 0))
         if (split.get(spec.stable, 0), split.get(spec.canary, 0)) != (100 - weight, weight):
@@ -229,6 +246,74 @@ class CanaryController:
             return
         await self._analyse(obj, status, spec, policies, route, weight, now)
 
+    async def _start(self, obj: StoredObject, status: dict[str, Any], spec: CanarySpec,
+                     route: dict[str, Any], policies: list[dict[str, Any]],
+                     split: Mapping[str, int], now: float) -> None:
+        """Start the run once its confirm-rollout hooks say yes and its pre-rollout hooks
+        pass; asked again every interval (phase Waiting) until then."""
+        plan = spec.plan()
+        last = parse_timestamp(status.get("lastStepTime"))
+        if status.get("phase") == WAITING and last is not None and now < last + plan.interval:
+            return
+        confirm = self._gate(obj, status, CONFIRM_ROLLOUT)
+        if confirm is None:
+            return  # asked; the answers wake the next sweep
+        refused = [r for r in confirm if not r.ok]
+        if refused:
+            said = refused[0].said()
+            await self._report(obj, status, WAITING, now, f"waiting for approval: {said}",
+                               lastStepTime=timestamp(now), waitingOn=said,
+                               webhooks=_results(status, confirm, now))
+            return
+        pre = self._gate(obj, status, PRE_ROLLOUT)
+        if pre is None:
+            return
+        failed = [r for r in pre if not r.ok]
+        results = _results(status, confirm + pre, now) if confirm or pre else None
+        if failed:  # a failed check before any traffic: counted like the metrics' ones
+            step = fail(plan, Progress(0, int(status.get("failedChecks", 0))), failed[0].said())
+            if step.action is Action.ROLL_BACK:
+                await self._set_weight(route, spec, policies, 0)
+                phase, message = ROLLED_BACK, f"roll back: {step.said}: {_split(spec, 0)}"
+            else:
+                phase, message = WAITING, (f"failure {step.progress.failed} of "
+                                           f"{plan.failures}: {step.reason}; not started")
+            await self._report(obj, status, phase, now, message, canaryWeight=0,
+                               failedChecks=step.progress.failed, heldChecks=0,
+                               lastStepTime=timestamp(now), webhooks=results)
+            return
+        weight = plan.start_weight(split.get(spec.canary, 0))
+        await self._set_weight(route, spec, policies, weight)
+        await self._report(obj, status, PROGRESSING, now, f"start: {_split(spec, weight)}",
+                           canaryWeight=weight, failedChecks=0, heldChecks=0,
+                           lastStepTime=timestamp(now),
+                           **({"webhooks": results} if results else {}))
+
+    def _gate(self, obj: StoredObject, status: Mapping[str, Any],
+              kind: str) -> list[HookResult] | None:
+        """The answers of the Canary's ``kind`` hooks at this moment of the run (the
+        status' lastStepTime): [] with none, None while they are being asked."""
+        spec = obj.resource.spec
+        assert isinstance(spec, CanarySpec)
+        hooks = spec.hooks(kind)
+        if not hooks:  # nothing to ask: no task, no payload (most Canaries)
+            return []
+        phase, digest = str(status.get("phase")), str(status.get("specHash"))
+        calls = [(h, payload(h, obj.resource.name, obj.resource.namespace, phase, digest))
+                 for h in hooks]
+        return self.gates.results(obj.key, f"{digest}/{status.get('lastStepTime', '')}",
+                                  kind, calls)
+
+    def _fire(self, obj: StoredObject, kind: str, status: Mapping[str, Any],
+              event: tuple[str, str] | None = None) -> None:
+        """Call the Canary's ``kind`` hooks without waiting (event, post-rollout)."""
+        spec = obj.resource.spec
+        assert isinstance(spec, CanarySpec)
+        for hook in spec.hooks(kind):
+            self.caller.fire(hook, payload(hook, obj.resource.name, obj.resource.namespace,
+                                           str(status.get("phase")),
+                                           str(status.get("specHash")), event))
+
     def _metrics_from(self, interval: float) -> float:
         """When a whole analysis window has been scraped since this control plane started:
         a window reaching back before it holds no metrics, and would only count a hold."""
@@ -243,24 +328,56 @@ class CanaryController:
         ns = obj.resource.namespace
         window = min(max(analysis_window(plan.interval, self.scrape_interval), MIN_WINDOW),
                      MAX_WINDOW)
+        rollback = self._gate(obj, status, ROLLBACK)
+        rollout = self._gate(obj, status, ROLLOUT)
+        if rollback is None or rollout is None:
+            return  # asked; the answers wake the next sweep
         version = version_label(subsets(spec, ns, policies), spec.canary)
         m = measurement(self.stats(window), window, service_labels(spec.service, ns), version)
         progress = Progress(weight, int(status.get("failedChecks", 0)),
                             int(status.get("heldChecks", 0)))
-        step = decide(plan, progress, m)
+        asked = [r.said() for r in rollback if r.ok]  # a 2xx: someone asked for a rollback
+        failed = [r.said() for r in rollout if not r.ok]
+        if asked:
+            step = Step(Action.ROLL_BACK, Progress(0, progress.failed, progress.held),
+                        asked[0], f"asked by {asked[0]}")
+        elif failed:
+            step = fail(plan, progress, failed[0])
+        else:
+            step = decide(plan, progress, m)
+        results = rollback + rollout
+        phase, reason, waiting_on = PHASE_OF[step.action], step.reason, None
+        if step.action in GATE_OF:
+            confirm = self._gate(obj, status, GATE_OF[step.action])
+            if confirm is None:
+                return
+            results += confirm
+            refused = [r.said() for r in confirm if not r.ok]
+            if refused:  # no step, no failure: the analysis passed
+                waiting_on, reason = refused[0], ""
+                phase = WAITING_PROMOTION if step.action is Action.PROMOTE else HOLDING
+                step = Step(Action.HOLD, Progress(weight), waiting_on)
         new = step.progress.weight
         written: dict[str, Any] = {}
+        if results:
+            written["webhooks"] = _results(status, results, now)
+        if waiting_on is not None:
+            written["waitingOn"] = waiting_on
         if step.action in (Action.ADVANCE, Action.PROMOTE, Action.ROLL_BACK):
             revision = await self._set_weight(route, spec, policies, new)
             if step.action is Action.PROMOTE:
                 written["promotedVersion"] = revision
         summary = step.summary(plan, weight)
-        message = summary if step.action in (Action.HOLD, Action.FAIL) \
-            else f"{summary}: {_split(spec, new)}"
-        await self._report(obj, status, PHASE_OF[step.action], now, message,
+        if phase == WAITING_PROMOTION:
+            message = f"waiting for promotion: {waiting_on}"
+        elif step.action in (Action.HOLD, Action.FAIL):
+            message = summary
+        else:
+            message = f"{summary}: {_split(spec, new)}"
+        await self._report(obj, status, phase, now, message,
                            canaryWeight=new, failedChecks=step.progress.failed,
                            heldChecks=step.progress.held, lastStepTime=timestamp(now),
-                           lastAnalysis=_analysis(m, weight, now, step.reason), **written)
+                           lastAnalysis=_analysis(m, weight, now, reason), **written)
 
     async def _set_weight(self, route: dict[str, Any], spec: CanarySpec,
                           policies: list[dict[str, Any]], weight: int) -> int:
@@ -287,18 +404,28 @@ class CanaryController:
         message is new."""
         if status.get("phase") == phase and status.get("message") == message and not fields:
             return
-        new = {**status, **fields, "phase": phase, "message": message}
+        new = {**status, **{k: v for k, v in fields.items() if v is not None},
+               "phase": phase, "message": message}
+        if "waitingOn" not in fields:  # only while a confirm-* hook says no
+            new.pop("waitingOn", None)
         if status.get("phase") != phase or "lastTransitionTime" not in status:
             new["lastTransitionTime"] = timestamp(now)
+        fired: list[tuple[str, tuple[str, str] | None]] = []
         if status.get("message") != message or fields:
             event = {"time": timestamp(now), "weight": new.get("canaryWeight", 0),
                      "phase": phase, "message": message}
             new["events"] = [*status.get("events", []), event][-EVENTS_KEPT:]
             log.info("canary %s/%s: %s: %s", obj.resource.namespace, obj.resource.name, phase,
                      message)
+            fired.append((EVENT, (message, "Warning" if phase in (FAILED, ROLLED_BACK)
+                                  or message.startswith("failure") else "Normal")))
+        if phase in (SUCCEEDED, ROLLED_BACK) and status.get("phase") != phase:
+            fired.append((POST_ROLLOUT, None))
         status.clear()
         status.update(new)
         await self._put_status(obj.key, new)
+        for kind, said in fired:  # once the status is written: hooks may read it back
+            self._fire(obj, kind, new, said)
 
     async def _put_status(self, key: Key, status: Mapping[str, Any]) -> None:
         current = await self.store.status(key)
@@ -314,23 +441,43 @@ class CanaryController:
 WATCHED = frozenset({"Canary", "Route", "DestinationPolicy"})  # what a run's sweep reads
 
 
-async def _changed(watch: Watch, timeout: float | None) -> bool:
-    """Wait up to ``timeout`` (None: forever) for a change of a kind a sweep reads; True on
-    one or on timeout, False when the watch ended (fell behind)."""
+async def _changed(watch: Watch, timeout: float | None, answered: asyncio.Event) -> bool:
+    """Wait up to ``timeout`` (None: forever) for a change of a kind a sweep reads or for
+    ``answered`` (a webhook's answer); True on one or on timeout, False when the watch ended
+    (fell behind)."""
+    waiter = asyncio.ensure_future(answered.wait())
     try:
         async with asyncio.timeout(timeout):
             while True:
-                event = await anext(watch, None)
+                # a Watch's __anext__ is safe to cancel (its events wait in a queue)
+                nxt = asyncio.ensure_future(anext(watch, None))
+                done, _ = await asyncio.wait({nxt, waiter},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    answered.clear()
+                    return True
+                event = nxt.result()
                 if event is None or event.type is EventType.ERROR:
                     return False
                 if event.object is not None and event.object.resource.kind in WATCHED:
                     return True
     except TimeoutError:
         return True
+    finally:
+        waiter.cancel()
 
 
 def _split(spec: CanarySpec, weight: int) -> str:
     return f"{spec.stable} {100 - weight}% / {spec.canary} {weight}%"
+
+
+def _results(status: Mapping[str, Any], results: list[HookResult],
+             now: float) -> list[dict[str, Any]]:
+    """status.webhooks: each hook's last answer (name, type, result, time)."""
+    named = {r.hook.name for r in results}
+    kept = [e for e in status.get("webhooks", []) if e.get("name") not in named]
+    return kept + [r.as_status(timestamp(now)) for r in results]
 
 
 def _analysis(m: Measurement, weight: int, now: float, reason: str) -> dict[str, Any]:

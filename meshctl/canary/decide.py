@@ -67,13 +67,18 @@ def decide(plan: CanaryPlan, progress: Progress, m: Measurement) -> Step:
     if verdict.verdict is Verdict.HOLD:
         return Step(Action.HOLD, replace(progress, held=held), verdict.reason)
     if verdict.verdict is Verdict.FAIL:
-        failed = progress.failed + 1
-        if failed >= plan.failures:
-            return Step(Action.ROLL_BACK, Progress(0, failed, 0), verdict.reason,
-                        f"{verdict.reason}, {failed} failure{'s' if failed > 1 else ''} "
-                        "in a row")
-        return Step(Action.FAIL, Progress(weight, failed, 0), verdict.reason)
+        return fail(plan, progress, verdict.reason)
     if weight >= plan.max_weight:
         return Step(Action.PROMOTE, Progress(100, progress.failed, 0))
     # consecutive failures: a pass starts the count again
     return Step(Action.ADVANCE, Progress(min(weight + plan.step, plan.max_weight), 0, 0))
+
+
+def fail(plan: CanaryPlan, progress: Progress, reason: str) -> Step:
+    """A failed check (the metrics', or a rollout webhook's): counted, rolled back at
+    ``failures`` in a row."""
+    failed = progress.failed + 1
+    if failed >= plan.failures:
+        return Step(Action.ROLL_BACK, Progress(0, failed, 0), reason,
+                    f"{reason}, {failed} failure{'s' if failed > 1 else ''} in a row")
+    return Step(Action.FAIL, Progress(progress.weight, failed, 0), reason)
