@@ -145,6 +145,9 @@ class Gates:
         for key in set(self._rounds) - keys:
             self.forget(key)
 
+    def in_flight(self) -> bool:
+        return any(not t.done() for _, ts in self._rounds.values() for t in ts.values())
+
     async def settle(self) -> None:
         """Wait for every call in flight (tests drive the controller sweep by sweep)."""
         tasks = [t for _, ts in self._rounds.values() for t in ts.values()]

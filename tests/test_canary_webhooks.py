@@ -1,0 +1,302 @@
+"""Canary webhooks, Flagger's types, on the controller with a fake clock and fake stat rows and
+a real aiohttp webhook receiver on loopback: gates, failed checks, rollbacks, fired hooks,
+timeouts, payloads, and a hanging hook that holds up no other Canary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.resources import parse_document
+from meshctl.canary.webhooks import Caller
+from tests.hookserver import HANG, HookServer
+from tests.test_canary_controller import CANARY, T0, Rig, make_rig
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[HookServer]:
+    server = await HookServer().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def rigs(tmp_path: Path) -> AsyncIterator[Any]:
+    """make_rig, the controllers' webhook sessions closed after the test."""
+    made: list[Rig] = []
+
+    async def make(canary: dict[str, Any]) -> Rig:
+        made.append(await make_rig(tmp_path, canary))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.controller.gates.keep(set())
+        await rig.controller.caller.close()
+
+
+def with_hooks(server: HookServer, *hooks: tuple[str, str], **spec: Any) -> dict[str, Any]:
+    """The test Canary with webhooks (name, type), each POSTing to /<name> on ``server``."""
+    webhooks = [{"name": n, "type": t, "url": server.url(n), "timeout": "2s",
+                 "metadata": {"team": "reviews"}} for n, t in hooks]
+    return {**CANARY, "spec": {**CANARY["spec"], "webhooks": webhooks, **spec}}
+
+
+async def at(rig: Rig, seconds: float) -> dict[str, Any]:
+    """Sweep at T0 + ``seconds`` until no gating call is in flight (each answer lets the
+    run go on at the same moment, as the running controller's wake-up does); the status."""
+    rig.clock.now = T0 + seconds
+    for _ in range(5):
+        await rig.controller.sweep()
+        if not rig.controller.gates.in_flight():
+            break
+        await rig.controller.gates.settle()
+    await rig.controller.caller.drain()
+    return await rig.status()
+
+
+async def test_confirm_rollout_gates_the_start_until_it_answers_2xx(
+        rigs: Any, hooks: HookServer) -> None:
+    hooks.answers["gate"] = 403
+    rig = await rigs(with_hooks(hooks, ("gate", "confirm-rollout")))
+    status = await at(rig, 0)
+    assert status["phase"] == "Waiting"
+    assert status["message"] == "waiting for approval: confirm-rollout hook 'gate': HTTP 403"
+    assert status["waitingOn"] == "confirm-rollout hook 'gate': HTTP 403"
+    assert status["webhooks"] == [{"name": "gate", "type": "confirm-rollout",
+                                   "result": "HTTP 403", "time": "2027-01-15T08:00:00.000Z"}]
+    assert await rig.weights() == {"v1": 100}  # no traffic to the canary yet
+    [body] = hooks.bodies("gate")
+    assert body == {"name": "reviews-v3", "namespace": "default", "phase": "Initializing",
+                    "checksum": status["specHash"], "type": "confirm-rollout",
+                    "metadata": {"team": "reviews"}}
+    assert (await at(rig, 5))["phase"] == "Waiting"  # asked again at the interval only
+    assert len(hooks.bodies("gate")) == 1
+    assert (await at(rig, 10))["phase"] == "Waiting"
+    assert [b["phase"] for b in hooks.bodies("gate")] == ["Initializing", "Waiting"]
+    hooks.answers["gate"] = 200
+    status = await at(rig, 20)
+    assert status["phase"] == "Progressing" and status["message"] == "start: v1 50% / v3 50%"
+    assert "waitingOn" not in status
+    assert status["webhooks"][0]["result"] == "HTTP 200"
+    assert await rig.weights() == {"v1": 50, "v3": 50}
+    # once started, confirm-rollout is not asked again
+    await at(rig, 30)
+    assert len(hooks.bodies("gate")) == 3
+
+
+async def test_failing_pre_rollout_counts_as_failed_checks_then_rolls_back(
+        rigs: Any, hooks: HookServer) -> None:
+    hooks.answers["tests"] = 500
+    rig = await rigs(with_hooks(hooks, ("tests", "pre-rollout"),
+                                              ("done", "post-rollout")))
+    status = await at(rig, 0)
+    assert status["phase"] == "Waiting" and status["failedChecks"] == 1
+    assert status["message"] == ("failure 1 of 2: pre-rollout hook 'tests': HTTP 500; "
+                                 "not started")
+    assert "waitingOn" not in status  # a failing check, not a gate
+    assert await rig.weights() == {"v1": 100}
+    status = await at(rig, 10)
+    assert status["phase"] == "RolledBack" and status["canaryWeight"] == 0
+    assert status["message"] == ("roll back: pre-rollout hook 'tests': HTTP 500, 2 failures "
+                                 "in a row: v1 100% / v3 0%")
+    assert await rig.weights() == {"v1": 100, "v3": 0}
+    [done] = hooks.bodies("done")  # post-rollout: once, after the rollback
+    assert done["phase"] == "RolledBack" and done["type"] == "post-rollout"
+    await at(rig, 100)
+    assert len(hooks.bodies("tests")) == 2 and len(hooks.bodies("done")) == 1
+
+
+async def test_passing_pre_rollout_starts_the_run(
+        rigs: Any, hooks: HookServer) -> None:
+    rig = await rigs(with_hooks(hooks, ("tests", "pre-rollout")))
+    status = await at(rig, 0)
+    assert status["phase"] == "Progressing" and status["canaryWeight"] == 50
+    assert [b["type"] for b in hooks.bodies("tests")] == ["pre-rollout"]
+
+
+async def test_failing_rollout_hook_is_a_failed_check(
+        rigs: Any, hooks: HookServer) -> None:
+    rig = await rigs(with_hooks(hooks, ("load", "rollout")))
+    await at(rig, 0)
+    assert hooks.bodies("load") == []  # asked during analyses, not at the start
+    hooks.answers["load"] = 502
+    status = await at(rig, 10)
+    assert status["phase"] == "Progressing" and status["failedChecks"] == 1
+    assert status["message"] == "failure 1 of 2: rollout hook 'load': HTTP 502; stay at 50"
+    assert status["lastAnalysis"]["failedChecks"] == ["rollout hook 'load': HTTP 502"]
+    assert [b["phase"] for b in hooks.bodies("load")] == ["Progressing"]
+    hooks.answers["load"] = 200
+    status = await at(rig, 20)
+    assert status["message"] == "advance to 100: v1 0% / v3 100%"
+    assert status["failedChecks"] == 0
+
+
+async def test_confirm_traffic_increase_holds_without_failure(
+        rigs: Any, hooks: HookServer) -> None:
+    canary = with_hooks(hooks, ("more", "confirm-traffic-increase"), maxHolds=1)
+    rig = await rigs(canary)
+    await at(rig, 0)
+    hooks.answers["more"] = 409
+    for t in (10, 20):  # maxHolds 1 would roll a traffic hold back: a gate is no such hold
+        status = await at(rig, t)
+        assert status["phase"] == "Holding" and status["canaryWeight"] == 50
+        assert status["message"] == "hold: confirm-traffic-increase hook 'more': HTTP 409"
+        assert status["waitingOn"] == "confirm-traffic-increase hook 'more': HTTP 409"
+        assert (status["failedChecks"], status["heldChecks"]) == (0, 0)
+        assert status["lastAnalysis"]["failedChecks"] == []
+    assert await rig.weights() == {"v1": 50, "v3": 50}
+    hooks.answers["more"] = 200
+    status = await at(rig, 30)
+    assert status["message"] == "advance to 100: v1 0% / v3 100%"
+    assert "waitingOn" not in status
+    assert len(hooks.bodies("more")) == 3
+
+
+async def test_confirm_promotion_waits_while_the_analysis_goes_on(
+        rigs: Any, hooks: HookServer) -> None:
+    rig = await rigs(with_hooks(hooks, ("ship", "confirm-promotion")))
+    hooks.answers["ship"] = 403
+    await at(rig, 0)
+    assert (await at(rig, 10))["canaryWeight"] == 100  # advancing is not promoting
+    assert hooks.bodies("ship") == []
+    status = await at(rig, 20)
+    assert status["phase"] == "WaitingPromotion" and status["canaryWeight"] == 100
+    assert status["message"] == "waiting for promotion: confirm-promotion hook 'ship': HTTP 403"
+    rig.stats.success = 0.5  # the analysis goes on while waiting: a failure still counts
+    status = await at(rig, 30)
+    assert status["phase"] == "Progressing" and status["failedChecks"] == 1
+    rig.stats.success = 1.0
+    assert (await at(rig, 40))["phase"] == "WaitingPromotion"
+    hooks.answers["ship"] = 200
+    status = await at(rig, 50)
+    assert status["phase"] == "Promoting"
+    assert [b["phase"] for b in hooks.bodies("ship")] == [
+        "Progressing", "Progressing", "WaitingPromotion"]
+    assert (await at(rig, 50.5))["phase"] == "Succeeded"
+
+
+async def test_rollback_hook_answering_2xx_rolls_back_at_once(
+        rigs: Any, hooks: HookServer) -> None:
+    hooks.answers["abort"] = 404  # Flagger's convention: not 2xx means "no rollback asked"
+    rig = await rigs(with_hooks(hooks, ("abort", "rollback")))
+    await at(rig, 0)
+    assert (await at(rig, 10))["canaryWeight"] == 100
+    hooks.answers["abort"] = 200
+    status = await at(rig, 20)
+    assert status["phase"] == "RolledBack" and status["canaryWeight"] == 0
+    assert status["message"] == ("roll back: asked by rollback hook 'abort': HTTP 200: "
+                                 "v1 100% / v3 0%")
+    assert await rig.weights() == {"v1": 100, "v3": 0}
+    assert [w["result"] for w in status["webhooks"]] == ["HTTP 200"]
+
+
+async def test_event_hook_receives_every_event(
+        rigs: Any, hooks: HookServer) -> None:
+    rig = await rigs(with_hooks(hooks, ("slack", "event")))
+    for t in (0, 10, 20, 20.5):
+        status = await at(rig, t)
+    assert status["phase"] == "Succeeded"
+    bodies = hooks.bodies("slack")
+    assert [b["eventMessage"] for b in bodies] == [e["message"] for e in status["events"]]
+    assert [b["phase"] for b in bodies] == ["Progressing", "Progressing", "Promoting",
+                                            "Succeeded"]
+    assert {b["eventType"] for b in bodies} == {"Normal"}
+    assert bodies[0] == {"name": "reviews-v3", "namespace": "default", "phase": "Progressing",
+                         "checksum": status["specHash"], "type": "event",
+                         "metadata": {"team": "reviews"},
+                         "eventMessage": "start: v1 50% / v3 50%", "eventType": "Normal"}
+
+
+async def test_a_hook_that_hangs_or_refuses_counts_as_not_2xx(
+        rigs: Any, hooks: HookServer) -> None:
+    hooks.answers["slow"] = HANG
+    canary = with_hooks(hooks, ("slow", "pre-rollout"), failures=1)
+    canary["spec"]["webhooks"][0]["timeout"] = "200ms"
+    rig = await rigs(canary)
+    status = await at(rig, 0)
+    assert status["phase"] == "RolledBack"
+    assert status["message"] == ("roll back: pre-rollout hook 'slow': timed out after 0.2s, "
+                                 "1 failure in a row: v1 100% / v3 0%")
+    closed, caller = HookServer(), Caller()  # nobody listens on closed's port
+    try:
+        result = await caller.call(parse_document(with_hooks(closed, ("x", "rollout"))).spec
+                                   .webhooks[0], {})
+    finally:
+        await caller.close()
+    assert not result.ok and result.result.startswith("cannot connect: "), result
+
+
+async def test_a_hanging_hook_holds_up_no_other_canary(
+        rigs: Any, hooks: HookServer) -> None:
+    """The sweep asks in the background: it returns with the call still in flight, and the
+    other Canary (on another Route) starts meanwhile."""
+    hooks.answers["slow"] = HANG
+    rig = await rigs(with_hooks(hooks, ("slow", "confirm-rollout")))
+    other = {**CANARY, "metadata": {"name": "ratings"},
+             "spec": {**CANARY["spec"], "service": "ratings"}}
+    for doc in (_ratings_policy(), _ratings_route(), other):
+        await rig.store.create(parse_document(doc))
+    rig.clock.now = T0
+    await rig.controller.sweep()
+    try:
+        assert rig.controller.gates.in_flight()
+        status = await rig.store.status(("Canary", "default", "ratings"))
+        assert status["phase"] == "Progressing"
+        assert (await rig.status()).get("phase") is None  # reviews-v3: still being asked
+        await _wait_until(lambda: hooks.in_flight == 1)
+    finally:
+        rig.controller.gates.keep(set())
+
+
+async def _wait_until(check: Any) -> None:
+    """Until the receiver saw the call (the request may still be on its way)."""
+    async with asyncio.timeout(10):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def _ratings_policy() -> dict[str, Any]:
+    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "DestinationPolicy",
+            "metadata": {"name": "ratings"},
+            "spec": {"host": "ratings", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                    {"name": "v3", "labels": {"version": "v3"}}]}}
+
+
+def _ratings_route() -> dict[str, Any]:
+    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route", "metadata": {"name": "ratings"},
+            "spec": {"host": "ratings", "rules": [{"backends": [{"subset": "v1",
+                                                                 "weight": 100}]}]}}
+
+
+@pytest.mark.parametrize("hook, problem", [
+    ({"name": "a", "type": "rollout", "url": "ftp://x/"},
+     "spec.webhooks[0].url: invalid value 'ftp://x/', expected an http:// or https:// URL"),
+    ({"name": "a", "type": "pre-deploy", "url": "http://x/"},
+     "spec.webhooks[0].type: unknown value 'pre-deploy'"),
+    ({"name": "a", "type": "rollout", "url": "http://x/", "metadata": {"n": 1}},
+     "spec.webhooks[0].metadata.n: expected a string, got an integer"),
+    ({"name": "a", "type": "rollout", "url": "http://x/", "timeout": "0s"},
+     "spec.webhooks[0].timeout: must be a positive duration"),
+    ({"type": "rollout", "url": "http://x/"}, "spec.webhooks[0].name: field is required"),
+])
+def test_webhooks_are_checked(hook: dict[str, Any], problem: str) -> None:
+    doc = {**CANARY, "spec": {**CANARY["spec"], "webhooks": [hook]}}
+    with pytest.raises(ValidationError) as err:
+        parse_document(doc)
+    assert problem in str(err.value)
+
+
+def test_webhook_names_are_unique() -> None:
+    hook = {"name": "a", "type": "rollout", "url": "https://x.example/hook"}
+    doc = {**CANARY, "spec": {**CANARY["spec"], "webhooks": [hook, hook]}}
+    with pytest.raises(ValidationError) as err:
+        parse_document(doc)
+    assert "spec.webhooks[1].name: duplicate webhook name 'a'" in str(err.value)
