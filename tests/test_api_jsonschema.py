@@ -229,6 +229,14 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
                                          "thresholds": {"minRequests": 0}}},
     {**ROUTE, "kind": "Canary", "spec": {"service": "Reviews", "stable": "v1", "canary": "v3"}},
+    *({**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                                           "webhooks": [hook]}}
+      for hook in ({"name": "a", "type": "rollout", "url": "ftp://x/"},
+                   {"name": "a", "type": "pre-deploy", "url": "http://x/"},
+                   {"name": "a", "type": "event", "url": "http://x/", "metadata": {"n": 1}},
+                   {"name": "a", "type": "event", "url": "http://x/", "timeout": "0s"},
+                   {"name": "a", "type": "event"},
+                   {"name": "a", "type": "event", "url": "http://x/", "retries": 3})),
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -310,6 +318,11 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         "canary": "v3", "stepWeight": 100, "maxWeight": 100, "interval": "500ms",
         "thresholds": {"minSuccessRate": 0, "maxP99Ms": 0, "minRequests": 1},
         "failures": 1, "maxHolds": 0}},
+    {**ROUTE, "kind": "Canary", "spec": {
+        "service": "reviews", "stable": "v1", "canary": "v3", "webhooks": [
+            {"name": "gate", "type": "confirm-rollout", "url": "https://gate.example/approve"},
+            {"name": "load", "type": "rollout", "url": "http://loadtester.test:8080/",
+             "timeout": "500ms", "metadata": {"cmd": "hey -z 1m http://reviews/"}}]}},
 ])
 def test_edge_documents_are_accepted_by_both(document: dict[str, Any]) -> None:
     """Unusual but valid documents are accepted by the parser and the schema alike."""

@@ -75,3 +75,36 @@ def test_check_warns_of_missing_route_and_stopped_runs_and_reports_the_others() 
     [group] = canary_checks([canary], routes, policies, {canary.key: STATUS})
     assert (group.checks[0].state, group.checks[0].detail) == ("ok", "Holding, v3 at 20%")
     assert canary_checks([], routes, policies, {}) == []
+
+
+GATED = {**STATUS, "phase": "WaitingPromotion", "canaryWeight": 100,
+         "message": "waiting for promotion: confirm-promotion hook 'ship': HTTP 403",
+         "waitingOn": "confirm-promotion hook 'ship': HTTP 403",
+         "webhooks": [{"name": "load", "type": "rollout", "result": "HTTP 200",
+                       "time": "2027-01-15T08:00:20.000Z"},
+                      {"name": "ship", "type": "confirm-promotion", "result": "HTTP 403",
+                       "time": "2027-01-15T08:00:20.000Z"}]}
+
+
+def test_describe_shows_the_webhooks_last_answers() -> None:
+    text = describe_text(canary_doc(GATED), None, None)
+    assert "Waiting on:        confirm-promotion hook 'ship': HTTP 403\n" in text
+    assert ("Webhooks:\n"
+            "  NAME   TYPE                LAST RESULT   TIME\n"
+            "  load   rollout             HTTP 200      2027-01-15T08:00:20.000Z\n"
+            "  ship   confirm-promotion   HTTP 403      2027-01-15T08:00:20.000Z\n"
+            "Events:\n") in text
+    assert "Webhooks:" not in describe_text(canary_doc(STATUS), None, None)
+
+
+def test_check_warns_of_a_run_a_webhook_gate_holds() -> None:
+    objs = stored(BASE)
+    policies = [o for o in objs if o.resource.kind == "DestinationPolicy"]
+    routes = [o for o in objs if o.resource.kind == "Route"]
+    canary = stored(CANARY)[0]
+    [group] = canary_checks([canary], routes, policies, {canary.key: GATED})
+    assert group.checks[0].as_json() == {
+        "name": "canary default/reviews-v3", "state": "warn",
+        "detail": "WaitingPromotion: waiting on confirm-promotion hook 'ship': HTTP 403",
+        "hint": "the run goes on once the webhook answers 2xx (meshctl describe canary NAME "
+                "shows its last answers)"}

@@ -12,6 +12,7 @@ from typing import Any
 from meshctl.api import fields as F
 from meshctl.api.authn import JWKS_URI
 from meshctl.api.authz import ACTIONS, AUTHZ_PATH, CLAIM, PRINCIPAL
+from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
 from meshctl.api.kinds import (
@@ -344,6 +345,15 @@ _SPECS: dict[str, Schema] = {
                             "minRequests": _int(1)}),
         "failures": _int(1),
         "maxHolds": _int(0),
+        "webhooks": _list(_obj({
+            "name": _str(description="unique among the Canary's webhooks"),
+            "type": {"enum": list(HOOK_TYPES)},
+            "url": _str(HOOK_URL, description="an http:// or https:// URL the control plane "
+                                              "POSTs Flagger's payload to"),
+            "timeout": _duration("default 10s"),
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"},
+                         "propertyNames": {"minLength": 1}},
+        }, ("name", "type", "url"))),
     }, ("service", "stable", "canary")),
 }
 

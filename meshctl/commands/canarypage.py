@@ -1,5 +1,5 @@
 """The Canary part of ``meshctl describe canary NAME``: phase, weight, the last analysis'
-figures and the controller's events (from the object's status)."""
+figures, the webhooks' last answers and the controller's events (from the object's status)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def canary_lines(doc: Mapping[str, Any]) -> list[str]:
              f"Message:           {status.get('message', '-')}",
              f"Failed checks:     {status.get('failedChecks', 0)} in a row "
              f"(rolls back at {spec.get('failures', 2)})"]
+    if status.get("waitingOn"):
+        lines.append(f"Waiting on:        {status['waitingOn']}")
     last = status.get("lastAnalysis")
     if last:
         rate = last.get("successRate")
@@ -29,6 +31,12 @@ def canary_lines(doc: Mapping[str, Any]) -> list[str]:
                   f"{last.get('requests')} requests, success "
                   f"{'-' if rate is None else f'{100 * rate:.2f}%'}, p99 "
                   f"{'-' if p99 is None else f'{p99:.0f}ms'}; failed: {failed}"]
+    hooks = status.get("webhooks") or []
+    if hooks:
+        lines.append("Webhooks:")
+        rows = [[str(h.get(k, "")) for k in ("name", "type", "result", "time")] for h in hooks]
+        lines += [f"  {line}" for line in output.render_table(
+            ["NAME", "TYPE", "LAST RESULT", "TIME"], rows).splitlines()]
     events = status.get("events") or []
     if events:
         lines.append("Events:")

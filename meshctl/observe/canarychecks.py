@@ -1,5 +1,5 @@
 """``meshctl check``'s Canary group: a Canary whose Route, rule or subsets do not exist (the
-controller waits for them, or has stopped), and one that stopped or rolled back."""
+controller waits for them, or has stopped), one that stopped, and one a webhook gate holds."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iter
         elif status.get("phase") == "Failed":
             checks.append(Check(name, "warn", str(status.get("message", "")),
                                 "edit or re-create the Canary to start a new run"))
+        elif status.get("waitingOn"):  # a confirm-* webhook holds the run
+            checks.append(Check(name, "warn", f"{status.get('phase')}: waiting on "
+                                              f"{status['waitingOn']}",
+                                "the run goes on once the webhook answers 2xx (meshctl "
+                                "describe canary NAME shows its last answers)"))
         else:
             phase = status.get("phase", "Initializing")
             checks.append(Check(name, "ok", f"{phase}, {spec.canary} at "
