@@ -13,7 +13,9 @@ import pytest
 
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import parse_document
+from meshctl.canary.controller import _changed
 from meshctl.canary.webhooks import Caller
+from meshctl.controlplane.memstore import MemStore
 from tests.hookserver import HANG, HookServer
 from tests.test_canary_controller import CANARY, T0, Rig, make_rig
 
@@ -274,6 +276,23 @@ def _ratings_route() -> dict[str, Any]:
     return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route", "metadata": {"name": "ratings"},
             "spec": {"host": "ratings", "rules": [{"backends": [{"subset": "v1",
                                                                  "weight": 100}]}]}}
+
+
+async def test_the_run_loop_wakes_on_a_webhook_answer_and_loses_no_store_change() -> None:
+    """_changed races the store's watch with the webhook-answered event: either wakes it, and
+    a wait that ended (timeout, answer) leaves no read behind to swallow the next change."""
+    store = MemStore()
+    watch, answered = store.watch(), asyncio.Event()
+    try:
+        async with asyncio.timeout(10):  # a lost wake-up would hang: fail instead
+            assert await _changed(watch, 0.01, answered)  # timed out
+            answered.set()
+            assert await _changed(watch, None, answered)  # the answer
+            assert not answered.is_set()
+            await store.create(parse_document(CANARY))
+            assert await _changed(watch, None, answered)  # the store change, not lost
+    finally:
+        watch.close()
 
 
 @pytest.mark.parametrize("hook, problem", [

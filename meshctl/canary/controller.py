@@ -446,15 +446,14 @@ async def _changed(watch: Watch, timeout: float | None, answered: asyncio.Event)
     ``answered`` (a webhook's answer); True on one or on timeout, False when the watch ended
     (fell behind)."""
     waiter = asyncio.ensure_future(answered.wait())
+    nxt: asyncio.Future[Any] | None = None
     try:
         async with asyncio.timeout(timeout):
             while True:
-                # a Watch's __anext__ is safe to cancel (its events wait in a queue)
                 nxt = asyncio.ensure_future(anext(watch, None))
                 done, _ = await asyncio.wait({nxt, waiter},
                                              return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
-                    nxt.cancel()
                     answered.clear()
                     return True
                 event = nxt.result()
@@ -465,7 +464,11 @@ async def _changed(watch: Watch, timeout: float | None, answered: asyncio.Event)
     except TimeoutError:
         return True
     finally:
+        # a read left waiting would take the next event from the next call: cancelled (a
+        # Watch's __anext__ is safe to cancel: its events wait in a queue)
         waiter.cancel()
+        if nxt is not None:
+            nxt.cancel()
 
 
 def _split(spec: CanarySpec, weight: int) -> str:
