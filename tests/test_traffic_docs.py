@@ -27,4 +27,4 @@ def test_examples_parse(block: str) -> None:
     """Each example block parses as resources without any validation issue."""
     resources = load_documents(block, str(DOCS))
     assert resources and all(r.kind in ("Route", "DestinationPolicy", "MeshConfig",
-                                        "ExternalService") for r in resources)
+                                        "ExternalService", "Canary") for r in resources)
