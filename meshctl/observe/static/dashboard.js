@@ -138,6 +138,7 @@ function drawRoutes(state) {
 // Declared Canaries: the weight the control plane set, its phase, the last analysis against
 // the thresholds (green when it passed, red when it missed) and the last events.
 const PHASE_CLASS = { Progressing: "ok", Promoting: "ok", Succeeded: "ok", Holding: "warn",
+                      Waiting: "warn", WaitingPromotion: "warn",  // a webhook gate holds it
                       Initializing: "idle", RolledBack: "bad", Failed: "bad" };
 
 function figure(name, value, limit, passed) {
