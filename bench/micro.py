@@ -27,6 +27,13 @@ from bench.amiconf import BENCH_SERVICE, FEATURE_RULES, NAMED_RULES
 REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.encode()
            + b"\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
 _BODY = b"x" * 1024
+# What an outbound sidecar sends the inbound one over mTLS (the `mtls` variant's request).
+MESH_REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.encode()
+                + b"\r\nUser-Agent: wrk\r\nAccept: */*\r\nx-forwarded-for: 127.0.0.1\r\n"
+                  b"x-forwarded-proto: http\r\n"
+                  b"x-request-id: cca76e9e-07ee-4d23-8a01-27efec66f303\r\n"
+                  b"x-ami-peer: bench-client;v1\r\n\r\n")
+PEER_ID = "spiffe://cluster.local/ns/default/sa/bench-client"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 03:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n\r\n"
             + _BODY)
@@ -70,7 +77,7 @@ def _snapshot(variant: str) -> dict[str, Any]:
     node = {"service": "bench-client", "namespace": "default", "labels": {"version": "v1"}}
     mesh = {"mtls": "DISABLE", "accessLog": False}
     services = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
-    if variant == "inbound":
+    if variant in ("inbound", "mtls"):
         return {"version": "micro", "node": {**node, "service": BENCH_SERVICE}, "mesh": mesh,
                 "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
     snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
@@ -102,11 +109,15 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
     server = ProxyServer(ProxyOptions())
     server.apply(Snapshot.from_dict(_snapshot(variant)))
     await server.start_listeners()
-    kind = "inbound" if variant == "inbound" else "outbound"
+    kind = "inbound" if variant in ("inbound", "mtls") else "outbound"
     listener = server.listeners[kind]
     client = DownstreamProtocol(listener)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
+    request = REQUEST
+    if variant == "mtls":
+        _as_mtls_peer(client, listener)
+        request = MESH_REQUEST
     (pool,) = list(server.pools)
     upstream = UpstreamConnection(pool)
     upstream.connection_made(MemoryTransport())  # type: ignore[arg-type]
@@ -114,7 +125,7 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
     pool.release(upstream)
 
     def cycle() -> None:
-        client.data_received(REQUEST)
+        client.data_received(request)
         upstream.data_received(RESPONSE)
 
     cycle()
@@ -137,6 +148,25 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
         if lst.server is not None:
             lst.server.close()
     return Result(variant, requests, best / requests * 1e6)
+
+
+def _as_mtls_peer(client: Any, listener: Any) -> None:
+    """The connection as an mTLS handshake leaves it (DownstreamProtocol._identify_peer, from
+    a verified certificate): a peer identity, its service and namespace, and the XFCC line."""
+    listener.xfcc_by = b"spiffe://cluster.local/ns/default/sa/" + BENCH_SERVICE.encode()
+
+    class _Peer:
+        def getpeercert(self, binary_form: bool = False) -> bytes:
+            return b"der"
+
+    from proxy import tls
+
+    real, tls.verified_peer = tls.verified_peer, lambda _obj: (PEER_ID, False)
+    try:
+        if not client._identify_peer(_Peer()):
+            raise RuntimeError("mtls: the peer identity was refused")
+    finally:
+        tls.verified_peer = real
 
 
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
@@ -173,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="plain,features,inbound",
                         help="plain (one-hop route by Host), features (route match, timeout, "
                              "retries), inbound (server side); also: named (features with "
-                             "the rule named, so counted per rule too); h2 (plain over "
+                             "the rule named, so counted per rule too); mtls (inbound "
+                             "from an mTLS peer: identity, XFCC, peer metrics labels); h2 (plain over "
                              "HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
