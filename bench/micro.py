@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain (one-hop route by Host), features (route match, timeout, "
                              "retries), inbound (server side); also: named (features with "
                              "the rule named, so counted per rule too); mtls (inbound "
-                             "from an mTLS peer: identity, XFCC, peer metrics labels); h2 (plain over "
-                             "HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")
+                             "from an mTLS peer: identity, XFCC, peer metrics labels); h2 "
+                             "(plain over HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from proxy import meshtunnel, recvbuf, requesthead
+from proxy import meshtunnel, recvbuf, requesthead, tlswrite
 from proxy.reasons import local_reply
 from proxy.requesthead import Reject
 
@@ -556,6 +556,12 @@ class DownstreamProtocol(asyncio.BaseProtocol):
 
 class TlsDownstreamProtocol(DownstreamProtocol, recvbuf.BufferedReads):
     """A client connection over TLS: uvloop decrypts into the shared buffer (see recvbuf)."""
+
+    def writelines(self, parts: tuple[bytes, ...] | list[bytes]) -> None:
+        # uvloop's TLS transport encrypts each part as a record of its own: a response's head
+        # and body joined go as one record (one SSL_write here, one SSL_read at the caller).
+        if self.transport is not None and not self.closed:
+            self.transport.write(tlswrite.joined(parts))
 
 
 def _preface_cut(head: bytes) -> int | None:

@@ -73,8 +73,9 @@ class Listener:
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
         self.counting_rules = False  # `record` is record_rules (see use)
-        # the series of common requests by (backend, pool, status, flags, security): record
-        self._series: dict[tuple[Any, Any, int, str, str], Any] = {}
+        # the series of routed requests by (backend, pool, status, flags, security), plus the
+        # caller's (service, version) for an inbound mTLS peer's: record
+        self._series: dict[tuple[Any, ...], Any] = {}
         # DEBUG lines, decided when levels change (set_debug), never per request: each
         # request's routing line (`record` is then record_debug) and connections opened/closed
         self.debug_requests = False
@@ -172,12 +173,15 @@ class Listener:
         backend = ex.backend
         pool = ex.pool
         conn = ex.downstream
-        if (backend is not None and pool is not None and conn.peer_service is None
-                and not ex.http2):
-            # The common request (routed, sent to an endpoint, no caller identity, not
-            # gRPC): all its labels follow from these objects and words, so its series is
-            # found by them, without building the label tuple (see _series_of).
-            key = (backend, pool, ex.status, ex.flags, conn.security)
+        if backend is not None and pool is not None and not ex.http2:
+            # The common request (routed, sent to an endpoint, not gRPC): all its labels
+            # follow from these objects and words, so its series is found by them, without
+            # building the label tuple (see _series_of). An inbound mTLS peer's requests
+            # (every request of a mesh hop) add the caller's service and version, which its
+            # sidecar's x-ami-peer may change from one request to the next.
+            peer = conn.peer_service
+            key = ((backend, pool, ex.status, ex.flags, conn.security) if peer is None else
+                   (backend, pool, ex.status, ex.flags, conn.security, peer, conn.peer_version))
             series = self._series.get(key)
             if series is None:
                 series = self._series_of(key)
@@ -186,7 +190,7 @@ class Listener:
                 if ex.trace is not None:
                     ex.trace.end(ex)
                 return duration_ms
-            prefix = backend.metric_prefix
+            prefix = backend.metric_prefix if peer is None else _peer_prefix(key)
         else:
             prefix = self._record_labelled(ex, duration_ms)
         if self.access_log is not None:
@@ -199,15 +203,20 @@ class Listener:
             ex.trace.end(ex)
         return duration_ms
 
-    def _series_of(self, key: tuple[Any, Any, int, str, str]) -> Any:
-        """The series of a routed request without caller identity (``record``'s key:
-        backend, pool, status, flags, client connection's security); kept per listener,
-        emptied with each new router (and when full), as its pools are then replaced."""
-        backend, pool, status, flags, conn_security = key
+    def _series_of(self, key: tuple[Any, ...]) -> Any:
+        """The series of a routed request (``record``'s key: backend, pool, status, flags,
+        client connection's security, then an inbound mTLS caller's service and version);
+        kept per listener, emptied with each new router (and when full), as its pools are
+        then replaced. The labels are those ``_record_labelled`` would give the request."""
+        backend, pool, status, flags, conn_security = key[:5]
         security = conn_security if self.kind == "inbound" \
             else "mutual_tls" if pool.tls is not None else "none"
-        series = self.stats.series_for(
-            (backend.metric_prefix, pool.version, status, flags, security))
+        if len(key) == 5:
+            prefix, version = backend.metric_prefix, pool.version
+        else:
+            prefix = _peer_prefix(key)
+            version = backend.pools[0].version if backend.pools else "unknown"
+        series = self.stats.series_for((prefix, version, status, flags, security))
         if len(self._series) >= _SERIES_KEPT:
             self._series.clear()
         self._series[key] = series
@@ -384,6 +393,12 @@ def _added_request_id(ex: Exchange) -> str | None:
         if line.startswith(b"x-request-id: "):
             return line[14:].rstrip().decode("latin-1")
     return None
+
+
+def _peer_prefix(key: tuple[Any, ...]) -> tuple[str, ...]:
+    """The labels before the version of a request from an inbound mTLS peer (``record``'s
+    key), as ``_record_labelled`` builds them."""
+    return ("destination", key[5], key[6], *key[0].metric_prefix[3:])
 
 
 def outbound_security(ex: Exchange) -> str:
