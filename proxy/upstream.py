@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from proxy import recvbuf, tlswrite
+from proxy import recvbuf
 from proxy.origination import log_ended
 from proxy.responsehead import UpstreamProtocolError
 
@@ -379,10 +379,6 @@ class TlsUpstreamConnection(UpstreamConnection, recvbuf.BufferedReads):
     host): uvloop decrypts into the shared buffer."""
 
     __slots__ = ()
-
-    def writelines(self, parts: list[bytes] | tuple[bytes, ...]) -> None:
-        if self.transport is not None:  # one TLS record, not one per part (see proxy.tlswrite)
-            self.transport.write(tlswrite.joined(parts))
 
     def connection_lost(self, exc: Exception | None) -> None:
         origination = self.pool.origination
