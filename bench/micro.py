@@ -141,6 +141,10 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
         best = min(best, time.perf_counter() - t0)
     if client.closed or listener.stats is None:
         raise RuntimeError(f"{variant}: the client connection closed during the run")
+    if variant == "mtls" and not any(
+            labels[:3] == ("destination", "bench-client", "v1") and labels[-2] == "mutual_tls"
+            and s.count for labels, s in listener.stats.series()):
+        raise RuntimeError("mtls: the requests were not counted as the mTLS peer's")
     counted = any(listener.stats.rules.rules.values())  # ami_route_* (named rules only)
     if counted != (variant == "named"):
         raise RuntimeError(f"{variant}: per-rule metrics counted: {counted}")

@@ -13,7 +13,7 @@ from bench.micro import measure, parse_refs
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "h2"])
+@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "mtls", "h2"])
 async def test_each_variant_completes_requests(variant: str) -> None:
     result = await measure(variant, requests=300, repeats=2)
     assert result.variant == variant
