@@ -26,8 +26,6 @@ _PLAIN_OR_NONE = frozenset({b"keep-alive", b"close", None})
 # The reason phrase is not forwarded: RFC 9112 (4) has clients ignore it, and a fixed table
 # makes the status line one dict lookup (Envoy does the same).
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
-# The same without their CRLF: the header block that follows begins with one
-_STATUS_STARTS = {status: line[:-2] for status, line in _STATUS_LINES.items()}
 
 
 def check_interim(conn: UpstreamConnection, status: int, upgrade_requested: bool) -> None:
@@ -60,21 +58,20 @@ def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: 
     connection stays open after this response; FRAME_CLOSE means it cannot (an HTTP/1.0
     client reading a body of unknown length). (Positional: called once per response.)
     """
+    line = _STATUS_LINES.get(status)
+    out = [line if line is not None else status_line(status)]
     length = conn.content_length
     connection = conn.connection_header
     if (length is not None and keep_alive and edits is None and not head_only and not http10
             and connection in _PLAIN_OR_NONE and not conn.transfer_encoding
             and status != 101):
         # The common response: a length, no edits, the client kept alive; what the general
-        # path below would build, without its tests, in one join.
-        start = _STATUS_STARTS.get(status)
-        return b"".join((start if start is not None else status_line(status)[:-2],
-                         conn.header_block, b"\r\ncontent-length: ", length,
-                         b"\r\n\r\n")), FRAME_LENGTH
-    line = _STATUS_LINES.get(status)
-    out = [line if line is not None else status_line(status)]
+        # path below would build, without its tests.
+        out.extend(conn.header_parts)
+        out.extend((b"content-length: ", length, b"\r\n\r\n"))
+        return b"".join(out), FRAME_LENGTH
     if status == 101:
-        out.extend(conn.header_lines())
+        out.extend(conn.header_parts if edits is None else conn.header_lines())
         if connection is not None:
             out.append(b"connection: " + connection + _CRLF)
         if conn.upgrade_header is not None:
@@ -88,9 +85,7 @@ def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: 
         out.extend(kept for kept in conn.header_lines()
                    if kept.split(b":", 1)[0].lower() not in tokens)
     elif edits is None:
-        block = conn.header_block
-        if block:  # the block as lines after the status line's CRLF: moved by 2 bytes
-            out.extend((block[2:], _CRLF))
+        out.extend(conn.header_parts)  # the parts go to the join as they are
     else:
         out.extend(conn.header_lines())  # edits work on whole lines
     if edits is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from proxy.pools import EndpointPool
 
 
-# Response header names handled apart from the forwarded lines (lower-case).
+# Response header names handled apart from the pass-through lines (lower-case).
 _R_HOP, _R_LENGTH, _R_TE, _R_CONNECTION, _R_UPGRADE = range(5)
 _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"content-length": _R_LENGTH,
@@ -38,12 +37,7 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"trailer": _R_HOP,
     b"proxy-authenticate": _R_HOP,
 }
-# The same names in a complete head (lines as `\r\n<name>:<OWS><value>`), found by one C-level
-# split instead of a Python callback per header (~1 µs each); llhttp has validated the head
-# (CRLF lines, no folding, no space before the colon), so a line is exactly what it parsed.
-_SPECIAL_LINE = re.compile(
-    rb"\r\n(c(?:ontent-length|onnection)|t(?:ransfer-encoding|e|railer)|upgrade|keep-alive"
-    rb"|proxy-(?:connection|authenticate)):[ \t]*([^\r]*)", re.IGNORECASE)
+
 
 
 class SkipBody(Exception):
@@ -65,11 +59,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "_closed_by_us",
         "_detached",
         "_done",
-        "_head_at",
-        "_head_pending",
-        "_in_head",
         "_peek_sock",
-        "_read",
         "_tunnel_eof",
         "closed",
         "connection_header",
@@ -77,7 +67,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "early",
         "exchange",
         "head_bytes",
-        "header_block",
+        "header_parts",
         "idle_since",
         "parser",
         "peer_identity",
@@ -93,11 +83,10 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
-        # No on_header (nor on_status): the head is read whole in on_headers_complete.
         self.parser = httptools.HttpResponseParser(self)
-        # The forwardable headers of the last response head, each line preceded by its CRLF
-        # (`\r\nServer: x\r\nDate: y`) so the status line and the framing join around them.
-        self.header_block = b""
+        # The response head being parsed: each forwardable header as four parts (name, `: `,
+        # value, CRLF) for the client head's join, framing apart.
+        self.header_parts: list[bytes] = []
         self.content_length: bytes | None = None
         self.transfer_encoding = False
         self.connection_header: bytes | None = None
@@ -114,12 +103,6 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self._closed_by_us = False
         self._done = False  # the final response ended in the read being parsed
         self.head_bytes = 0  # bytes read before the final response head was complete
-        # The read being parsed, where the head in it begins (after a 1xx one in the same
-        # read), and the bytes of a head begun in earlier reads.
-        self._read: bytes | memoryview | None = None
-        self._head_at = 0
-        self._head_pending = b""
-        self._in_head = False  # a response head has begun and is not complete yet
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,20 +133,15 @@ class UpstreamConnection(asyncio.BaseProtocol):
             # Bytes on an idle connection: the server broke protocol; do not reuse it.
             self.close()
             return
-        self._read = data
-        self._head_at = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._read = None
             offset = upgrade.args[0]
             ex.upstream_upgraded(self, bytes(data[offset:]))
             return
         except httptools.HttpParserError as exc:
-            self._read = None
             self._parse_error(ex, exc)
             return
-        self._read = None  # (a large read, or a view of the shared TLS buffer: not kept)
         if self._done:
             # Completed only now that the whole read is parsed: the connection may go back to
             # the pool, even to a pipelined request of the same client, at once.
@@ -176,8 +154,6 @@ class UpstreamConnection(asyncio.BaseProtocol):
                 # The head is still arriving (or 1xx ones keep coming): bounded like a
                 # request's, whatever the upstream sends, so memory is too.
                 self.head_bytes += len(data)
-                if self._in_head:  # kept for on_headers_complete, which reads it whole
-                    self._head_pending += bytes(data[self._head_at:])
                 if self.head_bytes > self.pool.max_head_bytes:
                     log.debug("response head from %s over %d bytes", self.pool.address,
                               self.pool.max_head_bytes)
@@ -257,18 +233,40 @@ class UpstreamConnection(asyncio.BaseProtocol):
             self.tunnel_peer.pause(False)
 
     # --- httptools callbacks ----------------------------------------------------------------
-    # No on_status and no on_header (six callbacks less per response): the client gets the
-    # standard reason phrase (responsehead.status_line), and the headers are taken from the
-    # complete head (on_headers_complete).
+    # No on_status (one callback less per response): the client gets the standard reason
+    # phrase (responsehead.status_line).
     def on_message_begin(self) -> None:
         if self._done:
             raise StrayBytes  # this connection carries one exchange at a time: no one asked
-        self._in_head = True
+        self.header_parts = []
+        self.content_length = None
+        self.transfer_encoding = False
+        self.connection_header = None
+        self.upgrade_header = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
+            # Parts, not `name + b": " + value + b"\r\n"`: each `+` makes a bytes object
+            self.header_parts.extend((name, b": ", value, b"\r\n"))
+        elif kind == _R_LENGTH:
+            self.content_length = value
+        elif kind == _R_TE:
+            if self.transfer_encoding or value.strip().lower() != b"chunked":
+                # Another coding (gzip, chunked / chunked, gzip / gzip: read until close) would
+                # be lost, since Transfer-Encoding is hop-by-hop here and the body re-chunked,
+                # or end in a truncated message. Refused like the request side does (Envoy too).
+                raise UpstreamProtocolError(b"transfer-encoding: " + value)
+            self.transfer_encoding = True
+        elif kind == _R_CONNECTION:
+            self.connection_header = value
+        elif kind == _R_UPGRADE:
+            self.upgrade_header = value
+        # _R_HOP: hop-by-hop, never forwarded
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         assert ex is not None
-        self._take_head()
         status = self.parser.get_status_code()
         if ex.upstream_headers(self, status):
             raise SkipBody  # HEAD: no body follows whatever Content-Length says
@@ -291,79 +289,15 @@ class UpstreamConnection(asyncio.BaseProtocol):
             return
         self._done = True  # data_received completes the exchange once the read is parsed
 
-    def _take_head(self) -> None:
-        """The head llhttp just completed, from the raw bytes: its forwardable lines as one
-        block, its framing and hop-by-hop headers apart.
-
-        llhttp has seen (and accepted) every byte of it already, CRLF lines only, so its end
-        is the first blank line from where it began: in this read, after a 1xx head completed
-        earlier in it, or in the bytes kept from earlier reads plus this one.
-        """
-        self._in_head = False
-        read = self._read
-        assert read is not None  # (set by data_received around feed_data)
-        pending = self._head_pending
-        start = 0
-        if pending:
-            self._head_pending = b""
-            buf = pending + bytes(read)
-            end = buf.find(b"\r\n\r\n")
-            self._head_at = end + 4 - len(pending)  # where a next head (after a 1xx) begins
-        elif type(read) is bytes:
-            buf = read
-            start = self._head_at
-            end = buf.find(b"\r\n\r\n", start)
-            self._head_at = end + 4
-        else:  # a view of the shared TLS receive buffer: copy the head, not the whole read
-            at = self._head_at
-            buf = bytes(read[at:at + self.pool.max_head_bytes])
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                buf = bytes(read[at:])
-                end = buf.find(b"\r\n\r\n")
-            self._head_at = at + end + 4
-        if end < 0:  # (llhttp completed a head: it holds its blank line)
-            raise UpstreamProtocolError("response head without its end")
-        # From the status line's CRLF to the last header's value: `\r\nName: value` lines
-        parts = _SPECIAL_LINE.split(buf[buf.find(b"\r\n", start):end])
-        self.content_length = None
-        self.transfer_encoding = False
-        self.connection_header = None
-        self.upgrade_header = None
-        if len(parts) == 1:
-            self.header_block = parts[0]
-            return
-        # [kept, name, value, kept, name, value, ..., kept]
-        self.header_block = b"".join(parts[::3])
-        for name, value in zip(parts[1::3], parts[2::3], strict=True):
-            kind = _RESPONSE_SPECIAL[name.lower()]
-            if kind == _R_LENGTH:
-                self.content_length = value
-            elif kind == _R_TE:
-                if self.transfer_encoding or value.strip().lower() != b"chunked":
-                    # Another coding (gzip, chunked / chunked, gzip / gzip: read until close)
-                    # would be lost, since Transfer-Encoding is hop-by-hop here and the body
-                    # re-chunked, or end in a truncated message. Refused like the request side
-                    # does (Envoy too).
-                    raise UpstreamProtocolError(b"transfer-encoding: " + value)
-                self.transfer_encoding = True
-            elif kind == _R_CONNECTION:
-                self.connection_header = value
-            elif kind == _R_UPGRADE:
-                self.upgrade_header = value
-            # _R_HOP: hop-by-hop, never forwarded
-
     def header_lines(self) -> list[bytes]:
         """The forwardable headers as whole lines (for the rarer edits and filters)."""
-        return [line + b"\r\n" for line in self.header_block.split(b"\r\n")[1:]]
+        parts = self.header_parts
+        return [b"".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        """The forwardable headers as (name, value) pairs (the value without leading OWS)."""
-        pairs = []
-        for line in self.header_block.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            pairs.append((name, value.lstrip(b" \t")))
-        return pairs
+        """The forwardable headers as (name, value) pairs."""
+        parts = self.header_parts
+        return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
 
     # --- used by the exchange and the pool --------------------------------------------------
     def send(self, exchange: Exchange, head: bytes) -> None:
