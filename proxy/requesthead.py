@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.exchange import Exchange
-from proxy.headerkinds import COMMON_REQUEST, by_spelling
 from proxy.headers import (
     IDENTITY_HEADERS,
     XFCC,
@@ -49,8 +48,6 @@ _SPECIAL: dict[bytes, int] = {
 for _name in IDENTITY_HEADERS:
     _SPECIAL[_name] = _H_DROP
 _SPECIAL[XFCC] = _H_XFCC  # the `_` spellings stay dropped, from every peer
-_H_FORWARD = -1  # any other name: forwarded as it came
-_KINDS = by_spelling(_SPECIAL, COMMON_REQUEST, _H_FORWARD)
 # Connection options that are not header names (or name a header that must stay: Host).
 _CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade", b"host"})
 
@@ -102,10 +99,8 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
     p._header_budget -= len(name) + len(value) + 4
     if p._header_budget < 0:
         raise Reject("headers_too_large")
-    kind = _KINDS.get(name)
-    if kind is None:  # a spelling not in the table: lower-cased, as ever
-        kind = _SPECIAL.get(name.lower(), _H_FORWARD)
-    if kind == _H_FORWARD:
+    kind = _SPECIAL.get(name.lower())
+    if kind is None:
         p._headers.append((name, value))
         return
     if kind == _H_HOST:

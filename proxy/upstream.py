@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from proxy import recvbuf
-from proxy.headerkinds import COMMON_RESPONSE, by_spelling
 from proxy.origination import log_ended
 from proxy.responsehead import UpstreamProtocolError
 
@@ -38,8 +37,6 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"trailer": _R_HOP,
     b"proxy-authenticate": _R_HOP,
 }
-_R_FORWARD = -1  # any other name: forwarded as it came
-_RESPONSE_KINDS = by_spelling(_RESPONSE_SPECIAL, COMMON_RESPONSE, _R_FORWARD)
 
 
 
@@ -248,10 +245,8 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.upgrade_header = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = _RESPONSE_KINDS.get(name)
-        if kind is None:  # a spelling not in the table: lower-cased, as ever
-            kind = _RESPONSE_SPECIAL.get(name.lower(), _R_FORWARD)
-        if kind == _R_FORWARD:
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:
             # Parts, not `name + b": " + value + b"\r\n"`: each `+` makes a bytes object
             self.header_parts.extend((name, b": ", value, b"\r\n"))
         elif kind == _R_LENGTH:
