@@ -50,11 +50,36 @@ def _answering(name: bytes) -> Any:
     return handler
 
 
+# Response heads of `gamma`, by request path: framing and hop-by-hop headers in title, upper,
+# lower and mixed case.
+_SPELLED_HEADS = {
+    "/length": (b"HTTP/1.1 200 OK\r\nSERVER: gamma\r\nKeep-Alive: timeout=5\r\n"
+                b"KEEP-ALIVE: max=9\r\nkEeP-aLiVe: x\r\nPROXY-CONNECTION: keep-alive\r\n"
+                b"CONNECTION: keep-alive, X-Hop\r\nX-HOP: gone\r\nDATE: today\r\n"
+                b"CONTENT-LENGTH: 5\r\n\r\nhello"),
+    "/chunked": (b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\nTrailer: x\r\n"
+                 b"Server: gamma\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+    "/mixed": (b"HTTP/1.1 200 OK\r\ntRaNsFeR-EnCoDiNg: chunked\r\ncOnNeCtIoN: keep-alive\r\n"
+               b"\r\n2\r\nxy\r\n0\r\n\r\n"),
+    "/gzip": b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: gzip\r\n\r\n",
+}
+
+
+async def _spelled(backend: RawBackend, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+    """A keep-alive backend answering with the head its request's path names."""
+    while (req := await read_request(reader)) is not None:
+        backend.requests.append(req)
+        writer.write(_SPELLED_HEADS[req.first.split(" ")[1]])
+        await writer.drain()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     backends = Backends()
     raws = {"alpha": backends.raw(_answering(b"alpha")),
-            "beta": backends.raw(_answering(b"beta"))}
+            "beta": backends.raw(_answering(b"beta")),
+            "gamma": backends.raw(_spelled)}
     proxy = ProxyProcess(tmp_path_factory.mktemp("hotpath"),
                          {name: [b.port] for name, b in raws.items()})
     proxy.start()
@@ -194,3 +219,52 @@ def test_request_id_batches_are_distinct_uuid4_lines() -> None:
         assert _UUID4.fullmatch(text), text
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+async def test_headers_in_every_spelling_keep_their_rules(env: dict[str, Any]) -> None:
+    """Special request and response headers in title, upper, lower and mixed case are handled
+    alike (a shortcut keyed on a header's spelling must keep this): hop-by-hop and identity
+    ones dropped, framing obeyed, a second Host refused, a coding other than chunked answered
+    502."""
+    proxy, backend = env["proxy"], env["gamma"]
+    before = len(backend.requests)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        length = await _exchange(reader, writer, (
+            b"POST /length HTTP/1.1\r\nHOST: gamma\r\nX-FORWARDED-FOR: 10.1.1.1\r\n"
+            b"USER-AGENT: ua\r\nPROXY-AUTHORIZATION: secret\r\nTe: trailers\r\n"
+            b"X-Forwarded-Client-Cert: forged\r\nx-forwarded-proto: https\r\n"
+            b"TRANSFER-ENCODING: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"))
+        chunked = await _exchange(reader, writer, (
+            b"GET /chunked HTTP/1.1\r\nhost: gamma\r\nx-Forwarded-For: 10.2.2.2\r\n\r\n"))
+        mixed = await _exchange(reader, writer, b"GET /mixed HTTP/1.1\r\nHost: gamma\r\n\r\n")
+        gzip = await _exchange(reader, writer, b"GET /gzip HTTP/1.1\r\nHost: gamma\r\n\r\n")
+    finally:
+        writer.close()
+    assert length.status == 200 and length.body == b"hello"
+    assert [n.lower() for n, _ in length.headers].count("content-length") == 1
+    assert length.header("server") == "gamma" and length.header("date") == "today"
+    for gone in ("keep-alive", "proxy-connection", "x-hop", "transfer-encoding"):
+        assert length.header(gone) is None, gone
+    assert chunked.status == 200 and chunked.body == b"abcde"
+    assert chunked.header("trailer") is None and chunked.header("server") == "gamma"
+    assert [n.lower() for n, _ in chunked.headers].count("transfer-encoding") == 1
+    assert mixed.status == 200 and mixed.body == b"xy"
+    assert [n.lower() for n, _ in mixed.headers].count("transfer-encoding") == 1
+    assert gzip.status == 502
+    await eventually(lambda: len(backend.requests) >= before + 4)
+    sent, second = backend.requests[before:before + 2]
+    assert sent.body == b"body" and sent.header("user-agent") == "ua"
+    assert sent.header("x-forwarded-for") == "10.1.1.1, 127.0.0.1"
+    assert sent.header("x-forwarded-proto") == "http"
+    for gone in ("proxy-authorization", "te", "x-forwarded-client-cert"):
+        assert sent.header(gone) is None, gone
+    assert second.header("x-forwarded-for") == "10.2.2.2, 127.0.0.1"
+    assert second.header("transfer-encoding") is None and second.body == b""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        twice = await _exchange(reader, writer, b"GET /length HTTP/1.1\r\nHost: gamma\r\n"
+                                b"HOST: gamma\r\n\r\n")
+    finally:
+        writer.close()
+    assert twice.status == 400
