@@ -99,7 +99,8 @@ class MeshH2Connection(H2Connection):
                 if kind is not None:
                     event.headers = h2headers.check(event.headers, kind)  # type: ignore[attr-defined]
         except ProtocolError as exc:
-            return [], h2malformed.stream_error(self, frame.stream_id, exc)
+            return [], h2malformed.stream_error(self, frame.stream_id, exc,
+                                                self.decoder.block)  # type: ignore[attr-defined]
         return frames, events
 
     def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:

@@ -183,7 +183,11 @@ def _varint(data: bytes, i: int, value: int) -> tuple[int, int]:
 
 
 class MeshDecoder(Decoder):
-    """hpack's Decoder, the same results and errors, in one loop (see the module's doc)."""
+    """hpack's Decoder, the same results and errors, in one loop (see the module's doc).
+    `block`: the last block decoded whole (what `proxy.h2malformed` reads when h2 refused
+    one after decoding it)."""
+
+    block: list[Any] = []
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         if not raw:
@@ -245,6 +249,7 @@ class MeshDecoder(Decoder):
                 raise OversizedHeaderListError(
                     f"A header list larger than {limit} has been received")
         self._assert_valid_table_size()
+        self.block = headers
         return headers
 
     @staticmethod

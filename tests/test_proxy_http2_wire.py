@@ -454,6 +454,17 @@ BAD_HEADS: dict[str, Headers] = {
     "host_differs": _head((b"host", b"other")),
     "length_not_a_number": _head((b"content-length", b"ten")),
     "two_lengths": _head((b"content-length", b"3"), (b"content-length", b"4")),
+    # a response pseudo-header in a request (RFC 9113 8.3): h2 reads a block whose first
+    # `:status` is 1xx as an interim response, which a server's stream cannot take
+    "status_1xx_first": [(b":status", b"100"), *_head()],
+    "status_1xx_after_pseudo": _head((b":status", b"103")),
+    "status_final": _head((b":status", b"200")),
+    "status_bare_1": [(b":status", b"1"), *_head()],
+    "connect_without_authority": [(b":method", b"CONNECT")],
+    "connect_with_path": [(b":method", b"CONNECT"), (b":authority", b"echo:443"),
+                          (b":path", b"/")],
+    "connect_with_scheme": [(b":method", b"CONNECT"), (b":authority", b"echo:443"),
+                            (b":scheme", b"http")],
 }
 BAD_AFTER_HEAD: dict[str, Callable[[Peer, int], None]] = {
     "data_past_length": lambda p, sid: (
@@ -472,12 +483,33 @@ BAD_AFTER_HEAD: dict[str, Callable[[Peer, int], None]] = {
     "pseudo_in_trailers": lambda p, sid: (
         p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
         p.send(DataFrame(sid, data=b"abc")), p.trailers(sid, [(b":path", b"/x")])),
+    # a `:status` in trailers: 1xx with or without END_STREAM, and final
+    "status_1xx_in_trailers": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc"),
+               HeadersFrame(sid, data=p.encoder.encode([(b":status", b"100")]),
+                            flags=["END_HEADERS"]))),
+    "status_1xx_trailers_ending": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc")), p.trailers(sid, [(b":status", b"100")])),
+    "status_in_trailers": lambda p, sid: (
+        p.request(sid, "/", method="POST", end_stream=False, extra=[(b"x-bad", b"1")]),
+        p.send(DataFrame(sid, data=b"abc")), p.trailers(sid, [(b":status", b"200")])),
+}
+# Malformed in the HEADERS frame that opens the stream, but not ending it (a body would follow)
+BAD_OPENING: dict[str, Callable[[Peer, int], None]] = {
+    "status_1xx_not_ending": lambda p, sid: p.send(HeadersFrame(
+        sid, data=p.encoder.encode([(b":status", b"101"), *_head(), (b"x-bad", b"1")]),
+        flags=["END_HEADERS"])),
+    "status_final_not_ending": lambda p, sid: p.request(
+        sid, pseudo=_head((b":status", b"204"), (b"x-bad", b"1")), end_stream=False),
 }
 # Decoded and checked whole but naming no authority, or two: answered 400, as nginx does
-ANSWERED = {"no_authority", "no_authority_head", "host_differs"}
+ANSWERED = {"no_authority", "no_authority_head", "host_differs", "connect_without_authority"}
 MALFORMED: dict[str, Callable[[Peer, int], None]] = {
     **{name: (lambda p, sid, head=head: p.request(sid, pseudo=[*head, (b"x-bad", b"1")]))
        for name, head in BAD_HEADS.items()},
+    **BAD_OPENING,
     **BAD_AFTER_HEAD,
 }
 
@@ -525,10 +557,30 @@ async def test_a_malformed_request_resets_its_stream_alone(
     await eventually_async(lambda: _count(proxy, "ami_requests_total", response_flags=flag),
                            counted + 1)
     await eventually(lambda: len(logged_with(proxy, flag)) == logged + 1)
-    if case in BAD_HEADS:  # refused from its head: the request's own fields are not logged
+    if case in BAD_HEADS or case in BAD_OPENING:  # refused from its head: no fields logged
         assert logged_with(proxy, flag)[-1]["path"] is None
     else:
         assert logged_with(proxy, flag)[-1]["path"] == "/"
+
+
+@pytest.mark.parametrize("status", [b"100", b"200"])
+async def test_a_late_status_block_on_a_reset_stream_spares_the_connection(
+        proxy: ProxyProcess, status: bytes) -> None:
+    """A HEADERS frame carrying `:status` on a stream the proxy has reset (a late frame, RFC
+    9113 5.1) costs nothing but that stream (`RST_STREAM STREAM_CLOSED` at most), whether h2
+    reads it as an interim response (1xx) or not: the connection serves on."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, extra=[(b"X-Upper", b"1")], end_stream=False)
+        await peer.read_until(lambda: peer.finished(1))
+        assert peer.resets.get(1) == ErrorCodes.PROTOCOL_ERROR
+        peer.send(HeadersFrame(1, data=peer.encoder.encode([(b":status", status)]),
+                               flags=["END_HEADERS"]))
+        peer.request(3, "/after")
+        assert (await peer.response(3))[0] == 200
+        assert peer.goaway is None and not peer.eof
+    finally:
+        peer.close()
 
 
 def logged_with(proxy: ProxyProcess, reason: str) -> list[dict[str, Any]]:
