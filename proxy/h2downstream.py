@@ -399,7 +399,9 @@ class H2DownstreamProtocol(asyncio.Protocol):
 
     def _refuse(self, stream: H2Stream, reason: str, head: bool = False) -> None:
         """A request refused from its head alone: answered on its stream, the rest go on;
-        `head`: a HEAD request, answered without the body."""
+        `head`: a HEAD request, answered without the body. A body the client's window holds
+        back keeps the stream (with no exchange) until `_pump` has sent it, as an upstream's
+        answer would; a reset, the connection's end or the stream idle timeout drop it."""
         self.listener.record_rejection(self, reason)  # type: ignore[arg-type]
         from proxy.reasons import REASON_HEADER, REASONS
 
@@ -412,9 +414,10 @@ class H2DownstreamProtocol(asyncio.Protocol):
             stream.out.ended = True
         else:
             stream.out.data(body, True)
-        self.streams.pop(stream.stream_id, None)
         if not stream.out.ended:
+            self.streams[stream.stream_id] = stream  # (a malformed head's was never kept)
             return
+        self.streams.pop(stream.stream_id, None)
         try:
             self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
         except H2Error:

@@ -592,15 +592,18 @@ async def test_streams_beyond_the_limit_are_refused(proxy: ProxyProcess) -> None
 # 5. slow and idle clients
 async def test_zero_window_client_is_reset_after_stream_idle(proxy: ProxyProcess,
                                                              upstream: H2Backend) -> None:
-    """A client that opens no window: a response the upstream finished (held by the proxy)
-    and one it could not finish (held back by flow control) are both reset once the stream
-    idle timeout passes; the connection then closes once idle."""
+    """A client that opens no window: a response the upstream finished (held by the proxy),
+    one it could not finish (held back by flow control) and the proxy's own answer to a
+    refused head are all reset once the stream idle timeout passes; the connection then
+    closes once idle."""
     peer = await Peer.open(proxy.outbound, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
     peer.auto_window = False
     try:
         peer.request(1, "/big?n=100000")  # fits the proxy's upstream window: upstream done
         peer.request(3, "/big?n=20000000")  # does not: the upstream waits for window
-        await peer.read_until(lambda: 1 in peer.resets and 3 in peer.resets, 15)
+        peer.request(5, pseudo=[(b":method", b"CONNECT"), (b":authority", b"echo:443")])
+        await peer.read_until(lambda: all(sid in peer.resets for sid in (1, 3, 5)), 15)
+        assert peer.resets[5] == ErrorCodes.CANCEL and peer.status(5) == 405
         assert peer.received == 0
         assert await peer.closed(15)
     finally:

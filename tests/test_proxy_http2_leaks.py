@@ -78,6 +78,7 @@ class RawClient(asyncio.Protocol):
         self.reading = True  # give received DATA back as window
         self.status: dict[int, bytes] = {}
         self.ended: set[int] = set()
+        self.completed: set[int] = set()  # ended by the proxy's END_STREAM (not a reset)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,7 +97,19 @@ class RawClient(asyncio.Protocol):
                                                   event.stream_id)
             elif isinstance(event, ev.StreamEnded | ev.StreamReset):
                 self.ended.add(event.stream_id)
+                if isinstance(event, ev.StreamEnded):
+                    self.completed.add(event.stream_id)
         self.flush()
+
+    def send_head(self, headers: Headers, end: bool = True) -> int:
+        """A request head as it is, unchecked by h2 (one the proxy refuses)."""
+        sid = self.h2.get_next_available_stream_id()
+        config = self.h2.config
+        config.validate_outbound_headers = False
+        self.h2.send_headers(sid, headers, end_stream=end)
+        config.validate_outbound_headers = True
+        self.flush()
+        return sid
 
     def request(self, path: str, *, body: bytes = b"", end: bool = True,
                 authority: bytes = b"svc") -> int:
@@ -293,5 +306,58 @@ async def test_a_long_lived_connection_keeps_nothing_per_request(env: Env) -> No
         return all(p.connections == 0 and not p.h2 for p in env.server.pools)
 
     await eventually(swept, DEADLINE)
+    gc.collect()
+    assert session_ref() is None
+
+
+# Heads the proxy answers itself (proxy.h2downstream's _refuse): `405` (CONNECT), `400` (no
+# authority: proxy.h2headers' Unroutable, which counts against the connection's budget of
+# malformed requests: one a round)
+REFUSED: list[tuple[Headers, bytes]] = [
+    ([(b":method", b"CONNECT"), (b":authority", b"svc:443")], b"405"),
+    ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")], b"400"),
+]
+
+
+async def test_refusals_held_for_the_window_leave_nothing_behind(env: Env) -> None:
+    """The proxy's own answers held back by a client's zero stream window: each stays (no
+    exchange) until the window opens and its body has gone, then nothing of it is left; one the
+    client resets meanwhile is dropped, and so is every one still held when the client leaves.
+    Over more streams than h2 remembers, the count of streams kept stays bounded."""
+    from proxy.h2guard import MeshH2Connection
+
+    client = await env.client(window=0)
+    (session,) = env.sessions()
+    bound = MeshH2Connection.MAX_CLOSED_STREAMS
+    rounds = 2 * bound // 40 + 1
+    for _ in range(rounds):
+        sids = [(client.send_head(head, end=n % 3 != 0), status)
+                for n in range(40) for head, status in [REFUSED[n == 1]]]
+        await eventually(lambda sids=sids: all(
+            client.status.get(sid) == status for sid, status in sids), DEADLINE)
+        assert len(session.streams) == len(sids)  # every answer held, none lost
+        assert all(s.exchange is None and not s.out.ended for s in session.streams.values())
+        reset = [sid for n, (sid, _) in enumerate(sids) if n % 4 == 0]
+        for sid in reset:
+            client.reset(sid)
+        opened = [sid for sid, _ in sids if sid not in reset]
+        for sid in opened:
+            client.h2.increment_flow_control_window(1 << 16, sid)
+        client.flush()
+        await eventually(lambda opened=opened: set(opened) <= client.completed, DEADLINE)
+        await eventually(lambda s=session: not s.streams, DEADLINE)
+    assert not session._watch
+    await eventually(lambda s=session: s.h2.open_inbound_streams == 0, DEADLINE)
+    assert len(session.h2.streams) + len(session.h2._closed_streams) <= bound
+
+    # held when the client leaves: dropped with the connection
+    held = [client.send_head(REFUSED[n == 1][0], end=n % 2 == 0) for n in range(10)]
+    await eventually(lambda: all(sid in client.status for sid in held), DEADLINE)
+    assert len(session.streams) == len(held)
+    session_ref = weakref.ref(session)
+    del session
+    assert client.transport is not None
+    client.transport.close()
+    await eventually(lambda: env.session_count() == 0, DEADLINE)
     gc.collect()
     assert session_ref() is None

@@ -29,6 +29,7 @@ from hyperframe.frame import (
     DataFrame,
     Frame,
     HeadersFrame,
+    PingFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -579,6 +580,56 @@ async def test_a_late_status_block_on_a_reset_stream_spares_the_connection(
         peer.request(3, "/after")
         assert (await peer.response(3))[0] == 200
         assert peer.goaway is None and not peer.eof
+    finally:
+        peer.close()
+
+
+# Refused from the head by the proxy itself (proxy.h2downstream's _refuse): `405` from the
+# request's head, `400` from a head h2headers found naming no authority
+REFUSALS: dict[str, tuple[Headers, int, bytes]] = {
+    "connect": ([(b":method", b"CONNECT"), (b":authority", b"echo:443")], 405,
+                b"method_not_allowed"),
+    "no_authority": ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")], 400,
+                     b"bad_request"),
+}
+
+
+@pytest.mark.parametrize("ended", [True, False], ids=["request_ended", "request_sending"])
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("case", list(REFUSALS))
+async def test_a_refusal_held_for_the_window_completes_once_it_opens(
+        proxy: ProxyProcess, case: str, window: int, ended: bool) -> None:
+    """The proxy's own answer to a refused head (`405`, `400`) waits for a client whose stream
+    window (SETTINGS_INITIAL_WINDOW_SIZE 0, or 5 bytes) holds back its body: what fits goes,
+    and once the client opens the window (WINDOW_UPDATE) the rest follows, ending the stream
+    on its last DATA frame; a client still sending its request is then told to stop
+    (RST_STREAM NO_ERROR). The connection serves on."""
+    head, status, reason = REFUSALS[case]
+    peer = await Peer.open(proxy.outbound, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window})
+    peer.auto_window = False
+    try:
+        peer.request(1, pseudo=head, end_stream=ended)
+        await peer.read_until(lambda: 1 in peer.heads)
+        peer.send(PingFrame(0, opaque_data=b"heldback"))  # answered after all that could go
+        await peer.read_until(lambda: b"heldback" in peer.pings_acked)
+        assert peer.status(1) == status and peer.header(1, b"x-ami-reason") == reason
+        assert peer.received == window and not peer.finished(1)
+        peer.send(WindowUpdateFrame(1, window_increment=1 << 16))
+        await peer.read_until(lambda: 1 in peer.ended)
+        body = bytes(peer.data[1])
+        assert body.startswith(reason + b": ") and body.endswith(b"\n")
+        assert len(body) == int(peer.header(1, b"content-length") or 0)
+        assert peer.shapes[1][-1].endswith("+")  # ended on its last DATA frame
+        if not ended:
+            await peer.read_until(lambda: 1 in peer.resets)
+            assert peer.resets[1] == ErrorCodes.NO_ERROR
+        peer.auto_window = True
+        peer.request(3, "/after")
+        peer.send(WindowUpdateFrame(3, window_increment=1 << 16))
+        assert (await peer.response(3))[0] == 200
+        assert peer.goaway is None
+        if ended:
+            assert 1 not in peer.resets
     finally:
         peer.close()
 
