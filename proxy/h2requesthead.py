@@ -1,9 +1,9 @@
 """A client's HTTP/2 request HEADERS as an `H2Exchange`, or the reason word it is refused with.
 
-The `h2` library has checked the block (pseudo-headers, no connection-specific headers,
-lower-case names, no CR, LF or NUL); here are the proxy's own rules, as `proxy.requesthead`
-has them for HTTP/1.1: header size and path length, one authority, path normalisation, the
-headers only this proxy may set, and the ones it adds.
+`proxy.h2headers` has checked the block (pseudo-headers, no connection-specific headers,
+lower-case names, no CR, LF or NUL; a `:method`, a `:path` but for CONNECT, one authority);
+here are the proxy's own rules, as `proxy.requesthead` has them for HTTP/1.1: header size and
+path length, path normalisation, the headers only this proxy may set, and the ones it adds.
 """
 
 from __future__ import annotations
@@ -104,14 +104,13 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
         # only). Forwarded, an HTTP/1.1 app would read the next request on its connection
         # as this one's body.
         return "bad_request"
-    if method is None or method == b"CONNECT":
+    if method == b"CONNECT":
         return "method_not_allowed"  # (extended CONNECT, RFC 8441, is not offered)
     if authority is None:
         authority = host
-    elif host is not None and host != authority:
-        return "bad_request"  # two different authorities: which one is routed is ambiguous
-    if authority is None or path_bytes is None:
-        return "bad_request"
+    # h2headers.check refused a block without these, or with two authorities that differ
+    # (Unroutable: answered 400 before this), so they are not checked again
+    assert method is not None and authority is not None and path_bytes is not None
     if len(path_bytes) > listener.limits.max_request_line:
         return "uri_too_long"
     try:

@@ -75,3 +75,40 @@ def test_a_status_of_other_than_three_digits_is_refused(status: bytes) -> None:
     assert h2s(block, h2headers.RESPONSE) != "refused"  # (what h2 let through)
     assert ours(block, h2headers.RESPONSE) == "refused"
     assert ours([(b":status", b"204")], h2headers.RESPONSE) == [(b":status", b"204")]
+
+
+def test_a_request_block_passed_names_its_method_path_and_one_authority() -> None:
+    """What `proxy.h2requesthead` relies on without checking it again: every request block
+    `check` passes has a `:method`, a `:path` unless it is a CONNECT, and an authority, one
+    (`:authority`, or a single `host`, or both the same); the others raise (no or two differing
+    authorities: `Unroutable`, answered 400). Every combination of the pseudo-headers and Host
+    fields that decide it, in both orders of `:authority` and `:path`."""
+    from itertools import product
+
+    optional = [None, b""]
+    passed = unroutable = 0
+    for method, scheme, path, authority, protocol, hosts in product(
+            [None, b"GET", b"HEAD", b"CONNECT"], [None, b"http"], [*optional, b"/"],
+            [*optional, b"echo", b"other"], [None, b"websocket"],
+            [(), (b"echo",), (b"other",), (b"",), (b"echo", b"echo")]):
+        pseudo = [(name, value) for name, value in [
+            (b":method", method), (b":scheme", scheme), (b":path", path),
+            (b":authority", authority), (b":protocol", protocol)] if value is not None]
+        for block in (pseudo, pseudo[::-1]):
+            block = [*block, *((b"host", h) for h in hosts)]
+            try:
+                h2headers.check(block, h2headers.REQUEST)
+            except h2headers.Unroutable:
+                unroutable += 1
+                assert (authority is None and not hosts) or (
+                    authority is not None and hosts and hosts[0] != authority), block
+                continue
+            except ProtocolError:
+                continue
+            passed += 1
+            assert method is not None, block
+            assert path or method == b"CONNECT", block
+            assert len(hosts) <= 1, block
+            assert authority is not None or hosts, block
+            assert authority is None or not hosts or hosts[0] == authority, block
+    assert passed > 50 and unroutable > 50  # (each verdict well represented)

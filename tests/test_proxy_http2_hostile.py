@@ -906,6 +906,39 @@ async def test_malformed_request_is_refused(proxy: ProxyProcess, upstream: H2Bac
     assert upstream.opened == opened + 1  # the one `served` sent: the malformed one never
 
 
+@pytest.mark.parametrize(("fields", "routed"), [
+    ([(b":authority", b"echo")], "echo"),
+    ([(b"host", b"echo")], "echo"),
+    ([(b":authority", b"echo"), (b"host", b"echo")], "echo"),
+    ([(b":authority", b"echo"), (b"host", b"other")], None),
+    ([(b":authority", b"other"), (b"host", b"echo")], None),
+    ([], None),
+], ids=["authority", "host", "both_same", "both_differ", "both_differ_host_routable", "none"])
+async def test_a_request_is_routed_by_its_one_authority(proxy: ProxyProcess, upstream: H2Backend,
+                                                        fields: Headers, routed: str | None
+                                                        ) -> None:
+    """The authority a request is routed by is its `:authority`, or its `Host` if it has no
+    `:authority` (sent upstream as `:authority`); none, or two that differ, is `400
+    bad_request` on its stream, never forwarded, the connection serving on. (Decided by
+    proxy.h2headers alone: test_h2headers has every combination it passes.)"""
+    opened = upstream.opened
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, pseudo=[(b":method", b"GET"), (b":scheme", b"http"),
+                                (b":path", b"/who"), *fields])
+        status, _ = await peer.response(1)
+        if routed is None:
+            assert status == 400 and peer.header(1, b"x-ami-reason") == b"bad_request"
+            assert upstream.opened == opened
+        else:
+            assert status == 200 and peer.json(1)["authority"] == routed
+            assert peer.json(1)["path"] == "/who"
+        await served(proxy, peer, 3)
+        assert peer.goaway is None
+    finally:
+        peer.close()
+
+
 @pytest.mark.parametrize("kind", ["upper", "crlf", "connection", "no_status", "request_pseudo",
                                   "status_text", "status_digits", "status_long"])
 async def test_malformed_response_head_is_not_forwarded(proxy: ProxyProcess, kind: str) -> None:
