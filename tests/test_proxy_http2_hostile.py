@@ -939,6 +939,30 @@ async def test_a_request_is_routed_by_its_one_authority(proxy: ProxyProcess, ups
         peer.close()
 
 
+@pytest.mark.parametrize("status", [b"100", b"200"])
+async def test_a_status_block_after_the_request_ended_costs_its_stream_alone(
+        proxy: ProxyProcess, upstream: H2Backend, status: bytes) -> None:
+    """A HEADERS frame carrying `:status` on a stream whose request had ended (half-closed on
+    the proxy's side, its upstream still answering): that stream is reset (h2 reads a `1xx`
+    block as an interim response and failed its state machine: the connection ended), its
+    upstream stream cancelled, the connection serving on."""
+    opened, before = upstream.opened, set(upstream.active)
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/hang")
+        await eventually(lambda: upstream.opened == opened + 1)
+        active = upstream.active - before  # (this request's upstream stream)
+        assert len(active) == 1
+        peer.send(HeadersFrame(1, data=peer.encoder.encode([(b":status", status)]),
+                               flags=["END_HEADERS"]))
+        await peer.read_until(lambda: 1 in peer.resets)
+        await served(proxy, peer, 3)
+        assert peer.goaway is None and peer.status(1) is None
+    finally:
+        peer.close()
+    await eventually(lambda: not active & upstream.active)
+
+
 @pytest.mark.parametrize("kind", ["upper", "crlf", "connection", "no_status", "request_pseudo",
                                   "status_text", "status_digits", "status_long"])
 async def test_malformed_response_head_is_not_forwarded(proxy: ProxyProcess, kind: str) -> None:
