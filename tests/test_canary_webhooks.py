@@ -200,6 +200,54 @@ async def test_rollback_hook_answering_2xx_rolls_back_at_once(
     assert [w["result"] for w in status["webhooks"]] == ["HTTP 200"]
 
 
+async def test_rollback_hook_is_asked_while_waiting_at_the_confirm_rollout_gate(
+        rigs: Any, hooks: HookServer) -> None:
+    """Flagger asks rollback hooks while Waiting too: a run held at its gate can be aborted
+    (asked each interval, not at the first attempt); its post-rollout hook hears the end."""
+    hooks.answers.update({"gate": 403, "abort": 404})
+    rig = await rigs(with_hooks(hooks, ("gate", "confirm-rollout"), ("abort", "rollback"),
+                                ("done", "post-rollout")))
+    assert (await at(rig, 0))["phase"] == "Waiting"
+    assert hooks.bodies("abort") == []  # the first attempt: nothing to abort yet
+    status = await at(rig, 10)
+    assert status["phase"] == "Waiting"
+    assert {w["name"]: w["result"] for w in status["webhooks"]} == {
+        "gate": "HTTP 403", "abort": "HTTP 404"}
+    [body] = hooks.bodies("abort")
+    assert (body["phase"], body["type"]) == ("Waiting", "rollback")
+    await at(rig, 15)  # not due: asked at the interval only
+    assert len(hooks.bodies("abort")) == 1
+    hooks.answers["abort"] = 200
+    status = await at(rig, 20)
+    assert status["phase"] == "RolledBack" and status["canaryWeight"] == 0
+    assert status["message"] == ("roll back: asked by rollback hook 'abort': HTTP 200: "
+                                 "v1 100% / v3 0%")
+    assert "waitingOn" not in status
+    assert await rig.weights() == {"v1": 100, "v3": 0}
+    [done] = hooks.bodies("done")
+    assert done["phase"] == "RolledBack"
+    await at(rig, 100)  # over: nobody is asked again
+    assert (len(hooks.bodies("abort")), len(hooks.bodies("gate"))) == (2, 3)
+
+
+async def test_rollback_hook_is_asked_while_waiting_for_promotion(
+        rigs: Any, hooks: HookServer) -> None:
+    hooks.answers.update({"ship": 403, "abort": 404})
+    rig = await rigs(with_hooks(hooks, ("ship", "confirm-promotion"), ("abort", "rollback")))
+    for t in (0, 10):
+        await at(rig, t)
+    assert (await at(rig, 20))["phase"] == "WaitingPromotion"
+    assert (await at(rig, 30))["phase"] == "WaitingPromotion"
+    hooks.answers["abort"] = 200
+    status = await at(rig, 40)
+    assert status["phase"] == "RolledBack"
+    assert status["message"] == ("roll back: asked by rollback hook 'abort': HTTP 200: "
+                                 "v1 100% / v3 0%")
+    assert await rig.weights() == {"v1": 100, "v3": 0}
+    assert [b["phase"] for b in hooks.bodies("abort")] == [
+        "Progressing", "Progressing", "WaitingPromotion", "WaitingPromotion"]
+
+
 async def test_event_hook_receives_every_event(
         rigs: Any, hooks: HookServer) -> None:
     rig = await rigs(with_hooks(hooks, ("slack", "event")))

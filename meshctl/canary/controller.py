@@ -255,21 +255,35 @@ class CanaryController:
         last = parse_timestamp(status.get("lastStepTime"))
         if status.get("phase") == WAITING and last is not None and now < last + plan.interval:
             return
+        # Flagger asks the rollback hooks while Waiting too: a way to abort a run held at
+        # its gate (not at the first attempt, Initializing: nothing to abort yet)
+        rollback = self._gate(obj, status, ROLLBACK) if status.get("phase") == WAITING else []
         confirm = self._gate(obj, status, CONFIRM_ROLLOUT)
-        if confirm is None:
+        asked = [r.said() for r in rollback or () if r.ok]  # a 2xx: a rollback is asked
+        if asked:  # at once, a gate still being asked or not
+            assert rollback is not None
+            self.gates.forget(obj.key)  # a confirm-rollout call still in flight: not needed
+            await self._set_weight(route, spec, policies, 0)
+            await self._report(obj, status, ROLLED_BACK, now,
+                               f"roll back: asked by {asked[0]}: {_split(spec, 0)}",
+                               canaryWeight=0, lastStepTime=timestamp(now),
+                               webhooks=_results(status, rollback + (confirm or []), now))
+            return
+        if rollback is None or confirm is None:
             return  # asked; the answers wake the next sweep
         refused = [r for r in confirm if not r.ok]
         if refused:
             said = refused[0].said()
             await self._report(obj, status, WAITING, now, f"waiting for approval: {said}",
                                lastStepTime=timestamp(now), waitingOn=said,
-                               webhooks=_results(status, confirm, now))
+                               webhooks=_results(status, rollback + confirm, now))
             return
         pre = self._gate(obj, status, PRE_ROLLOUT)
         if pre is None:
             return
         failed = [r for r in pre if not r.ok]
-        results = _results(status, confirm + pre, now) if confirm or pre else None
+        gated = rollback + confirm + pre
+        results = _results(status, gated, now) if gated else None
         if failed:  # a failed check before any traffic: counted like the metrics' ones
             step = fail(plan, Progress(0, int(status.get("failedChecks", 0))), failed[0].said())
             if step.action is Action.ROLL_BACK:
