@@ -108,3 +108,25 @@ def test_check_warns_of_a_run_a_webhook_gate_holds() -> None:
         "detail": "WaitingPromotion: waiting on confirm-promotion hook 'ship': HTTP 403",
         "hint": "the run goes on once the webhook answers 2xx (meshctl describe canary NAME "
                 "shows its last answers)"}
+
+
+def test_check_warns_of_a_failed_post_rollout_hook() -> None:
+    """A run's end is no gate: only status.webhooks says a post-rollout hook failed."""
+    objs = stored(BASE)
+    policies = [o for o in objs if o.resource.kind == "DestinationPolicy"]
+    routes = [o for o in objs if o.resource.kind == "Route"]
+    canary = stored(CANARY)[0]
+    hook = {"name": "cleanup", "type": "post-rollout", "ok": False, "result": "HTTP 500",
+            "time": "2027-01-15T08:00:30.000Z"}
+    done = {"phase": "Succeeded", "canaryWeight": 100, "webhooks": [
+        {"name": "news", "type": "event", "ok": False, "result": "HTTP 500",
+         "time": "2027-01-15T08:00:30.000Z"}, hook]}
+    [group] = canary_checks([canary], routes, policies, {canary.key: done})
+    assert group.checks[0].as_json() == {
+        "name": "canary default/reviews-v3", "state": "warn",
+        "detail": "Succeeded: post-rollout hook 'cleanup': HTTP 500",
+        "hint": "what it does after a run (a clean-up, a notice) may not be done: see its log "
+                "and the control plane's"}
+    done["webhooks"][1] = {**hook, "ok": True, "result": "HTTP 200"}  # a failed event: no warn
+    [group] = canary_checks([canary], routes, policies, {canary.key: done})
+    assert group.checks[0].state == "ok"

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from meshctl.api.canary import Webhook
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import parse_document
 from meshctl.canary.controller import _changed
-from meshctl.canary.webhooks import Caller
+from meshctl.canary.webhooks import Caller, HookResult
 from meshctl.controlplane.memstore import MemStore
 from tests.hookserver import HANG, HookServer
-from tests.test_canary_controller import CANARY, T0, Rig, make_rig
+from tests.test_canary_controller import CANARY, KEY, T0, Rig, make_rig
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ def with_hooks(server: HookServer, *hooks: tuple[str, str], **spec: Any) -> dict
 
 async def at(rig: Rig, seconds: float) -> dict[str, Any]:
     """Sweep at T0 + ``seconds`` until no gating call is in flight (each answer lets the
-    run go on at the same moment, as the running controller's wake-up does); the status."""
+    run go on at the same moment, as the running controller's wake-up does), wait for the
+    fired calls and record their answers; the status."""
     rig.clock.now = T0 + seconds
     for _ in range(5):
         await rig.controller.sweep()
@@ -61,6 +63,7 @@ async def at(rig: Rig, seconds: float) -> dict[str, Any]:
             break
         await rig.controller.gates.settle()
     await rig.controller.caller.drain()
+    await rig.controller.record_fired()  # the fired hooks' answers, as the next sweep would
     return await rig.status()
 
 
@@ -72,7 +75,7 @@ async def test_confirm_rollout_gates_the_start_until_it_answers_2xx(
     assert status["phase"] == "Waiting"
     assert status["message"] == "waiting for approval: confirm-rollout hook 'gate': HTTP 403"
     assert status["waitingOn"] == "confirm-rollout hook 'gate': HTTP 403"
-    assert status["webhooks"] == [{"name": "gate", "type": "confirm-rollout",
+    assert status["webhooks"] == [{"name": "gate", "type": "confirm-rollout", "ok": False,
                                    "result": "HTTP 403", "time": "2027-01-15T08:00:00.000Z"}]
     assert await rig.weights() == {"v1": 100}  # no traffic to the canary yet
     [body] = hooks.bodies("gate")
@@ -263,6 +266,48 @@ async def test_event_hook_receives_every_event(
                          "checksum": status["specHash"], "type": "event",
                          "metadata": {"team": "reviews"},
                          "eventMessage": "start: v1 50% / v3 50%", "eventType": "Normal"}
+
+
+async def test_event_and_post_rollout_answers_are_kept_in_the_status(
+        rigs: Any, hooks: HookServer) -> None:
+    """Fired hooks gate nothing, but a user must see that one failed: each hook's last answer
+    is in status.webhooks (one entry per hook however many calls), and recording it is no
+    event (which would call the event hook again)."""
+    hooks.answers["done"] = 500
+    rig = await rigs(with_hooks(hooks, ("slack", "event"), ("done", "post-rollout")))
+    status = await at(rig, 0)
+    assert status["webhooks"] == [{"name": "slack", "type": "event", "ok": True,
+                                   "result": "HTTP 200", "time": "2027-01-15T08:00:00.000Z"}]
+    hooks.answers["slack"] = 503
+    for t in (10, 20, 20.5):
+        status = await at(rig, t)
+    assert status["phase"] == "Succeeded"
+    assert sorted(status["webhooks"], key=lambda w: w["name"]) == [
+        {"name": "done", "type": "post-rollout", "ok": False, "result": "HTTP 500",
+         "time": "2027-01-15T08:00:20.500Z"},
+        {"name": "slack", "type": "event", "ok": False, "result": "HTTP 503",
+         "time": "2027-01-15T08:00:20.500Z"}]
+    assert len(hooks.bodies("slack")) == len(status["events"]) == 4
+    assert (await at(rig, 60)) == status  # nothing more to record, nothing called again
+    assert len(hooks.bodies("slack")) == 4 and len(hooks.bodies("done")) == 1
+
+
+async def test_a_fired_answer_of_an_earlier_run_is_not_kept(rigs: Any) -> None:
+    """An answer that comes in after the Canary was edited (a new run) is of no use to it."""
+    rig = await rigs(CANARY)
+    status = await at(rig, 0)
+    hook = Webhook("done", "post-rollout", "http://127.0.0.1:9/")
+    rig.controller._answered(KEY, "an-earlier-run", HookResult(hook, False, "HTTP 500"))
+    rig.controller._answered(KEY, status["specHash"], HookResult(hook, True, "HTTP 200"))
+    await rig.controller.record_fired()
+    assert [(w["ok"], w["result"]) for w in (await rig.status())["webhooks"]] == [
+        (True, "HTTP 200")]
+
+
+def test_a_long_result_is_cut_short_in_the_status() -> None:
+    hook = Webhook("x", "event", "http://127.0.0.1:9/")
+    entry = HookResult(hook, False, "failed: " + "e" * 5000).as_status("t")
+    assert len(entry["result"]) == 200 and entry["result"].endswith("eee...")
 
 
 async def test_a_hook_that_hangs_or_refuses_counts_as_not_2xx(

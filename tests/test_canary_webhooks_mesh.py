@@ -159,7 +159,7 @@ def test_a_hanging_rollout_hook_times_out_as_a_failed_check(mesh: HookMesh) -> N
     assert status["phase"] == "RolledBack", status
     assert status["message"] == ("roll back: rollout hook 'stuck': timed out after 2s, "
                                  "1 failure in a row: v1 100% / v3 0%")
-    assert status["webhooks"] == [{"name": "stuck", "type": "rollout",
+    assert status["webhooks"] == [{"name": "stuck", "type": "rollout", "ok": False,
                                    "result": "timed out after 2s",
                                    "time": status["lastStepTime"]}]
     assert mesh.split() == {"v1": 100}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -106,8 +107,11 @@ class CanaryController:
         self.lagging = lagging
         self.watching_since: float | None = None  # set by restore(): when metrics began
         self.caller = Caller()
-        self._hook_answered = asyncio.Event()  # a gating webhook call ended: sweep again
+        self._hook_answered = asyncio.Event()  # a webhook call ended: sweep again
         self.gates = Gates(self.caller, self._hook_answered.set)
+        # event and post-rollout answers to put in status.webhooks at the next sweep (its
+        # writes are the only status writes: no answer is lost to a status read before it)
+        self._fired: dict[Key, list[tuple[str, HookResult, float]]] = {}
 
     async def run(self, tick: float = 1.0) -> None:
         """Restore saved statuses, then sweep whenever a Canary (or a Route or
@@ -143,6 +147,7 @@ class CanaryController:
     async def sweep(self) -> float | None:
         """One pass over every Canary; when (by ``clock``) the next pass is needed without a
         store change: None when no run is going on, now when one must be retried soon."""
+        await self.record_fired()
         canaries = await self.store.list("Canary")
         wakes: list[float] = []
         for obj in canaries:
@@ -172,6 +177,25 @@ class CanaryController:
         if self.state is not None:  # a deleted Canary is forgotten; its weights stay
             self.state.keep({o.key for o in canaries})
         return min(wakes, default=None)
+
+    async def record_fired(self) -> None:
+        """Put the answers of the event and post-rollout hooks fired since the last sweep in
+        their Canaries' status.webhooks (of the run that fired them only)."""
+        fired, self._fired = self._fired, {}
+        for key, answers in fired.items():
+            try:
+                status = await self.store.status(key)
+            except NotFound:
+                continue
+            entries = [r.as_status(timestamp(t)) for digest, r, t in answers
+                       if digest == status.get("specHash")]
+            if entries:
+                await self._put_status(key, {**status,
+                                             "webhooks": _merge(status, entries)})
+
+    def _answered(self, key: Key, digest: str, result: HookResult) -> None:
+        self._fired.setdefault(key, []).append((digest, result, self.clock()))
+        self._hook_answered.set()
 
     async def _next_wake(self, obj: StoredObject) -> float | None:
         """When this Canary needs a sweep if nothing changes in the store: its next analysis,
@@ -323,10 +347,11 @@ class CanaryController:
         """Call the Canary's ``kind`` hooks without waiting (event, post-rollout)."""
         spec = obj.resource.spec
         assert isinstance(spec, CanarySpec)
+        key, digest = obj.key, str(status.get("specHash"))
         for hook in spec.hooks(kind):
             self.caller.fire(hook, payload(hook, obj.resource.name, obj.resource.namespace,
-                                           str(status.get("phase")),
-                                           str(status.get("specHash")), event))
+                                           str(status.get("phase")), digest, event),
+                             functools.partial(self._answered, key, digest))
 
     def _metrics_from(self, interval: float) -> float:
         """When a whole analysis window has been scraped since this control plane started:
@@ -491,10 +516,16 @@ def _split(spec: CanarySpec, weight: int) -> str:
 
 def _results(status: Mapping[str, Any], results: list[HookResult],
              now: float) -> list[dict[str, Any]]:
-    """status.webhooks: each hook's last answer (name, type, result, time)."""
-    named = {r.hook.name for r in results}
-    kept = [e for e in status.get("webhooks", []) if e.get("name") not in named]
-    return kept + [r.as_status(timestamp(now)) for r in results]
+    """status.webhooks: each hook's last answer (name, type, ok, result, time)."""
+    return _merge(status, [r.as_status(timestamp(now)) for r in results])
+
+
+def _merge(status: Mapping[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """status.webhooks with these newer entries: one per hook name (the last), so it is no
+    longer than the Canary's list of webhooks."""
+    latest = {e["name"]: e for e in entries}
+    kept = [e for e in status.get("webhooks", []) if e.get("name") not in latest]
+    return kept + list(latest.values())
 
 
 def _analysis(m: Measurement, weight: int, now: float, reason: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from meshctl.api.canary import Webhook
 from meshctl.controlplane.store import Key
 
 log = logging.getLogger("ami.canary")
+RESULT_KEPT = 200  # characters of a result kept in status.webhooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,11 @@ class HookResult:
     result: str
 
     def as_status(self, time: str) -> dict[str, Any]:
-        return {"name": self.hook.name, "type": self.hook.type, "result": self.result,
-                "time": time}
+        """status.webhooks' entry (the result cut short: an error's text is unbounded)."""
+        result = self.result if len(self.result) <= RESULT_KEPT else \
+            self.result[:RESULT_KEPT - 3] + "..."
+        return {"name": self.hook.name, "type": self.hook.type, "ok": self.ok,
+                "result": result, "time": time}
 
     def said(self) -> str:
         return f"{self.hook.type} hook '{self.hook.name}': {self.result}"
@@ -82,12 +86,17 @@ class Caller:
         """Several calls at once; results in the same order."""
         return list(await asyncio.gather(*(self.call(h, b) for h, b in calls)))
 
-    def fire(self, hook: Webhook, body: Mapping[str, Any]) -> None:
-        """Fire and forget (event and post-rollout hooks): the result is only logged."""
+    def fire(self, hook: Webhook, body: Mapping[str, Any],
+             answered: Callable[[HookResult], None] | None = None) -> None:
+        """Call without waiting (event and post-rollout hooks); ``answered`` gets the
+        result once it is in (logged either way)."""
         task = asyncio.get_running_loop().create_task(self.call(hook, body))
         self._fired.add(task)  # a reference, so the task is not collected mid-call
         task.add_done_callback(self._fired.discard)
         task.add_done_callback(_log_fired)
+        if answered is not None:
+            task.add_done_callback(
+                lambda t: None if t.cancelled() or t.exception() else answered(t.result()))
 
     async def drain(self) -> None:
         """Wait for every fired call (tests; shutdown)."""

@@ -1,5 +1,6 @@
 """``meshctl check``'s Canary group: a Canary whose Route, rule or subsets do not exist (the
-controller waits for them, or has stopped), one that stopped, and one a webhook gate holds."""
+controller waits for them, or has stopped), one that stopped, one a webhook gate holds, and one
+whose post-rollout hook failed."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iter
         elif status.get("phase") == "Failed":
             checks.append(Check(name, "warn", str(status.get("message", "")),
                                 "edit or re-create the Canary to start a new run"))
+        elif failed := _failed_post_rollout(status):
+            checks.append(Check(name, "warn", f"{status.get('phase')}: post-rollout hook "
+                                              f"'{failed['name']}': {failed.get('result')}",
+                                "what it does after a run (a clean-up, a notice) may not be "
+                                "done: see its log and the control plane's"))
         elif status.get("waitingOn"):  # a confirm-* webhook holds the run
             checks.append(Check(name, "warn", f"{status.get('phase')}: waiting on "
                                               f"{status['waitingOn']}",
@@ -43,3 +49,9 @@ def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iter
             checks.append(Check(name, "ok", f"{phase}, {spec.canary} at "
                                             f"{status.get('canaryWeight', 0)}%"))
     return [Group("Canary", tuple(checks))] if checks else []
+
+
+def _failed_post_rollout(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The first post-rollout hook whose last answer was not 2xx (status.webhooks)."""
+    return next((w for w in status.get("webhooks") or ()
+                 if w.get("type") == "post-rollout" and w.get("ok") is False), None)

@@ -37,7 +37,8 @@ EVENTS_SHOWN = 5
 
 async def canaries(store: Store) -> list[dict[str, Any]]:
     """Each Canary as its panel draws it: subsets, weight, phase, last analysis against the
-    thresholds (maxP99Ms None: latency not judged), the last events."""
+    thresholds (maxP99Ms None: latency not judged), its webhooks' last answers, the last
+    events."""
     out: list[dict[str, Any]] = []
     for stored in await store.list("Canary"):
         spec = stored.resource.spec
@@ -58,6 +59,7 @@ async def canaries(store: Store) -> list[dict[str, Any]]:
                     "thresholds": {"minSuccessRate": t.min_success_rate,
                                    "maxP99Ms": t.max_p99_ms, "minRequests": t.min_requests},
                     "lastAnalysis": status.get("lastAnalysis"),
+                    "webhooks": list(status.get("webhooks", [])),
                     "events": list(status.get("events", []))[-EVENTS_SHOWN:]})
     return out
 

@@ -167,6 +167,22 @@ function analysisFigures(c) {
   return box;
 }
 
+// A webhook's last answer, coloured by what it means for its type: a gate's "no" holds the
+// run (warn), a rollback hook's 2xx rolled it back and its "no" is the usual answer.
+function hookClass(h) {
+  if (h.type === "rollback") return h.ok ? "bad" : "muted";
+  if (h.ok) return "ok";
+  return h.type.startsWith("confirm-") ? "warn" : "bad";
+}
+
+function webhookAnswers(c) {
+  const box = el("div", { class: "figures" });
+  box.append(...(c.webhooks || []).map((h) =>
+    el("span", { class: hookClass(h), "data-webhook": h.name, title: h.time },
+       `${h.name} (${h.type}): ${h.result}`)));
+  return box;
+}
+
 function drawCanaries(state) {
   const card = document.getElementById("canary-card");
   const list = state.canaries || [];
@@ -196,7 +212,9 @@ function drawCanaries(state) {
                 el("td", {}, `${e.weight}%`), el("td", {}, e.phase), el("td", {}, e.message));
       return tr;
     }));
-    div.append(head, bar, analysisFigures(c), events);
+    div.append(head, bar, analysisFigures(c));
+    if ((c.webhooks || []).length) div.append(webhookAnswers(c));
+    div.append(events);
     return div;
   }));
 }
