@@ -351,6 +351,60 @@ async def test_a_hanging_hook_holds_up_no_other_canary(
         rig.controller.gates.keep(set())
 
 
+async def test_a_canary_whose_hooks_hang_delays_no_other_canarys_schedule(
+        rigs: Any, hooks: HookServer) -> None:
+    """reviews-v3's rollout and event hooks hang (for an hour); ratings, on its own Route,
+    starts, advances and is promoted at its interval on the injected clock, each sweep
+    returning at once, while reviews-v3 waits on its hook."""
+    hooks.answers.update({"slow": HANG, "news": HANG})
+    canary = with_hooks(hooks, ("slow", "rollout"), ("news", "event"))
+    for hook in canary["spec"]["webhooks"]:
+        hook["timeout"] = "1h"
+    rig = await rigs(canary)
+    other = {**CANARY, "metadata": {"name": "ratings"},
+             "spec": {**CANARY["spec"], "service": "ratings"}}
+    for doc in (_ratings_policy(), _ratings_route(), other):
+        await rig.store.create(parse_document(doc))
+    ratings = ("Canary", "default", "ratings")
+    rig.controller.stats = lambda window: [  # ratings v3 as healthy as reviews v3
+        *(rows := rig.stats(window)), *({**r, "service": "ratings"} for r in rows)]
+    expected = {0: ("Progressing", "start: v1 50% / v3 50%"),
+                10: ("Progressing", "advance to 100: v1 0% / v3 100%"),
+                20: ("Promoting", "promote: v1 0% / v3 100%"),
+                20.5: ("Succeeded", "v3 promoted: v1 0% / v3 100%")}
+    for t, (phase, message) in expected.items():
+        rig.clock.now = T0 + t
+        async with asyncio.timeout(10):  # a sweep held up by the hook would fail here
+            await rig.controller.sweep()
+        status = await rig.store.status(ratings)
+        assert (status["phase"], status["message"]) == (phase, message), t
+    status = await rig.status()  # reviews-v3: its analysis at 10 still waits on "slow"
+    assert (status["phase"], status["canaryWeight"]) == ("Progressing", 50)
+    assert rig.controller.gates.in_flight()
+    await _wait_until(lambda: hooks.in_flight == 2)  # "slow", and the one event (its start)
+    rig.controller.gates.keep(set())
+
+
+async def test_many_hanging_calls_leave_a_connection_for_the_others(
+        hooks: HookServer) -> None:
+    """Every call of the control plane shares one HTTP client: a pool limit (aiohttp's
+    default is 100 connections) would let a Canary whose event hook hangs, called at each
+    event, make every other Canary's hooks queue for a connection and time out (failed
+    checks, rollbacks)."""
+    hooks.answers["stuck"] = HANG
+    spec = parse_document(with_hooks(hooks, ("stuck", "event"), ("load", "rollout"))).spec
+    stuck, load = spec.webhooks
+    caller = Caller()
+    try:
+        for _ in range(120):
+            caller.fire(stuck, {})
+        await _wait_until(lambda: hooks.in_flight >= 100)
+        result = await caller.call(load, {})  # its 2s timeout counts a wait for a connection
+        assert result.ok, result
+    finally:
+        await caller.close()
+
+
 async def _wait_until(check: Any) -> None:
     """Until the receiver saw the call (the request may still be on its way)."""
     async with asyncio.timeout(10):

@@ -63,7 +63,9 @@ class Caller:
     async def call(self, hook: Webhook, body: Mapping[str, Any]) -> HookResult:
         """One call; never raises (a hook that hangs, refuses or errs is simply not 2xx)."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # no pool limit (aiohttp's default is 100 connections): calls that hang until
+            # their timeout would make every other Canary's calls queue for a connection
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             async with asyncio.timeout(hook.timeout):
                 async with self._session.post(hook.url, json=dict(body)) as response:
