@@ -150,6 +150,48 @@ def test_rollback_hook_rolls_back_at_once(mesh: HookMesh) -> None:
     mesh.delete("abort")
 
 
+def test_rollback_hook_aborts_a_run_held_at_its_gate_and_a_failed_post_rollout_shows(
+        mesh: HookMesh) -> None:
+    """A run Waiting at its confirm-rollout gate is asked the rollback hook each interval; its
+    2xx rolls the run back. The post-rollout hook that then fails is in status.webhooks, in
+    `describe`, on the dashboard, and `check` warns about it."""
+    mesh.reset()
+    hooks = mesh.hooks
+    hooks.answers.update({"held": 403, "stop": 404, "cleanup": 500})
+    mesh.declare_with("held", [("held", "confirm-rollout"), ("stop", "rollback"),
+                               ("cleanup", "post-rollout")])
+    wait_for(lambda: hooks.bodies("stop"), 30, "the rollback hook asked while Waiting")
+    assert hooks.bodies("stop")[0]["phase"] == "Waiting"
+    assert mesh.phase("held", "Waiting")
+    hooks.answers["stop"] = 200
+    doc = wait_for(lambda: mesh.phase("held", *DONE), 30, "the rollback")
+    status = doc["status"]
+    assert status["phase"] == "RolledBack", status
+    assert status["message"] == ("roll back: asked by rollback hook 'stop': HTTP 200: "
+                                 "v1 100% / v3 0%")
+    assert mesh.split() == {"v1": 100}
+    # the post-rollout answer comes after the run's last write: it wakes the controller
+    cleanup = wait_for(lambda: _hook_entry(mesh.canary("held"), "cleanup"), 30,
+                       "the post-rollout answer in the status")
+    assert (cleanup["type"], cleanup["ok"], cleanup["result"]) == (
+        "post-rollout", False, "HTTP 500")
+    code, check = http_json(mesh.cp.info["api"] + "/api/v1/check")
+    assert code == 200, check
+    group = next(g for g in check["groups"] if g["title"] == "Canary")
+    [item] = [c for c in group["checks"] if c["name"] == "canary default/held"]
+    assert (item["state"], item["detail"]) == (
+        "warn", "RolledBack: post-rollout hook 'cleanup': HTTP 500")
+    out = mesh.meshctl("describe", "canary", "held")
+    assert out.returncode == 0, out.stderr
+    assert "cleanup   post-rollout      HTTP 500" in out.stdout, out.stdout
+    code, state = http_json(mesh.cp.info["api"] + "/api/v1/dashboard/state")
+    assert code == 200, state
+    [panel] = [c for c in state["canaries"] if c["name"] == "held"]
+    assert {w["name"]: w["result"] for w in panel["webhooks"]} == {
+        "held": "HTTP 403", "stop": "HTTP 200", "cleanup": "HTTP 500"}
+    mesh.delete("held")
+
+
 def test_a_hanging_rollout_hook_times_out_as_a_failed_check(mesh: HookMesh) -> None:
     mesh.reset()
     mesh.hooks.answers["stuck"] = HANG
@@ -164,3 +206,9 @@ def test_a_hanging_rollout_hook_times_out_as_a_failed_check(mesh: HookMesh) -> N
                                    "time": status["lastStepTime"]}]
     assert mesh.split() == {"v1": 100}
     mesh.delete("stuck")
+
+
+def _hook_entry(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The Canary's status.webhooks entry of hook ``name`` (None before: for wait_for)."""
+    return next((w for w in (doc.get("status") or {}).get("webhooks", [])
+                 if w["name"] == name), None)
