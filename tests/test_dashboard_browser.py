@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 
 from meshctl.api.build import VERSION
-from tests.helpers_mesh import wait_for
+from tests.helpers_mesh import apply_yaml, wait_for
+from tests.hookserver import hook_server_thread
 from tests.observe_harness import (
     REPO,
     TOKEN,
@@ -282,4 +283,43 @@ async def test_dashboard_shows_a_declared_canary(kind_mesh: KindMesh, page: Page
     (OUTPUT / "dashboard-canary.png").write_bytes(base64.b64decode(shot["data"]))
     assert kind_mesh.meshctl("delete", "canary", "reviews-v3").returncode == 0
     await page.wait_for("document.getElementById('canary-card').hidden", 10, "panel gone")
+    kind_mesh.reset()
+
+
+async def test_dashboard_shows_a_canarys_webhook_answers(kind_mesh: KindMesh,
+                                                         page: Page) -> None:
+    """A Canary held at its confirm-rollout gate, then rolled back by its rollback hook, whose
+    post-rollout hook fails: the panel shows each hook's last answer, coloured by what it
+    means for its type (a gate's no: warn; a rollback asked, a failed post-rollout: bad)."""
+    kind_mesh.reset()
+    await page.call("Page.enable")
+    await page.call("Page.navigate", url=kind_mesh.cp.info["api"] + "/dashboard")
+    await page.wait_for("document.body.dataset.updated", 15, "a first refresh")
+    with hook_server_thread() as hooks:
+        hooks.answers.update({"gate": 403, "stop": 404, "cleanup": 500})
+        doc = {"apiVersion": "ami.mesh/v1alpha1", "kind": "Canary",
+               "metadata": {"name": "hooked"},
+               "spec": {"service": "reviews", "stable": "v1", "canary": "v3",
+                        "interval": "1s",
+                        "webhooks": [{"name": n, "type": t, "url": hooks.url(n)}
+                                     for n, t in (("gate", "confirm-rollout"),
+                                                  ("stop", "rollback"),
+                                                  ("cleanup", "post-rollout"))]}}
+        await asyncio.to_thread(apply_yaml, kind_mesh.cp, json.dumps(doc))
+        panel = "document.querySelector('[data-canary=\"default/hooked\"]')"
+        hook = panel + ".querySelector('[data-webhook=\"{}\"]')"
+        await page.wait_for(f"{panel} && !!{hook.format('stop')}", 30,
+                            "the rollback hook's answer while Waiting")
+        hooks.answers["stop"] = 200
+        await page.wait_for(f"!!{hook.format('cleanup')}", 30, "the post-rollout answer")
+    shown = json.loads(await page.evaluate(
+        f"JSON.stringify([...{panel}.querySelectorAll('[data-webhook]')]"
+        ".map(e => [e.dataset.webhook, e.getAttribute('class'), e.innerText]))"))
+    assert sorted(shown) == [
+        ["cleanup", "bad", "cleanup (post-rollout): HTTP 500"],
+        ["gate", "warn", "gate (confirm-rollout): HTTP 403"],
+        ["stop", "bad", "stop (rollback): HTTP 200"]]
+    assert await page.evaluate(f"{panel}.querySelector('.phase').dataset.phase") == \
+        "RolledBack"
+    assert kind_mesh.meshctl("delete", "canary", "hooked").returncode == 0
     kind_mesh.reset()
