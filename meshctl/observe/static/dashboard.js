@@ -170,8 +170,9 @@ function analysisFigures(c) {
 // A webhook's last answer, coloured by what it means for its type: a gate's "no" holds the
 // run (warn), a rollback hook's 2xx rolled it back and its "no" is the usual answer.
 function hookClass(h) {
-  if (h.type === "rollback") return h.ok ? "bad" : "muted";
-  if (h.ok) return "ok";
+  const ok = h.ok ?? /^HTTP 2\d\d$/.test(h.result);  // a status saved before "ok" was kept
+  if (h.type === "rollback") return ok ? "bad" : "muted";
+  if (ok) return "ok";
   return h.type.startsWith("confirm-") ? "warn" : "bad";
 }
 
