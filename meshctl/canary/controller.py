@@ -111,7 +111,7 @@ class CanaryController:
         self.gates = Gates(self.caller, self._hook_answered.set)
         # event and post-rollout answers to put in status.webhooks at the next sweep (its
         # writes are the only status writes: no answer is lost to a status read before it)
-        self._fired: dict[Key, list[tuple[str, HookResult, float]]] = {}
+        self._fired_answers: dict[Key, list[tuple[str, HookResult, float]]] = {}
 
     async def run(self, tick: float = 1.0) -> None:
         """Restore saved statuses, then sweep whenever a Canary (or a Route or
@@ -181,7 +181,7 @@ class CanaryController:
     async def record_fired(self) -> None:
         """Put the answers of the event and post-rollout hooks fired since the last sweep in
         their Canaries' status.webhooks (of the run that fired them only)."""
-        fired, self._fired = self._fired, {}
+        fired, self._fired_answers = self._fired_answers, {}
         for key, answers in fired.items():
             try:
                 status = await self.store.status(key)
@@ -194,7 +194,7 @@ class CanaryController:
                                              "webhooks": _merge(status, entries)})
 
     def _answered(self, key: Key, digest: str, result: HookResult) -> None:
-        self._fired.setdefault(key, []).append((digest, result, self.clock()))
+        self._fired_answers.setdefault(key, []).append((digest, result, self.clock()))
         self._hook_answered.set()
 
     async def _next_wake(self, obj: StoredObject) -> float | None:
