@@ -20,6 +20,9 @@ from bench.tools import H2_TOOLS, REQUIRED, ToolsMissing, ensure_tools
 from tests.ports import free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
+# Neighbours' CPU (cores) above which a path's fixed-rate figures get a note: the bench's own
+# processes leave the rest of the cores idle, so even a few % of foreign CPU lands in the p99.
+NEIGHBOUR_NOTE = 0.05
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -128,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"note: {name} kept up with only {achieved:,.0f} of {opts.rate:g} req/s at the "
                 "fixed rate: its latencies are those of an overloaded path"
+            )
+        if r.neighbour_cpu is not None and r.neighbour_cpu >= NEIGHBOUR_NOTE:
+            print(
+                f"note: {name}: other processes took {r.neighbour_cpu:.0%} of a core during its "
+                "fixed-rate run: its p99 measures them as much as the path"
             )
     doc = results_json(results, machine)
     if doc["ratios"]:

@@ -112,6 +112,7 @@ def path_json(result: PathResult) -> dict[str, Any]:
         "rss_mb": result.rss_mb,
         "wrk_latency_ms": result.wrk_latency_ms,
         "fixed_rate": result.fixed_rate,
+        "neighbour_cpu": result.neighbour_cpu,
         "errors": result.errors,
         "rounds": result.rounds,
         **({"per_round": result.spread} if result.rounds > 1 else {}),

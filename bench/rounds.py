@@ -35,10 +35,12 @@ def median_result(rounds: Sequence[PathResult]) -> PathResult:
         cpu_s_per_1000=_median([r.cpu_s_per_1000 for r in ok]),
         cpu_s_per_1000_saturated=_median([r.cpu_s_per_1000_saturated for r in ok]),
         rss_mb=_median([r.rss_mb for r in ok]),
+        neighbour_cpu=_median([r.neighbour_cpu for r in ok]),
         errors=sum(r.errors for r in ok),
         rounds=len(ok),
         spread={
             "rps": [r.rps for r in ok if r.rps is not None],
             "p99_ms": [r.latency_ms["p99"] for r in ok if "p99" in r.latency_ms],
+            "neighbour_cpu": [r.neighbour_cpu for r in ok if r.neighbour_cpu is not None],
         },
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.h2load import H2loadResult, h2load_argv, read_log, run_h2load
+from bench.neighbours import NeighbourMeter, plan_cpus
 from bench.paths import BuildContext, PathDef
 from bench.procs import CpuPlan, Running, child_env, start_all, stop_all, wait_http_ok
 from bench.procstat import cpu_seconds, peak_rss_mb, serving_pids
@@ -57,6 +58,9 @@ class PathResult:
     error: str | None = None
     protocol: str = "http/1.1"  # "h2" for the HTTP/2 paths
     h2load_latency_ms: dict[str, float] = field(default_factory=dict)  # min/max/mean/sd
+    # Other processes' CPU on the bench's CPUs during the fixed-rate run, in cores (0.25 = a
+    # quarter of a core): the part of the p99 that measures the neighbours, not the path.
+    neighbour_cpu: float | None = None
 
 
 def _fixed_rate(port: int, opts: BenchOptions, plan: CpuPlan) -> dict[str, Any]:
@@ -102,7 +106,10 @@ def _measure(
         timeout,
     )
     cpu1 = cpu_seconds(pids)
+    meter = NeighbourMeter(plan_cpus(plan.servers, plan.loadgen))
+    meter.start()
     fixed = _fixed_rate(entry_port, opts, plan)
+    neighbours = meter.stop()
     cpu2 = cpu_seconds(pids)
     dead = [r.spec.name for r in running if not r.alive()]
     if dead:
@@ -117,6 +124,7 @@ def _measure(
         rss_mb=peak_rss_mb(pids) if pids else None,
         errors=wrk.socket_errors + wrk.non_2xx + int(fixed["errors"]),
         fixed_rate={"requests": fixed["requests"], "achieved_rps": fixed["achieved_rps"]},
+        neighbour_cpu=neighbours / (opts.duration + opts.rate_warmup),
     )
 
 
@@ -162,7 +170,10 @@ def _measure_h2(
     cpu0 = cpu_seconds(pids)
     sat = load(opts.duration)
     cpu1 = cpu_seconds(pids)
+    meter = NeighbourMeter(plan_cpus(plan.servers, plan.loadgen))
+    meter.start()
     fixed, latency = _h2_fixed_rate(entry_port, opts, plan, run_dir / f"{name}.h2load.log")
+    neighbours = meter.stop()
     cpu2 = cpu_seconds(pids)
     dead = [r.spec.name for r in running if not r.alive()]
     if dead:
@@ -178,6 +189,7 @@ def _measure_h2(
         fixed_rate={"requests": fixed.requests, "achieved_rps": fixed.rps},
         protocol="h2",
         h2load_latency_ms=sat.latency_ms,
+        neighbour_cpu=neighbours / (opts.duration + opts.rate_warmup),
     )
 
 

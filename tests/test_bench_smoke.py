@@ -173,15 +173,18 @@ def test_ratios_need_both_paths() -> None:
 def test_median_result_ignores_failed_rounds() -> None:
     """Rounds combine by per-figure median over the measured rounds; errors add up."""
     rounds = [
-        PathResult("nginx", rps=100.0, latency_ms={"p99": 3.0}, rss_mb=6.0, errors=1),
+        PathResult("nginx", rps=100.0, latency_ms={"p99": 3.0}, rss_mb=6.0, errors=1,
+                   neighbour_cpu=0.5),
         PathResult("nginx", error="exited under load"),
-        PathResult("nginx", rps=300.0, latency_ms={"p99": 1.0}, rss_mb=8.0),
-        PathResult("nginx", rps=200.0, latency_ms={"p99": 2.0}, rss_mb=7.0),
+        PathResult("nginx", rps=300.0, latency_ms={"p99": 1.0}, rss_mb=8.0, neighbour_cpu=0.0),
+        PathResult("nginx", rps=200.0, latency_ms={"p99": 2.0}, rss_mb=7.0, neighbour_cpu=0.1),
     ]
     combined = median_result(rounds)
     assert (combined.rps, combined.latency_ms, combined.rss_mb) == (200.0, {"p99": 2.0}, 7.0)
     assert (combined.errors, combined.rounds, combined.error) == (1, 3, None)
-    assert combined.spread == {"rps": [100.0, 300.0, 200.0], "p99_ms": [3.0, 1.0, 2.0]}
+    assert combined.neighbour_cpu == 0.1
+    assert combined.spread == {"rps": [100.0, 300.0, 200.0], "p99_ms": [3.0, 1.0, 2.0],
+                               "neighbour_cpu": [0.5, 0.0, 0.1]}
     assert median_result([rounds[1]]).error == "exited under load"
 
 
@@ -263,6 +266,7 @@ def test_smoke_run_direct_path(tmp_path: Path) -> None:
     assert direct["rps"] > 0
     assert set(direct["latency_ms"]) >= {"p50", "p90", "p99"}
     assert direct["cpu_s_per_1000"] is None  # no proxy on the direct path
+    assert direct["neighbour_cpu"] >= 0.0  # other processes' CPU during the fixed-rate run
     assert "direct" in proc.stdout
 
 
