@@ -3,7 +3,7 @@ updated) costs the caller nothing: nothing was sent, so the request goes to anot
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -36,12 +36,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proxy = TrafficProxy(tmp_path_factory.mktemp("failover"), services, [])
     for p in started(proxy, hub):
         yield {"proxy": p, "live": live}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.mark.parametrize(("method", "data"), [("GET", None), ("POST", b"order=7"),

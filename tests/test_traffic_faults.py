@@ -6,13 +6,13 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.proxyharness import Backends
+from tests.proxyharness import Backends, eventually
 from tests.traffic_backends import (
     TrafficBackend,
     TrafficProxy,
@@ -84,19 +84,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"proxy": p, **b}
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def _eventually(check: Callable[[], bool], deadline: float = 5.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        await asyncio.sleep(0.01)  # polling interval of a deadline-bounded wait
-
-
 async def test_fault_delay_only_for_jason(env: dict[str, Any],
                                           session: aiohttp.ClientSession) -> None:
     """A 700 ms delay applies to `end-user: jason` only, and is counted as an injected delay."""
@@ -148,7 +135,7 @@ async def test_mirror_sends_a_shadow_copy(env: dict[str, Any],
     shadow: TrafficBackend = env["web-shadow"]
     reply = await call(session, proxy, "web", "/buy?x=1", method="POST", data=b"item=42")
     assert (reply.status, reply.version) == (200, "v1")
-    await _eventually(lambda: len(shadow.requests) == 1)
+    await eventually(lambda: len(shadow.requests) == 1)
     copy = shadow.requests[0]
     assert copy.header("host") == "web-shadow"
     assert (method_of(copy), copy.target, copy.body) == ("POST", "/buy?x=1", b"item=42")
@@ -175,7 +162,7 @@ async def test_mirror_is_abandoned_at_the_route_timeout(env: dict[str, Any],
     shadow: TrafficBackend = env["hung-shadow"]
     replies = [await call(session, proxy, "webhung", "/m") for _ in range(3)]
     assert [(r.status, r.version) for r in replies] == [(200, "v1")] * 3
-    await _eventually(lambda: len(shadow.requests) == 3)
+    await eventually(lambda: len(shadow.requests) == 3)
 
     async def shadow_connections() -> int:
         pools = (await proxy.stats())["upstream_pools"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -43,12 +43,6 @@ def slow_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrafficProx
                          node={"service": "ratings", "labels": {"version": "v1"}},
                          inbound={"rateLimit": {"requestsPerSecond": 0.01, "burst": 3}})
     yield from started(proxy, hub)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_authorization_denies_with_403(env: dict[str, Any],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -79,12 +79,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for p in started(proxy, hub):
         yield {"proxy": p, "shop": shop, "split": split, "rr": rr, "lr": lr, "ewma": ewma,
                "hdr": hdr, "ewmahung": ewma_hung}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 MATCH_CASES = [
