@@ -20,10 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.proxyharness import (
-    Backends,
     ProxyProcess,
     dry_run,
-    echo_app,
     free_port,
     get,
     metric_value,
@@ -70,13 +68,6 @@ def install(pem: Pem, directory: Path) -> tuple[Path, Path]:
         tmp.write_bytes(data)
         tmp.replace(path)
     return paths
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[int]:
-    backends = Backends()
-    yield backends.aiohttp(echo_app())
-    backends.close()
 
 
 class Gateway:

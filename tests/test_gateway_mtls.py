@@ -22,10 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.proxyharness import (
-    Backends,
     ProxyProcess,
     dry_run,
-    echo_app,
     free_port,
     get,
     metric_value,
@@ -99,13 +97,6 @@ def pki() -> Pki:
             x509.UniformResourceIdentifier("spiffe://partner.example/shop"),
             x509.DNSName("shop.partner.example")]),
         stranger=issue(name("stranger", "Elsewhere"), other_ca))
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[int]:
-    backends = Backends()
-    yield backends.aiohttp(echo_app())
-    backends.close()
 
 
 class Gateway:

@@ -21,7 +21,6 @@ from tests.proxyharness import (
     ProxyProcess,
     RawBackend,
     at_eof,
-    echo_app,
     eventually,
     free_port,
     get,
@@ -31,18 +30,6 @@ from tests.proxyharness import (
     read_response,
     roundtrip,
 )
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def echo(backends: Backends) -> int:
-    return backends.aiohttp(echo_app())
 
 
 @pytest.fixture(scope="module")

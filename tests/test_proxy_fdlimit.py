@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,11 @@ import pytest
 from proxy.fdlimit import PER_CONNECTION, RESERVED, UNLIMITED_CAP, fit_connection_limit
 from tests.helpers_mesh import start_control_plane
 from tests.proxyharness import (
-    Backends,
     ProxyProcess,
     dry_run,
-    echo_app,
     get,
     read_response,
 )
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[int]:
-    backends = Backends()
-    yield backends.aiohttp(echo_app())
-    backends.close()
 
 
 def soft_open_files(pid: int) -> int:

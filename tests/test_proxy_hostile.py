@@ -9,28 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.proxyharness import (
-    Backends,
     ProxyProcess,
     at_eof,
-    echo_app,
     get,
     metric_value,
     read_response,
     roundtrip,
     roundtrip_close,
 )
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def echo(backends: Backends) -> int:
-    return backends.aiohttp(echo_app())
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,7 @@ import pytest
 
 from proxy.loglevels import AMI_LOGGERS, CODEC_LOGGERS, LevelError, LogLevels
 from tests.proxyharness import (
-    Backends,
     ProxyProcess,
-    echo_app,
     eventually,
     get,
     metric_value,
@@ -32,13 +30,6 @@ ROUTES = [{"host": "echo", "name": "echo-route", "rules": [
     {"name": "named", "matches": [{"path": {"prefix": "/named"}}], "backends": [{"weight": 100}]},
     {"matches": [{"path": {"prefix": "/"}}], "backends": [{"weight": 100}]},
 ]}]
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[int]:
-    backends = Backends()
-    yield backends.aiohttp(echo_app())
-    backends.close()
 
 
 @pytest.fixture

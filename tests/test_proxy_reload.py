@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +68,6 @@ class Versioned:
 
     def port(self, name: str) -> int:
         return self.raw[name].port
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    yield b
-    b.close()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from tests.proxyharness import (
     RawBackend,
     at_eof,
     dry_run,
-    echo_app,
     get,
     metric_value,
     read_head,
@@ -58,21 +57,13 @@ async def stalling_backend(backend: RawBackend, reader: asyncio.StreamReader,
 
 
 @pytest.fixture(scope="module")
-def hub() -> Iterator[Backends]:
-    backends = Backends()
-    yield backends
-    backends.close()
+def raw(backends: Backends) -> RawBackend:
+    return backends.raw(stalling_backend)
 
 
 @pytest.fixture(scope="module")
-def raw(hub: Backends) -> RawBackend:
-    return hub.raw(stalling_backend)
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, hub: Backends,
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: int,
           raw: RawBackend) -> Iterator[ProxyProcess]:
-    echo = hub.aiohttp(echo_app())
     routes = [
         {"host": "timed", "rules": [{"backends": [{"service": "echo"}], "timeout": "1s"}]},
         {"host": "longwait", "rules": [{"backends": [{"service": "raw"}], "timeout": "3s"}]},
@@ -163,11 +154,10 @@ async def test_route_timeout_starts_when_the_request_is_complete(proxy: ProxyPro
     assert json.loads(resp.body)["body"] == "abcdefgh"
 
 
-async def test_a_mirror_without_timeout_is_bounded_by_it(tmp_path: Path, hub: Backends,
+async def test_a_mirror_without_timeout_is_bounded_by_it(tmp_path: Path, echo: int,
                                                          raw: RawBackend) -> None:
     """A copy to a shadow that never answers, on a route without a timeout, is dropped after
     the stream idle timeout (it used to hold its connection for as long as the shadow did)."""
-    echo = hub.aiohttp(echo_app())
     services: dict[str, Any] = {"web": {"endpoints": [
         {"address": f"127.0.0.1:{echo}", "labels": {"version": "v1"}},
         {"address": f"127.0.0.1:{raw.port}", "labels": {"version": "shadow"}}]}}
