@@ -1,4 +1,4 @@
-"""Test fakes shared by unit tests: a manual clock."""
+"""Test fakes shared by unit tests: a manual clock, an endpoint."""
 
 
 class FakeClock:
@@ -17,3 +17,14 @@ class FakeClock:
         if seconds < 0:
             raise ValueError("a monotonic clock cannot go back")
         self.now += seconds
+
+
+class Ep:
+    """An endpoint as a balancer sees it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.active_requests = 0
+
+    def __repr__(self) -> str:
+        return self.name

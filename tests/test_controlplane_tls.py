@@ -22,6 +22,7 @@ from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.ca import CertificateAuthority, init_ca
 from meshctl.controlplane.ca_service import CONTROL_PLANE_CERT_LIFETIME
 from meshctl.controlplane.servercert import RenewingServerCertificate
+from tests.fakes import FakeClock
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
@@ -33,17 +34,6 @@ from tests.helpers_mesh import (
 from tests.test_tls_scan import accepted_ciphers, enabled_protocols, scan_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Clock:
-    """Starts 0.6 of a lifetime ago, so that every certificate it issues is valid right now
-    for the clients, which verify with the real time."""
-
-    def __init__(self) -> None:
-        self.now = time.time() - 0.6 * CONTROL_PLANE_CERT_LIFETIME
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def server_cert_serial(port: int, bundle: Path, alpn: str) -> int:
@@ -66,7 +56,9 @@ async def test_own_certificate_is_renewed_for_new_grpc_and_api_connections(
     """Past half its 30-day lifetime, the next handshake (gRPC or API) gets a new certificate;
     a connection opened before keeps working. Before, it was issued once, at start, so a
     control plane up for 30 days refused every sidecar reconnecting."""
-    clock = Clock()
+    # 0.6 of a lifetime ago, so that every certificate it issues is valid right now for the
+    # clients, which verify with the real time
+    clock = FakeClock(time.time() - 0.6 * CONTROL_PLANE_CERT_LIFETIME)
     init_ca(tmp_path / "certs", clock=clock)
     ca = CertificateAuthority(tmp_path / "certs", clock=clock)
     bundle = tmp_path / "certs" / "trust-bundle.pem"

@@ -26,21 +26,11 @@ from meshctl.controlplane.servercert import RenewingServerCertificate
 from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.scraper import Scraper
+from tests.fakes import FakeClock
 from tests.proxyharness import ProxyProcess
 from tests.test_mtls_static import mint, write_identity_dir
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Clock:
-    """Starts 0.6 of a lifetime ago: the first certificate is due for renewal once the clock
-    moves on 0.6 lifetimes, to now, and every one it issues is valid for the sidecar."""
-
-    def __init__(self) -> None:
-        self.now = time.time() - 0.6 * CONTROL_PLANE_CERT_LIFETIME
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +117,9 @@ async def test_contexts_follow_the_renewed_certificate_and_new_roots(
     contexts (cached until then), which still pass the sidecar's handshake."""
     shutil.copytree(ca.files.directory, tmp_path / "certs")  # the same CA, to add a root to
     ca = CertificateAuthority(tmp_path / "certs")
-    clock = Clock()
+    # 0.6 of a lifetime ago: the first certificate is due for renewal once the clock moves on
+    # 0.6 lifetimes, to now, and every one it issues is valid for the sidecar
+    clock = FakeClock(time.time() - 0.6 * CONTROL_PLANE_CERT_LIFETIME)
     own = RenewingServerCertificate(ca, [], clock=clock)
     tls = AdminTls(own, ca)
     sid = "spiffe://cluster.local/ns/default/sa/productpage"

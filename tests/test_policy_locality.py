@@ -21,27 +21,9 @@ from proxy.policy.locality import (
 )
 from proxy.policy.localitybalancer import LocalityBalancer
 from proxy.policy.outlier import OutlierDetector
+from tests.fakes import Ep, FakeClock
 
 HERE = Locality("r1", "a", "s1")
-
-
-class Ep:
-    """An endpoint as a balancer sees it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.active_requests = 0
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- priorities -------------------------------------------------------------------------------
@@ -136,15 +118,15 @@ def test_weighted_loads_scale_by_availability() -> None:
 
 
 # --- the balancer -----------------------------------------------------------------------------
-def _zones() -> tuple[list[Ep], list[Ep], OutlierDetector, Clock]:
-    clock = Clock()
+def _zones() -> tuple[list[Ep], list[Ep], OutlierDetector, FakeClock]:
+    clock = FakeClock()
     a, b = [Ep("a1"), Ep("a2")], [Ep("b1"), Ep("b2")]
     detector = OutlierDetector(1, 0, 10.0, 30.0, 100, clock)
     detector.set_endpoints(a + b)
     return a, b, detector, clock
 
 
-def _balancer(a: list[Ep], b: list[Ep], detector: OutlierDetector, clock: Clock,
+def _balancer(a: list[Ep], b: list[Ep], detector: OutlierDetector, clock: FakeClock,
               calls: list[int] | None = None) -> LocalityBalancer[Ep]:
     inner: RoundRobinBalancer[Ep] = RoundRobinBalancer(
         random.Random(1), lambda e: not detector.is_ejected(e))

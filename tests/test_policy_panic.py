@@ -15,18 +15,7 @@ from proxy.policy.locality import priority_loads, weighted_loads
 from proxy.policy.localitybalancer import LocalityBalancer
 from proxy.policy.outlier import OutlierDetector
 from proxy.policy.panic import PanicGuard, panic_levels
-from tests.fakes import FakeClock
-
-
-class Ep:
-    """An endpoint as a balancer sees it."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.active_requests = 0
-
-    def __repr__(self) -> str:
-        return self.name
+from tests.fakes import Ep, FakeClock
 
 
 # --- when a level panics ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from meshctl.controlplane.dirstore import DirStore
 from meshctl.controlplane.errors import Conflict
 from meshctl.controlplane.store import EventType
 from tests.conftest_store import next_event, policy, policy_doc, route_doc
+from tests.fakes import FakeClock
 from tests.helpers_mesh import http_json, start_control_plane, wait_for
 
 KIND = "DestinationPolicy"
@@ -281,19 +282,11 @@ async def test_a_checker_crash_rejects_that_file_and_the_watcher_goes_on(
     assert event.object is not None and event.object.key[2] == "later"
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_file_read_empty_mid_write_keeps_its_objects(tmp_path: Path) -> None:
     """An editor truncating a file before writing it: read while empty, the file's objects
     stay (no event) until it is still empty `empty_settle` seconds later; written back in
     the meantime, nothing happened at all."""
-    clock = _Clock()
+    clock = FakeClock(0.0)
     store = DirStore(tmp_path / "store", watch_files=False, monotonic=clock)
     await store.start()
     try:
