@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import json
 import ssl
@@ -15,10 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests import certs
 from tests.proxyharness import (
     ProxyProcess,
     dry_run,
@@ -43,21 +40,10 @@ class Pem:
 
 def issue(name: str) -> Pem:
     """A self-signed server certificate for 127.0.0.1 (what an operator's CA would give)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return Pem(cert.public_bytes(serialization.Encoding.PEM),
-               key.private_bytes(serialization.Encoding.PEM,
-                                 serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()),
-               cert.serial_number, cert.not_valid_after_utc.timestamp())
+    issued = certs.issue(certs.common_name(name), ca=None,
+                         san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    return Pem(issued.cert_pem, issued.key_pem, issued.cert.serial_number,
+               issued.cert.not_valid_after_utc.timestamp())
 
 
 def install(pem: Pem, directory: Path) -> tuple[Path, Path]:

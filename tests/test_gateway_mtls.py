@@ -4,7 +4,6 @@ verified against the operator's CA bundle, passed on in x-forwarded-client-cert.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import ipaddress
 import json
@@ -17,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from tests.certs import Issued, issue
 from tests.proxyharness import (
     ProxyProcess,
     dry_run,
@@ -32,44 +31,6 @@ from tests.proxyharness import (
 
 pytestmark = pytest.mark.timeout(120)
 RELOAD_DEADLINE = 20.0  # the files are looked at every 5 s
-
-
-@dataclass
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
-
-    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
-        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-        cert.write_bytes(self.cert_pem)
-        key.write_bytes(self.key_pem)
-        return cert, key
-
-
-def issue(subject: x509.Name, issuer: Issued | None = None, *, ca: bool = False,
-          san: list[x509.GeneralName] | None = None) -> Issued:
-    """A certificate for `subject`, signed by `issuer` (self-signed without one)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer.cert.subject if issuer else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=1))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
 
 def name(cn: str, org: str = "Partner") -> x509.Name:

@@ -23,13 +23,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.certs import Issued, issue
 from tests.closeorder import close_order
 from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, free_port, http_get, http_json, wait_for
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.tcpapp import read_line
 from tests.test_clienthello import in_records, message_of
-from tests.test_gateway_mtls import Issued, issue, name
+from tests.test_gateway_mtls import name
 from tests.tlsapp import start_tls_app
 
 pytestmark = pytest.mark.timeout(240)

@@ -28,6 +28,7 @@ from cryptography import x509
 from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
 from tests import meshbuilder
+from tests.certs import Issued, issue
 from tests.helpers_mesh import MeshProcess, all_synced, apply_yaml, start_sidecar, wait_for
 from tests.proxyharness import (
     PROXY_ROOT,
@@ -40,7 +41,7 @@ from tests.proxyharness import (
     read_response,
     roundtrip,
 )
-from tests.test_gateway_mtls import Issued, expected_xfcc, issue, name
+from tests.test_gateway_mtls import expected_xfcc, name
 from tests.test_mtls_static import client_ctx, echoed_headers, start_proxy, tls_roundtrip
 
 pytestmark = pytest.mark.timeout(180)

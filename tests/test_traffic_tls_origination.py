@@ -4,7 +4,6 @@ process and a real HTTPS server standing in for the outside host."""
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.certs import common_name, issue
 from tests.proxyharness import Backends, eventually
 from tests.traffic_backends import TrafficProxy, call, started
 
@@ -27,21 +24,8 @@ NAME = "secure.example.test"  # the name in the outside host's certificate
 
 def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     """A certificate for ``name`` and its key, self-signed (the file is also its CA file)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+    issued = issue(common_name(name), ca=None, san=[x509.DNSName(name)])
+    return issued.write(directory, name, ".pem")
 
 
 class OutsideHttps:
