@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from meshctl.controlplane.memstore import MemStore
 from tests.resources import destination_policy, documents, header_rule, route, split
-from tests.test_cli_support import TOKEN, ControlPlane, FakeSync, control_plane, write
+from tests.test_cli_support import ControlPlane, FakeSync, control_plane, write
+from tests.test_cli_support import token as token  # the autouse fixture: AMI_TOKEN
 
 STABLE = split({"stable": 100})
 
@@ -51,11 +51,6 @@ class FakeStat:
 def row(service: str, version: str, success: float) -> dict[str, Any]:
     return {"service": service, "version": version, "rps": 1000.0, "successRate": success,
             "p50": 1.0, "p95": 2.0, "p99": 3.0, "mtlsShare": 1.0}
-
-
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AMI_TOKEN", TOKEN)
 
 
 async def _apply(cp: ControlPlane, tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from tests.resources import documents, route
 from tests.test_cli_support import (
     JASON,
     POLICY,
-    TOKEN,
     ControlPlane,
     check_golden,
     control_plane,
@@ -25,6 +24,7 @@ from tests.test_cli_support import (
     run_meshctl,
     write,
 )
+from tests.test_cli_support import token as token  # the autouse fixture: AMI_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = """apiVersion: ami.mesh/v1alpha1
@@ -58,11 +58,6 @@ REJECTED = {"conditions": [{
     "lastTransitionTime": "2026-01-02T03:04:05Z",
     "message": "mesh/routes/reviews.yaml doc 1: spec.rules[0].backends: weights sum to 101, "
                "must be 100\nmesh/routes/reviews.yaml doc 1: spec.host: required"}]}
-
-
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AMI_TOKEN", TOKEN)
 
 
 @pytest.fixture

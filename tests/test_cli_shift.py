@@ -15,18 +15,13 @@ from meshctl.controlplane.store import StoredObject
 from tests.resources import destination_policy, documents
 from tests.test_cli_support import (
     POLICY,
-    TOKEN,
     ControlPlane,
     FakeSync,
     control_plane,
     reviews_route,
     write,
 )
-
-
-@pytest.fixture(autouse=True)
-def token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AMI_TOKEN", TOKEN)
+from tests.test_cli_support import token as token  # the autouse fixture: AMI_TOKEN
 
 
 @pytest.fixture

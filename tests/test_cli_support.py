@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from meshctl.cli import main
@@ -23,6 +24,12 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("AMI_UPDATE_GOLDEN") == "1"  # regenerate instead of compare
 TOKEN = "test-token"
 DEADLINE = 10.0
+
+
+@pytest.fixture(autouse=True)
+def token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMI_TOKEN for the in-process meshctl; autouse in every module that imports it."""
+    monkeypatch.setenv("AMI_TOKEN", TOKEN)
 
 
 @dataclass(frozen=True, slots=True)
