@@ -148,12 +148,13 @@ def get(host: str, path: str = "/", extra: str = "", body: bytes = b"",
     return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}{extra}\r\n".encode() + body
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, *,
+                     what: str = "condition") -> None:
     """Wait until `predicate()` holds (checked every 10 ms), failing after `timeout` seconds."""
     end = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > end:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout}s")
         await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
 
 

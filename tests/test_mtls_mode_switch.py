@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,7 +21,15 @@ from aiohttp import web
 from meshctl.ca import CertificateAuthority, init_ca
 from proxy.config import Address, Snapshot
 from proxy.server import ProxyOptions, ProxyServer
-from tests.proxyharness import Backends, Message, echo_app, free_port, get, read_response
+from tests.proxyharness import (
+    Backends,
+    Message,
+    echo_app,
+    eventually,
+    free_port,
+    get,
+    read_response,
+)
 from tests.test_mtls_static import client_ctx, mint, sid
 
 DEADLINE = 10.0
@@ -100,13 +106,6 @@ def xfcc(resp: Message) -> list[str]:
             if k.lower() == "x-forwarded-client-cert"]
 
 
-async def until(condition: Callable[[], Any], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
-
-
 @pytest.mark.parametrize("before", ["PERMISSIVE", "DISABLE"])
 async def test_plaintext_connection_is_closed_when_inbound_turns_strict(
         pair: Pair, before: str) -> None:
@@ -152,7 +151,7 @@ async def test_request_in_flight_at_the_switch_finishes_and_closes_the_connectio
     try:
         writer.write(get("reviews", "/held"))
         await writer.drain()
-        await until(lambda: seen == ["/held"], "the request to reach the app")
+        await eventually(lambda: seen == ["/held"], DEADLINE, what="the request to reach the app")
         pair.push_reviews("STRICT")
         writer.write(get("reviews", "/pipelined"))
         await writer.drain()

@@ -27,7 +27,7 @@ from meshctl.controlplane.xds import start_grpc_server
 from proxy.config import Address, Snapshot
 from proxy.identity_agent import IdentityAgent, IdentityAgentConfig, grpc_issuer
 from proxy.server import ProxyOptions, ProxyServer
-from tests.proxyharness import Backends, echo_app, free_port, get, read_response
+from tests.proxyharness import Backends, echo_app, eventually, free_port, get, read_response
 from tests.test_mtls_static import sid
 from tests.test_security_ca_service import _Servicer
 
@@ -124,23 +124,16 @@ async def traffic(port: int, stop: asyncio.Event, statuses: list[int]) -> None:
         writer.close()
 
 
-async def until(condition: Any, what: str) -> None:
-    """Wait (bounded by DEADLINE) for `condition()` while traffic runs."""
-    end = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
-
-
 async def test_rotations_under_traffic_lose_no_request(mesh: Sidecars) -> None:
     """Several real rotations on both sides while requests flow: every request succeeds."""
     first = (mesh.client.tls.identity.cert_pem, mesh.server_agent.identity)
     stop, statuses = asyncio.Event(), list[int]()
     load = asyncio.create_task(traffic(mesh.outbound, stop, statuses))
-    await until(lambda: min(mesh.client_agent.renewals, mesh.server_agent.renewals) >= ROTATIONS
-                or load.done(), f"{ROTATIONS} rotations")
+    await eventually(lambda: min(mesh.client_agent.renewals, mesh.server_agent.renewals)
+                     >= ROTATIONS or load.done(), DEADLINE, what=f"{ROTATIONS} rotations")
     count = len(statuses)
-    await until(lambda: len(statuses) >= count + 20 or load.done(), "traffic after rotation")
+    await eventually(lambda: len(statuses) >= count + 20 or load.done(), DEADLINE,
+                     what="traffic after rotation")
     stop.set()
     await load
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
@@ -153,10 +146,12 @@ async def test_certificates_keep_working_while_control_plane_is_down(mesh: Sidec
     """With the gRPC server stopped, renewals fail but the current certs still carry traffic."""
     await mesh.grpc.stop(None)
     failures = mesh.client_agent.failures
-    await until(lambda: mesh.client_agent.failures >= failures + 3, "failed renewals")
+    await eventually(lambda: mesh.client_agent.failures >= failures + 3, DEADLINE,
+                     what="failed renewals")
     stop, statuses = asyncio.Event(), list[int]()
     load = asyncio.create_task(traffic(mesh.outbound, stop, statuses))
-    await until(lambda: len(statuses) >= 30 or load.done(), "traffic during the outage")
+    await eventually(lambda: len(statuses) >= 30 or load.done(), DEADLINE,
+                     what="traffic during the outage")
     stop.set()
     await load
     assert set(statuses) == {200}
@@ -180,9 +175,9 @@ async def test_trust_bundle_rotates_to_a_new_root_without_losing_a_request(
 
     async def both_renew() -> None:
         marks = (mesh.client_agent.renewals, mesh.server_agent.renewals)
-        await until(lambda: (mesh.client_agent.renewals > marks[0]
-                             and mesh.server_agent.renewals > marks[1]) or load.done(),
-                    "a renewal on both sides")
+        await eventually(lambda: (mesh.client_agent.renewals > marks[0]
+                                  and mesh.server_agent.renewals > marks[1]) or load.done(),
+                         DEADLINE, what="a renewal on both sides")
 
     old_fp = fingerprint(x509.load_pem_x509_certificate(
         (ca_dir / "root-cert.pem").read_bytes()))
@@ -201,7 +196,8 @@ async def test_trust_bundle_rotates_to_a_new_root_without_losing_a_request(
     assert cli(["certs", "retire", old_fp, "--dir", str(ca_dir)]) == 0
     await both_renew()
     count = len(statuses)
-    await until(lambda: len(statuses) >= count + 20 or load.done(), "traffic after the rotation")
+    await eventually(lambda: len(statuses) >= count + 20 or load.done(), DEADLINE,
+                     what="traffic after the rotation")
     stop.set()
     await load
     assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
