@@ -27,8 +27,7 @@ def named_app(name: str) -> web.Application:
 
 
 @pytest.fixture(scope="module")
-def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    backends = Backends()
+def gateway_port(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[int]:
     shop, blog, fallback = (backends.aiohttp(named_app(n)) for n in ("shop", "blog", "any"))
     proc = ProxyProcess(tmp_path_factory.mktemp("gwhosts"),
                         {"shop": [shop], "blog": [blog], "fallback": [fallback]},
@@ -47,7 +46,6 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc.start()
     yield port
     proc.stop()
-    backends.close()
 
 
 @pytest.mark.parametrize(("host", "path", "expected"), [

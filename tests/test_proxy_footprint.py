@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxyharness import Backends, ProxyProcess, echo_app, get, roundtrip
+from tests.proxyharness import ProxyProcess, get, roundtrip
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    backends = Backends()
-    echo = backends.aiohttp(echo_app())
+def proxy(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
     p = ProxyProcess(tmp_path_factory.mktemp("footprint"), {"echo": [echo]}).start()
     yield p
     p.stop()
-    backends.close()
 
 
 def loaded_libraries(pid: int) -> set[str]:

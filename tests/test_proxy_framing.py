@@ -15,7 +15,6 @@ from tests.proxyharness import (
     ProxyProcess,
     RawBackend,
     at_eof,
-    echo_app,
     free_port,
     get,
     read_request,
@@ -46,9 +45,8 @@ async def _odd_status_lines(_: RawBackend, reader: asyncio.StreamReader,
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    backends = Backends()
-    echo = backends.aiohttp(echo_app())
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
+        echo: int) -> Iterator[dict[str, Any]]:
     eof = backends.raw(_close_delimited)
     odd = backends.raw(_odd_status_lines)
     proxy = ProxyProcess(tmp_path_factory.mktemp("framing"),
@@ -56,7 +54,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                           "dead": [free_port()]}).start()  # nothing listens there
     yield {"proxy": proxy, "port": proxy.outbound}
     proxy.stop()
-    backends.close()
 
 
 async def test_chunked_request_body_is_forwarded(env: dict[str, Any]) -> None:

@@ -108,15 +108,13 @@ SERVICES = ("pipelined", "stray", "crlf", "interim", "coding", "early", "garbage
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    backends = Backends()
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[dict[str, Any]]:
     raw = {name: backends.raw(_canned) for name in SERVICES}
     raw["endless"] = backends.raw(_endless_head)
     proxy = ProxyProcess(tmp_path_factory.mktemp("hostile-upstream"),
                          {name: [b.port] for name, b in raw.items()}).start()
     yield {"proxy": proxy, **raw}
     proxy.stop()
-    backends.close()
 
 
 async def _exchange(port: int, raw: bytes, count: int = 1,

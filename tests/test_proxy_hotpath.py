@@ -75,8 +75,7 @@ async def _spelled(backend: RawBackend, reader: asyncio.StreamReader,
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    backends = Backends()
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[dict[str, Any]]:
     raws = {"alpha": backends.raw(_answering(b"alpha")),
             "beta": backends.raw(_answering(b"beta")),
             "gamma": backends.raw(_spelled)}
@@ -85,7 +84,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proxy.start()
     yield {"proxy": proxy, "backends": backends, **raws}
     proxy.stop()
-    backends.close()
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

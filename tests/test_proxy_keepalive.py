@@ -76,8 +76,7 @@ def _keep_alive_noting_close(
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    backends = Backends()
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[dict[str, Any]]:
     idle_closed: list[float] = []
     steady_closed: list[float] = []
     raws = {"ka": backends.raw(_keep_alive), "closer": backends.raw(_close_after_response),
@@ -92,7 +91,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     proxy.start()
     yield {"proxy": proxy, "idle_closed": idle_closed, "steady_closed": steady_closed, **raws}
     proxy.stop()
-    backends.close()
 
 
 async def test_sequential_requests_reuse_one_upstream_connection(env: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ from tests.proxyharness import (
     Message,
     ProxyProcess,
     RawBackend,
-    echo_app,
     free_port,
     get,
     metric_value,
@@ -35,9 +34,8 @@ async def _reset_midway(backend: RawBackend, reader: asyncio.StreamReader,
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    backends = Backends()
-    echo = backends.aiohttp(echo_app())
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
+        echo: int) -> Iterator[dict[str, Any]]:
     reset = backends.raw(_reset_midway)
     routes = [{"host": "api", "rules": [
         {"matches": [{"path": {"prefix": "/b"}}], "backends": [{"service": "echo"}]},
@@ -47,7 +45,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                          routes=routes).start()
     yield {"proxy": proxy, "backends": backends}
     proxy.stop()
-    backends.close()
 
 
 def _echoed(resp: Message) -> dict[str, Any]:
