@@ -16,9 +16,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshctl.ca import CertificateAuthority, init_ca
+from meshctl.ca import CertificateAuthority
 from tests.proxyharness import Backends, Message, ProxyProcess, echo_app, free_port, get, roundtrip
-from tests.test_mtls_static import TD, client_ctx, mint, start_proxy, tls_roundtrip
+from tests.test_mtls_static import (
+    client_ctx,
+    mesh_ca,
+    mint,
+    start_proxy,
+    tls_roundtrip,
+)
 
 POLICIES = [
     # for another service: must not apply here (a static config may list it)
@@ -43,8 +49,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("authz")
-    init_ca(tmp / "ca", TD)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca")
     backends = Backends()
     proxy: ProxyProcess | None = None
     try:

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
+from meshctl.ca import CertificateAuthority, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
 from tests import meshbuilder
 from tests.certs import Issued, issue
@@ -42,7 +42,13 @@ from tests.proxyharness import (
     roundtrip,
 )
 from tests.test_gateway_mtls import expected_xfcc, name
-from tests.test_mtls_static import client_ctx, echoed_headers, start_proxy, tls_roundtrip
+from tests.test_mtls_static import (
+    client_ctx,
+    echoed_headers,
+    mesh_ca,
+    start_proxy,
+    tls_roundtrip,
+)
 
 pytestmark = pytest.mark.timeout(180)
 TD = "cluster.local"
@@ -502,8 +508,7 @@ async def until(observe: Any, expected: list[str], timeout: float = SYNC) -> Non
 def static(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     """A static `echo` sidecar (STRICT, HTTP/1.1 app) listing `ingress` in its file."""
     tmp = tmp_path_factory.mktemp("xfcc-static")
-    init_ca(tmp / "ca", TD)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca")
     backends = Backends()
     port = free_port()
     proc = None

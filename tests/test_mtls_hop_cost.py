@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshctl.ca import CertificateAuthority, init_ca
 from proxy.identity import WorkloadIdentity
 from tests.proxyharness import Backends, ProxyProcess, RawBackend, free_port, metric_value
-from tests.test_mtls_static import TD, client_ctx, mint, start_proxy
+from tests.test_mtls_static import client_ctx, mesh_ca, mint, start_proxy
 
 DEADLINE = 10.0
 BODY = b"b" * 1024
@@ -50,8 +49,7 @@ async def _answer_each_in_one_write(backend: RawBackend, reader: asyncio.StreamR
 @pytest.fixture(scope="module")
 def hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hop]:
     tmp = tmp_path_factory.mktemp("mtls-hop")
-    init_ca(tmp / "ca", TD)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca")
     backends = Backends()
     proc: ProxyProcess | None = None
     try:

@@ -62,6 +62,13 @@ def mint(ca: CertificateAuthority, service: str, ttl: float = 3600,
                                      bundle if bundle is not None else ca.trust_bundle())
 
 
+def mesh_ca(directory: Path, backdate: float = 0.0) -> CertificateAuthority:
+    """A CA of trust domain TD in `directory`, made `backdate` seconds ago (its intermediate
+    valid since then: a start ahead of a peer's clock, or room to issue expired leaves)."""
+    init_ca(directory, TD, clock=lambda: time.time() - backdate)
+    return CertificateAuthority(directory)
+
+
 def write_identity_dir(directory: Path, identity: WorkloadIdentity) -> Path:
     """key.pem, cert.pem, chain.pem, bundle.pem as `--identity-dir` reads them."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -151,8 +158,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     `productpage` client."""
     tmp = tmp_path_factory.mktemp("mtls")
     # The CA starts two hours back so it can also issue an already-expired certificate.
-    init_ca(tmp / "ca", TD, clock=lambda: time.time() - 7200)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca", backdate=7200)
     backends = Backends()
     procs: list[ProxyProcess] = []
     try:
@@ -286,8 +292,7 @@ async def test_handshake_without_client_cert_is_refused(mesh: Mesh) -> None:
 
 async def test_cert_from_another_ca_is_refused(mesh: Mesh, tmp_path: Path) -> None:
     """A certificate with the right SPIFFE id but from a different CA is refused."""
-    init_ca(tmp_path / "other", TD)
-    foreign = mint(CertificateAuthority(tmp_path / "other"), "productpage", bundle=mesh.bundle)
+    foreign = mint(mesh_ca(tmp_path / "other"), "productpage", bundle=mesh.bundle)
     with pytest.raises(REFUSED):
         await tls_roundtrip(mesh.strict_port, client_ctx(foreign, mesh.bundle),
                             get("reviews", "/health"))

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 import yaml
 
-from meshctl.ca import CertificateAuthority, init_ca
 from tests.grpcapp import EchoServer, serving_in_thread
 from tests.proxyharness import (
     REPO,
@@ -44,7 +43,7 @@ from tests.proxyharness import (
     roundtrip,
     roundtrip_close,
 )
-from tests.test_mtls_static import TD, mint, sid, start_proxy
+from tests.test_mtls_static import mesh_ca, mint, sid, start_proxy
 
 DEADLINE = 10.0
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -65,8 +64,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def _mesh(tmp: Path, app: EchoServer) -> Iterator[Mesh]:
-    init_ca(tmp / "ca", TD, clock=lambda: time.time() - 60)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca", backdate=60)
     backends = Backends()
     echo = backends.aiohttp(echo_app())
     inbound_port = free_port()

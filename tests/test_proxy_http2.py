@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ import grpc
 import pytest
 import yaml
 
-from meshctl.ca import CertificateAuthority, init_ca
 from tests.grpcapp import EchoServer, channel, method, serving_in_thread
 from tests.proxyharness import ProxyProcess, eventually, free_port, get, metric_value, roundtrip
-from tests.test_mtls_static import TD, mint, sid, start_proxy
+from tests.test_mtls_static import mesh_ca, mint, sid, start_proxy
 
 DEADLINE = 10.0
 
@@ -262,8 +260,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 def _pair(tmp: Path, app: EchoServer) -> Iterator[Pair]:
-    init_ca(tmp / "ca", TD, clock=lambda: time.time() - 60)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca", backdate=60)
     inbound_port = free_port()
     procs: list[ProxyProcess] = []
     try:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import pytest
 import yaml
 from aiohttp import web
 
-from meshctl.ca import CertificateAuthority, init_ca
 from tests.grpcapp import channel, method
 from tests.h2app import GRPC, H2Client, H2Server, h2_request
 from tests.proxyharness import (
@@ -38,7 +36,7 @@ from tests.proxyharness import (
     read_request,
     roundtrip,
 )
-from tests.test_mtls_static import TD, mint, sid, start_proxy
+from tests.test_mtls_static import mesh_ca, mint, sid, start_proxy
 
 pytestmark = pytest.mark.timeout(120)
 DEADLINE = 10.0
@@ -106,8 +104,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(app: tuple[App, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp: Path = tmp_path_factory.mktemp("downgrade-mtls")
-    init_ca(tmp / "ca", TD, clock=lambda: time.time() - 60)
-    ca = CertificateAuthority(tmp / "ca")
+    ca = mesh_ca(tmp / "ca", backdate=60)
     inbound = free_port()
     procs: list[ProxyProcess] = []
     try:
