@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import proxy.__main__ as proxy_main
 from meshctl.cli import build_parser
 from meshctl.demo import compose, setup, waitfor
 from meshctl.demo.topology import INSTANCES, by_name, compose_topology
+from tests.tools import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -132,11 +132,7 @@ def test_app_commands_start_with_their_environment(module: str, services: dict[s
 
 def test_docker_compose_accepts_the_file() -> None:
     """`docker-compose config -q` (Debian package) accepts compose.yaml."""
-    tool = shutil.which("docker-compose")
-    if tool is None:
-        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
-            pytest.fail("docker-compose is required (AMI_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip("docker-compose not installed (Debian package docker-compose)")
+    tool = required_tool("docker-compose", hint="Debian package docker-compose")
     result = subprocess.run([tool, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -7,8 +7,6 @@ import asyncio
 import base64
 import itertools
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,18 +30,13 @@ from tests.observe_harness import (
 from tests.resources import destination_policy, documents, route
 from tests.tcp_observe_harness import Mesh, tcp_mesh
 from tests.test_canary_kind_mesh import KindMesh
+from tests.tools import required_tool
 
 OUTPUT = REPO / "test-output"
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
-        pytest.fail("chromium is required (AMI_REQUIRE_TOOLS=1) but not installed")
-    pytest.skip("chromium not installed")
+    return required_tool("chromium", "chromium-browser", "google-chrome")
 
 
 class Page:

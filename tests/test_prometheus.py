@@ -4,7 +4,6 @@ with the compose scrape config, and every Grafana dashboard query run against it
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import urllib.parse
@@ -24,21 +23,13 @@ from meshctl.controlplane.registry import Registry
 from meshctl.observe.cpmetrics import metrics_routes
 from tests.observe_harness import REPO, Traffic, send, sidecar, wait_until
 from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port
+from tests.tools import required_tool
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
 VARIABLES = {"$service": "reviews", "$workload": "productpage"}
 # Panels whose series exist only once a policy fires (ejections, rate limits...).
 MAY_BE_EMPTY = {"Policy events (5 min)"}
 ACCEPTED_LINTS: set[str] = set()  # promtool must find nothing to complain about
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is required (AMI_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip(f"{name} not installed")
-    return path
 
 
 @dataclass
@@ -78,7 +69,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 def test_promtool_accepts_sidecar_and_control_plane_metrics(mesh: Mesh) -> None:
     """`promtool check metrics` parses both /metrics bodies (the sidecar's with a named
     rule's ami_route_* series) and finds no lint problem."""
-    promtool = tool("promtool")
+    promtool = required_tool("promtool")
     assert send(mesh.front, "reviews", "/x") == 200
     for url in (f"http://127.0.0.1:{mesh.front.admin}/metrics", f"http://{mesh.cp_url}/metrics"):
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -129,7 +120,7 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = tool("prometheus")
+    binary = required_tool("prometheus")
     tmp = Path(tmp_path_factory.mktemp("promdata"))
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(scrape_config(mesh)))
     shutil.copy(REPO / "deploy" / "alerts.yml", tmp / "alerts.yml")  # its rule_files entry
@@ -171,7 +162,7 @@ def prometheus(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_alert_rules_pass_promtool_and_their_unit_tests() -> None:
     """`promtool check rules` accepts deploy/alerts.yml; `promtool test rules` runs the cases in
     deploy/alerts_test.yml (which alert fires, with which labels and text, and which does not)."""
-    promtool = tool("promtool")
+    promtool = required_tool("promtool")
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
         out = subprocess.run([promtool, *args], cwd=REPO / "deploy", capture_output=True,
                              text=True, timeout=60)

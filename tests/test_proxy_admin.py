@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -30,6 +28,7 @@ from tests.proxyharness import (
     read_response,
     roundtrip,
 )
+from tests.tools import required_tool
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +77,7 @@ async def test_request_metrics_use_istio_labels(proxy: ProxyProcess) -> None:
 
 async def test_metrics_pass_promtool(proxy: ProxyProcess) -> None:
     """The exposition is valid for `promtool check metrics` (skipped if promtool is absent)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
-            pytest.fail("promtool is required (AMI_REQUIRE_TOOLS=1) but not installed")
-        pytest.skip("promtool not installed")
+    promtool = required_tool("promtool")
     await roundtrip(proxy.outbound, get("echo", "/p"))
     text = await proxy.metrics()
     result = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"],

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 from proxy.tls import server_context
 from tests.test_tls import mint, new_ca
+from tests.tools import required_tool
 
 AEAD_MARKERS = ("GCM", "CHACHA20", "CCM")
 SCAN_DEADLINE = 60.0
@@ -19,12 +16,7 @@ SCAN_DEADLINE = 60.0
 
 def sslscan() -> str:
     """The sslscan binary; the test skips without it, or fails when AMI_REQUIRE_TOOLS=1."""
-    path = shutil.which("sslscan")
-    if path is None:
-        if os.environ.get("AMI_REQUIRE_TOOLS") == "1":
-            pytest.fail("sslscan is required (AMI_REQUIRE_TOOLS=1): apt-get install sslscan")
-        pytest.skip("sslscan not installed")
-    return path
+    return required_tool("sslscan", hint="apt-get install sslscan")
 
 
 async def scan_port(port: int) -> ET.Element:
