@@ -13,6 +13,7 @@ import pytest
 
 from meshctl.commands import validate
 from tests.resources import destination_policy, documents, route
+from tests.test_cli_support import run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = destination_policy("reviews", ("v1", "v2", "v3"))
@@ -24,12 +25,8 @@ def route_to(subset: str, v1: int = 90, name: str | None = None) -> str:
 
 
 def run(*argv: str) -> int:
-    """Parse ``argv`` with a parser holding only these commands and run the chosen one."""
-    parser = argparse.ArgumentParser(prog="meshctl")
-    validate.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    """``meshctl validate`` or ``schema`` with ``argv``."""
+    return run_group(validate, *argv)
 
 
 def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

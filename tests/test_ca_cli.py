@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import stat
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import pytest
 
 from meshctl.ca import CaFiles, fingerprint, rotate_root, trusted_roots
 from meshctl.commands import certs
+from tests.test_cli_support import run_group
 
 
 def run(*argv: str) -> int:
-    """Parse argv as `meshctl ...` with only the certs group registered, and run it."""
-    parser = argparse.ArgumentParser(prog="meshctl")
-    certs.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    status: int = args.func(args)
-    return status
+    """``meshctl certs ...`` with ``argv``."""
+    return run_group(certs, *argv)
 
 
 def test_init_creates_the_ca_and_prints_its_chain(

@@ -3,6 +3,7 @@ endpoints other engineers are building, running ``meshctl.cli.main`` and golden 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import io
@@ -10,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -52,6 +54,18 @@ async def run_meshctl(*argv: str) -> tuple[int, str, str]:
 
     async with asyncio.timeout(DEADLINE):
         return await asyncio.to_thread(call)
+
+
+def run_group(group: ModuleType, *argv: str, **attrs: object) -> int:
+    """Parse ``argv`` as ``meshctl ...`` with only ``group``'s commands registered (a module of
+    ``meshctl.commands``), set ``attrs`` on the arguments, and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="meshctl")
+    group.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    for name, value in attrs.items():
+        setattr(args, name, value)
+    status: int = args.func(args)
+    return status
 
 
 @contextlib.asynccontextmanager

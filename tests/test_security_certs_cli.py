@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from aiohttp import web
 from meshctl.ca import BootstrapTokens, init_ca
 from meshctl.commands import certs
 from tests.proxyharness import Backends
+from tests.test_cli_support import run_group
 
 
 def rfc3339(ts: float) -> str:
@@ -45,13 +45,8 @@ def api() -> Iterator[str]:
 
 
 def run(*argv: str, control_plane: str) -> int:
-    """Run `meshctl certs ...` with only the certs group registered."""
-    parser = argparse.ArgumentParser(prog="meshctl")
-    certs.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.control_plane = control_plane
-    status: int = args.func(args)
-    return status
+    """``meshctl certs ...`` with ``argv``, against the API at ``control_plane``."""
+    return run_group(certs, *argv, control_plane=control_plane)
 
 
 def test_lists_each_proxy_with_expiry(api: str, capsys: pytest.CaptureFixture[str]) -> None:
