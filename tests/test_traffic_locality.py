@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,14 @@ import pytest
 
 from meshctl.commands.proxyconfig import render
 from tests.proxyharness import Backends
-from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
+from tests.traffic_backends import (
+    TrafficBackend,
+    TrafficProxy,
+    call,
+    start_backend,
+    started,
+    versions,
+)
 
 # One 5xx ejects; an ejection lasts 1 s (the first time); every endpoint may be ejected.
 OUTLIERS = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1s",
@@ -69,11 +75,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"proxy": p, **b}
 
 
-async def _versions(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str, n: int,
-                    **kw: Any) -> Counter[str | None]:
-    return Counter([(await call(session, proxy, host, **kw)).version for _ in range(n)])
-
-
 async def test_traffic_fails_over_zone_then_region_and_comes_back(
         env: dict[str, Any], session: aiohttp.ClientSession) -> None:
     """All to zone a (round robin over three endpoints would spread it); a's 5xx ejects it:
@@ -81,17 +82,17 @@ async def test_traffic_fails_over_zone_then_region_and_comes_back(
     and its ejection time is over, all back to zone a."""
     proxy: TrafficProxy = env["proxy"]
     a1, b1 = env["a1"], env["b1"]
-    assert await _versions(session, proxy, "api", 20) == {"a1": 20}
+    assert await versions(session, proxy, "api", 20) == {"a1": 20}
     a1.status = 500
     assert (await call(session, proxy, "api")).version == "a1"  # the 5xx that ejects a1
-    assert await _versions(session, proxy, "api", 20) == {"b1": 20}
+    assert await versions(session, proxy, "api", 20) == {"b1": 20}
     b1.status = 500
     assert (await call(session, proxy, "api")).version == "b1"
-    assert await _versions(session, proxy, "api", 10) == {"c1": 10}
+    assert await versions(session, proxy, "api", 10) == {"c1": 10}
     a1.status = b1.status = 200
     seen = await _until(session, proxy, "api", "a1", timeout=10)
     assert set(seen) <= {"c1", "b1", "a1"}
-    assert await _versions(session, proxy, "api", 20) == {"a1": 20}
+    assert await versions(session, proxy, "api", 20) == {"a1": 20}
     assert await proxy.metric("ami_outlier_ejections_total", destination_service="api") == 2
 
 
@@ -113,14 +114,14 @@ async def _until(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str,
 async def test_distribute_sends_each_locality_its_share(
         env: dict[str, Any], session: aiohttp.ClientSession) -> None:
     """distribute r1/a -> 50% r1/a, 50% r1/b: both zones get traffic, region r2 none."""
-    spread = await _versions(session, env["proxy"], "dist", 200)
+    spread = await versions(session, env["proxy"], "dist", 200)
     assert set(spread) == {"d-a", "d-b"} and 60 < spread["d-a"] < 140
 
 
 async def test_a_subset_is_ordered_by_its_own_endpoints(
         env: dict[str, Any], session: aiohttp.ClientSession) -> None:
     """The route's subset v2 goes to v2 in zone a, never to v1 though v1 is in zone a too."""
-    assert await _versions(session, env["proxy"], "canary", 20) == {"v2-a": 20}
+    assert await versions(session, env["proxy"], "canary", 20) == {"v2-a": 20}
 
 
 async def test_consistent_hash_keeps_keys_in_the_zone(
@@ -129,7 +130,7 @@ async def test_consistent_hash_keeps_keys_in_the_zone(
     proxy: TrafficProxy = env["proxy"]
     owners = {}
     for user in range(24):  # two owners for 24 keys: all on one would be a 1e-7 chance
-        seen = await _versions(session, proxy, "sticky", 3, headers={"x-user": f"u{user}"})
+        seen = await versions(session, proxy, "sticky", 3, headers={"x-user": f"u{user}"})
         assert len(seen) == 1
         owners[user] = next(iter(seen))
     assert set(owners.values()) <= {"h-a1", "h-a2"} and len(set(owners.values())) == 2
@@ -178,4 +179,4 @@ async def test_the_dump_and_proxy_config_show_priorities_and_shares(
         {"endpoints": [b], "ejected": [], "share": 100}]}
     assert _rows(dump, "shown") == [["shown", b, "v1", "-", "r1/b", "P1", "100%"],
                                     ["shown", a, "v1", "-", "r1/a", "P0 (ejected)", "0%"]]
-    assert await _versions(session, proxy, "shown", 10) == {"s-b": 10}  # as the dump says
+    assert await versions(session, proxy, "shown", 10) == {"s-b": 10}  # as the dump says

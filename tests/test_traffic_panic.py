@@ -6,7 +6,6 @@ What /config_dump, proxy-config and the metrics show of it."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,14 @@ import pytest
 
 from meshctl.commands.proxyconfig import render
 from tests.proxyharness import Backends
-from tests.traffic_backends import TrafficBackend, TrafficProxy, call, start_backend, started
+from tests.traffic_backends import (
+    TrafficBackend,
+    TrafficProxy,
+    call,
+    start_backend,
+    started,
+    versions,
+)
 
 # One 5xx ejects for longer than the test; every endpoint may be ejected; panic below 50%.
 PANIC = {"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "300s",
@@ -52,11 +58,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"proxy": p, **b}
 
 
-async def _versions(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str,
-                    n: int) -> Counter[str | None]:
-    return Counter([(await call(session, proxy, host)).version for _ in range(n)])
-
-
 async def _until_answered(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str,
                           names: set[str], limit: int = 200) -> None:
     """Calls until each of ``names`` answered one (its 5xx ejects it), at most ``limit``."""
@@ -81,19 +82,19 @@ async def test_most_endpoints_ejected_spreads_traffic_over_all_again(
     traffic; the third (25%) puts `api` in panic: round robin over all four again, once
     counted, shown in /config_dump and proxy-config."""
     proxy: TrafficProxy = env["proxy"]
-    assert set(await _versions(session, proxy, "api", 8)) == {"e0", "e1", "e2", "e3"}
+    assert set(await versions(session, proxy, "api", 8)) == {"e0", "e1", "e2", "e3"}
     assert (await _dump(proxy))["outlier"]["api"] == {
         "minHealthPercent": 50, "panic": False,
         "levels": [{"healthy": 4, "endpoints": 4, "panic": False}]}
     for name in ("e0", "e1"):
         env[name].status = 500
-    seen = await _versions(session, proxy, "api", 8)  # ejects e0 and e1 on their first 5xx
+    seen = await versions(session, proxy, "api", 8)  # ejects e0 and e1 on their first 5xx
     assert seen["e0"] == seen["e1"] == 1
-    assert set(await _versions(session, proxy, "api", 8)) == {"e2", "e3"}  # not yet panic
+    assert set(await versions(session, proxy, "api", 8)) == {"e2", "e3"}  # not yet panic
     assert await proxy.metric("ami_outlier_panics_total", destination_service="api") == 0
     env["e2"].status = 500
-    await _versions(session, proxy, "api", 2)  # e2's 5xx ejects it: 1 of 4 healthy
-    assert await _versions(session, proxy, "api", 40) == {"e0": 10, "e1": 10, "e2": 10,
+    await versions(session, proxy, "api", 2)  # e2's 5xx ejects it: 1 of 4 healthy
+    assert await versions(session, proxy, "api", 40) == {"e0": 10, "e1": 10, "e2": 10,
                                                           "e3": 10}
     assert await proxy.metric("ami_outlier_ejections_total", destination_service="api") == 3
     assert await proxy.metric("ami_outlier_panics_total", destination_service="api") == 1
@@ -124,8 +125,8 @@ async def test_without_a_threshold_the_survivor_takes_everything(
     """minHealthPercent 0 (the default): s0 ejected, all to s1; no panic view for it."""
     proxy: TrafficProxy = env["proxy"]
     env["s0"].status = 500
-    await _versions(session, proxy, "solo", 2)
-    assert await _versions(session, proxy, "solo", 20) == {"s1": 20}
+    await versions(session, proxy, "solo", 2)
+    assert await versions(session, proxy, "solo", 20) == {"s1": 20}
     assert "solo" not in (await _dump(proxy)).get("outlier", {})
 
 
@@ -136,19 +137,19 @@ async def test_each_priority_panics_by_envoys_rules(
     b2 ejected: every priority in panic, the traffic over all four by size (Envoy's total
     panic)."""
     proxy: TrafficProxy = env["proxy"]
-    assert set(await _versions(session, proxy, "zoned", 8)) == {"a1", "a2"}
+    assert set(await versions(session, proxy, "zoned", 8)) == {"a1", "a2"}
     env["a1"].status = env["a2"].status = 500
     # (a1 ejected, zone a keeps only 70%: a2 is not necessarily next)
     await _until_answered(session, proxy, "zoned", {"a1", "a2"})
-    assert set(await _versions(session, proxy, "zoned", 8)) == {"b1", "b2"}
+    assert set(await versions(session, proxy, "zoned", 8)) == {"b1", "b2"}
     env["b1"].status = 500
     await _until_answered(session, proxy, "zoned", {"b1"})
-    assert await _versions(session, proxy, "zoned", 10) == {"b2": 10}
+    assert await versions(session, proxy, "zoned", 10) == {"b2": 10}
     view = (await _dump(proxy))["locality"]["zoned"]
     assert [(g["share"], g["panic"]) for g in view["groups"]] == [(0, True), (100, False)]
     env["b2"].status = 500
     await _until_answered(session, proxy, "zoned", {"b2"})
-    spread = await _versions(session, proxy, "zoned", 80)
+    spread = await versions(session, proxy, "zoned", 80)
     assert set(spread) == {"a1", "a2", "b1", "b2"}
     assert 20 <= spread["a1"] + spread["a2"] <= 60  # half, by size (2:2)
     dump = await _dump(proxy)

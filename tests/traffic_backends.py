@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,12 @@ async def call_many(session: aiohttp.ClientSession, proxy: TrafficProxy, host: s
             return await call(session, proxy, host, **kw)
 
     return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def versions(session: aiohttp.ClientSession, proxy: TrafficProxy, host: str, count: int,
+                   **kw: Any) -> Counter[str | None]:
+    """How many of `count` requests, one after the other, each version answered."""
+    return Counter([(await call(session, proxy, host, **kw)).version for _ in range(count)])
 
 
 def close_backends(hub: Backends, backends: Iterable[TrafficBackend]) -> None:
