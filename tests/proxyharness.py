@@ -334,6 +334,17 @@ class ProxyProcess:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def listen_as_gateway(self, rules: list[dict[str, Any]]) -> int:
+        """Before `start()`, with `--mode gateway` in `args`: the file's listeners become a
+        gateway listener on a free port (returned) and the admin one, and `gateway.rules`
+        are ``rules``."""
+        port = free_port()
+        config = yaml.safe_load(self.config.read_text())
+        config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{self.admin}"}
+        config["gateway"] = {"rules": rules}
+        self.config.write_text(yaml.safe_dump(config))
+        return port
+
     def start(self, deadline: float = 15.0,
               open_files: tuple[int, int] | None = None) -> ProxyProcess:
         """``open_files``: the (soft, hard) RLIMIT_NOFILE to start the process with."""

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp import web
 
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import load_documents
 from proxy.config import ConfigError, Snapshot
-from tests.proxyharness import Backends, ProxyProcess, free_port, get, read_response
+from tests.proxyharness import Backends, ProxyProcess, get, read_response
 
 
 def named_app(name: str) -> web.Application:
@@ -32,17 +31,13 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -
     proc = ProxyProcess(tmp_path_factory.mktemp("gwhosts"),
                         {"shop": [shop], "blog": [blog], "fallback": [fallback]},
                         args=("--mode", "gateway"))
-    port = free_port()
-    config = yaml.safe_load(proc.config.read_text())
-    config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{proc.admin}"}
-    config["gateway"] = {"rules": [
+    port = proc.listen_as_gateway([
         {"hosts": ["shop.example.com"], "destination": "shop"},
         {"hosts": ["*.blog.example.com", "blog.example.com"],
          "match": [{"path": {"prefix": "/posts"}}], "destination": "blog"},
         {"hosts": ["*.example.org"], "destination": "fallback"},
         {"hosts": ["*"], "match": [{"path": {"prefix": "/anyhost"}}], "destination": "fallback"},
-    ]}
-    proc.config.write_text(yaml.safe_dump(config))
+    ])
     proc.start()
     yield port
     proc.stop()

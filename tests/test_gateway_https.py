@@ -19,7 +19,6 @@ from tests import certs
 from tests.proxyharness import (
     ProxyProcess,
     dry_run,
-    free_port,
     get,
     metric_value,
     read_response,
@@ -61,15 +60,10 @@ class Gateway:
 
     def __init__(self, tmp: Path, echo: int, first: Pem) -> None:
         self.cert, self.key = install(first, tmp)
-        self.port = free_port()
         self.proc = ProxyProcess(tmp, {"echo": [echo]}, args=(
             "--mode", "gateway", "--gateway-cert", str(self.cert), "--gateway-key",
             str(self.key), "--log-level", "INFO"))
-        config = yaml.safe_load(self.proc.config.read_text())
-        config["listeners"] = {"gateway": f"127.0.0.1:{self.port}",
-                               "admin": f"127.0.0.1:{self.proc.admin}"}
-        config["gateway"] = {"rules": [{"destination": "echo"}]}
-        self.proc.config.write_text(yaml.safe_dump(config))
+        self.port = self.proc.listen_as_gateway([{"destination": "echo"}])
 
     async def connect(self, trusted: Pem, alpn: tuple[str, ...] = ("http/1.1",),
                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -215,13 +209,9 @@ async def test_scheme_match_redirects_plain_http_only(tmp_path: Path, echo: int)
     secure = Gateway(tmp_path / "https", echo, issue("scheme"))
     config = yaml.safe_load(secure.proc.config.read_text())
     secure.proc.config.write_text(yaml.safe_dump({**config, "routes": [route]}))
-    plain_port = free_port()
-    plain = ProxyProcess(tmp_path / "http", {"echo": [echo]}, args=("--mode", "gateway"))
-    config = yaml.safe_load(plain.config.read_text())
-    config["listeners"] = {"gateway": f"127.0.0.1:{plain_port}",
-                           "admin": f"127.0.0.1:{plain.admin}"}
-    plain.config.write_text(yaml.safe_dump({**config, "routes": [route],
-                                            "gateway": {"rules": [{"destination": "echo"}]}}))
+    plain = ProxyProcess(tmp_path / "http", {"echo": [echo]}, args=("--mode", "gateway"),
+                         routes=[route])
+    plain_port = plain.listen_as_gateway([{"destination": "echo"}])
     secure.proc.start()
     plain.start()
     try:

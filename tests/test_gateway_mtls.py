@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -23,7 +22,6 @@ from tests.certs import Issued, issue
 from tests.proxyharness import (
     ProxyProcess,
     dry_run,
-    free_port,
     get,
     metric_value,
     read_response,
@@ -68,15 +66,10 @@ class Gateway:
         self.cert, self.key = pki.server.write(tmp, "tls")
         self.ca_file = tmp / "ca.crt"
         install_ca(self.ca_file, pki.partner_ca)
-        self.port = free_port()
         self.proc = ProxyProcess(tmp, {"echo": [echo]}, args=(
             "--mode", "gateway", "--gateway-cert", str(self.cert), "--gateway-key",
             str(self.key), "--gateway-client-ca", str(self.ca_file), *extra))
-        config = yaml.safe_load(self.proc.config.read_text())
-        config["listeners"] = {"gateway": f"127.0.0.1:{self.port}",
-                               "admin": f"127.0.0.1:{self.proc.admin}"}
-        config["gateway"] = {"rules": [{"destination": "echo"}]}
-        self.proc.config.write_text(yaml.safe_dump(config))
+        self.port = self.proc.listen_as_gateway([{"destination": "echo"}])
         self.tmp = tmp
 
     def client_context(self, client: Issued | None, alpn: str = "http/1.1") -> ssl.SSLContext:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.grpcapp import EchoServer, serving_in_thread
 from tests.proxyharness import (
@@ -343,11 +342,8 @@ async def test_client_leaving_the_tunnel_leaves_nothing(mesh: Mesh, sent: bytes)
 async def test_the_gateway_serves_no_connect(mesh: Mesh, tmp_path: Path) -> None:
     """The gateway is no HTTP proxy for apps: CONNECT to a mesh service there is 405."""
     gateway = ProxyProcess(tmp_path, {"echo": [free_port()]}, args=("--mode", "gateway"))
-    port = free_port()
-    config = yaml.safe_load(gateway.config.read_text())
-    config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{gateway.admin}"}
-    config["gateway"] = {"rules": [{"match": [{"path": {"prefix": "/"}}], "destination": "echo"}]}
-    gateway.config.write_text(yaml.safe_dump(config))
+    port = gateway.listen_as_gateway([{"match": [{"path": {"prefix": "/"}}],
+                                       "destination": "echo"}])
     gateway.start()
     try:
         resp = await roundtrip(port, b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\n")

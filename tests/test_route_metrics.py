@@ -19,7 +19,6 @@ from tests.proxyharness import (
     Backends,
     ProxyProcess,
     echo_app,
-    free_port,
     get,
     metric_value,
     roundtrip,
@@ -202,13 +201,9 @@ def test_gateway_counts_named_rules_as_the_caller(tmp_path: Path) -> None:
     backends = Backends()
     try:
         echo = backends.aiohttp(echo_app())
-        proxy = ProxyProcess(tmp_path, {"reviews": [echo]}, args=("--mode", "gateway"))
-        port = free_port()
-        config = yaml.safe_load(proxy.config.read_text())
-        config["listeners"] = {"gateway": f"127.0.0.1:{port}", "admin": f"127.0.0.1:{proxy.admin}"}
-        config["gateway"] = {"rules": [{"destination": "reviews"}]}
-        config["routes"] = [ROUTES[0]]
-        proxy.config.write_text(yaml.safe_dump(config))
+        proxy = ProxyProcess(tmp_path, {"reviews": [echo]}, args=("--mode", "gateway"),
+                             routes=[ROUTES[0]])
+        port = proxy.listen_as_gateway([{"destination": "reviews"}])
         proxy.start()
         try:
             jason = get("example.com", "/g", "end-user: jason\r\n")
