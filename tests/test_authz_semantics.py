@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from meshctl.ca import CertificateAuthority
-from tests.proxyharness import Backends, Message, ProxyProcess, echo_app, free_port, get, roundtrip
+from tests.proxyharness import Message, ProxyProcess, free_port, get, roundtrip
 from tests.test_mtls_static import (
     client_ctx,
     mesh_ca,
@@ -47,23 +47,20 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("authz")
     ca = mesh_ca(tmp / "ca")
-    backends = Backends()
     proxy: ProxyProcess | None = None
     try:
-        app = backends.aiohttp(echo_app())
         port = free_port()
         proxy = start_proxy(tmp / "reviews", mint(ca, "reviews"), {
-            "node": {"service": "reviews"}, "app": f"127.0.0.1:{app}",
+            "node": {"service": "reviews"}, "app": f"127.0.0.1:{echo}",
             "mesh": {"mtls": "PERMISSIVE"}, "inbound": {"authorization": POLICIES}},
             inbound=port)
         yield Env(ca, proxy, port)
     finally:
         if proxy is not None:
             proxy.stop()
-        backends.close()
 
 
 async def plain(env: Env, path: str, extra: str = "") -> Message:

@@ -47,10 +47,9 @@ async def _answer_each_in_one_write(backend: RawBackend, reader: asyncio.StreamR
 
 
 @pytest.fixture(scope="module")
-def hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hop]:
+def hop(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[Hop]:
     tmp = tmp_path_factory.mktemp("mtls-hop")
     ca = mesh_ca(tmp / "ca")
-    backends = Backends()
     proc: ProxyProcess | None = None
     try:
         app = backends.raw(_answer_each_in_one_write)
@@ -62,7 +61,6 @@ def hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hop]:
     finally:
         if proc is not None:
             proc.stop()
-        backends.close()
 
 
 class RawTls:

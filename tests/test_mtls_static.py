@@ -32,10 +32,8 @@ from meshctl.ca import CertificateAuthority, init_ca, spiffe_id_for
 from proxy.identity import WorkloadIdentity, generate_key_and_csr
 from tests.closeorder import close_order
 from tests.proxyharness import (
-    Backends,
     Message,
     ProxyProcess,
-    echo_app,
     free_port,
     get,
     metric_value,
@@ -153,20 +151,18 @@ DENY_ADMIN = [{"action": "DENY", "rules": [{"to": [{"paths": ["/admin/*"]}]}]}]
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[Mesh]:
     """CA, echo backend, a STRICT, a PERMISSIVE and a STRICT DENY-only `reviews`, and a
     `productpage` client."""
     tmp = tmp_path_factory.mktemp("mtls")
     # The CA starts two hours back so it can also issue an already-expired certificate.
     ca = mesh_ca(tmp / "ca", backdate=7200)
-    backends = Backends()
     procs: list[ProxyProcess] = []
     try:
-        app = backends.aiohttp(echo_app())
         strict_port, permissive_port, guarded_port = free_port(), free_port(), free_port()
         reviews = mint(ca, "reviews")
         inbound = {"node": {"service": "reviews", "labels": {"version": "v1"}},
-                   "app": f"127.0.0.1:{app}", "inbound": {"authorization": AUTHZ}}
+                   "app": f"127.0.0.1:{echo}", "inbound": {"authorization": AUTHZ}}
         strict = start_proxy(tmp / "strict", reviews, {**inbound, "mesh": {"mtls": "STRICT"}},
                              inbound=strict_port)
         procs.append(strict)
@@ -196,7 +192,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         for proc in procs:
             proc.stop()
-        backends.close()
 
 
 async def test_outbound_to_inbound_over_mtls_sets_xfcc(mesh: Mesh) -> None:

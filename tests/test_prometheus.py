@@ -22,7 +22,7 @@ from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
 from meshctl.observe.cpmetrics import metrics_routes
 from tests.observe_harness import REPO, Traffic, send, sidecar, wait_until
-from tests.proxyharness import Backends, ProxyProcess, echo_app, free_port
+from tests.proxyharness import Backends, ProxyProcess, free_port
 from tests.tools import required_tool
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -42,12 +42,12 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
+         echo: int) -> Iterator[Mesh]:
     tmp = Path(tmp_path_factory.mktemp("prom"))
-    backends = Backends()
     procs: list[ProxyProcess] = []
     try:
-        reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=backends.aiohttp(echo_app()),
+        reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=echo,
                                       services={})
         procs.append(reviews)
         # a named rule: its ami_route_* series for promtool and the per-rule panels
@@ -63,7 +63,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         for p in procs:
             p.stop()
-        backends.close()
 
 
 def test_promtool_accepts_sidecar_and_control_plane_metrics(mesh: Mesh) -> None:

@@ -30,10 +30,8 @@ import pytest
 from tests.grpcapp import EchoServer, serving_in_thread
 from tests.proxyharness import (
     REPO,
-    Backends,
     ProxyProcess,
     at_eof,
-    echo_app,
     eventually,
     free_port,
     get,
@@ -54,18 +52,16 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[Mesh]:
     """productpage's sidecar -> mTLS -> reviews' sidecar -> the gRPC app; `echo` and `other`
     are plain HTTP apps reached from productpage's sidecar, `echo` with a route policy."""
     app = EchoServer("reviews")
     with serving_in_thread(app, deadline=DEADLINE):
-        yield from _mesh(tmp_path_factory.mktemp("connect"), app)
+        yield from _mesh(tmp_path_factory.mktemp("connect"), app, echo)
 
 
-def _mesh(tmp: Path, app: EchoServer) -> Iterator[Mesh]:
+def _mesh(tmp: Path, app: EchoServer, echo: int) -> Iterator[Mesh]:
     ca = mesh_ca(tmp / "ca", backdate=60)
-    backends = Backends()
-    echo = backends.aiohttp(echo_app())
     inbound_port = free_port()
     procs: list[ProxyProcess] = []
     try:
@@ -97,7 +93,6 @@ def _mesh(tmp: Path, app: EchoServer) -> Iterator[Mesh]:
     finally:
         for proc in procs:
             proc.stop()
-        backends.close()
 
 
 async def tunnel(port: int, authority: str, after: bytes = b""
