@@ -249,6 +249,15 @@ def all_synced(control_plane: MeshProcess, names: set[str]) -> bool:
     return all(n in listed and listed[n]["synced"] and listed[n]["connected"] for n in names)
 
 
+def meshctl(control_plane: MeshProcess, *args: str, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+    """``meshctl --control-plane <its API> ARGS`` with its API token, output as text."""
+    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane",
+                           control_plane.info["api"], *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "AMI_TOKEN": control_plane.info["token"]})
+
+
 def apply_yaml(control_plane: MeshProcess, text: str) -> int:
     """POST /api/v1/apply with the control plane's token; the highest resourceVersion."""
     status, body = http_json(control_plane.info["api"] + "/api/v1/apply", "POST", text,

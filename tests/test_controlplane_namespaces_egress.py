@@ -8,7 +8,6 @@ caller in c."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import PYTHON, ROOT, http_get, wait_for
+from tests.helpers_mesh import http_get, wait_for
+from tests.helpers_mesh import meshctl as run_meshctl
 from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(180)
@@ -108,10 +108,7 @@ spec:
 
 
 def meshctl(mesh: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
-    cp = mesh["cp"]
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], *argv],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env={**os.environ, "AMI_TOKEN": cp.info["token"]})
+    return run_meshctl(mesh["cp"], *argv)
 
 
 def test_check_and_apply_warn_of_a_rate_limit_no_sidecar_enforces(

@@ -8,7 +8,6 @@ selecting nothing and of a Route sending outside a scope; an invalid Sidecar is 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers_mesh import PYTHON, ROOT, apply_yaml, http_json, proxies, wait_for
+from tests.helpers_mesh import apply_yaml, http_json, proxies, wait_for
+from tests.helpers_mesh import meshctl as run_meshctl
 from tests.meshbuilder import Mesh
 
 pytestmark = pytest.mark.timeout(240)
@@ -76,10 +76,7 @@ def call(outbound: str, host: str, **headers: str) -> tuple[int, str, bytes]:
 
 
 def meshctl(mesh: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
-    cp = mesh["cp"]
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], *argv],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env={**os.environ, "AMI_TOKEN": cp.info["token"]})
+    return run_meshctl(mesh["cp"], *argv)
 
 
 def apply_synced(mesh: dict[str, Any], text: str) -> None:

@@ -26,6 +26,7 @@ from cryptography import x509
 from tests.certs import Issued, issue
 from tests.closeorder import close_order
 from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, free_port, http_get, http_json, wait_for
+from tests.helpers_mesh import meshctl as run_meshctl
 from tests.meshbuilder import Mesh
 from tests.proxyharness import metric_value
 from tests.tcpapp import read_line
@@ -469,10 +470,7 @@ def test_gateway_resource_errors_name_the_field() -> None:
 
 
 def meshctl(edge: Edge, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AMI_TOKEN": edge.cp.info["token"]}
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", edge.cp.info["api"],
-                           *argv], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=60)
+    return run_meshctl(edge.cp, *argv)
 
 
 def test_meshctl_check_and_apply_say_which_destination_is_no_tcp_service(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers_mesh import ROOT, MeshProcess, apply_yaml, http_get, wait_for
+from tests.helpers_mesh import MeshProcess, apply_yaml, http_get, wait_for
+from tests.helpers_mesh import meshctl as run_meshctl
 from tests.meshbuilder import Mesh
 from tests.resources import destination_policy, documents, header_rule, mesh_config, route, split
 
@@ -32,10 +31,7 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshProcess, 
 
 
 def meshctl(control: MeshProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, AMI_TOKEN=control.info["token"])
-    return subprocess.run([sys.executable, "-m", "meshctl", "--control-plane",
-                           control.info["api"], *args], capture_output=True, text=True,
-                          timeout=30, env=env, cwd=ROOT)
+    return run_meshctl(control, *args, timeout=30)
 
 
 def test_stat_through_meshctl_serve(cp: tuple[MeshProcess, MeshProcess]) -> None:

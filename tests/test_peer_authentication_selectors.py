@@ -7,7 +7,6 @@ is this test talking straight to a sidecar's inbound listener, as a client outsi
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -214,12 +213,6 @@ def test_check_names_the_workloads_and_warns_of_a_port_no_sidecar_serves(
         mesh.declare()
 
 
-def meshctl(mesh: SelectorMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
-                           *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "AMI_TOKEN": mesh.cp.info["token"]})
-
-
 def test_the_cli_shows_each_sidecars_mode_per_port(mesh: SelectorMesh, tmp_path: Path) -> None:
     """`{app: reviews}` STRICT with v1's app port DISABLE: `get` shows the selector and the
     port's mode, `describe` each selected sidecar's app port and effective mode (and what
@@ -229,11 +222,11 @@ def test_the_cli_shows_each_sidecars_mode_per_port(mesh: SelectorMesh, tmp_path:
     mesh.declare(istio("reviews", "app: reviews", "STRICT",
                        f"portLevelMtls: {{{port}: {{mode: DISABLE}}}}"))
     try:
-        got = meshctl(mesh, "get", "pa")
+        got = mesh.meshctl("get", "pa")
         assert got.returncode == 0, got.stderr
         assert got.stdout.splitlines()[1].split()[:4] == ["reviews", "reviews", "STRICT",
                                                            f"{port}=DISABLE"]
-        described = meshctl(mesh, "describe", "pa", "reviews")
+        described = mesh.meshctl("describe", "pa", "reviews")
         assert described.returncode == 0, described.stderr
         rows = {line.split()[0]: line.split()[1:] for line in described.stdout.splitlines()
                 if line.startswith("  reviews-")}
@@ -241,7 +234,7 @@ def test_the_cli_shows_each_sidecars_mode_per_port(mesh: SelectorMesh, tmp_path:
             mesh.sidecars["v1"].info["name"]: ["reviews", "v1", str(port), "DISABLE", "this,",
                                                "port", str(port)],
             mesh.sidecars["v3"].info["name"]: ["reviews", "v3", str(v3_port), "STRICT", "this"]}
-        shown = meshctl(mesh, "proxy-config", mesh.web.info["name"])
+        shown = mesh.meshctl("proxy-config", mesh.web.info["name"])
         assert shown.returncode == 0, shown.stderr
         assert (f"Services' mTLS:  reviews v1 ({mesh.sidecars['v1'].info['inbound']}) DISABLE"
                 in shown.stdout)
@@ -249,7 +242,7 @@ def test_the_cli_shows_each_sidecars_mode_per_port(mesh: SelectorMesh, tmp_path:
         path = tmp_path / "pa.yaml"
         path.write_text(istio("reviews-v3", "app: reviews, version: v3", "STRICT",
                               "portLevelMtls: {1: {mode: DISABLE}}"))
-        applied = meshctl(mesh, "apply", "-f", str(path))
+        applied = mesh.meshctl("apply", "-f", str(path))
         assert applied.returncode == 0, applied.stderr
         assert (f"warning: PeerAuthentication default/reviews-v3: portLevelMtls port 1: no "
                 f"selected sidecar serves it (their app ports: {v3_port})") in applied.stderr

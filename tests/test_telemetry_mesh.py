@@ -7,20 +7,17 @@ while the others keep the mesh's 0, and the CLI lists, describes and deletes the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.helpers_mesh import (
-    PYTHON,
-    ROOT,
     MeshProcess,
     apply_yaml,
     http_get,
     http_json,
+    meshctl,
     proxies,
     wait_for,
 )
@@ -197,12 +194,6 @@ def test_invalid_expression_is_refused_with_its_column_and_nothing_applies(
     assert ("spec.accessLogging[0].filter.expression: column 38: expected startsWith, "
             "endsWith or contains, got 'matches'") in json.dumps(body)
     assert http_json(cp.info["api"] + "/api/v1/telemetries")[1]["items"] == []
-
-
-def meshctl(cp: MeshProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", cp.info["api"], *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env=dict(os.environ, AMI_TOKEN=cp.info["token"]))
 
 
 def test_the_cli_lists_describes_and_deletes_telemetry(
