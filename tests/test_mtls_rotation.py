@@ -124,6 +124,16 @@ async def traffic(port: int, stop: asyncio.Event, statuses: list[int]) -> None:
         writer.close()
 
 
+async def all_served_after_more(load: asyncio.Task[None], stop: asyncio.Event,
+                                statuses: list[int], what: str) -> None:
+    """Let 20 more requests through, stop the traffic, and check every request got a 200."""
+    count = len(statuses)
+    await eventually(lambda: len(statuses) >= count + 20 or load.done(), DEADLINE, what=what)
+    stop.set()
+    await load
+    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+
+
 async def test_rotations_under_traffic_lose_no_request(mesh: Sidecars) -> None:
     """Several real rotations on both sides while requests flow: every request succeeds."""
     first = (mesh.client.tls.identity.cert_pem, mesh.server_agent.identity)
@@ -131,12 +141,7 @@ async def test_rotations_under_traffic_lose_no_request(mesh: Sidecars) -> None:
     load = asyncio.create_task(traffic(mesh.outbound, stop, statuses))
     await eventually(lambda: min(mesh.client_agent.renewals, mesh.server_agent.renewals)
                      >= ROTATIONS or load.done(), DEADLINE, what=f"{ROTATIONS} rotations")
-    count = len(statuses)
-    await eventually(lambda: len(statuses) >= count + 20 or load.done(), DEADLINE,
-                     what="traffic after rotation")
-    stop.set()
-    await load
-    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    await all_served_after_more(load, stop, statuses, "traffic after rotation")
     assert mesh.client.tls.identity.cert_pem != first[0]
     assert mesh.server_agent.identity is not first[1]
     assert mesh.service.issued >= 2 + 2 * ROTATIONS
@@ -195,12 +200,7 @@ async def test_trust_bundle_rotates_to_a_new_root_without_losing_a_request(
     # 3. stop trusting the old root
     assert cli(["certs", "retire", old_fp, "--dir", str(ca_dir)]) == 0
     await both_renew()
-    count = len(statuses)
-    await eventually(lambda: len(statuses) >= count + 20 or load.done(), DEADLINE,
-                     what="traffic after the rotation")
-    stop.set()
-    await load
-    assert statuses and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
+    await all_served_after_more(load, stop, statuses, "traffic after the rotation")
     for identity in (mesh.client.tls.identity, mesh.server_agent.identity):
         assert identity is not None
         roots = [fingerprint(c) for c in x509.load_pem_x509_certificates(identity.bundle_pem)]
