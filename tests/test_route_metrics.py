@@ -72,31 +72,27 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    backends = Backends()
+def env(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
+        echo: int) -> Iterator[Env]:
+    flaky_app, flaky_seen = fail_once_app()
+    flaky = backends.aiohttp(flaky_app)
+    h2 = backends.call(H2Server("h2").start())
+    tmp = Path(tmp_path_factory.mktemp("routemetrics"))
+    proxy = ProxyProcess(tmp, {})
+    proxy.config.write_text(yaml.safe_dump({
+        "version": "rm-1", "node": {"service": "client", "labels": {"version": "v1"}},
+        "listeners": {"outbound": f"127.0.0.1:{proxy.outbound}",
+                      "admin": f"127.0.0.1:{proxy.admin}"},
+        "services": {"reviews": _ep(echo), "details": _ep(echo), "ratings": _ep(echo),
+                     "flaky": _ep(flaky), "h2svc": _ep(h2.port)},
+        "routes": ROUTES,
+    }))
+    proxy.start()
     try:
-        echo = backends.aiohttp(echo_app())
-        flaky_app, flaky_seen = fail_once_app()
-        flaky = backends.aiohttp(flaky_app)
-        h2 = backends.call(H2Server("h2").start())
-        tmp = Path(tmp_path_factory.mktemp("routemetrics"))
-        proxy = ProxyProcess(tmp, {})
-        proxy.config.write_text(yaml.safe_dump({
-            "version": "rm-1", "node": {"service": "client", "labels": {"version": "v1"}},
-            "listeners": {"outbound": f"127.0.0.1:{proxy.outbound}",
-                          "admin": f"127.0.0.1:{proxy.admin}"},
-            "services": {"reviews": _ep(echo), "details": _ep(echo), "ratings": _ep(echo),
-                         "flaky": _ep(flaky), "h2svc": _ep(h2.port)},
-            "routes": ROUTES,
-        }))
-        proxy.start()
-        try:
-            yield Env(proxy, flaky_seen, h2)
-        finally:
-            proxy.stop()
-            backends.call(h2.stop())
+        yield Env(proxy, flaky_seen, h2)
     finally:
-        backends.close()
+        proxy.stop()
+        backends.call(h2.stop())
 
 
 async def test_named_rule_counted_with_the_route_and_rule_names(env: Env) -> None:
