@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from tests.proxyharness import Backends, echo_app
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the suite's children be interrupted as from a terminal.
+
+    A non-interactive shell starts a background job (`make test &`, a CI script's `cmd &`)
+    with SIGINT ignored, and every child inherits that: the tests that press Ctrl-C on a
+    `meshctl` process would wait for an exit that never comes. A handled signal is reset to
+    the default on exec, so the children start with Python's usual Ctrl-C behaviour.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
