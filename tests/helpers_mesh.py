@@ -244,9 +244,11 @@ def proxies(control_plane: MeshProcess) -> list[dict[str, Any]]:
 
 
 def all_synced(control_plane: MeshProcess, names: set[str]) -> bool:
-    """Whether every named proxy is connected and has ACKed its latest snapshot."""
+    """Whether every named proxy is connected, ready and has ACKed its latest snapshot (a
+    proxy turning ready later changes the registry again: every snapshot is pending anew)."""
     listed = {p["name"]: p for p in proxies(control_plane)}
-    return all(n in listed and listed[n]["synced"] and listed[n]["connected"] for n in names)
+    return all(n in listed and listed[n]["synced"] and listed[n]["connected"]
+               and listed[n]["ready"] for n in names)
 
 
 def meshctl(control_plane: MeshProcess, *args: str, timeout: float = 60

@@ -116,7 +116,7 @@ class Mesh:
         return {p.info["name"] for p in self.sidecar_procs}
 
     def wait_synced(self, timeout: float = 30.0) -> None:
-        """Until every sidecar is connected and has ACKed its latest snapshot."""
+        """Until every sidecar is connected, ready and has ACKed its latest snapshot."""
         wait_for(lambda: all_synced(self.cp, self.names), timeout, "all proxies synced")
 
     def wait_certified(self, timeout: float = 20.0) -> None:

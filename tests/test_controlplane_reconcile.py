@@ -253,6 +253,34 @@ async def test_a_proxy_is_not_synced_while_a_change_waits_to_be_computed_for_it(
     assert synced() and len(sent) == 3
 
 
+async def test_a_certificate_report_leaves_every_proxy_synced() -> None:
+    """A Status that changes only what no snapshot reads (a renewed certificate's dates) is
+    saved and shown but marks no proxy pending: proxy-status and `describe` said STALE for every
+    proxy in the mesh after each renewal, until a pass found the change reached nobody."""
+    from meshctl.controlplane.proxystatus import proxies_json
+
+    clock = FakeClock()
+    registry = Registry(clock=clock)
+    rec = Reconciler(MemStore(), registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    registry.on_change = rec.inputs_changed
+    sent: list[tuple[str, str]] = []
+    session = registry.register(ProxyInfo(name="pp", service="productpage",
+                                          inbound="127.0.0.1:1", ready=True))
+    rec.attach("pp", lambda message: sent.append((message.version, message.nonce)))
+    await rec.reconcile_pass()
+    rec.ack("pp", *sent[-1])
+    revision = registry.revision
+
+    registry.report("pp", session, ready=True, cert_expiry="2026-11-29T00:00:00Z",
+                    cert_issued="2026-11-28T00:00:00Z", gateway_cert=False)
+    listed = proxies_json(registry, rec)["proxies"][0]
+    assert listed["synced"] and listed["certExpiry"] == "2026-11-29T00:00:00Z"
+    assert registry.revision == revision + 1  # the state file still saves it
+    registry.report("pp", session, ready=False, cert_expiry="2026-11-29T00:00:00Z",
+                    cert_issued="2026-11-28T00:00:00Z")
+    assert not proxies_json(registry, rec)["proxies"][0]["synced"]  # readiness is read
+
+
 async def test_convergence_runs_from_the_write_to_the_last_ack_not_from_the_wait() -> None:
     """`meshctl shift` asks /api/v1/sync after its write; if the proxies ACKed before the ask,
     the wait is 0 ms but the change still took from the write to the last ACK to arrive."""

@@ -32,12 +32,10 @@ from meshctl.api.kinds import RouteSpec
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.api.resources import Resource
 from meshctl.api.sidecar import Scope, SidecarSpec
-from meshctl.controlplane.registry import ProxyInfo
+from meshctl.controlplane.registry import SNAPSHOT_UNREAD, ProxyInfo
 from meshctl.controlplane.snapshots import SnapshotBuilder
 
-# Read by no snapshot (tests/test_snapshot_reach.py varies every other field).
-UNREAD = frozenset({"cert_expiry", "cert_issued", "admin", "outbound", "admin_token",
-                    "proxy_version", "build", "gateway_cert"})
+UNREAD = SNAPSHOT_UNREAD  # read by no snapshot (tests/test_snapshot_reach.py)
 _COMPARED = tuple(f.name for f in fields(ProxyInfo) if f.name not in UNREAD)
 
 Service = tuple[str, str]  # (name, namespace)

@@ -5,7 +5,8 @@ is not reported as not serving (the sidecar probes it: proxy/appprobe.py). When 
 stream drops, the proxy stays listed (disconnected) for a short grace period, so a control
 plane blip or a quick reconnect does not pull endpoints out of every snapshot; after the grace
 it is forgotten. Every change calls ``on_change`` (the reconciler's next pass marks the proxies
-it reaches: meshctl.controlplane.reach) and bumps ``revision`` (registrystate saves the
+it reaches: meshctl.controlplane.reach), unless it touches only fields no snapshot reads
+(``SNAPSHOT_UNREAD``: a certificate renewal), and bumps ``revision`` (registrystate saves the
 registry so a restarted control plane can ``restore`` it). ``close`` (the control plane is
 stopping) keeps every proxy as it is: the streams its own stop ends are not proxies leaving.
 """
@@ -15,9 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from meshctl.api.build import UNKNOWN
+
+
+# ProxyInfo fields no snapshot reads (tests/test_snapshot_reach.py varies every other one): a
+# change of only these is saved and shown, but computes nothing and marks no proxy pending.
+SNAPSHOT_UNREAD = frozenset({"cert_expiry", "cert_issued", "admin", "outbound", "admin_token",
+                             "proxy_version", "build", "gateway_cert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,9 @@ class ProxyInfo:
         app is serving (or not probed)."""
         return (self.ready and self.mode == "sidecar" and bool(self.inbound)
                 and self.app_health != "not_serving")
+
+
+_SNAPSHOT_READ = tuple(f.name for f in fields(ProxyInfo) if f.name not in SNAPSHOT_UNREAD)
 
 
 @dataclass(slots=True)
@@ -152,8 +162,11 @@ class Registry:
                           cert_issued=cert_issued, app_health=app_health,
                           gateway_cert=gateway_cert)
         if updated != entry.info:
+            # Without this, every certificate report made every proxy STALE in proxy-status
+            # until a pass found that it reached nobody.
+            read = any(getattr(updated, f) != getattr(entry.info, f) for f in _SNAPSHOT_READ)
             entry.info = updated
-            self._changed()
+            self._changed(reaches_snapshots=read)
 
     def close(self) -> None:
         """The control plane is stopping: from now on a stream's end drops no proxy, so the
@@ -182,10 +195,11 @@ class Registry:
         pending = [e.expires_at for e in self._entries.values() if e.expires_at is not None]
         return min(pending) - now if pending else None
 
-    def _changed(self) -> None:
+    def _changed(self, *, reaches_snapshots: bool = True) -> None:
         self.revision += 1
         self.changed.set()
-        self.on_change()
+        if reaches_snapshots:
+            self.on_change()
 
     async def run(self) -> None:
         """Expire disconnected proxies when their grace ends (until cancelled)."""
