@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, fields, replace
 
 from meshctl.api.build import UNKNOWN
 
-
 # ProxyInfo fields no snapshot reads (tests/test_snapshot_reach.py varies every other one): a
 # change of only these is saved and shown, but computes nothing and marks no proxy pending.
 SNAPSHOT_UNREAD = frozenset({"cert_expiry", "cert_issued", "admin", "outbound", "admin_token",
