@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
 
 if TYPE_CHECKING:
+    from proxy.accesslog import AccessLogSink
     from proxy.downstream import DownstreamProtocol
     from proxy.exchange import Exchange
     from proxy.routing import Router
@@ -50,7 +50,7 @@ class Listener:
         self.server: asyncio.base_events.Server | None = None
         self.scheme = "https" if tls else "http"  # as clients of this listener see it
         self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
-        self.access_log: TextIO | None = None
+        self.access_log: AccessLogSink | None = None
         # A Telemetry's filter (meshctl.api.accessfilter), only read while the log is on
         self.access_filter: Any = None
         self.on_record: Any = None  # tap hook: called with each finished exchange
@@ -326,9 +326,8 @@ class Listener:
         self._write(line)
 
     def _write(self, line: dict[str, Any]) -> None:
-        out = self.access_log or sys.stdout
-        out.write(json.dumps(line, separators=(",", ":")) + "\n")
-        out.flush()
+        if self.access_log is not None:  # its writer thread does the I/O
+            self.access_log.write(json.dumps(line, separators=(",", ":")) + "\n")
 
     def refuse_plaintext(self, grace: float) -> None:
         """The mesh turned STRICT: no plaintext connection carries another request.

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import random
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proxy.accesslog import AccessLogCollector, AccessLogSink
 from proxy.config import Address, ListenError, Snapshot
 from proxy.destinations import DestinationRegistry
 from proxy.downstream import DownstreamProtocol
@@ -69,7 +71,9 @@ class ProxyServer:
         self.access_filter: Callable[[Any], bool] | None = None  # a Telemetry's filter
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
         self.on_drain: list[Callable[[], None]] = []  # called once when the drain starts
-        self.extra_collectors: list[Any] = []
+        # stdout's writer thread starts with the first line logged (proxy/accesslog.py)
+        self.access_log = AccessLogSink(sys.stdout)
+        self.extra_collectors: list[Any] = [AccessLogCollector(self.access_log)]
         self.config_source: Any = None  # proxy.staticreload.StaticReloader in static mode
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
@@ -180,14 +184,13 @@ class ProxyServer:
         self.set_access_log(enabled)
 
     def set_access_log(self, enabled: bool) -> None:
-        import sys
-
         self.access_log_enabled = enabled
+        sink = self.access_log if enabled else None
         for listener in self.listeners.values():
-            listener.access_log = sys.stdout if enabled else None
+            listener.access_log = sink
             listener.access_filter = self.access_filter if enabled else None
         for tcp in self.tcp_listeners:
-            tcp.access_log = sys.stdout if enabled else None
+            tcp.access_log = sink
             tcp.access_filter = self.access_filter if enabled else None
 
     def log_levels_changed(self) -> None:

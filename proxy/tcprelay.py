@@ -84,7 +84,7 @@ class TcpSession:
         # A CONNECT's `200`, owed until an endpoint accepted (then written before any byte of
         # the peer's); None once written, or for a connection that is no CONNECT tunnel.
         self.connect_answer: bytes | None = None
-        self.log_out: Any = None  # the access log's stream, when on
+        self.log_out: Any = None  # the access log's sink (proxy/accesslog.py), when on
         self.log_filter: Any = None  # a Telemetry's filter, with log_out
         self.on_end: Callable[[TcpSession], None] | None = None
         self.on_hello: Callable[[bytes], None] | None = None  # server role: the caller's hello
@@ -325,7 +325,6 @@ class TcpSession:
                 "request_id": None, "source": labels[1], "destination_service": labels[3],
                 "upstream": self.upstream, "protocol": "TCP", "grpc_status": None}
         self.log_out.write(json.dumps(line, separators=(",", ":")) + "\n")
-        self.log_out.flush()
 
 
 TCP_LABELS = ("reporter", "source_workload", "source_version", "destination_service",

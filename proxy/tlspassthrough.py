@@ -161,4 +161,3 @@ def refused(listener: Listener, reason: str, sni: str | None, destination: str, 
             "source": listener.router.source[0], "destination_service": destination,
             "upstream": None, "protocol": "TLS", "grpc_status": None}
     out.write(json.dumps(line, separators=(",", ":")) + "\n")
-    out.flush()

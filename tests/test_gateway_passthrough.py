@@ -76,6 +76,11 @@ class Gw:
         return [json.loads(line) for line in self.proc.output().splitlines()
                 if line.startswith("{")]
 
+    def last_line_after(self, seen: int) -> dict[str, object]:
+        """The last access-log line, once there are more than ``seen``: the log's writer
+        thread may write it a moment after the metrics counted the connection."""
+        return wait_for(lambda: self.log_lines()[seen:], TIMEOUT, "its access-log line")[-1]
+
 
 @dataclass
 class Edge:
@@ -226,22 +231,22 @@ def test_tls_reaches_the_app_untouched(edge: Edge, https: bool, server_name: str
 def test_a_name_no_entry_takes_is_closed_without_a_gateway_certificate(edge: Edge) -> None:
     """No certificate to terminate with: the connection is closed before any TLS byte comes
     back, counted and logged `no_route` with the name."""
-    before = edge.plain.refused("no_route")
+    before, seen = edge.plain.refused("no_route"), len(edge.plain.log_lines())
     with pytest.raises(OSError):
         tls_connect(edge.plain, "other.example.com", edge.app_ca)
     wait_for(lambda: edge.plain.refused("no_route") > before, TIMEOUT, "counted no_route")
-    line = edge.plain.log_lines()[-1]
+    line = edge.plain.last_line_after(seen)
     assert (line["protocol"], line["reason"], line["authority"]) == (
         "TLS", "no_route", "other.example.com")
 
 
 @pytest.mark.usefixtures("settled")
 def test_no_server_name_is_closed_without_a_gateway_certificate(edge: Edge) -> None:
-    before = edge.plain.refused("no_route")
+    before, seen = edge.plain.refused("no_route"), len(edge.plain.log_lines())
     with pytest.raises(OSError):
         tls_connect(edge.plain, None, edge.app_ca)
     wait_for(lambda: edge.plain.refused("no_route") > before, TIMEOUT, "counted no_route")
-    assert edge.plain.log_lines()[-1]["authority"] is None
+    assert edge.plain.last_line_after(seen)["authority"] is None
 
 
 @pytest.mark.usefixtures("settled")
@@ -387,8 +392,8 @@ def test_a_slow_client_hello_is_closed_at_the_header_timeout(edge: Edge, https: 
     # socket with peeked bytes stays readable, so a plain wait would have spun all along.
     assert cpu_seconds(gw.proc) - cpu < HEADER_TIMEOUT / 4
     wait_for(lambda: gw.refused("request_timeout") > before, TIMEOUT, "request_timeout")
-    assert any(line["reason"] == "request_timeout" and line["protocol"] == "TLS"
-               for line in gw.log_lines())
+    wait_for(lambda: any(line["reason"] == "request_timeout" and line["protocol"] == "TLS"
+                         for line in gw.log_lines()), TIMEOUT, "its access-log line")
 
 
 @pytest.mark.usefixtures("settled")

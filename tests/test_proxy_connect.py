@@ -123,6 +123,10 @@ def access_log(proxy: ProxyProcess) -> list[dict[str, object]]:
     return [json.loads(x) for x in proxy.stdout().splitlines() if x.startswith("{")]
 
 
+def h2_lines(proxy: ProxyProcess) -> list[dict[str, object]]:
+    return [line for line in access_log(proxy) if line["protocol"] == "HTTP/2"]
+
+
 # --- gRPC through HTTP_PROXY ----------------------------------------------------------------
 def run_app(variable: str, value: str, target: str = "reviews:9080") -> dict[str, Any]:
     """`tests.grpcclient` as an app process whose environment sets `variable` (and no other
@@ -150,7 +154,7 @@ async def test_grpc_app_with_proxy_variable_reaches_the_service(mesh: Mesh,
     only the tunnel reaches it.)"""
     before = metric_value(await mesh.client.metrics(), "ami_requests_total",
                           destination_service="reviews", grpc_response_status="0")
-    calls_before = mesh.app.calls
+    calls_before, h2_logged = mesh.app.calls, len(h2_lines(mesh.client))
     result = await asyncio.to_thread(run_app, variable,
                                      f"http://127.0.0.1:{mesh.client.outbound}")
     answer = result["unary"]
@@ -170,9 +174,11 @@ async def test_grpc_app_with_proxy_variable_reaches_the_service(mesh: Mesh,
     assert metric_value(await mesh.server.metrics(), "ami_requests_total",
                         reporter="destination", source_workload="productpage",
                         destination_service="reviews", response_code="200") >= 3
-    calls = [line for line in access_log(mesh.client) if line["protocol"] == "HTTP/2"]
+    # four calls' lines (unary, stream, chat, Fail); the log's writer thread may lag the metrics
+    await eventually(lambda: len(h2_lines(mesh.client)) >= h2_logged + 4, DEADLINE,
+                     what="the calls' access-log lines")
     assert {"path": "/ami.test.Echo/Unary", "authority": "reviews:9080"}.items() <= \
-        calls[-4].items()
+        h2_lines(mesh.client)[-4].items()
     await settled(mesh.client)
 
 
@@ -258,6 +264,7 @@ async def test_requests_pipelined_before_the_connect_are_answered_first(mesh: Me
 async def test_tls_inside_the_tunnel_is_refused(mesh: Mesh) -> None:
     """An app starting TLS in a tunnel to a mesh service gets its connection closed, never
     a byte of it passed on; the proxy logs why and counts `tls_in_tunnel`."""
+    logged = len(access_log(mesh.client))
     _, writer = await tunnel(mesh.client.outbound, "echo:443")
     ctx = ssl.create_default_context()
     try:
@@ -270,6 +277,8 @@ async def test_tls_inside_the_tunnel_is_refused(mesh: Mesh) -> None:
                         destination_service="echo", response_code="0") == 1
     assert "began TLS inside a CONNECT tunnel to mesh service echo:443" in mesh.client.stderr()
     # the caller is known (this sidecar's workload), as in the metric's source labels
+    await eventually(lambda: len(access_log(mesh.client)) > logged, DEADLINE,
+                     what="its access-log line")
     assert {"reason": "tls_in_tunnel", "status": 0, "source": "productpage",
             "destination_service": "echo"}.items() <= access_log(mesh.client)[-1].items()
     await settled(mesh.client)

@@ -230,12 +230,17 @@ async def test_metrics_and_access_log(env: Env) -> None:
                         response_code="200", grpc_response_status="7") >= 1
     assert metric_value(text, "ami_requests_total", destination_service="echo",
                         grpc_response_status="0") >= 1
-    lines = [json.loads(line) for line in env.proxy.stdout().splitlines()
-             if line.startswith("{")]
-    denied = [x for x in lines if x["grpc_status"] == "7"]
-    assert denied and denied[-1]["protocol"] == "HTTP/2"
-    assert denied[-1]["path"] == "/ami.test.Echo/Fail"
-    assert denied[-1]["destination_service"] == "echo" and denied[-1]["status"] == 200
+
+    def denied() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in env.proxy.stdout().splitlines()
+                 if line.startswith("{")]
+        return [x for x in lines if x["grpc_status"] == "7"]
+
+    # the log's writer thread may write the line a moment after the metrics counted it
+    await eventually(denied, DEADLINE, what="the denied call's access-log line")
+    assert denied()[-1]["protocol"] == "HTTP/2"
+    assert denied()[-1]["path"] == "/ami.test.Echo/Fail"
+    assert denied()[-1]["destination_service"] == "echo" and denied()[-1]["status"] == 200
 
 
 async def test_http1_still_served_on_the_same_listener(env: Env) -> None:

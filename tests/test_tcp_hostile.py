@@ -85,6 +85,11 @@ class Db:
         return [json.loads(line) for line in self.sidecar.stdout().splitlines()
                 if line.startswith("{")]
 
+    def last_line_after(self, seen: int) -> dict[str, object]:
+        """The last access-log line, once there are more than ``seen``: the log's writer
+        thread may write it a moment after the metrics counted the connection."""
+        return wait_for(lambda: self.log_lines()[seen:], TIMEOUT, "its access-log line")[-1]
+
     def app_eofs(self) -> list[int]:
         """What the app received on each connection that ended (its `eof N` lines)."""
         return [int(line.split()[1]) for line in self.app.output().splitlines()
@@ -250,14 +255,14 @@ def test_a_bad_hello_is_answered_bad_request_and_reaches_no_app(db: Db, name: st
     """A first frame over 256 bytes, an empty one, or bytes that are no frame at all after
     the preamble: the answer is `bad_request` and the close; the app is never dialled; the
     connection is counted and logged `bad_request`."""
-    before, eofs = db.closed("bad_request"), len(db.app_eofs())
+    before, eofs, seen = db.closed("bad_request"), len(db.app_eofs()), len(db.log_lines())
     with Peer.open(db) as peer:
         peer.send(PREAMBLE + hello)
         assert peer.read_frame() == b"bad_request"
         assert peer.at_eof() == b""
     refused(db, "bad_request", before)
     assert len(db.app_eofs()) == eofs
-    line = db.log_lines()[-1]
+    line = db.last_line_after(seen)
     assert (line["reason"], line["protocol"], line["upstream"]) == ("bad_request", "TCP", None)
 
 
@@ -271,7 +276,7 @@ def test_a_caller_that_stalls_before_its_hello_is_closed_after_the_header_timeou
         db: Db, name: str, sent: bytes) -> None:
     """Slowloris on the hello: after --header-timeout the caller is answered
     `request_timeout` and closed, as a slow HTTP head is; counted and logged."""
-    before = db.closed("request_timeout")
+    before, seen = db.closed("request_timeout"), len(db.log_lines())
     with Peer.open(db) as peer:
         start = time.monotonic()  # before the sidecar can start its timer
         peer.send(sent)
@@ -279,7 +284,7 @@ def test_a_caller_that_stalls_before_its_hello_is_closed_after_the_header_timeou
         assert peer.at_eof() == b""
         assert time.monotonic() - start >= HEADER_TIMEOUT * 0.9  # not before its time
     refused(db, "request_timeout", before)
-    assert db.log_lines()[-1]["reason"] == "request_timeout"
+    assert db.last_line_after(seen)["reason"] == "request_timeout"
 
 
 def connected(db: Db, peer: Peer, early: bytes = b"", label: bytes = b"v1") -> None:
@@ -465,6 +470,7 @@ def test_part_of_the_preamble_then_nothing_is_closed_after_the_header_timeout(db
     head: after --header-timeout it gets `408 request_timeout` (it is not known yet to be
     anything but HTTP) and the close; the rest of the preamble sent after that opens
     nothing."""
+    seen = len(db.log_lines())
     start = time.monotonic()  # before the sidecar can start its timer
     with Peer.open(db) as peer:
         peer.send_read(PREAMBLE[:5])
@@ -475,7 +481,7 @@ def test_part_of_the_preamble_then_nothing_is_closed_after_the_header_timeout(db
         assert time.monotonic() - start >= HEADER_TIMEOUT * 0.9
         peer.send(PREAMBLE[5:] + first_frame(b"v1"))
         assert b"ok" not in peer.at_eof()
-    assert db.log_lines()[-1]["reason"] == "request_timeout"
+    assert db.last_line_after(seen)["reason"] == "request_timeout"
 
 
 def test_an_idle_caller_is_closed_by_the_destination_too(tmp_path: Path) -> None:

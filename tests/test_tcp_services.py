@@ -191,7 +191,9 @@ def test_an_idle_connection_is_closed_at_both_apps(mesh: TcpMesh) -> None:
                                reporter="destination", response_flags="idle_timeout")) >= 1
 
     wait_for(counted, TIMEOUT, "the idle timeout counted on web or on db's sidecar")
-    assert '"reason":"idle_timeout"' in mesh.web.output() + sidecar.output()
+    # its access-log line (the log's writer thread may write it a moment after the count)
+    wait_for(lambda: '"reason":"idle_timeout"' in mesh.web.output() + sidecar.output(),
+             TIMEOUT, "the idle timeout logged")
 
 
 @pytest.mark.usefixtures("short_idle_timeout")
