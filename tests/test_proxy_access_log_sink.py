@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from proxy.accesslog import AccessLogSink
-from tests.proxyharness import ProxyProcess, metric_value
+from tests.proxyharness import ProxyProcess, eventually, metric_value
 
 
 class GatedStream:
@@ -43,51 +43,61 @@ def lines_of(stream: GatedStream) -> list[str]:
     return "".join(stream.written).splitlines()
 
 
-def test_lines_reach_the_stream_in_order_and_close_writes_the_rest() -> None:
+async def test_lines_reach_the_stream_in_order_and_close_writes_the_rest() -> None:
     stream = GatedStream()
     stream.gate.set()
-    sink = AccessLogSink(stream)  # type: ignore[arg-type]
+    sink = AccessLogSink(stream, batch=100, interval=3600)  # type: ignore[arg-type]
     for i in range(1000):
         sink.write(f"{i}\n")
-    sink.close()
+    await sink.aclose()
     assert lines_of(stream) == [str(i) for i in range(1000)] and sink.dropped == 0
+    assert len(stream.written) < 100  # in batches of ~100 characters, not a write per line
     sink.write("late\n")
     assert sink.dropped == 1 and "late" not in lines_of(stream)
 
 
-def test_a_stuck_reader_costs_lines_past_the_limit_not_the_caller() -> None:
+async def test_a_batch_goes_out_after_the_interval_without_more_lines() -> None:
+    stream = GatedStream()
+    stream.gate.set()
+    sink = AccessLogSink(stream, interval=0.05)  # type: ignore[arg-type]
+    sink.write("alone\n")
+    await eventually(lambda: stream.written == ["alone\n"], what="the lone line written")
+    await sink.aclose()
+
+
+async def test_a_stuck_reader_costs_lines_past_the_limit_not_the_caller() -> None:
     """While the stream blocks, write() returns at once; what exceeds the limit is dropped
     and counted; once the reader is back, everything kept is written, in order."""
     stream = GatedStream()
-    sink = AccessLogSink(stream, limit=100)  # type: ignore[arg-type]
-    sink.write("first\n")
-    assert stream.writing.wait(5)  # the thread took "first" and is stuck writing it
-    for i in range(50):  # 10 characters each: 10 fit in the limit
+    sink = AccessLogSink(stream, limit=100, batch=1)  # type: ignore[arg-type]
+    sink.write("first\n")  # a batch of its own (batch=1): the thread takes it and sticks
+    assert await asyncio.to_thread(stream.writing.wait, 5)
+    for i in range(50):  # 10 characters each: 9 fit beside "first\n" in the limit
         sink.write(f"line-{i:04}\n")
     # Had write() waited for the stuck stream, the gate's 10 s would have passed and "first"
     # would be written by now.
-    assert stream.written == [] and sink.dropped == 40
+    assert stream.written == [] and sink.dropped == 41
     stream.gate.set()
-    sink.close()
-    assert lines_of(stream) == ["first", *(f"line-{i:04}" for i in range(10))]
+    await sink.aclose()
+    assert lines_of(stream) == ["first", *(f"line-{i:04}" for i in range(9))]
 
 
-def test_close_gives_up_on_a_stuck_reader_after_its_timeout() -> None:
+async def test_close_gives_up_on_a_stuck_reader_after_its_timeout() -> None:
     stream = GatedStream()
-    sink = AccessLogSink(stream)  # type: ignore[arg-type]
+    sink = AccessLogSink(stream, batch=1)  # type: ignore[arg-type]
     sink.write("x\n")
-    assert stream.writing.wait(5)
-    sink.close(timeout=0.2)
-    assert stream.written == []  # close() returned without waiting out the gate's 10 s
+    assert await asyncio.to_thread(stream.writing.wait, 5)
+    await sink.aclose(timeout=0.2)
+    assert stream.written == []  # aclose() returned without waiting out the gate's 10 s
     stream.gate.set()  # let the thread end
 
 
-def test_a_broken_stream_drops_and_counts_without_raising() -> None:
+async def test_a_broken_stream_drops_and_counts_without_raising() -> None:
     stream = GatedStream(fail=True)
-    sink = AccessLogSink(stream)  # type: ignore[arg-type]
+    sink = AccessLogSink(stream, batch=1)  # type: ignore[arg-type]
     sink.write("a\n")
     sink.write("b\n")
-    sink.close()
+    await sink.aclose()
     assert sink.dropped == 2 and stream.written == []
 
 

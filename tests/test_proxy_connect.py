@@ -106,15 +106,23 @@ async def tunnel(port: int, authority: str, after: bytes = b""
 
 
 async def settled(proxy: ProxyProcess) -> None:
-    """No client connection, no request in flight: nothing was left behind."""
+    """No client connection, no request in flight, every request counted also logged (the
+    log is written in batches after the count): nothing was left behind, and a test that
+    counts access-log lines from here counts only its own."""
     def idle(stats: dict[str, object]) -> bool:
         pools = stats["upstream_pools"]
         assert isinstance(pools, list)
         return stats["connections_active"] == 0 and all(
             p["active_requests"] == 0 for p in pools)
 
+    async def all_logged() -> bool:
+        text = await proxy.metrics()
+        return len(access_log(proxy)) == (metric_value(text, "ami_requests_total")
+                                          + metric_value(text, "ami_tcp_connections_closed_total"))
+
     end = time.monotonic() + DEADLINE
-    while not idle(stats := await proxy.stats()):
+    while not (idle(stats := await proxy.stats())
+               and (not stats["access_log"] or await all_logged())):
         assert time.monotonic() < end, stats
         await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
 
@@ -154,6 +162,7 @@ async def test_grpc_app_with_proxy_variable_reaches_the_service(mesh: Mesh,
     only the tunnel reaches it.)"""
     before = metric_value(await mesh.client.metrics(), "ami_requests_total",
                           destination_service="reviews", grpc_response_status="0")
+    await settled(mesh.client)
     calls_before, h2_logged = mesh.app.calls, len(h2_lines(mesh.client))
     result = await asyncio.to_thread(run_app, variable,
                                      f"http://127.0.0.1:{mesh.client.outbound}")
@@ -222,6 +231,7 @@ async def test_curl_proxytunnel(mesh: Mesh) -> None:
 async def test_route_policy_applies_inside_the_tunnel(mesh: Mesh) -> None:
     """The route's rules hold in the tunnel (a fault on `/blocked`), and a request naming
     another host is routed by its own Host: to `other` (no fault there), or `no_route`."""
+    await settled(mesh.client)
     logged = len(access_log(mesh.client))
     reader, writer = await tunnel(mesh.client.outbound, "echo:80")
     answers = []
@@ -264,6 +274,7 @@ async def test_requests_pipelined_before_the_connect_are_answered_first(mesh: Me
 async def test_tls_inside_the_tunnel_is_refused(mesh: Mesh) -> None:
     """An app starting TLS in a tunnel to a mesh service gets its connection closed, never
     a byte of it passed on; the proxy logs why and counts `tls_in_tunnel`."""
+    await settled(mesh.client)
     logged = len(access_log(mesh.client))
     _, writer = await tunnel(mesh.client.outbound, "echo:443")
     ctx = ssl.create_default_context()

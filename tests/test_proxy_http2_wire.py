@@ -527,6 +527,10 @@ async def test_a_malformed_request_resets_its_stream_alone(
     before = len(upstream.requests())
     flag = "bad_request" if case in ANSWERED else "downstream_protocol_error"
     counted = await _count(proxy, "ami_requests_total", response_flags=flag)
+    # every request counted so far is logged (the log is written in batches after the count):
+    # the next line with this word is this case's own
+    await eventually(lambda: len(logged_with(proxy, flag)) == counted,
+                     what="the earlier cases' lines logged")
     logged = len(logged_with(proxy, flag))
     peer = await Peer.open(proxy.outbound)
     try:
