@@ -80,7 +80,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh.control_plane()
         sidecars = {service: mesh.sidecar(service, app=mesh.backend(service).info["address"])
                     for service in ("reviews", "ratings")}
-        mesh.apply(ROUTE)
+        mesh.apply_synced(ROUTE)
         mesh.wait_synced(20)
         yield Mesh(mesh.tmp, mesh.cp, sidecars)
 

@@ -45,7 +45,7 @@ class Mesh(meshbuilder.Mesh):
             app = self.apps[version] = start_backend(self.hub, version=version)
             self.sidecars[version] = self.sidecar("reviews", version, app=app.address)
         self.web = self.sidecars["web"] = self.sidecar("web")
-        self.apply(POLICY)
+        self.apply_synced(POLICY)
         self.wait_synced()
         self.wait_certified(30)
         return self

@@ -115,8 +115,7 @@ def test_a_route_change_reaches_a_proxy_as_a_delta(mesh: DeltaMesh) -> None:
     """The proxy that takes deltas gets the change as one, a fraction of the full snapshot its
     replica built before deltas gets; both run the same config, byte for byte."""
     before = mesh.counters()
-    apply_yaml(mesh.cp, reviews_split(50, 50))
-    mesh.wait_synced()
+    mesh.apply_synced(reviews_split(50, 50))
     wait_for(mesh.same_config, 20, "both replicas on the new route")
     after = mesh.counters()
     assert grew(before, after, "pushed") == 2 and grew(before, after, "pushed_deltas") == 1
@@ -247,15 +246,13 @@ def test_after_a_restart_the_first_change_goes_as_a_delta(mesh: DeltaMesh) -> No
     wait_for(mesh.same_config, 20, "both replicas on one config after the restart")
     before = mesh.counters()
     assert before.get("pushed") == 0, before
-    apply_yaml(mesh.cp, reviews_split(70, 30))
-    mesh.wait_synced()
+    mesh.apply_synced(reviews_split(70, 30))
     wait_for(mesh.same_config, 20, "both replicas on the route after the restart")
     after = mesh.counters()
     assert grew(before, after, "pushed_deltas") == 1 and grew(before, after, "pushed") == 2
     assert 0 < grew(before, after, "pushed_bytes_delta") \
         < grew(before, after, "pushed_bytes_full") / 4
     assert grew(before, after, "delta_fallbacks") == 0
-    apply_yaml(mesh.cp, reviews_split(60, 40))
-    mesh.wait_synced()
+    mesh.apply_synced(reviews_split(60, 40))
     wait_for(mesh.same_config, 20, "both replicas on the next route")
     assert grew(after, mesh.counters(), "pushed_deltas") == 1

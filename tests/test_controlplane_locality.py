@@ -40,7 +40,7 @@ class Zones(Mesh):
             app = self.apps[zone] = start_backend(self.hub, version=zone)
             self.sidecar("api", app=app.address, extra=["--locality", f"r1/{zone}"])
         self.client = self.sidecar("web", extra=["--locality", "r1/a"])
-        self.apply(POLICY)
+        self.apply_synced(POLICY)
         self.wait_synced()
         return self
 
@@ -103,7 +103,7 @@ def test_a_mesh_wide_setting_applies_where_the_policy_sets_none(mesh: Zones) -> 
     wait_for(lambda: mesh.zone() == "a", 15, "the policy's own setting in force")
     assert mesh.zones(20) == {"a": 20}
     apply_yaml(mesh.cp, MESH % "{}")
-    apply_yaml(mesh.cp, POLICY)
+    mesh.apply_synced(POLICY)  # (a wait on all_synced alone could pass before the write)
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 30,
              "all proxies synced")
     assert mesh.zones(20) == {"a": 20}

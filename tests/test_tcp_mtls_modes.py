@@ -17,7 +17,6 @@ from tests.helpers_mesh import (
     PYTHON,
     MeshProcess,
     all_synced,
-    apply_yaml,
     free_port,
     http_get,
     http_json,
@@ -92,7 +91,7 @@ class ModesMesh(Mesh):
 
     def mode(self, mode: str) -> None:
         """Set the mesh's mTLS mode; returns once every sidecar of the control plane runs it."""
-        self.apply(mesh_config(mtls=mode))
+        self.apply_synced(mesh_config(mtls=mode))
         self.wait_synced(20)
 
     def connect(self, via: str = "web", service: str = "db") -> socket.socket:
@@ -146,7 +145,7 @@ def test_a_plaintext_connection_has_no_identity_to_authorize(mesh: ModesMesh) ->
     """As for a plaintext HTTP request: an ALLOW `from` web admits web's mTLS connection and
     not legacy's plaintext one, which is closed unanswered and counted `not_authorized`."""
     mesh.mode("PERMISSIVE")
-    apply_yaml(mesh.cp, ALLOW_WEB)
+    mesh.apply_synced(ALLOW_WEB)
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "sidecars synced")
     try:
         with mesh.connect("legacy") as sock:
@@ -162,6 +161,7 @@ def test_a_plaintext_connection_has_no_identity_to_authorize(mesh: ModesMesh) ->
             f"{mesh.cp.info['api']}/api/v1/namespaces/default/authorizationpolicies/db-access",
             "DELETE", token=mesh.cp.info["token"])
         assert status == 200, body
+        mesh.sync(int(body["metadata"]["resourceVersion"]))  # the deletion's own revision
         wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "sidecars synced")
 
 

@@ -51,8 +51,10 @@ class TcpMesh(Mesh):
         return socket.create_connection(("127.0.0.1", self.local), timeout=TIMEOUT)
 
     def apply(self, *docs: str) -> int:
-        """Apply and wait until every sidecar is synced."""
+        """Apply and wait until every sidecar runs it (the store revision it made: right
+        after the write, the proxies may not even be marked yet, and look synced)."""
         revision = super().apply(*docs)
+        self.sync(revision)
         self.wait_synced(20)
         return revision
 
@@ -61,6 +63,8 @@ class TcpMesh(Mesh):
             f"{self.cp.info['api']}/api/v1/namespaces/default/{kind}/{name}",
             "DELETE", token=self.cp.info["token"])
         assert status in (200, 404), body
+        if status == 200:  # the deletion's own store revision
+            self.sync(int(body["metadata"]["resourceVersion"]))
         self.wait_synced(20)
 
 
