@@ -17,9 +17,9 @@ from meshctl.api import mesh_pb2
 from meshctl.api.delta import apply_delta
 from meshctl.api.resources import load_documents
 from meshctl.controlplane.memstore import MemStore
-from meshctl.controlplane.reach import UNREAD, RegistryFacts
+from meshctl.controlplane.reach import RegistryFacts
 from meshctl.controlplane.reconcile import Reconciler
-from meshctl.controlplane.registry import ProxyInfo, Registry
+from meshctl.controlplane.registry import SNAPSHOT_UNREAD, ProxyInfo, Registry
 from meshctl.controlplane.snapshots import SnapshotBuilder
 from tests.test_controlplane_reconcile import FakeClock
 
@@ -127,21 +127,21 @@ def test_unread_fields_reach_no_snapshot() -> None:
                                   gateways=[p for p in every if p.mode == "gateway"])
         return [builder.build(v).version for v in viewers + proxies]
 
-    assert set(UNREAD) == set(UNREAD_VALUES)
-    assert set(UNREAD) < {f.name for f in fields(ProxyInfo)}
+    assert set(SNAPSHOT_UNREAD) == set(UNREAD_VALUES)
+    assert set(SNAPSHOT_UNREAD) < {f.name for f in fields(ProxyInfo)}
     for field, value in UNREAD_VALUES.items():
         assert versions([replace(p, **{field: value}) for p in varied]) == versions(varied)
 
 
 def test_every_other_field_is_compared() -> None:
-    """A change of any field outside UNREAD makes its service's facts (or the mesh-wide ones)
-    differ, so the proxies that list the service are recomputed."""
+    """A change of any field outside SNAPSHOT_UNREAD makes its service's facts (or the
+    mesh-wide ones) differ, so the proxies that list the service are recomputed."""
     base = sidecar("api1", "api", "b", 4)
     values = {"name": "api9", "service": "web", "namespace": "a", "labels": {"v": "2"},
               "inbound": "127.0.0.1:6", "mode": "gateway", "trusted_gateway": True,
               "ready": False, "app_health": "not_serving", "app_protocol": "tcp",
               "locality": "eu/a", "app_port": 9443}
-    assert set(values) | set(UNREAD) == {f.name for f in fields(ProxyInfo)}
+    assert set(values) | set(SNAPSHOT_UNREAD) == {f.name for f in fields(ProxyInfo)}
     before = RegistryFacts.of([base], [], [])
     for field, value in values.items():
         after = RegistryFacts.of([replace(base, **{field: value})], [], [])

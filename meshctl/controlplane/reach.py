@@ -24,7 +24,7 @@ not missed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from meshctl.api.external import ExternalServiceSpec
@@ -32,17 +32,14 @@ from meshctl.api.kinds import RouteSpec
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.api.resources import Resource
 from meshctl.api.sidecar import Scope, SidecarSpec
-from meshctl.controlplane.registry import SNAPSHOT_UNREAD, ProxyInfo
+from meshctl.controlplane.registry import SNAPSHOT_READ, ProxyInfo
 from meshctl.controlplane.snapshots import SnapshotBuilder
-
-UNREAD = SNAPSHOT_UNREAD  # read by no snapshot (tests/test_snapshot_reach.py)
-_COMPARED = tuple(f.name for f in fields(ProxyInfo) if f.name not in UNREAD)
 
 Service = tuple[str, str]  # (name, namespace)
 
 
 def _facts(proxy: ProxyInfo) -> tuple[Any, ...]:
-    values = [getattr(proxy, f) for f in _COMPARED]
+    values = [getattr(proxy, f) for f in SNAPSHOT_READ]
     return tuple(tuple(sorted(v.items())) if isinstance(v, Mapping) else v for v in values)
 
 

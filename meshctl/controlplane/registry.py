@@ -71,7 +71,7 @@ class ProxyInfo:
                 and self.app_health != "not_serving")
 
 
-_SNAPSHOT_READ = tuple(f.name for f in fields(ProxyInfo) if f.name not in SNAPSHOT_UNREAD)
+SNAPSHOT_READ = tuple(f.name for f in fields(ProxyInfo) if f.name not in SNAPSHOT_UNREAD)
 
 
 @dataclass(slots=True)
@@ -163,7 +163,7 @@ class Registry:
         if updated != entry.info:
             # Without this, every certificate report made every proxy STALE in proxy-status
             # until a pass found that it reached nobody.
-            read = any(getattr(updated, f) != getattr(entry.info, f) for f in _SNAPSHOT_READ)
+            read = any(getattr(updated, f) != getattr(entry.info, f) for f in SNAPSHOT_READ)
             entry.info = updated
             self._changed(reaches_snapshots=read)
 
