@@ -432,3 +432,11 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def every_count_logged(exposition: str, logged: int) -> bool:
+    """Whether ``logged`` access-log lines are one per request and per TCP connection the
+    exposition counted: a proxy writes its log in batches after the count, so a test that
+    counts lines from a baseline waits for this first, then counts only its own."""
+    return logged == (metric_value(exposition, "ami_requests_total")
+                      + metric_value(exposition, "ami_tcp_connections_closed_total"))

@@ -33,6 +33,7 @@ from tests.proxyharness import (
     ProxyProcess,
     at_eof,
     eventually,
+    every_count_logged,
     free_port,
     get,
     metric_value,
@@ -116,9 +117,7 @@ async def settled(proxy: ProxyProcess) -> None:
             p["active_requests"] == 0 for p in pools)
 
     async def all_logged() -> bool:
-        text = await proxy.metrics()
-        return len(access_log(proxy)) == (metric_value(text, "ami_requests_total")
-                                          + metric_value(text, "ami_tcp_connections_closed_total"))
+        return every_count_logged(await proxy.metrics(), len(access_log(proxy)))
 
     end = time.monotonic() + DEADLINE
     while not (idle(stats := await proxy.stats())

@@ -20,7 +20,7 @@ from meshctl.ca import CertificateAuthority, init_ca
 from proxy.tcpflush import FLUSH_GRACE
 from proxy.tcpwire import FIN, HEADER, PREAMBLE, first_frame
 from tests.helpers_mesh import MeshProcess, wait_for
-from tests.proxyharness import ProxyProcess, free_port, metric_value
+from tests.proxyharness import ProxyProcess, every_count_logged, free_port, metric_value
 from tests.tcpapp import start_tcp_app
 from tests.test_mtls_static import TD, client_ctx, mint, start_proxy
 
@@ -86,12 +86,7 @@ class Db:
                 if line.startswith("{")]
 
     def all_logged(self) -> bool:
-        """Whether every connection and request the metrics counted has its access-log line:
-        the log is written in batches after the count, so a test that counts lines from here
-        counts only its own."""
-        text = self.metrics()
-        return len(self.log_lines()) == (metric_value(text, "ami_tcp_connections_closed_total")
-                                         + metric_value(text, "ami_requests_total"))
+        return every_count_logged(self.metrics(), len(self.log_lines()))
 
     def last_line_after(self, seen: int) -> dict[str, object]:
         """The last access-log line, once there are more than ``seen``."""
