@@ -19,7 +19,8 @@ def proxy_available() -> str | None:
     return None
 
 
-def one_hop_snapshot(outbound_port: int, admin_port: int, backend_port: int) -> dict[str, Any]:
+def one_hop_snapshot(outbound_port: int, admin_port: int, backend_port: int,
+                     access_log: bool = False) -> dict[str, Any]:
     """Outbound listener routing Host `backend` straight to the backend, admin/metrics on."""
     return {
         "version": "bench-1",
@@ -28,7 +29,7 @@ def one_hop_snapshot(outbound_port: int, admin_port: int, backend_port: int) -> 
             "outbound": f"127.0.0.1:{outbound_port}",
             "admin": f"127.0.0.1:{admin_port}",
         },
-        "mesh": {"mtls": "DISABLE", "accessLog": False},
+        "mesh": {"mtls": "DISABLE", "accessLog": access_log},
         "services": {
             BENCH_SERVICE: {
                 "namespace": "default",

@@ -52,6 +52,7 @@ class PathDef:
     build: Callable[[BuildContext], Topology]
     unavailable: Callable[[], str | None] = lambda: None
     h2: bool = False  # HTTP/2 (h2c) from the load generator: h2load instead of wrk
+    optional: bool = False  # run only when named in --paths (not in the default list or a group)
 
 
 def h2load_available() -> str | None:
@@ -113,6 +114,17 @@ def build_ami_1hop(ctx: BuildContext) -> Topology:
     )
     spec = ServerSpec(
         "ami-outbound", amiconf.proxy_argv(conf), ready_port=admin, ready_path="/ready"
+    )
+    return Topology((spec,), port)
+
+
+def build_ami_1hop_logged(ctx: BuildContext) -> Topology:
+    """`ami-1hop` with the access log on: a JSON line per request to the process's log file."""
+    port, admin = ctx.port(), ctx.port()
+    snapshot = amiconf.one_hop_snapshot(port, admin, ctx.backend_port, access_log=True)
+    conf = amiconf.write_snapshot(ctx.run_dir / "ami-1hop-logged.yaml", snapshot)
+    spec = ServerSpec(  # (its own name: the log file it writes is RUN_DIR/NAME.log)
+        "ami-outbound-logged", amiconf.proxy_argv(conf), ready_port=admin, ready_path="/ready"
     )
     return Topology((spec,), port)
 
@@ -213,6 +225,13 @@ PATHS: dict[str, PathDef] = {
             amiconf.proxy_available,
         ),
         PathDef(
+            "ami-1hop-logged",
+            "client -> ami outbound (access log on) -> backend",
+            build_ami_1hop_logged,
+            amiconf.proxy_available,
+            optional=True,
+        ),
+        PathDef(
             "ami-2hop-mtls",
             "client -> ami outbound -> mTLS -> ami inbound -> backend",
             build_ami_2hop_mtls,
@@ -255,3 +274,5 @@ PATHS: dict[str, PathDef] = {
         ),
     )
 }
+# What `--paths` runs when not given, in this order.
+DEFAULT_PATHS = [name for name, p in PATHS.items() if not p.optional]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from proxy.accessline import access_line
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
 
@@ -278,13 +278,9 @@ class Listener:
                 self.access_filter is None or self.access_filter(FilterView(status, reason))):
             # Hostile or broken input is what an operator greps the log for; the head was not
             # understood, so the request's own fields are null.
-            self._write({"start_time": conn.head_started or self.loop.time(),
-                         "listener": self.kind, "method": None, "path": None,
-                         "authority": None, "status": status, "reason": reason,
-                         "duration_ms": 0.0, "bytes_received": 0, "bytes_sent": sent,
-                         "request_id": None, "source": prefix[1],
-                         "destination_service": destination, "upstream": None,
-                         "protocol": None, "grpc_status": None})
+            self.access_log.write(access_line(
+                conn.head_started or self.loop.time(), self.kind, None, None, None, status,
+                reason, 0.0, 0, sent, None, prefix[1], destination, None, None, None))
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         from proxy.headers import service_from_authority
@@ -303,31 +299,15 @@ class Listener:
         return ("destination", "unknown", "unknown")
 
     def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
-        line = {
-            "start_time": ex.start_time,
-            "listener": self.kind,
-            "method": ex.method.decode("latin-1"),
-            "path": ex.path,
-            "authority": ex.authority,
-            "status": ex.status,
-            "reason": ex.flags,
-            "duration_ms": round(duration_ms, 3),
-            "bytes_received": ex.bytes_in,
-            "bytes_sent": ex.bytes_out,
-            "request_id": ex.header("x-request-id") or _added_request_id(ex),
-            "source": prefix[1],
-            "destination_service": prefix[3],
+        pool = ex.pool
+        self.access_log.write(access_line(  # type: ignore[union-attr]  # (the caller's test)
+            ex.start_time, self.kind, ex.method.decode("latin-1"), ex.path, ex.authority,
+            ex.status, ex.flags, round(duration_ms, 3), ex.bytes_in, ex.bytes_out,
+            _request_id(ex), prefix[1], prefix[3],
             # the endpoint this request went to (the last attempt's), not the subset's first
-            "upstream": str(ex.pool.address) if ex.pool is not None else None,
-            "protocol": ex.protocol,
+            pool.address_text if pool is not None else None, ex.protocol,
             # null unless a gRPC call got one
-            "grpc_status": ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
-        }
-        self._write(line)
-
-    def _write(self, line: dict[str, Any]) -> None:
-        if self.access_log is not None:  # its writer thread does the I/O
-            self.access_log.write(json.dumps(line, separators=(",", ":")) + "\n")
+            ex.grpc_status if ex.http2 else None))  # type: ignore[attr-defined]
 
     def refuse_plaintext(self, grace: float) -> None:
         """The mesh turned STRICT: no plaintext connection carries another request.
@@ -386,9 +366,16 @@ def _abort_all(conns: list[DownstreamProtocol]) -> None:
             conn.transport.abort()
 
 
-def _added_request_id(ex: Exchange) -> str | None:
-    """The x-request-id this proxy generated for a request that came without one."""
-    for line in ex.head_tail:
+def _request_id(ex: Exchange) -> str | None:
+    """The request's x-request-id: the client's, or the one this proxy added when it had none
+    (requesthead puts that line third in the head's tail, after the two forwarding ones)."""
+    tail = ex.head_tail
+    if len(tail) > 2 and tail[2].startswith(b"x-request-id: "):
+        return tail[2][14:].rstrip().decode("latin-1")
+    found = ex.header("x-request-id")
+    if found:
+        return found
+    for line in tail:  # (an exchange made elsewhere may put its lines in another order)
         if line.startswith(b"x-request-id: "):
             return line[14:].rstrip().decode("latin-1")
     return None

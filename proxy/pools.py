@@ -39,6 +39,7 @@ class EndpointPool:
     __slots__ = (
         "active_requests",
         "address",
+        "address_text",
         "breaker",
         "closes_quickly",
         "connect_timeout",
@@ -66,6 +67,7 @@ class EndpointPool:
     def __init__(self, loop: asyncio.AbstractEventLoop, address: Address) -> None:
         self.loop = loop
         self.address = address
+        self.address_text = str(address)  # host:port, as the access log names the endpoint
         self.idle: deque[UpstreamConnection] = deque()
         # HTTP/2 connections (requests that came over HTTP/2), each carrying many streams
         self.h2: list[H2UpstreamConnection] = []
