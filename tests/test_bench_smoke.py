@@ -270,6 +270,35 @@ def test_smoke_run_direct_path(tmp_path: Path) -> None:
     assert "direct" in proc.stdout
 
 
+def test_the_logged_path_runs_only_when_named() -> None:
+    from bench.__main__ import _parse
+
+    assert "ami-1hop-logged" not in _parse([]).paths.split(",")
+    h1 = _parse(["--paths", "h1"]).paths.split(",")
+    assert "ami-1hop" in h1 and "ami-1hop-logged" not in h1
+    assert _parse(["--paths", "nginx,ami-1hop-logged"]).paths == "nginx,ami-1hop-logged"
+
+
+def test_smoke_run_logged_path(tmp_path: Path) -> None:
+    """`--paths ami-1hop-logged`: the one-hop proxy writes an access log line per request."""
+    missing = missing_tools(("nginx", "wrk"))
+    if missing and os.environ.get("AMI_REQUIRE_TOOLS") != "1":
+        pytest.skip(f"missing {', '.join(missing)}")
+    out, run_dir = tmp_path / "results.json", tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--paths", "ami-1hop-logged", "--duration", "1",
+         "--json", str(out), "--run-dir", str(run_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["paths"]["ami-1hop-logged"]["rps"] > 0
+    log = (run_dir / "ami-outbound-logged.log").read_text().splitlines()
+    lines = [json.loads(line) for line in log if line.startswith("{")]
+    assert len(lines) > 100  # the warm-up, wrk's run and the fixed-rate run, once stopped
+    assert {(line["listener"], line["status"], line["destination_service"])
+            for line in lines} == {("outbound", 200, "backend")}
+
+
 H2_PATHS = ("nginx-h2c", "nginx-h2-proxy", "nginx-pair-h2-mtls", "ami-1hop-h2", "ami-2hop-h2-mtls")
 
 
@@ -307,8 +336,15 @@ def test_smoke_run_h2_paths(tmp_path: Path) -> None:
         assert path["protocol"] == "h2"
         assert path["rps"] > 0, name
         assert path["errors"] == 0, (name, path)
-        assert set(path["latency_ms"]) >= {"p50", "p90", "p99"}, name
         assert set(path["h2load_latency_ms"]) == {"min", "max", "mean", "sd"}, name
+        if name == "nginx-pair-h2-mtls" and not path["latency_ms"]:
+            # The reference can stall here: nginx's grpc_pass takes an upstream connection (an
+            # mTLS handshake) per stream in flight, and a burst at the start of a 1 s paced
+            # run can snowball on one core until no request completes in the measured second
+            # (docs/benchmarks.md, HTTP/2). Then the run must show the rate was not kept.
+            assert path["fixed_rate"]["achieved_rps"] < 900, path
+            continue
+        assert set(path["latency_ms"]) >= {"p50", "p90", "p99"}, name
     assert doc["paths"]["nginx-h2c"]["cpu_s_per_1000"] is None  # the backend itself
     assert doc["paths"]["ami-1hop-h2"]["cpu_s_per_1000"] > 0
     assert set(doc["ratios"]) == {
