@@ -24,7 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check proxy meshctl sample_apps tests bench
-	$(VENV)/bin/mypy proxy meshctl
+	$(VENV)/bin/mypy proxy meshctl bench
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -463,7 +463,7 @@ def _round_kb(size: dict[str, Any]) -> float | None:
     per = size.get("per_round", {})
     if "pushed_bytes_full" not in per:
         return None
-    return (per["pushed_bytes_full"] + per.get("pushed_bytes_delta", 0.0)) / 1024
+    return float(per["pushed_bytes_full"] + per.get("pushed_bytes_delta", 0.0)) / 1024
 
 
 def _f(value: float | None) -> str:
