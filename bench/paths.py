@@ -108,24 +108,20 @@ def build_nginx_pair_mtls(ctx: BuildContext) -> Topology:
 
 def build_ami_1hop(ctx: BuildContext) -> Topology:
     """client -> python -m proxy (outbound listener, metrics on) -> backend."""
-    port, admin = ctx.port(), ctx.port()
-    conf = amiconf.write_snapshot(
-        ctx.run_dir / "ami-1hop.yaml", amiconf.one_hop_snapshot(port, admin, ctx.backend_port)
-    )
-    spec = ServerSpec(
-        "ami-outbound", amiconf.proxy_argv(conf), ready_port=admin, ready_path="/ready"
-    )
-    return Topology((spec,), port)
+    return _one_hop(ctx, "ami-1hop", "ami-outbound", access_log=False)
 
 
 def build_ami_1hop_logged(ctx: BuildContext) -> Topology:
     """`ami-1hop` with the access log on: a JSON line per request to the process's log file."""
+    # (its own process name: the log file it writes is RUN_DIR/NAME.log)
+    return _one_hop(ctx, "ami-1hop-logged", "ami-outbound-logged", access_log=True)
+
+
+def _one_hop(ctx: BuildContext, config: str, process: str, *, access_log: bool) -> Topology:
     port, admin = ctx.port(), ctx.port()
-    snapshot = amiconf.one_hop_snapshot(port, admin, ctx.backend_port, access_log=True)
-    conf = amiconf.write_snapshot(ctx.run_dir / "ami-1hop-logged.yaml", snapshot)
-    spec = ServerSpec(  # (its own name: the log file it writes is RUN_DIR/NAME.log)
-        "ami-outbound-logged", amiconf.proxy_argv(conf), ready_port=admin, ready_path="/ready"
-    )
+    snapshot = amiconf.one_hop_snapshot(port, admin, ctx.backend_port, access_log=access_log)
+    conf = amiconf.write_snapshot(ctx.run_dir / f"{config}.yaml", snapshot)
+    spec = ServerSpec(process, amiconf.proxy_argv(conf), ready_port=admin, ready_path="/ready")
     return Topology((spec,), port)
 
 
