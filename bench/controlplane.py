@@ -212,7 +212,8 @@ class Plane:
 
     def wait_ready(self) -> None:
         try:
-            wait_http_ok(self.http_port, "/api/v1/proxies", alive=self.proc.alive)
+            wait_http_ok(self.http_port, "/api/v1/proxies", alive=self.proc.alive,
+                         host=f"127.0.0.1:{self.http_port}")
             wait_tcp(self.grpc_port, alive=self.proc.alive)  # listens after the CA is loaded
         except RuntimeError as exc:
             raise RuntimeError(f"meshctl serve: {exc}\n{self.proc.log_tail()}") from exc

@@ -80,14 +80,16 @@ def wait_http_ok(
     clock: Clock = time.monotonic,
     pause: Callable[[float], None] = time.sleep,
     h2: bool = False,
+    host: str = "backend",
 ) -> None:
     """Poll GET path until 200; raise RuntimeError at the deadline or if `alive()` turns False.
 
     `h2`: send the GET as HTTP/2 over cleartext (prior knowledge) instead of HTTP/1.1.
+    `host`: its Host header (a control plane answers only names it is known by).
     """
     end = clock() + deadline_s
     while True:
-        status = h2_status(port, path) if h2 else http_status(port, path)
+        status = h2_status(port, path) if h2 else http_status(port, path, host)
         if status == 200:
             return
         if not alive():

@@ -1,18 +1,59 @@
-"""`meshctl`: the command line of Ami. Each module in `meshctl.commands` adds its subcommands."""
+"""`meshctl`: the command line of Ami. Each module in `meshctl.commands` adds its subcommands;
+a run loads only the module of its command (`COMMAND_MODULES`)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
-import pkgutil
 import signal
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
-import meshctl.commands
+# The module of `meshctl.commands` that adds each command. A command loads its own module
+# only: `meshctl stat` is not kept waiting for what `demo` or `certs` import (aiohttp, grpc,
+# cryptography: ~500 modules in all, against ~250). tests/test_cli_startup.py holds this
+# table to what the modules register.
+COMMAND_MODULES = {
+    "bug-report": "bugreport", "canary": "canary", "certs": "certs",
+    "completion": "completion", "demo": "demo",
+    "diff": "diff", "stat": "observe", "edges": "observe", "routes": "observe", "top": "observe",
+    "tap": "observe", "check": "observe", "dashboard": "observe", "proxy-config": "proxyconfig",
+    "proxy-status": "proxystatus", "apply": "resources", "get": "resources",
+    "delete": "resources", "describe": "resources", "serve": "serve", "shift": "shift",
+    "validate": "validate", "schema": "validate", "version": "version",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _NoCommand(Exception):
+    """The command line names no command the table knows (or is not understood yet)."""
+
+
+class _CommandFinder(argparse.ArgumentParser):
+    """The global options and the command word, as the full parser would read them."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NoCommand(message)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    finder = _CommandFinder(add_help=False)
+    finder.add_argument("--control-plane")
+    finder.add_argument("--ca-file")
+    finder.add_argument("command", nargs="?")
+    finder.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        found, _ = finder.parse_known_args(list(argv))
+    except _NoCommand:
+        return None
+    command = found.command
+    return command if command in COMMAND_MODULES else None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with its command's subcommands only when it names one (else,
+    for help and errors, every command's)."""
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Operate an Ami service mesh.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -25,16 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "$AMI_CA_FILE, else ./certs/trust-bundle.pem if present, else the "
                              "system's)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(meshctl.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"meshctl.commands.{info.name}")
-        add = getattr(module, "add_parser", None)
-        if add is not None:
-            add(subparsers)
+    command = None if argv is None else _command_of(argv)
+    names = sorted(set(COMMAND_MODULES.values())) if command is None else [
+        COMMAND_MODULES[command]]
+    for name in names:
+        module = importlib.import_module(f"meshctl.commands.{name}")
+        module.add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["__complete"]:  # the shell asking for candidates (meshctl.completion)
+        from meshctl.completion import main as complete
+
+        return complete(argv[1:])
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl.controlplane.store import KIND_PLURALS, kind_for
+from meshctl.api.kindnames import KIND_PLURALS, kind_for
 
 DEFAULT_CONTROL_PLANE = "http://127.0.0.1:15080"
 

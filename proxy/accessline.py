@@ -9,6 +9,7 @@ it to that). The keys and their order are the documented ones (docs/proxy.md, Ac
 
 from __future__ import annotations
 
+import time
 from json.encoder import encode_basestring_ascii as _quote
 
 FIELDS = ("start_time", "listener", "method", "path", "authority", "status", "reason",
@@ -16,18 +17,38 @@ FIELDS = ("start_time", "listener", "method", "path", "authority", "status", "re
           "destination_service", "upstream", "protocol", "grpc_status")
 
 # Numbers by %r and %d (json writes a float as its repr), strings quoted and escaped by _quote.
-_LINE = ('{"start_time":%r,"listener":%s,"method":%s,"path":%s,"authority":%s,"status":%d,'
+_LINE = ('{"start_time":"%s","listener":%s,"method":%s,"path":%s,"authority":%s,"status":%d,'
          '"reason":%s,"duration_ms":%r,"bytes_received":%d,"bytes_sent":%d,"request_id":%s,'
          '"source":%s,"destination_service":%s,"upstream":%s,"protocol":%s,"grpc_status":%s}\n')
 
 
-def access_line(start_time: float, listener: str, method: str | None, path: str | None,
+# The last whole second formatted, and its text: the lines of one second format only their
+# milliseconds (strftime per line would be most of a line's cost).
+_second = -1
+_second_text = ""
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
+
+
+def wall_start(start: float) -> str:
+    """A start on the monotonic clock (``time.monotonic()``, the loop's) as the wall-clock
+    time it was, in RFC 3339 UTC with milliseconds (``2026-11-29T11:50:00.123Z``), as
+    Envoy's ``%START_TIME%``: what log pipelines parse and join with other logs."""
+    global _second, _second_text
+    stamp = int((time.time() - time.monotonic() + start) * 1000.0 + 0.5)  # ms, rounded
+    second = stamp // 1000
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return _second_text + _MILLIS[stamp - second * 1000]
+
+
+def access_line(start_time: str, listener: str, method: str | None, path: str | None,
                  authority: str | None, status: int, reason: str, duration_ms: float,
                  bytes_received: int, bytes_sent: int, request_id: str | None, source: str,
                  destination: str, upstream: str | None, protocol: str | None,
                  grpc_status: str | None) -> str:
-    """The line, newline included; a ``None`` is JSON ``null`` (a request refused before its
-    head was understood has no method, path or id; one answered locally has no upstream)."""
+    """The line, newline included; ``start_time`` is `wall_start`'s text; a ``None`` is JSON
+    ``null`` (a request refused before its head was understood has no method, path or id;
+    one answered locally has no upstream)."""
     return _LINE % (
         start_time, _quote(listener),
         "null" if method is None else _quote(method),

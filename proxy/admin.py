@@ -83,8 +83,9 @@ def admin_routes(server: ProxyServer) -> dict[tuple[str, str], Handler]:
     async def stats(_: Request) -> Response:
         body: dict[str, Any] = dict(server.stats.totals())
         body["upstream_pools"] = [
-            {"address": str(p.address), "version": p.version, "connections": p.connections,
-             "idle": len(p.idle), "active_requests": p.active_requests,
+            {"address": str(p.address), "service": p.service, "version": p.version,
+             "connections": p.connections, "idle": len(p.idle),
+             "active_requests": p.active_requests,
              **({"subset": p.subset} if p.subset is not None else {})}
             for p in server.pools
         ]
@@ -169,7 +170,7 @@ async def start_admin(server: ProxyServer, host: str, port: int, *,
     (a static proxy without one passes False: it never gets one, plaintext stays as cheap)."""
     admin = AdminServer(admin_routes(server), privileged=PRIVILEGED, token=token,
                         tls=(lambda: server.tls) if mtls else None, stats=server.stats,
-                        limits=server.options.limits)
+                        limits=server.options.limits, known_hosts=(host,))
     try:
         await admin.start(host, port)
     except OSError as exc:

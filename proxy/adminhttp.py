@@ -36,6 +36,7 @@ _MAX_BODY = 1 << 20
 # so a client opening thousands cannot take the descriptors the data path needs.
 MAX_ADMIN_CONNECTIONS = 256
 _LINGER = 2.0  # seconds a refused client has to close after its answer
+_BROWSER_HEADERS = frozenset({b"host", b"origin", b"sec-fetch-site"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,10 @@ class Request:
     peer: str = ""  # the client's IP address
     authorization: str = ""  # the Authorization header, if any
     peer_id: str | None = None  # the client's SPIFFE id over mTLS; None in plaintext
+    # Host, Origin and Sec-Fetch-Site (None: absent): a browser's page may not use loopback
+    host: str | None = None
+    origin: str | None = None
+    fetch_site: str | None = None
 
 
 @dataclass(slots=True)
@@ -77,11 +82,12 @@ class AdminServer:
     def __init__(self, routes: dict[tuple[str, str], Handler], *,
                  privileged: frozenset[tuple[str, str]] = frozenset(),
                  token: str = "", tls: Callable[[], TlsContexts | None] | None = None,
-                 stats: RequestStats | None = None, limits: Limits | None = None) -> None:
+                 stats: RequestStats | None = None, limits: Limits | None = None,
+                 known_hosts: tuple[str, ...] = ()) -> None:
         self.routes = routes
         self.privileged = privileged
         self.tls = tls
-        self.access = AdminAccess(token, self._own_id)
+        self.access = AdminAccess(token, self._own_id, known_hosts)
         self.stats = stats or RequestStats()
         self.limits = limits or Limits()
         self.connections: set[_AdminProtocol] = set()
@@ -118,7 +124,9 @@ class AdminServer:
 
     async def handle(self, request: Request) -> Response:
         if (request.method, request.path) in self.privileged:
-            refusal = self.access.refusal(request.peer, request.authorization, request.peer_id)
+            refusal = self.access.refusal(request.peer, request.authorization, request.peer_id,
+                                          host=request.host, origin=request.origin,
+                                          fetch_site=request.fetch_site)
             if refusal is not None:
                 return json_response(
                     {"error": f"{request.method} {request.path} is privileged: {refusal}",
@@ -161,6 +169,7 @@ class _AdminProtocol(asyncio.Protocol):
         self.peer_id: str | None = None
         self.url = b""
         self.authorization = b""
+        self.browser: dict[bytes, str] = {}  # host, origin, sec-fetch-site
         self.head_bytes = 0
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
@@ -242,8 +251,11 @@ class _AdminProtocol(asyncio.Protocol):
         if self.head_bytes > self.server.limits.max_header_bytes:
             self._refuse(json_response({"error": "request header section too large"}, 431))
             raise httptools.HttpParserCallbackError("header section too large")
-        if name.lower() == b"authorization":
+        lower = name.lower()
+        if lower == b"authorization":
             self.authorization = value
+        elif lower in _BROWSER_HEADERS:
+            self.browser[lower] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -258,7 +270,9 @@ class _AdminProtocol(asyncio.Protocol):
         target = urlsplit(self.url.decode("latin-1"))
         request = Request(self.parser.get_method().decode("latin-1"), target.path,
                           dict(parse_qsl(target.query)), bytes(self.body), self.peer,
-                          self.authorization.decode("latin-1"), self.peer_id)
+                          self.authorization.decode("latin-1"), self.peer_id,
+                          self.browser.get(b"host"), self.browser.get(b"origin"),
+                          self.browser.get(b"sec-fetch-site"))
         self.task = asyncio.get_running_loop().create_task(self._respond(request))
         self.server.tasks.add(self.task)
         self.task.add_done_callback(self.server.tasks.discard)

@@ -86,6 +86,20 @@ class Breaker:
                 return ex
         return None
 
+    def wake(self) -> None:
+        """Limits raised: queued requests that fit now open their connection."""
+        while self.pending and not self.connections_full():
+            waiter = self.pending.popleft()
+            waiter.take_connection(None)
+
+    def retire(self) -> None:
+        """Limits removed: the pools go without, and every queued request goes now."""
+        for pool in self.pools:
+            if pool.breaker is self:
+                pool.breaker = None
+        while self.pending:
+            self.pending.popleft().take_connection(None)
+
     def close_idle(self) -> bool:
         """Close one idle connection of this destination to make room for a new one (to
         another endpoint); True if that left a free slot for the caller."""
@@ -122,6 +136,9 @@ class DestinationRegistry:
         # The backends (service, route subset) in panic (minHealthPercent) as last computed:
         # across snapshots, so that a push during a panic does not count it again.
         self._panicking: set[tuple[str, str | None]] = set()
+        # Each service's destination_service label where it is not its name: the snapshot
+        # keys another namespace's `api` as `api` or `api.b`, its requests' label may be `api.a`
+        self._labels: dict[str, str] = {}
 
     def panicked(self, name: str, subset: str | None, now: bool) -> None:
         """A backend's panic state as just computed: counts an entry into panic."""
@@ -130,7 +147,8 @@ class DestinationRegistry:
             self._panicking.discard(key)
         elif key not in self._panicking:
             self._panicking.add(key)
-            self.stats.inc("ami_outlier_panics", (("destination_service", name),))
+            self.stats.inc("ami_outlier_panics",
+                           (("destination_service", self._labels.get(name, name)),))
 
     def get(self, name: str, subset: str | None = None) -> DestinationState:
         """The state of service ``name``, or of its ``subset`` that is a destination of its
@@ -143,21 +161,29 @@ class DestinationRegistry:
     def configure(self, name: str, pool_settings: ConnectionPool | None,
                   outlier: OutlierDetection | None, pools: tuple[EndpointPool, ...],
                   budget_percent: float, budget_min_per_second: float,
-                  subset: str | None = None) -> DestinationState:
-        state = self.get(name, subset)
-        if pool_settings is None:
-            state.breaker = None
+                  subset: str | None = None, label: str | None = None) -> DestinationState:
+        """``label``: the service's destination_service label, when not ``name``."""
+        if label is not None and label != name:
+            self._labels[name] = label
         else:
-            if state.breaker is None or state.breaker.limits != pool_settings:
-                old = state.breaker
-                state.breaker = Breaker(pool_settings)
-                if old is not None:  # keep in-flight accounting and waiters
-                    state.breaker.active = old.active
-                    state.breaker.pending = old.pending
-                    state.breaker.starting = old.starting
-            state.breaker.pools = pools
+            self._labels.pop(name, None)
+        state = self.get(name, subset)
+        breaker = state.breaker
+        if pool_settings is None:
+            if breaker is not None:
+                state.breaker = None
+                breaker.retire()
+        else:
+            if breaker is None:
+                breaker = state.breaker = Breaker(pool_settings)
+            breaker.pools = pools
             for pool in pools:
-                pool.breaker = state.breaker
+                pool.breaker = breaker
+            if breaker.limits != pool_settings:
+                # The same breaker, new limits: its in-flight counts and queue carry on (each
+                # request gives its slot back to the breaker it took it from).
+                breaker.limits = pool_settings
+                breaker.wake()
         if outlier is None or (outlier.consecutive_5xx_errors == 0
                                and outlier.consecutive_gateway_errors == 0):
             state.outlier = None
@@ -177,8 +203,9 @@ class DestinationRegistry:
     def _detector(self, name: str, s: OutlierDetection) -> OutlierDetector:
         def ejected(pool: Any) -> None:
             # the endpoint's version: which side of a canary is being ejected
-            self.stats.inc("ami_outlier_ejections", (("destination_service", name),
-                                                     ("destination_version", pool.version)))
+            self.stats.inc("ami_outlier_ejections",
+                           (("destination_service", self._labels.get(name, name)),
+                            ("destination_version", pool.version)))
 
         detector = _Detector(
             s.consecutive_5xx_errors, s.consecutive_gateway_errors, s.interval,

@@ -43,6 +43,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     honoured (uvloop treats every asyncio.Protocol instance as unbuffered).
     """
 
+    # What a request cut off by this connection's end is logged as: the client left, unless
+    # the proxy closed it at its drain deadline (Server.shutdown).
+    lost_reason = "downstream_disconnect"
+
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.loop = listener.loop
@@ -71,6 +75,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._parsing: Exchange | None = None
         self._paused = 0
         self._tunnel: UpstreamConnection | None = None
+        # the upgrade (or CONNECT) that opened the tunnel: its bytes are counted, and it is
+        # recorded (metrics, access log) when the tunnel ends, with the whole duration
+        self._tunnel_ex: Exchange | None = None
         self._tunnel_preamble: list[bytes] | None = None
         # CONNECT to a mesh service (proxy.meshtunnel): its authority once answered, then,
         # inside the tunnel, the authority of requests that name none
@@ -141,8 +148,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if not self.listener.admit(self):
             self.listener.stats.inc("ami_connections_refused", (("listener", self.listener.kind),))
             transport.write(local_reply("too_many_connections", close=True))  # type: ignore[attr-defined]
-            transport.close()
-            self.closed = True
+            if self in self.listener.refused:
+                self._linger()  # (the request it is about to send would reset a plain close)
+            else:
+                transport.close()
+                self.closed = True
             return
         if ssl_object is None and self.listener.reads_hello:
             from proxy import tlspassthrough
@@ -186,6 +196,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if self._lingering:
             return  # after a rejection: read and drop, so the client gets our answer
         if self._tunnel is not None:
+            self._tunnel_ex.bytes_in += len(data)  # type: ignore[union-attr]
             self._tunnel.write(bytes(data))
             return
         if self._tunnel_preamble is not None:
@@ -295,13 +306,21 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
+        tunnel_ex = self._tunnel_ex
+        if tunnel_ex is not None:
+            # The tunnel ended (either end closed, or the proxy at its drain deadline): the
+            # upgrade is recorded now, as Envoy logs an upgraded stream when it ends.
+            self._tunnel_ex = None
+            if self.lost_reason == "drain_timeout":
+                tunnel_ex.flags = "drain_timeout"
+            self.listener.record(tunnel_ex)
         for ex in (self.current, *self.pending):
             if ex is not None:
                 ex.abort()
                 if not ex.response_started or ex.flags == "-":
                     # Before the response, or in the middle of its body: either way the client
                     # did not get it all (a started response keeps the status it was sent with).
-                    ex.flags = "downstream_disconnect"
+                    ex.flags = self.lost_reason
                     self.listener.record(ex)
         self.current = None
         self.pending.clear()
@@ -374,8 +393,10 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         self._set_pause(_P_UPSTREAM, paused)
 
     def exchange_finished(self, ex: Exchange, tunnel: bool) -> None:
+        if tunnel:
+            return  # recorded when the tunnel ends (connection_lost)
         self.listener.record(ex)
-        if tunnel or self.closed:
+        if self.closed:
             return
         if ex is not self.current:
             return
@@ -418,26 +439,46 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def start_tunnel(self, conn: UpstreamConnection, rest: bytes) -> None:
+    def start_tunnel(self, conn: UpstreamConnection, rest: bytes, ex: Exchange) -> None:
         self._tunnel = conn
+        self._tunnel_ex = ex
         conn.tunnel_peer = self
         if conn.pool.tunnels is not None:  # an ExternalService's: closed if it is withdrawn
             conn.pool.tunnels.add(conn)
         if rest:
+            ex.bytes_out += len(rest)
             self.write(rest)
         if conn.early:  # a CONNECT tunnel's server spoke first: its bytes, in order
-            self.write(b"".join(conn.early))
+            early = b"".join(conn.early)
+            ex.bytes_out += len(early)
+            self.write(early)
             conn.early = []
             conn.pause_reading(False)
         preamble, self._tunnel_preamble = self._tunnel_preamble or [], None
         if preamble:
+            ex.bytes_in += sum(map(len, preamble))
             conn.writelines(preamble)
         self.current = None
         self._paused = 0
         if self.transport is not None:
             self.transport.resume_reading()
 
+    @property
+    def tunnel_request(self) -> Exchange | None:
+        """The request whose upgrade (or CONNECT) opened the tunnel open now, if any."""
+        return self._tunnel_ex if self._tunnel is not None else None
+
+    def end_tunnel(self, reason: str) -> None:
+        """Close the tunnel and the client's connection, recorded with ``reason``."""
+        if self._tunnel_ex is not None:
+            self._tunnel_ex.flags = reason
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.close()
+        self._close()
+
     def tunnel_write(self, data: bytes) -> None:
+        self._tunnel_ex.bytes_out += len(data)  # type: ignore[union-attr]
         self.write(data)
 
     def tunnel_closed(self) -> None:
@@ -506,6 +547,18 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self._close()
 
     def _reject(self, reason: str) -> None:
+        ex = self._parsing
+        if ex is not None:
+            # The body of a request whose head is in broke its framing (a bad chunk, a bad
+            # trailer): it can never complete.
+            self._parsing = None
+            if ex is self.current:
+                # Its head may be upstream already, which then waits for the rest: the
+                # attempt is dropped and the client answered now, not at the stream idle
+                # timeout (a response under way is cut short instead).
+                ex.malformed_body(reason)
+                return
+            self.pending.remove(ex)  # pipelined, never started: answered by the rejection
         if self.current is not None:
             # Keep responses in order: answer after the in-flight one, and read no more.
             self._error_after_current = reason

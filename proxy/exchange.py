@@ -11,16 +11,19 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from proxy import exchangepolicy as policy
+from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
 from proxy.reasons import NO_FLAGS, local_reply
 from proxy.responsehead import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
     FRAME_NONE,
+    UpstreamProtocolError,
     check_interim,
     client_head,
 )
 
 if TYPE_CHECKING:
+    from proxy.destinations import Breaker
     from proxy.downstream import DownstreamProtocol
     from proxy.pools import EndpointPool
     from proxy.routing import Backend, Decision
@@ -30,14 +33,13 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 _CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
-_MAX_REPLAY = 64 * 1024  # request body kept for retries; larger bodies are not retried
 
 
 class Exchange:
     """State of one request; created per request, so attributes live in slots."""
 
     __slots__ = (
-        "_attempt", "_attempt_timer", "_body_buffer", "_breaker_held", "_buffered",
+        "_attempt", "_attempt_timer", "_body_buffer", "_breaker", "_buffered",
         "_connect_task", "_failover_used", "_frame", "_fresh_retry_used", "_out", "_pool_held",
         "_replay", "_response_chunked_in", "_retry_timer", "_route_timeout", "_timer", "_tried",
         "_try_start",
@@ -88,7 +90,7 @@ class Exchange:
         self._fresh_retry_used = False
         self._failover_used = False
         self._pool_held = False
-        self._breaker_held = False
+        self._breaker: Breaker | None = None  # the breaker this request holds a slot of
         self._waiting = False
         self._attempt = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -133,17 +135,22 @@ class Exchange:
     _on_attempt_timeout = policy.on_attempt_timeout
     _on_timeout = policy.on_timeout
     stream_idle = policy.on_stream_idle
+    malformed_body = policy.on_malformed_body
     internal_error = policy.internal_error
     _drop_attempt = policy.drop_attempt
     _cancel_timers = policy.cancel_timers
 
     # --- header access for matchers ---------------------------------------------------------
     def header(self, name: str) -> str | None:
-        """First value of a request header (name lower-case); linear scan, headers are few."""
+        """First value of a request header (name lower-case); linear scan, headers are few.
+
+        Trimmed: llhttp drops the whitespace before a value but not after it, and RFC 9110
+        5.5 makes neither part of it, so `x-user: jason ` matches a rule on `jason`, as the
+        app reads it. (Trimmed here, where rules read values, not per header parsed.)"""
         key = name.encode("latin-1")
         for n, v in self.headers:
             if len(n) == len(key) and n.lower() == key:
-                return v.decode("latin-1")
+                return v.decode("latin-1").strip(" \t")
         return None
 
     def dispatch(self) -> None:
@@ -154,11 +161,11 @@ class Exchange:
         self.backend = backend
         state = backend.state
         breaker = state.breaker if state is not None else None
-        if breaker is not None and not self._breaker_held:
+        if breaker is not None and self._breaker is None:
             if not breaker.try_start():
                 self._overflow(backend)
                 return
-            self._breaker_held = True
+            self._breaker = breaker
         tried = self._tried
         if tried is not None:
             pool = backend.pick_untried_endpoint(tried, self)
@@ -373,6 +380,8 @@ class Exchange:
             check_interim(conn, status, self.upgrade)  # raises unless a head-only 1xx
             self.interim = True  # 100/103 from upstream: we already answered Expect ourselves
             return False
+        if status > 599:
+            raise UpstreamProtocolError(f"status {status}")  # (RFC 9110 15: 100 to 599)
         decision = self.decision
         backend = self.backend
         pool = self.pool
@@ -385,7 +394,8 @@ class Exchange:
             self._attempt_timer.cancel()
             self._attempt_timer = None
         if (decision is not None and decision.retry is not None
-                and decision.retry.retriable_status(status) and self._may_retry()):
+                and decision.retry.retriable_status(status)
+                and not policy.rate_limited(conn.header_pairs()) and self._may_retry()):
             conn.abort()  # drop this answer; the body that follows is discarded with the socket
             self.conn = None
             self._release_pool()
@@ -405,6 +415,10 @@ class Exchange:
         head, self._frame = client_head(
             conn, status, self.method == b"HEAD" or status == 204 or status == 304,
             self.http10, keep_alive, self.response_edits)  # (head_only, http10, ..., edits)
+        if len(head) > conn.pool.max_head_bytes:
+            # A head that arrived whole in a read or two; one spread over more reads is
+            # caught as it comes (UpstreamConnection.data_received).
+            raise UpstreamProtocolError(f"response head of {len(head)} bytes")
         if not keep_alive or self._frame == FRAME_CLOSE:
             # The head says `connection: close`, or an HTTP/1.0 client reads the body until
             # close: either way the connection ends with this response.
@@ -456,7 +470,7 @@ class Exchange:
                 self._pool_held = False
                 pool.active_requests -= 1
         if (self._timer is None and self._attempt_timer is None and self._retry_timer is None
-                and not self._breaker_held):
+                and self._breaker is None):
             self.downstream.exchange_finished(self, False)  # (finish, with nothing to undo)
         else:
             self.finish()
@@ -478,7 +492,7 @@ class Exchange:
         conn.exchange = None
         self._release_pool()
         self.flush_out()
-        self.downstream.start_tunnel(conn, rest)
+        self.downstream.start_tunnel(conn, rest, self)  # (kept: recorded at the end; revoke.py)
         self.finish(tunnel=True)
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
@@ -526,13 +540,12 @@ class Exchange:
             self.request_done = True
         close = not self.request_done or not self.client_keep_alive or self.downstream.draining
         head = self.method == b"HEAD"
-        edits = self.response_edits
-        if edits is not None and edits.local:
-            # A CORS rule's allow headers: the browser may read this answer too (a 503 or a
-            # 504 from here, not a network error), as with Envoy's CORS filter.
-            extra_headers = (*extra_headers, *edits.local)
+        # The routed rule's response edits apply to this answer too (a 504 `timeout`, an
+        # `overflow`, a fault's abort...), as Envoy's route response_headers_to_add do to the
+        # router's local replies; a CORS rule's allow headers with them: the browser may read
+        # this answer too (not a network error), as with Envoy's CORS filter.
         data = local_reply(reason, status=status, close=close, extra_headers=extra_headers,
-                           head=head)
+                           head=head, edits=self.response_edits)
         from proxy.reasons import REASONS, body_length
 
         self.status = status or REASONS[reason][0]
@@ -555,11 +568,10 @@ class Exchange:
         if self._timer is not None or self._attempt_timer is not None \
                 or self._retry_timer is not None:
             self._cancel_timers()
-        if self._breaker_held:
-            self._breaker_held = False
-            if self.backend is not None and self.backend.state is not None \
-                    and self.backend.state.breaker is not None:
-                self.backend.state.breaker.finish()
+        breaker = self._breaker
+        if breaker is not None:
+            self._breaker = None
+            breaker.finish()
         self.downstream.exchange_finished(self, tunnel)
 
     def _release_pool(self) -> None:
@@ -572,9 +584,8 @@ class Exchange:
         self._cancel_timers()
         self._drop_attempt()
         self._release_pool()
-        if self._breaker_held:
-            self._breaker_held = False
-            if self.backend is not None and self.backend.state is not None \
-                    and self.backend.state.breaker is not None:
-                self.backend.state.breaker.finish()
+        breaker = self._breaker
+        if breaker is not None:
+            self._breaker = None
+            breaker.finish()
 

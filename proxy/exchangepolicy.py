@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from proxy.reasons import REASON_HEADER
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -20,7 +22,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("ami.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+MAX_REPLAY = 64 * 1024  # request body kept for retries; larger bodies are not retried
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def rate_limited(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer is a sidecar's rate-limit refusal (`x-ami-reason: rate_limited`,
+    the destination's inbound sidecar's 429, or its gRPC UNAVAILABLE). Such an answer is
+    never retried, whatever `retryOn` says, as Envoy never retries one carrying
+    `x-envoy-ratelimited`: a retry only adds load to a destination that asked for less.
+    Called only for an answer that would be retried, so other answers pay nothing."""
+    return any(value.strip() == b"rate_limited" and name.lower() == REASON_HEADER
+               for name, value in headers)
 
 
 def internal_error(ex: Exchange) -> None:
@@ -123,7 +136,13 @@ def proceed(ex: Exchange) -> None:
         if (ex.method in IDEMPOTENT or retry.allow_non_idempotent
                 or (ex.http2 and retry.grpc_codes and ex.grpc)):  # type: ignore[attr-defined]
             # (A route that names gRPC conditions retries gRPC calls, all POSTs, as Envoy.)
-            ex._replay = []
+            # The body that came during a fault delay is held for the first try: a retry
+            # must resend it too.
+            held = ex._body_buffer
+            if not held:
+                ex._replay = []
+            elif ex.bytes_in <= MAX_REPLAY:
+                ex._replay = list(held)
     mirror = decision.mirror
     if mirror is not None and mirror.roll():
         if ex.http2:  # an HTTP/2 copy of an HTTP/2 request (gRPC servers speak nothing else)
@@ -140,7 +159,8 @@ def proceed(ex: Exchange) -> None:
 def count(ex: Exchange, name: str, kind: str | None = None) -> None:
     """Count a policy event against the destination service."""
     backend = ex.backend or (ex.decision.backends[0] if ex.decision else None)
-    service = backend.service if backend is not None else "unknown"
+    # (the backend's destination_service label, as its requests': `api.a`, not the key `api`)
+    service = backend.metric_prefix[3] if backend is not None else "unknown"
     labels: tuple[tuple[str, str], ...] = (("destination_service", service),)
     if kind is not None:
         labels += (("kind", kind),)
@@ -169,13 +189,14 @@ def upstream_error(ex: Exchange, conn: UpstreamConnection, reason: str) -> None:
     ex._attempt_failed("reset", reason)
 
 
-def attempt_failed(ex: Exchange, kind: str, reason: str) -> None:
-    """An attempt ended without a response: retry if declared and allowed, else reply."""
+def attempt_failed(ex: Exchange, kind: str, reason: str, asked: bool = True) -> None:
+    """An attempt ended without a response: retry if declared and allowed, else reply.
+    `asked`: the endpoint was asked (connected or connecting), so the failure is its own."""
     if ex._attempt_timer is not None:
         ex._attempt_timer.cancel()
         ex._attempt_timer = None
     backend = ex.backend
-    if backend is not None and ex.pool is not None:
+    if asked and backend is not None and ex.pool is not None:
         if backend.outlier is not None:
             backend.outlier.record(ex.pool, None)
         if backend.ewma is not None:
@@ -272,8 +293,11 @@ def retry_now(ex: Exchange) -> None:
 def on_attempt_timeout(ex: Exchange) -> None:
     """Per-try timeout: give up on this attempt (the request may still be retried)."""
     ex._attempt_timer = None
+    # Spent waiting for a connection (the breaker's queue), the try asked no endpoint: its
+    # outlier detection and latency do not count it, as Envoy's do not.
+    asked = ex.conn is not None or ex._connect_task is not None
     ex._drop_attempt()
-    ex._attempt_failed("timeout", "timeout")
+    ex._attempt_failed("timeout", "timeout", asked)
 
 
 @guarded
@@ -300,6 +324,15 @@ def on_stream_idle(ex: Exchange) -> None:
     ex._release_pool()
     client_stalled = not ex.request_done and not ex.response_started
     ex.reply("stream_idle_timeout", status=408 if client_stalled else None)
+
+
+def on_malformed_body(ex: Exchange, reason: str) -> None:
+    """The client's body broke its framing after the head was in (the head may be upstream
+    already): the attempt is dropped and the client answered `reason` (400), the connection
+    then closed; a response already under way is cut short."""
+    ex._drop_attempt()
+    ex._release_pool()
+    ex.reply(reason)
 
 
 def _record_unanswered(ex: Exchange) -> None:

@@ -12,10 +12,18 @@ Envoy's HTTP/1 codec does by default); a gRPC call, which needs them, is refused
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from proxy.exchange import _CRLF, _LAST_CHUNK, _MAX_REPLAY
-from proxy.responsehead import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, FRAME_NONE
+from proxy.exchange import _CRLF, _LAST_CHUNK
+from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
+from proxy.responsehead import (
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    UpstreamProtocolError,
+)
 
 if TYPE_CHECKING:
     from proxy.h2exchange import H2Exchange
@@ -55,6 +63,18 @@ def h1_request_head(ex: H2Exchange, pool: EndpointPool) -> bytes:
     decision = ex.decision
     if decision is not None and decision.request_headers is not None:
         headers = decision.request_headers.edit_pairs(headers)
+    _field_lines(headers, parts)
+    parts.extend(ex.head_tail)
+    if ex.chunk_h1:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if pool.tls is not None:
+        parts.append(ex.downstream.listener.peer_line)  # see Exchange._upstream_head
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def _field_lines(headers: Iterable[tuple[bytes, bytes]], parts: list[bytes]) -> None:
+    """HTTP/2 fields as HTTP/1.1 header lines, appended to ``parts``."""
     cookies: list[bytes] = []
     for name, value in headers:
         if name == b"cookie":
@@ -63,11 +83,19 @@ def h1_request_head(ex: H2Exchange, pool: EndpointPool) -> bytes:
             parts.append(name + b": " + value + _CRLF)
     if cookies:
         parts.append(b"cookie: " + b"; ".join(cookies) + _CRLF)
-    parts.extend(ex.head_tail)
-    if ex.chunk_h1:
+
+
+def copy_head(headers: Headers, chunked: bool) -> bytes | None:
+    """A request's upstream fields as `H2Exchange._upstream_headers` makes them (the four
+    pseudo-headers first) as an HTTP/1.1 head, for a mirrored copy to an endpoint that speaks
+    HTTP/1.1 only; None when a request line cannot carry them."""
+    method, path = headers[0][1], headers[3][1]
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(path):
+        return None
+    parts = [method + b" " + path + b" HTTP/1.1\r\nhost: " + headers[2][1] + _CRLF]
+    _field_lines(headers[4:], parts)
+    if chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
-    if pool.tls is not None:
-        parts.append(ex.downstream.listener.peer_line)  # see Exchange._upstream_head
     parts.append(_CRLF)
     return b"".join(parts)
 
@@ -78,7 +106,7 @@ def send_h1(ex: H2Exchange, conn: UpstreamConnection) -> None:
     conn.send(ex, h1_request_head(ex, conn.pool))
     held = ex._replay or ex._body_buffer
     if held:
-        conn.writelines(_chunks(held) if ex.chunk_h1 else held)
+        conn.writelines(chunks(held) if ex.chunk_h1 else held)
         if ex._replay and ex.bytes_in > _MAX_REPLAY:
             ex._replay = None  # sent whole once more; too large for another retry
     if ex._body_buffer is not None:
@@ -89,7 +117,7 @@ def send_h1(ex: H2Exchange, conn: UpstreamConnection) -> None:
         conn.write(_LAST_CHUNK)
 
 
-def _chunks(parts: list[bytes]) -> list[bytes]:
+def chunks(parts: list[bytes]) -> list[bytes]:
     """`parts` as chunks; an empty one (an empty DATA frame) is none: it would be the
     last-chunk marker, ending the body early (the rest read as the next request)."""
     out: list[bytes] = []
@@ -103,7 +131,7 @@ def h1_request_chunk(ex: H2Exchange, chunk: bytes) -> None:
     """A chunk of a body of unknown length, on its way to the HTTP/1.1 upstream (the replay
     and the mirror keep it as it came)."""
     if not chunk:
-        return  # an empty DATA frame: no chunk (see _chunks)
+        return  # an empty DATA frame: no chunk (see chunks)
     conn = ex.conn
     assert conn is not None
     ex.bytes_in += len(chunk)
@@ -138,6 +166,9 @@ def h1_response_head(ex: H2Exchange, conn: UpstreamConnection, status: int) -> b
     length = conn.content_length
     if length is not None and not conn.transfer_encoding and status not in (204, 304):
         out.append((b"content-length", length.strip()))
+    if sum(len(n) + len(v) + 4 for n, v in out) > conn.pool.max_head_bytes:
+        # As Exchange.upstream_headers for an HTTP/1.1 client: a complete head over the limit
+        raise UpstreamProtocolError("response head over the size limit")
     ex._frame = (FRAME_NONE if head_only else FRAME_CHUNKED if conn.transfer_encoding
                  else FRAME_LENGTH if length is not None else FRAME_CLOSE)
     ex.response_started = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import h2.events as ev
@@ -170,6 +171,8 @@ class H2Stream:
 
 class H2DownstreamProtocol(asyncio.Protocol):
     """An HTTP/2 client connection: streams in, exchanges out, flow control both ways."""
+
+    lost_reason = "downstream_disconnect"  # (as DownstreamProtocol's)
 
     def __init__(self, listener: Listener, h1: DownstreamProtocol) -> None:
         self.listener = listener
@@ -340,7 +343,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
                 ex = stream.exchange
                 if not stream.out.ended and (
                         ex is None
-                        or self.loop.time() - ex.start_time < _PREMATURE_RESET_LIFETIME):
+                        or monotonic() - ex.start_time < _PREMATURE_RESET_LIFETIME):
                     self.premature_resets += 1
                 self._client_gone(stream)
                 self._check_resets()
@@ -382,7 +385,8 @@ class H2DownstreamProtocol(asyncio.Protocol):
         stream = H2Stream(self, event.stream_id)
         self.streams[event.stream_id] = stream
         ended = event.stream_ended is not None
-        ex = exchange_from_headers(stream, event.headers, now, ended)
+        # (its start on the monotonic clock itself, as HTTP/1.1's: proxy.requesthead)
+        ex = exchange_from_headers(stream, event.headers, monotonic(), ended)
         if isinstance(ex, str):
             self._refuse(stream, ex, (b":method", b"HEAD") in event.headers)
             return
@@ -491,7 +495,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
             return
         ex.abort()
         if not ex.response_started or ex.flags == "-":
-            ex.flags = "downstream_disconnect"
+            ex.flags = self.lost_reason
             self.listener.record(ex)
 
     # --- used by streams --------------------------------------------------------------------

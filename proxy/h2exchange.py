@@ -12,13 +12,16 @@ a trailers-only response whose `grpc-status` maps the HTTP status as gRPC's own 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from proxy import h2downgrade as downgrade
-from proxy.exchange import _LAST_CHUNK, _MAX_REPLAY, Exchange
+from proxy.exchange import _LAST_CHUNK, Exchange
+from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
+from proxy.exchangepolicy import rate_limited
 from proxy.h2upstream import Http1Answer
-from proxy.reasons import REASON_HEADER, REASONS
+from proxy.reasons import REASON_HEADER, REASONS, edited_local_headers
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
@@ -32,6 +35,10 @@ _GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 50
 # (not UNAVAILABLE, which clients would retry in vain).
 _GRPC_OF_REASON = {"protocol_mismatch": 12}
 _GRPC_INTERNAL = 13
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+# What a route's response edits leave as it is on a gRPC local reply: the fields that say how
+# the call ended (and that it is gRPC), besides the reason header.
+_GRPC_KEPT = frozenset({REASON_HEADER, b"content-type", b"grpc-status", b"grpc-message"})
 # grpc-status of a trailers-only answer -> the HTTP status outlier detection counts (Envoy's).
 _HTTP_OF_GRPC = {"1": 499, "3": 400, "4": 504, "5": 404, "7": 403, "8": 429, "12": 501,
                  "14": 503, "16": 401}
@@ -267,7 +274,8 @@ class H2Exchange(Exchange):
         retry = decision.retry if decision is not None else None
         if retry is not None and (
                 retry.retriable_status(status)
-                or (end_stream and self.grpc_status in retry.grpc_codes)) and self._may_retry():
+                or (end_stream and self.grpc_status in retry.grpc_codes)) \
+                and not rate_limited(out) and self._may_retry():
             stream.abort()  # drop this answer
             self.conn = None
             self._release_pool()
@@ -350,10 +358,9 @@ class H2Exchange(Exchange):
             return
         code, text = REASONS[reason]
         code = status or code
+        # The routed rule's response edits apply to this answer too (see Exchange.reply), but
+        # for its framing, its reason header and (gRPC) the status it carries.
         edits = self.response_edits
-        if edits is not None and edits.local:
-            extra_headers = (*extra_headers, *edits.local)
-        extra = [(n.lower(), v) for n, v in extra_headers]
         reason_header = (REASON_HEADER, reason.encode())
         self.status = code
         self.flags = reason
@@ -363,6 +370,9 @@ class H2Exchange(Exchange):
                 _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0)
             self.grpc_status = str(grpc_code)
             message = quote(f"{reason}: {text}", safe=" :;,()/'-").encode()
+            extra = _lowered_pairs(extra_headers if edits is None
+                                   else edited_local_headers(edits, list(extra_headers),
+                                                             _GRPC_KEPT))
             self.downstream.send_headers(
                 [(b":status", b"200"), (b"content-type", b"application/grpc"),
                  (b"grpc-status", self.grpc_status.encode()), (b"grpc-message", message),
@@ -371,13 +381,24 @@ class H2Exchange(Exchange):
         else:
             body = f"{reason}: {text}\n".encode()
             head_only = self.method == b"HEAD"
-            self.downstream.send_headers(
-                [(b":status", b"%d" % code), (b"content-type", b"text/plain; charset=utf-8"),
-                 (b"content-length", b"%d" % len(body)), reason_header, *extra], head_only)
+            length = (b"content-length", b"%d" % len(body))
+            if edits is None:
+                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, length, reason_header,
+                          *_lowered_pairs(extra_headers)]
+            else:
+                fields = [(b":status", b"%d" % code), length, reason_header,
+                          *_lowered_pairs(edited_local_headers(
+                              edits, [_TEXT_PLAIN, *extra_headers]))]
+            self.downstream.send_headers(fields, head_only)
             if not head_only:
                 self.downstream.send_data(body, True)
             self.bytes_out = 0 if head_only else len(body)
         self.finish()
+
+
+def _lowered_pairs(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """A local reply's header pairs with their names in lower case (HTTP/2's)."""
+    return [(n.lower(), v) for n, v in headers]
 
 
 def lowered(headers: Headers) -> Headers:

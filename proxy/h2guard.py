@@ -29,6 +29,7 @@ from h2.stream import StreamClosedBy
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 
 from proxy import h2headers, h2malformed
+from proxy.h2fast import FastH2Connection
 from proxy.h2hpack import MeshDecoder, MeshEncoder
 
 
@@ -51,7 +52,7 @@ def goaway(h2: H2Connection, last_stream_id: int, error_code: int = 0) -> bytes:
     return h2.data_to_send() + frame.serialize()
 
 
-class MeshH2Connection(H2Connection):
+class MeshH2Connection(FastH2Connection):
     """h2's connection, with a graceful GOAWAY (NO_ERROR) received as one, the proxy's HPACK
     encoder and decoder (`proxy.h2hpack`), received header blocks checked in one pass
     (`proxy.h2headers`; a malformed one, or DATA not adding up to its content-length, resets

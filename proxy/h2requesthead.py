@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 from proxy.h2exchange import H2Exchange
 from proxy.headers import (
     IDENTITY_HEADERS,
+    KNOWN_AUTHORITIES,
     XFCC,
     appended_xfcc,
     normalize_path,
     request_id_line,
     split_target,
+    valid_authority,
 )
 from proxy.requesthead import _H_DROP, _H_PEER, _H_REQUEST_ID, _H_TIMEOUT, _H_XFCC, _H_XFF, _SPECIAL
 
@@ -111,8 +113,16 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
     # h2headers.check refused a block without these, or with two authorities that differ
     # (Unroutable: answered 400 before this), so they are not checked again
     assert method is not None and authority is not None and path_bytes is not None
+    if method.upper() != method:
+        # `delete` is not DELETE (methods are case-sensitive) yet frameworks upper-case it:
+        # it would pass a rule on DELETE and run the DELETE handler. As HTTP/1.1's parser does
+        # for the same request line, it is refused.
+        return "bad_request"
     if len(path_bytes) > listener.limits.max_request_line:
         return "uri_too_long"
+    text_authority = authority.decode("latin-1")
+    if text_authority not in KNOWN_AUTHORITIES and not valid_authority(text_authority):
+        return "bad_request"  # (as requesthead: not a host and a port)
     try:
         path, query, _ = split_target(path_bytes)
     except ValueError:
@@ -130,7 +140,7 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
         tail.append(request_id_line())
     if stream.xfcc_line:
         tail.append(stream.xfcc_line if xfcc is None else appended_xfcc(xfcc, stream.xfcc_line))
-    ex = H2Exchange(stream, method, target, path, query, authority.decode("latin-1"), kept,
+    ex = H2Exchange(stream, method, target, path, query, text_authority, kept,
                     tail, scheme or b"http", grpc, now)
     ex.timeout_override = timeout_override
     return ex

@@ -12,7 +12,7 @@ HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
 
-def _spellings(name: bytes) -> set[bytes]:
+def spellings(name: bytes) -> set[bytes]:
     """`name` with each `-` as `-` or `_`: WSGI/CGI servers (HTTP_X_FORWARDED_CLIENT_CERT)
     and some frameworks treat both the same, so a forged `x_forwarded_client_cert` would
     reach the app as the sidecar's header."""
@@ -26,7 +26,7 @@ def _spellings(name: bytes) -> set[bytes]:
 # Identity headers only a sidecar may set; anything a client or peer sent is dropped, in every
 # spelling an app could read as the same header (XFCC itself is kept from a trusted peer).
 XFCC = b"x-forwarded-client-cert"
-IDENTITY_HEADERS: frozenset[bytes] = frozenset(_spellings(XFCC))
+IDENTITY_HEADERS: frozenset[bytes] = frozenset(spellings(XFCC))
 _XFCC_PREFIX = XFCC + b": "
 
 
@@ -135,6 +135,28 @@ def split_target(target: bytes) -> tuple[str, str, str | None]:
     if "#" in path:
         path = path.split("#", 1)[0]
     return path, query, authority
+
+
+# RFC 9112 3.2 answers 400 to a Host that is not RFC 3986's `host [ ":" port ]`: a reg-name
+# or IPv4 address (unreserved, pct-encoded, sub-delims; never `@`, `/`, `?`, `#`, a space),
+# or an IP literal in brackets. Userinfo (`a@b`) is refused with it, as RFC 9110 4.2.4 asks.
+_AUTHORITY = re.compile(r"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+                        r"|\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\])(?::[0-9]{0,5})?")
+# Authorities already found valid: most requests name one of a few hosts, so they cost a set
+# lookup. Bounded: a client choosing Host values must not grow it.
+KNOWN_AUTHORITIES: set[str] = set()
+_KNOWN_MAX = 256
+
+
+def valid_authority(authority: str) -> bool:
+    """Whether `authority` (a Host value, an absolute-form target's) is a host and a port."""
+    if authority in KNOWN_AUTHORITIES:
+        return True
+    if _AUTHORITY.fullmatch(authority) is None:
+        return False
+    if len(KNOWN_AUTHORITIES) < _KNOWN_MAX:
+        KNOWN_AUTHORITIES.add(authority)
+    return True
 
 
 def service_from_authority(authority: str) -> str:

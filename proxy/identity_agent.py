@@ -148,7 +148,10 @@ class IdentityAgent:
         identity = identity_from_response(key_pem, response, cfg)
         received = self.clock()
         first = self.identity is None
-        self.sink.set_identity(identity)  # raises (old identity kept) if unusable
+        # Raises (old identity kept) if unusable. The sink reports the new certificate to the
+        # control plane from inside this call, before the line below: it reads the identity it
+        # installed (proxy.run.served_identity), never self.identity, still the old one here.
+        self.sink.set_identity(identity)
         self.identity = identity
         low, high = cfg.renew_window
         self.renew_due = received + (identity.not_after - received) * self.rng.uniform(low, high)

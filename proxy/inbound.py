@@ -31,11 +31,16 @@ log = logging.getLogger("ami.proxy.inbound")
 
 
 def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
-    """Every value of a request header (lower-case name), in order, for `when` conditions."""
+    """Every value of a request header (lower-case name), in order, for `when` conditions.
+
+    A name's `_` spellings count as the name (`x_role` for `x-role`): WSGI/CGI servers and
+    some frameworks read both as one header, so a DENY on `x-role` must see `x_role` too, and
+    an ALLOW holds only if every spelling's values are allowed. Values are trimmed, as the
+    app reads them (see Exchange.header): `x-role: admin ` is `admin`."""
     def values(name: str) -> list[str]:
-        key = name.encode("latin-1")
-        return [v.decode("latin-1") for n, v in ex.headers
-                if len(n) == len(key) and n.lower() == key]
+        key = name.encode("latin-1").replace(b"_", b"-")
+        return [v.decode("latin-1").strip(" \t") for n, v in ex.headers
+                if len(n) == len(key) and n.lower().replace(b"_", b"-") == key]
 
     return values
 
@@ -48,7 +53,7 @@ class InboundPolicy:
                  service: str, clock: Callable[[], float] = time.monotonic,
                  previous: InboundPolicy | None = None,
                  authentication: Sequence[RequestAuthenticationSpec] = (),
-                 gateway: bool = False, port: int = 0) -> None:
+                 gateway: bool = False, port: int = 0, label: str | None = None) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -64,14 +69,19 @@ class InboundPolicy:
         self.mtls_mode = mtls_mode
         self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats
-        self.labels = (("destination_service", service),)
+        # its counters' label: the node's metrics name, as its requests' (`api.a` when
+        # another namespace has an `api` too), so they add up with them
+        self.labels = (("destination_service", label or service),)
+        self.service = service
         self.rate_limit = rate_limit
         self.bucket: TokenBucket | None = None
         self.keyed: KeyedTokenBuckets | None = None
         if (previous is not None and rate_limit is not None
-                and previous.rate_limit == rate_limit and previous.labels == self.labels):
+                and previous.rate_limit == rate_limit and previous.service == service):
             # Same limit as the policy being replaced: keep its buckets, so a config push
-            # neither refills a drained bucket nor forgets the per-source ones.
+            # neither refills a drained bucket nor forgets the per-source ones. Nor does a
+            # new metrics name (`ratings` -> `ratings.a`, once another namespace has a
+            # `ratings`): the buckets hold no label, the counters take the new one.
             self.bucket, self.keyed = previous.bucket, previous.keyed
         elif rate_limit is not None:
             if rate_limit.per_source:
@@ -84,7 +94,9 @@ class InboundPolicy:
     def needed(self) -> bool:
         return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn)
 
-    def admit(self, ex: Exchange) -> Refusal | None:
+    def admit(self, ex: Exchange, spend: bool = True) -> Refusal | None:
+        """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
+        asked (a request admitted before, judged again: proxy.revoke)."""
         conn = ex.downstream
         principal: str | None = None
         claims = None
@@ -112,6 +124,8 @@ class InboundPolicy:
                               False, principal, claims, self.port)
                     for p in self.allow for r in p.rules):
                 return self._deny()
+        if not spend:
+            return None
         if self.bucket is not None and not self.bucket.try_acquire():
             return self._limited(self.bucket.retry_after())
         if self.keyed is not None:
@@ -126,20 +140,31 @@ class InboundPolicy:
         semantics, `AuthorizationRule.matches_connection`); a refusal is counted. The rate
         limit, when set, spends one token per connection, after authorization (as Envoy's
         `local_ratelimit` network filter counts connections); JWTs are about requests."""
-        port = self.port
-        for policy in self.deny:
-            if any(r.matches_connection(identity, service, namespace, port, True)
-                   for r in policy.rules):
-                return self._deny()[0]
-        if self.allow and not any(
-                r.matches_connection(identity, service, namespace, port)
-                for p in self.allow for r in p.rules):
+        if not self.authorizes_connection(identity, service, namespace):
             return self._deny()[0]
         if ((self.bucket is not None and not self.bucket.try_acquire())
                 or (self.keyed is not None and not self.keyed.try_acquire(identity or client_ip))):
             self.stats.inc("ami_rate_limited", self.labels)
             return "rate_limited"  # no retry-after: the caller's sidecar answers for it
         return None
+
+    def authorizes_connection(self, identity: str | None, service: str | None,
+                              namespace: str | None) -> bool:
+        """Whether the authorization policies let this peer's TCP connection reach the app
+        (nothing counted, no token spent: also asked of connections already admitted, when
+        the policies change)."""
+        port = self.port
+        for policy in self.deny:
+            if any(r.matches_connection(identity, service, namespace, port, True)
+                   for r in policy.rules):
+                return False
+        return not self.allow or any(
+            r.matches_connection(identity, service, namespace, port)
+            for p in self.allow for r in p.rules)
+
+    def revoked(self) -> None:
+        """Count a connection admitted before that these policies no longer let through."""
+        self._deny()
 
     def _deny(self) -> Refusal:
         self.stats.inc("ami_authorization_denied", self.labels)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
+from proxy.headers import spellings
+
 if TYPE_CHECKING:
     from meshctl.api.authn import JwtRule, RequestAuthenticationSpec
     from proxy.exchange import Exchange
@@ -39,6 +41,9 @@ class _Issuer:
     rule: JwtRule
     by_kid: dict[str, list[tuple[Any, tuple[str, ...]]]] = field(default_factory=dict)
     keys: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
+    # keys without a kid of their own: candidates for every token, whatever kid it names
+    # (as Envoy's jwt_verify_lib skips only a key whose kid differs)
+    unnamed: list[tuple[Any, tuple[str, ...]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -76,6 +81,8 @@ class JwtAuthenticator:
                     issuer.keys.append(entry)
                     if isinstance(key.get("kid"), str):
                         issuer.by_kid.setdefault(key["kid"], []).append(entry)
+                    elif "kid" not in key:
+                        issuer.unnamed.append(entry)
                 places: list[tuple[bytes | None, str, str | None]] = [
                     (h.name.encode("latin-1"), h.prefix, None) for h in rule.from_headers]
                 places += [(None, "", p) for p in rule.from_params]
@@ -86,7 +93,9 @@ class JwtAuthenticator:
                         self.locations.append(loc)
                     loc.issuers.setdefault(rule.issuer, []).append(issuer)
                 if rule.output_payload_to_header:
-                    self.output_headers.add(rule.output_payload_to_header.encode("latin-1"))
+                    # every spelling an app could read as it (see headers.spellings)
+                    self.output_headers.update(spellings(
+                        rule.output_payload_to_header.lower().encode("latin-1")))
         self.header_names = frozenset(loc.header for loc in self.locations if loc.header)
         self.uses_params = any(loc.param is not None for loc in self.locations)
         # token -> (issuer, claims) of tokens verified with these keys: a client sends the same
@@ -130,7 +139,12 @@ class JwtAuthenticator:
         rule = issuer.rule
         drop = set(self.output_headers)
         if not rule.forward_original_token:
-            drop.update(loc.header for _, loc in found if loc.header is not None)
+            for _, loc in found:
+                if loc.header is not None:
+                    drop.update(spellings(loc.header))
+            names = {loc.param for _, loc in found if loc.param is not None}
+            if names:
+                _drop_params(ex, names)
         headers = [h for h in ex.headers if h[0].lower() not in drop] if drop \
             else ex.headers
         if rule.output_payload_to_header:
@@ -188,6 +202,8 @@ class JwtAuthenticator:
             rule = issuer.rule
             if kid is not None:
                 candidates = issuer.by_kid.get(kid, [])
+                if issuer.unnamed:
+                    candidates = [*candidates, *issuer.unnamed]
                 if not candidates:
                     last = InvalidToken(f"unknown kid {kid!r}")
                     continue
@@ -200,7 +216,11 @@ class JwtAuthenticator:
                     claims = jwt.decode(token, key, algorithms=[alg], issuer=rule.issuer,
                                         audience=list(rule.audiences) or None,
                                         leeway=CLOCK_SKEW,
-                                        options={"verify_aud": bool(rule.audiences)})
+                                        # iat is no validity bound: an IdP whose clock
+                                        # runs ahead must not get its fresh tokens refused
+                                        # (Envoy checks only exp and nbf)
+                                        options={"verify_aud": bool(rule.audiences),
+                                                 "verify_iat": False})
                 except jwt.PyJWTError as err:
                     last = err
                     continue
@@ -222,18 +242,32 @@ def _numeric_date(value: object) -> bool:
 
 def _header_tokens(headers: list[tuple[bytes, bytes]], name: bytes, prefix: str) -> list[str]:
     """Tokens in every occurrence of header ``name`` that starts with ``prefix`` (its case
-    ignored, as the Bearer scheme's); a value without the prefix holds no token."""
+    ignored, as the Bearer scheme's); a value without the prefix holds no token. Its `_`
+    spellings count as the name (an app may read `x_token` as `x-token`: it must not get a
+    token no one verified)."""
     out = []
     size = len(name)
+    key = name.replace(b"_", b"-")
     low = prefix.lower()
     for n, v in headers:
-        if len(n) == size and n.lower() == name:
+        if len(n) == size and n.lower().replace(b"_", b"-") == key:
             text = v.decode("latin-1")
             if text[:len(low)].lower() == low:
                 token = text[len(low):].strip()
                 if token:
                     out.append(token)
     return out
+
+
+def _drop_params(ex: Exchange, names: set[str]) -> None:
+    """Remove the token's query parameters from what is sent to the app (the request
+    target; the path's bytes as they came), as Envoy's jwt_authn does unless `forward`: the
+    app, and any log of its request URLs, must not get the token."""
+    kept = "&".join(pair for pair in ex.query.split("&")
+                    if unquote_plus(pair.partition("=")[0]) not in names)
+    ex.query = kept
+    path = ex.target.split(b"?", 1)[0]
+    ex.target = path + b"?" + kept.encode("latin-1") if kept else path
 
 
 def _query_params(query: str) -> dict[str, list[str]]:

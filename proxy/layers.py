@@ -104,7 +104,6 @@ class HeaderEditor:
     """Set / add / remove headers on a list of (name, value) pairs or serialized lines."""
 
     __slots__ = ("add", "remove", "set")
-    local: tuple[tuple[bytes, bytes], ...] = ()  # headers for local replies too (CORS only)
 
     def __init__(self, edits: HeaderEdits) -> None:
         # Values stripped: HTTP/2 forbids surrounding whitespace (RFC 9113 8.2.1) and the h2
@@ -279,12 +278,11 @@ class _CorsHeaders:
     """One response's header edits: the rule's own, then the CORS answer (replacing any the
     upstream sent)."""
 
-    __slots__ = ("base", "lines", "local")
+    __slots__ = ("base", "lines")
 
     def __init__(self, base: HeaderEditor | None, lines: list[tuple[bytes, bytes]]) -> None:
         self.base = base
-        self.lines = lines
-        self.local = tuple(lines)  # a local reply (timeout, overflow...) gets them too
+        self.lines = lines  # (a local reply, a timeout or an overflow, gets them too)
 
     def apply(self, lines: list[bytes]) -> list[bytes]:
         out = self.base.apply(lines) if self.base is not None else lines
@@ -306,7 +304,6 @@ class _VaryOrigin:
     to a request it gave no allow headers)."""
 
     __slots__ = ("base",)
-    local = ((b"vary", b"origin"),)
 
     def __init__(self, base: HeaderEditor | None) -> None:
         self.base = base

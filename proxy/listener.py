@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from proxy.accessline import access_line
+from proxy.accessline import access_line, wall_start
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
 
@@ -37,6 +38,10 @@ class Limits:
     stream_idle_timeout: float = 300.0
 
 
+_MAX_REFUSED_LINGERING = 64  # refused connections answered with a lingering close at once
+_MAX_UNROUTED_HOSTS = 100  # hosts of unrouted requests named in the metrics (per listener)
+
+
 class Listener:
     """Owns the connections of one listening socket; the router is swapped on config change."""
 
@@ -47,6 +52,11 @@ class Listener:
         self.stats = stats
         self.limits = limits
         self.connections: set[DownstreamProtocol] = set()
+        # Connections refused at the limit, answered and lingering before their close (at
+        # most _MAX_REFUSED_LINGERING: past it a refused one closes at once, so a flood
+        # cannot hold more descriptors than the limit meant to spend)
+        self.refused: set[DownstreamProtocol] = set()
+        self.unrouted_hosts: set[str] = set()  # named in the metrics of unrouted requests
         self.server: asyncio.base_events.Server | None = None
         self.scheme = "https" if tls else "http"  # as clients of this listener see it
         self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
@@ -127,6 +137,8 @@ class Listener:
 
     def admit(self, conn: DownstreamProtocol) -> bool:
         if len(self.connections) >= self.limits.max_connections:
+            if len(self.refused) < _MAX_REFUSED_LINGERING:
+                self.refused.add(conn)
             return False
         self.connections.add(conn)
         self.stats.connections_active[self.kind] += 1
@@ -141,6 +153,8 @@ class Listener:
             self.stats.connections_active[self.kind] -= 1
             if self.debug_connections:
                 self._log_connection(conn, "closed")
+        elif self.refused:
+            self.refused.discard(conn)
         if self.quiet is not None:
             self.check_quiet()
 
@@ -169,7 +183,8 @@ class Listener:
     def record(self, ex: Exchange) -> float:
         """Metrics (and the access log line, when on) for one finished request; returns its
         duration (ms), for ``record_rules``."""
-        duration_ms = (self.loop.time() - ex.start_time) * 1000.0
+        # (ex.start_time is time.monotonic()'s, not the loop's millisecond ticks)
+        duration_ms = (monotonic() - ex.start_time) * 1000.0
         backend = ex.backend
         pool = ex.pool
         conn = ex.downstream
@@ -209,8 +224,7 @@ class Listener:
         kept per listener, emptied with each new router (and when full), as its pools are
         then replaced. The labels are those ``_record_labelled`` would give the request."""
         backend, pool, status, flags, conn_security = key[:5]
-        security = conn_security if self.kind == "inbound" \
-            else "mutual_tls" if pool.tls is not None else "none"
+        security = conn_security if self.kind == "inbound" else _pool_security(pool, flags)
         if len(key) == 5:
             prefix, version = backend.metric_prefix, pool.version
         else:
@@ -279,13 +293,23 @@ class Listener:
             # Hostile or broken input is what an operator greps the log for; the head was not
             # understood, so the request's own fields are null.
             self.access_log.write(access_line(
-                conn.head_started or self.loop.time(), self.kind, None, None, None, status,
+                wall_start(conn.head_started or monotonic()), self.kind, None, None, None, status,
                 reason, 0.0, 0, sent, None, prefix[1], destination, None, None, None))
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
+        """Labels of a request no backend took: the host asked for is `destination_service`
+        (on the outbound listener, what its app asked for: a misspelt service shows), but
+        the label values a client can choose stay bounded: at the gateway, whose clients are
+        anyone, it is `unknown`; elsewhere the first _MAX_UNROUTED_HOSTS hosts are named."""
         from proxy.headers import service_from_authority
 
-        host = service_from_authority(ex.authority) or "unknown"
+        host = "unknown"
+        if self.kind != "gateway":
+            asked = service_from_authority(ex.authority)
+            hosts = self.unrouted_hosts
+            if asked in hosts or (asked and len(hosts) < _MAX_UNROUTED_HOSTS):
+                hosts.add(asked)
+                host = asked
         return (*self._source_labels(ex.downstream), host, "unknown")
 
     def _source_labels(self, conn: DownstreamProtocol) -> tuple[str, str, str]:
@@ -301,7 +325,8 @@ class Listener:
     def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
         pool = ex.pool
         self.access_log.write(access_line(  # type: ignore[union-attr]  # (the caller's test)
-            ex.start_time, self.kind, ex.method.decode("latin-1"), ex.path, ex.authority,
+            wall_start(ex.start_time), self.kind, ex.method.decode("latin-1"), ex.path,
+            ex.authority,
             ex.status, ex.flags, round(duration_ms, 3), ex.bytes_in, ex.bytes_out,
             _request_id(ex), prefix[1], prefix[3],
             # the endpoint this request went to (the last attempt's), not the subset's first
@@ -388,9 +413,20 @@ def _peer_prefix(key: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def outbound_security(ex: Exchange) -> str:
-    """How the request left this sidecar: `unknown` when it never did (answered locally)."""
+    """How the request left this sidecar: `unknown` when it never did (answered locally, or
+    no connection to its endpoint could be made)."""
     pool = ex.pool
     if pool is None:
+        return "unknown"
+    return _pool_security(pool, ex.flags)
+
+
+def _pool_security(pool: Any, flags: str) -> str:
+    """connection_security_policy of a request sent to ``pool``'s endpoint and ended with
+    ``flags``: the connection's, and `unknown` when none was made (as Istio labels what has
+    no connection to take it from); the series cache (``_series_of``) calls it once per
+    key."""
+    if flags == "upstream_connect_failure":
         return "unknown"
     return "mutual_tls" if pool.tls is not None else "none"
 

@@ -228,6 +228,13 @@ class IdentityCollector(Collector):
             labels=["spiffe_id"])
         expiry.add_metric([identity.spiffe_id], identity.not_after)
         yield expiry
+        # its start too: an alert can then speak in fractions of the lifetime (certificateTTL)
+        issued = GaugeMetricFamily(
+            "ami_certificate_issued_timestamp_seconds",
+            "When this proxy's workload certificate became valid (POSIX seconds, not_before).",
+            labels=["spiffe_id"])
+        issued.add_metric([identity.spiffe_id], identity.not_before)
+        yield issued
 
 
 class _BuildCollector(Collector):

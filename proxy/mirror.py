@@ -22,7 +22,8 @@ class MirrorRequest:
     """The shadow exchange; implements the callbacks an UpstreamConnection makes."""
 
     __slots__ = ("_buffer", "_buffered", "_done", "_timer", "conn", "dropped", "head",
-                 "head_only", "interim", "pool", "response_started")
+                 "head_only", "interim", "pool", "response_started", "status",
+                 "upstream_keep_alive")
 
     def __init__(self, pool: EndpointPool, head: bytes, head_only: bool) -> None:
         self.pool = pool
@@ -34,6 +35,11 @@ class MirrorRequest:
         self._done = False
         self.interim = False
         self.response_started = False  # the final response head arrived
+        self.status = 0  # its status (UpstreamConnection reads it at the message's end)
+        # Whether the upstream keeps the connection: read with the head, as the parser's flags
+        # are reset for the next message by the time the response is complete (and unset by
+        # the connection when the shadow sent bytes after it).
+        self.upstream_keep_alive = False
         self.dropped = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -42,9 +48,17 @@ class MirrorRequest:
         pool = backend.pick_endpoint()
         if pool is None:
             return None
-        ex.downstream.listener.stats.inc("ami_mirrored_requests",
-                                         (("destination_service", backend.service),))
         mirror = cls(pool, _shadow_head(ex), ex.method == b"HEAD")
+        mirror.launch(ex, backend.metric_prefix[3], ex._body_buffer, ex.chunked)
+        return mirror
+
+    def launch(self, ex: Exchange, service: str, held: list[bytes] | None,
+               chunked: bool) -> None:
+        """Count the copy (under ``service``, the metrics label of the service it goes to),
+        bound it in time, take the body ``held`` so far (framed as the copy sends it) and send
+        it off."""
+        ex.downstream.listener.stats.inc("ami_mirrored_requests",
+                                         (("destination_service", service),))
         decision = ex.decision
         # As Envoy: the copy gets the route's timeout, so hung copies cannot pile up; without
         # one, the stream idle timeout bounds the whole copy (a shadow is never waited for).
@@ -52,19 +66,23 @@ class MirrorRequest:
         if timeout is None:
             timeout = ex.downstream.listener.limits.stream_idle_timeout or None
         if timeout is not None:
-            mirror._timer = ex.downstream.loop.call_later(timeout, mirror.drop)
-        conn = pool.take_idle()
+            self._timer = ex.downstream.loop.call_later(timeout, self.drop)
+        if held:  # what came during a fault delay, held for the first try: the copy's too
+            self._buffer.extend(held)
+            self._buffered = ex._buffered
+        if ex.request_done:
+            self.body_done(chunked)
+        conn = self.pool.take_idle()
         if conn is not None:
-            mirror._send_on(conn)
+            self._send_on(conn)
         else:
-            ex.downstream.loop.create_task(mirror._connect())
-        return mirror
+            ex.downstream.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
             conn = await self.pool.connect()
         except (TimeoutError, OSError):
-            self.dropped = True
+            self.drop()  # its timer and the body held for it go now, not at the timeout
             return
         if self.dropped:
             self.pool.release(conn)
@@ -73,7 +91,7 @@ class MirrorRequest:
 
     def _send_on(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        conn.send(self, self.head)  # type: ignore[arg-type]  # same callback surface
+        conn.send(self, self.head)
         if self._buffer:
             conn.writelines(self._buffer)
             self._buffer = []
@@ -102,6 +120,7 @@ class MirrorRequest:
 
     def drop(self) -> None:
         self.dropped = True
+        self._buffer = []
         self._end()
         if self.conn is not None:
             conn, self.conn = self.conn, None
@@ -113,6 +132,8 @@ class MirrorRequest:
             self.interim = True
         else:
             self.response_started = True
+            self.status = status
+            self.upstream_keep_alive = conn.parser.should_keep_alive()
         return self.head_only
 
     def upstream_body(self, chunk: bytes) -> None:
@@ -129,7 +150,7 @@ class MirrorRequest:
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         self.conn = None
         self._end()
-        if self._done and conn.parser.should_keep_alive():
+        if self._done and self.upstream_keep_alive:
             self.pool.release(conn)
         else:
             conn.exchange = None

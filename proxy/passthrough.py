@@ -63,7 +63,8 @@ class Passthrough:
         # connection really arrived (another name or spelling of this host: a hostname,
         # `[::ffff:127.0.0.1]`, `2130706433`, the host's own address).
         http2 = not tunnel and address.port in self.http2_ports
-        pool = self.pools.external(address, tunnel, self.own_ports, self.policy, http2)
+        pool = self.pools.external(address, tunnel, self.own_ports, self.policy, http2,
+                                   self.metric_prefix[3])
         decision = Decision((Backend(self.metric_prefix[3], None, (pool,), None,
                                      self.metric_prefix),),
                             (100,), self.rng)

@@ -1,4 +1,10 @@
-"""Keep-alive pools: one per endpoint, shared across snapshots so a push drops no warm connection.
+"""Keep-alive pools: one per endpoint of each destination, kept across snapshots so a push drops no
+warm connection.
+
+A destination is what Envoy calls a cluster: a service, a subset with a policy of its own, an
+ExternalService host, the passthrough. Each has pools of its own, also for an address another
+destination lists too: a pool's circuit breaker, connection count and version label are its
+destination's, never another's (connections are reused within a destination, not across).
 
 Pool bookkeeping is synchronous; the only awaitable is opening a new connection.
 """
@@ -34,7 +40,8 @@ if TYPE_CHECKING:
 
 
 class EndpointPool:
-    """Idle keep-alive connections to one endpoint address, plus its live-connection count."""
+    """Idle keep-alive connections of one destination to one endpoint address, plus its
+    live-connection count."""
 
     __slots__ = (
         "active_requests",
@@ -57,6 +64,7 @@ class EndpointPool:
         "origination",
         "protocol",
         "retired",
+        "service",
         "subset",
         "tls",
         "tunnel",
@@ -94,6 +102,10 @@ class EndpointPool:
         # open for as long as a client cares to keep a tunnel.
         self.tunnels: set[UpstreamConnection] | None = None
         self.version = "unknown"  # the endpoint's version label, for metrics
+        # The destination whose pool this is: a service, an ExternalService host, the
+        # passthrough (or a wildcard ExternalService's pattern), the local app's service (the
+        # inbound listener's pool).
+        self.service = ""
         # The subset whose own destination (its own policy) this pool is, apart from the pool
         # of the same endpoint that the service's destination uses; None: the service's.
         self.subset: str | None = None
@@ -369,13 +381,20 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-# (host, port, identity or kind, mTLS, (service, subset) of a subset's own destination)
-_Key = tuple[str, int, str | None, bool, tuple[str, str] | None]
+# (host, port, identity or kind, mTLS, destination: (service or host, subset with a policy of
+# its own or None))
+_Key = tuple[str, int, str | None, bool, tuple[str, str | None]]
+Destination = tuple[str, str | None]
 
 
 class PoolRegistry:
-    """One EndpointPool per (address, expected identity, mTLS or not, and the subset whose own
-    destination it serves, if any); unused pools close when retired."""
+    """One EndpointPool per (destination, address, expected identity or kind, mTLS or not);
+    unused pools close when retired.
+
+    The destination is part of the key (Envoy: each cluster has its own connection pools and
+    circuit breakers, and endpoints are not shared across clusters): two services listing the
+    same address each get a pool, with their own breaker, waiters, connection count and
+    version label. A destination keeps its pools across snapshots while it keeps the address."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  max_head_bytes: int = _MAX_HEAD_BYTES) -> None:
@@ -391,16 +410,18 @@ class PoolRegistry:
         self._used = set()
 
     def get(self, address: Address, identity: str | None, version: str,
-            policy: TrafficPolicy | None = None, *, external: bool = False,
-            tunnel: bool = False,
+            policy: TrafficPolicy | None = None, *, destination: Destination,
+            external: bool = False, tunnel: bool = False, inbound: bool = False,
             loop_ports: Callable[[], set[int]] | None = None,
             protocol: str = "auto", origination: Origination | None = None,
-            owner: tuple[str, str] | None = None, mtls: bool = False) -> EndpointPool:
+            mtls: bool = False) -> EndpointPool:
         """The pool of a mesh endpoint, or (``external``) of an ExternalService endpoint: plain
         TCP or TLS it originates (``origination``), and a pool of its own for CONNECT tunnels
         (``tunnel``), whose connections may not reach ``loop_ports`` on this host.
-        ``protocol``: what the endpoint speaks. ``owner``: (service, subset) of a subset with
-        its own policy, whose connections (and their limits, timeouts) are its own. ``mtls``:
+        ``protocol``: what the endpoint speaks. ``destination``: (service or host, subset) whose
+        pool this is, the subset only for a subset with its own policy (its connections, limits
+        and timeouts are its own), None for the service's destination, which its other subsets
+        share. ``inbound``: the inbound listener's pool to the local app. ``mtls``:
         whether the snapshot wants mTLS to it (its service is not DISABLE), which it gets once
         this proxy has an identity."""
         tls = self.tls if (self.tls is not None and identity and mtls) else None
@@ -410,12 +431,13 @@ class PoolRegistry:
         # Likewise for TLS origination and the name it verifies.
         kind = ("*external-tunnel*" if tunnel else origination.key if origination is not None
                 else "*external-h2*" if protocol == "http2" else "*external*")
-        key = (address.host, address.port, kind if external else identity, tls is not None,
-               owner)
+        key = (address.host, address.port,
+               kind if external else "*inbound*" if inbound else identity, tls is not None,
+               destination)
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
-            pool.subset = owner[1] if owner is not None else None
+            pool.service, pool.subset = destination
         pool.version = version
         pool.identity = identity
         pool.tls = tls
@@ -435,15 +457,19 @@ class PoolRegistry:
 
     def external(self, address: Address, tunnel: bool,
                  own_ports: Callable[[], set[int]] | None = None,
-                 policy: TrafficPolicy | None = None, http2: bool = False) -> EndpointPool:
+                 policy: TrafficPolicy | None = None, http2: bool = False,
+                 destination: str = "passthrough") -> EndpointPool:
         """The pool of a host outside the mesh named by a request (ALLOW_ANY, a wildcard
         ExternalService): plain TCP; tunnels apart from HTTP reuse. Its connections may
-        not reach ``own_ports`` on this host. ``http2``: h2c (a wildcard's HTTP2/GRPC port)."""
+        not reach ``own_ports`` on this host. ``http2``: h2c (a wildcard's HTTP2/GRPC port).
+        ``destination``: `passthrough`, or the wildcard ExternalService's pattern (each its
+        own pools, with its own policy's timeouts)."""
         kind = "*tunnel*" if tunnel else "*passthrough-h2*" if http2 else "*passthrough*"
-        key = (address.host, address.port, kind, False, None)
+        key = (address.host, address.port, kind, False, (destination, None))
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = self._new_pool(address)
+            pool.service = destination
             pool.version = "unknown"
             # a host outside the mesh, in plaintext: HTTP/1.1, unless declared HTTP/2
             pool.declare("http2" if http2 else "http1")

@@ -6,6 +6,8 @@ The word travels in the `x-ami-reason` response header, in the access log and in
 
 from __future__ import annotations
 
+from typing import Any
+
 REASON_HEADER = b"x-ami-reason"
 
 # reason word -> (status, one-line explanation used in the reply body and in docs/proxy.md)
@@ -13,6 +15,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "malformed HTTP request"),
     "request_smuggling": (400, "ambiguous message framing (Content-Length / Transfer-Encoding)"),
     "invalid_header": (400, "invalid character or syntax in a header"),
+    "version_not_supported": (505, "HTTP version other than 1.0 and 1.1 in a request line "
+                                   "(HTTP/2 begins with its connection preface)"),
     "request_timeout": (408, "request headers not received in time"),
     "uri_too_long": (414, "request line too long"),
     "headers_too_large": (431, "request header section too large"),
@@ -22,7 +26,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
     "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
     "not_authorized": (403, "denied by authorization policy"),
-    "no_route": (404, "no route for this host"),
+    "no_route": (404, "no route for this request (its host; at the gateway, host and path)"),
     "rate_limited": (429, "local rate limit exceeded"),
     "fault_injected": (503, "fault injected by route"),
     "upstream_connect_failure": (503, "could not connect to an upstream endpoint"),
@@ -41,6 +45,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "downstream_protocol_error": (0, "a malformed HTTP/2 request (RFC 9113 8.1.1): its "
                                      "stream reset with PROTOCOL_ERROR, the connection's other "
                                      "streams go on"),
+    "drain_timeout": (0, "the proxy shut down at its drain deadline (--drain-timeout) with "
+                         "the request still in flight: its connection closed"),
     "tls_in_tunnel": (400, "TLS inside a CONNECT tunnel to a mesh service: the mesh does the "
                            "TLS, the app speaks plaintext to its sidecar"),
     "bad_client_hello": (0, "a TLS connection to the gateway whose ClientHello could not be "
@@ -51,8 +57,8 @@ REASONS: dict[str, tuple[int, str]] = {
 }
 
 # Reasons that end a connection without any answer (logs and metrics only: response_code 0).
-NOT_SENT = frozenset({"downstream_disconnect", "downstream_protocol_error", "tls_in_tunnel",
-                      "idle_timeout", "bad_client_hello"})
+NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_protocol_error",
+                      "tls_in_tunnel", "idle_timeout", "bad_client_hello"})
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
@@ -64,24 +70,45 @@ def body_length(reason: str) -> int:
 
 
 def local_reply(reason: str, *, status: int | None = None, close: bool = False,
-                extra_headers: tuple[tuple[bytes, bytes], ...] = (), head: bool = False) -> bytes:
+                extra_headers: tuple[tuple[bytes, bytes], ...] = (), head: bool = False,
+                edits: Any = None) -> bytes:
     """Serialize a complete plain-text response for a locally generated error.
 
     ``head``: the answer to a HEAD request, whose headers describe a body that is not sent.
+    ``edits``: the routed rule's response header edits (``edit_pairs``), applied to the
+    reply's headers but for its framing and its reason header, which stay as they are.
     """
     code, text = REASONS[reason]
     code = status or code
     body = f"{reason}: {text}\n".encode()
-    lines = [
-        b"HTTP/1.1 %d %s" % (code, _status_text(code)),
-        b"content-type: text/plain; charset=utf-8",
-        b"content-length: %d" % len(body),
-        REASON_HEADER + b": " + reason.encode(),
-    ]
-    lines.extend(name + b": " + value for name, value in extra_headers)
+    if edits is None:
+        lines = [
+            b"HTTP/1.1 %d %s" % (code, _status_text(code)),
+            b"content-type: text/plain; charset=utf-8",
+            b"content-length: %d" % len(body),
+            REASON_HEADER + b": " + reason.encode(),
+        ]
+        lines.extend(name + b": " + value for name, value in extra_headers)
+    else:
+        lines = [
+            b"HTTP/1.1 %d %s" % (code, _status_text(code)),
+            b"content-length: %d" % len(body),
+            REASON_HEADER + b": " + reason.encode(),
+        ]
+        lines.extend(name + b": " + value for name, value in edited_local_headers(
+            edits, [(b"content-type", b"text/plain; charset=utf-8"), *extra_headers]))
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
+
+
+def edited_local_headers(edits: Any, headers: list[tuple[bytes, bytes]],
+                         keep: frozenset[bytes] = frozenset((REASON_HEADER,)),
+                         ) -> list[tuple[bytes, bytes]]:
+    """A local reply's own headers (``headers``, without framing) after a rule's response
+    edits; a header named in ``keep`` (the reason header...) is the reply's, neither removed
+    nor set again by an edit."""
+    return [h for h in edits.edit_pairs(headers) if h[0].lower() not in keep]
 
 
 def _status_text(code: int) -> bytes:

@@ -8,11 +8,13 @@ the finished head becomes an `Exchange` with a normalised target and the lines t
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from proxy.exchange import Exchange
 from proxy.headers import (
     IDENTITY_HEADERS,
+    KNOWN_AUTHORITIES,
     XFCC,
     _id_lines,
     appended_xfcc,
@@ -20,6 +22,7 @@ from proxy.headers import (
     normalize_path,
     request_id_line,
     split_target,
+    valid_authority,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +85,9 @@ def on_message_begin(p: DownstreamProtocol) -> None:
     p._in_head = True
     p._head_bytes = 0
     p._header_budget = p.listener.limits.max_header_bytes
-    p.head_started = p.loop.time()
+    # The request's start: the monotonic clock itself, not the loop's cached time (uvloop's
+    # is whole milliseconds, read once per iteration), so its duration is a measure.
+    p.head_started = monotonic()
 
 
 def on_url(p: DownstreamProtocol, url: bytes) -> None:
@@ -99,6 +104,11 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
     p._header_budget -= len(name) + len(value) + 4
     if p._header_budget < 0:
         raise Reject("headers_too_large")
+    if not p._in_head:
+        # A trailer of a chunked body (bounded by the same budget). Dropped, as Envoy's
+        # HTTP/1.1 codec does by default: the head may already be upstream, and a trailer
+        # must never become a header there that no route rule or policy saw (RFC 9110 6.5.1).
+        return
     kind = _SPECIAL.get(name.lower())
     if kind is None:
         p._headers.append((name, value))
@@ -187,8 +197,13 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     # Proxy-Connection) header says keep-alive: without one, keep-alive means HTTP/1.1, and
     # the version string, which httptools formats on each call (~1,500 instructions), is
     # not needed.
-    http10 = ((not keep_alive or p._connection_seen)
-              and parser.get_http_version() == "1.0")
+    http10 = False
+    if not keep_alive or p._connection_seen:
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                raise Reject("version_not_supported")  # HTTP/0.9, HTTP/2.0 in HTTP/1 syntax
+            http10 = True
     if authority is None:
         if p._host is None:
             if p.tunnel_host is not None:  # in a CONNECT tunnel: the CONNECT's authority
@@ -202,6 +217,8 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
             authority = p._host.decode("latin-1")
     elif p._host is None or p._host.decode("latin-1") != authority:
         _host_from_target(p, authority)
+    if authority not in KNOWN_AUTHORITIES and not valid_authority(authority):
+        raise Reject("bad_request")  # not a host and a port: routed by no rule, sent nowhere
     sent_path = path
     if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
         path = normalize_path(path)  # the common, already-normal path skips the call
@@ -216,12 +233,22 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
         if p._conn_tokens:
             drop = p._conn_tokens
             p._headers = [h for h in p._headers if h[0].lower() not in drop]
+            # Gone as hop-by-hop, the proxy's own are added as when none came: a client
+            # cannot strip the request id (or keep its x-forwarded-for) this way.
+            if b"x-request-id" in drop:
+                p._has_request_id = False
+            if b"x-forwarded-for" in drop:
+                p._xff = None
         # llhttp flags an upgrade (other than CONNECT's) only when an Upgrade header came
         upgrade = p._upgrade_seen and parser.should_upgrade()
         if upgrade and p._upgrade_value is None:
             # An upgrade not offered: the parser stopped after this head, so the connection
             # ends with this response.
             upgrade = keep_alive = False
+        elif upgrade:
+            # The parser stopped after this head too: unless a 101 makes the connection a
+            # tunnel, its answer ends it, and says so (`connection: close`).
+            keep_alive = False
         tail = _head_tail(p, upgrade)
         ex = Exchange(
             p, method, url, path, query, authority, p._headers, tail, p._chunked, keep_alive,
@@ -246,6 +273,8 @@ def _connect_exchange(p: DownstreamProtocol) -> Exchange:
     from proxy import meshtunnel
 
     authority = p._url.decode("latin-1")
+    if not valid_authority(authority):
+        raise Reject("bad_request")
     into_mesh = meshtunnel.connect_exchange(p, authority)
     if into_mesh is not None:
         return into_mesh

@@ -94,7 +94,7 @@ def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: 
         frame = FRAME_NONE
     elif head_only:
         frame = FRAME_NONE
-        if length is not None:
+        if length is not None and status != 204:  # (a 204 has none: RFC 9110 8.6)
             out.extend((b"content-length: ", length, _CRLF))
     elif length is not None and not conn.transfer_encoding:
         frame = FRAME_LENGTH
@@ -105,7 +105,7 @@ def client_head(conn: UpstreamConnection, status: int, head_only: bool, http10: 
     else:
         frame = FRAME_CHUNKED
         out.append(b"transfer-encoding: chunked\r\n")
-    if not keep_alive:
+    if not keep_alive and status != 101:  # (a 101's connection is the tunnel's now)
         out.append(b"connection: close\r\n")
     elif http10:
         out.append(b"connection: keep-alive\r\n")

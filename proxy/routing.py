@@ -395,8 +395,12 @@ class RouterBuilder:
         # TLS for the app's plain HTTP (ALPN http/1.1), and for its h2c (ALPN h2)
         origination = origination_for(host, policy.tls)
         origination_h2 = origination_for(host, policy.tls, http2=True) if http2 else None
+        # The host's own pools (a destination of its own, as its DestinationState): another
+        # ExternalService listing the same endpoint has its own connections and limits.
+        destination = (host, None)
         http_pools = {port: tuple(self.pools.get(
-            Address(a, targets.get(port, port)), None, "unknown", policy, external=True,
+            Address(a, targets.get(port, port)), None, "unknown", policy,
+            destination=destination, external=True,
             loop_ports=own_ports, protocol="http2" if port in http2 else "http1",
             origination=origination_h2 if port in http2 else origination) for a in addresses)
             for port, protocol in ext.ports if protocol not in TUNNEL_PROTOCOLS}
@@ -419,7 +423,8 @@ class RouterBuilder:
         for port, protocol in ext.ports:
             if protocol in TUNNEL_PROTOCOLS:
                 pools = tuple(self.pools.get(Address(a, targets.get(port, port)), None,
-                                             "unknown", policy, external=True, tunnel=True,
+                                             "unknown", policy, destination=destination,
+                                             external=True, tunnel=True,
                                              loop_ports=own_ports)
                               for a in addresses)
                 balancer = _balancer(policy.load_balancer, self.rng) if len(pools) > 1 else None
@@ -450,7 +455,8 @@ class RouterBuilder:
         snap = self.snapshot
         if snap.app is None:
             return Router({})
-        pool = self.pools.get(snap.app, None, snap.node.version, protocol=snap.app_protocol)
+        pool = self.pools.get(snap.app, None, snap.node.version, protocol=snap.app_protocol,
+                              destination=(snap.node.service, None), inbound=True)
         prefix = ("destination", "unknown", "unknown",
                   snap.node.metrics_name or snap.node.service, snap.node.service)
         backend = Backend(snap.node.service, None, (pool,), None, prefix)
@@ -543,20 +549,24 @@ class RouterBuilder:
             node = self.snapshot.node
             mesh = self.snapshot.mesh
             policy = service.subset_policy(subset)
+            own: str | None  # the subset, when it is a destination of its own
             if policy is None:  # the service's destination, shared by its other subsets
-                policy, owner, members = service.policy, None, service.endpoints
+                policy, own, members = service.policy, None, service.endpoints
             else:  # a subset with a policy of its own: its own pools, limits and ejections,
                 # as Envoy's subset cluster
                 assert subset is not None
-                owner, members = (service.name, subset), service.subset(subset)
+                own, members = subset, service.subset(subset)
+            # The destination's own pools (Envoy: a cluster's), also for an address another
+            # service lists: its breaker, connection count and versions are its own.
             mtls = self.snapshot.service_mtls
             all_pools = tuple(self.pools.get(e.address, e.identity, e.version, policy,
-                                             owner=owner, mtls=mtls(service, e))
+                                             destination=(service.name, own),
+                                             mtls=mtls(service, e))
                               for e in members)
             state = self.destinations.configure(
                 service.name, policy.connection_pool, policy.outlier_detection, all_pools,
-                mesh.retry_budget_percent, mesh.retry_budget_min_per_second,
-                subset if owner is not None else None)
+                mesh.retry_budget_percent, mesh.retry_budget_min_per_second, own,
+                label=service.metrics_name or None)
             chosen = {e.address: e for e in service.subset(subset)}
             pools = tuple(p for p in all_pools if p.address in chosen)
             # destination_workload: the service's own name, also when this proxy keys it
@@ -565,7 +575,7 @@ class RouterBuilder:
                       service.metrics_name or service.name, service.name.partition(".")[0])
             backend = self._make_backend(service.name, subset, pools, policy, state, prefix,
                                          tuple(chosen[p.address] for p in pools))
-            if owner is not None and service.protocol == "tcp":
+            if own is not None and service.protocol == "tcp":
                 backend.tcp_idle_timeout = tcp_idle_timeout(policy)
             self._backends[key] = backend
         return backend

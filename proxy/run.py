@@ -43,7 +43,11 @@ def load_identity_dir(directory: Path) -> Any:
 
 
 class _IdentitySink:
-    """Installs each certificate in the server and reports its expiry to the control plane."""
+    """Installs each certificate in the server and reports its expiry to the control plane.
+
+    The report reads the identity the server now presents (``served_identity``), the one
+    /config_dump shows: the identity agent records a certificate as its own only once this
+    call returned, so a report reading the agent's would carry the certificate before it."""
 
     def __init__(self, server: ProxyServer, agent: Any) -> None:
         self.server = server
@@ -56,6 +60,12 @@ class _IdentitySink:
         self.agent.certificate_changed()
 
 
+def served_identity(server: ProxyServer) -> Any:
+    """The workload identity the server presents (proxy.identity.WorkloadIdentity), None
+    before the first: what Register and Status report to the control plane."""
+    return server.tls.identity if server.tls is not None else None
+
+
 def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
                          agent: Any) -> tuple[asyncio.Task[None], asyncio.Event]:
     """Obtain and renew this sidecar's workload certificate over the control plane's gRPC."""
@@ -63,7 +73,6 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
         IdentityAgent,
         IdentityAgentConfig,
         grpc_issuer,
-        rfc3339,
     )
 
     token = args.token_file.read_text().strip() if args.token_file else ""
@@ -78,10 +87,28 @@ def start_identity_agent(server: ProxyServer, args: argparse.Namespace,
                           first_after=(lambda: registered(agent)) if args.mode == "gateway"
                           else None)
     server.identity_agent = ident  # its renewal state, for /config_dump's certificate
-    agent.cert_expiry = lambda: rfc3339(ident.cert_expiry) if ident.cert_expiry else ""
-    agent.cert_issued = lambda: rfc3339(ident.identity.not_before) if ident.identity else ""
-    agent.gateway_cert = lambda: ident.identity is not None and ident.identity.gateway
+    report_served_certificate(server, agent)
     return asyncio.create_task(ident.run(), name="identity-agent"), sink.installed
+
+
+def report_served_certificate(server: ProxyServer, agent: Any) -> None:
+    """The agent's Register and Status carry the served certificate's dates and marker."""
+    from proxy.identity_agent import rfc3339
+
+    def cert_expiry() -> str:
+        served = served_identity(server)
+        return rfc3339(served.not_after) if served is not None else ""
+
+    def cert_issued() -> str:
+        served = served_identity(server)
+        return rfc3339(served.not_before) if served is not None else ""
+
+    def gateway_cert() -> bool:
+        served = served_identity(server)
+        return served is not None and bool(served.gateway)
+
+    agent.cert_expiry, agent.cert_issued, agent.gateway_cert = (cert_expiry, cert_issued,
+                                                                gateway_cert)
 
 
 async def registered(agent: Any) -> None:
@@ -117,14 +144,19 @@ async def wait_for_identity(installed: asyncio.Event, timeout: float) -> None:
 
 
 async def start_waits(agent: Any, installed: asyncio.Event) -> None:
-    """The control-plane mode's two bounded start-up waits: first config, first certificate."""
-    await agent.start()
-    await wait_for_identity(installed, agent.first_config_timeout)
+    """The control-plane mode's start-up wait: its first config and its first certificate,
+    asked for at once and waited for together, up to ``agent.first_config_timeout`` (10 s)
+    in all. The listeners then bind either way, unready until both arrived: a proxy started
+    while the control plane is down binds after 10 s, not after a config wait and then a
+    certificate wait (20 s). Until it has a certificate its inbound refuses mTLS (STRICT) and
+    it is not ready, so it takes no mesh traffic early."""
+    await asyncio.gather(agent.start(),
+                         wait_for_identity(installed, agent.first_config_timeout))
 
 
 async def unless_stopped(server: ProxyServer, waits: Coroutine[Any, Any, None]) -> None:
     """Run ``waits`` unless the server stops first (SIGTERM, SIGINT, /shutdown during them):
-    the signal handler only starts the drain, and a stopping proxy must not sit out ~20 s of
+    the signal handler only starts the drain, and a stopping proxy must not sit out ~10 s of
     waits, then bind its listeners only to close them."""
     waiting = asyncio.ensure_future(waits)
     stopped = asyncio.ensure_future(server.stopped.wait())
@@ -247,4 +279,8 @@ async def run(args: argparse.Namespace, options: ProxyOptions) -> int:
         await agent.finish()
     await runner.cleanup()
     await server.access_log.aclose()  # the last lines; a stuck reader delays the exit 2 s at most
+    if server.tracing_provider is not None:
+        from proxy.tracing import close_tracing
+
+        await close_tracing(server)  # the last spans; a collector down delays it 2 s at most
     return 0

@@ -70,6 +70,8 @@ class ProxyServer:
         self.access_log_enabled = False
         self.access_filter: Callable[[Any], bool] | None = None  # a Telemetry's filter
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
+        # OpenTelemetry's TracerProvider once tracing is on (proxy.tracing), shut down at exit
+        self.tracing_provider: Any = None
         self.on_drain: list[Callable[[], None]] = []  # called once when the drain starts
         # stdout's writer thread starts with the first line logged (proxy/accesslog.py)
         self.access_log = AccessLogSink(sys.stdout)
@@ -78,6 +80,7 @@ class ProxyServer:
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
         self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
+        self.source = ("unknown", "unknown")  # this proxy's workload and version, as a caller
         self.tcp_listeners: list[Any] = []  # proxy.tcpupstream.TcpUpstreamListener
         self.backends: tuple[Any, ...] = ()  # the snapshot's (proxy.routing.Backend)
         self.admin: Any = None  # proxy.adminhttp.AdminServer, once bound
@@ -93,14 +96,18 @@ class ProxyServer:
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
+                                       label=snapshot.node.metrics_name or None,
                                        authentication=snapshot.authentication,
                                        port=snapshot.app.port if snapshot.app else 0)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
+            # `to: ports` at the gateway names its listening port, as at Istio's ingress
+            gateway_address = self.listener_addresses(snapshot).get("gateway")
             gateway_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls, None,
                                            self.stats, snapshot.node.service,
                                            authentication=snapshot.authentication,
-                                           gateway=True)
+                                           gateway=True,
+                                           port=gateway_address.port if gateway_address else 0)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy, gateway_policy,
                                 self.stats.rules)
@@ -139,9 +146,22 @@ class ProxyServer:
                     inbound.refuse_plaintext(self.options.drain_timeout)
             else:
                 inbound.plaintext_allowed = True
+        previous = self.snapshot
+        if previous is not None and (previous.authorization, previous.authentication,
+                                     previous.app) != (snapshot.authorization,
+                                                       snapshot.authentication, snapshot.app):
+            from proxy import revoke
+
+            # Revoking access holds for what is open too: connections the new policies refuse
+            # end now, before the ACK (proxy.revoke).
+            if inbound is not None:
+                revoke.recheck(inbound, inbound_policy)
+            if gateway is not None and gateway_policy is not None:
+                revoke.recheck(gateway, gateway_policy)
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
         self.tcp_targets = tcp_targets
+        self.source = (snapshot.node.service, snapshot.node.version)
         self.backends = builder.backends()
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
@@ -265,7 +285,8 @@ class ProxyServer:
 
         for spec in self.options.tcp_upstreams:
             listener = TcpUpstreamListener(spec, self.stats, lambda: self.tcp_targets,
-                                           self.options.limits.max_connections)
+                                           self.options.limits.max_connections,
+                                           lambda: self.source)
             try:
                 await listener.start(self.loop)
             except OSError as exc:
@@ -333,6 +354,7 @@ class ProxyServer:
         for listener in self.listeners.values():
             for conn in list(listener.connections):
                 if conn.transport is not None:
+                    conn.lost_reason = "drain_timeout"  # what its requests in flight say
                     conn.transport.close()
         self.pools.close_all()
         self.stopped.set()

@@ -95,7 +95,7 @@ class TapHub:
             "time": time.time(), "listener": session.listener, "reporter": labels[0],
             "method": None, "path": None, "authority": session.authority, "status": None,
             "reason": session.flags,
-            "duration_ms": round((asyncio.get_running_loop().time() - session.start) * 1000, 3),
+            "duration_ms": round((time.monotonic() - session.start) * 1000, 3),
             "source": labels[1], "source_version": labels[2], "destination": labels[3],
             "destination_workload": labels[4], "destination_version": labels[5],
             "tls": labels[6], "protocol": "TCP", "grpc_status": None,

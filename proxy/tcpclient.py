@@ -95,12 +95,13 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
     if state is not None and state.breaker is not None:
         if state.tcp_connections >= state.breaker.limits.max_connections:
             session.stats.inc("ami_circuit_breaker_overflow",
-                              (("destination_service", backend.service),))
+                              (("destination_service", base[3]),))
             session.opened((*base, "unknown", "unknown"))
             session.fail("overflow")
             return
         state.tcp_connections += 1  # released when the session ends
         session.on_end = _counted(state, session.on_end)
+    session.pending_labels = (*base, "unknown", "unknown")
     tried: list[EndpointPool] = []
     reason = "no_healthy_upstream"
     for _ in range(MAX_ATTEMPTS):
@@ -113,8 +114,8 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
             # a connection refused by policy (rate limit, authorization) is a healthy
             # endpoint's answer, as an HTTP 429 or 403: no reason to eject it
             backend.outlier.record(pool, 200 if reason == "ok" else _POLICY_ANSWERS.get(reason))
-        if session.ended:  # the app left meanwhile (its end hooks ran): close the peer too
-            session.close()
+        if session.ended:  # the app left meanwhile (its end hooks ran, the connection was
+            session.close()  # counted under pending_labels): close the peer too
             return
         if reason == "ok":
             pool.active_requests += 1  # released when the session ends
@@ -133,8 +134,10 @@ async def open_session(session: TcpSession, target: TcpTarget) -> None:
             return
         if reason not in _RETRIABLE:
             break
+    # no connection made (upstream_connect_failure): its security is unknown, as for HTTP
     session.opened((*base, tried[-1].version if tried else "unknown",
-                    _security(tried[-1]) if tried else "unknown"))
+                    _security(tried[-1]) if tried and reason != "upstream_connect_failure"
+                    else "unknown"))
     session.fail(reason)
 
 

@@ -1,7 +1,7 @@
 """The destination's side of a TCP service: an `ami-tcp` connection on the inbound listener
-(mTLS, or plaintext opened by the preamble where the mesh allows plaintext) is authorized once,
+(mTLS, or plaintext opened by the preamble where the mesh allows plaintext) is authorized
 as a connection (and, with a rateLimit, spends a token), then piped to the local app
-(proxy.tcprelay).
+(proxy.tcprelay). A push whose policies no longer allow it ends it (proxy.revoke).
 
 Only a sidecar whose app is declared `tcp` takes such connections: on any other, `ami-tcp`
 would carry bytes past the HTTP app's per-request policies, so it is refused
@@ -98,8 +98,8 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
             log.debug("TCP app %s: %s", target.app, exc)
             refuse("upstream_connect_failure")
             return
-        if session.mesh is None:  # the caller went away meanwhile
-            session.close()
+        if session.mesh is None or session.ended:  # the caller went away, or was revoked
+            session.close()  # (closes the app's end just made)
             return
         session.answer(OK)
         session.join()

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from proxy.accessline import wall_start
 from proxy.tcpflush import close_flushing
 from proxy.tcpwire import FIN, HEADER, OK, FrameReader, WireError, first_frame
 
@@ -56,6 +58,7 @@ class TcpSession:
         "on_end",
         "on_hello",
         "on_refuse",
+        "pending_labels",
         "reader",
         "start",
         "stats",
@@ -67,7 +70,9 @@ class TcpSession:
         self.stats = stats
         self.client = client  # the caller's sidecar (else the destination's)
         self.listener = listener  # access log: tcp_upstream | outbound | inbound | gateway
-        self.start = loop.time()
+        # time.monotonic(), as a request's start: uvloop's loop.time() is whole milliseconds
+        # read once per loop iteration (one call per connection, not per byte)
+        self.start = monotonic()
         self.app: asyncio.Transport | None = None
         self.mesh: asyncio.Transport | None = None
         self.app_bytes = 0  # read from the app socket
@@ -78,6 +83,9 @@ class TcpSession:
         # reporter, source_workload, source_version, destination_service,
         # destination_workload, destination_version, connection_security_policy
         self.labels: tuple[str, ...] = ()
+        # client role: the labels known while its endpoint is being connected (version and
+        # security unknown yet), counted under if the app leaves before that ends
+        self.pending_labels: tuple[str, ...] = ()
         self.authority: str | None = None  # what the caller asked for (client role)
         self.upstream: str | None = None  # the endpoint, or the local app
         self.early = b""  # the app's bytes read before the join (after a CONNECT's head)
@@ -264,6 +272,12 @@ class TcpSession:
         if self.idle is not None:
             self.idle.cancel()
             self.idle = None  # no cycle left between the two
+        if not self.labels and self.pending_labels:
+            # The app left while its connection was being made: counted all the same (the
+            # destination's sidecar counts the connection it was given).
+            self.opened(self.pending_labels)
+            if self.flags == "-":
+                self.flags = "downstream_disconnect"
         self.stats.tcp_live.discard(self)
         if self.labels:
             self.flush()
@@ -317,10 +331,10 @@ class TcpSession:
                 return
 
         labels = self.labels or ("", "unknown", "unknown", "unknown")
-        line = {"start_time": self.start, "listener": self.listener, "method": None,
+        line = {"start_time": wall_start(self.start), "listener": self.listener, "method": None,
                 "path": None, "authority": self.authority, "status": None,
                 "reason": self.flags if self.flags != "-" else NO_FLAGS,
-                "duration_ms": round((asyncio.get_running_loop().time() - self.start) * 1000, 3),
+                "duration_ms": round((monotonic() - self.start) * 1000, 3),
                 "bytes_received": self.request_bytes, "bytes_sent": self.response_bytes,
                 "request_id": None, "source": labels[1], "destination_service": labels[3],
                 "upstream": self.upstream, "protocol": "TCP", "grpc_status": None}

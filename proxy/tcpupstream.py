@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import Address, ConfigError
+from proxy.headers import service_from_authority
 from proxy.tcpclient import TcpTarget, find_target, open_session
 from proxy.tcprelay import AppEnd, TcpSession
 
@@ -48,10 +49,13 @@ class TcpUpstreamListener:
     """One bound `--tcp-upstream` port and its open connections."""
 
     def __init__(self, spec: TcpUpstreamSpec, stats: RequestStats,
-                 targets: Callable[[], Mapping[str, TcpTarget]], max_connections: int) -> None:
+                 targets: Callable[[], Mapping[str, TcpTarget]], max_connections: int,
+                 source: Callable[[], tuple[str, str]] = lambda: ("unknown", "unknown"),
+                 ) -> None:
         self.spec = spec
         self.stats = stats
         self.targets = targets  # the current snapshot's TCP services
+        self.source = source  # this proxy's (workload, version), the connections' source
         self.max_connections = max_connections
         self.sessions: set[TcpSession] = set()
         self.server: asyncio.base_events.Server | None = None
@@ -83,6 +87,10 @@ class TcpUpstreamListener:
             log.warning("--tcp-upstream %s: no TCP service %r in the mesh (not declared "
                         "--app-protocol tcp, or no such service)", self.spec.listen,
                         self.spec.service)
+            # counted under the name asked for, as an HTTP request for no service is
+            workload, version = self.source()
+            asked = service_from_authority(self.spec.service)
+            session.opened(("source", workload, version, asked, "unknown", "unknown", "unknown"))
             session.fail("no_route")
             return
         asyncio.get_running_loop().create_task(open_session(session, target))

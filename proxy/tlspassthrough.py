@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING
 
+from proxy.accessline import wall_start
 from proxy.clienthello import RECORD_HANDSHAKE, ClientHello, HelloError, HelloReader
 from proxy.listener import FilterView
 
@@ -46,7 +48,7 @@ class _FirstBytes(asyncio.Protocol):
         self.p = p
         self.reader: HelloReader | None = None
         self.held = bytearray()  # the ClientHello's bytes so far, relayed as they are
-        self.start = p.loop.time()
+        self.start = monotonic()  # (a request's clock, not uvloop's millisecond ticks)
         self.timer: asyncio.TimerHandle | None = p.loop.call_later(
             p.listener.limits.header_timeout, self._too_slow)
 
@@ -109,6 +111,13 @@ class _FirstBytes(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         self.timer = None
+        if self.reader is None:
+            # Not a byte in --header-timeout: nothing says it was TLS (an idle HTTP client, a
+            # port check), so it is closed as the HTTP listener closes a silent connection,
+            # without counting a refused TLS connection.
+            if self.p.transport is not None:
+                self.p.transport.close()
+            return
         self._refuse("request_timeout", None, "unknown",
                      "no complete ClientHello within --header-timeout", timer_fired=True)
 
@@ -154,9 +163,9 @@ def refused(listener: Listener, reason: str, sni: str | None, destination: str, 
     if out is None or (listener.access_filter is not None
                        and not listener.access_filter(FilterView(0, reason, sni))):
         return
-    line = {"start_time": start, "listener": listener.kind, "method": None, "path": None,
-            "authority": sni, "status": None, "reason": reason,
-            "duration_ms": round((listener.loop.time() - start) * 1000, 3),
+    line = {"start_time": wall_start(start), "listener": listener.kind, "method": None,
+            "path": None, "authority": sni, "status": None, "reason": reason,
+            "duration_ms": round((monotonic() - start) * 1000, 3),
             "bytes_received": received, "bytes_sent": 0, "request_id": None,
             "source": listener.router.source[0], "destination_service": destination,
             "upstream": None, "protocol": "TLS", "grpc_status": None}

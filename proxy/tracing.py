@@ -7,9 +7,11 @@ spans and rewrites its ``traceparent``/B3 headers so the next hop becomes a chil
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
+import threading
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -91,11 +93,19 @@ class TracedExchange:
     def end(self, ex: Exchange) -> None:
         status = ex.status
         backend = ex.backend
+        # a gRPC call's grpc-status (an H2Exchange's; None otherwise): non-zero is a failure
+        # under an HTTP 200, as stat counts it
+        grpc = getattr(ex, "grpc_status", None)
+        grpc_code = int(grpc) if grpc is not None and grpc.isdigit() else None
+        failed = status >= 500 or status == 0 or (grpc is not None and grpc != "0")
         for span in (self.client, self.server):
             span.set_attribute("http.response.status_code", status)
             span.set_attribute("ami.response_flags", ex.flags)
-            if status >= 500 or status == 0:
-                span.set_status(Status(StatusCode.ERROR, ex.flags))
+            if grpc_code is not None:
+                span.set_attribute("rpc.grpc.status_code", grpc_code)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, ex.flags if ex.flags != "-"
+                                       or grpc is None else f"grpc-status {grpc}"))
         if backend is not None:
             self.client.set_attribute("peer.service", backend.metric_prefix[3])
         if ex.pool is not None:
@@ -181,9 +191,12 @@ def install_tracing(server: ProxyServer, endpoint: str | None = None, *,
         tracer = state.get("tracer")
         if tracer is None:
             span_exporter = exporter or _otlp_exporter(str(endpoint))
+            # No atexit shutdown of its own: that one waits for the exporter, which retries
+            # a collector that is down for 10 s; the proxy's exit bounds it (close_tracing).
             provider = TracerProvider(resource=Resource.create(
                 {"service.name": snapshot.node.service,
-                 "service.version": snapshot.node.version}))
+                 "service.version": snapshot.node.version}), shutdown_on_exit=False)
+            server.tracing_provider = provider
             provider.add_span_processor(BatchSpanProcessor(span_exporter,
                                                            schedule_delay_millis=1000))
             tracer = state["tracer"] = Tracer(provider.get_tracer("ami.proxy"),
@@ -197,6 +210,24 @@ def install_tracing(server: ProxyServer, endpoint: str | None = None, *,
     if server.snapshot is not None:
         on_snapshot(server.snapshot)
     return True
+
+
+async def close_tracing(server: ProxyServer, timeout: float = 2.0) -> None:
+    """At exit: export the spans still batched, for ``timeout`` s at most. A collector that
+    is down or hung (the OTLP exporter retries for 10 s) must not hold the proxy past its
+    drain deadline; what it did not take by then is lost, as the access log's stuck reader's
+    lines are."""
+    provider = server.tracing_provider
+    if provider is None:
+        return
+    server.tracing_provider = None
+    # A daemon thread: the interpreter's exit does not wait for a shutdown still retrying.
+    closing = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    closing.start()
+    await asyncio.to_thread(closing.join, timeout)
+    if closing.is_alive():
+        log.warning("tracing: the OTLP collector took no spans within %.0f s; "
+                    "the last ones are dropped", timeout)
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:

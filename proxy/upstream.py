@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
@@ -20,7 +20,6 @@ from proxy.responsehead import UpstreamProtocolError
 log = logging.getLogger("ami.proxy")
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange
     from proxy.pools import EndpointPool
 
 
@@ -38,6 +37,25 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"proxy-authenticate": _R_HOP,
 }
 
+
+
+class ResponseSink(Protocol):
+    """What a connection hands the response to: the request's Exchange, or a mirror's copy
+    (proxy.mirror.MirrorRequest). Typed, so that mypy holds every sink to all of it."""
+
+    interim: bool  # a 1xx head came: the final response is still to come
+    response_started: bool
+    status: int
+    upstream_keep_alive: bool
+
+    def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool: ...
+    def upstream_body(self, chunk: bytes) -> None: ...
+    def flush_out(self) -> None: ...
+    def upstream_complete(self, conn: UpstreamConnection) -> None: ...
+    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection) -> None: ...
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
 
 
 class SkipBody(Exception):
@@ -82,7 +100,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.exchange: Exchange | None = None
+        self.exchange: ResponseSink | None = None
         self.parser = httptools.HttpResponseParser(self)
         # The response head being parsed: each forwardable header as four parts (name, `: `,
         # value, CRLF) for the client head's join, framing apart.
@@ -159,7 +177,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
                               self.pool.max_head_bytes)
                     ex.upstream_failed(self, "upstream_protocol_error")
 
-    def _parse_error(self, ex: Exchange, exc: httptools.HttpParserError) -> None:
+    def _parse_error(self, ex: ResponseSink, exc: httptools.HttpParserError) -> None:
         # httptools wraps an exception raised in a callback in HttpParserCallbackError.
         cause = exc.__context__
         if isinstance(cause, SkipBody):
@@ -187,7 +205,13 @@ class UpstreamConnection(asyncio.BaseProtocol):
         peer = self.tunnel_peer
         if peer is not None:
             return self.half_close(peer.transport, from_client=False)
-        return False  # close the transport; connection_lost does the accounting
+        if self.exchange is None:
+            # The server closed an idle connection: it leaves the pool now, not at
+            # connection_lost (called soon, but after the other reads of this wake-up), so a
+            # request read in between is never written into this closing transport (where
+            # nothing of it would go out, and a POST would then fail as upstream_reset).
+            self._detach()
+        return False  # close the transport; connection_lost does the rest of the accounting
 
     def half_close(self, client: asyncio.Transport | None, from_client: bool) -> bool:
         """A FIN from one end of this tunnel: pass it on and keep the other direction open, as
@@ -300,7 +324,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         return [(parts[i], parts[i + 2]) for i in range(0, len(parts), 4)]
 
     # --- used by the exchange and the pool --------------------------------------------------
-    def send(self, exchange: Exchange, head: bytes) -> None:
+    def send(self, exchange: ResponseSink, head: bytes) -> None:
         self.exchange = exchange
         self.requests += 1
         self.head_bytes = 0

@@ -143,7 +143,7 @@ def start_backend(log_dir: Path, name: str, port: int | None = None,
 def start_control_plane(tmp: Path, *, config_dir: Path | None = None,
                         http_port: int | None = None, grpc_port: int | None = None,
                         warmup: float | None = None, grace: float = 2.0,
-                        timeout: float = 20.0, args: tuple[str, ...] = ()) -> MeshProcess:
+                        timeout: float = 30.0, args: tuple[str, ...] = ()) -> MeshProcess:
     """``meshctl serve`` on free ports; ready once its API answers."""
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()

@@ -132,7 +132,8 @@ class Mesh:
     def sync(self, revision: int) -> None:
         """Until every sidecar runs the store at ``revision`` (the control plane's /sync)."""
         status, body = http_json(self.cp.info["api"]
-                                 + f"/api/v1/sync?storeVersion={revision}&timeout=15")
+                                 + f"/api/v1/sync?storeVersion={revision}&timeout=30",
+                                 timeout=40.0)  # (the client's wait outlasts the server's)
         assert status == 200 and body["synced"], body
 
     def apply_synced(self, *docs: str) -> int:

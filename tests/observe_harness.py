@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class ObservedMesh:
     store: MemStore
     url: str
     extra: list[dict[str, Any]] = field(default_factory=list)
+    samples: Counter[str] = field(default_factory=Counter)  # scrapes taken, per proxy
 
     def proxy_list(self) -> dict[str, Any]:
         listed = [{"name": f"{svc}-v1", "service": svc, "version": "v1",
@@ -89,9 +91,26 @@ class ObservedMesh:
                               env=env, cwd="/")
 
     def wait_scraped(self, passes: int = 1, timeout: float = 10.0) -> None:
-        start = self.observer.scraper.scrapes
-        wait_until(lambda: self.observer.scraper.scrapes >= start + passes, timeout,
-                   "the observer to scrape")
+        """Until every proxy was scraped ``passes`` more times, each scrape a sample in the
+        window: a pass counts for nothing where it failed (a scrape timing out on a loaded
+        machine), and the first may have read a proxy before what the test just did (it was
+        in flight), so a test that reads what it sent waits for 2."""
+        names = [str(p["name"]) for p in self.proxy_list()["proxies"] if p.get("admin")]
+        start = {n: self.samples[n] for n in names}
+        wait_until(lambda: all(self.samples[n] >= start[n] + passes for n in names), timeout,
+                   f"{passes} more scrapes of each of {names} (errors: "
+                   f"{self.observer.scraper.errors})")
+
+    def count_samples(self) -> None:
+        """Count each scrape the window takes, per proxy (what ``wait_scraped`` waits on)."""
+        window = self.observer.scraper.window
+        add = window.add
+
+        def counted(proxy: str, scrape: Any) -> None:
+            add(proxy, scrape)
+            self.samples[proxy] += 1
+
+        window.add = counted  # type: ignore[method-assign]
 
     def start_observer(self) -> None:
         self.backends.call(_start(self.observer))
@@ -133,6 +152,7 @@ def observe_proxies(backends: Backends, proxies: dict[str, ProxyProcess], interv
     """The API with observability over ``proxies`` (keyed by the service each one is)."""
     mesh = ObservedMesh(backends, proxies, None, MemStore(), "")  # type: ignore[arg-type]
     mesh.observer = Observer(mesh.proxy_list, interval=interval)
+    mesh.count_samples()
     app = create_api_app(mesh.store, token=TOKEN,
                          extra_routes=observe_routes(mesh.observer, token=TOKEN))
     mesh.url = f"http://127.0.0.1:{backends.aiohttp(app)}"

@@ -18,7 +18,7 @@ class DeclaresPeerAuthentications:
 
     def api(self, path: str, method: str = "GET", body: str | None = None) -> tuple[int, object]:
         return http_json(self.cp.info["api"] + path, method, body, token=self.cp.info["token"],
-                         content_type="application/yaml")
+                         content_type="application/yaml", timeout=40.0)
 
     def declare(self, *docs: str) -> None:
         """Replace the PeerAuthentications by ``docs``; returns once every sidecar runs that."""
@@ -38,5 +38,5 @@ class DeclaresPeerAuthentications:
                     f"/api/v1/namespaces/default/peerauthentications/{name}", "DELETE")
                 assert status == 200 and isinstance(gone, dict), gone
                 self.revision = max(self.revision, int(gone["metadata"]["resourceVersion"]))
-        status, synced = self.api(f"/api/v1/sync?storeVersion={self.revision}&timeout=15")
+        status, synced = self.api(f"/api/v1/sync?storeVersion={self.revision}&timeout=30")
         assert status == 200 and isinstance(synced, dict) and synced["synced"], synced

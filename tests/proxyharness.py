@@ -148,7 +148,7 @@ def get(host: str, path: str = "/", extra: str = "", body: bytes = b"",
     return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}{extra}\r\n".encode() + body
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, *,
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, *,
                      what: str = "condition") -> None:
     """Wait until `predicate()` holds (checked every 10 ms), failing after `timeout` seconds."""
     end = asyncio.get_running_loop().time() + timeout

@@ -122,10 +122,13 @@ async def test_a_broken_stream_leaves_no_task_behind() -> None:
                 return [t for t in asyncio.all_tasks() if not t.done()
                         and "_consume_request_iterator" in repr(t.get_coro())]
 
-            for _ in range(50):  # a few loop turns for the feeder to see the end of the outbox
-                if not feeders():
-                    break
-                await asyncio.sleep(0.01)
+            # The feeder sees the end of the outbox within a few loop turns; gRPC's own threads
+            # may be slow to let it on a loaded machine: a deadline, not a count of turns (one
+            # that waits on the outbox forever still fails)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 10
+            while feeders() and loop.time() < end:
+                await asyncio.sleep(0.01)  # poll interval of a deadline-bounded wait
             assert feeders() == []
     finally:
         await cp.stop(None)

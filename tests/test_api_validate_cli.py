@@ -145,7 +145,7 @@ def test_closed_stdout_ends_quietly() -> None:
 def test_a_broken_pipe_is_not_a_control_plane_error() -> None:
     """The API commands' error wrapper lets it through instead of blaming the control plane
     ("control plane did not answer: [Errno 32] Broken pipe")."""
-    from meshctl.commands.resources import reports_errors
+    from meshctl.commands.calls import reports_errors
 
     @reports_errors
     def prints(_: argparse.Namespace) -> int:

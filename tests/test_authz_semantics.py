@@ -128,3 +128,19 @@ async def test_allow_condition_needs_every_value_of_a_repeated_header(env: Env) 
     assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nx-user: bob\r\n")) == DENIED
     assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nX-User: alice\r\n")) == ALLOWED
 
+
+
+@pytest.mark.parametrize("value", ["mallory ", "mallory\t", "mallory \t "])
+async def test_trailing_whitespace_does_not_dodge_a_deny(env: Env, value: str) -> None:
+    """A value's trailing whitespace is not part of it (RFC 9110 5.5), as the app reads it:
+    `x-user: mallory ` is denied like `x-user: mallory`."""
+    assert verdict(await plain(env, "/open/x", f"x-user: {value}\r\n")) == DENIED
+    assert verdict(await plain(env, "/open/x", f"x-other: {value}\r\n")) == ALLOWED
+
+
+async def test_an_underscore_spelling_counts_as_the_header(env: Env) -> None:
+    """`x_user` is `x-user` to WSGI/CGI apps (both are HTTP_X_USER): a DENY on `x-user`
+    sees it, and an ALLOW on `x-user: alice` does not vouch for an `x_user` it does not allow."""
+    assert verdict(await plain(env, "/open/x", "x_user: mallory\r\n")) == DENIED
+    assert verdict(await plain(env, "/alice/x", "x_user: alice\r\n")) == ALLOWED
+    assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nx_user: bob\r\n")) == DENIED

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.canary.controller import EVENTS_KEPT
 from tests.helpers_mesh import apply_yaml, http_json, start_control_plane, wait_for
 from tests.meshbuilder import Mesh
 from tests.observe_harness import Traffic
@@ -107,7 +108,8 @@ def test_declared_healthy_canary_is_promoted(mesh: KindMesh) -> None:
     assert status["phase"] == "Succeeded", status
     assert status["message"] == "v3 promoted: v1 0% / v3 100%"
     messages = [e["message"] for e in status["events"]]
-    assert messages[0] == "start: v1 50% / v3 50%"
+    # (the status keeps the last EVENTS_KEPT: under load, holds may push the start out)
+    assert messages[0] == "start: v1 50% / v3 50%" or len(messages) == EVENTS_KEPT, messages
     assert "advance to 100: v1 0% / v3 100%" in messages, messages
     assert status["lastAnalysis"]["successRate"] == 1.0
     assert mesh.weights() == {"v1": 0, "v3": 100}
@@ -122,7 +124,7 @@ def test_declared_healthy_canary_is_promoted(mesh: KindMesh) -> None:
     assert out.returncode == 0, out.stderr
     assert "Phase:             Succeeded (since " in out.stdout
     assert "Weight:            v1 0% / v3 100%" in out.stdout
-    assert "start: v1 50% / v3 50%" in out.stdout  # the events table
+    assert messages[-1] in out.stdout and messages[0] in out.stdout  # the events table
     # deleting a finished Canary leaves the weights as they are
     assert mesh.meshctl("delete", "canary", "reviews-v3").returncode == 0
     assert mesh.weights() == {"v1": 0, "v3": 100}

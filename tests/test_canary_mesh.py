@@ -105,7 +105,8 @@ def test_healthy_canary_is_promoted(mesh: CanaryMesh) -> None:
     assert decisions[0].startswith("start: v1 50% / v3 50%")
     advances = [d for d in decisions if d.startswith("advance")]
     assert [d.split(":")[0] for d in advances] == ["advance to 100"], out.stdout
-    assert decisions[-1].startswith("promote: v1 0% / v3 100% (") and "synced" in decisions[-1]
+    # (the weights are those of the advance to 100: an unchanged write, "N proxies in sync")
+    assert decisions[-1].startswith("promote: v1 0% / v3 100% (") and "in sync" in decisions[-1]
     assert out.stdout.endswith("v3 promoted\n")
     assert mesh.weights() == {"v1": 0, "v3": 100}
     assert _served_by(mesh) == {b"reviews-v3"}

@@ -268,6 +268,32 @@ async def test_event_hook_receives_every_event(
                          "eventMessage": "start: v1 50% / v3 50%", "eventType": "Normal"}
 
 
+async def test_an_event_hook_gets_the_events_in_order_however_long_each_call_takes(
+        rigs: Any, hooks: HookServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two events fired a moment apart (promote, then promoted at the next sweep): the second
+    is POSTed once the first has answered, so a first call slow to connect cannot make them
+    arrive swapped (fired side by side, they did: the receiver got `v3 promoted` first)."""
+    rig = await rigs(with_hooks(hooks, ("slack", "event")))
+    for t in (0, 10):
+        await at(rig, t)
+    call = rig.controller.caller.call
+
+    async def slow_promote(hook: Webhook, body: Any) -> HookResult:
+        if str(body.get("eventMessage", "")).startswith("promote:"):
+            await asyncio.sleep(0.2)  # its connection slow to be made (the race, made sure)
+        return await call(hook, body)
+
+    monkeypatch.setattr(rig.controller.caller, "call", slow_promote)
+    for t in (20, 20.5):  # the sweeps fire their events, waiting for none
+        rig.clock.now = T0 + t
+        await rig.controller.sweep()
+    await rig.controller.caller.drain()
+    status = await rig.status()
+    assert status["phase"] == "Succeeded"
+    assert [b["eventMessage"] for b in hooks.bodies("slack")] == [
+        e["message"] for e in status["events"]]
+
+
 async def test_event_and_post_rollout_answers_are_kept_in_the_status(
         rigs: Any, hooks: HookServer) -> None:
     """Fired hooks gate nothing, but a user must see that one failed: each hook's last answer

@@ -84,7 +84,13 @@ def test_issue_writes_an_identity_dir_with_the_marker_only_when_asked(ca: Path,
 @pytest.mark.parametrize(("argv", "error"), [
     (("--service", "Bad_Name"), "invalid service 'Bad_Name'"),
     (("--service", "ingress", "--ttl", "5"), "duration '5' has no unit"),
+    # the CA would clamp these (a 1 m, a 1-year certificate): a static proxy never renews, so
+    # a lifetime other than the one asked for is refused, not issued
+    (("--service", "ingress", "--ttl", "5s"), "--ttl 5s is under the minimum of 1m"),
+    (("--service", "ingress", "--ttl", "87600h"), "--ttl 87600h outlasts the intermediate CA"),
     (("--service", "ingress", "--dir", "{missing}"), "missing (run `meshctl certs init`?)"),
+    (("--service", "meshctl", "--namespace", "ami-system"),
+     "namespace 'ami-system' is reserved for the control plane"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(ca: Path, tmp_path: Path,
                                                   argv: tuple[str, ...], error: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshctl.controlplane.store import KIND_PLURALS
+from meshctl.api.kindnames import KIND_PLURALS
 from tests.helpers_mesh import PYTHON, ROOT, MeshProcess, http_json, proxies
 from tests.meshbuilder import Mesh
 from tests.ports import free_port

@@ -7,6 +7,8 @@ rule drops its series."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,8 +142,10 @@ def test_service_without_route_or_named_rule_and_unknown_service(mesh: Mesh) -> 
     assert [r["rule"] for r in body["rows"]] == ["[unnamed]"]
     assert "names none of its rules" in mesh.meshctl("routes", "productpage").stdout
     missing = mesh.meshctl("routes", "nosuch")
-    assert missing.returncode != 0
-    assert "no service nosuch in namespace default" in missing.stderr
+    assert missing.returncode == 1
+    # the API's words, without its path (docs/observability.md)
+    assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
+        missing.stderr
 
 
 def test_unnaming_the_rules_drops_their_series_and_naming_resumes_counting(
@@ -183,3 +187,108 @@ def test_renamed_rule_drops_the_old_series_at_the_push(mesh: Mesh) -> None:
     assert mesh.front_metric("ami_route_requests_total", rule="jason-v2") == 1
     assert mesh.front_metric("ami_route_requests_total", rule="idle") == idle
     assert 'rule="jason"' not in mesh.front_text()
+
+
+@pytest.mark.parametrize("args", [("stat", "nosuch"), ("stat", "reviews", "--from", "nosuch"),
+                                  ("top", "nosuch", "--once"), ("tap", "nosuch")])
+def test_stat_top_and_tap_refuse_a_service_the_mesh_does_not_know(
+        mesh: Mesh, args: tuple[str, ...]) -> None:
+    """A mistyped name is an error naming what the mesh knows, exit 1, not an empty table
+    (stat, top) or a tap that waits forever."""
+    out = mesh.meshctl(*args, timeout=30)
+    assert (out.returncode, out.stdout) == (1, ""), out
+    assert out.stderr.startswith("error: no service 'nosuch'"), out.stderr
+    assert "known services: " in out.stderr and "reviews" in out.stderr, out.stderr
+    assert "/api/v1" not in out.stderr
+
+
+def test_a_misspelt_service_gets_a_suggestion_and_known_ones_are_served(mesh: Mesh) -> None:
+    """`stat reviw` suggests reviews; registered services, one only a DestinationPolicy
+    declares (no sidecar) and a source with traffic are served as before."""
+    typo = mesh.meshctl("stat", "reviw")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean reviews?\n"), typo
+    mesh.call(None)
+    mesh.apply_synced(destination_policy("ratings", ("v1",)))
+    try:
+        for args in (("stat", "reviews", "--from", "productpage"), ("stat", "ratings"),
+                     ("stat", "--from", "productpage"),
+                     ("top", "reviews", "--once", "--interval", "0.2")):
+            out = mesh.meshctl(*args)
+            assert out.returncode == 0, (args, out.stderr)
+    finally:
+        assert mesh.meshctl("delete", "dp", "ratings").returncode == 0
+
+
+def _api(mesh: Mesh, query: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"{mesh.cp.info['api']}/api/v1/{query}", headers={
+        "Authorization": f"Bearer {mesh.cp.info['token']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _strict_json(raw: bytes) -> Any:
+    """JSON as its spec has it: NaN and Infinity are not numbers there."""
+    def refuse(word: str) -> None:
+        raise AssertionError(f"not JSON: {word} in {raw!r}")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("query", [
+    "stat?window=nan", "stat?window=inf", "stat?window=-5m", "stat?window=0",
+    "stat?window=abc", "stat?window=NaNs", "edges?window=nan",
+    "routes?service=reviews&window=-inf", "dashboard/state?window=nan",
+    "top?service=reviews&seconds=nan", "top?service=reviews&seconds=-1",
+    "top?service=reviews&seconds=abc", "tap?service=reviews&n=x",
+    "sync?timeout=nan", "sync?timeout=-1"])
+def test_the_api_refuses_windows_and_seconds_that_are_no_positive_number(
+        mesh: Mesh, query: str) -> None:
+    """Every number-of-seconds query parameter: not a finite number (or a negative one, or a
+    zero window) is a 400 in the API's JSON error shape, never a NaN in the answer."""
+    status, raw = _api(mesh, query)
+    body = _strict_json(raw)
+    assert status == 400 and body["reason"] == "BadRequest", (status, body)
+    name = query.rpartition("&")[2].partition("=")[0].rpartition("?")[2]
+    assert name in body["error"] or query.startswith("sync"), body
+
+
+def test_a_short_window_is_still_widened_and_a_long_one_cut(mesh: Mesh) -> None:
+    """Positive windows outside 1 s to 10 min are taken to the nearest end, as before."""
+    assert _strict_json(_api(mesh, "stat?window=0.001")[1])["window"] == 1.0
+    assert _strict_json(_api(mesh, "stat?window=2h")[1])["window"] == 600.0
+    assert _api(mesh, "sync?timeout=0")[0] == 200  # (timeout 0: just ask, as bugreport does)
+
+
+@pytest.mark.parametrize("args", [("stat", "--window", "nan"), ("stat", "--window", "abc"),
+                                  ("stat", "--window=-5m"), ("edges", "--window", "0"),
+                                  ("routes", "reviews", "--window", "inf"),
+                                  ("top", "reviews", "--once", "--interval", "nan"),
+                                  ("bug-report", "--since", "0")])
+def test_meshctl_refuses_such_windows_as_usage_errors(mesh: Mesh, args: tuple[str, ...]) -> None:
+    """The CLI checks them itself: a usage error (exit 2) naming the flag, nothing asked."""
+    out = mesh.meshctl(*args)
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert "error: argument --" in out.stderr and "/api/v1" not in out.stderr, out.stderr
+
+
+def test_check_warns_of_a_route_to_services_that_exist_nowhere(mesh: Mesh) -> None:
+    """A Route for host reviewz sending to ratingz applies (`created`), and `meshctl check`
+    warns of it, naming both, without failing; the Route to reviews is not named."""
+    out = mesh.meshctl("check")
+    assert "✔ every Route's host and backends name a known service" in out.stdout, out.stdout
+    typo = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: reviewz}\n"
+            "spec: {host: reviewz, rules: [{backends: [{service: ratingz}]}]}\n")
+    mesh.apply_synced(typo)
+    try:
+        out = mesh.meshctl("check")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "Route destinations\n  ‼ Route default/reviewz: names no known service: " \
+               "reviewz, ratingz\n    hint: no sidecar of it is registered" in out.stdout, \
+            out.stdout
+        assert "reviews-by-user" not in out.stdout
+        assert out.stdout.rstrip().endswith("Passed with warnings."), out.stdout
+    finally:
+        assert mesh.meshctl("delete", "route", "reviewz").returncode == 0

@@ -39,12 +39,12 @@ class ControlPlane:
     url: str
     store: Store
 
-    async def meshctl(self, *argv: str) -> tuple[int, str, str]:
+    async def meshctl(self, *argv: str, deadline: float = DEADLINE) -> tuple[int, str, str]:
         """Run ``meshctl --control-plane URL argv...`` in a thread: (exit code, stdout, stderr)."""
-        return await run_meshctl("--control-plane", self.url, *argv)
+        return await run_meshctl("--control-plane", self.url, *argv, deadline=deadline)
 
 
-async def run_meshctl(*argv: str) -> tuple[int, str, str]:
+async def run_meshctl(*argv: str, deadline: float = DEADLINE) -> tuple[int, str, str]:
     """``meshctl.cli.main(argv)`` off the event loop (the CLI blocks on HTTP to this loop)."""
     def call() -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -52,7 +52,7 @@ async def run_meshctl(*argv: str) -> tuple[int, str, str]:
             code = main(list(argv))
         return code, out.getvalue(), err.getvalue()
 
-    async with asyncio.timeout(DEADLINE):
+    async with asyncio.timeout(deadline):
         return await asyncio.to_thread(call)
 
 

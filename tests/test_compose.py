@@ -13,7 +13,7 @@ import yaml
 
 import proxy.__main__ as proxy_main
 from meshctl.cli import build_parser
-from meshctl.demo import compose, setup, waitfor
+from meshctl.demo import compose, setup, traffic, waitfor
 from meshctl.demo.topology import INSTANCES, by_name, compose_topology
 from tests.tools import required_tool
 
@@ -115,6 +115,17 @@ def test_setup_and_waitfor_commands_pass_a_dry_run(services: dict[str, Any],
         assert waitfor.main([*command[3:command.index("--")], "--dry-run",
                              *command[command.index("--"):]]) == 0
     capsys.readouterr()
+
+
+def test_traffic_service_loads_the_gateway(services: dict[str, Any]) -> None:
+    """As `meshctl demo up`, compose sends the demo's load (once the gateway is ready), so the
+    dashboards and a declared Canary's analyses have requests."""
+    service = services["traffic"]
+    command = service["command"]
+    assert command[:3] == ["python", "-m", "meshctl.demo.traffic"]
+    assert command[3] == "http://gateway:8080"
+    assert service["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert traffic.main([*command[3:], "--dry-run"]) == 0
 
 
 @pytest.mark.parametrize("module", sorted({i.service for i in INSTANCES}))

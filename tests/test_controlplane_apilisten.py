@@ -13,7 +13,7 @@ from tests.proxyharness import at_eof, read_response
 
 pytestmark = pytest.mark.timeout(120)
 
-REQUEST = b"GET /api/v1/proxies HTTP/1.1\r\nHost: cp\r\n\r\n"
+REQUEST = b"GET /api/v1/proxies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 async def test_connections_past_the_cap_get_503_and_are_closed(tmp_path: Path) -> None:

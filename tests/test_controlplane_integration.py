@@ -18,6 +18,7 @@ from tests import meshbuilder
 from tests.helpers_mesh import (
     PYTHON,
     ROOT,
+    MeshProcess,
     all_synced,
     http_get,
     http_json,
@@ -31,10 +32,12 @@ from tests.resources import destination_policy, mesh_config, route
 pytestmark = pytest.mark.timeout(180)
 
 class Mesh(meshbuilder.Mesh):
-    """reviews v1 and v2 (v2's app declared HTTP/1.1) and a productpage client, mTLS off."""
+    """reviews v1 and v2 (v2's app declared HTTP/1.1) and a productpage client, mTLS off;
+    1-minute workload certificates, so every sidecar renews every 30-42 s during the tests."""
 
     def build(self) -> Mesh:
-        self.control_plane(mesh_config(mtls="DISABLE"), destination_policy("reviews"))
+        self.control_plane(mesh_config(mtls="DISABLE", certificateTTL="1m"),
+                           destination_policy("reviews"))
         self.service("reviews", "v1")
         self.service("reviews", "v2", extra=["--app-protocol", "http1"])
         self.client = self.sidecar("productpage")
@@ -91,7 +94,7 @@ class Load:
     def more(self, n: int, what: str) -> None:
         """Wait until ``n`` more answers came back."""
         seen = len(self.answers)
-        wait_for(lambda: len(self.answers) >= seen + n, 10, what)
+        wait_for(lambda: len(self.answers) >= seen + n, 30, what)
 
     def unexpected(self, body: bytes) -> dict[tuple[int, bytes], int]:
         """Each answer other than 200 ``body``, with its count."""
@@ -120,7 +123,7 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
     """A Route applied through the API sends all traffic to subset v2 once /sync says so."""
     revision = mesh.apply(route("reviews", {"v1": 0, "v2": 100}))
     status, body = http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}"
-                             "&timeout=15")
+                             "&timeout=30", timeout=40.0)
     assert status == 200 and body["synced"] and body["proxies"] == 3, body
     assert mesh.answers(20) == {b"reviews-v2"}
     # Asked again after the proxies ACKed: synced with no time to wait at all (timeout=0, so
@@ -150,7 +153,8 @@ def test_declared_route_steers_traffic(mesh: Mesh) -> None:
 def test_broken_file_keeps_traffic_and_reports_the_error(mesh: Mesh) -> None:
     """A hand edit with bad weights is rejected with a precise error and traffic is unchanged."""
     revision = mesh.apply(route("reviews", {"v1": 100, "v2": 0}))
-    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
+    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}",
+                     timeout=40.0)[0] == 200  # (the server's wait: 30 s)
     for bad in ("nan", "inf", "soon"):  # a timeout that is no number of seconds
         assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?timeout={bad}")[0] == 400
     assert mesh.answers(10) == {b"reviews-v1"}
@@ -217,6 +221,10 @@ def settled(mesh: Mesh) -> Path:
     an earlier test that is still listed changes everyone's snapshot when it leaves (its
     service goes too), and a restart could restore it. The registry file's path."""
     saved: Path = mesh.cp.info["state_dir"] / "registry.json"
+    # The live registry first: a file read before it was saved with a leaving proxy still
+    # listed (for --grace) would pass, and the restart would then restore that proxy.
+    wait_for(lambda: {p["name"] for p in proxies(mesh.cp)} == mesh.names, 20,
+             "the registry to list only this mesh's proxies")
     wait_for(lambda: {p["name"] for p in json.loads(saved.read_text())["proxies"]} == mesh.names,
              20, "the saved registry to hold only this mesh's proxies")
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
@@ -241,6 +249,10 @@ def test_control_plane_restart_under_load_fails_nothing(mesh: Mesh) -> None:
     # Every answer, not only the last ones, follows the Route (v1: 100, v2: 0).
     assert not load.unexpected(b"reviews-v1"), load.unexpected(b"reviews-v1")
     assert pushed(mesh) == 0, "the restart pushed"
+    # each sidecar's Register with the version it runs is its ACK of it: LAST-ACK is the
+    # reconnection's time, not null (`-`) beside SYNCED
+    listed = {p["name"]: p for p in proxy_status_json(mesh)}
+    assert all(listed[n]["synced"] and listed[n]["lastAck"] for n in mesh.names), listed
     assert all(p.alive() for p in mesh.procs)
     assert mesh.answers(10) == {b"reviews-v1"}
     # Proxies of earlier tests that never come back stay listed, disconnected, for --warmup.
@@ -276,7 +288,8 @@ def test_restart_that_pushes_keeps_the_route(mesh: Mesh) -> None:
     strays from the Route: a zero-weight subset gets nothing, no snapshot lacks the Route.
     """
     revision = mesh.apply(route("reviews", {"v1": 100, "v2": 0}))
-    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}")[0] == 200
+    assert http_json(mesh.cp.info["api"] + f"/api/v1/sync?storeVersion={revision}",
+                     timeout=40.0)[0] == 200  # (the server's wait: 30 s)
     wait_for(lambda: all_synced(mesh.cp, mesh.names), 20, "synced before the kill")
     with Load(mesh) as load:
         load.more(50, "load running")
@@ -298,3 +311,58 @@ def test_restart_that_pushes_keeps_the_route(mesh: Mesh) -> None:
         load.more(50, "load after the drop")
     assert pushed(mesh) >= 6  # both changes reached all three sidecars
     assert not load.unexpected(b"reviews-v1"), load.unexpected(b"reviews-v1")
+
+
+def served_certificate(proc: MeshProcess) -> dict[str, Any]:
+    """The certificate a sidecar serves, as its /config_dump shows it (with its renewals)."""
+    status, dump = http_json(f"http://{proc.info['admin']}/config_dump")
+    assert status == 200, dump
+    return dict(dump["certificate"])
+
+
+def shown_as_served(mesh: Mesh) -> bool:
+    """Whether the control plane shows each sidecar's certificate as the sidecar serves it
+    (`meshctl proxy-status -o json`)."""
+    shown = {p["name"]: p for p in proxy_status_json(mesh)}
+    for proc in mesh.sidecar_procs:
+        served = served_certificate(proc)
+        listed = shown[proc.info["name"]]
+        if (listed["certExpiry"], listed["certIssued"]) != (served["notAfter"],
+                                                            served["notBefore"]):
+            return False
+    return True
+
+
+@pytest.mark.timeout(360)  # (its waits, each bounded, add up past the module's 180 s)
+def test_renewed_certificates_are_shown_as_served_also_after_an_outage(mesh: Mesh) -> None:
+    """certificateTTL 1m: a renewal falls due while the control plane is down, fails, and
+    succeeds once it is back; every other sidecar renews too. Then the expiry the control
+    plane shows (proxy-status, `meshctl check`) is the one each sidecar serves. It was one
+    renewal behind: the sidecar reported each new certificate with the previous one's dates,
+    so a healthy sidecar showed as expired."""
+    settled(mesh)
+    before = {p.info["name"]: served_certificate(p)["renewal"] for p in mesh.sidecar_procs}
+
+    def renewal(proc: MeshProcess, key: str) -> int:
+        return int(served_certificate(proc)["renewal"][key])
+
+    mesh.cp.kill()
+    failed = wait_for(lambda: next((p for p in mesh.sidecar_procs if renewal(p, "failures")
+                                    > before[p.info["name"]]["failures"]), None), 60,
+                      "a renewal failing while the control plane is down")
+    restart_control_plane(mesh)
+    wait_for(lambda: renewal(failed, "renewals") > before[failed.info["name"]]["renewals"], 60,
+             "the failed renewal to succeed once the control plane is back")
+    # Each renews by its own schedule (at 50-70% of 1m), or, if that fell in the outage, at its
+    # next retry (full-jitter backoff up to 30 s): two lifetimes bound both on a loaded machine.
+    try:
+        wait_for(lambda: all(renewal(p, "renewals") > before[p.info["name"]]["renewals"]
+                             for p in mesh.sidecar_procs), 120, "a renewal on every sidecar")
+    except AssertionError as err:  # say where each stands
+        now = {p.info["name"]: served_certificate(p)["renewal"] for p in mesh.sidecar_procs}
+        raise AssertionError(f"{err}: {before} then {now}") from None
+    wait_for(lambda: all_synced(mesh.cp, mesh.names), 30, "synced after the restart")
+    wait_for(lambda: shown_as_served(mesh), 10, "the control plane to show each certificate "
+             "the sidecar serves")
+    check = mesh.meshctl("check")
+    assert "certificate: expired" not in check.stdout, check.stdout

@@ -153,11 +153,13 @@ async def test_a_large_pass_yields_to_the_streams_and_still_reaches_every_proxy(
     assert seen_mid_pass and 0 < seen_mid_pass[0] < 250
 
 
-async def _nacked_change() -> tuple[Reconciler, MemStore, list[tuple[str, str]]]:
-    """A proxy that ACKed its first snapshot and was then pushed a MeshConfig change."""
+async def _nacked_change(clock: FakeClock | None = None,
+                         ) -> tuple[Reconciler, MemStore, list[tuple[str, str]]]:
+    """A proxy that ACKed its first snapshot and was then pushed a MeshConfig change (its
+    write noted, as the store's watch notes it: the reconciler's ``revision``)."""
     from meshctl.api.resources import parse_document
 
-    clock = FakeClock()
+    clock = clock or FakeClock()
     store = MemStore()
     registry = Registry(clock=clock)
     rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
@@ -169,7 +171,7 @@ async def _nacked_change() -> tuple[Reconciler, MemStore, list[tuple[str, str]]]
     rec.ack("pp", *sent[0])
     mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
             "metadata": {"name": "default"}, "spec": {"accessLog": True}}
-    await store.create(parse_document(mesh))
+    rec.note_write((await store.create(parse_document(mesh))).resource_version)
     rec.mark_all()
     await rec.reconcile_pass()
     assert len(sent) == 2
@@ -315,6 +317,66 @@ async def test_convergence_runs_from_the_write_to_the_last_ack_not_from_the_wait
     assert rec.converged_seconds(revision + 100) is None  # a write it never saw
 
 
+async def test_convergence_of_a_write_is_not_moved_by_later_writes_or_new_proxies() -> None:
+    """`meshctl shift reviews 100/0` with the weights unchanged asks /api/v1/sync about the
+    route's own, older revision: its figure stays that write's (0.35 s), not the time to the
+    newest ACK of an unrelated write since, nor to a proxy that registered afterwards."""
+    from meshctl.api.resources import parse_document
+
+    clock = FakeClock()
+    store = MemStore()
+    registry = Registry(clock=clock)
+    rec = Reconciler(store, registry, quiet=0.1, cap=1.0, clock=clock, sleep=clock.sleep)
+    sent: dict[str, list[tuple[str, str]]] = {"a": [], "b": [], "c": []}
+
+    def attach(name: str) -> None:
+        registry.register(ProxyInfo(name=name, service=name, inbound="127.0.0.1:1", ready=True))
+        rec.attach(name, lambda m, n=name: sent[n].append((m.version, m.nonce)))
+
+    async def write(log: bool) -> int:
+        mesh = {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig",
+                "metadata": {"name": "default"}, "spec": {"accessLog": log}}
+        existing = await store.get("MeshConfig", "default", "default")
+        resource = parse_document(mesh)
+        stored = (await store.create(resource) if existing is None
+                  else await store.update(resource, str(existing.resource_version)))
+        rec.note_write(stored.resource_version)
+        return stored.resource_version
+
+    for name in ("a", "b"):
+        attach(name)
+    await rec.reconcile_pass()
+    for name in ("a", "b"):
+        rec.ack(name, *sent[name][-1])
+    first = await write(True)
+    clock.now += 0.1
+    rec.mark_all()
+    await rec.reconcile_pass()
+    clock.now += 0.05
+    rec.ack("a", *sent["a"][-1])
+    clock.now += 0.2
+    rec.ack("b", *sent["b"][-1])
+    assert rec.converged_seconds(first) == pytest.approx(0.35)
+
+    clock.now += 40.0  # much later: an unrelated write, ACKed slowly, and a new proxy
+    second = await write(False)
+    clock.now += 0.1
+    rec.mark_all()
+    await rec.reconcile_pass()
+    clock.now += 6.0
+    for name in ("a", "b"):
+        rec.ack(name, *sent[name][-1])
+    attach("c")
+    clock.now += 0.1
+    await rec.reconcile_pass()
+    clock.now += 0.1
+    for name in ("a", "b", "c"):  # (a and b call c: its endpoint changed their snapshots)
+        rec.ack(name, *sent[name][-1])
+    assert await rec.wait_synced(first, timeout=1.0) == []
+    assert rec.converged_seconds(first) == pytest.approx(0.35)
+    assert rec.converged_seconds(second) == pytest.approx(6.1)  # its own time, c not counted
+
+
 async def test_the_timeline_of_a_write_names_its_pass_pushes_writes_and_acks() -> None:
     """A write's phases, from the write: the pass that read it started after the debounce,
     queued its 2 pushes, the streams wrote them, the last ACK came; a pass that reads no new
@@ -400,3 +462,26 @@ async def test_a_sync_wait_checks_each_answer_once_not_every_laggard(
     last = sorted(sent)[-1]
     rec.ack(last, sent[last][-1].version, sent[last][-1].nonce)
     assert await waiter == []
+
+
+class TickingClock(FakeClock):
+    """A clock that moves 1 ms on every reading (two readings are never the same moment)."""
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+async def test_the_last_ack_phase_is_the_moment_of_convergence() -> None:
+    """A write's ``last_acked`` phase and its ``converged_ms`` are the same ACK, read once: the
+    phases never end after the convergence they explain (CI saw 106.9 > 106.8 when the ACK
+    read the clock twice)."""
+    rec, _, sent = await _nacked_change(TickingClock())
+    revision = rec.revision
+    rec.written("pp", sent[1][1])
+    rec.ack("pp", *sent[1])
+    phases = rec.timeline.phases_ms(revision)
+    converged = rec.converged_seconds(revision)
+    assert phases is not None and converged is not None, (phases, converged)
+    assert phases["pass_started"] <= phases["queued"] <= phases["last_written"] \
+        <= phases["last_acked"] == round(converged * 1000, 1), (phases, converged)

@@ -86,7 +86,7 @@ def apply_synced(mesh: dict[str, Any], text: str) -> None:
 
 def sync(mesh: dict[str, Any], revision: int) -> None:
     status, body = http_json(f"{mesh['cp'].info['api']}/api/v1/sync?storeVersion={revision}"
-                             "&timeout=30")
+                             "&timeout=30", timeout=40.0)
     assert status == 200 and body["synced"], body
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from meshctl.api.resources import load_documents
 from meshctl.ca import BootstrapTokens
 from meshctl.controlplane import xds
 from meshctl.controlplane.memstore import MemStore
+from meshctl.controlplane.proxystatus import proxies_json
 from meshctl.controlplane.reconcile import Reconciler
 from meshctl.controlplane.registry import Registry
 from meshctl.controlplane.xds import MeshControlService, start_grpc_server
@@ -152,20 +154,31 @@ async def test_ack_nack_bookkeeping_and_no_push_when_unchanged(plane: Plane) -> 
 
 
 async def test_reconnect_with_running_version_is_not_pushed_again(plane: Plane) -> None:
-    """A proxy that registers with the version it runs is synced without a push."""
+    """A proxy that registers with the version it runs is synced without a push, and that
+    Register is its ACK of the version: proxy-status' lastAck is its time, not null (as it
+    was after a control-plane restart that pushed nothing)."""
     proxy = FakeProxy(plane.stub)
     proxy.outbox.put_nowait(register())
     first = await proxy.receive()
     proxy.answer(first)
     await plane.until(lambda: plane.reconciler.states["reviews-v1-1"].synced, "synced")
+    old = plane.reconciler.states["reviews-v1-1"]
     proxy.call.cancel()
     again = FakeProxy(plane.stub)
+    registered_at = time.time()
     again.outbox.put_nowait(register(config_version=first.version))
     pushed = plane.reconciler.counters.pushed
-    await plane.until(lambda: plane.reconciler.states["reviews-v1-1"].sender is not None
+    # the new stream's state (the old one is synced too until its stream's end is noticed)
+    await plane.until(lambda: plane.reconciler.states["reviews-v1-1"] is not old
+                      and plane.reconciler.states["reviews-v1-1"].sender is not None
                       and plane.reconciler.states["reviews-v1-1"].synced, "resynced")
     assert plane.reconciler.counters.pushed == pushed
     assert await plane.reconciler.wait_synced(plane.reconciler.revision, 1.0) == []
+    state = plane.reconciler.states["reviews-v1-1"]
+    assert state.last_ack is not None and state.last_ack >= registered_at
+    listed = proxies_json(plane.registry, plane.reconciler)["proxies"]
+    assert [(p["synced"], p["configVersion"], p["lastAck"] is not None) for p in listed] == [
+        (True, first.version, True)]
 
 
 async def refused(plane: Plane, message: mesh_pb2.ProxyMessage) -> aio.AioRpcError:
@@ -188,6 +201,22 @@ async def test_register_needs_the_token_of_the_service_it_claims(plane: Plane) -
               grpc.StatusCode.PERMISSION_DENIED))
     for message, code in cases:
         assert (await refused(plane, message)).code() == code
+    assert plane.registry.proxies() == []
+
+
+async def test_the_control_planes_namespace_cannot_register(plane: Plane) -> None:
+    """A proxy claiming ami-system (the control plane's identity, ns/ami-system/sa/meshctl)
+    is PERMISSION_DENIED, even with a token made for it before the namespace was reserved."""
+    from tests.test_security_ca_service import token_minted_before_the_reservation
+
+    for mode in ("sidecar", "gateway"):
+        token = token_minted_before_the_reservation(b"stream-test-secret-0123456789",
+                                                    "ami-system", "meshctl")
+        status = await refused(plane, register(service="meshctl", namespace="ami-system",
+                                               mode=mode, token=token))
+        assert status.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "register.namespace: namespace 'ami-system' is reserved for the control " \
+            "plane" in (status.details() or "")
     assert plane.registry.proxies() == []
 
 

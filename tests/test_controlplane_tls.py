@@ -221,6 +221,41 @@ def test_an_unverified_api_is_refused_with_the_way_out(tls_cp: MeshProcess,
     assert plain.returncode == 1 and f"use {api}" in plain.stderr, plain.stderr
 
 
+def test_the_grpc_port_is_named_as_such_not_offered_as_https(tls_cp: MeshProcess,
+                                                             tmp_path: Path) -> None:
+    """--control-plane at the gRPC config-stream port (HTTP/2 only): in plain HTTP or HTTPS
+    (its certificate trusted), meshctl says it is the gRPC port and where the API is, instead
+    of suggesting https:// (which failed next with 'Remote end closed connection')."""
+    bundle = str(tls_cp.info["certs_dir"] / "trust-bundle.pem")
+    grpc_addr = tls_cp.info["grpc"]
+    for url in (f"http://{grpc_addr}", f"https://{grpc_addr}"):
+        out = meshctl("--control-plane", url, "--ca-file", bundle, "get", "routes", cwd=tmp_path)
+        assert out.returncode == 1, out
+        assert (f"{grpc_addr} looks like the control plane's gRPC config-stream port"
+                in out.stderr and "the API is on its --listen address" in out.stderr), out.stderr
+        assert "use https://" not in out.stderr
+    check = meshctl("--control-plane", f"http://{grpc_addr}", "check", cwd=tmp_path)
+    assert check.returncode == 1 and "hint: " + grpc_addr + " looks like" in check.stdout, \
+        check.stdout
+
+
+def test_https_to_a_plain_http_api_says_use_http(tmp_path: Path) -> None:
+    """https:// to a control plane serving plain HTTP: the TLS error, then that it speaks
+    plain HTTP and the http:// URL to use."""
+    (tmp_path / "mesh").mkdir()
+    cp = start_control_plane(tmp_path)
+    try:
+        api = cp.info["api"]
+        out = meshctl("--control-plane", api.replace("http://", "https://"), "get", "routes",
+                      cwd=tmp_path)
+        assert out.returncode == 1, out
+        assert out.stderr.rstrip().endswith(
+            f"speaks plain HTTP, not HTTPS: use {api}"), out.stderr
+        assert "WRONG_VERSION_NUMBER" in out.stderr
+    finally:
+        cp.stop()
+
+
 async def test_sslscan_api_port_offers_only_tls12_and_13_aead(tls_cp: MeshProcess) -> None:
     """The HTTPS API has the mesh listeners' settings: TLS 1.2/1.3 only, AEAD ciphers only."""
     report = await scan_port(int(tls_cp.info["api"].rpartition(":")[2]))

@@ -16,7 +16,9 @@ import aiohttp
 import pytest
 
 from meshctl.api.build import VERSION
-from tests.helpers_mesh import apply_yaml, wait_for
+from meshctl.observe.dashboard import EVENTS_SHOWN
+from tests import meshbuilder
+from tests.helpers_mesh import apply_yaml, start_control_plane, wait_for
 from tests.hookserver import hook_server_thread
 from tests.observe_harness import (
     REPO,
@@ -63,13 +65,15 @@ class Page:
 
     async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
         """Re-evaluate until truthy (the page refreshes itself every 2 s)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                value = await self.evaluate(expression)
-                if value:
-                    return value
-                await asyncio.sleep(0.2)  # poll interval, bounded by the timeout
-        raise AssertionError(what)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    value = await self.evaluate(expression)
+                    if value:
+                        return value
+                    await asyncio.sleep(0.2)  # poll interval, bounded by the timeout
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +273,14 @@ async def test_dashboard_shows_a_declared_canary(kind_mesh: KindMesh, page: Page
         ("requests", "ok"), ("success", "ok"), ("p99", "ok")]
     assert figures[1][2] == "success 100.0% (≥ 99.0%)"
     assert figures[2][2].endswith("(≤ 2000 ms)")
+    # The panel lists the run's last EVENTS_SHOWN events, newest first: under load, holds may
+    # have pushed the start out of them (the run is over: its events no longer change).
     events = await page.evaluate(f"{panel}.querySelector('.events').innerText")
-    assert "start: v1 50% / v3 50%" in events and "advance to 100" in events
+    shown = [line.rsplit("\t", 1)[-1] for line in events.splitlines()]
+    kept = [e["message"] for e in kind_mesh.canary("reviews-v3")["status"]["events"]]
+    assert shown == kept[::-1][:EVENTS_SHOWN], (shown, kept)
+    assert shown[:2] == ["v3 promoted: v1 0% / v3 100%", "promote: v1 0% / v3 100%"], shown
+    assert "start: v1 50% / v3 50%" in shown or len(kept) > EVENTS_SHOWN, kept
     shot = await page.call("Page.captureScreenshot", format="png")
     OUTPUT.mkdir(exist_ok=True)
     (OUTPUT / "dashboard-canary.png").write_bytes(base64.b64decode(shot["data"]))
@@ -316,3 +326,91 @@ async def test_dashboard_shows_a_canarys_webhook_answers(kind_mesh: KindMesh,
         "RolledBack"
     assert kind_mesh.meshctl("delete", "canary", "hooked").returncode == 0
     kind_mesh.reset()
+
+
+# --- a control plane that hangs, restarts or fails; what the page shows then ----------------
+STATUS = "document.getElementById('status').textContent"
+STALE = "document.body.dataset.stale === '1'"
+NONE = "\u2013"  # the page's "no figure" (an en dash)
+
+
+async def test_dashboard_says_when_the_control_plane_hangs_or_restarts(
+        tmp_path: Path, page: Page) -> None:
+    """A real `meshctl serve` mesh under traffic: while the control plane is stopped (SIGSTOP:
+    it accepts connections and answers nothing) the page says so within a few seconds and
+    marks its figures stale, rather than keep "updated …" and the last numbers as if live;
+    once it runs again, and after it is killed and started again on the same address, the page
+    comes back live by itself."""
+    import signal
+
+    with meshbuilder.Mesh(tmp_path) as m:
+        m.control_plane(warmup=0.0)
+        m.service("reviews", "v1")
+        web = m.sidecar("web")
+        m.wait_synced(20)
+        with Traffic(lambda: m.get(web, "reviews", "/r")):
+            await page.call("Page.enable")
+            await page.call("Page.navigate", url=m.cp.info["api"] + "/dashboard")
+            await page.wait_for("!!document.querySelector('[data-edge=\"web:v1->reviews:v1\"]')",
+                                30, "the web -> reviews edge")
+            assert not await page.evaluate(STALE)
+            m.cp.proc.send_signal(signal.SIGSTOP)
+            try:
+                await page.wait_for(STALE, 15, "the page marked stale while the control "
+                                    "plane does not answer")
+                status = await page.evaluate(STATUS)
+                assert "unreachable" in status and "not live" in status, status
+            finally:
+                m.cp.proc.send_signal(signal.SIGCONT)
+            await page.wait_for(f"!({STALE}) && {STATUS}.startsWith('updated')", 20,
+                                "the page live again")
+            # killed, then started again on the same address and state
+            api, grpc = m.cp.info["api"], m.cp.info["grpc"]
+            m.cp.kill()
+            await page.wait_for(STALE, 15, "the page marked stale while the control plane "
+                                "is down")
+            assert "unreachable" in await page.evaluate(STATUS)
+            m.cp = await asyncio.to_thread(
+                start_control_plane, tmp_path, http_port=int(api.rsplit(":", 1)[1]),
+                grpc_port=int(grpc.rsplit(":", 1)[1]), warmup=0.0)
+            await page.wait_for(f"!({STALE}) && {STATUS}.startsWith('updated')", 30,
+                                "the page live again after the restart")
+
+
+async def test_dashboard_drops_what_is_gone(tmp_path: Path, page: Page) -> None:
+    """The page follows things going away: the route splits empty once the last Route is
+    deleted; a proxy registered without an admin address is not shown as scraped; a service
+    whose only reporting sidecar stopped answering shows no current figure in its chart (not
+    the last one, as if live)."""
+    mesh = start_observed_mesh(tmp_path)
+    try:
+        apply(mesh, 99, 1)
+        mesh.extra.append({"name": "details-v1", "service": "details", "version": "v1",
+                           "synced": True, "nack": None, "admin": None, "app": "serving"})
+        pp, rv = mesh.proxies["productpage"], mesh.proxies["reviews"]
+        await page.call("Page.enable")
+        await page.call("Page.navigate", url=mesh.url + "/dashboard")
+        rps = ("(() => { const c = document.querySelector("
+               "'#charts .chart[data-service=\"ratings\"] [data-field=\"rps\"] .label');"
+               " return c && c.lastChild.textContent })()")
+        with Traffic(lambda: (send(pp, "reviews", "/r"), send(rv, "ratings", "/x"))):
+            await page.wait_for(f"{rps} && {rps} !== '{NONE}' && {rps} !== '0.0'", 30,
+                                "ratings' chart with its requests/s")
+        routes = "document.querySelector('#routes').innerText"
+        assert "reviews: v1 99% / v2 1%" in await page.wait_for(routes, 10, "routes")
+        rows = json.loads(await page.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#proxies tr')]"
+            ".map(r => [...r.children].map(c => c.innerText)))"))
+        header, *cells = rows
+        scrape = {row[0]: row[header.index("scrape")] for row in cells}
+        assert scrape["productpage-v1"] == "✔"
+        assert scrape["details-v1"] == NONE  # no admin address: never scraped
+        out = mesh.meshctl("delete", "route", "reviews")
+        assert out.returncode == 0, out.stderr
+        await page.wait_for(f"!{routes}.includes('reviews:')", 10, "the deleted Route gone")
+        # ratings is reported by reviews' sidecar alone: stopped, it is still listed (as a
+        # registered sidecar in its grace is) and its scrapes fail
+        rv.stop()
+        await page.wait_for(f"{rps} === '{NONE}'", 30, "no current figure for ratings")
+    finally:
+        mesh.close()

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshctl.canary.controller import EVENTS_KEPT
 from meshctl.client import ControlPlaneClient
 from meshctl.demo.procs import listening, pid_alive
 from meshctl.demo.state import RunDir
@@ -292,9 +293,13 @@ def test_declared_canary_promotes_v3_under_traffic(demo: Demo) -> None:
                 time.sleep(0.5)
             assert status["phase"] == "Succeeded", status
             messages = [e["message"] for e in status["events"]]
-            assert messages[:4] == ["start: v1 75% / v3 25%", "advance to 50: v1 50% / v3 50%",
-                                    "advance to 75: v1 25% / v3 75%",
-                                    "advance to 100: v1 0% / v3 100%"], messages
+            steps = ["start: v1 75% / v3 25%", "advance to 50: v1 50% / v3 50%",
+                     "advance to 75: v1 25% / v3 75%", "advance to 100: v1 0% / v3 100%"]
+            # Every step, in order, between whatever holds or failed analyses a busy machine
+            # adds; those may push the first steps out of the last EVENTS_KEPT events.
+            taken = [m for m in messages if m.startswith(("start", "advance"))]
+            assert taken == steps[len(steps) - len(taken):], messages
+            assert len(taken) == len(steps) or len(messages) == EVENTS_KEPT, messages
             assert messages[-1] == "v3 promoted: v1 0% / v3 100%"
             _, html, _ = demo.page()
             assert 'data-color="red"' in html and "reviews-v3" in html
@@ -303,6 +308,18 @@ def test_declared_canary_promotes_v3_under_traffic(demo: Demo) -> None:
         finally:
             assert demo.meshctl("delete", "canary", "reviews-v3").returncode == 0
             apply(demo, "all-v1")
+
+
+def test_no_log_has_an_error_after_every_scenario(demo: Demo) -> None:
+    """After all the scenarios above (run before this one, in file order), no process of the
+    demo logged an ERROR or a traceback: a scenario that looks right to the user but fails
+    inside a sidecar (each mirrored copy once did) is caught here."""
+    logs = sorted((demo.workdir / ".ami" / "demo").glob("*.log"))
+    assert logs
+    bad = [f"{log.name}: {line[:200]}" for log in logs
+           for line in log.read_text(errors="replace").splitlines()
+           if " ERROR " in line or line.startswith("Traceback")]
+    assert not bad, "\n".join(bad[:20])
 
 
 def test_down_leaves_no_process_and_no_port(demo: Demo) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from meshctl.demo.procs import listening, pid_alive
+from meshctl.demo.procs import listening, log_tail, pid_alive
 from meshctl.demo.state import RunDir, RunState
 from meshctl.demo.supervisor import StartError, Supervisor, Timing
 from meshctl.demo.topology import ProcessSpec
+from tests.fakes import FakeClock
 from tests.ports import free_port
+from tests.proxyharness import eventually
 
 FAST = Timing(ready_timeout=10.0, probe_interval=0.05, stop_timeout=5.0)
 
@@ -31,10 +35,12 @@ def crasher(name: str, after: tuple[str, ...] = ()) -> ProcessSpec:
                        ready_url="http://127.0.0.1:9/never", after=after)
 
 
-def supervisor(tmp_path: Path, *specs: ProcessSpec, timing: Timing = FAST) -> Supervisor:
+def supervisor(tmp_path: Path, *specs: ProcessSpec, timing: Timing = FAST,
+               clock: Callable[[], float] = time.monotonic) -> Supervisor:
     run_dir = RunDir(tmp_path / "run")
     run_dir.path.mkdir()
-    return Supervisor(specs, run_dir, RunState(supervisor=0), cwd=tmp_path, timing=timing)
+    return Supervisor(specs, run_dir, RunState(supervisor=0), cwd=tmp_path, timing=timing,
+                      clock=clock)
 
 
 @pytest.fixture
@@ -96,14 +102,23 @@ async def test_a_port_planned_twice_is_reported(tmp_path: Path, ports: tuple[int
 
 
 async def test_not_ready_in_time_is_a_failure(tmp_path: Path, ports: tuple[int, int]) -> None:
-    """A process that runs but never answers its ready URL fails at the deadline and is stopped."""
+    """A process that runs but never answers its ready URL fails at the deadline and is stopped,
+    the end of its log in the error. The deadline is on the injected clock, moved past it once
+    the process has logged: on a loaded machine an interpreter can take longer than a real
+    0.5 s to start, and its log was still empty when the deadline came."""
     silent = ProcessSpec(name="stuck", role="app",
                          argv=("python", "-c", "import time; print('waiting'); time.sleep(60)"),
                          ready_url=f"http://127.0.0.1:{ports[0]}/ready")
-    sup = supervisor(tmp_path, silent,
+    clock = FakeClock()
+    sup = supervisor(tmp_path, silent, clock=clock,
                      timing=Timing(ready_timeout=0.5, probe_interval=0.05, stop_timeout=5))
+    start = asyncio.create_task(sup.start())
+    log = sup.run_dir.log("stuck")
+    await eventually(lambda: "waiting" in log_tail(log), 30, what="the process's first line")
+    assert not start.done()  # not ready, before its deadline: still waited for
+    clock.advance(0.5)
     with pytest.raises(StartError, match=r"stuck: not ready after 0.5 s") as info:
-        await sup.start()
+        await asyncio.wait_for(start, 30)
     assert "waiting" in info.value.tail
     assert not pid_alive(sup.state.processes[0].pid)
 

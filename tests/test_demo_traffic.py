@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from meshctl.demo.traffic import TrafficGenerator, TrafficPlan
 from tests.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_gateway(seen: list[tuple[str, str | None]]) -> web.Application:
@@ -64,3 +70,27 @@ async def test_a_down_gateway_is_counted_not_raised() -> None:
     await gen.run(requests=10)
     assert gen.counts["anonymous error"] + gen.counts["jason error"] == 10
     assert gen.counts["login error"] >= 1
+
+
+async def test_module_runs_as_compose_traffic_service_until_sigterm() -> None:
+    """`python -m meshctl.demo.traffic URL` (compose's `traffic` service) loads the page as a
+    process of its own, and `docker stop`'s SIGTERM ends it with exit 0 and its counts."""
+    seen: list[tuple[str, str | None]] = []
+    async with TestServer(fake_gateway(seen), host="127.0.0.1") as server:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshctl.demo.traffic", str(server.make_url("/")),
+            "--rate", "20", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        async with asyncio.timeout(30):
+            while sum(1 for kind, _ in seen if kind == "page") < 5:
+                await asyncio.sleep(0.05)  # poll until the process has loaded the page
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    assert "anonymous 200: " in out.decode(), out.decode()
+
+
+def test_module_refuses_a_rate_of_zero() -> None:
+    done = subprocess.run([sys.executable, "-m", "meshctl.demo.traffic", "http://gateway:8080",
+                           "--rate", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--rate must be above 0" in done.stderr

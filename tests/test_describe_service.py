@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import meshbuilder
-from tests.helpers_mesh import http_json, wait_for
+from tests.helpers_mesh import http_json, proxies, wait_for
 from tests.resources import destination_policy, documents, header_rule, peer_authentication, route
 
 pytestmark = pytest.mark.timeout(180)
@@ -224,3 +224,22 @@ def test_get_all_lists_each_applied_kind(mesh: Mesh) -> None:
     empty = mesh.meshctl("get", "all", "-n", "nowhere")
     assert (empty.returncode, empty.stdout, empty.stderr) == (
         0, "", "No resources found in namespace nowhere.\n")
+
+
+def test_the_ingress_gateway_is_named_as_such(mesh: Mesh) -> None:
+    """`proxy-status` lists the gateway under service `gateway`: `describe svc gateway` says
+    it is the ingress gateway, its proxy, and where to look instead (not 'no service')."""
+    gateway = mesh.gateway("gateway-1")
+    try:
+        wait_for(lambda: any(p["name"] == "gateway-1" for p in proxies(mesh.cp)), 20,
+                 "the gateway registered")
+        out = mesh.meshctl("describe", "svc", "gateway")
+        assert (out.returncode, out.stdout) == (1, ""), out
+        assert out.stderr == (
+            "error: 'gateway' in namespace default is the ingress gateway (proxies: "
+            "gateway-1), not a mesh service: no sidecar, Route or policy takes traffic for "
+            "it. Its rules: meshctl describe gateway ingress; its proxies: meshctl "
+            "proxy-status; what it sends: meshctl stat --from gateway\n"), out.stderr
+        assert mesh.meshctl("stat", "--from", "gateway").returncode == 0
+    finally:
+        gateway.stop()

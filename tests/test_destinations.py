@@ -56,3 +56,48 @@ def test_registry_keeps_state_across_pushes_and_drops_undeclared_layers() -> Non
     again = registry.configure("reviews", ConnectionPool(max_connections=1), None, pools, 20, 10)
     assert again.breaker is state.breaker and again.breaker.active == 1
     assert registry.configure("reviews", None, None, pools, 20, 10).breaker is None
+
+
+class Waiter:
+    """A queued request: notes when it is let go (with no connection: it opens its own, which
+    counts against the limit at once, as Exchange._open_connection counts its connect)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.woken: list[Any] = []
+
+    def take_connection(self, conn: Any) -> None:
+        self.woken.append(conn)
+        self.pool.connections += 1
+
+
+def test_new_limits_keep_the_breaker_and_wake_the_queue_that_fits() -> None:
+    """Changed limits change the same breaker (a request gives its slot back to the breaker
+    it took it from); raised to two connections, one of two queued requests goes."""
+    registry = DestinationRegistry(RequestStats())
+    pool = SimpleNamespace(connections=1, breaker=None)
+    state = registry.configure("reviews", ConnectionPool(max_connections=1), None, (pool,),  # type: ignore[arg-type]
+                               20, 10)
+    first = state.breaker
+    assert first is not None and pool.breaker is first and first.try_start()
+    waiters = [Waiter(pool), Waiter(pool)]
+    assert all(first.try_wait(w) for w in waiters)  # type: ignore[arg-type]
+    raised = registry.configure("reviews", ConnectionPool(max_connections=2), None, (pool,),  # type: ignore[arg-type]
+                                20, 10)
+    assert raised.breaker is first and first.limits.max_connections == 2 and first.active == 1
+    assert [w.woken for w in waiters] == [[None], []]  # the second waits: 1 open + 1 new
+
+
+def test_removed_limits_leave_the_pools_and_let_every_queued_request_go() -> None:
+    registry = DestinationRegistry(RequestStats())
+    pool = SimpleNamespace(connections=1, breaker=None)
+    state = registry.configure("reviews", ConnectionPool(max_connections=1), None, (pool,),  # type: ignore[arg-type]
+                               20, 10)
+    old = state.breaker
+    assert old is not None
+    waiters = [Waiter(pool), Waiter(pool)]
+    assert all(old.try_wait(w) for w in waiters)  # type: ignore[arg-type]
+    removed = registry.configure("reviews", None, None, (pool,), 20, 10)  # type: ignore[arg-type]
+    assert removed.breaker is None
+    assert pool.breaker is None and not old.pending
+    assert [w.woken for w in waiters] == [[None], [None]]

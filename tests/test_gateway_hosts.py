@@ -13,7 +13,7 @@ from aiohttp import web
 from meshctl.api.errors import ValidationError
 from meshctl.api.resources import load_documents
 from proxy.config import ConfigError, Snapshot
-from tests.proxyharness import Backends, ProxyProcess, get, read_response
+from tests.proxyharness import Backends, ProxyProcess, get, metric_value, read_response
 
 
 def named_app(name: str) -> web.Application:
@@ -26,7 +26,8 @@ def named_app(name: str) -> web.Application:
 
 
 @pytest.fixture(scope="module")
-def gateway_port(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -> Iterator[int]:
+def gateway(tmp_path_factory: pytest.TempPathFactory,
+            backends: Backends) -> Iterator[tuple[ProxyProcess, int]]:
     shop, blog, fallback = (backends.aiohttp(named_app(n)) for n in ("shop", "blog", "any"))
     proc = ProxyProcess(tmp_path_factory.mktemp("gwhosts"),
                         {"shop": [shop], "blog": [blog], "fallback": [fallback]},
@@ -39,8 +40,13 @@ def gateway_port(tmp_path_factory: pytest.TempPathFactory, backends: Backends) -
         {"hosts": ["*"], "match": [{"path": {"prefix": "/anyhost"}}], "destination": "fallback"},
     ])
     proc.start()
-    yield port
+    yield proc, port
     proc.stop()
+
+
+@pytest.fixture
+def gateway_port(gateway: tuple[ProxyProcess, int]) -> int:
+    return gateway[1]
 
 
 @pytest.mark.parametrize(("host", "path", "expected"), [
@@ -87,3 +93,50 @@ def test_the_snapshot_parses_gateway_rules_like_the_resource() -> None:
     assert Snapshot.from_dict({"gateway": {"rules": []}}).gateway_rules == ()
     with pytest.raises(ConfigError, match=r"gateway.rules\[0\].destination"):
         Snapshot.from_dict({"gateway": {"rules": [{"hosts": ["a.example"]}]}})
+
+
+async def test_unrouted_hosts_at_the_gateway_are_not_metric_labels(
+        gateway: tuple[ProxyProcess, int]) -> None:
+    """Anyone can send the gateway any Host: its 404s are counted under
+    `destination_service="unknown"`, never one series (and one `meshctl stat` row) per name."""
+    proc, port = gateway
+    for i in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get(f"a-{i}.evil.example", "/nosuch"))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        writer.close()
+        assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route")
+    exposition = await proc.metrics()
+    assert "evil.example" not in exposition
+    assert metric_value(exposition, "ami_requests_total", destination_service="unknown",
+                        response_flags="no_route") >= 3
+
+
+async def test_a_gateway_policy_on_ports_names_the_gateway_port(
+        tmp_path: Path, backends: Backends) -> None:
+    """At the gateway, `to: ports` is its listening port (as at Istio's ingress): a DENY on
+    that port applies there, one on another port does not."""
+    import yaml
+
+    shop = backends.aiohttp(named_app("shop"))
+    proc = ProxyProcess(tmp_path, {"shop": [shop]}, args=("--mode", "gateway"))
+    port = proc.listen_as_gateway([{"destination": "shop"}])
+    config = yaml.safe_load(proc.config.read_text())
+    config["inbound"] = {"authorization": [
+        {"selector": {"service": "client"}, "action": "DENY",
+         "rules": [{"to": [{"ports": [port], "paths": ["/blocked/*"]}]},
+                   {"to": [{"ports": [port + 1], "paths": ["/other/*"]}]}]}]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        answers = {}
+        for path in ("/blocked/x", "/other/x", "/open"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(get("shop.example.com", path))
+            resp = await asyncio.wait_for(read_response(reader), 10)
+            writer.close()
+            answers[path] = (resp.status, resp.header("x-ami-reason"))
+    finally:
+        proc.stop()
+    assert answers == {"/blocked/x": (403, "not_authorized"), "/other/x": (200, None),
+                       "/open": (200, None)}

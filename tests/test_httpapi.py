@@ -222,10 +222,11 @@ async def test_yaml_anchors_and_aliases_are_refused(server: Server) -> None:
     """An alias bomb is refused at once: apply 422 naming file, doc and line; PUT 400."""
     client = server.client()
     text = yaml.safe_dump(policy_doc("reviews")) + "---\n" + _billion_laughs()
-    started = asyncio.get_running_loop().time()
     with pytest.raises(ControlPlaneError) as err:
         await asyncio.to_thread(client.apply, text, source="bomb.yaml")
-    assert asyncio.get_running_loop().time() - started < 2
+    # "At once" is what the refusal says, not a clock (no bound on time: a loaded machine
+    # breaks any): the loader refuses the first anchor while composing, before one node is
+    # built, let alone expanded; a refusal after an expansion would name something else.
     assert (err.value.status, err.value.reason) == (422, "Invalid")
     assert str(err.value).startswith("bomb.yaml doc 2: invalid YAML: line ")
     assert "anchor '&a0' not allowed" in str(err.value)

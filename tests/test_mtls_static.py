@@ -262,11 +262,15 @@ async def test_inbound_metric_reports_mutual_tls(mesh: Mesh) -> None:
 
 
 async def test_certificate_expiry_is_exposed_for_alerting(mesh: Mesh) -> None:
-    """/metrics carries the workload certificate's expiry (alert well before it lapses)."""
+    """/metrics carries the workload certificate's expiry (alert well before it lapses) and
+    its start, so deploy/alerts.yml can alert on the fraction of its lifetime left."""
     text = await mesh.client.metrics()
     expiry = metric_value(text, "ami_certificate_expiry_timestamp_seconds",
                           spiffe_id=sid("productpage"))
     assert expiry == pytest.approx(mesh.productpage.not_after, abs=1)
+    issued = metric_value(text, "ami_certificate_issued_timestamp_seconds",
+                          spiffe_id=sid("productpage"))
+    assert issued == pytest.approx(mesh.productpage.not_before, abs=1)
 
 
 async def test_plaintext_to_strict_is_refused(mesh: Mesh) -> None:

@@ -88,6 +88,30 @@ def test_tap_streams_matching_requests(mesh: ObservedMesh) -> None:
     assert events[0]["proxy"] == "productpage-v1" and events[0]["source"] == "productpage"
 
 
+def test_a_tap_event_has_the_documented_fields_and_no_headers(mesh: ObservedMesh) -> None:
+    """What docs/observability.md (How tap works) lists, as Linkerd's tap: no header, so a
+    header's value (a cookie, a token) never reaches a tap client."""
+    import urllib.request
+
+    pp = mesh.proxies["productpage"]
+
+    def call() -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{pp.outbound}/tapped?q=s3cret",
+                                     headers={"Host": "reviews", "Cookie": "session=s3cret"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+
+    with Traffic(call):
+        out = mesh.meshctl("tap", "reviews", "--path", "/tapped", "-n", "1", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    [event] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert set(event) - {"proxy"} == {
+        "time", "listener", "reporter", "method", "path", "authority", "status", "reason",
+        "duration_ms", "source", "source_version", "destination", "destination_workload",
+        "destination_version", "tls", "protocol", "grpc_status"}
+    assert event["path"] == "/tapped" and "s3cret" not in out.stdout
+
+
 def test_a_tap_client_going_away_ends_the_stream_quietly(
         mesh: ObservedMesh, caplog: pytest.LogCaptureFixture) -> None:
     """`meshctl tap ... | head -1`: the reader closes, the API's next write fails; the tap

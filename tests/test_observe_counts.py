@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.observe_harness import ObservedMesh, send, start_observed_mesh
+from tests.observe_harness import ObservedMesh, send, start_observed_mesh, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +68,8 @@ def test_a_restart_inside_the_window_loses_nothing(tmp_path: Path) -> None:
         mesh.wait_scraped(2)
         pp = mesh.proxies["productpage"]
         pp.stop()
-        mesh.wait_scraped()  # one scrape that finds it down
+        wait_until(lambda: "productpage-v1" in mesh.observer.scraper.errors, 10,
+                   "a scrape that finds productpage down")
         pp.start()
         _mix(mesh, 4, 0)
         mesh.wait_scraped(2)

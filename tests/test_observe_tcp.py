@@ -47,13 +47,14 @@ def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> N
             rows = {r["service"]: r for r in mesh.json("stat", "--window", "5m")["rows"]}
             db = rows.get("db")
             # once a scrape saw all the bytes: read, what callers sent (2 x 1000); written,
-            # the banners and the echo (2 x 14 + 2 x 1000)
+            # the banners and the echo (2 x 14 + 2 x 1000); and reviews' request, which its own
+            # sidecar reports (scraped on its own schedule, so it may come after db's figures)
             return rows if (db and db["tcpConnections"] == expected
                             and 0 < db["tcpReadBytesPerSec"] < db["tcpWriteBytesPerSec"]
-                            ) else None
+                            and "reviews" in rows) else None
 
-        rows = wait_for(lambda: db_row(2), 30, "db with 2 open connections and their bytes",
-                        interval=0.5)
+        rows = wait_for(lambda: db_row(2), 30,
+                        "db with 2 open connections and their bytes, and reviews", interval=0.5)
         db, reviews = rows["db"], rows["reviews"]
         assert db["version"] == "v1"
         assert db["rps"] == 0 and db["successRate"] is None and db["mtlsShare"] is None
@@ -73,10 +74,18 @@ def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> N
         assert head.split()[-3:] == ["TCP_CONN", "READ_BYTES/SEC", "WRITE_BYTES/SEC"]
         assert row.split()[-3] == "2" and all(c.endswith("B/s") for c in row.split()[-2:])
 
-        # edges: the caller's view of the same connections, mTLS
-        edges = {(e["source"], e["destination"]): e
-                 for e in mesh.json("edges", "--window", "5m")["edges"]}
-        assert edges[("web", "db")]["tcpConnections"] == 2 and edges[("web", "db")]["secured"]
+        # edges: the caller's view of the same connections, mTLS; web's sidecar is scraped on
+        # its own schedule, so the scrape of it that db_row waited for may have come between
+        # the two connections (its view, which edges prefer, then says 1)
+        def both_edges() -> dict[tuple[str, str], Any] | None:
+            edges = {(e["source"], e["destination"]): e
+                     for e in mesh.json("edges", "--window", "5m")["edges"]}
+            web_db = edges.get(("web", "db"))
+            return edges if (web_db and web_db["tcpConnections"] == 2
+                             and ("web", "reviews") in edges) else None
+
+        edges = wait_for(both_edges, 30, "web's view of its 2 connections to db", interval=0.5)
+        assert edges[("web", "db")]["secured"]
         assert edges[("web", "reviews")]["tcpConnections"] is None
         edge_table = mesh.meshctl("edges", "--window", "5m")
         assert edge_table.returncode == 0, edge_table.stderr

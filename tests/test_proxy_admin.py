@@ -8,7 +8,9 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +106,9 @@ async def test_local_replies_say_why(proxy: ProxyProcess, raw: bytes, status: in
 
 
 async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
-    """With `--access-log on` each request is one JSON line on stdout with status and reason."""
+    """With `--access-log on` each request is one JSON line on stdout with status and reason,
+    and the wall-clock time it started (RFC 3339, UTC)."""
+    sent = time.time()
     await roundtrip(proxy.outbound, get("echo", "/logged", "X-Request-Id: log-1\r\n"))
     await roundtrip(proxy.outbound, get("nowhere", "/logged"))
 
@@ -116,6 +120,9 @@ async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
     ok = next(x for x in lines() if x.get("request_id") == "log-1")
     assert (ok["method"], ok["path"], ok["status"], ok["reason"]) == ("GET", "/logged", 200, "-")
     assert ok["authority"] == "echo" and ok["listener"] == "outbound"
+    started = datetime.strptime(ok["start_time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    assert ok["start_time"].endswith("Z") and len(ok["start_time"]) == 24
+    assert sent - 0.001 <= started <= time.time()  # (the log keeps whole milliseconds)
     assert next(x for x in lines() if x["status"] == 404)["reason"] == "no_route"
 
 
@@ -236,6 +243,22 @@ async def test_rejected_input_is_in_the_access_log(proxy: ProxyProcess, raw: byt
     await eventually(logged)
 
 
+async def test_unrouted_hosts_named_in_metrics_are_bounded(proxy: ProxyProcess) -> None:
+    """An outbound listener names the host of a `no_route` request (the app asked for a
+    service that is not there), up to 100 distinct hosts; later ones count as `unknown`, so
+    an app trying names cannot grow the metrics without end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    for i in range(120):
+        writer.write(get(f"missing-{i}", "/"))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert (resp.status, resp.header("x-ami-reason")) == (404, "no_route")
+    writer.close()
+    named = set(re.findall(r'^ami_requests_total\{[^}]*destination_service="([^"]+)"'
+                           r'[^}]*response_flags="no_route"', await proxy.metrics(), flags=re.M))
+    assert "missing-0" in named and "missing-119" not in named
+    assert len(named - {"unknown"}) == 100 and "unknown" in named
+
+
 async def test_sigterm_drains_in_flight_requests(tmp_path: Path, echo: int) -> None:
     """SIGTERM: /ready turns 503, the in-flight slow request completes, the process exits 0."""
     proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
@@ -254,6 +277,27 @@ async def test_sigterm_drains_in_flight_requests(tmp_path: Path, echo: int) -> N
         resp = await asyncio.wait_for(slow, 10)
         assert (resp.status, resp.body) == (200, b"slow done")
         assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+    finally:
+        proxy.stop()
+
+
+async def test_a_request_cut_at_the_drain_deadline_says_so(tmp_path: Path, echo: int) -> None:
+    """A request still in flight at --drain-timeout is closed with the process, and its log
+    line and metrics say `drain_timeout`, not that the client went away."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]},
+                         args=("--access-log", "on", "--drain-timeout", "1")).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        writer.write(get("echo", "/slow?s=30"))
+        await eventually(lambda: _in_flight(proxy) >= 1)
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert await at_eof(reader, 10)  # closed at the deadline, with no answer
+        writer.close()
+        assert await asyncio.to_thread(proxy.proc.wait, 10) == 0
+        lines = [json.loads(x) for x in proxy.stdout().splitlines() if x.startswith("{")]
+        cut = [x for x in lines if x.get("path") == "/slow"]
+        assert [(x["reason"], x["status"]) for x in cut] == [("drain_timeout", 0)]
     finally:
         proxy.stop()
 

@@ -238,3 +238,20 @@ async def test_h2c_upgrade_is_not_tunnelled(env: dict[str, Any]) -> None:
     assert not sent & {"upgrade", "http2-settings", "connection"}
     assert await at_eof(reader, 5)
     writer.close()
+
+
+async def test_websocket_upgrade_answered_without_101_ends_the_connection(
+        env: dict[str, Any]) -> None:
+    """A WebSocket upgrade the app answers with a plain 200 (the echo route knows no
+    WebSocket): the parser stopped after the upgrade's head, so the connection ends with
+    that answer, and the answer says so rather than promising keep-alive."""
+    raw = (b"GET /not-ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\n"
+           b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", env["port"])
+    writer.write(raw + get("echo", "/pipelined"))
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    assert (resp.status, resp.header("connection")) == (200, "close")
+    assert json.loads(resp.body)["path"] == "/not-ws"
+    assert await at_eof(reader, 5)
+    writer.close()

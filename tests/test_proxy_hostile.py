@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -175,6 +176,99 @@ async def test_error_after_pipelined_request_keeps_order(proxy: ProxyProcess) ->
                         response_flags="request_smuggling") == smuggled_before + 1
 
 
+CHUNKED_HEAD = b"POST /upload HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
+BROKEN_BODIES = {
+    "bad_chunk_size": CHUNKED_HEAD + b"3 x\r\nabc\r\n0\r\n\r\n",
+    "hex_prefix": CHUNKED_HEAD + b"0x3\r\nabc\r\n0\r\n\r\n",
+    "data_without_crlf": CHUNKED_HEAD + b"3\r\nabcXX0\r\n\r\n",
+    "overflowing_size": CHUNKED_HEAD + b"FFFFFFFFFFFFFFFFFFFF\r\nabc\r\n",
+    "bad_extension": CHUNKED_HEAD + b'3;foo="bar\r\nabc\r\n0\r\n\r\n',
+    "nul_in_trailer": CHUNKED_HEAD + b"1\r\na\r\n0\r\nX-T: a\x00b\r\n\r\n",
+    # llhttp refuses the coding only once the head was taken (the tab after `chunked`)
+    "tab_after_chunked": b"POST /upload HTTP/1.1\r\nHost: echo\r\n"
+                         b"Transfer-Encoding: chunked\t\r\n\r\n1\r\na\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_BODIES))
+async def test_a_body_breaking_its_framing_after_the_head_is_400_at_once(
+        proxy: ProxyProcess, name: str) -> None:
+    """A chunked body that turns malformed after its head was taken (and perhaps sent
+    upstream) is answered 400 and closed at once, not left to the 300 s stream idle timeout
+    with both connections held; the upstream attempt is dropped, and the proxy serves on."""
+    resp, closed = await roundtrip_close(proxy.outbound, BROKEN_BODIES[name])
+    assert resp.status == 400
+    assert resp.header("x-ami-reason") in ("bad_request", "request_smuggling", "invalid_header")
+    assert closed
+    after = await roundtrip(proxy.outbound, get("echo", "/after"))
+    assert after.status == 200 and json.loads(after.body)["path"] == "/after"
+
+
+async def test_request_trailers_never_reach_the_app_as_headers(
+        tmp_path: Path, echo: int) -> None:
+    """Trailers of a chunked request are dropped. On a fresh proxy the upstream connection is
+    still opening while the body (and its trailers) arrive, so the head is written only then:
+    a trailer must not become a header there, unseen by the route rules and policies."""
+    proxy = ProxyProcess(tmp_path, {"echo": [echo]}).start()
+    try:
+        raw = (CHUNKED_HEAD + b"1\r\na\r\n0\r\nX-Role: admin\r\n"
+               b"Authorization: Bearer forged\r\n\r\n")
+        resp = await roundtrip(proxy.outbound, raw)
+        got = json.loads(resp.body)
+        names = {name.lower() for name, _ in got["headers"]}
+        assert resp.status == 200 and got["body"] == "a"
+        assert not names & {"x-role", "authorization"}
+    finally:
+        proxy.stop()
+
+
+BAD_AUTHORITIES = {
+    "userinfo_in_host": get("echo:80@evil.example"),
+    "path_in_host": get("echo:x/evil"),
+    "space_in_host": get("echo:1 evil"),
+    "long_port": get("echo:99999999"),
+    "slash_in_host": get("echo/x"),
+    "userinfo_in_target": b"GET http://echo:1@evil.example/x HTTP/1.1\r\nHost: echo\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_AUTHORITIES))
+async def test_an_authority_that_is_not_host_and_port_is_400(proxy: ProxyProcess,
+                                                             name: str) -> None:
+    """A Host (or absolute-form authority) that is not RFC 3986 `host[:port]` is 400 and
+    close (RFC 9112 3.2), not routed by whatever stands before its last colon."""
+    resp, closed = await roundtrip_close(proxy.outbound, BAD_AUTHORITIES[name])
+    assert (resp.status, resp.header("x-ami-reason")) == (400, "bad_request")
+    assert closed
+
+
+@pytest.mark.parametrize("host", ["echo:80", "ECHO", "echo:"])
+async def test_valid_authorities_are_routed(proxy: ProxyProcess, host: str) -> None:
+    resp = await roundtrip(proxy.outbound, get(host, "/valid"))
+    assert resp.status == 200 and json.loads(resp.body)["path"] == "/valid"
+
+
+async def test_connection_cannot_remove_the_request_id_or_keep_a_forged_xff(
+        proxy: ProxyProcess) -> None:
+    """`x-request-id` and `x-forwarded-for` named in Connection go as hop-by-hop, and the
+    proxy's own take their place: the app still gets an id, and only the real client address."""
+    resp = await roundtrip(proxy.outbound, get(
+        "echo", "/rid", "Connection: x-request-id, x-forwarded-for\r\n"
+        "X-Request-Id: client-id-123\r\nX-Forwarded-For: 1.2.3.4\r\n"))
+    sent = {name.lower(): value for name, value in json.loads(resp.body)["headers"]}
+    assert sent["x-request-id"] not in ("", "client-id-123")
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+async def test_a_request_line_of_another_http_version_is_505(proxy: ProxyProcess,
+                                                             version: bytes) -> None:
+    resp, closed = await roundtrip_close(
+        proxy.outbound, b"GET / " + version + b"\r\nHost: echo\r\n\r\n")
+    assert (resp.status, resp.header("x-ami-reason")) == (505, "version_not_supported")
+    assert closed
+
+
 # --- limits that need their own proxy flags ---------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_limits(tmp_path_factory: pytest.TempPathFactory, echo: int) -> Iterator[ProxyProcess]:
@@ -241,9 +335,17 @@ async def test_connection_limit(tmp_path_factory: pytest.TempPathFactory, echo: 
             writer.write(get("echo", f"/held{i}"))
             assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
             held.append(writer)
-        resp, closed = await roundtrip_close(proxy.outbound, get("echo", "/third"))
+        # The refused client's request is unread when the proxy closes: a lingering close
+        # (read and drop, FIN) lets it read the 503, where a plain close would reset it.
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+        writer.write(get("echo", "/third"))
+        await asyncio.sleep(0.2)  # the request lands before the proxy reads; not a readiness wait
+        writer.write(b"X-More: 1\r\n")
+        resp = await asyncio.wait_for(read_response(reader), 10)
         assert (resp.status, resp.header("x-ami-reason")) == (503, "too_many_connections")
-        assert closed
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # a FIN, not a reset
+        writer.close()
         assert metric_value(await proxy.metrics(), "ami_connections_refused_total",
                             listener="outbound") == 1
         held.pop().close()

@@ -56,6 +56,11 @@ CANNED: dict[str, bytes] = {
     # A malformed body in the same read as the head: nothing was sent to the client yet.
     "/bad-first-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nEVIL\r\n",
     "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/status-999": b"HTTP/1.1 999 Beyond\r\nContent-Length: 2\r\n\r\nok",
+    # A head over the proxy's 64 KiB limit, whole in one write (it arrives in a read or two).
+    "/big-head": b"HTTP/1.1 200 OK\r\n" + b"X-Filler: %s\r\n" % (b"a" * 1000) * 80
+                 + b"Content-Length: 2\r\n\r\nok",
+    "/204-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
     # A few interim responses before the final one are fine (and not forwarded).
     "/1xx-then-ok": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
                     b"Link: </a.css>; rel=preload\r\n\r\n" * 20 + OK,
@@ -277,3 +282,23 @@ async def test_a_malformed_answer_on_a_reused_connection_is_not_asked_again(
     assert ok.status == 200  # and its connection went back to the pool, reused for /garbage
     assert (bad.status, bad.header("x-ami-reason")) == (502, "upstream_protocol_error")
     assert [path for _, path in backend.requests].count("/garbage") == 1
+
+
+@pytest.mark.parametrize("path", ["/big-head", "/status-999"])
+async def test_a_complete_but_invalid_response_head_is_502(env: dict[str, Any],
+                                                           path: str) -> None:
+    """A response head over --max-header-bytes that arrives whole (not only one that keeps
+    coming), and a status above 599 (RFC 9110 15), are `502 upstream_protocol_error`."""
+    (resp,), _, writer = await _exchange(env["proxy"].outbound, get("garbage", path))
+    writer.close()
+    assert (resp.status, resp.header("x-ami-reason")) == (502, "upstream_protocol_error")
+
+
+async def test_a_204_loses_its_content_length(env: dict[str, Any]) -> None:
+    """A 204 carrying `Content-Length` reaches the client without it (RFC 9110 8.6: a 204 has
+    none), and the connection serves the next request."""
+    (resp, nxt), _, writer = await _exchange(
+        env["proxy"].outbound, get("garbage", "/204-length") + get("garbage", "/ok"), count=2)
+    writer.close()
+    assert (resp.status, resp.header("content-length")) == (204, None)
+    assert (nxt.status, nxt.body) == (200, b"ok")

@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +220,8 @@ async def test_grpc_to_an_http1_app_is_unimplemented(mesh: Mesh, app: tuple[App,
 @pytest.fixture(scope="module")
 def direct(app: tuple[App, int], tmp_path_factory: pytest.TempPathFactory,
            ) -> Iterator[ProxyProcess]:
-    """An outbound proxy (appProtocol left `auto`) with retries and a timeout on `web`, and
-    the same app as an ExternalService HTTP port."""
+    """An outbound proxy (appProtocol left `auto`) with retries, a timeout and a mirror (to
+    the app itself) on `web`, and the same app as an ExternalService HTTP port."""
     port = app[1]
     proc = ProxyProcess(tmp_path_factory.mktemp("downgrade-direct"), {"web": [port]},
                         args=("--log-level", "INFO"), routes=[{"host": "web", "rules": [
@@ -232,6 +232,8 @@ def direct(app: tuple[App, int], tmp_path_factory: pytest.TempPathFactory,
                                          "allowNonIdempotent": True}},
                             {"matches": [{"path": {"prefix": "/slow"}}], "backends": [{}],
                              "timeout": "500ms"},
+                            {"matches": [{"path": {"prefix": "/mirror/"}}], "backends": [{}],
+                             "mirror": {"service": "web", "percent": 100}},
                             {"backends": [{}]}]}])
     config = yaml.safe_load(proc.config.read_text())
     config["external"] = {"api.example.com": {
@@ -270,6 +272,67 @@ async def test_a_retry_replays_the_body_to_the_http1_app(
         ("/fail-once/a", "payload-a"), ("/fail-once/a", "payload-a"),
         ("/fail-once/b", "payload-b"), ("/fail-once/b", "payload-b")]
     assert metric_value(await direct.metrics(), "ami_retries_total") == 2
+
+
+async def test_a_mirrored_copy_reaches_the_http1_app_in_http1(
+        direct: ProxyProcess, app: tuple[App, int]) -> None:
+    """Once the app is known to speak HTTP/1.1, a mirrored copy of an HTTP/2 request goes to
+    it in HTTP/1.1 as the primary does: `-shadow` host, the same body, chunked when it has no
+    Content-Length, none without a body; trailers stay behind."""
+    state, _ = app
+    assert (await h2_request(direct.outbound, "web", "/learn")).status == 200
+    async with H2Client(direct.outbound) as client:
+        sent = [await client.request("web", "/mirror/chunked", method="POST", body=b"one-body",
+                                     trailers=[(b"x-checksum", b"1")]),
+                await client.request("web", "/mirror/sized", method="PUT", body=b"two",
+                                     headers=[("content-length", "3")]),
+                await client.request("web", "/mirror/get")]
+    assert [r.status for r in sent] == [200, 200, 200]
+
+    def copies() -> dict[str, dict[str, Any]]:
+        return {r["path"]: r for r in state.seen if r["path"].startswith("/mirror/")
+                and dict(r["headers"])["host"] == "web-shadow"}
+
+    await eventually(lambda: len(copies()) == 3)
+    seen = copies()
+    assert [(p, r["method"], r["version"], r["body"]) for p, r in sorted(seen.items())] == [
+        ("/mirror/chunked", "POST", "1.1", "one-body"), ("/mirror/get", "GET", "1.1", ""),
+        ("/mirror/sized", "PUT", "1.1", "two")]
+    headers = {p: dict(r["headers"]) for p, r in seen.items()}
+    assert headers["/mirror/chunked"]["transfer-encoding"] == "chunked"
+    assert "x-checksum" not in headers["/mirror/chunked"]
+    assert headers["/mirror/sized"]["content-length"] == "3"
+    assert "transfer-encoding" not in headers["/mirror/sized"]
+    assert not {"transfer-encoding", "content-length"} & set(headers["/mirror/get"])
+    assert metric_value(await direct.metrics(), "ami_mirrored_requests_total",
+                        destination_service="web") == 3
+
+
+async def test_the_copy_that_finds_out_the_app_speaks_http1_still_reaches_it(
+        app: tuple[App, int], tmp_path: Path) -> None:
+    """The very first request of a fresh proxy, mirrored to the same undeclared app: the
+    copy's own HTTP/2 connection is answered in HTTP/1.1, and the copy goes in HTTP/1.1 as the
+    primary does (it was dropped before: only copies after the pool had learned went)."""
+    state, port = app
+    proc = ProxyProcess(tmp_path, {"web": [port]}, routes=[{"host": "web", "rules": [
+        {"backends": [{}], "mirror": {"service": "web", "percent": 100}}]}])
+    proc.start()
+    try:
+        async with H2Client(proc.outbound) as client:
+            resp = await client.request("web", "/first-copy", method="POST", body=b"held-body")
+        assert resp.status == 200 and resp.json()["version"] == "1.1"
+
+        def copies() -> list[dict[str, Any]]:
+            return [r for r in state.seen if r["path"] == "/first-copy"
+                    and dict(r["headers"])["host"] == "web-shadow"]
+
+        await eventually(lambda: len(copies()) == 1)
+        (copy,) = copies()
+        assert (copy["method"], copy["version"], copy["body"]) == ("POST", "1.1", "held-body")
+        assert metric_value(await proc.metrics(), "ami_mirrored_requests_total",
+                            destination_service="web") == 1
+    finally:
+        proc.stop()
 
 
 async def test_request_trailers_are_dropped_on_the_http1_hop(
@@ -320,6 +383,15 @@ async def test_a_request_line_http1_cannot_carry_is_refused(direct: ProxyProcess
     assert (spaced_method.status, spaced_method.get("x-ami-reason")) == (400, "bad_request")
 
 
+@pytest.mark.parametrize("method", ["delete", "Delete", "get"])
+async def test_a_method_not_in_upper_case_is_refused(direct: ProxyProcess, method: str) -> None:
+    """`delete` is not DELETE (methods are case-sensitive), yet frameworks upper-case it:
+    it would pass a policy on DELETE and run the DELETE handler. Refused, as HTTP/1.1's
+    parser refuses the same request line."""
+    resp = await h2_request(direct.outbound, "web", "/a", method=method)
+    assert (resp.status, resp.get("x-ami-reason")) == (400, "bad_request")
+
+
 # --- an inbound listener in plaintext, in front of raw servers ------------------------------
 def inbound_proxy(tmp: Path, app_port: int, protocol: str) -> ProxyProcess:
     proc = ProxyProcess(tmp, {})
@@ -330,6 +402,20 @@ def inbound_proxy(tmp: Path, app_port: int, protocol: str) -> ProxyProcess:
         "app": f"127.0.0.1:{app_port}", "appProtocol": protocol}))
     proc.outbound = inbound  # (where the requests go)
     return proc.start()
+
+
+async def through_raw_app(tmp: Path, handler: Callable[..., Awaitable[None]],
+                          path: str) -> tuple[Any, RawBackend]:
+    """One HTTP/2 request through an inbound sidecar to a raw HTTP/1.1 app running
+    ``handler``: its answer, and the app (what it received)."""
+    backends = Backends()
+    raw = backends.raw(handler)
+    proc = inbound_proxy(tmp, raw.port, "http1")
+    try:
+        return await h2_request(proc.outbound, "web", path), raw
+    finally:
+        proc.stop()
+        backends.close()
 
 
 async def test_an_answer_ended_by_close_arrives_whole(tmp_path: Path) -> None:
@@ -343,16 +429,23 @@ async def test_an_answer_ended_by_close_arrives_whole(tmp_path: Path) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
         await writer.drain()
 
-    backends = Backends()
-    raw = backends.raw(close_delimited)
-    proc = inbound_proxy(tmp_path, raw.port, "http1")
-    try:
-        resp = await h2_request(proc.outbound, "web", "/raw")
-    finally:
-        proc.stop()
-        backends.close()
+    resp, raw = await through_raw_app(tmp_path, close_delimited, "/raw")
     assert (resp.status, resp.body, resp.reset) == (200, b"until the end", None)
     assert raw.requests[0].first == "GET /raw HTTP/1.1"
+
+
+async def test_an_oversized_answer_head_is_502_for_an_http2_client(tmp_path: Path) -> None:
+    """An HTTP/1.1 head over --max-header-bytes (64 KiB) that arrives whole is refused for an
+    HTTP/2 client too: `502 upstream_protocol_error`, as for an HTTP/1.1 one."""
+    async def big_head(backend: RawBackend, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Filler: %s\r\n" % (b"a" * 1000) * 80
+                     + b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    resp, _ = await through_raw_app(tmp_path, big_head, "/big")
+    assert (resp.status, resp.get("x-ami-reason")) == (502, "upstream_protocol_error")
 
 
 async def test_an_http2_app_refuses_http1_requests_in_words(tmp_path: Path) -> None:

@@ -680,7 +680,7 @@ async def test_a_connection_turning_http2_during_a_drain_is_drained_too(
                                           (b":path", b"/ok"), (b":authority", b"echo")])
         # As gRPC clients do: the preface, SETTINGS and the first request in one write.
         writer.write(PREFACE + SettingsFrame(0).serialize() + first.serialize())
-        await peer.read_until(lambda: peer.goaway is not None and peer.finished(1), timeout=5)
+        await peer.read_until(lambda: peer.goaway is not None and peer.finished(1))
         assert peer.status(1) == 200 and goaway_code(peer) == ErrorCodes.NO_ERROR
         assert peer.goaway is not None and peer.goaway.last_stream_id == 1
         assert await peer.closed()
@@ -764,6 +764,27 @@ async def test_continuation_flood_is_a_connection_error(proxy: ProxyProcess) -> 
         assert await peer.closed()
         assert goaway_code(peer) in (None, ErrorCodes.PROTOCOL_ERROR,
                                      ErrorCodes.ENHANCE_YOUR_CALM)
+    finally:
+        peer.close()
+    await served(proxy)
+
+
+@pytest.mark.parametrize("kind", [0x0, 0x1, 0x4])  # DATA, HEADERS, SETTINGS
+async def test_a_frame_announced_over_the_size_limit_is_refused_at_its_header(
+        proxy: ProxyProcess, kind: int) -> None:
+    """A frame header announcing 16 MiB (over our SETTINGS_MAX_FRAME_SIZE of 16 KiB), then
+    only its first bytes: GOAWAY FRAME_SIZE_ERROR at once, as nghttp2 does, not after the
+    peer has sent (and the proxy held) all 16 MiB of it."""
+    peer = await Peer.open(proxy.outbound)
+    try:
+        peer.request(1, "/ok")
+        await peer.response(1)
+        stream = 0 if kind == 0x4 else 3
+        peer.writer.write((2**24 - 1).to_bytes(3, "big") + bytes([kind, 0])
+                          + stream.to_bytes(4, "big") + b"x" * 1000)
+        await peer.read_until(lambda: peer.goaway is not None)
+        assert goaway_code(peer) == ErrorCodes.FRAME_SIZE_ERROR
+        assert await peer.closed()
     finally:
         peer.close()
     await served(proxy)

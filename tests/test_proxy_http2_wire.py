@@ -12,6 +12,7 @@ connection's HPACK table kept in step, with a budget for a client that sends onl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ Headers = list[tuple[bytes, bytes]]
 SECRET = NeverIndexedHeaderTuple
 
 
+_ARRIVALS = itertools.count()  # the order of streams' first heads, over every connection
+
+
 class FrameLog:
     """What the upstream received on one connection, frame by frame, as `Peer` records what
     the client receives: each stream's header blocks decoded (`heads`) and its frames in short
@@ -60,6 +64,7 @@ class FrameLog:
         self.buf = b""
         self.heads: dict[int, list[Headers]] = {}
         self.shapes: dict[int, list[str]] = {}
+        self.arrived: dict[int, int] = {}  # stream -> when its first head came, of all streams
         self._block: tuple[int, bool, bytes] | None = None
 
     def feed(self, data: bytes) -> None:
@@ -83,6 +88,7 @@ class FrameLog:
         if "END_HEADERS" in frame.flags and self._block is not None:
             sid, end, block = self._block
             self._block = None
+            self.arrived.setdefault(sid, next(_ARRIVALS))
             self.heads.setdefault(sid, []).append(list(self.decoder.decode(block, raw=True)))
             self.shapes.setdefault(sid, []).append("H+" if end else "H")
 
@@ -100,9 +106,10 @@ class H2Upstream:
     logs: list[FrameLog] = field(default_factory=list)
 
     def requests(self) -> list[tuple[list[Headers], list[str]]]:
-        """Every request's header blocks and frames, in arrival order (connection by
-        connection)."""
-        return [(log.heads[sid], log.shapes[sid]) for log in self.logs for sid in sorted(log.heads)]
+        """Every request's header blocks and frames, in arrival order across connections (the
+        proxy keeps one per destination: `echo` and `mirrored` each have theirs)."""
+        streams = sorted((log.arrived[sid], log, sid) for log in self.logs for sid in log.heads)
+        return [(log.heads[sid], log.shapes[sid]) for _, log, sid in streams]
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         config = H2Configuration(client_side=False, header_encoding=None,

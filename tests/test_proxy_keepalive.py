@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +187,49 @@ async def test_a_local_reply_to_a_bodyless_request_keeps_the_connection(
         assert (resp.status, resp.header("connection")) == (404, "close")
     finally:
         writer.close()
+
+
+async def test_a_post_meeting_a_pooled_connection_the_server_already_closed_goes_fresh(
+        tmp_path: Path, backends: Backends) -> None:
+    """The server's FIN on an idle pooled connection and the app's next request (a POST) are
+    read in the same wake-up of the proxy (stopped meanwhile, so both wait in the kernel): the
+    FIN comes first. Nothing of the POST may be written into that closing connection; it goes
+    on a fresh one and is answered. (Before, the pool still offered the connection until its
+    connection_lost, the POST went nowhere, and the app got 502 upstream_reset for a request
+    no server had seen.)"""
+    cue = threading.Event()
+
+    async def close_first_on_cue(raw: RawBackend, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+        first = raw.accepted == 1
+        while (req := await read_request(reader)) is not None:
+            raw.requests.append(req)
+            writer.write(_ok(b"conn-%d %s" % (1 if first else 2, req.body)))
+            await writer.drain()
+            if first:
+                await asyncio.to_thread(cue.wait, 10)
+                await close_now(raw, writer)  # a FIN on an idle connection
+                return
+
+    upstream = backends.raw(close_first_on_cue)
+    proxy = ProxyProcess(tmp_path, {"fin": [upstream.port]}).start()
+    assert proxy.proc is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+    try:
+        writer.write(get("fin", "/warm"))
+        assert (await asyncio.wait_for(read_response(reader), 10)).body == b"conn-1 "
+        os.kill(proxy.proc.pid, signal.SIGSTOP)
+        try:
+            cue.set()
+            await eventually(lambda: upstream.closed == 1)  # its FIN sent
+            writer.write(get("fin", "/pay", body=b"order=1", method="POST"))
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the POST in the proxy's socket too, after the FIN
+        finally:
+            os.kill(proxy.proc.pid, signal.SIGCONT)
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        assert (resp.status, resp.body) == (200, b"conn-2 order=1"), resp
+        assert [r.target for r in upstream.requests] == ["/warm", "/pay"]
+    finally:
+        writer.close()
+        proxy.stop()

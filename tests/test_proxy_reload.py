@@ -221,6 +221,64 @@ async def test_sighup_reloads_policies_and_the_mesh_section(
         proxy.stop()
 
 
+@pytest.mark.parametrize("limits", [None, {"maxConnections": 3, "maxPendingRequests": 5}],
+                         ids=["removed", "raised"])
+async def test_a_reload_that_lifts_the_connection_limit_lets_queued_requests_go(
+        tmp_path: Path, versioned: Versioned, limits: dict[str, int] | None) -> None:
+    """One connection allowed to `web`, one request holding it and one queued for it: a reload
+    that removes the connection pool's limits, or raises them, sends the queued request at
+    once, and new requests are not held to the old limit (removed: none; raised: 3)."""
+    proxy = ProxyProcess(tmp_path, {})
+    data = config(proxy, versioned, (100, 0))
+    data["services"]["web"]["policy"] = {
+        "connectionPool": {"maxConnections": 1, "maxPendingRequests": 5}}
+    proxy.config.write_text(yaml.safe_dump(data))
+    proxy.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        async def send(path: str) -> asyncio.StreamReader:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound)
+            writer.write(get("web", path))
+            writers.append(writer)
+            return reader
+
+        async def v1_active() -> int:
+            status, body = await proxy.aget("/stats")
+            assert status == 200, body
+            pools = json.loads(body)["upstream_pools"]
+            return sum(p["active_requests"] for p in pools if p["version"] == "v1")
+
+        held = await send("/hold")
+        await eventually(lambda: any(r.target == "/hold" for r in versioned.raw["v1"].requests))
+        queued = await send("/queued")
+        end = asyncio.get_running_loop().time() + 10
+        while await v1_active() < 2:  # taken in by the proxy, waiting for the one connection
+            assert asyncio.get_running_loop().time() < end, "the second request never queued"
+            await asyncio.sleep(0.02)  # poll interval of a deadline-bounded wait
+        if limits is None:
+            del data["services"]["web"]["policy"]
+        else:
+            data["services"]["web"]["policy"]["connectionPool"] = limits
+        proxy.config.write_text(yaml.safe_dump(data))
+        sighup(proxy)
+        await wait_reloads(proxy, "applied", 1)
+        answer = await asyncio.wait_for(read_response(queued), 10)  # /hold still held
+        assert (answer.status, answer.body) == (200, b"v1")
+        # new requests beside the held one: the old limit of one connection holds no more
+        more = [await send(f"/more{i}") for i in range(2)]
+        for reader in more:
+            answer = await asyncio.wait_for(read_response(reader), 10)
+            assert (answer.status, answer.body) == (200, b"v1")
+        versioned.release()
+        answer = await asyncio.wait_for(read_response(held), 10)
+        assert (answer.status, answer.body) == (200, b"v1")
+        assert metric_value(await proxy.metrics(), "ami_circuit_breaker_overflow_total") == 0
+    finally:
+        for writer in writers:
+            writer.close()
+        proxy.stop()
+
+
 async def test_sighup_with_the_same_content_is_counted_unchanged(
         tmp_path: Path, versioned: Versioned) -> None:
     """A SIGHUP for a file whose bytes did not change applies nothing and counts `unchanged`."""

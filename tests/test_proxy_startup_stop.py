@@ -1,5 +1,7 @@
-"""A stop signal during a sidecar's start-up waits (first config, first certificate) ends it
-promptly: exit 0, no traceback, no listener bound (docs/proxy.md, Shutdown and drain)."""
+"""A stop signal during a sidecar's start-up wait (first config and first certificate) ends it
+promptly: exit 0, no traceback, no listener bound (docs/proxy.md, Shutdown and drain). That
+wait is one: both are asked for at once, and the listeners bind when it ends, with or
+without a certificate (docs/controlplane.md, When the control plane is down)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from tests.helpers_mesh import MeshProcess, http_get, start_sidecar, wait_for
 from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
-# Each wait lasts 10 s (proxy/agent.py's first_config_timeout), and the certificate's comes
-# after the config's: a proxy that sits them out exits 10 s or more after the signal.
+# The wait lasts up to 10 s (proxy/agent.py's first_config_timeout): a proxy that sits it
+# out exits 10 s or so after the signal.
 PROMPT = 5.0
 
 
@@ -104,6 +106,73 @@ async def test_sigterm_while_waiting_for_the_first_certificate_stops_the_sidecar
             await asyncio.to_thread(wait_for, lambda: _waiting_for(sidecar, "certificate_loaded"),
                                     8, "the certificate wait")
             await asyncio.to_thread(_assert_stopped_promptly, sidecar, signal.SIGTERM)
+        finally:
+            sidecar.kill()
+    finally:
+        await server.stop(None)
+
+
+class _SilentWithCertificateOnRequest(mesh_pb2_grpc.MeshControlServicer):
+    """Never answers the config stream; answers a certificate request (signed by a real CA
+    for default/reviews) only once ``release`` is set."""
+
+    def __init__(self, ca_dir: Path) -> None:
+        from meshctl.ca import CertificateAuthority, init_ca
+
+        init_ca(ca_dir)
+        self.ca = CertificateAuthority(ca_dir)
+        self.release = asyncio.Event()
+        self.asked = 0
+
+    async def StreamConfig(self, request_iterator: Any, context: Any) -> Any:
+        async for _ in request_iterator:  # the Register, Status...: never a snapshot
+            pass
+        if False:  # a stream method: a generator that yields nothing
+            yield
+
+    async def IssueCertificate(self, request: Any, context: Any) -> Any:
+        from meshctl.ca import spiffe_id_for
+
+        self.asked += 1
+        await self.release.wait()
+        issued = self.ca.sign_csr(request.csr_pem.encode(),
+                                  spiffe_id_for("cluster.local", "default", "reviews"), 600)
+        return mesh_pb2.CertificateResponse(
+            cert_chain_pem=(issued.cert_pem + issued.chain_pem).decode(),
+            trust_bundle_pem=self.ca.trust_bundle().decode())
+
+
+async def test_listeners_bind_when_the_one_start_up_wait_ends_not_after_a_second(
+        tmp_path: Path) -> None:
+    """No config ever, and the certificate, asked for at start, only once the config wait
+    has ended: the listeners are bound by then, unready and without a certificate (which
+    then arrives). A start used to wait 10 s for the config and only then up to 10 s more
+    for the certificate: 20 s down, and this certificate installed before the listeners."""
+    plane = _SilentWithCertificateOnRequest(tmp_path / "ca")
+    server, port = await start_grpc_server(plane, f"127.0.0.1:{free_port()}")
+    try:
+        sidecar = await asyncio.to_thread(start_sidecar, tmp_path, f"127.0.0.1:{port}",
+                                          "reviews", "v1", app="127.0.0.1:9", wait_ready=False)
+        try:
+            await asyncio.to_thread(wait_for, lambda: "no config from" in sidecar.output(), 30,
+                                    "the end of the wait for a first config")
+            assert plane.asked >= 1  # the certificate was asked for during that wait
+            plane.release.set()
+
+            def ready_checks() -> dict[str, Any]:
+                status, body = http_get(f"http://{sidecar.info['admin']}/ready")
+                return dict(json.loads(body), status=status)
+
+            checks = await asyncio.to_thread(
+                wait_for, lambda: (c := ready_checks())["certificate_loaded"] and c, 30,
+                "the certificate, once answered")
+            assert checks["listeners_bound"] and not checks["config_applied"]
+            assert checks["status"] == 503  # unready: no config yet
+            log = sidecar.output()
+            assert "no workload certificate yet" in log, log
+            bound = log.index("listening: inbound")
+            assert bound < log.index("workload certificate spiffe://"), log
+            assert "Traceback" not in log, log
         finally:
             sidecar.kill()
     finally:

@@ -249,6 +249,22 @@ def test_no_token_passes_without_principal_and_payload_header_cannot_be_forged(
     assert seen["authorization"] == "Basic dXNlcjpwdw=="  # not a Bearer token: left alone
 
 
+def test_underscore_spellings_cannot_forge_the_payload_or_smuggle_a_token(
+        mesh: Mesh) -> None:
+    """WSGI/CGI apps read `x_jwt_payload` as `x-jwt-payload` (HTTP_X_JWT_PAYLOAD): that
+    spelling is removed too, token or not; and a token in `x_idp_token` (a fromHeaders
+    location's other spelling) is verified like one in `x-idp-token`, never passed on
+    unverified."""
+    status, _, body = call(mesh, "/open", headers={"x_jwt_payload": "forged"})
+    assert status == 200
+    assert not {"x_jwt_payload", "x-jwt-payload"} & set(app_headers(body))
+    tok = token(mesh, "r1")
+    status, _, body = call(mesh, "/open", tok, {"x_jwt_payload": "forged"})
+    assert status == 200 and app_headers(body)["x-jwt-payload"] == tok.split(".")[1]
+    assert "x_jwt_payload" not in app_headers(body)
+    assert refused(call(mesh, "/open", headers={"x_idp_token": "not.a.token"}))
+
+
 def test_two_policies_naming_one_issuer_both_apply(mesh: Mesh) -> None:
     """`a-mesh-jwt` (namespace-wide) and `reviews-jwt` both name https://idp.test: the token
     is checked wherever either looks for it, and each rule's own settings hold. Before, the

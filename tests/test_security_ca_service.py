@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from meshctl.api import mesh_pb2
 from meshctl.api.gatewaycert import gateway_policy, is_gateway_certificate
 from meshctl.api.kinds import MeshConfigSpec
 from meshctl.ca import BootstrapTokens, CertificateAuthority, fingerprint, init_ca
+from meshctl.ca import files as ca_files
 from meshctl.ca.spiffe import uri_sans
 from meshctl.controlplane.ca_service import (
     CertificateService,
@@ -84,6 +88,38 @@ def test_a_gateway_token_gets_its_services_identity_and_no_other(
         service.issue(req)
     assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert (service.issued, service.refused) == (1, 1)
+
+
+def token_minted_before_the_reservation(secret: bytes, namespace: str, service: str) -> str:
+    """A service token as BootstrapTokens made it for any namespace, ami-system included, before
+    that namespace was reserved (a token an operator may still hold)."""
+    mac = hmac.new(secret, f"{namespace}/{service}".encode(), hashlib.sha256).digest()
+    return "ami1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def test_the_control_planes_identity_is_never_issued(service: CertificateService) -> None:
+    """spiffe://.../ns/ami-system/sa/meshctl is the control plane's identity, the one a
+    sidecar's privileged admin routes answer: no token is made for its namespace, and a
+    request with a token that verifies (made before the reservation) is PERMISSION_DENIED,
+    nothing issued."""
+    secret = ca_files.read(service.ca.files.bootstrap_secret)
+    assert token_minted_before_the_reservation(secret, "default", "reviews") == \
+        service.tokens.token_for("default", "reviews")  # the helper makes real tokens
+    with pytest.raises(ValueError, match="reserved for the control plane"):
+        service.tokens.token_for("ami-system", "meshctl")
+    with pytest.raises(ValueError, match="reserved for the control plane"):
+        service.tokens.gateway_token_for("ami-system", "meshctl")
+    for name in ("meshctl", "reviews"):  # the whole namespace is the control plane's
+        _, csr = generate_key_and_csr(f"spiffe://cluster.local/ns/ami-system/sa/{name}")
+        req = mesh_pb2.CertificateRequest(
+            csr_pem=csr.decode(), service=name, namespace="ami-system",
+            token=token_minted_before_the_reservation(secret, "ami-system", name))
+        assert service.tokens.kind(req.token, "ami-system", name) is None
+        with pytest.raises(IssueError) as err:
+            service.issue(req)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "namespace 'ami-system' is reserved for the control plane" in err.value.message
+    assert (service.issued, service.refused) == (0, 2)
 
 
 def marked_service(tmp_path: Path) -> CertificateService:

@@ -61,11 +61,36 @@ def test_lists_each_proxy_with_expiry(api: str, capsys: pytest.CaptureFixture[st
 
 
 def test_unreachable_control_plane_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without a control plane the command exits 1 with a one-line error."""
+    """Without a control plane the command exits 1 with the one-line error every command
+    prints (it printed `meshctl certs proxies: URL: <urlopen error ...>`)."""
     from tests.proxyharness import free_port
 
-    assert run("certs", "proxies", control_plane=f"http://127.0.0.1:{free_port()}") == 1
-    assert "meshctl certs proxies" in capsys.readouterr().err
+    url = f"http://127.0.0.1:{free_port()}"
+    assert run("certs", "proxies", control_plane=url) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"error: cannot reach the control plane at {url}: "
+                            "[Errno 111] Connection refused\n")
+
+
+def test_an_answer_not_from_the_api_is_the_shared_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Another HTTP service at the address: the shared one-line `error: ... not as the Ami
+    control plane API does` (it ended in a KeyError traceback before)."""
+    async def not_the_api(_request: web.Request) -> web.Response:
+        return web.json_response({"items": []})
+
+    backends = Backends()
+    try:
+        app = web.Application()
+        app.router.add_get("/api/v1/proxies", not_the_api)
+        url = f"http://127.0.0.1:{backends.aiohttp(app)}"
+        assert run("certs", "proxies", control_plane=url) == 1
+    finally:
+        backends.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {url} answered HTTP 200 but not as the Ami control plane "
+                          "API does") and err.count("\n") == 1
 
 
 def test_token_prints_the_services_bootstrap_token(
@@ -94,3 +119,17 @@ def test_token_gateway_prints_the_services_gateway_token(
     assert tokens.kind(token, "edge", "ingress") == "gateway"
     assert tokens.kind(token, "default", "ingress") is None
     assert tokens.kind(token, "edge", "shop") is None
+
+
+@pytest.mark.parametrize("gateway", [(), ("--gateway",)])
+def test_token_for_the_control_planes_namespace_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], gateway: tuple[str, ...]) -> None:
+    """ami-system/meshctl is the control plane's own identity: no token, a one-line error."""
+    init_ca(tmp_path / "certs")
+    assert run("certs", "token", "--dir", str(tmp_path / "certs"), *gateway, "--namespace",
+               "ami-system", "--service", "meshctl", control_plane="") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("meshctl certs token: namespace 'ami-system' is reserved "
+                                   "for the control plane")
+    assert captured.err.count("\n") == 1

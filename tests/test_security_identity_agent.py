@@ -15,7 +15,7 @@ from meshctl.api.kinds import MeshConfigSpec
 from meshctl.ca import BootstrapTokens, CertificateAuthority, init_ca
 from meshctl.controlplane.ca_service import CertificateService, IssueError
 from proxy.identity import WorkloadIdentity
-from proxy.identity_agent import IdentityAgent, IdentityAgentConfig
+from proxy.identity_agent import IdentityAgent, IdentityAgentConfig, rfc3339
 
 TTL = 600.0
 
@@ -165,3 +165,39 @@ async def test_a_gateway_asks_once_registered_and_gets_the_marker(tmp_path: Path
         await task
     assert issuer.calls > 2 and waits == 1
     assert all(identity.gateway for identity in sink.installed)
+
+
+class ControlPlaneReports:
+    """Stands in for proxy.agent.ControlPlaneAgent: what each certificate report carries."""
+
+    def __init__(self) -> None:
+        self.cert_expiry: Any = lambda: ""  # set by report_served_certificate
+        self.cert_issued: Any = lambda: ""
+        self.gateway_cert: Any = lambda: False
+        self.sent: list[tuple[str, str]] = []
+
+    def certificate_changed(self) -> None:
+        self.sent.append((self.cert_expiry(), self.cert_issued()))
+
+
+async def test_each_report_carries_the_certificate_just_installed(tmp_path: Path) -> None:
+    """The Status sent on each installation carries that certificate's dates, not those of
+    the one before it: the report was made before the agent recorded the new identity, so a
+    1-minute certificate showed as expired in the control plane while the sidecar served a
+    valid one."""
+    from proxy.run import _IdentitySink, report_served_certificate
+    from proxy.server import ProxyOptions, ProxyServer
+
+    agent, clock, _, _ = make(tmp_path)
+    server = ProxyServer(ProxyOptions())
+    reports = ControlPlaneReports()
+    report_served_certificate(server, reports)
+    assert (reports.cert_expiry(), reports.gateway_cert()) == ("", False)  # none yet
+    agent.sink = _IdentitySink(server, reports)
+    first = await agent.obtain()
+    clock.now += 0.6 * TTL
+    renewed = await agent.obtain()
+    assert renewed.not_after > first.not_after
+    assert reports.sent == [(rfc3339(i.not_after), rfc3339(i.not_before))
+                            for i in (first, renewed)]
+    assert reports.cert_expiry() == rfc3339(renewed.not_after)

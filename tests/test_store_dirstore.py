@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -332,5 +334,78 @@ async def test_an_emptied_file_is_rescanned_by_itself_after_the_settle(tmp_path:
             path.write_bytes(b"")
             assert (await next_event(watch)).type == EventType.DELETED
         assert await store.list() == []
+    finally:
+        await store.close()
+
+
+async def test_a_restart_restores_the_last_good_version_of_a_file_now_invalid(
+        tmp_path: Path) -> None:
+    """In process, as tests/test_store_dirstore_mesh.py with a real control plane: the state
+    file holds each file's last good objects (mode 0600), so a file made invalid while the
+    store was down keeps them live, with their versions, and its error says so; one invalid
+    with nothing on record (a state file written before contents were kept) has nothing."""
+    root = tmp_path / "store"
+    write(root / "reviews.yaml", policy_doc("reviews"), route_doc("reviews", {"v1": 90, "v2": 10}))
+    first = DirStore(root, watch_files=False)
+    await first.start()
+    before = {o.key: o.resource_version for o in await first.list()}
+    await first.close()
+    write(root / "reviews.yaml", policy_doc("reviews"), route_doc("reviews", {"v1": 60, "v2": 60}))
+    second = DirStore(root, watch_files=False)
+    await second.start()
+    try:
+        assert {o.key: o.resource_version for o in await second.list()} == before
+        [error] = second.errors()
+        assert error.message.startswith("reviews.yaml doc 2: spec.rules[0].backends: weights "
+                                        "sum to 120, must be 100\n"), error.message
+        assert error.message.endswith("reviews.yaml: its last good version, restored from "
+                                      f"{root / '.ami' / 'state.json'} at start, stays live")
+        [condition] = (await second.status(("Route", "default", "reviews")))["conditions"]
+        assert condition["status"] == "False"
+    finally:
+        await second.close()
+    state = root / ".ami" / "state.json"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    saved = json.loads(state.read_text())
+    del saved["files"]  # as an earlier version wrote it
+    state.write_text(json.dumps(saved))
+    third = DirStore(root, watch_files=False)
+    await third.start()
+    try:
+        assert await third.list() == []
+        assert third.errors()[0].message.startswith("reviews.yaml doc 2")
+    finally:
+        await third.close()
+
+
+async def test_a_move_between_files_is_judged_as_one_change(tmp_path: Path) -> None:
+    """A policy moved to another file while the route's file loses it: both files change at
+    once, each alone invalid against the other's old content; together they go live, and the
+    moved policy, unchanged, keeps its version (no event for it)."""
+    store = DirStore(tmp_path / "store", watch_files=False)
+    await store.start()
+    try:
+        write(store.root / "reviews.yaml", policy_doc("reviews"),
+              route_doc("reviews", {"v1": 90, "v2": 10}))
+        await store.rescan()
+        dp = await store.get(KIND, "default", "reviews")
+        assert dp is not None and dp.source == "reviews.yaml"
+        async with store.watch() as watch:
+            write(store.root / "reviews.yaml", route_doc("reviews", {"v1": 80, "v2": 20}))
+            write(store.root / "dp-reviews.yaml", policy_doc("reviews"))
+            await store.rescan()
+            event = await next_event(watch)
+        assert store.errors() == []
+        assert event.object is not None and event.object.key[0] == "Route"
+        moved = await store.get(KIND, "default", "reviews")
+        assert moved is not None and moved.source == "dp-reviews.yaml"
+        assert moved.resource_version == dp.resource_version
+        # two new files defining the same key: the first (sorted) keeps it
+        write(store.root / "b.yaml", policy_doc("ratings"))
+        write(store.root / "a.yaml", policy_doc("ratings"))
+        await store.rescan()
+        [error] = store.errors()
+        assert error.message == ("b.yaml doc 1: metadata.name: duplicate DestinationPolicy "
+                                 "default/ratings, already defined in a.yaml doc 1")
     finally:
         await store.close()

@@ -265,3 +265,59 @@ async def test_an_unsampled_decision_is_followed_by_the_next_hops(
         backends.close()
     marker = bytes.fromhex(PARENT.split(b"-")[1].decode())
     assert {s.trace_id for _, s in rec.spans} == {marker}
+
+
+async def test_a_collector_that_is_down_neither_slows_requests_nor_holds_the_exit(
+        tmp_path: Path) -> None:
+    """Every request sampled, the OTLP endpoint refusing connections: requests are answered
+    as ever, and SIGTERM ends the proxy within its drain and the 2 s the last spans get (the
+    exporter alone would retry them for 10 s after the drain, past --drain-timeout)."""
+    import time
+
+    from tests.ports import free_port
+
+    backends = Backends()
+    proxy = None
+    try:
+        proxy, inbound = sidecar(tmp_path, "reviews", app=backends.aiohttp(echo_app()),
+                                 services={}, otlp=free_port(), sampling=1.0)
+
+        def call() -> float:
+            started = time.monotonic()
+            req = urllib.request.Request(f"http://127.0.0.1:{inbound}/r")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+            return time.monotonic() - started
+
+        # The bounds tell the outcomes apart with room for a loaded machine, not speed: an
+        # export on the request's path would hold it for the exporter's retries (10 s), and an
+        # unbounded exit took 12.4 s, against ~2 s bounded.
+        took = [await asyncio.to_thread(call) for _ in range(20)]
+        assert max(took) < 5.0, took
+        await asyncio.sleep(1.5)  # a batch went out and failed: the exporter is retrying
+        stopping = time.monotonic()
+        assert proxy.stop(timeout=30) == 0
+        assert time.monotonic() - stopping < 8.0, proxy.stderr()[-2000:]
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        backends.close()
+
+
+def test_a_failed_grpc_call_is_an_error_span(memory: tuple[Tracer, InMemorySpanExporter]
+                                             ) -> None:
+    """A gRPC call answered HTTP 200 with a non-zero grpc-status (14 UNAVAILABLE) failed, as
+    stat counts it: both spans are errors and carry rpc.grpc.status_code; grpc-status 0 is
+    not an error."""
+    tracer, exporter = memory
+    for grpc_status in ("14", "0"):
+        ex = fake_exchange([(b"host", b"reviews"), (b"traceparent", PARENT)])
+        tracer.begin(ex)
+        ex.status, ex.flags, ex.backend, ex.pool = 200, "-", None, None
+        ex.grpc_status = grpc_status
+        ex.trace.end(ex)
+    failed_client, failed_server, ok_client, ok_server = exporter.get_finished_spans()
+    assert not failed_client.status.is_ok and not failed_server.status.is_ok
+    assert failed_server.attributes["rpc.grpc.status_code"] == 14
+    assert ok_client.status.is_unset and ok_server.status.is_unset
+    assert ok_server.attributes["rpc.grpc.status_code"] == 0

@@ -12,7 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.proxyharness import Backends, eventually
+from tests.proxyharness import (
+    Backends,
+    RawBackend,
+    eventually,
+    get,
+    read_request,
+    roundtrip,
+)
 from tests.traffic_backends import (
     TrafficBackend,
     TrafficProxy,
@@ -35,6 +42,15 @@ def _jason_rule(host: str, service: str, fault: dict[str, Any]) -> dict[str, Any
     ]}
 
 
+async def _answers_with_stray_bytes(backend: RawBackend, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+    """A shadow breaking HTTP/1.1: bytes nobody asked for after each complete answer."""
+    while await read_request(reader) is not None:
+        backend.requests.append(None)  # type: ignore[arg-type]  # counted, not read
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\nSTRAY")
+        await writer.drain()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     hub = Backends()
@@ -50,6 +66,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "slow-shadow": start_backend(hub, version="shadow", delay=30.0),
         "hung-shadow": start_backend(hub, version="shadow", delay=30.0),
     }
+    stray = hub.raw(_answers_with_stray_bytes)
     services = {
         "ratings": {"endpoints": endpoints(b["ratings"])},
         "reviews": {"endpoints": endpoints(b["reviews-v1"], b["reviews-v2"])},
@@ -59,8 +76,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "outlierDetection": {"consecutive5xxErrors": 1}}},
         "web": {"endpoints": endpoints(b["web"], b["web-shadow"])},
         "webdown": {"endpoints": [*endpoints(b["web"]), dead_endpoint("shadow")]},
+        "webgone": {"endpoints": [*endpoints(b["web"]), dead_endpoint("shadow")]},
         "webslow": {"endpoints": endpoints(b["web"], b["slow-shadow"])},
         "webhung": {"endpoints": endpoints(b["web"], b["hung-shadow"])},
+        "webstray": {"endpoints": [*endpoints(b["web"]), {
+            "address": f"127.0.0.1:{stray.port}", "labels": {"version": "shadow"}}]},
     }
     routes = [
         _jason_rule("ratings", "ratings", {"delay": {"fixedDelay": "700ms"}}),
@@ -75,7 +95,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                "timeout": "500ms"}]},
         *({"host": host, "rules": [{"backends": [{"subset": "v1"}],
                                     "mirror": {"subset": "shadow"}}]}
-          for host in ("web", "webdown", "webslow")),
+          for host in ("web", "webdown", "webgone", "webslow", "webstray")),
         {"host": "webhung", "rules": [{"backends": [{"subset": "v1"}], "timeout": "300ms",
                                        "mirror": {"subset": "shadow"}}]},
     ]
@@ -140,6 +160,64 @@ async def test_mirror_sends_a_shadow_copy(env: dict[str, Any],
     assert copy.header("host") == "web-shadow"
     assert (method_of(copy), copy.target, copy.body) == ("POST", "/buy?x=1", b"item=42")
     assert await proxy.metric("ami_mirrored_requests_total", destination_service="web") == 1
+
+
+async def test_mirrored_copies_reuse_their_connection(env: dict[str, Any],
+                                                     session: aiohttp.ClientSession) -> None:
+    """Each copy's response is read to its end and its connection goes back to the pool, so
+    sequential copies share one connection, and nothing in the proxy fails on the way."""
+    proxy: TrafficProxy = env["proxy"]
+    shadow: TrafficBackend = env["web-shadow"]
+    before = shadow.connections
+
+    async def shadow_idle() -> int:
+        pools = (await proxy.stats())["upstream_pools"]
+        return sum(p["idle"] for p in pools if p["address"] == shadow.address)
+
+    for i in range(4):
+        assert (await call(session, proxy, "web", f"/again{i}")).status == 200
+        end = time.monotonic() + 5.0
+        while await shadow_idle() != 1:  # the copy's answer read, its connection pooled
+            assert time.monotonic() < end, "the copy's connection never went back to the pool"
+    assert shadow.connections - before <= 1
+    assert "internal error" not in proxy.stderr()
+
+
+async def test_a_shadow_breaking_the_protocol_is_dropped_quietly(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """A shadow that sends bytes after its answer: the copy ends there, its connection is not
+    reused, and the proxy logs no error (the connection once set an attribute the copy lacked)."""
+    proxy: TrafficProxy = env["proxy"]
+    replies = [await call(session, proxy, "webstray", f"/s{i}") for i in range(3)]
+    assert [(r.status, r.version) for r in replies] == [(200, "v1")] * 3
+    await eventually(lambda: "Fatal error" in proxy.stderr() or _mirrored(proxy) >= 3)
+    assert "Fatal error" not in proxy.stderr() and "Traceback" not in proxy.stderr()
+
+
+def _mirrored(proxy: TrafficProxy) -> float:
+    from tests.proxyharness import metric_value
+
+    _, body = proxy.get("/metrics")
+    return metric_value(body.decode(), "ami_mirrored_requests_total",
+                        destination_service="webstray")
+
+
+async def test_a_copy_that_cannot_connect_lets_its_body_go(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """A shadow that refuses connections: each copy is dropped when its connect fails, with
+    the body held for it, not kept (with its timer) until the 300 s stream idle timeout:
+    200 uploads of 60 KB leave the proxy's peak memory where a few in flight put it."""
+    proxy: TrafficProxy = env["proxy"]
+    body = b"b" * 60_000
+    for _ in range(10):  # a first few: the allocator's own growth, before measuring
+        assert (await call(session, proxy, "webgone", "/up", method="POST", data=body)).status \
+            == 200
+    before = proxy.vm_hwm_kb()
+    replies = await call_many(session, proxy, "webgone", 200, concurrency=4, path="/up",
+                              method="POST", data=body)
+    assert {r.status for r in replies} == {200}
+    # Kept, 200 bodies are 12 MB; dropped, a few in flight at a time are well under 5.
+    assert proxy.vm_hwm_kb() - before < 5_000
 
 
 @pytest.mark.parametrize("host", ["webdown", "webslow"])
@@ -222,3 +300,11 @@ async def test_bookinfo_breaker_under_concurrent_clients(env: dict[str, Any],
     assert await proxy.metric("ami_circuit_breaker_overflow_total",
                               destination_service="cb") == results[(503, "overflow")]
     assert env["cb"].connections == 1
+
+
+async def test_a_header_rule_reads_the_value_trimmed(env: dict[str, Any]) -> None:
+    """`end-user: jason ` (trailing whitespace, which RFC 9110 5.5 makes no part of the
+    value, as the app reads it) matches the rule on `jason`."""
+    proxy: TrafficProxy = env["proxy"]
+    resp = await roundtrip(proxy.outbound, get("reviews", "/", "end-user: jason \t\r\n"))
+    assert (resp.status, resp.header("x-version")) == (200, "v2")

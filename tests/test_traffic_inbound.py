@@ -146,3 +146,44 @@ async def test_rate_limit_bucket_survives_a_config_push() -> None:
     finally:
         await server.shutdown(deadline=1.0)
         close_backends(hub, [app])
+
+
+async def test_rate_limit_bucket_survives_a_new_metrics_name() -> None:
+    """A second namespace deploying a service of the same name renames this one's metrics
+    (`ratings` -> `ratings.a`, the snapshot's node.metricsName): its rate limit is the same,
+    so its drained bucket stays drained, as for any push that leaves the limit alone."""
+    from proxy.config import Address, Snapshot
+    from proxy.server import ProxyOptions, ProxyServer
+    from tests.traffic_backends import close_backends
+
+    hub = Backends()
+    app = start_backend(hub)
+
+    def snapshot(version: int, metrics_name: str) -> Snapshot:
+        return Snapshot.from_dict({
+            "version": f"rl-{version}", "app": app.address, "mesh": {"mtls": "DISABLE"},
+            "node": {"service": "ratings", "namespace": "a", "metricsName": metrics_name},
+            "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 2}}})
+
+    server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", 0)}))
+    try:
+        server.apply(snapshot(1, ""))
+        await server.start_listeners()
+        url = f"http://127.0.0.1:{server.bound_address('inbound').port}/r"
+        async with aiohttp.ClientSession() as session:
+
+            async def status() -> int:
+                async with session.get(url, headers={"Host": "ratings"}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert [await status() for _ in range(3)] == [200, 200, 429]
+            server.apply(snapshot(2, "ratings.a"))
+            assert await status() == 429
+        assert len(app.requests) == 2
+        # counted under the new name
+        assert server.stats.counters[
+            ("ami_rate_limited", (("destination_service", "ratings.a"),))] == 1
+    finally:
+        await server.shutdown(deadline=1.0)
+        close_backends(hub, [app])

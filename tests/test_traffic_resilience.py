@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -63,6 +64,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "cbs-v2": start_backend(hub, version="v2", delay=0.5),
         "cbi-v1": start_backend(hub, version="v1"),
         "cbi-v2": start_backend(hub, version="v2"),
+        "fdpost": start_backend(hub, fail_first=1, fail_status=503),
+        "fdpost-shadow": start_backend(hub, version="shadow"),
+        "qo": start_backend(hub, delay=0.8),
     }
     svc: dict[str, dict[str, Any]] = {name.replace("-", ""): {"endpoints": endpoints(backend)}
            for name, backend in b.items()}
@@ -84,6 +88,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s",
                              "baseEjectionTime": "1m", "maxEjectionPercent": 50}}}
     svc["empty"] = {"endpoints": []}
+    svc["fdpost"] = {"endpoints": endpoints(b["fdpost"], b["fdpost-shadow"])}
+    svc["qo"]["policy"] = {  # one connection, and an endpoint that may be ejected alone
+        "connectionPool": {"maxConnections": 1, "maxPendingRequests": 5},
+        "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s",
+                             "baseEjectionTime": "30s", "maxEjectionPercent": 100}}
     subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
     for name in ("cbs", "cbi"):  # one connection for the whole service, two subsets
         svc[name] = {"endpoints": endpoints(b[f"{name}-v1"], b[f"{name}-v2"]),
@@ -106,6 +115,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         _route("postok", retries={**RETRY_5XX, "allowNonIdempotent": True}),
         _route("cf", retries={"attempts": 1, "retryOn": ["connect-failure"]}),
         _route("budget", retries={"attempts": 1, "retryOn": ["5xx"]}),
+        {"host": "fdpost", "rules": [{
+            "backends": [{"subset": "v1"}], "timeout": "5s", "mirror": {"subset": "shadow"},
+            "fault": {"delay": {"fixedDelay": "200ms", "percent": 100}},
+            "retries": {"attempts": 1, "retryOn": ["5xx"], "allowNonIdempotent": True}}]},
+        {"host": "qo", "rules": [
+            {"matches": [{"headers": {"x-hold": {"exact": "1"}}}], "backends": [{}],
+             "timeout": "5s"},
+            {"backends": [{}], "timeout": "5s",
+             "retries": {"attempts": 1, "perTryTimeout": "300ms", "retryOn": ["5xx"]}}]},
         {"host": "nosubset", "rules": [{"backends": [{"service": "cfgood", "subset": "v3"}]}]},
         *({"host": name, "rules": [
             {"matches": [{"headers": {"end-user": {"exact": "jason"}}}],
@@ -298,12 +316,27 @@ async def test_outlier_is_ejected_until_its_time_is_up(env: dict[str, Any],
     proxy: TrafficProxy = env["proxy"]
     bad: TrafficBackend = env["ol-bad"]
     while len(bad.requests) < 2:  # round robin: at most 4 requests
+        ejected_at = time.monotonic()  # before the call that ejects it: the ejection is later
         await call(session, proxy, "ol")
-    ejected_at = time.monotonic()
     assert await proxy.metric("ami_outlier_ejections_total", destination_service="ol") == 1
-    during = [await call(session, proxy, "ol") for _ in range(10)]
+    # The 1 s is the proxy's: a loaded machine may not fit ten calls in it, and a call made
+    # after it ended may rightly go to `bad`. So a call counts as made during the ejection when
+    # the proxy still shows the endpoint ejected after it answered (the ejection is one span).
+    async def still_ejected() -> bool:
+        health = json.loads((await proxy.aget("/config_dump"))[1])["endpointHealth"]["ol"]
+        [endpoint] = [e for e in health["endpoints"] if e["address"] == bad.address]
+        return bool(endpoint["status"] == "EJECTED")
+
+    during = []
+    while len(during) < 10:
+        reply = await call(session, proxy, "ol")
+        if not await still_ejected():
+            break  # made (perhaps) after the ejection ended: not evidence either way
+        during.append(reply)
+        assert len(bad.requests) == 2, "a request reached the ejected endpoint"
+    # two are enough to have reached `bad` in turn (round robin) had it not been ejected
+    assert len(during) >= 2, "the machine fitted fewer than two calls in the 1 s ejection"
     assert {(r.status, r.version) for r in during} == {(200, "good")}
-    assert len(bad.requests) == 2
     deadline = ejected_at + 5.0
     while len(bad.requests) == 2 and time.monotonic() < deadline:
         await call(session, proxy, "ol")
@@ -515,3 +548,35 @@ async def test_retry_waiting_for_a_connection_resends_the_whole_streamed_body(
     assert response.status == 200
     assert len(puts) == 2
     assert puts[1].body == first + second
+
+
+async def test_a_body_that_came_during_a_fault_delay_is_retried_and_mirrored(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """A POST whose body arrived while a fault delay held it back: the first try carries it,
+    and so do the retry (after a 503) and the mirrored copy, not only the head."""
+    proxy: TrafficProxy = env["proxy"]
+    primary, shadow = env["fdpost"], env["fdpost-shadow"]
+    reply = await call(session, proxy, "fdpost", "/fd", method="POST", data=b"hello-body")
+    assert (reply.status, reply.version) == (200, "v1")
+    assert [r.body for r in primary.requests] == [b"hello-body", b"hello-body"]
+    await eventually(lambda: len(shadow.requests) == 1)
+    assert shadow.requests[0].body == b"hello-body"
+
+
+async def test_a_try_timed_out_in_the_connection_queue_does_not_eject(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """Per-try timeouts spent waiting for the service's one connection asked no endpoint:
+    outlier detection does not count them, so the endpoint is not ejected for another
+    request's slowness and serves the next request."""
+    proxy: TrafficProxy = env["proxy"]
+    backend = env["qo"]
+    hold = asyncio.create_task(call(session, proxy, "qo", "/hold", headers={"x-hold": "1"}))
+    await eventually(lambda: backend.active == 1, what="the held request at the backend")
+    queued = await asyncio.gather(*(call(session, proxy, "qo", f"/q{i}") for i in range(2)))
+    assert [(r.status, r.reason) for r in queued] == [(504, "timeout")] * 2
+    assert (await hold).status == 200
+    # (by the rule without a per-try timeout: the backend takes 0.8 s for every request)
+    after = await call(session, proxy, "qo", "/after", headers={"x-hold": "1"})
+    assert (after.status, after.reason) == (200, None)
+    assert await proxy.metric("ami_outlier_ejections_total", destination_service="qo") == 0
+    assert [r.target for r in backend.requests] == ["/hold", "/after"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 # Shared with the JSON Schema so that editors and the parser accept exactly the same strings.
@@ -46,3 +47,33 @@ def format_duration(seconds: float) -> str:
 def _number(value: float) -> str:
     """A decimal without exponent or trailing zeros (repr could give '1e-05')."""
     return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+_WINDOW_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_window(text: str) -> float:
+    """A metrics window (``meshctl stat --window``, ``?window=``): ``30s``, ``5m``, ``1h`` or
+    plain seconds. Raises ValueError unless it is a finite number of seconds above 0 (``nan``,
+    ``inf``, ``0`` and ``-5m`` included)."""
+    unit = _WINDOW_UNITS.get(text[-1:])
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        raise ValueError(f"expected e.g. 30s or 5m, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a duration above 0 like 30s or 5m, got {text!r}")
+    return value
+
+
+def parse_seconds(text: str, *, zero: bool = False) -> float:
+    """A plain number of seconds (``?seconds=``, ``?timeout=``); ValueError unless finite
+    and above 0 (at least 0 with ``zero``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "above 0"
+        raise ValueError(f"expected a number of seconds {least}, got {text!r}")
+    return value

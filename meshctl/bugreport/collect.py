@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl import output
+from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.bugreport.redact import Redactor
 from meshctl.client import ControlPlaneClient
-from meshctl.controlplane.store import KIND_PLURALS
 
 MAX_ANSWER = 64 << 20  # bytes read from one answer (a config dump is at most 16 MiB)
 CHUNK = 1 << 16
@@ -213,8 +213,10 @@ class Collector:
 def _refusal(status: int, body: Any) -> str:
     message = body.get("error") if isinstance(body, dict) else None
     if status == 401:
-        return (f"HTTP 401: {message or 'unauthorized'} (give the API token: AMI_TOKEN or "
-                ".ami/token)")
+        # (the control plane's own words name where the token goes; older ones may not)
+        hint = "" if "AMI_TOKEN" in str(message) else " (give the API token: AMI_TOKEN or " \
+            ".ami/token)"
+        return f"HTTP 401: {message or 'unauthorized'}{hint}"
     if status == 404 and (message in (None, "Not Found")):
         return "HTTP 404: this control plane does not serve it (observability not enabled?)"
     return f"HTTP {status}: {message or body}"

@@ -7,6 +7,7 @@ import re
 from cryptography import x509
 
 from meshctl.ca.errors import CAError, CsrRejected
+from proxy.adminauth import CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE
 
 SCHEME = "spiffe://"
 # SPIFFE spec: trust domain chars, and path segments of letters, digits, '.', '-', '_'.
@@ -30,6 +31,25 @@ def check_name(kind: str, name: str) -> str:
     if not _LABEL.fullmatch(name):
         raise ValueError(f"invalid {kind} {name!r}: must be a DNS label (a-z, 0-9, '-')")
     return name
+
+
+def reserved_namespace(namespace: str) -> str | None:
+    """Why no workload may hold an identity (or a bootstrap token) in ``namespace``, None if
+    it may. The control plane's namespace is reserved: a sidecar's privileged admin routes
+    answer its identity, spiffe://<td>/ns/ami-system/sa/meshctl (proxy/adminauth.py), alone."""
+    if namespace != CONTROL_PLANE_NAMESPACE:
+        return None
+    return (f"namespace {namespace!r} is reserved for the control plane (its identity "
+            f"spiffe://<trust domain>/ns/{namespace}/sa/{CONTROL_PLANE_SERVICE}): no proxy "
+            "is issued a token or a certificate in it")
+
+
+def check_workload_namespace(namespace: str) -> str:
+    """Return ``namespace`` if a workload may be in it, else raise ValueError saying why."""
+    reason = reserved_namespace(namespace)
+    if reason is not None:
+        raise ValueError(reason)
+    return namespace
 
 
 def spiffe_id_for(trust_domain: str, namespace: str, service: str) -> str:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from meshctl.ca import files
 from meshctl.ca.layout import CaFiles
-from meshctl.ca.spiffe import check_name
+from meshctl.ca.spiffe import check_name, check_workload_namespace
 
 _PREFIX = "ami1."  # versioned so the format can change without confusing old tokens
 # A gateway token's message: a namespace is a DNS label (no ':'), so no service token's
@@ -65,6 +65,7 @@ class BootstrapTokens:
     def _mac(self, domain: str, namespace: str, service: str) -> str:
         check_name("namespace", namespace)
         check_name("service", service)
+        check_workload_namespace(namespace)  # none minted, none verified: kind() says None
         message = f"{domain}{namespace}/{service}".encode()
         mac = hmac.new(self._secret, message, hashlib.sha256).digest()
         return _PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()

@@ -344,14 +344,16 @@ class CanaryController:
 
     def _fire(self, obj: StoredObject, kind: str, status: Mapping[str, Any],
               event: tuple[str, str] | None = None) -> None:
-        """Call the Canary's ``kind`` hooks without waiting (event, post-rollout)."""
+        """Call the Canary's ``kind`` hooks without waiting (event, post-rollout); each hook
+        gets its calls in the order fired (a run's events in order)."""
         spec = obj.resource.spec
         assert isinstance(spec, CanarySpec)
         key, digest = obj.key, str(status.get("specHash"))
         for hook in spec.hooks(kind):
             self.caller.fire(hook, payload(hook, obj.resource.name, obj.resource.namespace,
                                            str(status.get("phase")), digest, event),
-                             functools.partial(self._answered, key, digest))
+                             functools.partial(self._answered, key, digest),
+                             queue=(key, hook.name))
 
     def _metrics_from(self, interval: float) -> float:
         """When a whole analysis window has been scraped since this control plane started:

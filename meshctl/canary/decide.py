@@ -68,9 +68,9 @@ def decide(plan: CanaryPlan, progress: Progress, m: Measurement) -> Step:
         return Step(Action.HOLD, replace(progress, held=held), verdict.reason)
     if verdict.verdict is Verdict.FAIL:
         return fail(plan, progress, verdict.reason)
+    # consecutive failures: a pass starts the count again (promoting too)
     if weight >= plan.max_weight:
-        return Step(Action.PROMOTE, Progress(100, progress.failed, 0))
-    # consecutive failures: a pass starts the count again
+        return Step(Action.PROMOTE, Progress(100, 0, 0))
     return Step(Action.ADVANCE, Progress(min(weight + plan.step, plan.max_weight), 0, 0))
 
 

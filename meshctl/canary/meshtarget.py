@@ -11,7 +11,7 @@ from meshctl.canary.analysis import Measurement
 from meshctl.canary.measure import measurement, service_labels, version_label
 from meshctl.canary.stepper import CanaryError, CanaryPlan
 from meshctl.client import ControlPlaneClient
-from meshctl.commands.resources import request_json
+from meshctl.commands.calls import request_json
 from meshctl.commands.shift import (
     ShiftRefused,
     Weights,
@@ -49,11 +49,11 @@ class MeshTarget:
     def set_weight(self, weight: int) -> str:
         weights = Weights(named=((self.plan.source, 100 - weight), (self.plan.target, weight)))
         try:
-            _, version = update_weights(self.client, self.plan.service, self.namespace, weights,
-                                        self.rule)
+            shift, version = update_weights(self.client, self.plan.service, self.namespace,
+                                            weights, self.rule)
         except ShiftRefused as exc:
             raise CanaryError(str(exc)) from None
-        synced, detail = wait_synced(self.client, version, self.timeout)
+        synced, detail = wait_synced(self.client, version, self.timeout, changed=shift.changed)
         if not synced:
             raise CanaryError(f"{self.plan.target} at {weight}% applied, {detail}")
         return detail

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,8 @@ class Caller:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._fired: set[asyncio.Task[HookResult]] = set()
+        # the last call fired on each queue (see `fire`): the next one waits for it
+        self._queues: dict[Hashable, asyncio.Task[HookResult]] = {}
 
     async def call(self, hook: Webhook, body: Mapping[str, Any]) -> HookResult:
         """One call; never raises (a hook that hangs, refuses or errs is simply not 2xx)."""
@@ -89,16 +91,34 @@ class Caller:
         return list(await asyncio.gather(*(self.call(h, b) for h, b in calls)))
 
     def fire(self, hook: Webhook, body: Mapping[str, Any],
-             answered: Callable[[HookResult], None] | None = None) -> None:
+             answered: Callable[[HookResult], None] | None = None, *,
+             queue: Hashable | None = None) -> None:
         """Call without waiting (event and post-rollout hooks); ``answered`` gets the
-        result once it is in (logged either way)."""
-        task = asyncio.get_running_loop().create_task(self.call(hook, body))
+        result once it is in (logged either way). Calls fired on the same ``queue`` go one
+        at a time, in the order fired: each is POSTed once the one before has answered (or
+        timed out), so a receiver gets a run's events in order, not as the connections
+        happen to get there (two events a few milliseconds apart could swap)."""
+        previous = self._queues.get(queue) if queue is not None else None
+        task = asyncio.get_running_loop().create_task(self._call_after(previous, hook, body))
         self._fired.add(task)  # a reference, so the task is not collected mid-call
         task.add_done_callback(self._fired.discard)
         task.add_done_callback(_log_fired)
+        if queue is not None:
+            self._queues[queue] = task
+            task.add_done_callback(lambda t: self._dequeue(queue, t))
         if answered is not None:
             task.add_done_callback(
                 lambda t: None if t.cancelled() or t.exception() else answered(t.result()))
+
+    async def _call_after(self, previous: asyncio.Task[HookResult] | None, hook: Webhook,
+                          body: Mapping[str, Any]) -> HookResult:
+        if previous is not None:
+            await asyncio.wait({previous})  # only its end: how it went is its own
+        return await self.call(hook, body)
+
+    def _dequeue(self, queue: Hashable, task: asyncio.Task[HookResult]) -> None:
+        if self._queues.get(queue) is task:  # the queue's last call: nothing waits for it
+            del self._queues[queue]
 
     async def drain(self) -> None:
         """Wait for every fired call (tests; shutdown)."""

@@ -7,7 +7,6 @@ running config. Everything comes through the control plane's API, secrets redact
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from meshctl.bugreport.archive import write_archive
 from meshctl.bugreport.collect import Collector, Options, Unreachable
 from meshctl.bugreport.summary import Meta, render
 from meshctl.client import resolve_control_plane
+from meshctl.commands.observe import window_arg
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,20 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="where to write it (default: ami-bug-report-<UTC time>.tar.gz here)")
     p.add_argument("--include-config-dumps", action="store_true",
                    help="add each proxy's running config (needs the API token)")
-    p.add_argument("--since", default="10m", metavar="WINDOW", type=window,
+    p.add_argument("--since", default="10m", metavar="WINDOW", type=window_arg,
                    help="window of the golden metrics, e.g. 30s, 5m (default and most: 10m)")
     p.add_argument("--service", default=None, metavar="S",
                    help="only this service's proxies, golden metrics and route metrics")
     p.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                    help="deadline of each call to the control plane (default 10)")
     p.set_defaults(func=run_bug_report)
-
-
-def window(text: str) -> str:
-    """``30s``, ``5m``, ``1h`` or plain seconds, as ``meshctl stat --window`` takes them."""
-    if not re.fullmatch(r"\d+(\.\d+)?[smh]?", text):
-        raise argparse.ArgumentTypeError(f"expected e.g. 30s or 5m, got {text!r}")
-    return text
 
 
 def seconds(text: str) -> float:
@@ -61,7 +54,7 @@ def default_name(now: datetime) -> str:
 def run_bug_report(args: argparse.Namespace) -> int:
     """Write the archive; 0 even when parts failed (they are in errors.txt), 1 without a
     control plane."""
-    from meshctl.commands.resources import make_client  # (argparse set-up stays light)
+    from meshctl.commands.calls import make_client  # (argparse set-up stays light)
 
     now = datetime.now(UTC)
     client = make_client(args)

@@ -22,7 +22,7 @@ from meshctl.canary.measure import analysis_window
 from meshctl.canary.meshtarget import MeshTarget
 from meshctl.canary.stepper import CanaryError, CanaryPlan, CanaryRun, Result
 from meshctl.client import ControlPlaneClient
-from meshctl.commands.resources import make_client, reports_errors, request_json
+from meshctl.commands.calls import make_client, reports_errors, request_json
 from meshctl.commands.shift import ShiftRefused, about_service
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from meshctl.api.durations import parse_duration
-from meshctl.ca import CAError, CertificateAuthority, spiffe_id_for
+from meshctl.ca import MIN_TTL, CAError, CertificateAuthority, spiffe_id_for
 from meshctl.ca.builders import utc
 from meshctl.ca.files import PRIVATE, PUBLIC, write_atomic
+from meshctl.ca.spiffe import check_workload_namespace
 from proxy.identity import generate_key_and_csr
 
 DEFAULT_TTL = "24h"
@@ -48,12 +50,27 @@ def add_issue_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     issue.set_defaults(func=run_issue)
 
 
+def _check_ttl(text: str, ttl: float, ca: CertificateAuthority) -> None:
+    """Refuse a TTL the CA would clamp: a static proxy never renews, so a certificate that
+    ends sooner than asked would take it down unannounced."""
+    if ttl < MIN_TTL:
+        raise ValueError(f"--ttl {text} is under the minimum of 1m")
+    left = ca.ca_cert.not_valid_after_utc.timestamp() - time.time()
+    if ttl > left:
+        until = ca.ca_cert.not_valid_after_utc.isoformat(timespec="seconds")
+        until = until.replace("+00:00", "Z")
+        raise ValueError(f"--ttl {text} outlasts the intermediate CA, valid until {until} "
+                         f"({int(left // 3600)}h left): give at most that")
+
+
 def run_issue(args: argparse.Namespace) -> int:
     """Issue and write the identity; any error is one line on stderr and exit status 1."""
     try:
         ttl = parse_duration(args.ttl)
         ca = CertificateAuthority(args.dir)
-        spiffe_id = spiffe_id_for(ca.trust_domain, args.namespace, args.service)
+        _check_ttl(args.ttl, ttl, ca)
+        spiffe_id = spiffe_id_for(ca.trust_domain, check_workload_namespace(args.namespace),
+                                  args.service)
         key_pem, csr_pem = generate_key_and_csr(spiffe_id)
         issued = ca.sign_csr(csr_pem, spiffe_id, ttl, gateway=args.gateway)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -153,23 +153,24 @@ def run_retire(args: argparse.Namespace) -> int:
 
 
 def run_proxies(args: argparse.Namespace) -> int:
-    """List each proxy's SPIFFE id and certificate expiry from `GET /api/v1/proxies`."""
-    from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+    """List each proxy's SPIFFE id and certificate expiry from `GET /api/v1/proxies`; an
+    unreachable or refusing control plane is the one `error: ...` line every command prints."""
+    # imported here: the CA commands (init, token, issue) run offline, without the client
+    from meshctl.commands.calls import make_client, reports_errors
 
-    client = ControlPlaneClient(resolve_control_plane(getattr(args, "control_plane", None)),
-                                ca_file=getattr(args, "ca_file", None))
-    try:
-        proxies = client._json("GET", "/api/v1/proxies")["proxies"]
-    except (ControlPlaneError, OSError) as e:
-        print(f"meshctl certs proxies: {client.base_url}: {e}", file=sys.stderr)
-        return 1
-    now = time.time()
-    print(f"{'NAME':<28} {'NAMESPACE/SERVICE':<32} {'CERT EXPIRY':<26} LEFT")
-    for p in proxies:
-        service = f"{p.get('namespace') or 'default'}/{p['service']}"
-        expiry = p.get("certExpiry") or ""
-        print(f"{p['name']:<28} {service:<32} {expiry or '-':<26} {_left(expiry, now)}")
-    return 0
+    @reports_errors
+    def run(args: argparse.Namespace) -> int:
+        client = make_client(args)  # with the token, as proxy-status: remote reads need it
+        proxies = client.field(client._json("GET", "/api/v1/proxies"), "proxies", list)
+        now = time.time()
+        print(f"{'NAME':<28} {'NAMESPACE/SERVICE':<32} {'CERT EXPIRY':<26} LEFT")
+        for p in proxies:
+            service = f"{p.get('namespace') or 'default'}/{p['service']}"
+            expiry = p.get("certExpiry") or ""
+            print(f"{p['name']:<28} {service:<32} {expiry or '-':<26} {_left(expiry, now)}")
+        return 0
+
+    return run(args)
 
 
 def _left(expiry: str, now: float) -> str:

@@ -12,15 +12,8 @@ from typing import Any
 import yaml
 
 from meshctl.api.errors import ValidationError
-from meshctl.commands.resources import (
-    error_text,
-    files_arg,
-    load_files,
-    make_client,
-    namespace_for_files_arg,
-    post_apply,
-    reports_errors,
-)
+from meshctl.commands.calls import error_text, make_client, reports_errors
+from meshctl.commands.resources import files_arg, load_files, namespace_for_files_arg, post_apply
 
 SAME, DIFFERENT, FAILED = 0, 1, 2  # kubectl diff's exit codes
 # Written by the server, never declared: a file leaving them out changes nothing.

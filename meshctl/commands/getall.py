@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from meshctl import output
+from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.client import ControlPlaneClient
-from meshctl.controlplane.store import KIND_PLURALS
 
 
 def run_get_all(args: argparse.Namespace, client: ControlPlaneClient) -> int:

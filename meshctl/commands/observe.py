@@ -13,8 +13,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from meshctl import output
+from meshctl.api.durations import parse_seconds, parse_window
 from meshctl.client import ControlPlaneClient
-from meshctl.commands.resources import make_client, reports_errors, request_json
+from meshctl.commands.calls import (
+    error_text,
+    make_client,
+    reports_errors,
+    request_json,
+    unreachable_hint,
+)
 
 
 def _pct(value: Any) -> str:
@@ -46,9 +53,27 @@ def _get(client: ControlPlaneClient, path: str, **query: str | None) -> Any:
         # (no such path; a 404 of the endpoint itself says what it did not find)
         raise SystemExit(f"error: the control plane does not serve {path} "
                          "(observability is not enabled in this `meshctl serve`)")
-    if status != 200:
-        raise SystemExit(f"error: {path}: {body.get('error', body) if body else status}")
+    if status != 200:  # the API's words, without its path (as every other command)
+        raise SystemExit(f"error: {error_text(body) if body else f'HTTP {status}'}")
     return body
+
+
+def window_arg(text: str) -> str:
+    """``--window``: ``30s``, ``5m``, ``1h`` or seconds above 0; anything else is a usage
+    error (exit 2) before the control plane is asked."""
+    try:
+        parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def interval_arg(text: str) -> float:
+    """``top --interval``: seconds above 0 (the API taps for 0.1 to 10 of them)."""
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @reports_errors
@@ -152,9 +177,9 @@ def _sse(client: ControlPlaneClient, path: str) -> Iterator[dict[str, Any]]:
         raw = exc.read()
         try:
             message = json.loads(raw)["error"]
-        except (ValueError, KeyError):
-            message = raw.decode(errors="replace")
-        raise SystemExit(f"error: {path.split('?')[0]}: {message}") from None
+        except (ValueError, KeyError, TypeError):
+            message = client.not_the_api(exc.code)
+        raise SystemExit(f"error: {message}") from None
     with resp:
         for line in resp:
             if line.startswith(b"data: "):
@@ -199,8 +224,12 @@ def check(args: argparse.Namespace) -> int:
         body = _get(client, "/api/v1/check")
         print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        found = unreachable_hint(client.base_url, exc.reason if isinstance(
+            exc, urllib.error.URLError) else exc)
+        hint = (found[2:] if found else
+                "start it with `meshctl serve`, or pass --control-plane URL")
         print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {exc}\n"
-              "    hint: start it with `meshctl serve`, or pass --control-plane URL")
+              f"    hint: {hint}")
         return 1
     # The control plane's own group (how its API is served) goes under the line above.
     groups = sorted(body["groups"], key=lambda g: g["title"] != "Control plane")
@@ -233,25 +262,28 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                               "per service version")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--from", dest="source", metavar="SERVICE", help="only calls from SERVICE")
-    p.add_argument("--window", default="30s", help="e.g. 30s, 5m (default 30s)")
+    p.add_argument("--window", default="30s", type=window_arg,
+                   help="e.g. 30s, 5m (default 30s)")
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also TCP bytes/s read and written")
     p.set_defaults(func=stat)
     p = subparsers.add_parser("edges", help="who calls whom, and whether the edge is mTLS")
-    p.add_argument("--window", default="30s")
+    p.add_argument("--window", default="30s", type=window_arg)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=edges)
     p = subparsers.add_parser("routes", help="success rate, RPS and latency per named rule of "
                               "a service's Routes (callers' side)")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
-    p.add_argument("--window", default="30s", help="e.g. 30s, 5m (default 30s)")
+    p.add_argument("--window", default="30s", type=window_arg,
+                   help="e.g. 30s, 5m (default 30s)")
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also each row's share of the requests and the rule's backends")
     p.set_defaults(func=routes)
     p = subparsers.add_parser("top", help="a live view of a service's busiest paths")
     p.add_argument("service", metavar="SERVICE")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds per refresh")
+    p.add_argument("--interval", type=interval_arg, default=2.0,
+                   help="seconds per refresh")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--once", action="store_true", help="print one table and exit")
     p.set_defaults(func=top)

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from meshctl import output
-from meshctl.commands.resources import make_client, reports_errors, request_json
+from meshctl.commands.calls import make_client, reports_errors, request_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:

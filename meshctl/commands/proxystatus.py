@@ -50,8 +50,8 @@ def render_table(proxies: list[dict[str, Any]]) -> str:
 
 def run_proxy_status(args: argparse.Namespace) -> int:
     """Print the proxies; 1 if the control plane cannot be reached or refuses."""
-    # imported here: commands.resources imports this module (through commands.objectpage)
-    from meshctl.commands.resources import make_client, reports_errors
+    # (imported here: the command line's set-up stays light)
+    from meshctl.commands.calls import make_client, reports_errors
 
     @reports_errors
     def run(args: argparse.Namespace) -> int:

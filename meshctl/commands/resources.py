@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import ssl
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
     load_documents,
@@ -22,89 +18,20 @@ from meshctl.api.resources import (
     validate_set,
     yaml_files,
 )
-from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+from meshctl.client import ControlPlaneClient, ControlPlaneError
+from meshctl.commands.calls import (
+    ALL,
+    KIND_HELP,
+    SERVICE,
+    error_text,
+    make_client,
+    object_ref,
+    reports_errors,
+    request_json,
+    resolve_kind,
+)
 from meshctl.commands.objectpage import describe_text
-from meshctl.controlplane.auth import load_client_token
-from meshctl.controlplane.store import KIND_PLURALS, kind_for
-
-SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
-               "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
-               "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry",
-               "sc": "Sidecar", "can": "Canary"}
-KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
-             "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
-             "externalservice|es, telemetry|tel, sidecar|sc, canary|can")
-Command = Callable[[argparse.Namespace], int]
-ALL = "all"  # `get all`: every kind (meshctl.commands.getall)
-SERVICE = "Service"  # `describe service`: not a stored kind (meshctl.commands.servicepage)
-
-
-def resolve_kind(word: str) -> str:
-    """The canonical kind for a singular, plural or short name (any case)."""
-    kind = kind_for(word) or SHORT_NAMES.get(word.lower())
-    if kind is None:
-        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}")
-    return kind
-
-
-def object_ref(kind: str, name: str) -> str:
-    """``route.ami.mesh/reviews``: how kubectl-style output names an object."""
-    return f"{kind.lower()}.ami.mesh/{name}"
-
-
-def make_client(args: argparse.Namespace) -> ControlPlaneClient:
-    return ControlPlaneClient(resolve_control_plane(args.control_plane), load_client_token(),
-                              ca_file=getattr(args, "ca_file", None))
-
-
-def request_json(client: ControlPlaneClient, method: str, path: str, body: Any = None,
-                 timeout: float | None = None) -> tuple[int, Any]:
-    """(HTTP status, decoded JSON body) whatever the status; for endpoints whose error
-    answers carry data (``/api/v1/sync``'s 504) or may not exist yet (404)."""
-    headers = {"Accept": "application/json"}
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    if client.token:
-        headers["Authorization"] = f"Bearer {client.token}"
-    req = urllib.request.Request(client.base_url + path, data=data, method=method,
-                                 headers=headers)
-    try:
-        with client.urlopen(req, timeout or client.timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:  # an HTML page, another service: say so in one line, not the page
-        return status, {"error": client.not_the_api(status)}
-
-
-def reports_errors(command: Command, failure: int = 1) -> Command:
-    """Turn API and connection errors into one ``error: ...`` line on stderr and exit
-    ``failure`` (1; ``meshctl diff``: 2, as 1 there means differences)."""
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except BrokenPipeError:
-            raise  # our stdout was closed (`| head`): not the control plane's fault; see cli
-        except ControlPlaneError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-        except urllib.error.URLError as exc:
-            url = resolve_control_plane(args.control_plane)
-            hint = ("; give the mesh trust bundle (certs/trust-bundle.pem) with --ca-file or "
-                    "AMI_CA_FILE" if isinstance(exc.reason, ssl.SSLCertVerificationError)
-                    else "")
-            print(f"error: cannot reach the control plane at {url}: {exc.reason}{hint}",
-                  file=sys.stderr)
-        except (TimeoutError, ConnectionError) as exc:
-            url = resolve_control_plane(args.control_plane)
-            hint = (f"; if it serves HTTPS (--api-tls), use https://{url[7:]}"
-                    if url.startswith("http://") and isinstance(exc, ConnectionError) else "")
-            print(f"error: control plane did not answer: {exc}{hint}", file=sys.stderr)
-        return failure
-    return run
+from meshctl.controlplane.dirfiles import MAX_FILE_BYTES
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -258,7 +185,14 @@ def run_apply(args: argparse.Namespace) -> int:
         return 0
     client = make_client(args)
     server_dry_run = args.dry_run == "server"
+    too_big = oversize(resources)
+    if too_big:
+        print(f"error: {too_big}", file=sys.stderr)
+        return 1
     status, answer = post_apply(client, resources, dry_run=server_dry_run)
+    if status == 413:  # (a control plane with a smaller limit than this meshctl knows)
+        print(f"error: {error_text(answer)}; {oversize(resources, 0)}", file=sys.stderr)
+        return 1
     if status != 200:
         for line in error_text(answer).splitlines() or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
@@ -271,12 +205,42 @@ def run_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_body(resources: list[Resource]) -> dict[str, Any]:
+    """The JSON body of ``POST /api/v1/apply``: the documents and where each came from."""
+    return {"items": [r.to_dict() for r in resources],
+            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+
+
+def oversize(resources: list[Resource], limit: int = MAX_FILE_BYTES) -> str:
+    """"" if the apply of ``resources`` fits the API's request limit; else what to say: the
+    size, the limit and the files, largest first. An apply is one all-or-nothing request,
+    so it is not split: the user chooses how to divide the files (``limit`` 0: the files
+    only, for a control plane that refused with its own limit)."""
+    size = len(json.dumps(apply_body(resources)).encode())
+    if limit and size <= limit:
+        return ""
+    by_file: dict[str, int] = {}
+    for r in resources:
+        by_file[r.source or "<stdin>"] = (by_file.get(r.source or "<stdin>", 0)
+                                          + len(json.dumps(r.to_dict()).encode()))
+    files = ", ".join(f"{name} ({_kib(n)})"
+                      for name, n in sorted(by_file.items(), key=lambda kv: -kv[1]))
+    if not limit:
+        return f"the files sent: {files}"
+    return (f"the apply would send {_kib(size)}, over the control plane's request limit of "
+            f"{_kib(limit)} (one all-or-nothing request, nothing was sent): {files}; apply "
+            "fewer files at a time, or make the largest smaller")
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
+
+
 def post_apply(client: ControlPlaneClient, resources: list[Resource], *,
                dry_run: bool) -> tuple[int, Any]:
     """``POST /api/v1/apply`` (``?dryRun=All``: check and plan only) of parsed documents,
     each with its file and document number for the server's errors."""
-    body = {"items": [r.to_dict() for r in resources],
-            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+    body = apply_body(resources)
     path = "/api/v1/apply?dryRun=All" if dry_run else "/api/v1/apply"
     return request_json(client, "POST", path, body)
 
@@ -339,10 +303,6 @@ def _sidecar_conflicts(client: ControlPlaneClient, applied: list[Resource],
         except ValidationError:
             continue  # (the control plane stores only what validates)
     return sidecar_conflict_warnings(applied, stored, proxies)
-
-
-def error_text(answer: Any) -> str:
-    return str(answer.get("error", answer)) if isinstance(answer, dict) else str(answer)
 
 
 @reports_errors

@@ -41,6 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="a DNS name or IP clients reach the control plane by, added to its "
                         "certificate (gRPC and --api-tls); repeatable (default: localhost, "
                         "127.0.0.1, the host name and the listen addresses)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name browsers and clients reach the API by without a token "
+                        "(token-less reads are answered only for IP addresses, localhost, "
+                        "this host's name, the listen address and --tls-name, against DNS "
+                        "rebinding); repeatable; '*' allows any name")
     p.add_argument("--open-reads", action="store_true",
                    help="allow reads without a token from other machines")
     p.add_argument("--max-api-connections", type=_at_least_one, default=None, metavar="N",
@@ -88,7 +93,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            certs_dir=args.certs_dir, grace=args.grace, warmup=args.warmup,
                            open_reads=args.open_reads, api_tls=args.api_tls,
                            api_cert=args.api_cert, api_key=args.api_key,
-                           tls_names=tuple(args.tls_name))
+                           tls_names=tuple(args.tls_name),
+                           allowed_hosts=tuple(args.allowed_host))
     if (args.api_cert is None) != (args.api_key is None):
         print("error: --api-cert and --api-key go together", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from typing import Any
 from meshctl import output
 from meshctl.api.hostnames import service_of
 from meshctl.client import ControlPlaneClient, ControlPlaneError
-from meshctl.commands.resources import make_client, reports_errors, request_json
+from meshctl.commands.calls import make_client, reports_errors, request_json
 
 CONFLICT_RETRIES = 3
 _NAMED = re.compile(r"^([a-z0-9][a-z0-9./-]*)=(\d+)$")
@@ -162,7 +162,7 @@ def run_shift(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"{args.service}: {split} — {outcome}")
         return 0
-    synced, detail = wait_synced(client, version, args.timeout)
+    synced, detail = wait_synced(client, version, args.timeout, changed=plan.changed)
     print(f"{args.service}: {split} — {outcome}, {detail}", file=sys.stdout if synced
           else sys.stderr)
     return 0 if synced else 1
@@ -223,10 +223,13 @@ def subsets_for(client: ControlPlaneClient, service: str, namespace: str
             if about(p) for s in (p["spec"].get("subsets") or [])]
 
 
-def wait_synced(client: ControlPlaneClient, version: str, timeout: float) -> tuple[bool, str]:
+def wait_synced(client: ControlPlaneClient, version: str, timeout: float, *,
+                changed: bool = True) -> tuple[bool, str]:
     """Ask the control plane to wait until every sidecar ACKed store version >= ``version``.
 
     (True, "7 proxies synced in 43 ms") or (False, the lagging proxies or why we cannot tell).
+    Without a change (``changed`` False: ``version`` is the route's own, written earlier)
+    there is no write to time: (True, "7 proxies in sync").
     """
     path = f"/api/v1/sync?storeVersion={version}&timeout={timeout:g}"
     status, answer = request_json(client, "GET", path, timeout=timeout + 10.0)
@@ -234,6 +237,8 @@ def wait_synced(client: ControlPlaneClient, version: str, timeout: float) -> tup
     if status == 200 and answer.get("synced"):
         count = int(answer.get("proxies", 0))
         noun = "proxy" if count == 1 else "proxies"
+        if not changed:
+            return True, f"{count} {noun} in sync"
         # converged_ms runs from the write (an older control plane: only its own wait)
         took = float(answer.get("converged_ms", answer.get("elapsed_ms")) or 0)
         return True, f"{count} {noun} synced in {took:.0f} ms"

@@ -12,7 +12,7 @@ from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import all_schemas, schema_for
 from meshctl.api.kinds import KINDS
 from meshctl.api.resources import load_documents, load_path, validate_set
-from meshctl.commands.resources import KIND_HELP, resolve_kind
+from meshctl.commands.calls import KIND_HELP, resolve_kind
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -34,7 +34,7 @@ def run_version(args: argparse.Namespace) -> int:
         print(VERSION)
         return 0
     # imported here: the client (and its store module) is not needed for --short
-    from meshctl.commands.resources import make_client, reports_errors, request_json
+    from meshctl.commands.calls import make_client, reports_errors, request_json
 
     client_part = {"version": VERSION, "build": BUILD}
     if args.output == "text":
@@ -50,7 +50,7 @@ def run_version(args: argparse.Namespace) -> int:
         elif status != 200 or not isinstance(body, dict) or not isinstance(
                 body.get("version"), str) or not isinstance(body.get("dataPlane"), list):
             message = body.get("error") if isinstance(body, dict) else None
-            raise SystemExit(f"error: /api/v1/version: {message or client.not_the_api(status)}")
+            raise SystemExit(f"error: {message or client.not_the_api(status)}")
         if args.output == "json":
             print(json.dumps({"client": client_part,
                               "controlPlane": {"version": body["version"],

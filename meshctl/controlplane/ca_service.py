@@ -2,6 +2,8 @@
 
 The requester never chooses its identity: the token is checked for (namespace, service) and the
 certificate carries `spiffe_id_for(trustDomain, namespace, service)` whatever the CSR asks for.
+The control plane's namespace (ami-system) is refused whatever the token: its identity is the
+one a sidecar's privileged admin routes answer.
 Nor whether it is a trusted gateway: the gateway marker goes only to a proxy that asked with
 its gateway token and that the registry holds as a gateway registered with it.
 Also here: loading (or creating) the CA for `meshctl serve`, and the control plane's own TLS
@@ -38,6 +40,7 @@ from meshctl.ca import (
 )
 from meshctl.ca import files as ca_files
 from meshctl.ca.builders import CLOCK_SKEW, authority_key_id, new_key, utc
+from meshctl.ca.spiffe import reserved_namespace
 from proxy.adminauth import CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE
 
 log = logging.getLogger("ami.controlplane.ca")
@@ -94,6 +97,11 @@ class CertificateService:
         namespace = request.namespace or "default"
         if not request.service:
             raise IssueError(grpc.StatusCode.INVALID_ARGUMENT, "service: required")
+        reserved = reserved_namespace(namespace)
+        if reserved is not None:  # the control plane's own identity: never a proxy's
+            log.warning("refused a certificate for %s/%s: %s", namespace, request.service,
+                        reserved)
+            raise IssueError(grpc.StatusCode.PERMISSION_DENIED, reserved)
         if not request.token:
             raise IssueError(grpc.StatusCode.UNAUTHENTICATED, "token: required")
         # kind() is None for malformed names too, so no name probing through error texts.

@@ -79,11 +79,17 @@ def known_names(services: Iterable[Service], hosts: Iterable[str], name: str) ->
 
 def unknown_message(name: str, namespace: str, known: Sequence[str]) -> str:
     """The one line an unknown name gets: close names if there are any, else what is known."""
+    head = (f"no service {name!r} in namespace {namespace}: no sidecar of it is registered "
+            "and no Route, DestinationPolicy, Gateway or ExternalService names it")
+    return suggest(head, name, known)
+
+
+def suggest(head: str, name: str, known: Sequence[str]) -> str:
+    """``head``, then the known names close to ``name`` (``namespace/name`` entries compared by
+    their name), else the known names (the first SHOWN), else that there are none."""
     close = set(difflib.get_close_matches(name, [k.rpartition("/")[2] for k in known],
                                           n=max(len(known), 1), cutoff=0.6))
     suggested = [k for k in known if k.rpartition("/")[2] in close]
-    head = (f"no service {name!r} in namespace {namespace}: no sidecar of it is registered "
-            "and no Route, DestinationPolicy, Gateway or ExternalService names it")
     if suggested:
         return f"{head}; did you mean {' or '.join(suggested[:3])}?"
     if not known:

@@ -8,22 +8,34 @@ change under a ``..`` name (a Kubernetes ConfigMap volume's ``..data`` symlink s
 rescan of the visible files, which are symlinks through it.
 
 Hand edits. A watcher (``watchfiles``) rescans on change. A file is accepted or rejected as a
-whole: a YAML or schema error, a key already defined in another file, or a cross-document issue
-the change introduces (``validate_set``) rejects it. Then its last good objects stay live,
-watchers see nothing, the error is logged, listed by ``errors()`` and written into each of its
-objects' ``status.conditions`` (``type: Accepted, status: "False"``). A name that is not a
-regular file (a FIFO would block the event loop forever) or a file over 1 MiB (the API's body
-limit) is rejected the same way, reported once, and never read past the limit. Deleting a file
-deletes its objects. A file that still exists but now holds no document, where it held some,
-is taken at its word only if it still holds none ``empty_settle`` seconds later: an editor that
-truncates a file and then writes it leaves it empty for a moment, and read then, every object
-of the file would be deleted (a Route's traffic spread over every subset) until the write.
+whole: a YAML or schema error, text that is not UTF-8, a key already defined in a file whose
+objects stay live, or a cross-document issue the change introduces (``validate_set``) rejects
+it. The files changed since the last scan are judged together (``dirjudge``), so a resource
+moved from one file to another in one step (a git checkout) goes live; files rejected for
+reasons of other files are judged again whenever anything changes. A rejected file's last
+good objects stay live, watchers see nothing, the error is logged, listed by ``errors()`` and
+written into each of its objects' ``status.conditions`` (``type: Accepted, status:
+"False"``). A name that is not a regular file (a FIFO would block the event loop forever) or
+a file over 1 MiB (the API's body limit) is rejected the same way, reported once, and never
+read past the limit. Deleting a file deletes its objects. A file that still exists but now
+holds no document, where it held some, is taken at its word only if it still holds none
+``empty_settle`` seconds later: an editor that truncates a file and then writes it leaves it
+empty for a moment, and read then, every object of the file would be deleted (a Route's
+traffic spread over every subset) until the write.
+
+State. ``<state-dir>/state.json`` (default ``<root>/.ami/``, mode 0600, written atomically
+after every change) keeps the resourceVersion counter, per object its version and content
+hash, and per file its last good content (digest and objects). At start those last good
+objects go live again before the directory is read, and the directory is then a change like
+any other: a file that became invalid while the control plane was down is rejected and keeps
+its last good version (said so in its error), as it would have, had the control plane been
+running; a file that is invalid with no good version on record has nothing live.
 
 resourceVersion. One integer counter for the whole store; every change takes the next value.
-``<state-dir>/state.json`` (default ``<root>/.ami/``) keeps the counter and, per object, its
-version and content hash, so after a restart unchanged objects keep their version, changed
-ones get a new one, and a client holding a pre-restart version of a changed object gets a
-Conflict. Status is observed state and lives in memory only (the control plane recomputes it).
+After a restart unchanged objects keep their version, changed ones get a new one, and a client
+holding a pre-restart version of a changed object gets a Conflict. An object moved to another
+file with the same content keeps its version. Status is observed state and lives in memory
+only (the control plane recomputes it).
 """
 
 from __future__ import annotations
@@ -34,9 +46,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +59,7 @@ import watchfiles
 import yaml
 
 from meshctl.api.errors import ValidationError
-from meshctl.api.resources import Resource, load_documents
+from meshctl.api.resources import Resource, load_documents, parse_document
 from meshctl.controlplane.dirfiles import (
     RefusedFile,
     atomic_write,
@@ -56,6 +69,7 @@ from meshctl.controlplane.dirfiles import (
     rewrite_document,
     yaml_files,
 )
+from meshctl.controlplane.dirjudge import judge
 from meshctl.controlplane.errors import Conflict, Invalid
 from meshctl.controlplane.memstore import MemStore, check_version
 from meshctl.controlplane.store import (
@@ -67,8 +81,6 @@ from meshctl.controlplane.store import (
     StoredObject,
     canonical_content,
     content_equal,
-    new_issues,
-    overlay,
 )
 
 log = logging.getLogger(__name__)
@@ -82,8 +94,32 @@ class _FileState:
     keys: tuple[Key, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """A file's new content, parsed, to be judged with the other changed files."""
+
+    digest: str
+    resources: list[Resource]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    digest: str  # of the rejected bytes, or a "refused: ..." marker
+    error: SourceError
+    alone: bool  # for what the file holds by itself: no change elsewhere makes it valid
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _not_utf8(rel: str, data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8: its line and column (in characters)."""
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start:exc.start].decode("utf-8", errors="replace")) + 1
+    return (f"{rel}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not "
+            f"UTF-8 ({exc.reason}); save the file as UTF-8")
 
 
 def _content_hash(resource: Resource) -> str:
@@ -118,9 +154,12 @@ class DirStore(MemStore):
         self._clock = clock
         self._watch_files = watch_files
         self._debounce_ms = debounce_ms
-        self._files: dict[str, _FileState] = {}
-        self._rejected: dict[str, tuple[str, SourceError]] = {}
+        self._files: dict[str, _FileState] = {}  # the live (last good) content of each file
+        self._rejected: dict[str, _Rejection] = {}
         self._known: dict[str, tuple[int, str]] = {}  # from state.json: key -> (version, hash)
+        # from state.json: file -> (digest, [(doc number, object)]), its last good content
+        self._saved: dict[str, tuple[str, list[tuple[int | None, Any]]]] = {}
+        self._restored: set[str] = set()  # files whose live objects state.json restored
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -137,6 +176,7 @@ class DirStore(MemStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_state()
         async with self._lock:
+            self._restore()
             self._sync_all()
             self._save_state()
         if self._watch_files:
@@ -180,13 +220,13 @@ class DirStore(MemStore):
         await super().close()
 
     def errors(self) -> SourceErrors:
-        return [err for _, (_, err) in sorted(self._rejected.items())]
+        return [rejection.error for _, rejection in sorted(self._rejected.items())]
 
     # -- API writes: check, validate, write atomically, then commit ------------------------
     async def create(self, obj: Resource) -> StoredObject:
         async with self._lock:
             rel = self._home(obj.key)
-            self._sync_file(rel)
+            self._sync([rel])
             self._check_create(obj)
             await self._write(rel, obj.key, obj)
             return self._objects[obj.key]
@@ -195,7 +235,7 @@ class DirStore(MemStore):
         self, obj: Resource, expected_version: int | str | None = None
     ) -> StoredObject:
         async with self._lock:
-            self._sync_file(self._require(obj.key).source)
+            self._sync([self._require(obj.key).source])
             current = self._check_update(obj, expected_version)
             await self._write(current.source, obj.key, obj)
             return self._objects[obj.key]
@@ -205,7 +245,7 @@ class DirStore(MemStore):
     ) -> StoredObject:
         key = (kind, namespace, name)
         async with self._lock:
-            self._sync_file(self._require(key).source)
+            self._sync([self._require(key).source])
             current = self._require(key)
             check_version(current, expected_version)
             await self._write(current.source, key, None)
@@ -227,7 +267,7 @@ class DirStore(MemStore):
         async with self._lock:
             current = self._objects.get(key)
             rel = current.source if current is not None else self._home(key)
-            if self._sync_file(rel):
+            if self._sync([rel]):
                 self._save_state()
             self._check_not_rejected(rel)
 
@@ -240,7 +280,7 @@ class DirStore(MemStore):
 
     def _check_not_rejected(self, rel: str) -> None:
         if rel in self._rejected:
-            msg = self._rejected[rel][1].message
+            msg = self._rejected[rel].error.message
             raise Conflict(f"{rel} has an invalid edit on disk; fix or revert it first:\n{msg}")
 
     async def _write(self, rel: str, key: Key, obj: Resource | None) -> None:
@@ -250,7 +290,7 @@ class DirStore(MemStore):
             text = read_file(path).decode("utf-8")
         except FileNotFoundError:
             text = ""
-        except RefusedFile as exc:  # replaced since _sync_file read it
+        except (RefusedFile, UnicodeDecodeError) as exc:  # replaced since _sync read it
             raise Conflict(f"{rel}: {exc}") from exc
         replacement = None
         if obj is not None:
@@ -264,8 +304,8 @@ class DirStore(MemStore):
             resources = self._evaluate(rel, new_text, self._batch)
             data = new_text.encode()
             await asyncio.to_thread(atomic_write, path, data)
-            self._accept(rel, _digest(data), resources)
-        self._recheck_rejected()  # e.g. a hand-written route waiting for this policy's subset
+            self._accept({rel: _Change(_digest(data), resources)})
+        self._sync((), changed=True)  # e.g. a hand-written route waiting for this subset
         self._save_state()
 
     # -- reconciling memory with the directory ---------------------------------------------
@@ -273,25 +313,44 @@ class DirStore(MemStore):
         on_disk = {str(rel) for rel in yaml_files(self.root)}
         changed = False
         for rel in sorted(set(self._files) - on_disk):
-            self._drop_file(rel)
-            changed = True
+            changed |= self._drop_file(rel)
         for rel in set(self._rejected) - on_disk:
             del self._rejected[rel]
-        for rel in sorted(on_disk):
-            changed |= self._sync_file(rel)
-        if changed:
-            self._recheck_rejected()
+        if self._sync(sorted(on_disk), changed):
             self._save_state()
 
-    def _recheck_rejected(self) -> None:
-        """Judge rejected files again after a change elsewhere: a rejection may have been
-        caused by another file (a duplicate, a subset no policy defined yet)."""
-        changed = True
-        while changed and self._rejected:
-            changed = any([self._sync_file(rel, force=True) for rel in sorted(self._rejected)])
+    def _sync(self, rels: Iterable[str], changed: bool = False) -> bool:
+        """Bring the files ``rels`` in line with their content, judging the changed ones
+        together (``dirjudge``); then, if anything changed, judge the files rejected for
+        reasons of other files again against the new state, until no more go live. True if
+        anything changed."""
+        changes: dict[str, _Change] = {}
+        for rel in rels:
+            read = self._read(rel)
+            if isinstance(read, _Change):
+                changes[rel] = read
+            else:
+                changed |= read
+        again = changed or bool(changes)
+        while again:
+            for rel in sorted(self._rejected):
+                if rel not in changes and not self._rejected[rel].alone:
+                    read = self._read(rel, again=True)
+                    if isinstance(read, _Change):
+                        changes[rel] = read
+                    else:
+                        changed |= read
+            # each round that goes on made a rejected file live: the rounds end
+            again = bool(changes) and self._judge_and_apply(changes)
+            changed |= again
+            changes = {}
+        return changed
 
-    def _sync_file(self, rel: str, force: bool = False) -> bool:
-        """Bring the objects of one file in line with its content; True if anything changed."""
+    def _read(self, rel: str, again: bool = False) -> _Change | bool:
+        """One file's new content to judge; else True if reading it changed the store (it
+        is gone, or back to its live bytes after a rejected edit), False if not. A file
+        that cannot be read or parsed is rejected here, whatever the rest of the directory
+        holds. ``again``: also a rejected file whose bytes did not change."""
         try:
             data = read_file(self.root / rel)
         except FileNotFoundError:
@@ -300,8 +359,8 @@ class DirStore(MemStore):
             return self._drop_file(rel)
         except RefusedFile as exc:  # reported once (not on every rescan); last good stays
             marker = f"refused: {exc}"
-            if rel not in self._rejected or self._rejected[rel][0] != marker:
-                self._reject(rel, marker, f"{rel}: {exc}")
+            if rel not in self._rejected or self._rejected[rel].digest != marker:
+                self._reject(rel, marker, f"{rel}: {exc}", alone=True)
             return False
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)
@@ -309,21 +368,22 @@ class DirStore(MemStore):
         digest = _digest(data)
         if rel in self._files and self._files[rel].digest == digest:
             self._emptied.pop(rel, None)  # emptied, then written back as it was
+            self._restored.discard(rel)  # what is live is what the file holds
             if rel in self._rejected:  # a bad edit undone: the live objects are this content
                 self._clear_rejection(rel)
                 return True
             return False
-        if not force and rel in self._rejected and self._rejected[rel][0] == digest:
+        if not again and rel in self._rejected and self._rejected[rel].digest == digest:
             return False
         try:
-            resources = self._evaluate(rel, data.decode("utf-8"))
-        except (Invalid, UnicodeDecodeError) as exc:
-            self._reject(rel, digest, str(exc))
+            resources = self._parse(rel, data)
+        except Invalid as exc:
+            self._reject(rel, digest, str(exc), alone=True)
             return False
         except Exception as exc:  # a checker bug must cost this file, not the whole watcher
             log.exception("unexpected error checking %s", rel)
             self._reject(rel, digest, f"{rel}: could not be checked (a bug; the control "
-                                      f"plane's log has the details): {exc!r}")
+                                      f"plane's log has the details): {exc!r}", alone=True)
             return False
         if not resources and rel in self._files and self._files[rel].keys:
             now = self._monotonic()
@@ -332,52 +392,72 @@ class DirStore(MemStore):
                 self._rescan_later(first + self._empty_settle - now)
                 return False
         self._emptied.pop(rel, None)
-        self._accept(rel, digest, resources)
-        return True
+        return _Change(digest, resources)
 
-    def _evaluate(self, rel: str, text: str, batch: list[Resource] | None = None
-                  ) -> list[Resource]:
-        """Parse and check a file's new content against the rest of the store, as it will be
-        once ``batch`` (the other documents of the same apply) is written; raise Invalid."""
+    def _parse(self, rel: str, data: bytes) -> list[Resource]:
+        """A file's documents, each checked on its own; Invalid naming the file."""
         try:
-            resources = load_documents(text, rel)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Invalid(_not_utf8(rel, data, exc)) from exc
+        try:
+            return load_documents(text, rel)
         except ValidationError as exc:
             raise Invalid(str(exc), exc) from exc
         except yaml.YAMLError as exc:
             raise Invalid(f"{rel}: {exc}", exc) from exc
-        problems: list[str] = []
-        seen: set[Key] = set()
-        for index, res in enumerate(resources, start=1):
-            owner = self._objects[res.key].source if res.key in self._objects else rel
-            if res.key in seen or owner != rel:
-                where = "earlier in this file" if res.key in seen else f"in {owner}"
-                problems.append(f"{rel} doc {index}: {res.kind} {res.namespace}/{res.name} "
-                                f"is already defined {where}")
-            seen.add(res.key)
-        if not problems:
-            old = set(self._files[rel].keys) if rel in self._files else set()
-            current = [o.resource for o in self._objects.values()]
-            rest_of_batch = [r for r in batch or () if r.key not in seen]
-            candidate = overlay(overlay(current, rest_of_batch, set()), resources, old - seen)
-            problems = [str(issue) for issue in new_issues(current, candidate)]
-        if problems:
-            raise Invalid("\n".join(problems))
+
+    def _judge_and_apply(self, changes: dict[str, _Change]) -> bool:
+        """Judge the changed files together; make live those that can go live together and
+        reject the others. True if any went live."""
+        bug = False
+        try:
+            errors = judge(self._objects, {rel: c.resources for rel, c in changes.items()},
+                           self._rejected)
+        except Exception as exc:  # a checker bug must cost these files, not the watcher
+            log.exception("unexpected error checking %s", ", ".join(sorted(changes)))
+            bug = True  # judged again only once changed, not on every change elsewhere
+            errors = {rel: f"{rel}: could not be checked (a bug; the control plane's log has "
+                           f"the details): {exc!r}" for rel in changes}
+        accepted = {rel: c for rel, c in changes.items() if rel not in errors}
+        self._accept(accepted)
+        for rel, message in errors.items():
+            self._reject(rel, changes[rel].digest, message, alone=bug)
+        return bool(accepted)
+
+    def _evaluate(self, rel: str, text: str, batch: Sequence[Resource] = ()) -> list[Resource]:
+        """Parse and check a file's new content against the rest of the store, as it will be
+        once ``batch`` (the other documents of the same apply) is written; raise Invalid."""
+        resources = self._parse(rel, text.encode())
+        errors = judge(self._objects, {rel: resources}, self._rejected, batch)
+        if errors:
+            raise Invalid(errors[rel])
         return resources
 
-    def _accept(self, rel: str, digest: str, resources: list[Resource]) -> None:
-        old = set(self._files[rel].keys) if rel in self._files else set()
-        for res in resources:
-            current = self._objects.get(res.key)
-            if current is None:
-                self._commit(res, rel, self._remembered_version(res))
-            elif not content_equal(current.resource, res):
-                self._commit(res, rel)
-            self._set_accepted(res.key, None)
-        for key in old - {res.key for res in resources}:
-            self._commit_delete(key)
-        self._files[rel] = _FileState(digest, tuple(res.key for res in resources))
-        if rel in self._rejected:
-            self._clear_rejection(rel)
+    def _accept(self, accepted: Mapping[str, _Change]) -> None:
+        """Make the new content of these files live, as one change: a key that moved from
+        one of them to another keeps its version when its content is the same."""
+        owners = {res.key for change in accepted.values() for res in change.resources}
+        for rel in sorted(accepted):
+            for key in self._files[rel].keys if rel in self._files else ():
+                if key not in owners:
+                    self._commit_delete(key)
+        for rel, change in sorted(accepted.items()):
+            for res in change.resources:
+                current = self._objects.get(res.key)
+                if current is None:
+                    self._commit(res, rel, self._remembered_version(res))
+                elif not content_equal(current.resource, res):
+                    self._commit(res, rel)
+                else:  # the same content (perhaps from another file or document): no event
+                    self._objects[res.key] = dataclasses.replace(current, resource=res,
+                                                                 source=rel)
+                self._set_accepted(res.key, None)
+            self._files[rel] = _FileState(change.digest,
+                                          tuple(res.key for res in change.resources))
+            self._restored.discard(rel)
+            if rel in self._rejected:
+                self._clear_rejection(rel)
 
     def _clear_rejection(self, rel: str) -> None:
         del self._rejected[rel]
@@ -385,15 +465,31 @@ class DirStore(MemStore):
             self._set_accepted(key, None)
         log.info("%s is valid again and accepted", rel)
 
-    def _reject(self, rel: str, digest: str, message: str) -> None:
+    def _reject(self, rel: str, digest: str, message: str, alone: bool) -> None:
+        """Reject a file's content: its last good objects (if any) stay live. ``alone``: for
+        what the file holds by itself (no change elsewhere can make it valid)."""
         keys = self._files[rel].keys if rel in self._files else ()
-        self._rejected[rel] = (digest, SourceError(rel, message, keys))
-        log.warning("rejected %s; its last good version stays live:\n%s", rel, message)
+        if keys and rel in self._restored:
+            message += (f"\n{rel}: its last good version, restored from {self._state_file} "
+                        "at start, stays live")
+        previous = self._rejected.get(rel)
+        self._rejected[rel] = _Rejection(digest, SourceError(rel, message, keys), alone)
+        if previous is not None and (previous.digest, previous.error.message) == (digest,
+                                                                                  message):
+            return  # judged again, with the same outcome: said already
+        if not keys:
+            log.warning("rejected %s; nothing of it is live:\n%s", rel, message)
+        elif rel in self._restored:
+            log.warning("rejected %s; its last good version (restored at start) stays live:"
+                        "\n%s", rel, message)
+        else:
+            log.warning("rejected %s; its last good version stays live:\n%s", rel, message)
         for key in keys:
             self._set_accepted(key, message)
 
     def _drop_file(self, rel: str) -> bool:
         state = self._files.pop(rel, None)
+        self._restored.discard(rel)
         for key in state.keys if state else ():
             self._commit_delete(key)
         return state is not None
@@ -428,14 +524,55 @@ class DirStore(MemStore):
             self._version = max(self._version, int(state["version"]))
             self._known = {k: (int(v[0]), str(v[1])) for k, v in state["objects"].items()}
         except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            return
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             log.warning("ignoring unreadable %s: %s", self._state_file, exc)
+            return
+        try:  # absent in a state file of a version that kept no content
+            self._saved = {
+                str(rel): (str(entry["digest"]),
+                           [(doc if isinstance(doc, int) else None, obj)
+                            for doc, obj in entry["objects"]])
+                for rel, entry in state.get("files", {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: ignoring the unreadable last good versions of files: %s",
+                        self._state_file, exc)
+
+    def _restore(self) -> None:
+        """Make the last good objects state.json recorded for each file live again, before
+        the directory is read: a file that became invalid while the control plane was down
+        keeps them, as it would have had it been running. A file gone since is not restored
+        (deleting a file deletes its objects)."""
+        for rel, (digest, docs) in sorted(self._saved.items()):
+            if is_hidden(Path(rel)) or not os.path.lexists(self.root / rel):
+                continue
+            try:
+                resources = [parse_document(obj, rel, doc) for doc, obj in docs]
+            except ValidationError as exc:  # e.g. recorded by a version with another schema
+                log.warning("not restoring the last good version of %s recorded in %s: %s",
+                            rel, self._state_file, exc)
+                continue
+            if any(res.key in self._objects for res in resources):
+                log.warning("not restoring the last good version of %s recorded in %s: it "
+                            "defines an object another file's recorded version defines",
+                            rel, self._state_file)
+                continue
+            for res in resources:
+                self._commit(res, rel, self._remembered_version(res))
+            self._files[rel] = _FileState(digest, tuple(res.key for res in resources))
+            self._restored.add(rel)
+        self._saved = {}
 
     def _save_state(self) -> None:
         objects = {"/".join(k): [o.resource_version, _content_hash(o.resource)]
                    for k, o in self._objects.items()}
-        data = json.dumps({"version": self._version, "objects": objects}, sort_keys=True)
+        files = {rel: {"digest": state.digest,
+                       "objects": [[self._objects[k].resource.doc,
+                                    canonical_content(self._objects[k].resource)]
+                                   for k in state.keys]}
+                 for rel, state in self._files.items()}
+        data = json.dumps({"version": self._version, "objects": objects, "files": files},
+                          sort_keys=True)
         atomic_write(self._state_file, data.encode(), mode=0o600)
 
     # -- the file watcher ------------------------------------------------------------------

@@ -31,8 +31,10 @@ import yaml
 from aiohttp import web
 
 from meshctl.api.errors import ValidationError
+from meshctl.api.kindnames import KIND_PLURALS, kind_for
 from meshctl.api.resources import Resource, load_documents, load_yaml, parse_document
 from meshctl.controlplane.auth import bearer_matches, is_loopback
+from meshctl.controlplane.dirfiles import MAX_FILE_BYTES
 from meshctl.controlplane.errors import (
     BadRequest,
     Conflict,
@@ -43,7 +45,6 @@ from meshctl.controlplane.errors import (
 )
 from meshctl.controlplane.openapi import openapi_document
 from meshctl.controlplane.store import (
-    KIND_PLURALS,
     Event,
     EventType,
     Store,
@@ -51,10 +52,10 @@ from meshctl.controlplane.store import (
     Watch,
     canonical_content,
     content_equal,
-    kind_for,
     new_issues,
     overlay,
 )
+from proxy.hostguard import BrowserGuard
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -66,6 +67,7 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HTTP_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed",
                  413: "RequestEntityTooLarge", 415: "UnsupportedMediaType"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = MAX_FILE_BYTES  # a request body (aiohttp's client_max_size): 1 MiB
 
 
 def create_api_app(
@@ -75,13 +77,19 @@ def create_api_app(
     extra_routes: Iterable[web.AbstractRouteDef] | None = None,
     open_reads: bool = False,
     heartbeat: float = 15.0,
+    known_hosts: Iterable[str] = (),
 ) -> web.Application:
     """The API as an aiohttp app; ``extra_routes`` (status, metrics, dashboard) share its auth.
 
     Writes need ``Authorization: Bearer <token>``; reads are open to loopback peers, and to
-    every peer when ``open_reads`` is set (e.g. a dashboard published from a container).
+    every peer when ``open_reads`` is set (e.g. a dashboard published from a container). Such
+    token-less reads must not come from another site's web page (proxy/hostguard.py): their
+    Host is an IP address, localhost, this machine's name or one of ``known_hosts``.
     """
-    app = web.Application(middlewares=[_errors_middleware, _auth_middleware(token, open_reads)])
+    guard = BrowserGuard(known_hosts, option="meshctl serve --allowed-host NAME")
+    app = web.Application(middlewares=[_errors_middleware,
+                                       _auth_middleware(token, open_reads, guard)],
+                          client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[_WATCHES] = set()
     app[APPLY_LOCK] = asyncio.Lock()
@@ -117,7 +125,11 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = json_error(exc.status, _HTTP_REASONS.get(exc.status, "Error"), exc.reason)
+        message = exc.reason
+        if exc.status == 413:  # aiohttp's text says the limit and the size sent
+            message = (f"request body over the API's limit of {MAX_BODY_BYTES // 1024} KiB "
+                       f"({exc.text}); send it in smaller parts")
+        resp = json_error(exc.status, _HTTP_REASONS.get(exc.status, "Error"), message)
         if "Allow" in exc.headers:  # a 405 must say which methods the resource takes
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
@@ -131,7 +143,8 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
                                                 "the control plane's log has the details")
 
 
-def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _auth_middleware(token: str, open_reads: bool, guard: BrowserGuard
+                     ) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization")
@@ -147,6 +160,11 @@ def _auth_middleware(token: str, open_reads: bool) -> Callable[..., Awaitable[we
                                "(AMI_TOKEN or .ami/token)")
         if needed:
             raise Unauthorized("reads from outside this machine need a bearer token")
+        # A read admitted for where it comes from, not for a token: not for a web page.
+        refusal = guard.refusal(request.headers.get("Host"), request.headers.get("Origin"),
+                                request.headers.get("Sec-Fetch-Site"))
+        if refusal is not None:
+            return json_error(403, "Forbidden", f"{request.method} {request.path}: {refusal}")
         return await handler(request)
 
     return auth

@@ -15,12 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.api.build import VERSION
+from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.controlplane.openapiops import READ, TOKEN, errors, extra_paths, op, path_param
 from meshctl.controlplane.openapiops import json_body as _json
 from meshctl.controlplane.openapischemas import REF as _REF
 from meshctl.controlplane.openapischemas import SCHEMAS
 from meshctl.controlplane.routetable import served_operations
-from meshctl.controlplane.store import KIND_PLURALS
 
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 BEARER = {"type": "http", "scheme": "bearer", "description":

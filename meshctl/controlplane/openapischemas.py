@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshctl.controlplane.store import KIND_PLURALS
+from meshctl.api.kindnames import KIND_PLURALS
 
 REF = "#/components/schemas/"
 
@@ -134,6 +134,7 @@ SCHEMAS: dict[str, Any] = {
         ("time", "window", "nodes", "edges", "services", "proxies"),
         time=_NUM, window=_NUM, nodes=_array(ref("StatRow")), edges=_array(ref("Edge")),
         services=_array(_STR), series={"type": "object", "additionalProperties": _array(_OBJ)},
+        seriesSpan=_NUM, seriesStep=_NUM,
         routes=_array(_OBJ), canaries=_array(_OBJ), proxies=_array(_OBJ), scrapeErrors=_OBJ,
         counters=_OBJ),
     "ProxyLogging": _obj(("proxy", "loggers"), proxy=_STR, loggers=_STRINGS),

@@ -7,13 +7,13 @@ proxies that lag). It waits on ACK events, it does not poll.
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from meshctl.api.durations import parse_seconds
 from meshctl.controlplane.reconcile import PushState, Reconciler
 from meshctl.controlplane.registry import ProxyInfo, Registry
 
@@ -74,14 +74,14 @@ def status_routes(registry: Registry, reconciler: Reconciler) -> list[web.RouteD
     async def sync(request: web.Request) -> web.Response:
         try:
             revision = int(request.query.get("storeVersion", reconciler.revision))
-            timeout = float(request.query.get("timeout", "30"))
-            if not math.isfinite(timeout):  # nan slips through min/max, inf means nothing
-                raise ValueError(timeout)
+            # nan slips through min/max, inf means nothing, a negative wait is a mistake
+            timeout = parse_seconds(request.query.get("timeout", "30"), zero=True)
         except ValueError:
             return web.json_response({"error": "storeVersion must be an integer and timeout "
-                                      "a number of seconds", "reason": "BadRequest"}, status=400)
+                                      "a number of seconds (0 or more)",
+                                      "reason": "BadRequest"}, status=400)
         start = time.monotonic()
-        lagging = await reconciler.wait_synced(revision, min(max(timeout, 0.0), 300.0))
+        lagging = await reconciler.wait_synced(revision, min(timeout, 300.0))
         elapsed = round((time.monotonic() - start) * 1000, 1)
         connected = sum(1 for s in reconciler.states.values() if s.sender is not None)
         if lagging:

@@ -71,7 +71,7 @@ class PushState:
     nonce: str = ""
     acked_version: str | None = None
     acked_revision: int = 0
-    synced_at: float | None = None  # monotonic, when acked_revision last moved
+    attached_at: float = 0.0  # monotonic, when this stream registered
     last_ack: float | None = None  # wall clock
     sent_at: float | None = None  # monotonic, of the push awaiting its answer
     nack: str | None = None
@@ -149,10 +149,15 @@ class Reconciler:
     def attach(self, name: str, sender: Sender, running_version: str = "", *,
                deltas: bool = False) -> None:
         """A proxy's stream registered; ``running_version`` is the config it already runs,
-        ``deltas`` whether it applies delta pushes (its first push on a stream is full)."""
-        state = PushState(sender=sender, deltas=deltas)
+        ``deltas`` whether it applies delta pushes (its first push on a stream is full).
+
+        A Register naming the version it runs is that proxy's ACK of it, timed now: after a
+        control-plane restart that pushes nothing it is the only one (lastAck was null for
+        proxies shown SYNCED)."""
+        state = PushState(sender=sender, deltas=deltas, attached_at=self._clock())
         if running_version:
             state.sent_version = state.acked_version = running_version
+            state.last_ack = self._wall()
         self.states[name] = state
         self.mark(name)
         self._notify()  # a new laggard for whoever waits
@@ -176,17 +181,18 @@ class Reconciler:
         if state is None or nonce != state.nonce:
             return  # an answer to a superseded push
         self.counters.acks += 1
+        now = self._clock()  # one reading: the ACK's phase time and convergence are one moment
         if state.sent_at is not None:
-            self.counters.ack_seconds_sum += self._clock() - state.sent_at
+            self.counters.ack_seconds_sum += now - state.sent_at
             self.counters.ack_seconds_count += 1
             state.sent_at = None
         state.acked_version = version
         state.base = state.sent if state.sent is not None and state.sent.version == version \
             else None
-        self._advance(state, state.sent_revision)
+        self._advance(state, state.sent_revision, now)
         state.last_ack, state.nack = self._wall(), None
         if state.times is not None and state.synced:
-            state.times.last_acked = self._clock()
+            state.times.last_acked = now
         self._answered(name, state)
         self._notify(name)
 
@@ -460,20 +466,20 @@ class Reconciler:
         """The store took a write of ``revision`` now (the start of its convergence)."""
         self.timeline.wrote(revision, self._clock())
 
-    def _advance(self, state: PushState, revision: int) -> None:
-        if revision != state.acked_revision:
-            state.acked_revision, state.synced_at = revision, self._clock()
+    def _advance(self, state: PushState, revision: int, at: float | None = None) -> None:
+        if revision > state.acked_revision:
+            # The writes in between reached this proxy now (a stream's first advance: only
+            # those written since it registered; the older ones were not sent to it).
+            self.timeline.reached(state.acked_revision, revision,
+                                  self._clock() if at is None else at,
+                                  state.attached_at if state.acked_revision == 0 else None)
+        state.acked_revision = revision
 
     def converged_seconds(self, revision: int) -> float | None:
-        """From the write of ``revision`` to the last connected proxy reaching it, or None if
-        that write is not remembered. Call once no proxy lags it; a later write moving a proxy
-        on again can only lengthen the figure."""
-        written = self.timeline.written_at(revision)
-        if written is None:
-            return None
-        reached = [s.synced_at for s in self.states.values()
-                   if s.sender is not None and s.synced_at is not None]
-        return max([written, *reached]) - written
+        """From the write of ``revision`` to the moment the last proxy first ran a config
+        including it, or None if that write (or its reaching any proxy) is not remembered.
+        Later writes do not move it: it is that write's own time to converge."""
+        return self.timeline.converged(revision)
 
     def _notify(self, name: str | None = None) -> None:
         """``name`` alone moved (an answer, a stream gone), or anyone (a pass, a new stream).

@@ -64,6 +64,7 @@ class ServeOptions:
     api_cert: Path | None = None  # ... or with this certificate chain and key (PEM)
     api_key: Path | None = None
     tls_names: tuple[str, ...] = ()  # more names for the control plane's own certificate
+    allowed_hosts: tuple[str, ...] = ()  # more Host names token-less reads may use ("*": any)
     grpc_credentials: grpc.ServerCredentials | None = field(default=None, compare=False)
 
 
@@ -113,6 +114,8 @@ async def serve(options: ServeOptions,
         admin_tls=AdminTls(own_cert, ca),
         api=(options.listen, options.api_tls or options.api_cert is not None))
     app = create_api_app(store, token=token, open_reads=options.open_reads,
+                         known_hosts=[*_tls_names(options.listen), *options.tls_names,
+                                      *options.allowed_hosts],
                          extra_routes=[*status_routes(registry, reconciler),
                                        *describe_routes(registry, reconciler),
                                        *version_routes(registry), *observe_extra])

@@ -306,6 +306,15 @@ def describe_routes(registry: Registry, reconciler: Reconciler) -> list[web.Rout
         external: list[StoredObject] = []
         if (name, namespace) not in registered | declared:
             external = external_declaring(objects, name)
+            gateways = sorted(p.name for p in proxies if p.mode == "gateway"
+                              and (p.service, p.namespace) == (name, namespace))
+            if gateways and not external:
+                # `proxy-status` lists it under this service name: say what it is instead
+                return web.json_response({
+                    "error": gateway_message(name, namespace, gateways, objects),
+                    "reason": "NotFound", "gateway": gateways,
+                    "known": known_names(registered | declared, external_hosts(objects),
+                                         name)}, status=404)
             if not external:
                 known = known_names(registered | declared, external_hosts(objects), name)
                 # the API's error shape, plus the names it knows (close matches first)
@@ -317,3 +326,19 @@ def describe_routes(registry: Registry, reconciler: Reconciler) -> list[web.Rout
         return web.json_response(description.as_json(body["proxies"], body["storeVersion"]))
 
     return [web.get("/api/v1/services/{ns}/{name}/describe", describe)]
+
+
+def gateway_message(name: str, namespace: str, proxies: Sequence[str],
+                    objects: Iterable[StoredObject]) -> str:
+    """What ``describe service`` says of the name an ingress gateway registered under: it is
+    the gateway, not a service taking mesh traffic, and where its own state is."""
+    resources = sorted(o.resource.name for o in objects
+                       if isinstance(o.resource.spec, GatewaySpec)
+                       and o.resource.namespace == namespace)
+    which = (f"meshctl describe gateway {resources[0]}" if len(resources) == 1 else
+             "meshctl describe gateway NAME (" + (", ".join(resources) or "none applied yet")
+             + ")")
+    return (f"{name!r} in namespace {namespace} is the ingress gateway (proxies: "
+            f"{', '.join(proxies)}), not a mesh service: no sidecar, Route or policy takes "
+            f"traffic for it. Its rules: {which}; its proxies: meshctl proxy-status; what it "
+            f"sends: meshctl stat --from {name}")

@@ -20,27 +20,6 @@ Key = tuple[str, str, str]
 SourceErrors = list["SourceError"]
 """(kind, namespace, name): the identity of an object, same as ``Resource.key``."""
 
-KIND_PLURALS: dict[str, str] = {
-    "Route": "routes",
-    "DestinationPolicy": "destinationpolicies",
-    "AuthorizationPolicy": "authorizationpolicies",
-    "RequestAuthentication": "requestauthentications",
-    "PeerAuthentication": "peerauthentications",
-    "MeshConfig": "meshconfigs",
-    "Gateway": "gateways",
-    "ExternalService": "externalservices",
-    "Telemetry": "telemetries",
-    "Sidecar": "sidecars",
-    "Canary": "canaries",
-}
-_KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
-
-
-def kind_for(word: str) -> str | None:
-    """The canonical kind for ``route``, ``routes``, ``Route`` ...; None if unknown."""
-    return _KIND_BY_WORD.get(word.lower())
-
-
 def canonical_content(resource: Resource) -> dict[str, Any]:
     """The object's declared content: what ``apply`` compares and dirstore writes to disk.
 

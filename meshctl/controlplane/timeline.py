@@ -31,6 +31,7 @@ class Timeline:
         self._written: dict[int, float] = {}  # revision -> when the watch saw it
         self._passes: dict[int, PassTimes] = {}  # revision -> the first pass reading it
         self._unread: list[int] = []  # revisions written that no pass has read yet
+        self._reached: dict[int, float] = {}  # revision -> when its last proxy first ran it
 
     def wrote(self, revision: int, at: float) -> None:
         if revision in self._written:
@@ -39,11 +40,31 @@ class Timeline:
             oldest = next(iter(self._written))
             del self._written[oldest]
             self._passes.pop(oldest, None)
+            self._reached.pop(oldest, None)
         self._written[revision] = at
         self._unread.append(revision)
 
     def written_at(self, revision: int) -> float | None:
         return self._written.get(revision)
+
+    def reached(self, low: int, high: int, at: float, since: float | None = None) -> None:
+        """A proxy's config moved from revision ``low`` to ``high`` at ``at``: the writes in
+        (low, high] reached it then (with ``since``: only those written at or after it)."""
+        if high - low <= len(self._written):
+            revisions = [r for r in range(low + 1, high + 1) if r in self._written]
+        else:  # (a first advance from 0: look at the writes kept, not the whole range)
+            revisions = [r for r in self._written if low < r <= high]
+        for r in revisions:
+            if (since is None or self._written[r] >= since) and at > self._reached.get(r, at - 1):
+                self._reached[r] = at
+
+    def converged(self, revision: int) -> float | None:
+        """Seconds from the write of ``revision`` to the last proxy it reached first running
+        it (None: the write, or its reaching any proxy, is not remembered)."""
+        written, reached = self._written.get(revision), self._reached.get(revision)
+        if written is None or reached is None:
+            return None
+        return max(reached - written, 0.0)
 
     def pass_started(self, revision: int, at: float) -> PassTimes | None:
         """A pass reading the store at ``revision`` started at ``at``: its times, if it is the

@@ -26,6 +26,7 @@ from grpc import aio
 
 from meshctl.api import mesh_pb2, mesh_pb2_grpc
 from meshctl.api.locality import Locality
+from meshctl.ca.spiffe import reserved_namespace
 from meshctl.ca.tokens import TokenKind
 from meshctl.controlplane.ca_service import CertificateService
 from meshctl.controlplane.reconcile import Reconciler
@@ -216,7 +217,13 @@ class MeshControlService(mesh_pb2_grpc.MeshControlServicer):
         """The Register must carry a bootstrap token of the service it claims; a gateway
         registered with the service's gateway token is a trusted gateway (its XFCC is kept),
         one with the plain service token is not. A sidecar with a gateway token is refused:
-        that token is for gateways only, and a sidecar holding it is a mistake to surface."""
+        that token is for gateways only, and a sidecar holding it is a mistake to surface.
+        The control plane's own namespace (ami-system) is refused whatever the token."""
+        reserved = reserved_namespace(info.namespace)
+        if reserved is not None:
+            log.warning("refused proxy %s from %s: %s", info.name, context.peer(), reserved)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"register.namespace: {reserved}")
         if self.token_kind is None:
             return info
         if not reg.token:

@@ -93,6 +93,13 @@ def render() -> dict[str, Any]:
                "depends_on": {CONTROL_PLANE: {"condition": "service_healthy"}},
                "healthcheck": _probe(SIDECAR_READY)})
     services[GATEWAY] = gw
+    # The load `meshctl demo up` sends from its own process (~3 page loads/s, 30% as jason),
+    # so the dashboards and a declared Canary's analyses have requests to judge.
+    services["traffic"] = {
+        "build": ".", "image": IMAGE,
+        "command": ["python", "-m", "meshctl.demo.traffic",
+                    f"http://{GATEWAY}:{DEFAULT_GATEWAY_PORT}"],
+        "depends_on": {GATEWAY: {"condition": "service_healthy"}}}
     services.update(_observability())
     return {"services": services, "volumes": {"ca": {}, "controlplane": {}, "bootstrap": {}}}
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
+import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -84,3 +87,33 @@ class TrafficGenerator:
                 self.counts[f"{who} {resp.status}"] += 1
         except (aiohttp.ClientError, TimeoutError):
             self.counts[f"{who} error"] += 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m meshctl.demo.traffic URL`: the demo's load as a process of its own (compose's
+    `traffic` service), until stopped (SIGTERM/SIGINT) or after `--requests` loads."""
+    p = argparse.ArgumentParser(prog="python -m meshctl.demo.traffic",
+                                description="Load URL/productpage gently, some loads signed "
+                                            "in as jason, so dashboards and canaries have data.")
+    p.add_argument("url", help="the gateway, e.g. http://gateway:8080")
+    p.add_argument("--rate", type=float, default=TrafficPlan().rate,
+                   help="page loads per second (default 3)")
+    p.add_argument("--requests", type=int, default=None, help="stop after this many loads")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and exit")
+    opts = p.parse_args(argv)
+    if not opts.rate > 0:
+        p.error("--rate must be above 0")
+    if opts.dry_run:
+        return 0
+    generator = TrafficGenerator(opts.url, TrafficPlan(rate=opts.rate))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker stop: end as Ctrl-C
+    try:
+        asyncio.run(generator.run(opts.requests))
+    except KeyboardInterrupt:
+        pass
+    print(", ".join(f"{k}: {v}" for k, v in sorted(generator.counts.items())), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,12 +25,26 @@ from typing import Any
 
 from aiohttp import web
 
+from meshctl.api import durations
 from meshctl.controlplane.auth import bearer_matches
+from meshctl.controlplane.describetarget import (
+    declared_services,
+    external_hosts,
+    host_matches,
+    known_names,
+    suggest,
+)
 from meshctl.controlplane.httpapi import STORE, json_error, list_response
 from meshctl.controlplane.names import ServiceNames
 from meshctl.observe.admincall import AdminCaller
 from meshctl.observe.canarychecks import canary_checks
-from meshctl.observe.checks import Group, all_checks, passthrough_checks, tcp_route_checks
+from meshctl.observe.checks import (
+    Group,
+    all_checks,
+    passthrough_checks,
+    route_target_checks,
+    tcp_route_checks,
+)
 from meshctl.observe.configdump import DumpUnavailable, fetch_config_dump
 from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
@@ -78,15 +92,24 @@ class Observer:
 
 
 def parse_window(text: str | None, default: float = 30.0) -> float:
-    """``30s``, ``5m``, ``1h`` or plain seconds; clamped to what the window keeps."""
+    """``30s``, ``5m``, ``1h`` or plain seconds, up to what the window keeps (a shorter one is
+    1 s); 400 for anything else, ``nan``, ``inf``, 0 and negative ones included."""
     if not text:
         return default
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
     try:
-        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"window: expected e.g. 30s or 5m, got {text!r}") from None
+        value = durations.parse_window(text)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=f"window: {exc}") from None
     return min(max(value, 1.0), MAX_WINDOW)
+
+
+def parse_seconds(text: str, name: str, low: float, high: float) -> float:
+    """A ``?name=`` number of seconds, within [low, high]; 400 if not a finite number above 0."""
+    try:
+        value = durations.parse_seconds(text)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=f"{name}: {exc}") from None
+    return min(max(value, low), high)
 
 
 def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteDef]:
@@ -99,10 +122,42 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         return json_error(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' "
                           "(AMI_TOKEN or .ami/token)")
 
+    async def unknown(request: web.Request, name: str, head: str) -> web.Response | None:
+        """None when the mesh knows service ``name`` (as its metrics name, ``reviews`` or
+        ``api.b``): a proxy registered it (a sidecar's, the gateway's), the store declares it
+        (a Route, DestinationPolicy or Gateway names it, as for ``describe service``), an
+        ExternalService host covers it, or the window has traffic to or from it. Else the
+        404 to answer: ``head``, then the close names (or the known ones)."""
+        if not name:
+            return None
+        proxies = await list_proxies(scraper.source)
+        registered = {(str(p["service"]), str(p.get("namespace") or "default"))
+                      for p in proxies if p.get("service")}
+        objects = await request.app[STORE].list()
+        services = registered | declared_services(objects, ServiceNames(registered))
+        names = ServiceNames(services)
+        labels = {names.metrics_name(s, ns) for s, ns in services}
+        hosts = external_hosts(objects)
+        if (name in labels or names.resolve(name, "default") is not None
+                or any(host_matches(h, name) for h in hosts)):
+            return None
+        seen = scraper.window.services(observer.clock())
+        if name in seen:
+            return None
+        known = known_names((), labels | hosts | seen, name)
+        return json_error(404, "NotFound", suggest(
+            f"{head}: no proxy of it is registered, no Route, DestinationPolicy, Gateway or "
+            "ExternalService names it and no traffic to or from it was seen", name, known))
+
     async def stat(request: web.Request) -> web.Response:
         observer.ensure_started()
         q = request.query
         window = parse_window(q.get("window"))
+        for param, head in (("service", "no service {!r}"),
+                            ("from", "no service {!r} to count calls from")):
+            missing = await unknown(request, q.get(param, ""), head.format(q.get(param)))
+            if missing is not None:
+                return missing
         rows = scraper.window.stat(observer.clock(), window, q.get("service") or None,
                                    q.get("from") or None)
         # scrapeInterval: a window shorter than two scrapes has no rate (meshctl canary widens)
@@ -155,7 +210,10 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         telemetries = [o.resource for o in await store.list("Telemetry")]
         canaries = await store.list("Canary")
         statuses = {o.key: await store.status(o.key) for o in canaries}
+        others = [*await store.list("DestinationPolicy"), *await store.list("Gateway"),
+                  *await store.list("ExternalService")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
+                  *route_target_checks(await store.list("Route"), others, body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *sidecar_checks(sidecars, routes, meshes, body, scraper.window.latest),
@@ -176,11 +234,19 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         if denied is not None:
             return denied
         q = request.query
-        limit = int(q["n"]) if q.get("n", "").isdigit() else 0
+        if (n := q.get("n", "0")).isascii() and n.isdigit():
+            limit = int(n)
+        else:
+            return json_error(400, "BadRequest", f"n: expected a count of requests, got "
+                              f"{q['n']!r}")
+        service = q.get("service", "")
+        missing = await unknown(request, service, f"no service {service!r}")
+        if missing is not None:
+            return missing
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         proxies = await list_proxies(scraper.source)
-        async with tap_many(proxies, service=q.get("service", ""), path=q.get("path", ""),
+        async with tap_many(proxies, service=service, path=q.get("path", ""),
                             method=q.get("method", ""),
                             admin=observer.admin) as events:
             await resp.prepare(request)
@@ -199,11 +265,14 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         denied = privileged(request)
         if denied is not None:
             return denied
-        seconds = min(max(float(request.query.get("seconds", "2")), 0.1), 10.0)
+        seconds = parse_seconds(request.query.get("seconds", "2"), "seconds", 0.1, 10.0)
+        service = request.query.get("service", "")
+        missing = await unknown(request, service, f"no service {service!r}")
+        if missing is not None:
+            return missing
         proxies = await list_proxies(scraper.source)
         collected: list[dict[str, Any]] = []
-        async with tap_many(proxies, service=request.query.get("service", ""),
-                            admin=observer.admin) as events:
+        async with tap_many(proxies, service=service, admin=observer.admin) as events:
             deadline = asyncio.get_running_loop().time() + seconds
             with contextlib.suppress(TimeoutError):
                 while True:

@@ -279,3 +279,43 @@ def api_transport_check(listen: str, tls: bool) -> Group:
                       "meshctl serve --api-tls (or --api-cert/--api-key), and give clients "
                       "https:// with AMI_CA_FILE")
     return Group("Control plane", (check,))
+
+
+def route_target_checks(routes: list[Any], others: list[Any],
+                        proxies: list[dict[str, Any]]) -> list[Group]:
+    """Warns of each Route whose host or backend services name no service: none registered
+    (a sidecar's or a gateway's), none a DestinationPolicy or Gateway declares, no
+    ExternalService host (``routes``, ``others``: StoredObjects; a Route does not count as
+    declaring what it names itself). Such a Route applies, but its traffic has nowhere to go:
+    most likely a typo. No group without Routes."""
+    from meshctl.controlplane.describetarget import (
+        declared_services,
+        external_hosts,
+        host_matches,
+    )
+    from meshctl.controlplane.names import ServiceNames
+
+    if not routes:
+        return []
+    registered = {(str(p["service"]), str(p.get("namespace") or "default"))
+                  for p in proxies if p.get("service")}
+    known = ServiceNames(registered | declared_services(others, ServiceNames(registered)))
+    hosts = external_hosts(others)
+    checks = []
+    for obj in routes:
+        route = obj.resource
+        named = [route.spec.host, *(b.service for rule in route.spec.rules
+                                    for b in rule.backends if b.service is not None)]
+        missing = [n for n in dict.fromkeys(named) if known.resolve(n, route.namespace) is None
+                   and not any(host_matches(h, n) for h in hosts)]
+        if missing:
+            checks.append(Check(
+                f"Route {route.namespace}/{route.name}", "warn",
+                "names no known service: " + ", ".join(missing),
+                "no sidecar of it is registered and no DestinationPolicy, Gateway or "
+                "ExternalService declares it: a typo? (meshctl proxy-status lists the "
+                "registered services; the Route still applies, but has nowhere to send "
+                "requests until such a service exists)"))
+    if not checks:
+        checks.append(Check("every Route's host and backends name a known service", "ok"))
+    return [Group("Route destinations", tuple(checks))]

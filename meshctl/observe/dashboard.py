@@ -100,7 +100,9 @@ async def dashboard_state(scraper: Scraper, store: Store, now: float, window: fl
         "nodes": [r.as_json() for r in stats],
         "edges": [e.as_json() for e in scraper.window.edges(now, window)],
         "services": services,
+        # per service a point every seriesStep s over the last seriesSpan s, at its time "t"
         "series": scraper.window.timelines(now, span, step),
+        "seriesSpan": span, "seriesStep": step,
         "routes": await route_splits(store),
         "canaries": await canaries(store),
         "proxies": scraper.proxies,

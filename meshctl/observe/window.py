@@ -94,6 +94,13 @@ class ScrapeWindow:
         for name in [n for n in self._scrapes if n not in keep_only]:
             del self._scrapes[name]
 
+    def services(self, end: float) -> set[str]:
+        """Every service named as a caller or a callee in what the window keeps (HTTP and TCP):
+        names the mesh knows from its traffic, e.g. one with no sidecar left."""
+        keys = [*(r.key for r in self.rates(end, self.keep)),
+                *(s.key for s in self.tcp(end, self.keep))]
+        return {k[i] for k in keys for i in (SRC, DST) if k[i]}
+
     def latest(self, proxy: str) -> Scrape | None:
         q = self._scrapes.get(proxy)
         return q[-1] if q else None

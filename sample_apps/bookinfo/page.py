@@ -19,8 +19,10 @@ DETAIL_ROWS = (
 )
 STYLE = """
 body { font-family: sans-serif; margin: 0; }
-nav { background: #222; color: #eee; padding: 0.6em 1em; display: flex; gap: 1em; }
-nav a, nav button { color: #eee; }
+nav { background: #222; color: #eee; padding: 0.6em 1em; display: flex; gap: 1em;
+      align-items: center; }
+nav a { color: #eee; }
+nav .login, nav .user { margin-left: auto; }
 main { max-width: 60em; margin: 1em auto; padding: 0 1em; }
 .columns { display: flex; gap: 2em; } .columns > section { flex: 1; }
 table.details th { text-align: left; padding-right: 1em; }

@@ -118,7 +118,10 @@ function lock(x, y) {
 
 function drawRoutes(state) {
   const box = document.getElementById("routes");
-  if (!state.routes.length) return;
+  if (!state.routes.length) {  // (the last Route deleted: its split must not stay drawn)
+    box.replaceChildren(el("p", { class: "muted" }, "no routes"));
+    return;
+  }
   box.replaceChildren(...state.routes.map((r) => {
     const div = el("div", { class: "route", "data-route": r.name });
     const words = r.split.map((b) => `${b.subset} ${b.weight}%`).join(" / ");
@@ -220,20 +223,27 @@ function drawCanaries(state) {
   }));
 }
 
-function sparkline(points, field, color, fmt, name) {
+// A chart's points are placed by their time over the span (a gap where the service had no
+// figures stays a gap); the figure beside it is the newest point's only when that point is
+// the latest the control plane computed, else "–": a service whose sidecars stopped
+// answering has no current figure, and its last one must not read as live.
+function sparkline(points, field, color, fmt, name, span) {
   const wrap = el("div", { "data-field": field });
   const vals = points.map((p) => p[field]).filter((v) => v !== null && v !== undefined);
-  const last = vals.length ? vals[vals.length - 1] : null;
+  const newest = points.length ? points[points.length - 1] : null;
+  const current = newest && newest.t >= span.end - span.step / 2 ? newest[field] : null;
   const label = el("div", { class: "label" });
-  label.append(el("span", {}, name || field), el("span", {}, fmt(last)));
+  label.append(el("span", {}, name || field),
+               el("span", {}, fmt(current === undefined ? null : current)));
   const svg = el("svg:svg", { viewBox: "0 0 300 46", preserveAspectRatio: "none" });
   const max = Math.max(...vals, field === "successRate" ? 1 : 0.001);
   const min = field === "successRate" ? Math.min(...vals, 0.9) : 0;
-  if (points.length === 1) points = [points[0], points[0]];  // a flat line, not nothing
-  const xs = points.length > 1 ? 300 / (points.length - 1) : 0;
-  const pts = points.map((p, i) => p[field] === null || p[field] === undefined ? null :
-    `${(i * xs).toFixed(1)},${(44 - ((p[field] - min) / (max - min || 1)) * 40).toFixed(1)}`)
-    .filter((x) => x).join(" ");
+  const x = (t) => Math.min(300, Math.max(0, 300 - ((span.end - t) / span.length) * 300));
+  // a lone point: a short flat line ending at its time, not nothing
+  if (points.length === 1) points = [{ ...points[0], t: points[0].t - span.step }, points[0]];
+  const pts = points.map((p) => p[field] === null || p[field] === undefined ? null :
+    `${x(p.t).toFixed(1)},${(44 - ((p[field] - min) / (max - min || 1)) * 40).toFixed(1)}`)
+    .filter((v) => v).join(" ");
   svg.append(el("svg:polyline", { points: pts, stroke: color }));
   wrap.append(label, svg);
   return wrap;
@@ -241,20 +251,23 @@ function sparkline(points, field, color, fmt, name) {
 
 function drawCharts(state) {
   const box = document.getElementById("charts");
+  const span = { end: state.time, length: state.seriesSpan || 300,
+                 step: state.seriesStep || 5 };
   box.replaceChildren(...Object.entries(state.series).sort().map(([svc, points]) => {
     const c = el("div", { class: "chart", "data-service": svc });
     const tcp = points.some((p) => p.tcpConnections !== null && p.tcpConnections !== undefined);
     const http = !tcp || points.some((p) => p.rps > 0);
     c.append(el("h3", {}, tcp && !http ? `${svc} · TCP` : svc));
     if (http)
-      c.append(sparkline(points, "rps", "#58a6ff", (v) => (v === null ? "–" : v.toFixed(1))),
-               sparkline(points, "successRate", "#3fb950", pct),
-               sparkline(points, "p99", "#d29922", ms));
+      c.append(sparkline(points, "rps", "#58a6ff", (v) => (v === null ? "–" : v.toFixed(1)),
+                         undefined, span),
+               sparkline(points, "successRate", "#3fb950", pct, undefined, span),
+               sparkline(points, "p99", "#d29922", ms, undefined, span));
     if (tcp)
       c.append(sparkline(points, "tcpConnections", "#58a6ff",
-                         (v) => (v === null ? "–" : String(v)), "open connections"),
-               sparkline(points, "tcpReadBytesPerSec", "#bc8cff", bytes, "read"),
-               sparkline(points, "tcpWriteBytesPerSec", "#39c5cf", bytes, "written"));
+                         (v) => (v === null ? "–" : String(v)), "open connections", span),
+               sparkline(points, "tcpReadBytesPerSec", "#bc8cff", bytes, "read", span),
+               sparkline(points, "tcpWriteBytesPerSec", "#39c5cf", bytes, "written", span));
     return c;
   }));
 }
@@ -290,6 +303,13 @@ function proxyVersion(v) {
   return v && v !== "unknown" ? v : el("td", { class: "muted" }, "unknown");
 }
 
+// Whether the control plane's last scrape of the proxy worked: "–" for one it does not
+// scrape (no admin address registered), the error as the cell's title for a failed one.
+function scrapeCell(p, error) {
+  if (!p.admin) return el("td", { class: "muted", title: "no admin address: not scraped" }, "–");
+  return error ? el("td", { class: "bad", title: error }, "✘") : el("td", { class: "ok" }, "✔");
+}
+
 function drawTables(state) {
   table("proxies", ["proxy", "service", "version", "proxy version", "app", "synced", "config",
                     "certificate", "scrape"],
@@ -298,7 +318,7 @@ function drawTables(state) {
       el("td", { class: p.nack ? "bad" : p.synced ? "ok" : "warn" },
          p.nack ? "NACK: " + p.nack : p.synced ? "✔ synced" : "… pending"),
       String(p.configVersion || "–"), certLeft(p.certExpiry, state.time),
-      state.scrapeErrors[p.name] ? el("td", { class: "bad" }, "✘") : "✔"]));
+      scrapeCell(p, state.scrapeErrors[p.name])]));
   // panics: times outlier detection ejected so many endpoints that the destination went
   // into panic (minHealthPercent) and spread traffic over all of them again.
   // denied: requests an AuthorizationPolicy refused (403 not_authorized), at the service's
@@ -311,19 +331,68 @@ function drawTables(state) {
       String(c.ami_authorization_denied)]));
 }
 
-async function refresh() {
-  const status = document.getElementById("status");
+// One refresh at a time, each given up after TIMEOUT_MS: a control plane that accepts and
+// never answers (hung, stopped) must not pile requests up nor leave "updated …" showing. While
+// refreshes fail the page says so and dims the figures it still shows (body data-stale="1"),
+// with the time they are from; the next refresh that works makes it live again.
+const TIMEOUT_MS = 5000;
+let refreshing = false;
+let shownTime = null;  // the state.time of the figures on the page
+
+async function fetchState() {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
   try {
-    const resp = await fetch("/api/v1/dashboard/state", { cache: "no-store" });
-    if (!resp.ok) throw new Error("HTTP " + resp.status);
-    const state = await resp.json();
-    drawGraph(state); drawRoutes(state); drawCanaries(state); drawCharts(state);
-    drawTables(state);
+    const resp = await fetch("/api/v1/dashboard/state", { cache: "no-store", signal: ctl.signal });
+    if (!resp.ok) {  // the API's error shape: {"error": "<words>", "reason": ...}
+      const body = await resp.json().catch(() => null);
+      throw new Error(`HTTP ${resp.status}` + (body && body.error ? `: ${body.error}` : ""));
+    }
+    return await resp.json();
+  } catch (err) {
+    throw ctl.signal.aborted ? new Error(`no answer within ${TIMEOUT_MS / 1000} s`) : err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function stale(words) {
+  const status = document.getElementById("status");
+  const since = shownTime === null ? "" :
+    ` · figures from ${new Date(shownTime * 1000).toLocaleTimeString()}, not live`;
+  status.textContent = words + since;
+  status.className = "bad";
+  document.body.dataset.stale = "1";
+}
+
+async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    let state;
+    try {
+      state = await fetchState();
+    } catch (err) {
+      stale("control plane unreachable: " + err.message);
+      return;
+    }
+    try {
+      drawGraph(state); drawRoutes(state); drawCanaries(state); drawCharts(state);
+      drawTables(state);
+    } catch (err) {
+      stale("could not draw the control plane's answer: " + err.message);
+      console.error(err);
+      return;
+    }
+    shownTime = state.time;
+    const status = document.getElementById("status");
     status.textContent = `updated ${new Date(state.time * 1000).toLocaleTimeString()} · ` +
                          `${state.proxies.length} proxies`;
+    status.className = "muted";
+    delete document.body.dataset.stale;
     document.body.dataset.updated = String(state.time);
-  } catch (err) {
-    status.textContent = "control plane unreachable: " + err.message;
+  } finally {
+    refreshing = false;
   }
 }
 refresh();

@@ -1,0 +1,24 @@
+"""The resource kinds' names: singular, plural, any case. Nothing imported: the CLI's client
+and its command line read these without loading the resource model."""
+
+from __future__ import annotations
+
+KIND_PLURALS: dict[str, str] = {
+    "Route": "routes",
+    "DestinationPolicy": "destinationpolicies",
+    "AuthorizationPolicy": "authorizationpolicies",
+    "RequestAuthentication": "requestauthentications",
+    "PeerAuthentication": "peerauthentications",
+    "MeshConfig": "meshconfigs",
+    "Gateway": "gateways",
+    "ExternalService": "externalservices",
+    "Telemetry": "telemetries",
+    "Sidecar": "sidecars",
+    "Canary": "canaries",
+}
+_KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
+
+
+def kind_for(word: str) -> str | None:
+    """The canonical kind for ``route``, ``routes``, ``Route`` ...; None if unknown."""
+    return _KIND_BY_WORD.get(word.lower())

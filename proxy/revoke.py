@@ -1,0 +1,47 @@
+"""Policies changed: the open connections they no longer allow end (revoking access holds).
+
+An inbound `ami-tcp` connection was authorized as a connection, and a tunnel (a WebSocket, any
+101 upgrade) by the request that opened it; both then carry bytes no policy sees. When a push
+brings new authorization policies (or RequestAuthentication), each is judged again as it was
+admitted, the rate limit aside, and the ones now refused are closed and counted as denials.
+Istio gets there by draining every connection of a changed listener after its drain period;
+here only the connections the change is about end, at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.downstream import DownstreamProtocol
+    from proxy.inbound import InboundPolicy
+    from proxy.listener import Listener
+
+log = logging.getLogger("ami.proxy.inbound")
+
+
+def recheck(listener: Listener, policy: InboundPolicy) -> None:
+    """End the connections of ``listener`` that ``policy`` (just installed) refuses."""
+    if not policy.needed:
+        return  # no policy: everything the listener took is allowed
+    tcp = listener.tcp
+    for p in list(listener.connections):
+        session = p.tcp_session
+        if session is not None:
+            if (tcp is not None and session.upstream is not None and not session.ended
+                    and not policy.authorizes_connection(p.peer_identity, p.peer_service,
+                                                         p.peer_namespace)):
+                log.info("TCP connection from %s ended: no longer authorized", _peer(p))
+                policy.revoked()
+                assert session.on_refuse is not None
+                session.on_refuse("not_authorized")
+            continue
+        ex = p.tunnel_request
+        if ex is not None and (refusal := policy.admit(ex, spend=False)):
+            log.info("%s tunnel from %s ended: %s", ex.path, _peer(p), refusal[0])
+            p.end_tunnel(refusal[0])  # (recorded with it when it closes)
+
+
+def _peer(p: DownstreamProtocol) -> str:
+    return p.peer_identity or p.client_ip.decode("ascii", "replace")

@@ -1,0 +1,84 @@
+"""`meshctl` loads only the module of the command it runs: everyday commands start without the
+demo's and the control plane's libraries (aiohttp, grpc, cryptography), and the table that
+says which module adds which command is what the modules register."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import meshctl.commands
+from meshctl.cli import COMMAND_MODULES, build_parser
+
+HEAVY = ("aiohttp", "grpc", "cryptography", "opentelemetry", "prometheus_client")
+EVERYDAY = ("stat", "edges", "routes", "top", "tap", "check", "dashboard", "get", "apply",
+            "delete", "describe", "shift", "proxy-status", "proxy-config", "version", "diff",
+            "validate", "schema", "canary", "bug-report", "completion")
+
+
+def test_the_table_names_the_module_that_adds_each_command() -> None:
+    registered: dict[str, str] = {}
+    for info in pkgutil.iter_modules(meshctl.commands.__path__):
+        module = importlib.import_module(f"meshctl.commands.{info.name}")
+        add = getattr(module, "add_parser", None)
+        if add is not None:
+            subparsers = argparse.ArgumentParser().add_subparsers()
+            add(subparsers)
+            registered.update(dict.fromkeys(subparsers.choices, info.name))
+    assert registered == COMMAND_MODULES
+
+
+def loaded_by(argv: list[str]) -> list[str]:
+    """The heavy packages loaded by building the parser for ``argv``, in a fresh interpreter."""
+    code = ("import json, sys; from meshctl.cli import build_parser; "
+            f"build_parser({argv!r}); "
+            f"print(json.dumps([h for h in {HEAVY!r} if h in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    loaded: list[str] = json.loads(out.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize("command", EVERYDAY)
+def test_an_everyday_command_loads_no_heavy_library(command: str) -> None:
+    assert loaded_by([command]) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["--control-plane", "http://127.0.0.1:1", "stat"],
+    ["--control-plane=http://127.0.0.1:1", "stat"],
+    ["--control", "http://127.0.0.1:1", "--ca-file", "x.pem", "stat", "reviews"],
+])
+def test_global_options_before_the_command_are_read_as_the_full_parser_reads_them(
+        argv: list[str]) -> None:
+    parser = build_parser(argv)
+    assert parser.parse_args(argv).command == "stat"
+    assert loaded_by(argv) == []
+
+
+def test_help_and_an_unknown_command_see_every_command() -> None:
+    """(They build the whole parser: the heavy commands are among those listed.)"""
+    listing = subprocess.run([sys.executable, "-m", "meshctl", "--help"], capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0
+    assert all(command in listing.stdout for command in COMMAND_MODULES)
+    unknown = subprocess.run([sys.executable, "-m", "meshctl", "stats"], capture_output=True,
+                             text=True, timeout=60)
+    assert unknown.returncode == 2
+    assert "invalid choice: 'stats'" in unknown.stderr and "'demo'" in unknown.stderr
+    assert loaded_by(["--help"]) != []  # (the demo's own libraries: it lists demo too)
+
+
+def test_the_command_runs_through_main() -> None:
+    """`meshctl schema Route` (no control plane needed) prints the schema: the parser built
+    for one command dispatches to it."""
+    out = subprocess.run([sys.executable, "-m", "meshctl", "schema", "Route"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["title"]
