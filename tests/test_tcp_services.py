@@ -6,6 +6,7 @@ both sidecars."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -36,8 +37,10 @@ class TcpMesh(Mesh):
             self.db[version] = self.sidecar("db", version, app=app.info["address"], extra=[
                 "--app-protocol", "tcp", "--app-probe", "none", "--access-log", "on"])
         self.local = free_port()
+        self.nosuch = free_port()  # a --tcp-upstream port for a name that is no TCP service
         self.web = self.sidecar("web", extra=[
-            "--tcp-upstream", f"127.0.0.1:{self.local}=db:5432", "--access-log", "on"])
+            "--tcp-upstream", f"127.0.0.1:{self.local}=db:5432",
+            "--tcp-upstream", f"127.0.0.1:{self.nosuch}=nosuch:1", "--access-log", "on"])
         wait_for(self.db_is_tcp, 20, "db published as a TCP service with both endpoints")
         return self
 
@@ -203,17 +206,41 @@ def test_an_idle_connection_is_closed_at_both_apps(mesh: TcpMesh) -> None:
 @pytest.mark.usefixtures("short_idle_timeout")
 def test_traffic_keeps_a_connection_open_past_the_idle_timeout(mesh: TcpMesh) -> None:
     """A byte echoed every 50 ms keeps the connection for four idle timeouts of 500 ms: every
-    byte comes back and the server's count at the end has them all."""
+    byte comes back and the server's count at the end has them all.
+
+    A close that came 500 ms or more after the last echoed byte was sent may be the timeout's
+    due (a loaded machine that stalled a sidecar or this client that long): that run proves
+    nothing and is repeated; a close sooner than that fails the test."""
+    for _ in range(5):
+        if echoed_past_the_idle_timeout(mesh, idle=0.5):
+            return
+    raise AssertionError("no run kept its connection busy (a byte every 0.5 s) in 5")
+
+
+def echoed_past_the_idle_timeout(mesh: TcpMesh, idle: float) -> bool:
+    """One run of the test above; False when its connection closed at least ``idle`` after
+    the last byte that came back was sent."""
+    last = time.monotonic()  # (the banner, the connection's first byte, moved after this)
     with mesh.connect() as sock:
         banner(sock)
-        sent, end = 0, time.monotonic() + 2.0
+        sent, end = 0, time.monotonic() + 4 * idle
         while time.monotonic() < end:
-            sock.sendall(b"x")
-            assert sock.recv(1) == b"x"
-            sent += 1
+            at = time.monotonic()
+            try:
+                sock.sendall(b"x")
+                echo = sock.recv(1)
+            except (ConnectionResetError, BrokenPipeError):
+                echo = b""
+            if echo != b"x":
+                assert time.monotonic() - last >= idle, (
+                    f"closed {time.monotonic() - last:.3f} s after the last echoed byte was "
+                    f"sent ({echo!r} after {sent} bytes)")
+                return False
+            sent, last = sent + 1, at
             time.sleep(0.05)  # the traffic's pace, not a wait for something to happen
         sock.shutdown(socket.SHUT_WR)
         assert read_to_eof(sock) == b"bye %d\n" % sent
+    return True
 
 
 ALLOW_OTHER = """\
@@ -273,6 +300,36 @@ def test_authorization_allows_and_denies_by_source_service(mesh: TcpMesh) -> Non
     with mesh.connect() as sock:
         banner(sock)
     assert v2_port != app_port
+
+
+def test_revoking_access_ends_the_open_connections_it_no_longer_allows(mesh: TcpMesh) -> None:
+    """An open connection stays open through a push whose policies still let it through, and
+    ends when one no longer does (as a new one is refused): db's sidecar counts it as a denial
+    and closes it `not_authorized`, and the app sees the FIN."""
+    with mesh.connect() as sock:
+        name = banner(sock).removeprefix("db-")
+        app_port = int(mesh.apps[name].info["address"].rsplit(":", 1)[1])
+        sidecar, app = mesh.db[name], mesh.apps[name]
+        eofs = app.output().count("eof ")
+        try:
+            mesh.apply(ALLOW_OTHER % ("web", app_port))  # still allowed: untouched
+            sock.sendall(b"still here\n")
+            assert read_line(sock) == b"still here\n"
+            denied = metric_value(mesh.metrics(sidecar), "ami_authorization_denied_total",
+                                  destination_service="db")
+            mesh.apply(DENY_GET_FROM_WEB)  # (its methods do not apply to connections)
+            assert read_to_eof(sock) == b""  # within the socket's timeout: the push ended it
+        finally:
+            mesh.delete_policy("db-deny")
+            mesh.delete_policy("db-access")
+    assert metric_value(mesh.metrics(sidecar), "ami_authorization_denied_total",
+                        destination_service="db") == denied + 1
+    wait_for(lambda: app.output().count("eof ") > eofs, TIMEOUT, "the server saw the FIN")
+    wait_for(lambda: metric_value(mesh.metrics(sidecar), "ami_tcp_connections_closed_total",
+                                  reporter="destination", response_flags="not_authorized") >= 1,
+             TIMEOUT, "db's sidecar counted the connection it ended")
+    with mesh.connect() as sock:  # access given back: new connections pass again
+        banner(sock)
 
 
 RATE_LIMIT = """\
@@ -445,3 +502,64 @@ def test_an_endpoint_whose_app_is_down_is_failed_over(mesh: TcpMesh) -> None:
                                   reporter="source",
                                   response_flags="upstream_connect_failure") >= 1,
              TIMEOUT, "the failure counted on web")
+
+
+def test_a_connection_to_no_tcp_service_is_counted(mesh: TcpMesh) -> None:
+    """A --tcp-upstream port whose name is no TCP service: its connections are closed and
+    counted under that name with `no_route`, as docs/traffic.md says (not only logged)."""
+    with socket.create_connection(("127.0.0.1", mesh.nosuch), timeout=TIMEOUT) as sock:
+        assert read_to_eof(sock) == b""  # closed without a byte
+    labels = {"reporter": "source", "source_workload": "web", "destination_service": "nosuch"}
+
+    def counted() -> bool:
+        text = mesh.metrics(mesh.web)
+        # (opened carries the flags known at the open, as Istio's: none yet)
+        return (metric_value(text, "ami_tcp_connections_opened_total", **labels) >= 1
+                and metric_value(text, "ami_tcp_connections_closed_total",
+                                 response_flags="no_route", **labels) >= 1)
+    wait_for(counted, TIMEOUT, "the refused connection counted")
+
+
+def test_an_app_leaving_while_its_connection_is_made_is_counted_by_both_sidecars(
+        mesh: TcpMesh) -> None:
+    """Apps that reset their connection at once, while the caller's sidecar is still
+    connecting to db: each connection db's sidecar counts, web's counts too."""
+    def opened() -> tuple[float, float]:
+        web = metric_value(mesh.metrics(mesh.web), "ami_tcp_connections_opened_total",
+                           reporter="source", destination_service="db")
+        db = sum(metric_value(mesh.metrics(p), "ami_tcp_connections_opened_total",
+                              reporter="destination", source_workload="web")
+                 for p in mesh.db.values())
+        return web, db
+
+    web_before, db_before = opened()
+
+    def resets_reaching_db() -> bool:
+        """Ten resets; whether any reached db: a reset web reads before it starts connecting
+        is counted by neither, and on a loaded machine all ten may be (CI)."""
+        for _ in range(10):
+            sock = mesh.connect()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, at once
+        try:
+            wait_for(lambda: opened()[1] > db_before, 2, "db to count one")
+        except AssertionError:
+            return False
+        return True
+
+    wait_for(resets_reaching_db, 3 * TIMEOUT, "a reset connection reaching db")
+
+    def all_ended() -> bool:
+        """Every session over on both sidecars: web counts a connection when it ends, db when
+        the caller's hello arrives."""
+        web = metric_value(mesh.metrics(mesh.web), "ami_downstream_connections_active",
+                           listener="tcp_upstream")
+        db = sum(metric_value(mesh.metrics(p), "ami_downstream_connections_active",
+                              listener="inbound") for p in mesh.db.values())
+        return web == 0 and db == 0
+    wait_for(all_ended, TIMEOUT, "every connection ended on both sidecars")
+    # web counts a connection once it chose an endpoint (docs/observability.md), db once the
+    # hello arrived: a reset during web's handshake with db is web's alone (seen in CI,
+    # 10 against 9), but none of db's may be missing from web's.
+    web, db = opened()
+    assert web - web_before >= db - db_before > 0, (web - web_before, db - db_before)
