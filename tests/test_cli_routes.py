@@ -259,7 +259,11 @@ def test_a_short_window_is_still_widened_and_a_long_one_cut(mesh: Mesh) -> None:
     """Positive windows outside 1 s to 10 min are taken to the nearest end, as before."""
     assert _strict_json(_api(mesh, "stat?window=0.001")[1])["window"] == 1.0
     assert _strict_json(_api(mesh, "stat?window=2h")[1])["window"] == 600.0
-    assert _api(mesh, "sync?timeout=0")[0] == 200  # (timeout 0: just ask, as bugreport does)
+    # timeout 0: just ask, as bugreport does: the answer is the state now (a proxy still taking
+    # an earlier push makes it a 504 naming it, as CI saw), never a refused parameter
+    status, raw = _api(mesh, "sync?timeout=0")
+    body = _strict_json(raw)
+    assert (status, body["synced"]) in ((200, True), (504, False)), (status, body)
 
 
 @pytest.mark.parametrize("args", [("stat", "--window", "nan"), ("stat", "--window", "abc"),
