@@ -4,6 +4,8 @@ An inbound `ami-tcp` connection was authorized as a connection, and a tunnel (a 
 101 upgrade) by the request that opened it; both then carry bytes no policy sees. When a push
 brings new authorization policies (or RequestAuthentication), each is judged again as it was
 admitted, the rate limit aside, and the ones now refused are closed and counted as denials.
+An upgrade still awaiting its 101 is judged with them; a TCP connection without its hello yet
+is judged at the hello, by the policies then in force (proxy.tcpinbound).
 Istio gets there by draining every connection of a changed listener after its drain period;
 here only the connections the change is about end, at once.
 """

@@ -1,9 +1,10 @@
 """Revoking access holds for open connections: a WebSocket admitted by one policy through a
 real PERMISSIVE sidecar (static mode) ends when a reload brings policies that refuse the
-request that opened it, and stays open through one that still allows it; HTTP/1.1 and HTTP/2
-keep-alive connections meet the new policies at their next request, and an open HTTP/2
-connection does not stop the push. (The same for a TCP service's connections in the mesh:
-tests/test_tcp_services.py.)"""
+request that opened it, and stays open through one that still allows it; so does an upgrade
+still waiting for the app's 101, and a TCP connection whose hello comes after the reload
+meets the new policies; HTTP/1.1 and HTTP/2 keep-alive connections meet them at their next
+request, and an open HTTP/2 connection does not stop the push. (The same for a TCP service's
+established connections in the mesh: tests/test_tcp_services.py.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.tcpwire import HEADER, PREAMBLE, first_frame
 from tests.h2app import H2Client
-from tests.proxyharness import ProxyProcess, free_port, get, metric_value, read_response
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    RawBackend,
+    eventually,
+    free_port,
+    get,
+    metric_value,
+    read_response,
+)
+from tests.tcpapp import start_tcp_app
 from tests.test_mtls_static import mesh_ca, mint, start_proxy
 from tests.test_proxy_reload import wait_reloads
+from tests.test_tcp_hostile import unread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,11 +56,11 @@ async def denied(proxy: ProxyProcess) -> float:
                         destination_service="reviews")
 
 
-async def recorded_as_revoked(proxy: ProxyProcess) -> None:
+async def recorded_as_revoked(proxy: ProxyProcess, code: str = "101") -> None:
     """Wait (10 s at most) for the tunnel's count with the reason it was ended for."""
     deadline = time.monotonic() + 10
     while (seen := metric_value(await proxy.metrics(), "ami_requests_total",
-                                response_code="101", response_flags="not_authorized")) != 1:
+                                response_code=code, response_flags="not_authorized")) != 1:
         assert time.monotonic() < deadline, (seen, await proxy.metrics())
         await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
 
@@ -140,3 +153,77 @@ async def test_a_websocket_is_revoked_while_an_http2_connection_is_open(
     finally:
         proxy.stop()
 
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: reviews\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_an_upgrade_awaiting_its_101_is_revoked_too(tmp_path: Path,
+                                                          backends: Backends) -> None:
+    """The WebSocket's request was admitted and the app has not answered it yet when a reload
+    refuses it: the connection ends then, and the 101 that comes later opens no tunnel (it
+    once did, never judged again)."""
+    release = asyncio.Event()
+    heads: list[bytes] = []
+
+    async def late_101(backend: RawBackend, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await release.wait()
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n\r\nfrom the app")
+        await writer.drain()
+        await reader.read()  # (held open until the proxy closes its side)
+
+    app = backends.raw(late_101)
+    port = free_port()
+    proxy = start_proxy(tmp_path / "reviews", mint(mesh_ca(tmp_path / "ca"), "reviews"), {
+        "node": {"service": "reviews"}, "app": f"127.0.0.1:{app.port}",
+        "mesh": {"mtls": "PERMISSIVE"}, "inbound": {"authorization": allow("/ws", "/open/*")}},
+        inbound=port, extra=("--log-level", "INFO"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        before = await denied(proxy)
+        writer.write(UPGRADE)
+        await writer.drain()
+        await eventually(lambda: heads, 10, what="the upgrade to reach the app")
+        reload_with(proxy, allow("/open/*"))
+        await wait_reloads(proxy, "applied", 1)
+        backends.loop.call_soon_threadsafe(release.set)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing relayed
+        assert await denied(proxy) == before + 1
+        assert "/ws tunnel from 127.0.0.1 ended: not_authorized" in proxy.stderr()
+        await recorded_as_revoked(proxy, code="0")  # (no response: none was sent)
+    finally:
+        writer.close()
+        backends.loop.call_soon_threadsafe(release.set)
+        proxy.stop()
+
+
+async def test_a_tcp_connection_whose_hello_comes_after_the_push_meets_the_new_policies(
+        tmp_path: Path) -> None:
+    """A plaintext `ami-tcp` connection taken over (its preamble read) before a reload that
+    refuses every connection, its hello after: refused `not_authorized` (it was once judged
+    by the policies of its handshake, and the push had no session to end yet)."""
+    app = start_tcp_app(tmp_path, "db")
+    port = free_port()
+    app_port = int(app.info["address"].rsplit(":", 1)[1])
+    proxy = start_proxy(tmp_path / "db", mint(mesh_ca(tmp_path / "ca"), "db"), {
+        "node": {"service": "db"}, "app": app.info["address"], "appProtocol": "tcp",
+        "mesh": {"mtls": "PERMISSIVE"}, "inbound": {}}, inbound=port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PREAMBLE)
+        await writer.drain()
+        here = writer.get_extra_info("sockname")[1]
+        await eventually(lambda: unread(port, here) == 0, 10, what="the preamble read")
+        reload_with(proxy, [{"action": "DENY", "rules": [{"to": [{"ports": [app_port]}]}]}])
+        await wait_reloads(proxy, "applied", 1)
+        writer.write(first_frame(b"v1"))
+        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(4), 10))
+        assert await asyncio.wait_for(reader.readexactly(length), 10) == b"not_authorized"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+        proxy.stop()
+        app.stop()
