@@ -29,20 +29,32 @@ def recheck(listener: Listener, policy: InboundPolicy) -> None:
         return  # no policy: everything the listener took is allowed
     tcp = listener.tcp
     for p in list(listener.connections):
-        session = p.tcp_session
-        if session is not None:
-            if (tcp is not None and session.upstream is not None and not session.ended
-                    and not policy.authorizes_connection(p.peer_identity, p.peer_service,
-                                                         p.peer_namespace)):
-                log.info("TCP connection from %s ended: no longer authorized", _peer(p))
-                policy.revoked()
-                assert session.on_refuse is not None
-                session.on_refuse("not_authorized")
-            continue
-        ex = p.tunnel_request
-        if ex is not None and (refusal := policy.admit(ex, spend=False)):
-            log.info("%s tunnel from %s ended: %s", ex.path, _peer(p), refusal[0])
-            p.end_tunnel(refusal[0])  # (recorded with it when it closes)
+        try:
+            _judge(p, policy, tcp is not None)
+        except Exception:
+            # The push is half applied by now (the routers are swapped) and the connections
+            # after this one are still to be judged: a bug here costs this connection only,
+            # closed unjudged rather than left open past a revocation.
+            log.exception("judging a connection again failed: closing it")
+            if p.transport is not None:
+                p.transport.abort()
+
+
+def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> None:
+    session = p.tcp_session
+    if session is not None:
+        if (takes_tcp and session.upstream is not None and not session.ended
+                and not policy.authorizes_connection(p.peer_identity, p.peer_service,
+                                                     p.peer_namespace)):
+            log.info("TCP connection from %s ended: no longer authorized", _peer(p))
+            policy.revoked()
+            assert session.on_refuse is not None
+            session.on_refuse("not_authorized")
+        return
+    ex = p.tunnel_request
+    if ex is not None and (refusal := policy.admit(ex, spend=False)):
+        log.info("%s tunnel from %s ended: %s", ex.path, _peer(p), refusal[0])
+        p.end_tunnel(refusal[0])  # (recorded with it when it closes)
 
 
 def _peer(p: DownstreamProtocol) -> str:

@@ -18,6 +18,9 @@ import aiohttp
 import pytest
 import yaml
 
+from proxy.config import Address, Snapshot
+from proxy.inbound import InboundPolicy
+from proxy.server import ProxyOptions, ProxyServer
 from proxy.tcpwire import HEADER, PREAMBLE, first_frame
 from tests.h2app import H2Client
 from tests.proxyharness import (
@@ -227,3 +230,36 @@ async def test_a_tcp_connection_whose_hello_comes_after_the_push_meets_the_new_p
         writer.close()
         proxy.stop()
         app.stop()
+
+
+async def test_a_connection_that_cannot_be_judged_again_is_closed_and_the_push_applies(
+        echo: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while judging an open connection again (here the policy raises) costs that
+    connection, closed rather than left open unjudged, and not the push: it once raised out
+    of `apply` after the routers were swapped (half applied, NACKed, the rest not judged)."""
+    port = free_port()
+    server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", port)}))
+
+    def push(version: str, policies: list[dict[str, Any]]) -> None:
+        server.apply(Snapshot.from_dict({
+            "version": version, "node": {"service": "reviews"}, "app": f"127.0.0.1:{echo}",
+            "mesh": {"mtls": "DISABLE"}, "inbound": {"authorization": policies}}))
+
+    push("v1", allow("/ws"))
+    await server.start_listeners()
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}/ws", headers={"Host": "reviews"}) as ws:
+            assert (await ws.receive_str(timeout=10)) == "hello from backend"
+
+            def broken(self: InboundPolicy, ex: Any, spend: bool = True) -> None:
+                raise RuntimeError("a bug judging a tunnel")
+
+            monkeypatch.setattr(InboundPolicy, "admit", broken)
+            push("v2", allow("/ws", "/open/*"))
+            assert server.snapshot is not None and server.snapshot.version == "v2"
+            message = await ws.receive(timeout=10)  # the close, not the timeout
+            assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE,
+                                    aiohttp.WSMsgType.ERROR), message
+    finally:
+        await server.shutdown(deadline=1.0)
