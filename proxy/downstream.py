@@ -552,6 +552,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         (which then says `connection: close`); no further request is read."""
         self.plaintext_refused = True
         self.draining = True
+        session = self.tcp_session
+        if session is not None:
+            if not session.labels:  # a TCP connection whose hello has not come: admitted to
+                session.close()  # nothing yet, so idle (a hello after the switch got in)
+            return  # one admitted runs to the grace, as a stream does
         if self.current is None and self._tunnel is None and self._tunnel_preamble is None:
             self._close()
 

@@ -25,10 +25,12 @@ from h2.errors import ErrorCodes
 from meshctl.ca import CertificateAuthority, init_ca
 from proxy.config import Address, Snapshot
 from proxy.server import ProxyOptions, ProxyServer
+from proxy.tcpwire import PREAMBLE, first_frame
 from tests.h2app import H2Client, H2Server
 from tests.proxyharness import (
     Backends,
     Message,
+    RawBackend,
     echo_app,
     eventually,
     free_port,
@@ -36,6 +38,7 @@ from tests.proxyharness import (
     read_response,
 )
 from tests.test_mtls_static import client_ctx, mint, sid
+from tests.test_tcp_hostile import unread
 
 DEADLINE = 10.0
 FRAME_HEAD = struct.Struct(">IBBI")  # an HTTP/2 frame header, its 24-bit length padded
@@ -258,6 +261,40 @@ async def test_plaintext_http2_stream_opened_after_strict_is_refused(pair: Pair)
     finally:
         writer.close()
         await app.stop()
+
+
+async def test_a_plaintext_tcp_connection_without_its_hello_is_closed_at_the_switch(
+        pair: Pair) -> None:
+    """A plaintext `ami-tcp` connection whose preamble was read under PERMISSIVE but whose
+    hello had not come has been admitted to nothing: it is closed at the switch, as an idle
+    HTTP connection is, and a hello sent after it opens no connection to the app (it once
+    did, carrying bytes until the grace)."""
+    accepted: list[int] = []
+
+    async def banner(backend: RawBackend, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.write(b"hello from db\n")
+        await reader.read()
+
+    pair.app, pair.app_protocol = pair.backends.raw(banner).port, "tcp"
+    pair.push_reviews("PERMISSIVE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        writer.write(PREAMBLE)
+        await writer.drain()
+        here = writer.get_extra_info("sockname")[1]
+        await eventually(lambda: unread(pair.inbound, here) == 0, DEADLINE,
+                         what="the preamble read")
+        pair.push_reviews("STRICT")
+        writer.write(first_frame(b"v1"))
+        try:  # closed without an answer (reset, when the hello met the close)
+            assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        writer.close()
+    assert accepted == []
 
 
 async def test_outbound_stops_reusing_plaintext_connections_once_mtls_is_on(pair: Pair) -> None:
