@@ -263,3 +263,37 @@ async def test_a_connection_that_cannot_be_judged_again_is_closed_and_the_push_a
                                     aiohttp.WSMsgType.ERROR), message
     finally:
         await server.shutdown(deadline=1.0)
+
+
+async def test_a_websocket_through_the_gateway_ends_when_the_gateway_policy_refuses_it(
+        tmp_path: Path, echo: int) -> None:
+    """The gateway's listener is judged again as a sidecar's: a WebSocket entering through it
+    ends when a reload brings a policy selecting the gateway that refuses its request, while
+    its keep-alive HTTP connection meets the policy at its next request."""
+    proxy = ProxyProcess(tmp_path, {"shop": [echo]}, args=("--mode", "gateway"))
+    port = proxy.listen_as_gateway([{"destination": "shop"}])
+    config = yaml.safe_load(proxy.config.read_text())
+    config["inbound"] = {"authorization": []}
+    proxy.config.write_text(yaml.safe_dump(config))
+    proxy.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}/ws", headers={"Host": "shop.example.com"}) as ws:
+            assert (await ws.receive_str(timeout=10)) == "hello from backend"
+            writer.write(get("shop.example.com", "/private"))
+            assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
+            # the snapshot's node is `client` (tests.proxyharness): the gateway's service
+            reload_with(proxy, [{"selector": {"service": "client"}, "action": "DENY",
+                                 "rules": [{"to": [{"paths": ["/ws", "/private"]}]}]}])
+            await wait_reloads(proxy, "applied", 1)
+            message = await ws.receive(timeout=10)  # the close, not the timeout
+            assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE,
+                                    aiohttp.WSMsgType.ERROR), message
+            writer.write(get("shop.example.com", "/private"))
+            refused = await asyncio.wait_for(read_response(reader), 10)
+            assert (refused.status, refused.header("x-ami-reason")) == (403, "not_authorized")
+        await recorded_as_revoked(proxy)
+    finally:
+        writer.close()
+        proxy.stop()
