@@ -9,14 +9,18 @@ established connections in the mesh: tests/test_tcp_services.py.)"""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from proxy.config import Address, Snapshot
 from proxy.inbound import InboundPolicy
@@ -296,4 +300,71 @@ async def test_a_websocket_through_the_gateway_ends_when_the_gateway_policy_refu
         await recorded_as_revoked(proxy)
     finally:
         writer.close()
+        proxy.stop()
+
+
+IDP = "https://idp.test"
+
+
+def jwt_setup(tmp_path: Path, echo: int,
+              policies: list[dict[str, Any]]) -> tuple[ProxyProcess, int, Any]:
+    """A PERMISSIVE sidecar taking RS256 tokens of IDP (not forwarded to the app, the
+    default), with ``policies``; its inbound port and the signing key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk["kid"] = "k1"
+    port = free_port()
+    proxy = start_proxy(tmp_path / "reviews", mint(mesh_ca(tmp_path / "ca"), "reviews"), {
+        "node": {"service": "reviews"}, "app": f"127.0.0.1:{echo}",
+        "mesh": {"mtls": "PERMISSIVE"}, "inbound": {
+            "authentication": [{"jwtRules": [{"issuer": IDP,
+                                              "jwks": json.dumps({"keys": [jwk]})}]}],
+            "authorization": policies}}, inbound=port)
+    return proxy, port, key
+
+
+def bearer(key: Any, sub: str) -> dict[str, str]:
+    token = jwt.encode({"iss": IDP, "sub": sub, "exp": int(time.time()) + 600}, key,
+                       algorithm="RS256", headers={"kid": "k1"})
+    return {"Host": "reviews", "Authorization": f"Bearer {token}"}
+
+
+async def test_a_websocket_ends_when_a_deny_names_the_principal_of_its_token(
+        tmp_path: Path, echo: int) -> None:
+    """A WebSocket opened with mallory's JWT ends when a reload brings a DENY of her request
+    principal: judged again with its token, as it arrived (the sidecar had removed the
+    token from the request it forwarded, and it was judged again without one: left open)."""
+    proxy, port, key = jwt_setup(tmp_path, echo, [])
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}/ws", headers=bearer(key, "mallory")) as ws:
+            assert (await ws.receive_str(timeout=10)) == "hello from backend"
+            reload_with(proxy, [{"action": "DENY", "rules": [
+                {"from": [{"requestPrincipals": [f"{IDP}/mallory"]}]}]}])
+            await wait_reloads(proxy, "applied", 1)
+            message = await ws.receive(timeout=10)  # the close, not the timeout
+            assert message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE,
+                                    aiohttp.WSMsgType.ERROR), message
+        await recorded_as_revoked(proxy)
+    finally:
+        proxy.stop()
+
+
+async def test_a_websocket_whose_token_a_policy_requires_outlives_unrelated_pushes(
+        tmp_path: Path, echo: int) -> None:
+    """A WebSocket admitted for its JWT (an ALLOW of any request principal) stays open
+    through a reload that changes something else (it was judged again without its token,
+    and closed)."""
+    require = {"action": "ALLOW", "rules": [{"from": [{"requestPrincipals": ["*"]}]}]}
+    proxy, port, key = jwt_setup(tmp_path, echo, [require])
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{port}/ws", headers=bearer(key, "alice")) as ws:
+            assert (await ws.receive_str(timeout=10)) == "hello from backend"
+            reload_with(proxy, [require, {"action": "DENY", "rules": [
+                {"to": [{"paths": ["/other"]}]}]}])
+            await wait_reloads(proxy, "applied", 1)
+            await ws.send_str("still here")
+            assert (await ws.receive_str(timeout=10)) == "echo:still here"
+    finally:
         proxy.stop()
