@@ -465,13 +465,22 @@ class DownstreamProtocol(asyncio.BaseProtocol):
 
     @property
     def tunnel_request(self) -> Exchange | None:
-        """The request whose upgrade (or CONNECT) opened the tunnel open now, if any."""
-        return self._tunnel_ex if self._tunnel is not None else None
+        """The request whose upgrade (or CONNECT) opened the tunnel open now, or is opening
+        one: admitted, its upstream's answer still awaited (the tunnel would start with it)."""
+        if self._tunnel is not None:
+            return self._tunnel_ex
+        ex = self.current
+        if (self._tunnel_preamble is None or ex is None
+                or not (ex.upgrade or ex.method == b"CONNECT")):
+            return None  # (a request in flight before a pipelined upgrade is no tunnel's)
+        return ex
 
     def end_tunnel(self, reason: str) -> None:
-        """Close the tunnel and the client's connection, recorded with ``reason``."""
+        """Close the tunnel (or the upgrade awaiting its answer) and the client's connection,
+        recorded with ``reason``."""
         if self._tunnel_ex is not None:
             self._tunnel_ex.flags = reason
+        self.lost_reason = reason  # what an upgrade still in flight is recorded with
         tunnel, self._tunnel = self._tunnel, None
         if tunnel is not None:
             tunnel.close()
@@ -543,6 +552,11 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         (which then says `connection: close`); no further request is read."""
         self.plaintext_refused = True
         self.draining = True
+        session = self.tcp_session
+        if session is not None:
+            if not session.labels:  # a TCP connection whose hello has not come: admitted to
+                session.close()  # nothing yet, so idle (a hello after the switch got in)
+            return  # one admitted runs to the grace, as a stream does
         if self.current is None and self._tunnel is None and self._tunnel_preamble is None:
             self._close()
 

@@ -173,6 +173,10 @@ class H2DownstreamProtocol(asyncio.Protocol):
     """An HTTP/2 client connection: streams in, exchanges out, flow control both ways."""
 
     lost_reason = "downstream_disconnect"  # (as DownstreamProtocol's)
+    # Read of every connection of a listener (proxy.revoke, Listener.refuse_plaintext):
+    # HTTP/2 carries no TCP service's bytes and no tunnel (extended CONNECT is not offered).
+    tcp_session = None
+    tunnel_request = None
 
     def __init__(self, listener: Listener, h1: DownstreamProtocol) -> None:
         self.listener = listener

@@ -10,6 +10,7 @@ else reaches this point (the TLS handshake refused it).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,16 @@ def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
                 if len(n) == len(key) and n.lower().replace(b"_", b"-") == key]
 
     return values
+
+
+def _as_it_arrived(ex: Exchange) -> Exchange:
+    """A copy of a tunnel's request to judge again: its head as it arrived (its `arrived`
+    slot, set when authentication was to edit it), the tunnel's own left as forwarded."""
+    view = copy.copy(ex)
+    arrived = getattr(ex, "arrived", None)  # (unset: admitted without authentication)
+    if arrived is not None:
+        view.headers, view.query, view.target = arrived
+    return view
 
 
 class InboundPolicy:
@@ -98,9 +109,15 @@ class InboundPolicy:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
         asked (a request admitted before, judged again: proxy.revoke)."""
         conn = ex.downstream
+        if not spend:
+            ex = _as_it_arrived(ex)
         principal: str | None = None
         claims = None
         if self.authn is not None:
+            if spend and (ex.upgrade or ex.method == b"CONNECT"):
+                # A tunnel's request is judged again at pushes (proxy.revoke), as it came:
+                # authenticate removes its token from what is forwarded.
+                ex.arrived = (ex.headers, ex.query, ex.target)
             try:
                 found = self.authn.authenticate(ex)
             except InvalidToken as err:

@@ -4,6 +4,8 @@ An inbound `ami-tcp` connection was authorized as a connection, and a tunnel (a 
 101 upgrade) by the request that opened it; both then carry bytes no policy sees. When a push
 brings new authorization policies (or RequestAuthentication), each is judged again as it was
 admitted, the rate limit aside, and the ones now refused are closed and counted as denials.
+An upgrade still awaiting its 101 is judged with them; a TCP connection without its hello yet
+is judged at the hello, by the policies then in force (proxy.tcpinbound).
 Istio gets there by draining every connection of a changed listener after its drain period;
 here only the connections the change is about end, at once.
 """
@@ -27,20 +29,32 @@ def recheck(listener: Listener, policy: InboundPolicy) -> None:
         return  # no policy: everything the listener took is allowed
     tcp = listener.tcp
     for p in list(listener.connections):
-        session = p.tcp_session
-        if session is not None:
-            if (tcp is not None and session.upstream is not None and not session.ended
-                    and not policy.authorizes_connection(p.peer_identity, p.peer_service,
-                                                         p.peer_namespace)):
-                log.info("TCP connection from %s ended: no longer authorized", _peer(p))
-                policy.revoked()
-                assert session.on_refuse is not None
-                session.on_refuse("not_authorized")
-            continue
-        ex = p.tunnel_request
-        if ex is not None and (refusal := policy.admit(ex, spend=False)):
-            log.info("%s tunnel from %s ended: %s", ex.path, _peer(p), refusal[0])
-            p.end_tunnel(refusal[0])  # (recorded with it when it closes)
+        try:
+            _judge(p, policy, tcp is not None)
+        except Exception:
+            # The push is half applied by now (the routers are swapped) and the connections
+            # after this one are still to be judged: a bug here costs this connection only,
+            # closed unjudged rather than left open past a revocation.
+            log.exception("judging a connection again failed: closing it")
+            if p.transport is not None:
+                p.transport.abort()
+
+
+def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> None:
+    session = p.tcp_session
+    if session is not None:
+        if (takes_tcp and session.upstream is not None and not session.ended
+                and not policy.authorizes_connection(p.peer_identity, p.peer_service,
+                                                     p.peer_namespace)):
+            log.info("TCP connection from %s ended: no longer authorized", _peer(p))
+            policy.revoked()
+            assert session.on_refuse is not None
+            session.on_refuse("not_authorized")
+        return
+    ex = p.tunnel_request
+    if ex is not None and (refusal := policy.admit(ex, spend=False)):
+        log.info("%s tunnel from %s ended: %s", ex.path, _peer(p), refusal[0])
+        p.end_tunnel(refusal[0])  # (recorded with it when it closes)
 
 
 def _peer(p: DownstreamProtocol) -> str:

@@ -64,6 +64,10 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
                 target.version if target is not None else "unknown", p.security)
 
     def hello(payload: bytes) -> None:
+        nonlocal target
+        # Judged by the policies in force now: a push since the handshake that refuses this
+        # peer found no session to end yet (proxy.revoke skips one without its hello).
+        target = listener.tcp
         # the caller's version label, believed over mTLS only (as HTTP's `x-ami-peer`)
         version = (payload.decode("ascii") if p.peer_identity is not None
                    and _VERSION.fullmatch(payload) else "unknown")

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 
 from meshctl.ca import CertificateAuthority, init_ca
 from proxy.config import Address, Snapshot
 from proxy.server import ProxyOptions, ProxyServer
+from proxy.tcpwire import PREAMBLE, first_frame
+from tests.h2app import H2Client, H2Server
 from tests.proxyharness import (
     Backends,
     Message,
+    RawBackend,
     echo_app,
     eventually,
     free_port,
@@ -31,8 +38,11 @@ from tests.proxyharness import (
     read_response,
 )
 from tests.test_mtls_static import client_ctx, mint, sid
+from tests.test_tcp_hostile import unread
 
 DEADLINE = 10.0
+FRAME_HEAD = struct.Struct(">IBBI")  # an HTTP/2 frame header, its 24-bit length padded
+RST_STREAM = 0x3
 REFUSED = (ConnectionError, asyncio.IncompleteReadError, EOFError)
 
 
@@ -48,14 +58,15 @@ class Pair:
     outbound: int
     app: int
     versions: list[int]
+    app_protocol: str = "auto"
 
     def push_reviews(self, mode: str, own: str | None = None) -> None:
         """The mesh's mode, and reviews' own (a PeerAuthentication's) if ``own``."""
         self.versions[0] += 1
         self.reviews.apply(Snapshot.from_dict({
             "version": f"r{self.versions[0]}", "node": {"service": "reviews"},
-            "app": f"127.0.0.1:{self.app}", "mesh": {"mtls": mode},
-            "inbound": {"mtls": own} if own else {}}))
+            "app": f"127.0.0.1:{self.app}", "appProtocol": self.app_protocol,
+            "mesh": {"mtls": mode}, "inbound": {"mtls": own} if own else {}}))
 
     def push_productpage(self, mode: str, reviews: str | None = None) -> None:
         """The mesh's mode, and that of the reviews service if ``reviews``."""
@@ -195,6 +206,95 @@ async def test_plaintext_stream_is_closed_after_the_grace_period(pair: Pair) -> 
     finally:
         writer.close()
         pair.backends.loop.call_soon_threadsafe(release.set)
+
+
+async def test_plaintext_http2_connection_is_closed_when_inbound_turns_strict(
+        pair: Pair) -> None:
+    """The same for HTTP/2 in plaintext (h2c, prior knowledge): an idle connection admitted
+    under PERMISSIVE is closed at the switch, its next stream never reaches the app."""
+    app = await H2Server("reviews").start()
+    try:
+        pair.app, pair.app_protocol = app.port, "http2"
+        pair.push_reviews("PERMISSIVE")
+        async with H2Client(pair.inbound) as client:
+            assert (await client.request("reviews", "/before")).status == 200
+            pair.push_reviews("STRICT")
+            assert client.task is not None
+            await asyncio.wait_for(client.task, DEADLINE)  # its reader saw the proxy's close
+        assert app.paths() == ["/before"]
+    finally:
+        await app.stop()
+
+
+async def test_plaintext_http2_stream_opened_after_strict_is_refused(pair: Pair) -> None:
+    """A plaintext HTTP/2 connection busy at the switch (a stream in flight) gets GOAWAY: a
+    client that ignores it and opens another stream has it refused (REFUSED_STREAM), and the
+    app never sees it; the one in flight is cut after the grace at most."""
+    app = await H2Server("reviews").start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        pair.app, pair.app_protocol = app.port, "http2"
+        pair.push_reviews("PERMISSIVE")
+        h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        h2.initiate_connection()
+
+        def head(path: str) -> list[tuple[bytes, bytes]]:
+            return [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"reviews"),
+                    (b":path", path.encode())]
+
+        h2.send_headers(1, head("/hang"), end_stream=True)
+        writer.write(h2.data_to_send())
+        await eventually(lambda: app.paths() == ["/hang"], DEADLINE, what="the held stream")
+        pair.push_reviews("STRICT")
+        # Sent before reading anything: as a client that never reads the GOAWAY would.
+        h2.send_headers(3, head("/after"), end_stream=True)
+        writer.write(h2.data_to_send())
+        # Frames read raw: h2's state machine takes nothing after the GOAWAY it ignored.
+        while True:
+            length, kind, _flags, stream = FRAME_HEAD.unpack(
+                b"\0" + await asyncio.wait_for(reader.readexactly(9), DEADLINE))
+            payload = await asyncio.wait_for(reader.readexactly(length), DEADLINE)
+            if kind == RST_STREAM and stream & 0x7FFFFFFF == 3:
+                break
+        assert int.from_bytes(payload, "big") == ErrorCodes.REFUSED_STREAM
+        assert app.paths() == ["/hang"]
+    finally:
+        writer.close()
+        await app.stop()
+
+
+async def test_a_plaintext_tcp_connection_without_its_hello_is_closed_at_the_switch(
+        pair: Pair) -> None:
+    """A plaintext `ami-tcp` connection whose preamble was read under PERMISSIVE but whose
+    hello had not come has been admitted to nothing: it is closed at the switch, as an idle
+    HTTP connection is, and a hello sent after it opens no connection to the app (it once
+    did, carrying bytes until the grace)."""
+    accepted: list[int] = []
+
+    async def banner(backend: RawBackend, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.write(b"hello from db\n")
+        await reader.read()
+
+    pair.app, pair.app_protocol = pair.backends.raw(banner).port, "tcp"
+    pair.push_reviews("PERMISSIVE")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.inbound)
+    try:
+        writer.write(PREAMBLE)
+        await writer.drain()
+        here = writer.get_extra_info("sockname")[1]
+        await eventually(lambda: unread(pair.inbound, here) == 0, DEADLINE,
+                         what="the preamble read")
+        pair.push_reviews("STRICT")
+        writer.write(first_frame(b"v1"))
+        try:  # closed without an answer (reset, when the hello met the close)
+            assert await asyncio.wait_for(reader.read(), DEADLINE) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        writer.close()
+    assert accepted == []
 
 
 async def test_outbound_stops_reusing_plaintext_connections_once_mtls_is_on(pair: Pair) -> None:

@@ -10,6 +10,7 @@ sidecar's inbound listener, as a client outside the mesh would.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.h2app import H2Client
 from tests.helpers_mesh import PYTHON, MeshProcess, free_port, http_get, wait_for
 from tests.meshbuilder import Mesh
 from tests.peerauth_harness import DeclaresPeerAuthentications
@@ -185,6 +187,21 @@ def test_removing_it_cuts_a_plaintext_connection_open_meanwhile(mesh: PeerAuthMe
         conn.close()
     assert mesh.plaintext("legacy") is None
     assert mesh.call("legacy") == (200, b"legacy")
+
+
+async def test_removing_it_cuts_a_plaintext_http2_connection_open_meanwhile(
+        mesh: PeerAuthMesh) -> None:
+    """The same for HTTP/2 in plaintext (h2c, prior knowledge, as a gRPC client outside the
+    mesh): the connection is closed once the sync shows legacy STRICT again."""
+    mesh.declare(peer_auth("legacy", "PERMISSIVE", "legacy"))
+    port = int(mesh.sidecars["legacy"].info["inbound"].rsplit(":", 1)[1])
+    async with H2Client(port) as client:
+        # Served: answered by legacy's sidecar (its app, http.server, answers HTTP/2's preface
+        # without a status line, so the sidecar's answer is 503 upstream_connect_failure).
+        assert (await client.request("legacy", "/", timeout=TIMEOUT)).status in (200, 503)
+        mesh.declare()  # (blocks this loop: what the sidecar sent meanwhile waits unread)
+        assert client.task is not None
+        await asyncio.wait_for(client.task, TIMEOUT)  # its reader met the sidecar's close
 
 
 @pytest.mark.parametrize("docs, expected", [
