@@ -155,3 +155,27 @@ async def test_a_push_keeps_the_buckets_of_unchanged_rules() -> None:
     login3, api3, _ = await decisions(snapshot(renamed), third)
     assert login3.admit.bucket is not login.admit.bucket  # type: ignore[union-attr]
     assert api3.admit.keyed is not api.admit.keyed  # type: ignore[union-attr]
+
+
+def test_the_snapshot_names_a_route_with_a_limited_rule() -> None:
+    """The Route's name is part of a limited rule's identity: the control plane ships it with
+    any rule limited (as with any rule named), so naming another rule later keeps the
+    buckets; a Route with neither keeps its snapshot bytes."""
+    import json
+
+    from meshctl.api.resources import load_documents
+    from meshctl.controlplane.registry import ProxyInfo
+    from meshctl.controlplane.snapshots import SnapshotBuilder
+
+    def routes(rules: str) -> list[dict[str, Any]]:
+        docs = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: frontend}\n"
+                f"spec: {{host: web, rules: {rules}}}\n")
+        web = ProxyInfo(name="web-1", service="web", namespace="default",
+                        labels={"version": "v1"}, inbound="127.0.0.1:9001",
+                        admin="127.0.0.1:1", mode="sidecar", ready=True)
+        built = SnapshotBuilder(load_documents(docs, "t.yaml"), [web]).build(web)
+        return list(json.loads(built.data)["routes"])
+
+    limited = routes("[{backends: [{}], rateLimit: {requestsPerSecond: 1}}]")
+    assert [r.get("name") for r in limited] == ["frontend"]
+    assert [r.get("name") for r in routes("[{backends: [{}], timeout: 1s}]")] == [None]
