@@ -179,3 +179,25 @@ def test_the_snapshot_names_a_route_with_a_limited_rule() -> None:
     limited = routes("[{backends: [{}], rateLimit: {requestsPerSecond: 1}}]")
     assert [r.get("name") for r in limited] == ["frontend"]
     assert [r.get("name") for r in routes("[{backends: [{}], timeout: 1s}]")] == [None]
+
+
+async def test_an_outside_hosts_rule_is_limited_in_the_callers_sidecar() -> None:
+    """An ExternalService host has no sidecar of its own, but a Route rule's limit is the
+    caller's: one bucket for the host's HTTP ports, counted under the host's name."""
+    snap = Snapshot.from_dict({
+        "version": "1", "node": {"service": "web", "labels": {"version": "v1"}},
+        "external": {"api.github.com": {"ports": [{"number": 80, "protocol": "HTTP"},
+                                                  {"number": 8080, "protocol": "HTTP"}]}},
+        "routes": [{"host": "api.github.com", "rules": [
+            {"backends": [{}], "rateLimit": {"requestsPerSecond": 0.01, "burst": 1}}]}],
+    })
+    stats = RequestStats()
+    builder = RouterBuilder(snap, PoolRegistry(asyncio.get_running_loop()), random.Random(1),
+                            lambda blocks: None, DestinationRegistry(stats),
+                            limits=RuleLimits(stats))
+    ports = builder.outbound()._hosts["api.github.com"].ports  # type: ignore[attr-defined]
+    first, second = (ports[p].rules[0][1].admit for p in (80, 8080))
+    assert isinstance(first, RateLimitPolicy) and isinstance(second, RateLimitPolicy)
+    assert first.bucket is second.bucket
+    assert first.labels == (("destination_service", "api.github.com"),)
+    assert first(request()) is None and second(request())[0] == "rate_limited"
