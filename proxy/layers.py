@@ -1,5 +1,5 @@
-"""Route-rule policies compiled once per snapshot: faults, retries, mirroring, header edits,
-rewrites and redirects.
+"""Route-rule policies compiled once per snapshot: rate limits, faults, retries, mirroring,
+header edits, rewrites and redirects.
 
 Each object is attached to a `Decision` only when its rule declares it, so an unconfigured
 policy costs nothing per request (the exchange tests one attribute for None).
@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.rules import GRPC_RETRY_ON
 from proxy.policy.backoff import Backoff
+from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
+    from meshctl.api.policy import RateLimit
     from meshctl.api.rules import Cors, Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
     from proxy.destinations import DestinationState
     from proxy.exchange import Exchange
+    from proxy.metrics import RequestStats
     from proxy.routing import Backend
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -141,6 +145,87 @@ class HeaderEditor:
 
 def retry_after_header(seconds: float) -> tuple[tuple[bytes, bytes], ...]:
     return ((b"retry-after", str(max(1, math.ceil(seconds))).encode()),)
+
+
+Limiter = tuple[TokenBucket | None, KeyedTokenBuckets | None]
+
+
+class RuleLimits:
+    """The buckets of route rules' rate limits, by rule identity, kept across config pushes.
+
+    A proxy keeps one of these per applied snapshot; the next is made with ``previous`` = the
+    one in force, and a rule whose identity (``key``: the router, the Route, the rule's name
+    or index, the host) and limit are unchanged gets its buckets back, as
+    DestinationPolicy.rateLimit's (proxy.inbound): a push neither refills a drained bucket nor
+    forgets the per-source ones. A changed limit, or a rule not seen in the snapshot before,
+    starts full buckets; those of rules gone are dropped with the old snapshot (``settle``).
+    """
+
+    __slots__ = ("_current", "_previous", "clock", "stats")
+
+    def __init__(self, stats: RequestStats, previous: RuleLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stats = stats
+        self.clock = clock
+        self._current: dict[Hashable, tuple[RateLimit, Limiter]] = {}
+        self._previous = previous._current if previous is not None else {}
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def limiter(self, key: Hashable, limit: RateLimit) -> Limiter:
+        """The buckets of the rule ``key`` limited by ``limit`` (the same for every listener
+        and port of this snapshot that compiles it)."""
+        found = self._current.get(key)
+        if found is None or found[0] != limit:
+            found = self._previous.get(key)
+            if found is None or found[0] != limit:
+                rate, burst = limit.requests_per_second, limit.burst
+                found = (limit, (None, KeyedTokenBuckets(rate, burst, self.clock))
+                         if limit.per_source else (TokenBucket(rate, burst, self.clock), None))
+            self._current[key] = found
+        return found[1]
+
+    def settle(self) -> None:
+        """This snapshot is in force: the previous one's buckets are no longer asked for."""
+        self._previous = {}
+
+
+class RateLimitPolicy:
+    """A route rule's rate limit, in the proxy applying the rule: one bucket for every
+    request the rule matches, or one per caller (its mTLS identity, else its IP address, as
+    the destination's limit keys them). A request without a token is answered 429
+    `rate_limited` with `retry-after`; one with a token goes on to the rule's next step (a
+    CORS answer, a rewrite), if any."""
+
+    __slots__ = ("bucket", "keyed", "labels", "stats", "then")
+
+    def __init__(self, limiter: Limiter, stats: RequestStats, service: str,
+                 then: Callable[[Exchange], Any] | None) -> None:
+        self.bucket, self.keyed = limiter
+        self.stats = stats
+        # ami_rate_limited_total's label, as the destination's own limit counts it
+        self.labels = (("destination_service", service),)
+        self.then = then
+
+    def __call__(self, ex: Exchange) -> Any:
+        bucket = self.bucket
+        if bucket is not None:
+            if not bucket.try_acquire():
+                return self._limited(bucket.retry_after())
+        else:
+            keyed = self.keyed
+            assert keyed is not None
+            conn = ex.downstream
+            key = conn.peer_identity or conn.client_ip
+            if not keyed.try_acquire(key):
+                return self._limited(keyed.retry_after(key))
+        then = self.then
+        return then(ex) if then is not None else None
+
+    def _limited(self, wait: float) -> tuple[str, None, tuple[tuple[bytes, bytes], ...]]:
+        self.stats.inc("ami_rate_limited", self.labels)
+        return ("rate_limited", None, retry_after_header(wait))
 
 
 class RewritePolicy:
@@ -327,9 +412,13 @@ def _without_port(authority: str) -> str:
 
 
 def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random.Random,
-           mirror_backend: Backend | None, matches: tuple[Match, ...] | None = None) -> None:
+           mirror_backend: Backend | None, matches: tuple[Match, ...] | None = None,
+           rate_limit: Callable[[Callable[[Exchange], Any] | None], Any] | None = None
+           ) -> None:
     """Compile the declared policies of `rule` onto `decision`; ``matches``: the rule's match
-    blocks this proxy applies (default: all of them)."""
+    blocks this proxy applies (default: all of them); ``rate_limit``: makes the rule's
+    RateLimitPolicy around its next admission step (None: the rule's limit is not enforced
+    here)."""
     decision.timeout = rule.timeout
     if rule.redirect is not None:
         decision.admit = RedirectPolicy(rule.redirect)
@@ -351,5 +440,9 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
                                     set=(*request_edits.set, ("host", rewrite.authority)))
     if rule.cors is not None:
         decision.admit = CorsPolicy(rule.cors, decision.admit)
+    if rule.rate_limit is not None and rate_limit is not None:
+        # first of the rule's own steps: a limited request gets no CORS answer, no rewrite
+        # (the gateway's authorization, wrapped around this later, runs before it)
+        decision.admit = rate_limit(decision.admit)
     decision.request_headers = HeaderEditor.build(request_edits)
     decision.response_header_ops = HeaderEditor.build(rule.headers.response)

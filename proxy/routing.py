@@ -16,7 +16,7 @@ from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.config import Address, Endpoint, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority
-from proxy.layers import attach
+from proxy.layers import RateLimitPolicy, RuleLimits, attach
 from proxy.localitylb import locality_balancer
 from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
@@ -284,7 +284,8 @@ class RouterBuilder:
     def __init__(self, snapshot: Snapshot, pools: PoolRegistry, rng: random.Random,
                  compile_matches: Callable[[Any], Matcher | None],
                  destinations: DestinationRegistry, inbound_policy: Any = None,
-                 gateway_policy: Any = None, rules: RuleTable | None = None) -> None:
+                 gateway_policy: Any = None, rules: RuleTable | None = None,
+                 limits: RuleLimits | None = None) -> None:
         self.snapshot = snapshot
         self.pools = pools
         self.rng = rng
@@ -296,6 +297,10 @@ class RouterBuilder:
         self._tcp: dict[str, TcpTarget] | None = None
         self.rules = rules  # where named rules are counted (None: they are not)
         self._counted = False  # the router being built has a named rule's counter
+        # route rules' rate-limit buckets (pass the proxy's, made with the previous one, to
+        # keep them across pushes); the router being built: part of a limited rule's identity
+        self.limits = limits  # (None: made when a rule has a limit, kept for this snapshot)
+        self._router = "outbound"
 
     def backends(self) -> tuple[Backend, ...]:
         """Every backend the routers built so far use (for the admin's views)."""
@@ -349,6 +354,7 @@ class RouterBuilder:
         external = {h: e for h, e in snap.external.items()
                     if not _names_mesh_service(h, snap.services)}
         self._counted = False
+        self._router = "outbound"
         hosts = self._host_routes("source", skip=external)
         source = (snap.node.service, snap.node.version)
         namespaces = {name: s.namespace for name, s in snap.services.items()}
@@ -440,6 +446,7 @@ class RouterBuilder:
                       for r in self.snapshot.gateway_rules
                       if (blocks := _own_blocks(r.matches, node, scheme)) is not None)
         self._counted = False
+        self._router = "gateway"
         routes = self._host_routes("source", scheme=scheme)
         policy = self.gateway_policy
         if policy is not None and policy.needed:
@@ -500,7 +507,7 @@ class RouterBuilder:
         mesh service (an ExternalService port)."""
         snap = self.snapshot
         compiled = []
-        for rule in route.rules:
+        for index, rule in enumerate(route.rules):
             blocks = _own_blocks(rule.matches, snap.node, scheme)
             if blocks is None:
                 continue  # no block accepts this proxy as a source: the rule is not ours
@@ -522,12 +529,32 @@ class RouterBuilder:
                 msvc = snap.route_service(route, rule.mirror.service)
                 if msvc is not None:
                     mirror = self._backend(msvc, rule.mirror.subset, reporter)
+            limited = None
+            if rule.rate_limit is not None:
+                limited = self._rate_limit(host, route, rule.name or index, rule.rate_limit,
+                                           own)
             attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
-                   blocks)
+                   blocks, limited)
             if rule.name is not None and self.rules is not None:
                 decision.counter = self._counter(host, route, rule.name, reporter, own)
             compiled.append((self.compile_matches(blocks), decision))
         return HostRoute(tuple(compiled))
+
+    def _rate_limit(self, host: str, route: RouteConfig, rule: str | int, limit: Any,
+                    own: Backend | None) -> Callable[[Any], RateLimitPolicy]:
+        """What puts a rule's rate limit before its other admission steps. Its buckets are
+        the rule's in this router (a gateway's, an outbound listener's): found again by the
+        next snapshot while the rule's identity and limit stay (RuleLimits)."""
+        snap = self.snapshot
+        route_id = f"{route.namespace or snap.node.namespace}/{route.name or host}"
+        if self.limits is None:
+            self.limits = RuleLimits(self.destinations.stats)
+        limiter = self.limits.limiter((self._router, route_id, rule, host), limit)
+        service = snap.services.get(host)
+        label = (own.metric_prefix[3] if own is not None
+                 else (service.metrics_name or service.name) if service is not None else host)
+        stats = self.limits.stats
+        return lambda then: RateLimitPolicy(limiter, stats, label, then)
 
     def _counter(self, host: str, route: RouteConfig, rule: str, reporter: str,
                  own: Backend | None) -> RuleCounter:

@@ -16,6 +16,7 @@ from proxy.config import Address, ListenError, Snapshot
 from proxy.destinations import DestinationRegistry
 from proxy.downstream import DownstreamProtocol
 from proxy.inbound import InboundPolicy
+from proxy.layers import RuleLimits
 from proxy.listener import Limits, Listener
 from proxy.metrics import RequestStats
 from proxy.mtls import TlsAcceptor, bind_socket, downstream_protocols
@@ -79,6 +80,7 @@ class ProxyServer:
         self.config_source: Any = None  # proxy.staticreload.StaticReloader in static mode
         self._compile_matches = _matcher_compiler()
         self._inbound_policy: InboundPolicy | None = None  # its rate-limit buckets outlive pushes
+        self._rule_limits: RuleLimits | None = None  # route rules' buckets, likewise
         self.tcp_targets: dict[str, Any] = {}  # the snapshot's TCP services (proxy.tcpclient)
         self.source = ("unknown", "unknown")  # this proxy's workload and version, as a caller
         self.tcp_listeners: list[Any] = []  # proxy.tcpupstream.TcpUpstreamListener
@@ -108,9 +110,10 @@ class ProxyServer:
                                            authentication=snapshot.authentication,
                                            gateway=True,
                                            port=gateway_address.port if gateway_address else 0)
+        rule_limits = RuleLimits(self.stats, previous=self._rule_limits)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy, gateway_policy,
-                                self.stats.rules)
+                                self.stats.rules, rule_limits)
         passthrough = None
         if self.options.mode == "gateway" and snapshot.gateway_passthrough:
             from proxy.sniroutes import build as build_sni_routes
@@ -160,6 +163,8 @@ class ProxyServer:
                 revoke.recheck(gateway, gateway_policy)
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
+        rule_limits.settle()
+        self._rule_limits = rule_limits
         self.tcp_targets = tcp_targets
         self.source = (snapshot.node.service, snapshot.node.version)
         self.backends = builder.backends()

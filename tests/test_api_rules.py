@@ -145,6 +145,15 @@ def test_retry_defaults_are_conservative() -> None:
      ["spec.rules[1]: unreachable: rules[0] matches every request"]),
     ("[{name: a, backends: [{}], matches: [{method: GET}]}, {name: a, backends: [{}]}]",
      ["spec.rules[1].name: duplicate rule name 'a', already used by rules[0]"]),
+    ("[{backends: [{}], rateLimit: {requestsPerSecond: 0, burst: 0, per-source: true}}]",
+     ["spec.rules[0].rateLimit.requestsPerSecond: must be at least 0.001, got 0",
+      "spec.rules[0].rateLimit.burst: must be at least 1, got 0",
+      "spec.rules[0].rateLimit.per-source: unknown field, did you mean 'perSource'?"]),
+    ("[{backends: [{}], rateLimit: {burst: 3}}]",
+     ["spec.rules[0].rateLimit.requestsPerSecond: field is required"]),
+    ("[{redirect: {scheme: https}, rateLimit: {requestsPerSecond: 5}}]",
+     ["spec.rules[0].rateLimit: a rule with a redirect answers the request itself: remove "
+      "rateLimit or the redirect"]),
     ("[]", ["spec.rules: at least one rule is required"]),
     ("{backends: []}", ["spec.rules: expected a list, got a mapping"]),
     ("[{backends: [{subset: V1, weight: true}]}]",
@@ -230,3 +239,36 @@ def test_http_only_fields_name_what_a_tcp_connection_never_sees() -> None:
 - backends: [{subset: v1}]
 """), "spec.rules")
     assert http_only_fields(plain) == ["spec.rules[0].matches[1].scheme"]
+
+
+def test_rate_limit_is_destination_policys() -> None:
+    """A rule's rateLimit has DestinationPolicy.rateLimit's fields, defaults and dataclass
+    (fractional rates too); it is HTTP-only: a TCP service's connections never see it."""
+    from meshctl.api.policy import RateLimit
+    from meshctl.api.rules import http_only_fields
+
+    rules = parse_rules(yaml.safe_load("""
+- matches: [{path: {exact: /login}, method: POST}]
+  backends: [{}]
+  rateLimit: {requestsPerSecond: 0.5, burst: 3, perSource: true}
+- backends: [{}]
+  rateLimit: {requestsPerSecond: 2.5}
+"""), "spec.rules")
+    assert rules[0].rate_limit == RateLimit(0.5, 3, True)
+    assert rules[1].rate_limit == RateLimit(2.5, 3, False)  # burst: one second's worth
+    assert "spec.rules[1].rateLimit" in http_only_fields(rules)
+
+
+def test_a_route_file_names_the_rate_limit_field_that_is_wrong() -> None:
+    """Through the resource loader: the file, the document and the field path."""
+    from meshctl.api.resources import load_documents
+
+    text = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: web}\n"
+            "spec: {host: web, rules: [{backends: [{}]}]}\n---\n"
+            "apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: api}\n"
+            "spec:\n  host: api\n  rules:\n    - backends: [{}]\n"
+            "      rateLimit: {requestsPerSecond: fast}\n")
+    with pytest.raises(ValidationError) as err:
+        load_documents(text, "routes.yaml")
+    assert str(err.value) == ("routes.yaml doc 2: spec.rules[0].rateLimit.requestsPerSecond: "
+                              "expected a number, got a string")

@@ -20,7 +20,8 @@ def test_summary_names_every_rule_and_what_it_does() -> None:
         "routes": [{"host": "reviews", "rules": [
             {"name": "jason", "matches": [{"headers": {"end-user": {"exact": "jason"}},
                                            "path": {"prefix": "/api"}}, {"method": "DELETE"}],
-             "backends": [{"subset": "v2"}], "timeout": "2s", "rewrite": {"uri": "/"}},
+             "backends": [{"subset": "v2"}], "timeout": "2s", "rewrite": {"uri": "/"},
+             "rateLimit": {"requestsPerSecond": 5}},
             {"matches": [{"path": {"exact": "/old"}}], "redirect": {"uri": "/new"}},
             {"backends": [{"subset": "v1", "weight": 90}, {"subset": "v3", "weight": 10}]}]}],
     })
@@ -33,7 +34,7 @@ def test_summary_names_every_rule_and_what_it_does() -> None:
     rules = [line.split("   ") for line in lines if line.startswith("reviews ")][:3]
     assert [[cell.strip() for cell in row if cell.strip()] for row in rules] == [
         ["reviews", "jason", "path prefix /api & header end-user exact jason or method DELETE",
-         "reviews/v2 100% (+timeout, rewrite)"],
+         "reviews/v2 100% (+timeout, rewrite, rateLimit)"],
         ["reviews", "#1", "path exact /old", "redirect 301 uri=/new"],
         ["reviews", "#2", "*", "reviews/v1 90%, reviews/v3 10%"],
     ]

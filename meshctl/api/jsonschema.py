@@ -151,6 +151,9 @@ DEFS: Schema = {
         "delay": _obj({"fixedDelay": _duration(), "percent": _PERCENT}, ("fixedDelay",)),
         "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT}, ("httpStatus",)),
     }, anyOf=[{"required": ["delay"]}, {"required": ["abort"]}]),
+    # DestinationPolicy's (the destination's sidecars) and a Route rule's (the proxy applying it)
+    "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
+                       "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
     "rule": _obj({
         "name": _str(F.DNS_SUBDOMAIN),
         "matches": _list(_ref("match")),
@@ -169,6 +172,7 @@ DEFS: Schema = {
                       "allowMethods": _list(_METHOD), "allowHeaders": _list(_str(F.HEADER_NAME)),
                       "exposeHeaders": _list(_str(F.HEADER_NAME)), "maxAge": _duration(),
                       "allowCredentials": {"type": "boolean"}}, ("allowOrigins",)),
+        "rateLimit": _ref("rateLimit"),
         "redirect": _obj({"uri": _str(URI_PATH), "authority": _str(AUTHORITY),
                           "scheme": {"enum": list(SCHEMES)}, "port": _int(1, 65535),
                           "redirectCode": {"enum": list(REDIRECT_CODES)}},
@@ -178,7 +182,8 @@ DEFS: Schema = {
         "oneOf": [{"required": ["backends"], "not": {"required": ["redirect"]}},
                   {"required": ["redirect"], "not": {"anyOf": [
                       {"required": [k]} for k in ("backends", "timeout", "retries", "fault",
-                                                  "mirror", "headers", "rewrite", "cors")]}}]},
+                                                  "mirror", "headers", "rewrite", "cors",
+                                                  "rateLimit")]}}]},
 }
 
 # The policy fields a DestinationPolicy's subset may set too (each replacing the host's).
@@ -222,8 +227,7 @@ _SPECS: dict[str, Schema] = {
                                **_SUBSET_POLICY}, ("name", "labels")) | _BALANCER_RULE),
         **_SUBSET_POLICY,
         "localityLbSetting": _LOCALITY_LB,
-        "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
-                           "perSource": {"type": "boolean"}}, ("requestsPerSecond",)),
+        "rateLimit": _ref("rateLimit"),
         "tls": _obj({"mode": {"enum": list(TLS_MODES)}, "sni": _str(F.DNS_SUBDOMAIN),
                      "caCertificates": _str(r"^/.*"), "clientCertificate": _str(r"^/.*"),
                      "privateKey": _str(r"^/.*")}) | {

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.fields import Fields
+from meshctl.api.policy import RateLimit, parse_rate_limit
 
 MATCHERS = ("exact", "prefix", "regex", "present")
 PATH_MATCHERS = ("exact", "prefix", "regex")
@@ -236,6 +237,10 @@ class Rule:
     rewrite: Rewrite | None = None
     redirect: Redirect | None = None
     cors: Cors | None = None
+    # Enforced by the proxy that applies the rule (the gateway, the caller's sidecar), as
+    # Envoy's local_ratelimit at Istio's GATEWAY / SIDECAR_OUTBOUND; the fields and their
+    # meaning are DestinationPolicy.rateLimit's.
+    rate_limit: RateLimit | None = None
 
     @property
     def http_actions(self) -> tuple[str, ...]:
@@ -244,7 +249,8 @@ class Rule:
         return tuple(name for name, value in (
             ("timeout", self.timeout), ("retries", self.retries), ("fault", self.fault),
             ("mirror", self.mirror), ("headers", self.headers != HeaderOps()),
-            ("rewrite", self.rewrite), ("redirect", self.redirect), ("cors", self.cors))
+            ("rewrite", self.rewrite), ("redirect", self.redirect), ("cors", self.cors),
+            ("rateLimit", self.rate_limit))
             if value)
 
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
@@ -367,7 +373,7 @@ def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
 
 # What a rule that redirects cannot have: it forwards nothing.
 _FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite",
-                    "cors")
+                    "cors", "rateLimit")
 
 
 def _parse_rule(data: object, path: str) -> Rule:
@@ -389,9 +395,10 @@ def _parse_rule(data: object, path: str) -> Rule:
     headers = f.value("headers", _parse_header_ops, HeaderOps())
     rewrite = f.optional("rewrite", _parse_rewrite)
     cors = f.optional("cors", _parse_cors)
+    rate_limit = f.optional("rateLimit", parse_rate_limit)
     f.finish()
     return Rule(name, matches, backends, timeout, retries, fault, mirror, headers, rewrite,
-                redirect, cors)
+                redirect, cors, rate_limit)
 
 
 def _parse_cors(data: object, path: str) -> Cors:

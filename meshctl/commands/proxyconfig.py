@@ -352,8 +352,11 @@ def _action(rule: dict[str, Any], host: str) -> str:
     split = ", ".join(
         f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "
         f"{b.get('weight', 100)}%" for b in backends)
-    extras = [name for name in ("timeout", "retries", "fault", "mirror", "rewrite", "cors")
-              if rule.get(name)]
+    # (the dump's field names: the snapshot's dataclasses; rate_limit shown as the resource's)
+    extras = [shown for name, shown in (("timeout", "timeout"), ("retries", "retries"),
+                                        ("fault", "fault"), ("mirror", "mirror"),
+                                        ("rewrite", "rewrite"), ("cors", "cors"),
+                                        ("rate_limit", "rateLimit")) if rule.get(name)]
     return split + (f" (+{', '.join(extras)})" if extras else "")
 
 

@@ -137,7 +137,8 @@ def rule_text(rule: dict[str, Any], host: str) -> str:
     backends = ", ".join(backend_text(b, host) for b in rule["backends"])
     extra = "".join(f" {k}={json.dumps(rule[k])}" if isinstance(rule[k], dict)
                     else f" {k}={rule[k]}"
-                    for k in ("timeout", "retries", "fault", "mirror", "redirect") if k in rule)
+                    for k in ("timeout", "retries", "fault", "mirror", "rateLimit", "redirect")
+                    if k in rule)
     name = f"[{rule['name']}] " if rule.get("name") else ""
     return f"{name}{matches} -> {backends}{extra}"
 

@@ -131,8 +131,8 @@ class ServiceDescription:
             {"name": rule.name, "matches": raw.get("matches") or [],
              "backends": [{"service": b.service, "subset": b.subset, "weight": b.weight}
                           for b in rule.backends],
-             **{k: raw[k] for k in ("timeout", "retries", "fault", "mirror", "redirect")
-                if k in raw}}
+             **{k: raw[k] for k in ("timeout", "retries", "fault", "mirror", "rateLimit",
+                                    "redirect") if k in raw}}
             for rule, raw in zip(spec.rules, raw_rules, strict=True)]}
 
     def policies(self) -> list[dict[str, Any]]:

@@ -314,9 +314,11 @@ class SnapshotBuilder:
             entry = {"host": host, "rules": _raw_spec(r).get("rules", [])}
             if r.namespace != namespace:  # absent for its own: such snapshots keep bytes
                 entry["namespace"] = r.namespace
-            if any(rule.get("name") for rule in entry["rules"]):
-                # the `route` label of its named rules' metrics (proxy.routemetrics); absent
-                # without one: such snapshots keep their bytes
+            if any(rule.get("name") or rule.get("rateLimit") for rule in entry["rules"]):
+                # the `route` label of its named rules' metrics (proxy.routemetrics), and part
+                # of a rate-limited rule's identity (its buckets outlive pushes: proxy.layers
+                # RuleLimits), however its other rules change; absent without either: such
+                # snapshots keep their bytes
                 entry["name"] = r.name
             routes[host] = entry
         return [routes[host] for host in sorted(routes)]
