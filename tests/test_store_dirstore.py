@@ -536,3 +536,27 @@ async def test_another_config_dirs_last_good_versions_are_not_restored(tmp_path:
         assert await again.list() == []
     finally:
         await again.close()
+
+
+async def test_a_symlinked_directory_is_followed_once(tmp_path: Path) -> None:
+    """`mesh/team -> ../shared/team`: its files are loaded, and edits in it go live, as a
+    symlinked file's do (its files were silently left out); a link back up is walked once."""
+    shared = tmp_path / "shared" / "team"
+    write(shared / "q.yaml", policy_doc("teamq"))
+    root = tmp_path / "mesh"
+    root.mkdir()
+    (root / "team").symlink_to(shared)
+    (root / "team-again").symlink_to(shared)  # the same directory: one path for its files
+    (shared / "up").symlink_to(root)  # a loop
+    store = DirStore(root)
+    await store.start()
+    try:
+        q = await store.get(KIND, "default", "teamq")
+        assert q is not None and q.source == "team/q.yaml"
+        assert store.errors() == []
+        async with store.watch() as watch:
+            write(shared / "r.yaml", policy_doc("teamr"))
+            event = await next_event(watch)
+        assert event.object is not None and event.object.source == "team/r.yaml"
+    finally:
+        await store.close()

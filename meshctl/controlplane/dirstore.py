@@ -2,7 +2,8 @@
 
 Layout. Objects written through the API go to ``<root>/<kind-lowercase>/<namespace>/<name>.yaml``;
 any other visible ``*.yaml``/``*.yml`` under the root (multi-document files too) is loaded as
-well, and an API update rewrites the object's document in whichever file holds it, keeping the
+well (symlinked files and directories followed; a directory reached twice is walked once),
+and an API update rewrites the object's document in whichever file holds it, keeping the
 other documents' text and comments. Dot-files and dot-directories are ignored, except that a
 change under a ``..`` name (a Kubernetes ConfigMap volume's ``..data`` symlink swap) triggers a
 rescan of the visible files, which are symlinks through it.
