@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from meshctl.api.yamlwalk import walk_yaml
+
 _DOC_START = re.compile(r"^---(?:[ \t].*)?$")
-YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1024 * 1024  # as the HTTP API's body limit (aiohttp's client_max_size)
 
 
@@ -28,27 +29,9 @@ def is_hidden(rel: Path) -> bool:
 
 
 def yaml_files(root: Path) -> Iterator[Path]:
-    """Every visible ``*.yaml``/``*.yml`` under ``root``, as paths relative to it, sorted.
-    A symlinked directory is followed, as a symlinked file is (and as the watcher does), but
-    a directory already walked is not walked again (a link back up would never end)."""
-    found = []
-    walked: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            info = os.stat(dirpath)
-        except OSError:  # gone since it was listed
-            dirnames[:] = []
-            continue
-        if (info.st_dev, info.st_ino) in walked:
-            dirnames[:] = []
-            continue
-        walked.add((info.st_dev, info.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # (which path a
-        # directory reached twice is known by: the same on every scan)
-        for name in filenames:
-            if name.endswith(YAML_SUFFIXES) and not name.startswith("."):
-                found.append(Path(dirpath, name).relative_to(root))
-    yield from sorted(found)
+    """Every visible ``*.yaml``/``*.yml`` under ``root``, as paths relative to it, sorted
+    (symlinked directories followed once: meshctl.api.yamlwalk)."""
+    yield from walk_yaml(root)
 
 
 def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
