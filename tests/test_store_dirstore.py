@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from meshctl.controlplane.errors import Conflict
 from meshctl.controlplane.store import EventType
 from tests.conftest_store import next_event, policy, policy_doc, route_doc
 from tests.fakes import FakeClock
-from tests.helpers_mesh import http_json, start_control_plane, wait_for
+from tests.helpers_mesh import ROOT, http_json, start_control_plane, wait_for
+from tests.tools import required_tool
 
 KIND = "DestinationPolicy"
 
@@ -451,9 +454,9 @@ async def test_a_renamed_file_moves_its_objects(tmp_path: Path) -> None:
 
 
 async def test_a_file_that_cannot_be_read_is_rejected_and_listed(tmp_path: Path) -> None:
-    """Permission denied or a symlink loop: a rejection like any other (listed by errors(),
-    in the objects' conditions, last good version live, an API write refused with it), not
-    only a log line repeated on every rescan."""
+    """A symlink loop (permission denied: the test below): a rejection like any other (listed
+    by errors(), in the objects' conditions, last good version live, an API write refused with
+    it), not only a log line repeated on every rescan."""
     store = DirStore(tmp_path / "store", watch_files=False)
     await store.start()
     path = store.root / "reviews.yaml"
@@ -474,15 +477,7 @@ async def test_a_file_that_cannot_be_read_is_rejected_and_listed(tmp_path: Path)
         assert (condition["status"], condition["message"]) == ("False", error.message)
         with pytest.raises(Conflict, match="cannot be read"):
             await store.update(policy("reviews", ("v1",)))
-        if os.geteuid() != 0:
-            path.unlink()
-            write(store.root / "other.yaml", policy_doc("other"))
-            (store.root / "other.yaml").chmod(0)
-            await store.rescan()
-            assert [e.message for e in store.errors()] == [
-                "other.yaml: cannot be read: Permission denied"]
-            (store.root / "other.yaml").chmod(0o644)
-        path.unlink(missing_ok=True)
+        path.unlink()
         path.write_bytes(good)  # readable again, as it was: valid again
         await store.rescan()
         assert store.errors() == [] and await store.get(KIND, "default", "reviews") is not None
@@ -560,3 +555,67 @@ async def test_a_symlinked_directory_is_followed_once(tmp_path: Path) -> None:
         assert event.object is not None and event.object.source == "team/r.yaml"
     finally:
         await store.close()
+
+
+DENIED_SCENARIO = """\
+import asyncio, json, os, sys
+from pathlib import Path
+import yaml
+from meshctl.controlplane.dirstore import DirStore
+from tests.conftest_store import policy_doc
+
+root = Path(sys.argv[1])
+for rel, name in (("team/a.yaml", "teama"), ("c.yaml", "c")):
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(yaml.safe_dump(policy_doc(name)))
+
+async def seen(store):
+    return {"live": {o.key[2]: o.resource_version for o in await store.list()},
+            "errors": [e.message for e in store.errors()]}
+
+async def main():
+    out = []
+    store = DirStore(root, watch_files=False)
+    await store.start()
+    out.append(await seen(store))
+    os.chmod(root / "team", 0)
+    os.chmod(root / "c.yaml", 0)
+    await store.rescan()
+    out.append(await seen(store))
+    await store.close()
+    store = DirStore(root, watch_files=False)  # a restart while they are unreadable
+    await store.start()
+    out.append(await seen(store))
+    os.chmod(root / "team", 0o755)
+    os.chmod(root / "c.yaml", 0o644)
+    await store.rescan()
+    out.append(await seen(store))
+    await store.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_a_directory_that_cannot_be_listed_keeps_its_files(tmp_path: Path) -> None:
+    """`chmod 000 team/` (or a directory of another user): its files are not gone, only
+    unreadable, so they are rejected with their last good version live, as an unreadable file
+    is, across a restart too; they were deleted, silently, and added again once readable. Run
+    without the capability to override permissions (root has it)."""
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = [required_tool("setpriv", hint="util-linux"), "--bounding-set",
+                  "-dac_override,-dac_read_search", "--inh-caps=-all", "--"]
+    done = subprocess.run([*prefix, sys.executable, "-c", DENIED_SCENARIO,
+                           str(tmp_path / "mesh")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.chmod(tmp_path / "mesh" / "team", 0o755)  # (for pytest's clean-up, whatever happened)
+    assert done.returncode == 0, done.stderr
+    start, denied, restarted, readable = json.loads(done.stdout)
+    assert start == {"live": {"c": 1, "teama": 2}, "errors": []}
+    assert denied["live"] == start["live"]
+    assert denied["errors"] == ["c.yaml: cannot be read: Permission denied",
+                                "team/a.yaml: cannot be read: Permission denied"]
+    assert restarted["live"] == start["live"]
+    assert [e.splitlines()[0] for e in restarted["errors"]] == denied["errors"]
+    assert readable == start

@@ -8,14 +8,21 @@ from pathlib import Path
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def walk_yaml(root: Path) -> list[Path]:
+def walk_yaml(root: Path, unlisted: list[Path] | None = None) -> list[Path]:
     """Every visible ``*.yaml``/``*.yml`` name under ``root`` (dot-files and dot-directories
     skipped), relative to it, sorted. Symlinked directories are followed, as symlinked files
     are, but a directory already walked is not walked again (a link back up would never end);
-    which path it is known by is the first in sorted order, the same on every walk."""
+    which path it is known by is the first in sorted order, the same on every walk.
+    ``unlisted``: gets the directories that could not be listed (permission denied), relative
+    to ``root`` (``.`` for itself): their files are unknown, not gone."""
     found = []
     walked: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def failed(exc: OSError) -> None:
+        if unlisted is not None and exc.filename is not None:
+            unlisted.append(Path(os.path.relpath(exc.filename, root)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=failed, followlinks=True):
         try:
             info = os.stat(dirpath)
         except OSError:  # gone since it was listed

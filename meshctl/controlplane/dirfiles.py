@@ -28,10 +28,11 @@ def is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def yaml_files(root: Path) -> Iterator[Path]:
+def yaml_files(root: Path, unlisted: list[Path] | None = None) -> Iterator[Path]:
     """Every visible ``*.yaml``/``*.yml`` under ``root``, as paths relative to it, sorted
-    (symlinked directories followed once: meshctl.api.yamlwalk)."""
-    yield from walk_yaml(root)
+    (symlinked directories followed once; ``unlisted`` gets the directories that could not be
+    listed: meshctl.api.yamlwalk)."""
+    yield from walk_yaml(root, unlisted)
 
 
 def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:

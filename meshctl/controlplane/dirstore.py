@@ -18,7 +18,9 @@ good objects stay live, watchers see nothing, the error is logged, listed by ``e
 written into each of its objects' ``status.conditions`` (``type: Accepted, status:
 "False"``). A name that is not a regular file (a FIFO would block the event loop forever) or
 a file over 1 MiB (the API's body limit) is rejected the same way, reported once, and never
-read past the limit; so is a file that cannot be read (permission denied, a symlink loop).
+read past the limit; so is a file that cannot be read (permission denied, a symlink loop),
+and the known files of a directory that cannot be listed are kept and read as they can be
+(such a directory has not lost its files).
 Deleting a file deletes its objects, unless another file takes them over in the same change
 (a file renamed, as `git mv` does): they move, keeping their version and status. A file that
 still exists but now holds no document, where it held some, is taken at its word only if it
@@ -126,6 +128,23 @@ def _not_utf8(rel: str, data: bytes, exc: UnicodeDecodeError) -> str:
             f"UTF-8 ({exc.reason}); save the file as UTF-8")
 
 
+def _gone(path: Path) -> bool:
+    """Whether ``path`` is known not to exist (a directory that cannot be searched is not
+    proof of that, unlike os.path.lexists says)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:  # permission denied: there may well be a file
+        return False
+    return False
+
+
+def _under(rel: str, directory: Path) -> bool:
+    """Whether the file ``rel`` is in ``directory`` (both relative to the root; ``.``: it)."""
+    return directory == Path(".") or Path(rel).is_relative_to(directory)
+
+
 def _content_hash(resource: Resource) -> str:
     return _digest(json.dumps(canonical_content(resource), sort_keys=True).encode())
 
@@ -173,6 +192,7 @@ class DirStore(MemStore):
         self._emptied: dict[str, float] = {}  # file -> when it was first read empty
         self._rescan_timer: asyncio.TimerHandle | None = None
         self._rescan_task: asyncio.Task[None] | None = None
+        self._unlisted: list[Path] = []  # directories the last scan could not list
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -314,7 +334,17 @@ class DirStore(MemStore):
 
     # -- reconciling memory with the directory ---------------------------------------------
     def _sync_all(self) -> None:
-        on_disk = {str(rel) for rel in yaml_files(self.root)}
+        unlisted: list[Path] = []
+        on_disk = {str(rel) for rel in yaml_files(self.root, unlisted)}
+        # A directory that cannot be listed (permission denied) has not lost its files: those
+        # known stay, read as they can be (unreadable: rejected, their last good version live)
+        on_disk |= {rel for rel in [*self._files, *self._rejected]
+                    if any(_under(rel, directory) for directory in unlisted)}
+        if unlisted != self._unlisted:
+            for directory in unlisted:
+                log.warning("cannot list %s under %s: the files known in it are kept, new ones "
+                            "are not seen until it can be listed", directory, self.root)
+            self._unlisted = unlisted
         for rel in set(self._rejected) - on_disk:
             del self._rejected[rel]
         if self._sync(sorted(on_disk), gone=sorted(set(self._files) - on_disk)):
@@ -579,7 +609,7 @@ class DirStore(MemStore):
         keeps them, as it would have had it been running. A file gone since is not restored
         (deleting a file deletes its objects)."""
         for rel, (digest, docs) in sorted(self._saved.items()):
-            if is_hidden(Path(rel)) or not os.path.lexists(self.root / rel):
+            if is_hidden(Path(rel)) or _gone(self.root / rel):
                 continue
             try:
                 resources = [parse_document(obj, rel, doc) for doc, obj in docs]
