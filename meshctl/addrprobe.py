@@ -20,12 +20,14 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x
 def listener_kind(host: str, port: int, timeout: float = 2.0) -> str | None:
     """GRPC, TLS (HTTPS, not HTTP/2 only), PLAIN_HTTP, or None when it cannot be told."""
     with contextlib.suppress(OSError, ValueError):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only looking: no data sent
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
-        with socket.create_connection((host, port), timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as tls:
-            return GRPC if tls.selected_alpn_protocol() == "h2" else TLS
+        if _selected_protocol(host, port, ["h2", "http/1.1"], timeout) != "h2":
+            return TLS
+        # h2 is also what an HTTPS reverse proxy in front of the API picks (nginx, an
+        # ingress); only a server that will not speak HTTP/1.1 is gRPC
+        with contextlib.suppress(OSError, ValueError):
+            if _selected_protocol(host, port, ["http/1.1"], timeout) == "http/1.1":
+                return TLS
+        return GRPC
     with contextlib.suppress(OSError):
         with socket.create_connection((host, port), timeout) as raw:
             raw.sendall(_H2_PREFACE)
@@ -35,6 +37,16 @@ def listener_kind(host: str, port: int, timeout: float = 2.0) -> str | None:
         if head.startswith(b"HTTP/"):
             return PLAIN_HTTP
     return None
+
+
+def _selected_protocol(host: str, port: int, offered: list[str], timeout: float) -> str | None:
+    """The ALPN protocol a TLS server picks of ``offered`` (None: none); OSError without TLS."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only looking: no data sent
+    ctx.set_alpn_protocols(offered)
+    with socket.create_connection((host, port), timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as tls:
+        return tls.selected_alpn_protocol()
 
 
 def address_hint(url: str) -> str:

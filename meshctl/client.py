@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -42,6 +43,12 @@ def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def not_http(url: str, exc: http.client.HTTPException) -> str:
+    """What to say when ``url`` answered, but not in HTTP (SSH's port, a database's)."""
+    return (f"{url} answered, but not in HTTP ({type(exc).__name__}: {str(exc)[:80]!r}); is "
+            "it the control plane's --listen address (--control-plane, AMI_CONTROL_PLANE)?")
 
 
 class ControlPlaneError(Exception):

@@ -1,6 +1,7 @@
 """Shell completion. `meshctl completion bash|zsh|fish` prints the script; on each Tab the script
 asks `meshctl __complete WORD...` (the words after `meshctl`, the last being the one to
-complete) for candidates, one per line, or `:files` for the shell's own file names.
+complete; bash and zsh: `meshctl __complete --line LINE`, the line up to the cursor) for
+candidates, one per line, or `:files` for the shell's own file names.
 
 Commands, subcommands, options and their choices come from the command's own parser (only its
 module is loaded: `cli.COMMAND_MODULES`), so they are never out of date; services, kinds,
@@ -11,7 +12,11 @@ $AMI_CONTROL_PLANE, within a second, and are left out when it does not answer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
+import shlex
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,9 @@ from meshctl.cli import COMMAND_MODULES, build_parser
 
 FILES = ":files"
 LOOKUP_TIMEOUT = 1.0  # seconds: a Tab must not hang on a control plane that is not there
+# What a service, object or proxy name can be (meshctl/controlplane/xds.py check_proxy, the
+# API's DNS names): anything else an address answers with is not offered to the shell.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _GLOBAL_VALUES = ("--control-plane", "--ca-file")
 
 SCRIPT = """\
@@ -27,14 +35,18 @@ SCRIPT = """\
 # or for good, from your ~/.{rc}: meshctl completion {shell} > ~/.meshctl-completion; and
 # source ~/.meshctl-completion there.
 {preamble}_meshctl_complete() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" out IFS=$'\\n'
-    out=$(command "${{COMP_WORDS[0]}}" __complete "${{COMP_WORDS[@]:1:$COMP_CWORD}}" \\
+    # The line, not COMP_WORDS: bash splits those at ':' and '=' too (a URL's every colon).
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" out word IFS=$'\\n'
+    out=$(command "${{COMP_WORDS[0]}}" __complete --line "${{COMP_LINE:0:$COMP_POINT}}" \\
           2>/dev/null) || return 0
     if [[ "$out" == "{files}" ]]; then
         COMPREPLY=($(compgen -f -- "$cur"))
         compopt -o filenames 2>/dev/null
-    else
-        COMPREPLY=($(compgen -W "$out" -- "$cur"))
+    else  # (by prefix, not compgen -W, which would expand what a candidate holds)
+        COMPREPLY=()
+        while read -r word; do
+            [[ -n "$word" && "$word" == "$cur"* ]] && COMPREPLY+=("$word")
+        done <<< "$out"
     fi
 }}
 complete -F _meshctl_complete meshctl
@@ -65,8 +77,11 @@ def script(shell: str) -> str:
 
 
 def main(words: Sequence[str]) -> int:
-    """`meshctl __complete WORD...`: the candidates on stdout; never an error."""
+    """`meshctl __complete WORD...` or `meshctl __complete --line LINE`: the candidates on
+    stdout; never an error."""
     try:
+        if len(words) == 2 and words[0] == "--line":
+            words = split_line(words[1])[1:]  # (the first word is the program)
         candidates = complete(list(words))
     except Exception:  # (completion must not print a traceback into someone's prompt)
         candidates = []
@@ -74,11 +89,25 @@ def main(words: Sequence[str]) -> int:
     return 0
 
 
+def split_line(line: str) -> list[str]:
+    """The words of a command line typed up to the cursor, as the shell will pass them when
+    run: quotes and backslashes removed, one still open closed; the last word is the one
+    being typed ("" after a space)."""
+    for closing in ("", '"', "'"):
+        try:
+            words = shlex.split(line + closing)
+        except ValueError:  # an open quote (or a trailing backslash: nothing to fix)
+            continue
+        ends_word = not closing and line[-1:].isspace() and not line.endswith("\\" + line[-1:])
+        return [*words, ""] if ends_word or not words else words
+    return [*line.split(), ""]
+
+
 def complete(words: list[str]) -> list[str]:
     """Candidates for the last of ``words`` (the command line after `meshctl`)."""
     *before, current = words or [""]
     if current.startswith("-") and "=" in current:
-        return []  # --option=value: the shell splits that word; left alone
+        return []  # --option=value: the value is not completed
     start = _command_index(before)
     if start is None:  # no command yet: global options and their values, or a command
         if before and before[-1] in _GLOBAL_VALUES:
@@ -165,29 +194,44 @@ def _positional_values(parser: argparse.ArgumentParser, path: list[str], values:
 
 
 # --- what only the control plane knows ------------------------------------------------------
-def _client(before: list[str]) -> Any:
-    from meshctl.commands.calls import make_client
-
-    def given(option: str) -> str | None:
-        for i, word in enumerate(before):
+def _given(before: list[str], *options: str) -> str | None:
+    """The value of an option on the line: `--opt V`, `--opt=V`, or `-oV` for a short one."""
+    for i, word in enumerate(before):
+        for option in options:
             if word == option and i + 1 < len(before):
                 return before[i + 1]
             if word.startswith(option + "="):
                 return word[len(option) + 1:]
-        return None
+            if len(option) == 2 and word.startswith(option) and len(word) > 2:
+                return word[2:]
+    return None
 
-    args = argparse.Namespace(control_plane=given("--control-plane"),
-                              ca_file=given("--ca-file"))
+
+def _client(before: list[str]) -> Any:
+    from meshctl.commands.calls import make_client
+
+    args = argparse.Namespace(control_plane=_given(before, "--control-plane"),
+                              ca_file=_given(before, "--ca-file"))
     client = make_client(args)
     client.timeout = LOOKUP_TIMEOUT
     return client
 
 
 def _asking(find: Callable[[Any], list[str]], before: list[str]) -> list[str]:
-    try:
-        return sorted(set(find(_client(before))))
-    except Exception:  # not there, not reachable in time, refused: no names, no noise
-        return []
+    """The names ``find`` gets from the control plane within LOOKUP_TIMEOUT in all (the
+    client's timeout bounds each read only: a server sending a byte at a time, or a slow DNS
+    lookup, would hold the Tab), else none; only what can be a name."""
+    found: list[list[str]] = []
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):  # not there, refused: no names, no noise
+            found.append(find(_client(before)))
+
+    thread = threading.Thread(target=ask, daemon=True)  # (left behind when late: exit ends it)
+    thread.start()
+    thread.join(LOOKUP_TIMEOUT)
+    names = found[0] if found else []
+    return sorted({n for n in names if isinstance(n, str) and _NAME.fullmatch(n)})
 
 
 def _proxies(client: Any) -> list[dict[str, Any]]:
@@ -224,8 +268,7 @@ def object_names(values: list[str], before: list[str]) -> list[str]:
         return services([], before) if values[0].lower() in ("service", "svc") else []
     if kind == SERVICE:
         return services([], before)
-    namespace: str | None = next((before[i + 1] for i, w in enumerate(before[:-1])
-                                  if w in ("-n", "--namespace")), "default")
+    namespace: str | None = _given(before, "-n", "--namespace") or "default"
     if "-A" in before or "--all-namespaces" in before:
         namespace = None
     return _asking(lambda c: [o["metadata"]["name"] for o in c.get(kind, namespace=namespace)],

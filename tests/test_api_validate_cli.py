@@ -37,6 +37,21 @@ def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out == f"ok: 2 resources in {tmp_path}\n"
 
 
+def test_validate_reads_a_symlinked_directory_as_serve_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mesh/team -> ../shared/team`: validate (and apply -f, serve --dry-run) read its files
+    as the config dir store does, once, even with a link back up (they were left out)."""
+    shared, mesh = tmp_path / "shared" / "team", tmp_path / "mesh"
+    shared.mkdir(parents=True)
+    mesh.mkdir()
+    (shared / "policy.yaml").write_text(POLICY)
+    (shared / "up").symlink_to(mesh)
+    (mesh / "team").symlink_to(shared)
+    (mesh / "route.yaml").write_text(route_to("v3"))
+    assert run("validate", "-f", str(mesh)) == 0
+    assert capsys.readouterr().out == f"ok: 2 resources in {mesh}\n"
+
+
 def test_validate_prints_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every error is printed on stderr with file, document and field, then a count; exit 1."""
     (tmp_path / "policy.yaml").write_text(POLICY)

@@ -3,6 +3,7 @@ store, HTTP API) on loopback. Each test uses its own namespace so they share one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -342,6 +343,44 @@ def test_an_address_that_is_not_the_control_plane_is_one_clear_line(tmp_path: Pa
             assert "not as the Ami control plane API does" in err and err.count("\n") == 1, err
     finally:
         other.stop()
+
+
+BANNER_SERVER = """\
+import socket, sys
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = listener.accept()
+    conn.sendall(b"SSH-2.0-OpenSSH_9.6\\r\\n")  # speaks first, as SSH does
+    conn.close()
+"""
+
+
+def test_an_address_that_speaks_another_protocol_is_one_clear_line(tmp_path: Path) -> None:
+    """`--control-plane` pointing at a port that is not HTTP (SSH, a database behind a
+    sidecar's TCP port): one `error:` line, exit 1; it was http.client's traceback."""
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-c", BANNER_SERVER, str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = MeshProcess("ssh", server, tmp_path / "ssh.log",
+                        {"api": f"http://127.0.0.1:{port}", "token": "x"})
+    try:
+        wait_for(lambda: _connects(port), 15, "the banner server")
+        for argv in (["get", "rt"], ["proxy-status"], ["stat"], ["describe", "svc", "x"]):
+            code, out, err = meshctl(other, *argv)
+            assert (code, out) == (1, ""), (argv, err)
+            assert err == (f"error: http://127.0.0.1:{port} answered, but not in HTTP "
+                           "(BadStatusLine: 'SSH-2.0-OpenSSH_9.6\\r\\n'); is it the control "
+                           "plane's --listen address (--control-plane, AMI_CONTROL_PLANE)?\n"), err
+        code, _, err = meshctl(other, "bug-report", "-o", str(tmp_path / "report.tar.gz"))
+        assert code == 1 and "answered, but not in HTTP" in err and "Traceback" not in err, err
+    finally:
+        other.stop()
+
+
+def _connects(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
 
 
 def test_apply_order_of_files_does_not_matter(cp: MeshProcess, tmp_path: Path) -> None:

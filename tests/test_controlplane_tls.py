@@ -4,11 +4,13 @@ over HTTPS (--api-tls, --api-cert) with meshctl verifying it; sslscan of the API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,3 +299,50 @@ def test_api_cert_from_the_operator(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "nope.key" in missing.stderr, missing.stderr
     lonely = meshctl("serve", "--api-cert", str(tmp_path / "api.pem"))
     assert lonely.returncode == 2 and "--api-key" in lonely.stderr
+
+
+def _https_front(listener: socket.socket, ctx: ssl.SSLContext) -> None:
+    """An HTTPS server as nginx or an ingress in front of the API: h2 when offered, else
+    HTTP/1.1 (answered with an empty RouteList)."""
+    def one(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            body = b'{"kind": "RouteList", "items": []}'
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+    with contextlib.suppress(OSError):
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def test_an_https_front_that_speaks_h2_is_not_taken_for_the_grpc_port(tmp_path: Path) -> None:
+    """The API behind an HTTPS reverse proxy that offers h2 (and HTTP/1.1), its certificate
+    from a CA meshctl was not given: the way out is --ca-file (the hint said it looked like
+    the gRPC port, since only h2 was probed); in plain HTTP: use https://."""
+    init_ca(tmp_path / "ca")
+    from meshctl.controlplane.ca_service import control_plane_certificate
+
+    cert = control_plane_certificate(CertificateAuthority(tmp_path / "ca"), ["localhost"])
+    (tmp_path / "front.pem").write_bytes(cert.chain_pem)
+    (tmp_path / "front.key").write_bytes(cert.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "front.pem", tmp_path / "front.key")
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_https_front, args=(listener, ctx), daemon=True).start()
+    front = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        unknown = meshctl("--control-plane", f"https://{front}", "get", "routes", cwd=tmp_path)
+        assert unknown.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in unknown.stderr
+        assert "--ca-file" in unknown.stderr and "gRPC" not in unknown.stderr, unknown.stderr
+        plain = meshctl("--control-plane", f"http://{front}", "get", "routes", cwd=tmp_path)
+        assert plain.returncode == 1 and f"use https://{front}" in plain.stderr, plain.stderr
+        trusted = meshctl("--control-plane", f"https://{front}", "--ca-file",
+                          str(tmp_path / "ca" / "trust-bundle.pem"), "get", "routes",
+                          cwd=tmp_path)
+        assert trusted.returncode == 0, trusted.stderr
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from meshctl.controlplane.errors import Conflict
 from meshctl.controlplane.store import EventType
 from tests.conftest_store import next_event, policy, policy_doc, route_doc
 from tests.fakes import FakeClock
-from tests.helpers_mesh import http_json, start_control_plane, wait_for
+from tests.helpers_mesh import ROOT, http_json, start_control_plane, wait_for
+from tests.tools import required_tool
 
 KIND = "DestinationPolicy"
 
@@ -409,3 +412,210 @@ async def test_a_move_between_files_is_judged_as_one_change(tmp_path: Path) -> N
                                  "default/ratings, already defined in a.yaml doc 1")
     finally:
         await store.close()
+
+
+async def test_a_renamed_file_moves_its_objects(tmp_path: Path) -> None:
+    """A file renamed (`git mv`, an editor's save-as-then-delete) or gone while another takes
+    its objects over: they move, keeping version and status, with no event; they were
+    deleted and added again (status, such as a Canary's progress, lost) before."""
+    store = DirStore(tmp_path / "store", watch_files=False)
+    await store.start()
+    try:
+        write(store.root / "reviews.yaml", policy_doc("reviews"),
+              route_doc("reviews", {"v1": 90, "v2": 10}))
+        await store.rescan()
+        dp = await store.get(KIND, "default", "reviews")
+        assert dp is not None
+        await store.set_status(dp.key, {"note": "kept"})
+        async with store.watch() as watch:
+            (store.root / "team").mkdir()
+            (store.root / "reviews.yaml").rename(store.root / "team" / "reviews.yaml")
+            await store.rescan()
+            # one file gone, another holding its route changed: a change, not a delete
+            (store.root / "team" / "reviews.yaml").unlink()
+            write(store.root / "route.yaml", route_doc("reviews", {"v1": 50, "v2": 50}))
+            write(store.root / "dp.yaml", policy_doc("reviews"))
+            await store.rescan()
+            write(store.root / "fence.yaml", policy_doc("fence"))
+            await store.rescan()
+            events = [await next_event(watch), await next_event(watch)]
+        assert [(e.type, e.object.key[2]) for e in events if e.object] == [
+            (EventType.MODIFIED, "reviews"), (EventType.ADDED, "fence")]
+        assert events[0].object is not None and events[0].object.key[0] == "Route"
+        moved = await store.get(KIND, "default", "reviews")
+        assert moved is not None and moved.source == "dp.yaml"
+        assert moved.resource_version == dp.resource_version
+        assert await store.status(dp.key) == {"note": "kept"}
+        assert store.errors() == []
+        state = json.loads((store.root / ".ami" / "state.json").read_text())
+        assert sorted(state["files"]) == ["dp.yaml", "fence.yaml", "route.yaml"]
+    finally:
+        await store.close()
+
+
+async def test_a_file_that_cannot_be_read_is_rejected_and_listed(tmp_path: Path) -> None:
+    """A symlink loop (permission denied: the test below): a rejection like any other (listed
+    by errors(), in the objects' conditions, last good version live, an API write refused with
+    it), not only a log line repeated on every rescan."""
+    store = DirStore(tmp_path / "store", watch_files=False)
+    await store.start()
+    path = store.root / "reviews.yaml"
+    try:
+        write(path, policy_doc("reviews"))
+        await store.rescan()
+        good = path.read_bytes()
+        path.unlink()
+        (store.root / ".loop.yaml").symlink_to(path)  # (root reads any file: a loop it cannot)
+        path.symlink_to(store.root / ".loop.yaml")
+        await store.rescan()
+        [error] = store.errors()
+        assert error.source == "reviews.yaml"
+        assert error.message.startswith("reviews.yaml: cannot be read: Too many levels of")
+        live = await store.get(KIND, "default", "reviews")
+        assert live is not None
+        [condition] = (await store.status(live.key))["conditions"]
+        assert (condition["status"], condition["message"]) == ("False", error.message)
+        with pytest.raises(Conflict, match="cannot be read"):
+            await store.update(policy("reviews", ("v1",)))
+        path.unlink()
+        path.write_bytes(good)  # readable again, as it was: valid again
+        await store.rescan()
+        assert store.errors() == [] and await store.get(KIND, "default", "reviews") is not None
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("text", ['{"version": 1e400, "objects": {}}', '{"version": 7, "obj',
+                                  '["a", "list"]', '{"version": 7, "objects": {}, "files": 3}'])
+async def test_an_unreadable_state_file_is_kept_aside(tmp_path: Path, text: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Truncated, foreign or absurd (a version of 1e400 crashed the start): the directory
+    is read without it, and a copy of it is kept, since it is rewritten at once."""
+    root, state = tmp_path / "store", tmp_path / "store" / ".ami" / "state.json"
+    write(root / "reviews.yaml", policy_doc("reviews"))
+    state.parent.mkdir(parents=True)
+    state.write_text(text)
+    store = DirStore(root, watch_files=False)
+    await store.start()
+    try:
+        assert await store.get(KIND, "default", "reviews") is not None
+        assert (state.parent / "state.json.unreadable").read_text() == text
+        assert json.loads(state.read_text())["files"]["reviews.yaml"]
+        assert "cannot be read" in caplog.text and "state.json.unreadable" in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_another_config_dirs_last_good_versions_are_not_restored(tmp_path: Path) -> None:
+    """One --state-dir for two config dirs (serve's default is ./.ami): a file of the second
+    invalid at start had the first's file of the same name restored live as its last good
+    version."""
+    state_dir = tmp_path / "state"
+    first = DirStore(tmp_path / "prod", state_dir=state_dir, watch_files=False)
+    write(first.root / "policies.yaml", policy_doc("payments"))
+    await first.start()
+    await first.close()
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "policies.yaml").write_text("kind: [not valid\n")
+    second = DirStore(tmp_path / "staging", state_dir=state_dir, watch_files=False)
+    await second.start()
+    try:
+        assert await second.list() == []
+        [error] = second.errors()
+        assert error.source == "policies.yaml" and "restored" not in error.message
+    finally:
+        await second.close()
+    again = DirStore(tmp_path / "staging", state_dir=state_dir, watch_files=False)
+    await again.start()  # (its own state: still nothing of prod)
+    try:
+        assert await again.list() == []
+    finally:
+        await again.close()
+
+
+async def test_a_symlinked_directory_is_followed_once(tmp_path: Path) -> None:
+    """`mesh/team -> ../shared/team`: its files are loaded, and edits in it go live, as a
+    symlinked file's do (its files were silently left out); a link back up is walked once."""
+    shared = tmp_path / "shared" / "team"
+    write(shared / "q.yaml", policy_doc("teamq"))
+    root = tmp_path / "mesh"
+    root.mkdir()
+    (root / "team").symlink_to(shared)
+    (root / "team-again").symlink_to(shared)  # the same directory: one path for its files
+    (shared / "up").symlink_to(root)  # a loop
+    store = DirStore(root)
+    await store.start()
+    try:
+        q = await store.get(KIND, "default", "teamq")
+        assert q is not None and q.source == "team/q.yaml"
+        assert store.errors() == []
+        async with store.watch() as watch:
+            write(shared / "r.yaml", policy_doc("teamr"))
+            event = await next_event(watch)
+        assert event.object is not None and event.object.source == "team/r.yaml"
+    finally:
+        await store.close()
+
+
+DENIED_SCENARIO = """\
+import asyncio, json, os, sys
+from pathlib import Path
+import yaml
+from meshctl.controlplane.dirstore import DirStore
+from tests.conftest_store import policy_doc
+
+root = Path(sys.argv[1])
+for rel, name in (("team/a.yaml", "teama"), ("c.yaml", "c")):
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(yaml.safe_dump(policy_doc(name)))
+
+async def seen(store):
+    return {"live": {o.key[2]: o.resource_version for o in await store.list()},
+            "errors": [e.message for e in store.errors()]}
+
+async def main():
+    out = []
+    store = DirStore(root, watch_files=False)
+    await store.start()
+    out.append(await seen(store))
+    os.chmod(root / "team", 0)
+    os.chmod(root / "c.yaml", 0)
+    await store.rescan()
+    out.append(await seen(store))
+    await store.close()
+    store = DirStore(root, watch_files=False)  # a restart while they are unreadable
+    await store.start()
+    out.append(await seen(store))
+    os.chmod(root / "team", 0o755)
+    os.chmod(root / "c.yaml", 0o644)
+    await store.rescan()
+    out.append(await seen(store))
+    await store.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_a_directory_that_cannot_be_listed_keeps_its_files(tmp_path: Path) -> None:
+    """`chmod 000 team/` (or a directory of another user): its files are not gone, only
+    unreadable, so they are rejected with their last good version live, as an unreadable file
+    is, across a restart too; they were deleted, silently, and added again once readable. Run
+    without the capability to override permissions (root has it)."""
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = [required_tool("setpriv", hint="util-linux"), "--bounding-set",
+                  "-dac_override,-dac_read_search", "--inh-caps=-all", "--"]
+    done = subprocess.run([*prefix, sys.executable, "-c", DENIED_SCENARIO,
+                           str(tmp_path / "mesh")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.chmod(tmp_path / "mesh" / "team", 0o755)  # (for pytest's clean-up, whatever happened)
+    assert done.returncode == 0, done.stderr
+    start, denied, restarted, readable = json.loads(done.stdout)
+    assert start == {"live": {"c": 1, "teama": 2}, "errors": []}
+    assert denied["live"] == start["live"]
+    assert denied["errors"] == ["c.yaml: cannot be read: Permission denied",
+                                "team/a.yaml: cannot be read: Permission denied"]
+    assert restarted["live"] == start["live"]
+    assert [e.splitlines()[0] for e in restarted["errors"]] == denied["errors"]
+    assert readable == start

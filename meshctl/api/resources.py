@@ -21,10 +21,10 @@ from meshctl.api.peerauthn import PeerAuthenticationSpec, overlap
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.api.sidecar import SidecarSpec
 from meshctl.api.telemetry import TelemetrySpec
+from meshctl.api.yamlwalk import walk_yaml
 
 API_VERSION = "ami.mesh/v1alpha1"
 DEFAULT_NAMESPACE = "default"
-YAML_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +230,7 @@ def yaml_files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ValidationError([Issue(str(path), None, "", "no such file or directory")])
-    return sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return [path / rel for rel in walk_yaml(path) if (path / rel).is_file()]
 
 
 def load_path(path: str | Path) -> list[Resource]:

@@ -16,7 +16,7 @@ from typing import Any
 from meshctl import output
 from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.bugreport.redact import Redactor
-from meshctl.client import ControlPlaneClient
+from meshctl.client import ControlPlaneClient, not_http
 
 MAX_ANSWER = 64 << 20  # bytes read from one answer (a config dump is at most 16 MiB)
 CHUNK = 1 << 16
@@ -128,6 +128,8 @@ class Collector:
         except OSError as exc:  # refused, reset, timed out
             raise Unreachable(f"the control plane at {self.client.base_url} did not answer: "
                               f"{str(exc) or type(exc).__name__}") from None
+        except http.client.HTTPException as exc:  # another protocol's port
+            raise Unreachable(not_http(self.client.base_url, exc)) from None
         if status != 200 or not isinstance(body, dict) or "version" not in body:
             raise Unreachable(_refusal(status, body) if isinstance(body, dict) and
                               body.get("error") else self.client.not_the_api(status))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import ssl
 import sys
@@ -15,7 +16,12 @@ from typing import Any
 
 from meshctl.addrprobe import address_hint
 from meshctl.api.kindnames import kind_for
-from meshctl.client import ControlPlaneClient, ControlPlaneError, resolve_control_plane
+from meshctl.client import (
+    ControlPlaneClient,
+    ControlPlaneError,
+    not_http,
+    resolve_control_plane,
+)
 from meshctl.controlplane.auth import load_client_token
 
 SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPolicy",
@@ -89,6 +95,9 @@ def reports_errors(command: Command, failure: int = 1) -> Command:
         except (TimeoutError, ConnectionError) as exc:
             url = resolve_control_plane(args.control_plane)
             print(f"error: control plane did not answer: {exc}{unreachable_hint(url, exc)}",
+                  file=sys.stderr)
+        except http.client.HTTPException as exc:  # another protocol's port (SSH, a database)
+            print(f"error: {not_http(resolve_control_plane(args.control_plane), exc)}",
                   file=sys.stderr)
         return failure
     return run

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from meshctl.api.yamlwalk import walk_yaml
+
 _DOC_START = re.compile(r"^---(?:[ \t].*)?$")
-YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1024 * 1024  # as the HTTP API's body limit (aiohttp's client_max_size)
 
 
@@ -27,15 +28,11 @@ def is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def yaml_files(root: Path) -> Iterator[Path]:
-    """Every visible ``*.yaml``/``*.yml`` under ``root``, as paths relative to it, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.endswith(YAML_SUFFIXES) and not name.startswith("."):
-                found.append(Path(dirpath, name).relative_to(root))
-    yield from sorted(found)
+def yaml_files(root: Path, unlisted: list[Path] | None = None) -> Iterator[Path]:
+    """Every visible ``*.yaml``/``*.yml`` under ``root``, as paths relative to it, sorted
+    (symlinked directories followed once; ``unlisted`` gets the directories that could not be
+    listed: meshctl.api.yamlwalk)."""
+    yield from walk_yaml(root, unlisted)
 
 
 def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:

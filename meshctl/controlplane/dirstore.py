@@ -2,7 +2,8 @@
 
 Layout. Objects written through the API go to ``<root>/<kind-lowercase>/<namespace>/<name>.yaml``;
 any other visible ``*.yaml``/``*.yml`` under the root (multi-document files too) is loaded as
-well, and an API update rewrites the object's document in whichever file holds it, keeping the
+well (symlinked files and directories followed; a directory reached twice is walked once),
+and an API update rewrites the object's document in whichever file holds it, keeping the
 other documents' text and comments. Dot-files and dot-directories are ignored, except that a
 change under a ``..`` name (a Kubernetes ConfigMap volume's ``..data`` symlink swap) triggers a
 rescan of the visible files, which are symlinks through it.
@@ -17,11 +18,15 @@ good objects stay live, watchers see nothing, the error is logged, listed by ``e
 written into each of its objects' ``status.conditions`` (``type: Accepted, status:
 "False"``). A name that is not a regular file (a FIFO would block the event loop forever) or
 a file over 1 MiB (the API's body limit) is rejected the same way, reported once, and never
-read past the limit. Deleting a file deletes its objects. A file that still exists but now
-holds no document, where it held some, is taken at its word only if it still holds none
-``empty_settle`` seconds later: an editor that truncates a file and then writes it leaves it
-empty for a moment, and read then, every object of the file would be deleted (a Route's
-traffic spread over every subset) until the write.
+read past the limit; so is a file that cannot be read (permission denied, a symlink loop),
+and the known files of a directory that cannot be listed are kept and read as they can be
+(such a directory has not lost its files).
+Deleting a file deletes its objects, unless another file takes them over in the same change
+(a file renamed, as `git mv` does): they move, keeping their version and status. A file that
+still exists but now holds no document, where it held some, is taken at its word only if it
+still holds none ``empty_settle`` seconds later: an editor that truncates a file and then
+writes it leaves it empty for a moment, and read then, every object of the file would be
+deleted (a Route's traffic spread over every subset) until the write.
 
 State. ``<state-dir>/state.json`` (default ``<root>/.ami/``, mode 0600, written atomically
 after every change) keeps the resourceVersion counter, per object its version and content
@@ -48,6 +53,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,6 +128,23 @@ def _not_utf8(rel: str, data: bytes, exc: UnicodeDecodeError) -> str:
             f"UTF-8 ({exc.reason}); save the file as UTF-8")
 
 
+def _gone(path: Path) -> bool:
+    """Whether ``path`` is known not to exist (a directory that cannot be searched is not
+    proof of that, unlike os.path.lexists says)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:  # permission denied: there may well be a file
+        return False
+    return False
+
+
+def _under(rel: str, directory: Path) -> bool:
+    """Whether the file ``rel`` is in ``directory`` (both relative to the root; ``.``: it)."""
+    return directory == Path(".") or Path(rel).is_relative_to(directory)
+
+
 def _content_hash(resource: Resource) -> str:
     return _digest(json.dumps(canonical_content(resource), sort_keys=True).encode())
 
@@ -169,6 +192,7 @@ class DirStore(MemStore):
         self._emptied: dict[str, float] = {}  # file -> when it was first read empty
         self._rescan_timer: asyncio.TimerHandle | None = None
         self._rescan_task: asyncio.Task[None] | None = None
+        self._unlisted: list[Path] = []  # directories the last scan could not list
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -310,20 +334,28 @@ class DirStore(MemStore):
 
     # -- reconciling memory with the directory ---------------------------------------------
     def _sync_all(self) -> None:
-        on_disk = {str(rel) for rel in yaml_files(self.root)}
-        changed = False
-        for rel in sorted(set(self._files) - on_disk):
-            changed |= self._drop_file(rel)
+        unlisted: list[Path] = []
+        on_disk = {str(rel) for rel in yaml_files(self.root, unlisted)}
+        # A directory that cannot be listed (permission denied) has not lost its files: those
+        # known stay, read as they can be (unreadable: rejected, their last good version live)
+        on_disk |= {rel for rel in [*self._files, *self._rejected]
+                    if any(_under(rel, directory) for directory in unlisted)}
+        if unlisted != self._unlisted:
+            for directory in unlisted:
+                log.warning("cannot list %s under %s: the files known in it are kept, new ones "
+                            "are not seen until it can be listed", directory, self.root)
+            self._unlisted = unlisted
         for rel in set(self._rejected) - on_disk:
             del self._rejected[rel]
-        if self._sync(sorted(on_disk), changed):
+        if self._sync(sorted(on_disk), gone=sorted(set(self._files) - on_disk)):
             self._save_state()
 
-    def _sync(self, rels: Iterable[str], changed: bool = False) -> bool:
+    def _sync(self, rels: Iterable[str], changed: bool = False,
+              gone: Sequence[str] = ()) -> bool:
         """Bring the files ``rels`` in line with their content, judging the changed ones
-        together (``dirjudge``); then, if anything changed, judge the files rejected for
-        reasons of other files again against the new state, until no more go live. True if
-        anything changed."""
+        together (``dirjudge``), and drop the files ``gone`` from the directory; then, if
+        anything changed, judge the files rejected for reasons of other files again against
+        the new state, until no more go live. True if anything changed."""
         changes: dict[str, _Change] = {}
         for rel in rels:
             read = self._read(rel)
@@ -331,7 +363,7 @@ class DirStore(MemStore):
                 changes[rel] = read
             else:
                 changed |= read
-        again = changed or bool(changes)
+        again = changed or bool(changes) or bool(gone)
         while again:
             for rel in sorted(self._rejected):
                 if rel not in changes and not self._rejected[rel].alone:
@@ -341,7 +373,12 @@ class DirStore(MemStore):
                     else:
                         changed |= read
             # each round that goes on made a rejected file live: the rounds end
-            again = bool(changes) and self._judge_and_apply(changes)
+            again = bool(changes) and self._judge_and_apply(changes, gone)
+            # Dropped only now: an object a gone file held that a changed file holds now (a
+            # file renamed, as `git mv` does) was moved, not deleted and added again.
+            for rel in gone:
+                again |= self._drop_file(rel)
+            gone = ()
             changed |= again
             changes = {}
         return changed
@@ -357,13 +394,15 @@ class DirStore(MemStore):
             self._rejected.pop(rel, None)
             self._emptied.pop(rel, None)
             return self._drop_file(rel)
-        except RefusedFile as exc:  # reported once (not on every rescan); last good stays
-            marker = f"refused: {exc}"
+        except (RefusedFile, OSError) as exc:  # reported once (not on every rescan); last
+            # good stays. OSError: permission denied, a symlink loop: listed with the errors,
+            # as a file that does not parse, not only logged (on every rescan) while nothing
+            # of it is live
+            text = str(exc) if isinstance(exc, RefusedFile) else \
+                f"cannot be read: {exc.strerror or exc}"
+            marker = f"refused: {text}"
             if rel not in self._rejected or self._rejected[rel].digest != marker:
-                self._reject(rel, marker, f"{rel}: {exc}", alone=True)
-            return False
-        except OSError as exc:
-            log.warning("cannot read %s: %s", rel, exc)
+                self._reject(rel, marker, f"{rel}: {text}", alone=True)
             return False
         digest = _digest(data)
         if rel in self._files and self._files[rel].digest == digest:
@@ -407,12 +446,15 @@ class DirStore(MemStore):
         except yaml.YAMLError as exc:
             raise Invalid(f"{rel}: {exc}", exc) from exc
 
-    def _judge_and_apply(self, changes: dict[str, _Change]) -> bool:
-        """Judge the changed files together; make live those that can go live together and
-        reject the others. True if any went live."""
+    def _judge_and_apply(self, changes: dict[str, _Change], gone: Sequence[str] = ()) -> bool:
+        """Judge the changed files together, as if the files ``gone`` were dropped already;
+        make live those that can go live together and reject the others. True if any went
+        live."""
         bug = False
+        live = self._objects if not gone else {
+            k: o for k, o in self._objects.items() if o.source not in gone}
         try:
-            errors = judge(self._objects, {rel: c.resources for rel, c in changes.items()},
+            errors = judge(live, {rel: c.resources for rel, c in changes.items()},
                            self._rejected)
         except Exception as exc:  # a checker bug must cost these files, not the watcher
             log.exception("unexpected error checking %s", ", ".join(sorted(changes)))
@@ -488,10 +530,13 @@ class DirStore(MemStore):
             self._set_accepted(key, message)
 
     def _drop_file(self, rel: str) -> bool:
+        """Forget a file that is gone, deleting the objects it still holds (not those another
+        file took over in the same change)."""
         state = self._files.pop(rel, None)
         self._restored.discard(rel)
         for key in state.keys if state else ():
-            self._commit_delete(key)
+            if key in self._objects and self._objects[key].source == rel:
+                self._commit_delete(key)
         return state is not None
 
     def _set_accepted(self, key: Key, error: str | None) -> None:
@@ -525,8 +570,16 @@ class DirStore(MemStore):
             self._known = {k: (int(v[0]), str(v[1])) for k, v in state["objects"].items()}
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            log.warning("ignoring unreadable %s: %s", self._state_file, exc)
+        except (OSError, ValueError, ArithmeticError, LookupError, TypeError,
+                AttributeError) as exc:  # (ArithmeticError: a version of 1e400)
+            self._set_aside("the objects' versions (they start again) and the files' last "
+                            "good versions (a file invalid now has nothing live)", exc)
+            return
+        root = state.get("root")
+        if root is not None and root != str(self.root):  # another config dir's (a shared
+            # --state-dir): its files' last good versions are not this directory's
+            log.warning("%s was written for the config dir %s, not %s: the files' last good "
+                        "versions it holds are not restored", self._state_file, root, self.root)
             return
         try:  # absent in a state file of a version that kept no content
             self._saved = {
@@ -534,9 +587,21 @@ class DirStore(MemStore):
                            [(doc if isinstance(doc, int) else None, obj)
                             for doc, obj in entry["objects"]])
                 for rel, entry in state.get("files", {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s: ignoring the unreadable last good versions of files: %s",
-                        self._state_file, exc)
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            self._set_aside("the files' last good versions (a file invalid now has nothing "
+                            "live)", exc)
+
+    def _set_aside(self, lost: str, exc: Exception) -> None:
+        """Say what an unreadable state file costs, and keep a copy of it: it is rewritten
+        as soon as the directory is read, and its owner may want it back."""
+        aside = self._state_file.with_name(self._state_file.name + ".unreadable")
+        try:
+            shutil.copyfile(self._state_file, aside)
+            kept = f"a copy is kept as {aside}"
+        except OSError as copy_error:
+            kept = f"no copy could be kept ({copy_error})"
+        log.warning("%s cannot be read (%s): starting without %s; %s", self._state_file, exc,
+                    lost, kept)
 
     def _restore(self) -> None:
         """Make the last good objects state.json recorded for each file live again, before
@@ -544,7 +609,7 @@ class DirStore(MemStore):
         keeps them, as it would have had it been running. A file gone since is not restored
         (deleting a file deletes its objects)."""
         for rel, (digest, docs) in sorted(self._saved.items()):
-            if is_hidden(Path(rel)) or not os.path.lexists(self.root / rel):
+            if is_hidden(Path(rel)) or _gone(self.root / rel):
                 continue
             try:
                 resources = [parse_document(obj, rel, doc) for doc, obj in docs]
@@ -571,8 +636,8 @@ class DirStore(MemStore):
                                     canonical_content(self._objects[k].resource)]
                                    for k in state.keys]}
                  for rel, state in self._files.items()}
-        data = json.dumps({"version": self._version, "objects": objects, "files": files},
-                          sort_keys=True)
+        data = json.dumps({"version": self._version, "objects": objects, "files": files,
+                           "root": str(self.root)}, sort_keys=True)
         atomic_write(self._state_file, data.encode(), mode=0o600)
 
     # -- the file watcher ------------------------------------------------------------------
