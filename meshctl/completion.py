@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shlex
 import sys
@@ -24,7 +25,9 @@ from typing import Any
 from meshctl.cli import COMMAND_MODULES, build_parser
 
 FILES = ":files"
-LOOKUP_TIMEOUT = 1.0  # seconds: a Tab must not hang on a control plane that is not there
+# seconds: a Tab must not hang on a control plane that is not there (AMI_COMPLETION_TIMEOUT
+# for a slow link)
+LOOKUP_TIMEOUT = 1.0
 # What a service, object or proxy name can be (meshctl/controlplane/xds.py check_proxy, the
 # API's DNS names): anything else an address answers with is not offered to the shell.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -207,29 +210,42 @@ def _given(before: list[str], *options: str) -> str | None:
     return None
 
 
-def _client(before: list[str]) -> Any:
+def _lookup_timeout() -> float:
+    try:
+        value = float(os.environ.get("AMI_COMPLETION_TIMEOUT", LOOKUP_TIMEOUT))
+    except ValueError:
+        return LOOKUP_TIMEOUT
+    return value if 0 < value < 3600 else LOOKUP_TIMEOUT  # (nan fails both)
+
+
+def _client(before: list[str], timeout: float) -> Any:
     from meshctl.commands.calls import make_client
 
     args = argparse.Namespace(control_plane=_given(before, "--control-plane"),
                               ca_file=_given(before, "--ca-file"))
     client = make_client(args)
-    client.timeout = LOOKUP_TIMEOUT
+    client.timeout = timeout
     return client
 
 
 def _asking(find: Callable[[Any], list[str]], before: list[str]) -> list[str]:
-    """The names ``find`` gets from the control plane within LOOKUP_TIMEOUT in all (the
+    """The names ``find`` gets from the control plane within the lookup timeout in all (the
     client's timeout bounds each read only: a server sending a byte at a time, or a slow DNS
     lookup, would hold the Tab), else none; only what can be a name."""
+    timeout = _lookup_timeout()
+    try:
+        client = _client(before, timeout)  # (local work, the imports: not the deadline's)
+    except Exception:
+        return []  # no usable address or credentials: no names, no noise
     found: list[list[str]] = []
 
     def ask() -> None:
         with contextlib.suppress(Exception):  # not there, refused: no names, no noise
-            found.append(find(_client(before)))
+            found.append(find(client))
 
     thread = threading.Thread(target=ask, daemon=True)  # (left behind when late: exit ends it)
     thread.start()
-    thread.join(LOOKUP_TIMEOUT)
+    thread.join(timeout)
     names = found[0] if found else []
     return sorted({n for n in names if isinstance(n, str) and _NAME.fullmatch(n)})
 
