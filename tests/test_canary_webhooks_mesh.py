@@ -93,7 +93,12 @@ def test_confirm_rollout_then_confirm_promotion_gate_the_run(mesh: HookMesh) -> 
     assert mesh.split() == {"v1": 50, "v3": 50}
     asked = len(hooks.bodies("ship"))
     wait_for(lambda: len(hooks.bodies("ship")) > asked, 30, "another analysis while waiting")
-    assert mesh.phase("gated", "WaitingPromotion"), "the analysis goes on, waiting"
+    # The answer is written by the sweep it wakes; an interval short of requests in between (a
+    # loaded machine, as in CI) shows Holding meanwhile, not asking the gate: wait for the gate
+    # to hold it again, or for an end, which fails below.
+    doc = wait_for(lambda: mesh.phase("gated", "WaitingPromotion", *DONE), 30,
+                   "the run waiting for promotion still")
+    assert doc["status"]["phase"] == "WaitingPromotion", doc["status"]
     assert mesh.split() == {"v1": 50, "v3": 50}
 
     hooks.answers["ship"] = 200
