@@ -66,6 +66,11 @@ class Listener:
         self.on_record: Any = None  # tap hook: called with each finished exchange
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
+        # `x-ami-timeout-ms` is the local app's to set (outbound); elsewhere it is dropped
+        # unread: a timeout counts against the endpoint (outlier detection, latency), so a
+        # gateway client honoured with it could eject endpoints for every other client, as
+        # Envoy strips `x-envoy-upstream-rq-timeout-ms` from external requests
+        self.reads_timeout_header = kind == "outbound"
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended;
         # those also in xfcc_gateways (trusted gateways') only with the gateway marker

@@ -158,10 +158,11 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         if p.peer_identity is not None:
             p.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
     elif kind == _H_TIMEOUT:
-        try:
-            p._timeout_override = max(0.0, float(value) / 1000.0)
-        except ValueError:
-            raise Reject("invalid_header") from None
+        if p.listener.reads_timeout_header:  # (else dropped unread: see Listener)
+            try:
+                p._timeout_override = max(0.0, float(value) / 1000.0)
+            except ValueError:
+                raise Reject("invalid_header") from None
     elif kind == _H_XFCC:
         # Kept only from an mTLS peer the inbound listener trusts to have set it (a gateway);
         # _head_tail appends our element. From anyone else it is dropped like the others.
