@@ -142,6 +142,6 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
     if stream.xfcc_line:
         tail.append(stream.xfcc_line if xfcc is None else appended_xfcc(xfcc, stream.xfcc_line))
     ex = H2Exchange(stream, method, target, path, query, text_authority, kept,
-                    tail, scheme or b"http", grpc, now)
+                    tail, listener.h2_scheme or scheme or b"http", grpc, now)
     ex.timeout_override = timeout_override
     return ex

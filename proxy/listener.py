@@ -60,6 +60,10 @@ class Listener:
         self.server: asyncio.base_events.Server | None = None
         self.scheme = "https" if tls else "http"  # as clients of this listener see it
         self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
+        # gateway: the `:scheme` its HTTP/2 requests go on with is the one its clients used
+        # (as x-forwarded-proto), not the one they claim: an app reading `:scheme` (ASGI's
+        # scope["scheme"]) must not take a plaintext request for HTTPS. None: the caller's.
+        self.h2_scheme = self.scheme.encode() if kind == "gateway" else None
         self.access_log: AccessLogSink | None = None
         # A Telemetry's filter (meshctl.api.accessfilter), only read while the log is on
         self.access_filter: Any = None

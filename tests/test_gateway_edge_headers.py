@@ -12,7 +12,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.h2app import H2Client
+from tests.h2app import H2Client, H2Server
 from tests.proxyharness import (
     Backends,
     ProxyProcess,
@@ -64,11 +64,19 @@ def held(backends: Backends) -> tuple[HeldApp, int]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory,
-            held: tuple[HeldApp, int]) -> Iterator[tuple[ProxyProcess, int]]:
+def h2_app(backends: Backends) -> H2Server:
+    """An h2c app (as a gRPC server is), recording the requests it gets."""
+    return backends.call(H2Server("h2").start())
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, held: tuple[HeldApp, int],
+            h2_app: H2Server) -> Iterator[tuple[ProxyProcess, int]]:
     tmp = tmp_path_factory.mktemp("gwedge")
-    proc = ProxyProcess(tmp, {"shop": [held[1]]}, args=("--mode", "gateway"))
-    port = proc.listen_as_gateway([{"destination": "shop"}])
+    proc = ProxyProcess(tmp, {"shop": [held[1]], "h2": [h2_app.port]},
+                        args=("--mode", "gateway"))
+    port = proc.listen_as_gateway([{"hosts": ["h2.example.com"], "destination": "h2"},
+                                   {"destination": "shop"}])
     config: dict[str, Any] = yaml.safe_load(proc.config.read_text())
     # One failure ejects shop's only endpoint: every client would then get 503.
     config["services"]["shop"]["policy"] = {"outlierDetection": {"consecutive5xxErrors": 1}}
@@ -136,3 +144,17 @@ async def test_a_timeout_header_that_is_no_number_is_no_error_at_the_gateway(
     status, reason, body = await _h1(gateway[1], "/x", "x-ami-timeout-ms: soon\r\n")
     assert (status, reason) == (200, None)
     assert "X-Ami-Timeout-Ms" not in json.loads(body)
+
+
+@pytest.mark.parametrize("claimed", ["https", "http"])
+async def test_an_http2_apps_scheme_is_the_one_the_client_used(
+        gateway: tuple[ProxyProcess, int], h2_app: H2Server, claimed: str) -> None:
+    """Over the plaintext gateway the app gets `:scheme: http`, as `x-forwarded-proto` says,
+    whatever `:scheme` the client claimed: passed on before, a client's `https` reached the app
+    (which an ASGI server reads as scope["scheme"], the request's being HTTPS)."""
+    path = f"/scheme/{claimed}"
+    async with H2Client(gateway[1]) as client:
+        resp = await client.request("h2.example.com", path, scheme=claimed, timeout=DEADLINE)
+    assert resp.status == 200
+    seen = [r for r in h2_app.requests if r.path == path]
+    assert [(r.get(":scheme"), r.get("x-forwarded-proto")) for r in seen] == [("http", "http")]
