@@ -46,6 +46,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     # What a request cut off by this connection's end is logged as: the client left, unless
     # the proxy closed it at its drain deadline (Server.shutdown).
     lost_reason = "downstream_disconnect"
+    # the server name (SNI) of a connection the HTTPS gateway terminated (proxy.misdirected)
+    server_name: str | None = None
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -133,6 +135,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
             self.closed = True
             return
         if ssl_object is not None and self.listener.kind == "gateway":
+            from proxy.servingcert import served_name
+
+            self.server_name = served_name(ssl_object)
             der = ssl_object.getpeercert(binary_form=True)
             if der:  # asked for (--gateway-client-ca) and verified in the handshake
                 from proxy.clientcert import xfcc_line

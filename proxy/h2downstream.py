@@ -96,6 +96,10 @@ class H2Stream:
         return self.session.xfcc_line
 
     @property
+    def server_name(self) -> str | None:
+        return self.session.server_name
+
+    @property
     def peer_service(self) -> str | None:
         return self.session.peer_service
 
@@ -190,6 +194,7 @@ class H2DownstreamProtocol(asyncio.Protocol):
         self.peer_version = h1.peer_version
         self.security = h1.security
         self.xfcc_line = h1.xfcc_line
+        self.server_name = h1.server_name
         self.h2 = h2guard.MeshH2Connection(h2guard.configuration(client_side=False))
         self.streams: dict[int, H2Stream] = {}
         self.closed = False

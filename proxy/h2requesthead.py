@@ -86,10 +86,11 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
             if stream.peer_identity is not None:
                 stream.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
         elif kind == _H_TIMEOUT:
-            try:
-                timeout_override = max(0.0, float(value) / 1000.0)
-            except ValueError:
-                return "invalid_header"
+            if listener.reads_timeout_header:  # (else dropped unread: see Listener)
+                try:
+                    timeout_override = max(0.0, float(value) / 1000.0)
+                except ValueError:
+                    return "invalid_header"
         elif kind == _H_XFCC:
             if (listener.keeps_xfcc(stream.peer_identity, stream.peer_gateway_cert)
                     and (value := value.strip())):
@@ -141,6 +142,6 @@ def exchange_from_headers(stream: H2Stream, headers: Headers, now: float,
     if stream.xfcc_line:
         tail.append(stream.xfcc_line if xfcc is None else appended_xfcc(xfcc, stream.xfcc_line))
     ex = H2Exchange(stream, method, target, path, query, text_authority, kept,
-                    tail, scheme or b"http", grpc, now)
+                    tail, listener.h2_scheme or scheme or b"http", grpc, now)
     ex.timeout_override = timeout_override
     return ex

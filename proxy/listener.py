@@ -60,12 +60,21 @@ class Listener:
         self.server: asyncio.base_events.Server | None = None
         self.scheme = "https" if tls else "http"  # as clients of this listener see it
         self.forwarded_proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
+        # gateway: the `:scheme` its HTTP/2 requests go on with is the one its clients used
+        # (as x-forwarded-proto), not the one they claim: an app reading `:scheme` (ASGI's
+        # scope["scheme"]) must not take a plaintext request for HTTPS. None: the caller's.
+        self.h2_scheme = self.scheme.encode() if kind == "gateway" else None
         self.access_log: AccessLogSink | None = None
         # A Telemetry's filter (meshctl.api.accessfilter), only read while the log is on
         self.access_filter: Any = None
         self.on_record: Any = None  # tap hook: called with each finished exchange
         self.tracer: Any = None  # proxy.tracing.Tracer when an OTLP endpoint is configured
         self.peer_line = b""  # outbound: `x-ami-peer: service;version` for the next hop
+        # `x-ami-timeout-ms` is the local app's to set (outbound); elsewhere it is dropped
+        # unread: a timeout counts against the endpoint (outlier detection, latency), so a
+        # gateway client honoured with it could eject endpoints for every other client, as
+        # Envoy strips `x-envoy-upstream-rq-timeout-ms` from external requests
+        self.reads_timeout_header = kind == "outbound"
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended;
         # those also in xfcc_gateways (trusted gateways') only with the gateway marker

@@ -26,6 +26,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
     "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
     "not_authorized": (403, "denied by authorization policy"),
+    "misdirected_request": (421, "the HTTPS gateway passes TLS for this host through by its "
+                                 "server name: ask on a connection naming it"),
     "no_route": (404, "no route for this request (its host; at the gateway, host and path)"),
     "rate_limited": (429, "local rate limit exceeded"),
     "fault_injected": (503, "fault injected by route"),

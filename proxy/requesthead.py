@@ -158,10 +158,11 @@ def on_header(p: DownstreamProtocol, name: bytes, value: bytes) -> None:
         if p.peer_identity is not None:
             p.peer_version = value.decode("latin-1").partition(";")[2] or "unknown"
     elif kind == _H_TIMEOUT:
-        try:
-            p._timeout_override = max(0.0, float(value) / 1000.0)
-        except ValueError:
-            raise Reject("invalid_header") from None
+        if p.listener.reads_timeout_header:  # (else dropped unread: see Listener)
+            try:
+                p._timeout_override = max(0.0, float(value) / 1000.0)
+            except ValueError:
+                raise Reject("invalid_header") from None
     elif kind == _H_XFCC:
         # Kept only from an mTLS peer the inbound listener trusts to have set it (a gateway);
         # _head_tail appends our element. From anyone else it is dropped like the others.
@@ -218,7 +219,7 @@ def exchange_from_head(p: DownstreamProtocol) -> Exchange:
     elif p._host is None or p._host.decode("latin-1") != authority:
         _host_from_target(p, authority)
     if authority not in KNOWN_AUTHORITIES and not valid_authority(authority):
-        raise Reject("bad_request")  # not a host and a port: routed by no rule, sent nowhere
+        authority = _trimmed_host(p, authority)  # else not a host and a port: 400
     sent_path = path
     if ("%" in path or "//" in path or "/." in path or "\\" in path) and path != "*":
         path = normalize_path(path)  # the common, already-normal path skips the call
@@ -295,6 +296,21 @@ def _host_from_target(p: DownstreamProtocol, authority: str) -> None:
     headers.insert(0, (b"Host", host))
     p._headers = headers
     p._host = host
+
+
+def _trimmed_host(p: DownstreamProtocol, authority: str) -> str:
+    """A Host that is a host and a port once its trailing whitespace is gone (llhttp drops
+    only the leading one; RFC 9110 5.5 makes neither part of the value), as the one routed
+    and sent on; anything else is refused. Only a Host that failed the check gets here."""
+    host = p._host
+    trimmed = authority.rstrip(" \t")
+    if (host is None or trimmed == authority or host.decode("latin-1") != authority
+            or not valid_authority(trimmed)):
+        raise Reject("bad_request")  # not a host and a port: routed by no rule, sent nowhere
+    value = trimmed.encode("latin-1")
+    p._headers = [(n, value) if v is host else (n, v) for n, v in p._headers]
+    p._host = value
+    return trimmed
 
 
 def _head_tail(p: DownstreamProtocol, upgrade: bool) -> list[bytes]:

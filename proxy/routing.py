@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
     from proxy.pools import EndpointPool, PoolRegistry
     from proxy.routemetrics import RuleCounter, RuleTable
+    from proxy.sniroutes import SniRoutes
     from proxy.tcpclient import TcpTarget
 
 Matcher = Callable[["Exchange"], bool]
@@ -438,9 +439,11 @@ class RouterBuilder:
                     (Backend(host, None, pools, balancer, prefix),), (100,), self.rng)
         return routes, tunnels
 
-    def gateway(self, scheme: str = "http") -> Router:
+    def gateway(self, scheme: str = "http", passthrough: SniRoutes | None = None) -> Router:
         """``scheme``: what the gateway's clients speak (`https` with a serving certificate),
-        for match blocks with a `scheme` condition."""
+        for match blocks with a `scheme` condition; ``passthrough``: the HTTPS gateway's TLS
+        passthrough table, whose hosts its terminated connections answer 421
+        (proxy.misdirected)."""
         node = self.snapshot.node
         rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
                       for r in self.snapshot.gateway_rules
@@ -455,6 +458,12 @@ class RouterBuilder:
             for host_route in routes.values():
                 for _, decision in host_route.rules:
                     decision.admit = _admit_first(policy.admit, decision.admit)
+        if passthrough is not None:
+            from proxy.misdirected import MisdirectingRouter, misdirected
+
+            return MisdirectingRouter(routes, gateway=rules, source=(node.service, node.version),
+                                      counts_rules=self._counted,
+                                      misdirected=misdirected(passthrough))
         return Router(routes, gateway=rules, source=(node.service, node.version),
                       counts_rules=self._counted)
 

@@ -123,8 +123,11 @@ class ProxyServer:
         routers: dict[str, Router] = {}
         for kind in self.listeners or self._listener_kinds(snapshot):
             routers[kind] = (builder.inbound() if kind == "inbound"
-                             else builder.gateway("http" if self.options.gateway_tls is None
-                                                  else "https") if kind == "gateway"
+                             else builder.gateway(
+                                 "http" if self.options.gateway_tls is None else "https",
+                                 # (terminated connections exist on the HTTPS gateway only)
+                                 passthrough if self.options.gateway_tls is not None else None)
+                             if kind == "gateway"
                              else builder.outbound(self._proxy_ports))
         # Everything compiled: now swap, one assignment per listener.
         for kind, router in routers.items():

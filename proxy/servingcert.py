@@ -35,6 +35,17 @@ class CertificateError(Exception):
     """The certificate or key file cannot be read or does not make a usable pair."""
 
 
+# The server name (SNI) a client asked for, kept on its connection's SSLObject by the SNI
+# callback: a server-side SSLObject does not say it, and proxy.misdirected needs it.
+_SERVER_NAME = "ami_server_name"
+
+
+def served_name(ssl_object: ssl.SSLObject) -> str | None:
+    """The server name the client sent in its ClientHello (None: it sent none)."""
+    name: str | None = vars(ssl_object).get(_SERVER_NAME)
+    return name
+
+
 class ServingCertificate:
     """A server context for `cert_file` and `key_file`; `listener` is the one to bind with."""
 
@@ -111,9 +122,10 @@ class ServingCertificate:
         except (ssl.SSLError, ValueError) as exc:
             raise CertificateError(f"{path} does not load as a PEM CA bundle: {exc}") from None
 
-    def _swap_in_current(self, ssl_object: ssl.SSLObject, _server_name: str | None,
+    def _swap_in_current(self, ssl_object: ssl.SSLObject, server_name: str | None,
                          _ctx: ssl.SSLContext) -> None:
         ssl_object.context = self._current
+        vars(ssl_object)[_SERVER_NAME] = server_name  # (see served_name)
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed since the last look; True if swapped in."""

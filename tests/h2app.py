@@ -256,12 +256,13 @@ class H2Client:
 
     def send(self, authority: str, path: str = "/", method: str = "GET",
              headers: Headers | list[tuple[str, str]] = (),  # type: ignore[assignment]
-             body: bytes = b"", trailers: Headers | None = None) -> asyncio.Future[Response]:
+             body: bytes = b"", trailers: Headers | None = None,
+             scheme: str = "http") -> asyncio.Future[Response]:
         """Send a request now; its response when the future is done."""
         sid = self.h2.get_next_available_stream_id()
         extra = [(n.encode() if isinstance(n, str) else n, v.encode() if isinstance(v, str)
                   else v) for n, v in headers]
-        head = [(b":method", method.encode()), (b":scheme", b"http"),
+        head = [(b":method", method.encode()), (b":scheme", scheme.encode()),
                 (b":authority", authority.encode()), (b":path", path.encode()), *extra]
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.pending[sid] = (Response(), future)

@@ -75,6 +75,25 @@ async def test_requests_enter_by_host_name(gateway_port: int, host: str, path: s
         assert resp.status == 200 and json.loads(resp.body) == {"app": expected, "host": host}
 
 
+@pytest.mark.parametrize(("raw_host", "expected"), [
+    ("shop.example.com \t", "shop"),  # trailing whitespace is no part of the value
+    ("shop.example.com:8080 ", "shop"),
+    ("shop example.com ", 400),  # still no host once trimmed
+])
+async def test_whitespace_after_the_host_is_not_part_of_it(
+        gateway_port: int, raw_host: str, expected: str | int) -> None:
+    """RFC 9110 5.5: whitespace around a field value is not part of it. llhttp drops the
+    leading one only, so `Host: shop.example.com ` was a 400 `bad_request` before."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: {raw_host}\r\n\r\n".encode())
+    resp = await asyncio.wait_for(read_response(reader), 10)
+    writer.close()
+    if isinstance(expected, int):
+        assert (resp.status, resp.header("x-ami-reason")) == (expected, "bad_request")
+    else:
+        assert resp.status == 200 and json.loads(resp.body)["app"] == expected
+
+
 def test_a_gateway_resource_refuses_a_host_that_is_not_a_name(tmp_path: Path) -> None:
     text = ("apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
             "spec:\n  listen: 0.0.0.0:8080\n  rules:\n"
