@@ -438,11 +438,14 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
         if rewrite.authority is not None:  # the Host header, set like any header edit
             request_edits = replace(request_edits,
                                     set=(*request_edits.set, ("host", rewrite.authority)))
+    if rule.rate_limit is not None and rate_limit is not None:
+        # before the rewrite (a limited request gets none), after CORS: a preflight is
+        # answered without spending a token (a browser's POST would otherwise pay two), and
+        # a 429 carries the allow headers, so the page can read it and its retry-after, as
+        # with Envoy's CORS filter ahead of local_ratelimit (the gateway's authorization,
+        # wrapped around this later, runs first)
+        decision.admit = rate_limit(decision.admit)
     if rule.cors is not None:
         decision.admit = CorsPolicy(rule.cors, decision.admit)
-    if rule.rate_limit is not None and rate_limit is not None:
-        # first of the rule's own steps: a limited request gets no CORS answer, no rewrite
-        # (the gateway's authorization, wrapped around this later, runs before it)
-        decision.admit = rate_limit(decision.admit)
     decision.request_headers = HeaderEditor.build(request_edits)
     decision.response_header_ops = HeaderEditor.build(rule.headers.response)

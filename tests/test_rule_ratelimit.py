@@ -107,11 +107,12 @@ async def decisions(snap: Snapshot, limits: RuleLimits, gateway_policy: Any = No
 
 
 async def test_only_limited_rules_get_a_step_first_of_their_own() -> None:
-    """The limit runs before the rule's CORS step, which it calls when it admits; a rule
-    without a limit keeps no admission step at all (nothing more per request)."""
+    """The limit runs after the rule's CORS step, which calls it for what it does not answer
+    itself; a rule without a limit keeps no admission step at all (nothing more per
+    request)."""
     stats = RequestStats()
     login, api, rest = await decisions(snapshot(RULES), RuleLimits(stats))
-    assert isinstance(login.admit, RateLimitPolicy) and isinstance(login.admit.then, CorsPolicy)
+    assert isinstance(login.admit, CorsPolicy) and isinstance(login.admit.then, RateLimitPolicy)
     assert isinstance(api.admit, RateLimitPolicy) and api.admit.then is None
     assert api.admit.keyed is not None and api.admit.labels == (("destination_service", "web"),)
     assert rest.admit is None
@@ -133,27 +134,56 @@ async def test_the_gateways_authorization_runs_before_the_limit() -> None:
     assert login.admit(with_origin)[0] == "rate_limited"
 
 
+async def test_a_preflight_spends_no_token_and_a_429_carries_the_cors_headers() -> None:
+    """A browser's preflight is answered by the rule's CORS step without a token (with the
+    limit first, three preflights drained the burst of 2 and the POSTs after them were 429),
+    and the 429 of a limited request from an allowed origin has the allow headers, as every
+    other local answer of a CORS rule, so the page can read it (and its retry-after)."""
+    from proxy.reasons import local_reply
+
+    login, _, _ = await decisions(snapshot(RULES), RuleLimits(RequestStats()), kind="gateway")
+
+    def browser(method: bytes, **more: str) -> Any:
+        headers = {"origin": "https://shop.example", **more}
+        return SimpleNamespace(**vars(request()), method=method, header=headers.get,
+                               decision=login, response_edits=None)
+
+    assert login.admit is not None
+    for _ in range(3):
+        preflight = browser(b"OPTIONS", **{"access-control-request-method": "POST"})
+        assert login.admit(preflight)[0] == "cors_preflight"
+    assert [login.admit(browser(b"POST")) for _ in range(2)] == [None, None]
+    limited = browser(b"POST")
+    reason, status, extra = login.admit(limited)
+    assert reason == "rate_limited"
+    answer = local_reply(reason, status=status, extra_headers=extra,
+                         edits=limited.response_edits).lower()
+    assert answer.startswith(b"http/1.1 429")
+    assert b"\r\naccess-control-allow-origin: *\r\n" in answer
+    assert b"\r\nretry-after: " in answer
+
+
 async def test_a_push_keeps_the_buckets_of_unchanged_rules() -> None:
     """Another rule changed (its timeout), the Route's other rules kept: the same buckets;
     the outbound and the gateway routers of one proxy have their own; a changed limit or
-    rule name starts new ones."""
+    rule name starts new ones. (`login` has CORS: its limit is the step CORS calls.)"""
     stats = RequestStats()
     first = RuleLimits(stats)
     login, api, _ = await decisions(snapshot(RULES), first)
     gw_login, _, _ = await decisions(snapshot(RULES), first, kind="gateway")
-    assert gw_login.admit.bucket is not login.admit.bucket  # type: ignore[union-attr]
+    assert gw_login.admit.then.bucket is not login.admit.then.bucket  # type: ignore[union-attr]
     first.settle()
     second = RuleLimits(stats, previous=first)
     changed = [*RULES[:2], {"backends": [{}], "timeout": "2s"}]
     login2, api2, _ = await decisions(snapshot(changed), second)
-    assert login2.admit.bucket is login.admit.bucket  # type: ignore[union-attr]
+    assert login2.admit.then.bucket is login.admit.then.bucket  # type: ignore[union-attr]
     assert api2.admit.keyed is api.admit.keyed  # type: ignore[union-attr]
     third = RuleLimits(stats, previous=second)
     renamed = [{**RULES[0], "name": "signin"},
                {**RULES[1], "rateLimit": {"requestsPerSecond": 0.02, "burst": 2,
                                           "perSource": True}}, RULES[2]]
     login3, api3, _ = await decisions(snapshot(renamed), third)
-    assert login3.admit.bucket is not login.admit.bucket  # type: ignore[union-attr]
+    assert login3.admit.then.bucket is not login.admit.then.bucket  # type: ignore[union-attr]
     assert api3.admit.keyed is not api.admit.keyed  # type: ignore[union-attr]
 
 
