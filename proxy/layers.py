@@ -155,7 +155,7 @@ class RuleLimits:
 
     A proxy keeps one of these per applied snapshot; the next is made with ``previous`` = the
     one in force, and a rule whose identity (``key``: the router, the Route, the rule's name
-    or index, the host) and limit are unchanged gets its buckets back, as
+    or else its index and match blocks, the host) and limit are unchanged gets its buckets back, as
     DestinationPolicy.rateLimit's (proxy.inbound): a push neither refills a drained bucket nor
     forgets the per-source ones. A changed limit, or a rule not seen in the snapshot before,
     starts full buckets; those of rules gone are dropped with the old snapshot (``settle``).

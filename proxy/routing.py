@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
@@ -540,8 +540,10 @@ class RouterBuilder:
                     mirror = self._backend(msvc, rule.mirror.subset, reporter)
             limited = None
             if rule.rate_limit is not None:
-                limited = self._rate_limit(host, route, rule.name or index, rule.rate_limit,
-                                           own)
+                # an unnamed rule is its place and its match blocks: by place alone, a limited
+                # rule inserted before it took over its drained buckets
+                limited = self._rate_limit(host, route, rule.name or (index, rule.matches),
+                                           rule.rate_limit, own)
             attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
                    blocks, limited)
             if rule.name is not None and self.rules is not None:
@@ -549,7 +551,7 @@ class RouterBuilder:
             compiled.append((self.compile_matches(blocks), decision))
         return HostRoute(tuple(compiled))
 
-    def _rate_limit(self, host: str, route: RouteConfig, rule: str | int, limit: Any,
+    def _rate_limit(self, host: str, route: RouteConfig, rule: Hashable, limit: Any,
                     own: Backend | None) -> Callable[[Any], RateLimitPolicy]:
         """What puts a rule's rate limit before its other admission steps. Its buckets are
         the rule's in this router (a gateway's, an outbound listener's): found again by the

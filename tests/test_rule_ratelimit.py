@@ -187,6 +187,26 @@ async def test_a_push_keeps_the_buckets_of_unchanged_rules() -> None:
     assert api3.admit.keyed is not api.admit.keyed  # type: ignore[union-attr]
 
 
+async def test_a_limited_rule_inserted_before_an_unnamed_one_starts_full() -> None:
+    """An unnamed rule is known by its place and its match blocks: a limited rule pushed in
+    before a drained one (same limit) starts with full buckets; by place alone it took the
+    drained ones over, refusing the first request it ever saw. (The moved rule starts full
+    too: name rules with a limit to keep theirs, docs/traffic.md.)"""
+    stats = RequestStats()
+    login = {"matches": [{"path": {"exact": "/login"}}], "backends": [{}],
+             "rateLimit": {"requestsPerSecond": 0.01, "burst": 1}}
+    signup = {**login, "matches": [{"path": {"exact": "/signup"}}]}
+    first = RuleLimits(stats)
+    (drained, _) = [d.admit for d in await decisions(snapshot([login, {"backends": [{}]}]),
+                                                     first)]
+    assert drained is not None and drained(request()) is None
+    assert drained(request())[0] == "rate_limited"
+    first.settle()
+    second = RuleLimits(stats, previous=first)
+    inserted = (await decisions(snapshot([signup, login, {"backends": [{}]}]), second))[0]
+    assert inserted.admit is not None and inserted.admit(request()) is None
+
+
 def test_the_snapshot_names_a_route_with_a_limited_rule() -> None:
     """The Route's name is part of a limited rule's identity: the control plane ships it with
     any rule limited (as with any rule named), so naming another rule later keeps the
