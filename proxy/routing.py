@@ -16,7 +16,7 @@ from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
 from proxy.config import Address, Endpoint, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority
-from proxy.layers import RateLimitPolicy, RuleLimits, attach
+from proxy.layers import CorsPolicy, RateLimitPolicy, RuleLimits, attach
 from proxy.localitylb import locality_balancer
 from proxy.origination import origination_for
 from proxy.passthrough import PASSTHROUGH, Passthrough, authority_address
@@ -691,11 +691,22 @@ def refuse_http1(ex: Exchange) -> Any:
 
 def _refuse_http1_to(route: HostRoute, host: str) -> None:
     """An HTTP2/GRPC port of an outside host: its rules sending requests to the host refuse
-    HTTP/1.1 ones (after their own admission step: a redirect or CORS answer still comes)."""
+    HTTP/1.1 ones (after their own admission step: a redirect or CORS answer still comes;
+    before a rate limit: a request refused spends no token)."""
     for _, decision in route.rules:
         if any(b.service == host for b in decision.backends):
-            decision.admit = refuse_http1 if decision.admit is None \
-                else _admit_first(decision.admit, refuse_http1)
+            admit = decision.admit
+            cors = admit if isinstance(admit, CorsPolicy) else None
+            limit = cors.then if cors is not None else admit
+            if isinstance(limit, RateLimitPolicy):
+                checked = _admit_first(refuse_http1, limit)
+                if cors is not None:
+                    cors.then = checked
+                else:
+                    decision.admit = checked
+            else:
+                decision.admit = refuse_http1 if admit is None \
+                    else _admit_first(admit, refuse_http1)
 
 
 def _admit_first(admit: Callable[[Exchange], Any],

@@ -251,3 +251,33 @@ async def test_an_outside_hosts_rule_is_limited_in_the_callers_sidecar() -> None
     assert first.bucket is second.bucket
     assert first.labels == (("destination_service", "api.github.com"),)
     assert first(request()) is None and second(request())[0] == "rate_limited"
+
+
+async def test_an_http1_request_an_outside_grpc_port_refuses_spends_no_token() -> None:
+    """An HTTP/2-only port of an outside host refuses HTTP/1.1 (`protocol_mismatch`) before
+    the rule's limit, CORS or not: after it, each refused request spent a token and the
+    HTTP/2 request after one was 429."""
+    for cors in ({}, {"cors": {"allowOrigins": [{"exact": "*"}]}}):
+        snap = Snapshot.from_dict({
+            "version": "1", "node": {"service": "web", "labels": {"version": "v1"}},
+            "external": {"api.example.com": {"ports": [{"number": 443, "protocol": "GRPC"}]}},
+            "routes": [{"host": "api.example.com", "rules": [
+                {"backends": [{}], "rateLimit": {"requestsPerSecond": 0.01, "burst": 1},
+                 **cors}]}],
+        })
+        stats = RequestStats()
+        builder = RouterBuilder(snap, PoolRegistry(asyncio.get_running_loop()),
+                                random.Random(1), lambda blocks: None,
+                                DestinationRegistry(stats), limits=RuleLimits(stats))
+        host = builder.outbound()._hosts["api.example.com"]
+        admit = host.ports[443].rules[0][1].admit  # type: ignore[attr-defined]
+
+        def call(http2: bool) -> Any:
+            return SimpleNamespace(**vars(request()), http2=http2, method=b"POST",
+                                   header=lambda name: None, decision=None,
+                                   response_edits=None)
+
+        assert admit(call(False))[0] == "protocol_mismatch"
+        assert admit(call(True)) is None
+        assert admit(call(True))[0] == "rate_limited"
+        assert admit(call(False))[0] == "protocol_mismatch"  # still refused in words
