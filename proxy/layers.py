@@ -196,7 +196,7 @@ class RateLimitPolicy:
     request the rule matches, or one per caller (its mTLS identity, else its IP address, as
     the destination's limit keys them). A request without a token is answered 429
     `rate_limited` with `retry-after`; one with a token goes on to the rule's next step (a
-    CORS answer, a rewrite), if any."""
+    rewrite), if any. The rule's CORS step runs before it (a preflight spends no token)."""
 
     __slots__ = ("bucket", "keyed", "labels", "stats", "then")
 
@@ -300,7 +300,7 @@ class CorsPolicy:
     origin is answered here (`cors_preflight`, 200, never forwarded); a request from an
     allowed origin gets the allow headers on its response. Other origins pass through as if
     there were no policy, so the browser refuses them. Runs before the rule's other
-    pre-dispatch step (a rewrite), which it then calls.
+    pre-dispatch steps (its rate limit, a rewrite), which it then calls.
     """
 
     __slots__ = ("credentials", "expose", "headers", "max_age", "methods", "origins", "static",
