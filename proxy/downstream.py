@@ -48,6 +48,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     lost_reason = "downstream_disconnect"
     # the server name (SNI) of a connection the HTTPS gateway terminated (proxy.misdirected)
     server_name: str | None = None
+    # set with it when the ClientHello was read before the handshake (proxy.mtls): that name,
+    # not the SNI callback's, is this handshake's on a resumed TLS 1.2 session
+    hello_read = False
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -137,7 +140,8 @@ class DownstreamProtocol(asyncio.BaseProtocol):
         if ssl_object is not None and self.listener.kind == "gateway":
             from proxy.servingcert import served_name
 
-            self.server_name = served_name(ssl_object)
+            if not self.hello_read:
+                self.server_name = served_name(ssl_object)
             der = ssl_object.getpeercert(binary_form=True)
             if der:  # asked for (--gateway-client-ca) and verified in the handshake
                 from proxy.clientcert import xfcc_line

@@ -29,10 +29,11 @@ TERMINATE, RELAY, CLOSED = "terminate", "relay", "closed"
 
 
 async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
-                     deadline: float) -> str:
+                     deadline: float) -> tuple[str, str | None]:
     """TERMINATE (no entry takes it, or it is no TLS: the handshake decides), RELAY (an
     entry with a TCP service takes it), or CLOSED (refused and counted, or gone); no
-    complete ClientHello by ``deadline`` (loop time) is CLOSED, `request_timeout`."""
+    complete ClientHello by ``deadline`` (loop time) is CLOSED, `request_timeout`. With it,
+    the server name the ClientHello asked for (None: none, or no hello read)."""
     loop = listener.loop
     start = loop.time()
     client = _peer(conn)
@@ -48,7 +49,7 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
                     data = None
                 if data is not None:
                     if not data:
-                        return CLOSED  # the client closed before its first byte
+                        return CLOSED, None  # the client closed before its first byte
                     if len(data) == seen:
                         # Woken with nothing new: below the low mark the kernel says
                         # readable when the client closed (its bytes stay peekable), or,
@@ -56,7 +57,7 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
                         if _peer_closed(conn):
                             raise HelloError("closed before its ClientHello ended")
                     elif not seen and data[0] != RECORD_HANDSHAKE:
-                        return TERMINATE
+                        return TERMINATE, None
                     else:
                         hello = reader.feed(memoryview(data)[seen:])
                         seen = len(data)
@@ -67,13 +68,13 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
                 await _readable(loop, conn)
     except HelloError as exc:
         refused(listener, "bad_client_hello", None, "unknown", start, seen, str(exc), client)
-        return CLOSED
+        return CLOSED, None
     except TimeoutError:
         refused(listener, "request_timeout", None, "unknown", start, seen,
                 "no complete ClientHello within --header-timeout", client)
-        return CLOSED
+        return CLOSED, None
     except OSError:
-        return CLOSED  # reset by the client
+        return CLOSED, None  # reset by the client
     finally:
         try:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
@@ -81,12 +82,12 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
             pass
     route = routes.lookup(sni)
     if route is None:
-        return TERMINATE
+        return TERMINATE, sni
     if route.target is None:
         refused(listener, route.refusal, sni, route.destination, start, seen,
                 f"{route.destination} takes no passthrough", client)
-        return CLOSED
-    return RELAY
+        return CLOSED, None
+    return RELAY, sni
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:

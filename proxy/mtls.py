@@ -139,6 +139,7 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
+        secure = self.secure
         if use_tls and self.passthrough is not None:
             routes = self.passthrough()
             if routes is not None:
@@ -146,13 +147,15 @@ class TlsAcceptor:
 
                 if deadline is None:
                     deadline = self.loop.time() + handshake_timeout
-                verdict = await peek_hello(conn, routes, self.listener,  # type: ignore[arg-type]
-                                           deadline)
+                verdict, named = await peek_hello(
+                    conn, routes, self.listener, deadline)  # type: ignore[arg-type]
                 if verdict == CLOSED:
                     conn.close()
                     return
                 # relayed: in plaintext, the ClientHello still unread (proxy.tlspassthrough)
                 use_tls = verdict != RELAY
+                if use_tls:
+                    secure = _hello_named(secure, named)
         if use_tls and deadline is not None:
             handshake_timeout = deadline - self.loop.time()
         try:
@@ -162,7 +165,7 @@ class TlsAcceptor:
             # admit() is the hard limit). TLS: the protocol is made before the handshake, so
             # the connection stays counted here until the handshake ended.
             await self.loop.connect_accepted_socket(
-                self.secure if use_tls else pending.made(self.plain), conn,
+                secure if use_tls else pending.made(self.plain), conn,
                 ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=handshake_timeout if use_tls else None,
             )
@@ -232,6 +235,18 @@ def _is_tls(first: bytes) -> bool:
     if not first:
         raise OSError("closed before the first byte")
     return first[0] == _TLS_HANDSHAKE
+
+
+def _hello_named(make: Callable[[], asyncio.BaseProtocol], name: str | None
+                 ) -> Callable[[], asyncio.BaseProtocol]:
+    """``make``, its protocol told the server name the ClientHello read before the handshake
+    asked for (proxy.misdirected): the SNI callback's name is, on a resumed TLS 1.2 session,
+    the first handshake's (OpenSSL's SSL_get_servername), not this one's."""
+    def made() -> asyncio.BaseProtocol:
+        p = make()
+        p.server_name, p.hello_read = name, True  # type: ignore[attr-defined]
+        return p
+    return made
 
 
 def downstream_protocols(listener: Listener) -> dict[str, Callable[[], asyncio.BaseProtocol]]:

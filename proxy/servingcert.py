@@ -41,7 +41,9 @@ _SERVER_NAME = "ami_server_name"
 
 
 def served_name(ssl_object: ssl.SSLObject) -> str | None:
-    """The server name the client sent in its ClientHello (None: it sent none)."""
+    """The server name the client sent in its ClientHello (None: it sent none); on a resumed
+    TLS 1.2 session, the first handshake's (OpenSSL's): where that matters, the ClientHello
+    read before the handshake says it (proxy.mtls)."""
     name: str | None = vars(ssl_object).get(_SERVER_NAME)
     return name
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -134,3 +135,34 @@ async def test_counted_as_the_gateways_own_answer(gateway: tuple[ProxyProcess, i
     after = metric_value(await proc.metrics(), "ami_requests_total",
                          response_code="421", response_flags="misdirected_request")
     assert after == before + 1
+
+
+def _over_tls12(ctx: ssl.SSLContext, port: int, server_name: str | None, host: str,
+                session: ssl.SSLSession | None = None
+                ) -> tuple[bytes, ssl.SSLSession | None, bool]:
+    """One request for ``host`` over TLS 1.2 naming ``server_name`` (resuming ``session``):
+    the answer's status line, the session, whether it was resumed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name, session=session) as tls:
+        tls.sendall(get(host, "/", "Connection: close\r\n"))
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0], tls.session, tls.session_reused
+
+
+async def test_a_resumed_tls12_session_is_judged_by_the_name_it_asks_for(
+        gateway: tuple[ProxyProcess, int]) -> None:
+    """A TLS 1.2 session first made naming no server, resumed naming www.example.com: the
+    SNI callback is given the first handshake's name (None, OpenSSL's SSL_get_servername on
+    a resumed session), so db.example.com's request went to the HTTP rules; the ClientHello
+    read before the handshake names the server this connection asked for: 421."""
+    port, ctx = gateway[1], _client_tls("http/1.1")
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    status, session, _ = await asyncio.to_thread(_over_tls12, ctx, port, None,
+                                                 "www.example.com")
+    assert status == b"HTTP/1.1 200 OK" and session is not None
+    status, _, resumed = await asyncio.to_thread(
+        _over_tls12, ctx, port, "www.example.com", "db.example.com", session)
+    assert resumed  # (else this would be a full handshake, judged right before too)
+    assert status.startswith(b"HTTP/1.1 421")
