@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,12 +96,20 @@ class Result:
     us_per_request: float  # best of the repeats
 
 
-async def measure(variant: str, requests: int, repeats: int) -> Result:
-    """Run `requests` request/response cycles `repeats` times; the best run counts."""
-    if variant.startswith("h2"):
-        from bench.microh2 import measure as measure_h2
+@dataclass
+class HotPath:
+    """One HTTP/1.1 variant's proxy, in process: a client connection and a pooled upstream
+    connection on in-memory transports; ``cycle`` sends one request and its response."""
+    server: Any
+    listener: Any
+    client: Any
+    client_transport: MemoryTransport
+    upstream: Any
+    cycle: Callable[[], None]
 
-        return await measure_h2(variant, requests, repeats)
+
+async def hot_path(variant: str) -> HotPath:
+    """The proxy of an HTTP/1.1 ``variant``, its first request answered 200 (else an error)."""
     from proxy.config import Snapshot
     from proxy.downstream import DownstreamProtocol
     from proxy.server import ProxyOptions, ProxyServer
@@ -136,6 +145,17 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
     if not client_transport.first.startswith(b"HTTP/1.1 200 ") or upstream.exchange is not None \
             or client_transport.written < len(_BODY):
         raise RuntimeError(f"{variant}: no 200 through the proxy: {client_transport.first!r}")
+    return HotPath(server, listener, client, client_transport, upstream, cycle)
+
+
+async def measure(variant: str, requests: int, repeats: int) -> Result:
+    """Run `requests` request/response cycles `repeats` times; the best run counts."""
+    if variant.startswith("h2"):
+        from bench.microh2 import measure as measure_h2
+
+        return await measure_h2(variant, requests, repeats)
+    path = await hot_path(variant)
+    server, listener, client, cycle = path.server, path.listener, path.client, path.cycle
     best = float("inf")
     gc.collect()
     for _ in range(repeats):

@@ -45,6 +45,18 @@ _MAX_UNROUTED_HOSTS = 100  # hosts of unrouted requests named in the metrics (pe
 class Listener:
     """Owns the connections of one listening socket; the router is swapped on config change."""
 
+    # Every attribute __init__ sets is a slot: past 30 attributes CPython 3.11 keeps an
+    # object's in a plain dict, and each read on the request path costs more (-2.5% of
+    # the instructions per request, docs/benchmarks.md). `__dict__` takes the rest (a
+    # class default overridden, a method replaced); tests/test_proxy_slots.py checks.
+    __slots__ = (
+        "__dict__", "__weakref__", "_record_swapped", "_series", "access_filter", "access_log",
+        "connections", "counting_rules", "debug_connections", "debug_requests",
+        "forwarded_proto_line", "h2_scheme", "kind", "limits", "loop", "on_record", "passthrough",
+        "peer_line", "plaintext_allowed", "quiet", "reads_hello", "reads_timeout_header",
+        "refused", "router", "scheme", "server", "stats", "tcp", "tracer", "unrouted_hosts",
+        "xfcc_by", "xfcc_gateways", "xfcc_trusted")
+
     def __init__(self, kind: str, loop: asyncio.AbstractEventLoop, router: Router,
                  stats: RequestStats, limits: Limits, *, tls: bool = False) -> None:
         self.kind = kind  # outbound | inbound | gateway
