@@ -14,23 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
 from cryptography import x509
 
 from tests import certs
 from tests.h2app import H2Client, Response
 from tests.proxyharness import Backends, ProxyProcess, get, metric_value, read_response
+from tests.test_gateway_hosts import named_app
 
 DEADLINE = 10.0
-
-
-def named_app(name: str) -> web.Application:
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response({"app": name, "host": request.headers.get("Host")})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    return app
 
 
 @pytest.fixture(scope="module")
