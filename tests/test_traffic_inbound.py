@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy.config import Snapshot
 from tests.proxyharness import Backends
 from tests.traffic_backends import (
     Reply,
@@ -105,26 +108,19 @@ async def test_rate_limit_retry_after_is_honest(env: dict[str, Any],
         before + len(limited))
 
 
-async def test_rate_limit_bucket_survives_a_config_push() -> None:
-    """A push (here: a new snapshot version with the same rate limit) does not refill the
-    bucket: a drained limit stays drained, as a caller cannot be allowed a new burst each
-    time something anywhere in the mesh changes."""
-    from proxy.config import Address, Snapshot
+@contextlib.asynccontextmanager
+async def inbound_sidecar(first: Callable[[str], Snapshot]) -> AsyncIterator[InboundRun]:
+    """An in-process sidecar's inbound listener in front of a recording app, ``first(app's
+    address)`` applied; ``status()`` sends one GET for ratings through it."""
+    from proxy.config import Address
     from proxy.server import ProxyOptions, ProxyServer
     from tests.traffic_backends import close_backends
 
     hub = Backends()
     app = start_backend(hub)
-
-    def snapshot(version: int) -> Snapshot:
-        return Snapshot.from_dict({
-            "version": f"rl-{version}", "node": {"service": "ratings"}, "app": app.address,
-            "mesh": {"mtls": "DISABLE"},
-            "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 2}}})
-
     server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", 0)}))
     try:
-        server.apply(snapshot(1))
+        server.apply(first(app.address))
         await server.start_listeners()
         url = f"http://127.0.0.1:{server.bound_address('inbound').port}/r"
         async with aiohttp.ClientSession() as session:
@@ -134,56 +130,53 @@ async def test_rate_limit_bucket_survives_a_config_push() -> None:
                     await resp.read()
                     return resp.status
 
-            assert [await status() for _ in range(3)] == [200, 200, 429]
-            server.apply(snapshot(2))
-            assert await status() == 429
-            server.apply(Snapshot.from_dict({  # a changed limit is a new bucket
-                "version": "rl-3", "node": {"service": "ratings"}, "app": app.address,
-                "mesh": {"mtls": "DISABLE"},
-                "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 1}}}))
-            assert [await status() for _ in range(2)] == [200, 429]
-        assert len(app.requests) == 3
+            yield InboundRun(server, app, status)
     finally:
         await server.shutdown(deadline=1.0)
         close_backends(hub, [app])
+
+
+@dataclass
+class InboundRun:
+    server: Any  # proxy.server.ProxyServer
+    app: Any  # the recording backend
+    status: Callable[[], Awaitable[int]]
+
+
+def _limited(version: str, app: str, burst: int, node: dict[str, str] | None = None
+             ) -> Snapshot:
+    return Snapshot.from_dict({
+        "version": version, "app": app, "mesh": {"mtls": "DISABLE"},
+        "node": node or {"service": "ratings"},
+        "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": burst}}})
+
+
+async def test_rate_limit_bucket_survives_a_config_push() -> None:
+    """A push (here: a new snapshot version with the same rate limit) does not refill the
+    bucket: a drained limit stays drained, as a caller cannot be allowed a new burst each
+    time something anywhere in the mesh changes."""
+    async with inbound_sidecar(lambda app: _limited("rl-1", app, 2)) as run:
+        address = run.app.address
+        assert [await run.status() for _ in range(3)] == [200, 200, 429]
+        run.server.apply(_limited("rl-2", address, 2))
+        assert await run.status() == 429
+        run.server.apply(_limited("rl-3", address, 1))  # a changed limit is a new bucket
+        assert [await run.status() for _ in range(2)] == [200, 429]
+        assert len(run.app.requests) == 3
 
 
 async def test_rate_limit_bucket_survives_a_new_metrics_name() -> None:
     """A second namespace deploying a service of the same name renames this one's metrics
     (`ratings` -> `ratings.a`, the snapshot's node.metricsName): its rate limit is the same,
     so its drained bucket stays drained, as for any push that leaves the limit alone."""
-    from proxy.config import Address, Snapshot
-    from proxy.server import ProxyOptions, ProxyServer
-    from tests.traffic_backends import close_backends
+    def node(metrics_name: str) -> dict[str, str]:
+        return {"service": "ratings", "namespace": "a", "metricsName": metrics_name}
 
-    hub = Backends()
-    app = start_backend(hub)
-
-    def snapshot(version: int, metrics_name: str) -> Snapshot:
-        return Snapshot.from_dict({
-            "version": f"rl-{version}", "app": app.address, "mesh": {"mtls": "DISABLE"},
-            "node": {"service": "ratings", "namespace": "a", "metricsName": metrics_name},
-            "inbound": {"rateLimit": {"requestsPerSecond": 0.01, "burst": 2}}})
-
-    server = ProxyServer(ProxyOptions(listeners={"inbound": Address("127.0.0.1", 0)}))
-    try:
-        server.apply(snapshot(1, ""))
-        await server.start_listeners()
-        url = f"http://127.0.0.1:{server.bound_address('inbound').port}/r"
-        async with aiohttp.ClientSession() as session:
-
-            async def status() -> int:
-                async with session.get(url, headers={"Host": "ratings"}) as resp:
-                    await resp.read()
-                    return resp.status
-
-            assert [await status() for _ in range(3)] == [200, 200, 429]
-            server.apply(snapshot(2, "ratings.a"))
-            assert await status() == 429
-        assert len(app.requests) == 2
+    async with inbound_sidecar(lambda app: _limited("rl-1", app, 2, node(""))) as run:
+        assert [await run.status() for _ in range(3)] == [200, 200, 429]
+        run.server.apply(_limited("rl-2", run.app.address, 2, node("ratings.a")))
+        assert await run.status() == 429
+        assert len(run.app.requests) == 2
         # counted under the new name
-        assert server.stats.counters[
+        assert run.server.stats.counters[
             ("ami_rate_limited", (("destination_service", "ratings.a"),))] == 1
-    finally:
-        await server.shutdown(deadline=1.0)
-        close_backends(hub, [app])
