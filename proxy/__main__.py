@@ -35,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbound", help="inbound listener HOST:PORT (mesh -> app)")
     p.add_argument("--admin", help="admin listener HOST:PORT (default 127.0.0.1:15000)")
     p.add_argument("--gateway-listen", help="gateway listener HOST:PORT (--mode gateway)")
-    p.add_argument("--gateway-cert", type=Path, metavar="PEM",
+    p.add_argument("--gateway-cert", type=Path, metavar="PEM", action="append",
                    help="--mode gateway: serve HTTPS with this certificate chain (leaf first); "
-                        "reloaded when the file changes")
-    p.add_argument("--gateway-key", type=Path, metavar="PEM",
-                   help="the private key of --gateway-cert")
+                        "reloaded when the file changes; repeat (each with its --gateway-key, "
+                        "in the same order) to serve each name with its own certificate, "
+                        "the first for clients naming no other")
+    p.add_argument("--gateway-key", type=Path, metavar="PEM", action="append",
+                   help="the private key of --gateway-cert (the n-th key for the n-th)")
     p.add_argument("--gateway-client-ca", type=Path, metavar="PEM",
                    help="with --gateway-cert: ask HTTPS clients for a certificate and verify "
                         "it against this CA bundle (Istio's tls.mode MUTUAL); the verified "
@@ -161,16 +163,21 @@ def _gateway_tls(args: argparse.Namespace) -> Any:
         return None
     if args.mode != "gateway":
         raise ConfigError("--gateway-cert and --gateway-key need --mode gateway")
-    if args.gateway_cert is None or args.gateway_key is None:
-        raise ConfigError("--gateway-cert and --gateway-key go together")
-    from proxy.servingcert import CertificateError, ServingCertificate
+    certs, keys = args.gateway_cert or [], args.gateway_key or []
+    if len(certs) != len(keys):
+        raise ConfigError("--gateway-cert and --gateway-key go together (one key per "
+                          f"certificate, in the same order): got {len(certs)} --gateway-cert "
+                          f"and {len(keys)} --gateway-key")
+    from proxy.servingcert import CertificateError, ServingCertificate, ServingCertificates
 
-    try:
-        return ServingCertificate(args.gateway_cert, args.gateway_key,
-                                  client_ca=args.gateway_client_ca,
-                                  client_cert=args.gateway_client_cert or "required")
-    except CertificateError as exc:
-        raise ConfigError(f"gateway certificate: {exc}") from None
+    pairs = []
+    for cert, key in zip(certs, keys, strict=True):
+        try:
+            pairs.append(ServingCertificate(cert, key, client_ca=args.gateway_client_ca,
+                                            client_cert=args.gateway_client_cert or "required"))
+        except CertificateError as exc:
+            raise ConfigError(f"gateway certificate: {exc}") from None
+    return ServingCertificates(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,5 +48,11 @@ def _tls(server: ProxyServer, kind: str) -> str:
             return f"mTLS {mode} (no certificate yet)"
         return f"mTLS {mode}"
     if kind == "gateway":
-        return "HTTPS" if server.options.gateway_tls is not None else "none (HTTP)"
+        served = server.options.gateway_tls
+        if served is None:
+            return "none (HTTP)"
+        if len(served.pairs) == 1:
+            return "HTTPS"
+        return "HTTPS: " + "; ".join(", ".join(pair.names) or str(pair.cert_file)
+                                     for pair in served.pairs)
     return APP_SIDE

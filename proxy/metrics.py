@@ -214,10 +214,13 @@ class IdentityCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gateway_tls = self.server.options.gateway_tls
         if gateway_tls is not None:  # its expiry moving on is how a renewal shows
-            yield GaugeMetricFamily(
+            served = GaugeMetricFamily(
                 "ami_gateway_certificate_expiry_timestamp_seconds",
-                "When the certificate the HTTPS gateway serves expires (POSIX seconds).",
-                value=gateway_tls.not_after.timestamp())
+                "When each certificate the HTTPS gateway serves expires (POSIX seconds), by "
+                "its --gateway-cert file.", labels=["certificate"])
+            for pair in gateway_tls.pairs:
+                served.add_metric([str(pair.cert_file)], pair.not_after.timestamp())
+            yield served
         tls = self.server.tls
         if tls is None:
             return

@@ -35,7 +35,7 @@ class ProxyOptions:
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 20.0
     access_log: bool | None = None  # None: follow the snapshot's mesh.accessLog
-    gateway_tls: Any = None  # proxy.servingcert.ServingCertificate: HTTPS on the gateway
+    gateway_tls: Any = None  # proxy.servingcert.ServingCertificates: HTTPS on the gateway
     app_probe: Any = None  # proxy.appprobe.ProbeSpec: how the agent tells the app serves
     app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
     tcp_upstreams: tuple[Any, ...] = ()  # proxy.tcpupstream.TcpUpstreamSpec per --tcp-upstream

@@ -1,7 +1,10 @@
 """An HTTPS certificate from PEM files the operator provides, reloaded when they change.
 
 Used by the gateway (`--gateway-cert`, and `--gateway-client-ca` to ask clients for a
-certificate: Istio's `tls.mode: MUTUAL`) and by the control plane's API (`--api-cert`).
+certificate: Istio's `tls.mode: MUTUAL`) and by the control plane's API (`--api-cert`). A
+gateway may serve several pairs (ServingCertificates): each handshake gets the one whose
+certificate names the server the client asked for, as Istio's Gateway servers with a
+`credentialName` each.
 
 Clients outside the mesh know the gateway by a DNS name, so its certificate comes from the
 operator's CA (or cert-manager, or Let's Encrypt), not from the mesh CA, and its key stays on
@@ -64,7 +67,7 @@ class ServingCertificate:
                             else ssl.CERT_REQUIRED if client_cert == "required"
                             else ssl.CERT_OPTIONAL)
         self._stamp = self._read_stamp()
-        self._current, self.not_after = self._load()
+        self._current, self.not_after, self.names = self._load()
         # Bound once; OpenSSL runs the SNI callback on every ClientHello, with or without a
         # server name, and it hands the handshake the current context.
         self.listener = self._load()[0]
@@ -93,7 +96,7 @@ class ServingCertificate:
         ctx.set_alpn_protocols(list(self.alpn))
         return ctx
 
-    def _load(self) -> tuple[ssl.SSLContext, datetime]:
+    def _load(self) -> tuple[ssl.SSLContext, datetime, tuple[str, ...]]:
         ctx = self._new_context()
         try:
             ctx.load_cert_chain(self.cert_file, self.key_file)
@@ -105,7 +108,7 @@ class ServingCertificate:
             raise CertificateError(f"{exc.filename or self.cert_file}: {exc.strerror}") from None
         if self.client_ca is not None:
             self._load_client_ca(ctx, self.client_ca)
-        return ctx, leaf.not_valid_after_utc
+        return ctx, leaf.not_valid_after_utc, dns_names(leaf)
 
     @staticmethod
     def _load_client_ca(ctx: ssl.SSLContext, path: Path) -> None:
@@ -140,7 +143,7 @@ class ServingCertificate:
             return False
         self._stamp = stamp  # look at this version once, not on every check
         try:
-            self._current, self.not_after = self._load()
+            self._current, self.not_after, self.names = self._load()
         except CertificateError as exc:
             log.warning("%s not reloaded: %s; still serving the previous one (valid until %s)",
                         self.name, exc, self.not_after.isoformat())
@@ -152,6 +155,74 @@ class ServingCertificate:
 
     async def watch(self, interval: float = CHECK_EVERY) -> None:
         """Check the files every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()
+
+
+def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The certificate's DNS names (subjectAltName), lower-case, without a final dot: what a
+    client checks the server name against (RFC 6125 ignores the CN when SANs are present)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName))
+
+
+class ServingCertificates:
+    """The gateway's pairs: a handshake gets the first pair whose certificate names the server
+    the client asked for, an exact name before a wildcard (`*.example.com` covers one label,
+    as clients check it); a client that names no server, or one no certificate names, gets
+    the first pair. Each pair is reloaded on its own."""
+
+    def __init__(self, pairs: list[ServingCertificate]) -> None:
+        self.pairs = pairs
+        self.default = pairs[0]
+        self._by_name: dict[str, ServingCertificate] = {}
+        self._index()
+        # The first pair's context is bound; the callback hands each handshake its pair's
+        # current context (OpenSSL runs it on every ClientHello, named or not).
+        self.listener = self.default.listener
+        self.listener.sni_callback = self._choose
+
+    def _index(self) -> None:
+        by_name: dict[str, ServingCertificate] = {}
+        for pair in self.pairs:
+            for name in pair.names:
+                by_name.setdefault(name, pair)  # the first pair listed keeps a shared name
+        self._by_name = by_name
+
+    def pair_for(self, server_name: str | None) -> ServingCertificate:
+        """The pair a client asking for `server_name` gets."""
+        if not server_name:
+            return self.default
+        name = server_name.lower().rstrip(".")
+        pair = self._by_name.get(name)
+        if pair is None:
+            _, dot, parent = name.partition(".")
+            pair = self._by_name.get("*." + parent) if dot and parent else None
+        return pair or self.default
+
+    def _choose(self, ssl_object: ssl.SSLObject, server_name: str | None,
+                _ctx: ssl.SSLContext) -> None:
+        ssl_object.context = self.pair_for(server_name)._current
+        vars(ssl_object)[_SERVER_NAME] = server_name  # (see served_name)
+
+    @property
+    def not_after(self) -> datetime:
+        """When the first of the pairs expires."""
+        return min(pair.not_after for pair in self.pairs)
+
+    def reload_if_changed(self) -> bool:
+        """Each pair's files looked at; True if any pair was swapped in."""
+        swapped = [pair.reload_if_changed() for pair in self.pairs]
+        if any(swapped):
+            self._index()  # a renewed certificate may name other servers
+        return any(swapped)
+
+    async def watch(self, interval: float = CHECK_EVERY) -> None:
+        """Check every pair's files every ``interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(interval)
             self.reload_if_changed()
