@@ -33,10 +33,11 @@ class Gateway:
     def __init__(self, tmp: Path, echo: int) -> None:
         self.shop, self.api = issue("shop.example.com"), issue("api.example.com",
                                                                "*.api.example.com")
-        (tmp / "shop").mkdir()
-        (tmp / "api").mkdir()
-        self.files = {"shop": install(self.shop, tmp / "shop"), "api": install(self.api, tmp / "api")}
         self.dirs = {"shop": tmp / "shop", "api": tmp / "api"}
+        for directory in self.dirs.values():
+            directory.mkdir()
+        self.files = {"shop": install(self.shop, self.dirs["shop"]),
+                      "api": install(self.api, self.dirs["api"])}
         args = ["--mode", "gateway", "--log-level", "INFO"]
         for cert, key in self.files.values():
             args += ["--gateway-cert", str(cert), "--gateway-key", str(key)]
