@@ -40,7 +40,7 @@ def host_name(host: str) -> str:
     return host.rstrip(".")
 
 
-def _is_address(name: str) -> bool:
+def is_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name.partition("%")[0])
     except ValueError:
@@ -62,7 +62,7 @@ class BrowserGuard:
 
     def known(self, host: str) -> bool:
         name = host_name(host)
-        return self.any_host or _is_address(name) or name in self.names
+        return self.any_host or is_address(name) or name in self.names
 
     def refusal(self, host: str | None, origin: str | None, fetch_site: str | None
                 ) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -160,3 +162,23 @@ def test_guard_names() -> None:
     assert guard.refusal(None, None, None) is None
     assert guard.refusal("localhost:1", "http://localhost:1", "same-origin") is None
     assert guard.refusal("localhost:1", "http://localhost:2", None) is not None
+
+
+@pytest.mark.parametrize("value", ["https://mesh.example", "mesh.example/api", "me sh", ""])
+def test_an_allowed_host_that_could_never_match_stops_the_start(value: str) -> None:
+    """A URL or a path given as --allowed-host was taken and never matched any Host header:
+    token-less reads from that name were refused with no hint why."""
+    done = subprocess.run([sys.executable, "-m", "meshctl", "serve", "--allowed-host", value,
+                           "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert "must be a host name as clients put it in the Host header" in done.stderr
+    assert repr(value) in done.stderr
+
+
+def test_allowed_host_forms_that_match_are_taken() -> None:
+    from meshctl.commands.serve import _allowed_host
+
+    for value in ("mesh.example", "Mesh.Example.:8080", "*", "10.0.0.1", "[::1]:80", "a_b.c"):
+        assert _allowed_host(value) == value
+        assert BrowserGuard([value], option="--x").known(host_name(value) if value != "*"
+                                                         else "any.example")

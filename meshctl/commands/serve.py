@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from proxy.hostguard import host_name, is_address
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -42,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "certificate (gRPC and --api-tls); repeatable (default: localhost, "
                         "127.0.0.1, the host name and the listen addresses)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   type=_allowed_host,
                    help="a host name browsers and clients reach the API by without a token "
                         "(token-less reads are answered only for IP addresses, localhost, "
                         "this host's name, the listen address and --tls-name, against DNS "
@@ -71,6 +75,20 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _allowed_host(text: str) -> str:
+    """A name as a Host header carries it (an optional port is ignored), an address, or "*":
+    anything else (a URL, a path) would be taken and never match."""
+    name = host_name(text)
+    if name == "*" or _HOST_NAME.fullmatch(name) or is_address(name):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be a host name as clients put it in the Host header (api.example.internal, "
+        f"an IP address, or '*'), not {text!r}")
 
 
 def _at_least_one(text: str) -> int:
