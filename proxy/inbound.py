@@ -131,14 +131,15 @@ class InboundPolicy:
             service, namespace = conn.peer_service, conn.peer_namespace
             method = ex.method.decode("latin-1")
             headers = _header_values(ex)
+            host, address = ex.authority, conn.client_ip.decode("latin-1")
             for policy in self.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
-                                 True, principal, claims, self.port)
+                                 True, principal, claims, self.port, host, address)
                        for r in policy.rules):
                     return self._deny()
             if self.allow and not any(
                     r.matches(identity, service, namespace, method, ex.path, headers,
-                              False, principal, claims, self.port)
+                              False, principal, claims, self.port, host, address)
                     for p in self.allow for r in p.rules):
                 return self._deny()
         if not spend:
@@ -157,7 +158,8 @@ class InboundPolicy:
         semantics, `AuthorizationRule.matches_connection`); a refusal is counted. The rate
         limit, when set, spends one token per connection, after authorization (as Envoy's
         `local_ratelimit` network filter counts connections); JWTs are about requests."""
-        if not self.authorizes_connection(identity, service, namespace):
+        if not self.authorizes_connection(identity, service, namespace,
+                                          client_ip.decode("latin-1")):
             return self._deny()[0]
         if ((self.bucket is not None and not self.bucket.try_acquire())
                 or (self.keyed is not None and not self.keyed.try_acquire(identity or client_ip))):
@@ -166,17 +168,17 @@ class InboundPolicy:
         return None
 
     def authorizes_connection(self, identity: str | None, service: str | None,
-                              namespace: str | None) -> bool:
-        """Whether the authorization policies let this peer's TCP connection reach the app
-        (nothing counted, no token spent: also asked of connections already admitted, when
-        the policies change)."""
+                              namespace: str | None, address: str | None = None) -> bool:
+        """Whether the authorization policies let this peer's TCP connection (from
+        ``address``) reach the app (nothing counted, no token spent: also asked of
+        connections already admitted, when the policies change)."""
         port = self.port
         for policy in self.deny:
-            if any(r.matches_connection(identity, service, namespace, port, True)
+            if any(r.matches_connection(identity, service, namespace, port, True, address)
                    for r in policy.rules):
                 return False
         return not self.allow or any(
-            r.matches_connection(identity, service, namespace, port)
+            r.matches_connection(identity, service, namespace, port, False, address)
             for p in self.allow for r in p.rules)
 
     def revoked(self) -> None:

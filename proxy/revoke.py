@@ -45,7 +45,8 @@ def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> Non
     if session is not None:
         if (takes_tcp and session.upstream is not None and not session.ended
                 and not policy.authorizes_connection(p.peer_identity, p.peer_service,
-                                                     p.peer_namespace)):
+                                                     p.peer_namespace,
+                                                     p.client_ip.decode("latin-1"))):
             log.info("TCP connection from %s ended: no longer authorized", _peer(p))
             policy.revoked()
             assert session.on_refuse is not None

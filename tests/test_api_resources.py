@@ -127,7 +127,8 @@ def test_every_kind_parses_to_its_spec_type() -> None:
     ("apiVersion: ami.mesh/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
      "spec: {action: PERMIT, rules: [{from: [{}], to: [{paths: ['/a*b']}]}]}",
      ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY",
-      "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, services, namespaces, "
+      "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, notIdentities, "
+      "services, notServices, namespaces, notNamespaces, ipBlocks, notIpBlocks, "
       "requestPrincipals, notRequestPrincipals",
       "r.yaml doc 1: spec.rules[0].to[0].paths[0]: invalid value '/a*b', expected '/exact', "
       "'/prefix/*' or '*'"]),

@@ -1,12 +1,14 @@
-"""AuthorizationPolicy: which callers (SPIFFE identity, service, namespace, end user) may do
-what."""
+"""AuthorizationPolicy: which callers (SPIFFE identity, service, namespace, address, end user)
+may do what."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
+from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
 
 ACTIONS = ("ALLOW", "DENY")
@@ -19,35 +21,85 @@ PRINCIPAL = r"^(\*|\*?[^*\s]+|[^*\s]+\*)$"
 CLAIM = r"^[^\s]+$"
 
 Claims = Mapping[str, object]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _listed(allowed: tuple[object, ...], refused: tuple[object, ...], value: object,
+            deny: bool) -> bool:
+    """A caller's value against a list and its `not` list (empty = any). An unknown value
+    (None: a plaintext caller has no identity) is in no list; for a `not` list that counts
+    against the caller, as for an ambiguous header: it matches a DENY rule's `notServices`,
+    never an ALLOW rule's (an ALLOW `notNamespaces: [dev]` admits no plaintext caller)."""
+    if allowed and value not in allowed:
+        return False
+    if refused:
+        return deny if value is None else value not in refused
+    return True
+
+
+def address_of(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The caller's address as ipBlocks compare it (an IPv4-mapped IPv6 address as IPv4);
+    None when it is not an IP address (a Unix socket's peer)."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _in_blocks(blocks: tuple[Network, ...], not_blocks: tuple[Network, ...],
+               address: str | None, deny: bool) -> bool:
+    if not blocks and not not_blocks:
+        return True
+    ip = address_of(address)
+    if ip is None:  # no address to compare: as an unknown identity (_listed)
+        return deny if not_blocks and not blocks else False
+    if blocks and not any(ip in block for block in blocks):
+        return False
+    return not any(ip in block for block in not_blocks)
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A caller; each non-empty list must contain the caller's value (empty list = any)."""
+    """A caller; each non-empty list must contain the caller's value and each `not` list
+    must not (empty lists = any)."""
 
     identities: tuple[str, ...] = ()
     services: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     request_principals: tuple[str, ...] = ()  # '<iss>/<sub>' patterns of the end user's JWT
     not_request_principals: tuple[str, ...] = ()
+    not_identities: tuple[str, ...] = ()
+    not_services: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[Network, ...] = ()  # the connection's peer address (Istio's source.ip)
+    not_ip_blocks: tuple[Network, ...] = ()
 
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
-                principal: str | None = None) -> bool:
+                principal: str | None = None, deny: bool = False,
+                address: str | None = None) -> bool:
         """Whether a caller with these attributes (None = unknown, e.g. plaintext, or no
-        token) matches."""
-        return (all(not allowed or value in allowed for allowed, value in (
-            (self.identities, identity), (self.services, service), (self.namespaces, namespace)))
-            and (not self.request_principals
-                 or any(principal_matches(p, principal) for p in self.request_principals))
-            and (not self.not_request_principals
-                 or not any(principal_matches(p, principal)
-                            for p in self.not_request_principals)))
+        token) matches a rule of an ALLOW (or ``deny``) policy."""
+        return (self.matches_peer(identity, service, namespace, deny, address)
+                and (not self.request_principals
+                     or any(principal_matches(p, principal) for p in self.request_principals))
+                and (not self.not_request_principals
+                     or not any(principal_matches(p, principal)
+                                for p in self.not_request_principals)))
 
     def matches_peer(self, identity: str | None, service: str | None,
-                     namespace: str | None) -> bool:
-        """The peer fields alone (identities, services, namespaces): a TCP connection's."""
-        return all(not allowed or value in allowed for allowed, value in (
-            (self.identities, identity), (self.services, service), (self.namespaces, namespace)))
+                     namespace: str | None, deny: bool = False,
+                     address: str | None = None) -> bool:
+        """The peer fields alone (identities, services, namespaces, ipBlocks and their `not`
+        lists): a TCP connection's."""
+        return (_listed(self.identities, self.not_identities, identity, deny)
+                and _listed(self.services, self.not_services, service, deny)
+                and _listed(self.namespaces, self.not_namespaces, namespace, deny)
+                and _in_blocks(self.ip_blocks, self.not_ip_blocks, address, deny))
 
     @property
     def http_only(self) -> bool:
@@ -70,23 +122,68 @@ def principal_matches(pattern: str, principal: str | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """What is requested: paths ('/exact', '/prefix/*', '*'), methods and the destination's
-    port (its app's; empty = any)."""
+    """What is requested: paths ('/exact', '/prefix/*', '*'), methods, the destination's port
+    (its app's) and host (the request's authority); each with a `not` list (empty = any)."""
 
     paths: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
+    not_paths: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()  # lower-case patterns: exact, '*.suffix', 'prefix.*', '*'
+    not_hosts: tuple[str, ...] = ()
 
-    def matches(self, method: str, path: str, port: int = 0) -> bool:
-        """Whether a request with ``method`` and normalised ``path`` to ``port`` matches."""
+    def matches(self, method: str, path: str, port: int = 0, host: str = "") -> bool:
+        """Whether a request with ``method`` and normalised ``path`` to ``port`` and ``host``
+        (its authority) matches."""
         return ((not self.methods or method in self.methods)
                 and (not self.paths or any(_path_matches(p, path) for p in self.paths))
-                and (not self.ports or port in self.ports))
+                and self.matches_port(port)
+                and method not in self.not_methods
+                and not any(_path_matches(p, path) for p in self.not_paths)
+                and self._matches_host(host))
+
+    def matches_port(self, port: int) -> bool:
+        """The port fields alone: what a TCP connection has of an operation."""
+        return (not self.ports or port in self.ports) and port not in self.not_ports
+
+    def _matches_host(self, host: str) -> bool:
+        if not self.hosts and not self.not_hosts:
+            return True
+        name = host.lower().rstrip(".")
+        bare = _without_port(name)
+        return ((not self.hosts or any(_host_matches(h, name, bare) for h in self.hosts))
+                and not any(_host_matches(h, name, bare) for h in self.not_hosts))
 
     @property
     def http_only(self) -> bool:
-        """Whether it names paths or methods, which only a request has."""
-        return bool(self.paths or self.methods)
+        """Whether it names paths, methods or hosts, which only a request has."""
+        return bool(self.paths or self.methods or self.not_paths or self.not_methods
+                    or self.hosts or self.not_hosts)
+
+
+def _without_port(authority: str) -> str:
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    name, colon, port = authority.rpartition(":")
+    return name.rstrip(".") if colon and port.isdigit() else authority
+
+
+def _host_matches(pattern: str, authority: str, bare: str) -> bool:
+    """A `hosts` pattern against a request's authority: a pattern without a port compares
+    with the authority's name whatever its port (as Istio does), one with a port with the
+    whole authority; '*.example.com' is any name ending so, 'example.*' any name starting so."""
+    with_port = (":" in pattern.partition("]")[2] if pattern.startswith("[")
+                 else ":" in pattern)
+    value = authority if with_port else bare
+    if pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return value == pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,19 +194,23 @@ class Condition:
     header: str
     values: tuple[str, ...]
     claim: str | None = None
+    not_values: tuple[str, ...] = ()
+
+    def _holds(self, value: str) -> bool:
+        return (not self.values or value in self.values) and value not in self.not_values
 
     def matches(self, sent: Sequence[str], deny: bool) -> bool:
         """Whether the header's values as sent (each occurrence, in order) match.
 
         A header sent more than once is ambiguous (the app may read any of its values), so
-        the answer is the one that refuses: a DENY condition holds if any value is listed, an
-        ALLOW condition only if every value is. An absent header matches neither.
+        the answer is the one that refuses: a DENY condition holds if any value does, an
+        ALLOW condition only if every value does. An absent header matches neither.
         """
         if not sent:
             return False
         if deny:
-            return any(v in self.values for v in sent)
-        return all(v in self.values for v in sent)
+            return any(self._holds(v) for v in sent)
+        return all(self._holds(v) for v in sent)
 
     def matches_claims(self, claims: Claims | None) -> bool:
         """Whether the token's claim has one of the values: a string claim equal to one, a
@@ -119,9 +220,12 @@ class Condition:
             return False
         value = claims.get(self.claim or "")
         if isinstance(value, str):
-            return value in self.values
+            return self._holds(value)
         if isinstance(value, list):
-            return any(isinstance(v, str) and v in self.values for v in value)
+            found = [v for v in value if isinstance(v, str)]
+            # a list claim holds a listed value (values), and none of notValues
+            return ((not self.values or any(v in self.values for v in found))
+                    and not any(v in self.not_values for v in found))
         return False
 
 
@@ -136,16 +240,18 @@ class AuthorizationRule:
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
                 method: str, path: str, headers: Callable[[str], Sequence[str]],
                 deny: bool = False, principal: str | None = None,
-                claims: Claims | None = None, port: int = 0) -> bool:
+                claims: Claims | None = None, port: int = 0, host: str = "",
+                address: str | None = None) -> bool:
         """Whether a request from this caller matches this rule of an ALLOW (or ``deny``)
         policy; ``headers(name)`` gives every value of a lower-case header name, in order;
         ``principal`` and ``claims`` come from the request's verified JWT, if any; ``port``
-        is the destination app's."""
+        is the destination app's, ``host`` the request's authority, ``address`` the
+        connection's peer's."""
         return ((not self.sources
-                 or any(s.matches(identity, service, namespace, principal)
+                 or any(s.matches(identity, service, namespace, principal, deny, address)
                         for s in self.sources))
                 and (not self.operations
-                     or any(o.matches(method, path, port) for o in self.operations))
+                     or any(o.matches(method, path, port, host) for o in self.operations))
                 and all(c.matches_claims(claims) if c.claim is not None
                         else c.matches(headers(c.header), deny) for c in self.conditions))
 
@@ -157,16 +263,18 @@ class AuthorizationRule:
                     or any(o.http_only for o in self.operations))
 
     def matches_connection(self, identity: str | None, service: str | None,
-                           namespace: str | None, port: int, deny: bool = False) -> bool:
+                           namespace: str | None, port: int, deny: bool = False,
+                           address: str | None = None) -> bool:
         """Whether a TCP connection (a peer, a port, no request) matches, as Istio decides for
         TCP: an ALLOW rule with an HTTP-only field matches no connection; a DENY rule is
         checked without its HTTP-only fields, so it refuses more, never less."""
         if not deny and self.http_only:
             return False
         return ((not self.sources
-                 or any(s.matches_peer(identity, service, namespace) for s in self.sources))
+                 or any(s.matches_peer(identity, service, namespace, deny, address)
+                        for s in self.sources))
                 and (not self.operations
-                     or any(not o.ports or port in o.ports for o in self.operations)))
+                     or any(o.matches_port(port) for o in self.operations)))
 
     @property
     def uses_token(self) -> bool:
@@ -220,33 +328,67 @@ def _non_empty(f: Fields, names: tuple[str, ...]) -> None:
         f.add(f.path, f"set at least one of {', '.join(names)}")
 
 
+SOURCE_FIELDS = ("identities", "notIdentities", "services", "notServices", "namespaces",
+                 "notNamespaces", "ipBlocks", "notIpBlocks", "requestPrincipals",
+                 "notRequestPrincipals")
+OPERATION_FIELDS = ("paths", "notPaths", "methods", "notMethods", "ports", "notPorts", "hosts",
+                    "notHosts")
+# a host pattern: a name or address with an optional port, with one '*' at its start or end
+AUTHZ_HOST = r"^(\*|\*?[A-Za-z0-9._:\[\]-]+|[A-Za-z0-9._:\[\]-]+\*)$"
+
+
+def _ip_block(data: object, path: str) -> Network:
+    """'10.0.0.0/8', '2001:db8::/32' or a single address ('192.0.2.7')."""
+    if isinstance(data, str):
+        try:
+            return ipaddress.ip_network(data.strip(), strict=False)
+        except ValueError:
+            pass
+    got = repr(data) if isinstance(data, str) else F.describe(data)
+    fail(path, f"expected an IP address or a CIDR block like 10.0.0.0/8, got {got}")
+
+
 def _parse_source(data: object, path: str) -> Source:
     f = Fields(data, path)
-    identities = f.value("identities", F.list_of(
-        F.string(F.SPIFFE_ID, "a SPIFFE id like spiffe://cluster.local/ns/default/sa/reviews"),
-        1), ())
+    identity = F.string(F.SPIFFE_ID,
+                        "a SPIFFE id like spiffe://cluster.local/ns/default/sa/reviews")
+    identities = f.value("identities", F.list_of(identity, 1), ())
+    not_identities = f.value("notIdentities", F.list_of(identity, 1), ())
     services = f.value("services", F.list_of(_NAME, 1), ())
+    not_services = f.value("notServices", F.list_of(_NAME, 1), ())
     namespaces = f.value("namespaces", F.list_of(_NAME, 1), ())
+    not_namespaces = f.value("notNamespaces", F.list_of(_NAME, 1), ())
+    ip_blocks = f.value("ipBlocks", F.list_of(_ip_block, 1), ())
+    not_ip_blocks = f.value("notIpBlocks", F.list_of(_ip_block, 1), ())
     principal = F.string(PRINCIPAL, "'<issuer>/<subject>', with at most one '*' at its start "
                                     "or end, or '*'")
     principals = f.value("requestPrincipals", F.list_of(principal, 1), ())
     not_principals = f.value("notRequestPrincipals", F.list_of(principal, 1), ())
-    _non_empty(f, ("identities", "services", "namespaces", "requestPrincipals",
-                   "notRequestPrincipals"))
+    _non_empty(f, SOURCE_FIELDS)
     f.finish()
-    return Source(identities, services, namespaces, principals, not_principals)
+    return Source(identities, services, namespaces, principals, not_principals,
+                  not_identities, not_services, not_namespaces, ip_blocks, not_ip_blocks)
 
 
 def _parse_operation(data: object, path: str) -> Operation:
     f = Fields(data, path)
-    paths = f.value("paths", F.list_of(
-        F.string(AUTHZ_PATH, "'/exact', '/prefix/*' or '*'"), 1), ())
-    methods = f.value("methods", F.list_of(
-        F.string(F.METHOD, "an upper-case HTTP method like GET"), 1), ())
+    authz_path = F.string(AUTHZ_PATH, "'/exact', '/prefix/*' or '*'")
+    method = F.string(F.METHOD, "an upper-case HTTP method like GET")
+    host = F.string(AUTHZ_HOST, "a host name, optionally with :PORT, with at most one '*' at "
+                                "its start or end (*.example.com), or '*'")
+    paths = f.value("paths", F.list_of(authz_path, 1), ())
+    not_paths = f.value("notPaths", F.list_of(authz_path, 1), ())
+    methods = f.value("methods", F.list_of(method, 1), ())
+    not_methods = f.value("notMethods", F.list_of(method, 1), ())
     ports = f.value("ports", F.list_of(F.integer(1, 65535), 1), ())
-    _non_empty(f, ("paths", "methods", "ports"))
+    not_ports = f.value("notPorts", F.list_of(F.integer(1, 65535), 1), ())
+    hosts = f.value("hosts", F.list_of(host, 1), ())
+    not_hosts = f.value("notHosts", F.list_of(host, 1), ())
+    _non_empty(f, OPERATION_FIELDS)
     f.finish()
-    return Operation(paths, methods, ports)
+    return Operation(paths, methods, ports, not_paths, not_methods, not_ports,
+                     tuple(h.lower().rstrip(".") for h in hosts),
+                     tuple(h.lower().rstrip(".") for h in not_hosts))
 
 
 def _parse_condition(data: object, path: str) -> Condition:
@@ -256,6 +398,9 @@ def _parse_condition(data: object, path: str) -> Condition:
     if f.has("header") == f.has("claim"):
         f.add(f.path, "set one of header (a request header) and claim (a claim of the "
                       "request's JWT)")
-    values = f.required("values", F.list_of(F.string(F.HEADER_VALUE, "a value"), 1), ())
+    value = F.string(F.HEADER_VALUE, "a value")
+    values = f.value("values", F.list_of(value, 1), ())
+    not_values = f.value("notValues", F.list_of(value, 1), ())
+    _non_empty(f, ("values", "notValues"))
     f.finish()
-    return Condition((header or "").lower(), values, claim)
+    return Condition((header or "").lower(), values, claim, not_values)

@@ -11,7 +11,15 @@ from typing import Any
 
 from meshctl.api import fields as F
 from meshctl.api.authn import JWKS_URI
-from meshctl.api.authz import ACTIONS, AUTHZ_PATH, CLAIM, PRINCIPAL
+from meshctl.api.authz import (
+    ACTIONS,
+    AUTHZ_HOST,
+    AUTHZ_PATH,
+    CLAIM,
+    OPERATION_FIELDS,
+    PRINCIPAL,
+    SOURCE_FIELDS,
+)
 from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
@@ -107,6 +115,7 @@ _HOST = _str(F.DNS_SUBDOMAIN, maxLength=253,
 _PERCENT = _num(0, 100)
 _STATUS = _int(200, 599)
 _METHOD = _str(F.METHOD)
+IP_BLOCK = "an IP address or a CIDR block, like 10.0.0.0/8 (checked by the parser)"
 _HEADER_VALUES = _map({"type": "string", "pattern": F.HEADER_FIELD_VALUE}, F.HEADER_NAME)
 _HEADER_EDITS = _obj({"set": _HEADER_VALUES, "add": _HEADER_VALUES,
                       "remove": _list(_str(F.HEADER_NAME))})
@@ -243,21 +252,30 @@ _SPECS: dict[str, Schema] = {
         "rules": _list(_obj({
             "from": _list(_obj({
                 "identities": _list(_str(F.SPIFFE_ID), 1),
+                "notIdentities": _list(_str(F.SPIFFE_ID), 1),
                 "services": _list(_str(F.DNS_LABEL), 1),
+                "notServices": _list(_str(F.DNS_LABEL), 1),
                 "namespaces": _list(_str(F.DNS_LABEL), 1),
+                "notNamespaces": _list(_str(F.DNS_LABEL), 1),
+                "ipBlocks": _list(_str(description=IP_BLOCK), 1),
+                "notIpBlocks": _list(_str(description=IP_BLOCK), 1),
                 "requestPrincipals": _list(_str(PRINCIPAL), 1),
                 "notRequestPrincipals": _list(_str(PRINCIPAL), 1),
-            }, anyOf=[{"required": [k]} for k in ("identities", "services", "namespaces",
-                                                  "requestPrincipals", "notRequestPrincipals")]),
-                1),
-            "to": _list(_obj({"paths": _list(_str(AUTHZ_PATH), 1), "methods": _list(_METHOD, 1),
-                              "ports": _list(_int(1, 65535), 1)},
-                             anyOf=[{"required": ["paths"]}, {"required": ["methods"]},
-                                    {"required": ["ports"]}]), 1),
+            }, anyOf=[{"required": [k]} for k in SOURCE_FIELDS]), 1),
+            "to": _list(_obj({"paths": _list(_str(AUTHZ_PATH), 1),
+                              "notPaths": _list(_str(AUTHZ_PATH), 1),
+                              "methods": _list(_METHOD, 1), "notMethods": _list(_METHOD, 1),
+                              "ports": _list(_int(1, 65535), 1),
+                              "notPorts": _list(_int(1, 65535), 1),
+                              "hosts": _list(_str(AUTHZ_HOST), 1),
+                              "notHosts": _list(_str(AUTHZ_HOST), 1)},
+                             anyOf=[{"required": [k]} for k in OPERATION_FIELDS]), 1),
             "when": _list(_obj({"header": _str(F.HEADER_NAME), "claim": _str(CLAIM),
-                                "values": _list(_str(F.HEADER_VALUE), 1)},
-                               ("values",), oneOf=[{"required": ["header"]},
-                                                   {"required": ["claim"]}]), 1),
+                                "values": _list(_str(F.HEADER_VALUE), 1),
+                                "notValues": _list(_str(F.HEADER_VALUE), 1)},
+                               oneOf=[{"required": ["header"]}, {"required": ["claim"]}],
+                               anyOf=[{"required": ["values"]}, {"required": ["notValues"]}]),
+                          1),
         })),
     }),
     "RequestAuthentication": _obj({
