@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "it against this CA bundle (Istio's tls.mode MUTUAL); the verified "
                         "client goes upstream in x-forwarded-client-cert; reloaded when the "
                         "file changes")
+    p.add_argument("--trusted-proxies", type=int, default=0, metavar="N",
+                   help="--mode gateway: the number of load balancers in front of the gateway "
+                        "that append to x-forwarded-for; the client is the Nth address from "
+                        "its right (per-source rate limits, sourceIp hashing, "
+                        "remoteIpBlocks). Default 0: the connection's peer")
     p.add_argument("--gateway-client-cert", choices=("required", "optional"), default=None,
                    help="with --gateway-client-ca: refuse a handshake without a client "
                         "certificate (required, the default) or take it without one (optional)")
@@ -132,10 +137,16 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     from proxy.tcpupstream import TcpUpstreamSpec
 
     tcp_upstreams = tuple(TcpUpstreamSpec.parse(text) for text in args.tcp_upstream)
+    if args.trusted_proxies and args.mode != "gateway":
+        raise ConfigError("--trusted-proxies is for --mode gateway: a sidecar's callers are "
+                          "the mesh's, and the gateway's x-forwarded-for reaches it already")
+    if not 0 <= args.trusted_proxies <= 32:
+        raise ConfigError(f"--trusted-proxies must be 0 to 32, not {args.trusted_proxies}")
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access,
                         gateway_tls=_gateway_tls(args), app_probe=_app_probe(args),
-                        app_protocol=args.app_protocol, tcp_upstreams=tcp_upstreams)
+                        app_protocol=args.app_protocol, tcp_upstreams=tcp_upstreams,
+                        trusted_proxies=args.trusted_proxies)
 
 
 def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:

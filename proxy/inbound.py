@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
@@ -77,6 +78,8 @@ class InboundPolicy:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
+        # remoteIpBlocks: the client's address is worked out only for policies naming one
+        self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
         self.mtls_mode = mtls_mode
         self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats
@@ -132,14 +135,17 @@ class InboundPolicy:
             method = ex.method.decode("latin-1")
             headers = _header_values(ex)
             host, address = ex.authority, conn.client_ip.decode("latin-1")
+            remote = None
+            if self.reads_remote and conn.listener.trusted_proxies:
+                remote = trusted_client(ex, conn.listener.trusted_proxies).decode("latin-1")
             for policy in self.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
-                                 True, principal, claims, self.port, host, address)
+                                 True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
                     return self._deny()
             if self.allow and not any(
                     r.matches(identity, service, namespace, method, ex.path, headers,
-                              False, principal, claims, self.port, host, address)
+                              False, principal, claims, self.port, host, address, remote)
                     for p in self.allow for r in p.rules):
                 return self._deny()
         if not spend:

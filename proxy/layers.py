@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.rules import GRPC_RETRY_ON
+from proxy.clientaddress import trusted_client
 from proxy.policy.backoff import Backoff
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
@@ -217,7 +218,8 @@ class RateLimitPolicy:
             keyed = self.keyed
             assert keyed is not None
             conn = ex.downstream
-            key = conn.peer_identity or conn.client_ip
+            hops = conn.listener.trusted_proxies
+            key = conn.peer_identity or (trusted_client(ex, hops) if hops else conn.client_ip)
             if not keyed.try_acquire(key):
                 return self._limited(keyed.retry_after(key))
         then = self.then

@@ -54,8 +54,8 @@ class Listener:
         "connections", "counting_rules", "debug_connections", "debug_requests",
         "forwarded_proto_line", "h2_scheme", "kind", "limits", "loop", "on_record", "passthrough",
         "peer_line", "plaintext_allowed", "quiet", "reads_hello", "reads_timeout_header",
-        "refused", "router", "scheme", "server", "stats", "tcp", "tracer", "unrouted_hosts",
-        "xfcc_by", "xfcc_gateways", "xfcc_trusted")
+        "refused", "router", "scheme", "server", "stats", "tcp", "tracer", "trusted_proxies",
+        "unrouted_hosts", "xfcc_by", "xfcc_gateways", "xfcc_trusted")
 
     def __init__(self, kind: str, loop: asyncio.AbstractEventLoop, router: Router,
                  stats: RequestStats, limits: Limits, *, tls: bool = False) -> None:
@@ -87,6 +87,9 @@ class Listener:
         # gateway client honoured with it could eject endpoints for every other client, as
         # Envoy strips `x-envoy-upstream-rq-timeout-ms` from external requests
         self.reads_timeout_header = kind == "outbound"
+        # load balancers in front of a gateway whose x-forwarded-for it believes
+        # (--trusted-proxies; proxy.clientaddress): 0 for every other listener
+        self.trusted_proxies = 0
         self.xfcc_by = b""  # inbound: our SPIFFE id, for x-forwarded-client-cert
         # inbound: mTLS peers (gateways) whose x-forwarded-client-cert is kept, ours appended;
         # those also in xfcc_gateways (trusted gateways') only with the gateway marker

@@ -13,6 +13,7 @@ from collections.abc import Callable, Container, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshctl.api.external import HTTP2_PROTOCOLS, TUNNEL_PROTOCOLS, is_mesh_name
+from proxy.clientaddress import trusted_client
 from proxy.config import Address, Endpoint, ExternalHost, RouteConfig, Service, Snapshot
 from proxy.egress import Egress, Wildcard
 from proxy.headers import service_from_authority
@@ -763,7 +764,11 @@ def _hash_key(spec: Any) -> Callable[[Exchange], str | None]:
             return None
 
         return parameter
-    return lambda ex: ex.downstream.client_ip.decode("latin-1")  # sourceIp
+    def source_ip(ex: Exchange) -> str:  # the gateway's: its trusted client's (--trusted-proxies)
+        hops = ex.downstream.listener.trusted_proxies
+        return (trusted_client(ex, hops) if hops else ex.downstream.client_ip).decode("latin-1")
+
+    return source_ip
 
 
 def _default_policy() -> Any:

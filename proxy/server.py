@@ -39,6 +39,7 @@ class ProxyOptions:
     app_probe: Any = None  # proxy.appprobe.ProbeSpec: how the agent tells the app serves
     app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
     tcp_upstreams: tuple[Any, ...] = ()  # proxy.tcpupstream.TcpUpstreamSpec per --tcp-upstream
+    trusted_proxies: int = 0  # --trusted-proxies: load balancers in front of the gateway
 
 
 def _tunnel_check(outbound: Router | None) -> Callable[[Address], bool]:
@@ -263,6 +264,8 @@ class ProxyServer:
         https = kind == "gateway" and self.options.gateway_tls is not None
         listener = Listener(kind, self.loop, router or Router({}), self.stats,
                             self.options.limits, tls=https)
+        if kind == "gateway":
+            listener.trusted_proxies = self.options.trusted_proxies
         if https:
             acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
                                    lambda: self.options.gateway_tls, lambda: "STRICT",

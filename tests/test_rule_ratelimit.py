@@ -22,8 +22,9 @@ LIMIT = RateLimit(0.01, 2, False)
 
 
 def request(client_ip: bytes = b"10.0.0.1", identity: str | None = None) -> Any:
-    return SimpleNamespace(downstream=SimpleNamespace(client_ip=client_ip,
-                                                      peer_identity=identity))
+    return SimpleNamespace(downstream=SimpleNamespace(
+        client_ip=client_ip, peer_identity=identity,
+        listener=SimpleNamespace(trusted_proxies=0)))
 
 
 def test_buckets_are_kept_while_the_rule_and_its_limit_are_the_same() -> None:

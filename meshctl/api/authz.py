@@ -78,13 +78,16 @@ class Source:
     not_namespaces: tuple[str, ...] = ()
     ip_blocks: tuple[Network, ...] = ()  # the connection's peer address (Istio's source.ip)
     not_ip_blocks: tuple[Network, ...] = ()
+    remote_ip_blocks: tuple[Network, ...] = ()  # the client's, as the gateway trusts it
+    not_remote_ip_blocks: tuple[Network, ...] = ()
 
     def matches(self, identity: str | None, service: str | None, namespace: str | None,
                 principal: str | None = None, deny: bool = False,
-                address: str | None = None) -> bool:
+                address: str | None = None, remote: str | None = None) -> bool:
         """Whether a caller with these attributes (None = unknown, e.g. plaintext, or no
-        token) matches a rule of an ALLOW (or ``deny``) policy."""
-        return (self.matches_peer(identity, service, namespace, deny, address)
+        token) matches a rule of an ALLOW (or ``deny``) policy; ``remote`` is the client's
+        address as the gateway trusts it (proxy.clientaddress), else ``address``."""
+        return (self.matches_peer(identity, service, namespace, deny, address, remote)
                 and (not self.request_principals
                      or any(principal_matches(p, principal) for p in self.request_principals))
                 and (not self.not_request_principals
@@ -93,13 +96,20 @@ class Source:
 
     def matches_peer(self, identity: str | None, service: str | None,
                      namespace: str | None, deny: bool = False,
-                     address: str | None = None) -> bool:
-        """The peer fields alone (identities, services, namespaces, ipBlocks and their `not`
-        lists): a TCP connection's."""
+                     address: str | None = None, remote: str | None = None) -> bool:
+        """The peer fields alone (identities, services, namespaces, ipBlocks,
+        remoteIpBlocks and their `not` lists): a TCP connection's."""
         return (_listed(self.identities, self.not_identities, identity, deny)
                 and _listed(self.services, self.not_services, service, deny)
                 and _listed(self.namespaces, self.not_namespaces, namespace, deny)
-                and _in_blocks(self.ip_blocks, self.not_ip_blocks, address, deny))
+                and _in_blocks(self.ip_blocks, self.not_ip_blocks, address, deny)
+                and _in_blocks(self.remote_ip_blocks, self.not_remote_ip_blocks,
+                               address if remote is None else remote, deny))
+
+    @property
+    def reads_remote(self) -> bool:
+        """Whether it names the client's address as the gateway trusts it."""
+        return bool(self.remote_ip_blocks or self.not_remote_ip_blocks)
 
     @property
     def http_only(self) -> bool:
@@ -241,15 +251,15 @@ class AuthorizationRule:
                 method: str, path: str, headers: Callable[[str], Sequence[str]],
                 deny: bool = False, principal: str | None = None,
                 claims: Claims | None = None, port: int = 0, host: str = "",
-                address: str | None = None) -> bool:
+                address: str | None = None, remote: str | None = None) -> bool:
         """Whether a request from this caller matches this rule of an ALLOW (or ``deny``)
         policy; ``headers(name)`` gives every value of a lower-case header name, in order;
         ``principal`` and ``claims`` come from the request's verified JWT, if any; ``port``
         is the destination app's, ``host`` the request's authority, ``address`` the
-        connection's peer's."""
+        connection's peer's, ``remote`` the client's as the gateway trusts it."""
         return ((not self.sources
-                 or any(s.matches(identity, service, namespace, principal, deny, address)
-                        for s in self.sources))
+                 or any(s.matches(identity, service, namespace, principal, deny, address,
+                                  remote) for s in self.sources))
                 and (not self.operations
                      or any(o.matches(method, path, port, host) for o in self.operations))
                 and all(c.matches_claims(claims) if c.claim is not None
@@ -275,6 +285,11 @@ class AuthorizationRule:
                         for s in self.sources))
                 and (not self.operations
                      or any(o.matches_port(port) for o in self.operations)))
+
+    @property
+    def reads_remote(self) -> bool:
+        """Whether the rule names the client's address as the gateway trusts it."""
+        return any(s.reads_remote for s in self.sources)
 
     @property
     def uses_token(self) -> bool:
@@ -329,8 +344,8 @@ def _non_empty(f: Fields, names: tuple[str, ...]) -> None:
 
 
 SOURCE_FIELDS = ("identities", "notIdentities", "services", "notServices", "namespaces",
-                 "notNamespaces", "ipBlocks", "notIpBlocks", "requestPrincipals",
-                 "notRequestPrincipals")
+                 "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks",
+                 "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals")
 OPERATION_FIELDS = ("paths", "notPaths", "methods", "notMethods", "ports", "notPorts", "hosts",
                     "notHosts")
 # a host pattern: a name or address with an optional port, with one '*' at its start or end
@@ -360,6 +375,8 @@ def _parse_source(data: object, path: str) -> Source:
     not_namespaces = f.value("notNamespaces", F.list_of(_NAME, 1), ())
     ip_blocks = f.value("ipBlocks", F.list_of(_ip_block, 1), ())
     not_ip_blocks = f.value("notIpBlocks", F.list_of(_ip_block, 1), ())
+    remote_ip_blocks = f.value("remoteIpBlocks", F.list_of(_ip_block, 1), ())
+    not_remote_ip_blocks = f.value("notRemoteIpBlocks", F.list_of(_ip_block, 1), ())
     principal = F.string(PRINCIPAL, "'<issuer>/<subject>', with at most one '*' at its start "
                                     "or end, or '*'")
     principals = f.value("requestPrincipals", F.list_of(principal, 1), ())
@@ -367,7 +384,8 @@ def _parse_source(data: object, path: str) -> Source:
     _non_empty(f, SOURCE_FIELDS)
     f.finish()
     return Source(identities, services, namespaces, principals, not_principals,
-                  not_identities, not_services, not_namespaces, ip_blocks, not_ip_blocks)
+                  not_identities, not_services, not_namespaces, ip_blocks, not_ip_blocks,
+                  remote_ip_blocks, not_remote_ip_blocks)
 
 
 def _parse_operation(data: object, path: str) -> Operation:

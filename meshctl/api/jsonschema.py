@@ -259,6 +259,8 @@ _SPECS: dict[str, Schema] = {
                 "notNamespaces": _list(_str(F.DNS_LABEL), 1),
                 "ipBlocks": _list(_str(description=IP_BLOCK), 1),
                 "notIpBlocks": _list(_str(description=IP_BLOCK), 1),
+                "remoteIpBlocks": _list(_str(description=IP_BLOCK), 1),
+                "notRemoteIpBlocks": _list(_str(description=IP_BLOCK), 1),
                 "requestPrincipals": _list(_str(PRINCIPAL), 1),
                 "notRequestPrincipals": _list(_str(PRINCIPAL), 1),
             }, anyOf=[{"required": [k]} for k in SOURCE_FIELDS]), 1),
