@@ -14,12 +14,13 @@ from json.encoder import encode_basestring_ascii as _quote
 
 FIELDS = ("start_time", "listener", "method", "path", "authority", "status", "reason",
           "duration_ms", "bytes_received", "bytes_sent", "request_id", "source",
-          "destination_service", "upstream", "protocol", "grpc_status")
+          "destination_service", "upstream", "protocol", "grpc_status", "client_address")
 
 # Numbers by %r and %d (json writes a float as its repr), strings quoted and escaped by _quote.
 _LINE = ('{"start_time":"%s","listener":%s,"method":%s,"path":%s,"authority":%s,"status":%d,'
          '"reason":%s,"duration_ms":%r,"bytes_received":%d,"bytes_sent":%d,"request_id":%s,'
-         '"source":%s,"destination_service":%s,"upstream":%s,"protocol":%s,"grpc_status":%s}\n')
+         '"source":%s,"destination_service":%s,"upstream":%s,"protocol":%s,"grpc_status":%s,'
+         '"client_address":%s}\n')
 
 
 # The last whole second formatted, and its text: the lines of one second format only their
@@ -45,7 +46,7 @@ def access_line(start_time: str, listener: str, method: str | None, path: str | 
                  authority: str | None, status: int, reason: str, duration_ms: float,
                  bytes_received: int, bytes_sent: int, request_id: str | None, source: str,
                  destination: str, upstream: str | None, protocol: str | None,
-                 grpc_status: str | None) -> str:
+                 grpc_status: str | None, client_address: str | None) -> str:
     """The line, newline included; ``start_time`` is `wall_start`'s text; a ``None`` is JSON
     ``null`` (a request refused before its head was understood has no method, path or id;
     one answered locally has no upstream)."""
@@ -59,4 +60,5 @@ def access_line(start_time: str, listener: str, method: str | None, path: str | 
         _quote(source), _quote(destination),
         "null" if upstream is None else _quote(upstream),
         "null" if protocol is None else _quote(protocol),
-        "null" if grpc_status is None else _quote(grpc_status))
+        "null" if grpc_status is None else _quote(grpc_status),
+        "null" if client_address is None else _quote(client_address))

@@ -9,6 +9,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from proxy.accessline import access_line, wall_start
+from proxy.clientaddress import trusted_client
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
 
@@ -318,7 +319,8 @@ class Listener:
             # understood, so the request's own fields are null.
             self.access_log.write(access_line(
                 wall_start(conn.head_started or monotonic()), self.kind, None, None, None, status,
-                reason, 0.0, 0, sent, None, prefix[1], destination, None, None, None))
+                reason, 0.0, 0, sent, None, prefix[1], destination, None, None, None,
+                conn.client_ip.decode("latin-1")))
 
     def _unrouted_prefix(self, ex: Exchange) -> tuple[str, ...]:
         """Labels of a request no backend took: the host asked for is `destination_service`
@@ -356,7 +358,9 @@ class Listener:
             # the endpoint this request went to (the last attempt's), not the subset's first
             pool.address_text if pool is not None else None, ex.protocol,
             # null unless a gRPC call got one
-            ex.grpc_status if ex.http2 else None))  # type: ignore[attr-defined]
+            ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
+            (trusted_client(ex, self.trusted_proxies) if self.trusted_proxies
+             else ex.downstream.client_ip).decode("latin-1")))
 
     def refuse_plaintext(self, grace: float) -> None:
         """The mesh turned STRICT: no plaintext connection carries another request.

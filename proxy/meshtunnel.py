@@ -96,6 +96,7 @@ def enter_tcp(p: DownstreamProtocol, target: TcpTarget) -> None:
 
     listener = p.listener
     session = TcpSession(listener.stats, True, "outbound", p.loop)
+    session.client_address = p.client_ip.decode("latin-1")
     session.authority = (p.mesh_connect or b"").decode("latin-1")
     session.log_out = listener.access_log
     session.log_filter = listener.access_filter

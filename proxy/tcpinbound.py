@@ -48,6 +48,7 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
     assert transport is not None
     p.closed = True  # never parsed as HTTP; the listener's sweep and drain leave it alone
     session = p.tcp_session = TcpSession(listener.stats, False, "inbound", p.loop)
+    session.client_address = p.client_ip.decode("latin-1")
     session.log_out = listener.access_log
     session.log_filter = listener.access_filter
     session.mesh = transport

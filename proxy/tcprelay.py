@@ -42,6 +42,7 @@ class TcpSession:
         "app_fin",
         "authority",
         "client",
+        "client_address",
         "connect_answer",
         "early",
         "flags",
@@ -69,6 +70,7 @@ class TcpSession:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.stats = stats
         self.client = client  # the caller's sidecar (else the destination's)
+        self.client_address: str | None = None  # the connecting peer's, for the access log
         self.listener = listener  # access log: tcp_upstream | outbound | inbound | gateway
         # time.monotonic(), as a request's start: uvloop's loop.time() is whole milliseconds
         # read once per loop iteration (one call per connection, not per byte)
@@ -337,7 +339,8 @@ class TcpSession:
                 "duration_ms": round((monotonic() - self.start) * 1000, 3),
                 "bytes_received": self.request_bytes, "bytes_sent": self.response_bytes,
                 "request_id": None, "source": labels[1], "destination_service": labels[3],
-                "upstream": self.upstream, "protocol": "TCP", "grpc_status": None}
+                "upstream": self.upstream, "protocol": "TCP", "grpc_status": None,
+                "client_address": self.client_address}
         self.log_out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 

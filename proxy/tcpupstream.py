@@ -120,5 +120,8 @@ class _AcceptedApp(AppEnd):
         self.listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.session.client_address = str(peer[0])
         super().connection_made(transport)
         self.listener.accepted(self.session)

@@ -146,6 +146,7 @@ def relay(p: DownstreamProtocol, route: SniRoute, sni: str | None, hello: bytes)
     listener = p.listener
     assert route.target is not None
     session = TcpSession(listener.stats, True, "gateway", p.loop)
+    session.client_address = p.client_ip.decode("latin-1")
     session.authority = sni
     session.log_out = listener.access_log
     session.log_filter = listener.access_filter
@@ -168,5 +169,5 @@ def refused(listener: Listener, reason: str, sni: str | None, destination: str, 
             "duration_ms": round((monotonic() - start) * 1000, 3),
             "bytes_received": received, "bytes_sent": 0, "request_id": None,
             "source": listener.router.source[0], "destination_service": destination,
-            "upstream": None, "protocol": "TLS", "grpc_status": None}
+            "upstream": None, "protocol": "TLS", "grpc_status": None, "client_address": client}
     out.write(json.dumps(line, separators=(",", ":")) + "\n")

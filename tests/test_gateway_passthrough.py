@@ -230,8 +230,9 @@ def test_a_name_no_entry_takes_is_closed_without_a_gateway_certificate(edge: Edg
     with pytest.raises(OSError):
         tls_connect(edge.plain, "other.example.com", edge.app_ca)
     wait_for(lambda: edge.plain.refused("no_route") > before, TIMEOUT, "counted no_route")
-    wait_for(lambda: any((line["protocol"], line["reason"], line["authority"])
-                         == ("TLS", "no_route", "other.example.com")
+    wait_for(lambda: any((line["protocol"], line["reason"], line["authority"],
+                          line["client_address"])
+                         == ("TLS", "no_route", "other.example.com", "127.0.0.1")
                          for line in edge.plain.log_lines()[seen:]), TIMEOUT, "its line")
 
 

@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from proxy.clientaddress import trusted_client
-from tests.proxyharness import Backends, ProxyProcess, dry_run, get, read_response
+from tests.proxyharness import (
+    Backends,
+    ProxyProcess,
+    dry_run,
+    eventually,
+    get,
+    read_response,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +38,7 @@ DENY_NETWORK = {"selector": {"service": "client"}, "action": "DENY",
 
 def start_gateway(tmp: Path, backends: list[int], *extra: str) -> tuple[ProxyProcess, int]:
     proc = ProxyProcess(tmp, {"echo": backends}, args=("--mode", "gateway", *extra),
-                        routes=[LIMITED])
+                        routes=[LIMITED], access_log=True)
     port = proc.listen_as_gateway([{"destination": "echo"}])
     config = yaml.safe_load(proc.config.read_text())
     config["inbound"] = {"authorization": [DENY_NETWORK]}
@@ -41,10 +48,19 @@ def start_gateway(tmp: Path, backends: list[int], *extra: str) -> tuple[ProxyPro
 
 
 @pytest.fixture
-def trusting(tmp_path: Path, echo: int) -> Iterator[int]:
+def trusting_proc(tmp_path: Path, echo: int) -> Iterator[tuple[ProxyProcess, int]]:
     proc, port = start_gateway(tmp_path, [echo], "--trusted-proxies", "1")
-    yield port
+    yield proc, port
     proc.stop()
+
+
+@pytest.fixture
+def trusting(trusting_proc: tuple[ProxyProcess, int]) -> int:
+    return trusting_proc[1]
+
+
+def logged(proc: ProxyProcess) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in proc.stdout().splitlines() if x.startswith("{")]
 
 
 async def status(port: int, path: str, xff: str | None = None) -> tuple[int, str | None]:
@@ -77,6 +93,15 @@ async def test_remote_ip_blocks_judge_the_trusted_client(trusting: int) -> None:
     assert await status(trusting, "/a", "203.0.113.5, 198.51.100.7") == (200, None)
 
 
+async def test_the_access_log_names_the_trusted_client(
+        trusting_proc: tuple[ProxyProcess, int]) -> None:
+    proc, port = trusting_proc
+    assert await status(port, "/logged-client", "10.1.1.1, 198.51.100.40") == (200, None)
+    await eventually(lambda: any(x.get("path") == "/logged-client" for x in logged(proc)))
+    line = next(x for x in logged(proc) if x.get("path") == "/logged-client")
+    assert line["client_address"] == "198.51.100.40"
+
+
 async def test_without_the_option_the_header_is_not_believed(tmp_path: Path,
                                                              echo: int) -> None:
     proc, port = start_gateway(tmp_path, [echo])
@@ -84,6 +109,9 @@ async def test_without_the_option_the_header_is_not_believed(tmp_path: Path,
         assert await status(port, "/a", "203.0.113.5") == (200, None)
         assert await status(port, "/limited", "198.51.100.1") == (200, None)
         assert await status(port, "/limited", "198.51.100.2") == (429, "rate_limited")
+        await eventually(lambda: any(x.get("path") == "/a" for x in logged(proc)))
+        assert next(x for x in logged(proc) if x.get("path") == "/a")["client_address"] == (
+            "127.0.0.1")
     finally:
         proc.stop()
 

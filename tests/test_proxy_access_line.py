@@ -23,7 +23,7 @@ counts = st.integers(min_value=0, max_value=1 << 62)
 
 @given(st.tuples(starts, text, st.none() | text, st.none() | text, st.none() | text,
                  st.integers(0, 999), text, numbers, counts, counts, st.none() | text, text,
-                 text, st.none() | text, st.none() | text, st.none() | text))
+                 text, st.none() | text, st.none() | text, st.none() | text, st.none() | text))
 def test_a_line_is_json_dumps_of_its_fields(values: tuple) -> None:  # type: ignore[type-arg]
     """Any strings (quotes, control characters, non-ASCII, lone surrogates), floats and nulls."""
     expected = json.dumps(dict(zip(FIELDS, values, strict=True)), separators=(",", ":")) + "\n"
@@ -32,13 +32,14 @@ def test_a_line_is_json_dumps_of_its_fields(values: tuple) -> None:  # type: ign
 
 def test_a_refused_request_has_null_request_fields() -> None:
     line = access_line("2026-11-29T11:50:00.123Z", "inbound", None, None, None, 400,
-                       "bad_request", 0.0, 0, 11, None, "unknown", "unknown", None, None, None)
+                       "bad_request", 0.0, 0, 11, None, "unknown", "unknown", None, None, None,
+                       "192.0.2.7")
     assert json.loads(line) == {
         "start_time": "2026-11-29T11:50:00.123Z", "listener": "inbound", "method": None,
         "path": None, "authority": None, "status": 400, "reason": "bad_request", "duration_ms": 0.0,
         "bytes_received": 0, "bytes_sent": 11, "request_id": None, "source": "unknown",
         "destination_service": "unknown", "upstream": None, "protocol": None,
-        "grpc_status": None}
+        "grpc_status": None, "client_address": "192.0.2.7"}
 
 
 class Clocks:

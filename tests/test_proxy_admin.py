@@ -120,6 +120,7 @@ async def test_access_log_lines_are_json(proxy: ProxyProcess) -> None:
     ok = next(x for x in lines() if x.get("request_id") == "log-1")
     assert (ok["method"], ok["path"], ok["status"], ok["reason"]) == ("GET", "/logged", 200, "-")
     assert ok["authority"] == "echo" and ok["listener"] == "outbound"
+    assert ok["client_address"] == "127.0.0.1"  # the caller (the app, on the outbound)
     started = datetime.strptime(ok["start_time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
     assert ok["start_time"].endswith("Z") and len(ok["start_time"]) == 24
     assert sent - 0.001 <= started <= time.time()  # (the log keeps whole milliseconds)

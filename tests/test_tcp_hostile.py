@@ -267,6 +267,7 @@ def test_a_bad_hello_is_answered_bad_request_and_reaches_no_app(db: Db, name: st
     assert len(db.app_eofs()) == eofs
     line = db.last_line_after(seen)
     assert (line["reason"], line["protocol"], line["upstream"]) == ("bad_request", "TCP", None)
+    assert line["client_address"] == "127.0.0.1"  # the peer that sent it
 
 
 @pytest.mark.usefixtures("baseline")
