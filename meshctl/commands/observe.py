@@ -4,6 +4,7 @@ right now."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 
 from meshctl import output
 from meshctl.api.durations import parse_seconds, parse_window
-from meshctl.client import ControlPlaneClient
+from meshctl.client import ControlPlaneClient, not_http
 from meshctl.commands.calls import (
     error_text,
     make_client,
@@ -220,17 +221,12 @@ def check(args: argparse.Namespace) -> int:
     client = make_client(args)
     worst = "ok"
     print("Control plane")
-    try:
-        body = _get(client, "/api/v1/check")
-        print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        found = unreachable_hint(client.base_url, exc.reason if isinstance(
-            exc, urllib.error.URLError) else exc)
-        hint = (found[2:] if found else
-                "start it with `meshctl serve`, or pass --control-plane URL")
-        print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {exc}\n"
-              f"    hint: {hint}")
+    body, problem, hint = _check_answer(client)
+    if body is None:
+        print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {problem}"
+              + (f"\n    hint: {hint}" if hint else ""))
         return 1
+    print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
     # The control plane's own group (how its API is served) goes under the line above.
     groups = sorted(body["groups"], key=lambda g: g["title"] != "Control plane")
     for i, group in enumerate(groups):
@@ -246,6 +242,31 @@ def check(args: argparse.Namespace) -> int:
     print({"ok": "All checks passed.", "warn": "Passed with warnings.",
            "fail": "Some checks failed."}[worst])
     return 1 if worst == "fail" else 0
+
+
+def _check_answer(client: ControlPlaneClient) -> tuple[Any, str, str]:
+    """``GET /api/v1/check``'s groups, or (None, what went wrong, a hint): every way of not
+    getting them (nothing listening, another service or protocol at the address, an error
+    answer) is the ✘ line of the first check, not an ``error:`` line under its title."""
+    start = "start it with `meshctl serve`, or pass --control-plane URL"
+    try:
+        status, body = request_json(client, "GET", "/api/v1/check")
+    except urllib.error.URLError as exc:
+        found = unreachable_hint(client.base_url, exc.reason)
+        return None, str(exc.reason), found[2:] if found else start
+    except (TimeoutError, ConnectionError) as exc:
+        found = unreachable_hint(client.base_url, exc)
+        return None, str(exc) or type(exc).__name__, found[2:] if found else start
+    except http.client.HTTPException as exc:
+        return None, not_http(client.base_url, exc), ""
+    if status == 200:
+        if isinstance(body, dict) and isinstance(body.get("groups"), list):
+            return body, "", ""
+        return None, client.not_the_api(status), ""
+    if status == 404 and (not body or body.get("error") in (None, "Not Found")):
+        return None, "it does not serve /api/v1/check", (
+            "observability is not enabled in this `meshctl serve`")
+    return None, error_text(body) if body else f"HTTP {status}", ""
 
 
 def dashboard(args: argparse.Namespace) -> int:
