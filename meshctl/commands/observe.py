@@ -82,7 +82,7 @@ def stat(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/stat", service=args.service,
                 **{"from": args.source, "window": args.window})
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     headers = ["SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99", "MTLS",
                "TCP_CONN"]
@@ -99,7 +99,7 @@ def stat(args: argparse.Namespace) -> int:
         if wide:
             row += [_bytes(r.get("tcpReadBytesPerSec")), _bytes(r.get("tcpWriteBytesPerSec"))]
         rows.append(row)
-    print(output.render_table(headers, rows))
+    print(output.render_table(headers, rows), end="")
     return 0
 
 
@@ -107,7 +107,7 @@ def stat(args: argparse.Namespace) -> int:
 def edges(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/edges", window=args.window)
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     rows = [(f"{e['source']} ({e['sourceVersion']})",
              f"{e['destination']} ({e['destinationVersion']})", _security(e),
@@ -115,7 +115,7 @@ def edges(args: argparse.Namespace) -> int:
              _pct(e["successRate"]), _ms(e["p99"]), _count(e.get("tcpConnections")))
             for e in body["edges"]]
     print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99",
-                               "TCP_CONN"), rows))
+                               "TCP_CONN"), rows), end="")
     return 0
 
 
@@ -124,7 +124,7 @@ def routes(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/routes", service=args.service,
                 namespace=args.namespace, window=args.window)
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     if body.get("message"):
         print(body["message"])
@@ -140,7 +140,7 @@ def routes(args: argparse.Namespace) -> int:
         if wide:
             row += [_pct(r["share"]), r["backends"] or "-"]
         rows.append(row)
-    print(output.render_table(headers, rows))
+    print(output.render_table(headers, rows), end="")
     return 0
 
 
@@ -161,7 +161,7 @@ def top(args: argparse.Namespace) -> int:
         table = output.render_table(("DESTINATION", "METHOD", "PATH", "COUNT", "SUCCESS",
                                      "BEST", "WORST"), rows)
         if args.once:
-            print(table)
+            print(table, end="")
             return 0
         print("\x1b[2J\x1b[H" + f"meshctl top {args.service} (every {args.interval}s, "
               "Ctrl-C to stop)\n" + table, flush=True)
