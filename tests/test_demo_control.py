@@ -108,7 +108,10 @@ def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", ports.gateway))
         busy.listen()
         assert control.up_detached(opts, forwarded, out, timeout=60) == 1
-    assert f"port {ports.gateway} needed by gateway (listen) is already in use" in out.getvalue()
+    said = out.getvalue()
+    assert f"ports: port {ports.gateway} needed by gateway (listen) is already in use" in said
+    # and what to do: the options that move the demo's ports
+    assert "--gateway-port, --base-port" in said and "--api-port and --grpc-port" in said, said
     state = opts.run_dir.read()
     assert state is not None and state.processes == ()
     assert not pid_alive(state.supervisor)
