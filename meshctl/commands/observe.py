@@ -279,8 +279,17 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register stat, edges, routes, top, tap, check and dashboard."""
-    p = subparsers.add_parser("stat", help="success rate, RPS, latency and TCP connections "
-                              "per service version")
+    def command(name: str, summary: str, more: str = "",
+                lead: str = "") -> argparse.ArgumentParser:
+        # `--help` says what the command does too, not only its options
+        lead = lead or f"{summary[0].upper()}{summary[1:]}."
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=summary, description=f"{lead} {more}".strip())
+        return parser
+
+    p = command("stat", "success rate, RPS, latency and TCP connections per service version",
+                "SERVICE (and --from): a service the mesh knows, else exit 1 naming the close "
+                "ones (docs/observability.md).")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--from", dest="source", metavar="SERVICE", help="only calls from SERVICE")
     p.add_argument("--window", default="30s", type=window_arg,
@@ -288,12 +297,14 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also TCP bytes/s read and written")
     p.set_defaults(func=stat)
-    p = subparsers.add_parser("edges", help="who calls whom, and whether the edge is mTLS")
-    p.add_argument("--window", default="30s", type=window_arg)
+    p = command("edges", "who calls whom, and whether the edge is mTLS",
+                "One row per caller and callee version, as the callers' sidecars count them.")
+    p.add_argument("--window", default="30s", type=window_arg,
+                   help="e.g. 30s, 5m (default 30s)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=edges)
-    p = subparsers.add_parser("routes", help="success rate, RPS and latency per named rule of "
-                              "a service's Routes (callers' side)")
+    p = command("routes", "success rate, RPS and latency per named rule of a service's Routes "
+                "(callers' side)", "The rest of its requests are one [unnamed] row.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
     p.add_argument("--window", default="30s", type=window_arg,
@@ -301,23 +312,27 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also each row's share of the requests and the rule's backends")
     p.set_defaults(func=routes)
-    p = subparsers.add_parser("top", help="a live view of a service's busiest paths")
+    p = command("top", "a live view of a service's busiest paths",
+                "Needs the API token (AMI_TOKEN or .ami/token), as tap does.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--interval", type=interval_arg, default=2.0,
-                   help="seconds per refresh")
-    p.add_argument("--limit", type=int, default=20)
+                   help="seconds per refresh (default 2)")
+    p.add_argument("--limit", type=int, default=20, help="paths shown (default 20)")
     p.add_argument("--once", action="store_true", help="print one table and exit")
     p.set_defaults(func=top)
-    p = subparsers.add_parser("tap", help="stream live requests (and TCP connections, as they "
-                              "end) to and from a service")
+    p = command("tap", "stream live requests (and TCP connections, as they end) to and from a "
+                "service", "Needs the API token (AMI_TOKEN or .ami/token). No headers are shown.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--path", default="", help="path prefix")
-    p.add_argument("--method", default="")
-    p.add_argument("-n", type=int, default=0, help="stop after N requests")
+    p.add_argument("--method", default="", help="only this HTTP method")
+    p.add_argument("-n", type=int, default=0,
+                   help="stop after N requests (default: until Ctrl-C)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=tap)
-    p = subparsers.add_parser("check", help="is the mesh healthy? grouped checks with hints")
+    p = command("check", "is the mesh healthy? grouped checks with hints",
+                "✔ ok, ‼ warning, ✘ failure; exit 1 on a failure.",
+                lead="Is the mesh healthy? Grouped checks, with a hint under each problem.")
     p.set_defaults(func=check)
-    p = subparsers.add_parser("dashboard", help="print (and --open) the dashboard URL")
-    p.add_argument("--open", action="store_true")
+    p = command("dashboard", "print (and --open) the dashboard URL")
+    p.add_argument("--open", action="store_true", help="also open it in a browser")
     p.set_defaults(func=dashboard)
