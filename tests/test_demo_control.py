@@ -115,3 +115,21 @@ def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
     state = opts.run_dir.read()
     assert state is not None and state.processes == ()
     assert not pid_alive(state.supervisor)
+
+
+def test_up_while_a_demo_runs_says_how_to_stop_it(tmp_path: Path) -> None:
+    """`up` and `up --detach` in a directory whose demo runs start nothing, and say so with
+    the command that stops it."""
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "meshctl"],
+                            start_new_session=True)
+    try:
+        opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs")
+        opts.run_dir.path.mkdir(parents=True)
+        opts.run_dir.write(RunState(supervisor=fake.pid, status=READY))
+        out = io.StringIO()
+        assert control.up_detached(opts, [], out) == 1
+        assert out.getvalue() == (f"the demo is already running (supervisor pid {fake.pid}); "
+                                  "`meshctl demo down` stops it\n")
+    finally:
+        fake.kill()
+        fake.wait()
