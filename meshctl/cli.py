@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 # The module of `meshctl.commands` that adds each command. A command loads its own module
 # only: `meshctl stat` is not kept waiting for what `demo` or `certs` import (aiohttp, grpc,
@@ -72,7 +72,20 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name in names:
         module = importlib.import_module(f"meshctl.commands.{name}")
         module.add_parser(subparsers)
+    _describe(subparsers)
     return parser
+
+
+def _describe(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Give every (sub)command without a description its one-line help as one, so that
+    ``meshctl certs token --help`` says what it does, not only its options."""
+    for choice in subparsers._choices_actions:
+        sub = subparsers.choices[choice.dest]
+        if not sub.description and choice.help:
+            sub.description = f"{choice.help[0].upper()}{choice.help[1:]}."
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,6 +341,13 @@ def test_an_address_that_is_not_the_control_plane_is_one_clear_line(tmp_path: Pa
             assert (code, out) == (1, ""), (argv, err)
             assert err.startswith(f"error: http://127.0.0.1:{port} answered HTTP "), (argv, err)
             assert "not as the Ami control plane API does" in err and err.count("\n") == 1, err
+        # check says it as its first check's ✘, not as an error: line under a bare title
+        code, out, err = meshctl(other, "check")
+        assert (code, err) == (1, ""), err
+        assert out == (f"Control plane\n  ✘ control plane reachable at http://127.0.0.1:{port}: "
+                       f"http://127.0.0.1:{port} answered HTTP 404 but not as the Ami control "
+                       "plane API does; is it the control plane's --listen address "
+                       "(--control-plane, AMI_CONTROL_PLANE)?\n"), out
     finally:
         other.stop()
 
@@ -373,6 +380,11 @@ def test_an_address_that_speaks_another_protocol_is_one_clear_line(tmp_path: Pat
                            "plane's --listen address (--control-plane, AMI_CONTROL_PLANE)?\n"), err
         code, _, err = meshctl(other, "bug-report", "-o", str(tmp_path / "report.tar.gz"))
         assert code == 1 and "answered, but not in HTTP" in err and "Traceback" not in err, err
+        code, out, err = meshctl(other, "check")
+        assert (code, err) == (1, ""), err
+        assert out.startswith(f"Control plane\n  ✘ control plane reachable at http://127.0.0.1:"
+                              f"{port}: http://127.0.0.1:{port} answered, but not in HTTP "
+                              "(BadStatusLine"), out
     finally:
         other.stop()
 

@@ -75,6 +75,29 @@ def test_help_and_an_unknown_command_see_every_command() -> None:
     assert loaded_by(["--help"]) != []  # (the demo's own libraries: it lists demo too)
 
 
+def test_every_commands_help_says_what_it_does() -> None:
+    """`meshctl X --help` (and `meshctl certs token --help`, `meshctl demo up --help`...)
+    starts with what the command does, not only its options: a reader should not need the
+    code, nor the top-level listing, to learn it."""
+    def walk(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             prefix: str) -> list[str]:
+        missing = []
+        for name, parser in sub.choices.items():
+            if not (parser.description or "").strip():
+                missing.append(prefix + name)
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    missing += walk(action, f"{prefix}{name} ")
+        return missing
+
+    [top] = [a for a in build_parser(["--help"])._actions
+             if isinstance(a, argparse._SubParsersAction)]
+    assert walk(top, "") == []
+    shown = subprocess.run([sys.executable, "-m", "meshctl", "certs", "token", "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert "Print a service's bootstrap token" in shown.stdout, shown.stdout
+
+
 def test_the_command_runs_through_main() -> None:
     """`meshctl schema Route` (no control plane needed) prints the schema: the parser built
     for one command dispatches to it."""

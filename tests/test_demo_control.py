@@ -108,7 +108,28 @@ def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", ports.gateway))
         busy.listen()
         assert control.up_detached(opts, forwarded, out, timeout=60) == 1
-    assert f"port {ports.gateway} needed by gateway (listen) is already in use" in out.getvalue()
+    said = out.getvalue()
+    assert f"ports: port {ports.gateway} needed by gateway (listen) is already in use" in said
+    # and what to do: the options that move the demo's ports
+    assert "--gateway-port, --base-port" in said and "--api-port and --grpc-port" in said, said
     state = opts.run_dir.read()
     assert state is not None and state.processes == ()
     assert not pid_alive(state.supervisor)
+
+
+def test_up_while_a_demo_runs_says_how_to_stop_it(tmp_path: Path) -> None:
+    """`up` and `up --detach` in a directory whose demo runs start nothing, and say so with
+    the command that stops it."""
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "meshctl"],
+                            start_new_session=True)
+    try:
+        opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs")
+        opts.run_dir.path.mkdir(parents=True)
+        opts.run_dir.write(RunState(supervisor=fake.pid, status=READY))
+        out = io.StringIO()
+        assert control.up_detached(opts, [], out) == 1
+        assert out.getvalue() == (f"the demo is already running (supervisor pid {fake.pid}); "
+                                  "`meshctl demo down` stops it\n")
+    finally:
+        fake.kill()
+        fake.wait()

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Demo:
     workdir: Path
     gateway: int
     api: int
+    banner: str = ""  # what `demo up --detach` printed
 
     def meshctl(self, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k not in ("AMI_TOKEN",)}
@@ -93,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     try:
         assert up.returncode == 0, f"demo up failed:\n{up.stdout}\n{up.stderr}"
         assert "Bookinfo is up" in up.stdout and "mTLS STRICT" in up.stdout
-        yield d
+        yield replace(d, banner=up.stdout)
     finally:
         d.meshctl("demo", "down")
 
@@ -132,6 +133,25 @@ def test_the_gateway_is_a_trusted_gateway(demo: Demo) -> None:
     assert "✔ gateways trusted" in check.stdout, check.stdout
     assert "✔ gateway certificates marked" in check.stdout
     assert "✔ gateway identities not shared" in check.stdout
+
+
+def test_the_banners_next_commands_work_as_printed(demo: Demo) -> None:
+    """The banner's "Try next" lines run as printed, in the demo's directory (not the
+    project's) and with nothing else set: first the AMI_CONTROL_PLANE of its own --api-port
+    (meshctl would ask 127.0.0.1:15080, another demo's or nobody's), then the routes files by
+    a path that exists from there."""
+    tried = demo.banner.split("Try next", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    commands = [line.split("#", 1)[0].split() for line in tried]
+    assert commands[0] == ["export", f"AMI_CONTROL_PLANE=http://127.0.0.1:{demo.api}"], tried
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMI_")}
+    env["AMI_CONTROL_PLANE"] = commands[0][1].split("=", 1)[1]
+    applies = [c for c in commands if c[:3] == ["meshctl", "apply", "-f"]]
+    assert applies and all(Path(demo.workdir, c[3]).is_file() for c in applies), tried
+    back = next(c for c in applies if c[3].endswith("all-v1.yaml"))
+    for argv in (back, ["meshctl", "stat"]):
+        done = subprocess.run([sys.executable, "-m", "meshctl", *argv[1:]], cwd=demo.workdir,
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (argv, done.stderr)
 
 
 def apply(demo: Demo, name: str) -> None:

@@ -65,6 +65,19 @@ def test_stat_filters_by_service_and_source_and_prints_a_table(mesh: ObservedMes
     assert "80.00%" in table.stdout
 
 
+def test_tables_and_json_end_without_a_blank_line(mesh: ObservedMesh) -> None:
+    """Every table and JSON answer ends in one newline, as `get` and `proxy-status` do (they
+    ended in two: print() of a text that has its own)."""
+    for args in (("stat",), ("stat", "-o", "json"), ("stat", "-o", "wide"), ("edges",),
+                 ("edges", "-o", "json"), ("routes", "reviews", "-o", "json"),
+                 ("top", "reviews", "--once", "--interval", "1"),
+                 ("proxy-config", "productpage-v1", "-o", "json")):
+        out = mesh.meshctl(*args, "--window", "5m") if args[0] in ("stat", "edges") \
+            else mesh.meshctl(*args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert out.stdout.endswith("\n") and not out.stdout.endswith("\n\n"), (args, out.stdout)
+
+
 def test_edges_name_caller_and_callee(mesh: ObservedMesh) -> None:
     """edges lists productpage->reviews and reviews->ratings as plaintext, with success rates."""
     edges = {(e["source"], e["destination"]): e

@@ -192,7 +192,7 @@ def test_check_names_the_workloads_and_warns_of_a_port_no_sidecar_serves(
         mesh: SelectorMesh) -> None:
     """`meshctl check`: a relaxing selector names the sidecars (service and version) whose
     mode it decides; a portLevelMtls port that no selected sidecar serves warns, as
-    `istioctl analyze` does."""
+    `istioctl analyze` does, and only of that (its DISABLE leaves no service without mTLS)."""
     mesh.declare(istio("reviews-v3", "app: reviews, version: v3", "PERMISSIVE"),
                  istio("web", "app: web", "STRICT", "portLevelMtls: {1: {mode: DISABLE}}"))
     try:
@@ -203,8 +203,11 @@ def test_check_names_the_workloads_and_warns_of_a_port_no_sidecar_serves(
             ("PeerAuthentication default/reviews-v3", "warn",
              "PERMISSIVE, mTLS not enforced for: reviews v3"),
             ("PeerAuthentication default/web", "warn",
-             "STRICT, mTLS not enforced for: no registered service; portLevelMtls port 1: no "
-             "selected sidecar serves it (their app ports: none)")]
+             "STRICT; portLevelMtls port 1: no selected sidecar serves it (their app ports: "
+             "none)")]
+        # a DISABLE port nobody serves relaxes nothing: the hint is about the port alone
+        assert group["checks"][1]["hint"].startswith("portLevelMtls names the port of the "
+                                                     "workload's app"), group["checks"][1]
         cli = subprocess.run([PYTHON, "-m", "meshctl", "--control-plane", mesh.cp.info["api"],
                               "check"], capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0, cli.stderr

@@ -4,6 +4,7 @@ right now."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from urllib.parse import urlencode
 
 from meshctl import output
 from meshctl.api.durations import parse_seconds, parse_window
-from meshctl.client import ControlPlaneClient
+from meshctl.client import ControlPlaneClient, not_http
 from meshctl.commands.calls import (
     error_text,
     make_client,
@@ -81,7 +82,7 @@ def stat(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/stat", service=args.service,
                 **{"from": args.source, "window": args.window})
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     headers = ["SERVICE", "VERSION", "SUCCESS", "RPS", "P50", "P95", "P99", "MTLS",
                "TCP_CONN"]
@@ -98,7 +99,7 @@ def stat(args: argparse.Namespace) -> int:
         if wide:
             row += [_bytes(r.get("tcpReadBytesPerSec")), _bytes(r.get("tcpWriteBytesPerSec"))]
         rows.append(row)
-    print(output.render_table(headers, rows))
+    print(output.render_table(headers, rows), end="")
     return 0
 
 
@@ -106,7 +107,7 @@ def stat(args: argparse.Namespace) -> int:
 def edges(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/edges", window=args.window)
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     rows = [(f"{e['source']} ({e['sourceVersion']})",
              f"{e['destination']} ({e['destinationVersion']})", _security(e),
@@ -114,7 +115,7 @@ def edges(args: argparse.Namespace) -> int:
              _pct(e["successRate"]), _ms(e["p99"]), _count(e.get("tcpConnections")))
             for e in body["edges"]]
     print(output.render_table(("SOURCE", "DESTINATION", "SECURITY", "RPS", "SUCCESS", "P99",
-                               "TCP_CONN"), rows))
+                               "TCP_CONN"), rows), end="")
     return 0
 
 
@@ -123,7 +124,7 @@ def routes(args: argparse.Namespace) -> int:
     body = _get(make_client(args), "/api/v1/routes", service=args.service,
                 namespace=args.namespace, window=args.window)
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
         return 0
     if body.get("message"):
         print(body["message"])
@@ -139,7 +140,7 @@ def routes(args: argparse.Namespace) -> int:
         if wide:
             row += [_pct(r["share"]), r["backends"] or "-"]
         rows.append(row)
-    print(output.render_table(headers, rows))
+    print(output.render_table(headers, rows), end="")
     return 0
 
 
@@ -160,7 +161,7 @@ def top(args: argparse.Namespace) -> int:
         table = output.render_table(("DESTINATION", "METHOD", "PATH", "COUNT", "SUCCESS",
                                      "BEST", "WORST"), rows)
         if args.once:
-            print(table)
+            print(table, end="")
             return 0
         print("\x1b[2J\x1b[H" + f"meshctl top {args.service} (every {args.interval}s, "
               "Ctrl-C to stop)\n" + table, flush=True)
@@ -220,17 +221,12 @@ def check(args: argparse.Namespace) -> int:
     client = make_client(args)
     worst = "ok"
     print("Control plane")
-    try:
-        body = _get(client, "/api/v1/check")
-        print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        found = unreachable_hint(client.base_url, exc.reason if isinstance(
-            exc, urllib.error.URLError) else exc)
-        hint = (found[2:] if found else
-                "start it with `meshctl serve`, or pass --control-plane URL")
-        print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {exc}\n"
-              f"    hint: {hint}")
+    body, problem, hint = _check_answer(client)
+    if body is None:
+        print(f"  {MARKS['fail']} control plane reachable at {client.base_url}: {problem}"
+              + (f"\n    hint: {hint}" if hint else ""))
         return 1
+    print(f"  {MARKS['ok']} control plane reachable at {client.base_url}")
     # The control plane's own group (how its API is served) goes under the line above.
     groups = sorted(body["groups"], key=lambda g: g["title"] != "Control plane")
     for i, group in enumerate(groups):
@@ -248,6 +244,31 @@ def check(args: argparse.Namespace) -> int:
     return 1 if worst == "fail" else 0
 
 
+def _check_answer(client: ControlPlaneClient) -> tuple[Any, str, str]:
+    """``GET /api/v1/check``'s groups, or (None, what went wrong, a hint): every way of not
+    getting them (nothing listening, another service or protocol at the address, an error
+    answer) is the ✘ line of the first check, not an ``error:`` line under its title."""
+    start = "start it with `meshctl serve`, or pass --control-plane URL"
+    try:
+        status, body = request_json(client, "GET", "/api/v1/check")
+    except urllib.error.URLError as exc:
+        found = unreachable_hint(client.base_url, exc.reason)
+        return None, str(exc.reason), found[2:] if found else start
+    except (TimeoutError, ConnectionError) as exc:
+        found = unreachable_hint(client.base_url, exc)
+        return None, str(exc) or type(exc).__name__, found[2:] if found else start
+    except http.client.HTTPException as exc:
+        return None, not_http(client.base_url, exc), ""
+    if status == 200:
+        if isinstance(body, dict) and isinstance(body.get("groups"), list):
+            return body, "", ""
+        return None, client.not_the_api(status), ""
+    if status == 404 and (not body or body.get("error") in (None, "Not Found")):
+        return None, "it does not serve /api/v1/check", (
+            "observability is not enabled in this `meshctl serve`")
+    return None, error_text(body) if body else f"HTTP {status}", ""
+
+
 def dashboard(args: argparse.Namespace) -> int:
     url = make_client(args).base_url.rstrip("/") + "/dashboard"
     print(url)
@@ -258,8 +279,17 @@ def dashboard(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register stat, edges, routes, top, tap, check and dashboard."""
-    p = subparsers.add_parser("stat", help="success rate, RPS, latency and TCP connections "
-                              "per service version")
+    def command(name: str, summary: str, more: str = "",
+                lead: str = "") -> argparse.ArgumentParser:
+        # `--help` says what the command does too, not only its options
+        lead = lead or f"{summary[0].upper()}{summary[1:]}."
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=summary, description=f"{lead} {more}".strip())
+        return parser
+
+    p = command("stat", "success rate, RPS, latency and TCP connections per service version",
+                "SERVICE (and --from): a service the mesh knows, else exit 1 naming the close "
+                "ones (docs/observability.md).")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--from", dest="source", metavar="SERVICE", help="only calls from SERVICE")
     p.add_argument("--window", default="30s", type=window_arg,
@@ -267,12 +297,14 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also TCP bytes/s read and written")
     p.set_defaults(func=stat)
-    p = subparsers.add_parser("edges", help="who calls whom, and whether the edge is mTLS")
-    p.add_argument("--window", default="30s", type=window_arg)
+    p = command("edges", "who calls whom, and whether the edge is mTLS",
+                "One row per caller and callee version, as the callers' sidecars count them.")
+    p.add_argument("--window", default="30s", type=window_arg,
+                   help="e.g. 30s, 5m (default 30s)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=edges)
-    p = subparsers.add_parser("routes", help="success rate, RPS and latency per named rule of "
-                              "a service's Routes (callers' side)")
+    p = command("routes", "success rate, RPS and latency per named rule of a service's Routes "
+                "(callers' side)", "The rest of its requests are one [unnamed] row.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
     p.add_argument("--window", default="30s", type=window_arg,
@@ -280,23 +312,27 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also each row's share of the requests and the rule's backends")
     p.set_defaults(func=routes)
-    p = subparsers.add_parser("top", help="a live view of a service's busiest paths")
+    p = command("top", "a live view of a service's busiest paths",
+                "Needs the API token (AMI_TOKEN or .ami/token), as tap does.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--interval", type=interval_arg, default=2.0,
-                   help="seconds per refresh")
-    p.add_argument("--limit", type=int, default=20)
+                   help="seconds per refresh (default 2)")
+    p.add_argument("--limit", type=int, default=20, help="paths shown (default 20)")
     p.add_argument("--once", action="store_true", help="print one table and exit")
     p.set_defaults(func=top)
-    p = subparsers.add_parser("tap", help="stream live requests (and TCP connections, as they "
-                              "end) to and from a service")
+    p = command("tap", "stream live requests (and TCP connections, as they end) to and from a "
+                "service", "Needs the API token (AMI_TOKEN or .ami/token). No headers are shown.")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--path", default="", help="path prefix")
-    p.add_argument("--method", default="")
-    p.add_argument("-n", type=int, default=0, help="stop after N requests")
+    p.add_argument("--method", default="", help="only this HTTP method")
+    p.add_argument("-n", type=int, default=0,
+                   help="stop after N requests (default: until Ctrl-C)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=tap)
-    p = subparsers.add_parser("check", help="is the mesh healthy? grouped checks with hints")
+    p = command("check", "is the mesh healthy? grouped checks with hints",
+                "✔ ok, ‼ warning, ✘ failure; exit 1 on a failure.",
+                lead="Is the mesh healthy? Grouped checks, with a hint under each problem.")
     p.set_defaults(func=check)
-    p = subparsers.add_parser("dashboard", help="print (and --open) the dashboard URL")
-    p.add_argument("--open", action="store_true")
+    p = command("dashboard", "print (and --open) the dashboard URL")
+    p.add_argument("--open", action="store_true", help="also open it in a browser")
     p.set_defaults(func=dashboard)

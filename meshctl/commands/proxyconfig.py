@@ -167,7 +167,7 @@ def _ask(args: argparse.Namespace, method: str, path: str) -> Any:
 def _printed_as_data(args: argparse.Namespace, body: Any) -> bool:
     """Print `body` as JSON or YAML when `-o` asks for it; False for the table."""
     if args.output == "json":
-        print(output.to_json(body))
+        print(output.to_json(body), end="")
     elif args.output == "yaml":
         print(output.to_yaml(body), end="")
     else:

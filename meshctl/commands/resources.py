@@ -100,7 +100,7 @@ def _describe_kind(word: str) -> str:
 
 def files_arg(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("-f", "--filename", dest="paths", action="append", required=required,
-                        metavar="FILE|DIR", help="file, directory or - for stdin (repeatable)")
+                        metavar="FILE|DIR|-", help="file, directory or - for stdin (repeatable)")
 
 
 def namespace_for_files_arg(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,8 @@ def up_detached(opts: DemoOptions, up_args: Sequence[str], out: TextIO,
     run_dir = opts.run_dir
     running = already_running(run_dir)
     if running:
-        print(f"the demo is already running (supervisor pid {running.supervisor})", file=out)
+        print(f"the demo is already running (supervisor pid {running.supervisor}); "
+              "`meshctl demo down` stops it", file=out)
         return 1
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.clear()

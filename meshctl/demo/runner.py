@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,21 @@ from meshctl.demo import setup
 from meshctl.demo.procs import DIRECT, pid_alive
 from meshctl.demo.state import FAILED, READY, STOPPED, STOPPING, RunDir, RunState
 from meshctl.demo.supervisor import StartError, Supervisor, Timing
-from meshctl.demo.topology import GATEWAY, INSTANCES, Ports, local_paths, local_topology
+from meshctl.demo.topology import (
+    DEFAULT_API_PORT,
+    GATEWAY,
+    INSTANCES,
+    Ports,
+    local_paths,
+    local_topology,
+)
 from meshctl.demo.traffic import TrafficGenerator
 
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PORTS_HINT = ("\nanother demo (`meshctl demo status` in its directory) or another program listens "
+              "there: stop it, or give this demo other ports with --gateway-port, --base-port "
+              "(the apps' and sidecars' block), --api-port and --grpc-port")
 SUPERVISOR_HINT = "meshctl"  # in the supervisor's command line, to tell it from a reused pid
 
 
@@ -104,9 +115,10 @@ async def _lifecycle(sup: Supervisor, opts: DemoOptions, stop: asyncio.Event,
             return await _shutdown(sup, opts, 130, out)
     except StartError as err:
         await sup.stop()
-        sup.state = replace(sup.state, status=FAILED, error=str(err))
+        error = str(err) + (PORTS_HINT if err.name == "ports" else "")
+        sup.state = replace(sup.state, status=FAILED, error=error)
         opts.run_dir.write(sup.state)
-        print(f"meshctl demo up: {err}\nstopped everything that had started.", file=out)
+        print(f"meshctl demo up: {error}\nstopped everything that had started.", file=out)
         return 1
     sup.state = replace(sup.state, status=READY)
     opts.run_dir.write(sup.state)
@@ -190,6 +202,15 @@ def _synced(url: str) -> set[str]:
 
 def banner(opts: DemoOptions, took: float) -> str:
     u = urls(opts.ports)
+    routes = _shown(setup.ROUTES_DIR, opts.workdir)
+    activate = Path(sys.prefix) / "bin" / "activate"
+    after = (f"after `source {_shown(activate, opts.workdir)}`" if sys.prefix != sys.base_prefix
+             and activate.exists() else "with meshctl on your PATH")
+    # meshctl asks 127.0.0.1:15080 unless told: another --api-port must be named, or the next
+    # commands would go to whatever runs there (another demo) or nowhere
+    pointer = ("" if opts.ports.api == DEFAULT_API_PORT else
+               f"  export AMI_CONTROL_PLANE={u['controlPlane']}".ljust(64)
+               + "# this demo's API (--api-port)\n")
     return f"""
 Bookinfo is up ({took:.1f} s): every sidecar ready and synced, every app serving,
 mTLS {setup.mtls_mode(opts.routes)}.
@@ -198,14 +219,23 @@ mTLS {setup.mtls_mode(opts.routes)}.
   dashboard      {u['dashboard']}
   logs           {opts.run_dir.path}/<process>.log
 {'  traffic        ~3 page loads/s, 30% as jason' if opts.traffic else ''}
-Try next (in another terminal, in this directory, after `source .venv/bin/activate`):
-  meshctl shift reviews 99/1
-  meshctl apply -f sample_apps/bookinfo/routes/ratings-jason-abort.yaml
+Try next (in another terminal, in this directory, {after}):
+{pointer}  meshctl shift reviews 99/1
+  meshctl apply -f {routes}/ratings-jason-abort.yaml
   meshctl stat
   meshctl routes ratings                                        # jason's calls apart (named rules)
-  meshctl apply -f sample_apps/bookinfo/routes/all-v1.yaml      # back to the start
+  meshctl apply -f {routes}/all-v1.yaml      # back to the start
   meshctl demo status
 
 Ctrl-C stops everything.
 """
+
+
+def _shown(path: Path, workdir: Path) -> str:
+    """`path` as the banner's commands give it: relative when under the directory the demo
+    runs in (the usual `sample_apps/...`), else absolute, so that it works from there."""
+    try:
+        return str(path.relative_to(workdir.resolve()))
+    except ValueError:
+        return str(path)
 

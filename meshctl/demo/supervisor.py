@@ -76,8 +76,9 @@ class Supervisor:
     async def start(self) -> None:
         """Start every process; on any failure stop what started and raise `StartError`."""
         problems = await asyncio.to_thread(taken_ports, self.specs)
-        if problems:
-            raise StartError("ports", "; ".join(problems))
+        if problems:  # one line each: with another demo running, that is every port
+            raise StartError("ports", problems[0] if len(problems) == 1 else
+                             f"{len(problems)} ports unavailable:\n  " + "\n  ".join(problems))
         ready = {s.name: asyncio.Event() for s in self.specs}
         try:
             async with asyncio.TaskGroup() as group:

@@ -54,16 +54,23 @@ def _workloads(proxies: list[dict[str, Any]]) -> list[Workload]:
     return workloads
 
 
+def _served(r: Any, workloads: list[Workload]) -> list[int]:
+    """The app ports of the registered sidecars ``r``'s selector selects."""
+    spec: PeerAuthenticationSpec = r.spec
+    selector = spec.selector
+    if selector is None:
+        return []
+    return sorted({w[4] for w in workloads if w[4] and w[0] == r.namespace
+                   and selects(selector, workload_labels(w[1], w[3]))})
+
+
 def _unserved_ports(r: Any, workloads: list[Workload]) -> list[str]:
     """Each portLevelMtls port of ``r`` that no sidecar its selector selects serves (its app's
     port), said as a reason: a port it will never apply to, as ``istioctl analyze`` warns."""
     spec: PeerAuthenticationSpec = r.spec
-    selector = spec.selector
-    if not spec.ports or selector is None:
+    if not spec.ports or spec.selector is None:
         return []
-    selected = [w for w in workloads
-                if w[0] == r.namespace and selects(selector, workload_labels(w[1], w[3]))]
-    served = sorted({w[4] for w in selected if w[4]})
+    served = _served(r, workloads)
     return [f"portLevelMtls port {port}: no selected sidecar serves it (their app ports: "
             f"{', '.join(map(str, served)) or 'none'})"
             for port, _ in spec.ports if port not in served]
@@ -82,7 +89,10 @@ def _check(r: Any, modes: MtlsModes, workloads: list[Workload]) -> Check:
     spec: PeerAuthenticationSpec = r.spec
     name = f"PeerAuthentication {r.namespace}/{r.name}"
     level = (r.namespace, spec.selector_text)
-    relaxing = [m for m in (spec.mode, *(m for _, m in spec.ports)) if m in _HINTS]
+    # a port no selected sidecar serves relaxes nothing: it is warned of below, as unserved
+    served = _served(r, workloads) if spec.selector is not None else []
+    relaxing = [m for m in (spec.mode, *(m for port, m in spec.ports if port in served))
+                if m in _HINTS]
     detail, hints = spec.mode, list[str]()
     if relaxing:
         decided = [w for w in workloads
