@@ -208,7 +208,8 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
                                      for h in e.get("hosts") or []) if "egress" in _spec(d)
          else "*/*"),
         ("OUTBOUND", lambda d: str((_spec(d).get("outboundTrafficPolicy") or {}).get(
-            "mode", "(mesh)")))],    "Canary": [
+            "mode", "(mesh)")))],
+    "Canary": [
         ("SERVICE", lambda d: str(_spec(d).get("service", ""))),
         ("STABLE", lambda d: str(_spec(d).get("stable", ""))),
         ("CANARY", lambda d: str(_spec(d).get("canary", ""))),
