@@ -1,5 +1,5 @@
 """Route-rule policies compiled once per snapshot: rate limits, faults, retries, mirroring,
-header edits, rewrites and redirects.
+header edits, rewrites, redirects and direct responses.
 
 Each object is attached to a `Decision` only when its rule declares it, so an unconfigured
 policy costs nothing per request (the exchange tests one attribute for None).
@@ -20,7 +20,16 @@ from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
     from meshctl.api.policy import RateLimit
-    from meshctl.api.rules import Cors, Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
+    from meshctl.api.rules import (
+        Cors,
+        DirectResponse,
+        Fault,
+        HeaderEdits,
+        Match,
+        Redirect,
+        Retries,
+        Rewrite,
+    )
     from proxy.destinations import DestinationState
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
@@ -295,6 +304,19 @@ class RedirectPolicy:
         return "redirect", self.code, ((b"location", location.encode("latin-1")),)
 
 
+class DirectResponsePolicy:
+    """Answers with the rule's status and body (`direct_response`), as Envoy's
+    direct_response: text/plain unless the rule's response edits set a content-type."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, direct: DirectResponse) -> None:
+        self.answer = ("direct_response", direct.status, (), direct.body)
+
+    def __call__(self, ex: Exchange) -> tuple[str, int, tuple[()], bytes]:
+        return self.answer
+
+
 class CorsPolicy:
     """Cross-origin requests from browsers, as Envoy's CORS filter: a preflight from an allowed
     origin is answered here (`cors_preflight`, 200, never forwarded); a request from an
@@ -438,6 +460,8 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
         if rewrite.authority is not None:  # the Host header, set like any header edit
             request_edits = replace(request_edits,
                                     set=(*request_edits.set, ("host", rewrite.authority)))
+    if rule.direct_response is not None:  # (nothing else forwards: validation)
+        decision.admit = DirectResponsePolicy(rule.direct_response)
     if rule.rate_limit is not None and rate_limit is not None:
         # before the rewrite (a limited request gets none), after CORS: a preflight is
         # answered without spending a token (a browser's POST would otherwise pay two), and

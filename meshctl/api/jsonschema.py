@@ -28,6 +28,7 @@ from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
+    DIRECT_BODY_MAX,
     MATCHERS,
     PATH_MATCHERS,
     REDIRECT_CODES,
@@ -177,13 +178,26 @@ DEFS: Schema = {
                           "scheme": {"enum": list(SCHEMES)}, "port": _int(1, 65535),
                           "redirectCode": {"enum": list(REDIRECT_CODES)}},
                          anyOf=[{"required": [k]} for k in ("uri", "authority", "scheme", "port")]),
+        "directResponse": _obj({
+            "status": _STATUS,
+            "body": _obj({"string": {"type": "string"},
+                          "bytes": {"type": "string", "pattern": r"^[A-Za-z0-9+/]*={0,2}$"}},
+                         minProperties=1, maxProperties=1,
+                         description=f"at most {DIRECT_BODY_MAX} bytes")}, ("status",)),
     }) | {
-        # forward to backends, or answer with a redirect and nothing else
-        "oneOf": [{"required": ["backends"], "not": {"required": ["redirect"]}},
+        # forward to backends, answer with a redirect and nothing else, or answer directly
+        # (with the response's header edits, CORS, a rate limit)
+        "oneOf": [{"required": ["backends"], "not": {"anyOf": [
+                      {"required": ["redirect"]}, {"required": ["directResponse"]}]}},
                   {"required": ["redirect"], "not": {"anyOf": [
                       {"required": [k]} for k in ("backends", "timeout", "retries", "fault",
                                                   "mirror", "headers", "rewrite", "cors",
-                                                  "rateLimit")]}}]},
+                                                  "rateLimit", "directResponse")]}},
+                  {"required": ["directResponse"], "not": {"anyOf": [
+                      *({"required": [k]} for k in ("backends", "timeout", "retries", "fault",
+                                                    "mirror", "rewrite", "redirect")),
+                      {"required": ["headers"],
+                       "properties": {"headers": {"required": ["request"]}}}]}}]},
 }
 
 # The policy fields a DestinationPolicy's subset may set too (each replacing the host's).

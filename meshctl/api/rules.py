@@ -6,6 +6,8 @@ the proxy parses pushed snapshots with it. Pure (no I/O, stdlib only).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -221,10 +223,22 @@ class Cors:
     allow_credentials: bool = False
 
 
+# Envoy's default max_direct_response_body_size_bytes (the route configuration's limit)
+DIRECT_BODY_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Answer with this status and body instead of forwarding (Istio's HTTPDirectResponse)."""
+
+    status: int
+    body: bytes = b""
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One route rule: if any match block holds, send to the backends with these policies
-    (or, with ``redirect``, answer with a redirect)."""
+    (or, with ``redirect`` or ``direct_response``, answer the request itself)."""
 
     name: str | None
     matches: tuple[Match, ...]
@@ -241,6 +255,7 @@ class Rule:
     # Envoy's local_ratelimit at Istio's GATEWAY / SIDECAR_OUTBOUND; the fields and their
     # meaning are DestinationPolicy.rateLimit's.
     rate_limit: RateLimit | None = None
+    direct_response: DirectResponse | None = None
 
     @property
     def http_actions(self) -> tuple[str, ...]:
@@ -250,7 +265,7 @@ class Rule:
             ("timeout", self.timeout), ("retries", self.retries), ("fault", self.fault),
             ("mirror", self.mirror), ("headers", self.headers != HeaderOps()),
             ("rewrite", self.rewrite), ("redirect", self.redirect), ("cors", self.cors),
-            ("rateLimit", self.rate_limit))
+            ("rateLimit", self.rate_limit), ("directResponse", self.direct_response))
             if value)
 
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
@@ -373,7 +388,10 @@ def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
 
 # What a rule that redirects cannot have: it forwards nothing.
 _FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite",
-                    "cors", "rateLimit")
+                    "cors", "rateLimit", "directResponse")
+# What a rule with a directResponse cannot have: it forwards nothing either, but its answer
+# may carry response header edits, and CORS and a rate limit come before it, as Istio's.
+_NOT_WITH_DIRECT = ("backends", "timeout", "retries", "fault", "mirror", "rewrite", "redirect")
 
 
 def _parse_rule(data: object, path: str) -> Rule:
@@ -381,24 +399,63 @@ def _parse_rule(data: object, path: str) -> Rule:
     name = f.optional("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name"))
     matches = f.value("matches", parse_match_blocks, ())
     redirect = f.optional("redirect", _parse_redirect)
+    direct = f.optional("directResponse", _parse_direct_response)
     if f.has("redirect"):
         for key in _FORWARDING_ONLY:
             if f.has(key):
                 f.add(f.at(key), "a rule with a redirect answers the request itself: "
                                  f"remove {key} or the redirect")
-    backends = f.value("backends", _parse_backends, ()) if f.has("redirect") else \
+    elif f.has("directResponse"):
+        for key in _NOT_WITH_DIRECT:
+            if f.has(key):
+                f.add(f.at(key), "a rule with a directResponse answers the request itself: "
+                                 f"remove {key} or the directResponse")
+    answers = f.has("redirect") or f.has("directResponse")
+    backends = f.value("backends", _parse_backends, ()) if answers else \
         f.required("backends", _parse_backends, ())
     timeout = f.optional("timeout", F.duration())
     retries = f.optional("retries", _parse_retries)
     fault = f.optional("fault", _parse_fault)
     mirror = f.optional("mirror", _parse_mirror)
     headers = f.value("headers", _parse_header_ops, HeaderOps())
+    if f.has("directResponse") and not f.has("redirect") and headers.request != HeaderEdits():
+        f.add(f.at("headers") + ".request", "a rule with a directResponse sends no request "
+                                            "upstream: only headers.response applies")
     rewrite = f.optional("rewrite", _parse_rewrite)
     cors = f.optional("cors", _parse_cors)
     rate_limit = f.optional("rateLimit", parse_rate_limit)
     f.finish()
     return Rule(name, matches, backends, timeout, retries, fault, mirror, headers, rewrite,
-                redirect, cors, rate_limit)
+                redirect, cors, rate_limit, direct)
+
+
+def _parse_direct_response(data: object, path: str) -> DirectResponse:
+    f = Fields(data, path)
+    status = f.required("status", _STATUS, 0)
+    body = f.value("body", _parse_direct_body, b"")
+    f.finish()
+    return DirectResponse(status, body)
+
+
+def _parse_direct_body(data: object, path: str) -> bytes:
+    """`{string: TEXT}` (sent as UTF-8) or `{bytes: BASE64}`, at most DIRECT_BODY_MAX bytes."""
+    if not isinstance(data, Mapping) or len(data) != 1 or next(iter(data)) not in (
+            "string", "bytes"):
+        fail(path, "expected a mapping with exactly one of string, bytes, like {string: TEXT}")
+    ((kind, value),) = data.items()
+    where = f"{path}.{kind}"
+    text = "" if value == "" else F.string()(value, where)
+    if kind == "string":
+        body = text.encode("utf-8")
+    else:
+        try:
+            body = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            fail(where, "expected base64 (RFC 4648, standard alphabet, padded)")
+    if len(body) > DIRECT_BODY_MAX:
+        fail(where, f"body is {len(body)} bytes, at most {DIRECT_BODY_MAX} are allowed "
+                    "(the proxy keeps it in memory, as Envoy's default limit)")
+    return body
 
 
 def _parse_cors(data: object, path: str) -> Cors:

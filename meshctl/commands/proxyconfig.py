@@ -348,6 +348,9 @@ def _action(rule: dict[str, Any], host: str) -> str:
         parts = [f"{k}={redirect[k]}" for k in ("scheme", "authority", "port", "uri")
                  if redirect.get(k) is not None]
         return f"redirect {redirect.get('code', 301)} " + " ".join(parts)
+    direct = rule.get("direct_response")
+    if direct:
+        return f"directResponse {direct.get('status')} ({len(direct.get('body') or '')}-char body)"
     backends = rule.get("backends") or []
     split = ", ".join(
         f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "

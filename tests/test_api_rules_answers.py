@@ -1,0 +1,116 @@
+"""Validation of Istio's route-rule fields in Ami's format: directResponse (parser, JSON
+Schema and the HTTP-only list a TCP service is warned of)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from meshctl.api.errors import ValidationError
+from meshctl.api.jsonschema import schema_for
+from meshctl.api.resources import parse_document
+from meshctl.api.rules import DirectResponse, http_only_fields, parse_rules
+
+
+def errors(rules: str) -> list[str]:
+    try:
+        parse_rules(yaml.safe_load(rules), "spec.rules")
+    except ValidationError as err:
+        return [f"{i.path}: {i.message}" for i in err.issues]
+    return []
+
+
+def route(rules: str) -> dict[str, Any]:
+    return {"apiVersion": "ami.mesh/v1alpha1", "kind": "Route", "metadata": {"name": "r"},
+            "spec": {"host": "web", "rules": yaml.safe_load(rules)}}
+
+
+def schema_accepts(document: dict[str, Any]) -> bool:
+    validator = jsonschema.Draft202012Validator(schema_for("Route"))
+    return not list(validator.iter_errors(document))
+
+
+# --- directResponse -------------------------------------------------------------------------
+ACCEPTED = [
+    "[{directResponse: {status: 503, body: {string: unknown error}}}]",
+    "[{directResponse: {status: 200, body: {bytes: AAEC/w==}}}]",
+    "[{directResponse: {status: 404}}]",
+    "[{directResponse: {status: 200, body: {string: ''}}}]",
+    # its answer may carry response edits; CORS and a rate limit come before it
+    "[{directResponse: {status: 503}, headers: {response: {set: {content-type: a/b}}},"
+    " cors: {allowOrigins: [{exact: '*'}]}, rateLimit: {requestsPerSecond: 1}}]",
+]
+
+
+@pytest.mark.parametrize("rules", ACCEPTED)
+def test_direct_responses_are_accepted_by_parser_and_schema(rules: str) -> None:
+    """Each form Istio's HTTPDirectResponse takes parses, and the JSON Schema agrees."""
+    assert errors(rules) == []
+    parse_document(route(rules))
+    assert schema_accepts(route(rules))
+
+
+def test_a_direct_response_parses_to_its_status_and_body() -> None:
+    """`string` is sent as UTF-8, `bytes` is base64; no body is an empty one."""
+    string, binary, empty = (parse_rules(yaml.safe_load(r), "r")[0].direct_response
+                             for r in ACCEPTED[:3])
+    assert string == DirectResponse(503, b"unknown error")
+    assert binary == DirectResponse(200, b"\x00\x01\x02\xff")
+    assert empty == DirectResponse(404, b"")
+
+
+REFUSED = [
+    ("[{directResponse: {status: 503}, backends: [{}]}]",
+     ["spec.rules[0].backends: a rule with a directResponse answers the request itself: remove "
+      "backends or the directResponse"]),
+    ("[{directResponse: {status: 503}, fault: {abort: {httpStatus: 500}}, timeout: 1s}]",
+     ["spec.rules[0].timeout: a rule with a directResponse answers the request itself: remove "
+      "timeout or the directResponse",
+      "spec.rules[0].fault: a rule with a directResponse answers the request itself: remove "
+      "fault or the directResponse"]),
+    ("[{directResponse: {status: 503}, redirect: {scheme: https}}]",
+     ["spec.rules[0].directResponse: a rule with a redirect answers the request itself: remove "
+      "directResponse or the redirect"]),
+    ("[{directResponse: {status: 503}, headers: {request: {set: {x-a: b}}}}]",
+     ["spec.rules[0].headers.request: a rule with a directResponse sends no request upstream: "
+      "only headers.response applies"]),
+    ("[{directResponse: {status: 600}}]",
+     ["spec.rules[0].directResponse.status: must be between 200 and 599, got 600"]),
+    ("[{directResponse: {body: {string: x}}}]",
+     ["spec.rules[0].directResponse.status: field is required"]),
+    ("[{directResponse: {status: 200, body: x}}]",
+     ["spec.rules[0].directResponse.body: expected a mapping with exactly one of string, "
+      "bytes, like {string: TEXT}"]),
+    ("[{directResponse: {status: 200, body: {string: a, bytes: YQ==}}}]",
+     ["spec.rules[0].directResponse.body: expected a mapping with exactly one of string, "
+      "bytes, like {string: TEXT}"]),
+    ("[{directResponse: {status: 200, body: {bytes: 'not base64!'}}}]",
+     ["spec.rules[0].directResponse.body.bytes: expected base64 (RFC 4648, standard "
+      "alphabet, padded)"]),
+    ("[{directResponse: {status: 200, body: {string: '%s'}}}]" % ("x" * 4097),
+     ["spec.rules[0].directResponse.body.string: body is 4097 bytes, at most 4096 are "
+      "allowed (the proxy keeps it in memory, as Envoy's default limit)"]),
+    ("[{directResponse: {status: 200, stauts: 1}}]",
+     ["spec.rules[0].directResponse.stauts: unknown field, did you mean 'status'?"]),
+]
+
+
+@pytest.mark.parametrize(("rules", "expected"), REFUSED)
+def test_broken_direct_responses_give_precise_messages(rules: str,
+                                                       expected: list[str]) -> None:
+    """Each broken directResponse rule is reported with its field path and reason, and the
+    JSON Schema refuses it too (but the body's size, which only the parser measures)."""
+    assert errors(rules) == expected
+    if "4097" not in expected[0]:
+        assert not schema_accepts(route(rules))
+
+
+def test_a_direct_response_is_an_http_only_action() -> None:
+    """A TCP service's connections never see a directResponse: `meshctl apply` warns."""
+    rules = parse_rules(yaml.safe_load(
+        "[{matches: [{sourceLabels: {app: a}}], directResponse: {status: 503}},"
+        " {backends: [{}]}]"), "spec.rules")
+    assert http_only_fields(rules) == ["spec.rules[0].directResponse"]

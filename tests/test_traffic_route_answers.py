@@ -1,0 +1,166 @@
+"""Route rules that answer themselves or match as Istio's do, with real processes: `meshctl
+serve`, a gateway (Gateway edge -> web), `web` (an echo app) behind its sidecar and a caller
+sidecar `ops` (no app).
+
+- Route web: `stub` answers 503 with a JSON body of its own (its response edits set the
+  content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests import meshbuilder
+from tests.h2app import GRPC, H2Client
+from tests.helpers_mesh import MeshProcess, wait_for
+from tests.proxyharness import Backends, echo_app
+
+pytestmark = pytest.mark.timeout(240)
+
+STUB = b'{"error": "down for maintenance"}'
+
+RESOURCES = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listen: 127.0.0.1:8080
+  rules: [{destination: web}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: web}
+spec:
+  host: web
+  rules:
+    - name: stub
+      matches: [{path: {exact: /stub}}]
+      directResponse: {status: 503, body: {string: 'STUB'}}
+      headers: {response: {set: {content-type: application/json}, add: {x-stub: "yes"}}}
+    - name: bytes
+      matches: [{path: {exact: /bytes}}]
+      directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
+    - backends: [{}]
+""".replace("STUB", STUB.decode())
+
+
+class AnswerMesh(meshbuilder.Mesh):
+    gateway_proc: MeshProcess
+    web: MeshProcess
+    ops: MeshProcess
+
+    @property
+    def gateway_port(self) -> int:
+        return int(self.gateway_proc.info["gateway"].rpartition(":")[2])
+
+    def call(self, path: str, *, method: str = "GET", via: MeshProcess | None = None,
+             host: str = "web", headers: dict[str, str] | None = None
+             ) -> tuple[int, dict[str, str], bytes]:
+        """An HTTP/1.1 request to the gateway (or through ``via``'s outbound listener)."""
+        port = self.gateway_port if via is None else int(via.info["outbound"].rpartition(":")[2])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, headers={"Host": host, **(headers or {})})
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnswerMesh]:
+    tmp = tmp_path_factory.mktemp("answers")
+    backends = Backends()
+    with AnswerMesh(tmp) as mesh:
+        mesh.defer(backends.close)
+        mesh.control_plane(RESOURCES, warmup=0.0)
+        mesh.web = mesh.sidecar("web", app=f"127.0.0.1:{backends.aiohttp(echo_app())}")
+        mesh.ops = mesh.sidecar("ops")
+        mesh.gateway_proc = mesh.gateway("edge-gw")
+        mesh.wait_synced()
+        wait_for(lambda: mesh.call("/ready")[0] == 200, 20, "web reachable through the gateway")
+        wait_for(lambda: mesh.call("/ready", via=mesh.ops)[0] == 200, 20, "web from ops")
+        yield mesh
+
+
+# --- directResponse -------------------------------------------------------------------------
+def test_direct_response_answers_at_the_gateway_and_in_a_sidecar(mesh: AnswerMesh) -> None:
+    """The rule's status and body, with its response edits (content-type set, a header
+    added), `x-ami-reason: direct_response`; web never sees the request; other paths reach
+    web. Counted with response_flags=direct_response."""
+    served = mesh.metric(mesh.web, "ami_requests_total", reporter="destination")
+    before = mesh.metric(mesh.gateway_proc, "ami_requests_total",
+                         response_flags="direct_response", response_code="503")
+    for via in (None, mesh.ops):
+        status, headers, body = mesh.call("/stub", via=via)
+        assert (status, body) == (503, STUB), (via, status, body)
+        assert headers["content-type"] == "application/json"
+        assert headers["content-length"] == str(len(STUB))
+        assert headers["x-stub"] == "yes"
+        assert headers["x-ami-reason"] == "direct_response"
+        status, headers, body = mesh.call("/bytes", via=via, method="POST")
+        assert (status, body) == (200, b"\x00\x01\x02\xff")
+        assert headers["content-type"].startswith("text/plain")
+    assert mesh.metric(mesh.web, "ami_requests_total", reporter="destination") == served
+    assert mesh.metric(mesh.gateway_proc, "ami_requests_total",
+                       response_flags="direct_response", response_code="503") == before + 1
+    assert mesh.metric(mesh.ops, "ami_requests_total", response_flags="direct_response",
+                       response_code="200") >= 1
+    status, _, body = mesh.call("/stubs")
+    assert status == 200 and json.loads(body)["path"] == "/stubs"
+
+
+def test_direct_response_to_head_has_no_body(mesh: AnswerMesh) -> None:
+    """HEAD gets the status and the length of the body it would have had, and no body; the
+    connection stays usable (the next request on it is answered)."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        conn.request("HEAD", "/stub", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (503, b"")
+        assert resp.getheader("content-length") == str(len(STUB))
+        conn.request("GET", "/bytes", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"\x00\x01\x02\xff")
+    finally:
+        conn.close()
+
+
+def test_direct_response_over_http2_and_to_a_grpc_call(mesh: AnswerMesh) -> None:
+    """h2c at the gateway: the same answer as HTTP/1.1 (HEAD without DATA); a gRPC call gets
+    a trailers-only answer with the gRPC status of 503 (UNAVAILABLE) and the body as its
+    grpc-message."""
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            answer = await client.request("web", "/stub")
+            assert (answer.status, answer.body) == (503, STUB)
+            assert answer.get("content-type") == "application/json"
+            assert answer.get("x-ami-reason") == "direct_response"
+            head = await client.request("web", "/stub", method="HEAD")
+            assert (head.status, head.body) == (503, b"")
+            binary = await client.request("web", "/bytes")
+            assert (binary.status, binary.body) == (200, b"\x00\x01\x02\xff")
+            call = await client.request("web", "/stub", method="POST", headers=GRPC,
+                                        body=b"\x00\x00\x00\x00\x00")
+            assert (call.status, call.get("grpc-status")) == (200, "14")
+            assert call.get("content-type") == "application/grpc"
+            assert "down for maintenance" in (call.get("grpc-message") or "")
+
+    asyncio.run(run())
+
+
+def test_describe_and_proxy_config_show_the_direct_response(mesh: AnswerMesh) -> None:
+    """`meshctl describe service` lists the rule's directResponse; `proxy-config routes`
+    shows it as the rule's action."""
+    out = mesh.meshctl("describe", "service", "web")
+    assert out.returncode == 0, out.stderr
+    assert '[stub] path exact=/stub -> directResponse={"status": 503' in out.stdout, out.stdout
+    out = mesh.meshctl("proxy-config", "routes", mesh.ops.info["name"])
+    assert out.returncode == 0, out.stderr
+    assert "directResponse 503" in out.stdout, out.stdout
