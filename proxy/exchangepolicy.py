@@ -112,7 +112,7 @@ def inject_abort(ex: Exchange) -> bool:
         return False
     ex._count("ami_faults_injected", "abort")
     ex.backend = decision.backends[0]
-    ex.reply("fault_injected", status=status)
+    ex.reply("fault_injected", status=status, grpc_status=decision.fault.abort_grpc)
     return True
 
 

@@ -39,9 +39,11 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 
 class FaultPolicy:
-    """Delay and/or abort a share of the requests that match the rule."""
+    """Delay and/or abort a share of the requests that match the rule; an abort with a gRPC
+    status (``abort_grpc``) answers a gRPC call with it, other requests with
+    ``abort_status`` (its HTTP status)."""
 
-    __slots__ = ("abort_percent", "abort_status", "delay", "delay_percent", "rng")
+    __slots__ = ("abort_grpc", "abort_percent", "abort_status", "delay", "delay_percent", "rng")
 
     def __init__(self, fault: Fault, rng: random.Random) -> None:
         self.rng = rng
@@ -49,6 +51,7 @@ class FaultPolicy:
         self.delay_percent = fault.delay.percent if fault.delay else 0.0
         self.abort_status = fault.abort.http_status if fault.abort else 0
         self.abort_percent = fault.abort.percent if fault.abort else 0.0
+        self.abort_grpc = fault.abort.grpc_status if fault.abort else None
 
     def roll_delay(self) -> float:
         if self.delay and self.rng.random() * 100.0 < self.delay_percent:

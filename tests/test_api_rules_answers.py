@@ -1,5 +1,5 @@
 """Validation of Istio's route-rule fields in Ami's format: directResponse (parser, JSON
-Schema and the HTTP-only list a TCP service is warned of)."""
+Schema and the HTTP-only list a TCP service is warned of), fault.abort.grpcStatus."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import schema_for
 from meshctl.api.resources import parse_document
-from meshctl.api.rules import DirectResponse, http_only_fields, parse_rules
+from meshctl.api.rules import Abort, DirectResponse, http_only_fields, parse_rules
 
 
 def errors(rules: str) -> list[str]:
@@ -114,3 +114,50 @@ def test_a_direct_response_is_an_http_only_action() -> None:
         "[{matches: [{sourceLabels: {app: a}}], directResponse: {status: 503}},"
         " {backends: [{}]}]"), "spec.rules")
     assert http_only_fields(rules) == ["spec.rules[0].directResponse"]
+
+
+# --- fault.abort.grpcStatus -----------------------------------------------------------------
+@pytest.mark.parametrize(("abort", "expected"), [
+    ("{grpcStatus: UNAVAILABLE}", Abort(503, 100.0, 14)),
+    ("{grpcStatus: 8, percent: 50}", Abort(429, 50.0, 8)),
+    ("{grpcStatus: '14'}", Abort(503, 100.0, 14)),
+    ("{grpcStatus: DATA_LOSS}", Abort(500, 100.0, 15)),  # no HTTP status of its own
+    ("{httpStatus: 500}", Abort(500, 100.0, None)),
+])
+def test_grpc_aborts_parse_to_the_code_and_its_http_status(abort: str,
+                                                           expected: Abort) -> None:
+    """A gRPC status by name or number; requests that are no gRPC call get its HTTP status
+    (gRPC's mapping, else 500). The JSON Schema agrees."""
+    rules = f"[{{backends: [{{}}], fault: {{abort: {abort}}}}}]"
+    fault = parse_rules(yaml.safe_load(rules), "r")[0].fault
+    assert fault is not None and fault.abort == expected
+    assert schema_accepts(route(rules))
+
+
+@pytest.mark.parametrize(("abort", "expected"), [
+    ("{httpStatus: 503, grpcStatus: UNAVAILABLE}",
+     ["spec.rules[0].fault.abort: set exactly one of httpStatus, grpcStatus"]),
+    ("{percent: 10}", ["spec.rules[0].fault.abort: set exactly one of httpStatus, grpcStatus"]),
+    ("{grpcStatus: unavailable}",
+     ["spec.rules[0].fault.abort.grpcStatus: unknown gRPC status 'unavailable', expected a "
+      "code name in upper case like UNAVAILABLE (CANCELLED, UNKNOWN, INVALID_ARGUMENT, "
+      "DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, "
+      "FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, "
+      "DATA_LOSS, UNAUTHENTICATED) or its number, 1-16"]),
+    ("{grpcStatus: 0}",
+     ["spec.rules[0].fault.abort.grpcStatus: expected a gRPC status from 1 to 16 (OK, 0, is "
+      "no abort), got 0"]),
+    ("{grpcStatus: 17}",
+     ["spec.rules[0].fault.abort.grpcStatus: expected a gRPC status from 1 to 16 (OK, 0, is "
+      "no abort), got 17"]),
+    ("{grpcStatus: OK}",
+     ["spec.rules[0].fault.abort.grpcStatus: OK is no abort: name a failure like UNAVAILABLE"]),
+    ("{grpcStatus: true}",
+     ["spec.rules[0].fault.abort.grpcStatus: expected an integer, got a boolean"]),
+])
+def test_broken_grpc_aborts_give_precise_messages(abort: str, expected: list[str]) -> None:
+    """Exactly one of httpStatus, grpcStatus; a code by its upper-case name or 1-16. The JSON
+    Schema refuses them too."""
+    rules = f"[{{backends: [{{}}], fault: {{abort: {abort}}}}}]"
+    assert errors(rules) == expected
+    assert not schema_accepts(route(rules))

@@ -1,9 +1,11 @@
 """Route rules that answer themselves or match as Istio's do, with real processes: `meshctl
 serve`, a gateway (Gateway edge -> web), `web` (an echo app) behind its sidecar and a caller
-sidecar `ops` (no app).
+sidecar `ops` (no app), and `greeter` (a grpcio server) behind its sidecar.
 
 - Route web: `stub` answers 503 with a JSON body of its own (its response edits set the
   content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
+- Route greeter: requests with `x-fault: unavailable` are aborted with grpcStatus UNAVAILABLE,
+  those with `x-fault: exhausted` with grpcStatus 8 (RESOURCE_EXHAUSTED); others reach greeter.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import http.client
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from tests import meshbuilder
+from tests.grpcapp import EchoServer, channel, method, serving_in_thread
 from tests.h2app import GRPC, H2Client
 from tests.helpers_mesh import MeshProcess, wait_for
 from tests.proxyharness import Backends, echo_app
@@ -46,6 +50,22 @@ spec:
       matches: [{path: {exact: /bytes}}]
       directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
     - backends: [{}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: greeter}
+spec:
+  host: greeter
+  rules:
+    - name: unavailable
+      matches: [{headers: {x-fault: {exact: unavailable}}}]
+      backends: [{}]
+      fault: {abort: {grpcStatus: UNAVAILABLE}}
+    - name: exhausted
+      matches: [{headers: {x-fault: {exact: exhausted}}}]
+      backends: [{}]
+      fault: {abort: {grpcStatus: 8}}
+    - backends: [{}]
 """.replace("STUB", STUB.decode())
 
 
@@ -53,6 +73,11 @@ class AnswerMesh(meshbuilder.Mesh):
     gateway_proc: MeshProcess
     web: MeshProcess
     ops: MeshProcess
+    greeter: EchoServer
+
+    @property
+    def ops_port(self) -> int:
+        return int(self.ops.info["outbound"].rpartition(":")[2])
 
     @property
     def gateway_port(self) -> int:
@@ -79,9 +104,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnswerMesh]:
     backends = Backends()
     with AnswerMesh(tmp) as mesh:
         mesh.defer(backends.close)
+        mesh.greeter = EchoServer("greeter")
+        serving = serving_in_thread(mesh.greeter)
+        serving.__enter__()
+        mesh.defer(lambda: serving.__exit__(None, None, None))
         mesh.control_plane(RESOURCES, warmup=0.0)
         mesh.web = mesh.sidecar("web", app=f"127.0.0.1:{backends.aiohttp(echo_app())}")
         mesh.ops = mesh.sidecar("ops")
+        mesh.sidecar("greeter", app=f"127.0.0.1:{mesh.greeter.port}")
         mesh.gateway_proc = mesh.gateway("edge-gw")
         mesh.wait_synced()
         wait_for(lambda: mesh.call("/ready")[0] == 200, 20, "web reachable through the gateway")
@@ -164,3 +194,52 @@ def test_describe_and_proxy_config_show_the_direct_response(mesh: AnswerMesh) ->
     out = mesh.meshctl("proxy-config", "routes", mesh.ops.info["name"])
     assert out.returncode == 0, out.stderr
     assert "directResponse 503" in out.stdout, out.stdout
+
+
+# --- fault.abort.grpcStatus -----------------------------------------------------------------
+async def _unary(port: int, fault: str | None) -> bytes | grpc.StatusCode:
+    """A grpcio Unary call to greeter through ``port`` (with ``x-fault``): its answer, or the
+    status it failed with."""
+    async with channel(port, "greeter") as ch:
+        try:
+            return bytes(await method(ch, "Unary")(
+                b"hi", timeout=10, metadata=(("x-fault", fault),) if fault else None))
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+
+
+def test_grpc_abort_fails_the_call_with_its_status(mesh: AnswerMesh) -> None:
+    """A real gRPC client (grpcio) through ops' sidecar: the call with `x-fault` fails with
+    the declared status, by name (UNAVAILABLE) or number (8, RESOURCE_EXHAUSTED), and never
+    reaches greeter; a call without it is answered by greeter. Counted as an abort."""
+    calls = mesh.greeter.calls
+    before = mesh.metric(mesh.ops, "ami_faults_injected_total", kind="abort")
+    assert asyncio.run(_unary(mesh.ops_port, "unavailable")) == grpc.StatusCode.UNAVAILABLE
+    assert asyncio.run(_unary(mesh.ops_port, "exhausted")) == \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert mesh.greeter.calls == calls
+    assert mesh.metric(mesh.ops, "ami_faults_injected_total", kind="abort") == before + 2
+    answer = asyncio.run(_unary(mesh.ops_port, None))
+    assert isinstance(answer, bytes) and json.loads(answer)["server"] == "greeter"
+
+
+def test_grpc_abort_is_a_trailers_only_answer(mesh: AnswerMesh) -> None:
+    """On the wire (h2c): HTTP 200, application/grpc, grpc-status in the one header block
+    that ends the stream, no DATA; a request that is no gRPC call (no gRPC content-type) gets
+    the code's HTTP status instead (UNAVAILABLE: 503, RESOURCE_EXHAUSTED: 429), as does an
+    HTTP/1.1 request."""
+    async def run() -> None:
+        async with H2Client(mesh.ops_port) as client:
+            call = await client.request("greeter", "/ami.test.Echo/Unary", method="POST",
+                                        headers=[*GRPC, ("x-fault", "unavailable")],
+                                        body=b"\x00\x00\x00\x00\x00")
+            assert (call.status, call.get("content-type")) == (200, "application/grpc")
+            assert call.get("grpc-status") == "14" and call.trailers is None
+            assert call.body == b"" and call.get("x-ami-reason") == "fault_injected"
+            plain = await client.request("greeter", "/", headers=[("x-fault", "exhausted")])
+            assert (plain.status, plain.get("grpc-status")) == (429, None)
+
+    asyncio.run(run())
+    status, headers, _ = mesh.call("/", via=mesh.ops, host="greeter",
+                                   headers={"x-fault": "unavailable"})
+    assert (status, headers["x-ami-reason"]) == (503, "fault_injected")

@@ -29,6 +29,7 @@ from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
     DIRECT_BODY_MAX,
+    GRPC_CODES,
     MATCHERS,
     PATH_MATCHERS,
     REDIRECT_CODES,
@@ -150,7 +151,10 @@ DEFS: Schema = {
         "then": {"required": ["retriableStatusCodes"]}},
     "fault": _obj({
         "delay": _obj({"fixedDelay": _duration(), "percent": _PERCENT}, ("fixedDelay",)),
-        "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT}, ("httpStatus",)),
+        "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT, "grpcStatus": {"anyOf": [
+            {"enum": list(GRPC_CODES)}, _int(1, 16), {"type": "string",
+                                                      "pattern": "^([1-9]|1[0-6])$"}]}},
+            oneOf=[{"required": ["httpStatus"]}, {"required": ["grpcStatus"]}]),
     }, anyOf=[{"required": ["delay"]}, {"required": ["abort"]}]),
     # DestinationPolicy's (the destination's sidecars) and a Route rule's (the proxy applying it)
     "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),

@@ -24,6 +24,13 @@ GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8
                  "internal": 13, "unavailable": 14}
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
             *GRPC_RETRY_ON)
+# gRPC status codes by name (grpc/doc/statuscodes.md), for fault.abort.grpcStatus; OK (0) is
+# no abort.
+GRPC_CODES = {"CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+              "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+              "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+              "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+              "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
 # Declared retries without retryOn retry only failures where the upstream did not answer.
 DEFAULT_RETRY_ON = ("connect-failure", "gateway-error", "reset")
 
@@ -151,10 +158,13 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    """Injected error response for ``percent`` of requests."""
+    """Injected error response for ``percent`` of requests: ``http_status``, or with
+    ``grpc_status`` a gRPC call's trailers-only answer (``http_status`` is then the HTTP
+    status other requests get, the gRPC code's)."""
 
     http_status: int
     percent: float = 100.0
+    grpc_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,10 +611,35 @@ def _parse_delay(data: object, path: str) -> Delay:
 
 def _parse_abort(data: object, path: str) -> Abort:
     f = Fields(data, path)
-    status = f.required("httpStatus", _STATUS, 0)
+    if f.has("httpStatus") == f.has("grpcStatus"):
+        f.add(path, "set exactly one of httpStatus, grpcStatus")
+    status = f.optional("httpStatus", _STATUS)
+    grpc = f.optional("grpcStatus", grpc_code)
     percent = f.value("percent", _PERCENT, 100.0)
     f.finish()
-    return Abort(status, percent)
+    if grpc is not None:
+        return Abort(HTTP_OF_GRPC.get(grpc, 500), percent, grpc)
+    return Abort(status or 0, percent)
+
+
+# gRPC code -> the HTTP status of a non-gRPC request's answer (the inverse of gRPC's "HTTP to
+# gRPC status code mapping", as Envoy's grpcToHttpStatus); other codes: 500.
+HTTP_OF_GRPC = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 12: 501, 14: 503, 16: 401}
+
+
+def grpc_code(data: object, path: str) -> int:
+    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16)."""
+    if isinstance(data, str) and not data.isdigit():
+        if data == "OK":
+            fail(path, "OK is no abort: name a failure like UNAVAILABLE")
+        if data not in GRPC_CODES:
+            fail(path, f"unknown gRPC status {data!r}, expected a code name in upper case "
+                       f"like UNAVAILABLE ({', '.join(GRPC_CODES)}) or its number, 1-16")
+        return GRPC_CODES[data]
+    code = int(data) if isinstance(data, str) else F.integer()(data, path)
+    if not 1 <= code <= 16:
+        fail(path, f"expected a gRPC status from 1 to 16 (OK, 0, is no abort), got {code}")
+    return code
 
 
 def _parse_mirror(data: object, path: str) -> Mirror:
