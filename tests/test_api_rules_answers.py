@@ -1,5 +1,6 @@
 """Validation of Istio's route-rule fields in Ami's format: directResponse (parser, JSON
-Schema and the HTTP-only list a TCP service is warned of), fault.abort.grpcStatus."""
+Schema and the HTTP-only list a TCP service is warned of), fault.abort.grpcStatus, match
+withoutHeaders (also as the proxy compiles it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import yaml
 from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import schema_for
 from meshctl.api.resources import parse_document
-from meshctl.api.rules import Abort, DirectResponse, http_only_fields, parse_rules
+from meshctl.api.rules import (
+    Abort,
+    DirectResponse,
+    StringMatch,
+    http_only_fields,
+    parse_match,
+    parse_rules,
+)
+from proxy.policy.matching import compile_matches
 
 
 def errors(rules: str) -> list[str]:
@@ -161,3 +170,79 @@ def test_broken_grpc_aborts_give_precise_messages(abort: str, expected: list[str
     rules = f"[{{backends: [{{}}], fault: {{abort: {abort}}}}}]"
     assert errors(rules) == expected
     assert not schema_accepts(route(rules))
+
+
+# --- match withoutHeaders -------------------------------------------------------------------
+class Request:
+    """What matching reads of a request (proxy.policy.matching.RequestView)."""
+
+    def __init__(self, path: str = "/", headers: dict[str, str] | None = None) -> None:
+        self.method = "GET"
+        self.path = path
+        self.query = ""
+        self.headers = headers or {}
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def test_without_headers_parses_like_headers_with_names_in_lower_case() -> None:
+    """The same matcher map as `headers`; names in lower case, in the block's conditions."""
+    block = parse_match({"withoutHeaders": {"X-Stable": {"present": True},
+                                            "x-user": {"regex": "bo+b"}}}, "m")
+    assert block.without_headers[0] == ("x-stable", StringMatch("present"))
+    assert block.without_headers[1][0] == "x-user"
+    assert block.http_conditions == ("withoutHeaders",)
+    rules = parse_rules(yaml.safe_load(
+        "[{matches: [{withoutHeaders: {x-a: {exact: b}}}], backends: [{}]}, {backends: [{}]}]"),
+        "spec.rules")  # a block with only withoutHeaders does not match everything
+    assert http_only_fields(rules) == ["spec.rules[0].matches[0].withoutHeaders"]
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, True),
+    ({"x-user": "alice"}, True),
+    ({"x-user": "bob"}, False),
+    ({"x-stable": ""}, False),  # present, even empty
+    ({"x-canary": "yes"}, True),
+    ({"x-canary": "yes", "x-user": "bob"}, False),
+])
+def test_a_block_holds_only_if_no_without_header_matcher_does(headers: dict[str, str],
+                                                               expected: bool) -> None:
+    """The rules' own Match.matches and the proxy's compiled predicate agree, with and
+    without another condition (`headers`) in the block."""
+    plain = parse_match({"withoutHeaders": {"x-stable": {"present": True},
+                                            "x-user": {"exact": "bob"}}}, "m")
+    both = parse_match({"path": {"prefix": "/beta"}, "headers": {"x-canary": {"present": True}},
+                        "withoutHeaders": {"x-stable": {"present": True},
+                                           "x-user": {"exact": "bob"}}}, "m")
+    assert plain.matches("GET", "/", headers, {}) is expected
+    assert compile_matches((plain,))(Request("/", headers)) is expected
+    with_canary = expected and "x-canary" in headers
+    assert both.matches("GET", "/beta/1", headers, {}) is with_canary
+    assert compile_matches((both,))(Request("/beta/1", headers)) is with_canary
+    assert compile_matches((both,))(Request("/other", headers)) is False
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ("{withoutHeaders: {x-a: {exact: b, prefix: c}}}",
+     ["spec.rules[0].matches[0].withoutHeaders.x-a: expected a mapping with exactly one of "
+      "exact, prefix, regex, present, like {exact: VALUE}"]),
+    ("{withoutHeaders: {x-a: {exact: b}, X-A: {exact: c}}}",
+     ["spec.rules[0].matches[0].withoutHeaders.X-A: duplicate header name (same as 'x-a')"]),
+    ("{withoutHeaders: {'a b': {exact: c}}}",
+     ["spec.rules[0].matches[0].withoutHeaders.a b: invalid value 'a b', expected an HTTP "
+      "header name"]),
+    ("{withoutHeaders: [x-a]}",
+     ["spec.rules[0].matches[0].withoutHeaders: expected a mapping, got a list"]),
+])
+def test_broken_without_headers_give_precise_messages(block: str,
+                                                      expected: list[str]) -> None:
+    """Each broken withoutHeaders is reported with its path; the JSON Schema refuses it too
+    (but the duplicate in another case, which only the parser sees)."""
+    rules = f"[{{matches: [{block}], backends: [{{}}]}}]"
+    assert errors(rules) == expected
+    if "duplicate" not in expected[0]:
+        assert not schema_accepts(route(rules))
+    assert schema_accepts(route("[{matches: [{withoutHeaders: {x-a: {present: true}}}], "
+                                "backends: [{}]}]"))

@@ -4,6 +4,8 @@ sidecar `ops` (no app), and `greeter` (a grpcio server) behind its sidecar.
 
 - Route web: `stub` answers 503 with a JSON body of its own (its response edits set the
   content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
+- Route web, rule `beta` (withoutHeaders): /beta requests answer `beta` unless they carry
+  `x-stable` (any value) or `x-user: bob`.
 - Route greeter: requests with `x-fault: unavailable` are aborted with grpcStatus UNAVAILABLE,
   those with `x-fault: exhausted` with grpcStatus 8 (RESOURCE_EXHAUSTED); others reach greeter.
 """
@@ -49,6 +51,10 @@ spec:
     - name: bytes
       matches: [{path: {exact: /bytes}}]
       directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
+    - name: beta
+      matches: [{path: {prefix: /beta},
+                 withoutHeaders: {x-stable: {present: true}, X-User: {exact: bob}}}]
+      directResponse: {status: 200, body: {string: beta}}
     - backends: [{}]
 ---
 apiVersion: ami.mesh/v1alpha1
@@ -243,3 +249,36 @@ def test_grpc_abort_is_a_trailers_only_answer(mesh: AnswerMesh) -> None:
     status, headers, _ = mesh.call("/", via=mesh.ops, host="greeter",
                                    headers={"x-fault": "unavailable"})
     assert (status, headers["x-ami-reason"]) == (503, "fault_injected")
+
+
+# --- match withoutHeaders -------------------------------------------------------------------
+def test_without_headers_matches_only_requests_none_of_whose_matchers_hold(
+        mesh: AnswerMesh) -> None:
+    """At the gateway and in a sidecar: /beta without the headers is the rule's; with
+    `x-stable` (even empty) or `x-user: bob` it goes on to the next rule (web's echo);
+    `x-user: alice` is still the rule's."""
+    def body(via: MeshProcess | None, headers: dict[str, str]) -> bytes:
+        status, _, answer = mesh.call("/beta/x", via=via, headers=headers)
+        assert status == 200
+        return answer
+
+    for via in (None, mesh.ops):
+        assert body(via, {}) == b"beta"
+        assert body(via, {"x-user": "alice"}) == b"beta"
+        assert json.loads(body(via, {"x-stable": ""}))["path"] == "/beta/x"
+        assert json.loads(body(via, {"X-User": "bob"}))["path"] == "/beta/x"
+
+
+def test_describe_and_proxy_config_show_without_headers(mesh: AnswerMesh) -> None:
+    """`meshctl describe service` lists the block's withoutHeaders; `proxy-config routes`
+    shows them as `without header` conditions."""
+    out = mesh.meshctl("describe", "service", "web")
+    assert out.returncode == 0, out.stderr
+    assert ("[beta] path prefix=/beta, withoutHeaders x-stable present=True, "
+            "withoutHeaders X-User exact=bob -> directResponse=") in out.stdout, out.stdout
+    out = mesh.meshctl("proxy-config", "routes", mesh.ops.info["name"])
+    assert out.returncode == 0, out.stderr
+    beta = next(line for line in out.stdout.splitlines() if " beta " in line)
+    assert "path prefix /beta & without header " in beta, out.stdout
+    assert "without header x-stable present" in beta and "without header x-user exact bob" \
+        in beta, out.stdout

@@ -133,6 +133,7 @@ DEFS: Schema = {
         "sourceLabels": _ref("labels"),
         "sourceNamespace": _str(F.DNS_LABEL),
         "scheme": _ref("stringMatch"),
+        "withoutHeaders": _map(_ref("stringMatch"), F.HEADER_NAME),
     }) | {"not": {"required": ["method", "methods"]}},
     "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
     "retries": _obj({

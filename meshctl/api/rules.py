@@ -93,6 +93,8 @@ class Match:
     # The scheme the caller used (`http`, or `https` at an HTTPS gateway): also settled when a
     # listener's routes are compiled, since a listener has one scheme.
     scheme: StringMatch | None = None
+    # Istio's withoutHeaders: the block holds only if none of these matchers does
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()
 
     def applies_to(self, namespace: str, labels: Mapping[str, str],
                    scheme: str = "http") -> bool:
@@ -108,7 +110,8 @@ class Match:
         matches them); sourceLabels and sourceNamespace are not among them."""
         return tuple(name for name, value in (
             ("path", self.path), ("methods", self.methods), ("headers", self.headers),
-            ("query", self.query), ("scheme", self.scheme)) if value)
+            ("query", self.query), ("scheme", self.scheme),
+            ("withoutHeaders", self.without_headers)) if value)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
@@ -116,7 +119,8 @@ class Match:
         return ((self.path is None or self.path.matches(path))
                 and (not self.methods or method in self.methods)
                 and all(m.matches(headers.get(name)) for name, m in self.headers)
-                and all(m.matches(query.get(name)) for name, m in self.query))
+                and all(m.matches(query.get(name)) for name, m in self.query)
+                and not any(m.matches(headers.get(name)) for name, m in self.without_headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +340,10 @@ def parse_match(data: object, path: str) -> Match:
     source_labels = f.value("sourceLabels", F.labels, {})
     source_namespace = f.optional("sourceNamespace", F.string(F.DNS_LABEL, "a namespace"))
     scheme = f.optional("scheme", _scheme_matcher)
+    without = f.value("withoutHeaders", _matcher_map(lower=True), ())
     f.finish()
     return Match(path_match, (method,) if method else methods or (), headers, query,
-                 tuple(sorted(source_labels.items())), source_namespace, scheme)
+                 tuple(sorted(source_labels.items())), source_namespace, scheme, without)
 
 
 def _scheme_matcher(data: object, path: str) -> StringMatch:

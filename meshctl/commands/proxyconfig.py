@@ -332,7 +332,8 @@ def _matches(rule: dict[str, Any]) -> str:
         scheme = block.get("scheme")
         if scheme:  # settled per listener: shown, since the table is not per listener
             parts.append(f"scheme {scheme['kind']} {scheme['value']}")
-        for kind, items in (("header", block.get("headers")), ("query", block.get("query"))):
+        for kind, items in (("header", block.get("headers")), ("query", block.get("query")),
+                            ("without header", block.get("without_headers"))):
             for name, matcher in items or []:
                 value = (("present" if matcher.get("present") else "absent")
                          if matcher.get("kind") == "present"
@@ -350,7 +351,7 @@ def _action(rule: dict[str, Any], host: str) -> str:
         return f"redirect {redirect.get('code', 301)} " + " ".join(parts)
     direct = rule.get("direct_response")
     if direct:
-        return f"directResponse {direct.get('status')} ({len(direct.get('body') or '')}-char body)"
+        return f"directResponse {direct.get('status')}"
     backends = rule.get("backends") or []
     split = ", ".join(
         f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "

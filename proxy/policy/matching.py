@@ -60,6 +60,11 @@ def _value_check(m: StringMatch) -> ValueCheck:
     raise ValueError(f"unknown matcher kind {m.kind!r}")
 
 
+def _negated(check: ValueCheck) -> ValueCheck:
+    """A withoutHeaders matcher: the block holds only if the header's matcher does not."""
+    return lambda actual: not check(actual)
+
+
 def _path_check(m: StringMatch) -> Callable[[str], bool]:
     value = m.value
     if m.kind == "exact":
@@ -79,7 +84,8 @@ def _compile_block(block: Match) -> _Block:
         frozenset[str | bytes]((*block.methods, *(m.encode() for m in block.methods)))
         if block.methods
         else None,
-        tuple((name.lower(), _value_check(m)) for name, m in block.headers),
+        (*((name.lower(), _value_check(m)) for name, m in block.headers),
+         *((name.lower(), _negated(_value_check(m))) for name, m in block.without_headers)),
         tuple((name, _value_check(m)) for name, m in block.query),
     )
 
