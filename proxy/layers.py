@@ -258,21 +258,25 @@ class RewritePolicy:
 
         self.uri = uri
         # Per block: its own predicate (None when it is the only block, so it is the one that
-        # matched) and the prefix it matched on (None: exact, regex or no path condition).
+        # matched), the prefix it matched on (None: exact, regex or no path condition) and
+        # whether it did regardless of case (ignoreUriCase: the prefix in lower case).
         # (The router calls its compiled matchers with the exchange the same way.)
-        self.blocks: tuple[tuple[Callable[[Any], bool] | None, str | None], ...] = tuple(
+        self.blocks: tuple[tuple[Callable[[Any], bool] | None, str | None, bool], ...] = tuple(
             (compile_matches((m,)) if len(matches) > 1 else None,
-             m.path.value if m.path is not None and m.path.kind == "prefix" else None)
+             (m.path.value.lower() if m.ignore_uri_case else m.path.value)
+             if m.path is not None and m.path.kind == "prefix" else None,
+             m.ignore_uri_case)
             for m in matches)
 
     def __call__(self, ex: Exchange) -> None:
         path, uri = ex.path, self.uri
         prefix = None
-        for check, block_prefix in self.blocks:
+        folded = False
+        for check, block_prefix, fold in self.blocks:
             if check is None or check(ex):
-                prefix = block_prefix
+                prefix, folded = block_prefix, fold
                 break
-        if prefix is not None and path.startswith(prefix):
+        if prefix is not None and (path.lower() if folded else path).startswith(prefix):
             rest = path[len(prefix):]
             path = uri + rest[1:] if uri.endswith("/") and rest.startswith("/") else uri + rest
         else:

@@ -1,6 +1,6 @@
 """Validation of Istio's route-rule fields in Ami's format: directResponse (parser, JSON
 Schema and the HTTP-only list a TCP service is warned of), fault.abort.grpcStatus, match
-withoutHeaders (also as the proxy compiles it)."""
+withoutHeaders and ignoreUriCase (also as the proxy compiles them)."""
 
 from __future__ import annotations
 
@@ -246,3 +246,65 @@ def test_broken_without_headers_give_precise_messages(block: str,
         assert not schema_accepts(route(rules))
     assert schema_accepts(route("[{matches: [{withoutHeaders: {x-a: {present: true}}}], "
                                 "backends: [{}]}]"))
+
+
+# --- match ignoreUriCase --------------------------------------------------------------------
+@pytest.mark.parametrize(("path", "exact", "prefix"), [
+    ("/Api/Items", True, True),
+    ("/api/items", True, True),
+    ("/API/ITEMS", True, True),
+    ("/api/items/7", False, True),
+    ("/apix/items", False, False),
+    ("/api", False, False),
+])
+def test_ignore_uri_case_compares_exact_and_prefix_paths_in_any_case(
+        path: str, exact: bool, prefix: bool) -> None:
+    """Match.matches and the proxy's compiled predicate agree; without the flag the same
+    paths are compared as they are."""
+    for kind, expected in (("exact", exact), ("prefix", prefix)):
+        block = parse_match({"path": {kind: "/Api/Items" if kind == "exact" else "/API/"},
+                             "ignoreUriCase": True}, "m")
+        assert block.matches("GET", path, {}, {}) is expected, (kind, path)
+        assert compile_matches((block,))(Request(path)) is expected, (kind, path)
+    strict = parse_match({"path": {"prefix": "/API/"}}, "m")
+    assert compile_matches((strict,))(Request(path)) is path.startswith("/API/")
+
+
+def test_a_case_insensitive_rewrite_replaces_the_prefix_in_any_case() -> None:
+    """RewritePolicy strips the prefix the block matched whatever its case in the path."""
+    from proxy.layers import RewritePolicy
+
+    class Exchange(Request):
+        query = ""
+        target = b""
+
+    blocks = (parse_match({"path": {"prefix": "/Old/"}, "ignoreUriCase": True}, "m"),
+              parse_match({"path": {"prefix": "/keep/"}}, "m"))
+    rewrite = RewritePolicy("/new/", blocks)
+    for path, target in (("/OLD/a/B", b"/new/a/B"), ("/old/", b"/new/"),
+                         ("/keep/x", b"/new/x"), ("/KEEP/x", b"/new/")):
+        ex = Exchange(path)
+        rewrite(ex)  # type: ignore[arg-type]
+        assert ex.target == target, path
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ("{path: {regex: '/a.*'}, ignoreUriCase: true}",
+     ["spec.rules[0].matches[0].ignoreUriCase: applies to an exact or prefix path only; a "
+      "regex says it itself: start it with (?i)"]),
+    ("{headers: {x-a: {exact: b}}, ignoreUriCase: true}",
+     ["spec.rules[0].matches[0].ignoreUriCase: applies to the block's path: set path "
+      "{exact: ...} or {prefix: ...}"]),
+    ("{path: {prefix: /a}, ignoreUriCase: 'yes'}",
+     ["spec.rules[0].matches[0].ignoreUriCase: expected true or false, got a string"]),
+])
+def test_broken_ignore_uri_case_gives_precise_messages(block: str,
+                                                       expected: list[str]) -> None:
+    """ignoreUriCase needs an exact or prefix path in its block; the JSON Schema agrees."""
+    rules = f"[{{matches: [{block}], backends: [{{}}]}}]"
+    assert errors(rules) == expected
+    assert not schema_accepts(route(rules))
+    for fine in ("{path: {prefix: /a}, ignoreUriCase: true}",
+                 "{path: {regex: '/a'}, ignoreUriCase: false}"):
+        assert errors(f"[{{matches: [{fine}], backends: [{{}}]}}]") == []
+        assert schema_accepts(route(f"[{{matches: [{fine}], backends: [{{}}]}}]"))

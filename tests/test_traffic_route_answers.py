@@ -6,6 +6,8 @@ sidecar `ops` (no app), and `greeter` (a grpcio server) behind its sidecar.
   content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
 - Route web, rule `beta` (withoutHeaders): /beta requests answer `beta` unless they carry
   `x-stable` (any value) or `x-user: bob`.
+- Route web, rules `case` and `api` (ignoreUriCase): /Case/... and /EXACT answer `case` in
+  any case; /api/... in any case is sent to web as /v2/... (the prefix matched is replaced).
 - Route greeter: requests with `x-fault: unavailable` are aborted with grpcStatus UNAVAILABLE,
   those with `x-fault: exhausted` with grpcStatus 8 (RESOURCE_EXHAUSTED); others reach greeter.
 """
@@ -55,6 +57,14 @@ spec:
       matches: [{path: {prefix: /beta},
                  withoutHeaders: {x-stable: {present: true}, X-User: {exact: bob}}}]
       directResponse: {status: 200, body: {string: beta}}
+    - name: case
+      matches: [{path: {prefix: /Case/}, ignoreUriCase: true},
+                {path: {exact: /EXACT}, ignoreUriCase: true}]
+      directResponse: {status: 200, body: {string: case}}
+    - name: api
+      matches: [{path: {prefix: /api/}, ignoreUriCase: true}]
+      rewrite: {uri: /v2/}
+      backends: [{}]
     - backends: [{}]
 ---
 apiVersion: ami.mesh/v1alpha1
@@ -282,3 +292,35 @@ def test_describe_and_proxy_config_show_without_headers(mesh: AnswerMesh) -> Non
     assert "path prefix /beta & without header " in beta, out.stdout
     assert "without header x-stable present" in beta and "without header x-user exact bob" \
         in beta, out.stdout
+
+
+# --- match ignoreUriCase --------------------------------------------------------------------
+def test_ignore_uri_case_matches_exact_and_prefix_paths_in_any_case(mesh: AnswerMesh) -> None:
+    """At the gateway and in a sidecar: /case/, /CASE/ and /exact are the rule's; a path that
+    differs by more than case is not; a block without ignoreUriCase stays case-sensitive
+    (/BETA/x is web's, not `beta`'s)."""
+    for via in (None, mesh.ops):
+        for path in ("/Case/a", "/case/a", "/CASE/A", "/EXACT", "/exact", "/Exact"):
+            assert mesh.call(path, via=via)[2] == b"case", (via, path)
+        for path in ("/case", "/exact/", "/cases/a", "/BETA/x"):
+            status, _, body = mesh.call(path, via=via)
+            assert status == 200 and json.loads(body)["path"] == path, (via, path)
+
+
+def test_a_rewrite_replaces_the_prefix_matched_in_any_case(mesh: AnswerMesh) -> None:
+    """`rewrite.uri` replaces the prefix a case-insensitive block matched, whatever its case
+    in the request; the rest keeps its own."""
+    for path, sent in (("/api/Items/1", "/v2/Items/1"), ("/API/x", "/v2/x"),
+                       ("/Api/", "/v2/")):
+        status, _, body = mesh.call(path, via=mesh.ops)
+        assert status == 200 and json.loads(body)["path"] == sent, (path, body)
+
+
+def test_proxy_config_shows_a_case_insensitive_path(mesh: AnswerMesh) -> None:
+    """`proxy-config routes` marks the path `(any case)`; describe lists ignoreUriCase."""
+    out = mesh.meshctl("proxy-config", "routes", mesh.ops.info["name"])
+    assert out.returncode == 0, out.stderr
+    assert "path prefix /Case/ (any case) or path exact /EXACT (any case)" in out.stdout, \
+        out.stdout
+    out = mesh.meshctl("describe", "service", "web")
+    assert "[case] path prefix=/Case/, ignoreUriCase=True | " in out.stdout, out.stdout

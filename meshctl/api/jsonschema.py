@@ -134,7 +134,12 @@ DEFS: Schema = {
         "sourceNamespace": _str(F.DNS_LABEL),
         "scheme": _ref("stringMatch"),
         "withoutHeaders": _map(_ref("stringMatch"), F.HEADER_NAME),
-    }) | {"not": {"required": ["method", "methods"]}},
+        "ignoreUriCase": {"type": "boolean"},
+    }) | {"not": {"required": ["method", "methods"]}, "allOf": [
+        # ignoreUriCase: true needs a path, exact or prefix
+        {"if": {"required": ["ignoreUriCase"], "properties": {"ignoreUriCase": {"const": True}}},
+         "then": {"required": ["path"], "properties": {"path": {"not": {
+             "required": ["regex"]}}}}}]},
     "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
     "retries": _obj({
         "attempts": _int(0),

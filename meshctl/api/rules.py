@@ -95,6 +95,8 @@ class Match:
     scheme: StringMatch | None = None
     # Istio's withoutHeaders: the block holds only if none of these matchers does
     without_headers: tuple[tuple[str, StringMatch], ...] = ()
+    # Istio's ignoreUriCase: an exact or prefix path compared without regard to case
+    ignore_uri_case: bool = False
 
     def applies_to(self, namespace: str, labels: Mapping[str, str],
                    scheme: str = "http") -> bool:
@@ -103,6 +105,13 @@ class Match:
         return ((self.source_namespace is None or self.source_namespace == namespace)
                 and all(labels.get(k) == v for k, v in self.source_labels)
                 and (self.scheme is None or self.scheme.matches(scheme)))
+
+    def path_matches(self, path: str) -> bool:
+        """Whether ``path`` satisfies this block's path matcher (there must be one)."""
+        assert self.path is not None
+        if self.ignore_uri_case:
+            return StringMatch(self.path.kind, self.path.value.lower()).matches(path.lower())
+        return self.path.matches(path)
 
     @property
     def http_conditions(self) -> tuple[str, ...]:
@@ -116,7 +125,7 @@ class Match:
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
         """Whether a request matches; ``headers`` keys must be lower case."""
-        return ((self.path is None or self.path.matches(path))
+        return ((self.path is None or self.path_matches(path))
                 and (not self.methods or method in self.methods)
                 and all(m.matches(headers.get(name)) for name, m in self.headers)
                 and all(m.matches(query.get(name)) for name, m in self.query)
@@ -341,9 +350,17 @@ def parse_match(data: object, path: str) -> Match:
     source_namespace = f.optional("sourceNamespace", F.string(F.DNS_LABEL, "a namespace"))
     scheme = f.optional("scheme", _scheme_matcher)
     without = f.value("withoutHeaders", _matcher_map(lower=True), ())
+    ignore_case = f.value("ignoreUriCase", F.boolean, False)
+    if ignore_case and path_match is not None and path_match.kind == "regex":
+        f.add(f.at("ignoreUriCase"), "applies to an exact or prefix path only; a regex says "
+                                     "it itself: start it with (?i)")
+    elif ignore_case and not f.has("path"):
+        f.add(f.at("ignoreUriCase"), "applies to the block's path: set path {exact: ...} or "
+                                     "{prefix: ...}")
     f.finish()
     return Match(path_match, (method,) if method else methods or (), headers, query,
-                 tuple(sorted(source_labels.items())), source_namespace, scheme, without)
+                 tuple(sorted(source_labels.items())), source_namespace, scheme, without,
+                 ignore_case)
 
 
 def _scheme_matcher(data: object, path: str) -> StringMatch:

@@ -326,7 +326,8 @@ def _matches(rule: dict[str, Any]) -> str:
         parts = []
         path = block.get("path")
         if path:
-            parts.append(f"path {path['kind']} {path['value']}")
+            parts.append(f"path {path['kind']} {path['value']}"
+                         + (" (any case)" if block.get("ignore_uri_case") else ""))
         if block.get("methods"):
             parts.append("method " + "|".join(block["methods"]))
         scheme = block.get("scheme")
