@@ -554,11 +554,12 @@ class Exchange:
         # this answer too (not a network error), as with Envoy's CORS filter.
         data = local_reply(reason, status=status, close=close, extra_headers=extra_headers,
                            head=head, edits=self.response_edits, body=body)
-        from proxy.reasons import REASONS, body_length
+        from proxy.reasons import NO_BODY, REASONS, body_length
 
         self.status = status or REASONS[reason][0]
         self.flags = reason
-        self.bytes_out = 0 if head else body_length(reason) if body is None else len(body)
+        self.bytes_out = 0 if head or self.status in NO_BODY \
+            else body_length(reason) if body is None else len(body)
         self.response_started = True
         if close:
             self.client_keep_alive = False

@@ -21,7 +21,7 @@ from proxy.exchange import _LAST_CHUNK, Exchange
 from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
 from proxy.exchangepolicy import rate_limited
 from proxy.h2upstream import Http1Answer
-from proxy.reasons import REASON_HEADER, REASONS, edited_local_headers
+from proxy.reasons import NO_BODY, REASON_HEADER, REASONS, edited_local_headers
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
@@ -387,12 +387,14 @@ class H2Exchange(Exchange):
             if body is None:
                 body = f"{reason}: {text}\n".encode()
             head_only = self.method == b"HEAD"
-            length = (b"content-length", b"%d" % len(body))
+            length = [(b"content-length", b"%d" % len(body))]
+            if code in NO_BODY:  # (a 204 or 304 a rule declares)
+                body, length = b"", []
             if edits is None:
-                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, length, reason_header,
+                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, *length, reason_header,
                           *_lowered_pairs(extra_headers)]
             else:
-                fields = [(b":status", b"%d" % code), length, reason_header,
+                fields = [(b":status", b"%d" % code), *length, reason_header,
                           *_lowered_pairs(edited_local_headers(
                               edits, [_TEXT_PLAIN, *extra_headers]))]
             self.downstream.send_headers(fields, head_only or not body)

@@ -64,6 +64,10 @@ REASONS: dict[str, tuple[int, str]] = {
 NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_protocol_error",
                       "tls_in_tunnel", "idle_timeout", "bad_client_hello"})
 
+# Statuses whose responses have no body (RFC 9110 6.4.1) and, to be safe with both, no
+# Content-Length (a 204 must not have one; a 304's would describe another response's body)
+NO_BODY = frozenset({204, 304})
+
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
 
@@ -87,18 +91,21 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
     code = status or code
     if body is None:
         body = f"{reason}: {text}\n".encode()
+    length = [b"content-length: %d" % len(body)]
+    if code in NO_BODY:  # (a 204 or 304 a rule declares)
+        body, length = b"", []
     if edits is None:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),
             b"content-type: text/plain; charset=utf-8",
-            b"content-length: %d" % len(body),
+            *length,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in extra_headers)
     else:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),
-            b"content-length: %d" % len(body),
+            *length,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in edited_local_headers(

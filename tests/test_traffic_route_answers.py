@@ -53,6 +53,9 @@ spec:
     - name: bytes
       matches: [{path: {exact: /bytes}}]
       directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
+    - name: gone
+      matches: [{path: {exact: /gone}}]
+      directResponse: {status: 204}
     - name: beta
       matches: [{path: {prefix: /beta},
                  withoutHeaders: {x-stable: {present: true}, X-User: {exact: bob}}}]
@@ -176,6 +179,29 @@ def test_direct_response_to_head_has_no_body(mesh: AnswerMesh) -> None:
         assert (resp.status, resp.read()) == (200, b"\x00\x01\x02\xff")
     finally:
         conn.close()
+
+
+def test_a_204_direct_response_has_no_body_nor_length(mesh: AnswerMesh) -> None:
+    """A 204 is sent without content-length (RFC 9110 forbids one) or body, over HTTP/1.1
+    (the keep-alive connection's next answer is intact) and HTTP/2 (its HEADERS end the
+    stream)."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        conn.request("GET", "/gone", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read(), resp.getheader("content-length")) == (204, b"", None)
+        conn.request("GET", "/bytes", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"\x00\x01\x02\xff")
+    finally:
+        conn.close()
+
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            gone = await client.request("web", "/gone")
+            assert (gone.status, gone.body, gone.get("content-length")) == (204, b"", None)
+
+    asyncio.run(run())
 
 
 def test_direct_response_over_http2_and_to_a_grpc_call(mesh: AnswerMesh) -> None:
