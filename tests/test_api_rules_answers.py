@@ -311,3 +311,12 @@ def test_broken_ignore_uri_case_gives_precise_messages(block: str,
                  "{path: {regex: '/a'}, ignoreUriCase: false}"):
         assert errors(f"[{{matches: [{fine}], backends: [{{}}]}}]") == []
         assert schema_accepts(route(f"[{{matches: [{fine}], backends: [{{}}]}}]"))
+
+
+def test_shift_refuses_a_rule_that_answers_directly() -> None:
+    """`meshctl shift` has no backends to re-weight in a directResponse rule."""
+    from meshctl.commands.shift import ShiftRefused, Weights, plan_shift
+
+    route = {"spec": {"host": "web", "rules": [{"directResponse": {"status": 503}}]}}
+    with pytest.raises(ShiftRefused, match="answers with a directResponse and has no backends"):
+        plan_shift(route, ["v1"], Weights(positional=(100,)))
