@@ -99,6 +99,8 @@ def _route_backends(doc: Doc) -> str:
     rules = _spec(doc).get("rules") or []
     if rules and "redirect" in rules[-1]:
         return "(redirect)"
+    if rules and "directResponse" in rules[-1]:
+        return "(directResponse)"
     return weights_text(rules[-1].get("backends") or [], _spec(doc).get("host", "")) if rules \
         else "<none>"
 

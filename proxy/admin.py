@@ -154,6 +154,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if hasattr(value, "pattern"):
         return value.pattern
+    if isinstance(value, bytes):  # a directResponse's body
+        return value.decode("utf-8", "backslashreplace")
     if callable(value):  # a compiled filter (telemetry.access_filter): its text is beside it
         return None
     return value

@@ -525,8 +525,11 @@ class Exchange:
 
     # --- ending -----------------------------------------------------------------------------
     def reply(self, reason: str, *, status: int | None = None,
-              extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """Answer locally with a reason word; abort the client if a response already started."""
+              extra_headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes | None = None,
+              grpc_status: int | None = None) -> None:
+        """Answer locally with a reason word; abort the client if a response already started.
+        ``body``: the answer's own (else the reason's line); ``grpc_status``: what a gRPC
+        call is told (an HTTP/2 exchange's; HTTP/1.1 carries no gRPC)."""
         self._cancel_timers()
         if self._out is not None:
             # The response head is still held (until the end of the read it arrived in), so
@@ -550,12 +553,13 @@ class Exchange:
         # router's local replies; a CORS rule's allow headers with them: the browser may read
         # this answer too (not a network error), as with Envoy's CORS filter.
         data = local_reply(reason, status=status, close=close, extra_headers=extra_headers,
-                           head=head, edits=self.response_edits)
-        from proxy.reasons import REASONS, body_length
+                           head=head, edits=self.response_edits, body=body)
+        from proxy.reasons import NO_BODY, REASONS, body_length
 
         self.status = status or REASONS[reason][0]
         self.flags = reason
-        self.bytes_out = 0 if head else body_length(reason)
+        self.bytes_out = 0 if head or self.status in NO_BODY \
+            else body_length(reason) if body is None else len(body)
         self.response_started = True
         if close:
             self.client_keep_alive = False

@@ -75,12 +75,13 @@ def start(ex: Exchange) -> None:
         return
     ex.decision = decision
     ex.response_edits = decision.response_header_ops
-    if decision.admit is not None:  # authorization, rate limit, a rewrite or a redirect
+    if decision.admit is not None:  # authorization, rate limit, a rewrite, a local answer
         refusal = decision.admit(ex)
         if refusal is not None:
-            reason, status, headers = refusal
+            # (reason, status, headers), or with a body of its own (a directResponse)
             ex.backend = decision.backends[0] if decision.backends else None
-            ex.reply(reason, status=status, extra_headers=headers)
+            ex.reply(refusal[0], status=refusal[1], extra_headers=refusal[2],
+                     body=refusal[3] if len(refusal) > 3 else None)
             return
     fault = decision.fault
     if fault is not None:
@@ -111,7 +112,7 @@ def inject_abort(ex: Exchange) -> bool:
         return False
     ex._count("ami_faults_injected", "abort")
     ex.backend = decision.backends[0]
-    ex.reply("fault_injected", status=status)
+    ex.reply("fault_injected", status=status, grpc_status=decision.fault.abort_grpc)
     return True
 
 

@@ -21,7 +21,7 @@ from proxy.exchange import _LAST_CHUNK, Exchange
 from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
 from proxy.exchangepolicy import rate_limited
 from proxy.h2upstream import Http1Answer
-from proxy.reasons import REASON_HEADER, REASONS, edited_local_headers
+from proxy.reasons import NO_BODY, REASON_HEADER, REASONS, edited_local_headers
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
@@ -344,8 +344,10 @@ class H2Exchange(Exchange):
 
     # --- answers of the proxy's own ---------------------------------------------------------
     def reply(self, reason: str, *, status: int | None = None,
-              extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        """A local reply as HTTP/2 (gRPC-shaped for gRPC); a reset if a response started."""
+              extra_headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes | None = None,
+              grpc_status: int | None = None) -> None:
+        """A local reply as HTTP/2 (gRPC-shaped for gRPC: ``grpc_status``, else the one of
+        its HTTP status; ``body`` as its grpc-message); a reset if a response started."""
         self._cancel_timers()
         if self.held_head is not None:
             # An HTTP/1.1 answer's head still held (see h2downgrade): nothing reached the
@@ -366,10 +368,13 @@ class H2Exchange(Exchange):
         self.flags = reason
         self.response_started = True
         if self.grpc:
-            grpc_code = _GRPC_OF_REASON.get(reason) or (
-                _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0)
+            grpc_code = grpc_status if grpc_status is not None else (
+                _GRPC_OF_REASON.get(reason) or (
+                    _GRPC_STATUS.get(code, _GRPC_INTERNAL) if code >= 300 else 0))
             self.grpc_status = str(grpc_code)
-            message = quote(f"{reason}: {text}", safe=" :;,()/'-").encode()
+            message = quote(f"{reason}: {text}" if body is None
+                            else body.decode("utf-8", "replace"),
+                            safe=" :;,()/'-").encode()
             extra = _lowered_pairs(extra_headers if edits is None
                                    else edited_local_headers(edits, list(extra_headers),
                                                              _GRPC_KEPT))
@@ -379,18 +384,21 @@ class H2Exchange(Exchange):
                  reason_header, *extra], True)
             self.bytes_out = 0
         else:
-            body = f"{reason}: {text}\n".encode()
+            if body is None:
+                body = f"{reason}: {text}\n".encode()
             head_only = self.method == b"HEAD"
-            length = (b"content-length", b"%d" % len(body))
+            length = [(b"content-length", b"%d" % len(body))]
+            if code in NO_BODY:  # (a 204 or 304 a rule declares)
+                body, length = b"", []
             if edits is None:
-                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, length, reason_header,
+                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, *length, reason_header,
                           *_lowered_pairs(extra_headers)]
             else:
-                fields = [(b":status", b"%d" % code), length, reason_header,
+                fields = [(b":status", b"%d" % code), *length, reason_header,
                           *_lowered_pairs(edited_local_headers(
                               edits, [_TEXT_PLAIN, *extra_headers]))]
-            self.downstream.send_headers(fields, head_only)
-            if not head_only:
+            self.downstream.send_headers(fields, head_only or not body)
+            if not head_only and body:
                 self.downstream.send_data(body, True)
             self.bytes_out = 0 if head_only else len(body)
         self.finish()

@@ -1,5 +1,5 @@
 """Route-rule policies compiled once per snapshot: rate limits, faults, retries, mirroring,
-header edits, rewrites and redirects.
+header edits, rewrites, redirects and direct responses.
 
 Each object is attached to a `Decision` only when its rule declares it, so an unconfigured
 policy costs nothing per request (the exchange tests one attribute for None).
@@ -21,7 +21,16 @@ from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
     from meshctl.api.policy import RateLimit
-    from meshctl.api.rules import Cors, Fault, HeaderEdits, Match, Redirect, Retries, Rewrite
+    from meshctl.api.rules import (
+        Cors,
+        DirectResponse,
+        Fault,
+        HeaderEdits,
+        Match,
+        Redirect,
+        Retries,
+        Rewrite,
+    )
     from proxy.destinations import DestinationState
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
@@ -31,9 +40,11 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 
 class FaultPolicy:
-    """Delay and/or abort a share of the requests that match the rule."""
+    """Delay and/or abort a share of the requests that match the rule; an abort with a gRPC
+    status (``abort_grpc``) answers a gRPC call with it, other requests with
+    ``abort_status`` (its HTTP status)."""
 
-    __slots__ = ("abort_percent", "abort_status", "delay", "delay_percent", "rng")
+    __slots__ = ("abort_grpc", "abort_percent", "abort_status", "delay", "delay_percent", "rng")
 
     def __init__(self, fault: Fault, rng: random.Random) -> None:
         self.rng = rng
@@ -41,6 +52,7 @@ class FaultPolicy:
         self.delay_percent = fault.delay.percent if fault.delay else 0.0
         self.abort_status = fault.abort.http_status if fault.abort else 0
         self.abort_percent = fault.abort.percent if fault.abort else 0.0
+        self.abort_grpc = fault.abort.grpc_status if fault.abort else None
 
     def roll_delay(self) -> float:
         if self.delay and self.rng.random() * 100.0 < self.delay_percent:
@@ -248,21 +260,25 @@ class RewritePolicy:
 
         self.uri = uri
         # Per block: its own predicate (None when it is the only block, so it is the one that
-        # matched) and the prefix it matched on (None: exact, regex or no path condition).
+        # matched), the prefix it matched on (None: exact, regex or no path condition) and
+        # whether it did regardless of case (ignoreUriCase: the prefix in lower case).
         # (The router calls its compiled matchers with the exchange the same way.)
-        self.blocks: tuple[tuple[Callable[[Any], bool] | None, str | None], ...] = tuple(
+        self.blocks: tuple[tuple[Callable[[Any], bool] | None, str | None, bool], ...] = tuple(
             (compile_matches((m,)) if len(matches) > 1 else None,
-             m.path.value if m.path is not None and m.path.kind == "prefix" else None)
+             (m.path.value.lower() if m.ignore_uri_case else m.path.value)
+             if m.path is not None and m.path.kind == "prefix" else None,
+             m.ignore_uri_case)
             for m in matches)
 
     def __call__(self, ex: Exchange) -> None:
         path, uri = ex.path, self.uri
         prefix = None
-        for check, block_prefix in self.blocks:
+        folded = False
+        for check, block_prefix, fold in self.blocks:
             if check is None or check(ex):
-                prefix = block_prefix
+                prefix, folded = block_prefix, fold
                 break
-        if prefix is not None and path.startswith(prefix):
+        if prefix is not None and (path.lower() if folded else path).startswith(prefix):
             rest = path[len(prefix):]
             path = uri + rest[1:] if uri.endswith("/") and rest.startswith("/") else uri + rest
         else:
@@ -295,6 +311,19 @@ class RedirectPolicy:
         location = f"{self.scheme or scheme}://{host}{path}" + (f"?{ex.query}" if ex.query
                                                                   else "")
         return "redirect", self.code, ((b"location", location.encode("latin-1")),)
+
+
+class DirectResponsePolicy:
+    """Answers with the rule's status and body (`direct_response`), as Envoy's
+    direct_response: text/plain unless the rule's response edits set a content-type."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, direct: DirectResponse) -> None:
+        self.answer = ("direct_response", direct.status, (), direct.body)
+
+    def __call__(self, ex: Exchange) -> tuple[str, int, tuple[()], bytes]:
+        return self.answer
 
 
 class CorsPolicy:
@@ -440,6 +469,8 @@ def attach(decision: Any, rule: Any, state: DestinationState | None, rng: random
         if rewrite.authority is not None:  # the Host header, set like any header edit
             request_edits = replace(request_edits,
                                     set=(*request_edits.set, ("host", rewrite.authority)))
+    if rule.direct_response is not None:  # (nothing else forwards: validation)
+        decision.admit = DirectResponsePolicy(rule.direct_response)
     if rule.rate_limit is not None and rate_limit is not None:
         # before the rewrite (a limited request gets none), after CORS: a preflight is
         # answered without spending a token (a browser's POST would otherwise pay two), and

@@ -24,6 +24,8 @@ REASONS: dict[str, tuple[int, str]] = {
                                 "or ALLOW_ANY (outbound listener only)"),
     "redirect": (301, "redirected by a route rule (see Location)"),
     "cors_preflight": (200, "CORS preflight answered by the route's cors policy"),
+    "direct_response": (200, "answered by the route rule's directResponse (its status and "
+                             "body)"),
     "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
     "not_authorized": (403, "denied by authorization policy"),
     "misdirected_request": (421, "the HTTPS gateway passes TLS for this host through by its "
@@ -62,6 +64,10 @@ REASONS: dict[str, tuple[int, str]] = {
 NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_protocol_error",
                       "tls_in_tunnel", "idle_timeout", "bad_client_hello"})
 
+# Statuses whose responses have no body (RFC 9110 6.4.1) and, to be safe with both, no
+# Content-Length (a 204 must not have one; a 304's would describe another response's body)
+NO_BODY = frozenset({204, 304})
+
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
 
@@ -73,28 +79,33 @@ def body_length(reason: str) -> int:
 
 def local_reply(reason: str, *, status: int | None = None, close: bool = False,
                 extra_headers: tuple[tuple[bytes, bytes], ...] = (), head: bool = False,
-                edits: Any = None) -> bytes:
+                edits: Any = None, body: bytes | None = None) -> bytes:
     """Serialize a complete plain-text response for a locally generated error.
 
     ``head``: the answer to a HEAD request, whose headers describe a body that is not sent.
     ``edits``: the routed rule's response header edits (``edit_pairs``), applied to the
     reply's headers but for its framing and its reason header, which stay as they are.
+    ``body``: the reply's own body (a directResponse's), instead of the reason's line.
     """
     code, text = REASONS[reason]
     code = status or code
-    body = f"{reason}: {text}\n".encode()
+    if body is None:
+        body = f"{reason}: {text}\n".encode()
+    length = [b"content-length: %d" % len(body)]
+    if code in NO_BODY:  # (a 204 or 304 a rule declares)
+        body, length = b"", []
     if edits is None:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),
             b"content-type: text/plain; charset=utf-8",
-            b"content-length: %d" % len(body),
+            *length,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in extra_headers)
     else:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),
-            b"content-length: %d" % len(body),
+            *length,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in edited_local_headers(

@@ -36,6 +36,8 @@ from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
+    DIRECT_BODY_MAX,
+    GRPC_CODES,
     MATCHERS,
     PATH_MATCHERS,
     REDIRECT_CODES,
@@ -140,7 +142,13 @@ DEFS: Schema = {
         "sourceLabels": _ref("labels"),
         "sourceNamespace": _str(F.DNS_LABEL),
         "scheme": _ref("stringMatch"),
-    }) | {"not": {"required": ["method", "methods"]}},
+        "withoutHeaders": _map(_ref("stringMatch"), F.HEADER_NAME),
+        "ignoreUriCase": {"type": "boolean"},
+    }) | {"not": {"required": ["method", "methods"]}, "allOf": [
+        # ignoreUriCase: true needs a path, exact or prefix
+        {"if": {"required": ["ignoreUriCase"], "properties": {"ignoreUriCase": {"const": True}}},
+         "then": {"required": ["path"], "properties": {"path": {"not": {
+             "required": ["regex"]}}}}}]},
     "backend": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)}),
     "retries": _obj({
         "attempts": _int(0),
@@ -158,7 +166,10 @@ DEFS: Schema = {
         "then": {"required": ["retriableStatusCodes"]}},
     "fault": _obj({
         "delay": _obj({"fixedDelay": _duration(), "percent": _PERCENT}, ("fixedDelay",)),
-        "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT}, ("httpStatus",)),
+        "abort": _obj({"httpStatus": _STATUS, "percent": _PERCENT, "grpcStatus": {"anyOf": [
+            {"enum": list(GRPC_CODES)}, _int(1, 16), {"type": "string",
+                                                      "pattern": "^([1-9]|1[0-6])$"}]}},
+            oneOf=[{"required": ["httpStatus"]}, {"required": ["grpcStatus"]}]),
     }, anyOf=[{"required": ["delay"]}, {"required": ["abort"]}]),
     # DestinationPolicy's (the destination's sidecars) and a Route rule's (the proxy applying it)
     "rateLimit": _obj({"requestsPerSecond": _num(0.001), "burst": _int(1),
@@ -186,13 +197,26 @@ DEFS: Schema = {
                           "scheme": {"enum": list(SCHEMES)}, "port": _int(1, 65535),
                           "redirectCode": {"enum": list(REDIRECT_CODES)}},
                          anyOf=[{"required": [k]} for k in ("uri", "authority", "scheme", "port")]),
+        "directResponse": _obj({
+            "status": _STATUS,
+            "body": _obj({"string": {"type": "string"},
+                          "bytes": {"type": "string", "pattern": r"^[A-Za-z0-9+/]*={0,2}$"}},
+                         minProperties=1, maxProperties=1,
+                         description=f"at most {DIRECT_BODY_MAX} bytes")}, ("status",)),
     }) | {
-        # forward to backends, or answer with a redirect and nothing else
-        "oneOf": [{"required": ["backends"], "not": {"required": ["redirect"]}},
+        # forward to backends, answer with a redirect and nothing else, or answer directly
+        # (with the response's header edits, CORS, a rate limit)
+        "oneOf": [{"required": ["backends"], "not": {"anyOf": [
+                      {"required": ["redirect"]}, {"required": ["directResponse"]}]}},
                   {"required": ["redirect"], "not": {"anyOf": [
                       {"required": [k]} for k in ("backends", "timeout", "retries", "fault",
                                                   "mirror", "headers", "rewrite", "cors",
-                                                  "rateLimit")]}}]},
+                                                  "rateLimit", "directResponse")]}},
+                  {"required": ["directResponse"], "not": {"anyOf": [
+                      *({"required": [k]} for k in ("backends", "timeout", "retries", "fault",
+                                                    "mirror", "rewrite", "redirect")),
+                      {"required": ["headers"],
+                       "properties": {"headers": {"required": ["request"]}}}]}}]},
 }
 
 # The policy fields a DestinationPolicy's subset may set too (each replacing the host's).

@@ -6,6 +6,8 @@ the proxy parses pushed snapshots with it. Pure (no I/O, stdlib only).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,13 @@ GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8
                  "internal": 13, "unavailable": 14}
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-status-codes",
             *GRPC_RETRY_ON)
+# gRPC status codes by name (grpc/doc/statuscodes.md), for fault.abort.grpcStatus; OK (0) is
+# no abort.
+GRPC_CODES = {"CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+              "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+              "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+              "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+              "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
 # Declared retries without retryOn retry only failures where the upstream did not answer.
 DEFAULT_RETRY_ON = ("connect-failure", "gateway-error", "reset")
 
@@ -84,6 +93,10 @@ class Match:
     # The scheme the caller used (`http`, or `https` at an HTTPS gateway): also settled when a
     # listener's routes are compiled, since a listener has one scheme.
     scheme: StringMatch | None = None
+    # Istio's withoutHeaders: the block holds only if none of these matchers does
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()
+    # Istio's ignoreUriCase: an exact or prefix path compared without regard to case
+    ignore_uri_case: bool = False
 
     def applies_to(self, namespace: str, labels: Mapping[str, str],
                    scheme: str = "http") -> bool:
@@ -93,21 +106,30 @@ class Match:
                 and all(labels.get(k) == v for k, v in self.source_labels)
                 and (self.scheme is None or self.scheme.matches(scheme)))
 
+    def path_matches(self, path: str) -> bool:
+        """Whether ``path`` satisfies this block's path matcher (there must be one)."""
+        assert self.path is not None
+        if self.ignore_uri_case:
+            return StringMatch(self.path.kind, self.path.value.lower()).matches(path.lower())
+        return self.path.matches(path)
+
     @property
     def http_conditions(self) -> tuple[str, ...]:
         """The fields of this block only an HTTP request has (a TCP connection never
         matches them); sourceLabels and sourceNamespace are not among them."""
         return tuple(name for name, value in (
             ("path", self.path), ("methods", self.methods), ("headers", self.headers),
-            ("query", self.query), ("scheme", self.scheme)) if value)
+            ("query", self.query), ("scheme", self.scheme),
+            ("withoutHeaders", self.without_headers)) if value)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str],
                 query: Mapping[str, str]) -> bool:
         """Whether a request matches; ``headers`` keys must be lower case."""
-        return ((self.path is None or self.path.matches(path))
+        return ((self.path is None or self.path_matches(path))
                 and (not self.methods or method in self.methods)
                 and all(m.matches(headers.get(name)) for name, m in self.headers)
-                and all(m.matches(query.get(name)) for name, m in self.query))
+                and all(m.matches(query.get(name)) for name, m in self.query)
+                and not any(m.matches(headers.get(name)) for name, m in self.without_headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +171,13 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    """Injected error response for ``percent`` of requests."""
+    """Injected error response for ``percent`` of requests: ``http_status``, or with
+    ``grpc_status`` a gRPC call's trailers-only answer (``http_status`` is then the HTTP
+    status other requests get, the gRPC code's)."""
 
     http_status: int
     percent: float = 100.0
+    grpc_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +246,22 @@ class Cors:
     allow_credentials: bool = False
 
 
+# Envoy's default max_direct_response_body_size_bytes (the route configuration's limit)
+DIRECT_BODY_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Answer with this status and body instead of forwarding (Istio's HTTPDirectResponse)."""
+
+    status: int
+    body: bytes = b""
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One route rule: if any match block holds, send to the backends with these policies
-    (or, with ``redirect``, answer with a redirect)."""
+    (or, with ``redirect`` or ``direct_response``, answer the request itself)."""
 
     name: str | None
     matches: tuple[Match, ...]
@@ -241,6 +278,7 @@ class Rule:
     # Envoy's local_ratelimit at Istio's GATEWAY / SIDECAR_OUTBOUND; the fields and their
     # meaning are DestinationPolicy.rateLimit's.
     rate_limit: RateLimit | None = None
+    direct_response: DirectResponse | None = None
 
     @property
     def http_actions(self) -> tuple[str, ...]:
@@ -250,7 +288,7 @@ class Rule:
             ("timeout", self.timeout), ("retries", self.retries), ("fault", self.fault),
             ("mirror", self.mirror), ("headers", self.headers != HeaderOps()),
             ("rewrite", self.rewrite), ("redirect", self.redirect), ("cors", self.cors),
-            ("rateLimit", self.rate_limit))
+            ("rateLimit", self.rate_limit), ("directResponse", self.direct_response))
             if value)
 
     def matches_request(self, method: str, path: str, headers: Mapping[str, str],
@@ -311,9 +349,18 @@ def parse_match(data: object, path: str) -> Match:
     source_labels = f.value("sourceLabels", F.labels, {})
     source_namespace = f.optional("sourceNamespace", F.string(F.DNS_LABEL, "a namespace"))
     scheme = f.optional("scheme", _scheme_matcher)
+    without = f.value("withoutHeaders", _matcher_map(lower=True), ())
+    ignore_case = f.value("ignoreUriCase", F.boolean, False)
+    if ignore_case and path_match is not None and path_match.kind == "regex":
+        f.add(f.at("ignoreUriCase"), "applies to an exact or prefix path only; a regex says "
+                                     "it itself: start it with (?i)")
+    elif ignore_case and not f.has("path"):
+        f.add(f.at("ignoreUriCase"), "applies to the block's path: set path {exact: ...} or "
+                                     "{prefix: ...}")
     f.finish()
     return Match(path_match, (method,) if method else methods or (), headers, query,
-                 tuple(sorted(source_labels.items())), source_namespace, scheme)
+                 tuple(sorted(source_labels.items())), source_namespace, scheme, without,
+                 ignore_case)
 
 
 def _scheme_matcher(data: object, path: str) -> StringMatch:
@@ -373,7 +420,10 @@ def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:
 
 # What a rule that redirects cannot have: it forwards nothing.
 _FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite",
-                    "cors", "rateLimit")
+                    "cors", "rateLimit", "directResponse")
+# What a rule with a directResponse cannot have: it forwards nothing either, but its answer
+# may carry response header edits, and CORS and a rate limit come before it, as Istio's.
+_NOT_WITH_DIRECT = ("backends", "timeout", "retries", "fault", "mirror", "rewrite", "redirect")
 
 
 def _parse_rule(data: object, path: str) -> Rule:
@@ -381,24 +431,65 @@ def _parse_rule(data: object, path: str) -> Rule:
     name = f.optional("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name"))
     matches = f.value("matches", parse_match_blocks, ())
     redirect = f.optional("redirect", _parse_redirect)
+    direct = f.optional("directResponse", _parse_direct_response)
     if f.has("redirect"):
         for key in _FORWARDING_ONLY:
             if f.has(key):
                 f.add(f.at(key), "a rule with a redirect answers the request itself: "
                                  f"remove {key} or the redirect")
-    backends = f.value("backends", _parse_backends, ()) if f.has("redirect") else \
+    elif f.has("directResponse"):
+        for key in _NOT_WITH_DIRECT:
+            if f.has(key):
+                f.add(f.at(key), "a rule with a directResponse answers the request itself: "
+                                 f"remove {key} or the directResponse")
+    answers = f.has("redirect") or f.has("directResponse")
+    backends = f.value("backends", _parse_backends, ()) if answers else \
         f.required("backends", _parse_backends, ())
     timeout = f.optional("timeout", F.duration())
     retries = f.optional("retries", _parse_retries)
     fault = f.optional("fault", _parse_fault)
     mirror = f.optional("mirror", _parse_mirror)
     headers = f.value("headers", _parse_header_ops, HeaderOps())
+    if f.has("directResponse") and not f.has("redirect") and headers.request != HeaderEdits():
+        f.add(f.at("headers") + ".request", "a rule with a directResponse sends no request "
+                                            "upstream: only headers.response applies")
     rewrite = f.optional("rewrite", _parse_rewrite)
     cors = f.optional("cors", _parse_cors)
     rate_limit = f.optional("rateLimit", parse_rate_limit)
     f.finish()
     return Rule(name, matches, backends, timeout, retries, fault, mirror, headers, rewrite,
-                redirect, cors, rate_limit)
+                redirect, cors, rate_limit, direct)
+
+
+def _parse_direct_response(data: object, path: str) -> DirectResponse:
+    f = Fields(data, path)
+    status = f.required("status", _STATUS, 0)
+    body = f.value("body", _parse_direct_body, b"")
+    if body and status in (204, 304):
+        f.add(f.at("body"), f"a {status} answer has no body (RFC 9110): remove the body")
+    f.finish()
+    return DirectResponse(status, body)
+
+
+def _parse_direct_body(data: object, path: str) -> bytes:
+    """`{string: TEXT}` (sent as UTF-8) or `{bytes: BASE64}`, at most DIRECT_BODY_MAX bytes."""
+    if not isinstance(data, Mapping) or len(data) != 1 or next(iter(data)) not in (
+            "string", "bytes"):
+        fail(path, "expected a mapping with exactly one of string, bytes, like {string: TEXT}")
+    ((kind, value),) = data.items()
+    where = f"{path}.{kind}"
+    text = "" if value == "" else F.string()(value, where)
+    if kind == "string":
+        body = text.encode("utf-8")
+    else:
+        try:
+            body = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            fail(where, "expected base64 (RFC 4648, standard alphabet, padded)")
+    if len(body) > DIRECT_BODY_MAX:
+        fail(where, f"body is {len(body)} bytes, at most {DIRECT_BODY_MAX} are allowed "
+                    "(the proxy keeps it in memory, as Envoy's default limit)")
+    return body
 
 
 def _parse_cors(data: object, path: str) -> Cors:
@@ -544,10 +635,35 @@ def _parse_delay(data: object, path: str) -> Delay:
 
 def _parse_abort(data: object, path: str) -> Abort:
     f = Fields(data, path)
-    status = f.required("httpStatus", _STATUS, 0)
+    if f.has("httpStatus") == f.has("grpcStatus"):
+        f.add(path, "set exactly one of httpStatus, grpcStatus")
+    status = f.optional("httpStatus", _STATUS)
+    grpc = f.optional("grpcStatus", grpc_code)
     percent = f.value("percent", _PERCENT, 100.0)
     f.finish()
-    return Abort(status, percent)
+    if grpc is not None:
+        return Abort(HTTP_OF_GRPC.get(grpc, 500), percent, grpc)
+    return Abort(status or 0, percent)
+
+
+# gRPC code -> the HTTP status of a non-gRPC request's answer (the inverse of gRPC's "HTTP to
+# gRPC status code mapping", as Envoy's grpcToHttpStatus); other codes: 500.
+HTTP_OF_GRPC = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 12: 501, 14: 503, 16: 401}
+
+
+def grpc_code(data: object, path: str) -> int:
+    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16)."""
+    if isinstance(data, str) and not data.isdigit():
+        if data == "OK":
+            fail(path, "OK is no abort: name a failure like UNAVAILABLE")
+        if data not in GRPC_CODES:
+            fail(path, f"unknown gRPC status {data!r}, expected a code name in upper case "
+                       f"like UNAVAILABLE ({', '.join(GRPC_CODES)}) or its number, 1-16")
+        return GRPC_CODES[data]
+    code = int(data) if isinstance(data, str) else F.integer()(data, path)
+    if not 1 <= code <= 16:
+        fail(path, f"expected a gRPC status from 1 to 16 (OK, 0, is no abort), got {code}")
+    return code
 
 
 def _parse_mirror(data: object, path: str) -> Mirror:

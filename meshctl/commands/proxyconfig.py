@@ -326,13 +326,15 @@ def _matches(rule: dict[str, Any]) -> str:
         parts = []
         path = block.get("path")
         if path:
-            parts.append(f"path {path['kind']} {path['value']}")
+            parts.append(f"path {path['kind']} {path['value']}"
+                         + (" (any case)" if block.get("ignore_uri_case") else ""))
         if block.get("methods"):
             parts.append("method " + "|".join(block["methods"]))
         scheme = block.get("scheme")
         if scheme:  # settled per listener: shown, since the table is not per listener
             parts.append(f"scheme {scheme['kind']} {scheme['value']}")
-        for kind, items in (("header", block.get("headers")), ("query", block.get("query"))):
+        for kind, items in (("header", block.get("headers")), ("query", block.get("query")),
+                            ("without header", block.get("without_headers"))):
             for name, matcher in items or []:
                 value = (("present" if matcher.get("present") else "absent")
                          if matcher.get("kind") == "present"
@@ -348,6 +350,9 @@ def _action(rule: dict[str, Any], host: str) -> str:
         parts = [f"{k}={redirect[k]}" for k in ("scheme", "authority", "port", "uri")
                  if redirect.get(k) is not None]
         return f"redirect {redirect.get('code', 301)} " + " ".join(parts)
+    direct = rule.get("direct_response")
+    if direct:
+        return f"directResponse {direct.get('status')}"
     backends = rule.get("backends") or []
     split = ", ".join(
         f"{b.get('service') or host}{'/' + b['subset'] if b.get('subset') else ''} "

@@ -137,10 +137,11 @@ def rule_text(rule: dict[str, Any], host: str) -> str:
     backends = ", ".join(backend_text(b, host) for b in rule["backends"])
     extra = "".join(f" {k}={json.dumps(rule[k])}" if isinstance(rule[k], dict)
                     else f" {k}={rule[k]}"
-                    for k in ("timeout", "retries", "fault", "mirror", "rateLimit", "redirect")
+                    for k in ("timeout", "retries", "fault", "mirror", "rateLimit", "redirect",
+                              "directResponse")
                     if k in rule)
     name = f"[{rule['name']}] " if rule.get("name") else ""
-    return f"{name}{matches} -> {backends}{extra}"
+    return f"{name}{matches} ->{' ' if backends else ''}{backends}{extra}"
 
 
 def _routes(data: dict[str, Any]) -> list[str]:

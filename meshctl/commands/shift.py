@@ -89,9 +89,10 @@ def plan_shift(route: dict[str, Any], subsets: Sequence[str], weights: Weights,
     host = str(new["spec"]["host"])
     rules: list[dict[str, Any]] = new["spec"]["rules"]
     rule, where = pick_rule(rules, rule_name, host)
-    if "redirect" in rule:
-        raise ShiftRefused(f"{where} of {host} answers with a redirect and has no backends "
-                           "to shift; name a rule with backends (--rule NAME)")
+    for answer in ("redirect", "directResponse"):
+        if answer in rule:
+            raise ShiftRefused(f"{where} of {host} answers with a {answer} and has no "
+                               "backends to shift; name a rule with backends (--rule NAME)")
     backends: list[dict[str, Any]] = rule["backends"]
     before = [(output.backend_label(b, host), output.backend_weight(b, backends))
               for b in backends]

@@ -132,7 +132,7 @@ class ServiceDescription:
              "backends": [{"service": b.service, "subset": b.subset, "weight": b.weight}
                           for b in rule.backends],
              **{k: raw[k] for k in ("timeout", "retries", "fault", "mirror", "rateLimit",
-                                    "redirect") if k in raw}}
+                                    "redirect", "directResponse") if k in raw}}
             for rule, raw in zip(spec.rules, raw_rules, strict=True)]}
 
     def policies(self) -> list[dict[str, Any]]:

@@ -60,8 +60,18 @@ def _value_check(m: StringMatch) -> ValueCheck:
     raise ValueError(f"unknown matcher kind {m.kind!r}")
 
 
-def _path_check(m: StringMatch) -> Callable[[str], bool]:
+def _negated(check: ValueCheck) -> ValueCheck:
+    """A withoutHeaders matcher: the block holds only if the header's matcher does not."""
+    return lambda actual: not check(actual)
+
+
+def _path_check(m: StringMatch, ignore_case: bool = False) -> Callable[[str], bool]:
     value = m.value
+    if ignore_case and m.kind in ("exact", "prefix"):  # ignoreUriCase
+        folded = value.lower()
+        if m.kind == "exact":
+            return lambda path: path.lower() == folded
+        return lambda path: path.lower().startswith(folded)
     if m.kind == "exact":
         return lambda path: path == value
     if m.kind == "prefix":
@@ -74,12 +84,13 @@ def _path_check(m: StringMatch) -> Callable[[str], bool]:
 
 def _compile_block(block: Match) -> _Block:
     return (
-        _path_check(block.path) if block.path is not None else None,
+        _path_check(block.path, block.ignore_uri_case) if block.path is not None else None,
         # both str and bytes forms: the proxy hands the method over as parsed bytes
         frozenset[str | bytes]((*block.methods, *(m.encode() for m in block.methods)))
         if block.methods
         else None,
-        tuple((name.lower(), _value_check(m)) for name, m in block.headers),
+        (*((name.lower(), _value_check(m)) for name, m in block.headers),
+         *((name.lower(), _negated(_value_check(m))) for name, m in block.without_headers)),
         tuple((name, _value_check(m)) for name, m in block.query),
     )
 
