@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from meshctl.api.rules import HTTP_OF_GRPC
 from proxy import h2downgrade as downgrade
 from proxy.exchange import _LAST_CHUNK, Exchange
 from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
@@ -40,8 +41,7 @@ _TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # the call ended (and that it is gRPC), besides the reason header.
 _GRPC_KEPT = frozenset({REASON_HEADER, b"content-type", b"grpc-status", b"grpc-message"})
 # grpc-status of a trailers-only answer -> the HTTP status outlier detection counts (Envoy's).
-_HTTP_OF_GRPC = {"1": 499, "3": 400, "4": 504, "5": 404, "7": 403, "8": 429, "12": 501,
-                 "14": 503, "16": 401}
+_HTTP_OF_GRPC = {str(code): status for code, status in HTTP_OF_GRPC.items()}
 
 class H2Exchange(Exchange):
     """An Exchange whose client and upstream are HTTP/2 streams."""
