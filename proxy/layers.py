@@ -20,13 +20,13 @@ from proxy.policy.backoff import Backoff
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 
 if TYPE_CHECKING:
+    from meshctl.api.matches import Match
     from meshctl.api.policy import RateLimit
     from meshctl.api.rules import (
         Cors,
         DirectResponse,
         Fault,
         HeaderEdits,
-        Match,
         Redirect,
         Retries,
         Rewrite,

@@ -129,7 +129,7 @@ def test_every_kind_parses_to_its_spec_type() -> None:
      ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY",
       "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, notIdentities, "
       "services, notServices, namespaces, notNamespaces, ipBlocks, notIpBlocks, "
-      "requestPrincipals, notRequestPrincipals",
+      "remoteIpBlocks, notRemoteIpBlocks, requestPrincipals, notRequestPrincipals",
       "r.yaml doc 1: spec.rules[0].to[0].paths[0]: invalid value '/a*b', expected '/exact', "
       "'/prefix/*' or '*'"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: a}\n"

@@ -10,13 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshctl.api.errors import ValidationError
+from meshctl.api.matches import Match, StringMatch, parse_match
 from meshctl.api.rules import (
     DEFAULT_RETRY_ON,
     Backend,
     Backoff,
-    Match,
-    StringMatch,
-    parse_match,
     parse_rules,
 )
 

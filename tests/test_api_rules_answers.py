@@ -12,13 +12,12 @@ import yaml
 
 from meshctl.api.errors import ValidationError
 from meshctl.api.jsonschema import schema_for
+from meshctl.api.matches import StringMatch, parse_match
 from meshctl.api.resources import parse_document
 from meshctl.api.rules import (
     Abort,
     DirectResponse,
-    StringMatch,
     http_only_fields,
-    parse_match,
     parse_rules,
 )
 from proxy.policy.matching import compile_matches

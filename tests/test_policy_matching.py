@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshctl.api.rules import Match, StringMatch, parse_match_blocks
+from meshctl.api.matches import Match, StringMatch, parse_match_blocks
 from proxy.policy.matching import RequestView, compile_matches, parse_query
 
 

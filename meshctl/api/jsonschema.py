@@ -31,6 +31,7 @@ from meshctl.api.kinds import (
     OUTBOUND_TRAFFIC_MODES,
 )
 from meshctl.api.locality import LOCALITY_PATTERN, REGION
+from meshctl.api.matches import MATCHERS, PATH_MATCHERS, SCHEMES
 from meshctl.api.peerauthn import PEER_MODES
 from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
@@ -38,11 +39,8 @@ from meshctl.api.rules import (
     AUTHORITY,
     DIRECT_BODY_MAX,
     GRPC_CODES,
-    MATCHERS,
-    PATH_MATCHERS,
     REDIRECT_CODES,
     RETRY_ON,
-    SCHEMES,
     URI_PATH,
 )
 from meshctl.api.sidecar import EGRESS_HOST

@@ -13,9 +13,10 @@ from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
 from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
+from meshctl.api.matches import Match, parse_match_blocks
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
-from meshctl.api.rules import Match, Rule, parse_match_blocks, parse_rules
+from meshctl.api.rules import Rule, parse_rules
 from meshctl.api.sidecar import SidecarSpec, parse_sidecar
 from meshctl.api.telemetry import TelemetrySpec, parse_telemetry
 from meshctl.api.xfcc import trusted_xfcc_identities

@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-from meshctl.api.rules import Match, StringMatch
+from meshctl.api.matches import Match, StringMatch
 
 ValueCheck = Callable[[str | None], bool]
 # (path check, allowed methods, header checks, query checks); None / () = no condition.
