@@ -660,7 +660,7 @@ class RouterBuilder:
                 balancer = by_locality
         backend = Backend(name, subset, pools, balancer, prefix, state, hash_key)
         backend.panic = panic
-        backend.warmup = policy.warmup
+        backend.warmup = policy.warmup if endpoints is not None else None  # (mesh only)
         if slow is not None and balancer is slow:  # (under a locality balancer it stays)
             def warm() -> None:  # the last window is over: the plain balancer from now on
                 backend.balancer = slow.inner

@@ -80,17 +80,24 @@ class SlowStartBalancer:
                 self.done()
                 self.done = None
             return self.inner.pick(endpoints, exclude)
+        pick = self.inner.pick
+        picked = pick(endpoints, exclude)
+        arrivals = self._arrivals
+        arrived = arrivals.get(picked)
+        if arrived is None:  # a warm endpoint (the common case), or None: none eligible
+            return picked
         if endpoints is not self._seen:  # the same tuple on every pick of a backend
             self._seen = endpoints
-            self._oldest = min((self._arrivals.get(e, NEVER) for e in endpoints), default=NEVER)
+            self._oldest = min((arrivals.get(e, NEVER) for e in endpoints), default=NEVER)
         top = 1.0 if self._oldest == NEVER else slow_start_factor(
             now - self._oldest, self.window, self.minimum_percent, self.aggression)
-        picked = None
-        for _ in range(_TRIES):
-            picked = self.inner.pick(endpoints, exclude)
-            if picked is None:
-                return None
-            weight = self.factor(picked, now)
+        for _ in range(_TRIES - 1):
+            weight = slow_start_factor(now - arrived, self.window, self.minimum_percent,
+                                       self.aggression)
             if weight >= top or self._rng.random() * top < weight:
+                return picked
+            picked = pick(endpoints, exclude)
+            arrived = arrivals.get(picked)
+            if arrived is None:
                 return picked
         return picked
