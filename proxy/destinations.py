@@ -128,17 +128,18 @@ class DestinationState:
         # maxConnections caps (here, not on the Breaker, which a new limit replaces).
         self.tcp_connections = 0
         # When this proxy first saw each endpoint (the registry's clock); NEVER for those
-        # there when the destination was first configured (None: not yet). Slow start
-        # (DestinationPolicy warmup) ramps the endpoints that arrived since.
+        # there when the destination was first configured or had none (None: not yet
+        # configured). Slow start (DestinationPolicy warmup) ramps the others.
         self.arrivals: dict[Address, float] | None = None
 
     def note_endpoints(self, addresses: set[Address], now: float) -> None:
-        """The destination's endpoints in a new snapshot: a new one arrives ``now``; one gone
+        """The destination's endpoints in a new snapshot: a new one arrives ``now`` (unless the
+        destination had none, when the first ones take every request anyway); one gone
         is forgotten, so if it comes back (its sidecar restarted, or ready again) it is new
         again, as Envoy's host that joins the cluster anew or passes its active health check.
         A return from an outlier ejection is no arrival: the endpoint never left the config."""
         arrivals = self.arrivals
-        if arrivals is None:  # the destination is new to this proxy: nothing ramps
+        if not arrivals:  # new to this proxy, or it had no endpoint: nothing to ramp against
             self.arrivals = dict.fromkeys(addresses, NEVER)
             return
         for address in addresses:

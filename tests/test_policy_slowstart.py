@@ -100,10 +100,11 @@ def test_exclusions_and_nothing_left_are_the_inner_balancers() -> None:
 
 
 def test_arrivals_of_a_destination() -> None:
-    """Endpoints there when a destination is first configured never warm; a later one arrives
-    when first seen; one that leaves and comes back arrives again."""
+    """Endpoints there when a destination is first configured, or when it had none, never
+    warm; a later one arrives when first seen; one that leaves and comes back arrives again."""
     state = DestinationState("api")
     a, b = Address("10.0.0.1", 80), Address("10.0.0.2", 80)
+    state.note_endpoints(set(), 50.0)  # known, no endpoint yet (its first replica starting)
     state.note_endpoints({a}, 100.0)
     assert state.arrivals == {a: NEVER}
     state.note_endpoints({a, b}, 200.0)
