@@ -169,7 +169,8 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
     "DestinationPolicy": [
         ("HOST", lambda d: str(_spec(d).get("host", ""))),
         ("SUBSETS", lambda d: _joined(s.get("name") for s in _spec(d).get("subsets") or [])),
-        ("LB", lambda d: str(_spec(d).get("loadBalancer", "LEAST_REQUEST")))],
+        ("LB", lambda d: str(_spec(d).get("loadBalancer", "LEAST_REQUEST"))
+         + (" +warmup" if "warmup" in _spec(d) or "warmupDurationSecs" in _spec(d) else ""))],
     "AuthorizationPolicy": [
         ("SERVICE", _authz_target),
         ("ACTION", lambda d: str(_spec(d).get("action", "ALLOW"))),

@@ -1,4 +1,5 @@
-"""Per-destination state that outlives config pushes: breaker counts, waiters, ejections, budget.
+"""Per-destination state that outlives config pushes: breaker counts, waiters, ejections, budget,
+when each endpoint was first seen (slow start).
 
 Keyed by service name, and subset for a subset with policy fields of its own (a destination of
 its own, as Envoy's subset cluster), so a new snapshot with the same destination keeps its
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.policy.outlier import OutlierDetector
 from proxy.policy.retry_budget import RetryBudget
+from proxy.policy.slowstart import NEVER
 
 if TYPE_CHECKING:
     from meshctl.api.policy import ConnectionPool, OutlierDetection
+    from proxy.config import Address
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
     from proxy.pools import EndpointPool
@@ -113,7 +116,7 @@ class Breaker:
 class DestinationState:
     """Everything stateful about one destination: a service, or a subset with its own policy."""
 
-    __slots__ = ("breaker", "budget", "name", "outlier", "subset", "tcp_connections")
+    __slots__ = ("arrivals", "breaker", "budget", "name", "outlier", "subset", "tcp_connections")
 
     def __init__(self, name: str, subset: str | None = None) -> None:
         self.name = name
@@ -124,6 +127,26 @@ class DestinationState:
         # A TCP service's connections from this proxy, opening or open: what its
         # maxConnections caps (here, not on the Breaker, which a new limit replaces).
         self.tcp_connections = 0
+        # When this proxy first saw each endpoint (the registry's clock); NEVER for those
+        # there when the destination was first configured or had none (None: not yet
+        # configured). Slow start (DestinationPolicy warmup) ramps the others.
+        self.arrivals: dict[Address, float] | None = None
+
+    def note_endpoints(self, addresses: set[Address], now: float) -> None:
+        """The destination's endpoints in a new snapshot: a new one arrives ``now`` (unless the
+        destination had none, when the first ones take every request anyway); one gone
+        is forgotten, so if it comes back (its sidecar restarted, or ready again) it is new
+        again, as Envoy's host that joins the cluster anew or passes its active health check.
+        A return from an outlier ejection is no arrival: the endpoint never left the config."""
+        arrivals = self.arrivals
+        if not arrivals:  # new to this proxy, or it had no endpoint: nothing to ramp against
+            self.arrivals = dict.fromkeys(addresses, NEVER)
+            return
+        for address in addresses:
+            arrivals.setdefault(address, now)
+        if len(arrivals) != len(addresses):
+            for address in [a for a in arrivals if a not in addresses]:
+                del arrivals[address]
 
 
 class DestinationRegistry:
@@ -168,6 +191,7 @@ class DestinationRegistry:
         else:
             self._labels.pop(name, None)
         state = self.get(name, subset)
+        state.note_endpoints({p.address for p in pools}, self.clock())
         breaker = state.breaker
         if pool_settings is None:
             if breaker is not None:

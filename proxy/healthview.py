@@ -1,17 +1,24 @@
-"""Each destination's endpoints as they stand now (ejections, panic, activity): /config_dump."""
+"""Each destination's endpoints as they stand now (ejections, panic, warming, activity):
+/config_dump."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from proxy.policy.slowstart import NEVER, slow_start_factor
 
-def health_view(backends: Iterable[Any]) -> dict[str, Any]:
+
+def health_view(backends: Iterable[Any],
+                clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Per destination (`reviews`, or `reviews/v2` for a subset with a policy of its own,
     whose ejections are its own): each endpoint its routes reach, with its `status`
     (HEALTHY or EJECTED), for an ejected one the seconds left and whether a panic threshold
-    sends traffic to it all the same, and its pool's in-flight requests and connections.
-    Computed on read from the detectors and pools the requests use: nothing per request."""
+    sends traffic to it all the same, for one in slow start (warmup) the seconds left and its
+    weight now (percent), and its pool's in-flight requests and connections. Computed on
+    read from the detectors and pools the requests use: nothing per request. ``clock``: the
+    one the destinations' arrivals are on."""
     grouped: dict[str, list[Any]] = {}
     for backend in backends:
         state = backend.state
@@ -26,10 +33,19 @@ def health_view(backends: Iterable[Any]) -> dict[str, Any]:
         for backend in members:  # a subset without a policy of its own: the service's state
             for pool in backend.pools:
                 pools.setdefault(str(pool.address), pool)
-        view[name] = {
-            "outlierDetection": outlier is not None,
-            "endpoints": [_endpoint(address, pool, outlier, members)
-                          for address, pool in sorted(pools.items())]}
+        warmup = members[0].warmup
+        arrivals = (members[0].state.arrivals or {}) if warmup is not None else {}
+        now = clock()
+        endpoints = []
+        for address, pool in sorted(pools.items()):
+            entry = _endpoint(address, pool, outlier, members)
+            age = now - arrivals.get(pool.address, NEVER)
+            if warmup is not None and age < warmup.duration:
+                entry["warmingSeconds"] = round(warmup.duration - age, 1)
+                entry["weightPercent"] = round(100 * slow_start_factor(
+                    age, warmup.duration, warmup.minimum_percent, warmup.aggression), 1)
+            endpoints.append(entry)
+        view[name] = {"outlierDetection": outlier is not None, "endpoints": endpoints}
     return view
 
 

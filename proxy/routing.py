@@ -29,6 +29,7 @@ from proxy.policy.balancer import (
     RoundRobinBalancer,
 )
 from proxy.policy.panic import PanicGuard
+from proxy.policy.slowstart import NEVER, SlowStartBalancer
 from proxy.policy.weighted import WeightedPicker
 from proxy.servicenames import lookup_service_name, unresolved_names
 
@@ -48,7 +49,7 @@ class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
     __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "panic", "pools",
-                 "service", "state", "subset", "tcp_idle_timeout")
+                 "service", "state", "subset", "tcp_idle_timeout", "warmup")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
@@ -70,6 +71,9 @@ class Backend:
         self.tcp_idle_timeout: float | None = None
         # outlierDetection.minHealthPercent above 0: ejections are ignored in panic
         self.panic: PanicGuard | None = None
+        # DestinationPolicy warmup (meshctl.api.policy.Warmup), for the admin's views: the
+        # balancer itself is wrapped only while some endpoint is warming (SlowStartBalancer)
+        self.warmup: Any = None
 
     def pick_endpoint(self, ex: Exchange | None = None,
                       exclude: list[EndpointPool] | None = None) -> EndpointPool | None:
@@ -638,6 +642,12 @@ class RouterBuilder:
             hash_key = _hash_key(policy.consistent_hash)
         else:
             balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
+        slow = None
+        if policy.warmup is not None and hash_key is None and endpoints is not None \
+                and state is not None:  # (a mesh service's: its endpoints arrive and leave)
+            slow = _slow_start(balancer, policy.warmup, state, pools, self.rng,
+                               self.destinations.clock)
+            balancer = slow or balancer
         node = self.snapshot.node
         if node.locality is not None and endpoints is not None:  # else: no cost at all
             # a ring per group; the other balancers take their endpoints per pick: one serves
@@ -651,6 +661,12 @@ class RouterBuilder:
                 balancer = by_locality
         backend = Backend(name, subset, pools, balancer, prefix, state, hash_key)
         backend.panic = panic
+        backend.warmup = policy.warmup if endpoints is not None else None  # (mesh only)
+        if slow is not None and balancer is slow:  # (under a locality balancer it stays)
+            def warm() -> None:  # the last window is over: the plain balancer from now on
+                backend.balancer = slow.inner
+
+            slow.done = warm
         return backend
 
     def _panic_guard(self, name: str, subset: str | None, pools: tuple[EndpointPool, ...],
@@ -783,6 +799,23 @@ def tcp_idle_timeout(policy: Any) -> float:
 
     pool = policy.connection_pool if policy is not None else None
     return float((pool or ConnectionPool()).tcp_idle_timeout)
+
+
+def _slow_start(balancer: Any, warmup: Any, state: DestinationState,
+                pools: tuple[EndpointPool, ...], rng: random.Random,
+                clock: Callable[[], float]) -> SlowStartBalancer | None:
+    """``balancer`` under slow start while some of ``pools`` is warming (arrived less than
+    ``warmup.duration`` ago, DestinationState.arrivals); None when none is: the destination
+    then pays nothing per request."""
+    arrivals = state.arrivals or {}
+    now = clock()
+    warming = {p: arrivals[p.address] for p in pools
+               if now - arrivals.get(p.address, NEVER) < warmup.duration}
+    if not warming or len(pools) < 2:
+        return None
+    return SlowStartBalancer(balancer, warming, warmup.duration, clock, rng,
+                             minimum_percent=warmup.minimum_percent,
+                             aggression=warmup.aggression)
 
 
 def _balancer(kind: str, rng: random.Random, available: Any = None) -> Any:

@@ -75,7 +75,7 @@ def test_new_limits_keep_the_breaker_and_wake_the_queue_that_fits() -> None:
     """Changed limits change the same breaker (a request gives its slot back to the breaker
     it took it from); raised to two connections, one of two queued requests goes."""
     registry = DestinationRegistry(RequestStats())
-    pool = SimpleNamespace(connections=1, breaker=None)
+    pool = SimpleNamespace(connections=1, breaker=None, address="10.0.0.1:80")
     state = registry.configure("reviews", ConnectionPool(max_connections=1), None, (pool,),  # type: ignore[arg-type]
                                20, 10)
     first = state.breaker
@@ -90,7 +90,7 @@ def test_new_limits_keep_the_breaker_and_wake_the_queue_that_fits() -> None:
 
 def test_removed_limits_leave_the_pools_and_let_every_queued_request_go() -> None:
     registry = DestinationRegistry(RequestStats())
-    pool = SimpleNamespace(connections=1, breaker=None)
+    pool = SimpleNamespace(connections=1, breaker=None, address="10.0.0.1:80")
     state = registry.configure("reviews", ConnectionPool(max_connections=1), None, (pool,),  # type: ignore[arg-type]
                                20, 10)
     old = state.breaker

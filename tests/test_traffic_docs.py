@@ -18,7 +18,7 @@ def test_every_feature_has_an_example() -> None:
     text = "\n".join(BLOCKS)
     for field in ("matches:", "weight:", "timeout:", "retries:", "connectionPool:",
                   "outlierDetection:", "rateLimit:", "fault:", "mirror:", "headers:",
-                  "loadBalancer:", "subsets:", "localityLbSetting:"):
+                  "loadBalancer:", "subsets:", "localityLbSetting:", "warmup:"):
         assert field in text, field
 
 

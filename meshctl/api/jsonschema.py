@@ -33,7 +33,7 @@ from meshctl.api.kinds import (
 from meshctl.api.locality import LOCALITY_PATTERN, REGION
 from meshctl.api.matches import MATCHERS, PATH_MATCHERS, SCHEMES
 from meshctl.api.peerauthn import PEER_MODES
-from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
+from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES, WARMUP_BALANCERS
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
@@ -223,6 +223,9 @@ _SUBSET_POLICY: Schema = {
     "consistentHash": _obj({"header": _str(F.HEADER_NAME),
                             "queryParameter": _str(r"^[^\s&=#]+$"),
                             "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
+    "warmup": _obj({"duration": _duration(), "minimumPercent": _num(0, 100),
+                    "aggression": {"type": "number", "exclusiveMinimum": 0}}, ("duration",)),
+    "warmupDurationSecs": _duration("Istio's older spelling of warmup: {duration}"),
     "connectionPool": _obj({
         "maxConnections": _int(1), "maxPendingRequests": _int(0),
         "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
@@ -233,12 +236,18 @@ _SUBSET_POLICY: Schema = {
         "interval": _duration(), "baseEjectionTime": _duration(),
         "maxEjectionPercent": _int(0, 100), "minHealthPercent": _int(0, 100)}),
 }
-# consistentHash if and only if loadBalancer (in the same mapping) is CONSISTENT_HASH
-_BALANCER_RULE: Schema = {
-    "if": {"required": ["loadBalancer"],
-           "properties": {"loadBalancer": {"const": "CONSISTENT_HASH"}}},
-    "then": {"required": ["consistentHash"]},
-    "else": {"not": {"required": ["consistentHash"]}}}
+_WARMUP_KEYS: Schema = {"anyOf": [{"required": ["warmup"]}, {"required": ["warmupDurationSecs"]}]}
+# In the same mapping: consistentHash if and only if loadBalancer is CONSISTENT_HASH; warmup or
+# warmupDurationSecs (not both) with ROUND_ROBIN or LEAST_REQUEST (the default) only
+_BALANCER_RULE: Schema = {"allOf": [
+    {"if": {"required": ["loadBalancer"],
+            "properties": {"loadBalancer": {"const": "CONSISTENT_HASH"}}},
+     "then": {"required": ["consistentHash"]},
+     "else": {"not": {"required": ["consistentHash"]}}},
+    {"not": {"required": ["warmup", "warmupDurationSecs"]}},
+    {"if": {"required": ["loadBalancer"], "properties": {"loadBalancer": {
+        "enum": [b for b in LOAD_BALANCERS if b not in WARMUP_BALANCERS]}}},
+     "then": {"not": _WARMUP_KEYS}}]}
 
 # Istio's localityLbSetting: a DestinationPolicy's, and MeshConfig's default
 _LOCALITY_LB: Schema = _obj({

@@ -12,13 +12,18 @@ from meshctl.api.fields import Fields
 from meshctl.api.locality import LocalityLbSetting, check_locality_lb, parse_locality_lb_setting
 
 LOAD_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN", "RANDOM", "PEAK_EWMA", "CONSISTENT_HASH")
-POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection",
-                 "rateLimit", "tls", "localityLbSetting")
+# The balancers whose picks a warmup (slow start) scales, as Envoy's and Istio's
+WARMUP_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN")
+POLICY_FIELDS = ("loadBalancer", "consistentHash", "warmup", "warmupDurationSecs",
+                 "connectionPool", "outlierDetection", "rateLimit", "tls", "localityLbSetting")
 TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL")
 HASH_KEYS = ("header", "queryParameter", "sourceIp")
 # The policy fields a subset may set for itself (Istio's subsets[].trafficPolicy, flat as the
 # spec's own); rateLimit and tls stay with the host (see _NOT_IN_SUBSET).
-SUBSET_POLICY_FIELDS = ("loadBalancer", "consistentHash", "connectionPool", "outlierDetection")
+SUBSET_POLICY_FIELDS = ("loadBalancer", "consistentHash", "warmup", "warmupDurationSecs",
+                        "connectionPool", "outlierDetection")
+# What goes with loadBalancer: a subset setting any of them replaces all of the host's
+_BALANCING_FIELDS = ("loadBalancer", "consistentHash", "warmup", "warmupDurationSecs")
 _NOT_IN_SUBSET = {
     "rateLimit": "not per subset: the destination's sidecars enforce it for every caller, "
                  "whatever subset a Route sent the request to; set it at the top of spec",
@@ -27,7 +32,7 @@ _NOT_IN_SUBSET = {
     "localityLbSetting": "not per subset: set it at the top of spec, where it applies to the "
                          "traffic of every subset (each ordered by its own endpoints)",
     "trafficPolicy": "a subset takes the policy fields themselves, without trafficPolicy: "
-                     "{name, labels, loadBalancer, consistentHash, connectionPool, "
+                     "{name, labels, loadBalancer, consistentHash, warmup, connectionPool, "
                      "outlierDetection}",
 }
 
@@ -92,6 +97,17 @@ class ConsistentHash:
 
 
 @dataclass(frozen=True, slots=True)
+class Warmup:
+    """Slow start (Istio's loadBalancer.warmup, Envoy's slow_start_config): for ``duration``
+    seconds after this proxy first sees an endpoint, its weight is scaled by
+    max(minimum_percent / 100, (max(age, 1 s) / duration) ** (1 / aggression))."""
+
+    duration: float
+    minimum_percent: float = 10.0
+    aggression: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ClientTLS:
     """TLS a sidecar originates to a host outside the mesh (Istio's ClientTLSSettings)."""
 
@@ -113,6 +129,7 @@ class TrafficPolicy:
     consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
     tls: ClientTLS | None = None  # ExternalService hosts only: mesh hops are mTLS anyway
     locality_lb: LocalityLbSetting | None = None  # localityLbSetting (meshctl.api.locality)
+    warmup: Warmup | None = None  # ROUND_ROBIN and LEAST_REQUEST only
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +137,20 @@ class SubsetPolicy:
     """The policy fields a subset sets (None: the host's). Each replaces the host's whole
     field, as Istio merges a subset's trafficPolicy: a subset's ``connectionPool`` is the
     whole pool (its unset limits at their defaults, not the host's); ``load_balancer`` comes
-    with its own ``consistent_hash``."""
+    with its own ``consistent_hash`` and ``warmup`` (Istio's loadBalancer holds all three)."""
 
     load_balancer: str | None = None
     consistent_hash: ConsistentHash | None = None  # with load_balancer CONSISTENT_HASH only
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    warmup: Warmup | None = None  # with load_balancer ROUND_ROBIN or LEAST_REQUEST only
 
     def over(self, host: TrafficPolicy) -> TrafficPolicy:
         """The policy of traffic routed to the subset: ``host``'s, with this one's fields."""
         policy = host
         if self.load_balancer is not None:
             policy = replace(policy, load_balancer=self.load_balancer,
-                             consistent_hash=self.consistent_hash)
+                             consistent_hash=self.consistent_hash, warmup=self.warmup)
         if self.connection_pool is not None:
             policy = replace(policy, connection_pool=self.connection_pool)
         if self.outlier_detection is not None:
@@ -186,7 +204,7 @@ def parse_policy(data: object, path: str) -> TrafficPolicy:
 
 def read_policy(f: Fields) -> TrafficPolicy:
     """Read the traffic-policy fields of an open mapping (so specs can add their own fields)."""
-    balancer, hashing = _read_balancer(f)
+    balancer, hashing, warmup = _read_balancer(f)
     return TrafficPolicy(
         balancer,
         f.optional("connectionPool", parse_connection_pool),
@@ -195,11 +213,14 @@ def read_policy(f: Fields) -> TrafficPolicy:
         hashing,
         f.optional("tls", parse_client_tls),
         f.optional("localityLbSetting", parse_locality_lb_setting),
+        warmup,
     )
 
 
-def _read_balancer(f: Fields, subset: bool = False) -> tuple[str, ConsistentHash | None]:
-    """loadBalancer and consistentHash, which go together (one without the other is refused)."""
+def _read_balancer(f: Fields, subset: bool = False
+                   ) -> tuple[str, ConsistentHash | None, Warmup | None]:
+    """loadBalancer with what goes with it: consistentHash (with CONSISTENT_HASH, and only
+    then) and warmup (ROUND_ROBIN and LEAST_REQUEST only)."""
     balancer = f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST")
     hashing = f.optional("consistentHash", parse_consistent_hash)
     if balancer == "CONSISTENT_HASH" and not f.has("consistentHash"):
@@ -207,9 +228,50 @@ def _read_balancer(f: Fields, subset: bool = False) -> tuple[str, ConsistentHash
                                       "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}")
     elif f.has("consistentHash") and balancer != "CONSISTENT_HASH":
         f.add(f.at("consistentHash"), "has no effect unless loadBalancer is CONSISTENT_HASH"
-              + (" in this subset (a subset's loadBalancer replaces the host's loadBalancer "
-                 "and consistentHash together)" if subset else ""))
-    return balancer, hashing
+              + (" in this subset (a subset's loadBalancer replaces the host's loadBalancer, "
+                 "consistentHash and warmup together)" if subset else ""))
+    warmup = _read_warmup(f)
+    if warmup is not None and balancer not in WARMUP_BALANCERS:
+        key = "warmup" if f.has("warmup") else "warmupDurationSecs"
+        f.add(f.at(key), f"only with loadBalancer ROUND_ROBIN or LEAST_REQUEST (as Envoy's slow "
+                         f"start), not {balancer}: {_NO_WARMUP.get(balancer, '')}"
+              + (" (a subset's loadBalancer replaces the host's loadBalancer, consistentHash "
+                 "and warmup together)" if subset else ""))
+    return balancer, hashing, warmup
+
+
+_NO_WARMUP = {
+    "RANDOM": "a uniform draw has no weights to scale",
+    "PEAK_EWMA": "it already steers away from a slow new endpoint by its measured latency",
+    "CONSISTENT_HASH": "a key's endpoint is fixed by the ring, not by a weight",
+}
+
+
+def _read_warmup(f: Fields) -> Warmup | None:
+    """warmup: {duration, minimumPercent, aggression}, or Istio's older warmupDurationSecs
+    (the duration alone); not both."""
+    warmup = f.optional("warmup", parse_warmup)
+    seconds = f.optional("warmupDurationSecs", F.duration())
+    if f.has("warmup") and f.has("warmupDurationSecs"):
+        f.add(f.at("warmupDurationSecs"), "set warmup or warmupDurationSecs, not both "
+                                          "(warmupDurationSecs: D is warmup: {duration: D})")
+    return warmup if warmup is not None else (
+        Warmup(seconds) if seconds is not None else None)
+
+
+def parse_warmup(data: object, path: str) -> Warmup:
+    """warmup: {duration: 60s, minimumPercent: 10, aggression: 1.0} (duration required)."""
+    f = Fields(data, path)
+    d = Warmup(0.0)
+    warmup = Warmup(
+        f.required("duration", F.duration(), 1.0),
+        f.value("minimumPercent", F.number(0, 100), d.minimum_percent),
+        f.value("aggression", F.number(0), d.aggression))
+    if f.has("aggression") and warmup.aggression <= 0:
+        f.add(f.at("aggression"), "must be greater than 0 (1.0: a linear ramp; above 1 the "
+                                  "weight rises faster early on)")
+    f.finish()
+    return warmup
 
 
 def read_subset_policy(f: Fields) -> SubsetPolicy | None:
@@ -219,11 +281,12 @@ def read_subset_policy(f: Fields) -> SubsetPolicy | None:
             f.add(f.at(key), why)
     if not any(f.has(k) for k in SUBSET_POLICY_FIELDS):
         return None
-    balancing = f.has("loadBalancer") or f.has("consistentHash")
-    balancer, hashing = _read_balancer(f, subset=True) if balancing else (None, None)
+    balancing = any(f.has(k) for k in _BALANCING_FIELDS)
+    balancer, hashing, warmup = _read_balancer(f, subset=True) if balancing \
+        else (None, None, None)
     return SubsetPolicy(balancer, hashing,
                         f.optional("connectionPool", parse_connection_pool),
-                        f.optional("outlierDetection", parse_outlier_detection))
+                        f.optional("outlierDetection", parse_outlier_detection), warmup)
 
 
 def parse_subset_policy(data: object, path: str) -> SubsetPolicy | None:

@@ -423,6 +423,9 @@ def endpoint_status(health: dict[str, Any], service: str, address: str) -> tuple
 
 def _state(entry: dict[str, Any]) -> str:
     if entry.get("status") != "EJECTED":
+        if entry.get("warmingSeconds"):  # slow start (warmup): its weight rising
+            return (f"WARMING ({entry.get('weightPercent'):g}% weight, "
+                    f"{duration(float(entry['warmingSeconds']))} left)")
         return str(entry.get("status"))
     left = f"EJECTED ({duration(float(entry.get('ejectedSeconds') or 0))} left)"
     # minHealthPercent: traffic goes to it all the same while its priority is in panic

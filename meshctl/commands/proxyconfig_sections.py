@@ -184,6 +184,14 @@ def _lb(policy: dict[str, Any]) -> str:
     hashing = policy.get("consistent_hash")
     if lb == "CONSISTENT_HASH" and hashing:
         lb += f" {hashing.get('kind')}" + (f" {hashing['name']}" if hashing.get("name") else "")
+    warmup = policy.get("warmup")
+    if warmup:  # slow start: the window, and the ramp when not Envoy's default
+        lb += f" warmup {duration(float(warmup.get('duration') or 0))}"
+        shape = [f"min {warmup['minimum_percent']:g}%"
+                 if warmup.get("minimum_percent", 10.0) != 10.0 else "",
+                 f"aggression {warmup['aggression']:g}" if warmup.get("aggression", 1.0) != 1.0
+                 else ""]
+        lb += "".join(f" · {part}" for part in shape if part)
     return lb + (" +locality" if policy.get("locality_lb") else "")
 
 
