@@ -7,8 +7,14 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from hypothesis import settings
 
 from tests.proxyharness import Backends, echo_app
+
+# Hypothesis fails an example that runs longer than 200 ms by default: a timed assertion,
+# which a loaded CI machine trips (seen on test_policy_balancer). Properties, not timings.
+settings.register_profile("ami", deadline=None)
+settings.load_profile("ami")
 
 
 def pytest_configure(config: pytest.Config) -> None:
