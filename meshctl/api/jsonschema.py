@@ -24,7 +24,7 @@ from meshctl.api.kinds import (
 )
 from meshctl.api.locality import LOCALITY_PATTERN, REGION
 from meshctl.api.peerauthn import PEER_MODES
-from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES
+from meshctl.api.policy import COOKIE_NAME, COOKIE_PATH, LOAD_BALANCERS, TLS_MODES
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
@@ -191,7 +191,14 @@ _SUBSET_POLICY: Schema = {
     "loadBalancer": {"enum": list(LOAD_BALANCERS)},
     "consistentHash": _obj({"header": _str(F.HEADER_NAME),
                             "queryParameter": _str(r"^[^\s&=#]+$"),
-                            "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
+                            "sourceIp": {"const": True},
+                            "httpCookie": _obj({
+                                "name": _str(COOKIE_NAME),
+                                "path": _str(COOKIE_PATH, maxLength=1024),
+                                "ttl": _duration("set the cookie on a client without it; "
+                                                 "0s: a session cookie", zero=True)},
+                                ("name",))},
+                           minProperties=1, maxProperties=1),
     "connectionPool": _obj({
         "maxConnections": _int(1), "maxPendingRequests": _int(0),
         "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
