@@ -80,10 +80,18 @@ class CookieAffinity:
             if not isinstance(edits, SetCookie):  # (a retry's pick: installed already)
                 ex.response_edits = SetCookie(edits, ex, self, value)
             if value is None:
-                # One key per client connection, as Envoy's generated value (its addresses)
-                conn = ex.downstream.session if ex.http2 else ex.downstream  # type: ignore
-                return f"connection:{id(conn):x}"
+                return connection_key(ex)
         return value
+
+
+def connection_key(ex: Exchange) -> str:
+    """One key per client connection, as Envoy's generated value (a hash of the connection's
+    addresses): the client's address and port (the object's id alone would come back for the
+    next connection, its memory reused, and send one-shot clients to one endpoint)."""
+    conn = ex.downstream.session if ex.http2 else ex.downstream  # type: ignore[attr-defined]
+    transport = conn.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"connection:{peer}:{id(conn):x}"
 
 
 class SetCookie:

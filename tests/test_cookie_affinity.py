@@ -230,14 +230,27 @@ class Pool:
     address: str
 
 
+class FakeTransport:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", self.port) if name == "peername" else None
+
+
+class FakeConnection:
+    def __init__(self, port: int) -> None:
+        self.transport = FakeTransport(port)
+
+
 class FakeExchange:
     """What the cookie's key and edits read of an exchange."""
 
-    def __init__(self, cookie: bytes | None = None) -> None:
+    def __init__(self, cookie: bytes | None = None, port: int = 40000) -> None:
         self.headers = _cookies(cookie) if cookie is not None else [(b"host", b"web")]
         self.response_edits: Any = None
         self.http2 = False
-        self.downstream = object()  # the client connection
+        self.downstream: Any = FakeConnection(port)  # the client connection
         self.conn: object | None = None
         self.pool: Pool | None = None
 
@@ -267,11 +280,17 @@ def test_without_the_cookie_the_answer_names_its_endpoint() -> None:
 
 
 def test_concurrent_requests_of_one_connection_share_their_key() -> None:
+    """The same connection, the same key; another connection (another client port), another
+    key, even when its object reuses the first one's memory (the same id)."""
     affinity = _affinity()
-    first, second, other = FakeExchange(), FakeExchange(), FakeExchange()
+    first, second, other = FakeExchange(), FakeExchange(), FakeExchange(port=40001)
     second.downstream = first.downstream
     keys = [affinity.key(ex) for ex in (first, second, other)]  # type: ignore[arg-type]
     assert keys[0] == keys[1] != keys[2]
+    later = FakeExchange(port=40002)
+    later.downstream = first.downstream  # (a new connection where the old one was)
+    later.downstream.transport = FakeTransport(40002)
+    assert affinity.key(later) != keys[0]  # type: ignore[arg-type]
 
 
 def test_a_cookie_naming_the_endpoint_that_answered_is_not_set_again() -> None:

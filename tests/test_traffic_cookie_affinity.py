@@ -5,6 +5,7 @@ a caller sidecar `shop` (no app) and apps behind their sidecars, each answering 
   subset `canary` has a cookie of its own, `canary` with ttl 0s (a session cookie); the Route
   sends requests with `x-canary: 1` there.
 - `cart` (c1, c2): `pinned` cookie without a ttl, so the proxy never sets it.
+- `flaky` (f1 answering 503, f2): `sticky` cookie with a ttl, requests retried on 5xx.
 
 The test that adds and removes an endpoint of web (w4) runs last in the module.
 """
@@ -62,6 +63,23 @@ spec:
   host: cart
   loadBalancer: CONSISTENT_HASH
   consistentHash: {httpCookie: {name: pinned}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: flaky}
+spec:
+  host: flaky
+  loadBalancer: CONSISTENT_HASH
+  consistentHash: {httpCookie: {name: sticky, ttl: 60s}}
+---
+apiVersion: ami.mesh/v1alpha1
+kind: Route
+metadata: {name: flaky}
+spec:
+  host: flaky
+  rules:
+    - backends: [{}]
+      retries: {attempts: 3, retryOn: [5xx]}
 """
 
 WEB = {"w1", "w2", "w3"}
@@ -72,10 +90,11 @@ class AffinityMesh(meshbuilder.Mesh):
     shop: MeshProcess
     apps: dict[str, MeshProcess]  # the sidecars, by their app's name
 
-    def endpoint(self, service: str, name: str, version: str, labels: str = "") -> MeshProcess:
-        """App ``name`` behind a sidecar of ``service`` labelled version=``version`` (and
-        ``labels``)."""
-        app = self.backend(name)
+    def endpoint(self, service: str, name: str, version: str, labels: str = "",
+                 status: int = 200) -> MeshProcess:
+        """App ``name`` (answering ``status``) behind a sidecar of ``service`` labelled
+        version=``version`` (and ``labels``)."""
+        app = self.backend(name, status)
         proc = self.sidecar(service, version, app=app.info["address"],
                             extra=["--labels", f"version={version}{labels}",
                                    "--app-protocol", "http1"])  # (http.server: no h2c)
@@ -118,6 +137,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AffinityMesh]:
         mesh.endpoint("web", "w3", "v3", ",track=canary")
         mesh.endpoint("cart", "c1", "v1")
         mesh.endpoint("cart", "c2", "v2")
+        mesh.endpoint("flaky", "f1", "v1", status=503)
+        mesh.endpoint("flaky", "f2", "v2")
         mesh.shop = mesh.sidecar("shop")
         mesh.gateway_proc = mesh.gateway("edge-gw", extra=["--labels", "app=gateway,version=v1"])
         mesh.wait_synced()
@@ -246,6 +267,22 @@ def test_without_a_ttl_the_cookie_is_a_key_the_proxy_never_sets(mesh: AffinityMe
         assert len(answers) == 1 and answers.pop()[1] == (), cookie
         owners[cookie] = mesh.call(via=mesh.shop, host="cart", cookie=cookie)[0]
     assert set(owners.values()) == {"c1", "c2"}
+
+
+def test_after_a_retry_the_cookie_names_the_endpoint_that_answered(
+        mesh: AffinityMesh) -> None:
+    """flaky's f1 answers 503 and the Route retries: a client first sent to f1 is answered by
+    f2 on the retry, and its cookie names f2 (not the endpoint picked first), so its next
+    requests go straight to f2, from the gateway's caller sidecar as from any."""
+    answers = {mesh.call(via=mesh.shop, host="flaky") for _ in range(20)}
+    assert len(answers) == 1, answers
+    body, set_cookies = answers.pop()
+    assert body == "f2"
+    cookie = _cookie(set_cookies)
+    assert {mesh.call(via=mesh.shop, host="flaky", cookie=cookie) for _ in range(10)} \
+        == {("f2", ())}
+    retries = mesh.metric(mesh.shop, "ami_retries_total", destination_service="flaky")
+    assert retries >= 1  # (some first picks were f1: 20 connections, ~1/2 each)
 
 
 def test_proxy_config_and_describe_show_the_cookie(mesh: AffinityMesh) -> None:
