@@ -206,6 +206,20 @@ def test_a_stale_cookie_is_served_and_replaced(mesh: AffinityMesh) -> None:
     assert mesh.call(cookie=_cookie(set_cookies)) == (body, ())
 
 
+@pytest.mark.parametrize("cookie", [
+    'sticky="', "sticky==;;; ;=", "sticky=\xfe\xff\t", "sticky=" + "x" * 4000,
+    'a=1; sticky; sticky="q\\"uote"', "sticky=%00%0d%0a; Path=/evil"])
+def test_a_hostile_cookie_is_only_a_key(mesh: AffinityMesh, cookie: str) -> None:
+    """Odd bytes, quotes, empty pairs, a long value: answered by the app, always by the same
+    endpoint, and the cookie set back is the proxy's own token, never the value sent. (Control
+    characters are refused before any of this: 400 `invalid_header`.)"""
+    answers = {mesh.call(cookie=cookie) for _ in range(3)}
+    assert len(answers) == 1, answers
+    body, set_cookies = answers.pop()
+    assert body in WEB
+    assert mesh.call(cookie=_cookie(set_cookies)) == (body, ())
+
+
 def test_over_http2_the_streams_of_one_connection_share_an_endpoint(
         mesh: AffinityMesh) -> None:
     """HTTP/2 at the gateway: concurrent requests without the cookie on one connection go to
