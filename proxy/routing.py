@@ -640,7 +640,7 @@ class RouterBuilder:
 
             balancer: Any = ring(pools)
             spec = policy.consistent_hash
-            affinity = CookieAffinity(spec, pools, lambda p: str(p.address)) \
+            affinity = CookieAffinity(spec, pools, lambda p: str(p.address), available) \
                 if spec.kind == "httpCookie" else None
             hash_key = _hash_key(spec) if affinity is None else affinity.key
         else:
@@ -658,7 +658,7 @@ class RouterBuilder:
             if by_locality is not None:
                 balancer = by_locality
         if affinity is not None:  # the endpoint a cookie names first, while it may serve
-            balancer = StickyBalancer(balancer, affinity.by_token(), available)
+            balancer = StickyBalancer(balancer, affinity.by_token, available)
         backend = Backend(name, subset, pools, balancer, prefix, state, hash_key)
         backend.panic = panic
         if affinity is not None:

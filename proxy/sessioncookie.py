@@ -57,31 +57,42 @@ class CookieAffinity:
     """One destination's cookie: its name, and per endpoint (pool) its token and the
     `Set-Cookie` value naming it. ``key`` is the destination's hash key (Backend.hash_key)."""
 
-    __slots__ = ("generate", "name", "set_cookie", "tokens")
+    __slots__ = ("by_token", "generate", "is_available", "name", "set_cookie", "tokens")
 
-    def __init__(self, spec: Any, pools: Iterable[Any], name_of: Callable[[Any], str]) -> None:
+    def __init__(self, spec: Any, pools: Iterable[Any], name_of: Callable[[Any], str],
+                 is_available: Callable[[Any], bool] | None = None) -> None:
         self.name = spec.name.encode("latin-1")
         self.generate = spec.ttl is not None  # without a ttl the proxy never sets the cookie
         self.tokens: dict[Any, str] = {p: endpoint_token(name_of(p)) for p in pools}
+        # The endpoints by the token naming them (proxy.policy.sticky.StickyBalancer's too)
+        self.by_token: Mapping[str, Any] = {token: p for p, token in self.tokens.items()}
+        self.is_available = is_available  # (not ejected: the balancer's predicate)
         self.set_cookie: dict[Any, bytes] = {
             p: set_cookie_value(spec.name, token, spec.path, spec.ttl)
             for p, token in self.tokens.items()}
 
-    def by_token(self) -> Mapping[str, Any]:
-        """The endpoints by the token naming them (for proxy.policy.sticky.StickyBalancer)."""
-        return {token: p for p, token in self.tokens.items()}
-
     def key(self, ex: Exchange) -> str | None:
         """The request's hash key (None: any endpoint); with a ttl, its answer will set the
-        cookie if the endpoint answering is not the one the cookie names."""
+        cookie if the endpoint answering is not the one the cookie names.
+
+        A request whose cookie names an endpoint that serves goes there (StickyBalancer):
+        nothing to set, so no edits, and its answer's head takes the common path. Edits are
+        installed when the cookie is absent or names no serving endpoint, and on a second
+        pick (a retry, a connect failover: ``ex.pool`` is the endpoint tried)."""
         value = request_cookie(ex.headers, self.name)
         if self.generate:
-            edits = ex.response_edits
-            if not isinstance(edits, SetCookie):  # (a retry's pick: installed already)
-                ex.response_edits = SetCookie(edits, ex, self, value)
+            if value is None or ex.pool is not None or not self._serves(value):
+                edits = ex.response_edits
+                if not isinstance(edits, SetCookie):  # (installed by an earlier pick)
+                    ex.response_edits = SetCookie(edits, ex, self, value)
             if value is None:
                 return connection_key(ex)
         return value
+
+    def _serves(self, token: str) -> bool:
+        """Whether ``token`` names an endpoint the balancer will pick for it now."""
+        named = self.by_token.get(token)
+        return named is not None and (self.is_available is None or self.is_available(named))
 
 
 def connection_key(ex: Exchange) -> str:

@@ -293,22 +293,45 @@ def test_concurrent_requests_of_one_connection_share_their_key() -> None:
     assert affinity.key(later) != keys[0]  # type: ignore[arg-type]
 
 
-def test_a_cookie_naming_the_endpoint_that_answered_is_not_set_again() -> None:
+def test_a_cookie_naming_a_serving_endpoint_costs_no_edits() -> None:
+    """The request goes where its cookie says: nothing to set, so the answer's head is made
+    as without the feature (no edits to apply)."""
     token = endpoint_token(POOLS[0].address)
     ex = FakeExchange(f"sticky={token}".encode())
     assert _affinity().key(ex) == token  # type: ignore[arg-type]
+    assert ex.response_edits is None
+
+
+def test_a_cookie_naming_the_endpoint_that_answered_is_not_set_again() -> None:
+    """Installed by a second pick (a retry) that came back to the endpoint named."""
+    token = endpoint_token(POOLS[0].address)
+    ex = FakeExchange(f"sticky={token}".encode())
+    affinity = _affinity()
+    affinity.key(ex)  # type: ignore[arg-type]
+    ex.pool = POOLS[1]  # tried first (say, the cookie was stale then)
+    affinity.key(ex)  # type: ignore[arg-type]
     assert _answered(ex, POOLS[0]) == [(b"server", b"app")]
 
 
 def test_another_endpoints_answer_sets_the_cookie_anew() -> None:
-    """A stale token, a retry that went elsewhere, or a value the proxy did not make: the
-    cookie is made to name the endpoint that did answer."""
-    for sent in (endpoint_token("127.0.0.1:1"), endpoint_token(POOLS[0].address), "user-42"):
+    """A stale token, a value the proxy did not make, an ejected endpoint's token, or a retry
+    that went elsewhere: the cookie is made to name the endpoint that did answer."""
+    named = endpoint_token(POOLS[0].address)
+    ejected = CookieAffinity(ConsistentHash("httpCookie", "sticky", "/", 60.0), POOLS,
+                             lambda p: p.address, lambda p: p is not POOLS[0])
+    for sent, affinity, retried in ((endpoint_token("127.0.0.1:1"), _affinity(), False),
+                                    ("user-42", _affinity(), False),
+                                    (named, ejected, False),
+                                    (named, _affinity(), True)):
         ex = FakeExchange(f"sticky={sent}".encode())
-        assert _affinity().key(ex) == sent  # type: ignore[arg-type]
+        assert affinity.key(ex) == sent  # type: ignore[arg-type]
+        if retried:  # the first pick went to the endpoint named; the retry elsewhere
+            assert ex.response_edits is None
+            ex.pool = POOLS[0]
+            assert affinity.key(ex) == sent  # type: ignore[arg-type]
         cookies = [v for n, v in _answered(ex, POOLS[1]) if n == b"set-cookie"]
         assert cookies == [f"sticky={endpoint_token(POOLS[1].address)}; Path=/; Max-Age=60; "
-                           f"HttpOnly".encode()]
+                           f"HttpOnly".encode()], (sent, retried)
 
 
 def test_a_local_reply_sets_no_cookie() -> None:
