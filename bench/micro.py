@@ -35,6 +35,12 @@ MESH_REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.
                   b"x-request-id: cca76e9e-07ee-4d23-8a01-27efec66f303\r\n"
                   b"x-ami-peer: bench-client;v1\r\n\r\n")
 PEER_ID = "spiffe://cluster.local/ns/default/sa/bench-client"
+# The `cookie` variant: a browser's request after its first, carrying the cookie that names
+# the endpoint (proxy.policy.sticky.endpoint_token("127.0.0.1:9")) among a few of the app's.
+COOKIE_REQUEST = REQUEST[:-2] + (b"Cookie: theme=dark; sticky=e532dac709ce1c1a; "
+                                 b"lang=en\r\n\r\n")
+COOKIE_POLICY = {"loadBalancer": "CONSISTENT_HASH",
+                 "consistentHash": {"httpCookie": {"name": "sticky", "path": "/", "ttl": "1h"}}}
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 27 Nov 2026 03:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n\r\n"
             + _BODY)
@@ -77,7 +83,9 @@ class MemoryTransport:
 def _snapshot(variant: str) -> dict[str, Any]:
     node = {"service": "bench-client", "namespace": "default", "labels": {"version": "v1"}}
     mesh = {"mtls": "DISABLE", "accessLog": variant == "logged"}
-    services = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
+    services: dict[str, Any] = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
+    if variant == "cookie":
+        services[BENCH_SERVICE]["policy"] = COOKIE_POLICY
     if variant in ("inbound", "mtls"):
         return {"version": "micro", "node": {**node, "service": BENCH_SERVICE}, "mesh": mesh,
                 "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
@@ -127,7 +135,7 @@ async def hot_path(variant: str) -> HotPath:
     client = DownstreamProtocol(listener)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
-    request = REQUEST
+    request = COOKIE_REQUEST if variant == "cookie" else REQUEST
     if variant == "mtls":
         _as_mtls_peer(client, listener)
         request = MESH_REQUEST
@@ -246,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                              "retries), inbound (server side); also: named (features with "
                              "the rule named, so counted per rule too); logged (plain "
                              "with the access log on, its writes discarded); mtls (inbound "
-                             "from an mTLS peer: identity, XFCC, peer metrics labels); h2 "
+                             "from an mTLS peer: identity, XFCC, peer metrics labels); "
+                             "cookie (plain to a consistentHash.httpCookie destination, the "
+                             "request carrying its cookie); h2 "
                              "(plain over HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")
     parser.add_argument("--requests", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)

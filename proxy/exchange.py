@@ -175,9 +175,9 @@ class Exchange:
         if tried is not None:
             pool = backend.pick_untried_endpoint(tried, self)
         else:
-            pools = backend.pools  # one endpoint, nothing ejectable: pick_endpoint's first case
-            pool = pools[0] if len(pools) == 1 and backend.outlier is None \
-                else backend.pick_endpoint(self)
+            pool = backend.single  # one endpoint, nothing to decide: pick_endpoint's first case
+            if pool is None:
+                pool = backend.pick_endpoint(self)
         if pool is None:
             self.reply("no_healthy_upstream")
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.reasons import REASON_HEADER
 
@@ -221,12 +221,14 @@ def connect_failover(ex: Exchange) -> bool:
     """
     backend = ex.backend
     failed = ex.pool
-    if (ex._failover_used or backend is None or len(backend.pools) < 2
+    if (ex._failover_used or backend is None or failed is None or len(backend.pools) < 2
             or ex.downstream.closed or ex.response_started):
         return False
-    pool = backend.balancer.pick(backend.pools, (failed, *(ex._tried or ())))
+    # (keyed by a CONSISTENT_HASH key, if any: the next owner round the ring, as a retry)
+    pool = backend.pick_endpoint(ex, [failed, *(ex._tried or ())])
     if pool is None:
         return False
+    conn: Any  # (an H2UpstreamConnection from take_h2)
     if not ex.http2:
         conn = pool.take_idle()
     elif not ex.choose_upstream(pool):

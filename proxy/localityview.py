@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from proxy.policy.localitybalancer import LocalityBalancer
+from proxy.policy.sticky import StickyBalancer
 
 
 def locality_view(backends: Iterable[Any]) -> dict[str, Any]:
@@ -16,6 +17,8 @@ def locality_view(backends: Iterable[Any]) -> dict[str, Any]:
     view: dict[str, Any] = {}
     for backend in backends:
         balancer = backend.balancer
+        if isinstance(balancer, StickyBalancer):  # cookie affinity over the locality balancer
+            balancer = balancer.inner
         if not isinstance(balancer, LocalityBalancer):
             continue
         name = backend.service if backend.subset is None else f"{backend.service}/{backend.subset}"

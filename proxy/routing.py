@@ -30,8 +30,10 @@ from proxy.policy.balancer import (
 )
 from proxy.policy.panic import PanicGuard
 from proxy.policy.slowstart import NEVER, SlowStartBalancer
+from proxy.policy.sticky import StickyBalancer
 from proxy.policy.weighted import WeightedPicker
 from proxy.servicenames import lookup_service_name, unresolved_names
+from proxy.sessioncookie import CookieAffinity
 
 if TYPE_CHECKING:
     from proxy.destinations import DestinationRegistry, DestinationState
@@ -49,7 +51,7 @@ class Backend:
     """A concrete destination: the endpoints of one service subset and how to pick one."""
 
     __slots__ = ("balancer", "ewma", "hash_key", "metric_prefix", "outlier", "panic", "pools",
-                 "service", "state", "subset", "tcp_idle_timeout", "warmup")
+                 "service", "single", "state", "subset", "tcp_idle_timeout", "warmup")
 
     def __init__(self, service: str, subset: str | None, pools: tuple[EndpointPool, ...],
                  balancer: Any, metric_prefix: tuple[str, ...],
@@ -67,6 +69,9 @@ class Backend:
         inner = getattr(balancer, "inner", None) or balancer
         self.ewma = inner if isinstance(inner, PeakEwmaBalancer) else None
         self.hash_key = hash_key  # CONSISTENT_HASH: the request's key (None: no key, any pick)
+        # The endpoint every request gets, decided once: the only one, and nothing ejectable.
+        # None: pick_endpoint decides per request.
+        self.single = pools[0] if len(pools) == 1 and self.outlier is None else None
         # A subset's own connectionPool.tcpIdleTimeout (None: its TCP service's, TcpTarget's)
         self.tcp_idle_timeout: float | None = None
         # outlierDetection.minHealthPercent above 0: ejections are ignored in panic
@@ -77,9 +82,9 @@ class Backend:
 
     def pick_endpoint(self, ex: Exchange | None = None,
                       exclude: list[EndpointPool] | None = None) -> EndpointPool | None:
+        if self.single is not None:
+            return self.single
         pools = self.pools
-        if len(pools) == 1 and self.outlier is None:
-            return pools[0]
         if not pools:
             return None
         if self.hash_key is not None and ex is not None:
@@ -639,8 +644,12 @@ class RouterBuilder:
                 return RingHashBalancer(group, lambda p: str(p.address), self.rng, available)
 
             balancer: Any = ring(pools)
-            hash_key = _hash_key(policy.consistent_hash)
+            spec = policy.consistent_hash
+            affinity = CookieAffinity(spec, pools, lambda p: str(p.address), available) \
+                if spec.kind == "httpCookie" else None
+            hash_key = _hash_key(spec) if affinity is None else affinity.key
         else:
+            affinity = None
             balancer, hash_key = _balancer(policy.load_balancer, self.rng, available), None
         slow = None
         if policy.warmup is not None and hash_key is None and endpoints is not None \
@@ -659,6 +668,8 @@ class RouterBuilder:
                 panic, self.snapshot.mesh.locality_lb)
             if by_locality is not None:
                 balancer = by_locality
+        if affinity is not None:  # the endpoint a cookie names first, while it may serve
+            balancer = StickyBalancer(balancer, affinity.by_token, available)
         backend = Backend(name, subset, pools, balancer, prefix, state, hash_key)
         backend.panic = panic
         backend.warmup = policy.warmup if endpoints is not None else None  # (mesh only)
@@ -667,6 +678,8 @@ class RouterBuilder:
                 backend.balancer = slow.inner
 
             slow.done = warm
+        if affinity is not None:
+            backend.single = None  # even one endpoint: its answers may have a cookie to set
         return backend
 
     def _panic_guard(self, name: str, subset: str | None, pools: tuple[EndpointPool, ...],

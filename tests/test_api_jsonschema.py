@@ -279,6 +279,10 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     {**ROUTE, "kind": "DestinationPolicy", "spec": {
         "host": "r", "loadBalancer": "CONSISTENT_HASH",
         "consistentHash": {"queryParameter": "session"}}},
+    *({**ROUTE, "kind": "DestinationPolicy", "spec": {
+        "host": "r", "loadBalancer": "CONSISTENT_HASH", "consistentHash": {"httpCookie": c}}}
+      for c in ({"name": "session"}, {"name": "JSESSIONID", "path": "/cart", "ttl": "0s"},
+                {"name": "__Host-sticky", "path": "/", "ttl": "1h"})),
     {**ROUTE, "spec": {"host": "reviews", "rules": [
         {"matches": [{"path": {"prefix": "/old"}}],
          "redirect": {"uri": "/new", "redirectCode": 308}},

@@ -8,16 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from bench.micro import measure, parse_refs
+from bench.micro import COOKIE_REQUEST, measure, parse_refs
+from proxy.policy.sticky import endpoint_token
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "mtls", "h2"])
+@pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "mtls", "h2",
+                                     "cookie"])
 async def test_each_variant_completes_requests(variant: str) -> None:
     result = await measure(variant, requests=300, repeats=2)
     assert result.variant == variant
     assert 0 < result.us_per_request < 10_000
+
+
+def test_the_cookie_variant_names_its_endpoint() -> None:
+    """Its cookie is the token of its one endpoint: the steady state of a browser, nothing to
+    set on the answer (a stale token would measure the re-pinning path instead)."""
+    assert f"sticky={endpoint_token('127.0.0.1:9')};".encode() in COOKIE_REQUEST
 
 
 async def test_h2_variant_checks_its_answers(monkeypatch: pytest.MonkeyPatch) -> None:

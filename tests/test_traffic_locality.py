@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from meshctl.commands.proxyconfig import render
+from proxy.policy.sticky import endpoint_token
 from tests.proxyharness import Backends
 from tests.traffic_backends import (
     TrafficBackend,
@@ -43,6 +44,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "d-a", "d-b", "d-c",  # dist
         "v1-a", "v2-a", "v2-b",  # canary
         "h-a1", "h-a2", "h-b1",  # sticky
+        "k-a1", "k-a2", "k-b1",  # cookie
         "s-a", "s-b", "p-a", "p-b")}  # shown, plain
     services = {
         "api": {"endpoints": [_endpoint(b["c1"], "r2/c"), _endpoint(b["b1"], "r1/b"),
@@ -61,6 +63,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                  _endpoint(b["h-b1"], "r1/b")],
                    "policy": {"loadBalancer": "CONSISTENT_HASH",
                               "consistentHash": {"header": "x-user"},
+                              "outlierDetection": OUTLIERS}},
+        "cookie": {"endpoints": [_endpoint(b["k-a1"], "r1/a"), _endpoint(b["k-a2"], "r1/a"),
+                                 _endpoint(b["k-b1"], "r1/b")],
+                   "policy": {"loadBalancer": "CONSISTENT_HASH",
+                              "consistentHash": {"httpCookie": {"name": "sticky", "ttl": "1h"}},
                               "outlierDetection": OUTLIERS}},
         "shown": {"endpoints": [_endpoint(b["s-b"], "r1/b"), _endpoint(b["s-a"], "r1/a")],
                   "policy": {"outlierDetection": LASTING}},
@@ -134,6 +141,30 @@ async def test_consistent_hash_keeps_keys_in_the_zone(
         assert len(seen) == 1
         owners[user] = next(iter(seen))
     assert set(owners.values()) <= {"h-a1", "h-a2"} and len(set(owners.values())) == 2
+
+
+async def test_a_cookie_keeps_its_endpoint_in_any_zone_and_new_clients_stay_in_theirs(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """consistentHash.httpCookie over locality: clients without the cookie get zone a's
+    endpoints, and a cookie naming theirs; a cookie naming zone b's endpoint (set while zone a
+    was out, say) keeps its client there. The dump shows the destination's priorities as for
+    any balancer."""
+    proxy: TrafficProxy = env["proxy"]
+    seen = set()
+    for _ in range(20):
+        async with aiohttp.ClientSession() as fresh:  # a new client connection each time
+            reply = await call(fresh, proxy, "cookie")
+        assert reply.status == 200 and reply.version in {"k-a1", "k-a2"}
+        cookie = reply.headers["set-cookie"].split(";")[0]
+        assert cookie == f"sticky={endpoint_token(env[reply.version].address)}"
+        seen.add(reply.version)
+        again = await versions(session, proxy, "cookie", 3, headers={"cookie": cookie})
+        assert again == {reply.version: 3}
+    assert seen == {"k-a1", "k-a2"}
+    far = f"sticky={endpoint_token(env['k-b1'].address)}"
+    assert await versions(session, proxy, "cookie", 5, headers={"cookie": far}) == {"k-b1": 5}
+    groups = (await _dump(proxy))["locality"]["cookie"]["groups"]
+    assert [g["share"] for g in groups] == [100, 0]
 
 
 async def _dump(proxy: TrafficProxy) -> dict[str, Any]:

@@ -33,7 +33,13 @@ from meshctl.api.kinds import (
 from meshctl.api.locality import LOCALITY_PATTERN, REGION
 from meshctl.api.matches import MATCHERS, PATH_MATCHERS, SCHEMES
 from meshctl.api.peerauthn import PEER_MODES
-from meshctl.api.policy import LOAD_BALANCERS, TLS_MODES, WARMUP_BALANCERS
+from meshctl.api.policy import (
+    COOKIE_NAME,
+    COOKIE_PATH,
+    LOAD_BALANCERS,
+    TLS_MODES,
+    WARMUP_BALANCERS,
+)
 from meshctl.api.resources import API_VERSION
 from meshctl.api.rules import (
     AUTHORITY,
@@ -222,7 +228,14 @@ _SUBSET_POLICY: Schema = {
     "loadBalancer": {"enum": list(LOAD_BALANCERS)},
     "consistentHash": _obj({"header": _str(F.HEADER_NAME),
                             "queryParameter": _str(r"^[^\s&=#]+$"),
-                            "sourceIp": {"const": True}}, minProperties=1, maxProperties=1),
+                            "sourceIp": {"const": True},
+                            "httpCookie": _obj({
+                                "name": _str(COOKIE_NAME),
+                                "path": _str(COOKIE_PATH, maxLength=1024),
+                                "ttl": _duration("set the cookie on a client without it; "
+                                                 "0s: a session cookie", zero=True)},
+                                ("name",))},
+                           minProperties=1, maxProperties=1),
     "warmup": _obj({"duration": _duration(), "minimumPercent": _num(0, 100),
                     "aggression": {"type": "number", "exclusiveMinimum": 0}}, ("duration",)),
     "warmupDurationSecs": _duration("Istio's older spelling of warmup: {duration}"),

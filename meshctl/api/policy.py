@@ -17,7 +17,13 @@ WARMUP_BALANCERS = ("LEAST_REQUEST", "ROUND_ROBIN")
 POLICY_FIELDS = ("loadBalancer", "consistentHash", "warmup", "warmupDurationSecs",
                  "connectionPool", "outlierDetection", "rateLimit", "tls", "localityLbSetting")
 TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL")
-HASH_KEYS = ("header", "queryParameter", "sourceIp")
+HASH_KEYS = ("header", "queryParameter", "sourceIp", "httpCookie")
+HASH_FORMS = "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}, {httpCookie: {name: NAME}}"
+# RFC 6265 4.1.1: a cookie-name is an RFC 7230 token, as a header name is.
+COOKIE_NAME = F.HEADER_NAME
+# RFC 6265 4.1.1 path-value: any printable character but `;` (no CTL); absolute, as browsers
+# use it.
+COOKIE_PATH = r"^/[\x20-\x3a\x3c-\x7e]*$"
 # The policy fields a subset may set for itself (Istio's subsets[].trafficPolicy, flat as the
 # spec's own); rateLimit and tls stay with the host (see _NOT_IN_SUBSET).
 SUBSET_POLICY_FIELDS = ("loadBalancer", "consistentHash", "warmup", "warmupDurationSecs",
@@ -90,10 +96,13 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class ConsistentHash:
-    """What CONSISTENT_HASH keys a request by: a header, a query parameter or the client IP."""
+    """What CONSISTENT_HASH keys a request by: a header, a query parameter, the client IP or
+    a cookie (``path`` and ``ttl``: the cookie's, for the ``httpCookie`` form only)."""
 
-    kind: str  # header | queryParameter | sourceIp
-    name: str = ""  # the header (lower case) or parameter name
+    kind: str  # header | queryParameter | sourceIp | httpCookie
+    name: str = ""  # the header (lower case), parameter or cookie name
+    path: str | None = None  # httpCookie: the generated cookie's Path (None: none)
+    ttl: float | None = None  # httpCookie: its Max-Age (0: a session cookie; None: never made)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +233,7 @@ def _read_balancer(f: Fields, subset: bool = False
     balancer = f.value("loadBalancer", F.enum(LOAD_BALANCERS), "LEAST_REQUEST")
     hashing = f.optional("consistentHash", parse_consistent_hash)
     if balancer == "CONSISTENT_HASH" and not f.has("consistentHash"):
-        f.add(f.at("consistentHash"), "CONSISTENT_HASH needs consistentHash: one of "
-                                      "{header: NAME}, {queryParameter: NAME}, {sourceIp: true}")
+        f.add(f.at("consistentHash"), f"CONSISTENT_HASH needs consistentHash: one of {HASH_FORMS}")
     elif f.has("consistentHash") and balancer != "CONSISTENT_HASH":
         f.add(f.at("consistentHash"), "has no effect unless loadBalancer is CONSISTENT_HASH"
               + (" in this subset (a subset's loadBalancer replaces the host's loadBalancer, "
@@ -322,14 +330,16 @@ def parse_client_tls(data: object, path: str) -> ClientTLS:
 
 
 def parse_consistent_hash(data: object, path: str) -> ConsistentHash:
-    """Exactly one of {header: NAME}, {queryParameter: NAME}, {sourceIp: true}."""
+    """Exactly one of {header: NAME}, {queryParameter: NAME}, {sourceIp: true},
+    {httpCookie: {name: NAME, path: /PATH, ttl: DURATION}}."""
     f = Fields(data, path)
     header = f.optional("header", F.string(F.HEADER_NAME, "an HTTP header name"))
     parameter = f.optional("queryParameter", F.string(r"^[^\s&=#]+$", "a query parameter name"))
     source_ip = f.optional("sourceIp", F.boolean)
+    cookie = f.optional("httpCookie", parse_http_cookie)
     given = [k for k in HASH_KEYS if f.has(k)]
     if len(given) != 1:
-        f.add(path, "set exactly one of header, queryParameter, sourceIp")
+        f.add(path, "set exactly one of header, queryParameter, sourceIp, httpCookie")
     elif source_ip is False:
         f.add(f.at("sourceIp"), "must be true (or leave it out)")
     f.finish()
@@ -337,7 +347,23 @@ def parse_consistent_hash(data: object, path: str) -> ConsistentHash:
         return ConsistentHash("header", header.lower())
     if parameter is not None:
         return ConsistentHash("queryParameter", parameter)
+    if cookie is not None:
+        return cookie
     return ConsistentHash("sourceIp")
+
+
+def parse_http_cookie(data: object, path: str) -> ConsistentHash:
+    """httpCookie: {name: NAME (required), path: /PATH, ttl: DURATION} (Istio's HTTPCookie):
+    requests are keyed by the cookie; with ``ttl`` the proxy sets it on a client that has
+    none (0s: a session cookie, without Max-Age)."""
+    f = Fields(data, path)
+    name = f.required("name", F.string(COOKIE_NAME, "a cookie name (an RFC 6265 token: "
+                                                    "letters, digits and !#$%&'*+-.^_`|~)"), "")
+    cookie_path = f.optional("path", F.string(COOKIE_PATH, "a cookie path: `/`, then "
+                                                          "printable characters but `;`", 1024))
+    ttl = f.optional("ttl", F.duration(1.0, zero="a session cookie"))
+    f.finish()
+    return ConsistentHash("httpCookie", name, cookie_path, ttl)
 
 
 def parse_subsets(data: object, path: str) -> tuple[Subset, ...]:

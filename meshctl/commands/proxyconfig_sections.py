@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl import output
+from meshctl.api.durations import format_duration
 from meshctl.commands.proxyconfig import (
     _endpoints,
     _routes,
@@ -184,6 +185,10 @@ def _lb(policy: dict[str, Any]) -> str:
     hashing = policy.get("consistent_hash")
     if lb == "CONSISTENT_HASH" and hashing:
         lb += f" {hashing.get('kind')}" + (f" {hashing['name']}" if hashing.get("name") else "")
+        if hashing.get("path"):  # httpCookie
+            lb += f" path {hashing['path']}"
+        if hashing.get("ttl") is not None:
+            lb += f" ttl {format_duration(hashing['ttl'])}"
     warmup = policy.get("warmup")
     if warmup:  # slow start: the window, and the ramp when not Envoy's default
         lb += f" warmup {duration(float(warmup.get('duration') or 0))}"
