@@ -37,8 +37,13 @@ CONNECTION_WINDOW = 16 * STREAM_WINDOW
 
 
 class Http1Answer(ConnectionError):
-    """The server answered our HTTP/2 preface in HTTP/1.x (`HTTP/1.1 400`, `505`...): it
-    speaks HTTP/1.1 only (EndpointPool.connect_h2 may learn that)."""
+    """The server answered our HTTP/2 preface with anything but HTTP/2's SETTINGS frame: in
+    HTTP/1.x (`HTTP/1.1 400`, `505`...), or with a bare error page (Python's http.server takes
+    `PRI * HTTP/2.0` for HTTP/0.9 and writes its 505 without a status line). It speaks
+    HTTP/1.1 only (EndpointPool.connect_h2 may learn that)."""
+
+
+_SETTINGS = 0x4  # the frame type a server's preface must open with (RFC 9113 3.4)
 
 
 def configure(h2: H2Connection, *, max_header_bytes: int,
@@ -150,8 +155,10 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes | memoryview) -> None:
-        if not self.ready and bytes(data[:7]) == b"HTTP/1." and not self.settings_seen.done():
-            # An HTTP/1.x server's answer to the preface (`PRI * HTTP/2.0`), not HTTP/2.
+        if not self.ready and not self.settings_seen.done() and (
+                bytes(data[:7]) == b"HTTP/1." or (len(data) > 3 and data[3] != _SETTINGS)):
+            # No HTTP/2 server: its preface opens with SETTINGS (the frame type is the fourth
+            # byte); this is an HTTP/1.x server's answer to `PRI * HTTP/2.0`.
             self._fail_all("upstream_protocol_error",
                            Http1Answer(f"{self.pool.address} answered in HTTP/1"))
             return

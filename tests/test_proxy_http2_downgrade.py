@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +466,45 @@ async def test_an_http2_app_refuses_http1_requests_in_words(tmp_path: Path) -> N
     assert (h1.status, h1.header("x-ami-reason")) == (502, "protocol_mismatch")
     assert h2.status == 200 and grpc_call.get("grpc-status") == "0"
     assert server.paths() == ["/x", "/late-grpc/0"]
+
+
+async def test_auto_learns_it_of_an_http_server_app_that_answers_without_a_status_line(
+        tmp_path: Path) -> None:
+    """Python's http.server takes the HTTP/2 preface (`PRI * HTTP/2.0`) for HTTP/0.9 and
+    writes its 505 page without a status line: no `HTTP/1.` to recognise, yet no HTTP/2
+    either. Under `auto` the sidecar learns from any first bytes that are not HTTP/2's
+    SETTINGS, so an h2 client gets the page, not `503 upstream_connect_failure`."""
+    script = ("import http.server, sys\n"
+              "class H(http.server.BaseHTTPRequestHandler):\n"
+              "    protocol_version = 'HTTP/1.1'\n"
+              "    def do_GET(self):\n"
+              "        body = ('served ' + self.request_version).encode()\n"
+              "        self.send_response(200)\n"
+              "        self.send_header('Content-Length', str(len(body)))\n"
+              "        self.end_headers()\n"
+              "        self.wfile.write(body)\n"
+              "    def log_message(self, *args): pass\n"
+              "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H)"
+              ".serve_forever()\n")
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-c", script, str(port)])
+    try:
+        await eventually(lambda: _listening(port), 15, what="the http.server app")
+        proc = inbound_proxy(tmp_path, port, "auto")
+        try:
+            for _ in range(3):
+                resp = await h2_request(proc.outbound, "web", "/page")
+                assert (resp.status, resp.body) == (200, b"served HTTP/1.1"), resp
+        finally:
+            proc.stop()
+    finally:
+        app.terminate()
+        app.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
