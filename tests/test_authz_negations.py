@@ -117,9 +117,12 @@ def test_a_port_in_not_ports_is_no_match_for_requests_or_connections() -> None:
     (["gold"], False, False),
     (["bronze"], True, True),
     (["gold", "bronze"], False, True),   # repeated: ALLOW needs every value, DENY any
-    ([], False, False),                  # absent: matches neither, as for `values`
+    # absent: not known to be gold or silver, so it counts against the caller, as for a
+    # `not` list of the caller: a DENY matches it (else leaving the header out passes it)
+    ([], False, True),
 ])
 def test_not_values_of_a_header(sent: list[str], allow: bool, deny: bool) -> None:
+    """`notValues` alone: a value not listed matches; an absent header a DENY only."""
     r = rule({"when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]})
     headers = {"x-tier": sent}.get
     assert r.matches(*WEB, "GET", "/", lambda n: headers(n) or [], deny=False) is allow
@@ -132,6 +135,17 @@ def test_not_values_of_a_claim() -> None:
     assert not r.matches(*WEB, "GET", "/", no_headers, claims={"groups": ["dev", "suspended"]})
     assert not r.matches(*WEB, "GET", "/", no_headers, claims={"groups": "suspended"})
     assert not r.matches(*WEB, "GET", "/", no_headers, claims=None)
+    # no token, no such claim, or one of another type: a DENY's, never an ALLOW's
+    for claims in (None, {}, {"groups": 7}):
+        assert not r.matches(*WEB, "GET", "/", no_headers, claims=claims)
+        assert r.matches(*WEB, "GET", "/", no_headers, claims=claims, deny=True)
+    # with `values` too, an absent claim or header matches no rule (it has none of them)
+    both = rule({"when": [{"claim": "groups", "values": ["dev"], "notValues": ["ops"]},
+                          {"header": "x-tier", "values": ["gold"], "notValues": ["x"]}]})
+    for deny in (False, True):
+        assert not both.matches(*WEB, "GET", "/", no_headers, claims=None, deny=deny)
+        assert not both.matches(*WEB, "GET", "/", no_headers, claims={"groups": "dev"},
+                                deny=deny)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -155,7 +169,8 @@ POLICIES = [
     {"action": "DENY", "rules": [
         {"from": [{"ipBlocks": ["127.0.0.3/32"]}]},                   # a blocked address
         {"to": [{"methods": ["DELETE"], "notPaths": ["/admin/*"]}]},  # DELETE only in /admin
-        {"when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]},
+        {"to": [{"paths": ["/tiered/*"]}],
+         "when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]},
         {"from": [{"notNamespaces": ["default"]}], "to": [{"paths": ["/internal/*"]}]},
     ]},
     {"action": "ALLOW", "rules": [
@@ -225,10 +240,13 @@ async def test_not_hosts(env: Env) -> None:
 
 
 async def test_not_values(env: Env) -> None:
-    assert await call(env, "/a", extra="x-tier: gold\r\n") == 200
-    assert await call(env, "/a") == 200  # absent: the condition does not hold
-    assert await call(env, "/a", extra="x-tier: bronze\r\n") == 403
-    assert await call(env, "/a", extra="x-tier: gold\r\nx-tier: bronze\r\n") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: gold\r\n") == 200
+    # absent: not known to be gold or silver, so the DENY refuses it (Istio's answer too);
+    # leaving the header out must not pass a rule meant for other tiers
+    assert await call(env, "/tiered/a") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: bronze\r\n") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: gold\r\nx-tier: bronze\r\n") == 403
+    assert await call(env, "/a") == 200  # a path the rule is not about
 
 
 async def test_a_deny_with_not_namespaces_refuses_plaintext(env: Env) -> None:

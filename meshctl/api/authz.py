@@ -209,25 +209,33 @@ class Condition:
     def _holds(self, value: str) -> bool:
         return (not self.values or value in self.values) and value not in self.not_values
 
+    def _absent(self, deny: bool) -> bool:
+        """An absent header or claim (or no token): it has none of ``values``, and it is not
+        known to be anything but ``notValues``, so, as for a `not` list of the caller
+        (``_listed``), a condition of ``notValues`` alone counts it against the caller: it
+        matches a DENY rule (as Istio's), never an ALLOW one."""
+        return deny and not self.values
+
     def matches(self, sent: Sequence[str], deny: bool) -> bool:
         """Whether the header's values as sent (each occurrence, in order) match.
 
         A header sent more than once is ambiguous (the app may read any of its values), so
         the answer is the one that refuses: a DENY condition holds if any value does, an
-        ALLOW condition only if every value does. An absent header matches neither.
+        ALLOW condition only if every value does. An absent header: ``_absent``.
         """
         if not sent:
-            return False
+            return self._absent(deny)
         if deny:
             return any(self._holds(v) for v in sent)
         return all(self._holds(v) for v in sent)
 
-    def matches_claims(self, claims: Claims | None) -> bool:
+    def matches_claims(self, claims: Claims | None, deny: bool = False) -> bool:
         """Whether the token's claim has one of the values: a string claim equal to one, a
-        list claim (groups, scopes) containing one. No token, or no such claim, matches
-        neither an ALLOW nor a DENY condition (as Istio)."""
+        list claim (groups, scopes) containing one. No token, or no such claim (or one neither a
+        string nor a list), matches neither an ALLOW nor a DENY condition of ``values`` (as
+        Istio), and a DENY condition of ``notValues`` alone (``_absent``)."""
         if claims is None:
-            return False
+            return self._absent(deny)
         value = claims.get(self.claim or "")
         if isinstance(value, str):
             return self._holds(value)
@@ -236,7 +244,7 @@ class Condition:
             # a list claim holds a listed value (values), and none of notValues
             return ((not self.values or any(v in self.values for v in found))
                     and not any(v in self.not_values for v in found))
-        return False
+        return self._absent(deny)  # absent, or of no type a value can be compared with
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +270,7 @@ class AuthorizationRule:
                                   remote) for s in self.sources))
                 and (not self.operations
                      or any(o.matches(method, path, port, host) for o in self.operations))
-                and all(c.matches_claims(claims) if c.claim is not None
+                and all(c.matches_claims(claims, deny) if c.claim is not None
                         else c.matches(headers(c.header), deny) for c in self.conditions))
 
     @property
