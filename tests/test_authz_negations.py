@@ -95,6 +95,13 @@ def test_ip_blocks_without_an_address_count_against_the_caller() -> None:
     ({"hosts": ["shop.*"]}, "GET", "/", "shop.example.org", True),
     ({"notHosts": ["admin.example.com"]}, "GET", "/", "admin.example.com.", False),
     ({"notHosts": ["admin.example.com"]}, "GET", "/", "shop.example.com", True),
+    # the authority as the router reads it: an empty port is none, a port is a number
+    ({"notHosts": ["admin.example.com"]}, "GET", "/", "admin.example.com:", False),
+    ({"hosts": ["admin.example.com"]}, "GET", "/", "Admin.Example.com.:", True),
+    ({"hosts": ["[::1]"]}, "GET", "/", "[::1]:", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:08443", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com.:8443", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:", False),
 ])
 def test_operation_fields(to: dict[str, object], method: str, path: str, host: str,
                           matches: bool) -> None:
@@ -237,6 +244,8 @@ async def test_not_paths_and_not_methods(env: Env) -> None:
 async def test_not_hosts(env: Env) -> None:
     assert await call(env, "/a", host="reviews") == 200
     assert await call(env, "/a", host="ADMIN.example.com:9080") == 403
+    # an empty port (the router takes the name alone) is no way around the rule
+    assert await call(env, "/a", host="admin.example.com:") == 403
 
 
 async def test_not_values(env: Env) -> None:

@@ -161,8 +161,8 @@ class Operation:
     def _matches_host(self, host: str) -> bool:
         if not self.hosts and not self.not_hosts:
             return True
-        name = host.lower().rstrip(".")
-        bare = _without_port(name)
+        bare, port = _split_authority(host.lower())
+        name = f"{bare}:{port}" if port else bare
         return ((not self.hosts or any(_host_matches(h, name, bare) for h in self.hosts))
                 and not any(_host_matches(h, name, bare) for h in self.not_hosts))
 
@@ -173,11 +173,18 @@ class Operation:
                     or self.hosts or self.not_hosts)
 
 
-def _without_port(authority: str) -> str:
+def _split_authority(authority: str) -> tuple[str, str]:
+    """The name (without a final dot) and the port (as a number's text, '' for none) of an
+    authority as the router reads it (proxy.headers.service_from_authority): an empty port
+    (`admin.example.com:`, which a Host may be) is none, `:0443` is `443`."""
     if authority.startswith("["):
-        return authority.partition("]")[0] + "]"
-    name, colon, port = authority.rpartition(":")
-    return name.rstrip(".") if colon and port.isdigit() else authority
+        name, _, rest = authority.partition("]")
+        name, port = name + "]", rest[1:] if rest.startswith(":") else ""
+    else:
+        name, colon, port = authority.rpartition(":")
+        if not colon:
+            name, port = authority, ""
+    return name.rstrip("."), str(int(port)) if port.isdigit() else ""
 
 
 def _host_matches(pattern: str, authority: str, bare: str) -> bool:
