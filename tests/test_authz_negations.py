@@ -63,6 +63,14 @@ def test_not_lists_of_the_caller(spec: dict[str, object], caller: tuple[str | No
     ({"notIpBlocks": ["10.0.0.0/8"]}, "172.16.0.1", True),
     ({"ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.6.0.0/16"]}, "10.6.1.1", False),
     ({"ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.6.0.0/16"]}, "10.7.1.1", True),
+    # a block written as IPv4-mapped (as a dual-stack listener logs its peers) or one holding
+    # all of those (::/0) holds the IPv4 addresses it maps, whichever way the peer shows
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "::ffff:10.1.2.3", True),
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "10.1.2.3", True),
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "11.1.2.3", False),
+    ({"notIpBlocks": ["::ffff:192.0.2.7"]}, "::ffff:192.0.2.7", False),
+    ({"ipBlocks": ["::/0"]}, "192.0.2.7", True),
+    ({"ipBlocks": ["0.0.0.0/0"]}, "2001:db8::1", False),
 ])
 def test_ip_blocks_compare_the_peer_address(blocks: dict[str, object], address: str,
                                             matches: bool) -> None:

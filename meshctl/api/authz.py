@@ -58,9 +58,21 @@ def _in_blocks(blocks: tuple[Network, ...], not_blocks: tuple[Network, ...],
     ip = address_of(address)
     if ip is None:  # no address to compare: as an unknown identity (_listed)
         return deny if not_blocks and not blocks else False
-    if blocks and not any(ip in block for block in blocks):
+    if blocks and not any(_contains(block, ip) for block in blocks):
         return False
-    return not any(ip in block for block in not_blocks)
+    return not any(_contains(block, ip) for block in not_blocks)
+
+
+_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4-mapped IPv6 address
+
+
+def _contains(block: Network, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``block`` holds ``ip``; an IPv4 address also as IPv4-mapped (`::ffff:a.b.c.d`,
+    how a dual-stack listener's peers show in the access log): a block written so, or
+    `::/0`, holds it too (as IPv6 it would never be compared, ``address_of`` unmaps it)."""
+    if ip.version == block.version:
+        return ip in block
+    return ip.version == 4 and ipaddress.IPv6Address(_MAPPED + ip.packed) in block
 
 
 @dataclass(frozen=True, slots=True)
