@@ -107,6 +107,8 @@ def test_ip_blocks_without_an_address_count_against_the_caller() -> None:
     ({"notHosts": ["admin.example.com"]}, "GET", "/", "admin.example.com:", False),
     ({"hosts": ["admin.example.com"]}, "GET", "/", "Admin.Example.com.:", True),
     ({"hosts": ["[::1]"]}, "GET", "/", "[::1]:", True),
+    ({"hosts": ["[2001:db8::1]"]}, "GET", "/", "[2001:DB8::1]:8080", True),
+    ({"hosts": ["*:8080"]}, "GET", "/", "shop.example.com:8080", True),
     ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:08443", True),
     ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com.:8443", True),
     ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:", False),
@@ -169,6 +171,9 @@ def test_not_values_of_a_claim() -> None:
      r"got '10\.0\.0\.0/33'"),
     ({"from": [{"notIpBlocks": [8]}]}, r"notIpBlocks\[0\]: .* got an integer"),
     ({"to": [{"hosts": ["a b"]}]}, r"to\[0\]\.hosts\[0\]: invalid value 'a b'"),
+    # an IPv6 address out of brackets would be read as a name and a port: it matched nothing
+    ({"to": [{"notHosts": ["2001:db8::1"]}]},
+     r"notHosts\[0\]: invalid value '2001:db8::1', expected .*IPv6 one in brackets"),
     ({"to": [{"notMethods": ["get"]}]}, r"notMethods\[0\]: invalid value 'get'"),
     ({"when": [{"header": "x"}]}, r"when\[0\]: set at least one of values, notValues"),
     ({"from": [{"notServices": []}]}, r"from\[0\]\.notServices"),

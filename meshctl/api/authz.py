@@ -375,8 +375,12 @@ SOURCE_FIELDS = ("identities", "notIdentities", "services", "notServices", "name
                  "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals")
 OPERATION_FIELDS = ("paths", "notPaths", "methods", "notMethods", "ports", "notPorts", "hosts",
                     "notHosts")
-# a host pattern: a name or address with an optional port, with one '*' at its start or end
-AUTHZ_HOST = r"^(\*|\*?[A-Za-z0-9._:\[\]-]+|[A-Za-z0-9._:\[\]-]+\*)$"
+# a host pattern: a name, an IPv4 address or a bracketed IPv6 one, with an optional port, with
+# one '*' at its start or end; an IPv6 address without brackets would be read as a name and a
+# port, and match no request (an authority writes it in brackets)
+_PORT = r"(?::[0-9]{1,5})?"
+AUTHZ_HOST = (r"^(\*[A-Za-z0-9._-]*" + _PORT + r"|(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)" + _PORT
+              + r"|[A-Za-z0-9._-]+\*)$")
 
 
 def _ip_block(data: object, path: str) -> Network:
@@ -419,8 +423,9 @@ def _parse_operation(data: object, path: str) -> Operation:
     f = Fields(data, path)
     authz_path = F.string(AUTHZ_PATH, "'/exact', '/prefix/*' or '*'")
     method = F.string(F.METHOD, "an upper-case HTTP method like GET")
-    host = F.string(AUTHZ_HOST, "a host name, optionally with :PORT, with at most one '*' at "
-                                "its start or end (*.example.com), or '*'")
+    host = F.string(AUTHZ_HOST, "a host name or address (an IPv6 one in brackets), "
+                                "optionally with :PORT, with at most one '*' at its start or "
+                                "end (*.example.com), or '*'")
     paths = f.value("paths", F.list_of(authz_path, 1), ())
     not_paths = f.value("notPaths", F.list_of(authz_path, 1), ())
     methods = f.value("methods", F.list_of(method, 1), ())
