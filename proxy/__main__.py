@@ -179,6 +179,11 @@ def _gateway_tls(args: argparse.Namespace) -> Any:
         raise ConfigError("--gateway-cert and --gateway-key go together (one key per "
                           f"certificate, in the same order): got {len(certs)} --gateway-cert "
                           f"and {len(keys)} --gateway-key")
+    repeated = sorted({str(c) for c in certs if certs.count(c) > 1})
+    if repeated:
+        # a pair serving nothing the first does not, and its expiry series exposed twice (a
+        # duplicate sample to Prometheus)
+        raise ConfigError(f"--gateway-cert {repeated[0]} is given more than once")
     from proxy.servingcert import CertificateError, ServingCertificate, ServingCertificates
 
     pairs = []

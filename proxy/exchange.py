@@ -310,13 +310,14 @@ class Exchange:
         # The pieces go to one join as they are: no `a + b + c` per line (each `+` is a new
         # bytes object; ~1,000 instructions per request for the request line and 3 headers).
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n"]
-        headers = self.headers
+        headers, tail = self.headers, self.head_tail
         decision = self.decision
         if decision is not None and decision.request_headers is not None:
             headers = decision.request_headers.edit_pairs(headers)
+            tail = decision.request_headers.edit_tail(tail)
         for name, value in headers:
             parts.extend((name, b": ", value, _CRLF))
-        parts.extend(self.head_tail)
+        parts.extend(tail)
         pool = self.pool
         if pool is not None and pool.tls is not None:
             # Who is calling (`x-ami-peer`), for the next sidecar: only over mTLS, where it is

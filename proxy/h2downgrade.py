@@ -59,12 +59,13 @@ def choose_upstream(ex: H2Exchange, pool: EndpointPool) -> bool:
 def h1_request_head(ex: H2Exchange, pool: EndpointPool) -> bytes:
     """The request line and headers for the HTTP/1.1 upstream."""
     parts = [ex.method + b" " + ex.target + b" HTTP/1.1\r\n"]
-    headers = ex.headers  # (`host` first: the authority)
+    headers, tail = ex.headers, ex.head_tail  # (`host` first: the authority)
     decision = ex.decision
     if decision is not None and decision.request_headers is not None:
         headers = decision.request_headers.edit_pairs(headers)
+        tail = decision.request_headers.edit_tail(tail)
     _field_lines(headers, parts)
-    parts.extend(ex.head_tail)
+    parts.extend(tail)
     if ex.chunk_h1:
         parts.append(b"transfer-encoding: chunked\r\n")
     if pool.tls is not None:

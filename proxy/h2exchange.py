@@ -170,12 +170,13 @@ class H2Exchange(Exchange):
             stream.end(self.request_trailers)
 
     def _upstream_headers(self, pool: EndpointPool) -> Headers:
-        headers = self.headers
+        headers, lines = self.headers, self.head_tail
         decision = self.decision
         if decision is not None and decision.request_headers is not None:
             # (a route's edits may name headers in capitals; the client's names are lower case,
             # proxy.h2headers saw to that, and so are those the proxy adds)
             headers = lowered(decision.request_headers.edit_pairs(headers))
+            lines = decision.request_headers.edit_tail(lines)
         authority = self.authority.encode("latin-1")
         out: Headers = []
         for header in headers:
@@ -183,7 +184,6 @@ class H2Exchange(Exchange):
                 authority = header[1]  # a rewrite's authority lands here
             else:
                 out.append(header)  # as it came: a never-indexed field stays never-indexed
-        lines = self.head_tail
         if pool.tls is not None:
             lines = [*lines, self.downstream.listener.peer_line]  # see Exchange._upstream_head
         for line in lines:

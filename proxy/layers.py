@@ -117,10 +117,17 @@ class MirrorPolicy:
         return self.rng.random() * 100.0 < self.percent
 
 
+# Request header lines the proxy adds itself (proxy.requesthead's head tail) that a rule's
+# `set` or `remove` replaces or removes, as Envoy's route edits come after its own: without
+# this, `remove: [x-forwarded-for]` left the header as it was and `set` sent a second one.
+# XFCC (an identity, the inbound sidecar's to judge) and framing stay the proxy's.
+_TAIL_EDITABLE = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"})
+
+
 class HeaderEditor:
     """Set / add / remove headers on a list of (name, value) pairs or serialized lines."""
 
-    __slots__ = ("add", "remove", "set")
+    __slots__ = ("add", "remove", "set", "tail_remove")
 
     def __init__(self, edits: HeaderEdits) -> None:
         # Values stripped: HTTP/2 forbids surrounding whitespace (RFC 9113 8.2.1) and the h2
@@ -131,6 +138,7 @@ class HeaderEditor:
                          for k, v in edits.add)
         self.remove = frozenset(k.lower().encode("latin-1") for k in edits.remove) | frozenset(
             k.lower() for k, _ in self.set)
+        self.tail_remove = self.remove & _TAIL_EDITABLE
 
     @classmethod
     def build(cls, edits: HeaderEdits) -> HeaderEditor | None:
@@ -145,6 +153,14 @@ class HeaderEditor:
         out.extend(self.set)
         out.extend(self.add)
         return out
+
+    def edit_tail(self, lines: list[bytes]) -> list[bytes]:
+        """A request's head tail (`name: value\\r\\n` lines the proxy adds) without the
+        forwarding lines the rule sets or removes (its `set` values are in ``edit_pairs``)."""
+        drop = self.tail_remove
+        if not drop:
+            return lines
+        return [line for line in lines if line.split(b":", 1)[0].lower() not in drop]
 
     def apply(self, lines: list[bytes]) -> list[bytes]:
         """Edit serialized response header lines (`name: value\\r\\n`); the status line stays."""

@@ -63,6 +63,14 @@ def test_not_lists_of_the_caller(spec: dict[str, object], caller: tuple[str | No
     ({"notIpBlocks": ["10.0.0.0/8"]}, "172.16.0.1", True),
     ({"ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.6.0.0/16"]}, "10.6.1.1", False),
     ({"ipBlocks": ["10.0.0.0/8"], "notIpBlocks": ["10.6.0.0/16"]}, "10.7.1.1", True),
+    # a block written as IPv4-mapped (as a dual-stack listener logs its peers) or one holding
+    # all of those (::/0) holds the IPv4 addresses it maps, whichever way the peer shows
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "::ffff:10.1.2.3", True),
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "10.1.2.3", True),
+    ({"ipBlocks": ["::ffff:10.0.0.0/104"]}, "11.1.2.3", False),
+    ({"notIpBlocks": ["::ffff:192.0.2.7"]}, "::ffff:192.0.2.7", False),
+    ({"ipBlocks": ["::/0"]}, "192.0.2.7", True),
+    ({"ipBlocks": ["0.0.0.0/0"]}, "2001:db8::1", False),
 ])
 def test_ip_blocks_compare_the_peer_address(blocks: dict[str, object], address: str,
                                             matches: bool) -> None:
@@ -95,6 +103,15 @@ def test_ip_blocks_without_an_address_count_against_the_caller() -> None:
     ({"hosts": ["shop.*"]}, "GET", "/", "shop.example.org", True),
     ({"notHosts": ["admin.example.com"]}, "GET", "/", "admin.example.com.", False),
     ({"notHosts": ["admin.example.com"]}, "GET", "/", "shop.example.com", True),
+    # the authority as the router reads it: an empty port is none, a port is a number
+    ({"notHosts": ["admin.example.com"]}, "GET", "/", "admin.example.com:", False),
+    ({"hosts": ["admin.example.com"]}, "GET", "/", "Admin.Example.com.:", True),
+    ({"hosts": ["[::1]"]}, "GET", "/", "[::1]:", True),
+    ({"hosts": ["[2001:db8::1]"]}, "GET", "/", "[2001:DB8::1]:8080", True),
+    ({"hosts": ["*:8080"]}, "GET", "/", "shop.example.com:8080", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:08443", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com.:8443", True),
+    ({"hosts": ["shop.example.com:8443"]}, "GET", "/", "shop.example.com:", False),
 ])
 def test_operation_fields(to: dict[str, object], method: str, path: str, host: str,
                           matches: bool) -> None:
@@ -117,9 +134,12 @@ def test_a_port_in_not_ports_is_no_match_for_requests_or_connections() -> None:
     (["gold"], False, False),
     (["bronze"], True, True),
     (["gold", "bronze"], False, True),   # repeated: ALLOW needs every value, DENY any
-    ([], False, False),                  # absent: matches neither, as for `values`
+    # absent: not known to be gold or silver, so it counts against the caller, as for a
+    # `not` list of the caller: a DENY matches it (else leaving the header out passes it)
+    ([], False, True),
 ])
 def test_not_values_of_a_header(sent: list[str], allow: bool, deny: bool) -> None:
+    """`notValues` alone: a value not listed matches; an absent header a DENY only."""
     r = rule({"when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]})
     headers = {"x-tier": sent}.get
     assert r.matches(*WEB, "GET", "/", lambda n: headers(n) or [], deny=False) is allow
@@ -132,6 +152,17 @@ def test_not_values_of_a_claim() -> None:
     assert not r.matches(*WEB, "GET", "/", no_headers, claims={"groups": ["dev", "suspended"]})
     assert not r.matches(*WEB, "GET", "/", no_headers, claims={"groups": "suspended"})
     assert not r.matches(*WEB, "GET", "/", no_headers, claims=None)
+    # no token, no such claim, or one of another type: a DENY's, never an ALLOW's
+    for claims in (None, {}, {"groups": 7}):
+        assert not r.matches(*WEB, "GET", "/", no_headers, claims=claims)
+        assert r.matches(*WEB, "GET", "/", no_headers, claims=claims, deny=True)
+    # with `values` too, an absent claim or header matches no rule (it has none of them)
+    both = rule({"when": [{"claim": "groups", "values": ["dev"], "notValues": ["ops"]},
+                          {"header": "x-tier", "values": ["gold"], "notValues": ["x"]}]})
+    for deny in (False, True):
+        assert not both.matches(*WEB, "GET", "/", no_headers, claims=None, deny=deny)
+        assert not both.matches(*WEB, "GET", "/", no_headers, claims={"groups": "dev"},
+                                deny=deny)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -140,6 +171,9 @@ def test_not_values_of_a_claim() -> None:
      r"got '10\.0\.0\.0/33'"),
     ({"from": [{"notIpBlocks": [8]}]}, r"notIpBlocks\[0\]: .* got an integer"),
     ({"to": [{"hosts": ["a b"]}]}, r"to\[0\]\.hosts\[0\]: invalid value 'a b'"),
+    # an IPv6 address out of brackets would be read as a name and a port: it matched nothing
+    ({"to": [{"notHosts": ["2001:db8::1"]}]},
+     r"notHosts\[0\]: invalid value '2001:db8::1', expected .*IPv6 one in brackets"),
     ({"to": [{"notMethods": ["get"]}]}, r"notMethods\[0\]: invalid value 'get'"),
     ({"when": [{"header": "x"}]}, r"when\[0\]: set at least one of values, notValues"),
     ({"from": [{"notServices": []}]}, r"from\[0\]\.notServices"),
@@ -155,7 +189,8 @@ POLICIES = [
     {"action": "DENY", "rules": [
         {"from": [{"ipBlocks": ["127.0.0.3/32"]}]},                   # a blocked address
         {"to": [{"methods": ["DELETE"], "notPaths": ["/admin/*"]}]},  # DELETE only in /admin
-        {"when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]},
+        {"to": [{"paths": ["/tiered/*"]}],
+         "when": [{"header": "x-tier", "notValues": ["gold", "silver"]}]},
         {"from": [{"notNamespaces": ["default"]}], "to": [{"paths": ["/internal/*"]}]},
     ]},
     {"action": "ALLOW", "rules": [
@@ -222,13 +257,18 @@ async def test_not_paths_and_not_methods(env: Env) -> None:
 async def test_not_hosts(env: Env) -> None:
     assert await call(env, "/a", host="reviews") == 200
     assert await call(env, "/a", host="ADMIN.example.com:9080") == 403
+    # an empty port (the router takes the name alone) is no way around the rule
+    assert await call(env, "/a", host="admin.example.com:") == 403
 
 
 async def test_not_values(env: Env) -> None:
-    assert await call(env, "/a", extra="x-tier: gold\r\n") == 200
-    assert await call(env, "/a") == 200  # absent: the condition does not hold
-    assert await call(env, "/a", extra="x-tier: bronze\r\n") == 403
-    assert await call(env, "/a", extra="x-tier: gold\r\nx-tier: bronze\r\n") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: gold\r\n") == 200
+    # absent: not known to be gold or silver, so the DENY refuses it (Istio's answer too);
+    # leaving the header out must not pass a rule meant for other tiers
+    assert await call(env, "/tiered/a") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: bronze\r\n") == 403
+    assert await call(env, "/tiered/a", extra="x-tier: gold\r\nx-tier: bronze\r\n") == 403
+    assert await call(env, "/a") == 200  # a path the rule is not about
 
 
 async def test_a_deny_with_not_namespaces_refuses_plaintext(env: Env) -> None:

@@ -137,6 +137,8 @@ async def test_proxy_config_lists_the_names_each_certificate_serves(gateway: Gat
 @pytest.mark.parametrize(("pairs", "message"), [
     ((("a", "a"), ("b", None)), "got 2 --gateway-cert and 1 --gateway-key"),
     ((("a", "a"), ("b", "a")), "b.crt and {tmp}/a.key do not load"),
+    # one file twice (a templated flag list): nothing served, the expiry series duplicated
+    ((("a", "a"), ("b", "b"), ("a", "a")), "--gateway-cert {tmp}/a.crt is given more than once"),
 ])
 def test_bad_pairs_stop_the_start(tmp_path: Path, pairs: tuple[tuple[str, str | None], ...],
                                   message: str) -> None:

@@ -58,9 +58,21 @@ def _in_blocks(blocks: tuple[Network, ...], not_blocks: tuple[Network, ...],
     ip = address_of(address)
     if ip is None:  # no address to compare: as an unknown identity (_listed)
         return deny if not_blocks and not blocks else False
-    if blocks and not any(ip in block for block in blocks):
+    if blocks and not any(_contains(block, ip) for block in blocks):
         return False
-    return not any(ip in block for block in not_blocks)
+    return not any(_contains(block, ip) for block in not_blocks)
+
+
+_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4-mapped IPv6 address
+
+
+def _contains(block: Network, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``block`` holds ``ip``; an IPv4 address also as IPv4-mapped (`::ffff:a.b.c.d`,
+    how a dual-stack listener's peers show in the access log): a block written so, or
+    `::/0`, holds it too (as IPv6 it would never be compared, ``address_of`` unmaps it)."""
+    if ip.version == block.version:
+        return ip in block
+    return ip.version == 4 and ipaddress.IPv6Address(_MAPPED + ip.packed) in block
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +173,8 @@ class Operation:
     def _matches_host(self, host: str) -> bool:
         if not self.hosts and not self.not_hosts:
             return True
-        name = host.lower().rstrip(".")
-        bare = _without_port(name)
+        bare, port = _split_authority(host.lower())
+        name = f"{bare}:{port}" if port else bare
         return ((not self.hosts or any(_host_matches(h, name, bare) for h in self.hosts))
                 and not any(_host_matches(h, name, bare) for h in self.not_hosts))
 
@@ -173,11 +185,18 @@ class Operation:
                     or self.hosts or self.not_hosts)
 
 
-def _without_port(authority: str) -> str:
+def _split_authority(authority: str) -> tuple[str, str]:
+    """The name (without a final dot) and the port (as a number's text, '' for none) of an
+    authority as the router reads it (proxy.headers.service_from_authority): an empty port
+    (`admin.example.com:`, which a Host may be) is none, `:0443` is `443`."""
     if authority.startswith("["):
-        return authority.partition("]")[0] + "]"
-    name, colon, port = authority.rpartition(":")
-    return name.rstrip(".") if colon and port.isdigit() else authority
+        name, _, rest = authority.partition("]")
+        name, port = name + "]", rest[1:] if rest.startswith(":") else ""
+    else:
+        name, colon, port = authority.rpartition(":")
+        if not colon:
+            name, port = authority, ""
+    return name.rstrip("."), str(int(port)) if port.isdigit() else ""
 
 
 def _host_matches(pattern: str, authority: str, bare: str) -> bool:
@@ -209,25 +228,33 @@ class Condition:
     def _holds(self, value: str) -> bool:
         return (not self.values or value in self.values) and value not in self.not_values
 
+    def _absent(self, deny: bool) -> bool:
+        """An absent header or claim (or no token): it has none of ``values``, and it is not
+        known to be anything but ``notValues``, so, as for a `not` list of the caller
+        (``_listed``), a condition of ``notValues`` alone counts it against the caller: it
+        matches a DENY rule (as Istio's), never an ALLOW one."""
+        return deny and not self.values
+
     def matches(self, sent: Sequence[str], deny: bool) -> bool:
         """Whether the header's values as sent (each occurrence, in order) match.
 
         A header sent more than once is ambiguous (the app may read any of its values), so
         the answer is the one that refuses: a DENY condition holds if any value does, an
-        ALLOW condition only if every value does. An absent header matches neither.
+        ALLOW condition only if every value does. An absent header: ``_absent``.
         """
         if not sent:
-            return False
+            return self._absent(deny)
         if deny:
             return any(self._holds(v) for v in sent)
         return all(self._holds(v) for v in sent)
 
-    def matches_claims(self, claims: Claims | None) -> bool:
+    def matches_claims(self, claims: Claims | None, deny: bool = False) -> bool:
         """Whether the token's claim has one of the values: a string claim equal to one, a
-        list claim (groups, scopes) containing one. No token, or no such claim, matches
-        neither an ALLOW nor a DENY condition (as Istio)."""
+        list claim (groups, scopes) containing one. No token, or no such claim (or one neither a
+        string nor a list), matches neither an ALLOW nor a DENY condition of ``values`` (as
+        Istio), and a DENY condition of ``notValues`` alone (``_absent``)."""
         if claims is None:
-            return False
+            return self._absent(deny)
         value = claims.get(self.claim or "")
         if isinstance(value, str):
             return self._holds(value)
@@ -236,7 +263,7 @@ class Condition:
             # a list claim holds a listed value (values), and none of notValues
             return ((not self.values or any(v in self.values for v in found))
                     and not any(v in self.not_values for v in found))
-        return False
+        return self._absent(deny)  # absent, or of no type a value can be compared with
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +289,7 @@ class AuthorizationRule:
                                   remote) for s in self.sources))
                 and (not self.operations
                      or any(o.matches(method, path, port, host) for o in self.operations))
-                and all(c.matches_claims(claims) if c.claim is not None
+                and all(c.matches_claims(claims, deny) if c.claim is not None
                         else c.matches(headers(c.header), deny) for c in self.conditions))
 
     @property
@@ -348,8 +375,12 @@ SOURCE_FIELDS = ("identities", "notIdentities", "services", "notServices", "name
                  "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals")
 OPERATION_FIELDS = ("paths", "notPaths", "methods", "notMethods", "ports", "notPorts", "hosts",
                     "notHosts")
-# a host pattern: a name or address with an optional port, with one '*' at its start or end
-AUTHZ_HOST = r"^(\*|\*?[A-Za-z0-9._:\[\]-]+|[A-Za-z0-9._:\[\]-]+\*)$"
+# a host pattern: a name, an IPv4 address or a bracketed IPv6 one, with an optional port, with
+# one '*' at its start or end; an IPv6 address without brackets would be read as a name and a
+# port, and match no request (an authority writes it in brackets)
+_PORT = r"(?::[0-9]{1,5})?"
+AUTHZ_HOST = (r"^(\*[A-Za-z0-9._-]*" + _PORT + r"|(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)" + _PORT
+              + r"|[A-Za-z0-9._-]+\*)$")
 
 
 def _ip_block(data: object, path: str) -> Network:
@@ -392,8 +423,9 @@ def _parse_operation(data: object, path: str) -> Operation:
     f = Fields(data, path)
     authz_path = F.string(AUTHZ_PATH, "'/exact', '/prefix/*' or '*'")
     method = F.string(F.METHOD, "an upper-case HTTP method like GET")
-    host = F.string(AUTHZ_HOST, "a host name, optionally with :PORT, with at most one '*' at "
-                                "its start or end (*.example.com), or '*'")
+    host = F.string(AUTHZ_HOST, "a host name or address (an IPv6 one in brackets), "
+                                "optionally with :PORT, with at most one '*' at its start or "
+                                "end (*.example.com), or '*'")
     paths = f.value("paths", F.list_of(authz_path, 1), ())
     not_paths = f.value("notPaths", F.list_of(authz_path, 1), ())
     methods = f.value("methods", F.list_of(method, 1), ())
