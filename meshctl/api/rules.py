@@ -494,8 +494,9 @@ HTTP_OF_GRPC = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 12: 501, 14: 503
 
 
 def grpc_code(data: object, path: str) -> int:
-    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16)."""
-    if isinstance(data, str) and not data.isdigit():
+    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16), also as a
+    string of ASCII digits (str.isdigit alone took `²`, which int() refuses, and `١٤`)."""
+    if isinstance(data, str) and not (data.isascii() and data.isdigit()):
         if data == "OK":
             fail(path, "OK is no abort: name a failure like UNAVAILABLE")
         if data not in GRPC_CODES:
