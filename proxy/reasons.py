@@ -68,6 +68,9 @@ NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_prot
 # Content-Length (a 204 must not have one; a 304's would describe another response's body)
 NO_BODY = frozenset({204, 304})
 
+# A local reply's content-type unless the routed rule's response edits give one
+TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
 
@@ -109,7 +112,7 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in edited_local_headers(
-            edits, [(b"content-type", b"text/plain; charset=utf-8"), *extra_headers]))
+            edits, [TEXT_PLAIN, *extra_headers]))
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
@@ -120,8 +123,13 @@ def edited_local_headers(edits: Any, headers: list[tuple[bytes, bytes]],
                          ) -> list[tuple[bytes, bytes]]:
     """A local reply's own headers (``headers``, without framing) after a rule's response
     edits; a header named in ``keep`` (the reason header...) is the reply's, neither removed
-    nor set again by an edit."""
-    return [h for h in edits.edit_pairs(headers) if h[0].lower() not in keep]
+    nor set again by an edit. A content-type the edits add replaces the reply's default
+    TEXT_PLAIN (as Envoy's local replies, which set text/plain only when the route's header
+    edits gave none): `add` would otherwise send two, one of which a client picks."""
+    out = [h for h in edits.edit_pairs(headers) if h[0].lower() not in keep]
+    if TEXT_PLAIN in headers and sum(h[0].lower() == b"content-type" for h in out) > 1:
+        out.remove(TEXT_PLAIN)
+    return out
 
 
 def _status_text(code: int) -> bytes:

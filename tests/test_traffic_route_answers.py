@@ -3,7 +3,8 @@ serve`, a gateway (Gateway edge -> web), `web` (an echo app) behind its sidecar 
 sidecar `ops` (no app), and `greeter` (a grpcio server) behind its sidecar.
 
 - Route web: `stub` answers 503 with a JSON body of its own (its response edits set the
-  content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
+  content-type), `added` 200 with one whose edits add it, `bytes` answers 200 with a
+  base64-declared body; other requests reach web.
 - Route web, rule `beta` (withoutHeaders): /beta requests answer `beta` unless they carry
   `x-stable` (any value) or `x-user: bob`.
 - Route web, rules `case` and `api` (ignoreUriCase): /Case/... and /EXACT answer `case` in
@@ -53,6 +54,10 @@ spec:
     - name: bytes
       matches: [{path: {exact: /bytes}}]
       directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
+    - name: added
+      matches: [{path: {exact: /added}}]
+      directResponse: {status: 200, body: {string: '{}'}}
+      headers: {response: {add: {content-type: application/json}}}
     - name: gone
       matches: [{path: {exact: /gone}}]
       directResponse: {status: 204}
@@ -163,6 +168,28 @@ def test_direct_response_answers_at_the_gateway_and_in_a_sidecar(mesh: AnswerMes
                        response_code="200") >= 1
     status, _, body = mesh.call("/stubs")
     assert status == 200 and json.loads(body)["path"] == "/stubs"
+
+
+def test_a_content_type_the_rule_adds_replaces_the_default(mesh: AnswerMesh) -> None:
+    """`headers.response.add: {content-type: ...}` gives the answer that one content-type,
+    not text/plain besides it (Envoy sets its default only when the route's edits gave
+    none), over HTTP/1.1 and HTTP/2."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        conn.request("GET", "/added", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"{}")
+        assert resp.msg.get_all("content-type") == ["application/json"]
+    finally:
+        conn.close()
+
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            answer = await client.request("web", "/added")
+            assert [v for n, v in answer.headers if n == b"content-type"] == [
+                b"application/json"], answer.headers
+
+    asyncio.run(run())
 
 
 def test_direct_response_to_head_has_no_body(mesh: AnswerMesh) -> None:
