@@ -387,8 +387,8 @@ class H2Exchange(Exchange):
                 body = f"{reason}: {text}\n".encode()
             head_only = self.method == b"HEAD"
             length = [(b"content-length", b"%d" % len(body))]
-            if code in NO_BODY:  # (a 204 or 304 a rule declares)
-                body, length = b"", []
+            if code in NO_BODY:  # (a 204, 205 or 304 a rule declares)
+                body, length = b"", [(b"content-length", b"0")] if code == 205 else []
             if edits is None:
                 fields = [(b":status", b"%d" % code), TEXT_PLAIN, *length, reason_header,
                           *_lowered_pairs(extra_headers)]

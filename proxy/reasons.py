@@ -64,9 +64,12 @@ REASONS: dict[str, tuple[int, str]] = {
 NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_protocol_error",
                       "tls_in_tunnel", "idle_timeout", "bad_client_hello"})
 
-# Statuses whose responses have no body (RFC 9110 6.4.1) and, to be safe with both, no
-# Content-Length (a 204 must not have one; a 304's would describe another response's body)
-NO_BODY = frozenset({204, 304})
+# Statuses whose responses have no body (RFC 9110 6.4.1, and 15.3.6: a server "MUST NOT
+# generate content in a 205 response"; browsers read none after one) and, to be safe with
+# both, no Content-Length for 204 and 304 (a 204 must not have one; a 304's would describe
+# another response's body); a 205 says `content-length: 0` to any client that does not know
+# (RFC 7231 6.3.6)
+NO_BODY = frozenset({204, 205, 304})
 
 # A local reply's content-type unless the routed rule's response edits give one
 TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
@@ -95,8 +98,8 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
     if body is None:
         body = f"{reason}: {text}\n".encode()
     length = [b"content-length: %d" % len(body)]
-    if code in NO_BODY:  # (a 204 or 304 a rule declares)
-        body, length = b"", []
+    if code in NO_BODY:  # (a 204, 205 or 304 a rule declares)
+        body, length = b"", [b"content-length: 0"] if code == 205 else []
     if edits is None:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),

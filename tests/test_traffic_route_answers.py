@@ -61,6 +61,13 @@ spec:
     - name: gone
       matches: [{path: {exact: /gone}}]
       directResponse: {status: 204}
+    - name: reset
+      matches: [{path: {exact: /reset}}]
+      directResponse: {status: 205}
+    - name: reset-fault
+      matches: [{path: {exact: /reset-fault}}]
+      backends: [{}]
+      fault: {abort: {httpStatus: 205}}
     - name: beta
       matches: [{path: {prefix: /beta},
                  withoutHeaders: {x-stable: {present: true}, X-User: {exact: bob}}}]
@@ -227,6 +234,32 @@ def test_a_204_direct_response_has_no_body_nor_length(mesh: AnswerMesh) -> None:
         async with H2Client(mesh.gateway_port) as client:
             gone = await client.request("web", "/gone")
             assert (gone.status, gone.body, gone.get("content-length")) == (204, b"", None)
+
+    asyncio.run(run())
+
+
+def test_a_205_has_no_body_and_a_length_of_zero(mesh: AnswerMesh) -> None:
+    """205 Reset Content has no content (RFC 9110 15.3.6; browsers read none after one): a
+    directResponse's and a fault abort's (not the reason's line) say `content-length: 0`, and
+    the keep-alive connection's next answer is intact; over HTTP/2 too."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        for path in ("/reset", "/reset-fault"):
+            conn.request("GET", path, headers={"Host": "web"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read(), resp.getheader("content-length")) == (
+                205, b"", "0"), path
+        conn.request("GET", "/bytes", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"\x00\x01\x02\xff")
+    finally:
+        conn.close()
+
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            for path in ("/reset", "/reset-fault"):
+                answer = await client.request("web", path)
+                assert (answer.status, answer.body) == (205, b""), path
 
     asyncio.run(run())
 

@@ -308,7 +308,7 @@ def _parse_direct_response(data: object, path: str) -> DirectResponse:
     f = Fields(data, path)
     status = f.required("status", _STATUS, 0)
     body = f.value("body", _parse_direct_body, b"")
-    if body and status in (204, 304):
+    if body and status in (204, 205, 304):
         f.add(f.at("body"), f"a {status} answer has no body (RFC 9110): remove the body")
     f.finish()
     return DirectResponse(status, body)
