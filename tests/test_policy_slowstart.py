@@ -145,6 +145,20 @@ def test_an_ejected_warming_endpoint_is_not_drawn() -> None:
     assert shares["newer"] == pytest.approx(10_000 * 0.1 / 1.1, rel=0.1)
 
 
+def test_with_the_warm_endpoints_tried_a_warming_one_answers() -> None:
+    """A retry that excluded every warm endpoint is never left without one: a draw for the
+    warm share falls back to a warming endpoint, whatever the inner balancer says."""
+    clock = FakeClock()
+    eps = [Ep("old"), Ep("new")]
+
+    class Refusing:  # an inner balancer that finds nothing (its own view of eligibility)
+        def pick(self, endpoints: Any, exclude: Any = None) -> None:
+            return None
+
+    slow = SlowStartBalancer(Refusing(), {eps[1]: clock()}, WINDOW, clock, random.Random(4))
+    assert {slow.pick(eps, [eps[0]]) for _ in range(50)} == {eps[1]}
+
+
 def test_arrivals_of_a_destination() -> None:
     """Endpoints there when a destination is first configured, or when it had none, never
     warm; a later one arrives when first seen; one that leaves and comes back arrives again."""

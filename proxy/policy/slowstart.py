@@ -131,17 +131,19 @@ class SlowStartBalancer:
                     return endpoint
                 draw -= factor
         picked = self.inner.pick(endpoints, exclude)
-        if not held or picked not in arrivals:  # (None: not in it either)
-            return picked
-        for endpoint, _ in held:
-            if endpoint is picked:
-                break
-        else:
-            return picked
-        # the warm share, yet the inner balancer chose one held back: again among the others
-        skip = [e for e, _ in held]
-        picked = self.inner.pick(endpoints, skip if exclude is None else _Either(exclude, skip))
-        if picked is None:  # the warm ones all tried or ejected: a held-back one after all
+        if not held or (picked is not None and picked not in arrivals):
+            return picked  # (a warm one: the common case)
+        if picked is not None:
+            for endpoint, _ in held:
+                if endpoint is picked:
+                    break
+            else:
+                return picked  # warming, but at top
+            # the warm share, yet a held-back one: again among the others
+            skip = [e for e, _ in held]
+            picked = self.inner.pick(endpoints,
+                                     skip if exclude is None else _Either(exclude, skip))
+        if picked is None:  # no warm one eligible (all tried or ejected): a held-back one
             draw = self._rng.random() * sum(f for _, f in held)
             for endpoint, factor in held:
                 if draw < factor:
