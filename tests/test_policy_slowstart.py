@@ -121,6 +121,18 @@ def test_endpoints_all_new_balance_by_their_relative_weights() -> None:
     assert _shares(slow, eps, 3_000) == {"e0": 1_000, "e1": 1_000, "e2": 1_000}
 
 
+def test_an_endpoint_of_an_all_new_set_that_warmed_up_counts_as_warm() -> None:
+    """Endpoints that all arrived in the window: once the first one's window is over it is
+    warm (weight 1), and a later one gets its factor's share beside it, not an even one."""
+    clock = FakeClock()
+    eps = [Ep("first"), Ep("later")]
+    slow = SlowStartBalancer(RoundRobinBalancer(), {eps[0]: clock() - 50, eps[1]: clock()},
+                             WINDOW, clock, random.Random(9))
+    clock.advance(60)  # first: 110 s old, warm; later: 60 s old, factor 0.6
+    shares = _shares(slow, eps, 20_000)
+    assert shares["later"] / 20_000 == pytest.approx(0.6 / 1.6, abs=0.015)
+
+
 def test_exclusions_and_nothing_left_are_the_inner_balancers() -> None:
     """Excluded (tried, ejected) endpoints stay excluded; with none eligible, None."""
     clock = FakeClock()

@@ -49,9 +49,9 @@ class SlowStartBalancer:
     ``is_available``: the inner balancer's (outlier ejections), for the warming endpoints a
     draw returns itself."""
 
-    __slots__ = ("_arrivals", "_clock", "_factors", "_fresh_until", "_has_warm",
-                 "_is_available", "_rng", "_seen", "_warming", "aggression", "done", "inner",
-                 "minimum_percent", "until", "window")
+    __slots__ = ("_arrivals", "_clock", "_factors", "_fresh_until", "_is_available", "_rng",
+                 "_seen", "_warming", "aggression", "done", "inner", "minimum_percent", "until",
+                 "window")
 
     def __init__(self, inner: Any, arrivals: Mapping[Any, float], window: float,
                  clock: Clock, rng: random.Random, *, minimum_percent: float = 10.0,
@@ -68,10 +68,9 @@ class SlowStartBalancer:
         self._is_available = is_available
         self.until = max(self._arrivals.values(), default=NEVER) + window
         # Per endpoint sequence (the same tuple on every pick of a backend): those of it
-        # with an arrival, and whether any has none (warm from the start)
+        # with an arrival (the others are warm from the start)
         self._seen: Sequence[Any] | None = None
         self._warming: tuple[Any, ...] = ()
-        self._has_warm = True
         self._factors: tuple[tuple[Any, float], ...] = ()  # of _warming, until _fresh_until
         self._fresh_until = NEVER
 
@@ -95,7 +94,6 @@ class SlowStartBalancer:
         if endpoints is not self._seen:
             self._seen = endpoints
             self._warming = tuple(e for e in endpoints if e in self._arrivals)
-            self._has_warm = len(self._warming) < len(endpoints)
             self._fresh_until = NEVER
         # The eligible warming endpoints below top (held back), with their factors; those
         # at top count as warm, full weight: so do the warm ones (of which the inner balancer
@@ -119,7 +117,7 @@ class SlowStartBalancer:
                 else:
                     full += 1
         top = 1.0
-        if not self._has_warm and held:  # all new: relative to the largest factor
+        if full == 0 and held:  # all new, none warm yet: relative to the largest factor
             top = max(f for _, f in held)
             full += sum(1 for _, f in held if f >= top)
             held = [(e, f) for e, f in held if f < top]
