@@ -22,7 +22,7 @@ from proxy.exchange import _LAST_CHUNK, Exchange
 from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
 from proxy.exchangepolicy import rate_limited
 from proxy.h2upstream import Http1Answer
-from proxy.reasons import NO_BODY, REASON_HEADER, REASONS, edited_local_headers
+from proxy.reasons import NO_BODY, REASON_HEADER, REASONS, TEXT_PLAIN, edited_local_headers
 
 if TYPE_CHECKING:
     from proxy.h2downstream import H2Stream
@@ -36,7 +36,6 @@ _GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 50
 # (not UNAVAILABLE, which clients would retry in vain).
 _GRPC_OF_REASON = {"protocol_mismatch": 12}
 _GRPC_INTERNAL = 13
-_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 # What a route's response edits leave as it is on a gRPC local reply: the fields that say how
 # the call ended (and that it is gRPC), besides the reason header.
 _GRPC_KEPT = frozenset({REASON_HEADER, b"content-type", b"grpc-status", b"grpc-message"})
@@ -388,15 +387,15 @@ class H2Exchange(Exchange):
                 body = f"{reason}: {text}\n".encode()
             head_only = self.method == b"HEAD"
             length = [(b"content-length", b"%d" % len(body))]
-            if code in NO_BODY:  # (a 204 or 304 a rule declares)
-                body, length = b"", []
+            if code in NO_BODY:  # (a 204, 205 or 304 a rule declares)
+                body, length = b"", [(b"content-length", b"0")] if code == 205 else []
             if edits is None:
-                fields = [(b":status", b"%d" % code), _TEXT_PLAIN, *length, reason_header,
+                fields = [(b":status", b"%d" % code), TEXT_PLAIN, *length, reason_header,
                           *_lowered_pairs(extra_headers)]
             else:
                 fields = [(b":status", b"%d" % code), *length, reason_header,
                           *_lowered_pairs(edited_local_headers(
-                              edits, [_TEXT_PLAIN, *extra_headers]))]
+                              edits, [TEXT_PLAIN, *extra_headers]))]
             self.downstream.send_headers(fields, head_only or not body)
             if not head_only and body:
                 self.downstream.send_data(body, True)

@@ -64,9 +64,15 @@ REASONS: dict[str, tuple[int, str]] = {
 NOT_SENT = frozenset({"downstream_disconnect", "drain_timeout", "downstream_protocol_error",
                       "tls_in_tunnel", "idle_timeout", "bad_client_hello"})
 
-# Statuses whose responses have no body (RFC 9110 6.4.1) and, to be safe with both, no
-# Content-Length (a 204 must not have one; a 304's would describe another response's body)
-NO_BODY = frozenset({204, 304})
+# Statuses whose responses have no body (RFC 9110 6.4.1, and 15.3.6: a server "MUST NOT
+# generate content in a 205 response"; browsers read none after one) and, to be safe with
+# both, no Content-Length for 204 and 304 (a 204 must not have one; a 304's would describe
+# another response's body); a 205 says `content-length: 0` to any client that does not know
+# (RFC 7231 6.3.6)
+NO_BODY = frozenset({204, 205, 304})
+
+# A local reply's content-type unless the routed rule's response edits give one
+TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 
 # Marker in the response_flags label for a request that the proxy did not answer itself.
 NO_FLAGS = "-"
@@ -92,8 +98,8 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
     if body is None:
         body = f"{reason}: {text}\n".encode()
     length = [b"content-length: %d" % len(body)]
-    if code in NO_BODY:  # (a 204 or 304 a rule declares)
-        body, length = b"", []
+    if code in NO_BODY:  # (a 204, 205 or 304 a rule declares)
+        body, length = b"", [b"content-length: 0"] if code == 205 else []
     if edits is None:
         lines = [
             b"HTTP/1.1 %d %s" % (code, _status_text(code)),
@@ -109,7 +115,7 @@ def local_reply(reason: str, *, status: int | None = None, close: bool = False,
             REASON_HEADER + b": " + reason.encode(),
         ]
         lines.extend(name + b": " + value for name, value in edited_local_headers(
-            edits, [(b"content-type", b"text/plain; charset=utf-8"), *extra_headers]))
+            edits, [TEXT_PLAIN, *extra_headers]))
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
@@ -120,8 +126,13 @@ def edited_local_headers(edits: Any, headers: list[tuple[bytes, bytes]],
                          ) -> list[tuple[bytes, bytes]]:
     """A local reply's own headers (``headers``, without framing) after a rule's response
     edits; a header named in ``keep`` (the reason header...) is the reply's, neither removed
-    nor set again by an edit."""
-    return [h for h in edits.edit_pairs(headers) if h[0].lower() not in keep]
+    nor set again by an edit. A content-type the edits add replaces the reply's default
+    TEXT_PLAIN (as Envoy's local replies, which set text/plain only when the route's header
+    edits gave none): `add` would otherwise send two, one of which a client picks."""
+    out = [h for h in edits.edit_pairs(headers) if h[0].lower() not in keep]
+    if TEXT_PLAIN in headers and sum(h[0].lower() == b"content-type" for h in out) > 1:
+        out.remove(TEXT_PLAIN)
+    return out
 
 
 def _status_text(code: int) -> bytes:

@@ -655,7 +655,7 @@ class RouterBuilder:
         if policy.warmup is not None and hash_key is None and endpoints is not None \
                 and state is not None:  # (a mesh service's: its endpoints arrive and leave)
             slow = _slow_start(balancer, policy.warmup, state, pools, self.rng,
-                               self.destinations.clock)
+                               self.destinations.clock, available)
             balancer = slow or balancer
         node = self.snapshot.node
         if node.locality is not None and endpoints is not None:  # else: no cost at all
@@ -816,7 +816,8 @@ def tcp_idle_timeout(policy: Any) -> float:
 
 def _slow_start(balancer: Any, warmup: Any, state: DestinationState,
                 pools: tuple[EndpointPool, ...], rng: random.Random,
-                clock: Callable[[], float]) -> SlowStartBalancer | None:
+                clock: Callable[[], float],
+                available: Callable[[Any], bool] | None) -> SlowStartBalancer | None:
     """``balancer`` under slow start while some of ``pools`` is warming (arrived less than
     ``warmup.duration`` ago, DestinationState.arrivals); None when none is: the destination
     then pays nothing per request."""
@@ -828,7 +829,7 @@ def _slow_start(balancer: Any, warmup: Any, state: DestinationState,
         return None
     return SlowStartBalancer(balancer, warming, warmup.duration, clock, rng,
                              minimum_percent=warmup.minimum_percent,
-                             aggression=warmup.aggression)
+                             aggression=warmup.aggression, is_available=available)
 
 
 def _balancer(kind: str, rng: random.Random, available: Any = None) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import pytest
@@ -60,6 +60,38 @@ def test_a_warming_endpoint_gets_its_scaled_weights_share(kind: str, age: float,
     assert share == pytest.approx(factor / (factor + 3), abs=0.01)
 
 
+def _loaded_shares(balancer: Any, endpoints: list[Ep], picks: int,
+                   in_flight: int = 20) -> Counter[str]:
+    """Picks under load: each pick starts a request on its endpoint that ends ``in_flight``
+    picks later (what least request sees between the picks of a busy caller)."""
+    started: deque[Ep] = deque()
+    counts: Counter[str] = Counter()
+    for _ in range(picks):
+        if len(started) == in_flight:
+            started.popleft().active_requests -= 1
+        picked = balancer.pick(endpoints)
+        picked.active_requests += 1
+        started.append(picked)
+        counts[picked.name] += 1
+    return counts
+
+
+@pytest.mark.parametrize("warm", [1, 3])
+def test_least_request_under_load_keeps_the_warming_share(warm: int) -> None:
+    """With requests in flight, least request prefers the endpoint with the fewest: the
+    warming one, since it is held back. Its share stays f / (f + n - 1) all the same (a
+    re-pick of a least-request balancer came back to it: beside one warm endpoint, every
+    re-pick did, and it got half of the requests at 10% weight)."""
+    clock = FakeClock()
+    eps = [Ep(f"e{i}") for i in range(warm + 1)]
+    rng = random.Random(5)
+    slow = SlowStartBalancer(LeastRequestBalancer(rng), {eps[-1]: clock()}, WINDOW, clock,
+                             random.Random(6))
+    picks = 20_000
+    share = _loaded_shares(slow, eps, picks)[eps[-1].name] / picks
+    assert share == pytest.approx(0.1 / (0.1 + warm), abs=0.01)
+
+
 def test_the_share_rises_with_time_and_is_whole_after_the_window() -> None:
     """The same endpoint, later: a larger share; past the window, half of two endpoints',
     and the wrapper tells its backend it may go (``done``, once)."""
@@ -89,6 +121,18 @@ def test_endpoints_all_new_balance_by_their_relative_weights() -> None:
     assert _shares(slow, eps, 3_000) == {"e0": 1_000, "e1": 1_000, "e2": 1_000}
 
 
+def test_an_endpoint_of_an_all_new_set_that_warmed_up_counts_as_warm() -> None:
+    """Endpoints that all arrived in the window: once the first one's window is over it is
+    warm (weight 1), and a later one gets its factor's share beside it, not an even one."""
+    clock = FakeClock()
+    eps = [Ep("first"), Ep("later")]
+    slow = SlowStartBalancer(RoundRobinBalancer(), {eps[0]: clock() - 50, eps[1]: clock()},
+                             WINDOW, clock, random.Random(9))
+    clock.advance(60)  # first: 110 s old, warm; later: 60 s old, factor 0.6
+    shares = _shares(slow, eps, 20_000)
+    assert shares["later"] / 20_000 == pytest.approx(0.6 / 1.6, abs=0.015)
+
+
 def test_exclusions_and_nothing_left_are_the_inner_balancers() -> None:
     """Excluded (tried, ejected) endpoints stay excluded; with none eligible, None."""
     clock = FakeClock()
@@ -97,6 +141,34 @@ def test_exclusions_and_nothing_left_are_the_inner_balancers() -> None:
                              random.Random(1))
     assert {slow.pick(eps, [eps[0]]) for _ in range(50)} == {eps[1]}  # the only one left
     assert slow.pick(eps, eps) is None
+
+
+def test_an_ejected_warming_endpoint_is_not_drawn() -> None:
+    """The draw by weight honours the inner balancer's availability (outlier ejections):
+    an ejected warming endpoint gets nothing, its share goes to the others."""
+    clock = FakeClock()
+    eps = [Ep("old"), Ep("new"), Ep("newer")]
+    ejected = {eps[1]}
+    slow = SlowStartBalancer(RoundRobinBalancer(is_available=lambda e: e not in ejected),
+                             {eps[1]: clock(), eps[2]: clock()}, WINDOW, clock,
+                             random.Random(2), is_available=lambda e: e not in ejected)
+    shares = _shares(slow, eps, 10_000)
+    assert shares["new"] == 0
+    assert shares["newer"] == pytest.approx(10_000 * 0.1 / 1.1, rel=0.1)
+
+
+def test_with_the_warm_endpoints_tried_a_warming_one_answers() -> None:
+    """A retry that excluded every warm endpoint is never left without one: a draw for the
+    warm share falls back to a warming endpoint, whatever the inner balancer says."""
+    clock = FakeClock()
+    eps = [Ep("old"), Ep("new")]
+
+    class Refusing:  # an inner balancer that finds nothing (its own view of eligibility)
+        def pick(self, endpoints: Any, exclude: Any = None) -> None:
+            return None
+
+    slow = SlowStartBalancer(Refusing(), {eps[1]: clock()}, WINDOW, clock, random.Random(4))
+    assert {slow.pick(eps, [eps[0]]) for _ in range(50)} == {eps[1]}
 
 
 def test_arrivals_of_a_destination() -> None:

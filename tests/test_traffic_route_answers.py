@@ -3,7 +3,8 @@ serve`, a gateway (Gateway edge -> web), `web` (an echo app) behind its sidecar 
 sidecar `ops` (no app), and `greeter` (a grpcio server) behind its sidecar.
 
 - Route web: `stub` answers 503 with a JSON body of its own (its response edits set the
-  content-type), `bytes` answers 200 with a base64-declared body; other requests reach web.
+  content-type), `added` 200 with one whose edits add it, `bytes` answers 200 with a
+  base64-declared body; other requests reach web.
 - Route web, rule `beta` (withoutHeaders): /beta requests answer `beta` unless they carry
   `x-stable` (any value) or `x-user: bob`.
 - Route web, rules `case` and `api` (ignoreUriCase): /Case/... and /EXACT answer `case` in
@@ -53,9 +54,20 @@ spec:
     - name: bytes
       matches: [{path: {exact: /bytes}}]
       directResponse: {status: 200, body: {bytes: "AAEC/w=="}}
+    - name: added
+      matches: [{path: {exact: /added}}]
+      directResponse: {status: 200, body: {string: '{}'}}
+      headers: {response: {add: {content-type: application/json}}}
     - name: gone
       matches: [{path: {exact: /gone}}]
       directResponse: {status: 204}
+    - name: reset
+      matches: [{path: {exact: /reset}}]
+      directResponse: {status: 205}
+    - name: reset-fault
+      matches: [{path: {exact: /reset-fault}}]
+      backends: [{}]
+      fault: {abort: {httpStatus: 205}}
     - name: beta
       matches: [{path: {prefix: /beta},
                  withoutHeaders: {x-stable: {present: true}, X-User: {exact: bob}}}]
@@ -165,6 +177,28 @@ def test_direct_response_answers_at_the_gateway_and_in_a_sidecar(mesh: AnswerMes
     assert status == 200 and json.loads(body)["path"] == "/stubs"
 
 
+def test_a_content_type_the_rule_adds_replaces_the_default(mesh: AnswerMesh) -> None:
+    """`headers.response.add: {content-type: ...}` gives the answer that one content-type,
+    not text/plain besides it (Envoy sets its default only when the route's edits gave
+    none), over HTTP/1.1 and HTTP/2."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        conn.request("GET", "/added", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"{}")
+        assert resp.msg.get_all("content-type") == ["application/json"]
+    finally:
+        conn.close()
+
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            answer = await client.request("web", "/added")
+            assert [v for n, v in answer.headers if n == b"content-type"] == [
+                b"application/json"], answer.headers
+
+    asyncio.run(run())
+
+
 def test_direct_response_to_head_has_no_body(mesh: AnswerMesh) -> None:
     """HEAD gets the status and the length of the body it would have had, and no body; the
     connection stays usable (the next request on it is answered)."""
@@ -200,6 +234,32 @@ def test_a_204_direct_response_has_no_body_nor_length(mesh: AnswerMesh) -> None:
         async with H2Client(mesh.gateway_port) as client:
             gone = await client.request("web", "/gone")
             assert (gone.status, gone.body, gone.get("content-length")) == (204, b"", None)
+
+    asyncio.run(run())
+
+
+def test_a_205_has_no_body_and_a_length_of_zero(mesh: AnswerMesh) -> None:
+    """205 Reset Content has no content (RFC 9110 15.3.6; browsers read none after one): a
+    directResponse's and a fault abort's (not the reason's line) say `content-length: 0`, and
+    the keep-alive connection's next answer is intact; over HTTP/2 too."""
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.gateway_port, timeout=10)
+    try:
+        for path in ("/reset", "/reset-fault"):
+            conn.request("GET", path, headers={"Host": "web"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read(), resp.getheader("content-length")) == (
+                205, b"", "0"), path
+        conn.request("GET", "/bytes", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"\x00\x01\x02\xff")
+    finally:
+        conn.close()
+
+    async def run() -> None:
+        async with H2Client(mesh.gateway_port) as client:
+            for path in ("/reset", "/reset-fault"):
+                answer = await client.request("web", path)
+                assert (answer.status, answer.body) == (205, b""), path
 
     asyncio.run(run())
 

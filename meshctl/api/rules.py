@@ -308,7 +308,7 @@ def _parse_direct_response(data: object, path: str) -> DirectResponse:
     f = Fields(data, path)
     status = f.required("status", _STATUS, 0)
     body = f.value("body", _parse_direct_body, b"")
-    if body and status in (204, 304):
+    if body and status in (204, 205, 304):
         f.add(f.at("body"), f"a {status} answer has no body (RFC 9110): remove the body")
     f.finish()
     return DirectResponse(status, body)
@@ -494,8 +494,9 @@ HTTP_OF_GRPC = {1: 499, 3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 12: 501, 14: 503
 
 
 def grpc_code(data: object, path: str) -> int:
-    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16)."""
-    if isinstance(data, str) and not data.isdigit():
+    """A gRPC status other than OK: its name (`UNAVAILABLE`) or its number (1-16), also as a
+    string of ASCII digits (str.isdigit alone took `²`, which int() refuses, and `١٤`)."""
+    if isinstance(data, str) and not (data.isascii() and data.isdigit()):
         if data == "OK":
             fail(path, "OK is no abort: name a failure like UNAVAILABLE")
         if data not in GRPC_CODES:
