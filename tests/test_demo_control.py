@@ -19,7 +19,8 @@ from meshctl.demo.runner import DemoOptions
 from meshctl.demo.state import READY, STOPPED, ProcessRecord, RunDir, RunState
 from meshctl.demo.supervisor import Timing
 from meshctl.demo.topology import Ports
-from tests.ports import free_port
+from tests.ports import free_block, free_port
+from tests.test_demo_e2e import BLOCK
 
 
 @pytest.fixture
@@ -97,7 +98,10 @@ def test_a_reused_pid_is_not_killed(tmp_path: Path,
 
 def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
     """`up --detach` with the gateway port busy names the port and process, starts nothing."""
-    ports = Ports(base=41000, gateway=free_port(), api=free_port(), grpc=free_port())
+    # the instances' block from the test allocator too: a fixed one (41000, in the ephemeral
+    # range) was taken by some client's port in a CI run, and the message named it first
+    ports = Ports(base=free_block(BLOCK), gateway=free_port(), api=free_port(),
+                  grpc=free_port())
     opts = DemoOptions(workdir=tmp_path, certs=tmp_path / "certs", ports=ports, traffic=False,
                        timing=Timing(ready_timeout=10))
     forwarded = ["--gateway-port", str(ports.gateway), "--base-port", str(ports.base),
