@@ -34,6 +34,8 @@ def health_view(backends: Iterable[Any],
             for pool in backend.pools:
                 pools.setdefault(str(pool.address), pool)
         warmup = members[0].warmup
+        if len(pools) < 2 or all(b.single is not None for b in members):
+            warmup = None  # one endpoint takes every request: nothing to ramp, nothing to show
         arrivals = (members[0].state.arrivals or {}) if warmup is not None else {}
         now = clock()
         endpoints = []

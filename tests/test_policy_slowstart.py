@@ -249,3 +249,15 @@ async def test_the_health_view_shows_a_warming_endpoint() -> None:
     new = next(e for e in view if e["address"] == "127.0.0.1:3")
     assert (new["warmingSeconds"], new["weightPercent"]) == (70.0, 30.0)
     assert all("warmingSeconds" not in e for e in view if e is not new)
+
+
+async def test_the_health_view_shows_no_warming_where_one_endpoint_takes_everything() -> None:
+    """An endpoint that replaced the only other one arrived within the window, but it takes
+    every request (nothing to share with): no WARMING at 10% in proxy-config."""
+    proxy = _Proxy(asyncio.get_running_loop())
+    proxy.backend((1,), WARMUP)
+    proxy.clock.advance(10)
+    backend = proxy.backend((2,), WARMUP)
+    view = health_view([backend], proxy.clock)["api"]["endpoints"]
+    assert [e["address"] for e in view] == ["127.0.0.1:2"]
+    assert "warmingSeconds" not in view[0] and "weightPercent" not in view[0]
