@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from meshctl.api.authz import AuthorizationRule, parse_authorization
 from meshctl.api.errors import ValidationError
-from meshctl.ca import CertificateAuthority
-from tests.proxyharness import Message, ProxyProcess, free_port, get, read_response
+from tests.proxyharness import Message, free_port, get, read_response
+from tests.test_authz_semantics import Env
 from tests.test_mtls_static import client_ctx, mesh_ca, mint, start_proxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -198,13 +197,6 @@ POLICIES = [
         {"from": [{"notServices": ["ratings"]}], "to": [{"paths": ["/private/*"]}]},
     ]},
 ]
-
-
-@dataclass
-class Env:
-    ca: CertificateAuthority
-    proxy: ProxyProcess
-    port: int
 
 
 @pytest.fixture(scope="module")
