@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 class Breaker:
     """Connection-pool limits of one destination (Envoy's circuit breakers)."""
 
-    __slots__ = ("active", "limits", "pending", "pools", "starting")
+    __slots__ = ("active", "limits", "pending", "pools", "retrying", "starting")
 
     def __init__(self, limits: ConnectionPool) -> None:
         self.limits = limits
         self.active = 0
+        self.retrying = 0  # requests being retried (maxRetries)
         self.pending: deque[Exchange] = deque()
         self.pools: tuple[EndpointPool, ...] = ()
         # Connect tasks created but not yet running (EndpointPool.connections counts the rest).
@@ -47,6 +48,23 @@ class Breaker:
 
     def finish(self) -> None:
         self.active -= 1
+
+    def retries_full(self, ex: Exchange) -> bool:
+        """Whether ``ex`` may not be retried now: maxRetries (Envoy's max_retries: requests
+        being retried at once to the destination) are all taken by other requests."""
+        limit = self.limits.max_retries
+        return bool(limit) and ex._retry_slot is None and self.retrying >= limit
+
+    def retry_started(self, ex: Exchange) -> None:
+        """``ex`` is being retried: it holds a retry slot until it ends (one however many
+        times it is retried)."""
+        if self.limits.max_retries and ex._retry_slot is None:
+            self.retrying += 1
+            ex._retry_slot = self
+
+    def retry_finished(self, ex: Exchange) -> None:
+        ex._retry_slot = None
+        self.retrying -= 1
 
     def connections_full(self) -> bool:
         opened = sum(p.connections for p in self.pools) + len(self.starting)
@@ -208,8 +226,7 @@ class DestinationRegistry:
                 # request gives its slot back to the breaker it took it from).
                 breaker.limits = pool_settings
                 breaker.wake()
-        if outlier is None or (outlier.consecutive_5xx_errors == 0
-                               and outlier.consecutive_gateway_errors == 0):
+        if outlier is None or not outlier.detects:
             state.outlier = None
         else:
             if state.outlier is None or getattr(state.outlier, "settings", None) != outlier:
@@ -235,6 +252,8 @@ class DestinationRegistry:
             s.consecutive_5xx_errors, s.consecutive_gateway_errors, s.interval,
             s.base_ejection_time,
             s.max_ejection_percent, self.clock,
+            consecutive_local_origin=(s.consecutive_local_origin_failures
+                                      if s.split_external_local_origin_errors else None),
             on_ejection=ejected,
         )
         detector.settings = s

@@ -41,7 +41,8 @@ class Exchange:
     __slots__ = (
         "_attempt", "_attempt_timer", "_body_buffer", "_breaker", "_buffered",
         "_connect_task", "_failover_used", "_frame", "_fresh_retry_used", "_out", "_pool_held",
-        "_replay", "_response_chunked_in", "_retry_timer", "_route_timeout", "_timer", "_tried",
+        "_replay", "_response_chunked_in", "_retry_slot", "_retry_timer", "_route_timeout",
+        "_timer", "_tried",
         "_try_start",
         "_upstream_paused",
         "_waiting", "arrived", "authority", "backend", "bytes_in", "bytes_out", "chunked",
@@ -96,6 +97,7 @@ class Exchange:
         self._failover_used = False
         self._pool_held = False
         self._breaker: Breaker | None = None  # the breaker this request holds a slot of
+        self._retry_slot: Breaker | None = None  # ... and a retry slot of (maxRetries)
         self._waiting = False
         self._attempt = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -582,6 +584,8 @@ class Exchange:
         if breaker is not None:
             self._breaker = None
             breaker.finish()
+            if self._retry_slot is not None:  # (only a request holding a breaker slot has one)
+                self._retry_slot.retry_finished(self)
         self.downstream.exchange_finished(self, tunnel)
 
     def _release_pool(self) -> None:
@@ -598,4 +602,6 @@ class Exchange:
         if breaker is not None:
             self._breaker = None
             breaker.finish()
+            if self._retry_slot is not None:
+                self._retry_slot.retry_finished(self)
 

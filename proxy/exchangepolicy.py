@@ -256,16 +256,24 @@ def connect_failover(ex: Exchange) -> bool:
 
 
 def may_retry(ex: Exchange) -> bool:
-    """Attempts left, the body replayable, and the budget allows one more."""
+    """Attempts left, the body replayable, the destination's maxRetries and the budget allow
+    one more."""
     decision = ex.decision
     assert decision is not None and decision.retry is not None
     retry = decision.retry
     if ex._replay is None or ex._attempt >= retry.attempts or ex.downstream.closed:
         return False
+    backend = ex.backend
+    breaker = backend.state.breaker if backend is not None and backend.state is not None else None
+    if breaker is not None and breaker.retries_full(ex):
+        ex._count("ami_retry_overflow")
+        return False
     assert retry.state.budget is not None
     if not retry.state.budget.try_withdraw():
         ex._count("ami_retry_budget_exhausted")
         return False
+    if breaker is not None:
+        breaker.retry_started(ex)
     return True
 
 

@@ -143,7 +143,9 @@ class H2UpstreamConnection(asyncio.Protocol):
         # The server's first SETTINGS (its stream limit): streams wait for it, or a server
         # allowing fewer than h2's default would refuse the ones beyond.
         self.settings_seen: asyncio.Future[None] = self.loop.create_future()
-        self.goaway = False  # the server said it takes no new stream
+        # the server said it takes no new stream (or the connection's maxConnectionDuration
+        # is up: the same, decided here)
+        self.goaway = False
         self.idle_since = self.loop.time()
         self.peer_identity: str | None = None
 
@@ -247,6 +249,13 @@ class H2UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             self.pool.forget_h2(self)
+
+    def expire(self) -> None:
+        """The destination's maxConnectionDuration is up: no new stream; closed now if it
+        carries none, else when its last one ends (as after a GOAWAY)."""
+        self.goaway = True
+        if not self.streams:
+            self.close()
 
     def abort(self) -> None:
         """Drop the connection at once (a failed check after connecting)."""

@@ -175,6 +175,8 @@ class _StatsCollector(Collector):
 _COUNTER_HELP = {
     "ami_retries": "Retries sent to upstreams.",
     "ami_retry_budget_exhausted": "Retries refused because the retry budget was spent.",
+    "ami_retry_overflow": "Retries refused because the destination's connectionPool.maxRetries "
+                          "requests were being retried already.",
     "ami_circuit_breaker_overflow": "Requests refused by connection-pool limits.",
     "ami_outlier_ejections": "Endpoints ejected by outlier detection.",
     "ami_outlier_panics": "Times a destination went into panic (outlierDetection."

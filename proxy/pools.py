@@ -20,7 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from meshctl.api.policy import ConnectionPool
+from meshctl.api.policy import ConnectionPool, TcpKeepalive
+from proxy.keepalive import set_keepalive
 from proxy.loglevels import debug_on
 from proxy.origination import check_h2
 from proxy.upstream import TlsUpstreamConnection, UpstreamConnection
@@ -57,8 +58,10 @@ class EndpointPool:
         "identity",
         "idle",
         "idle_timeout",
+        "keepalive",
         "loop",
         "loop_ports",
+        "max_connection_duration",
         "max_head_bytes",
         "max_requests_per_connection",
         "origination",
@@ -87,6 +90,8 @@ class EndpointPool:
         self.idle_timeout = 10.0
         self.connect_timeout = 5.0
         self.max_requests_per_connection = 0
+        self.max_connection_duration = 0.0  # a connection's age limit (0: none)
+        self.keepalive: TcpKeepalive | None = None  # TCP keepalive probes on its connections
         self.tls: Any = None  # TlsContexts when this endpoint is reached over mTLS
         # An outside host this sidecar opens TLS to (proxy.origination): not mTLS, no identity
         self.origination: Origination | None = None
@@ -276,6 +281,7 @@ class EndpointPool:
             self._check_identity(transport, proto)
         if self.loop_ports is not None:
             self._check_not_self(transport, proto, self.loop_ports())
+        self.configure_connection(transport, proto)
         if _debug:
             pool_log.debug("%s: connection opened (%s%s); %d open, %d idle", self.address,
                            "mTLS" if tls is not None else "TLS" if origination is not None
@@ -314,11 +320,19 @@ class EndpointPool:
             proto.abort()
             raise OSError(f"upstream {self.address}: {exc}") from None
 
+    def configure_connection(self, transport: asyncio.BaseTransport, proto: Any) -> None:
+        """What the destination's connectionPool asks of each new connection: TCP keepalive
+        probes, and an end at maxConnectionDuration (once it carries no request)."""
+        if self.keepalive is not None:
+            set_keepalive(transport, self.keepalive)
+        if self.max_connection_duration:
+            self.loop.call_later(self.max_connection_duration, proto.expire)
+
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose response completed cleanly to the idle set."""
         conn.exchange = None
         limit = self.max_requests_per_connection
-        if conn.closed or self.retired or (limit and conn.requests >= limit):
+        if conn.closed or self.retired or conn.expired or (limit and conn.requests >= limit):
             conn.close()
             return
         breaker = self.breaker
@@ -452,6 +466,8 @@ class PoolRegistry:
             pool.idle_timeout = settings.idle_timeout
             pool.connect_timeout = settings.connect_timeout
             pool.max_requests_per_connection = settings.max_requests_per_connection
+            pool.max_connection_duration = settings.max_connection_duration
+            pool.keepalive = settings.tcp_keepalive
         self._used.add(key)
         return pool
 
@@ -476,6 +492,8 @@ class PoolRegistry:
             if policy is not None and policy.connection_pool is not None:
                 pool.idle_timeout = policy.connection_pool.idle_timeout
                 pool.connect_timeout = policy.connection_pool.connect_timeout
+                pool.max_connection_duration = policy.connection_pool.max_connection_duration
+                pool.keepalive = policy.connection_pool.tcp_keepalive
         pool.loop_ports = own_ports
         pool.tunnel = tunnel
         if tunnel and pool.tunnels is None:

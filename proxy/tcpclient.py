@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.keepalive import set_keepalive
 from proxy.tcprelay import MeshEnd, TcpSession, answer_word
 from proxy.tcpwire import PREAMBLE, first_frame
 
@@ -188,6 +189,8 @@ async def _connect(session: TcpSession, pool: EndpointPool, version: bytes) -> s
                 lambda: end, pool.address.host, pool.address.port,
                 ssl=tls.client_tcp if tls is not None else None,
                 server_hostname="mesh" if tls is not None else None)
+            if pool.keepalive is not None:
+                set_keepalive(transport, pool.keepalive)
             problem = _check_peer(transport, pool) if tls is not None else None
             if problem is not None:
                 log.warning("TCP service endpoint %s: %s", pool.address, problem)

@@ -84,6 +84,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "content_length",
         "early",
         "exchange",
+        "expired",
         "head_bytes",
         "header_parts",
         "idle_since",
@@ -113,6 +114,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.idle_since = 0.0
         self.requests = 0
         self.closed = False
+        self.expired = False  # past the destination's maxConnectionDuration: no more requests
         self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
         self.early: list[bytes] = []  # a tunnel server's bytes before the tunnel was joined
         self._tunnel_eof = False  # one end of the tunnel has half-closed (see half_close)
@@ -387,6 +389,13 @@ class UpstreamConnection(asyncio.BaseProtocol):
             self._detach()
             if self.transport is not None:
                 self.transport.close()
+
+    def expire(self) -> None:
+        """The destination's maxConnectionDuration is up: closed now if idle, else once its
+        request ends (PoolRegistry.release)."""
+        self.expired = True
+        if self.exchange is None and self.tunnel_peer is None:
+            self.close()
 
     def abort(self) -> None:
         self._closed_by_us = True

@@ -36,6 +36,7 @@ from meshctl.api.peerauthn import PEER_MODES
 from meshctl.api.policy import (
     COOKIE_NAME,
     COOKIE_PATH,
+    H2_UPGRADE_POLICIES,
     LOAD_BALANCERS,
     TLS_MODES,
     WARMUP_BALANCERS,
@@ -223,6 +224,8 @@ DEFS: Schema = {
                        "properties": {"headers": {"required": ["request"]}}}]}}]},
 }
 
+_TCP_KEEPALIVE: Schema = _obj({"time": _duration(), "interval": _duration(),
+                               "probes": _int(1, 127)})
 # The policy fields a DestinationPolicy's subset may set too (each replacing the host's).
 _SUBSET_POLICY: Schema = {
     "loadBalancer": {"enum": list(LOAD_BALANCERS)},
@@ -243,11 +246,30 @@ _SUBSET_POLICY: Schema = {
         "maxConnections": _int(1), "maxPendingRequests": _int(0),
         "maxRequestsPerConnection": _int(0), "maxConcurrentRequests": _int(1),
         "idleTimeout": _duration(), "connectTimeout": _duration(),
-        "tcpIdleTimeout": _duration("a TCP service's connection; 0s: never", zero=True)}),
+        "tcpIdleTimeout": _duration("a TCP service's connection; 0s: never", zero=True),
+        "tcpKeepalive": _TCP_KEEPALIVE,
+        "maxConnectionDuration": _duration("a pooled HTTP connection's age limit"),
+        "maxRetries": _int(0),
+        # Istio's DestinationRule spelling of the same settings (each given once)
+        "tcp": _obj({"maxConnections": _int(1), "connectTimeout": _duration(),
+                     "idleTimeout": _duration("a TCP service's connection; 0s: never",
+                                              zero=True),
+                     "tcpKeepalive": _TCP_KEEPALIVE,
+                     "maxConnectionDuration": _duration()}),
+        "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(1),
+                      "maxRequestsPerConnection": _int(0), "maxRetries": _int(0),
+                      "idleTimeout": _duration(),
+                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})}),
     "outlierDetection": _obj({
         "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
         "interval": _duration(), "baseEjectionTime": _duration(),
-        "maxEjectionPercent": _int(0, 100), "minHealthPercent": _int(0, 100)}),
+        "maxEjectionPercent": _int(0, 100), "minHealthPercent": _int(0, 100),
+        "splitExternalLocalOriginErrors": {"type": "boolean"},
+        "consecutiveLocalOriginFailures": _int(0)},
+        # (only with splitExternalLocalOriginErrors: true)
+        dependentSchemas={"consecutiveLocalOriginFailures": {
+            "required": ["splitExternalLocalOriginErrors"],
+            "properties": {"splitExternalLocalOriginErrors": {"const": True}}}}),
 }
 _WARMUP_KEYS: Schema = {"anyOf": [{"required": ["warmup"]}, {"required": ["warmupDurationSecs"]}]}
 # In the same mapping: consistentHash if and only if loadBalancer is CONSISTENT_HASH; warmup or

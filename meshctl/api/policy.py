@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError
@@ -58,9 +59,19 @@ class Subset:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """TCP keepalive probes on the connections to a destination (Istio's tcp.tcpKeepalive);
+    None: the operating system's setting (Linux: 7200 s, 75 s, 9 probes)."""
+
+    time: float | None = None  # idle time before the first probe
+    interval: float | None = None  # between probes
+    probes: int | None = None  # unanswered probes before the connection is dropped
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionPool:
-    """Limits towards one destination; 0 maxRequestsPerConnection means unlimited, 0
-    tcpIdleTimeout never."""
+    """Limits towards one destination; 0 maxRequestsPerConnection, maxConnectionDuration and
+    maxRetries mean unlimited, 0 tcpIdleTimeout never."""
 
     max_connections: int = 1024
     max_pending_requests: int = 1024
@@ -69,6 +80,9 @@ class ConnectionPool:
     idle_timeout: float = 10.0  # a pooled HTTP connection's
     connect_timeout: float = 5.0
     tcp_idle_timeout: float = 3600.0  # a TCP service's connection's (Istio's tcp.idleTimeout)
+    tcp_keepalive: TcpKeepalive | None = None  # None: no keepalive probes (the OS default)
+    max_connection_duration: float = 0.0  # a pooled HTTP connection's age limit
+    max_retries: int = 0  # retries in progress at once to the destination (Envoy's max_retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,16 @@ class OutlierDetection:
     # Istio's minHealthPercent (Envoy's panic threshold): below this share of healthy
     # endpoints ejections are ignored. 0 (Istio's default) never panics.
     min_health_percent: int = 0
+    # Envoy's split_external_local_origin_errors: connect failures, resets and timeouts count
+    # toward consecutive_local_origin_failures alone, not toward the 5xx and gateway counters.
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failures: int = 5
+
+    @property
+    def detects(self) -> bool:
+        """Whether any counter can eject an endpoint."""
+        return bool(self.consecutive_5xx_errors or self.consecutive_gateway_errors or (
+            self.split_external_local_origin_errors and self.consecutive_local_origin_failures))
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,21 +415,111 @@ def _parse_subset(data: object, path: str) -> Subset:
     return Subset(name, labels, policy)
 
 
+# Istio's DestinationRule spelling, connectionPool: {tcp: {...}, http: {...}}: each field and
+# the flat Ami field it sets (None: accepted, with nothing to set; see _ISTIO_REFUSED)
+_ISTIO_TCP = {"maxConnections": "maxConnections", "connectTimeout": "connectTimeout",
+              "idleTimeout": "tcpIdleTimeout", "tcpKeepalive": "tcpKeepalive",
+              "maxConnectionDuration": "maxConnectionDuration"}
+_ISTIO_HTTP = {"http1MaxPendingRequests": "maxPendingRequests",
+               "http2MaxRequests": "maxConcurrentRequests",
+               "maxRequestsPerConnection": "maxRequestsPerConnection",
+               "maxRetries": "maxRetries", "idleTimeout": "idleTimeout",
+               "h2UpgradePolicy": None}
+_ISTIO_REFUSED = {
+    "useClientProtocol": "not supported: the protocol spoken to an endpoint is its port's "
+                         "appProtocol (auto: the client's own, as useClientProtocol: true)",
+    "maxConcurrentStreams": "not supported: an HTTP/2 connection to an endpoint carries as "
+                            "many streams as the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS allows",
+}
+# h2UpgradePolicy: Ami never upgrades an HTTP/1.1 request to HTTP/2 (what these two mean)
+H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE")
+
+
 def parse_connection_pool(data: object, path: str) -> ConnectionPool:
-    """Parse connectionPool (every field optional)."""
+    """Parse connectionPool (every field optional): Ami's flat fields, or Istio's `tcp` and
+    `http` groups, or both, each setting given once."""
     f = Fields(data, path)
+    given = _istio_groups(f)
+    raw = dict(given)
+    for key in (*_FLAT_POOL_FIELDS, "tcpKeepalive", "maxConnectionDuration", "maxRetries"):
+        if f.has(key):
+            if key in given:
+                f.add(f.at(key), f"the same setting as {given[key][1]}: give it once")
+                continue
+            raw[key] = (f.raw(key), f.at(key))
     d = ConnectionPool()
+
+    def value(key: str, conv: F.Conv[Any], default: Any) -> Any:
+        if key not in raw:
+            return default
+        try:
+            return conv(*raw[key])
+        except ValidationError as err:
+            f.issues.extend(err.issues)
+            return default
+
     pool = ConnectionPool(
-        f.value("maxConnections", F.integer(1), d.max_connections),
-        f.value("maxPendingRequests", F.integer(0), d.max_pending_requests),
-        f.value("maxRequestsPerConnection", F.integer(0), d.max_requests_per_connection),
-        f.value("maxConcurrentRequests", F.integer(1), d.max_concurrent_requests),
-        f.value("idleTimeout", F.duration(), d.idle_timeout),
-        f.value("connectTimeout", F.duration(), d.connect_timeout),
-        f.value("tcpIdleTimeout", F.duration(zero="never"), d.tcp_idle_timeout),
+        value("maxConnections", F.integer(1), d.max_connections),
+        value("maxPendingRequests", F.integer(0), d.max_pending_requests),
+        value("maxRequestsPerConnection", F.integer(0), d.max_requests_per_connection),
+        value("maxConcurrentRequests", F.integer(1), d.max_concurrent_requests),
+        value("idleTimeout", F.duration(), d.idle_timeout),
+        value("connectTimeout", F.duration(), d.connect_timeout),
+        value("tcpIdleTimeout", F.duration(zero="never"), d.tcp_idle_timeout),
+        value("tcpKeepalive", parse_tcp_keepalive, None),
+        value("maxConnectionDuration", F.duration(), d.max_connection_duration),
+        value("maxRetries", F.integer(0), d.max_retries),
     )
     f.finish()
     return pool
+
+
+_FLAT_POOL_FIELDS = ("maxConnections", "maxPendingRequests", "maxRequestsPerConnection",
+                     "maxConcurrentRequests", "idleTimeout", "connectTimeout", "tcpIdleTimeout")
+
+
+def _istio_groups(f: Fields) -> dict[str, tuple[object, str]]:
+    """The settings Istio's `tcp` and `http` groups give: flat field -> (raw value, path)."""
+    given: dict[str, tuple[object, str]] = {}
+    for group, names in (("tcp", _ISTIO_TCP), ("http", _ISTIO_HTTP)):
+        if not f.has(group):
+            continue
+        try:
+            g = Fields(f.raw(group), f.at(group))
+        except ValidationError as err:
+            f.issues.extend(err.issues)
+            continue
+        for name, flat in names.items():
+            if flat is not None and g.has(name):
+                given[flat] = (g.raw(name), g.at(name))
+        if group == "http":
+            if g.raw("h2UpgradePolicy") == "UPGRADE":
+                g.add(g.at("h2UpgradePolicy"), "not supported: Ami does not upgrade HTTP/1.1 "
+                      "requests to HTTP/2; a request goes to an endpoint in its port's "
+                      "appProtocol (auto: the client's own); DEFAULT and DO_NOT_UPGRADE are "
+                      "accepted, and mean just that")
+            else:
+                g.optional("h2UpgradePolicy", F.enum(H2_UPGRADE_POLICIES))
+            for name, why in _ISTIO_REFUSED.items():
+                if g.has(name):
+                    g.add(g.at(name), why)
+        try:
+            g.finish()
+        except ValidationError as err:
+            f.issues.extend(err.issues)
+    return given
+
+
+def parse_tcp_keepalive(data: object, path: str) -> TcpKeepalive:
+    """tcpKeepalive: {time, interval, probes}, each optional (the OS's when absent)."""
+    f = Fields(data, path)
+    keepalive = TcpKeepalive(
+        f.optional("time", F.duration(1.0)),
+        f.optional("interval", F.duration(1.0)),
+        f.optional("probes", F.integer(1, 127)),
+    )
+    f.finish()
+    return keepalive
 
 
 def parse_outlier_detection(data: object, path: str) -> OutlierDetection:
@@ -419,7 +533,18 @@ def parse_outlier_detection(data: object, path: str) -> OutlierDetection:
         f.value("baseEjectionTime", F.duration(), d.base_ejection_time),
         f.value("maxEjectionPercent", F.integer(0, 100), d.max_ejection_percent),
         f.value("minHealthPercent", F.integer(0, 100), d.min_health_percent),
+        f.value("splitExternalLocalOriginErrors", F.boolean,
+                d.split_external_local_origin_errors),
+        f.value("consecutiveLocalOriginFailures", F.integer(0),
+                d.consecutive_local_origin_failures),
     )
+    if f.has("consecutiveLocalOriginFailures") and not detection.split_external_local_origin_errors:
+        f.add(f.at("consecutiveLocalOriginFailures"),
+              "has no effect unless splitExternalLocalOriginErrors is true (without it, "
+              "connect failures, resets and timeouts count as 5xx and gateway errors)")
+    if f.has("consecutiveErrors"):
+        f.add(f.at("consecutiveErrors"), "Istio's deprecated spelling: write "
+              "consecutive5xxErrors (any 5xx) or consecutiveGatewayErrors (502, 503, 504)")
     f.finish()
     return detection
 

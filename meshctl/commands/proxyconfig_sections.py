@@ -206,8 +206,10 @@ def _outlier(o: dict[str, Any] | None) -> str:
     counts = [f"{label} {o[key]}" for key, label in (("consecutive_5xx_errors", "5xx"),
                                                       ("consecutive_gateway_errors", "gateway"))
               if o.get(key)]
+    if o.get("split_external_local_origin_errors") and o.get("consecutive_local_origin_failures"):
+        counts.append(f"local {o['consecutive_local_origin_failures']}")
     if not counts:
-        return "-"  # both counters 0: the proxy installs no detector
+        return "-"  # every counter 0: the proxy installs no detector
     return (f"{', '.join(counts)} · every {o.get('interval'):g}s · eject "
             f"{o.get('base_ejection_time'):g}s · max {o.get('max_ejection_percent')}%")
 
@@ -222,8 +224,13 @@ def _panic(o: dict[str, Any] | None, live: dict[str, Any] | None) -> str:
 def _limits(pool: dict[str, Any] | None) -> str:
     if not pool:
         return "-"
+    extra = [f"retries {pool['max_retries']}" if pool.get("max_retries") else "",
+             f"max age {pool['max_connection_duration']:g}s"
+             if pool.get("max_connection_duration") else "",
+             "keepalive" if pool.get("tcp_keepalive") is not None else ""]
     return (f"conn {pool.get('max_connections')} · pending {pool.get('max_pending_requests')}"
-            f" · requests {pool.get('max_concurrent_requests')}")
+            f" · requests {pool.get('max_concurrent_requests')}"
+            + "".join(f" · {part}" for part in extra if part))
 
 
 def _modes(mode: str, endpoints: list[dict[str, Any]]) -> str:

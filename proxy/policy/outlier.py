@@ -15,11 +15,13 @@ def _no_op(key: Hashable) -> None:
 class _State:
     """Per-endpoint counters; ``ejected_until`` is 0.0 while the endpoint is in service."""
 
-    __slots__ = ("consecutive_5xx", "consecutive_gateway", "ejected_until", "ejections", "since")
+    __slots__ = ("consecutive_5xx", "consecutive_gateway", "consecutive_local", "ejected_until",
+                 "ejections", "since")
 
     def __init__(self, now: float) -> None:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
+        self.consecutive_local = 0  # local-origin failures in a row (split mode only)
         self.ejections = 0  # the ejection-time multiplier
         self.ejected_until = 0.0
         self.since = now  # when ``ejections`` was last changed or the endpoint last returned
@@ -32,6 +34,10 @@ class OutlierDetector:
       502/503/504, connect failures and results flagged ``gateway_error`` count toward
       ``consecutive_gateway``. Any other result resets the counter(s) it does not feed.
       A threshold of 0 disables that detector.
+    - With ``consecutive_local_origin`` (Envoy's split_external_local_origin_errors), a
+      failure of the proxy's own attempt (connect failure, reset, timeout: ``status=None``)
+      counts toward that counter alone, and an answer from the endpoint (any status) resets
+      it; the 5xx and gateway counters then see only the endpoint's answers.
     - An ejection lasts ``base_ejection * n`` seconds (n = times ejected), capped at
       ``max_ejection_time``; n drops by one for every ``interval`` spent back in service, so a
       host that recovered is not punished forever (as Envoy).
@@ -47,6 +53,7 @@ class OutlierDetector:
         "_ejected",
         "_gateway_threshold",
         "_interval",
+        "_local_threshold",
         "_max_percent",
         "_max_time",
         "_states",
@@ -67,6 +74,7 @@ class OutlierDetector:
         clock: Clock,
         *,
         max_ejection_time: float = 300.0,
+        consecutive_local_origin: int | None = None,
         on_ejection: Callable[[Hashable], None] = _no_op,
         on_return: Callable[[Hashable], None] = _no_op,
     ) -> None:
@@ -78,6 +86,8 @@ class OutlierDetector:
             raise ValueError("max_ejection_percent must be within [0, 100]")
         self._threshold_5xx = consecutive_5xx
         self._gateway_threshold = consecutive_gateway
+        # None: local-origin failures count as 5xx and gateway errors (Envoy's default)
+        self._local_threshold = consecutive_local_origin
         self._interval = interval
         self._base = base_ejection
         self._max_time = max(base_ejection, max_ejection_time)
@@ -120,6 +130,13 @@ class OutlierDetector:
             state = self._states[endpoint_key] = _State(self._clock())
         elif state.ejected_until and not self._expire(endpoint_key, state, self._clock()):
             return  # late results of an ejected endpoint change nothing
+        if self._local_threshold is not None:
+            if status is None:
+                state.consecutive_local += 1
+                if self._local_threshold and state.consecutive_local >= self._local_threshold:
+                    self._try_eject(endpoint_key, state)
+                return
+            state.consecutive_local = 0  # the endpoint answered: it is reachable
         is_5xx = status is None or status >= 500
         is_gateway = gateway_error or status is None or status in _GATEWAY_STATUSES
         state.consecutive_5xx = state.consecutive_5xx + 1 if is_5xx else 0
@@ -180,6 +197,7 @@ class OutlierDetector:
         state.ejected_until = 0.0
         state.consecutive_5xx = 0
         state.consecutive_gateway = 0
+        state.consecutive_local = 0
         self._ejected.discard(key)
         self.generation += 1
         self.on_return(key)
