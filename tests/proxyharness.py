@@ -148,6 +148,28 @@ def get(host: str, path: str = "/", extra: str = "", body: bytes = b"",
     return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}{extra}\r\n".encode() + body
 
 
+def keepalive_timers(pid: int, port: int) -> list[tuple[int, float]]:
+    """The proxy's established TCP connections to ``port``: (timer kind, seconds to it) each,
+    from /proc/net/tcp (kind 2 is the keepalive timer, 0 none)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    ticks = os.sysconf("SC_CLK_TCK")
+    timers = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        kind, when = fields[5].split(":")
+        if remote_port == port and fields[3] == "01" and int(fields[9]) in inodes:
+            timers.append((int(kind, 16), int(when, 16) / ticks))
+    return timers
+
+
 async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, *,
                      what: str = "condition") -> None:
     """Wait until `predicate()` holds (checked every 10 ms), failing after `timeout` seconds."""

@@ -24,9 +24,14 @@ pytestmark = pytest.mark.timeout(180)
 # One 5xx ejects for longer than the module runs; one of the two endpoints may be ejected.
 POLICY = documents(
     destination_policy("reviews", ("v1", {"name": "v2", "loadBalancer": "RANDOM"}),
-                       loadBalancer="ROUND_ROBIN", connectionPool={"maxConnections": 50},
+                       loadBalancer="ROUND_ROBIN",
+                       connectionPool={"maxConnections": 50, "http": {"maxRetries": 2},
+                                       "tcp": {"maxConnectionDuration": "1h",
+                                               "tcpKeepalive": {}}},
                        outlierDetection={"consecutive5xxErrors": 1, "interval": "1s",
-                                         "baseEjectionTime": "300s", "maxEjectionPercent": 50}),
+                                         "baseEjectionTime": "300s", "maxEjectionPercent": 50,
+                                         "splitExternalLocalOriginErrors": True,
+                                         "consecutiveLocalOriginFailures": 4}),
     route("reviews", {"v1": 50, "v2": 50}, rules=[header_rule("v1", name="jason")]))
 
 
@@ -127,8 +132,8 @@ def test_endpoints_listeners_and_clusters_print_their_rows(mesh: Mesh) -> None:
     clusters = rows(mesh.shown("clusters", web, "--service", "reviews"))
     assert clusters[0] == ["DESTINATION", "LB", "OUTLIER DETECTION", "PANIC",
                            "CONNECTION LIMITS", "MTLS", "HEALTHY"]
-    outlier = "5xx 1 · every 1s · eject 300s · max 50%"
-    limits = "conn 50 · pending 1024 · requests 1024"
+    outlier = "5xx 1, local 4 · every 1s · eject 300s · max 50%"
+    limits = "conn 50 · pending 1024 · requests 1024 · retries 2 · max age 3600s · keepalive"
     assert clusters[1:] == [
         ["reviews", "ROUND_ROBIN", outlier, "-", limits, "STRICT", "2/2"],
         ["reviews/v1", "ROUND_ROBIN", outlier, "-", limits, "STRICT", "1/1"],

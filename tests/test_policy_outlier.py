@@ -264,3 +264,60 @@ def test_rejects_bad_parameters() -> None:
         OutlierDetector(5, 0, 0.0, 30.0, 10.0, clock)
     with pytest.raises(ValueError):
         OutlierDetector(5, 0, 10.0, 30.0, 101.0, clock)
+
+
+def _split(clock: FakeClock, *, c5xx: int = 1, gateway: int = 0,
+           local: int = 3) -> OutlierDetector:
+    """A detector in Envoy's split mode (splitExternalLocalOriginErrors)."""
+    detector = OutlierDetector(c5xx, gateway, 10.0, 30.0, 100.0, clock,
+                               consecutive_local_origin=local)
+    detector.set_endpoints(["a", "b"])
+    return detector
+
+
+def test_split_mode_counts_local_failures_apart_from_5xx() -> None:
+    """Connect failures, resets and timeouts (status None) count toward the local-origin
+    threshold only: below it they eject nobody, however low the 5xx threshold."""
+    clock = FakeClock()
+    detector = _split(clock, c5xx=1, gateway=1, local=3)
+    detector.record("a", None)
+    detector.record("a", None)
+    assert not detector.is_ejected("a")
+    detector.record("a", None)
+    assert detector.is_ejected("a")
+
+
+def test_split_mode_an_answer_resets_the_local_count_and_5xx_still_ejects() -> None:
+    """An answer from the endpoint (even a 5xx) shows it reachable: its local-origin count
+    starts again; the 5xx itself counts toward consecutive5xxErrors as ever."""
+    clock = FakeClock()
+    detector = _split(clock, c5xx=2, local=2)
+    detector.record("a", None)
+    detector.record("a", 200)
+    detector.record("a", None)
+    assert not detector.is_ejected("a")
+    detector.record("b", 503)
+    detector.record("b", None)  # no 5xx: not counted toward b's 5xx run, nor resetting it
+    assert not detector.is_ejected("b")
+    detector.record("b", 503)
+    assert detector.is_ejected("b")
+
+
+def test_without_split_local_failures_count_as_5xx() -> None:
+    """Envoy's default: a connect failure is a 5xx (and a gateway error) for the counters."""
+    clock = FakeClock()
+    detector = make(clock, c5xx=2)
+    detector.set_endpoints(["a"])
+    detector.record("a", None)
+    detector.record("a", None)
+    assert detector.is_ejected("a")
+
+
+def test_split_mode_local_threshold_zero_ejects_on_5xx_only() -> None:
+    clock = FakeClock()
+    detector = _split(clock, c5xx=1, local=0)
+    for _ in range(10):
+        detector.record("a", None)
+    assert not detector.is_ejected("a")
+    detector.record("a", 500)
+    assert detector.is_ejected("a")

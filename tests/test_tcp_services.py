@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers_mesh import MeshProcess, free_port, http_get, http_json, wait_for
 from tests.meshbuilder import Mesh
-from tests.proxyharness import metric_value
+from tests.proxyharness import keepalive_timers, metric_value
 from tests.tcpapp import banner, read_line, read_to_eof, start_tcp_app
 
 pytestmark = pytest.mark.timeout(240)
@@ -208,6 +208,36 @@ def test_an_idle_connection_is_closed_at_both_apps(mesh: TcpMesh) -> None:
     # its access-log line (the log's writer thread may write it a moment after the count)
     wait_for(lambda: '"reason":"idle_timeout"' in mesh.web.output() + sidecar.output(),
              TIMEOUT, "the idle timeout logged")
+
+
+KEEPALIVE = """\
+apiVersion: ami.mesh/v1alpha1
+kind: DestinationPolicy
+metadata: {name: db}
+spec:
+  host: db
+  connectionPool: {tcp: {tcpKeepalive: {time: 9s}}}
+"""
+
+
+def test_tcp_keepalive_probes_the_mesh_connection(mesh: TcpMesh) -> None:
+    """tcpKeepalive on a TCP service: web's sidecar arms the kernel's keepalive timer on its
+    connection to the db sidecar, due within 9 s; without it, no timer."""
+    def timers(name: str) -> list[tuple[int, float]]:
+        port = int(mesh.db[name].info["inbound"].rsplit(":", 1)[1])
+        return keepalive_timers(mesh.web.proc.pid, port)
+
+    with mesh.connect() as sock:
+        name = banner(sock).removeprefix("db-")
+        assert timers(name) == [(0, 0.0)]
+    mesh.apply(KEEPALIVE)
+    try:
+        with mesh.connect() as sock:
+            name = banner(sock).removeprefix("db-")
+            [(kind, due)] = timers(name)
+            assert kind == 2 and 0 < due <= 9.0, (kind, due)
+    finally:
+        mesh.delete_policy("db", "destinationpolicies")
 
 
 @pytest.mark.usefixtures("short_idle_timeout")
