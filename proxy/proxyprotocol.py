@@ -68,8 +68,8 @@ def _v1_end(data: bytes) -> int | None:
         if b"\r" in data[:-1]:
             raise ProxyHeaderError("malformed", "v1 line with a CR not followed by LF")
         return None
-    if data[newline - 1:newline] != b"\r":
-        raise ProxyHeaderError("malformed", "v1 line ended by LF without CR")
+    if data[newline - 1:newline] != b"\r" or b"\r" in data[:newline - 1]:
+        raise ProxyHeaderError("malformed", "v1 line not ended by its first CRLF")
     return newline + 1
 
 
