@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.clientaddress import trusted_client
-from proxy.proxyread import direct_peer
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
+from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authn import RequestAuthenticationSpec

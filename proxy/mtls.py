@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Sized
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
 
@@ -279,7 +279,14 @@ def _proxied(make: Callable[[], asyncio.BaseProtocol], peer: tuple[str, int]
     return made
 
 
-def downstream_protocols(listener: Listener) -> dict[str, Callable[[], asyncio.BaseProtocol]]:
+class Protocols(TypedDict):
+    """`plain` and `secure` of an acceptor."""
+
+    plain: Callable[[], asyncio.BaseProtocol]
+    secure: Callable[[], asyncio.BaseProtocol]
+
+
+def downstream_protocols(listener: Listener) -> Protocols:
     """`plain` and `secure` for a data-plane listener's acceptor."""
     return {"plain": lambda: DownstreamProtocol(listener),
             "secure": lambda: TlsDownstreamProtocol(listener)}

@@ -85,7 +85,8 @@ def _parse_v1(header: bytes) -> ProxyHeader:
         line = header[len(V1_PREFIX):-2].decode("ascii")
     except UnicodeDecodeError:
         raise ProxyHeaderError("malformed", "v1 line is not ASCII") from None
-    if line == "UNKNOWN" or line.startswith("UNKNOWN "):  # the balancer's own connection; the rest is ignored
+    if line == "UNKNOWN" or line.startswith("UNKNOWN "):
+        # the balancer's own connection (what follows is ignored)
         return ProxyHeader(1)
     fields = line.split(" ")
     if len(fields) != 5:

@@ -61,6 +61,9 @@ def start_gateway(tmp: Path, echo: int, *extra: str) -> tuple[ProxyProcess, int]
     port = proc.listen_as_gateway([{"destination": "echo"}])
     config = yaml.safe_load(proc.config.read_text())
     config["inbound"] = {"authorization": POLICIES}
+    # TLS passthrough for one name: to an HTTP service, so its connections are refused
+    # (protocol_mismatch) and logged, with the client they came from
+    config["gateway"]["passthrough"] = [{"sniHosts": ["db.example.com"], "destination": "echo"}]
     proc.config.write_text(yaml.safe_dump(config))
     proc.start()
     return proc, port
@@ -222,6 +225,33 @@ async def test_trusted_proxies_count_from_the_headers_client(tmp_path: Path,
         assert await logged_client(proc, "/cdn") == "198.51.100.60"
     finally:
         proc.stop()
+
+
+def client_hello(server_name: str) -> bytes:
+    """A real ClientHello naming ``server_name`` (OpenSSL's, through memory BIOs)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("https", [False, True])
+async def test_tls_passthrough_sees_the_headers_client(
+        gateway: tuple[ProxyProcess, int], tls_gateway: tuple[ProxyProcess, int, Any],
+        https: bool) -> None:
+    """The ClientHello after the header is read as without one (peeked at, on the HTTPS
+    gateway), and the passthrough's access log line names the header's client."""
+    proc, port = (tls_gateway[0], tls_gateway[1]) if https else gateway
+    client = "198.51.100.71" if https else "198.51.100.70"
+    assert await closed_unanswered(port, v2(client, 1, "192.0.2.1", 443)
+                                   + client_hello("db.example.com"))
+    await eventually(lambda: any(x.get("client_address") == client for x in logged(proc)),
+                     what="the passthrough's access log line")
+    line = next(x for x in logged(proc) if x.get("client_address") == client)
+    assert (line["authority"], line["reason"]) == ("db.example.com", "protocol_mismatch")
 
 
 # --- what is no header is closed -------------------------------------------------------------
