@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from proxy.proxyprotocol import V2_MAX_PAYLOAD, V2_SIGNATURE, v1, v2
+from tests.h2app import H2Client
 from tests.ports import free_port
 from tests.proxyharness import (
     Message,
@@ -188,6 +189,37 @@ async def test_a_header_in_tiny_writes_still_parses(gateway: tuple[ProxyProcess,
     assert forwarded_for(await send(port, *parts)) == "198.51.100.20"
 
 
+class ProxiedH2Client(H2Client):
+    """A prior-knowledge h2c client whose connection opens with ``header``."""
+
+    def __init__(self, port: int, header: bytes) -> None:
+        super().__init__(port)
+        self.header = header
+
+    async def __aenter__(self) -> ProxiedH2Client:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(self.header)
+        self.h2.initiate_connection()
+        self._flush()
+        self.task = asyncio.create_task(self._read())
+        return self
+
+
+async def test_http2_requests_name_the_headers_client(
+        gateway: tuple[ProxyProcess, int]) -> None:
+    """h2c: each stream's client is its connection's header's, for the app, the log and
+    the policies (remoteIpBlocks the client, ipBlocks the balancer)."""
+    proc, port = gateway
+    async with ProxiedH2Client(port, v1("198.51.100.80", 1, "192.0.2.1", 2)) as client:
+        resp = await client.request("echo", "/h2-client")
+        assert resp.status == 200, resp
+        headers = {k.lower(): v for k, v in resp.json()["headers"]}
+        assert headers["x-forwarded-for"] == "198.51.100.80"
+    assert await logged_client(proc, "/h2-client") == "198.51.100.80"
+    async with ProxiedH2Client(port, v2("203.0.113.80", 1, "192.0.2.1", 2)) as client:
+        assert (await client.request("echo", "/")).status == 403
+
+
 async def test_each_client_behind_the_balancer_has_its_own_bucket(
         gateway: tuple[ProxyProcess, int]) -> None:
     _, port = gateway
@@ -279,8 +311,11 @@ async def test_a_header_cut_short_then_silence_is_closed_at_the_header_timeout(
         gateway: tuple[ProxyProcess, int]) -> None:
     proc, port = gateway
     before = await refused(proc, "timeout")
+    loop = asyncio.get_running_loop()
     for partial in (b"PROXY TCP4 198.51.1", V2_SIGNATURE + b"\x21\x11\x00\x0c\xc6"):
+        start = loop.time()
         assert await closed_unanswered(port, partial)
+        assert loop.time() - start >= HEADER_TIMEOUT  # not before the timeout
     assert await refused(proc, "timeout") == before + 2
 
 
