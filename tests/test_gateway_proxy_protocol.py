@@ -305,6 +305,9 @@ async def test_a_connection_without_a_valid_header_is_closed_and_counted(
     before = await refused(proc, reason)
     assert await closed_unanswered(port, data)
     assert await refused(proc, reason) == before + 1
+    if reason == "not_proxy_protocol":  # the first is a warning: a balancer without it?
+        await eventually(lambda: "sending the PROXY protocol header?" in proc.stderr(),
+                         what="the warning in the gateway's log")
 
 
 async def test_a_header_cut_short_then_silence_is_closed_at_the_header_timeout(
