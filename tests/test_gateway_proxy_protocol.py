@@ -22,6 +22,7 @@ from proxy.proxyprotocol import V2_MAX_PAYLOAD, V2_SIGNATURE, v1, v2
 from tests.h2app import H2Client
 from tests.ports import free_port
 from tests.proxyharness import (
+    Backends,
     Message,
     ProxyProcess,
     at_eof,
@@ -31,6 +32,7 @@ from tests.proxyharness import (
     metric_value,
     read_response,
 )
+from tests.test_gateway_hosts import named_app
 from tests.test_gateway_https import issue
 from tests.tools import required_tool
 
@@ -240,6 +242,32 @@ async def test_remote_ip_blocks_judge_the_headers_client_ip_blocks_the_balancer(
     assert (denied.status, denied.header("x-ami-reason")) == (403, "not_authorized")
     # (the notIpBlocks 127.0.0.0/8 policy would deny this one if ipBlocks read the header)
     assert (await send(port, v2("198.51.100.9", 1, "192.0.2.1", 2) + REQUEST)).status == 200
+
+
+async def test_source_ip_hashing_follows_the_headers_client(tmp_path: Path,
+                                                             backends: Backends) -> None:
+    """Two endpoints, CONSISTENT_HASH by sourceIp: each client behind the balancer keeps its
+    endpoint, and different clients spread over both (all from one peer address)."""
+    ports = [backends.aiohttp(named_app(str(n))) for n in range(2)]
+    proc = ProxyProcess(tmp_path, {"echo": ports}, args=("--mode", "gateway",
+                                                         "--proxy-protocol"))
+    port = proc.listen_as_gateway([{"destination": "echo"}])
+    config = yaml.safe_load(proc.config.read_text())
+    config["services"]["echo"]["policy"] = {"loadBalancer": "CONSISTENT_HASH",
+                                            "consistentHash": {"sourceIp": True}}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        seen: dict[str, set[str]] = {}
+        for n in range(40):
+            client = f"198.51.100.{n % 20}"
+            resp = await send(port, v2(client, 1000 + n, "192.0.2.1", 80) + REQUEST)
+            assert resp.status == 200, resp
+            seen.setdefault(client, set()).add(json.loads(resp.body)["app"])
+        assert all(len(names) == 1 for names in seen.values()), seen
+        assert {name for names in seen.values() for name in names} == {"0", "1"}
+    finally:
+        proc.stop()
 
 
 async def test_trusted_proxies_count_from_the_headers_client(tmp_path: Path,
