@@ -187,7 +187,8 @@ async def test_a_header_in_tiny_writes_still_parses(gateway: tuple[ProxyProcess,
     header = (v1("198.51.100.20", 5, "192.0.2.1", 80) if version == 1
               else v2("198.51.100.20", 5, "192.0.2.1", 80, b"\x04\x00\x01x"))
     data = header + REQUEST
-    parts = [data[i:i + 3] for i in range(0, len(header) + 3, 3)] + [data[len(header) + 3:]]
+    # a byte per write up to a few bytes into the request, then the rest
+    parts = [data[i:i + 1] for i in range(len(header) + 3)] + [data[len(header) + 3:]]
     assert forwarded_for(await send(port, *parts)) == "198.51.100.20"
 
 
