@@ -66,7 +66,10 @@ async def read_header(conn: socket.socket, listener: Listener,
 def _consume(conn: socket.socket, count: int) -> None:
     """Read ``count`` bytes already peeked at (they are in the socket's buffer)."""
     while count > 0:
-        count -= len(conn.recv(count))
+        got = len(conn.recv(count))
+        if not got:
+            raise OSError("closed while its header was read")
+        count -= got
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
