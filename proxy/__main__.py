@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "that append to x-forwarded-for; the client is the Nth address from "
                         "its right (per-source rate limits, sourceIp hashing, "
                         "remoteIpBlocks). Default 0: the connection's peer")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="--mode gateway: every connection opens with a PROXY protocol header "
+                        "(v1 or v2, as an L4 load balancer's send-proxy sends it) naming the "
+                        "client, which is then the client's address everywhere; a connection "
+                        "without a valid one is closed")
     p.add_argument("--gateway-client-cert", choices=("required", "optional"), default=None,
                    help="with --gateway-client-ca: refuse a handshake without a client "
                         "certificate (required, the default) or take it without one (optional)")
@@ -140,13 +145,17 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     if args.trusted_proxies and args.mode != "gateway":
         raise ConfigError("--trusted-proxies is for --mode gateway: a sidecar's callers are "
                           "the mesh's, and the gateway's x-forwarded-for reaches it already")
+    if args.proxy_protocol and args.mode != "gateway":
+        raise ConfigError("--proxy-protocol is for --mode gateway: a sidecar's callers are "
+                          "the mesh's own proxies, which send no PROXY header")
     if not 0 <= args.trusted_proxies <= 32:
         raise ConfigError(f"--trusted-proxies must be 0 to 32, not {args.trusted_proxies}")
     return ProxyOptions(mode=args.mode, listeners=listeners, limits=limits,
                         drain_timeout=args.drain_timeout, access_log=access,
                         gateway_tls=_gateway_tls(args), app_probe=_app_probe(args),
                         app_protocol=args.app_protocol, tcp_upstreams=tcp_upstreams,
-                        trusted_proxies=args.trusted_proxies)
+                        trusted_proxies=args.trusted_proxies,
+                        proxy_protocol=args.proxy_protocol)
 
 
 def _app_probe(args: argparse.Namespace) -> ProbeSpec | None:

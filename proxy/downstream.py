@@ -67,6 +67,9 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     # set with it when the ClientHello was read before the handshake (proxy.mtls): that name,
     # not the SNI callback's, is this handshake's on a resumed TLS 1.2 session
     hello_read = False
+    # the client's (address, port) from the PROXY protocol header the gateway's acceptor read
+    # before this connection was made (--proxy-protocol, proxy.proxyread): its peer's stand-in
+    proxied: tuple[str, int] | None = None
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -138,7 +141,7 @@ class DownstreamProtocol(asyncio.BaseProtocol):
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
-        peer = transport.get_extra_info("peername")
+        peer = self.proxied or transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
             self.xff_line = b"x-forwarded-for: " + self.client_ip + b"\r\n"

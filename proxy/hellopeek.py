@@ -29,14 +29,15 @@ TERMINATE, RELAY, CLOSED = "terminate", "relay", "closed"
 
 
 async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
-                     deadline: float) -> tuple[str, str | None]:
+                     deadline: float, client: str | None = None) -> tuple[str, str | None]:
     """TERMINATE (no entry takes it, or it is no TLS: the handshake decides), RELAY (an
     entry with a TCP service takes it), or CLOSED (refused and counted, or gone); no
     complete ClientHello by ``deadline`` (loop time) is CLOSED, `request_timeout`. With it,
-    the server name the ClientHello asked for (None: none, or no hello read)."""
+    the server name the ClientHello asked for (None: none, or no hello read). ``client``:
+    the client's address when it is not the peer's (a PROXY protocol header's)."""
     loop = listener.loop
     start = loop.time()
-    client = _peer(conn)
+    client = client or _peer(conn)
     reader = HelloReader()
     seen = 0
     sni: str | None = None

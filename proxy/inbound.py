@@ -20,6 +20,7 @@ from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
+from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authn import RequestAuthenticationSpec
@@ -65,7 +66,8 @@ class InboundPolicy:
                  service: str, clock: Callable[[], float] = time.monotonic,
                  previous: InboundPolicy | None = None,
                  authentication: Sequence[RequestAuthenticationSpec] = (),
-                 gateway: bool = False, port: int = 0, label: str | None = None) -> None:
+                 gateway: bool = False, port: int = 0, label: str | None = None,
+                 proxy_protocol: bool = False) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -80,6 +82,10 @@ class InboundPolicy:
         self.allow = [p for p in policies if p.action == "ALLOW"]
         # remoteIpBlocks: the client's address is worked out only for policies naming one
         self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
+        # a gateway behind a PROXY protocol balancer (--proxy-protocol): `ipBlocks` judge the
+        # connection's own peer (the balancer), the rest the client the header named
+        self.reads_direct = proxy_protocol and any(r.reads_direct for p in policies
+                                                   for r in p.rules)
         self.mtls_mode = mtls_mode
         self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats
@@ -138,6 +144,9 @@ class InboundPolicy:
             remote = None
             if self.reads_remote and conn.listener.trusted_proxies:
                 remote = trusted_client(ex, conn.listener.trusted_proxies).decode("latin-1")
+            if self.reads_direct:
+                remote = remote or address
+                address = direct_peer(conn)
             for policy in self.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)

@@ -193,6 +193,9 @@ _COUNTER_HELP = {
     "ami_gateway_tls_refused": "TLS connections the gateway closed before passing them "
                                "through or terminating them, by reason (no_route, "
                                "protocol_mismatch, bad_client_hello, request_timeout).",
+    "ami_proxy_protocol_refused": "Gateway connections closed for their PROXY protocol "
+                                  "header (--proxy-protocol), by reason (not_proxy_protocol, "
+                                  "malformed, unsupported, incomplete, timeout).",
     "ami_connections_refused": "Client connections closed at once: the listener's connection "
                                "limit was reached.",
     "ami_tcp_connections_opened": "TCP connections opened to or from a TCP service.",

@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Sized
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from proxy.downstream import DownstreamProtocol, TlsDownstreamProtocol
 
@@ -62,7 +62,8 @@ class TlsAcceptor:
                  tls: Callable[[], ServerTls | None], mode: Callable[[], str], *,
                  plain: Callable[[], asyncio.BaseProtocol],
                  secure: Callable[[], asyncio.BaseProtocol],
-                 passthrough: Callable[[], Any] | None = None) -> None:
+                 passthrough: Callable[[], Any] | None = None,
+                 proxy_protocol: bool = False) -> None:
         self.listener = listener
         self.sock = sock
         self.tls = tls
@@ -72,6 +73,9 @@ class TlsAcceptor:
         # the HTTPS gateway: its TLS passthrough table (proxy.sniroutes.SniRoutes, or None),
         # whose connections are relayed, not terminated
         self.passthrough = passthrough
+        # the gateway's --proxy-protocol: each connection opens with a PROXY header, read
+        # (proxy.proxyread) before the first byte is peeked at or the handshake starts
+        self.proxy_protocol = proxy_protocol
         self.loop = listener.loop
         self._task: asyncio.Task[None] | None = None
         self.sockets = [sock]
@@ -114,17 +118,33 @@ class TlsAcceptor:
             pending.done()
 
     async def _start(self, conn: socket.socket, pending: _Starting) -> None:
+        # One deadline from the accept for what is read before the handshake (a PROXY
+        # header, PERMISSIVE's first byte, a passthrough gateway's ClientHello) and the
+        # handshake itself: a slow client must not get --header-timeout for each (twice the
+        # time to hold a slot).
+        deadline: float | None = None
+        plain, secure = self.plain, self.secure
+        client: str | None = None  # the PROXY header's, when it names one
+        if self.proxy_protocol:
+            from proxy.proxyread import read_header
+
+            deadline = self.loop.time() + self.listener.limits.header_timeout
+            header = await read_header(conn, self.listener, deadline)  # type: ignore[arg-type]
+            if header is None:
+                conn.close()
+                return
+            if header.source is not None:
+                client = header.source
+                plain = _proxied(plain, (client, header.source_port))
+                secure = _proxied(secure, (client, header.source_port))
         mode = self.mode()
         use_tls = mode == "STRICT"
         if mode == "PERMISSIVE" and self.tls() is None:
             mode = "DISABLE"  # nothing to offer TLS with yet; plaintext is allowed in PERMISSIVE
         handshake_timeout = self.listener.limits.header_timeout
-        # One deadline from the accept for what is read before the handshake (PERMISSIVE's
-        # first byte, a passthrough gateway's ClientHello) and the handshake itself: a slow
-        # client must not get --header-timeout for each (twice the time to hold a slot).
-        deadline: float | None = None
         if mode == "PERMISSIVE":
-            deadline = self.loop.time() + handshake_timeout
+            if deadline is None:
+                deadline = self.loop.time() + handshake_timeout
             first_is_tls = await self._first_byte_is_tls(conn)
             if first_is_tls is None:
                 conn.close()
@@ -139,7 +159,6 @@ class TlsAcceptor:
                                     (("listener", self.listener.kind),))
             conn.close()
             return
-        secure = self.secure
         if use_tls and self.passthrough is not None:
             routes = self.passthrough()
             if routes is not None:
@@ -148,7 +167,7 @@ class TlsAcceptor:
                 if deadline is None:
                     deadline = self.loop.time() + handshake_timeout
                 verdict, named = await peek_hello(
-                    conn, routes, self.listener, deadline)  # type: ignore[arg-type]
+                    conn, routes, self.listener, deadline, client)  # type: ignore[arg-type]
                 if verdict == CLOSED:
                     conn.close()
                     return
@@ -165,7 +184,7 @@ class TlsAcceptor:
             # admit() is the hard limit). TLS: the protocol is made before the handshake, so
             # the connection stays counted here until the handshake ended.
             await self.loop.connect_accepted_socket(
-                secure if use_tls else pending.made(self.plain), conn,
+                secure if use_tls else pending.made(plain), conn,
                 ssl=contexts.listener if use_tls and contexts else None,
                 ssl_handshake_timeout=handshake_timeout if use_tls else None,
             )
@@ -249,7 +268,25 @@ def _hello_named(make: Callable[[], asyncio.BaseProtocol], name: str | None
     return made
 
 
-def downstream_protocols(listener: Listener) -> dict[str, Callable[[], asyncio.BaseProtocol]]:
+def _proxied(make: Callable[[], asyncio.BaseProtocol], peer: tuple[str, int]
+             ) -> Callable[[], asyncio.BaseProtocol]:
+    """``make``, its protocol told the client's address from the PROXY header, which it
+    takes for its peer's (DownstreamProtocol.proxied)."""
+    def made() -> asyncio.BaseProtocol:
+        p = make()
+        p.proxied = peer  # type: ignore[attr-defined]
+        return p
+    return made
+
+
+class Protocols(TypedDict):
+    """`plain` and `secure` of an acceptor."""
+
+    plain: Callable[[], asyncio.BaseProtocol]
+    secure: Callable[[], asyncio.BaseProtocol]
+
+
+def downstream_protocols(listener: Listener) -> Protocols:
     """`plain` and `secure` for a data-plane listener's acceptor."""
     return {"plain": lambda: DownstreamProtocol(listener),
             "secure": lambda: TlsDownstreamProtocol(listener)}

@@ -40,6 +40,7 @@ class ProxyOptions:
     app_protocol: str | None = None  # --app-protocol; None: the snapshot's appProtocol
     tcp_upstreams: tuple[Any, ...] = ()  # proxy.tcpupstream.TcpUpstreamSpec per --tcp-upstream
     trusted_proxies: int = 0  # --trusted-proxies: load balancers in front of the gateway
+    proxy_protocol: bool = False  # --proxy-protocol: the gateway's connections open with one
 
 
 def _tunnel_check(outbound: Router | None) -> Callable[[Address], bool]:
@@ -110,7 +111,8 @@ class ProxyServer:
                                            self.stats, snapshot.node.service,
                                            authentication=snapshot.authentication,
                                            gateway=True,
-                                           port=gateway_address.port if gateway_address else 0)
+                                           port=gateway_address.port if gateway_address else 0,
+                                           proxy_protocol=self.options.proxy_protocol)
         rule_limits = RuleLimits(self.stats, previous=self._rule_limits)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy, gateway_policy,
@@ -270,7 +272,8 @@ class ProxyServer:
             acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
                                    lambda: self.options.gateway_tls, lambda: "STRICT",
                                    **downstream_protocols(listener),
-                                   passthrough=_passthrough_of(listener))
+                                   passthrough=_passthrough_of(listener),
+                                   proxy_protocol=self.options.proxy_protocol)
             acceptor.start()
             listener.server = acceptor  # type: ignore[assignment]
         elif kind == "inbound":
@@ -283,6 +286,13 @@ class ProxyServer:
             listener.server = acceptor  # type: ignore[assignment]
             if self.tls is not None:
                 listener.xfcc_by = self.tls.identity.spiffe_id.encode()
+        elif kind == "gateway" and self.options.proxy_protocol:
+            # plaintext, its PROXY header read by the acceptor before HTTP (proxy.proxyread)
+            acceptor = TlsAcceptor(listener, bind_socket(address.host, address.port),
+                                   lambda: None, lambda: "DISABLE",
+                                   **downstream_protocols(listener), proxy_protocol=True)
+            acceptor.start()
+            listener.server = acceptor  # type: ignore[assignment]
         else:
             listener.server = await self.loop.create_server(
                 _protocol_factory(listener), address.host, address.port,

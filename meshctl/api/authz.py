@@ -124,6 +124,11 @@ class Source:
         return bool(self.remote_ip_blocks or self.not_remote_ip_blocks)
 
     @property
+    def reads_direct(self) -> bool:
+        """Whether it names the connection's peer's address (ipBlocks)."""
+        return bool(self.ip_blocks or self.not_ip_blocks)
+
+    @property
     def http_only(self) -> bool:
         """Whether it names an end user (a JWT's principal), which only a request carries."""
         return bool(self.request_principals or self.not_request_principals)
@@ -317,6 +322,11 @@ class AuthorizationRule:
     def reads_remote(self) -> bool:
         """Whether the rule names the client's address as the gateway trusts it."""
         return any(s.reads_remote for s in self.sources)
+
+    @property
+    def reads_direct(self) -> bool:
+        """Whether the rule names the connection's peer's address (ipBlocks)."""
+        return any(s.reads_direct for s in self.sources)
 
     @property
     def uses_token(self) -> bool:
