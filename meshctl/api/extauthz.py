@@ -16,8 +16,8 @@ DEFAULT_TIMEOUT = 600.0  # Istio's default for envoyExtAuthzHttp.timeout (10m)
 HEADER_PATTERN = r"^(\*?[-!#$%&'+.^_`|~0-9A-Za-z]+|[-!#$%&'+.^_`|~0-9A-Za-z]+\*)$"
 _PATTERN = F.string(HEADER_PATTERN, "a header name, or one with '*' at its start or end "
                                     "(x-auth-*)")
-_NAME = F.string(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
-                 "a name of letters, digits, '-', '_' and '.'")
+EXTENSION_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+_NAME = F.string(EXTENSION_NAME, "a name of letters, digits, '-', '_' and '.'")
 # what the service may be: a mesh service (`authz`, `authz.ns`, its FQDN) or an outside host
 SERVICE = F.string(F.DNS_SUBDOMAIN, "a mesh service (authz, authz.ns) or an ExternalService "
                                     "host", 253)
@@ -72,7 +72,8 @@ class ExtensionProvider:
     http: ExtAuthzHttp
 
 
-_HTTP_PATH = F.string(r"^/[^\s?#]*$", "a path starting with '/', like /check")
+PATH_PREFIX = r"^/[^\s?#]*$"
+_HTTP_PATH = F.string(PATH_PREFIX, "a path starting with '/', like /check")
 
 
 def _parse_http(data: object, path: str) -> ExtAuthzHttp:
