@@ -274,3 +274,29 @@ def test_client_leaving_during_the_check_leaves_the_proxy_serving(mesh: AuthzMes
         sock.sendall(b"GET /slow/gone HTTP/1.1\r\nHost: api\r\n\r\n")
         wait_for(lambda: len(mesh.checked("/slow/gone")) > before, 20, "the check asked")
     assert mesh.call("api", "/allow/after")[0] == 200
+
+
+def test_proxy_config_and_describe_show_the_custom_policy(mesh: AuthzMesh) -> None:
+    mesh.wait_certified(30)  # (the control plane reads a sidecar's dump over mTLS)
+    shown = mesh.meshctl("proxy-config", mesh.api.info["name"])
+    assert shown.returncode == 0, shown.stderr
+    assert "CUSTOM, checked by provider authz" in shown.stdout, shown.stdout
+    described = mesh.meshctl("describe", "service", "api")
+    assert described.returncode == 0, described.stderr
+    assert "CUSTOM (authz)" in described.stdout, described.stdout
+
+
+def test_apply_refuses_an_unknown_provider_and_a_second_one_for_a_workload(
+        mesh: AuthzMesh) -> None:
+    for doc, expected in [
+        (custom("api-typo", "api", "authx", [{}]), "unknown provider 'authx'"),
+        (custom("api-other", "api", "authz-gone", [{}]),
+         "service api already has a CUSTOM policy with provider 'authz'"),
+    ]:
+        path = mesh.tmp / "refused.yaml"
+        path.write_text(doc)
+        done = mesh.meshctl("apply", "-f", str(path))
+        assert done.returncode != 0 and expected in done.stderr + done.stdout, (
+            done.stdout, done.stderr)
+    # nothing changed: api is still checked by authz
+    assert mesh.call("api", "/deny/after-refusals")[0] == 401
