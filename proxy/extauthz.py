@@ -133,7 +133,7 @@ class ExtAuthzCheck:
         from proxy import exchangepolicy
 
         spec = self.spec
-        if answer is None:
+        if answer is None or answer.status >= 500:  # (a 5xx is an error too, as Envoy's)
             self._count("error")
             if spec.fail_open:
                 exchangepolicy.resume(ex)

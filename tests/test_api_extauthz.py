@@ -123,3 +123,12 @@ def test_one_provider_per_workload() -> None:
     other = document("AuthorizationPolicy", "p2", {
         "action": "CUSTOM", "provider": {"name": "b"}, "rules": [{}]}, namespace="other")
     assert issues(documents(base, custom("p1", "a"), other)) == []
+
+
+def test_custom_rules_cannot_read_the_jwt() -> None:
+    spec = {"action": "CUSTOM", "provider": {"name": "authz"}, "rules": [
+        {"to": [{"paths": ["/a"]}]}, {"from": [{"requestPrincipals": ["*"]}]},
+        {"when": [{"claim": "groups", "values": ["x"]}]}]}
+    found = issues(documents(mesh(http()), document("AuthorizationPolicy", "p", spec)))
+    assert [f.split(": ", 2)[1] for f in found] == ["spec.rules[1]", "spec.rules[2]"], found
+    assert "the external check comes before the request's JWT is verified" in found[0]

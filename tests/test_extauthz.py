@@ -9,7 +9,8 @@ Workloads (one app answers for all of them with what it got):
 - `lost`: CUSTOM provider `authz-gone` (an ExternalService whose port nothing listens on,
   statusOnError 503).
 The authorization service decides by the path it is asked (pathPrefix /check + the request's):
-/check/allow/* and /check/both/* 200, /check/deny/* 401, /check/slow/* never answers.
+/check/allow/* and /check/both/* 200, /check/deny/* 401, /check/slow/* never answers,
+/check/broken/* 503.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def external(name: str, host: str, port: int) -> str:
         "endpoints": [{"address": "127.0.0.1"}]})
 
 
-PATHS = ["/allow/*", "/deny/*", "/slow/*", "/both/*"]
+PATHS = ["/allow/*", "/deny/*", "/slow/*", "/both/*", "/broken/*"]
 
 
 class AuthzMesh(meshbuilder.Mesh):
@@ -114,6 +115,8 @@ class AuthzMesh(meshbuilder.Mesh):
                     "x-deny-why": "no-token", "x-ext-secret": "kept"})
             if path.startswith("/check/slow/"):
                 await asyncio.sleep(60)
+            if path.startswith("/check/broken/"):
+                return web.Response(status=503, text="authz is broken")
             return web.Response(text="ok")
 
         app = web.Application()
@@ -217,6 +220,16 @@ def test_provider_timeout_refuses_with_ext_authz_error(mesh: AuthzMesh) -> None:
     assert (status, headers.get("x-ami-reason")) == (403, "ext_authz_error")
     assert mesh.checked("/slow/d") and not mesh.got("/slow/d")
     assert mesh.metric(mesh.api, "ami_ext_authz_checks_total", result="error") >= 1
+
+
+def test_a_5xx_from_the_provider_is_an_error_not_a_denial(mesh: AuthzMesh) -> None:
+    """As Envoy's: a 5xx answer means the provider failed: statusOnError (or failOpen),
+    not the provider's 503 passed on."""
+    status, headers, body = mesh.call("api", "/broken/f")
+    assert (status, headers.get("x-ami-reason")) == (403, "ext_authz_error"), body
+    assert mesh.checked("/broken/f") and not mesh.got("/broken/f")
+    assert mesh.call("open", "/broken/f")[0] == 200  # failOpen
+    assert mesh.checked("/broken/f")[-1]["headers"]["host"] == "open"
 
 
 def test_unreachable_provider_answers_status_on_error(mesh: AuthzMesh) -> None:

@@ -361,6 +361,12 @@ def parse_authorization(data: object, path: str) -> AuthorizationPolicySpec:
                                 "extensionProviders name)")
     elif action != "CUSTOM" and f.has("provider"):
         f.add(f.at("provider"), f"only action CUSTOM takes a provider, not {action}")
+    if action == "CUSTOM":  # checked before the JWT is (proxy.extauthz): no token to read
+        for i, rule in enumerate(rules):
+            if rule.uses_token:
+                f.add(f"{f.at('rules')}[{i}]", "a CUSTOM rule cannot name requestPrincipals, "
+                      "notRequestPrincipals or a claim: the external check comes before the "
+                      "request's JWT is verified")
     f.finish()
     return AuthorizationPolicySpec(service, action, rules, provider)
 
