@@ -7,7 +7,8 @@ Workloads (one app answers for all of them with what it got):
   a DENY policy for /both/* and /deny/*;
 - `open`: CUSTOM provider `authz-egress` (ExternalService host, failOpen, short timeout);
 - `lost`: CUSTOM provider `authz-gone` (an ExternalService whose port nothing listens on,
-  statusOnError 503).
+  statusOnError 503);
+- the gateway (to api): CUSTOM provider `authz` for /gw/*.
 The authorization service decides by the path it is asked (pathPrefix /check + the request's):
 /check/allow/* and /check/both/* 200, /check/deny/* 401, /check/slow/* never answers,
 /check/broken/* 503.
@@ -91,12 +92,17 @@ class AuthzMesh(meshbuilder.Mesh):
                 "selector": {"service": "api"}, "action": "DENY",
                 "rules": [{"to": [{"paths": ["/both/*", "/deny/*"]}]}]}),
             custom("open-ext", "open", "authz-egress", [{}]),
-            custom("lost-ext", "lost", "authz-gone", [{}])), warmup=0.0)
+            custom("lost-ext", "lost", "authz-gone", [{}]),
+            document("Gateway", "edge", {"listen": "127.0.0.1:8080",
+                                         "rules": [{"destination": "api"}]}),
+            custom("gateway-ext", "gateway", "authz",
+                   [{"to": [{"paths": ["/gw/*"]}]}])), warmup=0.0)
         self.sidecar("authz", app=f"127.0.0.1:{authz}")
         self.api = self.sidecar("api", app=f"127.0.0.1:{app}")
         self.sidecar("open", app=f"127.0.0.1:{app}")
         self.sidecar("lost", app=f"127.0.0.1:{app}")
         self.web = self.sidecar("web")
+        self.edge = self.gateway("edge-gw")
         self.wait_synced()
         wait_for(lambda: self.call("api", "/free/ready")[0] == 200, 20, "api reachable")
         return self
@@ -107,10 +113,10 @@ class AuthzMesh(meshbuilder.Mesh):
                                 "headers": {k.lower(): v for k, v in request.headers.items()},
                                 "body": await request.read()})
             path = request.path
-            if path.startswith(("/check/allow/", "/check/both/")):
+            if path.startswith(("/check/allow/", "/check/both/", "/check/gw/allow/")):
                 return web.Response(text="ok", headers={
                     "x-ext-user": "alice", "x-ext-note": "checked", "x-ext-secret": "kept"})
-            if path.startswith("/check/deny/"):
+            if path.startswith(("/check/deny/", "/check/gw/deny/")):
                 return web.Response(status=401, body=DENY_BODY, headers={
                     "x-deny-why": "no-token", "x-ext-secret": "kept"})
             if path.startswith("/check/slow/"):
@@ -136,10 +142,12 @@ class AuthzMesh(meshbuilder.Mesh):
         return app
 
     def call(self, host: str, path: str, headers: dict[str, str] | None = None,
-             method: str = "GET", body: bytes | None = None,
+             method: str = "GET", body: bytes | None = None, via: str = "outbound",
              ) -> tuple[int, dict[str, str], bytes]:
-        """A request of web's app to ``host`` through web's sidecar: status, headers, body."""
-        addr, _, port = self.web.info["outbound"].rpartition(":")
+        """A request of web's app to ``host`` through web's sidecar (``via="gateway"``: a
+        client's through the gateway): status, headers, body."""
+        addr, _, port = (self.edge.info["gateway"] if via == "gateway"
+                         else self.web.info["outbound"]).rpartition(":")
         conn = http.client.HTTPConnection(addr, int(port), timeout=20)
         try:
             conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
@@ -230,6 +238,21 @@ def test_a_5xx_from_the_provider_is_an_error_not_a_denial(mesh: AuthzMesh) -> No
     assert mesh.checked("/broken/f") and not mesh.got("/broken/f")
     assert mesh.call("open", "/broken/f")[0] == 200  # failOpen
     assert mesh.checked("/broken/f")[-1]["headers"]["host"] == "open"
+
+
+def test_the_gateway_checks_the_requests_its_custom_policy_selects(mesh: AuthzMesh) -> None:
+    """A CUSTOM policy selecting the gateway's service applies at its listener: the gateway
+    asks the provider (a mesh service: over mTLS) before the request enters the mesh."""
+    wait_for(lambda: mesh.call("api", "/free/gw", via="gateway")[0] == 200, 20,
+             "the gateway routes to api")
+    status, headers, body = mesh.call("api", "/gw/allow/x", via="gateway")
+    assert status == 200, body  # the provider allowed /gw/allow/x (not an api CUSTOM path)
+    assert json.loads(body)["headers"]["x-ext-user"] == "alice"
+    assert mesh.checked("/gw/allow/x")
+    status, headers, body = mesh.call("api", "/gw/deny/y", via="gateway")
+    assert (status, headers.get("x-ami-reason"), body) == (401, "ext_authz_denied", DENY_BODY)
+    assert not mesh.got("/gw/deny/y")
+    assert not mesh.checked("/free/gw")
 
 
 def test_unreachable_provider_answers_status_on_error(mesh: AuthzMesh) -> None:
