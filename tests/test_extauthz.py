@@ -336,3 +336,10 @@ def test_apply_refuses_an_unknown_provider_and_a_second_one_for_a_workload(
             done.stdout, done.stderr)
     # nothing changed: api is still checked by authz
     assert mesh.call("api", "/deny/after-refusals")[0] == 401
+
+
+def test_get_lists_the_custom_policy_with_its_provider(mesh: AuthzMesh) -> None:
+    listed = mesh.meshctl("get", "authorizationpolicies")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("api-ext"))
+    assert "CUSTOM (authz)" in row, listed.stdout
