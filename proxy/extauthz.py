@@ -178,6 +178,7 @@ class ExtAuthzCheck:
         if conn is None:
             conn = await pool.connect()
         call = _Call(pool, asyncio.get_running_loop().create_future(), ex.method == b"HEAD")
+        call._conn = conn
         try:
             conn.send(call, self._head(ex, pool))
             return await call.answer
@@ -247,6 +248,8 @@ class _Call:
     __slots__ = ("_body", "_conn", "_head_only", "_headers", "answer", "interim", "pool",
                  "response_started", "status", "upstream_keep_alive")
 
+    # _conn: the connection while it carries the check (None once it ended, either way)
+
     def __init__(self, pool: EndpointPool, answer: asyncio.Future[Answer],
                  head_only: bool) -> None:
         self.pool = pool
@@ -261,9 +264,10 @@ class _Call:
         self.upstream_keep_alive = False
 
     def drop(self) -> None:
-        """The check is over: a connection still carrying it (a timeout) is closed."""
+        """The check is over: a connection still carrying it (a timeout, a client gone) is
+        closed, not left to a provider that may never answer."""
         conn, self._conn = self._conn, None
-        if conn is not None and not self.answer.done():
+        if conn is not None:
             conn.abort()
 
     def _fail(self, why: str) -> None:
@@ -272,7 +276,6 @@ class _Call:
             self.answer.set_exception(CheckFailed(why))
 
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
-        self._conn = conn
         if status < 200:
             self.interim = True
             return False
@@ -304,15 +307,15 @@ class _Call:
             self.answer.set_result(Answer(self.status, self._headers, b"".join(self._body)))
 
     def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
-        conn.abort()
         self._fail(reason)
+        conn.abort()
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         self._fail("connection lost before a complete answer")
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
-        conn.abort()
         self._fail("the provider answered 101")
+        conn.abort()
 
     def upstream_write_paused(self, paused: bool) -> None:
         pass  # the check is a head alone
