@@ -164,7 +164,9 @@ class ExtAuthzCheck:
         decision = ex.decision
         ex.backend = decision.backends[0] if decision is not None and decision.backends \
             else None
-        ex.reply(reason, status=status, extra_headers=headers, body=body)
+        if headers:  # as edits, so that the provider's content-type replaces the reply's
+            ex.response_edits = ResponseHeaders(ex.response_edits, list(headers))
+        ex.reply(reason, status=status, body=body)
 
     def _count(self, result: str) -> None:
         self.stats.inc("ami_ext_authz_checks", (*self.labels, ("result", result)))

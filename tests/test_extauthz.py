@@ -117,8 +117,9 @@ class AuthzMesh(meshbuilder.Mesh):
                 return web.Response(text="ok", headers={
                     "x-ext-user": "alice", "x-ext-note": "checked", "x-ext-secret": "kept"})
             if path.startswith(("/check/deny/", "/check/gw/deny/")):
-                return web.Response(status=401, body=DENY_BODY, headers={
-                    "x-deny-why": "no-token", "x-ext-secret": "kept"})
+                return web.Response(status=401, body=DENY_BODY, content_type="text/x-deny",
+                                    headers={"x-deny-why": "no-token", "x-ext-secret": "kept",
+                                             "www-authenticate": 'Key realm="api"'})
             if path.startswith("/check/slow/"):
                 await asyncio.sleep(60)
             if path.startswith("/check/broken/"):
@@ -203,9 +204,28 @@ def test_denied_request_gets_the_providers_answer_and_never_reaches_the_app(
     assert (status, headers.get("x-ami-reason")) == (401, "ext_authz_denied")
     assert body == DENY_BODY
     assert headers["x-deny-why"] == "no-token"
-    assert "x-ext-secret" not in headers
+    assert headers["www-authenticate"] == 'Key realm="api"'  # passed on with any list
+    assert "x-ext-secret" not in headers and "text/x-deny" not in headers["content-type"]
     assert mesh.checked("/deny/a") and not mesh.got("/deny/a")
     assert mesh.metric(mesh.api, "ami_requests_total", response_flags="ext_authz_denied") >= 1
+
+
+def test_a_denial_passes_every_header_without_headers_to_downstream_on_deny(
+        mesh: AuthzMesh) -> None:
+    """authz-egress sets no headersToDownstreamOnDeny: the client gets all the answer's
+    headers, its content-type the provider's (one, not the proxy's text/plain too)."""
+    addr, _, port = mesh.web.info["outbound"].rpartition(":")
+    conn = http.client.HTTPConnection(addr, int(port), timeout=20)
+    try:
+        conn.request("GET", "/deny/all", headers={"Host": "open"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("x-ami-reason")) == (401, "ext_authz_denied")
+        assert resp.msg.get_all("content-type") == ["text/x-deny"]
+        assert resp.getheader("x-ext-secret") == "kept"
+        assert resp.getheader("x-deny-why") == "no-token"
+        assert resp.read() == DENY_BODY
+    finally:
+        conn.close()
 
 
 def test_request_no_custom_rule_selects_is_not_checked(mesh: AuthzMesh) -> None:
