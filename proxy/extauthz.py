@@ -219,6 +219,8 @@ def provider_backend(builder: RouterBuilder, spec: ExtAuthzHttp) -> Backend | No
     from proxy.origination import origination_for
     from proxy.routing import Backend, _balancer
 
+    if not spec.port:  # no such provider (proxy.inbound.custom_check): it fails closed
+        return None
     snap = builder.snapshot
     service = snap.services.get(spec.service)
     if service is not None:

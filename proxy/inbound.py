@@ -63,7 +63,10 @@ def custom_check(policies: Sequence[AuthorizationPolicySpec],
                  ) -> tuple[str, ExtAuthzHttp, tuple[AuthorizationRule, ...]] | None:
     """The CUSTOM policies' provider and their rules together (one provider per workload,
     as Istio: the control plane refuses a second), or None when none applies. A provider
-    the snapshot does not describe checks nothing and is logged."""
+    the snapshot does not describe (a static config's) fails closed: the requests its rules
+    select get 403 `ext_authz_error`."""
+    from meshctl.api.extauthz import ExtAuthzHttp
+
     custom = [p for p in policies if p.action == "CUSTOM" and p.rules]
     if not custom:
         return None
@@ -71,8 +74,9 @@ def custom_check(policies: Sequence[AuthorizationPolicySpec],
     spec = next((p.http for p in providers if p.name == name), None)
     if spec is None:
         log.warning("AuthorizationPolicy CUSTOM names provider %r, which this proxy's "
-                    "configuration does not describe: nothing is checked", name)
-        return None
+                    "configuration does not describe: the requests it selects are refused",
+                    name)
+        spec = ExtAuthzHttp(f"<unknown provider {name}>", 0)
     return name, spec, tuple(r for p in custom if p.provider == name for r in p.rules)
 
 

@@ -21,6 +21,7 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +31,9 @@ from tests import meshbuilder
 from tests.h2app import h2_request
 from tests.helpers_mesh import wait_for
 from tests.ports import free_port
-from tests.proxyharness import Backends
+from tests.proxyharness import Backends, get, roundtrip
 from tests.resources import document, documents, mesh_config
+from tests.test_mtls_static import mesh_ca, mint, start_proxy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -363,3 +365,23 @@ def test_get_lists_the_custom_policy_with_its_provider(mesh: AuthzMesh) -> None:
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if line.startswith("api-ext"))
     assert "CUSTOM (authz)" in row, listed.stdout
+
+
+async def test_a_static_config_naming_an_unknown_provider_fails_closed(
+        tmp_path: Path, echo: int) -> None:
+    """The control plane refuses a CUSTOM policy naming no provider; a static config can
+    still say so: the requests its rules select are refused (403 ext_authz_error), others
+    pass, rather than going unchecked."""
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), {
+        "node": {"service": "api"}, "app": f"127.0.0.1:{echo}",
+        "mesh": {"mtls": "PERMISSIVE"}, "inbound": {"authorization": [
+            {"action": "CUSTOM", "provider": {"name": "nowhere"},
+             "rules": [{"to": [{"paths": ["/guarded/*"]}]}]}]}}, inbound=port)
+    try:
+        refused = await roundtrip(port, get("api", "/guarded/x"))
+        assert (refused.status, refused.header("x-ami-reason")) == (403, "ext_authz_error")
+        assert (await roundtrip(port, get("api", "/open"))).status == 200
+    finally:
+        proxy.stop()
