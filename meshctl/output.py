@@ -114,6 +114,16 @@ def _authz_target(doc: Doc) -> str:
     return str((_spec(doc).get("selector") or {}).get("service", "<all>"))
 
 
+def _authz_action(d: Doc) -> str:
+    """ALLOW, DENY, or CUSTOM with the provider it asks: `CUSTOM (oauth)`."""
+    spec = _spec(d)
+    action = str(spec.get("action", "ALLOW"))
+    provider = spec.get("provider")
+    if action == "CUSTOM" and isinstance(provider, dict):
+        return f"CUSTOM ({provider.get('name')})"
+    return action
+
+
 def _telemetry_selector(doc: Doc) -> str:
     labels = (_spec(doc).get("selector") or {}).get("matchLabels") or {}
     return _joined(f"{k}={v}" for k, v in sorted(labels.items())) if labels else "<namespace>"
@@ -173,7 +183,7 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
          + (" +warmup" if "warmup" in _spec(d) or "warmupDurationSecs" in _spec(d) else ""))],
     "AuthorizationPolicy": [
         ("SERVICE", _authz_target),
-        ("ACTION", lambda d: str(_spec(d).get("action", "ALLOW"))),
+        ("ACTION", _authz_action),
         ("RULES", lambda d: str(len(_spec(d).get("rules") or [])))],
     "RequestAuthentication": [
         ("SERVICE", _authz_target),

@@ -152,6 +152,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, frozenset | set):  # (extAuthz header names)
+        return sorted(_jsonable(v) for v in value)
     if hasattr(value, "pattern"):
         return value.pattern
     if isinstance(value, bytes):  # a directResponse's body

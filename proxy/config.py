@@ -235,6 +235,8 @@ class Snapshot:
     # meshctl.api.kinds.GatewayPassthrough: TLS the gateway relays by SNI, unterminated
     gateway_passthrough: tuple[Any, ...] = ()
     telemetry: TelemetrySettings | None = None  # None: no Telemetry applies, the mesh's
+    # meshctl.api.extauthz.ExtensionProvider: the ones this proxy's CUSTOM policies name
+    ext_authz: tuple[Any, ...] = ()
 
     @property
     def access_log(self) -> bool:
@@ -299,7 +301,8 @@ _KNOWN: dict[str, frozenset[str]] = {
     "external": frozenset({"namespace", "name", "ports", "endpoints", "policy"}),
     "external port": frozenset({"number", "protocol", "targetPort"}),
     "gateway": frozenset({"rules", "passthrough"}),
-    "inbound": frozenset({"authorization", "authentication", "rateLimit", "mtls"}),
+    "inbound": frozenset({"authorization", "authentication", "rateLimit", "mtls",
+                          "extAuthz"}),
     "telemetry": frozenset({"accessLog", "tracing"}),
     "telemetry.accessLog": frozenset({"disabled", "filter"}),
     "telemetry.tracing": frozenset({"sampling", "disableSpanReporting"}),
@@ -544,6 +547,7 @@ def _parse_snapshot(data: object) -> Snapshot:
     inbound_raw = _mapping(raw.get("inbound"), "inbound")
     authorization = _parse_authorization(inbound_raw.get("authorization"))
     authentication = _parse_authentication(inbound_raw.get("authentication"))
+    ext_authz = _parse_ext_authz(inbound_raw.get("extAuthz"))
     own_mtls = _mtls_mode(inbound_raw["mtls"], "inbound.mtls") if "mtls" in inbound_raw \
         else None
     inbound_rate = _policy({"rateLimit": inbound_raw["rateLimit"]}, "inbound").rate_limit \
@@ -568,6 +572,7 @@ def _parse_snapshot(data: object) -> Snapshot:
         app_protocol=app_protocol,
         own_mtls=own_mtls,
         gateway_passthrough=gateway_passthrough,
+        ext_authz=ext_authz,
         telemetry=_parse_telemetry(raw["telemetry"]) if "telemetry" in raw else None,
     )
 
@@ -636,6 +641,16 @@ def _parse_authorization(data: object) -> tuple[Any, ...]:
         with _config_errors():
             policies.append(parse_authorization(spec, f"inbound.authorization[{i}]"))
     return tuple(policies)
+
+
+def _parse_ext_authz(data: object) -> tuple[Any, ...]:
+    from meshctl.api.extauthz import parse_provider
+
+    providers = []
+    for i, spec in enumerate(_list(data, "inbound.extAuthz")):
+        with _config_errors():
+            providers.append(parse_provider(spec, f"inbound.extAuthz[{i}]"))
+    return tuple(providers)
 
 
 def _parse_authentication(data: object) -> tuple[Any, ...]:

@@ -46,7 +46,8 @@ class Exchange:
         "_try_start",
         "_upstream_paused",
         "_waiting", "arrived", "authority", "backend", "bytes_in", "bytes_out", "chunked",
-        "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
+        "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "ext_authz",
+        "flags",
         "head_tail", "headers", "http2", "http10", "interim", "method", "mirror", "path", "pool",
         "query",
         "request_done", "response_edits", "response_started", "start_time", "status", "target",
@@ -58,6 +59,9 @@ class Exchange:
     # that authentication edits (its token removed): judged again as it came (proxy.revoke).
     # Unset on every other request: nothing is spent on them.
     arrived: tuple[list[tuple[bytes, bytes]], str, bytes]
+    # The CUSTOM provider that checked this request (proxy.extauthz), set when its check
+    # starts; unset on every other request, likewise.
+    ext_authz: str
 
     # The current attempt's upstream speaks HTTP/2 (an H2Exchange's slot; read off the hot
     # path only, by the breaker's queue).

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from proxy.extauthz import CHECKING
 from proxy.reasons import REASON_HEADER
 
 if TYPE_CHECKING:
@@ -78,11 +79,37 @@ def start(ex: Exchange) -> None:
     if decision.admit is not None:  # authorization, rate limit, a rewrite, a local answer
         refusal = decision.admit(ex)
         if refusal is not None:
+            if refusal is CHECKING:
+                return  # an external check runs: its answer resumes (or refuses) the request
             # (reason, status, headers), or with a body of its own (a directResponse)
             ex.backend = decision.backends[0] if decision.backends else None
             ex.reply(refusal[0], status=refusal[1], extra_headers=refusal[2],
                      body=refusal[3] if len(refusal) > 3 else None)
             return
+    fault = decision.fault
+    if fault is not None:
+        delay = fault.roll_delay()
+        if delay:
+            ex._count("ami_faults_injected", "delay")
+            ex._timer = ex.downstream.loop.call_later(delay, ex._after_delay)
+            return
+        if ex._inject_abort():
+            return
+    ex._proceed()
+
+
+@guarded
+def resume(ex: Exchange) -> None:
+    """An admission step that waited (proxy.extauthz's check) let ``ex`` through: the
+    admission runs again (that step passes now), then the request goes on as from start."""
+    decision = ex.decision
+    assert decision is not None and decision.admit is not None
+    refusal = decision.admit(ex)
+    if refusal is not None:
+        ex.backend = decision.backends[0] if decision.backends else None
+        ex.reply(refusal[0], status=refusal[1], extra_headers=refusal[2],
+                 body=refusal[3] if len(refusal) > 3 else None)
+        return
     fault = decision.fault
     if fault is not None:
         delay = fault.roll_delay()

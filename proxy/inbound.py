@@ -24,7 +24,8 @@ from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authn import RequestAuthenticationSpec
-    from meshctl.api.authz import AuthorizationPolicySpec
+    from meshctl.api.authz import AuthorizationPolicySpec, AuthorizationRule
+    from meshctl.api.extauthz import ExtAuthzHttp, ExtensionProvider
     from meshctl.api.policy import RateLimit
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
@@ -58,6 +59,28 @@ def _as_it_arrived(ex: Exchange) -> Exchange:
     return view
 
 
+def custom_check(policies: Sequence[AuthorizationPolicySpec],
+                 providers: Sequence[ExtensionProvider],
+                 ) -> tuple[str, ExtAuthzHttp, tuple[AuthorizationRule, ...]] | None:
+    """The CUSTOM policies' provider and their rules together (one provider per workload,
+    as Istio: the control plane refuses a second), or None when none applies. A provider
+    the snapshot does not describe (a static config's) fails closed: the requests its rules
+    select get 403 `ext_authz_error`."""
+    from meshctl.api.extauthz import ExtAuthzHttp
+
+    custom = [p for p in policies if p.action == "CUSTOM" and p.rules]
+    if not custom:
+        return None
+    name = custom[0].provider or ""
+    spec = next((p.http for p in providers if p.name == name), None)
+    if spec is None:
+        log.warning("AuthorizationPolicy CUSTOM names provider %r, which this proxy's "
+                    "configuration does not describe: the requests it selects are refused",
+                    name)
+        spec = ExtAuthzHttp(f"<unknown provider {name}>", 0)
+    return name, spec, tuple(r for p in custom if p.provider == name for r in p.rules)
+
+
 class InboundPolicy:
     """Runs before a request is forwarded to the local app; returns a refusal or None."""
 
@@ -67,7 +90,8 @@ class InboundPolicy:
                  previous: InboundPolicy | None = None,
                  authentication: Sequence[RequestAuthenticationSpec] = (),
                  gateway: bool = False, port: int = 0, label: str | None = None,
-                 proxy_protocol: bool = False) -> None:
+                 proxy_protocol: bool = False,
+                 providers: Sequence[ExtensionProvider] = ()) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -80,6 +104,9 @@ class InboundPolicy:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
         self.deny = [p for p in policies if p.action == "DENY"]
         self.allow = [p for p in policies if p.action == "ALLOW"]
+        # CUSTOM: (provider name, its spec, the rules selecting what it checks), run by
+        # proxy.extauthz.ExtAuthzCheck before this policy's admit (proxy.routing)
+        self.custom = custom_check(policies, providers)
         # remoteIpBlocks: the client's address is worked out only for policies naming one
         self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
         # a gateway behind a PROXY protocol balancer (--proxy-protocol): `ipBlocks` judge the
@@ -112,7 +139,8 @@ class InboundPolicy:
 
     @property
     def needed(self) -> bool:
-        return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn)
+        return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn
+                    or self.custom)
 
     def admit(self, ex: Exchange, spend: bool = True) -> Refusal | None:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not

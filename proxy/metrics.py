@@ -185,6 +185,8 @@ _COUNTER_HELP = {
     "ami_faults_injected": "Faults injected by route rules.",
     "ami_mirrored_requests": "Requests copied to a mirror subset.",
     "ami_authorization_denied": "Requests denied by authorization policy.",
+    "ami_ext_authz_checks": "Requests checked by an AuthorizationPolicy CUSTOM provider, by "
+                            "result (allowed, denied, error).",
     "ami_jwt_invalid": "Requests refused because their JWT failed validation "
                        "(RequestAuthentication).",
     "ami_tls_handshake_failures": "TLS connections refused during or right after the "

@@ -28,6 +28,11 @@ REASONS: dict[str, tuple[int, str]] = {
                              "body)"),
     "jwt_invalid": (401, "the request's JWT failed validation (RequestAuthentication)"),
     "not_authorized": (403, "denied by authorization policy"),
+    "ext_authz_denied": (403, "denied by the external authorization service of an "
+                              "AuthorizationPolicy CUSTOM (its status, body and headers)"),
+    "ext_authz_error": (403, "the external authorization service could not be asked (no "
+                             "endpoint, a connection error, its timeout): the provider's "
+                             "statusOnError"),
     "misdirected_request": (421, "the HTTPS gateway passes TLS for this host through by its "
                                  "server name: ask on a connection naming it"),
     "no_route": (404, "no route for this request (its host; at the gateway, host and path)"),

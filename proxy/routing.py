@@ -38,6 +38,7 @@ from proxy.sessioncookie import CookieAffinity
 if TYPE_CHECKING:
     from proxy.destinations import DestinationRegistry, DestinationState
     from proxy.exchange import Exchange
+    from proxy.inbound import InboundPolicy
     from proxy.layers import FaultPolicy, HeaderEditor, MirrorPolicy, RetryPolicy
     from proxy.pools import EndpointPool, PoolRegistry
     from proxy.routemetrics import RuleCounter, RuleTable
@@ -463,11 +464,12 @@ class RouterBuilder:
         routes = self._host_routes("source", scheme=scheme)
         policy = self.gateway_policy
         if policy is not None and policy.needed:
+            admission = self._admission(policy)
             # Admission runs first on every rule this router owns (its decisions are its own,
             # compiled for it), so routes without a policy keep their plain decisions.
             for host_route in routes.values():
                 for _, decision in host_route.rules:
-                    decision.admit = _admit_first(policy.admit, decision.admit)
+                    decision.admit = _admit_first(admission, decision.admit)
         if passthrough is not None:
             from proxy.misdirected import MisdirectingRouter, misdirected
 
@@ -488,7 +490,7 @@ class RouterBuilder:
         backend = Backend(snap.node.service, None, (pool,), None, prefix)
         decision = Decision((backend,), (100,), self.rng)
         if self.inbound_policy is not None and self.inbound_policy.needed:
-            decision.admit = self.inbound_policy.admit
+            decision.admit = self._admission(self.inbound_policy)
         if snap.app_protocol == "tcp":
             # A TCP app (a database): HTTP would reach it as bytes it cannot parse.
             decision.admit = _refuse_http
@@ -498,6 +500,17 @@ class RouterBuilder:
             decision.admit = _admit_first(decision.admit, refuse_http1) \
                 if decision.admit is not None else refuse_http1
         return Router({}, inbound=decision)
+
+    def _admission(self, policy: InboundPolicy) -> Callable[[Exchange], Any]:
+        """The policy's admission step; with a CUSTOM policy, its external check first
+        (decided here, once per config: other workloads' requests pay nothing for it)."""
+        if policy.custom is None:
+            return policy.admit
+        from proxy.extauthz import ExtAuthzCheck, provider_backend
+
+        name, spec, rules = policy.custom
+        return ExtAuthzCheck(policy.admit, name, spec, rules, provider_backend(self, spec),
+                             policy.stats, policy.labels, policy.port)
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
                      scheme: str = "http") -> dict[str, HostRoute]:

@@ -102,7 +102,8 @@ class ProxyServer:
                                        snapshot.node.service, previous=self._inbound_policy,
                                        label=snapshot.node.metrics_name or None,
                                        authentication=snapshot.authentication,
-                                       port=snapshot.app.port if snapshot.app else 0)
+                                       port=snapshot.app.port if snapshot.app else 0,
+                                       providers=snapshot.ext_authz)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
             # `to: ports` at the gateway names its listening port, as at Istio's ingress
@@ -112,7 +113,8 @@ class ProxyServer:
                                            authentication=snapshot.authentication,
                                            gateway=True,
                                            port=gateway_address.port if gateway_address else 0,
-                                           proxy_protocol=self.options.proxy_protocol)
+                                           proxy_protocol=self.options.proxy_protocol,
+                                           providers=snapshot.ext_authz)
         rule_limits = RuleLimits(self.stats, previous=self._rule_limits)
         builder = RouterBuilder(snapshot, self.pools, self.rng, self._compile_matches,
                                 self.destinations, inbound_policy, gateway_policy,

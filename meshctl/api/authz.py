@@ -11,7 +11,7 @@ from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
 
-ACTIONS = ("ALLOW", "DENY")
+ACTIONS = ("ALLOW", "DENY", "CUSTOM")
 AUTHZ_PATH = r"^(\*|/[^*]*\*?)$"
 
 _NAME = F.string(F.DNS_LABEL, "a DNS-1123 label")
@@ -341,11 +341,14 @@ class AuthorizationPolicySpec:
 
     ALLOW: a request is allowed if any rule matches (no rules = nothing is allowed).
     DENY: a request is refused if any rule matches.
+    CUSTOM: a request any rule matches is checked by the external ``provider`` (a MeshConfig
+    extensionProviders name; no rules = none is), before DENY and ALLOW (proxy.extauthz).
     """
 
     service: str | None
     action: str
     rules: tuple[AuthorizationRule, ...]
+    provider: str | None = None
 
 
 def _path_matches(pattern: str, path: str) -> bool:
@@ -362,8 +365,27 @@ def parse_authorization(data: object, path: str) -> AuthorizationPolicySpec:
     service = f.optional("selector", F.service_selector)
     action = f.value("action", F.enum(ACTIONS), "ALLOW")
     rules = f.value("rules", F.list_of(_parse_rule), ())
+    provider = f.optional("provider", _parse_provider)
+    if action == "CUSTOM" and not f.has("provider"):
+        f.add(f.at("provider"), "action CUSTOM needs provider: {name: ...} (a MeshConfig "
+                                "extensionProviders name)")
+    elif action != "CUSTOM" and f.has("provider"):
+        f.add(f.at("provider"), f"only action CUSTOM takes a provider, not {action}")
+    if action == "CUSTOM":  # checked before the JWT is (proxy.extauthz): no token to read
+        for i, rule in enumerate(rules):
+            if rule.uses_token:
+                f.add(f"{f.at('rules')}[{i}]", "a CUSTOM rule cannot name requestPrincipals, "
+                      "notRequestPrincipals or a claim: the external check comes before the "
+                      "request's JWT is verified")
     f.finish()
-    return AuthorizationPolicySpec(service, action, rules)
+    return AuthorizationPolicySpec(service, action, rules, provider)
+
+
+def _parse_provider(data: object, path: str) -> str:
+    f = Fields(data, path)
+    name = f.required("name", F.string(None, "a provider name"), "")
+    f.finish()
+    return name
 
 
 def _parse_rule(data: object, path: str) -> AuthorizationRule:

@@ -22,6 +22,7 @@ from meshctl.api.authz import (
 )
 from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
+from meshctl.api.extauthz import EXTENSION_NAME, HEADER_PATTERN, PATH_PREFIX
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
 from meshctl.api.kinds import (
     GATEWAY_HOST,
@@ -315,6 +316,7 @@ _SPECS: dict[str, Schema] = {
     "AuthorizationPolicy": _obj({
         "selector": _obj({"service": _SERVICE}, ("service",)),
         "action": {"enum": list(ACTIONS)},
+        "provider": _obj({"name": _str()}, ("name",)),  # action CUSTOM's, and only its
         "rules": _list(_obj({
             "from": _list(_obj({
                 "identities": _list(_str(F.SPIFFE_ID), 1),
@@ -385,6 +387,21 @@ _SPECS: dict[str, Schema] = {
         "trustedXfccIdentities": _list(_str(
             WORKLOAD_ID, description="of the mesh's trust domain (checked by the parser)")),
         "localityLbSetting": _LOCALITY_LB,
+        "extensionProviders": _list(_obj({
+            "name": _str(EXTENSION_NAME),
+            "envoyExtAuthzHttp": _obj({
+                "service": _str(F.DNS_SUBDOMAIN, maxLength=253), "port": _int(1, 65535),
+                "timeout": _duration(), "pathPrefix": _str(PATH_PREFIX),
+                "failOpen": {"type": "boolean"}, "statusOnError": _int(200, 599),
+                "includeRequestHeadersInCheck": _list(_str(HEADER_PATTERN)),
+                "includeHeadersInCheck": _list(_str(HEADER_PATTERN)),
+                "includeAdditionalHeadersInCheck": _map(_str(F.HEADER_FIELD_VALUE),
+                                                        F.HEADER_NAME),
+                "headersToUpstreamOnAllow": _list(_str(HEADER_PATTERN)),
+                "headersToDownstreamOnAllow": _list(_str(HEADER_PATTERN)),
+                "headersToDownstreamOnDeny": _list(_str(HEADER_PATTERN)),
+            }, ("service", "port")),
+        }, ("name", "envoyExtAuthzHttp"))),
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),

@@ -10,6 +10,7 @@ from meshctl.api.authn import RequestAuthenticationSpec, parse_request_authentic
 from meshctl.api.authz import AuthorizationPolicySpec, parse_authorization
 from meshctl.api.canary import CanarySpec, parse_canary
 from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.extauthz import ExtensionProvider, parse_providers
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
 from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
@@ -65,6 +66,8 @@ class MeshConfigSpec:
     trusted_xfcc_identities: tuple[str, ...] = ()
     # Istio's meshConfig.localityLbSetting: the default of every DestinationPolicy without one
     locality_lb: LocalityLbSetting | None = None
+    # Istio's meshConfig.extensionProviders: AuthorizationPolicy CUSTOM's providers
+    extension_providers: tuple[ExtensionProvider, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ def parse_mesh_config(data: object, path: str) -> MeshConfigSpec:
         f.value("trustedXfccIdentities", trusted_xfcc_identities(trust_domain),
                 d.trusted_xfcc_identities),
         f.optional("localityLbSetting", parse_locality_lb_setting),
+        f.value("extensionProviders", parse_providers, ()),
     )
     f.finish()
     return spec

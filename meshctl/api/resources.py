@@ -13,6 +13,7 @@ import yaml
 
 from meshctl.api import fields as F
 from meshctl.api.errors import Issue, ValidationError, fail
+from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
 from meshctl.api.hostnames import service_of
@@ -294,6 +295,7 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
+    issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
     return issues
 
 

@@ -222,7 +222,10 @@ def render(dump: dict[str, Any]) -> str:
                       "(RequestAuthentication; -o yaml shows the keys)"]
     authorization = snap.get("authorization") or []
     if authorization:
-        lines += ["", f"AUTHORIZATION: {len(authorization)} policies "
+        providers = sorted({str(a.get("provider")) for a in authorization
+                            if a.get("action") == "CUSTOM"})
+        custom = f"; CUSTOM, checked by provider {', '.join(providers)}" if providers else ""
+        lines += ["", f"AUTHORIZATION: {len(authorization)} policies{custom} "
                       "(-o yaml shows them)"]
     return "\n".join(lines)
 

@@ -182,7 +182,8 @@ def _authorization(data: dict[str, Any]) -> list[str]:
         return ["Authorization:     <none> (every caller allowed)"]
     return ["Authorization:", *_table(
         ["NAME", "SELECTOR", "ACTION", "RULES", "VERSION"],
-        [[a["name"], a["selector"] or "<namespace>", a["action"], str(a["rules"]),
+        [[a["name"], a["selector"] or "<namespace>",
+          f"CUSTOM ({a['provider']})" if a.get("provider") else a["action"], str(a["rules"]),
           a["resourceVersion"]] for a in items])]
 
 

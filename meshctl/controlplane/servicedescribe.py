@@ -162,6 +162,8 @@ class ServiceDescription:
             entry = {**_ref(obj), "selector": spec.service}
             if isinstance(spec, AuthorizationPolicySpec):
                 entry.update(action=spec.action, rules=len(spec.rules))
+                if spec.provider is not None:  # CUSTOM: the extensionProviders item it asks
+                    entry["provider"] = spec.provider
             else:
                 entry["issuers"] = [r.issuer for r in spec.jwt_rules]
             out.append(entry)

@@ -421,6 +421,9 @@ class SnapshotBuilder:
             and selects(r.spec.service)]
         if authentication:  # absent otherwise: snapshots without one keep their bytes
             inbound["authentication"] = authentication
+        providers = self._ext_authz(proxy.namespace, inbound["authorization"])
+        if providers:  # likewise absent without a CUSTOM policy
+            inbound["extAuthz"] = providers
         mode = self.mtls.mode(proxy.namespace, proxy.service, proxy.mode != "gateway",
                               proxy.labels, proxy.app_port)
         if mode != self.mesh.mtls_mode:  # what this inbound listener accepts, when not mesh's
@@ -436,6 +439,24 @@ class SnapshotBuilder:
                 if rate is not None:
                     inbound["rateLimit"] = rate
         return inbound
+
+    def _ext_authz(self, namespace: str, policies: list[dict[str, Any]]) -> list[Any]:
+        """The MeshConfig extensionProviders these policies' CUSTOM ones name, each service
+        written as the proxy keys it (a mesh service's `name` or `name.ns`; an outside host as
+        it is), so the proxy reaches it as any outbound call."""
+        names = {(p.get("provider") or {}).get("name") for p in policies
+                 if p.get("action") == "CUSTOM"}
+        meshes = self._by_kind.get("MeshConfig", [])
+        raw = (_raw_spec(meshes[0]).get("extensionProviders") or []) if meshes else []
+        providers = []
+        for item in raw:
+            if item.get("name") in names:
+                http = item.get("envoyExtAuthzHttp")
+                found = self.names.resolve(http["service"], namespace) if http else None
+                if http and found is not None:
+                    http["service"] = self.names.key(*found, namespace)
+                providers.append(item)
+        return providers
 
     def _inline_keys(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A RequestAuthentication spec as sidecars get it: each jwksUri replaced by the keys
