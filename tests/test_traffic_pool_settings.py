@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from meshctl.api.policy import TcpKeepalive
 from proxy.keepalive import set_keepalive
@@ -24,6 +27,7 @@ from tests.traffic_backends import (
     TrafficBackend,
     TrafficProxy,
     call,
+    close_backends,
     endpoints,
     start_backend,
     started,
@@ -51,6 +55,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "fail-good": start_backend(hub, version="good"),
     }
     hold = RetryHold(hub)
+    scripted = Scripted(hub)
     svc: dict[str, dict[str, Any]] = {name: {"endpoints": endpoints(b[name])}
                                       for name in ("ka", "noka", "age", "ageidle", "ageslow")}
     svc["mr"] = {"endpoints": [{"address": f"127.0.0.1:{hold.raw.port}",
@@ -63,15 +68,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                    "idleTimeout": "5m"}}
     svc["ageslow"]["policy"] = {"connectionPool": {"maxConnectionDuration": "1s"}}
     svc["mr"]["policy"] = {"connectionPool": {"http": {"maxRetries": 1}}}
+    svc["mrs"] = {"endpoints": [{"address": f"127.0.0.1:{scripted.raw.port}",
+                                 "labels": {"version": "v1"}}],
+                  "policy": {"connectionPool": {"maxRetries": 1}}}
     for name in ("reset", "fail"):
         svc[name] = {"endpoints": endpoints(b[name], b[f"{name}-good"]), "policy": {
             "loadBalancer": "ROUND_ROBIN", "outlierDetection": SPLIT_OUTLIER}}
-    routes = [{"host": name, "rules": [{"backends": [{}]}]} for name in svc if name != "mr"]
-    routes.append({"host": "mr", "rules": [{"backends": [{}], "timeout": "30s", "retries": {
-        "attempts": 1, "retryOn": ["5xx"]}}]})
+    routes = [{"host": name, "rules": [{"backends": [{}]}]} for name in svc
+              if name not in ("mr", "mrs")]
+    routes += [{"host": name, "rules": [{"backends": [{}], "timeout": "30s", "retries": {
+        "attempts": 1, "retryOn": ["5xx"]}}]} for name in ("mr", "mrs")]
     proxy = TrafficProxy(tmp_path_factory.mktemp("pool"), svc, routes)
     for p in started(proxy, hub):
-        yield {"proxy": p, "hub": hub, "mr": hold, **b}
+        yield {"proxy": p, "hub": hub, "mr": hold, "mrs": scripted, **b}
 
 
 async def test_tcp_keepalive_probes_the_connections_to_the_destination(
@@ -200,6 +209,102 @@ async def test_max_retries_caps_requests_being_retried_at_once(
 
 async def _new_event() -> asyncio.Event:
     return asyncio.Event()
+
+
+# path -> (first try, retry (the same x-request-id again)): (gate, status, streamed body)
+_SCRIPT: dict[str, tuple[tuple[str | None, int, bool], tuple[str | None, int, bool]]] = {
+    "/stream": ((None, 503, False), ("stream", 200, True)),
+    "/quick": ((None, 503, False), (None, 200, False)),
+    "/a": (("a", 503, False), (None, 200, False)),
+    "/b": (("b", 200, False), (None, 200, False)),
+    "/c": ((None, 503, False), (None, 200, False)),
+}
+
+
+class Scripted:
+    """An endpoint answering each path's first try and its retry as `_SCRIPT` says: a gate
+    holds the answer (or, streamed, the rest of its body after a first chunk) until the test
+    opens it."""
+
+    def __init__(self, hub: Backends) -> None:
+        self.hub = hub
+        self.seen: list[tuple[str, str]] = []  # (path, x-request-id) of every try, in order
+        self.gates: dict[str, asyncio.Event] = {}
+        self.raw = hub.raw(self._serve)
+
+    def close_gate(self, name: str) -> None:
+        self.gates[name] = self.hub.call(_new_event())
+
+    def open_gate(self, name: str) -> None:
+        self.hub.loop.call_soon_threadsafe(self.gates[name].set)
+
+    def tries(self, path: str) -> int:
+        return sum(1 for p, _ in self.seen if p == path)
+
+    async def _serve(self, _raw: RawBackend, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            key = (req.target, req.header("x-request-id") or "")
+            retried = key in self.seen
+            self.seen.append(key)
+            gate, status, streamed = _SCRIPT[req.target][retried]
+            if not streamed:
+                if gate is not None:
+                    await self.gates[gate].wait()
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 0\r\n\r\n" % status)
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 %d X\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n"
+                         % status)
+            await writer.drain()
+            assert gate is not None
+            await self.gates[gate].wait()
+            writer.write(b"1\r\nb\r\n0\r\n\r\n")
+            await writer.drain()
+
+
+async def test_a_retry_slot_taken_after_a_pool_was_declared_mid_request_is_given_back(
+        tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A request dispatched before its destination had a connectionPool, retried after one
+    with maxRetries was pushed, takes a retry slot; when its retry then ends otherwise than
+    on a connection (here the `overflow` of maxConcurrentRequests) the slot is given back:
+    the next request's failed try is retried."""
+    hub = Backends()
+    endpoint = Scripted(hub)
+    services = {"late": {"endpoints": [{"address": f"127.0.0.1:{endpoint.raw.port}",
+                                        "labels": {"version": "v1"}}]}}
+    routes = [{"host": "late", "rules": [{"backends": [{}], "timeout": "30s", "retries": {
+        "attempts": 1, "retryOn": ["5xx"]}}]}]
+    proxy = TrafficProxy(tmp_path, services, routes)
+    try:
+        proxy.start()
+        endpoint.close_gate("a")
+        endpoint.close_gate("b")
+        first = asyncio.create_task(call(session, proxy, "late", "/a", timeout=30))
+        await eventually(lambda: endpoint.tries("/a") == 1, 20, what="/a reached the endpoint")
+        config = yaml.safe_load(proxy.config.read_text())
+        config["services"]["late"]["policy"] = {"connectionPool": {
+            "maxConcurrentRequests": 1, "maxRetries": 1}}
+        config["version"] = "traffic-2"
+        proxy.config.write_text(yaml.safe_dump(config))
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGHUP)
+        end = asyncio.get_running_loop().time() + 10
+        while (await proxy.stats())["config_version"] != "traffic-2":
+            assert asyncio.get_running_loop().time() < end, proxy.stderr()
+            await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
+        second = asyncio.create_task(call(session, proxy, "late", "/b", timeout=30))
+        await eventually(lambda: endpoint.tries("/b") == 1, 20, what="/b reached the endpoint")
+        endpoint.open_gate("a")  # its 503 is retried: the retry finds the one request slot taken
+        assert (await first).reason == "overflow"
+        endpoint.open_gate("b")
+        assert (await second).status == 200
+        third = await call(session, proxy, "late", "/c", timeout=30)
+        assert (third.status, endpoint.tries("/c")) == (200, 2)
+        assert await proxy.metric("ami_retry_overflow_total", destination_service="late") == 0
+    finally:
+        proxy.stop()
+        close_backends(hub, [])
 
 
 async def _status(proxy: TrafficProxy, service: str, address: str) -> str:
