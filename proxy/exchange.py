@@ -409,6 +409,10 @@ class Exchange:
             self._release_pool()
             self._schedule_retry()
             return False
+        if self._retry_slot is not None:
+            # The retry is answered: no longer outstanding (Envoy gives its max_retries slot
+            # back at the retried try's response headers), whatever its body's length.
+            self._retry_slot.retry_finished(self)
         if self._timer is not None:
             self._timer.cancel()  # the route timeout covers the wait for response headers
             self._timer = None

@@ -263,6 +263,25 @@ class Scripted:
             await writer.drain()
 
 
+async def test_a_retried_request_whose_answer_streams_holds_no_retry_slot(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """maxRetries 1 (Envoy's max_retries: retries outstanding): a retry is outstanding until
+    its try is answered. A retried request whose answer's body is still streaming holds no
+    slot, so another request's failed try is retried meanwhile."""
+    proxy: TrafficProxy = env["proxy"]
+    endpoint: Scripted = env["mrs"]
+    endpoint.close_gate("stream")
+    async with session.get(proxy.url("/stream"), headers={"Host": "mrs"},
+                           timeout=aiohttp.ClientTimeout(total=30)) as streaming:
+        assert streaming.status == 200  # its retry answered; the body is still coming
+        assert endpoint.tries("/stream") == 2
+        other = await call(session, proxy, "mrs", "/quick", timeout=30)
+        assert (other.status, endpoint.tries("/quick")) == (200, 2)
+        assert await proxy.metric("ami_retry_overflow_total", destination_service="mrs") == 0
+        endpoint.open_gate("stream")
+        assert await streaming.read() == b"ab"
+
+
 async def test_a_retry_slot_taken_after_a_pool_was_declared_mid_request_is_given_back(
         tmp_path: Path, session: aiohttp.ClientSession) -> None:
     """A request dispatched before its destination had a connectionPool, retried after one
