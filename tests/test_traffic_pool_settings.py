@@ -4,18 +4,26 @@ outlierDetection's splitExternalLocalOriginErrors, through a real proxy to real 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
-from collections.abc import Iterator
+import time
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 import yaml
 
 from meshctl.api.policy import TcpKeepalive
+from proxy.config import Address
 from proxy.keepalive import set_keepalive
+from proxy.pools import EndpointPool
+from proxy.upstream import UpstreamConnection
+from tests.h2app import H2Server
 from tests.proxyharness import (
     Backends,
     RawBackend,
@@ -363,3 +371,51 @@ async def test_split_mode_still_ejects_on_the_endpoints_own_5xx(
         assert asyncio.get_running_loop().time() < end, "the failing endpoint got no traffic"
         await call(session, proxy, "fail")
     assert await _status(proxy, "fail", bad.address) == "EJECTED"
+
+
+@pytest.mark.parametrize("new_loop", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_a_closed_connection_is_not_kept_by_its_max_connection_duration_timer(
+        new_loop: Callable[[], asyncio.AbstractEventLoop], http2: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection closed long before its maxConnectionDuration (idle timeout, an answer with
+    `connection: close`, maxRequestsPerConnection...) is freed at once: its age timer, which
+    would hold it (and its parser or HTTP/2 state) for the rest of the hour, is cancelled."""
+    monkeypatch.setattr("proxy.pools.UpstreamConnection", _WeaklyReferenced)
+    loop = new_loop()
+    try:
+        loop.run_until_complete(_open_and_close(http2))
+    finally:
+        loop.close()
+
+
+class _WeaklyReferenced(UpstreamConnection):
+    __slots__ = ("__weakref__",)
+
+
+async def _open_and_close(http2: bool) -> None:
+    loop = asyncio.get_running_loop()
+    server = await H2Server("age").start() if http2 else None
+    plain = None if http2 else await asyncio.start_server(
+        lambda r, w: r.read(), "127.0.0.1", 0)
+    try:
+        port = server.port if server is not None else (
+            plain.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        pool = EndpointPool(loop, Address("127.0.0.1", port))
+        pool.max_connection_duration = 3600.0
+        conn: Any = await (pool.connect_h2() if http2 else pool.connect())
+        ref = weakref.ref(conn)
+        conn.close()
+        del conn
+        end = time.monotonic() + 5.0
+        while pool.connections and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # lets the loop run the close callbacks
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert ref() is None, "the closed connection is still referenced (its age timer)"
+    finally:
+        if server is not None:
+            await server.stop()
+        if plain is not None:
+            plain.close()
