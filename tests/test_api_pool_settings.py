@@ -123,6 +123,14 @@ def _policy(spec: dict[str, Any]) -> dict[str, Any]:
     ({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}, False),
     ({"connectionPool": {"http": {"useClientProtocol": True}}}, False),
     ({"connectionPool": {"tcp": {"maxConnections": 0}}}, False),
+    # a setting given both ways
+    ({"connectionPool": {"maxConnections": 5, "tcp": {"maxConnections": 100}}}, False),
+    ({"connectionPool": {"maxRetries": 1, "http": {"maxRetries": 2}}}, False),
+    ({"connectionPool": {"tcpIdleTimeout": "1m", "tcp": {"idleTimeout": "2m"}}}, False),
+    ({"connectionPool": {"idleTimeout": "1m", "tcp": {"idleTimeout": "2m"}}}, True),
+    ({"connectionPool": {"tcpIdleTimeout": "1m", "http": {"idleTimeout": "2m"}}}, True),
+    ({"subsets": [{"name": "v1", "labels": {"version": "v1"}, "connectionPool": {
+        "maxConcurrentRequests": 3, "http": {"http2MaxRequests": 3}}}]}, False),
 ])
 def test_schema_agrees_with_the_parser(spec: dict[str, Any], valid: bool) -> None:
     """An editor with `meshctl schema` flags what `meshctl apply` refuses, and no more."""

@@ -37,6 +37,7 @@ from meshctl.api.policy import (
     COOKIE_NAME,
     COOKIE_PATH,
     H2_UPGRADE_POLICIES,
+    ISTIO_POOL_SPELLINGS,
     LOAD_BALANCERS,
     TLS_MODES,
     WARMUP_BALANCERS,
@@ -259,7 +260,11 @@ _SUBSET_POLICY: Schema = {
         "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(1),
                       "maxRequestsPerConnection": _int(0), "maxRetries": _int(0),
                       "idleTimeout": _duration(),
-                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})}),
+                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})},
+        # a setting given both ways (flat, and in Istio's group) is refused, as by the parser
+        allOf=[{"not": {"required": [flat, group],
+                        "properties": {group: {"required": [name]}}}}
+               for group, name, flat in ISTIO_POOL_SPELLINGS]),
     "outlierDetection": _obj({
         "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
         "interval": _duration(), "baseEjectionTime": _duration(),

@@ -431,6 +431,10 @@ _ISTIO_REFUSED = {
     "maxConcurrentStreams": "not supported: an HTTP/2 connection to an endpoint carries as "
                             "many streams as the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS allows",
 }
+# (group, Istio's field, the flat field it sets): for the JSON schema's "given once"
+ISTIO_POOL_SPELLINGS = tuple((group, name, flat) for group, names in (
+    ("tcp", _ISTIO_TCP), ("http", _ISTIO_HTTP)) for name, flat in names.items()
+    if flat is not None)
 # h2UpgradePolicy: Ami never upgrades an HTTP/1.1 request to HTTP/2 (what these two mean)
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE")
 
