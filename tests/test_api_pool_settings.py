@@ -74,6 +74,11 @@ def test_defaults_leave_the_new_settings_off() -> None:
     ({"tcp": {"tcpKeepalive": {"time": "500ms"}}},
      "spec.x.tcp.tcpKeepalive.time: must be at least 1s"),
     ({"tcpKeepalive": {"probes": 0}}, "spec.x.tcpKeepalive.probes: must be between 1 and 127"),
+    # beyond the kernel's TCP_KEEPIDLE / TCP_KEEPINTVL limit: setsockopt would fail (EINVAL)
+    ({"tcpKeepalive": {"time": "10h"}},
+     "spec.x.tcpKeepalive.time: must be at most 32767s (9h6m7s, the kernel's limit), got 10h"),
+    ({"tcp": {"tcpKeepalive": {"interval": "32768s"}}},
+     "spec.x.tcp.tcpKeepalive.interval: must be at most 32767s"),
     ({"tcp": "100"}, "spec.x.tcp: expected a mapping"),
     ({"maxRetries": -1}, "spec.x.maxRetries: must be at least 0"),
     ({"maxConnectionDuration": "0s"}, "spec.x.maxConnectionDuration: must be a positive"),

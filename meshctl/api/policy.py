@@ -514,14 +514,24 @@ def _istio_groups(f: Fields) -> dict[str, tuple[object, str]]:
     return given
 
 
+# Linux's MAX_TCP_KEEPIDLE and MAX_TCP_KEEPINTVL (seconds): the kernel refuses more (EINVAL)
+MAX_KEEPALIVE_SECONDS = 32767
+
+
 def parse_tcp_keepalive(data: object, path: str) -> TcpKeepalive:
-    """tcpKeepalive: {time, interval, probes}, each optional (the OS's when absent)."""
+    """tcpKeepalive: {time, interval, probes}, each optional (the OS's when absent); time and
+    interval 1s to 32767s, probes 1 to 127 (what the kernel takes)."""
     f = Fields(data, path)
     keepalive = TcpKeepalive(
         f.optional("time", F.duration(1.0)),
         f.optional("interval", F.duration(1.0)),
         f.optional("probes", F.integer(1, 127)),
     )
+    for name in ("time", "interval"):
+        seconds = getattr(keepalive, name)
+        if seconds is not None and seconds > MAX_KEEPALIVE_SECONDS:
+            f.add(f.at(name), f"must be at most {MAX_KEEPALIVE_SECONDS}s (9h6m7s, the "
+                  f"kernel's limit), got {f.raw(name)}")
     f.finish()
     return keepalive
 
