@@ -46,6 +46,22 @@ def test_istio_groups_set_the_same_fields_as_the_flat_spelling() -> None:
                                            TcpKeepalive(60.0, 10.0, 3), 600.0, 2)
 
 
+def test_istio_zero_limits_mean_istios_default_not_zero() -> None:
+    """Istio sets tcp.maxConnections, http.http1MaxPendingRequests and http.http2MaxRequests
+    only when above 0: a DestinationRule's 0 is the default. Pasted here it must not become
+    Ami's maxPendingRequests 0 (no queue: every request beyond the connections overflows)."""
+    pool = parse_connection_pool({"tcp": {"maxConnections": 0}, "http": {
+        "http1MaxPendingRequests": 0, "http2MaxRequests": 0}}, "spec.connectionPool")
+    assert pool == ConnectionPool()
+    assert parse_connection_pool({"maxPendingRequests": 0}, "p").max_pending_requests == 0
+    assert parse_connection_pool({"http": {"http1MaxPendingRequests": 3}},
+                                 "p").max_pending_requests == 3
+    assert _errors(parse_connection_pool, {"maxPendingRequests": 5, "http": {
+        "http1MaxPendingRequests": 0}}) == [
+        "spec.x.maxPendingRequests: the same setting as spec.x.http.http1MaxPendingRequests: "
+        "give it once"]
+
+
 def test_defaults_leave_the_new_settings_off() -> None:
     pool = parse_connection_pool({}, "spec.connectionPool")
     assert (pool.tcp_keepalive, pool.max_connection_duration, pool.max_retries) == (None, 0, 0)
@@ -127,7 +143,11 @@ def _policy(spec: dict[str, Any]) -> dict[str, Any]:
     ({"outlierDetection": {"consecutiveLocalOriginFailures": 2}}, False),
     ({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}, False),
     ({"connectionPool": {"http": {"useClientProtocol": True}}}, False),
-    ({"connectionPool": {"tcp": {"maxConnections": 0}}}, False),
+    # Istio's 0: the default
+    ({"connectionPool": {"tcp": {"maxConnections": 0}}}, True),
+    ({"connectionPool": {"http": {"http1MaxPendingRequests": 0, "http2MaxRequests": 0}}}, True),
+    ({"connectionPool": {"maxConnections": 0}}, False),
+    ({"connectionPool": {"maxConcurrentRequests": 0}}, False),
     # a setting given both ways
     ({"connectionPool": {"maxConnections": 5, "tcp": {"maxConnections": 100}}}, False),
     ({"connectionPool": {"maxRetries": 1, "http": {"maxRetries": 2}}}, False),

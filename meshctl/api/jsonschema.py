@@ -252,12 +252,14 @@ _SUBSET_POLICY: Schema = {
         "maxConnectionDuration": _duration("a pooled HTTP connection's age limit"),
         "maxRetries": _int(0),
         # Istio's DestinationRule spelling of the same settings (each given once)
-        "tcp": _obj({"maxConnections": _int(1), "connectTimeout": _duration(),
+        # (Istio's 0 for tcp.maxConnections, http1MaxPendingRequests, http2MaxRequests: the
+        # default)
+        "tcp": _obj({"maxConnections": _int(0), "connectTimeout": _duration(),
                      "idleTimeout": _duration("a TCP service's connection; 0s: never",
                                               zero=True),
                      "tcpKeepalive": _TCP_KEEPALIVE,
                      "maxConnectionDuration": _duration()}),
-        "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(1),
+        "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(0),
                       "maxRequestsPerConnection": _int(0), "maxRetries": _int(0),
                       "idleTimeout": _duration(),
                       "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})},
