@@ -56,8 +56,8 @@ class Breaker:
         return bool(limit) and ex._retry_slot is None and self.retrying >= limit
 
     def retry_started(self, ex: Exchange) -> None:
-        """``ex`` is being retried: it holds a retry slot until it ends (one however many
-        times it is retried)."""
+        """``ex`` is being retried: it holds a retry slot until a retry of it is answered
+        (its response head taken) or it ends (one however many times it is retried)."""
         if self.limits.max_retries and ex._retry_slot is None:
             self.retrying += 1
             ex._retry_slot = self

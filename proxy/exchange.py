@@ -413,6 +413,10 @@ class Exchange:
             self._release_pool()
             self._schedule_retry()
             return False
+        if self._retry_slot is not None:
+            # The retry is answered: no longer outstanding (Envoy gives its max_retries slot
+            # back at the retried try's response headers), whatever its body's length.
+            self._retry_slot.retry_finished(self)
         if self._timer is not None:
             self._timer.cancel()  # the route timeout covers the wait for response headers
             self._timer = None
@@ -482,7 +486,7 @@ class Exchange:
                 self._pool_held = False
                 pool.active_requests -= 1
         if (self._timer is None and self._attempt_timer is None and self._retry_timer is None
-                and self._breaker is None):
+                and self._breaker is None and self._retry_slot is None):
             self.downstream.exchange_finished(self, False)  # (finish, with nothing to undo)
         else:
             self.finish()
@@ -588,8 +592,10 @@ class Exchange:
         if breaker is not None:
             self._breaker = None
             breaker.finish()
-            if self._retry_slot is not None:  # (only a request holding a breaker slot has one)
-                self._retry_slot.retry_finished(self)
+        if self._retry_slot is not None:
+            # (apart from the request slot: taken of the breaker the destination has when
+            # the request is retried, which a push may have declared since its dispatch)
+            self._retry_slot.retry_finished(self)
         self.downstream.exchange_finished(self, tunnel)
 
     def _release_pool(self) -> None:
@@ -606,6 +612,6 @@ class Exchange:
         if breaker is not None:
             self._breaker = None
             breaker.finish()
-            if self._retry_slot is not None:
-                self._retry_slot.retry_finished(self)
+        if self._retry_slot is not None:
+            self._retry_slot.retry_finished(self)
 

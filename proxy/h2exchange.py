@@ -280,6 +280,8 @@ class H2Exchange(Exchange):
             self._release_pool()
             self._schedule_retry()
             return
+        if self._retry_slot is not None:  # the retry is answered: no longer outstanding
+            self._retry_slot.retry_finished(self)
         if self._timer is not None:
             self._timer.cancel()  # the route timeout covers the wait for response headers
             self._timer = None

@@ -146,6 +146,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         # the server said it takes no new stream (or the connection's maxConnectionDuration
         # is up: the same, decided here)
         self.goaway = False
+        self.expiry: asyncio.TimerHandle | None = None  # the maxConnectionDuration timer
         self.idle_since = self.loop.time()
         self.peer_identity: str | None = None
 

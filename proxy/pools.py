@@ -236,6 +236,9 @@ class EndpointPool:
 
     def forget_h2(self, conn: H2UpstreamConnection) -> None:
         """An HTTP/2 connection closed (bookkeeping done once, whoever calls first)."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
         try:
             self.h2.remove(conn)
         except ValueError:
@@ -326,7 +329,9 @@ class EndpointPool:
         if self.keepalive is not None:
             set_keepalive(transport, self.keepalive)
         if self.max_connection_duration:
-            self.loop.call_later(self.max_connection_duration, proto.expire)
+            # (cancelled when the connection closes: the handle refers to it, and would keep
+            # a connection closed long before, its parser or HTTP/2 state, for the duration)
+            proto.expiry = self.loop.call_later(self.max_connection_duration, proto.expire)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose response completed cleanly to the idle set."""
@@ -351,6 +356,9 @@ class EndpointPool:
     def forget(self, conn: UpstreamConnection) -> None:
         """Bookkeeping when a connection closes, whoever closed it (called once per connection)."""
         self.connections -= 1
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
         if _debug:
             pool_log.debug("%s: connection closed after %d requests%s; %d open", self.address,
                            conn.requests, " (endpoint retired)" if self.retired else "",

@@ -85,6 +85,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         "early",
         "exchange",
         "expired",
+        "expiry",
         "head_bytes",
         "header_parts",
         "idle_since",
@@ -115,6 +116,7 @@ class UpstreamConnection(asyncio.BaseProtocol):
         self.requests = 0
         self.closed = False
         self.expired = False  # past the destination's maxConnectionDuration: no more requests
+        self.expiry: asyncio.TimerHandle | None = None  # the timer that sets it
         self.tunnel_peer: Any = None  # downstream protocol once upgraded to a raw tunnel
         self.early: list[bytes] = []  # a tunnel server's bytes before the tunnel was joined
         self._tunnel_eof = False  # one end of the tunnel has half-closed (see half_close)

@@ -46,6 +46,22 @@ def test_istio_groups_set_the_same_fields_as_the_flat_spelling() -> None:
                                            TcpKeepalive(60.0, 10.0, 3), 600.0, 2)
 
 
+def test_istio_zero_limits_mean_istios_default_not_zero() -> None:
+    """Istio sets tcp.maxConnections, http.http1MaxPendingRequests and http.http2MaxRequests
+    only when above 0: a DestinationRule's 0 is the default. Pasted here it must not become
+    Ami's maxPendingRequests 0 (no queue: every request beyond the connections overflows)."""
+    pool = parse_connection_pool({"tcp": {"maxConnections": 0}, "http": {
+        "http1MaxPendingRequests": 0, "http2MaxRequests": 0}}, "spec.connectionPool")
+    assert pool == ConnectionPool()
+    assert parse_connection_pool({"maxPendingRequests": 0}, "p").max_pending_requests == 0
+    assert parse_connection_pool({"http": {"http1MaxPendingRequests": 3}},
+                                 "p").max_pending_requests == 3
+    assert _errors(parse_connection_pool, {"maxPendingRequests": 5, "http": {
+        "http1MaxPendingRequests": 0}}) == [
+        "spec.x.maxPendingRequests: the same setting as spec.x.http.http1MaxPendingRequests: "
+        "give it once"]
+
+
 def test_defaults_leave_the_new_settings_off() -> None:
     pool = parse_connection_pool({}, "spec.connectionPool")
     assert (pool.tcp_keepalive, pool.max_connection_duration, pool.max_retries) == (None, 0, 0)
@@ -74,6 +90,11 @@ def test_defaults_leave_the_new_settings_off() -> None:
     ({"tcp": {"tcpKeepalive": {"time": "500ms"}}},
      "spec.x.tcp.tcpKeepalive.time: must be at least 1s"),
     ({"tcpKeepalive": {"probes": 0}}, "spec.x.tcpKeepalive.probes: must be between 1 and 127"),
+    # beyond the kernel's TCP_KEEPIDLE / TCP_KEEPINTVL limit: setsockopt would fail (EINVAL)
+    ({"tcpKeepalive": {"time": "10h"}},
+     "spec.x.tcpKeepalive.time: must be at most 32767s (9h6m7s, the kernel's limit), got 10h"),
+    ({"tcp": {"tcpKeepalive": {"interval": "32768s"}}},
+     "spec.x.tcp.tcpKeepalive.interval: must be at most 32767s"),
     ({"tcp": "100"}, "spec.x.tcp: expected a mapping"),
     ({"maxRetries": -1}, "spec.x.maxRetries: must be at least 0"),
     ({"maxConnectionDuration": "0s"}, "spec.x.maxConnectionDuration: must be a positive"),
@@ -122,7 +143,19 @@ def _policy(spec: dict[str, Any]) -> dict[str, Any]:
     ({"outlierDetection": {"consecutiveLocalOriginFailures": 2}}, False),
     ({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}, False),
     ({"connectionPool": {"http": {"useClientProtocol": True}}}, False),
-    ({"connectionPool": {"tcp": {"maxConnections": 0}}}, False),
+    # Istio's 0: the default
+    ({"connectionPool": {"tcp": {"maxConnections": 0}}}, True),
+    ({"connectionPool": {"http": {"http1MaxPendingRequests": 0, "http2MaxRequests": 0}}}, True),
+    ({"connectionPool": {"maxConnections": 0}}, False),
+    ({"connectionPool": {"maxConcurrentRequests": 0}}, False),
+    # a setting given both ways
+    ({"connectionPool": {"maxConnections": 5, "tcp": {"maxConnections": 100}}}, False),
+    ({"connectionPool": {"maxRetries": 1, "http": {"maxRetries": 2}}}, False),
+    ({"connectionPool": {"tcpIdleTimeout": "1m", "tcp": {"idleTimeout": "2m"}}}, False),
+    ({"connectionPool": {"idleTimeout": "1m", "tcp": {"idleTimeout": "2m"}}}, True),
+    ({"connectionPool": {"tcpIdleTimeout": "1m", "http": {"idleTimeout": "2m"}}}, True),
+    ({"subsets": [{"name": "v1", "labels": {"version": "v1"}, "connectionPool": {
+        "maxConcurrentRequests": 3, "http": {"http2MaxRequests": 3}}}]}, False),
 ])
 def test_schema_agrees_with_the_parser(spec: dict[str, Any], valid: bool) -> None:
     """An editor with `meshctl schema` flags what `meshctl apply` refuses, and no more."""

@@ -4,15 +4,26 @@ outlierDetection's splitExternalLocalOriginErrors, through a real proxy to real 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-from collections.abc import Iterator
+import signal
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
+import yaml
 
 from meshctl.api.policy import TcpKeepalive
+from proxy.config import Address
 from proxy.keepalive import set_keepalive
+from proxy.pools import EndpointPool
+from proxy.upstream import UpstreamConnection
+from tests.h2app import H2Server
 from tests.proxyharness import (
     Backends,
     RawBackend,
@@ -24,6 +35,7 @@ from tests.traffic_backends import (
     TrafficBackend,
     TrafficProxy,
     call,
+    close_backends,
     endpoints,
     start_backend,
     started,
@@ -51,6 +63,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "fail-good": start_backend(hub, version="good"),
     }
     hold = RetryHold(hub)
+    scripted = Scripted(hub)
     svc: dict[str, dict[str, Any]] = {name: {"endpoints": endpoints(b[name])}
                                       for name in ("ka", "noka", "age", "ageidle", "ageslow")}
     svc["mr"] = {"endpoints": [{"address": f"127.0.0.1:{hold.raw.port}",
@@ -63,15 +76,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                    "idleTimeout": "5m"}}
     svc["ageslow"]["policy"] = {"connectionPool": {"maxConnectionDuration": "1s"}}
     svc["mr"]["policy"] = {"connectionPool": {"http": {"maxRetries": 1}}}
+    svc["mrs"] = {"endpoints": [{"address": f"127.0.0.1:{scripted.raw.port}",
+                                 "labels": {"version": "v1"}}],
+                  "policy": {"connectionPool": {"maxRetries": 1}}}
     for name in ("reset", "fail"):
         svc[name] = {"endpoints": endpoints(b[name], b[f"{name}-good"]), "policy": {
             "loadBalancer": "ROUND_ROBIN", "outlierDetection": SPLIT_OUTLIER}}
-    routes = [{"host": name, "rules": [{"backends": [{}]}]} for name in svc if name != "mr"]
-    routes.append({"host": "mr", "rules": [{"backends": [{}], "timeout": "30s", "retries": {
-        "attempts": 1, "retryOn": ["5xx"]}}]})
+    routes = [{"host": name, "rules": [{"backends": [{}]}]} for name in svc
+              if name not in ("mr", "mrs")]
+    routes += [{"host": name, "rules": [{"backends": [{}], "timeout": "30s", "retries": {
+        "attempts": 1, "retryOn": ["5xx"]}}]} for name in ("mr", "mrs")]
     proxy = TrafficProxy(tmp_path_factory.mktemp("pool"), svc, routes)
     for p in started(proxy, hub):
-        yield {"proxy": p, "hub": hub, "mr": hold, **b}
+        yield {"proxy": p, "hub": hub, "mr": hold, "mrs": scripted, **b}
 
 
 async def test_tcp_keepalive_probes_the_connections_to_the_destination(
@@ -202,6 +219,121 @@ async def _new_event() -> asyncio.Event:
     return asyncio.Event()
 
 
+# path -> (first try, retry (the same x-request-id again)): (gate, status, streamed body)
+_SCRIPT: dict[str, tuple[tuple[str | None, int, bool], tuple[str | None, int, bool]]] = {
+    "/stream": ((None, 503, False), ("stream", 200, True)),
+    "/quick": ((None, 503, False), (None, 200, False)),
+    "/a": (("a", 503, False), (None, 200, False)),
+    "/b": (("b", 200, False), (None, 200, False)),
+    "/c": ((None, 503, False), (None, 200, False)),
+}
+
+
+class Scripted:
+    """An endpoint answering each path's first try and its retry as `_SCRIPT` says: a gate
+    holds the answer (or, streamed, the rest of its body after a first chunk) until the test
+    opens it."""
+
+    def __init__(self, hub: Backends) -> None:
+        self.hub = hub
+        self.seen: list[tuple[str, str]] = []  # (path, x-request-id) of every try, in order
+        self.gates: dict[str, asyncio.Event] = {}
+        self.raw = hub.raw(self._serve)
+
+    def close_gate(self, name: str) -> None:
+        self.gates[name] = self.hub.call(_new_event())
+
+    def open_gate(self, name: str) -> None:
+        self.hub.loop.call_soon_threadsafe(self.gates[name].set)
+
+    def tries(self, path: str) -> int:
+        return sum(1 for p, _ in self.seen if p == path)
+
+    async def _serve(self, _raw: RawBackend, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        while (req := await read_request(reader)) is not None:
+            key = (req.target, req.header("x-request-id") or "")
+            retried = key in self.seen
+            self.seen.append(key)
+            gate, status, streamed = _SCRIPT[req.target][retried]
+            if not streamed:
+                if gate is not None:
+                    await self.gates[gate].wait()
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 0\r\n\r\n" % status)
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 %d X\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n"
+                         % status)
+            await writer.drain()
+            assert gate is not None
+            await self.gates[gate].wait()
+            writer.write(b"1\r\nb\r\n0\r\n\r\n")
+            await writer.drain()
+
+
+async def test_a_retried_request_whose_answer_streams_holds_no_retry_slot(
+        env: dict[str, Any], session: aiohttp.ClientSession) -> None:
+    """maxRetries 1 (Envoy's max_retries: retries outstanding): a retry is outstanding until
+    its try is answered. A retried request whose answer's body is still streaming holds no
+    slot, so another request's failed try is retried meanwhile."""
+    proxy: TrafficProxy = env["proxy"]
+    endpoint: Scripted = env["mrs"]
+    endpoint.close_gate("stream")
+    async with session.get(proxy.url("/stream"), headers={"Host": "mrs"},
+                           timeout=aiohttp.ClientTimeout(total=30)) as streaming:
+        assert streaming.status == 200  # its retry answered; the body is still coming
+        assert endpoint.tries("/stream") == 2
+        other = await call(session, proxy, "mrs", "/quick", timeout=30)
+        assert (other.status, endpoint.tries("/quick")) == (200, 2)
+        assert await proxy.metric("ami_retry_overflow_total", destination_service="mrs") == 0
+        endpoint.open_gate("stream")
+        assert await streaming.read() == b"ab"
+
+
+async def test_a_retry_slot_taken_after_a_pool_was_declared_mid_request_is_given_back(
+        tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A request dispatched before its destination had a connectionPool, retried after one
+    with maxRetries was pushed, takes a retry slot; when its retry then ends otherwise than
+    on a connection (here the `overflow` of maxConcurrentRequests) the slot is given back:
+    the next request's failed try is retried."""
+    hub = Backends()
+    endpoint = Scripted(hub)
+    services = {"late": {"endpoints": [{"address": f"127.0.0.1:{endpoint.raw.port}",
+                                        "labels": {"version": "v1"}}]}}
+    routes = [{"host": "late", "rules": [{"backends": [{}], "timeout": "30s", "retries": {
+        "attempts": 1, "retryOn": ["5xx"]}}]}]
+    proxy = TrafficProxy(tmp_path, services, routes)
+    try:
+        proxy.start()
+        endpoint.close_gate("a")
+        endpoint.close_gate("b")
+        first = asyncio.create_task(call(session, proxy, "late", "/a", timeout=30))
+        await eventually(lambda: endpoint.tries("/a") == 1, 20, what="/a reached the endpoint")
+        config = yaml.safe_load(proxy.config.read_text())
+        config["services"]["late"]["policy"] = {"connectionPool": {
+            "maxConcurrentRequests": 1, "maxRetries": 1}}
+        config["version"] = "traffic-2"
+        proxy.config.write_text(yaml.safe_dump(config))
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGHUP)
+        end = asyncio.get_running_loop().time() + 10
+        while (await proxy.stats())["config_version"] != "traffic-2":
+            assert asyncio.get_running_loop().time() < end, proxy.stderr()
+            await asyncio.sleep(0.05)  # poll interval of a deadline-bounded wait
+        second = asyncio.create_task(call(session, proxy, "late", "/b", timeout=30))
+        await eventually(lambda: endpoint.tries("/b") == 1, 20, what="/b reached the endpoint")
+        endpoint.open_gate("a")  # its 503 is retried: the retry finds the one request slot taken
+        assert (await first).reason == "overflow"
+        endpoint.open_gate("b")
+        assert (await second).status == 200
+        third = await call(session, proxy, "late", "/c", timeout=30)
+        assert (third.status, endpoint.tries("/c")) == (200, 2)
+        assert await proxy.metric("ami_retry_overflow_total", destination_service="late") == 0
+    finally:
+        proxy.stop()
+        close_backends(hub, [])
+
+
 async def _status(proxy: TrafficProxy, service: str, address: str) -> str:
     health = json.loads((await proxy.aget("/config_dump"))[1])["endpointHealth"][service]
     [endpoint] = [e for e in health["endpoints"] if e["address"] == address]
@@ -239,3 +371,51 @@ async def test_split_mode_still_ejects_on_the_endpoints_own_5xx(
         assert asyncio.get_running_loop().time() < end, "the failing endpoint got no traffic"
         await call(session, proxy, "fail")
     assert await _status(proxy, "fail", bad.address) == "EJECTED"
+
+
+@pytest.mark.parametrize("new_loop", [uvloop.new_event_loop, asyncio.new_event_loop],
+                         ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_a_closed_connection_is_not_kept_by_its_max_connection_duration_timer(
+        new_loop: Callable[[], asyncio.AbstractEventLoop], http2: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection closed long before its maxConnectionDuration (idle timeout, an answer with
+    `connection: close`, maxRequestsPerConnection...) is freed at once: its age timer, which
+    would hold it (and its parser or HTTP/2 state) for the rest of the hour, is cancelled."""
+    monkeypatch.setattr("proxy.pools.UpstreamConnection", _WeaklyReferenced)
+    loop = new_loop()
+    try:
+        loop.run_until_complete(_open_and_close(http2))
+    finally:
+        loop.close()
+
+
+class _WeaklyReferenced(UpstreamConnection):
+    __slots__ = ("__weakref__",)
+
+
+async def _open_and_close(http2: bool) -> None:
+    loop = asyncio.get_running_loop()
+    server = await H2Server("age").start() if http2 else None
+    plain = None if http2 else await asyncio.start_server(
+        lambda r, w: r.read(), "127.0.0.1", 0)
+    try:
+        port = server.port if server is not None else (
+            plain.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        pool = EndpointPool(loop, Address("127.0.0.1", port))
+        pool.max_connection_duration = 3600.0
+        conn: Any = await (pool.connect_h2() if http2 else pool.connect())
+        ref = weakref.ref(conn)
+        conn.close()
+        del conn
+        end = time.monotonic() + 5.0
+        while pool.connections and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # lets the loop run the close callbacks
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert ref() is None, "the closed connection is still referenced (its age timer)"
+    finally:
+        if server is not None:
+            await server.stop()
+        if plain is not None:
+            plain.close()

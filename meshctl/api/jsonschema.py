@@ -38,6 +38,7 @@ from meshctl.api.policy import (
     COOKIE_NAME,
     COOKIE_PATH,
     H2_UPGRADE_POLICIES,
+    ISTIO_POOL_SPELLINGS,
     LOAD_BALANCERS,
     TLS_MODES,
     WARMUP_BALANCERS,
@@ -252,15 +253,21 @@ _SUBSET_POLICY: Schema = {
         "maxConnectionDuration": _duration("a pooled HTTP connection's age limit"),
         "maxRetries": _int(0),
         # Istio's DestinationRule spelling of the same settings (each given once)
-        "tcp": _obj({"maxConnections": _int(1), "connectTimeout": _duration(),
+        # (Istio's 0 for tcp.maxConnections, http1MaxPendingRequests, http2MaxRequests: the
+        # default)
+        "tcp": _obj({"maxConnections": _int(0), "connectTimeout": _duration(),
                      "idleTimeout": _duration("a TCP service's connection; 0s: never",
                                               zero=True),
                      "tcpKeepalive": _TCP_KEEPALIVE,
                      "maxConnectionDuration": _duration()}),
-        "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(1),
+        "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(0),
                       "maxRequestsPerConnection": _int(0), "maxRetries": _int(0),
                       "idleTimeout": _duration(),
-                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})}),
+                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})},
+        # a setting given both ways (flat, and in Istio's group) is refused, as by the parser
+        allOf=[{"not": {"required": [flat, group],
+                        "properties": {group: {"required": [name]}}}}
+               for group, name, flat in ISTIO_POOL_SPELLINGS]),
     "outlierDetection": _obj({
         "consecutive5xxErrors": _int(0), "consecutiveGatewayErrors": _int(0),
         "interval": _duration(), "baseEjectionTime": _duration(),

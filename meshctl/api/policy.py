@@ -431,6 +431,15 @@ _ISTIO_REFUSED = {
     "maxConcurrentStreams": "not supported: an HTTP/2 connection to an endpoint carries as "
                             "many streams as the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS allows",
 }
+# Istio's fields whose 0 Istio reads as unset (its applyConnectionPool sets a threshold only
+# when > 0): the default, not Ami's 0 (which would be no queue at all for
+# http1MaxPendingRequests)
+ISTIO_ZERO_UNSET = ("maxConnections", "http1MaxPendingRequests", "http2MaxRequests")
+_UNSET = object()
+# (group, Istio's field, the flat field it sets): for the JSON schema's "given once"
+ISTIO_POOL_SPELLINGS = tuple((group, name, flat) for group, names in (
+    ("tcp", _ISTIO_TCP), ("http", _ISTIO_HTTP)) for name, flat in names.items()
+    if flat is not None)
 # h2UpgradePolicy: Ami never upgrades an HTTP/1.1 request to HTTP/2 (what these two mean)
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE")
 
@@ -450,7 +459,7 @@ def parse_connection_pool(data: object, path: str) -> ConnectionPool:
     d = ConnectionPool()
 
     def value(key: str, conv: F.Conv[Any], default: Any) -> Any:
-        if key not in raw:
+        if key not in raw or raw[key][0] is _UNSET:
             return default
         try:
             return conv(*raw[key])
@@ -491,7 +500,10 @@ def _istio_groups(f: Fields) -> dict[str, tuple[object, str]]:
             continue
         for name, flat in names.items():
             if flat is not None and g.has(name):
-                given[flat] = (g.raw(name), g.at(name))
+                raw = g.raw(name)
+                if name in ISTIO_ZERO_UNSET and raw == 0 and type(raw) is int:
+                    raw = _UNSET  # as Istio: 0 is the default
+                given[flat] = (raw, g.at(name))
         if group == "http":
             if g.raw("h2UpgradePolicy") == "UPGRADE":
                 g.add(g.at("h2UpgradePolicy"), "not supported: Ami does not upgrade HTTP/1.1 "
@@ -510,14 +522,24 @@ def _istio_groups(f: Fields) -> dict[str, tuple[object, str]]:
     return given
 
 
+# Linux's MAX_TCP_KEEPIDLE and MAX_TCP_KEEPINTVL (seconds): the kernel refuses more (EINVAL)
+MAX_KEEPALIVE_SECONDS = 32767
+
+
 def parse_tcp_keepalive(data: object, path: str) -> TcpKeepalive:
-    """tcpKeepalive: {time, interval, probes}, each optional (the OS's when absent)."""
+    """tcpKeepalive: {time, interval, probes}, each optional (the OS's when absent); time and
+    interval 1s to 32767s, probes 1 to 127 (what the kernel takes)."""
     f = Fields(data, path)
     keepalive = TcpKeepalive(
         f.optional("time", F.duration(1.0)),
         f.optional("interval", F.duration(1.0)),
         f.optional("probes", F.integer(1, 127)),
     )
+    for name in ("time", "interval"):
+        seconds = getattr(keepalive, name)
+        if seconds is not None and seconds > MAX_KEEPALIVE_SECONDS:
+            f.add(f.at(name), f"must be at most {MAX_KEEPALIVE_SECONDS}s (9h6m7s, the "
+                  f"kernel's limit), got {f.raw(name)}")
     f.finish()
     return keepalive
 
