@@ -454,3 +454,32 @@ async def test_behind_haproxy_over_tls_the_app_sees_the_client(
             writer.close()
         assert forwarded_for(resp) == "127.0.0.8"
         assert await logged_client(proc, "/over-tls") == "127.0.0.8"
+
+
+@pytest.mark.parametrize(("blocks", "client", "checked"), [
+    ({"ipBlocks": ["127.0.0.0/8"]}, "198.51.100.90", True),  # the balancer: selected
+    ({"ipBlocks": ["198.51.100.0/24"]}, "198.51.100.91", False),  # the header's client: not
+    ({"notIpBlocks": ["127.0.0.0/8"]}, "198.51.100.92", False),
+    ({"remoteIpBlocks": ["198.51.100.0/24"]}, "198.51.100.93", True),
+])
+async def test_a_custom_policys_ip_blocks_judge_the_balancer(
+        tmp_path: Path, echo: int, blocks: dict[str, list[str]], client: str,
+        checked: bool) -> None:
+    """A CUSTOM rule's `ipBlocks` judge the connection's peer (the balancer) as ALLOW and
+    DENY rules' do, its `remoteIpBlocks` the header's client. Its provider is unknown to the
+    gateway, so a request the rule selects is refused (ext_authz_error) and another passes."""
+    proc = ProxyProcess(tmp_path, {"echo": [echo]},
+                        args=("--mode", "gateway", "--proxy-protocol"))
+    port = proc.listen_as_gateway([{"destination": "echo"}])
+    config = yaml.safe_load(proc.config.read_text())
+    config["inbound"] = {"authorization": [
+        {"selector": {"service": "client"}, "action": "CUSTOM", "provider": {"name": "nowhere"},
+         "rules": [{"from": [blocks]}]}]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        resp = await send(port, v1(client, 1, "192.0.2.1", 2) + REQUEST)
+        assert ((resp.status, resp.header("x-ami-reason")) == (403, "ext_authz_error")
+                if checked else resp.status == 200), (resp.status, resp.body)
+    finally:
+        proc.stop()
