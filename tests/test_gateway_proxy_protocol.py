@@ -483,3 +483,40 @@ async def test_a_custom_policys_ip_blocks_judge_the_balancer(
                 if checked else resp.status == 200), (resp.status, resp.body)
     finally:
         proc.stop()
+
+
+class ProxiedTlsH2Client(H2Client):
+    """An h2 client over TLS (ALPN h2) whose connection opens with ``header``, in clear."""
+
+    def __init__(self, port: int, header: bytes, ctx: ssl.SSLContext) -> None:
+        super().__init__(port)
+        self.header, self.ctx = header, ctx
+
+    async def __aenter__(self) -> ProxiedTlsH2Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(self.header)
+        await writer.drain()
+        await writer.start_tls(self.ctx, server_hostname="gateway")
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        self.reader, self.writer = reader, writer
+        self.h2.initiate_connection()
+        self._flush()
+        self.task = asyncio.create_task(self._read())
+        return self
+
+
+async def test_http2_over_tls_names_the_headers_client(
+        tls_gateway: tuple[ProxyProcess, int, Any]) -> None:
+    proc, port, pem = tls_gateway
+    ctx = ssl.create_default_context(cadata=pem.cert.decode())
+    ctx.set_alpn_protocols(["h2"])
+    async with ProxiedTlsH2Client(port, v2("198.51.100.81", 1, "192.0.2.1", 443),
+                                  ctx) as client:
+        resp = await client.request("echo", "/h2-tls-client", scheme="https")
+        assert resp.status == 200, resp
+        headers = {k.lower(): v for k, v in resp.json()["headers"]}
+        assert headers["x-forwarded-for"] == "198.51.100.81"
+    assert await logged_client(proc, "/h2-tls-client") == "198.51.100.81"
+    async with ProxiedTlsH2Client(port, v1("203.0.113.81", 1, "192.0.2.1", 443),
+                                  ctx) as client:
+        assert (await client.request("echo", "/", scheme="https")).status == 403
