@@ -520,3 +520,17 @@ async def test_http2_over_tls_names_the_headers_client(
     async with ProxiedTlsH2Client(port, v1("203.0.113.81", 1, "192.0.2.1", 443),
                                   ctx) as client:
         assert (await client.request("echo", "/", scheme="https")).status == 403
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_ipv4_mapped_client_is_written_as_a_socket_names_it(
+        gateway: tuple[ProxyProcess, int], version: int) -> None:
+    """A dual-stack balancer names an IPv4 client in IPv6 (`::ffff:a.b.c.d`): the app's
+    x-forwarded-for and the access log read it so, as a dual-stack socket's peer."""
+    proc, port = gateway
+    client, path = f"::ffff:198.51.100.{100 + version}", f"/mapped-v{version}"
+    header = (f"PROXY TCP6 {client} ::ffff:192.0.2.1 1 2\r\n".encode() if version == 1
+              else v2(client, 1, "::ffff:192.0.2.1", 2))
+    resp = await send(port, header + get("echo", path))
+    assert forwarded_for(resp) == client
+    assert await logged_client(proc, path) == client
