@@ -111,6 +111,7 @@ class InboundPolicy:
         self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
         # a gateway behind a PROXY protocol balancer (--proxy-protocol): `ipBlocks` judge the
         # connection's own peer (the balancer), the rest the client the header named
+        self.proxy_protocol = proxy_protocol
         self.reads_direct = proxy_protocol and any(r.reads_direct for p in policies
                                                    for r in p.rules)
         self.mtls_mode = mtls_mode

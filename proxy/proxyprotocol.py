@@ -8,6 +8,7 @@ acceptor reads one per connection before anything else (proxy.proxyread).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 V1_PREFIX = b"PROXY "
@@ -109,6 +110,15 @@ def _v1_address(text: str, version: int) -> str:
         raise ProxyHeaderError("malformed", f"v1 address {text[:45]!r}") from None
     if address.version != version:
         raise ProxyHeaderError("malformed", f"v1 address {text!r} is not IPv{version}")
+    return _text(address)
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """``address`` written as a socket's peer name writes it (inet_ntop): an IPv4-mapped
+    one, as a dual-stack balancer names an IPv4 client, `::ffff:198.51.100.7` (Python's own
+    str() before 3.13 writes `::ffff:c633:6407`)."""
+    if address.version == 6:
+        return socket.inet_ntop(socket.AF_INET6, address.packed)
     return str(address)
 
 
@@ -144,7 +154,7 @@ def _parse_v2(header: bytes) -> ProxyHeader:
     src = ipaddress.ip_address(block[:half])
     dst = ipaddress.ip_address(block[half:2 * half])
     ports = block[2 * half:size]
-    return ProxyHeader(2, str(src), int.from_bytes(ports[:2], "big"), str(dst),
+    return ProxyHeader(2, _text(src), int.from_bytes(ports[:2], "big"), _text(dst),
                        int.from_bytes(ports[2:], "big"))
 
 

@@ -454,3 +454,83 @@ async def test_behind_haproxy_over_tls_the_app_sees_the_client(
             writer.close()
         assert forwarded_for(resp) == "127.0.0.8"
         assert await logged_client(proc, "/over-tls") == "127.0.0.8"
+
+
+@pytest.mark.parametrize(("blocks", "client", "checked"), [
+    ({"ipBlocks": ["127.0.0.0/8"]}, "198.51.100.90", True),  # the balancer: selected
+    ({"ipBlocks": ["198.51.100.0/24"]}, "198.51.100.91", False),  # the header's client: not
+    ({"notIpBlocks": ["127.0.0.0/8"]}, "198.51.100.92", False),
+    ({"remoteIpBlocks": ["198.51.100.0/24"]}, "198.51.100.93", True),
+])
+async def test_a_custom_policys_ip_blocks_judge_the_balancer(
+        tmp_path: Path, echo: int, blocks: dict[str, list[str]], client: str,
+        checked: bool) -> None:
+    """A CUSTOM rule's `ipBlocks` judge the connection's peer (the balancer) as ALLOW and
+    DENY rules' do, its `remoteIpBlocks` the header's client. Its provider is unknown to the
+    gateway, so a request the rule selects is refused (ext_authz_error) and another passes."""
+    proc = ProxyProcess(tmp_path, {"echo": [echo]},
+                        args=("--mode", "gateway", "--proxy-protocol"))
+    port = proc.listen_as_gateway([{"destination": "echo"}])
+    config = yaml.safe_load(proc.config.read_text())
+    config["inbound"] = {"authorization": [
+        {"selector": {"service": "client"}, "action": "CUSTOM", "provider": {"name": "nowhere"},
+         "rules": [{"from": [blocks]}]}]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        resp = await send(port, v1(client, 1, "192.0.2.1", 2) + REQUEST)
+        assert ((resp.status, resp.header("x-ami-reason")) == (403, "ext_authz_error")
+                if checked else resp.status == 200), (resp.status, resp.body)
+    finally:
+        proc.stop()
+
+
+class ProxiedTlsH2Client(H2Client):
+    """An h2 client over TLS (ALPN h2) whose connection opens with ``header``, in clear."""
+
+    def __init__(self, port: int, header: bytes, ctx: ssl.SSLContext) -> None:
+        super().__init__(port)
+        self.header, self.ctx = header, ctx
+
+    async def __aenter__(self) -> ProxiedTlsH2Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(self.header)
+        await writer.drain()
+        await writer.start_tls(self.ctx, server_hostname="gateway")
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        self.reader, self.writer = reader, writer
+        self.h2.initiate_connection()
+        self._flush()
+        self.task = asyncio.create_task(self._read())
+        return self
+
+
+async def test_http2_over_tls_names_the_headers_client(
+        tls_gateway: tuple[ProxyProcess, int, Any]) -> None:
+    proc, port, pem = tls_gateway
+    ctx = ssl.create_default_context(cadata=pem.cert.decode())
+    ctx.set_alpn_protocols(["h2"])
+    async with ProxiedTlsH2Client(port, v2("198.51.100.81", 1, "192.0.2.1", 443),
+                                  ctx) as client:
+        resp = await client.request("echo", "/h2-tls-client", scheme="https")
+        assert resp.status == 200, resp
+        headers = {k.lower(): v for k, v in resp.json()["headers"]}
+        assert headers["x-forwarded-for"] == "198.51.100.81"
+    assert await logged_client(proc, "/h2-tls-client") == "198.51.100.81"
+    async with ProxiedTlsH2Client(port, v1("203.0.113.81", 1, "192.0.2.1", 443),
+                                  ctx) as client:
+        assert (await client.request("echo", "/", scheme="https")).status == 403
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_ipv4_mapped_client_is_written_as_a_socket_names_it(
+        gateway: tuple[ProxyProcess, int], version: int) -> None:
+    """A dual-stack balancer names an IPv4 client in IPv6 (`::ffff:a.b.c.d`): the app's
+    x-forwarded-for and the access log read it so, as a dual-stack socket's peer."""
+    proc, port = gateway
+    client, path = f"::ffff:198.51.100.{100 + version}", f"/mapped-v{version}"
+    header = (f"PROXY TCP6 {client} ::ffff:192.0.2.1 1 2\r\n".encode() if version == 1
+              else v2(client, 1, "::ffff:192.0.2.1", 2))
+    resp = await send(port, header + get("echo", path))
+    assert forwarded_for(resp) == client
+    assert await logged_client(proc, path) == client

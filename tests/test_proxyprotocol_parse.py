@@ -3,7 +3,7 @@ addresses read back; every prefix of one asks for more; what is no header is ref
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 
 import pytest
 from hypothesis import given
@@ -22,7 +22,8 @@ from proxy.proxyprotocol import (
 )
 
 ipv4 = st.ip_addresses(v=4).map(str)
-ipv6 = st.ip_addresses(v=6).map(lambda a: str(ipaddress.IPv6Address(a)))
+# written as a socket names its peer (inet_ntop), as the parser writes them
+ipv6 = st.ip_addresses(v=6).map(lambda a: socket.inet_ntop(socket.AF_INET6, a.packed))
 ports = st.integers(0, 65535)
 tlvs = st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=5).map(
     lambda items: b"".join(bytes((kind,)) + len(v).to_bytes(2, "big") + v for kind, v in items))
@@ -112,3 +113,15 @@ def test_a_whole_header_that_says_nothing_usable_is_refused(header: bytes,
     with pytest.raises(ProxyHeaderError) as caught:
         whole(header)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP6 ::ffff:198.51.100.7 ::ffff:192.0.2.1 40000 443\r\n",
+    v2("::ffff:198.51.100.7", 40000, "::ffff:192.0.2.1", 443),
+])
+def test_an_ipv4_mapped_client_reads_as_a_socket_names_it(header: bytes) -> None:
+    """A dual-stack balancer's IPv4 client (haproxy on `:::443 v4v6` sends TCP6 with mapped
+    addresses) is `::ffff:198.51.100.7`, as a dual-stack socket's peer name reads, not
+    `::ffff:c633:6407` (the same address, written as no log or app expects it)."""
+    assert whole(header) == ProxyHeader(1 if header.startswith(b"P") else 2,
+                                        "::ffff:198.51.100.7", 40000, "::ffff:192.0.2.1", 443)
