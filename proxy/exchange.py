@@ -44,7 +44,7 @@ class Exchange:
         "_replay", "_response_chunked_in", "_retry_timer", "_route_timeout", "_timer", "_tried",
         "_try_start",
         "_upstream_paused",
-        "_waiting", "arrived", "authority", "backend", "bytes_in", "bytes_out", "chunked",
+        "_waiting", "arrived", "authority", "authz", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "flags",
         "head_tail", "headers", "http2", "http10", "interim", "method", "mirror", "path", "pool",
         "query",
@@ -57,6 +57,9 @@ class Exchange:
     # that authentication edits (its token removed): judged again as it came (proxy.revoke).
     # Unset on every other request: nothing is spent on them.
     arrived: tuple[list[tuple[bytes, bytes]], str, bytes]
+    # (refusing policy, dry-run verdict) for the access log, set by proxy.inbound when it has
+    # one of them (proxy.authzstats.log_fields); unset on every other request
+    authz: tuple[str | None, str | None]
 
     # The current attempt's upstream speaks HTTP/2 (an H2Exchange's slot; read off the hot
     # path only, by the breaker's queue).

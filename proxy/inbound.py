@@ -14,8 +14,9 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from proxy.authzstats import compile_policies
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from meshctl.api.authn import RequestAuthenticationSpec
     from meshctl.api.authz import AuthorizationPolicySpec
     from meshctl.api.policy import RateLimit
+    from proxy.authzstats import Count
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
 
@@ -76,8 +78,10 @@ class InboundPolicy:
         self.authn = JwtAuthenticator(authn) if authn else None
         if gateway:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
-        self.deny = [p for p in policies if p.action == "DENY"]
-        self.allow = [p for p in policies if p.action == "ALLOW"]
+        # the enforced DENY and ALLOW policies, each with its counter (self.tally), and the
+        # dry-run ones (proxy.authzstats)
+        self.deny, self.allow, self.tally, self.dry = compile_policies(
+            policies, stats.authz, label or service)
         # remoteIpBlocks: the client's address is worked out only for policies naming one
         self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
         self.mtls_mode = mtls_mode
@@ -106,7 +110,7 @@ class InboundPolicy:
 
     @property
     def needed(self) -> bool:
-        return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn)
+        return bool(self.tally or self.bucket or self.keyed or self.authn)
 
     def admit(self, ex: Exchange, spend: bool = True) -> Refusal | None:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
@@ -129,7 +133,8 @@ class InboundPolicy:
                 return ("jwt_invalid", None, WWW_AUTHENTICATE)
             if found is not None:
                 principal, claims = found
-        if self.deny or self.allow:
+        tally = self.tally
+        if tally is not None:
             identity = conn.peer_identity
             service, namespace = conn.peer_service, conn.peer_namespace
             method = ex.method.decode("latin-1")
@@ -138,16 +143,29 @@ class InboundPolicy:
             remote = None
             if self.reads_remote and conn.listener.trusted_proxies:
                 remote = trusted_client(ex, conn.listener.trusted_proxies).decode("latin-1")
-            for policy in self.deny:
+            for i, policy in enumerate(self.deny):
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
-                    return self._deny()
-            if self.allow and not any(
+                    return self._deny(tally.deny[i], ex)
+            decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
+            if self.allow:
+                decided = next((tally.allow[i] for i, p in enumerate(self.allow) if any(
                     r.matches(identity, service, namespace, method, ex.path, headers,
                               False, principal, claims, self.port, host, address, remote)
-                    for p in self.allow for r in p.rules):
-                return self._deny()
+                    for r in p.rules)), None)
+            if self.dry is not None and spend:
+                would = self.dry.judge(
+                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
+                                              headers, deny, principal, claims, self.port,
+                                              host, address, remote),
+                    decided is not None, bool(self.allow))
+                if would is not None:
+                    ex.authz = (None, would)
+            if decided is None:
+                return self._deny(tally.unmatched, ex)
+            if spend:
+                decided.n += 1
         if not spend:
             return None
         if self.bucket is not None and not self.bucket.try_acquire():
@@ -159,14 +177,17 @@ class InboundPolicy:
         return None
 
     def admit_connection(self, identity: str | None, service: str | None,
-                         namespace: str | None, client_ip: bytes = b"") -> str | None:
+                         namespace: str | None, client_ip: bytes = b"",
+                         log: Any = None) -> str | None:
         """Why a TCP connection from this peer may not reach the app, or None (Istio's TCP
         semantics, `AuthorizationRule.matches_connection`); a refusal is counted. The rate
         limit, when set, spends one token per connection, after authorization (as Envoy's
-        `local_ratelimit` network filter counts connections); JWTs are about requests."""
-        if not self.authorizes_connection(identity, service, namespace,
-                                          client_ip.decode("latin-1")):
-            return self._deny()[0]
+        `local_ratelimit` network filter counts connections); JWTs are about requests.
+        ``log``: what takes the decision's access log fields (its ``authz`` attribute)."""
+        decided = self.connection_decision(identity, service, namespace,
+                                           client_ip.decode("latin-1"), log)
+        if decided is not None:
+            return self._deny(decided, log)[0]
         if ((self.bucket is not None and not self.bucket.try_acquire())
                 or (self.keyed is not None and not self.keyed.try_acquire(identity or client_ip))):
             self.stats.inc("ami_rate_limited", self.labels)
@@ -178,21 +199,53 @@ class InboundPolicy:
         """Whether the authorization policies let this peer's TCP connection (from
         ``address``) reach the app (nothing counted, no token spent: also asked of
         connections already admitted, when the policies change)."""
+        return self.connection_decision(identity, service, namespace, address) is None
+
+    def connection_decision(self, identity: str | None, service: str | None,
+                            namespace: str | None, address: str | None = None,
+                            log: Any = None) -> Count | None:
+        """The counter of the policy refusing this TCP connection, or None when it is
+        allowed; with ``log`` (a first admission) the allowing policy and the dry-run ones
+        count it, and ``log.authz`` gets what the access log says of it."""
+        tally = self.tally
+        if tally is None:
+            return None
         port = self.port
-        for policy in self.deny:
-            if any(r.matches_connection(identity, service, namespace, port, True, address)
-                   for r in policy.rules):
-                return False
-        return not self.allow or any(
-            r.matches_connection(identity, service, namespace, port, False, address)
-            for p in self.allow for r in p.rules)
 
-    def revoked(self) -> None:
-        """Count a connection admitted before that these policies no longer let through."""
-        self._deny()
+        def matches(rule: Any, deny: bool) -> bool:
+            return bool(rule.matches_connection(identity, service, namespace, port, deny,
+                                                address))
 
-    def _deny(self) -> Refusal:
+        for i, policy in enumerate(self.deny):
+            if any(matches(r, True) for r in policy.rules):
+                return tally.deny[i]
+        decided: Count | None = tally.unmatched
+        if self.allow:
+            decided = next((tally.allow[i] for i, p in enumerate(self.allow)
+                            if any(matches(r, False) for r in p.rules)), None)
+        if log is not None:
+            if self.dry is not None:
+                would = self.dry.judge(matches, decided is not None, bool(self.allow))
+                if would is not None:
+                    log.authz = (None, would)
+            if decided is not None:
+                decided.n += 1
+        return None if decided is not None else tally.unmatched
+
+    def revoked(self, refused: Count | None = None) -> None:
+        """Count a connection admitted before that these policies no longer let through
+        (under ``refused``, the policy refusing it, when known)."""
+        self._deny(refused)
+
+    def _deny(self, refused: Count | None = None, ex: Any = None) -> Refusal:
+        """Count a refusal (under the refusing policy's series too) and note the policy for
+        the access log line of ``ex`` (a request or a TCP session)."""
         self.stats.inc("ami_authorization_denied", self.labels)
+        if refused is not None:
+            refused.n += 1
+            if ex is not None:
+                would = getattr(ex, "authz", None)  # (a dry-run verdict, set just before)
+                ex.authz = (refused.policy, would[1] if would else None)
         return ("not_authorized", None, ())
 
     def _limited(self, wait: float) -> Refusal:

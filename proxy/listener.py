@@ -9,6 +9,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from proxy.accessline import access_line, wall_start
+from proxy.authzstats import log_fields
 from proxy.clientaddress import trusted_client
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
@@ -350,7 +351,7 @@ class Listener:
 
     def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
         pool = ex.pool
-        self.access_log.write(access_line(  # type: ignore[union-attr]  # (the caller's test)
+        line = access_line(
             wall_start(ex.start_time), self.kind, ex.method.decode("latin-1"), ex.path,
             ex.authority,
             ex.status, ex.flags, round(duration_ms, 3), ex.bytes_in, ex.bytes_out,
@@ -360,7 +361,11 @@ class Listener:
             # null unless a gRPC call got one
             ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
             (trusted_client(ex, self.trusted_proxies) if self.trusted_proxies
-             else ex.downstream.client_ip).decode("latin-1")))
+             else ex.downstream.client_ip).decode("latin-1"))
+        authz = getattr(ex, "authz", None)  # set only where a policy refused or a dry-run differs
+        if authz is not None:
+            line = log_fields(line, authz)
+        self.access_log.write(line)  # type: ignore[union-attr]  # (the caller's test)
 
     def refuse_plaintext(self, grace: float) -> None:
         """The mesh turned STRICT: no plaintext connection carries another request.

@@ -96,6 +96,7 @@ class ProxyServer:
             snapshot = replace(snapshot, app_protocol=self.options.app_protocol)
         self.pools.begin()
         self.stats.rules.begin()
+        self.stats.authz.begin()
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
@@ -175,6 +176,7 @@ class ProxyServer:
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self.stats.rules.retire_unused()
+        self.stats.authz.retire_unused()
         self._set_access_log(snapshot)
         if log.isEnabledFor(logging.DEBUG):  # once per push, not per request
             log.debug("config %s applied: %s", snapshot.version, _summary(snapshot))

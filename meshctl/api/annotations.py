@@ -1,0 +1,43 @@
+"""metadata.annotations of a resource, and the one Ami reads: `istio.io/dry-run`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from meshctl.api import fields as F
+from meshctl.api.errors import fail
+
+# Istio's spelling: an AuthorizationPolicy so annotated is evaluated and counted, not enforced
+DRY_RUN = "istio.io/dry-run"
+DRY_RUN_VALUES = ("true", "false")
+
+
+def _value(value: object, path: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        fail(path, f"expected a string, got {F.describe(value)} (quote it: \"{text}\")")
+    fail(path, f"expected a string, got {F.describe(value)}")
+
+
+annotation_map: F.Conv[dict[str, str]] = F.string_map(
+    F.string(F.LABEL_KEY, "an annotation key like 'istio.io/dry-run'"), _value)
+"""An annotation map: keys as label keys, values any string (Kubernetes' rules)."""
+
+
+def check_annotations(kind: str, values: Mapping[str, str], f: F.Fields) -> None:
+    """The annotations Ami reads, checked for ``kind`` (issues added to ``f``, the document's
+    fields); any other annotation is kept and ignored, as Kubernetes does."""
+    if DRY_RUN not in values:
+        return
+    where = f"metadata.annotations.{DRY_RUN}"
+    if kind != "AuthorizationPolicy":
+        f.add(where, f"only an AuthorizationPolicy can be dry-run, not a {kind}")
+    elif values[DRY_RUN] not in DRY_RUN_VALUES:
+        f.add(where, f"expected \"true\" or \"false\", got {values[DRY_RUN]!r}")
+
+
+def is_dry_run(values: Mapping[str, str]) -> bool:
+    """Whether a (checked) resource's annotations make it dry-run."""
+    return values.get(DRY_RUN) == "true"
