@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.api.authn import RequestAuthenticationSpec
+from meshctl.api.annotations import is_dry_run
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, RouteSpec
@@ -161,7 +162,8 @@ class ServiceDescription:
                 continue
             entry = {**_ref(obj), "selector": spec.service}
             if isinstance(spec, AuthorizationPolicySpec):
-                entry.update(action=spec.action, rules=len(spec.rules))
+                entry.update(action=spec.action, rules=len(spec.rules),
+                             dryRun=is_dry_run(obj.resource.annotations))
             else:
                 entry["issuers"] = [r.issuer for r in spec.jwt_rules]
             out.append(entry)
