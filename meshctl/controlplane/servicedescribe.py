@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.annotations import is_dry_run
+from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.kinds import GatewaySpec, RouteSpec
