@@ -35,6 +35,12 @@ MESH_REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.
                   b"x-request-id: cca76e9e-07ee-4d23-8a01-27efec66f303\r\n"
                   b"x-ami-peer: bench-client;v1\r\n\r\n")
 PEER_ID = "spiffe://cluster.local/ns/default/sa/bench-client"
+# The `authz` variant (`mtls` with policies): a DENY the request does not match, an ALLOW
+# admitting its caller; each request is judged by both, and counted under the ALLOW.
+AUTHZ_POLICIES = [
+    {"action": "DENY", "rules": [{"when": [{"header": "x-user", "values": ["mallory"]}]}]},
+    {"action": "ALLOW", "rules": [{"from": [{"services": ["bench-client"]}]}]},
+]
 # The `cookie` variant: a browser's request after its first, carrying the cookie that names
 # the endpoint (proxy.policy.sticky.endpoint_token("127.0.0.1:9")) among a few of the app's.
 COOKIE_REQUEST = REQUEST[:-2] + (b"Cookie: theme=dark; sticky=e532dac709ce1c1a; "
@@ -86,9 +92,12 @@ def _snapshot(variant: str) -> dict[str, Any]:
     services: dict[str, Any] = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
     if variant == "cookie":
         services[BENCH_SERVICE]["policy"] = COOKIE_POLICY
-    if variant in ("inbound", "mtls"):
-        return {"version": "micro", "node": {**node, "service": BENCH_SERVICE}, "mesh": mesh,
-                "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
+    if variant in ("inbound", "mtls", "authz"):
+        inbound = {"version": "micro", "node": {**node, "service": BENCH_SERVICE},
+                   "mesh": mesh, "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
+        if variant == "authz":
+            inbound["inbound"] = {"authorization": AUTHZ_POLICIES}
+        return inbound
     snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
                             "listeners": {"outbound": "127.0.0.1:0"}, "services": services}
     if variant in ("features", "named"):
@@ -130,13 +139,13 @@ async def hot_path(variant: str) -> HotPath:
         server.access_log = AccessLogSink(_Discard())  # type: ignore[arg-type]
     server.apply(Snapshot.from_dict(_snapshot(variant)))
     await server.start_listeners()
-    kind = "inbound" if variant in ("inbound", "mtls") else "outbound"
+    kind = "inbound" if variant in ("inbound", "mtls", "authz") else "outbound"
     listener = server.listeners[kind]
     client = DownstreamProtocol(listener)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     request = COOKIE_REQUEST if variant == "cookie" else REQUEST
-    if variant == "mtls":
+    if variant in ("mtls", "authz"):
         _as_mtls_peer(client, listener)
         request = MESH_REQUEST
     (pool,) = list(server.pools)
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                              "retries), inbound (server side); also: named (features with "
                              "the rule named, so counted per rule too); logged (plain "
                              "with the access log on, its writes discarded); mtls (inbound "
-                             "from an mTLS peer: identity, XFCC, peer metrics labels); "
+                             "from an mTLS peer: identity, XFCC, peer metrics labels); authz "
+                             "(mtls with an ALLOW and a DENY AuthorizationPolicy); "
                              "cookie (plain to a consistentHash.httpCookie destination, the "
                              "request carrying its cookie); h2 "
                              "(plain over HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.authzstats import compile_policies
+from proxy.authzstats import AuthzTable, compile_policies
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -67,7 +67,8 @@ class InboundPolicy:
                  service: str, clock: Callable[[], float] = time.monotonic,
                  previous: InboundPolicy | None = None,
                  authentication: Sequence[RequestAuthenticationSpec] = (),
-                 gateway: bool = False, port: int = 0, label: str | None = None) -> None:
+                 gateway: bool = False, port: int = 0, label: str | None = None,
+                 exported: bool = True) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -79,9 +80,10 @@ class InboundPolicy:
         if gateway:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
         # the enforced DENY and ALLOW policies, each with its counter (self.tally), and the
-        # dry-run ones (proxy.authzstats)
+        # dry-run ones (proxy.authzstats); not ``exported``: a proxy without the listener
+        # (a gateway without an inbound one) shows no series for it
         self.deny, self.allow, self.tally, self.dry = compile_policies(
-            policies, stats.authz, label or service)
+            policies, stats.authz if exported else AuthzTable(), label or service)
         # remoteIpBlocks: the client's address is worked out only for policies naming one
         self.reads_remote = any(r.reads_remote for p in policies for r in p.rules)
         self.mtls_mode = mtls_mode

@@ -97,12 +97,14 @@ class ProxyServer:
         self.pools.begin()
         self.stats.rules.begin()
         self.stats.authz.begin()
+        kinds = self.listeners or self._listener_kinds(snapshot)
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
                                        label=snapshot.node.metrics_name or None,
                                        authentication=snapshot.authentication,
-                                       port=snapshot.app.port if snapshot.app else 0)
+                                       port=snapshot.app.port if snapshot.app else 0,
+                                       exported="inbound" in kinds)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
             # `to: ports` at the gateway names its listening port, as at Istio's ingress
