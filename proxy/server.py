@@ -137,6 +137,9 @@ class ProxyServer:
         for kind, router in routers.items():
             if kind in self.listeners:
                 self.listeners[kind].use(router)
+        for kind, policy in (("inbound", inbound_policy), ("gateway", gateway_policy)):
+            if kind in self.listeners:  # (their access log lines may name a policy)
+                self.listeners[kind].logs_authz = policy is not None and policy.tally is not None
         gateway = self.listeners.get("gateway")
         if gateway is not None:
             gateway.passthrough = passthrough
