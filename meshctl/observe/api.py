@@ -211,9 +211,12 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         names = ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
                              for p in proxies if p.get("service"))
         label = names.metrics_name(service, namespace)
+        own = [p for p in proxies if p.get("service") == service
+               and str(p.get("namespace") or "default") == namespace]
         declared = policies_about(
             [o.resource for o in await request.app[STORE].list("AuthorizationPolicy")],
-            service, namespace)
+            service, namespace, gateway=bool(own) and all(p.get("mode") == "gateway"
+                                                          for p in own))
         counts = scraper.window.decision_counts(observer.clock(), window)
         if not declared and names.resolve(service, namespace) != (service, namespace) \
                 and not any(r.key[0] == label for r, _ in counts):

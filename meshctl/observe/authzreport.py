@@ -28,14 +28,15 @@ class DeclaredPolicy:
         return {"policy": self.label, "action": self.action, "dryRun": self.dry_run}
 
 
-def policies_about(resources: Iterable[Any], service: str,
-                   namespace: str) -> list[DeclaredPolicy]:
+def policies_about(resources: Iterable[Any], service: str, namespace: str,
+                   gateway: bool = False) -> list[DeclaredPolicy]:
     """The stored policies of ``namespace`` selecting ``service`` or the whole namespace (what
-    its sidecars enforce), by name."""
+    its sidecars enforce; a ``gateway`` service's: only those selecting it), by name."""
+    selectors = (service,) if gateway else (None, service)
     found = [DeclaredPolicy(f"{r.namespace}/{r.name}", r.spec.action, is_dry_run(r.annotations))
              for r in resources if r.namespace == namespace
              and isinstance(r.spec, AuthorizationPolicySpec)
-             and r.spec.service in (None, service)]
+             and r.spec.service in selectors]
     return sorted(found, key=lambda d: d.label)
 
 
