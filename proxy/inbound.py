@@ -118,6 +118,7 @@ class InboundPolicy:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
         asked (a request admitted before, judged again: proxy.revoke)."""
         conn = ex.downstream
+        logged = ex  # what the access log writes: the request, not the view judged again
         if not spend:
             ex = _as_it_arrived(ex)
         principal: str | None = None
@@ -149,7 +150,7 @@ class InboundPolicy:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
-                    return self._deny(tally.deny[i], ex)
+                    return self._deny(tally.deny[i], logged)
             decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
             if self.allow:
                 decided = next((tally.allow[i] for i, p in enumerate(self.allow) if any(
@@ -165,7 +166,7 @@ class InboundPolicy:
                 if would is not None:
                     ex.authz = (None, would)
             if decided is None:
-                return self._deny(tally.unmatched, ex)
+                return self._deny(tally.unmatched, logged)
             if spend:
                 decided.n += 1
         if not spend:
@@ -234,10 +235,10 @@ class InboundPolicy:
                 decided.n += 1
         return None if decided is not None else tally.unmatched
 
-    def revoked(self, refused: Count | None = None) -> None:
+    def revoked(self, refused: Count | None = None, log: Any = None) -> None:
         """Count a connection admitted before that these policies no longer let through
-        (under ``refused``, the policy refusing it, when known)."""
-        self._deny(refused)
+        (under ``refused``, the policy refusing it, when known, named on ``log``'s line)."""
+        self._deny(refused, log)
 
     def _deny(self, refused: Count | None = None, ex: Any = None) -> Refusal:
         """Count a refusal (under the refusing policy's series too) and note the policy for

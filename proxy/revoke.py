@@ -49,7 +49,7 @@ def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> Non
                                                  p.peer_namespace, p.client_ip.decode("latin-1"))
         if refused is not None:
             log.info("TCP connection from %s ended: no longer authorized", _peer(p))
-            policy.revoked(refused)
+            policy.revoked(refused, session)
             assert session.on_refuse is not None
             session.on_refuse("not_authorized")
         return
