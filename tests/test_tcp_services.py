@@ -333,30 +333,32 @@ DRY_RUN = """
 
 def test_a_dry_run_deny_lets_connections_through_and_counts_them(mesh: TcpMesh) -> None:
     """A dry-run DENY of web: web's connection reaches the app, db's sidecar counts the
-    would-be denial under the policy (dry_run="true") and the connection's access log line
-    says so; enforced (the annotation removed), the policy refuses the next one, counted
-    (dry_run="false") and named on its line."""
+    would-be denial under the policy (dry_run="true"); enforced (the annotation removed), the
+    policy ends that open connection at the push and refuses the next one, both counted
+    (dry_run="false") and named on their access log lines, the first with its dry-run verdict
+    too."""
     def decisions(dry_run: str) -> float:
         return sum(metric_value(mesh.metrics(p), "ami_authz_decisions_total",
                                 destination_service="db", policy="default/db-deny-web",
                                 action="DENY", decision="deny", dry_run=dry_run)
                    for p in mesh.db.values())
 
-    def logged(text: str) -> bool:
-        return any(text in p.output() for p in mesh.db.values())
+    def logged(text: str) -> int:
+        return sum(p.output().count(text) for p in mesh.db.values())
 
     try:
         mesh.apply(DENY_WEB % DRY_RUN)
         with mesh.connect() as sock:
             assert banner(sock) in ("db-v1", "db-v2")
-        assert decisions("true") == 1
-        wait_for(lambda: logged('"authz_dry_run":"deny default/db-deny-web"'), TIMEOUT,
-                 "the dry-run verdict on the connection's access log line")
-        mesh.apply(DENY_WEB % "")
+            assert decisions("true") == 1
+            mesh.apply(DENY_WEB % "")
+            assert read_to_eof(sock) == b""  # ended by the push
         assert refused(mesh)
-        assert (decisions("false"), decisions("true")) == (1, 0)  # (its dry-run series gone)
-        wait_for(lambda: logged('"authz_policy":"default/db-deny-web"'), TIMEOUT,
-                 "the refusing policy on the connection's access log line")
+        assert (decisions("false"), decisions("true")) == (2, 0)  # (its dry-run series gone)
+        wait_for(lambda: logged('"authz_policy":"default/db-deny-web"') == 2, TIMEOUT,
+                 "the refusing policy on both connections' access log lines")
+        assert logged('"authz_policy":"default/db-deny-web","authz_dry_run":'
+                      '"deny default/db-deny-web"') == 1
     finally:
         mesh.delete_policy("db-deny-web")
 
