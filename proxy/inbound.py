@@ -5,7 +5,9 @@ Semantics follow Istio: a token, if the request carries one and a RequestAuthent
 applies, must verify (else 401 ``jwt_invalid``) and gives the request its principal; then DENY
 policies are checked; if any ALLOW policy exists a request must match one; with no ALLOW
 policy, mesh identities (any verified SPIFFE peer) are allowed and, in STRICT mode, nothing
-else reaches this point (the TLS handshake refused it).
+else reaches this point (the TLS handshake refused it). Each decision is counted under the
+policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced
+(proxy.authzstats).
 """
 
 from __future__ import annotations
