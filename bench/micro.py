@@ -41,6 +41,9 @@ AUTHZ_POLICIES = [
     {"action": "DENY", "rules": [{"when": [{"header": "x-user", "values": ["mallory"]}]}]},
     {"action": "ALLOW", "rules": [{"from": [{"services": ["bench-client"]}]}]},
 ]
+# `authzdry`: `authz` and a dry-run DENY the request does not match, judged on each request
+AUTHZ_DRY_POLICIES = [*AUTHZ_POLICIES, {"name": "dry", "dryRun": True, "action": "DENY",
+                                        "rules": [{"to": [{"paths": ["/admin/*"]}]}]}]
 # The `cookie` variant: a browser's request after its first, carrying the cookie that names
 # the endpoint (proxy.policy.sticky.endpoint_token("127.0.0.1:9")) among a few of the app's.
 COOKIE_REQUEST = REQUEST[:-2] + (b"Cookie: theme=dark; sticky=e532dac709ce1c1a; "
@@ -92,11 +95,12 @@ def _snapshot(variant: str) -> dict[str, Any]:
     services: dict[str, Any] = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
     if variant == "cookie":
         services[BENCH_SERVICE]["policy"] = COOKIE_POLICY
-    if variant in ("inbound", "mtls", "authz"):
+    if variant in ("inbound", "mtls", "authz", "authzdry"):
         inbound = {"version": "micro", "node": {**node, "service": BENCH_SERVICE},
                    "mesh": mesh, "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
-        if variant == "authz":
-            inbound["inbound"] = {"authorization": AUTHZ_POLICIES}
+        if variant in ("authz", "authzdry"):
+            inbound["inbound"] = {"authorization": AUTHZ_POLICIES if variant == "authz"
+                                  else AUTHZ_DRY_POLICIES}
         return inbound
     snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
                             "listeners": {"outbound": "127.0.0.1:0"}, "services": services}
@@ -139,13 +143,13 @@ async def hot_path(variant: str) -> HotPath:
         server.access_log = AccessLogSink(_Discard())  # type: ignore[arg-type]
     server.apply(Snapshot.from_dict(_snapshot(variant)))
     await server.start_listeners()
-    kind = "inbound" if variant in ("inbound", "mtls", "authz") else "outbound"
+    kind = "inbound" if variant in ("inbound", "mtls", "authz", "authzdry") else "outbound"
     listener = server.listeners[kind]
     client = DownstreamProtocol(listener)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     request = COOKIE_REQUEST if variant == "cookie" else REQUEST
-    if variant in ("mtls", "authz"):
+    if variant in ("mtls", "authz", "authzdry"):
         _as_mtls_peer(client, listener)
         request = MESH_REQUEST
     (pool,) = list(server.pools)
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the rule named, so counted per rule too); logged (plain "
                              "with the access log on, its writes discarded); mtls (inbound "
                              "from an mTLS peer: identity, XFCC, peer metrics labels); authz "
-                             "(mtls with an ALLOW and a DENY AuthorizationPolicy); "
+                             "(mtls with an ALLOW and a DENY AuthorizationPolicy); authzdry "
+                             "(authz and a dry-run DENY); "
                              "cookie (plain to a consistentHash.httpCookie destination, the "
                              "request carrying its cookie); h2 "
                              "(plain over HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")

@@ -79,13 +79,14 @@ class AuthzTable:
 
 
 class Tally:
-    """The enforced policies' counters: one per DENY and ALLOW policy, in the order they are
+    """The enforced DENY and ALLOW policies, each with its counter, in the order they are
     judged, and ``unmatched``: `[none]` (no ALLOW policy matched, or, with no ALLOW policy,
     none applied)."""
 
     __slots__ = ("allow", "deny", "unmatched")
 
-    def __init__(self, deny: list[Count], allow: list[Count], unmatched: Count) -> None:
+    def __init__(self, deny: list[tuple[AuthorizationPolicySpec, Count]],
+                 allow: list[tuple[AuthorizationPolicySpec, Count]], unmatched: Count) -> None:
         self.deny = deny
         self.allow = allow
         self.unmatched = unmatched
@@ -144,8 +145,8 @@ def compile_policies(policies: Sequence[AuthorizationPolicySpec], table: AuthzTa
         return table.count((label, policy, action, decision, "true" if dry else "false"))
 
     unmatched = count(NONE, "ALLOW", "deny", False) if allow else count(NONE, "", "allow", False)
-    tally = Tally([count(p.name, "DENY", "deny", False) for p in deny],
-                  [count(p.name, "ALLOW", "allow", False) for p in allow], unmatched)
+    tally = Tally([(p, count(p.name, "DENY", "deny", False)) for p in deny],
+                  [(p, count(p.name, "ALLOW", "allow", False)) for p in allow], unmatched)
     dry = None
     if dry_deny or dry_allow:
         dry = DryRun([(p, count(p.name, "DENY", "deny", True)) for p in dry_deny],

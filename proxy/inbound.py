@@ -148,17 +148,20 @@ class InboundPolicy:
             remote = None
             if self.reads_remote and conn.listener.trusted_proxies:
                 remote = trusted_client(ex, conn.listener.trusted_proxies).decode("latin-1")
-            for i, policy in enumerate(self.deny):
+            for policy, count in tally.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
-                    return self._deny(tally.deny[i], logged)
+                    return self._deny(count, logged)
             decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
-            if self.allow:
-                decided = next((tally.allow[i] for i, p in enumerate(self.allow) if any(
-                    r.matches(identity, service, namespace, method, ex.path, headers,
-                              False, principal, claims, self.port, host, address, remote)
-                    for r in p.rules)), None)
+            if tally.allow:
+                decided = None
+                for policy, count in tally.allow:
+                    if any(r.matches(identity, service, namespace, method, ex.path, headers,
+                                     False, principal, claims, self.port, host, address,
+                                     remote) for r in policy.rules):
+                        decided = count
+                        break
             if self.dry is not None and spend:
                 would = self.dry.judge(
                     lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
@@ -221,13 +224,13 @@ class InboundPolicy:
             return bool(rule.matches_connection(identity, service, namespace, port, deny,
                                                 address))
 
-        for i, policy in enumerate(self.deny):
+        for policy, count in tally.deny:
             if any(matches(r, True) for r in policy.rules):
-                return tally.deny[i]
+                return count
         decided: Count | None = tally.unmatched
-        if self.allow:
-            decided = next((tally.allow[i] for i, p in enumerate(self.allow)
-                            if any(matches(r, False) for r in p.rules)), None)
+        if tally.allow:
+            decided = next((count for policy, count in tally.allow
+                            if any(matches(r, False) for r in policy.rules)), None)
         if log is not None:
             if self.dry is not None:
                 would = self.dry.judge(matches, decided is not None, bool(self.allow))
