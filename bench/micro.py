@@ -190,6 +190,10 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
             labels[:3] == ("destination", "bench-client", "v1") and labels[-2] == "mutual_tls"
             and s.count for labels, s in listener.stats.series()):
         raise RuntimeError("mtls: the requests were not counted as the mTLS peer's")
+    if variant in ("authz", "authzdry"):  # each request admitted by the ALLOW, counted so
+        counts = {key[1:]: c.n for key, c in listener.stats.authz.counts.items()}
+        if counts.get(("inbound.authorization[1]", "ALLOW", "allow", "false"), 0) < requests:
+            raise RuntimeError(f"{variant}: the requests were not counted under the ALLOW")
     counted = any(listener.stats.rules.rules.values())  # ami_route_* (named rules only)
     if counted != (variant == "named"):
         raise RuntimeError(f"{variant}: per-rule metrics counted: {counted}")
