@@ -35,6 +35,15 @@ MESH_REQUEST = (b"GET /productpage?u=normal HTTP/1.1\r\nHost: " + BENCH_SERVICE.
                   b"x-request-id: cca76e9e-07ee-4d23-8a01-27efec66f303\r\n"
                   b"x-ami-peer: bench-client;v1\r\n\r\n")
 PEER_ID = "spiffe://cluster.local/ns/default/sa/bench-client"
+# The `authz` variant (`mtls` with policies): a DENY the request does not match, an ALLOW
+# admitting its caller; each request is judged by both, and counted under the ALLOW.
+AUTHZ_POLICIES = [
+    {"action": "DENY", "rules": [{"when": [{"header": "x-user", "values": ["mallory"]}]}]},
+    {"action": "ALLOW", "rules": [{"from": [{"services": ["bench-client"]}]}]},
+]
+# `authzdry`: `authz` and a dry-run DENY the request does not match, judged on each request
+AUTHZ_DRY_POLICIES = [*AUTHZ_POLICIES, {"name": "dry", "dryRun": True, "action": "DENY",
+                                        "rules": [{"to": [{"paths": ["/admin/*"]}]}]}]
 # The `cookie` variant: a browser's request after its first, carrying the cookie that names
 # the endpoint (proxy.policy.sticky.endpoint_token("127.0.0.1:9")) among a few of the app's.
 COOKIE_REQUEST = REQUEST[:-2] + (b"Cookie: theme=dark; sticky=e532dac709ce1c1a; "
@@ -86,9 +95,13 @@ def _snapshot(variant: str) -> dict[str, Any]:
     services: dict[str, Any] = {BENCH_SERVICE: {"endpoints": [{"address": "127.0.0.1:9"}]}}
     if variant == "cookie":
         services[BENCH_SERVICE]["policy"] = COOKIE_POLICY
-    if variant in ("inbound", "mtls"):
-        return {"version": "micro", "node": {**node, "service": BENCH_SERVICE}, "mesh": mesh,
-                "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
+    if variant in ("inbound", "mtls", "authz", "authzdry"):
+        inbound = {"version": "micro", "node": {**node, "service": BENCH_SERVICE},
+                   "mesh": mesh, "listeners": {"inbound": "127.0.0.1:0"}, "app": "127.0.0.1:9"}
+        if variant in ("authz", "authzdry"):
+            inbound["inbound"] = {"authorization": AUTHZ_POLICIES if variant == "authz"
+                                  else AUTHZ_DRY_POLICIES}
+        return inbound
     snap: dict[str, Any] = {"version": "micro", "node": node, "mesh": mesh,
                             "listeners": {"outbound": "127.0.0.1:0"}, "services": services}
     if variant in ("features", "named"):
@@ -130,13 +143,13 @@ async def hot_path(variant: str) -> HotPath:
         server.access_log = AccessLogSink(_Discard())  # type: ignore[arg-type]
     server.apply(Snapshot.from_dict(_snapshot(variant)))
     await server.start_listeners()
-    kind = "inbound" if variant in ("inbound", "mtls") else "outbound"
+    kind = "inbound" if variant in ("inbound", "mtls", "authz", "authzdry") else "outbound"
     listener = server.listeners[kind]
     client = DownstreamProtocol(listener)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     request = COOKIE_REQUEST if variant == "cookie" else REQUEST
-    if variant == "mtls":
+    if variant in ("mtls", "authz", "authzdry"):
         _as_mtls_peer(client, listener)
         request = MESH_REQUEST
     (pool,) = list(server.pools)
@@ -177,6 +190,10 @@ async def measure(variant: str, requests: int, repeats: int) -> Result:
             labels[:3] == ("destination", "bench-client", "v1") and labels[-2] == "mutual_tls"
             and s.count for labels, s in listener.stats.series()):
         raise RuntimeError("mtls: the requests were not counted as the mTLS peer's")
+    if variant in ("authz", "authzdry"):  # each request admitted by the ALLOW, counted so
+        counts = {key[1:]: c.n for key, c in listener.stats.authz.counts.items()}
+        if counts.get(("inbound.authorization[1]", "ALLOW", "allow", "false"), 0) < requests:
+            raise RuntimeError(f"{variant}: the requests were not counted under the ALLOW")
     counted = any(listener.stats.rules.rules.values())  # ami_route_* (named rules only)
     if counted != (variant == "named"):
         raise RuntimeError(f"{variant}: per-rule metrics counted: {counted}")
@@ -254,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                              "retries), inbound (server side); also: named (features with "
                              "the rule named, so counted per rule too); logged (plain "
                              "with the access log on, its writes discarded); mtls (inbound "
-                             "from an mTLS peer: identity, XFCC, peer metrics labels); "
+                             "from an mTLS peer: identity, XFCC, peer metrics labels); authz "
+                             "(mtls with an ALLOW and a DENY AuthorizationPolicy); authzdry "
+                             "(authz and a dry-run DENY); "
                              "cookie (plain to a consistentHash.httpCookie destination, the "
                              "request carrying its cookie); h2 "
                              "(plain over HTTP/2: h2c client, HTTP/2 upstream, bench.microh2)")

@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 COMMAND_MODULES = {
     "bug-report": "bugreport", "canary": "canary", "certs": "certs",
     "completion": "completion", "demo": "demo",
-    "diff": "diff", "stat": "observe", "edges": "observe", "routes": "observe", "top": "observe",
+    "diff": "diff", "stat": "observe", "edges": "observe", "routes": "observe", "authz": "observe",
+    "top": "observe",
     "tap": "observe", "check": "observe", "dashboard": "observe", "proxy-config": "proxyconfig",
     "proxy-status": "proxystatus", "apply": "resources", "get": "resources",
     "delete": "resources", "describe": "resources", "serve": "serve", "shift": "shift",

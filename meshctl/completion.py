@@ -293,7 +293,7 @@ def object_names(values: list[str], before: list[str]) -> list[str]:
 
 _LOOKUPS: dict[tuple[str, str], Callable[[list[str], list[str]], list[str]]] = {
     **{(command, "service"): services
-       for command in ("stat", "routes", "top", "tap", "shift", "canary")},
+       for command in ("stat", "routes", "authz", "top", "tap", "shift", "canary")},
     **{(command, "kind"): kinds for command in ("get", "delete", "describe", "schema")},
     **{(command, "name"): object_names for command in ("get", "delete", "describe")},
     ("proxy-config", "words"): proxy_names,

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshctl.api.errors import ValidationError
@@ -634,12 +634,24 @@ def _parse_external(host: str, data: object, path: str) -> ExternalHost:
 
 
 def _parse_authorization(data: object) -> tuple[Any, ...]:
+    """The policies, each with its name (the control plane's `namespace/name`; a static
+    file's `name`, else `inbound.authorization[i]`) and `dryRun` (Istio's annotation)."""
     from meshctl.api.authz import parse_authorization
 
     policies = []
     for i, spec in enumerate(_list(data, "inbound.authorization")):
+        path = f"inbound.authorization[{i}]"
+        item = dict(spec) if isinstance(spec, Mapping) else spec  # (else the parser's error)
+        name, dry_run = path, False
+        if isinstance(item, dict):
+            name, dry_run = item.pop("name", path), item.pop("dryRun", False)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}.name: expected a policy name, got {name!r}")
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"{path}.dryRun: expected true or false, got {dry_run!r}")
         with _config_errors():
-            policies.append(parse_authorization(spec, f"inbound.authorization[{i}]"))
+            policy = parse_authorization(item, path)
+        policies.append(replace(policy, name=name, dry_run=dry_run))
     return tuple(policies)
 
 

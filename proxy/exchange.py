@@ -45,7 +45,7 @@ class Exchange:
         "_timer", "_tried",
         "_try_start",
         "_upstream_paused",
-        "_waiting", "arrived", "authority", "backend", "bytes_in", "bytes_out", "chunked",
+        "_waiting", "arrived", "authority", "authz", "backend", "bytes_in", "bytes_out", "chunked",
         "client_keep_alive", "conn", "decision", "downstream", "expect_continue", "ext_authz",
         "flags",
         "head_tail", "headers", "http2", "http10", "interim", "method", "mirror", "path", "pool",
@@ -62,6 +62,9 @@ class Exchange:
     # The CUSTOM provider that checked this request (proxy.extauthz), set when its check
     # starts; unset on every other request, likewise.
     ext_authz: str
+    # (refusing policy, dry-run verdict) for the access log, set by proxy.inbound when it has
+    # one of them (proxy.authzstats.log_fields); unset on every other request
+    authz: tuple[str | None, str | None]
 
     # The current attempt's upstream speaks HTTP/2 (an H2Exchange's slot; read off the hot
     # path only, by the breaker's queue).

@@ -5,7 +5,9 @@ Semantics follow Istio: a token, if the request carries one and a RequestAuthent
 applies, must verify (else 401 ``jwt_invalid``) and gives the request its principal; then DENY
 policies are checked; if any ALLOW policy exists a request must match one; with no ALLOW
 policy, mesh identities (any verified SPIFFE peer) are allowed and, in STRICT mode, nothing
-else reaches this point (the TLS handshake refused it).
+else reaches this point (the TLS handshake refused it). Each decision is counted under the
+policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced
+(proxy.authzstats).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from proxy.authzstats import AuthzTable, compile_policies
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from meshctl.api.authz import AuthorizationPolicySpec, AuthorizationRule
     from meshctl.api.extauthz import ExtAuthzHttp, ExtensionProvider
     from meshctl.api.policy import RateLimit
+    from proxy.authzstats import Count
     from proxy.exchange import Exchange
     from proxy.metrics import RequestStats
 
@@ -91,7 +95,8 @@ class InboundPolicy:
                  authentication: Sequence[RequestAuthenticationSpec] = (),
                  gateway: bool = False, port: int = 0, label: str | None = None,
                  proxy_protocol: bool = False,
-                 providers: Sequence[ExtensionProvider] = ()) -> None:
+                 providers: Sequence[ExtensionProvider] = (),
+                 exported: bool = True) -> None:
         # The control plane sends only this service's policies; a static config may list
         # policies for other services too, and those do not apply here. At the gateway only
         # the policies that name it apply (a namespace-wide one is about the sidecars).
@@ -102,8 +107,11 @@ class InboundPolicy:
         self.authn = JwtAuthenticator(authn) if authn else None
         if gateway:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
-        self.deny = [p for p in policies if p.action == "DENY"]
-        self.allow = [p for p in policies if p.action == "ALLOW"]
+        # the enforced DENY and ALLOW policies, each with its counter (self.tally), and the
+        # dry-run ones (proxy.authzstats); not ``exported``: a proxy without the listener
+        # (a gateway without an inbound one) shows no series for it
+        self.deny, self.allow, self.tally, self.dry = compile_policies(
+            policies, stats.authz if exported else AuthzTable(), label or service)
         # CUSTOM: (provider name, its spec, the rules selecting what it checks), run by
         # proxy.extauthz.ExtAuthzCheck before this policy's admit (proxy.routing)
         self.custom = custom_check(policies, providers)
@@ -140,13 +148,13 @@ class InboundPolicy:
 
     @property
     def needed(self) -> bool:
-        return bool(self.deny or self.allow or self.bucket or self.keyed or self.authn
-                    or self.custom)
+        return bool(self.tally or self.bucket or self.keyed or self.authn or self.custom)
 
     def admit(self, ex: Exchange, spend: bool = True) -> Refusal | None:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
         asked (a request admitted before, judged again: proxy.revoke)."""
         conn = ex.downstream
+        logged = ex  # what the access log writes: the request, not the view judged again
         if not spend:
             ex = _as_it_arrived(ex)
         principal: str | None = None
@@ -164,7 +172,8 @@ class InboundPolicy:
                 return ("jwt_invalid", None, WWW_AUTHENTICATE)
             if found is not None:
                 principal, claims = found
-        if self.deny or self.allow:
+        tally = self.tally
+        if tally is not None:
             identity = conn.peer_identity
             service, namespace = conn.peer_service, conn.peer_namespace
             method = ex.method.decode("latin-1")
@@ -176,16 +185,32 @@ class InboundPolicy:
             if self.reads_direct:
                 remote = remote or address
                 address = direct_peer(conn)
-            for policy in self.deny:
+            for policy, count in tally.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
-                    return self._deny()
-            if self.allow and not any(
-                    r.matches(identity, service, namespace, method, ex.path, headers,
-                              False, principal, claims, self.port, host, address, remote)
-                    for p in self.allow for r in p.rules):
-                return self._deny()
+                    return self._deny(count, logged)
+            decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
+            if tally.allow:
+                decided = None
+                for policy, count in tally.allow:
+                    if any(r.matches(identity, service, namespace, method, ex.path, headers,
+                                     False, principal, claims, self.port, host, address,
+                                     remote) for r in policy.rules):
+                        decided = count
+                        break
+            if self.dry is not None and spend:
+                would = self.dry.judge(
+                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
+                                              headers, deny, principal, claims, self.port,
+                                              host, address, remote),
+                    decided is not None, bool(self.allow))
+                if would is not None:
+                    ex.authz = (None, would)
+            if decided is None:
+                return self._deny(tally.unmatched, logged)
+            if spend:
+                decided.n += 1
         if not spend:
             return None
         if self.bucket is not None and not self.bucket.try_acquire():
@@ -197,14 +222,17 @@ class InboundPolicy:
         return None
 
     def admit_connection(self, identity: str | None, service: str | None,
-                         namespace: str | None, client_ip: bytes = b"") -> str | None:
+                         namespace: str | None, client_ip: bytes = b"",
+                         log: Any = None) -> str | None:
         """Why a TCP connection from this peer may not reach the app, or None (Istio's TCP
         semantics, `AuthorizationRule.matches_connection`); a refusal is counted. The rate
         limit, when set, spends one token per connection, after authorization (as Envoy's
-        `local_ratelimit` network filter counts connections); JWTs are about requests."""
-        if not self.authorizes_connection(identity, service, namespace,
-                                          client_ip.decode("latin-1")):
-            return self._deny()[0]
+        `local_ratelimit` network filter counts connections); JWTs are about requests.
+        ``log``: what takes the decision's access log fields (its ``authz`` attribute)."""
+        decided = self.connection_decision(identity, service, namespace,
+                                           client_ip.decode("latin-1"), log)
+        if decided is not None:
+            return self._deny(decided, log)[0]
         if ((self.bucket is not None and not self.bucket.try_acquire())
                 or (self.keyed is not None and not self.keyed.try_acquire(identity or client_ip))):
             self.stats.inc("ami_rate_limited", self.labels)
@@ -216,21 +244,53 @@ class InboundPolicy:
         """Whether the authorization policies let this peer's TCP connection (from
         ``address``) reach the app (nothing counted, no token spent: also asked of
         connections already admitted, when the policies change)."""
+        return self.connection_decision(identity, service, namespace, address) is None
+
+    def connection_decision(self, identity: str | None, service: str | None,
+                            namespace: str | None, address: str | None = None,
+                            log: Any = None) -> Count | None:
+        """The counter of the policy refusing this TCP connection, or None when it is
+        allowed; with ``log`` (a first admission) the allowing policy and the dry-run ones
+        count it, and ``log.authz`` gets what the access log says of it."""
+        tally = self.tally
+        if tally is None:
+            return None
         port = self.port
-        for policy in self.deny:
-            if any(r.matches_connection(identity, service, namespace, port, True, address)
-                   for r in policy.rules):
-                return False
-        return not self.allow or any(
-            r.matches_connection(identity, service, namespace, port, False, address)
-            for p in self.allow for r in p.rules)
 
-    def revoked(self) -> None:
-        """Count a connection admitted before that these policies no longer let through."""
-        self._deny()
+        def matches(rule: Any, deny: bool) -> bool:
+            return bool(rule.matches_connection(identity, service, namespace, port, deny,
+                                                address))
 
-    def _deny(self) -> Refusal:
+        for policy, count in tally.deny:
+            if any(matches(r, True) for r in policy.rules):
+                return count
+        decided: Count | None = tally.unmatched
+        if tally.allow:
+            decided = next((count for policy, count in tally.allow
+                            if any(matches(r, False) for r in policy.rules)), None)
+        if log is not None:
+            if self.dry is not None:
+                would = self.dry.judge(matches, decided is not None, bool(self.allow))
+                if would is not None:
+                    log.authz = (None, would)
+            if decided is not None:
+                decided.n += 1
+        return None if decided is not None else tally.unmatched
+
+    def revoked(self, refused: Count | None = None, log: Any = None) -> None:
+        """Count a connection admitted before that these policies no longer let through
+        (under ``refused``, the policy refusing it, when known, named on ``log``'s line)."""
+        self._deny(refused, log)
+
+    def _deny(self, refused: Count | None = None, ex: Any = None) -> Refusal:
+        """Count a refusal (under the refusing policy's series too) and note the policy for
+        the access log line of ``ex`` (a request or a TCP session)."""
         self.stats.inc("ami_authorization_denied", self.labels)
+        if refused is not None:
+            refused.n += 1
+            if ex is not None:
+                would = getattr(ex, "authz", None)  # (a dry-run verdict, set just before)
+                ex.authz = (refused.policy, would[1] if would else None)
         return ("not_authorized", None, ())
 
     def _limited(self, wait: float) -> Refusal:

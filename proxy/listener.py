@@ -9,6 +9,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from proxy.accessline import access_line, wall_start
+from proxy.authzstats import log_fields
 from proxy.clientaddress import trusted_client
 from proxy.loglevels import debug_on
 from proxy.metrics import RequestStats
@@ -51,12 +52,42 @@ class Listener:
     # the instructions per request, docs/benchmarks.md). `__dict__` takes the rest (a
     # class default overridden, a method replaced); tests/test_proxy_slots.py checks.
     __slots__ = (
-        "__dict__", "__weakref__", "_record_swapped", "_series", "access_filter", "access_log",
-        "connections", "counting_rules", "debug_connections", "debug_requests",
-        "forwarded_proto_line", "h2_scheme", "kind", "limits", "loop", "on_record", "passthrough",
-        "peer_line", "plaintext_allowed", "quiet", "reads_hello", "reads_timeout_header",
-        "refused", "router", "scheme", "server", "stats", "tcp", "tracer", "trusted_proxies",
-        "unrouted_hosts", "xfcc_by", "xfcc_gateways", "xfcc_trusted")
+        "__dict__",
+        "__weakref__",
+        "_record_swapped",
+        "_series",
+        "access_filter",
+        "access_log",
+        "connections",
+        "counting_rules",
+        "debug_connections",
+        "debug_requests",
+        "forwarded_proto_line",
+        "h2_scheme",
+        "kind",
+        "limits",
+        "logs_authz",
+        "loop",
+        "on_record",
+        "passthrough",
+        "peer_line",
+        "plaintext_allowed",
+        "quiet",
+        "reads_hello",
+        "reads_timeout_header",
+        "refused",
+        "router",
+        "scheme",
+        "server",
+        "stats",
+        "tcp",
+        "tracer",
+        "trusted_proxies",
+        "unrouted_hosts",
+        "xfcc_by",
+        "xfcc_gateways",
+        "xfcc_trusted",
+    )
 
     def __init__(self, kind: str, loop: asyncio.AbstractEventLoop, router: Router,
                  stats: RequestStats, limits: Limits, *, tls: bool = False) -> None:
@@ -105,6 +136,10 @@ class Listener:
         # gateway: plaintext connections start by telling TLS from HTTP (proxy.tlspassthrough):
         # with passthrough entries, or on the HTTPS gateway (its plaintext ones are relays)
         self.reads_hello = False
+        # Whether its router's authorization policies may note a request's deciding policy
+        # for the access log (Exchange.authz): set at apply, so a line of a listener without
+        # policies does not look for it (reading an unset slot costs ~20 times a set one).
+        self.logs_authz = False
         stats.connections_active.setdefault(kind, 0)
         stats.connections_total.setdefault(kind, 0)
         self.counting_rules = False  # `record` is record_rules (see use)
@@ -350,7 +385,7 @@ class Listener:
 
     def _log(self, ex: Exchange, duration_ms: float, prefix: tuple[str, ...]) -> None:
         pool = ex.pool
-        self.access_log.write(access_line(  # type: ignore[union-attr]  # (the caller's test)
+        line = access_line(
             wall_start(ex.start_time), self.kind, ex.method.decode("latin-1"), ex.path,
             ex.authority,
             ex.status, ex.flags, round(duration_ms, 3), ex.bytes_in, ex.bytes_out,
@@ -360,7 +395,13 @@ class Listener:
             # null unless a gRPC call got one
             ex.grpc_status if ex.http2 else None,  # type: ignore[attr-defined]
             (trusted_client(ex, self.trusted_proxies) if self.trusted_proxies
-             else ex.downstream.client_ip).decode("latin-1")))
+             else ex.downstream.client_ip).decode("latin-1"))
+        if self.logs_authz:
+            # (set only where a policy refused it or the dry-run policies differ)
+            authz = getattr(ex, "authz", None)
+            if authz is not None:
+                line = log_fields(line, authz)
+        self.access_log.write(line)  # type: ignore[union-attr]  # (the caller's test)
 
     def refuse_plaintext(self, grace: float) -> None:
         """The mesh turned STRICT: no plaintext connection carries another request.

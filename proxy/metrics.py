@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from meshctl.api.build import PYTHON, VERSION
+from proxy.authzstats import AuthzTable
 from proxy.buckets import BYTES_BUCKETS, DURATION_BUCKETS_MS, DURATION_BUCKETS_S, cumulative
 from proxy.routemetrics import RuleTable
 
@@ -61,8 +62,8 @@ class _Series:
 class RequestStats:
     """Counters for every (labels) combination seen; `record` is on the hot path."""
 
-    __slots__ = ("_series", "connect_failures", "connections_active", "connections_total",
-                 "counters", "rules", "tcp_live", "tcp_tap")
+    __slots__ = ("_series", "authz", "connect_failures", "connections_active",
+                 "connections_total", "counters", "rules", "tcp_live", "tcp_tap")
 
     def __init__(self) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
@@ -78,6 +79,8 @@ class RequestStats:
         self.tcp_tap: Any = None
         # named rules' series (ami_route_*), bound to decisions when a snapshot is compiled
         self.rules = RuleTable()
+        # per-policy authorization decisions (ami_authz_decisions), bound to InboundPolicy
+        self.authz = AuthzTable()
 
     def record(self, prefix: tuple[str, ...], version: str, status: int, flags: str,
                security: str, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
@@ -145,6 +148,7 @@ class _StatsCollector(Collector):
             resp_bytes.add_metric(labels, cumulative(BYTES_BUCKETS, s.resp_buckets), s.resp_sum)
         yield from (requests, duration, req_bytes, resp_bytes)
         yield from stats.rules.families()
+        yield from stats.authz.families()
         active = GaugeMetricFamily("ami_downstream_connections_active",
                                    "Open client connections per listener.", labels=["listener"])
         opened = CounterMetricFamily("ami_downstream_connections",

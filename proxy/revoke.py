@@ -43,12 +43,13 @@ def recheck(listener: Listener, policy: InboundPolicy) -> None:
 def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> None:
     session = p.tcp_session
     if session is not None:
-        if (takes_tcp and session.upstream is not None and not session.ended
-                and not policy.authorizes_connection(p.peer_identity, p.peer_service,
-                                                     p.peer_namespace,
-                                                     p.client_ip.decode("latin-1"))):
+        refused = None
+        if takes_tcp and session.upstream is not None and not session.ended:
+            refused = policy.connection_decision(p.peer_identity, p.peer_service,
+                                                 p.peer_namespace, p.client_ip.decode("latin-1"))
+        if refused is not None:
             log.info("TCP connection from %s ended: no longer authorized", _peer(p))
-            policy.revoked()
+            policy.revoked(refused, session)
             assert session.on_refuse is not None
             session.on_refuse("not_authorized")
         return

@@ -97,13 +97,16 @@ class ProxyServer:
             snapshot = replace(snapshot, app_protocol=self.options.app_protocol)
         self.pools.begin()
         self.stats.rules.begin()
+        self.stats.authz.begin()
+        kinds = self.listeners or self._listener_kinds(snapshot)
         inbound_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls,
                                        snapshot.inbound_rate_limit, self.stats,
                                        snapshot.node.service, previous=self._inbound_policy,
                                        label=snapshot.node.metrics_name or None,
                                        authentication=snapshot.authentication,
                                        port=snapshot.app.port if snapshot.app else 0,
-                                       providers=snapshot.ext_authz)
+                                       providers=snapshot.ext_authz,
+                                       exported="inbound" in kinds)
         gateway_policy = None
         if "gateway" in (self.listeners or self._listener_kinds(snapshot)):
             # `to: ports` at the gateway names its listening port, as at Istio's ingress
@@ -138,6 +141,9 @@ class ProxyServer:
         for kind, router in routers.items():
             if kind in self.listeners:
                 self.listeners[kind].use(router)
+        for kind, policy in (("inbound", inbound_policy), ("gateway", gateway_policy)):
+            if kind in self.listeners:  # (their access log lines may name a policy)
+                self.listeners[kind].logs_authz = policy is not None and policy.tally is not None
         gateway = self.listeners.get("gateway")
         if gateway is not None:
             gateway.passthrough = passthrough
@@ -179,6 +185,7 @@ class ProxyServer:
         self.snapshot = snapshot
         self.pools.retire_unused(_tunnel_check(routers.get("outbound")))
         self.stats.rules.retire_unused()
+        self.stats.authz.retire_unused()
         self._set_access_log(snapshot)
         if log.isEnabledFor(logging.DEBUG):  # once per push, not per request
             log.debug("config %s applied: %s", snapshot.version, _summary(snapshot))

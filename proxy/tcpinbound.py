@@ -76,7 +76,8 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
         if target is None:
             refuse("protocol_mismatch")
         elif (refusal := target.policy.admit_connection(
-                p.peer_identity, p.peer_service, p.peer_namespace, p.client_ip)) is not None:
+                p.peer_identity, p.peer_service, p.peer_namespace, p.client_ip,
+                session)) is not None:
             refuse(refusal)  # not_authorized, rate_limited
         else:
             session.upstream = str(target.app)

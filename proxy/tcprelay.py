@@ -41,6 +41,7 @@ class TcpSession:
         "app_bytes",
         "app_fin",
         "authority",
+        "authz",
         "client",
         "client_address",
         "connect_answer",
@@ -89,6 +90,8 @@ class TcpSession:
         # security unknown yet), counted under if the app leaves before that ends
         self.pending_labels: tuple[str, ...] = ()
         self.authority: str | None = None  # what the caller asked for (client role)
+        # (refusing policy, dry-run verdict) for the access log (proxy.authzstats.log_fields)
+        self.authz: tuple[str | None, str | None] | None = None
         self.upstream: str | None = None  # the endpoint, or the local app
         self.early = b""  # the app's bytes read before the join (after a CONNECT's head)
         # A CONNECT's `200`, owed until an endpoint accepted (then written before any byte of
@@ -341,6 +344,9 @@ class TcpSession:
                 "request_id": None, "source": labels[1], "destination_service": labels[3],
                 "upstream": self.upstream, "protocol": "TCP", "grpc_status": None,
                 "client_address": self.client_address}
+        if self.authz is not None:
+            line.update((k, v) for k, v in zip(("authz_policy", "authz_dry_run"), self.authz,
+                                               strict=True) if v is not None)
         self.log_out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 

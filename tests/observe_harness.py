@@ -40,9 +40,11 @@ def static_proxy(tmp: Path, service: str, routes_to: dict[str, list[int]],
 
 def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int],
             otlp: int | None = None, sampling: float = 0.0,
-            routes: list[dict[str, Any]] | None = None) -> tuple[ProxyProcess, int]:
-    """A static-mode sidecar with outbound, inbound (to ``app``) and admin listeners; returns
-    the running proxy and its inbound port."""
+            routes: list[dict[str, Any]] | None = None,
+            inbound_config: dict[str, Any] | None = None) -> tuple[ProxyProcess, int]:
+    """A static-mode sidecar with outbound, inbound (to ``app``; ``inbound_config``: the
+    snapshot's `inbound`, e.g. authorization) and admin listeners; returns the running proxy
+    and its inbound port."""
     tmp.mkdir(parents=True, exist_ok=True)
     args = ("--otlp-endpoint", f"http://127.0.0.1:{otlp}") if otlp else ()
     proxy = ProxyProcess(tmp, {}, args=args)
@@ -59,6 +61,8 @@ def sidecar(tmp: Path, service: str, *, app: int | None, services: dict[str, int
     }
     if app is not None:
         snap["app"] = f"127.0.0.1:{app}"
+    if inbound_config is not None:
+        snap["inbound"] = inbound_config
     proxy.config.write_text(yaml.safe_dump(snap))
     return proxy.start(), inbound
 

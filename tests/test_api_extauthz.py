@@ -132,3 +132,15 @@ def test_custom_rules_cannot_read_the_jwt() -> None:
     found = issues(documents(mesh(http()), document("AuthorizationPolicy", "p", spec)))
     assert [f.split(": ", 2)[1] for f in found] == ["spec.rules[1]", "spec.rules[2]"], found
     assert "the external check comes before the request's JWT is verified" in found[0]
+
+
+def test_a_custom_policy_cannot_be_dry_run() -> None:
+    """A provider's answer is enforced whatever the annotation says, so a dry-run CUSTOM
+    policy would not be what it claims: refused (ALLOW and DENY may be dry-run)."""
+    text = mesh(http("oauth")) + "---\n" + custom("check", "oauth").replace(
+        "metadata:\n", "metadata:\n  annotations: {istio.io/dry-run: 'true'}\n", 1)
+    assert any("metadata.annotations.istio.io/dry-run: a CUSTOM policy cannot be dry-run"
+               in i for i in issues(text)), issues(text)
+    allowed = custom("check", "oauth").replace(
+        "metadata:\n", "metadata:\n  annotations: {istio.io/dry-run: 'false'}\n", 1)
+    assert issues(mesh(http("oauth")) + "---\n" + allowed) == []

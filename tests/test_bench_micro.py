@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("variant", ["plain", "features", "inbound", "named", "mtls", "h2",
-                                     "cookie"])
+                                     "cookie", "authz", "authzdry"])
 async def test_each_variant_completes_requests(variant: str) -> None:
     result = await measure(variant, requests=300, repeats=2)
     assert result.variant == variant

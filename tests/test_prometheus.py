@@ -47,8 +47,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
     tmp = Path(tmp_path_factory.mktemp("prom"))
     procs: list[ProxyProcess] = []
     try:
-        reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=echo,
-                                      services={})
+        # an enforced ALLOW and a dry-run DENY: ami_authz_decisions_total for promtool
+        authorization = [{"name": "default/allow-all", "action": "ALLOW", "rules": [{}]},
+                         {"name": "default/deny-x", "dryRun": True, "action": "DENY",
+                          "rules": [{"to": [{"paths": ["/x"]}]}]}]
+        reviews, reviews_in = sidecar(tmp / "rv", "reviews", app=echo, services={},
+                                      inbound_config={"authorization": authorization})
         procs.append(reviews)
         # a named rule: its ami_route_* series for promtool and the per-rule panels
         front, _ = sidecar(tmp / "pp", "productpage", app=None,
@@ -66,15 +70,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, backends: Backends,
 
 
 def test_promtool_accepts_sidecar_and_control_plane_metrics(mesh: Mesh) -> None:
-    """`promtool check metrics` parses both /metrics bodies (the sidecar's with a named
-    rule's ami_route_* series) and finds no lint problem."""
+    """`promtool check metrics` parses the /metrics bodies (the caller's sidecar's with a
+    named rule's ami_route_* series, the callee's with its policies' ami_authz_decisions_total
+    series) and finds no lint problem."""
     promtool = required_tool("promtool")
     assert send(mesh.front, "reviews", "/x") == 200
-    for url in (f"http://127.0.0.1:{mesh.front.admin}/metrics", f"http://{mesh.cp_url}/metrics"):
+    front, reviews = (f"http://127.0.0.1:{p.admin}/metrics" for p in (mesh.front, mesh.reviews))
+    for url in (front, reviews, f"http://{mesh.cp_url}/metrics"):
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read()
-        assert (b"ami_route_requests_total{" in text) == (url.endswith(f"{mesh.front.admin}"
-                                                                         "/metrics"))
+        assert (b"ami_route_requests_total{" in text) == (url == front)
+        assert (b"ami_authz_decisions_total{" in text) == (url == reviews)
         out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                              timeout=30)
         problems = set((out.stdout + out.stderr).decode().splitlines()) - ACCEPTED_LINTS

@@ -346,6 +346,53 @@ def test_authorization_allows_and_denies_by_source_service(mesh: TcpMesh) -> Non
     assert v2_port != app_port
 
 
+DENY_WEB = """
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: db-deny-web%s
+spec:
+  selector: {service: db}
+  action: DENY
+  rules:
+    - from: [{services: [web]}]
+"""
+DRY_RUN = """
+  annotations: {istio.io/dry-run: "true"}"""
+
+
+def test_a_dry_run_deny_lets_connections_through_and_counts_them(mesh: TcpMesh) -> None:
+    """A dry-run DENY of web: web's connection reaches the app, db's sidecar counts the
+    would-be denial under the policy (dry_run="true"); enforced (the annotation removed), the
+    policy ends that open connection at the push and refuses the next one, both counted
+    (dry_run="false") and named on their access log lines, the first with its dry-run verdict
+    too."""
+    def decisions(dry_run: str) -> float:
+        return sum(metric_value(mesh.metrics(p), "ami_authz_decisions_total",
+                                destination_service="db", policy="default/db-deny-web",
+                                action="DENY", decision="deny", dry_run=dry_run)
+                   for p in mesh.db.values())
+
+    def logged(text: str) -> int:
+        return sum(p.output().count(text) for p in mesh.db.values())
+
+    try:
+        mesh.apply(DENY_WEB % DRY_RUN)
+        with mesh.connect() as sock:
+            assert banner(sock) in ("db-v1", "db-v2")
+            assert decisions("true") == 1
+            mesh.apply(DENY_WEB % "")
+            assert read_to_eof(sock) == b""  # ended by the push
+        assert refused(mesh)
+        assert (decisions("false"), decisions("true")) == (2, 0)  # (its dry-run series gone)
+        wait_for(lambda: logged('"authz_policy":"default/db-deny-web"') == 2, TIMEOUT,
+                 "the refusing policy on both connections' access log lines")
+        assert logged('"authz_policy":"default/db-deny-web","authz_dry_run":'
+                      '"deny default/db-deny-web"') == 1
+    finally:
+        mesh.delete_policy("db-deny-web")
+
+
 def test_revoking_access_ends_the_open_connections_it_no_longer_allows(mesh: TcpMesh) -> None:
     """An open connection stays open through a push whose policies still let it through, and
     ends when one no longer does (as a new one is refused): db's sidecar counts it as a denial

@@ -349,6 +349,10 @@ class AuthorizationPolicySpec:
     action: str
     rules: tuple[AuthorizationRule, ...]
     provider: str | None = None
+    # set by the snapshot, not the spec: its `namespace/name` (metrics' `policy` label) and
+    # its `istio.io/dry-run` annotation (proxy.authzstats)
+    name: str = ""
+    dry_run: bool = False
 
 
 def _path_matches(pattern: str, path: str) -> bool:

@@ -135,6 +135,7 @@ DEFS: Schema = {
         "name": _str(F.DNS_SUBDOMAIN, maxLength=253),
         "namespace": _str(F.DNS_LABEL),
         "labels": _ref("labels"),
+        "annotations": _map({"type": "string"}, F.LABEL_KEY),
         "resourceVersion": _str(),
     }, ("name",)),
     "pathMatch": _matcher(PATH_MATCHERS, path=True),

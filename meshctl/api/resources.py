@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from meshctl.api import fields as F
+from meshctl.api.annotations import annotation_map, check_annotations
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
@@ -41,6 +42,8 @@ class Resource:
     raw: Mapping[str, Any] = field(compare=False, repr=False)
     source: str | None = field(default=None, compare=False)  # file it came from, if any
     doc: int | None = field(default=None, compare=False)  # 1-based document number in source
+    # metadata.annotations; Ami reads `istio.io/dry-run` (meshctl.api.annotations)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -52,6 +55,8 @@ class Resource:
         metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if self.labels:
             metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
         if self.resource_version is not None:
             metadata["resourceVersion"] = self.resource_version
         result: dict[str, Any] = {"apiVersion": API_VERSION, "kind": self.kind,
@@ -67,6 +72,7 @@ class _Metadata:
     namespace: str = DEFAULT_NAMESPACE
     labels: Mapping[str, str] = field(default_factory=dict)
     resource_version: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_document(doc: object, source: str | None = None, index: int | None = None) -> Resource:
@@ -83,6 +89,7 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
                 spec = f.required("spec", info.parse, None)
             else:
                 spec = f.value("spec", info.parse, None) or info.parse({}, "spec")
+            check_annotations(kind, meta.annotations, f, spec)
             if kind == "MeshConfig" and meta.name and meta.name != MESH_CONFIG_NAME:
                 f.add("metadata.name", f"a MeshConfig must be named '{MESH_CONFIG_NAME}', "
                       f"got '{meta.name}'")
@@ -95,7 +102,7 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
     assert spec is not None  # finish() raised otherwise
     raw = dict(doc) if isinstance(doc, Mapping) else {}
     return Resource(kind, meta.name, meta.namespace, meta.labels, meta.resource_version, spec,
-                    raw, source, index)
+                    raw, source, index, meta.annotations)
 
 
 def _api_version(value: object, path: str) -> str:
@@ -118,6 +125,7 @@ def _parse_metadata(data: object, path: str) -> _Metadata:
                 DEFAULT_NAMESPACE),
         f.value("labels", F.labels, {}),
         f.optional("resourceVersion", F.string()),
+        f.value("annotations", annotation_map, {}),
     )
     f.finish()
     return meta

@@ -1,5 +1,5 @@
-"""``meshctl stat | edges | routes | top | tap | check | dashboard``: what the mesh is doing
-right now."""
+"""``meshctl stat | edges | routes | authz | top | tap | check | dashboard``: what the mesh is
+doing right now."""
 
 from __future__ import annotations
 
@@ -144,6 +144,33 @@ def routes(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors
+def authz(args: argparse.Namespace) -> int:
+    body = _get(make_client(args), "/api/v1/authz", service=args.service,
+                namespace=args.namespace, window=args.window)
+    if args.output == "json":
+        print(output.to_json(body), end="")
+        return 0
+    if body.get("message"):
+        print(body["message"])
+        return 0
+    rows = [(r["policy"], r["action"] or "-", "yes" if r["dryRun"] else "no",
+             _decided(r, "allowed"), _decided(r, "denied"), f"{r['rps']:.1f}")
+            for r in body["rows"]]
+    print(output.render_table(("POLICY", "ACTION", "DRY-RUN", "ALLOWED", "DENIED", "RPS"),
+                              rows), end="")
+    return 0
+
+
+def _decided(row: dict[str, Any], decision: str) -> str:
+    """A row's count of ``decision``; `-` where its policy never makes it (a DENY policy
+    allows nothing: it lets the others decide)."""
+    makes = {"ALLOW": "allowed", "DENY": "denied"}.get(row["action"] or "")
+    if row["policy"] == "[none]":
+        makes = "denied" if row["action"] == "ALLOW" else "allowed"
+    return str(row[decision]) if makes == decision else "-"
+
+
 def _security(edge: dict[str, Any]) -> str:
     if edge.get("mtlsShare") is None and edge.get("tcpConnections") is None:
         return "-"  # every request was answered by the caller's sidecar
@@ -278,7 +305,7 @@ def dashboard(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """Register stat, edges, routes, top, tap, check and dashboard."""
+    """Register stat, edges, routes, authz, top, tap, check and dashboard."""
     def command(name: str, summary: str, more: str = "",
                 lead: str = "") -> argparse.ArgumentParser:
         # `--help` says what the command does too, not only its options
@@ -312,6 +339,15 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table",
                    help="wide: also each row's share of the requests and the rule's backends")
     p.set_defaults(func=routes)
+    p = command("authz", "requests allowed and denied per AuthorizationPolicy of a service",
+                "Dry-run policies count what they would have decided; [none]: requests no "
+                "policy's rule decided (docs/observability.md).")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
+    p.add_argument("--window", default="30s", type=window_arg,
+                   help="e.g. 30s, 5m (default 30s)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.set_defaults(func=authz)
     p = command("top", "a live view of a service's busiest paths",
                 "Needs the API token (AMI_TOKEN or .ami/token), as tap does.")
     p.add_argument("service", metavar="SERVICE")

@@ -180,10 +180,12 @@ def _authorization(data: dict[str, Any]) -> list[str]:
     items = data["authorizationPolicies"]
     if not items:
         return ["Authorization:     <none> (every caller allowed)"]
+    # a dry-run policy decides nothing: said so where its action is (meshctl authz counts it)
     return ["Authorization:", *_table(
         ["NAME", "SELECTOR", "ACTION", "RULES", "VERSION"],
         [[a["name"], a["selector"] or "<namespace>",
-          f"CUSTOM ({a['provider']})" if a.get("provider") else a["action"], str(a["rules"]),
+          (f"CUSTOM ({a['provider']})" if a.get("provider") else a["action"])
+          + (" (dry-run)" if a.get("dryRun") else ""), str(a["rules"]),
           a["resourceVersion"]] for a in items])]
 
 

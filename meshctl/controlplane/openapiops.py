@@ -107,6 +107,14 @@ def _observe_paths() -> dict[str, Any]:
             "edges", "Who calls whom, with the mTLS share (meshctl edges)",
             {"200": json_body("Edges", "an edge per (source, destination) version pair"),
              **errors(400)}, tag="Observe", parameters=[_WINDOW])},
+        "/api/v1/authz": {"get": op(
+            "authz", "Requests allowed and denied per AuthorizationPolicy of a service "
+            "(meshctl authz)",
+            {"200": json_body("AuthzStats", "a row per policy, and [none]"),
+             **errors(400, 404)},
+            tag="Observe", parameters=[
+                {**_SERVICE, "required": True},
+                query("namespace", "the service's namespace (default)"), _WINDOW])},
         "/api/v1/top": {"get": op(
             "top", "Busiest paths from a short tap (meshctl top; privileged)",
             {"200": json_body("Top", "paths, busiest first"), **errors(401)},

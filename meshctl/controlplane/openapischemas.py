@@ -122,6 +122,16 @@ SCHEMAS: dict[str, Any] = {
                          p95=_NUM_OR_NULL, p99=_NUM_OR_NULL, share=_NUM_OR_NULL,
                          backends={**_STR, "description": "e.g. v1=90,v2=10"})),
         message=_STR_OR_NULL),
+    "AuthzStats": _obj(
+        ("service", "namespace", "window", "policies", "rows"),
+        service=_STR, namespace=_STR, window=_NUM,
+        policies=_array(_obj(("policy", "action", "dryRun"), policy=_STR, action=_STR,
+                             dryRun=_BOOL)),
+        rows=_array(_obj(("policy", "action", "dryRun", "allowed", "denied", "rps"),
+                         policy={**_STR, "description": "namespace/name, or [none]"},
+                         action=_STR_OR_NULL, dryRun=_BOOL, allowed=_INT, denied=_INT,
+                         rps=_NUM)),
+        message=_STR_OR_NULL),
     "Top": _obj(("seconds", "rows"), seconds=_NUM, rows=_array(_obj(
         ("destination", "method", "path", "count", "successRate"),
         destination=_STR, method=_STR, path=_STR, count=_INT, successRate=_NUM, best=_NUM,

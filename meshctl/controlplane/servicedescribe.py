@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshctl.api.annotations import is_dry_run
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
@@ -161,7 +162,8 @@ class ServiceDescription:
                 continue
             entry = {**_ref(obj), "selector": spec.service}
             if isinstance(spec, AuthorizationPolicySpec):
-                entry.update(action=spec.action, rules=len(spec.rules))
+                entry.update(action=spec.action, rules=len(spec.rules),
+                             dryRun=is_dry_run(obj.resource.annotations))
                 if spec.provider is not None:  # CUSTOM: the extensionProviders item it asks
                     entry["provider"] = spec.provider
             else:

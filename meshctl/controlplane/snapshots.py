@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from meshctl.api.annotations import is_dry_run
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
@@ -79,6 +80,15 @@ def _dumps(value: Any) -> str:
 def _raw_spec(resource: Resource) -> dict[str, Any]:
     spec = resource.raw.get("spec") or {}
     return dict(json.loads(json.dumps(spec)))  # deep, JSON-safe copy
+
+
+def _policy_item(resource: Resource) -> dict[str, Any]:
+    """An AuthorizationPolicy as sidecars get it: its spec, its `namespace/name` (the label
+    its decisions are counted under) and, when annotated so, ``dryRun`` (absent otherwise)."""
+    item = {"name": f"{resource.namespace}/{resource.name}", **_raw_spec(resource)}
+    if is_dry_run(resource.annotations):
+        item["dryRun"] = True
+    return item
 
 
 def _subset(subset: Subset, raw: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +422,7 @@ class SnapshotBuilder:
             return inbound_selects(service, proxy.service, proxy.mode)
 
         inbound: dict[str, Any] = {"authorization": [
-            _raw_spec(r) for r in self._by_kind.get("AuthorizationPolicy", [])
+            _policy_item(r) for r in self._by_kind.get("AuthorizationPolicy", [])
             if r.namespace == proxy.namespace and isinstance(r.spec, AuthorizationPolicySpec)
             and selects(r.spec.service)]}
         authentication = [

@@ -3,6 +3,7 @@
     GET /api/v1/stat?service=&from=&window=30s   golden metrics per service version
     GET /api/v1/edges?window=30s                   who calls whom, with mTLS share
     GET /api/v1/routes?service=&namespace=&window=  golden metrics per named Route rule
+    GET /api/v1/authz?service=&namespace=&window=   decisions per AuthorizationPolicy
     GET /api/v1/top?service=&seconds=2             busiest paths, from a short tap (privileged)
     GET /api/v1/tap?service=&path=&method=&n=      SSE of live requests (privileged)
     GET /api/v1/check                              grouped health checks
@@ -37,6 +38,7 @@ from meshctl.controlplane.describetarget import (
 from meshctl.controlplane.httpapi import STORE, json_error, list_response
 from meshctl.controlplane.names import ServiceNames
 from meshctl.observe.admincall import AdminCaller
+from meshctl.observe.authzreport import authz_report, policies_about
 from meshctl.observe.canarychecks import canary_checks
 from meshctl.observe.checks import (
     Group,
@@ -197,6 +199,33 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         return web.json_response(routes_report(service, namespace, label, window, declared,
                                                rules, callers))
 
+    async def authz(request: web.Request) -> web.Response:
+        observer.ensure_started()
+        q = request.query
+        service = q.get("service", "")
+        if not service:
+            return json_error(400, "BadRequest", "service: required")
+        namespace = q.get("namespace") or "default"
+        window = parse_window(q.get("window"))
+        proxies = await list_proxies(scraper.source)
+        names = ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
+                             for p in proxies if p.get("service"))
+        label = names.metrics_name(service, namespace)
+        own = [p for p in proxies if p.get("service") == service
+               and str(p.get("namespace") or "default") == namespace]
+        declared = policies_about(
+            [o.resource for o in await request.app[STORE].list("AuthorizationPolicy")],
+            service, namespace, gateway=bool(own) and all(p.get("mode") == "gateway"
+                                                          for p in own))
+        counts = scraper.window.decision_counts(observer.clock(), window)
+        if not declared and names.resolve(service, namespace) != (service, namespace) \
+                and not any(r.key[0] == label for r, _ in counts):
+            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
+                              " (no sidecar of it is registered and no decision about it was "
+                              "seen; meshctl proxy-status lists the proxies)")
+        return web.json_response(authz_report(service, namespace, label, window, declared,
+                                              counts))
+
     async def check(request: web.Request) -> web.Response:
         body = await list_proxies(scraper.source)
         store = request.app[STORE]
@@ -328,7 +357,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
 
     return [
         web.get("/api/v1/stat", stat), web.get("/api/v1/edges", edges),
-        web.get("/api/v1/routes", routes),
+        web.get("/api/v1/routes", routes), web.get("/api/v1/authz", authz),
         web.get("/api/v1/check", check), web.get("/api/v1/dashboard/state", state),
         web.get("/api/v1/tap", tap), web.get("/api/v1/top", top),
         web.get("/api/v1/proxies/{name}/config_dump", config_dump),

@@ -30,6 +30,9 @@ NO_TCP: TcpCounts = (0.0, 0.0, 0.0, 0.0)
 ROUTE_LABELS = ("reporter", "destination_service", "route", "rule", "response_code",
                 "grpc_response_status")
 R_REPORTER, R_DST, R_ROUTE, R_RULE, R_CODE, R_GRPC = range(6)
+# A policy's decision series key (ami_authz_decisions, proxy.authzstats.AUTHZ_LABELS).
+AUTHZ_LABELS = ("destination_service", "policy", "action", "decision", "dry_run")
+A_DST, A_POLICY, A_ACTION, A_DECISION, A_DRY_RUN = range(5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,13 @@ class Scrape:
     # the named rules' series (ami_route_*, keys of ROUTE_LABELS) as a scrape of their own,
     # so the request rate code reads them alike; None when the proxy exports none
     routes: Scrape | None = None
+    # the policies' decision series (ami_authz_decisions, keys of AUTHZ_LABELS), likewise
+    authz: Scrape | None = None
+
+    def decisions(self) -> Scrape:
+        """The policies' decision series (an empty scrape at the same time when none)."""
+        return self.authz if self.authz is not None else Scrape(
+            self.time, start_time=self.start_time)
 
     def rules(self) -> Scrape:
         """The named rules' series (an empty scrape at the same time when there are none)."""
@@ -59,11 +69,13 @@ class Scrape:
 
 def parse_scrape(text: str, time: float) -> Scrape:
     """Read ``ami_requests_total``, the duration histogram, the ``ami_tcp_*`` counters, the
-    policy counters, the named rules' series and the process start time."""
+    policy counters, the named rules' series, the authorization policies' decisions and the
+    process start time."""
     requests: dict[Key, float] = {}
     raw_buckets: dict[Key, list[tuple[float, float]]] = {}
     rule_requests: dict[Key, float] = {}
     rule_buckets: dict[Key, list[tuple[float, float]]] = {}
+    decisions: dict[Key, float] = {}
     counters: dict[str, float] = {}
     by_service: dict[str, dict[str, float]] = {}
     start_time: float | None = None
@@ -88,6 +100,10 @@ def parse_scrape(text: str, time: float) -> Scrape:
                     le = float(s.labels["le"]) * 1000.0
                     rule_buckets.setdefault(_key(s.labels, ROUTE_LABELS), []).append(
                         (le, s.value))
+        elif family.name == "ami_authz_decisions":
+            for s in family.samples:
+                if s.name == "ami_authz_decisions_total":
+                    decisions[_key(s.labels, AUTHZ_LABELS)] = s.value
         elif family.name == START_TIME:
             start_time = next((s.value for s in family.samples), None)
         elif family.type == "counter" and family.name.startswith("ami_"):
@@ -107,8 +123,9 @@ def parse_scrape(text: str, time: float) -> Scrape:
     buckets = {k: tuple(sorted(v)) for k, v in raw_buckets.items()}
     routes = Scrape(time, rule_requests, {k: tuple(sorted(v)) for k, v in rule_buckets.items()},
                     start_time=start_time) if rule_requests else None
+    authz = Scrape(time, decisions, start_time=start_time) if decisions else None
     return Scrape(time, requests, buckets, counters, start_time, by_service,
-                  {k: (v[0], v[1], v[2], v[3]) for k, v in tcp.items()}, routes)
+                  {k: (v[0], v[1], v[2], v[3]) for k, v in tcp.items()}, routes, authz)
 
 
 def _key(labels: dict[str, str], names: tuple[str, ...] = LABELS) -> Key:

@@ -131,6 +131,16 @@ class ScrapeWindow:
             callers.extend(r for r in rates_over(span) if r.key[REPORTER] == "source")
         return rules, callers
 
+    def decision_counts(self, end: float, window: float) -> list[tuple[Rate, float]]:
+        """Over the same scrapes as ``rates``: per proxy, the rate of each of its policies'
+        decision series (keys of samples.AUTHZ_LABELS) and its increase (the rate times the
+        time between the proxy's first and last scrape there)."""
+        out: list[tuple[Rate, float]] = []
+        for span in self._spans(end, window):
+            elapsed = span[-1].time - span[0].time
+            out.extend((r, r.rps * elapsed) for r in rates_over([s.decisions() for s in span]))
+        return out
+
     def tcp(self, end: float, window: float, prefer: str = "destination") -> list[TcpSeries]:
         """TCP series per proxy over the same scrapes as ``rates`` (open connections need only
         the last one), each connection counted once (see ``one_tcp_reporter``)."""
