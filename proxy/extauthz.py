@@ -249,8 +249,8 @@ def _named(patterns: HeaderPatterns, name: bytes) -> bool:
 class _Call:
     """The check's exchange on an upstream connection (the callbacks it makes)."""
 
-    __slots__ = ("_body", "_conn", "_head_only", "_headers", "answer", "interim", "pool",
-                 "response_started", "status", "upstream_keep_alive")
+    __slots__ = ("_body", "_conn", "_head_only", "_headers", "_size", "answer", "interim",
+                 "pool", "response_started", "status", "upstream_keep_alive")
 
     # _conn: the connection while it carries the check (None once it ended, either way)
 
@@ -260,6 +260,7 @@ class _Call:
         self.answer = answer
         self._head_only = head_only
         self._body: list[bytes] = []
+        self._size = 0  # the body's bytes so far (a running count: chunks may be many)
         self._headers: list[tuple[bytes, bytes]] = []
         self._conn: UpstreamConnection | None = None
         self.interim = False
@@ -291,7 +292,8 @@ class _Call:
 
     def upstream_body(self, chunk: bytes) -> None:
         self._body.append(chunk)
-        if sum(map(len, self._body)) > MAX_ANSWER:
+        self._size += len(chunk)
+        if self._size > MAX_ANSWER:
             conn, self._conn = self._conn, None
             self._fail(f"answer body over {MAX_ANSWER} bytes")
             if conn is not None:

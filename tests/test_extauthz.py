@@ -385,3 +385,51 @@ async def test_a_static_config_naming_an_unknown_provider_fails_closed(
         assert (await roundtrip(port, get("api", "/open"))).status == 200
     finally:
         proxy.stop()
+
+
+# --- a static sidecar and a raw provider: what the provider's answer can do ----------------
+def static_custom(app: int, provider: int, **http: Any) -> dict[str, Any]:
+    """A static config: `api` (app on `app`) whose CUSTOM policy asks, for every request,
+    the ExternalService host authz.test on `provider` (pathPrefix /check)."""
+    return {
+        "node": {"service": "api"}, "app": f"127.0.0.1:{app}", "mesh": {"mtls": "PERMISSIVE"},
+        "external": {"authz.test": {"ports": [{"number": provider, "protocol": "HTTP"}],
+                                    "endpoints": ["127.0.0.1"]}},
+        "inbound": {
+            "authorization": [{"action": "CUSTOM", "provider": {"name": "raw"},
+                               "rules": [{}]}],
+            "extAuthz": [{"name": "raw", "envoyExtAuthzHttp": {
+                "service": "authz.test", "port": provider, "pathPrefix": "/check",
+                "timeout": "2s", **http}}]}}
+
+
+async def raw_answer(answer: bytes, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    """Read one check (a head, no body) and write ``answer`` for it."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(answer)
+    await writer.drain()
+
+
+async def test_a_provider_answer_of_many_small_chunks_is_read_in_linear_time(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """An answer body in many tiny chunks (under the 64 KiB bound) is counted as it comes,
+    not summed again at every chunk: the proxy answers at once and keeps serving."""
+    chunks = b"1\r\nx\r\n" * 60000
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
+        + b"0\r\n\r\n", r, w))
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port), inbound=port)
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        denied = await roundtrip(port, get("api", "/x"))
+        took = loop.time() - began
+        assert (denied.status, denied.header("x-ami-reason")) == (403, "ext_authz_denied")
+        assert denied.body == b"x" * 60000
+        assert took < 3, f"the answer took {took:.1f}s"
+    finally:
+        proxy.stop()
