@@ -150,9 +150,11 @@ class ExtAuthzCheck:
         self._count("allowed")
         upstream = [(n, v) for n, v in answer.headers
                     if _named(spec.headers_to_upstream_on_allow, n)]
-        if upstream:  # set on the request: an existing header of the name is replaced
-            names = {n for n, _ in upstream}
-            ex.headers = [h for h in ex.headers if h[0].lower() not in names] + upstream
+        if upstream:  # set on the request: an existing header of the name is replaced,
+            # in each spelling an app reads as it (`x_user` is HTTP_X_USER, as `x-user`)
+            names = {n.replace(b"_", b"-") for n, _ in upstream}
+            ex.headers = [h for h in ex.headers
+                          if h[0].lower().replace(b"_", b"-") not in names] + upstream
         downstream = [(n, v) for n, v in answer.headers
                       if _named(spec.headers_to_downstream_on_allow, n)]
         if downstream:

@@ -433,3 +433,25 @@ async def test_a_provider_answer_of_many_small_chunks_is_read_in_linear_time(
         assert took < 3, f"the answer took {took:.1f}s"
     finally:
         proxy.stop()
+
+
+async def test_a_clients_underscore_spelling_of_an_upstream_header_is_replaced_too(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """headersToUpstreamOnAllow replaces the client's header of that name in every spelling
+    an app may read as it (`x_ext_user` is HTTP_X_EXT_USER to WSGI, as `x-ext-user`): a
+    client cannot forge the provider's header by writing `_` for `-`."""
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 200 OK\r\nx-ext-user: alice\r\ncontent-length: 0\r\n\r\n", r, w))
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port, headersToUpstreamOnAllow=["x-ext-user"]), inbound=port)
+    try:
+        resp = await roundtrip(port, get("api", "/x", "x_ext_user: mallory\r\n"
+                                                     "X_Ext-User: eve\r\n"))
+        assert resp.status == 200, resp.body
+        seen = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+        assert seen.get("x-ext-user") == "alice"
+        assert not {"x_ext_user", "x_ext-user"} & set(seen), seen
+    finally:
+        proxy.stop()
