@@ -455,3 +455,33 @@ async def test_a_clients_underscore_spelling_of_an_upstream_header_is_replaced_t
         assert not {"x_ext_user", "x_ext-user"} & set(seen), seen
     finally:
         proxy.stop()
+
+
+async def test_a_static_config_with_two_providers_for_a_workload_fails_closed(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """One provider per workload (the control plane refuses a second); a static config may
+    still name two: the requests either's rules select are refused (403 ext_authz_error,
+    as Istio denies), not the second's let through unchecked."""
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", r, w))
+    config = static_custom(echo, provider.port)
+    inbound = config["inbound"]
+    inbound["authorization"] = [
+        {"action": "CUSTOM", "provider": {"name": "raw"},
+         "rules": [{"to": [{"paths": ["/one/*"]}]}]},
+        {"action": "CUSTOM", "provider": {"name": "other"},
+         "rules": [{"to": [{"paths": ["/two/*"]}]}]}]
+    inbound["extAuthz"].append({"name": "other", "envoyExtAuthzHttp": {
+        "service": "authz.test", "port": provider.port, "pathPrefix": "/other"}})
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), config, inbound=port)
+    try:
+        for path in ("/one/x", "/two/x"):
+            refused = await roundtrip(port, get("api", path))
+            assert (refused.status, refused.header("x-ami-reason")) == (
+                403, "ext_authz_error"), (path, refused.body)
+        assert (await roundtrip(port, get("api", "/open"))).status == 200
+        assert "two or more providers" in proxy.stderr()
+    finally:
+        proxy.stop()
