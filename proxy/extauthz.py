@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxy.clientaddress import trusted_client
+from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authz import AuthorizationRule
@@ -68,7 +69,8 @@ class ExtAuthzCheck:
 
     def __init__(self, admit: Callable[[Exchange], Any], provider: str, spec: ExtAuthzHttp,
                  rules: Sequence[AuthorizationRule], backend: Backend | None,
-                 stats: RequestStats, labels: tuple[tuple[str, str], ...], port: int) -> None:
+                 stats: RequestStats, labels: tuple[tuple[str, str], ...], port: int,
+                 proxy_protocol: bool = False) -> None:
         self.admit = admit
         self.provider = provider
         self.spec = spec
@@ -78,6 +80,9 @@ class ExtAuthzCheck:
         self.labels = labels
         self.port = port
         self.reads_remote = any(r.reads_remote for r in self.rules)
+        # a gateway behind a PROXY protocol balancer: `ipBlocks` judge the connection's own
+        # peer (the balancer), the rest the header's client, as in InboundPolicy.admit
+        self.reads_direct = proxy_protocol and any(r.reads_direct for r in self.rules)
         extra = tuple((k.encode("latin-1"), v.encode("latin-1"))
                       for k, v in spec.include_additional_headers)
         self._extra = extra
@@ -105,6 +110,9 @@ class ExtAuthzCheck:
         method = ex.method.decode("latin-1")
         headers = _header_values(ex)
         address = conn.client_ip.decode("latin-1")
+        if self.reads_direct:
+            remote = remote or address
+            address = direct_peer(conn)
         return any(r.matches(conn.peer_identity, conn.peer_service, conn.peer_namespace,
                              method, ex.path, headers, True, None, None, self.port,
                              ex.authority, address, remote) for r in self.rules)

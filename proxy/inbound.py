@@ -122,6 +122,7 @@ class InboundPolicy:
         # connection's own peer (the balancer), the rest the client the header named
         self.reads_direct = proxy_protocol and any(r.reads_direct for p in policies
                                                    for r in p.rules)
+        self.proxy_protocol = proxy_protocol  # (so do a CUSTOM policy's: proxy.extauthz)
         self.mtls_mode = mtls_mode
         self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats

@@ -510,7 +510,7 @@ class RouterBuilder:
 
         name, spec, rules = policy.custom
         return ExtAuthzCheck(policy.admit, name, spec, rules, provider_backend(self, spec),
-                             policy.stats, policy.labels, policy.port)
+                             policy.stats, policy.labels, policy.port, policy.proxy_protocol)
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
                      scheme: str = "http") -> dict[str, HostRoute]:

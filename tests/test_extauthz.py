@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from tests import meshbuilder
@@ -485,3 +486,41 @@ async def test_a_static_config_with_two_providers_for_a_workload_fails_closed(
         assert "two or more providers" in proxy.stderr()
     finally:
         proxy.stop()
+
+
+async def test_at_a_proxy_protocol_gateway_custom_ip_blocks_judge_the_balancer(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """Behind `--proxy-protocol`, `ipBlocks` judge the connection's own peer (the balancer)
+    and `remoteIpBlocks` the client the header names, for CUSTOM rules as for DENY and
+    ALLOW: a CUSTOM rule for everything that came through the balancers (on loopback here)
+    checks a request whatever client the header names, instead of letting it through."""
+    from proxy.proxyprotocol import v1
+    from tests.proxyharness import ProxyProcess
+    from tests.test_gateway_proxy_protocol import send
+
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n", r, w))
+    proc = ProxyProcess(tmp_path, {"echo": [echo]}, args=("--mode", "gateway",
+                                                          "--proxy-protocol"))
+    port = proc.listen_as_gateway([{"destination": "echo"}])
+    config = yaml.safe_load(proc.config.read_text())
+    custom = static_custom(echo, provider.port)
+    config["external"] = custom["external"]
+    config["inbound"] = {
+        "authorization": [
+            {"selector": {"service": "client"}, "action": "CUSTOM",
+             "provider": {"name": "raw"},
+             "rules": [{"from": [{"ipBlocks": ["127.0.0.0/8"]}]}]},
+            {"selector": {"service": "client"}, "action": "CUSTOM",
+             "provider": {"name": "raw"},
+             "rules": [{"from": [{"remoteIpBlocks": ["203.0.113.0/24"]}]}]}],
+        "extAuthz": custom["inbound"]["extAuthz"]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        for client in ("198.51.100.9", "203.0.113.5"):
+            denied = await send(port, v1(client, 1, "192.0.2.1", 2) + get("echo", "/a"))
+            assert (denied.status, denied.header("x-ami-reason")) == (
+                401, "ext_authz_denied"), (client, denied.status, denied.body)
+    finally:
+        proc.stop()
