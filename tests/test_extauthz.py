@@ -32,7 +32,7 @@ from tests import meshbuilder
 from tests.h2app import h2_request
 from tests.helpers_mesh import wait_for
 from tests.ports import free_port
-from tests.proxyharness import Backends, get, roundtrip
+from tests.proxyharness import Backends, eventually, get, roundtrip
 from tests.resources import document, documents, mesh_config
 from tests.test_mtls_static import mesh_ca, mint, start_proxy
 
@@ -524,3 +524,33 @@ async def test_at_a_proxy_protocol_gateway_custom_ip_blocks_judge_the_balancer(
                 401, "ext_authz_denied"), (client, denied.status, denied.body)
     finally:
         proc.stop()
+
+
+async def test_a_check_ended_early_closes_its_connection_to_the_provider(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """A provider that never answers: the check's connection is closed when the client
+    leaves, and when the provider's timeout refuses the request; not left open to it."""
+    ended: list[str] = []
+
+    async def silent(_b: Any, reader: asyncio.StreamReader, _w: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode()
+        if await reader.read() == b"":  # nothing more comes; EOF when the proxy closes
+            ended.append(path)
+
+    provider = backends.raw(silent)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port, timeout="1s"), inbound=port)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("api", "/leaving"))
+        await eventually(lambda: provider.accepted >= 1, what="the check asked")
+        writer.close()
+        await eventually(lambda: "/check/leaving" in ended, 5, what="the check closed")
+        refused = await roundtrip(port, get("api", "/waiting"))
+        assert (refused.status, refused.header("x-ami-reason")) == (403, "ext_authz_error")
+        await eventually(lambda: "/check/waiting" in ended, 5, what="the timed-out check")
+    finally:
+        proxy.stop()
