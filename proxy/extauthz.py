@@ -327,6 +327,12 @@ class _Call:
         conn.abort()
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if (self.response_started and not self.interim and conn.content_length is None
+                and not conn.transfer_encoding):
+            # A body delimited by the close (an HTTP/1.0 server's): complete at EOF.
+            self.upstream_keep_alive = False
+            self.upstream_complete(conn)
+            return
         self._fail("connection lost before a complete answer")
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:

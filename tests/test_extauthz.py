@@ -554,3 +554,33 @@ async def test_a_check_ended_early_closes_its_connection_to_the_provider(
         await eventually(lambda: "/check/waiting" in ended, 5, what="the timed-out check")
     finally:
         proxy.stop()
+
+
+async def test_an_answer_whose_body_ends_at_close_is_an_answer(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """An answer without Content-Length or chunking (an HTTP/1.0 server's, Python's
+    http.server: its body ends when the connection does) is complete at the close, as any
+    response is: allowed (with its headers) or denied (with its body), not an error."""
+    async def http10(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" /check/deny" in head:
+            writer.write(b"HTTP/1.0 401 Unauthorized\r\nx-why: no key\r\n\r\nno key here\n")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\nx-ext-user: alice\r\n\r\n")
+        await writer.drain()
+
+    provider = backends.raw(http10)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port, headersToUpstreamOnAllow=["x-ext-user"]), inbound=port)
+    try:
+        allowed = await roundtrip(port, get("api", "/allow"))
+        assert allowed.status == 200, allowed.body
+        seen = {k.lower(): v for k, v in json.loads(allowed.body)["headers"]}
+        assert seen["x-ext-user"] == "alice"
+        denied = await roundtrip(port, get("api", "/deny"))
+        assert (denied.status, denied.header("x-ami-reason"), denied.header("x-why"),
+                denied.body) == (401, "ext_authz_denied", "no key", b"no key here\n")
+    finally:
+        proxy.stop()
