@@ -199,7 +199,8 @@ class ExtAuthzCheck:
 
     def _head(self, ex: Exchange, pool: EndpointPool) -> bytes:
         """The check request: the method, pathPrefix + the path (and query) and the allowed
-        headers of the original, and no body (as Envoy's HTTP ext_authz client)."""
+        headers of the original (those the proxy adds to it included), and no body (as
+        Envoy's HTTP ext_authz client)."""
         spec = self.spec
         target = ex.target if ex.target.startswith(b"/") else ex.path.encode("latin-1")
         parts = [ex.method, b" ", spec.path_prefix.encode("latin-1"), target,
@@ -213,6 +214,15 @@ class ExtAuthzCheck:
             text = low.decode("latin-1")
             if text in _ALWAYS or (wanted and text in wanted):
                 parts.extend((name, b": ", value, b"\r\n"))
+        if wanted:  # what the proxy writes itself (x-forwarded-for and -proto, x-request-id,
+            # XFCC), as Envoy's connection manager does before its filters: as the app gets it
+            for lines in ex.head_tail:
+                for line in lines.split(b"\r\n"):
+                    name, colon, value = line.partition(b":")
+                    low = name.strip().lower()
+                    if (colon and low not in _NOT_SENT and low not in self._extra_names
+                            and low.decode("latin-1") in wanted):
+                        parts.extend((low, b": ", value.strip(), b"\r\n"))
         for name, value in self._extra:
             parts.extend((name, b": ", value, b"\r\n"))
         if pool.tls is not None:  # who asks, for the provider's sidecar: over mTLS only

@@ -584,3 +584,36 @@ async def test_an_answer_whose_body_ends_at_close_is_an_answer(
                 denied.body) == (401, "ext_authz_denied", "no key", b"no key here\n")
     finally:
         proxy.stop()
+
+
+async def test_the_check_carries_the_forwarding_headers_it_names_as_the_app_gets_them(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """x-forwarded-for (the client's own and this hop's), x-forwarded-proto and
+    x-request-id are the proxy's to write (as Envoy's connection manager writes them before
+    its filters run): a check naming them gets them as the app does, not none of them."""
+    asked: list[dict[str, str]] = []
+
+    async def record(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        asked.append({k.strip().lower(): v.strip() for k, _, v in
+                      (line.partition(":") for line in head[1:] if line)})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    provider = backends.raw(record)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port,
+        includeRequestHeadersInCheck=["x-forwarded-*", "x-request-id"]), inbound=port)
+    try:
+        resp = await roundtrip(port, get("api", "/x", "x-forwarded-for: 198.51.100.7\r\n"
+                                                     "x-forwarded-proto: https\r\n"))
+        assert resp.status == 200, resp.body
+        app = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+        [check] = asked
+        for name in ("x-forwarded-for", "x-forwarded-proto", "x-request-id"):
+            assert check.get(name) == app[name], (name, check, app)
+        assert check["x-forwarded-for"].startswith("198.51.100.7, ")
+    finally:
+        proxy.stop()
