@@ -51,6 +51,11 @@ class CheckFailed(Exception):
     """The provider gave no usable answer (no endpoint, a reset, a malformed answer)."""
 
 
+class _Unanswered(CheckFailed):
+    """The connection ended before any byte of the answer (a kept-alive one the provider
+    closed meanwhile: the check, which has no body, may be sent again)."""
+
+
 class Answer:
     """The provider's answer: status, headers as (lower-case name, value), body."""
 
@@ -186,13 +191,21 @@ class ExtAuthzCheck:
         pool = backend.pick_endpoint() if backend is not None else None
         if pool is None:
             raise CheckFailed(f"no endpoint of {self.spec.service}")
+        head = self._head(ex, pool)
         conn = pool.take_idle()
-        if conn is None:
-            conn = await pool.connect()
+        if conn is not None:
+            try:
+                return await self._send(ex, pool, conn, head)
+            except _Unanswered:
+                pass  # closed by the provider as it was reused: once more, on a new one
+        return await self._send(ex, pool, await pool.connect(), head)
+
+    async def _send(self, ex: Exchange, pool: EndpointPool, conn: UpstreamConnection,
+                    head: bytes) -> Answer:
         call = _Call(pool, asyncio.get_running_loop().create_future(), ex.method == b"HEAD")
         call._conn = conn
         try:
-            conn.send(call, self._head(ex, pool))
+            conn.send(call, head)
             return await call.answer
         finally:
             call.drop()
@@ -295,10 +308,10 @@ class _Call:
         if conn is not None:
             conn.abort()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, error: type[CheckFailed] = CheckFailed) -> None:
         self._conn = None
         if not self.answer.done():
-            self.answer.set_exception(CheckFailed(why))
+            self.answer.set_exception(error(why))
 
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200:
@@ -342,6 +355,9 @@ class _Call:
             # A body delimited by the close (an HTTP/1.0 server's): complete at EOF.
             self.upstream_keep_alive = False
             self.upstream_complete(conn)
+            return
+        if not self.response_started and not self.interim and not conn.head_bytes:
+            self._fail("connection lost before an answer", _Unanswered)
             return
         self._fail("connection lost before a complete answer")
 

@@ -617,3 +617,28 @@ async def test_the_check_carries_the_forwarding_headers_it_names_as_the_app_gets
         assert check["x-forwarded-for"].startswith("198.51.100.7, ")
     finally:
         proxy.stop()
+
+
+async def test_a_kept_alive_connection_the_provider_closed_is_not_an_error(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """A provider that closes an idle kept-alive connection as the next check is written on
+    it (a keep-alive timeout meeting the check, or a server closing after each answer
+    without saying so) answers nothing there: the check (no body: safe to send again) is
+    asked once more on a new connection, not refused as ext_authz_error."""
+    async def one_per_connection(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next check on it: closed unanswered
+
+    provider = backends.raw(one_per_connection)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port), inbound=port)
+    try:
+        for path in ("/first", "/second", "/third"):
+            resp = await roundtrip(port, get("api", path))
+            assert resp.status == 200, (path, resp.body)
+    finally:
+        proxy.stop()
