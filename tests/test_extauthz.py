@@ -642,3 +642,50 @@ async def test_a_kept_alive_connection_the_provider_closed_is_not_an_error(
             assert resp.status == 200, (path, resp.body)
     finally:
         proxy.stop()
+
+
+async def test_the_body_waits_paused_until_the_decision_then_arrives_whole(
+        tmp_path: Path, backends: Backends) -> None:
+    """While the provider has not answered, the app gets nothing of the request and the
+    client is no longer read past the 64 KiB held (its writes back up: 32 MiB do not fit in
+    the socket buffers); once allowed, every byte reaches the app, in order."""
+    decide = asyncio.Event()
+    body = bytes(range(256)) * (32 * 4096)  # 32 MiB
+
+    async def waiting(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await decide.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def counting(backend: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        from tests.proxyharness import read_request
+
+        request = await read_request(reader)
+        assert request is not None
+        ok = request.body == body
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n" + (b"y" if ok else b"n"))
+        await writer.drain()
+
+    provider = backends.raw(waiting)
+    app = backends.raw(counting)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(app.port, provider.port, timeout="60s"), inbound=port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("api", "/upload", body=body, method="POST"))
+        await eventually(lambda: provider.accepted == 1, what="the check asked")
+        with pytest.raises(TimeoutError):  # paused: the client's writes back up
+            await asyncio.wait_for(writer.drain(), 2)
+        assert app.accepted == 0  # nothing of it reached the app
+        backends.loop.call_soon_threadsafe(decide.set)
+        await asyncio.wait_for(writer.drain(), 30)
+        from tests.proxyharness import read_response
+
+        resp = await asyncio.wait_for(read_response(reader), 30)
+        assert (resp.status, resp.body) == (200, b"y")
+        writer.close()
+    finally:
+        proxy.stop()
