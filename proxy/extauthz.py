@@ -51,6 +51,11 @@ class CheckFailed(Exception):
     """The provider gave no usable answer (no endpoint, a reset, a malformed answer)."""
 
 
+class _Unanswered(CheckFailed):
+    """The connection ended before any byte of the answer (a kept-alive one the provider
+    closed meanwhile: the check, which has no body, may be sent again)."""
+
+
 class Answer:
     """The provider's answer: status, headers as (lower-case name, value), body."""
 
@@ -158,9 +163,11 @@ class ExtAuthzCheck:
         self._count("allowed")
         upstream = [(n, v) for n, v in answer.headers
                     if _named(spec.headers_to_upstream_on_allow, n)]
-        if upstream:  # set on the request: an existing header of the name is replaced
-            names = {n for n, _ in upstream}
-            ex.headers = [h for h in ex.headers if h[0].lower() not in names] + upstream
+        if upstream:  # set on the request: an existing header of the name is replaced,
+            # in each spelling an app reads as it (`x_user` is HTTP_X_USER, as `x-user`)
+            names = {n.replace(b"_", b"-") for n, _ in upstream}
+            ex.headers = [h for h in ex.headers
+                          if h[0].lower().replace(b"_", b"-") not in names] + upstream
         downstream = [(n, v) for n, v in answer.headers
                       if _named(spec.headers_to_downstream_on_allow, n)]
         if downstream:
@@ -184,20 +191,29 @@ class ExtAuthzCheck:
         pool = backend.pick_endpoint() if backend is not None else None
         if pool is None:
             raise CheckFailed(f"no endpoint of {self.spec.service}")
+        head = self._head(ex, pool)
         conn = pool.take_idle()
-        if conn is None:
-            conn = await pool.connect()
+        if conn is not None:
+            try:
+                return await self._send(ex, pool, conn, head)
+            except _Unanswered:
+                pass  # closed by the provider as it was reused: once more, on a new one
+        return await self._send(ex, pool, await pool.connect(), head)
+
+    async def _send(self, ex: Exchange, pool: EndpointPool, conn: UpstreamConnection,
+                    head: bytes) -> Answer:
         call = _Call(pool, asyncio.get_running_loop().create_future(), ex.method == b"HEAD")
         call._conn = conn
         try:
-            conn.send(call, self._head(ex, pool))
+            conn.send(call, head)
             return await call.answer
         finally:
             call.drop()
 
     def _head(self, ex: Exchange, pool: EndpointPool) -> bytes:
         """The check request: the method, pathPrefix + the path (and query) and the allowed
-        headers of the original, and no body (as Envoy's HTTP ext_authz client)."""
+        headers of the original (those the proxy adds to it included), and no body (as
+        Envoy's HTTP ext_authz client)."""
         spec = self.spec
         target = ex.target if ex.target.startswith(b"/") else ex.path.encode("latin-1")
         parts = [ex.method, b" ", spec.path_prefix.encode("latin-1"), target,
@@ -211,6 +227,15 @@ class ExtAuthzCheck:
             text = low.decode("latin-1")
             if text in _ALWAYS or (wanted and text in wanted):
                 parts.extend((name, b": ", value, b"\r\n"))
+        if wanted:  # what the proxy writes itself (x-forwarded-for and -proto, x-request-id,
+            # XFCC), as Envoy's connection manager does before its filters: as the app gets it
+            for lines in ex.head_tail:
+                for line in lines.split(b"\r\n"):
+                    name, colon, value = line.partition(b":")
+                    low = name.strip().lower()
+                    if (colon and low not in _NOT_SENT and low not in self._extra_names
+                            and low.decode("latin-1") in wanted):
+                        parts.extend((low, b": ", value.strip(), b"\r\n"))
         for name, value in self._extra:
             parts.extend((name, b": ", value, b"\r\n"))
         if pool.tls is not None:  # who asks, for the provider's sidecar: over mTLS only
@@ -257,8 +282,8 @@ def _named(patterns: HeaderPatterns, name: bytes) -> bool:
 class _Call:
     """The check's exchange on an upstream connection (the callbacks it makes)."""
 
-    __slots__ = ("_body", "_conn", "_head_only", "_headers", "answer", "interim", "pool",
-                 "response_started", "status", "upstream_keep_alive")
+    __slots__ = ("_body", "_conn", "_head_only", "_headers", "_size", "answer", "interim",
+                 "pool", "response_started", "status", "upstream_keep_alive")
 
     # _conn: the connection while it carries the check (None once it ended, either way)
 
@@ -268,6 +293,7 @@ class _Call:
         self.answer = answer
         self._head_only = head_only
         self._body: list[bytes] = []
+        self._size = 0  # the body's bytes so far (a running count: chunks may be many)
         self._headers: list[tuple[bytes, bytes]] = []
         self._conn: UpstreamConnection | None = None
         self.interim = False
@@ -282,10 +308,10 @@ class _Call:
         if conn is not None:
             conn.abort()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, error: type[CheckFailed] = CheckFailed) -> None:
         self._conn = None
         if not self.answer.done():
-            self.answer.set_exception(CheckFailed(why))
+            self.answer.set_exception(error(why))
 
     def upstream_headers(self, conn: UpstreamConnection, status: int) -> bool:
         if status < 200:
@@ -299,7 +325,8 @@ class _Call:
 
     def upstream_body(self, chunk: bytes) -> None:
         self._body.append(chunk)
-        if sum(map(len, self._body)) > MAX_ANSWER:
+        self._size += len(chunk)
+        if self._size > MAX_ANSWER:
             conn, self._conn = self._conn, None
             self._fail(f"answer body over {MAX_ANSWER} bytes")
             if conn is not None:
@@ -323,6 +350,15 @@ class _Call:
         conn.abort()
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if (self.response_started and not self.interim and conn.content_length is None
+                and not conn.transfer_encoding):
+            # A body delimited by the close (an HTTP/1.0 server's): complete at EOF.
+            self.upstream_keep_alive = False
+            self.upstream_complete(conn)
+            return
+        if not self.response_started and not self.interim and not conn.head_bytes:
+            self._fail("connection lost before an answer", _Unanswered)
+            return
         self._fail("connection lost before a complete answer")
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:

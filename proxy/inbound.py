@@ -68,21 +68,30 @@ def custom_check(policies: Sequence[AuthorizationPolicySpec],
                  ) -> tuple[str, ExtAuthzHttp, tuple[AuthorizationRule, ...]] | None:
     """The CUSTOM policies' provider and their rules together (one provider per workload,
     as Istio: the control plane refuses a second), or None when none applies. A provider
-    the snapshot does not describe (a static config's) fails closed: the requests its rules
-    select get 403 `ext_authz_error`."""
+    the snapshot does not describe, or a second provider (a static config's), fails closed:
+    the requests the CUSTOM rules select get 403 `ext_authz_error`."""
     from meshctl.api.extauthz import ExtAuthzHttp
 
     custom = [p for p in policies if p.action == "CUSTOM" and p.rules]
     if not custom:
         return None
-    name = custom[0].provider or ""
+    names = sorted({p.provider or "" for p in custom})
+    rules = tuple(r for p in custom for r in p.rules)
+    if len(names) > 1:
+        # (a static config's: the control plane refuses it) Every CUSTOM rule fails closed,
+        # as Istio denies: none of them is let through unchecked.
+        log.warning("AuthorizationPolicy CUSTOM names two or more providers for this "
+                    "workload (%s), which takes one: the requests their rules select are "
+                    "refused", ", ".join(names))
+        return ",".join(names), ExtAuthzHttp("<several providers>", 0), rules
+    name = names[0]
     spec = next((p.http for p in providers if p.name == name), None)
     if spec is None:
         log.warning("AuthorizationPolicy CUSTOM names provider %r, which this proxy's "
                     "configuration does not describe: the requests it selects are refused",
                     name)
         spec = ExtAuthzHttp(f"<unknown provider {name}>", 0)
-    return name, spec, tuple(r for p in custom if p.provider == name for r in p.rules)
+    return name, spec, rules
 
 
 class InboundPolicy:
@@ -122,6 +131,7 @@ class InboundPolicy:
         self.proxy_protocol = proxy_protocol
         self.reads_direct = proxy_protocol and any(r.reads_direct for p in policies
                                                    for r in p.rules)
+        self.proxy_protocol = proxy_protocol  # (so do a CUSTOM policy's: proxy.extauthz)
         self.mtls_mode = mtls_mode
         self.port = port  # the local app's: what `to: [{ports: [...]}]` names
         self.stats = stats

@@ -55,6 +55,15 @@ def test_provider_fields_and_defaults() -> None:
     assert default.http.timeout == DEFAULT_TIMEOUT == 600.0  # Istio's 10m
 
 
+def test_status_on_error_as_istio_writes_it() -> None:
+    """Istio's statusOnError is a string ("503", quoted as its configs have it): taken as
+    the status, as a number is; any other string is refused."""
+    [doc] = load_documents(mesh(http(statusOnError="503")), "r.yaml")
+    assert isinstance(doc.spec, MeshConfigSpec)
+    assert doc.spec.extension_providers[0].http.status_on_error == 503
+    assert any("statusOnError" in i for i in issues(mesh(http(statusOnError="forbidden"))))
+
+
 @pytest.mark.parametrize(("fields", "expected"), [
     ({"includeRequestBodyInCheck": {"maxRequestBytes": 100}},
      "spec.extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck: not supported"),

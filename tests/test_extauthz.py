@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from tests import meshbuilder
 from tests.h2app import h2_request
 from tests.helpers_mesh import wait_for
 from tests.ports import free_port
-from tests.proxyharness import Backends, get, roundtrip
+from tests.proxyharness import Backends, eventually, get, roundtrip
 from tests.resources import document, documents, mesh_config
 from tests.test_mtls_static import mesh_ca, mint, start_proxy
 
@@ -383,5 +384,308 @@ async def test_a_static_config_naming_an_unknown_provider_fails_closed(
         refused = await roundtrip(port, get("api", "/guarded/x"))
         assert (refused.status, refused.header("x-ami-reason")) == (403, "ext_authz_error")
         assert (await roundtrip(port, get("api", "/open"))).status == 200
+    finally:
+        proxy.stop()
+
+
+# --- a static sidecar and a raw provider: what the provider's answer can do ----------------
+def static_custom(app: int, provider: int, **http: Any) -> dict[str, Any]:
+    """A static config: `api` (app on `app`) whose CUSTOM policy asks, for every request,
+    the ExternalService host authz.test on `provider` (pathPrefix /check)."""
+    return {
+        "node": {"service": "api"}, "app": f"127.0.0.1:{app}", "mesh": {"mtls": "PERMISSIVE"},
+        "external": {"authz.test": {"ports": [{"number": provider, "protocol": "HTTP"}],
+                                    "endpoints": ["127.0.0.1"]}},
+        "inbound": {
+            "authorization": [{"action": "CUSTOM", "provider": {"name": "raw"},
+                               "rules": [{}]}],
+            "extAuthz": [{"name": "raw", "envoyExtAuthzHttp": {
+                "service": "authz.test", "port": provider, "pathPrefix": "/check",
+                "timeout": "2s", **http}}]}}
+
+
+async def raw_answer(answer: bytes, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    """Read one check (a head, no body) and write ``answer`` for it."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(answer)
+    await writer.drain()
+
+
+async def test_a_provider_answer_of_many_small_chunks_is_read_in_linear_time(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """An answer body in many tiny chunks (under the 64 KiB bound) is counted as it comes,
+    not summed again at every chunk: the proxy answers at once and keeps serving."""
+    chunks = b"1\r\nx\r\n" * 60000
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
+        + b"0\r\n\r\n", r, w))
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port), inbound=port)
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        denied = await roundtrip(port, get("api", "/x"))
+        took = loop.time() - began
+        assert (denied.status, denied.header("x-ami-reason")) == (403, "ext_authz_denied")
+        assert denied.body == b"x" * 60000
+        assert took < 3, f"the answer took {took:.1f}s"
+    finally:
+        proxy.stop()
+
+
+async def test_a_clients_underscore_spelling_of_an_upstream_header_is_replaced_too(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """headersToUpstreamOnAllow replaces the client's header of that name in every spelling
+    an app may read as it (`x_ext_user` is HTTP_X_EXT_USER to WSGI, as `x-ext-user`): a
+    client cannot forge the provider's header by writing `_` for `-`."""
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 200 OK\r\nx-ext-user: alice\r\ncontent-length: 0\r\n\r\n", r, w))
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port, headersToUpstreamOnAllow=["x-ext-user"]), inbound=port)
+    try:
+        resp = await roundtrip(port, get("api", "/x", "x_ext_user: mallory\r\n"
+                                                     "X_Ext-User: eve\r\n"))
+        assert resp.status == 200, resp.body
+        seen = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+        assert seen.get("x-ext-user") == "alice"
+        assert not {"x_ext_user", "x_ext-user"} & set(seen), seen
+    finally:
+        proxy.stop()
+
+
+async def test_a_static_config_with_two_providers_for_a_workload_fails_closed(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """One provider per workload (the control plane refuses a second); a static config may
+    still name two: the requests either's rules select are refused (403 ext_authz_error,
+    as Istio denies), not the second's let through unchecked."""
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", r, w))
+    config = static_custom(echo, provider.port)
+    inbound = config["inbound"]
+    inbound["authorization"] = [
+        {"action": "CUSTOM", "provider": {"name": "raw"},
+         "rules": [{"to": [{"paths": ["/one/*"]}]}]},
+        {"action": "CUSTOM", "provider": {"name": "other"},
+         "rules": [{"to": [{"paths": ["/two/*"]}]}]}]
+    inbound["extAuthz"].append({"name": "other", "envoyExtAuthzHttp": {
+        "service": "authz.test", "port": provider.port, "pathPrefix": "/other"}})
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), config, inbound=port)
+    try:
+        for path in ("/one/x", "/two/x"):
+            refused = await roundtrip(port, get("api", path))
+            assert (refused.status, refused.header("x-ami-reason")) == (
+                403, "ext_authz_error"), (path, refused.body)
+        assert (await roundtrip(port, get("api", "/open"))).status == 200
+        assert "two or more providers" in proxy.stderr()
+    finally:
+        proxy.stop()
+
+
+async def test_at_a_proxy_protocol_gateway_custom_ip_blocks_judge_the_balancer(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """Behind `--proxy-protocol`, `ipBlocks` judge the connection's own peer (the balancer)
+    and `remoteIpBlocks` the client the header names, for CUSTOM rules as for DENY and
+    ALLOW: a CUSTOM rule for everything that came through the balancers (on loopback here)
+    checks a request whatever client the header names, instead of letting it through."""
+    from proxy.proxyprotocol import v1
+    from tests.proxyharness import ProxyProcess
+    from tests.test_gateway_proxy_protocol import send
+
+    provider = backends.raw(lambda _b, r, w: raw_answer(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n", r, w))
+    proc = ProxyProcess(tmp_path, {"echo": [echo]}, args=("--mode", "gateway",
+                                                          "--proxy-protocol"))
+    port = proc.listen_as_gateway([{"destination": "echo"}])
+    config = yaml.safe_load(proc.config.read_text())
+    custom = static_custom(echo, provider.port)
+    config["external"] = custom["external"]
+    config["inbound"] = {
+        "authorization": [
+            {"selector": {"service": "client"}, "action": "CUSTOM",
+             "provider": {"name": "raw"},
+             "rules": [{"from": [{"ipBlocks": ["127.0.0.0/8"]}]}]},
+            {"selector": {"service": "client"}, "action": "CUSTOM",
+             "provider": {"name": "raw"},
+             "rules": [{"from": [{"remoteIpBlocks": ["203.0.113.0/24"]}]}]}],
+        "extAuthz": custom["inbound"]["extAuthz"]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        for client in ("198.51.100.9", "203.0.113.5"):
+            denied = await send(port, v1(client, 1, "192.0.2.1", 2) + get("echo", "/a"))
+            assert (denied.status, denied.header("x-ami-reason")) == (
+                401, "ext_authz_denied"), (client, denied.status, denied.body)
+    finally:
+        proc.stop()
+
+
+async def test_a_check_ended_early_closes_its_connection_to_the_provider(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """A provider that never answers: the check's connection is closed when the client
+    leaves, and when the provider's timeout refuses the request; not left open to it."""
+    ended: list[str] = []
+
+    async def silent(_b: Any, reader: asyncio.StreamReader, _w: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode()
+        if await reader.read() == b"":  # nothing more comes; EOF when the proxy closes
+            ended.append(path)
+
+    provider = backends.raw(silent)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port, timeout="1s"), inbound=port)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("api", "/leaving"))
+        await eventually(lambda: provider.accepted >= 1, what="the check asked")
+        writer.close()
+        await eventually(lambda: "/check/leaving" in ended, 5, what="the check closed")
+        refused = await roundtrip(port, get("api", "/waiting"))
+        assert (refused.status, refused.header("x-ami-reason")) == (403, "ext_authz_error")
+        await eventually(lambda: "/check/waiting" in ended, 5, what="the timed-out check")
+    finally:
+        proxy.stop()
+
+
+async def test_an_answer_whose_body_ends_at_close_is_an_answer(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """An answer without Content-Length or chunking (an HTTP/1.0 server's, Python's
+    http.server: its body ends when the connection does) is complete at the close, as any
+    response is: allowed (with its headers) or denied (with its body), not an error."""
+    async def http10(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" /check/deny" in head:
+            writer.write(b"HTTP/1.0 401 Unauthorized\r\nx-why: no key\r\n\r\nno key here\n")
+        else:
+            writer.write(b"HTTP/1.0 200 OK\r\nx-ext-user: alice\r\n\r\n")
+        await writer.drain()
+
+    provider = backends.raw(http10)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port, headersToUpstreamOnAllow=["x-ext-user"]), inbound=port)
+    try:
+        allowed = await roundtrip(port, get("api", "/allow"))
+        assert allowed.status == 200, allowed.body
+        seen = {k.lower(): v for k, v in json.loads(allowed.body)["headers"]}
+        assert seen["x-ext-user"] == "alice"
+        denied = await roundtrip(port, get("api", "/deny"))
+        assert (denied.status, denied.header("x-ami-reason"), denied.header("x-why"),
+                denied.body) == (401, "ext_authz_denied", "no key", b"no key here\n")
+    finally:
+        proxy.stop()
+
+
+async def test_the_check_carries_the_forwarding_headers_it_names_as_the_app_gets_them(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """x-forwarded-for (the client's own and this hop's), x-forwarded-proto and
+    x-request-id are the proxy's to write (as Envoy's connection manager writes them before
+    its filters run): a check naming them gets them as the app does, not none of them."""
+    asked: list[dict[str, str]] = []
+
+    async def record(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        asked.append({k.strip().lower(): v.strip() for k, _, v in
+                      (line.partition(":") for line in head[1:] if line)})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    provider = backends.raw(record)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"), static_custom(
+        echo, provider.port,
+        includeRequestHeadersInCheck=["x-forwarded-*", "x-request-id"]), inbound=port)
+    try:
+        resp = await roundtrip(port, get("api", "/x", "x-forwarded-for: 198.51.100.7\r\n"
+                                                     "x-forwarded-proto: https\r\n"))
+        assert resp.status == 200, resp.body
+        app = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
+        [check] = asked
+        for name in ("x-forwarded-for", "x-forwarded-proto", "x-request-id"):
+            assert check.get(name) == app[name], (name, check, app)
+        assert check["x-forwarded-for"].startswith("198.51.100.7, ")
+    finally:
+        proxy.stop()
+
+
+async def test_a_kept_alive_connection_the_provider_closed_is_not_an_error(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """A provider that closes an idle kept-alive connection as the next check is written on
+    it (a keep-alive timeout meeting the check, or a server closing after each answer
+    without saying so) answers nothing there: the check (no body: safe to send again) is
+    asked once more on a new connection, not refused as ext_authz_error."""
+    async def one_per_connection(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next check on it: closed unanswered
+
+    provider = backends.raw(one_per_connection)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(echo, provider.port), inbound=port)
+    try:
+        for path in ("/first", "/second", "/third"):
+            resp = await roundtrip(port, get("api", path))
+            assert resp.status == 200, (path, resp.body)
+    finally:
+        proxy.stop()
+
+
+async def test_the_body_waits_paused_until_the_decision_then_arrives_whole(
+        tmp_path: Path, backends: Backends) -> None:
+    """While the provider has not answered, the app gets nothing of the request and the
+    client is no longer read past the 64 KiB held (its writes back up: 32 MiB do not fit in
+    the socket buffers); once allowed, every byte reaches the app, in order."""
+    decide = asyncio.Event()
+    body = bytes(range(256)) * (32 * 4096)  # 32 MiB
+
+    async def waiting(_b: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await decide.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def counting(backend: Any, reader: asyncio.StreamReader, writer: Any) -> None:
+        from tests.proxyharness import read_request
+
+        request = await read_request(reader)
+        assert request is not None
+        ok = request.body == body
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n" + (b"y" if ok else b"n"))
+        await writer.drain()
+
+    provider = backends.raw(waiting)
+    app = backends.raw(counting)
+    ca = mesh_ca(tmp_path / "ca")
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(ca, "api"),
+                        static_custom(app.port, provider.port, timeout="60s"), inbound=port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("api", "/upload", body=body, method="POST"))
+        await eventually(lambda: provider.accepted == 1, what="the check asked")
+        with pytest.raises(TimeoutError):  # paused: the client's writes back up
+            await asyncio.wait_for(writer.drain(), 2)
+        assert app.accepted == 0  # nothing of it reached the app
+        backends.loop.call_soon_threadsafe(decide.set)
+        await asyncio.wait_for(writer.drain(), 30)
+        from tests.proxyharness import read_response
+
+        resp = await asyncio.wait_for(read_response(reader), 30)
+        assert (resp.status, resp.body) == (200, b"y")
+        writer.close()
     finally:
         proxy.stop()

@@ -3,6 +3,7 @@ envoyExtAuthzHttp) that AuthorizationPolicy `action: CUSTOM` delegates to."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +107,13 @@ def _parse_http(data: object, path: str) -> ExtAuthzHttp:
     return spec
 
 
+STATUS_TEXT = r"^[2-5][0-9][0-9]$"
+
+
 def _status(data: object, path: str) -> int:
+    """200-599; or as Istio writes it (its statusOnError is a string: "503")."""
+    if isinstance(data, str) and re.fullmatch(STATUS_TEXT, data):
+        data = int(data)
     return F.integer(200, 599)(data, path)
 
 

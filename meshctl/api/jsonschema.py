@@ -22,7 +22,7 @@ from meshctl.api.authz import (
 )
 from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
-from meshctl.api.extauthz import EXTENSION_NAME, HEADER_PATTERN, PATH_PREFIX
+from meshctl.api.extauthz import EXTENSION_NAME, HEADER_PATTERN, PATH_PREFIX, STATUS_TEXT
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
 from meshctl.api.kinds import (
     GATEWAY_HOST,
@@ -400,7 +400,8 @@ _SPECS: dict[str, Schema] = {
             "envoyExtAuthzHttp": _obj({
                 "service": _str(F.DNS_SUBDOMAIN, maxLength=253), "port": _int(1, 65535),
                 "timeout": _duration(), "pathPrefix": _str(PATH_PREFIX),
-                "failOpen": {"type": "boolean"}, "statusOnError": _int(200, 599),
+                "failOpen": {"type": "boolean"}, "statusOnError": {"anyOf": [
+                    _int(200, 599), _str(STATUS_TEXT)]},
                 "includeRequestHeadersInCheck": _list(_str(HEADER_PATTERN)),
                 "includeHeadersInCheck": _list(_str(HEADER_PATTERN)),
                 "includeAdditionalHeadersInCheck": _map(_str(F.HEADER_FIELD_VALUE),
