@@ -12,6 +12,7 @@ AMI_LOGGERS = (
     "ami.proxy.agent",       # the control-plane stream: connect, config applied, NACKs
     "ami.proxy.appprobe",    # whether the local app serves
     "ami.proxy.connection",  # DEBUG: client connections opened and closed
+    "ami.proxy.extauthz",    # CUSTOM policies' provider: errors and timeouts asking it
     "ami.proxy.identity",    # workload certificates
     "ami.proxy.inbound",     # inbound policy (JWT refusals)
     "ami.proxy.jwt",         # JSON Web Key Sets
