@@ -122,6 +122,7 @@ def _rules(m: RouteMatch, rule: RouteRule, service: str) -> list[dict[str, Any]]
     if m.query:
         conditions["query"] = {q.name: _matcher(q.type, q.value) for q in m.query}
     full = _replaces_full_path(rule)
+    variants: list[tuple[dict[str, str], str | None]]
     if m.path_type == "Exact":
         variants = [({"exact": m.path}, m.path)]
     elif m.path_type == "RegularExpression":
@@ -144,10 +145,9 @@ def _rules(m: RouteMatch, rule: RouteRule, service: str) -> list[dict[str, Any]]
 
 
 def _replaces_full_path(rule: RouteRule) -> bool:
-    for modifier in (rule.rewrite and rule.rewrite.path, rule.redirect and rule.redirect.path):
-        if modifier is not None and modifier.type == "ReplaceFullPath":
-            return True
-    return False
+    modifiers = (rule.rewrite.path if rule.rewrite else None,
+                 rule.redirect.path if rule.redirect else None)
+    return any(m is not None and m.type == "ReplaceFullPath" for m in modifiers)
 
 
 def _matcher(type_: str, value: str) -> dict[str, str]:

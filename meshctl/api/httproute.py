@@ -200,7 +200,7 @@ def _parse_path(data: object, path: str) -> tuple[str, str]:
         f.add(f.at("value"), f"must start with '/', got {value!r}")
     elif type_ == "RegularExpression":
         _compiles(f, value, f.at("value"))
-    elif not _URI_OK(value):
+    elif not _uri_ok(value):
         f.add(f.at("value"), "a path in visible ASCII without '?' or '#'")
     f.finish()
     if type_ == "PathPrefix" and len(value) > 1:
@@ -208,7 +208,7 @@ def _parse_path(data: object, path: str) -> tuple[str, str]:
     return type_, value
 
 
-def _URI_OK(value: str) -> bool:  # noqa: N802 - reads as the check it is
+def _uri_ok(value: str) -> bool:
     try:
         _URI(value, "")
     except Exception:
@@ -329,7 +329,7 @@ def _parse_filter(data: object, path: str) -> tuple[str, object]:
     value: object = None
     if type_ in fields:
         key, parse = fields[type_]
-        value = f.required(key, parse, None)  # type: ignore[operator]
+        value = f.required(key, parse, None)
         for other, _ in fields.values():
             if other != key and f.has(other):
                 f.add(f.at(other), f"only {key} goes with type {type_}")
