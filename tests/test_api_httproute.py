@@ -140,11 +140,12 @@ def test_schema_refuses_what_the_parser_refuses(document: dict[str, Any]) -> Non
 
 
 def test_beside_an_ami_route_refused_and_reported() -> None:
-    resources = load_documents("""apiVersion: ami.mesh/v1alpha1
+    route = load_documents("""apiVersion: ami.mesh/v1alpha1
 kind: Route
 metadata: {name: reviews}
 spec: {host: reviews.default.svc.cluster.local, rules: [{backends: [{subset: v1}]}]}
-""", "route.yaml") + [parse_document(doc())]
+""", "route.yaml")
+    resources = [*route, parse_document(doc())]
     issues = [str(i) for i in validate_set(resources)]
     assert any("spec.parentRefs[0]: service reviews.default already has a Route" in i
                for i in issues), issues
