@@ -180,13 +180,23 @@ def test_precedence_across_httproutes(clean: GammaMesh) -> None:
     assert clean.call("/other") == (200, b"reviews-v1")
 
 
-def test_status_get_and_describe(clean: GammaMesh) -> None:
-    """status.parents says Accepted and ResolvedRefs; a backend without sidecars is
-    BackendNotFound; `get` and `describe` show it."""
-    clean.apply_synced(httproute("split", """  - backendRefs:
-      - {name: reviews-v1, port: 9080}
-"""), httproute("ghost", """  - backendRefs: [{name: nobody, port: 9080}]
+def test_status_get_and_describe(clean: GammaMesh, tmp_path: Path) -> None:
+    """`meshctl apply` and `diff` take an HTTPRoute file; status.parents says Accepted and
+    ResolvedRefs; a backend without sidecars is BackendNotFound; `get` and `describe` show
+    it, and `describe service` shows the Route rules it makes."""
+    clean.apply_synced(httproute("ghost", """  - backendRefs: [{name: nobody, port: 9080}]
 """, parent="echo"))
+    file = tmp_path / "split.yaml"
+    file.write_text(httproute("split", """  - backendRefs:
+      - {name: reviews-v1, port: 9080}
+"""))
+    applied = clean.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0 and "httproute" in applied.stdout.lower(), applied
+    diff = clean.meshctl("diff", "-f", str(file))
+    assert diff.returncode == 0 and diff.stdout == "", diff
+    service = clean.meshctl("describe", "service", "reviews")
+    assert service.returncode == 0, service.stderr
+    assert "httproute:split" in service.stdout and "reviews-v1" in service.stdout
     status, doc = http_json(clean.cp.info["api"]
                             + "/api/v1/namespaces/default/httproutes/split")
     assert status == 200 and doc["apiVersion"] == "gateway.networking.k8s.io/v1"

@@ -153,7 +153,8 @@ class SnapshotBuilder:
         self._by_kind: dict[str, list[Resource]] = {}
         resources = list(resources)
         # HTTPRoutes (GAMMA) become the Routes they mean: one engine (meshctl.api.gamma).
-        for r in sorted([*resources, *routes_of(resources)], key=lambda r: r.key):
+        self.derived_routes = routes_of(resources)
+        for r in sorted([*resources, *self.derived_routes], key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
                   if isinstance(r.spec, MeshConfigSpec)]
