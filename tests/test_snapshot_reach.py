@@ -295,7 +295,8 @@ async def test_no_snapshot_is_stale_after_resource_churn(seed: int) -> None:
     """Random writes and deletes of Routes, HTTPRoutes, policies, ExternalServices,
     authorization, Telemetry, Sidecars and PeerAuthentication (and a sidecar joining now and
     then): after each pass every connected proxy's snapshot is what a full rebuild gives, and
-    every one, reached or not, runs a config that includes the store's revision (a shift's wait ends)."""
+    every one, reached or not, runs a config that includes the store's revision (a shift's
+    wait ends)."""
     rng = random.Random(seed)
     clock = FakeClock()
     rec, _, pushed = await plane(clock)
