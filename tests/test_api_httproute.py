@@ -117,6 +117,10 @@ def test_timeouts_mirror_and_consumer_route() -> None:
     (doc([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
         "set": [{"name": "content-length", "value": "0"}]}}]}]),
      "requestHeaderModifier.set[0].name: 'content-length' frames the message"),
+    (doc([{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+           "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+               "type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}]),
+     "spec.rules[0].matches: URLRewrite with ReplacePrefixMatch needs PathPrefix matches"),
     (doc([{"timeouts": {"request": "1s", "backendRequest": "2s"}}]),
      "spec.rules[0].timeouts.backendRequest: must not be longer than request"),
     (doc([{"timeouts": {"request": "1.5s"}}]), "spec.rules[0].timeouts.request: expected a "

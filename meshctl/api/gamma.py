@@ -11,12 +11,13 @@ first match wins.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshctl.api.durations import format_duration
-from meshctl.api.errors import Issue
+from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.httproute import (
     HeaderModifier,
     HTTPRouteSpec,
@@ -28,6 +29,7 @@ from meshctl.api.kinds import RouteSpec
 from meshctl.api.resources import Resource
 from meshctl.api.rules import parse_rules
 
+log = logging.getLogger(__name__)
 Parent = tuple[str, str]  # (service, namespace)
 
 
@@ -71,7 +73,11 @@ def routes_of(resources: Iterable[Resource]) -> list[Resource]:
     for (namespace, parent), routes in sorted(groups.items()):
         if (namespace, f"{parent[0]}.{parent[1]}") in routed:
             continue
-        out.append(route_for(namespace, parent, routes))
+        try:
+            out.append(route_for(namespace, parent, routes))
+        except ValidationError:  # a bug here: the other services' routes still apply
+            log.exception("HTTPRoutes %s of namespace %s: no Route for %s.%s",
+                          ",".join(r.name for r in routes), namespace, *parent)
     return out
 
 

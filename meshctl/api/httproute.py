@@ -380,6 +380,12 @@ def _parse_rule(data: object, path: str) -> RouteRule:
             f.add(where, f"filter {type_} appears twice; Ami allows each filter type once "
                          "per rule (RequestMirror too: one mirror per rule)")
         by_type.setdefault(type_, value)
+    rewrite = by_type.get("URLRewrite")
+    if (isinstance(rewrite, RewriteFilter) and rewrite.path is not None
+            and rewrite.path.type == "ReplacePrefixMatch"
+            and any(m.path_type != "PathPrefix" for m in matches)):
+        f.add(f.at("matches"), "URLRewrite with ReplacePrefixMatch needs PathPrefix matches "
+                               "only: the prefix is what it replaces")
     redirect = by_type.get("RequestRedirect")
     if redirect is not None:
         for key, what in (("URLRewrite", "filter URLRewrite"),
