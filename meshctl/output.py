@@ -241,6 +241,7 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
             str(b.get("name")) for r in _spec(d).get("rules") or []
             for b in r.get("backendRefs") or []))),
         ("IN-EFFECT", _httproute_in_effect)],
+    "GRPCRoute": [],  # an HTTPRoute's (below)
     "Canary": [
         ("SERVICE", lambda d: str(_spec(d).get("service", ""))),
         ("STABLE", lambda d: str(_spec(d).get("stable", ""))),
@@ -248,6 +249,9 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("WEIGHT", _canary_status("canaryWeight", "-")),
         ("PHASE", _canary_status("phase", "Initializing"))],
 }
+
+
+_KIND_COLUMNS["GRPCRoute"] = _KIND_COLUMNS["HTTPRoute"]
 
 
 def resource_table(kind: str, docs: Sequence[Doc], all_namespaces: bool = False) -> str:

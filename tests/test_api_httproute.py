@@ -165,3 +165,18 @@ def test_status_of_an_unknown_parent() -> None:
     conditions = parent_status(r, set(), [])["parents"][0]["conditions"]
     assert [(c["type"], c["status"], c["reason"]) for c in conditions] == [
         ("Accepted", "False", "NoMatchingParent"), ("ResolvedRefs", "False", "BackendNotFound")]
+
+
+def test_grpcroute_methods_become_paths_ranked_service_then_method() -> None:
+    grpc = {**doc([{"backendRefs": [{"name": "all"}]},
+                   {"matches": [{"method": {"method": "Get"}}], "backendRefs": [{"name": "m"}]},
+                   {"matches": [{"method": {"service": "a.S"}}], "backendRefs": [{"name": "s"}]},
+                   {"matches": [{"method": {"service": "a.S", "method": "Get"}}],
+                    "backendRefs": [{"name": "sm"}]}]), "kind": "GRPCRoute"}
+    rules = rules_of(grpc)
+    assert [(r["matches"][0]["path"], r["backends"][0]["service"]) for r in rules] == [
+        ({"exact": "/a.S/Get"}, "sm"), ({"exact": "/a.S"}, "s"), ({"regex": "/[^/]+/Get"}, "m"),
+        ({"prefix": "/"}, "all")]
+    assert any("a GRPCRoute has no filter URLRewrite" in e for e in errors(
+        {**doc([{"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "h"}}]}]),
+         "kind": "GRPCRoute"}))

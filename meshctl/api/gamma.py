@@ -111,7 +111,10 @@ def route_for(namespace: str, parent: Parent, routes: list[Resource]) -> Resourc
 
 
 def _precedence(m: RouteMatch) -> tuple[int, int, int, int, int]:
-    """Sorts first what the Gateway API says wins (smaller = earlier)."""
+    """Sorts first what the Gateway API says wins (smaller = earlier); a GRPCRoute's match by
+    the characters of its service, then of its method, then its header matches."""
+    if m.grpc_rank is not None:
+        return (1, -m.grpc_rank[0], -m.grpc_rank[1], -len(m.headers), 0)
     kind = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[m.path_type]
     return (kind, -len(m.path), 0 if m.method else 1, -len(m.headers), -len(m.query))
 

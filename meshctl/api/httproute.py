@@ -62,6 +62,8 @@ class RouteMatch:
     headers: tuple[ValueMatch, ...] = ()
     query: tuple[ValueMatch, ...] = ()
     method: str | None = None
+    # a GRPCRoute's: characters of its service and method match (what ranks it, the spec's)
+    grpc_rank: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,3 +423,9 @@ def parse_httproute(data: object, path: str) -> HTTPRouteSpec:
     _refuse(f, "useDefaultGateways", "default Gateways (this route attaches to Services)")
     f.finish()
     return HTTPRouteSpec(parents, rules)
+
+
+@dataclass(frozen=True, slots=True)
+class GRPCRouteSpec(HTTPRouteSpec):
+    """spec of a GRPCRoute: an HTTPRoute whose matches name gRPC methods (each a path,
+    `/<service>/<method>`), so everything else about it is an HTTPRoute's."""

@@ -24,6 +24,7 @@ from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.extauthz import EXTENSION_NAME, HEADER_PATTERN, PATH_PREFIX
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
+from meshctl.api.grpcroute import GRPC_FILTER_TYPES
 from meshctl.api.httproute import (
     FILTER_TYPES,
     GATEWAY_DURATION,
@@ -323,6 +324,17 @@ _GW_PATH_MODIFIER = _obj({"type": {"enum": ["ReplaceFullPath", "ReplacePrefixMat
                           "replaceFullPath": _str(URI_PATH),
                           "replacePrefixMatch": _str(URI_PATH)}, ("type",))
 
+_GW_PARENTS = _list(_obj({
+    "group": {"const": "", "description": "the core group: a Service"},
+    "kind": {"const": "Service"},
+    "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
+    "port": _int(1, 65535)}, ("name", "kind")), 1)
+_GW_HOSTNAMES = _list({"type": "string"}) | {"description": "ignored for Service parents "
+                                                           "(GAMMA)"}
+_GW_MIRROR = _obj({"backendRef": _GW_BACKEND, "percent": _int(0, 100),
+                   "fraction": _obj({"numerator": _int(0), "denominator": _int(1)},
+                                    ("numerator",))}, ("backendRef",))
+
 _SPECS: dict[str, Schema] = {
     "Route": _obj({"host": _HOST, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
     "DestinationPolicy": _obj({
@@ -491,13 +503,8 @@ _SPECS: dict[str, Schema] = {
         }, ("name", "type", "url"))),
     }, ("service", "stable", "canary")),
     "HTTPRoute": _obj({
-        "parentRefs": _list(_obj({
-            "group": {"const": "", "description": "the core group: a Service"},
-            "kind": {"const": "Service"},
-            "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
-            "port": _int(1, 65535)}, ("name", "kind")), 1),
-        "hostnames": _list({"type": "string"}) | {"description": "ignored for Service parents "
-                                                                "(GAMMA)"},
+        "parentRefs": _GW_PARENTS,
+        "hostnames": _GW_HOSTNAMES,
         "rules": _list(_obj({
             "name": {"type": "string", "description": "accepted, not used"},
             "matches": _list(_obj({
@@ -516,13 +523,28 @@ _SPECS: dict[str, Schema] = {
                                   "replaceFullPath": _str(URI_PATH)}, ("type",)),
                     "port": _int(1, 65535), "statusCode": {"enum": list(REDIRECT_STATUS)}}),
                 "urlRewrite": _obj({"hostname": _str(), "path": _GW_PATH_MODIFIER}),
-                "requestMirror": _obj({
-                    "backendRef": _GW_BACKEND, "percent": _int(0, 100),
-                    "fraction": _obj({"numerator": _int(0), "denominator": _int(1)},
-                                     ("numerator",))}, ("backendRef",)),
+                "requestMirror": _GW_MIRROR,
             }, ("type",))),
             "timeouts": _obj({"request": _str(GATEWAY_DURATION),
                               "backendRequest": _str(GATEWAY_DURATION)}),
+        })),
+    }, ("parentRefs",)),
+    "GRPCRoute": _obj({
+        "parentRefs": _GW_PARENTS,
+        "hostnames": _GW_HOSTNAMES,
+        "rules": _list(_obj({
+            "name": {"type": "string", "description": "accepted, not used"},
+            "matches": _list(_obj({
+                "method": _obj({"type": {"enum": list(VALUE_TYPES)}, "service": _str(),
+                                "method": _str()}, minProperties=1),
+                "headers": _list(_GW_VALUE_MATCH)})),
+            "backendRefs": _list(_GW_BACKEND),
+            "filters": _list(_obj({
+                "type": {"enum": list(GRPC_FILTER_TYPES)},
+                "requestHeaderModifier": _GW_HEADER_MODIFIER,
+                "responseHeaderModifier": _GW_HEADER_MODIFIER,
+                "requestMirror": _GW_MIRROR,
+            }, ("type",))),
         })),
     }, ("parentRefs",)),
 }

@@ -27,7 +27,7 @@ from meshctl.api.yamlwalk import walk_yaml
 
 API_VERSION = "ami.mesh/v1alpha1"
 # Kinds of another API group, and the apiVersions they are accepted with
-FOREIGN_KINDS = {"HTTPRoute": GATEWAY_API_VERSIONS}
+FOREIGN_KINDS = {"HTTPRoute": GATEWAY_API_VERSIONS, "GRPCRoute": GATEWAY_API_VERSIONS[:1]}
 DEFAULT_NAMESPACE = "default"
 
 

@@ -23,7 +23,7 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
              f"Status:            {output.status_text(doc)}"]
     if doc.get("kind") == "Canary":  # what the control plane's canary run says
         lines += canary_lines(doc)
-    if doc.get("kind") == "HTTPRoute":  # Gateway API status: per parent Service
+    if doc.get("kind") in ("HTTPRoute", "GRPCRoute"):  # Gateway API status: per parent Service
         lines += _parent_lines(doc)
     conditions = (doc.get("status") or {}).get("conditions") or []
     if conditions:

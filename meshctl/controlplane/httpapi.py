@@ -179,7 +179,7 @@ async def _object_json(store: Store, obj: StoredObject,
                        services: Callable[[], Iterable[tuple[str, str]]] | None = None
                        ) -> dict[str, Any]:
     status = await store.status(obj.key)
-    if obj.resource.kind == "HTTPRoute" and services is not None:
+    if obj.resource.kind in ("HTTPRoute", "GRPCRoute") and services is not None:
         # Gateway API status.parents, worked out when read from what the mesh has now (which
         # services have sidecars, which Routes exist): nothing to store or keep current.
         routes = [o.resource for o in await store.list("Route", obj.resource.namespace)]

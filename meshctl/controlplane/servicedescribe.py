@@ -71,7 +71,7 @@ class ServiceDescription:
         # The Routes HTTPRoutes make (named `httproute:NAMES`), at their newest version
         newest: dict[tuple[str, str], int] = {}
         for o in self.objects:
-            if o.resource.kind == "HTTPRoute":
+            if o.resource.kind in ("HTTPRoute", "GRPCRoute"):
                 newest[(o.resource.namespace, o.resource.name)] = o.resource_version
         for r in self.builder.derived_routes:
             names = r.name.partition(":")[2].split(",")
