@@ -219,6 +219,10 @@ def test_status_get_and_describe(clean: GammaMesh, tmp_path: Path) -> None:
     got = clean.meshctl("get", "httproute", "ghost", "-o", "yaml")
     assert "reason: BackendNotFound" in got.stdout and "kind: HTTPRoute" in got.stdout
     assert clean.call(host="echo")[0] == 503  # no sidecar of `nobody`: no healthy upstream
+    everything = clean.meshctl("get", "all")
+    assert everything.returncode == 0 and "ghost" in everything.stdout, everything
+    check = clean.meshctl("check")
+    assert check.returncode in (0, 1) and "Traceback" not in check.stderr, check
 
 
 def test_route_and_httproute_for_one_service_are_refused(clean: GammaMesh,

@@ -18,6 +18,7 @@ from typing import Any
 
 from meshctl.api.durations import format_duration
 from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.hostnames import service_of
 from meshctl.api.httproute import (
     HeaderModifier,
     HTTPRouteSpec,
@@ -83,8 +84,6 @@ def routes_of(resources: Iterable[Resource]) -> list[Resource]:
 
 def service_key(host: str, namespace: str) -> str:
     """`name.ns` of a Route host written in ``namespace`` (an outside host: itself)."""
-    from meshctl.api.hostnames import service_of
-
     found = service_of(host, namespace)
     return host if found is None else f"{found[0]}.{found[1]}"
 

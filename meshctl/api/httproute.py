@@ -7,6 +7,7 @@ routes into Ami Route rules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
@@ -186,8 +187,6 @@ def _value_match(data: object, path: str) -> ValueMatch:
 
 
 def _compiles(f: Fields, pattern: str, where: str) -> None:
-    import re
-
     try:
         re.compile(pattern)
     except re.error as err:
@@ -357,8 +356,6 @@ def _parse_timeouts(data: object, path: str) -> float | None:
 
 
 def _gateway_duration(data: object, path: str) -> float:
-    import re
-
     text = F.string()(data, path)
     if not re.fullmatch(GATEWAY_DURATION, text):
         fail(path, f"expected a Gateway API duration like 10s, 500ms or 1m30s, got {text!r}")
