@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
-from meshctl.api.rules import _editable_header_name, _header_value
+from meshctl.api.rules import editable_header_name, header_value
 
 GATEWAY_API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
 PATH_TYPES = ("PathPrefix", "Exact", "RegularExpression")
@@ -241,15 +241,15 @@ def _parse_header_modifier(data: object, path: str) -> HeaderModifier:
     pairs = F.list_of(_header_pair)
     set_ = f.value("set", pairs, ())
     add = f.value("add", pairs, ())
-    remove = f.value("remove", F.list_of(_editable_header_name), ())
+    remove = f.value("remove", F.list_of(editable_header_name), ())
     f.finish()
     return HeaderModifier(set_, add, tuple(name.lower() for name in remove))
 
 
 def _header_pair(data: object, path: str) -> tuple[str, str]:
     f = Fields(data, path)
-    name = f.required("name", _editable_header_name, "")
-    value = f.required("value", _header_value, "")
+    name = f.required("name", editable_header_name, "")
+    value = f.required("value", header_value, "")
     f.finish()
     return name.lower(), value
 
