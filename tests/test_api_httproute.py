@@ -83,6 +83,18 @@ def test_precedence_exact_then_longest_prefix_then_headers_then_name() -> None:
         ({"prefix": "/"}, None, [{"service": "a"}])]
 
 
+def test_retry_makes_backend_request_each_tries_deadline() -> None:
+    (rule,) = rules_of(doc([{"timeouts": {"request": "3s", "backendRequest": "1s"},
+                             "retry": {"attempts": 2, "codes": [503, 503, 502],
+                                       "backoff": "50ms"},
+                             "backendRefs": [{"name": "a"}]}]))
+    assert rule["timeout"] == "3s"
+    assert rule["retries"] == {"attempts": 2, "perTryTimeout": "1s",
+                               "retryOn": ["connect-failure", "reset", "retriable-status-codes"],
+                               "retriableStatusCodes": [503, 502],
+                               "backoff": {"baseInterval": "50ms", "maxInterval": "500ms"}}
+
+
 def test_timeouts_mirror_and_consumer_route() -> None:
     (rule,) = rules_of(doc([{"timeouts": {"request": "2s", "backendRequest": "500ms"},
                              "filters": [{"type": "RequestMirror", "requestMirror": {
@@ -107,7 +119,7 @@ def test_timeouts_mirror_and_consumer_route() -> None:
      "spec.rules[0].filters[0].type: not supported by Ami: filter CORS"),
     (doc([{"backendRefs": [{"name": "a", "filters": []}]}]),
      "spec.rules[0].backendRefs[0].filters: not supported by Ami"),
-    (doc([{"retry": {"attempts": 2}}]), "spec.rules[0].retry: not supported by Ami"),
+    (doc([{"retry": {"codes": [200]}}]), "spec.rules[0].retry.codes[0]: "),
     (doc([{"filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {
         "type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]}]),
      "spec.rules[0].filters[0].requestRedirect.path.type: not supported by Ami"),

@@ -192,8 +192,7 @@ def _actions(out: dict[str, Any], rule: RouteRule, prefix: str | None,
             out["headers"] = {"response": headers["response"]}
         return out
     out["backends"] = backends
-    if rule.timeout is not None:
-        out["timeout"] = format_duration(rule.timeout)
+    out.update(_deadlines(rule))
     if rule.mirror is not None:
         mirror = {"service": rule.mirror.backend.name}
         out["mirror"] = mirror | ({"percent": rule.mirror.percent}
@@ -214,6 +213,32 @@ def _actions(out: dict[str, Any], rule: RouteRule, prefix: str | None,
             else value + "/"
     if rewrite:
         out["rewrite"] = rewrite
+    return out
+
+
+def _deadlines(rule: RouteRule) -> dict[str, Any]:
+    """timeouts and retry as a Route rule's `timeout` and `retries`: backendRequest is each
+    try's deadline (`perTryTimeout`) when there are retries; without, the shorter of the two
+    timeouts is the one request's."""
+    out: dict[str, Any] = {}
+    retry, request, backend = rule.retry, rule.timeout, rule.backend_timeout
+    if retry is None or retry.attempts == 0:
+        limits = [t for t in (request, backend) if t is not None]
+        if limits:
+            out["timeout"] = format_duration(min(limits))
+        return out
+    if request is not None:
+        out["timeout"] = format_duration(request)
+    retries: dict[str, Any] = {"attempts": retry.attempts}
+    if backend is not None:
+        retries["perTryTimeout"] = format_duration(backend)
+    if retry.codes:
+        retries["retryOn"] = ["connect-failure", "reset", "retriable-status-codes"]
+        retries["retriableStatusCodes"] = list(retry.codes)
+    if retry.backoff is not None:
+        retries["backoff"] = {"baseInterval": format_duration(retry.backoff),
+                              "maxInterval": format_duration(retry.backoff * 10)}
+    out["retries"] = retries
     return out
 
 

@@ -106,6 +106,16 @@ class MirrorFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    """HTTPRouteRetry (GEP-1731): up to ``attempts`` retries on ``codes`` (none: Ami's
+    default conditions), ``backoff`` the first interval."""
+
+    attempts: int
+    codes: tuple[int, ...] = ()
+    backoff: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRule:
     """One HTTPRouteRule, its filters by type (each at most once)."""
 
@@ -116,7 +126,9 @@ class RouteRule:
     redirect: RedirectFilter | None = None
     rewrite: RewriteFilter | None = None
     mirror: MirrorFilter | None = None
-    timeout: float | None = None  # min(request, backendRequest); None = no timeout
+    timeout: float | None = None  # timeouts.request; None = no timeout
+    backend_timeout: float | None = None  # timeouts.backendRequest: each try's
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,16 +355,24 @@ def _parse_filter(data: object, path: str) -> tuple[str, object]:
     return type_, value
 
 
-def _parse_timeouts(data: object, path: str) -> float | None:
+def _parse_timeouts(data: object, path: str) -> tuple[float | None, float | None]:
+    """(request, backendRequest); 0s = none (the spec's)."""
     f = Fields(data, path)
     request = f.optional("request", _gateway_duration)
     backend = f.optional("backendRequest", _gateway_duration)
     if request and backend and backend > request:
         f.add(f.at("backendRequest"), "must not be longer than request")
     f.finish()
-    # With no retries the shorter one is the deadline; 0s = none (the spec's).
-    limits = [t for t in (request, backend) if t]
-    return min(limits) if limits else None
+    return request or None, backend or None
+
+
+def _parse_retry(data: object, path: str) -> Retry:
+    f = Fields(data, path)
+    attempts = f.value("attempts", F.integer(0, 100), 1)
+    codes = f.value("codes", F.list_of(F.integer(400, 599)), ())
+    backoff = f.optional("backoff", _gateway_duration)
+    f.finish()
+    return Retry(attempts, tuple(dict.fromkeys(codes)), backoff or None)
 
 
 def _gateway_duration(data: object, path: str) -> float:
@@ -367,11 +387,11 @@ def _parse_rule(data: object, path: str) -> RouteRule:
     matches = f.value("matches", F.list_of(_parse_match), ()) or (RouteMatch(),)
     backends = f.value("backendRefs", F.list_of(_parse_backend), ())
     filters = f.value("filters", F.list_of(_parse_filter), ())
-    timeout = f.optional("timeouts", _parse_timeouts)
+    request, backend = f.value("timeouts", _parse_timeouts, (None, None))
+    retry = f.optional("retry", _parse_retry)
     f.raw("name")  # a rule's name (sectionName target): accepted, not used
     _refuse(f, "sessionPersistence", "use a DestinationPolicy's consistentHash (cookie) "
                                      "on the backend Service")
-    _refuse(f, "retry", "Route retries; declare them in an Ami Route")
     by_type: dict[str, object] = {}
     for i, (type_, value) in enumerate(filters):
         where = f"{f.at('filters')}[{i}]"
@@ -404,7 +424,7 @@ def _parse_rule(data: object, path: str) -> RouteRule:
                      redirect,  # type: ignore[arg-type]
                      by_type.get("URLRewrite"),  # type: ignore[arg-type]
                      by_type.get("RequestMirror"),  # type: ignore[arg-type]
-                     timeout)
+                     request, backend, retry)
 
 
 def parse_httproute(data: object, path: str) -> HTTPRouteSpec:

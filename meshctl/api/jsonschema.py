@@ -527,6 +527,8 @@ _SPECS: dict[str, Schema] = {
             }, ("type",))),
             "timeouts": _obj({"request": _str(GATEWAY_DURATION),
                               "backendRequest": _str(GATEWAY_DURATION)}),
+            "retry": _obj({"attempts": _int(0, 100), "codes": _list(_int(400, 599)),
+                           "backoff": _str(GATEWAY_DURATION)}),
         })),
     }, ("parentRefs",)),
     "GRPCRoute": _obj({
