@@ -161,6 +161,19 @@ def test_request_timeout_gives_504(clean: GammaMesh) -> None:
     assert clean.raw("echo", "/status/200")[0] == 200
 
 
+def test_retry_on_codes(clean: GammaMesh) -> None:
+    """retry: a 503 is tried again `attempts` times by the caller's sidecar; a 500, not in
+    codes, is not."""
+    clean.apply_synced(httproute("retry", """  - retry: {attempts: 2, codes: [503], backoff: 10ms}
+    backendRefs: [{name: echo, port: 9080}]
+""", parent="echo"))
+    before = clean.metric(clean.client, "ami_retries_total")
+    assert clean.raw("echo", "/status/503")[0] == 503
+    assert clean.metric(clean.client, "ami_retries_total") == before + 2
+    assert clean.raw("echo", "/status/500")[0] == 500
+    assert clean.metric(clean.client, "ami_retries_total") == before + 2
+
+
 def test_precedence_across_httproutes(clean: GammaMesh) -> None:
     """Across the HTTPRoutes of one Service the more specific match wins, whatever route it
     is in; equal matches go to the route first by namespace/name."""
