@@ -172,6 +172,16 @@ def _canary_status(key: str, unset: str) -> Callable[[Doc], str]:
     return lambda d: str((d.get("status") or {}).get(key, unset))
 
 
+def _httproute_in_effect(doc: Doc) -> str:
+    """`yes`, or the reasons of status.parents' conditions that are not True."""
+    parents = (doc.get("status") or {}).get("parents") or []
+    if not parents:
+        return "-"
+    reasons = [str(c.get("reason")) for p in parents for c in p.get("conditions") or []
+               if c.get("status") != "True"]
+    return _joined(dict.fromkeys(reasons)) if reasons else "yes"
+
+
 _KIND_COLUMNS: dict[str, list[Column]] = {
     "Route": [("HOST", lambda d: str(_spec(d).get("host", ""))),
               ("RULES", lambda d: str(len(_spec(d).get("rules") or []))),
@@ -222,6 +232,16 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
          else "*/*"),
         ("OUTBOUND", lambda d: str((_spec(d).get("outboundTrafficPolicy") or {}).get(
             "mode", "(mesh)")))],
+    "HTTPRoute": [
+        ("PARENTS", lambda d: _joined(dict.fromkeys(
+            str(p.get("name")) + (f".{p['namespace']}" if p.get("namespace") else "")
+            for p in _spec(d).get("parentRefs") or []))),
+        ("RULES", lambda d: str(len(_spec(d).get("rules") or []) or 1)),
+        ("BACKENDS", lambda d: _joined(dict.fromkeys(
+            str(b.get("name")) for r in _spec(d).get("rules") or []
+            for b in r.get("backendRefs") or []))),
+        ("IN-EFFECT", _httproute_in_effect)],
+    "GRPCRoute": [],  # an HTTPRoute's (below)
     "Canary": [
         ("SERVICE", lambda d: str(_spec(d).get("service", ""))),
         ("STABLE", lambda d: str(_spec(d).get("stable", ""))),
@@ -229,6 +249,9 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("WEIGHT", _canary_status("canaryWeight", "-")),
         ("PHASE", _canary_status("phase", "Initializing"))],
 }
+
+
+_KIND_COLUMNS["GRPCRoute"] = _KIND_COLUMNS["HTTPRoute"]
 
 
 def resource_table(kind: str, docs: Sequence[Doc], all_namespaces: bool = False) -> str:

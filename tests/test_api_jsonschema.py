@@ -45,7 +45,7 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     assert set(schemas) == {"Route", "DestinationPolicy", "AuthorizationPolicy",
                             "RequestAuthentication", "PeerAuthentication", "MeshConfig",
                             "Gateway", "ExternalService", "Telemetry",
-                            "Sidecar", "Canary"}
+                            "Sidecar", "Canary", "HTTPRoute", "GRPCRoute"}
     for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 

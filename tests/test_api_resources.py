@@ -99,7 +99,7 @@ def test_every_kind_parses_to_its_spec_type() -> None:
     ("apiVersion: ami.mesh/v1alpha1\nkind: VirtualService\nmetadata: {name: a}\nspec: {}",
      ["r.yaml doc 1: kind: unknown kind 'VirtualService', expected one of Route, "
       "DestinationPolicy, AuthorizationPolicy, RequestAuthentication, PeerAuthentication, "
-      "MeshConfig, Gateway, ExternalService, Telemetry, Sidecar, Canary"]),
+      "MeshConfig, Gateway, ExternalService, Telemetry, Sidecar, Canary, HTTPRoute, GRPCRoute"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: Reviews_1}\n",
      ["r.yaml doc 1: metadata.name: invalid value 'Reviews_1', expected a DNS-1123 name like "
       "reviews-v1",

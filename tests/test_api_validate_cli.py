@@ -129,7 +129,8 @@ def test_schema_writes_files(tmp_path: Path) -> None:
     assert run("schema", "-o", str(tmp_path / "out")) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["authorizationpolicy.json", "canary.json", "destinationpolicy.json",
-                     "externalservice.json", "gateway.json", "meshconfig.json",
+                     "externalservice.json", "gateway.json", "grpcroute.json", "httproute.json",
+                     "meshconfig.json",
                      "peerauthentication.json", "requestauthentication.json", "route.json",
                      "sidecar.json", "telemetry.json"]
     assert json.loads((tmp_path / "out" / "gateway.json").read_text())["title"] == "Gateway"

@@ -283,15 +283,20 @@ def churn_doc(rng: random.Random) -> str:
         f"{rng.choice([['./*'], ['./*', 'b/*'], ['*/partner.io', './*'], ['~/*']])}}}]}}\n",
         head % ("PeerAuthentication", "default") + "spec: {mtls: {mode: "
         f"{rng.choice(['STRICT', 'PERMISSIVE'])}}}}}\n",
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: h{n}, "
+        f"namespace: {ns}}}\nspec: {{parentRefs: [{{kind: Service, name: "
+        f"{rng.choice(['api', 'web'])}{rng.choice(['', ', namespace: a', ', namespace: b'])}}}], "
+        f"rules: [{{backendRefs: [{{name: {rng.choice(['api', 'db'])}}}]}}]}}\n",
     ])
 
 
 @pytest.mark.parametrize("seed", range(8))
 async def test_no_snapshot_is_stale_after_resource_churn(seed: int) -> None:
-    """Random writes and deletes of Routes, policies, ExternalServices, authorization,
-    Telemetry, Sidecars and PeerAuthentication (and a sidecar joining now and then): after
-    each pass every connected proxy's snapshot is what a full rebuild gives, and every one,
-    reached or not, runs a config that includes the store's revision (a shift's wait ends)."""
+    """Random writes and deletes of Routes, HTTPRoutes, policies, ExternalServices,
+    authorization, Telemetry, Sidecars and PeerAuthentication (and a sidecar joining now and
+    then): after each pass every connected proxy's snapshot is what a full rebuild gives, and
+    every one, reached or not, runs a config that includes the store's revision (a shift's
+    wait ends)."""
     rng = random.Random(seed)
     clock = FakeClock()
     rec, _, pushed = await plane(clock)

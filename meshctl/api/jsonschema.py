@@ -24,6 +24,15 @@ from meshctl.api.canary import HOOK_TYPES, HOOK_URL
 from meshctl.api.durations import DURATION_PATTERN, ZERO_DURATION_PATTERN
 from meshctl.api.extauthz import EXTENSION_NAME, HEADER_PATTERN, PATH_PREFIX, STATUS_TEXT
 from meshctl.api.external import ENDPOINT_ADDRESS, EXTERNAL_HOST, PROTOCOLS
+from meshctl.api.grpcroute import GRPC_FILTER_TYPES
+from meshctl.api.httproute import (
+    FILTER_TYPES,
+    GATEWAY_DURATION,
+    MAX_WEIGHT,
+    PATH_TYPES,
+    REDIRECT_STATUS,
+    VALUE_TYPES,
+)
 from meshctl.api.kinds import (
     GATEWAY_HOST,
     KINDS,
@@ -43,7 +52,7 @@ from meshctl.api.policy import (
     TLS_MODES,
     WARMUP_BALANCERS,
 )
-from meshctl.api.resources import API_VERSION
+from meshctl.api.resources import API_VERSION, FOREIGN_KINDS
 from meshctl.api.rules import (
     AUTHORITY,
     DIRECT_BODY_MAX,
@@ -303,6 +312,30 @@ _LOCALITY_LB: Schema = _obj({
                            ("from", "to")), 1),
     "failoverPriority": _list(_str(r"^[^=\s]+(=[^=\s]*)?$"), 1)})
 
+_GW_VALUE_MATCH = _obj({"type": {"enum": list(VALUE_TYPES)}, "name": _str(F.HEADER_NAME),
+                        "value": {"type": "string"}}, ("name", "value"))
+_GW_BACKEND = _obj({"group": {"const": ""}, "kind": {"const": "Service"},
+                    "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
+                    "port": _int(1, 65535), "weight": _int(0, MAX_WEIGHT)}, ("name",))
+_GW_PAIRS = _list(_obj({"name": _str(F.HEADER_NAME), "value": {"type": "string"}},
+                       ("name", "value")))
+_GW_HEADER_MODIFIER = _obj({"set": _GW_PAIRS, "add": _GW_PAIRS,
+                            "remove": _list(_str(F.HEADER_NAME))})
+_GW_PATH_MODIFIER = _obj({"type": {"enum": ["ReplaceFullPath", "ReplacePrefixMatch"]},
+                          "replaceFullPath": _str(URI_PATH),
+                          "replacePrefixMatch": _str(URI_PATH)}, ("type",))
+
+_GW_PARENTS = _list(_obj({
+    "group": {"const": "", "description": "the core group: a Service"},
+    "kind": {"const": "Service"},
+    "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
+    "port": _int(1, 65535)}, ("name", "kind")), 1)
+_GW_HOSTNAMES = _list({"type": "string"}) | {"description": "ignored for Service parents "
+                                                           "(GAMMA)"}
+_GW_MIRROR = _obj({"backendRef": _GW_BACKEND, "percent": _int(0, 100),
+                   "fraction": _obj({"numerator": _int(0), "denominator": _int(1)},
+                                    ("numerator",))}, ("backendRef",))
+
 _SPECS: dict[str, Schema] = {
     "Route": _obj({"host": _HOST, "rules": _list(_ref("rule"), 1)}, ("host", "rules")),
     "DestinationPolicy": _obj({
@@ -471,6 +504,53 @@ _SPECS: dict[str, Schema] = {
                          "propertyNames": {"minLength": 1}},
         }, ("name", "type", "url"))),
     }, ("service", "stable", "canary")),
+    "HTTPRoute": _obj({
+        "parentRefs": _GW_PARENTS,
+        "hostnames": _GW_HOSTNAMES,
+        "rules": _list(_obj({
+            "name": {"type": "string", "description": "accepted, not used"},
+            "matches": _list(_obj({
+                "path": _obj({"type": {"enum": list(PATH_TYPES)}, "value": _str()}),
+                "headers": _list(_GW_VALUE_MATCH),
+                "queryParams": _list(_GW_VALUE_MATCH),
+                "method": _str("^[A-Z]+$")})),
+            "backendRefs": _list(_GW_BACKEND),
+            "filters": _list(_obj({
+                "type": {"enum": list(FILTER_TYPES)},
+                "requestHeaderModifier": _GW_HEADER_MODIFIER,
+                "responseHeaderModifier": _GW_HEADER_MODIFIER,
+                "requestRedirect": _obj({
+                    "scheme": {"enum": ["http", "https"]}, "hostname": _str(),
+                    "path": _obj({"type": {"const": "ReplaceFullPath"},
+                                  "replaceFullPath": _str(URI_PATH)}, ("type",)),
+                    "port": _int(1, 65535), "statusCode": {"enum": list(REDIRECT_STATUS)}}),
+                "urlRewrite": _obj({"hostname": _str(), "path": _GW_PATH_MODIFIER}),
+                "requestMirror": _GW_MIRROR,
+            }, ("type",))),
+            "timeouts": _obj({"request": _str(GATEWAY_DURATION),
+                              "backendRequest": _str(GATEWAY_DURATION)}),
+            "retry": _obj({"attempts": _int(0, 100), "codes": _list(_int(400, 599)),
+                           "backoff": _str(GATEWAY_DURATION)}),
+        })),
+    }, ("parentRefs",)),
+    "GRPCRoute": _obj({
+        "parentRefs": _GW_PARENTS,
+        "hostnames": _GW_HOSTNAMES,
+        "rules": _list(_obj({
+            "name": {"type": "string", "description": "accepted, not used"},
+            "matches": _list(_obj({
+                "method": _obj({"type": {"enum": list(VALUE_TYPES)}, "service": _str(),
+                                "method": _str()}, minProperties=1),
+                "headers": _list(_GW_VALUE_MATCH)})),
+            "backendRefs": _list(_GW_BACKEND),
+            "filters": _list(_obj({
+                "type": {"enum": list(GRPC_FILTER_TYPES)},
+                "requestHeaderModifier": _GW_HEADER_MODIFIER,
+                "responseHeaderModifier": _GW_HEADER_MODIFIER,
+                "requestMirror": _GW_MIRROR,
+            }, ("type",))),
+        })),
+    }, ("parentRefs",)),
 }
 
 
@@ -490,7 +570,8 @@ def schema_for(kind: str) -> Schema:
         "required": required,
         "additionalProperties": False,
         "properties": {
-            "apiVersion": {"const": API_VERSION},
+            "apiVersion": ({"enum": list(FOREIGN_KINDS[kind])} if kind in FOREIGN_KINDS
+                           else {"const": API_VERSION}),
             "kind": {"const": kind},
             "metadata": metadata,
             "spec": copy.deepcopy(_SPECS[kind]),

@@ -15,6 +15,8 @@ KIND_PLURALS: dict[str, str] = {
     "Telemetry": "telemetries",
     "Sidecar": "sidecars",
     "Canary": "canaries",
+    "HTTPRoute": "httproutes",  # Gateway API (gateway.networking.k8s.io), GAMMA
+    "GRPCRoute": "grpcroutes",
 }
 _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 

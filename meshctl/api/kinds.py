@@ -13,6 +13,8 @@ from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.extauthz import ExtensionProvider, parse_providers
 from meshctl.api.external import ExternalServiceSpec, parse_external_service
 from meshctl.api.fields import Fields
+from meshctl.api.grpcroute import parse_grpcroute
+from meshctl.api.httproute import HTTPRouteSpec, parse_httproute
 from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
 from meshctl.api.matches import Match, parse_match_blocks
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
@@ -102,7 +104,7 @@ class GatewaySpec:
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
         | PeerAuthenticationSpec | MeshConfigSpec | GatewaySpec | ExternalServiceSpec
-        | TelemetrySpec | SidecarSpec | CanarySpec)
+        | TelemetrySpec | SidecarSpec | CanarySpec | HTTPRouteSpec)
 
 
 def parse_route(data: object, path: str) -> RouteSpec:
@@ -258,4 +260,6 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Telemetry", parse_telemetry),
     Kind("Sidecar", parse_sidecar),
     Kind("Canary", parse_canary),
+    Kind("HTTPRoute", parse_httproute),
+    Kind("GRPCRoute", parse_grpcroute),
 )}

@@ -18,6 +18,7 @@ from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
 from meshctl.api.hostnames import service_of
+from meshctl.api.httproute import GATEWAY_API_VERSIONS, HTTPRouteSpec
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
 from meshctl.api.peerauthn import PeerAuthenticationSpec, overlap
 from meshctl.api.policy import DestinationPolicySpec
@@ -26,6 +27,8 @@ from meshctl.api.telemetry import TelemetrySpec
 from meshctl.api.yamlwalk import walk_yaml
 
 API_VERSION = "ami.mesh/v1alpha1"
+# Kinds of another API group, and the apiVersions they are accepted with
+FOREIGN_KINDS = {"HTTPRoute": GATEWAY_API_VERSIONS, "GRPCRoute": GATEWAY_API_VERSIONS[:1]}
 DEFAULT_NAMESPACE = "default"
 
 
@@ -59,11 +62,18 @@ class Resource:
             metadata["annotations"] = dict(self.annotations)
         if self.resource_version is not None:
             metadata["resourceVersion"] = self.resource_version
-        result: dict[str, Any] = {"apiVersion": API_VERSION, "kind": self.kind,
+        result: dict[str, Any] = {"apiVersion": api_version_of(self), "kind": self.kind,
                                   "metadata": metadata}
         if "spec" in self.raw:
             result["spec"] = copy.deepcopy(self.raw["spec"])
         return result
+
+
+def api_version_of(r: Resource) -> str:
+    """The apiVersion a resource is written with: Ami's, or for a Gateway API kind the one
+    of its document (v1 or v1beta1)."""
+    version = r.raw.get("apiVersion")
+    return version if r.kind in FOREIGN_KINDS and isinstance(version, str) else API_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +89,8 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
     """Validate one decoded document; raises ValidationError with every issue in it."""
     try:
         f = Fields(doc, "")
-        f.required("apiVersion", _api_version, "")
         kind = f.required("kind", _kind, "")
+        f.required("apiVersion", _api_version(kind), "")
         meta = f.required("metadata", _parse_metadata, _Metadata())
         spec: Spec | None = None
         if kind in KINDS:
@@ -105,10 +115,16 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
                     raw, source, index, meta.annotations)
 
 
-def _api_version(value: object, path: str) -> str:
-    if value != API_VERSION:
-        fail(path, f"unsupported {value!r}, expected {API_VERSION}")
-    return API_VERSION
+def _api_version(kind: str) -> F.Conv[str]:
+    versions = FOREIGN_KINDS.get(kind, (API_VERSION,))
+
+    def check(value: object, path: str) -> str:
+        if value not in versions:
+            fail(path, f"unsupported {value!r}, expected {' or '.join(versions)}"
+                       + (f" for kind {kind}" if kind in FOREIGN_KINDS else ""))
+        return str(value)
+
+    return check
 
 
 def _kind(value: object, path: str) -> str:
@@ -302,8 +318,29 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
     for r in items:
         if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
+        if isinstance(r.spec, HTTPRouteSpec) and first.get(r.key) is r:
+            issues.extend(_httproute_issues(r, r.spec, first))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
+    return issues
+
+
+def _httproute_issues(r: Resource, spec: HTTPRouteSpec,
+                      first: Mapping[tuple[str, ...], Resource]) -> list[Issue]:
+    """An HTTPRoute and an Ami Route of one namespace for one Service are refused: which one
+    applies would be left to chance (Istio leaves an HTTPRoute beside a VirtualService of the
+    same host undefined). HTTPRoutes of one Service merge, as the Gateway API says."""
+    from meshctl.api.gamma import httproute_issues  # (gamma reads Resource: after it)
+
+    issues = httproute_issues(r)
+    for i, parent in enumerate(spec.parents):
+        service = f"{parent.name}.{parent.namespace or r.namespace}"
+        other = first.get(("Route", r.namespace, "host", service))
+        if other is not None:
+            issues.append(Issue(r.source, r.doc, f"spec.parentRefs[{i}]",
+                                f"service {service} already has a Route in namespace "
+                                f"{r.namespace} ({_describe(other)}): route a service with "
+                                "Ami Routes or with HTTPRoutes, not both"))
     return issues
 
 

@@ -54,7 +54,7 @@ _NOT_EDITABLE = frozenset({"content-length", "transfer-encoding", "connection", 
                            "proxy-connection", "te", "trailer", "upgrade"})
 
 
-def _editable_header_name(data: object, path: str) -> str:
+def editable_header_name(data: object, path: str) -> str:
     name = _HEADER_NAME(data, path)
     if name.lower() in _NOT_EDITABLE:
         fail(path, f"'{name.lower()}' frames the message or is hop-by-hop; the proxy sets it "
@@ -528,17 +528,17 @@ def _parse_header_ops(data: object, path: str) -> HeaderOps:
 
 def _parse_header_edits(data: object, path: str) -> HeaderEdits:
     f = Fields(data, path)
-    values = F.string_map(_editable_header_name, _header_value)
+    values = F.string_map(editable_header_name, header_value)
     set_ = f.value("set", values, {})
     add = f.value("add", values, {})
-    remove = f.value("remove", F.list_of(_editable_header_name), ())
+    remove = f.value("remove", F.list_of(editable_header_name), ())
     f.finish()
     return HeaderEdits(tuple((k.lower(), v) for k, v in set_.items()),
                        tuple((k.lower(), v) for k, v in add.items()),
                        tuple(name.lower() for name in remove))
 
 
-def _header_value(data: object, path: str) -> str:
+def header_value(data: object, path: str) -> str:
     """Header values may be empty but never contain CR, LF, NUL (header injection) or what
     latin-1 cannot encode (the sidecar could not write it: its whole config would be refused)."""
     return "" if data == "" else _HEADER_VALUE(data, path)

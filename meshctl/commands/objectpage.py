@@ -23,6 +23,8 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
              f"Status:            {output.status_text(doc)}"]
     if doc.get("kind") == "Canary":  # what the control plane's canary run says
         lines += canary_lines(doc)
+    if doc.get("kind") in ("HTTPRoute", "GRPCRoute"):  # Gateway API status: per parent Service
+        lines += _parent_lines(doc)
     conditions = (doc.get("status") or {}).get("conditions") or []
     if conditions:
         lines.append("Conditions:")
@@ -64,6 +66,18 @@ def _gateway_trust(proxies: list[dict[str, Any]]) -> list[str]:
         return []
     return ["Gateways:", *(f"  {p.get('name')}: {words[p['trustedGateway']]}"
                            for p in gateways)]
+
+
+def _parent_lines(doc: dict[str, Any]) -> list[str]:
+    """Whether an HTTPRoute is in effect for each Service it attaches to, and why not."""
+    parents = (doc.get("status") or {}).get("parents") or []
+    lines = ["Parents:" if parents else "Parents:          status unavailable"]
+    for parent in parents:
+        ref = parent.get("parentRef") or {}
+        lines.append(f"  Service {ref.get('namespace')}/{ref.get('name')}:")
+        lines += [f"    {c.get('type')}={c.get('status')} ({c.get('reason')}): "
+                  f"{c.get('message')}" for c in parent.get("conditions") or []]
+    return lines
 
 
 def _indent(text: str) -> list[str]:

@@ -31,6 +31,7 @@ import yaml
 from aiohttp import web
 
 from meshctl.api.errors import ValidationError
+from meshctl.api.gamma import parent_status
 from meshctl.api.kindnames import KIND_PLURALS, kind_for
 from meshctl.api.resources import Resource, load_documents, load_yaml, parse_document
 from meshctl.controlplane.auth import bearer_matches, is_loopback
@@ -62,6 +63,9 @@ API = "/api/v1"
 STORE = web.AppKey("store", Store)
 _WATCHES: web.AppKey[set[Watch]] = web.AppKey("watches")
 APPLY_LOCK = web.AppKey("apply_lock", asyncio.Lock)
+# (service, namespace) of every service with a registered sidecar: an HTTPRoute's status
+KNOWN_SERVICES: web.AppKey[Callable[[], Iterable[tuple[str, str]]]] = web.AppKey(
+    "known_services")
 _PLURAL = "{plural:" + "|".join(KIND_PLURALS.values()) + "}"
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HTTP_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed",
@@ -171,8 +175,16 @@ def _auth_middleware(token: str, open_reads: bool, guard: BrowserGuard
 
 
 # -- reads -----------------------------------------------------------------------------------
-async def _object_json(store: Store, obj: StoredObject) -> dict[str, Any]:
-    return obj.to_dict(status=await store.status(obj.key))
+async def _object_json(store: Store, obj: StoredObject,
+                       services: Callable[[], Iterable[tuple[str, str]]] | None = None
+                       ) -> dict[str, Any]:
+    status = await store.status(obj.key)
+    if obj.resource.kind in ("HTTPRoute", "GRPCRoute") and services is not None:
+        # Gateway API status.parents, worked out when read from what the mesh has now (which
+        # services have sidecars, which Routes exist): nothing to store or keep current.
+        routes = [o.resource for o in await store.list("Route", obj.resource.namespace)]
+        status = {**status, **parent_status(obj.resource, set(services()), routes)}
+    return obj.to_dict(status=status)
 
 
 async def _list(request: web.Request) -> web.Response:
@@ -183,7 +195,8 @@ async def list_response(request: web.Request, kind: str, namespace: str | None) 
     """A `<Kind>List` of one namespace's objects, or of all namespaces' (namespace None)."""
     store = request.app[STORE]
     objs = await store.list(kind, namespace)
-    items = [await _object_json(store, o) for o in objs]
+    services = request.app.get(KNOWN_SERVICES)
+    items = [await _object_json(store, o, services) for o in objs]
     return web.json_response({"apiVersion": "ami.mesh/v1alpha1", "kind": f"{kind}List",
                               "items": items})
 
@@ -194,7 +207,7 @@ async def _get(request: web.Request) -> web.Response:
     if obj is None:
         raise NotFound(f"{_kind(request)} {request.match_info['ns']}/"
                        f"{request.match_info['name']} not found")
-    return web.json_response(await _object_json(store, obj))
+    return web.json_response(await _object_json(store, obj, request.app.get(KNOWN_SERVICES)))
 
 
 async def _errors(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshctl.api.httproute import GATEWAY_API_VERSIONS
 from meshctl.api.kindnames import KIND_PLURALS
 
 REF = "#/components/schemas/"
@@ -61,7 +62,7 @@ SCHEMAS: dict[str, Any] = {
               "description": "The one error shape of the API (some errors add fields)."},
     "Resource": {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
                  "properties": {
-                     "apiVersion": {"const": "ami.mesh/v1alpha1"},
+                     "apiVersion": {"enum": ["ami.mesh/v1alpha1", *GATEWAY_API_VERSIONS]},
                      "kind": {"enum": list(KIND_PLURALS)},
                      "metadata": _obj(("name",), name=_STR, namespace=_STR, labels=_STRINGS,
                                       resourceVersion=_STR),

@@ -12,7 +12,8 @@ versions: a certificate renewal reaches nobody).
 Resources. Each resource added, changed or deleted since the previous pass (old and new
 versions both) reaches: for AuthorizationPolicy, RequestAuthentication, Gateway, Telemetry and
 Sidecar, the proxies of its namespace; for a Route or DestinationPolicy, the proxies whose
-scope sees its host (and, for a policy, its namespace's: its rate limit); for an
+scope sees its host (and, for a policy, its namespace's: its rate limit); for an HTTPRoute,
+those whose scope sees one of its parent Services (the Routes it makes); for an
 ExternalService, those whose scope sees one of its hosts; for a Canary (the control plane's
 own, no snapshot reads it), none; for any other kind (MeshConfig, PeerAuthentication: every
 caller's view of a service), every proxy.
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl.api.external import ExternalServiceSpec
+from meshctl.api.gamma import parents_of
+from meshctl.api.httproute import HTTPRouteSpec
 from meshctl.api.kinds import RouteSpec
 from meshctl.api.policy import DestinationPolicySpec
 from meshctl.api.resources import Resource
@@ -164,6 +167,8 @@ def resources_reach(changed: Iterable[Resource], scopes: ScopeIndex) -> set[str]
             reached |= scopes.seeing(r, (spec.host,))
         elif isinstance(spec, ExternalServiceSpec):
             reached |= scopes.seeing(r, spec.hosts)
+        elif isinstance(spec, HTTPRouteSpec):  # the Routes of its parent Services
+            reached |= scopes.seeing_services(set(parents_of(r)))
         else:
             return None  # mesh-wide (or unknown): every proxy
     return reached

@@ -28,7 +28,7 @@ from meshctl.controlplane.apilisten import listen_api
 from meshctl.controlplane.auth import ensure_token
 from meshctl.controlplane.ca_service import CertificateService, load_or_init_ca
 from meshctl.controlplane.dirstore import DirStore
-from meshctl.controlplane.httpapi import APPLY_LOCK, check_set, create_api_app
+from meshctl.controlplane.httpapi import APPLY_LOCK, KNOWN_SERVICES, check_set, create_api_app
 from meshctl.controlplane.jwks import DEFAULT_REFRESH, JwksCache
 from meshctl.controlplane.proxystatus import status_routes
 from meshctl.controlplane.reconcile import Reconciler
@@ -119,6 +119,8 @@ async def serve(options: ServeOptions,
                          extra_routes=[*status_routes(registry, reconciler),
                                        *describe_routes(registry, reconciler),
                                        *version_routes(registry), *observe_extra])
+    app[KNOWN_SERVICES] = lambda: {(p.service, p.namespace) for p in registry.proxies()
+                                   if p.mode == "sidecar"}
     # Canaries are judged on the rows /api/v1/stat serves, and write as the API does
     canaries = CanaryController(
         store, lambda window: [r.as_json() for r in observer.scraper.window.stat(

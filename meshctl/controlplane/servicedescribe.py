@@ -69,6 +69,15 @@ class ServiceDescription:
         self.builder = SnapshotBuilder([o.resource for o in self.objects], registry.endpoints(),
                                        idle=registry.idle_sidecars(),
                                        gateways=registry.gateways())
+        # The Routes HTTPRoutes make (named `httproute:NAMES`), at their newest version
+        newest: dict[tuple[str, str], int] = {}
+        for o in self.objects:
+            if o.resource.kind in ("HTTPRoute", "GRPCRoute"):
+                newest[(o.resource.namespace, o.resource.name)] = o.resource_version
+        for r in self.builder.derived_routes:
+            names = r.name.partition(":")[2].split(",")
+            self.versions[r.key] = StoredObject(r, max(
+                newest.get((r.namespace, n), 0) for n in names))
         self.service = service
         self.external = list(external)
         if not external and self.builder.names.resolve(*service) != service:

@@ -26,6 +26,7 @@ from meshctl.api.annotations import is_dry_run
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
+from meshctl.api.gamma import routes_of
 from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
 from meshctl.api.locality import locality_lb_setting_json
 from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
@@ -160,7 +161,10 @@ class SnapshotBuilder:
         idle = [p for p in idle if p.mode == "sidecar"]
         self._idle = sorted({(p.service, p.namespace) for p in idle})
         self._by_kind: dict[str, list[Resource]] = {}
-        for r in sorted(resources, key=lambda r: r.key):
+        resources = list(resources)
+        # HTTPRoutes (GAMMA) become the Routes they mean: one engine (meshctl.api.gamma).
+        self.derived_routes = routes_of(resources)
+        for r in sorted([*resources, *self.derived_routes], key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])
                   if isinstance(r.spec, MeshConfigSpec)]
