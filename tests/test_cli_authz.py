@@ -137,3 +137,20 @@ def test_a_service_without_policy_and_an_unknown_service(mesh: Mesh) -> None:
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+
+
+def test_a_custom_policy_alone_shows_no_none_row() -> None:
+    """A sidecar with only a CUSTOM policy counts no decision (its provider's answers are
+    ami_ext_authz_checks_total): the report has the policy's row but no `[none]` one, which
+    would read `0` allowed however many requests its sidecars let through."""
+    from meshctl.api.resources import parse_document
+    from meshctl.observe.authzreport import authz_report, policies_about
+
+    custom = parse_document({
+        "apiVersion": "ami.mesh/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext"},
+        "spec": {"selector": {"service": "reviews"}, "action": "CUSTOM",
+                 "provider": {"name": "authz"}, "rules": [{"to": [{"paths": ["/x"]}]}]}})
+    declared = policies_about([custom], "reviews", "default")
+    body = authz_report("reviews", "default", "reviews", 30.0, declared, [])
+    assert [(r["policy"], r["action"]) for r in body["rows"]] == [("default/ext", "CUSTOM")]
