@@ -243,6 +243,14 @@ def with_rule(**rule: Any) -> dict[str, Any]:
                    {"name": "a", "type": "event", "url": "http://x/", "timeout": "0s"},
                    {"name": "a", "type": "event"},
                    {"name": "a", "type": "event", "url": "http://x/", "retries": 3})),
+    # istio.io/dry-run: "true" or "false", on an AuthorizationPolicy, not a CUSTOM one
+    *({**ROUTE, "kind": "AuthorizationPolicy",
+       "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
+       "spec": {"action": "DENY", "rules": [{}]}} for value in ("yes", "True", "")),
+    {**ROUTE, "metadata": {"name": "r", "annotations": {"istio.io/dry-run": "true"}}},
+    {**ROUTE, "kind": "AuthorizationPolicy",
+     "metadata": {"name": "p", "annotations": {"istio.io/dry-run": "true"}},
+     "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}},
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -256,6 +264,13 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     with_rule(retries={"attempts": 0}, timeout="1m30s"),
     {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "default"}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {}},
+    {**ROUTE, "kind": "AuthorizationPolicy",
+     "metadata": {"name": "p", "annotations": {"istio.io/dry-run": "true", "team": "x"}},
+     "spec": {"action": "DENY", "rules": [{}]}},
+    {**ROUTE, "kind": "AuthorizationPolicy",
+     "metadata": {"name": "p", "annotations": {"istio.io/dry-run": "false"}},
+     "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}},
+    {**ROUTE, "metadata": {"name": "r", "annotations": {"example.com/owner": "team-a"}}},
     {**ROUTE, "kind": "PeerAuthentication", "spec": {}},  # UNSET, namespace-wide: a no-op
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {}}},
     {**ROUTE, "kind": "PeerAuthentication",
