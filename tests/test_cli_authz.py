@@ -183,3 +183,17 @@ def test_a_service_of_another_namespace_is_not_this_namespaces(mesh: Mesh) -> No
     assert other.returncode == 1, other.stdout
     assert other.stderr.startswith("error: no service ratings in namespace default ("), \
         other.stderr
+
+
+def test_get_and_describe_show_that_a_policy_is_dry_run(mesh: Mesh) -> None:
+    """`meshctl get authorizationpolicies` and `meshctl describe authorizationpolicy` of the
+    dry-run deny-admin say it is dry-run (its annotation, which is what makes it enforce
+    nothing); the enforced deny-mallory's row is the bare action."""
+    listed = mesh.meshctl("get", "authorizationpolicies")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "DENY (dry-run)" in rows["deny-admin"], listed.stdout
+    assert "dry-run" not in rows["deny-mallory"], listed.stdout
+    described = mesh.meshctl("describe", "authorizationpolicy", "deny-admin")
+    assert described.returncode == 0, described.stderr
+    assert "Annotations:       istio.io/dry-run=true" in described.stdout, described.stdout
