@@ -124,7 +124,9 @@ def _authz_action(d: Doc) -> str:
     if action == "CUSTOM" and isinstance(provider, dict):
         return f"CUSTOM ({provider.get('name')})"
     annotations = (d.get("metadata") or {}).get("annotations") or {}
-    if isinstance(annotations, dict) and annotations.get("istio.io/dry-run") == "true":
+    # (as meshctl.api.annotations.is_dry_run reads it; not imported: `get` stays light)
+    if isinstance(annotations, dict) and annotations.get("istio.io/dry-run") in (
+            "true", "True", "TRUE", "1", "t", "T"):
         return f"{action} (dry-run)"
     return action
 

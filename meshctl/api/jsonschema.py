@@ -10,7 +10,7 @@ import copy
 from typing import Any
 
 from meshctl.api import fields as F
-from meshctl.api.annotations import DRY_RUN, DRY_RUN_VALUES
+from meshctl.api.annotations import DRY_RUN, DRY_RUN_TRUE, DRY_RUN_VALUES
 from meshctl.api.authn import JWKS_URI
 from meshctl.api.authz import (
     ACTIONS,
@@ -493,7 +493,8 @@ def schema_for(kind: str) -> Schema:
     if kind == "AuthorizationPolicy":
         extra = {"if": {"required": ["metadata"], "properties": {"metadata": {
                     "required": ["annotations"], "properties": {"annotations": {
-                        "required": [DRY_RUN], "properties": {DRY_RUN: {"const": "true"}}}}}}},
+                        "required": [DRY_RUN],
+                        "properties": {DRY_RUN: {"enum": list(DRY_RUN_TRUE)}}}}}}},
                  "then": {"properties": {"spec": {"properties": {"action": {
                      "not": {"const": "CUSTOM"},
                      "description": "a CUSTOM policy cannot be dry-run"}}}}}}
