@@ -115,12 +115,19 @@ def _authz_target(doc: Doc) -> str:
 
 
 def _authz_action(d: Doc) -> str:
-    """ALLOW, DENY, or CUSTOM with the provider it asks: `CUSTOM (oauth)`."""
+    """ALLOW, DENY, or CUSTOM with the provider it asks: `CUSTOM (oauth)`; a dry-run policy's
+    (`istio.io/dry-run: "true"`, enforcing nothing) as `describe service` writes it:
+    `DENY (dry-run)`."""
     spec = _spec(d)
     action = str(spec.get("action", "ALLOW"))
     provider = spec.get("provider")
     if action == "CUSTOM" and isinstance(provider, dict):
         return f"CUSTOM ({provider.get('name')})"
+    annotations = (d.get("metadata") or {}).get("annotations") or {}
+    # (as meshctl.api.annotations.is_dry_run reads it; not imported: `get` stays light)
+    if isinstance(annotations, dict) and annotations.get("istio.io/dry-run") in (
+            "true", "True", "TRUE", "1", "t", "T"):
+        return f"{action} (dry-run)"
     return action
 
 

@@ -651,6 +651,10 @@ def _parse_authorization(data: object) -> tuple[Any, ...]:
             raise ConfigError(f"{path}.dryRun: expected true or false, got {dry_run!r}")
         with _config_errors():
             policy = parse_authorization(item, path)
+        if dry_run and policy.action == "CUSTOM":
+            # (as `meshctl apply` refuses it: the provider's answer would be enforced anyway)
+            raise ConfigError(f"{path}.dryRun: a CUSTOM policy cannot be dry-run: its "
+                              "provider decides for real; dry-run an ALLOW or DENY policy")
         policies.append(replace(policy, name=name, dry_run=dry_run))
     return tuple(policies)
 

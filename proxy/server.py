@@ -113,6 +113,9 @@ class ProxyServer:
             gateway_address = self.listener_addresses(snapshot).get("gateway")
             gateway_policy = InboundPolicy(snapshot.authorization, snapshot.inbound_mtls, None,
                                            self.stats, snapshot.node.service,
+                                           # (its series' label: the node's metrics name,
+                                           # as the sidecar-side policy's and `meshctl authz`)
+                                           label=snapshot.node.metrics_name or None,
                                            authentication=snapshot.authentication,
                                            gateway=True,
                                            port=gateway_address.port if gateway_address else 0,

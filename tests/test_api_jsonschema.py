@@ -243,6 +243,15 @@ def with_rule(**rule: Any) -> dict[str, Any]:
                    {"name": "a", "type": "event", "url": "http://x/", "timeout": "0s"},
                    {"name": "a", "type": "event"},
                    {"name": "a", "type": "event", "url": "http://x/", "retries": 3})),
+    # istio.io/dry-run: "true" or "false", on an AuthorizationPolicy, not a CUSTOM one
+    *({**ROUTE, "kind": "AuthorizationPolicy",
+       "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
+       "spec": {"action": "DENY", "rules": [{}]}} for value in ("yes", "on", "", " true")),
+    {**ROUTE, "metadata": {"name": "r", "annotations": {"istio.io/dry-run": "true"}}},
+    *({**ROUTE, "kind": "AuthorizationPolicy",
+       "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
+       "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}}
+      for value in ("true", "True", "1")),
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -256,6 +265,18 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
     with_rule(retries={"attempts": 0}, timeout="1m30s"),
     {"apiVersion": "ami.mesh/v1alpha1", "kind": "MeshConfig", "metadata": {"name": "default"}},
     {**ROUTE, "kind": "AuthorizationPolicy", "spec": {}},
+    {**ROUTE, "kind": "AuthorizationPolicy",
+     "metadata": {"name": "p", "annotations": {"istio.io/dry-run": "true", "team": "x"}},
+     "spec": {"action": "DENY", "rules": [{}]}},
+    {**ROUTE, "kind": "AuthorizationPolicy",
+     "metadata": {"name": "p", "annotations": {"istio.io/dry-run": "false"}},
+     "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}},
+    {**ROUTE, "metadata": {"name": "r", "annotations": {"example.com/owner": "team-a"}}},
+    # Istio reads the value with Go's strconv.ParseBool: its spellings apply as written
+    *({**ROUTE, "kind": "AuthorizationPolicy",
+       "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
+       "spec": {"action": "DENY", "rules": [{}]}} for value in ("True", "TRUE", "1", "t", "0",
+                                                                 "False", "f")),
     {**ROUTE, "kind": "PeerAuthentication", "spec": {}},  # UNSET, namespace-wide: a no-op
     {**ROUTE, "kind": "PeerAuthentication", "spec": {"mtls": {}}},
     {**ROUTE, "kind": "PeerAuthentication",
@@ -346,3 +367,18 @@ def test_unknown_kind_has_no_schema() -> None:
     """Asking for the schema of an unknown kind raises KeyError naming the known kinds."""
     with pytest.raises(KeyError, match="expected one of Route"):
         schema_for("VirtualService")
+
+
+@pytest.mark.parametrize(("value", "dry_run"), [
+    ("true", True), ("True", True), ("TRUE", True), ("1", True), ("t", True), ("T", True),
+    ("false", False), ("False", False), ("FALSE", False), ("0", False), ("f", False)])
+def test_the_dry_run_annotation_reads_as_istio_reads_it(value: str, dry_run: bool) -> None:
+    """Istio reads `istio.io/dry-run` with strconv.ParseBool: an Istio policy annotated
+    "True" or "1" is dry-run there, so it is here too (sent to the sidecars as such)."""
+    from meshctl.controlplane.snapshots import _policy_item
+
+    resource = parse_document({
+        "apiVersion": "ami.mesh/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
+        "spec": {"selector": {"service": "reviews"}, "action": "DENY", "rules": [{}]}})
+    assert _policy_item(resource).get("dryRun", False) is dry_run

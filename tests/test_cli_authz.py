@@ -44,6 +44,8 @@ class Mesh(meshbuilder.Mesh):
     def build(self) -> Mesh:
         self.control_plane(mesh_config(mtls="DISABLE"), warmup=0.0)
         self.service("reviews", "v1")
+        # ratings lives in namespace shop only: its bare name is its metrics name
+        self.service("ratings", "v1", namespace="shop")
         self.front = self.sidecar("productpage")
         return self
 
@@ -137,3 +139,61 @@ def test_a_service_without_policy_and_an_unknown_service(mesh: Mesh) -> None:
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+
+
+def test_a_custom_policy_alone_shows_no_none_row() -> None:
+    """A sidecar with only a CUSTOM policy counts no decision (its provider's answers are
+    ami_ext_authz_checks_total): the report has the policy's row but no `[none]` one, which
+    would read `0` allowed however many requests its sidecars let through."""
+    from meshctl.api.resources import parse_document
+    from meshctl.observe.authzreport import authz_report, policies_about
+
+    custom = parse_document({
+        "apiVersion": "ami.mesh/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext"},
+        "spec": {"selector": {"service": "reviews"}, "action": "CUSTOM",
+                 "provider": {"name": "authz"}, "rules": [{"to": [{"paths": ["/x"]}]}]}})
+    declared = policies_about([custom], "reviews", "default")
+    body = authz_report("reviews", "default", "reviews", 30.0, declared, [])
+    assert [(r["policy"], r["action"]) for r in body["rows"]] == [("default/ext", "CUSTOM")]
+
+
+SHOP_ALLOW = yaml.safe_dump({
+    "apiVersion": "ami.mesh/v1alpha1", "kind": "AuthorizationPolicy",
+    "metadata": {"name": "ratings-allow", "namespace": "shop"},
+    "spec": {"selector": {"service": "ratings"}, "action": "ALLOW", "rules": [{}]}})
+
+
+def test_a_service_of_another_namespace_is_not_this_namespaces(mesh: Mesh) -> None:
+    """ratings runs in namespace shop only, so its decisions carry the bare name `ratings`:
+    `meshctl authz ratings -n shop` shows them, `meshctl authz ratings` (namespace default,
+    where no ratings runs) is the unknown-service error, not shop's rows under default's name."""
+    mesh.apply_synced(SHOP_ALLOW)
+    assert mesh.get(mesh.front, "ratings.shop", "/r")[0] == 200
+
+    def counted() -> dict[str, Any] | None:
+        out = mesh.meshctl("authz", "ratings", "-n", "shop", "--window", "5m", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        body: dict[str, Any] = json.loads(out.stdout)
+        rows = {r["policy"]: r["allowed"] for r in body["rows"]}
+        return body if rows.get("shop/ratings-allow") == 1 else None
+
+    wait_for(counted, 60, "ratings' decision in namespace shop", interval=0.5)
+    other = mesh.meshctl("authz", "ratings", "--window", "5m", "-o", "json")
+    assert other.returncode == 1, other.stdout
+    assert other.stderr.startswith("error: no service ratings in namespace default ("), \
+        other.stderr
+
+
+def test_get_and_describe_show_that_a_policy_is_dry_run(mesh: Mesh) -> None:
+    """`meshctl get authorizationpolicies` and `meshctl describe authorizationpolicy` of the
+    dry-run deny-admin say it is dry-run (its annotation, which is what makes it enforce
+    nothing); the enforced deny-mallory's row is the bare action."""
+    listed = mesh.meshctl("get", "authorizationpolicies")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "DENY (dry-run)" in rows["deny-admin"], listed.stdout
+    assert "dry-run" not in rows["deny-mallory"], listed.stdout
+    described = mesh.meshctl("describe", "authorizationpolicy", "deny-admin")
+    assert described.returncode == 0, described.stderr
+    assert "Annotations:       istio.io/dry-run=true" in described.stdout, described.stdout

@@ -159,3 +159,41 @@ async def test_a_gateway_policy_on_ports_names_the_gateway_port(
         proc.stop()
     assert answers == {"/blocked/x": (403, "not_authorized"), "/other/x": (200, None),
                        "/open": (200, None)}
+
+
+async def test_a_gateway_counts_its_policies_under_its_metrics_name(
+        tmp_path: Path, backends: Backends) -> None:
+    """A gateway whose name another namespace has too (`metricsName: client.edge`) counts its
+    policies' decisions and refusals under that name, as its sidecar-side policy does and as
+    `meshctl authz` looks them up: under its bare name they would add up with the other
+    namespace's gateway."""
+    import urllib.request
+
+    import yaml
+
+    shop = backends.aiohttp(named_app("shop"))
+    proc = ProxyProcess(tmp_path, {"shop": [shop]}, args=("--mode", "gateway"))
+    port = proc.listen_as_gateway([{"destination": "shop"}])
+    config = yaml.safe_load(proc.config.read_text())
+    config.setdefault("node", {}).update({"service": "client", "metricsName": "client.edge"})
+    config["inbound"] = {"authorization": [
+        {"name": "edge/deny-blocked", "selector": {"service": "client"}, "action": "DENY",
+         "rules": [{"to": [{"paths": ["/blocked/*"]}]}]}]}
+    proc.config.write_text(yaml.safe_dump(config))
+    proc.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("shop.example.com", "/blocked/x"))
+        resp = await asyncio.wait_for(read_response(reader), 10)
+        writer.close()
+        assert resp.status == 403
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.admin}/metrics",
+                                    timeout=5) as r:
+            exposition = r.read().decode()
+    finally:
+        proc.stop()
+    assert metric_value(exposition, "ami_authz_decisions_total", policy="edge/deny-blocked",
+                        destination_service="client.edge") == 1
+    assert metric_value(exposition, "ami_authorization_denied_total",
+                        destination_service="client.edge") == 1
+    assert 'destination_service="client"' not in exposition

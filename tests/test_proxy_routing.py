@@ -220,6 +220,10 @@ async def test_identity_headers_from_client_are_dropped(env: dict[str, Any]) -> 
     ("services: {web: {endpoints: [{address: '127.0.0.1:1'}], policy: {loadBalancer: FAST}}}",
      "services.web.policy.loadBalancer"),
     ("inbound: {authorization: [{action: MAYBE}]}", "inbound.authorization[0].action"),
+    # a dry-run CUSTOM policy would still be enforced (its provider asked, its answer kept)
+    ("inbound: {authorization: [{dryRun: true, action: CUSTOM, provider: {name: ext},"
+     " rules: [{to: [{paths: [/x]}]}]}]}",
+     "inbound.authorization[0].dryRun: a CUSTOM policy cannot be dry-run"),
     ("gateway: {rules: [{hosts: ['*.'], destination: web}]}", "gateway.rules[0].hosts[0]"),
     # keys the snapshot parser reads itself: a typo is refused too, not ignored
     ("mesh: {acessLog: true}", "mesh.acessLog: unknown field, did you mean 'accessLog'?"),

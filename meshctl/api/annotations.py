@@ -9,7 +9,10 @@ from meshctl.api.errors import fail
 
 # Istio's spelling: an AuthorizationPolicy so annotated is evaluated and counted, not enforced
 DRY_RUN = "istio.io/dry-run"
-DRY_RUN_VALUES = ("true", "false")
+# Istio reads the value with Go's strconv.ParseBool (and refuses anything else): its spellings
+DRY_RUN_TRUE = ("true", "True", "TRUE", "1", "t", "T")
+DRY_RUN_FALSE = ("false", "False", "FALSE", "0", "f", "F")
+DRY_RUN_VALUES = DRY_RUN_TRUE + DRY_RUN_FALSE
 
 
 def _value(value: object, path: str) -> str:
@@ -38,7 +41,7 @@ def check_annotations(kind: str, values: Mapping[str, str], f: F.Fields,
         f.add(where, f"only an AuthorizationPolicy can be dry-run, not a {kind}")
     elif values[DRY_RUN] not in DRY_RUN_VALUES:
         f.add(where, f"expected \"true\" or \"false\", got {values[DRY_RUN]!r}")
-    elif values[DRY_RUN] == "true" and getattr(spec, "action", None) == "CUSTOM":
+    elif values[DRY_RUN] in DRY_RUN_TRUE and getattr(spec, "action", None) == "CUSTOM":
         # The provider would be asked and its answer enforced: no dry run of it exists
         # (Istio's dry-run is for ALLOW and DENY policies too).
         f.add(where, "a CUSTOM policy cannot be dry-run: its provider decides for real; "
@@ -47,4 +50,4 @@ def check_annotations(kind: str, values: Mapping[str, str], f: F.Fields,
 
 def is_dry_run(values: Mapping[str, str]) -> bool:
     """Whether a (checked) resource's annotations make it dry-run."""
-    return values.get(DRY_RUN) == "true"
+    return values.get(DRY_RUN) in DRY_RUN_TRUE

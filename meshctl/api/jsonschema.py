@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from meshctl.api import fields as F
+from meshctl.api.annotations import DRY_RUN, DRY_RUN_TRUE, DRY_RUN_VALUES
 from meshctl.api.authn import JWKS_URI
 from meshctl.api.authz import (
     ACTIONS,
@@ -561,8 +562,23 @@ def schema_for(kind: str) -> Schema:
     metadata = _ref("metadata")
     if kind == "MeshConfig":
         metadata = {"allOf": [metadata, {"properties": {"name": {"const": MESH_CONFIG_NAME}}}]}
+    # `istio.io/dry-run` (meshctl.api.annotations): "true" or "false" on an
+    # AuthorizationPolicy, not "true" on a CUSTOM one; on no other kind
+    dry_run: Schema = {"enum": list(DRY_RUN_VALUES)} if kind == "AuthorizationPolicy" \
+        else {"not": {}, "description": "only an AuthorizationPolicy can be dry-run"}
+    metadata = {"allOf": [metadata, {"properties": {"annotations": {
+        "properties": {DRY_RUN: dry_run}}}}]}
     required = ["apiVersion", "kind", "metadata"] + (["spec"] if KINDS[kind].spec_required else [])
-    return {
+    extra: Schema = {}
+    if kind == "AuthorizationPolicy":
+        extra = {"if": {"required": ["metadata"], "properties": {"metadata": {
+                    "required": ["annotations"], "properties": {"annotations": {
+                        "required": [DRY_RUN],
+                        "properties": {DRY_RUN: {"enum": list(DRY_RUN_TRUE)}}}}}}},
+                 "then": {"properties": {"spec": {"properties": {"action": {
+                     "not": {"const": "CUSTOM"},
+                     "description": "a CUSTOM policy cannot be dry-run"}}}}}}
+    return extra | {
         "$schema": DIALECT,
         "$id": f"{BASE_ID}{kind.lower()}.json",
         "title": kind,

@@ -15,10 +15,14 @@ def describe_text(doc: dict[str, Any], store_version: int | None,
     """kubectl-describe-like text for an object and the proxies' sync state."""
     meta = doc.get("metadata", {})
     labels = ",".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
+    annotations = ",".join(f"{k}={v}"
+                           for k, v in sorted((meta.get("annotations") or {}).items()))
     lines = [f"Name:              {meta.get('name')}",
              f"Namespace:         {meta.get('namespace', 'default')}",
              f"Kind:              {doc.get('kind')}",
              f"Labels:            {labels or '<none>'}",
+             # (only where there are some: `istio.io/dry-run` makes a policy enforce nothing)
+             *([f"Annotations:       {annotations}"] if annotations else []),
              f"Resource Version:  {meta.get('resourceVersion')}",
              f"Status:            {output.status_text(doc)}"]
     if doc.get("kind") == "Canary":  # what the control plane's canary run says

@@ -218,7 +218,12 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             service, namespace, gateway=bool(own) and all(p.get("mode") == "gateway"
                                                           for p in own))
         counts = scraper.window.decision_counts(observer.clock(), window)
-        if not declared and names.resolve(service, namespace) != (service, namespace) \
+        home = names.resolve(service, namespace)
+        if home is not None and home != (service, namespace):
+            # the name runs in one other namespace only: the series under its bare name
+            # (`label`) are that namespace's service's, not this one's
+            counts = []
+        if not declared and home != (service, namespace) \
                 and not any(r.key[0] == label for r, _ in counts):
             return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
                               " (no sidecar of it is registered and no decision about it was "

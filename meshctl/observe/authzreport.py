@@ -65,7 +65,9 @@ def authz_rows(label: str, declared: Sequence[DeclaredPolicy],
     policies would have it) or, with no ALLOW policy, that no policy decided."""
     rows: dict[tuple[str, str, bool], AuthzRow] = {
         (d.label, d.action, d.dry_run): AuthzRow(d.label, d.action, d.dry_run) for d in declared}
-    if declared:  # the enforced `[none]` row: the ALLOW policies' refusals, or the rest
+    # the enforced `[none]` row: the ALLOW policies' refusals, or the rest; only where an
+    # ALLOW or DENY policy applies (a CUSTOM one alone: the sidecars count no decision)
+    if any(d.action in ("ALLOW", "DENY") for d in declared):
         action = "ALLOW" if any(d.action == "ALLOW" and not d.dry_run for d in declared) else ""
         rows[(NONE, action, False)] = AuthzRow(NONE, action, False)
     if any(d.action == "ALLOW" and d.dry_run for d in declared):
