@@ -18,6 +18,7 @@ from proxy.reasons import REASON_HEADER
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
+    from proxy.routing import Decision
     from proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("ami.proxy")
@@ -76,7 +77,16 @@ def start(ex: Exchange) -> None:
         return
     ex.decision = decision
     ex.response_edits = decision.response_header_ops
-    if decision.admit is not None:  # authorization, rate limit, a rewrite, a local answer
+    if decision.admit is not None or decision.fault is not None:
+        admit_then_proceed(ex, decision)
+    else:
+        ex._proceed()
+
+
+def admit_then_proceed(ex: Exchange, decision: Decision) -> None:
+    """Admission (authorization, rate limit, a rewrite, a local answer), then a fault, then
+    the request goes on; any of them may answer it instead."""
+    if decision.admit is not None:
         refusal = decision.admit(ex)
         if refusal is not None:
             if refusal is CHECKING:
@@ -101,25 +111,11 @@ def start(ex: Exchange) -> None:
 @guarded
 def resume(ex: Exchange) -> None:
     """An admission step that waited (proxy.extauthz's check) let ``ex`` through: the
-    admission runs again (that step passes now), then the request goes on as from start."""
+    admission runs again (that step passes now, never answering CHECKING twice), then the
+    request goes on as from start."""
     decision = ex.decision
     assert decision is not None and decision.admit is not None
-    refusal = decision.admit(ex)
-    if refusal is not None:
-        ex.backend = decision.backends[0] if decision.backends else None
-        ex.reply(refusal[0], status=refusal[1], extra_headers=refusal[2],
-                 body=refusal[3] if len(refusal) > 3 else None)
-        return
-    fault = decision.fault
-    if fault is not None:
-        delay = fault.roll_delay()
-        if delay:
-            ex._count("ami_faults_injected", "delay")
-            ex._timer = ex.downstream.loop.call_later(delay, ex._after_delay)
-            return
-        if ex._inject_abort():
-            return
-    ex._proceed()
+    admit_then_proceed(ex, decision)
 
 
 @guarded

@@ -66,7 +66,7 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
                             sni = hello.server_name
                             break
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, reader.needed)
-                await _readable(loop, conn)
+                await readable(loop, conn)
     except HelloError as exc:
         refused(listener, "bad_client_hello", None, "unknown", start, seen, str(exc), client)
         return CLOSED, None
@@ -91,7 +91,8 @@ async def peek_hello(conn: socket.socket, routes: SniRoutes, listener: Listener,
     return RELAY, sni
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+async def readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """Wait until ``conn`` (a socket no transport owns yet) has bytes to read, or an end."""
     ready: asyncio.Future[None] = loop.create_future()
 
     def on_readable() -> None:

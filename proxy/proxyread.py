@@ -15,6 +15,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from proxy.hellopeek import readable
 from proxy.proxyprotocol import V2_MAX_PAYLOAD, ProxyHeader, ProxyHeaderError, header_end, parse
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ async def read_header(conn: socket.socket, listener: Listener,
                         return parse(data[:end])
                     _consume(conn, len(chunk))  # every byte of it is the header's
                     buf = data
-                await _readable(listener.loop, conn)
+                await readable(listener.loop, conn)
     except ProxyHeaderError as exc:
         _refuse(listener, conn, exc.reason, str(exc))
     except TimeoutError:
@@ -70,21 +71,6 @@ def _consume(conn: socket.socket, count: int) -> None:
         if not got:
             raise OSError("closed while its header was read")
         count -= got
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    fd = conn.fileno()
-    loop.add_reader(fd, on_readable)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
 
 
 def _refuse(listener: Listener, conn: socket.socket, reason: str, detail: str) -> None:

@@ -119,15 +119,24 @@ def edges(args: argparse.Namespace) -> int:
     return 0
 
 
-@reports_errors
-def routes(args: argparse.Namespace) -> int:
-    body = _get(make_client(args), "/api/v1/routes", service=args.service,
-                namespace=args.namespace, window=args.window)
+def _service_report(args: argparse.Namespace, path: str) -> dict[str, Any] | None:
+    """One service's report over ``--window``; None when printed already (``-o json``, or
+    the control plane's message instead of rows)."""
+    body: dict[str, Any] = _get(make_client(args), path, service=args.service,
+                                namespace=args.namespace, window=args.window)
     if args.output == "json":
         print(output.to_json(body), end="")
-        return 0
+        return None
     if body.get("message"):
         print(body["message"])
+        return None
+    return body
+
+
+@reports_errors
+def routes(args: argparse.Namespace) -> int:
+    body = _service_report(args, "/api/v1/routes")
+    if body is None:
         return 0
     headers = ["ROUTE", "RULE", "SUCCESS", "RPS", "P50", "P95", "P99"]
     wide = args.output == "wide"
@@ -146,13 +155,8 @@ def routes(args: argparse.Namespace) -> int:
 
 @reports_errors
 def authz(args: argparse.Namespace) -> int:
-    body = _get(make_client(args), "/api/v1/authz", service=args.service,
-                namespace=args.namespace, window=args.window)
-    if args.output == "json":
-        print(output.to_json(body), end="")
-        return 0
-    if body.get("message"):
-        print(body["message"])
+    body = _service_report(args, "/api/v1/authz")
+    if body is None:
         return 0
     rows = [(r["policy"], r["action"] or "-", "yes" if r["dryRun"] else "no",
              _decided(r, "allowed"), _decided(r, "denied"), f"{r['rps']:.1f}")
