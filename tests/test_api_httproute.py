@@ -179,6 +179,22 @@ def test_status_of_an_unknown_parent() -> None:
         ("Accepted", "False", "NoMatchingParent"), ("ResolvedRefs", "False", "BackendNotFound")]
 
 
+def test_status_parent_refs_are_the_spec_parent_refs_with_their_port() -> None:
+    """status.parents[].parentRef is the spec's parentRef (port included): clients (the
+    Gateway API's conformance helpers, kubectl wait scripts) find a parentRef's status by
+    comparing the whole reference. Two ports of one Service are two parentRefs."""
+    r: Resource = parse_document(doc([{"backendRefs": [{"name": "v1"}]}], parent={
+        "group": "", "kind": "Service", "name": "reviews", "port": 9080}))
+    (parent,) = parent_status(r, {("reviews", "default"), ("v1", "default")}, [])["parents"]
+    assert parent["parentRef"] == {"group": "", "kind": "Service", "name": "reviews",
+                                   "namespace": "default", "port": 9080}
+    two = doc([{"backendRefs": [{"name": "v1"}]}])
+    two["spec"]["parentRefs"] = [{"kind": "Service", "group": "", "name": "reviews", "port": p}
+                                 for p in (9080, 9443, 9080)]
+    refs = [p["parentRef"] for p in parent_status(parse_document(two), set(), [])["parents"]]
+    assert [ref.get("port") for ref in refs] == [9080, 9443]
+
+
 def test_grpcroute_methods_become_paths_ranked_service_then_method() -> None:
     grpc = {**doc([{"backendRefs": [{"name": "all"}]},
                    {"matches": [{"method": {"method": "Get"}}], "backendRefs": [{"name": "m"}]},

@@ -286,8 +286,15 @@ def parent_status(r: Resource, services: Mapping[Parent, object] | Iterable[Pare
                                 *((rule.mirror.backend,) if rule.mirror else ()))
                       if (b.name, r.namespace) not in known})
     parents = []
-    for name, namespace in parents_of(r):
-        ref = {"group": "", "kind": "Service", "name": name, "namespace": namespace}
+    # One entry per parentRef as written (its port too): a client finds the status of a
+    # parentRef of its spec by comparing the whole reference, as the Gateway API's own
+    # conformance helpers do.
+    for name, namespace, port in dict.fromkeys(
+            (p.name, p.namespace or r.namespace, p.port) for p in r.spec.parents):
+        ref: dict[str, Any] = {"group": "", "kind": "Service", "name": name,
+                               "namespace": namespace}
+        if port is not None:
+            ref["port"] = port
         other = routed.get((r.namespace, f"{name}.{namespace}"))
         if other is not None:
             accepted = _condition("Accepted", False, "Conflicted",
