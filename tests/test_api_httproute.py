@@ -195,6 +195,21 @@ def test_status_parent_refs_are_the_spec_parent_refs_with_their_port() -> None:
     assert [ref.get("port") for ref in refs] == [9080, 9443]
 
 
+def test_regex_that_python_reads_otherwise_than_re2_is_refused() -> None:
+    """`[[:digit:]]` is a class in RE2 and in Python's re a set of `[:digt` then a literal
+    `]`: a route written for Istio would silently match other requests; refused by field."""
+    document = doc([{"matches": [{"path": {"type": "RegularExpression",
+                                            "value": "/v[[:digit:]]+"},
+                                   "headers": [{"name": "x", "type": "RegularExpression",
+                                                "value": "[[:alpha:]]+"}]}],
+                     "backendRefs": [{"name": "a"}]}])
+    found = errors(document)
+    assert any(e.startswith("spec.rules[0].matches[0].path.value: invalid regex")
+               and "POSIX class [:digit:]" in e for e in found), found
+    assert any(e.startswith("spec.rules[0].matches[0].headers[0].value: invalid regex")
+               for e in found), found
+
+
 def test_grpcroute_methods_become_paths_ranked_service_then_method() -> None:
     grpc = {**doc([{"backendRefs": [{"name": "all"}]},
                    {"matches": [{"method": {"method": "Get"}}], "backendRefs": [{"name": "m"}]},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
+from meshctl.api.matches import compile_regex
 from meshctl.api.rules import editable_header_name, header_value
 
 GATEWAY_API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
@@ -200,7 +201,7 @@ def _value_match(data: object, path: str) -> ValueMatch:
 
 def _compiles(f: Fields, pattern: str, where: str) -> None:
     try:
-        re.compile(pattern)
+        compile_regex(pattern)
     except re.error as err:
         f.add(where, f"invalid regex {pattern!r}: {err}")
 
