@@ -4,6 +4,7 @@ consumer route in another namespace, a deleted route leaving no rule behind."""
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,18 @@ class LifeMesh(Mesh):
         self.client = self.sidecar("web")
         self.other = self.sidecar("web", namespace="other")
         return self
+
+    def location(self, host: str, path: str) -> tuple[int, str | None]:
+        """Status and Location of a request through the caller's sidecar (not followed)."""
+        address, port = self.client.info["outbound"].rsplit(":", 1)
+        conn = http.client.HTTPConnection(address, int(port), timeout=15)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("location")
+        finally:
+            conn.close()
 
     def delete(self, name: str, namespace: str = "default") -> None:
         status, body = http_json(f"{self.cp.info['api']}/api/v1/namespaces/{namespace}/"
@@ -106,3 +119,29 @@ def test_regex_header_match_reads_as_re2(mesh: LifeMesh) -> None:
         assert mesh.get(mesh.client, "shop", headers={"x-user": "caf\xe9"}) == (200, b"shop")
     finally:
         mesh.delete("word")
+
+
+def test_redirect_port_follows_the_scheme(mesh: LifeMesh) -> None:
+    """RequestRedirect with a scheme and no port goes to the scheme's well-known port, not
+    the port the request came to (the Gateway API's MUST), and a Location on the scheme's own
+    port (http and 80, https and 443) does not write it."""
+    mesh.apply_synced(httproute("moved", """  - matches: [{path: {type: Exact, value: /scheme}}]
+    filters:
+      - type: RequestRedirect
+        requestRedirect:
+          scheme: http
+          path: {type: ReplaceFullPath, replaceFullPath: /new}
+  - matches: [{path: {type: Exact, value: /port}}]
+    filters:
+      - {type: RequestRedirect, requestRedirect: {port: 80}}
+  - matches: [{path: {type: Exact, value: /tls}}]
+    filters:
+      - {type: RequestRedirect, requestRedirect: {scheme: https, port: 8443}}
+  - backendRefs: [{name: shop, port: 9080}]
+""", "shop"))
+    try:
+        assert mesh.location("shop:9080", "/scheme") == (302, "http://shop/new")
+        assert mesh.location("shop:9080", "/port") == (302, "http://shop/port")
+        assert mesh.location("shop:9080", "/tls") == (302, "https://shop:8443/tls")
+    finally:
+        mesh.delete("moved")

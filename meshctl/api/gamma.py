@@ -177,6 +177,10 @@ def _actions(out: dict[str, Any], rule: RouteRule, prefix: str | None,
             redirect["scheme"] = r.scheme
         if r.port is not None:
             redirect["port"] = r.port
+        elif r.scheme is not None:
+            # The Gateway API: with a scheme and no port, the scheme's well-known port (the
+            # request's own port means nothing to it), which the Location then leaves out.
+            redirect["port"] = 443 if r.scheme == "https" else 80
         out["redirect"] = redirect
         return out
     headers: dict[str, Any] = {}
