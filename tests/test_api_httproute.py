@@ -210,6 +210,21 @@ def test_regex_that_python_reads_otherwise_than_re2_is_refused() -> None:
                for e in found), found
 
 
+def test_group_core_is_the_core_group() -> None:
+    """`group: core`, as the Gateway API's own GAMMA examples (and Linkerd's) write a
+    Service parentRef, is the core group: accepted by the parser and the schema, echoed in
+    status; another group is still refused."""
+    document = doc([{"backendRefs": [{"group": "core", "kind": "Service", "name": "v1"}]}],
+                   parent={"group": "core", "kind": "Service", "name": "reviews", "port": 80})
+    r: Resource = parse_document(document)
+    assert jsonschema.Draft202012Validator(schema_for("HTTPRoute")).is_valid(document)
+    assert rules_of(document)[0]["backends"] == [{"service": "v1"}]
+    (parent,) = parent_status(r, set(), [])["parents"]
+    assert parent["parentRef"]["group"] == "core"
+    other = doc(parent={"group": "example.io", "kind": "Service", "name": "reviews"})
+    assert any("of group 'example.io'" in e for e in errors(other))
+
+
 def test_grpcroute_methods_become_paths_ranked_service_then_method() -> None:
     grpc = {**doc([{"backendRefs": [{"name": "all"}]},
                    {"matches": [{"method": {"method": "Get"}}], "backendRefs": [{"name": "m"}]},

@@ -145,3 +145,21 @@ def test_redirect_port_follows_the_scheme(mesh: LifeMesh) -> None:
         assert mesh.location("shop:9080", "/tls") == (302, "https://shop:8443/tls")
     finally:
         mesh.delete("moved")
+
+
+def test_gamma_example_with_group_core_routes(mesh: LifeMesh) -> None:
+    """The Gateway API's own GAMMA example writes the Service parentRef `group: core`: it
+    applies and routes."""
+    mesh.apply_synced("""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: core-group}
+spec:
+  parentRefs:
+    - {name: shop, kind: Service, group: core, port: 80}
+  rules:
+    - backendRefs: [{name: shop-v2, port: 80}]
+""")
+    try:
+        assert mesh.get(mesh.client, "shop") == (200, b"shop-v2")
+    finally:
+        mesh.delete("core-group")

@@ -293,9 +293,9 @@ def parent_status(r: Resource, services: Mapping[Parent, object] | Iterable[Pare
     # One entry per parentRef as written (its port too): a client finds the status of a
     # parentRef of its spec by comparing the whole reference, as the Gateway API's own
     # conformance helpers do.
-    for name, namespace, port in dict.fromkeys(
-            (p.name, p.namespace or r.namespace, p.port) for p in r.spec.parents):
-        ref: dict[str, Any] = {"group": "", "kind": "Service", "name": name,
+    for group, name, namespace, port in dict.fromkeys(
+            (p.group, p.name, p.namespace or r.namespace, p.port) for p in r.spec.parents):
+        ref: dict[str, Any] = {"group": group, "kind": "Service", "name": name,
                                "namespace": namespace}
         if port is not None:
             ref["port"] = port

@@ -44,6 +44,7 @@ class ServiceRef:
     namespace: str | None = None
     port: int | None = None
     weight: int = 1
+    group: str = ""  # as written: "" or "core" (a parentRef's status echoes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +146,20 @@ def _refuse(f: Fields, key: str, why: str) -> None:
         f.add(f.at(key), f"not supported by Ami: {why}")
 
 
-def _service_kind(f: Fields, default_gateway: bool) -> None:
-    """group and kind of a reference: only the core group's Service."""
+def _service_kind(f: Fields, default_gateway: bool) -> str:
+    """group and kind of a reference: only the core group's Service; the group as written
+    (`""`, or `core`, as the Gateway API's own GAMMA examples and Linkerd's write it)."""
     group = f.value("group", F.string(), None) if f.has("group") and f.raw("group") != "" \
         else ""
+    written = group or ""
+    if group == "core":
+        group = ""
     kind = f.value("kind", F.string(), None)
     if kind is None and default_gateway:
         kind = "Gateway"  # the API's default for a parentRef
     kind = kind or "Service"
     if kind == "Service" and group == "":
-        return
+        return written
     where = f.at("kind") if f.has("kind") or not default_gateway else f.path
     if kind == "Gateway" or group == "gateway.networking.k8s.io":
         f.add(where, "not supported by Ami: parentRefs to a Gateway (north-south); attach the "
@@ -163,17 +168,18 @@ def _service_kind(f: Fields, default_gateway: bool) -> None:
     else:
         f.add(where, f"not supported by Ami: {kind} of group {group or 'core'!r}; only a "
                      "Service (`group: \"\"`, `kind: Service`) can be referenced")
+    return written
 
 
 def _parse_parent(data: object, path: str) -> ServiceRef:
     f = Fields(data, path)
-    _service_kind(f, default_gateway=True)
+    group = _service_kind(f, default_gateway=True)
     name = f.required("name", _NAME, "")
     namespace = f.optional("namespace", _NAMESPACE)
     port = f.optional("port", _PORT)
     _refuse(f, "sectionName", "a Service parent is named by its port; use port")
     f.finish()
-    return ServiceRef(name, namespace, port)
+    return ServiceRef(name, namespace, port, group=group)
 
 
 def _parse_backend(data: object, path: str) -> ServiceRef:
