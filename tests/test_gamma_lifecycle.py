@@ -49,11 +49,14 @@ class LifeMesh(Mesh):
         finally:
             conn.close()
 
-    def delete(self, name: str, namespace: str = "default") -> None:
+    def delete(self, name: str, namespace: str = "default", sync: bool = True) -> None:
         status, body = http_json(f"{self.cp.info['api']}/api/v1/namespaces/{namespace}/"
                                  f"httproutes/{name}", "DELETE", token=self.cp.info["token"])
         assert status == 200, body
-        self.sync(int(body["metadata"]["resourceVersion"]))
+        if sync:
+            self.sync(int(body["metadata"]["resourceVersion"]))
+        else:  # (a proxy just stopped may still count in /sync for a while)
+            self.wait_synced()
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +166,29 @@ spec:
         assert mesh.get(mesh.client, "shop") == (200, b"shop-v2")
     finally:
         mesh.delete("core-group")
+
+
+def test_route_of_a_missing_parent_is_not_in_effect(mesh: LifeMesh) -> None:
+    """While no sidecar of the parent Service is registered, its status says Accepted False
+    (NoMatchingParent) and so it is: the route does not route its name to the backends; it
+    takes effect when the parent's first sidecar registers, without being applied again."""
+    mesh.apply_synced(httproute("early", "  - backendRefs: [{name: shop-v2, port: 9080}]\n",
+                                "ghost"))
+    try:
+        code, doc = http_json(mesh.cp.info["api"]
+                              + "/api/v1/namespaces/default/httproutes/early")
+        assert code == 200, doc
+        accepted = doc["status"]["parents"][0]["conditions"][0]
+        assert (accepted["status"], accepted["reason"]) == ("False", "NoMatchingParent")
+        assert mesh.get(mesh.client, "ghost")[1] != b"shop-v2"
+        app = mesh.backend("ghost")
+        ghost = mesh.sidecar("ghost", app=app.info["address"])
+        mesh.wait_synced()
+        wait_for(lambda: mesh.get(mesh.client, "ghost") == (200, b"shop-v2"), 15,
+                 "the route for ghost in effect")
+        ghost.stop()  # the Service is gone again: so is its route
+        mesh.sidecar_procs.remove(ghost)
+        wait_for(lambda: mesh.get(mesh.client, "ghost")[1] != b"shop-v2", 30,
+                 "the route for ghost out of effect")
+    finally:
+        mesh.delete("early", sync=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from meshctl.api.durations import format_duration
@@ -58,10 +58,14 @@ def httproute_issues(r: Resource) -> list[Issue]:
     return issues
 
 
-def routes_of(resources: Iterable[Resource]) -> list[Resource]:
+def routes_of(resources: Iterable[Resource],
+              services: Container[Parent] | None = None) -> list[Resource]:
     """The Route each (namespace, parent Service) of the HTTPRoutes among ``resources``
     makes, except where the namespace has an Ami Route for that service (validation refuses
-    that; the Route wins if it slips in, e.g. in a hand-edited directory)."""
+    that; the Route wins if it slips in, e.g. in a hand-edited directory) and, given
+    ``services`` (those with a registered sidecar), for a parent not among them: a route
+    whose parent Service does not exist is not in effect (status NoMatchingParent), and
+    takes effect when the Service's first sidecar registers."""
     items = list(resources)
     routed = {(r.namespace, service_key(r.spec.host, r.namespace)) for r in items
               if isinstance(r.spec, RouteSpec)}
@@ -69,7 +73,8 @@ def routes_of(resources: Iterable[Resource]) -> list[Resource]:
     for r in sorted((r for r in items if isinstance(r.spec, HTTPRouteSpec)),
                     key=lambda r: (r.namespace, r.name)):
         for parent in parents_of(r):
-            groups.setdefault((r.namespace, parent), []).append(r)
+            if services is None or parent in services:
+                groups.setdefault((r.namespace, parent), []).append(r)
     out = []
     for (namespace, parent), routes in sorted(groups.items()):
         if (namespace, f"{parent[0]}.{parent[1]}") in routed:
