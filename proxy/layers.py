@@ -323,9 +323,12 @@ class RedirectPolicy:
             # The port the request came to means nothing to the new scheme (a port written
             # in the rule's own authority is meant for it, and stays).
             host = _without_port(host)
+        scheme = self.scheme or scheme
+        bare = _without_port(host)
+        if host[len(bare):] == (":443" if scheme == "https" else ":80"):
+            host = bare  # the scheme's own port is not written (the Gateway API's)
         path = self.uri or ex.path
-        location = f"{self.scheme or scheme}://{host}{path}" + (f"?{ex.query}" if ex.query
-                                                                  else "")
+        location = f"{scheme}://{host}{path}" + (f"?{ex.query}" if ex.query else "")
         return "redirect", self.code, ((b"location", location.encode("latin-1")),)
 
 

@@ -215,7 +215,7 @@ def test_status_get_and_describe(clean: GammaMesh, tmp_path: Path) -> None:
     assert status == 200 and doc["apiVersion"] == "gateway.networking.k8s.io/v1"
     (parent,) = doc["status"]["parents"]
     assert parent["parentRef"] == {"group": "", "kind": "Service", "name": "reviews",
-                                   "namespace": "default"}
+                                   "namespace": "default", "port": 9080}
     assert {c["type"]: (c["status"], c["reason"]) for c in parent["conditions"]} == {
         "Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
     table = clean.meshctl("get", "httproutes")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 from meshctl.api.durations import format_duration
@@ -58,10 +58,14 @@ def httproute_issues(r: Resource) -> list[Issue]:
     return issues
 
 
-def routes_of(resources: Iterable[Resource]) -> list[Resource]:
+def routes_of(resources: Iterable[Resource],
+              services: Container[Parent] | None = None) -> list[Resource]:
     """The Route each (namespace, parent Service) of the HTTPRoutes among ``resources``
     makes, except where the namespace has an Ami Route for that service (validation refuses
-    that; the Route wins if it slips in, e.g. in a hand-edited directory)."""
+    that; the Route wins if it slips in, e.g. in a hand-edited directory) and, given
+    ``services`` (those with a registered sidecar), for a parent not among them: a route
+    whose parent Service does not exist is not in effect (status NoMatchingParent), and
+    takes effect when the Service's first sidecar registers."""
     items = list(resources)
     routed = {(r.namespace, service_key(r.spec.host, r.namespace)) for r in items
               if isinstance(r.spec, RouteSpec)}
@@ -69,7 +73,8 @@ def routes_of(resources: Iterable[Resource]) -> list[Resource]:
     for r in sorted((r for r in items if isinstance(r.spec, HTTPRouteSpec)),
                     key=lambda r: (r.namespace, r.name)):
         for parent in parents_of(r):
-            groups.setdefault((r.namespace, parent), []).append(r)
+            if services is None or parent in services:
+                groups.setdefault((r.namespace, parent), []).append(r)
     out = []
     for (namespace, parent), routes in sorted(groups.items()):
         if (namespace, f"{parent[0]}.{parent[1]}") in routed:
@@ -177,6 +182,10 @@ def _actions(out: dict[str, Any], rule: RouteRule, prefix: str | None,
             redirect["scheme"] = r.scheme
         if r.port is not None:
             redirect["port"] = r.port
+        elif r.scheme is not None:
+            # The Gateway API: with a scheme and no port, the scheme's well-known port (the
+            # request's own port means nothing to it), which the Location then leaves out.
+            redirect["port"] = 443 if r.scheme == "https" else 80
         out["redirect"] = redirect
         return out
     headers: dict[str, Any] = {}
@@ -286,8 +295,15 @@ def parent_status(r: Resource, services: Mapping[Parent, object] | Iterable[Pare
                                 *((rule.mirror.backend,) if rule.mirror else ()))
                       if (b.name, r.namespace) not in known})
     parents = []
-    for name, namespace in parents_of(r):
-        ref = {"group": "", "kind": "Service", "name": name, "namespace": namespace}
+    # One entry per parentRef as written (its port too): a client finds the status of a
+    # parentRef of its spec by comparing the whole reference, as the Gateway API's own
+    # conformance helpers do.
+    for group, name, namespace, port in dict.fromkeys(
+            (p.group, p.name, p.namespace or r.namespace, p.port) for p in r.spec.parents):
+        ref: dict[str, Any] = {"group": group, "kind": "Service", "name": name,
+                               "namespace": namespace}
+        if port is not None:
+            ref["port"] = port
         other = routed.get((r.namespace, f"{name}.{namespace}"))
         if other is not None:
             accepted = _condition("Accepted", False, "Conflicted",

@@ -18,6 +18,7 @@ from meshctl.api.httproute import (
     _refuse,
     _value_match,
 )
+from meshctl.api.matches import compile_regex
 
 GRPC_FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
 # a gRPC service (`package.Service`) and method name: what a request path is made of
@@ -52,7 +53,7 @@ def _parse_method(data: object, path: str) -> tuple[str, str, tuple[int, int]]:
 
 def _compiles(pattern: str) -> bool:
     try:
-        re.compile(pattern)
+        compile_regex(pattern)
     except re.error:
         return False
     return True

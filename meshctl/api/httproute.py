@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
+from meshctl.api.matches import compile_regex
 from meshctl.api.rules import editable_header_name, header_value
 
 GATEWAY_API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
@@ -43,6 +44,7 @@ class ServiceRef:
     namespace: str | None = None
     port: int | None = None
     weight: int = 1
+    group: str = ""  # as written: "" or "core" (a parentRef's status echoes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +146,20 @@ def _refuse(f: Fields, key: str, why: str) -> None:
         f.add(f.at(key), f"not supported by Ami: {why}")
 
 
-def _service_kind(f: Fields, default_gateway: bool) -> None:
-    """group and kind of a reference: only the core group's Service."""
+def _service_kind(f: Fields, default_gateway: bool) -> str:
+    """group and kind of a reference: only the core group's Service; the group as written
+    (`""`, or `core`, as the Gateway API's own GAMMA examples and Linkerd's write it)."""
     group = f.value("group", F.string(), None) if f.has("group") and f.raw("group") != "" \
         else ""
+    written = group or ""
+    if group == "core":
+        group = ""
     kind = f.value("kind", F.string(), None)
     if kind is None and default_gateway:
         kind = "Gateway"  # the API's default for a parentRef
     kind = kind or "Service"
     if kind == "Service" and group == "":
-        return
+        return written
     where = f.at("kind") if f.has("kind") or not default_gateway else f.path
     if kind == "Gateway" or group == "gateway.networking.k8s.io":
         f.add(where, "not supported by Ami: parentRefs to a Gateway (north-south); attach the "
@@ -162,17 +168,18 @@ def _service_kind(f: Fields, default_gateway: bool) -> None:
     else:
         f.add(where, f"not supported by Ami: {kind} of group {group or 'core'!r}; only a "
                      "Service (`group: \"\"`, `kind: Service`) can be referenced")
+    return written
 
 
 def _parse_parent(data: object, path: str) -> ServiceRef:
     f = Fields(data, path)
-    _service_kind(f, default_gateway=True)
+    group = _service_kind(f, default_gateway=True)
     name = f.required("name", _NAME, "")
     namespace = f.optional("namespace", _NAMESPACE)
     port = f.optional("port", _PORT)
     _refuse(f, "sectionName", "a Service parent is named by its port; use port")
     f.finish()
-    return ServiceRef(name, namespace, port)
+    return ServiceRef(name, namespace, port, group=group)
 
 
 def _parse_backend(data: object, path: str) -> ServiceRef:
@@ -200,7 +207,7 @@ def _value_match(data: object, path: str) -> ValueMatch:
 
 def _compiles(f: Fields, pattern: str, where: str) -> None:
     try:
-        re.compile(pattern)
+        compile_regex(pattern)
     except re.error as err:
         f.add(where, f"invalid regex {pattern!r}: {err}")
 

@@ -315,7 +315,7 @@ _LOCALITY_LB: Schema = _obj({
 
 _GW_VALUE_MATCH = _obj({"type": {"enum": list(VALUE_TYPES)}, "name": _str(F.HEADER_NAME),
                         "value": {"type": "string"}}, ("name", "value"))
-_GW_BACKEND = _obj({"group": {"const": ""}, "kind": {"const": "Service"},
+_GW_BACKEND = _obj({"group": {"enum": ["", "core"]}, "kind": {"const": "Service"},
                     "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
                     "port": _int(1, 65535), "weight": _int(0, MAX_WEIGHT)}, ("name",))
 _GW_PAIRS = _list(_obj({"name": _str(F.HEADER_NAME), "value": {"type": "string"}},
@@ -327,7 +327,7 @@ _GW_PATH_MODIFIER = _obj({"type": {"enum": ["ReplaceFullPath", "ReplacePrefixMat
                           "replacePrefixMatch": _str(URI_PATH)}, ("type",))
 
 _GW_PARENTS = _list(_obj({
-    "group": {"const": "", "description": "the core group: a Service"},
+    "group": {"enum": ["", "core"], "description": "the core group: a Service"},
     "kind": {"const": "Service"},
     "name": _str(F.DNS_LABEL), "namespace": _str(F.DNS_LABEL),
     "port": _int(1, 65535)}, ("name", "kind")), 1)

@@ -159,9 +159,27 @@ def string_matcher(data: object, path: str, kinds: tuple[str, ...]) -> StringMat
     if kind != "regex":
         return StringMatch(kind, text)
     try:
-        return StringMatch("regex", text, pattern=re.compile(text))
+        return StringMatch("regex", text, pattern=compile_regex(text))
     except re.error as err:
         fail(where, f"invalid regex {text!r}: {err}")
+
+
+# A POSIX class inside a bracket expression (`[[:digit:]]`, `[[:^space:]]`)
+_POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")
+
+
+def compile_regex(text: str) -> re.Pattern[str]:
+    """A match regex read as RE2 reads it (Envoy's, so Istio's and the Gateway API's), or
+    re.error where Python's re would read the same text differently: `\\d`, `\\w`, `\\s` and
+    `\\b` are ASCII-only in RE2 (Python's default is Unicode: compiled with re.ASCII), and a
+    POSIX class `[[:digit:]]`, a class in RE2, is in Python the set of `[:digt` followed by a
+    literal `]` (refused, with what to write instead)."""
+    found = _POSIX_CLASS.search(text)
+    if found is not None:
+        raise re.error(f"POSIX class {found.group(0)} is not read as RE2 reads it (Python's re "
+                       "takes it for a set of its characters); write the characters, like "
+                       "[0-9] for [:digit:]")
+    return re.compile(text, re.ASCII)
 
 
 def _matcher_map(lower: bool) -> F.Conv[tuple[tuple[str, StringMatch], ...]]:

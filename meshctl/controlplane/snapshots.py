@@ -162,8 +162,12 @@ class SnapshotBuilder:
         self._idle = sorted({(p.service, p.namespace) for p in idle})
         self._by_kind: dict[str, list[Resource]] = {}
         resources = list(resources)
-        # HTTPRoutes (GAMMA) become the Routes they mean: one engine (meshctl.api.gamma).
-        self.derived_routes = routes_of(resources)
+        endpoints = list(endpoints)
+        # HTTPRoutes (GAMMA) become the Routes they mean: one engine (meshctl.api.gamma); for
+        # the parent Services that exist, i.e. have a registered sidecar (as their status says)
+        self.derived_routes = routes_of(resources, {(p.service, p.namespace)
+                                                    for p in (*endpoints, *idle)
+                                                    if p.mode == "sidecar"})
         for r in sorted([*resources, *self.derived_routes], key=lambda r: r.key):
             self._by_kind.setdefault(r.kind, []).append(r)
         meshes = [r.spec for r in self._by_kind.get("MeshConfig", [])

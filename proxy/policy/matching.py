@@ -55,7 +55,8 @@ def _value_check(m: StringMatch) -> ValueCheck:
     if m.kind == "prefix":
         return lambda actual: actual is not None and actual.startswith(value)
     if m.kind == "regex":
-        fullmatch = (m.pattern or re.compile(value)).fullmatch  # RE2/Envoy semantics: whole value
+        # RE2/Envoy semantics: the whole value, ASCII \d \w \s \b (meshctl.api.matches)
+        fullmatch = (m.pattern or re.compile(value, re.ASCII)).fullmatch
         return lambda actual: actual is not None and fullmatch(actual) is not None
     raise ValueError(f"unknown matcher kind {m.kind!r}")
 
@@ -77,7 +78,7 @@ def _path_check(m: StringMatch, ignore_case: bool = False) -> Callable[[str], bo
     if m.kind == "prefix":
         return lambda path: path.startswith(value)
     if m.kind == "regex":
-        fullmatch = (m.pattern or re.compile(value)).fullmatch
+        fullmatch = (m.pattern or re.compile(value, re.ASCII)).fullmatch
         return lambda path: fullmatch(path) is not None
     raise ValueError(f"matcher kind {m.kind!r} is not valid for a path")
 
