@@ -116,6 +116,12 @@ class MeshProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def whole_lines(self) -> list[str]:
+        """The output's complete lines (the process may be writing the last one as the
+        test reads)."""
+        text = self.output()
+        return text[:text.rfind("\n") + 1].splitlines()
+
 
 def spawn(name: str, argv: list[str], log_dir: Path, cwd: Path = ROOT) -> MeshProcess:
     """Start ``argv`` with stdout+stderr to ``log_dir/<name>.log`` (``python -m`` runs the

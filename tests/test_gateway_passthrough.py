@@ -73,8 +73,7 @@ class Gw:
                             listener="gateway")
 
     def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.proc.output().splitlines()
-                if line.startswith("{")]
+        return [json.loads(line) for line in self.proc.whole_lines() if line.startswith("{")]
 
 
 @dataclass
