@@ -93,6 +93,12 @@ class Observer:
                 await self._task
 
 
+def _registered_names(proxies: list[dict[str, Any]]) -> ServiceNames:
+    """The services the registered proxies (sidecars and gateways) run, by namespace."""
+    return ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
+                        for p in proxies if p.get("service"))
+
+
 def parse_window(text: str | None, default: float = 30.0) -> float:
     """``30s``, ``5m``, ``1h`` or plain seconds, up to what the window keeps (a shorter one is
     1 s); 400 for anything else, ``nan``, ``inf``, 0 and negative ones included."""
@@ -185,8 +191,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         namespace = q.get("namespace") or "default"
         window = parse_window(q.get("window"))
         proxies = await list_proxies(scraper.source)
-        names = ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
-                             for p in proxies if p.get("service"))
+        names = _registered_names(proxies)
         label = names.metrics_name(service, namespace)
         declared = routes_about([o.resource for o in await request.app[STORE].list("Route")],
                                 service, namespace, names)
@@ -208,8 +213,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         namespace = q.get("namespace") or "default"
         window = parse_window(q.get("window"))
         proxies = await list_proxies(scraper.source)
-        names = ServiceNames((str(p.get("service")), str(p.get("namespace") or "default"))
-                             for p in proxies if p.get("service"))
+        names = _registered_names(proxies)
         label = names.metrics_name(service, namespace)
         own = [p for p in proxies if p.get("service") == service
                and str(p.get("namespace") or "default") == namespace]
