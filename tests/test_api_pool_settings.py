@@ -35,7 +35,8 @@ def test_istio_groups_set_the_same_fields_as_the_flat_spelling() -> None:
                 "maxConnectionDuration": "10m"},
         "http": {"http1MaxPendingRequests": 7, "http2MaxRequests": 50,
                  "maxRequestsPerConnection": 9, "maxRetries": 2, "idleTimeout": "5s",
-                 "h2UpgradePolicy": "DO_NOT_UPGRADE"}}, "spec.connectionPool")
+                 "h2UpgradePolicy": "DO_NOT_UPGRADE", "useClientProtocol": False}},
+        "spec.connectionPool")
     flat = parse_connection_pool({
         "maxConnections": 100, "connectTimeout": "30ms", "tcpIdleTimeout": "0s",
         "tcpKeepalive": {"time": "60s", "interval": "10s", "probes": 3},
@@ -82,7 +83,9 @@ def test_defaults_leave_the_new_settings_off() -> None:
      "spec.x.http.h2UpgradePolicy: not supported: Ami does not upgrade HTTP/1.1"),
     ({"http": {"useClientProtocol": True}},
      "spec.x.http.useClientProtocol: not supported: the protocol spoken to an endpoint is "
-     "its port's appProtocol"),
+     "its port's appProtocol; declare the port appProtocol: auto"),
+    ({"http": {"useClientProtocol": "no"}},
+     "spec.x.http.useClientProtocol: expected true or false"),
     ({"http": {"maxConcurrentStreams": 10}}, "spec.x.http.maxConcurrentStreams: not supported"),
     ({"http": {"http1MaxPendingRequest": 1}},
      "spec.x.http.http1MaxPendingRequest: unknown field, did you mean "
@@ -143,6 +146,8 @@ def _policy(spec: dict[str, Any]) -> dict[str, Any]:
     ({"outlierDetection": {"consecutiveLocalOriginFailures": 2}}, False),
     ({"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}, False),
     ({"connectionPool": {"http": {"useClientProtocol": True}}}, False),
+    # Istio's default, as pasted from a DestinationRule: what Ami does
+    ({"connectionPool": {"http": {"useClientProtocol": False}}}, True),
     # Istio's 0: the default
     ({"connectionPool": {"tcp": {"maxConnections": 0}}}, True),
     ({"connectionPool": {"http": {"http1MaxPendingRequests": 0, "http2MaxRequests": 0}}}, True),

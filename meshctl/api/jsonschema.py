@@ -274,7 +274,9 @@ _SUBSET_POLICY: Schema = {
         "http": _obj({"http1MaxPendingRequests": _int(0), "http2MaxRequests": _int(0),
                       "maxRequestsPerConnection": _int(0), "maxRetries": _int(0),
                       "idleTimeout": _duration(),
-                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)}})},
+                      "h2UpgradePolicy": {"enum": list(H2_UPGRADE_POLICIES)},
+                      # false (Istio's default) only: true is refused (policy.py)
+                      "useClientProtocol": {"const": False}})},
         # a setting given both ways (flat, and in Istio's group) is refused, as by the parser
         allOf=[{"not": {"required": [flat, group],
                         "properties": {group: {"required": [name]}}}}

@@ -426,8 +426,6 @@ _ISTIO_HTTP = {"http1MaxPendingRequests": "maxPendingRequests",
                "maxRetries": "maxRetries", "idleTimeout": "idleTimeout",
                "h2UpgradePolicy": None}
 _ISTIO_REFUSED = {
-    "useClientProtocol": "not supported: the protocol spoken to an endpoint is its port's "
-                         "appProtocol (auto: the client's own, as useClientProtocol: true)",
     "maxConcurrentStreams": "not supported: an HTTP/2 connection to an endpoint carries as "
                             "many streams as the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS allows",
 }
@@ -512,6 +510,13 @@ def _istio_groups(f: Fields) -> dict[str, tuple[object, str]]:
                       "accepted, and mean just that")
             else:
                 g.optional("h2UpgradePolicy", F.enum(H2_UPGRADE_POLICIES))
+            if g.raw("useClientProtocol") is True:
+                g.add(g.at("useClientProtocol"), "not supported: the protocol spoken to an "
+                      "endpoint is its port's appProtocol; declare the port appProtocol: auto "
+                      "for the client's own (what useClientProtocol: true asks); false, "
+                      "Istio's default, is accepted")
+            else:  # Istio's default: the port's protocol decides, as in Ami
+                g.optional("useClientProtocol", F.boolean)
             for name, why in _ISTIO_REFUSED.items():
                 if g.has(name):
                     g.add(g.at(name), why)
