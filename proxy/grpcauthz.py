@@ -87,8 +87,9 @@ class GrpcCheck(ExtAuthzCheck):
             (b":authority", self.spec.service.encode("latin-1")),
             (b":path", PATH), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
             (b"grpc-timeout", timeout)]
-        if pool.tls is not None:  # who asks, for the provider's sidecar: over mTLS only
-            name, _, value = ex.downstream.listener.peer_line.partition(b":")
+        peer = ex.downstream.listener.peer_line  # (a gateway's; an inbound listener has none)
+        if peer and pool.tls is not None:  # who asks, for the provider's sidecar: over mTLS
+            name, _, value = peer.partition(b":")
             headers.append((name, value.strip()))
         return headers
 
