@@ -30,6 +30,7 @@ from proxy.authzproto import core_pb2, external_auth_pb2, external_auth_pb2_grpc
 from proxy.authzproto.external_auth_pb2 import CheckRequest, CheckResponse
 from tests import meshbuilder
 from tests.grpcapp import serving_in_thread
+from tests.h2app import h2_request
 from tests.helpers_mesh import wait_for
 from tests.ports import free_port
 from tests.proxyharness import Backends
@@ -200,8 +201,7 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert status == 200, body
     seen = json.loads(body)
     assert _values(seen, "x-ext-user") == ["alice"]
-    assert sorted(_values(seen, "x-ext-tag")) == ["checked", "client"] or \
-        _values(seen, "x-ext-tag") == ["client, checked"]
+    assert _values(seen, "x-ext-tag") == ["client", "checked"]  # appended, not replaced
     assert _values(seen, "x-ext-new") == ["fresh"]
     assert _values(seen, "x-remove-me") == [] and _values(seen, "x-kept") == ["yes"]
     assert headers["x-ext-note"] == "seen"
@@ -274,6 +274,27 @@ def test_request_no_custom_rule_selects_is_not_checked(mesh: GrpcAuthzMesh) -> N
     assert not mesh.checked("/free/g")
 
 
+def test_http2_requests_are_checked_too(mesh: GrpcAuthzMesh) -> None:
+    """HTTP/2 (h2c, plaintext: the mesh is PERMISSIVE) to api's inbound listener: the check
+    says HTTP/2, and the edits and the denial apply as to HTTP/1.1."""
+    port = int(mesh.api.info["inbound"].rpartition(":")[2])
+
+    async def both() -> tuple[Any, Any]:
+        allowed = await h2_request(port, "api", "/allow/h2")
+        denied = await h2_request(port, "api", "/deny/h2")
+        return allowed, denied
+
+    allowed, denied = asyncio.run(both())
+    assert allowed.status == 200, allowed.body
+    assert _values(json.loads(allowed.body), "x-ext-user") == ["alice"]
+    [check] = mesh.checked("/allow/h2")
+    assert check.attributes.request.http.protocol == "HTTP/2"
+    assert check.attributes.source.principal == ""  # plaintext: no peer identity
+    assert denied.status == 401 and denied.body.decode() == DENY_BODY
+    assert (b"x-deny-why", b"no-token") in denied.headers
+    assert not mesh.got("/deny/h2")
+
+
 def test_provider_reached_as_egress(mesh: GrpcAuthzMesh) -> None:
     """An ExternalService GRPC port is asked as egress (h2c), as a mesh service would be."""
     status, _, body = mesh.call("egress", "/allow/h")
@@ -318,3 +339,22 @@ def test_the_wire_format_matches_envoys_field_numbers() -> None:
     assert CheckResponse.DESCRIPTOR.full_name == "envoy.service.auth.v3.CheckResponse"
     assert external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name == \
         "envoy.service.auth.v3.Authorization"
+
+
+def test_access_log_proxy_config_and_describe(mesh: GrpcAuthzMesh) -> None:
+    """As for an HTTP provider: the access log's reason, `proxy-config` and `describe`."""
+    mesh.call("api", "/deny/j")
+
+    def logged() -> list[dict[str, Any]]:
+        return [entry for line in mesh.api.whole_lines() if line.startswith("{")
+                for entry in [json.loads(line)] if entry.get("path") == "/deny/j"]
+
+    wait_for(lambda: bool(logged()), 10, "the denial logged")
+    assert (logged()[0]["status"], logged()[0]["reason"]) == (401, "ext_authz_denied")
+    mesh.wait_certified(30)  # (the control plane reads a sidecar's dump over mTLS)
+    shown = mesh.meshctl("proxy-config", mesh.api.info["name"])
+    assert shown.returncode == 0, shown.stderr
+    assert "CUSTOM, checked by provider opa" in shown.stdout, shown.stdout
+    described = mesh.meshctl("describe", "service", "api")
+    assert described.returncode == 0, described.stderr
+    assert "CUSTOM (opa)" in described.stdout, described.stdout
