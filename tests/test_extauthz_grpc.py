@@ -68,7 +68,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         if self.server is not None:
             await self.server.stop(0)
 
-    async def Check(self, request: CheckRequest,  # noqa: N802 (the gRPC method's name)
+    async def Check(self, request: CheckRequest,
                     context: grpc.aio.ServicerContext) -> CheckResponse:
         self.checks.append(request)
         path = request.attributes.request.http.path
