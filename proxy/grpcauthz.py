@@ -56,6 +56,19 @@ class GrpcCheck(ExtAuthzCheck):
             raise CheckFailed(f"{self.spec.service} speaks HTTP/1.1 only: a gRPC check needs "
                               "HTTP/2 (its Service port's appProtocol)")
         message = check_request(ex).SerializeToString()
+        frame = b"\x00" + len(message).to_bytes(4, "big") + message
+        try:
+            body = await self._call(ex, pool, frame)
+        except _Unprocessed:  # refused unseen (a GOAWAY, REFUSED_STREAM): once more
+            body = await self._call(ex, pool, frame)
+        try:
+            answer: CheckResponse = CheckResponse.FromString(body)
+        except Exception as err:  # protobuf's DecodeError (its module varies by backend)
+            raise CheckFailed(f"malformed CheckResponse: {err}") from None
+        return answer
+
+    async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes) -> bytes:
+        """One Check call on a stream of ``pool``'s HTTP/2 connections: its message."""
         conn = pool.take_h2()
         if conn is None:
             conn = await asyncio.shield(pool.connect_h2_shared())
@@ -67,15 +80,10 @@ class GrpcCheck(ExtAuthzCheck):
         try:
             stream.send_headers(self._headers(ex, pool), False)
             stream.last = True  # the one message ends the request
-            stream.write(b"\x00" + len(message).to_bytes(4, "big") + message)
-            body = await call.answer
+            stream.write(frame)
+            return await call.answer
         finally:
             call.drop()
-        try:
-            answer: CheckResponse = CheckResponse.FromString(body)
-        except Exception as err:  # protobuf's DecodeError (its module varies by backend)
-            raise CheckFailed(f"malformed CheckResponse: {err}") from None
-        return answer
 
     def _headers(self, ex: Exchange, pool: EndpointPool) -> Headers:
         # grpc-timeout: the provider may give up when the check would no longer be waited for
@@ -197,6 +205,10 @@ def _address(address: Any, transport: Any, which: str) -> None:
         address.socket_address.port_value = int(where[1])
 
 
+class _Unprocessed(CheckFailed):
+    """The provider refused the call before looking at it: it may be sent again."""
+
+
 class _Call:
     """The check's stream: the callbacks an H2UpstreamStream makes, its answer's message."""
 
@@ -217,10 +229,10 @@ class _Call:
         if stream is not None:
             stream.abort()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, error: type[CheckFailed] = CheckFailed) -> None:
         self.stream = None
         if not self.answer.done():
-            self.answer.set_exception(CheckFailed(why))
+            self.answer.set_exception(error(why))
 
     def _read_status(self, headers: Headers) -> None:
         for name, value in headers:
@@ -263,7 +275,8 @@ class _Call:
                 self.answer.set_result(body[5:])
 
     def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
-        self._fail("stream reset by the provider")
+        self._fail("stream reset by the provider",
+                   _Unprocessed if stream.unprocessed else CheckFailed)
 
     def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
         self._fail(reason)
