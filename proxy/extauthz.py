@@ -1,5 +1,6 @@
-"""AuthorizationPolicy CUSTOM: the external authorization check (Envoy's ext_authz HTTP
-service) that a selected request waits for before the rest of its admission.
+"""AuthorizationPolicy CUSTOM: the external authorization check that a selected request
+waits for before the rest of its admission; here the step and an HTTP provider's check
+(Envoy's ext_authz HTTP service), a gRPC provider's in `proxy.grpcauthz`.
 
 The check is an admission step (``ExtAuthzCheck``, built at config-apply time only for a
 workload with a CUSTOM policy): it answers ``CHECKING`` and asks the provider in a task; the
@@ -201,7 +202,7 @@ class ExtAuthzCheck:
 
 class HttpCheck(ExtAuthzCheck):
     """An envoyExtAuthzHttp provider's check: the request's head (no body) in HTTP/1.1;
-    2xx allows, a 5xx or no answer is an error, any other status denies with it."""
+    200 allows, a 5xx or no answer is an error, any other status denies with it."""
 
     spec: ExtAuthzHttp
 
