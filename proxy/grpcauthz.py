@@ -35,7 +35,10 @@ _ADD_IF_ABSENT, _OVERWRITE_IF_EXISTS = 1, 3
 # what the provider may name and write in a header: a token, and a value with no CR, LF, NUL
 _NAME = re.compile(rb"^[-!#$%&'*+.^_`|~0-9a-z]+$")
 _VALUE = re.compile(rb"^[^\r\n\x00]*$")
-_NOT_REMOVED = frozenset({b"host"})  # (and pseudo-headers): as Envoy, removing them is ignored
+# The request's authority and framing: not the provider's to set or remove (an edit of them
+# is ignored, as Envoy ignores removing `host` or a pseudo-header).
+_PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                        b"keep-alive", b"te", b"upgrade", b"expect"})
 
 
 class GrpcCheck(ExtAuthzCheck):
@@ -117,23 +120,25 @@ class GrpcCheck(ExtAuthzCheck):
             present = {n.lower().replace(b"_", b"-") for n, _ in ex.headers}
             upstream, append = [], []
             for name, value, how in _options(ok.headers):
-                if name.startswith(b":") or name in _NOT_REMOVED:
-                    continue  # (the request's target and authority are not the provider's)
+                if name in _PROTECTED:
+                    continue
                 there = name.replace(b"_", b"-") in present
                 if how == "append":
                     append.append((name, value))
                 elif (how == "set" or (how == "absent" and not there)
                       or (how == "exists" and there)):
                     upstream.append((name, value))
-            remove = {n.lower().encode("latin-1") for n in ok.headers_to_remove}
-            remove = {n for n in remove if not n.startswith(b":") and n not in _NOT_REMOVED}
+            remove = {n.lower().encode("utf-8") for n in ok.headers_to_remove}
+            remove = {n for n in remove if not n.startswith(b":") and n not in _PROTECTED}
             self._allowed(ex, upstream, append, remove,
-                          [(n, v) for n, v, _ in _options(ok.response_headers_to_add)])
+                          [(n, v) for n, v, _ in _options(ok.response_headers_to_add)
+                           if n not in _FRAMING])
 
 
 def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
     """HeaderValueOptions as (lower-case name, value, "set" | "append" | "absent" |
-    "exists"); a name or value HTTP cannot carry is dropped (logged). As Envoy reads them in
+    "exists"); a pseudo-header, or a name or value HTTP cannot carry, is dropped (logged: a
+    provider cannot split a header line or rewrite the request's target). As Envoy reads them in
     an ext_authz answer: `append` true appends, false (or unset) sets; without `append`,
     `append_action` ADD_IF_ABSENT and OVERWRITE_IF_EXISTS are honoured, the others set."""
     out = []
@@ -141,8 +146,8 @@ def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
         header = option.header
         name = header.key.lower().encode("utf-8")
         value = header.value.encode("utf-8") if header.value else header.raw_value
-        if not _NAME.match(name.lstrip(b":")) or not _VALUE.match(value):
-            log.info("ext_authz answer: header %r dropped (not a valid HTTP header)",
+        if not _NAME.match(name) or not _VALUE.match(value):  # (a pseudo-header too)
+            log.info("ext_authz answer: header %r dropped (not an HTTP header Ami sets)",
                      header.key)
             continue
         if option.HasField("append"):

@@ -80,6 +80,13 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
                                _option("x-ext-new", "fresh", append=False)])
             ok.headers_to_remove.append("x-remove-me")
             ok.response_headers_to_add.append(_option("x-ext-note", "seen"))
+        elif path.startswith("/tricky/"):  # edits of what is not the provider's to edit
+            ok = answer.ok_response
+            ok.headers.extend([_option("x-bad", "a\r\nx-injected: 1"),
+                               _option(":path", "/admin"), _option("host", "evil"),
+                               _option("content-length", "5"), _option("x-fine", "ok")])
+            ok.headers_to_remove.extend(["host", ":authority", "transfer-encoding"])
+            ok.response_headers_to_add.append(_option("content-length", "1"))
         elif path.startswith("/deny/"):
             answer.status.code = PERMISSION_DENIED
             denied = answer.denied_response
@@ -135,7 +142,7 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
             _external("opa-partner", "opa.partner.test", grpc_port),
             _external("gone-partner", "gone.partner.test", gone),
             _custom("api", "opa", [{"to": [{"paths": [
-                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*"]}]}]),
+                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*"]}]}]),
             _custom("egress", "opa-egress", [{}]),
             _custom("lost", "opa-gone", [{}]),
             _custom("open", "opa-open", [{}])), warmup=0.0)
@@ -206,6 +213,20 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert _values(seen, "x-remove-me") == [] and _values(seen, "x-kept") == ["yes"]
     assert headers["x-ext-note"] == "seen"
     assert mesh.metric(mesh.api, "ami_ext_authz_checks_total", result="allowed") >= 1
+
+
+def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
+        mesh: GrpcAuthzMesh) -> None:
+    """ok_response edits of pseudo-headers, `host`, the framing, or a value with CR LF are
+    dropped: the request reaches the app as it was sent, with the provider's other edits."""
+    status, headers, body = mesh.call("api", "/tricky/k")
+    assert status == 200, body
+    seen = json.loads(body)
+    assert (seen["path"], seen["host"]) == ("/tricky/k", "api")
+    assert _values(seen, "x-fine") == ["ok"]
+    assert not _values(seen, "x-bad") and not _values(seen, "x-injected")
+    assert _values(seen, "content-length") in ([], ["0"])
+    assert int(headers["content-length"]) == len(body)
 
 
 def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzMesh) -> None:
