@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+GOOGLEAPIS = $(shell $(PY) -c 'import google.rpc.status_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')
+
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. meshctl/api/mesh.proto
+	# Envoy's ext_authz API (its google.rpc.Status from googleapis-common-protos' .proto files)
+	$(PY) -m grpc_tools.protoc -I. -I$(GOOGLEAPIS) --python_out=. --pyi_out=. \
+		proxy/authzproto/core.proto proxy/authzproto/http_status.proto
+	$(PY) -m grpc_tools.protoc -I. -I$(GOOGLEAPIS) --python_out=. --grpc_python_out=. \
+		--pyi_out=. proxy/authzproto/external_auth.proto
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)

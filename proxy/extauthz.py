@@ -1,5 +1,6 @@
-"""AuthorizationPolicy CUSTOM: the external authorization check (Envoy's ext_authz HTTP
-service) that a selected request waits for before the rest of its admission.
+"""AuthorizationPolicy CUSTOM: the external authorization check that a selected request
+waits for before the rest of its admission; here the step and an HTTP provider's check
+(Envoy's ext_authz HTTP service), a gRPC provider's in `proxy.grpcauthz`.
 
 The check is an admission step (``ExtAuthzCheck``, built at config-apply time only for a
 workload with a CUSTOM policy): it answers ``CHECKING`` and asks the provider in a task; the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from proxy.clientaddress import trusted_client
@@ -22,7 +23,7 @@ from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authz import AuthorizationRule
-    from meshctl.api.extauthz import ExtAuthzHttp, HeaderPatterns
+    from meshctl.api.extauthz import ExtAuthzGrpc, ExtAuthzHttp, HeaderPatterns
     from proxy.exchange import Exchange
     from proxy.layers import HeaderEditor
     from proxy.metrics import RequestStats
@@ -70,11 +71,14 @@ class Answer:
 class ExtAuthzCheck:
     """The admission step of a workload with a CUSTOM policy: a request its rules select
     waits for the provider's answer; then (or for any other request at once) ``admit``, the
-    workload's own admission (JWT, DENY, ALLOW, rate limit)."""
+    workload's own admission (JWT, DENY, ALLOW, rate limit). What is shared by the provider's
+    kinds: the selection, the wait, and what an answer does (``_failed``, ``_denied``,
+    ``_allowed``); a kind asks (``_ask``) and reads its answer (``_decide``)."""
 
-    def __init__(self, admit: Callable[[Exchange], Any], provider: str, spec: ExtAuthzHttp,
-                 rules: Sequence[AuthorizationRule], backend: Backend | None,
-                 stats: RequestStats, labels: tuple[tuple[str, str], ...], port: int,
+    def __init__(self, admit: Callable[[Exchange], Any], provider: str,
+                 spec: ExtAuthzHttp | ExtAuthzGrpc, rules: Sequence[AuthorizationRule],
+                 backend: Backend | None, stats: RequestStats,
+                 labels: tuple[tuple[str, str], ...], port: int,
                  proxy_protocol: bool = False) -> None:
         self.admit = admit
         self.provider = provider
@@ -88,10 +92,6 @@ class ExtAuthzCheck:
         # behind a PROXY protocol balancer (--proxy-protocol), `ipBlocks` judge the
         # connection's own peer, as the workload's ALLOW and DENY rules do (InboundPolicy)
         self.reads_direct = proxy_protocol and any(r.reads_direct for r in self.rules)
-        extra = tuple((k.encode("latin-1"), v.encode("latin-1"))
-                      for k, v in spec.include_additional_headers)
-        self._extra = extra
-        self._extra_names = frozenset(k for k, _ in extra)
 
     def __call__(self, ex: Exchange) -> Any:
         if getattr(ex, "ext_authz", None) is not None:  # resumed: the provider allowed it
@@ -124,7 +124,7 @@ class ExtAuthzCheck:
 
     # --- the check --------------------------------------------------------------------------
     async def _check(self, ex: Exchange) -> None:
-        answer: Answer | None = None
+        answer: Any = None
         try:
             answer = await asyncio.wait_for(self._ask(ex), self.spec.timeout)
         except asyncio.CancelledError:
@@ -142,34 +142,47 @@ class ExtAuthzCheck:
         except Exception:
             ex.internal_error()
 
-    def _decide(self, ex: Exchange, answer: Answer | None) -> None:
+    async def _ask(self, ex: Exchange) -> Any:
+        """The provider's answer (read by ``_decide``); raises CheckFailed or OSError."""
+        raise NotImplementedError
+
+    def _decide(self, ex: Exchange, answer: Any) -> None:
+        """Act on ``answer`` (None: no usable one) with ``_failed``, ``_denied``, ``_allowed``."""
+        raise NotImplementedError
+
+    # --- what an answer does, whichever the provider's kind ---------------------------------
+    def _failed(self, ex: Exchange) -> None:
+        """No usable answer: statusOnError (`ext_authz_error`), or through with failOpen."""
         from proxy import exchangepolicy
 
-        spec = self.spec
-        if answer is None or answer.status >= 500:  # (a 5xx is an error too, as Envoy's)
-            self._count("error")
-            if spec.fail_open:
-                exchangepolicy.resume(ex)
-            else:
-                self._refuse(ex, "ext_authz_error", spec.status_on_error, (), None)
-            return
-        if answer.status != 200:
-            self._count("denied")
-            keep = spec.headers_to_downstream_on_deny
-            headers = tuple((n, v) for n, v in answer.headers if n not in _FRAMING and (
-                not keep or _named(keep, n) or n.decode("latin-1") in _ON_DENY_ALWAYS))
-            self._refuse(ex, "ext_authz_denied", answer.status, headers, answer.body)
-            return
+        self._count("error")
+        if self.spec.fail_open:
+            exchangepolicy.resume(ex)
+        else:
+            self._refuse(ex, "ext_authz_error", self.spec.status_on_error, (), None)
+
+    def _denied(self, ex: Exchange, status: int, headers: tuple[tuple[bytes, bytes], ...],
+                body: bytes) -> None:
+        self._count("denied")
+        self._refuse(ex, "ext_authz_denied", status, headers, body)
+
+    def _allowed(self, ex: Exchange, upstream: list[tuple[bytes, bytes]],
+                 append: Sequence[tuple[bytes, bytes]] = (), remove: Set[bytes] = frozenset(),
+                 downstream: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Through: ``upstream`` headers set on the request (replacing any of their names),
+        ``append`` ones added beside what is there, ``remove`` names (lower case) dropped,
+        ``downstream`` ones set on the response; then the rest of the admission."""
+        from proxy import exchangepolicy
+
         self._count("allowed")
-        upstream = [(n, v) for n, v in answer.headers
-                    if _named(spec.headers_to_upstream_on_allow, n)]
-        if upstream:  # set on the request: an existing header of the name is replaced,
-            # in each spelling an app reads as it (`x_user` is HTTP_X_USER, as `x-user`)
-            names = {n.replace(b"_", b"-") for n, _ in upstream}
+        if upstream or remove:  # an existing header of the name is replaced, in each
+            # spelling an app reads as it (`x_user` is HTTP_X_USER, as `x-user`)
+            names = {n.replace(b"_", b"-") for n, _ in upstream} | {
+                n.replace(b"_", b"-") for n in remove}
             ex.headers = [h for h in ex.headers
                           if h[0].lower().replace(b"_", b"-") not in names] + upstream
-        downstream = [(n, v) for n, v in answer.headers
-                      if _named(spec.headers_to_downstream_on_allow, n)]
+        if append:
+            ex.headers = [*ex.headers, *append]
         if downstream:
             ex.response_edits = ResponseHeaders(ex.response_edits, downstream)
         exchangepolicy.resume(ex)
@@ -185,6 +198,36 @@ class ExtAuthzCheck:
 
     def _count(self, result: str) -> None:
         self.stats.inc("ami_ext_authz_checks", (*self.labels, ("result", result)))
+
+
+class HttpCheck(ExtAuthzCheck):
+    """An envoyExtAuthzHttp provider's check: the request's head (no body) in HTTP/1.1;
+    200 allows, a 5xx or no answer is an error, any other status denies with it."""
+
+    spec: ExtAuthzHttp
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        extra = tuple((k.encode("latin-1"), v.encode("latin-1"))
+                      for k, v in self.spec.include_additional_headers)
+        self._extra = extra
+        self._extra_names = frozenset(k for k, _ in extra)
+
+    def _decide(self, ex: Exchange, answer: Answer | None) -> None:
+        spec = self.spec
+        if answer is None or answer.status >= 500:  # (a 5xx is an error too, as Envoy's)
+            self._failed(ex)
+        elif answer.status != 200:
+            keep = spec.headers_to_downstream_on_deny
+            headers = tuple((n, v) for n, v in answer.headers if n not in _FRAMING and (
+                not keep or _named(keep, n) or n.decode("latin-1") in _ON_DENY_ALWAYS))
+            self._denied(ex, answer.status, headers, answer.body)
+        else:
+            self._allowed(
+                ex, [(n, v) for n, v in answer.headers
+                     if _named(spec.headers_to_upstream_on_allow, n)],
+                downstream=[(n, v) for n, v in answer.headers
+                            if _named(spec.headers_to_downstream_on_allow, n)])
 
     async def _ask(self, ex: Exchange) -> Answer:
         backend = self.backend
@@ -244,10 +287,13 @@ class ExtAuthzCheck:
         return b"".join(parts)
 
 
-def provider_backend(builder: RouterBuilder, spec: ExtAuthzHttp) -> Backend | None:
+def provider_backend(builder: RouterBuilder, spec: ExtAuthzHttp | ExtAuthzGrpc
+                     ) -> Backend | None:
     """How this proxy reaches the provider: a mesh service as any call to it (its endpoints,
     mTLS unless it is DISABLE), an ExternalService host on ``spec.port`` as egress (plaintext,
-    or TLS its DestinationPolicy originates); None (logged) when it is neither here."""
+    or TLS its DestinationPolicy originates; h2c for a gRPC provider); None (logged) when it
+    is neither here."""
+    from meshctl.api.extauthz import ExtAuthzGrpc
     from proxy.config import Address
     from proxy.origination import origination_for
     from proxy.routing import Backend, _balancer
@@ -268,7 +314,9 @@ def provider_backend(builder: RouterBuilder, spec: ExtAuthzHttp) -> Backend | No
     target = ext.target_ports.get(spec.port, spec.port)
     origination = origination_for(host, ext.policy.tls)
     pools = tuple(builder.pools.get(Address(a, target), None, "unknown", ext.policy,
-                                    destination=(host, None), external=True, protocol="http1",
+                                    destination=(host, None), external=True,
+                                    protocol="http2" if isinstance(spec, ExtAuthzGrpc)
+                                    else "http1",
                                     origination=origination)
                   for a in ext.endpoints or (host,))
     balancer = _balancer(ext.policy.load_balancer, builder.rng) if len(pools) > 1 else None

@@ -28,7 +28,7 @@ from proxy.proxyread import direct_peer
 if TYPE_CHECKING:
     from meshctl.api.authn import RequestAuthenticationSpec
     from meshctl.api.authz import AuthorizationPolicySpec, AuthorizationRule
-    from meshctl.api.extauthz import ExtAuthzHttp, ExtensionProvider
+    from meshctl.api.extauthz import ExtAuthzGrpc, ExtAuthzHttp, ExtensionProvider
     from meshctl.api.policy import RateLimit
     from proxy.authzstats import Count
     from proxy.exchange import Exchange
@@ -65,7 +65,8 @@ def _as_it_arrived(ex: Exchange) -> Exchange:
 
 def custom_check(policies: Sequence[AuthorizationPolicySpec],
                  providers: Sequence[ExtensionProvider],
-                 ) -> tuple[str, ExtAuthzHttp, tuple[AuthorizationRule, ...]] | None:
+                 ) -> tuple[str, ExtAuthzHttp | ExtAuthzGrpc,
+                            tuple[AuthorizationRule, ...]] | None:
     """The CUSTOM policies' provider and their rules together (one provider per workload,
     as Istio: the control plane refuses a second), or None when none applies. A provider
     the snapshot does not describe, or a second provider (a static config's), fails closed:
@@ -85,7 +86,8 @@ def custom_check(policies: Sequence[AuthorizationPolicySpec],
                     "refused", ", ".join(names))
         return ",".join(names), ExtAuthzHttp("<several providers>", 0), rules
     name = names[0]
-    spec = next((p.http for p in providers if p.name == name), None)
+    spec: ExtAuthzHttp | ExtAuthzGrpc | None = next(
+        (p.spec for p in providers if p.name == name), None)
     if spec is None:
         log.warning("AuthorizationPolicy CUSTOM names provider %r, which this proxy's "
                     "configuration does not describe: the requests it selects are refused",

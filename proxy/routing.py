@@ -506,12 +506,17 @@ class RouterBuilder:
         (decided here, once per config: other workloads' requests pay nothing for it)."""
         if policy.custom is None:
             return policy.admit
-        from proxy.extauthz import ExtAuthzCheck, provider_backend
+        from meshctl.api.extauthz import ExtAuthzGrpc
+        from proxy.extauthz import ExtAuthzCheck, HttpCheck, provider_backend
 
         name, spec, rules = policy.custom
-        return ExtAuthzCheck(policy.admit, name, spec, rules, provider_backend(self, spec),
-                             policy.stats, policy.labels, policy.port,
-                             proxy_protocol=policy.proxy_protocol)
+        kind: type[ExtAuthzCheck] = HttpCheck
+        if isinstance(spec, ExtAuthzGrpc):
+            from proxy.grpcauthz import GrpcCheck
+            kind = GrpcCheck
+        return kind(policy.admit, name, spec, rules, provider_backend(self, spec),
+                    policy.stats, policy.labels, policy.port,
+                    proxy_protocol=policy.proxy_protocol)
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
                      scheme: str = "http") -> dict[str, HostRoute]:

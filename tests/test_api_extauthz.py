@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from meshctl.api.errors import ValidationError
-from meshctl.api.extauthz import DEFAULT_TIMEOUT
+from meshctl.api.extauthz import DEFAULT_TIMEOUT, ExtAuthzGrpc, ExtAuthzHttp
 from meshctl.api.kinds import MeshConfigSpec
 from meshctl.api.resources import load_documents, validate_set
 from tests.resources import document, documents, mesh_config
@@ -42,7 +42,8 @@ def test_provider_fields_and_defaults() -> None:
         headersToUpstreamOnAllow=["*-user"])), "r.yaml")
     assert isinstance(doc.spec, MeshConfigSpec)
     [provider] = doc.spec.extension_providers
-    spec = provider.http
+    spec = provider.spec
+    assert isinstance(spec, ExtAuthzHttp)
     assert (provider.name, spec.service, spec.port) == ("authz", "authz", 8000)
     assert spec.timeout == 0.25 and spec.path_prefix == "/check"
     assert (spec.fail_open, spec.status_on_error) == (False, 403)
@@ -52,7 +53,7 @@ def test_provider_fields_and_defaults() -> None:
     assert "x-end-user" in spec.headers_to_upstream_on_allow
     assert spec.include_additional_headers == (("x-asked-by", "mesh"),)
     [default] = load_documents(mesh(http()), "r.yaml")[0].spec.extension_providers  # type: ignore[union-attr]
-    assert default.http.timeout == DEFAULT_TIMEOUT == 600.0  # Istio's 10m
+    assert default.spec.timeout == DEFAULT_TIMEOUT == 600.0  # Istio's 10m
 
 
 def test_status_on_error_as_istio_writes_it() -> None:
@@ -60,7 +61,7 @@ def test_status_on_error_as_istio_writes_it() -> None:
     the status, as a number is; any other string is refused."""
     [doc] = load_documents(mesh(http(statusOnError="503")), "r.yaml")
     assert isinstance(doc.spec, MeshConfigSpec)
-    assert doc.spec.extension_providers[0].http.status_on_error == 503
+    assert doc.spec.extension_providers[0].spec.status_on_error == 503
     assert any("statusOnError" in i for i in issues(mesh(http(statusOnError="forbidden"))))
 
 
@@ -87,14 +88,51 @@ def test_bad_provider_fields_are_named(fields: dict[str, object], expected: str)
     assert all(line.startswith("r.yaml doc 1: ") for line in found), found
 
 
+def grpc(name: str = "opa", **fields: object) -> dict[str, object]:
+    return {"name": name, "envoyExtAuthzGrpc": {"service": "opa", "port": 9191, **fields}}
+
+
+def test_grpc_provider_fields_and_defaults() -> None:
+    """envoyExtAuthzGrpc: Istio's fields and defaults (10m, fail closed with 403)."""
+    [doc] = load_documents(mesh(grpc(), grpc("opa-fast", timeout="300ms", failOpen=True,
+                                             statusOnError="503")), "r.yaml")
+    assert isinstance(doc.spec, MeshConfigSpec)
+    default, fast = doc.spec.extension_providers
+    assert default.name == "opa"
+    assert default.spec == ExtAuthzGrpc("opa", 9191, 600.0, False, 403)
+    assert fast.spec == ExtAuthzGrpc("opa", 9191, 0.3, True, 503)
+    assert issues(documents(mesh(grpc()), custom("p", "opa", "api"))) == []
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"includeRequestBodyInCheck": {"maxRequestBytes": 100, "packAsBytes": True}},
+     "spec.extensionProviders[0].envoyExtAuthzGrpc.includeRequestBodyInCheck: not supported"),
+    ({"statusOnError": 99}, "spec.extensionProviders[0].envoyExtAuthzGrpc.statusOnError: "
+                            "must be"),
+    ({"port": 70000}, "spec.extensionProviders[0].envoyExtAuthzGrpc.port: must be"),
+    ({"timeout": "soon"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.timeout:"),
+    ({"service": "Not A Host"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.service:"),
+    ({"pathPrefix": "/check"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.pathPrefix: "
+                               "unknown field"),
+])
+def test_bad_grpc_provider_fields_are_named(fields: dict[str, object], expected: str) -> None:
+    found = issues(mesh(grpc(**fields)))
+    assert any(expected in line for line in found), found
+    assert all(line.startswith("r.yaml doc 1: ") for line in found), found
+
+
 def test_provider_kind_and_name_are_checked() -> None:
-    found = issues(mesh({"name": "g", "envoyExtAuthzGrpc": {"service": "a", "port": 1}}))
-    assert any("spec.extensionProviders[0].envoyExtAuthzGrpc: not supported" in f
+    found = issues(mesh({"name": "g", "envoyExtAuthzGrpc": {"port": 1}}))
+    assert any("spec.extensionProviders[0].envoyExtAuthzGrpc.service: field is required" in f
                for f in found), found
+    both = {"name": "g", "envoyExtAuthzHttp": {"service": "a", "port": 1},
+            "envoyExtAuthzGrpc": {"service": "a", "port": 1}}
+    assert any("spec.extensionProviders[0].envoyExtAuthzGrpc: set one of envoyExtAuthzHttp "
+               "and envoyExtAuthzGrpc" in f for f in issues(mesh(both))), issues(mesh(both))
     found = issues(mesh(http("authz"), http("other"), http("authz")))
     assert any("spec.extensionProviders[2].name: duplicate provider name 'authz'" in f
                for f in found), found
-    assert any("spec.extensionProviders[0]: set envoyExtAuthzHttp" in f
+    assert any("spec.extensionProviders[0]: set envoyExtAuthzHttp or envoyExtAuthzGrpc" in f
                for f in issues(mesh({"name": "x"}))), found
 
 

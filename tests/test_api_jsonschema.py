@@ -252,6 +252,17 @@ def with_rule(**rule: Any) -> dict[str, Any]:
        "metadata": {"name": "p", "annotations": {"istio.io/dry-run": value}},
        "spec": {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}}
       for value in ("true", "True", "1")),
+    # an extension provider has one kind; a gRPC one takes no HTTP provider's fields
+    *({**ROUTE, "kind": "MeshConfig", "metadata": {"name": "default"},
+       "spec": {"extensionProviders": [provider]}} for provider in (
+           {"name": "x"},
+           {"name": "x", "envoyExtAuthzHttp": {"service": "a", "port": 1},
+            "envoyExtAuthzGrpc": {"service": "a", "port": 1}},
+           {"name": "x", "envoyExtAuthzGrpc": {"service": "a", "port": 1,
+                                               "pathPrefix": "/check"}},
+           {"name": "x", "envoyExtAuthzGrpc": {"service": "a"}},
+           {"name": "x", "envoyExtAuthzGrpc": {"service": "a", "port": 1,
+                                               "includeRequestBodyInCheck": {}}})),
 ])
 def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> None:
     """Mistakes that JSON Schema can express are rejected by the parser and the schema alike."""
@@ -345,6 +356,10 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
         {"hosts": ["./*", "~/*", "*/*.example.com", "b/api", "*/api.b.svc.cluster.local"]}]}},
     {**ROUTE, "kind": "Sidecar", "spec": {"workloadSelector": {"labels": {"app": "web"}},
                                           "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}},
+    {**ROUTE, "kind": "MeshConfig", "metadata": {"name": "default"}, "spec": {
+        "extensionProviders": [{"name": "opa", "envoyExtAuthzGrpc": {
+            "service": "opa", "port": 9191, "timeout": "250ms", "failOpen": True,
+            "statusOnError": "503"}}]}},
     {**ROUTE, "kind": "Canary", "spec": {"service": "reviews", "stable": "v1", "canary": "v3"}},
     {**ROUTE, "kind": "Canary", "spec": {
         "service": "reviews", "route": "reviews", "rule": "beta", "stable": "v1",

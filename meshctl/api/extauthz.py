@@ -1,5 +1,6 @@
 """MeshConfig extensionProviders: the external authorization services (Istio's
-envoyExtAuthzHttp) that AuthorizationPolicy `action: CUSTOM` delegates to."""
+envoyExtAuthzHttp and envoyExtAuthzGrpc) that AuthorizationPolicy `action: CUSTOM` delegates
+to."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from meshctl.api import fields as F
 from meshctl.api.errors import Issue, fail
 from meshctl.api.fields import Fields
 
-DEFAULT_TIMEOUT = 600.0  # Istio's default for envoyExtAuthzHttp.timeout (10m)
+DEFAULT_TIMEOUT = 600.0  # Istio's default for either provider's timeout (10m)
 # A header name pattern as Istio's: exact, 'prefix*' or '*suffix' (case-insensitive).
 HEADER_PATTERN = r"^(\*?[-!#$%&'+.^_`|~0-9A-Za-z]+|[-!#$%&'+.^_`|~0-9A-Za-z]+\*)$"
 _PATTERN = F.string(HEADER_PATTERN, "a header name, or one with '*' at its start or end "
@@ -66,11 +67,22 @@ class ExtAuthzHttp:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthzGrpc:
+    """An envoyExtAuthzGrpc provider: Envoy's `Authorization/Check` over HTTP/2 (gRPC)."""
+
+    service: str
+    port: int
+    timeout: float = DEFAULT_TIMEOUT
+    fail_open: bool = False
+    status_on_error: int = 403
+
+
+@dataclass(frozen=True, slots=True)
 class ExtensionProvider:
-    """One MeshConfig extensionProviders item."""
+    """One MeshConfig extensionProviders item: its name and its one kind's settings."""
 
     name: str
-    http: ExtAuthzHttp
+    spec: ExtAuthzHttp | ExtAuthzGrpc
 
 
 PATH_PREFIX = r"^/[^\s?#]*$"
@@ -93,16 +105,32 @@ def _parse_http(data: object, path: str) -> ExtAuthzHttp:
     extra = f.value("includeAdditionalHeadersInCheck",
                     F.string_map(F.string(F.HEADER_NAME, "an HTTP header name"),
                                  F.string(F.HEADER_FIELD_VALUE, "a header value")), {})
-    if f.has("includeRequestBodyInCheck"):
-        f.add(f.at("includeRequestBodyInCheck"),
-              "not supported: Ami sends the authorization service no body (the request's "
-              "body waits, unread, for the decision)")
+    _no_body(f)
     spec = ExtAuthzHttp(
         service, port, timeout, prefix.rstrip("/") if prefix != "/" else "", fail_open, status,
         headers, tuple((k.lower(), v) for k, v in extra.items()),
         f.value("headersToUpstreamOnAllow", _patterns, HeaderPatterns()),
         f.value("headersToDownstreamOnAllow", _patterns, HeaderPatterns()),
         f.value("headersToDownstreamOnDeny", _patterns, HeaderPatterns()))
+    f.finish()
+    return spec
+
+
+def _no_body(f: Fields) -> None:
+    if f.has("includeRequestBodyInCheck"):
+        f.add(f.at("includeRequestBodyInCheck"),
+              "not supported: Ami sends the authorization service no body (the request's "
+              "body waits, unread, for the decision)")
+
+
+def _parse_grpc(data: object, path: str) -> ExtAuthzGrpc:
+    f = Fields(data, path)
+    service = f.required("service", SERVICE, "")
+    port = f.required("port", F.integer(1, 65535), 0)
+    spec = ExtAuthzGrpc(service, port, f.value("timeout", F.duration(), DEFAULT_TIMEOUT),
+                        f.value("failOpen", F.boolean, False),
+                        f.value("statusOnError", _status, 403))
+    _no_body(f)
     f.finish()
     return spec
 
@@ -121,15 +149,18 @@ def parse_provider(data: object, path: str) -> ExtensionProvider:
     """Parse one extensionProviders item (also a proxy snapshot's inbound.extAuthz items)."""
     f = Fields(data, path)
     name = f.required("name", _NAME, "")
-    if f.has("envoyExtAuthzGrpc"):
-        f.add(f.at("envoyExtAuthzGrpc"), "not supported yet: use envoyExtAuthzHttp (an "
-                                         "HTTP authorization service)")
+    kinds = [k for k in ("envoyExtAuthzHttp", "envoyExtAuthzGrpc") if f.has(k)]
+    if not kinds:
+        f.add(f.path, "set envoyExtAuthzHttp or envoyExtAuthzGrpc (the provider's kind)")
+    elif len(kinds) > 1:
+        f.add(f.at("envoyExtAuthzGrpc"), "set one of envoyExtAuthzHttp and envoyExtAuthzGrpc "
+                                         "(a provider has one kind)")
     http = f.optional("envoyExtAuthzHttp", _parse_http)
-    if not f.has("envoyExtAuthzHttp") and not f.has("envoyExtAuthzGrpc"):
-        f.add(f.path, "set envoyExtAuthzHttp (the provider's kind)")
+    grpc = f.optional("envoyExtAuthzGrpc", _parse_grpc)
     f.finish()
-    assert http is not None
-    return ExtensionProvider(name, http)
+    spec = http or grpc
+    assert spec is not None
+    return ExtensionProvider(name, spec)
 
 
 def parse_providers(data: object, path: str) -> tuple[ExtensionProvider, ...]:
@@ -141,7 +172,6 @@ def parse_providers(data: object, path: str) -> tuple[ExtensionProvider, ...]:
             fail(f"{path}[{i}].name", f"duplicate provider name {provider.name!r}")
         seen.add(provider.name)
     return providers
-
 
 
 def custom_policy_issues(items: Iterable[Any]) -> list[Issue]:

@@ -446,7 +446,13 @@ _SPECS: dict[str, Schema] = {
                 "headersToDownstreamOnAllow": _list(_str(HEADER_PATTERN)),
                 "headersToDownstreamOnDeny": _list(_str(HEADER_PATTERN)),
             }, ("service", "port")),
-        }, ("name", "envoyExtAuthzHttp"))),
+            "envoyExtAuthzGrpc": _obj({
+                "service": _str(F.DNS_SUBDOMAIN, maxLength=253), "port": _int(1, 65535),
+                "timeout": _duration(), "failOpen": {"type": "boolean"},
+                "statusOnError": {"anyOf": [_int(200, 599), _str(STATUS_TEXT)]},
+            }, ("service", "port")),
+        }, ("name",)) | {"oneOf": [{"required": ["envoyExtAuthzHttp"]},
+                                   {"required": ["envoyExtAuthzGrpc"]}]}),
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),

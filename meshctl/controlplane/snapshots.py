@@ -469,10 +469,10 @@ class SnapshotBuilder:
         providers = []
         for item in raw:
             if item.get("name") in names:
-                http = item.get("envoyExtAuthzHttp")
-                found = self.names.resolve(http["service"], namespace) if http else None
-                if http and found is not None:
-                    http["service"] = self.names.key(*found, namespace)
+                spec = item.get("envoyExtAuthzHttp") or item.get("envoyExtAuthzGrpc")
+                found = self.names.resolve(spec["service"], namespace) if spec else None
+                if spec and found is not None:
+                    spec["service"] = self.names.key(*found, namespace)
                 providers.append(item)
         return providers
 
