@@ -170,7 +170,7 @@ class H2MirrorRequest:
                          end_stream: bool) -> None:
         pass
 
-    def h2_response_data(self, chunk: bytes) -> None:
+    def h2_response_data(self, chunk: bytes, end: bool = False) -> None:
         pass
 
     def h2_response_trailers(self, headers: Headers) -> None:

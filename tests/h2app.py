@@ -75,6 +75,7 @@ class H2Server:
         self.requests: list[Seen] = []
         self.connections = 0  # accepted so far
         self.hanging = 0  # streams held without an answer now
+        self.resets: list[str] = []  # paths of the streams the client reset (RST_STREAM)
         self.once: set[str] = set()
         self.port = 0
         self.server: asyncio.base_events.Server | None = None
@@ -104,6 +105,7 @@ class _ServerConn(asyncio.Protocol):
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Seen] = {}
+        self.answering: dict[int, Seen] = {}  # answers sent in part (/two-part/)
         self.held: set[int] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,7 +142,9 @@ class _ServerConn(asyncio.Protocol):
             elif isinstance(event, StreamEnded):
                 self._answer(event.stream_id)
             elif isinstance(event, StreamReset):
-                self.streams.pop(event.stream_id, None)
+                reset = self.streams.pop(event.stream_id, None) or self.answering.pop(
+                    event.stream_id, None)
+                self.server.resets.append(reset.path if reset is not None else "")
                 if event.stream_id in self.held:
                     self.held.discard(event.stream_id)
                     self.server.hanging -= 1
@@ -175,11 +179,26 @@ class _ServerConn(asyncio.Protocol):
             self.h2.send_headers(stream_id, [(b"grpc-status", path.rsplit("/", 1)[1].encode())],
                                  end_stream=True)
             return
+        if status is None and path.startswith("/two-part/"):
+            # the answer's body in two DATA frames, the second (END_STREAM) a moment later:
+            # the client reads a DATA frame that does not end the stream
+            self.h2.send_headers(stream_id, [(b":status", b"200"), served])
+            self.h2.send_data(stream_id, b"first,")
+            self._flush()
+            self.answering[stream_id] = seen
+            asyncio.get_running_loop().call_later(0.2, self._second_part, stream_id)
+            return
         if status is None and path.startswith("/status/"):
             status = int(path.split("/")[2])
         if status is None:
             status = 200
         self._reply(stream_id, seen, status, served)
+
+    def _second_part(self, stream_id: int) -> None:
+        if self.transport is None or self.answering.pop(stream_id, None) is None:
+            return  # reset meanwhile
+        self.h2.send_data(stream_id, b"second", end_stream=True)
+        self._flush()
 
     def _reply(self, stream_id: int, seen: Seen, status: int, served: tuple[bytes, bytes]
                ) -> None:

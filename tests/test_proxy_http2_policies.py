@@ -520,6 +520,19 @@ async def test_http2_request_with_body_is_mirrored(env: Env) -> None:
     assert copy.get(":method") == "POST"
 
 
+async def test_the_mirrored_copy_reads_its_answer_to_the_end(env: Env) -> None:
+    """The shadow answers in two DATA frames: the copy reads both and leaves its stream as
+    any client does, instead of resetting it at the first frame (the copy's data callback
+    once took an argument fewer than the HTTP/2 upstream gives, and every answer's DATA
+    ended the copy with a RST_STREAM)."""
+    shadow = env.s["shadow"]
+    resp = await h2_request(env.port, "mirrorh2", "/two-part/m")
+    assert resp.status == 200 and resp.get("x-served-by") == "a"
+    await eventually(lambda: "/two-part/m" in shadow.paths(), DEADLINE)
+    await eventually(lambda: not any(c.answering for c in shadow.conns), DEADLINE)
+    assert "/two-part/m" not in shadow.resets
+
+
 async def test_a_body_that_came_during_a_fault_delay_is_retried_and_mirrored(
         env: Env) -> None:
     """A POST whose body and trailers arrived while a fault delay held the request back: the
