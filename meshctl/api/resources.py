@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from meshctl.api import fields as F
+from meshctl.api import istio
 from meshctl.api.annotations import annotation_map, check_annotations
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
@@ -47,6 +48,8 @@ class Resource:
     doc: int | None = field(default=None, compare=False)  # 1-based document number in source
     # metadata.annotations; Ami reads `istio.io/dry-run` (meshctl.api.annotations)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # the Istio document it was translated from (`virtualservice.networking.istio.io/reviews`)
+    origin: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -113,6 +116,30 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
     raw = dict(doc) if isinstance(doc, Mapping) else {}
     return Resource(kind, meta.name, meta.namespace, meta.labels, meta.resource_version, spec,
                     raw, source, index, meta.annotations)
+
+
+def parse_documents(doc: object, source: str | None = None,
+                    index: int | None = None) -> list[Resource]:
+    """The resources of one decoded document: itself, or the Ami resources an Istio document
+    (meshctl.api.istio) translates to, its errors on the Istio document's field paths."""
+    if not istio.is_istio(doc):
+        return [parse_document(doc, source, index)]
+    assert isinstance(doc, Mapping)
+    try:
+        translations = istio.translate(doc)
+        out, issues = [], []
+        for t in translations:
+            try:
+                r = parse_document(t.doc)
+            except ValidationError as err:
+                issues.extend(t.locate(err).issues)
+                continue
+            out.append(dataclasses.replace(r, source=source, doc=index, origin=t.origin))
+        if issues:
+            raise ValidationError(issues)
+    except ValidationError as err:
+        raise err.located(source, index) from None
+    return out
 
 
 def _api_version(kind: str) -> F.Conv[str]:
@@ -214,7 +241,7 @@ def load_documents(text: str, source: str, lists: bool = False) -> list[Resource
                 resources.extend(_list_items(doc, source, index, issues))
                 continue
             try:
-                resources.append(parse_document(doc, source, index))
+                resources.extend(parse_documents(doc, source, index))
             except ValidationError as err:
                 issues.extend(err.issues)
     except yaml.MarkedYAMLError as err:
@@ -241,7 +268,7 @@ def _list_items(doc: Mapping[str, Any], source: str, index: int,
     resources = []
     for i, item in enumerate(items):
         try:
-            resources.append(parse_document(item, source, index))
+            resources.extend(parse_documents(item, source, index))
         except ValidationError as err:
             issues.extend(dataclasses.replace(
                 issue, path=f"items[{i}].{issue.path}" if issue.path else f"items[{i}]")
