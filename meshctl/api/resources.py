@@ -127,12 +127,14 @@ def parse_documents(doc: object, source: str | None = None,
     assert isinstance(doc, Mapping)
     try:
         translations = istio.translate(doc)
-        out, issues = [], []
+        out: list[Resource] = []
+        issues: list[Issue] = []
         for t in translations:
             try:
                 r = parse_document(t.doc)
             except ValidationError as err:
-                issues.extend(t.locate(err).issues)
+                # (an Istio field split into several Ami entries may report one issue twice)
+                issues.extend(i for i in t.locate(err).issues if i not in issues)
                 continue
             out.append(dataclasses.replace(r, source=source, doc=index, origin=t.origin))
         if issues:

@@ -23,7 +23,6 @@ from meshctl.api.istio.common import (
     namespace_of,
     nested,
     not_root,
-    refuse,
     service_selector,
 )
 from meshctl.api.istio.principals import (
@@ -66,7 +65,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
         spec["provider"] = f.raw("provider")
     paths = [("spec.action", "spec.action"), ("spec.provider", "spec.provider"),
              ("spec.selector", "spec.selector.matchLabels.app")]
-    rules = []
+    rules: list[dict[str, Any]] = []
     for path, data in items(f, "rules"):
         rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths)
         if rule is not None:  # (a rule no caller can match: left out, as it never applies)
@@ -92,11 +91,13 @@ def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
     tos: Alternatives = []
     for i, (p, item) in enumerate(items(r, "to")):
         tos += [(e, i) for e in _operation(r, p, item)]
-    conditions: list[dict[str, Any]] = []
+    conditions: list[tuple[dict[str, Any], int]] = []  # each with its `when` index
     source_factors: list[list[Entry]] = []
     port_factors: list[list[Entry]] = []
-    for p, item in items(r, "when"):
-        _condition(r, p, item, namespace, conditions, source_factors, port_factors)
+    for i, (p, item) in enumerate(items(r, "when")):
+        found = _condition(r, p, item, source_factors, port_factors)
+        if found is not None:
+            conditions.append((found, i))
     froms = _apply(r, r.at("when"), froms if r.has("from") else [({}, -1)], source_factors)
     tos = _apply(r, r.at("when"), tos if r.has("to") else [({}, -1)], port_factors)
     done(f, r)
@@ -114,8 +115,12 @@ def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
             if i >= 0:
                 paths.append((f"{ami}.to[{k}]", f"{path}.to[{i}].operation"))
     if conditions:
-        out["when"] = conditions
+        out["when"] = [c for c, _ in conditions]
         paths.append((f"{ami}.when", f"{path}.when"))
+        for k, (_, i) in enumerate(conditions):
+            paths.append((f"{ami}.when[{k}]", f"{path}.when[{i}]"))
+            paths.append((f"{ami}.when[{k}].header", f"{path}.when[{i}].key"))
+            paths.append((f"{ami}.when[{k}].claim", f"{path}.when[{i}].key"))
     paths.append((ami, path))
     return out
 
@@ -150,17 +155,21 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
         return []
     base: Entry = {k: s.raw(k) for k in SAME_SOURCE if s.has(k)}  # type: ignore[misc]
     alternatives: list[Entry] = [base]
+    principals = _strings(s, "principals") + [
+        _account(a, namespace) for a in _strings(s, "serviceAccounts")]
     try:
-        principals = _strings(s, "principals") + [
-            _account(a, namespace) for a in _strings(s, "serviceAccounts")]
         if s.has("principals") or s.has("serviceAccounts"):
             alternatives = _product(alternatives, principal_alternatives(principals))
-        negated = _strings(s, "notPrincipals") + [
-            _account(a, namespace) for a in _strings(s, "notServiceAccounts")]
+    except Refused as err:
+        s.add(s.at("principals" if s.has("principals") else "serviceAccounts"),
+              f"not supported by Ami: {err}")
+    negated = _strings(s, "notPrincipals") + [
+        _account(a, namespace) for a in _strings(s, "notServiceAccounts")]
+    try:
         for factor in not_principal_factors(negated):
             alternatives = _product(alternatives, factor)
     except Refused as err:
-        s.add(s.path, f"not supported by Ami: {err}")
+        s.add(s.at("notPrincipals"), f"not supported by Ami: {err}")
     if not s.has("principals") and not s.has("serviceAccounts") and not base and \
             not any(s.has(k) for k in ("notPrincipals", "notServiceAccounts")):
         s.add(s.path, "set at least one field of the source")
@@ -222,13 +231,14 @@ def _ports(value: object) -> Any:
     return value
 
 
-def _condition(r: Fields, path: str, data: object, namespace: str,
-               conditions: list[dict[str, Any]], sources: list[list[Entry]],
-               ports: list[list[Entry]]) -> None:
+def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
+               ports: list[list[Entry]]) -> dict[str, Any] | None:
+    """A `when` item: an Ami condition (returned), or a factor of ``sources`` or ``ports``."""
     c = Fields(data, path) if isinstance(data, Mapping) else None
     if c is None:
         r.add(path, f"expected a mapping, got {F.describe(data)}")
-        return
+        return None
+    out: dict[str, Any] | None = None
     key = c.required("key", F.string(), "")
     values = c.raw("values")
     not_values = c.raw("notValues")
@@ -241,15 +251,14 @@ def _condition(r: Fields, path: str, data: object, namespace: str,
                     v.startswith("*") or v.endswith("*")) for v in listed):
                 c.add(c.at(field), "not supported by Ami: prefix, suffix or presence (`*`) "
                                    "matches; Ami compares condition values exactly")
-        out: dict[str, Any] = ({"header": header.group(1)} if header
-                               else {"claim": claim.group(1)})  # type: ignore[union-attr]
+        out = {"header": header.group(1)} if header else {
+            "claim": claim.group(1)}  # type: ignore[union-attr]
         out.update({k: v for k, v in (("values", values), ("notValues", not_values))
                     if v is not None})
-        conditions.append(out)
     elif key in SOURCE_KEYS:
         field = SOURCE_KEYS[key]
         negated = "not" + field[0].upper() + field[1:]
-        factor: Entry = {}
+        factor: dict[str, Any] = {}
         if values is not None:
             factor[field] = values
         if not_values is not None:
@@ -264,7 +273,7 @@ def _condition(r: Fields, path: str, data: object, namespace: str,
         except Refused as err:
             c.add(c.at("values"), f"not supported by Ami: {err}")
     elif key == "destination.port":
-        entry: Entry = {}
+        entry: dict[str, Any] = {}
         if values is not None:
             entry["ports"] = _ports(values)
         if not_values is not None:
@@ -274,3 +283,4 @@ def _condition(r: Fields, path: str, data: object, namespace: str,
         c.add(c.at("key"), f"not supported by Ami: condition key {key!r}; Ami reads "
                            f"{', '.join(KNOWN_KEYS)}")
     done(r, c)
+    return out

@@ -101,9 +101,9 @@ def service_selector(f: Fields, kind: str) -> dict[str, str] | None:
     labels = sel.value("matchLabels", F.labels, {})
     where = sel.at("matchLabels")
     for key in sorted(set(labels) - {"app"}):
-        sel.add(F.join(where, key), f"not supported by Ami: a {kind} selects a whole "
-                                    "service, named by its `app` label; other labels "
-                                    "(versions) cannot be selected")
+        sel.add(F.join(where, key), f"not supported by Ami: Ami's {kind} selects a "
+                                    "whole service, named by its `app` label; other "
+                                    "labels (versions) cannot be selected")
     _take_issues(f, sel)
     if "app" in labels:
         return {"service": labels["app"]}

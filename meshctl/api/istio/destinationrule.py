@@ -99,7 +99,7 @@ def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[st
     if lb.has("simple"):
         simple = lb.raw("simple")
         if simple in SIMPLE:
-            out["loadBalancer"] = SIMPLE[simple]  # type: ignore[index]
+            out["loadBalancer"] = SIMPLE[simple]
         elif simple != "UNSPECIFIED":
             lb.add(lb.at("simple"), f"not supported by Ami: {simple!r}; expected one of "
                                     f"{', '.join(SIMPLE)} (PASSTHROUGH: Ami always picks "

@@ -138,7 +138,7 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
     if matches:
         rule["matches"] = matches
         paths.append((f"{ami}.matches", r.at("match")))
-        for i, m in enumerate(matches):
+        for i in range(len(matches)):
             for key in SAME_MATCH:
                 paths.append((f"{ami}.matches[{i}].{SAME_MATCH[key]}",
                               f"{r.at('match')}[{i}].{key}"))
@@ -151,9 +151,9 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
         rule["backends"] = backends
         paths.append((f"{ami}.backends", r.at("route")))
         for j in range(len(backends)):
-            for key in ("service", "subset"):
-                paths.append((f"{ami}.backends[{j}].{key}",
-                              f"{r.at('route')}[{j}].destination.{'host' if key == 'service' else key}"))
+            where = f"{r.at('route')}[{j}].destination"
+            paths.append((f"{ami}.backends[{j}].service", f"{where}.host"))
+            paths.append((f"{ami}.backends[{j}].subset", f"{where}.subset"))
     for key, conv in (("timeout", _timeout), ("retries", _retries), ("fault", _fault),
                       ("headers", _same), ("rewrite", _rewrite), ("redirect", _redirect),
                       ("directResponse", _same), ("corsPolicy", _cors)):
