@@ -4,10 +4,10 @@ refuses a caller by its principal, and the CLI names each translation."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +101,7 @@ class IstioMesh(Mesh):
         return self.get(self.productpage if via == "productpage" else self.ratings,
                         "reviews", headers=headers)
 
-    def stored(self, plural: str, name: str) -> dict[str, object]:
+    def stored(self, plural: str, name: str) -> dict[str, Any]:
         status, body = http_json(f"{self.cp.info['api']}/api/v1/namespaces/default/"
                                  f"{plural}/{name}", token=self.cp.info["token"])
         assert status == 200, body
@@ -109,7 +109,7 @@ class IstioMesh(Mesh):
 
     def sync_to(self, plural: str, name: str) -> None:
         meta = self.stored(plural, name)["metadata"]
-        self.sync(int(meta["resourceVersion"]))  # type: ignore[index]
+        self.sync(int(meta["resourceVersion"]))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_bookinfo_virtualservice_splits_and_matches(mesh: IstioMesh, tmp_path: P
     # The stored objects are Ami's kinds, saying where they came from.
     route = mesh.stored("routes", "reviews")
     assert route["kind"] == "Route"
-    assert route["metadata"]["annotations"] == {  # type: ignore[index]
+    assert route["metadata"]["annotations"] == {
         "ami.mesh/translated-from": "virtualservice.networking.istio.io/reviews"}
     table = mesh.meshctl("get", "routes")
     assert table.returncode == 0 and "reviews" in table.stdout, table.stderr
@@ -179,7 +179,7 @@ def test_istio_authorization_policy_refuses_other_principals(mesh: IstioMesh) ->
     status, body = mesh.call(via="ratings")
     assert status == 403 and b"not_authorized" in body, (status, body)
     policy = mesh.stored("authorizationpolicies", "reviews-viewer")
-    assert policy["spec"] == {  # type: ignore[comparison-overlap]
+    assert policy["spec"] == {
         "selector": {"service": "reviews"}, "action": "ALLOW",
         "rules": [{"from": [{"namespaces": ["default"], "services": ["productpage"]}],
                    "to": [{"methods": ["GET"]}]}]}
@@ -187,5 +187,5 @@ def test_istio_authorization_policy_refuses_other_principals(mesh: IstioMesh) ->
                              "authorizationpolicies/reviews-viewer", "DELETE",
                              token=mesh.cp.info["token"])
     assert status == 200, body
-    mesh.sync(int(json.loads(json.dumps(body))["metadata"]["resourceVersion"]))
+    mesh.sync(int(body["metadata"]["resourceVersion"]))
     assert mesh.call(via="ratings")[0] == 200

@@ -1,5 +1,7 @@
 """Istio's peer principals (`cluster.local/ns/NS/sa/SA`) as alternatives of Ami `from` fields.
 
+Also used for `to` entries, whose `ports` merge the same way.
+
 A source's constraints are kept as a list of alternatives (Ami `from` entries, any of which
 may match); combining two constraints is their product, each pair merged. Merging keeps what
 both require: the intersection of two positive lists of one field (an empty one: the pair can
@@ -13,7 +15,7 @@ from typing import Any
 
 Entry = dict[str, list[Any]]
 # `from` fields whose values are compared as sets (intersected when both sides give them)
-SETS = ("identities", "services", "namespaces")
+SETS = ("identities", "services", "namespaces", "ports")
 LOCAL = "cluster.local"  # Istio: the local trust domain, whatever it is named
 
 

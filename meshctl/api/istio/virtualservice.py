@@ -163,6 +163,11 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
             if value is not None:
                 rule[target] = value
             paths.append((f"{ami}.{target}", r.at(key)))
+    for part in ("delay", "abort"):
+        paths.append((f"{ami}.fault.{part}.percent",
+                      f"{r.at('fault')}.{part}.percentage.value"))
+    paths.append((f"{ami}.mirror.percent", r.at("mirrorPercentage") + ".value"
+                  if r.has("mirrorPercentage") else r.at("mirrors") + "[0].percentage.value"))
     mirror = _mirror(r, namespace, hosts)
     if mirror is not None:
         rule["mirror"] = mirror
@@ -232,9 +237,10 @@ def _target(f: Fields, key: str, namespace: str, hosts: list[str]) -> dict[str, 
     if host:
         found = service_of(host.lower(), namespace)
         if found is not None and found[1] != namespace:
-            d.add(d.at("host"), f"not supported by Ami: a destination in another namespace "
-                                f"({found[1]}); a Route's backends are services of its own "
-                                "namespace, unless the destination is the Route's host")
+            d.add(d.at("host"), f"not supported by Ami: {host!r} is service {found[0]} of "
+                                f"namespace {found[1]}, another namespace; a Route's backends "
+                                "are services of its own namespace, unless the destination "
+                                "is the Route's host")
         elif found is None and host.lower() not in hosts:
             d.add(d.at("host"), f"not supported by Ami: destination {host!r}, a host outside "
                                 "the mesh that is not the VirtualService's own; route an "
@@ -325,11 +331,14 @@ def _fault(f: Fields, path: str, value: object) -> object:
 
 
 def _percentage(f: Fields, path: str, value: object) -> object:
+    """Percent {value: N} as Ami's number (which Ami's parser checks, at ``path``.value)."""
     p = Fields(value, path) if isinstance(value, Mapping) else None
     if p is None:
         f.add(path, f"expected a mapping {{value: PERCENT}}, got {F.describe(value)}")
         return 100
-    result = p.required("value", F.number(0, 100), 100.0)
+    if not p.has("value"):
+        p.add(p.at("value"), "field is required")
+    result = p.raw("value")
     done(f, p)
     return result
 
