@@ -104,7 +104,7 @@ class IstioMesh(Mesh):
     def stored(self, plural: str, name: str) -> dict[str, Any]:
         status, body = http_json(f"{self.cp.info['api']}/api/v1/namespaces/default/"
                                  f"{plural}/{name}", token=self.cp.info["token"])
-        assert status == 200, body
+        assert status == 200 and isinstance(body, dict), body
         return body
 
     def sync_to(self, plural: str, name: str) -> None:

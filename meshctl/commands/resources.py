@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -146,7 +147,8 @@ def _in_namespace(resource: Resource, namespace: str, issues: list[Issue]) -> Re
     if declared is None:
         doc = {**resource.raw, "metadata": {**meta, "namespace": namespace}}
         try:
-            return parse_document(doc, resource.source, resource.doc)
+            placed = parse_document(doc, resource.source, resource.doc)
+            return dataclasses.replace(placed, origin=resource.origin)
         except ValidationError as err:
             issues.extend(err.issues)
             return None
