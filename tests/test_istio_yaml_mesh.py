@@ -189,3 +189,44 @@ def test_istio_authorization_policy_refuses_other_principals(mesh: IstioMesh) ->
     assert status == 200, body
     mesh.sync(int(body["metadata"]["resourceVersion"]))
     assert mesh.call(via="ratings")[0] == 200
+
+
+DENY_MALLORY = """\
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: no-mallory
+spec:
+  selector:
+    matchLabels:
+      app: reviews
+  action: DENY
+  rules:
+  - when:
+    - key: request.headers[x-user]
+      values: ["mallory"]
+"""
+
+
+def test_istio_deny_policy_on_a_header(mesh: IstioMesh, tmp_path: Path) -> None:
+    """`meshctl apply -n default -f` of an Istio DENY policy with a header condition: mallory
+    gets 403, anyone else is served; `delete -f` lets mallory in again."""
+    file = tmp_path / "deny.yaml"
+    file.write_text(DENY_MALLORY)
+    applied = mesh.meshctl("apply", "-n", "default", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == ("authorizationpolicy.security.istio.io/no-mallory -> "
+                              "authorizationpolicy.ami.mesh/no-mallory created\n")
+    mesh.sync_to("authorizationpolicies", "no-mallory")
+    status, body = mesh.call({"x-user": "mallory"})
+    assert status == 403 and b"not_authorized" in body, (status, body)
+    assert mesh.call({"x-user": "alice"})[0] == 200
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout == ("authorizationpolicy.security.istio.io/no-mallory -> "
+                              "authorizationpolicy.ami.mesh/no-mallory deleted\n")
+    status, body = http_json(mesh.cp.info["api"] + "/api/v1/proxies",
+                             token=mesh.cp.info["token"])
+    assert status == 200, body
+    mesh.sync(int(body["storeVersion"]))  # (the store's version now: after the delete)
+    assert mesh.call({"x-user": "mallory"})[0] == 200
