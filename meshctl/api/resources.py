@@ -50,6 +50,8 @@ class Resource:
     annotations: Mapping[str, str] = field(default_factory=dict)
     # the Istio document it was translated from (`virtualservice.networking.istio.io/reviews`)
     origin: str | None = field(default=None, compare=False)
+    # then: (Ami field path, the Istio document's path it was written at), for errors
+    istio_paths: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -136,7 +138,8 @@ def parse_documents(doc: object, source: str | None = None,
                 # (an Istio field split into several Ami entries may report one issue twice)
                 issues.extend(i for i in t.locate(err).issues if i not in issues)
                 continue
-            out.append(dataclasses.replace(r, source=source, doc=index, origin=t.origin))
+            out.append(dataclasses.replace(r, source=source, doc=index, origin=t.origin,
+                                           istio_paths=tuple(t.paths)))
         if issues:
             raise ValidationError(issues)
     except ValidationError as err:
@@ -351,7 +354,14 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             issues.extend(_httproute_issues(r, r.spec, first))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
-    return issues
+    return istio_located(issues, items)
+
+
+def istio_located(issues: Iterable[Issue], resources: Iterable[Resource]) -> list[Issue]:
+    """``issues`` with those about a translated Istio document on its own field paths."""
+    paths = {(r.source, r.doc): r.istio_paths for r in resources
+             if r.istio_paths and r.source is not None and r.doc is not None}
+    return istio.relocated(issues, paths) if paths else list(issues)
 
 
 def _httproute_issues(r: Resource, spec: HTTPRouteSpec,

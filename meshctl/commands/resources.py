@@ -11,6 +11,7 @@ from typing import Any
 
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.istio.common import istio_path
 from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
@@ -196,7 +197,7 @@ def run_apply(args: argparse.Namespace) -> int:
         print(f"error: {error_text(answer)}; {oversize(resources, 0)}", file=sys.stderr)
         return 1
     if status != 200:
-        for line in error_text(answer).splitlines() or [f"HTTP {status}"]:
+        for line in server_errors(answer, resources) or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
         return 1
     suffix = " (server dry run)" if server_dry_run else ""
@@ -206,6 +207,22 @@ def run_apply(args: argparse.Namespace) -> int:
     for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def server_errors(answer: Any, resources: list[Resource]) -> list[str]:
+    """The control plane's error lines, each about a document translated from Istio's YAML
+    on that document's own field path (the control plane checks the translation)."""
+    maps = {f"{r.source} doc {r.doc}: ": r.istio_paths for r in resources
+            if r.istio_paths and r.source is not None}
+    lines = []
+    for line in error_text(answer).splitlines():
+        for prefix, paths in maps.items():
+            path, sep, message = line.removeprefix(prefix).partition(": ")
+            if line.startswith(prefix) and sep and " " not in path:
+                line = f"{prefix}{istio_path(paths, path)}: {message}"
+                break
+        lines.append(line)
+    return lines
 
 
 def named(kind: str, namespace: str | None, name: str, resources: list[Resource]) -> str:

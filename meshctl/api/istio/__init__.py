@@ -6,12 +6,13 @@ Ami parser then checks as its own; errors are reported on the Istio document's f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from meshctl.api.errors import fail
+from meshctl.api.errors import Issue, fail
 from meshctl.api.istio import authentication, authorization, destinationrule, virtualservice
-from meshctl.api.istio.common import Translation
+from meshctl.api.istio.common import Translation, istio_path
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
@@ -55,3 +56,16 @@ def translate(doc: Mapping[str, Any]) -> list[Translation]:
                                                                   Mapping) else None
     origin = f"{kind.lower()}.{group}/{name}"  # type: ignore[union-attr]
     return translator(doc, origin)
+
+
+def relocated(issues: Iterable[Issue],
+              paths: Mapping[tuple[str, int], Sequence[tuple[str, str]]]) -> list[Issue]:
+    """Issues found on translated documents (checks across documents), each on the Istio
+    document's path; ``paths``: the path map of each translated (file, document)."""
+    out = []
+    for issue in issues:
+        found = paths.get((issue.source, issue.doc)) if issue.source is not None \
+            and issue.doc is not None else None
+        out.append(issue if found is None else
+                   dataclasses.replace(issue, path=istio_path(found, issue.path)))
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,18 +34,20 @@ class Translation:
 
     def locate(self, err: ValidationError) -> ValidationError:
         """``err`` (the Ami parser's) with each path the Istio document's."""
-        return ValidationError(dataclasses.replace(i, path=self._istio_path(i.path))
+        return ValidationError(dataclasses.replace(i, path=istio_path(self.paths, i.path))
                                for i in err.issues)
 
-    def _istio_path(self, path: str) -> str:
-        best: tuple[str, str] | None = None
-        for ami, istio in self.paths:
-            if (path == ami or path.startswith((ami + ".", ami + "["))) and (
-                    best is None or len(ami) > len(best[0])):
-                best = (ami, istio)
-        if best is None:
-            return path
-        return best[1] + path[len(best[0]):]
+
+def istio_path(paths: Iterable[tuple[str, str]], path: str) -> str:
+    """The Istio document's path of the Ami field ``path`` (by its longest known prefix)."""
+    best: tuple[str, str] | None = None
+    for ami, istio in paths:
+        if (path == ami or path.startswith((ami + ".", ami + "["))) and (
+                best is None or len(ami) > len(best[0])):
+            best = (ami, istio)
+    if best is None:
+        return path
+    return best[1] + path[len(best[0]):]
 
 
 def refuse(f: Fields, key: str, why: str) -> None:
