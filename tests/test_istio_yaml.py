@@ -436,6 +436,8 @@ def test_destination_rule_becomes_a_destination_policy(istio: str, ami: list[Any
      "spec.trafficPolicy.loadBalancer.simple: not supported by Ami: 'PASSTHROUGH'"),
     ("loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 9}}}",
      "spec.trafficPolicy.loadBalancer.consistentHash.ringHash: not supported by Ami"),
+    ("loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
+     "spec.trafficPolicy.loadBalancer.consistentHash: give simple or consistentHash, not both"),
     ("tls: {mode: SIMPLE, credentialName: x}",
      "spec.trafficPolicy.tls.credentialName: not supported by Ami"),
     ("connectionPool: {tcp: {maxConnections: 0.5}}",
@@ -653,6 +655,9 @@ def test_dry_run_annotation_and_labels_are_kept() -> None:
      "spec.rules[0].to[0].operation.ports[0]: must be between 1 and 65535"),
     ("rules: [{when: [{key: 'request.headers[x y]', values: [a]}]}]",
      "spec.rules[0].when[0].key: invalid value 'x y', expected an HTTP header name"),
+    ("selector: {matchLabels: {app: Not_A_Service}}",
+     "spec.selector.matchLabels.app: invalid value 'Not_A_Service', expected a DNS-1123 label"),
+    ("rules: [{from: []}]", "spec.rules[0].from: must have at least one item"),
     ("rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], "
      "when: [{key: source.ip, values: [10.1.0.0/16]}]}]",
      "spec.rules[0].when: not supported by Ami: ipBlocks given twice for one caller"),

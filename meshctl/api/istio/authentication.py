@@ -63,5 +63,5 @@ def translate_request(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     f.finish()
     t = Translation(ami_doc("RequestAuthentication", meta, spec, origin), origin)
     t.at("spec.jwtRules", "spec.jwtRules")
-    t.at("spec.selector", "spec.selector.matchLabels.app")
+    t.at("spec.selector.service", "spec.selector.matchLabels.app")
     return [t]

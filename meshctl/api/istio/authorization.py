@@ -64,7 +64,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     if f.has("provider"):
         spec["provider"] = f.raw("provider")
     paths = [("spec.action", "spec.action"), ("spec.provider", "spec.provider"),
-             ("spec.selector", "spec.selector.matchLabels.app")]
+             ("spec.selector.service", "spec.selector.matchLabels.app")]
     rules: list[dict[str, Any]] = []
     for path, data in items(f, "rules"):
         rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths)
@@ -85,6 +85,9 @@ def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
         f.add(path, f"expected a mapping, got {F.describe(data)}")
         return None
     r = Fields(data, path)
+    for key in ("from", "to", "when"):
+        if r.raw(key) == []:
+            r.add(r.at(key), "must have at least one item (or leave it out)")
     froms: Alternatives = []
     for i, (p, item) in enumerate(items(r, "from")):
         froms += [(e, i) for e in _source(r, p, item, namespace)]

@@ -105,6 +105,9 @@ def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[st
                                     f"{', '.join(SIMPLE)} (PASSTHROUGH: Ami always picks "
                                     "the endpoint itself)")
     hashed = nested(lb, "consistentHash")
+    if hashed is not None and lb.has("simple"):
+        lb.add(lb.at("consistentHash"), "give simple or consistentHash, not both (Istio's "
+                                        "oneof)")
     if hashed is not None:
         out["loadBalancer"] = "CONSISTENT_HASH"
         key = {target: hashed.raw(source) for source, target in HASH_KEYS.items()
