@@ -152,6 +152,10 @@ def test_bookinfo_virtualservice_splits_and_matches(mesh: IstioMesh, tmp_path: P
         "ami.mesh/translated-from": "virtualservice.networking.istio.io/reviews"}
     table = mesh.meshctl("get", "routes")
     assert table.returncode == 0 and "reviews" in table.stdout, table.stderr
+    istio_kind = mesh.meshctl("get", "virtualservices")
+    assert istio_kind.returncode == 2 and (
+        "unknown kind 'virtualservices': an Istio VirtualService is stored as the Route it is "
+        "translated into; use routes") in istio_kind.stderr, istio_kind.stderr
     same = mesh.meshctl("diff", "-f", str(file))
     assert same.returncode == 0 and same.stdout == "", same.stdout + same.stderr
     again = mesh.meshctl("apply", "-f", str(file))

@@ -31,6 +31,7 @@ from meshctl.api.istio.principals import (
     merge,
     not_principal_factors,
     principal_alternatives,
+    product,
 )
 
 SAME_SOURCE = ("requestPrincipals", "notRequestPrincipals", "namespaces", "notNamespaces",
@@ -162,7 +163,7 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
         _account(a, namespace) for a in _strings(s, "serviceAccounts")]
     try:
         if s.has("principals") or s.has("serviceAccounts"):
-            alternatives = _product(alternatives, principal_alternatives(principals))
+            alternatives = product(alternatives, principal_alternatives(principals))
     except Refused as err:
         s.add(s.at("principals" if s.has("principals") else "serviceAccounts"),
               f"not supported by Ami: {err}")
@@ -170,7 +171,7 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
         _account(a, namespace) for a in _strings(s, "notServiceAccounts")]
     try:
         for factor in not_principal_factors(negated):
-            alternatives = _product(alternatives, factor)
+            alternatives = product(alternatives, factor)
     except Refused as err:
         s.add(s.at("notPrincipals"), f"not supported by Ami: {err}")
     if not s.has("principals") and not s.has("serviceAccounts") and not base and \
@@ -179,16 +180,6 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
     done(wrapper, s)
     done(r, wrapper)
     return alternatives
-
-
-def _product(left: list[Entry], right: list[Entry]) -> list[Entry]:
-    out: list[Entry] = []
-    for a in left:
-        for b in right:
-            both = merge(a, b)
-            if both is not None and both not in out:
-                out.append(both)
-    return out
 
 
 def _strings(f: Fields, key: str) -> list[str]:
