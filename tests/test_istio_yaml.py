@@ -213,6 +213,16 @@ def test_virtual_service_becomes_a_route(istio: str, ami: list[Any]) -> None:
     assert specs(istio) == ami
 
 
+def test_retries_without_conditions_get_istios_defaults() -> None:
+    """Istio retries on connect-failure,refused-stream,unavailable,cancelled and 503 when
+    retryOn is not given: the Route says so (Ami's own default differs)."""
+    ((_, _, spec),) = specs(REVIEWS_90_10.replace("      weight: 10\n", "      weight: 10\n"
+                                                  "    retries: {attempts: 2}\n"))
+    assert spec["rules"][0]["retries"] == {
+        "attempts": 2, "retryOn": ["connect-failure", "reset", "unavailable", "cancelled",
+                                   "retriable-status-codes"], "retriableStatusCodes": [503]}
+
+
 def test_several_hosts_make_one_route_each_named_after_its_host() -> None:
     """A destination naming one of the hosts stays implicit in that host's Route only."""
     text = """\

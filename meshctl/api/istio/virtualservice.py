@@ -300,6 +300,10 @@ def _retries(f: Fields, path: str, value: object) -> object:
             out["retriableStatusCodes"] = codes
         if conditions:
             out["retryOn"] = list(dict.fromkeys(conditions))
+    else:  # Istio's conditions when none are given (Ami's own default differs)
+        out["retryOn"] = ["connect-failure", "reset", "unavailable", "cancelled",
+                          "retriable-status-codes"]
+        out["retriableStatusCodes"] = [503]
     if r.has("backoff"):
         out["backoff"] = {"baseInterval": r.raw("backoff")}
     refuse(r, "retryRemoteLocalities", "retryRemoteLocalities; a retry may go to any "
