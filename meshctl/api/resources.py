@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from meshctl.api import fields as F
+from meshctl.api import istio
 from meshctl.api.annotations import annotation_map, check_annotations
 from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
@@ -47,6 +48,10 @@ class Resource:
     doc: int | None = field(default=None, compare=False)  # 1-based document number in source
     # metadata.annotations; Ami reads `istio.io/dry-run` (meshctl.api.annotations)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # the Istio document it was translated from (`virtualservice.networking.istio.io/reviews`)
+    origin: str | None = field(default=None, compare=False)
+    # then: (Ami field path, the Istio document's path it was written at), for errors
+    istio_paths: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -113,6 +118,33 @@ def parse_document(doc: object, source: str | None = None, index: int | None = N
     raw = dict(doc) if isinstance(doc, Mapping) else {}
     return Resource(kind, meta.name, meta.namespace, meta.labels, meta.resource_version, spec,
                     raw, source, index, meta.annotations)
+
+
+def parse_documents(doc: object, source: str | None = None,
+                    index: int | None = None) -> list[Resource]:
+    """The resources of one decoded document: itself, or the Ami resources an Istio document
+    (meshctl.api.istio) translates to, its errors on the Istio document's field paths."""
+    if not istio.is_istio(doc):
+        return [parse_document(doc, source, index)]
+    assert isinstance(doc, Mapping)
+    try:
+        translations = istio.translate(doc)
+        out: list[Resource] = []
+        issues: list[Issue] = []
+        for t in translations:
+            try:
+                r = parse_document(t.doc)
+            except ValidationError as err:
+                # (an Istio field split into several Ami entries may report one issue twice)
+                issues.extend(i for i in t.locate(err).issues if i not in issues)
+                continue
+            out.append(dataclasses.replace(r, source=source, doc=index, origin=t.origin,
+                                           istio_paths=tuple(t.paths)))
+        if issues:
+            raise ValidationError(issues)
+    except ValidationError as err:
+        raise err.located(source, index) from None
+    return out
 
 
 def _api_version(kind: str) -> F.Conv[str]:
@@ -214,7 +246,7 @@ def load_documents(text: str, source: str, lists: bool = False) -> list[Resource
                 resources.extend(_list_items(doc, source, index, issues))
                 continue
             try:
-                resources.append(parse_document(doc, source, index))
+                resources.extend(parse_documents(doc, source, index))
             except ValidationError as err:
                 issues.extend(err.issues)
     except yaml.MarkedYAMLError as err:
@@ -241,7 +273,7 @@ def _list_items(doc: Mapping[str, Any], source: str, index: int,
     resources = []
     for i, item in enumerate(items):
         try:
-            resources.append(parse_document(item, source, index))
+            resources.extend(parse_documents(item, source, index))
         except ValidationError as err:
             issues.extend(dataclasses.replace(
                 issue, path=f"items[{i}].{issue.path}" if issue.path else f"items[{i}]")
@@ -322,7 +354,14 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             issues.extend(_httproute_issues(r, r.spec, first))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
-    return issues
+    return istio_located(issues, items)
+
+
+def istio_located(issues: Iterable[Issue], resources: Iterable[Resource]) -> list[Issue]:
+    """``issues`` with those about a translated Istio document on its own field paths."""
+    paths = {(r.source, r.doc): r.istio_paths for r in resources
+             if r.istio_paths and r.source is not None and r.doc is not None}
+    return istio.relocated(issues, paths) if paths else list(issues)
 
 
 def _httproute_issues(r: Resource, spec: HTTPRouteSpec,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshctl.addrprobe import address_hint
-from meshctl.api.kindnames import kind_for
+from meshctl.api.kindnames import ISTIO_STORED_AS, KIND_PLURALS, kind_for
 from meshctl.client import (
     ControlPlaneClient,
     ControlPlaneError,
@@ -39,6 +39,11 @@ SERVICE = "Service"  # `describe service`: not a stored kind (meshctl.commands.s
 def resolve_kind(word: str) -> str:
     """The canonical kind for a singular, plural or short name (any case)."""
     kind = kind_for(word) or SHORT_NAMES.get(word.lower())
+    if kind is None and word.lower() in ISTIO_STORED_AS:
+        istio, stored = ISTIO_STORED_AS[word.lower()]
+        raise argparse.ArgumentTypeError(
+            f"unknown kind {word!r}: an Istio {istio} is stored as the {stored} it is "
+            f"translated into; use {KIND_PLURALS[stored]}")
     if kind is None:
         raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}")
     return kind

@@ -12,8 +12,14 @@ from typing import Any
 import yaml
 
 from meshctl.api.errors import ValidationError
-from meshctl.commands.calls import error_text, make_client, reports_errors
-from meshctl.commands.resources import files_arg, load_files, namespace_for_files_arg, post_apply
+from meshctl.commands.calls import make_client, reports_errors
+from meshctl.commands.resources import (
+    files_arg,
+    load_files,
+    namespace_for_files_arg,
+    post_apply,
+    server_errors,
+)
 
 SAME, DIFFERENT, FAILED = 0, 1, 2  # kubectl diff's exit codes
 # Written by the server, never declared: a file leaving them out changes nothing.
@@ -49,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     client = make_client(args)
     status, answer = post_apply(client, resources, dry_run=True)
     if status != 200:
-        for line in error_text(answer).splitlines() or [f"HTTP {status}"]:
+        for line in server_errors(answer, resources) or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
         return FAILED
     results = client.field(answer if isinstance(answer, dict) else {}, "results", list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
+from meshctl.api.istio.common import istio_path
 from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
@@ -146,7 +148,8 @@ def _in_namespace(resource: Resource, namespace: str, issues: list[Issue]) -> Re
     if declared is None:
         doc = {**resource.raw, "metadata": {**meta, "namespace": namespace}}
         try:
-            return parse_document(doc, resource.source, resource.doc)
+            placed = parse_document(doc, resource.source, resource.doc)
+            return dataclasses.replace(placed, origin=resource.origin)
         except ValidationError as err:
             issues.extend(err.issues)
             return None
@@ -181,7 +184,7 @@ def run_apply(args: argparse.Namespace) -> int:
         return 1
     if offline:
         for r in resources:
-            print(f"{object_ref(r.kind, r.name)} valid (dry run, offline)")
+            print(f"{named(r.kind, r.namespace, r.name, resources)} valid (dry run, offline)")
         return 0
     client = make_client(args)
     server_dry_run = args.dry_run == "server"
@@ -194,15 +197,42 @@ def run_apply(args: argparse.Namespace) -> int:
         print(f"error: {error_text(answer)}; {oversize(resources, 0)}", file=sys.stderr)
         return 1
     if status != 200:
-        for line in error_text(answer).splitlines() or [f"HTTP {status}"]:
+        for line in server_errors(answer, resources) or [f"HTTP {status}"]:
             print(f"error: {line}", file=sys.stderr)
         return 1
     suffix = " (server dry run)" if server_dry_run else ""
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
-        print(f"{object_ref(result['kind'], result['name'])} {result['result']}{suffix}")
+        ref = named(result["kind"], result.get("namespace"), result["name"], resources)
+        print(f"{ref} {result['result']}{suffix}")
     for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def server_errors(answer: Any, resources: list[Resource]) -> list[str]:
+    """The control plane's error lines, each about a document translated from Istio's YAML
+    on that document's own field path (the control plane checks the translation)."""
+    maps = {f"{r.source} doc {r.doc}: ": r.istio_paths for r in resources
+            if r.istio_paths and r.source is not None}
+    lines = []
+    for line in error_text(answer).splitlines():
+        for prefix, paths in maps.items():
+            path, sep, message = line.removeprefix(prefix).partition(": ")
+            if line.startswith(prefix) and sep and " " not in path:
+                line = f"{prefix}{istio_path(paths, path)}: {message}"
+                break
+        lines.append(line)
+    return lines
+
+
+def named(kind: str, namespace: str | None, name: str, resources: list[Resource]) -> str:
+    """``route.ami.mesh/reviews``, or for an object translated from an Istio document
+    ``virtualservice.networking.istio.io/reviews -> route.ami.mesh/reviews``."""
+    ref = object_ref(kind, name)
+    for r in resources:
+        if r.origin is not None and r.key == (kind, namespace or r.namespace, name):
+            return f"{r.origin} -> {ref}"
+    return ref
 
 
 def apply_body(resources: list[Resource]) -> dict[str, Any]:
@@ -313,13 +343,15 @@ def run_delete(args: argparse.Namespace) -> int:
             print("error: give either KIND NAME or -f, not both", file=sys.stderr)
             return 2
         try:
-            keys = [r.key for r in load_files(args.paths, args.namespace)]
+            loaded = load_files(args.paths, args.namespace)
         except ValidationError as err:
             return print_issues(err)
+        keys = [r.key for r in loaded]
         # Routes before the DestinationPolicies whose subsets they use: each delete must
         # leave a consistent mesh, so the users go first.
         keys.sort(key=lambda k: k[0] != "Route")
     elif args.kind and args.name:
+        loaded = []
         keys = [(args.kind, args.namespace or "default", args.name)]
     else:
         print("error: meshctl delete needs KIND NAME or -f FILE", file=sys.stderr)
@@ -328,7 +360,7 @@ def run_delete(args: argparse.Namespace) -> int:
     for kind, namespace, name in keys:
         try:
             client.delete(kind, name, namespace)
-            print(f"{object_ref(kind, name)} deleted")
+            print(f"{named(kind, namespace, name, loaded)} deleted")
         except ControlPlaneError as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = 1
