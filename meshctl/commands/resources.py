@@ -85,7 +85,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _get_kind(word: str) -> str:
-    return ALL if word.lower() == "all" else resolve_kind(word)
+    if word.lower() == ALL:
+        return ALL
+    try:
+        return resolve_kind(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+                                         "or all") from None
 
 
 def _describe_kind(word: str) -> str:
