@@ -146,6 +146,10 @@ def test_service_without_route_or_named_rule_and_unknown_service(mesh: Mesh) -> 
     # the API's words, without its path (docs/observability.md)
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+    # a typo gets the close names, as `stat` and `describe svc` give them
+    typo = mesh.meshctl("routes", "reviw")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean default/reviews?\n"), \
+        typo.stderr
 
 
 def test_unnaming_the_rules_drops_their_series_and_naming_resumes_counting(

@@ -99,6 +99,17 @@ def _registered_names(proxies: list[dict[str, Any]]) -> ServiceNames:
                         for p in proxies if p.get("service"))
 
 
+def _no_service(service: str, namespace: str, why: str,
+                proxies: list[dict[str, Any]]) -> web.Response:
+    """The 404 of `routes`/`authz` for a name the namespace does not know, with the close
+    registered names (`did you mean default/reviews?`), as `stat` and `describe svc` say."""
+    registered = {(str(p.get("service")), str(p.get("namespace") or "default"))
+                  for p in proxies if p.get("service")}
+    return json_error(404, "NotFound", suggest(
+        f"no service {service} in namespace {namespace} ({why})", service,
+        known_names(registered, (), service)))
+
+
 def parse_window(text: str | None, default: float = 30.0) -> float:
     """``30s``, ``5m``, ``1h`` or plain seconds, up to what the window keeps (a shorter one is
     1 s); 400 for anything else, ``nan``, ``inf``, 0 and negative ones included."""
@@ -198,9 +209,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         rules, callers = scraper.window.rule_rates(observer.clock(), window)
         if not declared and names.resolve(service, namespace) != (service, namespace) \
                 and not any(r.key[DST] == label for r in callers):
-            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
-                              " (no sidecar, Route or traffic for it; meshctl proxy-status "
-                              "lists the proxies)")
+            return _no_service(service, namespace, "no sidecar, Route or traffic for it",
+                               proxies)
         return web.json_response(routes_report(service, namespace, label, window, declared,
                                                rules, callers))
 
@@ -229,9 +239,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             counts = []
         if not declared and home != (service, namespace) \
                 and not any(r.key[0] == label for r, _ in counts):
-            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
-                              " (no sidecar of it is registered and no decision about it was "
-                              "seen; meshctl proxy-status lists the proxies)")
+            return _no_service(service, namespace, "no sidecar of it is registered and no "
+                               "decision about it was seen", proxies)
         return web.json_response(authz_report(service, namespace, label, window, declared,
                                               counts))
 
