@@ -242,5 +242,8 @@ def test_proxy_config_shows_what_a_sidecar_runs(mesh: ObservedMesh) -> None:
 def test_proxy_config_errors(mesh: ObservedMesh) -> None:
     unknown = mesh.meshctl("proxy-config", "nobody-v1")
     assert unknown.returncode == 1 and "no proxy named 'nobody-v1'" in unknown.stderr
+    typo = mesh.meshctl("proxy-config", "productpage-v1-15101")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean productpage-v1?\n"), \
+        typo.stderr
     no_token = mesh.meshctl("proxy-config", "productpage-v1", token=None)
     assert no_token.returncode == 1 and "Bearer" in no_token.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import time
 from collections.abc import Callable
@@ -329,11 +330,14 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
 
     async def named_proxy(name: str) -> dict[str, Any] | web.Response:
         """The proxy listed under ``name`` with an admin address, else the error to answer."""
-        proxy = next((p for p in await list_proxies(scraper.source) if p.get("name") == name),
-                     None)
+        proxies = await list_proxies(scraper.source)
+        proxy = next((p for p in proxies if p.get("name") == name), None)
         if proxy is None:
+            # docs and habits name a proxy `productpage-v1-15101`; the demo's is `productpage-v1`
+            close = difflib.get_close_matches(name, [str(p.get("name")) for p in proxies], n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
             return json_error(404, "NotFound", f"no proxy named {name!r} (meshctl proxy-status "
-                                               "lists them)")
+                                               f"lists them){hint}")
         if not proxy.get("admin"):
             return json_error(409, "Conflict", f"proxy {name!r} registered no admin address")
         return proxy
