@@ -123,6 +123,8 @@ async def test_apply_dry_run_is_offline(tmp_path: Path, mesh: Path) -> None:
     code, _, err = await run_meshctl("--control-plane", offline, "apply", "--dry-run", "-f",
                                      str(mesh / "routes"))
     assert code == 1 and "unknown subset 'v1' for host reviews" in err
+    # the route's subsets are the control plane's to know: say how to check against it
+    assert err.endswith("or check them against the control plane with --dry-run=server\n"), err
 
 
 async def _seed(cp: ControlPlane, mesh: Path) -> None:
