@@ -202,6 +202,17 @@ def test_dashboard_prints_the_url_that_serves_the_page(mesh: ObservedMesh) -> No
         assert b'id="graph"' in resp.read()
 
 
+def test_dashboard_open_without_a_browser_says_so(mesh: ObservedMesh) -> None:
+    """--open where no browser can start (BROWSER names none, as on a server) still prints
+    the URL, exit 0, and says on stderr that nothing was opened."""
+    env = dict(os.environ, BROWSER="/nonexistent/browser")
+    out = subprocess.run([sys.executable, "-m", "meshctl", "--control-plane", mesh.url,
+                          "dashboard", "--open"], capture_output=True, text=True, timeout=30,
+                         env=env)
+    assert (out.returncode, out.stdout.strip()) == (0, mesh.url + "/dashboard"), out
+    assert "no web browser could be started here" in out.stderr, out.stderr
+
+
 def test_top_and_tap_survive_a_hung_sidecar(mesh: ObservedMesh) -> None:
     """A sidecar that accepts connections but never answers (here: SIGSTOPped) must not turn
     top and tap into errors: the other sidecars' requests are still shown."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import sys
 import urllib.error
 import urllib.request
 import webbrowser
@@ -303,8 +304,11 @@ def _check_answer(client: ControlPlaneClient) -> tuple[Any, str, str]:
 def dashboard(args: argparse.Namespace) -> int:
     url = make_client(args).base_url.rstrip("/") + "/dashboard"
     print(url)
-    if args.open:
-        webbrowser.open(url)
+    if args.open and not webbrowser.open(url):
+        # a server over ssh has no browser: say so rather than appear to have opened one
+        print("meshctl dashboard: no web browser could be started here; open the URL above "
+              "in one (over ssh: ssh -L 15080:127.0.0.1:15080 HOST, then the URL)",
+              file=sys.stderr)
     return 0
 
 
