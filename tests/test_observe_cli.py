@@ -211,6 +211,8 @@ def test_dashboard_open_without_a_browser_says_so(mesh: ObservedMesh) -> None:
                          env=env)
     assert (out.returncode, out.stdout.strip()) == (0, mesh.url + "/dashboard"), out
     assert "no web browser could be started here" in out.stderr, out.stderr
+    port = mesh.url.rsplit(":", 1)[1]
+    assert f"ssh -L {port}:127.0.0.1:{port} HOST" in out.stderr, out.stderr
 
 
 def test_top_and_tap_survive_a_hung_sidecar(mesh: ObservedMesh) -> None:

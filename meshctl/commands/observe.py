@@ -8,6 +8,7 @@ import http.client
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import webbrowser
 from collections.abc import Iterator
@@ -306,8 +307,9 @@ def dashboard(args: argparse.Namespace) -> int:
     print(url)
     if args.open and not webbrowser.open(url):
         # a server over ssh has no browser: say so rather than appear to have opened one
+        port = urllib.parse.urlsplit(url).port or 80
         print("meshctl dashboard: no web browser could be started here; open the URL above "
-              "in one (over ssh: ssh -L 15080:127.0.0.1:15080 HOST, then the URL)",
+              f"in one (over ssh: ssh -L {port}:127.0.0.1:{port} HOST, then the URL)",
               file=sys.stderr)
     return 0
 
