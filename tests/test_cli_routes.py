@@ -146,6 +146,20 @@ def test_service_without_route_or_named_rule_and_unknown_service(mesh: Mesh) -> 
     # the API's words, without its path (docs/observability.md)
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+    # reviews runs in namespace default only: in another namespace it is unknown, however
+    # much traffic default's reviews has under its bare name
+    mesh.call(None)
+
+    def seen() -> bool:
+        out = mesh.meshctl("routes", "reviews", "--window", "5m", "-o", "json")
+        return out.returncode == 0 and any(r["rps"] for r in json.loads(out.stdout)["rows"])
+
+    wait_for(seen, 30, "reviews' traffic in the control plane's window", interval=0.5)
+    elsewhere = mesh.meshctl("routes", "reviews", "-n", "shop", "--window", "5m")
+    assert elsewhere.returncode == 1, elsewhere.stdout
+    assert elsewhere.stderr.startswith("error: no service reviews in namespace shop ("), \
+        elsewhere.stderr
+    assert elsewhere.stderr.endswith("; did you mean default/reviews?\n"), elsewhere.stderr
     # a typo gets the close names, as `stat` and `describe svc` give them
     typo = mesh.meshctl("routes", "reviw")
     assert typo.returncode == 1 and typo.stderr.endswith("; did you mean default/reviews?\n"), \

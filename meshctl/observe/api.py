@@ -208,8 +208,12 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         declared = routes_about([o.resource for o in await request.app[STORE].list("Route")],
                                 service, namespace, names)
         rules, callers = scraper.window.rule_rates(observer.clock(), window)
-        if not declared and names.resolve(service, namespace) != (service, namespace) \
-                and not any(r.key[DST] == label for r in callers):
+        home = names.resolve(service, namespace)
+        # a name that runs in one other namespace only: the traffic under its bare name
+        # (`label`) is that namespace's service's, which does not make it known in this one
+        seen = home in (None, (service, namespace)) and any(r.key[DST] == label
+                                                            for r in callers)
+        if not declared and home != (service, namespace) and not seen:
             return _no_service(service, namespace, "no sidecar, Route or traffic for it",
                                proxies)
         return web.json_response(routes_report(service, namespace, label, window, declared,
