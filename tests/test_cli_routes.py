@@ -237,6 +237,21 @@ def test_a_misspelt_service_gets_a_suggestion_and_known_ones_are_served(mesh: Me
         assert mesh.meshctl("delete", "dp", "ratings").returncode == 0
 
 
+def test_stat_takes_a_service_in_each_form_of_its_name(mesh: Mesh) -> None:
+    """`reviews.default` and `reviews.default.svc.cluster.local` are reviews (README.md's
+    forms): stat shows reviews' rows for each, not an empty table."""
+    mesh.call(None)
+
+    def versions(*args: str) -> list[str]:
+        out = mesh.meshctl("stat", *args, "--window", "5m", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        return sorted(r["version"] for r in json.loads(out.stdout)["rows"] if r["rps"])
+
+    bare = wait_for(lambda: versions("reviews") or None, 30, "reviews' traffic in the window",
+                    interval=0.5)
+    assert versions("reviews.default") == versions("reviews.default.svc.cluster.local") == bare
+
+
 def _api(mesh: Mesh, query: str) -> tuple[int, bytes]:
     req = urllib.request.Request(f"{mesh.cp.info['api']}/api/v1/{query}", headers={
         "Authorization": f"Bearer {mesh.cp.info['token']}"})

@@ -142,6 +142,27 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         return json_error(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' "
                           "(AMI_TOKEN or .ami/token)")
 
+    async def mesh_names(request: web.Request) -> tuple[ServiceNames, set[str], set[str]]:
+        """The services a proxy registered or the store declares, their metrics names, and
+        the ExternalService hosts."""
+        proxies = await list_proxies(scraper.source)
+        registered = {(str(p["service"]), str(p.get("namespace") or "default"))
+                      for p in proxies if p.get("service")}
+        objects = await request.app[STORE].list()
+        services = registered | declared_services(objects, ServiceNames(registered))
+        names = ServiceNames(services)
+        return names, {names.metrics_name(s, ns) for s, ns in services}, external_hosts(objects)
+
+    async def metrics_label(request: web.Request, name: str) -> str:
+        """``name`` as the metrics label it stands for: `reviews.default` and
+        `reviews.default.svc.cluster.local` are `reviews` while one namespace has it (the
+        forms README.md names a service by), so their rows are found; else ``name``."""
+        if not name:
+            return name
+        names, _, _ = await mesh_names(request)
+        home = names.resolve(name, "default")
+        return names.metrics_name(*home) if home is not None else name
+
     async def unknown(request: web.Request, name: str, head: str) -> web.Response | None:
         """None when the mesh knows service ``name`` (as its metrics name, ``reviews`` or
         ``api.b``): a proxy registered it (a sidecar's, the gateway's), the store declares it
@@ -150,14 +171,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         404 to answer: ``head``, then the close names (or the known ones)."""
         if not name:
             return None
-        proxies = await list_proxies(scraper.source)
-        registered = {(str(p["service"]), str(p.get("namespace") or "default"))
-                      for p in proxies if p.get("service")}
-        objects = await request.app[STORE].list()
-        services = registered | declared_services(objects, ServiceNames(registered))
-        names = ServiceNames(services)
-        labels = {names.metrics_name(s, ns) for s, ns in services}
-        hosts = external_hosts(objects)
+        names, labels, hosts = await mesh_names(request)
         if (name in labels or names.resolve(name, "default") is not None
                 or any(host_matches(h, name) for h in hosts)):
             return None
@@ -178,8 +192,9 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             missing = await unknown(request, q.get(param, ""), head.format(q.get(param)))
             if missing is not None:
                 return missing
-        rows = scraper.window.stat(observer.clock(), window, q.get("service") or None,
-                                   q.get("from") or None)
+        rows = scraper.window.stat(observer.clock(), window,
+                                   await metrics_label(request, q.get("service", "")) or None,
+                                   await metrics_label(request, q.get("from", "")) or None)
         # scrapeInterval: a window shorter than two scrapes has no rate (meshctl canary widens)
         return web.json_response({"window": window, "scrapeInterval": scraper.interval,
                                   "rows": [r.as_json() for r in rows]})
@@ -295,6 +310,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         missing = await unknown(request, service, f"no service {service!r}")
         if missing is not None:
             return missing
+        service = await metrics_label(request, service)  # the sidecars tap by that label
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         proxies = await list_proxies(scraper.source)
@@ -322,6 +338,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         missing = await unknown(request, service, f"no service {service!r}")
         if missing is not None:
             return missing
+        service = await metrics_label(request, service)  # the sidecars tap by that label
         proxies = await list_proxies(scraper.source)
         collected: list[dict[str, Any]] = []
         async with tap_many(proxies, service=service, admin=observer.admin) as events:
