@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -12,11 +13,18 @@ Doc = Mapping[str, Any]
 OUTPUT_FORMATS = ("table", "yaml", "json")
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: a wide character (``edges``' 🔒) takes two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Left-aligned columns separated by three spaces (kubectl's layout), no trailing blanks."""
+    """Left-aligned columns separated by three spaces (kubectl's layout), no trailing blanks;
+    padded by display width, so a row with an emoji stays aligned with the others."""
     table = [list(headers), *(list(r) for r in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+    widths = [max(display_width(row[i]) for row in table) for i in range(len(headers))]
+    lines = ["   ".join(cell + " " * (w - display_width(cell))
+                        for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in table]
     return "\n".join(lines) + "\n"
 

@@ -74,6 +74,11 @@ def test_check_warns_of_missing_route_and_stopped_runs_and_reports_the_others() 
     assert (group.checks[0].state, group.checks[0].detail) == ("warn", stopped["message"])
     [group] = canary_checks([canary], routes, policies, {canary.key: STATUS})
     assert (group.checks[0].state, group.checks[0].detail) == ("ok", "Holding, v3 at 20%")
+    # a finished run says where it ended: the route may have been re-weighted since
+    done = {**STATUS, "phase": "Succeeded", "canaryWeight": 100}
+    [group] = canary_checks([canary], routes, policies, {canary.key: done})
+    assert (group.checks[0].state, group.checks[0].detail) == ("ok",
+                                                                "Succeeded, v3 ended at 100%")
     assert canary_checks([], routes, policies, {}) == []
 
 

@@ -152,6 +152,9 @@ def test_a_failing_step_stops_the_run() -> None:
 
 @pytest.mark.parametrize(("m", "verdict", "reason"), [
     (Measurement(19.4, 1.0, 1.0), Verdict.HOLD, "only 19 requests (< 20)"),
+    # the estimate 19.6 is shown as 20 requests (table, status): judged as shown, not held
+    # as `only 20 requests (< 20)`
+    (Measurement(19.6, 1.0, 1.0), Verdict.PASS, ""),
     (Measurement(20, 0.99, 500.0), Verdict.PASS, ""),
     (Measurement(20, 0.9899, 1.0), Verdict.FAIL, "success rate 98.99% < 99.00%"),
     (Measurement(20, 1.0, 500.1), Verdict.FAIL, "p99 500ms > 500ms"),
@@ -159,7 +162,8 @@ def test_a_failing_step_stops_the_run() -> None:
     (Measurement(20, 1.0, None), Verdict.PASS, ""),
 ])
 def test_judge_thresholds(m: Measurement, verdict: Verdict, reason: str) -> None:
-    """Thresholds are inclusive; the success rate is judged before latency."""
+    """Thresholds are inclusive; the request count is judged as shown (rounded); the success
+    rate is judged before latency."""
     judged = judge(m, Thresholds())
     assert (judged.verdict, judged.reason) == (verdict, reason)
 

@@ -139,6 +139,10 @@ def test_a_service_without_policy_and_an_unknown_service(mesh: Mesh) -> None:
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+    # a typo gets the close names, as `stat` and `describe svc` give them
+    typo = mesh.meshctl("authz", "reviw")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean default/reviews?\n"), \
+        typo.stderr
 
 
 def test_a_custom_policy_alone_shows_no_none_row() -> None:
@@ -183,6 +187,7 @@ def test_a_service_of_another_namespace_is_not_this_namespaces(mesh: Mesh) -> No
     assert other.returncode == 1, other.stdout
     assert other.stderr.startswith("error: no service ratings in namespace default ("), \
         other.stderr
+    assert other.stderr.endswith("; did you mean shop/ratings?\n"), other.stderr
 
 
 def test_get_and_describe_show_that_a_policy_is_dry_run(mesh: Mesh) -> None:

@@ -118,6 +118,8 @@ def test_archive_holds_every_part_for_every_proxy_and_no_secret(mesh: Mesh) -> N
     summary = files["summary.txt"].decode()
     assert f"meshctl:        {VERSION}" in summary
     assert f"control plane:  {VERSION}" in summary
+    # the address asked has a label of its own: "control plane:" is one line, its version
+    assert summary.count("control plane:") == 1 and "\nAPI:            http://" in summary
     assert f"data plane:     {VERSION} (2 proxies)" in summary
     assert "PROXIES (2, 0 not in sync)" in summary
     for name in names:

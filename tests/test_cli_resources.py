@@ -123,6 +123,8 @@ async def test_apply_dry_run_is_offline(tmp_path: Path, mesh: Path) -> None:
     code, _, err = await run_meshctl("--control-plane", offline, "apply", "--dry-run", "-f",
                                      str(mesh / "routes"))
     assert code == 1 and "unknown subset 'v1' for host reviews" in err
+    # the route's subsets are the control plane's to know: say how to check against it
+    assert err.endswith("or check them against the control plane with --dry-run=server\n"), err
 
 
 async def _seed(cp: ControlPlane, mesh: Path) -> None:
@@ -182,6 +184,28 @@ async def test_get_errors(cp: ControlPlane) -> None:
     with pytest.raises(SystemExit) as usage:
         await cp.meshctl("get", "virtualservice")
     assert usage.value.code == 2
+
+
+@pytest.mark.parametrize("command", [["get", "virtualservice"],
+                                     ["describe", "virtualservice", "x"]])
+def test_unknown_kind_lists_every_kind(command: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown kind's usage error, and the command's help, list every kind the command
+    takes, the Gateway API's HTTPRoute and GRPCRoute included (and `all` for get)."""
+    from meshctl.api.kindnames import KIND_PLURALS
+    from meshctl.cli import build_parser
+
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(command)
+    err = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command[0], "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert usage.value.code == 2
+    for kind in KIND_PLURALS:
+        assert kind.lower() in err.split("expected one of ")[1], kind
+        assert kind.lower() in helptext, kind
+    assert err.rstrip().endswith("or all" if command[0] == "get" else "service|svc")
 
 
 async def test_unreachable_control_plane_is_one_line(tmp_path: Path) -> None:

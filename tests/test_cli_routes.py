@@ -146,6 +146,24 @@ def test_service_without_route_or_named_rule_and_unknown_service(mesh: Mesh) -> 
     # the API's words, without its path (docs/observability.md)
     assert missing.stderr.startswith("error: no service nosuch in namespace default ("), \
         missing.stderr
+    # reviews runs in namespace default only: in another namespace it is unknown, however
+    # much traffic default's reviews has under its bare name
+    mesh.call(None)
+
+    def seen() -> bool:
+        out = mesh.meshctl("routes", "reviews", "--window", "5m", "-o", "json")
+        return out.returncode == 0 and any(r["rps"] for r in json.loads(out.stdout)["rows"])
+
+    wait_for(seen, 30, "reviews' traffic in the control plane's window", interval=0.5)
+    elsewhere = mesh.meshctl("routes", "reviews", "-n", "shop", "--window", "5m")
+    assert elsewhere.returncode == 1, elsewhere.stdout
+    assert elsewhere.stderr.startswith("error: no service reviews in namespace shop ("), \
+        elsewhere.stderr
+    assert elsewhere.stderr.endswith("; did you mean default/reviews?\n"), elsewhere.stderr
+    # a typo gets the close names, as `stat` and `describe svc` give them
+    typo = mesh.meshctl("routes", "reviw")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean default/reviews?\n"), \
+        typo.stderr
 
 
 def test_unnaming_the_rules_drops_their_series_and_naming_resumes_counting(
@@ -217,6 +235,21 @@ def test_a_misspelt_service_gets_a_suggestion_and_known_ones_are_served(mesh: Me
             assert out.returncode == 0, (args, out.stderr)
     finally:
         assert mesh.meshctl("delete", "dp", "ratings").returncode == 0
+
+
+def test_stat_takes_a_service_in_each_form_of_its_name(mesh: Mesh) -> None:
+    """`reviews.default` and `reviews.default.svc.cluster.local` are reviews (README.md's
+    forms): stat shows reviews' rows for each, not an empty table."""
+    mesh.call(None)
+
+    def versions(*args: str) -> list[str]:
+        out = mesh.meshctl("stat", *args, "--window", "5m", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        return sorted(r["version"] for r in json.loads(out.stdout)["rows"] if r["rps"])
+
+    bare = wait_for(lambda: versions("reviews") or None, 30, "reviews' traffic in the window",
+                    interval=0.5)
+    assert versions("reviews.default") == versions("reviews.default.svc.cluster.local") == bare
 
 
 def _api(mesh: Mesh, query: str) -> tuple[int, bytes]:

@@ -93,6 +93,19 @@ def test_every_commands_help_says_what_it_does() -> None:
     [top] = [a for a in build_parser(["--help"])._actions
              if isinstance(a, argparse._SubParsersAction)]
     assert walk(top, "") == []
+    # a help drawn from a module docstring shows `code` as the other helps do, not the
+    # docstring's reStructuredText ``code``
+    def literal(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> list[str]:
+        found = []
+        for name, parser in sub.choices.items():
+            if "``" in parser.format_help():
+                found.append(name)
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    found += literal(action)
+        return found
+
+    assert literal(top) == []
     shown = subprocess.run([sys.executable, "-m", "meshctl", "certs", "token", "--help"],
                            capture_output=True, text=True, timeout=60)
     assert "Print a service's bootstrap token" in shown.stdout, shown.stdout

@@ -71,8 +71,12 @@ def test_status_lists_each_process_and_down_stops_leftovers(
                            processes=(record(proc, port, "/x/ratings-v1.log"),)))
     out = io.StringIO()
     assert control.status(run_dir, out) == 1  # supervisor gone
-    line = next(x for x in out.getvalue().splitlines() if x.startswith("ratings-v1"))
+    lines = out.getvalue().splitlines()
+    line = next(x for x in lines if x.startswith("ratings-v1"))
     assert f"{proc.pid}" in line and "yes" in line and f"app={port}" in line
+    # laid out as meshctl's other tables: three spaces between columns
+    assert next(x for x in lines if x.startswith("NAME")).startswith(
+        f"NAME         PID{' ' * (len(str(proc.pid)) - 3)}   ALIVE   PORTS")
     assert "/x/ratings-v1.log" in line
     out = io.StringIO()
     assert control.down(run_dir, out) == 0, out.getvalue()

@@ -122,6 +122,23 @@ async def test_apply_invalid_set_applies_nothing(server: Server) -> None:
     assert await server.store.list() == []
 
 
+async def test_apply_that_breaks_a_stored_route_says_so(server: Server) -> None:
+    """A DestinationPolicy without the subsets a stored Route uses is refused with the Route's
+    location and that this change would leave it so, with what to do; nothing is stored."""
+    client = server.client()
+    await asyncio.to_thread(client.apply, [policy_doc("reviews"), route_doc("reviews",
+                                                                          {"v1": 100})],
+                            source="routes.yaml")
+    with pytest.raises(ControlPlaneError) as err:
+        await asyncio.to_thread(client.apply, [policy_doc("reviews", ())], source="dp.yaml")
+    assert str(err.value) == (
+        "routes.yaml doc 2: spec.rules[0].backends[0].subset: unknown subset 'v1' for host "
+        "reviews (known: none, no DestinationPolicy defines any) (this change would leave it "
+        "so: keep what it uses in the objects changed, or change it first)")
+    assert (await server.store.get("DestinationPolicy", "default", "reviews")
+            ).resource.spec.subsets
+
+
 async def test_watch_streams_server_sent_events(server: Server) -> None:
     """An SSE watcher sees the replayed object, then a MODIFIED event for an apply."""
     client = server.client()

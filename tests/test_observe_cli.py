@@ -202,6 +202,19 @@ def test_dashboard_prints_the_url_that_serves_the_page(mesh: ObservedMesh) -> No
         assert b'id="graph"' in resp.read()
 
 
+def test_dashboard_open_without_a_browser_says_so(mesh: ObservedMesh) -> None:
+    """--open where no browser can start (BROWSER names none, as on a server) still prints
+    the URL, exit 0, and says on stderr that nothing was opened."""
+    env = dict(os.environ, BROWSER="/nonexistent/browser")
+    out = subprocess.run([sys.executable, "-m", "meshctl", "--control-plane", mesh.url,
+                          "dashboard", "--open"], capture_output=True, text=True, timeout=30,
+                         env=env)
+    assert (out.returncode, out.stdout.strip()) == (0, mesh.url + "/dashboard"), out
+    assert "no web browser could be started here" in out.stderr, out.stderr
+    port = mesh.url.rsplit(":", 1)[1]
+    assert f"ssh -L {port}:127.0.0.1:{port} HOST" in out.stderr, out.stderr
+
+
 def test_top_and_tap_survive_a_hung_sidecar(mesh: ObservedMesh) -> None:
     """A sidecar that accepts connections but never answers (here: SIGSTOPped) must not turn
     top and tap into errors: the other sidecars' requests are still shown."""
@@ -242,5 +255,8 @@ def test_proxy_config_shows_what_a_sidecar_runs(mesh: ObservedMesh) -> None:
 def test_proxy_config_errors(mesh: ObservedMesh) -> None:
     unknown = mesh.meshctl("proxy-config", "nobody-v1")
     assert unknown.returncode == 1 and "no proxy named 'nobody-v1'" in unknown.stderr
+    typo = mesh.meshctl("proxy-config", "productpage-v1-15101")
+    assert typo.returncode == 1 and typo.stderr.endswith("; did you mean productpage-v1?\n"), \
+        typo.stderr
     no_token = mesh.meshctl("proxy-config", "productpage-v1", token=None)
     assert no_token.returncode == 1 and "Bearer" in no_token.stderr

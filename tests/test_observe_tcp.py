@@ -91,6 +91,12 @@ def test_stat_shows_open_connections_and_bytes_of_a_tcp_service(mesh: Mesh) -> N
         assert edge_table.returncode == 0, edge_table.stderr
         web_db = next(line for line in edge_table.stdout.splitlines() if "db (v1)" in line)
         assert "🔒 mTLS" in web_db and web_db.split()[-1] == "2"
+        # 🔒 takes two columns on a terminal: the row is padded by display width, so its RPS
+        # starts under the RPS header, as an unlocked row's would
+        header = edge_table.stdout.splitlines()[0]
+        lock_wide = web_db.replace("🔒", "##")
+        assert lock_wide.index(" -", lock_wide.index("mTLS")) + 1 == header.index("RPS"), \
+            edge_table.stdout
 
         first.shutdown(socket.SHUT_WR)
         while first.recv(65536):  # the server's `bye`, then its FIN

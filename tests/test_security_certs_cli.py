@@ -53,6 +53,8 @@ def test_lists_each_proxy_with_expiry(api: str, capsys: pytest.CaptureFixture[st
     """Every proxy is listed with its expiry and time left; expired and missing are marked."""
     assert run("certs", "proxies", control_plane=api) == 0
     lines = capsys.readouterr().out.splitlines()
+    # laid out as proxy-status: columns as wide as their widest cell, three spaces apart
+    assert lines[0] == f"{'NAME':<15}   NAMESPACE/SERVICE   {'CERT-EXPIRY':<20}   LEFT"
     rows = {line.split()[0]: line for line in lines[1:]}
     assert "default/reviews" in rows["reviews-v1-9083"]
     assert rows["reviews-v1-9083"].split()[-1] in ("3h09m", "3h10m")

@@ -54,7 +54,7 @@ def render(meta: Meta, got: Collected, sizes: dict[str, int]) -> str:
         "Ami bug report (meshctl bug-report)",
         "",
         f"created:        {meta.created}",
-        f"control plane:  {meta.control_plane}",
+        f"API:            {meta.control_plane}",  # "control plane:" is its version, below
         f"meshctl:        {VERSION} ({BUILD})",
         f"control plane:  {version.get('version', 'unknown')} ({version.get('build') or '-'})",
         "data plane:     " + (proxies_text(data_plane) if isinstance(data_plane, list)

@@ -39,8 +39,11 @@ class Judgement:
 
 def judge(m: Measurement, t: Thresholds) -> Judgement:
     """Hold below ``min_requests``; else fail on the first threshold missed, or pass."""
-    if m.requests < t.min_requests or m.success_rate is None:
-        return Judgement(Verdict.HOLD, f"only {m.requests:.0f} requests (< {t.min_requests})")
+    # judged on the count as every output shows it (rounded), so a hold never reads
+    # `only 5 requests (< 5)` for an estimate of 4.6
+    shown = round(m.requests)
+    if shown < t.min_requests or m.success_rate is None:
+        return Judgement(Verdict.HOLD, f"only {shown} requests (< {t.min_requests})")
     if m.success_rate < t.min_success_rate:
         return Judgement(Verdict.FAIL, f"success rate {percent(m.success_rate)} "
                                        f"< {percent(t.min_success_rate)}")

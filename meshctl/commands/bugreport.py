@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``bug-report``."""
     p = subparsers.add_parser(
         "bug-report", help="collect the mesh's state into one archive to attach to an issue",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", metavar="FILE.tar.gz", default=None,
                    help="where to write it (default: ami-bug-report-<UTC time>.tar.gz here)")
     p.add_argument("--include-config-dumps", action="store_true",

@@ -28,9 +28,11 @@ SHORT_NAMES = {"rt": "Route", "dp": "DestinationPolicy", "ap": "AuthorizationPol
                "ra": "RequestAuthentication", "pa": "PeerAuthentication", "mc": "MeshConfig",
                "gw": "Gateway", "es": "ExternalService", "tel": "Telemetry",
                "sc": "Sidecar", "can": "Canary"}
-KIND_HELP = ("route|rt, destinationpolicy|dp, authorizationpolicy|ap, "
-             "requestauthentication|ra, peerauthentication|pa, meshconfig|mc, gateway|gw, "
-             "externalservice|es, telemetry|tel, sidecar|sc, canary|can")
+_SHORT_BY_KIND = {kind: short for short, kind in SHORT_NAMES.items()}
+# every kind the CLI takes, as help and errors list it: built from the kinds' registry so that a
+# new kind (HTTPRoute, GRPCRoute) is never missing from the list
+KIND_HELP = ", ".join(f"{kind.lower()}|{_SHORT_BY_KIND[kind]}" if kind in _SHORT_BY_KIND
+                      else kind.lower() for kind in KIND_PLURALS)
 Command = Callable[[argparse.Namespace], int]
 ALL = "all"  # `get all`: every kind (meshctl.commands.getall)
 SERVICE = "Service"  # `describe service`: not a stored kind (meshctl.commands.servicepage)

@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``canary``."""
     p = subparsers.add_parser(
         "canary", help="promote a canary step by step while its metrics hold, else roll back",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("--from", dest="source", required=True, metavar="SUBSET",
                    help="the stable subset (gets the rest of the traffic)")

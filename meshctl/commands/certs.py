@@ -157,17 +157,20 @@ def run_proxies(args: argparse.Namespace) -> int:
     unreachable or refusing control plane is the one `error: ...` line every command prints."""
     # imported here: the CA commands (init, token, issue) run offline, without the client
     from meshctl.commands.calls import make_client, reports_errors
+    from meshctl.output import render_table
 
     @reports_errors
     def run(args: argparse.Namespace) -> int:
         client = make_client(args)  # with the token, as proxy-status: remote reads need it
         proxies = client.field(client._json("GET", "/api/v1/proxies"), "proxies", list)
         now = time.time()
-        print(f"{'NAME':<28} {'NAMESPACE/SERVICE':<32} {'CERT EXPIRY':<26} LEFT")
+        rows = []
         for p in proxies:
-            service = f"{p.get('namespace') or 'default'}/{p['service']}"
             expiry = p.get("certExpiry") or ""
-            print(f"{p['name']:<28} {service:<32} {expiry or '-':<26} {_left(expiry, now)}")
+            rows.append((p["name"], f"{p.get('namespace') or 'default'}/{p['service']}",
+                         expiry or "-", _left(expiry, now)))
+        # laid out as proxy-status and every other table (columns as wide as their cells)
+        print(render_table(("NAME", "NAMESPACE/SERVICE", "CERT-EXPIRY", "LEFT"), rows), end="")
         return 0
 
     return run(args)

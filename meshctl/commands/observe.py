@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import webbrowser
 from collections.abc import Iterator
@@ -303,8 +305,12 @@ def _check_answer(client: ControlPlaneClient) -> tuple[Any, str, str]:
 def dashboard(args: argparse.Namespace) -> int:
     url = make_client(args).base_url.rstrip("/") + "/dashboard"
     print(url)
-    if args.open:
-        webbrowser.open(url)
+    if args.open and not webbrowser.open(url):
+        # a server over ssh has no browser: say so rather than appear to have opened one
+        port = urllib.parse.urlsplit(url).port or 80
+        print("meshctl dashboard: no web browser could be started here; open the URL above "
+              f"in one (over ssh: ssh -L {port}:127.0.0.1:{port} HOST, then the URL)",
+              file=sys.stderr)
     return 0
 
 

@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
               "[--service S] [--subset SUBSET] [--status healthy|ejected] [-o FORMAT]\n"
               "       meshctl proxy-config log NAME [--level LEVEL | --level LOGGER:LEVEL,...] "
               "[--reset] [-o FORMAT]",
-        description=__doc__ + _SECTIONS_HELP + _LOG_HELP,
+        description=(__doc__ + _SECTIONS_HELP + _LOG_HELP).replace("``", "`"),  # `code` as in
+        # the other helps, not the docstring's ``code``
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("words", nargs="+", metavar="[SECTION|log] NAME",
                    help="proxy name, as meshctl proxy-status lists it; `SECTION NAME`: that "

@@ -87,7 +87,13 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _get_kind(word: str) -> str:
-    return ALL if word.lower() == "all" else resolve_kind(word)
+    if word.lower() == ALL:
+        return ALL
+    try:
+        return resolve_kind(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+                                         "or all") from None
 
 
 def _describe_kind(word: str) -> str:
@@ -176,7 +182,12 @@ def run_apply(args: argparse.Namespace) -> int:
         if offline:
             issues = validate_set(resources)
             if issues:
-                raise ValidationError(issues)
+                print_issues(ValidationError(issues))
+                # the files alone lack what the control plane holds (a Route's subsets)
+                print("hint: --dry-run (client) checks these files as a set on their own; "
+                      "give the files they depend on too, or check them against the control "
+                      "plane with --dry-run=server", file=sys.stderr)
+                return 1
     except ValidationError as err:
         return print_issues(err)
     if not resources:  # as kubectl: an empty directory or stream is most likely a mistake

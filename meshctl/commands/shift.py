@@ -138,7 +138,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``shift``."""
     shift = subparsers.add_parser(
         "shift", help="shift traffic between a service's subsets and wait for the proxies",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__.replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     shift.add_argument("service", metavar="SERVICE")
     shift.add_argument("weights", metavar="WEIGHTS", help="99/1 (declared order) or v1=90,v3=10")
     shift.add_argument("-n", "--namespace", default="default")

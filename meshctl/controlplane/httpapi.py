@@ -359,7 +359,13 @@ async def check_set(store: Store, changes: list[Resource]) -> None:
     current = [o.resource for o in await store.list()]
     issues = new_issues(current, overlay(current, changes, set()))
     if issues:
-        raise Invalid("\n".join(str(i) for i in issues))
+        # an issue in an object the change did not touch (a Route whose subsets a new
+        # DestinationPolicy no longer defines) is the change's doing: say so, and what to do
+        sent = {(r.source, r.doc) for r in changes}
+        raise Invalid("\n".join(
+            str(i) if (i.source, i.doc) in sent
+            else f"{i} (this change would leave it so: keep what it uses in the objects "
+                 "changed, or change it first)" for i in issues))
 
 
 # -- decoding --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TextIO
 from meshctl.demo.procs import listening, log_tail, pid_alive, signal_group
 from meshctl.demo.runner import SUPERVISOR_HINT, DemoOptions, already_running, banner
 from meshctl.demo.state import FAILED, READY, STOPPED, SUPERVISOR_LOG, RunDir
+from meshctl.output import render_table
 
 
 def up_detached(opts: DemoOptions, up_args: Sequence[str], out: TextIO,
@@ -83,10 +84,8 @@ def status(run_dir: RunDir, out: TextIO) -> int:
         alive_all = alive_all and alive
         ports = ",".join(f"{what}={port}" for what, _, port in p.ports) or "-"
         rows.append((p.name, str(p.pid), "yes" if alive else "no", ports, p.log))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4],
-              file=out)
+    # laid out as meshctl's other tables: columns as wide as their cells, three spaces apart
+    print(render_table(rows[0], rows[1:]), end="", file=out)
     return 0 if alive_all and state.processes else 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import time
 from collections.abc import Callable
@@ -99,6 +100,17 @@ def _registered_names(proxies: list[dict[str, Any]]) -> ServiceNames:
                         for p in proxies if p.get("service"))
 
 
+def _no_service(service: str, namespace: str, why: str,
+                proxies: list[dict[str, Any]]) -> web.Response:
+    """The 404 of `routes`/`authz` for a name the namespace does not know, with the close
+    registered names (`did you mean default/reviews?`), as `stat` and `describe svc` say."""
+    registered = {(str(p.get("service")), str(p.get("namespace") or "default"))
+                  for p in proxies if p.get("service")}
+    return json_error(404, "NotFound", suggest(
+        f"no service {service} in namespace {namespace} ({why})", service,
+        known_names(registered, (), service)))
+
+
 def parse_window(text: str | None, default: float = 30.0) -> float:
     """``30s``, ``5m``, ``1h`` or plain seconds, up to what the window keeps (a shorter one is
     1 s); 400 for anything else, ``nan``, ``inf``, 0 and negative ones included."""
@@ -130,6 +142,27 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         return json_error(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' "
                           "(AMI_TOKEN or .ami/token)")
 
+    async def mesh_names(request: web.Request) -> tuple[ServiceNames, set[str], set[str]]:
+        """The services a proxy registered or the store declares, their metrics names, and
+        the ExternalService hosts."""
+        proxies = await list_proxies(scraper.source)
+        registered = {(str(p["service"]), str(p.get("namespace") or "default"))
+                      for p in proxies if p.get("service")}
+        objects = await request.app[STORE].list()
+        services = registered | declared_services(objects, ServiceNames(registered))
+        names = ServiceNames(services)
+        return names, {names.metrics_name(s, ns) for s, ns in services}, external_hosts(objects)
+
+    async def metrics_label(request: web.Request, name: str) -> str:
+        """``name`` as the metrics label it stands for: `reviews.default` and
+        `reviews.default.svc.cluster.local` are `reviews` while one namespace has it (the
+        forms README.md names a service by), so their rows are found; else ``name``."""
+        if not name:
+            return name
+        names, _, _ = await mesh_names(request)
+        home = names.resolve(name, "default")
+        return names.metrics_name(*home) if home is not None else name
+
     async def unknown(request: web.Request, name: str, head: str) -> web.Response | None:
         """None when the mesh knows service ``name`` (as its metrics name, ``reviews`` or
         ``api.b``): a proxy registered it (a sidecar's, the gateway's), the store declares it
@@ -138,14 +171,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         404 to answer: ``head``, then the close names (or the known ones)."""
         if not name:
             return None
-        proxies = await list_proxies(scraper.source)
-        registered = {(str(p["service"]), str(p.get("namespace") or "default"))
-                      for p in proxies if p.get("service")}
-        objects = await request.app[STORE].list()
-        services = registered | declared_services(objects, ServiceNames(registered))
-        names = ServiceNames(services)
-        labels = {names.metrics_name(s, ns) for s, ns in services}
-        hosts = external_hosts(objects)
+        names, labels, hosts = await mesh_names(request)
         if (name in labels or names.resolve(name, "default") is not None
                 or any(host_matches(h, name) for h in hosts)):
             return None
@@ -166,8 +192,9 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             missing = await unknown(request, q.get(param, ""), head.format(q.get(param)))
             if missing is not None:
                 return missing
-        rows = scraper.window.stat(observer.clock(), window, q.get("service") or None,
-                                   q.get("from") or None)
+        rows = scraper.window.stat(observer.clock(), window,
+                                   await metrics_label(request, q.get("service", "")) or None,
+                                   await metrics_label(request, q.get("from", "")) or None)
         # scrapeInterval: a window shorter than two scrapes has no rate (meshctl canary widens)
         return web.json_response({"window": window, "scrapeInterval": scraper.interval,
                                   "rows": [r.as_json() for r in rows]})
@@ -196,11 +223,14 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         declared = routes_about([o.resource for o in await request.app[STORE].list("Route")],
                                 service, namespace, names)
         rules, callers = scraper.window.rule_rates(observer.clock(), window)
-        if not declared and names.resolve(service, namespace) != (service, namespace) \
-                and not any(r.key[DST] == label for r in callers):
-            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
-                              " (no sidecar, Route or traffic for it; meshctl proxy-status "
-                              "lists the proxies)")
+        home = names.resolve(service, namespace)
+        # a name that runs in one other namespace only: the traffic under its bare name
+        # (`label`) is that namespace's service's, which does not make it known in this one
+        seen = home in (None, (service, namespace)) and any(r.key[DST] == label
+                                                            for r in callers)
+        if not declared and home != (service, namespace) and not seen:
+            return _no_service(service, namespace, "no sidecar, Route or traffic for it",
+                               proxies)
         return web.json_response(routes_report(service, namespace, label, window, declared,
                                                rules, callers))
 
@@ -229,9 +259,8 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
             counts = []
         if not declared and home != (service, namespace) \
                 and not any(r.key[0] == label for r, _ in counts):
-            return json_error(404, "NotFound", f"no service {service} in namespace {namespace}"
-                              " (no sidecar of it is registered and no decision about it was "
-                              "seen; meshctl proxy-status lists the proxies)")
+            return _no_service(service, namespace, "no sidecar of it is registered and no "
+                               "decision about it was seen", proxies)
         return web.json_response(authz_report(service, namespace, label, window, declared,
                                               counts))
 
@@ -281,6 +310,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         missing = await unknown(request, service, f"no service {service!r}")
         if missing is not None:
             return missing
+        service = await metrics_label(request, service)  # the sidecars tap by that label
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         proxies = await list_proxies(scraper.source)
@@ -308,6 +338,7 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         missing = await unknown(request, service, f"no service {service!r}")
         if missing is not None:
             return missing
+        service = await metrics_label(request, service)  # the sidecars tap by that label
         proxies = await list_proxies(scraper.source)
         collected: list[dict[str, Any]] = []
         async with tap_many(proxies, service=service, admin=observer.admin) as events:
@@ -320,11 +351,14 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
 
     async def named_proxy(name: str) -> dict[str, Any] | web.Response:
         """The proxy listed under ``name`` with an admin address, else the error to answer."""
-        proxy = next((p for p in await list_proxies(scraper.source) if p.get("name") == name),
-                     None)
+        proxies = await list_proxies(scraper.source)
+        proxy = next((p for p in proxies if p.get("name") == name), None)
         if proxy is None:
+            # docs and habits name a proxy `productpage-v1-15101`; the demo's is `productpage-v1`
+            close = difflib.get_close_matches(name, [str(p.get("name")) for p in proxies], n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
             return json_error(404, "NotFound", f"no proxy named {name!r} (meshctl proxy-status "
-                                               "lists them)")
+                                               f"lists them){hint}")
         if not proxy.get("admin"):
             return json_error(409, "Conflict", f"proxy {name!r} registered no admin address")
         return proxy

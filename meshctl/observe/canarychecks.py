@@ -13,6 +13,7 @@ from meshctl.observe.checks import Check, Group
 
 _HINT = ("apply the Route and a DestinationPolicy defining both subsets, or fix the Canary "
          "(meshctl describe canary NAME)")
+_FINISHED = ("Succeeded", "RolledBack")
 
 
 def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iterable[Any],
@@ -46,7 +47,9 @@ def canary_checks(canaries: Iterable[Any], routes: Iterable[Any], policies: Iter
                                 "describe canary NAME shows its last answers)"))
         else:
             phase = status.get("phase", "Initializing")
-            checks.append(Check(name, "ok", f"{phase}, {spec.canary} at "
+            # a finished run's weight is where it ended, not the route's now (a later shift)
+            at = "ended at" if phase in _FINISHED else "at"
+            checks.append(Check(name, "ok", f"{phase}, {spec.canary} {at} "
                                             f"{status.get('canaryWeight', 0)}%"))
     return [Group("Canary", tuple(checks))] if checks else []
 
