@@ -80,7 +80,7 @@ def test_status_lists_each_process_and_down_stops_leftovers(
     assert "/x/ratings-v1.log" in line
     out = io.StringIO()
     assert control.down(run_dir, out) == 0, out.getvalue()
-    assert "stopped 1 processes; no process and no port left" in out.getvalue()
+    assert "stopped 1 process; no process and no port left" in out.getvalue()
     assert proc.wait(timeout=5) is not None
     assert not listening(port)
     state = run_dir.read()

@@ -87,7 +87,7 @@ def run_schema(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"error: cannot write {out}: {err}", file=sys.stderr)
             return 1
-        print(f"wrote {len(schemas)} schema(s) to {out}")
+        print(f"wrote {len(schemas)} schema{'s' if len(schemas) != 1 else ''} to {out}")
         return 0
     document = next(iter(schemas.values())) if args.kind else schemas
     print(json.dumps(document, indent=2))

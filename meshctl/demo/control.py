@@ -116,7 +116,8 @@ def down(run_dir: RunDir, out: TextIO, timeout: float = 30.0) -> int:
               + "; ".join([*(f"process {n}" for n in still),
                            *(f"port {p}" for p in open_ports)]), file=out)
         return 1
-    done = f"stopped {running} processes" if running else "the demo was not running"
+    done = (f"stopped {running} process{'es' if running != 1 else ''}" if running
+            else "the demo was not running")
     print(f"{done}; no process and no port left", file=out)
     return 0
 
