@@ -151,15 +151,19 @@ class ExtAuthzCheck:
         raise NotImplementedError
 
     # --- what an answer does, whichever the provider's kind ---------------------------------
-    def _failed(self, ex: Exchange) -> None:
-        """No usable answer: statusOnError (`ext_authz_error`), or through with failOpen."""
+    def _failed(self, ex: Exchange, status: int = 0,
+                headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes | None = None
+                ) -> None:
+        """No usable answer: statusOnError (`ext_authz_error`), or through with failOpen. A
+        gRPC provider's error_response gives the refusal its own status, headers and body."""
         from proxy import exchangepolicy
 
         self._count("error")
         if self.spec.fail_open:
             exchangepolicy.resume(ex)
         else:
-            self._refuse(ex, "ext_authz_error", self.spec.status_on_error, (), None)
+            self._refuse(ex, "ext_authz_error", status or self.spec.status_on_error, headers,
+                         body)
 
     def _denied(self, ex: Exchange, status: int, headers: tuple[tuple[bytes, bytes], ...],
                 body: bytes) -> None:

@@ -30,6 +30,9 @@ PATH = b"/envoy.service.auth.v3.Authorization/Check"
 # Envoy's header map holds neither these (the connection's own) nor what Ami adds for itself.
 _NOT_SENT = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade",
                        b"transfer-encoding", b"host", b"x-ami-peer", b"http2-settings"})
+# Connections a check may open when the ones it finds (or waits for) are full: a provider
+# announcing no room at all fails the check rather than being connected to without end.
+_CONNECTS = 3
 # HeaderValueOption.append_action (Envoy's core.v3 enum)
 _ADD_IF_ABSENT, _OVERWRITE_IF_EXISTS = 1, 3
 # what the provider may name and write in a header: a token, and a value with no CR, LF, NUL
@@ -73,10 +76,16 @@ class GrpcCheck(ExtAuthzCheck):
     async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes) -> bytes:
         """One Check call on a stream of ``pool``'s HTTP/2 connections: its message."""
         conn = pool.take_h2()
+        for _ in range(_CONNECTS):
+            if conn is not None:
+                break
+            # (shielded: shared with the checks and requests arriving while it opens) The
+            # checks that waited with this one may fill it (the provider's
+            # SETTINGS_MAX_CONCURRENT_STREAMS): then another connection, as requests do.
+            opened = await asyncio.shield(pool.connect_h2_shared())
+            conn = opened if opened.has_room() else pool.take_h2()
         if conn is None:
-            conn = await asyncio.shield(pool.connect_h2_shared())
-            if not conn.has_room():
-                raise CheckFailed(f"{pool.address} takes no new stream")
+            raise CheckFailed(f"{pool.address} takes no new stream")
         call = _Call(asyncio.get_running_loop().create_future())
         stream = conn.open_stream(call)  # type: ignore[arg-type]  # same callback surface
         call.stream = stream
@@ -107,32 +116,42 @@ class GrpcCheck(ExtAuthzCheck):
     def _decide(self, ex: Exchange, answer: CheckResponse | None) -> None:
         if answer is None:
             self._failed(ex)
+        elif answer.status.code != 0 and answer.HasField("error_response"):
+            # The provider failed and says how to answer (newer Envoy's error_response): an
+            # error, not a denial (failOpen lets it through); no status: statusOnError.
+            error = answer.error_response
+            status = int(error.status.code)
+            self._failed(ex, status if 200 <= status <= 599 else 0, _refusal(error.headers),
+                         error.body.encode() if error.body else None)
         elif answer.status.code != 0:
             denied = answer.denied_response
             status = int(denied.status.code)
             if not 200 <= status <= 599:
                 status = 403  # (absent, 0: Envoy's default)
-            self._denied(ex, status, tuple(
-                (n, v) for n, v, _ in _options(denied.headers) if n not in _FRAMING),
-                denied.body.encode())
+            self._denied(ex, status, _refusal(denied.headers), denied.body.encode())
         else:
             ok = answer.ok_response
             present = {n.lower().replace(b"_", b"-") for n, _ in ex.headers}
             upstream, append = [], []
+            remove = {n.lower().encode("utf-8") for n in ok.headers_to_remove}
+            remove = {n for n in remove if not n.startswith(b":") and n not in _PROTECTED}
             for name, value, how in _options(ok.headers):
-                if name in _PROTECTED:
-                    continue
+                if name in _PROTECTED or name in remove:
+                    continue  # (Envoy removes after it sets and appends: removal wins)
                 there = name.replace(b"_", b"-") in present
                 if how == "append":
                     append.append((name, value))
                 elif (how == "set" or (how == "absent" and not there)
                       or (how == "exists" and there)):
                     upstream.append((name, value))
-            remove = {n.lower().encode("utf-8") for n in ok.headers_to_remove}
-            remove = {n for n in remove if not n.startswith(b":") and n not in _PROTECTED}
             self._allowed(ex, upstream, append, remove,
                           [(n, v) for n, v, _ in _options(ok.response_headers_to_add)
                            if n not in _FRAMING])
+
+
+def _refusal(options: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """A denial's or an error's headers for the client (never its framing)."""
+    return tuple((n, v) for n, v, _ in _options(options) if n not in _FRAMING)
 
 
 def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
@@ -235,7 +254,7 @@ class _Call:
             stream.abort()
 
     def _fail(self, why: str, error: type[CheckFailed] = CheckFailed) -> None:
-        self.stream = None
+        """The stream ended (or is given up) without a usable answer."""
         if not self.answer.done():
             self.answer.set_exception(error(why))
 
@@ -263,7 +282,7 @@ class _Call:
         self._read_status(headers)
 
     def h2_response_end(self, stream: H2UpstreamStream) -> None:
-        self.stream = None
+        self.stream = None  # (ended: nothing to reset)
         if self.answer.done():
             return
         if self.status != b"200":
@@ -280,10 +299,12 @@ class _Call:
                 self.answer.set_result(body[5:])
 
     def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
+        self.stream = None  # (reset by the provider, or refused: already gone)
         self._fail("stream reset by the provider",
                    _Unprocessed if stream.unprocessed else CheckFailed)
 
     def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
+        self.stream = None
         self._fail(reason)
 
     def upstream_write_paused(self, paused: bool) -> None:
