@@ -80,6 +80,12 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
                                _option("x-ext-new", "fresh", append=False)])
             ok.headers_to_remove.append("x-remove-me")
             ok.response_headers_to_add.append(_option("x-ext-note", "seen"))
+        elif path.startswith("/both/"):  # set (or appended) and removed: Envoy removes last
+            ok = answer.ok_response
+            ok.headers.extend([_option("x-both", "provider"),
+                               _option("x-both-tag", "provider", append=True),
+                               _option("x-kept-too", "provider")])
+            ok.headers_to_remove.extend(["x-both", "X-Both-Tag"])
         elif path.startswith("/tricky/"):  # edits of what is not the provider's to edit
             ok = answer.ok_response
             ok.headers.extend([_option("x-bad", "a\r\nx-injected: 1"),
@@ -142,7 +148,8 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
             _external("opa-partner", "opa.partner.test", grpc_port),
             _external("gone-partner", "gone.partner.test", gone),
             _custom("api", "opa", [{"to": [{"paths": [
-                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*"]}]}]),
+                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*",
+                "/both/*"]}]}]),
             _custom("egress", "opa-egress", [{}]),
             _custom("lost", "opa-gone", [{}]),
             _custom("open", "opa-open", [{}])), warmup=0.0)
@@ -213,6 +220,17 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert _values(seen, "x-remove-me") == [] and _values(seen, "x-kept") == ["yes"]
     assert headers["x-ext-note"] == "seen"
     assert mesh.metric(mesh.api, "ami_ext_authz_checks_total", result="allowed") >= 1
+
+
+def test_a_header_both_set_and_removed_is_removed(mesh: GrpcAuthzMesh) -> None:
+    """ok_response naming a header in `headers` and in `headers_to_remove` (any case): it
+    reaches the app in neither form, as Envoy removes after it sets and appends."""
+    status, _, body = mesh.call("api", "/both/k", [("x-both", "client"),
+                                                   ("x-both-tag", "client")])
+    assert status == 200, body
+    seen = json.loads(body)
+    assert _values(seen, "x-both") == [] and _values(seen, "x-both-tag") == []
+    assert _values(seen, "x-kept-too") == ["provider"]
 
 
 def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
