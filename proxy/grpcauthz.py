@@ -144,9 +144,12 @@ class GrpcCheck(ExtAuthzCheck):
                 elif (how == "set" or (how == "absent" and not there)
                       or (how == "exists" and there)):
                     upstream.append((name, value))
+            response = [(n, v, how) for n, v, how in _options(ok.response_headers_to_add)
+                        if n not in _FRAMING]
+            # `append` true adds beside the app's header (a second set-cookie...), else set
             self._allowed(ex, upstream, append, remove,
-                          [(n, v) for n, v, _ in _options(ok.response_headers_to_add)
-                           if n not in _FRAMING])
+                          [(n, v) for n, v, how in response if how != "append"],
+                          [(n, v) for n, v, how in response if how == "append"])
 
 
 def _refusal(options: Any) -> tuple[tuple[bytes, bytes], ...]:

@@ -86,6 +86,10 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
                                _option("x-both-tag", "provider", append=True),
                                _option("x-kept-too", "provider")])
             ok.headers_to_remove.extend(["x-both", "X-Both-Tag"])
+        elif path.startswith("/cookie/"):  # response headers: one appended, one set
+            ok = answer.ok_response
+            ok.response_headers_to_add.extend([_option("set-cookie", "session=p", append=True),
+                                               _option("x-app-note", "provider")])
         elif path.startswith("/tricky/"):  # edits of what is not the provider's to edit
             ok = answer.ok_response
             ok.headers.extend([_option("x-bad", "a\r\nx-injected: 1"),
@@ -149,7 +153,7 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
             _external("gone-partner", "gone.partner.test", gone),
             _custom("api", "opa", [{"to": [{"paths": [
                 "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*",
-                "/both/*"]}]}]),
+                "/both/*", "/cookie/*"]}]}]),
             _custom("egress", "opa-egress", [{}]),
             _custom("lost", "opa-gone", [{}]),
             _custom("open", "opa-open", [{}])), warmup=0.0)
@@ -166,7 +170,11 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
         async def echo(request: web.Request) -> web.Response:
             self.seen.append({"host": request.host, "path": request.path,
                               "headers": [[k.lower(), v] for k, v in request.headers.items()]})
-            return web.json_response(self.seen[-1])
+            response = web.json_response(self.seen[-1])
+            if request.path.startswith("/cookie/"):
+                response.headers["set-cookie"] = "app=1"
+                response.headers["x-app-note"] = "app"
+            return response
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)
@@ -231,6 +239,15 @@ def test_a_header_both_set_and_removed_is_removed(mesh: GrpcAuthzMesh) -> None:
     seen = json.loads(body)
     assert _values(seen, "x-both") == [] and _values(seen, "x-both-tag") == []
     assert _values(seen, "x-kept-too") == ["provider"]
+
+
+def test_response_headers_to_add_appends_or_sets_as_envoy(mesh: GrpcAuthzMesh) -> None:
+    """response_headers_to_add: `append: true` adds beside the app's header (the app's
+    cookie and the provider's both reach the client), else the provider's replaces it."""
+    status, headers, body = mesh.call("api", "/cookie/l")
+    assert status == 200, body
+    assert sorted(headers.get_all("set-cookie") or []) == ["app=1", "session=p"]
+    assert headers.get_all("x-app-note") == ["provider"]
 
 
 def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
