@@ -8,7 +8,10 @@ Workloads (one app answers for all with what it got), called through web's sidec
 - `api`: provider `wire` (timeout 2s);
 - `open`: provider `wire-open` (the same server, failOpen);
 - `narrow`: provider `narrow` (another server: one stream per connection, its SETTINGS and
-  its answers late, so that checks arriving together wait for one connection).
+  its answers late, so that checks arriving together wait for one connection);
+- `legacy`: provider `h1-mesh`, the mesh service `oldauthz` whose sidecar declares
+  `--app-protocol http1`; `legacy-egress`: provider `h1-egress`, an ExternalService host that
+  answers HTTP/1.1 only (the app).
 """
 
 from __future__ import annotations
@@ -64,17 +67,24 @@ class WireMesh(meshbuilder.Mesh):
             mesh_config("PERMISSIVE", extensionProviders=[
                 _provider("wire", "wire.partner.test", self.wire.port, timeout="2s"),
                 _provider("wire-open", "wire.partner.test", self.wire.port, failOpen=True),
-                _provider("narrow", "narrow.partner.test", self.narrow.port, timeout="30s")]),
+                _provider("narrow", "narrow.partner.test", self.narrow.port, timeout="30s"),
+                _provider("h1-mesh", "oldauthz", 9000),
+                _provider("h1-egress", "h1.partner.test", app)]),
             _external("wire-partner", "wire.partner.test", self.wire.port),
             _external("narrow-partner", "narrow.partner.test", self.narrow.port),
+            _external("h1-partner", "h1.partner.test", app),
             _custom("api", "wire"), _custom("open", "wire-open"),
-            _custom("narrow", "narrow")), warmup=0.0)
+            _custom("narrow", "narrow"), _custom("legacy", "h1-mesh"),
+            _custom("legacy-egress", "h1-egress")), warmup=0.0)
         self.api = self.sidecar("api", app=f"127.0.0.1:{app}")
-        for service in ("open", "narrow"):
+        for service in ("open", "narrow", "legacy", "legacy-egress"):
             self.sidecar(service, app=f"127.0.0.1:{app}")
+        # a provider whose sidecar says its app speaks HTTP/1.1 only
+        self.sidecar("oldauthz", app=f"127.0.0.1:{self.wire.port}",
+                     extra=["--app-protocol", "http1"])
         self.web = self.sidecar("web")
         self.wait_synced()
-        for service in ("api", "open", "narrow"):
+        for service in ("api", "open", "narrow", "legacy", "legacy-egress"):
             wait_for(lambda s=service: self.call(s, "/free/ready")[0] == 200, 20,  # type: ignore[misc]
                      f"{service} reachable")
         return self
@@ -219,3 +229,14 @@ def test_checks_beyond_the_providers_stream_limit_open_another_connection(
     assert len({c.connection for c in mesh.narrow.calls}) >= 2
     assert all(mesh.got(p) for p in paths)
     assert json.loads(answers[0][2])["host"] == "narrow"
+
+
+def test_a_provider_speaking_http1_only_fails_every_check(mesh: WireMesh) -> None:
+    """gRPC needs HTTP/2: a mesh provider whose sidecar declares `--app-protocol http1`, and
+    an outside host answering the HTTP/2 preface in HTTP/1.1, fail the check
+    (ext_authz_error), the request never reaching the app."""
+    for service, path in (("legacy", "/h1/mesh"), ("legacy-egress", "/h1/egress")):
+        status, headers, body = mesh.call(service, path)
+        assert (status, headers["x-ami-reason"]) == (403, "ext_authz_error"), body
+        assert not mesh.got(path)
+    assert not mesh.wire.checked("/h1/mesh")
