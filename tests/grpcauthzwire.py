@@ -17,6 +17,7 @@ It answers by the checked request's path (`attributes.request.http.path`):
   /goaway-once/*     the first time: GOAWAY with a last stream id below the call's;
   /refused-once/*    the first time: RST_STREAM REFUSED_STREAM;
   /hang/*            no answer (the stream held);
+  /close-after/*     OK, then the connection closed (no GOAWAY);
   anything else      OK.
 With `settings_delay`, each connection's SETTINGS (the server's preface) waits that long: the
 client cannot open a stream meanwhile, so the checks arriving then share one connection.
@@ -199,6 +200,13 @@ class _Conn(asyncio.Protocol):
             else:
                 error.SetInParent()
         message = _message(answer, 1 if kind == "compressed" else 0)
+        if kind == "close-after" and self.transport is not None:
+            h2.send_data(stream_id, message)
+            h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+            self.calls.pop(stream_id)
+            self._flush()
+            self.transport.close()  # (no GOAWAY: the connection just ends)
+            return
         if kind == "split":
             for part in (message[:3], message[3:7], message[7:]):
                 h2.send_data(stream_id, part)

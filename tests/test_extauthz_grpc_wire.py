@@ -213,6 +213,16 @@ def test_a_client_leaving_mid_check_resets_the_call_and_keeps_the_connection(
     assert not mesh.got("/hang/g")
 
 
+def test_the_providers_connection_closing_between_checks(mesh: WireMesh) -> None:
+    """The provider closes its connection after an answer: the next check opens another."""
+    status, _, body = mesh.call("api", "/close-after/i")
+    assert status == 200, body
+    status, _, body = mesh.call("api", "/split/i-after")
+    assert status == 200, body
+    [closed], [after] = mesh.wire.checked("/close-after/i"), mesh.wire.checked("/split/i-after")
+    assert after.connection > closed.connection
+
+
 def test_the_timeout_refuses_and_resets_the_call(mesh: WireMesh) -> None:
     _refused(mesh, "/hang/h")
     wait_for(lambda: "/hang/h" in mesh.wire.resets, 10, "the timed-out call reset")
