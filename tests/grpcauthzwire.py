@@ -12,6 +12,7 @@ It answers by the checked request's path (`attributes.request.http.path`):
   /big/*             a message of 256 KiB, in 16 KiB DATA frames, never ended;
   /status503/*       `:status 503`;
   /trailers-only/*   one HEADERS: `:status 200`, `grpc-status 7` (PERMISSION_DENIED);
+  /ok-then-internal/* an OK CheckResponse, then `grpc-status 13` (INTERNAL) in its trailers;
   /error/*           PERMISSION_DENIED... with Envoy's error_response (503, retry-after, body);
   /error-plain/*     an error_response without a status;
   /goaway-once/*     the first time: GOAWAY with a last stream id below the call's;
@@ -214,7 +215,8 @@ class _Conn(asyncio.Protocol):
             h2.send_data(stream_id, message + message)
         else:
             h2.send_data(stream_id, message)
-        h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        status = b"13" if kind == "ok-then-internal" else b"0"
+        h2.send_headers(stream_id, [(b"grpc-status", status)], end_stream=True)
         self.calls.pop(stream_id)
 
     def _big(self, stream_id: int) -> None:

@@ -90,6 +90,20 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             ok = answer.ok_response
             ok.response_headers_to_add.extend([_option("set-cookie", "session=p", append=True),
                                                _option("x-app-note", "provider")])
+        elif path.startswith("/actions/"):  # append_action without `append`; raw_value
+            absent, exists = core_pb2.HeaderValueOption.ADD_IF_ABSENT, \
+                core_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS
+            ok = answer.ok_response
+            for name, action in (("x-absent-new", absent), ("x-absent-there", absent),
+                                 ("x-exists-new", exists), ("x-exists-there", exists),
+                                 ("x-default", None), ("x-append-wins", absent)):
+                option = _option(name, "provider",
+                                 append=False if name == "x-append-wins" else None)
+                if action is not None:
+                    option.append_action = action
+                ok.headers.append(option)
+            raw = ok.headers.add()
+            raw.header.key, raw.header.raw_value = "x-raw", b"raw-bytes"
         elif path.startswith("/tricky/"):  # edits of what is not the provider's to edit
             ok = answer.ok_response
             ok.headers.extend([_option("x-bad", "a\r\nx-injected: 1"),
@@ -153,7 +167,7 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
             _external("gone-partner", "gone.partner.test", gone),
             _custom("api", "opa", [{"to": [{"paths": [
                 "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*",
-                "/both/*", "/cookie/*"]}]}]),
+                "/both/*", "/cookie/*", "/actions/*"]}]}]),
             _custom("egress", "opa-egress", [{}]),
             _custom("lost", "opa-gone", [{}]),
             _custom("open", "opa-open", [{}])), warmup=0.0)
@@ -228,6 +242,25 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert _values(seen, "x-remove-me") == [] and _values(seen, "x-kept") == ["yes"]
     assert headers["x-ext-note"] == "seen"
     assert mesh.metric(mesh.api, "ami_ext_authz_checks_total", result="allowed") >= 1
+
+
+def test_append_action_and_raw_value_as_envoy_reads_them(mesh: GrpcAuthzMesh) -> None:
+    """Without `append`: ADD_IF_ABSENT adds only a header the client did not send,
+    OVERWRITE_IF_EXISTS replaces only one it did, the default (APPEND_IF_EXISTS_OR_ADD) sets
+    (Ami's reading, docs/security.md); `append` given wins over `append_action`; a header
+    given as raw_value carries those bytes."""
+    status, _, body = mesh.call("api", "/actions/m", [
+        ("x-absent-there", "client"), ("x-exists-there", "client"), ("x-default", "client"),
+        ("x-append-wins", "client")])
+    assert status == 200, body
+    seen = json.loads(body)
+    assert _values(seen, "x-absent-new") == ["provider"]
+    assert _values(seen, "x-absent-there") == ["client"]
+    assert _values(seen, "x-exists-new") == []
+    assert _values(seen, "x-exists-there") == ["provider"]
+    assert _values(seen, "x-default") == ["provider"]
+    assert _values(seen, "x-append-wins") == ["provider"]
+    assert _values(seen, "x-raw") == ["raw-bytes"]
 
 
 def test_a_header_both_set_and_removed_is_removed(mesh: GrpcAuthzMesh) -> None:

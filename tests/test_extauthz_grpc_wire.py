@@ -152,8 +152,10 @@ def test_a_message_split_across_data_frames_is_read_whole(mesh: WireMesh) -> Non
 
 def test_answers_that_are_not_one_plain_message_are_errors(mesh: WireMesh) -> None:
     """A compressed message (none was offered), two messages, `:status` 503, a trailers-only
-    answer with a non-OK grpc-status: no usable answer, statusOnError (403)."""
-    for path in ("/compressed/c", "/two/c", "/status503/c", "/trailers-only/c"):
+    answer with a non-OK grpc-status, an OK CheckResponse whose call then fails (grpc-status
+    13): no usable answer, statusOnError (403)."""
+    for path in ("/compressed/c", "/two/c", "/status503/c", "/trailers-only/c",
+                 "/ok-then-internal/c"):
         _refused(mesh, path)
 
 
