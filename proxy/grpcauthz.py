@@ -30,9 +30,6 @@ PATH = b"/envoy.service.auth.v3.Authorization/Check"
 # Envoy's header map holds neither these (the connection's own) nor what Ami adds for itself.
 _NOT_SENT = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade",
                        b"transfer-encoding", b"host", b"x-ami-peer", b"http2-settings"})
-# Connections a check may open when the ones it finds (or waits for) are full: a provider
-# announcing no room at all fails the check rather than being connected to without end.
-_CONNECTS = 3
 # HeaderValueOption.append_action (Envoy's core.v3 enum)
 _ADD_IF_ABSENT, _OVERWRITE_IF_EXISTS = 1, 3
 # what the provider may name and write in a header: a token, and a value with no CR, LF, NUL
@@ -76,16 +73,18 @@ class GrpcCheck(ExtAuthzCheck):
     async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes) -> bytes:
         """One Check call on a stream of ``pool``'s HTTP/2 connections: its message."""
         conn = pool.take_h2()
-        for _ in range(_CONNECTS):
-            if conn is not None:
-                break
+        while conn is None:
             # (shielded: shared with the checks and requests arriving while it opens) The
             # checks that waited with this one may fill it (the provider's
-            # SETTINGS_MAX_CONCURRENT_STREAMS): then another connection, as requests do.
+            # SETTINGS_MAX_CONCURRENT_STREAMS): then another connection, as requests do
+            # (each round serves one check at least; the check's timeout bounds them all).
             opened = await asyncio.shield(pool.connect_h2_shared())
-            conn = opened if opened.has_room() else pool.take_h2()
-        if conn is None:
-            raise CheckFailed(f"{pool.address} takes no new stream")
+            if opened.has_room():
+                conn = opened
+            elif not opened.streams:  # full with nothing of ours on it: a GOAWAY, a limit of 0
+                raise CheckFailed(f"{pool.address} takes no new stream")
+            else:
+                conn = pool.take_h2()
         call = _Call(asyncio.get_running_loop().create_future())
         stream = conn.open_stream(call)  # type: ignore[arg-type]  # same callback surface
         call.stream = stream

@@ -234,7 +234,7 @@ def test_checks_beyond_the_providers_stream_limit_open_another_connection(
         mesh: WireMesh) -> None:
     """The provider takes one stream per connection: checks that waited together for the
     first connection do not fail on it, they open others (as requests do)."""
-    paths = [f"/n/{i}" for i in range(3)]
+    paths = [f"/n/{i}" for i in range(5)]
     with ThreadPoolExecutor(len(paths)) as pool:
         answers = list(pool.map(lambda p: mesh.call("narrow", p), paths))
     assert [a[0] for a in answers] == [200] * len(paths), [a[2] for a in answers]
