@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.h2flow import Headers
     from proxy.h2upstream import H2UpstreamStream
-    from proxy.pools import EndpointPool
+    from proxy.pools import EndpointPool, PoolRegistry
 
 log = logging.getLogger("ami.proxy.extauthz")
 
@@ -47,6 +47,7 @@ class GrpcCheck(ExtAuthzCheck):
     and body); a transport error, a gRPC error status or no answer is an error."""
 
     spec: ExtAuthzGrpc
+    pools: PoolRegistry | None = None  # this proxy's: its workload identity, once it has one
 
     async def _ask(self, ex: Exchange) -> CheckResponse:
         from proxy.authzproto.external_auth_pb2 import CheckResponse
@@ -58,7 +59,9 @@ class GrpcCheck(ExtAuthzCheck):
         if pool.h1_only:
             raise CheckFailed(f"{self.spec.service} speaks HTTP/1.1 only: a gRPC check needs "
                               "HTTP/2 (its Service port's appProtocol)")
-        message = check_request(ex).SerializeToString()
+        tls = self.pools.tls if self.pools is not None else None
+        message = check_request(ex, tls.identity.spiffe_id if tls is not None else ""
+                                ).SerializeToString()
         frame = b"\x00" + len(message).to_bytes(4, "big") + message
         try:
             body = await self._call(ex, pool, frame)
@@ -180,9 +183,10 @@ def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
     return out
 
 
-def check_request(ex: Exchange) -> CheckRequest:
-    """What Envoy's ext_authz filter tells the provider of ``ex``: the peers (the caller's
-    SPIFFE id as source.principal), and the request's id, method, headers (with Envoy's
+def check_request(ex: Exchange, own_id: str = "") -> CheckRequest:
+    """What Envoy's ext_authz filter tells the provider of ``ex``: the peers (over mTLS, the
+    caller's SPIFFE id as source.principal and ``own_id``, this proxy's, as
+    destination.principal), and the request's id, method, headers (with Envoy's
     pseudo-headers, merged with ',' when repeated), path with query, host, scheme, protocol
     and size (its Content-Length; -1 unknown)."""
     from proxy.authzproto.external_auth_pb2 import CheckRequest
@@ -194,6 +198,8 @@ def check_request(ex: Exchange) -> CheckRequest:
     _address(attributes.source.address, transport, "peername")
     attributes.source.principal = conn.peer_identity or ""
     _address(attributes.destination.address, transport, "sockname")
+    if conn.peer_identity:  # (Envoy's: its own certificate's URI SAN, on a TLS connection)
+        attributes.destination.principal = own_id
     http = attributes.request.http
     target = ex.target if ex.target.startswith(b"/") else ex.path.encode("latin-1")
     scheme = getattr(ex, "scheme", b"http").decode("latin-1")

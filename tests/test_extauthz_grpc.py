@@ -300,7 +300,8 @@ def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
 def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzMesh) -> None:
     """The CheckRequest: method, path with query, host, scheme, protocol, size, the headers
     (lower-case, Envoy's pseudo-headers, repeated ones joined), the request id, the caller's
-    SPIFFE id and address as the source."""
+    SPIFFE id and address as the source, the sidecar's own SPIFFE id and address as the
+    destination."""
     status, _, body = mesh.call("api", "/allow/b?x=2", [
         ("X-User", "bob"), ("x-multi", "1"), ("x-multi", "2")])
     assert status == 200, body
@@ -309,8 +310,12 @@ def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzM
     assert source.principal.startswith("spiffe://") and source.principal.endswith("/sa/web")
     assert source.address.socket_address.address == "127.0.0.1"
     assert source.address.socket_address.port_value > 0
-    assert check.attributes.destination.address.socket_address.port_value == int(
+    destination = check.attributes.destination
+    assert destination.address.socket_address.port_value == int(
         mesh.api.info["inbound"].rpartition(":")[2])
+    # over mTLS, the checking sidecar's own SPIFFE id, as Envoy's (its certificate's URI SAN)
+    assert destination.principal.startswith("spiffe://")
+    assert destination.principal.endswith("/sa/api")
     request = check.attributes.request.http
     assert (request.method, request.host, request.scheme) == ("GET", "api", "http")
     assert request.protocol == "HTTP/1.1" and request.size == -1
@@ -379,6 +384,7 @@ def test_http2_requests_are_checked_too(mesh: GrpcAuthzMesh) -> None:
     [check] = mesh.checked("/allow/h2")
     assert check.attributes.request.http.protocol == "HTTP/2"
     assert check.attributes.source.principal == ""  # plaintext: no peer identity
+    assert check.attributes.destination.principal == ""  # (nor its own, as Envoy's)
     assert denied.status == 401 and denied.body.decode() == DENY_BODY
     assert (b"x-deny-why", b"no-token") in denied.headers
     assert not mesh.got("/deny/h2")
