@@ -44,7 +44,8 @@ _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"conn
 class GrpcCheck(ExtAuthzCheck):
     """An envoyExtAuthzGrpc provider's check: status OK allows (with ok_response's header
     edits), any other status denies (denied_response's status, 403 without one; its headers
-    and body); a transport error, a gRPC error status or no answer is an error."""
+    and body) or, with an error_response, is an error (answered as that says); a transport
+    error, a gRPC error status or no answer is an error."""
 
     spec: ExtAuthzGrpc
     pools: PoolRegistry | None = None  # this proxy's: its workload identity, once it has one
