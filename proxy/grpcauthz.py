@@ -102,8 +102,7 @@ class GrpcCheck(ExtAuthzCheck):
 
     def _headers(self, ex: Exchange, pool: EndpointPool) -> Headers:
         # grpc-timeout: the provider may give up when the check would no longer be waited for
-        millis = max(1, int(self.spec.timeout * 1000))
-        timeout = b"%dm" % millis if millis < 10**8 else b"%dS" % (millis // 1000)
+        timeout = grpc_timeout(self.spec.timeout)
         headers: Headers = [
             (b":method", b"POST"),
             (b":scheme", b"http" if pool.origination is None else b"https"),
@@ -153,6 +152,16 @@ class GrpcCheck(ExtAuthzCheck):
             self._allowed(ex, upstream, append, remove,
                           [(n, v) for n, v, how in response if how != "append"],
                           [(n, v) for n, v, how in response if how == "append"])
+
+
+def grpc_timeout(seconds: float) -> bytes:
+    """``seconds`` as a `grpc-timeout` value: at most 8 digits, in the finest unit that fits
+    (milliseconds, then seconds, minutes, hours), rounded down, at least 1."""
+    for unit, per_second in ((b"m", 1000.0), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        value = int(seconds * per_second)
+        if value < 10**8:
+            return b"%d%s" % (max(1, value), unit)
+    return b"99999999H"
 
 
 def _refusal(options: Any) -> tuple[tuple[bytes, bytes], ...]:

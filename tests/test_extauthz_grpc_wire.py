@@ -252,3 +252,14 @@ def test_a_provider_speaking_http1_only_fails_every_check(mesh: WireMesh) -> Non
         assert (status, headers["x-ami-reason"]) == (403, "ext_authz_error"), body
         assert not mesh.got(path)
     assert not mesh.wire.checked("/h1/mesh")
+
+
+@pytest.mark.parametrize(("seconds", "sent"), [
+    (2.0, b"2000m"), (0.0001, b"1m"), (600.0, b"600000m"), (99_999.999, b"99999999m"),
+    (100_000.0, b"100000S"), (10**9, b"16666666M"), (10**10, b"2777777H")])
+def test_grpc_timeout_takes_at_most_eight_digits(seconds: float, sent: bytes) -> None:
+    """gRPC's `grpc-timeout` is at most 8 digits and a unit: a long provider timeout moves
+    to a coarser unit instead of sending a value providers reject."""
+    from proxy.grpcauthz import grpc_timeout
+
+    assert grpc_timeout(seconds) == sent
