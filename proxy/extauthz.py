@@ -151,15 +151,19 @@ class ExtAuthzCheck:
         raise NotImplementedError
 
     # --- what an answer does, whichever the provider's kind ---------------------------------
-    def _failed(self, ex: Exchange) -> None:
-        """No usable answer: statusOnError (`ext_authz_error`), or through with failOpen."""
+    def _failed(self, ex: Exchange, status: int = 0,
+                headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes | None = None
+                ) -> None:
+        """No usable answer: statusOnError (`ext_authz_error`), or through with failOpen. A
+        gRPC provider's error_response gives the refusal its own status, headers and body."""
         from proxy import exchangepolicy
 
         self._count("error")
         if self.spec.fail_open:
             exchangepolicy.resume(ex)
         else:
-            self._refuse(ex, "ext_authz_error", self.spec.status_on_error, (), None)
+            self._refuse(ex, "ext_authz_error", status or self.spec.status_on_error, headers,
+                         body)
 
     def _denied(self, ex: Exchange, status: int, headers: tuple[tuple[bytes, bytes], ...],
                 body: bytes) -> None:
@@ -168,10 +172,12 @@ class ExtAuthzCheck:
 
     def _allowed(self, ex: Exchange, upstream: list[tuple[bytes, bytes]],
                  append: Sequence[tuple[bytes, bytes]] = (), remove: Set[bytes] = frozenset(),
-                 downstream: list[tuple[bytes, bytes]] | None = None) -> None:
+                 downstream: list[tuple[bytes, bytes]] | None = None,
+                 downstream_added: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Through: ``upstream`` headers set on the request (replacing any of their names),
         ``append`` ones added beside what is there, ``remove`` names (lower case) dropped,
-        ``downstream`` ones set on the response; then the rest of the admission."""
+        ``downstream`` ones set on the response, ``downstream_added`` ones added to it beside
+        the app's; then the rest of the admission."""
         from proxy import exchangepolicy
 
         self._count("allowed")
@@ -183,8 +189,9 @@ class ExtAuthzCheck:
                           if h[0].lower().replace(b"_", b"-") not in names] + upstream
         if append:
             ex.headers = [*ex.headers, *append]
-        if downstream:
-            ex.response_edits = ResponseHeaders(ex.response_edits, downstream)
+        if downstream or downstream_added:
+            ex.response_edits = ResponseHeaders(ex.response_edits, downstream or [],
+                                                downstream_added)
         exchangepolicy.resume(ex)
 
     def _refuse(self, ex: Exchange, reason: str, status: int,
@@ -419,14 +426,16 @@ class _Call:
 
 class ResponseHeaders:
     """A response's header edits: the rule's own (``base``), then the provider's
-    headersToDownstreamOnAllow ones, replacing any of their names."""
+    (headersToDownstreamOnAllow, a gRPC answer's response_headers_to_add), ``pairs``
+    replacing any of their names, ``added`` beside the app's (`append: true`)."""
 
     __slots__ = ("base", "names", "pairs")
 
-    def __init__(self, base: HeaderEditor | Any, pairs: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, base: HeaderEditor | Any, pairs: list[tuple[bytes, bytes]],
+                 added: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.base = base
-        self.pairs = pairs
         self.names = frozenset(n for n, _ in pairs)
+        self.pairs = [*pairs, *added]
 
     def apply(self, lines: list[bytes]) -> list[bytes]:
         """HTTP/1.1: serialized header lines (the status line first)."""

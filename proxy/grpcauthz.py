@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.h2flow import Headers
     from proxy.h2upstream import H2UpstreamStream
-    from proxy.pools import EndpointPool
+    from proxy.pools import EndpointPool, PoolRegistry
 
 log = logging.getLogger("ami.proxy.extauthz")
 
@@ -44,9 +44,11 @@ _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"conn
 class GrpcCheck(ExtAuthzCheck):
     """An envoyExtAuthzGrpc provider's check: status OK allows (with ok_response's header
     edits), any other status denies (denied_response's status, 403 without one; its headers
-    and body); a transport error, a gRPC error status or no answer is an error."""
+    and body) or, with an error_response, is an error (answered as that says); a transport
+    error, a gRPC error status or no answer is an error."""
 
     spec: ExtAuthzGrpc
+    pools: PoolRegistry | None = None  # this proxy's: its workload identity, once it has one
 
     async def _ask(self, ex: Exchange) -> CheckResponse:
         from proxy.authzproto.external_auth_pb2 import CheckResponse
@@ -58,7 +60,9 @@ class GrpcCheck(ExtAuthzCheck):
         if pool.h1_only:
             raise CheckFailed(f"{self.spec.service} speaks HTTP/1.1 only: a gRPC check needs "
                               "HTTP/2 (its Service port's appProtocol)")
-        message = check_request(ex).SerializeToString()
+        tls = self.pools.tls if self.pools is not None else None
+        message = check_request(ex, tls.identity.spiffe_id if tls is not None else ""
+                                ).SerializeToString()
         frame = b"\x00" + len(message).to_bytes(4, "big") + message
         try:
             body = await self._call(ex, pool, frame)
@@ -73,10 +77,18 @@ class GrpcCheck(ExtAuthzCheck):
     async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes) -> bytes:
         """One Check call on a stream of ``pool``'s HTTP/2 connections: its message."""
         conn = pool.take_h2()
-        if conn is None:
-            conn = await asyncio.shield(pool.connect_h2_shared())
-            if not conn.has_room():
+        while conn is None:
+            # (shielded: shared with the checks and requests arriving while it opens) The
+            # checks that waited with this one may fill it (the provider's
+            # SETTINGS_MAX_CONCURRENT_STREAMS): then another connection, as requests do
+            # (each round serves one check at least; the check's timeout bounds them all).
+            opened = await asyncio.shield(pool.connect_h2_shared())
+            if opened.has_room():
+                conn = opened
+            elif not opened.streams:  # full with nothing of ours on it: a GOAWAY, a limit of 0
                 raise CheckFailed(f"{pool.address} takes no new stream")
+            else:
+                conn = pool.take_h2()
         call = _Call(asyncio.get_running_loop().create_future())
         stream = conn.open_stream(call)  # type: ignore[arg-type]  # same callback surface
         call.stream = stream
@@ -90,8 +102,7 @@ class GrpcCheck(ExtAuthzCheck):
 
     def _headers(self, ex: Exchange, pool: EndpointPool) -> Headers:
         # grpc-timeout: the provider may give up when the check would no longer be waited for
-        millis = max(1, int(self.spec.timeout * 1000))
-        timeout = b"%dm" % millis if millis < 10**8 else b"%dS" % (millis // 1000)
+        timeout = grpc_timeout(self.spec.timeout)
         headers: Headers = [
             (b":method", b"POST"),
             (b":scheme", b"http" if pool.origination is None else b"https"),
@@ -107,32 +118,55 @@ class GrpcCheck(ExtAuthzCheck):
     def _decide(self, ex: Exchange, answer: CheckResponse | None) -> None:
         if answer is None:
             self._failed(ex)
+        elif answer.status.code != 0 and answer.HasField("error_response"):
+            # The provider failed and says how to answer (newer Envoy's error_response): an
+            # error, not a denial (failOpen lets it through); no status: statusOnError.
+            error = answer.error_response
+            status = int(error.status.code)
+            self._failed(ex, status if 200 <= status <= 599 else 0, _refusal(error.headers),
+                         error.body.encode() if error.body else None)
         elif answer.status.code != 0:
             denied = answer.denied_response
             status = int(denied.status.code)
             if not 200 <= status <= 599:
                 status = 403  # (absent, 0: Envoy's default)
-            self._denied(ex, status, tuple(
-                (n, v) for n, v, _ in _options(denied.headers) if n not in _FRAMING),
-                denied.body.encode())
+            self._denied(ex, status, _refusal(denied.headers), denied.body.encode())
         else:
             ok = answer.ok_response
             present = {n.lower().replace(b"_", b"-") for n, _ in ex.headers}
             upstream, append = [], []
+            remove = {n.lower().encode("utf-8") for n in ok.headers_to_remove}
+            remove = {n for n in remove if not n.startswith(b":") and n not in _PROTECTED}
             for name, value, how in _options(ok.headers):
-                if name in _PROTECTED:
-                    continue
+                if name in _PROTECTED or name in remove:
+                    continue  # (Envoy removes after it sets and appends: removal wins)
                 there = name.replace(b"_", b"-") in present
                 if how == "append":
                     append.append((name, value))
                 elif (how == "set" or (how == "absent" and not there)
                       or (how == "exists" and there)):
                     upstream.append((name, value))
-            remove = {n.lower().encode("utf-8") for n in ok.headers_to_remove}
-            remove = {n for n in remove if not n.startswith(b":") and n not in _PROTECTED}
+            response = [(n, v, how) for n, v, how in _options(ok.response_headers_to_add)
+                        if n not in _FRAMING]
+            # `append` true adds beside the app's header (a second set-cookie...), else set
             self._allowed(ex, upstream, append, remove,
-                          [(n, v) for n, v, _ in _options(ok.response_headers_to_add)
-                           if n not in _FRAMING])
+                          [(n, v) for n, v, how in response if how != "append"],
+                          [(n, v) for n, v, how in response if how == "append"])
+
+
+def grpc_timeout(seconds: float) -> bytes:
+    """``seconds`` as a `grpc-timeout` value: at most 8 digits, in the finest unit that fits
+    (milliseconds, then seconds, minutes, hours), rounded down, at least 1."""
+    for unit, per_second in ((b"m", 1000.0), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        value = int(seconds * per_second)
+        if value < 10**8:
+            return b"%d%s" % (max(1, value), unit)
+    return b"99999999H"
+
+
+def _refusal(options: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """A denial's or an error's headers for the client (never its framing)."""
+    return tuple((n, v) for n, v, _ in _options(options) if n not in _FRAMING)
 
 
 def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
@@ -159,9 +193,10 @@ def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
     return out
 
 
-def check_request(ex: Exchange) -> CheckRequest:
-    """What Envoy's ext_authz filter tells the provider of ``ex``: the peers (the caller's
-    SPIFFE id as source.principal), and the request's id, method, headers (with Envoy's
+def check_request(ex: Exchange, own_id: str = "") -> CheckRequest:
+    """What Envoy's ext_authz filter tells the provider of ``ex``: the peers (over mTLS, the
+    caller's SPIFFE id as source.principal and ``own_id``, this proxy's, as
+    destination.principal), and the request's id, method, headers (with Envoy's
     pseudo-headers, merged with ',' when repeated), path with query, host, scheme, protocol
     and size (its Content-Length; -1 unknown)."""
     from proxy.authzproto.external_auth_pb2 import CheckRequest
@@ -173,6 +208,8 @@ def check_request(ex: Exchange) -> CheckRequest:
     _address(attributes.source.address, transport, "peername")
     attributes.source.principal = conn.peer_identity or ""
     _address(attributes.destination.address, transport, "sockname")
+    if conn.peer_identity:  # (Envoy's: its own certificate's URI SAN, on a TLS connection)
+        attributes.destination.principal = own_id
     http = attributes.request.http
     target = ex.target if ex.target.startswith(b"/") else ex.path.encode("latin-1")
     scheme = getattr(ex, "scheme", b"http").decode("latin-1")
@@ -235,7 +272,7 @@ class _Call:
             stream.abort()
 
     def _fail(self, why: str, error: type[CheckFailed] = CheckFailed) -> None:
-        self.stream = None
+        """The stream ended (or is given up) without a usable answer."""
         if not self.answer.done():
             self.answer.set_exception(error(why))
 
@@ -263,7 +300,7 @@ class _Call:
         self._read_status(headers)
 
     def h2_response_end(self, stream: H2UpstreamStream) -> None:
-        self.stream = None
+        self.stream = None  # (ended: nothing to reset)
         if self.answer.done():
             return
         if self.status != b"200":
@@ -280,10 +317,12 @@ class _Call:
                 self.answer.set_result(body[5:])
 
     def h2_upstream_reset(self, stream: H2UpstreamStream) -> None:
+        self.stream = None  # (reset by the provider, or refused: already gone)
         self._fail("stream reset by the provider",
                    _Unprocessed if stream.unprocessed else CheckFailed)
 
     def h2_upstream_failed(self, stream: H2UpstreamStream, reason: str) -> None:
+        self.stream = None
         self._fail(reason)
 
     def upstream_write_paused(self, paused: bool) -> None:

@@ -507,16 +507,18 @@ class RouterBuilder:
         if policy.custom is None:
             return policy.admit
         from meshctl.api.extauthz import ExtAuthzGrpc
-        from proxy.extauthz import ExtAuthzCheck, HttpCheck, provider_backend
+        from proxy.extauthz import HttpCheck, provider_backend
 
         name, spec, rules = policy.custom
-        kind: type[ExtAuthzCheck] = HttpCheck
-        if isinstance(spec, ExtAuthzGrpc):
-            from proxy.grpcauthz import GrpcCheck
-            kind = GrpcCheck
-        return kind(policy.admit, name, spec, rules, provider_backend(self, spec),
-                    policy.stats, policy.labels, policy.port,
-                    proxy_protocol=policy.proxy_protocol)
+        args = (policy.admit, name, spec, rules, provider_backend(self, spec), policy.stats,
+                policy.labels, policy.port)
+        if not isinstance(spec, ExtAuthzGrpc):
+            return HttpCheck(*args, proxy_protocol=policy.proxy_protocol)
+        from proxy.grpcauthz import GrpcCheck
+
+        check = GrpcCheck(*args, proxy_protocol=policy.proxy_protocol)
+        check.pools = self.pools  # (its identity: the CheckRequest's destination.principal)
+        return check
 
     def _host_routes(self, reporter: str, skip: Container[str] = (),
                      scheme: str = "http") -> dict[str, HostRoute]:

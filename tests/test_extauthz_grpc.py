@@ -80,6 +80,30 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
                                _option("x-ext-new", "fresh", append=False)])
             ok.headers_to_remove.append("x-remove-me")
             ok.response_headers_to_add.append(_option("x-ext-note", "seen"))
+        elif path.startswith("/both/"):  # set (or appended) and removed: Envoy removes last
+            ok = answer.ok_response
+            ok.headers.extend([_option("x-both", "provider"),
+                               _option("x-both-tag", "provider", append=True),
+                               _option("x-kept-too", "provider")])
+            ok.headers_to_remove.extend(["x-both", "X-Both-Tag"])
+        elif path.startswith("/cookie/"):  # response headers: one appended, one set
+            ok = answer.ok_response
+            ok.response_headers_to_add.extend([_option("set-cookie", "session=p", append=True),
+                                               _option("x-app-note", "provider")])
+        elif path.startswith("/actions/"):  # append_action without `append`; raw_value
+            absent, exists = core_pb2.HeaderValueOption.ADD_IF_ABSENT, \
+                core_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS
+            ok = answer.ok_response
+            for name, action in (("x-absent-new", absent), ("x-absent-there", absent),
+                                 ("x-exists-new", exists), ("x-exists-there", exists),
+                                 ("x-default", None), ("x-append-wins", absent)):
+                option = _option(name, "provider",
+                                 append=False if name == "x-append-wins" else None)
+                if action is not None:
+                    option.append_action = action
+                ok.headers.append(option)
+            raw = ok.headers.add()
+            raw.header.key, raw.header.raw_value = "x-raw", b"raw-bytes"
         elif path.startswith("/tricky/"):  # edits of what is not the provider's to edit
             ok = answer.ok_response
             ok.headers.extend([_option("x-bad", "a\r\nx-injected: 1"),
@@ -142,7 +166,8 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
             _external("opa-partner", "opa.partner.test", grpc_port),
             _external("gone-partner", "gone.partner.test", gone),
             _custom("api", "opa", [{"to": [{"paths": [
-                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*"]}]}]),
+                "/allow/*", "/deny/*", "/plain/*", "/slow/*", "/error/*", "/tricky/*",
+                "/both/*", "/cookie/*", "/actions/*"]}]}]),
             _custom("egress", "opa-egress", [{}]),
             _custom("lost", "opa-gone", [{}]),
             _custom("open", "opa-open", [{}])), warmup=0.0)
@@ -159,7 +184,11 @@ class GrpcAuthzMesh(meshbuilder.Mesh):
         async def echo(request: web.Request) -> web.Response:
             self.seen.append({"host": request.host, "path": request.path,
                               "headers": [[k.lower(), v] for k, v in request.headers.items()]})
-            return web.json_response(self.seen[-1])
+            response = web.json_response(self.seen[-1])
+            if request.path.startswith("/cookie/"):
+                response.headers["set-cookie"] = "app=1"
+                response.headers["x-app-note"] = "app"
+            return response
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", echo)
@@ -215,6 +244,45 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert mesh.metric(mesh.api, "ami_ext_authz_checks_total", result="allowed") >= 1
 
 
+def test_append_action_and_raw_value_as_envoy_reads_them(mesh: GrpcAuthzMesh) -> None:
+    """Without `append`: ADD_IF_ABSENT adds only a header the client did not send,
+    OVERWRITE_IF_EXISTS replaces only one it did, the default (APPEND_IF_EXISTS_OR_ADD) sets
+    (Ami's reading, docs/security.md); `append` given wins over `append_action`; a header
+    given as raw_value carries those bytes."""
+    status, _, body = mesh.call("api", "/actions/m", [
+        ("x-absent-there", "client"), ("x-exists-there", "client"), ("x-default", "client"),
+        ("x-append-wins", "client")])
+    assert status == 200, body
+    seen = json.loads(body)
+    assert _values(seen, "x-absent-new") == ["provider"]
+    assert _values(seen, "x-absent-there") == ["client"]
+    assert _values(seen, "x-exists-new") == []
+    assert _values(seen, "x-exists-there") == ["provider"]
+    assert _values(seen, "x-default") == ["provider"]
+    assert _values(seen, "x-append-wins") == ["provider"]
+    assert _values(seen, "x-raw") == ["raw-bytes"]
+
+
+def test_a_header_both_set_and_removed_is_removed(mesh: GrpcAuthzMesh) -> None:
+    """ok_response naming a header in `headers` and in `headers_to_remove` (any case): it
+    reaches the app in neither form, as Envoy removes after it sets and appends."""
+    status, _, body = mesh.call("api", "/both/k", [("x-both", "client"),
+                                                   ("x-both-tag", "client")])
+    assert status == 200, body
+    seen = json.loads(body)
+    assert _values(seen, "x-both") == [] and _values(seen, "x-both-tag") == []
+    assert _values(seen, "x-kept-too") == ["provider"]
+
+
+def test_response_headers_to_add_appends_or_sets_as_envoy(mesh: GrpcAuthzMesh) -> None:
+    """response_headers_to_add: `append: true` adds beside the app's header (the app's
+    cookie and the provider's both reach the client), else the provider's replaces it."""
+    status, headers, body = mesh.call("api", "/cookie/l")
+    assert status == 200, body
+    assert sorted(headers.get_all("set-cookie") or []) == ["app=1", "session=p"]
+    assert headers.get_all("x-app-note") == ["provider"]
+
+
 def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
         mesh: GrpcAuthzMesh) -> None:
     """ok_response edits of pseudo-headers, `host`, the framing, or a value with CR LF are
@@ -232,7 +300,8 @@ def test_the_provider_cannot_edit_the_requests_target_framing_or_split_a_header(
 def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzMesh) -> None:
     """The CheckRequest: method, path with query, host, scheme, protocol, size, the headers
     (lower-case, Envoy's pseudo-headers, repeated ones joined), the request id, the caller's
-    SPIFFE id and address as the source."""
+    SPIFFE id and address as the source, the sidecar's own SPIFFE id and address as the
+    destination."""
     status, _, body = mesh.call("api", "/allow/b?x=2", [
         ("X-User", "bob"), ("x-multi", "1"), ("x-multi", "2")])
     assert status == 200, body
@@ -241,8 +310,12 @@ def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzM
     assert source.principal.startswith("spiffe://") and source.principal.endswith("/sa/web")
     assert source.address.socket_address.address == "127.0.0.1"
     assert source.address.socket_address.port_value > 0
-    assert check.attributes.destination.address.socket_address.port_value == int(
+    destination = check.attributes.destination
+    assert destination.address.socket_address.port_value == int(
         mesh.api.info["inbound"].rpartition(":")[2])
+    # over mTLS, the checking sidecar's own SPIFFE id, as Envoy's (its certificate's URI SAN)
+    assert destination.principal.startswith("spiffe://")
+    assert destination.principal.endswith("/sa/api")
     request = check.attributes.request.http
     assert (request.method, request.host, request.scheme) == ("GET", "api", "http")
     assert request.protocol == "HTTP/1.1" and request.size == -1
@@ -311,6 +384,7 @@ def test_http2_requests_are_checked_too(mesh: GrpcAuthzMesh) -> None:
     [check] = mesh.checked("/allow/h2")
     assert check.attributes.request.http.protocol == "HTTP/2"
     assert check.attributes.source.principal == ""  # plaintext: no peer identity
+    assert check.attributes.destination.principal == ""  # (nor its own, as Envoy's)
     assert denied.status == 401 and denied.body.decode() == DENY_BODY
     assert (b"x-deny-why", b"no-token") in denied.headers
     assert not mesh.got("/deny/h2")

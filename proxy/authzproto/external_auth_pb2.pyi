@@ -114,11 +114,13 @@ class OkHttpResponse(_message.Message):
     def __init__(self, headers: _Optional[_Iterable[_Union[_core_pb2.HeaderValueOption, _Mapping]]] = ..., headers_to_remove: _Optional[_Iterable[str]] = ..., response_headers_to_add: _Optional[_Iterable[_Union[_core_pb2.HeaderValueOption, _Mapping]]] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("status", "denied_response", "ok_response")
+    __slots__ = ("status", "denied_response", "ok_response", "error_response")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DENIED_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     OK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     status: _status_pb2.Status
     denied_response: DeniedHttpResponse
     ok_response: OkHttpResponse
-    def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., denied_response: _Optional[_Union[DeniedHttpResponse, _Mapping]] = ..., ok_response: _Optional[_Union[OkHttpResponse, _Mapping]] = ...) -> None: ...
+    error_response: DeniedHttpResponse
+    def __init__(self, status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., denied_response: _Optional[_Union[DeniedHttpResponse, _Mapping]] = ..., ok_response: _Optional[_Union[OkHttpResponse, _Mapping]] = ..., error_response: _Optional[_Union[DeniedHttpResponse, _Mapping]] = ...) -> None: ...
