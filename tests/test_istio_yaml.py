@@ -186,7 +186,7 @@ VIRTUAL_SERVICES = [
                      {"path": {"regex": "/v[0-9]+/.*"}, "scheme": {"exact": "https"}}],
          "backends": [{"subset": "v1"}],
          "timeout": "0.5s",
-         "retries": {"attempts": 3, "perTryTimeout": "2s",
+         "retries": {"attempts": 3, "perTryTimeout": "2s", "allowNonIdempotent": True,
                      "retryOn": ["gateway-error", "connect-failure", "reset",
                                  "retriable-status-codes"],
                      "retriableStatusCodes": [503]},
@@ -219,8 +219,84 @@ def test_retries_without_conditions_get_istios_defaults() -> None:
     ((_, _, spec),) = specs(REVIEWS_90_10.replace("      weight: 10\n", "      weight: 10\n"
                                                   "    retries: {attempts: 2}\n"))
     assert spec["rules"][0]["retries"] == {
-        "attempts": 2, "retryOn": ["connect-failure", "reset", "unavailable", "cancelled",
+        "attempts": 2, "allowNonIdempotent": True,
+        "retryOn": ["connect-failure", "reset", "unavailable", "cancelled",
                                    "retriable-status-codes"], "retriableStatusCodes": [503]}
+
+
+def vs_rule(rule: str) -> dict[str, Any]:
+    """The one Route rule of a VirtualService of `reviews` with this `http` item."""
+    ((_, _, spec),) = specs("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                            "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                            + textwrap.indent(textwrap.dedent(rule), "  "))
+    (out,) = spec["rules"]
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.mark.parametrize("part", ["abort: {httpStatus: 500}", "delay: {fixedDelay: 1s}"])
+def test_a_fault_without_percentage_is_refused(part: str) -> None:
+    """Istio (Envoy) injects a fault without percentage into no request; Ami's percent
+    defaults to 100: taken as written it would fail or delay every request."""
+    kind = part.split(":")[0]
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   f"  - route: [{{destination: {{host: reviews}}}}]\n    fault: {{{part}}}\n")
+    noun = "an abort" if kind == "abort" else "a delay"
+    assert found == [f"istio.yaml doc 1: spec.http[0].fault.{kind}.percentage: required by "
+                     f"Ami: Istio injects {noun} without percentage into no request at all; "
+                     f"write percentage: {{value: 100}} to {kind} every request, or leave the "
+                     f"{kind} out"]
+
+
+def test_weights_are_istios_relative_ones() -> None:
+    """One destination gets everything whatever its weight; several split by weight / sum,
+    written as Ami's percentages when exact, refused otherwise."""
+    one = vs_rule("- route: [{destination: {host: reviews, subset: v1}, weight: 50}]")
+    assert one["backends"] == [{"subset": "v1"}]
+    split = vs_rule("""\
+    - route:
+      - {destination: {host: reviews, subset: v1}, weight: 1}
+      - {destination: {host: reviews, subset: v2}, weight: 3}
+      - {destination: {host: reviews, subset: v3}}
+    """)
+    assert split["backends"] == [{"subset": "v1", "weight": 25}, {"subset": "v2", "weight": 75},
+                                 {"subset": "v3", "weight": 0}]
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   "  - route: [{destination: {host: reviews}, weight: 1}, "
+                   "{destination: {host: reviews}, weight: 2}]\n")
+    assert found == ["istio.yaml doc 1: spec.http[0].route: weights 1, 2 split traffic in "
+                     "Istio by weight / 3, which Ami's whole percentages cannot write "
+                     "exactly: give weights summing to 100"]
+
+
+def test_matchers_istio_reads_as_presence_or_ignores() -> None:
+    """A header regex `*` is Istio's presence match; ignoreUriCase without uri does
+    nothing in Istio (Ami refuses it there), so it is left out."""
+    rule = vs_rule("""\
+    - match: [{headers: {x-a: {regex: "*"}}, withoutHeaders: {x-b: {regex: "*"}},
+               ignoreUriCase: true}]
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{"headers": {"x-a": {"present": True}},
+                                "withoutHeaders": {"x-b": {"present": True}}}]
+
+
+def test_a_rewrite_without_uri_match_replaces_the_prefix_slash() -> None:
+    """Istio matches a block without uri as the prefix `/`, which rewrite.uri replaces
+    (tests/test_istio_yaml_traffic.py sends the requests)."""
+    rule = vs_rule("""\
+    - match: [{uri: {exact: /a}}, {headers: {x: {exact: "1"}}}]
+      rewrite: {uri: /b}
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{"path": {"exact": "/a"}},
+                               {"headers": {"x": {"exact": "1"}}, "path": {"prefix": "/"}}]
+    alone = vs_rule("- {rewrite: {uri: /b}, route: [{destination: {host: reviews}}]}")
+    assert alone["matches"] == [{"path": {"prefix": "/"}}]
+    redirect = vs_rule("- {redirect: {uri: /b}}")  # a redirect's uri is the whole path
+    assert "matches" not in redirect
 
 
 def test_several_hosts_make_one_route_each_named_after_its_host() -> None:
@@ -323,7 +399,7 @@ def test_ami_errors_name_the_istio_fields() -> None:
         match: [{uri: {regex: "[[:digit:]]"}, headers: {x: {suffix: a}}}]
         route:
         - destination: {host: reviews, subset: V1}
-          weight: 80
+          weight: 90
         - destination: {host: reviews, subset: v2}
           weight: 10
         timeout: 3
@@ -811,7 +887,9 @@ async def test_the_directory_store_loads_istio_files(tmp_path: Path) -> None:
         bad.write_text(REVIEWS_90_10.replace("weight: 10", "weight: 20"))
         with pytest.raises(ValidationError) as err:
             load_documents(bad.read_text(), "bad.yaml")
-        assert str(err.value) == "bad.yaml doc 1: spec.http[0].route: weights sum to 110, " \
-                                 "must be 100"
+        assert str(err.value) == (
+            "bad.yaml doc 1: spec.http[0].route: weights 90, 20 split traffic in Istio by "
+            "weight / 110, which Ami's whole percentages cannot write exactly: give weights "
+            "summing to 100")
     finally:
         await store.close()

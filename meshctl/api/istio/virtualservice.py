@@ -145,9 +145,7 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
             paths.append((f"{ami}.matches[{i}].method", f"{r.at('match')}[{i}].method"))
     backends = [_destination(r, p, d, namespace, hosts) for p, d in items(r, "route")]
     if backends:
-        if len(backends) > 1:  # Istio: a destination without weight gets none
-            for b in backends:
-                b.setdefault("weight", 0)
+        _weights(r, backends)
         rule["backends"] = backends
         paths.append((f"{ami}.backends", r.at("route")))
         for j in range(len(backends)):
@@ -163,6 +161,12 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
             if value is not None:
                 rule[target] = value
             paths.append((f"{ami}.{target}", r.at(key)))
+    if isinstance(rule.get("rewrite"), Mapping) and "uri" in rule["rewrite"]:
+        # Istio matches a block without uri as Envoy's prefix `/`, and rewrite.uri replaces
+        # that prefix (`/a` -> `/v2a` for uri /v2), where Ami's rewrite of a block without
+        # a path replaces the whole path: the prefix `/` says Istio's
+        rule["matches"] = [m if "path" in m else {**m, "path": {"prefix": "/"}}
+                           for m in rule.get("matches") or [{}]]
     for part in ("delay", "abort"):
         paths.append((f"{ami}.fault.{part}.percent",
                       f"{r.at('fault')}.{part}.percentage.value"))
@@ -178,6 +182,30 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
     return rule
 
 
+def _weights(r: Fields, backends: list[dict[str, Any]]) -> None:
+    """Istio's weights as Ami's percentages: one destination gets everything whatever its
+    weight; several split by weight / sum of weights (a missing weight is 0), which Ami
+    writes as integers summing to 100: scaled when that is exact, else refused."""
+    if len(backends) == 1:
+        backends[0].pop("weight", None)
+        return
+    for b in backends:
+        b.setdefault("weight", 0)
+    weights = [b["weight"] for b in backends]
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights):
+        return  # (Ami's parser says what is wrong with them)
+    total = sum(weights)
+    if total in (0, 100):
+        return
+    if all(w * 100 % total == 0 for w in weights):
+        for b in backends:
+            b["weight"] = b["weight"] * 100 // total
+        return
+    r.add(r.at("route"), f"weights {', '.join(map(str, weights))} split traffic in Istio "
+                         f"by weight / {total}, which Ami's whole percentages cannot write "
+                         "exactly: give weights summing to 100")
+
+
 def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not isinstance(data, Mapping):
@@ -188,9 +216,12 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
         if m.has(key):
             value = m.raw(key)
             if key in ("headers", "queryParams", "withoutHeaders") and isinstance(value, Mapping):
-                # Istio: an empty matcher checks presence
-                value = {k: v if v != {} else {"present": True} for k, v in value.items()}
+                # Istio: an empty matcher, or the regex `*`, checks presence
+                value = {k: {"present": True} if v in ({}, {"regex": "*"}) else v
+                         for k, v in value.items()}
             out[target] = value
+    if out.get("ignoreUriCase") is not None and not m.has("uri"):
+        del out["ignoreUriCase"]  # Istio: it only bears on the uri matcher
     if m.has("method"):
         method = m.raw("method")
         if isinstance(method, Mapping) and set(method) == {"exact"}:
@@ -278,6 +309,7 @@ def _retries(f: Fields, path: str, value: object) -> object:
     for key in ("attempts", "perTryTimeout"):
         if r.has(key):
             out[key] = r.raw(key)
+    out["allowNonIdempotent"] = True  # Envoy retries a request whatever its method
     if r.has("retryOn"):
         text = r.raw("retryOn")
         conditions: list[str] = []
@@ -325,6 +357,12 @@ def _fault(f: Fields, path: str, value: object) -> object:
         part: dict[str, Any] = {k: inner.raw(k) for k in fields if inner.has(k)}
         if inner.has("percentage"):
             part["percent"] = _percentage(inner, inner.at("percentage"), inner.raw("percentage"))
+        elif not inner.has("percent"):
+            # Envoy reads the missing value as 0%; Ami's percent defaults to 100
+            noun = {"delay": "a delay", "abort": "an abort"}[key]
+            inner.add(inner.at("percentage"), f"required by Ami: Istio injects {noun} "
+                      "without percentage into no request at all; write percentage: {value: "
+                      f"100}} to {key} every request, or leave the {key} out")
         refuse(inner, "percent", "the deprecated integer percent; use percentage: {value}")
         refuse(inner, "exponentialDelay", "exponentialDelay; use fixedDelay")
         refuse(inner, "http2Error", "http2Error; use httpStatus or grpcStatus")
