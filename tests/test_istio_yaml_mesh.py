@@ -241,3 +241,65 @@ def test_istio_deny_policy_on_a_header(mesh: IstioMesh, tmp_path: Path) -> None:
     assert status == 200, body
     mesh.sync(int(body["storeVersion"]))  # (the store's version now: after the delete)
     assert mesh.call({"x-user": "mallory"})[0] == 200
+
+
+def shop(*hosts: str) -> str:
+    """A VirtualService sending the traffic of each of ``hosts`` to reviews."""
+    return ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: shop\n"
+            f"spec:\n  hosts: [{', '.join(hosts)}]\n  http:\n"
+            "  - route:\n    - destination: {host: reviews}\n")
+
+
+def store_version(mesh: IstioMesh) -> int:
+    status, body = http_json(mesh.cp.info["api"] + "/api/v1/proxies",
+                             token=mesh.cp.info["token"])
+    assert status == 200, body
+    return int(body["storeVersion"])
+
+
+def route_names(mesh: IstioMesh) -> list[str]:
+    status, body = http_json(mesh.cp.info["api"] + "/api/v1/routes",
+                             token=mesh.cp.info["token"])
+    assert status == 200, body
+    return sorted(item["metadata"]["name"] for item in body["items"])
+
+
+def test_a_host_dropped_from_a_virtualservice_loses_its_route(mesh: IstioMesh,
+                                                              tmp_path: Path) -> None:
+    """The VirtualService applied again without productpage: productpage's Route is pruned
+    (diff shows it, apply says so), and productpage's traffic no longer goes to reviews (in
+    Istio it stops with the host); with one host left, the Routes named for several hosts
+    give way to one named as the VirtualService."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "productpage", "ratings"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    mesh.sync(store_version(mesh))
+    status, body = mesh.get(mesh.ratings, "productpage")  # productpage has no app: reviews'
+    assert status == 200 and body.startswith(b"reviews-"), (status, body)
+
+    file.write_text(shop("reviews", "ratings"))
+    diff = mesh.meshctl("diff", "-f", str(file))
+    assert diff.returncode == 1, diff.stdout + diff.stderr
+    assert "+++ Route default/shop-productpage (pruned by apply)" in diff.stdout, diff.stdout
+    assert "-  host: productpage" in diff.stdout, diff.stdout
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    origin = "virtualservice.networking.istio.io/shop -> route.ami.mesh/"
+    assert applied.stdout.splitlines() == [f"{origin}shop-productpage pruned",
+                                           f"{origin}shop-reviews unchanged",
+                                           f"{origin}shop-ratings unchanged"]
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    mesh.sync(store_version(mesh))
+    status, body = mesh.get(mesh.ratings, "productpage")
+    assert status != 200 and not body.startswith(b"reviews-"), (status, body)
+
+    file.write_text(shop("reviews"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert sorted(applied.stdout.splitlines()) == [f"{origin}shop created",
+                                                   f"{origin}shop-ratings pruned",
+                                                   f"{origin}shop-reviews pruned"]
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.stdout == f"{origin}shop deleted\n", deleted.stdout + deleted.stderr
+    assert route_names(mesh) == []

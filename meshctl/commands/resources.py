@@ -203,6 +203,8 @@ def run_apply(args: argparse.Namespace) -> int:
     suffix = " (server dry run)" if server_dry_run else ""
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
         ref = named(result["kind"], result.get("namespace"), result["name"], resources)
+        if result.get("origin") and " -> " not in ref:  # pruned: not among the documents
+            ref = f"{result['origin']} -> {ref}"
         print(f"{ref} {result['result']}{suffix}")
     for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
