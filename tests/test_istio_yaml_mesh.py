@@ -303,3 +303,27 @@ def test_a_host_dropped_from_a_virtualservice_loses_its_route(mesh: IstioMesh,
     deleted = mesh.meshctl("delete", "-f", str(file))
     assert deleted.stdout == f"{origin}shop deleted\n", deleted.stdout + deleted.stderr
     assert route_names(mesh) == []
+
+
+def test_an_istio_document_does_not_replace_an_ami_object_of_its_name(
+        mesh: IstioMesh, tmp_path: Path) -> None:
+    """A VirtualService named as an Ami Route already stored would overwrite it (one kind, one
+    name, to the store): refused, naming both and what to do; the Route stays as written."""
+    ami_route = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: reviews}\n"
+                 "spec: {host: reviews, rules: [{backends: [{subset: v1}]}]}\n")
+    mesh.apply(DESTINATION_RULE, ami_route)
+    file = tmp_path / "reviews.yaml"
+    file.write_text(VIRTUAL_SERVICE)
+    refused = mesh.meshctl("apply", "-f", str(file))
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr == (
+        f"error: {file} doc 1: Route default/reviews exists and is not "
+        "virtualservice.networking.istio.io/reviews's translation (it was written as an Ami "
+        "Route): the apply would replace it; delete it first (meshctl delete route reviews "
+        "-n default) or rename the Istio document\n"), refused.stderr
+    assert mesh.stored("routes", "reviews")["spec"] == {
+        "host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}
+    for plural in ("routes", "destinationpolicies"):
+        status, body = http_json(f"{mesh.cp.info['api']}/api/v1/namespaces/default/{plural}/"
+                                 "reviews", "DELETE", token=mesh.cp.info["token"])
+        assert status == 200, body

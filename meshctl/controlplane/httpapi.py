@@ -366,6 +366,15 @@ async def _plan_apply(store: Store, resources: list[Resource],
             problems.append(f"{where}{res.kind} {res.namespace}/{res.name}: {exc}")
             continue
         current = await store.get(*res.key)  # check_write may have re-read the store's source
+        origin = translated.origin_of(res)
+        if current is not None and origin is not None \
+                and translated.origin_of(current.resource) != origin:
+            problems.append(
+                f"{where}{res.kind} {res.namespace}/{res.name} exists and is not {origin}'s "
+                f"translation (it was written as {_written_as(current)}): the apply would "
+                f"replace it; delete it first (meshctl delete {res.kind.lower()} {res.name} "
+                f"-n {res.namespace}) or rename the Istio document")
+            continue
         expected = res.resource_version
         if current is not None and expected and expected != str(current.resource_version):
             problems.append(
@@ -376,6 +385,11 @@ async def _plan_apply(store: Store, resources: list[Resource],
     if problems:
         raise Conflict("\n".join(problems))
     return plan
+
+
+def _written_as(obj: StoredObject) -> str:
+    origin = translated.origin_of(obj.resource)
+    return f"{origin}'s translation" if origin else f"an Ami {obj.resource.kind}"
 
 
 async def check_set(store: Store, changes: list[Resource],
