@@ -893,3 +893,36 @@ async def test_the_directory_store_loads_istio_files(tmp_path: Path) -> None:
             "summing to 100")
     finally:
         await store.close()
+
+
+def test_two_spellings_of_one_service_make_one_route() -> None:
+    """Istio reads `reviews` and its full name as one host: one Route per service, of its
+    first spelling (Ami refuses two Routes of one service)."""
+    routes = load("""\
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: shop}
+    spec:
+      hosts: [reviews, reviews.default.svc.cluster.local, ratings.default]
+      http:
+      - route: [{destination: {host: reviews}}]
+    """)
+    assert [(r.name, r.to_dict()["spec"]) for r in routes] == [
+        ("shop-reviews", {"host": "reviews", "rules": [{"backends": [{}]}]}),
+        ("shop-ratings-default", {"host": "ratings.default",
+                                  "rules": [{"backends": [{"service": "reviews"}]}]})]
+    assert validate_set(routes) == []
+
+
+def test_without_headers_of_the_empty_value_keep_out_requests_without_the_header() -> None:
+    """Istio (Envoy's treat_missing_header_as_empty) reads a missing header as empty in
+    withoutHeaders: a matcher of the empty value keeps out requests without the header, which
+    Ami's block says with a presence match beside it."""
+    rule = vs_rule("""\
+    - match: [{withoutHeaders: {x-a: {exact: ""}, x-b: {regex: "[0-9]*"}, x-c: {exact: v}}}]
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{
+        "withoutHeaders": {"x-a": {"exact": ""}, "x-b": {"regex": "[0-9]*"},
+                           "x-c": {"exact": "v"}},
+        "headers": {"x-a": {"present": True}, "x-b": {"present": True}}}]

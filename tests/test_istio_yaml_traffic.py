@@ -1,6 +1,7 @@
 """Istio VirtualServices translated as Ami Routes, sent real requests through a real proxy:
 what the upstream sees is what Istio's Envoy would send (rewrite of a rule without a uri
-match, retries of a POST, weights that do not sum to 100)."""
+match, a withoutHeaders matcher of the empty value, retries of a POST, weights that do not
+sum to 100)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     api = start_backend(hub)
     flaky = start_backend(hub, fail_first=1)  # its first request gets a 503
     v1, v2 = start_backend(hub, version="v1"), start_backend(hub, version="v2")
-    services = {"api": {"endpoints": endpoints(api)}, "flaky": {"endpoints": endpoints(flaky)},
+    services = {"api": {"endpoints": endpoints(api)}, "gate": {"endpoints": endpoints(api)},
+                "flaky": {"endpoints": endpoints(flaky)},
                 "split": {"endpoints": endpoints(v1, v2),
                           "subsets": [{"name": "v1", "labels": {"version": "v1"}},
                                       {"name": "v2", "labels": {"version": "v2"}}]}}
@@ -44,6 +46,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         - rewrite: {uri: /api/}
           route: [{destination: {host: api}}]
         """, "api"),
+        route_of("""\
+        - match: [{withoutHeaders: {x-user: {exact: ""}}}]
+          route: [{destination: {host: gate}}]
+        - directResponse: {status: 418}
+        """, "gate"),
         route_of("""\
         - route: [{destination: {host: flaky}}]
           retries: {attempts: 1, retryOn: 5xx}
@@ -73,6 +80,16 @@ async def test_rewrite_of_a_rule_without_uri_match_replaces_the_slash(
     assert resp.status == 200
     (request,) = api.requests[before:]
     assert request.target == upstream
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ("x-user: bob\r\n", 200), ("", 418), ("x-user: \r\n", 418)])
+async def test_without_headers_of_the_empty_value_keeps_out_a_missing_header(
+        env: dict[str, Any], extra: str, status: int) -> None:
+    """withoutHeaders {x-user: {exact: ""}}: Envoy reads a missing x-user as empty, so a
+    request without it does not match the block either."""
+    resp = await roundtrip(env["proxy"].outbound, get("gate", "/", extra=extra))
+    assert resp.status == status
 
 
 async def test_a_post_is_retried_as_envoy_retries_it(env: dict[str, Any]) -> None:

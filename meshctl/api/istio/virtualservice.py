@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,14 +59,15 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     f.finish()
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
     out = []
-    for i, host in enumerate(hosts):
-        route_name = name if len(hosts) == 1 else f"{name}-{host.replace('.', '-')}"
+    routed = _one_per_service(hosts, namespace)
+    for i, host in routed:
+        route_name = name if len(routed) == 1 else f"{name}-{host.replace('.', '-')}"
         t = Translation(ami_doc("Route", {**meta, "name": route_name},
                                 {"host": host, "rules": _for_host(rules, host, namespace)},
                                 origin), origin)
         t.at("spec.host", f"spec.hosts[{i}]")
         t.at("spec.rules", "spec.http")
-        if len(hosts) > 1:
+        if len(routed) > 1:
             t.at("metadata.name", "metadata.name")
         for ami, istio in paths:
             t.at(ami, istio)
@@ -81,6 +83,19 @@ def _hosts(f: Fields) -> list[str]:
                                            "Route is about one service (or ExternalService "
                                            "host): name each")
     return [h.lower() for h in hosts if "*" not in h]
+
+
+def _one_per_service(hosts: list[str], namespace: str) -> list[tuple[int, str]]:
+    """(index, host) of the hosts to make a Route for: the first spelling of each service
+    (Istio reads `reviews` and `reviews.default.svc.cluster.local` as one host)."""
+    out: list[tuple[int, str]] = []
+    seen: set[object] = set()
+    for i, host in enumerate(hosts):
+        key = service_of(host, namespace) or host
+        if key not in seen:
+            seen.add(key)
+            out.append((i, host))
+    return out
 
 
 def _gateways(f: Fields, path: str, value: object) -> None:
@@ -220,6 +235,14 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
                 value = {k: {"present": True} if v in ({}, {"regex": "*"}) else v
                          for k, v in value.items()}
             out[target] = value
+    without = out.get("withoutHeaders")
+    if isinstance(without, Mapping) and isinstance(out.get("headers", {}), Mapping):
+        # Istio reads a missing header as empty there: a matcher of the empty value keeps out
+        # the requests without the header too, which Ami's says with a presence match
+        present = {name: {"present": True} for name, matcher in without.items()
+                   if _matches_empty(matcher) and name not in out.get("headers", {})}
+        if present:
+            out["headers"] = {**out.get("headers", {}), **present}
     if out.get("ignoreUriCase") is not None and not m.has("uri"):
         del out["ignoreUriCase"]  # Istio: it only bears on the uri matcher
     if m.has("method"):
@@ -236,6 +259,19 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
     refuse(m, "statPrefix", "statPrefix; name the rule (http[].name) for per-rule metrics")
     done(r, m)
     return out
+
+
+def _matches_empty(matcher: object) -> bool:
+    """Whether an Istio StringMatch holds for the empty value."""
+    if not isinstance(matcher, Mapping):
+        return False
+    if matcher.get("exact") == "" or matcher.get("prefix") == "":
+        return True
+    regex = matcher.get("regex")
+    try:
+        return isinstance(regex, str) and re.fullmatch(regex, "") is not None
+    except re.error:
+        return False  # (Ami's parser says what is wrong with it)
 
 
 def _destination(r: Fields, path: str, data: object, namespace: str,
