@@ -338,6 +338,10 @@ RULE_REFUSALS = [
     ("match: [{gateways: [gw]}]", "spec.http[0].match[0].gateways: not supported by Ami"),
     ("retries: {attempts: 1, retryOn: retriable-4xx}",
      "spec.http[0].retries.retryOn: not supported by Ami: retry condition 'retriable-4xx'"),
+    ("retries: {attempts: 1, retryOn: \"5xx,retriable-status-codes\"}",
+     "spec.http[0].retries.retryOn: retriable-status-codes without a status code retries no "
+     "status in Istio, and Ami needs the codes: list them (retryOn: "
+     "\"retriable-status-codes,503\") or leave the word out"),
     ("fault: {abort: {http2Error: x}}", "spec.http[0].fault.abort.http2Error: not supported"),
     ("rewrite: {uriRegexRewrite: {match: a, rewrite: b}}",
      "spec.http[0].rewrite.uriRegexRewrite: not supported by Ami"),
@@ -744,6 +748,9 @@ def test_dry_run_annotation_and_labels_are_kept() -> None:
     ("selector: {matchLabels: {app: Not_A_Service}}",
      "spec.selector.matchLabels.app: invalid value 'Not_A_Service', expected a DNS-1123 label"),
     ("rules: [{from: []}]", "spec.rules[0].from: must have at least one item"),
+    ("rules: [{to: [{operation: {notPaths: [/a, '*/info']}}]}]",
+     "spec.rules[0].to[0].operation.notPaths: not supported by Ami: Istio's suffix match "
+     "'*/info'; Ami matches a path exactly, by prefix (`/api/*`) or any (`*`): list the paths"),
     ("rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], "
      "when: [{key: source.ip, values: [10.1.0.0/16]}]}]",
      "spec.rules[0].when: not supported by Ami: ipBlocks given twice for one caller"),

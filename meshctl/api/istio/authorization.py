@@ -210,6 +210,13 @@ def _operation(r: Fields, path: str, data: object) -> list[Entry]:
         done(r, wrapper)
         return []
     out: Entry = {k: o.raw(k) for k in SAME_OPERATION if o.has(k)}  # type: ignore[misc]
+    for key in ("paths", "notPaths"):
+        suffixes = [p for p in out.get(key) or [] if isinstance(p, str) and p.startswith("*")
+                    and p != "*"]
+        if suffixes:
+            o.add(o.at(key), f"not supported by Ami: Istio's suffix match {suffixes[0]!r}; Ami "
+                             "matches a path exactly, by prefix (`/api/*`) or any (`*`): "
+                             "list the paths")
     for key in ("ports", "notPorts"):
         if o.has(key):
             out[key] = _ports(o.raw(key))

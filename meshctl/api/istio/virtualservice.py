@@ -366,6 +366,11 @@ def _retries(f: Fields, path: str, value: object) -> object:
         if codes:
             conditions.append("retriable-status-codes")
             out["retriableStatusCodes"] = codes
+        elif "retriable-status-codes" in conditions:
+            r.add(r.at("retryOn"), "retriable-status-codes without a status code retries no "
+                                   "status in Istio, and Ami needs the codes: list them "
+                                   "(retryOn: \"retriable-status-codes,503\") or leave the "
+                                   "word out")
         if conditions:
             out["retryOn"] = list(dict.fromkeys(conditions))
     else:  # Istio's conditions when none are given (Ami's own default differs)
