@@ -327,3 +327,21 @@ def test_an_istio_document_does_not_replace_an_ami_object_of_its_name(
         status, body = http_json(f"{mesh.cp.info['api']}/api/v1/namespaces/default/{plural}/"
                                  "reviews", "DELETE", token=mesh.cp.info["token"])
         assert status == 200, body
+
+
+def test_delete_f_deletes_everything_translated_from_the_document(
+        mesh: IstioMesh, tmp_path: Path) -> None:
+    """The file edited (productpage dropped) but not applied: `delete -f` deletes the Route of
+    productpage too, as it deletes the VirtualService it came from."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "productpage", "ratings"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    file.write_text(shop("reviews", "ratings"))
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.returncode == 0, deleted.stderr
+    origin = "virtualservice.networking.istio.io/shop -> route.ami.mesh/"
+    assert deleted.stdout.splitlines() == [f"{origin}shop-reviews deleted",
+                                           f"{origin}shop-ratings deleted",
+                                           f"{origin}shop-productpage deleted"]
+    assert route_names(mesh) == []

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from meshctl.api.istio.common import TRANSLATED_FROM
 from meshctl.api.resources import Resource
 from meshctl.controlplane.store import Store, StoredObject
-
-# the annotation every translated object carries (meshctl.api.istio.common.ami_doc)
-TRANSLATED_FROM = "ami.mesh/translated-from"
 
 
 def origin_of(resource: Resource) -> str | None:
