@@ -234,6 +234,25 @@ def vs_rule(rule: str) -> dict[str, Any]:
     return out
 
 
+def test_retry_flags_of_istios_default_are_accepted() -> None:
+    """retryRemoteLocalities: false and retryIgnorePreviousHosts: true are what Ami does
+    (Istio's defaults); the other values are refused."""
+    rule = vs_rule("""\
+    - route: [{destination: {host: reviews}}]
+      retries: {attempts: 1, retryOn: 5xx, retryRemoteLocalities: false,
+                retryIgnorePreviousHosts: true}
+    """)
+    assert rule["retries"] == {"attempts": 1, "allowNonIdempotent": True, "retryOn": ["5xx"]}
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   "  - route: [{destination: {host: reviews}}]\n"
+                   "    retries: {attempts: 1, retryRemoteLocalities: true, "
+                   "retryIgnorePreviousHosts: false}\n")
+    assert [e.split(": ")[1] for e in found] == [
+        "spec.http[0].retries.retryRemoteLocalities",
+        "spec.http[0].retries.retryIgnorePreviousHosts"], found
+
+
 @pytest.mark.parametrize("part", ["abort: {httpStatus: 500}", "delay: {fixedDelay: 1s}"])
 def test_a_fault_without_percentage_is_refused(part: str) -> None:
     """Istio (Envoy) injects a fault without percentage into no request; Ami's percent

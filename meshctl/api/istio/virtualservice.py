@@ -379,9 +379,14 @@ def _retries(f: Fields, path: str, value: object) -> object:
         out["retriableStatusCodes"] = [503]
     if r.has("backoff"):
         out["backoff"] = {"baseInterval": r.raw("backoff")}
-    refuse(r, "retryRemoteLocalities", "retryRemoteLocalities; a retry may go to any "
-                                       "endpoint the locality settings allow")
-    refuse(r, "retryIgnorePreviousHosts", "retryIgnorePreviousHosts")
+    # each accepted as Istio's default, which is what Ami does
+    if r.raw("retryRemoteLocalities") not in (None, False):
+        refuse(r, "retryRemoteLocalities", "retryRemoteLocalities: true; a retry may go to "
+                                           "any endpoint the locality settings allow")
+    if r.raw("retryIgnorePreviousHosts") not in (None, True):
+        refuse(r, "retryIgnorePreviousHosts", "retryIgnorePreviousHosts: false; a retry "
+                                              "avoids the endpoints already tried when it "
+                                              "can (Istio's default)")
     done(f, r)
     return out
 
