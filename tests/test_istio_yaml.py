@@ -578,6 +578,23 @@ def test_subset_tls_other_than_istio_mutual_is_refused() -> None:
                      "anyway); set it on the host's trafficPolicy"]
 
 
+def test_tls_insecure_skip_verify_false_is_the_default() -> None:
+    """insecureSkipVerify: false is what Ami does (it verifies); true is refused."""
+    doc = """\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: api}
+    spec:
+      host: api.example.com
+      trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: SKIP}}
+    """
+    ((_, _, spec),) = specs(doc.replace("SKIP", "false"))
+    assert spec == {"host": "api.example.com", "tls": {"mode": "SIMPLE"}}
+    assert errors(doc.replace("SKIP", "true")) == [
+        "istio.yaml doc 1: spec.trafficPolicy.tls.insecureSkipVerify: not supported by Ami: "
+        "tls.insecureSkipVerify"]
+
+
 # -- AuthorizationPolicy ----------------------------------------------------------------------
 # The authorization tasks' policies (HTTP traffic, JWT, deny, ingress)
 ALLOW_NOTHING = """\

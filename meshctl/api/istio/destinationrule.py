@@ -137,7 +137,8 @@ def _tls(p: Fields, subset: bool) -> dict[str, Any] | None:
     out = {k: tls.raw(k) for k in ("mode", "clientCertificate", "privateKey",
                                    "caCertificates", "sni") if tls.has(k)}
     for name in ("credentialName", "subjectAltNames", "insecureSkipVerify", "caCrl"):
-        refuse(tls, name, f"tls.{name}")
+        if not (name == "insecureSkipVerify" and tls.raw(name) is False):  # (the default)
+            refuse(tls, name, f"tls.{name}")
     done(p, tls)
     if mode == "ISTIO_MUTUAL":
         if len(out) > 1:
