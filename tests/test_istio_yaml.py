@@ -369,7 +369,9 @@ RULE_REFUSALS = [
     ("mirrors: [{destination: {host: a}}, {destination: {host: b}}]",
      "spec.http[0].mirrors: not supported by Ami: more than one mirror"),
     ("corsPolicy: {allowOrigins: [{exact: a}], unmatchedPreflights: IGNORE}",
-     "spec.http[0].corsPolicy.unmatchedPreflights: not supported by Ami"),
+     "spec.http[0].corsPolicy.unmatchedPreflights: not supported by Ami: unmatchedPreflights: "
+     "IGNORE; a preflight no origin matches is forwarded to the app (FORWARD, Istio's "
+     "default)"),
 ]
 
 
@@ -576,6 +578,14 @@ def test_subset_tls_other_than_istio_mutual_is_refused() -> None:
     assert found == ["istio.yaml doc 1: spec.subsets[0].trafficPolicy.tls: not supported by "
                      "Ami: tls in a subset (only ISTIO_MUTUAL, which Ami's mesh hops are "
                      "anyway); set it on the host's trafficPolicy"]
+
+
+def test_cors_unmatched_preflights_forward_is_the_default() -> None:
+    rule = vs_rule("""\
+    - route: [{destination: {host: reviews}}]
+      corsPolicy: {allowOrigins: [{exact: "https://a.example"}], unmatchedPreflights: FORWARD}
+    """)
+    assert rule["cors"] == {"allowOrigins": [{"exact": "https://a.example"}]}
 
 
 def test_tls_insecure_skip_verify_false_is_the_default() -> None:

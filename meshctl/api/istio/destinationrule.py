@@ -84,7 +84,8 @@ def _policy(f: Fields, key: str, ami: str, paths: list[tuple[str, str]], *,
         out["tls"] = tls
         paths.append((f"{ami}.tls", p.at("tls")))
     refuse(p, "portLevelSettings", "portLevelSettings; an Ami service serves one port, so "
-                                   "its policy is the port's")
+                                   "its policy is the port's: move the port's settings up "
+                                   "into this trafficPolicy")
     refuse(p, "proxyProtocol", "proxyProtocol toward a destination")
     refuse(p, "tunnel", "tunnel (CONNECT) settings")
     done(f, p)

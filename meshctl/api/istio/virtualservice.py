@@ -45,7 +45,8 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
                      "weight: write that Route")
     refuse(f, "tls", "tls (SNI) routes; a Gateway's passthrough entries route TLS by server "
                      "name at the edge")
-    refuse(f, "delegate", "delegate VirtualServices")
+    refuse(f, "delegate", "delegate VirtualServices; write the delegate's http routes in "
+                          "the VirtualService of the host")
     rules: list[dict[str, Any]] = []
     paths: list[tuple[str, str]] = []
     http = items(f, "http")
@@ -191,7 +192,8 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
     if mirror is not None:
         rule["mirror"] = mirror
         paths.append((f"{ami}.mirror", r.at("mirror") if r.has("mirror") else r.at("mirrors")))
-    refuse(r, "delegate", "delegate VirtualServices")
+    refuse(r, "delegate", "delegate VirtualServices; write the delegate's http routes "
+                          "here, in its place")
     refuse(r, "mirrorPercent", "the deprecated mirrorPercent; use mirrorPercentage")
     done(f, r)
     return rule
@@ -255,7 +257,8 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
     m.raw("name")  # a match's name only names its stats in Istio
     _gateways(m, m.at("gateways"), m.raw("gateways"))
     refuse(m, "port", "matching the port: an Ami service serves one port")
-    refuse(m, "authority", "matching the authority: a Route is about one host already")
+    refuse(m, "authority", "matching the authority: a Route is about one host already; "
+                           "write a VirtualService per host")
     refuse(m, "statPrefix", "statPrefix; name the rule (http[].name) for per-rule metrics")
     done(r, m)
     return out
@@ -463,8 +466,10 @@ def _cors(f: Fields, path: str, value: object) -> object:
         origins = r.raw("allowOrigin")
         out["allowOrigins"] = [{"exact": o} for o in origins] if isinstance(origins, list) \
             else origins
-    refuse(r, "unmatchedPreflights", "unmatchedPreflights; a preflight no origin matches is "
-                                     "forwarded to the app")
+    if r.raw("unmatchedPreflights") not in (None, "UNSPECIFIED", "FORWARD"):
+        refuse(r, "unmatchedPreflights", f"unmatchedPreflights: {r.raw('unmatchedPreflights')}"
+                                         "; a preflight no origin matches is forwarded to the "
+                                         "app (FORWARD, Istio's default)")
     done(f, r)
     return out
 
@@ -479,7 +484,8 @@ def _mirror(r: Fields, namespace: str, hosts: list[str]) -> dict[str, Any] | Non
                                             r.raw("mirrorPercentage"))
     listed = items(r, "mirrors")
     if len(listed) > 1:
-        r.add(r.at("mirrors"), "not supported by Ami: more than one mirror per route")
+        r.add(r.at("mirrors"), "not supported by Ami: more than one mirror per route; keep "
+                               "one")
     elif listed:
         if mirror is not None:
             r.add(r.at("mirrors"), "give mirror or mirrors, not both")
