@@ -979,3 +979,36 @@ def test_without_headers_of_the_empty_value_keep_out_requests_without_the_header
         "withoutHeaders": {"x-a": {"exact": ""}, "x-b": {"regex": "[0-9]*"},
                            "x-c": {"exact": "v"}},
         "headers": {"x-a": {"present": True}, "x-b": {"present": True}}}]
+
+
+def test_an_allow_condition_of_not_values_alone_is_refused() -> None:
+    """Istio's ALLOW `notValues: [mallory]` admits a request without the header; Ami's
+    condition admits none it cannot see: refused in ALLOW, taken as written in DENY (the
+    two agree there) and with values beside it."""
+    policy = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+              "metadata: {name: p}\nspec:\n  ACTION\n  rules:\n  - when:\n"
+              "    - {key: 'request.headers[x-user]', WHEN}\n"
+              "    - {key: 'request.auth.claims[group]', notValues: [guests]}\n")
+    found = errors(policy.replace("ACTION", "action: ALLOW").replace("WHEN",
+                                                                     "notValues: [mallory]"))
+    assert found == [
+        "istio.yaml doc 1: spec.rules[0].when[0].notValues: not supported by Ami in an ALLOW "
+        "policy: notValues without values; Istio's admits a request without the header, Ami's "
+        "admits none it knows nothing of: give the values to allow, or deny the notValues as "
+        "values of a DENY policy",
+        "istio.yaml doc 1: spec.rules[0].when[1].notValues: not supported by Ami in an ALLOW "
+        "policy: notValues without values; Istio's admits a request without the claim (or "
+        "token), Ami's admits none it knows nothing of: give the values to allow, or deny the "
+        "notValues as values of a DENY policy"]
+    no_action = policy.replace("ACTION", "selector: {matchLabels: {app: reviews}}")
+    assert len(errors(no_action.replace("WHEN", "notValues: [m]"))) == 2  # (ALLOW)
+    ((_, _, deny),) = specs(policy.replace("ACTION", "action: DENY")
+                            .replace("WHEN", "notValues: [mallory]"))
+    assert deny["rules"] == [{"when": [{"header": "x-user", "notValues": ["mallory"]},
+                                       {"claim": "group", "notValues": ["guests"]}]}]
+    both = policy.replace("ACTION", "action: ALLOW").replace(
+        "WHEN", "values: [alice, mallory], notValues: [mallory]").replace(
+        "notValues: [guests]", "values: [staff]")
+    ((_, _, allow),) = specs(both)
+    assert allow["rules"][0]["when"][0] == {"header": "x-user", "values": ["alice", "mallory"],
+                                            "notValues": ["mallory"]}

@@ -67,8 +67,9 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     paths = [("spec.action", "spec.action"), ("spec.provider", "spec.provider"),
              ("spec.selector.service", "spec.selector.matchLabels.app")]
     rules: list[dict[str, Any]] = []
+    allow = f.raw("action") in (None, "ALLOW")
     for path, data in items(f, "rules"):
-        rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths)
+        rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths, allow)
         if rule is not None:  # (a rule no caller can match: left out, as it never applies)
             rules.append(rule)
     if f.has("rules"):
@@ -81,7 +82,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
 
 
 def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
-          paths: list[tuple[str, str]]) -> dict[str, Any] | None:
+          paths: list[tuple[str, str]], allow: bool) -> dict[str, Any] | None:
     if not isinstance(data, Mapping):
         f.add(path, f"expected a mapping, got {F.describe(data)}")
         return None
@@ -99,7 +100,7 @@ def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
     source_factors: list[list[Entry]] = []
     port_factors: list[list[Entry]] = []
     for i, (p, item) in enumerate(items(r, "when")):
-        found = _condition(r, p, item, source_factors, port_factors)
+        found = _condition(r, p, item, source_factors, port_factors, allow)
         if found is not None:
             conditions.append((found, i))
     froms = _apply(r, r.at("when"), froms if r.has("from") else [({}, -1)], source_factors)
@@ -233,7 +234,7 @@ def _ports(value: object) -> Any:
 
 
 def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
-               ports: list[list[Entry]]) -> dict[str, Any] | None:
+               ports: list[list[Entry]], allow: bool) -> dict[str, Any] | None:
     """A `when` item: an Ami condition (returned), or a factor of ``sources`` or ``ports``."""
     c = Fields(data, path) if isinstance(data, Mapping) else None
     if c is None:
@@ -252,6 +253,14 @@ def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
                     v.startswith("*") or v.endswith("*")) for v in listed):
                 c.add(c.at(field), "not supported by Ami: prefix, suffix or presence (`*`) "
                                    "matches; Ami compares condition values exactly")
+        if allow and values is None and not_values is not None:
+            # Istio's `not` of a header (claim) matcher holds for a request without it; an
+            # Ami condition counts what it cannot see against the caller of an ALLOW rule
+            what = "header" if header else "claim (or token)"
+            c.add(c.at("notValues"), "not supported by Ami in an ALLOW policy: notValues "
+                  f"without values; Istio's admits a request without the {what}, Ami's "
+                  "admits none it knows nothing of: give the values to allow, or deny the "
+                  "notValues as values of a DENY policy")
         out = {"header": header.group(1)} if header else {
             "claim": claim.group(1)}  # type: ignore[union-attr]
         out.update({k: v for k, v in (("values", values), ("notValues", not_values))
