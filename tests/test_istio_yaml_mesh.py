@@ -345,3 +345,32 @@ def test_delete_f_deletes_everything_translated_from_the_document(
                                            f"{origin}shop-ratings deleted",
                                            f"{origin}shop-productpage deleted"]
     assert route_names(mesh) == []
+
+
+def test_istio_yaml_in_the_config_directory_is_edited_there(mesh: IstioMesh,
+                                                            tmp_path: Path) -> None:
+    """A VirtualService file in the control plane's config directory: `delete -f` and an
+    `apply -f` dropping a host are refused, naming the file (they would delete nothing and
+    add an Ami document beside the Istio one), and its Routes stay; editing the file prunes."""
+    config = Path(mesh.cp.info["config_dir"]) / "shop.yaml"
+    config.write_text(shop("reviews", "ratings"))
+    wait_for(lambda: route_names(mesh) == ["shop-ratings", "shop-reviews"], 20,
+             "the config directory's VirtualService")
+    copy = tmp_path / "shop.yaml"
+    copy.write_text(shop("reviews", "ratings"))
+    refusal = ("Route default/{} is the translation of virtualservice.networking.istio.io/"
+               "shop in shop.yaml, Istio YAML in the config directory, which the API does not "
+               "rewrite: edit or delete that document in the file")
+    deleted = mesh.meshctl("delete", "-f", str(copy))
+    assert deleted.returncode == 1, deleted.stdout
+    assert refusal.format("shop-reviews") in deleted.stderr, deleted.stderr
+    copy.write_text(shop("reviews"))
+    applied = mesh.meshctl("apply", "-f", str(copy))
+    assert applied.returncode == 1, applied.stdout
+    assert refusal.format("shop-ratings") in applied.stderr, applied.stderr
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    assert config.read_text() == shop("reviews", "ratings")
+    config.write_text(shop("reviews"))
+    wait_for(lambda: route_names(mesh) == ["shop"], 20, "the edited file's one Route")
+    config.unlink()
+    wait_for(lambda: route_names(mesh) == [], 20, "the file's Routes gone with it")
