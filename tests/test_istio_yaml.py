@@ -588,6 +588,26 @@ def test_cors_unmatched_preflights_forward_is_the_default() -> None:
     assert rule["cors"] == {"allowOrigins": [{"exact": "https://a.example"}]}
 
 
+def test_a_subsets_empty_load_balancer_is_the_default_not_the_hosts() -> None:
+    """Istio replaces the host's loadBalancer by a subset's whole: `{}` or UNSPECIFIED there
+    is the default balancer (LEAST_REQUEST), not the host's ROUND_ROBIN."""
+    ((_, _, spec),) = specs("""\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+      subsets:
+      - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {}}}
+      - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: UNSPECIFIED}}}
+      - {name: v3, labels: {version: v3}, trafficPolicy: {connectionPool: {}}}
+    """)
+    assert spec["loadBalancer"] == "ROUND_ROBIN"
+    assert [s.get("loadBalancer") for s in spec["subsets"]] == [
+        "LEAST_REQUEST", "LEAST_REQUEST", None]
+
+
 def test_tls_insecure_skip_verify_false_is_the_default() -> None:
     """insecureSkipVerify: false is what Ami does (it verifies); true is refused."""
     doc = """\

@@ -78,7 +78,7 @@ def _policy(f: Fields, key: str, ami: str, paths: list[tuple[str, str]], *,
         if p.has(name):
             out[name] = p.raw(name)
             paths.append((f"{ami}.{name}", p.at(name)))
-    out.update(_load_balancer(p, ami, paths))
+    out.update(_load_balancer(p, ami, paths, subset))
     tls = _tls(p, subset)
     if tls is not None:
         out["tls"] = tls
@@ -92,7 +92,8 @@ def _policy(f: Fields, key: str, ami: str, paths: list[tuple[str, str]], *,
     return out
 
 
-def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[str, Any]:
+def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]],
+                   subset: bool) -> dict[str, Any]:
     lb = nested(p, "loadBalancer")
     if lb is None:
         return {}
@@ -124,6 +125,10 @@ def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[st
         if lb.has(name):
             out[name] = lb.raw(name)
             paths.append((f"{ami}.{name}", lb.at(name)))
+    if subset and not out:
+        # Istio: a subset's loadBalancer replaces the host's whole, so `{}` or UNSPECIFIED
+        # is the default balancer, not the host's
+        out["loadBalancer"] = "LEAST_REQUEST"
     paths.append((f"{ami}.loadBalancer", lb.path))
     done(p, lb)
     return out
