@@ -814,6 +814,15 @@ def test_dry_run_annotation_and_labels_are_kept() -> None:
     ("selector: {matchLabels: {app: Not_A_Service}}",
      "spec.selector.matchLabels.app: invalid value 'Not_A_Service', expected a DNS-1123 label"),
     ("rules: [{from: []}]", "spec.rules[0].from: must have at least one item"),
+    ("rules: [{to: [{operation: {paths: ['/api/{*}/info']}}]}]",
+     "spec.rules[0].to[0].operation.paths: not supported by Ami: Istio's path template "
+     "'/api/{*}/info'; Ami matches a path exactly, by prefix (`/api/*`) or any (`*`): list the "
+     "paths"),
+    ("rules: [{from: [{source: {namespaces: [prod-*]}}]}]",
+     "spec.rules[0].from[0].source.namespaces: not supported by Ami: Istio's namespace "
+     "pattern 'prod-*'; Ami compares namespaces exactly: list them"),
+    ("rules: [{when: [{key: source.namespace, notValues: ['*']}]}]",
+     "spec.rules[0].when[0].notValues: not supported by Ami: Istio's namespace pattern '*'"),
     ("rules: [{to: [{operation: {notPaths: [/a, '*/info']}}]}]",
      "spec.rules[0].to[0].operation.notPaths: not supported by Ami: Istio's suffix match "
      "'*/info'; Ami matches a path exactly, by prefix (`/api/*`) or any (`*`): list the paths"),

@@ -159,6 +159,8 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
         done(r, wrapper)
         return []
     base: Entry = {k: s.raw(k) for k in SAME_SOURCE if s.has(k)}  # type: ignore[misc]
+    for key in ("namespaces", "notNamespaces"):
+        _no_namespace_pattern(s, s.at(key), base.get(key))
     alternatives: list[Entry] = [base]
     principals = _strings(s, "principals") + [
         _account(a, namespace) for a in _strings(s, "serviceAccounts")]
@@ -181,6 +183,15 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
     done(wrapper, s)
     done(r, wrapper)
     return alternatives
+
+
+def _no_namespace_pattern(f: Fields, path: str, value: object) -> None:
+    """Refuse Istio's namespace patterns (`prod-*`, `*`): Ami compares namespaces exactly."""
+    found = [v for v in value if isinstance(v, str) and "*" in v] if isinstance(
+        value, list) else []
+    if found:
+        f.add(path, f"not supported by Ami: Istio's namespace pattern {found[0]!r}; Ami "
+                    "compares namespaces exactly: list them")
 
 
 def _strings(f: Fields, key: str) -> list[str]:
@@ -212,12 +223,12 @@ def _operation(r: Fields, path: str, data: object) -> list[Entry]:
         return []
     out: Entry = {k: o.raw(k) for k in SAME_OPERATION if o.has(k)}  # type: ignore[misc]
     for key in ("paths", "notPaths"):
-        suffixes = [p for p in out.get(key) or [] if isinstance(p, str) and p.startswith("*")
-                    and p != "*"]
-        if suffixes:
-            o.add(o.at(key), f"not supported by Ami: Istio's suffix match {suffixes[0]!r}; Ami "
-                             "matches a path exactly, by prefix (`/api/*`) or any (`*`): "
-                             "list the paths")
+        odd = [p for p in out.get(key) or [] if isinstance(p, str) and (
+            (p.startswith("*") and p != "*") or "{*" in p)]
+        if odd:
+            kind = "path template" if "{*" in odd[0] else "suffix match"
+            o.add(o.at(key), f"not supported by Ami: Istio's {kind} {odd[0]!r}; Ami matches a "
+                             "path exactly, by prefix (`/api/*`) or any (`*`): list the paths")
     for key in ("ports", "notPorts"):
         if o.has(key):
             out[key] = _ports(o.raw(key))
@@ -266,6 +277,9 @@ def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
         out.update({k: v for k, v in (("values", values), ("notValues", not_values))
                     if v is not None})
     elif key in SOURCE_KEYS:
+        if key == "source.namespace":
+            for name in ("values", "notValues"):
+                _no_namespace_pattern(c, c.at(name), c.raw(name))
         field = SOURCE_KEYS[key]
         negated = "not" + field[0].upper() + field[1:]
         factor: dict[str, Any] = {}
