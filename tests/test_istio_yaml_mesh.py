@@ -374,3 +374,23 @@ def test_istio_yaml_in_the_config_directory_is_edited_there(mesh: IstioMesh,
     wait_for(lambda: route_names(mesh) == ["shop"], 20, "the edited file's one Route")
     config.unlink()
     wait_for(lambda: route_names(mesh) == [], 20, "the file's Routes gone with it")
+
+
+def test_a_saved_translation_applied_alone_prunes_nothing(mesh: IstioMesh,
+                                                          tmp_path: Path) -> None:
+    """One Route of a VirtualService saved with `meshctl get -o yaml` (annotation included)
+    and applied again is an Ami document: it prunes none of its siblings."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "ratings"))
+    assert mesh.meshctl("apply", "-f", str(file)).returncode == 0
+    saved = mesh.meshctl("get", "route", "shop-reviews", "-o", "yaml")
+    assert saved.returncode == 0, saved.stderr
+    assert "ami.mesh/translated-from: virtualservice.networking.istio.io/shop" in saved.stdout
+    route = tmp_path / "route.yaml"
+    route.write_text(saved.stdout)
+    applied = mesh.meshctl("apply", "-f", str(route))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == "route.ami.mesh/shop-reviews unchanged\n", applied.stdout
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    assert mesh.meshctl("delete", "-f", str(file)).returncode == 0
+    assert route_names(mesh) == []

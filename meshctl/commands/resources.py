@@ -240,7 +240,9 @@ def named(kind: str, namespace: str | None, name: str, resources: list[Resource]
 def apply_body(resources: list[Resource]) -> dict[str, Any]:
     """The JSON body of ``POST /api/v1/apply``: the documents and where each came from."""
     return {"items": [r.to_dict() for r in resources],
-            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+            "origins": [{"source": r.source, "doc": r.doc,
+                         **({"translatedFrom": r.origin} if r.origin else {})}
+                        for r in resources]}
 
 
 def oversize(resources: list[Resource], limit: int = MAX_FILE_BYTES) -> str:

@@ -22,6 +22,7 @@ Every error is ``{"error": "<words>", "reason": "NotFound|Conflict|Invalid|Unaut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -455,7 +456,9 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
 
     A JSON ``{items, origins}`` body names each document's file: ``origins[i]`` is
     ``{"source": "routes/reviews.yaml", "doc": 1}``, so one all-or-nothing apply of many files
-    reports errors as ``routes/reviews.yaml doc 1: ...`` (``meshctl apply`` sends this).
+    reports errors as ``routes/reviews.yaml doc 1: ...`` (``meshctl apply`` sends this), with
+    ``"translatedFrom"`` for an object translated from an Istio document in this apply (what
+    its earlier translation made and this one does not is pruned).
     """
     source = request.query.get("source", "request")
     try:
@@ -469,14 +472,19 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
         if origins is not None and not (
                 isinstance(origins, list) and len(origins) == len(docs)
                 and all(isinstance(o, dict) and isinstance(o.get("source"), str)
-                        and isinstance(o.get("doc"), int) for o in origins)):
-            raise BadRequest("origins must list one {source, doc} per item")
+                        and isinstance(o.get("doc"), int)
+                        and isinstance(o.get("translatedFrom", ""), str) for o in origins)):
+            raise BadRequest("origins must list one {source, doc[, translatedFrom]} per item")
         resources, issues = [], []
         for index, doc in enumerate(docs, start=1):
             where, number = ((origins[index - 1]["source"], origins[index - 1]["doc"])
                              if origins else (source, index))
             try:
-                resources.append(parse_document(doc, source=where, index=number))
+                parsed = parse_document(doc, source=where, index=number)
+                if origins and origins[index - 1].get("translatedFrom"):
+                    parsed = dataclasses.replace(
+                        parsed, origin=origins[index - 1]["translatedFrom"])
+                resources.append(parsed)
             except ValidationError as exc:
                 issues.extend(exc.issues)
         if issues:

@@ -16,8 +16,11 @@ def origin_of(resource: Resource) -> str | None:
 async def stale(store: Store, applied: list[Resource]) -> list[StoredObject]:
     """Stored objects translated from a document ``applied`` translates again (same origin,
     same namespace) that are not among ``applied``: a VirtualService's Route of a host it no
-    longer lists, or named for the hosts it had (`reviews-ratings` once it has one host)."""
-    origins = {(r.namespace, o) for r in applied if (o := origin_of(r)) is not None}
+    longer lists, or named for the hosts it had (`reviews-ratings` once it has one host).
+
+    Only documents translated in this apply count (``Resource.origin``), not an Ami document
+    carrying the annotation (one Route saved by `meshctl get -o yaml` prunes nothing)."""
+    origins = {(r.namespace, r.origin) for r in applied if r.origin is not None}
     if not origins:
         return []
     keys = {r.key for r in applied}
