@@ -186,7 +186,7 @@ VIRTUAL_SERVICES = [
                      {"path": {"regex": "/v[0-9]+/.*"}, "scheme": {"exact": "https"}}],
          "backends": [{"subset": "v1"}],
          "timeout": "0.5s",
-         "retries": {"attempts": 3, "perTryTimeout": "2s",
+         "retries": {"attempts": 3, "perTryTimeout": "2s", "allowNonIdempotent": True,
                      "retryOn": ["gateway-error", "connect-failure", "reset",
                                  "retriable-status-codes"],
                      "retriableStatusCodes": [503]},
@@ -219,8 +219,103 @@ def test_retries_without_conditions_get_istios_defaults() -> None:
     ((_, _, spec),) = specs(REVIEWS_90_10.replace("      weight: 10\n", "      weight: 10\n"
                                                   "    retries: {attempts: 2}\n"))
     assert spec["rules"][0]["retries"] == {
-        "attempts": 2, "retryOn": ["connect-failure", "reset", "unavailable", "cancelled",
+        "attempts": 2, "allowNonIdempotent": True,
+        "retryOn": ["connect-failure", "reset", "unavailable", "cancelled",
                                    "retriable-status-codes"], "retriableStatusCodes": [503]}
+
+
+def vs_rule(rule: str) -> dict[str, Any]:
+    """The one Route rule of a VirtualService of `reviews` with this `http` item."""
+    ((_, _, spec),) = specs("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                            "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                            + textwrap.indent(textwrap.dedent(rule), "  "))
+    (out,) = spec["rules"]
+    assert isinstance(out, dict)
+    return out
+
+
+def test_retry_flags_of_istios_default_are_accepted() -> None:
+    """retryRemoteLocalities: false and retryIgnorePreviousHosts: true are what Ami does
+    (Istio's defaults); the other values are refused."""
+    rule = vs_rule("""\
+    - route: [{destination: {host: reviews}}]
+      retries: {attempts: 1, retryOn: 5xx, retryRemoteLocalities: false,
+                retryIgnorePreviousHosts: true}
+    """)
+    assert rule["retries"] == {"attempts": 1, "allowNonIdempotent": True, "retryOn": ["5xx"]}
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   "  - route: [{destination: {host: reviews}}]\n"
+                   "    retries: {attempts: 1, retryRemoteLocalities: true, "
+                   "retryIgnorePreviousHosts: false}\n")
+    assert [e.split(": ")[1] for e in found] == [
+        "spec.http[0].retries.retryRemoteLocalities",
+        "spec.http[0].retries.retryIgnorePreviousHosts"], found
+
+
+@pytest.mark.parametrize("part", ["abort: {httpStatus: 500}", "delay: {fixedDelay: 1s}"])
+def test_a_fault_without_percentage_is_refused(part: str) -> None:
+    """Istio (Envoy) injects a fault without percentage into no request; Ami's percent
+    defaults to 100: taken as written it would fail or delay every request."""
+    kind = part.split(":")[0]
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   f"  - route: [{{destination: {{host: reviews}}}}]\n    fault: {{{part}}}\n")
+    noun = "an abort" if kind == "abort" else "a delay"
+    assert found == [f"istio.yaml doc 1: spec.http[0].fault.{kind}.percentage: required by "
+                     f"Ami: Istio injects {noun} without percentage into no request at all; "
+                     f"write percentage: {{value: 100}} to {kind} every request, or leave the "
+                     f"{kind} out"]
+
+
+def test_weights_are_istios_relative_ones() -> None:
+    """One destination gets everything whatever its weight; several split by weight / sum,
+    written as Ami's percentages when exact, refused otherwise."""
+    one = vs_rule("- route: [{destination: {host: reviews, subset: v1}, weight: 50}]")
+    assert one["backends"] == [{"subset": "v1"}]
+    split = vs_rule("""\
+    - route:
+      - {destination: {host: reviews, subset: v1}, weight: 1}
+      - {destination: {host: reviews, subset: v2}, weight: 3}
+      - {destination: {host: reviews, subset: v3}}
+    """)
+    assert split["backends"] == [{"subset": "v1", "weight": 25}, {"subset": "v2", "weight": 75},
+                                 {"subset": "v3", "weight": 0}]
+    found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                   "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+                   "  - route: [{destination: {host: reviews}, weight: 1}, "
+                   "{destination: {host: reviews}, weight: 2}]\n")
+    assert found == ["istio.yaml doc 1: spec.http[0].route: weights 1, 2 split traffic in "
+                     "Istio by weight / 3, which Ami's whole percentages cannot write "
+                     "exactly: give weights summing to 100"]
+
+
+def test_matchers_istio_reads_as_presence_or_ignores() -> None:
+    """A header regex `*` is Istio's presence match; ignoreUriCase without uri does
+    nothing in Istio (Ami refuses it there), so it is left out."""
+    rule = vs_rule("""\
+    - match: [{headers: {x-a: {regex: "*"}}, withoutHeaders: {x-b: {regex: "*"}},
+               ignoreUriCase: true}]
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{"headers": {"x-a": {"present": True}},
+                                "withoutHeaders": {"x-b": {"present": True}}}]
+
+
+def test_a_rewrite_without_uri_match_replaces_the_prefix_slash() -> None:
+    """Istio matches a block without uri as the prefix `/`, which rewrite.uri replaces
+    (tests/test_istio_yaml_traffic.py sends the requests)."""
+    rule = vs_rule("""\
+    - match: [{uri: {exact: /a}}, {headers: {x: {exact: "1"}}}]
+      rewrite: {uri: /b}
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{"path": {"exact": "/a"}},
+                               {"headers": {"x": {"exact": "1"}}, "path": {"prefix": "/"}}]
+    alone = vs_rule("- {rewrite: {uri: /b}, route: [{destination: {host: reviews}}]}")
+    assert alone["matches"] == [{"path": {"prefix": "/"}}]
+    redirect = vs_rule("- {redirect: {uri: /b}}")  # a redirect's uri is the whole path
+    assert "matches" not in redirect
 
 
 def test_several_hosts_make_one_route_each_named_after_its_host() -> None:
@@ -262,6 +357,10 @@ RULE_REFUSALS = [
     ("match: [{gateways: [gw]}]", "spec.http[0].match[0].gateways: not supported by Ami"),
     ("retries: {attempts: 1, retryOn: retriable-4xx}",
      "spec.http[0].retries.retryOn: not supported by Ami: retry condition 'retriable-4xx'"),
+    ("retries: {attempts: 1, retryOn: \"5xx,retriable-status-codes\"}",
+     "spec.http[0].retries.retryOn: retriable-status-codes without a status code retries no "
+     "status in Istio, and Ami needs the codes: list them (retryOn: "
+     "\"retriable-status-codes,503\") or leave the word out"),
     ("fault: {abort: {http2Error: x}}", "spec.http[0].fault.abort.http2Error: not supported"),
     ("rewrite: {uriRegexRewrite: {match: a, rewrite: b}}",
      "spec.http[0].rewrite.uriRegexRewrite: not supported by Ami"),
@@ -270,7 +369,9 @@ RULE_REFUSALS = [
     ("mirrors: [{destination: {host: a}}, {destination: {host: b}}]",
      "spec.http[0].mirrors: not supported by Ami: more than one mirror"),
     ("corsPolicy: {allowOrigins: [{exact: a}], unmatchedPreflights: IGNORE}",
-     "spec.http[0].corsPolicy.unmatchedPreflights: not supported by Ami"),
+     "spec.http[0].corsPolicy.unmatchedPreflights: not supported by Ami: unmatchedPreflights: "
+     "IGNORE; a preflight no origin matches is forwarded to the app (FORWARD, Istio's "
+     "default)"),
 ]
 
 
@@ -323,7 +424,7 @@ def test_ami_errors_name_the_istio_fields() -> None:
         match: [{uri: {regex: "[[:digit:]]"}, headers: {x: {suffix: a}}}]
         route:
         - destination: {host: reviews, subset: V1}
-          weight: 80
+          weight: 90
         - destination: {host: reviews, subset: v2}
           weight: 10
         timeout: 3
@@ -477,6 +578,51 @@ def test_subset_tls_other_than_istio_mutual_is_refused() -> None:
     assert found == ["istio.yaml doc 1: spec.subsets[0].trafficPolicy.tls: not supported by "
                      "Ami: tls in a subset (only ISTIO_MUTUAL, which Ami's mesh hops are "
                      "anyway); set it on the host's trafficPolicy"]
+
+
+def test_cors_unmatched_preflights_forward_is_the_default() -> None:
+    rule = vs_rule("""\
+    - route: [{destination: {host: reviews}}]
+      corsPolicy: {allowOrigins: [{exact: "https://a.example"}], unmatchedPreflights: FORWARD}
+    """)
+    assert rule["cors"] == {"allowOrigins": [{"exact": "https://a.example"}]}
+
+
+def test_a_subsets_empty_load_balancer_is_the_default_not_the_hosts() -> None:
+    """Istio replaces the host's loadBalancer by a subset's whole: `{}` or UNSPECIFIED there
+    is the default balancer (LEAST_REQUEST), not the host's ROUND_ROBIN."""
+    ((_, _, spec),) = specs("""\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+      subsets:
+      - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {}}}
+      - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: UNSPECIFIED}}}
+      - {name: v3, labels: {version: v3}, trafficPolicy: {connectionPool: {}}}
+    """)
+    assert spec["loadBalancer"] == "ROUND_ROBIN"
+    assert [s.get("loadBalancer") for s in spec["subsets"]] == [
+        "LEAST_REQUEST", "LEAST_REQUEST", None]
+
+
+def test_tls_insecure_skip_verify_false_is_the_default() -> None:
+    """insecureSkipVerify: false is what Ami does (it verifies); true is refused."""
+    doc = """\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: api}
+    spec:
+      host: api.example.com
+      trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: SKIP}}
+    """
+    ((_, _, spec),) = specs(doc.replace("SKIP", "false"))
+    assert spec == {"host": "api.example.com", "tls": {"mode": "SIMPLE"}}
+    assert errors(doc.replace("SKIP", "true")) == [
+        "istio.yaml doc 1: spec.trafficPolicy.tls.insecureSkipVerify: not supported by Ami: "
+        "tls.insecureSkipVerify"]
 
 
 # -- AuthorizationPolicy ----------------------------------------------------------------------
@@ -668,6 +814,18 @@ def test_dry_run_annotation_and_labels_are_kept() -> None:
     ("selector: {matchLabels: {app: Not_A_Service}}",
      "spec.selector.matchLabels.app: invalid value 'Not_A_Service', expected a DNS-1123 label"),
     ("rules: [{from: []}]", "spec.rules[0].from: must have at least one item"),
+    ("rules: [{to: [{operation: {paths: ['/api/{*}/info']}}]}]",
+     "spec.rules[0].to[0].operation.paths: not supported by Ami: Istio's path template "
+     "'/api/{*}/info'; Ami matches a path exactly, by prefix (`/api/*`) or any (`*`): list the "
+     "paths"),
+    ("rules: [{from: [{source: {namespaces: [prod-*]}}]}]",
+     "spec.rules[0].from[0].source.namespaces: not supported by Ami: Istio's namespace "
+     "pattern 'prod-*'; Ami compares namespaces exactly: list them"),
+    ("rules: [{when: [{key: source.namespace, notValues: ['*']}]}]",
+     "spec.rules[0].when[0].notValues: not supported by Ami: Istio's namespace pattern '*'"),
+    ("rules: [{to: [{operation: {notPaths: [/a, '*/info']}}]}]",
+     "spec.rules[0].to[0].operation.notPaths: not supported by Ami: Istio's suffix match "
+     "'*/info'; Ami matches a path exactly, by prefix (`/api/*`) or any (`*`): list the paths"),
     ("rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], "
      "when: [{key: source.ip, values: [10.1.0.0/16]}]}]",
      "spec.rules[0].when: not supported by Ami: ipBlocks given twice for one caller"),
@@ -811,7 +969,75 @@ async def test_the_directory_store_loads_istio_files(tmp_path: Path) -> None:
         bad.write_text(REVIEWS_90_10.replace("weight: 10", "weight: 20"))
         with pytest.raises(ValidationError) as err:
             load_documents(bad.read_text(), "bad.yaml")
-        assert str(err.value) == "bad.yaml doc 1: spec.http[0].route: weights sum to 110, " \
-                                 "must be 100"
+        assert str(err.value) == (
+            "bad.yaml doc 1: spec.http[0].route: weights 90, 20 split traffic in Istio by "
+            "weight / 110, which Ami's whole percentages cannot write exactly: give weights "
+            "summing to 100")
     finally:
         await store.close()
+
+
+def test_two_spellings_of_one_service_make_one_route() -> None:
+    """Istio reads `reviews` and its full name as one host: one Route per service, of its
+    first spelling (Ami refuses two Routes of one service)."""
+    routes = load("""\
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: shop}
+    spec:
+      hosts: [reviews, reviews.default.svc.cluster.local, ratings.default]
+      http:
+      - route: [{destination: {host: reviews}}]
+    """)
+    assert [(r.name, r.to_dict()["spec"]) for r in routes] == [
+        ("shop-reviews", {"host": "reviews", "rules": [{"backends": [{}]}]}),
+        ("shop-ratings-default", {"host": "ratings.default",
+                                  "rules": [{"backends": [{"service": "reviews"}]}]})]
+    assert validate_set(routes) == []
+
+
+def test_without_headers_of_the_empty_value_keep_out_requests_without_the_header() -> None:
+    """Istio (Envoy's treat_missing_header_as_empty) reads a missing header as empty in
+    withoutHeaders: a matcher of the empty value keeps out requests without the header, which
+    Ami's block says with a presence match beside it."""
+    rule = vs_rule("""\
+    - match: [{withoutHeaders: {x-a: {exact: ""}, x-b: {regex: "[0-9]*"}, x-c: {exact: v}}}]
+      route: [{destination: {host: reviews}}]
+    """)
+    assert rule["matches"] == [{
+        "withoutHeaders": {"x-a": {"exact": ""}, "x-b": {"regex": "[0-9]*"},
+                           "x-c": {"exact": "v"}},
+        "headers": {"x-a": {"present": True}, "x-b": {"present": True}}}]
+
+
+def test_an_allow_condition_of_not_values_alone_is_refused() -> None:
+    """Istio's ALLOW `notValues: [mallory]` admits a request without the header; Ami's
+    condition admits none it cannot see: refused in ALLOW, taken as written in DENY (the
+    two agree there) and with values beside it."""
+    policy = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+              "metadata: {name: p}\nspec:\n  ACTION\n  rules:\n  - when:\n"
+              "    - {key: 'request.headers[x-user]', WHEN}\n"
+              "    - {key: 'request.auth.claims[group]', notValues: [guests]}\n")
+    found = errors(policy.replace("ACTION", "action: ALLOW").replace("WHEN",
+                                                                     "notValues: [mallory]"))
+    assert found == [
+        "istio.yaml doc 1: spec.rules[0].when[0].notValues: not supported by Ami in an ALLOW "
+        "policy: notValues without values; Istio's admits a request without the header, Ami's "
+        "admits none it knows nothing of: give the values to allow, or deny the notValues as "
+        "values of a DENY policy",
+        "istio.yaml doc 1: spec.rules[0].when[1].notValues: not supported by Ami in an ALLOW "
+        "policy: notValues without values; Istio's admits a request without the claim (or "
+        "token), Ami's admits none it knows nothing of: give the values to allow, or deny the "
+        "notValues as values of a DENY policy"]
+    no_action = policy.replace("ACTION", "selector: {matchLabels: {app: reviews}}")
+    assert len(errors(no_action.replace("WHEN", "notValues: [m]"))) == 2  # (ALLOW)
+    ((_, _, deny),) = specs(policy.replace("ACTION", "action: DENY")
+                            .replace("WHEN", "notValues: [mallory]"))
+    assert deny["rules"] == [{"when": [{"header": "x-user", "notValues": ["mallory"]},
+                                       {"claim": "group", "notValues": ["guests"]}]}]
+    both = policy.replace("ACTION", "action: ALLOW").replace(
+        "WHEN", "values: [alice, mallory], notValues: [mallory]").replace(
+        "notValues: [guests]", "values: [staff]")
+    ((_, _, allow),) = specs(both)
+    assert allow["rules"][0]["when"][0] == {"header": "x-user", "values": ["alice", "mallory"],
+                                            "notValues": ["mallory"]}

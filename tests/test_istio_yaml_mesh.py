@@ -241,3 +241,156 @@ def test_istio_deny_policy_on_a_header(mesh: IstioMesh, tmp_path: Path) -> None:
     assert status == 200, body
     mesh.sync(int(body["storeVersion"]))  # (the store's version now: after the delete)
     assert mesh.call({"x-user": "mallory"})[0] == 200
+
+
+def shop(*hosts: str) -> str:
+    """A VirtualService sending the traffic of each of ``hosts`` to reviews."""
+    return ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: shop\n"
+            f"spec:\n  hosts: [{', '.join(hosts)}]\n  http:\n"
+            "  - route:\n    - destination: {host: reviews}\n")
+
+
+def store_version(mesh: IstioMesh) -> int:
+    status, body = http_json(mesh.cp.info["api"] + "/api/v1/proxies",
+                             token=mesh.cp.info["token"])
+    assert status == 200, body
+    return int(body["storeVersion"])
+
+
+def route_names(mesh: IstioMesh) -> list[str]:
+    status, body = http_json(mesh.cp.info["api"] + "/api/v1/routes",
+                             token=mesh.cp.info["token"])
+    assert status == 200, body
+    return sorted(item["metadata"]["name"] for item in body["items"])
+
+
+def test_a_host_dropped_from_a_virtualservice_loses_its_route(mesh: IstioMesh,
+                                                              tmp_path: Path) -> None:
+    """The VirtualService applied again without productpage: productpage's Route is pruned
+    (diff shows it, apply says so), and productpage's traffic no longer goes to reviews (in
+    Istio it stops with the host); with one host left, the Routes named for several hosts
+    give way to one named as the VirtualService."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "productpage", "ratings"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    mesh.sync(store_version(mesh))
+    status, body = mesh.get(mesh.ratings, "productpage")  # productpage has no app: reviews'
+    assert status == 200 and body.startswith(b"reviews-"), (status, body)
+
+    file.write_text(shop("reviews", "ratings"))
+    diff = mesh.meshctl("diff", "-f", str(file))
+    assert diff.returncode == 1, diff.stdout + diff.stderr
+    assert "+++ Route default/shop-productpage (pruned by apply)" in diff.stdout, diff.stdout
+    assert "-  host: productpage" in diff.stdout, diff.stdout
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    origin = "virtualservice.networking.istio.io/shop -> route.ami.mesh/"
+    assert applied.stdout.splitlines() == [f"{origin}shop-productpage pruned",
+                                           f"{origin}shop-reviews unchanged",
+                                           f"{origin}shop-ratings unchanged"]
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    mesh.sync(store_version(mesh))
+    status, body = mesh.get(mesh.ratings, "productpage")
+    assert status != 200 and not body.startswith(b"reviews-"), (status, body)
+
+    file.write_text(shop("reviews"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert sorted(applied.stdout.splitlines()) == [f"{origin}shop created",
+                                                   f"{origin}shop-ratings pruned",
+                                                   f"{origin}shop-reviews pruned"]
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.stdout == f"{origin}shop deleted\n", deleted.stdout + deleted.stderr
+    assert route_names(mesh) == []
+
+
+def test_an_istio_document_does_not_replace_an_ami_object_of_its_name(
+        mesh: IstioMesh, tmp_path: Path) -> None:
+    """A VirtualService named as an Ami Route already stored would overwrite it (one kind, one
+    name, to the store): refused, naming both and what to do; the Route stays as written."""
+    ami_route = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: reviews}\n"
+                 "spec: {host: reviews, rules: [{backends: [{subset: v1}]}]}\n")
+    mesh.apply(DESTINATION_RULE, ami_route)
+    file = tmp_path / "reviews.yaml"
+    file.write_text(VIRTUAL_SERVICE)
+    refused = mesh.meshctl("apply", "-f", str(file))
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr == (
+        f"error: {file} doc 1: Route default/reviews exists and is not "
+        "virtualservice.networking.istio.io/reviews's translation (it was written as an Ami "
+        "Route): the apply would replace it; delete it first (meshctl delete route reviews "
+        "-n default) or rename the Istio document\n"), refused.stderr
+    assert mesh.stored("routes", "reviews")["spec"] == {
+        "host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}
+    for plural in ("routes", "destinationpolicies"):
+        status, body = http_json(f"{mesh.cp.info['api']}/api/v1/namespaces/default/{plural}/"
+                                 "reviews", "DELETE", token=mesh.cp.info["token"])
+        assert status == 200, body
+
+
+def test_delete_f_deletes_everything_translated_from_the_document(
+        mesh: IstioMesh, tmp_path: Path) -> None:
+    """The file edited (productpage dropped) but not applied: `delete -f` deletes the Route of
+    productpage too, as it deletes the VirtualService it came from."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "productpage", "ratings"))
+    applied = mesh.meshctl("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    file.write_text(shop("reviews", "ratings"))
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.returncode == 0, deleted.stderr
+    origin = "virtualservice.networking.istio.io/shop -> route.ami.mesh/"
+    assert deleted.stdout.splitlines() == [f"{origin}shop-reviews deleted",
+                                           f"{origin}shop-ratings deleted",
+                                           f"{origin}shop-productpage deleted"]
+    assert route_names(mesh) == []
+
+
+def test_istio_yaml_in_the_config_directory_is_edited_there(mesh: IstioMesh,
+                                                            tmp_path: Path) -> None:
+    """A VirtualService file in the control plane's config directory: `delete -f` and an
+    `apply -f` dropping a host are refused, naming the file (they would delete nothing and
+    add an Ami document beside the Istio one), and its Routes stay; editing the file prunes."""
+    config = Path(mesh.cp.info["config_dir"]) / "shop.yaml"
+    config.write_text(shop("reviews", "ratings"))
+    wait_for(lambda: route_names(mesh) == ["shop-ratings", "shop-reviews"], 20,
+             "the config directory's VirtualService")
+    copy = tmp_path / "shop.yaml"
+    copy.write_text(shop("reviews", "ratings"))
+    refusal = ("Route default/{} is the translation of virtualservice.networking.istio.io/"
+               "shop in shop.yaml, Istio YAML in the config directory, which the API does not "
+               "rewrite: edit or delete that document in the file")
+    deleted = mesh.meshctl("delete", "-f", str(copy))
+    assert deleted.returncode == 1, deleted.stdout
+    assert refusal.format("shop-reviews") in deleted.stderr, deleted.stderr
+    copy.write_text(shop("reviews"))
+    applied = mesh.meshctl("apply", "-f", str(copy))
+    assert applied.returncode == 1, applied.stdout
+    assert refusal.format("shop-ratings") in applied.stderr, applied.stderr
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    assert config.read_text() == shop("reviews", "ratings")
+    config.write_text(shop("reviews"))
+    wait_for(lambda: route_names(mesh) == ["shop"], 20, "the edited file's one Route")
+    config.unlink()
+    wait_for(lambda: route_names(mesh) == [], 20, "the file's Routes gone with it")
+
+
+def test_a_saved_translation_applied_alone_prunes_nothing(mesh: IstioMesh,
+                                                          tmp_path: Path) -> None:
+    """One Route of a VirtualService saved with `meshctl get -o yaml` (annotation included)
+    and applied again is an Ami document: it prunes none of its siblings."""
+    file = tmp_path / "shop.yaml"
+    file.write_text(shop("reviews", "ratings"))
+    assert mesh.meshctl("apply", "-f", str(file)).returncode == 0
+    saved = mesh.meshctl("get", "route", "shop-reviews", "-o", "yaml")
+    assert saved.returncode == 0, saved.stderr
+    assert "ami.mesh/translated-from: virtualservice.networking.istio.io/shop" in saved.stdout
+    route = tmp_path / "route.yaml"
+    route.write_text(saved.stdout)
+    applied = mesh.meshctl("apply", "-f", str(route))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == "route.ami.mesh/shop-reviews unchanged\n", applied.stdout
+    assert route_names(mesh) == ["shop-ratings", "shop-reviews"]
+    assert mesh.meshctl("delete", "-f", str(file)).returncode == 0
+    assert route_names(mesh) == []

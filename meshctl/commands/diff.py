@@ -78,10 +78,11 @@ def object_diff(result: dict[str, Any]) -> Iterator[str]:
         return iter(())
     name = f"{result['kind']} {result['namespace']}/{result['name']}"
     live = result.get("live")
+    after = result.get("object")  # None: pruned (its Istio document no longer makes it)
     return difflib.unified_diff(
-        _yaml_lines(live) if live else [], _yaml_lines(result["object"]),
+        _yaml_lines(live) if live else [], _yaml_lines(after) if after else [],
         fromfile=f"{name} (live)" if live else f"{name} (not live)",
-        tofile=f"{name} (after apply)")
+        tofile=f"{name} (after apply)" if after else f"{name} (pruned by apply)")
 
 
 def _yaml_lines(doc: dict[str, Any]) -> list[str]:

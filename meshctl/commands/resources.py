@@ -11,7 +11,7 @@ from typing import Any
 
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
-from meshctl.api.istio.common import istio_path
+from meshctl.api.istio.common import TRANSLATED_FROM, istio_path
 from meshctl.api.kindnames import KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
@@ -214,6 +214,8 @@ def run_apply(args: argparse.Namespace) -> int:
     suffix = " (server dry run)" if server_dry_run else ""
     for result in client.field(answer if isinstance(answer, dict) else {}, "results", list):
         ref = named(result["kind"], result.get("namespace"), result["name"], resources)
+        if result.get("origin") and " -> " not in ref:  # pruned: not among the documents
+            ref = f"{result['origin']} -> {ref}"
         print(f"{ref} {result['result']}{suffix}")
     for warning in _apply_warnings(client, resources):
         print(f"warning: {warning}", file=sys.stderr)
@@ -249,7 +251,9 @@ def named(kind: str, namespace: str | None, name: str, resources: list[Resource]
 def apply_body(resources: list[Resource]) -> dict[str, Any]:
     """The JSON body of ``POST /api/v1/apply``: the documents and where each came from."""
     return {"items": [r.to_dict() for r in resources],
-            "origins": [{"source": r.source, "doc": r.doc} for r in resources]}
+            "origins": [{"source": r.source, "doc": r.doc,
+                         **({"translatedFrom": r.origin} if r.origin else {})}
+                        for r in resources]}
 
 
 def oversize(resources: list[Resource], limit: int = MAX_FILE_BYTES) -> str:
@@ -368,14 +372,40 @@ def run_delete(args: argparse.Namespace) -> int:
         print("error: meshctl delete needs KIND NAME or -f FILE", file=sys.stderr)
         return 2
     client, code = make_client(args), 0
-    for kind, namespace, name in keys:
+    others = _other_translations(client, loaded, keys) if loaded else {}
+    for kind, namespace, name in [*keys, *others]:
         try:
             client.delete(kind, name, namespace)
-            print(f"{named(kind, namespace, name, loaded)} deleted")
+            origin = others.get((kind, namespace, name))
+            ref = named(kind, namespace, name, loaded)
+            print(f"{origin} -> {ref} deleted" if origin else f"{ref} deleted")
         except ControlPlaneError as exc:
             print(f"error: {exc}", file=sys.stderr)
             code = 1
     return code
+
+
+def _other_translations(client: ControlPlaneClient, loaded: list[Resource],
+                        keys: list[tuple[str, str, str]]
+                        ) -> dict[tuple[str, str, str], str]:
+    """Stored objects translated from the files' Istio documents that their translation
+    now does not make (a Route of a host since dropped from the VirtualService, applied
+    before the edit): deleting the document deletes everything made from it."""
+    wanted = {(r.kind, r.namespace, r.origin) for r in loaded if r.origin is not None}
+    extra: dict[tuple[str, str, str], str] = {}  # each with its origin
+    for kind, namespace in sorted({(k, ns) for k, ns, _ in wanted}):
+        try:
+            items = client.get(kind, None, namespace)
+        except ControlPlaneError:
+            continue  # (each delete below reports what is wrong with the control plane)
+        for item in items:
+            meta = item.get("metadata") or {}
+            key = (kind, namespace, str(meta.get("name")))
+            origin = (meta.get("annotations") or {}).get(TRANSLATED_FROM)
+            if isinstance(origin, str) and (kind, namespace, origin) in wanted \
+                    and key not in keys:
+                extra[key] = origin
+    return extra
 
 
 # -- get / describe --------------------------------------------------------------------------

@@ -73,6 +73,7 @@ from meshctl.controlplane.dirfiles import (
     read_file,
     remove_file,
     rewrite_document,
+    split_documents,
     yaml_files,
 )
 from meshctl.controlplane.dirjudge import judge
@@ -88,6 +89,7 @@ from meshctl.controlplane.store import (
     canonical_content,
     content_equal,
 )
+from meshctl.controlplane.translated import origin_of
 
 log = logging.getLogger(__name__)
 _PATH_SEGMENT = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -294,6 +296,26 @@ class DirStore(MemStore):
             if self._sync([rel]):
                 self._save_state()
             self._check_not_rejected(rel)
+            if current is not None:
+                try:
+                    text = read_file(self.root / rel).decode("utf-8")
+                except (OSError, RefusedFile, UnicodeDecodeError):
+                    return  # (the write reports it)
+                self._check_not_translated(rel, key, text)
+
+    def _check_not_translated(self, rel: str, key: Key, text: str) -> None:
+        """Conflict if ``key`` comes from an Istio document of ``rel`` (its translation): the
+        API would append an Ami document beside it, or delete nothing."""
+        current = self._objects.get(key)
+        origin = origin_of(current.resource) if current is not None else None
+        if origin is None or current is None or current.source != rel:
+            return
+        if any(_doc_key(yaml.safe_load(part)) == key for part in split_documents(text)):
+            return  # (an Ami document carrying the annotation: written back as usual)
+        kind, namespace, name = key
+        raise Conflict(f"{kind} {namespace}/{name} is the translation of {origin} in {rel}, "
+                       "Istio YAML in the config directory, which the API does not rewrite: "
+                       "edit or delete that document in the file")
 
     def _home(self, key: Key) -> str:
         kind, namespace, name = key
@@ -316,6 +338,7 @@ class DirStore(MemStore):
             text = ""
         except (RefusedFile, UnicodeDecodeError) as exc:  # replaced since _sync read it
             raise Conflict(f"{rel}: {exc}") from exc
+        self._check_not_translated(rel, key, text)
         replacement = None
         if obj is not None:
             replacement = yaml.safe_dump(canonical_content(obj), sort_keys=False)

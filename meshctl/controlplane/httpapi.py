@@ -22,9 +22,10 @@ Every error is ``{"error": "<words>", "reason": "NotFound|Conflict|Invalid|Unaut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import yaml
@@ -34,6 +35,7 @@ from meshctl.api.errors import ValidationError
 from meshctl.api.gamma import parent_status
 from meshctl.api.kindnames import KIND_PLURALS, kind_for
 from meshctl.api.resources import Resource, load_documents, load_yaml, parse_document
+from meshctl.controlplane import translated
 from meshctl.controlplane.auth import bearer_matches, is_loopback
 from meshctl.controlplane.dirfiles import MAX_FILE_BYTES
 from meshctl.controlplane.errors import (
@@ -48,6 +50,7 @@ from meshctl.controlplane.openapi import openapi_document
 from meshctl.controlplane.store import (
     Event,
     EventType,
+    Key,
     Store,
     StoredObject,
     Watch,
@@ -271,12 +274,19 @@ async def _apply(request: web.Request) -> web.Response:
     resources = _parse_many(await _body_text(request), request)
     results = []
     async with request.app[APPLY_LOCK]:
-        await check_set(store, resources)
-        plan = await _plan_apply(store, resources)
+        # what an Istio document's earlier translation made and its new one does not
+        pruned = await translated.stale(store, resources)
+        await check_set(store, resources, {o.key for o in pruned})
+        plan = await _plan_apply(store, resources, pruned)
         if dry_run:
-            return web.json_response({"dryRun": True,
-                                      "results": [_dry_result(r, c) for r, c in plan]})
+            return web.json_response({"dryRun": True, "results": [
+                *(_pruned_result(o, o.to_dict()) for o in pruned),
+                *(_dry_result(r, c) for r, c in plan)]})
         with store.batch(resources):  # checked as a whole above: written in any order
+            for obj in pruned:  # first: only Routes are pruned, and nothing uses a Route
+                gone = await store.delete(*obj.key, str(obj.resource_version))
+                results.append({**_pruned_result(obj, None),
+                                "resourceVersion": str(gone.resource_version)})
             for res, current in plan:
                 outcome = _outcome(res, current)
                 if current is None:
@@ -295,6 +305,14 @@ def _outcome(res: Resource, current: StoredObject | None) -> str:
     if current is None:
         return "created"
     return "unchanged" if content_equal(current.resource, res) else "configured"
+
+
+def _pruned_result(obj: StoredObject, live: dict[str, Any] | None) -> dict[str, Any]:
+    """The result of an object pruned by an apply (``live``: for a dry run, as stored)."""
+    kind, namespace, name = obj.key
+    result = {"kind": kind, "namespace": namespace, "name": name, "result": "pruned",
+              "origin": translated.origin_of(obj.resource)}
+    return result if live is None else {**result, "object": None, "live": live}
 
 
 def _dry_result(res: Resource, current: StoredObject | None) -> dict[str, Any]:
@@ -319,7 +337,8 @@ def _dry_run(request: web.Request) -> bool:
     return True
 
 
-async def _plan_apply(store: Store, resources: list[Resource]
+async def _plan_apply(store: Store, resources: list[Resource],
+                      pruned: Sequence[StoredObject] = ()
                       ) -> list[tuple[Resource, StoredObject | None]]:
     """Each resource with the object it replaces; Conflict, before anything is written, if
     any write would be refused (all or nothing).
@@ -330,6 +349,12 @@ async def _plan_apply(store: Store, resources: list[Resource]
     """
     plan: list[tuple[Resource, StoredObject | None]] = []
     problems: list[str] = []
+    for obj in pruned:
+        try:
+            await store.check_write(obj.key)
+        except StoreError as exc:
+            kind, namespace, name = obj.key
+            problems.append(f"{kind} {namespace}/{name} (to prune): {exc}")
     for res in resources:
         where = f"{res.source} doc {res.doc}: " if res.source and res.doc else ""
         current = await store.get(*res.key)
@@ -342,6 +367,15 @@ async def _plan_apply(store: Store, resources: list[Resource]
             problems.append(f"{where}{res.kind} {res.namespace}/{res.name}: {exc}")
             continue
         current = await store.get(*res.key)  # check_write may have re-read the store's source
+        origin = translated.origin_of(res)
+        if current is not None and origin is not None \
+                and translated.origin_of(current.resource) != origin:
+            problems.append(
+                f"{where}{res.kind} {res.namespace}/{res.name} exists and is not {origin}'s "
+                f"translation (it was written as {_written_as(current)}): the apply would "
+                f"replace it; delete it first (meshctl delete {res.kind.lower()} {res.name} "
+                f"-n {res.namespace}) or rename the Istio document")
+            continue
         expected = res.resource_version
         if current is not None and expected and expected != str(current.resource_version):
             problems.append(
@@ -354,10 +388,17 @@ async def _plan_apply(store: Store, resources: list[Resource]
     return plan
 
 
-async def check_set(store: Store, changes: list[Resource]) -> None:
-    """Invalid if the changes add a cross-document issue to what the store holds."""
+def _written_as(obj: StoredObject) -> str:
+    origin = translated.origin_of(obj.resource)
+    return f"{origin}'s translation" if origin else f"an Ami {obj.resource.kind}"
+
+
+async def check_set(store: Store, changes: list[Resource],
+                    removed: set[Key] | None = None) -> None:
+    """Invalid if the changes (and the ``removed`` objects) add a cross-document issue to
+    what the store holds."""
     current = [o.resource for o in await store.list()]
-    issues = new_issues(current, overlay(current, changes, set()))
+    issues = new_issues(current, overlay(current, changes, removed or set()))
     if issues:
         # an issue in an object the change did not touch (a Route whose subsets a new
         # DestinationPolicy no longer defines) is the change's doing: say so, and what to do
@@ -421,7 +462,9 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
 
     A JSON ``{items, origins}`` body names each document's file: ``origins[i]`` is
     ``{"source": "routes/reviews.yaml", "doc": 1}``, so one all-or-nothing apply of many files
-    reports errors as ``routes/reviews.yaml doc 1: ...`` (``meshctl apply`` sends this).
+    reports errors as ``routes/reviews.yaml doc 1: ...`` (``meshctl apply`` sends this), with
+    ``"translatedFrom"`` for an object translated from an Istio document in this apply (what
+    its earlier translation made and this one does not is pruned).
     """
     source = request.query.get("source", "request")
     try:
@@ -435,14 +478,19 @@ def _parse_many(text: str, request: web.Request) -> list[Resource]:
         if origins is not None and not (
                 isinstance(origins, list) and len(origins) == len(docs)
                 and all(isinstance(o, dict) and isinstance(o.get("source"), str)
-                        and isinstance(o.get("doc"), int) for o in origins)):
-            raise BadRequest("origins must list one {source, doc} per item")
+                        and isinstance(o.get("doc"), int)
+                        and isinstance(o.get("translatedFrom", ""), str) for o in origins)):
+            raise BadRequest("origins must list one {source, doc[, translatedFrom]} per item")
         resources, issues = [], []
         for index, doc in enumerate(docs, start=1):
             where, number = ((origins[index - 1]["source"], origins[index - 1]["doc"])
                              if origins else (source, index))
             try:
-                resources.append(parse_document(doc, source=where, index=number))
+                parsed = parse_document(doc, source=where, index=number)
+                if origins and origins[index - 1].get("translatedFrom"):
+                    parsed = dataclasses.replace(
+                        parsed, origin=origins[index - 1]["translatedFrom"])
+                resources.append(parsed)
             except ValidationError as exc:
                 issues.extend(exc.issues)
         if issues:

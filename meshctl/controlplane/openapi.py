@@ -93,7 +93,9 @@ def _resource_paths() -> dict[str, Any]:
     paths["/api/v1/routes"]["get"] = _route_list_or_stats()
     paths["/api/v1/apply"] = {"post": op(
         "apply", "Create or update many documents, all or nothing",
-        {"200": _json("ApplyResult", "per object: created, configured or unchanged"),
+        {"200": _json("ApplyResult", "per object: created, configured or unchanged, and "
+                                     "pruned for what an Istio document's earlier "
+                                     "translation made and its new one does not"),
          **errors(400, 401, 409, 422)},
         tag="Apply", security=TOKEN,
         parameters=[{"name": "source", "in": "query", "required": False,
@@ -108,8 +110,12 @@ def _resource_paths() -> dict[str, Any]:
                 {"type": "object", "required": ["items"], "properties": {
                     "items": {"type": "array", "items": {"$ref": _REF + "Resource"}},
                     "origins": {"type": "array", "items": {
-                        "type": "object", "properties": {"source": {"type": "string"},
-                                                         "doc": {"type": "integer"}}}}}}]}}}})}
+                        "type": "object", "properties": {
+                            "source": {"type": "string"}, "doc": {"type": "integer"},
+                            "translatedFrom": {
+                                "type": "string",
+                                "description": "the Istio document the item was translated "
+                                               "from"}}}}}}]}}}})}
     paths["/api/v1/watch"] = {"get": op(
         "watch", "Server-sent events: ADDED, MODIFIED, DELETED, ERROR",
         {"200": {"description": "an event stream; data is the object as JSON",

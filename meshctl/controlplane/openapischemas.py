@@ -73,10 +73,13 @@ SCHEMAS: dict[str, Any] = {
     "ApplyResult": _obj(("results",), results=_array(_obj(
         ("kind", "namespace", "name", "result"),
         kind=_STR, namespace=_STR, name=_STR,
-        result={"enum": ["created", "configured", "unchanged"]},
+        result={"enum": ["created", "configured", "unchanged", "pruned"]},
         resourceVersion={**_STR, "description": "the version stored (a dry run: the live one)"},
-        object={**ref("Resource"),
-                "description": "dry run only: the object as the apply would store it"},
+        origin={**_STR, "description": "pruned only: the Istio document whose earlier "
+                                        "translation made the object"},
+        object={"oneOf": [ref("Resource"), {"type": "null"}],
+                "description": "dry run only: the object as the apply would store it "
+                               "(null: pruned)"},
         live={"oneOf": [ref("Resource"), {"type": "null"}],
               "description": "dry run only: the object as stored now (null: new)"})),
         dryRun={"type": "boolean"}),

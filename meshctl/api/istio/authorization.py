@@ -67,8 +67,9 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     paths = [("spec.action", "spec.action"), ("spec.provider", "spec.provider"),
              ("spec.selector.service", "spec.selector.matchLabels.app")]
     rules: list[dict[str, Any]] = []
+    allow = f.raw("action") in (None, "ALLOW")
     for path, data in items(f, "rules"):
-        rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths)
+        rule = _rule(f, path, data, namespace, f"spec.rules[{len(rules)}]", paths, allow)
         if rule is not None:  # (a rule no caller can match: left out, as it never applies)
             rules.append(rule)
     if f.has("rules"):
@@ -81,7 +82,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
 
 
 def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
-          paths: list[tuple[str, str]]) -> dict[str, Any] | None:
+          paths: list[tuple[str, str]], allow: bool) -> dict[str, Any] | None:
     if not isinstance(data, Mapping):
         f.add(path, f"expected a mapping, got {F.describe(data)}")
         return None
@@ -99,7 +100,7 @@ def _rule(f: Fields, path: str, data: object, namespace: str, ami: str,
     source_factors: list[list[Entry]] = []
     port_factors: list[list[Entry]] = []
     for i, (p, item) in enumerate(items(r, "when")):
-        found = _condition(r, p, item, source_factors, port_factors)
+        found = _condition(r, p, item, source_factors, port_factors, allow)
         if found is not None:
             conditions.append((found, i))
     froms = _apply(r, r.at("when"), froms if r.has("from") else [({}, -1)], source_factors)
@@ -158,6 +159,8 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
         done(r, wrapper)
         return []
     base: Entry = {k: s.raw(k) for k in SAME_SOURCE if s.has(k)}  # type: ignore[misc]
+    for key in ("namespaces", "notNamespaces"):
+        _no_namespace_pattern(s, s.at(key), base.get(key))
     alternatives: list[Entry] = [base]
     principals = _strings(s, "principals") + [
         _account(a, namespace) for a in _strings(s, "serviceAccounts")]
@@ -180,6 +183,15 @@ def _source(r: Fields, path: str, data: object, namespace: str) -> list[Entry]:
     done(wrapper, s)
     done(r, wrapper)
     return alternatives
+
+
+def _no_namespace_pattern(f: Fields, path: str, value: object) -> None:
+    """Refuse Istio's namespace patterns (`prod-*`, `*`): Ami compares namespaces exactly."""
+    found = [v for v in value if isinstance(v, str) and "*" in v] if isinstance(
+        value, list) else []
+    if found:
+        f.add(path, f"not supported by Ami: Istio's namespace pattern {found[0]!r}; Ami "
+                    "compares namespaces exactly: list them")
 
 
 def _strings(f: Fields, key: str) -> list[str]:
@@ -210,6 +222,13 @@ def _operation(r: Fields, path: str, data: object) -> list[Entry]:
         done(r, wrapper)
         return []
     out: Entry = {k: o.raw(k) for k in SAME_OPERATION if o.has(k)}  # type: ignore[misc]
+    for key in ("paths", "notPaths"):
+        odd = [p for p in out.get(key) or [] if isinstance(p, str) and (
+            (p.startswith("*") and p != "*") or "{*" in p)]
+        if odd:
+            kind = "path template" if "{*" in odd[0] else "suffix match"
+            o.add(o.at(key), f"not supported by Ami: Istio's {kind} {odd[0]!r}; Ami matches a "
+                             "path exactly, by prefix (`/api/*`) or any (`*`): list the paths")
     for key in ("ports", "notPorts"):
         if o.has(key):
             out[key] = _ports(o.raw(key))
@@ -226,7 +245,7 @@ def _ports(value: object) -> Any:
 
 
 def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
-               ports: list[list[Entry]]) -> dict[str, Any] | None:
+               ports: list[list[Entry]], allow: bool) -> dict[str, Any] | None:
     """A `when` item: an Ami condition (returned), or a factor of ``sources`` or ``ports``."""
     c = Fields(data, path) if isinstance(data, Mapping) else None
     if c is None:
@@ -245,11 +264,22 @@ def _condition(r: Fields, path: str, data: object, sources: list[list[Entry]],
                     v.startswith("*") or v.endswith("*")) for v in listed):
                 c.add(c.at(field), "not supported by Ami: prefix, suffix or presence (`*`) "
                                    "matches; Ami compares condition values exactly")
+        if allow and values is None and not_values is not None:
+            # Istio's `not` of a header (claim) matcher holds for a request without it; an
+            # Ami condition counts what it cannot see against the caller of an ALLOW rule
+            what = "header" if header else "claim (or token)"
+            c.add(c.at("notValues"), "not supported by Ami in an ALLOW policy: notValues "
+                  f"without values; Istio's admits a request without the {what}, Ami's "
+                  "admits none it knows nothing of: give the values to allow, or deny the "
+                  "notValues as values of a DENY policy")
         out = {"header": header.group(1)} if header else {
             "claim": claim.group(1)}  # type: ignore[union-attr]
         out.update({k: v for k, v in (("values", values), ("notValues", not_values))
                     if v is not None})
     elif key in SOURCE_KEYS:
+        if key == "source.namespace":
+            for name in ("values", "notValues"):
+                _no_namespace_pattern(c, c.at(name), c.raw(name))
         field = SOURCE_KEYS[key]
         negated = "not" + field[0].upper() + field[1:]
         factor: dict[str, Any] = {}

@@ -14,6 +14,8 @@ from meshctl.api.fields import Fields
 AMI_VERSION = "ami.mesh/v1alpha1"
 # Istio's root namespace: its policies are mesh-wide there, which Ami's are not
 ROOT_NAMESPACE = "istio-system"
+# the annotation naming the Istio document an object was translated from
+TRANSLATED_FROM = "ami.mesh/translated-from"
 
 
 @dataclass(slots=True)
@@ -73,7 +75,7 @@ def ami_doc(kind: str, meta: Mapping[str, Any], spec: dict[str, Any],
     out = dict(meta)
     notes = out.get("annotations")
     out["annotations"] = {**(dict(notes) if isinstance(notes, Mapping) else {}),
-                          "ami.mesh/translated-from": origin}
+                          TRANSLATED_FROM: origin}
     if notes is not None and not isinstance(notes, Mapping):
         out["annotations"] = notes  # (Ami's metadata check says what is wrong with it)
     return {"apiVersion": AMI_VERSION, "kind": kind, "metadata": out, "spec": spec}

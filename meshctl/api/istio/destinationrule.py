@@ -78,20 +78,22 @@ def _policy(f: Fields, key: str, ami: str, paths: list[tuple[str, str]], *,
         if p.has(name):
             out[name] = p.raw(name)
             paths.append((f"{ami}.{name}", p.at(name)))
-    out.update(_load_balancer(p, ami, paths))
+    out.update(_load_balancer(p, ami, paths, subset))
     tls = _tls(p, subset)
     if tls is not None:
         out["tls"] = tls
         paths.append((f"{ami}.tls", p.at("tls")))
     refuse(p, "portLevelSettings", "portLevelSettings; an Ami service serves one port, so "
-                                   "its policy is the port's")
+                                   "its policy is the port's: move the port's settings up "
+                                   "into this trafficPolicy")
     refuse(p, "proxyProtocol", "proxyProtocol toward a destination")
     refuse(p, "tunnel", "tunnel (CONNECT) settings")
     done(f, p)
     return out
 
 
-def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[str, Any]:
+def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]],
+                   subset: bool) -> dict[str, Any]:
     lb = nested(p, "loadBalancer")
     if lb is None:
         return {}
@@ -123,6 +125,10 @@ def _load_balancer(p: Fields, ami: str, paths: list[tuple[str, str]]) -> dict[st
         if lb.has(name):
             out[name] = lb.raw(name)
             paths.append((f"{ami}.{name}", lb.at(name)))
+    if subset and not out:
+        # Istio: a subset's loadBalancer replaces the host's whole, so `{}` or UNSPECIFIED
+        # is the default balancer, not the host's
+        out["loadBalancer"] = "LEAST_REQUEST"
     paths.append((f"{ami}.loadBalancer", lb.path))
     done(p, lb)
     return out
@@ -137,7 +143,8 @@ def _tls(p: Fields, subset: bool) -> dict[str, Any] | None:
     out = {k: tls.raw(k) for k in ("mode", "clientCertificate", "privateKey",
                                    "caCertificates", "sni") if tls.has(k)}
     for name in ("credentialName", "subjectAltNames", "insecureSkipVerify", "caCrl"):
-        refuse(tls, name, f"tls.{name}")
+        if not (name == "insecureSkipVerify" and tls.raw(name) is False):  # (the default)
+            refuse(tls, name, f"tls.{name}")
     done(p, tls)
     if mode == "ISTIO_MUTUAL":
         if len(out) > 1:

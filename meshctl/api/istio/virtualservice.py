@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,8 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
                      "weight: write that Route")
     refuse(f, "tls", "tls (SNI) routes; a Gateway's passthrough entries route TLS by server "
                      "name at the edge")
-    refuse(f, "delegate", "delegate VirtualServices")
+    refuse(f, "delegate", "delegate VirtualServices; write the delegate's http routes in "
+                          "the VirtualService of the host")
     rules: list[dict[str, Any]] = []
     paths: list[tuple[str, str]] = []
     http = items(f, "http")
@@ -58,14 +60,15 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     f.finish()
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
     out = []
-    for i, host in enumerate(hosts):
-        route_name = name if len(hosts) == 1 else f"{name}-{host.replace('.', '-')}"
+    routed = _one_per_service(hosts, namespace)
+    for i, host in routed:
+        route_name = name if len(routed) == 1 else f"{name}-{host.replace('.', '-')}"
         t = Translation(ami_doc("Route", {**meta, "name": route_name},
                                 {"host": host, "rules": _for_host(rules, host, namespace)},
                                 origin), origin)
         t.at("spec.host", f"spec.hosts[{i}]")
         t.at("spec.rules", "spec.http")
-        if len(hosts) > 1:
+        if len(routed) > 1:
             t.at("metadata.name", "metadata.name")
         for ami, istio in paths:
             t.at(ami, istio)
@@ -81,6 +84,19 @@ def _hosts(f: Fields) -> list[str]:
                                            "Route is about one service (or ExternalService "
                                            "host): name each")
     return [h.lower() for h in hosts if "*" not in h]
+
+
+def _one_per_service(hosts: list[str], namespace: str) -> list[tuple[int, str]]:
+    """(index, host) of the hosts to make a Route for: the first spelling of each service
+    (Istio reads `reviews` and `reviews.default.svc.cluster.local` as one host)."""
+    out: list[tuple[int, str]] = []
+    seen: set[object] = set()
+    for i, host in enumerate(hosts):
+        key = service_of(host, namespace) or host
+        if key not in seen:
+            seen.add(key)
+            out.append((i, host))
+    return out
 
 
 def _gateways(f: Fields, path: str, value: object) -> None:
@@ -145,9 +161,7 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
             paths.append((f"{ami}.matches[{i}].method", f"{r.at('match')}[{i}].method"))
     backends = [_destination(r, p, d, namespace, hosts) for p, d in items(r, "route")]
     if backends:
-        if len(backends) > 1:  # Istio: a destination without weight gets none
-            for b in backends:
-                b.setdefault("weight", 0)
+        _weights(r, backends)
         rule["backends"] = backends
         paths.append((f"{ami}.backends", r.at("route")))
         for j in range(len(backends)):
@@ -163,6 +177,12 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
             if value is not None:
                 rule[target] = value
             paths.append((f"{ami}.{target}", r.at(key)))
+    if isinstance(rule.get("rewrite"), Mapping) and "uri" in rule["rewrite"]:
+        # Istio matches a block without uri as Envoy's prefix `/`, and rewrite.uri replaces
+        # that prefix (`/a` -> `/v2a` for uri /v2), where Ami's rewrite of a block without
+        # a path replaces the whole path: the prefix `/` says Istio's
+        rule["matches"] = [m if "path" in m else {**m, "path": {"prefix": "/"}}
+                           for m in rule.get("matches") or [{}]]
     for part in ("delay", "abort"):
         paths.append((f"{ami}.fault.{part}.percent",
                       f"{r.at('fault')}.{part}.percentage.value"))
@@ -172,10 +192,35 @@ def _rule(f: Fields, path: str, data: object, hosts: list[str], namespace: str,
     if mirror is not None:
         rule["mirror"] = mirror
         paths.append((f"{ami}.mirror", r.at("mirror") if r.has("mirror") else r.at("mirrors")))
-    refuse(r, "delegate", "delegate VirtualServices")
+    refuse(r, "delegate", "delegate VirtualServices; write the delegate's http routes "
+                          "here, in its place")
     refuse(r, "mirrorPercent", "the deprecated mirrorPercent; use mirrorPercentage")
     done(f, r)
     return rule
+
+
+def _weights(r: Fields, backends: list[dict[str, Any]]) -> None:
+    """Istio's weights as Ami's percentages: one destination gets everything whatever its
+    weight; several split by weight / sum of weights (a missing weight is 0), which Ami
+    writes as integers summing to 100: scaled when that is exact, else refused."""
+    if len(backends) == 1:
+        backends[0].pop("weight", None)
+        return
+    for b in backends:
+        b.setdefault("weight", 0)
+    weights = [b["weight"] for b in backends]
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights):
+        return  # (Ami's parser says what is wrong with them)
+    total = sum(weights)
+    if total in (0, 100):
+        return
+    if all(w * 100 % total == 0 for w in weights):
+        for b in backends:
+            b["weight"] = b["weight"] * 100 // total
+        return
+    r.add(r.at("route"), f"weights {', '.join(map(str, weights))} split traffic in Istio "
+                         f"by weight / {total}, which Ami's whole percentages cannot write "
+                         "exactly: give weights summing to 100")
 
 
 def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
@@ -188,9 +233,20 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
         if m.has(key):
             value = m.raw(key)
             if key in ("headers", "queryParams", "withoutHeaders") and isinstance(value, Mapping):
-                # Istio: an empty matcher checks presence
-                value = {k: v if v != {} else {"present": True} for k, v in value.items()}
+                # Istio: an empty matcher, or the regex `*`, checks presence
+                value = {k: {"present": True} if v in ({}, {"regex": "*"}) else v
+                         for k, v in value.items()}
             out[target] = value
+    without = out.get("withoutHeaders")
+    if isinstance(without, Mapping) and isinstance(out.get("headers", {}), Mapping):
+        # Istio reads a missing header as empty there: a matcher of the empty value keeps out
+        # the requests without the header too, which Ami's says with a presence match
+        present = {name: {"present": True} for name, matcher in without.items()
+                   if _matches_empty(matcher) and name not in out.get("headers", {})}
+        if present:
+            out["headers"] = {**out.get("headers", {}), **present}
+    if out.get("ignoreUriCase") is not None and not m.has("uri"):
+        del out["ignoreUriCase"]  # Istio: it only bears on the uri matcher
     if m.has("method"):
         method = m.raw("method")
         if isinstance(method, Mapping) and set(method) == {"exact"}:
@@ -201,10 +257,24 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
     m.raw("name")  # a match's name only names its stats in Istio
     _gateways(m, m.at("gateways"), m.raw("gateways"))
     refuse(m, "port", "matching the port: an Ami service serves one port")
-    refuse(m, "authority", "matching the authority: a Route is about one host already")
+    refuse(m, "authority", "matching the authority: a Route is about one host already; "
+                           "write a VirtualService per host")
     refuse(m, "statPrefix", "statPrefix; name the rule (http[].name) for per-rule metrics")
     done(r, m)
     return out
+
+
+def _matches_empty(matcher: object) -> bool:
+    """Whether an Istio StringMatch holds for the empty value."""
+    if not isinstance(matcher, Mapping):
+        return False
+    if matcher.get("exact") == "" or matcher.get("prefix") == "":
+        return True
+    regex = matcher.get("regex")
+    try:
+        return isinstance(regex, str) and re.fullmatch(regex, "") is not None
+    except re.error:
+        return False  # (Ami's parser says what is wrong with it)
 
 
 def _destination(r: Fields, path: str, data: object, namespace: str,
@@ -278,6 +348,7 @@ def _retries(f: Fields, path: str, value: object) -> object:
     for key in ("attempts", "perTryTimeout"):
         if r.has(key):
             out[key] = r.raw(key)
+    out["allowNonIdempotent"] = True  # Envoy retries a request whatever its method
     if r.has("retryOn"):
         text = r.raw("retryOn")
         conditions: list[str] = []
@@ -298,6 +369,11 @@ def _retries(f: Fields, path: str, value: object) -> object:
         if codes:
             conditions.append("retriable-status-codes")
             out["retriableStatusCodes"] = codes
+        elif "retriable-status-codes" in conditions:
+            r.add(r.at("retryOn"), "retriable-status-codes without a status code retries no "
+                                   "status in Istio, and Ami needs the codes: list them "
+                                   "(retryOn: \"retriable-status-codes,503\") or leave the "
+                                   "word out")
         if conditions:
             out["retryOn"] = list(dict.fromkeys(conditions))
     else:  # Istio's conditions when none are given (Ami's own default differs)
@@ -306,9 +382,14 @@ def _retries(f: Fields, path: str, value: object) -> object:
         out["retriableStatusCodes"] = [503]
     if r.has("backoff"):
         out["backoff"] = {"baseInterval": r.raw("backoff")}
-    refuse(r, "retryRemoteLocalities", "retryRemoteLocalities; a retry may go to any "
-                                       "endpoint the locality settings allow")
-    refuse(r, "retryIgnorePreviousHosts", "retryIgnorePreviousHosts")
+    # each accepted as Istio's default, which is what Ami does
+    if r.raw("retryRemoteLocalities") not in (None, False):
+        refuse(r, "retryRemoteLocalities", "retryRemoteLocalities: true; a retry may go to "
+                                           "any endpoint the locality settings allow")
+    if r.raw("retryIgnorePreviousHosts") not in (None, True):
+        refuse(r, "retryIgnorePreviousHosts", "retryIgnorePreviousHosts: false; a retry "
+                                              "avoids the endpoints already tried when it "
+                                              "can (Istio's default)")
     done(f, r)
     return out
 
@@ -325,6 +406,12 @@ def _fault(f: Fields, path: str, value: object) -> object:
         part: dict[str, Any] = {k: inner.raw(k) for k in fields if inner.has(k)}
         if inner.has("percentage"):
             part["percent"] = _percentage(inner, inner.at("percentage"), inner.raw("percentage"))
+        elif not inner.has("percent"):
+            # Envoy reads the missing value as 0%; Ami's percent defaults to 100
+            noun = {"delay": "a delay", "abort": "an abort"}[key]
+            inner.add(inner.at("percentage"), f"required by Ami: Istio injects {noun} "
+                      "without percentage into no request at all; write percentage: {value: "
+                      f"100}} to {key} every request, or leave the {key} out")
         refuse(inner, "percent", "the deprecated integer percent; use percentage: {value}")
         refuse(inner, "exponentialDelay", "exponentialDelay; use fixedDelay")
         refuse(inner, "http2Error", "http2Error; use httpStatus or grpcStatus")
@@ -379,8 +466,10 @@ def _cors(f: Fields, path: str, value: object) -> object:
         origins = r.raw("allowOrigin")
         out["allowOrigins"] = [{"exact": o} for o in origins] if isinstance(origins, list) \
             else origins
-    refuse(r, "unmatchedPreflights", "unmatchedPreflights; a preflight no origin matches is "
-                                     "forwarded to the app")
+    if r.raw("unmatchedPreflights") not in (None, "UNSPECIFIED", "FORWARD"):
+        refuse(r, "unmatchedPreflights", f"unmatchedPreflights: {r.raw('unmatchedPreflights')}"
+                                         "; a preflight no origin matches is forwarded to the "
+                                         "app (FORWARD, Istio's default)")
     done(f, r)
     return out
 
@@ -395,7 +484,8 @@ def _mirror(r: Fields, namespace: str, hosts: list[str]) -> dict[str, Any] | Non
                                             r.raw("mirrorPercentage"))
     listed = items(r, "mirrors")
     if len(listed) > 1:
-        r.add(r.at("mirrors"), "not supported by Ami: more than one mirror per route")
+        r.add(r.at("mirrors"), "not supported by Ami: more than one mirror per route; keep "
+                               "one")
     elif listed:
         if mirror is not None:
             r.add(r.at("mirrors"), "give mirror or mirrors, not both")
