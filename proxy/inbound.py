@@ -6,8 +6,8 @@ applies, must verify (else 401 ``jwt_invalid``) and gives the request its princi
 policies are checked; if any ALLOW policy exists a request must match one; with no ALLOW
 policy, mesh identities (any verified SPIFFE peer) are allowed and, in STRICT mode, nothing
 else reaches this point (the TLS handshake refused it). Each decision is counted under the
-policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced
-(proxy.authzstats).
+policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced, and
+AUDIT policies mark what they match for the access log, deciding nothing (proxy.authzstats).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.authzstats import AuthzTable, compile_policies
+from proxy.authzstats import AuthzTable, compile_policies, noted
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -116,10 +116,10 @@ class InboundPolicy:
         self.authn = JwtAuthenticator(authn) if authn else None
         if gateway:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
-        # the enforced DENY and ALLOW policies, each with its counter (self.tally), and the
-        # dry-run ones (proxy.authzstats); not ``exported``: a proxy without the listener
-        # (a gateway without an inbound one) shows no series for it
-        self.deny, self.allow, self.tally, self.dry = compile_policies(
+        # the enforced DENY and ALLOW policies, each with its counter (self.tally), the
+        # dry-run ones and the AUDIT ones (proxy.authzstats); not ``exported``: a proxy
+        # without the listener (a gateway without an inbound one) shows no series for it
+        self.deny, self.allow, self.tally, self.dry, self.audit = compile_policies(
             policies, stats.authz if exported else AuthzTable(), label or service)
         # CUSTOM: (provider name, its spec, the rules selecting what it checks), run by
         # proxy.extauthz.ExtAuthzCheck before this policy's admit (proxy.routing)
@@ -195,6 +195,13 @@ class InboundPolicy:
             if self.reads_direct:
                 remote = remote or address
                 address = direct_peer(conn)
+            if self.audit is not None and spend:
+                marked = self.audit.judge(
+                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
+                                              headers, deny, principal, claims, self.port,
+                                              host, address, remote))
+                if marked is not None:
+                    noted(logged, 2, marked)
             for policy, count in tally.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
@@ -216,7 +223,7 @@ class InboundPolicy:
                                               host, address, remote),
                     decided is not None, bool(self.allow))
                 if would is not None:
-                    ex.authz = (None, would)
+                    noted(logged, 1, would)
             if decided is None:
                 return self._deny(tally.unmatched, logged)
             if spend:
@@ -271,6 +278,10 @@ class InboundPolicy:
             return bool(rule.matches_connection(identity, service, namespace, port, deny,
                                                 address))
 
+        if log is not None and self.audit is not None:
+            marked = self.audit.judge(matches)
+            if marked is not None:
+                noted(log, 2, marked)
         for policy, count in tally.deny:
             if any(matches(r, True) for r in policy.rules):
                 return count
@@ -282,7 +293,7 @@ class InboundPolicy:
             if self.dry is not None:
                 would = self.dry.judge(matches, decided is not None, bool(self.allow))
                 if would is not None:
-                    log.authz = (None, would)
+                    noted(log, 1, would)
             if decided is not None:
                 decided.n += 1
         return None if decided is not None else tally.unmatched
@@ -299,8 +310,7 @@ class InboundPolicy:
         if refused is not None:
             refused.n += 1
             if ex is not None:
-                would = getattr(ex, "authz", None)  # (a dry-run verdict, set just before)
-                ex.authz = (refused.policy, would[1] if would else None)
+                noted(ex, 0, refused.policy)
         return ("not_authorized", None, ())
 
     def _limited(self, wait: float) -> Refusal:

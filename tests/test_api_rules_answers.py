@@ -194,7 +194,7 @@ class Request:
         self.query = ""
         self.headers = headers or {}
 
-    def header(self, name: str) -> str | None:
+    def joined_header(self, name: str) -> str | None:
         return self.headers.get(name)
 
 

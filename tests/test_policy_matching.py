@@ -28,7 +28,7 @@ class Req:
         self.query_reads += 1
         return self.raw_query
 
-    def header(self, name_lower: str) -> str | None:
+    def joined_header(self, name_lower: str) -> str | None:
         """A header value by lower-case name."""
         return self.headers.get(name_lower)
 

@@ -31,8 +31,9 @@ class RequestView(Protocol):
         """The raw query string, without the ``?``."""
         ...
 
-    def header(self, name_lower: str) -> str | None:
-        """The value of a header (lower-case name), or None when absent."""
+    def joined_header(self, name_lower: str) -> str | None:
+        """A header's values (lower-case name) joined in order with ',', or None when absent:
+        a header sent more than once is matched as Envoy does (meshctl.api.matches.joined)."""
         ...
 
 
@@ -118,7 +119,7 @@ def compile_matches(blocks: Sequence[Match]) -> Callable[[RequestView], bool]:
             if methods is not None and request.method not in methods:
                 continue
             for name, check in headers:
-                if not check(request.header(name)):
+                if not check(request.joined_header(name)):
                     break
             else:
                 if not query:
