@@ -459,6 +459,12 @@ def test_an_audit_policy_marks_connections_and_the_cli_shows_it(mesh: TcpMesh) -
         assert listed.returncode == 0, listed.stderr
         assert [line.split()[:3] for line in listed.stdout.splitlines()
                 if line.startswith("db-audit")] == [["db-audit", "db", "AUDIT"]], listed.stdout
+        # `meshctl proxy-config`'s summary of a db sidecar's own dump names it
+        from meshctl.commands.proxyconfig import render
+
+        status, dump = http_json(f"http://{mesh.db['v1'].info['admin']}/config_dump")
+        assert status == 200
+        assert "; AUDIT, logging what default/db-audit match" in render(dump)
         described = mesh.meshctl("describe", "service", "db")
         assert described.returncode == 0, described.stderr
         assert any(line.split()[:3] == ["db-audit", "db", "AUDIT"]
