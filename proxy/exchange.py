@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from meshctl.api.matches import COOKIE_JOIN, HEADER_JOIN
 from proxy import exchangepolicy as policy
 from proxy.exchangepolicy import MAX_REPLAY as _MAX_REPLAY
 from proxy.reasons import NO_FLAGS, local_reply
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
-_JOIN = HEADER_JOIN.encode()
-_COOKIE_JOIN = COOKIE_JOIN.encode()
 _CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _MAX_BUFFER = 64 * 1024  # request body held while connecting before the client is paused
 
@@ -170,19 +167,6 @@ class Exchange:
             if len(n) == len(key) and n.lower() == key:
                 return v.decode("latin-1").strip(" \t")
         return None
-
-    def joined_header(self, name: str) -> str | None:
-        """Every value of a request header (name lower-case), each trimmed as ``header``'s,
-        joined in order with ',' (None: absent): what every header matcher reads, as Envoy's
-        do (meshctl.api.matches.joined). One pass; a copy only for a header sent twice."""
-        key = name.encode("latin-1")
-        found: bytes | None = None
-        for n, v in self.headers:
-            if len(n) == len(key) and n.lower() == key:
-                v = v.strip(b" \t")
-                found = v if found is None else found + (
-                    _COOKIE_JOIN if key == b"cookie" else _JOIN) + v
-        return None if found is None else found.decode("latin-1")
 
     def dispatch(self) -> None:
         """Pick a backend and an endpoint, then send on a pooled or a new connection."""
