@@ -101,10 +101,27 @@ async def test_authorization_conditions_read_the_joined_value_too(inbound: int) 
     assert await status(inbound, "/open/5", users("jason", "mallory")) == 403
 
 
+class Lines:
+    """A request's header lines as the proxy parsed them (proxy.policy.matching.RequestView)."""
+
+    method, path, query = "GET", "/", ""
+
+    def __init__(self, *lines: tuple[bytes, bytes]) -> None:
+        self.headers = list(lines)
+
+
 def test_the_join_is_decided_in_one_place() -> None:
-    """meshctl.api.matches.joined: None when absent, the one value as is, values joined with
-    ',' (HTTP/2 cookie crumbs with '; ', as one Cookie line)."""
+    """meshctl.api.matches.joined (authorization) and the route matchers' joined_header read
+    alike: None when absent, the one value as is, values trimmed and joined with ',' (HTTP/2
+    cookie crumbs with '; ', as one Cookie line)."""
     from meshctl.api.matches import joined
+    from proxy.policy.matching import joined_header
+
+    lines = Lines((b"X-User", b" a "), (b"cookie", b"a=1"), (b"x-user", b"b"),
+                  (b"Cookie", b"b=2 "))
+    assert joined_header(lines, "x-user") == joined("x-user", ["a", "b"]) == "a,b"
+    assert joined_header(lines, "cookie") == joined("cookie", ["a=1", "b=2"]) == "a=1; b=2"
+    assert joined_header(lines, "x-other") is None
 
     assert joined("x-user", []) is None
     assert joined("x-user", ["a"]) == "a"
