@@ -53,6 +53,15 @@ def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
     return values
 
 
+def _matcher(identity: str | None, service: str | None, namespace: str | None, method: str,
+             path: str, headers: Callable[[str], list[str]], principal: str | None,
+             claims: Any, port: int, host: str, address: str,
+             remote: str | None) -> Callable[[AuthorizationRule, bool], bool]:
+    """Whether a rule matches this request, for the dry-run and AUDIT policies' judging."""
+    return lambda r, deny: r.matches(identity, service, namespace, method, path, headers, deny,
+                                     principal, claims, port, host, address, remote)
+
+
 def _as_it_arrived(ex: Exchange) -> Exchange:
     """A copy of a tunnel's request to judge again: its head as it arrived (its `arrived`
     slot, set when authentication was to edit it), the tunnel's own left as forwarded."""
@@ -121,6 +130,9 @@ class InboundPolicy:
         # without the listener (a gateway without an inbound one) shows no series for it
         self.deny, self.allow, self.tally, self.dry, self.audit = compile_policies(
             policies, stats.authz if exported else AuthzTable(), label or service)
+        # whether a request admitted is judged again, by the dry-run or the AUDIT policies
+        # (one test per request where neither exists)
+        self.watched = self.dry is not None or self.audit is not None
         # CUSTOM: (provider name, its spec, the rules selecting what it checks), run by
         # proxy.extauthz.ExtAuthzCheck before this policy's admit (proxy.routing)
         self.custom = custom_check(policies, providers)
@@ -195,17 +207,14 @@ class InboundPolicy:
             if self.reads_direct:
                 remote = remote or address
                 address = direct_peer(conn)
-            if self.audit is not None and spend:
-                marked = self.audit.judge(
-                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
-                                              headers, deny, principal, claims, self.port,
-                                              host, address, remote))
-                if marked is not None:
-                    noted(logged, 2, marked)
             for policy, count in tally.deny:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
+                    if self.audit is not None and spend:  # (a refusal: off the common path)
+                        self._audit(_matcher(identity, service, namespace, method, ex.path,
+                                             headers, principal, claims, self.port, host,
+                                             address, remote), logged)
                     return self._deny(count, logged)
             decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
             if tally.allow:
@@ -216,14 +225,16 @@ class InboundPolicy:
                                      remote) for r in policy.rules):
                         decided = count
                         break
-            if self.dry is not None and spend:
-                would = self.dry.judge(
-                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
-                                              headers, deny, principal, claims, self.port,
-                                              host, address, remote),
-                    decided is not None, bool(self.allow))
-                if would is not None:
-                    noted(logged, 1, would)
+            if self.watched and spend:  # dry-run or AUDIT policies: one test without them
+                # (what they judge with is made only where they exist)
+                matches = _matcher(identity, service, namespace, method, ex.path, headers,
+                                   principal, claims, self.port, host, address, remote)
+                if self.audit is not None:
+                    self._audit(matches, logged)
+                if self.dry is not None:
+                    would = self.dry.judge(matches, decided is not None, bool(self.allow))
+                    if would is not None:
+                        noted(logged, 1, would)
             if decided is None:
                 return self._deny(tally.unmatched, logged)
             if spend:
@@ -279,9 +290,7 @@ class InboundPolicy:
                                                 address))
 
         if log is not None and self.audit is not None:
-            marked = self.audit.judge(matches)
-            if marked is not None:
-                noted(log, 2, marked)
+            self._audit(matches, log)
         for policy, count in tally.deny:
             if any(matches(r, True) for r in policy.rules):
                 return count
@@ -302,6 +311,12 @@ class InboundPolicy:
         """Count a connection admitted before that these policies no longer let through
         (under ``refused``, the policy refusing it, when known, named on ``log``'s line)."""
         self._deny(refused, log)
+
+    def _audit(self, matches: Any, ex: Any) -> None:
+        """Judge a request (or connection) by the AUDIT policies; note the marking one."""
+        marked = self.audit.judge(matches) if self.audit is not None else None
+        if marked is not None:
+            noted(ex, 2, marked)
 
     def _deny(self, refused: Count | None = None, ex: Any = None) -> Refusal:
         """Count a refusal (under the refusing policy's series too) and note the policy for
