@@ -1,5 +1,6 @@
-"""Which AuthorizationPolicy decided: per-policy counters (ami_authz_decisions_total) and the
-dry-run policies' would-be decisions (Istio's `istio.io/dry-run`, Envoy's RBAC shadow rules).
+"""Which AuthorizationPolicy decided: per-policy counters (ami_authz_decisions_total), the
+dry-run policies' would-be decisions (Istio's `istio.io/dry-run`, Envoy's RBAC shadow rules)
+and the AUDIT policies' marks (Envoy's RBAC `LOG` action: an access log line, never a verdict).
 
 Everything is settled when a snapshot is applied: `compile_policies` splits the policies into
 enforced and dry-run ones and binds each to its counter (`Count`, one series: a policy and its
@@ -10,7 +11,7 @@ on the deciding policy's counter; a proxy without policies has no `Tally` and pa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily
 
@@ -25,6 +26,11 @@ NONE = "[none]"
 Key = tuple[str, str, str, str, str]  # the values of AUTHZ_LABELS
 # whether a rule matches the request (or connection) being judged, for an ALLOW or DENY policy
 Matches = Callable[["AuthorizationRule", bool], bool]
+AUDITED = "audited"  # the `decision` of an AUDIT policy's series: the requests it marked
+# the access log's authorization fields, in the order of an `authz` tuple (Exchange.authz,
+# TcpSession.authz): the refusing policy, the dry-run verdict, the auditing policy
+LOG_FIELDS = ("authz_policy", "authz_dry_run", "audit_policy")
+Noted = tuple[str | None, str | None, str | None]
 
 
 class Count:
@@ -128,18 +134,75 @@ class DryRun:
         return f"deny {NONE}" if admitted else None
 
 
+class Audit:
+    """The AUDIT policies, judged for every request the CUSTOM check let reach the policies,
+    whatever DENY and ALLOW then decide: as Envoy's RBAC `LOG` engine, the first enforced one
+    whose rule matches marks the request (its access log line is written even where the log
+    is off, naming it) and counts it; the first dry-run one counts it, marking nothing."""
+
+    __slots__ = ("dry", "enforced")
+
+    def __init__(self, enforced: list[tuple[AuthorizationPolicySpec, Count]],
+                 dry: list[tuple[AuthorizationPolicySpec, Count]]) -> None:
+        self.enforced = enforced
+        self.dry = dry
+
+    def judge(self, matches: Matches) -> str | None:
+        """Count the auditing policies; the enforced one's name, for the access log, or None.
+        A rule is judged as a DENY rule is (an unknown value counts for a `not` list, a TCP
+        connection without the HTTP-only fields): Istio widens an AUDIT policy as a DENY."""
+        marked = None
+        for policies in (self.enforced, self.dry):
+            for policy, count in policies:
+                if any(matches(r, True) for r in policy.rules):
+                    count.n += 1
+                    if policies is self.enforced:
+                        marked = policy.name
+                    break
+        return marked
+
+
+def noted(target: Any, slot: int, value: str) -> None:
+    """Set one of the access log's authorization fields (LOG_FIELDS' ``slot``) of a request or
+    a TCP session, keeping the others (called only where there is something to note)."""
+    found: Noted = getattr(target, "authz", None) or (None, None, None)
+    target.authz = (*found[:slot], value, *found[slot + 1:])
+
+
+def audited(view: Any) -> bool:
+    """Whether an AUDIT policy marked this request or connection (an access log filter's
+    view: an Exchange, a FilterView)."""
+    found = getattr(view, "authz", None)
+    return found is not None and found[2] is not None
+
+
+def with_audits(log_filter: Callable[[Any], bool] | None,
+                log_on: bool) -> Callable[[Any], bool] | None:
+    """The access log filter of a listener whose AUDIT policies mark requests: every marked
+    one is written, whatever the log's switch (``log_on``) and its Telemetry filter say; the
+    rest as they say."""
+    if not log_on:
+        return audited
+    if log_filter is None:
+        return None
+    rest = log_filter
+    return lambda view: audited(view) or rest(view)
+
+
 def compile_policies(policies: Sequence[AuthorizationPolicySpec], table: AuthzTable,
                      label: str) -> tuple[list[AuthorizationPolicySpec],
                                           list[AuthorizationPolicySpec],
-                                          Tally | None, DryRun | None]:
-    """The enforced DENY and ALLOW policies, their counters and the dry-run policies, for
-    the service whose metrics name is ``label``; no Tally when no policy applies."""
+                                          Tally | None, DryRun | None, Audit | None]:
+    """The enforced DENY and ALLOW policies, their counters, the dry-run policies and the
+    AUDIT ones, for the service whose metrics name is ``label``; no Tally when no policy
+    applies, no Audit without an AUDIT policy (a request then pays nothing for it)."""
     deny = [p for p in policies if p.action == "DENY" and not p.dry_run]
     allow = [p for p in policies if p.action == "ALLOW" and not p.dry_run]
     dry_deny = [p for p in policies if p.action == "DENY" and p.dry_run]
     dry_allow = [p for p in policies if p.action == "ALLOW" and p.dry_run]
-    if not (deny or allow or dry_deny or dry_allow):
-        return deny, allow, None, None
+    audits = sorted((p for p in policies if p.action == "AUDIT"), key=lambda p: p.name)
+    if not (deny or allow or dry_deny or dry_allow or audits):
+        return deny, allow, None, None, None
 
     def count(policy: str, action: str, decision: str, dry: bool) -> Count:
         return table.count((label, policy, action, decision, "true" if dry else "false"))
@@ -152,16 +215,21 @@ def compile_policies(policies: Sequence[AuthorizationPolicySpec], table: AuthzTa
         dry = DryRun([(p, count(p.name, "DENY", "deny", True)) for p in dry_deny],
                      [(p, count(p.name, "ALLOW", "allow", True)) for p in dry_allow],
                      count(NONE, "ALLOW", "deny", True) if dry_allow else None)
-    return deny, allow, tally, dry
+    audit = None
+    if audits:
+        audit = Audit([(p, count(p.name, "AUDIT", AUDITED, False))
+                       for p in audits if not p.dry_run],
+                      [(p, count(p.name, "AUDIT", AUDITED, True)) for p in audits if p.dry_run])
+    return deny, allow, tally, dry, audit
 
 
-def log_fields(line: str, authz: tuple[str | None, str | None]) -> str:
+def log_fields(line: str, authz: Noted) -> str:
     """An access log line (JSON object and newline) with the authorization fields it has:
     ``authz_policy``, the policy that refused it; ``authz_dry_run``, the dry-run policies'
-    decision where it differs from the enforced one."""
+    decision where it differs from the enforced one; ``audit_policy``, the AUDIT policy that
+    marked it."""
     import json
 
     extra = "".join(f',"{key}":{json.dumps(value)}' for key, value
-                    in zip(("authz_policy", "authz_dry_run"), authz, strict=True)
-                    if value is not None)
+                    in zip(LOG_FIELDS, authz, strict=True) if value is not None)
     return line[:-2] + extra + "}\n" if extra else line

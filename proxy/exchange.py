@@ -62,9 +62,10 @@ class Exchange:
     # The CUSTOM provider that checked this request (proxy.extauthz), set when its check
     # starts; unset on every other request, likewise.
     ext_authz: str
-    # (refusing policy, dry-run verdict) for the access log, set by proxy.inbound when it has
-    # one of them (proxy.authzstats.log_fields); unset on every other request
-    authz: tuple[str | None, str | None]
+    # (refusing policy, dry-run verdict, auditing policy) for the access log, set by
+    # proxy.inbound when it has one of them (proxy.authzstats.log_fields); unset on every
+    # other request
+    authz: tuple[str | None, str | None, str | None]
 
     # The current attempt's upstream speaks HTTP/2 (an H2Exchange's slot; read off the hot
     # path only, by the breaker's queue).

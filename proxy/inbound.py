@@ -6,8 +6,8 @@ applies, must verify (else 401 ``jwt_invalid``) and gives the request its princi
 policies are checked; if any ALLOW policy exists a request must match one; with no ALLOW
 policy, mesh identities (any verified SPIFFE peer) are allowed and, in STRICT mode, nothing
 else reaches this point (the TLS handshake refused it). Each decision is counted under the
-policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced
-(proxy.authzstats).
+policy that made it; dry-run policies (`istio.io/dry-run`) are judged, never enforced, and
+AUDIT policies mark what they match for the access log, deciding nothing (proxy.authzstats).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.authzstats import AuthzTable, compile_policies
+from proxy.authzstats import AuthzTable, compile_policies, noted
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -51,6 +51,15 @@ def _header_values(ex: Exchange) -> Callable[[str], list[str]]:
                 if len(n) == len(key) and n.lower().replace(b"_", b"-") == key]
 
     return values
+
+
+def _matcher(identity: str | None, service: str | None, namespace: str | None, method: str,
+             path: str, headers: Callable[[str], list[str]], principal: str | None,
+             claims: Any, port: int, host: str, address: str,
+             remote: str | None) -> Callable[[AuthorizationRule, bool], bool]:
+    """Whether a rule matches this request, for the dry-run and AUDIT policies' judging."""
+    return lambda r, deny: r.matches(identity, service, namespace, method, path, headers, deny,
+                                     principal, claims, port, host, address, remote)
 
 
 def _as_it_arrived(ex: Exchange) -> Exchange:
@@ -118,11 +127,14 @@ class InboundPolicy:
         self.authn = JwtAuthenticator(authn) if authn else None
         if gateway:
             rate_limit = None  # DestinationPolicy.rateLimit is the sidecar's
-        # the enforced DENY and ALLOW policies, each with its counter (self.tally), and the
-        # dry-run ones (proxy.authzstats); not ``exported``: a proxy without the listener
-        # (a gateway without an inbound one) shows no series for it
-        self.deny, self.allow, self.tally, self.dry = compile_policies(
+        # the enforced DENY and ALLOW policies, each with its counter (self.tally), the
+        # dry-run ones and the AUDIT ones (proxy.authzstats); not ``exported``: a proxy
+        # without the listener (a gateway without an inbound one) shows no series for it
+        self.deny, self.allow, self.tally, self.dry, self.audit = compile_policies(
             policies, stats.authz if exported else AuthzTable(), label or service)
+        # whether a request admitted is judged again, by the dry-run or the AUDIT policies
+        # (one test per request where neither exists)
+        self.watched = self.dry is not None or self.audit is not None
         # CUSTOM: (provider name, its spec, the rules selecting what it checks), run by
         # proxy.extauthz.ExtAuthzCheck before this policy's admit (proxy.routing)
         self.custom = custom_check(policies, providers)
@@ -201,6 +213,10 @@ class InboundPolicy:
                 if any(r.matches(identity, service, namespace, method, ex.path, headers,
                                  True, principal, claims, self.port, host, address, remote)
                        for r in policy.rules):
+                    if self.audit is not None and spend:  # (a refusal: off the common path)
+                        self._audit(_matcher(identity, service, namespace, method, ex.path,
+                                             headers, principal, claims, self.port, host,
+                                             address, remote), logged)
                     return self._deny(count, logged)
             decided: Count | None = tally.unmatched  # no ALLOW policy: none applied
             if tally.allow:
@@ -211,14 +227,16 @@ class InboundPolicy:
                                      remote) for r in policy.rules):
                         decided = count
                         break
-            if self.dry is not None and spend:
-                would = self.dry.judge(
-                    lambda r, deny: r.matches(identity, service, namespace, method, ex.path,
-                                              headers, deny, principal, claims, self.port,
-                                              host, address, remote),
-                    decided is not None, bool(self.allow))
-                if would is not None:
-                    ex.authz = (None, would)
+            if self.watched and spend:  # dry-run or AUDIT policies: one test without them
+                # (what they judge with is made only where they exist)
+                matches = _matcher(identity, service, namespace, method, ex.path, headers,
+                                   principal, claims, self.port, host, address, remote)
+                if self.audit is not None:
+                    self._audit(matches, logged)
+                if self.dry is not None:
+                    would = self.dry.judge(matches, decided is not None, bool(self.allow))
+                    if would is not None:
+                        noted(logged, 1, would)
             if decided is None:
                 return self._deny(tally.unmatched, logged)
             if spend:
@@ -273,6 +291,8 @@ class InboundPolicy:
             return bool(rule.matches_connection(identity, service, namespace, port, deny,
                                                 address))
 
+        if log is not None and self.audit is not None:
+            self._audit(matches, log)
         for policy, count in tally.deny:
             if any(matches(r, True) for r in policy.rules):
                 return count
@@ -284,7 +304,7 @@ class InboundPolicy:
             if self.dry is not None:
                 would = self.dry.judge(matches, decided is not None, bool(self.allow))
                 if would is not None:
-                    log.authz = (None, would)
+                    noted(log, 1, would)
             if decided is not None:
                 decided.n += 1
         return None if decided is not None else tally.unmatched
@@ -294,6 +314,12 @@ class InboundPolicy:
         (under ``refused``, the policy refusing it, when known, named on ``log``'s line)."""
         self._deny(refused, log)
 
+    def _audit(self, matches: Any, ex: Any) -> None:
+        """Judge a request (or connection) by the AUDIT policies; note the marking one."""
+        marked = self.audit.judge(matches) if self.audit is not None else None
+        if marked is not None:
+            noted(ex, 2, marked)
+
     def _deny(self, refused: Count | None = None, ex: Any = None) -> Refusal:
         """Count a refusal (under the refusing policy's series too) and note the policy for
         the access log line of ``ex`` (a request or a TCP session)."""
@@ -301,8 +327,7 @@ class InboundPolicy:
         if refused is not None:
             refused.n += 1
             if ex is not None:
-                would = getattr(ex, "authz", None)  # (a dry-run verdict, set just before)
-                ex.authz = (refused.policy, would[1] if would else None)
+                noted(ex, 0, refused.policy)
         return ("not_authorized", None, ())
 
     def _limited(self, wait: float) -> Refusal:

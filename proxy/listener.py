@@ -433,12 +433,14 @@ class FilterView:
     """What an access log filter sees of a line that is no parsed request: a request refused
     before its head was understood, a TCP connection (status 0: no response was sent)."""
 
-    __slots__ = ("authority", "flags", "status")
+    __slots__ = ("authority", "authz", "flags", "status")
     method = b""
     path = ""
 
-    def __init__(self, status: int, flags: str, authority: str | None = None) -> None:
+    def __init__(self, status: int, flags: str, authority: str | None = None,
+                 authz: tuple[str | None, ...] | None = None) -> None:
         self.status, self.flags, self.authority = status, flags, authority or ""
+        self.authz = authz  # a TCP connection's authorization fields (proxy.authzstats.audited)
 
 
 def request_line(kind: str, ex: Exchange, duration_ms: float) -> str:

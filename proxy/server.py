@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.accesslog import AccessLogCollector, AccessLogSink
+from proxy.authzstats import with_audits
 from proxy.config import Address, ListenError, Snapshot
 from proxy.destinations import DestinationRegistry
 from proxy.downstream import DownstreamProtocol
@@ -72,6 +73,8 @@ class ProxyServer:
         self.stopped = asyncio.Event()
         self.access_log_enabled = False
         self.access_filter: Callable[[Any], bool] | None = None  # a Telemetry's filter
+        # the listeners (kinds) whose AUDIT policies write lines even while the log is off
+        self._audited: frozenset[str] = frozenset()
         self.on_snapshot: list[Callable[[Snapshot], None]] = []
         # OpenTelemetry's TracerProvider once tracing is on (proxy.tracing), shut down at exit
         self.tracing_provider: Any = None
@@ -147,6 +150,9 @@ class ProxyServer:
         for kind, policy in (("inbound", inbound_policy), ("gateway", gateway_policy)):
             if kind in self.listeners:  # (their access log lines may name a policy)
                 self.listeners[kind].logs_authz = policy is not None and policy.tally is not None
+        self._audited = frozenset(
+            kind for kind, policy in (("inbound", inbound_policy), ("gateway", gateway_policy))
+            if policy is not None and policy.audit is not None and policy.audit.enforced)
         gateway = self.listeners.get("gateway")
         if gateway is not None:
             gateway.passthrough = passthrough
@@ -230,6 +236,12 @@ class ProxyServer:
         self.access_log_enabled = enabled
         sink = self.access_log if enabled else None
         for listener in self.listeners.values():
+            if listener.kind in self._audited:
+                # its AUDIT policies' marks are written whatever the switch and the filter
+                # (decided here: a listener without them pays nothing per request)
+                listener.access_log = self.access_log
+                listener.access_filter = with_audits(self.access_filter, enabled)
+                continue
             listener.access_log = sink
             listener.access_filter = self.access_filter if enabled else None
         for tcp in self.tcp_listeners:

@@ -90,8 +90,9 @@ class TcpSession:
         # security unknown yet), counted under if the app leaves before that ends
         self.pending_labels: tuple[str, ...] = ()
         self.authority: str | None = None  # what the caller asked for (client role)
-        # (refusing policy, dry-run verdict) for the access log (proxy.authzstats.log_fields)
-        self.authz: tuple[str | None, str | None] | None = None
+        # (refusing policy, dry-run verdict, auditing policy) for the access log
+        # (proxy.authzstats.log_fields)
+        self.authz: tuple[str | None, str | None, str | None] | None = None
         self.upstream: str | None = None  # the endpoint, or the local app
         self.early = b""  # the app's bytes read before the join (after a CONNECT's head)
         # A CONNECT's `200`, owed until an endpoint accepted (then written before any byte of
@@ -332,7 +333,7 @@ class TcpSession:
         if self.log_filter is not None:
             from proxy.listener import FilterView
 
-            if not self.log_filter(FilterView(0, self.flags, self.authority)):
+            if not self.log_filter(FilterView(0, self.flags, self.authority, self.authz)):
                 return
 
         labels = self.labels or ("", "unknown", "unknown", "unknown")
@@ -345,7 +346,9 @@ class TcpSession:
                 "upstream": self.upstream, "protocol": "TCP", "grpc_status": None,
                 "client_address": self.client_address}
         if self.authz is not None:
-            line.update((k, v) for k, v in zip(("authz_policy", "authz_dry_run"), self.authz,
+            from proxy.authzstats import LOG_FIELDS
+
+            line.update((k, v) for k, v in zip(LOG_FIELDS, self.authz,
                                                strict=True) if v is not None)
         self.log_out.write(json.dumps(line, separators=(",", ":")) + "\n")
 

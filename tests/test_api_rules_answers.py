@@ -192,10 +192,7 @@ class Request:
         self.method = "GET"
         self.path = path
         self.query = ""
-        self.headers = headers or {}
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
 
 def test_without_headers_parses_like_headers_with_names_in_lower_case() -> None:

@@ -123,10 +123,12 @@ async def test_deny_condition_matches_any_value_of_a_repeated_header(
 
 
 async def test_allow_condition_needs_every_value_of_a_repeated_header(env: Env) -> None:
-    """A header sent twice matches an ALLOW condition only if all its values are listed: an
-    allowed first value does not vouch for a second one the app may read instead."""
+    """A header sent twice matches an ALLOW condition only if all its values are listed, and
+    their joined value too (Envoy's RBAC reads `alice,alice`): an allowed first value does not
+    vouch for a second one the app may read instead, and alice twice is not `alice`."""
     assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nx-user: bob\r\n")) == DENIED
-    assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nX-User: alice\r\n")) == ALLOWED
+    assert verdict(await plain(env, "/alice/x", "x-user: alice\r\nX-User: alice\r\n")) == DENIED
+    assert verdict(await plain(env, "/alice/x", "X-User: alice\r\n")) == ALLOWED
 
 
 

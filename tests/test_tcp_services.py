@@ -423,6 +423,65 @@ def test_revoking_access_ends_the_open_connections_it_no_longer_allows(mesh: Tcp
         banner(sock)
 
 
+AUDIT_WEB = """\
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db-audit}
+spec:
+  selector: {service: db}
+  action: AUDIT
+  rules:
+    - from: [{services: [web]}]
+      to: [{paths: ["/admin/*"]}]
+"""
+
+
+def test_an_audit_policy_marks_connections_and_the_cli_shows_it(mesh: TcpMesh) -> None:
+    """An AUDIT policy is judged on a connection as a DENY is (its HTTP-only paths dropped,
+    as Istio widens an audit): web's connection reaches the app, db's sidecar counts it
+    (`decision="audited"`) and names the policy on its access log line; `meshctl get ap`,
+    `describe service db` and `meshctl authz db` show it."""
+    def audited() -> float:
+        return sum(metric_value(mesh.metrics(p), "ami_authz_decisions_total",
+                                destination_service="db", policy="default/db-audit",
+                                action="AUDIT", decision="audited", dry_run="false")
+                   for p in mesh.db.values())
+
+    try:
+        mesh.apply(AUDIT_WEB)
+        with mesh.connect() as sock:
+            assert banner(sock) in ("db-v1", "db-v2")
+        assert audited() == 1
+        wait_for(lambda: sum(p.output().count('"audit_policy":"default/db-audit"')
+                             for p in mesh.db.values()) == 1, TIMEOUT,
+                 "the auditing policy on the connection's access log line")
+        listed = mesh.meshctl("get", "authorizationpolicies")
+        assert listed.returncode == 0, listed.stderr
+        assert [line.split()[:3] for line in listed.stdout.splitlines()
+                if line.startswith("db-audit")] == [["db-audit", "db", "AUDIT"]], listed.stdout
+        # `meshctl proxy-config`'s summary of a db sidecar's own dump names it
+        from meshctl.commands.proxyconfig import render
+
+        status, dump = http_json(f"http://{mesh.db['v1'].info['admin']}/config_dump")
+        assert status == 200
+        assert "; AUDIT, logging what default/db-audit match" in render(dump)
+        described = mesh.meshctl("describe", "service", "db")
+        assert described.returncode == 0, described.stderr
+        assert any(line.split()[:3] == ["db-audit", "db", "AUDIT"]
+                   for line in described.stdout.splitlines()), described.stdout
+
+        def reported() -> list[str] | None:
+            out = mesh.meshctl("authz", "db", "--window", "5m")
+            rows = [line.split() for line in out.stdout.splitlines()]
+            audit = [r for r in rows if r[:1] == ["default/db-audit"]]
+            return rows[0] if audit and audit[0][2:6] == ["no", "-", "-", "1"] else None
+
+        head = wait_for(reported, 60, "the audited connection in meshctl authz", interval=0.5)
+        assert head == ["POLICY", "ACTION", "DRY-RUN", "ALLOWED", "DENIED", "AUDITED", "RPS"]
+    finally:
+        mesh.delete_policy("db-audit")
+
+
 RATE_LIMIT = """\
 apiVersion: ami.mesh/v1alpha1
 kind: DestinationPolicy

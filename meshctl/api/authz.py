@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from meshctl.api import fields as F
 from meshctl.api.errors import fail
 from meshctl.api.fields import Fields
+from meshctl.api.matches import joined
 
-ACTIONS = ("ALLOW", "DENY", "CUSTOM")
+ACTIONS = ("ALLOW", "DENY", "CUSTOM", "AUDIT")
 AUTHZ_PATH = r"^(\*|/[^*]*\*?)$"
 
 _NAME = F.string(F.DNS_LABEL, "a DNS-1123 label")
@@ -243,12 +244,16 @@ class Condition:
     def matches(self, sent: Sequence[str], deny: bool) -> bool:
         """Whether the header's values as sent (each occurrence, in order) match.
 
-        A header sent more than once is ambiguous (the app may read any of its values), so
-        the answer is the one that refuses: a DENY condition holds if any value does, an
-        ALLOW condition only if every value does. An absent header: ``_absent``.
+        A header sent more than once is read as Envoy's RBAC reads it, its values joined
+        with ',' (meshctl.api.matches.joined), and, since the app may read any one of them,
+        as each value too; the answer is the one that refuses: a DENY condition holds if the
+        joined value or any one value does, an ALLOW condition only if the joined value and
+        every value do. An absent header: ``_absent``.
         """
         if not sent:
             return self._absent(deny)
+        if len(sent) > 1:
+            sent = (*sent, joined(self.header, list(sent)) or "")
         if deny:
             return any(self._holds(v) for v in sent)
         return all(self._holds(v) for v in sent)

@@ -16,6 +16,22 @@ PATH_MATCHERS = ("exact", "prefix", "regex")
 SCHEMES = ("http", "https")
 _METHOD = F.string(F.METHOD, "an upper-case HTTP method like GET")
 _HEADER_NAME = F.string(F.HEADER_NAME, "an HTTP header name")
+# A header sent more than once is matched as its values joined in order, as Envoy's matchers
+# read it (HeaderUtility::getAllOfHeaderAsString): `x-user: a` and `x-user: b` are `a,b`.
+# Cookie crumbs (HTTP/2 may split a Cookie into several fields) join as one Cookie line, as
+# Envoy's HTTP/2 codec and RFC 9113 8.2.3 join them.
+HEADER_JOIN = ","
+COOKIE_JOIN = "; "
+
+
+def joined(name: str, values: list[str]) -> str | None:
+    """A header's values (each trimmed, in order) as every header matcher reads them; None
+    when the request does not carry it."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return (COOKIE_JOIN if name == "cookie" else HEADER_JOIN).join(values)
 
 
 @dataclass(frozen=True, slots=True)

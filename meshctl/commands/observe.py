@@ -160,18 +160,22 @@ def authz(args: argparse.Namespace) -> int:
     body = _service_report(args, "/api/v1/authz")
     if body is None:
         return 0
+    # AUDITED only where an AUDIT policy applies (the table is otherwise as it was)
+    audits = any(r["action"] == "AUDIT" for r in body["rows"])
     rows = [(r["policy"], r["action"] or "-", "yes" if r["dryRun"] else "no",
-             _decided(r, "allowed"), _decided(r, "denied"), f"{r['rps']:.1f}")
+             _decided(r, "allowed"), _decided(r, "denied"),
+             *((_decided(r, "audited"),) if audits else ()), f"{r['rps']:.1f}")
             for r in body["rows"]]
-    print(output.render_table(("POLICY", "ACTION", "DRY-RUN", "ALLOWED", "DENIED", "RPS"),
-                              rows), end="")
+    headers = ("POLICY", "ACTION", "DRY-RUN", "ALLOWED", "DENIED",
+               *(("AUDITED",) if audits else ()), "RPS")
+    print(output.render_table(headers, rows), end="")
     return 0
 
 
 def _decided(row: dict[str, Any], decision: str) -> str:
     """A row's count of ``decision``; `-` where its policy never makes it (a DENY policy
     allows nothing: it lets the others decide)."""
-    makes = {"ALLOW": "allowed", "DENY": "denied"}.get(row["action"] or "")
+    makes = {"ALLOW": "allowed", "DENY": "denied", "AUDIT": "audited"}.get(row["action"] or "")
     if row["policy"] == "[none]":
         makes = "denied" if row["action"] == "ALLOW" else "allowed"
     return str(row[decision]) if makes == decision else "-"

@@ -226,7 +226,9 @@ def render(dump: dict[str, Any]) -> str:
         providers = sorted({str(a.get("provider")) for a in authorization
                             if a.get("action") == "CUSTOM"})
         custom = f"; CUSTOM, checked by provider {', '.join(providers)}" if providers else ""
-        lines += ["", f"AUTHORIZATION: {len(authorization)} policies{custom} "
+        audits = sorted(str(a.get("name")) for a in authorization if a.get("action") == "AUDIT")
+        audit = f"; AUDIT, logging what {', '.join(audits)} match" if audits else ""
+        lines += ["", f"AUTHORIZATION: {len(authorization)} policies{custom}{audit} "
                       "(-o yaml shows them)"]
     return "\n".join(lines)
 

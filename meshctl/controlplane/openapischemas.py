@@ -134,6 +134,7 @@ SCHEMAS: dict[str, Any] = {
         rows=_array(_obj(("policy", "action", "dryRun", "allowed", "denied", "rps"),
                          policy={**_STR, "description": "namespace/name, or [none]"},
                          action=_STR_OR_NULL, dryRun=_BOOL, allowed=_INT, denied=_INT,
+                         audited={**_INT, "description": "requests an AUDIT policy marked"},
                          rps=_NUM)),
         message=_STR_OR_NULL),
     "Top": _obj(("seconds", "rows"), seconds=_NUM, rows=_array(_obj(

@@ -1,6 +1,7 @@
 """`meshctl authz SERVICE`: the AuthorizationPolicies of a service's sidecars and, per policy,
-the requests it allowed and denied over the window (dry-run ones: would have), plus those no
-policy decided; from the sidecars' ami_authz_decisions_total series, as `linkerd viz authz`."""
+the requests it allowed and denied over the window (dry-run ones: would have) or, an AUDIT one,
+marked for audit, plus those no policy decided; from the sidecars' ami_authz_decisions_total
+series, as `linkerd viz authz`."""
 
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ class AuthzRow:
     allowed: float = 0.0
     denied: float = 0.0
     rps: float = 0.0
+    audited: float = 0.0  # an AUDIT policy's: the requests (connections) it marked
 
     def as_json(self) -> dict[str, object]:
         return {"policy": self.policy, "action": self.action or None, "dryRun": self.dry_run,
                 "allowed": round(self.allowed), "denied": round(self.denied),
-                "rps": round(self.rps, 3)}
+                "audited": round(self.audited), "rps": round(self.rps, 3)}
 
 
 def authz_rows(label: str, declared: Sequence[DeclaredPolicy],
@@ -66,8 +68,8 @@ def authz_rows(label: str, declared: Sequence[DeclaredPolicy],
     rows: dict[tuple[str, str, bool], AuthzRow] = {
         (d.label, d.action, d.dry_run): AuthzRow(d.label, d.action, d.dry_run) for d in declared}
     # the enforced `[none]` row: the ALLOW policies' refusals, or the rest; only where an
-    # ALLOW or DENY policy applies (a CUSTOM one alone: the sidecars count no decision)
-    if any(d.action in ("ALLOW", "DENY") for d in declared):
+    # ALLOW, DENY or AUDIT policy applies (a CUSTOM one alone: the sidecars count no decision)
+    if any(d.action in ("ALLOW", "DENY", "AUDIT") for d in declared):
         action = "ALLOW" if any(d.action == "ALLOW" and not d.dry_run for d in declared) else ""
         rows[(NONE, action, False)] = AuthzRow(NONE, action, False)
     if any(d.action == "ALLOW" and d.dry_run for d in declared):
@@ -83,6 +85,8 @@ def authz_rows(label: str, declared: Sequence[DeclaredPolicy],
                 key[A_POLICY], key[A_ACTION], dry)
         if key[A_DECISION] == "allow":
             row.allowed += increase
+        elif key[A_DECISION] == "audited":
+            row.audited += increase
         else:
             row.denied += increase
         row.rps += rate.rps

@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 from urllib.parse import parse_qsl
 
-from meshctl.api.matches import Match, StringMatch
+from meshctl.api.matches import COOKIE_JOIN, HEADER_JOIN, Match, StringMatch
 
 ValueCheck = Callable[[str | None], bool]
 # (path check, allowed methods, header checks, query checks); None / () = no condition.
@@ -31,9 +31,31 @@ class RequestView(Protocol):
         """The raw query string, without the ``?``."""
         ...
 
-    def header(self, name_lower: str) -> str | None:
-        """The value of a header (lower-case name), or None when absent."""
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]:
+        """The header lines as parsed: (name, value) bytes, in the order sent."""
         ...
+
+
+_JOIN = HEADER_JOIN.encode()
+_COOKIE_JOIN = COOKIE_JOIN.encode()
+
+
+def joined_header(request: RequestView, name_lower: str) -> str | None:
+    """A header's values (lower-case name), each trimmed, joined in order with ',' (cookie
+    crumbs with '; '), or None when absent: what every header matcher reads, as Envoy's do
+    (meshctl.api.matches.joined). One pass; a copy only for a header sent more than once.
+
+    A function, not an Exchange method: a method more on that class costs every request of
+    every proxy (~150 instructions, bench.micro), whether a matcher calls it or not."""
+    key = name_lower.encode("latin-1")
+    found: bytes | None = None
+    for n, v in request.headers:
+        if len(n) == len(key) and n.lower() == key:
+            v = v.strip(b" \t")
+            found = v if found is None else found + (
+                _COOKIE_JOIN if key == b"cookie" else _JOIN) + v
+    return None if found is None else found.decode("latin-1")
 
 
 def parse_query(raw: str) -> dict[str, str]:
@@ -118,7 +140,7 @@ def compile_matches(blocks: Sequence[Match]) -> Callable[[RequestView], bool]:
             if methods is not None and request.method not in methods:
                 continue
             for name, check in headers:
-                if not check(request.header(name)):
+                if not check(joined_header(request, name)):
                     break
             else:
                 if not query:
