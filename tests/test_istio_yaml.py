@@ -784,6 +784,17 @@ def test_a_rule_no_caller_can_match_is_left_out() -> None:
     assert spec == {"rules": []}
 
 
+def test_an_audit_policy_is_ami_audit_policy() -> None:
+    """Istio's AUDIT marks what its rules match and decides nothing: Ami's AUDIT is that
+    (the access log line), its rules translated as a DENY policy's are."""
+    audit = DENY_GET.replace("action: DENY", "action: AUDIT").replace(
+        "name: deny-method-get", "name: audit-get")
+    ((kind, name, spec),) = specs(audit)
+    ((_, _, deny),) = specs(DENY_GET)
+    assert (kind, name, spec["action"]) == ("AuthorizationPolicy", "audit-get", "AUDIT")
+    assert spec["rules"] == deny["rules"]
+
+
 def test_dry_run_annotation_and_labels_are_kept() -> None:
     (policy,) = load(DENY_GET.replace("  namespace: foo\n", "  namespace: foo\n  annotations:"
                                       "\n    istio.io/dry-run: \"true\"\n"))
@@ -795,8 +806,6 @@ def test_dry_run_annotation_and_labels_are_kept() -> None:
      "spec.selector.matchLabels.version: not supported by Ami: Ami's AuthorizationPolicy "
      "selects a whole service"),
     ("targetRefs: [{kind: Gateway, name: gw}]", "spec.targetRefs: not supported by Ami"),
-    ("action: AUDIT", "spec.action: not supported by Ami: AUDIT (Ami's audit of a policy is "
-                      "its dry run"),
     ("rules: [{from: [{source: {principals: ['*']}}]}]",
      "spec.rules[0].from[0].source.principals: not supported by Ami: principal pattern '*'"),
     ("rules: [{from: [{source: {notPrincipals: ['cluster.local/ns/a/sa/x*']}}]}]",

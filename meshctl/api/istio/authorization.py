@@ -57,10 +57,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     selector = service_selector(f, "AuthorizationPolicy")
     if selector is not None:
         spec["selector"] = selector
-    if f.raw("action") == "AUDIT":
-        f.add(f.at("action"), "not supported by Ami: AUDIT (Ami's audit of a policy is its "
-                              "dry run: the annotation istio.io/dry-run: \"true\")")
-    elif f.has("action"):
+    if f.has("action"):  # (AUDIT too: Ami's marks what it matches in the access log)
         spec["action"] = f.raw("action")
     if f.has("provider"):
         spec["provider"] = f.raw("provider")
