@@ -25,6 +25,7 @@ from proxy.responsehead import (
 if TYPE_CHECKING:
     from proxy.destinations import Breaker
     from proxy.downstream import DownstreamProtocol
+    from proxy.jwtauth import Authenticated
     from proxy.pools import EndpointPool
     from proxy.routing import Backend, Decision
     from proxy.upstream import UpstreamConnection
@@ -59,9 +60,9 @@ class Exchange:
     # that authentication edits (its token removed): judged again as it came (proxy.revoke).
     # Unset on every other request: nothing is spent on them.
     arrived: tuple[list[tuple[bytes, bytes]], str, bytes]
-    # The CUSTOM provider that checked this request (proxy.extauthz), set when its check
-    # starts; unset on every other request, likewise.
-    ext_authz: str
+    # (the CUSTOM provider checking this request, its verified JWT's principal and claims),
+    # set when its check starts (proxy.extauthz); unset on every other request, likewise.
+    ext_authz: tuple[str, Authenticated | None]
     # (refusing policy, dry-run verdict, auditing policy) for the access log, set by
     # proxy.inbound when it has one of them (proxy.authzstats.log_fields); unset on every
     # other request

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 from proxy.clientaddress import trusted_client
+from proxy.inbound import JWT_REFUSED
+from proxy.jwtauth import InvalidToken
 from proxy.proxyread import direct_peer
 
 if TYPE_CHECKING:
     from meshctl.api.authz import AuthorizationRule
     from meshctl.api.extauthz import ExtAuthzGrpc, ExtAuthzHttp, HeaderPatterns
     from proxy.exchange import Exchange
+    from proxy.inbound import InboundPolicy
+    from proxy.jwtauth import Authenticated
     from proxy.layers import HeaderEditor
     from proxy.metrics import RequestStats
     from proxy.pools import EndpointPool
@@ -69,18 +73,19 @@ class Answer:
 
 
 class ExtAuthzCheck:
-    """The admission step of a workload with a CUSTOM policy: a request its rules select
-    waits for the provider's answer; then (or for any other request at once) ``admit``, the
-    workload's own admission (JWT, DENY, ALLOW, rate limit). What is shared by the provider's
+    """The admission step of a workload with a CUSTOM policy: the request's JWT verified
+    first (``InboundPolicy.authenticate``); a request the rules select then waits for the
+    provider's answer; then (or for any other request at once) the rest of the workload's
+    admission (``InboundPolicy.authorize``: DENY, ALLOW, rate limit). What is shared by the provider's
     kinds: the selection, the wait, and what an answer does (``_failed``, ``_denied``,
     ``_allowed``); a kind asks (``_ask``) and reads its answer (``_decide``)."""
 
-    def __init__(self, admit: Callable[[Exchange], Any], provider: str,
+    def __init__(self, policy: InboundPolicy, provider: str,
                  spec: ExtAuthzHttp | ExtAuthzGrpc, rules: Sequence[AuthorizationRule],
                  backend: Backend | None, stats: RequestStats,
                  labels: tuple[tuple[str, str], ...], port: int,
                  proxy_protocol: bool = False) -> None:
-        self.admit = admit
+        self.policy = policy  # its JWT verification comes first, its DENY and ALLOW after
         self.provider = provider
         self.spec = spec
         self.rules = tuple(rules)
@@ -94,16 +99,26 @@ class ExtAuthzCheck:
         self.reads_direct = proxy_protocol and any(r.reads_direct for r in self.rules)
 
     def __call__(self, ex: Exchange) -> Any:
-        if getattr(ex, "ext_authz", None) is not None:  # resumed: the provider allowed it
-            return self.admit(ex)
-        if not self.selects(ex):
-            return self.admit(ex)
-        ex.ext_authz = self.provider
+        policy = self.policy
+        resumed = getattr(ex, "ext_authz", None)
+        if resumed is not None:  # the provider allowed it: the rest of the admission
+            return policy.authorize(ex, resumed[1])
+        # The JWT is verified first, as Envoy's jwt_authn filter runs before ext_authz: a bad
+        # token is refused without asking, and CUSTOM rules may read the principal and claims.
+        found = None
+        if policy.authn is not None:
+            try:
+                found = policy.authenticate(ex)
+            except InvalidToken:
+                return JWT_REFUSED
+        if not self.selects(ex, found):
+            return policy.authorize(ex, found)
+        ex.ext_authz = (self.provider, found)
         # Held where a connect task is: an abort (the client gone) cancels it (drop_attempt).
         ex._connect_task = ex.downstream.loop.create_task(self._check(ex))
         return CHECKING
 
-    def selects(self, ex: Exchange) -> bool:
+    def selects(self, ex: Exchange, found: Authenticated | None = None) -> bool:
         """Whether a CUSTOM rule matches ``ex``: read as a DENY rule's, so that an ambiguous
         request (a header sent twice, an unknown peer) is checked rather than let through."""
         from proxy.inbound import _header_values
@@ -118,8 +133,9 @@ class ExtAuthzCheck:
         if self.reads_direct:
             remote = remote or address
             address = direct_peer(conn)
+        principal, claims = found if found is not None else (None, None)
         return any(r.matches(conn.peer_identity, conn.peer_service, conn.peer_namespace,
-                             method, ex.path, headers, True, None, None, self.port,
+                             method, ex.path, headers, True, principal, claims, self.port,
                              ex.authority, address, remote) for r in self.rules)
 
     # --- the check --------------------------------------------------------------------------

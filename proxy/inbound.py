@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.authzstats import AuthzTable, compile_policies, noted
 from proxy.clientaddress import trusted_client
-from proxy.jwtauth import WWW_AUTHENTICATE, InvalidToken, JwtAuthenticator
+from proxy.jwtauth import WWW_AUTHENTICATE, Authenticated, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
 from proxy.policy.token_bucket import KeyedTokenBuckets, TokenBucket
 from proxy.proxyread import direct_peer
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from proxy.metrics import RequestStats
 
 Refusal = tuple[str, int | None, tuple[tuple[bytes, bytes], ...]]
+JWT_REFUSED: Refusal = ("jwt_invalid", None, WWW_AUTHENTICATE)  # 401, a token not verified
 log = logging.getLogger("ami.proxy.inbound")
 
 
@@ -177,25 +178,42 @@ class InboundPolicy:
     def admit(self, ex: Exchange, spend: bool = True) -> Refusal | None:
         """Why ``ex`` may not reach the app, or None; ``spend=False``: the rate limit is not
         asked (a request admitted before, judged again: proxy.revoke)."""
-        conn = ex.downstream
         logged = ex  # what the access log writes: the request, not the view judged again
         if not spend:
             ex = _as_it_arrived(ex)
-        principal: str | None = None
-        claims = None
+        found = None
         if self.authn is not None:
-            if spend and (ex.upgrade or ex.method == b"CONNECT"):
-                # A tunnel's request is judged again at pushes (proxy.revoke), as it came:
-                # authenticate removes its token from what is forwarded.
-                ex.arrived = (ex.headers, ex.query, ex.target)
             try:
-                found = self.authn.authenticate(ex)
-            except InvalidToken as err:
-                log.debug("%s %s: JWT refused: %s", ex.method.decode("latin-1"), ex.path, err)
-                self.stats.inc("ami_jwt_invalid", self.labels)
-                return ("jwt_invalid", None, WWW_AUTHENTICATE)
-            if found is not None:
-                principal, claims = found
+                found = self.authenticate(ex, spend)
+            except InvalidToken:
+                return JWT_REFUSED
+        return self.authorize(ex, found, spend, logged)
+
+    def authenticate(self, ex: Exchange, spend: bool = True) -> Authenticated | None:
+        """The principal and claims of the request's JWT (RequestAuthentication), or None
+        without one; raises InvalidToken, counted, for a token that does not verify. Before
+        any authorization, CUSTOM's included (as Istio's jwt_authn filter comes before its
+        ext_authz and RBAC filters)."""
+        assert self.authn is not None
+        if spend and (ex.upgrade or ex.method == b"CONNECT"):
+            # A tunnel's request is judged again at pushes (proxy.revoke), as it came:
+            # authenticate removes its token from what is forwarded.
+            ex.arrived = (ex.headers, ex.query, ex.target)
+        try:
+            return self.authn.authenticate(ex)
+        except InvalidToken as err:
+            log.debug("%s %s: JWT refused: %s", ex.method.decode("latin-1"), ex.path, err)
+            self.stats.inc("ami_jwt_invalid", self.labels)
+            raise
+
+    def authorize(self, ex: Exchange, found: Authenticated | None, spend: bool = True,
+                  logged: Exchange | None = None) -> Refusal | None:
+        """``admit`` once the JWT is verified (``found``: its principal and claims): DENY,
+        ALLOW, AUDIT and dry-run policies, then the rate limit."""
+        conn = ex.downstream
+        if logged is None:
+            logged = ex
+        principal, claims = found if found is not None else (None, None)
         tally = self.tally
         if tally is not None:
             identity = conn.peer_identity

@@ -510,7 +510,7 @@ class RouterBuilder:
         from proxy.extauthz import HttpCheck, provider_backend
 
         name, spec, rules = policy.custom
-        args = (policy.admit, name, spec, rules, provider_backend(self, spec), policy.stats,
+        args = (policy, name, spec, rules, provider_backend(self, spec), policy.stats,
                 policy.labels, policy.port)
         if not isinstance(spec, ExtAuthzGrpc):
             return HttpCheck(*args, proxy_protocol=policy.proxy_protocol)

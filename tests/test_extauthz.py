@@ -20,13 +20,17 @@ import asyncio
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import yaml
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from tests import meshbuilder
 from tests.h2app import h2_request
@@ -454,6 +458,60 @@ async def test_a_clients_underscore_spelling_of_an_upstream_header_is_replaced_t
         seen = {k.lower(): v for k, v in json.loads(resp.body)["headers"]}
         assert seen.get("x-ext-user") == "alice"
         assert not {"x_ext_user", "x_ext-user"} & set(seen), seen
+    finally:
+        proxy.stop()
+
+
+async def test_the_jwt_is_verified_before_the_check_and_custom_rules_read_it(
+        tmp_path: Path, echo: int, backends: Backends) -> None:
+    """As Envoy's jwt_authn filter runs before ext_authz: a token that does not verify is
+    refused (401) without asking the provider, even on a path it always checks; a CUSTOM
+    rule naming a claim checks only the requests whose verified token carries it; the
+    provider gets the request as the app will, without the token the sidecar removes
+    (forwardOriginalToken unset); and the ALLOW after the check still reads its principal."""
+    asked: list[bytes] = []
+
+    async def provider_allows(_b: Any, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    provider = backends.raw(provider_allows)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1"}
+    config = static_custom(echo, provider.port)
+    config["inbound"]["authentication"] = [
+        {"jwtRules": [{"issuer": "https://idp.test", "jwks": json.dumps({"keys": [jwk]})}]}]
+    config["inbound"]["authorization"] = [{
+        "action": "CUSTOM", "provider": {"name": "raw"},
+        "rules": [{"to": [{"paths": ["/always/*"]}]},
+                  {"when": [{"claim": "role", "values": ["admin"]}]}]},
+        # after the check, the ALLOW still knows the principal of the (removed) token
+        {"action": "ALLOW", "rules": [{"from": [{"requestPrincipals": ["https://idp.test/*"]}]}]}]
+
+    def bearer(role: str) -> str:
+        token = jwt.encode({"iss": "https://idp.test", "sub": "alice", "role": role,
+                            "exp": int(time.time()) + 600}, key, algorithm="RS256",
+                           headers={"kid": "k1"})
+        return f"Authorization: Bearer {token}\r\n"
+
+    port = free_port()
+    proxy = start_proxy(tmp_path / "api", mint(mesh_ca(tmp_path / "ca"), "api"), config,
+                        inbound=port)
+    try:
+        forged = await roundtrip(port, get("api", "/always/x",
+                                           "Authorization: Bearer not.a.jwt\r\n"))
+        assert (forged.status, forged.header("x-ami-reason")) == (401, "jwt_invalid")
+        assert asked == []
+        admin = await roundtrip(port, get("api", "/admin", bearer("admin")))
+        assert admin.status == 200, admin.body
+        assert len(asked) == 1 and asked[0].startswith(b"GET /check/admin ")
+        assert b"authorization:" not in asked[0].lower()
+        assert (await roundtrip(port, get("api", "/user", bearer("user")))).status == 200
+        anonymous = await roundtrip(port, get("api", "/anonymous"))
+        assert (anonymous.status, anonymous.header("x-ami-reason")) == (403, "not_authorized")
+        assert len(asked) == 1  # neither carried the claim: not checked
     finally:
         proxy.stop()
 

@@ -333,12 +333,6 @@ class AuthorizationRule:
         """Whether the rule names the connection's peer's address (ipBlocks)."""
         return any(s.reads_direct for s in self.sources)
 
-    @property
-    def uses_token(self) -> bool:
-        """Whether the rule reads the request's JWT (principals or claims)."""
-        return (any(s.request_principals or s.not_request_principals for s in self.sources)
-                or any(c.claim is not None for c in self.conditions))
-
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationPolicySpec:
@@ -380,12 +374,6 @@ def parse_authorization(data: object, path: str) -> AuthorizationPolicySpec:
                                 "extensionProviders name)")
     elif action != "CUSTOM" and f.has("provider"):
         f.add(f.at("provider"), f"only action CUSTOM takes a provider, not {action}")
-    if action == "CUSTOM":  # checked before the JWT is (proxy.extauthz): no token to read
-        for i, rule in enumerate(rules):
-            if rule.uses_token:
-                f.add(f"{f.at('rules')}[{i}]", "a CUSTOM rule cannot name requestPrincipals, "
-                      "notRequestPrincipals or a claim: the external check comes before the "
-                      "request's JWT is verified")
     f.finish()
     return AuthorizationPolicySpec(service, action, rules, provider)
 
