@@ -76,9 +76,9 @@ class ExtAuthzCheck:
     """The admission step of a workload with a CUSTOM policy: the request's JWT verified
     first (``InboundPolicy.authenticate``); a request the rules select then waits for the
     provider's answer; then (or for any other request at once) the rest of the workload's
-    admission (``InboundPolicy.authorize``: DENY, ALLOW, rate limit). What is shared by the provider's
-    kinds: the selection, the wait, and what an answer does (``_failed``, ``_denied``,
-    ``_allowed``); a kind asks (``_ask``) and reads its answer (``_decide``)."""
+    admission (``InboundPolicy.authorize``: DENY, ALLOW, rate limit). What is shared by
+    the provider's kinds: the selection, the wait, and what an answer does (``_failed``,
+    ``_denied``, ``_allowed``); a kind asks (``_ask``) and reads its answer (``_decide``)."""
 
     def __init__(self, policy: InboundPolicy, provider: str,
                  spec: ExtAuthzHttp | ExtAuthzGrpc, rules: Sequence[AuthorizationRule],
