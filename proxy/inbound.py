@@ -206,7 +206,7 @@ class InboundPolicy:
             self.stats.inc("ami_jwt_invalid", self.labels)
             raise
 
-    def authorize(self, ex: Exchange, found: Authenticated | None, spend: bool = True,
+    def authorize(self, ex: Exchange, found: Authenticated | None = None, spend: bool = True,
                   logged: Exchange | None = None) -> Refusal | None:
         """``admit`` once the JWT is verified (``found``: its principal and claims): DENY,
         ALLOW, AUDIT and dry-run policies, then the rate limit."""

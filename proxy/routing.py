@@ -505,7 +505,8 @@ class RouterBuilder:
         """The policy's admission step; with a CUSTOM policy, its external check first
         (decided here, once per config: other workloads' requests pay nothing for it)."""
         if policy.custom is None:
-            return policy.admit
+            # without a RequestAuthentication, the admission is its authorization alone
+            return policy.admit if policy.authn is not None else policy.authorize
         from meshctl.api.extauthz import ExtAuthzGrpc
         from proxy.extauthz import HttpCheck, provider_backend
 
