@@ -23,7 +23,8 @@ _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 ISTIO_STORED_AS: dict[str, tuple[str, str]] = {
     word: (istio, ami)
     for istio, ami, short in (("VirtualService", "Route", "vs"),
-                              ("DestinationRule", "DestinationPolicy", "dr"))
+                              ("DestinationRule", "DestinationPolicy", "dr"),
+                              ("ServiceEntry", "ExternalService", "se"))
     for word in (istio.lower(), istio.lower() + "s", short)}
 
 
