@@ -12,7 +12,7 @@ from typing import Any
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.istio.common import TRANSLATED_FROM, istio_path
-from meshctl.api.kindnames import KIND_PLURALS
+from meshctl.api.kindnames import ISTIO_STORED_AS, KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
     load_documents,
@@ -92,6 +92,8 @@ def _get_kind(word: str) -> str:
     try:
         return resolve_kind(word)
     except argparse.ArgumentTypeError:
+        if word.lower() in ISTIO_STORED_AS:
+            raise  # (it says which kind the Istio one is stored as)
         raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
                                          "or all") from None
 
@@ -102,6 +104,8 @@ def _describe_kind(word: str) -> str:
     try:
         return resolve_kind(word)
     except argparse.ArgumentTypeError:
+        if word.lower() in ISTIO_STORED_AS:
+            raise  # (it says which kind the Istio one is stored as)
         raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
                                          "service|svc") from None
 
