@@ -1,12 +1,15 @@
 """An Istio ServiceEntry (with a VirtualService of its host) applied as written to a real
 control plane and a real sidecar (REGISTRY_ONLY): the app reaches the outside host it declares,
-the VirtualService's rules apply to it, and `delete -f` takes the host away again."""
+the VirtualService's rules apply to it, and `delete -f` takes the host away again; an Istio
+Sidecar scopes the host out and back in, an Istio Telemetry logs only the failures."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import json
 
 import pytest
 
@@ -56,6 +59,30 @@ spec:
   - route:
     - destination:
         host: api.partner.test
+"""
+
+
+# the Sidecar reference's shape, and the access-log task's Telemetry with its filter
+SCOPE_AND_LOG = """\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+spec:
+  egress:
+  - hosts:
+    - "{host}"
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: namespace-logging
+spec:
+  accessLogging:
+  - providers:
+    - name: envoy
+    filter:
+      expression: response.code >= 400
 """
 
 
@@ -136,3 +163,41 @@ def test_a_service_entry_lets_the_app_reach_its_host(mesh: EgressMesh, tmp_path:
         "serviceentry.networking.istio.io/partner -> externalservice.ami.mesh/partner deleted",
         "virtualservice.networking.istio.io/partner -> route.ami.mesh/partner deleted"]
     wait_for(lambda: mesh.call()[0] == 404, 20, "the sidecar refusing the host again")
+
+
+def test_an_istio_sidecar_scopes_the_host_and_a_telemetry_logs_failures(
+        mesh: EgressMesh, tmp_path: Path) -> None:
+    entry = tmp_path / "entry.yaml"
+    entry.write_text(SERVICE_ENTRY.format(port=mesh.port).split("---")[0])
+    scope = tmp_path / "scope.yaml"
+    scope.write_text(SCOPE_AND_LOG.format(host="~/*"))  # no host at all
+    applied = mesh.meshctl("apply", "-f", str(entry), "-f", str(scope))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.splitlines() == [
+        "serviceentry.networking.istio.io/partner -> externalservice.ami.mesh/partner created",
+        "sidecar.networking.istio.io/default -> sidecar.ami.mesh/default created",
+        "telemetry.telemetry.istio.io/namespace-logging -> telemetry.ami.mesh/namespace-logging "
+        "created"]
+    mesh.sync(int(mesh.stored("telemetries", "namespace-logging")["metadata"]
+                  ["resourceVersion"]))
+    status, body = mesh.call()
+    assert (status, b"no_route" in body) == (404, True), "out of the Sidecar's scope"
+    scope.write_text(SCOPE_AND_LOG.format(host="./api.partner.test"))
+    again = mesh.meshctl("apply", "-f", str(scope))
+    assert again.returncode == 0, again.stderr
+    mesh.sync(int(mesh.stored("sidecars", "default")["metadata"]["resourceVersion"]))
+    assert mesh.call() == (200, b"partner-api")
+
+    # the filter: the refused host's 404 is logged, the 200s are not
+    status, _ = mesh.get(mesh.client, "other.partner.test", "/refused")
+    assert status == 404
+
+    def lines() -> list[tuple[str, int]]:
+        return [(line["path"], line["status"]) for line in map(json.loads, (
+            text for text in mesh.client.output().splitlines() if text.startswith("{")))
+            if "listener" in line]
+    wait_for(lambda: ("/refused", 404) in lines(), 20, "the 404's access log line")
+    assert not [entry for entry in lines() if entry[1] == 200], lines()
+
+    deleted = mesh.meshctl("delete", "-f", str(entry), "-f", str(scope))
+    assert deleted.returncode == 0, deleted.stderr

@@ -561,3 +561,38 @@ def test_telemetry_in_istios_root_namespace_and_other_versions_are_refused() -> 
         "and tracing.sampling are Ami's mesh-wide level",
         "istio.yaml doc 2: apiVersion: unsupported 'telemetry.istio.io/v1beta1' for kind "
         "Telemetry, expected telemetry.istio.io/v1 or telemetry.istio.io/v1alpha1"]
+
+
+def test_checks_across_documents_name_the_istio_fields() -> None:
+    """Two namespace-wide Sidecars (or Telemetries) of one namespace: the second is refused
+    where its Istio document is written."""
+    found = [str(i) for i in validate_set(load("""\
+    apiVersion: networking.istio.io/v1
+    kind: Sidecar
+    metadata: {name: a, namespace: shop}
+    spec:
+      egress: [{hosts: ["./*"]}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: Sidecar
+    metadata: {name: b, namespace: shop}
+    spec:
+      egress: [{hosts: ["./*"]}]
+    ---
+    apiVersion: telemetry.istio.io/v1
+    kind: Telemetry
+    metadata: {name: a, namespace: shop}
+    spec:
+      accessLogging: [{providers: [{name: envoy}]}]
+    ---
+    apiVersion: telemetry.istio.io/v1
+    kind: Telemetry
+    metadata: {name: b, namespace: shop}
+    spec:
+      tracing: [{randomSamplingPercentage: 5}]
+    """))]
+    assert found == [
+        "istio.yaml doc 2: spec: namespace shop already has a namespace-wide Sidecar (one "
+        "without workloadSelector) (see Sidecar shop/a in istio.yaml doc 1)",
+        "istio.yaml doc 4: spec.selector: namespace shop already has a namespace-wide "
+        "Telemetry (one without selector) (see Telemetry shop/a in istio.yaml doc 3)"]
