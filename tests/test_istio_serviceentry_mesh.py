@@ -5,11 +5,10 @@ Sidecar scopes the host out and back in, an Istio Telemetry logs only the failur
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import json
 
 import pytest
 
