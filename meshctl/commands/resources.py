@@ -86,15 +86,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     describe.set_defaults(func=run_describe)
 
 
+def _unknown(word: str, err: argparse.ArgumentTypeError) -> str:
+    """An unknown kind, saying which kind an Istio one is stored as."""
+    return str(err) if word.lower() in ISTIO_STORED_AS else f"unknown kind {word!r}"
+
+
 def _get_kind(word: str) -> str:
     if word.lower() == ALL:
         return ALL
     try:
         return resolve_kind(word)
-    except argparse.ArgumentTypeError:
-        if word.lower() in ISTIO_STORED_AS:
-            raise  # (it says which kind the Istio one is stored as)
-        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{_unknown(word, err)}; expected one of {KIND_HELP}, "
                                          "or all") from None
 
 
@@ -103,10 +106,8 @@ def _describe_kind(word: str) -> str:
         return SERVICE
     try:
         return resolve_kind(word)
-    except argparse.ArgumentTypeError:
-        if word.lower() in ISTIO_STORED_AS:
-            raise  # (it says which kind the Istio one is stored as)
-        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{_unknown(word, err)}; expected one of {KIND_HELP}, "
                                          "service|svc") from None
 
 
