@@ -146,7 +146,11 @@ spec:
   resolution: DNS
   endpoints:
   - address: us.foo.bar.com
+    ports:
+      http: 8080
   - address: uk.foo.bar.com
+    ports:
+      http: 8080
 """
 SERVICE_ENTRIES = [
     (EGRESS_CONTROL, [
@@ -174,8 +178,10 @@ SERVICE_ENTRIES = [
         ("ExternalService", "default", "billing",
          {"hosts": ["billing.partner.example"], "ports": [{"number": 8080, "protocol": "HTTP"}],
           "endpoints": [{"address": "203.0.113.7"}, {"address": "2001:db8::7"}]}),
+        # the endpoints' own port (all the same): the port's targetPort
         ("ExternalService", "default", "names",
-         {"hosts": ["foo.bar.com"], "ports": [{"number": 80, "protocol": "HTTP"}],
+         {"hosts": ["foo.bar.com"],
+          "ports": [{"number": 80, "protocol": "HTTP", "targetPort": 8080}],
           "endpoints": [{"address": "us.foo.bar.com"}, {"address": "uk.foo.bar.com"}]})]),
 ]
 
@@ -243,16 +249,22 @@ SE_REFUSALS = [
     endpoints:
     - {address: us.foo.bar.com, ports: {http: 8080}}
     - {address: uk.foo.bar.com, ports: {http: 9080}, labels: {region: uk}, weight: 2}""", [
-        "spec.endpoints[0].ports: not supported by Ami: an endpoint's own port numbers; Ami "
-        "reaches every endpoint on the port's targetPort (default: its number): set "
-        "ports[].targetPort",
-        "spec.endpoints[1].ports: not supported by Ami: an endpoint's own port numbers; Ami "
-        "reaches every endpoint on the port's targetPort (default: its number): set "
-        "ports[].targetPort",
         "spec.endpoints[1].labels: not supported by Ami: endpoint labels; an "
         "ExternalService's endpoints are one set (no subsets)",
         "spec.endpoints[1].weight: not supported by Ami: endpoint weights; the endpoints are "
-        "balanced by the host's DestinationRule"]),
+        "balanced by the host's DestinationRule",
+        "spec.endpoints: not supported by Ami: the endpoints of port 'http' on different "
+        "ports (8080, 9080); Ami reaches every endpoint of a port on one targetPort: declare "
+        "them in ServiceEntries of their own"]),
+    ("""\
+    hosts: [foo.bar.com]
+    ports: [{number: 80, name: http, protocol: HTTP}, {number: 81, protocol: HTTP}]
+    resolution: DNS
+    endpoints:
+    - {address: us.foo.bar.com, ports: {http: 8080}}
+    - {address: uk.foo.bar.com, ports: {https: 8443, http: [1]}}""", [
+        "spec.endpoints[1].ports.https: no port is named 'https' (known: http)",
+        "spec.endpoints[1].ports.http: expected a port number, got a list"]),
     ("""\
     hosts: [a.example.com]
     ports: [{number: 80, name: web}]

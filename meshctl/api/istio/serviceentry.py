@@ -18,8 +18,6 @@ TCP_FAMILY = frozenset({"MONGO", "MYSQL", "REDIS"})
 # a port's protocol by its name's prefix (`http-api`), Istio's rule when `protocol` is absent
 NAMED = ("HTTP", "HTTP2", "HTTPS", "GRPC", "TCP", "TLS", "MONGO", "MYSQL", "REDIS")
 ENDPOINT_REFUSED = {
-    "ports": "an endpoint's own port numbers; Ami reaches every endpoint on the port's "
-             "targetPort (default: its number): set ports[].targetPort",
     "labels": "endpoint labels; an ExternalService's endpoints are one set (no subsets)",
     "network": "endpoint networks", "locality": "endpoint localities",
     "weight": "endpoint weights; the endpoints are balanced by the host's DestinationRule",
@@ -38,10 +36,14 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     if resolution not in RESOLUTIONS:
         f.add(f.at("resolution"), f"unknown value {resolution!r}, expected one of "
                                   + ", ".join(RESOLUTIONS))
-    ports = [_port(f, path, data) for path, data in items(f, "ports")]
+    named: dict[str, dict[str, Any]] = {}
+    ports = [_port(f, path, data, named) for path, data in items(f, "ports")]
     if f.has("ports"):
         spec["ports"] = ports
-    endpoints = [_endpoint(f, path, data, resolution) for path, data in items(f, "endpoints")]
+    overrides: list[tuple[str, Mapping[str, Any]]] = []
+    endpoints = [_endpoint(f, path, data, resolution, overrides)
+                 for path, data in items(f, "endpoints")]
+    _endpoint_ports(f, named, overrides, len(endpoints))
     if endpoints:
         spec["endpoints"] = endpoints
     if resolution == "NONE" and endpoints:
@@ -79,14 +81,18 @@ def _location(f: Fields) -> None:
         f.add(f.at("location"), f"unknown value {location!r}, expected MESH_EXTERNAL")
 
 
-def _port(f: Fields, path: str, data: object) -> dict[str, Any]:
-    """A ServicePort as an ExternalService port; `name` only tells its protocol (Istio's)."""
+def _port(f: Fields, path: str, data: object, named: dict[str, dict[str, Any]]
+          ) -> dict[str, Any]:
+    """A ServicePort as an ExternalService port (``named``: it, by its name); `name` tells
+    its protocol when `protocol` does not (Istio's rule) and which endpoint ports are its."""
     if not isinstance(data, Mapping):
         f.add(path, f"expected a mapping, got {F.describe(data)}")
         return {}
     p = Fields(data, path)
     out = {k: p.raw(k) for k in ("number", "targetPort") if p.has(k)}
     name = p.raw("name")
+    if isinstance(name, str):
+        named[name] = out
     protocol = p.raw("protocol")
     if protocol is None and isinstance(name, str):
         prefix = name.split("-")[0].upper()
@@ -104,12 +110,19 @@ def _port(f: Fields, path: str, data: object) -> dict[str, Any]:
     return out
 
 
-def _endpoint(f: Fields, path: str, data: object, resolution: object) -> dict[str, Any]:
-    """A WorkloadEntry as an endpoint: its address alone."""
+def _endpoint(f: Fields, path: str, data: object, resolution: object,
+              overrides: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """A WorkloadEntry as an endpoint: its address; its `ports` go to ``overrides``."""
     if not isinstance(data, Mapping):
         f.add(path, f"expected a mapping, got {F.describe(data)}")
         return {}
     e = Fields(data, path)
+    ports = e.raw("ports")
+    if isinstance(ports, Mapping):
+        overrides.append((e.at("ports"), ports))
+    elif ports is not None:
+        e.add(e.at("ports"), f"expected a mapping of port name to number, got "
+                             f"{F.describe(ports)}")
     out = {"address": e.raw("address")} if e.has("address") else {}
     address = e.raw("address")
     if resolution == "STATIC" and isinstance(address, str) and not _is_ip(address):
@@ -119,6 +132,34 @@ def _endpoint(f: Fields, path: str, data: object, resolution: object) -> dict[st
         refuse(e, key, why)
     done(f, e)
     return out
+
+
+def _endpoint_ports(f: Fields, named: Mapping[str, dict[str, Any]],
+                    overrides: list[tuple[str, Mapping[str, Any]]], count: int) -> None:
+    """Endpoints' `ports` ({port name: number}) as the ports' targetPort: Ami reaches every
+    endpoint of a port on one number, so all endpoints must agree on it."""
+    before = len(f.issues)
+    for path, ports in overrides:
+        for name, number in ports.items():
+            if name not in named:
+                f.add(F.join(path, str(name)), f"no port is named {name!r} (known: "
+                                               f"{', '.join(sorted(named)) or 'none'})")
+            elif not isinstance(number, int) or isinstance(number, bool):
+                f.add(F.join(path, str(name)), f"expected a port number, got "
+                                               f"{F.describe(number)}")
+    if len(f.issues) > before:
+        return
+    for name, port in named.items():
+        default = port.get("targetPort", port.get("number"))
+        numbers = [ports.get(name, default) for _, ports in overrides]
+        numbers += [default] * (count - len(overrides))  # (endpoints without ports)
+        if len(set(numbers)) > 1:
+            f.add(f.at("endpoints"), f"not supported by Ami: the endpoints of port {name!r} "
+                                     f"on different ports ({', '.join(map(str, numbers))}); "
+                                     "Ami reaches every endpoint of a port on one targetPort: "
+                                     "declare them in ServiceEntries of their own")
+        elif numbers and numbers[0] != port.get("number"):
+            port["targetPort"] = numbers[0]
 
 
 def _is_ip(address: str) -> bool:
