@@ -378,6 +378,14 @@ spec:
   workloadSelector:
     labels: {app: batch, version: v2}
   outboundTrafficPolicy: {mode: ALLOW_ANY}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: strict
+  namespace: shop
+spec:
+  outboundTrafficPolicy: {}
 """
 
 
@@ -391,7 +399,9 @@ def test_sidecar_becomes_an_ami_sidecar() -> None:
           "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
         ("Sidecar", "shop", "batch",
          {"workloadSelector": {"labels": {"app": "batch", "version": "v2"}},
-          "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}})]
+          "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}),
+        # no mode: Istio's enum zero
+        ("Sidecar", "shop", "strict", {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})]
     assert load(SIDECARS)[0].origin == "sidecar.networking.istio.io/default"
 
 

@@ -22,8 +22,9 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     spec = {k: f.raw(k) for k in SAME if f.has(k)}
     outbound = nested(f, "outboundTrafficPolicy")
     if outbound is not None:
-        spec["outboundTrafficPolicy"] = {"mode": outbound.raw("mode")} if outbound.has(
-            "mode") else {}
+        # (no mode: the enum's zero, REGISTRY_ONLY, as Istio reads it)
+        spec["outboundTrafficPolicy"] = {"mode": outbound.raw("mode") if outbound.has("mode")
+                                         else "REGISTRY_ONLY"}
         refuse(outbound, "egressProxy", "egressProxy; under ALLOW_ANY the sidecar reaches an "
                                         "unknown host directly")
         done(f, outbound)
