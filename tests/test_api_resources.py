@@ -126,7 +126,8 @@ def test_every_kind_parses_to_its_spec_type() -> None:
      ["r.yaml doc 1: spec.connectionPool.tcpIdleTimeout: duration '-1s' must not be negative"]),
     ("apiVersion: ami.mesh/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
      "spec: {action: PERMIT, rules: [{from: [{}], to: [{paths: ['/a*b']}]}]}",
-     ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY, CUSTOM",
+     ["r.yaml doc 1: spec.action: unknown value 'PERMIT', expected one of ALLOW, DENY, CUSTOM, "
+      "AUDIT",
       "r.yaml doc 1: spec.rules[0].from[0]: set at least one of identities, notIdentities, "
       "services, notServices, namespaces, notNamespaces, ipBlocks, notIpBlocks, "
       "remoteIpBlocks, notRemoteIpBlocks, requestPrincipals, notRequestPrincipals",

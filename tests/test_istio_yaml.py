@@ -917,9 +917,9 @@ def test_security_refusals(doc: str, message: str) -> None:
 def test_other_istio_kinds_and_versions_are_refused_with_what_to_write() -> None:
     found = errors("""\
     apiVersion: networking.istio.io/v1
-    kind: ServiceEntry
-    metadata: {name: httpbin}
-    spec: {hosts: [httpbin.org]}
+    kind: Gateway
+    metadata: {name: bookinfo-gateway}
+    spec: {selector: {istio: ingressgateway}}
     ---
     apiVersion: security.istio.io/v1alpha1
     kind: PeerAuthentication
@@ -927,9 +927,9 @@ def test_other_istio_kinds_and_versions_are_refused_with_what_to_write() -> None
     spec: {}
     """)
     assert found[0].startswith(
-        "istio.yaml doc 1: kind: Istio's 'ServiceEntry' of networking.istio.io is not "
-        "translated by Ami: Ami's ExternalService kind declares outside hosts; Ami translates "
-        "VirtualService (networking.istio.io), DestinationRule")
+        "istio.yaml doc 1: kind: Istio's 'Gateway' of networking.istio.io is not "
+        "translated by Ami: Ami's Gateway kind (ami.mesh/v1alpha1) serves the edge; Ami "
+        "translates VirtualService (networking.istio.io), DestinationRule")
     assert found[1] == ("istio.yaml doc 2: apiVersion: unsupported 'security.istio.io/v1alpha1' "
                         "for kind PeerAuthentication, expected security.istio.io/v1 or "
                         "security.istio.io/v1beta1")

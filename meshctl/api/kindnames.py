@@ -22,9 +22,11 @@ _KIND_BY_WORD = {w.lower(): k for k, p in KIND_PLURALS.items() for w in (k, p)}
 # Istio kinds of another name, stored as the Ami kind they are translated into
 ISTIO_STORED_AS: dict[str, tuple[str, str]] = {
     word: (istio, ami)
-    for istio, ami, short in (("VirtualService", "Route", "vs"),
-                              ("DestinationRule", "DestinationPolicy", "dr"))
-    for word in (istio.lower(), istio.lower() + "s", short)}
+    for istio, plural, ami, short in (
+        ("VirtualService", "virtualservices", "Route", "vs"),
+        ("DestinationRule", "destinationrules", "DestinationPolicy", "dr"),
+        ("ServiceEntry", "serviceentries", "ExternalService", "se"))
+    for word in (istio.lower(), plural, short)}
 
 
 def kind_for(word: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from meshctl import output
 from meshctl.api.errors import Issue, ValidationError
 from meshctl.api.istio.common import TRANSLATED_FROM, istio_path
-from meshctl.api.kindnames import KIND_PLURALS
+from meshctl.api.kindnames import ISTIO_STORED_AS, KIND_PLURALS
 from meshctl.api.resources import (
     Resource,
     load_documents,
@@ -86,13 +86,18 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     describe.set_defaults(func=run_describe)
 
 
+def _unknown(word: str, err: argparse.ArgumentTypeError) -> str:
+    """An unknown kind, saying which kind an Istio one is stored as."""
+    return str(err) if word.lower() in ISTIO_STORED_AS else f"unknown kind {word!r}"
+
+
 def _get_kind(word: str) -> str:
     if word.lower() == ALL:
         return ALL
     try:
         return resolve_kind(word)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{_unknown(word, err)}; expected one of {KIND_HELP}, "
                                          "or all") from None
 
 
@@ -101,8 +106,8 @@ def _describe_kind(word: str) -> str:
         return SERVICE
     try:
         return resolve_kind(word)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"unknown kind {word!r}; expected one of {KIND_HELP}, "
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{_unknown(word, err)}; expected one of {KIND_HELP}, "
                                          "service|svc") from None
 
 

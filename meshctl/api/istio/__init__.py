@@ -1,4 +1,4 @@
-"""Istio's own YAML (networking.istio.io, security.istio.io) translated into Ami's kinds.
+"""Istio's own YAML (networking, security and telemetry.istio.io) translated into Ami's kinds.
 
 Each Istio kind has a module turning its document into one or more Ami documents, which the
 Ami parser then checks as its own; errors are reported on the Istio document's field paths.
@@ -11,25 +11,35 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from meshctl.api.errors import Issue, fail
-from meshctl.api.istio import authentication, authorization, destinationrule, virtualservice
+from meshctl.api.istio import (
+    authentication,
+    authorization,
+    destinationrule,
+    serviceentry,
+    sidecar,
+    telemetry,
+    virtualservice,
+)
 from meshctl.api.istio.common import Translation, istio_path
 
 NETWORKING = "networking.istio.io"
 SECURITY = "security.istio.io"
-VERSIONS = {NETWORKING: ("v1", "v1beta1", "v1alpha3"), SECURITY: ("v1", "v1beta1")}
+TELEMETRY = "telemetry.istio.io"
+VERSIONS = {NETWORKING: ("v1", "v1beta1", "v1alpha3"), SECURITY: ("v1", "v1beta1"),
+            TELEMETRY: ("v1", "v1alpha1")}
 Translator = Callable[[Mapping[str, Any], str], list[Translation]]
 KINDS: dict[tuple[str, str], Translator] = {
     (NETWORKING, "VirtualService"): virtualservice.translate,
     (NETWORKING, "DestinationRule"): destinationrule.translate,
+    (NETWORKING, "ServiceEntry"): serviceentry.translate,
+    (NETWORKING, "Sidecar"): sidecar.translate,
+    (TELEMETRY, "Telemetry"): telemetry.translate,
     (SECURITY, "AuthorizationPolicy"): authorization.translate,
     (SECURITY, "PeerAuthentication"): authentication.translate_peer,
     (SECURITY, "RequestAuthentication"): authentication.translate_request,
 }
 # Istio kinds not translated, and what to write instead
-INSTEAD = {"Gateway": "Ami's Gateway kind (ami.mesh/v1alpha1) serves the edge",
-           "ServiceEntry": "Ami's ExternalService kind declares outside hosts",
-           "Sidecar": "Ami's Sidecar kind (ami.mesh/v1alpha1) scopes a sidecar's egress",
-           "Telemetry": "Ami's Telemetry kind (ami.mesh/v1alpha1)"}
+INSTEAD = {"Gateway": "Ami's Gateway kind (ami.mesh/v1alpha1) serves the edge"}
 
 
 def is_istio(doc: object) -> bool:

@@ -306,7 +306,8 @@ def _target(f: Fields, key: str, namespace: str, hosts: list[str]) -> dict[str, 
     host = d.required("host", F.string(), "")
     if host:
         found = service_of(host.lower(), namespace)
-        if found is not None and found[1] != namespace:
+        # (the VirtualService's own host may be an outside one of mesh form: `httpbin.org`)
+        if found is not None and found[1] != namespace and host.lower() not in hosts:
             d.add(d.at("host"), f"not supported by Ami: {host!r} is service {found[0]} of "
                                 f"namespace {found[1]}, another namespace; a Route's backends "
                                 "are services of its own namespace, unless the destination "
