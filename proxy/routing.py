@@ -805,7 +805,7 @@ def _hash_key(spec: Any) -> Callable[[Exchange], str | None]:
     """What a CONSISTENT_HASH destination keys requests by (meshctl.api.policy.ConsistentHash)."""
     name = spec.name
     if spec.kind == "header":  # (every value of a header sent twice: matching.hash_key)
-        return lambda ex: hash_key(ex, name)
+        return lambda ex: hash_key(ex.headers, name)
     if spec.kind == "queryParameter":
         def parameter(ex: Exchange) -> str | None:
             for pair in ex.query.split("&"):
