@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from proxy.authzstats import AuthzTable, compile_policies, noted
+from proxy.authzstats import Audit, AuthzTable, compile_policies, noted
 from proxy.clientaddress import trusted_client
 from proxy.jwtauth import WWW_AUTHENTICATE, Authenticated, InvalidToken, JwtAuthenticator
 from proxy.layers import retry_after_header
@@ -293,6 +293,21 @@ class InboundPolicy:
         ``address``) reach the app (nothing counted, no token spent: also asked of
         connections already admitted, when the policies change)."""
         return self.connection_decision(identity, service, namespace, address) is None
+
+    def audit_open_connection(self, identity: str | None, service: str | None,
+                              namespace: str | None, address: str | None, log: Any) -> bool:
+        """Judge a TCP connection admitted before this push by its enforced AUDIT policies
+        (proxy.revoke); whether one marks it (noted on ``log`` and counted, as at a first
+        admission). Dry-run AUDIT policies judge first admissions only (counted once)."""
+        if self.audit is None or not self.audit.enforced:
+            return False
+        port = self.port
+        marked = Audit(self.audit.enforced, []).judge(
+            lambda rule, deny: bool(rule.matches_connection(identity, service, namespace, port,
+                                                            deny, address)))
+        if marked is not None:
+            noted(log, 2, marked)
+        return marked is not None
 
     def connection_decision(self, identity: str | None, service: str | None,
                             namespace: str | None, address: str | None = None,

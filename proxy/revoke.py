@@ -3,7 +3,9 @@
 An inbound `ami-tcp` connection was authorized as a connection, and a tunnel (a WebSocket, any
 101 upgrade) by the request that opened it; both then carry bytes no policy sees. When a push
 brings new authorization policies (or RequestAuthentication), each is judged again as it was
-admitted, the rate limit aside, and the ones now refused are closed and counted as denials.
+admitted, the rate limit aside, and the ones now refused are closed and counted as denials;
+a TCP connection an AUDIT policy the push brought matches is marked and counted as at its
+admission, its access log line written when it ends.
 An upgrade still awaiting its 101 is judged with them; a TCP connection without its hello yet
 is judged at the hello, by the policies then in force (proxy.tcpinbound).
 Istio gets there by draining every connection of a changed listener after its drain period;
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
+
+from proxy.authzstats import audited
 
 if TYPE_CHECKING:
     from proxy.downstream import DownstreamProtocol
@@ -52,6 +56,14 @@ def _judge(p: DownstreamProtocol, policy: InboundPolicy, takes_tcp: bool) -> Non
             policy.revoked(refused, session)
             assert session.on_refuse is not None
             session.on_refuse("not_authorized")
+        elif (takes_tcp and session.upstream is not None and not session.ended
+              and not audited(session) and policy.audit_open_connection(
+                  p.peer_identity, p.peer_service, p.peer_namespace,
+                  p.client_ip.decode("latin-1"), session)):
+            # an AUDIT policy the push brought marks it: its line is written when it ends,
+            # as the listener now logs (with the access log off too)
+            session.log_out = p.listener.access_log
+            session.log_filter = p.listener.access_filter
         return
     ex = p.tunnel_request
     if ex is not None and (refusal := policy.admit(ex, spend=False)):

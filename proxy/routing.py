@@ -28,6 +28,7 @@ from proxy.policy.balancer import (
     RingHashBalancer,
     RoundRobinBalancer,
 )
+from proxy.policy.matching import hash_key
 from proxy.policy.panic import PanicGuard
 from proxy.policy.slowstart import NEVER, SlowStartBalancer
 from proxy.policy.sticky import StickyBalancer
@@ -804,8 +805,8 @@ def _for_hosts(hosts: tuple[str, ...], matcher: Matcher | None) -> Matcher | Non
 def _hash_key(spec: Any) -> Callable[[Exchange], str | None]:
     """What a CONSISTENT_HASH destination keys requests by (meshctl.api.policy.ConsistentHash)."""
     name = spec.name
-    if spec.kind == "header":
-        return lambda ex: ex.header(name)
+    if spec.kind == "header":  # (every value of a header sent twice: matching.hash_key)
+        return lambda ex: hash_key(ex.headers, name)
     if spec.kind == "queryParameter":
         def parameter(ex: Exchange) -> str | None:
             for pair in ex.query.split("&"):

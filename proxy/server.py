@@ -173,17 +173,9 @@ class ProxyServer:
             else:
                 inbound.plaintext_allowed = True
         previous = self.snapshot
-        if previous is not None and (previous.authorization, previous.authentication,
-                                     previous.app) != (snapshot.authorization,
-                                                       snapshot.authentication, snapshot.app):
-            from proxy import revoke
-
-            # Revoking access holds for what is open too: connections the new policies refuse
-            # end now, before the ACK (proxy.revoke).
-            if inbound is not None:
-                revoke.recheck(inbound, inbound_policy)
-            if gateway is not None and gateway_policy is not None:
-                revoke.recheck(gateway, gateway_policy)
+        policies_changed = previous is not None and (
+            previous.authorization, previous.authentication, previous.app) != (
+            snapshot.authorization, snapshot.authentication, snapshot.app)
         self._pending_routers = routers
         self._inbound_policy = inbound_policy
         rule_limits.settle()
@@ -196,6 +188,16 @@ class ProxyServer:
         self.stats.rules.retire_unused()
         self.stats.authz.retire_unused()
         self._set_access_log(snapshot)
+        if policies_changed:
+            from proxy import revoke
+
+            # Revoking access holds for what is open too: connections the new policies refuse
+            # end now, before the ACK (proxy.revoke); after the access log is set, since an
+            # open TCP connection a new AUDIT policy marks takes the listener's log
+            if inbound is not None:
+                revoke.recheck(inbound, inbound_policy)
+            if gateway is not None and gateway_policy is not None:
+                revoke.recheck(gateway, gateway_policy)
         if log.isEnabledFor(logging.DEBUG):  # once per push, not per request
             log.debug("config %s applied: %s", snapshot.version, _summary(snapshot))
         for hook in self.on_snapshot:

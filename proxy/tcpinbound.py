@@ -69,6 +69,9 @@ def take_over(p: DownstreamProtocol, early: bytes = b"") -> None:
         # Judged by the policies in force now: a push since the handshake that refuses this
         # peer found no session to end yet (proxy.revoke skips one without its hello).
         target = listener.tcp
+        # and logged as the listener logs now: a push's AUDIT policy may have it written
+        # with the access log off (proxy.server.set_access_log)
+        session.log_out, session.log_filter = listener.access_log, listener.access_filter
         # the caller's version label, believed over mTLS only (as HTTP's `x-ami-peer`)
         version = (payload.decode("ascii") if p.peer_identity is not None
                    and _VERSION.fullmatch(payload) else "unknown")

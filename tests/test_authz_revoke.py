@@ -236,6 +236,95 @@ async def test_a_tcp_connection_whose_hello_comes_after_the_push_meets_the_new_p
         app.stop()
 
 
+async def test_a_tcp_connection_whose_hello_comes_after_an_audit_push_is_logged(
+        tmp_path: Path) -> None:
+    """The access log off; a plaintext `ami-tcp` connection taken over before a reload that
+    brings an AUDIT policy of the app's port, its hello after: admitted, counted audited, and
+    its line written when it ends (the log the listener had at the hello, not at the
+    handshake, when nothing was to be written)."""
+    app = start_tcp_app(tmp_path, "db")
+    port = free_port()
+    app_port = int(app.info["address"].rsplit(":", 1)[1])
+    proxy = start_proxy(tmp_path / "db", mint(mesh_ca(tmp_path / "ca"), "db"), {
+        "node": {"service": "db"}, "app": app.info["address"], "appProtocol": "tcp",
+        "mesh": {"mtls": "PERMISSIVE", "accessLog": False}, "inbound": {}}, inbound=port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PREAMBLE)
+        await writer.drain()
+        here = writer.get_extra_info("sockname")[1]
+        await eventually(lambda: unread(port, here) == 0, 10, what="the preamble read")
+        reload_with(proxy, [{"name": "default/audit-db", "action": "AUDIT",
+                             "rules": [{"to": [{"ports": [app_port]}]}]}])
+        await wait_reloads(proxy, "applied", 1)
+        writer.write(first_frame(b"v1"))
+        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(4), 10))
+        assert await asyncio.wait_for(reader.readexactly(length), 10) == b"ok"
+        assert metric_value(await proxy.metrics(), "ami_authz_decisions_total",
+                            policy="default/audit-db", decision="audited") == 1
+    finally:
+        writer.close()
+
+    def tcp_line() -> dict[str, Any] | None:
+        return next((line for line in (json.loads(x) for x in proxy.stdout().splitlines()
+                                       if x.startswith("{")) if line["protocol"] == "TCP"),
+                    None)
+
+    try:
+        await eventually(lambda: tcp_line() is not None, 10,
+                         what="the TCP connection's access log line")
+        line = tcp_line()
+        assert line is not None and line["audit_policy"] == "default/audit-db", line
+    finally:
+        proxy.stop()
+        app.stop()
+
+
+async def test_an_open_tcp_connection_meets_an_audit_policy_a_push_brings(
+        tmp_path: Path) -> None:
+    """The access log off; an established `ami-tcp` connection (hello answered) when a reload
+    brings an AUDIT policy of the app's port: it stays open, is counted audited once (a second
+    push does not count it again) and its line, naming the policy, is written when it ends."""
+    app = start_tcp_app(tmp_path, "db")
+    port = free_port()
+    app_port = int(app.info["address"].rsplit(":", 1)[1])
+    proxy = start_proxy(tmp_path / "db", mint(mesh_ca(tmp_path / "ca"), "db"), {
+        "node": {"service": "db"}, "app": app.info["address"], "appProtocol": "tcp",
+        "mesh": {"mtls": "PERMISSIVE", "accessLog": False}, "inbound": {}}, inbound=port)
+    audit = {"name": "default/audit-db", "action": "AUDIT",
+             "rules": [{"to": [{"ports": [app_port]}]}]}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PREAMBLE + first_frame(b"v1"))
+        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(4), 10))
+        assert await asyncio.wait_for(reader.readexactly(length), 10) == b"ok"
+        reload_with(proxy, [audit])
+        await wait_reloads(proxy, "applied", 1)
+        reload_with(proxy, [audit, {"name": "default/other", "action": "AUDIT",
+                                    "rules": [{"to": [{"ports": [app_port + 1]}]}]}])
+        await wait_reloads(proxy, "applied", 2)
+        assert metric_value(await proxy.metrics(), "ami_authz_decisions_total",
+                            policy="default/audit-db", decision="audited") == 1
+        writer.write(first_frame(b"still open"))  # (a data frame: the app echoes it)
+        await writer.drain()
+    finally:
+        writer.close()
+
+    def tcp_line() -> dict[str, Any] | None:
+        return next((line for line in (json.loads(x) for x in proxy.stdout().splitlines()
+                                       if x.startswith("{")) if line["protocol"] == "TCP"),
+                    None)
+
+    try:
+        await eventually(lambda: tcp_line() is not None, 10,
+                         what="the TCP connection's access log line")
+        line = tcp_line()
+        assert line is not None and line["audit_policy"] == "default/audit-db", line
+    finally:
+        proxy.stop()
+        app.stop()
+
+
 async def test_a_connection_that_cannot_be_judged_again_is_closed_and_the_push_applies(
         echo: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while judging an open connection again (here the policy raises) costs that

@@ -60,6 +60,19 @@ async def test_a_user_sticks_to_one_endpoint_in_every_sidecar(
     assert set(owner.values()) == {"v0", "v1", "v2"}
 
 
+async def test_a_header_sent_twice_is_keyed_by_all_its_values_in_any_order(
+        two_proxies: list[TrafficProxy]) -> None:
+    """`x-user` sent twice keys the request by both values, whatever their order, as Envoy's
+    header hash (each value, sorted): `a` then `b` and `b` then `a` reach the same endpoint
+    (keyed by the first value alone, most pairs would not)."""
+    proxy = two_proxies[0]
+    for i in range(20):
+        first, second = f"pair-{i}-a", f"pair-{i}-b"
+        ab = await _version(proxy, "byuser", "/", f"{first}\r\nx-user: {second}")
+        ba = await _version(proxy, "byuser", "/", f"{second}\r\nx-user: {first}")
+        assert ab == ba, (i, ab, ba)
+
+
 async def test_a_query_parameter_can_be_the_key(two_proxies: list[TrafficProxy]) -> None:
     for session in ("a1", "b2", "c3", "d4"):
         seen = {await _version(p, "bysession", f"/cart?x=1&s={session}")

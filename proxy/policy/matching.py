@@ -58,6 +58,17 @@ def joined_header(request: RequestView, name_lower: str) -> str | None:
     return None if found is None else found.decode("latin-1")
 
 
+def hash_key(headers: Sequence[tuple[bytes, bytes]], name_lower: str) -> str | None:
+    """What CONSISTENT_HASH by a header keys a request by: its value (trimmed), or, sent more
+    than once, its values sorted and joined with ',', so their order does not move the
+    request (Envoy's HeaderHashMethod hashes every value, sorted); None when absent."""
+    key = name_lower.encode("latin-1")
+    values = [v.strip(b" \t") for n, v in headers if len(n) == len(key) and n.lower() == key]
+    if not values:
+        return None
+    return (values[0] if len(values) == 1 else _JOIN.join(sorted(values))).decode("latin-1")
+
+
 def parse_query(raw: str) -> dict[str, str]:
     """Decode a query string; a repeated parameter keeps its first value, ``?flag`` is ``''``."""
     params: dict[str, str] = {}
