@@ -192,6 +192,24 @@ def test_service_entry_becomes_an_external_service(istio: str, ami: list[Any]) -
     assert specs(istio) == ami
 
 
+def test_an_empty_export_to_is_every_namespace_and_one_endpoint_round_robin_is_kept() -> None:
+    """Istio reads `exportTo: []` as its default, every namespace; DNS_ROUND_ROBIN with one
+    endpoint (the reference's form) is that endpoint."""
+    assert specs("""\
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {name: rr}
+    spec:
+      hosts: [a.example.com]
+      ports: [{number: 80, name: http, protocol: HTTP}]
+      resolution: DNS_ROUND_ROBIN
+      exportTo: []
+      endpoints: [{address: lb.a.example.com}]
+    """) == [("ExternalService", "default", "rr",
+              {"hosts": ["a.example.com"], "ports": [{"number": 80, "protocol": "HTTP"}],
+               "endpoints": [{"address": "lb.a.example.com"}]})]
+
+
 def test_the_translation_says_where_it_came_from() -> None:
     (es,) = load(EGRESS_CONTROL.split("---")[0])
     assert es.origin == "serviceentry.networking.istio.io/httpbin-ext"
@@ -306,6 +324,23 @@ SE_REFUSALS = [
         "spec.location: unknown value 'OUTSIDE', expected MESH_EXTERNAL",
         "spec.resolution: unknown value 'SOMETIMES', expected one of NONE, STATIC, DNS, "
         "DNS_ROUND_ROBIN, DYNAMIC_DNS"]),
+    # a single-label host is a mesh service's name to its callers: Ami's service would win
+    ("""\
+    hosts: [reviews, api.example.com]
+    ports: [{number: 9080, name: http, protocol: HTTP}]
+    resolution: DNS""", [
+        "spec.hosts[0]: not supported by Ami: a single-label host ('reviews'); it names a mesh "
+        "service to the apps that call it, and a mesh service of that name wins over an "
+        "ExternalService host: give the outside host's full DNS name"]),
+    # DNS_ROUND_ROBIN reaches one name (Envoy's LOGICAL_DNS): not balanced over several
+    ("""\
+    hosts: [a.example.com]
+    ports: [{number: 80, protocol: HTTP}]
+    resolution: DNS_ROUND_ROBIN
+    endpoints: [{address: us.a.example.com}, {address: uk.a.example.com}]""", [
+        "spec.endpoints: resolution DNS_ROUND_ROBIN takes at most one endpoint (Envoy's "
+        "LOGICAL_DNS, which Istio makes of it, reaches one name); resolution DNS balances "
+        "over several"]),
     # what Ami's ExternalService finds, on the Istio fields
     ("""\
     hosts: [reviews.default.svc.cluster.local, "*.bar.com"]

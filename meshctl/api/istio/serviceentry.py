@@ -31,6 +31,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     spec: dict[str, Any] = {}
     if f.has("hosts"):
         spec["hosts"] = f.raw("hosts")
+        _short_hosts(f)
     _location(f)
     resolution = f.raw("resolution") if f.has("resolution") else "NONE"
     if resolution not in RESOLUTIONS:
@@ -49,6 +50,11 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     if resolution == "NONE" and endpoints:
         f.add(f.at("endpoints"), "endpoints with resolution NONE (Istio refuses them too): "
                                  "use resolution STATIC for IP addresses, DNS for names")
+    if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:
+        f.add(f.at("endpoints"), "resolution DNS_ROUND_ROBIN takes at most one endpoint "
+                                 "(Envoy's LOGICAL_DNS, which Istio makes of it, reaches one "
+                                 "name); "
+                                 "resolution DNS balances over several")
     if resolution == "STATIC" and not endpoints and not f.has("workloadSelector"):
         f.add(f.at("endpoints"), "resolution STATIC needs endpoints (their IP addresses)")
     refuse(f, "addresses", "addresses (virtual IPs); apps reach an outside host through their "
@@ -58,7 +64,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     refuse(f, "subjectAltNames", "subjectAltNames (they verify mesh workloads); a "
                                  "DestinationRule's tls.sni names the outside host to verify")
     export = f.raw("exportTo")
-    if export is not None and export != ["*"]:
+    if export not in (None, [], ["*"]):  # (an empty list: every namespace, as in Istio)
         f.add(f.at("exportTo"), "not supported by Ami: exportTo other than [\"*\"]; an "
                                 "ExternalService's hosts are known in every namespace "
                                 "(a Sidecar's egress hosts scope them)")
@@ -67,6 +73,19 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     for key in ("hosts", "ports", "endpoints"):
         t.at(f"spec.{key}", f"spec.{key}")
     return [t]
+
+
+def _short_hosts(f: Fields) -> None:
+    """A single-label host (`reviews`) is how apps call a mesh service of their namespace:
+    Ami's mesh service would silently win over it, where Istio makes it a host of its own."""
+    hosts = f.raw("hosts")
+    for i, host in enumerate(hosts if isinstance(hosts, list) else ()):
+        if isinstance(host, str) and host and "." not in host:
+            f.add(f"{f.at('hosts')}[{i}]", f"not supported by Ami: a single-label host "
+                                           f"({host!r}); it names a mesh service to the apps "
+                                           "that call it, and a mesh service of that name "
+                                           "wins over an ExternalService host: give the "
+                                           "outside host's full DNS name")
 
 
 def _location(f: Fields) -> None:
