@@ -435,7 +435,7 @@ class FilterView:
 
     __slots__ = ("authority", "authz", "flags", "status")
     method = b""
-    path = ""
+    path = query = ""
 
     def __init__(self, status: int, flags: str, authority: str | None = None,
                  authz: tuple[str | None, ...] | None = None) -> None:

@@ -21,9 +21,9 @@ from proxy.config import ConfigError, Snapshot
 
 
 def request(status: int = 200, flags: str = "-", method: bytes = b"GET", path: str = "/",
-            authority: str = "reviews") -> Any:
+            authority: str = "reviews", query: str = "") -> Any:
     return SimpleNamespace(status=status, flags=flags, method=method, path=path,
-                           authority=authority)
+                           authority=authority, query=query)
 
 
 # -- the filter language ---------------------------------------------------------------------
@@ -37,6 +37,11 @@ def request(status: int = 200, flags: str = "-", method: bytes = b"GET", path: s
     ("request.method == 'POST'", request(method=b"POST"), request(method=b"GET")),
     ('request.path.startsWith("/api")', request(path="/api/v1"), request(path="/web/api")),
     ('request.path.endsWith(".js")', request(path="/a.js"), request(path="/a.css")),
+    # Envoy's request.path is the :path, query included; request.url_path is without it
+    ('request.path.contains("debug=1")', request(path="/q", query="debug=1"),
+     request(path="/q")),
+    ('request.path == "/q"', request(path="/q"), request(path="/q", query="a=1")),
+    ('request.url_path == "/q"', request(path="/q", query="a=1"), request(path="/r")),
     ('request.host.contains("view")', request(authority="reviews"), request(authority="a")),
     ('response.flags != "-"', request(flags="upstream_connect_failure"), request()),
     ('response.code >= 500 && request.method == "POST"',

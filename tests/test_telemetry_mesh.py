@@ -1,6 +1,6 @@
 """Telemetry end to end: a real control plane, sidecars in two namespaces (mTLS on) with their
 apps, and an in-process OTLP collector. A namespace's Telemetry switches the access log of that
-namespace only (the other's snapshot keeps its bytes), a filter logs the 404 and not the 200, a
+namespace only (the other's snapshot keeps its bytes), a filter logs the 404 and not the 200 (and sees request.path with its query, as Envoy's), a
 workload's Telemetry beats its namespace's, 100% sampling for one service yields its traces
 while the others keep the mesh's 0, and the CLI lists, describes and deletes the kind."""
 
@@ -152,6 +152,27 @@ def test_a_filter_logs_the_404_and_not_the_200_and_a_workload_beats_its_namespac
     # reviews: its own Telemetry (no filter) beats the namespace's: the 200 is logged
     wait_for(lambda: any(line["path"] == "/filtered-ok" and line["status"] == 200
                          for line in log_lines(reviews)), 20, "reviews' 200 line")
+
+
+def test_a_filter_on_request_path_sees_the_query_as_envoys_does(
+        mesh: dict[str, Any], applied: list[tuple[str, str]]) -> None:
+    """Envoy's request.path is the :path, query included (request.url_path is without it):
+    an Istio filter on a query parameter logs the requests that carry it."""
+    web = mesh["web"]
+    apply_telemetry(mesh, applied, "debug-calls", "shop",
+                    "{selector: {matchLabels: {app: web}}, accessLogging: [{filter: "
+                    "{expression: 'request.path.contains(\"debug=1\") && "
+                    "request.url_path.startsWith(\"/dbg\")'}}]}")
+    wait_for(lambda: "debug=1" in ((telemetry_of(web) or {}).get("filter_expression") or ""),
+             20, "web pushed")
+    before = requests_recorded(web)
+    assert call(web, "reviews", "/dbg-plain") == 200
+    assert call(web, "reviews", "/dbg-query?debug=1") == 200
+    wait_for(lambda: requests_recorded(web) >= before + 2, 20, "web recorded both")
+    wait_for(lambda: any(line["path"] == "/dbg-query" for line in log_lines(web)), 20,
+             "web's line of the request with the query")
+    assert [line["path"] for line in log_lines(web)
+            if line["path"].startswith("/dbg")] == ["/dbg-query"]
 
 
 def test_full_sampling_for_one_service_traces_it_and_not_the_others(

@@ -10,8 +10,8 @@ Grammar (Envoy's attribute names)::
     OP      := == != < <= > >=     METHOD := startsWith endsWith contains
 
 Attributes: ``response.code`` (integer; 0 when no response was sent), ``response.flags`` (the
-reason word, ``-`` when none), ``request.method``, ``request.path`` (without the query),
-``request.host``. Integers compare with any operator, strings with ``==`` and ``!=``. Anything
+reason word, ``-`` when none), ``request.method``, ``request.path`` (with the query, as
+Envoy's), ``request.url_path`` (without it), ``request.host``. Integers compare with any operator, strings with ``==`` and ``!=``. Anything
 else is refused with the 1-based column of the first problem.
 """
 
@@ -24,14 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 Predicate = Callable[[Any], bool]
-"""Takes a finished exchange (``status``, ``flags``, ``method`` bytes, ``path``,
+"""Takes a finished exchange (``status``, ``flags``, ``method`` bytes, ``path``, ``query``,
 ``authority``) and says whether it is logged."""
 
 _ATTRIBUTES: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "response.code": (int, lambda ex: ex.status),
     "response.flags": (str, lambda ex: ex.flags),
     "request.method": (str, lambda ex: ex.method.decode("latin-1")),
-    "request.path": (str, lambda ex: ex.path),
+    # Envoy's request.path is the :path, query included; url_path is the path alone
+    "request.path": (str, lambda ex: f"{ex.path}?{ex.query}" if ex.query else ex.path),
+    "request.url_path": (str, lambda ex: ex.path),
     "request.host": (str, lambda ex: ex.authority),
 }
 _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
