@@ -1,7 +1,9 @@
 """An Istio ServiceEntry (with a VirtualService of its host) applied as written to a real
 control plane and a real sidecar (REGISTRY_ONLY): the app reaches the outside host it declares,
 the VirtualService's rules apply to it, and `delete -f` takes the host away again; an Istio
-Sidecar scopes the host out and back in, an Istio Telemetry logs only the failures."""
+Sidecar scopes the host out and back in, an Istio Telemetry logs only the failures; applied
+again unchanged, edited (diff -f first), and an Ami ExternalService of its host refused naming
+the ServiceEntry it was translated from."""
 
 from __future__ import annotations
 
@@ -200,3 +202,44 @@ def test_an_istio_sidecar_scopes_the_host_and_a_telemetry_logs_failures(
 
     deleted = mesh.meshctl("delete", "-f", str(entry), "-f", str(scope))
     assert deleted.returncode == 0, deleted.stderr
+
+
+def test_apply_again_edit_diff_and_an_ami_external_service_of_the_same_host(
+        mesh: EgressMesh, tmp_path: Path) -> None:
+    """The lifecycle of an Istio ServiceEntry: applied twice unchanged, edited (diff -f shows
+    the edit before apply), and an Ami ExternalService of its host refused beside it."""
+    entry = SERVICE_ENTRY.split("---")[0]
+    file = tmp_path / "entry.yaml"
+    file.write_text(entry.format(port=mesh.port))
+    first = mesh.meshctl("apply", "-f", str(file))
+    assert first.returncode == 0, first.stderr
+    again = mesh.meshctl("apply", "-f", str(file))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [
+        "serviceentry.networking.istio.io/partner -> externalservice.ami.mesh/partner unchanged"]
+    # edited: a second host; diff -f shows it before apply, then apply configures it
+    file.write_text(entry.format(port=mesh.port).replace(
+        "  - api.partner.test\n", "  - api.partner.test\n  - eu.partner.test\n"))
+    diff = mesh.meshctl("diff", "-f", str(file))
+    assert diff.returncode == 1 and "+  - eu.partner.test" in diff.stdout, diff.stdout
+    edited = mesh.meshctl("apply", "-f", str(file))
+    assert edited.returncode == 0, edited.stderr
+    assert edited.stdout.splitlines() == [
+        "serviceentry.networking.istio.io/partner -> externalservice.ami.mesh/partner "
+        "configured"]
+    assert mesh.stored("externalservices", "partner")["spec"]["hosts"] == [
+        "api.partner.test", "eu.partner.test"]
+    # an Ami ExternalService of the same host, in the same namespace: refused, naming both
+    ami = tmp_path / "ami.yaml"
+    ami.write_text("apiVersion: ami.mesh/v1alpha1\nkind: ExternalService\n"
+                   "metadata: {name: partner-ami}\n"
+                   f"spec: {{hosts: [eu.partner.test], ports: [{{number: {mesh.port}, "
+                   "protocol: HTTP}]}\n")
+    refused = mesh.meshctl("apply", "-f", str(ami))
+    assert refused.returncode != 0, refused.stdout
+    assert ("spec.hosts[0]: host eu.partner.test already has an ExternalService (see "
+            "ExternalService default/partner, translated from "
+            "serviceentry.networking.istio.io/partner") in refused.stderr, refused.stderr
+    deleted = mesh.meshctl("delete", "-f", str(file))
+    assert deleted.returncode == 0, deleted.stderr
+    wait_for(lambda: mesh.call()[0] == 404, 20, "the sidecar refusing the host again")

@@ -650,6 +650,8 @@ def test_checks_across_documents_name_the_istio_fields() -> None:
     """))]
     assert found == [
         "istio.yaml doc 2: spec: namespace shop already has a namespace-wide Sidecar (one "
-        "without workloadSelector) (see Sidecar shop/a in istio.yaml doc 1)",
+        "without workloadSelector) (see Sidecar shop/a, translated from "
+            "sidecar.networking.istio.io/a in istio.yaml doc 1)",
         "istio.yaml doc 4: spec.selector: namespace shop already has a namespace-wide "
-        "Telemetry (one without selector) (see Telemetry shop/a in istio.yaml doc 3)"]
+        "Telemetry (one without selector) (see Telemetry shop/a, translated from "
+            "telemetry.telemetry.istio.io/a in istio.yaml doc 3)"]

@@ -513,6 +513,10 @@ def _policy_of(host: str, namespace: str, first: Mapping[tuple[str, ...], Resour
 def _describe(r: Resource) -> str:
     """Where a resource was first defined, for 'duplicate' messages."""
     name = f"{r.kind} {r.namespace}/{r.name}"
+    # (one translated from Istio YAML: the user wrote that document, not this kind)
+    origin = r.origin or r.annotations.get("ami.mesh/translated-from")
+    if origin:
+        name += f", translated from {origin}"
     if r.source is None:
         return f"see {name}"
     return f"see {name} in {r.source}" + (f" doc {r.doc}" if r.doc is not None else "")
