@@ -82,8 +82,10 @@ def _external(data: dict[str, Any]) -> list[str]:
 
 
 def _ref(kind: str, entry: dict[str, Any]) -> str:
+    origin = entry.get("translatedFrom")
     return f"{kind.lower()}.ami.mesh/{entry['name']} (namespace {entry['namespace']}, " \
-           f"version {entry['resourceVersion']})"
+           f"version {entry['resourceVersion']}" \
+           + (f", translated from {origin})" if origin else ")")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

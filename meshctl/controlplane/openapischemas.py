@@ -50,7 +50,8 @@ _GOLDEN = {"rps": _NUM, "successRate": _NUM_OR_NULL, "p50": _NUM_OR_NULL,
            "p95": _NUM_OR_NULL, "p99": _NUM_OR_NULL, "mtlsShare": _NUM_OR_NULL,
            "tcpConnections": _nullable("integer"), "tcpReadBytesPerSec": _NUM_OR_NULL,
            "tcpWriteBytesPerSec": _NUM_OR_NULL}
-_REF_FIELDS = {"name": _STR, "namespace": _STR, "resourceVersion": _STR}
+# translatedFrom: the Istio document an object was translated from (absent otherwise)
+_REF_FIELDS = {"name": _STR, "namespace": _STR, "resourceVersion": _STR, "translatedFrom": _STR}
 _OBJECT_REF = _obj(("name", "namespace", "resourceVersion"), **_REF_FIELDS)
 
 SCHEMAS: dict[str, Any] = {

@@ -22,6 +22,7 @@ from meshctl.api.annotations import is_dry_run
 from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
+from meshctl.api.istio.common import TRANSLATED_FROM
 from meshctl.api.kinds import GatewaySpec, RouteSpec
 from meshctl.api.peerauthn import UNSET, PeerAuthenticationSpec, selects
 from meshctl.api.policy import POLICY_FIELDS, DestinationPolicySpec
@@ -50,8 +51,10 @@ Service = tuple[str, str]  # (name, namespace)
 
 
 def _ref(obj: StoredObject) -> dict[str, Any]:
+    origin = obj.resource.annotations.get(TRANSLATED_FROM)  # (written as Istio YAML)
     return {"name": obj.resource.name, "namespace": obj.resource.namespace,
-            "resourceVersion": str(obj.resource_version)}
+            "resourceVersion": str(obj.resource_version),
+            **({"translatedFrom": origin} if origin else {})}
 
 
 def _spec(obj: StoredObject) -> dict[str, Any]:
