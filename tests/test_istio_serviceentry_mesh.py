@@ -156,7 +156,7 @@ def test_a_service_entry_lets_the_app_reach_its_host(mesh: EgressMesh, tmp_path:
     # describe names the ServiceEntry the user wrote, beside the ExternalService it became
     page = mesh.meshctl("describe", "svc", "api.partner.test")
     assert page.returncode == 0, page.stderr
-    assert (f"  externalservice.ami.mesh/partner (namespace default, version "
+    assert ("  externalservice.ami.mesh/partner (namespace default, version "
             in page.stdout and ", translated from serviceentry.networking.istio.io/partner): "
             f"host api.partner.test, ports {mesh.port}/HTTP, endpoints 127.0.0.1"
             in page.stdout), page.stdout

@@ -1,8 +1,9 @@
 """Telemetry end to end: a real control plane, sidecars in two namespaces (mTLS on) with their
 apps, and an in-process OTLP collector. A namespace's Telemetry switches the access log of that
-namespace only (the other's snapshot keeps its bytes), a filter logs the 404 and not the 200 (and sees request.path with its query, as Envoy's), a
-workload's Telemetry beats its namespace's, 100% sampling for one service yields its traces
-while the others keep the mesh's 0, and the CLI lists, describes and deletes the kind."""
+namespace only (the other's snapshot keeps its bytes), a filter logs the 404 and not the 200
+(and sees request.path with its query, as Envoy's), a workload's Telemetry beats its
+namespace's, 100% sampling for one service yields its traces while the others keep the mesh's
+0, and the CLI lists, describes and deletes the kind."""
 
 from __future__ import annotations
 

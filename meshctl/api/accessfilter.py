@@ -11,8 +11,9 @@ Grammar (Envoy's attribute names)::
 
 Attributes: ``response.code`` (integer; 0 when no response was sent), ``response.flags`` (the
 reason word, ``-`` when none), ``request.method``, ``request.path`` (with the query, as
-Envoy's), ``request.url_path`` (without it), ``request.host``. Integers compare with any operator, strings with ``==`` and ``!=``. Anything
-else is refused with the 1-based column of the first problem.
+Envoy's), ``request.url_path`` (without it), ``request.host``. Integers compare with any
+operator, strings with ``==`` and ``!=``. Anything else is refused with the 1-based column of
+the first problem.
 """
 
 from __future__ import annotations
