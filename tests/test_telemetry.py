@@ -67,6 +67,9 @@ def test_filter_logs_what_it_says(expression: str, logged: Any, skipped: Any) ->
 
 @pytest.mark.parametrize(("expression", "column", "words"), [
     ('response.code >= "400"', 18, "cannot compare an integer with a string"),
+    # Envoy's response.flags is a bit set: the refusal says how Ami writes "any flag"
+    ("response.flags != 0", 19, 'cannot compare a string with an integer; response.flags is '
+     'the reason word, "-" when none (Envoy\'s response.flags != 0 is response.flags != "-")'),
     ("response.code >=", 17, "expected an attribute, a number or a string, got the end"),
     ("response.status >= 400", 1, "unknown attribute 'response.status'"),
     ("response.code == 1 & true", 20, "unexpected character '&'"),

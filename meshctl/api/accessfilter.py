@@ -44,6 +44,9 @@ _METHODS = {"startsWith": str.startswith, "endsWith": str.endswith,
 _TOKEN = re.compile(r"""\s*(?:(?P<int>\d+)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
                         |(?P<name>[A-Za-z_][A-Za-z0-9_]*)
                         |(?P<op>==|!=|<=|>=|&&|\|\||[<>!(),.]))""", re.VERBOSE)
+# Envoy's response.flags is a bit set (0: none); Ami's is the reason word
+_FLAGS_HINT = ('; response.flags is the reason word, "-" when none (Envoy\'s response.flags != 0 '
+               'is response.flags != "-")')
 _MAX_LENGTH = 1024  # a filter is a line of config, not a program
 
 
@@ -126,6 +129,7 @@ class _Parser:
             self.take()
             constant = value == "true"
             return lambda ex: constant
+        start = self.i
         left_type, left = self.value()
         kind, op, op_column = self.peek()
         if kind == "op" and op in _COMPARE:
@@ -134,7 +138,8 @@ class _Parser:
             right_type, right = self.value()
             if right_type is not left_type:
                 raise FilterError(right_column, f"cannot compare {_type_name(left_type)} "
-                                  f"with {_type_name(right_type)}")
+                                  f"with {_type_name(right_type)}"
+                                  + (_FLAGS_HINT if self._names_flags(start) else ""))
             if left_type is str and op not in ("==", "!="):
                 raise FilterError(op_column, f"strings compare with == or != only, not {op}")
             compare = _COMPARE[op]
@@ -158,6 +163,11 @@ class _Parser:
             return lambda ex: method(left(ex), arg(ex))
         raise FilterError(op_column, "expected a comparison (==, !=, <, <=, >, >=) or a "
                           f"method call after the value, got {_shown(kind, op)}")
+
+    def _names_flags(self, start: int) -> bool:
+        """Whether the comparison from token ``start`` on reads response.flags."""
+        text = "".join(value for _, value, _ in self.tokens[start:self.i])
+        return "response.flags" in text
 
     def value(self) -> tuple[type, Callable[[Any], Any]]:
         kind, value, column = self.take()
