@@ -210,6 +210,25 @@ def test_an_empty_export_to_is_every_namespace_and_one_endpoint_round_robin_is_k
                "endpoints": [{"address": "lb.a.example.com"}]})]
 
 
+def test_an_empty_export_to_is_every_namespace_on_every_kind() -> None:
+    """`exportTo: []` is Istio's default (every namespace) on a VirtualService and a
+    DestinationRule too, as `["*"]`."""
+    assert [(r.kind, r.name) for r in load("""\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec: {host: reviews, exportTo: []}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews}
+    spec:
+      hosts: [reviews]
+      exportTo: []
+      http: [{route: [{destination: {host: reviews}}]}]
+    """)] == [("DestinationPolicy", "reviews"), ("Route", "reviews")]
+
+
 def test_the_translation_says_where_it_came_from() -> None:
     (es,) = load(EGRESS_CONTROL.split("---")[0])
     assert es.origin == "serviceentry.networking.istio.io/httpbin-ext"

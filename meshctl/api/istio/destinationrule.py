@@ -42,7 +42,7 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
         spec["subsets"] = subsets
         paths.append(("spec.subsets", "spec.subsets"))
     value = f.raw("exportTo")
-    if value is not None and value != ["*"]:
+    if value not in (None, [], ["*"]):  # (an empty list: every namespace, as in Istio)
         f.add(f.at("exportTo"), "not supported by Ami: exportTo other than [\"*\"]; a "
                                 "DestinationPolicy in its service's namespace is every "
                                 "caller's that has none of its own")

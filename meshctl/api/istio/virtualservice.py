@@ -110,7 +110,7 @@ def _gateways(f: Fields, path: str, value: object) -> None:
 
 def _export_to(f: Fields) -> None:
     value = f.raw("exportTo")
-    if value is not None and value != ["*"]:
+    if value not in (None, [], ["*"]):  # (an empty list: every namespace, as in Istio)
         f.add(f.at("exportTo"), "not supported by Ami: exportTo other than [\"*\"]; a Route "
                                 "in its service's namespace is seen by every namespace")
 
