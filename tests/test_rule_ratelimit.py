@@ -123,7 +123,9 @@ async def test_the_gateways_authorization_runs_before_the_limit() -> None:
     """A request the gateway's policies deny spends no token."""
     stats = RequestStats()
     verdict: list[Any] = [("not_authorized", None, ())]
-    policy = SimpleNamespace(needed=True, admit=lambda ex: verdict[0], custom=None)
+    # (no RequestAuthentication: the admission step is the policy's authorize)
+    policy = SimpleNamespace(needed=True, authorize=lambda ex: verdict[0], authn=None,
+                             custom=None)
     login, _, rest = await decisions(snapshot(RULES), RuleLimits(stats), policy, "gateway")
     assert login.admit is not None and rest.admit is not None
     for _ in range(5):
