@@ -308,7 +308,8 @@ def test_a_host_dropped_from_a_virtualservice_loses_its_route(mesh: IstioMesh,
 def test_an_istio_document_does_not_replace_an_ami_object_of_its_name(
         mesh: IstioMesh, tmp_path: Path) -> None:
     """A VirtualService named as an Ami Route already stored would overwrite it (one kind, one
-    name, to the store): refused, naming both and what to do; the Route stays as written."""
+    name, to the store): refused, naming both and what to do; the Route stays as written, and
+    `delete -f` of the VirtualService does not delete it either."""
     ami_route = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: reviews}\n"
                  "spec: {host: reviews, rules: [{backends: [{subset: v1}]}]}\n")
     mesh.apply(DESTINATION_RULE, ami_route)
@@ -321,6 +322,16 @@ def test_an_istio_document_does_not_replace_an_ami_object_of_its_name(
         "virtualservice.networking.istio.io/reviews's translation (it was written as an Ami "
         "Route): the apply would replace it; delete it first (meshctl delete route reviews "
         "-n default) or rename the Istio document\n"), refused.stderr
+    assert mesh.stored("routes", "reviews")["spec"] == {
+        "host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}
+    # nor does `delete -f` of that file delete the Ami Route it never made
+    kept = mesh.meshctl("delete", "-f", str(file))
+    assert kept.returncode == 1, kept.stdout
+    assert kept.stderr == (
+        "error: route.ami.mesh/reviews is not "
+        "virtualservice.networking.istio.io/reviews's translation (written as an Ami Route): "
+        "not deleted; delete it by name if you mean it (meshctl delete route reviews -n "
+        "default)\n"), kept.stderr
     assert mesh.stored("routes", "reviews")["spec"] == {
         "host": "reviews", "rules": [{"backends": [{"subset": "v1"}]}]}
     for plural in ("routes", "destinationpolicies"):

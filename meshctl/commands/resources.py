@@ -378,8 +378,20 @@ def run_delete(args: argparse.Namespace) -> int:
         return 2
     client, code = make_client(args), 0
     others = _other_translations(client, loaded, keys) if loaded else {}
+    origins = {r.key: r.origin for r in loaded if r.origin is not None}
     for kind, namespace, name in [*keys, *others]:
         try:
+            origin = origins.get((kind, namespace, name))
+            if origin is not None and (made := _made_from(client, kind, namespace, name)) \
+                    not in (origin, _MISSING):
+                # an Istio document deletes only what it made (as apply refuses to replace)
+                written = f"translated from {made}" if made else f"written as an Ami {kind}"
+                print(f"error: {kind.lower()}.ami.mesh/{name} is not {origin}'s "
+                      f"translation ({written}): not deleted; delete it by name if you mean "
+                      f"it (meshctl delete {kind.lower()} {name} -n {namespace})",
+                      file=sys.stderr)
+                code = 1
+                continue
             client.delete(kind, name, namespace)
             origin = others.get((kind, namespace, name))
             ref = named(kind, namespace, name, loaded)
@@ -388,6 +400,23 @@ def run_delete(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             code = 1
     return code
+
+
+_MISSING = object()  # no such object: its delete reports it
+
+
+def _made_from(client: ControlPlaneClient, kind: str, namespace: str, name: str) -> object:
+    """The Istio document a stored object was translated from, None for one written in Ami's
+    own kinds, ``_MISSING`` when there is none (the delete that follows says so)."""
+    try:
+        item = client.get(kind, name, namespace)
+    except ControlPlaneError as exc:
+        if exc.status == 404:
+            return _MISSING
+        raise
+    meta = (item.get("metadata") or {}) if isinstance(item, dict) else {}
+    origin = (meta.get("annotations") or {}).get(TRANSLATED_FROM)
+    return origin if isinstance(origin, str) else None
 
 
 def _other_translations(client: ControlPlaneClient, loaded: list[Resource],
