@@ -9,23 +9,13 @@ from typing import Any
 
 import pytest
 
-from meshctl.api.errors import ValidationError
-from meshctl.api.resources import Resource, load_documents, validate_set
-
-
-def load(text: str) -> list[Resource]:
-    return load_documents(textwrap.dedent(text), "istio.yaml", lists=True)
+from meshctl.api.resources import validate_set
+from tests.test_istio_yaml import errors, load
 
 
 def specs(text: str) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(kind, namespace, name, spec) of each Ami document the text translates to."""
     return [(r.kind, r.namespace, r.name, r.to_dict()["spec"]) for r in load(text)]
-
-
-def errors(text: str) -> list[str]:
-    with pytest.raises(ValidationError) as err:
-        load(text)
-    return [str(i) for i in err.value.issues]
 
 
 # -- ServiceEntry ------------------------------------------------------------------------------

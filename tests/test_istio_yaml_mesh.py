@@ -13,28 +13,12 @@ import pytest
 
 from tests.helpers_mesh import http_json, wait_for
 from tests.meshbuilder import Mesh
+from tests.test_istio_yaml import DESTINATION_RULE_ALL
 
 pytestmark = pytest.mark.timeout(240)
 
 # Istio's samples/bookinfo/networking/destination-rule-all.yaml (reviews part)
-DESTINATION_RULE = """\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: reviews
-spec:
-  host: reviews
-  subsets:
-  - name: v1
-    labels:
-      version: v1
-  - name: v2
-    labels:
-      version: v2
-  - name: v3
-    labels:
-      version: v3
-"""
+DESTINATION_RULE = DESTINATION_RULE_ALL.split("---\n")[0]
 # virtual-service-reviews-jason-v2-v3.yaml's match, then virtual-service-reviews-90-10.yaml
 VIRTUAL_SERVICE = """\
 apiVersion: networking.istio.io/v1
