@@ -12,9 +12,7 @@ what DENY and ALLOW decide.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,8 +20,8 @@ import pytest
 from meshctl.api.authz import parse_authorization
 from meshctl.api.errors import ValidationError
 from proxy.config import ConfigError, Snapshot
-from tests.helpers_mesh import wait_for
-from tests.proxyharness import ProxyProcess, free_port, get, metric_value, roundtrip
+from tests.proxyharness import free_port
+from tests.test_authz_dryrun import Sidecar as DryRunSidecar
 from tests.test_mtls_static import mesh_ca, mint, start_proxy
 
 REVIEWS = [
@@ -40,33 +38,14 @@ RATINGS = [{"name": "default/audit-admin", "action": "AUDIT",
             "rules": [{"to": [{"paths": ["/admin/*"]}]}]}]
 
 
-@dataclass
-class Sidecar:
-    proxy: ProxyProcess
-    port: int
-    service: str
-
-    async def status(self, path: str, extra: str = "") -> int:
-        return (await roundtrip(self.port, get(self.service, path, extra=extra))).status
-
-    def decisions(self, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.proxy.admin}/metrics",
-                                    timeout=5) as resp:
-            text = resp.read().decode()
-        return metric_value(text, "ami_authz_decisions_total", destination_service=self.service,
-                            **labels)
+class Sidecar(DryRunSidecar):
+    """The dry-run tests' sidecar, and every access log line it wrote, by path."""
 
     def lines(self) -> dict[str, dict[str, Any]]:
         """The access log lines written so far, by path."""
         return {line["path"]: line for line in (json.loads(x) for x in
                                                 self.proxy.stdout().splitlines()
                                                 if x.startswith("{"))}
-
-    def logged(self, path: str) -> dict[str, Any]:
-        """The access log line of the one request to ``path`` (written in batches: waited)."""
-        found: dict[str, Any] = wait_for(lambda: self.lines().get(path), 10,
-                                         f"the access log line of {path}", interval=0.05)
-        return found
 
 
 @pytest.fixture(scope="module")
