@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from meshctl.api.resources import Resource, load_path, validate_set
+from meshctl.controlplane.translated import origin_of
 
 ROUTES = Path(__file__).resolve().parent.parent / "sample_apps" / "bookinfo" / "routes"
 SCENARIOS = ("all-v1", "reviews-jason-v2", "reviews-50-v3", "reviews-v3", "ratings-jason-delay",
@@ -111,3 +112,39 @@ def test_timeout_breaker_and_mirror_settings() -> None:
     mirror = specs("mirror")[("Route", "reviews")]["rules"][0]
     assert mirror["backends"] == [{"subset": "v1"}]
     assert mirror["mirror"] == {"subset": "v2", "percent": 100}
+
+
+ISTIO = ROUTES.parent / "istio"
+ISTIO_TASKS = ("virtual-service-reviews-test-v2", "virtual-service-reviews-50-v3",
+               "virtual-service-reviews-v3", "virtual-service-ratings-test-delay",
+               "virtual-service-ratings-test-abort")
+
+
+def test_the_istio_start_is_the_default_start() -> None:
+    """`demo up --istio`'s set, Istio YAML, makes the default set's objects: the same
+    subsets, gateway and routes (but reviews' v2 at weight 0, there for `shift 99/1`)."""
+    def by_key(objects: dict[tuple[str, str, str], Resource]) -> dict[Any, Any]:
+        return {key: r.spec for key, r in objects.items() if r.kind != "MeshConfig"}
+
+    istio, ami = by_key(overlay(ISTIO / "default")), by_key(overlay(ROUTES / "default"))
+    reviews = ("Route", "default", "reviews")
+    assert {k: v for k, v in istio.items() if k != reviews} == {
+        k: v for k, v in ami.items() if k != reviews}
+    assert [b.subset for b in istio[reviews].rules[0].backends] == ["v1"]
+    assert all(origin_of(r) for r in overlay(ISTIO / "default").values() if r.kind != "Gateway")
+
+
+def test_every_istio_task_file_is_listed() -> None:
+    assert sorted(p.stem for p in ISTIO.glob("*.yaml")) == sorted(ISTIO_TASKS)
+
+
+@pytest.mark.parametrize("name", ISTIO_TASKS)
+def test_istio_task_is_valid_on_the_istio_start_and_all_v1_undoes_it(name: str) -> None:
+    """Each Istio task file applies on `demo up --istio`'s set, and its
+    virtual-service-all-v1.yaml brings the set back."""
+    objects = overlay(ISTIO / "default", ISTIO / f"{name}.yaml")
+    assert [str(i) for i in validate_set(objects.values())] == []
+    assert objects != overlay(ISTIO / "default")
+    undone = overlay(ISTIO / "default", ISTIO / f"{name}.yaml",
+                     ISTIO / "default" / "virtual-service-all-v1.yaml")
+    assert undone == overlay(ISTIO / "default")

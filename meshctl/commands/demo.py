@@ -42,9 +42,15 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                        help=f"control plane config stream ({DEFAULT_GRPC_PORT})")
     start.add_argument("--certs-dir", type=Path, default=Path("certs"),
                        help="mesh CA directory, created if missing (certs)")
-    start.add_argument("--routes", type=Path, default=setup.DEFAULT_ROUTES,
-                       help="directory of resources the control plane starts with "
-                            "(sample_apps/bookinfo/routes/default)")
+    start_set = start.add_mutually_exclusive_group()
+    start_set.add_argument("--routes", type=Path, default=setup.DEFAULT_ROUTES,
+                           help="directory of resources the control plane starts with "
+                                "(sample_apps/bookinfo/routes/default)")
+    start_set.add_argument("--istio", dest="routes", action="store_const",
+                           const=setup.ISTIO_ROUTES,
+                           help="start from Istio's YAML instead (sample_apps/bookinfo/istio/"
+                                "default: DestinationRules, VirtualServices), to follow Istio's "
+                                "Bookinfo tasks with Istio's files")
     start.add_argument("--no-traffic", action="store_true", help="do not generate traffic")
     start.add_argument("--timeout", type=float, default=30.0,
                        help="seconds each process (and the sync) may take to be ready (30)")

@@ -202,7 +202,6 @@ def _synced(url: str) -> set[str]:
 
 def banner(opts: DemoOptions, took: float) -> str:
     u = urls(opts.ports)
-    routes = _shown(setup.ROUTES_DIR, opts.workdir)
     activate = Path(sys.prefix) / "bin" / "activate"
     after = (f"after `source {_shown(activate, opts.workdir)}`" if sys.prefix != sys.base_prefix
              and activate.exists() else "with meshctl on your PATH")
@@ -220,14 +219,30 @@ mTLS {setup.mtls_mode(opts.routes)}.
   logs           {opts.run_dir.path}/<process>.log
 {'  traffic        ~3 page loads/s, 30% as jason' if opts.traffic else ''}
 Try next (in another terminal, in this directory, {after}):
-{pointer}  meshctl shift reviews 99/1
+{pointer}{_next_commands(opts)}  meshctl demo status
+
+Ctrl-C stops everything.
+"""
+
+
+def _next_commands(opts: DemoOptions) -> str:
+    """The banner's scenario commands, for the resource set the demo started from."""
+    if opts.routes == setup.ISTIO_ROUTES:  # Istio's tasks, Istio's files
+        istio = _shown(setup.ISTIO_DIR, opts.workdir)
+        return f"""\
+  meshctl apply -f {istio}/virtual-service-reviews-test-v2.yaml     # jason: black stars
+  meshctl apply -f {istio}/virtual-service-ratings-test-abort.yaml  # jason: ratings fail
+  meshctl get routes reviews -o yaml                        # what Ami made of the Istio YAML
+  meshctl stat
+  meshctl apply -f {istio}/default/virtual-service-all-v1.yaml      # back to the start
+"""
+    routes = _shown(setup.ROUTES_DIR, opts.workdir)
+    return f"""\
+  meshctl shift reviews 99/1
   meshctl apply -f {routes}/ratings-jason-abort.yaml
   meshctl stat
   meshctl routes ratings                                        # jason's calls apart (named rules)
   meshctl apply -f {routes}/all-v1.yaml      # back to the start
-  meshctl demo status
-
-Ctrl-C stops everything.
 """
 
 

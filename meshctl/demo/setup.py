@@ -16,11 +16,15 @@ from typing import Any
 
 import yaml
 
+from meshctl.api import istio
 from meshctl.ca import BootstrapTokens, CaFiles, init_ca
 from meshctl.demo.topology import GATEWAY, services
 
 ROUTES_DIR = Path(__file__).resolve().parents[2] / "sample_apps" / "bookinfo" / "routes"
 DEFAULT_ROUTES = ROUTES_DIR / "default"
+# The same start written in Istio's YAML (`demo up --istio`), Istio's task files beside it
+ISTIO_DIR = ROUTES_DIR.parent / "istio"
+ISTIO_ROUTES = ISTIO_DIR / "default"
 
 
 def ensure_ca(certs: Path) -> bool:
@@ -53,6 +57,9 @@ def seed_config(config: Path, *, gateway_listen: str, routes: Path = DEFAULT_ROU
     `fresh` replaces whatever is there (the local demo always starts from the default set);
     otherwise an existing, non-empty dir is kept (compose keeps changes across restarts).
     The Gateway's `listen` follows the port actually bound; tracing gets the OTLP collector.
+    Istio documents are written as the Ami objects they translate to (annotated with their
+    origin): the control plane does not rewrite Istio YAML in its directory, and these objects
+    must take the user's later `apply -f` of the same Istio documents as edits.
     """
     if config.exists() and not fresh and any(config.iterdir()):
         return False
@@ -61,7 +68,8 @@ def seed_config(config: Path, *, gateway_listen: str, routes: Path = DEFAULT_ROU
     config.mkdir(parents=True)
     for source in sorted(routes.glob("*.yaml")):
         docs = [_patch(d, gateway_listen, otlp_endpoint)
-                for d in yaml.safe_load_all(source.read_text()) if d]
+                for doc in yaml.safe_load_all(source.read_text()) if doc
+                for d in _as_ami(doc)]
         (config / source.name).write_text(
             f"# seeded from {source.name} by meshctl demo\n"
             + yaml.safe_dump_all(docs, sort_keys=False))
@@ -75,6 +83,11 @@ def mtls_mode(routes: Path = DEFAULT_ROUTES) -> str:
             if doc and doc.get("kind") == "MeshConfig":
                 return str((doc.get("spec") or {}).get("mtls", {}).get("mode", "STRICT"))
     return "STRICT"
+
+
+def _as_ami(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``doc``, or the Ami documents an Istio document translates to."""
+    return [t.doc for t in istio.translate(doc)] if istio.is_istio(doc) else [doc]
 
 
 def _patch(doc: dict[str, Any], gateway_listen: str, otlp: str | None) -> dict[str, Any]:
