@@ -18,34 +18,20 @@ import grpc
 import pytest
 from aiohttp import web
 
-from proxy.authzproto import core_pb2, external_auth_pb2_grpc
+from proxy.authzproto import core_pb2
 from proxy.authzproto.external_auth_pb2 import CheckRequest, CheckResponse
 from tests import meshbuilder
 from tests.grpcapp import serving_in_thread
 from tests.helpers_mesh import http_get, wait_for
 from tests.proxyharness import Backends
 from tests.resources import document, documents, mesh_config
+from tests.test_extauthz_grpc import Authorizer
 
 pytestmark = pytest.mark.timeout(240)
 
 
-class Tenant(external_auth_pb2_grpc.AuthorizationServicer):
+class Tenant(Authorizer):
     """Allows every request, setting `x-tenant: beta` on it."""
-
-    def __init__(self) -> None:
-        self.server: grpc.aio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> Tenant:
-        self.server = grpc.aio.server()
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
 
     async def Check(self, request: CheckRequest,
                     context: grpc.aio.ServicerContext) -> CheckResponse:
