@@ -1,5 +1,5 @@
 """Fields naming a service nothing knows (Istio's IST0101 ReferencedResourceNotFound):
-``meshctl check``'s "Route destinations" group and ``meshctl apply``'s warnings.
+``meshctl check``'s "Service references" group and ``meshctl apply``'s warnings.
 
 A name is known when a sidecar or gateway of it is registered, an ExternalService host covers
 it, or another object declares it: a Route's host, a DestinationPolicy's host, a Gateway
