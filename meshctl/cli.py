@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from meshctl.cligroups import USAGE, grouped_help
+
 # The module of `meshctl.commands` that adds each command. A command loads its own module
 # only: `meshctl stat` is not kept waiting for what `demo` or `certs` import (aiohttp, grpc,
 # cryptography: ~500 modules in all, against ~250). tests/test_cli_startup.py holds this
@@ -59,14 +61,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="meshctl", description="Operate an Ami service mesh.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--control-plane", default=None,
+    parser.add_argument("--control-plane", default=None, metavar="URL",
                         help="control plane URL (default: $AMI_CONTROL_PLANE or "
                              "http://127.0.0.1:15080)")
-    parser.add_argument("--ca-file", default=None,
+    parser.add_argument("--ca-file", default=None, metavar="FILE",
                         help="roots to verify an https:// control plane with (default: "
                              "$AMI_CA_FILE, else ./certs/trust-bundle.pem if present, else the "
                              "system's)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # (argparse's flat list of commands is left out of the help: the epilog groups them)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
     command = None if argv is None else _command_of(argv)
     names = sorted(set(COMMAND_MODULES.values())) if command is None else [
         COMMAND_MODULES[command]]
@@ -74,6 +77,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         module = importlib.import_module(f"meshctl.commands.{name}")
         module.add_parser(subparsers)
     _describe(subparsers)
+    # (set once the subcommands took their `meshctl [options] CMD` prefix from the parser)
+    parser.usage, parser.epilog = USAGE, grouped_help(subparsers)
     return parser
 
 

@@ -30,11 +30,18 @@ _second_text = ""
 _MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
 
 
+def wall_clock(start: float) -> float:
+    """A time on the monotonic clock (``time.monotonic()``, the loop's) as the wall-clock
+    time it was, in seconds since the epoch."""
+    return time.time() - time.monotonic() + start
+
+
 def wall_start(start: float) -> str:
     """A start on the monotonic clock (``time.monotonic()``, the loop's) as the wall-clock
     time it was, in RFC 3339 UTC with milliseconds (``2026-11-29T11:50:00.123Z``), as
     Envoy's ``%START_TIME%``: what log pipelines parse and join with other logs."""
     global _second, _second_text
+    # (wall_clock's sum, inline: this runs for every logged request)
     stamp = int((time.time() - time.monotonic() + start) * 1000.0 + 0.5)  # ms, rounded
     second = stamp // 1000
     if second != _second:

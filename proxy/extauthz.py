@@ -191,9 +191,10 @@ class ExtAuthzCheck:
                  downstream: list[tuple[bytes, bytes]] | None = None,
                  downstream_added: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Through: ``upstream`` headers set on the request (replacing any of their names),
-        ``append`` ones added beside what is there, ``remove`` names (lower case) dropped,
-        ``downstream`` ones set on the response, ``downstream_added`` ones added to it beside
-        the app's; then the rest of the admission."""
+        ``append`` ones appended to what is there (``appended``), ``remove`` names (lower
+        case) dropped; with clearRouteCache, routed again; ``downstream`` headers set on the
+        response, ``downstream_added`` ones added to it beside the app's; then the rest of
+        the admission."""
         from proxy import exchangepolicy
 
         self._count("allowed")
@@ -204,11 +205,26 @@ class ExtAuthzCheck:
             ex.headers = [h for h in ex.headers
                           if h[0].lower().replace(b"_", b"-") not in names] + upstream
         if append:
-            ex.headers = [*ex.headers, *append]
+            ex.headers = appended(ex.headers, append)
+        if self.spec.clear_route_cache and (upstream or append or remove) \
+                and not self._reroute(ex):
+            return
         if downstream or downstream_added:
             ex.response_edits = ResponseHeaders(ex.response_edits, downstream or [],
                                                 downstream_added)
         exchangepolicy.resume(ex)
+
+    def _reroute(self, ex: Exchange) -> bool:
+        """clearRouteCache: the request's route chosen again, with the provider's header
+        edits (Envoy's route cache cleared); False when it answered (no route now)."""
+        decision = ex.downstream.listener.router.route(ex)
+        if isinstance(decision, str):
+            ex.reply(decision)
+            return False
+        if decision is not ex.decision:
+            ex.decision = decision
+            ex.response_edits = decision.response_header_ops
+        return True
 
     def _refuse(self, ex: Exchange, reason: str, status: int,
                 headers: tuple[tuple[bytes, bytes], ...], body: bytes | None) -> None:
@@ -344,6 +360,22 @@ def provider_backend(builder: RouterBuilder, spec: ExtAuthzHttp | ExtAuthzGrpc
                   for a in ext.endpoints or (host,))
     balancer = _balancer(ext.policy.load_balancer, builder.rng) if len(pools) > 1 else None
     return Backend(host, None, pools, balancer, builder._prefix(host))
+
+
+def appended(headers: list[tuple[bytes, bytes]], added: Sequence[tuple[bytes, bytes]]
+             ) -> list[tuple[bytes, bytes]]:
+    """``headers`` with each of ``added`` appended as Envoy's ext_authz appends (its header
+    map's appendCopy): to the value of the first header of that name, after a `,` (`; ` for
+    `cookie`, whose values are one line); a header the request lacks is added."""
+    out = list(headers)
+    for name, value in added:
+        for i, (have, was) in enumerate(out):
+            if have.lower() == name:
+                out[i] = (have, was + (b"; " if name == b"cookie" else b",") + value)
+                break
+        else:
+            out.append((name, value))
+    return out
 
 
 def _named(patterns: HeaderPatterns, name: bytes) -> bool:

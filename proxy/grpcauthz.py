@@ -14,6 +14,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from proxy.accessline import wall_clock
 from proxy.extauthz import _FRAMING, MAX_ANSWER, CheckFailed, ExtAuthzCheck
 
 if TYPE_CHECKING:
@@ -64,18 +65,23 @@ class GrpcCheck(ExtAuthzCheck):
         message = check_request(ex, tls.identity.spiffe_id if tls is not None else ""
                                 ).SerializeToString()
         frame = b"\x00" + len(message).to_bytes(4, "big") + message
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.timeout  # (the check's: _check's wait_for)
         try:
-            body = await self._call(ex, pool, frame)
-        except _Unprocessed:  # refused unseen (a GOAWAY, REFUSED_STREAM): once more
-            body = await self._call(ex, pool, frame)
+            body = await self._call(ex, pool, frame, self.spec.timeout)
+        except _Unprocessed:  # refused unseen (a GOAWAY, REFUSED_STREAM): once more, told
+            # the time left of the check's deadline, as a gRPC retry's grpc-timeout is
+            body = await self._call(ex, pool, frame, deadline - loop.time())
         try:
             answer: CheckResponse = CheckResponse.FromString(body)
         except Exception as err:  # protobuf's DecodeError (its module varies by backend)
             raise CheckFailed(f"malformed CheckResponse: {err}") from None
         return answer
 
-    async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes) -> bytes:
-        """One Check call on a stream of ``pool``'s HTTP/2 connections: its message."""
+    async def _call(self, ex: Exchange, pool: EndpointPool, frame: bytes,
+                    timeout: float) -> bytes:
+        """One Check call on a stream of ``pool``'s HTTP/2 connections, told it has
+        ``timeout`` seconds (its `grpc-timeout`): its message."""
         conn = pool.take_h2()
         while conn is None:
             # (shielded: shared with the checks and requests arriving while it opens) The
@@ -93,22 +99,21 @@ class GrpcCheck(ExtAuthzCheck):
         stream = conn.open_stream(call)  # type: ignore[arg-type]  # same callback surface
         call.stream = stream
         try:
-            stream.send_headers(self._headers(ex, pool), False)
+            stream.send_headers(self._headers(ex, pool, timeout), False)
             stream.last = True  # the one message ends the request
             stream.write(frame)
             return await call.answer
         finally:
             call.drop()
 
-    def _headers(self, ex: Exchange, pool: EndpointPool) -> Headers:
+    def _headers(self, ex: Exchange, pool: EndpointPool, timeout: float) -> Headers:
         # grpc-timeout: the provider may give up when the check would no longer be waited for
-        timeout = grpc_timeout(self.spec.timeout)
         headers: Headers = [
             (b":method", b"POST"),
             (b":scheme", b"http" if pool.origination is None else b"https"),
             (b":authority", self.spec.service.encode("latin-1")),
             (b":path", PATH), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-            (b"grpc-timeout", timeout)]
+            (b"grpc-timeout", grpc_timeout(timeout))]
         peer = ex.downstream.listener.peer_line  # (a gateway's; an inbound listener has none)
         if peer and pool.tls is not None:  # who asks, for the provider's sidecar: over mTLS
             name, _, value = peer.partition(b":")
@@ -196,7 +201,7 @@ def _options(options: Any) -> list[tuple[bytes, bytes, str]]:
 def check_request(ex: Exchange, own_id: str = "") -> CheckRequest:
     """What Envoy's ext_authz filter tells the provider of ``ex``: the peers (over mTLS, the
     caller's SPIFFE id as source.principal and ``own_id``, this proxy's, as
-    destination.principal), and the request's id, method, headers (with Envoy's
+    destination.principal), and the request's start time, id, method, headers (with Envoy's
     pseudo-headers, merged with ',' when repeated), path with query, host, scheme, protocol
     and size (its Content-Length; -1 unknown)."""
     from proxy.authzproto.external_auth_pb2 import CheckRequest
@@ -237,6 +242,8 @@ def check_request(ex: Exchange, own_id: str = "") -> CheckRequest:
     http.protocol = ex.protocol
     length = headers.get("content-length", "")
     http.size = int(length) if length.isdigit() else -1
+    # when the request started (its head read), as Envoy's stream start time
+    attributes.request.time.FromNanoseconds(int(wall_clock(ex.start_time) * 1e9))
     return request
 
 

@@ -17,6 +17,7 @@ It answers by the checked request's path (`attributes.request.http.path`):
   /error-plain/*     an error_response without a status;
   /goaway-once/*     the first time: GOAWAY with a last stream id below the call's;
   /refused-once/*    the first time: RST_STREAM REFUSED_STREAM;
+  /refused-late-once/* the first time: RST_STREAM REFUSED_STREAM after LATE seconds;
   /hang/*            no answer (the stream held);
   /close-after/*     OK, then the connection closed (no GOAWAY);
   anything else      OK.
@@ -40,6 +41,7 @@ from proxy.authzproto.external_auth_pb2 import CheckRequest, CheckResponse
 Headers = list[tuple[bytes, bytes]]
 ERROR_BODY = "the policy store is down\n"
 PERMISSION_DENIED = 7
+LATE = 0.5  # seconds /refused-late-once/* holds its first call before refusing it
 
 
 @dataclass
@@ -163,6 +165,10 @@ class _Conn(asyncio.Protocol):
     def _answer(self, stream_id: int, call: Call) -> None:
         path, h2 = call.path, self.h2
         kind = path.split("/")[1] if path.count("/") >= 2 else ""
+        if kind == "refused-late-once" and path not in self.server.once:
+            self.server.once.add(path)
+            asyncio.get_running_loop().call_later(LATE, self._refuse, stream_id)
+            return
         if kind in ("goaway-once", "refused-once") and path not in self.server.once:
             self.server.once.add(path)
             self.calls.pop(stream_id)
@@ -218,6 +224,11 @@ class _Conn(asyncio.Protocol):
         status = b"13" if kind == "ok-then-internal" else b"0"
         h2.send_headers(stream_id, [(b"grpc-status", status)], end_stream=True)
         self.calls.pop(stream_id)
+
+    def _refuse(self, stream_id: int) -> None:
+        if self.transport is not None and self.calls.pop(stream_id, None) is not None:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._flush()
 
     def _big(self, stream_id: int) -> None:
         """A message announcing 256 KiB, sent in 16 KiB frames as the window allows, and then

@@ -101,6 +101,9 @@ def test_grpc_provider_fields_and_defaults() -> None:
     assert default.name == "opa"
     assert default.spec == ExtAuthzGrpc("opa", 9191, 600.0, False, 403)
     assert fast.spec == ExtAuthzGrpc("opa", 9191, 0.3, True, 503)
+    [doc] = load_documents(mesh(grpc(clearRouteCache=True)), "r.yaml")
+    assert isinstance(doc.spec, MeshConfigSpec)
+    assert doc.spec.extension_providers[0].spec.clear_route_cache
     assert issues(documents(mesh(grpc()), custom("p", "opa", "api"))) == []
 
 
@@ -112,8 +115,21 @@ def test_grpc_provider_fields_and_defaults() -> None:
     ({"port": 70000}, "spec.extensionProviders[0].envoyExtAuthzGrpc.port: must be"),
     ({"timeout": "soon"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.timeout:"),
     ({"service": "Not A Host"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.service:"),
+    # an HTTP provider's field: named, and why a gRPC provider has none such
     ({"pathPrefix": "/check"}, "spec.extensionProviders[0].envoyExtAuthzGrpc.pathPrefix: "
-                               "unknown field"),
+                               "an envoyExtAuthzHttp field (Istio has none such for gRPC "
+                               "providers): a gRPC check carries every request header"),
+    ({"headersToUpstreamOnAllow": ["x-user"]},
+     "spec.extensionProviders[0].envoyExtAuthzGrpc.headersToUpstreamOnAllow: an "
+     "envoyExtAuthzHttp field"),
+    ({"includeAdditionalHeadersInCheck": {"x-a": "1"}},
+     "spec.extensionProviders[0].envoyExtAuthzGrpc.includeAdditionalHeadersInCheck: an "
+     "envoyExtAuthzHttp field"),
+    ({"clearRouteCache": "yes"},
+     "spec.extensionProviders[0].envoyExtAuthzGrpc.clearRouteCache: expected true or false"),
+    ({"colearRouteCache": True},
+     "spec.extensionProviders[0].envoyExtAuthzGrpc.colearRouteCache: unknown field, did you "
+     "mean 'clearRouteCache'?"),
 ])
 def test_bad_grpc_provider_fields_are_named(fields: dict[str, object], expected: str) -> None:
     found = issues(mesh(grpc(**fields)))

@@ -81,7 +81,11 @@ def test_server_dry_run_plans_and_writes_nothing(mesh: DiffMesh, tmp_path: Path)
                     documents(POLICY, reviews_route(50, 50), new_policy))
 
     code, out, err = mesh.run("apply", "-f", str(planned), "--dry-run=server")
-    assert (code, err) == (0, "")
+    # (warned of as an apply would be: no ratings sidecar runs in this mesh)
+    assert (code, err) == (0, "warning: DestinationPolicy default/ratings: spec.host 'ratings' "
+                              "names no known service (no sidecar of it is registered and no "
+                              "Route, DestinationPolicy, Gateway or ExternalService declares "
+                              "it)\n")
     assert out == ("destinationpolicy.ami.mesh/reviews unchanged (server dry run)\n"
                    "route.ami.mesh/reviews configured (server dry run)\n"
                    "destinationpolicy.ami.mesh/ratings created (server dry run)\n")

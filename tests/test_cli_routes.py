@@ -315,14 +315,14 @@ def test_check_warns_of_a_route_to_services_that_exist_nowhere(mesh: Mesh) -> No
     """A Route for host reviewz sending to ratingz applies (`created`), and `meshctl check`
     warns of it, naming both, without failing; the Route to reviews is not named."""
     out = mesh.meshctl("check")
-    assert "✔ every Route's host and backends name a known service" in out.stdout, out.stdout
+    assert "✔ every Route, policy and Gateway names a known service" in out.stdout, out.stdout
     typo = ("apiVersion: ami.mesh/v1alpha1\nkind: Route\nmetadata: {name: reviewz}\n"
             "spec: {host: reviewz, rules: [{backends: [{service: ratingz}]}]}\n")
     mesh.apply_synced(typo)
     try:
         out = mesh.meshctl("check")
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "Route destinations\n  ‼ Route default/reviewz: names no known service: " \
+        assert "Service references\n  ‼ Route default/reviewz: names no known service: " \
                "reviewz, ratingz\n    hint: no sidecar of it is registered" in out.stdout, \
             out.stdout
         assert "reviews-by-user" not in out.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import meshctl.commands
 from meshctl.cli import COMMAND_MODULES, build_parser
+from meshctl.cligroups import GROUPS
 
 HEAVY = ("aiohttp", "grpc", "cryptography", "opentelemetry", "prometheus_client")
 EVERYDAY = ("stat", "edges", "routes", "top", "tap", "check", "dashboard", "get", "apply",
@@ -22,16 +24,52 @@ EVERYDAY = ("stat", "edges", "routes", "top", "tap", "check", "dashboard", "get"
             "validate", "schema", "canary", "bug-report", "completion")
 
 
-def test_the_table_names_the_module_that_adds_each_command() -> None:
-    registered: dict[str, str] = {}
+def registered() -> dict[str, str]:
+    """Every command the modules of `meshctl.commands` register, and its module."""
+    found: dict[str, str] = {}
     for info in pkgutil.iter_modules(meshctl.commands.__path__):
         module = importlib.import_module(f"meshctl.commands.{info.name}")
         add = getattr(module, "add_parser", None)
         if add is not None:
             subparsers = argparse.ArgumentParser().add_subparsers()
             add(subparsers)
-            registered.update(dict.fromkeys(subparsers.choices, info.name))
-    assert registered == COMMAND_MODULES
+            found.update(dict.fromkeys(subparsers.choices, info.name))
+    return found
+
+
+def test_the_table_names_the_module_that_adds_each_command() -> None:
+    assert registered() == COMMAND_MODULES
+
+
+def test_the_help_lists_every_command_once_under_its_group() -> None:
+    """`meshctl --help` groups the commands as kubectl's help does: each registered command
+    under exactly one group title, with its one-line help, in place of argparse's flat list
+    (a new command missing from cligroups.GROUPS fails here)."""
+    out = subprocess.run([sys.executable, "-m", "meshctl", "--help"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "100"})
+    assert out.returncode == 0, out.stderr
+    titles = [title for title, _ in GROUPS]
+    assert titles == ["Basic commands", "Traffic", "Observe", "Troubleshoot", "Mesh", "Other"]
+    listed: dict[str, list[str]] = {}
+    group = None
+    for line in out.stdout.splitlines():
+        if line.endswith(":") and line[:-1] in titles:
+            group = line[:-1]
+        elif group is not None and line.startswith("  ") and not line.startswith("   "):
+            listed.setdefault(line.split()[0], []).append(group)
+        elif not line.strip():
+            group = None
+    assert sorted(listed) == sorted(registered()), out.stdout
+    assert {name for name, groups in listed.items() if len(groups) != 1} == set()
+    assert listed["apply"] == ["Basic commands"] and listed["check"] == ["Troubleshoot"]
+    assert "  apply" in out.stdout and "create or update resources from files" in out.stdout
+    assert "{bug-report," not in out.stdout  # (argparse's own list is gone)
+    assert out.stdout.startswith("usage: meshctl [-h] [--control-plane URL] [--ca-file FILE] "
+                                 "COMMAND [ARGS...]\n"), out.stdout
+    # a command's own help keeps its usage and description
+    stat = subprocess.run([sys.executable, "-m", "meshctl", "stat", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert stat.stdout.startswith("usage: meshctl stat [-h]"), stat.stdout
 
 
 def loaded_by(argv: list[str]) -> list[str]:

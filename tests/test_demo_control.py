@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -117,12 +118,41 @@ def test_detached_up_reports_a_taken_gateway_port(tmp_path: Path) -> None:
         busy.listen()
         assert control.up_detached(opts, forwarded, out, timeout=60) == 1
     said = out.getvalue()
-    assert f"ports: port {ports.gateway} needed by gateway (listen) is already in use" in said
+    # the port, who needs it and who holds it (this test's process)
+    assert (f"ports: port {ports.gateway} needed by gateway (listen) is already in use on "
+            f"127.0.0.1, held by pid {os.getpid()} (") in said, said
     # and what to do: the options that move the demo's ports
     assert "--gateway-port, --base-port" in said and "--api-port and --grpc-port" in said, said
-    state = opts.run_dir.read()
-    assert state is not None and state.processes == ()
-    assert not pid_alive(state.supervisor)
+    assert said.endswith("nothing was started or created.\n"), said
+    # found before anything was made: no supervisor, no run dir, no CA
+    assert sorted(tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_up_from_another_directory_creates_nothing_when_it_cannot_start(
+        tmp_path: Path, detach: bool) -> None:
+    """`meshctl demo up` run in a fresh directory with a taken API port and a --routes that
+    is no directory: every reason, at once, and no `certs/` or `.ami/` left behind."""
+    ports = Ports(base=free_block(BLOCK), gateway=free_port(), api=free_port(),
+                  grpc=free_port())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports.api))
+        busy.listen()
+        out = subprocess.run(
+            [sys.executable, "-m", "meshctl", "demo", "up", "--no-traffic",
+             *(["--detach"] if detach else []),
+             "--gateway-port", str(ports.gateway), "--base-port", str(ports.base),
+             "--api-port", str(ports.api), "--grpc-port", str(ports.grpc),
+             "--routes", "no-such-routes"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"meshctl demo up: --routes: {tmp_path / 'no-such-routes'} is not a " \
+                       "directory", lines
+    assert lines[1].startswith(f"ports: port {ports.api} needed by controlplane (api) is "
+                               f"already in use on 127.0.0.1, held by pid {os.getpid()} ("), lines
+    assert lines[-1] == "nothing was started or created.", lines
+    assert sorted(tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
 
 
 def test_up_while_a_demo_runs_says_how_to_stop_it(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -229,7 +230,8 @@ def _values(seen: dict[str, Any], name: str) -> list[str]:
 
 def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh) -> None:
     """Status OK: ok_response's headers are set on the request (a client's own value
-    replaced), appended where `append` is true, headers_to_remove dropped; the client gets
+    replaced), appended where `append` is true (to the client's value after a `,`, one
+    header line, as Envoy's appendCopy sends it), headers_to_remove dropped; the client gets
     response_headers_to_add."""
     status, headers, body = mesh.call("api", "/allow/a?q=1", [
         ("x-ext-user", "forged"), ("x-ext-tag", "client"), ("x-remove-me", "secret"),
@@ -237,7 +239,7 @@ def test_allowed_request_carries_the_providers_header_edits(mesh: GrpcAuthzMesh)
     assert status == 200, body
     seen = json.loads(body)
     assert _values(seen, "x-ext-user") == ["alice"]
-    assert _values(seen, "x-ext-tag") == ["client", "checked"]  # appended, not replaced
+    assert _values(seen, "x-ext-tag") == ["client,checked"]  # appended, not replaced
     assert _values(seen, "x-ext-new") == ["fresh"]
     assert _values(seen, "x-remove-me") == [] and _values(seen, "x-kept") == ["yes"]
     assert headers["x-ext-note"] == "seen"
@@ -301,11 +303,15 @@ def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzM
     """The CheckRequest: method, path with query, host, scheme, protocol, size, the headers
     (lower-case, Envoy's pseudo-headers, repeated ones joined), the request id, the caller's
     SPIFFE id and address as the source, the sidecar's own SPIFFE id and address as the
-    destination."""
+    destination, the request's start time."""
+    before = time.time()
     status, _, body = mesh.call("api", "/allow/b?x=2", [
         ("X-User", "bob"), ("x-multi", "1"), ("x-multi", "2")])
+    after = time.time()
     assert status == 200, body
     [check] = mesh.checked("/allow/b?x=2")
+    # when the request started, as Envoy's stream start time (the wall clock)
+    assert before <= check.attributes.request.time.ToNanoseconds() / 1e9 <= after
     source = check.attributes.source
     assert source.principal.startswith("spiffe://") and source.principal.endswith("/sa/web")
     assert source.address.socket_address.address == "127.0.0.1"
@@ -326,6 +332,7 @@ def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzM
     assert request.id and sent["x-request-id"] == request.id
     seen = json.loads(body)
     assert _values(seen, "x-request-id") == [request.id]  # the id the app gets too
+    assert _values(seen, "x-ext-tag") == ["checked"]  # appended to nothing: added
 
 
 def test_denied_request_gets_the_providers_status_headers_and_body(

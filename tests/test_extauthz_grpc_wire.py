@@ -28,7 +28,7 @@ from aiohttp import web
 
 from tests import meshbuilder
 from tests.grpcapp import serving_in_thread
-from tests.grpcauthzwire import ERROR_BODY, WireAuthz
+from tests.grpcauthzwire import ERROR_BODY, LATE, WireAuthz
 from tests.helpers_mesh import wait_for
 from tests.proxyharness import Backends
 from tests.resources import document, documents, mesh_config
@@ -197,6 +197,19 @@ def test_a_call_refused_unprocessed_is_sent_again(mesh: WireMesh) -> None:
     assert status == 200, body
     assert len(mesh.wire.checked("/refused-once/f")) == 2
     assert mesh.got("/goaway-once/f") and mesh.got("/refused-once/f")
+
+
+def test_a_call_sent_again_is_given_the_time_left_of_the_checks_deadline(
+        mesh: WireMesh) -> None:
+    """The first call's grpc-timeout is the provider's timeout (2s); one refused unprocessed
+    after LATE seconds is sent again with what is left of the check's deadline (at most
+    2s - LATE), as a gRPC client's retry is: the provider never works past the check."""
+    status, _, body = mesh.call("api", "/refused-late-once/g")
+    assert status == 200, body
+    first, second = mesh.wire.checked("/refused-late-once/g")
+    assert first.header("grpc-timeout") == "2000m"
+    left = second.header("grpc-timeout") or ""
+    assert left.endswith("m") and 0 < int(left[:-1]) <= 2000 - LATE * 1000, left
 
 
 def test_a_client_leaving_mid_check_resets_the_call_and_keeps_the_connection(

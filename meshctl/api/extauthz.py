@@ -64,6 +64,7 @@ class ExtAuthzHttp:
     headers_to_upstream_on_allow: HeaderPatterns = HeaderPatterns()
     headers_to_downstream_on_allow: HeaderPatterns = HeaderPatterns()
     headers_to_downstream_on_deny: HeaderPatterns = HeaderPatterns()
+    clear_route_cache: bool = False  # route again once the provider edited the headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class ExtAuthzGrpc:
     timeout: float = DEFAULT_TIMEOUT
     fail_open: bool = False
     status_on_error: int = 403
+    clear_route_cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,8 @@ def _parse_http(data: object, path: str) -> ExtAuthzHttp:
         headers, tuple((k.lower(), v) for k, v in extra.items()),
         f.value("headersToUpstreamOnAllow", _patterns, HeaderPatterns()),
         f.value("headersToDownstreamOnAllow", _patterns, HeaderPatterns()),
-        f.value("headersToDownstreamOnDeny", _patterns, HeaderPatterns()))
+        f.value("headersToDownstreamOnDeny", _patterns, HeaderPatterns()),
+        f.value("clearRouteCache", F.boolean, False))
     f.finish()
     return spec
 
@@ -129,10 +132,23 @@ def _parse_grpc(data: object, path: str) -> ExtAuthzGrpc:
     port = f.required("port", F.integer(1, 65535), 0)
     spec = ExtAuthzGrpc(service, port, f.value("timeout", F.duration(), DEFAULT_TIMEOUT),
                         f.value("failOpen", F.boolean, False),
-                        f.value("statusOnError", _status, 403))
+                        f.value("statusOnError", _status, 403),
+                        f.value("clearRouteCache", F.boolean, False))
     _no_body(f)
+    for key in HTTP_ONLY:
+        if f.has(key):
+            f.add(f.at(key), "an envoyExtAuthzHttp field (Istio has none such for gRPC "
+                             "providers): a gRPC check carries every request header, and its "
+                             "answer says itself which headers to set on the request and the "
+                             "response (ok_response, denied_response)")
     f.finish()
     return spec
+
+
+# envoyExtAuthzHttp's own fields: what an HTTP check sends and which answer headers travel
+HTTP_ONLY = ("pathPrefix", "includeRequestHeadersInCheck", "includeHeadersInCheck",
+             "includeAdditionalHeadersInCheck", "headersToUpstreamOnAllow",
+             "headersToDownstreamOnAllow", "headersToDownstreamOnDeny")
 
 
 STATUS_TEXT = r"^[2-5][0-9][0-9]$"

@@ -445,11 +445,13 @@ _SPECS: dict[str, Schema] = {
                 "headersToUpstreamOnAllow": _list(_str(HEADER_PATTERN)),
                 "headersToDownstreamOnAllow": _list(_str(HEADER_PATTERN)),
                 "headersToDownstreamOnDeny": _list(_str(HEADER_PATTERN)),
+                "clearRouteCache": {"type": "boolean"},
             }, ("service", "port")),
             "envoyExtAuthzGrpc": _obj({
                 "service": _str(F.DNS_SUBDOMAIN, maxLength=253), "port": _int(1, 65535),
                 "timeout": _duration(), "failOpen": {"type": "boolean"},
                 "statusOnError": {"anyOf": [_int(200, 599), _str(STATUS_TEXT)]},
+                "clearRouteCache": {"type": "boolean"},
             }, ("service", "port")),
         }, ("name",)) | {"oneOf": [{"required": ["envoyExtAuthzHttp"]},
                                    {"required": ["envoyExtAuthzGrpc"]}]}),

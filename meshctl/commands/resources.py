@@ -296,7 +296,8 @@ def post_apply(client: ControlPlaneClient, resources: list[Resource], *,
 
 
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
-    """Applied Routes of TCP services with fields their connections never see, Gateway
+    """Applied objects naming services nothing knows, Routes of TCP services with fields
+    their connections never see, Gateway
     passthrough entries to HTTP services, DestinationPolicy rate limits no sidecar
     enforces, PeerAuthentication portLevelMtls ports no selected sidecar serves, Sidecars
     selecting no sidecar and Sidecars selecting one that another Sidecar selects; the
@@ -310,6 +311,7 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
     from meshctl.observe.checks import passthrough_warnings, tcp_route_warnings
     from meshctl.observe.peerchecks import port_warnings
     from meshctl.observe.ratelimitchecks import rate_limit_warnings
+    from meshctl.observe.refchecks import NAMING
     from meshctl.observe.sidecarchecks import sidecar_warnings
 
     routes = [r for r in resources
@@ -320,7 +322,9 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
     ported = [r for r in resources if isinstance(r.spec, PeerAuthenticationSpec)
               and r.spec.ports]
     sidecars = [r for r in resources if r.kind == "Sidecar"]
-    if not routes and not gateways and not limited and not ported and not sidecars:
+    naming = [r for r in resources if isinstance(r.spec, NAMING)]
+    if not routes and not gateways and not limited and not ported and not sidecars \
+            and not naming:
         return []
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
@@ -328,10 +332,40 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
         # still known by its host's form; the other warnings need the registry.
         return rate_limit_warnings(limited, [])
     proxies = list(answer.get("proxies") or [])
-    return [*tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
+    return [*_reference_warnings(client, naming, resources, proxies),
+            *tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
             *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies),
             *sidecar_warnings(sidecars, proxies),
             *_sidecar_conflicts(client, sidecars, proxies)]
+
+
+def _reference_warnings(client: ControlPlaneClient, naming: list[Resource],
+                        applied: list[Resource], proxies: list[dict[str, Any]]) -> list[str]:
+    """The applied objects' fields naming services that no registered proxy, ExternalService
+    or other object (stored or applied) declares (the stored ones are asked for only then)."""
+    from meshctl.observe.refchecks import KINDS, reference_warnings, unknown_references
+
+    if not naming:
+        return []
+    objects = {r.key: r for r in _stored(client, KINDS)}
+    objects.update((r.key, r) for r in applied)
+    return reference_warnings(unknown_references(naming, objects.values(), proxies))
+
+
+def _stored(client: ControlPlaneClient, kinds: tuple[str, ...]) -> list[Resource]:
+    """The stored objects of ``kinds``, of every namespace (none of a kind it cannot list)."""
+    found = []
+    for kind in kinds:
+        try:
+            items = client.get(kind, namespace=None)
+        except ControlPlaneError:
+            continue
+        for item in items:
+            try:
+                found.append(parse_document(item))
+            except ValidationError:
+                continue  # (the control plane stores only what validates)
+    return found
 
 
 def _sidecar_conflicts(client: ControlPlaneClient, applied: list[Resource],

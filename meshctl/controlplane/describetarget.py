@@ -87,12 +87,18 @@ def unknown_message(name: str, namespace: str, known: Sequence[str]) -> str:
 def suggest(head: str, name: str, known: Sequence[str]) -> str:
     """``head``, then the known names close to ``name`` (``namespace/name`` entries compared by
     their name), else the known names (the first SHOWN), else that there are none."""
-    close = set(difflib.get_close_matches(name, [k.rpartition("/")[2] for k in known],
-                                          n=max(len(known), 1), cutoff=0.6))
-    suggested = [k for k in known if k.rpartition("/")[2] in close]
+    suggested = close_names(name, known)
     if suggested:
         return f"{head}; did you mean {' or '.join(suggested[:3])}?"
     if not known:
         return f"{head}; the mesh has no services yet"
     more = f" (and {len(known) - SHOWN} more)" if len(known) > SHOWN else ""
     return f"{head}; known services: {', '.join(known[:SHOWN])}{more}"
+
+
+def close_names(name: str, known: Sequence[str]) -> list[str]:
+    """The ``known`` names (``namespace/name`` entries compared by their name) close to
+    ``name``, in ``known``'s order."""
+    close = set(difflib.get_close_matches(name, [k.rpartition("/")[2] for k in known],
+                                          n=max(len(known), 1), cutoff=0.6))
+    return [k for k in known if k.rpartition("/")[2] in close]

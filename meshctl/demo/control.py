@@ -13,7 +13,13 @@ from dataclasses import replace
 from typing import TextIO
 
 from meshctl.demo.procs import listening, log_tail, pid_alive, signal_group
-from meshctl.demo.runner import SUPERVISOR_HINT, DemoOptions, already_running, banner
+from meshctl.demo.runner import (
+    SUPERVISOR_HINT,
+    DemoOptions,
+    already_running,
+    banner,
+    cannot_start,
+)
 from meshctl.demo.state import FAILED, READY, STOPPED, SUPERVISOR_LOG, RunDir
 from meshctl.output import render_table
 
@@ -26,6 +32,10 @@ def up_detached(opts: DemoOptions, up_args: Sequence[str], out: TextIO,
     if running:
         print(f"the demo is already running (supervisor pid {running.supervisor}); "
               "`meshctl demo down` stops it", file=out)
+        return 1
+    refused = cannot_start(opts)  # (before the run dir: a refused demo leaves no file)
+    if refused:
+        print(refused, file=out)
         return 1
     run_dir.path.mkdir(parents=True, exist_ok=True)
     run_dir.clear()

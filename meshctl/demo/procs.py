@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from meshctl.demo.portholder import port_holder
 from meshctl.demo.topology import ProcessSpec
 
 LOG_TAIL_LINES = 20
@@ -54,8 +55,12 @@ def taken_ports(specs: Iterable[ProcessSpec]) -> list[str]:
                 problems.append(f"port {port} is planned for both {seen[port]} and {owner}")
                 continue
             seen[port] = owner
-            if port_in_use(host, port):
-                problems.append(f"port {port} needed by {owner} is already in use on {host}")
+            if not 0 < port < 65536:
+                problems.append(f"port {port} needed by {owner} is out of range (1-65535)")
+            elif port_in_use(host, port):
+                holder = port_holder(port)
+                problems.append(f"port {port} needed by {owner} is already in use on {host}"
+                                + (f", held by {holder}" if holder else ""))
     return problems
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from meshctl.controlplane.registrystate import FILE_NAME as REGISTRY_FILE
-from meshctl.demo import setup
+from meshctl.demo import preflight, setup
 from meshctl.demo.procs import DIRECT, pid_alive
 from meshctl.demo.state import FAILED, READY, STOPPED, STOPPING, RunDir, RunState
 from meshctl.demo.supervisor import StartError, Supervisor, Timing
@@ -30,9 +30,6 @@ from meshctl.demo.traffic import TrafficGenerator
 
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PORTS_HINT = ("\nanother demo (`meshctl demo status` in its directory) or another program listens "
-              "there: stop it, or give this demo other ports with --gateway-port, --base-port "
-              "(the apps' and sidecars' block), --api-port and --grpc-port")
 SUPERVISOR_HINT = "meshctl"  # in the supervisor's command line, to tell it from a reused pid
 
 
@@ -62,6 +59,17 @@ def urls(ports: Ports) -> dict[str, str]:
             "controlPlane": f"http://127.0.0.1:{ports.api}"}
 
 
+def cannot_start(opts: DemoOptions) -> str | None:
+    """Why the demo cannot start, found before anything is created (`meshctl demo up: ...`,
+    ready to print); None when it can."""
+    paths = local_paths(opts.run_dir.path, opts.state_dir, opts.certs)
+    found = preflight.problems(local_topology(opts.ports, paths), certs=opts.certs,
+                               state_dir=opts.state_dir, routes=opts.routes)
+    if not found:
+        return None
+    return "meshctl demo up: " + "\n".join(found) + "\nnothing was started or created."
+
+
 def already_running(run_dir: RunDir) -> RunState | None:
     """The state of a demo whose supervisor still runs, if any."""
     state = run_dir.read()
@@ -78,6 +86,10 @@ async def up(opts: DemoOptions, out: TextIO) -> int:
     if running:
         print(f"the demo is already running (supervisor pid {running.supervisor}); "
               "`meshctl demo down` stops it", file=out)
+        return 1
+    refused = cannot_start(opts)
+    if refused:
+        print(refused, file=out)
         return 1
     run_dir.path.mkdir(parents=True, exist_ok=True)
     paths = local_paths(run_dir.path, opts.state_dir, opts.certs)
@@ -115,7 +127,7 @@ async def _lifecycle(sup: Supervisor, opts: DemoOptions, stop: asyncio.Event,
             return await _shutdown(sup, opts, 130, out)
     except StartError as err:
         await sup.stop()
-        error = str(err) + (PORTS_HINT if err.name == "ports" else "")
+        error = str(err) + ("\n" + preflight.PORTS_HINT if err.name == "ports" else "")
         sup.state = replace(sup.state, status=FAILED, error=error)
         opts.run_dir.write(sup.state)
         print(f"meshctl demo up: {error}\nstopped everything that had started.", file=out)

@@ -53,6 +53,7 @@ from meshctl.observe.dashboard import dashboard_state
 from meshctl.observe.peerchecks import peer_authentication_checks
 from meshctl.observe.proxylogging import LoggingUnavailable, call_logging
 from meshctl.observe.ratelimitchecks import rate_limit_checks
+from meshctl.observe.refchecks import KINDS as REFERRING_KINDS
 from meshctl.observe.routestats import routes_about, routes_report
 from meshctl.observe.samples import DST
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
@@ -277,10 +278,10 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         telemetries = [o.resource for o in await store.list("Telemetry")]
         canaries = await store.list("Canary")
         statuses = {o.key: await store.status(o.key) for o in canaries}
-        others = [*await store.list("DestinationPolicy"), *await store.list("Gateway"),
-                  *await store.list("ExternalService")]
         groups = [*all_checks(body, errors, time.time()), *tcp_route_checks(routes, body),
-                  *route_target_checks(await store.list("Route"), others, body),
+                  *route_target_checks(
+                      [o.resource for kind in REFERRING_KINDS for o in await store.list(kind)],
+                      body),
                   *passthrough_checks(gateways, body), *rate_limit_checks(policies, body),
                   *peer_authentication_checks(peer_auths, meshes, body),
                   *sidecar_checks(sidecars, routes, meshes, body, scraper.window.latest),

@@ -281,41 +281,28 @@ def api_transport_check(listen: str, tls: bool) -> Group:
     return Group("Control plane", (check,))
 
 
-def route_target_checks(routes: list[Any], others: list[Any],
-                        proxies: list[dict[str, Any]]) -> list[Group]:
-    """Warns of each Route whose host or backend services name no service: none registered
-    (a sidecar's or a gateway's), none a DestinationPolicy or Gateway declares, no
-    ExternalService host (``routes``, ``others``: StoredObjects; a Route does not count as
-    declaring what it names itself). Such a Route applies, but its traffic has nowhere to go:
-    most likely a typo. No group without Routes."""
-    from meshctl.controlplane.describetarget import (
-        declared_services,
-        external_hosts,
-        host_matches,
-    )
-    from meshctl.controlplane.names import ServiceNames
+def route_target_checks(objects: list[Any], proxies: list[dict[str, Any]]) -> list[Group]:
+    """Warns of each object whose fields name no known service (``objects``: the stored
+    Resources; meshctl.observe.refchecks says what is known). Such an object applies, but
+    its traffic has nowhere to go, or its policy nothing to select: most likely a typo. No
+    group without an object naming services."""
+    from meshctl.observe.refchecks import NAMING, unknown_references
 
-    if not routes:
+    naming = sorted((r for r in objects if isinstance(r.spec, NAMING)),
+                    key=lambda r: (r.kind, r.namespace, r.name))
+    if not naming:
         return []
-    registered = {(str(p["service"]), str(p.get("namespace") or "default"))
-                  for p in proxies if p.get("service")}
-    known = ServiceNames(registered | declared_services(others, ServiceNames(registered)))
-    hosts = external_hosts(others)
-    checks = []
-    for obj in routes:
-        route = obj.resource
-        named = [route.spec.host, *(b.service for rule in route.spec.rules
-                                    for b in rule.backends if b.service is not None)]
-        missing = [n for n in dict.fromkeys(named) if known.resolve(n, route.namespace) is None
-                   and not any(host_matches(h, n) for h in hosts)]
-        if missing:
-            checks.append(Check(
-                f"Route {route.namespace}/{route.name}", "warn",
-                "names no known service: " + ", ".join(missing),
-                "no sidecar of it is registered and no DestinationPolicy, Gateway or "
-                "ExternalService declares it: a typo? (meshctl proxy-status lists the "
-                "registered services; the Route still applies, but has nowhere to send "
-                "requests until such a service exists)"))
+    by_object: dict[tuple[str, str, str], list[str]] = {}
+    for u in unknown_references(naming, objects, proxies):
+        by_object.setdefault(u.resource.key, []).append(u.name)
+    checks = [Check(
+        f"{kind} {namespace}/{name}", "warn",
+        "names no known service: " + ", ".join(dict.fromkeys(missing)),
+        "no sidecar of it is registered and no Route, DestinationPolicy, Gateway or "
+        "ExternalService declares it: a typo? (meshctl proxy-status lists the registered "
+        "services; the object still applies, but its traffic has nowhere to go, or its "
+        "policy nothing to select, until such a service exists)")
+        for (kind, namespace, name), missing in by_object.items()]
     if not checks:
-        checks.append(Check("every Route's host and backends name a known service", "ok"))
-    return [Group("Route destinations", tuple(checks))]
+        checks.append(Check("every Route, policy and Gateway names a known service", "ok"))
+    return [Group("Service references", tuple(checks))]

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from proxy.authzproto import core_pb2 as proxy_dot_authzproto_dot_core__pb2
 from proxy.authzproto import http_status_pb2 as proxy_dot_authzproto_dot_http__status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proxy/authzproto/external_auth.proto\x12\x15\x65nvoy.service.auth.v3\x1a\x17google/rpc/status.proto\x1a\x1bproxy/authzproto/core.proto\x1a\"proxy/authzproto/http_status.proto\"\xe0\x07\n\x10\x41ttributeContext\x12<\n\x06source\x18\x01 \x01(\x0b\x32,.envoy.service.auth.v3.AttributeContext.Peer\x12\x41\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32,.envoy.service.auth.v3.AttributeContext.Peer\x12@\n\x07request\x18\x04 \x01(\x0b\x32/.envoy.service.auth.v3.AttributeContext.Request\x12Z\n\x12\x63ontext_extensions\x18\n \x03(\x0b\x32>.envoy.service.auth.v3.AttributeContext.ContextExtensionsEntry\x1a\xe8\x01\n\x04Peer\x12.\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x1d.envoy.config.core.v3.Address\x12\x0f\n\x07service\x18\x02 \x01(\t\x12H\n\x06labels\x18\x03 \x03(\x0b\x32\x38.envoy.service.auth.v3.AttributeContext.Peer.LabelsEntry\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aL\n\x07Request\x12\x41\n\x04http\x18\x02 \x01(\x0b\x32\x33.envoy.service.auth.v3.AttributeContext.HttpRequest\x1a\xb9\x02\n\x0bHttpRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12Q\n\x07headers\x18\x03 \x03(\x0b\x32@.envoy.service.auth.v3.AttributeContext.HttpRequest.HeadersEntry\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0e\n\x06scheme\x18\x06 \x01(\t\x12\r\n\x05query\x18\x07 \x01(\t\x12\x10\n\x08\x66ragment\x18\x08 \x01(\t\x12\x0c\n\x04size\x18\t \x01(\x03\x12\x10\n\x08protocol\x18\n \x01(\t\x12\x0c\n\x04\x62ody\x18\x0b \x01(\t\x12\x10\n\x08raw_body\x18\x0c \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x38\n\x16\x43ontextExtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43heckRequest\x12;\n\nattributes\x18\x01 \x01(\x0b\x32\'.envoy.service.auth.v3.AttributeContext\"\x87\x01\n\x12\x44\x65niedHttpResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.envoy.type.v3.HttpStatus\x12\x38\n\x07headers\x18\x02 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"\xaf\x01\n\x0eOkHttpResponse\x12\x38\n\x07headers\x18\x02 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\x12\x19\n\x11headers_to_remove\x18\x05 \x03(\t\x12H\n\x17response_headers_to_add\x18\x06 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\"\x8d\x02\n\rCheckResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x44\n\x0f\x64\x65nied_response\x18\x02 \x01(\x0b\x32).envoy.service.auth.v3.DeniedHttpResponseH\x00\x12<\n\x0bok_response\x18\x03 \x01(\x0b\x32%.envoy.service.auth.v3.OkHttpResponseH\x00\x12\x43\n\x0e\x65rror_response\x18\x05 \x01(\x0b\x32).envoy.service.auth.v3.DeniedHttpResponseH\x00\x42\x0f\n\rhttp_response2e\n\rAuthorization\x12T\n\x05\x43heck\x12#.envoy.service.auth.v3.CheckRequest\x1a$.envoy.service.auth.v3.CheckResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$proxy/authzproto/external_auth.proto\x12\x15\x65nvoy.service.auth.v3\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1bproxy/authzproto/core.proto\x1a\"proxy/authzproto/http_status.proto\"\x8a\x08\n\x10\x41ttributeContext\x12<\n\x06source\x18\x01 \x01(\x0b\x32,.envoy.service.auth.v3.AttributeContext.Peer\x12\x41\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32,.envoy.service.auth.v3.AttributeContext.Peer\x12@\n\x07request\x18\x04 \x01(\x0b\x32/.envoy.service.auth.v3.AttributeContext.Request\x12Z\n\x12\x63ontext_extensions\x18\n \x03(\x0b\x32>.envoy.service.auth.v3.AttributeContext.ContextExtensionsEntry\x1a\xe8\x01\n\x04Peer\x12.\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0b\x32\x1d.envoy.config.core.v3.Address\x12\x0f\n\x07service\x18\x02 \x01(\t\x12H\n\x06labels\x18\x03 \x03(\x0b\x32\x38.envoy.service.auth.v3.AttributeContext.Peer.LabelsEntry\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1av\n\x07Request\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x04http\x18\x02 \x01(\x0b\x32\x33.envoy.service.auth.v3.AttributeContext.HttpRequest\x1a\xb9\x02\n\x0bHttpRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12Q\n\x07headers\x18\x03 \x03(\x0b\x32@.envoy.service.auth.v3.AttributeContext.HttpRequest.HeadersEntry\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0e\n\x06scheme\x18\x06 \x01(\t\x12\r\n\x05query\x18\x07 \x01(\t\x12\x10\n\x08\x66ragment\x18\x08 \x01(\t\x12\x0c\n\x04size\x18\t \x01(\x03\x12\x10\n\x08protocol\x18\n \x01(\t\x12\x0c\n\x04\x62ody\x18\x0b \x01(\t\x12\x10\n\x08raw_body\x18\x0c \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x38\n\x16\x43ontextExtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43heckRequest\x12;\n\nattributes\x18\x01 \x01(\x0b\x32\'.envoy.service.auth.v3.AttributeContext\"\x87\x01\n\x12\x44\x65niedHttpResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.envoy.type.v3.HttpStatus\x12\x38\n\x07headers\x18\x02 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\"\xaf\x01\n\x0eOkHttpResponse\x12\x38\n\x07headers\x18\x02 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\x12\x19\n\x11headers_to_remove\x18\x05 \x03(\t\x12H\n\x17response_headers_to_add\x18\x06 \x03(\x0b\x32\'.envoy.config.core.v3.HeaderValueOption\"\x8d\x02\n\rCheckResponse\x12\"\n\x06status\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x44\n\x0f\x64\x65nied_response\x18\x02 \x01(\x0b\x32).envoy.service.auth.v3.DeniedHttpResponseH\x00\x12<\n\x0bok_response\x18\x03 \x01(\x0b\x32%.envoy.service.auth.v3.OkHttpResponseH\x00\x12\x43\n\x0e\x65rror_response\x18\x05 \x01(\x0b\x32).envoy.service.auth.v3.DeniedHttpResponseH\x00\x42\x0f\n\rhttp_response2e\n\rAuthorization\x12T\n\x05\x43heck\x12#.envoy.service.auth.v3.CheckRequest\x1a$.envoy.service.auth.v3.CheckResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,28 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTECONTEXT_HTTPREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._loaded_options = None
   _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_ATTRIBUTECONTEXT']._serialized_start=154
-  _globals['_ATTRIBUTECONTEXT']._serialized_end=1146
-  _globals['_ATTRIBUTECONTEXT_PEER']._serialized_start=462
-  _globals['_ATTRIBUTECONTEXT_PEER']._serialized_end=694
-  _globals['_ATTRIBUTECONTEXT_PEER_LABELSENTRY']._serialized_start=649
-  _globals['_ATTRIBUTECONTEXT_PEER_LABELSENTRY']._serialized_end=694
-  _globals['_ATTRIBUTECONTEXT_REQUEST']._serialized_start=696
-  _globals['_ATTRIBUTECONTEXT_REQUEST']._serialized_end=772
-  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST']._serialized_start=775
-  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST']._serialized_end=1088
-  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST_HEADERSENTRY']._serialized_start=1042
-  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST_HEADERSENTRY']._serialized_end=1088
-  _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._serialized_start=1090
-  _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._serialized_end=1146
-  _globals['_CHECKREQUEST']._serialized_start=1148
-  _globals['_CHECKREQUEST']._serialized_end=1223
-  _globals['_DENIEDHTTPRESPONSE']._serialized_start=1226
-  _globals['_DENIEDHTTPRESPONSE']._serialized_end=1361
-  _globals['_OKHTTPRESPONSE']._serialized_start=1364
-  _globals['_OKHTTPRESPONSE']._serialized_end=1539
-  _globals['_CHECKRESPONSE']._serialized_start=1542
-  _globals['_CHECKRESPONSE']._serialized_end=1811
-  _globals['_AUTHORIZATION']._serialized_start=1813
-  _globals['_AUTHORIZATION']._serialized_end=1914
+  _globals['_ATTRIBUTECONTEXT']._serialized_start=187
+  _globals['_ATTRIBUTECONTEXT']._serialized_end=1221
+  _globals['_ATTRIBUTECONTEXT_PEER']._serialized_start=495
+  _globals['_ATTRIBUTECONTEXT_PEER']._serialized_end=727
+  _globals['_ATTRIBUTECONTEXT_PEER_LABELSENTRY']._serialized_start=682
+  _globals['_ATTRIBUTECONTEXT_PEER_LABELSENTRY']._serialized_end=727
+  _globals['_ATTRIBUTECONTEXT_REQUEST']._serialized_start=729
+  _globals['_ATTRIBUTECONTEXT_REQUEST']._serialized_end=847
+  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST']._serialized_start=850
+  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST']._serialized_end=1163
+  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST_HEADERSENTRY']._serialized_start=1117
+  _globals['_ATTRIBUTECONTEXT_HTTPREQUEST_HEADERSENTRY']._serialized_end=1163
+  _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._serialized_start=1165
+  _globals['_ATTRIBUTECONTEXT_CONTEXTEXTENSIONSENTRY']._serialized_end=1221
+  _globals['_CHECKREQUEST']._serialized_start=1223
+  _globals['_CHECKREQUEST']._serialized_end=1298
+  _globals['_DENIEDHTTPRESPONSE']._serialized_start=1301
+  _globals['_DENIEDHTTPRESPONSE']._serialized_end=1436
+  _globals['_OKHTTPRESPONSE']._serialized_start=1439
+  _globals['_OKHTTPRESPONSE']._serialized_end=1614
+  _globals['_CHECKRESPONSE']._serialized_start=1617
+  _globals['_CHECKRESPONSE']._serialized_end=1886
+  _globals['_AUTHORIZATION']._serialized_start=1888
+  _globals['_AUTHORIZATION']._serialized_end=1989
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from proxy.authzproto import core_pb2 as _core_pb2
 from proxy.authzproto import http_status_pb2 as _http_status_pb2
@@ -32,10 +35,12 @@ class AttributeContext(_message.Message):
         certificate: str
         def __init__(self, address: _Optional[_Union[_core_pb2.Address, _Mapping]] = ..., service: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., principal: _Optional[str] = ..., certificate: _Optional[str] = ...) -> None: ...
     class Request(_message.Message):
-        __slots__ = ("http",)
+        __slots__ = ("time", "http")
+        TIME_FIELD_NUMBER: _ClassVar[int]
         HTTP_FIELD_NUMBER: _ClassVar[int]
+        time: _timestamp_pb2.Timestamp
         http: AttributeContext.HttpRequest
-        def __init__(self, http: _Optional[_Union[AttributeContext.HttpRequest, _Mapping]] = ...) -> None: ...
+        def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http: _Optional[_Union[AttributeContext.HttpRequest, _Mapping]] = ...) -> None: ...
     class HttpRequest(_message.Message):
         __slots__ = ("id", "method", "headers", "path", "host", "scheme", "query", "fragment", "size", "protocol", "body", "raw_body")
         class HeadersEntry(_message.Message):
