@@ -418,7 +418,9 @@ class SnapshotBuilder:
             passthrough: list[Any] = []
             for r in self._by_kind.get("Gateway", []):
                 if r.namespace == proxy.namespace and isinstance(r.spec, GatewaySpec):
-                    rules.extend(_raw_spec(r).get("rules", []))
+                    # an inline rule with its Gateway's name (its per-rule metrics' route)
+                    rules.extend(rule if "destination" in rule else {**rule, "gateway": r.name}
+                                 for rule in _raw_spec(r).get("rules", []))
                     passthrough.extend(_raw_spec(r).get("passthrough", []))
             parts["gateway"] = {"rules": rules}
             if passthrough:  # absent otherwise: gateways without one keep their bytes
