@@ -237,7 +237,7 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("MTLS", _mtls),
         ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],
     "Gateway": [
-        ("LISTEN", lambda d: str(_spec(d).get("listen", ""))),
+        ("LISTEN", lambda d: str(_spec(d).get("listen", "-"))),
         ("DESTINATIONS", _gateway_destinations),
         ("PASSTHROUGH", lambda d: _joined(dict.fromkeys(
             r.get("destination") for r in _spec(d).get("passthrough") or [])))],

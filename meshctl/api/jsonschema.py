@@ -474,10 +474,17 @@ _SPECS: dict[str, Schema] = {
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),
+        "hosts": _list(_str(GATEWAY_HOST), 1),
+        "gateway": _str(F.DNS_SUBDOMAIN, maxLength=253),
         "rules": _list(_GATEWAY_RULE, 1),
         "passthrough": _list(_obj({"sniHosts": _list(_str(GATEWAY_HOST), 1),
                                    "destination": _SERVICE}, ("sniHosts", "destination")), 1),
-    }, ("listen",)) | {"anyOf": [{"required": ["rules"]}, {"required": ["passthrough"]}]},
+    }) | {"anyOf": [{"required": ["rules"]}, {"required": ["passthrough"]},
+                    {"required": ["hosts"]}],
+          # bound to another Gateway: rules only (its hosts and passthrough are the other's)
+          "if": {"required": ["gateway"]},
+          "then": {"required": ["rules"], "not": {"anyOf": [
+              {"required": ["hosts"]}, {"required": ["passthrough"]}]}}},
     "ExternalService": _obj({
         "hosts": _list(_str(EXTERNAL_HOST, maxLength=253), 1) | {"uniqueItems": True},
         "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)},

@@ -110,12 +110,16 @@ class GatewayPassthrough:
 
 @dataclass(frozen=True, slots=True)
 class GatewaySpec:
-    """spec of a Gateway: the listen address, its ordered entry rules and its TLS
-    passthrough entries."""
+    """spec of a Gateway: the listen address (informational, None: not said), its ordered
+    entry rules and its TLS passthrough entries; ``hosts``: the hosts it serves to the
+    Gateways bound to it, ``gateway``: the Gateway this one is bound to (Istio's Gateway and
+    a VirtualService bound to it)."""
 
-    listen: str
+    listen: str | None
     rules: tuple[GatewayRule, ...]
     passthrough: tuple[GatewayPassthrough, ...] = ()
+    hosts: tuple[str, ...] = ()
+    gateway: str | None = None
 
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
@@ -193,13 +197,20 @@ def parse_gateway(data: object, path: str) -> GatewaySpec:
     """Parse Gateway.spec: `rules`, `passthrough` or both (a gateway that only passes TLS
     through needs no HTTP rule)."""
     f = Fields(data, path)
-    listen = f.required("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"), "")
-    if not f.has("rules") and not f.has("passthrough"):
-        f.add(f.at("rules"), "field is required (or passthrough, or both)")
+    listen = f.optional("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"))
+    hosts = f.value("hosts", F.list_of(_GATEWAY_HOST, 1, "at least one host is required"), ())
+    bound = f.optional("gateway", F.string(F.DNS_SUBDOMAIN, "a Gateway's name"))
+    if not f.has("rules") and not f.has("passthrough") and not f.has("hosts"):
+        f.add(f.at("rules"), "field is required (or passthrough, or hosts)")
+    if f.has("gateway") and not f.has("rules"):
+        f.add(f.at("rules"), "field is required with gateway (the rules it binds)")
+    if f.has("gateway") and (f.has("hosts") or f.has("passthrough")):
+        f.add(f.at("gateway"), "a Gateway bound to another has rules only: its hosts and "
+                               "passthrough are the other one's")
     rules = f.value("rules", parse_gateway_rules, ())
     passthrough = f.value("passthrough", parse_gateway_passthrough, ())
     f.finish()
-    return GatewaySpec(listen, rules, passthrough)
+    return GatewaySpec(listen, rules, passthrough, hosts, bound)
 
 
 def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:

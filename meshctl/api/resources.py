@@ -18,6 +18,7 @@ from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
+from meshctl.api.gatewayhosts import bound_host_issues
 from meshctl.api.hostnames import service_of
 from meshctl.api.httproute import GATEWAY_API_VERSIONS, HTTPRouteSpec
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
@@ -327,9 +328,10 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             claims.extend(((r.kind, r.namespace, "host", host), f"spec.hosts[{i}]",
                            f"host {host} already has an ExternalService")
                           for i, host in enumerate(r.spec.hosts))
-        if isinstance(r.spec, GatewaySpec):
+        if isinstance(r.spec, GatewaySpec) and r.spec.listen is not None:
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+        if isinstance(r.spec, GatewaySpec):
             # A namespace's gateway proxies get the passthrough entries of all its Gateways
             # together: a server name in two of them would be ambiguous.
             claims.extend(((r.kind, r.namespace, "sni", host),
@@ -352,6 +354,9 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             issues.extend(_unknown_subsets(r, r.spec, first))
         if isinstance(r.spec, HTTPRouteSpec) and first.get(r.key) is r:
             issues.extend(_httproute_issues(r, r.spec, first))
+        if isinstance(r.spec, GatewaySpec) and r.spec.gateway and first.get(r.key) is r:
+            issues.extend(bound_host_issues(r, r.spec, first.get(
+                ("Gateway", r.namespace, r.spec.gateway))))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
     return istio_located(issues, items)
