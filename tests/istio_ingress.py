@@ -1,3 +1,4 @@
+# ruff: noqa: E501 (Istio's samples keep their long comment lines, as written)
 """Istio's ingress samples as written: samples/bookinfo/networking/bookinfo-gateway.yaml and
 the ingress task's httpbin Gateway and VirtualService (istio.io, Ingress Gateways)."""
 
