@@ -11,7 +11,6 @@ processes: `meshctl serve`, a gateway proxy and apps behind their sidecars.
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 
@@ -72,16 +71,7 @@ class GatewayRuleMesh(meshbuilder.Mesh):
     gateway_proc: MeshProcess
 
     def call(self, host: str, path: str = "/") -> tuple[int, dict[str, str], bytes]:
-        """A GET to the gateway for ``host``."""
-        port = int(self.gateway_proc.info["gateway"].rpartition(":")[2])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("GET", path, headers={"Host": host})
-            resp = conn.getresponse()
-            body = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-        finally:
-            conn.close()
+        return self.via_gateway(self.gateway_proc, host, path)
 
 
 @pytest.fixture(scope="module")

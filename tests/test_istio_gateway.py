@@ -5,29 +5,14 @@ gateway proxy gets from them (meshctl.controlplane.gatewayrules)."""
 from __future__ import annotations
 
 import json
-import textwrap
 from typing import Any
 
 import pytest
 
-from meshctl.api.errors import ValidationError
-from meshctl.api.resources import Resource, load_documents, validate_set
+from meshctl.api.resources import Resource, validate_set
 from meshctl.controlplane.gatewayrules import gateway_parts
 from tests.istio_ingress import BOOKINFO_GATEWAY, HTTPBIN_GATEWAY
-
-
-def load(text: str) -> list[Resource]:
-    return load_documents(textwrap.dedent(text), "istio.yaml")
-
-
-def specs(text: str) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(r.kind, r.name, r.to_dict()["spec"]) for r in load(text)]
-
-
-def errors(text: str) -> list[str]:
-    with pytest.raises(ValidationError) as err:
-        load(text)
-    return [str(i) for i in err.value.issues]
+from tests.test_istio_yaml import errors, load, specs
 
 
 def rules_for_gateway(resources: list[Resource], namespace: str = "default") -> list[Any]:

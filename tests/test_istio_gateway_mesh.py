@@ -7,7 +7,6 @@ httpbin ingress task's Gateway and VirtualService route httpbin.example.com's /s
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +26,7 @@ class IngressMesh(meshbuilder.Mesh):
 
     def call(self, path: str, host: str = "bookinfo.example.com"
              ) -> tuple[int, dict[str, str], bytes]:
-        port = int(self.gateway_proc.info["gateway"].rpartition(":")[2])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("GET", path, headers={"Host": host})
-            resp = conn.getresponse()
-            body = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-        finally:
-            conn.close()
+        return self.via_gateway(self.gateway_proc, host, path)
 
     def applied(self, name: str, text: str, *args: str) -> str:
         """`meshctl apply -f` of ``text`` written as ``name``; its output."""
