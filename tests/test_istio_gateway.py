@@ -224,3 +224,29 @@ def test_an_ami_gateway_without_listen_and_with_listen_claims() -> None:
     assert [str(i) for i in validate_set(resources)] == [
         "istio.yaml doc 4: spec.listen: listen address already used by a Gateway (see Gateway "
         "default/c in istio.yaml doc 3)"]
+
+
+def test_subsets_at_the_gateway_are_checked_on_the_istio_field() -> None:
+    """A bound route's subsets must be defined, as a Route's (on the Istio path)."""
+    resources = load("""\
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews}
+    spec:
+      hosts: [reviews.example.com]
+      gateways: [gw]
+      http:
+      - route:
+        - {destination: {host: reviews, subset: v1}, weight: 50}
+        - {destination: {host: reviews, subset: v2}, weight: 50}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      subsets: [{name: v1, labels: {version: v1}}]
+    """)
+    assert [str(i) for i in validate_set(resources)] == [
+        "istio.yaml doc 1: spec.http[0].route[1].destination.subset: unknown subset 'v2' for "
+        "host reviews (known: v1)"]

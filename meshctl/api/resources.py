@@ -350,7 +350,7 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
                 add(r, path, f"{message} ({_describe(first[claim])})")
             first.setdefault(claim, r)
     for r in items:
-        if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
+        if isinstance(r.spec, RouteSpec | GatewaySpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
         if isinstance(r.spec, HTTPRouteSpec) and first.get(r.key) is r:
             issues.extend(_httproute_issues(r, r.spec, first))
@@ -480,18 +480,22 @@ def _sidecar_claim(r: Resource, spec: SidecarSpec) -> tuple[tuple[str, ...], str
             f"a Sidecar of namespace {r.namespace} already selects {text}")
 
 
-def _unknown_subsets(route: Resource, spec: RouteSpec,
+def _unknown_subsets(route: Resource, spec: RouteSpec | GatewaySpec,
                      first: Mapping[tuple[str, ...], Resource]) -> list[Issue]:
-    """Backends and mirrors naming a subset that no DestinationPolicy of that host defines."""
+    """Backends and mirrors naming a subset that no DestinationPolicy of that host defines
+    (of a Route's rules, or of a Gateway's Route rules)."""
     found: list[Issue] = []
-    for i, rule in enumerate(spec.rules):
+    default = spec.host if isinstance(spec, RouteSpec) else ""
+    rules = list(enumerate(spec.rules)) if isinstance(spec, RouteSpec) else [
+        (i, r.rule) for i, r in enumerate(spec.rules) if r.rule is not None]
+    for i, rule in rules:
         targets = [(f"spec.rules[{i}].backends[{j}].subset", b.service, b.subset)
                    for j, b in enumerate(rule.backends)]
         if rule.mirror is not None:
             targets.append((f"spec.rules[{i}].mirror.subset", rule.mirror.service,
                             rule.mirror.subset))
         for path, service, subset in targets:
-            host = service or spec.host
+            host = service or default
             policy = _policy_of(host, route.namespace, first)
             known = ([s.name for s in policy.spec.subsets]
                      if policy and isinstance(policy.spec, DestinationPolicySpec) else [])
