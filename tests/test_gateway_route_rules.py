@@ -162,3 +162,19 @@ def test_bad_gateway_rules_are_refused_naming_the_field(rule: str, path: str,
     with pytest.raises(ValidationError) as caught:
         load_documents(text, "gw.yaml")
     assert f"{path}:" in str(caught.value) and message in str(caught.value), caught.value
+
+
+def test_describe_lists_an_inline_rule_as_the_services_exposure(mesh: GatewayRuleMesh) -> None:
+    out = mesh.meshctl("describe", "service", "flaky")
+    assert out.returncode == 0, out.stderr
+    assert "gateway.ami.mesh/edge (namespace default) rule 3: flaky.example.com, *" \
+        in out.stdout, out.stdout
+
+
+def test_routes_lists_a_gateways_named_rule_of_the_service(mesh: GatewayRuleMesh) -> None:
+    """`meshctl routes web`: the Gateway's `split` rule is a row of its own, with its
+    backends, as a Route's named rule (route = the Gateway's namespace/name)."""
+    out = mesh.meshctl("routes", "web", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    rows = {(r["route"], r["rule"]): r["backends"] for r in json.loads(out.stdout)["rows"]}
+    assert rows[("default/edge", "split")] == "web/v1=50,web/v2=50", rows
