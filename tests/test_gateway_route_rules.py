@@ -103,12 +103,14 @@ def test_an_inline_rule_splits_by_weight_across_subsets(mesh: GatewayRuleMesh) -
 
 
 def test_destination_keeps_the_services_mesh_route(mesh: GatewayRuleMesh) -> None:
+    """A `destination:` rule still goes by web's mesh Route (v1 only, its header)."""
     for _ in range(10):
         status, headers, body = mesh.call("web.example.com")
         assert (status, body, headers.get("x-mesh-route")) == (200, b"web-v1", "web")
 
 
 def test_an_inline_rule_rewrites_the_matched_prefix(mesh: GatewayRuleMesh) -> None:
+    """/api/items reaches echo as /v2/items; other paths of the host match no rule."""
     status, _, body = mesh.call("echo.example.com", "/api/items?x=1")
     assert status == 200 and json.loads(body)["path"] == "/v2/items"
     status, headers, _ = mesh.call("echo.example.com", "/other")
@@ -116,6 +118,7 @@ def test_an_inline_rule_rewrites_the_matched_prefix(mesh: GatewayRuleMesh) -> No
 
 
 def test_an_inline_rule_redirects(mesh: GatewayRuleMesh) -> None:
+    """/old/... on any host is answered 302 to /new, forwarded nowhere."""
     status, headers, _ = mesh.call("any.example.com", "/old/page")
     assert status == 302 and headers["location"] == "http://any.example.com/new"
 
@@ -157,6 +160,7 @@ def test_named_inline_rules_are_counted_and_shown(mesh: GatewayRuleMesh) -> None
 ])
 def test_bad_gateway_rules_are_refused_naming_the_field(rule: str, path: str,
                                                         message: str) -> None:
+    """A rule mixing destination and Route fields, or a Route rule a gateway cannot place."""
     text = ("apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
             f"spec:\n  listen: 0.0.0.0:8080\n  rules:\n    - {rule}\n")
     with pytest.raises(ValidationError) as caught:
@@ -165,6 +169,7 @@ def test_bad_gateway_rules_are_refused_naming_the_field(rule: str, path: str,
 
 
 def test_describe_lists_an_inline_rule_as_the_services_exposure(mesh: GatewayRuleMesh) -> None:
+    """`describe service flaky` counts the Gateway rule whose backend it is."""
     out = mesh.meshctl("describe", "service", "flaky")
     assert out.returncode == 0, out.stderr
     assert "gateway.ami.mesh/edge (namespace default) rule 3: flaky.example.com, *" \

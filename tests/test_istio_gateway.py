@@ -43,6 +43,7 @@ def test_istios_bookinfo_gateway_as_written() -> None:
 
 
 def test_the_httpbin_ingress_task_as_written() -> None:
+    """The Gateway of httpbin.example.com; the VirtualService's prefixes to httpbin."""
     resources = load(HTTPBIN_GATEWAY)
     assert [r.to_dict()["spec"] for r in resources] == [
         {"hosts": ["httpbin.example.com"]},
@@ -54,6 +55,7 @@ def test_the_httpbin_ingress_task_as_written() -> None:
 
 
 def test_a_virtual_service_for_the_mesh_and_a_gateway_makes_both() -> None:
+    """`gateways: [mesh, default/edge]`: the Route as before and an Ami Gateway."""
     found = specs("""\
     apiVersion: networking.istio.io/v1
     kind: VirtualService
@@ -120,6 +122,7 @@ def test_https_servers_and_redirects() -> None:
      "required"),
 ])
 def test_istio_gateway_refusals_name_the_istio_field(server: str, message: str) -> None:
+    """What an Ami gateway cannot do is refused on the Istio server's field."""
     found = errors("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\n"
                    f"spec:\n  servers:\n  - {server}\n")
     assert any(e.startswith(f"istio.yaml doc 1: {message}") for e in found), found
@@ -143,6 +146,7 @@ def test_istio_gateway_refusals_name_the_istio_field(server: str, message: str) 
      "spec.http[0].match[0].gateways: not supported by Ami: gateways in a match"),
 ])
 def test_bound_virtual_service_refusals_name_the_istio_field(spec: str, message: str) -> None:
+    """What a bound VirtualService cannot say is refused on its own field."""
     body = spec if "http:" in spec else spec + "\n  http: [{route: [{destination: {host: w}}]}]"
     found = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
                    f"metadata: {{name: vs}}\nspec:\n  {body}\n")

@@ -83,6 +83,7 @@ def test_istios_bookinfo_gateway_yaml_routes_the_pages_it_lists(mesh: IngressMes
 
 
 def test_the_httpbin_ingress_task_routes_by_host(mesh: IngressMesh) -> None:
+    """httpbin.example.com's /status and /delay reach httpbin; other hosts and paths 404."""
     mesh.applied("httpbin-gateway.yaml", HTTPBIN_GATEWAY)
     wait_for(lambda: mesh.call("/status/200", host="httpbin.example.com")[0] == 200, 20,
              "httpbin via the gateway")
