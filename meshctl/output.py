@@ -197,6 +197,20 @@ def _httproute_in_effect(doc: Doc) -> str:
     return _joined(dict.fromkeys(reasons)) if reasons else "yes"
 
 
+def _gateway_destinations(doc: Doc) -> str:
+    """The services a Gateway's rules send to (a rule's destination, or its inline Route
+    rule's backends), or what a rule answering itself does."""
+    names: list[object] = []
+    for rule in _spec(doc).get("rules") or []:
+        if "destination" in rule:
+            names.append(rule["destination"])
+        else:
+            names += [b.get("service") for b in rule.get("backends") or []]
+            names += ["(redirect)"] if "redirect" in rule else []
+            names += ["(directResponse)"] if "directResponse" in rule else []
+    return _joined(dict.fromkeys(names))
+
+
 _KIND_COLUMNS: dict[str, list[Column]] = {
     "Route": [("HOST", lambda d: str(_spec(d).get("host", ""))),
               ("RULES", lambda d: str(len(_spec(d).get("rules") or []))),
@@ -223,9 +237,8 @@ _KIND_COLUMNS: dict[str, list[Column]] = {
         ("MTLS", _mtls),
         ("TRUST-DOMAIN", lambda d: str(_spec(d).get("trustDomain", "cluster.local")))],
     "Gateway": [
-        ("LISTEN", lambda d: str(_spec(d).get("listen", ""))),
-        ("DESTINATIONS", lambda d: _joined(dict.fromkeys(
-            r.get("destination") for r in _spec(d).get("rules") or []))),
+        ("LISTEN", lambda d: str(_spec(d).get("listen", "-"))),
+        ("DESTINATIONS", _gateway_destinations),
         ("PASSTHROUGH", lambda d: _joined(dict.fromkeys(
             r.get("destination") for r in _spec(d).get("passthrough") or [])))],
     "ExternalService": [

@@ -528,10 +528,10 @@ def _parse_snapshot(data: object) -> Snapshot:
     gw_raw = _mapping(raw.get("gateway"), "gateway")
     gateway_rules: tuple[Any, ...] = ()
     if gw_raw.get("rules"):  # none, or [] from a control plane with no Gateway in the namespace
-        from meshctl.api.kinds import parse_gateway_rules  # the Gateway resource's own parser
+        from meshctl.api.kinds import parse_snapshot_gateway_rules  # the Gateway's own parser
 
         with _config_errors():
-            gateway_rules = parse_gateway_rules(gw_raw["rules"], "gateway.rules")
+            gateway_rules = parse_snapshot_gateway_rules(gw_raw["rules"], "gateway.rules")
     gateway_passthrough: tuple[Any, ...] = ()
     if gw_raw.get("passthrough"):
         from meshctl.api.kinds import parse_gateway_passthrough

@@ -197,7 +197,7 @@ class Router:
                  "counts_rules", "egress", "source", "tcp")
 
     def __init__(self, hosts: Mapping[str, HostRoute], inbound: Decision | None = None,
-                 gateway: tuple[tuple[Matcher | None, str], ...] | None = None,
+                 gateway: tuple[tuple[Matcher | None, HostRoute | None], ...] | None = None,
                  egress: Egress | None = None,
                  source: tuple[str, str] = ("unknown", "unknown"),
                  namespaces: Mapping[str, str] | None = None,
@@ -231,9 +231,9 @@ class Router:
         if egress is not None and ex.method == b"CONNECT":
             return egress.connect(ex)
         if self._gateway is not None:
-            for matcher, destination in self._gateway:
+            for matcher, target in self._gateway:
                 if matcher is None or matcher(ex):
-                    host_route = self._hosts.get(destination)
+                    host_route = target
                     break
             else:
                 return "no_route"
@@ -457,28 +457,49 @@ class RouterBuilder:
         passthrough table, whose hosts its terminated connections answer 421
         (proxy.misdirected)."""
         node = self.snapshot.node
-        rules = tuple((_for_hosts(r.hosts, self.compile_matches(blocks)), r.destination)
-                      for r in self.snapshot.gateway_rules
-                      if (blocks := _own_blocks(r.matches, node, scheme)) is not None)
         self._counted = False
         self._router = "gateway"
         routes = self._host_routes("source", scheme=scheme)
+        # Each rule resolved here to what it routes to: its destination's HostRoute (that
+        # service's Route), or its inline Route rule's own (one decision, no matcher: the
+        # gateway rule matched already), so a request costs the rule matchers alone.
+        rules: list[tuple[Matcher | None, HostRoute | None]] = []
+        inline: list[HostRoute] = []
+        for index, r in enumerate(self.snapshot.gateway_rules):
+            blocks = _own_blocks(r.matches, node, scheme)
+            if blocks is None:
+                continue
+            if r.rule is None:
+                target = routes.get(r.destination)
+            else:
+                target = self._gateway_rule(index, r, blocks)
+                inline.append(target)
+            rules.append((_for_hosts(r.hosts, self.compile_matches(blocks)), target))
         policy = self.gateway_policy
         if policy is not None and policy.needed:
             admission = self._admission(policy)
             # Admission runs first on every rule this router owns (its decisions are its own,
             # compiled for it), so routes without a policy keep their plain decisions.
-            for host_route in routes.values():
+            for host_route in (*routes.values(), *inline):
                 for _, decision in host_route.rules:
                     decision.admit = _admit_first(admission, decision.admit)
         if passthrough is not None:
             from proxy.misdirected import MisdirectingRouter, misdirected
 
-            return MisdirectingRouter(routes, gateway=rules, source=(node.service, node.version),
+            return MisdirectingRouter(routes, gateway=tuple(rules),
+                                      source=(node.service, node.version),
                                       counts_rules=self._counted,
                                       misdirected=misdirected(passthrough))
-        return Router(routes, gateway=rules, source=(node.service, node.version),
+        return Router(routes, gateway=tuple(rules), source=(node.service, node.version),
                       counts_rules=self._counted)
+
+    def _gateway_rule(self, index: int, r: Any, blocks: tuple[Any, ...]) -> HostRoute:
+        """A gateway rule's inline Route rule, compiled as a Route's (a Route of the Gateway
+        named ``r.gateway``, whose host is the first service the rule names)."""
+        host = r.services[0] if r.services else r.gateway or "gateway"
+        route = RouteConfig(host, (r.rule,), None, r.gateway)
+        _, decision = self._compile_rule(host, route, index, r.rule, blocks, "source", None)
+        return HostRoute(((None, decision),))
 
     def inbound(self) -> Router:
         snap = self.snapshot
@@ -547,42 +568,49 @@ class RouterBuilder:
                        own: Backend | None = None, scheme: str = "http") -> HostRoute:
         """A Route's rules; ``own``: the backend of the route's host itself when that is no
         mesh service (an ExternalService port)."""
-        snap = self.snapshot
         compiled = []
         for index, rule in enumerate(route.rules):
-            blocks = _own_blocks(rule.matches, snap.node, scheme)
+            blocks = _own_blocks(rule.matches, self.snapshot.node, scheme)
             if blocks is None:
                 continue  # no block accepts this proxy as a source: the rule is not ours
-            backends = []
-            for b in rule.backends:
-                if own is not None and (b.service or host) == host:
-                    # No endpoint of an outside host has labels: a subset selects none.
-                    backends.append(own if b.subset is None else Backend(
-                        host, b.subset, (), None, own.metric_prefix, own.state))
-                    continue
-                found = snap.route_service(route, b.service)
-                service = found if found is not None else Service(
-                    b.service or host, "default", (), (), _default_policy())
-                backends.append(self._backend(service, b.subset, reporter))
-            decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
-                                self.rng, rule)
-            mirror = None
-            if rule.mirror is not None:
-                msvc = snap.route_service(route, rule.mirror.service)
-                if msvc is not None:
-                    mirror = self._backend(msvc, rule.mirror.subset, reporter)
-            limited = None
-            if rule.rate_limit is not None:
-                # an unnamed rule is its place and its match blocks: by place alone, a limited
-                # rule inserted before it took over its drained buckets
-                limited = self._rate_limit(host, route, rule.name or (index, rule.matches),
-                                           rule.rate_limit, own)
-            attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
-                   blocks, limited)
-            if rule.name is not None and self.rules is not None:
-                decision.counter = self._counter(host, route, rule.name, reporter, own)
-            compiled.append((self.compile_matches(blocks), decision))
+            compiled.append(self._compile_rule(host, route, index, rule, blocks, reporter, own))
         return HostRoute(tuple(compiled))
+
+    def _compile_rule(self, host: str, route: RouteConfig, index: int, rule: Any,
+                      blocks: tuple[Any, ...], reporter: str,
+                      own: Backend | None) -> tuple[Matcher | None, Decision]:
+        """One rule of ``route``: its matcher (of ``blocks``, those this proxy applies) and
+        its decision."""
+        snap = self.snapshot
+        backends = []
+        for b in rule.backends:
+            if own is not None and (b.service or host) == host:
+                # No endpoint of an outside host has labels: a subset selects none.
+                backends.append(own if b.subset is None else Backend(
+                    host, b.subset, (), None, own.metric_prefix, own.state))
+                continue
+            found = snap.route_service(route, b.service)
+            service = found if found is not None else Service(
+                b.service or host, "default", (), (), _default_policy())
+            backends.append(self._backend(service, b.subset, reporter))
+        decision = Decision(tuple(backends), tuple(b.weight for b in rule.backends),
+                            self.rng, rule)
+        mirror = None
+        if rule.mirror is not None:
+            msvc = snap.route_service(route, rule.mirror.service)
+            if msvc is not None:
+                mirror = self._backend(msvc, rule.mirror.subset, reporter)
+        limited = None
+        if rule.rate_limit is not None:
+            # an unnamed rule is its place and its match blocks: by place alone, a limited
+            # rule inserted before it took over its drained buckets
+            limited = self._rate_limit(host, route, rule.name or (index, rule.matches),
+                                       rule.rate_limit, own)
+        attach(decision, rule, backends[0].state if backends else None, self.rng, mirror,
+               blocks, limited)
+        if rule.name is not None and self.rules is not None:
+            decision.counter = self._counter(host, route, rule.name, reporter, own)
+        return self.compile_matches(blocks), decision
 
     def _rate_limit(self, host: str, route: RouteConfig, rule: Hashable, limit: Any,
                     own: Backend | None) -> Callable[[Any], RateLimitPolicy]:

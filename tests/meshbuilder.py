@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 from collections.abc import Callable
@@ -143,6 +144,21 @@ class Mesh:
         return revision
 
     # -- looking -------------------------------------------------------------------------------
+    @staticmethod
+    def via_gateway(gateway: MeshProcess, host: str, path: str = "/"
+                    ) -> tuple[int, dict[str, str], bytes]:
+        """A GET for ``host`` to ``gateway``'s listener (no redirect followed): status,
+        headers (lower-case names) and body."""
+        port = int(gateway.info["gateway"].rpartition(":")[2])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        finally:
+            conn.close()
+
     @staticmethod
     def get(via: MeshProcess, host: str, path: str = "/",
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -134,6 +134,18 @@ def with_rule(**rule: Any) -> dict[str, Any]:
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:70000", "rules": [
         {"destination": "web"}]}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443"}},  # no rules, no passthrough
+    # a rule with a destination and a Route rule's field; an inline backend without service
+    {**ROUTE, "kind": "Gateway", "spec": {"rules": [{"destination": "web", "timeout": "1s"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"rules": [{"backends": [{"subset": "v1"}]}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"rules": [{"timeout": "1s"}]}},  # forwards nowhere
+    {**ROUTE, "kind": "Gateway", "spec": {"rules": [
+        {"redirect": {"uri": "/x"}, "backends": [{"service": "web"}]}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"rules": [{"matches": [], "destination": "web"}]}},
+    # bound to another Gateway: rules only
+    {**ROUTE, "kind": "Gateway", "spec": {"gateway": "gw", "hosts": ["a.example.com"],
+                                          "rules": [{"destination": "web"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"gateway": "gw"}},
+    {**ROUTE, "kind": "Gateway", "spec": {"hosts": []}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": []}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
         {"sniHosts": [], "destination": "db"}]}},
@@ -298,6 +310,14 @@ def test_invalid_documents_are_rejected_by_both(document: dict[str, Any]) -> Non
      "spec": {"selector": {"matchLabels": {"app": "reviews", "version": "v3"}},
               "mtls": {"mode": "STRICT"}, "portLevelMtls": {"9080": {"mode": "DISABLE"}}}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "[::1]:0", "rules": [{"destination": "w"}]}},
+    {**ROUTE, "kind": "Gateway", "spec": {"hosts": ["*"]}},  # an Istio Gateway's
+    {**ROUTE, "kind": "Gateway", "spec": {"gateway": "gw", "rules": [
+        {"hosts": ["*"], "match": [{"path": {"prefix": "/a"}}], "name": "a",
+         "backends": [{"service": "web", "subset": "v1", "weight": 90},
+                      {"service": "web", "subset": "v2", "weight": 10}],
+         "retries": {"attempts": 2}, "mirror": {"service": "shadow"}},
+        {"redirect": {"scheme": "https"}, "match": [{"scheme": {"exact": "http"}}]},
+        {"directResponse": {"status": 404}, "headers": {"response": {"set": {"x": "y"}}}}]}},
     {**ROUTE, "kind": "Gateway", "spec": {"listen": "0.0.0.0:8443", "passthrough": [
         {"sniHosts": ["db.example.com", "*.apps.example.com", "*"], "destination": "db"}]}},
     {**ROUTE, "metadata": {"name": "r", "labels": {"a.b/c": ""}}, "status": {"any": "thing"}},

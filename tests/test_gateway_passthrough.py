@@ -490,7 +490,7 @@ def test_gateway_resource_errors_name_the_field() -> None:
         "b.yaml doc 1: spec.passthrough[0].sniHosts[1]: server name db.example.com is already "
         "passed through by a Gateway (see Gateway default/a in a.yaml doc 1)"]
     with pytest.raises(ValidationError, match=r"spec.rules: field is required \(or "
-                                              r"passthrough, or both\)"):
+                                              r"passthrough, or hosts\)"):
         load_documents(head % "c" + "  listen: 0.0.0.0:8443\n", "c.yaml")
     with pytest.raises(ValidationError, match=r"spec.passthrough\[0\].sniHosts\[0\]: invalid "
                                               r"value 'db\.\*\.com'"):

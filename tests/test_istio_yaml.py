@@ -342,8 +342,8 @@ def test_several_hosts_make_one_route_each_named_after_its_host() -> None:
 
 
 VS_REFUSALS = [
-    ("gateways: [bookinfo-gateway]", "spec.gateways: not supported by Ami: gateways other "
-                                     "than `mesh`"),
+    ("gateways: [istio-system/bookinfo-gateway]", "spec.gateways[0]: not supported by Ami: "
+     "Gateway 'istio-system/bookinfo-gateway' of another namespace"),
     ("exportTo: [.]", "spec.exportTo: not supported by Ami: exportTo other than"),
     ("tcp: [{route: [{destination: {host: db}}]}]", "spec.tcp: not supported by Ami: tcp routes"),
     ("tls: [{match: [{sniHosts: [a]}]}]", "spec.tls: not supported by Ami: tls (SNI) routes"),
@@ -916,10 +916,10 @@ def test_security_refusals(doc: str, message: str) -> None:
 # -- documents ---------------------------------------------------------------------------------
 def test_other_istio_kinds_and_versions_are_refused_with_what_to_write() -> None:
     found = errors("""\
-    apiVersion: networking.istio.io/v1
-    kind: Gateway
-    metadata: {name: bookinfo-gateway}
-    spec: {selector: {istio: ingressgateway}}
+    apiVersion: networking.istio.io/v1alpha3
+    kind: EnvoyFilter
+    metadata: {name: lua}
+    spec: {configPatches: []}
     ---
     apiVersion: security.istio.io/v1alpha1
     kind: PeerAuthentication
@@ -927,9 +927,9 @@ def test_other_istio_kinds_and_versions_are_refused_with_what_to_write() -> None
     spec: {}
     """)
     assert found[0].startswith(
-        "istio.yaml doc 1: kind: Istio's 'Gateway' of networking.istio.io is not "
-        "translated by Ami: Ami's Gateway kind (ami.mesh/v1alpha1) serves the edge; Ami "
-        "translates VirtualService (networking.istio.io), DestinationRule")
+        "istio.yaml doc 1: kind: Istio's 'EnvoyFilter' of networking.istio.io is not "
+        "translated by Ami: Ami's proxies are no Envoy; what they do is set by Ami's kinds; "
+        "Ami translates VirtualService (networking.istio.io), DestinationRule")
     assert found[1] == ("istio.yaml doc 2: apiVersion: unsupported 'security.istio.io/v1alpha1' "
                         "for kind PeerAuthentication, expected security.istio.io/v1 or "
                         "security.istio.io/v1beta1")

@@ -237,6 +237,24 @@ DEFS: Schema = {
                        "properties": {"headers": {"required": ["request"]}}}]}}]},
 }
 
+# A Gateway rule: `destination` (that service's Route applies), or the fields of a Route
+# rule (`match` for its matches), whose backends and mirror name their service.
+_ROUTE_RULE = DEFS["rule"]
+_GATEWAY_RULE: Schema = _obj({
+    "hosts": _list(_str(GATEWAY_HOST)), "match": _list(_ref("match")),
+    "destination": _SERVICE,
+    **{k: v for k, v in _ROUTE_RULE["properties"].items() if k != "matches"},
+    "backends": {**_ROUTE_RULE["properties"]["backends"], "items": _obj(
+        {"service": _SERVICE, "subset": _str(F.DNS_LABEL), "weight": _int(0, 100)},
+        ("service",))},
+    "mirror": _obj({"service": _SERVICE, "subset": _str(F.DNS_LABEL), "percent": _PERCENT},
+                   ("service",)),
+}) | {"oneOf": [{"required": ["destination"], "not": {"anyOf": [
+    {"required": [k]} for k in _ROUTE_RULE["properties"] if k != "matches"]}},
+    {"not": {"required": ["destination"]}, **{k: v for k, v in _ROUTE_RULE.items()
+                                              if k == "oneOf"}}]}
+
+
 _TCP_KEEPALIVE: Schema = _obj({"time": _duration(), "interval": _duration(),
                                "probes": _int(1, 127)})
 # The policy fields a DestinationPolicy's subset may set too (each replacing the host's).
@@ -458,11 +476,17 @@ _SPECS: dict[str, Schema] = {
     }),
     "Gateway": _obj({
         "listen": _str(F.HOST_PORT),
-        "rules": _list(_obj({"hosts": _list(_str(GATEWAY_HOST)), "match": _list(_ref("match")),
-                             "destination": _SERVICE}, ("destination",)), 1),
+        "hosts": _list(_str(GATEWAY_HOST), 1),
+        "gateway": _str(F.DNS_SUBDOMAIN, maxLength=253),
+        "rules": _list(_GATEWAY_RULE, 1),
         "passthrough": _list(_obj({"sniHosts": _list(_str(GATEWAY_HOST), 1),
                                    "destination": _SERVICE}, ("sniHosts", "destination")), 1),
-    }, ("listen",)) | {"anyOf": [{"required": ["rules"]}, {"required": ["passthrough"]}]},
+    }) | {"anyOf": [{"required": ["rules"]}, {"required": ["passthrough"]},
+                    {"required": ["hosts"]}],
+          # bound to another Gateway: rules only (its hosts and passthrough are the other's)
+          "if": {"required": ["gateway"]},
+          "then": {"required": ["rules"], "not": {"anyOf": [
+              {"required": ["hosts"]}, {"required": ["passthrough"]}]}}},
     "ExternalService": _obj({
         "hosts": _list(_str(EXTERNAL_HOST, maxLength=253), 1) | {"uniqueItems": True},
         "ports": _list(_obj({"number": _int(1, 65535), "protocol": {"enum": list(PROTOCOLS)},

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from meshctl.api import fields as F
@@ -19,7 +20,7 @@ from meshctl.api.locality import LocalityLbSetting, parse_locality_lb_setting
 from meshctl.api.matches import Match, parse_match_blocks
 from meshctl.api.peerauthn import PeerAuthenticationSpec, parse_peer_authentication
 from meshctl.api.policy import HOST, SERVICE, DestinationPolicySpec, parse_destination_policy
-from meshctl.api.rules import Rule, parse_rules
+from meshctl.api.rules import Rule, check_rule_names, parse_rule, parse_rules
 from meshctl.api.sidecar import SidecarSpec, parse_sidecar
 from meshctl.api.telemetry import TelemetrySpec, parse_telemetry
 from meshctl.api.xfcc import trusted_xfcc_identities
@@ -75,11 +76,26 @@ class MeshConfigSpec:
 @dataclass(frozen=True, slots=True)
 class GatewayRule:
     """Requests for one of ``hosts`` (none = any) matching any block (none = all) enter the
-    mesh at ``destination``."""
+    mesh at ``destination`` (under that service's Route), or are handled by ``rule``, a Route
+    rule applied as written (its matches are ``matches``)."""
 
     matches: tuple[Match, ...]
-    destination: str
+    destination: str | None
     hosts: tuple[str, ...] = ()
+    rule: Rule | None = None
+    # in a proxy snapshot: the name of the Gateway an inline rule is written in (the `route`
+    # of its per-rule metrics, the identity of its rate-limit buckets)
+    gateway: str | None = None
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services the rule sends requests to (or mirrors them to)."""
+        if self.rule is None:
+            return (self.destination,) if self.destination else ()
+        names = [b.service for b in self.rule.backends]
+        if self.rule.mirror is not None:
+            names.append(self.rule.mirror.service)
+        return tuple(dict.fromkeys(n for n in names if n))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +110,16 @@ class GatewayPassthrough:
 
 @dataclass(frozen=True, slots=True)
 class GatewaySpec:
-    """spec of a Gateway: the listen address, its ordered entry rules and its TLS
-    passthrough entries."""
+    """spec of a Gateway: the listen address (informational, None: not said), its ordered
+    entry rules and its TLS passthrough entries; ``hosts``: the hosts it serves to the
+    Gateways bound to it, ``gateway``: the Gateway this one is bound to (Istio's Gateway and
+    a VirtualService bound to it)."""
 
-    listen: str
+    listen: str | None
     rules: tuple[GatewayRule, ...]
     passthrough: tuple[GatewayPassthrough, ...] = ()
+    hosts: tuple[str, ...] = ()
+    gateway: str | None = None
 
 
 Spec = (RouteSpec | DestinationPolicySpec | AuthorizationPolicySpec | RequestAuthenticationSpec
@@ -177,18 +197,43 @@ def parse_gateway(data: object, path: str) -> GatewaySpec:
     """Parse Gateway.spec: `rules`, `passthrough` or both (a gateway that only passes TLS
     through needs no HTTP rule)."""
     f = Fields(data, path)
-    listen = f.required("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"), "")
-    if not f.has("rules") and not f.has("passthrough"):
-        f.add(f.at("rules"), "field is required (or passthrough, or both)")
+    listen = f.optional("listen", F.string(F.HOST_PORT, "host:port like 0.0.0.0:8080"))
+    hosts = f.value("hosts", F.list_of(_GATEWAY_HOST, 1, "at least one host is required"), ())
+    bound = f.optional("gateway", F.string(F.DNS_SUBDOMAIN, "a Gateway's name"))
+    if not f.has("rules") and not f.has("passthrough") and not f.has("hosts"):
+        f.add(f.at("rules"), "field is required (or passthrough, or hosts)")
+    if f.has("gateway") and not f.has("rules"):
+        f.add(f.at("rules"), "field is required with gateway (the rules it binds)")
+    if f.has("gateway") and (f.has("hosts") or f.has("passthrough")):
+        f.add(f.at("gateway"), "a Gateway bound to another has rules only: its hosts and "
+                               "passthrough are the other one's")
     rules = f.value("rules", parse_gateway_rules, ())
     passthrough = f.value("passthrough", parse_gateway_passthrough, ())
     f.finish()
-    return GatewaySpec(listen, rules, passthrough)
+    return GatewaySpec(listen, rules, passthrough, hosts, bound)
 
 
 def parse_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
-    """Parse gateway entry rules (Gateway.spec.rules and a proxy snapshot's gateway.rules)."""
-    return F.list_of(_parse_gateway_rule, 1, "at least one rule is required")(data, path)
+    """Parse Gateway.spec.rules; the names of its inline rules are unique, as a Route's."""
+    rules = F.list_of(_parse_gateway_rule, 1, "at least one rule is required")(data, path)
+    named = [(i, r.rule.name) for i, r in enumerate(rules) if r.rule and r.rule.name]
+    check_rule_names(named, path)
+    return rules
+
+
+def parse_snapshot_gateway_rules(data: object, path: str) -> tuple[GatewayRule, ...]:
+    """Parse a proxy snapshot's gateway.rules: the rules of every Gateway of the namespace,
+    each inline one with its Gateway's name (`gateway`)."""
+    return F.list_of(_parse_snapshot_rule, 1, "at least one rule is required")(data, path)
+
+
+def _parse_snapshot_rule(data: object, path: str) -> GatewayRule:
+    gateway = data.get("gateway") if isinstance(data, Mapping) else None
+    if gateway is None or not isinstance(data, Mapping):
+        return _parse_gateway_rule(data, path)
+    rest = {k: v for k, v in data.items() if k != "gateway"}
+    name = F.string(F.DNS_SUBDOMAIN, "a Gateway name")(gateway, F.join(path, "gateway"))
+    return dataclasses.replace(_parse_gateway_rule(rest, path), gateway=name)
 
 
 # A DNS name, `*.` and a DNS suffix (any name ending in it), or `*` (any host), as Istio's
@@ -230,13 +275,53 @@ def _parse_passthrough(data: object, path: str) -> GatewayPassthrough:
     return GatewayPassthrough(hosts, destination)
 
 
+# What a gateway rule has besides the fields of a Route rule
+_GATEWAY_RULE_OWN = ("hosts", "match", "destination")
+
+
 def _parse_gateway_rule(data: object, path: str) -> GatewayRule:
+    """`destination` (the service's Route applies), or the fields of a Route rule (parsed by
+    the Route rule parser) applied as written; its backends and mirror name their service,
+    as a gateway rule has no host of its own."""
     f = Fields(data, path)
     hosts = f.value("hosts", F.list_of(_GATEWAY_HOST), ())
     matches = f.value("match", parse_match_blocks, ())
-    destination = f.required("destination", SERVICE, "")
+    assert isinstance(data, Mapping)  # (Fields checked it)
+    inline = {k: v for k, v in data.items() if k not in _GATEWAY_RULE_OWN}
+    if f.has("destination"):
+        destination = f.value("destination", SERVICE, "")
+        for key in inline:
+            f.has(key)
+            f.add(f.at(key), f"a rule with a destination is routed by that service's Route: "
+                             f"remove {key}, or the destination to write a Route rule here")
+        f.finish()
+        return GatewayRule(matches, destination, hosts)
+    if "matches" in inline:
+        f.has("matches")
+        f.add(f.at("matches"), "a gateway rule's match blocks are its `match`")
+        inline.pop("matches")
+    for key in inline:
+        f.has(key)  # (checked by the Route rule parser)
+    rule: Rule | None = None
+    if not any(k in inline for k in ("backends", "redirect", "directResponse")):
+        f.add(f.at("destination"), "field is required (or the fields of a Route rule: "
+                                   "backends, redirect or directResponse)")
+    else:
+        try:
+            rule = parse_rule(inline, path)
+        except ValidationError as err:
+            f.issues.extend(err.issues)
+    if rule is not None:
+        for j, b in enumerate(rule.backends):
+            if b.service is None:
+                f.add(f"{f.at('backends')}[{j}].service", "field is required in a gateway "
+                      "rule (it has no host of its own to default to)")
+        if rule.mirror is not None and rule.mirror.service is None:
+            f.add(f"{f.at('mirror')}.service", "field is required in a gateway rule (it has "
+                                               "no host of its own to default to)")
     f.finish()
-    return GatewayRule(matches, destination, hosts)
+    assert rule is not None
+    return GatewayRule(matches, None, hosts, dataclasses.replace(rule, matches=matches))
 
 
 @dataclass(frozen=True, slots=True)

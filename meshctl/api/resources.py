@@ -18,6 +18,7 @@ from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
+from meshctl.api.gatewayhosts import bound_host_issues
 from meshctl.api.hostnames import service_of
 from meshctl.api.httproute import GATEWAY_API_VERSIONS, HTTPRouteSpec
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
@@ -327,9 +328,10 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             claims.extend(((r.kind, r.namespace, "host", host), f"spec.hosts[{i}]",
                            f"host {host} already has an ExternalService")
                           for i, host in enumerate(r.spec.hosts))
-        if isinstance(r.spec, GatewaySpec):
+        if isinstance(r.spec, GatewaySpec) and r.spec.listen is not None:
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+        if isinstance(r.spec, GatewaySpec):
             # A namespace's gateway proxies get the passthrough entries of all its Gateways
             # together: a server name in two of them would be ambiguous.
             claims.extend(((r.kind, r.namespace, "sni", host),
@@ -348,10 +350,13 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
                 add(r, path, f"{message} ({_describe(first[claim])})")
             first.setdefault(claim, r)
     for r in items:
-        if isinstance(r.spec, RouteSpec) and first.get(r.key) is r:
+        if isinstance(r.spec, RouteSpec | GatewaySpec) and first.get(r.key) is r:
             issues.extend(_unknown_subsets(r, r.spec, first))
         if isinstance(r.spec, HTTPRouteSpec) and first.get(r.key) is r:
             issues.extend(_httproute_issues(r, r.spec, first))
+        if isinstance(r.spec, GatewaySpec) and r.spec.gateway and first.get(r.key) is r:
+            issues.extend(bound_host_issues(r, r.spec, first.get(
+                ("Gateway", r.namespace, r.spec.gateway))))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
     return istio_located(issues, items)
@@ -475,18 +480,22 @@ def _sidecar_claim(r: Resource, spec: SidecarSpec) -> tuple[tuple[str, ...], str
             f"a Sidecar of namespace {r.namespace} already selects {text}")
 
 
-def _unknown_subsets(route: Resource, spec: RouteSpec,
+def _unknown_subsets(route: Resource, spec: RouteSpec | GatewaySpec,
                      first: Mapping[tuple[str, ...], Resource]) -> list[Issue]:
-    """Backends and mirrors naming a subset that no DestinationPolicy of that host defines."""
+    """Backends and mirrors naming a subset that no DestinationPolicy of that host defines
+    (of a Route's rules, or of a Gateway's Route rules)."""
     found: list[Issue] = []
-    for i, rule in enumerate(spec.rules):
+    default = spec.host if isinstance(spec, RouteSpec) else ""
+    rules = list(enumerate(spec.rules)) if isinstance(spec, RouteSpec) else [
+        (i, r.rule) for i, r in enumerate(spec.rules) if r.rule is not None]
+    for i, rule in rules:
         targets = [(f"spec.rules[{i}].backends[{j}].subset", b.service, b.subset)
                    for j, b in enumerate(rule.backends)]
         if rule.mirror is not None:
             targets.append((f"spec.rules[{i}].mirror.subset", rule.mirror.service,
                             rule.mirror.subset))
         for path, service, subset in targets:
-            host = service or spec.host
+            host = service or default
             policy = _policy_of(host, route.namespace, first)
             known = ([s.name for s in policy.spec.subsets]
                      if policy and isinstance(policy.spec, DestinationPolicySpec) else [])

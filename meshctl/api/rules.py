@@ -241,16 +241,12 @@ def http_only_fields(rules: tuple[Rule, ...], path: str = "spec.rules") -> list[
 
 def parse_rules(data: object, path: str) -> tuple[Rule, ...]:
     """Parse a list of rules; raises ValidationError listing every problem with its field path."""
-    rules = F.list_of(_parse_rule, 1, "at least one rule is required")(data, path)
+    rules = F.list_of(parse_rule, 1, "at least one rule is required")(data, path)
     issues: list[Issue] = []
-    names: dict[str, int] = {}
-    for index, rule in enumerate(rules):
-        if rule.name is not None:
-            if rule.name in names:
-                issues.append(Issue(None, None, f"{path}[{index}].name",
-                                    f"duplicate rule name '{rule.name}', "
-                                    f"already used by rules[{names[rule.name]}]"))
-            names.setdefault(rule.name, index)
+    try:
+        check_rule_names([(i, r.name) for i, r in enumerate(rules) if r.name], path)
+    except ValidationError as err:
+        issues.extend(err.issues)
     for index, rule in enumerate(rules[:-1]):
         if not rule.matches or any(m == Match() for m in rule.matches):
             issues.append(Issue(None, None, f"{path}[{index + 1}]",
@@ -261,6 +257,20 @@ def parse_rules(data: object, path: str) -> tuple[Rule, ...]:
     return rules
 
 
+def check_rule_names(named: list[tuple[int, str]], path: str) -> None:
+    """Refuse a rule name used twice in one list of rules: ``named`` is (index, name)."""
+    issues: list[Issue] = []
+    names: dict[str, int] = {}
+    for index, name in named:
+        if name in names:
+            issues.append(Issue(None, None, f"{path}[{index}].name",
+                                f"duplicate rule name '{name}', "
+                                f"already used by rules[{names[name]}]"))
+        names.setdefault(name, index)
+    if issues:
+        raise ValidationError(issues)
+
+
 # What a rule that redirects cannot have: it forwards nothing.
 _FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "headers", "rewrite",
                     "cors", "rateLimit", "directResponse")
@@ -269,7 +279,8 @@ _FORWARDING_ONLY = ("backends", "timeout", "retries", "fault", "mirror", "header
 _NOT_WITH_DIRECT = ("backends", "timeout", "retries", "fault", "mirror", "rewrite", "redirect")
 
 
-def _parse_rule(data: object, path: str) -> Rule:
+def parse_rule(data: object, path: str) -> Rule:
+    """Parse one Route rule (also a Gateway rule's, which has no `destination`)."""
     f = Fields(data, path)
     name = f.optional("name", F.string(F.DNS_SUBDOMAIN, "a DNS-1123 name"))
     matches = f.value("matches", parse_match_blocks, ())

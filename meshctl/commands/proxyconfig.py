@@ -512,10 +512,20 @@ def _external(hosts: dict[str, Any]) -> str:
 
 
 def _gateway(rules: list[dict[str, Any]]) -> str:
+    """The gateway's rules in order; once one carries a Route rule, a RULE column (its name,
+    else its place) and ACTION (what it does, as the ROUTES table says) for DESTINATION."""
+    if not any(r.get("rule") for r in rules):
+        plain = [(",".join(r.get("hosts") or []) or "*",
+                 _matches({"matches": r.get("matches")}), str(r.get("destination")))
+                 for r in rules]
+        return output.render_table(("HOSTS", "MATCH", "DESTINATION"), plain)
     rows = [(",".join(r.get("hosts") or []) or "*",
-             _matches({"matches": r.get("matches")}), str(r.get("destination")))
-            for r in rules]
-    return output.render_table(("HOSTS", "MATCH", "DESTINATION"), rows)
+             ((r.get("rule") or {}).get("name") or f"#{i}"),
+             _matches({"matches": r.get("matches")}),
+             _action(r["rule"], "") if r.get("rule")
+             else f"{r.get('destination')} (its Route)")
+            for i, r in enumerate(rules)]
+    return output.render_table(("HOSTS", "RULE", "MATCH", "ACTION"), rows)
 
 
 def _xfcc_peers(mesh: dict[str, Any]) -> str:

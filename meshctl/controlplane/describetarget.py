@@ -44,7 +44,7 @@ def declared_services(objects: Iterable[StoredObject], names: ServiceNames) -> s
             found.update(means(b.service) for rule in spec.rules for b in rule.backends
                          if b.service is not None)
         elif isinstance(spec, GatewaySpec):
-            found.update(means(r.destination) for r in spec.rules)
+            found.update(means(s) for r in spec.rules for s in r.services)
     return {s for s in found if s is not None}
 
 

@@ -252,7 +252,7 @@ class ServiceDescription:
                 continue
             for index, (rule, rule_raw) in enumerate(zip(spec.rules, raw.get("rules") or [],
                                                          strict=True)):
-                if self._means_it(rule.destination, o.resource.namespace):
+                if any(self._means_it(s, o.resource.namespace) for s in rule.services):
                     out.append({**_ref(o), "rule": index, "hosts": list(rule.hosts),
                                 "matches": rule_raw.get("match") or []})
             for entry in spec.passthrough:

@@ -27,7 +27,7 @@ from meshctl.api.authn import RequestAuthenticationSpec
 from meshctl.api.authz import AuthorizationPolicySpec
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.gamma import routes_of
-from meshctl.api.kinds import GatewaySpec, MeshConfigSpec, RouteSpec
+from meshctl.api.kinds import MeshConfigSpec, RouteSpec
 from meshctl.api.locality import locality_lb_setting_json
 from meshctl.api.peerauthn import MtlsModes, PeerAuthenticationSpec
 from meshctl.api.policy import (
@@ -39,6 +39,7 @@ from meshctl.api.policy import (
 from meshctl.api.resources import Resource
 from meshctl.api.sidecar import Scope, SidecarSpec
 from meshctl.api.telemetry import TelemetrySpec, effective
+from meshctl.controlplane.gatewayrules import gateway_parts
 from meshctl.controlplane.jsonpieces import Pieces
 from meshctl.controlplane.names import ServiceNames
 from meshctl.controlplane.registry import ProxyInfo
@@ -414,12 +415,8 @@ class SnapshotBuilder:
         if telemetry is not None:  # absent unless a Telemetry applies: the bytes stay
             parts["telemetry"] = telemetry
         if proxy.mode == "gateway":
-            rules: list[Any] = []
-            passthrough: list[Any] = []
-            for r in self._by_kind.get("Gateway", []):
-                if r.namespace == proxy.namespace and isinstance(r.spec, GatewaySpec):
-                    rules.extend(_raw_spec(r).get("rules", []))
-                    passthrough.extend(_raw_spec(r).get("passthrough", []))
+            rules, passthrough = gateway_parts(self._by_kind.get("Gateway", []),
+                                               proxy.namespace, _raw_spec)
             parts["gateway"] = {"rules": rules}
             if passthrough:  # absent otherwise: gateways without one keep their bytes
                 parts["gateway"]["passthrough"] = passthrough

@@ -54,7 +54,7 @@ from meshctl.observe.peerchecks import peer_authentication_checks
 from meshctl.observe.proxylogging import LoggingUnavailable, call_logging
 from meshctl.observe.ratelimitchecks import rate_limit_checks
 from meshctl.observe.refchecks import KINDS as REFERRING_KINDS
-from meshctl.observe.routestats import routes_about, routes_report
+from meshctl.observe.routestats import gateway_rules_about, routes_about, routes_report
 from meshctl.observe.samples import DST
 from meshctl.observe.scraper import ProxySource, Scraper, list_proxies
 from meshctl.observe.selectorchecks import telemetry_checks
@@ -221,8 +221,11 @@ def observe_routes(observer: Observer, *, token: str) -> list[web.AbstractRouteD
         proxies = await list_proxies(scraper.source)
         names = _registered_names(proxies)
         label = names.metrics_name(service, namespace)
-        declared = routes_about([o.resource for o in await request.app[STORE].list("Route")],
-                                service, namespace, names)
+        store = request.app[STORE]
+        declared = [*routes_about([o.resource for o in await store.list("Route")],
+                                  service, namespace, names),
+                    *gateway_rules_about([o.resource for o in await store.list("Gateway")],
+                                         service, namespace, names)]
         rules, callers = scraper.window.rule_rates(observer.clock(), window)
         home = names.resolve(service, namespace)
         # a name that runs in one other namespace only: the traffic under its bare name

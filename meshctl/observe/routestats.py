@@ -155,3 +155,21 @@ def routes_about(resources: Iterable[Any], service: str, namespace: str,
                                                                                   namespace):
             found.append(declared_route(r))
     return found
+
+
+def gateway_rules_about(resources: Iterable[Any], service: str, namespace: str,
+                        names: ServiceNames) -> list[DeclaredRoute]:
+    """The stored Gateways with Route rules sending to the service (a backend naming it, in
+    the Gateway's namespace): their `namespace/name` is the `route` label of those rules."""
+    found = []
+    for r in resources:
+        rules = [rule for rule in (r.raw.get("spec") or {}).get("rules") or []
+                 if "destination" not in rule and any(
+                     names.resolve(str(b.get("service")), r.namespace) == (service, namespace)
+                     for b in rule.get("backends") or [])]
+        if rules:
+            named = tuple((str(rule["name"]), output.weights_text(rule["backends"], ""))
+                          for rule in rules if rule.get("name"))
+            found.append(DeclaredRoute(f"{r.namespace}/{r.name}", named,
+                                       len(rules) - len(named)))
+    return found

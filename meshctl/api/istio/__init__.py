@@ -15,6 +15,7 @@ from meshctl.api.istio import (
     authentication,
     authorization,
     destinationrule,
+    gateway,
     serviceentry,
     sidecar,
     telemetry,
@@ -31,6 +32,7 @@ Translator = Callable[[Mapping[str, Any], str], list[Translation]]
 KINDS: dict[tuple[str, str], Translator] = {
     (NETWORKING, "VirtualService"): virtualservice.translate,
     (NETWORKING, "DestinationRule"): destinationrule.translate,
+    (NETWORKING, "Gateway"): gateway.translate,
     (NETWORKING, "ServiceEntry"): serviceentry.translate,
     (NETWORKING, "Sidecar"): sidecar.translate,
     (TELEMETRY, "Telemetry"): telemetry.translate,
@@ -39,7 +41,7 @@ KINDS: dict[tuple[str, str], Translator] = {
     (SECURITY, "RequestAuthentication"): authentication.translate_request,
 }
 # Istio kinds not translated, and what to write instead
-INSTEAD = {"Gateway": "Ami's Gateway kind (ami.mesh/v1alpha1) serves the edge"}
+INSTEAD = {"EnvoyFilter": "Ami's proxies are no Envoy; what they do is set by Ami's kinds"}
 
 
 def is_istio(doc: object) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from meshctl.api import fields as F
 from meshctl.api.fields import Fields
 from meshctl.api.hostnames import service_of
+from meshctl.api.istio.bound import bound_gateway, gateway_rules
 from meshctl.api.istio.common import (
     Translation,
     ami_doc,
@@ -33,13 +34,14 @@ SAME_MATCH = {"uri": "path", "scheme": "scheme", "headers": "headers", "queryPar
 
 
 def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
-    """The Routes of a VirtualService: one per host; named as it, or `<name>-<host>` (dots
-    as dashes) when it has several hosts."""
+    """The Routes of a VirtualService for the mesh: one per host; named as it, or
+    `<name>-<host>` (dots as dashes) when it has several hosts; and for each Istio Gateway
+    it is bound to, an Ami Gateway `<gateway>.<name>` bound to it (meshctl.api.istio.bound)."""
     meta = metadata(doc)
     namespace = namespace_of(meta)
     f = Fields(doc.get("spec"), "spec")
-    hosts = _hosts(f)
-    _gateways(f, f.at("gateways"), f.raw("gateways"))
+    mesh, bound = _gateways(f, namespace)
+    hosts = _hosts(f, mesh)
     _export_to(f)
     refuse(f, "tcp", "tcp routes; an Ami Route of a TCP service splits its connections by "
                      "weight: write that Route")
@@ -57,10 +59,12 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     for index, (path, item) in enumerate(http):
         rule = _rule(f, path, item, hosts, namespace, paths, f"spec.rules[{index}]")
         rules.append(rule)
+    at_gateways = gateway_rules(f, rules, http, namespace) if bound else []
     f.finish()
-    name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-    out = []
-    routed = _one_per_service(hosts, namespace)
+    name = str(meta.get("name")) if isinstance(meta.get("name"), str) else ""
+    out = [bound_gateway(meta, name, gw, where, hosts, at_gateways, paths, origin)
+           for where, gw in bound]
+    routed = _one_per_service(hosts, namespace) if mesh else []
     for i, host in routed:
         route_name = name if len(routed) == 1 else f"{name}-{host.replace('.', '-')}"
         t = Translation(ami_doc("Route", {**meta, "name": route_name},
@@ -76,8 +80,11 @@ def translate(doc: Mapping[str, Any], origin: str) -> list[Translation]:
     return out
 
 
-def _hosts(f: Fields) -> list[str]:
+def _hosts(f: Fields, mesh: bool) -> list[str]:
+    """The hosts, lower-cased; a wildcard only at gateways (a Route is about one service)."""
     hosts = f.required("hosts", F.list_of(F.string(), 1), ())
+    if not mesh:
+        return [h.lower() for h in hosts]
     for i, host in enumerate(hosts):
         if "*" in host:
             f.add(f"{f.at('hosts')}[{i}]", f"not supported by Ami: wildcard host {host!r}; a "
@@ -99,13 +106,32 @@ def _one_per_service(hosts: list[str], namespace: str) -> list[tuple[int, str]]:
     return out
 
 
-def _gateways(f: Fields, path: str, value: object) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list) or any(g != "mesh" for g in value):
-        f.add(path, "not supported by Ami: gateways other than `mesh` (a VirtualService bound "
-                    "to an Istio Gateway); Ami's Gateway kind routes the edge by the Routes "
-                    "of the services it forwards to")
+def _gateways(f: Fields, namespace: str) -> tuple[bool, list[tuple[str, str]]]:
+    """Whether the VirtualService is the mesh's (no `gateways`, or `mesh` listed), and
+    (path, name) of the Istio Gateways of its namespace it is bound to."""
+    if not f.has("gateways"):
+        return True, []
+    names = f.value("gateways", F.list_of(F.string(), 1), ())
+    mesh, bound = False, list[tuple[str, str]]()
+    for i, name in enumerate(names):
+        where = f"{f.at('gateways')}[{i}]"
+        scope, slash, gateway = name.rpartition("/")
+        if name == "mesh":
+            mesh = True
+        elif slash and scope != namespace:
+            f.add(where, f"not supported by Ami: Gateway {name!r} of another namespace; an Ami "
+                         "gateway proxy serves the Gateways of its own namespace: apply the "
+                         f"VirtualService in namespace {scope}")
+        elif gateway not in (g for _, g in bound):
+            bound.append((where, gateway))
+    return mesh, bound
+
+
+def _match_gateways(m: Fields) -> None:
+    value = m.raw("gateways")
+    if value is not None and value != ["mesh"]:
+        m.add(m.at("gateways"), "not supported by Ami: gateways in a match; bind the "
+                                "VirtualService with spec.gateways, one per set of routes")
 
 
 def _export_to(f: Fields) -> None:
@@ -255,7 +281,7 @@ def _match(r: Fields, path: str, data: object) -> dict[str, Any]:
             m.add(m.at("method"), "not supported by Ami: a method matched other than by "
                                   "`exact` (write {exact: GET})")
     m.raw("name")  # a match's name only names its stats in Istio
-    _gateways(m, m.at("gateways"), m.raw("gateways"))
+    _match_gateways(m)
     refuse(m, "port", "matching the port: an Ami service serves one port")
     refuse(m, "authority", "matching the authority: a Route is about one host already; "
                            "write a VirtualService per host")

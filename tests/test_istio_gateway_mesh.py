@@ -1,0 +1,113 @@
+"""Istio's ingress YAML applied as written to a real mesh: `meshctl serve`, a gateway proxy,
+productpage (answers its name) and httpbin (an echo app) behind their sidecars.
+
+Istio's bookinfo-gateway.yaml routes the pages it lists to productpage and nothing else; the
+httpbin ingress task's Gateway and VirtualService route httpbin.example.com's /status and
+/delay to httpbin, by host; `delete -f` removes what each file made."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import meshbuilder
+from tests.helpers_mesh import ROOT, MeshProcess, wait_for
+from tests.istio_ingress import BOOKINFO_GATEWAY, HTTPBIN_GATEWAY
+from tests.proxyharness import Backends, echo_app
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class IngressMesh(meshbuilder.Mesh):
+    gateway_proc: MeshProcess
+
+    def call(self, path: str, host: str = "bookinfo.example.com"
+             ) -> tuple[int, dict[str, str], bytes]:
+        return self.via_gateway(self.gateway_proc, host, path)
+
+    def applied(self, name: str, text: str, *args: str) -> str:
+        """`meshctl apply -f` of ``text`` written as ``name``; its output."""
+        path = self.tmp / name
+        path.write_text(text)
+        done = self.meshctl("apply", "-f", str(path), *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngressMesh]:
+    tmp = tmp_path_factory.mktemp("istioingress")
+    backends = Backends()
+    with IngressMesh(tmp) as mesh:
+        mesh.defer(backends.close)
+        mesh.control_plane(warmup=0.0)
+        mesh.service("productpage", "v1")
+        mesh.sidecar("httpbin", app=f"127.0.0.1:{backends.aiohttp(echo_app())}")
+        mesh.gateway_proc = mesh.gateway("ingress-gw")
+        mesh.wait_synced()
+        yield mesh
+
+
+def test_istios_bookinfo_gateway_yaml_routes_the_pages_it_lists(mesh: IngressMesh) -> None:
+    """diff shows what apply makes; apply makes it; describe names the Istio document;
+    requests reach productpage for the pages listed, 404 no_route otherwise; delete -f
+    removes both Gateways."""
+    (mesh.tmp / "bookinfo-gateway.yaml").write_text(BOOKINFO_GATEWAY)
+    diff = mesh.meshctl("diff", "-f", str(mesh.tmp / "bookinfo-gateway.yaml"))
+    assert "+++ Gateway default/bookinfo-gateway.bookinfo (after apply)" in diff.stdout, diff
+    out = mesh.applied("bookinfo-gateway.yaml", BOOKINFO_GATEWAY)
+    assert "gateway.networking.istio.io/bookinfo-gateway -> gateway.ami.mesh/bookinfo-gateway" \
+        in out, out
+    wait_for(lambda: mesh.call("/productpage")[0] == 200, 20, "productpage via the gateway")
+    status, _, body = mesh.call("/productpage")
+    assert (status, body) == (200, b"productpage-v1")
+    assert mesh.call("/api/v1/products/1", host="anything.example")[2] == b"productpage-v1"
+    status, headers, _ = mesh.call("/reviews")
+    assert (status, headers.get("x-ami-reason")) == (404, "no_route")
+    listed = mesh.meshctl("get", "gateways")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert names == ["bookinfo-gateway", "bookinfo-gateway.bookinfo"], listed.stdout
+    described = mesh.meshctl("describe", "gateway", "bookinfo-gateway.bookinfo")
+    assert described.returncode == 0, described.stderr
+    assert "virtualservice.networking.istio.io/bookinfo" in described.stdout, described.stdout
+
+    done = mesh.meshctl("delete", "-f", str(mesh.tmp / "bookinfo-gateway.yaml"))
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: mesh.call("/productpage")[0] == 404, 20, "the rules gone")
+    listed = mesh.meshctl("get", "gateways")
+    assert "bookinfo" not in listed.stdout + listed.stderr, listed
+
+
+def test_the_httpbin_ingress_task_routes_by_host(mesh: IngressMesh) -> None:
+    """httpbin.example.com's /status and /delay reach httpbin; other hosts and paths 404."""
+    mesh.applied("httpbin-gateway.yaml", HTTPBIN_GATEWAY)
+    wait_for(lambda: mesh.call("/status/200", host="httpbin.example.com")[0] == 200, 20,
+             "httpbin via the gateway")
+    status, _, body = mesh.call("/delay/1", host="httpbin.example.com:8080")
+    assert status == 200 and json.loads(body)["path"] == "/delay/1"
+    for host, path in (("other.example.com", "/status/200"), ("httpbin.example.com", "/get")):
+        status, headers, _ = mesh.call(path, host=host)
+        assert (status, headers.get("x-ami-reason")) == (404, "no_route"), (host, path)
+    done = mesh.meshctl("delete", "-f", str(mesh.tmp / "httpbin-gateway.yaml"))
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: mesh.call("/status/200", host="httpbin.example.com")[0] == 404, 20,
+             "the rules gone")
+
+
+def test_beside_the_demos_gateway_istios_file_applies_without_a_clash(
+        mesh: IngressMesh) -> None:
+    """The demo's Ami Gateway `bookinfo` and Istio's VirtualService `bookinfo`: the latter's
+    Gateway is `bookinfo-gateway.bookinfo`, so both are kept; the demo's rules come first."""
+    demo = Path(ROOT / "sample_apps/bookinfo/routes/default/gateway.yaml").read_text()
+    mesh.applied("demo-gateway.yaml", demo)
+    mesh.applied("bookinfo-gateway.yaml", BOOKINFO_GATEWAY)
+    listed = mesh.meshctl("get", "gateways").stdout
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == [
+        "bookinfo", "bookinfo-gateway", "bookinfo-gateway.bookinfo"], listed
+    wait_for(lambda: mesh.call("/productpage")[0] == 200, 20, "productpage via the gateway")
+    mesh.meshctl("delete", "-f", str(mesh.tmp / "bookinfo-gateway.yaml"))
+    mesh.meshctl("delete", "-f", str(mesh.tmp / "demo-gateway.yaml"))
