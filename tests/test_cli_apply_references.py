@@ -109,3 +109,23 @@ def test_a_service_declared_or_registered_later_is_not_warned_of(mesh: meshbuild
     mesh.wait_synced(20)
     _, warnings = _apply(mesh, tmp_path, to_later)
     assert warnings == [], warnings
+
+
+def test_a_route_rule_written_in_a_gateway_is_checked_too(mesh: meshbuilder.Mesh,
+                                                          tmp_path: Path) -> None:
+    """A Gateway rule carrying a Route rule: its backends and mirror are checked on their own
+    paths, and the services it sends to count as declared for the other objects."""
+    try:
+        _, warnings = _apply(
+            mesh, tmp_path,
+            document("Gateway", "inline-edge", {"rules": [
+                {"backends": [{"service": "ratingz"}], "mirror": {"service": "reviews"}},
+                {"hosts": ["b.example"], "backends": [{"service": "reviews"}],
+                 "mirror": {"service": "mirrorz"}}]}))
+        assert warnings == [
+            f"warning: Gateway default/inline-edge: spec.rules[0].backends[0].service "
+            f"'ratingz' {UNKNOWN}; did you mean default/ratings?",
+            f"warning: Gateway default/inline-edge: spec.rules[1].mirror.service 'mirrorz' "
+            f"{UNKNOWN}"], warnings
+    finally:
+        mesh.meshctl("delete", "gateway", "inline-edge")

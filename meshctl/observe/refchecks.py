@@ -21,6 +21,7 @@ from meshctl.api.hostnames import service_of
 from meshctl.api.istio.common import istio_path
 from meshctl.api.kinds import GatewaySpec, RouteSpec
 from meshctl.api.policy import DestinationPolicySpec
+from meshctl.api.rules import Rule
 from meshctl.controlplane.describetarget import close_names, host_matches, known_names
 from meshctl.controlplane.names import ServiceNames
 
@@ -54,25 +55,34 @@ def _names(spec: Any) -> Iterator[tuple[str, str, bool]]:
         yield "spec.host", spec.host, False
     if isinstance(spec, RouteSpec):
         for i, rule in enumerate(spec.rules):
-            for j, backend in enumerate(rule.backends):
-                if backend.service is not None:
-                    yield f"spec.rules[{i}].backends[{j}].service", backend.service, False
-            if rule.mirror is not None and rule.mirror.service is not None:
-                yield f"spec.rules[{i}].mirror.service", rule.mirror.service, False
+            yield from _rule_names(f"spec.rules[{i}]", rule)
     elif isinstance(spec, GatewaySpec):
         for i, gateway_rule in enumerate(spec.rules):
-            yield f"spec.rules[{i}].destination", gateway_rule.destination, False
+            if gateway_rule.destination is not None:
+                yield f"spec.rules[{i}].destination", gateway_rule.destination, False
+            elif gateway_rule.rule is not None:  # a Route rule written in the Gateway
+                yield from _rule_names(f"spec.rules[{i}]", gateway_rule.rule)
     elif isinstance(spec, AuthorizationPolicySpec | RequestAuthenticationSpec) \
             and spec.service is not None:
         yield "spec.selector.service", spec.service, True
 
 
+def _rule_names(path: str, rule: Rule) -> Iterator[tuple[str, str, bool]]:
+    """The services a Route rule (of a Route or a Gateway, at ``path``) sends to or mirrors to."""
+    for j, backend in enumerate(rule.backends):
+        if backend.service is not None:
+            yield f"{path}.backends[{j}].service", backend.service, False
+    if rule.mirror is not None and rule.mirror.service is not None:
+        yield f"{path}.mirror.service", rule.mirror.service, False
+
+
 def _declares(resource: Any, names: ServiceNames) -> set[Service]:
     """The services ``resource`` declares: a Route's or DestinationPolicy's host, a Gateway
-    rule's destination (as controlplane/describetarget.py reads them)."""
+    rule's destination or backends (as controlplane/describetarget.py reads them)."""
     spec, ns = resource.spec, resource.namespace
     hosts = ([spec.host] if isinstance(spec, RouteSpec | DestinationPolicySpec)
-             else [r.destination for r in spec.rules] if isinstance(spec, GatewaySpec) else [])
+             else [svc for r in spec.rules for svc in r.services] if isinstance(spec, GatewaySpec)
+             else [])
     return {s for h in hosts if (s := names.resolve(h, ns) or service_of(h, ns)) is not None}
 
 
