@@ -122,16 +122,24 @@ ISTIO_TASKS = ("virtual-service-reviews-test-v2", "virtual-service-reviews-50-v3
 
 def test_the_istio_start_is_the_default_start() -> None:
     """`demo up --istio`'s set, Istio YAML, makes the default set's objects: the same
-    subsets, gateway and routes (but reviews' v2 at weight 0, there for `shift 99/1`)."""
+    subsets and routes (but reviews' v2 at weight 0, there for `shift 99/1`), and a gateway
+    sending the same paths to productpage."""
     def by_key(objects: dict[tuple[str, str, str], Resource]) -> dict[Any, Any]:
-        return {key: r.spec for key, r in objects.items() if r.kind != "MeshConfig"}
+        return {key: r.spec for key, r in objects.items()
+                if r.kind not in ("MeshConfig", "Gateway")}
 
-    istio, ami = by_key(overlay(ISTIO / "default")), by_key(overlay(ROUTES / "default"))
+    istio_set, ami_set = overlay(ISTIO / "default"), overlay(ROUTES / "default")
+    istio, ami = by_key(istio_set), by_key(ami_set)
     reviews = ("Route", "default", "reviews")
     assert {k: v for k, v in istio.items() if k != reviews} == {
         k: v for k, v in ami.items() if k != reviews}
     assert [b.subset for b in istio[reviews].rules[0].backends] == ["v1"]
-    assert all(origin_of(r) for r in overlay(ISTIO / "default").values() if r.kind != "Gateway")
+    assert all(origin_of(r) for r in istio_set.values())
+    [ami_entry] = ami_set[("Gateway", "default", "bookinfo")].spec.rules
+    bound = istio_set[("Gateway", "default", "bookinfo-gateway.bookinfo")].spec
+    assert bound.gateway == "bookinfo-gateway"
+    [entry] = bound.rules
+    assert entry.matches == ami_entry.matches and entry.services == ("productpage",)
 
 
 def test_every_istio_task_file_is_listed() -> None:

@@ -91,8 +91,8 @@ def _as_ami(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _patch(doc: dict[str, Any], gateway_listen: str, otlp: str | None) -> dict[str, Any]:
-    if doc.get("kind") == "Gateway":
-        doc["spec"]["listen"] = gateway_listen
+    if doc.get("kind") == "Gateway" and "listen" in doc.get("spec", {}):
+        doc["spec"]["listen"] = gateway_listen  # (Istio's Gateways, translated, have none)
     if doc.get("kind") == "MeshConfig" and otlp:
         doc.setdefault("spec", {}).setdefault("tracing", {})["otlpEndpoint"] = otlp
     return doc
