@@ -366,15 +366,14 @@ def appended(headers: list[tuple[bytes, bytes]], added: Sequence[tuple[bytes, by
              ) -> list[tuple[bytes, bytes]]:
     """``headers`` with each of ``added`` appended as Envoy's ext_authz appends (its header
     map's appendCopy): to the value of the first header of that name, after a `,` (`; ` for
-    `cookie`, whose values are one line); a header the request lacks is added."""
+    `cookie`, whose values are one line). A header the request lacks is not added: Envoy
+    appends only to a header the request has (OkHttpResponse: "to the matched request header")."""
     out = list(headers)
     for name, value in added:
         for i, (have, was) in enumerate(out):
             if have.lower() == name:
                 out[i] = (have, was + (b"; " if name == b"cookie" else b",") + value)
                 break
-        else:
-            out.append((name, value))
     return out
 
 

@@ -173,7 +173,9 @@ class _Conn(asyncio.Protocol):
             self.server.once.add(path)
             self.calls.pop(stream_id)
             if kind == "goaway-once":
-                h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=stream_id - 2)
+                # the last stream id before this call's: 0 when it is the connection's
+                # first (a negative id would go out as 2^31-1, "all may have been seen")
+                h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=max(stream_id - 2, 0))
             else:
                 h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return

@@ -89,6 +89,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             ok.headers_to_remove.extend(["x-both", "X-Both-Tag"])
         elif path.startswith("/cookie/"):  # response headers: one appended, one set
             ok = answer.ok_response
+            ok.headers.append(_option("cookie", "authz=1", append=True))  # the request's
             ok.response_headers_to_add.extend([_option("set-cookie", "session=p", append=True),
                                                _option("x-app-note", "provider")])
         elif path.startswith("/actions/"):  # append_action without `append`; raw_value
@@ -279,8 +280,10 @@ def test_a_header_both_set_and_removed_is_removed(mesh: GrpcAuthzMesh) -> None:
 def test_response_headers_to_add_appends_or_sets_as_envoy(mesh: GrpcAuthzMesh) -> None:
     """response_headers_to_add: `append: true` adds beside the app's header (the app's
     cookie and the provider's both reach the client), else the provider's replaces it."""
-    status, headers, body = mesh.call("api", "/cookie/l")
+    status, headers, body = mesh.call("api", "/cookie/l", [("cookie", "a=1")])
     assert status == 200, body
+    # a request cookie appended: one `cookie` line, joined by `; ` as Envoy's appendCopy does
+    assert _values(json.loads(body), "cookie") == ["a=1; authz=1"]
     assert sorted(headers.get_all("set-cookie") or []) == ["app=1", "session=p"]
     assert headers.get_all("x-app-note") == ["provider"]
 
@@ -332,7 +335,8 @@ def test_the_check_request_describes_the_request_and_its_caller(mesh: GrpcAuthzM
     assert request.id and sent["x-request-id"] == request.id
     seen = json.loads(body)
     assert _values(seen, "x-request-id") == [request.id]  # the id the app gets too
-    assert _values(seen, "x-ext-tag") == ["checked"]  # appended to nothing: added
+    # appended to nothing: not added, as Envoy appends only to a header the request has
+    assert _values(seen, "x-ext-tag") == []
 
 
 def test_denied_request_gets_the_providers_status_headers_and_body(
