@@ -111,3 +111,64 @@ def test_beside_the_demos_gateway_istios_file_applies_without_a_clash(
     wait_for(lambda: mesh.call("/productpage")[0] == 200, 20, "productpage via the gateway")
     mesh.meshctl("delete", "-f", str(mesh.tmp / "bookinfo-gateway.yaml"))
     mesh.meshctl("delete", "-f", str(mesh.tmp / "demo-gateway.yaml"))
+
+
+# Istio's Gateway reference example in small: one VirtualService for the mesh (its short name)
+# and for the gateway (the public name, which alone the Gateway serves)
+MESH_AND_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: public-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - httpbin.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-both
+spec:
+  hosts:
+  - httpbin
+  - httpbin.example.com
+  gateways:
+  - public-gateway
+  - mesh
+  http:
+  - route:
+    - destination:
+        host: httpbin
+"""
+
+
+def test_a_virtual_service_of_the_mesh_and_a_gateway_applies_with_a_warning(
+        mesh: IngressMesh) -> None:
+    """A host the Gateway does not serve (the mesh's short name) is accepted, as Istio does
+    (its IST0132 is a warning): apply warns on the VirtualService's own `spec.hosts[0]`; the
+    gateway serves the public name only."""
+    path = mesh.tmp / "both.yaml"
+    path.write_text(MESH_AND_GATEWAY)
+    done = mesh.meshctl("apply", "-f", str(path))
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        # (the mesh's Route of httpbin.example.com is warned of too: no service declares it)
+        unserved = [line for line in done.stderr.splitlines() if "IST0132" in line]
+        assert unserved == [
+            "warning: virtualservice.networking.istio.io/httpbin-both (Gateway "
+            "default/public-gateway.httpbin-both): spec.hosts[0]: host httpbin is not among "
+            "the hosts of Gateway public-gateway (httpbin.example.com): that gateway serves "
+            "it no request (Istio's IST0132)"], done.stderr
+        wait_for(lambda: mesh.call("/get", host="httpbin.example.com")[0] == 200, 20,
+                 "httpbin via the gateway")
+        status, headers, _ = mesh.call("/get", host="httpbin")
+        assert (status, headers.get("x-ami-reason")) == (404, "no_route")
+    finally:
+        mesh.meshctl("delete", "-f", str(path))
