@@ -354,7 +354,7 @@ def _unserved_host_warnings(client: ControlPlaneClient, applied: list[Resource])
     gateways = {r.key: r for r in _stored(client, ("Gateway",))}
     gateways.update((r.key, r) for r in applied)
     return [line for r in bound for line in bound_host_warnings(
-        r, gateways.get(("Gateway", r.namespace, str(r.spec.gateway))))]
+        r, gateways.get(("Gateway", r.namespace, str(getattr(r.spec, "gateway", "")))))]
 
 
 def _reference_warnings(client: ControlPlaneClient, naming: list[Resource],
