@@ -172,3 +172,117 @@ def test_a_virtual_service_of_the_mesh_and_a_gateway_applies_with_a_warning(
         assert (status, headers.get("x-ami-reason")) == (404, "no_route")
     finally:
         mesh.meshctl("delete", "-f", str(path))
+
+
+SECURE_HTTPBIN = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: secure-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: SIMPLE
+      credentialName: httpbin-credential
+    hosts:
+    - secure.example.com
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - secure.example.com
+    tls:
+      httpsRedirect: true
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: secure-httpbin
+spec:
+  hosts:
+  - secure.example.com
+  gateways:
+  - secure-gateway
+  http:
+  - match:
+    - uri:
+        prefix: /status
+    route:
+    - destination:
+        host: httpbin
+"""
+
+
+def test_https_redirect_answers_plain_http_with_a_301_to_https(mesh: IngressMesh) -> None:
+    """Istio's secure-gateway task with `httpsRedirect`: a plain HTTP request for the server's
+    host is answered 301 to the same URL in https, forwarded nowhere; another host is not."""
+    mesh.applied("secure.yaml", SECURE_HTTPBIN)
+    try:
+        wait_for(lambda: mesh.call("/status/200", host="secure.example.com")[0] == 301, 20,
+                 "the redirect rule")
+        status, headers, _ = mesh.call("/status/200?x=1", host="secure.example.com")
+        assert (status, headers.get("location")) == (
+            301, "https://secure.example.com/status/200?x=1"), headers
+        assert mesh.call("/status/200", host="other.example.com")[0] == 404
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "secure.yaml"))
+
+
+TWO_GATEWAYS = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-a}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [a.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-b}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [b.example.com]
+"""
+MOVING = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: moving}
+spec:
+  hosts: ["*"]
+  gateways: [gw-a]
+  http:
+  - route: [{destination: {host: httpbin}}]
+"""
+
+
+def test_a_virtual_service_moved_to_another_gateway_leaves_the_first(mesh: IngressMesh) -> None:
+    """Re-applied with `gateways: [gw-b]`: its Gateway bound to gw-a is pruned (a.example.com
+    404s), b.example.com is served; the Istio Gateway deleted and re-applied, its rules go
+    and come back."""
+    mesh.applied("two.yaml", TWO_GATEWAYS)
+    try:
+        mesh.applied("moving.yaml", MOVING)
+        wait_for(lambda: mesh.call("/get", host="a.example.com")[0] == 200, 20, "via gw-a")
+        assert mesh.call("/get", host="b.example.com")[0] == 404
+        mesh.applied("moving.yaml", MOVING.replace("[gw-a]", "[gw-b]"))
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 200, 20, "via gw-b")
+        assert mesh.call("/get", host="a.example.com")[0] == 404
+        listed = mesh.meshctl("get", "gateways").stdout
+        assert [line.split()[0] for line in listed.splitlines()[1:]] == [
+            "gw-a", "gw-b", "gw-b.moving"], listed
+        assert mesh.meshctl("delete", "gateway", "gw-b").returncode == 0
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 404, 20, "gw-b gone")
+        mesh.applied("two.yaml", TWO_GATEWAYS)
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 200, 20, "gw-b back")
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "moving.yaml"))
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "two.yaml"))
