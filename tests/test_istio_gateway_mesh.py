@@ -286,3 +286,62 @@ def test_a_virtual_service_moved_to_another_gateway_leaves_the_first(mesh: Ingre
     finally:
         mesh.meshctl("delete", "-f", str(mesh.tmp / "moving.yaml"))
         mesh.meshctl("delete", "-f", str(mesh.tmp / "two.yaml"))
+
+
+POLICIED = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge-gw}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  gateways: [edge-gw]
+  http:
+  - name: slow
+    match: [{uri: {prefix: /slow}}]
+    timeout: 0.3s
+    route: [{destination: {host: httpbin}}]
+  - name: teapot
+    match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {percentage: {value: 100}, httpStatus: 418}}
+    route: [{destination: {host: httpbin}}]
+  - name: rest
+    headers: {request: {set: {x-edge: "yes"}}}
+    route: [{destination: {host: httpbin}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: edge-deny-admin}
+spec:
+  selector: {service: gateway}
+  action: DENY
+  rules:
+  - to: [{paths: [/admin/*]}]
+"""
+
+
+def test_a_bound_virtual_services_routes_at_the_gateway(mesh: IngressMesh) -> None:
+    """Its timeout answers 504, its fault 418 without forwarding, its header edit reaches the
+    app; an AuthorizationPolicy selecting the gateway denies before any of them (403); each
+    named route is counted with route = default/edge-gw.api."""
+    mesh.applied("policied.yaml", POLICIED)
+    try:
+        wait_for(lambda: mesh.call("/get", host="api.example.com")[0] == 200, 20, "api")
+        wait_for(lambda: mesh.call("/admin/x", host="api.example.com")[0] == 403, 20,
+                 "the gateway's policy")
+        status, _, body = mesh.call("/get", host="api.example.com")
+        assert ["x-edge", "yes"] in json.loads(body)["headers"], body
+        assert mesh.call("/slow?s=3", host="api.example.com")[0] == 504
+        assert mesh.call("/teapot", host="api.example.com")[0] == 418
+        for rule in ("slow", "teapot", "rest"):
+            assert mesh.metric(mesh.gateway_proc, "ami_route_requests_total",
+                               route="default/edge-gw.api", rule=rule) >= 1, rule
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "policied.yaml"))
