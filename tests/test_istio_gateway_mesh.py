@@ -345,3 +345,24 @@ def test_a_bound_virtual_services_routes_at_the_gateway(mesh: IngressMesh) -> No
                                route="default/edge-gw.api", rule=rule) >= 1, rule
     finally:
         mesh.meshctl("delete", "-f", str(mesh.tmp / "policied.yaml"))
+
+
+def test_a_virtual_service_bound_to_a_missing_gateway_is_warned_of(mesh: IngressMesh) -> None:
+    """A typo in `gateways` applies (the Gateway may come later, as in Istio) with a warning
+    on `spec.gateways[0]`, as istioctl's IST0101; none once the Gateway is stored."""
+    typo = HTTPBIN_GATEWAY.split("---\n", 1)[1].replace("- httpbin-gateway", "- httpbin-gatway")
+    path = mesh.tmp / "typo.yaml"
+    path.write_text(typo)
+    try:
+        done = mesh.meshctl("apply", "-f", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("warning:")] == [
+            "warning: virtualservice.networking.istio.io/httpbin (Gateway "
+            "default/httpbin-gatway.httpbin): spec.gateways[0]: Gateway default/httpbin-gatway "
+            "does not exist: its rules apply once it is applied (Istio's IST0101)"], done.stderr
+        mesh.applied("httpbin-gateway.yaml", HTTPBIN_GATEWAY)
+        again = mesh.meshctl("apply", "-f", str(mesh.tmp / "httpbin-gateway.yaml"))
+        assert "warning:" not in again.stderr, again.stderr
+    finally:
+        mesh.meshctl("delete", "-f", str(path))
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "httpbin-gateway.yaml"))

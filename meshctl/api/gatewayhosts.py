@@ -49,19 +49,24 @@ def specificity(host: str) -> tuple[int, int]:
 
 
 def bound_host_warnings(r: Resource, target: Resource | None) -> list[str]:
-    """``meshctl apply``'s warnings of a bound Gateway ``r``'s rule hosts that its Gateway
-    ``target`` does not serve, on the field as written (an Istio VirtualService's
-    `spec.hosts[i]`). A warning, as Istio's IST0132: such a host is simply not served there
-    (a VirtualService of the mesh and a gateway names the mesh's short name too); none when
-    that Gateway is not known (it may come later) or serves any host."""
+    """``meshctl apply``'s warnings of a bound Gateway ``r`` (a VirtualService bound to an
+    Istio Gateway), on the fields as written (an Istio VirtualService's `spec.gateways[i]`,
+    `spec.hosts[i]`): its Gateway ``target`` not known (Istio's IST0101: the rules apply
+    once it is), or rule hosts that Gateway does not serve (Istio's IST0132: such a host is
+    simply not served there; a VirtualService of the mesh and a gateway names the mesh's
+    short name too). Warnings, not errors, as Istio's: the object applies."""
     spec = r.spec
-    allowed: Any = getattr(target.spec, "hosts", ()) if target is not None else ()
-    if not allowed or not isinstance(spec, GatewaySpec):
+    if not isinstance(spec, GatewaySpec) or spec.gateway is None:
         return []
     what = f"{r.origin} ({r.kind} {r.namespace}/{r.name})" if r.origin else \
         f"{r.kind} {r.namespace}/{r.name}"
-    lines = []
-    for i, rule in enumerate(spec.rules):
+    if target is None:
+        return [f"{what}: {istio_path(r.istio_paths, 'spec.gateway')}: Gateway "
+                f"{r.namespace}/{spec.gateway} does not exist: its rules apply once it is "
+                "applied (Istio's IST0101)"]
+    allowed: Any = getattr(target.spec, "hosts", ())
+    lines: list[str] = []
+    for i, rule in enumerate(spec.rules if allowed else ()):
         for j, host in enumerate(rule.hosts or ("*",)):
             if not served([host], allowed):
                 where = istio_path(r.istio_paths, f"spec.rules[{i}].hosts[{j}]"
