@@ -351,7 +351,11 @@ def _unserved_host_warnings(client: ControlPlaneClient, applied: list[Resource])
     bound = [r for r in applied if isinstance(r.spec, GatewaySpec) and r.spec.gateway]
     if not bound:
         return []
-    gateways = {r.key: r for r in _stored(client, ("Gateway",))}
+    try:
+        stored = _stored(client, ("Gateway",), strict=True)
+    except ControlPlaneError:
+        return []  # (whether the Gateways exist is not known: nothing to say)
+    gateways = {r.key: r for r in stored}
     gateways.update((r.key, r) for r in applied)
     return [line for r in bound for line in bound_host_warnings(
         r, gateways.get(("Gateway", r.namespace, str(getattr(r.spec, "gateway", "")))))]
@@ -370,13 +374,17 @@ def _reference_warnings(client: ControlPlaneClient, naming: list[Resource],
     return reference_warnings(unknown_references(naming, objects.values(), proxies))
 
 
-def _stored(client: ControlPlaneClient, kinds: tuple[str, ...]) -> list[Resource]:
-    """The stored objects of ``kinds``, of every namespace (none of a kind it cannot list)."""
+def _stored(client: ControlPlaneClient, kinds: tuple[str, ...], *,
+            strict: bool = False) -> list[Resource]:
+    """The stored objects of ``kinds``, of every namespace (none of a kind it cannot list;
+    ``strict``: the ControlPlaneError raised then)."""
     found = []
     for kind in kinds:
         try:
             items = client.get(kind, namespace=None)
         except ControlPlaneError:
+            if strict:
+                raise
             continue
         for item in items:
             try:
