@@ -259,3 +259,12 @@ def test_subsets_at_the_gateway_are_checked_on_the_istio_field() -> None:
     assert [str(i) for i in validate_set(resources)] == [
         "istio.yaml doc 1: spec.http[0].route[1].destination.subset: unknown subset 'v2' for "
         "host reviews (known: v1)"]
+
+
+def test_a_gateway_bound_to_itself_is_refused() -> None:
+    """An Ami Gateway's `gateway` naming its own name binds nothing: refused on the field."""
+    found = [str(i) for i in validate_set(load(
+        "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
+        "spec:\n  gateway: edge\n  rules: [{destination: web}]\n"))]
+    assert found == ["istio.yaml doc 1: spec.gateway: a Gateway cannot be bound to itself: "
+                     "name the Gateway whose hosts its rules serve, or remove gateway"], found

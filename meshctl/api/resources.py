@@ -330,6 +330,9 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, GatewaySpec) and r.spec.listen is not None:
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+        if isinstance(r.spec, GatewaySpec) and r.spec.gateway == r.name:
+            add(r, "spec.gateway", "a Gateway cannot be bound to itself: name the Gateway "
+                                   "whose hosts its rules serve, or remove gateway")
         if isinstance(r.spec, GatewaySpec):
             # A namespace's gateway proxies get the passthrough entries of all its Gateways
             # together: a server name in two of them would be ambiguous.
