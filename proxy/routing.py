@@ -465,14 +465,18 @@ class RouterBuilder:
         # gateway rule matched already), so a request costs the rule matchers alone.
         rules: list[tuple[Matcher | None, HostRoute | None]] = []
         inline: list[HostRoute] = []
-        for index, r in enumerate(self.snapshot.gateway_rules):
+        # An inline rule's place is in its own Gateway (an unnamed one's rate-limit buckets
+        # are its place): another Gateway's rules before it do not move it.
+        places: dict[str | None, int] = {}
+        for r in self.snapshot.gateway_rules:
+            place = places[r.gateway] = places.get(r.gateway, -1) + 1
             blocks = _own_blocks(r.matches, node, scheme)
             if blocks is None:
                 continue
             if r.rule is None:
                 target = routes.get(r.destination)
             else:
-                target = self._gateway_rule(index, r, blocks)
+                target = self._gateway_rule(place, r, blocks)
                 inline.append(target)
             rules.append((_for_hosts(r.hosts, self.compile_matches(blocks)), target))
         policy = self.gateway_policy
@@ -495,7 +499,8 @@ class RouterBuilder:
 
     def _gateway_rule(self, index: int, r: Any, blocks: tuple[Any, ...]) -> HostRoute:
         """A gateway rule's inline Route rule, compiled as a Route's (a Route of the Gateway
-        named ``r.gateway``, whose host is the first service the rule names)."""
+        named ``r.gateway``, whose host is the first service the rule names; ``index``: its
+        place among that Gateway's rules)."""
         host = r.services[0] if r.services else r.gateway or "gateway"
         route = RouteConfig(host, (r.rule,), None, r.gateway)
         _, decision = self._compile_rule(host, route, index, r.rule, blocks, "source", None)

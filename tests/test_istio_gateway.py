@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.api.gatewayhosts import bound_host_warnings
 from meshctl.api.resources import Resource, validate_set
 from meshctl.controlplane.gatewayrules import gateway_parts
 from tests.istio_ingress import BOOKINFO_GATEWAY, HTTPBIN_GATEWAY
@@ -153,14 +154,18 @@ def test_bound_virtual_service_refusals_name_the_istio_field(spec: str, message:
     assert any(e.startswith(f"istio.yaml doc 1: {message}") for e in found), found
 
 
-def test_virtual_service_hosts_must_be_within_the_gateways() -> None:
-    """Checked where both are known (Istio requires it), on the VirtualService's hosts."""
+def test_virtual_service_hosts_outside_the_gateways_are_warned_of_not_refused() -> None:
+    """Accepted, as Istio does (IST0132 is a warning): the host is served nowhere, and apply's
+    warning is on the VirtualService's own `spec.hosts[0]`."""
     resources = load(HTTPBIN_GATEWAY.replace('  - "httpbin.example.com"\n  gateways',
                                              '  - "other.example.com"\n  gateways'))
-    assert [str(i) for i in validate_set(resources)] == [
-        "istio.yaml doc 2: spec.hosts[0]: host other.example.com is not among the hosts of "
-        "Gateway httpbin-gateway (httpbin.example.com): no request for it would reach this "
-        "rule"]
+    assert validate_set(resources) == []
+    assert rules_for_gateway(resources) == []
+    assert bound_host_warnings(resources[1], resources[0]) == [
+        "virtualservice.networking.istio.io/httpbin (Gateway default/httpbin-gateway.httpbin): "
+        "spec.hosts[0]: host other.example.com is not among the hosts of Gateway "
+        "httpbin-gateway (httpbin.example.com): that gateway serves it no request (Istio's "
+        "IST0132)"]
 
 
 def test_a_gateway_proxy_gets_bound_rules_by_host_specificity() -> None:
@@ -254,3 +259,12 @@ def test_subsets_at_the_gateway_are_checked_on_the_istio_field() -> None:
     assert [str(i) for i in validate_set(resources)] == [
         "istio.yaml doc 1: spec.http[0].route[1].destination.subset: unknown subset 'v2' for "
         "host reviews (known: v1)"]
+
+
+def test_a_gateway_bound_to_itself_is_refused() -> None:
+    """An Ami Gateway's `gateway` naming its own name binds nothing: refused on the field."""
+    found = [str(i) for i in validate_set(load(
+        "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
+        "spec:\n  gateway: edge\n  rules: [{destination: web}]\n"))]
+    assert found == ["istio.yaml doc 1: spec.gateway: a Gateway cannot be bound to itself: "
+                     "name the Gateway whose hosts its rules serve, or remove gateway"], found

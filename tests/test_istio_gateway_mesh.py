@@ -111,3 +111,258 @@ def test_beside_the_demos_gateway_istios_file_applies_without_a_clash(
     wait_for(lambda: mesh.call("/productpage")[0] == 200, 20, "productpage via the gateway")
     mesh.meshctl("delete", "-f", str(mesh.tmp / "bookinfo-gateway.yaml"))
     mesh.meshctl("delete", "-f", str(mesh.tmp / "demo-gateway.yaml"))
+
+
+# Istio's Gateway reference example in small: one VirtualService for the mesh (its short name)
+# and for the gateway (the public name, which alone the Gateway serves)
+MESH_AND_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: public-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - httpbin.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-both
+spec:
+  hosts:
+  - httpbin
+  - httpbin.example.com
+  gateways:
+  - public-gateway
+  - mesh
+  http:
+  - route:
+    - destination:
+        host: httpbin
+"""
+
+
+def test_a_virtual_service_of_the_mesh_and_a_gateway_applies_with_a_warning(
+        mesh: IngressMesh) -> None:
+    """A host the Gateway does not serve (the mesh's short name) is accepted, as Istio does
+    (its IST0132 is a warning): apply warns on the VirtualService's own `spec.hosts[0]`; the
+    gateway serves the public name only."""
+    path = mesh.tmp / "both.yaml"
+    path.write_text(MESH_AND_GATEWAY)
+    done = mesh.meshctl("apply", "-f", str(path))
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        # (the mesh's Route of httpbin.example.com is warned of too: no service declares it)
+        unserved = [line for line in done.stderr.splitlines() if "IST0132" in line]
+        assert unserved == [
+            "warning: virtualservice.networking.istio.io/httpbin-both (Gateway "
+            "default/public-gateway.httpbin-both): spec.hosts[0]: host httpbin is not among "
+            "the hosts of Gateway public-gateway (httpbin.example.com): that gateway serves "
+            "it no request (Istio's IST0132)"], done.stderr
+        wait_for(lambda: mesh.call("/get", host="httpbin.example.com")[0] == 200, 20,
+                 "httpbin via the gateway")
+        status, headers, _ = mesh.call("/get", host="httpbin")
+        assert (status, headers.get("x-ami-reason")) == (404, "no_route")
+    finally:
+        mesh.meshctl("delete", "-f", str(path))
+
+
+SECURE_HTTPBIN = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: secure-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: SIMPLE
+      credentialName: httpbin-credential
+    hosts:
+    - secure.example.com
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - secure.example.com
+    tls:
+      httpsRedirect: true
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: secure-httpbin
+spec:
+  hosts:
+  - secure.example.com
+  gateways:
+  - secure-gateway
+  http:
+  - match:
+    - uri:
+        prefix: /status
+    route:
+    - destination:
+        host: httpbin
+"""
+
+
+def test_https_redirect_answers_plain_http_with_a_301_to_https(mesh: IngressMesh) -> None:
+    """Istio's secure-gateway task with `httpsRedirect`: a plain HTTP request for the server's
+    host is answered 301 to the same URL in https, forwarded nowhere; another host is not."""
+    mesh.applied("secure.yaml", SECURE_HTTPBIN)
+    try:
+        wait_for(lambda: mesh.call("/status/200", host="secure.example.com")[0] == 301, 20,
+                 "the redirect rule")
+        status, headers, _ = mesh.call("/status/200?x=1", host="secure.example.com")
+        assert (status, headers.get("location")) == (
+            301, "https://secure.example.com/status/200?x=1"), headers
+        assert mesh.call("/status/200", host="other.example.com")[0] == 404
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "secure.yaml"))
+
+
+TWO_GATEWAYS = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-a}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [a.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw-b}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [b.example.com]
+"""
+MOVING = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: moving}
+spec:
+  hosts: ["*"]
+  gateways: [gw-a]
+  http:
+  - route: [{destination: {host: httpbin}}]
+"""
+
+
+def test_a_virtual_service_moved_to_another_gateway_leaves_the_first(mesh: IngressMesh) -> None:
+    """Re-applied with `gateways: [gw-b]`: its Gateway bound to gw-a is pruned (a.example.com
+    404s), b.example.com is served; the Istio Gateway deleted and re-applied, its rules go
+    and come back."""
+    mesh.applied("two.yaml", TWO_GATEWAYS)
+    try:
+        mesh.applied("moving.yaml", MOVING)
+        wait_for(lambda: mesh.call("/get", host="a.example.com")[0] == 200, 20, "via gw-a")
+        assert mesh.call("/get", host="b.example.com")[0] == 404
+        mesh.applied("moving.yaml", MOVING.replace("[gw-a]", "[gw-b]"))
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 200, 20, "via gw-b")
+        assert mesh.call("/get", host="a.example.com")[0] == 404
+        listed = mesh.meshctl("get", "gateways").stdout
+        assert [line.split()[0] for line in listed.splitlines()[1:]] == [
+            "gw-a", "gw-b", "gw-b.moving"], listed
+        assert mesh.meshctl("delete", "gateway", "gw-b").returncode == 0
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 404, 20, "gw-b gone")
+        mesh.applied("two.yaml", TWO_GATEWAYS)
+        wait_for(lambda: mesh.call("/get", host="b.example.com")[0] == 200, 20, "gw-b back")
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "moving.yaml"))
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "two.yaml"))
+
+
+POLICIED = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge-gw}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [api.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  gateways: [edge-gw]
+  http:
+  - name: slow
+    match: [{uri: {prefix: /slow}}]
+    timeout: 0.3s
+    route: [{destination: {host: httpbin}}]
+  - name: teapot
+    match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {percentage: {value: 100}, httpStatus: 418}}
+    route: [{destination: {host: httpbin}}]
+  - name: rest
+    headers: {request: {set: {x-edge: "yes"}}}
+    route: [{destination: {host: httpbin}}]
+---
+apiVersion: ami.mesh/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: edge-deny-admin}
+spec:
+  selector: {service: gateway}
+  action: DENY
+  rules:
+  - to: [{paths: [/admin/*]}]
+"""
+
+
+def test_a_bound_virtual_services_routes_at_the_gateway(mesh: IngressMesh) -> None:
+    """Its timeout answers 504, its fault 418 without forwarding, its header edit reaches the
+    app; an AuthorizationPolicy selecting the gateway denies before any of them (403); each
+    named route is counted with route = default/edge-gw.api."""
+    mesh.applied("policied.yaml", POLICIED)
+    try:
+        wait_for(lambda: mesh.call("/get", host="api.example.com")[0] == 200, 20, "api")
+        wait_for(lambda: mesh.call("/admin/x", host="api.example.com")[0] == 403, 20,
+                 "the gateway's policy")
+        status, _, body = mesh.call("/get", host="api.example.com")
+        assert status == 200 and ["x-edge", "yes"] in json.loads(body)["headers"], body
+        assert mesh.call("/slow?s=3", host="api.example.com")[0] == 504
+        assert mesh.call("/teapot", host="api.example.com")[0] == 418
+        for rule in ("slow", "teapot", "rest"):
+            assert mesh.metric(mesh.gateway_proc, "ami_route_requests_total",
+                               route="default/edge-gw.api", rule=rule) >= 1, rule
+    finally:
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "policied.yaml"))
+
+
+def test_a_virtual_service_bound_to_a_missing_gateway_is_warned_of(mesh: IngressMesh) -> None:
+    """A typo in `gateways` applies (the Gateway may come later, as in Istio) with a warning
+    on `spec.gateways[0]`, as istioctl's IST0101; none once the Gateway is stored."""
+    typo = HTTPBIN_GATEWAY.split("---\n", 1)[1].replace("- httpbin-gateway", "- httpbin-gatway")
+    path = mesh.tmp / "typo.yaml"
+    path.write_text(typo)
+    try:
+        done = mesh.meshctl("apply", "-f", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("warning:")] == [
+            "warning: virtualservice.networking.istio.io/httpbin (Gateway "
+            "default/httpbin-gatway.httpbin): spec.gateways[0]: Gateway default/httpbin-gatway "
+            "does not exist: its rules apply once it is applied (Istio's IST0101)"], done.stderr
+        mesh.applied("httpbin-gateway.yaml", HTTPBIN_GATEWAY)
+        again = mesh.meshctl("apply", "-f", str(mesh.tmp / "httpbin-gateway.yaml"))
+        assert "warning:" not in again.stderr, again.stderr
+    finally:
+        mesh.meshctl("delete", "-f", str(path))
+        mesh.meshctl("delete", "-f", str(mesh.tmp / "httpbin-gateway.yaml"))

@@ -252,3 +252,38 @@ def test_describe_service_shows_the_limit_with_the_rule(mesh: RuleMesh) -> None:
     assert out.returncode == 0, out.stderr
     assert ('[limited] path prefix=/limited -> (all) 100% rateLimit={"requestsPerSecond": 0.01, '
             '"burst": 3}') in out.stdout, out.stdout
+
+
+LIMITED_GATEWAY = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: ab-limits}
+spec:
+  rules:
+    - hosts: [limited.example.com]
+      backends: [{service: web}]
+      rateLimit: {requestsPerSecond: 0.01, burst: 2}
+"""
+EARLIER_GATEWAY = """\
+apiVersion: ami.mesh/v1alpha1
+kind: Gateway
+metadata: {name: aa-earlier}
+spec:
+  rules: [{hosts: [earlier.example.com], destination: web}]
+"""
+
+
+def test_an_unnamed_gateway_rules_bucket_outlives_another_gateways_rules(
+        mesh: RuleMesh) -> None:
+    """An unnamed rule written in a Gateway is its place in that Gateway: another Gateway
+    whose rules come before it at the gateway proxy leaves its drained bucket drained."""
+    try:
+        mesh.apply_synced(LIMITED_GATEWAY)
+        mesh.drain("/", 2, method="GET", host="limited.example.com")
+        mesh.apply_synced(EARLIER_GATEWAY)
+        wait_for(lambda: mesh.call("/", method="GET", host="earlier.example.com")[0] == 200,
+                 20, "the earlier Gateway's rule")
+        assert limited(mesh.call("/", method="GET", host="limited.example.com"))
+    finally:
+        mesh.meshctl("delete", "gateway", "aa-earlier")
+        mesh.meshctl("delete", "gateway", "ab-limits")

@@ -1,15 +1,16 @@
 """Gateway host patterns (`a.example.com`, `*.example.com`, `*`): which covers which, the hosts
-a bound Gateway's rules serve, and how specific a pattern is (as Envoy picks virtual hosts)."""
+a bound Gateway's rules serve (and apply's warnings of those they leave out), and how specific
+a pattern is (as Envoy picks virtual hosts)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from meshctl.api.errors import Issue
+from meshctl.api.istio.common import istio_path
+from meshctl.api.kinds import GatewaySpec
 
 if TYPE_CHECKING:
-    from meshctl.api.kinds import GatewaySpec
     from meshctl.api.resources import Resource
 
 
@@ -47,19 +48,32 @@ def specificity(host: str) -> tuple[int, int]:
     return (0, 0)
 
 
-def bound_host_issues(r: Resource, spec: GatewaySpec, target: Resource | None) -> list[Issue]:
-    """A bound Gateway's rule hosts outside its Gateway's hosts (Istio requires a
-    VirtualService's hosts to be within its Gateway's); none when that Gateway is not
-    known here (it may come later: until then its rules are not applied)."""
-    allowed: Any = getattr(target.spec, "hosts", ()) if target is not None else ()
-    if not allowed:
+def bound_host_warnings(r: Resource, target: Resource | None) -> list[str]:
+    """``meshctl apply``'s warnings of a bound Gateway ``r`` (a VirtualService bound to an
+    Istio Gateway), on the fields as written (an Istio VirtualService's `spec.gateways[i]`,
+    `spec.hosts[i]`): its Gateway ``target`` not known (Istio's IST0101: the rules apply
+    once it is), or rule hosts that Gateway does not serve (Istio's IST0132: such a host is
+    simply not served there; a VirtualService of the mesh and a gateway names the mesh's
+    short name too). Warnings, not errors, as Istio's: the object applies."""
+    spec = r.spec
+    if not isinstance(spec, GatewaySpec) or spec.gateway is None:
         return []
-    issues = []
-    for i, rule in enumerate(spec.rules):
+    what = f"{r.origin} ({r.kind} {r.namespace}/{r.name})" if r.origin else \
+        f"{r.kind} {r.namespace}/{r.name}"
+    if target is None:
+        return [f"{what}: {istio_path(r.istio_paths, 'spec.gateway')}: Gateway "
+                f"{r.namespace}/{spec.gateway} does not exist: its rules apply once it is "
+                "applied (Istio's IST0101)"]
+    allowed: Any = getattr(target.spec, "hosts", ())
+    lines: list[str] = []
+    for i, rule in enumerate(spec.rules if allowed else ()):
         for j, host in enumerate(rule.hosts or ("*",)):
             if not served([host], allowed):
-                where = f"spec.rules[{i}].hosts[{j}]" if rule.hosts else f"spec.rules[{i}]"
-                issues.append(Issue(r.source, r.doc, where, (
-                    f"host {host} is not among the hosts of Gateway {spec.gateway} "
-                    f"({', '.join(allowed)}): no request for it would reach this rule")))
-    return issues
+                where = istio_path(r.istio_paths, f"spec.rules[{i}].hosts[{j}]"
+                                   if rule.hosts else f"spec.rules[{i}]")
+                line = (f"{what}: {where}: host {host} is not among the hosts of Gateway "
+                        f"{spec.gateway} ({', '.join(allowed)}): that gateway serves it no "
+                        "request (Istio's IST0132)")
+                if line not in lines:  # (a VirtualService's hosts are each of its rules')
+                    lines.append(line)
+    return lines

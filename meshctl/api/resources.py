@@ -18,7 +18,6 @@ from meshctl.api.errors import Issue, ValidationError, fail
 from meshctl.api.extauthz import custom_policy_issues
 from meshctl.api.external import ExternalServiceSpec
 from meshctl.api.fields import Fields
-from meshctl.api.gatewayhosts import bound_host_issues
 from meshctl.api.hostnames import service_of
 from meshctl.api.httproute import GATEWAY_API_VERSIONS, HTTPRouteSpec
 from meshctl.api.kinds import KINDS, MESH_CONFIG_NAME, GatewaySpec, RouteSpec, Spec
@@ -331,6 +330,9 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, GatewaySpec) and r.spec.listen is not None:
             claims.append((("Gateway", "listen", r.spec.listen), "spec.listen",
                            "listen address already used by a Gateway"))
+        if isinstance(r.spec, GatewaySpec) and r.spec.gateway == r.name:
+            add(r, "spec.gateway", "a Gateway cannot be bound to itself: name the Gateway "
+                                   "whose hosts its rules serve, or remove gateway")
         if isinstance(r.spec, GatewaySpec):
             # A namespace's gateway proxies get the passthrough entries of all its Gateways
             # together: a server name in two of them would be ambiguous.
@@ -354,9 +356,6 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
             issues.extend(_unknown_subsets(r, r.spec, first))
         if isinstance(r.spec, HTTPRouteSpec) and first.get(r.key) is r:
             issues.extend(_httproute_issues(r, r.spec, first))
-        if isinstance(r.spec, GatewaySpec) and r.spec.gateway and first.get(r.key) is r:
-            issues.extend(bound_host_issues(r, r.spec, first.get(
-                ("Gateway", r.namespace, r.spec.gateway))))
     issues.extend(_overlapping_selectors(r for r in items if first.get(r.key) is r))
     issues.extend(custom_policy_issues(r for r in items if first.get(r.key) is r))
     return istio_located(issues, items)

@@ -296,7 +296,8 @@ def post_apply(client: ControlPlaneClient, resources: list[Resource], *,
 
 
 def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> list[str]:
-    """Applied objects naming services nothing knows, Routes of TCP services with fields
+    """Bound Gateways' hosts their Gateway does not serve, applied objects naming services
+    nothing knows, Routes of TCP services with fields
     their connections never see, Gateway
     passthrough entries to HTTP services, DestinationPolicy rate limits no sidecar
     enforces, PeerAuthentication portLevelMtls ports no selected sidecar serves, Sidecars
@@ -323,20 +324,41 @@ def _apply_warnings(client: ControlPlaneClient, resources: list[Resource]) -> li
               and r.spec.ports]
     sidecars = [r for r in resources if r.kind == "Sidecar"]
     naming = [r for r in resources if isinstance(r.spec, NAMING)]
+    unserved = _unserved_host_warnings(client, resources)
     if not routes and not gateways and not limited and not ported and not sidecars \
             and not naming:
-        return []
+        return unserved
     status, answer = request_json(client, "GET", "/api/v1/proxies")
     if status != 200 or not isinstance(answer, dict):
         # Without the registry a rate limit for another namespace's service (`api.b`) is
         # still known by its host's form; the other warnings need the registry.
-        return rate_limit_warnings(limited, [])
+        return [*unserved, *rate_limit_warnings(limited, [])]
     proxies = list(answer.get("proxies") or [])
-    return [*_reference_warnings(client, naming, resources, proxies),
+    return [*unserved, *_reference_warnings(client, naming, resources, proxies),
             *tcp_route_warnings(routes, proxies), *passthrough_warnings(gateways, proxies),
             *rate_limit_warnings(limited, proxies), *port_warnings(ported, proxies),
             *sidecar_warnings(sidecars, proxies),
             *_sidecar_conflicts(client, sidecars, proxies)]
+
+
+def _unserved_host_warnings(client: ControlPlaneClient, applied: list[Resource]) -> list[str]:
+    """The applied bound Gateways' (VirtualServices bound to an Istio Gateway) hosts that
+    their Gateway, applied or stored, does not serve (the stored ones are asked for only
+    then)."""
+    from meshctl.api.gatewayhosts import bound_host_warnings
+    from meshctl.api.kinds import GatewaySpec
+
+    bound = [r for r in applied if isinstance(r.spec, GatewaySpec) and r.spec.gateway]
+    if not bound:
+        return []
+    try:
+        stored = _stored(client, ("Gateway",), strict=True)
+    except ControlPlaneError:
+        return []  # (whether the Gateways exist is not known: nothing to say)
+    gateways = {r.key: r for r in stored}
+    gateways.update((r.key, r) for r in applied)
+    return [line for r in bound for line in bound_host_warnings(
+        r, gateways.get(("Gateway", r.namespace, str(getattr(r.spec, "gateway", "")))))]
 
 
 def _reference_warnings(client: ControlPlaneClient, naming: list[Resource],
@@ -352,13 +374,17 @@ def _reference_warnings(client: ControlPlaneClient, naming: list[Resource],
     return reference_warnings(unknown_references(naming, objects.values(), proxies))
 
 
-def _stored(client: ControlPlaneClient, kinds: tuple[str, ...]) -> list[Resource]:
-    """The stored objects of ``kinds``, of every namespace (none of a kind it cannot list)."""
+def _stored(client: ControlPlaneClient, kinds: tuple[str, ...], *,
+            strict: bool = False) -> list[Resource]:
+    """The stored objects of ``kinds``, of every namespace (none of a kind it cannot list;
+    ``strict``: the ControlPlaneError raised then)."""
     found = []
     for kind in kinds:
         try:
             items = client.get(kind, namespace=None)
         except ControlPlaneError:
+            if strict:
+                raise
             continue
         for item in items:
             try:
