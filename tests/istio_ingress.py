@@ -1,6 +1,6 @@
-# ruff: noqa: E501 (Istio's samples keep their long comment lines, as written)
-"""Istio's ingress samples as written: samples/bookinfo/networking/bookinfo-gateway.yaml and
-the ingress task's httpbin Gateway and VirtualService (istio.io, Ingress Gateways)."""
+"""Istio ingress YAML in the shape of Istio's samples (bookinfo-gateway.yaml: a Gateway and the
+VirtualService bound to it; the ingress task's httpbin Gateway and VirtualService by host),
+written for these tests: what an Istio user pastes."""
 
 BOOKINFO_GATEWAY = """\
 apiVersion: networking.istio.io/v1alpha3
@@ -8,10 +8,9 @@ kind: Gateway
 metadata:
   name: bookinfo-gateway
 spec:
-  # The selector matches the ingress gateway pod labels.
-  # If you installed Istio using Helm following the standard documentation, this would be "istio=ingress"
+  # the ingress gateway workload's labels (Ami's gateways are per namespace: ignored)
   selector:
-    istio: ingressgateway # use istio default controller
+    istio: ingressgateway # a comment on the value
   servers:
   - port:
       number: 80
@@ -54,8 +53,7 @@ kind: Gateway
 metadata:
   name: httpbin-gateway
 spec:
-  # The selector matches the ingress gateway pod labels.
-  # If you installed Istio using Helm following the standard documentation, this would be "istio=ingress"
+  # the ingress gateway workload's labels (Ami's gateways are per namespace: ignored)
   selector:
     istio: ingressgateway
   servers:
