@@ -268,3 +268,17 @@ def test_a_gateway_bound_to_itself_is_refused() -> None:
         "spec:\n  gateway: edge\n  rules: [{destination: web}]\n"))]
     assert found == ["istio.yaml doc 1: spec.gateway: a Gateway cannot be bound to itself: "
                      "name the Gateway whose hosts its rules serve, or remove gateway"], found
+
+
+def test_a_gateway_bound_to_a_bound_gateway_is_refused() -> None:
+    """A chain (edge -> inner -> outer) binds edge to a Gateway serving no hosts of its own,
+    which would serve its rules for every host: refused, naming the one to bind to."""
+    found = [str(i) for i in validate_set(load(
+        "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: outer}\n"
+        "spec:\n  hosts: [shop.example.com]\n---\n"
+        "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: inner}\n"
+        "spec:\n  gateway: outer\n  rules: [{destination: web}]\n---\n"
+        "apiVersion: ami.mesh/v1alpha1\nkind: Gateway\nmetadata: {name: edge}\n"
+        "spec:\n  gateway: inner\n  rules: [{destination: web}]\n"))]
+    assert found == ["istio.yaml doc 3: spec.gateway: Gateway inner is itself bound to outer: "
+                     "bind to a Gateway that serves hosts of its own (outer?)"], found

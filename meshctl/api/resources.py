@@ -316,6 +316,9 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         issues.append(Issue(r.source, r.doc, path, message))
 
     first: dict[tuple[str, ...], Resource] = {}
+    # Gateways bound to another (a bound VirtualService's): (namespace, name) -> that one
+    bound = {(r.namespace, r.name): r.spec.gateway for r in items
+             if isinstance(r.spec, GatewaySpec) and r.spec.gateway is not None}
     for r in items:
         claims: list[tuple[tuple[str, ...], str, str]] = [
             (r.key, "metadata.name", f"duplicate {r.kind} {r.namespace}/{r.name}")]
@@ -333,6 +336,12 @@ def validate_set(resources: Iterable[Resource]) -> list[Issue]:
         if isinstance(r.spec, GatewaySpec) and r.spec.gateway == r.name:
             add(r, "spec.gateway", "a Gateway cannot be bound to itself: name the Gateway "
                                    "whose hosts its rules serve, or remove gateway")
+        elif isinstance(r.spec, GatewaySpec) and r.spec.gateway is not None \
+                and (target := bound.get((r.namespace, r.spec.gateway))) is not None:
+            # (its hosts would be those of a Gateway that serves none of its own: every host)
+            add(r, "spec.gateway", f"Gateway {r.spec.gateway} is itself bound to {target}: "
+                                   f"bind to a Gateway that serves hosts of its own "
+                                   f"({target}?)")
         if isinstance(r.spec, GatewaySpec):
             # A namespace's gateway proxies get the passthrough entries of all its Gateways
             # together: a server name in two of them would be ambiguous.
